@@ -1,0 +1,105 @@
+/**
+ * Fault injection for demos and chaos tests: added latency, an error rate
+ * with a chosen status code, and "hard down". Settable from env at start and
+ * at run time through shopmesh.chaos.v1.ChaosService, which every shopmesh
+ * server hosts. Faults apply to business RPCs only.
+ */
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { status } from "@grpc/grpc-js";
+import { ChaosService, type Faults, FaultsSchema } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
+import { bool, int, num } from "./config.js";
+import { InvalidArgumentError, ServiceError } from "./errors.js";
+import type { Interceptor, ServiceImpl } from "./grpc.js";
+
+/** Env variables that set the initial faults of a process. */
+export const faultEnv = {
+  /** Delay added before every business RPC, in ms. */
+  FAULT_LATENCY_MS: int(0, { min: 0, max: 60_000 }),
+  /** Fraction of business RPCs that fail, 0..1. */
+  FAULT_ERROR_RATE: num(0, { min: 0, max: 1 }),
+  /** gRPC status code for injected errors (default UNAVAILABLE = 14). */
+  FAULT_ERROR_CODE: int(status.UNAVAILABLE, { min: 1, max: 16 }),
+  /** When true every business RPC fails with UNAVAILABLE. */
+  FAULT_DOWN: bool(false),
+} as const;
+
+type FaultSettings = Omit<Faults, "$typeName" | "$unknown">;
+
+/** Holds a process's current faults; applies them as an interceptor. */
+export class FaultInjector {
+  private faults: FaultSettings;
+
+  constructor(
+    initial: Partial<FaultSettings> = {},
+    private readonly random: () => number = Math.random,
+  ) {
+    this.faults = FaultInjector.validate({ latencyMs: 0, errorRate: 0, errorCode: 0, down: false, ...initial });
+  }
+
+  /** Faults from the {@link faultEnv} variables. */
+  static fromConfig(c: { FAULT_LATENCY_MS: number; FAULT_ERROR_RATE: number; FAULT_ERROR_CODE: number; FAULT_DOWN: boolean }) {
+    return new FaultInjector({
+      latencyMs: c.FAULT_LATENCY_MS,
+      errorRate: c.FAULT_ERROR_RATE,
+      errorCode: c.FAULT_ERROR_CODE,
+      down: c.FAULT_DOWN,
+    });
+  }
+
+  private static validate(f: FaultSettings): FaultSettings {
+    if (!Number.isInteger(f.latencyMs) || f.latencyMs < 0 || f.latencyMs > 60_000)
+      throw new InvalidArgumentError("faults.latency_ms", "must be 0..60000");
+    if (!(f.errorRate >= 0 && f.errorRate <= 1)) throw new InvalidArgumentError("faults.error_rate", "must be 0.0..1.0");
+    if (!Number.isInteger(f.errorCode) || f.errorCode < 0 || f.errorCode > 16)
+      throw new InvalidArgumentError("faults.error_code", "must be a gRPC status code 1..16, or 0 for UNAVAILABLE");
+    return { latencyMs: f.latencyMs, errorRate: f.errorRate, errorCode: f.errorCode, down: f.down };
+  }
+
+  /** The faults in force. */
+  get current(): FaultSettings {
+    return { ...this.faults };
+  }
+
+  /** Replaces the faults in force; throws INVALID_ARGUMENT for out-of-range values. */
+  set(f: Partial<FaultSettings>): FaultSettings {
+    this.faults = FaultInjector.validate({ latencyMs: 0, errorRate: 0, errorCode: 0, down: false, ...f });
+    return this.current;
+  }
+
+  /** Interceptor applying the faults before the handler runs. */
+  readonly interceptor: Interceptor = async (ctx, next) => {
+    const f = this.faults;
+    if (f.down) throw new ServiceError(status.UNAVAILABLE, "service unavailable (fault injection: down)");
+    if (f.latencyMs > 0) await sleep(f.latencyMs, ctx.signal);
+    if (f.errorRate > 0 && this.random() < f.errorRate) {
+      throw new ServiceError(f.errorCode || status.UNAVAILABLE, "injected fault");
+    }
+    return next();
+  };
+
+  /** The ChaosService implementation bound to this injector. */
+  service(): ServiceImpl<typeof ChaosService> {
+    const toMsg = (): MessageInitShape<typeof FaultsSchema> => this.current;
+    return {
+      setFaults: (req) => {
+        this.set(req.faults ?? {});
+        return { faults: toMsg() };
+      },
+      getFaults: () => ({ faults: toMsg() }),
+    };
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal.addEventListener(
+      "abort",
+      () => {
+        clearTimeout(t);
+        resolve();
+      },
+      { once: true },
+    );
+  });
+}

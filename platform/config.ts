@@ -1,0 +1,132 @@
+/**
+ * Typed configuration from environment variables, parsed and validated once.
+ *
+ * A service declares its variables as a spec of small readers (`str`, `int`,
+ * `bool`, `oneOf`) and calls {@link parseEnv} once in its `config.ts`. Every
+ * problem is collected and reported together, each naming its variable, so a
+ * bad deployment fails at start with one readable message instead of later
+ * with a confusing one.
+ */
+
+/** Thrown by {@link parseEnv}; `problems` lists one line per bad variable. */
+export class ConfigError extends Error {
+  override readonly name = "ConfigError";
+  constructor(readonly problems: readonly string[]) {
+    super(`invalid configuration:\n  ${problems.join("\n  ")}`);
+  }
+}
+
+/** Reads one variable: returns its value or throws a message naming the problem. */
+export interface EnvReader<T> {
+  read(name: string, raw: string | undefined): T;
+}
+
+class Invalid extends Error {}
+
+/** A string; `def` when unset or empty. Without a default the variable is required. */
+export function str(def?: string): EnvReader<string> {
+  return {
+    read(name, raw) {
+      if (raw !== undefined && raw !== "") return raw;
+      if (def !== undefined) return def;
+      throw new Invalid(`${name} is required`);
+    },
+  };
+}
+
+/** An integer in [min, max]; `def` when unset or empty. */
+export function int(def: number, opts: { min?: number; max?: number } = {}): EnvReader<number> {
+  const min = opts.min ?? Number.MIN_SAFE_INTEGER;
+  const max = opts.max ?? Number.MAX_SAFE_INTEGER;
+  return {
+    read(name, raw) {
+      if (raw === undefined || raw.trim() === "") return def;
+      const n = Number(raw.trim());
+      if (!Number.isInteger(n)) throw new Invalid(`${name}=${JSON.stringify(raw)} is not an integer`);
+      if (n < min || n > max) throw new Invalid(`${name}=${n} is out of range ${min}..${max}`);
+      return n;
+    },
+  };
+}
+
+/** A number in [min, max]; `def` when unset or empty. */
+export function num(def: number, opts: { min?: number; max?: number } = {}): EnvReader<number> {
+  const min = opts.min ?? -Infinity;
+  const max = opts.max ?? Infinity;
+  return {
+    read(name, raw) {
+      if (raw === undefined || raw.trim() === "") return def;
+      const n = Number(raw.trim());
+      if (!Number.isFinite(n)) throw new Invalid(`${name}=${JSON.stringify(raw)} is not a number`);
+      if (n < min || n > max) throw new Invalid(`${name}=${n} is out of range ${min}..${max}`);
+      return n;
+    },
+  };
+}
+
+const TRUE = new Set(["1", "true", "yes", "on"]);
+const FALSE = new Set(["0", "false", "no", "off"]);
+
+/** A boolean (1/0, true/false, yes/no, on/off); `def` when unset or empty. */
+export function bool(def: boolean): EnvReader<boolean> {
+  return {
+    read(name, raw) {
+      if (raw === undefined || raw.trim() === "") return def;
+      const v = raw.trim().toLowerCase();
+      if (TRUE.has(v)) return true;
+      if (FALSE.has(v)) return false;
+      throw new Invalid(`${name}=${JSON.stringify(raw)} is not a boolean (use true or false)`);
+    },
+  };
+}
+
+/** One of a fixed set of strings; `def` when unset or empty. */
+export function oneOf<const T extends string>(values: readonly T[], def: T): EnvReader<T> {
+  return {
+    read(name, raw) {
+      if (raw === undefined || raw.trim() === "") return def;
+      const v = raw.trim() as T;
+      if (values.includes(v)) return v;
+      throw new Invalid(`${name}=${JSON.stringify(raw)} must be one of ${values.join(", ")}`);
+    },
+  };
+}
+
+/** The parsed shape of a spec. */
+export type ConfigOf<S extends Record<string, EnvReader<unknown>>> = {
+  readonly [K in keyof S]: S[K] extends EnvReader<infer T> ? T : never;
+};
+
+/**
+ * Parses `env` against `spec` (keys are the variable names) into a frozen
+ * object. Throws {@link ConfigError} listing every bad variable.
+ */
+export function parseEnv<S extends Record<string, EnvReader<unknown>>>(
+  spec: S,
+  env: Readonly<Record<string, string | undefined>>,
+): ConfigOf<S> {
+  const out: Record<string, unknown> = {};
+  const problems: string[] = [];
+  for (const [name, reader] of Object.entries(spec)) {
+    try {
+      out[name] = reader.read(name, env[name]);
+    } catch (err) {
+      if (!(err instanceof Invalid)) throw err;
+      problems.push(err.message);
+    }
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  return Object.freeze(out) as ConfigOf<S>;
+}
+
+/** Variables every shopmesh process reads, with their defaults. */
+export const commonEnv = {
+  /** pino level: trace, debug, info, warn, error, fatal, silent. */
+  LOG_LEVEL: oneOf(["trace", "debug", "info", "warn", "error", "fatal", "silent"], "info"),
+  /** `json` (one JSON object per line, for machines) or `pretty` (for people). */
+  LOG_FORMAT: oneOf(["json", "pretty"], "json"),
+  /** Host to listen on. */
+  GRPC_HOST: str("0.0.0.0"),
+  /** Longest wait for in-flight calls on shutdown before they are cut, in ms. */
+  SHUTDOWN_GRACE_MS: int(10_000, { min: 0, max: 120_000 }),
+} as const;

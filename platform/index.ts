@@ -1,0 +1,44 @@
+/**
+ * The shopmesh runtime shared by every service and the gateway. Explicit
+ * named exports only; no business logic lives here.
+ */
+export { FaultInjector, faultEnv } from "./chaos.js";
+export { bool, type ConfigOf, ConfigError, commonEnv, type EnvReader, int, num, oneOf, parseEnv, str } from "./config.js";
+export { type Db, openDatabase } from "./db.js";
+export {
+  AlreadyExistsError,
+  Code,
+  FailedPreconditionError,
+  IdempotencyKeyReusedError,
+  InvalidArgumentError,
+  NotFoundError,
+  RpcError,
+  ServiceError,
+  toStatusObject,
+} from "./errors.js";
+export {
+  type CallContext,
+  type CallOptions,
+  type Client,
+  createChannel,
+  createClient,
+  grpcHandlers,
+  grpcServiceDefinition,
+  type Interceptor,
+  methodPath,
+  type ServiceImpl,
+} from "./grpc.js";
+export { runProcess, type Stoppable } from "./lifecycle.js";
+export { createLogger, type Logger, type LoggerOptions, silentLogger } from "./log.js";
+export { bind, type GrpcServerOptions, type RunningServer, type ServiceBinding, startGrpcServer } from "./server.js";
+export {
+  decodePageToken,
+  encodePageToken,
+  newId,
+  PAGE_SIZE,
+  pageSize,
+  requestFingerprint,
+  requireId,
+  requireIdempotencyKey,
+  requireQuantity,
+} from "./validate.js";

@@ -1,0 +1,38 @@
+/**
+ * Structured logging: pino JSON lines, one logger per process with the
+ * service name bound, children per call or component.
+ */
+import { type Logger, pino } from "pino";
+
+export type { Logger } from "pino";
+
+/** Options for {@link createLogger}. */
+export interface LoggerOptions {
+  /** Service name, bound to every line as `service`. */
+  readonly service: string;
+  /** pino level name, e.g. "info". */
+  readonly level: string;
+  /** `pretty` renders for people (needs the pino-pretty dev dependency); `json` otherwise. */
+  readonly format: "json" | "pretty";
+}
+
+/**
+ * Creates the process logger. JSON goes to stdout synchronously enough for
+ * crash lines to survive; `pretty` renders one readable line per entry.
+ */
+export async function createLogger(opts: LoggerOptions): Promise<Logger> {
+  const base = { service: opts.service };
+  if (opts.format === "pretty") {
+    const { default: pretty } = await import("pino-pretty");
+    return pino(
+      { level: opts.level, base },
+      pretty({ sync: true, colorize: process.stdout.isTTY, ignore: "pid,hostname,service", translateTime: "HH:MM:ss.l" }),
+    );
+  }
+  return pino({ level: opts.level, base, timestamp: pino.stdTimeFunctions.isoTime });
+}
+
+/** A logger that drops everything; for tests that do not inspect logs. */
+export function silentLogger(): Logger {
+  return pino({ level: "silent" });
+}

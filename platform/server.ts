@@ -1,0 +1,140 @@
+/**
+ * A shopmesh gRPC server: the service's own handlers plus the standard
+ * grpc.health.v1 service, server reflection (v1 and v1alpha, so grpcurl and
+ * `buf curl` need no .proto files) and the chaos service; per-call logging
+ * and fault injection; graceful shutdown with a bounded drain.
+ */
+import { type DescFile, type DescService, toBinary } from "@bufbuild/protobuf";
+import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
+import * as grpc from "@grpc/grpc-js";
+import { ReflectionService } from "@grpc/reflection";
+import { HealthImplementation } from "grpc-health-check";
+import { Health } from "../gen/health/v1/health_pb.js";
+import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
+import { FaultInjector } from "./chaos.js";
+import { toStatusObject } from "./errors.js";
+import { grpcHandlers, grpcServiceDefinition, type Interceptor, type ServiceImpl } from "./grpc.js";
+import type { Logger } from "./log.js";
+
+/** A service descriptor and its implementation, as registered on a server. */
+export interface ServiceBinding {
+  readonly service: DescService;
+  readonly impl: unknown;
+}
+
+/** Pairs a descriptor with a type-checked implementation. */
+export function bind<S extends DescService>(service: S, impl: ServiceImpl<S>): ServiceBinding {
+  return { service, impl };
+}
+
+/** Options for {@link startGrpcServer}. */
+export interface GrpcServerOptions {
+  /** Host to listen on, e.g. "0.0.0.0" or "127.0.0.1". */
+  readonly host: string;
+  /** Port to listen on; 0 picks a free one (see {@link RunningServer.port}). */
+  readonly port: number;
+  /** The business services. */
+  readonly services: readonly ServiceBinding[];
+  readonly log: Logger;
+  /** Fault injection for the business services; a no-fault injector when omitted. */
+  readonly faults?: FaultInjector;
+  /** Extra interceptors, outermost first, after logging and before fault injection. */
+  readonly interceptors?: readonly Interceptor[];
+}
+
+/** A listening server. */
+export interface RunningServer {
+  /** The bound port. */
+  readonly port: number;
+  /** `host:port` a local client can dial. */
+  readonly address: string;
+  readonly faults: FaultInjector;
+  /**
+   * Stops accepting calls, reports NOT_SERVING, waits up to `graceMs` for
+   * in-flight calls (streams included) to finish, then cuts the rest.
+   */
+  stop(graceMs: number): Promise<void>;
+}
+
+/** Logs one line per finished call: debug when OK, info for expected errors. */
+function callLogger(): Interceptor {
+  return async (ctx, next) => {
+    const started = performance.now();
+    try {
+      const res = await next();
+      ctx.log.debug({ code: "OK", ms: Math.round(performance.now() - started) }, "rpc");
+      return res;
+    } catch (err) {
+      const { code } = toStatusObject(err);
+      if (code !== grpc.status.INTERNAL) {
+        ctx.log.info({ code: grpc.status[code], ms: Math.round(performance.now() - started), msg: (err as Error).message }, "rpc");
+      }
+      throw err;
+    }
+  };
+}
+
+/** File descriptors of `services` and everything they import, serialized for reflection. */
+function fileDescriptorProtos(services: readonly DescService[]): Buffer[] {
+  const seen = new Map<string, DescFile>();
+  const visit = (f: DescFile) => {
+    if (seen.has(f.name)) return;
+    seen.set(f.name, f);
+    for (const d of f.dependencies) visit(d);
+  };
+  for (const s of services) visit(s.file);
+  return [...seen.values()].map((f) => Buffer.from(toBinary(FileDescriptorProtoSchema, f.proto)));
+}
+
+/** Starts a server; resolves once it listens. */
+export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningServer> {
+  const faults = opts.faults ?? new FaultInjector();
+  const server = new grpc.Server({ "grpc.max_receive_message_length": 4 * 1024 * 1024 });
+  const business = [callLogger(), ...(opts.interceptors ?? []), faults.interceptor];
+  for (const { service, impl } of opts.services) {
+    server.addService(
+      grpcServiceDefinition(service),
+      grpcHandlers(service, impl as ServiceImpl<DescService>, { log: opts.log, interceptors: business }),
+    );
+  }
+  server.addService(
+    grpcServiceDefinition(ChaosService),
+    grpcHandlers(ChaosService, faults.service(), { log: opts.log, interceptors: [callLogger()] }),
+  );
+
+  const names = opts.services.map((s) => s.service.typeName);
+  const health = new HealthImplementation(Object.fromEntries(["", ...names].map((n) => [n, "SERVING" as const])));
+  health.addToServer(server);
+
+  const reflected = [...opts.services.map((s) => s.service), ChaosService, Health];
+  const pkg = { shopmesh: { fileDescriptorProtos: fileDescriptorProtos(reflected) } };
+  new ReflectionService(pkg as never).addToServer(server);
+
+  const port = await new Promise<number>((resolve, reject) => {
+    server.bindAsync(`${opts.host}:${opts.port}`, grpc.ServerCredentials.createInsecure(), (err, p) =>
+      err ? reject(err) : resolve(p),
+    );
+  });
+  opts.log.info({ port, services: names }, "gRPC server listening");
+
+  let stopping: Promise<void> | undefined;
+  const stop = (graceMs: number) => {
+    stopping ??= new Promise<void>((resolve) => {
+      for (const n of ["", ...names]) health.setStatus(n, "NOT_SERVING");
+      const timer = setTimeout(() => {
+        opts.log.warn({ graceMs }, "drain timed out; cancelling in-flight calls");
+        server.forceShutdown();
+        resolve();
+      }, graceMs);
+      server.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    return stopping;
+  };
+
+  const dialHost = opts.host === "0.0.0.0" || opts.host === "::" ? "127.0.0.1" : opts.host;
+  return { port, address: `${dialHost}:${port}`, faults, stop };
+}
+

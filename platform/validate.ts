@@ -1,0 +1,79 @@
+/**
+ * Request validation helpers for RPC edges. Each throws
+ * InvalidArgumentError naming the field (as written in the .proto), so the
+ * client gets INVALID_ARGUMENT with a google.rpc.BadRequest field violation.
+ */
+import { createHash, randomBytes } from "node:crypto";
+import { type DescMessage, type MessageShape, toBinary } from "@bufbuild/protobuf";
+import { InvalidArgumentError } from "./errors.js";
+
+const ID = /^[A-Za-z0-9][A-Za-z0-9._:-]*$/;
+
+/** A required identifier: 1..`max` characters of [A-Za-z0-9._:-], not starting with punctuation. */
+export function requireId(value: string, field: string, max = 128): string {
+  if (value === "") throw new InvalidArgumentError(field, "must not be empty");
+  if (value.length > max) throw new InvalidArgumentError(field, `must be at most ${max} characters`);
+  if (!ID.test(value)) throw new InvalidArgumentError(field, "may contain only letters, digits and . _ : -");
+  return value;
+}
+
+/** A required idempotency key: 1..128 printable ASCII characters. */
+export function requireIdempotencyKey(value: string, field = "idempotency_key"): string {
+  if (value === "") throw new InvalidArgumentError(field, "must not be empty");
+  if (value.length > 128) throw new InvalidArgumentError(field, "must be at most 128 characters");
+  if (!/^[\x21-\x7e]+$/.test(value)) throw new InvalidArgumentError(field, "must be printable ASCII without spaces");
+  return value;
+}
+
+/** An integer quantity in [min, max]. */
+export function requireQuantity(value: number, field: string, min = 1, max = 1_000_000): number {
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new InvalidArgumentError(field, `must be between ${min} and ${max}, got ${value}`);
+  }
+  return value;
+}
+
+/** Default and maximum page sizes of every List RPC. */
+export const PAGE_SIZE = { default: 20, max: 100 } as const;
+
+/** `page_size`: 0 means the default; otherwise 1..max. */
+export function pageSize(value: number, field = "page_size", max: number = PAGE_SIZE.max): number {
+  if (value === 0) return Math.min(PAGE_SIZE.default, max);
+  if (!Number.isInteger(value) || value < 1 || value > max) {
+    throw new InvalidArgumentError(field, `must be between 1 and ${max} (or 0 for the default), got ${value}`);
+  }
+  return value;
+}
+
+/** An opaque page token for a cursor (base64url JSON). */
+export function encodePageToken(cursor: Record<string, string | number>): string {
+  return Buffer.from(JSON.stringify(cursor)).toString("base64url");
+}
+
+/** Decodes a token made by {@link encodePageToken}; undefined for ""; INVALID_ARGUMENT when malformed. */
+export function decodePageToken<K extends string>(
+  token: string,
+  keys: readonly K[],
+  field = "page_token",
+): Record<K, string | number> | undefined {
+  if (token === "") return undefined;
+  try {
+    const v: unknown = JSON.parse(Buffer.from(token, "base64url").toString("utf8"));
+    if (typeof v === "object" && v !== null && keys.every((k) => ["string", "number"].includes(typeof (v as Record<string, unknown>)[k]))) {
+      return v as Record<K, string | number>;
+    }
+  } catch {
+    // fall through: any parse failure is the same client error
+  }
+  throw new InvalidArgumentError(field, "is not a token returned by this API");
+}
+
+/** A stable fingerprint of a request, to tell a retry from a different request reusing a key. */
+export function requestFingerprint<D extends DescMessage>(schema: D, msg: MessageShape<D>): string {
+  return createHash("sha256").update(toBinary(schema, msg)).digest("base64url");
+}
+
+/** A new id: `prefix_` + time (base36, sorts by creation) + 64 random bits. */
+export function newId(prefix: string, now: number = Date.now()): string {
+  return `${prefix}_${now.toString(36).padStart(9, "0")}${randomBytes(8).toString("hex")}`;
+}

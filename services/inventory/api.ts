@@ -1,0 +1,109 @@
+/** InventoryService RPC handlers: validate, call the store, map to messages. */
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import {
+  IdempotencyKeyReusedError,
+  NotFoundError,
+  type ServiceImpl,
+  decodePageToken,
+  encodePageToken,
+  pageSize,
+  requestFingerprint,
+  requireId,
+  requireIdempotencyKey,
+  requireQuantity,
+} from "../../platform/index.js";
+import {
+  type InventoryService,
+  type ProductSchema,
+  ReservationStatus,
+  type ReservationSchema,
+  ReserveStockRequestSchema,
+  RestockRequestSchema,
+} from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
+import { type ProductRecord, OutOfStockError, validateReservation } from "./domain.js";
+import type { InventoryStore, ReservationRecord } from "./store.js";
+
+/** Dependencies of the inventory API. */
+export interface InventoryApiDeps {
+  readonly store: InventoryStore;
+}
+
+/** Largest quantity one Restock call may add. */
+export const MAX_RESTOCK = 1_000_000;
+
+function productMessage(p: ProductRecord): MessageInitShape<typeof ProductSchema> {
+  return {
+    id: p.id,
+    name: p.name,
+    unitPrice: { currencyCode: p.currency, amountMinor: BigInt(p.priceMinor) },
+    available: p.available,
+    reserved: p.reserved,
+  };
+}
+
+function reservationMessage(r: ReservationRecord): MessageInitShape<typeof ReservationSchema> {
+  return {
+    id: r.id,
+    orderId: r.orderId,
+    items: r.items.map((l) => ({ productId: l.productId, quantity: l.quantity })),
+    status: r.status === "RESERVED" ? ReservationStatus.RESERVED : ReservationStatus.RELEASED,
+    total: { currencyCode: r.currency, amountMinor: BigInt(r.totalMinor) },
+    createdAt: timestampFromMs(r.createdAt),
+  };
+}
+
+/** Creates the InventoryService handlers. */
+export function createInventoryApi({ store }: InventoryApiDeps): ServiceImpl<typeof InventoryService> {
+  return {
+    listProducts(req) {
+      const limit = pageSize(req.pageSize);
+      const after = decodePageToken(req.pageToken, ["after"])?.after;
+      const rows = store.products(String(after ?? ""), limit + 1);
+      const page = rows.slice(0, limit);
+      const last = page.at(-1);
+      return {
+        products: page.map(productMessage),
+        nextPageToken: rows.length > limit && last ? encodePageToken({ after: last.id }) : "",
+      };
+    },
+
+    getProduct(req) {
+      requireId(req.productId, "product_id");
+      const p = store.product(req.productId);
+      if (!p) throw new NotFoundError("product", req.productId);
+      return { product: productMessage(p) };
+    },
+
+    reserveStock(req) {
+      const lines = validateReservation(req);
+      const fingerprint = requestFingerprint(ReserveStockRequestSchema, req);
+      const result = store.reserve(req.idempotencyKey, fingerprint, req.orderId, lines);
+      switch (result.kind) {
+        case "key-reused":
+          throw new IdempotencyKeyReusedError(req.idempotencyKey);
+        case "rejected":
+          throw new OutOfStockError(result.shortages);
+        case "reserved":
+          return { reservation: reservationMessage(result.reservation) };
+      }
+    },
+
+    releaseStock(req) {
+      requireId(req.reservationId, "reservation_id");
+      const released = store.release(req.reservationId);
+      if (!released) throw new NotFoundError("reservation", req.reservationId);
+      return { reservation: reservationMessage(released.reservation) };
+    },
+
+    restock(req) {
+      requireIdempotencyKey(req.idempotencyKey);
+      requireId(req.productId, "product_id");
+      requireQuantity(req.quantity, "quantity", 1, MAX_RESTOCK);
+      const result = store.restock(req.idempotencyKey, requestFingerprint(RestockRequestSchema, req), req.productId, req.quantity);
+      if (result === "key-reused") throw new IdempotencyKeyReusedError(req.idempotencyKey);
+      if (!result) throw new NotFoundError("product", req.productId);
+      return { product: productMessage(result) };
+    },
+  };
+}

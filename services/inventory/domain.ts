@@ -1,0 +1,106 @@
+/**
+ * Inventory rules, free of I/O: what a valid reservation request is, and
+ * whether current stock can satisfy it (all lines or none).
+ */
+import {
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  requireId,
+  requireIdempotencyKey,
+  requireQuantity,
+} from "../../platform/index.js";
+
+/** Most lines one reservation may hold. */
+export const MAX_LINES = 50;
+/** Most units of one product per line. */
+export const MAX_LINE_QUANTITY = 10_000;
+
+/** A product as stored. */
+export interface ProductRecord {
+  readonly id: string;
+  readonly name: string;
+  readonly priceMinor: number;
+  readonly currency: string;
+  readonly available: number;
+  readonly reserved: number;
+}
+
+/** A product to load into the catalogue. */
+export type NewProduct = Omit<ProductRecord, "reserved">;
+
+/** A requested or reserved line. */
+export interface Line {
+  readonly productId: string;
+  readonly quantity: number;
+}
+
+/** A product that cannot cover its line. */
+export interface Shortage {
+  readonly productId: string;
+  readonly requested: number;
+  readonly available: number;
+}
+
+/** FAILED_PRECONDITION: some lines exceed available stock. Lists every short product. */
+export class OutOfStockError extends FailedPreconditionError {
+  override name = "OutOfStockError";
+  constructor(readonly shortages: readonly Shortage[]) {
+    super(
+      `insufficient stock: ${shortages.map((s) => `${s.productId} (requested ${s.requested}, available ${s.available})`).join(", ")}`,
+      shortages.map((s) => ({
+        type: "STOCK",
+        subject: `products/${s.productId}`,
+        description: `requested ${s.requested}, available ${s.available}`,
+      })),
+    );
+  }
+}
+
+/** Validates a reservation request; returns its lines. Field names follow the proto. */
+export function validateReservation(req: { idempotencyKey: string; orderId: string; items: readonly Line[] }): Line[] {
+  requireIdempotencyKey(req.idempotencyKey);
+  requireId(req.orderId, "order_id");
+  return validateLines(req.items);
+}
+
+/** Validates order lines: 1..50 lines, unique product ids, quantities 1..10000. */
+export function validateLines(items: readonly Line[], field = "items"): Line[] {
+  if (items.length === 0) throw new InvalidArgumentError(field, "must contain at least one item");
+  if (items.length > MAX_LINES) throw new InvalidArgumentError(field, `must contain at most ${MAX_LINES} items`);
+  const seen = new Set<string>();
+  return items.map((it, i) => {
+    requireId(it.productId, `${field}[${i}].product_id`);
+    requireQuantity(it.quantity, `${field}[${i}].quantity`, 1, MAX_LINE_QUANTITY);
+    if (seen.has(it.productId)) throw new InvalidArgumentError(`${field}[${i}].product_id`, `duplicates product ${it.productId}`);
+    seen.add(it.productId);
+    return { productId: it.productId, quantity: it.quantity };
+  });
+}
+
+/** The outcome of planning a reservation against current stock. */
+export type Plan =
+  | { readonly kind: "reserve"; readonly lines: readonly Line[]; readonly totalMinor: number; readonly currency: string }
+  | { readonly kind: "short"; readonly shortages: readonly Shortage[] };
+
+/**
+ * Decides whether `stock` covers every line. Unknown products are
+ * NOT_FOUND; products in different currencies cannot share one total.
+ */
+export function planReservation(lines: readonly Line[], stock: ReadonlyMap<string, ProductRecord>): Plan {
+  const shortages: Shortage[] = [];
+  let totalMinor = 0;
+  let currency: string | undefined;
+  for (const line of lines) {
+    const p = stock.get(line.productId);
+    if (!p) throw new NotFoundError("product", line.productId);
+    currency ??= p.currency;
+    if (p.currency !== currency) {
+      throw new FailedPreconditionError(`products in different currencies (${currency}, ${p.currency}) cannot be reserved together`);
+    }
+    if (p.available < line.quantity) shortages.push({ productId: p.id, requested: line.quantity, available: p.available });
+    totalMinor += p.priceMinor * line.quantity;
+  }
+  if (shortages.length > 0) return { kind: "short", shortages };
+  return { kind: "reserve", lines, totalMinor, currency: currency ?? "USD" };
+}

@@ -1,0 +1,271 @@
+/**
+ * Inventory persistence. Every mutation is one IMMEDIATE transaction, so it
+ * is atomic against other calls in this process and against any other
+ * process on the same file; CHECK constraints keep stock non-negative even if
+ * a bug slipped past the domain rules.
+ */
+import { type Db, newId, openDatabase } from "../../platform/index.js";
+import { type Line, type NewProduct, type Plan, type ProductRecord, planReservation, type Shortage } from "./domain.js";
+
+const MIGRATIONS = [
+  `CREATE TABLE products (
+     id          TEXT PRIMARY KEY,
+     name        TEXT NOT NULL,
+     price_minor INTEGER NOT NULL CHECK (price_minor >= 0),
+     currency    TEXT NOT NULL,
+     available   INTEGER NOT NULL CHECK (available >= 0),
+     reserved    INTEGER NOT NULL CHECK (reserved >= 0),
+     updated_at  INTEGER NOT NULL
+   ) STRICT;
+   CREATE TABLE reservations (
+     id              TEXT PRIMARY KEY,
+     idempotency_key TEXT NOT NULL UNIQUE,
+     fingerprint     TEXT NOT NULL,
+     order_id        TEXT NOT NULL,
+     status          TEXT NOT NULL CHECK (status IN ('RESERVED', 'RELEASED', 'REJECTED')),
+     items           TEXT NOT NULL,  -- JSON [{productId, quantity}]
+     total_minor     INTEGER NOT NULL,
+     currency        TEXT NOT NULL,
+     shortages       TEXT,           -- JSON [{productId, requested, available}] when REJECTED
+     created_at      INTEGER NOT NULL,
+     updated_at      INTEGER NOT NULL
+   ) STRICT;
+   CREATE INDEX reservations_order ON reservations (order_id);
+   CREATE TABLE restocks (
+     idempotency_key TEXT PRIMARY KEY,
+     fingerprint     TEXT NOT NULL,
+     product_id      TEXT NOT NULL REFERENCES products (id),
+     quantity        INTEGER NOT NULL CHECK (quantity > 0),
+     created_at      INTEGER NOT NULL
+   ) STRICT;`,
+];
+
+/** A stored reservation. REJECTED rows exist only to replay a rejection for the same key. */
+export interface ReservationRecord {
+  readonly id: string;
+  readonly orderId: string;
+  readonly status: "RESERVED" | "RELEASED" | "REJECTED";
+  readonly items: readonly Line[];
+  readonly totalMinor: number;
+  readonly currency: string;
+  readonly shortages: readonly Shortage[];
+  readonly createdAt: number;
+}
+
+/** Result of {@link InventoryStore.reserve}. `replayed` is true for a repeat of an earlier key. */
+export type ReserveResult =
+  | { readonly kind: "reserved"; readonly reservation: ReservationRecord; readonly replayed: boolean }
+  | { readonly kind: "rejected"; readonly shortages: readonly Shortage[]; readonly replayed: boolean }
+  | { readonly kind: "key-reused" };
+
+interface ProductRow {
+  id: string;
+  name: string;
+  price_minor: number;
+  currency: string;
+  available: number;
+  reserved: number;
+}
+
+interface ReservationRow {
+  id: string;
+  fingerprint: string;
+  order_id: string;
+  status: ReservationRecord["status"];
+  items: string;
+  total_minor: number;
+  currency: string;
+  shortages: string | null;
+  created_at: number;
+}
+
+const toProduct = (r: ProductRow): ProductRecord => ({
+  id: r.id,
+  name: r.name,
+  priceMinor: r.price_minor,
+  currency: r.currency,
+  available: r.available,
+  reserved: r.reserved,
+});
+
+const toReservation = (r: ReservationRow): ReservationRecord => ({
+  id: r.id,
+  orderId: r.order_id,
+  status: r.status,
+  items: JSON.parse(r.items) as Line[],
+  totalMinor: r.total_minor,
+  currency: r.currency,
+  shortages: r.shortages ? (JSON.parse(r.shortages) as Shortage[]) : [],
+  createdAt: r.created_at,
+});
+
+/** Inventory tables in one SQLite file. */
+export class InventoryStore {
+  private readonly q;
+
+  private constructor(
+    private readonly db: Db,
+    private readonly clock: () => number,
+  ) {
+    this.q = {
+      product: db.prepare<[string], ProductRow>("SELECT * FROM products WHERE id = ?"),
+      page: db.prepare<[string, number], ProductRow>("SELECT * FROM products WHERE id > ? ORDER BY id LIMIT ?"),
+      count: db.prepare<[], { n: number }>("SELECT COUNT(*) AS n FROM products"),
+      insertProduct: db.prepare(
+        "INSERT INTO products (id, name, price_minor, currency, available, reserved, updated_at) VALUES (@id, @name, @priceMinor, @currency, @available, 0, @now)",
+      ),
+      take: db.prepare<[number, number, number, string, number]>(
+        "UPDATE products SET available = available - ?, reserved = reserved + ?, updated_at = ? WHERE id = ? AND available >= ?",
+      ),
+      give: db.prepare<[number, number, number, string]>(
+        "UPDATE products SET available = available + ?, reserved = reserved - ?, updated_at = ? WHERE id = ?",
+      ),
+      add: db.prepare<[number, number, string]>("UPDATE products SET available = available + ?, updated_at = ? WHERE id = ?"),
+      reservationByKey: db.prepare<[string], ReservationRow>("SELECT * FROM reservations WHERE idempotency_key = ?"),
+      reservation: db.prepare<[string], ReservationRow>("SELECT * FROM reservations WHERE id = ? AND status != 'REJECTED'"),
+      insertReservation: db.prepare(
+        `INSERT INTO reservations (id, idempotency_key, fingerprint, order_id, status, items, total_minor, currency, shortages, created_at, updated_at)
+         VALUES (@id, @key, @fingerprint, @orderId, @status, @items, @totalMinor, @currency, @shortages, @now, @now)`,
+      ),
+      setReservationStatus: db.prepare<[string, number, string]>("UPDATE reservations SET status = ?, updated_at = ? WHERE id = ?"),
+      restockByKey: db.prepare<[string], { fingerprint: string; product_id: string }>(
+        "SELECT fingerprint, product_id FROM restocks WHERE idempotency_key = ?",
+      ),
+      insertRestock: db.prepare<[string, string, string, number, number]>(
+        "INSERT INTO restocks (idempotency_key, fingerprint, product_id, quantity, created_at) VALUES (?, ?, ?, ?, ?)",
+      ),
+    };
+  }
+
+  /** Opens (and migrates) the store at `path` (`:memory:` for a private in-memory one). */
+  static open(path: string, clock: () => number = Date.now): InventoryStore {
+    return new InventoryStore(openDatabase(path, MIGRATIONS), clock);
+  }
+
+  /** Loads `products` if the catalogue is empty; returns how many were inserted. */
+  seedIfEmpty(products: readonly NewProduct[]): number {
+    return this.db
+      .transaction(() => {
+        if ((this.q.count.get()?.n ?? 0) > 0) return 0;
+        const now = this.clock();
+        for (const p of products) this.q.insertProduct.run({ ...p, now });
+        return products.length;
+      })
+      .immediate();
+  }
+
+  /** One product, or undefined. */
+  product(id: string): ProductRecord | undefined {
+    const row = this.q.product.get(id);
+    return row && toProduct(row);
+  }
+
+  /** Up to `limit` products with id greater than `after`, by id. */
+  products(after: string, limit: number): ProductRecord[] {
+    return this.q.page.all(after, limit).map(toProduct);
+  }
+
+  /** One reservation (never a REJECTED one), or undefined. */
+  reservation(id: string): ReservationRecord | undefined {
+    const row = this.q.reservation.get(id);
+    return row && toReservation(row);
+  }
+
+  /**
+   * Reserves all `lines` or none, idempotently by `key`: a repeat with the
+   * same fingerprint returns the first outcome (reserved or rejected), a
+   * different fingerprint is `key-reused`. Throws what the domain throws
+   * (unknown product, mixed currencies) without writing anything.
+   */
+  reserve(key: string, fingerprint: string, orderId: string, lines: readonly Line[]): ReserveResult {
+    return this.db
+      .transaction((): ReserveResult => {
+        const prior = this.q.reservationByKey.get(key);
+        if (prior) {
+          if (prior.fingerprint !== fingerprint) return { kind: "key-reused" };
+          const r = toReservation(prior);
+          return r.status === "REJECTED"
+            ? { kind: "rejected", shortages: r.shortages, replayed: true }
+            : { kind: "reserved", reservation: r, replayed: true };
+        }
+        const stock = new Map<string, ProductRecord>();
+        for (const l of lines) {
+          const row = this.q.product.get(l.productId);
+          if (row) stock.set(row.id, toProduct(row));
+        }
+        const plan: Plan = planReservation(lines, stock);
+        const now = this.clock();
+        const id = newId("res", now);
+        const base = { id, key, fingerprint, orderId, items: JSON.stringify(lines), now };
+        if (plan.kind === "short") {
+          const currency = stock.values().next().value?.currency ?? "USD";
+          this.q.insertReservation.run({
+            ...base,
+            status: "REJECTED",
+            totalMinor: 0,
+            currency,
+            shortages: JSON.stringify(plan.shortages),
+          });
+          return { kind: "rejected", shortages: plan.shortages, replayed: false };
+        }
+        for (const l of plan.lines) {
+          const { changes } = this.q.take.run(l.quantity, l.quantity, now, l.productId, l.quantity);
+          // Unreachable while the transaction holds the write lock; kept so a
+          // future change cannot silently oversell.
+          if (changes !== 1) throw new Error(`stock of ${l.productId} changed inside a reservation transaction`);
+        }
+        this.q.insertReservation.run({
+          ...base,
+          status: "RESERVED",
+          totalMinor: plan.totalMinor,
+          currency: plan.currency,
+          shortages: null,
+        });
+        return { kind: "reserved", reservation: toReservation(this.q.reservationByKey.get(key) as ReservationRow), replayed: false };
+      })
+      .immediate();
+  }
+
+  /**
+   * Returns a reservation's units to stock. Releasing a RELEASED reservation
+   * changes nothing. Undefined when there is no such reservation.
+   */
+  release(id: string): { reservation: ReservationRecord; changed: boolean } | undefined {
+    return this.db
+      .transaction(() => {
+        const row = this.q.reservation.get(id);
+        if (!row) return undefined;
+        if (row.status !== "RESERVED") return { reservation: toReservation(row), changed: false };
+        const r = toReservation(row);
+        const now = this.clock();
+        for (const l of r.items) this.q.give.run(l.quantity, l.quantity, now, l.productId);
+        this.q.setReservationStatus.run("RELEASED", now, id);
+        return { reservation: { ...r, status: "RELEASED" as const }, changed: true };
+      })
+      .immediate();
+  }
+
+  /**
+   * Adds `quantity` units to a product, idempotently by `key`. Returns the
+   * product after the restock, `key-reused` for a different request under
+   * the same key, or undefined for an unknown product.
+   */
+  restock(key: string, fingerprint: string, productId: string, quantity: number): ProductRecord | "key-reused" | undefined {
+    return this.db
+      .transaction(() => {
+        const prior = this.q.restockByKey.get(key);
+        if (prior) return prior.fingerprint === fingerprint ? this.product(prior.product_id) : "key-reused";
+        if (!this.q.product.get(productId)) return undefined;
+        const now = this.clock();
+        this.q.add.run(quantity, now, productId);
+        this.q.insertRestock.run(key, fingerprint, productId, quantity, now);
+        return this.product(productId);
+      })
+      .immediate();
+  }
+
+  /** Closes the database. */
+  close(): void {
+    this.db.close();
+  }
+}
