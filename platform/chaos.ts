@@ -6,7 +6,7 @@
  */
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { status } from "@grpc/grpc-js";
-import { ChaosService, type Faults, FaultsSchema } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
+import type { ChaosService, Faults, FaultsSchema } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { bool, int, num } from "./config.js";
 import { InvalidArgumentError, ServiceError } from "./errors.js";
 import type { Interceptor, ServiceImpl } from "./grpc.js";
@@ -37,7 +37,12 @@ export class FaultInjector {
   }
 
   /** Faults from the {@link faultEnv} variables. */
-  static fromConfig(c: { FAULT_LATENCY_MS: number; FAULT_ERROR_RATE: number; FAULT_ERROR_CODE: number; FAULT_DOWN: boolean }) {
+  static fromConfig(c: {
+    FAULT_LATENCY_MS: number;
+    FAULT_ERROR_RATE: number;
+    FAULT_ERROR_CODE: number;
+    FAULT_DOWN: boolean;
+  }) {
     return new FaultInjector({
       latencyMs: c.FAULT_LATENCY_MS,
       errorRate: c.FAULT_ERROR_RATE,
@@ -49,7 +54,8 @@ export class FaultInjector {
   private static validate(f: FaultSettings): FaultSettings {
     if (!Number.isInteger(f.latencyMs) || f.latencyMs < 0 || f.latencyMs > 60_000)
       throw new InvalidArgumentError("faults.latency_ms", "must be 0..60000");
-    if (!(f.errorRate >= 0 && f.errorRate <= 1)) throw new InvalidArgumentError("faults.error_rate", "must be 0.0..1.0");
+    if (!(f.errorRate >= 0 && f.errorRate <= 1))
+      throw new InvalidArgumentError("faults.error_rate", "must be 0.0..1.0");
     if (!Number.isInteger(f.errorCode) || f.errorCode < 0 || f.errorCode > 16)
       throw new InvalidArgumentError("faults.error_code", "must be a gRPC status code 1..16, or 0 for UNAVAILABLE");
     return { latencyMs: f.latencyMs, errorRate: f.errorRate, errorCode: f.errorCode, down: f.down };

@@ -10,7 +10,15 @@
  * Unknown errors become INTERNAL with a generic message: stacks and SQL never
  * reach a client.
  */
-import { create, createRegistry, type DescMessage, fromBinary, isMessage, type Message, toBinary } from "@bufbuild/protobuf";
+import {
+  create,
+  createRegistry,
+  type DescMessage,
+  fromBinary,
+  isMessage,
+  type Message,
+  toBinary,
+} from "@bufbuild/protobuf";
 import { type Any, anyPack, anyUnpack } from "@bufbuild/protobuf/wkt";
 import { Metadata, type StatusObject, status } from "@grpc/grpc-js";
 import {

@@ -108,7 +108,11 @@ function deadlineOf(call: ServerCall): number | undefined {
   return Number.isFinite(ms) ? ms : undefined;
 }
 
-function runInterceptors<T>(interceptors: readonly Interceptor[], ctx: CallContext, last: () => Promise<T>): Promise<T> {
+function runInterceptors<T>(
+  interceptors: readonly Interceptor[],
+  ctx: CallContext,
+  last: () => Promise<T>,
+): Promise<T> {
   let next = last;
   for (let i = interceptors.length - 1; i >= 0; i--) {
     const ic = interceptors[i] as Interceptor;

@@ -3,7 +3,18 @@
  * named exports only; no business logic lives here.
  */
 export { FaultInjector, faultEnv } from "./chaos.js";
-export { bool, type ConfigOf, ConfigError, commonEnv, type EnvReader, int, num, oneOf, parseEnv, str } from "./config.js";
+export {
+  bool,
+  ConfigError,
+  type ConfigOf,
+  commonEnv,
+  type EnvReader,
+  int,
+  num,
+  oneOf,
+  parseEnv,
+  str,
+} from "./config.js";
 export { type Db, openDatabase } from "./db.js";
 export {
   AlreadyExistsError,

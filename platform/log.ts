@@ -26,7 +26,12 @@ export async function createLogger(opts: LoggerOptions): Promise<Logger> {
     const { default: pretty } = await import("pino-pretty");
     return pino(
       { level: opts.level, base },
-      pretty({ sync: true, colorize: process.stdout.isTTY, ignore: "pid,hostname,service", translateTime: "HH:MM:ss.l" }),
+      pretty({
+        sync: true,
+        colorize: process.stdout.isTTY,
+        ignore: "pid,hostname,service",
+        translateTime: "HH:MM:ss.l",
+      }),
     );
   }
   return pino({ level: opts.level, base, timestamp: pino.stdTimeFunctions.isoTime });

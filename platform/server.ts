@@ -67,7 +67,10 @@ function callLogger(): Interceptor {
     } catch (err) {
       const { code } = toStatusObject(err);
       if (code !== grpc.status.INTERNAL) {
-        ctx.log.info({ code: grpc.status[code], ms: Math.round(performance.now() - started), msg: (err as Error).message }, "rpc");
+        ctx.log.info(
+          { code: grpc.status[code], ms: Math.round(performance.now() - started), msg: (err as Error).message },
+          "rpc",
+        );
       }
       throw err;
     }
@@ -137,4 +140,3 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
   const dialHost = opts.host === "0.0.0.0" || opts.host === "::" ? "127.0.0.1" : opts.host;
   return { port, address: `${dialHost}:${port}`, faults, stop };
 }
-

@@ -59,7 +59,11 @@ export function decodePageToken<K extends string>(
   if (token === "") return undefined;
   try {
     const v: unknown = JSON.parse(Buffer.from(token, "base64url").toString("utf8"));
-    if (typeof v === "object" && v !== null && keys.every((k) => ["string", "number"].includes(typeof (v as Record<string, unknown>)[k]))) {
+    if (
+      typeof v === "object" &&
+      v !== null &&
+      keys.every((k) => ["string", "number"].includes(typeof (v as Record<string, unknown>)[k]))
+    ) {
       return v as Record<K, string | number>;
     }
   } catch {

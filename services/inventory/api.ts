@@ -2,26 +2,26 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import {
-  IdempotencyKeyReusedError,
-  NotFoundError,
-  type ServiceImpl,
+  type InventoryService,
+  type ProductSchema,
+  type ReservationSchema,
+  ReservationStatus,
+  ReserveStockRequestSchema,
+  RestockRequestSchema,
+} from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
+import {
   decodePageToken,
   encodePageToken,
+  IdempotencyKeyReusedError,
+  NotFoundError,
   pageSize,
   requestFingerprint,
   requireId,
   requireIdempotencyKey,
   requireQuantity,
+  type ServiceImpl,
 } from "../../platform/index.js";
-import {
-  type InventoryService,
-  type ProductSchema,
-  ReservationStatus,
-  type ReservationSchema,
-  ReserveStockRequestSchema,
-  RestockRequestSchema,
-} from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
-import { type ProductRecord, OutOfStockError, validateReservation } from "./domain.js";
+import { OutOfStockError, type ProductRecord, validateReservation } from "./domain.js";
 import type { InventoryStore, ReservationRecord } from "./store.js";
 
 /** Dependencies of the inventory API. */
@@ -100,7 +100,12 @@ export function createInventoryApi({ store }: InventoryApiDeps): ServiceImpl<typ
       requireIdempotencyKey(req.idempotencyKey);
       requireId(req.productId, "product_id");
       requireQuantity(req.quantity, "quantity", 1, MAX_RESTOCK);
-      const result = store.restock(req.idempotencyKey, requestFingerprint(RestockRequestSchema, req), req.productId, req.quantity);
+      const result = store.restock(
+        req.idempotencyKey,
+        requestFingerprint(RestockRequestSchema, req),
+        req.productId,
+        req.quantity,
+      );
       if (result === "key-reused") throw new IdempotencyKeyReusedError(req.idempotencyKey);
       if (!result) throw new NotFoundError("product", req.productId);
       return { product: productMessage(result) };

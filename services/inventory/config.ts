@@ -1,5 +1,5 @@
 /** Inventory service configuration: every variable it reads, parsed once. */
-import { bool, commonEnv, type ConfigOf, faultEnv, int, parseEnv, str } from "../../platform/index.js";
+import { bool, type ConfigOf, commonEnv, faultEnv, int, parseEnv, str } from "../../platform/index.js";
 
 const spec = {
   ...commonEnv,

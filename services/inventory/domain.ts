@@ -72,7 +72,8 @@ export function validateLines(items: readonly Line[], field = "items"): Line[] {
   return items.map((it, i) => {
     requireId(it.productId, `${field}[${i}].product_id`);
     requireQuantity(it.quantity, `${field}[${i}].quantity`, 1, MAX_LINE_QUANTITY);
-    if (seen.has(it.productId)) throw new InvalidArgumentError(`${field}[${i}].product_id`, `duplicates product ${it.productId}`);
+    if (seen.has(it.productId))
+      throw new InvalidArgumentError(`${field}[${i}].product_id`, `duplicates product ${it.productId}`);
     seen.add(it.productId);
     return { productId: it.productId, quantity: it.quantity };
   });
@@ -80,7 +81,12 @@ export function validateLines(items: readonly Line[], field = "items"): Line[] {
 
 /** The outcome of planning a reservation against current stock. */
 export type Plan =
-  | { readonly kind: "reserve"; readonly lines: readonly Line[]; readonly totalMinor: number; readonly currency: string }
+  | {
+      readonly kind: "reserve";
+      readonly lines: readonly Line[];
+      readonly totalMinor: number;
+      readonly currency: string;
+    }
   | { readonly kind: "short"; readonly shortages: readonly Shortage[] };
 
 /**
@@ -96,9 +102,12 @@ export function planReservation(lines: readonly Line[], stock: ReadonlyMap<strin
     if (!p) throw new NotFoundError("product", line.productId);
     currency ??= p.currency;
     if (p.currency !== currency) {
-      throw new FailedPreconditionError(`products in different currencies (${currency}, ${p.currency}) cannot be reserved together`);
+      throw new FailedPreconditionError(
+        `products in different currencies (${currency}, ${p.currency}) cannot be reserved together`,
+      );
     }
-    if (p.available < line.quantity) shortages.push({ productId: p.id, requested: line.quantity, available: p.available });
+    if (p.available < line.quantity)
+      shortages.push({ productId: p.id, requested: line.quantity, available: p.available });
     totalMinor += p.priceMinor * line.quantity;
   }
   if (shortages.length > 0) return { kind: "short", shortages };

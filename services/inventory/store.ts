@@ -120,14 +120,20 @@ export class InventoryStore {
       give: db.prepare<[number, number, number, string]>(
         "UPDATE products SET available = available + ?, reserved = reserved - ?, updated_at = ? WHERE id = ?",
       ),
-      add: db.prepare<[number, number, string]>("UPDATE products SET available = available + ?, updated_at = ? WHERE id = ?"),
+      add: db.prepare<[number, number, string]>(
+        "UPDATE products SET available = available + ?, updated_at = ? WHERE id = ?",
+      ),
       reservationByKey: db.prepare<[string], ReservationRow>("SELECT * FROM reservations WHERE idempotency_key = ?"),
-      reservation: db.prepare<[string], ReservationRow>("SELECT * FROM reservations WHERE id = ? AND status != 'REJECTED'"),
+      reservation: db.prepare<[string], ReservationRow>(
+        "SELECT * FROM reservations WHERE id = ? AND status != 'REJECTED'",
+      ),
       insertReservation: db.prepare(
         `INSERT INTO reservations (id, idempotency_key, fingerprint, order_id, status, items, total_minor, currency, shortages, created_at, updated_at)
          VALUES (@id, @key, @fingerprint, @orderId, @status, @items, @totalMinor, @currency, @shortages, @now, @now)`,
       ),
-      setReservationStatus: db.prepare<[string, number, string]>("UPDATE reservations SET status = ?, updated_at = ? WHERE id = ?"),
+      setReservationStatus: db.prepare<[string, number, string]>(
+        "UPDATE reservations SET status = ?, updated_at = ? WHERE id = ?",
+      ),
       restockByKey: db.prepare<[string], { fingerprint: string; product_id: string }>(
         "SELECT fingerprint, product_id FROM restocks WHERE idempotency_key = ?",
       ),
@@ -221,7 +227,11 @@ export class InventoryStore {
           currency: plan.currency,
           shortages: null,
         });
-        return { kind: "reserved", reservation: toReservation(this.q.reservationByKey.get(key) as ReservationRow), replayed: false };
+        return {
+          kind: "reserved",
+          reservation: toReservation(this.q.reservationByKey.get(key) as ReservationRow),
+          replayed: false,
+        };
       })
       .immediate();
   }
@@ -250,7 +260,12 @@ export class InventoryStore {
    * product after the restock, `key-reused` for a different request under
    * the same key, or undefined for an unknown product.
    */
-  restock(key: string, fingerprint: string, productId: string, quantity: number): ProductRecord | "key-reused" | undefined {
+  restock(
+    key: string,
+    fingerprint: string,
+    productId: string,
+    quantity: number,
+  ): ProductRecord | "key-reused" | undefined {
     return this.db
       .transaction(() => {
         const prior = this.q.restockByKey.get(key);

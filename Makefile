@@ -1,0 +1,43 @@
+# shopmesh front door. Targets delegate to npm scripts (package.json) so the
+# two stay one truth. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PROTOS := $(shell find proto -name '*.proto')
+GEN_STAMP := gen/shopmesh/common/v1/common_pb.ts
+
+.PHONY: help install nats generate lint typecheck test run clean
+
+help: ## List targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci
+
+install: node_modules/.package-lock.json ## Install node modules (npm ci) when missing or stale
+
+nats: ## Make sure nats-server is installed (apt-get where possible)
+	@command -v nats-server >/dev/null || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then apt-get install -y nats-server || { apt-get update && apt-get install -y nats-server; }; \
+	  else echo "nats-server missing: install it (apt-get install nats-server, brew install nats-server) and retry"; exit 1; fi; }
+
+$(GEN_STAMP): $(PROTOS) buf.yaml buf.gen.yaml | install
+	npm run generate
+
+generate: install ## Regenerate gen/ from proto/ (buf generate)
+	npm run generate
+
+lint: install ## buf lint + biome
+	npm run lint
+
+typecheck: install ## tsc, strict
+	npm run typecheck
+
+test: install ## Everything CI checks: lint, typecheck, all tests
+	npm run check
+
+run: install nats $(GEN_STAMP) ## Start NATS and every service locally; Ctrl-C stops all
+	npm start
+
+clean: ## Remove local data (.data/: databases, NATS streams)
+	rm -rf .data

@@ -1,0 +1,102 @@
+/**
+ * `make run`: starts nats-server (JetStream, data under .data/nats) and every
+ * service on its fixed port, each with its own SQLite file under .data/,
+ * and prints their logs as readable lines prefixed by service name. Ctrl-C
+ * (or SIGTERM) stops everything cleanly; a second Ctrl-C kills at once.
+ *
+ * Ports: NATS 4222 (monitoring 8222); inventory 50051, payment 50052, order
+ * 50053, notification 50054, history 50055.
+ */
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdirSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { createInterface } from "node:readline";
+
+const ROOT = resolve(import.meta.dirname, "..");
+const DATA = join(ROOT, ".data");
+
+/** The fixed local topology. A service whose folder has no main.ts yet is skipped. */
+const SERVICES: readonly { name: string; port: number; env?: Record<string, string> }[] = [
+  { name: "inventory", port: 50051 },
+  { name: "payment", port: 50052 },
+  { name: "order", port: 50053 },
+  { name: "notification", port: 50054 },
+  { name: "history", port: 50055 },
+];
+
+const COLORS = [36, 33, 35, 32, 34, 31, 96, 93];
+const tty = process.stdout.isTTY;
+const width = Math.max(...SERVICES.map((s) => s.name.length), "nats".length);
+
+function prefix(name: string, i: number): string {
+  const label = `${name.padEnd(width)} |`;
+  return tty ? `\x1b[${COLORS[i % COLORS.length]}m${label}\x1b[0m` : label;
+}
+
+const children: { name: string; child: ChildProcess }[] = [];
+let stopping = false;
+
+function start(name: string, i: number, cmd: string, args: string[], env: Record<string, string> = {}): void {
+  const child = spawn(cmd, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  const p = prefix(name, i);
+  for (const stream of [child.stdout, child.stderr]) {
+    createInterface({ input: stream }).on("line", (line) => process.stdout.write(`${p} ${line}\n`));
+  }
+  child.on("exit", (code, signal) => {
+    if (!stopping) process.stdout.write(`${p} exited unexpectedly (${signal ?? `code ${code}`}); the others keep running\n`);
+  });
+  children.push({ name, child });
+}
+
+function requireNats(): void {
+  const probe = spawnSync("nats-server", ["--version"], { encoding: "utf8" });
+  if (probe.error) {
+    process.stderr.write(
+      "nats-server is not installed. Install it with your OS package manager, e.g.\n" +
+        "  sudo apt-get install -y nats-server      (Debian/Ubuntu)\n" +
+        "  brew install nats-server                 (macOS)\n" +
+        "or download it from https://github.com/nats-io/nats-server/releases\n",
+    );
+    process.exit(1);
+  }
+}
+
+function stopAll(): void {
+  if (stopping) {
+    for (const { child } of children) child.kill("SIGKILL");
+    process.exit(130);
+  }
+  stopping = true;
+  process.stdout.write("\nstopping (Ctrl-C again to kill)...\n");
+  // Services first (they drain calls), NATS last.
+  const services = children.filter((c) => c.name !== "nats");
+  const nats = children.find((c) => c.name === "nats");
+  const alive = (c: ChildProcess) => c.exitCode === null && c.signalCode === null;
+  const waitAll = (cs: ChildProcess[]) =>
+    Promise.all(cs.filter(alive).map((c) => new Promise<void>((r) => c.once("exit", () => r()))));
+  for (const { child } of services) child.kill("SIGTERM");
+  void waitAll(services.map((s) => s.child)).then(() => {
+    if (nats && alive(nats.child)) nats.child.kill("SIGTERM");
+    return waitAll(nats ? [nats.child] : []).then(() => {
+      process.stdout.write("all stopped\n");
+      process.exit(0);
+    });
+  });
+}
+
+requireNats();
+mkdirSync(join(DATA, "nats"), { recursive: true });
+start("nats", 0, "nats-server", ["-js", "-sd", join(DATA, "nats"), "-p", "4222", "-m", "8222", "-n", "shopmesh-local"]);
+SERVICES.forEach((s, i) => {
+  const main = join("services", s.name, "main.ts");
+  if (!existsSync(join(ROOT, main))) return;
+  start(s.name, i + 1, process.execPath, ["--import", "tsx", main], {
+    GRPC_PORT: String(s.port),
+    DB_PATH: join(DATA, `${s.name}.db`),
+    LOG_FORMAT: process.env.LOG_FORMAT ?? "pretty",
+    NATS_URL: "nats://127.0.0.1:4222",
+    ...s.env,
+  });
+});
+process.on("SIGINT", stopAll);
+process.on("SIGTERM", stopAll);

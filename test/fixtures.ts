@@ -1,0 +1,125 @@
+/**
+ * Test fixtures over real things: temp directories, services on ephemeral
+ * ports, child processes, and the `buf curl` client. Each is disposable:
+ * `await using x = await ...` tears it down even when the test fails.
+ */
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { promisify } from "node:util";
+import Database from "better-sqlite3";
+
+/** Repository root. */
+export const ROOT = resolve(import.meta.dirname, "..");
+
+/** A temporary directory removed on dispose. */
+export function tempDir(prefix = "shopmesh-"): { path: string } & Disposable {
+  const path = mkdtempSync(join(tmpdir(), prefix));
+  return { path, [Symbol.dispose]: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+/** A service started as its own Node process (`services/<name>/main.ts` via tsx). */
+export interface ServiceProcess extends AsyncDisposable {
+  readonly child: ChildProcess;
+  /** Port from the "gRPC server listening" log line. */
+  readonly port: number;
+  readonly address: string;
+  /** Everything the process wrote to stdout and stderr so far. */
+  output(): string;
+  /** Sends `signal` and resolves with the exit code (or the signal name). */
+  kill(signal?: NodeJS.Signals): Promise<number | string>;
+}
+
+/** Resolves when the child exits: its code, or the signal that ended it. */
+export function exited(child: ChildProcess): Promise<number | string> {
+  if (child.exitCode !== null) return Promise.resolve(child.exitCode);
+  if (child.signalCode !== null) return Promise.resolve(child.signalCode);
+  return new Promise((res) => child.once("exit", (code, signal) => res(code ?? signal ?? -1)));
+}
+
+/**
+ * Spawns `services/<name>/main.ts` with `env` (GRPC_PORT defaults to 0) and
+ * waits until it listens. Rejects with its output if it exits first or takes
+ * longer than `timeoutMs`.
+ */
+export async function spawnService(
+  name: string,
+  env: Record<string, string>,
+  timeoutMs = 20_000,
+): Promise<ServiceProcess> {
+  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "services", name, "main.ts")], {
+    cwd: ROOT,
+    env: { ...process.env, GRPC_PORT: "0", LOG_FORMAT: "json", LOG_LEVEL: "info", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  child.stdout?.on("data", (d: Buffer) => (out += d.toString()));
+  child.stderr?.on("data", (d: Buffer) => (out += d.toString()));
+  const port = await new Promise<number>((res, rej) => {
+    const timer = setTimeout(() => rej(new Error(`${name} did not start within ${timeoutMs} ms:\n${out}`)), timeoutMs);
+    const onData = () => {
+      for (const line of out.split("\n")) {
+        if (!line.includes("gRPC server listening")) continue;
+        clearTimeout(timer);
+        child.stdout?.off("data", onData);
+        res((JSON.parse(line) as { port: number }).port);
+        return;
+      }
+    };
+    child.stdout?.on("data", onData);
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      rej(new Error(`${name} exited with ${code} before listening:\n${out}`));
+    });
+  });
+  const kill = (signal: NodeJS.Signals = "SIGTERM") => {
+    const done = exited(child);
+    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    return done;
+  };
+  return {
+    child,
+    port,
+    address: `127.0.0.1:${port}`,
+    output: () => out,
+    kill,
+    [Symbol.asyncDispose]: async () => {
+      await kill("SIGKILL");
+    },
+  };
+}
+
+const execFileP = promisify(execFile);
+
+/**
+ * Runs `buf curl` (the @bufbuild/buf CLI, a gRPC client nobody here wrote)
+ * against a plaintext gRPC server. Returns stdout; rejects with stderr on a
+ * non-zero exit.
+ */
+export async function bufCurl(args: readonly string[]): Promise<{ stdout: string; stderr: string }> {
+  const buf = join(ROOT, "node_modules", ".bin", "buf");
+  try {
+    return await execFileP(buf, ["curl", "--protocol", "grpc", "--http2-prior-knowledge", ...args], { cwd: ROOT });
+  } catch (err) {
+    const e = err as { stdout?: string; stderr?: string; code?: number };
+    throw new Error(`buf curl exited ${e.code}: ${e.stderr ?? ""}${e.stdout ?? ""}`);
+  }
+}
+
+/**
+ * Every row of every table (or of the `only` tables) of the SQLite file at `path`, as one string:
+ * equal snapshots before and after a call prove the call wrote nothing.
+ */
+export function dbSnapshot(path: string, only?: readonly string[]): string {
+  const db = new Database(path, { readonly: true });
+  try {
+    const tables = db
+      .prepare<[], { name: string }>("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+      .all()
+      .filter(({ name }) => !only || only.includes(name));
+    return JSON.stringify(tables.map(({ name }) => [name, db.prepare(`SELECT * FROM "${name}" ORDER BY rowid`).all()]));
+  } finally {
+    db.close();
+  }
+}
