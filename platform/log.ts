@@ -28,6 +28,7 @@ export async function createLogger(opts: LoggerOptions): Promise<Logger> {
       { level: opts.level, base },
       pretty({
         sync: true,
+        singleLine: true,
         colorize: process.stdout.isTTY,
         ignore: "pid,hostname,service",
         translateTime: "HH:MM:ss.l",

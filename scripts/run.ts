@@ -36,14 +36,34 @@ function prefix(name: string, i: number): string {
 const children: { name: string; child: ChildProcess }[] = [];
 let stopping = false;
 
-function start(name: string, i: number, cmd: string, args: string[], env: Record<string, string> = {}): void {
-  const child = spawn(cmd, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+/**
+ * Starts a child in its own process group (so the terminal's Ctrl-C reaches
+ * only this runner, which then stops services before NATS) and relays every
+ * output line that `show` accepts.
+ */
+function start(
+  name: string,
+  i: number,
+  cmd: string,
+  args: string[],
+  env: Record<string, string> = {},
+  show: (line: string) => boolean = () => true,
+): void {
+  const child = spawn(cmd, args, {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
+  });
   const p = prefix(name, i);
   for (const stream of [child.stdout, child.stderr]) {
-    createInterface({ input: stream }).on("line", (line) => process.stdout.write(`${p} ${line}\n`));
+    createInterface({ input: stream }).on("line", (line) => {
+      if (show(line)) process.stdout.write(`${p} ${line}\n`);
+    });
   }
   child.on("exit", (code, signal) => {
-    if (!stopping) process.stdout.write(`${p} exited unexpectedly (${signal ?? `code ${code}`}); the others keep running\n`);
+    if (!stopping)
+      process.stdout.write(`${p} exited unexpectedly (${signal ?? `code ${code}`}); the others keep running\n`);
   });
   children.push({ name, child });
 }
@@ -86,7 +106,15 @@ function stopAll(): void {
 
 requireNats();
 mkdirSync(join(DATA, "nats"), { recursive: true });
-start("nats", 0, "nats-server", ["-js", "-sd", join(DATA, "nats"), "-p", "4222", "-m", "8222", "-n", "shopmesh-local"]);
+// NATS prints a banner; show only its readiness, warnings and errors.
+start(
+  "nats",
+  0,
+  "nats-server",
+  ["-js", "-sd", join(DATA, "nats"), "-p", "4222", "-m", "8222", "-n", "shopmesh-local"],
+  {},
+  (line) => /\[(WRN|ERR|FTL)\]|Server is ready|Listening for client/.test(line),
+);
 SERVICES.forEach((s, i) => {
   const main = join("services", s.name, "main.ts");
   if (!existsSync(join(ROOT, main))) return;
@@ -97,6 +125,9 @@ SERVICES.forEach((s, i) => {
     NATS_URL: "nats://127.0.0.1:4222",
     ...s.env,
   });
+});
+process.on("exit", () => {
+  for (const { child } of children) if (child.exitCode === null) child.kill("SIGKILL");
 });
 process.on("SIGINT", stopAll);
 process.on("SIGTERM", stopAll);
