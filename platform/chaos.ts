@@ -76,7 +76,11 @@ export class FaultInjector {
   readonly interceptor: Interceptor = async (ctx, next) => {
     const f = this.faults;
     if (f.down) throw new ServiceError(status.UNAVAILABLE, "service unavailable (fault injection: down)");
-    if (f.latencyMs > 0) await sleep(f.latencyMs, ctx.signal);
+    if (f.latencyMs > 0) {
+      await sleep(f.latencyMs, ctx.signal);
+      // The caller gave up (deadline or cancel) while we waited: do not run the handler.
+      if (ctx.signal.aborted) throw new ServiceError(status.CANCELLED, "call cancelled during injected latency");
+    }
     if (f.errorRate > 0 && this.random() < f.errorRate) {
       throw new ServiceError(f.errorCode || status.UNAVAILABLE, "injected fault");
     }

@@ -39,6 +39,7 @@ export {
   methodPath,
   type ServiceImpl,
 } from "./grpc.js";
+export { IDENTITY_KEYS, type Identity, identityMetadata, identityOf, requireIdentity } from "./identity.js";
 export { runProcess, type Stoppable } from "./lifecycle.js";
 export { createLogger, type Logger, type LoggerOptions, silentLogger } from "./log.js";
 export { bind, type GrpcServerOptions, type RunningServer, type ServiceBinding, startGrpcServer } from "./server.js";

@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file shopmesh/payment/v1/payment.proto.
  */
 export const file_shopmesh_payment_v1_payment: GenFile = /*@__PURE__*/
-  fileDesc("CiFzaG9wbWVzaC9wYXltZW50L3YxL3BheW1lbnQucHJvdG8SE3Nob3BtZXNoLnBheW1lbnQudjEikwIKB1BheW1lbnQSCgoCaWQYASABKAkSEAoIb3JkZXJfaWQYAiABKAkSEwoLY3VzdG9tZXJfaWQYAyABKAkSKQoGYW1vdW50GAQgASgLMhkuc2hvcG1lc2guY29tbW9uLnYxLk1vbmV5EjIKBnN0YXR1cxgFIAEoDjIiLnNob3BtZXNoLnBheW1lbnQudjEuUGF5bWVudFN0YXR1cxIWCg5kZWNsaW5lX3JlYXNvbhgGIAEoCRIuCgpjcmVhdGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKVAQoUQ2hhcmdlUGF5bWVudFJlcXVlc3QSFwoPaWRlbXBvdGVuY3lfa2V5GAEgASgJEhAKCG9yZGVyX2lkGAIgASgJEhMKC2N1c3RvbWVyX2lkGAMgASgJEikKBmFtb3VudBgEIAEoCzIZLnNob3BtZXNoLmNvbW1vbi52MS5Nb25leRISCgpjYXJkX3Rva2VuGAUgASgJIkYKFUNoYXJnZVBheW1lbnRSZXNwb25zZRItCgdwYXltZW50GAEgASgLMhwuc2hvcG1lc2gucGF5bWVudC52MS5QYXltZW50IjoKFFJlZnVuZFBheW1lbnRSZXF1ZXN0EhIKCnBheW1lbnRfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIkYKFVJlZnVuZFBheW1lbnRSZXNwb25zZRItCgdwYXltZW50GAEgASgLMhwuc2hvcG1lc2gucGF5bWVudC52MS5QYXltZW50IjkKEUdldFBheW1lbnRSZXF1ZXN0EhIKCnBheW1lbnRfaWQYASABKAkSEAoIb3JkZXJfaWQYAiABKAkiQwoSR2V0UGF5bWVudFJlc3BvbnNlEi0KB3BheW1lbnQYASABKAsyHC5zaG9wbWVzaC5wYXltZW50LnYxLlBheW1lbnQqhgEKDVBheW1lbnRTdGF0dXMSHgoaUEFZTUVOVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIbChdQQVlNRU5UX1NUQVRVU19DQVBUVVJFRBABEhsKF1BBWU1FTlRfU1RBVFVTX0RFQ0xJTkVEEAISGwoXUEFZTUVOVF9TVEFUVVNfUkVGVU5ERUQQAzK/AgoOUGF5bWVudFNlcnZpY2USZgoNQ2hhcmdlUGF5bWVudBIpLnNob3BtZXNoLnBheW1lbnQudjEuQ2hhcmdlUGF5bWVudFJlcXVlc3QaKi5zaG9wbWVzaC5wYXltZW50LnYxLkNoYXJnZVBheW1lbnRSZXNwb25zZRJmCg1SZWZ1bmRQYXltZW50Eikuc2hvcG1lc2gucGF5bWVudC52MS5SZWZ1bmRQYXltZW50UmVxdWVzdBoqLnNob3BtZXNoLnBheW1lbnQudjEuUmVmdW5kUGF5bWVudFJlc3BvbnNlEl0KCkdldFBheW1lbnQSJi5zaG9wbWVzaC5wYXltZW50LnYxLkdldFBheW1lbnRSZXF1ZXN0Gicuc2hvcG1lc2gucGF5bWVudC52MS5HZXRQYXltZW50UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_shopmesh_common_v1_common]);
+  fileDesc("CiFzaG9wbWVzaC9wYXltZW50L3YxL3BheW1lbnQucHJvdG8SE3Nob3BtZXNoLnBheW1lbnQudjEikwIKB1BheW1lbnQSCgoCaWQYASABKAkSEAoIb3JkZXJfaWQYAiABKAkSEwoLY3VzdG9tZXJfaWQYAyABKAkSKQoGYW1vdW50GAQgASgLMhkuc2hvcG1lc2guY29tbW9uLnYxLk1vbmV5EjIKBnN0YXR1cxgFIAEoDjIiLnNob3BtZXNoLnBheW1lbnQudjEuUGF5bWVudFN0YXR1cxIWCg5kZWNsaW5lX3JlYXNvbhgGIAEoCRIuCgpjcmVhdGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKVAQoUQ2hhcmdlUGF5bWVudFJlcXVlc3QSFwoPaWRlbXBvdGVuY3lfa2V5GAEgASgJEhAKCG9yZGVyX2lkGAIgASgJEhMKC2N1c3RvbWVyX2lkGAMgASgJEikKBmFtb3VudBgEIAEoCzIZLnNob3BtZXNoLmNvbW1vbi52MS5Nb25leRISCgpjYXJkX3Rva2VuGAUgASgJIkYKFUNoYXJnZVBheW1lbnRSZXNwb25zZRItCgdwYXltZW50GAEgASgLMhwuc2hvcG1lc2gucGF5bWVudC52MS5QYXltZW50IloKFFJlZnVuZFBheW1lbnRSZXF1ZXN0EhIKCnBheW1lbnRfaWQYASABKAkSDgoGcmVhc29uGAIgASgJEh4KFmNoYXJnZV9pZGVtcG90ZW5jeV9rZXkYAyABKAkiRgoVUmVmdW5kUGF5bWVudFJlc3BvbnNlEi0KB3BheW1lbnQYASABKAsyHC5zaG9wbWVzaC5wYXltZW50LnYxLlBheW1lbnQiOQoRR2V0UGF5bWVudFJlcXVlc3QSEgoKcGF5bWVudF9pZBgBIAEoCRIQCghvcmRlcl9pZBgCIAEoCSJDChJHZXRQYXltZW50UmVzcG9uc2USLQoHcGF5bWVudBgBIAEoCzIcLnNob3BtZXNoLnBheW1lbnQudjEuUGF5bWVudCqGAQoNUGF5bWVudFN0YXR1cxIeChpQQVlNRU5UX1NUQVRVU19VTlNQRUNJRklFRBAAEhsKF1BBWU1FTlRfU1RBVFVTX0NBUFRVUkVEEAESGwoXUEFZTUVOVF9TVEFUVVNfREVDTElORUQQAhIbChdQQVlNRU5UX1NUQVRVU19SRUZVTkRFRBADMs4CCg5QYXltZW50U2VydmljZRJrCg1DaGFyZ2VQYXltZW50Eikuc2hvcG1lc2gucGF5bWVudC52MS5DaGFyZ2VQYXltZW50UmVxdWVzdBoqLnNob3BtZXNoLnBheW1lbnQudjEuQ2hhcmdlUGF5bWVudFJlc3BvbnNlIgOQAgISawoNUmVmdW5kUGF5bWVudBIpLnNob3BtZXNoLnBheW1lbnQudjEuUmVmdW5kUGF5bWVudFJlcXVlc3QaKi5zaG9wbWVzaC5wYXltZW50LnYxLlJlZnVuZFBheW1lbnRSZXNwb25zZSIDkAICEmIKCkdldFBheW1lbnQSJi5zaG9wbWVzaC5wYXltZW50LnYxLkdldFBheW1lbnRSZXF1ZXN0Gicuc2hvcG1lc2gucGF5bWVudC52MS5HZXRQYXltZW50UmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_timestamp, file_shopmesh_common_v1_common]);
 
 /**
  * A charge attempt for an order and its outcome.
@@ -168,7 +168,8 @@ export const ChargePaymentResponseSchema: GenMessage<ChargePaymentResponse> = /*
  */
 export type RefundPaymentRequest = Message<"shopmesh.payment.v1.RefundPaymentRequest"> & {
   /**
-   * Id of the payment to refund. Required.
+   * Id of the payment to refund. Exactly one of `payment_id` and
+   * `charge_idempotency_key` is required.
    *
    * @generated from field: string payment_id = 1;
    */
@@ -180,6 +181,13 @@ export type RefundPaymentRequest = Message<"shopmesh.payment.v1.RefundPaymentReq
    * @generated from field: string reason = 2;
    */
   reason: string;
+
+  /**
+   * The `idempotency_key` of the ChargePayment call to undo.
+   *
+   * @generated from field: string charge_idempotency_key = 3;
+   */
+  chargeIdempotencyKey: string;
 };
 
 /**
@@ -196,7 +204,8 @@ export const RefundPaymentRequestSchema: GenMessage<RefundPaymentRequest> = /*@_
  */
 export type RefundPaymentResponse = Message<"shopmesh.payment.v1.RefundPaymentResponse"> & {
   /**
-   * The payment, now REFUNDED.
+   * The payment, now REFUNDED; DECLINED (with decline reason "voided") when
+   * a charge key was voided before any charge happened.
    *
    * @generated from field: shopmesh.payment.v1.Payment payment = 1;
    */
@@ -310,6 +319,10 @@ export const PaymentStatusSchema: GenEnum<PaymentStatus> = /*@__PURE__*/
  * is declined for lack of funds, and any charge above 1,000,000 minor units
  * is declined over limit. Every other non-empty token is approved.
  *
+ * The owner of a payment is the `customer_id` given at charge time;
+ * GetPayment answers NOT_FOUND for a payment of another customer when the
+ * call carries a customer identity.
+ *
  * @generated from service shopmesh.payment.v1.PaymentService
  */
 export const PaymentService: GenService<{
@@ -329,6 +342,12 @@ export const PaymentService: GenService<{
   /**
    * Refunds a captured payment in full. Idempotent: refunding a refunded
    * payment returns it unchanged. FAILED_PRECONDITION for a declined payment.
+   *
+   * With `charge_idempotency_key` instead of `payment_id` it undoes a charge
+   * whose outcome the caller does not know (its call timed out): the payment
+   * made with that key is refunded, or, if no charge has happened, the key
+   * is voided so that a late charge with it is declined. A saga uses this to
+   * compensate an uncertain charge without ever leaving money taken.
    *
    * @generated from rpc shopmesh.payment.v1.PaymentService.RefundPayment
    */
