@@ -42,10 +42,24 @@ export {
 export { IDENTITY_KEYS, type Identity, identityMetadata, identityOf, requireIdentity } from "./identity.js";
 export { runProcess, type Stoppable } from "./lifecycle.js";
 export { createLogger, type Logger, type LoggerOptions, silentLogger } from "./log.js";
+export {
+  createResilientClient,
+  DEFAULT_POLICY,
+  type DownstreamState,
+  isIdempotent,
+  isRetryable,
+  type PolicyConfig,
+  type PolicyEnv,
+  type PolicyEvents,
+  policyEnv,
+  policyFrom,
+  type ResilientClient,
+} from "./resilience.js";
 export { bind, type GrpcServerOptions, type RunningServer, type ServiceBinding, startGrpcServer } from "./server.js";
 export {
   decodePageToken,
   encodePageToken,
+  type Line,
   newId,
   PAGE_SIZE,
   pageSize,
@@ -53,4 +67,5 @@ export {
   requireId,
   requireIdempotencyKey,
   requireQuantity,
+  validateLines,
 } from "./validate.js";

@@ -81,3 +81,36 @@ export function requestFingerprint<D extends DescMessage>(schema: D, msg: Messag
 export function newId(prefix: string, now: number = Date.now()): string {
   return `${prefix}_${now.toString(36).padStart(9, "0")}${randomBytes(8).toString("hex")}`;
 }
+
+/** A requested line: a product and a number of units. */
+export interface Line {
+  readonly productId: string;
+  readonly quantity: number;
+}
+
+/**
+ * Validates order lines: 1..`maxLines` lines, valid unique product ids,
+ * quantities 1..`maxQuantity`. Violations name the field as in the proto,
+ * e.g. `items[2].quantity`. Returns plain copies of the lines.
+ */
+export function validateLines(
+  items: readonly Line[],
+  {
+    field = "items",
+    maxLines = 50,
+    maxQuantity = 10_000,
+  }: { field?: string; maxLines?: number; maxQuantity?: number } = {},
+): Line[] {
+  if (items.length === 0) throw new InvalidArgumentError(field, "must contain at least one item");
+  if (items.length > maxLines) throw new InvalidArgumentError(field, `must contain at most ${maxLines} items`);
+  const seen = new Set<string>();
+  return items.map((it, i) => {
+    requireId(it.productId, `${field}[${i}].product_id`);
+    requireQuantity(it.quantity, `${field}[${i}].quantity`, 1, maxQuantity);
+    if (seen.has(it.productId)) {
+      throw new InvalidArgumentError(`${field}[${i}].product_id`, `duplicates product ${it.productId}`);
+    }
+    seen.add(it.productId);
+    return { productId: it.productId, quantity: it.quantity };
+  });
+}

@@ -4,11 +4,11 @@
  */
 import {
   FailedPreconditionError,
-  InvalidArgumentError,
+  type Line,
   NotFoundError,
   requireId,
   requireIdempotencyKey,
-  requireQuantity,
+  validateLines,
 } from "../../platform/index.js";
 
 /** Most lines one reservation may hold. */
@@ -29,11 +29,7 @@ export interface ProductRecord {
 /** A product to load into the catalogue. */
 export type NewProduct = Omit<ProductRecord, "reserved">;
 
-/** A requested or reserved line. */
-export interface Line {
-  readonly productId: string;
-  readonly quantity: number;
-}
+export type { Line };
 
 /** A product that cannot cover its line. */
 export interface Shortage {
@@ -61,22 +57,7 @@ export class OutOfStockError extends FailedPreconditionError {
 export function validateReservation(req: { idempotencyKey: string; orderId: string; items: readonly Line[] }): Line[] {
   requireIdempotencyKey(req.idempotencyKey);
   requireId(req.orderId, "order_id");
-  return validateLines(req.items);
-}
-
-/** Validates order lines: 1..50 lines, unique product ids, quantities 1..10000. */
-export function validateLines(items: readonly Line[], field = "items"): Line[] {
-  if (items.length === 0) throw new InvalidArgumentError(field, "must contain at least one item");
-  if (items.length > MAX_LINES) throw new InvalidArgumentError(field, `must contain at most ${MAX_LINES} items`);
-  const seen = new Set<string>();
-  return items.map((it, i) => {
-    requireId(it.productId, `${field}[${i}].product_id`);
-    requireQuantity(it.quantity, `${field}[${i}].quantity`, 1, MAX_LINE_QUANTITY);
-    if (seen.has(it.productId))
-      throw new InvalidArgumentError(`${field}[${i}].product_id`, `duplicates product ${it.productId}`);
-    seen.add(it.productId);
-    return { productId: it.productId, quantity: it.quantity };
-  });
+  return validateLines(req.items, { maxLines: MAX_LINES, maxQuantity: MAX_LINE_QUANTITY });
 }
 
 /** The outcome of planning a reservation against current stock. */

@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file shopmesh/order/v1/order.proto.
  */
 export const file_shopmesh_order_v1_order: GenFile = /*@__PURE__*/
-  fileDesc("Ch1zaG9wbWVzaC9vcmRlci92MS9vcmRlci5wcm90bxIRc2hvcG1lc2gub3JkZXIudjEikAEKCFNhZ2FTdGVwEgwKBG5hbWUYASABKAkSLQoGc3RhdHVzGAIgASgOMh0uc2hvcG1lc2gub3JkZXIudjEuU3RlcFN0YXR1cxIOCgZkZXRhaWwYAyABKAkSDwoHYXR0ZW1wdBgEIAEoBRImCgJhdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiYAoJT3JkZXJJdGVtEhIKCnByb2R1Y3RfaWQYASABKAkSEAoIcXVhbnRpdHkYAiABKAUSLQoKdW5pdF9wcmljZRgDIAEoCzIZLnNob3BtZXNoLmNvbW1vbi52MS5Nb25leSKvAwoFT3JkZXISCgoCaWQYASABKAkSEwoLY3VzdG9tZXJfaWQYAiABKAkSKwoFaXRlbXMYAyADKAsyHC5zaG9wbWVzaC5vcmRlci52MS5PcmRlckl0ZW0SKAoFdG90YWwYBCABKAsyGS5zaG9wbWVzaC5jb21tb24udjEuTW9uZXkSLgoGc3RhdHVzGAUgASgOMh4uc2hvcG1lc2gub3JkZXIudjEuT3JkZXJTdGF0dXMSFQoNc3RhdHVzX3JlYXNvbhgGIAEoCRIvCglzYWdhX21vZGUYByABKA4yHC5zaG9wbWVzaC5jb21tb24udjEuU2FnYU1vZGUSKgoFc3RlcHMYCCADKAsyGy5zaG9wbWVzaC5vcmRlci52MS5TYWdhU3RlcBIWCg5yZXNlcnZhdGlvbl9pZBgJIAEoCRISCgpwYXltZW50X2lkGAogASgJEi4KCmNyZWF0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIp4BChFQbGFjZU9yZGVyUmVxdWVzdBIXCg9pZGVtcG90ZW5jeV9rZXkYASABKAkSKwoFaXRlbXMYAiADKAsyHC5zaG9wbWVzaC5jb21tb24udjEuTGluZUl0ZW0SEgoKY2FyZF90b2tlbhgDIAEoCRIvCglzYWdhX21vZGUYBCABKA4yHC5zaG9wbWVzaC5jb21tb24udjEuU2FnYU1vZGUiPQoSUGxhY2VPcmRlclJlc3BvbnNlEicKBW9yZGVyGAEgASgLMhguc2hvcG1lc2gub3JkZXIudjEuT3JkZXIiIwoPR2V0T3JkZXJSZXF1ZXN0EhAKCG9yZGVyX2lkGAEgASgJIjsKEEdldE9yZGVyUmVzcG9uc2USJwoFb3JkZXIYASABKAsyGC5zaG9wbWVzaC5vcmRlci52MS5PcmRlciI2ChJDYW5jZWxPcmRlclJlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIj4KE0NhbmNlbE9yZGVyUmVzcG9uc2USJwoFb3JkZXIYASABKAsyGC5zaG9wbWVzaC5vcmRlci52MS5PcmRlciI6ChFMaXN0T3JkZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJXChJMaXN0T3JkZXJzUmVzcG9uc2USKAoGb3JkZXJzGAEgAygLMhguc2hvcG1lc2gub3JkZXIudjEuT3JkZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiUKEVdhdGNoT3JkZXJSZXF1ZXN0EhAKCG9yZGVyX2lkGAEgASgJIj0KEldhdGNoT3JkZXJSZXNwb25zZRInCgVvcmRlchgBIAEoCzIYLnNob3BtZXNoLm9yZGVyLnYxLk9yZGVyKpwBCgtPcmRlclN0YXR1cxIcChhPUkRFUl9TVEFUVVNfVU5TUEVDSUZJRUQQABIYChRPUkRFUl9TVEFUVVNfUEVORElORxABEh0KGU9SREVSX1NUQVRVU19DT01QRU5TQVRJTkcQAhIaChZPUkRFUl9TVEFUVVNfQ09ORklSTUVEEAMSGgoWT1JERVJfU1RBVFVTX0NBTkNFTExFRBAEKpIBCgpTdGVwU3RhdHVzEhsKF1NURVBfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFwoTU1RFUF9TVEFUVVNfU1RBUlRFRBABEhkKFVNURVBfU1RBVFVTX1NVQ0NFRURFRBACEhYKElNURVBfU1RBVFVTX0ZBSUxFRBADEhsKF1NURVBfU1RBVFVTX0NPTVBFTlNBVEVEEAQy6AMKDE9yZGVyU2VydmljZRJeCgpQbGFjZU9yZGVyEiQuc2hvcG1lc2gub3JkZXIudjEuUGxhY2VPcmRlclJlcXVlc3QaJS5zaG9wbWVzaC5vcmRlci52MS5QbGFjZU9yZGVyUmVzcG9uc2UiA5ACAhJYCghHZXRPcmRlchIiLnNob3BtZXNoLm9yZGVyLnYxLkdldE9yZGVyUmVxdWVzdBojLnNob3BtZXNoLm9yZGVyLnYxLkdldE9yZGVyUmVzcG9uc2UiA5ACARJcCgtDYW5jZWxPcmRlchIlLnNob3BtZXNoLm9yZGVyLnYxLkNhbmNlbE9yZGVyUmVxdWVzdBomLnNob3BtZXNoLm9yZGVyLnYxLkNhbmNlbE9yZGVyUmVzcG9uc2USXgoKTGlzdE9yZGVycxIkLnNob3BtZXNoLm9yZGVyLnYxLkxpc3RPcmRlcnNSZXF1ZXN0GiUuc2hvcG1lc2gub3JkZXIudjEuTGlzdE9yZGVyc1Jlc3BvbnNlIgOQAgESYAoKV2F0Y2hPcmRlchIkLnNob3BtZXNoLm9yZGVyLnYxLldhdGNoT3JkZXJSZXF1ZXN0GiUuc2hvcG1lc2gub3JkZXIudjEuV2F0Y2hPcmRlclJlc3BvbnNlIgOQAgEwAWIGcHJvdG8z", [file_google_protobuf_timestamp, file_shopmesh_common_v1_common]);
+  fileDesc("Ch1zaG9wbWVzaC9vcmRlci92MS9vcmRlci5wcm90bxIRc2hvcG1lc2gub3JkZXIudjEikAEKCFNhZ2FTdGVwEgwKBG5hbWUYASABKAkSLQoGc3RhdHVzGAIgASgOMh0uc2hvcG1lc2gub3JkZXIudjEuU3RlcFN0YXR1cxIOCgZkZXRhaWwYAyABKAkSDwoHYXR0ZW1wdBgEIAEoBRImCgJhdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAirwMKBU9yZGVyEgoKAmlkGAEgASgJEhMKC2N1c3RvbWVyX2lkGAIgASgJEisKBWl0ZW1zGAMgAygLMhwuc2hvcG1lc2guY29tbW9uLnYxLkxpbmVJdGVtEigKBXRvdGFsGAQgASgLMhkuc2hvcG1lc2guY29tbW9uLnYxLk1vbmV5Ei4KBnN0YXR1cxgFIAEoDjIeLnNob3BtZXNoLm9yZGVyLnYxLk9yZGVyU3RhdHVzEhUKDXN0YXR1c19yZWFzb24YBiABKAkSLwoJc2FnYV9tb2RlGAcgASgOMhwuc2hvcG1lc2guY29tbW9uLnYxLlNhZ2FNb2RlEioKBXN0ZXBzGAggAygLMhsuc2hvcG1lc2gub3JkZXIudjEuU2FnYVN0ZXASFgoOcmVzZXJ2YXRpb25faWQYCSABKAkSEgoKcGF5bWVudF9pZBgKIAEoCRIuCgpjcmVhdGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKeAQoRUGxhY2VPcmRlclJlcXVlc3QSFwoPaWRlbXBvdGVuY3lfa2V5GAEgASgJEisKBWl0ZW1zGAIgAygLMhwuc2hvcG1lc2guY29tbW9uLnYxLkxpbmVJdGVtEhIKCmNhcmRfdG9rZW4YAyABKAkSLwoJc2FnYV9tb2RlGAQgASgOMhwuc2hvcG1lc2guY29tbW9uLnYxLlNhZ2FNb2RlIj0KElBsYWNlT3JkZXJSZXNwb25zZRInCgVvcmRlchgBIAEoCzIYLnNob3BtZXNoLm9yZGVyLnYxLk9yZGVyIiMKD0dldE9yZGVyUmVxdWVzdBIQCghvcmRlcl9pZBgBIAEoCSI7ChBHZXRPcmRlclJlc3BvbnNlEicKBW9yZGVyGAEgASgLMhguc2hvcG1lc2gub3JkZXIudjEuT3JkZXIiNgoSQ2FuY2VsT3JkZXJSZXF1ZXN0EhAKCG9yZGVyX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSI+ChNDYW5jZWxPcmRlclJlc3BvbnNlEicKBW9yZGVyGAEgASgLMhguc2hvcG1lc2gub3JkZXIudjEuT3JkZXIiOgoRTGlzdE9yZGVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiVwoSTGlzdE9yZGVyc1Jlc3BvbnNlEigKBm9yZGVycxgBIAMoCzIYLnNob3BtZXNoLm9yZGVyLnYxLk9yZGVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIlChFXYXRjaE9yZGVyUmVxdWVzdBIQCghvcmRlcl9pZBgBIAEoCSI9ChJXYXRjaE9yZGVyUmVzcG9uc2USJwoFb3JkZXIYASABKAsyGC5zaG9wbWVzaC5vcmRlci52MS5PcmRlciqcAQoLT3JkZXJTdGF0dXMSHAoYT1JERVJfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGAoUT1JERVJfU1RBVFVTX1BFTkRJTkcQARIdChlPUkRFUl9TVEFUVVNfQ09NUEVOU0FUSU5HEAISGgoWT1JERVJfU1RBVFVTX0NPTkZJUk1FRBADEhoKFk9SREVSX1NUQVRVU19DQU5DRUxMRUQQBCqSAQoKU3RlcFN0YXR1cxIbChdTVEVQX1NUQVRVU19VTlNQRUNJRklFRBAAEhcKE1NURVBfU1RBVFVTX1NUQVJURUQQARIZChVTVEVQX1NUQVRVU19TVUNDRUVERUQQAhIWChJTVEVQX1NUQVRVU19GQUlMRUQQAxIbChdTVEVQX1NUQVRVU19DT01QRU5TQVRFRBAEMugDCgxPcmRlclNlcnZpY2USXgoKUGxhY2VPcmRlchIkLnNob3BtZXNoLm9yZGVyLnYxLlBsYWNlT3JkZXJSZXF1ZXN0GiUuc2hvcG1lc2gub3JkZXIudjEuUGxhY2VPcmRlclJlc3BvbnNlIgOQAgISWAoIR2V0T3JkZXISIi5zaG9wbWVzaC5vcmRlci52MS5HZXRPcmRlclJlcXVlc3QaIy5zaG9wbWVzaC5vcmRlci52MS5HZXRPcmRlclJlc3BvbnNlIgOQAgESXAoLQ2FuY2VsT3JkZXISJS5zaG9wbWVzaC5vcmRlci52MS5DYW5jZWxPcmRlclJlcXVlc3QaJi5zaG9wbWVzaC5vcmRlci52MS5DYW5jZWxPcmRlclJlc3BvbnNlEl4KCkxpc3RPcmRlcnMSJC5zaG9wbWVzaC5vcmRlci52MS5MaXN0T3JkZXJzUmVxdWVzdBolLnNob3BtZXNoLm9yZGVyLnYxLkxpc3RPcmRlcnNSZXNwb25zZSIDkAIBEmAKCldhdGNoT3JkZXISJC5zaG9wbWVzaC5vcmRlci52MS5XYXRjaE9yZGVyUmVxdWVzdBolLnNob3BtZXNoLm9yZGVyLnYxLldhdGNoT3JkZXJSZXNwb25zZSIDkAIBMAFiBnByb3RvMw", [file_google_protobuf_timestamp, file_shopmesh_common_v1_common]);
 
 /**
  * One entry of an order's saga step log.
@@ -70,41 +70,6 @@ export const SagaStepSchema: GenMessage<SagaStep> = /*@__PURE__*/
   messageDesc(file_shopmesh_order_v1_order, 0);
 
 /**
- * An order line with the unit price fixed when stock was reserved.
- *
- * @generated from message shopmesh.order.v1.OrderItem
- */
-export type OrderItem = Message<"shopmesh.order.v1.OrderItem"> & {
-  /**
-   * Catalogue id of the product.
-   *
-   * @generated from field: string product_id = 1;
-   */
-  productId: string;
-
-  /**
-   * Units ordered.
-   *
-   * @generated from field: int32 quantity = 2;
-   */
-  quantity: number;
-
-  /**
-   * Price of one unit; unset until stock is reserved.
-   *
-   * @generated from field: shopmesh.common.v1.Money unit_price = 3;
-   */
-  unitPrice?: Money | undefined;
-};
-
-/**
- * Describes the message shopmesh.order.v1.OrderItem.
- * Use `create(OrderItemSchema)` to create a new message.
- */
-export const OrderItemSchema: GenMessage<OrderItem> = /*@__PURE__*/
-  messageDesc(file_shopmesh_order_v1_order, 1);
-
-/**
  * A customer's order.
  *
  * @generated from message shopmesh.order.v1.Order
@@ -127,12 +92,13 @@ export type Order = Message<"shopmesh.order.v1.Order"> & {
   /**
    * Ordered lines.
    *
-   * @generated from field: repeated shopmesh.order.v1.OrderItem items = 3;
+   * @generated from field: repeated shopmesh.common.v1.LineItem items = 3;
    */
-  items: OrderItem[];
+  items: LineItem[];
 
   /**
-   * Total of the order; unset until stock is reserved.
+   * Total of the order, priced by inventory when stock is reserved; unset
+   * until then.
    *
    * @generated from field: shopmesh.common.v1.Money total = 4;
    */
@@ -200,7 +166,7 @@ export type Order = Message<"shopmesh.order.v1.Order"> & {
  * Use `create(OrderSchema)` to create a new message.
  */
 export const OrderSchema: GenMessage<Order> = /*@__PURE__*/
-  messageDesc(file_shopmesh_order_v1_order, 2);
+  messageDesc(file_shopmesh_order_v1_order, 1);
 
 /**
  * Request for OrderService.PlaceOrder.
@@ -243,7 +209,7 @@ export type PlaceOrderRequest = Message<"shopmesh.order.v1.PlaceOrderRequest"> &
  * Use `create(PlaceOrderRequestSchema)` to create a new message.
  */
 export const PlaceOrderRequestSchema: GenMessage<PlaceOrderRequest> = /*@__PURE__*/
-  messageDesc(file_shopmesh_order_v1_order, 3);
+  messageDesc(file_shopmesh_order_v1_order, 2);
 
 /**
  * Response for OrderService.PlaceOrder.
@@ -264,7 +230,7 @@ export type PlaceOrderResponse = Message<"shopmesh.order.v1.PlaceOrderResponse">
  * Use `create(PlaceOrderResponseSchema)` to create a new message.
  */
 export const PlaceOrderResponseSchema: GenMessage<PlaceOrderResponse> = /*@__PURE__*/
-  messageDesc(file_shopmesh_order_v1_order, 4);
+  messageDesc(file_shopmesh_order_v1_order, 3);
 
 /**
  * Request for OrderService.GetOrder.
@@ -285,7 +251,7 @@ export type GetOrderRequest = Message<"shopmesh.order.v1.GetOrderRequest"> & {
  * Use `create(GetOrderRequestSchema)` to create a new message.
  */
 export const GetOrderRequestSchema: GenMessage<GetOrderRequest> = /*@__PURE__*/
-  messageDesc(file_shopmesh_order_v1_order, 5);
+  messageDesc(file_shopmesh_order_v1_order, 4);
 
 /**
  * Response for OrderService.GetOrder.
@@ -306,7 +272,7 @@ export type GetOrderResponse = Message<"shopmesh.order.v1.GetOrderResponse"> & {
  * Use `create(GetOrderResponseSchema)` to create a new message.
  */
 export const GetOrderResponseSchema: GenMessage<GetOrderResponse> = /*@__PURE__*/
-  messageDesc(file_shopmesh_order_v1_order, 6);
+  messageDesc(file_shopmesh_order_v1_order, 5);
 
 /**
  * Request for OrderService.CancelOrder.
@@ -334,7 +300,7 @@ export type CancelOrderRequest = Message<"shopmesh.order.v1.CancelOrderRequest">
  * Use `create(CancelOrderRequestSchema)` to create a new message.
  */
 export const CancelOrderRequestSchema: GenMessage<CancelOrderRequest> = /*@__PURE__*/
-  messageDesc(file_shopmesh_order_v1_order, 7);
+  messageDesc(file_shopmesh_order_v1_order, 6);
 
 /**
  * Response for OrderService.CancelOrder.
@@ -355,7 +321,7 @@ export type CancelOrderResponse = Message<"shopmesh.order.v1.CancelOrderResponse
  * Use `create(CancelOrderResponseSchema)` to create a new message.
  */
 export const CancelOrderResponseSchema: GenMessage<CancelOrderResponse> = /*@__PURE__*/
-  messageDesc(file_shopmesh_order_v1_order, 8);
+  messageDesc(file_shopmesh_order_v1_order, 7);
 
 /**
  * Request for OrderService.ListOrders.
@@ -384,7 +350,7 @@ export type ListOrdersRequest = Message<"shopmesh.order.v1.ListOrdersRequest"> &
  * Use `create(ListOrdersRequestSchema)` to create a new message.
  */
 export const ListOrdersRequestSchema: GenMessage<ListOrdersRequest> = /*@__PURE__*/
-  messageDesc(file_shopmesh_order_v1_order, 9);
+  messageDesc(file_shopmesh_order_v1_order, 8);
 
 /**
  * Response for OrderService.ListOrders.
@@ -412,7 +378,7 @@ export type ListOrdersResponse = Message<"shopmesh.order.v1.ListOrdersResponse">
  * Use `create(ListOrdersResponseSchema)` to create a new message.
  */
 export const ListOrdersResponseSchema: GenMessage<ListOrdersResponse> = /*@__PURE__*/
-  messageDesc(file_shopmesh_order_v1_order, 10);
+  messageDesc(file_shopmesh_order_v1_order, 9);
 
 /**
  * Request for OrderService.WatchOrder.
@@ -433,7 +399,7 @@ export type WatchOrderRequest = Message<"shopmesh.order.v1.WatchOrderRequest"> &
  * Use `create(WatchOrderRequestSchema)` to create a new message.
  */
 export const WatchOrderRequestSchema: GenMessage<WatchOrderRequest> = /*@__PURE__*/
-  messageDesc(file_shopmesh_order_v1_order, 11);
+  messageDesc(file_shopmesh_order_v1_order, 10);
 
 /**
  * One message of the OrderService.WatchOrder stream.
@@ -454,7 +420,7 @@ export type WatchOrderResponse = Message<"shopmesh.order.v1.WatchOrderResponse">
  * Use `create(WatchOrderResponseSchema)` to create a new message.
  */
 export const WatchOrderResponseSchema: GenMessage<WatchOrderResponse> = /*@__PURE__*/
-  messageDesc(file_shopmesh_order_v1_order, 12);
+  messageDesc(file_shopmesh_order_v1_order, 11);
 
 /**
  * Lifecycle of an order.
