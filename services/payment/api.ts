@@ -1,0 +1,81 @@
+/** PaymentService RPC handlers: validate, call the store, map to messages. */
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import {
+  ChargePaymentRequestSchema,
+  type PaymentSchema,
+  type PaymentService,
+  PaymentStatus,
+} from "../../gen/shopmesh/payment/v1/payment_pb.js";
+import {
+  IdempotencyKeyReusedError,
+  identityOf,
+  NotFoundError,
+  requestFingerprint,
+  type ServiceImpl,
+} from "../../platform/index.js";
+import {
+  canSee,
+  type PaymentRecord,
+  type PaymentStatusName,
+  validateCharge,
+  validateLookup,
+  validateRefund,
+} from "./domain.js";
+import type { PaymentStore } from "./store.js";
+
+/** Dependencies of the payment API. */
+export interface PaymentApiDeps {
+  readonly store: PaymentStore;
+}
+
+const STATUS: Record<PaymentStatusName, PaymentStatus> = {
+  CAPTURED: PaymentStatus.CAPTURED,
+  DECLINED: PaymentStatus.DECLINED,
+  REFUNDED: PaymentStatus.REFUNDED,
+};
+
+function paymentMessage(p: PaymentRecord): MessageInitShape<typeof PaymentSchema> {
+  return {
+    id: p.id,
+    orderId: p.orderId,
+    customerId: p.customerId,
+    // A void tombstone never attempted an amount, so it carries none rather than a currency-less zero.
+    amount: p.kind === "VOID" ? undefined : { currencyCode: p.currency, amountMinor: BigInt(p.amountMinor) },
+    status: STATUS[p.status],
+    declineReason: p.declineReason,
+    createdAt: timestampFromMs(p.createdAt),
+    updatedAt: timestampFromMs(p.updatedAt),
+  };
+}
+
+/** Creates the PaymentService handlers. */
+export function createPaymentApi({ store }: PaymentApiDeps): ServiceImpl<typeof PaymentService> {
+  return {
+    chargePayment(req) {
+      const input = validateCharge(req);
+      const result = store.charge(requestFingerprint(ChargePaymentRequestSchema, req), input);
+      if (result.kind === "key-reused") throw new IdempotencyKeyReusedError(req.idempotencyKey);
+      return { payment: paymentMessage(result.payment) };
+    },
+
+    refundPayment(req) {
+      const { target, reason } = validateRefund(req);
+      const result = store.refund(target, reason);
+      if (!result) throw new NotFoundError("payment", req.paymentId);
+      return { payment: paymentMessage(result.payment) };
+    },
+
+    getPayment(req, ctx) {
+      const lookup = validateLookup(req);
+      const payment = lookup.by === "id" ? store.payment(lookup.paymentId) : store.latestForOrder(lookup.orderId);
+      // Another customer's payment answers exactly like a missing one, so ids cannot be probed.
+      if (!payment || !canSee(identityOf(ctx.metadata), payment)) {
+        throw lookup.by === "id"
+          ? new NotFoundError("payment", lookup.paymentId)
+          : new NotFoundError("payment for order", lookup.orderId);
+      }
+      return { payment: paymentMessage(payment) };
+    },
+  };
+}

@@ -1,0 +1,225 @@
+/**
+ * Payment persistence. Every mutation is one IMMEDIATE transaction, so a
+ * charge and a void of the same key cannot interleave, in this process or in
+ * another on the same file; CHECK constraints keep each row's status, reasons
+ * and amount consistent even if a bug slipped past the domain rules.
+ */
+import { type Db, newId, openDatabase } from "../../platform/index.js";
+import {
+  authorize,
+  type ChargeInput,
+  type PaymentRecord,
+  type PaymentStatusName,
+  type RefundTarget,
+  refundAction,
+  VOIDED_REASON,
+} from "./domain.js";
+
+const MIGRATIONS = [
+  `CREATE TABLE payments (
+     id              TEXT PRIMARY KEY,
+     idempotency_key TEXT NOT NULL UNIQUE,
+     kind            TEXT NOT NULL CHECK (kind IN ('CHARGE', 'VOID')),
+     fingerprint     TEXT,           -- of the ChargePayment request; NULL for a VOID
+     order_id        TEXT NOT NULL,  -- '' for a VOID
+     customer_id     TEXT NOT NULL,  -- '' for a VOID
+     amount_minor    INTEGER NOT NULL,
+     currency        TEXT NOT NULL,  -- '' for a VOID
+     status          TEXT NOT NULL CHECK (status IN ('CAPTURED', 'DECLINED', 'REFUNDED')),
+     decline_reason  TEXT,           -- set exactly when DECLINED
+     refund_reason   TEXT,           -- set exactly when REFUNDED
+     created_at      INTEGER NOT NULL,
+     updated_at      INTEGER NOT NULL,
+     CHECK ((kind = 'VOID') = (fingerprint IS NULL)),
+     CHECK ((kind = 'CHARGE' AND amount_minor > 0)
+         OR (kind = 'VOID' AND amount_minor = 0 AND status = 'DECLINED')),
+     CHECK ((status = 'DECLINED') = (decline_reason IS NOT NULL)),
+     CHECK ((status = 'REFUNDED') = (refund_reason IS NOT NULL))
+   ) STRICT;
+   CREATE INDEX payments_order ON payments (order_id, created_at);`,
+];
+
+/** Result of {@link PaymentStore.charge}. `replayed` is true when the key already had a payment. */
+export type ChargeResult =
+  | { readonly kind: "charged"; readonly payment: PaymentRecord; readonly replayed: boolean }
+  | { readonly kind: "key-reused" };
+
+/** Result of {@link PaymentStore.refund}; `changed` is false when nothing was written. */
+export interface RefundResult {
+  readonly payment: PaymentRecord;
+  readonly changed: boolean;
+}
+
+interface PaymentRow {
+  id: string;
+  idempotency_key: string;
+  kind: PaymentRecord["kind"];
+  fingerprint: string | null;
+  order_id: string;
+  customer_id: string;
+  amount_minor: number;
+  currency: string;
+  status: PaymentStatusName;
+  decline_reason: string | null;
+  refund_reason: string | null;
+  created_at: number;
+  updated_at: number;
+}
+
+const toPayment = (r: PaymentRow): PaymentRecord => ({
+  id: r.id,
+  kind: r.kind,
+  orderId: r.order_id,
+  customerId: r.customer_id,
+  amountMinor: r.amount_minor,
+  currency: r.currency,
+  status: r.status,
+  declineReason: r.decline_reason ?? "",
+  refundReason: r.refund_reason ?? "",
+  createdAt: r.created_at,
+  updatedAt: r.updated_at,
+});
+
+/** The payments table in one SQLite file. */
+export class PaymentStore {
+  private readonly q;
+
+  private constructor(
+    private readonly db: Db,
+    private readonly clock: () => number,
+  ) {
+    this.q = {
+      byId: db.prepare<[string], PaymentRow>("SELECT * FROM payments WHERE id = ?"),
+      byKey: db.prepare<[string], PaymentRow>("SELECT * FROM payments WHERE idempotency_key = ?"),
+      latestForOrder: db.prepare<[string], PaymentRow>(
+        "SELECT * FROM payments WHERE order_id = ? AND kind = 'CHARGE' ORDER BY created_at DESC, rowid DESC LIMIT 1",
+      ),
+      insert: db.prepare(
+        `INSERT INTO payments (id, idempotency_key, kind, fingerprint, order_id, customer_id, amount_minor, currency,
+                               status, decline_reason, refund_reason, created_at, updated_at)
+         VALUES (@id, @key, @kind, @fingerprint, @orderId, @customerId, @amountMinor, @currency,
+                 @status, @declineReason, NULL, @now, @now)`,
+      ),
+      markRefunded: db.prepare<[string, number, string]>(
+        "UPDATE payments SET status = 'REFUNDED', refund_reason = ?, updated_at = ? WHERE id = ? AND status = 'CAPTURED'",
+      ),
+      capturedForOrder: db.prepare<[string], { n: number }>(
+        "SELECT COUNT(*) AS n FROM payments WHERE order_id = ? AND status = 'CAPTURED'",
+      ),
+      countByStatus: db.prepare<[], { status: PaymentStatusName; n: number }>(
+        "SELECT status, COUNT(*) AS n FROM payments GROUP BY status",
+      ),
+    };
+  }
+
+  /** Opens (and migrates) the store at `path` (`:memory:` for a private in-memory one). */
+  static open(path: string, clock: () => number = Date.now): PaymentStore {
+    return new PaymentStore(openDatabase(path, MIGRATIONS), clock);
+  }
+
+  /** One payment (void tombstones included), or undefined. */
+  payment(id: string): PaymentRecord | undefined {
+    const row = this.q.byId.get(id);
+    return row && toPayment(row);
+  }
+
+  /** The latest charge for `orderId` (never a void tombstone), or undefined. */
+  latestForOrder(orderId: string): PaymentRecord | undefined {
+    const row = this.q.latestForOrder.get(orderId);
+    return row && toPayment(row);
+  }
+
+  /**
+   * Charges once per `input.idempotencyKey`: a repeat with the same
+   * fingerprint returns the first payment (captured or declined), a
+   * different fingerprint is `key-reused`. A key that was voided answers its
+   * void tombstone whatever the request, so a charge that arrives after its
+   * compensation never takes money.
+   */
+  charge(fingerprint: string, input: ChargeInput): ChargeResult {
+    return this.db
+      .transaction((): ChargeResult => {
+        const prior = this.q.byKey.get(input.idempotencyKey);
+        if (prior) {
+          if (prior.kind === "CHARGE" && prior.fingerprint !== fingerprint) return { kind: "key-reused" };
+          return { kind: "charged", payment: toPayment(prior), replayed: true };
+        }
+        const auth = authorize(input.cardToken, input.amountMinor);
+        const now = this.clock();
+        const id = newId("pay", now);
+        this.q.insert.run({
+          id,
+          key: input.idempotencyKey,
+          kind: "CHARGE",
+          fingerprint,
+          orderId: input.orderId,
+          customerId: input.customerId,
+          amountMinor: input.amountMinor,
+          currency: input.currency,
+          status: auth.status,
+          declineReason: auth.status === "DECLINED" ? auth.reason : null,
+          now,
+        });
+        return { kind: "charged", payment: toPayment(this.q.byId.get(id) as PaymentRow), replayed: false };
+      })
+      .immediate();
+  }
+
+  /**
+   * Refunds the payment `target` names, storing `reason`. By charge key with
+   * no payment yet, writes a void tombstone for the key instead. Undefined
+   * for an unknown payment id; throws what {@link refundAction} throws (a
+   * DECLINED payment by id) without writing anything.
+   */
+  refund(target: RefundTarget, reason: string): RefundResult | undefined {
+    return this.db
+      .transaction((): RefundResult | undefined => {
+        const row =
+          target.by === "id" ? this.q.byId.get(target.paymentId) : this.q.byKey.get(target.chargeIdempotencyKey);
+        const now = this.clock();
+        if (!row) {
+          if (target.by === "id") return undefined;
+          const id = newId("pay", now);
+          this.q.insert.run({
+            id,
+            key: target.chargeIdempotencyKey,
+            kind: "VOID",
+            fingerprint: null,
+            orderId: "",
+            customerId: "",
+            amountMinor: 0,
+            currency: "",
+            status: "DECLINED",
+            declineReason: VOIDED_REASON,
+            now,
+          });
+          return { payment: toPayment(this.q.byId.get(id) as PaymentRow), changed: true };
+        }
+        const payment = toPayment(row);
+        if (refundAction(payment, target.by) === "unchanged") return { payment, changed: false };
+        const { changes } = this.q.markRefunded.run(reason, now, payment.id);
+        // Unreachable while the transaction holds the write lock; kept so a
+        // future change cannot refund twice.
+        if (changes !== 1) throw new Error(`payment ${payment.id} changed inside a refund transaction`);
+        return { payment: toPayment(this.q.byId.get(payment.id) as PaymentRow), changed: true };
+      })
+      .immediate();
+  }
+
+  /** How many CAPTURED payments `orderId` has: at most 1 once a saga has settled. */
+  capturedCountForOrder(orderId: string): number {
+    return this.q.capturedForOrder.get(orderId)?.n ?? 0;
+  }
+
+  /** Rows per status, zeros included; void tombstones count as DECLINED, as they are stored. */
+  countByStatus(): Record<PaymentStatusName, number> {
+    const counts: Record<PaymentStatusName, number> = { CAPTURED: 0, DECLINED: 0, REFUNDED: 0 };
+    for (const { status, n } of this.q.countByStatus.all()) counts[status] = n;
+    return counts;
+  }
+
+  /** Closes the database. */
+  close(): void {
+    this.db.close();
+  }
+}
