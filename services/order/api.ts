@@ -1,0 +1,184 @@
+/** OrderService RPC handlers: identity, validation, the store, and kicking the saga. */
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { SagaMode as SagaModeEnum } from "../../gen/shopmesh/common/v1/common_pb.js";
+import {
+  type OrderSchema,
+  type OrderService,
+  OrderStatus as OrderStatusEnum,
+  PlaceOrderRequestSchema,
+  StepStatus as StepStatusEnum,
+} from "../../gen/shopmesh/order/v1/order_pb.js";
+import {
+  Code,
+  decodePageToken,
+  encodePageToken,
+  FailedPreconditionError,
+  IdempotencyKeyReusedError,
+  type Identity,
+  InvalidArgumentError,
+  NotFoundError,
+  pageSize,
+  requestFingerprint,
+  requireId,
+  requireIdempotencyKey,
+  requireIdentity,
+  ServiceError,
+  type ServiceImpl,
+  validateLines,
+} from "../../platform/index.js";
+import { isTerminal, type OrderRecord, type SagaMode } from "./domain.js";
+import type { OrderStore, StoredStep } from "./store.js";
+
+/** Dependencies of the order API. */
+export interface OrderApiDeps {
+  readonly store: OrderStore;
+  /** Starts or wakes an order's saga. */
+  readonly kick: (orderId: string) => void;
+  /** Saga mode for requests that leave it UNSPECIFIED. */
+  readonly defaultMode: SagaMode;
+}
+
+/** Most lines per order. */
+export const MAX_ORDER_LINES = 50;
+
+function orderMessage(o: OrderRecord, steps: readonly StoredStep[]): MessageInitShape<typeof OrderSchema> {
+  return {
+    id: o.id,
+    customerId: o.customerId,
+    items: o.items.map((l) => ({ productId: l.productId, quantity: l.quantity })),
+    total: o.totalMinor === null ? undefined : { currencyCode: o.currency ?? "", amountMinor: BigInt(o.totalMinor) },
+    status: OrderStatusEnum[o.status],
+    statusReason: o.reason,
+    sagaMode: SagaModeEnum[o.sagaMode],
+    steps: steps.map((s) => ({
+      name: s.name,
+      status: StepStatusEnum[s.status],
+      detail: s.detail,
+      attempt: s.attempt,
+      at: timestampFromMs(s.at),
+    })),
+    reservationId: o.reservationId,
+    paymentId: o.paymentId,
+    createdAt: timestampFromMs(o.createdAt),
+    updatedAt: timestampFromMs(o.updatedAt),
+  };
+}
+
+function sagaModeOf(mode: SagaModeEnum, fallback: SagaMode): SagaMode {
+  switch (mode) {
+    case SagaModeEnum.UNSPECIFIED:
+      return fallback;
+    case SagaModeEnum.ORCHESTRATION:
+      return "ORCHESTRATION";
+    case SagaModeEnum.CHOREOGRAPHY:
+      throw new ServiceError(
+        Code.UNIMPLEMENTED,
+        "saga_mode: CHOREOGRAPHY needs the event bus, which this build does not run yet",
+      );
+    default:
+      throw new InvalidArgumentError("saga_mode", `unknown value ${mode}`);
+  }
+}
+
+/** Creates the OrderService handlers. */
+export function createOrderApi({ store, kick, defaultMode }: OrderApiDeps): ServiceImpl<typeof OrderService> {
+  /** The order if `who` may see it; NOT_FOUND otherwise (another customer's order does not exist for you). */
+  const visible = (orderId: string, who: Identity): OrderRecord => {
+    requireId(orderId, "order_id");
+    const o = store.get(orderId);
+    if (!o || (o.customerId !== who.subject && !who.roles.includes("admin"))) throw new NotFoundError("order", orderId);
+    return o;
+  };
+  const message = (o: OrderRecord) => ({ order: orderMessage(o, store.steps(o.id)) });
+
+  return {
+    placeOrder(req, ctx) {
+      const who = requireIdentity(ctx.metadata);
+      requireIdempotencyKey(req.idempotencyKey);
+      const items = validateLines(req.items, { maxLines: MAX_ORDER_LINES });
+      requireId(req.cardToken, "card_token", 64);
+      const sagaMode = sagaModeOf(req.sagaMode, defaultMode);
+      const placed = store.place({
+        customerId: who.subject,
+        key: req.idempotencyKey,
+        fingerprint: requestFingerprint(PlaceOrderRequestSchema, req),
+        items,
+        cardToken: req.cardToken,
+        sagaMode,
+      });
+      if (placed.kind === "key-reused") throw new IdempotencyKeyReusedError(req.idempotencyKey);
+      if (!isTerminal(placed.order.status)) kick(placed.order.id);
+      return message(placed.order);
+    },
+
+    getOrder(req, ctx) {
+      return message(visible(req.orderId, requireIdentity(ctx.metadata)));
+    },
+
+    cancelOrder(req, ctx) {
+      const o = visible(req.orderId, requireIdentity(ctx.metadata));
+      if (req.reason.length > 500) throw new InvalidArgumentError("reason", "must be at most 500 characters");
+      const r = store.requestCancel(o.id, req.reason);
+      switch (r.kind) {
+        case "not-found":
+          throw new NotFoundError("order", o.id);
+        case "not-cancellable":
+          throw new FailedPreconditionError(`order ${o.id} is ${r.order.status} and can no longer be cancelled`, [
+            { type: "ORDER_STATUS", subject: `orders/${o.id}`, description: `status is ${r.order.status}` },
+          ]);
+        case "requested":
+          kick(o.id);
+          return message(r.order);
+        case "already-cancelling":
+          return message(r.order);
+      }
+    },
+
+    listOrders(req, ctx) {
+      const who = requireIdentity(ctx.metadata);
+      const limit = pageSize(req.pageSize);
+      const cursor = decodePageToken(req.pageToken, ["t", "id"]);
+      const rows = store.listByCustomer(
+        who.subject,
+        cursor && { createdAt: Number(cursor.t), id: String(cursor.id) },
+        limit + 1,
+      );
+      const page = rows.slice(0, limit);
+      const last = page.at(-1);
+      return {
+        orders: page.map((o) => orderMessage(o, store.steps(o.id))),
+        nextPageToken: rows.length > limit && last ? encodePageToken({ t: last.createdAt, id: last.id }) : "",
+      };
+    },
+
+    async *watchOrder(req, ctx) {
+      const who = requireIdentity(ctx.metadata);
+      const first = visible(req.orderId, who);
+      // Subscribe before reading, so no change between the read and the subscription is missed.
+      const queue: OrderRecord[] = [];
+      let wake: (() => void) | undefined;
+      const off = store.onChange((o) => {
+        if (o.id !== first.id) return;
+        queue.push(o);
+        wake?.();
+      });
+      const onAbort = () => wake?.();
+      ctx.signal.addEventListener("abort", onAbort);
+      try {
+        let current = store.get(first.id) ?? first;
+        yield message(current);
+        while (!isTerminal(current.status) && !ctx.signal.aborted) {
+          if (queue.length === 0) await new Promise<void>((r) => (wake = r));
+          const next = queue.shift();
+          if (!next || next.updatedAt < current.updatedAt) continue;
+          current = next;
+          yield message(current);
+        }
+      } finally {
+        off();
+        ctx.signal.removeEventListener("abort", onAbort);
+      }
+    },
+  };
+}

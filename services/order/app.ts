@@ -1,0 +1,81 @@
+/** Wires the order service: store, resilient clients, saga orchestrator, gRPC server. */
+import { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
+import { OrderService } from "../../gen/shopmesh/order/v1/order_pb.js";
+import { PaymentService } from "../../gen/shopmesh/payment/v1/payment_pb.js";
+import {
+  bind,
+  createChannel,
+  createResilientClient,
+  FaultInjector,
+  type Logger,
+  policyFrom,
+  type ResilientClient,
+  startGrpcServer,
+} from "../../platform/index.js";
+import { createOrderApi } from "./api.js";
+import type { OrderConfig } from "./config.js";
+import { SagaOrchestrator } from "./saga.js";
+import { OrderStore } from "./store.js";
+
+/** A running order service. */
+export interface OrderApp {
+  readonly port: number;
+  readonly address: string;
+  readonly store: OrderStore;
+  readonly saga: SagaOrchestrator;
+  readonly inventory: ResilientClient<typeof InventoryService>;
+  readonly payment: ResilientClient<typeof PaymentService>;
+  /** Drains calls, stops sagas (they resume on the next start), closes channels and the database. */
+  stop(): Promise<void>;
+}
+
+/** Opens the store, connects to inventory and payment, resumes unfinished sagas, and starts serving. */
+export async function startOrder(config: OrderConfig, log: Logger): Promise<OrderApp> {
+  const store = OrderStore.open(config.DB_PATH);
+  const inventoryChannel = createChannel(config.INVENTORY_TARGET);
+  const paymentChannel = createChannel(config.PAYMENT_TARGET);
+  const inventory = createResilientClient(
+    "inventory",
+    InventoryService,
+    inventoryChannel,
+    policyFrom("INVENTORY", config),
+    log,
+  );
+  const payment = createResilientClient("payment", PaymentService, paymentChannel, policyFrom("PAYMENT", config), log);
+  const saga = new SagaOrchestrator({
+    store,
+    inventory,
+    payment,
+    log: log.child({ component: "saga" }),
+    timing: {
+      stepBudgetMs: config.SAGA_STEP_BUDGET_MS,
+      retryBaseMs: config.SAGA_RETRY_BASE_MS,
+      retryMaxMs: config.SAGA_RETRY_MAX_MS,
+    },
+  });
+  const server = await startGrpcServer({
+    host: config.GRPC_HOST,
+    port: config.GRPC_PORT,
+    services: [
+      bind(OrderService, createOrderApi({ store, kick: (id) => saga.kick(id), defaultMode: config.SAGA_DEFAULT_MODE })),
+    ],
+    faults: FaultInjector.fromConfig(config),
+    log,
+  });
+  saga.resumeAll();
+  return {
+    port: server.port,
+    address: server.address,
+    store,
+    saga,
+    inventory,
+    payment,
+    async stop() {
+      await server.stop(config.SHUTDOWN_GRACE_MS);
+      await saga.stop();
+      inventoryChannel.close();
+      paymentChannel.close();
+      store.close();
+    },
+  };
+}

@@ -1,0 +1,34 @@
+/** Order service configuration: every variable it reads, parsed once. */
+import { type ConfigOf, commonEnv, faultEnv, int, oneOf, parseEnv, policyEnv, str } from "../../platform/index.js";
+
+const spec = {
+  ...commonEnv,
+  ...faultEnv,
+  /** gRPC port (0 = any free port). */
+  GRPC_PORT: int(50053, { min: 0, max: 65535 }),
+  /** SQLite file of this service. */
+  DB_PATH: str(".data/order.db"),
+  /** gRPC target of the inventory service (host:port or dns:///name:port). */
+  INVENTORY_TARGET: str("127.0.0.1:50051"),
+  /** gRPC target of the payment service. */
+  PAYMENT_TARGET: str("127.0.0.1:50052"),
+  /** Saga mode for PlaceOrder requests that leave it unspecified. */
+  SAGA_DEFAULT_MODE: oneOf(["ORCHESTRATION"], "ORCHESTRATION"),
+  /** How long a forward saga step may keep failing transiently before the order is compensated, in ms. */
+  SAGA_STEP_BUDGET_MS: int(15_000, { min: 100, max: 3_600_000 }),
+  /** First saga-level retry backoff, in ms. */
+  SAGA_RETRY_BASE_MS: int(200, { min: 1, max: 60_000 }),
+  /** Largest saga-level retry backoff, in ms. */
+  SAGA_RETRY_MAX_MS: int(5_000, { min: 1, max: 600_000 }),
+  /** Resilience policy of calls to inventory (INVENTORY_TIMEOUT_MS, INVENTORY_RETRY_MAX_ATTEMPTS, ...). */
+  ...policyEnv("INVENTORY"),
+  /** Resilience policy of calls to payment (PAYMENT_TIMEOUT_MS, PAYMENT_BULKHEAD_LIMIT, ...). */
+  ...policyEnv("PAYMENT"),
+} as const;
+
+export type OrderConfig = ConfigOf<typeof spec>;
+
+/** Parses the order configuration from `env`; throws ConfigError naming each bad variable. */
+export function loadConfig(env: Readonly<Record<string, string | undefined>>): OrderConfig {
+  return parseEnv(spec, env);
+}

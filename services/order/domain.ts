@@ -1,0 +1,252 @@
+/**
+ * Order rules and the checkout saga as a pure state machine: given an
+ * order's persisted state, {@link decide} names the one next action, and the
+ * `on*` functions turn a step's outcome into the change to persist (a patch
+ * plus a step-log entry). The orchestrator (saga.ts) does the I/O; nothing
+ * here touches the network, the clock or the database.
+ *
+ * Forward: reserve_stock -> charge_payment -> confirm_order.
+ * Compensation, in reverse, for whatever may have happened:
+ * refund_payment -> release_stock -> cancel_order.
+ */
+import { status } from "@grpc/grpc-js";
+import type { Line } from "../../platform/index.js";
+
+/** Order lifecycle (mirrors shopmesh.order.v1.OrderStatus). */
+export type OrderStatus = "PENDING" | "COMPENSATING" | "CONFIRMED" | "CANCELLED";
+/** How the saga is driven (mirrors shopmesh.common.v1.SagaMode). */
+export type SagaMode = "ORCHESTRATION" | "CHOREOGRAPHY";
+/**
+ * What a participant has done for the order, as far as the saga knows:
+ * `attempted` means a request was sent and its outcome is unknown (a
+ * timeout, a crash) — it may or may not have taken effect.
+ */
+export type Progress = "none" | "attempted" | "done" | "undone";
+
+/** Saga step names, as they appear in the step log. */
+export type StepName =
+  | "reserve_stock"
+  | "charge_payment"
+  | "confirm_order"
+  | "release_stock"
+  | "refund_payment"
+  | "cancel_order";
+/** Step log outcome (mirrors shopmesh.order.v1.StepStatus). */
+export type StepStatus = "STARTED" | "SUCCEEDED" | "FAILED" | "COMPENSATED";
+
+/** One step-log entry. */
+export interface StepLogEntry {
+  readonly name: StepName;
+  readonly status: StepStatus;
+  readonly detail: string;
+  readonly attempt: number;
+}
+
+/** An order with its saga state, as stored. */
+export interface OrderRecord {
+  readonly id: string;
+  readonly customerId: string;
+  readonly status: OrderStatus;
+  readonly reason: string;
+  readonly sagaMode: SagaMode;
+  readonly items: readonly Line[];
+  readonly cardToken: string;
+  readonly totalMinor: number | null;
+  readonly currency: string | null;
+  readonly stock: Progress;
+  readonly reservationId: string;
+  readonly payment: Progress;
+  readonly paymentId: string;
+  /** Set (possibly to "") once the customer asked to cancel; null otherwise. */
+  readonly cancelRequested: string | null;
+  readonly createdAt: number;
+  readonly updatedAt: number;
+}
+
+/** The columns a saga transition may change. */
+export type OrderPatch = Partial<
+  Pick<
+    OrderRecord,
+    "status" | "reason" | "totalMinor" | "currency" | "stock" | "reservationId" | "payment" | "paymentId"
+  >
+>;
+
+/** A change to persist atomically: a patch and the step-log entry explaining it. */
+export interface Transition {
+  readonly patch: OrderPatch;
+  readonly log: StepLogEntry;
+}
+
+/** Steps that call a participant service. */
+export type CallStep = "reserve_stock" | "charge_payment" | "release_stock" | "refund_payment";
+
+/** The next thing the orchestrator must do for an order. */
+export type Decision =
+  | { readonly kind: "call"; readonly step: CallStep }
+  | { readonly kind: "confirm" }
+  | { readonly kind: "compensate"; readonly reason: string }
+  | { readonly kind: "cancel" }
+  | { readonly kind: "done" };
+
+/** True for CONFIRMED and CANCELLED. */
+export function isTerminal(s: OrderStatus): boolean {
+  return s === "CONFIRMED" || s === "CANCELLED";
+}
+
+/** Decides the one next action for `o`. Pure; the same state always gives the same decision. */
+export function decide(o: OrderRecord): Decision {
+  switch (o.status) {
+    case "CONFIRMED":
+    case "CANCELLED":
+      return { kind: "done" };
+    case "PENDING":
+      if (o.cancelRequested !== null) {
+        return {
+          kind: "compensate",
+          reason: `cancelled by customer${o.cancelRequested ? `: ${o.cancelRequested}` : ""}`,
+        };
+      }
+      if (o.stock !== "done") return { kind: "call", step: "reserve_stock" };
+      if (o.payment !== "done") return { kind: "call", step: "charge_payment" };
+      return { kind: "confirm" };
+    case "COMPENSATING":
+      // Undo in reverse order; an `attempted` step may have taken effect, so it is undone too.
+      if (o.payment === "done" || o.payment === "attempted") return { kind: "call", step: "refund_payment" };
+      if (o.stock === "done" || o.stock === "attempted") return { kind: "call", step: "release_stock" };
+      return { kind: "cancel" };
+  }
+}
+
+/**
+ * How a failed step call is handled: `definite` — the participant refused
+ * and nothing happened (a business answer: retrying gives the same answer);
+ * `transient` — the outcome is unknown or the participant is unreachable, so
+ * the step is retried with the same idempotency key.
+ */
+export function failureKind(code: status): "definite" | "transient" {
+  switch (code) {
+    case status.INVALID_ARGUMENT:
+    case status.NOT_FOUND:
+    case status.ALREADY_EXISTS:
+    case status.PERMISSION_DENIED:
+    case status.FAILED_PRECONDITION:
+    case status.OUT_OF_RANGE:
+    case status.UNIMPLEMENTED:
+    case status.UNAUTHENTICATED:
+      return "definite";
+    default:
+      return "transient";
+  }
+}
+
+/** Idempotency key of a saga step's participant call: saga id + step, so retries and recovery reuse it. */
+export function stepKey(orderId: string, step: "reserve_stock" | "charge_payment"): string {
+  return `${orderId}:${step}`;
+}
+
+/** A participant call is about to be sent: from now on a forward step's effect is possible. */
+export function onStarted(o: OrderRecord, step: CallStep, attempt: number): Transition {
+  const field = step === "reserve_stock" ? "stock" : step === "charge_payment" ? "payment" : undefined;
+  const patch: OrderPatch = field && o[field] === "none" ? { [field]: "attempted" } : {};
+  return { patch, log: { name: step, status: "STARTED", detail: "", attempt } };
+}
+
+/** Stock is held: remember the reservation and the priced total. */
+export function onReserved(
+  r: { reservationId: string; totalMinor: number; currency: string },
+  attempt: number,
+): Transition {
+  return {
+    patch: { stock: "done", reservationId: r.reservationId, totalMinor: r.totalMinor, currency: r.currency },
+    log: { name: "reserve_stock", status: "SUCCEEDED", detail: `reservation ${r.reservationId}`, attempt },
+  };
+}
+
+/** The payment was captured. */
+export function onCharged(paymentId: string, attempt: number): Transition {
+  return {
+    patch: { payment: "done", paymentId },
+    log: { name: "charge_payment", status: "SUCCEEDED", detail: `payment ${paymentId} captured`, attempt },
+  };
+}
+
+/** The provider declined: nothing was taken; compensate what came before. */
+export function onDeclined(paymentId: string, declineReason: string, attempt: number): Transition {
+  return {
+    patch: { payment: "none", paymentId, status: "COMPENSATING", reason: `payment declined: ${declineReason}` },
+    log: { name: "charge_payment", status: "FAILED", detail: `declined: ${declineReason}`, attempt },
+  };
+}
+
+/**
+ * A forward step failed for good (a definite refusal, or the retry budget
+ * ran out): compensate. After a definite refusal the step took no effect.
+ */
+export function onForwardFailed(
+  step: "reserve_stock" | "charge_payment",
+  reason: string,
+  definite: boolean,
+  attempt: number,
+): Transition {
+  const undone: OrderPatch = definite ? { [step === "reserve_stock" ? "stock" : "payment"]: "none" } : {};
+  return {
+    patch: { status: "COMPENSATING", reason, ...undone },
+    log: { name: step, status: "FAILED", detail: reason, attempt },
+  };
+}
+
+/** A transient failure that will be retried; only the log changes. */
+export function onRetrying(step: StepName, detail: string, attempt: number): Transition {
+  return { patch: {}, log: { name: step, status: "FAILED", detail: `${detail} (will retry)`, attempt } };
+}
+
+/** The customer's cancel (or a failure) turns the saga around. */
+export function onCompensate(reason: string): Transition {
+  return {
+    patch: { status: "COMPENSATING", reason },
+    log: { name: "cancel_order", status: "STARTED", detail: reason, attempt: 1 },
+  };
+}
+
+/** Stock went back (or was never held). */
+export function onReleased(detail: string, attempt: number): Transition {
+  return { patch: { stock: "undone" }, log: { name: "release_stock", status: "COMPENSATED", detail, attempt } };
+}
+
+/** Money went back (or the charge key was voided). */
+export function onRefunded(detail: string, attempt: number): Transition {
+  return { patch: { payment: "undone" }, log: { name: "refund_payment", status: "COMPENSATED", detail, attempt } };
+}
+
+/** Everything held and paid: the order is confirmed. */
+export function onConfirmed(): Transition {
+  return {
+    patch: { status: "CONFIRMED", reason: "" },
+    log: { name: "confirm_order", status: "SUCCEEDED", detail: "", attempt: 1 },
+  };
+}
+
+/** Compensation finished: the order is cancelled, keeping its reason. */
+export function onCancelled(reason: string): Transition {
+  return {
+    patch: { status: "CANCELLED" },
+    log: { name: "cancel_order", status: "SUCCEEDED", detail: reason, attempt: 1 },
+  };
+}
+
+/**
+ * Backoff before the saga retries a step itself (after the client's own
+ * retries gave up): exponential from `baseMs`, capped at `maxMs`, with full
+ * jitter drawn from `random` (0..1).
+ */
+export function sagaBackoffMs(attempt: number, baseMs: number, maxMs: number, random: number): number {
+  const ceiling = Math.min(maxMs, baseMs * 2 ** Math.max(0, attempt - 1));
+  return Math.round(ceiling / 2 + (ceiling / 2) * random);
+}
+
+/** Whether an order in `s` may still be cancelled by the customer. */
+export function cancellable(o: OrderRecord): "yes" | "already-cancelling" | "no" {
+  if (o.status === "PENDING") return o.cancelRequested === null ? "yes" : "already-cancelling";
+  if (o.status === "COMPENSATING") return "already-cancelling";
+  return "no";
+}

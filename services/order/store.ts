@@ -1,0 +1,286 @@
+/**
+ * Order persistence: orders with their saga state, and the step log. Every
+ * change is one IMMEDIATE transaction that updates the order and appends its
+ * step-log entry together, so the log never disagrees with the state, and a
+ * crash at any point leaves a state the saga can resume from.
+ */
+import { EventEmitter } from "node:events";
+import { type Db, type Line, newId, openDatabase } from "../../platform/index.js";
+import {
+  cancellable,
+  type OrderPatch,
+  type OrderRecord,
+  type OrderStatus,
+  type SagaMode,
+  type StepLogEntry,
+  type Transition,
+} from "./domain.js";
+
+const MIGRATIONS = [
+  `CREATE TABLE orders (
+     id               TEXT PRIMARY KEY,
+     customer_id      TEXT NOT NULL,
+     idempotency_key  TEXT NOT NULL,
+     fingerprint      TEXT NOT NULL,
+     status           TEXT NOT NULL CHECK (status IN ('PENDING', 'COMPENSATING', 'CONFIRMED', 'CANCELLED')),
+     reason           TEXT NOT NULL DEFAULT '',
+     saga_mode        TEXT NOT NULL CHECK (saga_mode IN ('ORCHESTRATION', 'CHOREOGRAPHY')),
+     items            TEXT NOT NULL,  -- JSON [{productId, quantity}]
+     card_token       TEXT NOT NULL,
+     total_minor      INTEGER,
+     currency         TEXT,
+     stock            TEXT NOT NULL DEFAULT 'none' CHECK (stock IN ('none', 'attempted', 'done', 'undone')),
+     reservation_id   TEXT NOT NULL DEFAULT '',
+     payment          TEXT NOT NULL DEFAULT 'none' CHECK (payment IN ('none', 'attempted', 'done', 'undone')),
+     payment_id       TEXT NOT NULL DEFAULT '',
+     cancel_requested TEXT,
+     created_at       INTEGER NOT NULL,
+     updated_at       INTEGER NOT NULL,
+     UNIQUE (customer_id, idempotency_key)
+   ) STRICT;
+   CREATE INDEX orders_customer ON orders (customer_id, created_at DESC, id DESC);
+   CREATE INDEX orders_active ON orders (status) WHERE status IN ('PENDING', 'COMPENSATING');
+   CREATE TABLE saga_steps (
+     order_id TEXT NOT NULL REFERENCES orders (id),
+     seq      INTEGER NOT NULL,
+     name     TEXT NOT NULL,
+     status   TEXT NOT NULL,
+     detail   TEXT NOT NULL,
+     attempt  INTEGER NOT NULL,
+     at       INTEGER NOT NULL,
+     PRIMARY KEY (order_id, seq)
+   ) STRICT;`,
+];
+
+interface OrderRow {
+  id: string;
+  customer_id: string;
+  fingerprint: string;
+  status: OrderStatus;
+  reason: string;
+  saga_mode: SagaMode;
+  items: string;
+  card_token: string;
+  total_minor: number | null;
+  currency: string | null;
+  stock: OrderRecord["stock"];
+  reservation_id: string;
+  payment: OrderRecord["payment"];
+  payment_id: string;
+  cancel_requested: string | null;
+  created_at: number;
+  updated_at: number;
+}
+
+/** A stored step-log entry with its time. */
+export interface StoredStep extends StepLogEntry {
+  readonly at: number;
+}
+
+const toOrder = (r: OrderRow): OrderRecord => ({
+  id: r.id,
+  customerId: r.customer_id,
+  status: r.status,
+  reason: r.reason,
+  sagaMode: r.saga_mode,
+  items: JSON.parse(r.items) as Line[],
+  cardToken: r.card_token,
+  totalMinor: r.total_minor,
+  currency: r.currency,
+  stock: r.stock,
+  reservationId: r.reservation_id,
+  payment: r.payment,
+  paymentId: r.payment_id,
+  cancelRequested: r.cancel_requested,
+  createdAt: r.created_at,
+  updatedAt: r.updated_at,
+});
+
+const NO_PATCH: Record<keyof Required<OrderPatch>, null> = {
+  status: null,
+  reason: null,
+  totalMinor: null,
+  currency: null,
+  stock: null,
+  reservationId: null,
+  payment: null,
+  paymentId: null,
+};
+
+/** What placing an order did. */
+export type PlaceResult =
+  | { readonly kind: "created" | "existing"; readonly order: OrderRecord }
+  | { readonly kind: "key-reused" };
+
+/** What a cancel request did. */
+export type CancelResult =
+  | { readonly kind: "requested" | "already-cancelling"; readonly order: OrderRecord }
+  | { readonly kind: "not-cancellable"; readonly order: OrderRecord }
+  | { readonly kind: "not-found" };
+
+/** Orders and saga step logs in one SQLite file. Emits `change(order)` after every commit. */
+export class OrderStore {
+  private readonly q;
+  private readonly events = new EventEmitter();
+
+  private constructor(
+    private readonly db: Db,
+    private readonly clock: () => number,
+  ) {
+    this.events.setMaxListeners(0);
+    this.q = {
+      get: db.prepare<[string], OrderRow>("SELECT * FROM orders WHERE id = ?"),
+      byKey: db.prepare<[string, string], OrderRow>(
+        "SELECT * FROM orders WHERE customer_id = ? AND idempotency_key = ?",
+      ),
+      insert: db.prepare(
+        `INSERT INTO orders (id, customer_id, idempotency_key, fingerprint, status, saga_mode, items, card_token, created_at, updated_at)
+         VALUES (@id, @customerId, @key, @fingerprint, 'PENDING', @sagaMode, @items, @cardToken, @now, @now)`,
+      ),
+      steps: db.prepare<[string], StoredStep>(
+        "SELECT name, status, detail, attempt, at FROM saga_steps WHERE order_id = ? ORDER BY seq",
+      ),
+      addStep: db.prepare<[StepLogEntry & { id: string; at: number }]>(
+        `INSERT INTO saga_steps (order_id, seq, name, status, detail, attempt, at)
+         VALUES (@id, (SELECT COALESCE(MAX(seq), 0) + 1 FROM saga_steps WHERE order_id = @id), @name, @status, @detail, @attempt, @at)`,
+      ),
+      // One statement for every patch: an absent field binds NULL and keeps the column.
+      patch: db.prepare(
+        `UPDATE orders SET
+           status = COALESCE(@status, status), reason = COALESCE(@reason, reason),
+           total_minor = COALESCE(@totalMinor, total_minor), currency = COALESCE(@currency, currency),
+           stock = COALESCE(@stock, stock), reservation_id = COALESCE(@reservationId, reservation_id),
+           payment = COALESCE(@payment, payment), payment_id = COALESCE(@paymentId, payment_id),
+           updated_at = @now
+         WHERE id = @id`,
+      ),
+      page: db.prepare<[string, number, number, string, number], OrderRow>(
+        `SELECT * FROM orders WHERE customer_id = ? AND (created_at < ? OR (created_at = ? AND id < ?))
+         ORDER BY created_at DESC, id DESC LIMIT ?`,
+      ),
+      active: db.prepare<[string], { id: string }>(
+        "SELECT id FROM orders WHERE status IN ('PENDING', 'COMPENSATING') AND saga_mode = ? ORDER BY created_at",
+      ),
+      requestCancel: db.prepare<[string, number, string]>(
+        "UPDATE orders SET cancel_requested = ?, updated_at = ? WHERE id = ?",
+      ),
+    };
+  }
+
+  /** Opens (and migrates) the store at `path`. */
+  static open(path: string, clock: () => number = Date.now): OrderStore {
+    return new OrderStore(openDatabase(path, MIGRATIONS), clock);
+  }
+
+  /** Subscribes to committed changes; returns the unsubscribe function. */
+  onChange(listener: (order: OrderRecord) => void): () => void {
+    this.events.on("change", listener);
+    return () => this.events.off("change", listener);
+  }
+
+  private changed(id: string): OrderRecord {
+    const o = this.get(id) as OrderRecord;
+    this.events.emit("change", o);
+    return o;
+  }
+
+  /** One order, or undefined. */
+  get(id: string): OrderRecord | undefined {
+    const row = this.q.get.get(id);
+    return row && toOrder(row);
+  }
+
+  /** The order's step log, oldest first. */
+  steps(id: string): StoredStep[] {
+    return this.q.steps.all(id);
+  }
+
+  /**
+   * Creates a PENDING order, idempotently per customer and key: a repeat with
+   * the same fingerprint returns the existing order; another fingerprint is
+   * `key-reused`.
+   */
+  place(p: {
+    customerId: string;
+    key: string;
+    fingerprint: string;
+    items: readonly Line[];
+    cardToken: string;
+    sagaMode: SagaMode;
+  }): PlaceResult {
+    const result = this.db
+      .transaction((): PlaceResult => {
+        const prior = this.q.byKey.get(p.customerId, p.key);
+        if (prior)
+          return prior.fingerprint === p.fingerprint
+            ? { kind: "existing", order: toOrder(prior) }
+            : { kind: "key-reused" };
+        const now = this.clock();
+        const id = newId("ord", now);
+        this.q.insert.run({ ...p, id, now, items: JSON.stringify(p.items) });
+        return { kind: "created", order: toOrder(this.q.get.get(id) as OrderRow) };
+      })
+      .immediate();
+    if (result.kind === "created") this.events.emit("change", result.order);
+    return result;
+  }
+
+  /**
+   * Applies a saga transition atomically (patch + step-log entry). With
+   * `guard`, applies only while the order is in `guard.status` and (with
+   * `noCancel`) no cancel was requested; returns whether it applied.
+   */
+  apply(id: string, t: Transition, guard?: { status: OrderStatus; noCancel?: boolean }): boolean {
+    const applied = this.db
+      .transaction(() => {
+        const row = this.q.get.get(id);
+        if (!row) throw new Error(`order ${id} vanished`);
+        if (guard && (row.status !== guard.status || (guard.noCancel && row.cancel_requested !== null))) return false;
+        const now = this.clock();
+        this.q.patch.run({ ...NO_PATCH, ...t.patch, id, now });
+        this.q.addStep.run({ ...t.log, id, at: now });
+        return true;
+      })
+      .immediate();
+    if (applied) this.changed(id);
+    return applied;
+  }
+
+  /** Records the customer's wish to cancel, if the order still allows it. */
+  requestCancel(id: string, reason: string): CancelResult {
+    const result = this.db
+      .transaction((): CancelResult => {
+        const row = this.q.get.get(id);
+        if (!row) return { kind: "not-found" };
+        const o = toOrder(row);
+        const can = cancellable(o);
+        if (can === "no") return { kind: "not-cancellable", order: o };
+        if (can === "already-cancelling") return { kind: "already-cancelling", order: o };
+        this.q.requestCancel.run(reason, this.clock(), id);
+        return { kind: "requested", order: toOrder(this.q.get.get(id) as OrderRow) };
+      })
+      .immediate();
+    if (result.kind === "requested") this.events.emit("change", result.order);
+    return result;
+  }
+
+  /** A page of a customer's orders, newest first, after the cursor (exclusive). */
+  listByCustomer(
+    customerId: string,
+    after: { createdAt: number; id: string } | undefined,
+    limit: number,
+  ): OrderRecord[] {
+    const c = after ?? { createdAt: Number.MAX_SAFE_INTEGER, id: "" };
+    return this.q.page.all(customerId, c.createdAt, c.createdAt, c.id, limit).map(toOrder);
+  }
+
+  /** Ids of orders whose saga in `mode` has not finished, oldest first. */
+  activeIds(mode: SagaMode): string[] {
+    return this.q.active.all(mode).map((r) => r.id);
+  }
+
+  /** Closes the database. */
+  close(): void {
+    this.db.close();
+  }
+}
