@@ -1,0 +1,102 @@
+/**
+ * The checkout system in one test process: inventory, payment and order
+ * apps on ephemeral ports, each with its own SQLite file in a temp dir, and
+ * typed clients that call them as a given customer.
+ */
+import { join } from "node:path";
+import type { Metadata } from "@grpc/grpc-js";
+import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
+import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
+import { type Order, OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
+import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
+import { type Client, createChannel, createClient, identityMetadata, silentLogger } from "../platform/index.js";
+import { type InventoryApp, startInventory } from "../services/inventory/app.js";
+import { loadConfig as inventoryConfig } from "../services/inventory/config.js";
+import { type OrderApp, startOrder } from "../services/order/app.js";
+import { loadConfig as orderConfig } from "../services/order/config.js";
+import { type PaymentApp, startPayment } from "../services/payment/app.js";
+import { loadConfig as paymentConfig } from "../services/payment/config.js";
+import { tempDir } from "./fixtures.js";
+
+type Env = Record<string, string>;
+
+/** A running system and clients for it. */
+export interface System extends AsyncDisposable {
+  readonly dir: string;
+  readonly inventory: InventoryApp;
+  readonly payment: PaymentApp;
+  readonly order: OrderApp;
+  readonly orders: Client<typeof OrderService>;
+  readonly products: Client<typeof InventoryService>;
+  readonly payments: Client<typeof PaymentService>;
+  /** Fault injection on the payment server. */
+  readonly paymentChaos: Client<typeof ChaosService>;
+  readonly inventoryChaos: Client<typeof ChaosService>;
+  /** Call options carrying `subject`'s identity (as the gateway would set it). */
+  as(subject: string, roles?: string[]): { metadata: Metadata };
+  /** Follows WatchOrder until the order is CONFIRMED or CANCELLED; fails after `timeoutMs`. */
+  settle(orderId: string, subject: string, timeoutMs?: number): Promise<Order>;
+}
+
+/** Starts inventory, payment and order; `env` per service overrides defaults. */
+export async function startSystem(env: { inventory?: Env; payment?: Env; order?: Env } = {}): Promise<System> {
+  const dir = tempDir();
+  const log = silentLogger();
+  const base = { GRPC_HOST: "127.0.0.1", GRPC_PORT: "0", SHUTDOWN_GRACE_MS: "2000" };
+  const inventory = await startInventory(
+    inventoryConfig({ ...base, DB_PATH: join(dir.path, "inventory.db"), ...env.inventory }),
+    log,
+  );
+  const payment = await startPayment(
+    paymentConfig({ ...base, DB_PATH: join(dir.path, "payment.db"), ...env.payment }),
+    log,
+  );
+  const order = await startOrder(
+    orderConfig({
+      ...base,
+      DB_PATH: join(dir.path, "order.db"),
+      INVENTORY_TARGET: inventory.address,
+      PAYMENT_TARGET: payment.address,
+      SAGA_RETRY_BASE_MS: "20",
+      SAGA_RETRY_MAX_MS: "200",
+      ...env.order,
+    }),
+    log,
+  );
+  const channels = [
+    createChannel(order.address),
+    createChannel(inventory.address),
+    createChannel(payment.address),
+  ] as const;
+  const orders = createClient(OrderService, channels[0]);
+  const as = (subject: string, roles: string[] = ["customer"]) => ({ metadata: identityMetadata({ subject, roles }) });
+  return {
+    dir: dir.path,
+    inventory,
+    payment,
+    order,
+    orders,
+    products: createClient(InventoryService, channels[1]),
+    payments: createClient(PaymentService, channels[2]),
+    inventoryChaos: createClient(ChaosService, channels[1]),
+    paymentChaos: createClient(ChaosService, channels[2]),
+    as,
+    async settle(orderId, subject, timeoutMs = 15_000) {
+      let last: Order | undefined;
+      for await (const { order: o } of orders.watchOrder({ orderId }, { ...as(subject), timeoutMs })) {
+        last = o;
+      }
+      if (!last || (last.status !== OrderStatus.CONFIRMED && last.status !== OrderStatus.CANCELLED)) {
+        throw new Error(`order ${orderId} did not settle: ${last ? OrderStatus[last.status] : "no state"}`);
+      }
+      return last;
+    },
+    async [Symbol.asyncDispose]() {
+      for (const c of channels) c.close();
+      await order.stop();
+      await payment.stop();
+      await inventory.stop();
+      dir[Symbol.dispose]();
+    },
+  };
+}
