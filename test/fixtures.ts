@@ -27,6 +27,8 @@ export interface ServiceProcess extends AsyncDisposable {
   readonly address: string;
   /** Everything the process wrote to stdout and stderr so far. */
   output(): string;
+  /** Resolves with the first JSON log line whose `msg` equals `msg` (waiting up to `timeoutMs`). */
+  logLine(msg: string, timeoutMs?: number): Promise<Record<string, unknown>>;
   /** Sends `signal` and resolves with the exit code (or the signal name). */
   kill(signal?: NodeJS.Signals): Promise<number | string>;
 }
@@ -83,6 +85,18 @@ export async function spawnService(
     port,
     address: `127.0.0.1:${port}`,
     output: () => out,
+    async logLine(msg, waitMs = 10_000) {
+      const until = Date.now() + waitMs;
+      for (;;) {
+        for (const line of out.split("\n")) {
+          if (!line.startsWith("{")) continue;
+          const entry = JSON.parse(line) as Record<string, unknown>;
+          if (entry.msg === msg) return entry;
+        }
+        if (Date.now() > until) throw new Error(`${name} never logged "${msg}":\n${out}`);
+        await new Promise((r) => setTimeout(r, 25));
+      }
+    },
     kill,
     [Symbol.asyncDispose]: async () => {
       await kill("SIGKILL");

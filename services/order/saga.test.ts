@@ -253,6 +253,8 @@ describe("transient faults", () => {
     try {
       const placed = await place("judy", [{ productId: "hand-grinder", quantity: 1 }]);
       await new Promise((r) => setTimeout(r, 1_600)); // the 1.5 s step budget runs out while payment is down
+      // The order service's breaker for payment opened instead of hammering a dead service.
+      expect(sys.order.payment.state().breaker).not.toBe("closed");
       await sys.paymentChaos.setFaults({ faults: {} }); // compensation needs payment back to void the charge key
       const done = await sys.settle(placed.id, "judy");
       expect(done.status).toBe(OrderStatus.CANCELLED);
@@ -269,6 +271,8 @@ describe("transient faults", () => {
       });
       expect(late.payment?.declineReason).toBe("voided");
       expect(sys.payment.store.capturedCountForOrder(placed.id)).toBe(0);
+      // Payment is back: a half-open probe succeeded and the breaker closed again.
+      expect(sys.order.payment.state().breaker).toBe("closed");
     } finally {
       await sys.paymentChaos.setFaults({ faults: {} });
     }
