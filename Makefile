@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PROTOS := $(shell find proto -name '*.proto')
 GEN_STAMP := gen/shopmesh/common/v1/common_pb.ts
 
-.PHONY: help install nats generate lint typecheck test run clean
+.PHONY: help install nats generate lint typecheck test run demo clean
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ test: install ## Everything CI checks: lint, typecheck, all tests
 
 run: install nats $(GEN_STAMP) ## Start NATS and every service locally; Ctrl-C stops all
 	npm start
+
+demo: install ## Place three orders against `make run` (success, declined, out of stock) and print their sagas
+	npm run demo
 
 clean: ## Remove local data (.data/: databases, NATS streams)
 	rm -rf .data

@@ -1,0 +1,75 @@
+/**
+ * `make demo`: places three orders against a running system (`make run`)
+ * and prints each outcome with its saga step log:
+ *   1. succeeds (stock reserved, payment captured, order confirmed);
+ *   2. payment declined (stock released by compensation, order cancelled);
+ *   3. out of stock (cancelled before any charge is attempted).
+ * ORDER_TARGET overrides the order service address (default 127.0.0.1:50053).
+ */
+import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
+import { type Order, OrderService, OrderStatus, StepStatus } from "../gen/shopmesh/order/v1/order_pb.js";
+import { createChannel, createClient, identityMetadata, RpcError } from "../platform/index.js";
+
+const target = process.env.ORDER_TARGET ?? "127.0.0.1:50053";
+const channel = createChannel(target);
+const orders = createClient(OrderService, channel);
+const who = { metadata: identityMetadata({ subject: "demo-customer", roles: ["customer"] }) };
+const run = Date.now().toString(36);
+const tty = process.stdout.isTTY;
+const paint = (code: number, s: string) => (tty ? `\x1b[${code}m${s}\x1b[0m` : s);
+
+const SCENARIOS = [
+  { title: "succeeds", items: [{ productId: "coffee-beans", quantity: 2 }], cardToken: "tok_visa" },
+  {
+    title: "payment declined -> compensated",
+    items: [{ productId: "ceramic-mug", quantity: 1 }],
+    cardToken: "tok_decline",
+  },
+  {
+    title: "out of stock -> no charge attempted",
+    items: [{ productId: "limited-print", quantity: 5 }],
+    cardToken: "tok_visa",
+  },
+];
+
+function money(o: Order): string {
+  if (!o.total) return "-";
+  return `${o.total.currencyCode} ${(Number(o.total.amountMinor) / 100).toFixed(2)}`;
+}
+
+function print(n: number, title: string, o: Order): void {
+  const status = OrderStatus[o.status];
+  const color = o.status === OrderStatus.CONFIRMED ? 32 : 31;
+  console.log(`\n${n}. ${title}`);
+  console.log(`   order ${o.id}  ${paint(color, status)}  total ${money(o)}  (${SagaMode[o.sagaMode].toLowerCase()})`);
+  if (o.statusReason) console.log(`   reason: ${o.statusReason}`);
+  for (const s of o.steps) {
+    const st = StepStatus[s.status];
+    const c = st === "FAILED" ? 31 : st === "COMPENSATED" ? 33 : st === "SUCCEEDED" ? 32 : 90;
+    console.log(`     ${s.name.padEnd(15)} ${paint(c, st.padEnd(11))} ${s.detail}`);
+  }
+}
+
+try {
+  console.log(`placing ${SCENARIOS.length} orders through ${target} as demo-customer`);
+  for (const [i, sc] of SCENARIOS.entries()) {
+    const { order } = await orders.placeOrder(
+      { idempotencyKey: `demo-${run}-${i}`, items: sc.items, cardToken: sc.cardToken },
+      { ...who, timeoutMs: 5_000 },
+    );
+    let last = order as Order;
+    for await (const m of orders.watchOrder({ orderId: last.id }, { ...who, timeoutMs: 30_000 })) {
+      if (m.order) last = m.order;
+    }
+    print(i + 1, sc.title, last);
+  }
+} catch (err) {
+  if (err instanceof RpcError && err.codeName === "UNAVAILABLE") {
+    console.error(`cannot reach the order service at ${target}: is \`make run\` running?`);
+  } else {
+    console.error(err instanceof Error ? err.message : err);
+  }
+  process.exitCode = 1;
+} finally {
+  channel.close();
+}
