@@ -21,6 +21,10 @@ export const faultEnv = {
   FAULT_ERROR_CODE: int(status.UNAVAILABLE, { min: 1, max: 16 }),
   /** When true every business RPC fails with UNAVAILABLE. */
   FAULT_DOWN: bool(false),
+  /** Chaos: SIGKILL the process right before its outbox relay publishes the first event. */
+  FAULT_CRASH_BEFORE_PUBLISH: bool(false),
+  /** Chaos: SIGKILL the process after an event consumer commits its first effect, before the ack. */
+  FAULT_CRASH_AFTER_COMMIT: bool(false),
 } as const;
 
 type FaultSettings = Omit<Faults, "$typeName" | "$unknown">;

@@ -6,7 +6,7 @@
 
 import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
-import type { EventMeta, LineItem, Money } from "../../common/v1/common_pb.js";
+import type { EventMeta, LineItem, Money, SagaMode } from "../../common/v1/common_pb.js";
 import { file_shopmesh_common_v1_common } from "../../common/v1/common_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file shopmesh/inventory/v1/events.proto.
  */
 export const file_shopmesh_inventory_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("CiJzaG9wbWVzaC9pbnZlbnRvcnkvdjEvZXZlbnRzLnByb3RvEhVzaG9wbWVzaC5pbnZlbnRvcnkudjEiqwEKDVN0b2NrUmVzZXJ2ZWQSKwoEbWV0YRgBIAEoCzIdLnNob3BtZXNoLmNvbW1vbi52MS5FdmVudE1ldGESFgoOcmVzZXJ2YXRpb25faWQYAiABKAkSKwoFaXRlbXMYAyADKAsyHC5zaG9wbWVzaC5jb21tb24udjEuTGluZUl0ZW0SKAoFdG90YWwYBCABKAsyGS5zaG9wbWVzaC5jb21tb24udjEuTW9uZXkiSQoNU3RvY2tTaG9ydGFnZRISCgpwcm9kdWN0X2lkGAEgASgJEhEKCXJlcXVlc3RlZBgCIAEoBRIRCglhdmFpbGFibGUYAyABKAUihQEKDVN0b2NrUmVqZWN0ZWQSKwoEbWV0YRgBIAEoCzIdLnNob3BtZXNoLmNvbW1vbi52MS5FdmVudE1ldGESDgoGcmVhc29uGAIgASgJEjcKCXNob3J0YWdlcxgDIAMoCzIkLnNob3BtZXNoLmludmVudG9yeS52MS5TdG9ja1Nob3J0YWdlIoEBCg1TdG9ja1JlbGVhc2VkEisKBG1ldGEYASABKAsyHS5zaG9wbWVzaC5jb21tb24udjEuRXZlbnRNZXRhEhYKDnJlc2VydmF0aW9uX2lkGAIgASgJEisKBWl0ZW1zGAMgAygLMhwuc2hvcG1lc2guY29tbW9uLnYxLkxpbmVJdGVtYgZwcm90bzM", [file_shopmesh_common_v1_common]);
+  fileDesc("CiJzaG9wbWVzaC9pbnZlbnRvcnkvdjEvZXZlbnRzLnByb3RvEhVzaG9wbWVzaC5pbnZlbnRvcnkudjEi3AEKDVN0b2NrUmVzZXJ2ZWQSKwoEbWV0YRgBIAEoCzIdLnNob3BtZXNoLmNvbW1vbi52MS5FdmVudE1ldGESFgoOcmVzZXJ2YXRpb25faWQYAiABKAkSKwoFaXRlbXMYAyADKAsyHC5zaG9wbWVzaC5jb21tb24udjEuTGluZUl0ZW0SKAoFdG90YWwYBCABKAsyGS5zaG9wbWVzaC5jb21tb24udjEuTW9uZXkSLwoJc2FnYV9tb2RlGAUgASgOMhwuc2hvcG1lc2guY29tbW9uLnYxLlNhZ2FNb2RlIkkKDVN0b2NrU2hvcnRhZ2USEgoKcHJvZHVjdF9pZBgBIAEoCRIRCglyZXF1ZXN0ZWQYAiABKAUSEQoJYXZhaWxhYmxlGAMgASgFIoUBCg1TdG9ja1JlamVjdGVkEisKBG1ldGEYASABKAsyHS5zaG9wbWVzaC5jb21tb24udjEuRXZlbnRNZXRhEg4KBnJlYXNvbhgCIAEoCRI3CglzaG9ydGFnZXMYAyADKAsyJC5zaG9wbWVzaC5pbnZlbnRvcnkudjEuU3RvY2tTaG9ydGFnZSKBAQoNU3RvY2tSZWxlYXNlZBIrCgRtZXRhGAEgASgLMh0uc2hvcG1lc2guY29tbW9uLnYxLkV2ZW50TWV0YRIWCg5yZXNlcnZhdGlvbl9pZBgCIAEoCRIrCgVpdGVtcxgDIAMoCzIcLnNob3BtZXNoLmNvbW1vbi52MS5MaW5lSXRlbWIGcHJvdG8z", [file_shopmesh_common_v1_common]);
 
 /**
  * Stock was reserved for an order. Subject: `inventory.stock.reserved`.
@@ -49,6 +49,15 @@ export type StockReserved = Message<"shopmesh.inventory.v1.StockReserved"> & {
    * @generated from field: shopmesh.common.v1.Money total = 4;
    */
   total?: Money | undefined;
+
+  /**
+   * CHOREOGRAPHY when the reservation reacted to OrderPlaced (payment then
+   * charges on this event); ORCHESTRATION when the order service asked over
+   * gRPC (nobody reacts: the orchestrator drives the next step).
+   *
+   * @generated from field: shopmesh.common.v1.SagaMode saga_mode = 5;
+   */
+  sagaMode: SagaMode;
 };
 
 /**

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file shopmesh/order/v1/events.proto.
  */
 export const file_shopmesh_order_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("Ch5zaG9wbWVzaC9vcmRlci92MS9ldmVudHMucHJvdG8SEXNob3BtZXNoLm9yZGVyLnYxIsEBCgtPcmRlclBsYWNlZBIrCgRtZXRhGAEgASgLMh0uc2hvcG1lc2guY29tbW9uLnYxLkV2ZW50TWV0YRITCgtjdXN0b21lcl9pZBgCIAEoCRIrCgVpdGVtcxgDIAMoCzIcLnNob3BtZXNoLmNvbW1vbi52MS5MaW5lSXRlbRISCgpjYXJkX3Rva2VuGAQgASgJEi8KCXNhZ2FfbW9kZRgFIAEoDjIcLnNob3BtZXNoLmNvbW1vbi52MS5TYWdhTW9kZSKQAQoOT3JkZXJDb25maXJtZWQSKwoEbWV0YRgBIAEoCzIdLnNob3BtZXNoLmNvbW1vbi52MS5FdmVudE1ldGESEwoLY3VzdG9tZXJfaWQYAiABKAkSKAoFdG90YWwYAyABKAsyGS5zaG9wbWVzaC5jb21tb24udjEuTW9uZXkSEgoKcGF5bWVudF9pZBgEIAEoCSJiCg5PcmRlckNhbmNlbGxlZBIrCgRtZXRhGAEgASgLMh0uc2hvcG1lc2guY29tbW9uLnYxLkV2ZW50TWV0YRITCgtjdXN0b21lcl9pZBgCIAEoCRIOCgZyZWFzb24YAyABKAliBnByb3RvMw", [file_shopmesh_common_v1_common]);
+  fileDesc("Ch5zaG9wbWVzaC9vcmRlci92MS9ldmVudHMucHJvdG8SEXNob3BtZXNoLm9yZGVyLnYxIsEBCgtPcmRlclBsYWNlZBIrCgRtZXRhGAEgASgLMh0uc2hvcG1lc2guY29tbW9uLnYxLkV2ZW50TWV0YRITCgtjdXN0b21lcl9pZBgCIAEoCRIrCgVpdGVtcxgDIAMoCzIcLnNob3BtZXNoLmNvbW1vbi52MS5MaW5lSXRlbRISCgpjYXJkX3Rva2VuGAQgASgJEi8KCXNhZ2FfbW9kZRgFIAEoDjIcLnNob3BtZXNoLmNvbW1vbi52MS5TYWdhTW9kZSKQAQoOT3JkZXJDb25maXJtZWQSKwoEbWV0YRgBIAEoCzIdLnNob3BtZXNoLmNvbW1vbi52MS5FdmVudE1ldGESEwoLY3VzdG9tZXJfaWQYAiABKAkSKAoFdG90YWwYAyABKAsyGS5zaG9wbWVzaC5jb21tb24udjEuTW9uZXkSEgoKcGF5bWVudF9pZBgEIAEoCSKTAQoOT3JkZXJDYW5jZWxsZWQSKwoEbWV0YRgBIAEoCzIdLnNob3BtZXNoLmNvbW1vbi52MS5FdmVudE1ldGESEwoLY3VzdG9tZXJfaWQYAiABKAkSDgoGcmVhc29uGAMgASgJEi8KCXNhZ2FfbW9kZRgEIAEoDjIcLnNob3BtZXNoLmNvbW1vbi52MS5TYWdhTW9kZWIGcHJvdG8z", [file_shopmesh_common_v1_common]);
 
 /**
  * An order was accepted. Subject: `order.order.placed`. In choreography mode
@@ -111,6 +111,9 @@ export const OrderConfirmedSchema: GenMessage<OrderConfirmed> = /*@__PURE__*/
 
 /**
  * An order ended without being fulfilled. Subject: `order.order.cancelled`.
+ * In choreography mode this is also the command to compensate: inventory
+ * releases (or refuses to make) the order's reservation and payment refunds
+ * (or voids) its charge. In orchestration mode the orchestrator already did.
  *
  * @generated from message shopmesh.order.v1.OrderCancelled
  */
@@ -135,6 +138,13 @@ export type OrderCancelled = Message<"shopmesh.order.v1.OrderCancelled"> & {
    * @generated from field: string reason = 3;
    */
   reason: string;
+
+  /**
+   * How the order's saga was driven.
+   *
+   * @generated from field: shopmesh.common.v1.SagaMode saga_mode = 4;
+   */
+  sagaMode: SagaMode;
 };
 
 /**

@@ -1,0 +1,530 @@
+/**
+ * The event bus on NATS JetStream: one stream per bounded context plus a
+ * dead-letter stream, a transactional outbox with a prompt relay, and
+ * idempotent consumers (inbox) that dead-letter what they cannot handle.
+ *
+ * Events are the protobuf messages of `proto/shopmesh/<context>/v1/events.proto`.
+ * On the wire (CloudEvents NATS binding, binary mode): the payload is the
+ * protobuf encoding; headers carry `ce-specversion`, `ce-id`, `ce-type` (the
+ * protobuf type name), `ce-source`, `ce-time`, `content-type`,
+ * `traceparent`, and `Nats-Msg-Id` = event id so JetStream drops a
+ * republished duplicate within the stream's duplicate window. Consumers
+ * deduplicate again by event id in their own database (the inbox), forever.
+ */
+import {
+  create,
+  createRegistry,
+  type DescMessage,
+  fromBinary,
+  type MessageInitShape,
+  toBinary,
+} from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import {
+  AckPolicy,
+  DeliverPolicy,
+  type JetStreamClient,
+  type JetStreamManager,
+  type JsMsg,
+  jetstream,
+  jetstreamManager,
+  RetentionPolicy,
+  StorageType,
+} from "@nats-io/jetstream";
+import { connect, type NatsConnection, headers as natsHeaders } from "@nats-io/transport-node";
+import {
+  StockRejectedSchema,
+  StockReleasedSchema,
+  StockReservedSchema,
+} from "../gen/shopmesh/inventory/v1/events_pb.js";
+import { OrderCancelledSchema, OrderConfirmedSchema, OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
+import {
+  PaymentFailedSchema,
+  PaymentRefundedSchema,
+  PaymentSucceededSchema,
+} from "../gen/shopmesh/payment/v1/events_pb.js";
+import type { Db } from "./db.js";
+import type { Logger } from "./log.js";
+import { newId } from "./validate.js";
+
+/** Event types and their subjects (`<context>.<aggregate>.<what happened>`). */
+export const EVENT_SUBJECTS = {
+  "shopmesh.order.v1.OrderPlaced": "order.order.placed",
+  "shopmesh.order.v1.OrderConfirmed": "order.order.confirmed",
+  "shopmesh.order.v1.OrderCancelled": "order.order.cancelled",
+  "shopmesh.inventory.v1.StockReserved": "inventory.stock.reserved",
+  "shopmesh.inventory.v1.StockRejected": "inventory.stock.rejected",
+  "shopmesh.inventory.v1.StockReleased": "inventory.stock.released",
+  "shopmesh.payment.v1.PaymentSucceeded": "payment.payment.succeeded",
+  "shopmesh.payment.v1.PaymentFailed": "payment.payment.failed",
+  "shopmesh.payment.v1.PaymentRefunded": "payment.payment.refunded",
+} as const;
+
+/** Every event schema, for decoding by type name. */
+export const EVENT_REGISTRY = createRegistry(
+  OrderPlacedSchema,
+  OrderConfirmedSchema,
+  OrderCancelledSchema,
+  StockReservedSchema,
+  StockRejectedSchema,
+  StockReleasedSchema,
+  PaymentSucceededSchema,
+  PaymentFailedSchema,
+  PaymentRefundedSchema,
+);
+
+/** A protobuf event type name known to the bus. */
+export type EventType = keyof typeof EVENT_SUBJECTS;
+
+/** Streams, one per bounded context, and the dead-letter stream. */
+export const STREAMS = [
+  { name: "ORDER", subjects: ["order.>"] },
+  { name: "INVENTORY", subjects: ["inventory.>"] },
+  { name: "PAYMENT", subjects: ["payment.>"] },
+  { name: "DLQ", subjects: ["dlq.>"] },
+] as const;
+
+/** A stream name. */
+export type StreamName = (typeof STREAMS)[number]["name"];
+
+const DAY_NS = 24 * 60 * 60 * 1e9;
+/**
+ * Stream settings: file storage (survives a server restart), limits
+ * retention (events stay for replay, e.g. to rebuild a read model) for 7
+ * days, and a 2-minute duplicate window — longer than any outbox retry
+ * burst; the consumers' inboxes dedupe beyond it.
+ */
+const STREAM_DEFAULTS = {
+  storage: StorageType.File,
+  retention: RetentionPolicy.Limits,
+  max_age: 7 * DAY_NS,
+  duplicate_window: 2 * 60 * 1e9,
+  num_replicas: 1,
+};
+
+/** A NATS connection with JetStream handles. */
+export interface Bus {
+  readonly nc: NatsConnection;
+  readonly js: JetStreamClient;
+  readonly jsm: JetStreamManager;
+  close(): Promise<void>;
+}
+
+/**
+ * Connects to NATS (reconnecting forever, logging state changes) and creates
+ * or updates every stream. `replicas` is 1 locally, 3 on a cluster.
+ */
+export async function connectBus(url: string, name: string, log: Logger, replicas = 1): Promise<Bus> {
+  const nc = await connect({
+    servers: url.split(","),
+    name,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 250,
+    waitOnFirstConnect: true,
+  });
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (s.type === "disconnect" || s.type === "reconnect") log.warn({ nats: s.type }, `NATS ${s.type}`);
+    }
+  })();
+  const jsm = await jetstreamManager(nc);
+  for (const s of STREAMS) {
+    const config = { ...STREAM_DEFAULTS, num_replicas: replicas, name: s.name, subjects: [...s.subjects] };
+    try {
+      await jsm.streams.info(s.name);
+      await jsm.streams.update(s.name, config);
+    } catch {
+      await jsm.streams.add(config);
+    }
+  }
+  log.info({ url, streams: STREAMS.map((s) => s.name) }, "connected to NATS JetStream");
+  return { nc, js: jetstream(nc), jsm, close: () => nc.drain() };
+}
+
+// ---------------------------------------------------------------------------
+// Outbox
+
+/** SQL of the outbox table; append it to a service's migrations. */
+export const OUTBOX_MIGRATION = `CREATE TABLE outbox (
+  seq         INTEGER PRIMARY KEY AUTOINCREMENT,  -- commit order
+  event_id    TEXT NOT NULL UNIQUE,
+  type        TEXT NOT NULL,
+  subject     TEXT NOT NULL,
+  payload     BLOB NOT NULL,
+  order_id    TEXT NOT NULL,
+  traceparent TEXT NOT NULL DEFAULT '',
+  created_at  INTEGER NOT NULL,
+  sent_at     INTEGER
+) STRICT;
+CREATE INDEX outbox_unsent ON outbox (seq) WHERE sent_at IS NULL;`;
+
+type EventInit<D extends DescMessage> = Omit<MessageInitShape<D>, "meta" | "$typeName">;
+
+/**
+ * Writes events into the outbox table of a service's database. Call
+ * {@link Outbox.add} inside the same transaction as the state change the
+ * event records: both commit or neither does.
+ */
+export class Outbox {
+  private readonly insert;
+  /** Called after `add` once the current synchronous transaction has ended. */
+  onAdded: () => void = () => {};
+
+  constructor(
+    db: Db,
+    private readonly source: string,
+    private readonly clock: () => number = Date.now,
+  ) {
+    this.insert = db.prepare(
+      `INSERT INTO outbox (event_id, type, subject, payload, order_id, traceparent, created_at)
+       VALUES (@eventId, @type, @subject, @payload, @orderId, @traceparent, @now)`,
+    );
+  }
+
+  /** Adds an event of `schema` about `orderId`; fills its `meta`. Returns the event id. */
+  add<D extends DescMessage>(schema: D, orderId: string, init: EventInit<D>, traceparent = ""): string {
+    const type = schema.typeName as EventType;
+    const subject = EVENT_SUBJECTS[type];
+    if (!subject) throw new Error(`${type} is not a registered event type`);
+    const now = this.clock();
+    const eventId = newId("evt", now);
+    const meta = { eventId, source: this.source, occurredAt: timestampFromMs(now), orderId, traceparent };
+    const msg = create(schema, { ...init, meta } as unknown as MessageInitShape<D>);
+    this.insert.run({ eventId, type, subject, payload: toBinary(schema, msg), orderId, traceparent, now });
+    // A microtask runs after the synchronous transaction that called us has committed.
+    queueMicrotask(() => this.onAdded());
+    return eventId;
+  }
+}
+
+interface OutboxRow {
+  seq: number;
+  event_id: string;
+  type: string;
+  subject: string;
+  payload: Buffer;
+  traceparent: string;
+  created_at: number;
+}
+
+/** Options of {@link OutboxRelay}. */
+export interface RelayOptions {
+  readonly db: Db;
+  readonly outbox: Outbox;
+  readonly bus: Bus;
+  readonly source: string;
+  readonly log: Logger;
+  /** Safety-net sweep interval (the happy path publishes right after commit), ms. */
+  readonly sweepMs?: number;
+  /** Chaos hook: SIGKILL this process right before the first publish. */
+  readonly crashBeforePublish?: boolean;
+}
+
+/**
+ * Publishes committed outbox rows to JetStream in commit order, promptly
+ * after each commit and by periodic sweep (after a crash or an outage), then
+ * marks them sent. Publishing is sequential, so events of one aggregate keep
+ * their order. A failure (NATS down) is retried with capped backoff; nothing
+ * is lost because the rows stay until acknowledged by JetStream.
+ */
+export class OutboxRelay {
+  private readonly unsent;
+  private readonly markSent;
+  private readonly purge;
+  private readonly countUnsent;
+  private running = false;
+  private again = false;
+  private stopped = false;
+  private timer: NodeJS.Timeout | undefined;
+  private failures = 0;
+  private idle: Promise<void> = Promise.resolve();
+
+  constructor(private readonly opts: RelayOptions) {
+    const { db } = opts;
+    this.unsent = db.prepare<[number], OutboxRow>("SELECT * FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT ?");
+    this.markSent = db.prepare<[number, number]>("UPDATE outbox SET sent_at = ? WHERE seq = ?");
+    this.purge = db.prepare<[number]>("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?");
+    this.countUnsent = db.prepare<[], { n: number; oldest: number | null }>(
+      "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox WHERE sent_at IS NULL",
+    );
+    opts.outbox.onAdded = () => this.kick();
+  }
+
+  /** Publishes what is pending now and starts the sweep timer. */
+  start(): void {
+    this.kick();
+    this.schedule(this.opts.sweepMs ?? 1_000);
+  }
+
+  /** Events committed but not yet published, and the age of the oldest in ms. */
+  backlog(now = Date.now()): { count: number; oldestAgeMs: number } {
+    const r = this.countUnsent.get() ?? { n: 0, oldest: null };
+    return { count: r.n, oldestAgeMs: r.oldest === null ? 0 : now - r.oldest };
+  }
+
+  /** Publishes now (or again right after the publish in progress). */
+  kick(): void {
+    if (this.stopped) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    this.running = true;
+    this.idle = this.drain().finally(() => {
+      this.running = false;
+    });
+  }
+
+  /** Stops publishing; rows left unsent are published by the next start. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    await this.idle;
+  }
+
+  private schedule(ms: number): void {
+    clearTimeout(this.timer);
+    if (this.stopped) return;
+    this.timer = setTimeout(() => {
+      this.kick();
+      this.purge.run(Date.now() - 60 * 60 * 1000);
+      this.schedule(this.opts.sweepMs ?? 1_000);
+    }, ms);
+    this.timer.unref();
+  }
+
+  private async drain(): Promise<void> {
+    const { bus, log, source } = this.opts;
+    try {
+      do {
+        this.again = false;
+        const rows = this.unsent.all(256);
+        for (const row of rows) {
+          if (this.stopped) return;
+          if (this.opts.crashBeforePublish) {
+            log.warn({ eventId: row.event_id }, "fault injection: crashing before publish");
+            process.kill(process.pid, "SIGKILL");
+          }
+          const h = natsHeaders();
+          h.set("ce-specversion", "1.0");
+          h.set("ce-id", row.event_id);
+          h.set("ce-type", row.type);
+          h.set("ce-source", source);
+          h.set("ce-time", new Date(row.created_at).toISOString());
+          h.set("content-type", "application/protobuf");
+          if (row.traceparent) h.set("traceparent", row.traceparent);
+          await bus.js.publish(row.subject, row.payload, { msgID: row.event_id, headers: h, timeout: 2_000 });
+          this.markSent.run(Date.now(), row.seq);
+        }
+        if (rows.length === 256) this.again = true;
+      } while (this.again && !this.stopped);
+      if (this.failures > 0) log.info({ afterFailures: this.failures }, "outbox relay publishing again");
+      this.failures = 0;
+    } catch (err) {
+      this.failures++;
+      const delay = Math.min(5_000, 100 * 2 ** Math.min(this.failures, 6));
+      if (this.failures === 1 || this.failures % 10 === 0) {
+        log.warn(
+          { err: (err as Error).message, failures: this.failures, retryInMs: delay },
+          "outbox publish failed; will retry",
+        );
+      }
+      this.schedule(delay);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Consumers with an inbox
+
+/** SQL of the inbox table; append it to a consumer service's migrations. */
+export const INBOX_MIGRATION = `CREATE TABLE inbox (
+  consumer   TEXT NOT NULL,
+  event_id   TEXT NOT NULL,
+  type       TEXT NOT NULL,
+  handled_at INTEGER NOT NULL,
+  PRIMARY KEY (consumer, event_id)
+) STRICT;`;
+
+/** What a handler learns about the event beyond its payload. */
+export interface EventContext {
+  readonly eventId: string;
+  readonly type: EventType;
+  readonly subject: string;
+  /** 1 on first delivery. */
+  readonly deliveryCount: number;
+  readonly traceparent: string;
+}
+
+/**
+ * Handlers by event type. A handler runs inside the consumer's SQLite
+ * transaction together with the inbox insert, so it must be synchronous and
+ * only touch that database (and its outbox). Throwing rolls everything back
+ * and the event is redelivered later.
+ */
+export type EventHandlers = Partial<Record<EventType, (event: never, ctx: EventContext) => void>>;
+
+/** Typed handler helper: `on(OrderPlacedSchema, (e) => ...)`. */
+export function on<D extends DescMessage>(
+  schema: D,
+  fn: (event: import("@bufbuild/protobuf").MessageShape<D>, ctx: EventContext) => void,
+): [EventType, (event: never, ctx: EventContext) => void] {
+  return [schema.typeName as EventType, fn as (event: never, ctx: EventContext) => void];
+}
+
+/** Options of {@link startConsumer}. */
+export interface ConsumerOptions {
+  readonly bus: Bus;
+  readonly db: Db;
+  readonly log: Logger;
+  readonly stream: StreamName;
+  /** Durable consumer name, unique per service and stream, e.g. "notification-order". */
+  readonly durable: string;
+  readonly handlers: ReadonlyArray<[EventType, (event: never, ctx: EventContext) => void]>;
+  /** Deliveries before a failing event goes to the dead-letter stream. */
+  readonly maxDeliver?: number;
+  /** Chaos hook: SIGKILL the process after committing an event, before acking it. */
+  readonly crashAfterCommit?: boolean;
+  /** Called after each event is handled (or skipped as a duplicate). */
+  readonly onHandled?: (type: EventType, duplicate: boolean) => void;
+  /** Called when an event is dead-lettered. */
+  readonly onDeadLetter?: (reason: string) => void;
+}
+
+/** A running consumer. */
+export interface RunningConsumer {
+  stop(): Promise<void>;
+}
+
+/**
+ * Consumes `stream` with a durable pull consumer (explicit ack), one event
+ * at a time in stream order. Each event's handler and its inbox row commit
+ * in one transaction, so a redelivered or republished event has exactly one
+ * effect. A failing event is retried with backoff (nak with delay) and,
+ * after `maxDeliver` deliveries, moved to the DLQ stream with the reason; an
+ * undecodable one goes there at once. Either way the consumer keeps going.
+ */
+export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsumer> {
+  const { bus, db, log, durable } = opts;
+  const maxDeliver = opts.maxDeliver ?? 5;
+  const handlers = new Map(opts.handlers);
+  const seen = db.prepare<[string, string], { one: number }>(
+    "SELECT 1 AS one FROM inbox WHERE consumer = ? AND event_id = ?",
+  );
+  const remember = db.prepare<[string, string, string, number]>(
+    "INSERT INTO inbox (consumer, event_id, type, handled_at) VALUES (?, ?, ?, ?)",
+  );
+  const clog = log.child({ consumer: durable });
+
+  const config = {
+    durable_name: durable,
+    ack_policy: AckPolicy.Explicit,
+    deliver_policy: DeliverPolicy.All,
+    ack_wait: 30 * 1e9,
+    max_deliver: -1, // we count deliveries ourselves and dead-letter, so the server never drops silently
+  };
+  try {
+    await bus.jsm.consumers.info(opts.stream, durable);
+  } catch {
+    await bus.jsm.consumers.add(opts.stream, config);
+  }
+  const consumer = await bus.js.consumers.get(opts.stream, durable);
+
+  const deadLetter = async (m: JsMsg, reason: string) => {
+    const h = natsHeaders();
+    for (const [k, v] of m.headers ?? []) if (k !== "Nats-Msg-Id") for (const x of v) h.append(k, x);
+    h.set("x-dlq-reason", reason.slice(0, 1000));
+    h.set("x-dlq-consumer", durable);
+    h.set("x-dlq-subject", m.subject);
+    h.set("x-dlq-stream-seq", String(m.seq));
+    h.set("x-dlq-deliveries", String(m.info.deliveryCount));
+    await bus.js.publish(`dlq.${durable}`, m.data, { headers: h, msgID: `${durable}:${m.seq}` });
+    m.term(reason.slice(0, 200));
+    clog.warn({ subject: m.subject, seq: m.seq, reason }, "event dead-lettered");
+    opts.onDeadLetter?.(reason);
+  };
+
+  const handle = async (m: JsMsg) => {
+    const type = m.headers?.get("ce-type") as EventType | undefined;
+    const eventId = m.headers?.get("ce-id") ?? "";
+    if (!type || !eventId || !EVENT_SUBJECTS[type]) {
+      await deadLetter(
+        m,
+        `not a shopmesh event: missing or unknown ce-type/ce-id (ce-type=${JSON.stringify(type ?? "")})`,
+      );
+      return;
+    }
+    const fn = handlers.get(type);
+    if (!fn) {
+      m.ack(); // this service does not care about this type
+      return;
+    }
+    const schema = EVENT_REGISTRY.getMessage(type);
+    let event: unknown;
+    try {
+      event = fromBinary(schema as DescMessage, m.data);
+    } catch (err) {
+      await deadLetter(m, `undecodable ${type} payload: ${(err as Error).message}`);
+      return;
+    }
+    const ctx: EventContext = {
+      eventId,
+      type,
+      subject: m.subject,
+      deliveryCount: m.info.deliveryCount,
+      traceparent: m.headers?.get("traceparent") ?? "",
+    };
+    let duplicate = false;
+    try {
+      db.transaction(() => {
+        if (seen.get(durable, eventId)) {
+          duplicate = true;
+          return;
+        }
+        fn(event as never, ctx);
+        remember.run(durable, eventId, type, Date.now());
+      }).immediate();
+    } catch (err) {
+      if (m.info.deliveryCount >= maxDeliver) {
+        await deadLetter(m, `handler failed ${m.info.deliveryCount} times: ${(err as Error).message}`);
+      } else {
+        const delay = Math.min(5_000, 100 * 2 ** (m.info.deliveryCount - 1));
+        clog.info(
+          { type, eventId, delivery: m.info.deliveryCount, retryInMs: delay, err: (err as Error).message },
+          "handler failed; will retry",
+        );
+        m.nak(delay);
+      }
+      return;
+    }
+    if (opts.crashAfterCommit && !duplicate) {
+      clog.warn({ eventId }, "fault injection: crashing after commit, before ack");
+      process.kill(process.pid, "SIGKILL");
+    }
+    m.ack();
+    opts.onHandled?.(type, duplicate);
+  };
+
+  let stopped = false;
+  const messages = await consumer.consume({ max_messages: 64 });
+  const loop = (async () => {
+    for await (const m of messages) {
+      try {
+        await handle(m);
+      } catch (err) {
+        // e.g. the DLQ publish failed because NATS is down: leave the event for redelivery.
+        clog.warn({ err: (err as Error).message, seq: m.seq }, "event not settled; it will be redelivered");
+        m.nak(1_000);
+      }
+      if (stopped) break;
+    }
+  })();
+  clog.info({ stream: opts.stream }, "consuming");
+  return {
+    async stop() {
+      stopped = true;
+      await messages.close();
+      await loop;
+    },
+  };
+}
