@@ -251,9 +251,14 @@ export function createClient<S extends DescService>(service: S, channel: grpc.Cl
             create(m.input, req),
             opts?.metadata ?? new grpc.Metadata(),
             grpcCallOptions(opts),
-            (err, res) => (err ? reject(toRpcError(err)) : resolve(res)),
+            (err, res) => {
+              opts?.signal?.removeEventListener("abort", onAbort);
+              if (err) reject(toRpcError(err));
+              else resolve(res);
+            },
           );
-          opts?.signal?.addEventListener("abort", () => call.cancel(), { once: true });
+          const onAbort = () => call.cancel();
+          opts?.signal?.addEventListener("abort", onAbort, { once: true });
         });
     } else if (m.methodKind === "server_streaming") {
       client[m.localName] = (req: MessageInitShape<DescMessage>, opts?: CallOptions) =>

@@ -11,6 +11,7 @@ import { afterEach, describe, expect, it, vi } from "vitest";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import { expectRpcError } from "../test/rpc.js";
+import { ConfigError, parseEnv } from "./config.js";
 import { Code, RpcError, ServiceError } from "./errors.js";
 import { type CallContext, createChannel, createClient, type ServiceImpl } from "./grpc.js";
 import { silentLogger } from "./log.js";
@@ -19,6 +20,7 @@ import {
   DEFAULT_POLICY,
   type PolicyConfig,
   type PolicyEvents,
+  policyEnv,
   type ResilientClient,
 } from "./resilience.js";
 import { bind, type RunningServer, startGrpcServer } from "./server.js";
@@ -566,15 +568,11 @@ describe("deadlines", () => {
   });
 });
 
-/**
- * Defects of the current implementation, each written as the behaviour the
- * module documents and marked `it.fails`: they pass while the bug is there
- * and fail (prompting a switch to `it`) once it is fixed.
- */
-describe("known defects (expected to fail until fixed)", () => {
+/** Regressions: each of these was a defect found in review, now fixed. */
+describe("regressions", () => {
   // resilience.ts attemptOptions(): the caller's relative timeoutMs is recomputed from "now" on every
   // attempt, so with retries the call can take retryMaxAttempts × timeoutMs (~930 ms here, not ~300).
-  it.fails("a caller's timeoutMs bounds the whole call, retries included", async () => {
+  it("a caller's timeoutMs bounds the whole call, retries included", async () => {
     const { fake, server } = await startInventory();
     const client = resilient("inventory", InventoryService, server, { timeoutMs: 10_000, retryMaxAttempts: 3 });
     await client.getProduct(req);
@@ -588,7 +586,7 @@ describe("known defects (expected to fail until fixed)", () => {
 
   // The caller's deadline is only checked when an attempt starts: a call waiting in the bulkhead queue
   // waits for a free slot however long that takes (~1000 ms here for a 200 ms deadline).
-  it.fails("a call queued in the bulkhead fails at its deadline", async () => {
+  it("a call queued in the bulkhead fails at its deadline", async () => {
     const { fake, server } = await startInventory();
     const client = resilient("inventory", InventoryService, server, {
       bulkheadLimit: 1,
@@ -608,7 +606,7 @@ describe("known defects (expected to fail until fixed)", () => {
 
   // While a half-open probe runs, cockatiel makes every other call wait for the probe's outcome (up to the
   // probe's timeoutMs) instead of failing fast, past the waiting caller's own deadline (~1000 ms here for 200).
-  it.fails("a call arriving during a half-open probe does not wait past its deadline", async () => {
+  it("a call arriving during a half-open probe does not wait past its deadline", async () => {
     const { fake, server } = await startInventory();
     const client = resilient("inventory", InventoryService, server, {
       retryMaxAttempts: 1,
@@ -630,7 +628,7 @@ describe("known defects (expected to fail until fixed)", () => {
   // CallerDeadlineError is excluded from the breaker's failures, and cockatiel treats an unhandled error
   // from a half-open probe as a success: a caller with an expired deadline closes the breaker without the
   // downstream ever being called.
-  it.fails("a probe that never reached the downstream does not close the breaker", async () => {
+  it("a probe that never reached the downstream does not close the breaker", async () => {
     const { fake, server } = await startInventory();
     const client = resilient("inventory", InventoryService, server, {
       retryMaxAttempts: 1,
@@ -649,7 +647,7 @@ describe("known defects (expected to fail until fixed)", () => {
 
   // An already aborted caller signal makes cockatiel's bulkhead throw TaskCancelledError, which
   // toClientError() does not map: the caller gets a non-RpcError (the plain client gives CANCELLED).
-  it.fails("a call with an aborted signal fails with an RpcError CANCELLED", async () => {
+  it("a call with an aborted signal fails with an RpcError CANCELLED", async () => {
     const { fake, server } = await startInventory();
     const client = resilient("inventory", InventoryService, server, {});
     const ac = new AbortController();
@@ -659,17 +657,17 @@ describe("known defects (expected to fail until fixed)", () => {
     expect(fake.calls).toBe(0);
   });
 
-  // policyEnv accepts BREAKER_FAILURE_RATIO up to 1, but cockatiel's SamplingBreaker throws a RangeError
-  // for a threshold >= 1, so a valid-looking config crashes client creation.
-  it.fails("accepts every breakerFailureRatio that policyEnv accepts (0..1)", async () => {
+  // cockatiel's SamplingBreaker throws for a threshold >= 1: config must refuse it at start instead.
+  it("accepts every breakerFailureRatio that policyEnv accepts, and policyEnv refuses 1", async () => {
     const { server } = await startInventory();
-    expect(() => resilient("inventory", InventoryService, server, { breakerFailureRatio: 1 })).not.toThrow();
+    expect(() => resilient("inventory", InventoryService, server, { breakerFailureRatio: 0.99 })).not.toThrow();
+    expect(() => parseEnv(policyEnv("X"), { X_BREAKER_FAILURE_RATIO: "1" })).toThrow(ConfigError);
   });
 
   // grpc.ts createClient() adds an "abort" listener (closing over the call) to the attempt's signal and
   // never removes it; with no caller signal that is cockatiel's process-wide never-aborted signal, so
   // every call through a resilient client leaks one listener for the life of the process.
-  it.fails("leaves no abort listener behind once calls have settled", async () => {
+  it("leaves no abort listener behind once calls have settled", async () => {
     const { server } = await startInventory();
     const client = resilient("inventory", InventoryService, server, {});
     await client.getProduct(req);

@@ -39,6 +39,7 @@ import {
   type IPolicy,
   retry,
   SamplingBreaker,
+  TaskCancelledError,
   wrap,
 } from "cockatiel";
 import { type EnvReader, int, num } from "./config.js";
@@ -58,7 +59,7 @@ export interface PolicyConfig {
   readonly retryMaxDelayMs: number;
   /** Consecutive failures that open the breaker (used when `breakerFailureRatio` is 0). */
   readonly breakerConsecutiveFailures: number;
-  /** Failure ratio 0..1 over `breakerWindowMs` that opens the breaker; 0 = use consecutive failures. */
+  /** Failure ratio 0..0.99 over `breakerWindowMs` that opens the breaker; 0 = use consecutive failures. */
   readonly breakerFailureRatio: number;
   /** Sliding window for the ratio breaker. */
   readonly breakerWindowMs: number;
@@ -90,7 +91,8 @@ const FIELDS = {
   RETRY_INITIAL_DELAY_MS: ["retryInitialDelayMs", { min: 1, max: 60_000 }],
   RETRY_MAX_DELAY_MS: ["retryMaxDelayMs", { min: 1, max: 300_000 }],
   BREAKER_CONSECUTIVE_FAILURES: ["breakerConsecutiveFailures", { min: 1, max: 1_000 }],
-  BREAKER_FAILURE_RATIO: ["breakerFailureRatio", { min: 0, max: 1 }],
+  // cockatiel's SamplingBreaker needs a ratio below 1.
+  BREAKER_FAILURE_RATIO: ["breakerFailureRatio", { min: 0, max: 0.99 }],
   BREAKER_WINDOW_MS: ["breakerWindowMs", { min: 100, max: 600_000 }],
   BREAKER_HALF_OPEN_AFTER_MS: ["breakerHalfOpenAfterMs", { min: 1, max: 600_000 }],
   BULKHEAD_LIMIT: ["bulkheadLimit", { min: 1, max: 10_000 }],
@@ -247,12 +249,25 @@ export function createResilientClient<S extends DescService>(
     const start: IPolicy = wrap(bh, breaker);
 
     if (m.methodKind === "unary") {
-      client[m.localName] = (req: MessageInitShape<DescMessage>, opts: CallOptions = {}) =>
-        unary
-          .execute(({ signal }) => call(req, attemptOptions(opts, config.timeoutMs, signal)), opts.signal)
-          .catch((err: unknown) => {
-            throw toClientError(err, downstream);
-          });
+      client[m.localName] = (req: MessageInitShape<DescMessage>, opts: CallOptions = {}) => {
+        // The caller's budget is fixed once, for the whole call: queueing, retries and backoff included.
+        const deadline = callerDeadline(opts);
+        if (deadline !== undefined && deadline <= Date.now()) {
+          // Never reaches the breaker: a call that cannot be sent says nothing about the downstream.
+          return Promise.reject(
+            new CallerDeadlineError(status.DEADLINE_EXCEEDED, "caller deadline exceeded", new Metadata()),
+          );
+        }
+        if (breaker.state === CircuitState.HalfOpen) {
+          // One probe at a time decides; everyone else fails fast instead of waiting for it.
+          return Promise.reject(toClientError(new BrokenCircuitError(), downstream));
+        }
+        return withDeadline(deadline, opts.signal, (signal) =>
+          unary.execute(({ signal: s }) => call(req, attemptOptions(opts, deadline, config.timeoutMs, s)), signal),
+        ).catch((err: unknown) => {
+          throw toClientError(err, downstream);
+        });
+      };
     } else if (m.methodKind === "server_streaming") {
       client[m.localName] = (req: MessageInitShape<DescMessage>, opts: CallOptions = {}) =>
         streamThrough(start, () => call(req, { ...opts }) as AsyncIterable<MessageShape<DescMessage>>, downstream);
@@ -261,18 +276,50 @@ export function createResilientClient<S extends DescService>(
   return client as ResilientClient<S>;
 }
 
-/** Options of one attempt: the deadline capped by the caller's, the signals merged. */
-function attemptOptions(opts: CallOptions, timeoutMs: number, policySignal: AbortSignal): CallOptions {
+/** The caller's absolute deadline: the earlier of `deadline` and now + `timeoutMs`. */
+function callerDeadline(opts: CallOptions): number | undefined {
+  const rel = opts.timeoutMs === undefined ? undefined : Date.now() + opts.timeoutMs;
+  if (opts.deadline === undefined) return rel;
+  return rel === undefined ? opts.deadline : Math.min(rel, opts.deadline);
+}
+
+/**
+ * Runs `fn` with a signal that aborts at `deadline` or with `outer`; at the
+ * deadline the call fails DEADLINE_EXCEEDED even if it is still queued in
+ * the bulkhead or sleeping between retries.
+ */
+function withDeadline<T>(
+  deadline: number | undefined,
+  outer: AbortSignal | undefined,
+  fn: (signal: AbortSignal | undefined) => Promise<T>,
+): Promise<T> {
+  if (deadline === undefined) return fn(outer);
+  const ac = new AbortController();
+  const signal = outer ? AbortSignal.any([outer, ac.signal]) : ac.signal;
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      ac.abort();
+      reject(new CallerDeadlineError(status.DEADLINE_EXCEEDED, "caller deadline exceeded", new Metadata()));
+    }, deadline - Date.now());
+  });
+  return Promise.race([fn(signal), expired]).finally(() => clearTimeout(timer));
+}
+
+/** Options of one attempt: the per-attempt timeout capped by the caller's deadline, the signals merged. */
+function attemptOptions(
+  opts: CallOptions,
+  deadline: number | undefined,
+  timeoutMs: number,
+  policySignal: AbortSignal,
+): CallOptions {
   const now = Date.now();
-  let deadline = now + timeoutMs;
-  if (opts.timeoutMs !== undefined) deadline = Math.min(deadline, now + opts.timeoutMs);
-  if (opts.deadline !== undefined) {
-    if (opts.deadline <= now)
-      throw new CallerDeadlineError(status.DEADLINE_EXCEEDED, "caller deadline exceeded", new Metadata());
-    deadline = Math.min(deadline, opts.deadline);
+  if (deadline !== undefined && deadline <= now) {
+    throw new CallerDeadlineError(status.DEADLINE_EXCEEDED, "caller deadline exceeded", new Metadata());
   }
+  const attemptDeadline = deadline === undefined ? now + timeoutMs : Math.min(now + timeoutMs, deadline);
   const signal = opts.signal ? AbortSignal.any([opts.signal, policySignal]) : policySignal;
-  return { metadata: opts.metadata, deadline, signal };
+  return { metadata: opts.metadata, deadline: attemptDeadline, signal };
 }
 
 /** Policy rejections become UNAVAILABLE RpcErrors naming the downstream; RpcErrors pass through. */
@@ -284,6 +331,12 @@ function toClientError(err: unknown, downstream: string): unknown {
   }
   if (err instanceof BulkheadRejectedError) {
     return new RpcError(status.UNAVAILABLE, `${downstream}: bulkhead full, call rejected`, new Metadata(), {
+      cause: err,
+    });
+  }
+  // instanceof, not cockatiel's isTaskCancelledError(): in 3.2 that helper tests the wrong property.
+  if (err instanceof TaskCancelledError) {
+    return new RpcError(status.CANCELLED, `${downstream}: call cancelled by the caller`, new Metadata(), {
       cause: err,
     });
   }
