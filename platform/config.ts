@@ -127,6 +127,8 @@ export const commonEnv = {
   LOG_FORMAT: oneOf(["json", "pretty"], "json"),
   /** Host to listen on. */
   GRPC_HOST: str("0.0.0.0"),
+  /** NATS server URL(s), comma separated; "off" runs without the event bus (events wait in the outbox). */
+  NATS_URL: str("nats://127.0.0.1:4222"),
   /** Longest wait for in-flight calls on shutdown before they are cut, in ms. */
   SHUTDOWN_GRACE_MS: int(10_000, { min: 0, max: 120_000 }),
 } as const;

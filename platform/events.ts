@@ -528,3 +528,66 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
     },
   };
 }
+
+// ---------------------------------------------------------------------------
+// Wiring
+
+/** Options of {@link startEventing}. */
+export interface EventingOptions {
+  /** NATS URL(s), comma separated; "off" runs without a bus (events wait in the outbox). */
+  readonly url: string;
+  /** Service name: the events' `source` and the NATS connection name. */
+  readonly service: string;
+  readonly db: Db;
+  readonly log: Logger;
+  /** The service's outbox, if it publishes. */
+  readonly outbox?: Outbox;
+  /** The service's consumers, if it consumes. */
+  readonly consumers?: ReadonlyArray<Pick<ConsumerOptions, "stream" | "durable" | "handlers">>;
+  /** Chaos hooks (see faultEnv). */
+  readonly crashBeforePublish?: boolean;
+  readonly crashAfterCommit?: boolean;
+}
+
+/** A service's running event machinery. */
+export interface Eventing {
+  readonly bus: Bus | undefined;
+  readonly relay: OutboxRelay | undefined;
+  /** Stops consumers, then the relay, then drains the connection. */
+  stop(): Promise<void>;
+}
+
+/** Connects a service to the bus: starts its outbox relay and its consumers. */
+export async function startEventing(opts: EventingOptions): Promise<Eventing> {
+  if (opts.url === "off") {
+    opts.log.warn("NATS_URL=off: running without the event bus; events wait in the outbox");
+    return { bus: undefined, relay: undefined, stop: async () => {} };
+  }
+  const bus = await connectBus(opts.url, opts.service, opts.log);
+  const relay = opts.outbox
+    ? new OutboxRelay({
+        db: opts.db,
+        outbox: opts.outbox,
+        bus,
+        source: opts.service,
+        log: opts.log,
+        crashBeforePublish: opts.crashBeforePublish ?? false,
+      })
+    : undefined;
+  relay?.start();
+  const consumers: RunningConsumer[] = [];
+  for (const c of opts.consumers ?? []) {
+    consumers.push(
+      await startConsumer({ ...c, bus, db: opts.db, log: opts.log, crashAfterCommit: opts.crashAfterCommit ?? false }),
+    );
+  }
+  return {
+    bus,
+    relay,
+    async stop() {
+      for (const c of consumers) await c.stop();
+      await relay?.stop();
+      await bus.close();
+    },
+  };
+}

@@ -28,6 +28,27 @@ export {
   toStatusObject,
 } from "./errors.js";
 export {
+  type Bus,
+  type ConsumerOptions,
+  connectBus,
+  EVENT_REGISTRY,
+  EVENT_SUBJECTS,
+  type EventContext,
+  type Eventing,
+  type EventingOptions,
+  type EventType,
+  INBOX_MIGRATION,
+  OUTBOX_MIGRATION,
+  Outbox,
+  OutboxRelay,
+  on,
+  type RunningConsumer,
+  STREAMS,
+  type StreamName,
+  startConsumer,
+  startEventing,
+} from "./events.js";
+export {
   type CallContext,
   type CallOptions,
   type Client,

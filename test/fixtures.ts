@@ -52,7 +52,8 @@ export async function spawnService(
 ): Promise<ServiceProcess> {
   const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "services", name, "main.ts")], {
     cwd: ROOT,
-    env: { ...process.env, GRPC_PORT: "0", LOG_FORMAT: "json", LOG_LEVEL: "info", ...env },
+    // No bus unless the test starts one and passes its NATS_URL.
+    env: { ...process.env, GRPC_PORT: "0", LOG_FORMAT: "json", LOG_LEVEL: "info", NATS_URL: "off", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";

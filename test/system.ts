@@ -17,12 +17,15 @@ import { loadConfig as orderConfig } from "../services/order/config.js";
 import { type PaymentApp, startPayment } from "../services/payment/app.js";
 import { loadConfig as paymentConfig } from "../services/payment/config.js";
 import { tempDir } from "./fixtures.js";
+import { startNats, type TestNats } from "./nats.js";
 
 type Env = Record<string, string>;
 
 /** A running system and clients for it. */
 export interface System extends AsyncDisposable {
   readonly dir: string;
+  /** The system's own nats-server (stop/start it for outage tests). */
+  readonly nats: TestNats;
   readonly inventory: InventoryApp;
   readonly payment: PaymentApp;
   readonly order: OrderApp;
@@ -38,11 +41,12 @@ export interface System extends AsyncDisposable {
   settle(orderId: string, subject: string, timeoutMs?: number): Promise<Order>;
 }
 
-/** Starts inventory, payment and order; `env` per service overrides defaults. */
+/** Starts a nats-server, inventory, payment and order; `env` per service overrides defaults. */
 export async function startSystem(env: { inventory?: Env; payment?: Env; order?: Env } = {}): Promise<System> {
   const dir = tempDir();
+  const nats = await startNats();
   const log = silentLogger();
-  const base = { GRPC_HOST: "127.0.0.1", GRPC_PORT: "0", SHUTDOWN_GRACE_MS: "2000" };
+  const base = { GRPC_HOST: "127.0.0.1", GRPC_PORT: "0", SHUTDOWN_GRACE_MS: "2000", NATS_URL: nats.url };
   const inventory = await startInventory(
     inventoryConfig({ ...base, DB_PATH: join(dir.path, "inventory.db"), ...env.inventory }),
     log,
@@ -72,6 +76,7 @@ export async function startSystem(env: { inventory?: Env; payment?: Env; order?:
   const as = (subject: string, roles: string[] = ["customer"]) => ({ metadata: identityMetadata({ subject, roles }) });
   return {
     dir: dir.path,
+    nats,
     inventory,
     payment,
     order,
@@ -96,6 +101,7 @@ export async function startSystem(env: { inventory?: Env; payment?: Env; order?:
       await order.stop();
       await payment.stop();
       await inventory.stop();
+      await nats[Symbol.asyncDispose]();
       dir[Symbol.dispose]();
     },
   };

@@ -1,9 +1,17 @@
 /** Wires the inventory service: store, API, gRPC server. */
 import { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
-import { bind, FaultInjector, type Logger, startGrpcServer } from "../../platform/index.js";
+import {
+  bind,
+  type Eventing,
+  FaultInjector,
+  type Logger,
+  startEventing,
+  startGrpcServer,
+} from "../../platform/index.js";
 import { createInventoryApi } from "./api.js";
 import { DEMO_CATALOGUE } from "./catalogue.js";
 import type { InventoryConfig } from "./config.js";
+import { inventoryConsumers } from "./events.js";
 import { InventoryStore } from "./store.js";
 
 /** A running inventory service. */
@@ -11,7 +19,8 @@ export interface InventoryApp {
   readonly port: number;
   readonly address: string;
   readonly store: InventoryStore;
-  /** Drains calls (bounded by SHUTDOWN_GRACE_MS) and closes the database. */
+  readonly events: Eventing;
+  /** Drains calls (bounded by SHUTDOWN_GRACE_MS), stops the event machinery, closes the database. */
   stop(): Promise<void>;
 }
 
@@ -22,6 +31,16 @@ export async function startInventory(config: InventoryConfig, log: Logger): Prom
     const n = store.seedIfEmpty(DEMO_CATALOGUE);
     if (n > 0) log.info({ products: n }, "seeded demo catalogue");
   }
+  const events = await startEventing({
+    url: config.NATS_URL,
+    service: "inventory",
+    db: store.db,
+    outbox: store.outbox,
+    consumers: inventoryConsumers(store),
+    log,
+    crashBeforePublish: config.FAULT_CRASH_BEFORE_PUBLISH,
+    crashAfterCommit: config.FAULT_CRASH_AFTER_COMMIT,
+  });
   const server = await startGrpcServer({
     host: config.GRPC_HOST,
     port: config.GRPC_PORT,
@@ -33,8 +52,10 @@ export async function startInventory(config: InventoryConfig, log: Logger): Prom
     port: server.port,
     address: server.address,
     store,
+    events,
     async stop() {
       await server.stop(config.SHUTDOWN_GRACE_MS);
+      await events.stop();
       store.close();
     },
   };

@@ -38,12 +38,17 @@ export interface Shortage {
   readonly available: number;
 }
 
+/** The people-readable reason of a stock rejection (the same in errors and events). */
+export function shortageReason(shortages: readonly Shortage[]): string {
+  return `insufficient stock: ${shortages.map((s) => `${s.productId} (requested ${s.requested}, available ${s.available})`).join(", ")}`;
+}
+
 /** FAILED_PRECONDITION: some lines exceed available stock. Lists every short product. */
 export class OutOfStockError extends FailedPreconditionError {
   override name = "OutOfStockError";
   constructor(readonly shortages: readonly Shortage[]) {
     super(
-      `insufficient stock: ${shortages.map((s) => `${s.productId} (requested ${s.requested}, available ${s.available})`).join(", ")}`,
+      shortageReason(shortages),
       shortages.map((s) => ({
         type: "STOCK",
         subject: `products/${s.productId}`,

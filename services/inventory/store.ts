@@ -4,8 +4,22 @@
  * process on the same file; CHECK constraints keep stock non-negative even if
  * a bug slipped past the domain rules.
  */
-import { type Db, newId, openDatabase } from "../../platform/index.js";
-import { type Line, type NewProduct, type Plan, type ProductRecord, planReservation, type Shortage } from "./domain.js";
+import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
+import {
+  StockRejectedSchema,
+  StockReleasedSchema,
+  StockReservedSchema,
+} from "../../gen/shopmesh/inventory/v1/events_pb.js";
+import { type Db, INBOX_MIGRATION, newId, OUTBOX_MIGRATION, Outbox, openDatabase } from "../../platform/index.js";
+import {
+  type Line,
+  type NewProduct,
+  type Plan,
+  type ProductRecord,
+  planReservation,
+  type Shortage,
+  shortageReason,
+} from "./domain.js";
 
 const MIGRATIONS = [
   `CREATE TABLE products (
@@ -38,7 +52,12 @@ const MIGRATIONS = [
      quantity        INTEGER NOT NULL CHECK (quantity > 0),
      created_at      INTEGER NOT NULL
    ) STRICT;`,
+  // 2: events (transactional outbox) and choreography consumers (inbox).
+  `${OUTBOX_MIGRATION}\n${INBOX_MIGRATION}`,
 ];
+
+/** Fingerprint of a key voided by a choreography cancel: no reservation may ever be made with it. */
+const VOIDED = "voided";
 
 /** A stored reservation. REJECTED rows exist only to replay a rejection for the same key. */
 export interface ReservationRecord {
@@ -99,14 +118,18 @@ const toReservation = (r: ReservationRow): ReservationRecord => ({
   createdAt: r.created_at,
 });
 
-/** Inventory tables in one SQLite file. */
+/** Inventory tables in one SQLite file, with the outbox its events are committed into. */
 export class InventoryStore {
   private readonly q;
+  /** Events committed together with the changes they record. */
+  readonly outbox: Outbox;
 
   private constructor(
-    private readonly db: Db,
+    /** The service's database (also used by its event consumers). */
+    readonly db: Db,
     private readonly clock: () => number,
   ) {
+    this.outbox = new Outbox(db, "inventory", clock);
     this.q = {
       product: db.prepare<[string], ProductRow>("SELECT * FROM products WHERE id = ?"),
       page: db.prepare<[string, number], ProductRow>("SELECT * FROM products WHERE id > ? ORDER BY id LIMIT ?"),
@@ -171,6 +194,39 @@ export class InventoryStore {
     return this.q.page.all(after, limit).map(toProduct);
   }
 
+  /**
+   * Undoes whatever a reservation key did or would do (choreography
+   * compensation): releases its reservation, or, when none was made yet,
+   * voids the key so a late reservation with it is rejected. Returns what
+   * happened.
+   */
+  cancelByKey(key: string, orderId: string): "released" | "voided" | "nothing" {
+    return this.db
+      .transaction(() => {
+        const prior = this.q.reservationByKey.get(key);
+        if (!prior) {
+          const now = this.clock();
+          this.q.insertReservation.run({
+            id: newId("res", now),
+            key,
+            fingerprint: VOIDED,
+            orderId,
+            status: "REJECTED",
+            items: "[]",
+            totalMinor: 0,
+            currency: "",
+            shortages: "[]",
+            now,
+          });
+          return "voided";
+        }
+        if (prior.status !== "RESERVED") return "nothing";
+        this.release(prior.id);
+        return "released";
+      })
+      .immediate();
+  }
+
   /** One reservation (never a REJECTED one), or undefined. */
   reservation(id: string): ReservationRecord | undefined {
     const row = this.q.reservation.get(id);
@@ -183,11 +239,18 @@ export class InventoryStore {
    * different fingerprint is `key-reused`. Throws what the domain throws
    * (unknown product, mixed currencies) without writing anything.
    */
-  reserve(key: string, fingerprint: string, orderId: string, lines: readonly Line[]): ReserveResult {
+  reserve(
+    key: string,
+    fingerprint: string,
+    orderId: string,
+    lines: readonly Line[],
+    sagaMode: SagaMode = SagaMode.ORCHESTRATION,
+  ): ReserveResult {
     return this.db
       .transaction((): ReserveResult => {
         const prior = this.q.reservationByKey.get(key);
         if (prior) {
+          if (prior.fingerprint === VOIDED) return { kind: "rejected", shortages: [], replayed: true };
           if (prior.fingerprint !== fingerprint) return { kind: "key-reused" };
           const r = toReservation(prior);
           return r.status === "REJECTED"
@@ -212,6 +275,10 @@ export class InventoryStore {
             currency,
             shortages: JSON.stringify(plan.shortages),
           });
+          this.outbox.add(StockRejectedSchema, orderId, {
+            reason: shortageReason(plan.shortages),
+            shortages: plan.shortages.map((x) => ({ ...x })),
+          });
           return { kind: "rejected", shortages: plan.shortages, replayed: false };
         }
         for (const l of plan.lines) {
@@ -226,6 +293,12 @@ export class InventoryStore {
           totalMinor: plan.totalMinor,
           currency: plan.currency,
           shortages: null,
+        });
+        this.outbox.add(StockReservedSchema, orderId, {
+          reservationId: id,
+          items: plan.lines.map((l) => ({ ...l })),
+          total: { currencyCode: plan.currency, amountMinor: BigInt(plan.totalMinor) },
+          sagaMode,
         });
         return {
           kind: "reserved",
@@ -250,6 +323,7 @@ export class InventoryStore {
         const now = this.clock();
         for (const l of r.items) this.q.give.run(l.quantity, l.quantity, now, l.productId);
         this.q.setReservationStatus.run("RELEASED", now, id);
+        this.outbox.add(StockReleasedSchema, r.orderId, { reservationId: id, items: r.items.map((l) => ({ ...l })) });
         return { reservation: { ...r, status: "RELEASED" as const }, changed: true };
       })
       .immediate();

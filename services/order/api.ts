@@ -10,7 +10,6 @@ import {
   StepStatus as StepStatusEnum,
 } from "../../gen/shopmesh/order/v1/order_pb.js";
 import {
-  Code,
   decodePageToken,
   encodePageToken,
   FailedPreconditionError,
@@ -23,7 +22,6 @@ import {
   requireId,
   requireIdempotencyKey,
   requireIdentity,
-  ServiceError,
   type ServiceImpl,
   validateLines,
 } from "../../platform/index.js";
@@ -33,8 +31,8 @@ import type { OrderStore, StoredStep } from "./store.js";
 /** Dependencies of the order API. */
 export interface OrderApiDeps {
   readonly store: OrderStore;
-  /** Starts or wakes an order's saga. */
-  readonly kick: (orderId: string) => void;
+  /** Something changed for this order (placed, cancel requested): drive its saga. */
+  readonly advance: (orderId: string) => void;
   /** Saga mode for requests that leave it UNSPECIFIED. */
   readonly defaultMode: SagaMode;
 }
@@ -72,17 +70,14 @@ function sagaModeOf(mode: SagaModeEnum, fallback: SagaMode): SagaMode {
     case SagaModeEnum.ORCHESTRATION:
       return "ORCHESTRATION";
     case SagaModeEnum.CHOREOGRAPHY:
-      throw new ServiceError(
-        Code.UNIMPLEMENTED,
-        "saga_mode: CHOREOGRAPHY needs the event bus, which this build does not run yet",
-      );
+      return "CHOREOGRAPHY";
     default:
       throw new InvalidArgumentError("saga_mode", `unknown value ${mode}`);
   }
 }
 
 /** Creates the OrderService handlers. */
-export function createOrderApi({ store, kick, defaultMode }: OrderApiDeps): ServiceImpl<typeof OrderService> {
+export function createOrderApi({ store, advance, defaultMode }: OrderApiDeps): ServiceImpl<typeof OrderService> {
   /** The order if `who` may see it; NOT_FOUND otherwise (another customer's order does not exist for you). */
   const visible = (orderId: string, who: Identity): OrderRecord => {
     requireId(orderId, "order_id");
@@ -108,7 +103,7 @@ export function createOrderApi({ store, kick, defaultMode }: OrderApiDeps): Serv
         sagaMode,
       });
       if (placed.kind === "key-reused") throw new IdempotencyKeyReusedError(req.idempotencyKey);
-      if (!isTerminal(placed.order.status)) kick(placed.order.id);
+      if (!isTerminal(placed.order.status)) advance(placed.order.id);
       return message(placed.order);
     },
 
@@ -128,7 +123,7 @@ export function createOrderApi({ store, kick, defaultMode }: OrderApiDeps): Serv
             { type: "ORDER_STATUS", subject: `orders/${o.id}`, description: `status is ${r.order.status}` },
           ]);
         case "requested":
-          kick(o.id);
+          advance(o.id);
           return message(r.order);
         case "already-cancelling":
           return message(r.order);

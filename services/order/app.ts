@@ -1,4 +1,4 @@
-/** Wires the order service: store, resilient clients, saga orchestrator, gRPC server. */
+/** Wires the order service: store, resilient clients, saga orchestrator, choreography consumers, gRPC server. */
 import { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderService } from "../../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService } from "../../gen/shopmesh/payment/v1/payment_pb.js";
@@ -6,13 +6,16 @@ import {
   bind,
   createChannel,
   createResilientClient,
+  type Eventing,
   FaultInjector,
   type Logger,
   policyFrom,
   type ResilientClient,
+  startEventing,
   startGrpcServer,
 } from "../../platform/index.js";
 import { createOrderApi } from "./api.js";
+import { Choreography } from "./choreography.js";
 import type { OrderConfig } from "./config.js";
 import { SagaOrchestrator } from "./saga.js";
 import { OrderStore } from "./store.js";
@@ -25,6 +28,7 @@ export interface OrderApp {
   readonly saga: SagaOrchestrator;
   readonly inventory: ResilientClient<typeof InventoryService>;
   readonly payment: ResilientClient<typeof PaymentService>;
+  readonly events: Eventing;
   /** Drains calls, stops sagas (they resume on the next start), closes channels and the database. */
   stop(): Promise<void>;
 }
@@ -53,12 +57,25 @@ export async function startOrder(config: OrderConfig, log: Logger): Promise<Orde
       retryMaxMs: config.SAGA_RETRY_MAX_MS,
     },
   });
+  const choreography = new Choreography(store);
+  const events = await startEventing({
+    url: config.NATS_URL,
+    service: "order",
+    db: store.db,
+    outbox: store.outbox,
+    consumers: choreography.consumers(),
+    log,
+    crashBeforePublish: config.FAULT_CRASH_BEFORE_PUBLISH,
+    crashAfterCommit: config.FAULT_CRASH_AFTER_COMMIT,
+  });
+  const advance = (orderId: string) => {
+    if (store.get(orderId)?.sagaMode === "CHOREOGRAPHY") choreography.cancelRequested(orderId);
+    else saga.kick(orderId);
+  };
   const server = await startGrpcServer({
     host: config.GRPC_HOST,
     port: config.GRPC_PORT,
-    services: [
-      bind(OrderService, createOrderApi({ store, kick: (id) => saga.kick(id), defaultMode: config.SAGA_DEFAULT_MODE })),
-    ],
+    services: [bind(OrderService, createOrderApi({ store, advance, defaultMode: config.SAGA_DEFAULT_MODE }))],
     faults: FaultInjector.fromConfig(config),
     log,
   });
@@ -70,9 +87,11 @@ export async function startOrder(config: OrderConfig, log: Logger): Promise<Orde
     saga,
     inventory,
     payment,
+    events,
     async stop() {
       await server.stop(config.SHUTDOWN_GRACE_MS);
       await saga.stop();
+      await events.stop();
       inventoryChannel.close();
       paymentChannel.close();
       store.close();

@@ -13,7 +13,7 @@ const spec = {
   /** gRPC target of the payment service. */
   PAYMENT_TARGET: str("127.0.0.1:50052"),
   /** Saga mode for PlaceOrder requests that leave it unspecified. */
-  SAGA_DEFAULT_MODE: oneOf(["ORCHESTRATION"], "ORCHESTRATION"),
+  SAGA_DEFAULT_MODE: oneOf(["ORCHESTRATION", "CHOREOGRAPHY"], "ORCHESTRATION"),
   /** How long a forward saga step may keep failing transiently before the order is compensated, in ms. */
   SAGA_STEP_BUDGET_MS: int(15_000, { min: 100, max: 3_600_000 }),
   /** First saga-level retry backoff, in ms. */

@@ -5,7 +5,21 @@
  * crash at any point leaves a state the saga can resume from.
  */
 import { EventEmitter } from "node:events";
-import { type Db, type Line, newId, openDatabase } from "../../platform/index.js";
+import { SagaMode as SagaModeEnum } from "../../gen/shopmesh/common/v1/common_pb.js";
+import {
+  OrderCancelledSchema,
+  OrderConfirmedSchema,
+  OrderPlacedSchema,
+} from "../../gen/shopmesh/order/v1/events_pb.js";
+import {
+  type Db,
+  INBOX_MIGRATION,
+  type Line,
+  newId,
+  OUTBOX_MIGRATION,
+  Outbox,
+  openDatabase,
+} from "../../platform/index.js";
 import {
   cancellable,
   type OrderPatch,
@@ -50,6 +64,8 @@ const MIGRATIONS = [
      at       INTEGER NOT NULL,
      PRIMARY KEY (order_id, seq)
    ) STRICT;`,
+  // 2: events (transactional outbox) and choreography consumers (inbox).
+  `${OUTBOX_MIGRATION}\n${INBOX_MIGRATION}`,
 ];
 
 interface OrderRow {
@@ -118,16 +134,23 @@ export type CancelResult =
   | { readonly kind: "not-cancellable"; readonly order: OrderRecord }
   | { readonly kind: "not-found" };
 
-/** Orders and saga step logs in one SQLite file. Emits `change(order)` after every commit. */
+/**
+ * Orders and saga step logs in one SQLite file, with the outbox its events
+ * are committed into. Emits `change(order)` after every commit.
+ */
 export class OrderStore {
   private readonly q;
   private readonly events = new EventEmitter();
+  /** Events committed together with the changes they record. */
+  readonly outbox: Outbox;
 
   private constructor(
-    private readonly db: Db,
+    /** The service's database (also used by its event consumers). */
+    readonly db: Db,
     private readonly clock: () => number,
   ) {
     this.events.setMaxListeners(0);
+    this.outbox = new Outbox(db, "order", clock);
     this.q = {
       get: db.prepare<[string], OrderRow>("SELECT * FROM orders WHERE id = ?"),
       byKey: db.prepare<[string, string], OrderRow>(
@@ -178,10 +201,9 @@ export class OrderStore {
     return () => this.events.off("change", listener);
   }
 
-  private changed(id: string): OrderRecord {
-    const o = this.get(id) as OrderRecord;
-    this.events.emit("change", o);
-    return o;
+  /** Tells watchers after the surrounding transaction (if any) has committed. */
+  private changed(order: OrderRecord): void {
+    queueMicrotask(() => this.events.emit("change", order));
   }
 
   /** One order, or undefined. */
@@ -218,10 +240,16 @@ export class OrderStore {
         const now = this.clock();
         const id = newId("ord", now);
         this.q.insert.run({ ...p, id, now, items: JSON.stringify(p.items) });
+        this.outbox.add(OrderPlacedSchema, id, {
+          customerId: p.customerId,
+          items: p.items.map((l) => ({ ...l })),
+          cardToken: p.cardToken,
+          sagaMode: SagaModeEnum[p.sagaMode],
+        });
         return { kind: "created", order: toOrder(this.q.get.get(id) as OrderRow) };
       })
       .immediate();
-    if (result.kind === "created") this.events.emit("change", result.order);
+    if (result.kind === "created") this.changed(result.order);
     return result;
   }
 
@@ -232,18 +260,38 @@ export class OrderStore {
    */
   apply(id: string, t: Transition, guard?: { status: OrderStatus; noCancel?: boolean }): boolean {
     const applied = this.db
-      .transaction(() => {
+      .transaction((): OrderRecord | false => {
         const row = this.q.get.get(id);
         if (!row) throw new Error(`order ${id} vanished`);
         if (guard && (row.status !== guard.status || (guard.noCancel && row.cancel_requested !== null))) return false;
         const now = this.clock();
         this.q.patch.run({ ...NO_PATCH, ...t.patch, id, now });
         this.q.addStep.run({ ...t.log, id, at: now });
-        return true;
+        const o = toOrder(this.q.get.get(id) as OrderRow);
+        if (t.patch.status !== undefined && t.patch.status !== row.status) this.publishTerminal(o);
+        return o;
       })
       .immediate();
-    if (applied) this.changed(id);
-    return applied;
+    if (!applied) return false;
+    this.changed(applied);
+    return true;
+  }
+
+  /** Announces a terminal order on the bus (inside the transaction that made it terminal). */
+  private publishTerminal(o: OrderRecord): void {
+    if (o.status === "CONFIRMED") {
+      this.outbox.add(OrderConfirmedSchema, o.id, {
+        customerId: o.customerId,
+        total: { currencyCode: o.currency ?? "", amountMinor: BigInt(o.totalMinor ?? 0) },
+        paymentId: o.paymentId,
+      });
+    } else if (o.status === "CANCELLED") {
+      this.outbox.add(OrderCancelledSchema, o.id, {
+        customerId: o.customerId,
+        reason: o.reason,
+        sagaMode: SagaModeEnum[o.sagaMode],
+      });
+    }
   }
 
   /** Records the customer's wish to cancel, if the order still allows it. */
@@ -260,7 +308,7 @@ export class OrderStore {
         return { kind: "requested", order: toOrder(this.q.get.get(id) as OrderRow) };
       })
       .immediate();
-    if (result.kind === "requested") this.events.emit("change", result.order);
+    if (result.kind === "requested") this.changed(result.order);
     return result;
   }
 

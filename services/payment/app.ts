@@ -1,8 +1,16 @@
-/** Wires the payment service: store, API, gRPC server. */
+/** Wires the payment service: store, events, API, gRPC server. */
 import { PaymentService } from "../../gen/shopmesh/payment/v1/payment_pb.js";
-import { bind, FaultInjector, type Logger, startGrpcServer } from "../../platform/index.js";
+import {
+  bind,
+  type Eventing,
+  FaultInjector,
+  type Logger,
+  startEventing,
+  startGrpcServer,
+} from "../../platform/index.js";
 import { createPaymentApi } from "./api.js";
 import type { PaymentConfig } from "./config.js";
+import { paymentConsumers } from "./events.js";
 import { PaymentStore } from "./store.js";
 
 /** A running payment service. */
@@ -10,13 +18,24 @@ export interface PaymentApp {
   readonly port: number;
   readonly address: string;
   readonly store: PaymentStore;
-  /** Drains calls (bounded by SHUTDOWN_GRACE_MS) and closes the database. */
+  readonly events: Eventing;
+  /** Drains calls (bounded by SHUTDOWN_GRACE_MS), stops the event machinery, closes the database. */
   stop(): Promise<void>;
 }
 
 /** Opens the store and starts serving. */
 export async function startPayment(config: PaymentConfig, log: Logger): Promise<PaymentApp> {
   const store = PaymentStore.open(config.DB_PATH);
+  const events = await startEventing({
+    url: config.NATS_URL,
+    service: "payment",
+    db: store.db,
+    outbox: store.outbox,
+    consumers: paymentConsumers(store),
+    log,
+    crashBeforePublish: config.FAULT_CRASH_BEFORE_PUBLISH,
+    crashAfterCommit: config.FAULT_CRASH_AFTER_COMMIT,
+  });
   const server = await startGrpcServer({
     host: config.GRPC_HOST,
     port: config.GRPC_PORT,
@@ -28,8 +47,10 @@ export async function startPayment(config: PaymentConfig, log: Logger): Promise<
     port: server.port,
     address: server.address,
     store,
+    events,
     async stop() {
       await server.stop(config.SHUTDOWN_GRACE_MS);
+      await events.stop();
       store.close();
     },
   };

@@ -20,7 +20,10 @@ let payments: ReturnType<typeof createClient<typeof PaymentService>>;
 const channel = { close: () => {} };
 
 beforeAll(async () => {
-  app = await startPayment(loadConfig({ GRPC_PORT: "0", GRPC_HOST: "127.0.0.1", DB_PATH: dbPath }), silentLogger());
+  app = await startPayment(
+    loadConfig({ GRPC_PORT: "0", GRPC_HOST: "127.0.0.1", DB_PATH: dbPath, NATS_URL: "off" }),
+    silentLogger(),
+  );
   const ch = createChannel(app.address);
   channel.close = () => ch.close();
   payments = createClient(PaymentService, ch);

@@ -4,7 +4,12 @@
  * another on the same file; CHECK constraints keep each row's status, reasons
  * and amount consistent even if a bug slipped past the domain rules.
  */
-import { type Db, newId, openDatabase } from "../../platform/index.js";
+import {
+  PaymentFailedSchema,
+  PaymentRefundedSchema,
+  PaymentSucceededSchema,
+} from "../../gen/shopmesh/payment/v1/events_pb.js";
+import { type Db, INBOX_MIGRATION, newId, OUTBOX_MIGRATION, Outbox, openDatabase } from "../../platform/index.js";
 import {
   authorize,
   type ChargeInput,
@@ -37,6 +42,15 @@ const MIGRATIONS = [
      CHECK ((status = 'REFUNDED') = (refund_reason IS NOT NULL))
    ) STRICT;
    CREATE INDEX payments_order ON payments (order_id, created_at);`,
+  // 2: events (transactional outbox), choreography consumers (inbox), and what
+  // payment learns from OrderPlaced to charge later on StockReserved.
+  `${OUTBOX_MIGRATION}
+   ${INBOX_MIGRATION}
+   CREATE TABLE choreography_orders (
+     order_id    TEXT PRIMARY KEY,
+     customer_id TEXT NOT NULL,
+     card_token  TEXT NOT NULL
+   ) STRICT;`,
 ];
 
 /** Result of {@link PaymentStore.charge}. `replayed` is true when the key already had a payment. */
@@ -80,15 +94,25 @@ const toPayment = (r: PaymentRow): PaymentRecord => ({
   updatedAt: r.updated_at,
 });
 
-/** The payments table in one SQLite file. */
+/** The payments table in one SQLite file, with the outbox its events are committed into. */
 export class PaymentStore {
   private readonly q;
+  /** Events committed together with the changes they record. */
+  readonly outbox: Outbox;
 
   private constructor(
-    private readonly db: Db,
+    /** The service's database (also used by its event consumers). */
+    readonly db: Db,
     private readonly clock: () => number,
   ) {
+    this.outbox = new Outbox(db, "payment", clock);
     this.q = {
+      rememberOrder: db.prepare<[string, string, string]>(
+        "INSERT OR IGNORE INTO choreography_orders (order_id, customer_id, card_token) VALUES (?, ?, ?)",
+      ),
+      choreographyOrder: db.prepare<[string], { customer_id: string; card_token: string }>(
+        "SELECT customer_id, card_token FROM choreography_orders WHERE order_id = ?",
+      ),
       byId: db.prepare<[string], PaymentRow>("SELECT * FROM payments WHERE id = ?"),
       byKey: db.prepare<[string], PaymentRow>("SELECT * FROM payments WHERE idempotency_key = ?"),
       latestForOrder: db.prepare<[string], PaymentRow>(
@@ -160,7 +184,22 @@ export class PaymentStore {
           declineReason: auth.status === "DECLINED" ? auth.reason : null,
           now,
         });
-        return { kind: "charged", payment: toPayment(this.q.byId.get(id) as PaymentRow), replayed: false };
+        const payment = toPayment(this.q.byId.get(id) as PaymentRow);
+        const amount = { currencyCode: payment.currency, amountMinor: BigInt(payment.amountMinor) };
+        if (auth.status === "DECLINED") {
+          this.outbox.add(PaymentFailedSchema, payment.orderId, {
+            paymentId: id,
+            customerId: payment.customerId,
+            reason: auth.reason,
+          });
+        } else {
+          this.outbox.add(PaymentSucceededSchema, payment.orderId, {
+            paymentId: id,
+            customerId: payment.customerId,
+            amount,
+          });
+        }
+        return { kind: "charged", payment, replayed: false };
       })
       .immediate();
   }
@@ -201,9 +240,26 @@ export class PaymentStore {
         // Unreachable while the transaction holds the write lock; kept so a
         // future change cannot refund twice.
         if (changes !== 1) throw new Error(`payment ${payment.id} changed inside a refund transaction`);
+        this.outbox.add(PaymentRefundedSchema, payment.orderId, {
+          paymentId: payment.id,
+          customerId: payment.customerId,
+          amount: { currencyCode: payment.currency, amountMinor: BigInt(payment.amountMinor) },
+          reason,
+        });
         return { payment: toPayment(this.q.byId.get(payment.id) as PaymentRow), changed: true };
       })
       .immediate();
+  }
+
+  /** Remembers who pays for a choreographed order and with which card (from OrderPlaced). */
+  rememberChoreographyOrder(orderId: string, customerId: string, cardToken: string): void {
+    this.q.rememberOrder.run(orderId, customerId, cardToken);
+  }
+
+  /** The payer of a choreographed order, once its OrderPlaced was seen. */
+  choreographyOrder(orderId: string): { customerId: string; cardToken: string } | undefined {
+    const r = this.q.choreographyOrder.get(orderId);
+    return r && { customerId: r.customer_id, cardToken: r.card_token };
   }
 
   /** How many CAPTURED payments `orderId` has: at most 1 once a saga has settled. */

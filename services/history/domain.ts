@@ -1,0 +1,205 @@
+/**
+ * The order-history projection, free of I/O: what each event says about an
+ * order (a {@link Fact}) and how a fact merges into the order's view.
+ *
+ * Events arrive in order within a stream but not across the ORDER,
+ * INVENTORY and PAYMENT streams, so the merge must give the same view
+ * whatever the arrival order, and the same view when a fact is applied
+ * twice. Every field therefore merges by a rule that is commutative,
+ * associative and idempotent:
+ *
+ * - customer and items: first known value wins (all events of an order agree);
+ * - status: the highest rank wins, PENDING < CONFIRMED < CANCELLED, so a
+ *   terminal status never goes back to PENDING; the reason travels with
+ *   CANCELLED;
+ * - total: OrderConfirmed's (the amount charged) wins over StockReserved's
+ *   (the price of the reserved lines), which only fills a gap;
+ * - payment status: the highest rank wins, DECLINED < CAPTURED < REFUNDED;
+ * - last event: the latest by (occurred_at, event id), ties broken by id so
+ *   that equal timestamps still converge.
+ */
+import { timestampMs } from "@bufbuild/protobuf/wkt";
+import type {
+  StockRejected,
+  StockReleased,
+  StockReserved,
+} from "../../gen/shopmesh/inventory/v1/events_pb.js";
+import type { OrderCancelled, OrderConfirmed, OrderPlaced } from "../../gen/shopmesh/order/v1/events_pb.js";
+import type {
+  PaymentFailed,
+  PaymentRefunded,
+  PaymentSucceeded,
+} from "../../gen/shopmesh/payment/v1/events_pb.js";
+import type { EventType, Line } from "../../platform/index.js";
+
+/** Order status as written in the `status` column. */
+export type OrderStatusName = "PENDING" | "CONFIRMED" | "CANCELLED";
+/** Payment status as written in the `payment_status` column. */
+export type PaymentStatusName = "DECLINED" | "CAPTURED" | "REFUNDED";
+
+/** An amount in minor units of one currency. */
+export interface Money {
+  readonly amountMinor: number;
+  readonly currency: string;
+}
+
+/** One order as the read model sees it. */
+export interface OrderView {
+  readonly orderId: string;
+  /** Null until an event names the owner. */
+  readonly customerId: string | null;
+  /** Null until an order event arrives. */
+  readonly status: OrderStatusName | null;
+  /** Empty until OrderPlaced arrives. */
+  readonly items: readonly Line[];
+  /** Null until StockReserved or OrderConfirmed arrives. */
+  readonly total: Money | null;
+  /** Null before any payment event. */
+  readonly paymentStatus: PaymentStatusName | null;
+  /** Why the order was cancelled; "" unless it was. */
+  readonly reason: string;
+  readonly lastEventAt: number;
+  readonly lastEventType: EventType;
+  readonly lastEventId: string;
+}
+
+/** What one event says about one order. */
+export interface Fact {
+  readonly eventId: string;
+  readonly type: EventType;
+  readonly orderId: string;
+  readonly occurredAt: number;
+  readonly customerId?: string;
+  readonly items?: readonly Line[];
+  readonly status?: OrderStatusName;
+  /** With status CANCELLED. */
+  readonly reason?: string;
+  /** The amount charged (OrderConfirmed). */
+  readonly chargedTotal?: Money;
+  /** The price of the reserved lines (StockReserved). */
+  readonly reservedTotal?: Money;
+  readonly paymentStatus?: PaymentStatusName;
+}
+
+/** Every event the history service projects. */
+export type HistoryEvent =
+  | OrderPlaced
+  | OrderConfirmed
+  | OrderCancelled
+  | StockReserved
+  | StockRejected
+  | StockReleased
+  | PaymentSucceeded
+  | PaymentFailed
+  | PaymentRefunded;
+
+/** An event the projection cannot use (it is retried, then dead-lettered). */
+export class UnusableEventError extends Error {
+  override readonly name = "UnusableEventError";
+}
+
+function moneyOf(m: { amountMinor: bigint; currencyCode: string } | undefined, what: string): Money | undefined {
+  if (!m || m.currencyCode === "") return undefined;
+  if (m.amountMinor < 0n || m.amountMinor > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new UnusableEventError(`${what} ${m.amountMinor} is out of range`);
+  }
+  return { amountMinor: Number(m.amountMinor), currency: m.currencyCode };
+}
+
+const nonEmpty = (s: string) => (s === "" ? undefined : s);
+
+/**
+ * What `event` says about its order. `eventId` is the id the bus delivered
+ * it under (the inbox key). Throws {@link UnusableEventError} when the event
+ * names no order or no time.
+ */
+export function factOf(event: HistoryEvent, eventId: string): Fact {
+  const type = event.$typeName;
+  const orderId = event.meta?.orderId ?? "";
+  if (orderId === "") throw new UnusableEventError(`${type} ${eventId} carries no order id`);
+  if (!event.meta?.occurredAt) throw new UnusableEventError(`${type} ${eventId} carries no occurred_at`);
+  const base = { eventId, type, orderId, occurredAt: timestampMs(event.meta.occurredAt) };
+  switch (event.$typeName) {
+    case "shopmesh.order.v1.OrderPlaced":
+      return {
+        ...base,
+        customerId: nonEmpty(event.customerId),
+        items: event.items.map((l) => ({ productId: l.productId, quantity: l.quantity })),
+        status: "PENDING",
+      };
+    case "shopmesh.order.v1.OrderConfirmed":
+      return {
+        ...base,
+        customerId: nonEmpty(event.customerId),
+        status: "CONFIRMED",
+        chargedTotal: moneyOf(event.total, "total"),
+      };
+    case "shopmesh.order.v1.OrderCancelled":
+      return { ...base, customerId: nonEmpty(event.customerId), status: "CANCELLED", reason: event.reason };
+    case "shopmesh.inventory.v1.StockReserved":
+      return { ...base, reservedTotal: moneyOf(event.total, "total") };
+    case "shopmesh.inventory.v1.StockRejected":
+    case "shopmesh.inventory.v1.StockReleased":
+      return base;
+    case "shopmesh.payment.v1.PaymentSucceeded":
+      return { ...base, customerId: nonEmpty(event.customerId), paymentStatus: "CAPTURED" };
+    case "shopmesh.payment.v1.PaymentFailed":
+      return { ...base, customerId: nonEmpty(event.customerId), paymentStatus: "DECLINED" };
+    case "shopmesh.payment.v1.PaymentRefunded":
+      return { ...base, customerId: nonEmpty(event.customerId), paymentStatus: "REFUNDED" };
+  }
+}
+
+const STATUS_RANK: Record<OrderStatusName, number> = { PENDING: 1, CONFIRMED: 2, CANCELLED: 3 };
+const PAYMENT_RANK: Record<PaymentStatusName, number> = { DECLINED: 1, CAPTURED: 2, REFUNDED: 3 };
+
+/** The higher-ranked of two values; null ranks lowest. */
+function higher<T extends string>(rank: Record<T, number>, a: T | null, b: T | undefined): T | null {
+  if (b === undefined) return a;
+  return a === null || rank[b] > rank[a] ? b : a;
+}
+
+/** Whether `fact` happened after the view's last event, by (time, event id). */
+function isLater(view: OrderView, fact: Fact): boolean {
+  return fact.occurredAt > view.lastEventAt || (fact.occurredAt === view.lastEventAt && fact.eventId > view.lastEventId);
+}
+
+/** The view of an order nothing is known about yet but `fact`'s identity. */
+function blank(fact: Fact): OrderView {
+  return {
+    orderId: fact.orderId,
+    customerId: null,
+    status: null,
+    items: [],
+    total: null,
+    paymentStatus: null,
+    reason: "",
+    lastEventAt: fact.occurredAt,
+    lastEventType: fact.type,
+    lastEventId: fact.eventId,
+  };
+}
+
+/**
+ * Merges `fact` into `view` (undefined for an order not seen yet). Order
+ * independent and idempotent; see the module comment for the rules.
+ */
+export function project(view: OrderView | undefined, fact: Fact): OrderView {
+  const v = view ?? blank(fact);
+  if (v.orderId !== fact.orderId) throw new Error(`fact about ${fact.orderId} applied to view of ${v.orderId}`);
+  const status = higher(STATUS_RANK, v.status, fact.status);
+  const later = isLater(v, fact);
+  return {
+    orderId: v.orderId,
+    customerId: v.customerId ?? fact.customerId ?? null,
+    status,
+    items: v.items.length === 0 && fact.items ? fact.items : v.items,
+    // One OrderConfirmed per order: its total replaces whatever StockReserved filled in, in either order.
+    total: fact.chargedTotal ?? v.total ?? fact.reservedTotal ?? null,
+    paymentStatus: higher(PAYMENT_RANK, v.paymentStatus, fact.paymentStatus),
+    reason: fact.status === "CANCELLED" ? (fact.reason ?? "") : v.reason,
+    lastEventAt: later ? fact.occurredAt : v.lastEventAt,
+    lastEventType: later ? fact.type : v.lastEventType,
+    lastEventId: later ? fact.eventId : v.lastEventId,
+  };
+}

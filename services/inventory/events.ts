@@ -1,0 +1,66 @@
+/**
+ * Inventory's part in the choreographed checkout: it reacts to order events
+ * (its own events are written by the store, in the same transactions as the
+ * stock changes they record).
+ *
+ * - OrderPlaced (choreography) -> reserve the order's stock -> StockReserved
+ *   or StockRejected;
+ * - OrderCancelled (choreography) -> release the reservation, or void the
+ *   key so that a late OrderPlaced can never reserve -> StockReleased.
+ *
+ * The reservation key is `<order id>:reserve_stock`, the same key the
+ * orchestrator uses, so one order can never be reserved twice whichever way
+ * its saga runs.
+ */
+import { create } from "@bufbuild/protobuf";
+import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
+import { StockRejectedSchema } from "../../gen/shopmesh/inventory/v1/events_pb.js";
+import { ReserveStockRequestSchema } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
+import { OrderCancelledSchema, OrderPlacedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
+import { type ConsumerOptions, on, requestFingerprint, ServiceError } from "../../platform/index.js";
+import { validateReservation } from "./domain.js";
+import type { InventoryStore } from "./store.js";
+
+/** The reservation key of an order's saga. */
+export const reservationKey = (orderId: string) => `${orderId}:reserve_stock`;
+
+/** Inventory's consumers. */
+export function inventoryConsumers(store: InventoryStore): Pick<ConsumerOptions, "stream" | "durable" | "handlers">[] {
+  return [
+    {
+      stream: "ORDER",
+      durable: "inventory-order",
+      handlers: [
+        on(OrderPlacedSchema, (e) => {
+          if (e.sagaMode !== SagaMode.CHOREOGRAPHY) return;
+          const orderId = e.meta?.orderId ?? "";
+          const req = create(ReserveStockRequestSchema, {
+            idempotencyKey: reservationKey(orderId),
+            orderId,
+            items: e.items,
+          });
+          try {
+            const lines = validateReservation(req);
+            const r = store.reserve(
+              req.idempotencyKey,
+              requestFingerprint(ReserveStockRequestSchema, req),
+              orderId,
+              lines,
+              SagaMode.CHOREOGRAPHY,
+            );
+            if (r.kind === "key-reused") throw new Error(`reservation key of order ${orderId} reused with other items`);
+          } catch (err) {
+            // A business refusal (unknown product, bad line) is an outcome the saga must hear about.
+            if (!(err instanceof ServiceError)) throw err;
+            store.outbox.add(StockRejectedSchema, orderId, { reason: err.message, shortages: [] });
+          }
+        }),
+        on(OrderCancelledSchema, (e) => {
+          if (e.sagaMode !== SagaMode.CHOREOGRAPHY) return;
+          const orderId = e.meta?.orderId ?? "";
+          store.cancelByKey(reservationKey(orderId), orderId);
+        }),
+      ],
+    },
+  ];
+}

@@ -1,0 +1,65 @@
+/** NotificationService RPC handlers: identity, validation, the store, mapping to messages. */
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import {
+  NotificationKind,
+  type NotificationSchema,
+  type NotificationService,
+} from "../../gen/shopmesh/notification/v1/notification_pb.js";
+import {
+  decodePageToken,
+  encodePageToken,
+  pageSize,
+  requireIdentity,
+  type ServiceImpl,
+} from "../../platform/index.js";
+import { type NotificationKindName, type NotificationRecord, validateListFilter } from "./domain.js";
+import type { NotificationStore } from "./store.js";
+
+/** Dependencies of the notification API. */
+export interface NotificationApiDeps {
+  readonly store: NotificationStore;
+}
+
+const KIND: Record<NotificationKindName, NotificationKind> = {
+  ORDER_CONFIRMED: NotificationKind.ORDER_CONFIRMED,
+  ORDER_CANCELLED: NotificationKind.ORDER_CANCELLED,
+  PAYMENT_REFUNDED: NotificationKind.PAYMENT_REFUNDED,
+};
+
+function notificationMessage(n: NotificationRecord): MessageInitShape<typeof NotificationSchema> {
+  return {
+    id: n.id,
+    customerId: n.customerId,
+    orderId: n.orderId,
+    kind: KIND[n.kind],
+    message: n.message,
+    eventId: n.eventId,
+    sentAt: timestampFromMs(n.sentAt),
+  };
+}
+
+/** Creates the NotificationService handlers. */
+export function createNotificationApi({ store }: NotificationApiDeps): ServiceImpl<typeof NotificationService> {
+  return {
+    listNotifications(req, ctx) {
+      // Everyone, admins included, lists only the notifications addressed to them.
+      const who = requireIdentity(ctx.metadata);
+      const limit = pageSize(req.pageSize);
+      const { orderId } = validateListFilter(req);
+      const cursor = decodePageToken(req.pageToken, ["t", "id"]);
+      const rows = store.listByCustomer(
+        who.subject,
+        orderId,
+        cursor && { sentAt: Number(cursor.t), id: String(cursor.id) },
+        limit + 1,
+      );
+      const page = rows.slice(0, limit);
+      const last = page.at(-1);
+      return {
+        notifications: page.map(notificationMessage),
+        nextPageToken: rows.length > limit && last ? encodePageToken({ t: last.sentAt, id: last.id }) : "",
+      };
+    },
+  };
+}

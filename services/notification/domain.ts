@@ -1,0 +1,112 @@
+/**
+ * Notification rules, free of I/O: which events notify a customer, what the
+ * message says, how money reads in it, and what a valid list request is.
+ */
+import type { OrderCancelled, OrderConfirmed } from "../../gen/shopmesh/order/v1/events_pb.js";
+import type { PaymentRefunded } from "../../gen/shopmesh/payment/v1/events_pb.js";
+import { requireId } from "../../platform/index.js";
+
+/** Kind of a stored notification, as written in the `notifications.kind` column. */
+export type NotificationKindName = "ORDER_CONFIRMED" | "ORDER_CANCELLED" | "PAYMENT_REFUNDED";
+
+/** What an event asks to send: to whom, about which order, and the text. */
+export interface NotificationDraft {
+  readonly customerId: string;
+  readonly orderId: string;
+  readonly kind: NotificationKindName;
+  readonly message: string;
+}
+
+/** A stored (sent) notification. */
+export interface NotificationRecord extends NotificationDraft {
+  readonly id: string;
+  /** Id of the event that caused it; unique. */
+  readonly eventId: string;
+  readonly sentAt: number;
+}
+
+/** An event that notifies a customer. */
+export type NotifyingEvent = OrderConfirmed | OrderCancelled | PaymentRefunded;
+
+/** An event that cannot be turned into a notification (it is retried, then dead-lettered). */
+export class UnusableEventError extends Error {
+  override readonly name = "UnusableEventError";
+}
+
+/** Minor-unit digits of `currency` per ISO 4217 (2 for USD, 0 for KRW); 2 when unknown. */
+function minorDigits(currency: string): number {
+  try {
+    return new Intl.NumberFormat("en", { style: "currency", currency }).resolvedOptions().maximumFractionDigits ?? 2;
+  } catch {
+    return 2;
+  }
+}
+
+/** Money for people: "USD 12.00", "KRW 5000". Exact for any int64 amount. */
+export function formatMoney(amountMinor: bigint, currency: string): string {
+  const digits = minorDigits(currency);
+  const sign = amountMinor < 0n ? "-" : "";
+  const abs = amountMinor < 0n ? -amountMinor : amountMinor;
+  if (digits === 0) return `${currency} ${sign}${abs}`;
+  const unit = 10n ** BigInt(digits);
+  return `${currency} ${sign}${abs / unit}.${(abs % unit).toString().padStart(digits, "0")}`;
+}
+
+const money = (m: { amountMinor: bigint; currencyCode: string } | undefined) =>
+  m && m.currencyCode !== "" ? formatMoney(m.amountMinor, m.currencyCode) : undefined;
+
+/** A reason as the end of a sentence: trimmed, without its own final period. */
+const reason = (r: string) => r.trim().replace(/\.+$/, "");
+
+/**
+ * The notification an event asks for. Throws {@link UnusableEventError}
+ * when the event names no customer or no order: nobody could be told.
+ */
+export function notificationFor(event: NotifyingEvent): NotificationDraft {
+  const orderId = event.meta?.orderId ?? "";
+  if (orderId === "") throw new UnusableEventError(`${event.$typeName} carries no order id`);
+  if (event.customerId === "") throw new UnusableEventError(`${event.$typeName} of order ${orderId} names no customer`);
+  const base = { customerId: event.customerId, orderId };
+  switch (event.$typeName) {
+    case "shopmesh.order.v1.OrderConfirmed": {
+      const total = money(event.total);
+      return {
+        ...base,
+        kind: "ORDER_CONFIRMED",
+        message: total
+          ? `Your order ${orderId} is confirmed; ${total} was charged.`
+          : `Your order ${orderId} is confirmed.`,
+      };
+    }
+    case "shopmesh.order.v1.OrderCancelled":
+      return {
+        ...base,
+        kind: "ORDER_CANCELLED",
+        message: reason(event.reason)
+          ? `Your order ${orderId} was cancelled: ${reason(event.reason)}.`
+          : `Your order ${orderId} was cancelled.`,
+      };
+    case "shopmesh.payment.v1.PaymentRefunded": {
+      const amount = money(event.amount);
+      return {
+        ...base,
+        kind: "PAYMENT_REFUNDED",
+        message: amount
+          ? `${amount} was refunded for your order ${orderId}.`
+          : `Your payment for order ${orderId} was refunded.`,
+      };
+    }
+  }
+}
+
+/** A validated ListNotifications request. */
+export interface ListQuery {
+  /** "" for every order. */
+  readonly orderId: string;
+}
+
+/** Validates the filter of a ListNotifications request; field names follow the proto. */
+export function validateListFilter(req: { orderId: string }): ListQuery {
+  if (req.orderId !== "") requireId(req.orderId, "order_id");
+  return { orderId: req.orderId };
+}

@@ -1,0 +1,35 @@
+/**
+ * What the notification service listens to: OrderConfirmed and
+ * OrderCancelled on the ORDER stream, PaymentRefunded on the PAYMENT stream.
+ * Each event notifies its customer once. "Sending" is simulated by one log
+ * line; it happens inside the consumer's transaction, so a crash before the
+ * commit may send again on redelivery (at least once), never after it.
+ */
+import { OrderCancelledSchema, OrderConfirmedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
+import { PaymentRefundedSchema } from "../../gen/shopmesh/payment/v1/events_pb.js";
+import { type ConsumerOptions, type EventContext, type Logger, on } from "../../platform/index.js";
+import { type NotifyingEvent, notificationFor } from "./domain.js";
+import type { NotificationStore } from "./store.js";
+
+/** The notification service's consumers. */
+export function notificationConsumers(
+  store: NotificationStore,
+  log: Logger,
+): Pick<ConsumerOptions, "stream" | "durable" | "handlers">[] {
+  const notify = (e: NotifyingEvent, ctx: EventContext) => {
+    const sent = store.record(ctx.eventId, notificationFor(e));
+    if (sent) log.info({ customer: sent.customerId, order: sent.orderId, kind: sent.kind }, "notification sent");
+  };
+  return [
+    {
+      stream: "ORDER",
+      durable: "notification-order",
+      handlers: [on(OrderConfirmedSchema, notify), on(OrderCancelledSchema, notify)],
+    },
+    {
+      stream: "PAYMENT",
+      durable: "notification-payment",
+      handlers: [on(PaymentRefundedSchema, notify)],
+    },
+  ];
+}

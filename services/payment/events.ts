@@ -1,0 +1,67 @@
+/**
+ * Payment's part in the choreographed checkout (its own events are written
+ * by the store, in the same transactions as the payments they record):
+ *
+ * - OrderPlaced (choreography) -> remember who pays and with which card;
+ * - StockReserved (choreography) -> charge the reserved total ->
+ *   PaymentSucceeded or PaymentFailed;
+ * - OrderCancelled (choreography) -> refund the charge, or void its key so a
+ *   late StockReserved can never charge -> PaymentRefunded.
+ *
+ * The charge key is `<order id>:charge_payment`, the same key the
+ * orchestrator uses.
+ */
+import { create } from "@bufbuild/protobuf";
+import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
+import { StockReservedSchema } from "../../gen/shopmesh/inventory/v1/events_pb.js";
+import { OrderCancelledSchema, OrderPlacedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
+import { ChargePaymentRequestSchema } from "../../gen/shopmesh/payment/v1/payment_pb.js";
+import { type ConsumerOptions, on, requestFingerprint } from "../../platform/index.js";
+import { validateCharge } from "./domain.js";
+import type { PaymentStore } from "./store.js";
+
+/** The charge key of an order's saga. */
+export const chargeKey = (orderId: string) => `${orderId}:charge_payment`;
+
+/** Payment's consumers. */
+export function paymentConsumers(store: PaymentStore): Pick<ConsumerOptions, "stream" | "durable" | "handlers">[] {
+  return [
+    {
+      stream: "ORDER",
+      durable: "payment-order",
+      handlers: [
+        on(OrderPlacedSchema, (e) => {
+          if (e.sagaMode !== SagaMode.CHOREOGRAPHY) return;
+          store.rememberChoreographyOrder(e.meta?.orderId ?? "", e.customerId, e.cardToken);
+        }),
+        on(OrderCancelledSchema, (e) => {
+          if (e.sagaMode !== SagaMode.CHOREOGRAPHY) return;
+          const orderId = e.meta?.orderId ?? "";
+          store.refund({ by: "key", chargeIdempotencyKey: chargeKey(orderId) }, `order ${orderId}: ${e.reason}`);
+        }),
+      ],
+    },
+    {
+      stream: "INVENTORY",
+      durable: "payment-inventory",
+      handlers: [
+        on(StockReservedSchema, (e) => {
+          if (e.sagaMode !== SagaMode.CHOREOGRAPHY) return;
+          const orderId = e.meta?.orderId ?? "";
+          const payer = store.choreographyOrder(orderId);
+          // Streams are ordered only within themselves: OrderPlaced may still be on its way.
+          if (!payer) throw new Error(`OrderPlaced of ${orderId} not seen yet`);
+          const req = create(ChargePaymentRequestSchema, {
+            idempotencyKey: chargeKey(orderId),
+            orderId,
+            customerId: payer.customerId,
+            amount: e.total,
+            cardToken: payer.cardToken,
+          });
+          const r = store.charge(requestFingerprint(ChargePaymentRequestSchema, req), validateCharge(req));
+          if (r.kind === "key-reused") throw new Error(`charge key of order ${orderId} reused with another amount`);
+        }),
+      ],
+    },
+  ];
+}

@@ -1,0 +1,129 @@
+/**
+ * Events for tests, published the way services publish them: through an
+ * {@link Outbox} and an {@link OutboxRelay} on a scratch SQLite database, so
+ * payloads, CloudEvents headers and `Nats-Msg-Id` are exactly what a
+ * consumer meets in production. Plus helpers to redeliver an event and to
+ * wait for a consumer to settle.
+ */
+import type { DescMessage, MessageInitShape } from "@bufbuild/protobuf";
+import { headers as natsHeaders } from "@nats-io/transport-node";
+import {
+  type Bus,
+  EVENT_SUBJECTS,
+  type EventType,
+  OUTBOX_MIGRATION,
+  Outbox,
+  OutboxRelay,
+  type StreamName,
+} from "../platform/events.js";
+import { openDatabase, silentLogger } from "../platform/index.js";
+
+/** One event to publish; make it with {@link event}. */
+export interface PendingEvent {
+  readonly type: EventType;
+  /** Adds the event to `outbox` (with the outbox clock at `at`), returning its id. */
+  add(outbox: Outbox, setClock: (at: number) => void): string;
+}
+
+/**
+ * An event of `schema` about `orderId`. `at` (epoch ms) becomes its
+ * `meta.occurred_at` (and `ce-time`); now when omitted.
+ */
+export function event<D extends DescMessage>(
+  schema: D,
+  orderId: string,
+  init: Omit<MessageInitShape<D>, "meta" | "$typeName">,
+  at?: number,
+): PendingEvent {
+  return {
+    type: schema.typeName as EventType,
+    add(outbox, setClock) {
+      setClock(at ?? Date.now());
+      return outbox.add(schema, orderId, init as never);
+    },
+  };
+}
+
+/**
+ * Publishes `events` in order through an outbox relay and resolves, with
+ * their event ids, once JetStream has acknowledged every one.
+ */
+export async function publishEvents(bus: Bus, events: readonly PendingEvent[], source = "test"): Promise<string[]> {
+  const db = openDatabase(":memory:", [OUTBOX_MIGRATION]);
+  let now = Date.now();
+  const outbox = new Outbox(db, source, () => now);
+  const relay = new OutboxRelay({ db, outbox, bus, source, log: silentLogger(), sweepMs: 50 });
+  try {
+    const ids = db.transaction(() =>
+      events.map((e) =>
+        e.add(outbox, (at) => {
+          now = at;
+        }),
+      ),
+    )();
+    relay.start();
+    await until(
+      () => relay.backlog().count,
+      (n) => n === 0,
+      10_000,
+    );
+    if (relay.backlog().count !== 0) throw new Error(`outbox still holds ${relay.backlog().count} events`);
+    return ids;
+  } finally {
+    await relay.stop();
+    db.close();
+  }
+}
+
+/** The stream an event type is published on. */
+export function streamOf(type: EventType): StreamName {
+  const subject = EVENT_SUBJECTS[type];
+  if (subject.startsWith("order.")) return "ORDER";
+  if (subject.startsWith("inventory.")) return "INVENTORY";
+  return "PAYMENT";
+}
+
+/**
+ * Publishes the stored event `eventId` of `stream` again, same payload and
+ * `ce-id` but another `Nats-Msg-Id`, so JetStream's duplicate window cannot
+ * drop it and consumers see a true duplicate delivery. Returns its sequence.
+ */
+export async function republish(bus: Bus, stream: StreamName, eventId: string): Promise<number> {
+  const { state } = await bus.jsm.streams.info(stream);
+  for (let seq = state.last_seq; seq >= state.first_seq && seq > 0; seq--) {
+    const m = await bus.jsm.streams.getMessage(stream, { seq }).catch(() => null);
+    if (!m || m.header?.get("ce-id") !== eventId) continue;
+    const h = natsHeaders();
+    for (const [k, v] of m.header ?? []) if (k !== "Nats-Msg-Id") for (const x of v) h.append(k, x);
+    const ack = await bus.js.publish(m.subject, m.data, { headers: h, msgID: `${eventId}:again:${Date.now()}` });
+    return ack.seq;
+  }
+  throw new Error(`event ${eventId} is not in stream ${stream}`);
+}
+
+/**
+ * Resolves once the durable consumer `durable` of `stream` has nothing left
+ * to deliver and nothing delivered but unacknowledged.
+ */
+export async function consumerSettled(bus: Bus, stream: StreamName, durable: string, ms = 10_000): Promise<void> {
+  const info = await until(
+    () => bus.jsm.consumers.info(stream, durable),
+    (i) => i.num_pending === 0 && i.num_ack_pending === 0,
+    ms,
+  );
+  if (info.num_pending !== 0 || info.num_ack_pending !== 0) {
+    throw new Error(
+      `consumer ${durable} did not settle: ${info.num_pending} pending, ${info.num_ack_pending} awaiting ack`,
+    );
+  }
+}
+
+/** Polls `f` every 25 ms until `ok` accepts its value or `ms` pass; returns the last value. */
+export async function until<T>(f: () => T | Promise<T>, ok: (v: T) => boolean, ms = 10_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (ok(v) || Date.now() > end) return v;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
