@@ -2,7 +2,9 @@
  * Fault injection for demos and chaos tests: added latency, an error rate
  * with a chosen status code, and "hard down". Settable from env at start and
  * at run time through shopmesh.chaos.v1.ChaosService, which every shopmesh
- * server hosts. Faults apply to business RPCs only.
+ * server hosts. Faults apply to business RPCs and to event handling (a slow
+ * or dead service is slow or dead for its consumers too), never to health,
+ * reflection or the chaos service itself.
  */
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { status } from "@grpc/grpc-js";
@@ -90,6 +92,18 @@ export class FaultInjector {
     }
     return next();
   };
+
+  /**
+   * Applied before an event is handled: waits the injected latency; answers
+   * "skip" while the service is hard down or an injected error hits (the
+   * event is then redelivered later, as if the process were unreachable).
+   */
+  async beforeEvent(): Promise<"handle" | "skip"> {
+    const f = this.faults;
+    if (f.down) return "skip";
+    if (f.latencyMs > 0) await new Promise((r) => setTimeout(r, f.latencyMs));
+    return f.errorRate > 0 && this.random() < f.errorRate ? "skip" : "handle";
+  }
 
   /** The ChaosService implementation bound to this injector. */
   service(): ServiceImpl<typeof ChaosService> {

@@ -43,6 +43,7 @@ import {
   PaymentRefundedSchema,
   PaymentSucceededSchema,
 } from "../gen/shopmesh/payment/v1/events_pb.js";
+import type { FaultInjector } from "./chaos.js";
 import type { Db } from "./db.js";
 import type { Logger } from "./log.js";
 import { newId } from "./validate.js";
@@ -385,6 +386,8 @@ export interface ConsumerOptions {
   readonly maxDeliver?: number;
   /** Chaos hook: SIGKILL the process after committing an event, before acking it. */
   readonly crashAfterCommit?: boolean;
+  /** Fault injection (latency, down, error rate) applied before each event. */
+  readonly faults?: FaultInjector;
   /** Called after each event is handled (or skipped as a duplicate). */
   readonly onHandled?: (type: EventType, duplicate: boolean) => void;
   /** Called when an event is dead-lettered. */
@@ -415,6 +418,8 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
     "INSERT INTO inbox (consumer, event_id, type, handled_at) VALUES (?, ?, ?, ?)",
   );
   const clog = log.child({ consumer: durable });
+  /** Deliveries per stream sequence that fault injection skipped. */
+  const skipped = new Map<number, number>();
 
   const config = {
     durable_name: durable,
@@ -459,6 +464,12 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
       m.ack(); // this service does not care about this type
       return;
     }
+    if (opts.faults && (await opts.faults.beforeEvent()) === "skip") {
+      // An injected outage is not the event's fault: it never counts toward the DLQ.
+      skipped.set(m.seq, (skipped.get(m.seq) ?? 0) + 1);
+      m.nak(500);
+      return;
+    }
     const schema = EVENT_REGISTRY.getMessage(type);
     let event: unknown;
     try {
@@ -485,7 +496,8 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
         remember.run(durable, eventId, type, Date.now());
       }).immediate();
     } catch (err) {
-      if (m.info.deliveryCount >= maxDeliver) {
+      if (m.info.deliveryCount - (skipped.get(m.seq) ?? 0) >= maxDeliver) {
+        skipped.delete(m.seq);
         await deadLetter(m, `handler failed ${m.info.deliveryCount} times: ${(err as Error).message}`);
       } else {
         const delay = Math.min(5_000, 100 * 2 ** (m.info.deliveryCount - 1));
@@ -502,6 +514,7 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
       process.kill(process.pid, "SIGKILL");
     }
     m.ack();
+    skipped.delete(m.seq);
     opts.onHandled?.(type, duplicate);
   };
 
@@ -547,6 +560,8 @@ export interface EventingOptions {
   /** Chaos hooks (see faultEnv). */
   readonly crashBeforePublish?: boolean;
   readonly crashAfterCommit?: boolean;
+  /** The service's fault injector, applied to its event handling too. */
+  readonly faults?: FaultInjector;
 }
 
 /** A service's running event machinery. */
@@ -578,7 +593,14 @@ export async function startEventing(opts: EventingOptions): Promise<Eventing> {
   const consumers: RunningConsumer[] = [];
   for (const c of opts.consumers ?? []) {
     consumers.push(
-      await startConsumer({ ...c, bus, db: opts.db, log: opts.log, crashAfterCommit: opts.crashAfterCommit ?? false }),
+      await startConsumer({
+        ...c,
+        bus,
+        db: opts.db,
+        log: opts.log,
+        crashAfterCommit: opts.crashAfterCommit ?? false,
+        ...(opts.faults ? { faults: opts.faults } : {}),
+      }),
     );
   }
   return {

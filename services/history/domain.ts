@@ -19,17 +19,9 @@
  *   that equal timestamps still converge.
  */
 import { timestampMs } from "@bufbuild/protobuf/wkt";
-import type {
-  StockRejected,
-  StockReleased,
-  StockReserved,
-} from "../../gen/shopmesh/inventory/v1/events_pb.js";
+import type { StockRejected, StockReleased, StockReserved } from "../../gen/shopmesh/inventory/v1/events_pb.js";
 import type { OrderCancelled, OrderConfirmed, OrderPlaced } from "../../gen/shopmesh/order/v1/events_pb.js";
-import type {
-  PaymentFailed,
-  PaymentRefunded,
-  PaymentSucceeded,
-} from "../../gen/shopmesh/payment/v1/events_pb.js";
+import type { PaymentFailed, PaymentRefunded, PaymentSucceeded } from "../../gen/shopmesh/payment/v1/events_pb.js";
 import type { EventType, Line } from "../../platform/index.js";
 
 /** Order status as written in the `status` column. */
@@ -161,7 +153,9 @@ function higher<T extends string>(rank: Record<T, number>, a: T | null, b: T | u
 
 /** Whether `fact` happened after the view's last event, by (time, event id). */
 function isLater(view: OrderView, fact: Fact): boolean {
-  return fact.occurredAt > view.lastEventAt || (fact.occurredAt === view.lastEventAt && fact.eventId > view.lastEventId);
+  return (
+    fact.occurredAt > view.lastEventAt || (fact.occurredAt === view.lastEventAt && fact.eventId > view.lastEventId)
+  );
 }
 
 /** The view of an order nothing is known about yet but `fact`'s identity. */

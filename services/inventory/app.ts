@@ -31,6 +31,7 @@ export async function startInventory(config: InventoryConfig, log: Logger): Prom
     const n = store.seedIfEmpty(DEMO_CATALOGUE);
     if (n > 0) log.info({ products: n }, "seeded demo catalogue");
   }
+  const faults = FaultInjector.fromConfig(config);
   const events = await startEventing({
     url: config.NATS_URL,
     service: "inventory",
@@ -40,12 +41,13 @@ export async function startInventory(config: InventoryConfig, log: Logger): Prom
     log,
     crashBeforePublish: config.FAULT_CRASH_BEFORE_PUBLISH,
     crashAfterCommit: config.FAULT_CRASH_AFTER_COMMIT,
+    faults,
   });
   const server = await startGrpcServer({
     host: config.GRPC_HOST,
     port: config.GRPC_PORT,
     services: [bind(InventoryService, createInventoryApi({ store }))],
-    faults: FaultInjector.fromConfig(config),
+    faults,
     log,
   });
   return {

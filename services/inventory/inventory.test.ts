@@ -20,7 +20,10 @@ let inventory: ReturnType<typeof createClient<typeof InventoryService>>;
 const channel = { close: () => {} };
 
 beforeAll(async () => {
-  app = await startInventory(loadConfig({ GRPC_PORT: "0", GRPC_HOST: "127.0.0.1", DB_PATH: dbPath, NATS_URL: "off" }), silentLogger());
+  app = await startInventory(
+    loadConfig({ GRPC_PORT: "0", GRPC_HOST: "127.0.0.1", DB_PATH: dbPath, NATS_URL: "off" }),
+    silentLogger(),
+  );
   const ch = createChannel(app.address);
   channel.close = () => ch.close();
   inventory = createClient(InventoryService, ch);

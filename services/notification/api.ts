@@ -6,13 +6,7 @@ import {
   type NotificationSchema,
   type NotificationService,
 } from "../../gen/shopmesh/notification/v1/notification_pb.js";
-import {
-  decodePageToken,
-  encodePageToken,
-  pageSize,
-  requireIdentity,
-  type ServiceImpl,
-} from "../../platform/index.js";
+import { decodePageToken, encodePageToken, pageSize, requireIdentity, type ServiceImpl } from "../../platform/index.js";
 import { type NotificationKindName, type NotificationRecord, validateListFilter } from "./domain.js";
 import type { NotificationStore } from "./store.js";
 

@@ -58,6 +58,7 @@ export async function startOrder(config: OrderConfig, log: Logger): Promise<Orde
     },
   });
   const choreography = new Choreography(store);
+  const faults = FaultInjector.fromConfig(config);
   const events = await startEventing({
     url: config.NATS_URL,
     service: "order",
@@ -67,6 +68,7 @@ export async function startOrder(config: OrderConfig, log: Logger): Promise<Orde
     log,
     crashBeforePublish: config.FAULT_CRASH_BEFORE_PUBLISH,
     crashAfterCommit: config.FAULT_CRASH_AFTER_COMMIT,
+    faults,
   });
   const advance = (orderId: string) => {
     if (store.get(orderId)?.sagaMode === "CHOREOGRAPHY") choreography.cancelRequested(orderId);
@@ -76,7 +78,7 @@ export async function startOrder(config: OrderConfig, log: Logger): Promise<Orde
     host: config.GRPC_HOST,
     port: config.GRPC_PORT,
     services: [bind(OrderService, createOrderApi({ store, advance, defaultMode: config.SAGA_DEFAULT_MODE }))],
-    faults: FaultInjector.fromConfig(config),
+    faults,
     log,
   });
   saga.resumeAll();

@@ -252,7 +252,12 @@ describe("transient faults", () => {
     await sys.paymentChaos.setFaults({ faults: { down: true } });
     try {
       const placed = await place("judy", [{ productId: "hand-grinder", quantity: 1 }]);
-      await new Promise((r) => setTimeout(r, 1_600)); // the 1.5 s step budget runs out while payment is down
+      // Keep payment down until the 1.5 s step budget has run out and the saga turned to compensation.
+      for (let i = 0; i < 100; i++) {
+        const { order } = await sys.orders.getOrder({ orderId: placed.id }, sys.as("judy"));
+        if (order?.status === OrderStatus.COMPENSATING) break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
       // The order service's breaker for payment opened instead of hammering a dead service.
       expect(sys.order.payment.state().breaker).not.toBe("closed");
       await sys.paymentChaos.setFaults({ faults: {} }); // compensation needs payment back to void the charge key

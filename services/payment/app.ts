@@ -26,6 +26,7 @@ export interface PaymentApp {
 /** Opens the store and starts serving. */
 export async function startPayment(config: PaymentConfig, log: Logger): Promise<PaymentApp> {
   const store = PaymentStore.open(config.DB_PATH);
+  const faults = FaultInjector.fromConfig(config);
   const events = await startEventing({
     url: config.NATS_URL,
     service: "payment",
@@ -35,12 +36,13 @@ export async function startPayment(config: PaymentConfig, log: Logger): Promise<
     log,
     crashBeforePublish: config.FAULT_CRASH_BEFORE_PUBLISH,
     crashAfterCommit: config.FAULT_CRASH_AFTER_COMMIT,
+    faults,
   });
   const server = await startGrpcServer({
     host: config.GRPC_HOST,
     port: config.GRPC_PORT,
     services: [bind(PaymentService, createPaymentApi({ store }))],
-    faults: FaultInjector.fromConfig(config),
+    faults,
     log,
   });
   return {

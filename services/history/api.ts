@@ -1,0 +1,63 @@
+/** HistoryService RPC handlers: identity, paging, the store, mapping to messages. */
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import type { HistoryService, OrderHistoryEntrySchema } from "../../gen/shopmesh/history/v1/history_pb.js";
+import { OrderStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
+import { PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
+import { decodePageToken, encodePageToken, pageSize, requireIdentity, type ServiceImpl } from "../../platform/index.js";
+import type { OrderStatusName, OrderView, PaymentStatusName } from "./domain.js";
+import type { HistoryStore } from "./store.js";
+
+/** Dependencies of the history API. */
+export interface HistoryApiDeps {
+  readonly store: HistoryStore;
+}
+
+const STATUS: Record<OrderStatusName, OrderStatus> = {
+  PENDING: OrderStatus.PENDING,
+  CONFIRMED: OrderStatus.CONFIRMED,
+  CANCELLED: OrderStatus.CANCELLED,
+};
+
+const PAYMENT: Record<PaymentStatusName, PaymentStatus> = {
+  DECLINED: PaymentStatus.DECLINED,
+  CAPTURED: PaymentStatus.CAPTURED,
+  REFUNDED: PaymentStatus.REFUNDED,
+};
+
+function entryMessage(v: OrderView): MessageInitShape<typeof OrderHistoryEntrySchema> {
+  return {
+    orderId: v.orderId,
+    customerId: v.customerId ?? "",
+    status: v.status ? STATUS[v.status] : OrderStatus.UNSPECIFIED,
+    items: v.items.map((l) => ({ productId: l.productId, quantity: l.quantity })),
+    total: v.total ? { currencyCode: v.total.currency, amountMinor: BigInt(v.total.amountMinor) } : undefined,
+    paymentStatus: v.paymentStatus ? PAYMENT[v.paymentStatus] : PaymentStatus.UNSPECIFIED,
+    reason: v.reason,
+    lastEventAt: timestampFromMs(v.lastEventAt),
+    lastEventType: v.lastEventType,
+  };
+}
+
+/** Creates the HistoryService handlers. Answers from the local view only; never calls another service. */
+export function createHistoryApi({ store }: HistoryApiDeps): ServiceImpl<typeof HistoryService> {
+  return {
+    listOrderHistory(req, ctx) {
+      // Everyone, admins included, lists only their own orders.
+      const who = requireIdentity(ctx.metadata);
+      const limit = pageSize(req.pageSize);
+      const cursor = decodePageToken(req.pageToken, ["t", "id"]);
+      const rows = store.listByCustomer(
+        who.subject,
+        cursor && { lastEventAt: Number(cursor.t), orderId: String(cursor.id) },
+        limit + 1,
+      );
+      const page = rows.slice(0, limit);
+      const last = page.at(-1);
+      return {
+        entries: page.map(entryMessage),
+        nextPageToken: rows.length > limit && last ? encodePageToken({ t: last.lastEventAt, id: last.orderId }) : "",
+      };
+    },
+  };
+}

@@ -1,0 +1,51 @@
+/**
+ * What the history service listens to: every event of the ORDER, INVENTORY
+ * and PAYMENT streams, each merged into its order's view. The same handlers
+ * serve the live durable consumers and the rebuild (`rebuild.ts`), so a
+ * replayed event has exactly the effect a delivered one has.
+ */
+import {
+  StockRejectedSchema,
+  StockReleasedSchema,
+  StockReservedSchema,
+} from "../../gen/shopmesh/inventory/v1/events_pb.js";
+import {
+  OrderCancelledSchema,
+  OrderConfirmedSchema,
+  OrderPlacedSchema,
+} from "../../gen/shopmesh/order/v1/events_pb.js";
+import {
+  PaymentFailedSchema,
+  PaymentRefundedSchema,
+  PaymentSucceededSchema,
+} from "../../gen/shopmesh/payment/v1/events_pb.js";
+import { type ConsumerOptions, type EventContext, on } from "../../platform/index.js";
+import { factOf, type HistoryEvent } from "./domain.js";
+import type { HistoryStore } from "./store.js";
+
+/** A consumer of the history service: its stream, durable name and handlers. */
+export type HistoryConsumer = Pick<ConsumerOptions, "stream" | "durable" | "handlers">;
+
+/** The history service's consumers, one per stream. */
+export function historyConsumers(store: HistoryStore): HistoryConsumer[] {
+  const apply = (e: HistoryEvent, ctx: EventContext) => {
+    store.apply(factOf(e, ctx.eventId));
+  };
+  return [
+    {
+      stream: "ORDER",
+      durable: "history-order",
+      handlers: [on(OrderPlacedSchema, apply), on(OrderConfirmedSchema, apply), on(OrderCancelledSchema, apply)],
+    },
+    {
+      stream: "INVENTORY",
+      durable: "history-inventory",
+      handlers: [on(StockReservedSchema, apply), on(StockRejectedSchema, apply), on(StockReleasedSchema, apply)],
+    },
+    {
+      stream: "PAYMENT",
+      durable: "history-payment",
+      handlers: [on(PaymentSucceededSchema, apply), on(PaymentFailedSchema, apply), on(PaymentRefundedSchema, apply)],
+    },
+  ];
+}

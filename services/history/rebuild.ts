@@ -1,0 +1,260 @@
+/**
+ * Rebuilds the history read model from the event streams:
+ *
+ *     tsx services/history/rebuild.ts      (same env as the service: DB_PATH, NATS_URL, ...)
+ *
+ * Run it while the history service is stopped. It empties the view and the
+ * inbox, then replays ORDER, INVENTORY and PAYMENT from their first retained
+ * message through the service's own handlers, each event in one IMMEDIATE
+ * transaction with an inbox row under the live consumer's durable name. When
+ * the service starts again its durable consumers resume where they were and
+ * skip whatever the rebuild already applied (the inbox says so); a durable
+ * consumer that was deleted meanwhile starts from the beginning and skips
+ * everything the same way. Exits 0 after printing events per stream, the
+ * total and the elapsed time; 1 on failure; 78 on bad configuration.
+ *
+ * Even run next to a live service the result is right (both sides go
+ * through the inbox, and the projection does not depend on event order),
+ * but readers would see a partial view until it finishes.
+ */
+import { resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { type DescMessage, fromBinary } from "@bufbuild/protobuf";
+import {
+  type Bus,
+  ConfigError,
+  connectBus,
+  createLogger,
+  EVENT_REGISTRY,
+  EVENT_SUBJECTS,
+  type EventContext,
+  type EventType,
+  type Logger,
+  type StreamName,
+} from "../../platform/index.js";
+import { loadConfig } from "./config.js";
+import { UnusableEventError } from "./domain.js";
+import { type HistoryConsumer, historyConsumers } from "./events.js";
+import { HistoryStore } from "./store.js";
+
+/** How one stream's replay went. */
+export interface StreamReplay {
+  readonly stream: StreamName;
+  /** The durable consumer whose inbox rows the replay wrote. */
+  readonly durable: string;
+  /** Messages read from the stream. */
+  readonly events: number;
+  /** Events applied to the view. */
+  readonly applied: number;
+  /** Events the inbox already held (only when the same event was stored twice). */
+  readonly duplicates: number;
+  /** Events the live consumer would dead-letter: not shopmesh events, undecodable, or unusable. */
+  readonly skipped: number;
+  readonly ms: number;
+}
+
+/** How a replay went. */
+export interface ReplayReport {
+  /** What the reset removed before the replay. */
+  readonly cleared: { readonly views: number; readonly inbox: number };
+  readonly streams: readonly StreamReplay[];
+  /** Messages read, all streams. */
+  readonly total: number;
+  readonly ms: number;
+}
+
+/** Options of {@link replay}. */
+export interface ReplayOptions {
+  readonly store: HistoryStore;
+  readonly bus: Bus;
+  readonly log: Logger;
+  /** Called every `progressEvery` messages and at the end of each stream. */
+  readonly onProgress?: (p: StreamReplay, done: boolean) => void;
+  readonly progressEvery?: number;
+  /** Longest wait for the next message before giving up on a stream, in ms. */
+  readonly idleTimeoutMs?: number;
+}
+
+/**
+ * Empties the view and the inbox of `store`, then replays the ORDER,
+ * INVENTORY and PAYMENT streams (every message retained when each stream's
+ * replay starts) through the live consumers' handlers. Throws, leaving a
+ * partial view for the next run to redo, when a handler fails for a reason
+ * other than an unusable event or a stream cannot be read to its end.
+ */
+export async function replay(opts: ReplayOptions): Promise<ReplayReport> {
+  const started = performance.now();
+  const cleared = opts.store.reset();
+  opts.log.info(cleared, "history view and inbox emptied");
+  const streams: StreamReplay[] = [];
+  for (const consumer of historyConsumers(opts.store)) streams.push(await replayStream(consumer, opts));
+  return { cleared, streams, total: streams.reduce((n, s) => n + s.events, 0), ms: performance.now() - started };
+}
+
+async function replayStream(consumer: HistoryConsumer, opts: ReplayOptions): Promise<StreamReplay> {
+  const { bus, store, log } = opts;
+  const { stream, durable } = consumer;
+  const started = performance.now();
+  const handlers = new Map(consumer.handlers);
+  const counts = { events: 0, applied: 0, duplicates: 0, skipped: 0 };
+  const report = (): StreamReplay => ({ stream, durable, ...counts, ms: performance.now() - started });
+  const every = opts.progressEvery ?? 1_000;
+
+  const { state } = await bus.jsm.streams.info(stream);
+  if (state.messages === 0) {
+    opts.onProgress?.(report(), true);
+    return report();
+  }
+  const end = state.last_seq;
+  // An ordered consumer: ephemeral, from the first retained message, no acks, nothing to clean up.
+  const messages = await (await bus.js.consumers.get(stream)).consume({ max_messages: 256 });
+  let lastSeq = 0;
+  let lastAt = Date.now();
+  const idleMs = opts.idleTimeoutMs ?? 30_000;
+  const watchdog = setInterval(() => {
+    if (Date.now() - lastAt > idleMs) void messages.close();
+  }, 250);
+  try {
+    for await (const m of messages) {
+      lastAt = Date.now();
+      lastSeq = m.seq;
+      counts.events++;
+      const outcome = applyMessage(
+        store,
+        durable,
+        handlers,
+        m.subject,
+        m.headers?.get("ce-type") ?? "",
+        m.headers?.get("ce-id") ?? "",
+        m.headers?.get("traceparent") ?? "",
+        m.data,
+      );
+      if (typeof outcome === "string") {
+        counts.skipped++;
+        log.warn({ stream, seq: m.seq, reason: outcome }, "event skipped");
+      } else if (outcome) counts.applied++;
+      else counts.duplicates++;
+      if (counts.events % every === 0) opts.onProgress?.(report(), false);
+      if (m.seq >= end || m.info.pending === 0) break;
+    }
+  } finally {
+    clearInterval(watchdog);
+    await messages.close();
+  }
+  if (lastSeq < end) {
+    throw new Error(`replay of ${stream} stopped at sequence ${lastSeq} of ${end} (no message for ${idleMs} ms)`);
+  }
+  opts.onProgress?.(report(), true);
+  return report();
+}
+
+/**
+ * Applies one stored message as the live consumer would: true when applied,
+ * false when the inbox already held it, or why it was skipped.
+ */
+function applyMessage(
+  store: HistoryStore,
+  durable: string,
+  handlers: Map<EventType, (event: never, ctx: EventContext) => void>,
+  subject: string,
+  typeHeader: string,
+  eventId: string,
+  traceparent: string,
+  data: Uint8Array,
+): boolean | string {
+  const type = typeHeader as EventType;
+  if (!eventId || !EVENT_SUBJECTS[type]) return `not a shopmesh event (ce-type=${JSON.stringify(typeHeader)})`;
+  const fn = handlers.get(type);
+  if (!fn) return `${type} is not projected`;
+  let event: unknown;
+  try {
+    event = fromBinary(EVENT_REGISTRY.getMessage(type) as DescMessage, data);
+  } catch (err) {
+    return `undecodable ${type} payload: ${(err as Error).message}`;
+  }
+  const ctx: EventContext = { eventId, type, subject, deliveryCount: 1, traceparent };
+  try {
+    return store.once(durable, eventId, type, () => fn(event as never, ctx));
+  } catch (err) {
+    if (err instanceof UnusableEventError) return err.message;
+    throw err;
+  }
+}
+
+/** The service waits for NATS forever; a command run by hand should not. */
+const CONNECT_TIMEOUT_MS = 15_000;
+
+function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(message)), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
+const seconds = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
+
+function summary(s: Omit<StreamReplay, "stream" | "durable">): string {
+  return `${s.events} events (${s.applied} applied, ${s.duplicates} duplicates, ${s.skipped} skipped) in ${seconds(s.ms)}`;
+}
+
+/** The command line: config from env, replay, print, exit code. */
+async function main(): Promise<number> {
+  let config: ReturnType<typeof loadConfig>;
+  try {
+    config = loadConfig(process.env);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`${err.message}\n`);
+    return 78;
+  }
+  if (config.NATS_URL === "off") {
+    process.stderr.write("NATS_URL=off: the rebuild replays the event streams and needs the bus\n");
+    return 78;
+  }
+  // Progress goes to stdout as plain lines; the log only speaks up for problems unless LOG_LEVEL asks for more.
+  const log = await createLogger({
+    service: "history-rebuild",
+    level: process.env.LOG_LEVEL ? config.LOG_LEVEL : "warn",
+    format: config.LOG_FORMAT,
+  });
+  const print = (line: string) => process.stdout.write(`${line}\n`);
+  print(`rebuilding ${config.DB_PATH} from ${config.NATS_URL}`);
+  const store = HistoryStore.open(config.DB_PATH);
+  try {
+    const bus = await withTimeout(
+      connectBus(config.NATS_URL, "history-rebuild", log),
+      CONNECT_TIMEOUT_MS,
+      `cannot reach NATS at ${config.NATS_URL} within ${CONNECT_TIMEOUT_MS} ms`,
+    );
+    try {
+      const report = await replay({
+        store,
+        bus,
+        log,
+        onProgress: (s, done) => print(`${s.stream}: ${done ? "" : "... "}${summary(s)}`),
+      });
+      const sum = (k: "applied" | "duplicates" | "skipped") => report.streams.reduce((n, s) => n + s[k], 0);
+      print(
+        `total: ${summary({ events: report.total, applied: sum("applied"), duplicates: sum("duplicates"), skipped: sum("skipped"), ms: report.ms })}; ` +
+          `${store.all().length} orders in the view (cleared ${report.cleared.views} views, ${report.cleared.inbox} inbox rows)`,
+      );
+    } finally {
+      await bus.close();
+    }
+  } finally {
+    store.close();
+  }
+  return 0;
+}
+
+const invokedDirectly = process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url);
+if (invokedDirectly) {
+  try {
+    process.exitCode = await main();
+  } catch (err) {
+    process.stderr.write(`history rebuild failed: ${(err as Error).message}\n`);
+    // A connection attempt may still be pending and would keep the process alive.
+    process.exit(1);
+  }
+}

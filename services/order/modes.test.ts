@@ -1,0 +1,131 @@
+/**
+ * Orchestration and choreography side by side: the same scenario table gives
+ * the same end states in both saga modes — order status and reason, stock
+ * back where it should be, and money taken exactly when confirmed.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
+import { OrderStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
+import { Code } from "../../platform/index.js";
+import { expectRpcError } from "../../test/rpc.js";
+import { type System, startSystem } from "../../test/system.js";
+
+let sys: System;
+beforeAll(async () => {
+  sys = await startSystem();
+});
+afterAll(async () => {
+  await sys[Symbol.asyncDispose]();
+});
+
+interface Scenario {
+  readonly name: string;
+  readonly productId: string;
+  readonly quantity: number;
+  readonly cardToken: string;
+  /** Cancel after stock is reserved, while the (slowed) charge is pending. */
+  readonly cancel?: boolean;
+  readonly expect: { status: OrderStatus; reason: string; stockDelta: number; captured: number };
+}
+
+const SCENARIOS: readonly Scenario[] = [
+  {
+    name: "success",
+    productId: "coffee-beans",
+    quantity: 2,
+    cardToken: "tok_visa",
+    expect: { status: OrderStatus.CONFIRMED, reason: "", stockDelta: -2, captured: 1 },
+  },
+  {
+    name: "declined",
+    productId: "ceramic-mug",
+    quantity: 1,
+    cardToken: "tok_decline",
+    expect: { status: OrderStatus.CANCELLED, reason: "payment declined: card declined", stockDelta: 0, captured: 0 },
+  },
+  {
+    name: "out of stock",
+    productId: "limited-print",
+    quantity: 5,
+    cardToken: "tok_visa",
+    expect: {
+      status: OrderStatus.CANCELLED,
+      reason: "insufficient stock: limited-print (requested 5, available 1)",
+      stockDelta: 0,
+      captured: 0,
+    },
+  },
+  {
+    name: "cancelled by the customer",
+    productId: "paper-filters",
+    quantity: 3,
+    cardToken: "tok_visa",
+    cancel: true,
+    expect: {
+      status: OrderStatus.CANCELLED,
+      reason: "cancelled by customer: changed my mind",
+      stockDelta: 0,
+      captured: 0,
+    },
+  },
+];
+
+async function available(productId: string): Promise<number> {
+  return (await sys.products.getProduct({ productId })).product?.available ?? -1;
+}
+
+async function eventually<T>(read: () => Promise<T>, ok: (v: T) => boolean, ms = 10_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await read();
+    if (ok(v) || Date.now() > end) return v;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe.each([
+  ["orchestration", SagaMode.ORCHESTRATION],
+  ["choreography", SagaMode.CHOREOGRAPHY],
+] as const)("%s", (_label, sagaMode) => {
+  it.each(SCENARIOS)("$name", async (sc) => {
+    const before = await available(sc.productId);
+    const who = sys.as(`modes-${sagaMode}`);
+    if (sc.cancel) await sys.paymentChaos.setFaults({ faults: { latencyMs: 1_500 } });
+    try {
+      const { order } = await sys.orders.placeOrder(
+        {
+          idempotencyKey: `${sc.name.replaceAll(" ", "-")}-${sagaMode}`,
+          items: [{ productId: sc.productId, quantity: sc.quantity }],
+          cardToken: sc.cardToken,
+          sagaMode,
+        },
+        who,
+      );
+      const id = order?.id ?? "";
+      expect(order?.sagaMode).toBe(sagaMode);
+      if (sc.cancel) {
+        await eventually(
+          async () => (await sys.orders.getOrder({ orderId: id }, who)).order?.reservationId ?? "",
+          (r) => r !== "",
+        );
+        await sys.orders.cancelOrder({ orderId: id, reason: "changed my mind" }, who);
+        await sys.paymentChaos.setFaults({ faults: {} });
+      }
+      const done = await sys.settle(id, `modes-${sagaMode}`);
+      expect(done.status).toBe(sc.expect.status);
+      expect(done.statusReason).toBe(sc.expect.reason);
+      // Compensation in choreography follows the terminal state: wait for it to land.
+      expect(
+        await eventually(
+          () => available(sc.productId),
+          (a) => a === before + sc.expect.stockDelta,
+        ),
+      ).toBe(before + sc.expect.stockDelta);
+      expect(sys.payment.store.capturedCountForOrder(id)).toBe(sc.expect.captured);
+      // Out of stock: no charge was ever attempted.
+      if (sc.name === "out of stock") await expectRpcError(sys.payments.getPayment({ orderId: id }), Code.NOT_FOUND);
+    } finally {
+      await sys.paymentChaos.setFaults({ faults: {} });
+    }
+  });
+});
