@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PROTOS := $(shell find proto -name '*.proto')
 GEN_STAMP := gen/shopmesh/common/v1/common_pb.ts
 
-.PHONY: help install nats generate lint typecheck test run demo clean
+.PHONY: help install nats generate lint typecheck test run demo events dlq history-rebuild clean
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,8 +39,17 @@ test: install ## Everything CI checks: lint, typecheck, all tests
 run: install nats $(GEN_STAMP) ## Start NATS and every service locally; Ctrl-C stops all
 	npm start
 
-demo: install ## Place three orders against `make run` (success, declined, out of stock) and print their sagas
-	npm run demo
+demo: install ## Place three orders against `make run` and print their sagas (SAGA_MODE=choreography for events only)
+	SAGA_MODE=$(SAGA_MODE) npm run demo
+
+events: install ## Tail every event on the bus, decoded (ARGS=--from-start for history)
+	npx tsx scripts/events.ts $(ARGS)
+
+dlq: install ## List dead-lettered events and why they failed
+	npx tsx scripts/events.ts --dlq
+
+history-rebuild: install ## Rebuild the history read model from the streams (stop `make run` first)
+	DB_PATH=.data/history.db npx tsx services/history/rebuild.ts
 
 clean: ## Remove local data (.data/: databases, NATS streams)
 	rm -rf .data

@@ -4,13 +4,16 @@
  *   1. succeeds (stock reserved, payment captured, order confirmed);
  *   2. payment declined (stock released by compensation, order cancelled);
  *   3. out of stock (cancelled before any charge is attempted).
- * ORDER_TARGET overrides the order service address (default 127.0.0.1:50053).
+ * ORDER_TARGET overrides the order service address (default 127.0.0.1:50053);
+ * SAGA_MODE=choreography runs the same three orders as a choreography.
  */
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { type Order, OrderService, OrderStatus, StepStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { createChannel, createClient, identityMetadata, RpcError } from "../platform/index.js";
 
 const target = process.env.ORDER_TARGET ?? "127.0.0.1:50053";
+const sagaMode =
+  process.env.SAGA_MODE?.toLowerCase() === "choreography" ? SagaMode.CHOREOGRAPHY : SagaMode.ORCHESTRATION;
 const channel = createChannel(target);
 const orders = createClient(OrderService, channel);
 const who = { metadata: identityMetadata({ subject: "demo-customer", roles: ["customer"] }) };
@@ -51,15 +54,22 @@ function print(n: number, title: string, o: Order): void {
 }
 
 try {
-  console.log(`placing ${SCENARIOS.length} orders through ${target} as demo-customer`);
+  console.log(
+    `placing ${SCENARIOS.length} orders (${SagaMode[sagaMode].toLowerCase()}) through ${target} as demo-customer`,
+  );
   for (const [i, sc] of SCENARIOS.entries()) {
     const { order } = await orders.placeOrder(
-      { idempotencyKey: `demo-${run}-${i}`, items: sc.items, cardToken: sc.cardToken },
+      { idempotencyKey: `demo-${run}-${i}`, items: sc.items, cardToken: sc.cardToken, sagaMode },
       { ...who, timeoutMs: 5_000 },
     );
     let last = order as Order;
     for await (const m of orders.watchOrder({ orderId: last.id }, { ...who, timeoutMs: 30_000 })) {
       if (m.order) last = m.order;
+    }
+    if (sagaMode === SagaMode.CHOREOGRAPHY) {
+      // Choreographed compensation follows the terminal state; give its events a moment to land.
+      await new Promise((r) => setTimeout(r, 300));
+      last = (await orders.getOrder({ orderId: last.id }, who)).order ?? last;
     }
     print(i + 1, sc.title, last);
   }
