@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PROTOS := $(shell find proto -name '*.proto')
 GEN_STAMP := gen/shopmesh/common/v1/common_pb.ts
 
-.PHONY: help install nats generate lint typecheck test run demo events dlq history-rebuild clean
+.PHONY: help install nats generate lint typecheck test run demo token events dlq history-rebuild clean
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ run: install nats $(GEN_STAMP) ## Start NATS and every service locally; Ctrl-C s
 
 demo: install ## Place three orders against `make run` and print their sagas (SAGA_MODE=choreography for events only)
 	SAGA_MODE=$(SAGA_MODE) npm run demo
+
+token: install ## Print a development JWT for the gateway: make token USER=alice [ROLE=admin]
+	@npx tsx scripts/token.ts "$(USER)" "$(or $(ROLE),customer)"
 
 events: install ## Tail every event on the bus, decoded (ARGS=--from-start for history)
 	npx tsx scripts/events.ts $(ARGS)

@@ -34,7 +34,9 @@ import { StatusSchema } from "../gen/google/rpc/status_pb.js";
 export { status as Code } from "@grpc/grpc-js";
 
 const DETAILS_KEY = "grpc-status-details-bin";
-const detailRegistry = createRegistry(BadRequestSchema, PreconditionFailureSchema, ErrorInfoSchema, ResourceInfoSchema);
+/** The google.rpc detail types shopmesh sends, for decoding them anywhere. */
+export const ERROR_DETAILS = createRegistry(BadRequestSchema, PreconditionFailureSchema, ErrorInfoSchema, ResourceInfoSchema);
+const detailRegistry = ERROR_DETAILS;
 
 /** An error meant for the client: a status code, a safe message, optional rich details. */
 export class ServiceError extends Error {

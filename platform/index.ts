@@ -19,6 +19,7 @@ export { type Db, openDatabase } from "./db.js";
 export {
   AlreadyExistsError,
   Code,
+  ERROR_DETAILS,
   FailedPreconditionError,
   IdempotencyKeyReusedError,
   InvalidArgumentError,

@@ -4,8 +4,9 @@
  * and prints their logs as readable lines prefixed by service name. Ctrl-C
  * (or SIGTERM) stops everything cleanly; a second Ctrl-C kills at once.
  *
- * Ports: NATS 4222 (monitoring 8222); inventory 50051, payment 50052, order
- * 50053, notification 50054, history 50055.
+ * Ports: gateway 8080 (HTTP: Connect, gRPC-Web, gRPC); NATS 4222 (monitoring
+ * 8222); inventory 50051, payment 50052, order 50053, notification 50054,
+ * history 50055.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync } from "node:fs";
@@ -15,13 +16,14 @@ import { createInterface } from "node:readline";
 const ROOT = resolve(import.meta.dirname, "..");
 const DATA = join(ROOT, ".data");
 
-/** The fixed local topology. A service whose folder has no main.ts yet is skipped. */
-const SERVICES: readonly { name: string; port: number; env?: Record<string, string> }[] = [
+/** The fixed local topology. A service whose main.ts does not exist yet is skipped. */
+const SERVICES: readonly { name: string; port: number; main?: string; env?: Record<string, string> }[] = [
   { name: "inventory", port: 50051 },
   { name: "payment", port: 50052 },
   { name: "order", port: 50053 },
   { name: "notification", port: 50054 },
   { name: "history", port: 50055 },
+  { name: "gateway", port: 8080, main: "gateway/main.ts", env: { HTTP_PORT: "8080" } },
 ];
 
 const COLORS = [36, 33, 35, 32, 34, 31, 96, 93];
@@ -116,7 +118,7 @@ start(
   (line) => /\[(WRN|ERR|FTL)\]|Server is ready|Listening for client/.test(line),
 );
 SERVICES.forEach((s, i) => {
-  const main = join("services", s.name, "main.ts");
+  const main = s.main ?? join("services", s.name, "main.ts");
   if (!existsSync(join(ROOT, main))) return;
   start(s.name, i + 1, process.execPath, ["--import", "tsx", main], {
     GRPC_PORT: String(s.port),

@@ -1,0 +1,65 @@
+/** Wires the gateway: upstream clients (built once), routes, composition, auth, limits, HTTP front. */
+import { GatewayService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
+import { HistoryService } from "../gen/shopmesh/history/v1/history_pb.js";
+import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
+import { NotificationService } from "../gen/shopmesh/notification/v1/notification_pb.js";
+import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
+import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
+import { createChannel, createResilientClient, type Logger, policyFrom } from "../platform/index.js";
+import { createAuthenticator } from "./auth.js";
+import { createComposition } from "./compose.js";
+import type { GatewayConfig } from "./config.js";
+import { registerRoutes } from "./forward.js";
+import { RateLimiter } from "./limits.js";
+import { ROUTES } from "./routes.js";
+import { type RunningFront, startFront } from "./server.js";
+
+/** A running gateway. */
+export interface GatewayApp extends RunningFront {
+  /** Stops the front (draining calls) and closes upstream channels. */
+  stop(): Promise<void>;
+}
+
+/** Starts the gateway. */
+export async function startGateway(config: GatewayConfig, log: Logger): Promise<GatewayApp> {
+  const policy = policyFrom("UPSTREAM", config);
+  const channels = {
+    inventory: createChannel(config.INVENTORY_TARGET),
+    payment: createChannel(config.PAYMENT_TARGET),
+    order: createChannel(config.ORDER_TARGET),
+    notification: createChannel(config.NOTIFICATION_TARGET),
+    history: createChannel(config.HISTORY_TARGET),
+  };
+  const clients = {
+    inventory: createResilientClient("inventory", InventoryService, channels.inventory, policy, log),
+    payment: createResilientClient("payment", PaymentService, channels.payment, policy, log),
+    order: createResilientClient("order", OrderService, channels.order, policy, log),
+    notification: createResilientClient("notification", NotificationService, channels.notification, policy, log),
+    history: createResilientClient("history", HistoryService, channels.history, policy, log),
+  };
+  const composition = createComposition({ ...clients, timeoutMs: config.COMPOSITION_TIMEOUT_MS });
+  const front = await startFront({
+    host: config.HTTP_HOST,
+    port: config.HTTP_PORT,
+    log,
+    routes: (router) => {
+      registerRoutes(router, ROUTES, clients);
+      router.service(GatewayService, composition);
+    },
+    authenticate: await createAuthenticator(config),
+    perPrincipal: new RateLimiter(config.RATE_LIMIT_RPS, config.RATE_LIMIT_BURST),
+    perIp: new RateLimiter(config.RATE_LIMIT_IP_RPS, config.RATE_LIMIT_IP_BURST),
+    maxBodyBytes: config.MAX_BODY_BYTES,
+    corsOrigins: config.CORS_ORIGINS.split(",")
+      .map((s) => s.trim())
+      .filter(Boolean),
+    trustProxy: config.TRUST_PROXY,
+  });
+  return {
+    ...front,
+    async stop() {
+      await front.stop(config.SHUTDOWN_GRACE_MS);
+      for (const ch of Object.values(channels)) ch.close();
+    },
+  };
+}

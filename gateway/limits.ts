@@ -1,0 +1,42 @@
+/**
+ * Token-bucket rate limiting, per key (a principal, or a client IP before
+ * authentication). Each key's bucket holds up to `burst` tokens and refills
+ * at `ratePerSec`; a request takes one. The map is bounded: the least
+ * recently used keys are dropped first (a dropped key starts full again,
+ * which only ever errs on the side of letting a request through).
+ */
+
+/** Outcome of {@link RateLimiter.take}. */
+export type Take = { readonly ok: true } | { readonly ok: false; readonly retryAfterSec: number };
+
+/** A set of token buckets. */
+export class RateLimiter {
+  private readonly buckets = new Map<string, { tokens: number; at: number }>();
+
+  constructor(
+    private readonly ratePerSec: number,
+    private readonly burst: number,
+    private readonly maxKeys = 100_000,
+    private readonly now: () => number = () => performance.now(),
+  ) {}
+
+  /** Takes a token from `key`'s bucket, or says how long until one is available. */
+  take(key: string): Take {
+    const t = this.now();
+    let b = this.buckets.get(key);
+    if (b) {
+      this.buckets.delete(key); // re-insert below: Map order is our LRU order
+      b.tokens = Math.min(this.burst, b.tokens + ((t - b.at) / 1000) * this.ratePerSec);
+      b.at = t;
+    } else {
+      b = { tokens: this.burst, at: t };
+      if (this.buckets.size >= this.maxKeys) this.buckets.delete(this.buckets.keys().next().value as string);
+    }
+    this.buckets.set(key, b);
+    if (b.tokens >= 1) {
+      b.tokens -= 1;
+      return { ok: true };
+    }
+    return { ok: false, retryAfterSec: Math.max(1, Math.ceil((1 - b.tokens) / this.ratePerSec)) };
+  }
+}

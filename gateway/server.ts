@@ -1,0 +1,275 @@
+/**
+ * The gateway's HTTP front: one port that speaks the Connect protocol (JSON
+ * and binary), gRPC-Web and gRPC, over HTTP/1.1 and cleartext HTTP/2 (h2c,
+ * told apart by the connection preface). Around the Connect handlers: request
+ * ids, CORS, a body size limit, rate limits, authentication and one access
+ * log line per call.
+ */
+import { randomUUID } from "node:crypto";
+import http from "node:http";
+import http2 from "node:http2";
+import net from "node:net";
+import { Duplex } from "node:stream";
+import {
+  Code,
+  ConnectError,
+  type ConnectRouter,
+  cors as connectCors,
+  createContextValues,
+  type Interceptor,
+} from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { Logger } from "../platform/index.js";
+import { AuthError, type Authenticator } from "./auth.js";
+import { type ClientInfo, kClient, kIdentity } from "./forward.js";
+import type { RateLimiter } from "./limits.js";
+
+/** What the HTTP front needs. */
+export interface FrontOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly log: Logger;
+  readonly routes: (router: ConnectRouter) => void;
+  readonly authenticate: Authenticator;
+  readonly perPrincipal: RateLimiter;
+  readonly perIp: RateLimiter;
+  readonly maxBodyBytes: number;
+  /** Allowed CORS origins; "*" allows any; empty disables CORS. */
+  readonly corsOrigins: readonly string[];
+  /** Take the client IP from X-Forwarded-For (only behind a trusted proxy). */
+  readonly trustProxy: boolean;
+}
+
+/** A listening gateway front. */
+export interface RunningFront {
+  readonly port: number;
+  readonly url: string;
+  /** Stops accepting connections, lets in-flight calls finish within `graceMs`, then closes the rest. */
+  stop(graceMs: number): Promise<void>;
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+function protocolOf(contentType: string | null): string {
+  if (!contentType) return "connect";
+  if (contentType.startsWith("application/grpc-web")) return "grpc-web";
+  if (contentType.startsWith("application/grpc")) return "grpc";
+  return "connect";
+}
+
+/** The traceparent's trace id, when the client sent a valid one. */
+function traceIdOf(traceparent: string): string {
+  return /^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$/.exec(traceparent)?.[1] ?? "";
+}
+
+/**
+ * The socket as a plain duplex stream that first yields the bytes already
+ * read. Node's HTTP/2 server reads a net.Socket through its native handle
+ * and would never see bytes put back with unshift(); given a non-socket
+ * duplex it reads through JavaScript instead.
+ */
+function replaying(socket: net.Socket, first: Buffer): Duplex {
+  const d = new Duplex({
+    read: () => {
+      socket.resume();
+    },
+    write: (chunk: Buffer, _enc, cb) => {
+      socket.write(chunk, cb);
+    },
+    final: (cb) => {
+      socket.end(cb);
+    },
+    destroy: (err, cb) => {
+      socket.destroy(err ?? undefined);
+      cb(err);
+    },
+  });
+  d.push(first);
+  socket.on("data", (chunk: Buffer) => {
+    if (!d.push(chunk)) socket.pause();
+  });
+  socket.once("end", () => d.push(null));
+  socket.once("error", (err) => d.destroy(err));
+  socket.once("close", () => d.destroy());
+  return d;
+}
+
+/** Starts the front on `host:port`. */
+export async function startFront(o: FrontOptions): Promise<RunningFront> {
+  const accessLog: Interceptor = (next) => async (req) => {
+    const started = performance.now();
+    const client = req.contextValues.get(kClient);
+    const line = (code: string) =>
+      o.log.info(
+        {
+          procedure: req.url.slice(req.url.indexOf("/", 8)),
+          protocol: protocolOf(req.header.get("content-type")),
+          code,
+          ms: Math.round((performance.now() - started) * 10) / 10,
+          principal: req.contextValues.get(kIdentity)?.subject ?? "",
+          ip: client.ip,
+          request_id: client.requestId,
+          trace_id: traceIdOf(client.traceparent),
+        },
+        "access",
+      );
+    try {
+      const res = await next(req);
+      if (!res.stream) {
+        line("OK");
+        return res;
+      }
+      // A stream's outcome is known when it ends.
+      const message = res.message;
+      return {
+        ...res,
+        message: (async function* () {
+          try {
+            yield* message;
+            line("OK");
+          } catch (err) {
+            line(Code[ConnectError.from(err).code] ?? "Unknown");
+            throw err;
+          }
+        })(),
+      };
+    } catch (err) {
+      line(Code[ConnectError.from(err).code] ?? "Unknown");
+      throw err;
+    }
+  };
+
+  const guard: Interceptor = (next) => async (req) => {
+    const client = req.contextValues.get(kClient);
+    const limited = (what: string, retryAfterSec: number) =>
+      new ConnectError(`rate limit exceeded (${what}); retry after ${retryAfterSec}s`, Code.ResourceExhausted, {
+        "retry-after": String(retryAfterSec),
+      });
+    const byIp = o.perIp.take(`ip:${client.ip}`);
+    if (!byIp.ok) throw limited("client address", byIp.retryAfterSec);
+    try {
+      req.contextValues.set(kIdentity, await o.authenticate(req.header.get("authorization")));
+    } catch (err) {
+      if (!(err instanceof AuthError)) throw err;
+      o.log.debug({ reason: err.message, ip: client.ip, request_id: client.requestId }, "authentication failed");
+      // One generic answer for every failure: no hint which check failed.
+      throw new ConnectError("authentication required: a valid bearer token", Code.Unauthenticated);
+    }
+    const who = req.contextValues.get(kIdentity)?.subject ?? "";
+    const byPrincipal = o.perPrincipal.take(`sub:${who}`);
+    if (!byPrincipal.ok) throw limited("principal", byPrincipal.retryAfterSec);
+    return next(req);
+  };
+
+  const connect = connectNodeAdapter({
+    routes: o.routes,
+    interceptors: [accessLog, guard],
+    readMaxBytes: o.maxBodyBytes,
+    contextValues: (req) => {
+      const values = createContextValues();
+      const requestId = String(req.headers["x-request-id"] ?? "");
+      const forwarded = o.trustProxy
+        ? String(req.headers["x-forwarded-for"] ?? "")
+            .split(",")[0]
+            ?.trim()
+        : "";
+      const info: ClientInfo = {
+        ip: forwarded || req.socket.remoteAddress || "",
+        requestId: REQUEST_ID.test(requestId) ? requestId : "",
+        traceparent: String(req.headers.traceparent ?? ""),
+      };
+      values.set(kClient, info);
+      return values;
+    },
+  });
+
+  const allowOrigin = (origin: string | undefined) =>
+    origin !== undefined && (o.corsOrigins.includes("*") || o.corsOrigins.includes(origin));
+
+  const handle = (
+    req: http.IncomingMessage | http2.Http2ServerRequest,
+    res: http.ServerResponse | http2.Http2ServerResponse,
+  ) => {
+    // A request id is accepted from the client or generated, and always returned.
+    let requestId = String(req.headers["x-request-id"] ?? "");
+    if (!REQUEST_ID.test(requestId)) {
+      requestId = randomUUID();
+      req.headers["x-request-id"] = requestId;
+    }
+    res.setHeader("x-request-id", requestId);
+    const origin = req.headers.origin;
+    if (allowOrigin(origin)) {
+      res.setHeader("access-control-allow-origin", origin as string);
+      res.setHeader("vary", "Origin");
+      res.setHeader(
+        "access-control-expose-headers",
+        [...connectCors.exposedHeaders, "x-request-id", "retry-after"].join(", "),
+      );
+      if (req.method === "OPTIONS") {
+        res.setHeader("access-control-allow-methods", connectCors.allowedMethods.join(", "));
+        res.setHeader(
+          "access-control-allow-headers",
+          [...connectCors.allowedHeaders, "authorization", "x-request-id", "traceparent"].join(", "),
+        );
+        res.setHeader("access-control-max-age", "7200");
+        res.writeHead(204);
+        res.end();
+        return;
+      }
+    }
+    const length = Number(req.headers["content-length"] ?? 0);
+    if (length > o.maxBodyBytes) {
+      // Refuse before reading: 413 with a Connect-shaped error body.
+      res.writeHead(413, { "content-type": "application/json" });
+      res.end(
+        JSON.stringify({
+          code: "resource_exhausted",
+          message: `request body of ${length} bytes exceeds the limit of ${o.maxBodyBytes}`,
+        }),
+      );
+      return;
+    }
+    connect(req as http.IncomingMessage, res as http.ServerResponse);
+  };
+
+  const h1 = http.createServer(handle);
+  const h2 = http2.createServer({}, handle);
+  const sockets = new Set<net.Socket>();
+  // One port for both: HTTP/2 with prior knowledge starts with the connection preface "PRI * HTTP/2.0".
+  const front = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+    socket.once("data", (first: Buffer) => {
+      if (first.subarray(0, 3).toString("latin1") === "PRI") {
+        h2.emit("connection", replaying(socket, first));
+      } else {
+        socket.pause();
+        socket.unshift(first);
+        h1.emit("connection", socket);
+        socket.resume();
+      }
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    front.once("error", reject);
+    front.listen(o.port, o.host, () => resolve());
+  });
+  const addr = front.address();
+  const port = typeof addr === "object" && addr ? addr.port : o.port;
+  const dialHost = o.host === "0.0.0.0" || o.host === "::" ? "127.0.0.1" : o.host;
+  o.log.info({ port, protocols: ["connect", "grpc-web", "grpc"], http: ["1.1", "h2c"] }, "gateway listening");
+
+  return {
+    port,
+    url: `http://${dialHost}:${port}`,
+    async stop(graceMs) {
+      front.close();
+      h1.close();
+      h1.closeIdleConnections();
+      h2.close();
+      const deadline = Date.now() + graceMs;
+      while (sockets.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
+      for (const s of sockets) s.destroy();
+    },
+  };
+}

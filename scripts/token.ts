@@ -1,0 +1,15 @@
+/**
+ * `make token USER=alice [ROLE=admin]`: prints a development JWT (HS256,
+ * signed with the public development key unless JWT_SECRET is set) for the
+ * gateway. Valid for an hour.
+ */
+import { signDevToken } from "../gateway/auth.js";
+import { loadConfig } from "../gateway/config.js";
+
+const [user = "alice", role = "customer"] = process.argv.slice(2);
+if (!/^[A-Za-z0-9._:@-]{1,128}$/.test(user)) {
+  process.stderr.write(`USER must be 1..128 of [A-Za-z0-9._:@-], got ${JSON.stringify(user)}\n`);
+  process.exit(2);
+}
+const config = loadConfig(process.env);
+process.stdout.write(`${await signDevToken(config, user, role.split(","))}\n`);
