@@ -10,6 +10,7 @@ import {
   RestockRequestSchema,
 } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
 import {
+  Code,
   decodePageToken,
   encodePageToken,
   IdempotencyKeyReusedError,
@@ -18,7 +19,9 @@ import {
   requestFingerprint,
   requireId,
   requireIdempotencyKey,
+  requireIdentity,
   requireQuantity,
+  ServiceError,
   type ServiceImpl,
 } from "../../platform/index.js";
 import { OutOfStockError, type ProductRecord, validateReservation } from "./domain.js";
@@ -96,7 +99,10 @@ export function createInventoryApi({ store }: InventoryApiDeps): ServiceImpl<typ
       return { reservation: reservationMessage(released.reservation) };
     },
 
-    restock(req) {
+    restock(req, ctx) {
+      if (!requireIdentity(ctx.metadata).roles.includes("admin")) {
+        throw new ServiceError(Code.PERMISSION_DENIED, "Restock needs the admin role");
+      }
       requireIdempotencyKey(req.idempotencyKey);
       requireId(req.productId, "product_id");
       requireQuantity(req.quantity, "quantity", 1, MAX_RESTOCK);

@@ -7,7 +7,7 @@ import { isMessage } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PreconditionFailureSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { InventoryService, ReservationStatus } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
-import { Code, createChannel, createClient, silentLogger } from "../../platform/index.js";
+import { Code, createChannel, createClient, identityMetadata, silentLogger } from "../../platform/index.js";
 import { dbSnapshot, tempDir } from "../../test/fixtures.js";
 import { expectRpcError } from "../../test/rpc.js";
 import { type InventoryApp, startInventory } from "./app.js";
@@ -40,6 +40,7 @@ const dbPath = join(dir.path, "inventory.db");
 const snapshot = () => dbSnapshot(dbPath);
 const stock = () => dbSnapshot(dbPath, ["products"]);
 
+const admin = { metadata: identityMetadata({ subject: "ops", roles: ["admin"] }) };
 let seq = 0;
 const key = () => `test-key-${++seq}`;
 
@@ -126,7 +127,7 @@ describe("reservations", () => {
     // Stock is untouched; only the rejection is remembered under its key.
     expect(stock()).toBe(s);
     // Even after a restock, the same key answers what it answered first.
-    await inventory.restock({ idempotencyKey: key(), productId: "limited-print", quantity: 5 });
+    await inventory.restock({ idempotencyKey: key(), productId: "limited-print", quantity: 5 }, admin);
     await expectRpcError(inventory.reserveStock(req), Code.FAILED_PRECONDITION);
   });
 
@@ -155,17 +156,17 @@ describe("reservations", () => {
     }
     await expectRpcError(inventory.releaseStock({ reservationId: "" }), Code.INVALID_ARGUMENT, "reservation_id");
     await expectRpcError(
-      inventory.restock({ idempotencyKey: key(), productId: "ceramic-mug", quantity: 0 }),
+      inventory.restock({ idempotencyKey: key(), productId: "ceramic-mug", quantity: 0 }, admin),
       Code.INVALID_ARGUMENT,
       "quantity",
     );
     await expectRpcError(
-      inventory.restock({ idempotencyKey: key(), productId: "ceramic-mug", quantity: -1 }),
+      inventory.restock({ idempotencyKey: key(), productId: "ceramic-mug", quantity: -1 }, admin),
       Code.INVALID_ARGUMENT,
       "quantity",
     );
     await expectRpcError(
-      inventory.restock({ idempotencyKey: "", productId: "ceramic-mug", quantity: 1 }),
+      inventory.restock({ idempotencyKey: "", productId: "ceramic-mug", quantity: 1 }, admin),
       Code.INVALID_ARGUMENT,
       "idempotency_key",
     );
@@ -186,7 +187,10 @@ describe("reservations", () => {
       Code.NOT_FOUND,
     );
     await expectRpcError(inventory.releaseStock({ reservationId: "res_unknown" }), Code.NOT_FOUND);
-    await expectRpcError(inventory.restock({ idempotencyKey: key(), productId: "ghost", quantity: 1 }), Code.NOT_FOUND);
+    await expectRpcError(
+      inventory.restock({ idempotencyKey: key(), productId: "ghost", quantity: 1 }, admin),
+      Code.NOT_FOUND,
+    );
     expect(snapshot()).toBe(s);
   });
 
@@ -214,13 +218,24 @@ describe("reservations", () => {
     expect(end?.reserved).toBe((start?.reserved ?? 0) + 10);
   });
 
+  it("restocks only for an admin identity", async () => {
+    const s = snapshot();
+    const req = { idempotencyKey: key(), productId: "paper-filters", quantity: 1 };
+    await expectRpcError(inventory.restock(req), Code.UNAUTHENTICATED);
+    await expectRpcError(
+      inventory.restock(req, { metadata: identityMetadata({ subject: "carol", roles: ["customer"] }) }),
+      Code.PERMISSION_DENIED,
+    );
+    expect(snapshot()).toBe(s);
+  });
+
   it("restocks idempotently by key", async () => {
     const k = key();
-    const a = (await inventory.restock({ idempotencyKey: k, productId: "paper-filters", quantity: 10 })).product;
-    const b = (await inventory.restock({ idempotencyKey: k, productId: "paper-filters", quantity: 10 })).product;
+    const a = (await inventory.restock({ idempotencyKey: k, productId: "paper-filters", quantity: 10 }, admin)).product;
+    const b = (await inventory.restock({ idempotencyKey: k, productId: "paper-filters", quantity: 10 }, admin)).product;
     expect(b?.available).toBe(a?.available);
     await expectRpcError(
-      inventory.restock({ idempotencyKey: k, productId: "paper-filters", quantity: 11 }),
+      inventory.restock({ idempotencyKey: k, productId: "paper-filters", quantity: 11 }, admin),
       Code.ALREADY_EXISTS,
     );
   });
