@@ -444,7 +444,8 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
     h.set("x-dlq-stream-seq", String(m.seq));
     h.set("x-dlq-deliveries", String(m.info.deliveryCount));
     await bus.js.publish(`dlq.${durable}`, m.data, { headers: h, msgID: `${durable}:${m.seq}` });
-    m.term(reason.slice(0, 200));
+    // No reason argument: nats-server 2.9 ignores term() with a reason and keeps the message pending.
+    m.term();
     clog.warn({ subject: m.subject, seq: m.seq, reason }, "event dead-lettered");
     opts.onDeadLetter?.(reason);
   };

@@ -9,14 +9,14 @@ import type { DescMessage, MessageInitShape } from "@bufbuild/protobuf";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import {
   type Bus,
-  EVENT_SUBJECTS,
   type EventType,
   OUTBOX_MIGRATION,
   Outbox,
   OutboxRelay,
+  openDatabase,
   type StreamName,
-} from "../platform/events.js";
-import { openDatabase, silentLogger } from "../platform/index.js";
+  silentLogger,
+} from "../platform/index.js";
 
 /** One event to publish; make it with {@link event}. */
 export interface PendingEvent {
@@ -73,14 +73,6 @@ export async function publishEvents(bus: Bus, events: readonly PendingEvent[], s
     await relay.stop();
     db.close();
   }
-}
-
-/** The stream an event type is published on. */
-export function streamOf(type: EventType): StreamName {
-  const subject = EVENT_SUBJECTS[type];
-  if (subject.startsWith("order.")) return "ORDER";
-  if (subject.startsWith("inventory.")) return "INVENTORY";
-  return "PAYMENT";
 }
 
 /**

@@ -13,13 +13,14 @@
  * everything the same way. Exits 0 after printing events per stream, the
  * total and the elapsed time; 1 on failure; 78 on bad configuration.
  *
- * Even run next to a live service the result is right (both sides go
- * through the inbox, and the projection does not depend on event order),
- * but readers would see a partial view until it finishes.
+ * Next to a live service it would still converge (both sides go through
+ * the inbox, and the projection ignores event order), but readers would see
+ * a partial view meanwhile.
  */
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { type DescMessage, fromBinary } from "@bufbuild/protobuf";
+import type { JsMsg } from "@nats-io/jetstream";
 import {
   type Bus,
   ConfigError,
@@ -109,6 +110,7 @@ async function replayStream(consumer: HistoryConsumer, opts: ReplayOptions): Pro
   // An ordered consumer: ephemeral, from the first retained message, no acks, nothing to clean up.
   const messages = await (await bus.js.consumers.get(stream)).consume({ max_messages: 256 });
   let lastSeq = 0;
+  let complete = false;
   let lastAt = Date.now();
   const idleMs = opts.idleTimeoutMs ?? 30_000;
   const watchdog = setInterval(() => {
@@ -119,29 +121,23 @@ async function replayStream(consumer: HistoryConsumer, opts: ReplayOptions): Pro
       lastAt = Date.now();
       lastSeq = m.seq;
       counts.events++;
-      const outcome = applyMessage(
-        store,
-        durable,
-        handlers,
-        m.subject,
-        m.headers?.get("ce-type") ?? "",
-        m.headers?.get("ce-id") ?? "",
-        m.headers?.get("traceparent") ?? "",
-        m.data,
-      );
+      const outcome = applyMessage(store, durable, handlers, m);
       if (typeof outcome === "string") {
         counts.skipped++;
         log.warn({ stream, seq: m.seq, reason: outcome }, "event skipped");
       } else if (outcome) counts.applied++;
       else counts.duplicates++;
       if (counts.events % every === 0) opts.onProgress?.(report(), false);
-      if (m.seq >= end || m.info.pending === 0) break;
+      if (m.seq >= end || m.info.pending === 0) {
+        complete = true;
+        break;
+      }
     }
   } finally {
     clearInterval(watchdog);
     await messages.close();
   }
-  if (lastSeq < end) {
+  if (!complete) {
     throw new Error(`replay of ${stream} stopped at sequence ${lastSeq} of ${end} (no message for ${idleMs} ms)`);
   }
   opts.onProgress?.(report(), true);
@@ -155,24 +151,28 @@ async function replayStream(consumer: HistoryConsumer, opts: ReplayOptions): Pro
 function applyMessage(
   store: HistoryStore,
   durable: string,
-  handlers: Map<EventType, (event: never, ctx: EventContext) => void>,
-  subject: string,
-  typeHeader: string,
-  eventId: string,
-  traceparent: string,
-  data: Uint8Array,
+  handlers: ReadonlyMap<EventType, (event: never, ctx: EventContext) => void>,
+  m: JsMsg,
 ): boolean | string {
+  const typeHeader = m.headers?.get("ce-type") ?? "";
+  const eventId = m.headers?.get("ce-id") ?? "";
   const type = typeHeader as EventType;
   if (!eventId || !EVENT_SUBJECTS[type]) return `not a shopmesh event (ce-type=${JSON.stringify(typeHeader)})`;
   const fn = handlers.get(type);
   if (!fn) return `${type} is not projected`;
   let event: unknown;
   try {
-    event = fromBinary(EVENT_REGISTRY.getMessage(type) as DescMessage, data);
+    event = fromBinary(EVENT_REGISTRY.getMessage(type) as DescMessage, m.data);
   } catch (err) {
     return `undecodable ${type} payload: ${(err as Error).message}`;
   }
-  const ctx: EventContext = { eventId, type, subject, deliveryCount: 1, traceparent };
+  const ctx: EventContext = {
+    eventId,
+    type,
+    subject: m.subject,
+    deliveryCount: 1,
+    traceparent: m.headers?.get("traceparent") ?? "",
+  };
   try {
     return store.once(durable, eventId, type, () => fn(event as never, ctx));
   } catch (err) {
@@ -248,7 +248,10 @@ async function main(): Promise<number> {
   return 0;
 }
 
-const invokedDirectly = process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url);
+// Extensions aside: tsx also runs this file when asked for rebuild.js.
+const withoutExt = (path: string) => path.replace(/\.[cm]?[jt]s$/, "");
+const invokedDirectly =
+  process.argv[1] !== undefined && withoutExt(resolve(process.argv[1])) === withoutExt(fileURLToPath(import.meta.url));
 if (invokedDirectly) {
   try {
     process.exitCode = await main();

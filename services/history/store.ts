@@ -108,6 +108,8 @@ export class HistoryStore {
       remember: db.prepare<[string, string, string, number]>(
         "INSERT INTO inbox (consumer, event_id, type, handled_at) VALUES (?, ?, ?, ?)",
       ),
+      clearViews: db.prepare("DELETE FROM order_history"),
+      clearInbox: db.prepare("DELETE FROM inbox"),
     };
   }
 
@@ -173,8 +175,8 @@ export class HistoryStore {
   reset(): { views: number; inbox: number } {
     return this.db
       .transaction(() => ({
-        views: this.db.prepare("DELETE FROM order_history").run().changes,
-        inbox: this.db.prepare("DELETE FROM inbox").run().changes,
+        views: this.q.clearViews.run().changes,
+        inbox: this.q.clearInbox.run().changes,
       }))
       .immediate();
   }

@@ -44,7 +44,8 @@ describe("notificationFor", () => {
   });
 
   it("tells why an order was cancelled, as one sentence", () => {
-    const cancelled = (reason: string) => notificationFor(create(OrderCancelledSchema, { meta, customerId: "bob", reason }));
+    const cancelled = (reason: string) =>
+      notificationFor(create(OrderCancelledSchema, { meta, customerId: "bob", reason }));
     expect(cancelled("payment declined: card declined")).toEqual({
       customerId: "bob",
       orderId: "ord-1",

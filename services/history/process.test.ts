@@ -1,0 +1,103 @@
+/**
+ * The history service and its rebuild command as real processes: the
+ * service builds the view from the bus and exits 0 on SIGTERM; with the
+ * database gone, `rebuild.ts` replays the streams, prints its progress and
+ * exits 0, and the view is back as it was.
+ */
+import { spawn } from "node:child_process";
+import { rmSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { HistoryService } from "../../gen/shopmesh/history/v1/history_pb.js";
+import { StockReservedSchema } from "../../gen/shopmesh/inventory/v1/events_pb.js";
+import { OrderConfirmedSchema, OrderPlacedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
+import { OrderStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
+import { PaymentSucceededSchema } from "../../gen/shopmesh/payment/v1/events_pb.js";
+import { PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
+import { connectBus, createChannel, createClient, identityMetadata, silentLogger } from "../../platform/index.js";
+import { consumerSettled, event, publishEvents } from "../../test/events.js";
+import { dbSnapshot, exited, ROOT, spawnService, tempDir } from "../../test/fixtures.js";
+import { startNats } from "../../test/nats.js";
+
+/** Runs `services/history/rebuild.ts` as its own process; its exit code and output. */
+async function rebuild(
+  env: Record<string, string>,
+): Promise<{ code: number | string; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "services/history/rebuild.ts")], {
+    cwd: ROOT,
+    env: { ...process.env, LOG_FORMAT: "json", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+  const code = await exited(child);
+  // 'exit' can come before the last output is read.
+  await new Promise((r) => setTimeout(r, 50));
+  return { code, stdout, stderr };
+}
+
+describe("history process", () => {
+  it("serves the view built from the bus; the rebuild command restores it after the database is lost", async () => {
+    await using nats = await startNats();
+    using dir = tempDir();
+    const dbPath = join(dir.path, "history.db");
+    const env = { DB_PATH: dbPath, NATS_URL: nats.url };
+    const bus = await connectBus(nats.url, "history-process-test", silentLogger());
+    try {
+      const svc = await spawnService("history", env);
+      await using _svc = svc;
+      await publishEvents(bus, [
+        event(OrderPlacedSchema, "ord-p1", { customerId: "lea", items: [{ productId: "paper-filters", quantity: 3 }] }),
+        event(StockReservedSchema, "ord-p1", { total: { currencyCode: "USD", amountMinor: 1200n } }),
+        event(PaymentSucceededSchema, "ord-p1", {
+          customerId: "lea",
+          amount: { currencyCode: "USD", amountMinor: 1200n },
+        }),
+        event(OrderConfirmedSchema, "ord-p1", {
+          customerId: "lea",
+          total: { currencyCode: "USD", amountMinor: 1200n },
+        }),
+      ]);
+      for (const [stream, durable] of [
+        ["ORDER", "history-order"],
+        ["INVENTORY", "history-inventory"],
+        ["PAYMENT", "history-payment"],
+      ] as const) {
+        await consumerSettled(bus, stream, durable);
+      }
+      const ch = createChannel(svc.address);
+      const lea = { metadata: identityMetadata({ subject: "lea", roles: ["customer"] }) };
+      const { entries } = await createClient(HistoryService, ch).listOrderHistory({}, lea);
+      ch.close();
+      expect(entries).toHaveLength(1);
+      expect(entries[0]).toMatchObject({
+        orderId: "ord-p1",
+        status: OrderStatus.CONFIRMED,
+        paymentStatus: PaymentStatus.CAPTURED,
+        total: { amountMinor: 1200n },
+      });
+      expect(await svc.kill("SIGTERM")).toBe(0);
+      const before = dbSnapshot(dbPath, ["order_history"]);
+
+      for (const suffix of ["", "-wal", "-shm"]) rmSync(`${dbPath}${suffix}`, { force: true });
+      const run = await rebuild(env);
+      expect(run.code, run.stderr).toBe(0);
+      expect(run.stdout).toContain("ORDER: 2 events (2 applied, 0 duplicates, 0 skipped)");
+      expect(run.stdout).toContain("INVENTORY: 1 events (1 applied");
+      expect(run.stdout).toContain("PAYMENT: 1 events (1 applied");
+      expect(run.stdout).toMatch(/total: 4 events \(4 applied, 0 duplicates, 0 skipped\) in \d+\.\d+ s; 1 orders/);
+      expect(dbSnapshot(dbPath, ["order_history"])).toBe(before);
+    } finally {
+      await bus.close();
+    }
+  });
+
+  it("refuses to rebuild without the bus, naming the variable", async () => {
+    using dir = tempDir();
+    const run = await rebuild({ DB_PATH: join(dir.path, "h.db"), NATS_URL: "off" });
+    expect(run.code).toBe(78);
+    expect(run.stderr).toContain("NATS_URL");
+  });
+});

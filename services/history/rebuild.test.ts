@@ -1,0 +1,190 @@
+/**
+ * Rebuilding the history view from the streams, in-process against a real
+ * nats-server: the replay builds the view the live consumers build, records
+ * the inbox so the restarted service applies nothing twice, and skips what
+ * the live consumers would dead-letter.
+ */
+import { rmSync } from "node:fs";
+import { join } from "node:path";
+import { headers as natsHeaders } from "@nats-io/transport-node";
+import Database from "better-sqlite3";
+import { describe, expect, it } from "vitest";
+import { StockReleasedSchema, StockReservedSchema } from "../../gen/shopmesh/inventory/v1/events_pb.js";
+import {
+  OrderCancelledSchema,
+  OrderConfirmedSchema,
+  OrderPlacedSchema,
+} from "../../gen/shopmesh/order/v1/events_pb.js";
+import {
+  PaymentFailedSchema,
+  PaymentRefundedSchema,
+  PaymentSucceededSchema,
+} from "../../gen/shopmesh/payment/v1/events_pb.js";
+import { type Bus, connectBus, silentLogger } from "../../platform/index.js";
+import { consumerSettled, event, publishEvents } from "../../test/events.js";
+import { dbSnapshot, tempDir } from "../../test/fixtures.js";
+import { startNats } from "../../test/nats.js";
+import { startHistory } from "./app.js";
+import { loadConfig } from "./config.js";
+import { replay, type StreamReplay } from "./rebuild.js";
+import { HistoryStore } from "./store.js";
+
+const log = silentLogger();
+const usd = (amountMinor: bigint) => ({ currencyCode: "USD", amountMinor });
+const lines = [{ productId: "ceramic-mug", quantity: 1 }];
+const CONSUMERS = [
+  ["ORDER", "history-order"],
+  ["INVENTORY", "history-inventory"],
+  ["PAYMENT", "history-payment"],
+] as const;
+
+async function settled(bus: Bus): Promise<void> {
+  for (const [stream, durable] of CONSUMERS) await consumerSettled(bus, stream, durable);
+}
+
+function removeDb(path: string): void {
+  for (const suffix of ["", "-wal", "-shm"]) rmSync(`${path}${suffix}`, { force: true });
+}
+
+/** The view's rows by order id (rowids depend on the order rows were first written in). */
+function viewRows(path: string): unknown[] {
+  const db = new Database(path, { readonly: true });
+  try {
+    return db.prepare("SELECT * FROM order_history ORDER BY order_id").all();
+  } finally {
+    db.close();
+  }
+}
+
+const counts = (s: StreamReplay) => [s.stream, s.durable, s.events, s.applied, s.duplicates, s.skipped];
+
+describe("history rebuild", () => {
+  it("replays into the view the live consumers build, and the restarted service applies nothing twice", async () => {
+    await using nats = await startNats();
+    using dir = tempDir();
+    const dbPath = join(dir.path, "history.db");
+    const config = loadConfig({
+      GRPC_PORT: "0",
+      GRPC_HOST: "127.0.0.1",
+      DB_PATH: dbPath,
+      NATS_URL: nats.url,
+      SHUTDOWN_GRACE_MS: "1000",
+    });
+    const bus = await connectBus(nats.url, "history-rebuild-test", log);
+    try {
+      // 1. The live service builds the view of the first events.
+      let app = await startHistory(config, log);
+      await publishEvents(bus, [
+        event(OrderPlacedSchema, "ord-r1", { customerId: "ivy", items: lines }),
+        event(OrderPlacedSchema, "ord-r2", { customerId: "ivy", items: lines }),
+        event(StockReservedSchema, "ord-r1", { reservationId: "res_r1", items: lines, total: usd(1500n) }),
+        event(StockReservedSchema, "ord-r2", { reservationId: "res_r2", items: lines, total: usd(1500n) }),
+        event(PaymentSucceededSchema, "ord-r1", { paymentId: "pay_r1", customerId: "ivy", amount: usd(1500n) }),
+      ]);
+      await settled(bus);
+      await app.stop();
+      const firstView = viewRows(dbPath);
+      expect(firstView).toHaveLength(2);
+
+      // 2. More events while the service is stopped: its durable consumers will get them on restart.
+      await publishEvents(bus, [
+        event(OrderConfirmedSchema, "ord-r1", { customerId: "ivy", total: usd(1500n), paymentId: "pay_r1" }),
+        event(PaymentFailedSchema, "ord-r2", { paymentId: "pay_r2", customerId: "ivy", reason: "card declined" }),
+        event(StockReleasedSchema, "ord-r2", { reservationId: "res_r2", items: lines }),
+        event(OrderCancelledSchema, "ord-r2", { customerId: "ivy", reason: "payment declined" }),
+        event(OrderPlacedSchema, "ord-r3", { customerId: "jon", items: lines }),
+        event(PaymentRefundedSchema, "ord-r9", { paymentId: "pay_r9", customerId: "jon", amount: usd(700n) }),
+      ]);
+
+      // 3. The database is lost; the replay rebuilds it from the streams.
+      removeDb(dbPath);
+      const store = HistoryStore.open(dbPath);
+      const finished: string[] = [];
+      const report = await replay({
+        store,
+        bus,
+        log,
+        onProgress: (s, done) => {
+          if (done) finished.push(s.stream);
+        },
+      });
+      expect(report.streams.map(counts)).toEqual([
+        ["ORDER", "history-order", 5, 5, 0, 0],
+        ["INVENTORY", "history-inventory", 3, 3, 0, 0],
+        ["PAYMENT", "history-payment", 3, 3, 0, 0],
+      ]);
+      expect(report.total).toBe(11);
+      expect(report.cleared).toEqual({ views: 0, inbox: 0 });
+      expect(finished).toEqual(["ORDER", "INVENTORY", "PAYMENT"]);
+      expect(store.view("ord-r1")).toMatchObject({ status: "CONFIRMED", paymentStatus: "CAPTURED" });
+      expect(store.view("ord-r2")).toMatchObject({ status: "CANCELLED", paymentStatus: "DECLINED" });
+      expect(store.view("ord-r9")).toMatchObject({ customerId: "jon", status: null, paymentStatus: "REFUNDED" });
+      store.close();
+      const rebuilt = dbSnapshot(dbPath);
+
+      // 4. Restarted, the service is handed the events of step 2 again (and, its
+      // PAYMENT consumer deleted, every payment event): the inbox knows them all.
+      await bus.jsm.consumers.delete("PAYMENT", "history-payment");
+      app = await startHistory(config, log);
+      await settled(bus);
+      const redelivered = await bus.jsm.consumers.info("ORDER", "history-order");
+      expect(redelivered.delivered.stream_seq).toBe(5);
+      await app.stop();
+      expect(dbSnapshot(dbPath), "no view row or inbox row changed").toBe(rebuilt);
+
+      // 5. The same view as live consumers build from nothing.
+      const rebuiltView = viewRows(dbPath);
+      removeDb(dbPath);
+      for (const [stream, durable] of CONSUMERS) await bus.jsm.consumers.delete(stream, durable);
+      app = await startHistory(config, log);
+      await settled(bus);
+      await app.stop();
+      expect(viewRows(dbPath)).toEqual(rebuiltView);
+      expect(rebuiltView).toHaveLength(4);
+    } finally {
+      await bus.close();
+    }
+  });
+
+  it("empties what was there, and skips what the live consumers would dead-letter", async () => {
+    await using nats = await startNats();
+    using dir = tempDir();
+    const bus = await connectBus(nats.url, "history-rebuild-skip-test", log);
+    const store = HistoryStore.open(join(dir.path, "history.db"));
+    try {
+      store.once("history-order", "evt_stale", "shopmesh.order.v1.OrderPlaced", () =>
+        store.apply({
+          eventId: "evt_stale",
+          type: "shopmesh.order.v1.OrderPlaced",
+          orderId: "ord-stale",
+          occurredAt: 1,
+          customerId: "kim",
+          status: "PENDING",
+        }),
+      );
+      const poison = natsHeaders();
+      poison.set("ce-type", "shopmesh.order.v1.OrderPlaced");
+      poison.set("ce-id", "evt_poison");
+      await bus.js.publish("order.order.placed", new Uint8Array([0xff, 0xff, 0xff]), { headers: poison });
+      await bus.js.publish("order.order.placed", new Uint8Array([1]));
+      const [good] = await publishEvents(bus, [
+        event(OrderPlacedSchema, "ord-s1", { customerId: "kim", items: lines }),
+        // Names no order: unusable.
+        event(OrderConfirmedSchema, "", { customerId: "kim" }),
+      ]);
+
+      const report = await replay({ store, bus, log });
+      expect(report.cleared).toEqual({ views: 1, inbox: 1 });
+      expect(report.streams.map(counts)).toEqual([
+        ["ORDER", "history-order", 4, 1, 0, 3],
+        ["INVENTORY", "history-inventory", 0, 0, 0, 0],
+        ["PAYMENT", "history-payment", 0, 0, 0, 0],
+      ]);
+      expect(store.all().map((v) => v.orderId)).toEqual(["ord-s1"]);
+      expect(store.view("ord-s1")?.lastEventId).toBe(good);
+    } finally {
+      store.close();
+      await bus.close();
+    }
+  });
+});
