@@ -165,6 +165,11 @@ export async function startFront(o: FrontOptions): Promise<RunningFront> {
     routes: o.routes,
     interceptors: [accessLog, guard],
     readMaxBytes: o.maxBodyBytes,
+    // Unknown procedures, internal RPCs included: a Connect-shaped 404 rather than an empty one.
+    fallback: (req, res) => {
+      res.writeHead(404, { "content-type": "application/json" });
+      res.end(JSON.stringify({ code: "unimplemented", message: `no public procedure ${req.url ?? ""}` }));
+    },
     contextValues: (req) => {
       const values = createContextValues();
       const requestId = String(req.headers["x-request-id"] ?? "");

@@ -109,13 +109,18 @@ const execFileP = promisify(execFile);
 
 /**
  * Runs `buf curl` (the @bufbuild/buf CLI, a gRPC client nobody here wrote)
- * against a plaintext gRPC server. Returns stdout; rejects with stderr on a
+ * against a plaintext server with `protocol`. Returns stdout; rejects with stderr on a
  * non-zero exit.
  */
-export async function bufCurl(args: readonly string[]): Promise<{ stdout: string; stderr: string }> {
+export async function bufCurl(
+  args: readonly string[],
+  protocol: "grpc" | "grpcweb" | "connect" = "grpc",
+): Promise<{ stdout: string; stderr: string }> {
   const buf = join(ROOT, "node_modules", ".bin", "buf");
+  // gRPC needs HTTP/2; gRPC-Web and Connect go over HTTP/1.1 like a browser.
+  const http2 = protocol === "grpc" ? ["--http2-prior-knowledge"] : [];
   try {
-    return await execFileP(buf, ["curl", "--protocol", "grpc", "--http2-prior-knowledge", ...args], { cwd: ROOT });
+    return await execFileP(buf, ["curl", "--protocol", protocol, ...http2, ...args], { cwd: ROOT });
   } catch (err) {
     const e = err as { stdout?: string; stderr?: string; code?: number };
     throw new Error(`buf curl exited ${e.code}: ${e.stderr ?? ""}${e.stdout ?? ""}`);

@@ -10,8 +10,12 @@ import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { type Order, OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
 import { type Client, createChannel, createClient, identityMetadata, silentLogger } from "../platform/index.js";
+import { type HistoryApp, startHistory } from "../services/history/app.js";
+import { loadConfig as historyConfig } from "../services/history/config.js";
 import { type InventoryApp, startInventory } from "../services/inventory/app.js";
 import { loadConfig as inventoryConfig } from "../services/inventory/config.js";
+import { type NotificationApp, startNotification } from "../services/notification/app.js";
+import { loadConfig as notificationConfig } from "../services/notification/config.js";
 import { type OrderApp, startOrder } from "../services/order/app.js";
 import { loadConfig as orderConfig } from "../services/order/config.js";
 import { type PaymentApp, startPayment } from "../services/payment/app.js";
@@ -29,6 +33,8 @@ export interface System extends AsyncDisposable {
   readonly inventory: InventoryApp;
   readonly payment: PaymentApp;
   readonly order: OrderApp;
+  readonly notification: NotificationApp;
+  readonly history: HistoryApp;
   readonly orders: Client<typeof OrderService>;
   readonly products: Client<typeof InventoryService>;
   readonly payments: Client<typeof PaymentService>;
@@ -41,8 +47,10 @@ export interface System extends AsyncDisposable {
   settle(orderId: string, subject: string, timeoutMs?: number): Promise<Order>;
 }
 
-/** Starts a nats-server, inventory, payment and order; `env` per service overrides defaults. */
-export async function startSystem(env: { inventory?: Env; payment?: Env; order?: Env } = {}): Promise<System> {
+/** Starts a nats-server and every service; `env` per service overrides defaults. */
+export async function startSystem(
+  env: { inventory?: Env; payment?: Env; order?: Env; notification?: Env; history?: Env } = {},
+): Promise<System> {
   const dir = tempDir();
   const nats = await startNats();
   const log = silentLogger();
@@ -67,6 +75,14 @@ export async function startSystem(env: { inventory?: Env; payment?: Env; order?:
     }),
     log,
   );
+  const notification = await startNotification(
+    notificationConfig({ ...base, DB_PATH: join(dir.path, "notification.db"), ...env.notification }),
+    log,
+  );
+  const history = await startHistory(
+    historyConfig({ ...base, DB_PATH: join(dir.path, "history.db"), ...env.history }),
+    log,
+  );
   const channels = [
     createChannel(order.address),
     createChannel(inventory.address),
@@ -80,6 +96,8 @@ export async function startSystem(env: { inventory?: Env; payment?: Env; order?:
     inventory,
     payment,
     order,
+    notification,
+    history,
     orders,
     products: createClient(InventoryService, channels[1]),
     payments: createClient(PaymentService, channels[2]),
@@ -98,6 +116,8 @@ export async function startSystem(env: { inventory?: Env; payment?: Env; order?:
     },
     async [Symbol.asyncDispose]() {
       for (const c of channels) c.close();
+      await history.stop();
+      await notification.stop();
       await order.stop();
       await payment.stop();
       await inventory.stop();
