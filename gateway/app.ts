@@ -1,4 +1,5 @@
 /** Wires the gateway: upstream clients (built once), routes, composition, auth, limits, HTTP front. */
+import { ServerReflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
 import { GatewayService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
 import { HistoryService } from "../gen/shopmesh/history/v1/history_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
@@ -11,6 +12,7 @@ import { createComposition } from "./compose.js";
 import type { GatewayConfig } from "./config.js";
 import { registerRoutes } from "./forward.js";
 import { RateLimiter } from "./limits.js";
+import { createReflection } from "./reflection.js";
 import { ROUTES } from "./routes.js";
 import { type RunningFront, startFront } from "./server.js";
 
@@ -45,6 +47,13 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     routes: (router) => {
       registerRoutes(router, ROUTES, clients);
       router.service(GatewayService, composition);
+      router.service(
+        ServerReflection,
+        createReflection(
+          [...ROUTES.map((r) => r.service), GatewayService],
+          new Map(ROUTES.map((r) => [r.service.typeName, r.methods])),
+        ),
+      );
     },
     authenticate: await createAuthenticator(config),
     perPrincipal: new RateLimiter(config.RATE_LIMIT_RPS, config.RATE_LIMIT_BURST),

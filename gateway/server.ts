@@ -147,6 +147,8 @@ export async function startFront(o: FrontOptions): Promise<RunningFront> {
       });
     const byIp = o.perIp.take(`ip:${client.ip}`);
     if (!byIp.ok) throw limited("client address", byIp.retryAfterSec);
+    // Reflection describes the public contract only; tools may read it without a token.
+    if (req.service.typeName === "grpc.reflection.v1.ServerReflection") return next(req);
     try {
       req.contextValues.set(kIdentity, await o.authenticate(req.header.get("authorization")));
     } catch (err) {
