@@ -35,7 +35,12 @@ export { status as Code } from "@grpc/grpc-js";
 
 const DETAILS_KEY = "grpc-status-details-bin";
 /** The google.rpc detail types shopmesh sends, for decoding them anywhere. */
-export const ERROR_DETAILS = createRegistry(BadRequestSchema, PreconditionFailureSchema, ErrorInfoSchema, ResourceInfoSchema);
+export const ERROR_DETAILS = createRegistry(
+  BadRequestSchema,
+  PreconditionFailureSchema,
+  ErrorInfoSchema,
+  ResourceInfoSchema,
+);
 const detailRegistry = ERROR_DETAILS;
 
 /** An error meant for the client: a status code, a safe message, optional rich details. */
