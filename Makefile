@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PROTOS := $(shell find proto -name '*.proto')
 GEN_STAMP := gen/shopmesh/common/v1/common_pb.ts
 
-.PHONY: help install nats generate lint typecheck test run demo token events dlq history-rebuild clean
+.PHONY: help install nats generate lint typecheck test run demo token trace events dlq history-rebuild clean
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ demo: install ## Place three orders against `make run` and print their sagas (SA
 
 token: install ## Print a development JWT for the gateway: make token USER=alice [ROLE=admin]
 	@npx tsx scripts/token.ts "$(USER)" "$(or $(ROLE),customer)"
+
+trace: install ## Print one order's trace as a waterfall: make trace ORDER=<order id> (or TRACE=<trace id>)
+	@ORDER="$(ORDER)" TRACE="$(TRACE)" npx tsx scripts/trace.ts
 
 events: install ## Tail every event on the bus, decoded (ARGS=--from-start for history)
 	npx tsx scripts/events.ts $(ARGS)

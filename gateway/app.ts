@@ -6,7 +6,14 @@ import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { NotificationService } from "../gen/shopmesh/notification/v1/notification_pb.js";
 import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
-import { createChannel, createResilientClient, type Logger, policyFrom } from "../platform/index.js";
+import {
+  type AppTelemetry,
+  createChannel,
+  createResilientClient,
+  type Logger,
+  policyFrom,
+  startAppTelemetry,
+} from "../platform/index.js";
 import { createAuthenticator } from "./auth.js";
 import { createComposition } from "./compose.js";
 import type { GatewayConfig } from "./config.js";
@@ -18,13 +25,16 @@ import { type RunningFront, startFront } from "./server.js";
 
 /** A running gateway. */
 export interface GatewayApp extends RunningFront {
+  readonly telemetry: AppTelemetry;
   /** Stops the front (draining calls) and closes upstream channels. */
   stop(): Promise<void>;
 }
 
 /** Starts the gateway. */
 export async function startGateway(config: GatewayConfig, log: Logger): Promise<GatewayApp> {
+  const telemetry = await startAppTelemetry("gateway", config.METRICS_PORT, log);
   const policy = policyFrom("UPSTREAM", config);
+  const opts = { telemetry };
   const channels = {
     inventory: createChannel(config.INVENTORY_TARGET),
     payment: createChannel(config.PAYMENT_TARGET),
@@ -33,17 +43,18 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     history: createChannel(config.HISTORY_TARGET),
   };
   const clients = {
-    inventory: createResilientClient("inventory", InventoryService, channels.inventory, policy, log),
-    payment: createResilientClient("payment", PaymentService, channels.payment, policy, log),
-    order: createResilientClient("order", OrderService, channels.order, policy, log),
-    notification: createResilientClient("notification", NotificationService, channels.notification, policy, log),
-    history: createResilientClient("history", HistoryService, channels.history, policy, log),
+    inventory: createResilientClient("inventory", InventoryService, channels.inventory, policy, log, opts),
+    payment: createResilientClient("payment", PaymentService, channels.payment, policy, log, opts),
+    order: createResilientClient("order", OrderService, channels.order, policy, log, opts),
+    notification: createResilientClient("notification", NotificationService, channels.notification, policy, log, opts),
+    history: createResilientClient("history", HistoryService, channels.history, policy, log, opts),
   };
   const composition = createComposition({ ...clients, timeoutMs: config.COMPOSITION_TIMEOUT_MS });
   const front = await startFront({
     host: config.HTTP_HOST,
     port: config.HTTP_PORT,
     log,
+    telemetry,
     routes: (router) => {
       registerRoutes(router, ROUTES, clients);
       router.service(GatewayService, composition);
@@ -66,9 +77,11 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   });
   return {
     ...front,
+    telemetry,
     async stop() {
       await front.stop(config.SHUTDOWN_GRACE_MS);
       for (const ch of Object.values(channels)) ch.close();
+      await telemetry.close();
     },
   };
 }

@@ -13,6 +13,9 @@ const spec = {
   LOG_FORMAT: commonEnv.LOG_FORMAT,
   SHUTDOWN_GRACE_MS: commonEnv.SHUTDOWN_GRACE_MS,
   NATS_URL: commonEnv.NATS_URL,
+  OTEL_EXPORTER_OTLP_ENDPOINT: commonEnv.OTEL_EXPORTER_OTLP_ENDPOINT,
+  TRACE_FILE: commonEnv.TRACE_FILE,
+  METRICS_PORT: commonEnv.METRICS_PORT,
   /** HTTP listen address. */
   HTTP_HOST: str("0.0.0.0"),
   /** HTTP port: Connect (JSON and binary), gRPC-Web and gRPC, over HTTP/1.1 and cleartext HTTP/2. */

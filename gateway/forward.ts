@@ -24,12 +24,11 @@ import type { Route, Upstream } from "./routes.js";
 export interface ClientInfo {
   readonly ip: string;
   readonly requestId: string;
-  readonly traceparent: string;
 }
 
 /** Context value: the client behind this request. */
 export const kClient = createContextKey<ClientInfo>(
-  { ip: "", requestId: "", traceparent: "" },
+  { ip: "", requestId: "" },
   { description: "client" },
 );
 /** Context value: the verified caller (set by the auth interceptor). */
@@ -45,7 +44,6 @@ export function upstreamOptions(ctx: HandlerContext): CallOptions {
   const identity = ctx.values.get(kIdentity);
   const md = identity ? identityMetadata(identity) : new Metadata();
   md.set("x-request-id", client.requestId);
-  if (client.traceparent) md.set("traceparent", client.traceparent);
   const timeoutMs = ctx.timeoutMs();
   return {
     metadata: md,

@@ -19,7 +19,8 @@ import {
   type Interceptor,
 } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import type { Logger } from "../platform/index.js";
+import { context, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import { extractContext, type Logger, type Telemetry } from "../platform/index.js";
 import { AuthError, type Authenticator } from "./auth.js";
 import { type ClientInfo, kClient, kIdentity } from "./forward.js";
 import type { RateLimiter } from "./limits.js";
@@ -29,6 +30,7 @@ export interface FrontOptions {
   readonly host: string;
   readonly port: number;
   readonly log: Logger;
+  readonly telemetry: Telemetry;
   readonly routes: (router: ConnectRouter) => void;
   readonly authenticate: Authenticator;
   readonly perPrincipal: RateLimiter;
@@ -55,11 +57,6 @@ function protocolOf(contentType: string | null): string {
   if (contentType.startsWith("application/grpc-web")) return "grpc-web";
   if (contentType.startsWith("application/grpc")) return "grpc";
   return "connect";
-}
-
-/** The traceparent's trace id, when the client sent a valid one. */
-function traceIdOf(traceparent: string): string {
-  return /^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$/.exec(traceparent)?.[1] ?? "";
 }
 
 /**
@@ -96,27 +93,45 @@ function replaying(socket: net.Socket, first: Buffer): Duplex {
 
 /** Starts the front on `host:port`. */
 export async function startFront(o: FrontOptions): Promise<RunningFront> {
-  const accessLog: Interceptor = (next) => async (req) => {
+  // One span, one RED sample and one access log line per call; the span is active for
+  // everything below (auth, the upstream call), so the trace continues downstream.
+  const observe: Interceptor = (next) => async (req) => {
     const started = performance.now();
     const client = req.contextValues.get(kClient);
-    const line = (code: string) =>
-      o.log.info(
-        {
-          procedure: req.url.slice(req.url.indexOf("/", 8)),
-          protocol: protocolOf(req.header.get("content-type")),
-          code,
-          ms: Math.round((performance.now() - started) * 10) / 10,
-          principal: req.contextValues.get(kIdentity)?.subject ?? "",
-          ip: client.ip,
-          request_id: client.requestId,
-          trace_id: traceIdOf(client.traceparent),
-        },
-        "access",
+    const procedure = `${req.service.typeName}/${req.method.name}`;
+    const protocol = protocolOf(req.header.get("content-type"));
+    const parent = extractContext(req.header);
+    const span = o.telemetry.tracer.startSpan(
+      procedure,
+      { kind: SpanKind.SERVER, attributes: { "rpc.system": "connect_rpc", "http.request.protocol": protocol } },
+      parent,
+    );
+    const ctx = trace.setSpan(parent, span);
+    const done = (err?: unknown) => {
+      const code = err === undefined ? "OK" : (Code[ConnectError.from(err).code] ?? "Unknown");
+      const ms = performance.now() - started;
+      if (err !== undefined) span.setStatus({ code: SpanStatusCode.ERROR, message: code });
+      span.end();
+      o.telemetry.metrics.httpServer.observe({ procedure, protocol, code }, ms / 1000);
+      context.with(ctx, () =>
+        o.log.info(
+          {
+            procedure,
+            protocol,
+            code,
+            ms: Math.round(ms * 10) / 10,
+            principal: req.contextValues.get(kIdentity)?.subject ?? "",
+            ip: client.ip,
+            request_id: client.requestId,
+          },
+          "access",
+        ),
       );
+    };
     try {
-      const res = await next(req);
+      const res = await context.with(ctx, () => next(req));
       if (!res.stream) {
-        line("OK");
+        done();
         return res;
       }
       // A stream's outcome is known when it ends.
@@ -126,15 +141,15 @@ export async function startFront(o: FrontOptions): Promise<RunningFront> {
         message: (async function* () {
           try {
             yield* message;
-            line("OK");
+            done();
           } catch (err) {
-            line(Code[ConnectError.from(err).code] ?? "Unknown");
+            done(err);
             throw err;
           }
         })(),
       };
     } catch (err) {
-      line(Code[ConnectError.from(err).code] ?? "Unknown");
+      done(err);
       throw err;
     }
   };
@@ -165,7 +180,7 @@ export async function startFront(o: FrontOptions): Promise<RunningFront> {
 
   const connect = connectNodeAdapter({
     routes: o.routes,
-    interceptors: [accessLog, guard],
+    interceptors: [observe, guard],
     readMaxBytes: o.maxBodyBytes,
     // Unknown procedures, internal RPCs included: a Connect-shaped 404 rather than an empty one.
     fallback: (req, res) => {
@@ -183,7 +198,6 @@ export async function startFront(o: FrontOptions): Promise<RunningFront> {
       const info: ClientInfo = {
         ip: forwarded || req.socket.remoteAddress || "",
         requestId: REQUEST_ID.test(requestId) ? requestId : "",
-        traceparent: String(req.headers.traceparent ?? ""),
       };
       values.set(kClient, info);
       return values;

@@ -49,6 +49,16 @@ export function int(def: number, opts: { min?: number; max?: number } = {}): Env
   };
 }
 
+/** An optional integer in [min, max]: undefined when unset or empty. */
+export function optionalInt(opts: { min?: number; max?: number } = {}): EnvReader<number | undefined> {
+  const inner = int(0, opts);
+  return {
+    read(name, raw) {
+      return raw === undefined || raw.trim() === "" ? undefined : inner.read(name, raw);
+    },
+  };
+}
+
 /** A number in [min, max]; `def` when unset or empty. */
 export function num(def: number, opts: { min?: number; max?: number } = {}): EnvReader<number> {
   const min = opts.min ?? -Infinity;
@@ -131,4 +141,10 @@ export const commonEnv = {
   NATS_URL: str("nats://127.0.0.1:4222"),
   /** Longest wait for in-flight calls on shutdown before they are cut, in ms. */
   SHUTDOWN_GRACE_MS: int(10_000, { min: 0, max: 120_000 }),
+  /** OTLP/HTTP collector base URL (e.g. http://otel-collector:4318); empty: no OTLP export. */
+  OTEL_EXPORTER_OTLP_ENDPOINT: str(""),
+  /** Append finished spans as JSON lines to this file (what `make trace` reads); empty: off. */
+  TRACE_FILE: str(""),
+  /** Port of the /metrics and /healthz endpoint; unset: off, 0: any free port. */
+  METRICS_PORT: optionalInt({ min: 0, max: 65535 }),
 } as const;

@@ -32,6 +32,7 @@ import {
   StorageType,
 } from "@nats-io/jetstream";
 import { connect, type NatsConnection, headers as natsHeaders } from "@nats-io/transport-node";
+import { SpanKind } from "@opentelemetry/api";
 import {
   StockRejectedSchema,
   StockReleasedSchema,
@@ -46,6 +47,7 @@ import {
 import type { FaultInjector } from "./chaos.js";
 import type { Db } from "./db.js";
 import type { Logger } from "./log.js";
+import { contextOf, currentTraceparent, extractContext, injectContext, inSpan, type Telemetry } from "./telemetry.js";
 import { newId } from "./validate.js";
 
 /** Event types and their subjects (`<context>.<aggregate>.<what happened>`). */
@@ -183,7 +185,12 @@ export class Outbox {
   }
 
   /** Adds an event of `schema` about `orderId`; fills its `meta`. Returns the event id. */
-  add<D extends DescMessage>(schema: D, orderId: string, init: EventInit<D>, traceparent = ""): string {
+  add<D extends DescMessage>(
+    schema: D,
+    orderId: string,
+    init: EventInit<D>,
+    traceparent: string = currentTraceparent(),
+  ): string {
     const type = schema.typeName as EventType;
     const subject = EVENT_SUBJECTS[type];
     if (!subject) throw new Error(`${type} is not a registered event type`);
@@ -219,6 +226,8 @@ export interface RelayOptions {
   readonly sweepMs?: number;
   /** Chaos hook: SIGKILL this process right before the first publish. */
   readonly crashBeforePublish?: boolean;
+  /** Publish spans and outbox metrics. */
+  readonly telemetry?: Telemetry;
 }
 
 /**
@@ -249,6 +258,7 @@ export class OutboxRelay {
       "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox WHERE sent_at IS NULL",
     );
     opts.outbox.onAdded = () => this.kick();
+    opts.telemetry?.metrics.trackBacklog(() => this.backlog());
   }
 
   /** Publishes what is pending now and starts the sweep timer. */
@@ -313,8 +323,30 @@ export class OutboxRelay {
           h.set("ce-source", source);
           h.set("ce-time", new Date(row.created_at).toISOString());
           h.set("content-type", "application/protobuf");
-          if (row.traceparent) h.set("traceparent", row.traceparent);
-          await bus.js.publish(row.subject, row.payload, { msgID: row.event_id, headers: h, timeout: 2_000 });
+          const publish = () =>
+            bus.js.publish(row.subject, row.payload, { msgID: row.event_id, headers: h, timeout: 2_000 });
+          const tel = this.opts.telemetry;
+          if (tel) {
+            // A child of the request that wrote the event: consumers continue the same trace.
+            await inSpan(
+              tel.tracer,
+              `publish ${row.type}`,
+              {
+                kind: SpanKind.PRODUCER,
+                parent: contextOf(row.traceparent),
+                attributes: { "messaging.destination.name": row.subject },
+              },
+              async () => {
+                injectContext(h);
+                await publish();
+              },
+            );
+            tel.metrics.eventsPublished.inc({ type: row.type });
+            tel.metrics.relayLag.observe((Date.now() - row.created_at) / 1000);
+          } else {
+            if (row.traceparent) h.set("traceparent", row.traceparent);
+            await publish();
+          }
           this.markSent.run(Date.now(), row.seq);
         }
         if (rows.length === 256) this.again = true;
@@ -373,6 +405,11 @@ export function on<D extends DescMessage>(
   return [schema.typeName as EventType, fn as (event: never, ctx: EventContext) => void];
 }
 
+/** A message's headers as a trace-context carrier. */
+function headerCarrier(m: JsMsg) {
+  return { get: (k: string) => m.headers?.get(k), set: () => {} };
+}
+
 /** Options of {@link startConsumer}. */
 export interface ConsumerOptions {
   readonly bus: Bus;
@@ -388,6 +425,8 @@ export interface ConsumerOptions {
   readonly crashAfterCommit?: boolean;
   /** Fault injection (latency, down, error rate) applied before each event. */
   readonly faults?: FaultInjector;
+  /** Consumer spans and metrics. */
+  readonly telemetry?: Telemetry;
   /** Called after each event is handled (or skipped as a duplicate). */
   readonly onHandled?: (type: EventType, duplicate: boolean) => void;
   /** Called when an event is dead-lettered. */
@@ -418,6 +457,7 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
     "INSERT INTO inbox (consumer, event_id, type, handled_at) VALUES (?, ?, ?, ?)",
   );
   const clog = log.child({ consumer: durable });
+  const metrics = opts.telemetry?.metrics;
   /** Deliveries per stream sequence that fault injection skipped. */
   const skipped = new Map<number, number>();
 
@@ -448,6 +488,7 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
     m.term();
     clog.warn({ subject: m.subject, seq: m.seq, reason }, "event dead-lettered");
     opts.onDeadLetter?.(reason);
+    metrics?.deadLetters.inc({ consumer: durable });
   };
 
   const handle = async (m: JsMsg) => {
@@ -463,8 +504,10 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
     const fn = handlers.get(type);
     if (!fn) {
       m.ack(); // this service does not care about this type
+      metrics?.eventsHandled.inc({ consumer: durable, type, outcome: "ignored" });
       return;
     }
+    if (m.info.deliveryCount > 1) metrics?.redeliveries.inc({ consumer: durable });
     if (opts.faults && (await opts.faults.beforeEvent()) === "skip") {
       // An injected outage is not the event's fault: it never counts toward the DLQ.
       skipped.set(m.seq, (skipped.get(m.seq) ?? 0) + 1);
@@ -487,16 +530,43 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
       traceparent: m.headers?.get("traceparent") ?? "",
     };
     let duplicate = false;
+    const apply = () =>
+      db
+        .transaction(() => {
+          if (seen.get(durable, eventId)) {
+            duplicate = true;
+            return;
+          }
+          fn(event as never, ctx);
+          remember.run(durable, eventId, type, Date.now());
+        })
+        .immediate();
     try {
-      db.transaction(() => {
-        if (seen.get(durable, eventId)) {
-          duplicate = true;
-          return;
-        }
-        fn(event as never, ctx);
-        remember.run(durable, eventId, type, Date.now());
-      }).immediate();
+      const tel = opts.telemetry;
+      if (tel) {
+        // The handler runs inside a span continuing the producer's trace, so the
+        // events it writes to its own outbox carry the same trace on.
+        await inSpan(
+          tel.tracer,
+          `process ${type}`,
+          {
+            kind: SpanKind.CONSUMER,
+            parent: extractContext(headerCarrier(m)),
+            attributes: { "messaging.consumer.group.name": durable },
+          },
+          async (span) => {
+            const orderId = (event as { meta?: { orderId?: string } }).meta?.orderId;
+            if (orderId) span.setAttribute("order.id", orderId);
+            apply();
+          },
+        );
+        const at = Date.parse(m.headers?.get("ce-time") ?? "");
+        if (Number.isFinite(at)) tel.metrics.eventLag.observe({ consumer: durable }, (Date.now() - at) / 1000);
+      } else {
+        apply();
+      }
     } catch (err) {
+      metrics?.eventsHandled.inc({ consumer: durable, type, outcome: "failed" });
       if (m.info.deliveryCount - (skipped.get(m.seq) ?? 0) >= maxDeliver) {
         skipped.delete(m.seq);
         await deadLetter(m, `handler failed ${m.info.deliveryCount} times: ${(err as Error).message}`);
@@ -516,6 +586,7 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
     }
     m.ack();
     skipped.delete(m.seq);
+    metrics?.eventsHandled.inc({ consumer: durable, type, outcome: duplicate ? "duplicate" : "handled" });
     opts.onHandled?.(type, duplicate);
   };
 
@@ -563,6 +634,8 @@ export interface EventingOptions {
   readonly crashAfterCommit?: boolean;
   /** The service's fault injector, applied to its event handling too. */
   readonly faults?: FaultInjector;
+  /** Spans and metrics of publishing and consuming. */
+  readonly telemetry?: Telemetry;
 }
 
 /** A service's running event machinery. */
@@ -588,6 +661,7 @@ export async function startEventing(opts: EventingOptions): Promise<Eventing> {
         source: opts.service,
         log: opts.log,
         crashBeforePublish: opts.crashBeforePublish ?? false,
+        ...(opts.telemetry ? { telemetry: opts.telemetry } : {}),
       })
     : undefined;
   relay?.start();
@@ -601,6 +675,7 @@ export async function startEventing(opts: EventingOptions): Promise<Eventing> {
         log: opts.log,
         crashAfterCommit: opts.crashAfterCommit ?? false,
         ...(opts.faults ? { faults: opts.faults } : {}),
+        ...(opts.telemetry ? { telemetry: opts.telemetry } : {}),
       }),
     );
   }

@@ -14,8 +14,10 @@ import {
   toBinary,
 } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
+import { context, type Span, SpanKind, SpanStatusCode, type Tracer, trace } from "@opentelemetry/api";
 import { RpcError, toStatusObject } from "./errors.js";
 import type { Logger } from "./log.js";
+import { injectContext } from "./telemetry.js";
 
 type ServerCall = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>;
 
@@ -229,12 +231,28 @@ function toRpcError(err: grpc.ServiceError): RpcError {
 
 /**
  * A typed client for `service` over a grpc-js channel. Unary calls reject
- * with {@link RpcError}; server streams throw it from the iterator.
+ * with {@link RpcError}; server streams throw it from the iterator. With a
+ * tracer, each call is a CLIENT span whose context travels in the call's
+ * `traceparent` metadata.
  */
-export function createClient<S extends DescService>(service: S, channel: grpc.Client): Client<S> {
+export function createClient<S extends DescService>(service: S, channel: grpc.Client, tracer?: Tracer): Client<S> {
   const client: Record<string, unknown> = {};
   for (const m of service.methods) {
     const path = methodPath(m);
+    /** Metadata for one call: a copy (callers may reuse theirs), with the trace context injected. */
+    const metadataFor = (opts: CallOptions | undefined, span: Span | undefined) => {
+      const md = opts?.metadata?.clone() ?? new grpc.Metadata();
+      if (span) injectContext(md, trace.setSpan(context.active(), span));
+      return md;
+    };
+    const startSpan = () =>
+      tracer?.startSpan(path.slice(1), { kind: SpanKind.CLIENT, attributes: { "rpc.system": "grpc" } });
+    const endSpan = (span: Span | undefined, code: number) => {
+      if (!span) return;
+      span.setAttribute("rpc.grpc.status_code", code);
+      if (code !== 0) span.setStatus({ code: SpanStatusCode.ERROR, message: grpc.status[code] ?? String(code) });
+      span.end();
+    };
     const serialize = serializer(m.input);
     const deserialize = deserializer(m.output);
     if (m.methodKind === "unary") {
@@ -244,15 +262,17 @@ export function createClient<S extends DescService>(service: S, channel: grpc.Cl
             reject(new RpcError(grpc.status.CANCELLED, "cancelled before start", new grpc.Metadata()));
             return;
           }
+          const span = startSpan();
           const call = channel.makeUnaryRequest(
             path,
             serialize,
             deserialize,
             create(m.input, req),
-            opts?.metadata ?? new grpc.Metadata(),
+            metadataFor(opts, span),
             grpcCallOptions(opts),
             (err, res) => {
               opts?.signal?.removeEventListener("abort", onAbort);
+              endSpan(span, err ? err.code : 0);
               if (err) reject(toRpcError(err));
               else resolve(res);
             },
@@ -263,12 +283,14 @@ export function createClient<S extends DescService>(service: S, channel: grpc.Cl
     } else if (m.methodKind === "server_streaming") {
       client[m.localName] = (req: MessageInitShape<DescMessage>, opts?: CallOptions) =>
         (async function* () {
+          const span = startSpan();
+          let code = 0;
           const call = channel.makeServerStreamRequest(
             path,
             serialize,
             deserialize,
             create(m.input, req),
-            opts?.metadata ?? new grpc.Metadata(),
+            metadataFor(opts, span),
             grpcCallOptions(opts),
           );
           const onAbort = () => call.cancel();
@@ -276,10 +298,12 @@ export function createClient<S extends DescService>(service: S, channel: grpc.Cl
           try {
             for await (const msg of call) yield msg;
           } catch (err) {
+            code = isServiceError(err) ? err.code : grpc.status.UNKNOWN;
             throw isServiceError(err) ? toRpcError(err) : err;
           } finally {
             opts?.signal?.removeEventListener("abort", onAbort);
             call.cancel();
+            endSpan(span, code);
           }
         })();
     }

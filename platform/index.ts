@@ -62,7 +62,7 @@ export {
   type ServiceImpl,
 } from "./grpc.js";
 export { IDENTITY_KEYS, type Identity, identityMetadata, identityOf, requireIdentity } from "./identity.js";
-export { runProcess, type Stoppable } from "./lifecycle.js";
+export { type ProcessConfig, runService, type Stoppable } from "./lifecycle.js";
 export { createLogger, type Logger, type LoggerOptions, silentLogger } from "./log.js";
 export {
   createResilientClient,
@@ -78,6 +78,21 @@ export {
   type ResilientClient,
 } from "./resilience.js";
 export { bind, type GrpcServerOptions, type RunningServer, type ServiceBinding, startGrpcServer } from "./server.js";
+export {
+  type AppTelemetry,
+  contextOf,
+  createTelemetry,
+  currentTraceparent,
+  extractContext,
+  injectContext,
+  inSpan,
+  type Metrics,
+  serveMetrics,
+  spanRecord,
+  startAppTelemetry,
+  startTracing,
+  type Telemetry,
+} from "./telemetry.js";
 export {
   decodePageToken,
   encodePageToken,

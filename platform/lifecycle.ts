@@ -1,23 +1,34 @@
 /**
- * Process lifecycle: start a service from validated config, and shut it down
- * cleanly on SIGTERM/SIGINT (a second signal exits at once).
+ * Process lifecycle: validated config, tracing, the logger, the service, and
+ * a clean shutdown on SIGTERM/SIGINT (a second signal exits at once).
  */
 import { ConfigError } from "./config.js";
-import type { Logger } from "./log.js";
+import { createLogger, type Logger } from "./log.js";
+import { startProcessTelemetry } from "./telemetry.js";
 
 /** Something that can be stopped, e.g. a running service. */
 export interface Stoppable {
   stop(): Promise<void>;
 }
 
+/** The config every process reads (see `commonEnv`). */
+export interface ProcessConfig {
+  readonly LOG_LEVEL: string;
+  readonly LOG_FORMAT: "json" | "pretty";
+  readonly OTEL_EXPORTER_OTLP_ENDPOINT: string;
+  readonly TRACE_FILE: string;
+}
+
 /**
- * Runs a process: `loadConfig` (a ConfigError exits 78 with the message
- * naming each bad variable), then `start`; on SIGTERM or SIGINT calls
- * `stop()` and exits 0, or 1 if stopping failed.
+ * Runs the process of service `name`: `loadConfig` (a ConfigError exits 78
+ * with a message naming each bad variable), tracing, the logger, then
+ * `start`; on SIGTERM or SIGINT stops the service, flushes traces and exits
+ * 0 (or 1 if stopping failed).
  */
-export async function runProcess<C>(
+export async function runService<C extends ProcessConfig>(
+  name: string,
   loadConfig: () => C,
-  start: (config: C) => Promise<{ log: Logger; service: Stoppable }>,
+  start: (config: C, log: Logger) => Promise<Stoppable>,
 ): Promise<void> {
   let config: C;
   try {
@@ -29,7 +40,10 @@ export async function runProcess<C>(
     }
     throw err;
   }
-  const { log, service } = await start(config);
+  // Tracing first: everything after it may create spans.
+  const stopTracing = await startProcessTelemetry(name, config);
+  const log = await createLogger({ service: name, level: config.LOG_LEVEL, format: config.LOG_FORMAT });
+  const service = await start(config, log);
   let stopping = false;
   const onSignal = (signal: NodeJS.Signals) => {
     if (stopping) {
@@ -38,16 +52,19 @@ export async function runProcess<C>(
     }
     stopping = true;
     log.info({ signal }, "shutting down");
-    service.stop().then(
-      () => {
-        log.info("stopped");
-        process.exit(0);
-      },
-      (err: unknown) => {
-        log.error({ err }, "shutdown failed");
-        process.exit(1);
-      },
-    );
+    service
+      .stop()
+      .then(stopTracing)
+      .then(
+        () => {
+          log.info("stopped");
+          process.exit(0);
+        },
+        (err: unknown) => {
+          log.error({ err }, "shutdown failed");
+          process.exit(1);
+        },
+      );
   };
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);

@@ -3,6 +3,7 @@
  * service name bound, children per call or component.
  */
 import { type Logger, pino } from "pino";
+import { logIds } from "./telemetry.js";
 
 export type { Logger } from "pino";
 
@@ -22,10 +23,12 @@ export interface LoggerOptions {
  */
 export async function createLogger(opts: LoggerOptions): Promise<Logger> {
   const base = { service: opts.service };
+  // Every line logged inside a span carries its trace and span ids.
+  const mixin = logIds;
   if (opts.format === "pretty") {
     const { default: pretty } = await import("pino-pretty");
     return pino(
-      { level: opts.level, base },
+      { level: opts.level, base, mixin },
       pretty({
         sync: true,
         singleLine: true,
@@ -35,7 +38,7 @@ export async function createLogger(opts: LoggerOptions): Promise<Logger> {
       }),
     );
   }
-  return pino({ level: opts.level, base, timestamp: pino.stdTimeFunctions.isoTime });
+  return pino({ level: opts.level, base, mixin, timestamp: pino.stdTimeFunctions.isoTime });
 }
 
 /** A logger that drops everything; for tests that do not inspect logs. */

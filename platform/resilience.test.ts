@@ -170,7 +170,7 @@ function resilient<S extends DescService>(
 ): ResilientClient<S> {
   const channel = createChannel(server.address);
   cleanups.push(() => channel.close());
-  return createResilientClient(name, service, channel, { ...BASE, ...policy }, silentLogger(), events);
+  return createResilientClient(name, service, channel, { ...BASE, ...policy }, silentLogger(), { events });
 }
 
 /** Runs `f` and returns how long it took to settle, in ms. */

@@ -46,6 +46,7 @@ import { type EnvReader, int, num } from "./config.js";
 import { RpcError } from "./errors.js";
 import { type CallOptions, type Client, createClient } from "./grpc.js";
 import type { Logger } from "./log.js";
+import type { Telemetry } from "./telemetry.js";
 
 /** How calls to one downstream are protected. Times in ms. */
 export interface PolicyConfig {
@@ -192,9 +193,28 @@ export function createResilientClient<S extends DescService>(
   channel: grpc.Client,
   config: PolicyConfig,
   log: Logger,
-  events: PolicyEvents = {},
+  opts: { events?: PolicyEvents; telemetry?: Telemetry } = {},
 ): ResilientClient<S> {
-  const raw = createClient(service, channel) as Record<string, (req: unknown, opts?: CallOptions) => unknown>;
+  const { telemetry } = opts;
+  const metrics = telemetry?.metrics;
+  const events: PolicyEvents = {
+    onBreakerStateChange: (d, st) => {
+      metrics?.breakerTransitions.inc({ downstream: d, to: st });
+      opts.events?.onBreakerStateChange?.(d, st);
+    },
+    onBulkheadRejected: (d) => {
+      metrics?.bulkheadRejected.inc({ downstream: d });
+      opts.events?.onBulkheadRejected?.(d);
+    },
+    onRetry: (d, method, attempt, code) => {
+      metrics?.retries.inc({ downstream: d, method, code });
+      opts.events?.onRetry?.(d, method, attempt, code);
+    },
+  };
+  const raw = createClient(service, channel, telemetry?.tracer) as Record<
+    string,
+    (req: unknown, opts?: CallOptions) => unknown
+  >;
   const plog = log.child({ downstream });
 
   const bh = bulkhead(config.bulkheadLimit, config.bulkheadQueue);
@@ -222,13 +242,13 @@ export function createResilientClient<S extends DescService>(
     events.onBreakerStateChange?.(downstream, name);
   });
 
-  const client: Record<string, unknown> = {
-    state: (): DownstreamState => ({
-      breaker: BREAKER_NAMES[breaker.state],
-      inFlight: config.bulkheadLimit - bh.executionSlots,
-      queued: config.bulkheadQueue - bh.queueSlots,
-    }),
-  };
+  const state = (): DownstreamState => ({
+    breaker: BREAKER_NAMES[breaker.state],
+    inFlight: config.bulkheadLimit - bh.executionSlots,
+    queued: config.bulkheadQueue - bh.queueSlots,
+  });
+  metrics?.trackDownstream(downstream, state);
+  const client: Record<string, unknown> = { state };
 
   for (const m of service.methods) {
     const call = raw[m.localName] as (req: unknown, opts?: CallOptions) => unknown;
@@ -262,11 +282,24 @@ export function createResilientClient<S extends DescService>(
           // One probe at a time decides; everyone else fails fast instead of waiting for it.
           return Promise.reject(toClientError(new BrokenCircuitError(), downstream));
         }
+        const started = performance.now();
         return withDeadline(deadline, opts.signal, (signal) =>
           unary.execute(({ signal: s }) => call(req, attemptOptions(opts, deadline, config.timeoutMs, s)), signal),
-        ).catch((err: unknown) => {
-          throw toClientError(err, downstream);
-        });
+        ).then(
+          (res) => {
+            metrics?.rpcClient.observe(
+              { downstream, method: m.name, code: "OK" },
+              (performance.now() - started) / 1000,
+            );
+            return res;
+          },
+          (err: unknown) => {
+            const e = toClientError(err, downstream);
+            const code = e instanceof RpcError ? e.codeName : "UNKNOWN";
+            metrics?.rpcClient.observe({ downstream, method: m.name, code }, (performance.now() - started) / 1000);
+            throw e;
+          },
+        );
       };
     } else if (m.methodKind === "server_streaming") {
       client[m.localName] = (req: MessageInitShape<DescMessage>, opts: CallOptions = {}) =>

@@ -15,6 +15,7 @@ import { FaultInjector } from "./chaos.js";
 import { toStatusObject } from "./errors.js";
 import { grpcHandlers, grpcServiceDefinition, type Interceptor, type ServiceImpl } from "./grpc.js";
 import type { Logger } from "./log.js";
+import { serverTelemetry, type Telemetry } from "./telemetry.js";
 
 /** A service descriptor and its implementation, as registered on a server. */
 export interface ServiceBinding {
@@ -40,6 +41,8 @@ export interface GrpcServerOptions {
   readonly faults?: FaultInjector;
   /** Extra interceptors, outermost first, after logging and before fault injection. */
   readonly interceptors?: readonly Interceptor[];
+  /** Traces and metrics of the calls; none when omitted. */
+  readonly telemetry?: Telemetry;
 }
 
 /** A listening server. */
@@ -93,7 +96,17 @@ function fileDescriptorProtos(services: readonly DescService[]): Buffer[] {
 export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningServer> {
   const faults = opts.faults ?? new FaultInjector();
   const server = new grpc.Server({ "grpc.max_receive_message_length": 4 * 1024 * 1024 });
-  const business = [callLogger(), ...(opts.interceptors ?? []), faults.interceptor];
+  // Telemetry outermost: the span is active for the log line and everything below.
+  const observed: Interceptor[] = opts.telemetry
+    ? [
+        serverTelemetry(
+          opts.telemetry,
+          (e) => toStatusObject(e).code,
+          (c) => grpc.status[c] ?? String(c),
+        ),
+      ]
+    : [];
+  const business = [...observed, callLogger(), ...(opts.interceptors ?? []), faults.interceptor];
   for (const { service, impl } of opts.services) {
     server.addService(
       grpcServiceDefinition(service),

@@ -6,7 +6,8 @@
  *
  * Ports: gateway 8080 (HTTP: Connect, gRPC-Web, gRPC); NATS 4222 (monitoring
  * 8222); inventory 50051, payment 50052, order 50053, notification 50054,
- * history 50055.
+ * history 50055; /metrics on 9100 (gateway) and 9101-9105 (services).
+ * Spans go to .data/traces.jsonl for `make trace`.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync } from "node:fs";
@@ -17,13 +18,19 @@ const ROOT = resolve(import.meta.dirname, "..");
 const DATA = join(ROOT, ".data");
 
 /** The fixed local topology. A service whose main.ts does not exist yet is skipped. */
-const SERVICES: readonly { name: string; port: number; main?: string; env?: Record<string, string> }[] = [
-  { name: "inventory", port: 50051 },
-  { name: "payment", port: 50052 },
-  { name: "order", port: 50053 },
-  { name: "notification", port: 50054 },
-  { name: "history", port: 50055 },
-  { name: "gateway", port: 8080, main: "gateway/main.ts", env: { HTTP_PORT: "8080" } },
+const SERVICES: readonly {
+  name: string;
+  port: number;
+  metrics: number;
+  main?: string;
+  env?: Record<string, string>;
+}[] = [
+  { name: "inventory", port: 50051, metrics: 9101 },
+  { name: "payment", port: 50052, metrics: 9102 },
+  { name: "order", port: 50053, metrics: 9103 },
+  { name: "notification", port: 50054, metrics: 9104 },
+  { name: "history", port: 50055, metrics: 9105 },
+  { name: "gateway", port: 8080, metrics: 9100, main: "gateway/main.ts", env: { HTTP_PORT: "8080" } },
 ];
 
 const COLORS = [36, 33, 35, 32, 34, 31, 96, 93];
@@ -125,6 +132,8 @@ SERVICES.forEach((s, i) => {
     DB_PATH: join(DATA, `${s.name}.db`),
     LOG_FORMAT: process.env.LOG_FORMAT ?? "pretty",
     NATS_URL: "nats://127.0.0.1:4222",
+    METRICS_PORT: String(s.metrics),
+    TRACE_FILE: join(DATA, "traces.jsonl"),
     ...s.env,
   });
 });

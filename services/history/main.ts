@@ -1,12 +1,6 @@
 /** History service process: config from env, start, stop on SIGTERM/SIGINT. */
-import { createLogger, runProcess } from "../../platform/index.js";
+import { runService } from "../../platform/index.js";
 import { startHistory } from "./app.js";
 import { loadConfig } from "./config.js";
 
-await runProcess(
-  () => loadConfig(process.env),
-  async (config) => {
-    const log = await createLogger({ service: "history", level: config.LOG_LEVEL, format: config.LOG_FORMAT });
-    return { log, service: await startHistory(config, log) };
-  },
-);
+await runService("history", () => loadConfig(process.env), startHistory);

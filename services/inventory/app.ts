@@ -1,10 +1,12 @@
 /** Wires the inventory service: store, API, gRPC server. */
 import { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
 import {
+  type AppTelemetry,
   bind,
   type Eventing,
   FaultInjector,
   type Logger,
+  startAppTelemetry,
   startEventing,
   startGrpcServer,
 } from "../../platform/index.js";
@@ -19,6 +21,7 @@ export interface InventoryApp {
   readonly port: number;
   readonly address: string;
   readonly store: InventoryStore;
+  readonly telemetry: AppTelemetry;
   readonly events: Eventing;
   /** Drains calls (bounded by SHUTDOWN_GRACE_MS), stops the event machinery, closes the database. */
   stop(): Promise<void>;
@@ -27,6 +30,7 @@ export interface InventoryApp {
 /** Opens the store, seeds the catalogue when empty, and starts serving. */
 export async function startInventory(config: InventoryConfig, log: Logger): Promise<InventoryApp> {
   const store = InventoryStore.open(config.DB_PATH);
+  const telemetry = await startAppTelemetry("inventory", config.METRICS_PORT, log);
   if (config.SEED_CATALOGUE) {
     const n = store.seedIfEmpty(DEMO_CATALOGUE);
     if (n > 0) log.info({ products: n }, "seeded demo catalogue");
@@ -35,6 +39,7 @@ export async function startInventory(config: InventoryConfig, log: Logger): Prom
   const events = await startEventing({
     url: config.NATS_URL,
     service: "inventory",
+    telemetry,
     db: store.db,
     outbox: store.outbox,
     consumers: inventoryConsumers(store),
@@ -44,6 +49,7 @@ export async function startInventory(config: InventoryConfig, log: Logger): Prom
     faults,
   });
   const server = await startGrpcServer({
+    telemetry,
     host: config.GRPC_HOST,
     port: config.GRPC_PORT,
     services: [bind(InventoryService, createInventoryApi({ store }))],
@@ -54,11 +60,13 @@ export async function startInventory(config: InventoryConfig, log: Logger): Prom
     port: server.port,
     address: server.address,
     store,
+    telemetry,
     events,
     async stop() {
       await server.stop(config.SHUTDOWN_GRACE_MS);
       await events.stop();
       store.close();
+      await telemetry.close();
     },
   };
 }

@@ -1,12 +1,6 @@
 /** Inventory service process: config from env, start, stop on SIGTERM/SIGINT. */
-import { createLogger, runProcess } from "../../platform/index.js";
+import { runService } from "../../platform/index.js";
 import { startInventory } from "./app.js";
 import { loadConfig } from "./config.js";
 
-await runProcess(
-  () => loadConfig(process.env),
-  async (config) => {
-    const log = await createLogger({ service: "inventory", level: config.LOG_LEVEL, format: config.LOG_FORMAT });
-    return { log, service: await startInventory(config, log) };
-  },
-);
+await runService("inventory", () => loadConfig(process.env), startInventory);

@@ -1,12 +1,6 @@
 /** Notification service process: config from env, start, stop on SIGTERM/SIGINT. */
-import { createLogger, runProcess } from "../../platform/index.js";
+import { runService } from "../../platform/index.js";
 import { startNotification } from "./app.js";
 import { loadConfig } from "./config.js";
 
-await runProcess(
-  () => loadConfig(process.env),
-  async (config) => {
-    const log = await createLogger({ service: "notification", level: config.LOG_LEVEL, format: config.LOG_FORMAT });
-    return { log, service: await startNotification(config, log) };
-  },
-);
+await runService("notification", () => loadConfig(process.env), startNotification);

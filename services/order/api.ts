@@ -1,6 +1,7 @@
 /** OrderService RPC handlers: identity, validation, the store, and kicking the saga. */
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { trace } from "@opentelemetry/api";
 import { SagaMode as SagaModeEnum } from "../../gen/shopmesh/common/v1/common_pb.js";
 import {
   type OrderSchema,
@@ -103,6 +104,7 @@ export function createOrderApi({ store, advance, defaultMode }: OrderApiDeps): S
         sagaMode,
       });
       if (placed.kind === "key-reused") throw new IdempotencyKeyReusedError(req.idempotencyKey);
+      trace.getActiveSpan()?.setAttribute("order.id", placed.order.id);
       if (!isTerminal(placed.order.status)) advance(placed.order.id);
       return message(placed.order);
     },

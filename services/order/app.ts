@@ -3,6 +3,7 @@ import { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.j
 import { OrderService } from "../../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService } from "../../gen/shopmesh/payment/v1/payment_pb.js";
 import {
+  type AppTelemetry,
   bind,
   createChannel,
   createResilientClient,
@@ -11,6 +12,7 @@ import {
   type Logger,
   policyFrom,
   type ResilientClient,
+  startAppTelemetry,
   startEventing,
   startGrpcServer,
 } from "../../platform/index.js";
@@ -25,6 +27,7 @@ export interface OrderApp {
   readonly port: number;
   readonly address: string;
   readonly store: OrderStore;
+  readonly telemetry: AppTelemetry;
   readonly saga: SagaOrchestrator;
   readonly inventory: ResilientClient<typeof InventoryService>;
   readonly payment: ResilientClient<typeof PaymentService>;
@@ -36,6 +39,7 @@ export interface OrderApp {
 /** Opens the store, connects to inventory and payment, resumes unfinished sagas, and starts serving. */
 export async function startOrder(config: OrderConfig, log: Logger): Promise<OrderApp> {
   const store = OrderStore.open(config.DB_PATH);
+  const telemetry = await startAppTelemetry("order", config.METRICS_PORT, log);
   const inventoryChannel = createChannel(config.INVENTORY_TARGET);
   const paymentChannel = createChannel(config.PAYMENT_TARGET);
   const inventory = createResilientClient(
@@ -44,12 +48,16 @@ export async function startOrder(config: OrderConfig, log: Logger): Promise<Orde
     inventoryChannel,
     policyFrom("INVENTORY", config),
     log,
+    { telemetry },
   );
-  const payment = createResilientClient("payment", PaymentService, paymentChannel, policyFrom("PAYMENT", config), log);
+  const payment = createResilientClient("payment", PaymentService, paymentChannel, policyFrom("PAYMENT", config), log, {
+    telemetry,
+  });
   const saga = new SagaOrchestrator({
     store,
     inventory,
     payment,
+    telemetry,
     log: log.child({ component: "saga" }),
     timing: {
       stepBudgetMs: config.SAGA_STEP_BUDGET_MS,
@@ -62,6 +70,7 @@ export async function startOrder(config: OrderConfig, log: Logger): Promise<Orde
   const events = await startEventing({
     url: config.NATS_URL,
     service: "order",
+    telemetry,
     db: store.db,
     outbox: store.outbox,
     consumers: choreography.consumers(),
@@ -75,17 +84,29 @@ export async function startOrder(config: OrderConfig, log: Logger): Promise<Orde
     else saga.kick(orderId);
   };
   const server = await startGrpcServer({
+    telemetry,
     host: config.GRPC_HOST,
     port: config.GRPC_PORT,
     services: [bind(OrderService, createOrderApi({ store, advance, defaultMode: config.SAGA_DEFAULT_MODE }))],
     faults,
     log,
   });
+  const m = telemetry.metrics;
+  store.onPlaced((o) => m.sagasStarted.inc({ mode: o.sagaMode }));
+  store.onTerminal((o) => {
+    const outcome = o.status.toLowerCase();
+    m.sagasFinished.inc({ mode: o.sagaMode, outcome });
+    m.sagaDuration.observe({ mode: o.sagaMode, outcome }, (o.updatedAt - o.createdAt) / 1000);
+    // Something was held or taken (or may have been) and had to be given back.
+    if (o.status === "CANCELLED" && (o.stock !== "none" || o.payment !== "none"))
+      m.sagasCompensated.inc({ mode: o.sagaMode });
+  });
   saga.resumeAll();
   return {
     port: server.port,
     address: server.address,
     store,
+    telemetry,
     saga,
     inventory,
     payment,
@@ -97,6 +118,7 @@ export async function startOrder(config: OrderConfig, log: Logger): Promise<Orde
       inventoryChannel.close();
       paymentChannel.close();
       store.close();
+      await telemetry.close();
     },
   };
 }

@@ -27,6 +27,7 @@ const order = (o: Partial<OrderRecord> = {}): OrderRecord => ({
   payment: "none",
   paymentId: "",
   cancelRequested: null,
+  traceparent: "",
   createdAt: 0,
   updatedAt: 0,
   ...o,

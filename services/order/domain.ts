@@ -59,6 +59,8 @@ export interface OrderRecord {
   readonly paymentId: string;
   /** Set (possibly to "") once the customer asked to cancel; null otherwise. */
   readonly cancelRequested: string | null;
+  /** W3C traceparent of the request that placed the order ("" when untraced). */
+  readonly traceparent: string;
   readonly createdAt: number;
   readonly updatedAt: number;
 }

@@ -1,12 +1,6 @@
 /** Order service process: config from env, start, stop on SIGTERM/SIGINT. */
-import { createLogger, runProcess } from "../../platform/index.js";
+import { runService } from "../../platform/index.js";
 import { startOrder } from "./app.js";
 import { loadConfig } from "./config.js";
 
-await runProcess(
-  () => loadConfig(process.env),
-  async (config) => {
-    const log = await createLogger({ service: "order", level: config.LOG_LEVEL, format: config.LOG_FORMAT });
-    return { log, service: await startOrder(config, log) };
-  },
-);
+await runService("order", () => loadConfig(process.env), startOrder);

@@ -13,9 +13,10 @@
  */
 import type { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { type PaymentService, PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
-import { type Client, Code, type Logger, RpcError } from "../../platform/index.js";
+import { type Client, Code, contextOf, inSpan, type Logger, RpcError, type Telemetry } from "../../platform/index.js";
 import {
   type CallStep,
+  type Decision,
   decide,
   failureKind,
   type OrderRecord,
@@ -55,6 +56,8 @@ export interface SagaDeps {
   readonly log: Logger;
   readonly clock?: () => number;
   readonly random?: () => number;
+  /** Saga step spans, continuing the trace of the request that placed the order. */
+  readonly telemetry?: Telemetry;
 }
 
 type Outcome = Transition | { readonly retry: string };
@@ -119,41 +122,67 @@ export class SagaOrchestrator {
       const o = store.get(orderId);
       if (!o) return;
       const d = decide(o);
-      switch (d.kind) {
-        case "done":
-          return;
-        case "compensate":
-          store.apply(orderId, onCompensate(d.reason), { status: "PENDING" });
-          break;
-        case "confirm":
-          // Guarded: a cancel that committed first wins, and the next decision compensates.
-          store.apply(orderId, onConfirmed(), { status: "PENDING", noCancel: true });
-          break;
-        case "cancel":
-          store.apply(orderId, onCancelled(o.reason), { status: "COMPENSATING" });
-          break;
-        case "call": {
-          const history = store.steps(orderId).filter((s) => s.name === d.step && s.status === "STARTED");
-          const attempt = history.length + 1;
-          const since = history[0]?.at ?? this.clock();
-          store.apply(orderId, onStarted(o, d.step, attempt));
-          const outcome = await this.call(d.step, o, attempt);
-          if (signal.aborted) return; // stopping: the step's outcome is unknown and is re-driven on restart
-          if (!("retry" in outcome)) {
-            store.apply(orderId, outcome);
-            break;
-          }
-          const forward = d.step === "reserve_stock" || d.step === "charge_payment";
-          if (forward && this.clock() - since >= this.deps.timing.stepBudgetMs) {
-            const reason = `${PARTICIPANT[d.step]} unavailable: ${outcome.retry}`;
-            store.apply(orderId, onForwardFailed(d.step, reason, false, attempt));
-            break;
-          }
-          store.apply(orderId, onRetrying(d.step, outcome.retry, attempt));
-          const { retryBaseMs, retryMaxMs } = this.deps.timing;
-          await this.sleep(sagaBackoffMs(attempt, retryBaseMs, retryMaxMs, this.random()), loop);
-          break;
+      if (d.kind === "done") return;
+      const name =
+        d.kind === "call"
+          ? d.step
+          : d.kind === "confirm"
+            ? "confirm_order"
+            : d.kind === "compensate"
+              ? "compensate"
+              : "cancel_order";
+      const backoff = await this.step(name, o, () => this.act(o, d));
+      if (backoff > 0) await this.sleep(backoff, loop);
+    }
+  }
+
+  /** Runs one saga action in a span that continues the order's trace (when tracing is on). */
+  private step(name: string, o: OrderRecord, fn: () => Promise<number>): Promise<number> {
+    const tel = this.deps.telemetry;
+    if (!tel) return fn();
+    return inSpan(
+      tel.tracer,
+      `saga ${name}`,
+      { parent: contextOf(o.traceparent), attributes: { "order.id": o.id, "saga.step": name } },
+      fn,
+    );
+  }
+
+  /** Performs decision `d` for `o`; returns how long to wait before the next decision (0: go on at once). */
+  private async act(o: OrderRecord, d: Exclude<Decision, { kind: "done" }>): Promise<number> {
+    const { store } = this.deps;
+    const orderId = o.id;
+    switch (d.kind) {
+      case "compensate":
+        store.apply(orderId, onCompensate(d.reason), { status: "PENDING" });
+        return 0;
+      case "confirm":
+        // Guarded: a cancel that committed first wins, and the next decision compensates.
+        store.apply(orderId, onConfirmed(), { status: "PENDING", noCancel: true });
+        return 0;
+      case "cancel":
+        store.apply(orderId, onCancelled(o.reason), { status: "COMPENSATING" });
+        return 0;
+      case "call": {
+        const history = store.steps(orderId).filter((s) => s.name === d.step && s.status === "STARTED");
+        const attempt = history.length + 1;
+        const since = history[0]?.at ?? this.clock();
+        store.apply(orderId, onStarted(o, d.step, attempt));
+        const outcome = await this.call(d.step, o, attempt);
+        if (this.abort.signal.aborted) return 0; // stopping: the step's outcome is unknown and is re-driven on restart
+        if (!("retry" in outcome)) {
+          store.apply(orderId, outcome);
+          return 0;
         }
+        const forward = d.step === "reserve_stock" || d.step === "charge_payment";
+        if (forward && this.clock() - since >= this.deps.timing.stepBudgetMs) {
+          const reason = `${PARTICIPANT[d.step]} unavailable: ${outcome.retry}`;
+          store.apply(orderId, onForwardFailed(d.step, reason, false, attempt));
+          return 0;
+        }
+        store.apply(orderId, onRetrying(d.step, outcome.retry, attempt));
+        const { retryBaseMs, retryMaxMs } = this.deps.timing;
+        return sagaBackoffMs(attempt, retryBaseMs, retryMaxMs, this.random());
       }
     }
   }

@@ -12,6 +12,7 @@ import {
   OrderPlacedSchema,
 } from "../../gen/shopmesh/order/v1/events_pb.js";
 import {
+  currentTraceparent,
   type Db,
   INBOX_MIGRATION,
   type Line,
@@ -66,6 +67,8 @@ const MIGRATIONS = [
    ) STRICT;`,
   // 2: events (transactional outbox) and choreography consumers (inbox).
   `${OUTBOX_MIGRATION}\n${INBOX_MIGRATION}`,
+  // 3: the trace of the request that placed the order, so a saga resumed after a crash continues it.
+  "ALTER TABLE orders ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';",
 ];
 
 interface OrderRow {
@@ -84,6 +87,7 @@ interface OrderRow {
   payment: OrderRecord["payment"];
   payment_id: string;
   cancel_requested: string | null;
+  traceparent: string;
   created_at: number;
   updated_at: number;
 }
@@ -108,6 +112,7 @@ const toOrder = (r: OrderRow): OrderRecord => ({
   payment: r.payment,
   paymentId: r.payment_id,
   cancelRequested: r.cancel_requested,
+  traceparent: r.traceparent,
   createdAt: r.created_at,
   updatedAt: r.updated_at,
 });
@@ -157,8 +162,8 @@ export class OrderStore {
         "SELECT * FROM orders WHERE customer_id = ? AND idempotency_key = ?",
       ),
       insert: db.prepare(
-        `INSERT INTO orders (id, customer_id, idempotency_key, fingerprint, status, saga_mode, items, card_token, created_at, updated_at)
-         VALUES (@id, @customerId, @key, @fingerprint, 'PENDING', @sagaMode, @items, @cardToken, @now, @now)`,
+        `INSERT INTO orders (id, customer_id, idempotency_key, fingerprint, status, saga_mode, items, card_token, traceparent, created_at, updated_at)
+         VALUES (@id, @customerId, @key, @fingerprint, 'PENDING', @sagaMode, @items, @cardToken, @traceparent, @now, @now)`,
       ),
       steps: db.prepare<[string], StoredStep>(
         "SELECT name, status, detail, attempt, at FROM saga_steps WHERE order_id = ? ORDER BY seq",
@@ -193,6 +198,18 @@ export class OrderStore {
   /** Opens (and migrates) the store at `path`. */
   static open(path: string, clock: () => number = Date.now): OrderStore {
     return new OrderStore(openDatabase(path, MIGRATIONS), clock);
+  }
+
+  /** Subscribes to newly placed orders (after commit); returns the unsubscribe function. */
+  onPlaced(listener: (order: OrderRecord) => void): () => void {
+    this.events.on("placed", listener);
+    return () => this.events.off("placed", listener);
+  }
+
+  /** Subscribes to orders becoming CONFIRMED or CANCELLED (after commit), once each. */
+  onTerminal(listener: (order: OrderRecord) => void): () => void {
+    this.events.on("terminal", listener);
+    return () => this.events.off("terminal", listener);
   }
 
   /** Subscribes to committed changes; returns the unsubscribe function. */
@@ -239,7 +256,7 @@ export class OrderStore {
             : { kind: "key-reused" };
         const now = this.clock();
         const id = newId("ord", now);
-        this.q.insert.run({ ...p, id, now, items: JSON.stringify(p.items) });
+        this.q.insert.run({ ...p, id, now, items: JSON.stringify(p.items), traceparent: currentTraceparent() });
         this.outbox.add(OrderPlacedSchema, id, {
           customerId: p.customerId,
           items: p.items.map((l) => ({ ...l })),
@@ -249,7 +266,11 @@ export class OrderStore {
         return { kind: "created", order: toOrder(this.q.get.get(id) as OrderRow) };
       })
       .immediate();
-    if (result.kind === "created") this.changed(result.order);
+    if (result.kind === "created") {
+      this.changed(result.order);
+      const placed = result.order;
+      queueMicrotask(() => this.events.emit("placed", placed));
+    }
     return result;
   }
 
@@ -268,7 +289,9 @@ export class OrderStore {
         this.q.patch.run({ ...NO_PATCH, ...t.patch, id, now });
         this.q.addStep.run({ ...t.log, id, at: now });
         const o = toOrder(this.q.get.get(id) as OrderRow);
-        if (t.patch.status !== undefined && t.patch.status !== row.status) this.publishTerminal(o);
+        if (t.patch.status !== undefined && t.patch.status !== row.status && this.publishTerminal(o)) {
+          queueMicrotask(() => this.events.emit("terminal", o));
+        }
         return o;
       })
       .immediate();
@@ -277,8 +300,8 @@ export class OrderStore {
     return true;
   }
 
-  /** Announces a terminal order on the bus (inside the transaction that made it terminal). */
-  private publishTerminal(o: OrderRecord): void {
+  /** Announces a terminal order on the bus (inside the transaction that made it terminal); false if not terminal. */
+  private publishTerminal(o: OrderRecord): boolean {
     if (o.status === "CONFIRMED") {
       this.outbox.add(OrderConfirmedSchema, o.id, {
         customerId: o.customerId,
@@ -291,7 +314,10 @@ export class OrderStore {
         reason: o.reason,
         sagaMode: SagaModeEnum[o.sagaMode],
       });
+    } else {
+      return false;
     }
+    return true;
   }
 
   /** Records the customer's wish to cancel, if the order still allows it. */

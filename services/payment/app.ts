@@ -1,10 +1,12 @@
 /** Wires the payment service: store, events, API, gRPC server. */
 import { PaymentService } from "../../gen/shopmesh/payment/v1/payment_pb.js";
 import {
+  type AppTelemetry,
   bind,
   type Eventing,
   FaultInjector,
   type Logger,
+  startAppTelemetry,
   startEventing,
   startGrpcServer,
 } from "../../platform/index.js";
@@ -18,6 +20,7 @@ export interface PaymentApp {
   readonly port: number;
   readonly address: string;
   readonly store: PaymentStore;
+  readonly telemetry: AppTelemetry;
   readonly events: Eventing;
   /** Drains calls (bounded by SHUTDOWN_GRACE_MS), stops the event machinery, closes the database. */
   stop(): Promise<void>;
@@ -26,10 +29,12 @@ export interface PaymentApp {
 /** Opens the store and starts serving. */
 export async function startPayment(config: PaymentConfig, log: Logger): Promise<PaymentApp> {
   const store = PaymentStore.open(config.DB_PATH);
+  const telemetry = await startAppTelemetry("payment", config.METRICS_PORT, log);
   const faults = FaultInjector.fromConfig(config);
   const events = await startEventing({
     url: config.NATS_URL,
     service: "payment",
+    telemetry,
     db: store.db,
     outbox: store.outbox,
     consumers: paymentConsumers(store),
@@ -39,6 +44,7 @@ export async function startPayment(config: PaymentConfig, log: Logger): Promise<
     faults,
   });
   const server = await startGrpcServer({
+    telemetry,
     host: config.GRPC_HOST,
     port: config.GRPC_PORT,
     services: [bind(PaymentService, createPaymentApi({ store }))],
@@ -49,11 +55,13 @@ export async function startPayment(config: PaymentConfig, log: Logger): Promise<
     port: server.port,
     address: server.address,
     store,
+    telemetry,
     events,
     async stop() {
       await server.stop(config.SHUTDOWN_GRACE_MS);
       await events.stop();
       store.close();
+      await telemetry.close();
     },
   };
 }

@@ -1,12 +1,6 @@
 /** Payment service process: config from env, start, stop on SIGTERM/SIGINT. */
-import { createLogger, runProcess } from "../../platform/index.js";
+import { runService } from "../../platform/index.js";
 import { startPayment } from "./app.js";
 import { loadConfig } from "./config.js";
 
-await runProcess(
-  () => loadConfig(process.env),
-  async (config) => {
-    const log = await createLogger({ service: "payment", level: config.LOG_LEVEL, format: config.LOG_FORMAT });
-    return { log, service: await startPayment(config, log) };
-  },
-);
+await runService("payment", () => loadConfig(process.env), startPayment);

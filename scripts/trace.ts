@@ -1,0 +1,79 @@
+/**
+ * `make trace ORDER=<order id>` (or `TRACE=<trace id>`): prints the trace of
+ * one order as a waterfall from the span file that `make run` writes
+ * (.data/traces.jsonl; TRACE_FILE overrides): every span of every process,
+ * indented under its parent, with its offset, duration and errors.
+ */
+import { existsSync, readFileSync } from "node:fs";
+
+interface SpanLine {
+  trace_id: string;
+  span_id: string;
+  parent_id: string;
+  service: string;
+  name: string;
+  kind: string;
+  start_ms: number;
+  duration_ms: number;
+  error: string;
+  attributes: Record<string, unknown>;
+}
+
+const file = process.env.TRACE_FILE || ".data/traces.jsonl";
+const orderId = process.env.ORDER ?? "";
+let traceId = process.env.TRACE ?? "";
+if (!orderId && !traceId) {
+  console.error("usage: make trace ORDER=<order id>   or   make trace TRACE=<trace id>");
+  process.exit(2);
+}
+if (!existsSync(file)) {
+  console.error(`no span file at ${file}: is \`make run\` running (it writes spans there)?`);
+  process.exit(1);
+}
+const spans: SpanLine[] = readFileSync(file, "utf8")
+  .split("\n")
+  .filter(Boolean)
+  .flatMap((l) => {
+    try {
+      return [JSON.parse(l) as SpanLine];
+    } catch {
+      return []; // a line still being written
+    }
+  });
+if (!traceId) {
+  const hits = [...new Set(spans.filter((s) => s.attributes["order.id"] === orderId).map((s) => s.trace_id))];
+  if (hits.length === 0) {
+    console.error(`no spans for order ${orderId} yet (spans are flushed every half second)`);
+    process.exit(1);
+  }
+  // The order's trace is the one that holds its PlaceOrder; others (e.g. later GetOrder calls) are listed.
+  traceId = hits[0] as string;
+  if (hits.length > 1) console.log(`order ${orderId} appears in ${hits.length} traces; showing ${traceId}\n`);
+}
+const mine = spans.filter((s) => s.trace_id === traceId).sort((a, b) => a.start_ms - b.start_ms);
+if (mine.length === 0) {
+  console.error(`no spans for trace ${traceId}`);
+  process.exit(1);
+}
+const t0 = mine[0]?.start_ms ?? 0;
+const end = Math.max(...mine.map((s) => s.start_ms + s.duration_ms));
+const width = 40;
+const ids = new Set(mine.map((s) => s.span_id));
+const children = new Map<string, SpanLine[]>();
+for (const s of mine) {
+  const parent = ids.has(s.parent_id) ? s.parent_id : "";
+  children.set(parent, [...(children.get(parent) ?? []), s]);
+}
+const tty = process.stdout.isTTY;
+const red = (x: string) => (tty ? `\x1b[31m${x}\x1b[0m` : x);
+console.log(`trace ${traceId}  ${mine.length} spans  ${(end - t0).toFixed(1)} ms\n`);
+const print = (s: SpanLine, depth: number) => {
+  const from = Math.floor(((s.start_ms - t0) / (end - t0 || 1)) * width);
+  const len = Math.max(1, Math.round((s.duration_ms / (end - t0 || 1)) * width));
+  const bar = `${" ".repeat(from)}${"█".repeat(Math.min(len, width - from))}`.padEnd(width);
+  const label = `${"  ".repeat(depth)}${s.service}: ${s.name}`;
+  const timing = `+${(s.start_ms - t0).toFixed(1)}ms ${s.duration_ms.toFixed(1)}ms`;
+  console.log(`${bar} ${label.padEnd(70)} ${timing}${s.error ? ` ${red(`✗ ${s.error}`)}` : ""}`);
+  for (const c of children.get(s.span_id) ?? []) print(c, depth + 1);
+};
+for (const root of children.get("") ?? []) print(root, 0);
