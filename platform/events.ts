@@ -558,6 +558,7 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
             const orderId = (event as { meta?: { orderId?: string } }).meta?.orderId;
             if (orderId) span.setAttribute("order.id", orderId);
             apply();
+            clog.debug({ type, eventId, duplicate }, "event handled");
           },
         );
         const at = Date.parse(m.headers?.get("ce-time") ?? "");

@@ -9,7 +9,14 @@ import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { type Order, OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
-import { type Client, createChannel, createClient, identityMetadata, silentLogger } from "../platform/index.js";
+import {
+  type Client,
+  createChannel,
+  createClient,
+  identityMetadata,
+  type Logger,
+  silentLogger,
+} from "../platform/index.js";
 import { type HistoryApp, startHistory } from "../services/history/app.js";
 import { loadConfig as historyConfig } from "../services/history/config.js";
 import { type InventoryApp, startInventory } from "../services/inventory/app.js";
@@ -50,18 +57,20 @@ export interface System extends AsyncDisposable {
 /** Starts a nats-server and every service; `env` per service overrides defaults. */
 export async function startSystem(
   env: { inventory?: Env; payment?: Env; order?: Env; notification?: Env; history?: Env } = {},
+  opts: { log?: Logger } = {},
 ): Promise<System> {
   const dir = tempDir();
   const nats = await startNats();
-  const log = silentLogger();
+  const root = opts.log ?? silentLogger();
+  const log = (service: string) => root.child({ service });
   const base = { GRPC_HOST: "127.0.0.1", GRPC_PORT: "0", SHUTDOWN_GRACE_MS: "2000", NATS_URL: nats.url };
   const inventory = await startInventory(
     inventoryConfig({ ...base, DB_PATH: join(dir.path, "inventory.db"), ...env.inventory }),
-    log,
+    log("inventory"),
   );
   const payment = await startPayment(
     paymentConfig({ ...base, DB_PATH: join(dir.path, "payment.db"), ...env.payment }),
-    log,
+    log("payment"),
   );
   const order = await startOrder(
     orderConfig({
@@ -73,15 +82,15 @@ export async function startSystem(
       SAGA_RETRY_MAX_MS: "200",
       ...env.order,
     }),
-    log,
+    log("order"),
   );
   const notification = await startNotification(
     notificationConfig({ ...base, DB_PATH: join(dir.path, "notification.db"), ...env.notification }),
-    log,
+    log("notification"),
   );
   const history = await startHistory(
     historyConfig({ ...base, DB_PATH: join(dir.path, "history.db"), ...env.history }),
-    log,
+    log("history"),
   );
   const channels = [
     createChannel(order.address),

@@ -1,0 +1,258 @@
+/**
+ * Observability end to end: an order placed through the gateway is one
+ * trace from the gateway through order, inventory and payment to the
+ * notification consumer, in both saga modes; every process's /metrics shows
+ * what a fault scenario implies; and one order's log lines across services
+ * can be found by its trace id.
+ */
+import { Writable } from "node:stream";
+import { SpanKind } from "@opentelemetry/api";
+import { InMemorySpanExporter, type ReadableSpan, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
+import { pino } from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type GatewayApp, startGateway } from "../gateway/app.js";
+import { signDevToken } from "../gateway/auth.js";
+import { DEV_JWT_SECRET, loadConfig } from "../gateway/config.js";
+import { startTracing } from "../platform/index.js";
+import { logIds } from "../platform/telemetry.js";
+import { type System, startSystem } from "./system.js";
+
+const spans = new InMemorySpanExporter();
+const logLines: Record<string, unknown>[] = [];
+let stopTracing: () => Promise<void>;
+let sys: System;
+let gw: GatewayApp;
+
+beforeAll(async () => {
+  stopTracing = await startTracing({
+    service: "test",
+    otlpEndpoint: "",
+    traceFile: "",
+    extra: [new SimpleSpanProcessor(spans)],
+  });
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      for (const line of chunk.toString().split("\n").filter(Boolean)) logLines.push(JSON.parse(line));
+      cb();
+    },
+  });
+  const log = pino({ level: "debug", mixin: logIds }, sink);
+  const metrics = { METRICS_PORT: "0" };
+  sys = await startSystem(
+    {
+      inventory: metrics,
+      payment: metrics,
+      notification: metrics,
+      history: metrics,
+      order: {
+        ...metrics,
+        PAYMENT_BREAKER_CONSECUTIVE_FAILURES: "3",
+        PAYMENT_BREAKER_HALF_OPEN_AFTER_MS: "200",
+        SAGA_STEP_BUDGET_MS: "1000",
+      },
+    },
+    { log },
+  );
+  gw = await startGateway(
+    loadConfig({
+      HTTP_HOST: "127.0.0.1",
+      HTTP_PORT: "0",
+      METRICS_PORT: "0",
+      INVENTORY_TARGET: sys.inventory.address,
+      PAYMENT_TARGET: sys.payment.address,
+      ORDER_TARGET: sys.order.address,
+      NOTIFICATION_TARGET: sys.notification.address,
+      HISTORY_TARGET: sys.history.address,
+    }),
+    log.child({ service: "gateway" }),
+  );
+});
+afterAll(async () => {
+  await gw.stop();
+  await sys[Symbol.asyncDispose]();
+  await stopTracing();
+});
+
+async function placeThroughGateway(sagaMode: "SAGA_MODE_ORCHESTRATION" | "SAGA_MODE_CHOREOGRAPHY", key: string) {
+  const token = await signDevToken(
+    { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" },
+    "tess",
+    ["customer"],
+  );
+  const res = await fetch(`${gw.url}/shopmesh.order.v1.OrderService/PlaceOrder`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+    body: JSON.stringify({
+      idempotencyKey: key,
+      items: [{ productId: "coffee-beans", quantity: 1 }],
+      cardToken: "tok_visa",
+      sagaMode,
+    }),
+  });
+  expect(res.status).toBe(200);
+  return ((await res.json()) as { order: { id: string } }).order.id;
+}
+
+async function waitFor<T>(read: () => T, ok: (v: T) => boolean, ms = 10_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = read();
+    if (ok(v) || Date.now() > end) return v;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+const scope = (s: ReadableSpan) => s.instrumentationScope.name;
+
+describe("traces", () => {
+  it.each(["SAGA_MODE_ORCHESTRATION", "SAGA_MODE_CHOREOGRAPHY"] as const)(
+    "one trace holds gateway, order, inventory, payment and the notification consumer (%s)",
+    async (mode) => {
+      const orderId = await placeThroughGateway(mode, `trace-${mode}`);
+      // The order service tags its PlaceOrder span with the new order's id.
+      const placed = (await waitFor(
+        () => spans.getFinishedSpans().find((s) => scope(s) === "order" && s.attributes["order.id"] === orderId),
+        (s) => s !== undefined,
+      )) as ReadableSpan;
+      const traceId = placed.spanContext().traceId;
+      const inTrace = await waitFor(
+        () => spans.getFinishedSpans().filter((s) => s.spanContext().traceId === traceId),
+        (list) =>
+          list.some((s) => scope(s) === "notification" && s.name === "process shopmesh.order.v1.OrderConfirmed"),
+      );
+      expect(new Set(inTrace.map(scope))).toEqual(
+        new Set(["gateway", "order", "inventory", "payment", "notification", "history"]),
+      );
+      // The trace starts at the gateway: its PlaceOrder span is the root.
+      const root = inTrace.find(
+        (s) => scope(s) === "gateway" && s.kind === SpanKind.SERVER && s.name.endsWith("/PlaceOrder"),
+      );
+      expect(root).toBeDefined();
+      expect(root?.parentSpanContext).toBeUndefined();
+      const names = inTrace.map((s) => `${scope(s)}: ${s.name}`);
+      if (mode === "SAGA_MODE_ORCHESTRATION") {
+        expect(names).toEqual(
+          expect.arrayContaining([
+            "order: saga reserve_stock",
+            "order: saga charge_payment",
+            "inventory: shopmesh.inventory.v1.InventoryService/ReserveStock",
+          ]),
+        );
+      } else {
+        expect(names).toEqual(
+          expect.arrayContaining([
+            "inventory: process shopmesh.order.v1.OrderPlaced",
+            "payment: process shopmesh.inventory.v1.StockReserved",
+          ]),
+        );
+      }
+      // Log lines of this order, across services, by its trace id.
+      const services = new Set(logLines.filter((l) => l.trace_id === traceId).map((l) => l.service));
+      expect([...services]).toEqual(expect.arrayContaining(["gateway", "order", "inventory", "payment"]));
+    },
+  );
+});
+
+describe("metrics", () => {
+  async function scrape(port: number | undefined): Promise<string> {
+    const res = await fetch(`http://127.0.0.1:${port}/metrics`);
+    expect(res.status).toBe(200);
+    return res.text();
+  }
+  /** Value of the sample of `name` whose labels include every `labels` pair. */
+  function sample(text: string, name: string, labels: Record<string, string>): number {
+    for (const line of text.split("\n")) {
+      if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
+      if (Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) return Number(line.split(" ").at(-1));
+    }
+    return Number.NaN;
+  }
+
+  it("every process exposes /metrics with the values a payment outage implies", async () => {
+    await sys.paymentChaos.setFaults({ faults: { down: true } });
+    const orderId = await placeThroughGateway("SAGA_MODE_ORCHESTRATION", "metrics-outage");
+    await waitFor(
+      () => sys.order.store.get(orderId)?.status,
+      (s) => s === "COMPENSATING",
+    );
+    await sys.paymentChaos.setFaults({ faults: {} });
+    await sys.settle(orderId, "tess");
+    await waitFor(
+      () => sys.order.payment.state().breaker,
+      (b) => b === "closed",
+    );
+
+    const order = await scrape(sys.order.telemetry.metricsPort);
+    expect(
+      sample(order, "circuit_breaker_transitions_total", { downstream: "payment", to: "open" }),
+    ).toBeGreaterThanOrEqual(1);
+    expect(
+      sample(order, "circuit_breaker_transitions_total", { downstream: "payment", to: "closed" }),
+    ).toBeGreaterThanOrEqual(1);
+    expect(sample(order, "circuit_breaker_state", { downstream: "payment" })).toBe(0);
+    expect(
+      sample(order, "rpc_client_retries_total", {
+        downstream: "payment",
+        method: "ChargePayment",
+        code: "UNAVAILABLE",
+      }),
+    ).toBeGreaterThanOrEqual(1);
+    expect(
+      sample(order, "saga_finished_total", { mode: "ORCHESTRATION", outcome: "cancelled" }),
+    ).toBeGreaterThanOrEqual(1);
+    expect(sample(order, "saga_compensated_total", { mode: "ORCHESTRATION" })).toBeGreaterThanOrEqual(1);
+    expect(sample(order, "saga_started_total", { mode: "CHOREOGRAPHY" })).toBeGreaterThanOrEqual(1);
+    expect(
+      sample(order, "rpc_server_duration_seconds_count", {
+        method: "shopmesh.order.v1.OrderService/PlaceOrder",
+        code: "OK",
+      }),
+    ).toBeGreaterThanOrEqual(3);
+    expect(sample(order, "outbox_backlog", {})).toBe(0);
+    expect(
+      sample(order, "events_published_total", { type: "shopmesh.order.v1.OrderCancelled" }),
+    ).toBeGreaterThanOrEqual(1);
+    expect(sample(order, "bulkhead_in_flight", { downstream: "payment" })).toBe(0);
+    expect(order).toContain("process_cpu_user_seconds_total");
+
+    const payment = await scrape(sys.payment.telemetry.metricsPort);
+    expect(
+      sample(payment, "rpc_server_duration_seconds_count", {
+        method: "shopmesh.payment.v1.PaymentService/ChargePayment",
+        code: "UNAVAILABLE",
+      }),
+    ).toBeGreaterThanOrEqual(1);
+    const notification = await scrape(sys.notification.telemetry.metricsPort);
+    expect(
+      sample(notification, "events_handled_total", {
+        consumer: "notification-order",
+        type: "shopmesh.order.v1.OrderCancelled",
+        outcome: "handled",
+      }),
+    ).toBeGreaterThanOrEqual(1);
+    const history = await scrape(sys.history.telemetry.metricsPort);
+    expect(sample(history, "event_consumer_lag_seconds_count", { consumer: "history-order" })).toBeGreaterThanOrEqual(
+      1,
+    );
+    const inventory = await scrape(sys.inventory.telemetry.metricsPort);
+    expect(
+      sample(inventory, "rpc_server_duration_seconds_count", {
+        method: "shopmesh.inventory.v1.InventoryService/ReleaseStock",
+        code: "OK",
+      }),
+    ).toBeGreaterThanOrEqual(1);
+    const gateway = await scrape(gw.telemetry.metricsPort);
+    expect(
+      sample(gateway, "http_server_duration_seconds_count", {
+        procedure: "shopmesh.order.v1.OrderService/PlaceOrder",
+        protocol: "connect",
+        code: "OK",
+      }),
+    ).toBeGreaterThanOrEqual(3);
+
+    // No ids in labels: every label value comes from a small fixed set.
+    for (const text of [order, payment, notification, history, inventory, gateway]) {
+      expect(text).not.toMatch(/="(ord|pay|res|evt)_[0-9a-z]{10,}"/);
+    }
+  });
+});
