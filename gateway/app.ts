@@ -8,11 +8,13 @@ import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
 import {
   type AppTelemetry,
-  createChannel,
+  connectBus,
   createResilientClient,
   type Logger,
   policyFrom,
+  REGISTRY_SCHEME,
   startAppTelemetry,
+  upstreamChannel,
 } from "../platform/index.js";
 import { createAuthenticator } from "./auth.js";
 import { createComposition } from "./compose.js";
@@ -35,12 +37,24 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   const telemetry = await startAppTelemetry("gateway", config.METRICS_PORT, log);
   const policy = policyFrom("UPSTREAM", config);
   const opts = { telemetry };
+  const targets = [
+    config.INVENTORY_TARGET,
+    config.PAYMENT_TARGET,
+    config.ORDER_TARGET,
+    config.NOTIFICATION_TARGET,
+    config.HISTORY_TARGET,
+  ];
+  // The bus is needed only to read the service registry (client-side discovery).
+  const bus =
+    targets.some((t) => t.startsWith(`${REGISTRY_SCHEME}:`)) && config.NATS_URL !== "off"
+      ? await connectBus(config.NATS_URL, "gateway", log)
+      : undefined;
   const channels = {
-    inventory: createChannel(config.INVENTORY_TARGET),
-    payment: createChannel(config.PAYMENT_TARGET),
-    order: createChannel(config.ORDER_TARGET),
-    notification: createChannel(config.NOTIFICATION_TARGET),
-    history: createChannel(config.HISTORY_TARGET),
+    inventory: upstreamChannel(config.INVENTORY_TARGET, bus, log),
+    payment: upstreamChannel(config.PAYMENT_TARGET, bus, log),
+    order: upstreamChannel(config.ORDER_TARGET, bus, log),
+    notification: upstreamChannel(config.NOTIFICATION_TARGET, bus, log),
+    history: upstreamChannel(config.HISTORY_TARGET, bus, log),
   };
   const clients = {
     inventory: createResilientClient("inventory", InventoryService, channels.inventory, policy, log, opts),
@@ -81,6 +95,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     async stop() {
       await front.stop(config.SHUTDOWN_GRACE_MS);
       for (const ch of Object.values(channels)) ch.close();
+      await bus?.close();
       await telemetry.close();
     },
   };

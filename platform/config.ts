@@ -137,6 +137,8 @@ export const commonEnv = {
   LOG_FORMAT: oneOf(["json", "pretty"], "json"),
   /** Host to listen on. */
   GRPC_HOST: str("0.0.0.0"),
+  /** Host other processes reach this one at, as registered for client-side discovery (the pod IP in Kubernetes). */
+  GRPC_ADVERTISE_HOST: str("127.0.0.1"),
   /** NATS server URL(s), comma separated; "off" runs without the event bus (events wait in the outbox). */
   NATS_URL: str("nats://127.0.0.1:4222"),
   /** Longest wait for in-flight calls on shutdown before they are cut, in ms. */

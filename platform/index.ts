@@ -17,6 +17,26 @@ export {
 } from "./config.js";
 export { type Db, openDatabase } from "./db.js";
 export {
+  announce,
+  channelOptionsFor,
+  DEFAULT_HEARTBEAT_MS,
+  DEFAULT_TTL_MS,
+  type InstanceListener,
+  type InstanceWatch,
+  listInstances,
+  openRegistry,
+  REGISTRY_BUCKET,
+  REGISTRY_SCHEME,
+  type RegisterOptions,
+  type Registration,
+  type RegistryEntry,
+  registerInstance,
+  registryChannelOptions,
+  upstreamChannel,
+  useRegistryResolver,
+  watchInstances,
+} from "./discovery.js";
+export {
   AlreadyExistsError,
   Code,
   ERROR_DETAILS,

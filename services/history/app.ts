@@ -2,6 +2,7 @@
 import { HistoryService } from "../../gen/shopmesh/history/v1/history_pb.js";
 import {
   type AppTelemetry,
+  announce,
   bind,
   type Eventing,
   FaultInjector,
@@ -49,6 +50,7 @@ export async function startHistory(config: HistoryConfig, log: Logger): Promise<
       faults: FaultInjector.fromConfig(config),
       log,
     });
+    const registration = await announce(events.bus, "history", config.GRPC_ADVERTISE_HOST, server.port, log);
     const running = events;
     return {
       port: server.port,
@@ -57,6 +59,8 @@ export async function startHistory(config: HistoryConfig, log: Logger): Promise<
       telemetry,
       events: running,
       async stop() {
+        // Deregister first: clients stop picking this instance before it drains.
+        await registration?.stop();
         await server.stop(config.SHUTDOWN_GRACE_MS);
         await running.stop();
         store.close();

@@ -2,6 +2,7 @@
 import { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
 import {
   type AppTelemetry,
+  announce,
   bind,
   type Eventing,
   FaultInjector,
@@ -56,6 +57,7 @@ export async function startInventory(config: InventoryConfig, log: Logger): Prom
     faults,
     log,
   });
+  const registration = await announce(events.bus, "inventory", config.GRPC_ADVERTISE_HOST, server.port, log);
   return {
     port: server.port,
     address: server.address,
@@ -63,6 +65,8 @@ export async function startInventory(config: InventoryConfig, log: Logger): Prom
     telemetry,
     events,
     async stop() {
+      // Deregister first: clients stop picking this instance before it drains.
+      await registration?.stop();
       await server.stop(config.SHUTDOWN_GRACE_MS);
       await events.stop();
       store.close();

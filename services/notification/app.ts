@@ -2,6 +2,7 @@
 import { NotificationService } from "../../gen/shopmesh/notification/v1/notification_pb.js";
 import {
   type AppTelemetry,
+  announce,
   bind,
   type Eventing,
   FaultInjector,
@@ -49,6 +50,7 @@ export async function startNotification(config: NotificationConfig, log: Logger)
       faults: FaultInjector.fromConfig(config),
       log,
     });
+    const registration = await announce(events.bus, "notification", config.GRPC_ADVERTISE_HOST, server.port, log);
     const running = events;
     return {
       port: server.port,
@@ -57,6 +59,8 @@ export async function startNotification(config: NotificationConfig, log: Logger)
       telemetry,
       events: running,
       async stop() {
+        // Deregister first: clients stop picking this instance before it drains.
+        await registration?.stop();
         await server.stop(config.SHUTDOWN_GRACE_MS);
         await running.stop();
         store.close();

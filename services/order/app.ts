@@ -4,8 +4,8 @@ import { OrderService } from "../../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService } from "../../gen/shopmesh/payment/v1/payment_pb.js";
 import {
   type AppTelemetry,
+  announce,
   bind,
-  createChannel,
   createResilientClient,
   type Eventing,
   FaultInjector,
@@ -15,6 +15,7 @@ import {
   startAppTelemetry,
   startEventing,
   startGrpcServer,
+  upstreamChannel,
 } from "../../platform/index.js";
 import { createOrderApi } from "./api.js";
 import { Choreography } from "./choreography.js";
@@ -40,8 +41,22 @@ export interface OrderApp {
 export async function startOrder(config: OrderConfig, log: Logger): Promise<OrderApp> {
   const store = OrderStore.open(config.DB_PATH);
   const telemetry = await startAppTelemetry("order", config.METRICS_PORT, log);
-  const inventoryChannel = createChannel(config.INVENTORY_TARGET);
-  const paymentChannel = createChannel(config.PAYMENT_TARGET);
+  const choreography = new Choreography(store);
+  const faults = FaultInjector.fromConfig(config);
+  const events = await startEventing({
+    url: config.NATS_URL,
+    service: "order",
+    telemetry,
+    db: store.db,
+    outbox: store.outbox,
+    consumers: choreography.consumers(),
+    log,
+    crashBeforePublish: config.FAULT_CRASH_BEFORE_PUBLISH,
+    crashAfterCommit: config.FAULT_CRASH_AFTER_COMMIT,
+    faults,
+  });
+  const inventoryChannel = upstreamChannel(config.INVENTORY_TARGET, events.bus, log);
+  const paymentChannel = upstreamChannel(config.PAYMENT_TARGET, events.bus, log);
   const inventory = createResilientClient(
     "inventory",
     InventoryService,
@@ -65,20 +80,6 @@ export async function startOrder(config: OrderConfig, log: Logger): Promise<Orde
       retryMaxMs: config.SAGA_RETRY_MAX_MS,
     },
   });
-  const choreography = new Choreography(store);
-  const faults = FaultInjector.fromConfig(config);
-  const events = await startEventing({
-    url: config.NATS_URL,
-    service: "order",
-    telemetry,
-    db: store.db,
-    outbox: store.outbox,
-    consumers: choreography.consumers(),
-    log,
-    crashBeforePublish: config.FAULT_CRASH_BEFORE_PUBLISH,
-    crashAfterCommit: config.FAULT_CRASH_AFTER_COMMIT,
-    faults,
-  });
   const advance = (orderId: string) => {
     if (store.get(orderId)?.sagaMode === "CHOREOGRAPHY") choreography.cancelRequested(orderId);
     else saga.kick(orderId);
@@ -91,6 +92,7 @@ export async function startOrder(config: OrderConfig, log: Logger): Promise<Orde
     faults,
     log,
   });
+  const registration = await announce(events.bus, "order", config.GRPC_ADVERTISE_HOST, server.port, log);
   const m = telemetry.metrics;
   store.onPlaced((o) => m.sagasStarted.inc({ mode: o.sagaMode }));
   store.onTerminal((o) => {
@@ -112,6 +114,8 @@ export async function startOrder(config: OrderConfig, log: Logger): Promise<Orde
     payment,
     events,
     async stop() {
+      // Deregister first: clients stop picking this instance before it drains.
+      await registration?.stop();
       await server.stop(config.SHUTDOWN_GRACE_MS);
       await saga.stop();
       await events.stop();

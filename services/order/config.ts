@@ -8,7 +8,7 @@ const spec = {
   GRPC_PORT: int(50053, { min: 0, max: 65535 }),
   /** SQLite file of this service. */
   DB_PATH: str(".data/order.db"),
-  /** gRPC target of the inventory service (host:port or dns:///name:port). */
+  /** gRPC target of the inventory service: host:port, dns:///name:port or registry:///inventory. */
   INVENTORY_TARGET: str("127.0.0.1:50051"),
   /** gRPC target of the payment service. */
   PAYMENT_TARGET: str("127.0.0.1:50052"),

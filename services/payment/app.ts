@@ -2,6 +2,7 @@
 import { PaymentService } from "../../gen/shopmesh/payment/v1/payment_pb.js";
 import {
   type AppTelemetry,
+  announce,
   bind,
   type Eventing,
   FaultInjector,
@@ -51,6 +52,7 @@ export async function startPayment(config: PaymentConfig, log: Logger): Promise<
     faults,
     log,
   });
+  const registration = await announce(events.bus, "payment", config.GRPC_ADVERTISE_HOST, server.port, log);
   return {
     port: server.port,
     address: server.address,
@@ -58,6 +60,8 @@ export async function startPayment(config: PaymentConfig, log: Logger): Promise<
     telemetry,
     events,
     async stop() {
+      // Deregister first: clients stop picking this instance before it drains.
+      await registration?.stop();
       await server.stop(config.SHUTDOWN_GRACE_MS);
       await events.stop();
       store.close();
