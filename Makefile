@@ -4,6 +4,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PROTOS := $(shell find proto -name '*.proto')
+# `make run PAYMENT_REPLICAS=2`: instance counts reach the runner through the environment.
+export INVENTORY_REPLICAS PAYMENT_REPLICAS NOTIFICATION_REPLICAS HISTORY_REPLICAS
 GEN_STAMP := gen/shopmesh/common/v1/common_pb.ts
 
 .PHONY: help install nats generate lint typecheck test run demo token trace events dlq history-rebuild clean
@@ -36,7 +38,7 @@ typecheck: install ## tsc, strict
 test: install ## Everything CI checks: lint, typecheck, all tests
 	npm run check
 
-run: install nats $(GEN_STAMP) ## Start NATS and every service locally; Ctrl-C stops all
+run: install nats $(GEN_STAMP) ## Start NATS, every service and the gateway; Ctrl-C stops all (PAYMENT_REPLICAS=2 for two payments)
 	npm start
 
 demo: install ## Place three orders against `make run` and print their sagas (SAGA_MODE=choreography for events only)

@@ -7,7 +7,8 @@
  * Ports: gateway 8080 (HTTP: Connect, gRPC-Web, gRPC); NATS 4222 (monitoring
  * 8222); inventory 50051, payment 50052, order 50053, notification 50054,
  * history 50055; /metrics on 9100 (gateway) and 9101-9105 (services).
- * Spans go to .data/traces.jsonl for `make trace`.
+ * Spans go to .data/traces.jsonl for `make trace`. PAYMENT_REPLICAS=2 (or
+ * INVENTORY_, NOTIFICATION_, HISTORY_) starts more instances on port + 100.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync } from "node:fs";
@@ -33,9 +34,34 @@ const SERVICES: readonly {
   { name: "gateway", port: 8080, metrics: 9100, main: "gateway/main.ts", env: { HTTP_PORT: "8080" } },
 ];
 
+/** Every caller finds its upstreams through the registry (client-side discovery). */
+const UPSTREAMS = Object.fromEntries(
+  ["inventory", "payment", "order", "notification", "history"].map((n) => [
+    `${n.toUpperCase()}_TARGET`,
+    `registry:///${n}`,
+  ]),
+);
+
+/** `<NAME>_REPLICAS` (default 1). Order runs one instance: its sagas are owned in memory. */
+function replicasOf(name: string): number {
+  const raw = process.env[`${name.toUpperCase()}_REPLICAS`];
+  const n = raw === undefined || raw === "" ? 1 : Number(raw);
+  if (!Number.isInteger(n) || n < 1 || n > 5) {
+    process.stderr.write(`${name.toUpperCase()}_REPLICAS must be 1..5, got ${JSON.stringify(raw)}\n`);
+    process.exit(2);
+  }
+  if (n > 1 && (name === "order" || name === "gateway")) {
+    process.stderr.write(
+      `${name} runs one instance locally (${name === "order" ? "sagas are owned in memory" : "one port"})\n`,
+    );
+    process.exit(2);
+  }
+  return n;
+}
+
 const COLORS = [36, 33, 35, 32, 34, 31, 96, 93];
 const tty = process.stdout.isTTY;
-const width = Math.max(...SERVICES.map((s) => s.name.length), "nats".length);
+const width = Math.max(...SERVICES.map((s) => s.name.length), "nats".length) + 2;
 
 function prefix(name: string, i: number): string {
   const label = `${name.padEnd(width)} |`;
@@ -127,15 +153,21 @@ start(
 SERVICES.forEach((s, i) => {
   const main = s.main ?? join("services", s.name, "main.ts");
   if (!existsSync(join(ROOT, main))) return;
-  start(s.name, i + 1, process.execPath, ["--import", "tsx", main], {
-    GRPC_PORT: String(s.port),
-    DB_PATH: join(DATA, `${s.name}.db`),
-    LOG_FORMAT: process.env.LOG_FORMAT ?? "pretty",
-    NATS_URL: "nats://127.0.0.1:4222",
-    METRICS_PORT: String(s.metrics),
-    TRACE_FILE: join(DATA, "traces.jsonl"),
-    ...s.env,
-  });
+  const replicas = replicasOf(s.name);
+  for (let r = 0; r < replicas; r++) {
+    // Replicas share the service's SQLite file (WAL, IMMEDIATE transactions: safe across processes on
+    // one machine) and its durable consumers, and register themselves for registry:/// discovery.
+    start(replicas > 1 ? `${s.name}-${r + 1}` : s.name, i + 1, process.execPath, ["--import", "tsx", main], {
+      GRPC_PORT: String(s.port + 100 * r),
+      DB_PATH: join(DATA, `${s.name}.db`),
+      LOG_FORMAT: process.env.LOG_FORMAT ?? "pretty",
+      NATS_URL: "nats://127.0.0.1:4222",
+      METRICS_PORT: String(s.metrics + 100 * r),
+      TRACE_FILE: join(DATA, "traces.jsonl"),
+      ...UPSTREAMS,
+      ...s.env,
+    });
+  }
 });
 process.on("exit", () => {
   for (const { child } of children) if (child.exitCode === null) child.kill("SIGKILL");
