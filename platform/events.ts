@@ -379,6 +379,15 @@ export const INBOX_MIGRATION = `CREATE TABLE inbox (
   PRIMARY KEY (consumer, event_id)
 ) STRICT;`;
 
+/**
+ * Thrown by a handler for an event that can never be handled (it lacks data
+ * the handler needs): the event goes to the DLQ at once instead of being
+ * retried.
+ */
+export class UnprocessableEventError extends Error {
+  override name = "UnprocessableEventError";
+}
+
 /** What a handler learns about the event beyond its payload. */
 export interface EventContext {
   readonly eventId: string;
@@ -419,7 +428,7 @@ export interface ConsumerOptions {
   /** Durable consumer name, unique per service and stream, e.g. "notification-order". */
   readonly durable: string;
   readonly handlers: ReadonlyArray<[EventType, (event: never, ctx: EventContext) => void]>;
-  /** Deliveries before a failing event goes to the dead-letter stream. */
+  /** Deliveries before a failing event goes to the dead-letter stream (default 10). */
   readonly maxDeliver?: number;
   /** Chaos hook: SIGKILL the process after committing an event, before acking it. */
   readonly crashAfterCommit?: boolean;
@@ -448,7 +457,8 @@ export interface RunningConsumer {
  */
 export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsumer> {
   const { bus, db, log, durable } = opts;
-  const maxDeliver = opts.maxDeliver ?? 5;
+  // ~20 s of backoff in all: long enough for a cross-stream dependency to arrive, short enough to surface poison.
+  const maxDeliver = opts.maxDeliver ?? 10;
   const handlers = new Map(opts.handlers);
   const seen = db.prepare<[string, string], { one: number }>(
     "SELECT 1 AS one FROM inbox WHERE consumer = ? AND event_id = ?",
@@ -568,7 +578,10 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
       }
     } catch (err) {
       metrics?.eventsHandled.inc({ consumer: durable, type, outcome: "failed" });
-      if (m.info.deliveryCount - (skipped.get(m.seq) ?? 0) >= maxDeliver) {
+      if (err instanceof UnprocessableEventError) {
+        skipped.delete(m.seq);
+        await deadLetter(m, `unprocessable: ${err.message}`);
+      } else if (m.info.deliveryCount - (skipped.get(m.seq) ?? 0) >= maxDeliver) {
         skipped.delete(m.seq);
         await deadLetter(m, `handler failed ${m.info.deliveryCount} times: ${(err as Error).message}`);
       } else {

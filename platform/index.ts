@@ -68,6 +68,7 @@ export {
   type StreamName,
   startConsumer,
   startEventing,
+  UnprocessableEventError,
 } from "./events.js";
 export {
   type CallContext,
@@ -81,6 +82,7 @@ export {
   methodPath,
   type ServiceImpl,
 } from "./grpc.js";
+export { type Host, type HostConfig, type HostContext, type HostOptions, startHost } from "./host.js";
 export { IDENTITY_KEYS, type Identity, identityMetadata, identityOf, requireIdentity } from "./identity.js";
 export { type ProcessConfig, runService, type Stoppable } from "./lifecycle.js";
 export { createLogger, type Logger, type LoggerOptions, silentLogger } from "./log.js";

@@ -34,7 +34,10 @@ async function eventually<T>(read: () => Promise<T>, ok: (v: T) => boolean, ms =
 }
 
 describe("burst of 200 orders", () => {
-  it("history equals the order service's truth; notifications equal terminal orders one to one", async () => {
+  // Generous: 200 sagas on a 2-core machine while other test files run beside it.
+  it("history equals the order service's truth; notifications equal terminal orders one to one", {
+    timeout: 120_000,
+  }, async () => {
     const products = ["coffee-beans", "ceramic-mug", "paper-filters", "limited-print", "pour-over-kettle"];
     const placed = await Promise.all(
       Array.from({ length: ORDERS }, async (_, i) => {

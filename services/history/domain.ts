@@ -22,7 +22,7 @@ import { timestampMs } from "@bufbuild/protobuf/wkt";
 import type { StockRejected, StockReleased, StockReserved } from "../../gen/shopmesh/inventory/v1/events_pb.js";
 import type { OrderCancelled, OrderConfirmed, OrderPlaced } from "../../gen/shopmesh/order/v1/events_pb.js";
 import type { PaymentFailed, PaymentRefunded, PaymentSucceeded } from "../../gen/shopmesh/payment/v1/events_pb.js";
-import type { EventType, Line } from "../../platform/index.js";
+import { type EventType, type Line, UnprocessableEventError } from "../../platform/index.js";
 
 /** Order status as written in the `status` column. */
 export type OrderStatusName = "PENDING" | "CONFIRMED" | "CANCELLED";
@@ -86,7 +86,7 @@ export type HistoryEvent =
   | PaymentRefunded;
 
 /** An event the projection cannot use (it is retried, then dead-lettered). */
-export class UnusableEventError extends Error {
+export class UnusableEventError extends UnprocessableEventError {
   override readonly name = "UnusableEventError";
 }
 

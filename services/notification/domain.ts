@@ -4,7 +4,7 @@
  */
 import type { OrderCancelled, OrderConfirmed } from "../../gen/shopmesh/order/v1/events_pb.js";
 import type { PaymentRefunded } from "../../gen/shopmesh/payment/v1/events_pb.js";
-import { requireId } from "../../platform/index.js";
+import { requireId, UnprocessableEventError } from "../../platform/index.js";
 
 /** Kind of a stored notification, as written in the `notifications.kind` column. */
 export type NotificationKindName = "ORDER_CONFIRMED" | "ORDER_CANCELLED" | "PAYMENT_REFUNDED";
@@ -28,8 +28,8 @@ export interface NotificationRecord extends NotificationDraft {
 /** An event that notifies a customer. */
 export type NotifyingEvent = OrderConfirmed | OrderCancelled | PaymentRefunded;
 
-/** An event that cannot be turned into a notification (it is retried, then dead-lettered). */
-export class UnusableEventError extends Error {
+/** An event that cannot be turned into a notification: dead-lettered at once, never retried. */
+export class UnusableEventError extends UnprocessableEventError {
   override readonly name = "UnusableEventError";
 }
 

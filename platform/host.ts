@@ -1,0 +1,123 @@
+/**
+ * The part every service's wiring shares: telemetry, fault injection, the
+ * event machinery (outbox relay, consumers), the gRPC server, registration
+ * for client-side discovery — and a shutdown in the one safe order:
+ * deregister (clients stop picking this instance), drain calls, stop the
+ * app's own work, stop consuming and publishing, close the database, stop
+ * serving metrics. A service's `app.ts` opens its store, says what to serve
+ * and consume, and adds only what is its own.
+ */
+import { FaultInjector } from "./chaos.js";
+import type { Db } from "./db.js";
+import { announce } from "./discovery.js";
+import { type Bus, type ConsumerOptions, type Eventing, type Outbox, startEventing } from "./events.js";
+import type { Logger } from "./log.js";
+import { type ServiceBinding, startGrpcServer } from "./server.js";
+import { type AppTelemetry, startAppTelemetry } from "./telemetry.js";
+
+/** The config a host reads (commonEnv + faultEnv). */
+export interface HostConfig {
+  readonly GRPC_HOST: string;
+  readonly GRPC_PORT: number;
+  readonly GRPC_ADVERTISE_HOST: string;
+  readonly NATS_URL: string;
+  readonly METRICS_PORT: number | undefined;
+  readonly SHUTDOWN_GRACE_MS: number;
+  readonly FAULT_LATENCY_MS: number;
+  readonly FAULT_ERROR_RATE: number;
+  readonly FAULT_ERROR_CODE: number;
+  readonly FAULT_DOWN: boolean;
+  readonly FAULT_CRASH_BEFORE_PUBLISH: boolean;
+  readonly FAULT_CRASH_AFTER_COMMIT: boolean;
+}
+
+/** What the host gives the app while it builds its services. */
+export interface HostContext {
+  readonly telemetry: AppTelemetry;
+  /** The NATS connection, when the bus is on (e.g. for registry:/// upstreams). */
+  readonly bus: Bus | undefined;
+}
+
+/** Options of {@link startHost}. */
+export interface HostOptions {
+  /** Service name: logs, metrics, traces, events' source, registry entry. */
+  readonly name: string;
+  readonly config: HostConfig;
+  readonly log: Logger;
+  /** The service's database (its consumers' inbox lives there too). */
+  readonly db: Db;
+  /** The service's outbox, if it publishes events. */
+  readonly outbox?: Outbox;
+  /** The service's event consumers, if any. */
+  readonly consumers?: ReadonlyArray<Pick<ConsumerOptions, "stream" | "durable" | "handlers">>;
+  /** The gRPC services to serve, built once the bus and telemetry exist. */
+  readonly services: (ctx: HostContext) => ServiceBinding[] | Promise<ServiceBinding[]>;
+  /** The app's own shutdown, after calls drained and before the bus stops (e.g. stop sagas, close channels). */
+  readonly stopApp?: () => Promise<void> | void;
+  /** Closes the app's database; also called when the start fails. */
+  readonly close: () => void;
+}
+
+/** A running service host. */
+export interface Host {
+  readonly port: number;
+  readonly address: string;
+  readonly telemetry: AppTelemetry;
+  readonly events: Eventing;
+  /** Shuts down in order (see the module comment). */
+  stop(): Promise<void>;
+}
+
+/** Starts a service: telemetry, events, server, registration. A failed start releases what it started. */
+export async function startHost(o: HostOptions): Promise<Host> {
+  const { config, log } = o;
+  const telemetry = await startAppTelemetry(o.name, config.METRICS_PORT, log);
+  const faults = FaultInjector.fromConfig(config);
+  let events: Eventing | undefined;
+  try {
+    events = await startEventing({
+      url: config.NATS_URL,
+      service: o.name,
+      db: o.db,
+      log,
+      telemetry,
+      faults,
+      crashBeforePublish: config.FAULT_CRASH_BEFORE_PUBLISH,
+      crashAfterCommit: config.FAULT_CRASH_AFTER_COMMIT,
+      ...(o.outbox ? { outbox: o.outbox } : {}),
+      ...(o.consumers ? { consumers: o.consumers } : {}),
+    });
+    const services = await o.services({ telemetry, bus: events.bus });
+    const server = await startGrpcServer({
+      host: config.GRPC_HOST,
+      port: config.GRPC_PORT,
+      services,
+      faults,
+      log,
+      telemetry,
+    });
+    const registration = await announce(events.bus, o.name, config.GRPC_ADVERTISE_HOST, server.port, log);
+    const running = events;
+    return {
+      port: server.port,
+      address: server.address,
+      telemetry,
+      events: running,
+      async stop() {
+        await registration?.stop();
+        await server.stop(config.SHUTDOWN_GRACE_MS);
+        await o.stopApp?.();
+        await running.stop();
+        o.close();
+        await telemetry.close();
+      },
+    };
+  } catch (err) {
+    // A failed start (port taken, say) must not leave consumers writing to a database nobody owns.
+    await o.stopApp?.();
+    await events?.stop();
+    o.close();
+    await telemetry.close();
+    throw err;
+  }
+}
