@@ -85,7 +85,7 @@ export type HistoryEvent =
   | PaymentFailed
   | PaymentRefunded;
 
-/** An event the projection cannot use (it is retried, then dead-lettered). */
+/** An event the projection cannot use: dead-lettered at once, never retried. */
 export class UnusableEventError extends UnprocessableEventError {
   override readonly name = "UnusableEventError";
 }
