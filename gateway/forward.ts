@@ -27,10 +27,7 @@ export interface ClientInfo {
 }
 
 /** Context value: the client behind this request. */
-export const kClient = createContextKey<ClientInfo>(
-  { ip: "", requestId: "" },
-  { description: "client" },
-);
+export const kClient = createContextKey<ClientInfo>({ ip: "", requestId: "" }, { description: "client" });
 /** Context value: the verified caller (set by the auth interceptor). */
 export const kIdentity = createContextKey<Identity | undefined>(undefined, { description: "identity" });
 
