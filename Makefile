@@ -11,7 +11,7 @@ GEN_STAMP := gen/shopmesh/common/v1/common_pb.ts
 .PHONY: help install nats generate lint typecheck test run demo token trace events dlq history-rebuild clean
 
 help: ## List targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci
@@ -61,3 +61,6 @@ history-rebuild: install ## Rebuild the history read model from the streams (sto
 
 clean: ## Remove local data (.data/: databases, NATS streams)
 	rm -rf .data
+
+# Kubernetes + Istio on kind: kind-up, images, kind-load, deploy, port-forward, kind-down (docs/deploy.md).
+include deploy/deploy.mk

@@ -1,0 +1,64 @@
+# Kubernetes + Istio on kind (docs/deploy.md). Included by the Makefile:
+#   include deploy/deploy.mk
+# Needs Docker, kind and kubectl; istioctl is fetched at the pinned version.
+# Every kubectl call names the kind context, so no other cluster is touched.
+
+# Pinned versions (docs/deploy.md, deploy/kind/cluster.yaml): kind v0.33.0
+# with its Kubernetes 1.35 node image, Istio 1.29 (supports Kubernetes 1.30-1.35).
+KIND_VERSION := v0.33.0
+ISTIO_VERSION ?= 1.29.2
+KIND_CLUSTER ?= shopmesh
+KIND_CONTEXT := kind-$(KIND_CLUSTER)
+IMAGE ?= shopmesh:dev
+OVERLAY ?= deploy/kubernetes/overlays/kind
+FAULTS_OVERLAY := deploy/kubernetes/overlays/kind-payment-faults
+LOCAL_PORT ?= 8080
+DEPLOY_TOOLS := .data/deploy-tools
+ISTIOCTL_PINNED := $(DEPLOY_TOOLS)/istio-$(ISTIO_VERSION)/bin/istioctl
+# Set ISTIOCTL=istioctl to use one on PATH (kind-up checks its version).
+ISTIOCTL ?= $(ISTIOCTL_PINNED)
+KUBECTL := kubectl --context $(KIND_CONTEXT)
+
+.PHONY: kind-up images kind-load deploy deploy-faults port-forward kind-token kind-down deploy-render deploy-check
+
+$(ISTIOCTL_PINNED):
+	mkdir -p $(DEPLOY_TOOLS)
+	cd $(DEPLOY_TOOLS) && curl -fsSL https://istio.io/downloadIstio | ISTIO_VERSION=$(ISTIO_VERSION) sh -
+
+kind-up: $(filter $(ISTIOCTL_PINNED),$(ISTIOCTL)) ## kind cluster + Istio (pinned: ISTIO_VERSION, deploy/kind/cluster.yaml); needs Docker, kind, kubectl
+	@for t in docker kind kubectl; do command -v $$t >/dev/null || { echo "$$t is missing: see docs/deploy.md (Prerequisites)"; exit 1; }; done
+	@kind version | grep -q '$(KIND_VERSION)' || echo "warning: kind $(KIND_VERSION) is the tested version (node image digest in deploy/kind/cluster.yaml); found: $$(kind version)"
+	@$(ISTIOCTL) version --remote=false 2>/dev/null | grep -q '$(ISTIO_VERSION)' || { echo "$(ISTIOCTL) is not Istio $(ISTIO_VERSION)"; exit 1; }
+	kind get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' || kind create cluster --name $(KIND_CLUSTER) --config deploy/kind/cluster.yaml
+	$(ISTIOCTL) install --context $(KIND_CONTEXT) -y -f deploy/kind/istio.yaml
+	$(KUBECTL) -n istio-system wait --for=condition=Available deployment --all --timeout=5m
+
+images: ## Build the one shopmesh image (Dockerfile) as IMAGE (default shopmesh:dev)
+	docker build -t $(IMAGE) .
+
+kind-load: ## Copy IMAGE into the kind nodes (no registry needed)
+	kind load docker-image $(IMAGE) --name $(KIND_CLUSTER)
+
+deploy: ## Apply the kind overlay (base + Istio + observability), restart onto the loaded image, wait until ready
+	$(KUBECTL) apply -k $(OVERLAY)
+	$(KUBECTL) -n shopmesh rollout restart deployment
+	$(KUBECTL) -n shopmesh rollout status statefulset/nats --timeout=5m
+	$(KUBECTL) -n shopmesh wait --for=condition=Available deployment --all --timeout=5m
+
+deploy-faults: ## Turn on Istio fault injection on order -> payment (make deploy turns it off)
+	$(KUBECTL) apply -k $(FAULTS_OVERLAY)
+
+port-forward: ## Forward localhost:LOCAL_PORT (8080) to the Istio ingress gateway; Ctrl-C stops
+	$(KUBECTL) -n istio-system port-forward svc/istio-ingressgateway $(LOCAL_PORT):80
+
+kind-token: ## Print a JWT for the kind deployment (RS256 dev key): make kind-token USER=alice [ROLE=admin]
+	@deploy/kind/token.sh "$(USER)" "$(or $(ROLE),customer)"
+
+kind-down: ## Delete the kind cluster
+	kind delete cluster --name $(KIND_CLUSTER)
+
+deploy-render: ## Print every overlay as rendered YAML (offline: kubectl kustomize)
+	@for o in deploy/kubernetes/overlays/*/; do echo "# --- $$o"; kubectl kustomize "$$o" || exit 1; done
+
+deploy-check: install ## Offline checks of Dockerfile and manifests against the code (test/deploy.test.ts)
+	npx vitest run test/deploy.test.ts
