@@ -13,6 +13,7 @@ const spec = {
   LOG_FORMAT: commonEnv.LOG_FORMAT,
   SHUTDOWN_GRACE_MS: commonEnv.SHUTDOWN_GRACE_MS,
   NATS_URL: commonEnv.NATS_URL,
+  NATS_STREAM_REPLICAS: commonEnv.NATS_STREAM_REPLICAS,
   OTEL_EXPORTER_OTLP_ENDPOINT: commonEnv.OTEL_EXPORTER_OTLP_ENDPOINT,
   TRACE_FILE: commonEnv.TRACE_FILE,
   METRICS_PORT: commonEnv.METRICS_PORT,
@@ -50,7 +51,7 @@ const spec = {
   MAX_BODY_BYTES: int(1_048_576, { min: 1_024, max: 64 * 1_048_576 }),
   /** Comma-separated origins allowed by CORS ("*" for any); empty disables CORS. */
   CORS_ORIGINS: str("http://localhost:3000,http://127.0.0.1:3000"),
-  /** Trust X-Forwarded-For from a proxy in front (only behind one you control). */
+  /** Behind a proxy you control (e.g. the Istio ingress): take the client IP from the last X-Forwarded-For hop it appended. */
   TRUST_PROXY: bool(false),
   /** Deadline of a composed GetOrderDetails call, in ms. */
   COMPOSITION_TIMEOUT_MS: int(2_000, { min: 50, max: 60_000 }),

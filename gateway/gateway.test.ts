@@ -256,6 +256,34 @@ describe("limits and surface", () => {
     expect(again.status).toBe(200);
   });
 
+  it("limits per client IP before authentication; a spoofed X-Forwarded-For does not reset it", async () => {
+    const strict = await startGateway(
+      loadConfig({
+        HTTP_HOST: "127.0.0.1",
+        HTTP_PORT: "0",
+        INVENTORY_TARGET: sys.inventory.address,
+        RATE_LIMIT_IP_BURST: "5",
+        RATE_LIMIT_IP_RPS: "1",
+      }),
+      silentLogger(),
+    );
+    try {
+      const statuses: number[] = [];
+      for (let i = 0; i < 8; i++) {
+        const res = await fetch(`${strict.url}/shopmesh.inventory.v1.InventoryService/GetProduct`, {
+          method: "POST",
+          headers: { "content-type": "application/json", "x-forwarded-for": `203.0.113.${i}` },
+          body: '{"product_id":"coffee-beans"}',
+        });
+        statuses.push(res.status);
+      }
+      // Five unauthenticated tries (401), then the address is out of tokens whatever the header claims.
+      expect(statuses).toEqual([401, 401, 401, 401, 401, 429, 429, 429]);
+    } finally {
+      await strict.stop();
+    }
+  });
+
   it("refuses an oversize body with 413 and a clear message", async () => {
     const res = await call(
       "shopmesh.inventory.v1.InventoryService/GetProduct",

@@ -238,6 +238,13 @@ export async function startFront(o: FrontOptions): Promise<RunningFront> {
         return;
       }
     }
+    if (req.method === "GET" && (req.url === "/healthz" || req.url === "/readyz")) {
+      // Probes: /healthz while the process runs; /readyz until shutdown begins.
+      const ok = req.url === "/healthz" || !draining;
+      res.writeHead(ok ? 200 : 503, { "content-type": "text/plain" });
+      res.end(ok ? "ok\n" : "draining\n");
+      return;
+    }
     const length = Number(req.headers["content-length"] ?? 0);
     if (length > o.maxBodyBytes) {
       // Refuse before reading: 413 with a Connect-shaped error body.
@@ -253,6 +260,7 @@ export async function startFront(o: FrontOptions): Promise<RunningFront> {
     connect(req as http.IncomingMessage, res as http.ServerResponse);
   };
 
+  let draining = false;
   const h1 = http.createServer(handle);
   const h2 = http2.createServer({}, handle);
   const sockets = new Set<net.Socket>();
@@ -284,6 +292,7 @@ export async function startFront(o: FrontOptions): Promise<RunningFront> {
     port,
     url: `http://${dialHost}:${port}`,
     async stop(graceMs) {
+      draining = true;
       front.close();
       h1.close();
       h1.closeIdleConnections();

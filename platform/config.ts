@@ -137,6 +137,8 @@ export const commonEnv = {
   LOG_FORMAT: oneOf(["json", "pretty"], "json"),
   /** Host to listen on. */
   GRPC_HOST: str("0.0.0.0"),
+  /** Replicas of each JetStream stream this process creates: 1 locally, 3 on a 3-node cluster. */
+  NATS_STREAM_REPLICAS: int(1, { min: 1, max: 5 }),
   /** Host other processes reach this one at, as registered for client-side discovery (the pod IP in Kubernetes). */
   GRPC_ADVERTISE_HOST: str("127.0.0.1"),
   /** NATS server URL(s), comma separated; "off" runs without the event bus (events wait in the outbox). */

@@ -133,11 +133,12 @@ export async function connectBus(url: string, name: string, log: Logger, replica
   const jsm = await jetstreamManager(nc);
   for (const s of STREAMS) {
     const config = { ...STREAM_DEFAULTS, num_replicas: replicas, name: s.name, subjects: [...s.subjects] };
-    try {
-      await jsm.streams.info(s.name);
-      await jsm.streams.update(s.name, config);
-    } catch {
+    const existing = await jsm.streams.info(s.name).catch(() => undefined);
+    if (!existing) {
       await jsm.streams.add(config);
+    } else {
+      // Never lower replication: a tool or an older pod started with the default must not shrink R3 to R1.
+      await jsm.streams.update(s.name, { ...config, num_replicas: Math.max(replicas, existing.config.num_replicas) });
     }
   }
   log.info({ url, streams: STREAMS.map((s) => s.name) }, "connected to NATS JetStream");
@@ -635,6 +636,8 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
 export interface EventingOptions {
   /** NATS URL(s), comma separated; "off" runs without a bus (events wait in the outbox). */
   readonly url: string;
+  /** Replicas of the streams created (1 locally, 3 on a cluster). */
+  readonly replicas?: number;
   /** Service name: the events' `source` and the NATS connection name. */
   readonly service: string;
   readonly db: Db;
@@ -666,7 +669,7 @@ export async function startEventing(opts: EventingOptions): Promise<Eventing> {
     opts.log.warn("NATS_URL=off: running without the event bus; events wait in the outbox");
     return { bus: undefined, relay: undefined, stop: async () => {} };
   }
-  const bus = await connectBus(opts.url, opts.service, opts.log);
+  const bus = await connectBus(opts.url, opts.service, opts.log, opts.replicas ?? 1);
   const relay = opts.outbox
     ? new OutboxRelay({
         db: opts.db,

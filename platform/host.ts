@@ -21,6 +21,7 @@ export interface HostConfig {
   readonly GRPC_PORT: number;
   readonly GRPC_ADVERTISE_HOST: string;
   readonly NATS_URL: string;
+  readonly NATS_STREAM_REPLICAS: number;
   readonly METRICS_PORT: number | undefined;
   readonly SHUTDOWN_GRACE_MS: number;
   readonly FAULT_LATENCY_MS: number;
@@ -77,6 +78,7 @@ export async function startHost(o: HostOptions): Promise<Host> {
   try {
     events = await startEventing({
       url: config.NATS_URL,
+      replicas: config.NATS_STREAM_REPLICAS,
       service: o.name,
       db: o.db,
       log,
