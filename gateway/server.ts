@@ -266,6 +266,8 @@ export async function startFront(o: FrontOptions): Promise<RunningFront> {
   const sockets = new Set<net.Socket>();
   // One port for both: HTTP/2 with prior knowledge starts with the connection preface "PRI * HTTP/2.0".
   const front = net.createServer((socket) => {
+    // Small RPC messages must not wait for Nagle's algorithm (a ~40 ms stall against delayed ACKs).
+    socket.setNoDelay(true);
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
     socket.once("data", (first: Buffer) => {
