@@ -42,9 +42,13 @@ export async function createAuthenticator(c: AuthConfig): Promise<Authenticator>
     const key = new TextEncoder().encode(c.JWT_SECRET);
     verify = async (t) => (await jwtVerify(t, key, { ...options, algorithms: ["HS256"] })).payload;
   }
+  // Verified tokens, until they expire (at most a minute): the hot path skips the signature check.
+  const verified = new Map<string, { identity: Identity; until: number }>();
   return async (authorization) => {
     const m = /^Bearer ([A-Za-z0-9_\-.]+)$/.exec(authorization ?? "");
     if (!m?.[1]) throw new AuthError(authorization ? "malformed Authorization header" : "missing bearer token");
+    const hit = verified.get(m[1]);
+    if (hit && hit.until > Date.now()) return hit.identity;
     let claims: JWTPayload;
     try {
       claims = await verify(m[1]);
@@ -55,7 +59,11 @@ export async function createAuthenticator(c: AuthConfig): Promise<Authenticator>
       throw new AuthError("token has no usable sub claim");
     }
     const roles = Array.isArray(claims.roles) ? claims.roles.filter((r): r is string => typeof r === "string") : [];
-    return { subject: claims.sub, roles: roles.length > 0 ? roles : ["customer"] };
+    const identity: Identity = { subject: claims.sub, roles: roles.length > 0 ? roles : ["customer"] };
+    if (verified.size >= 10_000) verified.clear(); // bounded; a miss only costs one verification
+    const expiresAt = typeof claims.exp === "number" ? claims.exp * 1000 : Date.now();
+    verified.set(m[1], { identity, until: Math.min(expiresAt, Date.now() + 60_000) });
+    return identity;
   };
 }
 

@@ -339,7 +339,7 @@ function withDeadline<T>(
   return Promise.race([fn(signal), expired]).finally(() => clearTimeout(timer));
 }
 
-/** Options of one attempt: the per-attempt timeout capped by the caller's deadline, the signals merged. */
+/** Options of one attempt: the per-attempt timeout capped by the caller's deadline. */
 function attemptOptions(
   opts: CallOptions,
   deadline: number | undefined,
@@ -351,8 +351,8 @@ function attemptOptions(
     throw new CallerDeadlineError(status.DEADLINE_EXCEEDED, "caller deadline exceeded", new Metadata());
   }
   const attemptDeadline = deadline === undefined ? now + timeoutMs : Math.min(now + timeoutMs, deadline);
-  const signal = opts.signal ? AbortSignal.any([opts.signal, policySignal]) : policySignal;
-  return { metadata: opts.metadata, deadline: attemptDeadline, signal };
+  // cockatiel derives the attempt's signal from the caller's (passed to execute), so it is enough.
+  return { metadata: opts.metadata, deadline: attemptDeadline, signal: policySignal };
 }
 
 /** Policy rejections become UNAVAILABLE RpcErrors naming the downstream; RpcErrors pass through. */
