@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { silentLogger } from "../platform/index.js";
 import { bufCurl } from "../test/fixtures.js";
-import { type System, startSystem } from "../test/system.js";
+import { type System, startSystem, startTestGateway } from "../test/system.js";
 import { type GatewayApp, startGateway } from "./app.js";
 import { signDevToken } from "./auth.js";
 import { DEV_JWT_SECRET, loadConfig } from "./config.js";
@@ -23,25 +23,15 @@ const token = (sub: string, roles: string[] = ["customer"]) => signDevToken(clai
 
 beforeAll(async () => {
   sys = await startSystem();
-  gw = await startGateway(
-    loadConfig({
-      HTTP_HOST: "127.0.0.1",
-      HTTP_PORT: "0",
-      INVENTORY_TARGET: sys.inventory.address,
-      PAYMENT_TARGET: sys.payment.address,
-      ORDER_TARGET: sys.order.address,
-      NOTIFICATION_TARGET: sys.notification.address,
-      HISTORY_TARGET: sys.history.address,
-      RATE_LIMIT_RPS: "2",
-      RATE_LIMIT_BURST: "20",
-      RATE_LIMIT_IP_BURST: "200",
-      MAX_BODY_BYTES: "4096",
-      CORS_ORIGINS: "http://app.example",
-      UPSTREAM_BREAKER_HALF_OPEN_AFTER_MS: "200",
-      UPSTREAM_RETRY_MAX_ATTEMPTS: "2",
-    }),
-    silentLogger(),
-  );
+  gw = await startTestGateway(sys, {
+    RATE_LIMIT_RPS: "2",
+    RATE_LIMIT_BURST: "20",
+    RATE_LIMIT_IP_BURST: "200",
+    MAX_BODY_BYTES: "4096",
+    CORS_ORIGINS: "http://app.example",
+    UPSTREAM_BREAKER_HALF_OPEN_AFTER_MS: "200",
+    UPSTREAM_RETRY_MAX_ATTEMPTS: "2",
+  });
 });
 afterAll(async () => {
   await gw.stop();

@@ -10,12 +10,11 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type GatewayApp, startGateway } from "../gateway/app.js";
+import type { GatewayApp } from "../gateway/app.js";
 import { signDevToken } from "../gateway/auth.js";
-import { DEV_JWT_SECRET, loadConfig } from "../gateway/config.js";
-import { silentLogger } from "../platform/index.js";
+import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { ROOT } from "./fixtures.js";
-import { type System, startSystem } from "./system.js";
+import { type System, startSystem, startTestGateway } from "./system.js";
 
 const run = promisify(execFile);
 let sys: System;
@@ -23,18 +22,7 @@ let gw: GatewayApp;
 
 beforeAll(async () => {
   sys = await startSystem();
-  gw = await startGateway(
-    loadConfig({
-      HTTP_HOST: "127.0.0.1",
-      HTTP_PORT: "0",
-      INVENTORY_TARGET: sys.inventory.address,
-      PAYMENT_TARGET: sys.payment.address,
-      ORDER_TARGET: sys.order.address,
-      NOTIFICATION_TARGET: sys.notification.address,
-      HISTORY_TARGET: sys.history.address,
-    }),
-    silentLogger(),
-  );
+  gw = await startTestGateway(sys);
 });
 afterAll(async () => {
   await gw.stop();

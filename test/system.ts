@@ -5,6 +5,8 @@
  */
 import { join } from "node:path";
 import type { Metadata } from "@grpc/grpc-js";
+import { type GatewayApp, startGateway } from "../gateway/app.js";
+import { loadConfig as gatewayConfig } from "../gateway/config.js";
 import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { type Order, OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
@@ -134,4 +136,21 @@ export async function startSystem(
       dir[Symbol.dispose]();
     },
   };
+}
+
+/** Starts a gateway on an ephemeral port in front of `sys`; `env` overrides its config. */
+export async function startTestGateway(sys: System, env: Env = {}, log: Logger = silentLogger()): Promise<GatewayApp> {
+  return startGateway(
+    gatewayConfig({
+      HTTP_HOST: "127.0.0.1",
+      HTTP_PORT: "0",
+      INVENTORY_TARGET: sys.inventory.address,
+      PAYMENT_TARGET: sys.payment.address,
+      ORDER_TARGET: sys.order.address,
+      NOTIFICATION_TARGET: sys.notification.address,
+      HISTORY_TARGET: sys.history.address,
+      ...env,
+    }),
+    log,
+  );
 }

@@ -10,12 +10,12 @@ import { SpanKind } from "@opentelemetry/api";
 import { InMemorySpanExporter, type ReadableSpan, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type GatewayApp, startGateway } from "../gateway/app.js";
+import type { GatewayApp } from "../gateway/app.js";
 import { signDevToken } from "../gateway/auth.js";
-import { DEV_JWT_SECRET, loadConfig } from "../gateway/config.js";
+import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { startTracing } from "../platform/index.js";
 import { logIds } from "../platform/telemetry.js";
-import { type System, startSystem } from "./system.js";
+import { type System, startSystem, startTestGateway } from "./system.js";
 
 const spans = new InMemorySpanExporter();
 const logLines: Record<string, unknown>[] = [];
@@ -53,19 +53,7 @@ beforeAll(async () => {
     },
     { log },
   );
-  gw = await startGateway(
-    loadConfig({
-      HTTP_HOST: "127.0.0.1",
-      HTTP_PORT: "0",
-      METRICS_PORT: "0",
-      INVENTORY_TARGET: sys.inventory.address,
-      PAYMENT_TARGET: sys.payment.address,
-      ORDER_TARGET: sys.order.address,
-      NOTIFICATION_TARGET: sys.notification.address,
-      HISTORY_TARGET: sys.history.address,
-    }),
-    log.child({ service: "gateway" }),
-  );
+  gw = await startTestGateway(sys, { METRICS_PORT: "0" }, log.child({ service: "gateway" }));
 });
 afterAll(async () => {
   await gw.stop();
