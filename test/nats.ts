@@ -57,6 +57,12 @@ export async function startNats(): Promise<TestNats> {
         clearTimeout(timer);
         reject(new Error(`nats-server exited ${code}:\n${out}`));
       });
+      c.once("error", (err) => {
+        clearTimeout(timer);
+        reject(
+          new Error(`cannot start nats-server (${err.message}): install it with \`make nats\` or your package manager`),
+        );
+      });
     });
   };
   const stop = async (signal: NodeJS.Signals = "SIGTERM") => {
