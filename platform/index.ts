@@ -121,6 +121,7 @@ export {
   type Line,
   newId,
   PAGE_SIZE,
+  pageOf,
   pageSize,
   requestFingerprint,
   requireId,

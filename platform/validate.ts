@@ -50,6 +50,21 @@ export function encodePageToken(cursor: Record<string, string | number>): string
   return Buffer.from(JSON.stringify(cursor)).toString("base64url");
 }
 
+/**
+ * Splits rows fetched with `limit + 1` (one more than the page holds, to
+ * learn whether another page follows) into the page and the token of the
+ * next one — "" on the last page. `cursorOf` names the last row's position.
+ */
+export function pageOf<T>(
+  rows: readonly T[],
+  limit: number,
+  cursorOf: (last: T) => Record<string, string | number>,
+): { page: T[]; nextPageToken: string } {
+  const page = rows.slice(0, limit);
+  const last = page.at(-1);
+  return { page, nextPageToken: rows.length > limit && last !== undefined ? encodePageToken(cursorOf(last)) : "" };
+}
+
 /** Decodes a token made by {@link encodePageToken}; undefined for ""; INVALID_ARGUMENT when malformed. */
 export function decodePageToken<K extends string>(
   token: string,

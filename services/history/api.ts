@@ -4,7 +4,7 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { HistoryService, OrderHistoryEntrySchema } from "../../gen/shopmesh/history/v1/history_pb.js";
 import { OrderStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
-import { decodePageToken, encodePageToken, pageSize, requireIdentity, type ServiceImpl } from "../../platform/index.js";
+import { decodePageToken, pageOf, pageSize, requireIdentity, type ServiceImpl } from "../../platform/index.js";
 import type { OrderStatusName, OrderView, PaymentStatusName } from "./domain.js";
 import type { HistoryStore } from "./store.js";
 
@@ -52,12 +52,8 @@ export function createHistoryApi({ store }: HistoryApiDeps): ServiceImpl<typeof 
         cursor && { lastEventAt: Number(cursor.t), orderId: String(cursor.id) },
         limit + 1,
       );
-      const page = rows.slice(0, limit);
-      const last = page.at(-1);
-      return {
-        entries: page.map(entryMessage),
-        nextPageToken: rows.length > limit && last ? encodePageToken({ t: last.lastEventAt, id: last.orderId }) : "",
-      };
+      const { page, nextPageToken } = pageOf(rows, limit, (last) => ({ t: last.lastEventAt, id: last.orderId }));
+      return { entries: page.map(entryMessage), nextPageToken };
     },
   };
 }

@@ -12,9 +12,9 @@ import {
 import {
   Code,
   decodePageToken,
-  encodePageToken,
   IdempotencyKeyReusedError,
   NotFoundError,
+  pageOf,
   pageSize,
   requestFingerprint,
   requireId,
@@ -63,12 +63,8 @@ export function createInventoryApi({ store }: InventoryApiDeps): ServiceImpl<typ
       const limit = pageSize(req.pageSize);
       const after = decodePageToken(req.pageToken, ["after"])?.after;
       const rows = store.products(String(after ?? ""), limit + 1);
-      const page = rows.slice(0, limit);
-      const last = page.at(-1);
-      return {
-        products: page.map(productMessage),
-        nextPageToken: rows.length > limit && last ? encodePageToken({ after: last.id }) : "",
-      };
+      const { page, nextPageToken } = pageOf(rows, limit, (last) => ({ after: last.id }));
+      return { products: page.map(productMessage), nextPageToken };
     },
 
     getProduct(req) {

@@ -6,7 +6,7 @@ import {
   type NotificationSchema,
   type NotificationService,
 } from "../../gen/shopmesh/notification/v1/notification_pb.js";
-import { decodePageToken, encodePageToken, pageSize, requireIdentity, type ServiceImpl } from "../../platform/index.js";
+import { decodePageToken, pageOf, pageSize, requireIdentity, type ServiceImpl } from "../../platform/index.js";
 import { type NotificationKindName, type NotificationRecord, validateListFilter } from "./domain.js";
 import type { NotificationStore } from "./store.js";
 
@@ -48,12 +48,8 @@ export function createNotificationApi({ store }: NotificationApiDeps): ServiceIm
         cursor && { sentAt: Number(cursor.t), id: String(cursor.id) },
         limit + 1,
       );
-      const page = rows.slice(0, limit);
-      const last = page.at(-1);
-      return {
-        notifications: page.map(notificationMessage),
-        nextPageToken: rows.length > limit && last ? encodePageToken({ t: last.sentAt, id: last.id }) : "",
-      };
+      const { page, nextPageToken } = pageOf(rows, limit, (last) => ({ t: last.sentAt, id: last.id }));
+      return { notifications: page.map(notificationMessage), nextPageToken };
     },
   };
 }

@@ -12,12 +12,12 @@ import {
 } from "../../gen/shopmesh/order/v1/order_pb.js";
 import {
   decodePageToken,
-  encodePageToken,
   FailedPreconditionError,
   IdempotencyKeyReusedError,
   type Identity,
   InvalidArgumentError,
   NotFoundError,
+  pageOf,
   pageSize,
   requestFingerprint,
   requireId,
@@ -141,12 +141,8 @@ export function createOrderApi({ store, advance, defaultMode }: OrderApiDeps): S
         cursor && { createdAt: Number(cursor.t), id: String(cursor.id) },
         limit + 1,
       );
-      const page = rows.slice(0, limit);
-      const last = page.at(-1);
-      return {
-        orders: page.map((o) => orderMessage(o, store.steps(o.id))),
-        nextPageToken: rows.length > limit && last ? encodePageToken({ t: last.createdAt, id: last.id }) : "",
-      };
+      const { page, nextPageToken } = pageOf(rows, limit, (last) => ({ t: last.createdAt, id: last.id }));
+      return { orders: page.map((o) => orderMessage(o, store.steps(o.id))), nextPageToken };
     },
 
     async *watchOrder(req, ctx) {
