@@ -34,7 +34,7 @@ export interface GatewayApp extends RunningFront {
 
 /** Starts the gateway. */
 export async function startGateway(config: GatewayConfig, log: Logger): Promise<GatewayApp> {
-  const telemetry = await startAppTelemetry("gateway", config.METRICS_PORT, log);
+  const telemetry = await startAppTelemetry("gateway", config, log);
   const policy = policyFrom("UPSTREAM", config);
   const opts = { telemetry };
   const targets = [
@@ -88,6 +88,14 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
       .map((s) => s.trim())
       .filter(Boolean),
     trustProxy: config.TRUST_PROXY,
+    // Reflection describes the public contract only; tools may read it without a token.
+    tokenFree: new Set([ServerReflection.typeName]),
+    headersTimeoutMs: config.HTTP_HEADERS_TIMEOUT_MS,
+    requestTimeoutMs: config.HTTP_REQUEST_TIMEOUT_MS,
+    idleTimeoutMs: config.HTTP_IDLE_TIMEOUT_MS,
+    maxConnectionsPerIp: config.HTTP_MAX_CONNECTIONS_PER_IP,
+    maxConnections: config.HTTP_MAX_CONNECTIONS,
+    maxConcurrentStreams: config.HTTP2_MAX_CONCURRENT_STREAMS,
   });
   return {
     ...front,

@@ -1,13 +1,18 @@
 /**
  * Authentication at the edge: a JWT bearer token verified with jose
- * (signature, `exp`/`nbf`, `iss`, `aud`), turned into the identity the
+ * (signature, `exp`/`nbf`/`iat`, `iss`, `aud`), turned into the identity the
  * gateway passes downstream. Keys: a JWKS URL, or a PEM public key
  * (RS256/ES256), or an HS256 secret — in that order of precedence. Only the
  * algorithms of the configured key are accepted, so `alg: none` and
  * algorithm-confusion tokens fail.
+ *
+ * Beyond the signature, a token must say when it was issued and when it
+ * expires, live at most `JWT_MAX_LIFETIME_S`, not be issued in the future
+ * (beyond `JWT_CLOCK_SKEW_S`), and name only known roles: a role string the
+ * gateway would read one way and a service another is refused outright.
  */
 import { createRemoteJWKSet, importSPKI, type JWTPayload, jwtVerify, SignJWT } from "jose";
-import type { Identity } from "../platform/index.js";
+import { type Identity, parseIdentity, type Role } from "../platform/index.js";
 
 /** Why a token was refused, for the log (the client always gets a generic 401). */
 export class AuthError extends Error {
@@ -25,53 +30,82 @@ export interface AuthConfig {
   readonly JWT_JWKS_URL: string;
   readonly JWT_ISSUER: string;
   readonly JWT_AUDIENCE: string;
+  /** Longest accepted lifetime (`exp - iat`), seconds. */
+  readonly JWT_MAX_LIFETIME_S: number;
+  /** Clock difference tolerated on `iat`, `nbf` and `exp`, seconds. */
+  readonly JWT_CLOCK_SKEW_S: number;
 }
 
+/** Most verified tokens remembered at once; a miss only costs one signature check. */
+const CACHE_LIMIT = 10_000;
+/** Longest a verified token is remembered, ms (it is never kept past its `exp`). */
+const CACHE_TTL_MS = 60_000;
+
 /** Builds the verifier once (keys imported up front, JWKS cached by jose). */
-export async function createAuthenticator(c: AuthConfig): Promise<Authenticator> {
-  const options = { issuer: c.JWT_ISSUER, audience: c.JWT_AUDIENCE, clockTolerance: 5 };
+export async function createAuthenticator(c: AuthConfig, clock: () => number = Date.now): Promise<Authenticator> {
+  const options = {
+    issuer: c.JWT_ISSUER,
+    audience: c.JWT_AUDIENCE,
+    clockTolerance: c.JWT_CLOCK_SKEW_S,
+    requiredClaims: ["exp", "iat"],
+    // Also makes jose refuse an `iat` in the future (beyond the tolerance).
+    maxTokenAge: c.JWT_MAX_LIFETIME_S,
+  };
+  const opts = () => ({ ...options, currentDate: new Date(clock()) });
   let verify: (token: string) => Promise<JWTPayload>;
   if (c.JWT_JWKS_URL) {
     const jwks = createRemoteJWKSet(new URL(c.JWT_JWKS_URL));
-    verify = async (t) => (await jwtVerify(t, jwks, { ...options, algorithms: ["RS256", "ES256"] })).payload;
+    verify = async (t) => (await jwtVerify(t, jwks, { ...opts(), algorithms: ["RS256", "ES256"] })).payload;
   } else if (c.JWT_PUBLIC_KEY) {
     const alg = c.JWT_PUBLIC_KEY_ALG;
     const key = await importSPKI(c.JWT_PUBLIC_KEY.replaceAll("\\n", "\n"), alg);
-    verify = async (t) => (await jwtVerify(t, key, { ...options, algorithms: [alg] })).payload;
+    verify = async (t) => (await jwtVerify(t, key, { ...opts(), algorithms: [alg] })).payload;
   } else {
     const key = new TextEncoder().encode(c.JWT_SECRET);
-    verify = async (t) => (await jwtVerify(t, key, { ...options, algorithms: ["HS256"] })).payload;
+    verify = async (t) => (await jwtVerify(t, key, { ...opts(), algorithms: ["HS256"] })).payload;
   }
   // Verified tokens, until they expire (at most a minute): the hot path skips the signature check.
   const verified = new Map<string, { identity: Identity; until: number }>();
   return async (authorization) => {
     const m = /^Bearer ([A-Za-z0-9_\-.]+)$/.exec(authorization ?? "");
     if (!m?.[1]) throw new AuthError(authorization ? "malformed Authorization header" : "missing bearer token");
+    const now = clock();
     const hit = verified.get(m[1]);
-    if (hit && hit.until > Date.now()) return hit.identity;
+    if (hit && hit.until > now) return hit.identity;
     let claims: JWTPayload;
     try {
       claims = await verify(m[1]);
     } catch (err) {
       throw new AuthError((err as Error).message);
     }
-    if (typeof claims.sub !== "string" || claims.sub === "" || !/^[A-Za-z0-9._:@-]{1,128}$/.test(claims.sub)) {
-      throw new AuthError("token has no usable sub claim");
-    }
-    const roles = Array.isArray(claims.roles) ? claims.roles.filter((r): r is string => typeof r === "string") : [];
-    const identity: Identity = { subject: claims.sub, roles: roles.length > 0 ? roles : ["customer"] };
-    if (verified.size >= 10_000) verified.clear(); // bounded; a miss only costs one verification
-    const expiresAt = typeof claims.exp === "number" ? claims.exp * 1000 : Date.now();
-    verified.set(m[1], { identity, until: Math.min(expiresAt, Date.now() + 60_000) });
+    const identity = identityFromClaims(claims, c.JWT_MAX_LIFETIME_S);
+    if (verified.size >= CACHE_LIMIT) verified.clear();
+    verified.set(m[1], { identity, until: Math.min((claims.exp as number) * 1000, now + CACHE_TTL_MS) });
     return identity;
   };
+}
+
+/**
+ * The identity a verified token's claims name: `sub` as the subject, `roles`
+ * (absent: customer) each an exact known role. Refuses a lifetime above
+ * `maxLifetimeS` and anything it would have to guess about.
+ */
+export function identityFromClaims(claims: JWTPayload, maxLifetimeS: number): Identity {
+  const { exp, iat } = claims;
+  if (typeof exp !== "number" || typeof iat !== "number") throw new AuthError("token needs exp and iat");
+  if (exp - iat > maxLifetimeS) throw new AuthError(`token lifetime ${exp - iat} s exceeds ${maxLifetimeS} s`);
+  const raw = claims.roles === undefined ? ["customer"] : claims.roles;
+  if (!Array.isArray(raw) || raw.length === 0) throw new AuthError("roles must be a non-empty array of role names");
+  const identity = parseIdentity(claims.sub, raw);
+  if (!identity) throw new AuthError("token has no usable sub claim or names an unknown role");
+  return identity;
 }
 
 /** Signs a development token (HS256) for `subject` with `roles`, valid for `ttlSeconds`. */
 export function signDevToken(
   c: Pick<AuthConfig, "JWT_SECRET" | "JWT_ISSUER" | "JWT_AUDIENCE">,
   subject: string,
-  roles: readonly string[],
+  roles: readonly Role[],
   ttlSeconds = 3600,
 ): Promise<string> {
   return new SignJWT({ roles: [...roles] })

@@ -42,7 +42,7 @@ export function createComposition(deps: ComposeDeps): ServiceImpl<typeof Gateway
       try {
         requireId(req.orderId, "order_id");
       } catch (err) {
-        throw toConnectError(err);
+        throw toConnectError(err, "gateway");
       }
       const base = upstreamOptions(ctx);
       const deadline = Math.min(base.deadline ?? Number.POSITIVE_INFINITY, Date.now() + deps.timeoutMs);
@@ -60,7 +60,7 @@ export function createComposition(deps: ComposeDeps): ServiceImpl<typeof Gateway
         order = (await orderP).order;
       } catch (err) {
         await settled;
-        throw toConnectError(err);
+        throw toConnectError(err, "order", ctx.signal);
       }
       const products = await Promise.allSettled(
         (order?.items ?? []).map((it) => deps.inventory.getProduct({ productId: it.productId }, opts)),

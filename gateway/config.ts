@@ -1,5 +1,16 @@
 /** Gateway configuration: every variable it reads, parsed once. */
-import { bool, type ConfigOf, commonEnv, int, oneOf, parseEnv, policyEnv, str } from "../platform/index.js";
+import {
+  bool,
+  ConfigError,
+  type ConfigOf,
+  commonEnv,
+  DEFAULT_POLICY,
+  int,
+  oneOf,
+  parseEnv,
+  policyEnv,
+  str,
+} from "../platform/index.js";
 
 /**
  * Development-only HS256 key. It signs the tokens `make token` prints and
@@ -16,9 +27,11 @@ const spec = {
   NATS_STREAM_REPLICAS: commonEnv.NATS_STREAM_REPLICAS,
   OTEL_EXPORTER_OTLP_ENDPOINT: commonEnv.OTEL_EXPORTER_OTLP_ENDPOINT,
   TRACE_FILE: commonEnv.TRACE_FILE,
+  TRACE_FILE_MAX_BYTES: commonEnv.TRACE_FILE_MAX_BYTES,
   METRICS_PORT: commonEnv.METRICS_PORT,
-  /** HTTP listen address. */
-  HTTP_HOST: str("0.0.0.0"),
+  METRICS_HOST: commonEnv.METRICS_HOST,
+  /** HTTP listen address: loopback unless you mean to expose the gateway (Kubernetes sets 0.0.0.0). */
+  HTTP_HOST: str("127.0.0.1"),
   /** HTTP port: Connect (JSON and binary), gRPC-Web and gRPC, over HTTP/1.1 and cleartext HTTP/2. */
   HTTP_PORT: int(8080, { min: 0, max: 65535 }),
   /** Upstream gRPC targets: host:port, dns:///name:port (Kubernetes) or registry:///name (NATS KV). */
@@ -39,6 +52,10 @@ const spec = {
   JWT_ISSUER: str("shopmesh-dev"),
   /** Required `aud` claim. */
   JWT_AUDIENCE: str("shopmesh"),
+  /** Longest token lifetime accepted (`exp - iat`), in seconds. */
+  JWT_MAX_LIFETIME_S: int(86_400, { min: 60, max: 30 * 86_400 }),
+  /** Clock difference tolerated on `iat`, `nbf` and `exp`, in seconds. */
+  JWT_CLOCK_SKEW_S: int(30, { min: 0, max: 600 }),
   /** Requests per second per authenticated principal (token bucket refill). */
   RATE_LIMIT_RPS: int(50, { min: 1, max: 1_000_000 }),
   /** Burst per principal (bucket size). */
@@ -47,20 +64,49 @@ const spec = {
   RATE_LIMIT_IP_RPS: int(200, { min: 1, max: 1_000_000 }),
   /** Burst per client IP. */
   RATE_LIMIT_IP_BURST: int(400, { min: 1, max: 1_000_000 }),
-  /** Largest request body in bytes. */
+  /** Largest request body in bytes (after decompression too). */
   MAX_BODY_BYTES: int(1_048_576, { min: 1_024, max: 64 * 1_048_576 }),
+  /** Time a connection may take to send complete request headers (also: to send its first byte), in ms. */
+  HTTP_HEADERS_TIMEOUT_MS: int(10_000, { min: 100, max: 300_000 }),
+  /** Time a client may take to send a whole request, body included, in ms. */
+  HTTP_REQUEST_TIMEOUT_MS: int(30_000, { min: 100, max: 3_600_000 }),
+  /** A connection with no request in progress is closed after this long, in ms. */
+  HTTP_IDLE_TIMEOUT_MS: int(30_000, { min: 100, max: 3_600_000 }),
+  /** Open connections allowed from one client address (0: no limit). Behind a proxy, that is the proxy. */
+  HTTP_MAX_CONNECTIONS_PER_IP: int(256, { min: 0, max: 1_000_000 }),
+  /** Open connections allowed in all. */
+  HTTP_MAX_CONNECTIONS: int(10_000, { min: 1, max: 1_000_000 }),
+  /** Concurrent streams (calls) per HTTP/2 connection. */
+  HTTP2_MAX_CONCURRENT_STREAMS: int(100, { min: 1, max: 10_000 }),
   /** Comma-separated origins allowed by CORS ("*" for any); empty disables CORS. */
   CORS_ORIGINS: str("http://localhost:3000,http://127.0.0.1:3000"),
   /** Behind a proxy you control (e.g. the Istio ingress): take the client IP from the last X-Forwarded-For hop it appended. */
   TRUST_PROXY: bool(false),
   /** Deadline of a composed GetOrderDetails call, in ms. */
   COMPOSITION_TIMEOUT_MS: int(2_000, { min: 50, max: 60_000 }),
-  ...policyEnv("UPSTREAM"),
+  /**
+   * Resilience policy of calls to the upstreams (UPSTREAM_TIMEOUT_MS, ...). The bulkhead is sized so that
+   * one client's allowed burst (RATE_LIMIT_IP_BURST) never meets it; beyond it, calls are shed with 429.
+   */
+  ...policyEnv("UPSTREAM", { ...DEFAULT_POLICY, bulkheadLimit: 128, bulkheadQueue: 512 }),
 } as const;
 
 export type GatewayConfig = ConfigOf<typeof spec>;
 
 /** Parses the gateway configuration from `env`; throws ConfigError naming each bad variable. */
 export function loadConfig(env: Readonly<Record<string, string | undefined>>): GatewayConfig {
-  return parseEnv(spec, env);
+  const c = parseEnv(spec, env);
+  // One client within its rate limit must never be shed by the gateway's own bulkhead.
+  if (c.UPSTREAM_BULKHEAD_LIMIT + c.UPSTREAM_BULKHEAD_QUEUE < c.RATE_LIMIT_IP_BURST) {
+    throw new ConfigError([
+      `UPSTREAM_BULKHEAD_LIMIT + UPSTREAM_BULKHEAD_QUEUE (${c.UPSTREAM_BULKHEAD_LIMIT} + ${c.UPSTREAM_BULKHEAD_QUEUE}) ` +
+        `must be at least RATE_LIMIT_IP_BURST (${c.RATE_LIMIT_IP_BURST}): one client's allowed burst would be shed`,
+    ]);
+  }
+  if (c.HTTP_HEADERS_TIMEOUT_MS > c.HTTP_REQUEST_TIMEOUT_MS) {
+    throw new ConfigError([
+      `HTTP_HEADERS_TIMEOUT_MS (${c.HTTP_HEADERS_TIMEOUT_MS}) must not exceed HTTP_REQUEST_TIMEOUT_MS (${c.HTTP_REQUEST_TIMEOUT_MS})`,
+    ]);
+  }
+  return c;
 }

@@ -7,29 +7,18 @@
  * downstream wholesale, so a forged identity header never gets through.
  */
 import type { DescMethod } from "@bufbuild/protobuf";
-import { Code, ConnectError, type ConnectRouter, createContextKey, type HandlerContext } from "@connectrpc/connect";
+import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { Metadata } from "@grpc/grpc-js";
 import {
   type CallOptions,
   ERROR_DETAILS,
-  type Identity,
   identityMetadata,
   RpcError,
   ServiceError,
   toStatusObject,
 } from "../platform/index.js";
+import { kClient, kIdentity } from "./context.js";
 import type { Route, Upstream } from "./routes.js";
-
-/** Per-request facts the node layer learns before Connect runs. */
-export interface ClientInfo {
-  readonly ip: string;
-  readonly requestId: string;
-}
-
-/** Context value: the client behind this request. */
-export const kClient = createContextKey<ClientInfo>({ ip: "", requestId: "" }, { description: "client" });
-/** Context value: the verified caller (set by the auth interceptor). */
-export const kIdentity = createContextKey<Identity | undefined>(undefined, { description: "identity" });
 
 type AnyCall = (req: unknown, opts?: CallOptions) => unknown;
 /** An upstream's typed client, seen untyped: one function per method local name. */
@@ -50,25 +39,48 @@ export function upstreamOptions(ctx: HandlerContext): CallOptions {
 }
 
 /**
- * The Connect error for an upstream failure: same code (Connect and gRPC
- * codes are the same numbers), same message, and the google.rpc details
- * passed through so HTTP clients see the field violations too. Anything that
- * is not an RpcError is an internal error with a generic message.
+ * What a client may read of an upstream failure that is not a business
+ * answer: a fixed sentence per code. The original text (which may name an
+ * internal address, e.g. grpc-js's "connect ECONNREFUSED 10.0.3.7:50052")
+ * stays in the error's cause for the gateway's own log.
  */
-export function toConnectError(err: unknown): ConnectError {
+const INFRASTRUCTURE: Partial<Record<Code, (upstream: string) => string>> = {
+  [Code.Unavailable]: (u) => `${u} is unavailable; retry later`,
+  [Code.DeadlineExceeded]: (u) => `deadline exceeded waiting for ${u}`,
+  [Code.Canceled]: () => "call cancelled",
+  [Code.Internal]: (u) => `${u} failed with an internal error`,
+  [Code.Unknown]: (u) => `${u} failed with an unknown error`,
+  [Code.DataLoss]: (u) => `${u} failed with an internal error`,
+  [Code.Unimplemented]: (u) => `${u} does not implement this call`,
+};
+
+/**
+ * The Connect error for a failed upstream call. Business answers keep their
+ * code, message and google.rpc details (decoded, so Connect's JSON errors
+ * carry a readable `debug` form). Infrastructure failures get a fixed
+ * message (see {@link INFRASTRUCTURE}); load shedding says when to retry. If
+ * the client's own deadline or cancel ended the call, that is the answer:
+ * DEADLINE_EXCEEDED, never the CANCELLED the upstream call saw.
+ */
+export function toConnectError(err: unknown, upstream: string, signal?: AbortSignal): ConnectError {
+  if (signal?.aborted && signal.reason instanceof ConnectError) return signal.reason;
   if (err instanceof ConnectError) return err;
   if (err instanceof ServiceError) {
     // The gateway's own validation: the same status (and details) a service would send.
     const st = toStatusObject(err);
-    return toConnectError(new RpcError(st.code, st.details, st.metadata ?? new Metadata()));
+    return toConnectError(new RpcError(st.code, st.details, st.metadata ?? new Metadata()), upstream);
   }
   if (!(err instanceof RpcError)) return new ConnectError("internal error", Code.Internal, undefined, undefined, err);
-  // Decoded (not passed as bytes) so Connect's JSON errors carry a readable `debug` form too.
+  const code = err.code as number as Code;
+  const generic = INFRASTRUCTURE[code];
+  if (generic) return new ConnectError(generic(upstream), code, undefined, undefined, err);
   const details = err.details.flatMap((d) => {
     const desc = ERROR_DETAILS.getMessage(d.$typeName);
     return desc ? [{ desc, value: d }] : [];
   });
-  return new ConnectError(err.message, err.code as number as Code, undefined, details, err);
+  // Shed load (a bulkhead, a quota) passes: a second later there is room again.
+  const headers = code === Code.ResourceExhausted ? { "retry-after": "1" } : undefined;
+  return new ConnectError(err.message, code, headers, details, err);
 }
 
 /** Registers a forwarding handler for every routed method. */
@@ -96,7 +108,7 @@ export function registerRoutes(
           try {
             return (await call(req, upstreamOptions(ctx))) as never;
           } catch (err) {
-            throw toConnectError(err);
+            throw toConnectError(err, route.upstream, ctx.signal);
           }
         });
       } else if (method.methodKind === "server_streaming") {
@@ -105,7 +117,7 @@ export function registerRoutes(
           try {
             yield* call(req, upstreamOptions(ctx)) as AsyncIterable<never>;
           } catch (err) {
-            throw toConnectError(err);
+            throw toConnectError(err, route.upstream, ctx.signal);
           }
         });
       }

@@ -9,7 +9,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
-import { silentLogger } from "../platform/index.js";
+import { type Role, silentLogger } from "../platform/index.js";
 import { bufCurl } from "../test/fixtures.js";
 import { type System, startSystem, startTestGateway } from "../test/system.js";
 import { type GatewayApp, startGateway } from "./app.js";
@@ -19,7 +19,7 @@ import { DEV_JWT_SECRET, loadConfig } from "./config.js";
 let sys: System;
 let gw: GatewayApp;
 const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
-const token = (sub: string, roles: string[] = ["customer"]) => signDevToken(claims, sub, roles);
+const token = (sub: string, roles: Role[] = ["customer"]) => signDevToken(claims, sub, roles);
 
 beforeAll(async () => {
   sys = await startSystem();
@@ -48,7 +48,7 @@ async function call(procedure: string, body: unknown, headers: Record<string, st
   const text = await res.text();
   return { status: res.status, headers: res.headers, json: (text ? JSON.parse(text) : {}) as Record<string, unknown> };
 }
-const auth = async (sub: string, roles?: string[]) => ({ authorization: `Bearer ${await token(sub, roles)}` });
+const auth = async (sub: string, roles?: Role[]) => ({ authorization: `Bearer ${await token(sub, roles)}` });
 
 let seq = 0;
 const key = () => `gw-${++seq}`;

@@ -1,6 +1,6 @@
 /** Env parsing: defaults, ranges, and one error naming every bad variable. */
 import { describe, expect, it } from "vitest";
-import { bool, ConfigError, int, num, oneOf, parseEnv, str } from "./config.js";
+import { bool, ConfigError, commonEnv, int, num, oneOf, parseEnv, str } from "./config.js";
 
 const spec = {
   PORT: int(50051, { min: 0, max: 65535 }),
@@ -27,5 +27,13 @@ describe("parseEnv", () => {
     expect(err).toBeInstanceOf(ConfigError);
     const problems = (err as ConfigError).problems.join("\n");
     for (const name of ["PORT", "DB", "ON", "RATE", "MODE"]) expect(problems).toContain(name);
+  });
+});
+
+describe("local defaults", () => {
+  it("listen on loopback only: a laptop never exposes services that trust identity metadata", () => {
+    const c = parseEnv(commonEnv, {});
+    expect(c.GRPC_HOST).toBe("127.0.0.1");
+    expect(c.METRICS_HOST).toBe("127.0.0.1");
   });
 });

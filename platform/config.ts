@@ -8,6 +8,8 @@
  * with a confusing one.
  */
 
+import { DEFAULT_TRACE_FILE_MAX_BYTES } from "./span-file.js";
+
 /** Thrown by {@link parseEnv}; `problems` lists one line per bad variable. */
 export class ConfigError extends Error {
   override readonly name = "ConfigError";
@@ -135,8 +137,8 @@ export const commonEnv = {
   LOG_LEVEL: oneOf(["trace", "debug", "info", "warn", "error", "fatal", "silent"], "info"),
   /** `json` (one JSON object per line, for machines) or `pretty` (for people). */
   LOG_FORMAT: oneOf(["json", "pretty"], "json"),
-  /** Host to listen on. */
-  GRPC_HOST: str("0.0.0.0"),
+  /** Host to listen on: loopback by default, so a laptop never exposes services that trust identity metadata. */
+  GRPC_HOST: str("127.0.0.1"),
   /** Replicas of each JetStream stream this process creates: 1 locally, 3 on a 3-node cluster. */
   NATS_STREAM_REPLICAS: int(1, { min: 1, max: 5 }),
   /** Host other processes reach this one at, as registered for client-side discovery (the pod IP in Kubernetes). */
@@ -149,6 +151,10 @@ export const commonEnv = {
   OTEL_EXPORTER_OTLP_ENDPOINT: str(""),
   /** Append finished spans as JSON lines to this file (what `make trace` reads); empty: off. */
   TRACE_FILE: str(""),
+  /** Size at which TRACE_FILE is rotated to `<file>.1` (so spans on disk stay under twice this), bytes. */
+  TRACE_FILE_MAX_BYTES: int(DEFAULT_TRACE_FILE_MAX_BYTES, { min: 4096, max: 10 * 1024 * 1024 * 1024 }),
   /** Port of the /metrics and /healthz endpoint; unset: off, 0: any free port. */
   METRICS_PORT: optionalInt({ min: 0, max: 65535 }),
+  /** Host the /metrics endpoint listens on (Kubernetes sets 0.0.0.0 for the scraper). */
+  METRICS_HOST: str("127.0.0.1"),
 } as const;

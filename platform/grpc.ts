@@ -15,7 +15,7 @@ import {
 } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import { context, type Span, SpanKind, SpanStatusCode, type Tracer, trace } from "@opentelemetry/api";
-import { RpcError, toStatusObject } from "./errors.js";
+import { InvalidArgumentError, RpcError, toStatusObject } from "./errors.js";
 import type { Logger } from "./log.js";
 import { injectContext } from "./telemetry.js";
 
@@ -83,6 +83,31 @@ function deserializer<D extends DescMessage>(schema: D): (buf: Buffer) => Messag
   return (buf) => fromBinary(schema, buf);
 }
 
+/** A request that did not decode. grpc-js would answer INTERNAL for a throwing deserializer; it is the client's fault. */
+class Undecodable {
+  constructor(readonly reason: string) {}
+}
+
+/** Decodes a request, or marks it {@link Undecodable} for the handler to refuse with INVALID_ARGUMENT. */
+function requestDeserializer<D extends DescMessage>(schema: D): (buf: Buffer) => MessageShape<D> | Undecodable {
+  return (buf) => {
+    try {
+      return fromBinary(schema, buf);
+    } catch (err) {
+      return new Undecodable((err as Error).message);
+    }
+  };
+}
+
+/** The decoded request of `call`; INVALID_ARGUMENT when it did not decode. */
+function requestOf(call: ServerCall, method: DescMethod): never {
+  const req = call.request as unknown;
+  if (req instanceof Undecodable) {
+    throw new InvalidArgumentError("request", `is not a valid ${method.input.typeName}: ${req.reason}`);
+  }
+  return req as never;
+}
+
 /** The grpc-js service definition for a protobuf-es service descriptor. */
 export function grpcServiceDefinition(service: DescService): grpc.ServiceDefinition {
   const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
@@ -95,7 +120,7 @@ export function grpcServiceDefinition(service: DescService): grpc.ServiceDefinit
       requestStream: false,
       responseStream: m.methodKind === "server_streaming",
       requestSerialize: serializer(m.input),
-      requestDeserialize: deserializer(m.input),
+      requestDeserialize: requestDeserializer(m.input),
       responseSerialize: serializer(m.output),
       responseDeserialize: deserializer(m.output),
       originalName: m.localName,
@@ -155,7 +180,7 @@ export function grpcHandlers<S extends DescService>(
       const unary = fn as UnaryImpl<DescMessage, DescMessage>;
       handlers[m.name] = ((call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
         const ctx = context(call);
-        runInterceptors(interceptors, ctx, async () => create(m.output, await unary(call.request as never, ctx))).then(
+        runInterceptors(interceptors, ctx, async () => create(m.output, await unary(requestOf(call, m), ctx))).then(
           (res) => callback(null, res),
           (err: unknown) => callback(fail(ctx, err)),
         );
@@ -165,7 +190,7 @@ export function grpcHandlers<S extends DescService>(
       handlers[m.name] = ((call: grpc.ServerWritableStream<unknown, unknown>) => {
         const ctx = context(call);
         runInterceptors(interceptors, ctx, async () => {
-          for await (const msg of streaming(call.request as never, ctx)) {
+          for await (const msg of streaming(requestOf(call, m), ctx)) {
             if (ctx.signal.aborted) break;
             if (!call.write(create(m.output, msg))) {
               await new Promise<void>((resolve) => {

@@ -23,6 +23,7 @@ export interface HostConfig {
   readonly NATS_URL: string;
   readonly NATS_STREAM_REPLICAS: number;
   readonly METRICS_PORT: number | undefined;
+  readonly METRICS_HOST: string;
   readonly SHUTDOWN_GRACE_MS: number;
   readonly FAULT_LATENCY_MS: number;
   readonly FAULT_ERROR_RATE: number;
@@ -72,7 +73,7 @@ export interface Host {
 /** Starts a service: telemetry, events, server, registration. A failed start releases what it started. */
 export async function startHost(o: HostOptions): Promise<Host> {
   const { config, log } = o;
-  const telemetry = await startAppTelemetry(o.name, config.METRICS_PORT, log);
+  const telemetry = await startAppTelemetry(o.name, config, log);
   const faults = FaultInjector.fromConfig(config);
   let events: Eventing | undefined;
   try {

@@ -2,8 +2,14 @@
  * Caller identity as services see it. The gateway verifies the client's JWT
  * and sets these metadata entries itself (stripping any the client sent);
  * services trust them because only the gateway (and, in the local demo,
- * trusted tools) can reach them — in Kubernetes an Istio AuthorizationPolicy
- * enforces that.
+ * trusted tools on loopback) can reach them — in Kubernetes an Istio
+ * AuthorizationPolicy enforces that.
+ *
+ * Both sides read identity with the one rule below: a subject of
+ * {@link SUBJECT} characters, and roles that are exactly names from
+ * {@link ROLES}, comma-joined without spaces. Anything else — a repeated
+ * key, a padded or unknown role — is refused rather than interpreted, so the
+ * gateway and a service can never disagree about who is calling.
  */
 import { Metadata, status } from "@grpc/grpc-js";
 import { ServiceError } from "./errors.js";
@@ -11,26 +17,57 @@ import { ServiceError } from "./errors.js";
 /** Metadata keys carrying the verified identity. */
 export const IDENTITY_KEYS = { subject: "x-shopmesh-subject", roles: "x-shopmesh-roles" } as const;
 
+/** Every role shopmesh knows. A token naming any other is refused at the gateway. */
+export const ROLES = ["customer", "admin"] as const;
+
+/** A known role. */
+export type Role = (typeof ROLES)[number];
+
+/** A subject (JWT `sub`, customer id): 1-128 of [A-Za-z0-9._:@-]. */
+export const SUBJECT = /^[A-Za-z0-9._:@-]{1,128}$/;
+
 /** A verified caller. */
 export interface Identity {
   /** Stable subject id (the JWT `sub`), used as the customer id. */
   readonly subject: string;
   /** Roles, e.g. ["customer"] or ["admin"]. */
-  readonly roles: readonly string[];
+  readonly roles: readonly Role[];
 }
 
-/** The identity in `metadata`, or undefined when none was set. */
+/** True when `value` is the exact name of a known role. */
+export function isRole(value: unknown): value is Role {
+  return typeof value === "string" && (ROLES as readonly string[]).includes(value);
+}
+
+/** The identity for `subject` with `roles`, or undefined when either breaks the rule above. */
+export function parseIdentity(subject: unknown, roles: readonly unknown[]): Identity | undefined {
+  if (typeof subject !== "string" || !SUBJECT.test(subject)) return undefined;
+  if (!roles.every(isRole)) return undefined;
+  return { subject, roles: [...new Set(roles)] };
+}
+
+function malformed(what: string): ServiceError {
+  return new ServiceError(status.UNAUTHENTICATED, `malformed caller identity: ${what}`);
+}
+
+/**
+ * The identity in `metadata`, or undefined when none was set. Throws
+ * UNAUTHENTICATED for metadata that is present but not in the one accepted
+ * form (never guesses what it might mean).
+ */
 export function identityOf(metadata: Metadata): Identity | undefined {
-  const subject = metadata.get(IDENTITY_KEYS.subject)[0];
-  if (typeof subject !== "string" || subject === "") return undefined;
-  const roles = String(metadata.get(IDENTITY_KEYS.roles)[0] ?? "")
-    .split(",")
-    .map((r) => r.trim())
-    .filter(Boolean);
-  return { subject, roles };
+  const subjects = metadata.get(IDENTITY_KEYS.subject);
+  const roleValues = metadata.get(IDENTITY_KEYS.roles);
+  if (subjects.length === 0 && roleValues.length === 0) return undefined;
+  if (subjects.length !== 1) throw malformed(`${IDENTITY_KEYS.subject} must appear once`);
+  if (roleValues.length > 1) throw malformed(`${IDENTITY_KEYS.roles} must appear at most once`);
+  const raw = roleValues[0] === undefined ? "" : String(roleValues[0]);
+  const identity = parseIdentity(subjects[0], raw === "" ? [] : raw.split(","));
+  if (!identity) throw malformed("bad subject or unknown role");
+  return identity;
 }
 
-/** The caller's identity; UNAUTHENTICATED when the call carries none. */
+/** The caller's identity; UNAUTHENTICATED when the call carries none or a malformed one. */
 export function requireIdentity(metadata: Metadata): Identity {
   const id = identityOf(metadata);
   if (!id) throw new ServiceError(status.UNAUTHENTICATED, "this call needs a caller identity");

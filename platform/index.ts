@@ -83,9 +83,29 @@ export {
   type ServiceImpl,
 } from "./grpc.js";
 export { type Host, type HostConfig, type HostContext, type HostOptions, startHost } from "./host.js";
-export { IDENTITY_KEYS, type Identity, identityMetadata, identityOf, requireIdentity } from "./identity.js";
+export {
+  IDENTITY_KEYS,
+  type Identity,
+  identityMetadata,
+  identityOf,
+  isRole,
+  parseIdentity,
+  ROLES,
+  type Role,
+  requireIdentity,
+  SUBJECT,
+} from "./identity.js";
 export { type ProcessConfig, runService, type Stoppable } from "./lifecycle.js";
 export { createLogger, type Logger, type LoggerOptions, silentLogger } from "./log.js";
+export {
+  type Cursor,
+  type CursorShape,
+  decodePageToken,
+  encodePageToken,
+  PAGE_SIZE,
+  pageOf,
+  pageSize,
+} from "./paging.js";
 export {
   createResilientClient,
   DEFAULT_POLICY,
@@ -100,6 +120,7 @@ export {
   type ResilientClient,
 } from "./resilience.js";
 export { bind, type GrpcServerOptions, type RunningServer, type ServiceBinding, startGrpcServer } from "./server.js";
+export { DEFAULT_TRACE_FILE_MAX_BYTES, FileSpanExporter, spanRecord } from "./span-file.js";
 export {
   type AppTelemetry,
   contextOf,
@@ -110,19 +131,13 @@ export {
   inSpan,
   type Metrics,
   serveMetrics,
-  spanRecord,
   startAppTelemetry,
   startTracing,
   type Telemetry,
 } from "./telemetry.js";
 export {
-  decodePageToken,
-  encodePageToken,
   type Line,
   newId,
-  PAGE_SIZE,
-  pageOf,
-  pageSize,
   requestFingerprint,
   requireId,
   requireIdempotencyKey,

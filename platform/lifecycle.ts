@@ -17,6 +17,7 @@ export interface ProcessConfig {
   readonly LOG_FORMAT: "json" | "pretty";
   readonly OTEL_EXPORTER_OTLP_ENDPOINT: string;
   readonly TRACE_FILE: string;
+  readonly TRACE_FILE_MAX_BYTES: number;
 }
 
 /**

@@ -493,7 +493,7 @@ describe("bulkhead", () => {
     expect(rejected).toHaveLength(3);
     for (const r of rejected) {
       expect(r.err).toBeInstanceOf(RpcError);
-      expect((r.err as RpcError).code).toBe(Code.UNAVAILABLE);
+      expect((r.err as RpcError).code).toBe(Code.RESOURCE_EXHAUSTED);
       expect(r.ms).toBeLessThan(50);
     }
     expect(rejections).toBe(3);

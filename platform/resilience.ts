@@ -4,8 +4,9 @@
  * via {@link policyEnv}). Layers, outermost first:
  *
  * 1. bulkhead — at most `bulkheadLimit` calls in flight to this downstream
- *    plus `bulkheadQueue` waiting; the rest fail at once with UNAVAILABLE, so
- *    a slow downstream cannot take the caller's capacity for the others;
+ *    plus `bulkheadQueue` waiting; the rest are shed at once with
+ *    RESOURCE_EXHAUSTED (the caller's own capacity is used up: retry later),
+ *    so a slow downstream cannot take the caller's capacity for the others;
  * 2. retry — exponential backoff with decorrelated jitter, bounded attempts,
  *    only for codes that are safe to retry: UNAVAILABLE always (the call did
  *    not run, or the method is idempotent); DEADLINE_EXCEEDED and
@@ -355,7 +356,7 @@ function attemptOptions(
   return { metadata: opts.metadata, deadline: attemptDeadline, signal: policySignal };
 }
 
-/** Policy rejections become UNAVAILABLE RpcErrors naming the downstream; RpcErrors pass through. */
+/** Policy rejections become RpcErrors naming the downstream (UNAVAILABLE, RESOURCE_EXHAUSTED); RpcErrors pass through. */
 function toClientError(err: unknown, downstream: string): unknown {
   if (err instanceof BrokenCircuitError) {
     return new RpcError(status.UNAVAILABLE, `${downstream}: circuit open, failing fast`, new Metadata(), {
@@ -363,7 +364,7 @@ function toClientError(err: unknown, downstream: string): unknown {
     });
   }
   if (err instanceof BulkheadRejectedError) {
-    return new RpcError(status.UNAVAILABLE, `${downstream}: bulkhead full, call rejected`, new Metadata(), {
+    return new RpcError(status.RESOURCE_EXHAUSTED, `${downstream}: bulkhead full, call shed`, new Metadata(), {
       cause: err,
     });
   }

@@ -12,9 +12,7 @@
  * (so an event published after a crash still belongs to the request that
  * wrote it).
  */
-import { appendFileSync, mkdirSync } from "node:fs";
 import http from "node:http";
-import { dirname } from "node:path";
 import {
   type Context,
   context,
@@ -26,18 +24,13 @@ import {
   type Tracer,
   trace,
 } from "@opentelemetry/api";
-import { type ExportResult, ExportResultCode } from "@opentelemetry/core";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import { NodeSDK } from "@opentelemetry/sdk-node";
-import {
-  BatchSpanProcessor,
-  type ReadableSpan,
-  type SpanExporter,
-  type SpanProcessor,
-} from "@opentelemetry/sdk-trace-base";
+import { BatchSpanProcessor, type SpanProcessor } from "@opentelemetry/sdk-trace-base";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 import type { Logger } from "./log.js";
+import { DEFAULT_TRACE_FILE_MAX_BYTES, FileSpanExporter } from "./span-file.js";
 
 /** Seconds buckets for latencies from sub-millisecond RPCs to slow sagas. */
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
@@ -86,6 +79,12 @@ export function createMetrics(service: string) {
       help: "Gateway calls by procedure, protocol and status code",
       labelNames: ["procedure", "protocol", "code"],
       buckets: LATENCY_BUCKETS,
+      ...r,
+    }),
+    httpConnectionsClosed: new Counter({
+      name: "http_connections_closed_total",
+      help: "Gateway connections closed by the gateway itself, by reason (per-ip-limit, headers-timeout, request-timeout, idle)",
+      labelNames: ["reason"],
       ...r,
     }),
     breakerState: new Gauge({
@@ -304,53 +303,13 @@ export function logIds(): { trace_id?: string; span_id?: string } {
 // ---------------------------------------------------------------------------
 // Export
 
-/**
- * Appends finished spans to a file as JSON lines — enough for `make trace`
- * to draw a waterfall without installing Jaeger. Several processes may share
- * the file: each span is one `write` in append mode.
- */
-export class FileSpanExporter implements SpanExporter {
-  constructor(private readonly path: string) {
-    mkdirSync(dirname(path), { recursive: true });
-  }
-
-  export(spans: ReadableSpan[], done: (r: ExportResult) => void): void {
-    try {
-      const lines = spans.map((s) => `${JSON.stringify(spanRecord(s))}\n`).join("");
-      appendFileSync(this.path, lines);
-      done({ code: ExportResultCode.SUCCESS });
-    } catch (error) {
-      done({ code: ExportResultCode.FAILED, error: error as Error });
-    }
-  }
-
-  async shutdown(): Promise<void> {}
-}
-
-/** The JSON form of a span in the trace file. */
-export function spanRecord(s: ReadableSpan) {
-  const start = s.startTime[0] * 1e3 + s.startTime[1] / 1e6;
-  const duration = s.duration[0] * 1e3 + s.duration[1] / 1e6;
-  return {
-    trace_id: s.spanContext().traceId,
-    span_id: s.spanContext().spanId,
-    parent_id: s.parentSpanContext?.spanId ?? "",
-    service: s.instrumentationScope.name,
-    name: s.name,
-    kind: SpanKind[s.kind],
-    start_ms: Math.round(start * 1000) / 1000,
-    duration_ms: Math.round(duration * 1000) / 1000,
-    error: s.status.code === SpanStatusCode.ERROR ? s.status.message || "error" : "",
-    attributes: s.attributes,
-    links: s.links.map((l) => l.context.spanId),
-  };
-}
-
 /** Process-wide tracing: starts the OpenTelemetry SDK once; returns its shutdown. */
 export async function startTracing(opts: {
   service: string;
   otlpEndpoint: string;
   traceFile: string;
+  /** Size at which the trace file is rotated, bytes (default 50 MiB). */
+  traceFileMaxBytes?: number;
   extra?: SpanProcessor[];
 }): Promise<() => Promise<void>> {
   const processors: SpanProcessor[] = [...(opts.extra ?? [])];
@@ -360,7 +319,14 @@ export async function startTracing(opts: {
     );
   }
   if (opts.traceFile)
-    processors.push(new BatchSpanProcessor(new FileSpanExporter(opts.traceFile), { scheduledDelayMillis: 500 }));
+    processors.push(
+      new BatchSpanProcessor(
+        new FileSpanExporter(opts.traceFile, opts.traceFileMaxBytes ?? DEFAULT_TRACE_FILE_MAX_BYTES),
+        {
+          scheduledDelayMillis: 500,
+        },
+      ),
+    );
   const sdk = new NodeSDK({
     resource: resourceFromAttributes({ "service.name": opts.service }),
     spanProcessors: processors,
@@ -370,10 +336,11 @@ export async function startTracing(opts: {
   return () => sdk.shutdown();
 }
 
-/** Serves `/metrics` (Prometheus text) and `/healthz` on `port` (0: any free port). */
+/** Serves `/metrics` (Prometheus text) and `/healthz` on `host:port` (port 0: any free port). */
 export async function serveMetrics(
   registry: Registry,
   port: number,
+  host: string,
   log: Logger,
 ): Promise<{ port: number; close(): Promise<void> }> {
   const server = http.createServer((req, res) => {
@@ -398,7 +365,7 @@ export async function serveMetrics(
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen(port, "0.0.0.0", () => resolve());
+    server.listen(port, host, () => resolve());
   });
   const addr = server.address();
   const bound = typeof addr === "object" && addr ? addr.port : port;
@@ -448,10 +415,15 @@ export function serverTelemetry(tel: Telemetry, codeOf: (err: unknown) => number
  */
 export async function startProcessTelemetry(
   service: string,
-  c: { OTEL_EXPORTER_OTLP_ENDPOINT: string; TRACE_FILE: string },
+  c: { OTEL_EXPORTER_OTLP_ENDPOINT: string; TRACE_FILE: string; TRACE_FILE_MAX_BYTES: number },
 ): Promise<() => Promise<void>> {
   if (!c.OTEL_EXPORTER_OTLP_ENDPOINT && !c.TRACE_FILE) return async () => {};
-  return startTracing({ service, otlpEndpoint: c.OTEL_EXPORTER_OTLP_ENDPOINT, traceFile: c.TRACE_FILE });
+  return startTracing({
+    service,
+    otlpEndpoint: c.OTEL_EXPORTER_OTLP_ENDPOINT,
+    traceFile: c.TRACE_FILE,
+    traceFileMaxBytes: c.TRACE_FILE_MAX_BYTES,
+  });
 }
 
 /** An app's telemetry, with its /metrics endpoint when one was asked for. */
@@ -462,13 +434,16 @@ export interface AppTelemetry extends Telemetry {
   close(): Promise<void>;
 }
 
-/** Telemetry for an app of `service`, serving /metrics on `metricsPort` when it is set (0: any free port). */
+/** Telemetry for an app of `service`, serving /metrics on `METRICS_HOST:METRICS_PORT` when the port is set (0: any free port). */
 export async function startAppTelemetry(
   service: string,
-  metricsPort: number | undefined,
+  c: { readonly METRICS_PORT: number | undefined; readonly METRICS_HOST: string },
   log: Logger,
 ): Promise<AppTelemetry> {
   const tel = createTelemetry(service);
-  const served = metricsPort === undefined ? undefined : await serveMetrics(tel.metrics.registry, metricsPort, log);
+  const served =
+    c.METRICS_PORT === undefined
+      ? undefined
+      : await serveMetrics(tel.metrics.registry, c.METRICS_PORT, c.METRICS_HOST, log);
   return { ...tel, metricsPort: served?.port, close: async () => served?.close() };
 }

@@ -1,7 +1,7 @@
 /** Field validation names the field as the proto does. */
 import { describe, expect, it } from "vitest";
 import { InvalidArgumentError } from "./errors.js";
-import { decodePageToken, encodePageToken, pageSize, validateLines } from "./validate.js";
+import { validateLines } from "./validate.js";
 
 const field = (f: () => unknown) => {
   try {
@@ -22,17 +22,5 @@ describe("validateLines", () => {
       field(() => validateLines(Array.from({ length: 51 }, (_, i) => ({ productId: `p${i}`, quantity: 1 })))),
     ).toBe("items");
     expect(validateLines([{ productId: "a", quantity: 2 }])).toEqual([{ productId: "a", quantity: 2 }]);
-  });
-});
-
-describe("paging", () => {
-  it("defaults page size 0, rejects out of range, round-trips tokens and rejects foreign ones", () => {
-    expect(pageSize(0)).toBe(20);
-    expect(pageSize(100)).toBe(100);
-    expect(field(() => pageSize(101))).toBe("page_size");
-    expect(field(() => pageSize(-1))).toBe("page_size");
-    expect(decodePageToken(encodePageToken({ after: "x" }), ["after"])).toEqual({ after: "x" });
-    expect(decodePageToken("", ["after"])).toBeUndefined();
-    expect(field(() => decodePageToken("bm9wZQ", ["after"]))).toBe("page_token");
   });
 });

@@ -33,60 +33,6 @@ export function requireQuantity(value: number, field: string, min = 1, max = 1_0
   return value;
 }
 
-/** Default and maximum page sizes of every List RPC. */
-export const PAGE_SIZE = { default: 20, max: 100 } as const;
-
-/** `page_size`: 0 means the default; otherwise 1..max. */
-export function pageSize(value: number, field = "page_size", max: number = PAGE_SIZE.max): number {
-  if (value === 0) return Math.min(PAGE_SIZE.default, max);
-  if (!Number.isInteger(value) || value < 1 || value > max) {
-    throw new InvalidArgumentError(field, `must be between 1 and ${max} (or 0 for the default), got ${value}`);
-  }
-  return value;
-}
-
-/** An opaque page token for a cursor (base64url JSON). */
-export function encodePageToken(cursor: Record<string, string | number>): string {
-  return Buffer.from(JSON.stringify(cursor)).toString("base64url");
-}
-
-/**
- * Splits rows fetched with `limit + 1` (one more than the page holds, to
- * learn whether another page follows) into the page and the token of the
- * next one — "" on the last page. `cursorOf` names the last row's position.
- */
-export function pageOf<T>(
-  rows: readonly T[],
-  limit: number,
-  cursorOf: (last: T) => Record<string, string | number>,
-): { page: T[]; nextPageToken: string } {
-  const page = rows.slice(0, limit);
-  const last = page.at(-1);
-  return { page, nextPageToken: rows.length > limit && last !== undefined ? encodePageToken(cursorOf(last)) : "" };
-}
-
-/** Decodes a token made by {@link encodePageToken}; undefined for ""; INVALID_ARGUMENT when malformed. */
-export function decodePageToken<K extends string>(
-  token: string,
-  keys: readonly K[],
-  field = "page_token",
-): Record<K, string | number> | undefined {
-  if (token === "") return undefined;
-  try {
-    const v: unknown = JSON.parse(Buffer.from(token, "base64url").toString("utf8"));
-    if (
-      typeof v === "object" &&
-      v !== null &&
-      keys.every((k) => ["string", "number"].includes(typeof (v as Record<string, unknown>)[k]))
-    ) {
-      return v as Record<K, string | number>;
-    }
-  } catch {
-    // fall through: any parse failure is the same client error
-  }
-  throw new InvalidArgumentError(field, "is not a token returned by this API");
-}
-
 /** A stable fingerprint of a request, to tell a retry from a different request reusing a key. */
 export function requestFingerprint<D extends DescMessage>(schema: D, msg: MessageShape<D>): string {
   return createHash("sha256").update(toBinary(schema, msg)).digest("base64url");

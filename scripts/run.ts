@@ -146,7 +146,8 @@ start(
   "nats",
   0,
   "nats-server",
-  ["-js", "-sd", join(DATA, "nats"), "-p", "4222", "-m", "8222", "-n", "shopmesh-local"],
+  // Loopback only: the local bus has no auth, and nothing off this machine needs it.
+  ["-js", "-sd", join(DATA, "nats"), "-a", "127.0.0.1", "-p", "4222", "-m", "8222", "-n", "shopmesh-local"],
   {},
   (line) => /\[(WRN|ERR|FTL)\]|Server is ready|Listening for client/.test(line),
 );

@@ -5,11 +5,17 @@
  */
 import { signDevToken } from "../gateway/auth.js";
 import { loadConfig } from "../gateway/config.js";
+import { isRole, ROLES } from "../platform/index.js";
 
 const [user = "alice", role = "customer"] = process.argv.slice(2);
 if (!/^[A-Za-z0-9._:@-]{1,128}$/.test(user)) {
   process.stderr.write(`USER must be 1..128 of [A-Za-z0-9._:@-], got ${JSON.stringify(user)}\n`);
   process.exit(2);
 }
+const roles = role.split(",");
+if (!roles.every(isRole)) {
+  process.stderr.write(`ROLE must be a comma-separated list of ${ROLES.join(", ")}; got ${JSON.stringify(role)}\n`);
+  process.exit(2);
+}
 const config = loadConfig(process.env);
-process.stdout.write(`${await signDevToken(config, user, role.split(","))}\n`);
+process.stdout.write(`${await signDevToken(config, user, roles)}\n`);

@@ -30,7 +30,9 @@ if (!existsSync(file)) {
   console.error(`no span file at ${file}: is \`make run\` running (it writes spans there)?`);
   process.exit(1);
 }
-const spans: SpanLine[] = readFileSync(file, "utf8")
+// The file rotates at TRACE_FILE_MAX_BYTES: the previous generation is <file>.1.
+const text = [`${file}.1`, file].map((f) => (existsSync(f) ? readFileSync(f, "utf8") : "")).join("\n");
+const spans: SpanLine[] = text
   .split("\n")
   .filter(Boolean)
   .flatMap((l) => {

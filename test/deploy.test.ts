@@ -77,6 +77,8 @@ import { loadConfig as loadGatewayConfig } from "../gateway/config.js";
 import { ROUTES } from "../gateway/routes.js";
 import { ServerReflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/health_pb.js";
+import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
+import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
 import { ConfigError, connectBus, createChannel, createClient, STREAMS, silentLogger } from "../platform/index.js";
 import { exited, ROOT } from "./fixtures.js";
 
@@ -701,6 +703,56 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
     }
   });
 
+  it("authorization is per method: each caller reaches exactly the RPCs its code calls", () => {
+    const upstreamOf = (name: string) => ({ inventory: InventoryService, payment: PaymentService })[name];
+    // What the code calls: the gateway's routing table, and the saga's participant calls.
+    const expected = new Map<string, Map<string, string[]>>(); // target -> caller -> paths
+    const add = (target: string, caller: string, path: string) => {
+      const byCaller = expected.get(target) ?? new Map<string, string[]>();
+      byCaller.set(caller, sorted([...(byCaller.get(caller) ?? []), path]));
+      expected.set(target, byCaller);
+    };
+    for (const r of ROUTES) for (const m of r.methods) add(r.upstream, "gateway", `/${r.service.typeName}/${m}`);
+    for (const [, target, local] of read("services/order/saga.ts").matchAll(
+      /this\.deps\.(inventory|payment)\.(\w+)\(/g,
+    )) {
+      const svc = upstreamOf(target as string) as DescService;
+      const m = svc.methods.find((x) => x.localName === local);
+      if (!m) throw new Error(`saga calls unknown ${target}.${local}`);
+      add(target as string, "order", `/${svc.typeName}/${m.name}`);
+    }
+    const actual = new Map<string, Map<string, string[]>>();
+    for (const ap of ofKind<IAuthorizationPolicy>(objs, "AuthorizationPolicy")) {
+      const target = ap.spec?.selector?.matchLabels?.["app.kubernetes.io/name"];
+      if (ap.metadata?.namespace !== NS || !target || !expected.has(target)) continue;
+      for (const rule of ap.spec?.rules ?? []) {
+        const paths = (rule.to ?? []).flatMap((t) => t.operation?.paths ?? []);
+        expect(paths.length, `${target}: every rule names its methods`).toBeGreaterThan(0);
+        for (const caller of callersOf(
+          objs,
+          (rule.from ?? []).flatMap((f) => f.source?.principals ?? []),
+        )) {
+          const byCaller = actual.get(target) ?? new Map<string, string[]>();
+          byCaller.set(caller, sorted([...(byCaller.get(caller) ?? []), ...paths]));
+          actual.set(target, byCaller);
+        }
+      }
+    }
+    expect(actual).toEqual(expected);
+    // The ingress lets idle connections to the gateway go before the gateway closes them itself.
+    const dr = named<IDestinationRule>(objs, "DestinationRule", "gateway");
+    const idle = durationMs(dr?.spec?.trafficPolicy?.connectionPool?.http?.idleTimeout) ?? Number.POSITIVE_INFINITY;
+    expect(idle).toBeLessThan(Number(configOf(byName.get("gateway") as Process).HTTP_IDLE_TIMEOUT_MS));
+    // In particular: the gateway's identity never reaches a charge, a refund or fault injection.
+    const gatewayPaths = [...actual.values()].flatMap((m) => m.get("gateway") ?? []);
+    for (const forbidden of ["ChargePayment", "RefundPayment", "ReserveStock", "ReleaseStock", "ChaosService"]) {
+      expect(
+        gatewayPaths.some((p) => p.includes(forbidden)),
+        forbidden,
+      ).toBe(false);
+    }
+  });
+
   it("the ingress checks the JWT the gateway expects, forwards it, and requires it where the gateway does", async () => {
     const gateway = byName.get("gateway") as Process;
     const config = configOf(gateway);
@@ -781,7 +833,8 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
         }
         if (atIngress) {
           for (const [k, v] of Object.entries(configOf(target))) {
-            if (k.endsWith("_TIMEOUT_MS") && typeof v === "number" && timeout < v)
+            // HTTP_*_TIMEOUT_MS bound how long a client may take to send; the call deadlines are the rest.
+            if (k.endsWith("_TIMEOUT_MS") && !k.startsWith("HTTP_") && typeof v === "number" && timeout < v)
               problems.push(`${where}: ${route.timeout} < the gateway's ${k}=${v}`);
           }
         }

@@ -17,6 +17,7 @@ import {
   createClient,
   identityMetadata,
   type Logger,
+  type Role,
   silentLogger,
 } from "../platform/index.js";
 import { type HistoryApp, startHistory } from "../services/history/app.js";
@@ -100,7 +101,7 @@ export async function startSystem(
     createChannel(payment.address),
   ] as const;
   const orders = createClient(OrderService, channels[0]);
-  const as = (subject: string, roles: string[] = ["customer"]) => ({ metadata: identityMetadata({ subject, roles }) });
+  const as = (subject: string, roles: Role[] = ["customer"]) => ({ metadata: identityMetadata({ subject, roles }) });
   return {
     dir: dir.path,
     nats,

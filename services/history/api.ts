@@ -46,10 +46,10 @@ export function createHistoryApi({ store }: HistoryApiDeps): ServiceImpl<typeof 
       // Everyone, admins included, lists only their own orders.
       const who = requireIdentity(ctx.metadata);
       const limit = pageSize(req.pageSize);
-      const cursor = decodePageToken(req.pageToken, ["t", "id"]);
+      const cursor = decodePageToken(req.pageToken, { t: "integer", id: "string" });
       const rows = store.listByCustomer(
         who.subject,
-        cursor && { lastEventAt: Number(cursor.t), orderId: String(cursor.id) },
+        cursor && { lastEventAt: cursor.t, orderId: cursor.id },
         limit + 1,
       );
       const { page, nextPageToken } = pageOf(rows, limit, (last) => ({ t: last.lastEventAt, id: last.orderId }));

@@ -32,6 +32,7 @@ import {
   createChannel,
   createClient,
   identityMetadata,
+  type Role,
   silentLogger,
 } from "../../platform/index.js";
 import { consumerSettled, event, publishEvents } from "../../test/events.js";
@@ -69,7 +70,7 @@ afterAll(async () => {
   dir[Symbol.dispose]();
 });
 
-const as = (subject: string, roles: string[] = ["customer"]) => ({ metadata: identityMetadata({ subject, roles }) });
+const as = (subject: string, roles: Role[] = ["customer"]) => ({ metadata: identityMetadata({ subject, roles }) });
 const usd = (amountMinor: bigint) => ({ currencyCode: "USD", amountMinor });
 const T0 = Date.UTC(2026, 0, 1, 12);
 const at = (s: number) => T0 + s * 1000;

@@ -24,7 +24,7 @@ import {
   ServiceError,
   type ServiceImpl,
 } from "../../platform/index.js";
-import { OutOfStockError, type ProductRecord, validateReservation } from "./domain.js";
+import { OutOfStockError, OverCapacityError, type ProductRecord, validateReservation } from "./domain.js";
 import type { InventoryStore, ReservationRecord } from "./store.js";
 
 /** Dependencies of the inventory API. */
@@ -61,8 +61,8 @@ export function createInventoryApi({ store }: InventoryApiDeps): ServiceImpl<typ
   return {
     listProducts(req) {
       const limit = pageSize(req.pageSize);
-      const after = decodePageToken(req.pageToken, ["after"])?.after;
-      const rows = store.products(String(after ?? ""), limit + 1);
+      const after = decodePageToken(req.pageToken, { after: "string" })?.after;
+      const rows = store.products(after ?? "", limit + 1);
       const { page, nextPageToken } = pageOf(rows, limit, (last) => ({ after: last.id }));
       return { products: page.map(productMessage), nextPageToken };
     },
@@ -108,9 +108,16 @@ export function createInventoryApi({ store }: InventoryApiDeps): ServiceImpl<typ
         req.productId,
         req.quantity,
       );
-      if (result === "key-reused") throw new IdempotencyKeyReusedError(req.idempotencyKey);
-      if (!result) throw new NotFoundError("product", req.productId);
-      return { product: productMessage(result) };
+      switch (result.kind) {
+        case "key-reused":
+          throw new IdempotencyKeyReusedError(req.idempotencyKey);
+        case "not-found":
+          throw new NotFoundError("product", req.productId);
+        case "over-capacity":
+          throw new OverCapacityError(result.product, req.quantity);
+        case "restocked":
+          return { product: productMessage(result.product) };
+      }
     },
   };
 }

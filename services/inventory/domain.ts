@@ -15,6 +15,11 @@ import {
 export const MAX_LINES = 50;
 /** Most units of one product per line. */
 export const MAX_LINE_QUANTITY = 10_000;
+/**
+ * Most units one product may hold, available and reserved together: stock
+ * travels as int32 in the contract, so it must stay well inside 2^31 − 1.
+ */
+export const MAX_STOCK = 1_000_000_000;
 
 /** A product as stored. */
 export interface ProductRecord {
@@ -54,6 +59,17 @@ export class OutOfStockError extends FailedPreconditionError {
         subject: `products/${s.productId}`,
         description: `requested ${s.requested}, available ${s.available}`,
       })),
+    );
+  }
+}
+
+/** FAILED_PRECONDITION: a restock would raise a product above {@link MAX_STOCK}. */
+export class OverCapacityError extends FailedPreconditionError {
+  override name = "OverCapacityError";
+  constructor(product: ProductRecord, quantity: number) {
+    super(
+      `restocking ${quantity} units would raise ${product.id} above ${MAX_STOCK} units (it holds ${product.available + product.reserved})`,
+      [{ type: "STOCK", subject: `products/${product.id}`, description: `at most ${MAX_STOCK} units per product` }],
     );
   }
 }

@@ -13,6 +13,7 @@ import { expectRpcError } from "../../test/rpc.js";
 import { type InventoryApp, startInventory } from "./app.js";
 import { DEMO_CATALOGUE } from "./catalogue.js";
 import { loadConfig } from "./config.js";
+import { MAX_STOCK } from "./domain.js";
 
 const dir = tempDir();
 let app: InventoryApp;
@@ -227,6 +228,21 @@ describe("reservations", () => {
       Code.PERMISSION_DENIED,
     );
     expect(snapshot()).toBe(s);
+  });
+
+  it("never restocks a product past the most it may hold: FAILED_PRECONDITION, and it stays readable", async () => {
+    // ~2,100 restocks of the largest allowed quantity used to overflow int32 and break GetProduct.
+    app.store.db.prepare("UPDATE products SET available = 999999990 - reserved WHERE id = 'ceramic-mug'").run();
+    const s = snapshot();
+    await expectRpcError(
+      inventory.restock({ idempotencyKey: key(), productId: "ceramic-mug", quantity: 11 }, admin),
+      Code.FAILED_PRECONDITION,
+    );
+    expect(snapshot()).toBe(s);
+    const ok = await inventory.restock({ idempotencyKey: key(), productId: "ceramic-mug", quantity: 10 }, admin);
+    expect((ok.product?.available ?? 0) + (ok.product?.reserved ?? 0)).toBe(MAX_STOCK);
+    expect((await inventory.getProduct({ productId: "ceramic-mug" })).product?.id).toBe("ceramic-mug");
+    expect((await inventory.listProducts({ pageSize: 100 })).products.length).toBeGreaterThan(0);
   });
 
   it("restocks idempotently by key", async () => {

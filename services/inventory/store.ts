@@ -13,6 +13,7 @@ import {
 import { type Db, INBOX_MIGRATION, newId, OUTBOX_MIGRATION, Outbox, openDatabase } from "../../platform/index.js";
 import {
   type Line,
+  MAX_STOCK,
   type NewProduct,
   type Plan,
   type ProductRecord,
@@ -75,6 +76,13 @@ export interface ReservationRecord {
 export type ReserveResult =
   | { readonly kind: "reserved"; readonly reservation: ReservationRecord; readonly replayed: boolean }
   | { readonly kind: "rejected"; readonly shortages: readonly Shortage[]; readonly replayed: boolean }
+  | { readonly kind: "key-reused" };
+
+/** Result of {@link InventoryStore.restock}. */
+export type RestockResult =
+  | { readonly kind: "restocked"; readonly product: ProductRecord }
+  | { readonly kind: "over-capacity"; readonly product: ProductRecord }
+  | { readonly kind: "not-found" }
   | { readonly kind: "key-reused" };
 
 interface ProductRow {
@@ -143,8 +151,9 @@ export class InventoryStore {
       give: db.prepare<[number, number, number, string]>(
         "UPDATE products SET available = available + ?, reserved = reserved - ?, updated_at = ? WHERE id = ?",
       ),
-      add: db.prepare<[number, number, string]>(
-        "UPDATE products SET available = available + ?, updated_at = ? WHERE id = ?",
+      add: db.prepare<[number, number, string, number]>(
+        "UPDATE products SET available = available + ?, updated_at = ? WHERE id = ? AND available + reserved + ? <= " +
+          MAX_STOCK,
       ),
       reservationByKey: db.prepare<[string], ReservationRow>("SELECT * FROM reservations WHERE idempotency_key = ?"),
       reservation: db.prepare<[string], ReservationRow>(
@@ -330,25 +339,25 @@ export class InventoryStore {
   }
 
   /**
-   * Adds `quantity` units to a product, idempotently by `key`. Returns the
-   * product after the restock, `key-reused` for a different request under
-   * the same key, or undefined for an unknown product.
+   * Adds `quantity` units to a product, idempotently by `key`: a repeat with
+   * the same fingerprint returns the product, another fingerprint is
+   * `key-reused`. Never raises a product above MAX_STOCK (`over-capacity`,
+   * nothing written).
    */
-  restock(
-    key: string,
-    fingerprint: string,
-    productId: string,
-    quantity: number,
-  ): ProductRecord | "key-reused" | undefined {
+  restock(key: string, fingerprint: string, productId: string, quantity: number): RestockResult {
     return this.db
-      .transaction(() => {
+      .transaction((): RestockResult => {
         const prior = this.q.restockByKey.get(key);
-        if (prior) return prior.fingerprint === fingerprint ? this.product(prior.product_id) : "key-reused";
-        if (!this.q.product.get(productId)) return undefined;
+        if (prior) {
+          if (prior.fingerprint !== fingerprint) return { kind: "key-reused" };
+          return { kind: "restocked", product: this.product(prior.product_id) as ProductRecord };
+        }
+        const product = this.product(productId);
+        if (!product) return { kind: "not-found" };
         const now = this.clock();
-        this.q.add.run(quantity, now, productId);
+        if (this.q.add.run(quantity, now, productId, quantity).changes !== 1) return { kind: "over-capacity", product };
         this.q.insertRestock.run(key, fingerprint, productId, quantity, now);
-        return this.product(productId);
+        return { kind: "restocked", product: this.product(productId) as ProductRecord };
       })
       .immediate();
   }

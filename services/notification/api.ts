@@ -41,13 +41,8 @@ export function createNotificationApi({ store }: NotificationApiDeps): ServiceIm
       const who = requireIdentity(ctx.metadata);
       const limit = pageSize(req.pageSize);
       const { orderId } = validateListFilter(req);
-      const cursor = decodePageToken(req.pageToken, ["t", "id"]);
-      const rows = store.listByCustomer(
-        who.subject,
-        orderId,
-        cursor && { sentAt: Number(cursor.t), id: String(cursor.id) },
-        limit + 1,
-      );
+      const cursor = decodePageToken(req.pageToken, { t: "integer", id: "string" });
+      const rows = store.listByCustomer(who.subject, orderId, cursor && { sentAt: cursor.t, id: cursor.id }, limit + 1);
       const { page, nextPageToken } = pageOf(rows, limit, (last) => ({ t: last.sentAt, id: last.id }));
       return { notifications: page.map(notificationMessage), nextPageToken };
     },

@@ -26,6 +26,7 @@ import {
   createChannel,
   createClient,
   identityMetadata,
+  type Role,
   silentLogger,
 } from "../../platform/index.js";
 import { consumerSettled, event, publishEvents, republish, until } from "../../test/events.js";
@@ -64,7 +65,7 @@ afterAll(async () => {
   dir[Symbol.dispose]();
 });
 
-const as = (subject: string, roles: string[] = ["customer"]) => ({ metadata: identityMetadata({ subject, roles }) });
+const as = (subject: string, roles: Role[] = ["customer"]) => ({ metadata: identityMetadata({ subject, roles }) });
 const usd = (amountMinor: bigint) => ({ currencyCode: "USD", amountMinor });
 let seq = 0;
 /** A fresh id, so tests sharing the streams never see each other's orders or customers. */

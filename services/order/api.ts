@@ -135,12 +135,8 @@ export function createOrderApi({ store, advance, defaultMode }: OrderApiDeps): S
     listOrders(req, ctx) {
       const who = requireIdentity(ctx.metadata);
       const limit = pageSize(req.pageSize);
-      const cursor = decodePageToken(req.pageToken, ["t", "id"]);
-      const rows = store.listByCustomer(
-        who.subject,
-        cursor && { createdAt: Number(cursor.t), id: String(cursor.id) },
-        limit + 1,
-      );
+      const cursor = decodePageToken(req.pageToken, { t: "integer", id: "string" });
+      const rows = store.listByCustomer(who.subject, cursor && { createdAt: cursor.t, id: cursor.id }, limit + 1);
       const { page, nextPageToken } = pageOf(rows, limit, (last) => ({ t: last.createdAt, id: last.id }));
       return { orders: page.map((o) => orderMessage(o, store.steps(o.id))), nextPageToken };
     },

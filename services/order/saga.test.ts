@@ -283,3 +283,23 @@ describe("transient faults", () => {
     }
   });
 });
+
+describe("concurrency", () => {
+  it("100 sagas at once share no abort signal: no MaxListenersExceededWarning", async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(`${w.name}: ${w.message}`);
+    process.on("warning", onWarning);
+    try {
+      const placed = await Promise.all(
+        Array.from({ length: 100 }, () => place("crowd", [{ productId: "paper-filters", quantity: 1 }])),
+      );
+      const done = await Promise.all(placed.map((o) => sys.settle(o.id, "crowd", 30_000)));
+      expect(done.every((o) => o.status === OrderStatus.CONFIRMED || o.status === OrderStatus.CANCELLED)).toBe(true);
+      // Warnings are emitted on the next tick.
+      await new Promise((r) => setImmediate(r));
+      expect(warnings.filter((w) => w.startsWith("MaxListenersExceededWarning"))).toEqual([]);
+    } finally {
+      process.off("warning", onWarning);
+    }
+  });
+});

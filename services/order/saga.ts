@@ -73,10 +73,19 @@ function describe(err: unknown): string {
   return err instanceof RpcError ? `${err.codeName}: ${err.message}` : String(err);
 }
 
+/** One order's running saga loop. */
+interface Loop {
+  /** Ends a backoff wait early. */
+  wake: () => void;
+  done: Promise<void>;
+  /** Cancels the loop's call in flight (on stop). Its own, so no signal is shared by every saga. */
+  readonly abort: AbortController;
+}
+
 /** Runs orchestrated sagas: at most one loop per order, resumable after a crash. */
 export class SagaOrchestrator {
-  private readonly loops = new Map<string, { wake: () => void; done: Promise<void> }>();
-  private readonly abort = new AbortController();
+  private readonly loops = new Map<string, Loop>();
+  private stopped = false;
   private readonly clock: () => number;
   private readonly random: () => number;
 
@@ -87,13 +96,13 @@ export class SagaOrchestrator {
 
   /** Starts the saga of `orderId`, or wakes it if it is waiting to retry. */
   kick(orderId: string): void {
-    if (this.abort.signal.aborted) return;
+    if (this.stopped) return;
     const running = this.loops.get(orderId);
     if (running) {
       running.wake();
       return;
     }
-    const loop = { wake: () => {}, done: Promise.resolve() };
+    const loop: Loop = { wake: () => {}, done: Promise.resolve(), abort: new AbortController() };
     loop.done = this.run(orderId, loop)
       .catch((err: unknown) => this.deps.log.error({ err, orderId }, "saga loop crashed; it resumes on restart"))
       .finally(() => this.loops.delete(orderId));
@@ -110,14 +119,17 @@ export class SagaOrchestrator {
 
   /** Stops all loops: in-flight calls are cancelled; their sagas resume on the next start. */
   async stop(): Promise<void> {
-    this.abort.abort();
-    for (const l of this.loops.values()) l.wake();
+    this.stopped = true;
+    for (const l of this.loops.values()) {
+      l.abort.abort();
+      l.wake();
+    }
     await Promise.all([...this.loops.values()].map((l) => l.done));
   }
 
-  private async run(orderId: string, loop: { wake: () => void }): Promise<void> {
+  private async run(orderId: string, loop: Loop): Promise<void> {
     const { store } = this.deps;
-    const signal = this.abort.signal;
+    const signal = loop.abort.signal;
     while (!signal.aborted) {
       const o = store.get(orderId);
       if (!o) return;
@@ -131,7 +143,7 @@ export class SagaOrchestrator {
             : d.kind === "compensate"
               ? "compensate"
               : "cancel_order";
-      const backoff = await this.step(name, o, () => this.act(o, d));
+      const backoff = await this.step(name, o, () => this.act(o, d, signal));
       if (backoff > 0) await this.sleep(backoff, loop);
     }
   }
@@ -149,7 +161,7 @@ export class SagaOrchestrator {
   }
 
   /** Performs decision `d` for `o`; returns how long to wait before the next decision (0: go on at once). */
-  private async act(o: OrderRecord, d: Exclude<Decision, { kind: "done" }>): Promise<number> {
+  private async act(o: OrderRecord, d: Exclude<Decision, { kind: "done" }>, signal: AbortSignal): Promise<number> {
     const { store } = this.deps;
     const orderId = o.id;
     switch (d.kind) {
@@ -168,8 +180,8 @@ export class SagaOrchestrator {
         const attempt = history.length + 1;
         const since = history[0]?.at ?? this.clock();
         store.apply(orderId, onStarted(o, d.step, attempt));
-        const outcome = await this.call(d.step, o, attempt);
-        if (this.abort.signal.aborted) return 0; // stopping: the step's outcome is unknown and is re-driven on restart
+        const outcome = await this.call(d.step, o, attempt, signal);
+        if (signal.aborted) return 0; // stopping: the step's outcome is unknown and is re-driven on restart
         if (!("retry" in outcome)) {
           store.apply(orderId, outcome);
           return 0;
@@ -187,7 +199,7 @@ export class SagaOrchestrator {
     }
   }
 
-  private sleep(ms: number, loop: { wake: () => void }): Promise<void> {
+  private sleep(ms: number, loop: Loop): Promise<void> {
     return new Promise((resolve) => {
       const t = setTimeout(resolve, ms);
       loop.wake = () => {
@@ -198,8 +210,8 @@ export class SagaOrchestrator {
   }
 
   /** Performs one participant call and maps its result to a transition, or to a retry. */
-  private async call(step: CallStep, o: OrderRecord, attempt: number): Promise<Outcome> {
-    const opts = { signal: this.abort.signal };
+  private async call(step: CallStep, o: OrderRecord, attempt: number, signal: AbortSignal): Promise<Outcome> {
+    const opts = { signal };
     try {
       switch (step) {
         case "reserve_stock":

@@ -7,7 +7,7 @@ import { timestampMs } from "@bufbuild/protobuf/wkt";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PaymentService, PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
-import { Code, createChannel, createClient, identityMetadata, silentLogger } from "../../platform/index.js";
+import { Code, createChannel, createClient, identityMetadata, type Role, silentLogger } from "../../platform/index.js";
 import { dbSnapshot, tempDir } from "../../test/fixtures.js";
 import { expectRpcError } from "../../test/rpc.js";
 import { type PaymentApp, startPayment } from "./app.js";
@@ -273,7 +273,7 @@ describe("GetPayment", () => {
 
   it("shows a payment to its owner and admins, and hides it from other customers as NOT_FOUND", async () => {
     const p = await charge({ customerId: "cus-owner" });
-    const as = (subject: string, roles: string[]) => ({ metadata: identityMetadata({ subject, roles }) });
+    const as = (subject: string, roles: Role[]) => ({ metadata: identityMetadata({ subject, roles }) });
 
     expect((await payments.getPayment({ paymentId: p.id }, as("cus-owner", ["customer"]))).payment).toEqual(p);
     expect((await payments.getPayment({ orderId: p.orderId }, as("ops", ["admin"]))).payment).toEqual(p);

@@ -1,0 +1,230 @@
+/**
+ * The gateway's request pipeline in front of connect-es's protocol handlers
+ * (it replaces connectNodeAdapter, which is a thin version of the same).
+ * Everything that needs no decoded message happens here, before any body is
+ * read, and is answered in the client's own protocol framing:
+ *
+ *   route lookup (unknown and internal procedures are UNIMPLEMENTED),
+ *   the declared body size, the per-IP rate limit, authentication and the
+ *   per-principal rate limit, absurd deadlines clamped, Connect GET query
+ *   checks — then the handler, with the body counted as it streams in, and
+ *   its final status corrected and observed.
+ *
+ * Every request gets one span (continuing the client's `traceparent`), one
+ * RED sample and one access log line, whichever way it ends.
+ */
+import type http from "node:http";
+import type http2 from "node:http2";
+import { base64Decode } from "@bufbuild/protobuf/wire";
+import { Code, ConnectError, type ConnectRouter, createConnectRouter, createContextValues } from "@connectrpc/connect";
+import {
+  compressionBrotli,
+  compressionGzip,
+  universalRequestFromNodeRequest,
+  universalResponseToNodeResponse,
+} from "@connectrpc/connect-node";
+import { context, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import { extractContext, type Identity, type Logger, type Telemetry } from "../platform/index.js";
+import { AuthError, type Authenticator } from "./auth.js";
+import { type ClientInfo, kClient, kIdentity } from "./context.js";
+import type { RateLimiter } from "./limits.js";
+import { errorAnswer, finish, isConnectStream, type Outcome, protocolOf } from "./wire.js";
+
+type NodeRequest = http.IncomingMessage | http2.Http2ServerRequest;
+type NodeResponse = http.ServerResponse | http2.Http2ServerResponse;
+
+/** What the pipeline needs. */
+export interface DispatchOptions {
+  readonly routes: (router: ConnectRouter) => void;
+  readonly log: Logger;
+  readonly telemetry: Telemetry;
+  readonly authenticate: Authenticator;
+  readonly perPrincipal: RateLimiter;
+  readonly perIp: RateLimiter;
+  /** Largest request body, in bytes, as sent and after decompression. */
+  readonly maxBodyBytes: number;
+  /** Take the client IP from the last X-Forwarded-For hop (only behind a proxy that appends it). */
+  readonly trustProxy: boolean;
+  /** Services callable without a token (the reflection service: it reveals only the public contract). */
+  readonly tokenFree: ReadonlySet<string>;
+}
+
+/** Handles one request; `requestId` is already settled by the caller. */
+export type Dispatch = (req: NodeRequest, res: NodeResponse, requestId: string) => void;
+
+/** Node's timers hold at most 2^31-1 ms (~24.8 days); longer deadlines are clamped to that. */
+export const MAX_TIMEOUT_MS = 2_147_483_647;
+const GRPC_TIMEOUT_UNIT_MS: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1_000, m: 1, u: 1e-3, n: 1e-6 };
+
+/** Rewrites `grpc-timeout` / `connect-timeout-ms` values beyond {@link MAX_TIMEOUT_MS} to that maximum. */
+export function clampTimeouts(headers: http.IncomingHttpHeaders): void {
+  const g = headers["grpc-timeout"];
+  const m = typeof g === "string" ? /^(\d{1,8})([HMSmun])$/.exec(g) : null;
+  if (m && Number(m[1]) * (GRPC_TIMEOUT_UNIT_MS[m[2] as string] ?? 0) > MAX_TIMEOUT_MS) {
+    headers["grpc-timeout"] = `${Math.floor(MAX_TIMEOUT_MS / 1000)}S`; // 8 digits at most, as the spec allows
+  }
+  const c = headers["connect-timeout-ms"];
+  if (typeof c === "string" && /^\d{1,10}$/.test(c) && Number(c) > MAX_TIMEOUT_MS) {
+    headers["connect-timeout-ms"] = String(MAX_TIMEOUT_MS);
+  }
+}
+
+/** The client's address: the socket peer, or the last X-Forwarded-For hop when a trusted proxy appended it. */
+export function clientIp(req: NodeRequest, trustProxy: boolean): string {
+  if (trustProxy) {
+    const hops = String(req.headers["x-forwarded-for"] ?? "").split(",");
+    const last = hops[hops.length - 1]?.trim();
+    if (last) return last;
+  }
+  return req.socket?.remoteAddress ?? "";
+}
+
+/** The body as it streams in, failing RESOURCE_EXHAUSTED once it passes `max` bytes. */
+async function* limited(body: AsyncIterable<Uint8Array>, max: number): AsyncIterable<Uint8Array> {
+  let seen = 0;
+  for await (const chunk of body) {
+    seen += chunk.byteLength;
+    if (seen > max) throw new ConnectError(`request body exceeds the limit of ${max} bytes`, Code.ResourceExhausted);
+    yield chunk;
+  }
+}
+
+function rateLimited(what: string, retryAfterSec: number): ConnectError {
+  return new ConnectError(`rate limit exceeded (${what}); retry after ${retryAfterSec}s`, Code.ResourceExhausted, {
+    "retry-after": String(retryAfterSec),
+  });
+}
+
+/** Why a request cannot be dispatched at all, or undefined. */
+function refusal(req: NodeRequest, maxBodyBytes: number): ConnectError | undefined {
+  // connect-es needs an authority; HTTP/1.0 may omit Host.
+  if (!req.headers.host && !("authority" in req && req.authority)) {
+    return new ConnectError("the request has no Host header", Code.InvalidArgument);
+  }
+  const length = Number(req.headers["content-length"] ?? 0);
+  if (length > maxBodyBytes) {
+    return new ConnectError(
+      `request body of ${length} bytes exceeds the limit of ${maxBodyBytes}`,
+      Code.ResourceExhausted,
+    );
+  }
+  if (req.method === "GET") {
+    const query = new URLSearchParams((req.url ?? "").split("?")[1] ?? "");
+    if (query.get("base64") === "1") {
+      try {
+        base64Decode(query.get("message") ?? "");
+      } catch {
+        return new ConnectError("the message query parameter is not valid base64", Code.InvalidArgument);
+      }
+    }
+  }
+  return undefined;
+}
+
+function answer(res: NodeResponse, a: { status: number; headers: Record<string, string>; body: Uint8Array }): void {
+  res.writeHead(a.status, { ...a.headers, "content-length": String(a.body.byteLength) });
+  res.end(a.body);
+}
+
+/** Builds the pipeline over the routes `o.routes` registers. */
+export function createDispatch(o: DispatchOptions): Dispatch {
+  const router = createConnectRouter({
+    readMaxBytes: o.maxBodyBytes,
+    // proto3 JSON as the spec reads it: unknown fields and enum names are errors, not silently dropped.
+    jsonOptions: { ignoreUnknownFields: false },
+    acceptCompression: [compressionGzip, compressionBrotli],
+  });
+  o.routes(router);
+  const handlers = new Map(router.handlers.map((h) => [h.requestPath, h]));
+  const { tracer, metrics } = o.telemetry;
+
+  return (req, res, requestId) => {
+    const started = performance.now();
+    const contentType = req.headers["content-type"];
+    const protocol = protocolOf(contentType);
+    const path = (req.url ?? "").split("?", 1)[0] ?? "";
+    const handler = handlers.get(path);
+    // Label values come from the routing table only: a client cannot mint new series.
+    const procedure = handler ? `${handler.service.typeName}/${handler.method.name}` : "unknown";
+    const client: ClientInfo = { ip: clientIp(req, o.trustProxy), requestId };
+    const parent = extractContext({ get: (k) => req.headers[k], set: () => {} });
+    const span = tracer.startSpan(
+      procedure,
+      { kind: SpanKind.SERVER, attributes: { "rpc.system": "connect_rpc", "http.request.protocol": protocol } },
+      parent,
+    );
+    const ctx = trace.setSpan(parent, span);
+    let identity: Identity | undefined;
+    let reported = false;
+    const report = (outcome: Outcome) => {
+      if (reported) return;
+      reported = true;
+      const code = outcome.code === 0 ? "OK" : (Code[outcome.code] ?? "Unknown");
+      const ms = performance.now() - started;
+      if (outcome.code !== 0) span.setStatus({ code: SpanStatusCode.ERROR, message: code });
+      span.end();
+      metrics.httpServer.observe({ procedure, protocol, code }, ms / 1000);
+      context.with(ctx, () =>
+        o.log.info(
+          {
+            procedure,
+            protocol,
+            code,
+            ms: Math.round(ms * 10) / 10,
+            principal: identity?.subject ?? "",
+            ip: client.ip,
+            request_id: client.requestId,
+          },
+          "access",
+        ),
+      );
+    };
+    const refuse = (err: ConnectError, httpStatus?: number) => {
+      answer(res, errorAnswer(protocol, isConnectStream(contentType), err, httpStatus));
+      report({ code: err.code, message: err.rawMessage });
+    };
+
+    const run = async () => {
+      if (!handler) return refuse(new ConnectError(`no public procedure ${path}`, Code.Unimplemented), 404);
+      const refused = refusal(req, o.maxBodyBytes);
+      if (refused) return refuse(refused);
+      const byIp = o.perIp.take(`ip:${client.ip}`);
+      if (!byIp.ok) return refuse(rateLimited("client address", byIp.retryAfterSec));
+      if (!o.tokenFree.has(handler.service.typeName)) {
+        try {
+          identity = await o.authenticate(req.headers.authorization ?? null);
+        } catch (err) {
+          if (!(err instanceof AuthError)) throw err;
+          o.log.debug({ reason: err.message, ip: client.ip, request_id: requestId }, "authentication failed");
+          // One generic answer for every failure: no hint which check failed.
+          return refuse(new ConnectError("authentication required: a valid bearer token", Code.Unauthenticated));
+        }
+        const byPrincipal = o.perPrincipal.take(`sub:${identity.subject}`);
+        if (!byPrincipal.ok) return refuse(rateLimited("principal", byPrincipal.retryAfterSec));
+      }
+      clampTimeouts(req.headers);
+      const values = createContextValues().set(kClient, client).set(kIdentity, identity);
+      const uReq = universalRequestFromNodeRequest(
+        req as http.IncomingMessage,
+        res as http.ServerResponse,
+        undefined,
+        values,
+      );
+      const uRes = await handler({ ...uReq, body: limited(uReq.body as AsyncIterable<Uint8Array>, o.maxBodyBytes) });
+      await universalResponseToNodeResponse(await finish(uRes, protocol, report), res as http.ServerResponse);
+    };
+
+    context.with(ctx, run).catch((err: unknown) => {
+      // The client went away mid-answer (or a bug): nothing more can be sent on this request.
+      const e = ConnectError.from(err);
+      if (e.code !== Code.Aborted && e.code !== Code.Canceled) o.log.warn({ err, procedure }, "request failed");
+      report({ code: e.code, message: e.rawMessage });
+      if (!res.headersSent)
+        answer(
+          res,
+          errorAnswer(protocol, isConnectStream(contentType), new ConnectError("internal error", Code.Internal)),
+        );
+      else if (!res.writableEnded) res.destroy();
+    });
+  };
+}

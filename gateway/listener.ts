@@ -1,0 +1,208 @@
+/**
+ * The gateway's one port: HTTP/1.1 and cleartext HTTP/2 (h2c, told apart by
+ * the connection preface "PRI * HTTP/2.0"), with the limits that keep a slow
+ * or hostile client from holding resources:
+ *
+ * - a connection must send its first byte, then complete request headers,
+ *   within `headersTimeoutMs`; a whole request (body included) within
+ *   `requestTimeoutMs`;
+ * - a connection with no request in progress (HTTP/1.1 keep-alive, an
+ *   HTTP/2 session without open streams) is closed after `idleTimeoutMs`;
+ *   a call in progress — a long WatchOrder stream — is never cut by it;
+ * - at most `maxConnectionsPerIp` open connections per client address and
+ *   `maxConnections` in all; beyond that a new connection is closed at once;
+ * - HTTP/2: at most `maxConcurrentStreams` calls per connection, bounded
+ *   header lists and session memory.
+ *
+ * Both protocols run on the native socket (the first chunk, read to sniff
+ * the protocol, is put back with unshift), so HTTP/2 requests know their
+ * client's address like HTTP/1.1 ones.
+ */
+import http from "node:http";
+import http2 from "node:http2";
+import net from "node:net";
+import type { Logger } from "../platform/index.js";
+
+/** Limits and address of the listener. Times in ms. */
+export interface ListenerOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly log: Logger;
+  readonly headersTimeoutMs: number;
+  readonly requestTimeoutMs: number;
+  readonly idleTimeoutMs: number;
+  /** 0: no per-address limit. */
+  readonly maxConnectionsPerIp: number;
+  readonly maxConnections: number;
+  readonly maxConcurrentStreams: number;
+  /** Called when the listener closes a connection itself, with why. */
+  readonly onClose?: (reason: "per-ip-limit" | "headers-timeout" | "request-timeout" | "idle") => void;
+}
+
+/** A listening port. */
+export interface Listener {
+  readonly port: number;
+  /** `http://host:port` a local client can dial. */
+  readonly url: string;
+  /** Open connections right now. */
+  connections(): number;
+  /**
+   * Stops accepting, asks HTTP/2 clients to go away and closes idle
+   * HTTP/1.1 connections, waits up to `graceMs` for calls in progress, then
+   * cuts the rest.
+   */
+  stop(graceMs: number): Promise<void>;
+}
+
+type Handler = (
+  req: http.IncomingMessage | http2.Http2ServerRequest,
+  res: http.ServerResponse | http2.Http2ServerResponse,
+) => void;
+
+/** Closes an HTTP/2 session once it has had no open stream for `ms`. */
+function closeWhenIdle(session: http2.ServerHttp2Session, ms: number, onIdle: () => void): void {
+  let open = 0;
+  let timer: NodeJS.Timeout | undefined;
+  const arm = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      onIdle();
+      session.close();
+      // A client that ignores GOAWAY and keeps the socket open is cut after one more idle period.
+      setTimeout(() => session.destroy(), ms).unref();
+    }, ms);
+    timer.unref();
+  };
+  arm();
+  session.on("stream", (stream) => {
+    open++;
+    clearTimeout(timer);
+    stream.once("close", () => {
+      if (--open === 0 && !session.closed) arm();
+    });
+  });
+  session.once("close", () => clearTimeout(timer));
+}
+
+/**
+ * Cuts an HTTP/2 request whose body is not complete within `ms` (Node's
+ * requestTimeout covers HTTP/1.1 only). Answers that finish first stop it.
+ */
+function boundRequestTime(
+  req: http2.Http2ServerRequest,
+  res: http2.Http2ServerResponse,
+  ms: number,
+  onCut: () => void,
+) {
+  const timer = setTimeout(() => {
+    onCut();
+    req.stream.close(http2.constants.NGHTTP2_CANCEL);
+  }, ms);
+  timer.unref();
+  const done = () => clearTimeout(timer);
+  req.once("end", done);
+  res.once("finish", done);
+  req.stream.once("close", done);
+}
+
+/** Starts listening; resolves once the port is bound. */
+export async function listen(o: ListenerOptions, handle: Handler): Promise<Listener> {
+  const closed = (why: Parameters<NonNullable<ListenerOptions["onClose"]>>[0]) => o.onClose?.(why);
+  const h1 = http.createServer(
+    {
+      headersTimeout: o.headersTimeoutMs,
+      requestTimeout: o.requestTimeoutMs,
+      keepAliveTimeout: o.idleTimeoutMs,
+      // Node checks these timeouts on this interval (default 30 s): check often enough to honour them.
+      connectionsCheckingInterval: Math.max(50, Math.min(1_000, Math.floor(o.headersTimeoutMs / 4))),
+    },
+    handle,
+  );
+  // Node tracks HTTP/1.1 connections — and enforces the header, request and keep-alive timeouts
+  // on them — from the server's 'listening' event. This server never listens itself (the front
+  // hands it connections), so it is told once that it does.
+  h1.emit("listening");
+  const h2 = http2.createServer(
+    {
+      settings: { maxConcurrentStreams: o.maxConcurrentStreams, maxHeaderListSize: 64 * 1024 },
+      maxHeaderListPairs: 256,
+      maxSessionMemory: 16,
+    },
+    (req, res) => {
+      boundRequestTime(req, res, o.requestTimeoutMs, () => closed("request-timeout"));
+      handle(req, res);
+    },
+  );
+  const sessions = new Set<http2.ServerHttp2Session>();
+  h2.on("session", (session) => {
+    sessions.add(session);
+    session.once("close", () => sessions.delete(session));
+    closeWhenIdle(session, o.idleTimeoutMs, () => closed("idle"));
+  });
+
+  const sockets = new Set<net.Socket>();
+  const perIp = new Map<string, number>();
+  const front = net.createServer((socket) => {
+    const ip = socket.remoteAddress ?? "";
+    const count = (perIp.get(ip) ?? 0) + 1;
+    if (o.maxConnectionsPerIp > 0 && count > o.maxConnectionsPerIp) {
+      closed("per-ip-limit");
+      socket.destroy();
+      return;
+    }
+    perIp.set(ip, count);
+    sockets.add(socket);
+    socket.once("close", () => {
+      sockets.delete(socket);
+      const left = (perIp.get(ip) ?? 1) - 1;
+      if (left > 0) perIp.set(ip, left);
+      else perIp.delete(ip);
+    });
+    socket.on("error", () => {}); // resets by clients are theirs to have; the close handler cleans up
+    // Small RPC messages must not wait for Nagle's algorithm (a ~40 ms stall against delayed ACKs).
+    socket.setNoDelay(true);
+    // A connection that never speaks is closed like one that never finishes its headers.
+    socket.setTimeout(o.headersTimeoutMs, () => {
+      closed("headers-timeout");
+      socket.destroy();
+    });
+    socket.once("data", (first: Buffer) => {
+      socket.setTimeout(0);
+      socket.pause();
+      socket.unshift(first);
+      // Both servers read the native socket and see the sniffed chunk first. HTTP/2 reads the
+      // buffered bytes itself; the HTTP/1.1 parser listens for 'data', which a paused socket holds back.
+      if (first.subarray(0, 3).toString("latin1") === "PRI") {
+        h2.emit("connection", socket);
+      } else {
+        h1.emit("connection", socket);
+        socket.resume();
+      }
+    });
+  });
+  front.maxConnections = o.maxConnections;
+  await new Promise<void>((resolve, reject) => {
+    front.once("error", reject);
+    front.listen(o.port, o.host, () => resolve());
+  });
+  const addr = front.address();
+  const port = typeof addr === "object" && addr ? addr.port : o.port;
+  const dialHost = o.host === "0.0.0.0" || o.host === "::" ? "127.0.0.1" : o.host;
+  o.log.info({ port, protocols: ["connect", "grpc-web", "grpc"], http: ["1.1", "h2c"] }, "gateway listening");
+
+  return {
+    port,
+    url: `http://${dialHost}:${port}`,
+    connections: () => sockets.size,
+    async stop(graceMs) {
+      front.close();
+      h1.close();
+      h1.closeIdleConnections();
+      h2.close();
+      for (const s of sessions) s.close(); // GOAWAY: no new calls; calls in progress may finish
+      const deadline = Date.now() + graceMs;
+      while (sockets.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
+      for (const s of sockets) s.destroy();
+    },
+  };
+}

@@ -1,0 +1,261 @@
+/**
+ * The three protocols on the wire, as far as the gateway must know them
+ * beyond what connect-es does for it: which protocol a request speaks, how an
+ * error is framed in each (for answers given before any handler runs), and
+ * the final status of a response — read, and corrected where connect-es
+ * blames the server for the client's request (an undecodable message is
+ * INTERNAL there; here it is INVALID_ARGUMENT, because a 5xx for bad input
+ * is a lie that also gets healthy gateways ejected by the mesh).
+ *
+ * Framing: Connect unary errors are a JSON body with an HTTP status; Connect
+ * streams end with an envelope flagged 0x02 holding JSON; gRPC carries the
+ * status in trailers (or in the headers of a trailers-only answer); gRPC-Web
+ * in a final envelope flagged 0x80 holding HTTP/1-style header lines.
+ */
+import { brotliDecompressSync, gunzipSync } from "node:zlib";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { createAsyncIterable, type UniversalServerResponse } from "@connectrpc/connect/protocol";
+import {
+  codeFromString,
+  codeToHttpStatus,
+  codeToString,
+  endStreamFromJson,
+  errorToJson,
+  errorToJsonBytes,
+} from "@connectrpc/connect/protocol-connect";
+import { findTrailerError, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import { trailerParse, trailerSerialize } from "@connectrpc/connect/protocol-grpc-web";
+
+/** The protocol a request speaks, from its content type. */
+export type Protocol = "connect" | "grpc" | "grpc-web";
+
+/** How a call ended, as its client sees it. */
+export interface Outcome {
+  readonly code: Code | 0;
+  readonly message: string;
+}
+
+const OK: Outcome = { code: 0, message: "" };
+
+/** The protocol of a request with this content type (anything not gRPC is answered as Connect). */
+export function protocolOf(contentType: string | undefined): Protocol {
+  if (contentType?.startsWith("application/grpc-web")) return "grpc-web";
+  if (contentType?.startsWith("application/grpc")) return "grpc";
+  return "connect";
+}
+
+/** True for a Connect streaming content type (`application/connect+json`, `+proto`). */
+export function isConnectStream(contentType: string | undefined): boolean {
+  return contentType?.startsWith("application/connect+") ?? false;
+}
+
+/**
+ * The code the client should get for an error connect-es raised itself. It
+ * reports a few malformed requests as server faults; those become
+ * INVALID_ARGUMENT. Everything else keeps its code.
+ */
+export function reclassify(code: Code, message: string): Code {
+  if (code === Code.Internal && /^(parse binary: |decompression failed$|received compressed envelope)/.test(message)) {
+    return Code.InvalidArgument;
+  }
+  if (code === Code.Unimplemented && /^protocol error: (missing|received extra) input message/.test(message)) {
+    return Code.InvalidArgument;
+  }
+  return code;
+}
+
+/**
+ * The HTTP status of a Connect-protocol error: Connect's table, except that
+ * RESOURCE_EXHAUSTED without a Retry-After (the request itself is too big,
+ * waiting will not help) is 413, and an unknown request compression is 415
+ * (RFC 9110 §15.5.16) rather than a 5xx.
+ */
+export function connectHttpStatus(code: Code, message: string, retryAfter: boolean): number {
+  if (code === Code.ResourceExhausted && !retryAfter) return 413;
+  if (code === Code.Unimplemented && message.startsWith("unknown compression")) return 415;
+  return codeToHttpStatus(code);
+}
+
+/** A gRPC / gRPC-Web / Connect-stream envelope. */
+function envelope(flags: number, data: Uint8Array): Uint8Array {
+  const out = new Uint8Array(5 + data.byteLength);
+  out[0] = flags;
+  new DataView(out.buffer).setUint32(1, data.byteLength);
+  out.set(data, 5);
+  return out;
+}
+
+/** A complete answer given without running a handler (unknown procedure, refused before dispatch). */
+export interface ErrorAnswer {
+  readonly status: number;
+  readonly headers: Record<string, string>;
+  readonly body: Uint8Array;
+}
+
+/**
+ * `err` framed for a client speaking `protocol` (`stream`: a Connect
+ * streaming request). `httpStatus` overrides the status of a Connect unary
+ * answer (404 for an unknown procedure, as the Connect protocol says).
+ */
+export function errorAnswer(protocol: Protocol, stream: boolean, err: ConnectError, httpStatus?: number): ErrorAnswer {
+  const meta: Record<string, string> = {};
+  err.metadata.forEach((v, k) => {
+    meta[k] = v;
+  });
+  if (protocol !== "connect") {
+    // Trailers-only: the status travels in the headers of an empty 200 answer.
+    const status = setTrailerStatus(new Headers(meta), err);
+    const headers: Record<string, string> = { "content-type": `application/${protocol}+proto` };
+    status.forEach((v, k) => {
+      headers[k] = v;
+    });
+    return { status: 200, headers, body: new Uint8Array() };
+  }
+  if (stream) {
+    const end = new TextEncoder().encode(JSON.stringify({ error: errorToJson(err, undefined), metadata: {} }));
+    return { status: 200, headers: { ...meta, "content-type": "application/connect+json" }, body: envelope(2, end) };
+  }
+  const status = httpStatus ?? connectHttpStatus(err.code, err.rawMessage, "retry-after" in meta);
+  return { status, headers: { ...meta, "content-type": "application/json" }, body: errorToJsonBytes(err, undefined) };
+}
+
+/** A flagged envelope's payload, decompressed with the response's encoding when flag 0x01 says so. */
+function payloadOf(chunk: Uint8Array, encoding: string | null): Uint8Array {
+  const data = chunk.subarray(5);
+  if ((chunk[0] ?? 0) & 1) {
+    if (encoding === "gzip") return gunzipSync(data);
+    if (encoding === "br") return brotliDecompressSync(data);
+  }
+  return data;
+}
+
+/** Reads a Connect unary error body, corrects its code and HTTP status, and re-frames it. */
+async function connectUnary(
+  uRes: UniversalServerResponse,
+  body: AsyncIterable<Uint8Array>,
+  report: (o: Outcome) => void,
+): Promise<UniversalServerResponse> {
+  const header = new Headers(uRes.header);
+  const chunks: Uint8Array[] = [];
+  for await (const c of body) chunks.push(c);
+  const text = Buffer.concat(chunks).toString("utf8");
+  if (text === "" || header.has("content-encoding")) {
+    // connect-es answers some refusals with a bare status (404, 405, 415).
+    const code = uRes.status === 404 ? Code.Unimplemented : uRes.status < 500 ? Code.InvalidArgument : Code.Unknown;
+    report({ code, message: `HTTP ${uRes.status}` });
+    return { ...uRes, body: createAsyncIterable(chunks) };
+  }
+  const json = JSON.parse(text) as { code?: string; message?: string };
+  const message = json.message ?? "";
+  const code = reclassify(codeFromString(json.code ?? "") ?? Code.Unknown, message);
+  json.code = codeToString(code);
+  const fixed = new TextEncoder().encode(JSON.stringify(json));
+  header.set("content-length", String(fixed.byteLength));
+  report({ code, message });
+  const status = connectHttpStatus(code, message, header.has("retry-after"));
+  return { ...uRes, status, header, body: createAsyncIterable([fixed]) };
+}
+
+/** Passes a stream through, correcting the error in its last frame and reporting the outcome. */
+function streamBody(
+  body: AsyncIterable<Uint8Array>,
+  fix: (chunk: Uint8Array) => { chunk: Uint8Array; outcome?: Outcome },
+  report: (o: Outcome) => void,
+  atEnd?: () => Outcome | undefined,
+): AsyncIterable<Uint8Array> {
+  return (async function* () {
+    let outcome: Outcome | undefined;
+    for await (const chunk of body) {
+      const fixed = fix(chunk);
+      outcome = fixed.outcome ?? outcome;
+      yield fixed.chunk;
+    }
+    report(atEnd?.() ?? outcome ?? OK);
+  })();
+}
+
+function corrected(err: ConnectError | undefined): ConnectError | undefined {
+  if (!err) return undefined;
+  const code = reclassify(err.code, err.rawMessage);
+  return code === err.code ? err : new ConnectError(err.rawMessage, code);
+}
+
+/**
+ * Wraps a handler's response so that its final status is corrected (see
+ * {@link reclassify}) and reported to `report` once the client has it all.
+ */
+export async function finish(
+  uRes: UniversalServerResponse,
+  protocol: Protocol,
+  report: (o: Outcome) => void,
+): Promise<UniversalServerResponse> {
+  const header = new Headers(uRes.header);
+  const body = uRes.body ?? createAsyncIterable<Uint8Array>([]);
+  if (protocol === "grpc") {
+    const trailer = uRes.trailer ?? new Headers();
+    return {
+      ...uRes,
+      trailer,
+      body: streamBody(
+        body,
+        (chunk) => ({ chunk }),
+        report,
+        () => {
+          const err = findTrailerError(trailer);
+          const fixed = corrected(err);
+          if (fixed && fixed !== err) {
+            trailer.delete("grpc-status-details-bin");
+            setTrailerStatus(trailer, fixed);
+          }
+          return fixed ? { code: fixed.code, message: fixed.rawMessage } : OK;
+        },
+      ),
+    };
+  }
+  if (protocol === "grpc-web") {
+    const encoding = header.get("grpc-encoding");
+    return {
+      ...uRes,
+      body: streamBody(
+        body,
+        (chunk) => {
+          if (!((chunk[0] ?? 0) & 0x80)) return { chunk };
+          const trailer = trailerParse(payloadOf(chunk, encoding));
+          const err = findTrailerError(trailer);
+          const fixed = corrected(err);
+          if (!fixed) return { chunk, outcome: OK };
+          if (fixed === err) return { chunk, outcome: { code: err.code, message: err.rawMessage } };
+          trailer.delete("grpc-status-details-bin");
+          setTrailerStatus(trailer, fixed);
+          return {
+            chunk: envelope(0x80, trailerSerialize(trailer)),
+            outcome: { code: fixed.code, message: fixed.rawMessage },
+          };
+        },
+        report,
+      ),
+    };
+  }
+  if (!isConnectStream(header.get("content-type") ?? undefined)) {
+    if (uRes.status === 200) return { ...uRes, body: streamBody(body, (chunk) => ({ chunk }), report) };
+    return connectUnary(uRes, body, report);
+  }
+  const encoding = header.get("connect-content-encoding");
+  return {
+    ...uRes,
+    body: streamBody(
+      body,
+      (chunk) => {
+        if (!((chunk[0] ?? 0) & 0x02)) return { chunk };
+        const end = endStreamFromJson(payloadOf(chunk, encoding));
+        const fixed = corrected(end.error);
+        if (!fixed) return { chunk, outcome: OK };
+        const outcome = { code: fixed.code, message: fixed.rawMessage };
+        if (fixed === end.error) return { chunk, outcome };
+        const json = JSON.stringify({ error: errorToJson(fixed, undefined), metadata: {} });
+        return { chunk: envelope(0x02, new TextEncoder().encode(json)), outcome };
+      },
+      report,
+    ),
+  };
+}

@@ -1,0 +1,67 @@
+/** Page sizes and page tokens: what a client may send, and what it gets for anything else. */
+import { describe, expect, it } from "vitest";
+import { InvalidArgumentError } from "./errors.js";
+import { decodePageToken, encodePageToken, pageOf, pageSize } from "./paging.js";
+
+const field = (f: () => unknown) => {
+  try {
+    f();
+  } catch (e) {
+    return e instanceof InvalidArgumentError ? e.field : `not InvalidArgumentError: ${e}`;
+  }
+  return "no error";
+};
+const shape = { t: "integer", id: "string" } as const;
+
+describe("pageSize", () => {
+  it("defaults 0, accepts 1..max, refuses the rest rather than capping", () => {
+    expect(pageSize(0)).toBe(20);
+    expect(pageSize(1)).toBe(1);
+    expect(pageSize(100)).toBe(100);
+    expect(pageSize(0, "page_size", 10)).toBe(10);
+    for (const bad of [101, -1, 1.5, Number.NaN]) expect(field(() => pageSize(bad))).toBe("page_size");
+  });
+});
+
+describe("page tokens", () => {
+  it("round-trip the cursor they were made from", () => {
+    const token = encodePageToken({ t: 1_700_000_000_000, id: "ord_1" });
+    expect(decodePageToken(token, shape)).toEqual({ t: 1_700_000_000_000, id: "ord_1" });
+    expect(decodePageToken("", shape)).toBeUndefined();
+  });
+
+  it("refuse made-up, altered, truncated and mis-shaped tokens, naming page_token", () => {
+    const real = encodePageToken({ t: 1, id: "a" });
+    const [body, sum] = real.split(".") as [string, string];
+    const forged = Buffer.from(JSON.stringify({ t: 2, id: "a" })).toString("base64url");
+    const cases = [
+      "bm9wZQ", // base64 of "nope", no checksum
+      forged, // plausible JSON without a checksum
+      `${forged}.${sum}`, // someone else's checksum
+      `${body}.${sum.slice(1)}`, // truncated
+      `${real}.x`, // extra part
+      encodePageToken({ t: "1", id: "a" }), // wrong type, correct checksum
+      encodePageToken({ t: 1.5, id: "a" }), // not an integer
+      encodePageToken({ t: 1 }), // missing key
+      encodePageToken({ t: 1, id: "a", extra: "b" }), // extra key
+      encodePageToken({ t: 1, id: "x".repeat(257) }), // too long
+      "%%%",
+    ];
+    for (const t of cases)
+      expect(
+        field(() => decodePageToken(t, shape)),
+        t,
+      ).toBe("page_token");
+    expect(field(() => decodePageToken(real, shape, "cursor"))).toBe("no error");
+  });
+});
+
+describe("pageOf", () => {
+  it("gives a token only when a further row exists", () => {
+    const rows = [{ id: "a" }, { id: "b" }, { id: "c" }];
+    const first = pageOf(rows, 2, (r) => ({ after: r.id }));
+    expect(first.page).toEqual([{ id: "a" }, { id: "b" }]);
+    expect(decodePageToken(first.nextPageToken, { after: "string" })).toEqual({ after: "b" });
+    expect(pageOf(rows, 3, (r) => ({ after: r.id })).nextPageToken).toBe("");
+  });
+});

@@ -1,0 +1,89 @@
+/**
+ * Paging for every List RPC: page sizes and opaque page tokens.
+ *
+ * A token is a cursor (a few named strings and integers) as base64url JSON,
+ * followed by a short checksum, so that a made-up or altered token is an
+ * INVALID_ARGUMENT naming `page_token` instead of silently an empty or odd
+ * page. The checksum is not a secret and not a security boundary: a cursor
+ * only says where to continue within what the caller may see anyway.
+ */
+import { createHash } from "node:crypto";
+import { InvalidArgumentError } from "./errors.js";
+
+/** Default and maximum page sizes of every List RPC. */
+export const PAGE_SIZE = { default: 20, max: 100 } as const;
+
+/** `page_size`: 0 means the default; otherwise 1..max, and anything else is refused, not capped. */
+export function pageSize(value: number, field = "page_size", max: number = PAGE_SIZE.max): number {
+  if (value === 0) return Math.min(PAGE_SIZE.default, max);
+  if (!Number.isInteger(value) || value < 1 || value > max) {
+    throw new InvalidArgumentError(field, `must be between 1 and ${max} (or 0 for the default), got ${value}`);
+  }
+  return value;
+}
+
+/** The shape of a cursor: each key's type. */
+export type CursorShape = Readonly<Record<string, "string" | "integer">>;
+/** A cursor of shape `S`. */
+export type Cursor<S extends CursorShape> = { [K in keyof S]: S[K] extends "integer" ? number : string };
+
+/** Longest string a cursor may hold (ids and keys are shorter). */
+const MAX_CURSOR_STRING = 256;
+
+function checksum(json: string): string {
+  return createHash("sha256").update("shopmesh.page-token.v1\0").update(json).digest("base64url").slice(0, 12);
+}
+
+/** An opaque page token for `cursor`. */
+export function encodePageToken(cursor: Readonly<Record<string, string | number>>): string {
+  const json = JSON.stringify(cursor);
+  return `${Buffer.from(json).toString("base64url")}.${checksum(json)}`;
+}
+
+/**
+ * Decodes a token made by {@link encodePageToken} into a cursor of `shape`;
+ * undefined for "" (the first page); INVALID_ARGUMENT naming `field` for
+ * anything else that is not exactly such a token.
+ */
+export function decodePageToken<S extends CursorShape>(
+  token: string,
+  shape: S,
+  field = "page_token",
+): Cursor<S> | undefined {
+  if (token === "") return undefined;
+  const bad = () => new InvalidArgumentError(field, "is not a token returned by this API");
+  const [body, sum, ...rest] = token.split(".");
+  if (body === undefined || sum === undefined || rest.length > 0) throw bad();
+  const json = Buffer.from(body, "base64url").toString("utf8");
+  if (checksum(json) !== sum) throw bad();
+  let v: unknown;
+  try {
+    v = JSON.parse(json);
+  } catch {
+    throw bad();
+  }
+  if (typeof v !== "object" || v === null || Array.isArray(v)) throw bad();
+  const o = v as Record<string, unknown>;
+  if (Object.keys(o).length !== Object.keys(shape).length) throw bad();
+  for (const [k, type] of Object.entries(shape)) {
+    const x = o[k];
+    const ok = type === "integer" ? Number.isSafeInteger(x) : typeof x === "string" && x.length <= MAX_CURSOR_STRING;
+    if (!ok) throw bad();
+  }
+  return o as Cursor<S>;
+}
+
+/**
+ * Splits rows fetched with `limit + 1` (one more than the page holds, to
+ * learn whether another page follows) into the page and the token of the
+ * next one — "" on the last page. `cursorOf` names the last row's position.
+ */
+export function pageOf<T>(
+  rows: readonly T[],
+  limit: number,
+  cursorOf: (last: T) => Record<string, string | number>,
+): { page: T[]; nextPageToken: string } {
+  const page = rows.slice(0, limit);
+  const last = page.at(-1);
+  return { page, nextPageToken: rows.length > limit && last !== undefined ? encodePageToken(cursorOf(last)) : "" };
+}

@@ -1,0 +1,175 @@
+/**
+ * Raw protocol clients for hostile tests: bytes on a socket, HTTP/2 frames
+ * from node:http2, gRPC and gRPC-Web envelopes built by hand — nothing that
+ * would politely refuse to send a malformed request.
+ */
+import http2 from "node:http2";
+import net from "node:net";
+
+/** A gRPC / gRPC-Web / Connect-streaming envelope: flags, 4-byte big-endian length, payload. */
+export function envelope(payload: Uint8Array, flags = 0): Buffer {
+  const head = Buffer.alloc(5);
+  head.writeUInt8(flags, 0);
+  head.writeUInt32BE(payload.byteLength, 1);
+  return Buffer.concat([head, payload]);
+}
+
+/** What came back from an HTTP/2 request. */
+export interface H2Response {
+  readonly status: number;
+  readonly headers: http2.IncomingHttpHeaders;
+  readonly trailers: http2.IncomingHttpHeaders;
+  readonly body: Buffer;
+  /** grpc-status from the trailers, or from the headers of a trailers-only response; undefined if absent. */
+  readonly grpcStatus: number | undefined;
+  readonly grpcMessage: string;
+}
+
+/** One request over an existing HTTP/2 session. */
+export function h2Request(
+  session: http2.ClientHttp2Session,
+  headers: http2.OutgoingHttpHeaders,
+  body?: Uint8Array,
+  timeoutMs = 10_000,
+): Promise<H2Response> {
+  return new Promise((resolve, reject) => {
+    const req = session.request({ ":method": "POST", ...headers }, { endStream: body === undefined });
+    let status = 0;
+    let resHeaders: http2.IncomingHttpHeaders = {};
+    let trailers: http2.IncomingHttpHeaders = {};
+    const chunks: Buffer[] = [];
+    const timer = setTimeout(() => {
+      req.close(http2.constants.NGHTTP2_CANCEL);
+      reject(new Error(`no answer within ${timeoutMs} ms`));
+    }, timeoutMs);
+    req.on("response", (h) => {
+      status = Number(h[":status"]);
+      resHeaders = h;
+    });
+    req.on("trailers", (t) => {
+      trailers = t;
+    });
+    req.on("data", (d: Buffer) => chunks.push(d));
+    req.on("error", (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    req.on("close", () => {
+      clearTimeout(timer);
+      const raw = trailers["grpc-status"] ?? resHeaders["grpc-status"];
+      resolve({
+        status,
+        headers: resHeaders,
+        trailers,
+        body: Buffer.concat(chunks),
+        grpcStatus: raw === undefined ? undefined : Number(raw),
+        grpcMessage: decodeURIComponent(String(trailers["grpc-message"] ?? resHeaders["grpc-message"] ?? "")),
+      });
+    });
+    if (body !== undefined) req.end(Buffer.from(body));
+  });
+}
+
+/** An HTTP/2 cleartext session (prior knowledge) to `url`, closed on dispose. */
+export async function h2Session(url: string): Promise<http2.ClientHttp2Session & AsyncDisposable> {
+  const session = http2.connect(url);
+  await new Promise<void>((resolve, reject) => {
+    session.once("connect", () => resolve());
+    session.once("error", reject);
+  });
+  session.on("error", () => {}); // a GOAWAY from the server under test is an outcome, not a crash of the test
+  return Object.assign(session, {
+    [Symbol.asyncDispose]: async () => {
+      if (!session.closed) await new Promise<void>((r) => session.close(() => r()));
+    },
+  });
+}
+
+/** The trailer block of a gRPC-Web body (the envelope flagged 0x80), as lower-case name -> value. */
+export function grpcWebTrailers(body: Buffer): Record<string, string> {
+  let at = 0;
+  while (at + 5 <= body.length) {
+    const flags = body.readUInt8(at);
+    const len = body.readUInt32BE(at + 1);
+    const data = body.subarray(at + 5, at + 5 + len);
+    at += 5 + len;
+    if (flags & 0x80) {
+      const out: Record<string, string> = {};
+      for (const line of data.toString("latin1").split("\r\n")) {
+        const i = line.indexOf(":");
+        if (i > 0) out[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim();
+      }
+      return out;
+    }
+  }
+  return {};
+}
+
+/** The end-stream JSON of a Connect streaming body (the envelope flagged 0x02). */
+export function connectEndStream(body: Buffer): { error?: { code: string; message?: string } } | undefined {
+  let at = 0;
+  while (at + 5 <= body.length) {
+    const flags = body.readUInt8(at);
+    const len = body.readUInt32BE(at + 1);
+    const data = body.subarray(at + 5, at + 5 + len);
+    at += 5 + len;
+    if (flags & 0x02) return JSON.parse(data.toString("utf8")) as { error?: { code: string; message?: string } };
+  }
+  return undefined;
+}
+
+/** A raw TCP connection: write bytes when you like, read what comes back. */
+export interface RawConnection extends AsyncDisposable {
+  readonly socket: net.Socket;
+  /** Everything received so far. */
+  received(): Buffer;
+  /** Resolves when the server closes the connection (or resets it), with the ms since connect. */
+  readonly closed: Promise<number>;
+  write(data: string | Buffer): Promise<void>;
+}
+
+/** Opens a TCP connection to `host:port`, optionally from a chosen local (loopback) address. */
+export async function rawConnect(port: number, host = "127.0.0.1", localAddress?: string): Promise<RawConnection> {
+  const socket = net.connect({ port, host, ...(localAddress ? { localAddress } : {}) });
+  socket.setNoDelay(true);
+  const started = Date.now();
+  const chunks: Buffer[] = [];
+  socket.on("data", (d: Buffer) => chunks.push(d));
+  const closed = new Promise<number>((resolve) => socket.once("close", () => resolve(Date.now() - started)));
+  socket.on("error", () => {});
+  await new Promise<void>((resolve, reject) => {
+    socket.once("connect", () => resolve());
+    socket.once("error", reject);
+  });
+  return {
+    socket,
+    received: () => Buffer.concat(chunks),
+    closed,
+    write: (data) =>
+      new Promise<void>((resolve, reject) => {
+        if (socket.destroyed) {
+          reject(new Error("socket closed"));
+          return;
+        }
+        socket.write(data, (err) => (err ? reject(err) : resolve()));
+      }),
+    [Symbol.asyncDispose]: async () => {
+      socket.destroy();
+      await closed;
+    },
+  };
+}
+
+/** Sends one raw HTTP/1.x request and returns the status code and the raw response (until close or `waitMs`). */
+export async function h1Raw(
+  port: number,
+  request: string | Buffer,
+  waitMs = 3_000,
+): Promise<{ status: number; raw: string }> {
+  await using c = await rawConnect(port);
+  await c.write(request);
+  await Promise.race([c.closed, new Promise((r) => setTimeout(r, waitMs))]);
+  const raw = c.received().toString("latin1");
+  const m = /^HTTP\/1\.[01] (\d{3})/.exec(raw);
+  return { status: m ? Number(m[1]) : 0, raw };
+}
