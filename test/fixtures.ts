@@ -45,15 +45,32 @@ export function exited(child: ChildProcess): Promise<number | string> {
  * waits until it listens. Rejects with its output if it exits first or takes
  * longer than `timeoutMs`.
  */
-export async function spawnService(
+export function spawnService(name: string, env: Record<string, string>, timeoutMs = 20_000): Promise<ServiceProcess> {
+  return spawnMain(
+    name,
+    join("services", name, "main.ts"),
+    { GRPC_PORT: "0", ...env },
+    "gRPC server listening",
+    timeoutMs,
+  );
+}
+
+/** Spawns the gateway (`gateway/main.ts`) with `env` (HTTP_PORT defaults to 0) and waits until it listens. */
+export function spawnGateway(env: Record<string, string>, timeoutMs = 20_000): Promise<ServiceProcess> {
+  return spawnMain("gateway", join("gateway", "main.ts"), { HTTP_PORT: "0", ...env }, "gateway listening", timeoutMs);
+}
+
+async function spawnMain(
   name: string,
+  main: string,
   env: Record<string, string>,
-  timeoutMs = 20_000,
+  ready: string,
+  timeoutMs: number,
 ): Promise<ServiceProcess> {
-  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "services", name, "main.ts")], {
+  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, main)], {
     cwd: ROOT,
     // No bus unless the test starts one and passes its NATS_URL.
-    env: { ...process.env, GRPC_PORT: "0", LOG_FORMAT: "json", LOG_LEVEL: "info", NATS_URL: "off", ...env },
+    env: { ...process.env, LOG_FORMAT: "json", LOG_LEVEL: "info", NATS_URL: "off", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";
@@ -63,7 +80,7 @@ export async function spawnService(
     const timer = setTimeout(() => rej(new Error(`${name} did not start within ${timeoutMs} ms:\n${out}`)), timeoutMs);
     const onData = () => {
       for (const line of out.split("\n")) {
-        if (!line.includes("gRPC server listening")) continue;
+        if (!line.includes(ready)) continue;
         clearTimeout(timer);
         child.stdout?.off("data", onData);
         res((JSON.parse(line) as { port: number }).port);

@@ -4,7 +4,7 @@
 # never use it outside a throwaway cluster). The ingress RequestAuthentication
 # and the gateway both verify it with the matching public key.
 #   deploy/kind/token.sh [user] [role[,role...]]   (make kind-token USER=alice ROLE=admin)
-# Needs bash and openssl. Valid for TOKEN_TTL seconds (default 3600).
+# Needs bash and openssl. Valid for TOKEN_TTL seconds (default 3600, at most 86400).
 set -euo pipefail
 
 user=${1:-alice}
@@ -19,12 +19,14 @@ if [[ ! $user =~ ^[A-Za-z0-9._:@-]{1,128}$ ]]; then
   echo "user must be 1..128 of [A-Za-z0-9._:@-], got '$user'" >&2
   exit 2
 fi
-if [[ ! $roles =~ ^[a-z][a-z0-9_-]*(,[a-z][a-z0-9_-]*)*$ ]]; then
-  echo "roles must be a comma-separated list of lower-case names, got '$roles'" >&2
+# The gateway refuses any role it does not know (platform/identity.ts ROLES).
+if [[ ! $roles =~ ^(customer|admin)(,(customer|admin))*$ ]]; then
+  echo "roles must be a comma-separated list of customer, admin; got '$roles'" >&2
   exit 2
 fi
-if [[ ! $ttl =~ ^[0-9]+$ ]]; then
-  echo "TOKEN_TTL must be a number of seconds, got '$ttl'" >&2
+# ...and any token living longer than JWT_MAX_LIFETIME_S (default one day).
+if [[ ! $ttl =~ ^[0-9]+$ ]] || ((ttl < 1 || ttl > 86400)); then
+  echo "TOKEN_TTL must be 1..86400 seconds, got '$ttl'" >&2
   exit 2
 fi
 
