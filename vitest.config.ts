@@ -4,7 +4,13 @@ import { defineConfig } from "vitest/config";
 // ephemeral ports and real processes, so give them room.
 export default defineConfig({
   test: {
-    include: ["platform/**/*.test.ts", "services/**/*.test.ts", "gateway/**/*.test.ts", "test/**/*.test.ts"],
+    include: [
+      "platform/**/*.test.ts",
+      "contracts/**/*.test.ts",
+      "services/**/*.test.ts",
+      "gateway/**/*.test.ts",
+      "test/**/*.test.ts",
+    ],
     pool: "forks",
     maxWorkers: 2,
     testTimeout: 30_000,

@@ -47,7 +47,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   // The bus is needed only to read the service registry (client-side discovery).
   const bus =
     targets.some((t) => t.startsWith(`${REGISTRY_SCHEME}:`)) && config.NATS_URL !== "off"
-      ? await connectBus(config.NATS_URL, "gateway", log, config.NATS_STREAM_REPLICAS)
+      ? await connectBus(config.NATS_URL, "gateway", log)
       : undefined;
   const channels = {
     inventory: upstreamChannel(config.INVENTORY_TARGET, bus, log),

@@ -1,25 +1,20 @@
 /**
- * The event bus against a real nats-server: outbox relay (prompt, ordered,
- * crash-safe), JetStream dedup, idempotent inbox, and dead letters.
+ * The event bus against a real nats-server (bus.ts, outbox.ts, inbox.ts):
+ * outbox relay (prompt, ordered, crash-safe), JetStream dedup, idempotent
+ * inbox, and dead letters.
  */
 import { join } from "node:path";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { EVENTS } from "../contracts/events.js";
 import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { tempDir } from "../test/fixtures.js";
 import { startNats, type TestNats } from "../test/nats.js";
+import { type Bus, connectBus } from "./bus.js";
 import { openDatabase } from "./db.js";
-import {
-  type Bus,
-  connectBus,
-  INBOX_MIGRATION,
-  OUTBOX_MIGRATION,
-  Outbox,
-  OutboxRelay,
-  on,
-  startConsumer,
-} from "./events.js";
+import { INBOX_MIGRATION, on, startConsumer } from "./inbox.js";
 import { silentLogger } from "./log.js";
+import { OUTBOX_MIGRATION, Outbox, OutboxRelay } from "./outbox.js";
 
 const log = silentLogger();
 let nats: TestNats;
@@ -29,7 +24,7 @@ let n = 0;
 
 beforeAll(async () => {
   nats = await startNats();
-  bus = await connectBus(nats.url, "events-test", log);
+  bus = await connectBus(nats.url, "events-test", log, { streams: EVENTS.streams });
 });
 afterAll(async () => {
   await bus.close();
@@ -43,7 +38,7 @@ function service() {
     INBOX_MIGRATION,
     "CREATE TABLE effects (order_id TEXT NOT NULL, event_id TEXT NOT NULL) STRICT;",
   ]);
-  return { db, outbox: new Outbox(db, "test") };
+  return { db, outbox: new Outbox(db, "test", EVENTS) };
 }
 
 /** Messages of `subject` in the ORDER stream, in stream order. */
@@ -172,6 +167,7 @@ describe("consumers", () => {
     const add = consumer.db.prepare<[string, string]>("INSERT INTO effects (order_id, event_id) VALUES (?, ?)");
     let duplicates = 0;
     const c = await startConsumer({
+      catalogue: EVENTS,
       bus,
       db: consumer.db,
       log,
@@ -207,6 +203,7 @@ describe("consumers", () => {
     const add = consumer.db.prepare<[string, string]>("INSERT INTO effects (order_id, event_id) VALUES (?, ?)");
     const durable = `poison-${n}`;
     const c = await startConsumer({
+      catalogue: EVENTS,
       bus,
       db: consumer.db,
       log,
@@ -241,6 +238,7 @@ describe("consumers", () => {
     const attempts: number[] = [];
     const durable = `failing-${n}`;
     const c = await startConsumer({
+      catalogue: EVENTS,
       bus,
       db: consumer.db,
       log,

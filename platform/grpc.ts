@@ -1,7 +1,9 @@
 /**
  * The one adapter between protobuf-es service descriptors (gen/) and
- * @grpc/grpc-js: typed server implementations and typed promise clients,
- * for unary and server-streaming methods, with no proto-loader at run time.
+ * @grpc/grpc-js, server side: typed handler implementations, interceptors
+ * around every call, and errors turned into statuses — for unary and
+ * server-streaming methods, with no proto-loader at run time. The client
+ * side is grpc-client.ts.
  */
 import {
   create,
@@ -14,10 +16,8 @@ import {
   toBinary,
 } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
-import { context, type Span, SpanKind, SpanStatusCode, type Tracer, trace } from "@opentelemetry/api";
-import { InvalidArgumentError, RpcError, toStatusObject } from "./errors.js";
+import { InvalidArgumentError, toStatusObject } from "./errors.js";
 import type { Logger } from "./log.js";
-import { injectContext } from "./telemetry.js";
 
 type ServerCall = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>;
 
@@ -75,11 +75,11 @@ export function methodPath(method: DescMethod): string {
   return `/${method.parent.typeName}/${method.name}`;
 }
 
-function serializer<D extends DescMessage>(schema: D): (msg: MessageShape<D>) => Buffer {
+export function serializer<D extends DescMessage>(schema: D): (msg: MessageShape<D>) => Buffer {
   return (msg) => Buffer.from(toBinary(schema, msg));
 }
 
-function deserializer<D extends DescMessage>(schema: D): (buf: Buffer) => MessageShape<D> {
+export function deserializer<D extends DescMessage>(schema: D): (buf: Buffer) => MessageShape<D> {
   return (buf) => fromBinary(schema, buf);
 }
 
@@ -149,6 +149,61 @@ function runInterceptors<T>(
   return next();
 }
 
+function callContext(m: DescMethod, call: ServerCall, log: Logger): CallContext {
+  const ac = new AbortController();
+  call.once("cancelled", () => ac.abort());
+  return { method: m, metadata: call.metadata, deadline: deadlineOf(call), signal: ac.signal, log };
+}
+
+/** The status for a failed call; unknown errors are logged here and never shown. */
+function failure(ctx: CallContext, err: unknown) {
+  const st = toStatusObject(err);
+  if (st.code === grpc.status.INTERNAL) ctx.log.error({ err }, "unhandled error in handler");
+  return st;
+}
+
+/** Waits until `call` can take more output, or the call ends. */
+function drained(call: grpc.ServerWritableStream<unknown, unknown>, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      call.off("drain", done);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    call.once("drain", done);
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
+
+function unaryHandler(m: DescMethod, fn: unknown, interceptors: readonly Interceptor[], log: Logger) {
+  const unary = fn as UnaryImpl<DescMessage, DescMessage>;
+  return ((call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+    const ctx = callContext(m, call, log);
+    runInterceptors(interceptors, ctx, async () => create(m.output, await unary(requestOf(call, m), ctx))).then(
+      (res) => callback(null, res),
+      (err: unknown) => callback(failure(ctx, err)),
+    );
+  }) as grpc.handleUnaryCall<unknown, unknown>;
+}
+
+function streamHandler(m: DescMethod, fn: unknown, interceptors: readonly Interceptor[], log: Logger) {
+  const streaming = fn as ServerStreamingImpl<DescMessage, DescMessage>;
+  return ((call: grpc.ServerWritableStream<unknown, unknown>) => {
+    const ctx = callContext(m, call, log);
+    runInterceptors(interceptors, ctx, async () => {
+      for await (const msg of streaming(requestOf(call, m), ctx)) {
+        if (ctx.signal.aborted) break;
+        if (!call.write(create(m.output, msg))) await drained(call, ctx.signal);
+      }
+    }).then(
+      () => call.end(),
+      (err: unknown) => {
+        if (!ctx.signal.aborted) call.emit("error", failure(ctx, err));
+      },
+    );
+  }) as grpc.handleServerStreamingCall<unknown, unknown>;
+}
+
 /**
  * The grpc-js handlers for `impl`: each call gets a {@link CallContext},
  * runs through `interceptors` (outermost first), and any thrown error becomes
@@ -166,181 +221,8 @@ export function grpcHandlers<S extends DescService>(
     const fn = (impl as Record<string, unknown>)[m.localName];
     if (typeof fn !== "function") throw new Error(`${methodPath(m)}: no handler "${m.localName}"`);
     const log = opts.log.child({ rpc: methodPath(m) });
-    const context = (call: ServerCall): CallContext => {
-      const ac = new AbortController();
-      call.once("cancelled", () => ac.abort());
-      return { method: m, metadata: call.metadata, deadline: deadlineOf(call), signal: ac.signal, log };
-    };
-    const fail = (ctx: CallContext, err: unknown) => {
-      const st = toStatusObject(err);
-      if (st.code === grpc.status.INTERNAL) ctx.log.error({ err }, "unhandled error in handler");
-      return st;
-    };
-    if (m.methodKind === "unary") {
-      const unary = fn as UnaryImpl<DescMessage, DescMessage>;
-      handlers[m.name] = ((call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
-        const ctx = context(call);
-        runInterceptors(interceptors, ctx, async () => create(m.output, await unary(requestOf(call, m), ctx))).then(
-          (res) => callback(null, res),
-          (err: unknown) => callback(fail(ctx, err)),
-        );
-      }) as grpc.handleUnaryCall<unknown, unknown>;
-    } else {
-      const streaming = fn as ServerStreamingImpl<DescMessage, DescMessage>;
-      handlers[m.name] = ((call: grpc.ServerWritableStream<unknown, unknown>) => {
-        const ctx = context(call);
-        runInterceptors(interceptors, ctx, async () => {
-          for await (const msg of streaming(requestOf(call, m), ctx)) {
-            if (ctx.signal.aborted) break;
-            if (!call.write(create(m.output, msg))) {
-              await new Promise<void>((resolve) => {
-                call.once("drain", resolve);
-                ctx.signal.addEventListener("abort", () => resolve(), { once: true });
-              });
-            }
-          }
-        }).then(
-          () => call.end(),
-          (err: unknown) => {
-            if (!ctx.signal.aborted) call.emit("error", fail(ctx, err));
-          },
-        );
-      }) as grpc.handleServerStreamingCall<unknown, unknown>;
-    }
+    handlers[m.name] =
+      m.methodKind === "unary" ? unaryHandler(m, fn, interceptors, log) : streamHandler(m, fn, interceptors, log);
   }
   return handlers;
-}
-
-/** Per-call options of a typed client. */
-export interface CallOptions {
-  /** Absolute deadline in ms since the epoch. The earlier of this and `timeoutMs` wins. */
-  readonly deadline?: number;
-  /** Relative timeout in ms from now. */
-  readonly timeoutMs?: number;
-  /** Request metadata to send. */
-  readonly metadata?: grpc.Metadata;
-  /** Cancels the call when aborted. */
-  readonly signal?: AbortSignal;
-}
-
-/** A promise-returning method per unary RPC and an async iterable per server stream. */
-export type Client<S extends DescService> = {
-  [K in keyof S["method"]]: S["method"][K] extends {
-    methodKind: "unary";
-    input: infer I extends DescMessage;
-    output: infer O extends DescMessage;
-  }
-    ? (request: MessageInitShape<I>, options?: CallOptions) => Promise<MessageShape<O>>
-    : S["method"][K] extends {
-          methodKind: "server_streaming";
-          input: infer I extends DescMessage;
-          output: infer O extends DescMessage;
-        }
-      ? (request: MessageInitShape<I>, options?: CallOptions) => AsyncIterable<MessageShape<O>>
-      : never;
-};
-
-function grpcCallOptions(opts: CallOptions | undefined): grpc.CallOptions {
-  if (!opts) return {};
-  let deadline = opts.deadline;
-  if (opts.timeoutMs !== undefined) {
-    const t = Date.now() + opts.timeoutMs;
-    deadline = deadline === undefined ? t : Math.min(deadline, t);
-  }
-  return deadline === undefined ? {} : { deadline };
-}
-
-function toRpcError(err: grpc.ServiceError): RpcError {
-  return new RpcError(err.code, err.details, err.metadata ?? new grpc.Metadata(), { cause: err });
-}
-
-/**
- * A typed client for `service` over a grpc-js channel. Unary calls reject
- * with {@link RpcError}; server streams throw it from the iterator. With a
- * tracer, each call is a CLIENT span whose context travels in the call's
- * `traceparent` metadata.
- */
-export function createClient<S extends DescService>(service: S, channel: grpc.Client, tracer?: Tracer): Client<S> {
-  const client: Record<string, unknown> = {};
-  for (const m of service.methods) {
-    const path = methodPath(m);
-    /** Metadata for one call: a copy (callers may reuse theirs), with the trace context injected. */
-    const metadataFor = (opts: CallOptions | undefined, span: Span | undefined) => {
-      const md = opts?.metadata?.clone() ?? new grpc.Metadata();
-      if (span) injectContext(md, trace.setSpan(context.active(), span));
-      return md;
-    };
-    const startSpan = () =>
-      tracer?.startSpan(path.slice(1), { kind: SpanKind.CLIENT, attributes: { "rpc.system": "grpc" } });
-    const endSpan = (span: Span | undefined, code: number) => {
-      if (!span) return;
-      span.setAttribute("rpc.grpc.status_code", code);
-      if (code !== 0) span.setStatus({ code: SpanStatusCode.ERROR, message: grpc.status[code] ?? String(code) });
-      span.end();
-    };
-    const serialize = serializer(m.input);
-    const deserialize = deserializer(m.output);
-    if (m.methodKind === "unary") {
-      client[m.localName] = (req: MessageInitShape<DescMessage>, opts?: CallOptions) =>
-        new Promise((resolve, reject) => {
-          if (opts?.signal?.aborted) {
-            reject(new RpcError(grpc.status.CANCELLED, "cancelled before start", new grpc.Metadata()));
-            return;
-          }
-          const span = startSpan();
-          const call = channel.makeUnaryRequest(
-            path,
-            serialize,
-            deserialize,
-            create(m.input, req),
-            metadataFor(opts, span),
-            grpcCallOptions(opts),
-            (err, res) => {
-              opts?.signal?.removeEventListener("abort", onAbort);
-              endSpan(span, err ? err.code : 0);
-              if (err) reject(toRpcError(err));
-              else resolve(res);
-            },
-          );
-          const onAbort = () => call.cancel();
-          opts?.signal?.addEventListener("abort", onAbort, { once: true });
-        });
-    } else if (m.methodKind === "server_streaming") {
-      client[m.localName] = (req: MessageInitShape<DescMessage>, opts?: CallOptions) =>
-        (async function* () {
-          const span = startSpan();
-          let code = 0;
-          const call = channel.makeServerStreamRequest(
-            path,
-            serialize,
-            deserialize,
-            create(m.input, req),
-            metadataFor(opts, span),
-            grpcCallOptions(opts),
-          );
-          const onAbort = () => call.cancel();
-          opts?.signal?.addEventListener("abort", onAbort, { once: true });
-          try {
-            for await (const msg of call) yield msg;
-          } catch (err) {
-            code = isServiceError(err) ? err.code : grpc.status.UNKNOWN;
-            throw isServiceError(err) ? toRpcError(err) : err;
-          } finally {
-            opts?.signal?.removeEventListener("abort", onAbort);
-            call.cancel();
-            endSpan(span, code);
-          }
-        })();
-    }
-  }
-  return client as Client<S>;
-}
-
-function isServiceError(err: unknown): err is grpc.ServiceError {
-  return err instanceof Error && typeof (err as Partial<grpc.ServiceError>).code === "number" && "metadata" in err;
-}
-
-/** A plaintext channel to `target` (host:port, dns:///..., or any registered resolver scheme). */
-export function createChannel(target: string, options: grpc.ChannelOptions = {}): grpc.Client {
-  return new grpc.Client(target, grpc.credentials.createInsecure(), options);
 }

@@ -7,11 +7,15 @@
  * serving metrics. A service's `app.ts` opens its store, says what to serve
  * and consume, and adds only what is its own.
  */
+import type { Bus } from "./bus.js";
+import type { EventCatalogue } from "./catalogue.js";
 import { FaultInjector } from "./chaos.js";
 import type { Db } from "./db.js";
-import { announce } from "./discovery.js";
-import { type Bus, type ConsumerOptions, type Eventing, type Outbox, startEventing } from "./events.js";
+import { type Eventing, startEventing } from "./eventing.js";
+import type { ConsumerSpec } from "./inbox.js";
 import type { Logger } from "./log.js";
+import type { Outbox } from "./outbox.js";
+import { announce } from "./registry.js";
 import { type ServiceBinding, startGrpcServer } from "./server.js";
 import { type AppTelemetry, startAppTelemetry } from "./telemetry.js";
 
@@ -40,47 +44,62 @@ export interface HostContext {
   readonly bus: Bus | undefined;
 }
 
+/** What the app builds: the gRPC services to serve, and parts of its own it wants handed back (`P`). */
+export interface Built<P> {
+  readonly services: readonly ServiceBinding[];
+  readonly parts: P;
+}
+
 /** Options of {@link startHost}. */
-export interface HostOptions {
+export interface HostOptions<P> {
   /** Service name: logs, metrics, traces, events' source, registry entry. */
   readonly name: string;
   readonly config: HostConfig;
   readonly log: Logger;
   /** The service's database (its consumers' inbox lives there too). */
   readonly db: Db;
+  /** The events on the bus (contracts/events.ts). */
+  readonly catalogue: EventCatalogue;
   /** The service's outbox, if it publishes events. */
   readonly outbox?: Outbox;
   /** The service's event consumers, if any. */
-  readonly consumers?: ReadonlyArray<Pick<ConsumerOptions, "stream" | "durable" | "handlers">>;
-  /** The gRPC services to serve, built once the bus and telemetry exist. */
-  readonly services: (ctx: HostContext) => ServiceBinding[] | Promise<ServiceBinding[]>;
-  /** The app's own shutdown, after calls drained and before the bus stops (e.g. stop sagas, close channels). */
-  readonly stopApp?: () => Promise<void> | void;
+  readonly consumers?: readonly ConsumerSpec[];
+  /** Builds the services (and the app's own parts) once the bus and telemetry exist. */
+  readonly build: (ctx: HostContext) => Built<P> | Promise<Built<P>>;
+  /**
+   * The app's own shutdown, after calls drained and before the bus stops (e.g. stop sagas, close
+   * channels). `parts` is undefined when the start failed before they were built.
+   */
+  readonly stopApp?: (parts: P | undefined) => Promise<void> | void;
   /** Closes the app's database; also called when the start fails. */
   readonly close: () => void;
 }
 
 /** A running service host. */
-export interface Host {
+export interface Host<P = undefined> {
   readonly port: number;
   readonly address: string;
   readonly telemetry: AppTelemetry;
   readonly events: Eventing;
+  /** What the app's `build` handed back. */
+  readonly parts: P;
   /** Shuts down in order (see the module comment). */
   stop(): Promise<void>;
 }
 
 /** Starts a service: telemetry, events, server, registration. A failed start releases what it started. */
-export async function startHost(o: HostOptions): Promise<Host> {
+export async function startHost<P = undefined>(o: HostOptions<P>): Promise<Host<P>> {
   const { config, log } = o;
   const telemetry = await startAppTelemetry(o.name, config, log);
   const faults = FaultInjector.fromConfig(config);
   let events: Eventing | undefined;
+  let built: Built<P> | undefined;
   try {
     events = await startEventing({
       url: config.NATS_URL,
       replicas: config.NATS_STREAM_REPLICAS,
       service: o.name,
+      catalogue: o.catalogue,
       db: o.db,
       log,
       telemetry,
@@ -90,26 +109,28 @@ export async function startHost(o: HostOptions): Promise<Host> {
       ...(o.outbox ? { outbox: o.outbox } : {}),
       ...(o.consumers ? { consumers: o.consumers } : {}),
     });
-    const services = await o.services({ telemetry, bus: events.bus });
+    built = await o.build({ telemetry, bus: events.bus });
     const server = await startGrpcServer({
       host: config.GRPC_HOST,
       port: config.GRPC_PORT,
-      services,
+      services: built.services,
       faults,
       log,
       telemetry,
     });
     const registration = await announce(events.bus, o.name, config.GRPC_ADVERTISE_HOST, server.port, log);
     const running = events;
+    const { parts } = built;
     return {
       port: server.port,
       address: server.address,
       telemetry,
       events: running,
+      parts,
       async stop() {
         await registration?.stop();
         await server.stop(config.SHUTDOWN_GRACE_MS);
-        await o.stopApp?.();
+        await o.stopApp?.(parts);
         await running.stop();
         o.close();
         await telemetry.close();
@@ -117,7 +138,7 @@ export async function startHost(o: HostOptions): Promise<Host> {
     };
   } catch (err) {
     // A failed start (port taken, say) must not leave consumers writing to a database nobody owns.
-    await o.stopApp?.();
+    await o.stopApp?.(built?.parts);
     await events?.stop();
     o.close();
     await telemetry.close();

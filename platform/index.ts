@@ -1,7 +1,18 @@
 /**
  * The shopmesh runtime shared by every service and the gateway. Explicit
- * named exports only; no business logic lives here.
+ * named exports only; no business logic lives here (event types, order
+ * lines and saga keys are the contracts' business: contracts/).
  */
+export { backoffMs } from "./backoff.js";
+export { type Bus, type BusOptions, connectBus } from "./bus.js";
+export {
+  DLQ_STREAM,
+  type EventCatalogue,
+  type EventKind,
+  eventCatalogue,
+  type StreamSpec,
+  subjectOf,
+} from "./catalogue.js";
 export { FaultInjector, faultEnv } from "./chaos.js";
 export {
   bool,
@@ -16,26 +27,7 @@ export {
   str,
 } from "./config.js";
 export { type Db, openDatabase } from "./db.js";
-export {
-  announce,
-  channelOptionsFor,
-  DEFAULT_HEARTBEAT_MS,
-  DEFAULT_TTL_MS,
-  type InstanceListener,
-  type InstanceWatch,
-  listInstances,
-  openRegistry,
-  REGISTRY_BUCKET,
-  REGISTRY_SCHEME,
-  type RegisterOptions,
-  type Registration,
-  type RegistryEntry,
-  registerInstance,
-  registryChannelOptions,
-  upstreamChannel,
-  useRegistryResolver,
-  watchInstances,
-} from "./discovery.js";
+export { earliestDeadline } from "./deadline.js";
 export {
   AlreadyExistsError,
   Code,
@@ -48,41 +40,25 @@ export {
   ServiceError,
   toStatusObject,
 } from "./errors.js";
-export {
-  type Bus,
-  type ConsumerOptions,
-  connectBus,
-  EVENT_REGISTRY,
-  EVENT_SUBJECTS,
-  type EventContext,
-  type Eventing,
-  type EventingOptions,
-  type EventType,
-  INBOX_MIGRATION,
-  OUTBOX_MIGRATION,
-  Outbox,
-  OutboxRelay,
-  on,
-  type RunningConsumer,
-  STREAMS,
-  type StreamName,
-  startConsumer,
-  startEventing,
-  UnprocessableEventError,
-} from "./events.js";
+export { type Eventing, startEventing } from "./eventing.js";
 export {
   type CallContext,
-  type CallOptions,
-  type Client,
-  createChannel,
-  createClient,
   grpcHandlers,
   grpcServiceDefinition,
   type Interceptor,
   methodPath,
   type ServiceImpl,
 } from "./grpc.js";
-export { type Host, type HostConfig, type HostContext, type HostOptions, startHost } from "./host.js";
+export { type CallOptions, type Client, createChannel, createClient } from "./grpc-client.js";
+export { type Built, type Host, type HostConfig, type HostContext, type HostOptions, startHost } from "./host.js";
+export {
+  type KeyUse,
+  keyUse,
+  MAX_IDEMPOTENCY_KEY,
+  requestFingerprint,
+  requireIdempotencyKey,
+  VOIDED,
+} from "./idempotency.js";
 export {
   IDENTITY_KEYS,
   type Identity,
@@ -95,8 +71,24 @@ export {
   requireIdentity,
   SUBJECT,
 } from "./identity.js";
-export { type ProcessConfig, runService, type Stoppable } from "./lifecycle.js";
-export { createLogger, type Logger, type LoggerOptions, silentLogger } from "./log.js";
+export { newId } from "./ids.js";
+export {
+  type ConsumerOptions,
+  type ConsumerSpec,
+  decodeEvent,
+  type EventContext,
+  type EventHandler,
+  INBOX_MIGRATION,
+  Inbox,
+  on,
+  type RunningConsumer,
+  startConsumer,
+  UnprocessableEventError,
+} from "./inbox.js";
+export { runService, type Stoppable } from "./lifecycle.js";
+export { createLogger, type Logger, silentLogger } from "./log.js";
+export { type Metrics, serveMetrics } from "./metrics.js";
+export { OUTBOX_MIGRATION, Outbox, OutboxRelay } from "./outbox.js";
 export {
   type Cursor,
   type CursorShape,
@@ -107,40 +99,33 @@ export {
   pageSize,
 } from "./paging.js";
 export {
-  createResilientClient,
   DEFAULT_POLICY,
-  type DownstreamState,
   isIdempotent,
   isRetryable,
   type PolicyConfig,
   type PolicyEnv,
-  type PolicyEvents,
   policyEnv,
   policyFrom,
-  type ResilientClient,
-} from "./resilience.js";
+} from "./policy.js";
+export { contextOf, currentTraceparent, extractContext, injectContext, inSpan, logIds } from "./propagation.js";
+export {
+  announce,
+  DEFAULT_HEARTBEAT_MS,
+  DEFAULT_TTL_MS,
+  listInstances,
+  openRegistry,
+  REGISTRY_BUCKET,
+  REGISTRY_SCHEME,
+  type RegisterOptions,
+  type Registration,
+  type RegistryEntry,
+  registerInstance,
+} from "./registry.js";
+export { type InstanceListener, type InstanceWatch, watchInstances } from "./registry-watch.js";
+export { createResilientClient, type DownstreamState, type PolicyEvents, type ResilientClient } from "./resilience.js";
+export { channelOptionsFor, registryChannelOptions, upstreamChannel, useRegistryResolver } from "./resolver.js";
 export { bind, type GrpcServerOptions, type RunningServer, type ServiceBinding, startGrpcServer } from "./server.js";
 export { DEFAULT_TRACE_FILE_MAX_BYTES, FileSpanExporter, spanRecord } from "./span-file.js";
-export {
-  type AppTelemetry,
-  contextOf,
-  createTelemetry,
-  currentTraceparent,
-  extractContext,
-  injectContext,
-  inSpan,
-  type Metrics,
-  serveMetrics,
-  startAppTelemetry,
-  startTracing,
-  type Telemetry,
-} from "./telemetry.js";
-export {
-  type Line,
-  newId,
-  requestFingerprint,
-  requireId,
-  requireIdempotencyKey,
-  requireQuantity,
-  validateLines,
-} from "./validate.js";
+export { type AppTelemetry, createTelemetry, startAppTelemetry, type Telemetry } from "./telemetry.js";
+export { startTracing } from "./tracing.js";
+export { requireId, requireQuantity } from "./validate.js";

@@ -4,7 +4,7 @@
  */
 import { ConfigError } from "./config.js";
 import { createLogger, type Logger } from "./log.js";
-import { startProcessTelemetry } from "./telemetry.js";
+import { startProcessTelemetry } from "./tracing.js";
 
 /** Something that can be stopped, e.g. a running service. */
 export interface Stoppable {

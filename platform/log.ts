@@ -3,7 +3,7 @@
  * service name bound, children per call or component.
  */
 import { type Logger, pino } from "pino";
-import { logIds } from "./telemetry.js";
+import { logIds } from "./propagation.js";
 
 export type { Logger } from "pino";
 

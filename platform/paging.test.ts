@@ -1,16 +1,8 @@
 /** Page sizes and page tokens: what a client may send, and what it gets for anything else. */
 import { describe, expect, it } from "vitest";
-import { InvalidArgumentError } from "./errors.js";
+import { violatedField as field } from "../test/rpc.js";
 import { decodePageToken, encodePageToken, pageOf, pageSize } from "./paging.js";
 
-const field = (f: () => unknown) => {
-  try {
-    f();
-  } catch (e) {
-    return e instanceof InvalidArgumentError ? e.field : `not InvalidArgumentError: ${e}`;
-  }
-  return "no error";
-};
 const shape = { t: "integer", id: "string" } as const;
 
 describe("pageSize", () => {

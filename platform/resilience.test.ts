@@ -13,16 +13,11 @@ import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import { expectRpcError } from "../test/rpc.js";
 import { ConfigError, parseEnv } from "./config.js";
 import { Code, RpcError, ServiceError } from "./errors.js";
-import { type CallContext, createChannel, createClient, type ServiceImpl } from "./grpc.js";
+import type { CallContext, ServiceImpl } from "./grpc.js";
+import { createChannel, createClient } from "./grpc-client.js";
 import { silentLogger } from "./log.js";
-import {
-  createResilientClient,
-  DEFAULT_POLICY,
-  type PolicyConfig,
-  type PolicyEvents,
-  policyEnv,
-  type ResilientClient,
-} from "./resilience.js";
+import { DEFAULT_POLICY, type PolicyConfig, policyEnv } from "./policy.js";
+import { createResilientClient, type PolicyEvents, type ResilientClient } from "./resilience.js";
 import { bind, type RunningServer, startGrpcServer } from "./server.js";
 
 /** What the fake downstream does with one call. */

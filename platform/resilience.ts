@@ -25,13 +25,13 @@
  *    extended past the incoming deadline.
  */
 import type { DescMessage, DescMethod, DescService, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
-import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
 import type * as grpc from "@grpc/grpc-js";
 import { Metadata, status } from "@grpc/grpc-js";
 import {
   BrokenCircuitError,
   BulkheadRejectedError,
   bulkhead,
+  type CircuitBreakerPolicy,
   CircuitState,
   ConsecutiveBreaker,
   circuitBreaker,
@@ -43,117 +43,12 @@ import {
   TaskCancelledError,
   wrap,
 } from "cockatiel";
-import { type EnvReader, int, num } from "./config.js";
+import { earliestDeadline } from "./deadline.js";
 import { RpcError } from "./errors.js";
-import { type CallOptions, type Client, createClient } from "./grpc.js";
+import { type CallOptions, type Client, createClient } from "./grpc-client.js";
 import type { Logger } from "./log.js";
+import { CallerDeadlineError, FAILURE_CODES, isIdempotent, isRetryable, type PolicyConfig } from "./policy.js";
 import type { Telemetry } from "./telemetry.js";
-
-/** How calls to one downstream are protected. Times in ms. */
-export interface PolicyConfig {
-  /** Per-attempt timeout (the gRPC deadline, capped by the caller's). */
-  readonly timeoutMs: number;
-  /** Attempts in total, first one included (1 = no retries). */
-  readonly retryMaxAttempts: number;
-  /** First backoff before jitter. */
-  readonly retryInitialDelayMs: number;
-  /** Largest backoff. */
-  readonly retryMaxDelayMs: number;
-  /** Consecutive failures that open the breaker (used when `breakerFailureRatio` is 0). */
-  readonly breakerConsecutiveFailures: number;
-  /** Failure ratio 0..0.99 over `breakerWindowMs` that opens the breaker; 0 = use consecutive failures. */
-  readonly breakerFailureRatio: number;
-  /** Sliding window for the ratio breaker. */
-  readonly breakerWindowMs: number;
-  /** Time open before one half-open probe is let through. */
-  readonly breakerHalfOpenAfterMs: number;
-  /** Calls in flight at once. */
-  readonly bulkheadLimit: number;
-  /** Calls that may wait for a slot; beyond that, rejected at once. */
-  readonly bulkheadQueue: number;
-}
-
-/** Defaults, sized for a local demo on a small machine. */
-export const DEFAULT_POLICY: PolicyConfig = Object.freeze({
-  timeoutMs: 2_000,
-  retryMaxAttempts: 4,
-  retryInitialDelayMs: 50,
-  retryMaxDelayMs: 1_000,
-  breakerConsecutiveFailures: 5,
-  breakerFailureRatio: 0,
-  breakerWindowMs: 10_000,
-  breakerHalfOpenAfterMs: 5_000,
-  bulkheadLimit: 32,
-  bulkheadQueue: 64,
-});
-
-const FIELDS = {
-  TIMEOUT_MS: ["timeoutMs", { min: 1, max: 120_000 }],
-  RETRY_MAX_ATTEMPTS: ["retryMaxAttempts", { min: 1, max: 20 }],
-  RETRY_INITIAL_DELAY_MS: ["retryInitialDelayMs", { min: 1, max: 60_000 }],
-  RETRY_MAX_DELAY_MS: ["retryMaxDelayMs", { min: 1, max: 300_000 }],
-  BREAKER_CONSECUTIVE_FAILURES: ["breakerConsecutiveFailures", { min: 1, max: 1_000 }],
-  // cockatiel's SamplingBreaker needs a ratio below 1.
-  BREAKER_FAILURE_RATIO: ["breakerFailureRatio", { min: 0, max: 0.99 }],
-  BREAKER_WINDOW_MS: ["breakerWindowMs", { min: 100, max: 600_000 }],
-  BREAKER_HALF_OPEN_AFTER_MS: ["breakerHalfOpenAfterMs", { min: 1, max: 600_000 }],
-  BULKHEAD_LIMIT: ["bulkheadLimit", { min: 1, max: 10_000 }],
-  BULKHEAD_QUEUE: ["bulkheadQueue", { min: 0, max: 100_000 }],
-} as const satisfies Record<string, readonly [keyof PolicyConfig, { min: number; max: number }]>;
-
-type FieldName = keyof typeof FIELDS;
-/** The env variables of one downstream's policy, e.g. `PAYMENT_TIMEOUT_MS`. */
-export type PolicyEnv<P extends string> = { [K in FieldName as `${P}_${K}`]: EnvReader<number> };
-
-/**
- * Env readers for the policy of downstream `prefix` (e.g. "PAYMENT" gives
- * PAYMENT_TIMEOUT_MS, PAYMENT_RETRY_MAX_ATTEMPTS, ...), defaulting to `base`.
- */
-export function policyEnv<P extends string>(prefix: P, base: PolicyConfig = DEFAULT_POLICY): PolicyEnv<P> {
-  const spec: Record<string, EnvReader<number>> = {};
-  for (const [name, [key, range]] of Object.entries(FIELDS)) {
-    spec[`${prefix}_${name}`] = key === "breakerFailureRatio" ? num(base[key], range) : int(base[key], range);
-  }
-  return spec as PolicyEnv<P>;
-}
-
-/** The policy of downstream `prefix` from parsed config made with {@link policyEnv}. */
-export function policyFrom<P extends string>(
-  prefix: P,
-  config: { readonly [K in FieldName as `${P}_${K}`]: number },
-): PolicyConfig {
-  const out: Record<string, number> = {};
-  for (const [name, [key]] of Object.entries(FIELDS)) {
-    out[key] = (config as Record<string, number>)[`${prefix}_${name}`] as number;
-  }
-  return Object.freeze(out) as unknown as PolicyConfig;
-}
-
-/** Codes that count as a downstream failure for the breaker (not business outcomes). */
-const FAILURE_CODES: ReadonlySet<status> = new Set([
-  status.UNAVAILABLE,
-  status.DEADLINE_EXCEEDED,
-  status.RESOURCE_EXHAUSTED,
-  status.INTERNAL,
-  status.UNKNOWN,
-]);
-
-/** The caller's own deadline ran out: retrying cannot help. */
-class CallerDeadlineError extends RpcError {
-  override name = "CallerDeadlineError";
-}
-
-/** True when `method` may be retried after DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED. */
-export function isIdempotent(method: DescMethod): boolean {
-  return method.idempotency !== MethodOptions_IdempotencyLevel.IDEMPOTENCY_UNKNOWN;
-}
-
-/** Whether a failed attempt of `method` with `err` may be retried. */
-export function isRetryable(err: unknown, idempotent: boolean): boolean {
-  if (!(err instanceof RpcError) || err instanceof CallerDeadlineError) return false;
-  if (err.code === status.UNAVAILABLE) return true;
-  return idempotent && (err.code === status.DEADLINE_EXCEEDED || err.code === status.RESOURCE_EXHAUSTED);
-}
 
 /** Observable state of one downstream's policy. */
 export interface DownstreamState {
@@ -182,6 +77,53 @@ const BREAKER_NAMES: Record<CircuitState, DownstreamState["breaker"]> = {
   [CircuitState.Isolated]: "isolated",
 };
 
+/** The hooks, with the metrics counted first. */
+function observedEvents(metrics: Telemetry["metrics"] | undefined, hooks: PolicyEvents = {}): Required<PolicyEvents> {
+  return {
+    onBreakerStateChange: (d, st) => {
+      metrics?.breakerTransitions.inc({ downstream: d, to: st });
+      hooks.onBreakerStateChange?.(d, st);
+    },
+    onBulkheadRejected: (d) => {
+      metrics?.bulkheadRejected.inc({ downstream: d });
+      hooks.onBulkheadRejected?.(d);
+    },
+    onRetry: (d, method, attempt, code) => {
+      metrics?.retries.inc({ downstream: d, method, code });
+      hooks.onRetry?.(d, method, attempt, code);
+    },
+  };
+}
+
+/** The breaker of one downstream: consecutive failures, or a failure ratio in a window. */
+function breakerOf(config: PolicyConfig): CircuitBreakerPolicy {
+  return circuitBreaker(
+    handleWhen((e) => e instanceof RpcError && !(e instanceof CallerDeadlineError) && FAILURE_CODES.has(e.code)),
+    {
+      halfOpenAfter: config.breakerHalfOpenAfterMs,
+      breaker:
+        config.breakerFailureRatio > 0
+          ? new SamplingBreaker({
+              threshold: config.breakerFailureRatio,
+              duration: config.breakerWindowMs,
+              minimumRps: 1,
+            })
+          : new ConsecutiveBreaker(config.breakerConsecutiveFailures),
+    },
+  );
+}
+
+/** What every method's wrapper of one downstream shares. */
+interface Guard {
+  readonly downstream: string;
+  readonly config: PolicyConfig;
+  readonly bulkhead: IPolicy;
+  readonly breaker: CircuitBreakerPolicy;
+  readonly log: Logger;
+  readonly events: Required<PolicyEvents>;
+  readonly metrics: Telemetry["metrics"] | undefined;
+}
+
 /**
  * Wraps a typed client of `service` on `channel` in the policy `config`.
  * `downstream` names it in logs, metrics and errors. Unary calls get the
@@ -196,125 +138,96 @@ export function createResilientClient<S extends DescService>(
   log: Logger,
   opts: { events?: PolicyEvents; telemetry?: Telemetry } = {},
 ): ResilientClient<S> {
-  const { telemetry } = opts;
-  const metrics = telemetry?.metrics;
-  const events: PolicyEvents = {
-    onBreakerStateChange: (d, st) => {
-      metrics?.breakerTransitions.inc({ downstream: d, to: st });
-      opts.events?.onBreakerStateChange?.(d, st);
-    },
-    onBulkheadRejected: (d) => {
-      metrics?.bulkheadRejected.inc({ downstream: d });
-      opts.events?.onBulkheadRejected?.(d);
-    },
-    onRetry: (d, method, attempt, code) => {
-      metrics?.retries.inc({ downstream: d, method, code });
-      opts.events?.onRetry?.(d, method, attempt, code);
-    },
-  };
-  const raw = createClient(service, channel, telemetry?.tracer) as Record<
-    string,
-    (req: unknown, opts?: CallOptions) => unknown
-  >;
+  const metrics = opts.telemetry?.metrics;
+  const events = observedEvents(metrics, opts.events);
   const plog = log.child({ downstream });
-
   const bh = bulkhead(config.bulkheadLimit, config.bulkheadQueue);
   bh.onReject(() => {
     plog.warn({ limit: config.bulkheadLimit, queue: config.bulkheadQueue }, "bulkhead full: call rejected");
-    events.onBulkheadRejected?.(downstream);
+    events.onBulkheadRejected(downstream);
   });
-  const breaker = circuitBreaker(
-    handleWhen((e) => e instanceof RpcError && !(e instanceof CallerDeadlineError) && FAILURE_CODES.has(e.code)),
-    {
-      halfOpenAfter: config.breakerHalfOpenAfterMs,
-      breaker:
-        config.breakerFailureRatio > 0
-          ? new SamplingBreaker({
-              threshold: config.breakerFailureRatio,
-              duration: config.breakerWindowMs,
-              minimumRps: 1,
-            })
-          : new ConsecutiveBreaker(config.breakerConsecutiveFailures),
-    },
-  );
+  const breaker = breakerOf(config);
   breaker.onStateChange((s) => {
     const name = BREAKER_NAMES[s];
     (s === CircuitState.Closed ? plog.info : plog.warn).call(plog, { breaker: name }, `circuit breaker ${name}`);
-    events.onBreakerStateChange?.(downstream, name);
+    events.onBreakerStateChange(downstream, name);
   });
-
   const state = (): DownstreamState => ({
     breaker: BREAKER_NAMES[breaker.state],
     inFlight: config.bulkheadLimit - bh.executionSlots,
     queued: config.bulkheadQueue - bh.queueSlots,
   });
   metrics?.trackDownstream(downstream, state);
+  const guard: Guard = { downstream, config, bulkhead: bh, breaker, log: plog, events, metrics };
+  const raw = createClient(service, channel, opts.telemetry?.tracer) as Record<string, RawCall>;
   const client: Record<string, unknown> = { state };
-
   for (const m of service.methods) {
-    const call = raw[m.localName] as (req: unknown, opts?: CallOptions) => unknown;
-    const idempotent = isIdempotent(m);
-    const retryPolicy = retry(
-      handleWhen((e) => isRetryable(e, idempotent)),
-      {
-        maxAttempts: config.retryMaxAttempts - 1,
-        backoff: new ExponentialBackoff({ initialDelay: config.retryInitialDelayMs, maxDelay: config.retryMaxDelayMs }),
-      },
-    );
-    retryPolicy.onRetry((r) => {
-      const code = "error" in r && r.error instanceof RpcError ? r.error.codeName : "UNKNOWN";
-      plog.debug({ rpc: m.name, attempt: r.attempt, delayMs: Math.round(r.delay), code }, "retrying");
-      events.onRetry?.(downstream, m.name, r.attempt, code);
-    });
-    const unary: IPolicy = wrap(bh, retryPolicy, breaker);
-    const start: IPolicy = wrap(bh, breaker);
-
-    if (m.methodKind === "unary") {
-      client[m.localName] = (req: MessageInitShape<DescMessage>, opts: CallOptions = {}) => {
-        // The caller's budget is fixed once, for the whole call: queueing, retries and backoff included.
-        const deadline = callerDeadline(opts);
-        if (deadline !== undefined && deadline <= Date.now()) {
-          // Never reaches the breaker: a call that cannot be sent says nothing about the downstream.
-          return Promise.reject(
-            new CallerDeadlineError(status.DEADLINE_EXCEEDED, "caller deadline exceeded", new Metadata()),
-          );
-        }
-        if (breaker.state === CircuitState.HalfOpen) {
-          // One probe at a time decides; everyone else fails fast instead of waiting for it.
-          return Promise.reject(toClientError(new BrokenCircuitError(), downstream));
-        }
-        const started = performance.now();
-        return withDeadline(deadline, opts.signal, (signal) =>
-          unary.execute(({ signal: s }) => call(req, attemptOptions(opts, deadline, config.timeoutMs, s)), signal),
-        ).then(
-          (res) => {
-            metrics?.rpcClient.observe(
-              { downstream, method: m.name, code: "OK" },
-              (performance.now() - started) / 1000,
-            );
-            return res;
-          },
-          (err: unknown) => {
-            const e = toClientError(err, downstream);
-            const code = e instanceof RpcError ? e.codeName : "UNKNOWN";
-            metrics?.rpcClient.observe({ downstream, method: m.name, code }, (performance.now() - started) / 1000);
-            throw e;
-          },
-        );
-      };
-    } else if (m.methodKind === "server_streaming") {
-      client[m.localName] = (req: MessageInitShape<DescMessage>, opts: CallOptions = {}) =>
-        streamThrough(start, () => call(req, { ...opts }) as AsyncIterable<MessageShape<DescMessage>>, downstream);
+    const call = raw[m.localName] as RawCall;
+    if (m.methodKind === "unary") client[m.localName] = resilientUnary(guard, m, call);
+    else if (m.methodKind === "server_streaming") {
+      const start = wrap(bh, breaker);
+      client[m.localName] = (req: unknown, callOpts: CallOptions = {}) =>
+        streamThrough(start, () => call(req, { ...callOpts }) as AsyncIterable<MessageShape<DescMessage>>, downstream);
     }
   }
   return client as ResilientClient<S>;
 }
 
-/** The caller's absolute deadline: the earlier of `deadline` and now + `timeoutMs`. */
-function callerDeadline(opts: CallOptions): number | undefined {
-  const rel = opts.timeoutMs === undefined ? undefined : Date.now() + opts.timeoutMs;
-  if (opts.deadline === undefined) return rel;
-  return rel === undefined ? opts.deadline : Math.min(rel, opts.deadline);
+type RawCall = (req: unknown, opts?: CallOptions) => unknown;
+
+/** One unary method under the full policy: bulkhead, retry, breaker, per-attempt deadline. */
+function resilientUnary(g: Guard, m: DescMethod, call: RawCall) {
+  const idempotent = isIdempotent(m);
+  const retryPolicy = retry(
+    handleWhen((e) => isRetryable(e, idempotent)),
+    {
+      maxAttempts: g.config.retryMaxAttempts - 1,
+      backoff: new ExponentialBackoff({
+        initialDelay: g.config.retryInitialDelayMs,
+        maxDelay: g.config.retryMaxDelayMs,
+      }),
+    },
+  );
+  retryPolicy.onRetry((r) => {
+    const code = "error" in r && r.error instanceof RpcError ? r.error.codeName : "UNKNOWN";
+    g.log.debug({ rpc: m.name, attempt: r.attempt, delayMs: Math.round(r.delay), code }, "retrying");
+    g.events.onRetry(g.downstream, m.name, r.attempt, code);
+  });
+  const policy = wrap(g.bulkhead, retryPolicy, g.breaker);
+  const observe = (code: string, started: number) =>
+    g.metrics?.rpcClient.observe(
+      { downstream: g.downstream, method: m.name, code },
+      (performance.now() - started) / 1000,
+    );
+
+  return (req: MessageInitShape<DescMessage>, opts: CallOptions = {}) => {
+    // The caller's budget is fixed once, for the whole call: queueing, retries and backoff included.
+    const deadline = earliestDeadline(opts.deadline, opts.timeoutMs);
+    if (deadline !== undefined && deadline <= Date.now()) {
+      // Never reaches the breaker: a call that cannot be sent says nothing about the downstream.
+      return Promise.reject(
+        new CallerDeadlineError(status.DEADLINE_EXCEEDED, "caller deadline exceeded", new Metadata()),
+      );
+    }
+    if (g.breaker.state === CircuitState.HalfOpen) {
+      // One probe at a time decides; everyone else fails fast instead of waiting for it.
+      return Promise.reject(toClientError(new BrokenCircuitError(), g.downstream));
+    }
+    const started = performance.now();
+    return withDeadline(deadline, opts.signal, (signal) =>
+      policy.execute(({ signal: s }) => call(req, attemptOptions(opts, deadline, g.config.timeoutMs, s)), signal),
+    ).then(
+      (res) => {
+        observe("OK", started);
+        return res;
+      },
+      (err: unknown) => {
+        const e = toClientError(err, g.downstream);
+        observe(e instanceof RpcError ? e.codeName : "UNKNOWN", started);
+        throw e;
+      },
+    );
+  };
 }
 
 /**

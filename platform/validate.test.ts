@@ -1,26 +1,22 @@
-/** Field validation names the field as the proto does. */
+/** Field validators name the field as the proto does. */
 import { describe, expect, it } from "vitest";
-import { InvalidArgumentError } from "./errors.js";
-import { validateLines } from "./validate.js";
+import { violatedField as field } from "../test/rpc.js";
+import { requireId, requireQuantity } from "./validate.js";
 
-const field = (f: () => unknown) => {
-  try {
-    f();
-  } catch (e) {
-    return e instanceof InvalidArgumentError ? e.field : `not InvalidArgumentError: ${e}`;
-  }
-  return "no error";
-};
+describe("requireId", () => {
+  it("accepts 1..max of [A-Za-z0-9._:-] not starting with punctuation", () => {
+    expect(requireId("ord_1:a.b-c", "order_id")).toBe("ord_1:a.b-c");
+    for (const bad of ["", ".x", "a b", "é", "x".repeat(129)])
+      expect(field(() => requireId(bad, "order_id"))).toBe("order_id");
+    expect(field(() => requireId("x".repeat(65), "card_token", 64))).toBe("card_token");
+  });
+});
 
-describe("validateLines", () => {
-  it("names the offending field", () => {
-    expect(field(() => validateLines([]))).toBe("items");
-    expect(field(() => validateLines([{ productId: "a", quantity: 0 }]))).toBe("items[0].quantity");
-    expect(field(() => validateLines([{ productId: "a", quantity: 10_001 }]))).toBe("items[0].quantity");
-    expect(field(() => validateLines([{ productId: "a b", quantity: 1 }]))).toBe("items[0].product_id");
-    expect(
-      field(() => validateLines(Array.from({ length: 51 }, (_, i) => ({ productId: `p${i}`, quantity: 1 })))),
-    ).toBe("items");
-    expect(validateLines([{ productId: "a", quantity: 2 }])).toEqual([{ productId: "a", quantity: 2 }]);
+describe("requireQuantity", () => {
+  it("accepts integers in range only", () => {
+    expect(requireQuantity(3, "quantity")).toBe(3);
+    for (const bad of [0, -1, 1.5, 1_000_001, Number.NaN])
+      expect(field(() => requireQuantity(bad, "quantity"))).toBe("quantity");
+    expect(field(() => requireQuantity(11, "quantity", 1, 10))).toBe("quantity");
   });
 });

@@ -8,27 +8,28 @@
  *   make events ARGS=--from-start
  *   make dlq               # dead letters and why
  */
-import { type DescMessage, fromBinary, toJson } from "@bufbuild/protobuf";
+import { fromBinary, toJson } from "@bufbuild/protobuf";
 import { DeliverPolicy } from "@nats-io/jetstream";
-import { connectBus, EVENT_REGISTRY, type StreamName, silentLogger } from "../platform/index.js";
+import { EVENTS } from "../contracts/events.js";
+import { connectBus, DLQ_STREAM, silentLogger } from "../platform/index.js";
 
 const args = new Set(process.argv.slice(2));
 const dlqOnly = args.has("--dlq");
 const fromStart = args.has("--from-start") || dlqOnly;
 const url = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
-const streams: StreamName[] = dlqOnly ? ["DLQ"] : ["ORDER", "INVENTORY", "PAYMENT", "DLQ"];
+const streams = dlqOnly ? [DLQ_STREAM.name] : EVENTS.streams.map((s) => s.name);
 const tty = process.stdout.isTTY;
 const dim = (s: string) => (tty ? `\x1b[90m${s}\x1b[0m` : s);
 const red = (s: string) => (tty ? `\x1b[31m${s}\x1b[0m` : s);
 
-const bus = await connectBus(url, "shopmesh-events-tail", silentLogger());
+const bus = await connectBus(url, "shopmesh-events-tail", silentLogger(), { streams: EVENTS.streams });
 console.log(dim(`${fromStart ? "all" : "new"} events on ${streams.join(", ")} at ${url} (Ctrl-C to stop)`));
 
 function describe(type: string, data: Uint8Array): string {
-  const schema = EVENT_REGISTRY.getMessage(type);
+  const schema = EVENTS.kind(type)?.schema;
   if (!schema) return `<${data.length} bytes of unknown type>`;
   try {
-    const json = toJson(schema as DescMessage, fromBinary(schema as DescMessage, data)) as Record<string, unknown>;
+    const json = toJson(schema, fromBinary(schema, data)) as Record<string, unknown>;
     const { meta, ...rest } = json as { meta?: { orderId?: string } };
     return `${(meta?.orderId ?? "").padEnd(31)} ${JSON.stringify(rest)}`;
   } catch {

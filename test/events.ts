@@ -7,20 +7,12 @@
  */
 import type { DescMessage, MessageInitShape } from "@bufbuild/protobuf";
 import { headers as natsHeaders } from "@nats-io/transport-node";
-import {
-  type Bus,
-  type EventType,
-  OUTBOX_MIGRATION,
-  Outbox,
-  OutboxRelay,
-  openDatabase,
-  type StreamName,
-  silentLogger,
-} from "../platform/index.js";
+import { EVENTS } from "../contracts/events.js";
+import { type Bus, OUTBOX_MIGRATION, Outbox, OutboxRelay, openDatabase, silentLogger } from "../platform/index.js";
 
 /** One event to publish; make it with {@link event}. */
 export interface PendingEvent {
-  readonly type: EventType;
+  readonly type: string;
   /** Adds the event to `outbox` (with the outbox clock at `at`), returning its id. */
   add(outbox: Outbox, setClock: (at: number) => void): string;
 }
@@ -36,7 +28,7 @@ export function event<D extends DescMessage>(
   at?: number,
 ): PendingEvent {
   return {
-    type: schema.typeName as EventType,
+    type: schema.typeName,
     add(outbox, setClock) {
       setClock(at ?? Date.now());
       return outbox.add(schema, orderId, init as never);
@@ -51,7 +43,7 @@ export function event<D extends DescMessage>(
 export async function publishEvents(bus: Bus, events: readonly PendingEvent[], source = "test"): Promise<string[]> {
   const db = openDatabase(":memory:", [OUTBOX_MIGRATION]);
   let now = Date.now();
-  const outbox = new Outbox(db, source, () => now);
+  const outbox = new Outbox(db, source, EVENTS, () => now);
   const relay = new OutboxRelay({ db, outbox, bus, source, log: silentLogger(), sweepMs: 50 });
   try {
     const ids = db.transaction(() =>
@@ -80,7 +72,7 @@ export async function publishEvents(bus: Bus, events: readonly PendingEvent[], s
  * `ce-id` but another `Nats-Msg-Id`, so JetStream's duplicate window cannot
  * drop it and consumers see a true duplicate delivery. Returns its sequence.
  */
-export async function republish(bus: Bus, stream: StreamName, eventId: string): Promise<number> {
+export async function republish(bus: Bus, stream: string, eventId: string): Promise<number> {
   const { state } = await bus.jsm.streams.info(stream);
   for (let seq = state.last_seq; seq >= state.first_seq && seq > 0; seq--) {
     const m = await bus.jsm.streams.getMessage(stream, { seq }).catch(() => null);
@@ -97,7 +89,7 @@ export async function republish(bus: Bus, stream: StreamName, eventId: string): 
  * Resolves once the durable consumer `durable` of `stream` has nothing left
  * to deliver and nothing delivered but unacknowledged.
  */
-export async function consumerSettled(bus: Bus, stream: StreamName, durable: string, ms = 10_000): Promise<void> {
+export async function consumerSettled(bus: Bus, stream: string, durable: string, ms = 10_000): Promise<void> {
   const info = await until(
     () => bus.jsm.consumers.info(stream, durable),
     (i) => i.num_pending === 0 && i.num_ack_pending === 0,

@@ -1,6 +1,6 @@
 /** Assertions for gRPC outcomes: on codes and field names, never message text. */
 import { expect } from "vitest";
-import { Code, RpcError } from "../platform/index.js";
+import { Code, InvalidArgumentError, RpcError } from "../platform/index.js";
 
 /**
  * Awaits `p`, expects it to fail with `code`, and (when given) a
@@ -20,4 +20,14 @@ export async function expectRpcError(p: Promise<unknown>, code: Code, field?: st
   expect(rpc.codeName).toBe(Code[code]);
   if (field !== undefined) expect(rpc.fieldViolations.map((v) => v.field)).toContain(field);
   return rpc;
+}
+
+/** The field an INVALID_ARGUMENT thrown by `f` names; "no error" when `f` returns. */
+export function violatedField(f: () => unknown): string {
+  try {
+    f();
+  } catch (e) {
+    return e instanceof InvalidArgumentError ? e.field : `not InvalidArgumentError: ${e}`;
+  }
+  return "no error";
 }

@@ -14,7 +14,7 @@ import type { GatewayApp } from "../gateway/app.js";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { startTracing } from "../platform/index.js";
-import { logIds } from "../platform/telemetry.js";
+import { logIds } from "../platform/propagation.js";
 import { type System, startSystem, startTestGateway } from "./system.js";
 
 const spans = new InMemorySpanExporter();

@@ -1,4 +1,6 @@
 /** Wires the history service: store (the read model), event consumers, API. */
+
+import { EVENTS } from "../../contracts/events.js";
 import { HistoryService } from "../../gen/shopmesh/history/v1/history_pb.js";
 import { bind, type Host, type Logger, startHost } from "../../platform/index.js";
 import { createHistoryApi } from "./api.js";
@@ -19,8 +21,9 @@ export async function startHistory(config: HistoryConfig, log: Logger): Promise<
     config,
     log,
     db: store.db,
+    catalogue: EVENTS,
     consumers: historyConsumers(store),
-    services: () => [bind(HistoryService, createHistoryApi({ store }))],
+    build: () => ({ services: [bind(HistoryService, createHistoryApi({ store }))], parts: undefined }),
     close: () => store.close(),
   });
   return { ...host, store };

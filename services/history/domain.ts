@@ -19,10 +19,11 @@
  *   that equal timestamps still converge.
  */
 import { timestampMs } from "@bufbuild/protobuf/wkt";
+import type { Line } from "../../contracts/lines.js";
 import type { StockRejected, StockReleased, StockReserved } from "../../gen/shopmesh/inventory/v1/events_pb.js";
 import type { OrderCancelled, OrderConfirmed, OrderPlaced } from "../../gen/shopmesh/order/v1/events_pb.js";
 import type { PaymentFailed, PaymentRefunded, PaymentSucceeded } from "../../gen/shopmesh/payment/v1/events_pb.js";
-import { type EventType, type Line, UnprocessableEventError } from "../../platform/index.js";
+import { UnprocessableEventError } from "../../platform/index.js";
 
 /** Order status as written in the `status` column. */
 export type OrderStatusName = "PENDING" | "CONFIRMED" | "CANCELLED";
@@ -51,14 +52,14 @@ export interface OrderView {
   /** Why the order was cancelled; "" unless it was. */
   readonly reason: string;
   readonly lastEventAt: number;
-  readonly lastEventType: EventType;
+  readonly lastEventType: string;
   readonly lastEventId: string;
 }
 
 /** What one event says about one order. */
 export interface Fact {
   readonly eventId: string;
-  readonly type: EventType;
+  readonly type: string;
   readonly orderId: string;
   readonly occurredAt: number;
   readonly customerId?: string;

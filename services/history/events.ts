@@ -19,12 +19,12 @@ import {
   PaymentRefundedSchema,
   PaymentSucceededSchema,
 } from "../../gen/shopmesh/payment/v1/events_pb.js";
-import { type ConsumerOptions, type EventContext, on } from "../../platform/index.js";
+import { type ConsumerSpec, type EventContext, on } from "../../platform/index.js";
 import { factOf, type HistoryEvent } from "./domain.js";
 import type { HistoryStore } from "./store.js";
 
 /** A consumer of the history service: its stream, durable name and handlers. */
-export type HistoryConsumer = Pick<ConsumerOptions, "stream" | "durable" | "handlers">;
+export type HistoryConsumer = ConsumerSpec;
 
 /** The history service's consumers, one per stream. */
 export function historyConsumers(store: HistoryStore): HistoryConsumer[] {

@@ -6,6 +6,7 @@
  */
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { EVENTS } from "../../contracts/events.js";
 import { HistoryService, type OrderHistoryEntry } from "../../gen/shopmesh/history/v1/history_pb.js";
 import {
   StockRejectedSchema,
@@ -52,7 +53,7 @@ const channel = { close: () => {} };
 
 beforeAll(async () => {
   nats = await startNats();
-  bus = await connectBus(nats.url, "history-test", log);
+  bus = await connectBus(nats.url, "history-test", log, { streams: EVENTS.streams });
   app = await startHistory(
     loadConfig({ GRPC_PORT: "0", GRPC_HOST: "127.0.0.1", DB_PATH: join(dir.path, "history.db"), NATS_URL: nats.url }),
     log,

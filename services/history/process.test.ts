@@ -8,6 +8,7 @@ import { spawn } from "node:child_process";
 import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { EVENTS } from "../../contracts/events.js";
 import { HistoryService } from "../../gen/shopmesh/history/v1/history_pb.js";
 import { StockReservedSchema } from "../../gen/shopmesh/inventory/v1/events_pb.js";
 import { OrderConfirmedSchema, OrderPlacedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
@@ -44,7 +45,7 @@ describe("history process", () => {
     using dir = tempDir();
     const dbPath = join(dir.path, "history.db");
     const env = { DB_PATH: dbPath, NATS_URL: nats.url };
-    const bus = await connectBus(nats.url, "history-process-test", silentLogger());
+    const bus = await connectBus(nats.url, "history-process-test", silentLogger(), { streams: EVENTS.streams });
     try {
       const svc = await spawnService("history", env);
       await using _svc = svc;

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
+import { EVENTS } from "../../contracts/events.js";
 import { StockReleasedSchema, StockReservedSchema } from "../../gen/shopmesh/inventory/v1/events_pb.js";
 import {
   OrderCancelledSchema,
@@ -20,7 +21,7 @@ import {
   PaymentRefundedSchema,
   PaymentSucceededSchema,
 } from "../../gen/shopmesh/payment/v1/events_pb.js";
-import { type Bus, connectBus, silentLogger } from "../../platform/index.js";
+import { type Bus, connectBus, Inbox, silentLogger } from "../../platform/index.js";
 import { consumerSettled, event, publishEvents } from "../../test/events.js";
 import { dbSnapshot, tempDir } from "../../test/fixtures.js";
 import { startNats } from "../../test/nats.js";
@@ -70,7 +71,7 @@ describe("history rebuild", () => {
       NATS_URL: nats.url,
       SHUTDOWN_GRACE_MS: "1000",
     });
-    const bus = await connectBus(nats.url, "history-rebuild-test", log);
+    const bus = await connectBus(nats.url, "history-rebuild-test", log, { streams: EVENTS.streams });
     try {
       // 1. The live service builds the view of the first events.
       let app = await startHistory(config, log);
@@ -149,10 +150,10 @@ describe("history rebuild", () => {
   it("empties what was there, and skips what the live consumers would dead-letter", async () => {
     await using nats = await startNats();
     using dir = tempDir();
-    const bus = await connectBus(nats.url, "history-rebuild-skip-test", log);
+    const bus = await connectBus(nats.url, "history-rebuild-skip-test", log, { streams: EVENTS.streams });
     const store = HistoryStore.open(join(dir.path, "history.db"));
     try {
-      store.once("history-order", "evt_stale", "shopmesh.order.v1.OrderPlaced", () =>
+      new Inbox(store.db, "history-order").once("evt_stale", "shopmesh.order.v1.OrderPlaced", () =>
         store.apply({
           eventId: "evt_stale",
           type: "shopmesh.order.v1.OrderPlaced",

@@ -19,19 +19,17 @@
  */
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { type DescMessage, fromBinary } from "@bufbuild/protobuf";
 import type { JsMsg } from "@nats-io/jetstream";
+import { EVENTS } from "../../contracts/events.js";
 import {
   type Bus,
   ConfigError,
   connectBus,
   createLogger,
-  EVENT_REGISTRY,
-  EVENT_SUBJECTS,
-  type EventContext,
-  type EventType,
+  decodeEvent,
+  type EventHandler,
+  Inbox,
   type Logger,
-  type StreamName,
 } from "../../platform/index.js";
 import { loadConfig } from "./config.js";
 import { UnusableEventError } from "./domain.js";
@@ -40,7 +38,7 @@ import { HistoryStore } from "./store.js";
 
 /** How one stream's replay went. */
 export interface StreamReplay {
-  readonly stream: StreamName;
+  readonly stream: string;
   /** The durable consumer whose inbox rows the replay wrote. */
   readonly durable: string;
   /** Messages read from the stream. */
@@ -97,6 +95,7 @@ async function replayStream(consumer: HistoryConsumer, opts: ReplayOptions): Pro
   const { stream, durable } = consumer;
   const started = performance.now();
   const handlers = new Map(consumer.handlers);
+  const inbox = new Inbox(store.db, durable);
   const counts = { events: 0, applied: 0, duplicates: 0, skipped: 0 };
   const report = (): StreamReplay => ({ stream, durable, ...counts, ms: performance.now() - started });
   const every = opts.progressEvery ?? 1_000;
@@ -121,7 +120,7 @@ async function replayStream(consumer: HistoryConsumer, opts: ReplayOptions): Pro
       lastAt = Date.now();
       lastSeq = m.seq;
       counts.events++;
-      const outcome = applyMessage(store, durable, handlers, m);
+      const outcome = applyMessage(inbox, handlers, m);
       if (typeof outcome === "string") {
         counts.skipped++;
         log.warn({ stream, seq: m.seq, reason: outcome }, "event skipped");
@@ -145,36 +144,18 @@ async function replayStream(consumer: HistoryConsumer, opts: ReplayOptions): Pro
 }
 
 /**
- * Applies one stored message as the live consumer would: true when applied,
- * false when the inbox already held it, or why it was skipped.
+ * Applies one stored message as the live consumer would (the same decoding,
+ * the same once-only inbox): true when applied, false when the inbox already
+ * held it, or why it was skipped.
  */
-function applyMessage(
-  store: HistoryStore,
-  durable: string,
-  handlers: ReadonlyMap<EventType, (event: never, ctx: EventContext) => void>,
-  m: JsMsg,
-): boolean | string {
-  const typeHeader = m.headers?.get("ce-type") ?? "";
-  const eventId = m.headers?.get("ce-id") ?? "";
-  const type = typeHeader as EventType;
-  if (!eventId || !EVENT_SUBJECTS[type]) return `not a shopmesh event (ce-type=${JSON.stringify(typeHeader)})`;
-  const fn = handlers.get(type);
-  if (!fn) return `${type} is not projected`;
-  let event: unknown;
+function applyMessage(inbox: Inbox, handlers: ReadonlyMap<string, EventHandler>, m: JsMsg): boolean | string {
+  const decoded = decodeEvent(m, EVENTS);
+  if ("unusable" in decoded) return decoded.unusable;
+  const { event, ctx } = decoded;
+  const fn = handlers.get(ctx.type);
+  if (!fn) return `${ctx.type} is not projected`;
   try {
-    event = fromBinary(EVENT_REGISTRY.getMessage(type) as DescMessage, m.data);
-  } catch (err) {
-    return `undecodable ${type} payload: ${(err as Error).message}`;
-  }
-  const ctx: EventContext = {
-    eventId,
-    type,
-    subject: m.subject,
-    deliveryCount: 1,
-    traceparent: m.headers?.get("traceparent") ?? "",
-  };
-  try {
-    return store.once(durable, eventId, type, () => fn(event as never, ctx));
+    return inbox.once(ctx.eventId, ctx.type, () => fn(event as never, ctx));
   } catch (err) {
     if (err instanceof UnusableEventError) return err.message;
     throw err;
@@ -223,7 +204,7 @@ async function main(): Promise<number> {
   const store = HistoryStore.open(config.DB_PATH);
   try {
     const bus = await withTimeout(
-      connectBus(config.NATS_URL, "history-rebuild", log),
+      connectBus(config.NATS_URL, "history-rebuild", log, { streams: EVENTS.streams }),
       CONNECT_TIMEOUT_MS,
       `cannot reach NATS at ${config.NATS_URL} within ${CONNECT_TIMEOUT_MS} ms`,
     );

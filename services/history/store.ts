@@ -5,7 +5,8 @@
  * the consumer's transaction (or the rebuild's), so the view and the inbox
  * always agree about which events are in.
  */
-import { type Db, type EventType, INBOX_MIGRATION, type Line, openDatabase } from "../../platform/index.js";
+import type { Line } from "../../contracts/lines.js";
+import { type Db, INBOX_MIGRATION, openDatabase } from "../../platform/index.js";
 import { type Fact, type OrderStatusName, type OrderView, type PaymentStatusName, project } from "./domain.js";
 
 const MIGRATIONS = [
@@ -37,7 +38,7 @@ interface ViewRow {
   payment_status: PaymentStatusName | null;
   reason: string;
   last_event_at: number;
-  last_event_type: EventType;
+  last_event_type: string;
   last_event_id: string;
 }
 
@@ -102,12 +103,6 @@ export class HistoryStore {
          ORDER BY last_event_at DESC, order_id DESC LIMIT ?`,
       ),
       all: db.prepare<[], ViewRow>("SELECT * FROM order_history ORDER BY order_id"),
-      handled: db.prepare<[string, string], { one: number }>(
-        "SELECT 1 AS one FROM inbox WHERE consumer = ? AND event_id = ?",
-      ),
-      remember: db.prepare<[string, string, string, number]>(
-        "INSERT INTO inbox (consumer, event_id, type, handled_at) VALUES (?, ?, ?, ?)",
-      ),
       clearViews: db.prepare("DELETE FROM order_history"),
       clearInbox: db.prepare("DELETE FROM inbox"),
     };
@@ -153,22 +148,6 @@ export class HistoryStore {
   listByCustomer(customerId: string, cursor: HistoryCursor | undefined, limit: number): OrderView[] {
     const c = cursor ?? { lastEventAt: Number.MAX_SAFE_INTEGER, orderId: "" };
     return this.q.page.all(customerId, c.lastEventAt, c.lastEventAt, c.orderId, limit).map(toView);
-  }
-
-  /**
-   * Applies `effect` once per (`consumer`, `eventId`), exactly as a consumer
-   * does: in one IMMEDIATE transaction with the inbox row. Returns false,
-   * changing nothing, when the inbox already holds the event.
-   */
-  once(consumer: string, eventId: string, type: EventType, effect: () => void, now = Date.now()): boolean {
-    return this.db
-      .transaction(() => {
-        if (this.q.handled.get(consumer, eventId)) return false;
-        effect();
-        this.q.remember.run(consumer, eventId, type, now);
-        return true;
-      })
-      .immediate();
   }
 
   /** Empties the view and the inbox, in one transaction (the start of a rebuild). */

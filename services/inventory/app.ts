@@ -1,4 +1,6 @@
 /** Wires the inventory service: store (seeded on first start), events, API. */
+
+import { EVENTS } from "../../contracts/events.js";
 import { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { bind, type Host, type Logger, startHost } from "../../platform/index.js";
 import { createInventoryApi } from "./api.js";
@@ -24,9 +26,10 @@ export async function startInventory(config: InventoryConfig, log: Logger): Prom
     config,
     log,
     db: store.db,
+    catalogue: EVENTS,
     outbox: store.outbox,
     consumers: inventoryConsumers(store),
-    services: () => [bind(InventoryService, createInventoryApi({ store }))],
+    build: () => ({ services: [bind(InventoryService, createInventoryApi({ store }))], parts: undefined }),
     close: () => store.close(),
   });
   return { ...host, store };

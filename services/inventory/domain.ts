@@ -2,19 +2,9 @@
  * Inventory rules, free of I/O: what a valid reservation request is, and
  * whether current stock can satisfy it (all lines or none).
  */
-import {
-  FailedPreconditionError,
-  type Line,
-  NotFoundError,
-  requireId,
-  requireIdempotencyKey,
-  validateLines,
-} from "../../platform/index.js";
+import { type Line, validateLines } from "../../contracts/lines.js";
+import { FailedPreconditionError, NotFoundError, requireId, requireIdempotencyKey } from "../../platform/index.js";
 
-/** Most lines one reservation may hold. */
-export const MAX_LINES = 50;
-/** Most units of one product per line. */
-export const MAX_LINE_QUANTITY = 10_000;
 /**
  * Most units one product may hold, available and reserved together: stock
  * travels as int32 in the contract, so it must stay well inside 2^31 − 1.
@@ -33,8 +23,6 @@ export interface ProductRecord {
 
 /** A product to load into the catalogue. */
 export type NewProduct = Omit<ProductRecord, "reserved">;
-
-export type { Line };
 
 /** A product that cannot cover its line. */
 export interface Shortage {
@@ -78,7 +66,7 @@ export class OverCapacityError extends FailedPreconditionError {
 export function validateReservation(req: { idempotencyKey: string; orderId: string; items: readonly Line[] }): Line[] {
   requireIdempotencyKey(req.idempotencyKey);
   requireId(req.orderId, "order_id");
-  return validateLines(req.items, { maxLines: MAX_LINES, maxQuantity: MAX_LINE_QUANTITY });
+  return validateLines(req.items);
 }
 
 /** The outcome of planning a reservation against current stock. */

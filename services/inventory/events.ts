@@ -13,19 +13,17 @@
  * its saga runs.
  */
 import { create } from "@bufbuild/protobuf";
+import { stepKey } from "../../contracts/saga.js";
 import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import { StockRejectedSchema } from "../../gen/shopmesh/inventory/v1/events_pb.js";
 import { ReserveStockRequestSchema } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderCancelledSchema, OrderPlacedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
-import { type ConsumerOptions, on, requestFingerprint, ServiceError } from "../../platform/index.js";
+import { type ConsumerSpec, on, requestFingerprint, ServiceError } from "../../platform/index.js";
 import { validateReservation } from "./domain.js";
 import type { InventoryStore } from "./store.js";
 
-/** The reservation key of an order's saga. */
-export const reservationKey = (orderId: string) => `${orderId}:reserve_stock`;
-
 /** Inventory's consumers. */
-export function inventoryConsumers(store: InventoryStore): Pick<ConsumerOptions, "stream" | "durable" | "handlers">[] {
+export function inventoryConsumers(store: InventoryStore): ConsumerSpec[] {
   return [
     {
       stream: "ORDER",
@@ -35,7 +33,7 @@ export function inventoryConsumers(store: InventoryStore): Pick<ConsumerOptions,
           if (e.sagaMode !== SagaMode.CHOREOGRAPHY) return;
           const orderId = e.meta?.orderId ?? "";
           const req = create(ReserveStockRequestSchema, {
-            idempotencyKey: reservationKey(orderId),
+            idempotencyKey: stepKey(orderId, "reserve_stock"),
             orderId,
             items: e.items,
           });
@@ -58,7 +56,7 @@ export function inventoryConsumers(store: InventoryStore): Pick<ConsumerOptions,
         on(OrderCancelledSchema, (e) => {
           if (e.sagaMode !== SagaMode.CHOREOGRAPHY) return;
           const orderId = e.meta?.orderId ?? "";
-          store.cancelByKey(reservationKey(orderId), orderId);
+          store.cancelByKey(stepKey(orderId, "reserve_stock"), orderId);
         }),
       ],
     },

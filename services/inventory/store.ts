@@ -4,6 +4,9 @@
  * process on the same file; CHECK constraints keep stock non-negative even if
  * a bug slipped past the domain rules.
  */
+
+import { EVENTS } from "../../contracts/events.js";
+import type { Line } from "../../contracts/lines.js";
 import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import {
   StockRejectedSchema,
@@ -12,7 +15,6 @@ import {
 } from "../../gen/shopmesh/inventory/v1/events_pb.js";
 import { type Db, INBOX_MIGRATION, newId, OUTBOX_MIGRATION, Outbox, openDatabase } from "../../platform/index.js";
 import {
-  type Line,
   MAX_STOCK,
   type NewProduct,
   type Plan,
@@ -137,7 +139,7 @@ export class InventoryStore {
     readonly db: Db,
     private readonly clock: () => number,
   ) {
-    this.outbox = new Outbox(db, "inventory", clock);
+    this.outbox = new Outbox(db, "inventory", EVENTS, clock);
     this.q = {
       product: db.prepare<[string], ProductRow>("SELECT * FROM products WHERE id = ?"),
       page: db.prepare<[string, number], ProductRow>("SELECT * FROM products WHERE id > ? ORDER BY id LIMIT ?"),

@@ -1,4 +1,6 @@
 /** Wires the notification service: store, event consumers, API. */
+
+import { EVENTS } from "../../contracts/events.js";
 import { NotificationService } from "../../gen/shopmesh/notification/v1/notification_pb.js";
 import { bind, type Host, type Logger, startHost } from "../../platform/index.js";
 import { createNotificationApi } from "./api.js";
@@ -19,8 +21,9 @@ export async function startNotification(config: NotificationConfig, log: Logger)
     config,
     log,
     db: store.db,
+    catalogue: EVENTS,
     consumers: notificationConsumers(store, log),
-    services: () => [bind(NotificationService, createNotificationApi({ store }))],
+    build: () => ({ services: [bind(NotificationService, createNotificationApi({ store }))], parts: undefined }),
     close: () => store.close(),
   });
   return { ...host, store };

@@ -7,6 +7,7 @@
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
+import { EVENTS } from "../../contracts/events.js";
 import { NotificationKind, NotificationService } from "../../gen/shopmesh/notification/v1/notification_pb.js";
 import { OrderConfirmedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
 import { connectBus, createChannel, createClient, identityMetadata, silentLogger } from "../../platform/index.js";
@@ -31,7 +32,7 @@ describe("notification crash recovery", () => {
     using dir = tempDir();
     const dbPath = join(dir.path, "notification.db");
     const env = { DB_PATH: dbPath, NATS_URL: nats.url };
-    const bus = await connectBus(nats.url, "notification-crash-test", silentLogger());
+    const bus = await connectBus(nats.url, "notification-crash-test", silentLogger(), { streams: EVENTS.streams });
     try {
       await using crashing = await spawnService("notification", { ...env, FAULT_CRASH_AFTER_COMMIT: "true" });
       const [eventId = ""] = await publishEvents(bus, [

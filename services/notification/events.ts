@@ -7,15 +7,12 @@
  */
 import { OrderCancelledSchema, OrderConfirmedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
 import { PaymentRefundedSchema } from "../../gen/shopmesh/payment/v1/events_pb.js";
-import { type ConsumerOptions, type EventContext, type Logger, on } from "../../platform/index.js";
+import { type ConsumerSpec, type EventContext, type Logger, on } from "../../platform/index.js";
 import { type NotifyingEvent, notificationFor } from "./domain.js";
 import type { NotificationStore } from "./store.js";
 
 /** The notification service's consumers. */
-export function notificationConsumers(
-  store: NotificationStore,
-  log: Logger,
-): Pick<ConsumerOptions, "stream" | "durable" | "handlers">[] {
+export function notificationConsumers(store: NotificationStore, log: Logger): ConsumerSpec[] {
   const notify = (e: NotifyingEvent, ctx: EventContext) => {
     const sent = store.record(ctx.eventId, notificationFor(e));
     if (sent) log.info({ customer: sent.customerId, order: sent.orderId, kind: sent.kind }, "notification sent");

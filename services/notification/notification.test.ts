@@ -6,6 +6,7 @@
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { EVENTS } from "../../contracts/events.js";
 import { StockReservedSchema } from "../../gen/shopmesh/inventory/v1/events_pb.js";
 import {
   type Notification,
@@ -47,7 +48,7 @@ const channel = { close: () => {} };
 
 beforeAll(async () => {
   nats = await startNats();
-  bus = await connectBus(nats.url, "notification-test", log);
+  bus = await connectBus(nats.url, "notification-test", log, { streams: EVENTS.streams });
   app = await startNotification(
     loadConfig({ GRPC_PORT: "0", GRPC_HOST: "127.0.0.1", DB_PATH: dbPath, NATS_URL: nats.url }),
     log,
@@ -247,7 +248,7 @@ describe("an unusable event", () => {
     // awaiting ack (the server ignores +TERM with a reason), so the shared consumers would never settle.
     await using ownNats = await startNats();
     using ownDir = tempDir();
-    const ownBus = await connectBus(ownNats.url, "notification-dlq-test", log);
+    const ownBus = await connectBus(ownNats.url, "notification-dlq-test", log, { streams: EVENTS.streams });
     const own = await startNotification(
       loadConfig({ GRPC_PORT: "0", GRPC_HOST: "127.0.0.1", DB_PATH: join(ownDir.path, "n.db"), NATS_URL: ownNats.url }),
       log,

@@ -2,6 +2,7 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { trace } from "@opentelemetry/api";
+import { validateLines } from "../../contracts/lines.js";
 import { SagaMode as SagaModeEnum } from "../../gen/shopmesh/common/v1/common_pb.js";
 import {
   type OrderSchema,
@@ -24,7 +25,6 @@ import {
   requireIdempotencyKey,
   requireIdentity,
   type ServiceImpl,
-  validateLines,
 } from "../../platform/index.js";
 import { isTerminal, type OrderRecord, type SagaMode } from "./domain.js";
 import type { OrderStore, StoredStep } from "./store.js";
@@ -37,9 +37,6 @@ export interface OrderApiDeps {
   /** Saga mode for requests that leave it UNSPECIFIED. */
   readonly defaultMode: SagaMode;
 }
-
-/** Most lines per order. */
-export const MAX_ORDER_LINES = 50;
 
 function orderMessage(o: OrderRecord, steps: readonly StoredStep[]): MessageInitShape<typeof OrderSchema> {
   return {
@@ -92,7 +89,7 @@ export function createOrderApi({ store, advance, defaultMode }: OrderApiDeps): S
     placeOrder(req, ctx) {
       const who = requireIdentity(ctx.metadata);
       requireIdempotencyKey(req.idempotencyKey);
-      const items = validateLines(req.items, { maxLines: MAX_ORDER_LINES });
+      const items = validateLines(req.items);
       requireId(req.cardToken, "card_token", 64);
       const sagaMode = sagaModeOf(req.sagaMode, defaultMode);
       const placed = store.place({

@@ -4,6 +4,7 @@
  * left in flight.
  */
 import type * as grpc from "@grpc/grpc-js";
+import { EVENTS } from "../../contracts/events.js";
 import { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderService } from "../../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService } from "../../gen/shopmesh/payment/v1/payment_pb.js";
@@ -11,6 +12,7 @@ import {
   bind,
   createResilientClient,
   type Host,
+  type HostContext,
   type Logger,
   type Metrics,
   policyFrom,
@@ -19,13 +21,21 @@ import {
   upstreamChannel,
 } from "../../platform/index.js";
 import { createOrderApi } from "./api.js";
-import { Choreography } from "./choreography.js";
 import type { OrderConfig } from "./config.js";
+import { Choreography } from "./events.js";
 import { SagaOrchestrator } from "./saga.js";
 import { OrderStore } from "./store.js";
 
+/** What the order service builds besides its API. */
+interface OrderParts {
+  readonly saga: SagaOrchestrator;
+  readonly inventory: ResilientClient<typeof InventoryService>;
+  readonly payment: ResilientClient<typeof PaymentService>;
+  readonly channels: readonly grpc.Client[];
+}
+
 /** A running order service. */
-export interface OrderApp extends Host {
+export interface OrderApp extends Host<OrderParts> {
   readonly store: OrderStore;
   readonly saga: SagaOrchestrator;
   readonly inventory: ResilientClient<typeof InventoryService>;
@@ -46,70 +56,75 @@ function countSagas(store: OrderStore, m: Metrics): void {
   });
 }
 
+/** The saga and its resilient clients, once the bus (for registry:/// targets) and telemetry exist. */
+function buildSaga(config: OrderConfig, log: Logger, store: OrderStore, { telemetry, bus }: HostContext): OrderParts {
+  const channels = [
+    upstreamChannel(config.INVENTORY_TARGET, bus, log),
+    upstreamChannel(config.PAYMENT_TARGET, bus, log),
+  ];
+  const [inventoryChannel, paymentChannel] = channels as [grpc.Client, grpc.Client];
+  const opts = { telemetry };
+  const inventory = createResilientClient(
+    "inventory",
+    InventoryService,
+    inventoryChannel,
+    policyFrom("INVENTORY", config),
+    log,
+    opts,
+  );
+  const payment = createResilientClient(
+    "payment",
+    PaymentService,
+    paymentChannel,
+    policyFrom("PAYMENT", config),
+    log,
+    opts,
+  );
+  const saga = new SagaOrchestrator({
+    store,
+    inventory,
+    payment,
+    telemetry,
+    log: log.child({ component: "saga" }),
+    timing: {
+      stepBudgetMs: config.SAGA_STEP_BUDGET_MS,
+      retryBaseMs: config.SAGA_RETRY_BASE_MS,
+      retryMaxMs: config.SAGA_RETRY_MAX_MS,
+    },
+  });
+  return { saga, inventory, payment, channels };
+}
+
 /** Opens the store, connects to inventory and payment, starts serving, and resumes unfinished sagas. */
 export async function startOrder(config: OrderConfig, log: Logger): Promise<OrderApp> {
   const store = OrderStore.open(config.DB_PATH);
   const choreography = new Choreography(store);
-  const channels: grpc.Client[] = [];
-  let built: Pick<OrderApp, "saga" | "inventory" | "payment"> | undefined;
   const host = await startHost({
     name: "order",
     config,
     log,
     db: store.db,
+    catalogue: EVENTS,
     outbox: store.outbox,
     consumers: choreography.consumers(),
-    services: ({ telemetry, bus }) => {
-      const [inventoryChannel, paymentChannel] = [config.INVENTORY_TARGET, config.PAYMENT_TARGET].map((t) => {
-        const ch = upstreamChannel(t, bus, log);
-        channels.push(ch);
-        return ch;
-      }) as [grpc.Client, grpc.Client];
-      const opts = { telemetry };
-      const inventory = createResilientClient(
-        "inventory",
-        InventoryService,
-        inventoryChannel,
-        policyFrom("INVENTORY", config),
-        log,
-        opts,
-      );
-      const payment = createResilientClient(
-        "payment",
-        PaymentService,
-        paymentChannel,
-        policyFrom("PAYMENT", config),
-        log,
-        opts,
-      );
-      const saga = new SagaOrchestrator({
-        store,
-        inventory,
-        payment,
-        telemetry,
-        log: log.child({ component: "saga" }),
-        timing: {
-          stepBudgetMs: config.SAGA_STEP_BUDGET_MS,
-          retryBaseMs: config.SAGA_RETRY_BASE_MS,
-          retryMaxMs: config.SAGA_RETRY_MAX_MS,
-        },
-      });
-      built = { saga, inventory, payment };
-      countSagas(store, telemetry.metrics);
+    build: (ctx) => {
+      const parts = buildSaga(config, log, store, ctx);
+      countSagas(store, ctx.telemetry.metrics);
       const advance = (orderId: string) => {
         if (store.get(orderId)?.sagaMode === "CHOREOGRAPHY") choreography.cancelRequested(orderId);
-        else saga.kick(orderId);
+        else parts.saga.kick(orderId);
       };
-      return [bind(OrderService, createOrderApi({ store, advance, defaultMode: config.SAGA_DEFAULT_MODE }))];
+      const api = createOrderApi({ store, advance, defaultMode: config.SAGA_DEFAULT_MODE });
+      return { services: [bind(OrderService, api)], parts };
     },
-    stopApp: async () => {
+    stopApp: async (parts) => {
       // Sagas stop after calls drained; they resume from the database on the next start.
-      await built?.saga.stop();
-      for (const ch of channels) ch.close();
+      await parts?.saga.stop();
+      for (const ch of parts?.channels ?? []) ch.close();
     },
     close: () => store.close(),
   });
-  const app = { ...host, store, ...(built as NonNullable<typeof built>) };
-  app.saga.resumeAll();
-  return app;
+  const { saga, inventory, payment } = host.parts;
+  saga.resumeAll();
+  return { ...host, store, saga, inventory, payment };
 }

@@ -1,16 +1,7 @@
 /** The saga state machine, without I/O. */
 import { status } from "@grpc/grpc-js";
 import { describe, expect, it } from "vitest";
-import {
-  decide,
-  failureKind,
-  type OrderRecord,
-  onDeclined,
-  onForwardFailed,
-  onStarted,
-  sagaBackoffMs,
-  stepKey,
-} from "./domain.js";
+import { decide, failureKind, type OrderRecord, onDeclined, onForwardFailed, onStarted } from "./domain.js";
 
 const order = (o: Partial<OrderRecord> = {}): OrderRecord => ({
   id: "ord_1",
@@ -94,13 +85,5 @@ describe("transitions", () => {
     for (const c of [status.UNAVAILABLE, status.DEADLINE_EXCEEDED, status.INTERNAL, status.CANCELLED, status.UNKNOWN]) {
       expect(failureKind(c)).toBe("transient");
     }
-  });
-
-  it("derives step keys from saga id + step and backs off within bounds", () => {
-    expect(stepKey("ord_1", "charge_payment")).toBe("ord_1:charge_payment");
-    expect(sagaBackoffMs(1, 100, 5000, 0)).toBe(50);
-    expect(sagaBackoffMs(1, 100, 5000, 1)).toBe(100);
-    expect(sagaBackoffMs(10, 100, 5000, 1)).toBe(5000);
-    expect(sagaBackoffMs(10, 100, 5000, 0)).toBe(2500);
   });
 });

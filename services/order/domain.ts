@@ -10,7 +10,7 @@
  * refund_payment -> release_stock -> cancel_order.
  */
 import { status } from "@grpc/grpc-js";
-import type { Line } from "../../platform/index.js";
+import type { Line } from "../../contracts/lines.js";
 
 /** Order lifecycle (mirrors shopmesh.order.v1.OrderStatus). */
 export type OrderStatus = "PENDING" | "COMPENSATING" | "CONFIRMED" | "CANCELLED";
@@ -141,11 +141,6 @@ export function failureKind(code: status): "definite" | "transient" {
   }
 }
 
-/** Idempotency key of a saga step's participant call: saga id + step, so retries and recovery reuse it. */
-export function stepKey(orderId: string, step: "reserve_stock" | "charge_payment"): string {
-  return `${orderId}:${step}`;
-}
-
 /** A participant call is about to be sent: from now on a forward step's effect is possible. */
 export function onStarted(o: OrderRecord, step: CallStep, attempt: number): Transition {
   const field = step === "reserve_stock" ? "stock" : step === "charge_payment" ? "payment" : undefined;
@@ -234,16 +229,6 @@ export function onCancelled(reason: string): Transition {
     patch: { status: "CANCELLED" },
     log: { name: "cancel_order", status: "SUCCEEDED", detail: reason, attempt: 1 },
   };
-}
-
-/**
- * Backoff before the saga retries a step itself (after the client's own
- * retries gave up): exponential from `baseMs`, capped at `maxMs`, with full
- * jitter drawn from `random` (0..1).
- */
-export function sagaBackoffMs(attempt: number, baseMs: number, maxMs: number, random: number): number {
-  const ceiling = Math.min(maxMs, baseMs * 2 ** Math.max(0, attempt - 1));
-  return Math.round(ceiling / 2 + (ceiling / 2) * random);
 }
 
 /** Whether an order in `s` may still be cancelled by the customer. */

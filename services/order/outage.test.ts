@@ -6,6 +6,7 @@
 import { join } from "node:path";
 import { fromBinary } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
+import { EVENTS } from "../../contracts/events.js";
 import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import { OrderPlacedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
 import { OrderService, OrderStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
@@ -16,7 +17,7 @@ import { startSystem } from "../../test/system.js";
 
 /** Order ids of every OrderPlaced in the ORDER stream, one entry per message. */
 async function placedEvents(url: string): Promise<string[]> {
-  const bus = await connectBus(url, "test-reader", silentLogger());
+  const bus = await connectBus(url, "test-reader", silentLogger(), { streams: EVENTS.streams });
   try {
     const info = await bus.jsm.streams.info("ORDER");
     const ids: string[] = [];

@@ -11,9 +11,20 @@
  * since the step first started, then the saga compensates. Compensation is
  * retried until it succeeds: it must never be lost.
  */
+
+import { stepKey } from "../../contracts/saga.js";
 import type { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { type PaymentService, PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
-import { type Client, Code, contextOf, inSpan, type Logger, RpcError, type Telemetry } from "../../platform/index.js";
+import {
+  backoffMs,
+  type Client,
+  Code,
+  contextOf,
+  inSpan,
+  type Logger,
+  RpcError,
+  type Telemetry,
+} from "../../platform/index.js";
 import {
   type CallStep,
   type Decision,
@@ -31,8 +42,6 @@ import {
   onReserved,
   onRetrying,
   onStarted,
-  sagaBackoffMs,
-  stepKey,
   type Transition,
 } from "./domain.js";
 import type { OrderStore } from "./store.js";
@@ -194,7 +203,7 @@ export class SagaOrchestrator {
         }
         store.apply(orderId, onRetrying(d.step, outcome.retry, attempt));
         const { retryBaseMs, retryMaxMs } = this.deps.timing;
-        return sagaBackoffMs(attempt, retryBaseMs, retryMaxMs, this.random());
+        return backoffMs(attempt, retryBaseMs, retryMaxMs, this.random());
       }
     }
   }

@@ -5,6 +5,8 @@
  * crash at any point leaves a state the saga can resume from.
  */
 import { EventEmitter } from "node:events";
+import { EVENTS } from "../../contracts/events.js";
+import type { Line } from "../../contracts/lines.js";
 import { SagaMode as SagaModeEnum } from "../../gen/shopmesh/common/v1/common_pb.js";
 import {
   OrderCancelledSchema,
@@ -15,7 +17,6 @@ import {
   currentTraceparent,
   type Db,
   INBOX_MIGRATION,
-  type Line,
   newId,
   OUTBOX_MIGRATION,
   Outbox,
@@ -155,7 +156,7 @@ export class OrderStore {
     private readonly clock: () => number,
   ) {
     this.events.setMaxListeners(0);
-    this.outbox = new Outbox(db, "order", clock);
+    this.outbox = new Outbox(db, "order", EVENTS, clock);
     this.q = {
       get: db.prepare<[string], OrderRow>("SELECT * FROM orders WHERE id = ?"),
       byKey: db.prepare<[string, string], OrderRow>(

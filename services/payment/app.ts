@@ -1,4 +1,6 @@
 /** Wires the payment service: store, events, API. */
+
+import { EVENTS } from "../../contracts/events.js";
 import { PaymentService } from "../../gen/shopmesh/payment/v1/payment_pb.js";
 import { bind, type Host, type Logger, startHost } from "../../platform/index.js";
 import { createPaymentApi } from "./api.js";
@@ -19,9 +21,10 @@ export async function startPayment(config: PaymentConfig, log: Logger): Promise<
     config,
     log,
     db: store.db,
+    catalogue: EVENTS,
     outbox: store.outbox,
     consumers: paymentConsumers(store),
-    services: () => [bind(PaymentService, createPaymentApi({ store }))],
+    build: () => ({ services: [bind(PaymentService, createPaymentApi({ store }))], parts: undefined }),
     close: () => store.close(),
   });
   return { ...host, store };

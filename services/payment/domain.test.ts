@@ -1,6 +1,7 @@
 /** Pure payment rules. */
 import { describe, expect, it } from "vitest";
-import { FailedPreconditionError, InvalidArgumentError } from "../../platform/index.js";
+import { FailedPreconditionError } from "../../platform/index.js";
+import { violatedField } from "../../test/rpc.js";
 import {
   authorize,
   canSee,
@@ -12,15 +13,7 @@ import {
   validateRefund,
 } from "./domain.js";
 
-/** The field an InvalidArgumentError names, or a description of what happened instead. */
-const field = (f: () => unknown) => {
-  try {
-    f();
-  } catch (e) {
-    return e instanceof InvalidArgumentError ? e.field : `not InvalidArgumentError: ${e}`;
-  }
-  return "no error";
-};
+const field = violatedField;
 
 describe("authorize (the simulated provider)", () => {
   it("declines the test tokens with their reasons", () => {

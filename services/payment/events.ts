@@ -12,19 +12,17 @@
  * orchestrator uses.
  */
 import { create } from "@bufbuild/protobuf";
+import { stepKey } from "../../contracts/saga.js";
 import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import { StockReservedSchema } from "../../gen/shopmesh/inventory/v1/events_pb.js";
 import { OrderCancelledSchema, OrderPlacedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
 import { ChargePaymentRequestSchema } from "../../gen/shopmesh/payment/v1/payment_pb.js";
-import { type ConsumerOptions, on, requestFingerprint } from "../../platform/index.js";
+import { type ConsumerSpec, on, requestFingerprint } from "../../platform/index.js";
 import { validateCharge } from "./domain.js";
 import type { PaymentStore } from "./store.js";
 
-/** The charge key of an order's saga. */
-export const chargeKey = (orderId: string) => `${orderId}:charge_payment`;
-
 /** Payment's consumers. */
-export function paymentConsumers(store: PaymentStore): Pick<ConsumerOptions, "stream" | "durable" | "handlers">[] {
+export function paymentConsumers(store: PaymentStore): ConsumerSpec[] {
   return [
     {
       stream: "ORDER",
@@ -37,7 +35,10 @@ export function paymentConsumers(store: PaymentStore): Pick<ConsumerOptions, "st
         on(OrderCancelledSchema, (e) => {
           if (e.sagaMode !== SagaMode.CHOREOGRAPHY) return;
           const orderId = e.meta?.orderId ?? "";
-          store.refund({ by: "key", chargeIdempotencyKey: chargeKey(orderId) }, `order ${orderId}: ${e.reason}`);
+          store.refund(
+            { by: "key", chargeIdempotencyKey: stepKey(orderId, "charge_payment") },
+            `order ${orderId}: ${e.reason}`,
+          );
         }),
       ],
     },
@@ -52,7 +53,7 @@ export function paymentConsumers(store: PaymentStore): Pick<ConsumerOptions, "st
           // Streams are ordered only within themselves: OrderPlaced may still be on its way.
           if (!payer) throw new Error(`OrderPlaced of ${orderId} not seen yet`);
           const req = create(ChargePaymentRequestSchema, {
-            idempotencyKey: chargeKey(orderId),
+            idempotencyKey: stepKey(orderId, "charge_payment"),
             orderId,
             customerId: payer.customerId,
             amount: e.total,

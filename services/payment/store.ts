@@ -4,6 +4,8 @@
  * another on the same file; CHECK constraints keep each row's status, reasons
  * and amount consistent even if a bug slipped past the domain rules.
  */
+
+import { EVENTS } from "../../contracts/events.js";
 import {
   PaymentFailedSchema,
   PaymentRefundedSchema,
@@ -105,7 +107,7 @@ export class PaymentStore {
     readonly db: Db,
     private readonly clock: () => number,
   ) {
-    this.outbox = new Outbox(db, "payment", clock);
+    this.outbox = new Outbox(db, "payment", EVENTS, clock);
     this.q = {
       rememberOrder: db.prepare<[string, string, string]>(
         "INSERT OR IGNORE INTO choreography_orders (order_id, customer_id, card_token) VALUES (?, ?, ?)",

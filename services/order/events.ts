@@ -25,7 +25,7 @@ import {
   PaymentRefundedSchema,
   PaymentSucceededSchema,
 } from "../../gen/shopmesh/payment/v1/events_pb.js";
-import { type ConsumerOptions, type EventContext, on } from "../../platform/index.js";
+import { type ConsumerSpec, type EventContext, on } from "../../platform/index.js";
 import {
   type OrderRecord,
   onCancelled,
@@ -64,7 +64,7 @@ export class Choreography {
   }
 
   /** The consumers of participants' events. */
-  consumers(): Pick<ConsumerOptions, "stream" | "durable" | "handlers">[] {
+  consumers(): ConsumerSpec[] {
     const attempt = (ctx: EventContext) => ctx.deliveryCount;
     return [
       {

@@ -1,5 +1,6 @@
 /**
- * Service discovery against a real nats-server and real gRPC servers:
+ * Client-side service discovery (registry.ts, registry-watch.ts, resolver.ts)
+ * against a real nats-server and real gRPC servers:
  * registration with heartbeat and TTL, the `registry:///` resolver, and
  * round_robin over what it resolves.
  */
@@ -9,19 +10,13 @@ import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { startNats, type TestNats } from "../test/nats.js";
-import {
-  channelOptionsFor,
-  listInstances,
-  openRegistry,
-  type Registration,
-  registerInstance,
-  registryChannelOptions,
-  useRegistryResolver,
-  watchInstances,
-} from "./discovery.js";
 import { RpcError } from "./errors.js";
-import { type Client, createChannel, createClient, type ServiceImpl } from "./grpc.js";
+import type { ServiceImpl } from "./grpc.js";
+import { type Client, createChannel, createClient } from "./grpc-client.js";
 import { silentLogger } from "./log.js";
+import { listInstances, openRegistry, type Registration, registerInstance } from "./registry.js";
+import { watchInstances } from "./registry-watch.js";
+import { channelOptionsFor, registryChannelOptions, useRegistryResolver } from "./resolver.js";
 import { bind, type RunningServer, startGrpcServer } from "./server.js";
 
 const log = silentLogger();

@@ -1,0 +1,24 @@
+/**
+ * The events of the shop: every message of `proto/shopmesh/<context>/v1/events.proto`,
+ * by the stream of the context that publishes it. Services hand this
+ * catalogue to the runtime; tools decode the bus with it.
+ */
+import {
+  StockRejectedSchema,
+  StockReleasedSchema,
+  StockReservedSchema,
+} from "../gen/shopmesh/inventory/v1/events_pb.js";
+import { OrderCancelledSchema, OrderConfirmedSchema, OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
+import {
+  PaymentFailedSchema,
+  PaymentRefundedSchema,
+  PaymentSucceededSchema,
+} from "../gen/shopmesh/payment/v1/events_pb.js";
+import { eventCatalogue } from "../platform/index.js";
+
+/** Streams ORDER, INVENTORY and PAYMENT (plus the runtime's DLQ), and the events each keeps. */
+export const EVENTS = eventCatalogue({
+  ORDER: [OrderPlacedSchema, OrderConfirmedSchema, OrderCancelledSchema],
+  INVENTORY: [StockReservedSchema, StockRejectedSchema, StockReleasedSchema],
+  PAYMENT: [PaymentSucceededSchema, PaymentFailedSchema, PaymentRefundedSchema],
+});

@@ -1,0 +1,91 @@
+/** A service's event machinery in one piece: the bus, its outbox relay and its consumers. */
+import { type Bus, connectBus } from "./bus.js";
+import type { EventCatalogue } from "./catalogue.js";
+import type { FaultInjector } from "./chaos.js";
+import type { Db } from "./db.js";
+import { type ConsumerSpec, type RunningConsumer, startConsumer } from "./inbox.js";
+import type { Logger } from "./log.js";
+import { type Outbox, OutboxRelay } from "./outbox.js";
+import type { Telemetry } from "./telemetry.js";
+
+/** Options of {@link startEventing}. */
+export interface EventingOptions {
+  /** NATS URL(s), comma separated; "off" runs without a bus (events wait in the outbox). */
+  readonly url: string;
+  /** Replicas of the streams created (1 locally, 3 on a cluster). */
+  readonly replicas?: number;
+  /** Service name: the events' `source` and the NATS connection name. */
+  readonly service: string;
+  /** The events on the bus: which streams to create, how to decode what arrives. */
+  readonly catalogue: EventCatalogue;
+  readonly db: Db;
+  readonly log: Logger;
+  /** The service's outbox, if it publishes. */
+  readonly outbox?: Outbox;
+  /** The service's consumers, if it consumes. */
+  readonly consumers?: readonly ConsumerSpec[];
+  /** Chaos hooks (see faultEnv). */
+  readonly crashBeforePublish?: boolean;
+  readonly crashAfterCommit?: boolean;
+  /** The service's fault injector, applied to its event handling too. */
+  readonly faults?: FaultInjector;
+  /** Spans and metrics of publishing and consuming. */
+  readonly telemetry?: Telemetry;
+}
+
+/** A service's running event machinery. */
+export interface Eventing {
+  readonly bus: Bus | undefined;
+  readonly relay: OutboxRelay | undefined;
+  /** Stops consumers, then the relay, then drains the connection. */
+  stop(): Promise<void>;
+}
+
+/** Connects a service to the bus: creates the catalogue's streams, starts its outbox relay and its consumers. */
+export async function startEventing(opts: EventingOptions): Promise<Eventing> {
+  if (opts.url === "off") {
+    opts.log.warn("NATS_URL=off: running without the event bus; events wait in the outbox");
+    return { bus: undefined, relay: undefined, stop: async () => {} };
+  }
+  const bus = await connectBus(opts.url, opts.service, opts.log, {
+    streams: opts.catalogue.streams,
+    replicas: opts.replicas ?? 1,
+  });
+  const telemetry = opts.telemetry ? { telemetry: opts.telemetry } : {};
+  const relay = opts.outbox
+    ? new OutboxRelay({
+        db: opts.db,
+        outbox: opts.outbox,
+        bus,
+        source: opts.service,
+        log: opts.log,
+        crashBeforePublish: opts.crashBeforePublish ?? false,
+        ...telemetry,
+      })
+    : undefined;
+  relay?.start();
+  const consumers: RunningConsumer[] = [];
+  for (const c of opts.consumers ?? []) {
+    consumers.push(
+      await startConsumer({
+        ...c,
+        bus,
+        db: opts.db,
+        log: opts.log,
+        catalogue: opts.catalogue,
+        crashAfterCommit: opts.crashAfterCommit ?? false,
+        ...(opts.faults ? { faults: opts.faults } : {}),
+        ...telemetry,
+      }),
+    );
+  }
+  return {
+    bus,
+    relay,
+    async stop() {
+      for (const c of consumers) await c.stop();
+      await relay?.stop();
+      await bus.close();
+    },
+  };
+}

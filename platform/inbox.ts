@@ -1,0 +1,320 @@
+/**
+ * Idempotent consumers: each event a service consumes is applied exactly
+ * once — its handler's writes and an inbox row commit in one transaction,
+ * so a redelivered or republished event finds its inbox row and changes
+ * nothing. A failing event is retried with backoff and, after `maxDeliver`
+ * deliveries, moved to the dead-letter stream with the reason; an event that
+ * can never be handled (undecodable, unknown, unusable) goes there at once.
+ * Either way the consumer keeps going.
+ */
+import { type DescMessage, fromBinary, type MessageShape } from "@bufbuild/protobuf";
+import { AckPolicy, DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
+import { headers as natsHeaders } from "@nats-io/transport-node";
+import { SpanKind } from "@opentelemetry/api";
+import { backoffMs } from "./backoff.js";
+import type { Bus } from "./bus.js";
+import type { EventCatalogue } from "./catalogue.js";
+import type { FaultInjector } from "./chaos.js";
+import type { Db } from "./db.js";
+import type { Logger } from "./log.js";
+import { extractContext, inSpan } from "./propagation.js";
+import type { Telemetry } from "./telemetry.js";
+
+/** SQL of the inbox table; append it to a consumer service's migrations. */
+export const INBOX_MIGRATION = `CREATE TABLE inbox (
+  consumer   TEXT NOT NULL,
+  event_id   TEXT NOT NULL,
+  type       TEXT NOT NULL,
+  handled_at INTEGER NOT NULL,
+  PRIMARY KEY (consumer, event_id)
+) STRICT;`;
+
+/**
+ * The one "apply an event exactly once" routine: runs `effect` and records
+ * the event in the inbox in one IMMEDIATE transaction, unless the inbox of
+ * `consumer` already holds it. Live consumers and replays (a read model's
+ * rebuild) both apply events through it.
+ */
+export class Inbox {
+  private readonly seen;
+  private readonly remember;
+
+  constructor(
+    private readonly db: Db,
+    readonly consumer: string,
+    private readonly clock: () => number = Date.now,
+  ) {
+    this.seen = db.prepare<[string, string], { one: number }>(
+      "SELECT 1 AS one FROM inbox WHERE consumer = ? AND event_id = ?",
+    );
+    this.remember = db.prepare<[string, string, string, number]>(
+      "INSERT INTO inbox (consumer, event_id, type, handled_at) VALUES (?, ?, ?, ?)",
+    );
+  }
+
+  /** Applies `effect` for event `eventId` unless already applied; false (nothing changed) for a duplicate. */
+  once(eventId: string, type: string, effect: () => void): boolean {
+    return this.db
+      .transaction(() => {
+        if (this.seen.get(this.consumer, eventId)) return false;
+        effect();
+        this.remember.run(this.consumer, eventId, type, this.clock());
+        return true;
+      })
+      .immediate();
+  }
+}
+
+/**
+ * Thrown by a handler for an event that can never be handled (it lacks data
+ * the handler needs): the event goes to the DLQ at once instead of being
+ * retried.
+ */
+export class UnprocessableEventError extends Error {
+  override name = "UnprocessableEventError";
+}
+
+/** What a handler learns about the event beyond its payload. */
+export interface EventContext {
+  readonly eventId: string;
+  /** The protobuf type name. */
+  readonly type: string;
+  readonly subject: string;
+  /** 1 on first delivery. */
+  readonly deliveryCount: number;
+  readonly traceparent: string;
+}
+
+/**
+ * A handler: runs inside the consumer's SQLite transaction together with the
+ * inbox insert, so it must be synchronous and only touch that database (and
+ * its outbox). Throwing rolls everything back and the event is redelivered.
+ */
+export type EventHandler = (event: never, ctx: EventContext) => void;
+
+/** Typed handler helper: `on(OrderPlacedSchema, (e) => ...)`. */
+export function on<D extends DescMessage>(
+  schema: D,
+  fn: (event: MessageShape<D>, ctx: EventContext) => void,
+): [string, EventHandler] {
+  return [schema.typeName, fn as EventHandler];
+}
+
+/** What a service declares about one of its consumers. */
+export interface ConsumerSpec {
+  readonly stream: string;
+  /** Durable consumer name, unique per service and stream, e.g. "notification-order". */
+  readonly durable: string;
+  readonly handlers: ReadonlyArray<[string, EventHandler]>;
+}
+
+/** Options of {@link startConsumer}. */
+export interface ConsumerOptions extends ConsumerSpec {
+  readonly bus: Bus;
+  readonly db: Db;
+  readonly log: Logger;
+  readonly catalogue: EventCatalogue;
+  /** Deliveries before a failing event goes to the dead-letter stream (default 10, ~20 s of backoff). */
+  readonly maxDeliver?: number;
+  /** Chaos hook: SIGKILL the process after committing an event, before acking it. */
+  readonly crashAfterCommit?: boolean;
+  /** Fault injection (latency, down, error rate) applied before each event. */
+  readonly faults?: FaultInjector;
+  /** Consumer spans and metrics. */
+  readonly telemetry?: Telemetry;
+  /** Called after each event is handled (or skipped as a duplicate). */
+  readonly onHandled?: (type: string, duplicate: boolean) => void;
+  /** Called when an event is dead-lettered. */
+  readonly onDeadLetter?: (reason: string) => void;
+}
+
+/** A running consumer. */
+export interface RunningConsumer {
+  stop(): Promise<void>;
+}
+
+/** A message's headers as a trace-context carrier. */
+function headerCarrier(m: JsMsg) {
+  return { get: (k: string) => m.headers?.get(k), set: () => {} };
+}
+
+/** Moves `m` to `dlq.<durable>` with why, then terminates it. */
+async function deadLetter(bus: Bus, durable: string, m: JsMsg, reason: string): Promise<void> {
+  const h = natsHeaders();
+  for (const [k, v] of m.headers ?? []) if (k !== "Nats-Msg-Id") for (const x of v) h.append(k, x);
+  h.set("x-dlq-reason", reason.slice(0, 1000));
+  h.set("x-dlq-consumer", durable);
+  h.set("x-dlq-subject", m.subject);
+  h.set("x-dlq-stream-seq", String(m.seq));
+  h.set("x-dlq-deliveries", String(m.info.deliveryCount));
+  await bus.js.publish(`dlq.${durable}`, m.data, { headers: h, msgID: `${durable}:${m.seq}` });
+  // No reason argument: nats-server 2.9 ignores term() with a reason and keeps the message pending.
+  m.term();
+}
+
+/** A stored message as an event of `catalogue` with its context, or why it can never be handled. */
+export function decodeEvent(
+  m: JsMsg,
+  catalogue: EventCatalogue,
+): { event: unknown; ctx: EventContext } | { unusable: string } {
+  const type = m.headers?.get("ce-type") ?? "";
+  const eventId = m.headers?.get("ce-id") ?? "";
+  const kind = catalogue.kind(type);
+  if (!kind || !eventId) {
+    return { unusable: `not a shopmesh event: missing or unknown ce-type/ce-id (ce-type=${JSON.stringify(type)})` };
+  }
+  let event: unknown;
+  try {
+    event = fromBinary(kind.schema, m.data);
+  } catch (err) {
+    return { unusable: `undecodable ${type} payload: ${(err as Error).message}` };
+  }
+  const ctx: EventContext = {
+    eventId,
+    type,
+    subject: m.subject,
+    deliveryCount: m.info.deliveryCount,
+    traceparent: m.headers?.get("traceparent") ?? "",
+  };
+  return { event, ctx };
+}
+
+/**
+ * Consumes `stream` with a durable pull consumer (explicit ack), one event
+ * at a time in stream order; see the module comment for what happens to
+ * each event.
+ */
+export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsumer> {
+  const { bus, durable } = opts;
+  const clog = opts.log.child({ consumer: durable });
+  try {
+    await bus.jsm.consumers.info(opts.stream, durable);
+  } catch {
+    await bus.jsm.consumers.add(opts.stream, {
+      durable_name: durable,
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.All,
+      ack_wait: 30 * 1e9,
+      max_deliver: -1, // we count deliveries ourselves and dead-letter, so the server never drops silently
+    });
+  }
+  const consumer = await bus.js.consumers.get(opts.stream, durable);
+  const handle = eventHandler(opts, clog);
+  let stopped = false;
+  const messages = await consumer.consume({ max_messages: 64 });
+  const loop = (async () => {
+    for await (const m of messages) {
+      try {
+        await handle(m);
+      } catch (err) {
+        // e.g. the DLQ publish failed because NATS is down: leave the event for redelivery.
+        clog.warn({ err: (err as Error).message, seq: m.seq }, "event not settled; it will be redelivered");
+        m.nak(1_000);
+      }
+      if (stopped) break;
+    }
+  })();
+  clog.info({ stream: opts.stream }, "consuming");
+  return {
+    async stop() {
+      stopped = true;
+      await messages.close();
+      await loop;
+    },
+  };
+}
+
+/** The function that settles one delivered message: apply once and ack, retry later, or dead-letter. */
+function eventHandler(opts: ConsumerOptions, clog: Logger): (m: JsMsg) => Promise<void> {
+  const { durable } = opts;
+  const maxDeliver = opts.maxDeliver ?? 10;
+  const handlers = new Map(opts.handlers);
+  const inbox = new Inbox(opts.db, durable);
+  const tel = opts.telemetry;
+  const metrics = tel?.metrics;
+  /** Deliveries per stream sequence that fault injection skipped: they never count toward the DLQ. */
+  const skipped = new Map<number, number>();
+  const toDlq = async (m: JsMsg, reason: string) => {
+    skipped.delete(m.seq);
+    await deadLetter(opts.bus, durable, m, reason);
+    clog.warn({ subject: m.subject, seq: m.seq, reason }, "event dead-lettered");
+    opts.onDeadLetter?.(reason);
+    metrics?.deadLetters.inc({ consumer: durable });
+  };
+
+  return async (m) => {
+    const decoded = decodeEvent(m, opts.catalogue);
+    if ("unusable" in decoded) {
+      await toDlq(m, decoded.unusable);
+      return;
+    }
+    const { event, ctx } = decoded;
+    const fn = handlers.get(ctx.type);
+    if (!fn) {
+      m.ack(); // this service does not care about this type
+      metrics?.eventsHandled.inc({ consumer: durable, type: ctx.type, outcome: "ignored" });
+      return;
+    }
+    if (ctx.deliveryCount > 1) metrics?.redeliveries.inc({ consumer: durable });
+    if (opts.faults && (await opts.faults.beforeEvent()) === "skip") {
+      // An injected outage is not the event's fault.
+      skipped.set(m.seq, (skipped.get(m.seq) ?? 0) + 1);
+      m.nak(500);
+      return;
+    }
+    let duplicate = false;
+    const apply = async () => {
+      duplicate = !inbox.once(ctx.eventId, ctx.type, () => fn(event as never, ctx));
+      clog.debug({ type: ctx.type, eventId: ctx.eventId, duplicate }, "event handled");
+    };
+    try {
+      if (!tel) await apply();
+      else {
+        // The handler runs in a span continuing the producer's trace, so the events it
+        // writes to its own outbox carry the same trace on.
+        const orderId = (event as { meta?: { orderId?: string } }).meta?.orderId;
+        await inSpan(
+          tel.tracer,
+          `process ${ctx.type}`,
+          {
+            kind: SpanKind.CONSUMER,
+            parent: extractContext(headerCarrier(m)),
+            attributes: { "messaging.consumer.group.name": durable, ...(orderId ? { "order.id": orderId } : {}) },
+          },
+          apply,
+        );
+        const at = Date.parse(m.headers?.get("ce-time") ?? "");
+        if (Number.isFinite(at)) tel.metrics.eventLag.observe({ consumer: durable }, (Date.now() - at) / 1000);
+      }
+    } catch (err) {
+      metrics?.eventsHandled.inc({ consumer: durable, type: ctx.type, outcome: "failed" });
+      const deliveries = ctx.deliveryCount - (skipped.get(m.seq) ?? 0);
+      if (err instanceof UnprocessableEventError) await toDlq(m, `unprocessable: ${err.message}`);
+      else if (deliveries >= maxDeliver) {
+        await toDlq(m, `handler failed ${ctx.deliveryCount} times: ${(err as Error).message}`);
+      } else {
+        const delay = backoffMs(ctx.deliveryCount, 100, 5_000);
+        clog.info(
+          {
+            type: ctx.type,
+            eventId: ctx.eventId,
+            delivery: ctx.deliveryCount,
+            retryInMs: delay,
+            err: (err as Error).message,
+          },
+          "handler failed; will retry",
+        );
+        m.nak(delay);
+      }
+      return;
+    }
+    if (opts.crashAfterCommit && !duplicate) {
+      clog.warn({ eventId: ctx.eventId }, "fault injection: crashing after commit, before ack");
+      process.kill(process.pid, "SIGKILL");
+    }
+    m.ack();
+    skipped.delete(m.seq);
+    metrics?.eventsHandled.inc({ consumer: durable, type: ctx.type, outcome: duplicate ? "duplicate" : "handled" });
+    opts.onHandled?.(ctx.type, duplicate);
+  };
+}

@@ -1,0 +1,259 @@
+/**
+ * Every metric a shopmesh process exports (prom-client), each process with
+ * its own registry, and the `/metrics` + `/healthz` endpoint. Label sets are
+ * bounded: no ids, nothing a client chooses.
+ */
+import http from "node:http";
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import type { Logger } from "./log.js";
+
+/** Seconds buckets for latencies from sub-millisecond RPCs to slow sagas. */
+const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
+/** Live state sampled at scrape time. */
+interface Sources {
+  downstreams: Map<string, () => { breaker: string; inFlight: number; queued: number }>;
+  backlog?: () => { count: number; oldestAgeMs: number };
+}
+
+const BREAKER_VALUE: Record<string, number> = { closed: 0, open: 1, "half-open": 2, isolated: 3 };
+
+type Registers = { registers: Registry[] };
+
+/** RED metrics of calls served and made. */
+function callMetrics(r: Registers) {
+  return {
+    rpcServer: new Histogram({
+      name: "rpc_server_duration_seconds",
+      help: "gRPC server calls by method and status code (RED: rate, errors, duration)",
+      labelNames: ["method", "code"],
+      buckets: LATENCY_BUCKETS,
+      ...r,
+    }),
+    rpcClient: new Histogram({
+      name: "rpc_client_duration_seconds",
+      help: "Outbound gRPC calls by downstream, method and status code, policies included",
+      labelNames: ["downstream", "method", "code"],
+      buckets: LATENCY_BUCKETS,
+      ...r,
+    }),
+    httpServer: new Histogram({
+      name: "http_server_duration_seconds",
+      help: "Gateway calls by procedure, protocol and status code",
+      labelNames: ["procedure", "protocol", "code"],
+      buckets: LATENCY_BUCKETS,
+      ...r,
+    }),
+    httpConnectionsClosed: new Counter({
+      name: "http_connections_closed_total",
+      help: "Gateway connections closed by the gateway itself, by reason (per-ip-limit, headers-timeout, request-timeout, idle)",
+      labelNames: ["reason"],
+      ...r,
+    }),
+  };
+}
+
+/** Circuit breakers, bulkheads and retries, per downstream. */
+function resilienceMetrics(r: Registers, sources: Sources) {
+  return {
+    breakerState: new Gauge({
+      name: "circuit_breaker_state",
+      help: "Circuit breaker state per downstream: 0 closed, 1 open, 2 half-open, 3 isolated",
+      labelNames: ["downstream"],
+      collect() {
+        for (const [d, st] of sources.downstreams) this.set({ downstream: d }, BREAKER_VALUE[st().breaker] ?? -1);
+      },
+      ...r,
+    }),
+    breakerTransitions: new Counter({
+      name: "circuit_breaker_transitions_total",
+      help: "Circuit breaker state changes per downstream and target state",
+      labelNames: ["downstream", "to"],
+      ...r,
+    }),
+    bulkheadInFlight: new Gauge({
+      name: "bulkhead_in_flight",
+      help: "Calls executing per downstream",
+      labelNames: ["downstream"],
+      collect() {
+        for (const [d, st] of sources.downstreams) this.set({ downstream: d }, st().inFlight);
+      },
+      ...r,
+    }),
+    bulkheadQueued: new Gauge({
+      name: "bulkhead_queued",
+      help: "Calls waiting for a bulkhead slot per downstream",
+      labelNames: ["downstream"],
+      collect() {
+        for (const [d, st] of sources.downstreams) this.set({ downstream: d }, st().queued);
+      },
+      ...r,
+    }),
+    bulkheadRejected: new Counter({
+      name: "bulkhead_rejected_total",
+      help: "Calls rejected at once because the downstream's bulkhead was full",
+      labelNames: ["downstream"],
+      ...r,
+    }),
+    retries: new Counter({
+      name: "rpc_client_retries_total",
+      help: "Retried attempts per downstream, method and the code that caused the retry",
+      labelNames: ["downstream", "method", "code"],
+      ...r,
+    }),
+  };
+}
+
+/** Checkout sagas: started, finished, compensated, how long. */
+function sagaMetrics(r: Registers) {
+  return {
+    sagasStarted: new Counter({
+      name: "saga_started_total",
+      help: "Checkout sagas started, by mode",
+      labelNames: ["mode"],
+      ...r,
+    }),
+    sagasFinished: new Counter({
+      name: "saga_finished_total",
+      help: "Checkout sagas finished, by mode and outcome (confirmed, cancelled)",
+      labelNames: ["mode", "outcome"],
+      ...r,
+    }),
+    sagasCompensated: new Counter({
+      name: "saga_compensated_total",
+      help: "Sagas that ran compensation (undid completed steps), by mode",
+      labelNames: ["mode"],
+      ...r,
+    }),
+    sagaDuration: new Histogram({
+      name: "saga_duration_seconds",
+      help: "Time from order placed to a terminal state, by mode and outcome",
+      labelNames: ["mode", "outcome"],
+      buckets: LATENCY_BUCKETS,
+      ...r,
+    }),
+  };
+}
+
+/** The outbox relay and the consumers. */
+function eventMetrics(r: Registers, sources: Sources) {
+  return {
+    outboxBacklog: new Gauge({
+      name: "outbox_backlog",
+      help: "Events committed but not yet published",
+      collect() {
+        if (sources.backlog) this.set(sources.backlog().count);
+      },
+      ...r,
+    }),
+    outboxOldestAge: new Gauge({
+      name: "outbox_oldest_unsent_age_seconds",
+      help: "Age of the oldest unpublished event (0 when the backlog is empty)",
+      collect() {
+        if (sources.backlog) this.set(sources.backlog().oldestAgeMs / 1000);
+      },
+      ...r,
+    }),
+    relayLag: new Histogram({
+      name: "outbox_relay_lag_seconds",
+      help: "Time from an event's commit to its publish acknowledgement",
+      buckets: LATENCY_BUCKETS,
+      ...r,
+    }),
+    eventsPublished: new Counter({
+      name: "events_published_total",
+      help: "Events published by the outbox relay, by type",
+      labelNames: ["type"],
+      ...r,
+    }),
+    eventsHandled: new Counter({
+      name: "events_handled_total",
+      help: "Events a consumer processed, by outcome: handled, duplicate, failed, ignored",
+      labelNames: ["consumer", "type", "outcome"],
+      ...r,
+    }),
+    redeliveries: new Counter({
+      name: "events_redelivered_total",
+      help: "Deliveries after the first, per consumer",
+      labelNames: ["consumer"],
+      ...r,
+    }),
+    deadLetters: new Counter({
+      name: "events_dead_lettered_total",
+      help: "Events moved to the DLQ stream, per consumer",
+      labelNames: ["consumer"],
+      ...r,
+    }),
+    eventLag: new Histogram({
+      name: "event_consumer_lag_seconds",
+      help: "Time from an event's commit to its handling (for history: the read model's lag)",
+      labelNames: ["consumer"],
+      buckets: LATENCY_BUCKETS,
+      ...r,
+    }),
+  };
+}
+
+/** Every metric of one process, in its own registry. */
+export function createMetrics(service: string) {
+  const registry = new Registry();
+  registry.setDefaultLabels({ service });
+  collectDefaultMetrics({ register: registry });
+  const r = { registers: [registry] };
+  const sources: Sources = { downstreams: new Map() };
+  return {
+    registry,
+    /** Samples a downstream's breaker and bulkhead at every scrape. */
+    trackDownstream(name: string, state: () => { breaker: string; inFlight: number; queued: number }) {
+      sources.downstreams.set(name, state);
+    },
+    /** Samples the outbox backlog at every scrape. */
+    trackBacklog(backlog: () => { count: number; oldestAgeMs: number }) {
+      sources.backlog = backlog;
+    },
+    ...callMetrics(r),
+    ...resilienceMetrics(r, sources),
+    ...sagaMetrics(r),
+    ...eventMetrics(r, sources),
+  };
+}
+
+/** A service's metrics. */
+export type Metrics = ReturnType<typeof createMetrics>;
+
+/** Serves `/metrics` (Prometheus text) and `/healthz` on `host:port` (port 0: any free port). */
+export async function serveMetrics(
+  registry: Registry,
+  port: number,
+  host: string,
+  log: Logger,
+): Promise<{ port: number; close(): Promise<void> }> {
+  const server = http.createServer((req, res) => {
+    if (req.url === "/metrics") {
+      registry.metrics().then(
+        (body) => {
+          res.writeHead(200, { "content-type": registry.contentType });
+          res.end(body);
+        },
+        (err: unknown) => {
+          res.writeHead(500);
+          res.end(String(err));
+        },
+      );
+    } else if (req.url === "/healthz") {
+      res.writeHead(200, { "content-type": "text/plain" });
+      res.end("ok\n");
+    } else {
+      res.writeHead(404);
+      res.end();
+    }
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => resolve());
+  });
+  const addr = server.address();
+  const bound = typeof addr === "object" && addr ? addr.port : port;
+  log.info({ port: bound }, "metrics on /metrics");
+  return { port: bound, close: () => new Promise((r) => server.close(() => r())) };
+}

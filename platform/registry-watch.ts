@@ -1,0 +1,233 @@
+/**
+ * Following the registry: the live instances of one service, from a KV
+ * watch on `<service>.*` plus a snapshot of the current entries (the watch's
+ * own initial values give no reliable "that was all" signal when there are
+ * none). Entries apply in revision order, so the two may overlap.
+ *
+ * Entries not refreshed for the bucket's TTL are dropped on a timer too,
+ * because nats-server before 2.11 expires KV entries (stream max age)
+ * without any watch event. That pruning pauses while NATS is disconnected
+ * and restarts its clock on reconnect, so an outage keeps the last known
+ * set. A watch that fails or ends while the connection is open is restarted
+ * with backoff. Callbacks never run synchronously inside the call that
+ * starts the watch.
+ */
+import type { KvEntry, KvWatchEntry } from "@nats-io/kv";
+import type { NatsConnection, QueuedIterator } from "@nats-io/transport-node";
+import { backoffMs } from "./backoff.js";
+import type { Logger } from "./log.js";
+import { DEFAULT_TTL_MS, parseEntry, type Registry, registryOf, requireServiceName, snapshot } from "./registry.js";
+
+const RETRY_MIN_MS = 250;
+const RETRY_MAX_MS = 5_000;
+
+/** Whether a connection is up, and since when. */
+interface Link {
+  connected: boolean;
+  since: number;
+}
+
+const links = new WeakMap<NatsConnection, Link>();
+
+export function linkOf(nc: NatsConnection): Link {
+  const known = links.get(nc);
+  if (known) return known;
+  const link: Link = { connected: !nc.isClosed(), since: Date.now() };
+  links.set(nc, link);
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (s.type === "disconnect") link.connected = false;
+      else if (s.type === "reconnect") {
+        link.connected = true;
+        link.since = Date.now();
+      }
+    }
+    link.connected = false;
+  })();
+  return link;
+}
+
+/** Callbacks of {@link watchInstances}. */
+export interface InstanceListener {
+  /**
+   * The sorted, distinct addresses of the live instances: first once the
+   * current entries are loaded (possibly none), then on every change.
+   */
+  onChange(addresses: readonly string[]): void;
+  /** The registry could not be read before any addresses were known. */
+  onError?(message: string): void;
+}
+
+/** A running {@link watchInstances}. */
+export interface InstanceWatch {
+  /** Stops watching; no callback runs afterwards. */
+  stop(): void;
+}
+
+/** What a watcher knows of one key; `address` undefined once deleted or expired. */
+interface Known {
+  address: string | undefined;
+  revision: number;
+  /** When the entry was last written (or forgotten), on this host's clock. */
+  seenAt: number;
+}
+
+/** The state of one watch; see the module comment. */
+class InstanceWatcher {
+  private readonly log: Logger;
+  private readonly link: Link;
+  private readonly known = new Map<string, Known>();
+  /** Keys the current watch or its snapshot delivered: after a restart, the rest are gone. */
+  private readonly delivered = new Set<string>();
+  private stopped = false;
+  private watch: QueuedIterator<KvWatchEntry> | undefined;
+  private pruneTimer: NodeJS.Timeout | undefined;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private retries = 0;
+  private ttlMs = DEFAULT_TTL_MS;
+  /** The current watch's snapshot is loaded. */
+  private synced = false;
+  private reported: string | undefined;
+
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly service: string,
+    log: Logger,
+    private readonly listener: InstanceListener,
+  ) {
+    this.log = log.child({ registryWatch: service });
+    this.link = linkOf(nc);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearInterval(this.pruneTimer);
+    clearTimeout(this.retryTimer);
+    this.watch?.stop();
+    this.watch = undefined;
+  }
+
+  /** Tells the listener the live addresses, when they changed. */
+  private report(): void {
+    // Before the first load completes, "no instances" would only mean "not loaded yet".
+    if (this.stopped || (!this.synced && this.reported === undefined)) return;
+    const live = new Set<string>();
+    for (const k of this.known.values()) if (k.address !== undefined) live.add(k.address);
+    const addresses = [...live].sort();
+    const key = addresses.join(",");
+    if (key === this.reported) return;
+    this.reported = key;
+    this.log.info({ addresses }, "registry: live instances changed");
+    this.listener.onChange(addresses);
+  }
+
+  private apply(e: KvEntry, seenAt: number): void {
+    this.delivered.add(e.key);
+    const prev = this.known.get(e.key);
+    if (prev && prev.revision >= e.revision) return;
+    const entry = e.operation === "PUT" ? parseEntry(e.string()) : undefined;
+    if (e.operation === "PUT" && !entry) {
+      this.log.warn({ key: e.key }, "registry: ignoring an entry without a valid address");
+    }
+    this.known.set(e.key, { address: entry?.address, revision: e.revision, seenAt });
+  }
+
+  /**
+   * A value written before we looked may be up to a TTL old: count its age from the server's
+   * write time. Live updates use the local clock, so clock skew between hosts does not matter.
+   */
+  private initialSeenAt(e: KvEntry): number {
+    return Math.min(Date.now(), e.created.getTime());
+  }
+
+  private prune(): void {
+    if (!this.link.connected) return;
+    const now = Date.now();
+    const cutoff = now - this.ttlMs;
+    let changed = false;
+    for (const [key, k] of this.known) {
+      if (k.address !== undefined && Math.max(k.seenAt, this.link.since) < cutoff) {
+        this.known.set(key, { address: undefined, revision: k.revision, seenAt: now });
+        changed = true;
+      } else if (k.address === undefined && k.seenAt < cutoff) {
+        // Older revisions of a key only arrive while a watch starts; a TTL later none can.
+        this.known.delete(key);
+      }
+    }
+    if (changed) this.report();
+  }
+
+  private async load(reg: Registry, current: QueuedIterator<KvWatchEntry>): Promise<void> {
+    try {
+      const entries = await snapshot(reg, this.service);
+      if (this.stopped || this.watch !== current) return;
+      for (const e of entries) this.apply(e, this.initialSeenAt(e));
+      for (const [key, k] of this.known) {
+        if (!this.delivered.has(key) && k.address !== undefined) this.known.delete(key);
+      }
+      this.synced = true;
+      this.retries = 0;
+      this.report();
+    } catch (err) {
+      if (this.stopped || this.watch !== current) return;
+      this.fail(err);
+      // Ends the watch loop in run(), which retries.
+      current.stop();
+    }
+  }
+
+  private fail(err: unknown): void {
+    this.log.warn({ err: (err as Error).message }, "registry watch failed; will retry");
+    if (this.reported === undefined) this.listener.onError?.(`service registry unavailable: ${(err as Error).message}`);
+  }
+
+  /** One watch, from start to end; then a retry unless stopped or the connection is gone. */
+  async run(): Promise<void> {
+    try {
+      const reg = await registryOf(this.nc);
+      if (this.stopped) return;
+      this.ttlMs = reg.ttlMs;
+      clearInterval(this.pruneTimer);
+      this.pruneTimer = setInterval(() => this.prune(), Math.min(1_000, Math.max(100, this.ttlMs / 4)));
+      this.pruneTimer.unref();
+      const w = await reg.kv.watch({ key: `${this.service}.*` });
+      if (this.stopped) {
+        w.stop();
+        return;
+      }
+      this.watch = w;
+      this.synced = false;
+      this.delivered.clear();
+      void this.load(reg, w);
+      for await (const e of w) {
+        if (this.stopped) break;
+        this.apply(e, e.isUpdate ? Date.now() : this.initialSeenAt(e));
+        this.report();
+      }
+    } catch (err) {
+      if (this.stopped) return;
+      this.fail(err);
+    }
+    this.watch = undefined;
+    if (this.stopped) return;
+    if (this.nc.isClosed()) {
+      this.log.warn("registry connection closed; keeping the last known instances");
+      clearInterval(this.pruneTimer);
+      return;
+    }
+    this.retryTimer = setTimeout(() => void this.run(), backoffMs(++this.retries, RETRY_MIN_MS, RETRY_MAX_MS));
+    this.retryTimer.unref();
+  }
+}
+
+/** Watches the live instances of `service`, calling `listener` as they change (see the module comment). */
+export function watchInstances(
+  nc: NatsConnection,
+  service: string,
+  log: Logger,
+  listener: InstanceListener,
+): InstanceWatch {
+  const watcher = new InstanceWatcher(nc, requireServiceName(service), log, listener);
+  void watcher.run();
+  return { stop: () => watcher.stop() };
+}

@@ -1,0 +1,60 @@
+/**
+ * Process-wide tracing: one OpenTelemetry SDK per process, exporting to an
+ * OTLP/HTTP collector and/or the span file `make trace` reads.
+ */
+import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
+import { resourceFromAttributes } from "@opentelemetry/resources";
+import { NodeSDK } from "@opentelemetry/sdk-node";
+import { BatchSpanProcessor, type SpanProcessor } from "@opentelemetry/sdk-trace-base";
+import { DEFAULT_TRACE_FILE_MAX_BYTES, FileSpanExporter } from "./span-file.js";
+
+/** Process-wide tracing: starts the OpenTelemetry SDK once; returns its shutdown. */
+export async function startTracing(opts: {
+  service: string;
+  otlpEndpoint: string;
+  traceFile: string;
+  /** Size at which the trace file is rotated, bytes (default 50 MiB). */
+  traceFileMaxBytes?: number;
+  extra?: SpanProcessor[];
+}): Promise<() => Promise<void>> {
+  const processors: SpanProcessor[] = [...(opts.extra ?? [])];
+  if (opts.otlpEndpoint) {
+    processors.push(
+      new BatchSpanProcessor(new OTLPTraceExporter({ url: `${opts.otlpEndpoint.replace(/\/$/, "")}/v1/traces` })),
+    );
+  }
+  if (opts.traceFile)
+    processors.push(
+      new BatchSpanProcessor(
+        new FileSpanExporter(opts.traceFile, opts.traceFileMaxBytes ?? DEFAULT_TRACE_FILE_MAX_BYTES),
+        {
+          scheduledDelayMillis: 500,
+        },
+      ),
+    );
+  const sdk = new NodeSDK({
+    resource: resourceFromAttributes({ "service.name": opts.service }),
+    spanProcessors: processors,
+    instrumentations: [],
+  });
+  sdk.start();
+  return () => sdk.shutdown();
+}
+
+/**
+ * A process's telemetry from its config: tracing (OTLP and/or the trace
+ * file, when configured) started before anything else, and the app's
+ * metrics served on METRICS_PORT when set. Returns what to stop at exit.
+ */
+export async function startProcessTelemetry(
+  service: string,
+  c: { OTEL_EXPORTER_OTLP_ENDPOINT: string; TRACE_FILE: string; TRACE_FILE_MAX_BYTES: number },
+): Promise<() => Promise<void>> {
+  if (!c.OTEL_EXPORTER_OTLP_ENDPOINT && !c.TRACE_FILE) return async () => {};
+  return startTracing({
+    service,
+    otlpEndpoint: c.OTEL_EXPORTER_OTLP_ENDPOINT,
+    traceFile: c.TRACE_FILE,
+    traceFileMaxBytes: c.TRACE_FILE_MAX_BYTES,
+  });
+}
