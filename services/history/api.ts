@@ -5,7 +5,7 @@ import type { HistoryService, OrderHistoryEntrySchema } from "../../gen/shopmesh
 import { OrderStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
 import { decodePageToken, pageOf, pageSize, requireIdentity, type ServiceImpl } from "../../platform/index.js";
-import type { OrderStatusName, OrderView, PaymentStatusName } from "./domain.js";
+import type { OrderView } from "./domain.js";
 import type { HistoryStore } from "./store.js";
 
 /** Dependencies of the history API. */
@@ -13,26 +13,14 @@ export interface HistoryApiDeps {
   readonly store: HistoryStore;
 }
 
-const STATUS: Record<OrderStatusName, OrderStatus> = {
-  PENDING: OrderStatus.PENDING,
-  CONFIRMED: OrderStatus.CONFIRMED,
-  CANCELLED: OrderStatus.CANCELLED,
-};
-
-const PAYMENT: Record<PaymentStatusName, PaymentStatus> = {
-  DECLINED: PaymentStatus.DECLINED,
-  CAPTURED: PaymentStatus.CAPTURED,
-  REFUNDED: PaymentStatus.REFUNDED,
-};
-
 function entryMessage(v: OrderView): MessageInitShape<typeof OrderHistoryEntrySchema> {
   return {
     orderId: v.orderId,
     customerId: v.customerId ?? "",
-    status: v.status ? STATUS[v.status] : OrderStatus.UNSPECIFIED,
+    status: v.status ? OrderStatus[v.status] : OrderStatus.UNSPECIFIED,
     items: v.items.map((l) => ({ productId: l.productId, quantity: l.quantity })),
     total: v.total ? { currencyCode: v.total.currency, amountMinor: BigInt(v.total.amountMinor) } : undefined,
-    paymentStatus: v.paymentStatus ? PAYMENT[v.paymentStatus] : PaymentStatus.UNSPECIFIED,
+    paymentStatus: v.paymentStatus ? PaymentStatus[v.paymentStatus] : PaymentStatus.UNSPECIFIED,
     reason: v.reason,
     lastEventAt: timestampFromMs(v.lastEventAt),
     lastEventType: v.lastEventType,

@@ -129,12 +129,6 @@ export class HistoryStore {
       .immediate();
   }
 
-  /** One order's view, or undefined. */
-  view(orderId: string): OrderView | undefined {
-    const row = this.q.view.get(orderId);
-    return row && toView(row);
-  }
-
   /** Every view, by order id (for checks and comparisons). */
   all(): OrderView[] {
     return this.q.all.all().map(toView);

@@ -50,7 +50,7 @@ function reservationMessage(r: ReservationRecord): MessageInitShape<typeof Reser
     id: r.id,
     orderId: r.orderId,
     items: r.items.map((l) => ({ productId: l.productId, quantity: l.quantity })),
-    status: r.status === "RESERVED" ? ReservationStatus.RESERVED : ReservationStatus.RELEASED,
+    status: ReservationStatus[r.status],
     total: { currencyCode: r.currency, amountMinor: BigInt(r.totalMinor) },
     createdAt: timestampFromMs(r.createdAt),
   };
@@ -91,7 +91,7 @@ export function createInventoryApi({ store }: InventoryApiDeps): ServiceImpl<typ
     releaseStock(req) {
       requireId(req.reservationId, "reservation_id");
       const released = store.release(req.reservationId);
-      if (!released) throw new NotFoundError("reservation", req.reservationId);
+      if (released.kind === "not-found") throw new NotFoundError("reservation", req.reservationId);
       return { reservation: reservationMessage(released.reservation) };
     },
 

@@ -101,5 +101,6 @@ export function planReservation(lines: readonly Line[], stock: ReadonlyMap<strin
     totalMinor += p.priceMinor * line.quantity;
   }
   if (shortages.length > 0) return { kind: "short", shortages };
-  return { kind: "reserve", lines, totalMinor, currency: currency ?? "USD" };
+  if (currency === undefined) throw new Error("a reservation plan needs at least one line");
+  return { kind: "reserve", lines, totalMinor, currency };
 }

@@ -13,7 +13,16 @@ import {
   StockReleasedSchema,
   StockReservedSchema,
 } from "../../gen/shopmesh/inventory/v1/events_pb.js";
-import { type Db, INBOX_MIGRATION, newId, OUTBOX_MIGRATION, Outbox, openDatabase } from "../../platform/index.js";
+import {
+  type Db,
+  INBOX_MIGRATION,
+  keyUse,
+  newId,
+  OUTBOX_MIGRATION,
+  Outbox,
+  openDatabase,
+  VOIDED,
+} from "../../platform/index.js";
 import {
   MAX_STOCK,
   type NewProduct,
@@ -59,20 +68,24 @@ const MIGRATIONS = [
   `${OUTBOX_MIGRATION}\n${INBOX_MIGRATION}`,
 ];
 
-/** Fingerprint of a key voided by a choreography cancel: no reservation may ever be made with it. */
-const VOIDED = "voided";
-
-/** A stored reservation. REJECTED rows exist only to replay a rejection for the same key. */
+/** A reservation that holds (or held) stock. */
 export interface ReservationRecord {
   readonly id: string;
   readonly orderId: string;
-  readonly status: "RESERVED" | "RELEASED" | "REJECTED";
+  readonly status: "RESERVED" | "RELEASED";
   readonly items: readonly Line[];
   readonly totalMinor: number;
   readonly currency: string;
-  readonly shortages: readonly Shortage[];
   readonly createdAt: number;
 }
+
+/** Result of {@link InventoryStore.release}. */
+export type ReleaseResult =
+  | { readonly kind: "released" | "unchanged"; readonly reservation: ReservationRecord }
+  | { readonly kind: "not-found" };
+
+/** Result of {@link InventoryStore.cancelByKey}. */
+export type CancelResult = { readonly kind: "released" | "voided" | "nothing" };
 
 /** Result of {@link InventoryStore.reserve}. `replayed` is true for a repeat of an earlier key. */
 export type ReserveResult =
@@ -100,7 +113,8 @@ interface ReservationRow {
   id: string;
   fingerprint: string;
   order_id: string;
-  status: ReservationRecord["status"];
+  /** REJECTED rows hold no stock: they replay a rejection (or a voided key) for the same key. */
+  status: ReservationRecord["status"] | "REJECTED";
   items: string;
   total_minor: number;
   currency: string;
@@ -117,16 +131,19 @@ const toProduct = (r: ProductRow): ProductRecord => ({
   reserved: r.reserved,
 });
 
-const toReservation = (r: ReservationRow): ReservationRecord => ({
+/** A RESERVED or RELEASED row as a record. */
+const toReservation = (r: ReservationRow & { status: ReservationRecord["status"] }): ReservationRecord => ({
   id: r.id,
   orderId: r.order_id,
   status: r.status,
   items: JSON.parse(r.items) as Line[],
   totalMinor: r.total_minor,
   currency: r.currency,
-  shortages: r.shortages ? (JSON.parse(r.shortages) as Shortage[]) : [],
   createdAt: r.created_at,
 });
+
+const held = (r: ReservationRow): r is ReservationRow & { status: ReservationRecord["status"] } =>
+  r.status !== "REJECTED";
 
 /** Inventory tables in one SQLite file, with the outbox its events are committed into. */
 export class InventoryStore {
@@ -158,7 +175,7 @@ export class InventoryStore {
           MAX_STOCK,
       ),
       reservationByKey: db.prepare<[string], ReservationRow>("SELECT * FROM reservations WHERE idempotency_key = ?"),
-      reservation: db.prepare<[string], ReservationRow>(
+      reservation: db.prepare<[string], ReservationRow & { status: ReservationRecord["status"] }>(
         "SELECT * FROM reservations WHERE id = ? AND status != 'REJECTED'",
       ),
       insertReservation: db.prepare(
@@ -211,9 +228,9 @@ export class InventoryStore {
    * voids the key so a late reservation with it is rejected. Returns what
    * happened.
    */
-  cancelByKey(key: string, orderId: string): "released" | "voided" | "nothing" {
+  cancelByKey(key: string, orderId: string): CancelResult {
     return this.db
-      .transaction(() => {
+      .transaction((): CancelResult => {
         const prior = this.q.reservationByKey.get(key);
         if (!prior) {
           const now = this.clock();
@@ -229,19 +246,13 @@ export class InventoryStore {
             shortages: "[]",
             now,
           });
-          return "voided";
+          return { kind: "voided" };
         }
-        if (prior.status !== "RESERVED") return "nothing";
+        if (prior.status !== "RESERVED") return { kind: "nothing" };
         this.release(prior.id);
-        return "released";
+        return { kind: "released" };
       })
       .immediate();
-  }
-
-  /** One reservation (never a REJECTED one), or undefined. */
-  reservation(id: string): ReservationRecord | undefined {
-    const row = this.q.reservation.get(id);
-    return row && toReservation(row);
   }
 
   /**
@@ -260,13 +271,18 @@ export class InventoryStore {
     return this.db
       .transaction((): ReserveResult => {
         const prior = this.q.reservationByKey.get(key);
-        if (prior) {
-          if (prior.fingerprint === VOIDED) return { kind: "rejected", shortages: [], replayed: true };
-          if (prior.fingerprint !== fingerprint) return { kind: "key-reused" };
-          const r = toReservation(prior);
-          return r.status === "REJECTED"
-            ? { kind: "rejected", shortages: r.shortages, replayed: true }
-            : { kind: "reserved", reservation: r, replayed: true };
+        switch (keyUse(prior?.fingerprint, fingerprint)) {
+          case "voided":
+            return { kind: "rejected", shortages: [], replayed: true };
+          case "key-reused":
+            return { kind: "key-reused" };
+          case "replay": {
+            const row = prior as ReservationRow;
+            if (held(row)) return { kind: "reserved", reservation: toReservation(row), replayed: true };
+            return { kind: "rejected", shortages: JSON.parse(row.shortages ?? "[]") as Shortage[], replayed: true };
+          }
+          case "new":
+            break;
         }
         const stock = new Map<string, ProductRecord>();
         for (const l of lines) {
@@ -278,12 +294,11 @@ export class InventoryStore {
         const id = newId("res", now);
         const base = { id, key, fingerprint, orderId, items: JSON.stringify(lines), now };
         if (plan.kind === "short") {
-          const currency = stock.values().next().value?.currency ?? "USD";
           this.q.insertReservation.run({
             ...base,
             status: "REJECTED",
             totalMinor: 0,
-            currency,
+            currency: "",
             shortages: JSON.stringify(plan.shortages),
           });
           this.outbox.add(StockRejectedSchema, orderId, {
@@ -313,7 +328,7 @@ export class InventoryStore {
         });
         return {
           kind: "reserved",
-          reservation: toReservation(this.q.reservationByKey.get(key) as ReservationRow),
+          reservation: toReservation({ ...(this.q.reservationByKey.get(key) as ReservationRow), status: "RESERVED" }),
           replayed: false,
         };
       })
@@ -322,20 +337,20 @@ export class InventoryStore {
 
   /**
    * Returns a reservation's units to stock. Releasing a RELEASED reservation
-   * changes nothing. Undefined when there is no such reservation.
+   * changes nothing (`unchanged`).
    */
-  release(id: string): { reservation: ReservationRecord; changed: boolean } | undefined {
+  release(id: string): ReleaseResult {
     return this.db
-      .transaction(() => {
+      .transaction((): ReleaseResult => {
         const row = this.q.reservation.get(id);
-        if (!row) return undefined;
-        if (row.status !== "RESERVED") return { reservation: toReservation(row), changed: false };
+        if (!row) return { kind: "not-found" };
+        if (row.status !== "RESERVED") return { kind: "unchanged", reservation: toReservation(row) };
         const r = toReservation(row);
         const now = this.clock();
         for (const l of r.items) this.q.give.run(l.quantity, l.quantity, now, l.productId);
         this.q.setReservationStatus.run("RELEASED", now, id);
         this.outbox.add(StockReleasedSchema, r.orderId, { reservationId: id, items: r.items.map((l) => ({ ...l })) });
-        return { reservation: { ...r, status: "RELEASED" as const }, changed: true };
+        return { kind: "released", reservation: { ...r, status: "RELEASED" } };
       })
       .immediate();
   }
@@ -350,9 +365,14 @@ export class InventoryStore {
     return this.db
       .transaction((): RestockResult => {
         const prior = this.q.restockByKey.get(key);
-        if (prior) {
-          if (prior.fingerprint !== fingerprint) return { kind: "key-reused" };
-          return { kind: "restocked", product: this.product(prior.product_id) as ProductRecord };
+        switch (keyUse(prior?.fingerprint, fingerprint)) {
+          case "replay":
+            return { kind: "restocked", product: this.product(prior?.product_id ?? "") as ProductRecord };
+          case "key-reused":
+          case "voided":
+            return { kind: "key-reused" };
+          case "new":
+            break;
         }
         const product = this.product(productId);
         if (!product) return { kind: "not-found" };

@@ -7,7 +7,7 @@ import {
   type NotificationService,
 } from "../../gen/shopmesh/notification/v1/notification_pb.js";
 import { decodePageToken, pageOf, pageSize, requireIdentity, type ServiceImpl } from "../../platform/index.js";
-import { type NotificationKindName, type NotificationRecord, validateListFilter } from "./domain.js";
+import { type NotificationRecord, validateListFilter } from "./domain.js";
 import type { NotificationStore } from "./store.js";
 
 /** Dependencies of the notification API. */
@@ -15,18 +15,12 @@ export interface NotificationApiDeps {
   readonly store: NotificationStore;
 }
 
-const KIND: Record<NotificationKindName, NotificationKind> = {
-  ORDER_CONFIRMED: NotificationKind.ORDER_CONFIRMED,
-  ORDER_CANCELLED: NotificationKind.ORDER_CANCELLED,
-  PAYMENT_REFUNDED: NotificationKind.PAYMENT_REFUNDED,
-};
-
 function notificationMessage(n: NotificationRecord): MessageInitShape<typeof NotificationSchema> {
   return {
     id: n.id,
     customerId: n.customerId,
     orderId: n.orderId,
-    kind: KIND[n.kind],
+    kind: NotificationKind[n.kind],
     message: n.message,
     eventId: n.eventId,
     sentAt: timestampFromMs(n.sentAt),

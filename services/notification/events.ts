@@ -14,8 +14,11 @@ import type { NotificationStore } from "./store.js";
 /** The notification service's consumers. */
 export function notificationConsumers(store: NotificationStore, log: Logger): ConsumerSpec[] {
   const notify = (e: NotifyingEvent, ctx: EventContext) => {
-    const sent = store.record(ctx.eventId, notificationFor(e));
-    if (sent) log.info({ customer: sent.customerId, order: sent.orderId, kind: sent.kind }, "notification sent");
+    const r = store.record(ctx.eventId, notificationFor(e));
+    if (r.kind === "sent") {
+      const n = r.notification;
+      log.info({ customer: n.customerId, order: n.orderId, kind: n.kind }, "notification sent");
+    }
   };
   return [
     {

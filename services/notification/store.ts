@@ -43,6 +43,11 @@ const toNotification = (r: NotificationRow): NotificationRecord => ({
   sentAt: r.sent_at,
 });
 
+/** Result of {@link NotificationStore.record}. */
+export type RecordResult =
+  | { readonly kind: "sent"; readonly notification: NotificationRecord }
+  | { readonly kind: "duplicate" };
+
 /** A position in a newest-first listing: after the row with this time and id. */
 export interface NotificationCursor {
   readonly sentAt: number;
@@ -84,25 +89,20 @@ export class NotificationStore {
   }
 
   /**
-   * Records `draft` as sent now because of event `eventId`. Returns the new
-   * notification, or undefined when that event already has one. Runs in the
-   * caller's transaction when there is one (the consumer's).
+   * Records `draft` as sent now because of event `eventId` (`duplicate`
+   * when that event already has a notification). Runs in the caller's
+   * transaction when there is one (the consumer's).
    */
-  record(eventId: string, draft: NotificationDraft): NotificationRecord | undefined {
+  record(eventId: string, draft: NotificationDraft): RecordResult {
     return this.db
-      .transaction(() => {
+      .transaction((): RecordResult => {
         const now = this.clock();
         const id = newId("ntf", now);
         const { changes } = this.q.insert.run({ id, eventId, ...draft, sentAt: now });
-        return changes === 1 ? toNotification(this.q.byId.get(id) as NotificationRow) : undefined;
+        if (changes !== 1) return { kind: "duplicate" };
+        return { kind: "sent", notification: toNotification(this.q.byId.get(id) as NotificationRow) };
       })
       .immediate();
-  }
-
-  /** The notification event `eventId` caused, or undefined. */
-  byEvent(eventId: string): NotificationRecord | undefined {
-    const row = this.q.byEvent.get(eventId);
-    return row && toNotification(row);
   }
 
   /**

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import { OrderStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
 import { Code } from "../../platform/index.js";
+import { capturedPayments } from "../../test/probes.js";
 import { expectRpcError } from "../../test/rpc.js";
 import { type System, startSystem } from "../../test/system.js";
 
@@ -121,7 +122,7 @@ describe.each([
           (a) => a === before + sc.expect.stockDelta,
         ),
       ).toBe(before + sc.expect.stockDelta);
-      expect(sys.payment.store.capturedCountForOrder(id)).toBe(sc.expect.captured);
+      expect(capturedPayments(sys.payment.store.db, id)).toBe(sc.expect.captured);
       // Out of stock: no charge was ever attempted.
       if (sc.name === "out of stock") await expectRpcError(sys.payments.getPayment({ orderId: id }), Code.NOT_FOUND);
     } finally {

@@ -13,6 +13,7 @@ import { OrderService, OrderStatus } from "../../gen/shopmesh/order/v1/order_pb.
 import { connectBus, createChannel, createClient, identityMetadata, silentLogger } from "../../platform/index.js";
 import { spawnService, tempDir } from "../../test/fixtures.js";
 import { startNats } from "../../test/nats.js";
+import { capturedPayments } from "../../test/probes.js";
 import { startSystem } from "../../test/system.js";
 
 /** Order ids of every OrderPlaced in the ORDER stream, one entry per message. */
@@ -96,7 +97,7 @@ describe("events survive failures", () => {
 
     const done = await Promise.all(placed.map((p) => sys.settle(p.id, "lee", 30_000)));
     expect(done.map((o) => OrderStatus[o.status])).toEqual(Array(10).fill("CONFIRMED"));
-    for (const o of done) expect(sys.payment.store.capturedCountForOrder(o.id)).toBe(1);
+    for (const o of done) expect(capturedPayments(sys.payment.store.db, o.id)).toBe(1);
     const end = Date.now() + 10_000;
     while (sys.order.events.relay?.backlog().count !== 0 && Date.now() < end)
       await new Promise((r) => setTimeout(r, 50));

@@ -17,6 +17,7 @@ import {
   currentTraceparent,
   type Db,
   INBOX_MIGRATION,
+  keyUse,
   newId,
   OUTBOX_MIGRATION,
   Outbox,
@@ -251,10 +252,15 @@ export class OrderStore {
     const result = this.db
       .transaction((): PlaceResult => {
         const prior = this.q.byKey.get(p.customerId, p.key);
-        if (prior)
-          return prior.fingerprint === p.fingerprint
-            ? { kind: "existing", order: toOrder(prior) }
-            : { kind: "key-reused" };
+        switch (keyUse(prior?.fingerprint, p.fingerprint)) {
+          case "replay":
+            return { kind: "existing", order: toOrder(prior as OrderRow) };
+          case "key-reused":
+          case "voided": // order keys are never voided
+            return { kind: "key-reused" };
+          case "new":
+            break;
+        }
         const now = this.clock();
         const id = newId("ord", now);
         this.q.insert.run({ ...p, id, now, items: JSON.stringify(p.items), traceparent: currentTraceparent() });

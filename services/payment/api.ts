@@ -14,26 +14,13 @@ import {
   requestFingerprint,
   type ServiceImpl,
 } from "../../platform/index.js";
-import {
-  canSee,
-  type PaymentRecord,
-  type PaymentStatusName,
-  validateCharge,
-  validateLookup,
-  validateRefund,
-} from "./domain.js";
+import { canSee, type PaymentRecord, validateCharge, validateLookup, validateRefund } from "./domain.js";
 import type { PaymentStore } from "./store.js";
 
 /** Dependencies of the payment API. */
 export interface PaymentApiDeps {
   readonly store: PaymentStore;
 }
-
-const STATUS: Record<PaymentStatusName, PaymentStatus> = {
-  CAPTURED: PaymentStatus.CAPTURED,
-  DECLINED: PaymentStatus.DECLINED,
-  REFUNDED: PaymentStatus.REFUNDED,
-};
 
 function paymentMessage(p: PaymentRecord): MessageInitShape<typeof PaymentSchema> {
   return {
@@ -42,7 +29,7 @@ function paymentMessage(p: PaymentRecord): MessageInitShape<typeof PaymentSchema
     customerId: p.customerId,
     // A void tombstone never attempted an amount, so it carries none rather than a currency-less zero.
     amount: p.kind === "VOID" ? undefined : { currencyCode: p.currency, amountMinor: BigInt(p.amountMinor) },
-    status: STATUS[p.status],
+    status: PaymentStatus[p.status],
     declineReason: p.declineReason,
     createdAt: timestampFromMs(p.createdAt),
     updatedAt: timestampFromMs(p.updatedAt),
@@ -62,7 +49,7 @@ export function createPaymentApi({ store }: PaymentApiDeps): ServiceImpl<typeof 
     refundPayment(req) {
       const { target, reason } = validateRefund(req);
       const result = store.refund(target, reason);
-      if (!result) throw new NotFoundError("payment", req.paymentId);
+      if (result.kind === "not-found") throw new NotFoundError("payment", req.paymentId);
       return { payment: paymentMessage(result.payment) };
     },
 

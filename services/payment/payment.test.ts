@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PaymentService, PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
 import { Code, createChannel, createClient, identityMetadata, type Role, silentLogger } from "../../platform/index.js";
 import { dbSnapshot, tempDir } from "../../test/fixtures.js";
+import { capturedPayments, paymentsByStatus } from "../../test/probes.js";
 import { expectRpcError } from "../../test/rpc.js";
 import { type PaymentApp, startPayment } from "./app.js";
 import { loadConfig } from "./config.js";
@@ -82,7 +83,7 @@ describe("ChargePayment", () => {
     expect(p?.id).toMatch(/^pay_/);
     expect(p?.createdAt && timestampMs(p.createdAt)).toBeGreaterThanOrEqual(before);
     expect(p?.updatedAt).toEqual(p?.createdAt);
-    expect(app.store.capturedCountForOrder(req.orderId)).toBe(1);
+    expect(capturedPayments(app.store.db, req.orderId)).toBe(1);
   });
 
   it.each([
@@ -95,7 +96,7 @@ describe("ChargePayment", () => {
       const req = chargeReq({ cardToken, amount: { currencyCode: "USD", amountMinor } });
       const p = (await payments.chargePayment(req)).payment;
       expect(p).toMatchObject({ status: PaymentStatus.DECLINED, declineReason: reason, amount: { amountMinor } });
-      expect(app.store.capturedCountForOrder(req.orderId)).toBe(0);
+      expect(capturedPayments(app.store.db, req.orderId)).toBe(0);
     },
   );
 
@@ -132,7 +133,7 @@ describe("ChargePayment", () => {
     const req = chargeReq();
     const results = await Promise.all(Array.from({ length: 20 }, () => payments.chargePayment(req)));
     expect(new Set(results.map((r) => r.payment?.id)).size).toBe(1);
-    expect(app.store.capturedCountForOrder(req.orderId)).toBe(1);
+    expect(capturedPayments(app.store.db, req.orderId)).toBe(1);
   });
 
   it("rejects bad input with INVALID_ARGUMENT naming the field, and changes nothing", async () => {
@@ -165,7 +166,7 @@ describe("RefundPayment", () => {
     if (!refunded?.updatedAt || !p.createdAt) throw new Error("payment without timestamps");
     expect(timestampMs(refunded.updatedAt)).toBeGreaterThanOrEqual(timestampMs(p.createdAt));
     expect(app.store.payment(p.id)?.refundReason).toBe("order cancelled");
-    expect(app.store.capturedCountForOrder(p.orderId)).toBe(0);
+    expect(capturedPayments(app.store.db, p.orderId)).toBe(0);
 
     const s = snapshot();
     const twice = (await payments.refundPayment({ paymentId: p.id, reason: "another reason" })).payment;
@@ -192,7 +193,7 @@ describe("RefundPayment", () => {
     expect(late).toEqual(voided);
     // Whatever the late request says, the key stays voided.
     expect((await payments.chargePayment({ ...req, cardToken: "tok_other" })).payment).toEqual(voided);
-    expect(app.store.capturedCountForOrder(req.orderId)).toBe(0);
+    expect(capturedPayments(app.store.db, req.orderId)).toBe(0);
 
     // Voiding again is idempotent; and by id, a void is a declined payment.
     const s = snapshot();
@@ -208,7 +209,7 @@ describe("RefundPayment", () => {
       .payment;
     expect(refunded).toMatchObject({ id: p?.id, status: PaymentStatus.REFUNDED });
     expect((await payments.refundPayment({ chargeIdempotencyKey: req.idempotencyKey })).payment).toEqual(refunded);
-    expect(app.store.capturedCountForOrder(req.orderId)).toBe(0);
+    expect(capturedPayments(app.store.db, req.orderId)).toBe(0);
 
     const declinedReq = chargeReq({ cardToken: "tok_insufficient" });
     const declined = (await payments.chargePayment(declinedReq)).payment;
@@ -227,7 +228,7 @@ describe("RefundPayment", () => {
         payments.refundPayment({ chargeIdempotencyKey: req.idempotencyKey, reason: "race" }),
       ]),
     );
-    for (const req of reqs) expect(app.store.capturedCountForOrder(req.orderId)).toBe(0);
+    for (const req of reqs) expect(capturedPayments(app.store.db, req.orderId)).toBe(0);
   });
 
   it("rejects bad input with INVALID_ARGUMENT naming the field, and changes nothing", async () => {
@@ -312,7 +313,7 @@ describe("payments table", () => {
     } finally {
       db.close();
     }
-    const counts = app.store.countByStatus();
+    const counts = paymentsByStatus(app.store.db);
     expect(Object.keys(counts).sort()).toEqual(["CAPTURED", "DECLINED", "REFUNDED"]);
     expect(counts.CAPTURED).toBeGreaterThan(0);
   });

@@ -11,7 +11,15 @@ import {
   PaymentRefundedSchema,
   PaymentSucceededSchema,
 } from "../../gen/shopmesh/payment/v1/events_pb.js";
-import { type Db, INBOX_MIGRATION, newId, OUTBOX_MIGRATION, Outbox, openDatabase } from "../../platform/index.js";
+import {
+  type Db,
+  INBOX_MIGRATION,
+  keyUse,
+  newId,
+  OUTBOX_MIGRATION,
+  Outbox,
+  openDatabase,
+} from "../../platform/index.js";
 import {
   authorize,
   type ChargeInput,
@@ -60,11 +68,10 @@ export type ChargeResult =
   | { readonly kind: "charged"; readonly payment: PaymentRecord; readonly replayed: boolean }
   | { readonly kind: "key-reused" };
 
-/** Result of {@link PaymentStore.refund}; `changed` is false when nothing was written. */
-export interface RefundResult {
-  readonly payment: PaymentRecord;
-  readonly changed: boolean;
-}
+/** Result of {@link PaymentStore.refund}: what was written, if anything, and the payment now. */
+export type RefundResult =
+  | { readonly kind: "refunded" | "voided" | "unchanged"; readonly payment: PaymentRecord }
+  | { readonly kind: "not-found" };
 
 interface PaymentRow {
   id: string;
@@ -166,9 +173,15 @@ export class PaymentStore {
     return this.db
       .transaction((): ChargeResult => {
         const prior = this.q.byKey.get(input.idempotencyKey);
-        if (prior) {
-          if (prior.kind === "CHARGE" && prior.fingerprint !== fingerprint) return { kind: "key-reused" };
-          return { kind: "charged", payment: toPayment(prior), replayed: true };
+        switch (keyUse(prior?.fingerprint, fingerprint)) {
+          case "key-reused":
+            return { kind: "key-reused" };
+          case "replay":
+          case "voided":
+            // A voided key answers its void tombstone, whatever the request: no money is ever taken with it.
+            return { kind: "charged", payment: toPayment(prior as PaymentRow), replayed: true };
+          case "new":
+            break;
         }
         const auth = authorize(input.cardToken, input.amountMinor);
         const now = this.clock();
@@ -208,18 +221,18 @@ export class PaymentStore {
 
   /**
    * Refunds the payment `target` names, storing `reason`. By charge key with
-   * no payment yet, writes a void tombstone for the key instead. Undefined
-   * for an unknown payment id; throws what {@link refundAction} throws (a
-   * DECLINED payment by id) without writing anything.
+   * no payment yet, writes a void tombstone for the key instead (`voided`).
+   * Throws what {@link refundAction} throws (a DECLINED payment by id)
+   * without writing anything.
    */
-  refund(target: RefundTarget, reason: string): RefundResult | undefined {
+  refund(target: RefundTarget, reason: string): RefundResult {
     return this.db
-      .transaction((): RefundResult | undefined => {
+      .transaction((): RefundResult => {
         const row =
           target.by === "id" ? this.q.byId.get(target.paymentId) : this.q.byKey.get(target.chargeIdempotencyKey);
         const now = this.clock();
         if (!row) {
-          if (target.by === "id") return undefined;
+          if (target.by === "id") return { kind: "not-found" };
           const id = newId("pay", now);
           this.q.insert.run({
             id,
@@ -234,10 +247,10 @@ export class PaymentStore {
             declineReason: VOIDED_REASON,
             now,
           });
-          return { payment: toPayment(this.q.byId.get(id) as PaymentRow), changed: true };
+          return { kind: "voided", payment: toPayment(this.q.byId.get(id) as PaymentRow) };
         }
         const payment = toPayment(row);
-        if (refundAction(payment, target.by) === "unchanged") return { payment, changed: false };
+        if (refundAction(payment, target.by) === "unchanged") return { kind: "unchanged", payment };
         const { changes } = this.q.markRefunded.run(reason, now, payment.id);
         // Unreachable while the transaction holds the write lock; kept so a
         // future change cannot refund twice.
@@ -248,7 +261,7 @@ export class PaymentStore {
           amount: { currencyCode: payment.currency, amountMinor: BigInt(payment.amountMinor) },
           reason,
         });
-        return { payment: toPayment(this.q.byId.get(payment.id) as PaymentRow), changed: true };
+        return { kind: "refunded", payment: toPayment(this.q.byId.get(payment.id) as PaymentRow) };
       })
       .immediate();
   }
@@ -262,18 +275,6 @@ export class PaymentStore {
   choreographyOrder(orderId: string): { customerId: string; cardToken: string } | undefined {
     const r = this.q.choreographyOrder.get(orderId);
     return r && { customerId: r.customer_id, cardToken: r.card_token };
-  }
-
-  /** How many CAPTURED payments `orderId` has: at most 1 once a saga has settled. */
-  capturedCountForOrder(orderId: string): number {
-    return this.q.capturedForOrder.get(orderId)?.n ?? 0;
-  }
-
-  /** Rows per status, zeros included; void tombstones count as DECLINED, as they are stored. */
-  countByStatus(): Record<PaymentStatusName, number> {
-    const counts: Record<PaymentStatusName, number> = { CAPTURED: 0, DECLINED: 0, REFUNDED: 0 };
-    for (const { status, n } of this.q.countByStatus.all()) counts[status] = n;
-    return counts;
   }
 
   /** Closes the database. */
