@@ -15,7 +15,7 @@ import type { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb
 import type { NotificationService } from "../gen/shopmesh/notification/v1/notification_pb.js";
 import type { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import type { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
-import { type Client, Code, RpcError, requireId } from "../platform/index.js";
+import { type Client, Code, earliestDeadline, RpcError, requireId } from "../platform/index.js";
 import { toConnectError, upstreamOptions } from "./forward.js";
 
 /** The upstream clients composition uses. */
@@ -45,8 +45,7 @@ export function createComposition(deps: ComposeDeps): ServiceImpl<typeof Gateway
         throw toConnectError(err, "gateway");
       }
       const base = upstreamOptions(ctx);
-      const deadline = Math.min(base.deadline ?? Number.POSITIVE_INFINITY, Date.now() + deps.timeoutMs);
-      const opts = { ...base, deadline };
+      const opts = { ...base, deadline: earliestDeadline(base.deadline, deps.timeoutMs) };
       const orderId = req.orderId;
 
       const orderP = deps.order.getOrder({ orderId }, opts);

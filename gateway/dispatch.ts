@@ -17,6 +17,7 @@ import type http from "node:http";
 import type http2 from "node:http2";
 import { base64Decode } from "@bufbuild/protobuf/wire";
 import { Code, ConnectError, type ConnectRouter, createConnectRouter, createContextValues } from "@connectrpc/connect";
+import type { UniversalHandler } from "@connectrpc/connect/protocol";
 import {
   compressionBrotli,
   compressionGzip,
@@ -126,6 +127,67 @@ function answer(res: NodeResponse, a: { status: number; headers: Record<string, 
   res.end(a.body);
 }
 
+/** One span, one RED sample and one access line per request, whichever way it ends (reported once). */
+function observe(o: DispatchOptions, req: NodeRequest, procedure: string, protocol: string, client: ClientInfo) {
+  const started = performance.now();
+  const parent = extractContext({ get: (k) => req.headers[k], set: () => {} });
+  const span = o.telemetry.tracer.startSpan(
+    procedure,
+    { kind: SpanKind.SERVER, attributes: { "rpc.system": "connect_rpc", "http.request.protocol": protocol } },
+    parent,
+  );
+  const ctx = trace.setSpan(parent, span);
+  let reported = false;
+  const report = (outcome: Outcome, principal: string) => {
+    if (reported) return;
+    reported = true;
+    const code = outcome.code === 0 ? "OK" : (Code[outcome.code] ?? "Unknown");
+    const ms = performance.now() - started;
+    if (outcome.code !== 0) span.setStatus({ code: SpanStatusCode.ERROR, message: code });
+    span.end();
+    o.telemetry.metrics.httpServer.observe({ procedure, protocol, code }, ms / 1000);
+    const line = { procedure, protocol, code, ms: Math.round(ms * 10) / 10, principal, ip: client.ip };
+    context.with(ctx, () => o.log.info({ ...line, request_id: client.requestId }, "access"));
+  };
+  return { ctx, report };
+}
+
+type Admission =
+  | { readonly handler: UniversalHandler; readonly identity: Identity | undefined }
+  | { readonly refused: ConnectError; readonly httpStatus?: number };
+
+/**
+ * What is decided before a handler runs, cheapest first: the route, the
+ * request's shape, the per-IP limit, the token and the per-principal limit.
+ */
+async function admit(
+  o: DispatchOptions,
+  req: NodeRequest,
+  handler: UniversalHandler | undefined,
+  path: string,
+  client: ClientInfo,
+): Promise<Admission> {
+  if (!handler)
+    return { refused: new ConnectError(`no public procedure ${path}`, Code.Unimplemented), httpStatus: 404 };
+  const refused = refusal(req, o.maxBodyBytes);
+  if (refused) return { refused };
+  const byIp = o.perIp.take(`ip:${client.ip}`);
+  if (!byIp.ok) return { refused: rateLimited("client address", byIp.retryAfterSec) };
+  if (o.tokenFree.has(handler.service.typeName)) return { handler, identity: undefined };
+  let identity: Identity;
+  try {
+    identity = await o.authenticate(req.headers.authorization ?? null);
+  } catch (err) {
+    if (!(err instanceof AuthError)) throw err;
+    o.log.debug({ reason: err.message, ip: client.ip, request_id: client.requestId }, "authentication failed");
+    // One generic answer for every failure: no hint which check failed.
+    return { refused: new ConnectError("authentication required: a valid bearer token", Code.Unauthenticated) };
+  }
+  const byPrincipal = o.perPrincipal.take(`sub:${identity.subject}`);
+  if (!byPrincipal.ok) return { refused: rateLimited("principal", byPrincipal.retryAfterSec) };
+  return { handler, identity };
+}
+
 /** Builds the pipeline over the routes `o.routes` registers. */
 export function createDispatch(o: DispatchOptions): Dispatch {
   const router = createConnectRouter({
@@ -136,94 +198,46 @@ export function createDispatch(o: DispatchOptions): Dispatch {
   });
   o.routes(router);
   const handlers = new Map(router.handlers.map((h) => [h.requestPath, h]));
-  const { tracer, metrics } = o.telemetry;
 
   return (req, res, requestId) => {
-    const started = performance.now();
     const contentType = req.headers["content-type"];
     const protocol = protocolOf(contentType);
+    const frame = (err: ConnectError, httpStatus?: number) =>
+      errorAnswer(protocol, isConnectStream(contentType), err, httpStatus);
     const path = (req.url ?? "").split("?", 1)[0] ?? "";
     const handler = handlers.get(path);
     // Label values come from the routing table only: a client cannot mint new series.
     const procedure = handler ? `${handler.service.typeName}/${handler.method.name}` : "unknown";
     const client: ClientInfo = { ip: clientIp(req, o.trustProxy), requestId };
-    const parent = extractContext({ get: (k) => req.headers[k], set: () => {} });
-    const span = tracer.startSpan(
-      procedure,
-      { kind: SpanKind.SERVER, attributes: { "rpc.system": "connect_rpc", "http.request.protocol": protocol } },
-      parent,
-    );
-    const ctx = trace.setSpan(parent, span);
-    let identity: Identity | undefined;
-    let reported = false;
-    const report = (outcome: Outcome) => {
-      if (reported) return;
-      reported = true;
-      const code = outcome.code === 0 ? "OK" : (Code[outcome.code] ?? "Unknown");
-      const ms = performance.now() - started;
-      if (outcome.code !== 0) span.setStatus({ code: SpanStatusCode.ERROR, message: code });
-      span.end();
-      metrics.httpServer.observe({ procedure, protocol, code }, ms / 1000);
-      context.with(ctx, () =>
-        o.log.info(
-          {
-            procedure,
-            protocol,
-            code,
-            ms: Math.round(ms * 10) / 10,
-            principal: identity?.subject ?? "",
-            ip: client.ip,
-            request_id: client.requestId,
-          },
-          "access",
-        ),
-      );
-    };
-    const refuse = (err: ConnectError, httpStatus?: number) => {
-      answer(res, errorAnswer(protocol, isConnectStream(contentType), err, httpStatus));
-      report({ code: err.code, message: err.rawMessage });
-    };
+    const { ctx, report } = observe(o, req, procedure, protocol, client);
+    let principal = "";
 
     const run = async () => {
-      if (!handler) return refuse(new ConnectError(`no public procedure ${path}`, Code.Unimplemented), 404);
-      const refused = refusal(req, o.maxBodyBytes);
-      if (refused) return refuse(refused);
-      const byIp = o.perIp.take(`ip:${client.ip}`);
-      if (!byIp.ok) return refuse(rateLimited("client address", byIp.retryAfterSec));
-      if (!o.tokenFree.has(handler.service.typeName)) {
-        try {
-          identity = await o.authenticate(req.headers.authorization ?? null);
-        } catch (err) {
-          if (!(err instanceof AuthError)) throw err;
-          o.log.debug({ reason: err.message, ip: client.ip, request_id: requestId }, "authentication failed");
-          // One generic answer for every failure: no hint which check failed.
-          return refuse(new ConnectError("authentication required: a valid bearer token", Code.Unauthenticated));
-        }
-        const byPrincipal = o.perPrincipal.take(`sub:${identity.subject}`);
-        if (!byPrincipal.ok) return refuse(rateLimited("principal", byPrincipal.retryAfterSec));
+      const admission = await admit(o, req, handler, path, client);
+      if ("refused" in admission) {
+        answer(res, frame(admission.refused, admission.httpStatus));
+        report({ code: admission.refused.code, message: admission.refused.rawMessage }, principal);
+        return;
       }
+      principal = admission.identity?.subject ?? "";
       clampTimeouts(req.headers);
-      const values = createContextValues().set(kClient, client).set(kIdentity, identity);
-      const uReq = universalRequestFromNodeRequest(
-        req as http.IncomingMessage,
-        res as http.ServerResponse,
-        undefined,
-        values,
-      );
-      const uRes = await handler({ ...uReq, body: limited(uReq.body as AsyncIterable<Uint8Array>, o.maxBodyBytes) });
-      await universalResponseToNodeResponse(await finish(uRes, protocol, report), res as http.ServerResponse);
+      const values = createContextValues().set(kClient, client).set(kIdentity, admission.identity);
+      const nodeReq = req as http.IncomingMessage;
+      const uReq = universalRequestFromNodeRequest(nodeReq, res as http.ServerResponse, undefined, values);
+      const uRes = await admission.handler({
+        ...uReq,
+        body: limited(uReq.body as AsyncIterable<Uint8Array>, o.maxBodyBytes),
+      });
+      const done = (outcome: Outcome) => report(outcome, principal);
+      await universalResponseToNodeResponse(await finish(uRes, protocol, done), res as http.ServerResponse);
     };
 
     context.with(ctx, run).catch((err: unknown) => {
       // The client went away mid-answer (or a bug): nothing more can be sent on this request.
       const e = ConnectError.from(err);
       if (e.code !== Code.Aborted && e.code !== Code.Canceled) o.log.warn({ err, procedure }, "request failed");
-      report({ code: e.code, message: e.rawMessage });
-      if (!res.headersSent)
-        answer(
-          res,
-          errorAnswer(protocol, isConnectStream(contentType), new ConnectError("internal error", Code.Internal)),
-        );
+      report({ code: e.code, message: e.rawMessage }, principal);
+      if (!res.headersSent) answer(res, frame(new ConnectError("internal error", Code.Internal)));
       else if (!res.writableEnded) res.destroy();
     });
   };

@@ -105,9 +105,10 @@ function boundRequestTime(
   req.stream.once("close", done);
 }
 
-/** Starts listening; resolves once the port is bound. */
-export async function listen(o: ListenerOptions, handle: Handler): Promise<Listener> {
-  const closed = (why: Parameters<NonNullable<ListenerOptions["onClose"]>>[0]) => o.onClose?.(why);
+type CloseReason = Parameters<NonNullable<ListenerOptions["onClose"]>>[0];
+
+/** The HTTP/1.1 and HTTP/2 servers that the front hands connections to, with their limits. */
+function protocolServers(o: ListenerOptions, handle: Handler, closed: (why: CloseReason) => void) {
   const h1 = http.createServer(
     {
       headersTimeout: o.headersTimeoutMs,
@@ -139,24 +140,45 @@ export async function listen(o: ListenerOptions, handle: Handler): Promise<Liste
     session.once("close", () => sessions.delete(session));
     closeWhenIdle(session, o.idleTimeoutMs, () => closed("idle"));
   });
+  return { h1, h2, sessions };
+}
 
+/** Open connections per client address, refusing one past the limit (0: no limit). */
+function addressLimit(max: number) {
+  const open = new Map<string, number>();
+  return {
+    /** Takes a slot for `ip`; false when it has none left. */
+    take(ip: string): boolean {
+      const n = (open.get(ip) ?? 0) + 1;
+      if (max > 0 && n > max) return false;
+      open.set(ip, n);
+      return true;
+    },
+    release(ip: string): void {
+      const left = (open.get(ip) ?? 1) - 1;
+      if (left > 0) open.set(ip, left);
+      else open.delete(ip);
+    },
+  };
+}
+
+/** Starts listening; resolves once the port is bound. */
+export async function listen(o: ListenerOptions, handle: Handler): Promise<Listener> {
+  const closed = (why: CloseReason) => o.onClose?.(why);
+  const { h1, h2, sessions } = protocolServers(o, handle, closed);
   const sockets = new Set<net.Socket>();
-  const perIp = new Map<string, number>();
+  const perIp = addressLimit(o.maxConnectionsPerIp);
   const front = net.createServer((socket) => {
     const ip = socket.remoteAddress ?? "";
-    const count = (perIp.get(ip) ?? 0) + 1;
-    if (o.maxConnectionsPerIp > 0 && count > o.maxConnectionsPerIp) {
+    if (!perIp.take(ip)) {
       closed("per-ip-limit");
       socket.destroy();
       return;
     }
-    perIp.set(ip, count);
     sockets.add(socket);
     socket.once("close", () => {
       sockets.delete(socket);
-      const left = (perIp.get(ip) ?? 1) - 1;
-      if (left > 0) perIp.set(ip, left);
-      else perIp.delete(ip);
+      perIp.release(ip);
     });
     socket.on("error", () => {}); // resets by clients are theirs to have; the close handler cleans up
     // Small RPC messages must not wait for Nagle's algorithm (a ~40 ms stall against delayed ACKs).

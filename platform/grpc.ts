@@ -7,6 +7,7 @@
  */
 import {
   create,
+  type DescFile,
   type DescMessage,
   type DescMethod,
   type DescService,
@@ -69,6 +70,18 @@ export type ServiceImpl<S extends DescService> = {
  * metrics, tracing and auth context.
  */
 export type Interceptor = <T>(ctx: CallContext, next: () => Promise<T>) => Promise<T>;
+
+/** `files` and every file they import, each once, importers before what they import. */
+export function withImports(files: readonly DescFile[]): DescFile[] {
+  const seen = new Map<string, DescFile>();
+  const visit = (f: DescFile) => {
+    if (seen.has(f.name)) return;
+    seen.set(f.name, f);
+    for (const d of f.dependencies) visit(d);
+  };
+  for (const f of files) visit(f);
+  return [...seen.values()];
+}
 
 /** `/package.Service/Method`, the HTTP/2 path of a method. */
 export function methodPath(method: DescMethod): string {

@@ -242,6 +242,51 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (m: JsMsg) => Promis
     metrics?.deadLetters.inc({ consumer: durable });
   };
 
+  /** Runs the handler exactly once (inbox), in a span continuing the producer's trace; true for a duplicate. */
+  const apply = async (m: JsMsg, fn: EventHandler, event: unknown, ctx: EventContext): Promise<boolean> => {
+    let duplicate = false;
+    const run = async () => {
+      duplicate = !inbox.once(ctx.eventId, ctx.type, () => fn(event as never, ctx));
+      clog.debug({ type: ctx.type, eventId: ctx.eventId, duplicate }, "event handled");
+    };
+    if (!tel) {
+      await run();
+      return duplicate;
+    }
+    // Events the handler writes to its own outbox carry the same trace on.
+    const orderId = (event as { meta?: { orderId?: string } }).meta?.orderId;
+    await inSpan(
+      tel.tracer,
+      `process ${ctx.type}`,
+      {
+        kind: SpanKind.CONSUMER,
+        parent: extractContext(headerCarrier(m)),
+        attributes: { "messaging.consumer.group.name": durable, ...(orderId ? { "order.id": orderId } : {}) },
+      },
+      run,
+    );
+    const at = Date.parse(m.headers?.get("ce-time") ?? "");
+    if (Number.isFinite(at)) tel.metrics.eventLag.observe({ consumer: durable }, (Date.now() - at) / 1000);
+    return duplicate;
+  };
+  /** A handler failed: dead-letter it when it can never succeed or has used its deliveries, else retry later. */
+  const failed = async (m: JsMsg, ctx: EventContext, err: unknown) => {
+    metrics?.eventsHandled.inc({ consumer: durable, type: ctx.type, outcome: "failed" });
+    const deliveries = ctx.deliveryCount - (skipped.get(m.seq) ?? 0);
+    if (err instanceof UnprocessableEventError) await toDlq(m, `unprocessable: ${err.message}`);
+    else if (deliveries >= maxDeliver) {
+      await toDlq(m, `handler failed ${ctx.deliveryCount} times: ${(err as Error).message}`);
+    } else {
+      const delay = backoffMs(ctx.deliveryCount, 100, 5_000);
+      const { type, eventId, deliveryCount: delivery } = ctx;
+      clog.info(
+        { type, eventId, delivery, retryInMs: delay, err: (err as Error).message },
+        "handler failed; will retry",
+      );
+      m.nak(delay);
+    }
+  };
+
   return async (m) => {
     const decoded = decodeEvent(m, opts.catalogue);
     if ("unusable" in decoded) {
@@ -262,50 +307,11 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (m: JsMsg) => Promis
       m.nak(500);
       return;
     }
-    let duplicate = false;
-    const apply = async () => {
-      duplicate = !inbox.once(ctx.eventId, ctx.type, () => fn(event as never, ctx));
-      clog.debug({ type: ctx.type, eventId: ctx.eventId, duplicate }, "event handled");
-    };
+    let duplicate: boolean;
     try {
-      if (!tel) await apply();
-      else {
-        // The handler runs in a span continuing the producer's trace, so the events it
-        // writes to its own outbox carry the same trace on.
-        const orderId = (event as { meta?: { orderId?: string } }).meta?.orderId;
-        await inSpan(
-          tel.tracer,
-          `process ${ctx.type}`,
-          {
-            kind: SpanKind.CONSUMER,
-            parent: extractContext(headerCarrier(m)),
-            attributes: { "messaging.consumer.group.name": durable, ...(orderId ? { "order.id": orderId } : {}) },
-          },
-          apply,
-        );
-        const at = Date.parse(m.headers?.get("ce-time") ?? "");
-        if (Number.isFinite(at)) tel.metrics.eventLag.observe({ consumer: durable }, (Date.now() - at) / 1000);
-      }
+      duplicate = await apply(m, fn, event, ctx);
     } catch (err) {
-      metrics?.eventsHandled.inc({ consumer: durable, type: ctx.type, outcome: "failed" });
-      const deliveries = ctx.deliveryCount - (skipped.get(m.seq) ?? 0);
-      if (err instanceof UnprocessableEventError) await toDlq(m, `unprocessable: ${err.message}`);
-      else if (deliveries >= maxDeliver) {
-        await toDlq(m, `handler failed ${ctx.deliveryCount} times: ${(err as Error).message}`);
-      } else {
-        const delay = backoffMs(ctx.deliveryCount, 100, 5_000);
-        clog.info(
-          {
-            type: ctx.type,
-            eventId: ctx.eventId,
-            delivery: ctx.deliveryCount,
-            retryInMs: delay,
-            err: (err as Error).message,
-          },
-          "handler failed; will retry",
-        );
-        m.nak(delay);
-      }
+      await failed(m, ctx, err);
       return;
     }
     if (opts.crashAfterCommit && !duplicate) {

@@ -4,7 +4,7 @@
  * `buf curl` need no .proto files) and the chaos service; per-call logging
  * and fault injection; graceful shutdown with a bounded drain.
  */
-import { type DescFile, type DescService, toBinary } from "@bufbuild/protobuf";
+import { type DescService, toBinary } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
 import { ReflectionService } from "@grpc/reflection";
@@ -13,7 +13,7 @@ import { Health } from "../gen/health/v1/health_pb.js";
 import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { FaultInjector } from "./chaos.js";
 import { toStatusObject } from "./errors.js";
-import { grpcHandlers, grpcServiceDefinition, type Interceptor, type ServiceImpl } from "./grpc.js";
+import { grpcHandlers, grpcServiceDefinition, type Interceptor, type ServiceImpl, withImports } from "./grpc.js";
 import type { Logger } from "./log.js";
 import { serverTelemetry, type Telemetry } from "./telemetry.js";
 
@@ -82,14 +82,7 @@ function callLogger(): Interceptor {
 
 /** File descriptors of `services` and everything they import, serialized for reflection. */
 function fileDescriptorProtos(services: readonly DescService[]): Buffer[] {
-  const seen = new Map<string, DescFile>();
-  const visit = (f: DescFile) => {
-    if (seen.has(f.name)) return;
-    seen.set(f.name, f);
-    for (const d of f.dependencies) visit(d);
-  };
-  for (const s of services) visit(s.file);
-  return [...seen.values()].map((f) => Buffer.from(toBinary(FileDescriptorProtoSchema, f.proto)));
+  return withImports(services.map((s) => s.file)).map((f) => Buffer.from(toBinary(FileDescriptorProtoSchema, f.proto)));
 }
 
 /** Starts a server; resolves once it listens. */

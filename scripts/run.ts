@@ -11,14 +11,14 @@
  * INVENTORY_, NOTIFICATION_, HISTORY_) starts more instances on port + 100.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 
 const ROOT = resolve(import.meta.dirname, "..");
 const DATA = join(ROOT, ".data");
 
-/** The fixed local topology. A service whose main.ts does not exist yet is skipped. */
+/** The fixed local topology. */
 const SERVICES: readonly {
   name: string;
   port: number;
@@ -153,7 +153,6 @@ start(
 );
 SERVICES.forEach((s, i) => {
   const main = s.main ?? join("services", s.name, "main.ts");
-  if (!existsSync(join(ROOT, main))) return;
   const replicas = replicasOf(s.name);
   for (let r = 0; r < replicas; r++) {
     // Replicas share the service's SQLite file (WAL, IMMEDIATE transactions: safe across processes on
