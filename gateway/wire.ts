@@ -103,8 +103,8 @@ export function errorAnswer(protocol: Protocol, stream: boolean, err: ConnectErr
     meta[k] = v;
   });
   if (protocol !== "connect") {
-    // Trailers-only: the status travels in the headers of an empty 200 answer.
-    const status = setTrailerStatus(new Headers(meta), err);
+    // Trailers-only: the status (and the error's metadata) travel in the headers of an empty 200 answer.
+    const status = setTrailerStatus(new Headers(), err);
     const headers: Record<string, string> = { "content-type": `application/${protocol}+proto` };
     status.forEach((v, k) => {
       headers[k] = v;

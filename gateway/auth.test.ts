@@ -1,0 +1,82 @@
+/** Token checks and the verified-token cache, with an injected clock (no network, no gateway). */
+import { SignJWT } from "jose";
+import { describe, expect, it } from "vitest";
+import { AuthError, createAuthenticator, identityFromClaims } from "./auth.js";
+
+const SECRET = "unit-test-secret";
+const config = {
+  JWT_SECRET: SECRET,
+  JWT_PUBLIC_KEY: "",
+  JWT_PUBLIC_KEY_ALG: "RS256" as const,
+  JWT_JWKS_URL: "",
+  JWT_ISSUER: "iss",
+  JWT_AUDIENCE: "aud",
+  JWT_MAX_LIFETIME_S: 3_600,
+  JWT_CLOCK_SKEW_S: 30,
+};
+const T0 = 1_800_000_000; // seconds
+
+function token(claims: Record<string, unknown>, iat = T0, exp = T0 + 600) {
+  return new SignJWT(claims)
+    .setProtectedHeader({ alg: "HS256" })
+    .setSubject("alice")
+    .setIssuer("iss")
+    .setAudience("aud")
+    .setIssuedAt(iat)
+    .setExpirationTime(exp)
+    .sign(new TextEncoder().encode(SECRET));
+}
+
+describe("identityFromClaims", () => {
+  it("reads sub and exact role names; customer when roles are absent", () => {
+    expect(identityFromClaims({ sub: "a", iat: 1, exp: 2 }, 60)).toEqual({ subject: "a", roles: ["customer"] });
+    expect(identityFromClaims({ sub: "a", iat: 1, exp: 2, roles: ["admin", "customer"] }, 60)).toEqual({
+      subject: "a",
+      roles: ["admin", "customer"],
+    });
+  });
+
+  it("refuses what two layers could read differently, and lifetimes over the cap", () => {
+    const bad = [
+      { sub: "a", iat: 1, exp: 2, roles: ["customer,admin"] },
+      { sub: "a", iat: 1, exp: 2, roles: [" admin"] },
+      { sub: "a", iat: 1, exp: 2, roles: "admin" },
+      { sub: "a", iat: 1, exp: 2, roles: [] },
+      { sub: "a", iat: 1, exp: 2, roles: [1] },
+      { sub: "a b", iat: 1, exp: 2 },
+      { iat: 1, exp: 2 },
+      { sub: "a", exp: 2 },
+      { sub: "a", iat: 1 },
+      { sub: "a", iat: 1, exp: 62 },
+    ];
+    for (const claims of bad) expect(() => identityFromClaims(claims, 60), JSON.stringify(claims)).toThrow(AuthError);
+  });
+});
+
+describe("createAuthenticator", () => {
+  it("accepts a good token and serves it from the cache, but never past its exp", async () => {
+    let now = T0 * 1000;
+    const authenticate = await createAuthenticator(config, () => now);
+    const t = await token({ roles: ["customer"] });
+    await expect(authenticate(`Bearer ${t}`)).resolves.toEqual({ subject: "alice", roles: ["customer"] });
+    now += 30_000; // a cache hit
+    await expect(authenticate(`Bearer ${t}`)).resolves.toEqual({ subject: "alice", roles: ["customer"] });
+    now = (T0 + 600 + 31) * 1000; // past exp and the skew
+    await expect(authenticate(`Bearer ${t}`)).rejects.toThrow(AuthError);
+  });
+
+  it("refuses tokens issued in the future beyond the skew, but tolerates the skew", async () => {
+    const authenticate = await createAuthenticator(config, () => T0 * 1000);
+    await expect(authenticate(`Bearer ${await token({}, T0 + 20, T0 + 600)}`)).resolves.toMatchObject({
+      subject: "alice",
+    });
+    await expect(authenticate(`Bearer ${await token({}, T0 + 120, T0 + 700)}`)).rejects.toThrow(AuthError);
+  });
+
+  it("refuses a missing, malformed or non-bearer header", async () => {
+    const authenticate = await createAuthenticator(config, () => T0 * 1000);
+    for (const h of [null, "", "Bearer", "Bearer a b", "Basic x"]) {
+      await expect(authenticate(h)).rejects.toThrow(AuthError);
+    }
+  });
+});

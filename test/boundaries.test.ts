@@ -1,0 +1,80 @@
+/**
+ * Module boundaries, enforced rather than hoped for (STYLE.md 4, 5, 16):
+ * the runtime knows no business, services never reach into each other, the
+ * gateway reaches services only over the wire, and nothing re-exports
+ * wholesale. Reads the import lines of every source file.
+ */
+import { readdirSync, readFileSync, statSync } from "node:fs";
+import { join, relative } from "node:path";
+import { describe, expect, it } from "vitest";
+import { ROOT } from "./fixtures.js";
+
+/** Every non-test .ts file under `dir` (relative to the root). */
+function sources(dir: string): string[] {
+  const out: string[] = [];
+  for (const name of readdirSync(join(ROOT, dir))) {
+    const path = join(dir, name);
+    if (statSync(join(ROOT, path)).isDirectory()) out.push(...sources(path));
+    else if (name.endsWith(".ts") && !name.endsWith(".test.ts")) out.push(path);
+  }
+  return out;
+}
+
+/** The module specifiers `file` imports, resolved to repository paths for relative ones. */
+function importsOf(file: string): string[] {
+  const text = readFileSync(join(ROOT, file), "utf8");
+  return [...text.matchAll(/^(?:import|export)[^;]*?from "([^"]+)";/gms)].map(([, spec]) =>
+    spec?.startsWith(".") ? relative(ROOT, join(ROOT, file, "..", spec)) : (spec ?? ""),
+  );
+}
+
+const BUSINESS_CONTRACTS = /^gen\/shopmesh\/(order|inventory|payment|notification|history|gateway)\//;
+
+describe("module boundaries", () => {
+  it("platform imports no service, no gateway, no contracts side and no business contract", () => {
+    const offending = sources("platform").flatMap((f) =>
+      importsOf(f)
+        .filter((i) => /^(services|gateway|contracts|scripts)\//.test(i) || BUSINESS_CONTRACTS.test(i))
+        .map((i) => `${f} -> ${i}`),
+    );
+    expect(offending).toEqual([]);
+  });
+
+  it("contracts/ builds on gen/ and the runtime only", () => {
+    const offending = sources("contracts").flatMap((f) =>
+      importsOf(f)
+        .filter((i) => /^(services|gateway|scripts)\//.test(i))
+        .map((i) => `${f} -> ${i}`),
+    );
+    expect(offending).toEqual([]);
+  });
+
+  it("a service imports gen/, platform/, contracts/ and its own folder, never another service or the gateway", () => {
+    const offending = sources("services").flatMap((f) => {
+      const own = f.split("/")[1];
+      return importsOf(f)
+        .filter((i) => i.startsWith("gateway/") || (i.startsWith("services/") && i.split("/")[1] !== own))
+        .map((i) => `${f} -> ${i}`);
+    });
+    expect(offending).toEqual([]);
+  });
+
+  it("the gateway reaches services only over the wire", () => {
+    const offending = sources("gateway").flatMap((f) =>
+      importsOf(f)
+        .filter((i) => i.startsWith("services/"))
+        .map((i) => `${f} -> ${i}`),
+    );
+    expect(offending).toEqual([]);
+  });
+
+  it("nothing re-exports wholesale, and the runtime and the gateway keep one idea per file (≤ 350 lines)", () => {
+    const all = ["platform", "contracts", "services", "gateway", "scripts"].flatMap(sources);
+    expect(all.filter((f) => /^export \* from/m.test(readFileSync(join(ROOT, f), "utf8")))).toEqual([]);
+    const long = ["platform", "gateway"]
+      .flatMap(sources)
+      .map((f) => [f, readFileSync(join(ROOT, f), "utf8").split("\n").length] as const)
+      .filter(([, n]) => n > 350);
+    expect(long).toEqual([]);
+  });
+});
