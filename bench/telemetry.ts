@@ -51,8 +51,8 @@ const stopTracing = await startTracing({
 });
 const dir = join(tmpdir(), `shopmesh-bench-${process.pid}`);
 mkdirSync(dir, { recursive: true });
-const store = InventoryStore.open(join(dir, "inventory.db"));
-store.seedIfEmpty(DEMO_CATALOGUE);
+const store = await InventoryStore.open({ engine: "sqlite", path: join(dir, "inventory.db") });
+await store.seedIfEmpty(DEMO_CATALOGUE);
 const log = silentLogger();
 const telemetry = createTelemetry("bench");
 const impl = createInventoryApi({ store });
@@ -124,7 +124,7 @@ writeFileSync(
 );
 await plain.stop(0);
 await observed.stop(0);
-store.close();
+await store.close();
 await stopTracing();
 rmSync(dir, { recursive: true, force: true });
 process.exit(0);

@@ -92,6 +92,17 @@ export function bool(def: boolean): EnvReader<boolean> {
   };
 }
 
+/** A string matching `re` (`what` says what that means); `def` when unset. */
+export function matching(re: RegExp, def: string, what: string): EnvReader<string> {
+  return {
+    read(name, raw) {
+      const v = raw === undefined ? def : raw.trim();
+      if (re.test(v)) return v;
+      throw new Invalid(`${name}=${JSON.stringify(raw)} must be ${what}`);
+    },
+  };
+}
+
 /** One of a fixed set of strings; `def` when unset or empty. */
 export function oneOf<const T extends string>(values: readonly T[], def: T): EnvReader<T> {
   return {
@@ -155,6 +166,12 @@ export const commonEnv = {
   TRACE_FILE_MAX_BYTES: int(DEFAULT_TRACE_FILE_MAX_BYTES, { min: 4096, max: 10 * 1024 * 1024 * 1024 }),
   /** Port of the /metrics and /healthz endpoint; unset: off, 0: any free port. */
   METRICS_PORT: optionalInt({ min: 0, max: 65535 }),
+  /** PostgreSQL URL (postgres://user:pass@host:5432/db); empty: the SQLite file DB_PATH. */
+  DATABASE_URL: str(""),
+  /** The service's schema in DATABASE_URL's database; empty: shopmesh_<service>. */
+  DATABASE_SCHEMA: matching(/^([a-z_][a-z0-9_]{0,62})?$/, "", "a lower-case SQL identifier"),
+  /** Connections in the PostgreSQL pool. */
+  DATABASE_POOL_SIZE: int(10, { min: 1, max: 200 }),
   /** Host the /metrics endpoint listens on (Kubernetes sets 0.0.0.0 for the scraper). */
   METRICS_HOST: str("127.0.0.1"),
 } as const;

@@ -1,22 +1,39 @@
 /**
- * SQLite per service (better-sqlite3): WAL journal, full sync on commit (an
- * accepted write survives a crash or power loss), foreign keys on, a busy
- * timeout for a second process on the same file, and versioned migrations
- * tracked in `PRAGMA user_version`.
+ * Opening a service's database and bringing its schema up to date.
+ *
+ * SQLite (the default): one file per service — WAL journal, full sync on
+ * commit (an accepted write survives a crash or power loss), foreign keys
+ * on, a busy timeout for other processes on the same file; the schema
+ * version lives in `PRAGMA user_version`.
+ *
+ * PostgreSQL (`DATABASE_URL`): one schema per service in a shared database,
+ * the version in `<schema>.schema_version`. Migrations run under an advisory
+ * lock, so replicas starting together apply each one exactly once.
+ *
+ * Migration N is `migrations[engine][N - 1]`: one list per engine, the same
+ * length and the same meaning (the DDL differs where the engines do). Never
+ * edit one that has shipped; append instead.
  */
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
+import { type Db, type DbLocation, type Engine, pgPool, postgresDb, sqliteDb } from "./sql.js";
 
-export type { Database as Db } from "better-sqlite3";
+/** A service's migrations, one list per engine. */
+export type Migrations = Readonly<Record<Engine, readonly string[]>>;
 
-/**
- * Opens (creating if needed) the database at `path` and applies the
- * migrations it has not seen yet, each in its own transaction. Migration N
- * is `migrations[N - 1]`; never edit one that has shipped, append instead.
- * `:memory:` opens a private in-memory database.
- */
-export function openDatabase(path: string, migrations: readonly string[]): Database.Database {
+/** A schema name: an identifier both engines take unquoted. */
+const SCHEMA = /^[a-z_][a-z0-9_]{0,62}$/;
+
+function checkLists(migrations: Migrations): void {
+  if (migrations.sqlite.length !== migrations.postgres.length) {
+    throw new Error(
+      `migrations differ in number: ${migrations.sqlite.length} for SQLite, ${migrations.postgres.length} for PostgreSQL`,
+    );
+  }
+}
+
+function openSqlite(path: string, migrations: readonly string[]): Db {
   if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
   const db = new Database(path);
   try {
@@ -24,23 +41,93 @@ export function openDatabase(path: string, migrations: readonly string[]): Datab
     db.pragma("synchronous = FULL");
     db.pragma("foreign_keys = ON");
     db.pragma("busy_timeout = 5000");
-    migrate(db, migrations);
+    for (let v = (db.pragma("user_version", { simple: true }) as number) + 1; v <= migrations.length; v++) {
+      db.transaction(() => {
+        // Another process may have applied it since we looked: the write lock makes the check final.
+        if ((db.pragma("user_version", { simple: true }) as number) >= v) return;
+        db.exec(migrations[v - 1] as string);
+        db.pragma(`user_version = ${v}`);
+      }).immediate();
+    }
+    const current = db.pragma("user_version", { simple: true }) as number;
+    if (current > migrations.length) {
+      throw new Error(`database schema version ${current} is newer than this build knows (${migrations.length})`);
+    }
   } catch (err) {
     db.close();
     throw err;
   }
-  return db;
+  return sqliteDb(db);
 }
 
-function migrate(db: Database.Database, migrations: readonly string[]): void {
-  const current = db.pragma("user_version", { simple: true }) as number;
-  if (current > migrations.length) {
-    throw new Error(`database schema version ${current} is newer than this build knows (${migrations.length})`);
+async function openPostgres(url: string, schema: string, poolSize: number, migrations: readonly string[]): Promise<Db> {
+  if (!SCHEMA.test(schema)) throw new Error(`invalid schema name "${schema}": expected [a-z_][a-z0-9_]*`);
+  const pool = pgPool(url, schema, poolSize);
+  const client = await pool.connect().catch(async (err: unknown) => {
+    await pool.end();
+    throw err;
+  });
+  try {
+    await client.query("SELECT pg_advisory_lock(hashtext($1))", [`shopmesh.migrate.${schema}`]);
+    try {
+      await client.query(`CREATE SCHEMA IF NOT EXISTS ${schema}`);
+      await client.query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)");
+      const { rows } = await client.query<{ version: number }>("SELECT version FROM schema_version");
+      let current = rows[0]?.version ?? 0;
+      if (rows.length === 0) await client.query("INSERT INTO schema_version (version) VALUES (0)");
+      if (current > migrations.length) {
+        throw new Error(`database schema version ${current} is newer than this build knows (${migrations.length})`);
+      }
+      for (; current < migrations.length; current++) {
+        await client.query("BEGIN");
+        try {
+          await client.query(migrations[current] as string);
+          await client.query("UPDATE schema_version SET version = $1", [current + 1]);
+          await client.query("COMMIT");
+        } catch (err) {
+          await client.query("ROLLBACK");
+          throw err;
+        }
+      }
+    } finally {
+      await client.query("SELECT pg_advisory_unlock(hashtext($1))", [`shopmesh.migrate.${schema}`]);
+    }
+  } catch (err) {
+    client.release();
+    await pool.end();
+    throw err;
   }
-  for (let v = current + 1; v <= migrations.length; v++) {
-    db.transaction(() => {
-      db.exec(migrations[v - 1] as string);
-      db.pragma(`user_version = ${v}`);
-    }).immediate();
-  }
+  client.release();
+  return postgresDb(pool, url);
+}
+
+/** Opens (creating if needed) the database at `location` and applies the migrations it has not seen yet. */
+export async function openDatabase(location: DbLocation, migrations: Migrations): Promise<Db> {
+  checkLists(migrations);
+  return location.engine === "sqlite"
+    ? openSqlite(location.path, migrations.sqlite)
+    : openPostgres(location.url, location.schema, location.poolSize, migrations.postgres);
+}
+
+/** The database settings every service reads (see commonEnv). */
+export interface DbConfig {
+  readonly DB_PATH: string;
+  readonly DATABASE_URL: string;
+  readonly DATABASE_SCHEMA: string;
+  readonly DATABASE_POOL_SIZE: number;
+}
+
+/**
+ * Where `service` keeps its data: PostgreSQL when `DATABASE_URL` is set (its
+ * schema `DATABASE_SCHEMA`, by default `shopmesh_<service>`), else the SQLite
+ * file `DB_PATH`.
+ */
+export function locationOf(service: string, c: DbConfig): DbLocation {
+  if (!c.DATABASE_URL) return { engine: "sqlite", path: c.DB_PATH };
+  return {
+    engine: "postgres",
+    url: c.DATABASE_URL,
+    schema: c.DATABASE_SCHEMA || `shopmesh_${service}`,
+    poolSize: c.DATABASE_POOL_SIZE,
+  };
 }

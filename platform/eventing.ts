@@ -2,10 +2,10 @@
 import { type Bus, connectBus } from "./bus.js";
 import type { EventCatalogue } from "./catalogue.js";
 import type { FaultInjector } from "./chaos.js";
-import type { Db } from "./db.js";
 import { type ConsumerSpec, type RunningConsumer, startConsumer } from "./inbox.js";
 import type { Logger } from "./log.js";
 import { type Outbox, OutboxRelay } from "./outbox.js";
+import type { Db } from "./sql.js";
 import type { Telemetry } from "./telemetry.js";
 
 /** Options of {@link startEventing}. */

@@ -3,18 +3,20 @@
  * outbox relay (prompt, ordered, crash-safe), JetStream dedup, idempotent
  * inbox, and dead letters.
  */
-import { join } from "node:path";
 import { headers as natsHeaders } from "@nats-io/transport-node";
+import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
 import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
+import { TestDatabases } from "../test/db.js";
 import { tempDir } from "../test/fixtures.js";
 import { startNats, type TestNats } from "../test/nats.js";
 import { type Bus, connectBus } from "./bus.js";
 import { openDatabase } from "./db.js";
 import { INBOX_MIGRATION, on, startConsumer } from "./inbox.js";
 import { silentLogger } from "./log.js";
-import { OUTBOX_MIGRATION, Outbox, OutboxRelay } from "./outbox.js";
+import { OUTBOX_CLAIMS_MIGRATION, OUTBOX_MIGRATION, Outbox, OutboxRelay } from "./outbox.js";
+import type { Db } from "./sql.js";
 
 const log = silentLogger();
 let nats: TestNats;
@@ -32,14 +34,45 @@ afterAll(async () => {
   dir[Symbol.dispose]();
 });
 
-function service() {
-  const db = openDatabase(join(dir.path, `svc-${++n}.db`), [
-    OUTBOX_MIGRATION,
-    INBOX_MIGRATION,
-    "CREATE TABLE effects (order_id TEXT NOT NULL, event_id TEXT NOT NULL) STRICT;",
-  ]);
-  return { db, outbox: new Outbox(db, "test", EVENTS) };
+const open: Db[] = [];
+afterAll(async () => {
+  for (const db of open) await db.close();
+});
+
+/** A service's database with an outbox, an inbox and an effects table (on the run's engine). */
+async function service() {
+  const effects = "CREATE TABLE effects (order_id TEXT NOT NULL, event_id TEXT NOT NULL);";
+  const location = await new TestDatabases(dir.path).location(`svc_${++n}`);
+  const db = await openDatabase(location, {
+    sqlite: [OUTBOX_MIGRATION.sqlite, OUTBOX_CLAIMS_MIGRATION.sqlite, INBOX_MIGRATION.sqlite, effects],
+    postgres: [OUTBOX_MIGRATION.postgres, OUTBOX_CLAIMS_MIGRATION.postgres, INBOX_MIGRATION.postgres, effects],
+  });
+  open.push(db);
+  return { db, outbox: new Outbox("test", EVENTS) };
 }
+
+/** Adds one OrderPlaced about `orderId` in a transaction of its own; its event id. */
+function addPlaced(s: { db: Db; outbox: Outbox }, orderId: string): Promise<string> {
+  return s.db.transaction((tx) => s.outbox.add(tx, OrderPlacedSchema, orderId, placed(orderId)));
+}
+
+/** Effects recorded for `eventId` (or for order `orderId`). */
+async function effectsOf(db: Db, where: { eventId?: string; orderId?: string }): Promise<number> {
+  const r = await db.one(sql<{ n: number }>`SELECT COUNT(*) AS n FROM effects
+    WHERE event_id = ${where.eventId ?? ""} OR order_id = ${where.orderId ?? ""}`);
+  return r?.n ?? 0;
+}
+
+/** Records the effect of one event, in the consumer's transaction. */
+const recordEffect = on(OrderPlacedSchema, async (e, ctx, tx) => {
+  await tx.run(sql`INSERT INTO effects (order_id, event_id) VALUES (${e.meta?.orderId ?? ""}, ${ctx.eventId})`);
+});
+
+const drained = (relay: OutboxRelay) =>
+  until(
+    async () => (await relay.backlog()).count,
+    (c) => c === 0,
+  );
 
 /** Messages of `subject` in the ORDER stream, in stream order. */
 async function streamed(subjectFilter: string) {
@@ -72,19 +105,17 @@ const placed = (_orderId: string) => ({
 
 describe("outbox", () => {
   it("publishes right after commit (no sweep needed) with CloudEvents headers, and nothing on rollback", async () => {
-    const { db, outbox } = service();
+    const svc = await service();
+    const { db, outbox } = svc;
     const relay = new OutboxRelay({ db, outbox, bus, source: "test", log, sweepMs: 60_000 });
     relay.start();
-    let id = "";
-    db.transaction(() => {
-      id = outbox.add(OrderPlacedSchema, "ord-a", placed("ord-a"));
-    })();
-    expect(() =>
-      db.transaction(() => {
-        outbox.add(OrderPlacedSchema, "ord-rolled-back", placed("ord-rolled-back"));
+    const id = await addPlaced(svc, "ord-a");
+    await expect(
+      db.transaction(async (tx) => {
+        await outbox.add(tx, OrderPlacedSchema, "ord-rolled-back", placed("ord-rolled-back"));
         throw new Error("business rule failed");
-      })(),
-    ).toThrow("business rule failed");
+      }),
+    ).rejects.toThrow("business rule failed");
     const msgs = await until(
       () => streamed("order.order.placed"),
       (m) => m.some((x) => x.eventId === id),
@@ -98,45 +129,35 @@ describe("outbox", () => {
       "content-type": "application/protobuf",
       "Nats-Msg-Id": id,
     });
-    expect(relay.backlog().count).toBe(0);
+    expect((await relay.backlog()).count).toBe(0);
     await relay.stop();
   });
 
   it("publishes what was committed while no relay ran (a crash between commit and publish), in commit order", async () => {
-    const { db, outbox } = service();
+    const svc = await service();
     const ids: string[] = [];
-    for (let i = 0; i < 30; i++)
-      db.transaction(() => ids.push(outbox.add(OrderPlacedSchema, "ord-b", placed("ord-b"))))();
-    const relay = new OutboxRelay({ db, outbox, bus, source: "test", log });
-    expect(relay.backlog().count).toBe(30);
+    for (let i = 0; i < 30; i++) ids.push(await addPlaced(svc, "ord-b"));
+    const relay = new OutboxRelay({ ...svc, bus, source: "test", log });
+    expect((await relay.backlog()).count).toBe(30);
     relay.start();
-    await until(
-      () => relay.backlog().count,
-      (c) => c === 0,
-    );
+    await drained(relay);
     const seen = (await streamed("order.order.placed")).filter((m) => ids.includes(m.eventId)).map((m) => m.eventId);
     expect(seen).toEqual(ids);
     await relay.stop();
   });
 
   it("a republished event id is dropped by JetStream's duplicate window", async () => {
-    const { db, outbox } = service();
-    const id = db.transaction(() => outbox.add(OrderPlacedSchema, "ord-c", placed("ord-c")))();
-    const relay = new OutboxRelay({ db, outbox, bus, source: "test", log });
+    const svc = await service();
+    const id = await addPlaced(svc, "ord-c");
+    const relay = new OutboxRelay({ ...svc, bus, source: "test", log });
     relay.start();
-    await until(
-      () => relay.backlog().count,
-      (c) => c === 0,
-    );
+    await drained(relay);
     await relay.stop();
     // As if the process died after publishing but before marking the row sent.
-    db.prepare("UPDATE outbox SET sent_at = NULL").run();
-    const again = new OutboxRelay({ db, outbox, bus, source: "test", log });
+    await svc.db.run(sql`UPDATE outbox SET sent_at = NULL, claimed_by = NULL, claimed_until = NULL`);
+    const again = new OutboxRelay({ ...svc, bus, source: "test", log });
     again.start();
-    await until(
-      () => again.backlog().count,
-      (c) => c === 0,
-    );
+    await drained(again);
     await again.stop();
     expect((await streamed("order.order.placed")).filter((m) => m.eventId === id)).toHaveLength(1);
   });
@@ -144,14 +165,11 @@ describe("outbox", () => {
 
 describe("consumers", () => {
   it("gives a duplicate delivery exactly one effect, even past the duplicate window", async () => {
-    const producer = service();
+    const producer = await service();
     const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
     relay.start();
-    const id = producer.db.transaction(() => producer.outbox.add(OrderPlacedSchema, "ord-d", placed("ord-d")))();
-    await until(
-      () => relay.backlog().count,
-      (c) => c === 0,
-    );
+    const id = await addPlaced(producer, "ord-d");
+    await drained(relay);
     // Re-publish the same event under another Nats-Msg-Id: JetStream cannot dedupe it; the inbox must.
     const original = (await streamed("order.order.placed")).find((m) => m.eventId === id);
     const raw = await bus.jsm.streams.getMessage("ORDER", { seq: original?.seq ?? 0 });
@@ -160,11 +178,7 @@ describe("consumers", () => {
     for (const [k, v] of raw.header ?? []) if (k !== "Nats-Msg-Id") h.set(k, v[0] ?? "");
     await bus.js.publish("order.order.placed", raw.data, { headers: h, msgID: `${id}-again` });
 
-    const consumer = service();
-    const effects = consumer.db.prepare<[string], { n: number }>(
-      "SELECT COUNT(*) AS n FROM effects WHERE order_id = ?",
-    );
-    const add = consumer.db.prepare<[string, string]>("INSERT INTO effects (order_id, event_id) VALUES (?, ?)");
+    const consumer = await service();
     let duplicates = 0;
     const c = await startConsumer({
       catalogue: EVENTS,
@@ -173,7 +187,7 @@ describe("consumers", () => {
       log,
       stream: "ORDER",
       durable: `dedupe-${n}`,
-      handlers: [on(OrderPlacedSchema, (e) => add.run(e.meta?.orderId ?? "", e.meta?.eventId ?? ""))],
+      handlers: [recordEffect],
       onHandled: (_t, dup) => {
         if (dup) duplicates++;
       },
@@ -182,7 +196,7 @@ describe("consumers", () => {
       () => duplicates,
       (d) => d >= 1,
     );
-    expect(effects.get("ord-d")?.n).toBe(1);
+    expect(await effectsOf(consumer.db, { orderId: "ord-d" })).toBe(1);
     await c.stop();
     await relay.stop();
   });
@@ -192,15 +206,12 @@ describe("consumers", () => {
     h.set("ce-type", "shopmesh.order.v1.OrderPlaced");
     h.set("ce-id", "evt_poison");
     await bus.js.publish("order.order.placed", new Uint8Array([0xff, 0xff, 0xff]), { headers: h, msgID: "evt_poison" });
-    const producer = service();
+    const producer = await service();
     const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
     relay.start();
-    const good = producer.db.transaction(() =>
-      producer.outbox.add(OrderPlacedSchema, "ord-after-poison", placed("x")),
-    )();
+    const good = await addPlaced(producer, "ord-after-poison");
 
-    const consumer = service();
-    const add = consumer.db.prepare<[string, string]>("INSERT INTO effects (order_id, event_id) VALUES (?, ?)");
+    const consumer = await service();
     const durable = `poison-${n}`;
     const c = await startConsumer({
       catalogue: EVENTS,
@@ -209,14 +220,13 @@ describe("consumers", () => {
       log,
       stream: "ORDER",
       durable,
-      handlers: [on(OrderPlacedSchema, (e, ctx) => add.run(e.meta?.orderId ?? "", ctx.eventId))],
+      handlers: [recordEffect],
     });
-    const effect = consumer.db.prepare<[string], { n: number }>("SELECT COUNT(*) AS n FROM effects WHERE event_id = ?");
     await until(
-      () => effect.get(good)?.n ?? 0,
+      () => effectsOf(consumer.db, { eventId: good }),
       (x) => x === 1,
     );
-    expect(effect.get(good)?.n).toBe(1);
+    expect(await effectsOf(consumer.db, { eventId: good })).toBe(1);
     const dlq = await until(
       () => bus.jsm.streams.getMessage("DLQ", { last_by_subj: `dlq.${durable}` }).catch(() => null),
       (m) => m !== null,
@@ -228,13 +238,11 @@ describe("consumers", () => {
   });
 
   it("retries a failing handler with backoff, then dead-letters it after maxDeliver", async () => {
-    const producer = service();
+    const producer = await service();
     const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
     relay.start();
-    const bad = producer.db.transaction(() =>
-      producer.outbox.add(OrderPlacedSchema, "ord-always-fails", placed("y")),
-    )();
-    const consumer = service();
+    const bad = await addPlaced(producer, "ord-always-fails");
+    const consumer = await service();
     const attempts: number[] = [];
     const durable = `failing-${n}`;
     const c = await startConsumer({
@@ -246,7 +254,7 @@ describe("consumers", () => {
       durable,
       maxDeliver: 3,
       handlers: [
-        on(OrderPlacedSchema, (_e, ctx) => {
+        on(OrderPlacedSchema, async (_e, ctx) => {
           if (ctx.eventId !== bad) return;
           attempts.push(ctx.deliveryCount);
           throw new Error("downstream rule keeps failing");
@@ -264,5 +272,114 @@ describe("consumers", () => {
     expect(dlq?.header.get("ce-id")).toBe(bad);
     await c.stop();
     await relay.stop();
+  });
+});
+
+describe("several replicas on one database", () => {
+  /** `bus`, counting every publish by message id. */
+  function countingBus(counts: Map<string, number>): Bus {
+    const js = new Proxy(bus.js, {
+      get(target, prop, receiver) {
+        if (prop !== "publish") return Reflect.get(target, prop, receiver);
+        return (subject: string, data: Uint8Array, opts?: { msgID?: string }) => {
+          counts.set(opts?.msgID ?? "", (counts.get(opts?.msgID ?? "") ?? 0) + 1);
+          return target.publish(subject, data, opts);
+        };
+      },
+    });
+    return { ...bus, js };
+  }
+
+  it("three relays publish every row exactly once between them: claims, not JetStream's dedup, keep them apart", async () => {
+    const svc = await service();
+    const ids: string[] = [];
+    for (let t = 0; t < 60; t++) {
+      ids.push(
+        ...(await svc.db.transaction(async (tx) => {
+          const out: string[] = [];
+          for (let i = 0; i < 5; i++) out.push(await svc.outbox.add(tx, OrderPlacedSchema, `ord-r${t}`, placed("r")));
+          return out;
+        })),
+      );
+    }
+    const perRelay = [new Map<string, number>(), new Map<string, number>(), new Map<string, number>()];
+    const relays = perRelay.map(
+      (counts) =>
+        new OutboxRelay({
+          ...svc,
+          outbox: new Outbox("test", EVENTS),
+          bus: countingBus(counts),
+          source: "test",
+          log,
+          sweepMs: 20,
+        }),
+    );
+    for (const r of relays) r.start();
+    await drained(relays[0] as OutboxRelay);
+    for (const r of relays) await r.stop();
+    const total = new Map<string, number>();
+    for (const counts of perRelay) for (const [id, c] of counts) total.set(id, (total.get(id) ?? 0) + c);
+    expect([...total.keys()].sort()).toEqual([...ids].sort());
+    expect([...total.values()].every((c) => c === 1)).toBe(true);
+    // The work was shared, not done by whichever relay started first.
+    expect(perRelay.filter((c) => c.size > 0).length).toBeGreaterThan(1);
+  });
+
+  it("a relay that stops mid-work lets go of its claims: another publishes the rest at once", async () => {
+    const svc = await service();
+    // Claimed but never published, as if the relay stopped between its claim and its publish.
+    const id = await addPlaced(svc, "ord-claimed");
+    await svc.db.run(sql`UPDATE outbox SET claimed_by = 'relay-gone', claimed_until = ${Date.now() + 60_000}`);
+    const waiting = new OutboxRelay({ ...svc, bus, source: "test", log, sweepMs: 20 });
+    waiting.start();
+    await new Promise((r) => setTimeout(r, 200));
+    // A live claim holds: the other relay leaves the row alone.
+    expect((await waiting.backlog()).count).toBe(1);
+    // Expired (its owner is gone), it is taken.
+    await svc.db.run(sql`UPDATE outbox SET claimed_until = ${Date.now() - 1}`);
+    await drained(waiting);
+    await waiting.stop();
+    expect((await streamed("order.order.placed")).filter((m) => m.eventId === id)).toHaveLength(1);
+  });
+
+  it("two consumers on one durable share the events, and each has exactly one effect", async () => {
+    const producer = await service();
+    const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
+    const consumer = await service();
+    const durable = `shared-${n}`;
+    const handledBy = [0, 0];
+    const start = (i: number) =>
+      startConsumer({
+        catalogue: EVENTS,
+        bus,
+        db: consumer.db,
+        log,
+        stream: "ORDER",
+        durable,
+        handlers: [
+          on(OrderPlacedSchema, async (e, ctx, tx) => {
+            if (!e.meta?.orderId.startsWith("ord-shared")) return;
+            handledBy[i] = (handledBy[i] ?? 0) + 1;
+            // Slow enough that both replicas get work.
+            await new Promise((r) => setTimeout(r, 2));
+            await tx.run(
+              sql`INSERT INTO effects (order_id, event_id) VALUES (${e.meta?.orderId ?? ""}, ${ctx.eventId})`,
+            );
+          }),
+        ],
+      });
+    const consumers = [await start(0), await start(1)];
+    relay.start();
+    const ids: string[] = [];
+    for (let i = 0; i < 200; i++) ids.push(await addPlaced(producer, `ord-shared-${i}`));
+    await drained(relay);
+    const count = () =>
+      consumer.db.one(sql<{ n: number; d: number }>`SELECT COUNT(*) AS n, COUNT(DISTINCT event_id) AS d FROM effects
+        WHERE order_id LIKE 'ord-shared%'`);
+    const settled = await until(count, (r) => (r?.n ?? 0) >= 200, 20_000);
+    for (const c of consumers) await c.stop();
+    await relay.stop();
+    expect(settled).toEqual({ n: 200, d: 200 });
+    expect(handledBy.every((h) => h > 0)).toBe(true);
   });
 });

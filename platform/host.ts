@@ -10,13 +10,13 @@
 import type { Bus } from "./bus.js";
 import type { EventCatalogue } from "./catalogue.js";
 import { FaultInjector } from "./chaos.js";
-import type { Db } from "./db.js";
 import { type Eventing, startEventing } from "./eventing.js";
 import type { ConsumerSpec } from "./inbox.js";
 import type { Logger } from "./log.js";
 import type { Outbox } from "./outbox.js";
 import { announce } from "./registry.js";
 import { type ServiceBinding, startGrpcServer } from "./server.js";
+import type { Db } from "./sql.js";
 import { type AppTelemetry, startAppTelemetry } from "./telemetry.js";
 
 /** The config a host reads (commonEnv + faultEnv). */
@@ -72,7 +72,7 @@ export interface HostOptions<P> {
    */
   readonly stopApp?: (parts: P | undefined) => Promise<void> | void;
   /** Closes the app's database; also called when the start fails. */
-  readonly close: () => void;
+  readonly close: () => Promise<void> | void;
 }
 
 /** A running service host. */
@@ -132,7 +132,7 @@ export async function startHost<P = undefined>(o: HostOptions<P>): Promise<Host<
         await server.stop(config.SHUTDOWN_GRACE_MS);
         await o.stopApp?.(parts);
         await running.stop();
-        o.close();
+        await o.close();
         await telemetry.close();
       },
     };
@@ -140,7 +140,7 @@ export async function startHost<P = undefined>(o: HostOptions<P>): Promise<Host<
     // A failed start (port taken, say) must not leave consumers writing to a database nobody owns.
     await o.stopApp?.(built?.parts);
     await events?.stop();
-    o.close();
+    await o.close();
     await telemetry.close();
     throw err;
   }

@@ -11,57 +11,61 @@ import { type DescMessage, fromBinary, type MessageShape } from "@bufbuild/proto
 import { AckPolicy, DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import { SpanKind } from "@opentelemetry/api";
+import { sql } from "kysely";
 import { backoffMs } from "./backoff.js";
 import type { Bus } from "./bus.js";
 import type { EventCatalogue } from "./catalogue.js";
 import type { FaultInjector } from "./chaos.js";
-import type { Db } from "./db.js";
+import { isDatabaseUnavailable } from "./db-errors.js";
 import type { Logger } from "./log.js";
 import { extractContext, inSpan } from "./propagation.js";
+import type { Db, Tx } from "./sql.js";
 import type { Telemetry } from "./telemetry.js";
 
-/** SQL of the inbox table; append it to a consumer service's migrations. */
-export const INBOX_MIGRATION = `CREATE TABLE inbox (
+/** The inbox table, per engine; append it to a consumer service's migrations. */
+export const INBOX_MIGRATION = {
+  sqlite: `CREATE TABLE inbox (
   consumer   TEXT NOT NULL,
   event_id   TEXT NOT NULL,
   type       TEXT NOT NULL,
   handled_at INTEGER NOT NULL,
   PRIMARY KEY (consumer, event_id)
-) STRICT;`;
+) STRICT;`,
+  postgres: `CREATE TABLE inbox (
+  consumer   TEXT NOT NULL,
+  event_id   TEXT NOT NULL,
+  type       TEXT NOT NULL,
+  handled_at BIGINT NOT NULL,
+  PRIMARY KEY (consumer, event_id)
+);`,
+} as const;
 
 /**
  * The one "apply an event exactly once" routine: runs `effect` and records
- * the event in the inbox in one IMMEDIATE transaction, unless the inbox of
- * `consumer` already holds it. Live consumers and replays (a read model's
- * rebuild) both apply events through it.
+ * the event in the inbox in one transaction, unless the inbox of `consumer`
+ * already holds it. Live consumers and replays (a read model's rebuild)
+ * both apply events through it; replicas of a service share the inbox, so
+ * the unique key is the last guard if two of them ever got the same event.
  */
 export class Inbox {
-  private readonly seen;
-  private readonly remember;
-
   constructor(
     private readonly db: Db,
     readonly consumer: string,
     private readonly clock: () => number = Date.now,
-  ) {
-    this.seen = db.prepare<[string, string], { one: number }>(
-      "SELECT 1 AS one FROM inbox WHERE consumer = ? AND event_id = ?",
-    );
-    this.remember = db.prepare<[string, string, string, number]>(
-      "INSERT INTO inbox (consumer, event_id, type, handled_at) VALUES (?, ?, ?, ?)",
-    );
-  }
+  ) {}
 
   /** Applies `effect` for event `eventId` unless already applied; false (nothing changed) for a duplicate. */
-  once(eventId: string, type: string, effect: () => void): boolean {
-    return this.db
-      .transaction(() => {
-        if (this.seen.get(this.consumer, eventId)) return false;
-        effect();
-        this.remember.run(this.consumer, eventId, type, this.clock());
-        return true;
-      })
-      .immediate();
+  once(eventId: string, type: string, effect: (tx: Tx) => Promise<void>): Promise<boolean> {
+    return this.db.transaction(async (tx) => {
+      const seen = await tx.one(
+        sql`SELECT 1 AS one FROM inbox WHERE consumer = ${this.consumer} AND event_id = ${eventId}`,
+      );
+      if (seen) return false;
+      await effect(tx);
+      await tx.run(sql`INSERT INTO inbox (consumer, event_id, type, handled_at)
+        VALUES (${this.consumer}, ${eventId}, ${type}, ${this.clock()})`);
+      return true;
+    });
   }
 }
 
@@ -86,19 +90,28 @@ export interface EventContext {
 }
 
 /**
- * A handler: runs inside the consumer's SQLite transaction together with the
- * inbox insert, so it must be synchronous and only touch that database (and
- * its outbox). Throwing rolls everything back and the event is redelivered.
+ * A handler: runs inside the consumer's transaction `tx` together with the
+ * inbox insert, so it only touches that database (and its outbox) through
+ * `tx`. Throwing rolls everything back and the event is redelivered.
  */
-export type EventHandler = (event: never, ctx: EventContext) => void;
+export type EventHandler = (event: never, ctx: EventContext, tx: Tx) => Promise<void>;
 
-/** Typed handler helper: `on(OrderPlacedSchema, (e) => ...)`. */
+/** Typed handler helper: `on(OrderPlacedSchema, async (e, ctx, tx) => ...)`. */
 export function on<D extends DescMessage>(
   schema: D,
-  fn: (event: MessageShape<D>, ctx: EventContext) => void,
+  fn: (event: MessageShape<D>, ctx: EventContext, tx: Tx) => Promise<void>,
 ): [string, EventHandler] {
   return [schema.typeName, fn as EventHandler];
 }
+
+/**
+ * How long a delivered event may stay unacknowledged before JetStream gives
+ * it to another puller (a replica that died holding it): handlers are one
+ * short transaction, so 10 s is generous and bounds the delay a crash adds.
+ */
+const ACK_WAIT_NS = 10 * 1e9;
+/** Events one consumer pulls ahead; small, so replicas share the work and a crash strands few. */
+const PULL_BATCH = 16;
 
 /** What a service declares about one of its consumers. */
 export interface ConsumerSpec {
@@ -194,14 +207,14 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
       durable_name: durable,
       ack_policy: AckPolicy.Explicit,
       deliver_policy: DeliverPolicy.All,
-      ack_wait: 30 * 1e9,
+      ack_wait: ACK_WAIT_NS,
       max_deliver: -1, // we count deliveries ourselves and dead-letter, so the server never drops silently
     });
   }
   const consumer = await bus.js.consumers.get(opts.stream, durable);
   const handle = eventHandler(opts, clog);
   let stopped = false;
-  const messages = await consumer.consume({ max_messages: 64 });
+  const messages = await consumer.consume({ max_messages: PULL_BATCH });
   const loop = (async () => {
     for await (const m of messages) {
       try {
@@ -246,7 +259,7 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (m: JsMsg) => Promis
   const apply = async (m: JsMsg, fn: EventHandler, event: unknown, ctx: EventContext): Promise<boolean> => {
     let duplicate = false;
     const run = async () => {
-      duplicate = !inbox.once(ctx.eventId, ctx.type, () => fn(event as never, ctx));
+      duplicate = !(await inbox.once(ctx.eventId, ctx.type, (tx) => fn(event as never, ctx, tx)));
       clog.debug({ type: ctx.type, eventId: ctx.eventId, duplicate }, "event handled");
     };
     if (!tel) {
@@ -272,6 +285,12 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (m: JsMsg) => Promis
   /** A handler failed: dead-letter it when it can never succeed or has used its deliveries, else retry later. */
   const failed = async (m: JsMsg, ctx: EventContext, err: unknown) => {
     metrics?.eventsHandled.inc({ consumer: durable, type: ctx.type, outcome: "failed" });
+    if (isDatabaseUnavailable(err)) {
+      // The database is away (a restart, a failover): not the event's fault, so it never counts toward the DLQ.
+      skipped.set(m.seq, (skipped.get(m.seq) ?? 0) + 1);
+      m.nak(backoffMs(ctx.deliveryCount, 200, 5_000));
+      return;
+    }
     const deliveries = ctx.deliveryCount - (skipped.get(m.seq) ?? 0);
     if (err instanceof UnprocessableEventError) await toDlq(m, `unprocessable: ${err.message}`);
     else if (deliveries >= maxDeliver) {

@@ -3,12 +3,14 @@
  * named exports only; no business logic lives here (event types, order
  * lines and saga keys are the contracts' business: contracts/).
  */
+
+export { sql } from "kysely";
 export { backoffMs } from "./backoff.js";
 export { type Bus, type BusOptions, connectBus } from "./bus.js";
 export { DLQ_STREAM, type EventCatalogue, type EventKind, eventCatalogue, type StreamSpec } from "./catalogue.js";
 export { faultEnv } from "./chaos.js";
 export { bool, ConfigError, type ConfigOf, commonEnv, type EnvReader, int, oneOf, parseEnv, str } from "./config.js";
-export { type Db, openDatabase } from "./db.js";
+export { type DbConfig, locationOf, type Migrations, openDatabase } from "./db.js";
 export { earliestDeadline } from "./deadline.js";
 export {
   Code,
@@ -50,7 +52,7 @@ export {
 export { runService, type Stoppable } from "./lifecycle.js";
 export { createLogger, type Logger, silentLogger } from "./log.js";
 export type { Metrics } from "./metrics.js";
-export { OUTBOX_MIGRATION, Outbox, OutboxRelay } from "./outbox.js";
+export { OUTBOX_CLAIMS_MIGRATION, OUTBOX_MIGRATION, Outbox, OutboxRelay } from "./outbox.js";
 export { type Cursor, type CursorShape, decodePageToken, pageOf, pageSize } from "./paging.js";
 export { DEFAULT_POLICY, type PolicyConfig, type PolicyEnv, policyEnv, policyFrom } from "./policy.js";
 export { contextOf, currentTraceparent, extractContext, inSpan, logIds } from "./propagation.js";
@@ -58,6 +60,7 @@ export { REGISTRY_SCHEME } from "./registry.js";
 export { createResilientClient, type DownstreamState, type PolicyEvents, type ResilientClient } from "./resilience.js";
 export { upstreamChannel } from "./resolver.js";
 export { bind, type GrpcServerOptions, type RunningServer, type ServiceBinding, startGrpcServer } from "./server.js";
+export type { Db, DbLocation, Engine, Listening, Queries, Query, Tx } from "./sql.js";
 export { type AppTelemetry, createTelemetry, startAppTelemetry, type Telemetry } from "./telemetry.js";
 export { startTracing } from "./tracing.js";
 export { requireId, requireQuantity } from "./validate.js";

@@ -15,17 +15,19 @@ import { create, type DescMessage, type MessageInitShape, toBinary } from "@bufb
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import { SpanKind } from "@opentelemetry/api";
+import { sql } from "kysely";
 import { backoffMs } from "./backoff.js";
 import type { Bus } from "./bus.js";
 import type { EventCatalogue } from "./catalogue.js";
-import type { Db } from "./db.js";
 import { newId } from "./ids.js";
 import type { Logger } from "./log.js";
 import { contextOf, currentTraceparent, injectContext, inSpan } from "./propagation.js";
+import type { Db, Tx } from "./sql.js";
 import type { Telemetry } from "./telemetry.js";
 
-/** SQL of the outbox table; append it to a service's migrations. */
-export const OUTBOX_MIGRATION = `CREATE TABLE outbox (
+/** The outbox table, per engine; append it to a service's migrations, then {@link OUTBOX_CLAIMS_MIGRATION}. */
+export const OUTBOX_MIGRATION = {
+  sqlite: `CREATE TABLE outbox (
   seq         INTEGER PRIMARY KEY AUTOINCREMENT,  -- commit order
   event_id    TEXT NOT NULL UNIQUE,
   type        TEXT NOT NULL,
@@ -36,7 +38,31 @@ export const OUTBOX_MIGRATION = `CREATE TABLE outbox (
   created_at  INTEGER NOT NULL,
   sent_at     INTEGER
 ) STRICT;
-CREATE INDEX outbox_unsent ON outbox (seq) WHERE sent_at IS NULL;`;
+CREATE INDEX outbox_unsent ON outbox (seq) WHERE sent_at IS NULL;`,
+  postgres: `CREATE TABLE outbox (
+  seq         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- commit order
+  event_id    TEXT NOT NULL UNIQUE,
+  type        TEXT NOT NULL,
+  subject     TEXT NOT NULL,
+  payload     BYTEA NOT NULL,
+  order_id    TEXT NOT NULL,
+  traceparent TEXT NOT NULL DEFAULT '',
+  created_at  BIGINT NOT NULL,
+  sent_at     BIGINT
+);
+CREATE INDEX outbox_unsent ON outbox (seq) WHERE sent_at IS NULL;`,
+} as const;
+
+/**
+ * Claims on outbox rows: a relay claims rows (`claimed_by` until
+ * `claimed_until`) before it publishes them, so the relays of several
+ * replicas never publish one row twice; the claim of a relay that died
+ * expires and another relay takes the row.
+ */
+export const OUTBOX_CLAIMS_MIGRATION = {
+  sqlite: "ALTER TABLE outbox ADD COLUMN claimed_by TEXT; ALTER TABLE outbox ADD COLUMN claimed_until INTEGER;",
+  postgres: "ALTER TABLE outbox ADD COLUMN claimed_by TEXT, ADD COLUMN claimed_until BIGINT;",
+} as const;
 
 /** Rows the relay reads per query. */
 const RELAY_BATCH = 256;
@@ -47,50 +73,36 @@ type EventInit<D extends DescMessage> = Omit<MessageInitShape<D>, "meta" | "$typ
 
 /**
  * Writes events into the outbox table of a service's database. Call
- * {@link Outbox.add} inside the same transaction as the state change the
- * event records: both commit or neither does.
+ * {@link Outbox.add} with the transaction of the state change the event
+ * records: both commit or neither does.
  */
 export class Outbox {
-  private readonly insert;
-  /** Called after `add` once the current synchronous transaction has ended. */
+  /** Called once a transaction that added events has committed. */
   onAdded: () => void = () => {};
 
   constructor(
-    db: Db,
     private readonly source: string,
     private readonly catalogue: EventCatalogue,
     private readonly clock: () => number = Date.now,
-  ) {
-    this.insert = db.prepare(
-      `INSERT INTO outbox (event_id, type, subject, payload, order_id, traceparent, created_at)
-       VALUES (@eventId, @type, @subject, @payload, @orderId, @traceparent, @now)`,
-    );
-  }
+  ) {}
 
-  /** Adds an event of `schema` about `orderId`; fills its `meta`. Returns the event id. */
-  add<D extends DescMessage>(
+  /** Adds an event of `schema` about `orderId` in `tx`; fills its `meta`. Returns the event id. */
+  async add<D extends DescMessage>(
+    tx: Tx,
     schema: D,
     orderId: string,
     init: EventInit<D>,
     traceparent: string = currentTraceparent(),
-  ): string {
+  ): Promise<string> {
     const kind = this.catalogue.kind(schema.typeName);
     if (!kind) throw new Error(`${schema.typeName} is not an event of the catalogue`);
     const now = this.clock();
     const eventId = newId("evt", now);
     const meta = { eventId, source: this.source, occurredAt: timestampFromMs(now), orderId, traceparent };
-    const msg = create(schema, { ...init, meta } as unknown as MessageInitShape<D>);
-    this.insert.run({
-      eventId,
-      type: kind.typeName,
-      subject: kind.subject,
-      payload: toBinary(schema, msg),
-      orderId,
-      traceparent,
-      now,
-    });
-    // A microtask runs after the synchronous transaction that called us has committed.
-    queueMicrotask(() => this.onAdded());
+    const payload = Buffer.from(toBinary(schema, create(schema, { ...init, meta } as unknown as MessageInitShape<D>)));
+    await tx.run(sql`INSERT INTO outbox (event_id, type, subject, payload, order_id, traceparent, created_at)
+      VALUES (${eventId}, ${kind.typeName}, ${kind.subject}, ${payload}, ${orderId}, ${traceparent}, ${now})`);
+    tx.afterCommit(() => this.onAdded());
     return eventId;
   }
 }
@@ -114,6 +126,8 @@ export interface RelayOptions {
   readonly log: Logger;
   /** Safety-net sweep interval (the happy path publishes right after commit), ms. */
   readonly sweepMs?: number;
+  /** How long a claim on rows holds before another relay may take them, ms (longer than a publish). */
+  readonly claimMs?: number;
   /** Chaos hook: SIGKILL this process right before the first publish. */
   readonly crashBeforePublish?: boolean;
   /** Publish spans and outbox metrics. */
@@ -121,33 +135,26 @@ export interface RelayOptions {
 }
 
 /**
- * Publishes committed outbox rows to JetStream in commit order, promptly
- * after each commit and by periodic sweep, then marks them sent. Publishing
- * is sequential, so events of one aggregate keep their order. A failure
- * (NATS down) is retried with capped backoff.
+ * Publishes committed outbox rows to JetStream, promptly after each commit
+ * and by periodic sweep, then marks them sent. Each batch is claimed first
+ * (the relays of other replicas skip claimed rows) and published in commit
+ * order, so events of one aggregate keep their order within a relay. A
+ * failure (NATS down) is retried with capped backoff; the claim expires and
+ * the rows are taken again.
  */
 export class OutboxRelay {
-  private readonly unsent;
-  private readonly markSent;
-  private readonly purge;
-  private readonly countUnsent;
+  private readonly id = newId("relay");
   private running = false;
   private again = false;
   private stopped = false;
   private timer: NodeJS.Timeout | undefined;
   private failures = 0;
   private idle: Promise<void> = Promise.resolve();
+  private lastBacklog = { count: 0, oldestAgeMs: 0 };
 
   constructor(private readonly opts: RelayOptions) {
-    const { db } = opts;
-    this.unsent = db.prepare<[number], OutboxRow>("SELECT * FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT ?");
-    this.markSent = db.prepare<[number, number]>("UPDATE outbox SET sent_at = ? WHERE seq = ?");
-    this.purge = db.prepare<[number]>("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?");
-    this.countUnsent = db.prepare<[], { n: number; oldest: number | null }>(
-      "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox WHERE sent_at IS NULL",
-    );
     opts.outbox.onAdded = () => this.kick();
-    opts.telemetry?.metrics.trackBacklog(() => this.backlog());
+    opts.telemetry?.metrics.trackBacklog(() => this.lastBacklog);
   }
 
   /** Publishes what is pending now and starts the sweep timer. */
@@ -157,9 +164,15 @@ export class OutboxRelay {
   }
 
   /** Events committed but not yet published, and the age of the oldest in ms. */
-  backlog(now = Date.now()): { count: number; oldestAgeMs: number } {
-    const r = this.countUnsent.get() ?? { n: 0, oldest: null };
-    return { count: r.n, oldestAgeMs: r.oldest === null ? 0 : now - r.oldest };
+  async backlog(now = Date.now()): Promise<{ count: number; oldestAgeMs: number }> {
+    const r = await this.opts.db.one(
+      sql<{
+        n: number;
+        oldest: number | null;
+      }>`SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox WHERE sent_at IS NULL`,
+    );
+    this.lastBacklog = { count: r?.n ?? 0, oldestAgeMs: r?.oldest == null ? 0 : now - r.oldest };
+    return this.lastBacklog;
   }
 
   /** Publishes now (or again right after the publish in progress). */
@@ -175,11 +188,19 @@ export class OutboxRelay {
     });
   }
 
-  /** Stops publishing; rows left unsent are published by the next start. */
+  /** Stops publishing and lets go of its claims: rows left unsent are published by another replica's relay (or the next start). */
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.timer);
     await this.idle;
+    await this.release();
+  }
+
+  /** Gives up this relay's claims on unsent rows, so any relay takes them at once. */
+  private release(): Promise<unknown> {
+    return this.opts.db
+      .run(sql`UPDATE outbox SET claimed_until = NULL WHERE claimed_by = ${this.id} AND sent_at IS NULL`)
+      .catch(() => {});
   }
 
   private schedule(ms: number): void {
@@ -187,22 +208,53 @@ export class OutboxRelay {
     if (this.stopped) return;
     this.timer = setTimeout(() => {
       this.kick();
-      this.purge.run(Date.now() - KEEP_SENT_MS);
+      void this.housekeeping();
       this.schedule(this.opts.sweepMs ?? 1_000);
     }, ms);
     this.timer.unref();
   }
 
+  /** Purges long-sent rows and samples the backlog for the metrics. */
+  private async housekeeping(): Promise<void> {
+    try {
+      await this.opts.db.run(
+        sql`DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ${Date.now() - KEEP_SENT_MS}`,
+      );
+      await this.backlog();
+    } catch {
+      // The database is away (a restart): the next sweep tries again.
+    }
+  }
+
+  /** Claims up to a batch of unsent, unclaimed rows for this relay; in commit order. */
+  private async claim(): Promise<OutboxRow[]> {
+    const { db } = this.opts;
+    const now = Date.now();
+    const until = now + (this.opts.claimMs ?? 10_000);
+    // PostgreSQL: concurrent relays skip each other's locked rows instead of waiting for them.
+    const skipLocked = db.engine === "postgres" ? sql`FOR UPDATE SKIP LOCKED` : sql``;
+    const rows = await db.transaction((tx) =>
+      tx.all(sql<OutboxRow>`UPDATE outbox SET claimed_by = ${this.id}, claimed_until = ${until}
+        WHERE seq IN (SELECT seq FROM outbox
+                      WHERE sent_at IS NULL AND (claimed_until IS NULL OR claimed_until < ${now})
+                      ORDER BY seq LIMIT ${RELAY_BATCH} ${skipLocked})
+        RETURNING seq, event_id, type, subject, payload, traceparent, created_at`),
+    );
+    return rows.sort((a, b) => a.seq - b.seq);
+  }
+
   private async drain(): Promise<void> {
-    const { log } = this.opts;
+    const { db, log } = this.opts;
     try {
       do {
         this.again = false;
-        const rows = this.unsent.all(RELAY_BATCH);
+        const rows = await this.claim();
         for (const row of rows) {
           if (this.stopped) return;
           await this.publish(row);
-          this.markSent.run(Date.now(), row.seq);
+          await db.run(
+            sql`UPDATE outbox SET sent_at = ${Date.now()} WHERE seq = ${row.seq} AND claimed_by = ${this.id}`,
+          );
         }
         if (rows.length === RELAY_BATCH) this.again = true;
       } while (this.again && !this.stopped);
@@ -217,10 +269,11 @@ export class OutboxRelay {
           "outbox publish failed; will retry",
         );
       }
+      // Let the claim go, so this relay (or another) takes the rows again at once when NATS is back.
+      await this.release();
       this.schedule(delay);
     }
   }
-
   /** Publishes one row with its CloudEvents headers, in a span continuing the trace that wrote it. */
   private async publish(row: OutboxRow): Promise<void> {
     const { bus, log, source } = this.opts;

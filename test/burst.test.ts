@@ -76,8 +76,8 @@ describe("burst of 200 orders", () => {
       }
       return out;
     };
-    const expectedPayment = (o: Order) => {
-      const p = sys.payment.store.latestForOrder(o.id);
+    const expectedPayment = async (o: Order) => {
+      const p = await sys.payment.store.latestForOrder(o.id);
       return p ? PaymentStatus[p.status] : PaymentStatus.UNSPECIFIED;
     };
     const row = (e: OrderHistoryEntry) => ({
@@ -88,15 +88,15 @@ describe("burst of 200 orders", () => {
       total: e.total?.amountMinor,
       payment: e.paymentStatus,
     });
-    const truthRow = (o: Order) => ({
+    const truthRow = async (o: Order) => ({
       id: o.id,
       status: o.status,
       customer: o.customerId,
       items: o.items.map((i) => `${i.productId}x${i.quantity}`),
       total: o.total?.amountMinor,
-      payment: expectedPayment(o),
+      payment: await expectedPayment(o),
     });
-    const expected = [...truth.values()].map(truthRow).sort((a, b) => a.id.localeCompare(b.id));
+    const expected = (await Promise.all([...truth.values()].map(truthRow))).sort((a, b) => a.id.localeCompare(b.id));
     const actual = async () => (await allHistory()).map(row).sort((a, b) => a.id.localeCompare(b.id));
     const view = await eventually(actual, (v) => JSON.stringify(v, big) === JSON.stringify(expected, big));
     expect(view).toEqual(expected);

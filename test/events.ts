@@ -1,6 +1,6 @@
 /**
  * Events for tests, published the way services publish them: through an
- * {@link Outbox} and an {@link OutboxRelay} on a scratch SQLite database, so
+ * {@link Outbox} and an {@link OutboxRelay} on a scratch in-memory SQLite database, so
  * payloads, CloudEvents headers and `Nats-Msg-Id` are exactly what a
  * consumer meets in production. Plus helpers to redeliver an event and to
  * wait for a consumer to settle.
@@ -8,13 +8,22 @@
 import type { DescMessage, MessageInitShape } from "@bufbuild/protobuf";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import { EVENTS } from "../contracts/events.js";
-import { type Bus, OUTBOX_MIGRATION, Outbox, OutboxRelay, openDatabase, silentLogger } from "../platform/index.js";
+import {
+  type Bus,
+  OUTBOX_CLAIMS_MIGRATION,
+  OUTBOX_MIGRATION,
+  Outbox,
+  OutboxRelay,
+  openDatabase,
+  silentLogger,
+  type Tx,
+} from "../platform/index.js";
 
 /** One event to publish; make it with {@link event}. */
 export interface PendingEvent {
   readonly type: string;
-  /** Adds the event to `outbox` (with the outbox clock at `at`), returning its id. */
-  add(outbox: Outbox, setClock: (at: number) => void): string;
+  /** Adds the event to `outbox` in `tx` (with the outbox clock at `at`), returning its id. */
+  add(tx: Tx, outbox: Outbox, setClock: (at: number) => void): Promise<string>;
 }
 
 /**
@@ -29,9 +38,9 @@ export function event<D extends DescMessage>(
 ): PendingEvent {
   return {
     type: schema.typeName,
-    add(outbox, setClock) {
+    add(tx, outbox, setClock) {
       setClock(at ?? Date.now());
-      return outbox.add(schema, orderId, init as never);
+      return outbox.add(tx, schema, orderId, init as never);
     },
   };
 }
@@ -41,29 +50,39 @@ export function event<D extends DescMessage>(
  * their event ids, once JetStream has acknowledged every one.
  */
 export async function publishEvents(bus: Bus, events: readonly PendingEvent[], source = "test"): Promise<string[]> {
-  const db = openDatabase(":memory:", [OUTBOX_MIGRATION]);
+  const db = await openDatabase(
+    { engine: "sqlite", path: ":memory:" },
+    {
+      sqlite: [OUTBOX_MIGRATION.sqlite, OUTBOX_CLAIMS_MIGRATION.sqlite],
+      postgres: [OUTBOX_MIGRATION.postgres, OUTBOX_CLAIMS_MIGRATION.postgres],
+    },
+  );
   let now = Date.now();
-  const outbox = new Outbox(db, source, EVENTS, () => now);
+  const outbox = new Outbox(source, EVENTS, () => now);
   const relay = new OutboxRelay({ db, outbox, bus, source, log: silentLogger(), sweepMs: 50 });
   try {
-    const ids = db.transaction(() =>
-      events.map((e) =>
-        e.add(outbox, (at) => {
-          now = at;
-        }),
-      ),
-    )();
+    const ids = await db.transaction(async (tx) => {
+      const out: string[] = [];
+      for (const e of events) {
+        out.push(
+          await e.add(tx, outbox, (at) => {
+            now = at;
+          }),
+        );
+      }
+      return out;
+    });
     relay.start();
-    await until(
-      () => relay.backlog().count,
+    const left = await until(
+      async () => (await relay.backlog()).count,
       (n) => n === 0,
       10_000,
     );
-    if (relay.backlog().count !== 0) throw new Error(`outbox still holds ${relay.backlog().count} events`);
+    if (left !== 0) throw new Error(`outbox still holds ${left} events`);
     return ids;
   } finally {
     await relay.stop();
-    db.close();
+    await db.close();
   }
 }
 

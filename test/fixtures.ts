@@ -8,7 +8,6 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
-import Database from "better-sqlite3";
 
 /** Repository root. */
 export const ROOT = resolve(import.meta.dirname, "..");
@@ -141,22 +140,5 @@ export async function bufCurl(
   } catch (err) {
     const e = err as { stdout?: string; stderr?: string; code?: number };
     throw new Error(`buf curl exited ${e.code}: ${e.stderr ?? ""}${e.stdout ?? ""}`);
-  }
-}
-
-/**
- * Every row of every table (or of the `only` tables) of the SQLite file at `path`, as one string:
- * equal snapshots before and after a call prove the call wrote nothing.
- */
-export function dbSnapshot(path: string, only?: readonly string[]): string {
-  const db = new Database(path, { readonly: true });
-  try {
-    const tables = db
-      .prepare<[], { name: string }>("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-      .all()
-      .filter(({ name }) => !only || only.includes(name));
-    return JSON.stringify(tables.map(({ name }) => [name, db.prepare(`SELECT * FROM "${name}" ORDER BY rowid`).all()]));
-  } finally {
-    db.close();
   }
 }

@@ -24,6 +24,7 @@ import { ROUTES } from "../gateway/routes.js";
 import { GatewayService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
 import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
+import { sql } from "../platform/index.js";
 import { type ServiceProcess, spawnGateway } from "./fixtures.js";
 import { connectEndStream, envelope, grpcWebTrailers, type H2Response, h2Request, h2Session } from "./raw.js";
 import { type System, startSystem } from "./system.js";
@@ -339,16 +340,16 @@ async function send(f: Fuzzed, session: Awaited<ReturnType<typeof h2Session>>) {
 }
 
 /** Stock held per product (available + reserved): only restocks (admin only) may change it. */
-function stockTotals(): Record<string, number> {
-  const rows = sys.inventory.store.db
-    .prepare<[], { id: string; n: number }>("SELECT id, available + reserved AS n FROM products ORDER BY id")
-    .all();
+async function stockTotals(): Promise<Record<string, number>> {
+  const rows = await sys.inventory.store.db.all(
+    sql<{ id: string; n: number }>`SELECT id, available + reserved AS n FROM products ORDER BY id`,
+  );
   return Object.fromEntries(rows.map((r) => [r.id, r.n]));
 }
 
 describe("fuzzing the gateway", () => {
   it(`answers ${RUNS * BATCH} malformed requests without a server error, stays up, and keeps every invariant`, async () => {
-    const before = stockTotals();
+    const before = await stockTotals();
     const seen: Record<string, number> = {};
     await using session = await h2Session(url);
     await fc.assert(
@@ -387,14 +388,14 @@ describe("fuzzing the gateway", () => {
     expect(gw.child.exitCode).toBeNull();
     expect((await fetch(`${url}/healthz`)).status).toBe(200);
     // Stock is conserved, and once every saga has settled, money matches orders one to one.
-    expect(stockTotals()).toEqual(before);
+    expect(await stockTotals()).toEqual(before);
     const settled = async () => {
-      const orders = sys.order.store.db
-        .prepare<[], { id: string; status: string }>("SELECT id, status FROM orders")
-        .all();
-      const captured = sys.payment.store.db
-        .prepare<[], { order_id: string }>("SELECT order_id FROM payments WHERE status = 'CAPTURED'")
-        .all()
+      const orders = await sys.order.store.db.all(sql<{ id: string; status: string }>`SELECT id, status FROM orders`);
+      const captured = (
+        await sys.payment.store.db.all(
+          sql<{ order_id: string }>`SELECT order_id FROM payments WHERE status = 'CAPTURED'`,
+        )
+      )
         .map((r) => r.order_id)
         .sort();
       const confirmed = orders

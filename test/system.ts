@@ -1,9 +1,9 @@
 /**
  * The checkout system in one test process: inventory, payment and order
- * apps on ephemeral ports, each with its own SQLite file in a temp dir, and
+ * apps on ephemeral ports, each with its own database (a SQLite file in a
+ * temp dir, or a schema of a fresh PostgreSQL database: see db.ts), and
  * typed clients that call them as a given customer.
  */
-import { join } from "node:path";
 import type { Metadata } from "@grpc/grpc-js";
 import { type GatewayApp, startGateway } from "../gateway/app.js";
 import { loadConfig as gatewayConfig } from "../gateway/config.js";
@@ -30,6 +30,7 @@ import { type OrderApp, startOrder } from "../services/order/app.js";
 import { loadConfig as orderConfig } from "../services/order/config.js";
 import { type PaymentApp, startPayment } from "../services/payment/app.js";
 import { loadConfig as paymentConfig } from "../services/payment/config.js";
+import { TestDatabases } from "./db.js";
 import { tempDir } from "./fixtures.js";
 import { startNats, type TestNats } from "./nats.js";
 
@@ -67,18 +68,19 @@ export async function startSystem(
   const root = opts.log ?? silentLogger();
   const log = (service: string) => root.child({ service });
   const base = { GRPC_HOST: "127.0.0.1", GRPC_PORT: "0", SHUTDOWN_GRACE_MS: "2000", NATS_URL: nats.url };
+  const dbs = new TestDatabases(dir.path);
   const inventory = await startInventory(
-    inventoryConfig({ ...base, DB_PATH: join(dir.path, "inventory.db"), ...env.inventory }),
+    inventoryConfig({ ...base, ...(await dbs.env("inventory")), ...env.inventory }),
     log("inventory"),
   );
   const payment = await startPayment(
-    paymentConfig({ ...base, DB_PATH: join(dir.path, "payment.db"), ...env.payment }),
+    paymentConfig({ ...base, ...(await dbs.env("payment")), ...env.payment }),
     log("payment"),
   );
   const order = await startOrder(
     orderConfig({
       ...base,
-      DB_PATH: join(dir.path, "order.db"),
+      ...(await dbs.env("order")),
       INVENTORY_TARGET: inventory.address,
       PAYMENT_TARGET: payment.address,
       SAGA_RETRY_BASE_MS: "20",
@@ -88,11 +90,11 @@ export async function startSystem(
     log("order"),
   );
   const notification = await startNotification(
-    notificationConfig({ ...base, DB_PATH: join(dir.path, "notification.db"), ...env.notification }),
+    notificationConfig({ ...base, ...(await dbs.env("notification")), ...env.notification }),
     log("notification"),
   );
   const history = await startHistory(
-    historyConfig({ ...base, DB_PATH: join(dir.path, "history.db"), ...env.history }),
+    historyConfig({ ...base, ...(await dbs.env("history")), ...env.history }),
     log("history"),
   );
   const channels = [

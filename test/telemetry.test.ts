@@ -81,10 +81,10 @@ async function placeThroughGateway(sagaMode: "SAGA_MODE_ORCHESTRATION" | "SAGA_M
   return ((await res.json()) as { order: { id: string } }).order.id;
 }
 
-async function waitFor<T>(read: () => T, ok: (v: T) => boolean, ms = 10_000): Promise<T> {
+async function waitFor<T>(read: () => T | Promise<T>, ok: (v: T) => boolean, ms = 10_000): Promise<T> {
   const end = Date.now() + ms;
   for (;;) {
-    const v = read();
+    const v = await read();
     if (ok(v) || Date.now() > end) return v;
     await new Promise((r) => setTimeout(r, 50));
   }
@@ -160,7 +160,7 @@ describe("metrics", () => {
     await sys.paymentChaos.setFaults({ faults: { down: true } });
     const orderId = await placeThroughGateway("SAGA_MODE_ORCHESTRATION", "metrics-outage");
     await waitFor(
-      () => sys.order.store.get(orderId)?.status,
+      async () => (await sys.order.store.get(orderId))?.status,
       (s) => s === "COMPENSATING",
     );
     await sys.paymentChaos.setFaults({ faults: {} });

@@ -30,12 +30,12 @@ function entryMessage(v: OrderView): MessageInitShape<typeof OrderHistoryEntrySc
 /** Creates the HistoryService handlers. Answers from the local view only; never calls another service. */
 export function createHistoryApi({ store }: HistoryApiDeps): ServiceImpl<typeof HistoryService> {
   return {
-    listOrderHistory(req, ctx) {
+    async listOrderHistory(req, ctx) {
       // Everyone, admins included, lists only their own orders.
       const who = requireIdentity(ctx.metadata);
       const limit = pageSize(req.pageSize);
       const cursor = decodePageToken(req.pageToken, { t: "integer", id: "string" });
-      const rows = store.listByCustomer(
+      const rows = await store.listByCustomer(
         who.subject,
         cursor && { lastEventAt: cursor.t, orderId: cursor.id },
         limit + 1,

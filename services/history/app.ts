@@ -2,7 +2,7 @@
 
 import { EVENTS } from "../../contracts/events.js";
 import { HistoryService } from "../../gen/shopmesh/history/v1/history_pb.js";
-import { bind, type Host, type Logger, startHost } from "../../platform/index.js";
+import { bind, type Host, type Logger, locationOf, startHost } from "../../platform/index.js";
 import { createHistoryApi } from "./api.js";
 import type { HistoryConfig } from "./config.js";
 import { historyConsumers } from "./events.js";
@@ -15,7 +15,7 @@ export interface HistoryApp extends Host {
 
 /** Opens the store, starts consuming order, inventory and payment events, and starts serving. */
 export async function startHistory(config: HistoryConfig, log: Logger): Promise<HistoryApp> {
-  const store = HistoryStore.open(config.DB_PATH);
+  const store = await HistoryStore.open(locationOf("history", config));
   const host = await startHost({
     name: "history",
     config,

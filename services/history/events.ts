@@ -19,7 +19,7 @@ import {
   PaymentRefundedSchema,
   PaymentSucceededSchema,
 } from "../../gen/shopmesh/payment/v1/events_pb.js";
-import { type ConsumerSpec, type EventContext, on } from "../../platform/index.js";
+import { type ConsumerSpec, type EventContext, on, type Tx } from "../../platform/index.js";
 import { factOf, type HistoryEvent } from "./domain.js";
 import type { HistoryStore } from "./store.js";
 
@@ -28,8 +28,8 @@ export type HistoryConsumer = ConsumerSpec;
 
 /** The history service's consumers, one per stream. */
 export function historyConsumers(store: HistoryStore): HistoryConsumer[] {
-  const apply = (e: HistoryEvent, ctx: EventContext) => {
-    store.apply(factOf(e, ctx.eventId));
+  const apply = async (e: HistoryEvent, ctx: EventContext, tx: Tx) => {
+    await store.apply(factOf(e, ctx.eventId), tx);
   };
   return [
     {

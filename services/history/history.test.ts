@@ -1,10 +1,9 @@
 /**
- * The history service against a real nats-server and a real SQLite file:
+ * The history service against a real nats-server and a real database:
  * events of several orders and customers, published stream by stream in an
  * order that puts payment news before the orders they belong to, end up as
  * each customer's order history over real gRPC.
  */
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EVENTS } from "../../contracts/events.js";
 import { HistoryService, type OrderHistoryEntry } from "../../gen/shopmesh/history/v1/history_pb.js";
@@ -36,6 +35,7 @@ import {
   type Role,
   silentLogger,
 } from "../../platform/index.js";
+import { TestDatabases } from "../../test/db.js";
 import { consumerSettled, event, publishEvents } from "../../test/events.js";
 import { tempDir } from "../../test/fixtures.js";
 import { startNats, type TestNats } from "../../test/nats.js";
@@ -55,7 +55,12 @@ beforeAll(async () => {
   nats = await startNats();
   bus = await connectBus(nats.url, "history-test", log, { streams: EVENTS.streams });
   app = await startHistory(
-    loadConfig({ GRPC_PORT: "0", GRPC_HOST: "127.0.0.1", DB_PATH: join(dir.path, "history.db"), NATS_URL: nats.url }),
+    loadConfig({
+      GRPC_PORT: "0",
+      GRPC_HOST: "127.0.0.1",
+      ...(await new TestDatabases(dir.path).env("history")),
+      NATS_URL: nats.url,
+    }),
     log,
   );
   const ch = createChannel(app.address);
@@ -173,7 +178,7 @@ describe("ListOrderHistory", () => {
   });
 
   it("keeps an order whose owner is unknown out of every listing", async () => {
-    expect(app.store.all().find((v) => v.orderId === "ord-h5")).toMatchObject({
+    expect((await app.store.all()).find((v) => v.orderId === "ord-h5")).toMatchObject({
       customerId: null,
       status: null,
       total: { amountMinor: 100 },

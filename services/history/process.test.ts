@@ -5,7 +5,6 @@
  * exits 0, and the view is back as it was.
  */
 import { spawn } from "node:child_process";
-import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { EVENTS } from "../../contracts/events.js";
@@ -16,8 +15,9 @@ import { OrderStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentSucceededSchema } from "../../gen/shopmesh/payment/v1/events_pb.js";
 import { PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
 import { connectBus, createChannel, createClient, identityMetadata, silentLogger } from "../../platform/index.js";
+import { dropDatabase, snapshot, TestDatabases, withDb } from "../../test/db.js";
 import { consumerSettled, event, publishEvents } from "../../test/events.js";
-import { dbSnapshot, exited, ROOT, spawnService, tempDir } from "../../test/fixtures.js";
+import { exited, ROOT, spawnService, tempDir } from "../../test/fixtures.js";
 import { startNats } from "../../test/nats.js";
 
 /** Runs `services/history/rebuild.ts` as its own process; its exit code and output. */
@@ -43,8 +43,10 @@ describe("history process", () => {
   it("serves the view built from the bus; the rebuild command restores it after the database is lost", async () => {
     await using nats = await startNats();
     using dir = tempDir();
-    const dbPath = join(dir.path, "history.db");
-    const env = { DB_PATH: dbPath, NATS_URL: nats.url };
+    const dbs = new TestDatabases(dir.path);
+    const location = await dbs.location("history");
+    const env = { ...(await dbs.env("history")), NATS_URL: nats.url };
+    const view = () => withDb(location, (db) => snapshot(db, ["order_history"]));
     const bus = await connectBus(nats.url, "history-process-test", silentLogger(), { streams: EVENTS.streams });
     try {
       const svc = await spawnService("history", env);
@@ -80,16 +82,16 @@ describe("history process", () => {
         total: { amountMinor: 1200n },
       });
       expect(await svc.kill("SIGTERM")).toBe(0);
-      const before = dbSnapshot(dbPath, ["order_history"]);
+      const before = await view();
 
-      for (const suffix of ["", "-wal", "-shm"]) rmSync(`${dbPath}${suffix}`, { force: true });
+      await dropDatabase(location);
       const run = await rebuild(env);
       expect(run.code, run.stderr).toBe(0);
       expect(run.stdout).toContain("ORDER: 2 events (2 applied, 0 duplicates, 0 skipped)");
       expect(run.stdout).toContain("INVENTORY: 1 events (1 applied");
       expect(run.stdout).toContain("PAYMENT: 1 events (1 applied");
       expect(run.stdout).toMatch(/total: 4 events \(4 applied, 0 duplicates, 0 skipped\) in \d+\.\d+ s; 1 orders/);
-      expect(dbSnapshot(dbPath, ["order_history"])).toBe(before);
+      expect(await view()).toBe(before);
     } finally {
       await bus.close();
     }

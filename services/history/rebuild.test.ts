@@ -4,10 +4,7 @@
  * the inbox so the restarted service applies nothing twice, and skips what
  * the live consumers would dead-letter.
  */
-import { rmSync } from "node:fs";
-import { join } from "node:path";
 import { headers as natsHeaders } from "@nats-io/transport-node";
-import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
 import { EVENTS } from "../../contracts/events.js";
 import { StockReleasedSchema, StockReservedSchema } from "../../gen/shopmesh/inventory/v1/events_pb.js";
@@ -21,9 +18,10 @@ import {
   PaymentRefundedSchema,
   PaymentSucceededSchema,
 } from "../../gen/shopmesh/payment/v1/events_pb.js";
-import { type Bus, connectBus, Inbox, silentLogger } from "../../platform/index.js";
+import { type Bus, connectBus, type DbLocation, Inbox, silentLogger, sql } from "../../platform/index.js";
+import { dropDatabase, snapshot, TestDatabases, withDb } from "../../test/db.js";
 import { consumerSettled, event, publishEvents } from "../../test/events.js";
-import { dbSnapshot, tempDir } from "../../test/fixtures.js";
+import { tempDir } from "../../test/fixtures.js";
 import { startNats } from "../../test/nats.js";
 import { startHistory } from "./app.js";
 import { loadConfig } from "./config.js";
@@ -43,18 +41,9 @@ async function settled(bus: Bus): Promise<void> {
   for (const [stream, durable] of CONSUMERS) await consumerSettled(bus, stream, durable);
 }
 
-function removeDb(path: string): void {
-  for (const suffix of ["", "-wal", "-shm"]) rmSync(`${path}${suffix}`, { force: true });
-}
-
 /** The view's rows by order id (rowids depend on the order rows were first written in). */
-function viewRows(path: string): unknown[] {
-  const db = new Database(path, { readonly: true });
-  try {
-    return db.prepare("SELECT * FROM order_history ORDER BY order_id").all();
-  } finally {
-    db.close();
-  }
+function viewRows(location: DbLocation): Promise<unknown[]> {
+  return withDb(location, (db) => db.all(sql`SELECT * FROM order_history ORDER BY order_id`));
 }
 
 const counts = (s: StreamReplay) => [s.stream, s.durable, s.events, s.applied, s.duplicates, s.skipped];
@@ -63,11 +52,12 @@ describe("history rebuild", () => {
   it("replays into the view the live consumers build, and the restarted service applies nothing twice", async () => {
     await using nats = await startNats();
     using dir = tempDir();
-    const dbPath = join(dir.path, "history.db");
+    const dbs = new TestDatabases(dir.path);
+    const location = await dbs.location("history");
     const config = loadConfig({
       GRPC_PORT: "0",
       GRPC_HOST: "127.0.0.1",
-      DB_PATH: dbPath,
+      ...(await dbs.env("history")),
       NATS_URL: nats.url,
       SHUTDOWN_GRACE_MS: "1000",
     });
@@ -84,7 +74,7 @@ describe("history rebuild", () => {
       ]);
       await settled(bus);
       await app.stop();
-      const firstView = viewRows(dbPath);
+      const firstView = await viewRows(location);
       expect(firstView).toHaveLength(2);
 
       // 2. More events while the service is stopped: its durable consumers will get them on restart.
@@ -98,8 +88,8 @@ describe("history rebuild", () => {
       ]);
 
       // 3. The database is lost; the replay rebuilds it from the streams.
-      removeDb(dbPath);
-      const store = HistoryStore.open(dbPath);
+      await dropDatabase(location);
+      const store = await HistoryStore.open(location);
       const finished: string[] = [];
       const report = await replay({
         store,
@@ -117,21 +107,22 @@ describe("history rebuild", () => {
       expect(report.total).toBe(11);
       expect(report.cleared).toEqual({ views: 0, inbox: 0 });
       expect(finished).toEqual(["ORDER", "INVENTORY", "PAYMENT"]);
-      expect(store.all().find((v) => v.orderId === "ord-r1")).toMatchObject({
+      const view = await store.all();
+      expect(view.find((v) => v.orderId === "ord-r1")).toMatchObject({
         status: "CONFIRMED",
         paymentStatus: "CAPTURED",
       });
-      expect(store.all().find((v) => v.orderId === "ord-r2")).toMatchObject({
+      expect(view.find((v) => v.orderId === "ord-r2")).toMatchObject({
         status: "CANCELLED",
         paymentStatus: "DECLINED",
       });
-      expect(store.all().find((v) => v.orderId === "ord-r9")).toMatchObject({
+      expect(view.find((v) => v.orderId === "ord-r9")).toMatchObject({
         customerId: "jon",
         status: null,
         paymentStatus: "REFUNDED",
       });
-      store.close();
-      const rebuilt = dbSnapshot(dbPath);
+      const rebuilt = await snapshot(store.db);
+      await store.close();
 
       // 4. Restarted, the service is handed the events of step 2 again (and, its
       // PAYMENT consumer deleted, every payment event): the inbox knows them all.
@@ -141,16 +132,16 @@ describe("history rebuild", () => {
       const redelivered = await bus.jsm.consumers.info("ORDER", "history-order");
       expect(redelivered.delivered.stream_seq).toBe(5);
       await app.stop();
-      expect(dbSnapshot(dbPath), "no view row or inbox row changed").toBe(rebuilt);
+      expect(await withDb(location, (db) => snapshot(db)), "no view row or inbox row changed").toBe(rebuilt);
 
       // 5. The same view as live consumers build from nothing.
-      const rebuiltView = viewRows(dbPath);
-      removeDb(dbPath);
+      const rebuiltView = await viewRows(location);
+      await dropDatabase(location);
       for (const [stream, durable] of CONSUMERS) await bus.jsm.consumers.delete(stream, durable);
       app = await startHistory(config, log);
       await settled(bus);
       await app.stop();
-      expect(viewRows(dbPath)).toEqual(rebuiltView);
+      expect(await viewRows(location)).toEqual(rebuiltView);
       expect(rebuiltView).toHaveLength(4);
     } finally {
       await bus.close();
@@ -161,18 +152,21 @@ describe("history rebuild", () => {
     await using nats = await startNats();
     using dir = tempDir();
     const bus = await connectBus(nats.url, "history-rebuild-skip-test", log, { streams: EVENTS.streams });
-    const store = HistoryStore.open(join(dir.path, "history.db"));
+    const store = await HistoryStore.open(await new TestDatabases(dir.path).location("history"));
     try {
-      new Inbox(store.db, "history-order").once("evt_stale", "shopmesh.order.v1.OrderPlaced", () =>
-        store.apply({
-          eventId: "evt_stale",
-          type: "shopmesh.order.v1.OrderPlaced",
-          orderId: "ord-stale",
-          occurredAt: 1,
-          customerId: "kim",
-          status: "PENDING",
-        }),
-      );
+      await new Inbox(store.db, "history-order").once("evt_stale", "shopmesh.order.v1.OrderPlaced", async (tx) => {
+        await store.apply(
+          {
+            eventId: "evt_stale",
+            type: "shopmesh.order.v1.OrderPlaced",
+            orderId: "ord-stale",
+            occurredAt: 1,
+            customerId: "kim",
+            status: "PENDING",
+          },
+          tx,
+        );
+      });
       const poison = natsHeaders();
       poison.set("ce-type", "shopmesh.order.v1.OrderPlaced");
       poison.set("ce-id", "evt_poison");
@@ -191,10 +185,11 @@ describe("history rebuild", () => {
         ["INVENTORY", "history-inventory", 0, 0, 0, 0],
         ["PAYMENT", "history-payment", 0, 0, 0, 0],
       ]);
-      expect(store.all().map((v) => v.orderId)).toEqual(["ord-s1"]);
-      expect(store.all().find((v) => v.orderId === "ord-s1")?.lastEventId).toBe(good);
+      const view = await store.all();
+      expect(view.map((v) => v.orderId)).toEqual(["ord-s1"]);
+      expect(view.find((v) => v.orderId === "ord-s1")?.lastEventId).toBe(good);
     } finally {
-      store.close();
+      await store.close();
       await bus.close();
     }
   });

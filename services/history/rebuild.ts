@@ -30,6 +30,7 @@ import {
   type EventHandler,
   Inbox,
   type Logger,
+  locationOf,
 } from "../../platform/index.js";
 import { loadConfig } from "./config.js";
 import { UnusableEventError } from "./domain.js";
@@ -83,7 +84,7 @@ export interface ReplayOptions {
  */
 export async function replay(opts: ReplayOptions): Promise<ReplayReport> {
   const started = performance.now();
-  const cleared = opts.store.reset();
+  const cleared = await opts.store.reset();
   opts.log.info(cleared, "history view and inbox emptied");
   const streams: StreamReplay[] = [];
   for (const consumer of historyConsumers(opts.store)) streams.push(await replayStream(consumer, opts));
@@ -120,7 +121,7 @@ async function replayStream(consumer: HistoryConsumer, opts: ReplayOptions): Pro
       lastAt = Date.now();
       lastSeq = m.seq;
       counts.events++;
-      const outcome = applyMessage(inbox, handlers, m);
+      const outcome = await applyMessage(inbox, handlers, m);
       if (typeof outcome === "string") {
         counts.skipped++;
         log.warn({ stream, seq: m.seq, reason: outcome }, "event skipped");
@@ -148,14 +149,18 @@ async function replayStream(consumer: HistoryConsumer, opts: ReplayOptions): Pro
  * the same once-only inbox): true when applied, false when the inbox already
  * held it, or why it was skipped.
  */
-function applyMessage(inbox: Inbox, handlers: ReadonlyMap<string, EventHandler>, m: JsMsg): boolean | string {
+async function applyMessage(
+  inbox: Inbox,
+  handlers: ReadonlyMap<string, EventHandler>,
+  m: JsMsg,
+): Promise<boolean | string> {
   const decoded = decodeEvent(m, EVENTS);
   if ("unusable" in decoded) return decoded.unusable;
   const { event, ctx } = decoded;
   const fn = handlers.get(ctx.type);
   if (!fn) return `${ctx.type} is not projected`;
   try {
-    return inbox.once(ctx.eventId, ctx.type, () => fn(event as never, ctx));
+    return await inbox.once(ctx.eventId, ctx.type, (tx) => fn(event as never, ctx, tx));
   } catch (err) {
     if (err instanceof UnusableEventError) return err.message;
     throw err;
@@ -200,8 +205,11 @@ async function main(): Promise<number> {
     format: config.LOG_FORMAT,
   });
   const print = (line: string) => process.stdout.write(`${line}\n`);
-  print(`rebuilding ${config.DB_PATH} from ${config.NATS_URL}`);
-  const store = HistoryStore.open(config.DB_PATH);
+  const location = locationOf("history", config);
+  print(
+    `rebuilding ${location.engine === "sqlite" ? location.path : `schema ${location.schema}`} from ${config.NATS_URL}`,
+  );
+  const store = await HistoryStore.open(location);
   try {
     const bus = await withTimeout(
       connectBus(config.NATS_URL, "history-rebuild", log, { streams: EVENTS.streams }),
@@ -218,13 +226,13 @@ async function main(): Promise<number> {
       const sum = (k: "applied" | "duplicates" | "skipped") => report.streams.reduce((n, s) => n + s[k], 0);
       print(
         `total: ${summary({ events: report.total, applied: sum("applied"), duplicates: sum("duplicates"), skipped: sum("skipped"), ms: report.ms })}; ` +
-          `${store.all().length} orders in the view (cleared ${report.cleared.views} views, ${report.cleared.inbox} inbox rows)`,
+          `${(await store.all()).length} orders in the view (cleared ${report.cleared.views} views, ${report.cleared.inbox} inbox rows)`,
       );
     } finally {
       await bus.close();
     }
   } finally {
-    store.close();
+    await store.close();
   }
   return 0;
 }

@@ -1,32 +1,45 @@
 /**
- * History persistence: the denormalised order view and the inbox of the
+ * History persistence (SQLite or PostgreSQL): the denormalised order view and the inbox of the
  * consumers that build it. A fact is applied by reading the order's row,
  * merging with the pure {@link project}, and writing the row back, inside
  * the consumer's transaction (or the rebuild's), so the view and the inbox
  * always agree about which events are in.
  */
 import type { Line } from "../../contracts/lines.js";
-import { type Db, INBOX_MIGRATION, openDatabase } from "../../platform/index.js";
+import {
+  type Db,
+  type DbLocation,
+  INBOX_MIGRATION,
+  type Migrations,
+  openDatabase,
+  sql,
+  type Tx,
+} from "../../platform/index.js";
 import { type Fact, type OrderStatusName, type OrderView, type PaymentStatusName, project } from "./domain.js";
 
-const MIGRATIONS = [
-  `CREATE TABLE order_history (
+const VIEW = (engine: "sqlite" | "postgres") => {
+  const int = engine === "sqlite" ? "INTEGER" : "BIGINT";
+  return `CREATE TABLE order_history (
      order_id        TEXT PRIMARY KEY,
      customer_id     TEXT,           -- NULL until an event names the owner
      status          TEXT CHECK (status IN ('PENDING', 'CONFIRMED', 'CANCELLED')),  -- NULL before any order event
      items           TEXT NOT NULL,  -- JSON [{productId, quantity}], [] before OrderPlaced
-     total_minor     INTEGER,
+     total_minor     ${int},
      currency        TEXT,
      payment_status  TEXT CHECK (payment_status IN ('DECLINED', 'CAPTURED', 'REFUNDED')),  -- NULL: none yet
      reason          TEXT NOT NULL,
-     last_event_at   INTEGER NOT NULL,
+     last_event_at   ${int} NOT NULL,
      last_event_type TEXT NOT NULL,
      last_event_id   TEXT NOT NULL,
      CHECK ((total_minor IS NULL) = (currency IS NULL))
-   ) STRICT;
-   CREATE INDEX order_history_customer ON order_history (customer_id, last_event_at DESC, order_id DESC);`,
-  INBOX_MIGRATION,
-];
+   )${engine === "sqlite" ? " STRICT" : ""};
+   CREATE INDEX order_history_customer ON order_history (customer_id, last_event_at DESC, order_id DESC);`;
+};
+
+const MIGRATIONS: Migrations = {
+  sqlite: [VIEW("sqlite"), INBOX_MIGRATION.sqlite],
+  postgres: [VIEW("postgres"), INBOX_MIGRATION.postgres],
+};
 
 interface ViewRow {
   order_id: string;
@@ -75,63 +88,44 @@ export interface HistoryCursor {
   readonly orderId: string;
 }
 
-/** The order view (and the consumers' inbox) in one SQLite file. */
+/** The order view (and the consumers' inbox). */
 export class HistoryStore {
-  private readonly q;
-
   private constructor(
     /** The service's database (also used by its event consumers and the rebuild). */
     readonly db: Db,
-  ) {
-    this.q = {
-      view: db.prepare<[string], ViewRow>("SELECT * FROM order_history WHERE order_id = ?"),
-      upsert: db.prepare<[ViewRow]>(
-        `INSERT INTO order_history (order_id, customer_id, status, items, total_minor, currency, payment_status,
-                                    reason, last_event_at, last_event_type, last_event_id)
-         VALUES (@order_id, @customer_id, @status, @items, @total_minor, @currency, @payment_status,
-                 @reason, @last_event_at, @last_event_type, @last_event_id)
-         ON CONFLICT (order_id) DO UPDATE SET
-           customer_id = excluded.customer_id, status = excluded.status, items = excluded.items,
-           total_minor = excluded.total_minor, currency = excluded.currency,
-           payment_status = excluded.payment_status, reason = excluded.reason,
-           last_event_at = excluded.last_event_at, last_event_type = excluded.last_event_type,
-           last_event_id = excluded.last_event_id`,
-      ),
-      page: db.prepare<[string, number, number, string, number], ViewRow>(
-        `SELECT * FROM order_history
-         WHERE customer_id = ? AND (last_event_at < ? OR (last_event_at = ? AND order_id < ?))
-         ORDER BY last_event_at DESC, order_id DESC LIMIT ?`,
-      ),
-      all: db.prepare<[], ViewRow>("SELECT * FROM order_history ORDER BY order_id"),
-      clearViews: db.prepare("DELETE FROM order_history"),
-      clearInbox: db.prepare("DELETE FROM inbox"),
-    };
-  }
+  ) {}
 
-  /** Opens (and migrates) the store at `path` (`:memory:` for a private in-memory one). */
-  static open(path: string): HistoryStore {
-    return new HistoryStore(openDatabase(path, MIGRATIONS));
+  /** Opens (and migrates) the store at `location`. */
+  static async open(location: DbLocation): Promise<HistoryStore> {
+    return new HistoryStore(await openDatabase(location, MIGRATIONS));
   }
 
   /**
    * Merges `fact` into its order's view, creating the row on the first
-   * event about the order. Runs in the caller's transaction when there is
-   * one (the consumer's), in its own otherwise.
+   * event about the order, in `tx` when given (the consumer's or the
+   * rebuild's), in its own transaction otherwise.
    */
-  apply(fact: Fact): OrderView {
-    return this.db
-      .transaction(() => {
-        const row = this.q.view.get(fact.orderId);
-        const next = project(row && toView(row), fact);
-        this.q.upsert.run(toRow(next));
-        return next;
-      })
-      .immediate();
+  apply(fact: Fact, tx?: Tx): Promise<OrderView> {
+    return this.db.within(tx, async (tx) => {
+      const row = await tx.one(sql<ViewRow>`SELECT * FROM order_history WHERE order_id = ${fact.orderId}`);
+      const v = toRow(project(row && toView(row), fact));
+      await tx.run(sql`INSERT INTO order_history (order_id, customer_id, status, items, total_minor, currency,
+          payment_status, reason, last_event_at, last_event_type, last_event_id)
+        VALUES (${v.order_id}, ${v.customer_id}, ${v.status}, ${v.items}, ${v.total_minor}, ${v.currency},
+          ${v.payment_status}, ${v.reason}, ${v.last_event_at}, ${v.last_event_type}, ${v.last_event_id})
+        ON CONFLICT (order_id) DO UPDATE SET
+          customer_id = excluded.customer_id, status = excluded.status, items = excluded.items,
+          total_minor = excluded.total_minor, currency = excluded.currency,
+          payment_status = excluded.payment_status, reason = excluded.reason,
+          last_event_at = excluded.last_event_at, last_event_type = excluded.last_event_type,
+          last_event_id = excluded.last_event_id`);
+      return toView(v);
+    });
   }
 
   /** Every view, by order id (for checks and comparisons). */
-  all(): OrderView[] {
-    return this.q.all.all().map(toView);
+  async all(): Promise<OrderView[]> {
+    return (await this.db.all(sql<ViewRow>`SELECT * FROM order_history ORDER BY order_id`)).map(toView);
   }
 
   /**
@@ -139,23 +133,24 @@ export class HistoryStore {
    * after `cursor` (from the start when undefined). Views whose owner is not
    * known yet are never listed.
    */
-  listByCustomer(customerId: string, cursor: HistoryCursor | undefined, limit: number): OrderView[] {
+  async listByCustomer(customerId: string, cursor: HistoryCursor | undefined, limit: number): Promise<OrderView[]> {
     const c = cursor ?? { lastEventAt: Number.MAX_SAFE_INTEGER, orderId: "" };
-    return this.q.page.all(customerId, c.lastEventAt, c.lastEventAt, c.orderId, limit).map(toView);
+    const rows = await this.db.all(sql<ViewRow>`SELECT * FROM order_history
+      WHERE customer_id = ${customerId} AND (last_event_at < ${c.lastEventAt} OR (last_event_at = ${c.lastEventAt} AND order_id < ${c.orderId}))
+      ORDER BY last_event_at DESC, order_id DESC LIMIT ${limit}`);
+    return rows.map(toView);
   }
 
   /** Empties the view and the inbox, in one transaction (the start of a rebuild). */
-  reset(): { views: number; inbox: number } {
-    return this.db
-      .transaction(() => ({
-        views: this.q.clearViews.run().changes,
-        inbox: this.q.clearInbox.run().changes,
-      }))
-      .immediate();
+  reset(): Promise<{ views: number; inbox: number }> {
+    return this.db.transaction(async (tx) => ({
+      views: await tx.run(sql`DELETE FROM order_history`),
+      inbox: await tx.run(sql`DELETE FROM inbox`),
+    }));
   }
 
   /** Closes the database. */
-  close(): void {
-    this.db.close();
+  close(): Promise<void> {
+    return this.db.close();
   }
 }

@@ -59,25 +59,25 @@ function reservationMessage(r: ReservationRecord): MessageInitShape<typeof Reser
 /** Creates the InventoryService handlers. */
 export function createInventoryApi({ store }: InventoryApiDeps): ServiceImpl<typeof InventoryService> {
   return {
-    listProducts(req) {
+    async listProducts(req) {
       const limit = pageSize(req.pageSize);
       const after = decodePageToken(req.pageToken, { after: "string" })?.after;
-      const rows = store.products(after ?? "", limit + 1);
+      const rows = await store.products(after ?? "", limit + 1);
       const { page, nextPageToken } = pageOf(rows, limit, (last) => ({ after: last.id }));
       return { products: page.map(productMessage), nextPageToken };
     },
 
-    getProduct(req) {
+    async getProduct(req) {
       requireId(req.productId, "product_id");
-      const p = store.product(req.productId);
+      const p = await store.product(req.productId);
       if (!p) throw new NotFoundError("product", req.productId);
       return { product: productMessage(p) };
     },
 
-    reserveStock(req) {
+    async reserveStock(req) {
       const lines = validateReservation(req);
       const fingerprint = requestFingerprint(ReserveStockRequestSchema, req);
-      const result = store.reserve(req.idempotencyKey, fingerprint, req.orderId, lines);
+      const result = await store.reserve(req.idempotencyKey, fingerprint, req.orderId, lines);
       switch (result.kind) {
         case "key-reused":
           throw new IdempotencyKeyReusedError(req.idempotencyKey);
@@ -88,21 +88,21 @@ export function createInventoryApi({ store }: InventoryApiDeps): ServiceImpl<typ
       }
     },
 
-    releaseStock(req) {
+    async releaseStock(req) {
       requireId(req.reservationId, "reservation_id");
-      const released = store.release(req.reservationId);
+      const released = await store.release(req.reservationId);
       if (released.kind === "not-found") throw new NotFoundError("reservation", req.reservationId);
       return { reservation: reservationMessage(released.reservation) };
     },
 
-    restock(req, ctx) {
+    async restock(req, ctx) {
       if (!requireIdentity(ctx.metadata).roles.includes("admin")) {
         throw new ServiceError(Code.PERMISSION_DENIED, "Restock needs the admin role");
       }
       requireIdempotencyKey(req.idempotencyKey);
       requireId(req.productId, "product_id");
       requireQuantity(req.quantity, "quantity", 1, MAX_RESTOCK);
-      const result = store.restock(
+      const result = await store.restock(
         req.idempotencyKey,
         requestFingerprint(RestockRequestSchema, req),
         req.productId,

@@ -2,7 +2,7 @@
 
 import { EVENTS } from "../../contracts/events.js";
 import { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
-import { bind, type Host, type Logger, startHost } from "../../platform/index.js";
+import { bind, type Host, type Logger, locationOf, startHost } from "../../platform/index.js";
 import { createInventoryApi } from "./api.js";
 import { DEMO_CATALOGUE } from "./catalogue.js";
 import type { InventoryConfig } from "./config.js";
@@ -16,9 +16,9 @@ export interface InventoryApp extends Host {
 
 /** Opens the store, seeds the catalogue when empty, and starts serving and consuming. */
 export async function startInventory(config: InventoryConfig, log: Logger): Promise<InventoryApp> {
-  const store = InventoryStore.open(config.DB_PATH);
+  const store = await InventoryStore.open(locationOf("inventory", config));
   if (config.SEED_CATALOGUE) {
-    const n = store.seedIfEmpty(DEMO_CATALOGUE);
+    const n = await store.seedIfEmpty(DEMO_CATALOGUE);
     if (n > 0) log.info({ products: n }, "seeded demo catalogue");
   }
   const host = await startHost({

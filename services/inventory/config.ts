@@ -6,7 +6,7 @@ const spec = {
   ...faultEnv,
   /** gRPC port (0 = any free port). */
   GRPC_PORT: int(50051, { min: 0, max: 65535 }),
-  /** SQLite file of this service. */
+  /** SQLite file of this service (when DATABASE_URL is empty). */
   DB_PATH: str(".data/inventory.db"),
   /** Load the demo catalogue into an empty database on start. */
   SEED_CATALOGUE: bool(true),

@@ -29,7 +29,7 @@ export function inventoryConsumers(store: InventoryStore): ConsumerSpec[] {
       stream: "ORDER",
       durable: "inventory-order",
       handlers: [
-        on(OrderPlacedSchema, (e) => {
+        on(OrderPlacedSchema, async (e, _ctx, tx) => {
           if (e.sagaMode !== SagaMode.CHOREOGRAPHY) return;
           const orderId = e.meta?.orderId ?? "";
           const req = create(ReserveStockRequestSchema, {
@@ -39,24 +39,25 @@ export function inventoryConsumers(store: InventoryStore): ConsumerSpec[] {
           });
           try {
             const lines = validateReservation(req);
-            const r = store.reserve(
+            const r = await store.reserve(
               req.idempotencyKey,
               requestFingerprint(ReserveStockRequestSchema, req),
               orderId,
               lines,
               SagaMode.CHOREOGRAPHY,
+              tx,
             );
             if (r.kind === "key-reused") throw new Error(`reservation key of order ${orderId} reused with other items`);
           } catch (err) {
             // A business refusal (unknown product, bad line) is an outcome the saga must hear about.
             if (!(err instanceof ServiceError)) throw err;
-            store.outbox.add(StockRejectedSchema, orderId, { reason: err.message, shortages: [] });
+            await store.outbox.add(tx, StockRejectedSchema, orderId, { reason: err.message, shortages: [] });
           }
         }),
-        on(OrderCancelledSchema, (e) => {
+        on(OrderCancelledSchema, async (e, _ctx, tx) => {
           if (e.sagaMode !== SagaMode.CHOREOGRAPHY) return;
           const orderId = e.meta?.orderId ?? "";
-          store.cancelByKey(stepKey(orderId, "reserve_stock"), orderId);
+          await store.cancelByKey(stepKey(orderId, "reserve_stock"), orderId, tx);
         }),
       ],
     },

@@ -1,14 +1,15 @@
 /**
  * InventoryService over real gRPC: the app on an ephemeral port with a real
- * SQLite file, called through the generated typed client.
+ * database (SQLite or PostgreSQL, per the run), called through the generated
+ * typed client.
  */
-import { join } from "node:path";
 import { isMessage } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PreconditionFailureSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { InventoryService, ReservationStatus } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
-import { Code, createChannel, createClient, identityMetadata, silentLogger } from "../../platform/index.js";
-import { dbSnapshot, tempDir } from "../../test/fixtures.js";
+import { Code, createChannel, createClient, identityMetadata, silentLogger, sql } from "../../platform/index.js";
+import { snapshot as dbSnapshot, TestDatabases } from "../../test/db.js";
+import { tempDir } from "../../test/fixtures.js";
 import { expectRpcError } from "../../test/rpc.js";
 import { type InventoryApp, startInventory } from "./app.js";
 import { DEMO_CATALOGUE } from "./catalogue.js";
@@ -22,7 +23,12 @@ const channel = { close: () => {} };
 
 beforeAll(async () => {
   app = await startInventory(
-    loadConfig({ GRPC_PORT: "0", GRPC_HOST: "127.0.0.1", DB_PATH: dbPath, NATS_URL: "off" }),
+    loadConfig({
+      GRPC_PORT: "0",
+      GRPC_HOST: "127.0.0.1",
+      ...(await new TestDatabases(dir.path).env("inventory")),
+      NATS_URL: "off",
+    }),
     silentLogger(),
   );
   const ch = createChannel(app.address);
@@ -36,10 +42,9 @@ afterAll(async () => {
   dir[Symbol.dispose]();
 });
 
-const dbPath = join(dir.path, "inventory.db");
 /** Every row of the service's database, to prove a rejected call changed nothing. */
-const snapshot = () => dbSnapshot(dbPath);
-const stock = () => dbSnapshot(dbPath, ["products"]);
+const snapshot = () => dbSnapshot(app.store.db);
+const stock = () => dbSnapshot(app.store.db, ["products"]);
 
 const admin = { metadata: identityMetadata({ subject: "ops", roles: ["admin"] }) };
 let seq = 0;
@@ -104,7 +109,7 @@ describe("reservations", () => {
       orderId: "ord-2",
       items: [{ productId: "ceramic-mug", quantity: 1 }],
     });
-    const s = snapshot();
+    const s = await snapshot();
     await expectRpcError(
       inventory.reserveStock({
         idempotencyKey: k,
@@ -113,20 +118,20 @@ describe("reservations", () => {
       }),
       Code.ALREADY_EXISTS,
     );
-    expect(snapshot()).toBe(s);
+    expect(await snapshot()).toBe(s);
   });
 
   it("rejects short stock with FAILED_PRECONDITION naming the product, and replays the rejection", async () => {
     const k = key();
     const req = { idempotencyKey: k, orderId: "ord-3", items: [{ productId: "limited-print", quantity: 2 }] };
-    const s = stock();
+    const s = await stock();
     const err = await expectRpcError(inventory.reserveStock(req), Code.FAILED_PRECONDITION);
     const pf = err.details.find((d) => isMessage(d, PreconditionFailureSchema));
     expect(pf && isMessage(pf, PreconditionFailureSchema) ? pf.violations.map((v) => v.subject) : []).toEqual([
       "products/limited-print",
     ]);
     // Stock is untouched; only the rejection is remembered under its key.
-    expect(stock()).toBe(s);
+    expect(await stock()).toBe(s);
     // Even after a restock, the same key answers what it answered first.
     await inventory.restock({ idempotencyKey: key(), productId: "limited-print", quantity: 5 }, admin);
     await expectRpcError(inventory.reserveStock(req), Code.FAILED_PRECONDITION);
@@ -151,7 +156,7 @@ describe("reservations", () => {
         "items[1].product_id",
       ],
     ];
-    const s = snapshot();
+    const s = await snapshot();
     for (const [patch, field] of cases) {
       await expectRpcError(inventory.reserveStock({ ...ok, ...patch }), Code.INVALID_ARGUMENT, field);
     }
@@ -171,11 +176,11 @@ describe("reservations", () => {
       Code.INVALID_ARGUMENT,
       "idempotency_key",
     );
-    expect(snapshot()).toBe(s);
+    expect(await snapshot()).toBe(s);
   });
 
   it("answers NOT_FOUND for unknown products and reservations without writing anything", async () => {
-    const s = snapshot();
+    const s = await snapshot();
     await expectRpcError(
       inventory.reserveStock({
         idempotencyKey: key(),
@@ -192,7 +197,7 @@ describe("reservations", () => {
       inventory.restock({ idempotencyKey: key(), productId: "ghost", quantity: 1 }, admin),
       Code.NOT_FOUND,
     );
-    expect(snapshot()).toBe(s);
+    expect(await snapshot()).toBe(s);
   });
 
   it("never oversells: 100 concurrent reservations of 1 unit against stock 10 -> 10 reserved, 90 rejected", async () => {
@@ -220,25 +225,25 @@ describe("reservations", () => {
   });
 
   it("restocks only for an admin identity", async () => {
-    const s = snapshot();
+    const s = await snapshot();
     const req = { idempotencyKey: key(), productId: "paper-filters", quantity: 1 };
     await expectRpcError(inventory.restock(req), Code.UNAUTHENTICATED);
     await expectRpcError(
       inventory.restock(req, { metadata: identityMetadata({ subject: "carol", roles: ["customer"] }) }),
       Code.PERMISSION_DENIED,
     );
-    expect(snapshot()).toBe(s);
+    expect(await snapshot()).toBe(s);
   });
 
   it("never restocks a product past the most it may hold: FAILED_PRECONDITION, and it stays readable", async () => {
     // ~2,100 restocks of the largest allowed quantity used to overflow int32 and break GetProduct.
-    app.store.db.prepare("UPDATE products SET available = 999999990 - reserved WHERE id = 'ceramic-mug'").run();
-    const s = snapshot();
+    await app.store.db.run(sql`UPDATE products SET available = 999999990 - reserved WHERE id = 'ceramic-mug'`);
+    const s = await snapshot();
     await expectRpcError(
       inventory.restock({ idempotencyKey: key(), productId: "ceramic-mug", quantity: 11 }, admin),
       Code.FAILED_PRECONDITION,
     );
-    expect(snapshot()).toBe(s);
+    expect(await snapshot()).toBe(s);
     const ok = await inventory.restock({ idempotencyKey: key(), productId: "ceramic-mug", quantity: 10 }, admin);
     expect((ok.product?.available ?? 0) + (ok.product?.reserved ?? 0)).toBe(MAX_STOCK);
     expect((await inventory.getProduct({ productId: "ceramic-mug" })).product?.id).toBe("ceramic-mug");

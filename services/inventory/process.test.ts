@@ -10,12 +10,13 @@ import { Health, HealthCheckResponse_ServingStatus } from "../../gen/health/v1/h
 import { ChaosService } from "../../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { createChannel, createClient } from "../../platform/index.js";
+import { TestDatabases } from "../../test/db.js";
 import { bufCurl, exited, ROOT, spawnService, tempDir } from "../../test/fixtures.js";
 
 describe("inventory process", () => {
   it("lists its methods over reflection to buf curl and answers a call by name", async () => {
     using dir = tempDir();
-    await using svc = await spawnService("inventory", { DB_PATH: join(dir.path, "inv.db") });
+    await using svc = await spawnService("inventory", await new TestDatabases(dir.path).env("inventory"));
     const { stdout } = await bufCurl(["--list-methods", `http://${svc.address}`]);
     const methods = stdout.trim().split("\n");
     for (const m of ["ListProducts", "GetProduct", "ReserveStock", "ReleaseStock", "Restock"]) {
@@ -32,7 +33,7 @@ describe("inventory process", () => {
 
   it("reports SERVING, drains an in-flight call on SIGTERM, and keeps its data across a restart", async () => {
     using dir = tempDir();
-    const env = { DB_PATH: join(dir.path, "inv.db") };
+    const env = await new TestDatabases(dir.path).env("inventory");
     let svc = await spawnService("inventory", env);
     const ch = createChannel(svc.address);
     const health = createClient(Health, ch);

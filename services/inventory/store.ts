@@ -1,10 +1,9 @@
 /**
- * Inventory persistence. Every mutation is one IMMEDIATE transaction, so it
- * is atomic against other calls in this process and against any other
- * process on the same file; CHECK constraints keep stock non-negative even if
- * a bug slipped past the domain rules.
+ * Inventory persistence, on SQLite or PostgreSQL. Every mutation is one
+ * serialised transaction (see platform/sql.ts), so it is atomic against
+ * other calls, other processes and other replicas; CHECK constraints keep
+ * stock non-negative even if a bug slipped past the domain rules.
  */
-
 import { EVENTS } from "../../contracts/events.js";
 import type { Line } from "../../contracts/lines.js";
 import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
@@ -15,12 +14,17 @@ import {
 } from "../../gen/shopmesh/inventory/v1/events_pb.js";
 import {
   type Db,
+  type DbLocation,
   INBOX_MIGRATION,
   keyUse,
+  type Migrations,
   newId,
+  OUTBOX_CLAIMS_MIGRATION,
   OUTBOX_MIGRATION,
   Outbox,
   openDatabase,
+  sql,
+  type Tx,
   VOIDED,
 } from "../../platform/index.js";
 import {
@@ -33,40 +37,78 @@ import {
   shortageReason,
 } from "./domain.js";
 
-const MIGRATIONS = [
-  `CREATE TABLE products (
-     id          TEXT PRIMARY KEY,
-     name        TEXT NOT NULL,
-     price_minor INTEGER NOT NULL CHECK (price_minor >= 0),
-     currency    TEXT NOT NULL,
-     available   INTEGER NOT NULL CHECK (available >= 0),
-     reserved    INTEGER NOT NULL CHECK (reserved >= 0),
-     updated_at  INTEGER NOT NULL
-   ) STRICT;
-   CREATE TABLE reservations (
-     id              TEXT PRIMARY KEY,
-     idempotency_key TEXT NOT NULL UNIQUE,
-     fingerprint     TEXT NOT NULL,
-     order_id        TEXT NOT NULL,
-     status          TEXT NOT NULL CHECK (status IN ('RESERVED', 'RELEASED', 'REJECTED')),
-     items           TEXT NOT NULL,  -- JSON [{productId, quantity}]
-     total_minor     INTEGER NOT NULL,
-     currency        TEXT NOT NULL,
-     shortages       TEXT,           -- JSON [{productId, requested, available}] when REJECTED
-     created_at      INTEGER NOT NULL,
-     updated_at      INTEGER NOT NULL
-   ) STRICT;
-   CREATE INDEX reservations_order ON reservations (order_id);
-   CREATE TABLE restocks (
-     idempotency_key TEXT PRIMARY KEY,
-     fingerprint     TEXT NOT NULL,
-     product_id      TEXT NOT NULL REFERENCES products (id),
-     quantity        INTEGER NOT NULL CHECK (quantity > 0),
-     created_at      INTEGER NOT NULL
-   ) STRICT;`,
-  // 2: events (transactional outbox) and choreography consumers (inbox).
-  `${OUTBOX_MIGRATION}\n${INBOX_MIGRATION}`,
-];
+const MIGRATIONS: Migrations = {
+  sqlite: [
+    `CREATE TABLE products (
+       id          TEXT PRIMARY KEY,
+       name        TEXT NOT NULL,
+       price_minor INTEGER NOT NULL CHECK (price_minor >= 0),
+       currency    TEXT NOT NULL,
+       available   INTEGER NOT NULL CHECK (available >= 0),
+       reserved    INTEGER NOT NULL CHECK (reserved >= 0),
+       updated_at  INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE reservations (
+       id              TEXT PRIMARY KEY,
+       idempotency_key TEXT NOT NULL UNIQUE,
+       fingerprint     TEXT NOT NULL,
+       order_id        TEXT NOT NULL,
+       status          TEXT NOT NULL CHECK (status IN ('RESERVED', 'RELEASED', 'REJECTED')),
+       items           TEXT NOT NULL,  -- JSON [{productId, quantity}]
+       total_minor     INTEGER NOT NULL,
+       currency        TEXT NOT NULL,
+       shortages       TEXT,           -- JSON [{productId, requested, available}] when REJECTED
+       created_at      INTEGER NOT NULL,
+       updated_at      INTEGER NOT NULL
+     ) STRICT;
+     CREATE INDEX reservations_order ON reservations (order_id);
+     CREATE TABLE restocks (
+       idempotency_key TEXT PRIMARY KEY,
+       fingerprint     TEXT NOT NULL,
+       product_id      TEXT NOT NULL REFERENCES products (id),
+       quantity        INTEGER NOT NULL CHECK (quantity > 0),
+       created_at      INTEGER NOT NULL
+     ) STRICT;`,
+    // 2: events (transactional outbox) and choreography consumers (inbox).
+    `${OUTBOX_MIGRATION.sqlite}\n${INBOX_MIGRATION.sqlite}`,
+    // 3: relays claim outbox rows (several replicas).
+    OUTBOX_CLAIMS_MIGRATION.sqlite,
+  ],
+  postgres: [
+    `CREATE TABLE products (
+       id          TEXT PRIMARY KEY,
+       name        TEXT NOT NULL,
+       price_minor BIGINT NOT NULL CHECK (price_minor >= 0),
+       currency    TEXT NOT NULL,
+       available   INTEGER NOT NULL CHECK (available >= 0),
+       reserved    INTEGER NOT NULL CHECK (reserved >= 0),
+       updated_at  BIGINT NOT NULL
+     );
+     CREATE TABLE reservations (
+       id              TEXT PRIMARY KEY,
+       idempotency_key TEXT NOT NULL UNIQUE,
+       fingerprint     TEXT NOT NULL,
+       order_id        TEXT NOT NULL,
+       status          TEXT NOT NULL CHECK (status IN ('RESERVED', 'RELEASED', 'REJECTED')),
+       items           TEXT NOT NULL,
+       total_minor     BIGINT NOT NULL,
+       currency        TEXT NOT NULL,
+       shortages       TEXT,
+       created_at      BIGINT NOT NULL,
+       updated_at      BIGINT NOT NULL
+     );
+     CREATE INDEX reservations_order ON reservations (order_id);
+     CREATE TABLE restocks (
+       idempotency_key TEXT PRIMARY KEY,
+       fingerprint     TEXT NOT NULL,
+       product_id      TEXT NOT NULL REFERENCES products (id),
+       quantity        INTEGER NOT NULL CHECK (quantity > 0),
+       created_at      BIGINT NOT NULL
+     );`,
+    `${OUTBOX_MIGRATION.postgres}\n${INBOX_MIGRATION.postgres}`,
+    OUTBOX_CLAIMS_MIGRATION.postgres,
+  ],
+};
 
 /** A reservation that holds (or held) stock. */
 export interface ReservationRecord {
@@ -145,9 +187,8 @@ const toReservation = (r: ReservationRow & { status: ReservationRecord["status"]
 const held = (r: ReservationRow): r is ReservationRow & { status: ReservationRecord["status"] } =>
   r.status !== "REJECTED";
 
-/** Inventory tables in one SQLite file, with the outbox its events are committed into. */
+/** Inventory tables, with the outbox their events are committed into. */
 export class InventoryStore {
-  private readonly q;
   /** Events committed together with the changes they record. */
   readonly outbox: Outbox;
 
@@ -156,103 +197,100 @@ export class InventoryStore {
     readonly db: Db,
     private readonly clock: () => number,
   ) {
-    this.outbox = new Outbox(db, "inventory", EVENTS, clock);
-    this.q = {
-      product: db.prepare<[string], ProductRow>("SELECT * FROM products WHERE id = ?"),
-      page: db.prepare<[string, number], ProductRow>("SELECT * FROM products WHERE id > ? ORDER BY id LIMIT ?"),
-      count: db.prepare<[], { n: number }>("SELECT COUNT(*) AS n FROM products"),
-      insertProduct: db.prepare(
-        "INSERT INTO products (id, name, price_minor, currency, available, reserved, updated_at) VALUES (@id, @name, @priceMinor, @currency, @available, 0, @now)",
-      ),
-      take: db.prepare<[number, number, number, string, number]>(
-        "UPDATE products SET available = available - ?, reserved = reserved + ?, updated_at = ? WHERE id = ? AND available >= ?",
-      ),
-      give: db.prepare<[number, number, number, string]>(
-        "UPDATE products SET available = available + ?, reserved = reserved - ?, updated_at = ? WHERE id = ?",
-      ),
-      add: db.prepare<[number, number, string, number]>(
-        "UPDATE products SET available = available + ?, updated_at = ? WHERE id = ? AND available + reserved + ? <= " +
-          MAX_STOCK,
-      ),
-      reservationByKey: db.prepare<[string], ReservationRow>("SELECT * FROM reservations WHERE idempotency_key = ?"),
-      reservation: db.prepare<[string], ReservationRow & { status: ReservationRecord["status"] }>(
-        "SELECT * FROM reservations WHERE id = ? AND status != 'REJECTED'",
-      ),
-      insertReservation: db.prepare(
-        `INSERT INTO reservations (id, idempotency_key, fingerprint, order_id, status, items, total_minor, currency, shortages, created_at, updated_at)
-         VALUES (@id, @key, @fingerprint, @orderId, @status, @items, @totalMinor, @currency, @shortages, @now, @now)`,
-      ),
-      setReservationStatus: db.prepare<[string, number, string]>(
-        "UPDATE reservations SET status = ?, updated_at = ? WHERE id = ?",
-      ),
-      restockByKey: db.prepare<[string], { fingerprint: string; product_id: string }>(
-        "SELECT fingerprint, product_id FROM restocks WHERE idempotency_key = ?",
-      ),
-      insertRestock: db.prepare<[string, string, string, number, number]>(
-        "INSERT INTO restocks (idempotency_key, fingerprint, product_id, quantity, created_at) VALUES (?, ?, ?, ?, ?)",
-      ),
-    };
+    this.outbox = new Outbox("inventory", EVENTS, clock);
   }
 
-  /** Opens (and migrates) the store at `path` (`:memory:` for a private in-memory one). */
-  static open(path: string, clock: () => number = Date.now): InventoryStore {
-    return new InventoryStore(openDatabase(path, MIGRATIONS), clock);
+  /** Opens (and migrates) the store at `location`. */
+  static async open(location: DbLocation, clock: () => number = Date.now): Promise<InventoryStore> {
+    return new InventoryStore(await openDatabase(location, MIGRATIONS), clock);
   }
 
   /** Loads `products` if the catalogue is empty; returns how many were inserted. */
-  seedIfEmpty(products: readonly NewProduct[]): number {
-    return this.db
-      .transaction(() => {
-        if ((this.q.count.get()?.n ?? 0) > 0) return 0;
-        const now = this.clock();
-        for (const p of products) this.q.insertProduct.run({ ...p, now });
-        return products.length;
-      })
-      .immediate();
+  seedIfEmpty(products: readonly NewProduct[]): Promise<number> {
+    return this.db.transaction(async (tx) => {
+      const count = await tx.one(sql<{ n: number }>`SELECT COUNT(*) AS n FROM products`);
+      if ((count?.n ?? 0) > 0) return 0;
+      const now = this.clock();
+      for (const p of products) {
+        await tx.run(sql`INSERT INTO products (id, name, price_minor, currency, available, reserved, updated_at)
+          VALUES (${p.id}, ${p.name}, ${p.priceMinor}, ${p.currency}, ${p.available}, 0, ${now})`);
+      }
+      return products.length;
+    });
   }
 
-  /** One product, or undefined. */
-  product(id: string): ProductRecord | undefined {
-    const row = this.q.product.get(id);
+  private async productIn(q: Db | Tx, id: string): Promise<ProductRecord | undefined> {
+    const row = await q.one(sql<ProductRow>`SELECT * FROM products WHERE id = ${id}`);
     return row && toProduct(row);
   }
 
+  /** One product, or undefined. */
+  product(id: string): Promise<ProductRecord | undefined> {
+    return this.productIn(this.db, id);
+  }
+
   /** Up to `limit` products with id greater than `after`, by id. */
-  products(after: string, limit: number): ProductRecord[] {
-    return this.q.page.all(after, limit).map(toProduct);
+  async products(after: string, limit: number): Promise<ProductRecord[]> {
+    const rows = await this.db.all(
+      sql<ProductRow>`SELECT * FROM products WHERE id > ${after} ORDER BY id LIMIT ${limit}`,
+    );
+    return rows.map(toProduct);
+  }
+
+  private reservationByKey(tx: Tx, key: string): Promise<ReservationRow | undefined> {
+    return tx.one(sql<ReservationRow>`SELECT * FROM reservations WHERE idempotency_key = ${key}`);
+  }
+
+  private insertReservation(
+    tx: Tx,
+    r: {
+      id: string;
+      key: string;
+      fingerprint: string;
+      orderId: string;
+      status: ReservationRow["status"];
+      items: string;
+      totalMinor: number;
+      currency: string;
+      shortages: string | null;
+      now: number;
+    },
+  ): Promise<number> {
+    return tx.run(sql`INSERT INTO reservations (id, idempotency_key, fingerprint, order_id, status, items, total_minor,
+        currency, shortages, created_at, updated_at)
+      VALUES (${r.id}, ${r.key}, ${r.fingerprint}, ${r.orderId}, ${r.status}, ${r.items}, ${r.totalMinor},
+        ${r.currency}, ${r.shortages}, ${r.now}, ${r.now})`);
   }
 
   /**
    * Undoes whatever a reservation key did or would do (choreography
    * compensation): releases its reservation, or, when none was made yet,
-   * voids the key so a late reservation with it is rejected. Returns what
-   * happened.
+   * voids the key so a late reservation with it is rejected. Runs in `tx`
+   * when given (the consumer's).
    */
-  cancelByKey(key: string, orderId: string): CancelResult {
-    return this.db
-      .transaction((): CancelResult => {
-        const prior = this.q.reservationByKey.get(key);
-        if (!prior) {
-          const now = this.clock();
-          this.q.insertReservation.run({
-            id: newId("res", now),
-            key,
-            fingerprint: VOIDED,
-            orderId,
-            status: "REJECTED",
-            items: "[]",
-            totalMinor: 0,
-            currency: "",
-            shortages: "[]",
-            now,
-          });
-          return { kind: "voided" };
-        }
-        if (prior.status !== "RESERVED") return { kind: "nothing" };
-        this.release(prior.id);
-        return { kind: "released" };
-      })
-      .immediate();
+  cancelByKey(key: string, orderId: string, tx?: Tx): Promise<CancelResult> {
+    return this.db.within(tx, async (tx) => {
+      const prior = await this.reservationByKey(tx, key);
+      if (!prior) {
+        const now = this.clock();
+        await this.insertReservation(tx, {
+          id: newId("res", now),
+          key,
+          fingerprint: VOIDED,
+          orderId,
+          status: "REJECTED",
+          items: "[]",
+          totalMinor: 0,
+          currency: "",
+          shortages: "[]",
+          now,
+        });
+        return { kind: "voided" };
+      }
+      if (prior.status !== "RESERVED") return { kind: "nothing" };
+      await this.release(prior.id, tx);
+      return { kind: "released" };
+    });
   }
 
   /**
@@ -267,92 +305,107 @@ export class InventoryStore {
     orderId: string,
     lines: readonly Line[],
     sagaMode: SagaMode = SagaMode.ORCHESTRATION,
-  ): ReserveResult {
-    return this.db
-      .transaction((): ReserveResult => {
-        const prior = this.q.reservationByKey.get(key);
-        switch (keyUse(prior?.fingerprint, fingerprint)) {
-          case "voided":
-            return { kind: "rejected", shortages: [], replayed: true };
-          case "key-reused":
-            return { kind: "key-reused" };
-          case "replay": {
-            const row = prior as ReservationRow;
-            if (held(row)) return { kind: "reserved", reservation: toReservation(row), replayed: true };
-            return { kind: "rejected", shortages: JSON.parse(row.shortages ?? "[]") as Shortage[], replayed: true };
-          }
-          case "new":
-            break;
+    tx?: Tx,
+  ): Promise<ReserveResult> {
+    return this.db.within(tx, async (tx): Promise<ReserveResult> => {
+      const prior = await this.reservationByKey(tx, key);
+      switch (keyUse(prior?.fingerprint, fingerprint)) {
+        case "voided":
+          return { kind: "rejected", shortages: [], replayed: true };
+        case "key-reused":
+          return { kind: "key-reused" };
+        case "replay": {
+          const row = prior as ReservationRow;
+          if (held(row)) return { kind: "reserved", reservation: toReservation(row), replayed: true };
+          return { kind: "rejected", shortages: JSON.parse(row.shortages ?? "[]") as Shortage[], replayed: true };
         }
-        const stock = new Map<string, ProductRecord>();
-        for (const l of lines) {
-          const row = this.q.product.get(l.productId);
-          if (row) stock.set(row.id, toProduct(row));
-        }
-        const plan: Plan = planReservation(lines, stock);
-        const now = this.clock();
-        const id = newId("res", now);
-        const base = { id, key, fingerprint, orderId, items: JSON.stringify(lines), now };
-        if (plan.kind === "short") {
-          this.q.insertReservation.run({
-            ...base,
-            status: "REJECTED",
-            totalMinor: 0,
-            currency: "",
-            shortages: JSON.stringify(plan.shortages),
-          });
-          this.outbox.add(StockRejectedSchema, orderId, {
-            reason: shortageReason(plan.shortages),
-            shortages: plan.shortages.map((x) => ({ ...x })),
-          });
-          return { kind: "rejected", shortages: plan.shortages, replayed: false };
-        }
-        for (const l of plan.lines) {
-          const { changes } = this.q.take.run(l.quantity, l.quantity, now, l.productId, l.quantity);
-          // Unreachable while the transaction holds the write lock; kept so a
-          // future change cannot silently oversell.
-          if (changes !== 1) throw new Error(`stock of ${l.productId} changed inside a reservation transaction`);
-        }
-        this.q.insertReservation.run({
+        case "new":
+          break;
+      }
+      const stock = new Map<string, ProductRecord>();
+      for (const l of lines) {
+        const p = await this.productIn(tx, l.productId);
+        if (p) stock.set(p.id, p);
+      }
+      const plan: Plan = planReservation(lines, stock);
+      const now = this.clock();
+      const id = newId("res", now);
+      const base = { id, key, fingerprint, orderId, items: JSON.stringify(lines), now };
+      if (plan.kind === "short") {
+        await this.insertReservation(tx, {
           ...base,
+          status: "REJECTED",
+          totalMinor: 0,
+          currency: "",
+          shortages: JSON.stringify(plan.shortages),
+        });
+        await this.outbox.add(tx, StockRejectedSchema, orderId, {
+          reason: shortageReason(plan.shortages),
+          shortages: plan.shortages.map((x) => ({ ...x })),
+        });
+        return { kind: "rejected", shortages: plan.shortages, replayed: false };
+      }
+      for (const l of plan.lines) {
+        const changes = await tx.run(sql`UPDATE products
+          SET available = available - ${l.quantity}, reserved = reserved + ${l.quantity}, updated_at = ${now}
+          WHERE id = ${l.productId} AND available >= ${l.quantity}`);
+        // Unreachable while the transaction is serialised; kept so a future change cannot silently oversell.
+        if (changes !== 1) throw new Error(`stock of ${l.productId} changed inside a reservation transaction`);
+      }
+      const reservation = {
+        ...base,
+        status: "RESERVED" as const,
+        totalMinor: plan.totalMinor,
+        currency: plan.currency,
+      };
+      await this.insertReservation(tx, { ...reservation, shortages: null });
+      await this.outbox.add(tx, StockReservedSchema, orderId, {
+        reservationId: id,
+        items: plan.lines.map((l) => ({ ...l })),
+        total: { currencyCode: plan.currency, amountMinor: BigInt(plan.totalMinor) },
+        sagaMode,
+      });
+      return {
+        kind: "reserved",
+        reservation: {
+          id,
+          orderId,
           status: "RESERVED",
+          items: lines,
           totalMinor: plan.totalMinor,
           currency: plan.currency,
-          shortages: null,
-        });
-        this.outbox.add(StockReservedSchema, orderId, {
-          reservationId: id,
-          items: plan.lines.map((l) => ({ ...l })),
-          total: { currencyCode: plan.currency, amountMinor: BigInt(plan.totalMinor) },
-          sagaMode,
-        });
-        return {
-          kind: "reserved",
-          reservation: toReservation({ ...(this.q.reservationByKey.get(key) as ReservationRow), status: "RESERVED" }),
-          replayed: false,
-        };
-      })
-      .immediate();
+          createdAt: now,
+        },
+        replayed: false,
+      };
+    });
   }
 
   /**
    * Returns a reservation's units to stock. Releasing a RELEASED reservation
    * changes nothing (`unchanged`).
    */
-  release(id: string): ReleaseResult {
-    return this.db
-      .transaction((): ReleaseResult => {
-        const row = this.q.reservation.get(id);
-        if (!row) return { kind: "not-found" };
-        if (row.status !== "RESERVED") return { kind: "unchanged", reservation: toReservation(row) };
-        const r = toReservation(row);
-        const now = this.clock();
-        for (const l of r.items) this.q.give.run(l.quantity, l.quantity, now, l.productId);
-        this.q.setReservationStatus.run("RELEASED", now, id);
-        this.outbox.add(StockReleasedSchema, r.orderId, { reservationId: id, items: r.items.map((l) => ({ ...l })) });
-        return { kind: "released", reservation: { ...r, status: "RELEASED" } };
-      })
-      .immediate();
+  release(id: string, tx?: Tx): Promise<ReleaseResult> {
+    return this.db.within(tx, async (tx): Promise<ReleaseResult> => {
+      const row = await tx.one(
+        sql<ReservationRow>`SELECT * FROM reservations WHERE id = ${id} AND status != 'REJECTED'`,
+      );
+      if (!row || !held(row)) return { kind: "not-found" };
+      if (row.status !== "RESERVED") return { kind: "unchanged", reservation: toReservation(row) };
+      const r = toReservation(row);
+      const now = this.clock();
+      for (const l of r.items) {
+        await tx.run(sql`UPDATE products
+          SET available = available + ${l.quantity}, reserved = reserved - ${l.quantity}, updated_at = ${now}
+          WHERE id = ${l.productId}`);
+      }
+      await tx.run(sql`UPDATE reservations SET status = 'RELEASED', updated_at = ${now} WHERE id = ${id}`);
+      await this.outbox.add(tx, StockReleasedSchema, r.orderId, {
+        reservationId: id,
+        items: r.items.map((l) => ({ ...l })),
+      });
+      return { kind: "released", reservation: { ...r, status: "RELEASED" } };
+    });
   }
 
   /**
@@ -361,31 +414,37 @@ export class InventoryStore {
    * `key-reused`. Never raises a product above MAX_STOCK (`over-capacity`,
    * nothing written).
    */
-  restock(key: string, fingerprint: string, productId: string, quantity: number): RestockResult {
-    return this.db
-      .transaction((): RestockResult => {
-        const prior = this.q.restockByKey.get(key);
-        switch (keyUse(prior?.fingerprint, fingerprint)) {
-          case "replay":
-            return { kind: "restocked", product: this.product(prior?.product_id ?? "") as ProductRecord };
-          case "key-reused":
-          case "voided":
-            return { kind: "key-reused" };
-          case "new":
-            break;
-        }
-        const product = this.product(productId);
-        if (!product) return { kind: "not-found" };
-        const now = this.clock();
-        if (this.q.add.run(quantity, now, productId, quantity).changes !== 1) return { kind: "over-capacity", product };
-        this.q.insertRestock.run(key, fingerprint, productId, quantity, now);
-        return { kind: "restocked", product: this.product(productId) as ProductRecord };
-      })
-      .immediate();
+  restock(key: string, fingerprint: string, productId: string, quantity: number): Promise<RestockResult> {
+    return this.db.transaction(async (tx): Promise<RestockResult> => {
+      const prior = await tx.one(
+        sql<{
+          fingerprint: string;
+          product_id: string;
+        }>`SELECT fingerprint, product_id FROM restocks WHERE idempotency_key = ${key}`,
+      );
+      switch (keyUse(prior?.fingerprint, fingerprint)) {
+        case "replay":
+          return { kind: "restocked", product: (await this.productIn(tx, prior?.product_id ?? "")) as ProductRecord };
+        case "key-reused":
+        case "voided":
+          return { kind: "key-reused" };
+        case "new":
+          break;
+      }
+      const product = await this.productIn(tx, productId);
+      if (!product) return { kind: "not-found" };
+      const now = this.clock();
+      const added = await tx.run(sql`UPDATE products SET available = available + ${quantity}, updated_at = ${now}
+        WHERE id = ${productId} AND available + reserved + ${quantity} <= ${MAX_STOCK}`);
+      if (added !== 1) return { kind: "over-capacity", product };
+      await tx.run(sql`INSERT INTO restocks (idempotency_key, fingerprint, product_id, quantity, created_at)
+        VALUES (${key}, ${fingerprint}, ${productId}, ${quantity}, ${now})`);
+      return { kind: "restocked", product: (await this.productIn(tx, productId)) as ProductRecord };
+    });
   }
 
   /** Closes the database. */
-  close(): void {
-    this.db.close();
+  close(): Promise<void> {
+    return this.db.close();
   }
 }

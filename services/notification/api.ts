@@ -30,13 +30,18 @@ function notificationMessage(n: NotificationRecord): MessageInitShape<typeof Not
 /** Creates the NotificationService handlers. */
 export function createNotificationApi({ store }: NotificationApiDeps): ServiceImpl<typeof NotificationService> {
   return {
-    listNotifications(req, ctx) {
+    async listNotifications(req, ctx) {
       // Everyone, admins included, lists only the notifications addressed to them.
       const who = requireIdentity(ctx.metadata);
       const limit = pageSize(req.pageSize);
       const { orderId } = validateListFilter(req);
       const cursor = decodePageToken(req.pageToken, { t: "integer", id: "string" });
-      const rows = store.listByCustomer(who.subject, orderId, cursor && { sentAt: cursor.t, id: cursor.id }, limit + 1);
+      const rows = await store.listByCustomer(
+        who.subject,
+        orderId,
+        cursor && { sentAt: cursor.t, id: cursor.id },
+        limit + 1,
+      );
       const { page, nextPageToken } = pageOf(rows, limit, (last) => ({ t: last.sentAt, id: last.id }));
       return { notifications: page.map(notificationMessage), nextPageToken };
     },

@@ -2,7 +2,7 @@
 
 import { EVENTS } from "../../contracts/events.js";
 import { NotificationService } from "../../gen/shopmesh/notification/v1/notification_pb.js";
-import { bind, type Host, type Logger, startHost } from "../../platform/index.js";
+import { bind, type Host, type Logger, locationOf, startHost } from "../../platform/index.js";
 import { createNotificationApi } from "./api.js";
 import type { NotificationConfig } from "./config.js";
 import { notificationConsumers } from "./events.js";
@@ -15,7 +15,7 @@ export interface NotificationApp extends Host {
 
 /** Opens the store, starts consuming order and payment events, and starts serving. */
 export async function startNotification(config: NotificationConfig, log: Logger): Promise<NotificationApp> {
-  const store = NotificationStore.open(config.DB_PATH);
+  const store = await NotificationStore.open(locationOf("notification", config));
   const host = await startHost({
     name: "notification",
     config,

@@ -4,34 +4,37 @@
  * redelivered to the restarted process, whose inbox recognises it: the
  * customer is notified exactly once.
  */
-import { join } from "node:path";
-import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
 import { EVENTS } from "../../contracts/events.js";
 import { NotificationKind, NotificationService } from "../../gen/shopmesh/notification/v1/notification_pb.js";
 import { OrderConfirmedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
-import { connectBus, createChannel, createClient, identityMetadata, silentLogger } from "../../platform/index.js";
+import {
+  connectBus,
+  createChannel,
+  createClient,
+  type DbLocation,
+  identityMetadata,
+  silentLogger,
+  sql,
+} from "../../platform/index.js";
+import { TestDatabases, withDb } from "../../test/db.js";
 import { consumerSettled, event, publishEvents } from "../../test/events.js";
 import { exited, spawnService, tempDir } from "../../test/fixtures.js";
 import { startNats } from "../../test/nats.js";
 
-function notificationsOf(path: string, eventId: string): { id: string; kind: string }[] {
-  const db = new Database(path, { readonly: true });
-  try {
-    return db
-      .prepare<[string], { id: string; kind: string }>("SELECT id, kind FROM notifications WHERE event_id = ?")
-      .all(eventId);
-  } finally {
-    db.close();
-  }
+function notificationsOf(location: DbLocation, eventId: string): Promise<{ id: string; kind: string }[]> {
+  return withDb(location, (db) =>
+    db.all(sql<{ id: string; kind: string }>`SELECT id, kind FROM notifications WHERE event_id = ${eventId}`),
+  );
 }
 
 describe("notification crash recovery", () => {
   it("notifies once when the process dies between commit and ack and the event is redelivered", async () => {
     await using nats = await startNats();
     using dir = tempDir();
-    const dbPath = join(dir.path, "notification.db");
-    const env = { DB_PATH: dbPath, NATS_URL: nats.url };
+    const dbs = new TestDatabases(dir.path);
+    const location = await dbs.location("notification");
+    const env = { ...(await dbs.env("notification")), NATS_URL: nats.url };
     const bus = await connectBus(nats.url, "notification-crash-test", silentLogger(), { streams: EVENTS.streams });
     try {
       await using crashing = await spawnService("notification", { ...env, FAULT_CRASH_AFTER_COMMIT: "true" });
@@ -44,11 +47,11 @@ describe("notification crash recovery", () => {
       ]);
       expect(await exited(crashing.child)).toBe("SIGKILL");
       // Committed, but JetStream still waits for the ack. (The process's last log lines may die with it.)
-      expect(notificationsOf(dbPath, eventId)).toHaveLength(1);
+      expect(await notificationsOf(location, eventId)).toHaveLength(1);
       const before = await bus.jsm.consumers.info("ORDER", "notification-order");
       expect(before.num_ack_pending).toBe(1);
       expect(before.delivered.consumer_seq).toBe(1);
-      // JetStream redelivers an unacked event after ack_wait (30 s in production); shorten it so the test need not wait.
+      // JetStream redelivers an unacked event after ack_wait (10 s in production); shorten it so the test need not wait.
       await bus.jsm.consumers.update("ORDER", "notification-order", { ack_wait: 1e9 });
 
       await using restarted = await spawnService("notification", env);
@@ -56,7 +59,7 @@ describe("notification crash recovery", () => {
       const after = await bus.jsm.consumers.info("ORDER", "notification-order");
       expect(after.delivered.consumer_seq, "the event was delivered a second time").toBe(2);
 
-      expect(notificationsOf(dbPath, eventId)).toHaveLength(1);
+      expect(await notificationsOf(location, eventId)).toHaveLength(1);
       expect(restarted.output()).not.toContain('"msg":"notification sent"');
       const ch = createChannel(restarted.address);
       try {

@@ -7,14 +7,14 @@
  */
 import { OrderCancelledSchema, OrderConfirmedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
 import { PaymentRefundedSchema } from "../../gen/shopmesh/payment/v1/events_pb.js";
-import { type ConsumerSpec, type EventContext, type Logger, on } from "../../platform/index.js";
+import { type ConsumerSpec, type EventContext, type Logger, on, type Tx } from "../../platform/index.js";
 import { type NotifyingEvent, notificationFor } from "./domain.js";
 import type { NotificationStore } from "./store.js";
 
 /** The notification service's consumers. */
 export function notificationConsumers(store: NotificationStore, log: Logger): ConsumerSpec[] {
-  const notify = (e: NotifyingEvent, ctx: EventContext) => {
-    const r = store.record(ctx.eventId, notificationFor(e));
+  const notify = async (e: NotifyingEvent, ctx: EventContext, tx: Tx) => {
+    const r = await store.record(ctx.eventId, notificationFor(e), tx);
     if (r.kind === "sent") {
       const n = r.notification;
       log.info({ customer: n.customerId, order: n.orderId, kind: n.kind }, "notification sent");

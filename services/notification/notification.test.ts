@@ -1,10 +1,8 @@
 /**
- * The notification service against a real nats-server and a real SQLite
- * file: events published through an outbox relay, as services publish
+ * The notification service against a real nats-server and a real
+ * database: events published through an outbox relay, as services publish
  * them, come back as notifications over real gRPC.
  */
-import { join } from "node:path";
-import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EVENTS } from "../../contracts/events.js";
 import { StockReservedSchema } from "../../gen/shopmesh/inventory/v1/events_pb.js";
@@ -29,7 +27,9 @@ import {
   identityMetadata,
   type Role,
   silentLogger,
+  sql,
 } from "../../platform/index.js";
+import { TestDatabases } from "../../test/db.js";
 import { consumerSettled, event, publishEvents, republish, until } from "../../test/events.js";
 import { tempDir } from "../../test/fixtures.js";
 import { startNats, type TestNats } from "../../test/nats.js";
@@ -40,7 +40,6 @@ import { loadConfig } from "./config.js";
 
 const log = silentLogger();
 const dir = tempDir();
-const dbPath = join(dir.path, "notification.db");
 let nats: TestNats;
 let bus: Bus;
 let app: NotificationApp;
@@ -51,7 +50,12 @@ beforeAll(async () => {
   nats = await startNats();
   bus = await connectBus(nats.url, "notification-test", log, { streams: EVENTS.streams });
   app = await startNotification(
-    loadConfig({ GRPC_PORT: "0", GRPC_HOST: "127.0.0.1", DB_PATH: dbPath, NATS_URL: nats.url }),
+    loadConfig({
+      GRPC_PORT: "0",
+      GRPC_HOST: "127.0.0.1",
+      ...(await new TestDatabases(dir.path).env("notification")),
+      NATS_URL: nats.url,
+    }),
     log,
   );
   const ch = createChannel(app.address);
@@ -96,17 +100,12 @@ async function settle(subject: string, count: number): Promise<Notification[]> {
   return listAll(subject);
 }
 
-/** Rows of the notifications table caused by `eventId`, read from the SQLite file. */
-function rowsOf(eventId: string): number {
-  const db = new Database(dbPath, { readonly: true });
-  try {
-    return (
-      db.prepare<[string], { n: number }>("SELECT COUNT(*) AS n FROM notifications WHERE event_id = ?").get(eventId)
-        ?.n ?? 0
-    );
-  } finally {
-    db.close();
-  }
+/** Rows of the notifications table caused by `eventId`, read from the service's database. */
+async function rowsOf(eventId: string): Promise<number> {
+  const r = await app.store.db.one(
+    sql<{ n: number }>`SELECT COUNT(*) AS n FROM notifications WHERE event_id = ${eventId}`,
+  );
+  return r?.n ?? 0;
 }
 
 describe("notifying", () => {
@@ -181,8 +180,8 @@ describe("notifying", () => {
     const after = await settle(dave, 2);
 
     expect(after.map((n) => n.eventId).sort()).toEqual([confirmedId, refundedId].sort());
-    expect(rowsOf(confirmedId)).toBe(1);
-    expect(rowsOf(refundedId)).toBe(1);
+    expect(await rowsOf(confirmedId)).toBe(1);
+    expect(await rowsOf(refundedId)).toBe(1);
   });
 });
 
@@ -251,7 +250,12 @@ describe("an unusable event", () => {
     using ownDir = tempDir();
     const ownBus = await connectBus(ownNats.url, "notification-dlq-test", log, { streams: EVENTS.streams });
     const own = await startNotification(
-      loadConfig({ GRPC_PORT: "0", GRPC_HOST: "127.0.0.1", DB_PATH: join(ownDir.path, "n.db"), NATS_URL: ownNats.url }),
+      loadConfig({
+        GRPC_PORT: "0",
+        GRPC_HOST: "127.0.0.1",
+        ...(await new TestDatabases(ownDir.path).env("notification")),
+        NATS_URL: ownNats.url,
+      }),
       log,
     );
     const ch = createChannel(own.address);
@@ -272,7 +276,7 @@ describe("an unusable event", () => {
         (m) => m?.header.get("ce-id") === bad,
       );
       expect(dlq?.header.get("x-dlq-reason")).toContain("names no customer");
-      expect(notifiedFor(own.store.db, bad)).toBe(false);
+      expect(await notifiedFor(own.store.db, bad)).toBe(false);
     } finally {
       ch.close();
       await own.stop();

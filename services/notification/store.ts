@@ -1,27 +1,38 @@
 /**
- * Notification persistence: the notifications sent, and the inbox of the
+ * Notification persistence (SQLite or PostgreSQL): the notifications sent, and the inbox of the
  * event consumers that send them. A notification is recorded inside the
  * consumer's transaction, beside the inbox row; the UNIQUE event id is a
  * second guard, so even an event that somehow got past the inbox (say, an
  * inbox emptied by hand) never notifies twice.
  */
-import { type Db, INBOX_MIGRATION, newId, openDatabase } from "../../platform/index.js";
+import {
+  type Db,
+  type DbLocation,
+  INBOX_MIGRATION,
+  type Migrations,
+  newId,
+  openDatabase,
+  sql,
+  type Tx,
+} from "../../platform/index.js";
 import type { NotificationDraft, NotificationKindName, NotificationRecord } from "./domain.js";
 
-const MIGRATIONS = [
-  `CREATE TABLE notifications (
+const NOTIFICATIONS = (engine: "sqlite" | "postgres") => `CREATE TABLE notifications (
      id          TEXT PRIMARY KEY,
      event_id    TEXT NOT NULL UNIQUE,
      customer_id TEXT NOT NULL,
      order_id    TEXT NOT NULL,
      kind        TEXT NOT NULL CHECK (kind IN ('ORDER_CONFIRMED', 'ORDER_CANCELLED', 'PAYMENT_REFUNDED')),
      message     TEXT NOT NULL,
-     sent_at     INTEGER NOT NULL
-   ) STRICT;
+     sent_at     ${engine === "sqlite" ? "INTEGER" : "BIGINT"} NOT NULL
+   )${engine === "sqlite" ? " STRICT" : ""};
    CREATE INDEX notifications_customer ON notifications (customer_id, sent_at DESC, id DESC);
-   CREATE INDEX notifications_customer_order ON notifications (customer_id, order_id, sent_at DESC, id DESC);`,
-  INBOX_MIGRATION,
-];
+   CREATE INDEX notifications_customer_order ON notifications (customer_id, order_id, sent_at DESC, id DESC);`;
+
+const MIGRATIONS: Migrations = {
+  sqlite: [NOTIFICATIONS("sqlite"), INBOX_MIGRATION.sqlite],
+  postgres: [NOTIFICATIONS("postgres"), INBOX_MIGRATION.postgres],
+};
 
 interface NotificationRow {
   id: string;
@@ -54,73 +65,57 @@ export interface NotificationCursor {
   readonly id: string;
 }
 
-/** The notifications table (and the consumers' inbox) in one SQLite file. */
+/** The notifications table (and the consumers' inbox). */
 export class NotificationStore {
-  private readonly q;
-
   private constructor(
     /** The service's database (also used by its event consumers). */
     readonly db: Db,
     private readonly clock: () => number,
-  ) {
-    this.q = {
-      insert: db.prepare(
-        `INSERT INTO notifications (id, event_id, customer_id, order_id, kind, message, sent_at)
-         VALUES (@id, @eventId, @customerId, @orderId, @kind, @message, @sentAt)
-         ON CONFLICT (event_id) DO NOTHING`,
-      ),
-      byId: db.prepare<[string], NotificationRow>("SELECT * FROM notifications WHERE id = ?"),
-      byEvent: db.prepare<[string], NotificationRow>("SELECT * FROM notifications WHERE event_id = ?"),
-      page: db.prepare<
-        { customerId: string; orderId: string; sentAt: number; id: string; limit: number },
-        NotificationRow
-      >(
-        `SELECT * FROM notifications
-         WHERE customer_id = @customerId AND (@orderId = '' OR order_id = @orderId)
-           AND (sent_at < @sentAt OR (sent_at = @sentAt AND id < @id))
-         ORDER BY sent_at DESC, id DESC LIMIT @limit`,
-      ),
-    };
-  }
+  ) {}
 
-  /** Opens (and migrates) the store at `path` (`:memory:` for a private in-memory one). */
-  static open(path: string, clock: () => number = Date.now): NotificationStore {
-    return new NotificationStore(openDatabase(path, MIGRATIONS), clock);
+  /** Opens (and migrates) the store at `location`. */
+  static async open(location: DbLocation, clock: () => number = Date.now): Promise<NotificationStore> {
+    return new NotificationStore(await openDatabase(location, MIGRATIONS), clock);
   }
 
   /**
    * Records `draft` as sent now because of event `eventId` (`duplicate`
-   * when that event already has a notification). Runs in the caller's
-   * transaction when there is one (the consumer's).
+   * when that event already has a notification), in `tx` when given (the
+   * consumer's).
    */
-  record(eventId: string, draft: NotificationDraft): RecordResult {
-    return this.db
-      .transaction((): RecordResult => {
-        const now = this.clock();
-        const id = newId("ntf", now);
-        const { changes } = this.q.insert.run({ id, eventId, ...draft, sentAt: now });
-        if (changes !== 1) return { kind: "duplicate" };
-        return { kind: "sent", notification: toNotification(this.q.byId.get(id) as NotificationRow) };
-      })
-      .immediate();
+  record(eventId: string, draft: NotificationDraft, tx?: Tx): Promise<RecordResult> {
+    return this.db.within(tx, async (tx): Promise<RecordResult> => {
+      const now = this.clock();
+      const id = newId("ntf", now);
+      const changes =
+        await tx.run(sql`INSERT INTO notifications (id, event_id, customer_id, order_id, kind, message, sent_at)
+        VALUES (${id}, ${eventId}, ${draft.customerId}, ${draft.orderId}, ${draft.kind}, ${draft.message}, ${now})
+        ON CONFLICT (event_id) DO NOTHING`);
+      if (changes !== 1) return { kind: "duplicate" };
+      return { kind: "sent", notification: { id, eventId, ...draft, sentAt: now } };
+    });
   }
 
   /**
    * Up to `limit` notifications of `customerId` (only about `orderId` unless
    * it is ""), newest first, after `cursor` (from the start when undefined).
    */
-  listByCustomer(
+  async listByCustomer(
     customerId: string,
     orderId: string,
     cursor: NotificationCursor | undefined,
     limit: number,
-  ): NotificationRecord[] {
+  ): Promise<NotificationRecord[]> {
     const c = cursor ?? { sentAt: Number.MAX_SAFE_INTEGER, id: "" };
-    return this.q.page.all({ customerId, orderId, sentAt: c.sentAt, id: c.id, limit }).map(toNotification);
+    const rows = await this.db.all(sql<NotificationRow>`SELECT * FROM notifications
+      WHERE customer_id = ${customerId} AND (${orderId} = '' OR order_id = ${orderId})
+        AND (sent_at < ${c.sentAt} OR (sent_at = ${c.sentAt} AND id < ${c.id}))
+      ORDER BY sent_at DESC, id DESC LIMIT ${limit}`);
+    return rows.map(toNotification);
   }
 
   /** Closes the database. */
-  close(): void {
-    this.db.close();
+  close(): Promise<void> {
+    return this.db.close();
   }
 }

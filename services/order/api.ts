@@ -25,6 +25,7 @@ import {
   requireIdempotencyKey,
   requireIdentity,
   type ServiceImpl,
+  type Tx,
 } from "../../platform/index.js";
 import { isTerminal, type OrderRecord, type SagaMode } from "./domain.js";
 import type { OrderStore, StoredStep } from "./store.js";
@@ -32,8 +33,12 @@ import type { OrderStore, StoredStep } from "./store.js";
 /** Dependencies of the order API. */
 export interface OrderApiDeps {
   readonly store: OrderStore;
-  /** Something changed for this order (placed, cancel requested): drive its saga. */
-  readonly advance: (orderId: string) => void;
+  /** The lease under which this replica places an orchestrated order (and so drives its saga). */
+  readonly lease: { readonly owner: string; readonly ms: number };
+  /** A new order was placed (its lease token `fence`, when orchestrated): start its saga. */
+  readonly placed: (order: OrderRecord, fence: number) => void;
+  /** A cancel was recorded in `tx`: move the saga along (in `tx`, or after it commits). */
+  readonly cancelRequested: (order: OrderRecord, tx: Tx) => Promise<void>;
   /** Saga mode for requests that leave it UNSPECIFIED. */
   readonly defaultMode: SagaMode;
 }
@@ -75,45 +80,55 @@ function sagaModeOf(mode: SagaModeEnum, fallback: SagaMode): SagaMode {
 }
 
 /** Creates the OrderService handlers. */
-export function createOrderApi({ store, advance, defaultMode }: OrderApiDeps): ServiceImpl<typeof OrderService> {
+export function createOrderApi(deps: OrderApiDeps): ServiceImpl<typeof OrderService> {
+  const { store, defaultMode } = deps;
   /** The order if `who` may see it; NOT_FOUND otherwise (another customer's order does not exist for you). */
-  const visible = (orderId: string, who: Identity): OrderRecord => {
+  const visible = async (orderId: string, who: Identity): Promise<OrderRecord> => {
     requireId(orderId, "order_id");
-    const o = store.get(orderId);
+    const o = await store.get(orderId);
     if (!o || (o.customerId !== who.subject && !who.roles.includes("admin"))) throw new NotFoundError("order", orderId);
     return o;
   };
-  const message = (o: OrderRecord) => ({ order: orderMessage(o, store.steps(o.id)) });
+  const message = async (o: OrderRecord) => ({ order: orderMessage(o, await store.steps(o.id)) });
 
   return {
-    placeOrder(req, ctx) {
+    async placeOrder(req, ctx) {
       const who = requireIdentity(ctx.metadata);
       requireIdempotencyKey(req.idempotencyKey);
       const items = validateLines(req.items);
       requireId(req.cardToken, "card_token", 64);
       const sagaMode = sagaModeOf(req.sagaMode, defaultMode);
-      const placed = store.place({
-        customerId: who.subject,
-        key: req.idempotencyKey,
-        fingerprint: requestFingerprint(PlaceOrderRequestSchema, req),
-        items,
-        cardToken: req.cardToken,
-        sagaMode,
-      });
+      const placed = await store.place(
+        {
+          customerId: who.subject,
+          key: req.idempotencyKey,
+          fingerprint: requestFingerprint(PlaceOrderRequestSchema, req),
+          items,
+          cardToken: req.cardToken,
+          sagaMode,
+        },
+        sagaMode === "ORCHESTRATION" ? deps.lease : undefined,
+      );
       if (placed.kind === "key-reused") throw new IdempotencyKeyReusedError(req.idempotencyKey);
       trace.getActiveSpan()?.setAttribute("order.id", placed.order.id);
-      if (!isTerminal(placed.order.status)) advance(placed.order.id);
+      // A replay needs nothing more: its saga is running (or is adopted) wherever it was placed.
+      if (placed.kind === "created") deps.placed(placed.order, placed.fence);
       return message(placed.order);
     },
 
-    getOrder(req, ctx) {
-      return message(visible(req.orderId, requireIdentity(ctx.metadata)));
+    async getOrder(req, ctx) {
+      return message(await visible(req.orderId, requireIdentity(ctx.metadata)));
     },
 
-    cancelOrder(req, ctx) {
-      const o = visible(req.orderId, requireIdentity(ctx.metadata));
+    async cancelOrder(req, ctx) {
+      const o = await visible(req.orderId, requireIdentity(ctx.metadata));
       if (req.reason.length > 500) throw new InvalidArgumentError("reason", "must be at most 500 characters");
-      const r = store.requestCancel(o.id, req.reason);
+      // The request and its first effect commit together: a crash cannot keep one without the other.
+      const r = await store.db.transaction(async (tx) => {
+        const r = await store.requestCancel(o.id, req.reason, tx);
+        if (r.kind === "requested") await deps.cancelRequested(r.order, tx);
+        return r;
+      });
       switch (r.kind) {
         case "not-found":
           throw new NotFoundError("order", o.id);
@@ -122,25 +137,24 @@ export function createOrderApi({ store, advance, defaultMode }: OrderApiDeps): S
             { type: "ORDER_STATUS", subject: `orders/${o.id}`, description: `status is ${r.order.status}` },
           ]);
         case "requested":
-          advance(o.id);
-          return message(r.order);
         case "already-cancelling":
-          return message(r.order);
+          return message((await store.get(o.id)) ?? r.order);
       }
     },
 
-    listOrders(req, ctx) {
+    async listOrders(req, ctx) {
       const who = requireIdentity(ctx.metadata);
       const limit = pageSize(req.pageSize);
       const cursor = decodePageToken(req.pageToken, { t: "integer", id: "string" });
-      const rows = store.listByCustomer(who.subject, cursor && { createdAt: cursor.t, id: cursor.id }, limit + 1);
+      const rows = await store.listByCustomer(who.subject, cursor && { createdAt: cursor.t, id: cursor.id }, limit + 1);
       const { page, nextPageToken } = pageOf(rows, limit, (last) => ({ t: last.createdAt, id: last.id }));
-      return { orders: page.map((o) => orderMessage(o, store.steps(o.id))), nextPageToken };
+      const orders = await Promise.all(page.map(async (o) => orderMessage(o, await store.steps(o.id))));
+      return { orders, nextPageToken };
     },
 
     async *watchOrder(req, ctx) {
       const who = requireIdentity(ctx.metadata);
-      const first = visible(req.orderId, who);
+      const first = await visible(req.orderId, who);
       // Subscribe before reading, so no change between the read and the subscription is missed.
       const queue: OrderRecord[] = [];
       let wake: (() => void) | undefined;
@@ -152,14 +166,14 @@ export function createOrderApi({ store, advance, defaultMode }: OrderApiDeps): S
       const onAbort = () => wake?.();
       ctx.signal.addEventListener("abort", onAbort);
       try {
-        let current = store.get(first.id) ?? first;
-        yield message(current);
+        let current = (await store.get(first.id)) ?? first;
+        yield await message(current);
         while (!isTerminal(current.status) && !ctx.signal.aborted) {
           if (queue.length === 0) await new Promise<void>((r) => (wake = r));
           const next = queue.shift();
           if (!next || next.updatedAt < current.updatedAt) continue;
           current = next;
-          yield message(current);
+          yield await message(current);
         }
       } finally {
         off();

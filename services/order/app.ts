@@ -3,6 +3,7 @@
  * payment, the saga orchestrator, choreography consumers, API; resumes sagas
  * left in flight.
  */
+import { hostname } from "node:os";
 import type * as grpc from "@grpc/grpc-js";
 import { EVENTS } from "../../contracts/events.js";
 import { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
@@ -14,7 +15,9 @@ import {
   type Host,
   type HostContext,
   type Logger,
+  locationOf,
   type Metrics,
+  newId,
   policyFrom,
   type ResilientClient,
   startHost,
@@ -86,6 +89,11 @@ function buildSaga(config: OrderConfig, log: Logger, store: OrderStore, { teleme
     payment,
     telemetry,
     log: log.child({ component: "saga" }),
+    leasing: {
+      owner: `${hostname()}/${process.pid}/${newId("lease")}`,
+      ms: config.SAGA_LEASE_MS,
+      adoptAllAtStart: store.db.engine === "sqlite",
+    },
     timing: {
       stepBudgetMs: config.SAGA_STEP_BUDGET_MS,
       retryBaseMs: config.SAGA_RETRY_BASE_MS,
@@ -97,7 +105,7 @@ function buildSaga(config: OrderConfig, log: Logger, store: OrderStore, { teleme
 
 /** Opens the store, connects to inventory and payment, starts serving, and resumes unfinished sagas. */
 export async function startOrder(config: OrderConfig, log: Logger): Promise<OrderApp> {
-  const store = OrderStore.open(config.DB_PATH);
+  const store = await OrderStore.open(locationOf("order", config));
   const choreography = new Choreography(store);
   const host = await startHost({
     name: "order",
@@ -110,21 +118,29 @@ export async function startOrder(config: OrderConfig, log: Logger): Promise<Orde
     build: (ctx) => {
       const parts = buildSaga(config, log, store, ctx);
       countSagas(store, ctx.telemetry.metrics);
-      const advance = (orderId: string) => {
-        if (store.get(orderId)?.sagaMode === "CHOREOGRAPHY") choreography.cancelRequested(orderId);
-        else parts.saga.kick(orderId);
-      };
-      const api = createOrderApi({ store, advance, defaultMode: config.SAGA_DEFAULT_MODE });
+      const { saga } = parts;
+      const api = createOrderApi({
+        store,
+        defaultMode: config.SAGA_DEFAULT_MODE,
+        lease: saga.lease,
+        placed: (o, fence) => {
+          if (o.sagaMode === "ORCHESTRATION") saga.drive(o.id, fence);
+        },
+        cancelRequested: async (o, tx) => {
+          if (o.sagaMode === "CHOREOGRAPHY") await choreography.cancelRequested(o.id, tx);
+          else tx.afterCommit(() => saga.wake(o.id));
+        },
+      });
       return { services: [bind(OrderService, api)], parts };
     },
     stopApp: async (parts) => {
-      // Sagas stop after calls drained; they resume from the database on the next start.
+      // Sagas stop after calls drained and give their leases back: another replica (or the next start) resumes them.
       await parts?.saga.stop();
       for (const ch of parts?.channels ?? []) ch.close();
     },
     close: () => store.close(),
   });
   const { saga, inventory, payment } = host.parts;
-  saga.resumeAll();
+  await saga.start();
   return { ...host, store, saga, inventory, payment };
 }

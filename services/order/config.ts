@@ -6,7 +6,7 @@ const spec = {
   ...faultEnv,
   /** gRPC port (0 = any free port). */
   GRPC_PORT: int(50053, { min: 0, max: 65535 }),
-  /** SQLite file of this service. */
+  /** SQLite file of this service (when DATABASE_URL is unset). */
   DB_PATH: str(".data/order.db"),
   /** gRPC target of the inventory service: host:port, dns:///name:port or registry:///inventory. */
   INVENTORY_TARGET: str("127.0.0.1:50051"),
@@ -20,6 +20,8 @@ const spec = {
   SAGA_RETRY_BASE_MS: int(200, { min: 1, max: 60_000 }),
   /** Largest saga-level retry backoff, in ms. */
   SAGA_RETRY_MAX_MS: int(5_000, { min: 1, max: 600_000 }),
+  /** How long a saga lease lasts unrenewed: a dead replica's sagas are adopted by another within this, in ms. */
+  SAGA_LEASE_MS: int(5_000, { min: 100, max: 600_000 }),
   /** Resilience policy of calls to inventory (INVENTORY_TIMEOUT_MS, INVENTORY_RETRY_MAX_ATTEMPTS, ...). */
   ...policyEnv("INVENTORY"),
   /** Resilience policy of calls to payment (PAYMENT_TIMEOUT_MS, PAYMENT_BULKHEAD_LIMIT, ...). */

@@ -25,9 +25,10 @@ import {
   PaymentRefundedSchema,
   PaymentSucceededSchema,
 } from "../../gen/shopmesh/payment/v1/events_pb.js";
-import { type ConsumerSpec, type EventContext, on } from "../../platform/index.js";
+import { type ConsumerSpec, type EventContext, on, type Tx } from "../../platform/index.js";
 import {
   type OrderRecord,
+  type OrderStatus,
   onCancelled,
   onCharged,
   onCompensate,
@@ -37,6 +38,7 @@ import {
   onRefunded,
   onReleased,
   onReserved,
+  type Transition,
 } from "./domain.js";
 import type { OrderStore } from "./store.js";
 
@@ -45,22 +47,29 @@ export class Choreography {
   constructor(private readonly store: OrderStore) {}
 
   /** The order if it is ours and choreographed. */
-  private order(orderId: string | undefined): OrderRecord | undefined {
-    const o = orderId ? this.store.get(orderId) : undefined;
+  private async order(orderId: string | undefined, tx?: Tx): Promise<OrderRecord | undefined> {
+    const o = orderId ? await this.store.get(orderId, tx) : undefined;
     return o?.sagaMode === "CHOREOGRAPHY" ? o : undefined;
   }
 
-  /** Ends a still-pending order as CANCELLED with `reason`; OrderCancelled starts the compensation. */
-  private cancel(o: OrderRecord, reason: string): void {
-    this.store.apply(o.id, onCancelled(reason), { status: "COMPENSATING" });
+  /** Applies `t` to `o` in `tx` while `o` is in `status`; true when it did. */
+  private async applyIf(o: OrderRecord, t: Transition, status: OrderStatus, tx: Tx): Promise<boolean> {
+    return (await this.store.apply(o.id, t, { guard: { status }, tx })).kind === "applied";
   }
 
-  /** A customer asked to cancel: cancel now if the order is still pending. */
-  cancelRequested(orderId: string): void {
-    const o = this.order(orderId);
-    if (o?.status !== "PENDING" || o.cancelRequested === null) return;
-    const reason = `cancelled by customer${o.cancelRequested ? `: ${o.cancelRequested}` : ""}`;
-    if (this.store.apply(o.id, onCompensate(reason), { status: "PENDING" })) this.cancel(o, reason);
+  /** Ends a still-pending order as CANCELLED with `reason` (after onCompensate applied); OrderCancelled starts the compensation. */
+  private async cancel(o: OrderRecord, reason: string, tx: Tx): Promise<void> {
+    await this.applyIf(o, onCancelled(reason), "COMPENSATING", tx);
+  }
+
+  /** A customer asked to cancel (recorded in `tx`): cancel now if the order is still pending. */
+  cancelRequested(orderId: string, tx: Tx): Promise<void> {
+    return this.store.db.within(tx, async (tx) => {
+      const o = await this.order(orderId, tx);
+      if (o?.status !== "PENDING" || o.cancelRequested === null) return;
+      const reason = `cancelled by customer${o.cancelRequested ? `: ${o.cancelRequested}` : ""}`;
+      if (await this.applyIf(o, onCompensate(reason), "PENDING", tx)) await this.cancel(o, reason, tx);
+    });
   }
 
   /** The consumers of participants' events. */
@@ -71,36 +80,28 @@ export class Choreography {
         stream: "INVENTORY",
         durable: "order-inventory",
         handlers: [
-          on(StockReservedSchema, (e, ctx) => {
-            const o = this.order(e.meta?.orderId);
+          on(StockReservedSchema, async (e, ctx, tx) => {
+            const o = await this.order(e.meta?.orderId, tx);
             if (!o || e.sagaMode !== SagaMode.CHOREOGRAPHY) return;
             const total = e.total;
-            this.store.apply(
-              o.id,
-              onReserved(
-                {
-                  reservationId: e.reservationId,
-                  totalMinor: Number(total?.amountMinor ?? 0n),
-                  currency: total?.currencyCode ?? "",
-                },
-                attempt(ctx),
-              ),
-            );
+            const reservation = {
+              reservationId: e.reservationId,
+              totalMinor: Number(total?.amountMinor ?? 0n),
+              currency: total?.currencyCode ?? "",
+            };
+            await this.store.apply(o.id, onReserved(reservation, attempt(ctx)), { tx });
           }),
-          on(StockRejectedSchema, (e, ctx) => {
-            const o = this.order(e.meta?.orderId);
+          on(StockRejectedSchema, async (e, ctx, tx) => {
+            const o = await this.order(e.meta?.orderId, tx);
             if (o?.status !== "PENDING") return;
-            if (
-              this.store.apply(o.id, onForwardFailed("reserve_stock", e.reason, true, attempt(ctx)), {
-                status: "PENDING",
-              })
-            ) {
-              this.cancel(o, e.reason);
+            if (await this.applyIf(o, onForwardFailed("reserve_stock", e.reason, true, attempt(ctx)), "PENDING", tx)) {
+              await this.cancel(o, e.reason, tx);
             }
           }),
-          on(StockReleasedSchema, (e, ctx) => {
-            const o = this.order(e.meta?.orderId);
-            if (o) this.store.apply(o.id, onReleased(`reservation ${e.reservationId} released`, attempt(ctx)));
+          on(StockReleasedSchema, async (e, ctx, tx) => {
+            const o = await this.order(e.meta?.orderId, tx);
+            if (o)
+              await this.store.apply(o.id, onReleased(`reservation ${e.reservationId} released`, attempt(ctx)), { tx });
           }),
         ],
       },
@@ -108,22 +109,22 @@ export class Choreography {
         stream: "PAYMENT",
         durable: "order-payment",
         handlers: [
-          on(PaymentSucceededSchema, (e, ctx) => {
-            const o = this.order(e.meta?.orderId);
+          on(PaymentSucceededSchema, async (e, ctx, tx) => {
+            const o = await this.order(e.meta?.orderId, tx);
             if (!o) return;
-            this.store.apply(o.id, onCharged(e.paymentId, attempt(ctx)));
+            await this.store.apply(o.id, onCharged(e.paymentId, attempt(ctx)), { tx });
             // A cancel that got here first wins; its OrderCancelled makes payment refund.
-            this.store.apply(o.id, onConfirmed(), { status: "PENDING", noCancel: true });
+            await this.store.apply(o.id, onConfirmed(), { guard: { status: "PENDING", noCancel: true }, tx });
           }),
-          on(PaymentFailedSchema, (e, ctx) => {
-            const o = this.order(e.meta?.orderId);
+          on(PaymentFailedSchema, async (e, ctx, tx) => {
+            const o = await this.order(e.meta?.orderId, tx);
             if (o?.status !== "PENDING") return;
             const t = onDeclined(e.paymentId, e.reason || "declined", attempt(ctx));
-            if (this.store.apply(o.id, t, { status: "PENDING" })) this.cancel(o, t.patch.reason ?? "payment declined");
+            if (await this.applyIf(o, t, "PENDING", tx)) await this.cancel(o, t.patch.reason ?? "payment declined", tx);
           }),
-          on(PaymentRefundedSchema, (e, ctx) => {
-            const o = this.order(e.meta?.orderId);
-            if (o) this.store.apply(o.id, onRefunded(`payment ${e.paymentId} refunded`, attempt(ctx)));
+          on(PaymentRefundedSchema, async (e, ctx, tx) => {
+            const o = await this.order(e.meta?.orderId, tx);
+            if (o) await this.store.apply(o.id, onRefunded(`payment ${e.paymentId} refunded`, attempt(ctx)), { tx });
           }),
         ],
       },

@@ -122,7 +122,7 @@ describe.each([
           (a) => a === before + sc.expect.stockDelta,
         ),
       ).toBe(before + sc.expect.stockDelta);
-      expect(capturedPayments(sys.payment.store.db, id)).toBe(sc.expect.captured);
+      expect(await capturedPayments(sys.payment.store.db, id)).toBe(sc.expect.captured);
       // Out of stock: no charge was ever attempted.
       if (sc.name === "out of stock") await expectRpcError(sys.payments.getPayment({ orderId: id }), Code.NOT_FOUND);
     } finally {

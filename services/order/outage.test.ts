@@ -3,7 +3,6 @@
  * commit and the publish still publishes after restart, and a NATS outage
  * while orders are placed loses and duplicates nothing, in both saga modes.
  */
-import { join } from "node:path";
 import { fromBinary } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
 import { EVENTS } from "../../contracts/events.js";
@@ -11,6 +10,7 @@ import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import { OrderPlacedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
 import { OrderService, OrderStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
 import { connectBus, createChannel, createClient, identityMetadata, silentLogger } from "../../platform/index.js";
+import { TestDatabases } from "../../test/db.js";
 import { spawnService, tempDir } from "../../test/fixtures.js";
 import { startNats } from "../../test/nats.js";
 import { capturedPayments } from "../../test/probes.js";
@@ -36,10 +36,11 @@ describe("events survive failures", () => {
   it("order killed between commit and publish: the event is published after restart, once", async () => {
     using dir = tempDir();
     await using nats = await startNats();
-    const env = (name: string) => ({ DB_PATH: join(dir.path, `${name}.db`), NATS_URL: nats.url });
-    await using inventory = await spawnService("inventory", env("inventory"));
-    await using payment = await spawnService("payment", env("payment"));
-    const orderEnv = { ...env("order"), INVENTORY_TARGET: inventory.address, PAYMENT_TARGET: payment.address };
+    const dbs = new TestDatabases(dir.path);
+    const env = async (name: string) => ({ ...(await dbs.env(name)), NATS_URL: nats.url });
+    await using inventory = await spawnService("inventory", await env("inventory"));
+    await using payment = await spawnService("payment", await env("payment"));
+    const orderEnv = { ...(await env("order")), INVENTORY_TARGET: inventory.address, PAYMENT_TARGET: payment.address };
     const doomed = await spawnService("order", { ...orderEnv, FAULT_CRASH_BEFORE_PUBLISH: "true" });
     const who = { metadata: identityMetadata({ subject: "kim", roles: ["customer"] }) };
     const req = {
@@ -92,16 +93,16 @@ describe("events survive failures", () => {
     }
     await new Promise((r) => setTimeout(r, 3_000));
     // Orchestrated orders do not need the bus to complete; their events wait in the outbox.
-    expect(sys.order.events.relay?.backlog().count).toBeGreaterThanOrEqual(10);
+    const backlog = async () => (await sys.order.events.relay?.backlog())?.count;
+    expect(await backlog()).toBeGreaterThanOrEqual(10);
     await sys.nats.start();
 
     const done = await Promise.all(placed.map((p) => sys.settle(p.id, "lee", 30_000)));
     expect(done.map((o) => OrderStatus[o.status])).toEqual(Array(10).fill("CONFIRMED"));
-    for (const o of done) expect(capturedPayments(sys.payment.store.db, o.id)).toBe(1);
+    for (const o of done) expect(await capturedPayments(sys.payment.store.db, o.id)).toBe(1);
     const end = Date.now() + 10_000;
-    while (sys.order.events.relay?.backlog().count !== 0 && Date.now() < end)
-      await new Promise((r) => setTimeout(r, 50));
-    expect(sys.order.events.relay?.backlog().count).toBe(0);
+    while ((await backlog()) !== 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+    expect(await backlog()).toBe(0);
     const events = await placedEvents(sys.nats.url);
     expect([...events].sort()).toEqual(placed.map((p) => p.id).sort());
   });

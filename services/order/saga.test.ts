@@ -50,7 +50,7 @@ describe("checkout outcomes", () => {
       "charge_payment:SUCCEEDED",
       "confirm_order:SUCCEEDED",
     ]);
-    expect(capturedPayments(sys.payment.store.db, done.id)).toBe(1);
+    expect(await capturedPayments(sys.payment.store.db, done.id)).toBe(1);
     expect(await stock("ceramic-mug")).toEqual({ available: before.available - 2, reserved: before.reserved + 2 });
   });
 
@@ -64,7 +64,7 @@ describe("checkout outcomes", () => {
     expect(done.statusReason).toMatch(/^payment declined/);
     expect(steps(done)).toContain("release_stock:COMPENSATED");
     expect(steps(done)).not.toContain("refund_payment:COMPENSATED");
-    expect(capturedPayments(sys.payment.store.db, done.id)).toBe(0);
+    expect(await capturedPayments(sys.payment.store.db, done.id)).toBe(0);
     expect(await stock("coffee-beans")).toEqual(before);
   });
 
@@ -93,7 +93,7 @@ describe("PlaceOrder idempotency and validation", () => {
     expect(orders.filter((o) => o.id === ids[0])).toHaveLength(1);
     expect(orders).toHaveLength(2);
     await sys.settle(ids[0] ?? "", "bob");
-    expect(capturedPayments(sys.payment.store.db, ids[0] ?? "")).toBe(1);
+    expect(await capturedPayments(sys.payment.store.db, ids[0] ?? "")).toBe(1);
   });
 
   it("rejects the same key with a different body as ALREADY_EXISTS", async () => {
@@ -192,7 +192,7 @@ describe("cancellation and watching", () => {
       expect(done.status).toBe(OrderStatus.CANCELLED);
       expect(done.statusReason).toBe("cancelled by customer: changed my mind");
       expect(steps(done)).toEqual(expect.arrayContaining(["refund_payment:COMPENSATED", "release_stock:COMPENSATED"]));
-      expect(capturedPayments(sys.payment.store.db, placed.id)).toBe(0);
+      expect(await capturedPayments(sys.payment.store.db, placed.id)).toBe(0);
       expect(await stock("pour-over-kettle")).toEqual(before);
       await expectRpcError(sys.orders.cancelOrder({ orderId: placed.id }, sys.as("gina")), Code.FAILED_PRECONDITION);
     } finally {
@@ -242,7 +242,7 @@ describe("transient faults", () => {
       );
       const done = await Promise.all(placed.map((o) => sys.settle(o.id, "ivan")));
       expect(done.map((o) => OrderStatus[o.status])).toEqual(Array(10).fill("CONFIRMED"));
-      for (const o of done) expect(capturedPayments(sys.payment.store.db, o.id)).toBe(1);
+      for (const o of done) expect(await capturedPayments(sys.payment.store.db, o.id)).toBe(1);
     } finally {
       await sys.paymentChaos.setFaults({ faults: {} });
     }
@@ -276,7 +276,7 @@ describe("transient faults", () => {
         cardToken: "tok_visa",
       });
       expect(late.payment?.declineReason).toBe("voided");
-      expect(capturedPayments(sys.payment.store.db, placed.id)).toBe(0);
+      expect(await capturedPayments(sys.payment.store.db, placed.id)).toBe(0);
       // Payment is back: a half-open probe succeeded and the breaker closed again.
       expect(sys.order.payment.state().breaker).toBe("closed");
     } finally {

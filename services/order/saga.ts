@@ -10,6 +10,13 @@
  * the saga retries across calls with backoff) until `stepBudgetMs` has passed
  * since the step first started, then the saga compensates. Compensation is
  * retried until it succeeds: it must never be lost.
+ *
+ * Several replicas share the sagas through leases in the store: a replica
+ * drives only the sagas it holds (those it placed, and those it adopted
+ * after their owner's lease ran out), renews its leases while it drives
+ * them, and writes every step with the lease's fencing token — so a replica
+ * that lost its lease (paused, cut off) stops at its next write instead of
+ * racing the new owner. On a graceful stop it gives its leases back.
  */
 
 import { stepKey } from "../../contracts/saga.js";
@@ -31,6 +38,7 @@ import {
   decide,
   failureKind,
   type OrderRecord,
+  type OrderStatus,
   onCancelled,
   onCharged,
   onCompensate,
@@ -44,7 +52,7 @@ import {
   onStarted,
   type Transition,
 } from "./domain.js";
-import type { OrderStore } from "./store.js";
+import type { Lease, OrderStore } from "./store.js";
 
 /** Timing of saga-level retries, in ms. */
 export interface SagaTiming {
@@ -56,9 +64,24 @@ export interface SagaTiming {
   readonly retryMaxMs: number;
 }
 
+/** How this replica holds sagas. */
+export interface SagaLeasing {
+  /** This replica's name in the orders' `owner` column (unique per running process). */
+  readonly owner: string;
+  /** How long a lease lasts without renewal: a dead replica's sagas are adopted after at most this long. */
+  readonly ms: number;
+  /**
+   * Adopt every unfinished saga at start, leased or not: right only when no
+   * other process can be driving them (SQLite: one process per file), so a
+   * restart resumes at once instead of after the dead process's lease.
+   */
+  readonly adoptAllAtStart: boolean;
+}
+
 /** Dependencies of the orchestrator. */
 export interface SagaDeps {
   readonly store: OrderStore;
+  readonly leasing: SagaLeasing;
   readonly inventory: Client<typeof InventoryService>;
   readonly payment: Client<typeof PaymentService>;
   readonly timing: SagaTiming;
@@ -70,6 +93,9 @@ export interface SagaDeps {
 }
 
 type Outcome = Transition | { readonly retry: string };
+
+/** What {@link SagaOrchestrator.act} returns when the lease was lost: the loop stops. */
+const FENCED = -1;
 
 const PARTICIPANT: Record<CallStep, string> = {
   reserve_stock: "inventory",
@@ -84,6 +110,8 @@ function describe(err: unknown): string {
 
 /** One order's running saga loop. */
 interface Loop {
+  /** The lease this loop drives the saga under. */
+  readonly lease: Lease;
   /** Ends a backoff wait early. */
   wake: () => void;
   done: Promise<void>;
@@ -91,10 +119,12 @@ interface Loop {
   readonly abort: AbortController;
 }
 
-/** Runs orchestrated sagas: at most one loop per order, resumable after a crash. */
+/** Runs orchestrated sagas: at most one loop per order (and per cluster, by lease), resumable after a crash. */
 export class SagaOrchestrator {
   private readonly loops = new Map<string, Loop>();
   private stopped = false;
+  private sweeper: NodeJS.Timeout | undefined;
+  private unwatch: (() => void) | undefined;
   private readonly clock: () => number;
   private readonly random: () => number;
 
@@ -103,44 +133,99 @@ export class SagaOrchestrator {
     this.random = deps.random ?? Math.random;
   }
 
-  /** Starts the saga of `orderId`, or wakes it if it is waiting to retry. */
-  kick(orderId: string): void {
+  /** The lease new orders of this replica are placed under. */
+  get lease(): { owner: string; ms: number } {
+    return { owner: this.deps.leasing.owner, ms: this.deps.leasing.ms };
+  }
+
+  /**
+   * Adopts the sagas no live replica holds and keeps doing so (with lease
+   * renewal) every third of the lease; also wakes a waiting saga when its
+   * order changes anywhere (a cancel on another replica). Returns how many
+   * sagas it adopted now.
+   */
+  async start(): Promise<number> {
+    const { store, leasing, log } = this.deps;
+    this.unwatch = store.onChange((o) => this.loops.get(o.id)?.wake());
+    const adopted = await this.adopt(leasing.adoptAllAtStart ? "all" : "expired");
+    if (adopted > 0) log.info({ sagas: adopted, at: "start" }, "resuming sagas left in flight");
+    this.sweeper = setInterval(() => void this.sweep(), Math.max(50, Math.floor(leasing.ms / 3)));
+    this.sweeper.unref();
+    return adopted;
+  }
+
+  /** Claims sagas (those without a live lease, or all) and starts their loops; how many. */
+  private async adopt(scope: "expired" | "all"): Promise<number> {
+    const claimed = await this.deps.store.claimSagas(this.deps.leasing.owner, this.deps.leasing.ms, scope);
+    for (const c of claimed) this.drive(c.id, c.fence);
+    return claimed.length;
+  }
+
+  /** Renews the leases of running loops, then adopts orphaned sagas. */
+  private async sweep(): Promise<void> {
+    if (this.stopped) return;
+    const { store, leasing, log } = this.deps;
+    try {
+      await store.renewLeases(leasing.owner, [...this.loops.keys()], leasing.ms);
+      const adopted = await this.adopt("expired");
+      // Their owner stopped renewing (it died, hung, or lost the database) or gave them back.
+      if (adopted > 0) log.warn({ sagas: adopted, at: "lease expiry" }, "resuming sagas left in flight");
+    } catch (err) {
+      log.warn({ err }, "lease sweep failed; retrying on the next one");
+    }
+  }
+
+  /** Starts driving the saga of `orderId` under lease token `fence` (this replica just placed or claimed it). */
+  drive(orderId: string, fence: number): void {
     if (this.stopped) return;
     const running = this.loops.get(orderId);
     if (running) {
+      // Our own lease ran out (a stall) and we claimed it again: the old loop's view may be stale; start afresh.
+      running.abort.abort();
       running.wake();
+      void running.done.then(() => this.drive(orderId, fence));
       return;
     }
-    const loop: Loop = { wake: () => {}, done: Promise.resolve(), abort: new AbortController() };
+    const loop: Loop = {
+      lease: { owner: this.deps.leasing.owner, fence },
+      wake: () => {},
+      done: Promise.resolve(),
+      abort: new AbortController(),
+    };
     loop.done = this.run(orderId, loop)
-      .catch((err: unknown) => this.deps.log.error({ err, orderId }, "saga loop crashed; it resumes on restart"))
+      .catch((err: unknown) =>
+        // Its lease is no longer renewed: the saga is adopted again (by any replica) once it runs out.
+        this.deps.log.error({ err, orderId }, "saga loop crashed; it is adopted again when its lease runs out"),
+      )
       .finally(() => this.loops.delete(orderId));
     this.loops.set(orderId, loop);
   }
 
-  /** Resumes every orchestrated saga left unfinished (after a crash or a stop). */
-  resumeAll(): number {
-    const ids = this.deps.store.activeIds("ORCHESTRATION");
-    for (const id of ids) this.kick(id);
-    if (ids.length > 0) this.deps.log.info({ sagas: ids.length }, "resuming sagas left in flight");
-    return ids.length;
+  /** Wakes the saga of `orderId` if this replica drives it and it is waiting (a cancel was requested). */
+  wake(orderId: string): void {
+    this.loops.get(orderId)?.wake();
   }
 
-  /** Stops all loops: in-flight calls are cancelled; their sagas resume on the next start. */
+  /** Stops all loops (in-flight calls are cancelled) and gives their leases back to the other replicas. */
   async stop(): Promise<void> {
     this.stopped = true;
+    clearInterval(this.sweeper);
+    this.unwatch?.();
     for (const l of this.loops.values()) {
       l.abort.abort();
       l.wake();
     }
     await Promise.all([...this.loops.values()].map((l) => l.done));
+    await this.deps.store.releaseLeases(this.deps.leasing.owner).catch((err: unknown) => {
+      this.deps.log.warn({ err }, "could not give the saga leases back; they are adopted when they run out");
+    });
   }
 
   private async run(orderId: string, loop: Loop): Promise<void> {
     const { store } = this.deps;
     const signal = loop.abort.signal;
     while (!signal.aborted) {
-      const o = store.get(orderId);
+      const o = await store.get(orderId);
       if (!o) return;
       const d = decide(o);
       if (d.kind === "done") return;
@@ -152,7 +237,11 @@ export class SagaOrchestrator {
             : d.kind === "compensate"
               ? "compensate"
               : "cancel_order";
-      const backoff = await this.step(name, o, () => this.act(o, d, signal));
+      const backoff = await this.step(name, o, () => this.act(o, d, loop));
+      if (backoff === FENCED) {
+        this.deps.log.warn({ orderId, fence: loop.lease.fence }, "saga lease lost to another replica; stopping here");
+        return;
+      }
       if (backoff > 0) await this.sleep(backoff, loop);
     }
   }
@@ -169,39 +258,40 @@ export class SagaOrchestrator {
     );
   }
 
-  /** Performs decision `d` for `o`; returns how long to wait before the next decision (0: go on at once). */
-  private async act(o: OrderRecord, d: Exclude<Decision, { kind: "done" }>, signal: AbortSignal): Promise<number> {
+  /**
+   * Performs decision `d` for `o`; returns how long to wait before the next
+   * decision (0: go on at once), or FENCED when the lease was lost.
+   */
+  private async act(o: OrderRecord, d: Exclude<Decision, { kind: "done" }>, loop: Loop): Promise<number> {
     const { store } = this.deps;
-    const orderId = o.id;
+    const { lease } = loop;
+    const signal = loop.abort.signal;
+    const apply = async (t: Transition, guard?: { status: OrderStatus; noCancel?: boolean }) => {
+      const r = await store.apply(o.id, t, guard ? { guard, lease } : { lease });
+      return r.kind === "fenced" ? FENCED : 0;
+    };
     switch (d.kind) {
       case "compensate":
-        store.apply(orderId, onCompensate(d.reason), { status: "PENDING" });
-        return 0;
+        return apply(onCompensate(d.reason), { status: "PENDING" });
       case "confirm":
         // Guarded: a cancel that committed first wins, and the next decision compensates.
-        store.apply(orderId, onConfirmed(), { status: "PENDING", noCancel: true });
-        return 0;
+        return apply(onConfirmed(), { status: "PENDING", noCancel: true });
       case "cancel":
-        store.apply(orderId, onCancelled(o.reason), { status: "COMPENSATING" });
-        return 0;
+        return apply(onCancelled(o.reason), { status: "COMPENSATING" });
       case "call": {
-        const history = store.steps(orderId).filter((s) => s.name === d.step && s.status === "STARTED");
+        const history = (await store.steps(o.id)).filter((s) => s.name === d.step && s.status === "STARTED");
         const attempt = history.length + 1;
         const since = history[0]?.at ?? this.clock();
-        store.apply(orderId, onStarted(o, d.step, attempt));
+        if ((await apply(onStarted(o, d.step, attempt))) === FENCED) return FENCED;
         const outcome = await this.call(d.step, o, attempt, signal);
-        if (signal.aborted) return 0; // stopping: the step's outcome is unknown and is re-driven on restart
-        if (!("retry" in outcome)) {
-          store.apply(orderId, outcome);
-          return 0;
-        }
+        if (signal.aborted) return 0; // stopping: the step's outcome is unknown and is re-driven by the next owner
+        if (!("retry" in outcome)) return apply(outcome);
         const forward = d.step === "reserve_stock" || d.step === "charge_payment";
         if (forward && this.clock() - since >= this.deps.timing.stepBudgetMs) {
           const reason = `${PARTICIPANT[d.step]} unavailable: ${outcome.retry}`;
-          store.apply(orderId, onForwardFailed(d.step, reason, false, attempt));
-          return 0;
+          return apply(onForwardFailed(d.step, reason, false, attempt));
         }
-        store.apply(orderId, onRetrying(d.step, outcome.retry, attempt));
+        if ((await apply(onRetrying(d.step, outcome.retry, attempt))) === FENCED) return FENCED;
         const { retryBaseMs, retryMaxMs } = this.deps.timing;
         return backoffMs(attempt, retryBaseMs, retryMaxMs, this.random());
       }

@@ -1,8 +1,17 @@
 /**
- * Order persistence: orders with their saga state, and the step log. Every
- * change is one IMMEDIATE transaction that updates the order and appends its
- * step-log entry together, so the log never disagrees with the state, and a
- * crash at any point leaves a state the saga can resume from.
+ * Order persistence, on SQLite or PostgreSQL: orders with their saga state,
+ * and the step log. Every change is one serialised transaction that updates
+ * the order and appends its step-log entry together, so the log never
+ * disagrees with the state, and a crash at any point leaves a state the saga
+ * can resume from.
+ *
+ * Several replicas share the orders: each orchestrated saga is driven by the
+ * replica holding its lease (`owner` until `lease_until`), and every saga
+ * write names the lease's fencing token (`fence`, raised by every new
+ * claim): a replica that was paused or cut off past its lease writes nothing
+ * once another has claimed the order. Changes are announced after commit —
+ * to this process, and on PostgreSQL to every replica (NOTIFY), so a
+ * WatchOrder on any replica follows a saga driven by another.
  */
 import { EventEmitter } from "node:events";
 import { EVENTS } from "../../contracts/events.js";
@@ -16,12 +25,18 @@ import {
 import {
   currentTraceparent,
   type Db,
+  type DbLocation,
   INBOX_MIGRATION,
   keyUse,
+  type Listening,
+  type Migrations,
   newId,
+  OUTBOX_CLAIMS_MIGRATION,
   OUTBOX_MIGRATION,
   Outbox,
   openDatabase,
+  sql,
+  type Tx,
 } from "../../platform/index.js";
 import {
   cancellable,
@@ -33,8 +48,10 @@ import {
   type Transition,
 } from "./domain.js";
 
-const MIGRATIONS = [
-  `CREATE TABLE orders (
+const ORDERS = (engine: "sqlite" | "postgres") => {
+  const int = engine === "sqlite" ? "INTEGER" : "BIGINT";
+  const strict = engine === "sqlite" ? " STRICT" : "";
+  return `CREATE TABLE orders (
      id               TEXT PRIMARY KEY,
      customer_id      TEXT NOT NULL,
      idempotency_key  TEXT NOT NULL,
@@ -44,17 +61,17 @@ const MIGRATIONS = [
      saga_mode        TEXT NOT NULL CHECK (saga_mode IN ('ORCHESTRATION', 'CHOREOGRAPHY')),
      items            TEXT NOT NULL,  -- JSON [{productId, quantity}]
      card_token       TEXT NOT NULL,
-     total_minor      INTEGER,
+     total_minor      ${int},
      currency         TEXT,
      stock            TEXT NOT NULL DEFAULT 'none' CHECK (stock IN ('none', 'attempted', 'done', 'undone')),
      reservation_id   TEXT NOT NULL DEFAULT '',
      payment          TEXT NOT NULL DEFAULT 'none' CHECK (payment IN ('none', 'attempted', 'done', 'undone')),
      payment_id       TEXT NOT NULL DEFAULT '',
      cancel_requested TEXT,
-     created_at       INTEGER NOT NULL,
-     updated_at       INTEGER NOT NULL,
+     created_at       ${int} NOT NULL,
+     updated_at       ${int} NOT NULL,
      UNIQUE (customer_id, idempotency_key)
-   ) STRICT;
+   )${strict};
    CREATE INDEX orders_customer ON orders (customer_id, created_at DESC, id DESC);
    CREATE INDEX orders_active ON orders (status) WHERE status IN ('PENDING', 'COMPENSATING');
    CREATE TABLE saga_steps (
@@ -64,14 +81,39 @@ const MIGRATIONS = [
      status   TEXT NOT NULL,
      detail   TEXT NOT NULL,
      attempt  INTEGER NOT NULL,
-     at       INTEGER NOT NULL,
+     at       ${int} NOT NULL,
      PRIMARY KEY (order_id, seq)
-   ) STRICT;`,
-  // 2: events (transactional outbox) and choreography consumers (inbox).
-  `${OUTBOX_MIGRATION}\n${INBOX_MIGRATION}`,
-  // 3: the trace of the request that placed the order, so a saga resumed after a crash continues it.
-  "ALTER TABLE orders ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';",
-];
+   )${strict};`;
+};
+
+const MIGRATIONS: Migrations = {
+  sqlite: [
+    ORDERS("sqlite"),
+    // 2: events (transactional outbox) and choreography consumers (inbox).
+    `${OUTBOX_MIGRATION.sqlite}\n${INBOX_MIGRATION.sqlite}`,
+    // 3: the trace of the request that placed the order, so a saga resumed after a crash continues it.
+    "ALTER TABLE orders ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';",
+    // 4: relays claim outbox rows; sagas are driven under a fenced lease (several replicas).
+    `${OUTBOX_CLAIMS_MIGRATION.sqlite}
+     ALTER TABLE orders ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+     ALTER TABLE orders ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE orders ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE saga_steps ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;`,
+  ],
+  postgres: [
+    ORDERS("postgres"),
+    `${OUTBOX_MIGRATION.postgres}\n${INBOX_MIGRATION.postgres}`,
+    "ALTER TABLE orders ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';",
+    `${OUTBOX_CLAIMS_MIGRATION.postgres}
+     ALTER TABLE orders ADD COLUMN owner TEXT NOT NULL DEFAULT '',
+       ADD COLUMN lease_until BIGINT NOT NULL DEFAULT 0,
+       ADD COLUMN fence BIGINT NOT NULL DEFAULT 0;
+     ALTER TABLE saga_steps ADD COLUMN fence BIGINT NOT NULL DEFAULT 0;`,
+  ],
+};
+
+/** The PostgreSQL channel on which every committed order change is announced (payload: the order id). */
+const CHANGED = "shopmesh_order_changed";
 
 interface OrderRow {
   id: string;
@@ -92,11 +134,15 @@ interface OrderRow {
   traceparent: string;
   created_at: number;
   updated_at: number;
+  owner: string;
+  lease_until: number;
+  fence: number;
 }
 
-/** A stored step-log entry with its time. */
+/** A stored step-log entry with its time and the fencing token of the owner that wrote it. */
 export interface StoredStep extends StepLogEntry {
   readonly at: number;
+  readonly fence: number;
 }
 
 const toOrder = (r: OrderRow): OrderRecord => ({
@@ -119,20 +165,10 @@ const toOrder = (r: OrderRow): OrderRecord => ({
   updatedAt: r.updated_at,
 });
 
-const NO_PATCH: Record<keyof Required<OrderPatch>, null> = {
-  status: null,
-  reason: null,
-  totalMinor: null,
-  currency: null,
-  stock: null,
-  reservationId: null,
-  payment: null,
-  paymentId: null,
-};
-
-/** What placing an order did. */
+/** What placing an order did; `fence` is the lease token when this replica now drives the saga. */
 export type PlaceResult =
-  | { readonly kind: "created" | "existing"; readonly order: OrderRecord }
+  | { readonly kind: "created"; readonly order: OrderRecord; readonly fence: number }
+  | { readonly kind: "existing"; readonly order: OrderRecord }
   | { readonly kind: "key-reused" };
 
 /** What a cancel request did. */
@@ -141,13 +177,22 @@ export type CancelResult =
   | { readonly kind: "not-cancellable"; readonly order: OrderRecord }
   | { readonly kind: "not-found" };
 
-/**
- * Orders and saga step logs in one SQLite file, with the outbox its events
- * are committed into. Emits `change(order)` after every commit.
- */
+/** What applying a transition did: `skipped` when its guard did not hold, `fenced` when the lease was lost. */
+export type ApplyResult =
+  | { readonly kind: "applied"; readonly order: OrderRecord }
+  | { readonly kind: "skipped" }
+  | { readonly kind: "fenced" };
+
+/** A saga lease: which replica drives an order, and the fencing token every write of it carries. */
+export interface Lease {
+  readonly owner: string;
+  readonly fence: number;
+}
+
+/** Orders and saga step logs, with the outbox their events are committed into. */
 export class OrderStore {
-  private readonly q;
   private readonly events = new EventEmitter();
+  private listening: Listening | undefined;
   /** Events committed together with the changes they record. */
   readonly outbox: Outbox;
 
@@ -157,166 +202,182 @@ export class OrderStore {
     private readonly clock: () => number,
   ) {
     this.events.setMaxListeners(0);
-    this.outbox = new Outbox(db, "order", EVENTS, clock);
-    this.q = {
-      get: db.prepare<[string], OrderRow>("SELECT * FROM orders WHERE id = ?"),
-      byKey: db.prepare<[string, string], OrderRow>(
-        "SELECT * FROM orders WHERE customer_id = ? AND idempotency_key = ?",
-      ),
-      insert: db.prepare(
-        `INSERT INTO orders (id, customer_id, idempotency_key, fingerprint, status, saga_mode, items, card_token, traceparent, created_at, updated_at)
-         VALUES (@id, @customerId, @key, @fingerprint, 'PENDING', @sagaMode, @items, @cardToken, @traceparent, @now, @now)`,
-      ),
-      steps: db.prepare<[string], StoredStep>(
-        "SELECT name, status, detail, attempt, at FROM saga_steps WHERE order_id = ? ORDER BY seq",
-      ),
-      addStep: db.prepare<[StepLogEntry & { id: string; at: number }]>(
-        `INSERT INTO saga_steps (order_id, seq, name, status, detail, attempt, at)
-         VALUES (@id, (SELECT COALESCE(MAX(seq), 0) + 1 FROM saga_steps WHERE order_id = @id), @name, @status, @detail, @attempt, @at)`,
-      ),
-      // One statement for every patch: an absent field binds NULL and keeps the column.
-      patch: db.prepare(
-        `UPDATE orders SET
-           status = COALESCE(@status, status), reason = COALESCE(@reason, reason),
-           total_minor = COALESCE(@totalMinor, total_minor), currency = COALESCE(@currency, currency),
-           stock = COALESCE(@stock, stock), reservation_id = COALESCE(@reservationId, reservation_id),
-           payment = COALESCE(@payment, payment), payment_id = COALESCE(@paymentId, payment_id),
-           updated_at = @now
-         WHERE id = @id`,
-      ),
-      page: db.prepare<[string, number, number, string, number], OrderRow>(
-        `SELECT * FROM orders WHERE customer_id = ? AND (created_at < ? OR (created_at = ? AND id < ?))
-         ORDER BY created_at DESC, id DESC LIMIT ?`,
-      ),
-      active: db.prepare<[string], { id: string }>(
-        "SELECT id FROM orders WHERE status IN ('PENDING', 'COMPENSATING') AND saga_mode = ? ORDER BY created_at",
-      ),
-      requestCancel: db.prepare<[string, number, string]>(
-        "UPDATE orders SET cancel_requested = ?, updated_at = ? WHERE id = ?",
-      ),
-    };
+    this.outbox = new Outbox("order", EVENTS, clock);
   }
 
-  /** Opens (and migrates) the store at `path`. */
-  static open(path: string, clock: () => number = Date.now): OrderStore {
-    return new OrderStore(openDatabase(path, MIGRATIONS), clock);
+  /** Opens (and migrates) the store at `location`; on PostgreSQL, hears changes made by other replicas. */
+  static async open(location: DbLocation, clock: () => number = Date.now): Promise<OrderStore> {
+    const store = new OrderStore(await openDatabase(location, MIGRATIONS), clock);
+    store.listening = await store.db.listen?.(CHANGED, (id) => void store.reload(id));
+    return store;
   }
 
-  /** Subscribes to newly placed orders (after commit); returns the unsubscribe function. */
+  /** Re-reads `id` (every order, for "*") after another replica changed it, and tells local watchers. */
+  private async reload(id: string): Promise<void> {
+    try {
+      const ids = id === "*" ? await this.activeIds() : [id];
+      for (const o of ids) {
+        const order = await this.get(o);
+        if (order) this.events.emit("change", order);
+      }
+    } catch {
+      // The database is away; watchers hear of the change on the next one (or "*" after reconnecting).
+    }
+  }
+
+  /** Subscribes to newly placed orders (after commit, by this replica); returns the unsubscribe function. */
   onPlaced(listener: (order: OrderRecord) => void): () => void {
     this.events.on("placed", listener);
     return () => this.events.off("placed", listener);
   }
 
-  /** Subscribes to orders becoming CONFIRMED or CANCELLED (after commit), once each. */
+  /** Subscribes to orders becoming CONFIRMED or CANCELLED (after commit, by this replica), once each. */
   onTerminal(listener: (order: OrderRecord) => void): () => void {
     this.events.on("terminal", listener);
     return () => this.events.off("terminal", listener);
   }
 
-  /** Subscribes to committed changes; returns the unsubscribe function. */
+  /** Subscribes to committed changes, by any replica; returns the unsubscribe function. */
   onChange(listener: (order: OrderRecord) => void): () => void {
     this.events.on("change", listener);
     return () => this.events.off("change", listener);
   }
 
-  /** Tells watchers after the surrounding transaction (if any) has committed. */
-  private changed(order: OrderRecord): void {
-    queueMicrotask(() => this.events.emit("change", order));
+  /** Announces `order` after `tx` commits: locally, or to every replica through NOTIFY. */
+  private async changed(tx: Tx, order: OrderRecord): Promise<void> {
+    if (this.listening) await tx.run(sql`SELECT pg_notify(${CHANGED}, ${order.id})`);
+    else tx.afterCommit(() => this.events.emit("change", order));
   }
 
-  /** One order, or undefined. */
-  get(id: string): OrderRecord | undefined {
-    const row = this.q.get.get(id);
+  private async getIn(q: Db | Tx, id: string): Promise<OrderRecord | undefined> {
+    const row = await q.one(sql<OrderRow>`SELECT * FROM orders WHERE id = ${id}`);
     return row && toOrder(row);
   }
 
+  /** One order, or undefined; in `tx` when given. */
+  get(id: string, tx?: Tx): Promise<OrderRecord | undefined> {
+    return this.getIn(tx ?? this.db, id);
+  }
+
   /** The order's step log, oldest first. */
-  steps(id: string): StoredStep[] {
-    return this.q.steps.all(id);
+  steps(id: string): Promise<StoredStep[]> {
+    return this.db.all(
+      sql<StoredStep>`SELECT name, status, detail, attempt, at, fence FROM saga_steps WHERE order_id = ${id} ORDER BY seq`,
+    );
   }
 
   /**
    * Creates a PENDING order, idempotently per customer and key: a repeat with
    * the same fingerprint returns the existing order; another fingerprint is
-   * `key-reused`.
+   * `key-reused`. With `lease`, the new order's saga is leased to
+   * `lease.owner` for `lease.ms` (orchestration: this replica drives it).
    */
-  place(p: {
-    customerId: string;
-    key: string;
-    fingerprint: string;
-    items: readonly Line[];
-    cardToken: string;
-    sagaMode: SagaMode;
-  }): PlaceResult {
-    const result = this.db
-      .transaction((): PlaceResult => {
-        const prior = this.q.byKey.get(p.customerId, p.key);
-        switch (keyUse(prior?.fingerprint, p.fingerprint)) {
-          case "replay":
-            return { kind: "existing", order: toOrder(prior as OrderRow) };
-          case "key-reused":
-          case "voided": // order keys are never voided
-            return { kind: "key-reused" };
-          case "new":
-            break;
-        }
-        const now = this.clock();
-        const id = newId("ord", now);
-        this.q.insert.run({ ...p, id, now, items: JSON.stringify(p.items), traceparent: currentTraceparent() });
-        this.outbox.add(OrderPlacedSchema, id, {
-          customerId: p.customerId,
-          items: p.items.map((l) => ({ ...l })),
-          cardToken: p.cardToken,
-          sagaMode: SagaModeEnum[p.sagaMode],
-        });
-        return { kind: "created", order: toOrder(this.q.get.get(id) as OrderRow) };
-      })
-      .immediate();
-    if (result.kind === "created") {
-      this.changed(result.order);
-      const placed = result.order;
-      queueMicrotask(() => this.events.emit("placed", placed));
-    }
-    return result;
+  place(
+    p: {
+      customerId: string;
+      key: string;
+      fingerprint: string;
+      items: readonly Line[];
+      cardToken: string;
+      sagaMode: SagaMode;
+    },
+    lease?: { owner: string; ms: number },
+  ): Promise<PlaceResult> {
+    return this.db.transaction(async (tx): Promise<PlaceResult> => {
+      const prior = await tx.one(
+        sql<OrderRow>`SELECT * FROM orders WHERE customer_id = ${p.customerId} AND idempotency_key = ${p.key}`,
+      );
+      switch (keyUse(prior?.fingerprint, p.fingerprint)) {
+        case "replay":
+          return { kind: "existing", order: toOrder(prior as OrderRow) };
+        case "key-reused":
+        case "voided": // order keys are never voided
+          return { kind: "key-reused" };
+        case "new":
+          break;
+      }
+      const now = this.clock();
+      const id = newId("ord", now);
+      const [owner, until, fence] = lease ? [lease.owner, now + lease.ms, 1] : ["", 0, 0];
+      await tx.run(sql`INSERT INTO orders (id, customer_id, idempotency_key, fingerprint, status, saga_mode, items,
+          card_token, traceparent, created_at, updated_at, owner, lease_until, fence)
+        VALUES (${id}, ${p.customerId}, ${p.key}, ${p.fingerprint}, 'PENDING', ${p.sagaMode}, ${JSON.stringify(p.items)},
+          ${p.cardToken}, ${currentTraceparent()}, ${now}, ${now}, ${owner}, ${until}, ${fence})`);
+      await this.outbox.add(tx, OrderPlacedSchema, id, {
+        customerId: p.customerId,
+        items: p.items.map((l) => ({ ...l })),
+        cardToken: p.cardToken,
+        sagaMode: SagaModeEnum[p.sagaMode],
+      });
+      const order = (await this.getIn(tx, id)) as OrderRecord;
+      await this.changed(tx, order);
+      tx.afterCommit(() => this.events.emit("placed", order));
+      return { kind: "created", order, fence };
+    });
   }
 
   /**
-   * Applies a saga transition atomically (patch + step-log entry). With
-   * `guard`, applies only while the order is in `guard.status` and (with
-   * `noCancel`) no cancel was requested; returns whether it applied.
+   * Applies a saga transition atomically (patch + step-log entry), in `tx`
+   * when given. With `guard`, applies only while the order is in
+   * `guard.status` and (with `noCancel`) no cancel was requested. With
+   * `lease`, applies only while the lease still carries that fencing token.
    */
-  apply(id: string, t: Transition, guard?: { status: OrderStatus; noCancel?: boolean }): boolean {
-    const applied = this.db
-      .transaction((): OrderRecord | false => {
-        const row = this.q.get.get(id);
-        if (!row) throw new Error(`order ${id} vanished`);
-        if (guard && (row.status !== guard.status || (guard.noCancel && row.cancel_requested !== null))) return false;
-        const now = this.clock();
-        this.q.patch.run({ ...NO_PATCH, ...t.patch, id, now });
-        this.q.addStep.run({ ...t.log, id, at: now });
-        const o = toOrder(this.q.get.get(id) as OrderRow);
-        if (t.patch.status !== undefined && t.patch.status !== row.status && this.publishTerminal(o)) {
-          queueMicrotask(() => this.events.emit("terminal", o));
-        }
-        return o;
-      })
-      .immediate();
-    if (!applied) return false;
-    this.changed(applied);
-    return true;
+  apply(
+    id: string,
+    t: Transition,
+    opts: { guard?: { status: OrderStatus; noCancel?: boolean }; lease?: Lease; tx?: Tx } = {},
+  ): Promise<ApplyResult> {
+    return this.db.within(opts.tx, async (tx): Promise<ApplyResult> => {
+      const row = await tx.one(sql<OrderRow>`SELECT * FROM orders WHERE id = ${id}`);
+      if (!row) throw new Error(`order ${id} vanished`);
+      const { guard, lease } = opts;
+      if (lease && (row.fence !== lease.fence || row.owner !== lease.owner)) return { kind: "fenced" };
+      if (guard && (row.status !== guard.status || (guard.noCancel && row.cancel_requested !== null))) {
+        return { kind: "skipped" };
+      }
+      const now = this.clock();
+      const q: Required<{ [K in keyof OrderPatch]: OrderPatch[K] | null }> = {
+        status: null,
+        reason: null,
+        totalMinor: null,
+        currency: null,
+        stock: null,
+        reservationId: null,
+        payment: null,
+        paymentId: null,
+        ...t.patch,
+      };
+      // One statement for every patch: an absent field binds NULL and keeps the column.
+      await tx.run(sql`UPDATE orders SET
+          status = COALESCE(${q.status}, status), reason = COALESCE(${q.reason}, reason),
+          total_minor = COALESCE(${q.totalMinor}, total_minor), currency = COALESCE(${q.currency}, currency),
+          stock = COALESCE(${q.stock}, stock), reservation_id = COALESCE(${q.reservationId}, reservation_id),
+          payment = COALESCE(${q.payment}, payment), payment_id = COALESCE(${q.paymentId}, payment_id),
+          updated_at = ${now}
+        WHERE id = ${id}`);
+      const { name, status, detail, attempt } = t.log;
+      await tx.run(sql`INSERT INTO saga_steps (order_id, seq, name, status, detail, attempt, at, fence)
+        VALUES (${id}, (SELECT COALESCE(MAX(seq), 0) + 1 FROM saga_steps WHERE order_id = ${id}),
+          ${name}, ${status}, ${detail}, ${attempt}, ${now}, ${row.fence})`);
+      const o = (await this.getIn(tx, id)) as OrderRecord;
+      if (t.patch.status !== undefined && t.patch.status !== row.status && (await this.publishTerminal(tx, o))) {
+        tx.afterCommit(() => this.events.emit("terminal", o));
+      }
+      await this.changed(tx, o);
+      return { kind: "applied", order: o };
+    });
   }
 
   /** Announces a terminal order on the bus (inside the transaction that made it terminal); false if not terminal. */
-  private publishTerminal(o: OrderRecord): boolean {
+  private async publishTerminal(tx: Tx, o: OrderRecord): Promise<boolean> {
     if (o.status === "CONFIRMED") {
-      this.outbox.add(OrderConfirmedSchema, o.id, {
+      await this.outbox.add(tx, OrderConfirmedSchema, o.id, {
         customerId: o.customerId,
         total: { currencyCode: o.currency ?? "", amountMinor: BigInt(o.totalMinor ?? 0) },
         paymentId: o.paymentId,
       });
     } else if (o.status === "CANCELLED") {
-      this.outbox.add(OrderCancelledSchema, o.id, {
+      await this.outbox.add(tx, OrderCancelledSchema, o.id, {
         customerId: o.customerId,
         reason: o.reason,
         sagaMode: SagaModeEnum[o.sagaMode],
@@ -327,41 +388,84 @@ export class OrderStore {
     return true;
   }
 
-  /** Records the customer's wish to cancel, if the order still allows it. */
-  requestCancel(id: string, reason: string): CancelResult {
-    const result = this.db
-      .transaction((): CancelResult => {
-        const row = this.q.get.get(id);
-        if (!row) return { kind: "not-found" };
-        const o = toOrder(row);
-        const can = cancellable(o);
-        if (can === "no") return { kind: "not-cancellable", order: o };
-        if (can === "already-cancelling") return { kind: "already-cancelling", order: o };
-        this.q.requestCancel.run(reason, this.clock(), id);
-        return { kind: "requested", order: toOrder(this.q.get.get(id) as OrderRow) };
-      })
-      .immediate();
-    if (result.kind === "requested") this.changed(result.order);
-    return result;
+  /** Records the customer's wish to cancel, if the order still allows it; in `tx` when given. */
+  requestCancel(id: string, reason: string, tx?: Tx): Promise<CancelResult> {
+    return this.db.within(tx, async (tx): Promise<CancelResult> => {
+      const o = await this.getIn(tx, id);
+      if (!o) return { kind: "not-found" };
+      const can = cancellable(o);
+      if (can === "no") return { kind: "not-cancellable", order: o };
+      if (can === "already-cancelling") return { kind: "already-cancelling", order: o };
+      await tx.run(sql`UPDATE orders SET cancel_requested = ${reason}, updated_at = ${this.clock()} WHERE id = ${id}`);
+      const order = (await this.getIn(tx, id)) as OrderRecord;
+      await this.changed(tx, order);
+      return { kind: "requested", order };
+    });
   }
 
   /** A page of a customer's orders, newest first, after the cursor (exclusive). */
-  listByCustomer(
+  async listByCustomer(
     customerId: string,
     after: { createdAt: number; id: string } | undefined,
     limit: number,
-  ): OrderRecord[] {
+  ): Promise<OrderRecord[]> {
     const c = after ?? { createdAt: Number.MAX_SAFE_INTEGER, id: "" };
-    return this.q.page.all(customerId, c.createdAt, c.createdAt, c.id, limit).map(toOrder);
+    const rows = await this.db.all(sql<OrderRow>`SELECT * FROM orders
+      WHERE customer_id = ${customerId} AND (created_at < ${c.createdAt} OR (created_at = ${c.createdAt} AND id < ${c.id}))
+      ORDER BY created_at DESC, id DESC LIMIT ${limit}`);
+    return rows.map(toOrder);
   }
 
-  /** Ids of orders whose saga in `mode` has not finished, oldest first. */
-  activeIds(mode: SagaMode): string[] {
-    return this.q.active.all(mode).map((r) => r.id);
+  /** Ids of orders whose saga (in `mode`, or any) has not finished, oldest first. */
+  async activeIds(mode?: SagaMode): Promise<string[]> {
+    const rows = await this.db.all(sql<{ id: string }>`SELECT id FROM orders
+      WHERE status IN ('PENDING', 'COMPENSATING') AND (${mode ?? ""} = '' OR saga_mode = ${mode ?? ""})
+      ORDER BY created_at`);
+    return rows.map((r) => r.id);
   }
 
-  /** Closes the database. */
-  close(): void {
-    this.db.close();
+  /**
+   * Claims for `owner`, for `ms`, the lease of every unfinished orchestrated
+   * saga that no live replica holds (its lease ran out or was given back) —
+   * or of every one (`all`: only when no other process can hold any);
+   * returns the claimed orders with their new fencing tokens.
+   */
+  claimSagas(owner: string, ms: number, scope: "expired" | "all"): Promise<{ id: string; fence: number }[]> {
+    const now = this.clock();
+    return this.db.transaction((tx) =>
+      tx.all(sql<{
+        id: string;
+        fence: number;
+      }>`UPDATE orders SET owner = ${owner}, lease_until = ${now + ms}, fence = fence + 1
+        WHERE id IN (SELECT id FROM orders
+                     WHERE status IN ('PENDING', 'COMPENSATING') AND saga_mode = 'ORCHESTRATION'
+                       AND (lease_until < ${now} OR ${scope === "all" ? 1 : 0} = 1)
+                     ORDER BY created_at LIMIT 1000)
+        RETURNING id, fence`),
+    );
+  }
+
+  /** Extends by `ms` from now the leases `owner` still holds on the sagas `ids`; how many it extended. */
+  async renewLeases(owner: string, ids: readonly string[], ms: number): Promise<number> {
+    if (ids.length === 0) return 0;
+    const among =
+      this.db.engine === "postgres"
+        ? sql`id = ANY(${[...ids]}::text[])`
+        : sql`id IN (SELECT value FROM json_each(${JSON.stringify(ids)}))`;
+    return this.db.run(sql`UPDATE orders SET lease_until = ${this.clock() + ms}
+      WHERE owner = ${owner} AND ${among} AND status IN ('PENDING', 'COMPENSATING')`);
+  }
+
+  /** Gives back every lease `owner` holds (a graceful stop), so other replicas adopt those sagas at once. */
+  releaseLeases(owner: string): Promise<number> {
+    return this.db.run(
+      sql`UPDATE orders SET lease_until = 0 WHERE owner = ${owner} AND status IN ('PENDING', 'COMPENSATING')`,
+    );
+  }
+
+  /** Closes the database (and the change listener). */
+  async close(): Promise<void> {
+    await this.listening?.close();
+    await this.db.close();
   }
 }

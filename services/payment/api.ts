@@ -39,23 +39,24 @@ function paymentMessage(p: PaymentRecord): MessageInitShape<typeof PaymentSchema
 /** Creates the PaymentService handlers. */
 export function createPaymentApi({ store }: PaymentApiDeps): ServiceImpl<typeof PaymentService> {
   return {
-    chargePayment(req) {
+    async chargePayment(req) {
       const input = validateCharge(req);
-      const result = store.charge(requestFingerprint(ChargePaymentRequestSchema, req), input);
+      const result = await store.charge(requestFingerprint(ChargePaymentRequestSchema, req), input);
       if (result.kind === "key-reused") throw new IdempotencyKeyReusedError(req.idempotencyKey);
       return { payment: paymentMessage(result.payment) };
     },
 
-    refundPayment(req) {
+    async refundPayment(req) {
       const { target, reason } = validateRefund(req);
-      const result = store.refund(target, reason);
+      const result = await store.refund(target, reason);
       if (result.kind === "not-found") throw new NotFoundError("payment", req.paymentId);
       return { payment: paymentMessage(result.payment) };
     },
 
-    getPayment(req, ctx) {
+    async getPayment(req, ctx) {
       const lookup = validateLookup(req);
-      const payment = lookup.by === "id" ? store.payment(lookup.paymentId) : store.latestForOrder(lookup.orderId);
+      const payment =
+        lookup.by === "id" ? await store.payment(lookup.paymentId) : await store.latestForOrder(lookup.orderId);
       // Another customer's payment answers exactly like a missing one, so ids cannot be probed.
       if (!payment || !canSee(identityOf(ctx.metadata), payment)) {
         throw lookup.by === "id"

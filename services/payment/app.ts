@@ -2,7 +2,7 @@
 
 import { EVENTS } from "../../contracts/events.js";
 import { PaymentService } from "../../gen/shopmesh/payment/v1/payment_pb.js";
-import { bind, type Host, type Logger, startHost } from "../../platform/index.js";
+import { bind, type Host, type Logger, locationOf, startHost } from "../../platform/index.js";
 import { createPaymentApi } from "./api.js";
 import type { PaymentConfig } from "./config.js";
 import { paymentConsumers } from "./events.js";
@@ -15,7 +15,7 @@ export interface PaymentApp extends Host {
 
 /** Opens the store and starts serving and consuming. */
 export async function startPayment(config: PaymentConfig, log: Logger): Promise<PaymentApp> {
-  const store = PaymentStore.open(config.DB_PATH);
+  const store = await PaymentStore.open(locationOf("payment", config));
   const host = await startHost({
     name: "payment",
     config,

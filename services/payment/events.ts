@@ -28,16 +28,17 @@ export function paymentConsumers(store: PaymentStore): ConsumerSpec[] {
       stream: "ORDER",
       durable: "payment-order",
       handlers: [
-        on(OrderPlacedSchema, (e) => {
+        on(OrderPlacedSchema, async (e, _ctx, tx) => {
           if (e.sagaMode !== SagaMode.CHOREOGRAPHY) return;
-          store.rememberChoreographyOrder(e.meta?.orderId ?? "", e.customerId, e.cardToken);
+          await store.rememberChoreographyOrder(tx, e.meta?.orderId ?? "", e.customerId, e.cardToken);
         }),
-        on(OrderCancelledSchema, (e) => {
+        on(OrderCancelledSchema, async (e, _ctx, tx) => {
           if (e.sagaMode !== SagaMode.CHOREOGRAPHY) return;
           const orderId = e.meta?.orderId ?? "";
-          store.refund(
+          await store.refund(
             { by: "key", chargeIdempotencyKey: stepKey(orderId, "charge_payment") },
             `order ${orderId}: ${e.reason}`,
+            tx,
           );
         }),
       ],
@@ -46,10 +47,10 @@ export function paymentConsumers(store: PaymentStore): ConsumerSpec[] {
       stream: "INVENTORY",
       durable: "payment-inventory",
       handlers: [
-        on(StockReservedSchema, (e) => {
+        on(StockReservedSchema, async (e, _ctx, tx) => {
           if (e.sagaMode !== SagaMode.CHOREOGRAPHY) return;
           const orderId = e.meta?.orderId ?? "";
-          const payer = store.choreographyOrder(orderId);
+          const payer = await store.choreographyOrder(tx, orderId);
           // Streams are ordered only within themselves: OrderPlaced may still be on its way.
           if (!payer) throw new Error(`OrderPlaced of ${orderId} not seen yet`);
           const req = create(ChargePaymentRequestSchema, {
@@ -59,7 +60,7 @@ export function paymentConsumers(store: PaymentStore): ConsumerSpec[] {
             amount: e.total,
             cardToken: payer.cardToken,
           });
-          const r = store.charge(requestFingerprint(ChargePaymentRequestSchema, req), validateCharge(req));
+          const r = await store.charge(requestFingerprint(ChargePaymentRequestSchema, req), validateCharge(req), tx);
           if (r.kind === "key-reused") throw new Error(`charge key of order ${orderId} reused with another amount`);
         }),
       ],

@@ -1,28 +1,40 @@
 /**
  * PaymentService over real gRPC: the app on an ephemeral port with a real
- * SQLite file, called through the generated typed client.
+ * database (SQLite or PostgreSQL, per the run), called through the generated
+ * typed client.
  */
-import { join } from "node:path";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
-import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PaymentService, PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
-import { Code, createChannel, createClient, identityMetadata, type Role, silentLogger } from "../../platform/index.js";
-import { dbSnapshot, tempDir } from "../../test/fixtures.js";
+import {
+  Code,
+  createChannel,
+  createClient,
+  identityMetadata,
+  type Role,
+  silentLogger,
+  sql,
+} from "../../platform/index.js";
+import { snapshot as dbSnapshot, TestDatabases } from "../../test/db.js";
+import { tempDir } from "../../test/fixtures.js";
 import { capturedPayments, paymentsByStatus } from "../../test/probes.js";
 import { expectRpcError } from "../../test/rpc.js";
 import { type PaymentApp, startPayment } from "./app.js";
 import { loadConfig } from "./config.js";
 
 const dir = tempDir();
-const dbPath = join(dir.path, "payment.db");
 let app: PaymentApp;
 let payments: ReturnType<typeof createClient<typeof PaymentService>>;
 const channel = { close: () => {} };
 
 beforeAll(async () => {
   app = await startPayment(
-    loadConfig({ GRPC_PORT: "0", GRPC_HOST: "127.0.0.1", DB_PATH: dbPath, NATS_URL: "off" }),
+    loadConfig({
+      GRPC_PORT: "0",
+      GRPC_HOST: "127.0.0.1",
+      ...(await new TestDatabases(dir.path).env("payment")),
+      NATS_URL: "off",
+    }),
     silentLogger(),
   );
   const ch = createChannel(app.address);
@@ -37,7 +49,7 @@ afterAll(async () => {
 });
 
 /** Every row of the service's database, to prove a rejected call changed nothing. */
-const snapshot = () => dbSnapshot(dbPath);
+const snapshot = () => dbSnapshot(app.store.db);
 
 let seq = 0;
 const key = () => `test-key-${++seq}`;
@@ -83,7 +95,7 @@ describe("ChargePayment", () => {
     expect(p?.id).toMatch(/^pay_/);
     expect(p?.createdAt && timestampMs(p.createdAt)).toBeGreaterThanOrEqual(before);
     expect(p?.updatedAt).toEqual(p?.createdAt);
-    expect(capturedPayments(app.store.db, req.orderId)).toBe(1);
+    expect(await capturedPayments(app.store.db, req.orderId)).toBe(1);
   });
 
   it.each([
@@ -96,7 +108,7 @@ describe("ChargePayment", () => {
       const req = chargeReq({ cardToken, amount: { currencyCode: "USD", amountMinor } });
       const p = (await payments.chargePayment(req)).payment;
       expect(p).toMatchObject({ status: PaymentStatus.DECLINED, declineReason: reason, amount: { amountMinor } });
-      expect(capturedPayments(app.store.db, req.orderId)).toBe(0);
+      expect(await capturedPayments(app.store.db, req.orderId)).toBe(0);
     },
   );
 
@@ -110,30 +122,30 @@ describe("ChargePayment", () => {
     for (const cardToken of ["tok_visa", "tok_decline"]) {
       const req = chargeReq({ cardToken });
       const first = (await payments.chargePayment(req)).payment;
-      const s = snapshot();
+      const s = await snapshot();
       const again = (await payments.chargePayment(req)).payment;
       expect(again).toEqual(first);
-      expect(snapshot()).toBe(s);
+      expect(await snapshot()).toBe(s);
     }
   });
 
   it("rejects the same key with a different request as ALREADY_EXISTS, writing nothing", async () => {
     const req = chargeReq();
     await payments.chargePayment(req);
-    const s = snapshot();
+    const s = await snapshot();
     await expectRpcError(
       payments.chargePayment({ ...req, amount: { currencyCode: "USD", amountMinor: 2501n } }),
       Code.ALREADY_EXISTS,
     );
     await expectRpcError(payments.chargePayment({ ...req, cardToken: "tok_other" }), Code.ALREADY_EXISTS);
-    expect(snapshot()).toBe(s);
+    expect(await snapshot()).toBe(s);
   });
 
   it("charges once under 20 concurrent retries of one key", async () => {
     const req = chargeReq();
     const results = await Promise.all(Array.from({ length: 20 }, () => payments.chargePayment(req)));
     expect(new Set(results.map((r) => r.payment?.id)).size).toBe(1);
-    expect(capturedPayments(app.store.db, req.orderId)).toBe(1);
+    expect(await capturedPayments(app.store.db, req.orderId)).toBe(1);
   });
 
   it("rejects bad input with INVALID_ARGUMENT naming the field, and changes nothing", async () => {
@@ -150,11 +162,11 @@ describe("ChargePayment", () => {
       [{ amount: { currencyCode: "", amountMinor: 100n } }, "amount.currency_code"],
       [{ cardToken: "" }, "card_token"],
     ];
-    const s = snapshot();
+    const s = await snapshot();
     for (const [patch, field] of cases) {
       await expectRpcError(payments.chargePayment(chargeReq(patch)), Code.INVALID_ARGUMENT, field);
     }
-    expect(snapshot()).toBe(s);
+    expect(await snapshot()).toBe(s);
   });
 });
 
@@ -165,21 +177,21 @@ describe("RefundPayment", () => {
     expect(refunded).toMatchObject({ id: p.id, status: PaymentStatus.REFUNDED, declineReason: "", amount: p.amount });
     if (!refunded?.updatedAt || !p.createdAt) throw new Error("payment without timestamps");
     expect(timestampMs(refunded.updatedAt)).toBeGreaterThanOrEqual(timestampMs(p.createdAt));
-    expect(app.store.payment(p.id)?.refundReason).toBe("order cancelled");
-    expect(capturedPayments(app.store.db, p.orderId)).toBe(0);
+    expect((await app.store.payment(p.id))?.refundReason).toBe("order cancelled");
+    expect(await capturedPayments(app.store.db, p.orderId)).toBe(0);
 
-    const s = snapshot();
+    const s = await snapshot();
     const twice = (await payments.refundPayment({ paymentId: p.id, reason: "another reason" })).payment;
     expect(twice).toEqual(refunded);
-    expect(snapshot()).toBe(s);
+    expect(await snapshot()).toBe(s);
   });
 
   it("refuses to refund a declined payment by id (FAILED_PRECONDITION) and an unknown one (NOT_FOUND)", async () => {
     const declined = await charge({ cardToken: "tok_decline" });
-    const s = snapshot();
+    const s = await snapshot();
     await expectRpcError(payments.refundPayment({ paymentId: declined.id }), Code.FAILED_PRECONDITION);
     await expectRpcError(payments.refundPayment({ paymentId: "pay_unknown" }), Code.NOT_FOUND);
-    expect(snapshot()).toBe(s);
+    expect(await snapshot()).toBe(s);
   });
 
   it("voids an unused charge key, so a late charge with it is DECLINED 'voided' and takes nothing", async () => {
@@ -193,12 +205,12 @@ describe("RefundPayment", () => {
     expect(late).toEqual(voided);
     // Whatever the late request says, the key stays voided.
     expect((await payments.chargePayment({ ...req, cardToken: "tok_other" })).payment).toEqual(voided);
-    expect(capturedPayments(app.store.db, req.orderId)).toBe(0);
+    expect(await capturedPayments(app.store.db, req.orderId)).toBe(0);
 
     // Voiding again is idempotent; and by id, a void is a declined payment.
-    const s = snapshot();
+    const s = await snapshot();
     expect((await payments.refundPayment({ chargeIdempotencyKey: req.idempotencyKey })).payment).toEqual(voided);
-    expect(snapshot()).toBe(s);
+    expect(await snapshot()).toBe(s);
     await expectRpcError(payments.refundPayment({ paymentId: voided?.id ?? "" }), Code.FAILED_PRECONDITION);
   });
 
@@ -209,15 +221,15 @@ describe("RefundPayment", () => {
       .payment;
     expect(refunded).toMatchObject({ id: p?.id, status: PaymentStatus.REFUNDED });
     expect((await payments.refundPayment({ chargeIdempotencyKey: req.idempotencyKey })).payment).toEqual(refunded);
-    expect(capturedPayments(app.store.db, req.orderId)).toBe(0);
+    expect(await capturedPayments(app.store.db, req.orderId)).toBe(0);
 
     const declinedReq = chargeReq({ cardToken: "tok_insufficient" });
     const declined = (await payments.chargePayment(declinedReq)).payment;
-    const s = snapshot();
+    const s = await snapshot();
     expect((await payments.refundPayment({ chargeIdempotencyKey: declinedReq.idempotencyKey })).payment).toEqual(
       declined,
     );
-    expect(snapshot()).toBe(s);
+    expect(await snapshot()).toBe(s);
   });
 
   it("never leaves money taken when a charge and its compensation race", async () => {
@@ -228,11 +240,11 @@ describe("RefundPayment", () => {
         payments.refundPayment({ chargeIdempotencyKey: req.idempotencyKey, reason: "race" }),
       ]),
     );
-    for (const req of reqs) expect(capturedPayments(app.store.db, req.orderId)).toBe(0);
+    for (const req of reqs) expect(await capturedPayments(app.store.db, req.orderId)).toBe(0);
   });
 
   it("rejects bad input with INVALID_ARGUMENT naming the field, and changes nothing", async () => {
-    const s = snapshot();
+    const s = await snapshot();
     await expectRpcError(payments.refundPayment({}), Code.INVALID_ARGUMENT, "payment_id");
     await expectRpcError(
       payments.refundPayment({ paymentId: "pay_1", chargeIdempotencyKey: "k" }),
@@ -250,7 +262,7 @@ describe("RefundPayment", () => {
       Code.INVALID_ARGUMENT,
       "reason",
     );
-    expect(snapshot()).toBe(s);
+    expect(await snapshot()).toBe(s);
   });
 });
 
@@ -289,31 +301,31 @@ describe("GetPayment", () => {
 });
 
 describe("payments table", () => {
-  it("keeps the columns other services' tests query through the SQLite file", () => {
-    const db = new Database(dbPath, { readonly: true });
-    try {
-      const columns = db
-        .prepare<[], { name: string }>("SELECT name FROM pragma_table_info('payments')")
-        .all()
-        .map((c) => c.name);
-      expect(columns).toEqual(
-        expect.arrayContaining([
-          "order_id",
-          "status",
-          "idempotency_key",
-          "amount_minor",
-          "currency",
-          "customer_id",
-          "decline_reason",
-          "refund_reason",
-          "created_at",
-          "updated_at",
-        ]),
-      );
-    } finally {
-      db.close();
-    }
-    const counts = paymentsByStatus(app.store.db);
+  it("keeps the columns other services' tests query through its database", async () => {
+    const db = app.store.db;
+    const columns = (
+      await db.all(
+        db.engine === "sqlite"
+          ? sql<{ name: string }>`SELECT name FROM pragma_table_info('payments')`
+          : sql<{ name: string }>`SELECT column_name AS name FROM information_schema.columns
+              WHERE table_schema = current_schema() AND table_name = 'payments'`,
+      )
+    ).map((c) => c.name);
+    expect(columns).toEqual(
+      expect.arrayContaining([
+        "order_id",
+        "status",
+        "idempotency_key",
+        "amount_minor",
+        "currency",
+        "customer_id",
+        "decline_reason",
+        "refund_reason",
+        "created_at",
+        "updated_at",
+      ]),
+    );
+    const counts = await paymentsByStatus(app.store.db);
     expect(Object.keys(counts).sort()).toEqual(["CAPTURED", "DECLINED", "REFUNDED"]);
     expect(counts.CAPTURED).toBeGreaterThan(0);
   });

@@ -8,12 +8,13 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { PaymentService, PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
 import { createChannel, createClient } from "../../platform/index.js";
+import { TestDatabases } from "../../test/db.js";
 import { bufCurl, exited, ROOT, spawnService, tempDir } from "../../test/fixtures.js";
 
 describe("payment process", () => {
   it("charges through buf curl, serves the payment to the typed client, and exits 0 on SIGTERM", async () => {
     using dir = tempDir();
-    await using svc = await spawnService("payment", { DB_PATH: join(dir.path, "payment.db") });
+    await using svc = await spawnService("payment", await new TestDatabases(dir.path).env("payment"));
     const res = await bufCurl([
       "-d",
       JSON.stringify({

@@ -1,10 +1,10 @@
 /**
- * Payment persistence. Every mutation is one IMMEDIATE transaction, so a
- * charge and a void of the same key cannot interleave, in this process or in
- * another on the same file; CHECK constraints keep each row's status, reasons
- * and amount consistent even if a bug slipped past the domain rules.
+ * Payment persistence, on SQLite or PostgreSQL. Every mutation is one
+ * serialised transaction (see platform/sql.ts), so a charge and a void of
+ * the same key cannot interleave, in any process or replica; CHECK
+ * constraints keep each row's status, reasons and amount consistent even if
+ * a bug slipped past the domain rules.
  */
-
 import { EVENTS } from "../../contracts/events.js";
 import {
   PaymentFailedSchema,
@@ -13,12 +13,17 @@ import {
 } from "../../gen/shopmesh/payment/v1/events_pb.js";
 import {
   type Db,
+  type DbLocation,
   INBOX_MIGRATION,
   keyUse,
+  type Migrations,
   newId,
+  OUTBOX_CLAIMS_MIGRATION,
   OUTBOX_MIGRATION,
   Outbox,
   openDatabase,
+  sql,
+  type Tx,
 } from "../../platform/index.js";
 import {
   authorize,
@@ -30,38 +35,52 @@ import {
   VOIDED_REASON,
 } from "./domain.js";
 
-const MIGRATIONS = [
-  `CREATE TABLE payments (
+const PAYMENTS = (engine: "sqlite" | "postgres") => {
+  const int = engine === "sqlite" ? "INTEGER" : "BIGINT";
+  return `CREATE TABLE payments (
      id              TEXT PRIMARY KEY,
      idempotency_key TEXT NOT NULL UNIQUE,
      kind            TEXT NOT NULL CHECK (kind IN ('CHARGE', 'VOID')),
      fingerprint     TEXT,           -- of the ChargePayment request; NULL for a VOID
      order_id        TEXT NOT NULL,  -- '' for a VOID
      customer_id     TEXT NOT NULL,  -- '' for a VOID
-     amount_minor    INTEGER NOT NULL,
+     amount_minor    ${int} NOT NULL,
      currency        TEXT NOT NULL,  -- '' for a VOID
      status          TEXT NOT NULL CHECK (status IN ('CAPTURED', 'DECLINED', 'REFUNDED')),
      decline_reason  TEXT,           -- set exactly when DECLINED
      refund_reason   TEXT,           -- set exactly when REFUNDED
-     created_at      INTEGER NOT NULL,
-     updated_at      INTEGER NOT NULL,
+     created_at      ${int} NOT NULL,
+     updated_at      ${int} NOT NULL,
      CHECK ((kind = 'VOID') = (fingerprint IS NULL)),
      CHECK ((kind = 'CHARGE' AND amount_minor > 0)
          OR (kind = 'VOID' AND amount_minor = 0 AND status = 'DECLINED')),
      CHECK ((status = 'DECLINED') = (decline_reason IS NOT NULL)),
      CHECK ((status = 'REFUNDED') = (refund_reason IS NOT NULL))
-   ) STRICT;
-   CREATE INDEX payments_order ON payments (order_id, created_at);`,
-  // 2: events (transactional outbox), choreography consumers (inbox), and what
-  // payment learns from OrderPlaced to charge later on StockReserved.
-  `${OUTBOX_MIGRATION}
-   ${INBOX_MIGRATION}
-   CREATE TABLE choreography_orders (
+   )${engine === "sqlite" ? " STRICT" : ""};
+   CREATE INDEX payments_order ON payments (order_id, created_at);`;
+};
+
+const CHOREOGRAPHY_ORDERS = `CREATE TABLE choreography_orders (
      order_id    TEXT PRIMARY KEY,
      customer_id TEXT NOT NULL,
      card_token  TEXT NOT NULL
-   ) STRICT;`,
-];
+   )`;
+
+const MIGRATIONS: Migrations = {
+  sqlite: [
+    PAYMENTS("sqlite"),
+    // 2: events (transactional outbox), choreography consumers (inbox), and what
+    // payment learns from OrderPlaced to charge later on StockReserved.
+    `${OUTBOX_MIGRATION.sqlite}\n${INBOX_MIGRATION.sqlite}\n${CHOREOGRAPHY_ORDERS} STRICT;`,
+    // 3: relays claim outbox rows (several replicas).
+    OUTBOX_CLAIMS_MIGRATION.sqlite,
+  ],
+  postgres: [
+    PAYMENTS("postgres"),
+    `${OUTBOX_MIGRATION.postgres}\n${INBOX_MIGRATION.postgres}\n${CHOREOGRAPHY_ORDERS};`,
+    OUTBOX_CLAIMS_MIGRATION.postgres,
+  ],
+};
 
 /** Result of {@link PaymentStore.charge}. `replayed` is true when the key already had a payment. */
 export type ChargeResult =
@@ -103,9 +122,8 @@ const toPayment = (r: PaymentRow): PaymentRecord => ({
   updatedAt: r.updated_at,
 });
 
-/** The payments table in one SQLite file, with the outbox its events are committed into. */
+/** The payments table, with the outbox its events are committed into. */
 export class PaymentStore {
-  private readonly q;
   /** Events committed together with the changes they record. */
   readonly outbox: Outbox;
 
@@ -114,51 +132,42 @@ export class PaymentStore {
     readonly db: Db,
     private readonly clock: () => number,
   ) {
-    this.outbox = new Outbox(db, "payment", EVENTS, clock);
-    this.q = {
-      rememberOrder: db.prepare<[string, string, string]>(
-        "INSERT OR IGNORE INTO choreography_orders (order_id, customer_id, card_token) VALUES (?, ?, ?)",
-      ),
-      choreographyOrder: db.prepare<[string], { customer_id: string; card_token: string }>(
-        "SELECT customer_id, card_token FROM choreography_orders WHERE order_id = ?",
-      ),
-      byId: db.prepare<[string], PaymentRow>("SELECT * FROM payments WHERE id = ?"),
-      byKey: db.prepare<[string], PaymentRow>("SELECT * FROM payments WHERE idempotency_key = ?"),
-      latestForOrder: db.prepare<[string], PaymentRow>(
-        "SELECT * FROM payments WHERE order_id = ? AND kind = 'CHARGE' ORDER BY created_at DESC, rowid DESC LIMIT 1",
-      ),
-      insert: db.prepare(
-        `INSERT INTO payments (id, idempotency_key, kind, fingerprint, order_id, customer_id, amount_minor, currency,
-                               status, decline_reason, refund_reason, created_at, updated_at)
-         VALUES (@id, @key, @kind, @fingerprint, @orderId, @customerId, @amountMinor, @currency,
-                 @status, @declineReason, NULL, @now, @now)`,
-      ),
-      markRefunded: db.prepare<[string, number, string]>(
-        "UPDATE payments SET status = 'REFUNDED', refund_reason = ?, updated_at = ? WHERE id = ? AND status = 'CAPTURED'",
-      ),
-      capturedForOrder: db.prepare<[string], { n: number }>(
-        "SELECT COUNT(*) AS n FROM payments WHERE order_id = ? AND status = 'CAPTURED'",
-      ),
-      countByStatus: db.prepare<[], { status: PaymentStatusName; n: number }>(
-        "SELECT status, COUNT(*) AS n FROM payments GROUP BY status",
-      ),
-    };
+    this.outbox = new Outbox("payment", EVENTS, clock);
   }
 
-  /** Opens (and migrates) the store at `path` (`:memory:` for a private in-memory one). */
-  static open(path: string, clock: () => number = Date.now): PaymentStore {
-    return new PaymentStore(openDatabase(path, MIGRATIONS), clock);
+  /** Opens (and migrates) the store at `location`. */
+  static async open(location: DbLocation, clock: () => number = Date.now): Promise<PaymentStore> {
+    return new PaymentStore(await openDatabase(location, MIGRATIONS), clock);
   }
 
-  /** One payment (void tombstones included), or undefined. */
-  payment(id: string): PaymentRecord | undefined {
-    const row = this.q.byId.get(id);
+  private async byId(q: Db | Tx, id: string): Promise<PaymentRecord | undefined> {
+    const row = await q.one(sql<PaymentRow>`SELECT * FROM payments WHERE id = ${id}`);
     return row && toPayment(row);
   }
 
+  private insert(
+    tx: Tx,
+    p: Omit<PaymentRecord, "refundReason" | "updatedAt" | "declineReason"> & {
+      key: string;
+      fingerprint: string | null;
+      declineReason: string | null;
+    },
+  ): Promise<number> {
+    return tx.run(sql`INSERT INTO payments (id, idempotency_key, kind, fingerprint, order_id, customer_id, amount_minor,
+        currency, status, decline_reason, refund_reason, created_at, updated_at)
+      VALUES (${p.id}, ${p.key}, ${p.kind}, ${p.fingerprint}, ${p.orderId}, ${p.customerId}, ${p.amountMinor},
+        ${p.currency}, ${p.status}, ${p.declineReason}, NULL, ${p.createdAt}, ${p.createdAt})`);
+  }
+
+  /** One payment (void tombstones included), or undefined. */
+  payment(id: string): Promise<PaymentRecord | undefined> {
+    return this.byId(this.db, id);
+  }
+
   /** The latest charge for `orderId` (never a void tombstone), or undefined. */
-  latestForOrder(orderId: string): PaymentRecord | undefined {
-    const row = this.q.latestForOrder.get(orderId);
+  async latestForOrder(orderId: string): Promise<PaymentRecord | undefined> {
+    const row = await this.db.one(sql<PaymentRow>`SELECT * FROM payments WHERE order_id = ${orderId} AND kind = 'CHARGE'
+      ORDER BY created_at DESC, id DESC LIMIT 1`);
     return row && toPayment(row);
   }
 
@@ -167,118 +176,117 @@ export class PaymentStore {
    * fingerprint returns the first payment (captured or declined), a
    * different fingerprint is `key-reused`. A key that was voided answers its
    * void tombstone whatever the request, so a charge that arrives after its
-   * compensation never takes money.
+   * compensation never takes money. Runs in `tx` when given (the consumer's).
    */
-  charge(fingerprint: string, input: ChargeInput): ChargeResult {
-    return this.db
-      .transaction((): ChargeResult => {
-        const prior = this.q.byKey.get(input.idempotencyKey);
-        switch (keyUse(prior?.fingerprint, fingerprint)) {
-          case "key-reused":
-            return { kind: "key-reused" };
-          case "replay":
-          case "voided":
-            // A voided key answers its void tombstone, whatever the request: no money is ever taken with it.
-            return { kind: "charged", payment: toPayment(prior as PaymentRow), replayed: true };
-          case "new":
-            break;
-        }
-        const auth = authorize(input.cardToken, input.amountMinor);
-        const now = this.clock();
-        const id = newId("pay", now);
-        this.q.insert.run({
-          id,
-          key: input.idempotencyKey,
-          kind: "CHARGE",
-          fingerprint,
-          orderId: input.orderId,
-          customerId: input.customerId,
-          amountMinor: input.amountMinor,
-          currency: input.currency,
-          status: auth.status,
-          declineReason: auth.status === "DECLINED" ? auth.reason : null,
-          now,
+  charge(fingerprint: string, input: ChargeInput, tx?: Tx): Promise<ChargeResult> {
+    return this.db.within(tx, async (tx): Promise<ChargeResult> => {
+      const prior = await tx.one(
+        sql<PaymentRow>`SELECT * FROM payments WHERE idempotency_key = ${input.idempotencyKey}`,
+      );
+      switch (keyUse(prior?.fingerprint, fingerprint)) {
+        case "key-reused":
+          return { kind: "key-reused" };
+        case "replay":
+        case "voided":
+          // A voided key answers its void tombstone, whatever the request: no money is ever taken with it.
+          return { kind: "charged", payment: toPayment(prior as PaymentRow), replayed: true };
+        case "new":
+          break;
+      }
+      const auth = authorize(input.cardToken, input.amountMinor);
+      const now = this.clock();
+      const id = newId("pay", now);
+      const declineReason = auth.status === "DECLINED" ? auth.reason : null;
+      const fields = { id, kind: "CHARGE" as const, orderId: input.orderId, customerId: input.customerId };
+      const money = { amountMinor: input.amountMinor, currency: input.currency, status: auth.status, createdAt: now };
+      await this.insert(tx, { ...fields, ...money, key: input.idempotencyKey, fingerprint, declineReason });
+      const payment = (await this.byId(tx, id)) as PaymentRecord;
+      if (auth.status === "DECLINED") {
+        await this.outbox.add(tx, PaymentFailedSchema, payment.orderId, {
+          paymentId: id,
+          customerId: payment.customerId,
+          reason: auth.reason,
         });
-        const payment = toPayment(this.q.byId.get(id) as PaymentRow);
-        const amount = { currencyCode: payment.currency, amountMinor: BigInt(payment.amountMinor) };
-        if (auth.status === "DECLINED") {
-          this.outbox.add(PaymentFailedSchema, payment.orderId, {
-            paymentId: id,
-            customerId: payment.customerId,
-            reason: auth.reason,
-          });
-        } else {
-          this.outbox.add(PaymentSucceededSchema, payment.orderId, {
-            paymentId: id,
-            customerId: payment.customerId,
-            amount,
-          });
-        }
-        return { kind: "charged", payment, replayed: false };
-      })
-      .immediate();
+      } else {
+        await this.outbox.add(tx, PaymentSucceededSchema, payment.orderId, {
+          paymentId: id,
+          customerId: payment.customerId,
+          amount: { currencyCode: payment.currency, amountMinor: BigInt(payment.amountMinor) },
+        });
+      }
+      return { kind: "charged", payment, replayed: false };
+    });
   }
 
   /**
    * Refunds the payment `target` names, storing `reason`. By charge key with
    * no payment yet, writes a void tombstone for the key instead (`voided`).
    * Throws what {@link refundAction} throws (a DECLINED payment by id)
-   * without writing anything.
+   * without writing anything. Runs in `tx` when given (the consumer's).
    */
-  refund(target: RefundTarget, reason: string): RefundResult {
-    return this.db
-      .transaction((): RefundResult => {
-        const row =
-          target.by === "id" ? this.q.byId.get(target.paymentId) : this.q.byKey.get(target.chargeIdempotencyKey);
-        const now = this.clock();
-        if (!row) {
-          if (target.by === "id") return { kind: "not-found" };
-          const id = newId("pay", now);
-          this.q.insert.run({
-            id,
-            key: target.chargeIdempotencyKey,
-            kind: "VOID",
-            fingerprint: null,
-            orderId: "",
-            customerId: "",
-            amountMinor: 0,
-            currency: "",
-            status: "DECLINED",
-            declineReason: VOIDED_REASON,
-            now,
-          });
-          return { kind: "voided", payment: toPayment(this.q.byId.get(id) as PaymentRow) };
-        }
-        const payment = toPayment(row);
-        if (refundAction(payment, target.by) === "unchanged") return { kind: "unchanged", payment };
-        const { changes } = this.q.markRefunded.run(reason, now, payment.id);
-        // Unreachable while the transaction holds the write lock; kept so a
-        // future change cannot refund twice.
-        if (changes !== 1) throw new Error(`payment ${payment.id} changed inside a refund transaction`);
-        this.outbox.add(PaymentRefundedSchema, payment.orderId, {
-          paymentId: payment.id,
-          customerId: payment.customerId,
-          amount: { currencyCode: payment.currency, amountMinor: BigInt(payment.amountMinor) },
-          reason,
+  refund(target: RefundTarget, reason: string, tx?: Tx): Promise<RefundResult> {
+    return this.db.within(tx, async (tx): Promise<RefundResult> => {
+      const row =
+        target.by === "id"
+          ? await tx.one(sql<PaymentRow>`SELECT * FROM payments WHERE id = ${target.paymentId}`)
+          : await tx.one(
+              sql<PaymentRow>`SELECT * FROM payments WHERE idempotency_key = ${target.chargeIdempotencyKey}`,
+            );
+      const now = this.clock();
+      if (!row) {
+        if (target.by === "id") return { kind: "not-found" };
+        const id = newId("pay", now);
+        await this.insert(tx, {
+          id,
+          key: target.chargeIdempotencyKey,
+          kind: "VOID",
+          fingerprint: null,
+          orderId: "",
+          customerId: "",
+          amountMinor: 0,
+          currency: "",
+          status: "DECLINED",
+          declineReason: VOIDED_REASON,
+          createdAt: now,
         });
-        return { kind: "refunded", payment: toPayment(this.q.byId.get(payment.id) as PaymentRow) };
-      })
-      .immediate();
+        return { kind: "voided", payment: (await this.byId(tx, id)) as PaymentRecord };
+      }
+      const payment = toPayment(row);
+      if (refundAction(payment, target.by) === "unchanged") return { kind: "unchanged", payment };
+      const changes =
+        await tx.run(sql`UPDATE payments SET status = 'REFUNDED', refund_reason = ${reason}, updated_at = ${now}
+        WHERE id = ${payment.id} AND status = 'CAPTURED'`);
+      // Unreachable while the transaction is serialised; kept so a future change cannot refund twice.
+      if (changes !== 1) throw new Error(`payment ${payment.id} changed inside a refund transaction`);
+      await this.outbox.add(tx, PaymentRefundedSchema, payment.orderId, {
+        paymentId: payment.id,
+        customerId: payment.customerId,
+        amount: { currencyCode: payment.currency, amountMinor: BigInt(payment.amountMinor) },
+        reason,
+      });
+      return { kind: "refunded", payment: (await this.byId(tx, payment.id)) as PaymentRecord };
+    });
   }
 
-  /** Remembers who pays for a choreographed order and with which card (from OrderPlaced). */
-  rememberChoreographyOrder(orderId: string, customerId: string, cardToken: string): void {
-    this.q.rememberOrder.run(orderId, customerId, cardToken);
+  /** Remembers who pays for a choreographed order and with which card (from OrderPlaced), in `tx`. */
+  async rememberChoreographyOrder(tx: Tx, orderId: string, customerId: string, cardToken: string): Promise<void> {
+    await tx.run(sql`INSERT INTO choreography_orders (order_id, customer_id, card_token)
+      VALUES (${orderId}, ${customerId}, ${cardToken}) ON CONFLICT (order_id) DO NOTHING`);
   }
 
   /** The payer of a choreographed order, once its OrderPlaced was seen. */
-  choreographyOrder(orderId: string): { customerId: string; cardToken: string } | undefined {
-    const r = this.q.choreographyOrder.get(orderId);
+  async choreographyOrder(tx: Tx, orderId: string): Promise<{ customerId: string; cardToken: string } | undefined> {
+    const r = await tx.one(
+      sql<{
+        customer_id: string;
+        card_token: string;
+      }>`SELECT customer_id, card_token FROM choreography_orders WHERE order_id = ${orderId}`,
+    );
     return r && { customerId: r.customer_id, cardToken: r.card_token };
   }
 
   /** Closes the database. */
-  close(): void {
-    this.db.close();
+  close(): Promise<void> {
+    return this.db.close();
   }
 }

@@ -1,0 +1,23 @@
+/** What a database error means for the caller, on either engine (no driver imports: the gateway may read it too). */
+
+/** PostgreSQL SQLSTATEs of a lost serialization race (or deadlock). */
+const CONFLICT = new Set(["40001", "40P01"]);
+/** Socket errors of a database connection that could not be made or was cut. */
+const SOCKET = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH", "ENOTFOUND", "EAI_AGAIN"]);
+
+/**
+ * Whether `err` says the database could not be reached — down, restarting,
+ * the connection cut (SQLSTATE class 08, 57P01-57P03, socket errors): the
+ * same request can succeed later, so it is a transient failure, not a bug.
+ */
+export function isDatabaseUnavailable(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code === "string" && (code.startsWith("08") || /^57P0[123]$/.test(code) || SOCKET.has(code))) return true;
+  return err instanceof Error && /^Connection terminated|timeout exceeded when trying to connect/.test(err.message);
+}
+
+/** Whether `err` is a transaction that kept losing serialization races: retrying the request can succeed. */
+export function isConflict(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" && CONFLICT.has(code);
+}

@@ -1,0 +1,277 @@
+/**
+ * A service's database, on either engine, behind one small interface:
+ * SQLite (better-sqlite3, one file per service — the zero-setup default) or
+ * PostgreSQL (pg, a pooled connection and a schema per service — the
+ * replicated store). Queries are written once, as SQL template literals
+ * (Kysely's `sql` tag compiles placeholders for each engine); only DDL and the
+ * rare engine-specific clause differ.
+ *
+ * Transactions serialise like SQLite's `BEGIN IMMEDIATE` on both: SQLite
+ * takes the write lock up front (so several processes on one file never
+ * deadlock), PostgreSQL runs SERIALIZABLE and retries a transaction that
+ * lost a serialization conflict or a unique-key race — so a store can read,
+ * decide and write as if it were alone, on either engine.
+ */
+import type Database from "better-sqlite3";
+import {
+  CompiledQuery,
+  type DatabaseConnection,
+  type Dialect,
+  type Driver,
+  Kysely,
+  PostgresDialect,
+  type QueryResult,
+  type RawBuilder,
+  SqliteAdapter,
+  SqliteIntrospector,
+  SqliteQueryCompiler,
+  type Transaction,
+} from "kysely";
+import pg from "pg";
+import { backoffMs } from "./backoff.js";
+
+/** Which engine a database runs on. */
+export type Engine = "sqlite" | "postgres";
+
+/** A query: `sql<Row>\`SELECT ... WHERE id = ${id}\`` (from kysely). */
+export type Query<R> = RawBuilder<R>;
+
+/** What both a database and a transaction can do. */
+export interface Queries {
+  readonly engine: Engine;
+  /** Every row of `q`. */
+  all<R>(q: Query<R>): Promise<R[]>;
+  /** The first row of `q`, or undefined. */
+  one<R>(q: Query<R>): Promise<R | undefined>;
+  /** Runs a statement; the number of rows it inserted, updated or deleted. */
+  run(q: Query<unknown>): Promise<number>;
+}
+
+/** An open transaction. */
+export interface Tx extends Queries {
+  /** Runs `fn` once the transaction has committed (never when it rolls back). */
+  afterCommit(fn: () => void): void;
+}
+
+/** A service's database. */
+export interface Db extends Queries {
+  /**
+   * Runs `fn` in one transaction and commits, or rolls back when it throws.
+   * On PostgreSQL `fn` may run more than once (a lost serialization race is
+   * retried): keep side effects for `afterCommit`.
+   */
+  transaction<T>(fn: (tx: Tx) => Promise<T>): Promise<T>;
+  /** Runs `fn` in `tx` when given (joining the caller's transaction), else in a transaction of its own. */
+  within<T>(tx: Tx | undefined, fn: (tx: Tx) => Promise<T>): Promise<T>;
+  /**
+   * PostgreSQL: calls `fn` with every payload sent on `channel` (by
+   * `pg_notify`, from any connection of any replica, delivered at commit),
+   * and with "*" after a lost connection is back, when some may have been
+   * missed. SQLite: undefined — one process, nothing to hear from elsewhere.
+   */
+  readonly listen?: (channel: string, fn: (payload: string) => void) => Promise<Listening>;
+  close(): Promise<void>;
+}
+
+/** A running {@link Db.listen}. */
+export interface Listening {
+  close(): Promise<void>;
+}
+
+/** Where a database lives. */
+export type DbLocation =
+  | { readonly engine: "sqlite"; readonly path: string }
+  | {
+      readonly engine: "postgres";
+      readonly url: string;
+      /** The service's schema (created when missing). */
+      readonly schema: string;
+      /** Connections in the pool. */
+      readonly poolSize: number;
+    };
+
+/** PostgreSQL error codes a transaction is retried on. */
+const RETRYABLE = new Set(["40001", "40P01", "23505"]);
+/** Attempts of one PostgreSQL transaction before its conflict is the caller's error. */
+const MAX_TX_ATTEMPTS = 12;
+
+/** SQLite through better-sqlite3: one connection, prepared statements cached, writes taken up front. */
+class SqliteConnection implements DatabaseConnection {
+  private readonly statements = new Map<string, Database.Statement>();
+  constructor(readonly db: Database.Database) {}
+  async executeQuery<R>(q: CompiledQuery): Promise<QueryResult<R>> {
+    let stmt = this.statements.get(q.sql);
+    if (!stmt) {
+      stmt = this.db.prepare(q.sql);
+      if (this.statements.size < 500) this.statements.set(q.sql, stmt);
+    }
+    const params = q.parameters as unknown[];
+    if (stmt.reader) return { rows: stmt.all(...params) as R[] };
+    const { changes } = stmt.run(...params);
+    return { rows: [], numAffectedRows: BigInt(changes) };
+  }
+  // biome-ignore lint/correctness/useYield: Kysely asks for streaming support; this driver never streams.
+  async *streamQuery<R>(): AsyncIterableIterator<QueryResult<R>> {
+    throw new Error("streaming queries are not supported on SQLite here");
+  }
+}
+
+/** Kysely's SQLite driver, with statement caching and `BEGIN IMMEDIATE` (see the module comment). */
+class SqliteDriver implements Driver {
+  private readonly connection: SqliteConnection;
+  private queue: Promise<void> = Promise.resolve();
+  private release: (() => void) | undefined;
+  constructor(db: Database.Database) {
+    this.connection = new SqliteConnection(db);
+  }
+  async init(): Promise<void> {}
+  async acquireConnection(): Promise<DatabaseConnection> {
+    // One connection: callers take turns, a whole transaction at a time.
+    const previous = this.queue;
+    let release = () => {};
+    this.queue = new Promise<void>((r) => {
+      release = r;
+    });
+    await previous;
+    this.release = release;
+    return this.connection;
+  }
+  async beginTransaction(c: DatabaseConnection): Promise<void> {
+    await c.executeQuery(CompiledQuery.raw("begin immediate"));
+  }
+  async commitTransaction(c: DatabaseConnection): Promise<void> {
+    await c.executeQuery(CompiledQuery.raw("commit"));
+  }
+  async rollbackTransaction(c: DatabaseConnection): Promise<void> {
+    await c.executeQuery(CompiledQuery.raw("rollback"));
+  }
+  async releaseConnection(): Promise<void> {
+    this.release?.();
+  }
+  async destroy(): Promise<void> {
+    this.connection.db.close();
+  }
+}
+
+function sqliteDialect(db: Database.Database): Dialect {
+  return {
+    createAdapter: () => new SqliteAdapter(),
+    createDriver: () => new SqliteDriver(db),
+    createIntrospector: (k) => new SqliteIntrospector(k),
+    createQueryCompiler: () => new SqliteQueryCompiler(),
+  };
+}
+
+/** The pg types parser, with BIGINT (ms timestamps, counts) as numbers: every value here is below 2^53. */
+const pgTypes = {
+  getTypeParser: ((oid: number, format?: string) =>
+    oid === pg.types.builtins.INT8
+      ? (v: string) => Number(v)
+      : pg.types.getTypeParser(oid, format as "text")) as typeof pg.types.getTypeParser,
+};
+
+/** A pool for `url` whose connections use `schema`. */
+export function pgPool(url: string, schema: string, max: number): pg.Pool {
+  const pool = new pg.Pool({ connectionString: url, max, types: pgTypes, options: `-c search_path=${schema}` });
+  // An idle connection dropped by the server (a restart) is replaced on the next checkout.
+  pool.on("error", () => {});
+  return pool;
+}
+
+class Queryer implements Queries {
+  constructor(
+    readonly engine: Engine,
+    private readonly executor: Kysely<unknown> | Transaction<unknown>,
+  ) {}
+  async all<R>(q: Query<R>): Promise<R[]> {
+    return (await q.execute(this.executor)).rows;
+  }
+  async one<R>(q: Query<R>): Promise<R | undefined> {
+    return (await q.execute(this.executor)).rows[0];
+  }
+  async run(q: Query<unknown>): Promise<number> {
+    return Number((await q.execute(this.executor)).numAffectedRows ?? 0n);
+  }
+}
+
+class OpenDb extends Queryer implements Db {
+  readonly listen?: Db["listen"];
+
+  constructor(
+    engine: Engine,
+    private readonly kysely: Kysely<unknown>,
+    listen?: Db["listen"],
+  ) {
+    super(engine, kysely);
+    if (listen) this.listen = listen;
+  }
+
+  async transaction<T>(fn: (tx: Tx) => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      const hooks: (() => void)[] = [];
+      try {
+        const builder = this.kysely.transaction();
+        const result = await (this.engine === "postgres" ? builder.setIsolationLevel("serializable") : builder).execute(
+          (trx) => fn(Object.assign(new Queryer(this.engine, trx), { afterCommit: (f: () => void) => hooks.push(f) })),
+        );
+        for (const h of hooks) h();
+        return result;
+      } catch (err) {
+        const code = (err as { code?: string }).code;
+        if (this.engine !== "postgres" || !code || !RETRYABLE.has(code) || attempt >= MAX_TX_ATTEMPTS) throw err;
+        await new Promise((r) => setTimeout(r, backoffMs(attempt, 2, 200, Math.random())));
+      }
+    }
+  }
+
+  within<T>(tx: Tx | undefined, fn: (tx: Tx) => Promise<T>): Promise<T> {
+    return tx ? fn(tx) : this.transaction(fn);
+  }
+
+  close(): Promise<void> {
+    return this.kysely.destroy();
+  }
+}
+
+/** Opens a SQLite file as a {@link Db} (WAL, full sync, foreign keys, a busy timeout for other processes). */
+export function sqliteDb(db: Database.Database): Db {
+  return new OpenDb("sqlite", new Kysely({ dialect: sqliteDialect(db) }));
+}
+
+/** LISTEN on `channel` over a connection of its own, reconnecting (and saying "*") when it drops. */
+async function listenOn(url: string, channel: string, fn: (payload: string) => void): Promise<Listening> {
+  if (!/^[a-z_][a-z0-9_]*$/.test(channel)) throw new Error(`invalid channel name "${channel}"`);
+  let closed = false;
+  let client: pg.Client | undefined;
+  let failures = 0;
+  const connect = async (): Promise<void> => {
+    const c = new pg.Client({ connectionString: url });
+    c.on("notification", (n) => fn(n.payload ?? ""));
+    const reconnect = () => {
+      if (closed || client !== c) return;
+      client = undefined;
+      setTimeout(() => void connect().catch(reconnect), backoffMs(++failures, 100, 5_000)).unref();
+    };
+    c.on("error", reconnect);
+    c.on("end", reconnect);
+    client = c;
+    await c.connect();
+    await c.query(`LISTEN ${channel}`);
+    if (failures > 0) fn("*");
+    failures = 0;
+  };
+  await connect();
+  return {
+    async close() {
+      closed = true;
+      await client?.end().catch(() => {});
+    },
+  };
+}
+
+/** A PostgreSQL pool as a {@link Db}; `url` (the pool's) serves LISTEN connections. */
+export function postgresDb(pool: pg.Pool, url: string): Db {
+  return new OpenDb("postgres", new Kysely({ dialect: new PostgresDialect({ pool }) }), (channel, fn) =>
+    listenOn(url, channel, fn),
+  );
+}

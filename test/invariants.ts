@@ -1,0 +1,101 @@
+/**
+ * The checkout's invariants, read from the services' databases after a run
+ * of chaos (crashes, kills, outages): every order finished, money moved
+ * exactly once per confirmed order, stock conserved per product, and no
+ * saga step written by two lease owners.
+ */
+import { expect } from "vitest";
+import { type DbLocation, sql } from "../platform/index.js";
+import { DEMO_CATALOGUE } from "../services/inventory/catalogue.js";
+import { withDb } from "./db.js";
+
+/** The databases to check. */
+export interface CheckoutDatabases {
+  readonly order: DbLocation;
+  readonly payment: DbLocation;
+  readonly inventory: DbLocation;
+}
+
+/** What the orders came to. */
+export interface Outcome {
+  readonly confirmed: ReadonlySet<string>;
+  readonly cancelled: ReadonlySet<string>;
+}
+
+/**
+ * Asserts the invariants (vitest `expect`): every order CONFIRMED or
+ * CANCELLED; one CAPTURED payment per confirmed order and none for another;
+ * available + reserved = the initial stock of every product, with reserved
+ * exactly what confirmed orders hold.
+ */
+export async function expectCheckoutInvariants(dbs: CheckoutDatabases): Promise<Outcome> {
+  const orders = await withDb(dbs.order, (db) =>
+    db.all(sql<{ id: string; items: string; status: string }>`SELECT id, items, status FROM orders`),
+  );
+  const unfinished = orders.filter((o) => o.status !== "CONFIRMED" && o.status !== "CANCELLED");
+  expect(unfinished, "every order ends CONFIRMED or CANCELLED").toEqual([]);
+  const confirmed = new Set(orders.filter((o) => o.status === "CONFIRMED").map((o) => o.id));
+  const cancelled = new Set(orders.filter((o) => o.status === "CANCELLED").map((o) => o.id));
+
+  const captured = await withDb(dbs.payment, (db) =>
+    db.all(sql<{ order_id: string; n: number }>`SELECT order_id, COUNT(*) AS n FROM payments
+      WHERE status = 'CAPTURED' GROUP BY order_id`),
+  );
+  expect(
+    captured.filter((c) => c.n !== 1),
+    "no order charged twice",
+  ).toEqual([]);
+  expect(new Set(captured.map((c) => c.order_id)), "captured payments = confirmed orders").toEqual(confirmed);
+
+  const held = new Map<string, number>();
+  for (const o of orders.filter((l) => l.status === "CONFIRMED")) {
+    for (const it of JSON.parse(o.items) as { productId: string; quantity: number }[]) {
+      held.set(it.productId, (held.get(it.productId) ?? 0) + it.quantity);
+    }
+  }
+  const stock = await withDb(dbs.inventory, (db) =>
+    db.all(sql<{ id: string; available: number; reserved: number }>`SELECT id, available, reserved FROM products`),
+  );
+  for (const p of DEMO_CATALOGUE) {
+    const s = stock.find((x) => x.id === p.id);
+    expect(s && s.available + s.reserved, `${p.id}: available + reserved = initial stock`).toBe(p.available);
+    expect(s?.reserved, `${p.id}: reserved = what confirmed orders hold`).toBe(held.get(p.id) ?? 0);
+  }
+  return { confirmed, cancelled };
+}
+
+/**
+ * Asserts from the step log that no saga step was executed by two lease
+ * owners: within each order the fencing token never goes down, and every
+ * step's outcome is written under the same token as its start — a step
+ * started by one owner is finished by that owner, or started again by the
+ * next one. Returns how many orders changed owner mid-saga.
+ */
+export async function expectFencedStepLog(order: DbLocation): Promise<{ handedOver: number }> {
+  const steps = await withDb(order, (db) =>
+    db.all(sql<{ order_id: string; seq: number; name: string; status: string; fence: number }>`
+      SELECT s.order_id, s.seq, s.name, s.status, s.fence FROM saga_steps s
+      JOIN orders o ON o.id = s.order_id WHERE o.saga_mode = 'ORCHESTRATION' ORDER BY s.order_id, s.seq`),
+  );
+  const byOrder = new Map<string, typeof steps>();
+  for (const s of steps) byOrder.set(s.order_id, [...(byOrder.get(s.order_id) ?? []), s]);
+  const problems: string[] = [];
+  let handedOver = 0;
+  for (const [id, log] of byOrder) {
+    const started = new Map<string, number>();
+    let fence = 0;
+    for (const s of log) {
+      if (s.fence < fence) problems.push(`${id}#${s.seq}: fence ${s.fence} after ${fence}`);
+      fence = Math.max(fence, s.fence);
+      if (s.status === "STARTED") started.set(s.name, s.fence);
+      else if (started.has(s.name) && started.get(s.name) !== s.fence) {
+        problems.push(
+          `${id}#${s.seq}: ${s.name} ${s.status} under fence ${s.fence}, started under ${started.get(s.name)}`,
+        );
+      }
+    }
+    if (new Set(log.map((s) => s.fence)).size > 1) handedOver++;
+  }
+  expect(problems, "no saga step written by two owners").toEqual([]);
+  return { handedOver };
+}
