@@ -126,7 +126,11 @@ export interface RelayOptions {
   readonly log: Logger;
   /** Safety-net sweep interval (the happy path publishes right after commit), ms. */
   readonly sweepMs?: number;
-  /** How long a claim on rows holds before another relay may take them, ms (longer than a publish). */
+  /**
+   * How long a claim on rows holds before another relay may take them, ms:
+   * longer than publishing a batch takes, and the most a crashed relay's
+   * rows wait for another (default 5 s).
+   */
   readonly claimMs?: number;
   /** Chaos hook: SIGKILL this process right before the first publish. */
   readonly crashBeforePublish?: boolean;
@@ -230,7 +234,7 @@ export class OutboxRelay {
   private async claim(): Promise<OutboxRow[]> {
     const { db } = this.opts;
     const now = Date.now();
-    const until = now + (this.opts.claimMs ?? 10_000);
+    const until = now + (this.opts.claimMs ?? 5_000);
     // PostgreSQL: concurrent relays skip each other's locked rows instead of waiting for them.
     const skipLocked = db.engine === "postgres" ? sql`FOR UPDATE SKIP LOCKED` : sql``;
     const rows = await db.transaction((tx) =>

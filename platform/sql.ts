@@ -6,11 +6,17 @@
  * (Kysely's `sql` tag compiles placeholders for each engine); only DDL and the
  * rare engine-specific clause differ.
  *
- * Transactions serialise like SQLite's `BEGIN IMMEDIATE` on both: SQLite
- * takes the write lock up front (so several processes on one file never
- * deadlock), PostgreSQL runs SERIALIZABLE and retries a transaction that
- * lost a serialization conflict or a unique-key race — so a store can read,
- * decide and write as if it were alone, on either engine.
+ * Concurrency, the one rule every store follows: a transaction that reads
+ * a row to decide how to change it reads it with `tx.forUpdate`, and a row
+ * that must not exist twice has a unique key. On SQLite a transaction takes
+ * the write lock up front (`BEGIN IMMEDIATE`: the whole database is the
+ * lock, and several processes on one file never deadlock), so the clause is
+ * empty. On PostgreSQL (READ COMMITTED, many replicas) it is `FOR UPDATE`:
+ * writers of one row queue, the next one reads what the last committed;
+ * two inserts of one key race on the unique index and the loser is run
+ * again from the start, as is a deadlock victim — and then finds the
+ * winner's row. Either way a store can read, decide and write as if it
+ * were alone.
  */
 import type Database from "better-sqlite3";
 import {
@@ -25,6 +31,7 @@ import {
   SqliteAdapter,
   SqliteIntrospector,
   SqliteQueryCompiler,
+  sql,
   type Transaction,
 } from "kysely";
 import pg from "pg";
@@ -49,6 +56,13 @@ export interface Queries {
 
 /** An open transaction. */
 export interface Tx extends Queries {
+  /**
+   * Append to a SELECT whose rows this transaction will change: on
+   * PostgreSQL `FOR UPDATE` (other writers of those rows wait for this
+   * transaction), on SQLite nothing (the transaction already holds the
+   * database's write lock).
+   */
+  readonly forUpdate: Query<unknown>;
   /** Runs `fn` once the transaction has committed (never when it rolls back). */
   afterCommit(fn: () => void): void;
 }
@@ -57,7 +71,7 @@ export interface Tx extends Queries {
 export interface Db extends Queries {
   /**
    * Runs `fn` in one transaction and commits, or rolls back when it throws.
-   * On PostgreSQL `fn` may run more than once (a lost serialization race is
+   * On PostgreSQL `fn` may run more than once (a lost unique-key race or a deadlock is
    * retried): keep side effects for `afterCommit`.
    */
   transaction<T>(fn: (tx: Tx) => Promise<T>): Promise<T>;
@@ -90,7 +104,10 @@ export type DbLocation =
       readonly poolSize: number;
     };
 
-/** PostgreSQL error codes a transaction is retried on. */
+const FOR_UPDATE = sql`FOR UPDATE`;
+const NOTHING = sql``;
+
+/** PostgreSQL errors a transaction is run again on: serialization failure, deadlock, unique-key race. */
 const RETRYABLE = new Set(["40001", "40P01", "23505"]);
 /** Attempts of one PostgreSQL transaction before its conflict is the caller's error. */
 const MAX_TX_ATTEMPTS = 12;
@@ -210,9 +227,13 @@ class OpenDb extends Queryer implements Db {
     for (let attempt = 1; ; attempt++) {
       const hooks: (() => void)[] = [];
       try {
-        const builder = this.kysely.transaction();
-        const result = await (this.engine === "postgres" ? builder.setIsolationLevel("serializable") : builder).execute(
-          (trx) => fn(Object.assign(new Queryer(this.engine, trx), { afterCommit: (f: () => void) => hooks.push(f) })),
+        const result = await this.kysely.transaction().execute((trx) =>
+          fn(
+            Object.assign(new Queryer(this.engine, trx), {
+              forUpdate: this.engine === "postgres" ? FOR_UPDATE : NOTHING,
+              afterCommit: (f: () => void) => hooks.push(f),
+            }),
+          ),
         );
         for (const h of hooks) h();
         return result;

@@ -107,18 +107,23 @@ export class HistoryStore {
    */
   apply(fact: Fact, tx?: Tx): Promise<OrderView> {
     return this.db.within(tx, async (tx) => {
-      const row = await tx.one(sql<ViewRow>`SELECT * FROM order_history WHERE order_id = ${fact.orderId}`);
+      const row = await tx.one(
+        sql<ViewRow>`SELECT * FROM order_history WHERE order_id = ${fact.orderId} ${tx.forUpdate}`,
+      );
       const v = toRow(project(row && toView(row), fact));
-      await tx.run(sql`INSERT INTO order_history (order_id, customer_id, status, items, total_minor, currency,
-          payment_status, reason, last_event_at, last_event_type, last_event_id)
-        VALUES (${v.order_id}, ${v.customer_id}, ${v.status}, ${v.items}, ${v.total_minor}, ${v.currency},
-          ${v.payment_status}, ${v.reason}, ${v.last_event_at}, ${v.last_event_type}, ${v.last_event_id})
-        ON CONFLICT (order_id) DO UPDATE SET
-          customer_id = excluded.customer_id, status = excluded.status, items = excluded.items,
-          total_minor = excluded.total_minor, currency = excluded.currency,
-          payment_status = excluded.payment_status, reason = excluded.reason,
-          last_event_at = excluded.last_event_at, last_event_type = excluded.last_event_type,
-          last_event_id = excluded.last_event_id`);
+      if (row) {
+        await tx.run(sql`UPDATE order_history SET customer_id = ${v.customer_id}, status = ${v.status},
+            items = ${v.items}, total_minor = ${v.total_minor}, currency = ${v.currency},
+            payment_status = ${v.payment_status}, reason = ${v.reason}, last_event_at = ${v.last_event_at},
+            last_event_type = ${v.last_event_type}, last_event_id = ${v.last_event_id}
+          WHERE order_id = ${v.order_id}`);
+      } else {
+        // Two first events of one order on two replicas: one insert loses on the key and is run again, as an update.
+        await tx.run(sql`INSERT INTO order_history (order_id, customer_id, status, items, total_minor, currency,
+            payment_status, reason, last_event_at, last_event_type, last_event_id)
+          VALUES (${v.order_id}, ${v.customer_id}, ${v.status}, ${v.items}, ${v.total_minor}, ${v.currency},
+            ${v.payment_status}, ${v.reason}, ${v.last_event_at}, ${v.last_event_type}, ${v.last_event_id})`);
+      }
       return toView(v);
     });
   }

@@ -237,8 +237,9 @@ export class InventoryStore {
     return rows.map(toProduct);
   }
 
+  /** The reservation made with `key`, locked for this transaction. */
   private reservationByKey(tx: Tx, key: string): Promise<ReservationRow | undefined> {
-    return tx.one(sql<ReservationRow>`SELECT * FROM reservations WHERE idempotency_key = ${key}`);
+    return tx.one(sql<ReservationRow>`SELECT * FROM reservations WHERE idempotency_key = ${key} ${tx.forUpdate}`);
   }
 
   private insertReservation(
@@ -322,10 +323,11 @@ export class InventoryStore {
         case "new":
           break;
       }
+      // Locked in one order (by id) by every reservation, so two never wait for each other.
       const stock = new Map<string, ProductRecord>();
-      for (const l of lines) {
-        const p = await this.productIn(tx, l.productId);
-        if (p) stock.set(p.id, p);
+      for (const productId of [...new Set(lines.map((l) => l.productId))].sort()) {
+        const row = await tx.one(sql<ProductRow>`SELECT * FROM products WHERE id = ${productId} ${tx.forUpdate}`);
+        if (row) stock.set(row.id, toProduct(row));
       }
       const plan: Plan = planReservation(lines, stock);
       const now = this.clock();
@@ -349,7 +351,7 @@ export class InventoryStore {
         const changes = await tx.run(sql`UPDATE products
           SET available = available - ${l.quantity}, reserved = reserved + ${l.quantity}, updated_at = ${now}
           WHERE id = ${l.productId} AND available >= ${l.quantity}`);
-        // Unreachable while the transaction is serialised; kept so a future change cannot silently oversell.
+        // Unreachable while the rows are locked; kept so a future change cannot silently oversell.
         if (changes !== 1) throw new Error(`stock of ${l.productId} changed inside a reservation transaction`);
       }
       const reservation = {
@@ -388,7 +390,7 @@ export class InventoryStore {
   release(id: string, tx?: Tx): Promise<ReleaseResult> {
     return this.db.within(tx, async (tx): Promise<ReleaseResult> => {
       const row = await tx.one(
-        sql<ReservationRow>`SELECT * FROM reservations WHERE id = ${id} AND status != 'REJECTED'`,
+        sql<ReservationRow>`SELECT * FROM reservations WHERE id = ${id} AND status != 'REJECTED' ${tx.forUpdate}`,
       );
       if (!row || !held(row)) return { kind: "not-found" };
       if (row.status !== "RESERVED") return { kind: "unchanged", reservation: toReservation(row) };

@@ -68,10 +68,11 @@ describe("events survive failures", () => {
       last = m.order?.status ?? last;
     ch.close();
     expect(last).toBe(OrderStatus.CONFIRMED);
-    const end = Date.now() + 5_000;
+    // The dead relay's claim on the row runs out first (5 s), then the new relay publishes it.
+    const end = Date.now() + 15_000;
     while ((await placedEvents(nats.url)).length === 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
     expect(await placedEvents(nats.url)).toEqual([id]);
-  });
+  }, 60_000);
 
   it("NATS down for seconds while orders are placed: every order completes, no event lost or duplicated", async () => {
     await using sys = await startSystem({ order: { SAGA_RETRY_BASE_MS: "50" } });

@@ -328,7 +328,7 @@ export class OrderStore {
     opts: { guard?: { status: OrderStatus; noCancel?: boolean }; lease?: Lease; tx?: Tx } = {},
   ): Promise<ApplyResult> {
     return this.db.within(opts.tx, async (tx): Promise<ApplyResult> => {
-      const row = await tx.one(sql<OrderRow>`SELECT * FROM orders WHERE id = ${id}`);
+      const row = await tx.one(sql<OrderRow>`SELECT * FROM orders WHERE id = ${id} ${tx.forUpdate}`);
       if (!row) throw new Error(`order ${id} vanished`);
       const { guard, lease } = opts;
       if (lease && (row.fence !== lease.fence || row.owner !== lease.owner)) return { kind: "fenced" };
@@ -391,8 +391,9 @@ export class OrderStore {
   /** Records the customer's wish to cancel, if the order still allows it; in `tx` when given. */
   requestCancel(id: string, reason: string, tx?: Tx): Promise<CancelResult> {
     return this.db.within(tx, async (tx): Promise<CancelResult> => {
-      const o = await this.getIn(tx, id);
-      if (!o) return { kind: "not-found" };
+      const row = await tx.one(sql<OrderRow>`SELECT * FROM orders WHERE id = ${id} ${tx.forUpdate}`);
+      if (!row) return { kind: "not-found" };
+      const o = toOrder(row);
       const can = cancellable(o);
       if (can === "no") return { kind: "not-cancellable", order: o };
       if (can === "already-cancelling") return { kind: "already-cancelling", order: o };

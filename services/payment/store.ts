@@ -228,9 +228,9 @@ export class PaymentStore {
     return this.db.within(tx, async (tx): Promise<RefundResult> => {
       const row =
         target.by === "id"
-          ? await tx.one(sql<PaymentRow>`SELECT * FROM payments WHERE id = ${target.paymentId}`)
+          ? await tx.one(sql<PaymentRow>`SELECT * FROM payments WHERE id = ${target.paymentId} ${tx.forUpdate}`)
           : await tx.one(
-              sql<PaymentRow>`SELECT * FROM payments WHERE idempotency_key = ${target.chargeIdempotencyKey}`,
+              sql<PaymentRow>`SELECT * FROM payments WHERE idempotency_key = ${target.chargeIdempotencyKey} ${tx.forUpdate}`,
             );
       const now = this.clock();
       if (!row) {
@@ -256,7 +256,7 @@ export class PaymentStore {
       const changes =
         await tx.run(sql`UPDATE payments SET status = 'REFUNDED', refund_reason = ${reason}, updated_at = ${now}
         WHERE id = ${payment.id} AND status = 'CAPTURED'`);
-      // Unreachable while the transaction is serialised; kept so a future change cannot refund twice.
+      // Unreachable while the row is locked; kept so a future change cannot refund twice.
       if (changes !== 1) throw new Error(`payment ${payment.id} changed inside a refund transaction`);
       await this.outbox.add(tx, PaymentRefundedSchema, payment.orderId, {
         paymentId: payment.id,
