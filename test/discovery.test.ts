@@ -4,7 +4,6 @@
  * one is SIGKILLed mid-traffic and callers see no failure; a restarted
  * instance is used again.
  */
-import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
@@ -18,6 +17,7 @@ import {
   silentLogger,
   upstreamChannel,
 } from "../platform/index.js";
+import { TestDatabases } from "./db.js";
 import { type ServiceProcess, spawnService, tempDir } from "./fixtures.js";
 import { startNats } from "./nats.js";
 
@@ -38,13 +38,14 @@ describe("client-side discovery", () => {
     using dir = tempDir();
     await using nats = await startNats();
     const common = { NATS_URL: nats.url, METRICS_PORT: "0" };
-    const paymentEnv = { ...common, DB_PATH: join(dir.path, "payment.db") }; // replicas share one SQLite file
-    await using _inventory = await spawnService("inventory", { ...common, DB_PATH: join(dir.path, "inventory.db") });
+    const dbs = new TestDatabases(dir.path);
+    const paymentEnv = { ...common, ...(await dbs.env("payment")) }; // replicas share one database
+    await using _inventory = await spawnService("inventory", { ...common, ...(await dbs.env("inventory")) });
     const a = await spawnService("payment", paymentEnv);
     await using b = await spawnService("payment", paymentEnv);
     await using order = await spawnService("order", {
       ...common,
-      DB_PATH: join(dir.path, "order.db"),
+      ...(await dbs.env("order")),
       INVENTORY_TARGET: "registry:///inventory",
       PAYMENT_TARGET: "registry:///payment",
     });
@@ -106,5 +107,5 @@ describe("client-side discovery", () => {
     channel.close();
     orderChannel.close();
     await bus.close();
-  });
+  }, 60_000);
 });

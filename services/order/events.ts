@@ -3,9 +3,13 @@
  * reacts to OrderPlaced, payment to StockReserved, and the order service to
  * their outcomes:
  *
- *   OrderPlaced -> StockReserved -> PaymentSucceeded -> CONFIRMED (OrderConfirmed)
+ *   OrderPlaced -> StockReserved + PaymentSucceeded --> CONFIRMED (OrderConfirmed)
  *               -> StockRejected ---------------------> CANCELLED (OrderCancelled)
  *                                -> PaymentFailed ----> CANCELLED (OrderCancelled)
+ *
+ * The two streams are consumed independently, so PaymentSucceeded may be
+ * handled before StockReserved: the order confirms when it has heard both,
+ * whichever came last (each handler locks the order, so exactly one sees both).
  *
  * OrderCancelled is also the command to compensate: inventory releases the
  * reservation (StockReleased) and payment refunds or voids the charge
@@ -57,6 +61,17 @@ export class Choreography {
     return (await this.store.apply(o.id, t, { guard: { status }, tx })).kind === "applied";
   }
 
+  /** Applies `t` in `tx`, then confirms the order if it now has both its stock and its payment. */
+  private async progress(o: OrderRecord, t: Transition, tx: Tx): Promise<void> {
+    const r = await this.store.apply(o.id, t, { tx });
+    if (r.kind !== "applied") return;
+    const { status, stock, payment, cancelRequested } = r.order;
+    // A cancel that got here first wins; its OrderCancelled makes payment refund.
+    if (status === "PENDING" && stock === "done" && payment === "done" && cancelRequested === null) {
+      await this.store.apply(o.id, onConfirmed(), { guard: { status: "PENDING", noCancel: true }, tx });
+    }
+  }
+
   /** Ends a still-pending order as CANCELLED with `reason` (after onCompensate applied); OrderCancelled starts the compensation. */
   private async cancel(o: OrderRecord, reason: string, tx: Tx): Promise<void> {
     await this.applyIf(o, onCancelled(reason), "COMPENSATING", tx);
@@ -89,7 +104,7 @@ export class Choreography {
               totalMinor: Number(total?.amountMinor ?? 0n),
               currency: total?.currencyCode ?? "",
             };
-            await this.store.apply(o.id, onReserved(reservation, attempt(ctx)), { tx });
+            await this.progress(o, onReserved(reservation, attempt(ctx)), tx);
           }),
           on(StockRejectedSchema, async (e, ctx, tx) => {
             const o = await this.order(e.meta?.orderId, tx);
@@ -111,10 +126,7 @@ export class Choreography {
         handlers: [
           on(PaymentSucceededSchema, async (e, ctx, tx) => {
             const o = await this.order(e.meta?.orderId, tx);
-            if (!o) return;
-            await this.store.apply(o.id, onCharged(e.paymentId, attempt(ctx)), { tx });
-            // A cancel that got here first wins; its OrderCancelled makes payment refund.
-            await this.store.apply(o.id, onConfirmed(), { guard: { status: "PENDING", noCancel: true }, tx });
+            if (o) await this.progress(o, onCharged(e.paymentId, attempt(ctx)), tx);
           }),
           on(PaymentFailedSchema, async (e, ctx, tx) => {
             const o = await this.order(e.meta?.orderId, tx);
