@@ -8,7 +8,9 @@
  * because nats-server before 2.11 expires KV entries (stream max age)
  * without any watch event. That pruning pauses while NATS is disconnected
  * and restarts its clock on reconnect, so an outage keeps the last known
- * set. A watch that fails or ends while the connection is open is restarted
+ * set; likewise after this process stalled (a pause, a GC storm, an
+ * overloaded event loop), because the heartbeats that arrived meanwhile are
+ * still queued behind the prune timer. A watch that fails or ends while the connection is open is restarted
  * with backoff. Callbacks never run synchronously inside the call that
  * starts the watch.
  */
@@ -85,6 +87,10 @@ class InstanceWatcher {
   private retryTimer: NodeJS.Timeout | undefined;
   private retries = 0;
   private ttlMs = DEFAULT_TTL_MS;
+  private pruneEveryMs = 1_000;
+  /** When prune last ran, and when it last found this process had stalled. */
+  private lastPrune = Date.now();
+  private resumedAt = 0;
   /** The current watch's snapshot is loaded. */
   private synced = false;
   private reported: string | undefined;
@@ -141,12 +147,15 @@ class InstanceWatcher {
   }
 
   private prune(): void {
-    if (!this.link.connected) return;
     const now = Date.now();
+    // Ran far later than scheduled: this process stalled, and what it missed is still queued.
+    if (now - this.lastPrune > 2 * this.pruneEveryMs) this.resumedAt = now;
+    this.lastPrune = now;
+    if (!this.link.connected) return;
     const cutoff = now - this.ttlMs;
     let changed = false;
     for (const [key, k] of this.known) {
-      if (k.address !== undefined && Math.max(k.seenAt, this.link.since) < cutoff) {
+      if (k.address !== undefined && Math.max(k.seenAt, this.link.since, this.resumedAt) < cutoff) {
         this.known.set(key, { address: undefined, revision: k.revision, seenAt: now });
         changed = true;
       } else if (k.address === undefined && k.seenAt < cutoff) {
@@ -188,7 +197,9 @@ class InstanceWatcher {
       if (this.stopped) return;
       this.ttlMs = reg.ttlMs;
       clearInterval(this.pruneTimer);
-      this.pruneTimer = setInterval(() => this.prune(), Math.min(1_000, Math.max(100, this.ttlMs / 4)));
+      this.pruneEveryMs = Math.min(1_000, Math.max(100, this.ttlMs / 4));
+      this.lastPrune = Date.now();
+      this.pruneTimer = setInterval(() => this.prune(), this.pruneEveryMs);
       this.pruneTimer.unref();
       const w = await reg.kv.watch({ key: `${this.service}.*` });
       if (this.stopped) {

@@ -393,3 +393,42 @@ describe("registry:/// resolver with round_robin", () => {
     expect(await addressesOf("inv-outage")).toEqual(both);
   });
 });
+
+describe("a watcher that stalls", () => {
+  it("keeps instances whose heartbeats queued up while this process was blocked", async () => {
+    // The instance heartbeats from its own process, so its entries keep arriving while this one is blocked.
+    const script = `
+      import { connect } from "@nats-io/transport-node";
+      import { registerInstance } from "./platform/registry.ts";
+      import { silentLogger } from "./platform/log.ts";
+      const nc = await connect({ servers: ${JSON.stringify(nats.url)} });
+      await registerInstance({ nc, service: "inv-stall", address: "127.0.0.1:1", log: silentLogger(),
+        heartbeatMs: ${HEARTBEAT_MS}, ttlMs: ${TTL_MS} });
+      console.log("registered");
+      setInterval(() => {}, 1000);
+    `;
+    const { spawn } = await import("node:child_process");
+    const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+      cwd: new URL("..", import.meta.url).pathname,
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    cleanups.push(() => void child.kill("SIGKILL"));
+    await new Promise<void>((resolve) => child.stdout.on("data", (d: Buffer) => d.includes("registered") && resolve()));
+    const seen: (readonly string[])[] = [];
+    const w = watchInstances(nc, "inv-stall", log, { onChange: (a) => seen.push(a) });
+    cleanups.push(() => w.stop());
+    await within(2_000, async () => seen.at(-1)?.length === 1);
+
+    // Blocked past the TTL (a debugger pause, a GC storm): the heartbeats wait in the socket.
+    const until = Date.now() + TTL_MS + 1_000;
+    while (Date.now() < until) {
+      // busy: nothing else runs
+    }
+    await sleep(HEARTBEAT_MS * 3);
+    expect(
+      seen.filter((a) => a.length === 0),
+      "the instance was never dropped",
+    ).toEqual([]);
+    expect(seen.at(-1)).toEqual(["127.0.0.1:1"]);
+  });
+});
