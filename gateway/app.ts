@@ -20,7 +20,7 @@ import { createAuthenticator } from "./auth.js";
 import { createComposition } from "./compose.js";
 import type { GatewayConfig } from "./config.js";
 import { registerRoutes } from "./forward.js";
-import { RateLimiter } from "./limits.js";
+import { ConcurrencyLimiter, RateLimiter } from "./limits.js";
 import { createReflection } from "./reflection.js";
 import { ROUTES } from "./routes.js";
 import { type RunningFront, startFront } from "./server.js";
@@ -83,6 +83,8 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     authenticate: await createAuthenticator(config),
     perPrincipal: new RateLimiter(config.RATE_LIMIT_RPS, config.RATE_LIMIT_BURST),
     perIp: new RateLimiter(config.RATE_LIMIT_IP_RPS, config.RATE_LIMIT_IP_BURST),
+    inFlight: new ConcurrencyLimiter(config.HTTP_MAX_CALLS_PER_IP, config.HTTP_MAX_CALLS),
+    trustTraceparent: config.TRUST_TRACEPARENT,
     maxBodyBytes: config.MAX_BODY_BYTES,
     corsOrigins: config.CORS_ORIGINS.split(",")
       .map((s) => s.trim())
@@ -93,6 +95,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     headersTimeoutMs: config.HTTP_HEADERS_TIMEOUT_MS,
     requestTimeoutMs: config.HTTP_REQUEST_TIMEOUT_MS,
     idleTimeoutMs: config.HTTP_IDLE_TIMEOUT_MS,
+    streamIdleTimeoutMs: config.HTTP_STREAM_IDLE_TIMEOUT_MS,
     maxConnectionsPerIp: config.HTTP_MAX_CONNECTIONS_PER_IP,
     maxConnections: config.HTTP_MAX_CONNECTIONS,
     maxConcurrentStreams: config.HTTP2_MAX_CONCURRENT_STREAMS,

@@ -77,6 +77,20 @@ const spec = {
   HTTP_MAX_CONNECTIONS: int(10_000, { min: 1, max: 1_000_000 }),
   /** Concurrent streams (calls) per HTTP/2 connection. */
   HTTP2_MAX_CONCURRENT_STREAMS: int(100, { min: 1, max: 10_000 }),
+  /**
+   * A call during which no byte moves either way for this long is cut, in ms: a client that does not
+   * read its answer cannot hold it (and its memory). A WatchOrder quiet for longer ends; watch again.
+   */
+  HTTP_STREAM_IDLE_TIMEOUT_MS: int(60_000, { min: 100, max: 3_600_000 }),
+  /** Calls in progress allowed from one client address; more are refused with 429 until some end. */
+  HTTP_MAX_CALLS_PER_IP: int(256, { min: 1, max: 1_000_000 }),
+  /** Calls in progress allowed in all. */
+  HTTP_MAX_CALLS: int(4_096, { min: 1, max: 1_000_000 }),
+  /**
+   * Continue a client's W3C `traceparent` (only for clients that are tracers you run). Otherwise each
+   * request starts its own trace and links the client's: no client can switch tracing off or join another trace.
+   */
+  TRUST_TRACEPARENT: bool(false),
   /** Comma-separated origins allowed by CORS ("*" for any); empty disables CORS. */
   CORS_ORIGINS: str("http://localhost:3000,http://127.0.0.1:3000"),
   /** Behind a proxy you control (e.g. the Istio ingress): take the client IP from the last X-Forwarded-For hop it appended. */
@@ -92,6 +106,9 @@ const spec = {
 
 export type GatewayConfig = ConfigOf<typeof spec>;
 
+/** Addresses only this machine can reach. */
+const LOOPBACK = new Set(["127.0.0.1", "::1", "localhost"]);
+
 /** Parses the gateway configuration from `env`; throws ConfigError naming each bad variable. */
 export function loadConfig(env: Readonly<Record<string, string | undefined>>): GatewayConfig {
   const c = parseEnv(spec, env);
@@ -100,6 +117,13 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): G
     throw new ConfigError([
       `UPSTREAM_BULKHEAD_LIMIT + UPSTREAM_BULKHEAD_QUEUE (${c.UPSTREAM_BULKHEAD_LIMIT} + ${c.UPSTREAM_BULKHEAD_QUEUE}) ` +
         `must be at least RATE_LIMIT_IP_BURST (${c.RATE_LIMIT_IP_BURST}): one client's allowed burst would be shed`,
+    ]);
+  }
+  const devKey = c.JWT_SECRET === DEV_JWT_SECRET && !c.JWT_PUBLIC_KEY && !c.JWT_JWKS_URL;
+  if (devKey && !LOOPBACK.has(c.HTTP_HOST)) {
+    throw new ConfigError([
+      `JWT_SECRET is the public development key, which anyone can sign tokens with: set JWT_SECRET, JWT_PUBLIC_KEY ` +
+        `or JWT_JWKS_URL before listening beyond loopback (HTTP_HOST=${c.HTTP_HOST})`,
     ]);
   }
   if (c.HTTP_HEADERS_TIMEOUT_MS > c.HTTP_REQUEST_TIMEOUT_MS) {

@@ -4,14 +4,18 @@
  * Everything that needs no decoded message happens here, before any body is
  * read, and is answered in the client's own protocol framing:
  *
- *   route lookup (unknown and internal procedures are UNIMPLEMENTED),
- *   the declared body size, the per-IP rate limit, authentication and the
- *   per-principal rate limit, absurd deadlines clamped, Connect GET query
- *   checks — then the handler, with the body counted as it streams in, and
- *   its final status corrected and observed.
+ *   the per-IP limits (calls in progress, then rate) — first, so that no
+ *   kind of request escapes them — then route lookup (unknown and internal
+ *   procedures are UNIMPLEMENTED), the request's shape (Host, declared body
+ *   size, Connect GET query), authentication and the per-principal rate
+ *   limit, absurd deadlines clamped — then the handler, with the body
+ *   counted as it streams in, and its final status corrected and observed.
  *
- * Every request gets one span (continuing the client's `traceparent`), one
- * RED sample and one access log line, whichever way it ends.
+ * Every request gets one span, one RED sample and one access log line,
+ * whichever way it ends. The span starts a trace of its own: a client's
+ * `traceparent` is only linked (a client may not switch tracing off with
+ * its sampled flag, or write into someone else's trace), unless
+ * `trustTraceparent` says the client is a tracer you run.
  */
 import type http from "node:http";
 import type http2 from "node:http2";
@@ -24,11 +28,11 @@ import {
   universalRequestFromNodeRequest,
   universalResponseToNodeResponse,
 } from "@connectrpc/connect-node";
-import { context, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import { context, type Link, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import { extractContext, type Identity, type Logger, type Telemetry } from "../platform/index.js";
 import { AuthError, type Authenticator } from "./auth.js";
 import { type ClientInfo, kClient, kIdentity } from "./context.js";
-import type { RateLimiter } from "./limits.js";
+import type { ConcurrencyLimiter, RateLimiter } from "./limits.js";
 import { errorAnswer, finish, isConnectStream, type Outcome, protocolOf } from "./wire.js";
 
 type NodeRequest = http.IncomingMessage | http2.Http2ServerRequest;
@@ -42,6 +46,10 @@ export interface DispatchOptions {
   readonly authenticate: Authenticator;
   readonly perPrincipal: RateLimiter;
   readonly perIp: RateLimiter;
+  /** Calls in progress per client address and in all. */
+  readonly inFlight: ConcurrencyLimiter;
+  /** Continue the client's `traceparent` instead of only linking it (the client is a tracer you run). */
+  readonly trustTraceparent: boolean;
   /** Largest request body, in bytes, as sent and after decompression. */
   readonly maxBodyBytes: number;
   /** Take the client IP from the last X-Forwarded-For hop (only behind a proxy that appends it). */
@@ -80,13 +88,24 @@ export function clientIp(req: NodeRequest, trustProxy: boolean): string {
   return req.socket?.remoteAddress ?? "";
 }
 
-/** The body as it streams in, failing RESOURCE_EXHAUSTED once it passes `max` bytes. */
+/**
+ * The body as it streams in, failing RESOURCE_EXHAUSTED once it passes `max`
+ * bytes. A body that cannot be read is the client's doing — malformed
+ * chunked framing (Node's parser has answered 400 and closed the
+ * connection) or a client that went away — and is CANCELED, instead of
+ * reaching connect-es as an unknown error it would count as INTERNAL.
+ */
 async function* limited(body: AsyncIterable<Uint8Array>, max: number): AsyncIterable<Uint8Array> {
   let seen = 0;
-  for await (const chunk of body) {
-    seen += chunk.byteLength;
-    if (seen > max) throw new ConnectError(`request body exceeds the limit of ${max} bytes`, Code.ResourceExhausted);
-    yield chunk;
+  try {
+    for await (const chunk of body) {
+      seen += chunk.byteLength;
+      if (seen > max) throw new ConnectError(`request body exceeds the limit of ${max} bytes`, Code.ResourceExhausted);
+      yield chunk;
+    }
+  } catch (err) {
+    if (err instanceof ConnectError) throw err;
+    throw new ConnectError("the request body ended early or malformed", Code.Canceled, undefined, undefined, err);
   }
 }
 
@@ -130,10 +149,13 @@ function answer(res: NodeResponse, a: { status: number; headers: Record<string, 
 /** One span, one RED sample and one access line per request, whichever way it ends (reported once). */
 function observe(o: DispatchOptions, req: NodeRequest, procedure: string, protocol: string, client: ClientInfo) {
   const started = performance.now();
-  const parent = extractContext({ get: (k) => req.headers[k], set: () => {} });
+  const incoming = extractContext({ get: (k) => req.headers[k], set: () => {} });
+  const theirs = trace.getSpanContext(incoming);
+  const parent = o.trustTraceparent ? incoming : ROOT_CONTEXT;
+  const links: Link[] = theirs && !o.trustTraceparent ? [{ context: theirs }] : [];
   const span = o.telemetry.tracer.startSpan(
     procedure,
-    { kind: SpanKind.SERVER, attributes: { "rpc.system": "connect_rpc", "http.request.protocol": protocol } },
+    { kind: SpanKind.SERVER, attributes: { "rpc.system": "connect_rpc", "http.request.protocol": protocol }, links },
     parent,
   );
   const ctx = trace.setSpan(parent, span);
@@ -157,8 +179,9 @@ type Admission =
   | { readonly refused: ConnectError; readonly httpStatus?: number };
 
 /**
- * What is decided before a handler runs, cheapest first: the route, the
- * request's shape, the per-IP limit, the token and the per-principal limit.
+ * What is decided before a handler runs (the per-IP limits were taken
+ * first), cheapest first: the route, the request's shape, the token and the
+ * per-principal limit.
  */
 async function admit(
   o: DispatchOptions,
@@ -171,8 +194,6 @@ async function admit(
     return { refused: new ConnectError(`no public procedure ${path}`, Code.Unimplemented), httpStatus: 404 };
   const refused = refusal(req, o.maxBodyBytes);
   if (refused) return { refused };
-  const byIp = o.perIp.take(`ip:${client.ip}`);
-  if (!byIp.ok) return { refused: rateLimited("client address", byIp.retryAfterSec) };
   if (o.tokenFree.has(handler.service.typeName)) return { handler, identity: undefined };
   let identity: Identity;
   try {
@@ -212,11 +233,32 @@ export function createDispatch(o: DispatchOptions): Dispatch {
     const { ctx, report } = observe(o, req, procedure, protocol, client);
     let principal = "";
 
+    const refuse = (err: ConnectError, httpStatus?: number) => {
+      answer(res, frame(err, httpStatus));
+      report({ code: err.code, message: err.rawMessage }, principal);
+    };
+    // Per client address, before anything else: calls in progress, then the rate.
+    const slot = o.inFlight.take(client.ip);
+    if ("refused" in slot) {
+      const who = slot.refused === "key" ? "client address" : "gateway";
+      refuse(
+        new ConnectError(`too many calls in progress (${who}); retry later`, Code.ResourceExhausted, {
+          "retry-after": "1",
+        }),
+      );
+      return;
+    }
+    res.once("close", slot.release);
+    const byIp = o.perIp.take(`ip:${client.ip}`);
+    if (!byIp.ok) {
+      refuse(rateLimited("client address", byIp.retryAfterSec));
+      return;
+    }
+
     const run = async () => {
       const admission = await admit(o, req, handler, path, client);
       if ("refused" in admission) {
-        answer(res, frame(admission.refused, admission.httpStatus));
-        report({ code: admission.refused.code, message: admission.refused.rawMessage }, principal);
+        refuse(admission.refused, admission.httpStatus);
         return;
       }
       principal = admission.identity?.subject ?? "";

@@ -40,3 +40,39 @@ export class RateLimiter {
     return { ok: false, retryAfterSec: Math.max(1, Math.ceil((1 - b.tokens) / this.ratePerSec)) };
   }
 }
+
+/**
+ * Calls in progress, per key and in all: a client that holds calls open
+ * (never reads its answers, watches without end) is refused new ones once
+ * it holds `perKey`, and everyone once `total` are open, so held calls
+ * cannot add up to the gateway's memory.
+ */
+export class ConcurrencyLimiter {
+  private readonly open = new Map<string, number>();
+  private all = 0;
+
+  constructor(
+    private readonly perKey: number,
+    private readonly total: number,
+  ) {}
+
+  /** Takes a slot for `key`; the function that gives it back (once), or why none was free. */
+  take(key: string): { readonly release: () => void } | { readonly refused: "key" | "total" } {
+    const n = this.open.get(key) ?? 0;
+    if (n >= this.perKey) return { refused: "key" };
+    if (this.all >= this.total) return { refused: "total" };
+    this.open.set(key, n + 1);
+    this.all++;
+    let released = false;
+    return {
+      release: () => {
+        if (released) return;
+        released = true;
+        this.all--;
+        const left = (this.open.get(key) ?? 1) - 1;
+        if (left > 0) this.open.set(key, left);
+        else this.open.delete(key);
+      },
+    };
+  }
+}

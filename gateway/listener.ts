@@ -9,10 +9,17 @@
  * - a connection with no request in progress (HTTP/1.1 keep-alive, an
  *   HTTP/2 session without open streams) is closed after `idleTimeoutMs`;
  *   a call in progress — a long WatchOrder stream — is never cut by it;
+ * - a call during which no byte moves either way for `streamIdleTimeoutMs`
+ *   is cut: above all one whose client does not read its answer (an HTTP/2
+ *   receive window of zero), which would otherwise hold the answer, and
+ *   its memory, for ever;
  * - at most `maxConnectionsPerIp` open connections per client address and
  *   `maxConnections` in all; beyond that a new connection is closed at once;
- * - HTTP/2: at most `maxConcurrentStreams` calls per connection, bounded
- *   header lists and session memory.
+ * - HTTP/2: at most `maxConcurrentStreams` calls per connection, at most
+ *   64 header fields and {@link MAX_HEADER_LIST_BYTES} of them once decoded
+ *   (HPACK lets a few bytes on the wire name a large header many times:
+ *   the limit is checked on what was decoded, not only advertised),
+ *   bounded session memory.
  *
  * Both protocols run on the native socket (the first chunk, read to sniff
  * the protocol, is put back with unshift), so HTTP/2 requests know their
@@ -31,12 +38,15 @@ export interface ListenerOptions {
   readonly headersTimeoutMs: number;
   readonly requestTimeoutMs: number;
   readonly idleTimeoutMs: number;
+  readonly streamIdleTimeoutMs: number;
   /** 0: no per-address limit. */
   readonly maxConnectionsPerIp: number;
   readonly maxConnections: number;
   readonly maxConcurrentStreams: number;
   /** Called when the listener closes a connection itself, with why. */
-  readonly onClose?: (reason: "per-ip-limit" | "headers-timeout" | "request-timeout" | "idle") => void;
+  readonly onClose?: (
+    reason: "per-ip-limit" | "headers-timeout" | "request-timeout" | "idle" | "stream-idle" | "header-list-size",
+  ) => void;
 }
 
 /** A listening port. */
@@ -107,6 +117,16 @@ function boundRequestTime(
 
 type CloseReason = Parameters<NonNullable<ListenerOptions["onClose"]>>[0];
 
+/** Largest header list a request may bring, decoded (as Node's HTTP/1.1 parser's default limit, times four). */
+export const MAX_HEADER_LIST_BYTES = 64 * 1024;
+
+/** Bytes of a request's header list as decoded, per RFC 9113 §6.5.2 (name + value + 32 per field). */
+function headerListBytes(raw: readonly string[]): number {
+  let n = 0;
+  for (const s of raw) n += s.length + 16;
+  return n;
+}
+
 /** The HTTP/1.1 and HTTP/2 servers that the front hands connections to, with their limits. */
 function protocolServers(o: ListenerOptions, handle: Handler, closed: (why: CloseReason) => void) {
   const h1 = http.createServer(
@@ -119,17 +139,32 @@ function protocolServers(o: ListenerOptions, handle: Handler, closed: (why: Clos
     },
     handle,
   );
+  // A connection on which nothing moves while a request is answered (its client stopped reading).
+  h1.setTimeout(o.streamIdleTimeoutMs, (socket) => {
+    closed("stream-idle");
+    socket.destroy();
+  });
   // Node tracks HTTP/1.1 connections — and enforces the header, request and keep-alive timeouts
   // on them — from the server's 'listening' event. This server never listens itself (the front
   // hands it connections), so it is told once that it does.
   h1.emit("listening");
   const h2 = http2.createServer(
     {
-      settings: { maxConcurrentStreams: o.maxConcurrentStreams, maxHeaderListSize: 64 * 1024 },
-      maxHeaderListPairs: 256,
+      settings: { maxConcurrentStreams: o.maxConcurrentStreams, maxHeaderListSize: MAX_HEADER_LIST_BYTES },
+      maxHeaderListPairs: 64,
       maxSessionMemory: 16,
     },
     (req, res) => {
+      if (headerListBytes(req.rawHeaders) > MAX_HEADER_LIST_BYTES) {
+        closed("header-list-size");
+        res.writeHead(431, { "content-length": "0" });
+        res.end();
+        return;
+      }
+      req.stream.setTimeout(o.streamIdleTimeoutMs, () => {
+        closed("stream-idle");
+        req.stream.close(http2.constants.NGHTTP2_CANCEL);
+      });
       boundRequestTime(req, res, o.requestTimeoutMs, () => closed("request-timeout"));
       handle(req, res);
     },

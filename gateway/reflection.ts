@@ -2,12 +2,23 @@
  * gRPC server reflection (grpc.reflection.v1) for the gateway's public API,
  * served over Connect, so `grpcurl -plaintext localhost:8080 list` and
  * `buf curl --list-methods` work without .proto files. It describes only
- * what the gateway routes — internal RPCs stay invisible — and needs no
- * token: it reveals nothing the public contract does not.
+ * what the gateway routes — internal RPCs stay invisible, and so do the
+ * messages only they use (a file that declares a public service shows only
+ * the types its public methods reach) — and needs no token: it reveals
+ * nothing the public contract does not. One stream answers at most
+ * {@link MAX_QUERIES} queries, so a single request cannot be made to
+ * produce an unbounded answer.
  */
-import { clone, type DescFile, type DescService, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
+import {
+  clone,
+  type DescFile,
+  type DescMessage,
+  type DescService,
+  type MessageInitShape,
+  toBinary,
+} from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
-import type { ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import {
   ServerReflection,
   type ServerReflectionRequest,
@@ -17,27 +28,63 @@ import { withImports } from "../platform/index.js";
 
 type Answer = MessageInitShape<typeof ServerReflectionResponseSchema>["messageResponse"];
 
-/** Symbol -> file, for every service, method, message and enum `files` declare. */
-function symbolIndex(files: readonly DescFile[]): Map<string, DescFile> {
+/** Queries one reflection stream answers; `grpcurl` or `buf curl` need a handful. */
+export const MAX_QUERIES = 64;
+
+/** What the gateway shows: which methods of each service, and which types of the files that declare them. */
+interface View {
+  readonly exposed: ReadonlyMap<string, readonly string[]>;
+  /** Messages and enums the public methods reach (in files with a restricted service, nothing else shows). */
+  readonly reachable: ReadonlySet<string>;
+}
+
+/** Adds `m` and every message and enum its fields reach to `into`. */
+function reach(m: DescMessage, into: Set<string>): void {
+  if (into.has(m.typeName)) return;
+  into.add(m.typeName);
+  for (const f of m.fields) {
+    if (f.message) reach(f.message, into);
+    if (f.enum) into.add(f.enum.typeName);
+  }
+  for (const n of m.nestedMessages) reach(n, into);
+  for (const e of m.nestedEnums) into.add(e.typeName);
+}
+
+/** The methods a client may call: all of a service, or those `exposed` lists. */
+function publicMethods(s: DescService, exposed: View["exposed"]) {
+  const only = exposed.get(s.typeName);
+  return only ? s.methods.filter((m) => only.includes(m.name)) : s.methods;
+}
+
+/** Whether `f` declares a service some of whose methods are internal. */
+const restricted = (f: DescFile, v: View) => f.services.some((s) => v.exposed.has(s.typeName));
+/** Whether type `name` of `f` shows. */
+const showsType = (f: DescFile, name: string, v: View) => !restricted(f, v) || v.reachable.has(name);
+
+/** Symbol -> file, for every public service, method, message and enum `files` declare. */
+function symbolIndex(files: readonly DescFile[], v: View): Map<string, DescFile> {
   const symbols = new Map<string, DescFile>();
   for (const f of files) {
     for (const s of f.services) {
       symbols.set(s.typeName, f);
-      for (const m of s.methods) symbols.set(`${s.typeName}.${m.name}`, f);
+      for (const m of publicMethods(s, v.exposed)) symbols.set(`${s.typeName}.${m.name}`, f);
     }
-    for (const m of f.messages) symbols.set(m.typeName, f);
-    for (const e of f.enums) symbols.set(e.typeName, f);
+    for (const m of f.messages) if (showsType(f, m.typeName, v)) symbols.set(m.typeName, f);
+    for (const e of f.enums) if (showsType(f, e.typeName, v)) symbols.set(e.typeName, f);
   }
   return symbols;
 }
 
-/** A file's descriptor as the gateway shows it: services listed in `exposed` keep only those methods. */
-function shown(f: DescFile, exposed: ReadonlyMap<string, readonly string[]>): Uint8Array {
+/** A file's descriptor as the gateway shows it: public methods, and the types they reach. */
+function shown(f: DescFile, v: View): Uint8Array {
   const proto = clone(FileDescriptorProtoSchema, f.proto);
+  const prefix = proto.package ? `${proto.package}.` : "";
   for (const s of proto.service) {
-    const only = exposed.get(`${proto.package}.${s.name}`);
+    const only = v.exposed.get(`${prefix}${s.name}`);
     if (only) s.method = s.method.filter((m) => only.includes(m.name));
   }
+  proto.messageType = proto.messageType.filter((m) => showsType(f, `${prefix}${m.name}`, v));
+  proto.enumType = proto.enumType.filter((e) => showsType(f, `${prefix}${e.name}`, v));
   return toBinary(FileDescriptorProtoSchema, proto);
 }
 
@@ -51,9 +98,17 @@ export function createReflection(
   exposed: ReadonlyMap<string, readonly string[]> = new Map(),
 ): ServiceImpl<typeof ServerReflection> {
   const all = [...services, ServerReflection];
+  const reachable = new Set<string>();
+  for (const s of all) {
+    for (const m of publicMethods(s, exposed)) {
+      reach(m.input, reachable);
+      reach(m.output, reachable);
+    }
+  }
+  const view: View = { exposed, reachable };
   const files = new Map(withImports(all.map((s) => s.file)).map((f) => [f.name, f]));
-  const symbols = symbolIndex([...files.values()]);
-  const encoded = new Map([...files.values()].map((f) => [f.name, shown(f, exposed)]));
+  const symbols = symbolIndex([...files.values()], view);
+  const encoded = new Map([...files.values()].map((f) => [f.name, shown(f, view)]));
   const descriptors = (f: DescFile): Answer => ({
     case: "fileDescriptorResponse",
     value: { fileDescriptorProto: withImports([f]).map((x) => encoded.get(x.name) as Uint8Array) },
@@ -84,7 +139,14 @@ export function createReflection(
   };
   return {
     async *serverReflectionInfo(requests) {
+      let answered = 0;
       for await (const req of requests) {
+        if (++answered > MAX_QUERIES) {
+          throw new ConnectError(
+            `at most ${MAX_QUERIES} reflection queries per stream; open another`,
+            Code.ResourceExhausted,
+          );
+        }
         yield { validHost: req.host, originalRequest: req, messageResponse: answer(req.messageRequest) };
       }
     },

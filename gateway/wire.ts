@@ -140,9 +140,7 @@ async function connectUnary(
   for await (const c of body) chunks.push(c);
   const text = Buffer.concat(chunks).toString("utf8");
   if (text === "" || header.has("content-encoding")) {
-    // connect-es answers some refusals with a bare status (404, 405, 415).
-    const code = uRes.status === 404 ? Code.Unimplemented : uRes.status < 500 ? Code.InvalidArgument : Code.Unknown;
-    report({ code, message: `HTTP ${uRes.status}` });
+    report({ code: codeOfStatus(uRes.status), message: `HTTP ${uRes.status}` });
     return { ...uRes, body: createAsyncIterable(chunks) };
   }
   const json = JSON.parse(text) as { code?: string; message?: string };
@@ -180,9 +178,21 @@ function corrected(err: ConnectError | undefined): ConnectError | undefined {
   return code === err.code ? err : new ConnectError(err.rawMessage, code);
 }
 
+/** The code a bare HTTP refusal stands for: the client's mistake unless the status says otherwise. */
+function codeOfStatus(status: number): Code {
+  return status === 404 ? Code.Unimplemented : status < 500 ? Code.InvalidArgument : Code.Unknown;
+}
+
 /**
  * Wraps a handler's response so that its final status is corrected (see
  * {@link reclassify}) and reported to `report` once the client has it all.
+ *
+ * connect-es refuses some requests in every protocol with a bare HTTP status
+ * and no body: a method or content type the protocol does not take (405,
+ * 415), a streaming call over HTTP/1.1 (505, "HTTP Version Not Supported").
+ * The last is the client's choice of transport, so it becomes 400 here: a
+ * 5xx for client input would also count against the gateway in the mesh's
+ * outlier detection.
  */
 export async function finish(
   uRes: UniversalServerResponse,
@@ -190,6 +200,10 @@ export async function finish(
   report: (o: Outcome) => void,
 ): Promise<UniversalServerResponse> {
   const header = new Headers(uRes.header);
+  if (uRes.status !== 200 && !header.has("content-type")) {
+    report({ code: codeOfStatus(uRes.status === 505 ? 400 : uRes.status), message: `HTTP ${uRes.status}` });
+    return uRes.status === 505 ? { ...uRes, status: 400 } : uRes;
+  }
   const body = uRes.body ?? createAsyncIterable<Uint8Array>([]);
   if (protocol === "grpc") {
     const trailer = uRes.trailer ?? new Headers();

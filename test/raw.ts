@@ -173,3 +173,57 @@ export async function h1Raw(
   const m = /^HTTP\/1\.[01] (\d{3})/.exec(raw);
   return { status: m ? Number(m[1]) : 0, raw };
 }
+
+/** A raw HTTP/2 frame (RFC 9113 §4.1). */
+export function h2Frame(type: number, flags: number, streamId: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  const h = Buffer.alloc(9);
+  h.writeUIntBE(payload.length, 0, 3);
+  h[3] = type;
+  h[4] = flags;
+  h.writeUInt32BE(streamId & 0x7fffffff, 5);
+  return Buffer.concat([h, payload]);
+}
+
+/** An HPACK integer with an `prefix`-bit prefix (RFC 7541 §5.1), first byte or'ed with `first`. */
+function hpackInt(n: number, prefix: number, first = 0): Buffer {
+  const max = (1 << prefix) - 1;
+  if (n < max) return Buffer.from([first | n]);
+  const out = [first | max];
+  let rest = n - max;
+  while (rest >= 128) {
+    out.push((rest % 128) + 128);
+    rest = Math.floor(rest / 128);
+  }
+  out.push(rest);
+  return Buffer.from(out);
+}
+
+/** An HPACK header field literal with a new name; `index` adds it to the dynamic table (RFC 7541 §6.2). */
+export function hpackLiteral(name: string, value: string | Buffer, index = false): Buffer {
+  const n = Buffer.from(name);
+  const v = Buffer.isBuffer(value) ? value : Buffer.from(value);
+  return Buffer.concat([Buffer.from([index ? 0x40 : 0]), hpackInt(n.length, 7), n, hpackInt(v.length, 7), v]);
+}
+
+/** An HPACK reference to the `i`-th entry of the tables (62 = the newest dynamic entry). */
+export const hpackIndexed = (i: number): Buffer => hpackInt(i, 7, 0x80);
+
+/** The client connection preface with an empty SETTINGS frame. */
+export const H2_PREFACE = Buffer.concat([Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), h2Frame(4, 0, 0)]);
+
+/** Calls `onFrame` for every frame read from `socket`. */
+export function readFrames(
+  socket: net.Socket,
+  onFrame: (type: number, flags: number, streamId: number, payload: Buffer) => void,
+): void {
+  let buf = Buffer.alloc(0);
+  socket.on("data", (d: Buffer) => {
+    buf = Buffer.concat([buf, d]);
+    while (buf.length >= 9) {
+      const len = buf.readUIntBE(0, 3);
+      if (buf.length < 9 + len) break;
+      onFrame(buf[3] ?? 0, buf[4] ?? 0, buf.readUInt32BE(5) & 0x7fffffff, buf.subarray(9, 9 + len));
+      buf = buf.subarray(9 + len);
+    }
+  });
+}

@@ -139,6 +139,43 @@ describe("traces", () => {
       expect([...services]).toEqual(expect.arrayContaining(["gateway", "order", "inventory", "payment"]));
     },
   );
+
+  it("a client's traceparent is linked, never continued: it cannot switch tracing off or join another trace", async () => {
+    const token = await signDevToken(
+      { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" },
+      "tess",
+      ["customer"],
+    );
+    const theirs = "0af7651916cd43dd8448eb211c80319c";
+    for (const [i, flags] of ["00", "01"].entries()) {
+      const res = await fetch(`${gw.url}/shopmesh.inventory.v1.InventoryService/GetProduct`, {
+        method: "POST",
+        headers: {
+          "content-type": "application/json",
+          authorization: `Bearer ${token}`,
+          traceparent: `00-${theirs}-b7ad6b716920333${i}-${flags}`,
+          "x-request-id": `traced-${flags}`,
+        },
+        body: JSON.stringify({ productId: "coffee-beans" }),
+      });
+      expect(res.status).toBe(200);
+    }
+    const ours = await waitFor(
+      () =>
+        spans
+          .getFinishedSpans()
+          .filter((s) => scope(s) === "gateway" && s.name.endsWith("/GetProduct") && s.links.length > 0),
+      (list) => list.length >= 2,
+    );
+    // Both recorded (the unsampled flag switched nothing off), each in a trace of its own, linked to the client's.
+    expect(ours).toHaveLength(2);
+    for (const s of ours) {
+      expect(s.spanContext().traceId).not.toBe(theirs);
+      expect(s.parentSpanContext).toBeUndefined();
+      expect(s.links.map((l) => l.context.traceId)).toEqual([theirs]);
+    }
+    expect(spans.getFinishedSpans().filter((s) => s.spanContext().traceId === theirs)).toEqual([]);
+  });
 });
 
 describe("metrics", () => {

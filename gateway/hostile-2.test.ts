@@ -1,0 +1,316 @@
+/**
+ * Regression tests for the second adversarial review of the front door
+ * (issue 10): held calls and header bombs, reflection as an amplifier,
+ * honest status codes for refused and broken requests, limits that no kind
+ * of request escapes, and untrusted trace context. Each `describe` is one
+ * finding, reproduced the way the hostile client did it.
+ */
+import http2 from "node:http2";
+import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
+import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
+import { pino } from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  ServerReflectionRequestSchema,
+  type ServerReflectionResponse,
+  ServerReflectionResponseSchema,
+} from "../gen/grpc/reflection/v1/reflection_pb.js";
+import { ConfigError } from "../platform/index.js";
+import {
+  envelope,
+  H2_PREFACE,
+  h1Raw,
+  h2Frame,
+  hpackIndexed,
+  hpackLiteral,
+  rawConnect,
+  readFrames,
+} from "../test/raw.js";
+import { type System, startSystem, startTestGateway } from "../test/system.js";
+import type { GatewayApp } from "./app.js";
+import { signDevToken } from "./auth.js";
+import { DEV_JWT_SECRET, loadConfig } from "./config.js";
+const MAX_QUERIES = 64;
+
+let sys: System;
+let gw: GatewayApp;
+/** Every access line the gateway logged. */
+const access: Record<string, unknown>[] = [];
+
+beforeAll(async () => {
+  sys = await startSystem();
+  const log = pino(
+    { level: "info" },
+    {
+      write: (s: string) => {
+        const line = JSON.parse(s) as Record<string, unknown>;
+        if (line.msg === "access") access.push(line);
+      },
+    },
+  );
+  gw = await startTestGateway(sys, { HTTP_STREAM_IDLE_TIMEOUT_MS: "500" }, log);
+});
+afterAll(async () => {
+  await gw.stop();
+  await sys[Symbol.asyncDispose]();
+});
+
+const REFLECTION = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+const listServices = () =>
+  envelope(
+    toBinary(
+      ServerReflectionRequestSchema,
+      create(ServerReflectionRequestSchema, { messageRequest: { case: "listServices", value: "" } }),
+    ),
+  );
+
+/** The gRPC messages in a response body. */
+function messages(body: Buffer): Buffer[] {
+  const out: Buffer[] = [];
+  for (let at = 0; at + 5 <= body.length; ) {
+    const len = body.readUInt32BE(at + 1);
+    out.push(body.subarray(at + 5, at + 5 + len));
+    at += 5 + len;
+  }
+  return out;
+}
+
+/** One gRPC reflection stream over HTTP/2 carrying `requests`; the answers and the final status. */
+async function reflect(requests: Buffer[]): Promise<{ answers: ServerReflectionResponse[]; status: string }> {
+  const session = http2.connect(gw.url);
+  try {
+    const stream = session.request({
+      ":method": "POST",
+      ":path": REFLECTION,
+      "content-type": "application/grpc+proto",
+      te: "trailers",
+    });
+    const chunks: Buffer[] = [];
+    let status = "";
+    stream.on("data", (d: Buffer) => chunks.push(d));
+    stream.on("response", (h) => {
+      if (h["grpc-status"]) status = String(h["grpc-status"]);
+    });
+    stream.on("trailers", (t) => {
+      status = String(t["grpc-status"] ?? "");
+    });
+    stream.end(Buffer.concat(requests));
+    await new Promise((resolve) => stream.on("close", resolve));
+    const answers = messages(Buffer.concat(chunks)).map((m) => fromBinary(ServerReflectionResponseSchema, m));
+    return { answers, status };
+  } finally {
+    session.close();
+  }
+}
+
+describe("1. a client that does not read its answers cannot hold them", () => {
+  it("cuts calls whose answer cannot move (receive window 0) after the stream idle timeout", async () => {
+    // The window is the client's to set: nothing the gateway answers can be delivered.
+    const session = http2.connect(gw.url, { settings: { initialWindowSize: 0 } });
+    try {
+      const started = Date.now();
+      const closed = await Promise.all(
+        Array.from({ length: 5 }, () => {
+          const s = session.request({
+            ":method": "POST",
+            ":path": REFLECTION,
+            "content-type": "application/grpc+proto",
+            te: "trailers",
+          });
+          s.on("error", () => {});
+          s.end(listServices());
+          return new Promise<number>((resolve) => s.on("close", () => resolve(s.rstCode ?? -1)));
+        }),
+      );
+      expect(closed.every((code) => code === http2.constants.NGHTTP2_CANCEL)).toBe(true);
+      expect(Date.now() - started).toBeLessThan(5_000);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it("refuses a header list that decodes past 64 KiB, however few bytes carried it (HPACK references)", async () => {
+    await using c = await rawConnect(gw.port);
+    const frames: { type: number; streamId: number; payload: Buffer }[] = [];
+    readFrames(c.socket, (type, _flags, streamId, payload) => frames.push({ type, streamId, payload }));
+    // One 4,000-byte header added to the dynamic table, then named 200 more times by one-byte references: ~800 KB.
+    const block = Buffer.concat([
+      hpackLiteral(":method", "GET"),
+      hpackLiteral(":scheme", "http"),
+      hpackLiteral(":authority", "localhost"),
+      hpackLiteral(":path", "/healthz"),
+      hpackLiteral("x-a", Buffer.alloc(4_000, 0x61), true),
+      Buffer.alloc(200, hpackIndexed(62)[0]),
+    ]);
+    expect(block.length).toBeLessThan(5_000);
+    await c.write(Buffer.concat([H2_PREFACE, h2Frame(1, 0x5, 1, block)]));
+    const deadline = Date.now() + 3_000;
+    while (!frames.some((f) => f.streamId === 1 && (f.type === 1 || f.type === 3)) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const answer = frames.find((f) => f.streamId === 1 && (f.type === 1 || f.type === 3));
+    // Either a 431 answer or a reset stream; never the probe's 200.
+    expect(answer, "the stream was answered").toBeDefined();
+    if (answer?.type === 1) expect(answer.payload.includes("431")).toBe(true);
+  });
+
+  it("refuses new calls from an address holding too many, and takes them again once some end", async () => {
+    const own = await startTestGateway(sys, { HTTP_MAX_CALLS_PER_IP: "10" });
+    const session = http2.connect(own.url, { settings: { initialWindowSize: 0 } });
+    session.on("error", () => {});
+    const held = Array.from({ length: 10 }, () => {
+      const s = session.request({
+        ":method": "POST",
+        ":path": REFLECTION,
+        "content-type": "application/grpc+proto",
+        te: "trailers",
+      });
+      s.on("error", () => {});
+      s.end(listServices());
+      return s;
+    });
+    await new Promise((r) => setTimeout(r, 500));
+    const refused = await fetch(`${own.url}/shopmesh.inventory.v1.InventoryService/ListProducts`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: "{}",
+    });
+    expect(refused.status).toBe(429);
+    expect(await refused.json()).toMatchObject({ message: expect.stringContaining("too many calls in progress") });
+    expect(refused.headers.get("retry-after")).toBe("1");
+    for (const s of held) s.close(http2.constants.NGHTTP2_CANCEL);
+    session.destroy();
+    await new Promise((r) => setTimeout(r, 200));
+    const again = await fetch(`${own.url}/shopmesh.inventory.v1.InventoryService/ListProducts`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: "{}",
+    });
+    // Past the limits: now it is the missing token that refuses it.
+    expect(again.status).toBe(401);
+    await own.stop();
+  });
+});
+
+describe("2. reflection is not an amplifier", () => {
+  it(`answers at most ${MAX_QUERIES} queries on one stream, then ends it with RESOURCE_EXHAUSTED`, async () => {
+    const { answers, status } = await reflect(Array.from({ length: 500 }, listServices));
+    expect(answers).toHaveLength(MAX_QUERIES);
+    expect(status).toBe("8");
+  });
+
+  it("shows neither internal methods nor the messages only they use", async () => {
+    const q = (messageRequest: MessageInitShape<typeof ServerReflectionRequestSchema>["messageRequest"]) =>
+      envelope(toBinary(ServerReflectionRequestSchema, create(ServerReflectionRequestSchema, { messageRequest })));
+    const { answers } = await reflect([
+      q({ case: "fileContainingSymbol", value: "shopmesh.inventory.v1.InventoryService.ReserveStock" }),
+      q({ case: "fileContainingSymbol", value: "shopmesh.inventory.v1.ReserveStockRequest" }),
+      q({ case: "fileContainingSymbol", value: "shopmesh.payment.v1.ChargePaymentRequest" }),
+      q({ case: "fileContainingSymbol", value: "shopmesh.inventory.v1.GetProductRequest" }),
+    ]);
+    const kinds = answers.map((a) => a.messageResponse.case);
+    // Internal names are as unknown as names that do not exist.
+    expect(kinds).toEqual(["errorResponse", "errorResponse", "errorResponse", "fileDescriptorResponse"]);
+    const described = answers[3]?.messageResponse;
+    const files =
+      described?.case === "fileDescriptorResponse"
+        ? described.value.fileDescriptorProto.map((b) => fromBinary(FileDescriptorProtoSchema, b))
+        : [];
+    const inventory = files.find((f) => f.name === "shopmesh/inventory/v1/inventory.proto");
+    const names = inventory?.messageType.map((m) => m.name) ?? [];
+    expect(names).toContain("GetProductRequest");
+    expect(names).toContain("Product");
+    expect(names.filter((n) => /Reserve|Release|Reservation/.test(n))).toEqual([]);
+    expect(inventory?.service[0]?.method.map((m) => m.name).sort()).toEqual(["GetProduct", "ListProducts", "Restock"]);
+  });
+});
+
+describe("3-5. refused and broken requests are client errors, in answers and in logs", () => {
+  const lastAccess = () => access.at(-1) as { code: string; procedure: string };
+  const bearer = async () =>
+    `Bearer ${await signDevToken({ JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" }, "al", ["customer"])}`;
+  /** Waits for the access line of the request that `send` makes. */
+  const logged = async (send: () => Promise<unknown>) => {
+    const before = access.length;
+    await send();
+    const deadline = Date.now() + 2_000;
+    while (access.length === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    return access.slice(before) as { code: string }[];
+  };
+
+  it("answers a Connect or gRPC stream over HTTP/1.1 with 400, not 505", async () => {
+    for (const type of ["application/connect+json", "application/grpc", "application/grpc-web+proto"]) {
+      const res = await fetch(`${gw.url}${REFLECTION}`, {
+        method: "POST",
+        headers: { "content-type": type },
+        body: "",
+      });
+      expect(res.status, type).toBeLessThan(500);
+      await res.arrayBuffer();
+      expect(lastAccess().code, type).not.toMatch(/^(OK|Internal|Unknown)$/);
+    }
+  });
+
+  it("logs a gRPC or gRPC-Web request refused for its method or content type with the refusal, not OK", async () => {
+    const path = "/shopmesh.inventory.v1.InventoryService/ListProducts";
+    for (const [method, type] of [
+      ["PUT", "application/grpc-web+proto"],
+      ["GET", "application/grpc"],
+      ["GET", "application/grpc-web-text"],
+    ] as const) {
+      const res = await fetch(`${gw.url}${path}`, {
+        method,
+        headers: { "content-type": type, authorization: await bearer() },
+      });
+      expect(res.status).toBeGreaterThanOrEqual(400);
+      expect(res.status).toBeLessThan(500);
+      await res.arrayBuffer();
+      expect(lastAccess().code, `${method} ${type}`).toBe("InvalidArgument");
+    }
+  });
+
+  it("logs a malformed or abandoned body as the client's doing, not INTERNAL", async () => {
+    const head =
+      "POST /shopmesh.inventory.v1.InventoryService/ListProducts HTTP/1.1\r\nHost: x\r\n" +
+      `Authorization: ${await bearer()}\r\nContent-Type: application/json\r\n`;
+    const malformed = await logged(async () => {
+      const res = await h1Raw(gw.port, `${head}Transfer-Encoding: chunked\r\n\r\n2\r\n{"\r\nzz\r\n`, 1_000);
+      expect(res.status).toBe(400);
+    });
+    // Node's parser has answered 400 and closed the connection: for the call, the client went away.
+    expect(malformed.map((l) => l.code)).toEqual(["Canceled"]);
+    const abandoned = await logged(() => h1Raw(gw.port, `${head}Content-Length: 100\r\n\r\n{"page_size"`, 200));
+    expect(abandoned.map((l) => l.code)).toEqual(["Canceled"]);
+  });
+});
+
+describe("8. every refusal counts against the client's rate", () => {
+  it("limits requests for unknown procedures and oversized bodies like any other", async () => {
+    const own = await startTestGateway(sys, { RATE_LIMIT_IP_RPS: "1", RATE_LIMIT_IP_BURST: "5" });
+    try {
+      const statuses: number[] = [];
+      for (let i = 0; i < 8; i++) {
+        const res = await fetch(`${own.url}/no.such.Service/Method`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: "{}",
+        });
+        statuses.push(res.status);
+        await res.arrayBuffer();
+      }
+      expect(statuses.slice(0, 5)).toEqual([404, 404, 404, 404, 404]);
+      expect(statuses.slice(5)).toEqual([429, 429, 429]);
+    } finally {
+      await own.stop();
+    }
+  });
+});
+
+describe("10. the public development key stays on this machine", () => {
+  it("refuses to listen beyond loopback with the development signing key", () => {
+    expect(() => loadConfig({ HTTP_HOST: "0.0.0.0" })).toThrow(ConfigError);
+    expect(() => loadConfig({ HTTP_HOST: "0.0.0.0" })).toThrow(/JWT_SECRET is the public development key/);
+    expect(loadConfig({ HTTP_HOST: "0.0.0.0", JWT_SECRET: "a-secret-of-our-own-choosing" }).HTTP_HOST).toBe("0.0.0.0");
+    expect(loadConfig({}).HTTP_HOST).toBe("127.0.0.1");
+  });
+});
