@@ -14,7 +14,6 @@ import {
   policyFrom,
   REGISTRY_SCHEME,
   startAppTelemetry,
-  upstreamChannel,
 } from "../platform/index.js";
 import { createAuthenticator } from "./auth.js";
 import { createComposition } from "./compose.js";
@@ -36,7 +35,6 @@ export interface GatewayApp extends RunningFront {
 export async function startGateway(config: GatewayConfig, log: Logger): Promise<GatewayApp> {
   const telemetry = await startAppTelemetry("gateway", config, log);
   const policy = policyFrom("UPSTREAM", config);
-  const opts = { telemetry };
   const targets = [
     config.INVENTORY_TARGET,
     config.PAYMENT_TARGET,
@@ -49,19 +47,20 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     targets.some((t) => t.startsWith(`${REGISTRY_SCHEME}:`)) && config.NATS_URL !== "off"
       ? await connectBus(config.NATS_URL, "gateway", log)
       : undefined;
-  const channels = {
-    inventory: upstreamChannel(config.INVENTORY_TARGET, bus, log),
-    payment: upstreamChannel(config.PAYMENT_TARGET, bus, log),
-    order: upstreamChannel(config.ORDER_TARGET, bus, log),
-    notification: upstreamChannel(config.NOTIFICATION_TARGET, bus, log),
-    history: upstreamChannel(config.HISTORY_TARGET, bus, log),
-  };
+  const opts = { telemetry, ...(bus ? { nc: bus.nc } : {}) };
   const clients = {
-    inventory: createResilientClient("inventory", InventoryService, channels.inventory, policy, log, opts),
-    payment: createResilientClient("payment", PaymentService, channels.payment, policy, log, opts),
-    order: createResilientClient("order", OrderService, channels.order, policy, log, opts),
-    notification: createResilientClient("notification", NotificationService, channels.notification, policy, log, opts),
-    history: createResilientClient("history", HistoryService, channels.history, policy, log, opts),
+    inventory: createResilientClient("inventory", InventoryService, config.INVENTORY_TARGET, policy, log, opts),
+    payment: createResilientClient("payment", PaymentService, config.PAYMENT_TARGET, policy, log, opts),
+    order: createResilientClient("order", OrderService, config.ORDER_TARGET, policy, log, opts),
+    notification: createResilientClient(
+      "notification",
+      NotificationService,
+      config.NOTIFICATION_TARGET,
+      policy,
+      log,
+      opts,
+    ),
+    history: createResilientClient("history", HistoryService, config.HISTORY_TARGET, policy, log, opts),
   };
   const composition = createComposition({ ...clients, timeoutMs: config.COMPOSITION_TIMEOUT_MS });
   const front = await startFront({
@@ -105,7 +104,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     telemetry,
     async stop() {
       await front.stop(config.SHUTDOWN_GRACE_MS);
-      for (const ch of Object.values(channels)) ch.close();
+      for (const c of Object.values(clients)) c.close();
       await bus?.close();
       await telemetry.close();
     },

@@ -30,6 +30,7 @@ import { type System, startSystem, startTestGateway } from "../test/system.js";
 import type { GatewayApp } from "./app.js";
 import { signDevToken } from "./auth.js";
 import { DEV_JWT_SECRET, loadConfig } from "./config.js";
+
 const MAX_QUERIES = 64;
 
 let sys: System;

@@ -58,7 +58,6 @@ export { DEFAULT_POLICY, type PolicyConfig, type PolicyEnv, policyEnv, policyFro
 export { contextOf, currentTraceparent, extractContext, inSpan, logIds } from "./propagation.js";
 export { REGISTRY_SCHEME } from "./registry.js";
 export { createResilientClient, type DownstreamState, type PolicyEvents, type ResilientClient } from "./resilience.js";
-export { upstreamChannel } from "./resolver.js";
 export { bind, type GrpcServerOptions, type RunningServer, type ServiceBinding, startGrpcServer } from "./server.js";
 export type { Db, DbLocation, Engine, Listening, Queries, Query, Tx } from "./sql.js";
 export { type AppTelemetry, createTelemetry, startAppTelemetry, type Telemetry } from "./telemetry.js";

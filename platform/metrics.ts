@@ -11,8 +11,16 @@ import type { Logger } from "./log.js";
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
 /** Live state sampled at scrape time. */
+/** What a resilient client reports about one downstream at each scrape. */
+interface DownstreamSample {
+  readonly breaker: string;
+  readonly inFlight: number;
+  readonly queued: number;
+  readonly endpoints: readonly { readonly address: string; readonly breaker: string }[];
+}
+
 interface Sources {
-  downstreams: Map<string, () => { breaker: string; inFlight: number; queued: number }>;
+  downstreams: Map<string, () => DownstreamSample>;
   backlog?: () => { count: number; oldestAgeMs: number };
 }
 
@@ -62,6 +70,20 @@ function resilienceMetrics(r: Registers, sources: Sources) {
       labelNames: ["downstream"],
       collect() {
         for (const [d, st] of sources.downstreams) this.set({ downstream: d }, BREAKER_VALUE[st().breaker] ?? -1);
+      },
+      ...r,
+    }),
+    endpointBreakerState: new Gauge({
+      name: "endpoint_circuit_breaker_state",
+      help: "Circuit breaker state per downstream instance: 0 closed, 1 open, 2 half-open, 3 isolated",
+      labelNames: ["downstream", "endpoint"],
+      collect() {
+        // Instances come and go: only the current ones are reported.
+        this.reset();
+        for (const [d, st] of sources.downstreams) {
+          for (const e of st().endpoints)
+            this.set({ downstream: d, endpoint: e.address }, BREAKER_VALUE[e.breaker] ?? -1);
+        }
       },
       ...r,
     }),
@@ -204,7 +226,7 @@ export function createMetrics(service: string) {
   return {
     registry,
     /** Samples a downstream's breaker and bulkhead at every scrape. */
-    trackDownstream(name: string, state: () => { breaker: string; inFlight: number; queued: number }) {
+    trackDownstream(name: string, state: () => DownstreamSample) {
       sources.downstreams.set(name, state);
     },
     /** Samples the outbox backlog at every scrape. */

@@ -6,6 +6,7 @@
  */
 
 import { getEventListeners } from "node:events";
+import { type AddressInfo, connect, createServer, type Socket } from "node:net";
 import type { DescService } from "@bufbuild/protobuf";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
@@ -681,5 +682,101 @@ describe("regressions", () => {
       .filter((s) => !s.aborted)
       .reduce((n, s) => n + getEventListeners(s, "abort").length, 0);
     expect(lingering).toBe(0);
+  });
+});
+
+describe("per instance", () => {
+  /** A client over two instances of inventory, A then B. */
+  async function twoInstances(policy: Partial<PolicyConfig>, events?: PolicyEvents) {
+    const a = await startInventory();
+    const b = await startInventory();
+    const client = createResilientClient(
+      "inventory",
+      InventoryService,
+      `ipv4:${a.server.address},${b.server.address}`,
+      { ...BASE, ...policy },
+      silentLogger(),
+      { events },
+    );
+    cleanups.push(() => client.close());
+    return { a, b, client };
+  }
+
+  it("one failing instance opens its own circuit only: every call succeeds on the other, and the downstream stays closed", async () => {
+    const changes: string[] = [];
+    const { a, b, client } = await twoInstances(
+      { retryMaxAttempts: 2, breakerConsecutiveFailures: 3, breakerHalfOpenAfterMs: 60_000 },
+      { onBreakerStateChange: (_d, s) => changes.push(s) },
+    );
+    a.fake.always(fail(Code.UNAVAILABLE));
+    for (let i = 0; i < 30; i++) await client.getProduct(req);
+    // A was tried until its circuit opened, each failure retried on B; then it was skipped.
+    expect(a.fake.calls).toBe(3);
+    expect(b.fake.calls).toBe(30);
+    const state = client.state();
+    expect(state.breaker).toBe("closed");
+    expect(state.endpoints).toEqual(
+      expect.arrayContaining([
+        { address: a.server.address, breaker: "open" },
+        { address: b.server.address, breaker: "closed" },
+      ]),
+    );
+    expect(changes).toEqual([]);
+  });
+
+  it("fails fast only when every instance's circuit is open", async () => {
+    const changes: string[] = [];
+    const { a, b, client } = await twoInstances(
+      { retryMaxAttempts: 1, breakerConsecutiveFailures: 2, breakerHalfOpenAfterMs: 60_000 },
+      { onBreakerStateChange: (_d, s) => changes.push(s) },
+    );
+    a.fake.always(fail(Code.UNAVAILABLE));
+    b.fake.always(fail(Code.UNAVAILABLE));
+    for (let i = 0; i < 4; i++) await expectRpcError(client.getProduct(req), Code.UNAVAILABLE);
+    expect(client.state().breaker).toBe("open");
+    expect(changes).toEqual(["open"]);
+    const calls = a.fake.calls + b.fake.calls;
+    const err = await expectRpcError(client.getProduct(req), Code.UNAVAILABLE);
+    expect(err.message).toContain("circuit open on every instance");
+    expect(a.fake.calls + b.fake.calls).toBe(calls);
+  });
+
+  it("calls in flight on an instance that dies are retried on the other: no call fails", async () => {
+    const a = await startInventory();
+    const b = await startInventory();
+    // A is reached through a TCP relay: cutting it is what a killed process looks like (connections reset, no GOAWAY).
+    const sockets = new Set<Socket>();
+    const relay = createServer((inbound) => {
+      const outbound = connect(Number(a.server.address.split(":")[1]), "127.0.0.1");
+      for (const s of [inbound, outbound]) {
+        sockets.add(s);
+        s.on("error", () => {});
+      }
+      inbound.pipe(outbound).pipe(inbound);
+    });
+    await new Promise<void>((r) => relay.listen(0, "127.0.0.1", r));
+    cleanups.push(() => new Promise((r) => relay.close(r)));
+    const killed = `127.0.0.1:${(relay.address() as AddressInfo).port}`;
+    const client = createResilientClient(
+      "inventory",
+      InventoryService,
+      `ipv4:${killed},${b.server.address}`,
+      { ...BASE, retryMaxAttempts: 3, breakerConsecutiveFailures: 5 },
+      silentLogger(),
+    );
+    cleanups.push(() => client.close());
+    a.fake.always(delay(300));
+    b.fake.always(delay(20));
+    const calls = Array.from({ length: 20 }, () => client.getProduct(req));
+    await sleep(100);
+    expect(a.fake.inFlight).toBeGreaterThan(0);
+    relay.close();
+    for (const s of sockets) s.resetAndDestroy();
+    const settled = await Promise.allSettled(calls);
+    expect(
+      settled.filter((s) => s.status === "rejected").map((s) => String((s as PromiseRejectedResult).reason)),
+    ).toEqual([]);
+    expect(b.fake.calls).toBeGreaterThanOrEqual(20);
+    expect(client.state().breaker).toBe("closed");
   });
 });

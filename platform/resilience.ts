@@ -13,12 +13,15 @@
  *    RESOURCE_EXHAUSTED only for methods whose proto declares an
  *    `idempotency_level` (reads and keyed mutations). Never a business error
  *    (INVALID_ARGUMENT, FAILED_PRECONDITION, NOT_FOUND...), and never past the
- *    caller's deadline;
- * 3. circuit breaker — opens after `breakerConsecutiveFailures` consecutive
- *    failures (or, when `breakerFailureRatio` > 0, on that failure ratio in a
- *    sliding window); while open, calls fail fast with UNAVAILABLE and never
- *    touch the network; after `breakerHalfOpenAfterMs` one probe call decides
- *    between closed and open again;
+ *    caller's deadline. A retry goes to an instance the call has not tried
+ *    when there is one;
+ * 3. circuit breaker, one per instance (endpoints.ts) — an instance's circuit
+ *    opens after `breakerConsecutiveFailures` consecutive failures (or, when
+ *    `breakerFailureRatio` > 0, on that failure ratio in a sliding window);
+ *    while open, calls skip it for the other instances; after
+ *    `breakerHalfOpenAfterMs` one probe call decides between closed and open
+ *    again. Only when every instance's circuit is open do calls fail fast
+ *    with UNAVAILABLE, without touching the network;
  * 4. timeout — each attempt is a gRPC call with deadline
  *    min(now + timeoutMs, caller's deadline): the deadline travels to the
  *    server (grpc-timeout) and cancels the work there too. It is never
@@ -27,12 +30,12 @@
 import type { DescMessage, DescMethod, DescService, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import type * as grpc from "@grpc/grpc-js";
 import { Metadata, status } from "@grpc/grpc-js";
+import type { NatsConnection } from "@nats-io/transport-node";
 import {
   BrokenCircuitError,
   BulkheadRejectedError,
   bulkhead,
   type CircuitBreakerPolicy,
-  CircuitState,
   ConsecutiveBreaker,
   circuitBreaker,
   ExponentialBackoff,
@@ -41,20 +44,23 @@ import {
   retry,
   SamplingBreaker,
   TaskCancelledError,
-  wrap,
 } from "cockatiel";
 import { earliestDeadline } from "./deadline.js";
+import { type BreakerName, type Endpoint, Endpoints, type EndpointsOptions } from "./endpoints.js";
 import { RpcError } from "./errors.js";
-import { type CallOptions, type Client, createClient } from "./grpc-client.js";
+import type { CallOptions, Client } from "./grpc-client.js";
 import type { Logger } from "./log.js";
 import { CallerDeadlineError, FAILURE_CODES, isIdempotent, isRetryable, type PolicyConfig } from "./policy.js";
 import type { Telemetry } from "./telemetry.js";
 
 /** Observable state of one downstream's policy. */
 export interface DownstreamState {
-  readonly breaker: "closed" | "open" | "half-open" | "isolated";
+  /** The downstream as one: open only when every instance's circuit is. */
+  readonly breaker: BreakerName;
   readonly inFlight: number;
   readonly queued: number;
+  /** Each instance's circuit. */
+  readonly endpoints: readonly { readonly address: string; readonly breaker: BreakerName }[];
 }
 
 /** Hooks for metrics (the logs are written regardless). */
@@ -68,13 +74,8 @@ export interface PolicyEvents {
 export type ResilientClient<S extends DescService> = Client<S> & {
   /** Breaker and bulkhead state right now. */
   readonly state: () => DownstreamState;
-};
-
-const BREAKER_NAMES: Record<CircuitState, DownstreamState["breaker"]> = {
-  [CircuitState.Closed]: "closed",
-  [CircuitState.Open]: "open",
-  [CircuitState.HalfOpen]: "half-open",
-  [CircuitState.Isolated]: "isolated",
+  /** Stops following the downstream's instances and closes the connections it opened. */
+  readonly close: () => void;
 };
 
 /** The hooks, with the metrics counted first. */
@@ -114,29 +115,32 @@ function breakerOf(config: PolicyConfig): CircuitBreakerPolicy {
 }
 
 /** What every method's wrapper of one downstream shares. */
-interface Guard {
+interface Guard<S extends DescService> {
   readonly downstream: string;
   readonly config: PolicyConfig;
   readonly bulkhead: IPolicy;
-  readonly breaker: CircuitBreakerPolicy;
+  readonly endpoints: Endpoints<S>;
   readonly log: Logger;
   readonly events: Required<PolicyEvents>;
   readonly metrics: Telemetry["metrics"] | undefined;
 }
 
 /**
- * Wraps a typed client of `service` on `channel` in the policy `config`.
- * `downstream` names it in logs, metrics and errors. Unary calls get the
- * full policy; server streams get the bulkhead and breaker for their start
- * (a stream that already delivered messages is never silently replayed).
+ * Wraps a typed client of `service` in the policy `config`, over the
+ * instances `target` names (host:port, dns:///name:port, registry:///name —
+ * see endpoints.ts; registry targets need `opts.nc`) or over one existing
+ * `channel`. `downstream` names it in logs, metrics and errors. Unary calls
+ * get the full policy; server streams get the bulkhead and an instance's
+ * circuit for their start (a stream that already delivered messages is
+ * never silently replayed).
  */
 export function createResilientClient<S extends DescService>(
   downstream: string,
   service: S,
-  channel: grpc.Client,
+  target: string | grpc.Client,
   config: PolicyConfig,
   log: Logger,
-  opts: { events?: PolicyEvents; telemetry?: Telemetry } = {},
+  opts: { events?: PolicyEvents; telemetry?: Telemetry; nc?: NatsConnection } = {},
 ): ResilientClient<S> {
   const metrics = opts.telemetry?.metrics;
   const events = observedEvents(metrics, opts.events);
@@ -146,28 +150,40 @@ export function createResilientClient<S extends DescService>(
     plog.warn({ limit: config.bulkheadLimit, queue: config.bulkheadQueue }, "bulkhead full: call rejected");
     events.onBulkheadRejected(downstream);
   });
-  const breaker = breakerOf(config);
-  breaker.onStateChange((s) => {
-    const name = BREAKER_NAMES[s];
-    (s === CircuitState.Closed ? plog.info : plog.warn).call(plog, { breaker: name }, `circuit breaker ${name}`);
-    events.onBreakerStateChange(downstream, name);
-  });
+  let overall: BreakerName = "closed";
+  const endpointOptions: EndpointsOptions<S> = {
+    downstream,
+    service,
+    log: plog,
+    newBreaker: () => breakerOf(config),
+    ...(opts.telemetry ? { tracer: opts.telemetry.tracer } : {}),
+    onBreakerChange: () => {
+      // The downstream's own state follows its instances': report it when it changes.
+      const now = endpoints.state();
+      if (now === overall) return;
+      overall = now;
+      (now === "closed" ? plog.info : plog.warn).call(plog, { breaker: now }, `circuit breaker ${now}`);
+      events.onBreakerStateChange(downstream, now);
+    },
+  };
+  const endpoints =
+    typeof target === "string"
+      ? Endpoints.follow(target, opts.nc, endpointOptions)
+      : Endpoints.fixed(target, endpointOptions);
   const state = (): DownstreamState => ({
-    breaker: BREAKER_NAMES[breaker.state],
+    breaker: endpoints.state(),
     inFlight: config.bulkheadLimit - bh.executionSlots,
     queued: config.bulkheadQueue - bh.queueSlots,
+    endpoints: endpoints.breakers(),
   });
   metrics?.trackDownstream(downstream, state);
-  const guard: Guard = { downstream, config, bulkhead: bh, breaker, log: plog, events, metrics };
-  const raw = createClient(service, channel, opts.telemetry?.tracer) as Record<string, RawCall>;
-  const client: Record<string, unknown> = { state };
+  const guard: Guard<S> = { downstream, config, bulkhead: bh, endpoints, log: plog, events, metrics };
+  const client: Record<string, unknown> = { state, close: () => endpoints.close() };
   for (const m of service.methods) {
-    const call = raw[m.localName] as RawCall;
-    if (m.methodKind === "unary") client[m.localName] = resilientUnary(guard, m, call);
+    if (m.methodKind === "unary") client[m.localName] = resilientUnary(guard, m);
     else if (m.methodKind === "server_streaming") {
-      const start = wrap(bh, breaker);
       client[m.localName] = (req: unknown, callOpts: CallOptions = {}) =>
-        streamThrough(start, () => call(req, { ...callOpts }) as AsyncIterable<MessageShape<DescMessage>>, downstream);
+        streamThrough(guard, (ep) => call(ep, m)(req, { ...callOpts }) as AsyncIterable<MessageShape<DescMessage>>);
     }
   }
   return client as ResilientClient<S>;
@@ -175,8 +191,36 @@ export function createResilientClient<S extends DescService>(
 
 type RawCall = (req: unknown, opts?: CallOptions) => unknown;
 
-/** One unary method under the full policy: bulkhead, retry, breaker, per-attempt deadline. */
-function resilientUnary(g: Guard, m: DescMethod, call: RawCall) {
+/** The typed call of method `m` on instance `ep`. */
+const call = <S extends DescService>(ep: Endpoint<S>, m: DescMethod) =>
+  (ep.client as unknown as Record<string, RawCall>)[m.localName] as RawCall;
+
+/**
+ * Runs `fn` on the first instance whose circuit takes the call (see
+ * Endpoints.candidates), remembering it in `tried`. When every circuit
+ * refuses, or there is no instance, fails with BrokenCircuitError: the
+ * downstream is open, and that is never retried.
+ */
+async function onSomeInstance<S extends DescService, T>(
+  g: Guard<S>,
+  tried: Set<string>,
+  fn: (ep: Endpoint<S>) => Promise<T>,
+): Promise<T> {
+  for (const ep of g.endpoints.candidates(tried)) {
+    tried.add(ep.address);
+    try {
+      return await ep.breaker.execute(() => fn(ep));
+    } catch (err) {
+      // Open, or another call is its half-open probe: the next instance takes this one.
+      if (err instanceof BrokenCircuitError) continue;
+      throw err;
+    }
+  }
+  throw new BrokenCircuitError(g.endpoints.unavailable());
+}
+
+/** One unary method under the full policy: bulkhead, retry (preferring untried instances), per-instance breaker, per-attempt deadline. */
+function resilientUnary<S extends DescService>(g: Guard<S>, m: DescMethod) {
   const idempotent = isIdempotent(m);
   const retryPolicy = retry(
     handleWhen((e) => isRetryable(e, idempotent)),
@@ -193,7 +237,6 @@ function resilientUnary(g: Guard, m: DescMethod, call: RawCall) {
     g.log.debug({ rpc: m.name, attempt: r.attempt, delayMs: Math.round(r.delay), code }, "retrying");
     g.events.onRetry(g.downstream, m.name, r.attempt, code);
   });
-  const policy = wrap(g.bulkhead, retryPolicy, g.breaker);
   const observe = (code: string, started: number) =>
     g.metrics?.rpcClient.observe(
       { downstream: g.downstream, method: m.name, code },
@@ -204,18 +247,27 @@ function resilientUnary(g: Guard, m: DescMethod, call: RawCall) {
     // The caller's budget is fixed once, for the whole call: queueing, retries and backoff included.
     const deadline = earliestDeadline(opts.deadline, opts.timeoutMs);
     if (deadline !== undefined && deadline <= Date.now()) {
-      // Never reaches the breaker: a call that cannot be sent says nothing about the downstream.
+      // Never reaches a breaker: a call that cannot be sent says nothing about the downstream.
       return Promise.reject(
         new CallerDeadlineError(status.DEADLINE_EXCEEDED, "caller deadline exceeded", new Metadata()),
       );
     }
-    if (g.breaker.state === CircuitState.HalfOpen) {
-      // One probe at a time decides; everyone else fails fast instead of waiting for it.
-      return Promise.reject(toClientError(new BrokenCircuitError(), g.downstream));
-    }
     const started = performance.now();
+    const tried = new Set<string>();
     return withDeadline(deadline, opts.signal, (signal) =>
-      policy.execute(({ signal: s }) => call(req, attemptOptions(opts, deadline, g.config.timeoutMs, s)), signal),
+      g.bulkhead.execute(
+        () =>
+          retryPolicy.execute(
+            ({ signal: s }) =>
+              onSomeInstance(
+                g,
+                tried,
+                (ep) => call(ep, m)(req, attemptOptions(opts, deadline, g.config.timeoutMs, s)) as Promise<unknown>,
+              ),
+            signal,
+          ),
+        signal,
+      ),
     ).then(
       (res) => {
         observe("OK", started);
@@ -272,9 +324,7 @@ function attemptOptions(
 /** Policy rejections become RpcErrors naming the downstream (UNAVAILABLE, RESOURCE_EXHAUSTED); RpcErrors pass through. */
 function toClientError(err: unknown, downstream: string): unknown {
   if (err instanceof BrokenCircuitError) {
-    return new RpcError(status.UNAVAILABLE, `${downstream}: circuit open, failing fast`, new Metadata(), {
-      cause: err,
-    });
+    return new RpcError(status.UNAVAILABLE, `${downstream}: ${err.message}`, new Metadata(), { cause: err });
   }
   if (err instanceof BulkheadRejectedError) {
     return new RpcError(status.RESOURCE_EXHAUSTED, `${downstream}: bulkhead full, call shed`, new Metadata(), {
@@ -291,20 +341,26 @@ function toClientError(err: unknown, downstream: string): unknown {
 }
 
 /**
- * Runs a server stream under `policy`: the policy sees the stream from start
- * until its first message (or its end), so the breaker learns of streams that
- * cannot start and the bulkhead counts them while they connect.
+ * Runs a server stream under the bulkhead and one instance's circuit: they
+ * see the stream from start until its first message (or its end), so a
+ * circuit learns of streams that cannot start and the bulkhead counts them
+ * while they connect.
  */
-async function* streamThrough<T>(policy: IPolicy, open: () => AsyncIterable<T>, downstream: string): AsyncIterable<T> {
+async function* streamThrough<S extends DescService, T>(
+  g: Guard<S>,
+  open: (ep: Endpoint<S>) => AsyncIterable<T>,
+): AsyncIterable<T> {
   let it: AsyncIterator<T> | undefined;
   let first: IteratorResult<T>;
   try {
-    first = await policy.execute(() => {
-      it = open()[Symbol.asyncIterator]();
-      return it.next();
-    });
+    first = await g.bulkhead.execute(() =>
+      onSomeInstance(g, new Set(), (ep) => {
+        it = open(ep)[Symbol.asyncIterator]();
+        return it.next();
+      }),
+    );
   } catch (err) {
-    throw toClientError(err, downstream);
+    throw toClientError(err, g.downstream);
   }
   if (first.done || !it) return;
   yield first.value;

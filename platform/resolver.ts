@@ -1,7 +1,10 @@
 /**
- * The grpc-js side of client-side discovery: a name resolver for
- * `registry:///<service>` targets that hands the live instances (from
- * registry-watch.ts) to the channel's round_robin balancer. Zero live
+ * The grpc-js side of client-side discovery, for plain grpc-js channels
+ * (`createChannel("registry:///payment")`, any grpc-js client): a name
+ * resolver for `registry:///<service>` targets that hands the live instances
+ * (from registry-watch.ts) to the channel's round_robin balancer. The
+ * services' own resilient clients follow the registry themselves
+ * (endpoints.ts), to keep a circuit per instance. Zero live
  * instances is an UNAVAILABLE resolution error, so calls fail fast instead
  * of queueing; while NATS is unreachable the last known addresses stay.
  *
@@ -128,18 +131,4 @@ export function registryChannelOptions(extra: grpc.ChannelOptions = {}): grpc.Ch
  */
 export function channelOptionsFor(target: string, extra: grpc.ChannelOptions = {}): grpc.ChannelOptions {
   return /^(registry|dns):/.test(target) ? registryChannelOptions(extra) : { ...extra };
-}
-
-/**
- * A channel to an upstream `target`: `host:port` (static), `dns:///name:port`
- * (Kubernetes: server-side discovery, balanced round_robin over the
- * resolved addresses) or `registry:///name` (client-side discovery through
- * the NATS KV registry, which needs the process's bus).
- */
-export function upstreamChannel(target: string, bus: { nc: NatsConnection } | undefined, log: Logger): grpc.Client {
-  if (target.startsWith(`${REGISTRY_SCHEME}:`)) {
-    if (!bus) throw new Error(`${target}: registry targets need the event bus (NATS_URL is off)`);
-    useRegistryResolver(bus.nc, log);
-  }
-  return new grpc.Client(target, grpc.credentials.createInsecure(), channelOptionsFor(target));
 }

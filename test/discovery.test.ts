@@ -15,7 +15,6 @@ import {
   DEFAULT_POLICY,
   identityMetadata,
   silentLogger,
-  upstreamChannel,
 } from "../platform/index.js";
 import { TestDatabases } from "./db.js";
 import { type ServiceProcess, spawnService, tempDir } from "./fixtures.js";
@@ -69,13 +68,13 @@ describe("client-side discovery", () => {
 
     // A caller of our own through the registry, as the gateway or order would call.
     const bus = await connectBus(nats.url, "test-caller", silentLogger());
-    const channel = upstreamChannel("registry:///payment", bus, silentLogger());
     const payments = createResilientClient(
       "payment",
       PaymentService,
-      channel,
+      "registry:///payment",
       { ...DEFAULT_POLICY, retryInitialDelayMs: 20 },
       silentLogger(),
+      { nc: bus.nc },
     );
     const { order: known } = await orders.placeOrder(
       { idempotencyKey: "lookup", items: [{ productId: "paper-filters", quantity: 1 }], cardToken: "tok_visa" },
@@ -104,7 +103,7 @@ describe("client-side discovery", () => {
     while ((await chargeCount(restarted)) === 0 && Date.now() < end) await placeAndSettle(`after-restart-${n++}`);
     expect(await chargeCount(restarted)).toBeGreaterThan(0);
 
-    channel.close();
+    payments.close();
     orderChannel.close();
     await bus.close();
   }, 60_000);

@@ -4,7 +4,6 @@
  * left in flight.
  */
 import { hostname } from "node:os";
-import type * as grpc from "@grpc/grpc-js";
 import { EVENTS } from "../../contracts/events.js";
 import { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderService } from "../../gen/shopmesh/order/v1/order_pb.js";
@@ -21,7 +20,6 @@ import {
   policyFrom,
   type ResilientClient,
   startHost,
-  upstreamChannel,
 } from "../../platform/index.js";
 import { createOrderApi } from "./api.js";
 import type { OrderConfig } from "./config.js";
@@ -34,7 +32,6 @@ interface OrderParts {
   readonly saga: SagaOrchestrator;
   readonly inventory: ResilientClient<typeof InventoryService>;
   readonly payment: ResilientClient<typeof PaymentService>;
-  readonly channels: readonly grpc.Client[];
 }
 
 /** A running order service. */
@@ -61,16 +58,11 @@ function countSagas(store: OrderStore, m: Metrics): void {
 
 /** The saga and its resilient clients, once the bus (for registry:/// targets) and telemetry exist. */
 function buildSaga(config: OrderConfig, log: Logger, store: OrderStore, { telemetry, bus }: HostContext): OrderParts {
-  const channels = [
-    upstreamChannel(config.INVENTORY_TARGET, bus, log),
-    upstreamChannel(config.PAYMENT_TARGET, bus, log),
-  ];
-  const [inventoryChannel, paymentChannel] = channels as [grpc.Client, grpc.Client];
-  const opts = { telemetry };
+  const opts = { telemetry, ...(bus ? { nc: bus.nc } : {}) };
   const inventory = createResilientClient(
     "inventory",
     InventoryService,
-    inventoryChannel,
+    config.INVENTORY_TARGET,
     policyFrom("INVENTORY", config),
     log,
     opts,
@@ -78,7 +70,7 @@ function buildSaga(config: OrderConfig, log: Logger, store: OrderStore, { teleme
   const payment = createResilientClient(
     "payment",
     PaymentService,
-    paymentChannel,
+    config.PAYMENT_TARGET,
     policyFrom("PAYMENT", config),
     log,
     opts,
@@ -100,7 +92,7 @@ function buildSaga(config: OrderConfig, log: Logger, store: OrderStore, { teleme
       retryMaxMs: config.SAGA_RETRY_MAX_MS,
     },
   });
-  return { saga, inventory, payment, channels };
+  return { saga, inventory, payment };
 }
 
 /** Opens the store, connects to inventory and payment, starts serving, and resumes unfinished sagas. */
@@ -136,7 +128,8 @@ export async function startOrder(config: OrderConfig, log: Logger): Promise<Orde
     stopApp: async (parts) => {
       // Sagas stop after calls drained and give their leases back: another replica (or the next start) resumes them.
       await parts?.saga.stop();
-      for (const ch of parts?.channels ?? []) ch.close();
+      parts?.inventory.close();
+      parts?.payment.close();
     },
     close: () => store.close(),
   });
