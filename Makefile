@@ -5,10 +5,10 @@ SHELL := /bin/bash
 
 PROTOS := $(shell find proto -name '*.proto')
 # `make run PAYMENT_REPLICAS=2`: instance counts reach the runner through the environment.
-export INVENTORY_REPLICAS PAYMENT_REPLICAS NOTIFICATION_REPLICAS HISTORY_REPLICAS
+export INVENTORY_REPLICAS PAYMENT_REPLICAS ORDER_REPLICAS NOTIFICATION_REPLICAS HISTORY_REPLICAS DB PG_PORT
 GEN_STAMP := gen/shopmesh/common/v1/common_pb.ts
 
-.PHONY: help install nats generate lint typecheck test run demo token trace events dlq history-rebuild clean
+.PHONY: help install nats postgres generate lint typecheck test run demo token trace events dlq history-rebuild clean
 
 help: ## List targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,6 +22,11 @@ nats: ## Make sure nats-server is installed (apt-get where possible)
 	@command -v nats-server >/dev/null || { \
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then apt-get install -y nats-server || { apt-get update && apt-get install -y nats-server; }; \
 	  else echo "nats-server missing: install it (apt-get install nats-server, brew install nats-server) and retry"; exit 1; fi; }
+
+postgres: ## Make sure PostgreSQL's server binaries are installed (apt-get where possible)
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then apt-get install -y postgresql || { apt-get update && apt-get install -y postgresql; }; \
+	  else echo "PostgreSQL missing: install it (apt-get install postgresql, brew install postgresql@16) and retry"; exit 1; fi; }
 
 $(GEN_STAMP): $(PROTOS) buf.yaml buf.gen.yaml | install
 	npm run generate
@@ -38,7 +43,7 @@ typecheck: install ## tsc, strict
 test: install ## Everything CI checks: lint, typecheck, all tests
 	npm run check
 
-run: install nats $(GEN_STAMP) ## Start NATS, every service and the gateway; Ctrl-C stops all (PAYMENT_REPLICAS=2 for two payments)
+run: install nats $(if $(filter postgres,$(DB)),postgres) $(GEN_STAMP) ## Start NATS, every service and the gateway; Ctrl-C stops all (DB=postgres ORDER_REPLICAS=3 PAYMENT_REPLICAS=2 ...)
 	npm start
 
 demo: install ## Place three orders against `make run` and print their sagas (SAGA_MODE=choreography for events only)
@@ -57,7 +62,8 @@ dlq: install ## List dead-lettered events and why they failed
 	npx tsx scripts/events.ts --dlq
 
 history-rebuild: install ## Rebuild the history read model from the streams (stop `make run` first)
-	DB_PATH=.data/history.db npx tsx services/history/rebuild.ts
+	$(if $(filter postgres,$(DB)),DATABASE_URL=postgres://postgres@127.0.0.1:$(or $(PG_PORT),55432)/shopmesh,DB_PATH=.data/history.db) \
+	  npx tsx services/history/rebuild.ts
 
 clean: ## Remove local data (.data/: databases, NATS streams)
 	rm -rf .data

@@ -4,16 +4,33 @@
  * and prints their logs as readable lines prefixed by service name. Ctrl-C
  * (or SIGTERM) stops everything cleanly; a second Ctrl-C kills at once.
  *
+ * `DB=postgres` starts a PostgreSQL of its own instead (data under
+ * .data/postgres, port PG_PORT, default 55432; see scripts/postgres.ts) and
+ * gives every service a schema in its `shopmesh` database. Replicas:
+ * `<SERVICE>_REPLICAS=n` (1..5) starts n instances on port + 100 each; they
+ * register for discovery and share the service's database and durable
+ * consumers. ORDER_REPLICAS > 1 needs DB=postgres (sagas are shared by
+ * leases, and replicas hear each other's changes through NOTIFY).
+ *
  * Ports: gateway 8080 (HTTP: Connect, gRPC-Web, gRPC); NATS 4222 (monitoring
  * 8222); inventory 50051, payment 50052, order 50053, notification 50054,
  * history 50055; /metrics on 9100 (gateway) and 9101-9105 (services).
- * Spans go to .data/traces.jsonl for `make trace`. PAYMENT_REPLICAS=2 (or
- * INVENTORY_, NOTIFICATION_, HISTORY_) starts more instances on port + 100.
+ * Spans go to .data/traces.jsonl for `make trace`.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { createInterface } from "node:readline";
+import pg from "pg";
+import {
+  ensureDatabase,
+  initCluster,
+  POSTGRES_MISSING,
+  postgresBinDir,
+  serverArgs,
+  serverCommand,
+  stopCluster,
+} from "./postgres.js";
 
 const ROOT = resolve(import.meta.dirname, "..");
 const DATA = join(ROOT, ".data");
@@ -42,7 +59,15 @@ const UPSTREAMS = Object.fromEntries(
   ]),
 );
 
-/** `<NAME>_REPLICAS` (default 1). Order runs one instance: its sagas are owned in memory. */
+/** Where the services keep their data. */
+const DB = process.env.DB || "sqlite";
+if (DB !== "sqlite" && DB !== "postgres") {
+  process.stderr.write(`DB must be sqlite or postgres, got ${JSON.stringify(DB)}\n`);
+  process.exit(2);
+}
+const PG_PORT = Number(process.env.PG_PORT || 55432);
+
+/** `<NAME>_REPLICAS` (default 1). */
 function replicasOf(name: string): number {
   const raw = process.env[`${name.toUpperCase()}_REPLICAS`];
   const n = raw === undefined || raw === "" ? 1 : Number(raw);
@@ -50,9 +75,14 @@ function replicasOf(name: string): number {
     process.stderr.write(`${name.toUpperCase()}_REPLICAS must be 1..5, got ${JSON.stringify(raw)}\n`);
     process.exit(2);
   }
-  if (n > 1 && (name === "order" || name === "gateway")) {
+  if (n > 1 && name === "gateway") {
+    process.stderr.write("the gateway runs one instance locally (one port: 8080)\n");
+    process.exit(2);
+  }
+  if (n > 1 && name === "order" && DB !== "postgres") {
     process.stderr.write(
-      `${name} runs one instance locally (${name === "order" ? "sagas are owned in memory" : "one port"})\n`,
+      "ORDER_REPLICAS > 1 needs DB=postgres: order replicas share sagas through leases in the database " +
+        "and hear each other's changes through PostgreSQL NOTIFY\n",
     );
     process.exit(2);
   }
@@ -116,6 +146,9 @@ function requireNats(): void {
   }
 }
 
+const PG_DATA = join(DATA, "postgres");
+const INFRA = new Set(["nats", "postgres"]);
+
 function stopAll(): void {
   if (stopping) {
     for (const { child } of children) child.kill("SIGKILL");
@@ -123,20 +156,62 @@ function stopAll(): void {
   }
   stopping = true;
   process.stdout.write("\nstopping (Ctrl-C again to kill)...\n");
-  // Services first (they drain calls), NATS last.
-  const services = children.filter((c) => c.name !== "nats");
-  const nats = children.find((c) => c.name === "nats");
+  // Services first (they drain calls and give their leases back), NATS and PostgreSQL last.
+  const services = children.filter((c) => !INFRA.has(c.name));
+  const infra = children.filter((c) => INFRA.has(c.name));
   const alive = (c: ChildProcess) => c.exitCode === null && c.signalCode === null;
   const waitAll = (cs: ChildProcess[]) =>
     Promise.all(cs.filter(alive).map((c) => new Promise<void>((r) => c.once("exit", () => r()))));
   for (const { child } of services) child.kill("SIGTERM");
   void waitAll(services.map((s) => s.child)).then(() => {
-    if (nats && alive(nats.child)) nats.child.kill("SIGTERM");
-    return waitAll(nats ? [nats.child] : []).then(() => {
+    for (const { name, child } of infra) {
+      if (!alive(child)) continue;
+      if (name === "nats") child.kill("SIGTERM");
+      else {
+        try {
+          stopCluster(PG_DATA);
+        } catch {
+          child.kill("SIGKILL");
+        }
+      }
+    }
+    return waitAll(infra.map((c) => c.child)).then(() => {
       process.stdout.write("all stopped\n");
       process.exit(0);
     });
   });
+}
+
+/** Starts the local PostgreSQL (initialising it on first use), waits until it answers; the `shopmesh` database URL. */
+async function startPostgres(): Promise<string> {
+  try {
+    postgresBinDir();
+  } catch {
+    process.stderr.write(`${POSTGRES_MISSING}\n`);
+    process.exit(1);
+  }
+  if (initCluster(PG_DATA)) process.stdout.write(`initialised a PostgreSQL cluster in ${PG_DATA}\n`);
+  const [cmd, args] = serverCommand("postgres", serverArgs(PG_DATA, PG_PORT, PG_DATA, true));
+  // PostgreSQL logs every checkpoint; show readiness, warnings and errors.
+  start("postgres", 7, cmd, args, {}, (line) => /ready to accept|WARNING|ERROR|FATAL|PANIC/.test(line));
+  const admin = `postgres://postgres@127.0.0.1:${PG_PORT}/postgres`;
+  for (const until = Date.now() + 30_000; ; ) {
+    const c = new pg.Client({ connectionString: admin });
+    try {
+      await c.connect();
+      await c.end();
+      break;
+    } catch (err) {
+      await c.end().catch(() => {});
+      if (Date.now() > until) {
+        process.stderr.write(`PostgreSQL did not come up on port ${PG_PORT}: ${(err as Error).message}\n`);
+        stopAll();
+        return "";
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+  return ensureDatabase(admin, "shopmesh");
 }
 
 requireNats();
@@ -151,15 +226,21 @@ start(
   {},
   (line) => /\[(WRN|ERR|FTL)\]|Server is ready|Listening for client/.test(line),
 );
+const replicas = new Map(SERVICES.map((s) => [s.name, replicasOf(s.name)]));
+process.on("SIGINT", stopAll);
+process.on("SIGTERM", stopAll);
+// PostgreSQL: one database, a schema per service (DATABASE_SCHEMA defaults to shopmesh_<service>).
+const database: Record<string, string> = DB === "postgres" ? { DATABASE_URL: await startPostgres() } : {};
 SERVICES.forEach((s, i) => {
   const main = s.main ?? join("services", s.name, "main.ts");
-  const replicas = replicasOf(s.name);
-  for (let r = 0; r < replicas; r++) {
-    // Replicas share the service's SQLite file (WAL, IMMEDIATE transactions: safe across processes on
-    // one machine) and its durable consumers, and register themselves for registry:/// discovery.
-    start(replicas > 1 ? `${s.name}-${r + 1}` : s.name, i + 1, process.execPath, ["--import", "tsx", main], {
+  const n = replicas.get(s.name) ?? 1;
+  for (let r = 0; r < n; r++) {
+    // Replicas share the service's database (SQLite: WAL and IMMEDIATE transactions, safe across processes
+    // on one machine) and its durable consumers, and register themselves for registry:/// discovery.
+    start(n > 1 ? `${s.name}-${r + 1}` : s.name, i + 1, process.execPath, ["--import", "tsx", main], {
       GRPC_PORT: String(s.port + 100 * r),
       DB_PATH: join(DATA, `${s.name}.db`),
+      ...database,
       LOG_FORMAT: process.env.LOG_FORMAT ?? "pretty",
       NATS_URL: "nats://127.0.0.1:4222",
       METRICS_PORT: String(s.metrics + 100 * r),
@@ -172,5 +253,3 @@ SERVICES.forEach((s, i) => {
 process.on("exit", () => {
   for (const { child } of children) if (child.exitCode === null) child.kill("SIGKILL");
 });
-process.on("SIGINT", stopAll);
-process.on("SIGTERM", stopAll);

@@ -1,17 +1,14 @@
 /**
- * A real PostgreSQL server for tests: initdb into a temp dir, started on a
- * free port (trust auth, loopback only), stoppable and restartable on the
- * same data (for outage tests), removed on dispose. Uses the server binaries
- * of the machine's PostgreSQL (Debian's `postgresql` package; .ci/run installs
- * it); as root it runs them as the `postgres` user, since PostgreSQL refuses
- * to run as root.
+ * A real PostgreSQL server for tests: a throwaway cluster (see
+ * scripts/postgres.ts) in a temp dir on a free port, stoppable and
+ * restartable on the same data (for outage tests), removed on dispose.
  */
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import pg from "pg";
+import { ensureDatabase, initCluster, ownDir, serverArgs, serverCommand, stopCluster } from "../scripts/postgres.js";
 import { exited } from "./fixtures.js";
 
 /** A running (or stopped) test PostgreSQL. */
@@ -27,28 +24,6 @@ export interface TestPostgres extends AsyncDisposable {
   start(): Promise<void>;
 }
 
-const MISSING =
-  "PostgreSQL server binaries not found: apt-get install -y postgresql (Debian/Ubuntu; .ci/run does), " +
-  "brew install postgresql@16 (macOS), or put `postgres` and `initdb` on PATH";
-
-/** The directory of `postgres` and `initdb`: the newest /usr/lib/postgresql/<v>/bin, else PATH. */
-export function postgresBinDir(): string {
-  const root = "/usr/lib/postgresql";
-  if (existsSync(root)) {
-    const versions = readdirSync(root)
-      .filter((v) => existsSync(join(root, v, "bin", "postgres")))
-      .sort((a, b) => Number(b) - Number(a));
-    if (versions[0]) return join(root, versions[0], "bin");
-  }
-  try {
-    const found = execFileSync("sh", ["-c", "command -v postgres"], { encoding: "utf8" }).trim();
-    if (found) return join(found, "..");
-  } catch {
-    // fall through
-  }
-  throw new Error(MISSING);
-}
-
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = createServer();
@@ -60,62 +35,23 @@ async function freePort(): Promise<number> {
   });
 }
 
-/** argv that runs `bin` as the postgres user when we are root. */
-function asPostgres(bin: string, args: string[]): [string, string[]] {
-  return process.getuid?.() === 0 ? ["runuser", ["-u", "postgres", "--", bin, ...args]] : [bin, args];
-}
-
 let databases = 0;
 
 /** Creates a fresh, empty database on the server of `adminUrl` (a superuser's); its URL. */
-export async function createDatabase(adminUrl: string, prefix = "shopmesh"): Promise<string> {
-  const name = `${prefix}_${process.pid}_${++databases}`;
-  const client = new pg.Client({ connectionString: adminUrl });
-  await client.connect();
-  try {
-    await client.query(`CREATE DATABASE ${name}`);
-  } finally {
-    await client.end();
-  }
-  const url = new URL(adminUrl);
-  url.pathname = `/${name}`;
-  return url.toString();
+export function createDatabase(adminUrl: string, prefix = "shopmesh"): Promise<string> {
+  return ensureDatabase(adminUrl, `${prefix}_${process.pid}_${++databases}`);
 }
 
 /** Starts a fresh PostgreSQL on a free port. */
 export async function startPostgres(): Promise<TestPostgres> {
-  const bin = postgresBinDir();
   const dir = mkdtempSync(join(tmpdir(), "shopmesh-pg-"));
   const data = join(dir, "data");
-  if (process.getuid?.() === 0) chownSync(dir, Number(execFileSync("id", ["-u", "postgres"]).toString()), 0);
-  const [initCmd, initArgs] = asPostgres(join(bin, "initdb"), [
-    "-D",
-    data,
-    "-U",
-    "postgres",
-    "--auth=trust",
-    "-E",
-    "UTF8",
-  ]);
-  execFileSync(initCmd, initArgs, { stdio: "pipe" });
+  ownDir(dir);
+  initCluster(data);
   const port = await freePort();
   let child: ChildProcess | undefined;
   const start = async () => {
-    const [cmd, args] = asPostgres(join(bin, "postgres"), [
-      "-D",
-      data,
-      "-p",
-      String(port),
-      "-k",
-      dir,
-      "-c",
-      "listen_addresses=127.0.0.1",
-      // Tests kill processes, never the machine: the OS keeps written pages, so fsync buys nothing here.
-      "-c",
-      "fsync=off",
-      "-c",
-      "max_connections=300",
-    ]);
+    const [cmd, args] = serverCommand("postgres", serverArgs(data, port, dir, false));
     const c = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
     child = c;
     let out = "";
@@ -139,9 +75,7 @@ export async function startPostgres(): Promise<TestPostgres> {
   const stop = async (mode: "fast" | "immediate" = "fast") => {
     if (!child || child.exitCode !== null || child.signalCode !== null) return;
     const done = exited(child);
-    // pg_ctl signals the postmaster itself (runuser, our child when root, forwards no signal).
-    const [cmd, args] = asPostgres(join(bin, "pg_ctl"), ["stop", "-D", data, "-m", mode, "-w"]);
-    execFileSync(cmd, args, { stdio: "pipe" });
+    stopCluster(data, mode);
     await done;
   };
   await start();
