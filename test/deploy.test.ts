@@ -291,7 +291,8 @@ async function discoverProcesses(): Promise<Process[]> {
 
 const processes = await discoverProcesses();
 const byName = new Map(processes.map((p) => [p.name, p]));
-const isSqlite = (p: Process) => p.reads.has("DB_PATH");
+/** Processes with a database: on Kubernetes, a schema of the shared PostgreSQL. */
+const usesDatabase = (p: Process) => p.reads.has("DATABASE_URL");
 const portVar = (p: Process) => (p.reads.has("GRPC_PORT") ? "GRPC_PORT" : "HTTP_PORT");
 /** The code's call graph: P calls Q when P's config reads Q_TARGET. */
 const upstreamsOf = (p: Process) =>
@@ -515,9 +516,9 @@ describe("rendering and schemas", () => {
 });
 
 describe("one manifest set per process", () => {
-  it("deploy/kubernetes/base has one folder per process (services/* and gateway) plus nats", () => {
+  it("deploy/kubernetes/base has one folder per process (services/* and gateway) plus nats and postgres", () => {
     const folders = readdirSync(BASE).filter((n) => existsSync(join(BASE, n, "kustomization.yaml")));
-    expect(sorted(folders)).toEqual(sorted([...processes.map((p) => p.name), "nats"]));
+    expect(sorted(folders)).toEqual(sorted([...processes.map((p) => p.name), "nats", "postgres"]));
     const istio = readdirSync(join(DEPLOY, "kubernetes", "components", "istio", "services"));
     expect(sorted(istio)).toEqual(sorted(processes.map((p) => `${p.name}.yaml`)));
   });
@@ -585,7 +586,7 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
     expect(() => p.load(env)).not.toThrow();
     // What must not fall back to a laptop default in a cluster.
     const required = [...p.reads].filter(
-      (v) => v === "NATS_URL" || v === "DB_PATH" || v === portVar(p) || v.endsWith("_TARGET"),
+      (v) => v === "NATS_URL" || v === "DATABASE_URL" || v === portVar(p) || v.endsWith("_TARGET"),
     );
     expect(required.filter((v) => env[v] === undefined)).toEqual([]);
   });
@@ -675,6 +676,15 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
       actual[`nats:${clusterPort}`] = allowed.get(clusterPort) ?? [];
       expected[`nats:${clientPort}`] = sorted(processes.filter((p) => p.reads.has("NATS_URL")).map((p) => p.name));
       expected[`nats:${clusterPort}`] = ["nats"];
+    }
+    const postgres = workloads(objs).get("postgres");
+    expect(postgres, "the postgres StatefulSet").toBeDefined();
+    if (postgres) {
+      const port = String(podSpec(postgres).containers[0]?.ports?.find((x) => x.name === "postgres")?.containerPort);
+      const allowed = allowedCallers(objs, postgres);
+      expect([...allowed.keys()]).toEqual([port]);
+      actual[`postgres:${port}`] = allowed.get(port) ?? [];
+      expected[`postgres:${port}`] = sorted(processes.filter(usesDatabase).map((p) => p.name));
     }
     expect(actual).toEqual(expected);
     // The graph the code has today, spelled out so a change to it is seen here too.
@@ -929,29 +939,37 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
     expect(problems).toEqual([]);
   });
 
-  it("SQLite services: one replica, Recreate, the database on a PersistentVolumeClaim; stateless ones scale", () => {
+  it("every process runs at least two replicas with a budget that keeps one up; no process has a volume of its own", () => {
     for (const p of processes) {
       const d = deploymentOf(objs, p);
       const labels = podLabels(d);
       const pdb = ofKind<IPodDisruptionBudget>(objs, "PodDisruptionBudget").find((b) =>
         selects(b.spec?.selector?.matchLabels, labels),
       );
-      if (isSqlite(p)) {
-        expect(d.spec?.replicas, `${p.name}: one writer`).toBe(1);
-        expect(d.spec?.strategy?.type, `${p.name}: old pod lets go of the volume first`).toBe("Recreate");
-        const dbDir = posix.dirname(String(configOf(p).DB_PATH));
-        const mount = serverOf(d).volumeMounts?.find((m) => m.mountPath === dbDir);
-        expect(mount, `${p.name}: ${dbDir} is mounted`).toBeDefined();
-        const volume = podSpec(d).volumes?.find((v) => v.name === mount?.name);
-        const claim = volume?.persistentVolumeClaim?.claimName ?? "";
-        const pvc = named<IPersistentVolumeClaim>(objs, "PersistentVolumeClaim", claim);
-        expect(pvc?.spec?.accessModes, `${p.name}: PVC ${claim}`).toEqual(["ReadWriteOnce"]);
-        // A budget that can never be met would block every node drain.
-        expect(pdb?.spec?.maxUnavailable).toBe(1);
-      } else {
-        expect(d.spec?.replicas ?? 1, `${p.name} is stateless`).toBeGreaterThanOrEqual(2);
-        expect(pdb?.spec?.minAvailable, `${p.name}: one replica stays up`).toBeGreaterThanOrEqual(1);
-      }
+      expect(d.spec?.replicas ?? 1, `${p.name} replicas`).toBeGreaterThanOrEqual(2);
+      expect(d.spec?.strategy?.type ?? "RollingUpdate", `${p.name} rolls`).toBe("RollingUpdate");
+      expect(pdb?.spec?.minAvailable, `${p.name}: one replica stays up`).toBeGreaterThanOrEqual(1);
+      expect(podSpec(d).volumes?.filter((v) => v.persistentVolumeClaim) ?? [], `${p.name}: no PVC`).toEqual([]);
+      // The local SQLite default must never be what a replica uses in a cluster.
+      if (usesDatabase(p)) expect(configOf(p).DATABASE_URL, `${p.name}: DATABASE_URL`).toMatch(/^postgres:\/\//);
+    }
+    expect(ofKind<IPersistentVolumeClaim>(objs, "PersistentVolumeClaim")).toEqual([]);
+  });
+
+  it("DATABASE_URL names the postgres Service's DNS name and port, and the user and database PostgreSQL creates", () => {
+    const sts = named<IStatefulSet>(objs, "StatefulSet", "postgres");
+    const container = sts?.spec?.template.spec?.containers[0];
+    const pgEnv = container ? envOf(objs, container) : {};
+    const svc = named<IService>(objs, "Service", "postgres");
+    const port = svc?.spec?.ports?.[0];
+    expect(containerPort(container as IContainer, port?.targetPort)).toBe(5432);
+    expect(sts?.spec?.volumeClaimTemplates?.[0]?.spec?.accessModes).toEqual(["ReadWriteOnce"]);
+    for (const p of processes.filter(usesDatabase)) {
+      const url = new URL(String(configOf(p).DATABASE_URL));
+      expect(url.host, p.name).toBe(`${fqdn("postgres")}:${port?.port}`);
+      expect(decodeURIComponent(url.username), p.name).toBe(pgEnv.POSTGRES_USER);
+      expect(decodeURIComponent(url.password), p.name).toBe(pgEnv.POSTGRES_PASSWORD);
+      expect(url.pathname, p.name).toBe(`/${pgEnv.POSTGRES_DB}`);
     }
   });
 
@@ -1287,7 +1305,11 @@ describe("the image (Dockerfile), by construction", () => {
         if (p.reads.has("GRPC_HOST")) env.GRPC_HOST = "127.0.0.1";
         if (p.reads.has("HTTP_HOST")) env.HTTP_HOST = "127.0.0.1";
         env.NATS_URL = "off";
-        if (env.DB_PATH) env.DB_PATH = join(data, `${p.name}.db`);
+        if (env.DATABASE_URL) {
+          // The cluster's PostgreSQL: a SQLite file stands in (the store suites cover both engines).
+          delete env.DATABASE_URL;
+          env.DB_PATH = join(data, `${p.name}.db`);
+        }
         const child = spawn(process.execPath, ["--enable-source-maps", c.args?.[0] ?? ""], {
           cwd: app,
           env: { PATH: process.env.PATH ?? "", NODE_ENV: "production", ...env },
