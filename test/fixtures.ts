@@ -59,6 +59,12 @@ export function spawnGateway(env: Record<string, string>, timeoutMs = 20_000): P
   return spawnMain("gateway", join("gateway", "main.ts"), { HTTP_PORT: "0", ...env }, "gateway listening", timeoutMs);
 }
 
+/** Children still running: killed if this test process exits first (a timed-out test never disposes them). */
+const running = new Set<ChildProcess>();
+process.once("exit", () => {
+  for (const c of running) c.kill("SIGKILL");
+});
+
 async function spawnMain(
   name: string,
   main: string,
@@ -72,6 +78,8 @@ async function spawnMain(
     env: { ...process.env, LOG_FORMAT: "json", LOG_LEVEL: "info", NATS_URL: "off", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
+  running.add(child);
+  child.once("exit", () => running.delete(child));
   let out = "";
   child.stdout?.on("data", (d: Buffer) => (out += d.toString()));
   child.stderr?.on("data", (d: Buffer) => (out += d.toString()));
