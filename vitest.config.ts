@@ -8,7 +8,7 @@ const STORE_SUITES = [
   "test/discovery.test.ts",
 ];
 /** Suites that need several replicas on one PostgreSQL (SQLite is one process per file). */
-const POSTGRES_ONLY = ["test/scale-out.test.ts"];
+const POSTGRES_ONLY = ["test/scale-out.test.ts", "platform/sql.test.ts"];
 
 // Two cores here: two workers; integration tests start real servers on
 // ephemeral ports and real processes, so give them room.

@@ -13,7 +13,12 @@ const SOCKET = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "EHO
 export function isDatabaseUnavailable(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
   if (typeof code === "string" && (code.startsWith("08") || /^57P0[123]$/.test(code) || SOCKET.has(code))) return true;
-  return err instanceof Error && /^Connection terminated|timeout exceeded when trying to connect/.test(err.message);
+  return (
+    err instanceof Error &&
+    /^Connection terminated|timeout exceeded when trying to connect|connection error and is not queryable/.test(
+      err.message,
+    )
+  );
 }
 
 /** Whether `err` is a transaction that kept losing serialization races: retrying the request can succeed. */

@@ -190,8 +190,12 @@ const pgTypes = {
 /** A pool for `url` whose connections use `schema`. */
 export function pgPool(url: string, schema: string, max: number): pg.Pool {
   const pool = new pg.Pool({ connectionString: url, max, types: pgTypes, options: `-c search_path=${schema}` });
-  // An idle connection dropped by the server (a restart) is replaced on the next checkout.
+  // A connection the server drops (a restart, a failover) reports it as an 'error' event: on an idle
+  // connection through the pool, on one in use (between two statements of a transaction) on the
+  // connection itself. Unheard, either would crash the process; heard, the next statement on it fails
+  // as "database unavailable" (see isDatabaseUnavailable) and the pool replaces it.
   pool.on("error", () => {});
+  pool.on("connect", (client) => client.on("error", () => {}));
   return pool;
 }
 
