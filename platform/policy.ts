@@ -6,6 +6,7 @@
 import type { DescMethod } from "@bufbuild/protobuf";
 import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
 import { status } from "@grpc/grpc-js";
+import { type CircuitBreakerPolicy, ConsecutiveBreaker, circuitBreaker, handleWhen, SamplingBreaker } from "cockatiel";
 import { type EnvReader, int, num } from "./config.js";
 import { RpcError } from "./errors.js";
 
@@ -113,4 +114,22 @@ export function isRetryable(err: unknown, idempotent: boolean): boolean {
   if (!(err instanceof RpcError) || err instanceof CallerDeadlineError) return false;
   if (err.code === status.UNAVAILABLE) return true;
   return idempotent && (err.code === status.DEADLINE_EXCEEDED || err.code === status.RESOURCE_EXHAUSTED);
+}
+
+/** A circuit breaker of this policy (one per downstream instance): consecutive failures, or a failure ratio in a window. */
+export function breakerOf(config: PolicyConfig): CircuitBreakerPolicy {
+  return circuitBreaker(
+    handleWhen((e) => e instanceof RpcError && !(e instanceof CallerDeadlineError) && FAILURE_CODES.has(e.code)),
+    {
+      halfOpenAfter: config.breakerHalfOpenAfterMs,
+      breaker:
+        config.breakerFailureRatio > 0
+          ? new SamplingBreaker({
+              threshold: config.breakerFailureRatio,
+              duration: config.breakerWindowMs,
+              minimumRps: 1,
+            })
+          : new ConsecutiveBreaker(config.breakerConsecutiveFailures),
+    },
+  );
 }

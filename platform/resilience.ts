@@ -35,14 +35,10 @@ import {
   BrokenCircuitError,
   BulkheadRejectedError,
   bulkhead,
-  type CircuitBreakerPolicy,
-  ConsecutiveBreaker,
-  circuitBreaker,
   ExponentialBackoff,
   handleWhen,
   type IPolicy,
   retry,
-  SamplingBreaker,
   TaskCancelledError,
 } from "cockatiel";
 import { earliestDeadline } from "./deadline.js";
@@ -50,7 +46,7 @@ import { type BreakerName, type Endpoint, Endpoints, type EndpointsOptions } fro
 import { RpcError } from "./errors.js";
 import type { CallOptions, Client } from "./grpc-client.js";
 import type { Logger } from "./log.js";
-import { CallerDeadlineError, FAILURE_CODES, isIdempotent, isRetryable, type PolicyConfig } from "./policy.js";
+import { breakerOf, CallerDeadlineError, isIdempotent, isRetryable, type PolicyConfig } from "./policy.js";
 import type { Telemetry } from "./telemetry.js";
 
 /** Observable state of one downstream's policy. */
@@ -94,24 +90,6 @@ function observedEvents(metrics: Telemetry["metrics"] | undefined, hooks: Policy
       hooks.onRetry?.(d, method, attempt, code);
     },
   };
-}
-
-/** The breaker of one downstream: consecutive failures, or a failure ratio in a window. */
-function breakerOf(config: PolicyConfig): CircuitBreakerPolicy {
-  return circuitBreaker(
-    handleWhen((e) => e instanceof RpcError && !(e instanceof CallerDeadlineError) && FAILURE_CODES.has(e.code)),
-    {
-      halfOpenAfter: config.breakerHalfOpenAfterMs,
-      breaker:
-        config.breakerFailureRatio > 0
-          ? new SamplingBreaker({
-              threshold: config.breakerFailureRatio,
-              duration: config.breakerWindowMs,
-              minimumRps: 1,
-            })
-          : new ConsecutiveBreaker(config.breakerConsecutiveFailures),
-    },
-  );
 }
 
 /** What every method's wrapper of one downstream shares. */
