@@ -10,7 +10,9 @@
  * bench/results/scale-out.json; ratios are against SQLite with one replica.
  *
  * Knobs: BENCH_SECONDS (load per configuration, default 10),
- * BENCH_CONCURRENCY (callers, 16).
+ * BENCH_CONCURRENCY (callers, 16), BENCH_ONLY (run the setups whose name
+ * contains it), BENCH_PROFILE_DIR (write a V8 CPU profile of every order
+ * replica there: open it in Chrome DevTools or speedscope).
  */
 import { spawn } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
@@ -30,11 +32,14 @@ interface Setup {
   readonly engine: "sqlite" | "postgres";
   readonly orderReplicas: number;
 }
-const SETUPS: Setup[] = [
-  { name: "sqlite, 1 order replica", engine: "sqlite", orderReplicas: 1 },
-  { name: "postgres, 1 order replica", engine: "postgres", orderReplicas: 1 },
-  { name: "postgres, 3 order replicas", engine: "postgres", orderReplicas: 3 },
-];
+const SETUPS = (
+  [
+    { name: "sqlite, 1 order replica", engine: "sqlite", orderReplicas: 1 },
+    { name: "postgres, 1 order replica", engine: "postgres", orderReplicas: 1 },
+    { name: "postgres, 3 order replicas", engine: "postgres", orderReplicas: 3 },
+  ] satisfies Setup[]
+).filter((s) => s.name.includes(process.env.BENCH_ONLY ?? ""));
+const PROFILE_DIR = process.env.BENCH_PROFILE_DIR;
 
 /** Runs the load generator; its JSON result. */
 function load(addresses: string[], run: string) {
@@ -70,7 +75,6 @@ async function measure(setup: Setup, pgUrl: () => Promise<string>) {
   const database = setup.engine === "postgres" ? { DATABASE_URL: await pgUrl() } : ({} as Record<string, string>);
   const env = (name: string) => ({
     NATS_URL: nats.url,
-    LOG_LEVEL: "warn",
     ...(setup.engine === "sqlite" ? { DB_PATH: join(dir.path, `${name}.db`) } : database),
   });
   const procs: ServiceProcess[] = [];
@@ -78,11 +82,16 @@ async function measure(setup: Setup, pgUrl: () => Promise<string>) {
     const inventory = await spawnService("inventory", env("inventory"), 60_000);
     const payment = await spawnService("payment", env("payment"), 60_000);
     procs.push(inventory, payment);
-    const orderEnv = { ...env("order"), INVENTORY_TARGET: inventory.address, PAYMENT_TARGET: payment.address };
+    const orderEnv = {
+      ...env("order"),
+      INVENTORY_TARGET: inventory.address,
+      PAYMENT_TARGET: payment.address,
+    };
+    const profile = PROFILE_DIR ? ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`] : [];
     // The first replica migrates the schema; the others start on it together.
-    const first = await spawnService("order", orderEnv, 60_000);
+    const first = await spawnService("order", orderEnv, 60_000, profile);
     const rest = await Promise.all(
-      Array.from({ length: setup.orderReplicas - 1 }, () => spawnService("order", orderEnv, 60_000)),
+      Array.from({ length: setup.orderReplicas - 1 }, () => spawnService("order", orderEnv, 60_000, profile)),
     );
     const orders = [first, ...rest];
     procs.push(...orders);

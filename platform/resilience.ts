@@ -270,7 +270,9 @@ function withDeadline<T>(
   outer: AbortSignal | undefined,
   fn: (signal: AbortSignal | undefined) => Promise<T>,
 ): Promise<T> {
-  if (deadline === undefined) return fn(outer);
+  // A signal of its own for a call without one: cockatiel derives every call's signal from the one it is
+  // given, and without one from a single shared signal that would collect a listener per call in flight.
+  if (deadline === undefined) return fn(outer ?? new AbortController().signal);
   const ac = new AbortController();
   const signal = outer ? AbortSignal.any([outer, ac.signal]) : ac.signal;
   let timer: NodeJS.Timeout | undefined;

@@ -42,15 +42,21 @@ export function exited(child: ChildProcess): Promise<number | string> {
 /**
  * Spawns `services/<name>/main.ts` with `env` (GRPC_PORT defaults to 0) and
  * waits until it listens. Rejects with its output if it exits first or takes
- * longer than `timeoutMs`.
+ * longer than `timeoutMs`. `nodeArgs` go to node itself (e.g. `--cpu-prof`).
  */
-export function spawnService(name: string, env: Record<string, string>, timeoutMs = 20_000): Promise<ServiceProcess> {
+export function spawnService(
+  name: string,
+  env: Record<string, string>,
+  timeoutMs = 20_000,
+  nodeArgs: readonly string[] = [],
+): Promise<ServiceProcess> {
   return spawnMain(
     name,
     join("services", name, "main.ts"),
     { GRPC_PORT: "0", ...env },
     "gRPC server listening",
     timeoutMs,
+    nodeArgs,
   );
 }
 
@@ -71,8 +77,9 @@ async function spawnMain(
   env: Record<string, string>,
   ready: string,
   timeoutMs: number,
+  nodeArgs: readonly string[] = [],
 ): Promise<ServiceProcess> {
-  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, main)], {
+  const child = spawn(process.execPath, [...nodeArgs, "--import", "tsx", join(ROOT, main)], {
     cwd: ROOT,
     // No bus unless the test starts one and passes its NATS_URL.
     env: { ...process.env, LOG_FORMAT: "json", LOG_LEVEL: "info", NATS_URL: "off", ...env },

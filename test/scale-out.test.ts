@@ -9,7 +9,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
-import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
+import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
 import {
   type Bus,
@@ -191,6 +191,42 @@ describe("one key, three replicas", () => {
       for (const c of channels) c.close();
     }
   });
+});
+
+describe("one order, seen from every replica", () => {
+  it("WatchOrder on one replica follows a saga another drives, and a cancel sent to a third reaches it", async () => {
+    const [a, b, c] = (replicas.order ?? []).map((r) => createChannel(r.address));
+    const on = (ch: typeof a) => createClient(OrderService, ch as NonNullable<typeof a>);
+    const chaos = await slowPayments(1_000);
+    try {
+      const { order } = await on(a).placeOrder(
+        {
+          idempotencyKey: "watched-elsewhere",
+          items: [{ productId: "coffee-beans", quantity: 1 }],
+          cardToken: "tok_visa",
+        },
+        who("wes"),
+      );
+      const id = order?.id ?? "";
+      const seen: string[] = [];
+      const watching = (async () => {
+        for await (const m of on(b).watchOrder({ orderId: id }, { ...who("wes"), timeoutMs: 20_000 })) {
+          seen.push(`${OrderStatus[m.order?.status ?? 0]}:${m.order?.steps.length}`);
+        }
+      })();
+      await new Promise((r) => setTimeout(r, 300));
+      await on(c).cancelOrder({ orderId: id, reason: "changed my mind" }, who("wes"));
+      await watching;
+      // Several states arrived while the saga ran on another replica, ending where the cancel led.
+      expect(seen.length).toBeGreaterThan(2);
+      expect(seen.at(-1)).toMatch(/^CANCELLED:/);
+      const final = (await on(b).getOrder({ orderId: id }, who("wes"))).order;
+      expect(final?.statusReason).toContain("changed my mind");
+    } finally {
+      await chaos.restore();
+      for (const ch of [a, b, c]) ch?.close();
+    }
+  }, 60_000);
 });
 
 describe("a burst while order replicas die", () => {

@@ -158,8 +158,7 @@ export function createOrderApi(deps: OrderApiDeps): ServiceImpl<typeof OrderServ
       // Subscribe before reading, so no change between the read and the subscription is missed.
       const queue: OrderRecord[] = [];
       let wake: (() => void) | undefined;
-      const off = store.onChange((o) => {
-        if (o.id !== first.id) return;
+      const off = store.onChange(first.id, (o) => {
         queue.push(o);
         wake?.();
       });

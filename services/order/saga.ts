@@ -124,7 +124,6 @@ export class SagaOrchestrator {
   private readonly loops = new Map<string, Loop>();
   private stopped = false;
   private sweeper: NodeJS.Timeout | undefined;
-  private unwatch: (() => void) | undefined;
   private readonly clock: () => number;
   private readonly random: () => number;
 
@@ -140,13 +139,10 @@ export class SagaOrchestrator {
 
   /**
    * Adopts the sagas no live replica holds and keeps doing so (with lease
-   * renewal) every third of the lease; also wakes a waiting saga when its
-   * order changes anywhere (a cancel on another replica). Returns how many
-   * sagas it adopted now.
+   * renewal) every third of the lease. Returns how many sagas it adopted now.
    */
   async start(): Promise<number> {
-    const { store, leasing, log } = this.deps;
-    this.unwatch = store.onChange((o) => this.loops.get(o.id)?.wake());
+    const { leasing, log } = this.deps;
     const adopted = await this.adopt(leasing.adoptAllAtStart ? "all" : "expired");
     if (adopted > 0) log.info({ sagas: adopted, at: "start" }, "resuming sagas left in flight");
     this.sweeper = setInterval(() => void this.sweep(), Math.max(50, Math.floor(leasing.ms / 3)));
@@ -192,12 +188,17 @@ export class SagaOrchestrator {
       done: Promise.resolve(),
       abort: new AbortController(),
     };
+    // A change made anywhere (a cancel on another replica) wakes the saga if it waits to retry.
+    const unwatch = this.deps.store.onChange(orderId, () => loop.wake());
     loop.done = this.run(orderId, loop)
       .catch((err: unknown) =>
         // Its lease is no longer renewed: the saga is adopted again (by any replica) once it runs out.
         this.deps.log.error({ err, orderId }, "saga loop crashed; it is adopted again when its lease runs out"),
       )
-      .finally(() => this.loops.delete(orderId));
+      .finally(() => {
+        unwatch();
+        this.loops.delete(orderId);
+      });
     this.loops.set(orderId, loop);
   }
 
@@ -210,7 +211,6 @@ export class SagaOrchestrator {
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.sweeper);
-    this.unwatch?.();
     for (const l of this.loops.values()) {
       l.abort.abort();
       l.wake();

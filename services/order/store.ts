@@ -112,7 +112,7 @@ const MIGRATIONS: Migrations = {
   ],
 };
 
-/** The PostgreSQL channel on which every committed order change is announced (payload: the order id). */
+/** The PostgreSQL channel on which every committed order change is announced (payload: "<origin> <order id>"). */
 const CHANGED = "shopmesh_order_changed";
 
 interface OrderRow {
@@ -193,6 +193,8 @@ export interface Lease {
 export class OrderStore {
   private readonly events = new EventEmitter();
   private listening: Listening | undefined;
+  /** This store's name in NOTIFY payloads: it hears its own changes at commit, not through the database. */
+  private readonly origin = newId("store");
   /** Events committed together with the changes they record. */
   readonly outbox: Outbox;
 
@@ -208,17 +210,26 @@ export class OrderStore {
   /** Opens (and migrates) the store at `location`; on PostgreSQL, hears changes made by other replicas. */
   static async open(location: DbLocation, clock: () => number = Date.now): Promise<OrderStore> {
     const store = new OrderStore(await openDatabase(location, MIGRATIONS), clock);
-    store.listening = await store.db.listen?.(CHANGED, (id) => void store.reload(id));
+    store.listening = await store.db.listen?.(CHANGED, (payload) => void store.heard(payload));
     return store;
   }
 
-  /** Re-reads `id` (every order, for "*") after another replica changed it, and tells local watchers. */
-  private async reload(id: string): Promise<void> {
+  /**
+   * Another replica changed an order (or, "*", the connection was lost and
+   * some changes may have been missed): re-reads the orders someone here
+   * watches, and tells their watchers. Orders nobody here watches cost nothing.
+   */
+  private async heard(payload: string): Promise<void> {
+    const [origin, id = ""] = payload.split(" ");
+    if (origin === this.origin) return;
+    const watched = (o: string) => this.events.listenerCount(`change:${o}`) > 0;
+    const all = () =>
+      this.events.eventNames().flatMap((e) => (String(e).startsWith("change:") ? [String(e).slice(7)] : []));
+    const ids = payload === "*" ? all() : [id];
     try {
-      const ids = id === "*" ? await this.activeIds() : [id];
-      for (const o of ids) {
+      for (const o of ids.filter(watched)) {
         const order = await this.get(o);
-        if (order) this.events.emit("change", order);
+        if (order) this.events.emit(`change:${o}`, order);
       }
     } catch {
       // The database is away; watchers hear of the change on the next one (or "*" after reconnecting).
@@ -237,26 +248,22 @@ export class OrderStore {
     return () => this.events.off("terminal", listener);
   }
 
-  /** Subscribes to committed changes, by any replica; returns the unsubscribe function. */
-  onChange(listener: (order: OrderRecord) => void): () => void {
-    this.events.on("change", listener);
-    return () => this.events.off("change", listener);
+  /** Subscribes to committed changes of order `id`, by any replica; returns the unsubscribe function. */
+  onChange(id: string, listener: (order: OrderRecord) => void): () => void {
+    this.events.on(`change:${id}`, listener);
+    return () => this.events.off(`change:${id}`, listener);
   }
 
-  /** Announces `order` after `tx` commits: locally, or to every replica through NOTIFY. */
+  /** Announces `order` after `tx` commits: here at once, and to the other replicas through NOTIFY. */
   private async changed(tx: Tx, order: OrderRecord): Promise<void> {
-    if (this.listening) await tx.run(sql`SELECT pg_notify(${CHANGED}, ${order.id})`);
-    else tx.afterCommit(() => this.events.emit("change", order));
-  }
-
-  private async getIn(q: Db | Tx, id: string): Promise<OrderRecord | undefined> {
-    const row = await q.one(sql<OrderRow>`SELECT * FROM orders WHERE id = ${id}`);
-    return row && toOrder(row);
+    if (this.listening) await tx.run(sql`SELECT pg_notify(${CHANGED}, ${`${this.origin} ${order.id}`})`);
+    tx.afterCommit(() => this.events.emit(`change:${order.id}`, order));
   }
 
   /** One order, or undefined; in `tx` when given. */
-  get(id: string, tx?: Tx): Promise<OrderRecord | undefined> {
-    return this.getIn(tx ?? this.db, id);
+  async get(id: string, tx?: Tx): Promise<OrderRecord | undefined> {
+    const row = await (tx ?? this.db).one(sql<OrderRow>`SELECT * FROM orders WHERE id = ${id}`);
+    return row && toOrder(row);
   }
 
   /** The order's step log, oldest first. */
@@ -299,17 +306,18 @@ export class OrderStore {
       const now = this.clock();
       const id = newId("ord", now);
       const [owner, until, fence] = lease ? [lease.owner, now + lease.ms, 1] : ["", 0, 0];
-      await tx.run(sql`INSERT INTO orders (id, customer_id, idempotency_key, fingerprint, status, saga_mode, items,
-          card_token, traceparent, created_at, updated_at, owner, lease_until, fence)
+      const row = await tx.one(sql<OrderRow>`INSERT INTO orders (id, customer_id, idempotency_key, fingerprint, status,
+          saga_mode, items, card_token, traceparent, created_at, updated_at, owner, lease_until, fence)
         VALUES (${id}, ${p.customerId}, ${p.key}, ${p.fingerprint}, 'PENDING', ${p.sagaMode}, ${JSON.stringify(p.items)},
-          ${p.cardToken}, ${currentTraceparent()}, ${now}, ${now}, ${owner}, ${until}, ${fence})`);
+          ${p.cardToken}, ${currentTraceparent()}, ${now}, ${now}, ${owner}, ${until}, ${fence})
+        RETURNING *`);
       await this.outbox.add(tx, OrderPlacedSchema, id, {
         customerId: p.customerId,
         items: p.items.map((l) => ({ ...l })),
         cardToken: p.cardToken,
         sagaMode: SagaModeEnum[p.sagaMode],
       });
-      const order = (await this.getIn(tx, id)) as OrderRecord;
+      const order = toOrder(row as OrderRow);
       await this.changed(tx, order);
       tx.afterCommit(() => this.events.emit("placed", order));
       return { kind: "created", order, fence };
@@ -348,18 +356,19 @@ export class OrderStore {
         ...t.patch,
       };
       // One statement for every patch: an absent field binds NULL and keeps the column.
-      await tx.run(sql`UPDATE orders SET
+      const updated = await tx.one(sql<OrderRow>`UPDATE orders SET
           status = COALESCE(${q.status}, status), reason = COALESCE(${q.reason}, reason),
           total_minor = COALESCE(${q.totalMinor}, total_minor), currency = COALESCE(${q.currency}, currency),
           stock = COALESCE(${q.stock}, stock), reservation_id = COALESCE(${q.reservationId}, reservation_id),
           payment = COALESCE(${q.payment}, payment), payment_id = COALESCE(${q.paymentId}, payment_id),
           updated_at = ${now}
-        WHERE id = ${id}`);
+        WHERE id = ${id}
+        RETURNING *`);
       const { name, status, detail, attempt } = t.log;
       await tx.run(sql`INSERT INTO saga_steps (order_id, seq, name, status, detail, attempt, at, fence)
         VALUES (${id}, (SELECT COALESCE(MAX(seq), 0) + 1 FROM saga_steps WHERE order_id = ${id}),
           ${name}, ${status}, ${detail}, ${attempt}, ${now}, ${row.fence})`);
-      const o = (await this.getIn(tx, id)) as OrderRecord;
+      const o = toOrder(updated as OrderRow);
       if (t.patch.status !== undefined && t.patch.status !== row.status && (await this.publishTerminal(tx, o))) {
         tx.afterCommit(() => this.events.emit("terminal", o));
       }
@@ -397,8 +406,9 @@ export class OrderStore {
       const can = cancellable(o);
       if (can === "no") return { kind: "not-cancellable", order: o };
       if (can === "already-cancelling") return { kind: "already-cancelling", order: o };
-      await tx.run(sql`UPDATE orders SET cancel_requested = ${reason}, updated_at = ${this.clock()} WHERE id = ${id}`);
-      const order = (await this.getIn(tx, id)) as OrderRecord;
+      const updated = await tx.one(sql<OrderRow>`UPDATE orders SET cancel_requested = ${reason},
+        updated_at = ${this.clock()} WHERE id = ${id} RETURNING *`);
+      const order = toOrder(updated as OrderRow);
       await this.changed(tx, order);
       return { kind: "requested", order };
     });
