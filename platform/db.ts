@@ -10,17 +10,36 @@
  * the version in `<schema>.schema_version`. Migrations run under an advisory
  * lock, so replicas starting together apply each one exactly once.
  *
- * Migration N is `migrations[engine][N - 1]`: one list per engine, the same
- * length and the same meaning (the DDL differs where the engines do). Never
- * edit one that has shipped; append instead.
+ * Migrations are written once, in SQLite's dialect, and {@link migrations}
+ * rewrites them for PostgreSQL; migration N is `list[N - 1]`. Never edit one
+ * that has shipped; append instead.
  */
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
 import { type Db, type DbLocation, type Engine, pgPool, postgresDb, sqliteDb } from "./sql.js";
 
-/** A service's migrations, one list per engine. */
+/** A service's migrations, one list per engine (made by {@link migrations}). */
 export type Migrations = Readonly<Record<Engine, readonly string[]>>;
+
+/**
+ * SQLite DDL as PostgreSQL runs it. Every integer column becomes BIGINT
+ * (they hold ms timestamps and minor units; `pg` reads them back as
+ * numbers), BLOB becomes BYTEA, an AUTOINCREMENT key an identity column,
+ * and STRICT (SQLite's type checking, which PostgreSQL always does) goes.
+ */
+export function postgresDialect(ddl: string): string {
+  return ddl
+    .replace(/\bINTEGER PRIMARY KEY AUTOINCREMENT\b/g, "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY")
+    .replace(/\bINTEGER\b/g, "BIGINT")
+    .replace(/\bBLOB\b/g, "BYTEA")
+    .replace(/\)\s*STRICT\s*;/g, ");");
+}
+
+/** A service's migrations, written once in SQLite's dialect (see {@link postgresDialect}). */
+export function migrations(list: readonly string[]): Migrations {
+  return { sqlite: list, postgres: list.map(postgresDialect) };
+}
 
 /** A schema name: an identifier both engines take unquoted. */
 const SCHEMA = /^[a-z_][a-z0-9_]{0,62}$/;

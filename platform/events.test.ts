@@ -12,7 +12,7 @@ import { TestDatabases } from "../test/db.js";
 import { tempDir } from "../test/fixtures.js";
 import { startNats, type TestNats } from "../test/nats.js";
 import { type Bus, connectBus } from "./bus.js";
-import { openDatabase } from "./db.js";
+import { migrations, openDatabase } from "./db.js";
 import { INBOX_MIGRATION, on, startConsumer } from "./inbox.js";
 import { silentLogger } from "./log.js";
 import { OUTBOX_CLAIMS_MIGRATION, OUTBOX_MIGRATION, Outbox, OutboxRelay } from "./outbox.js";
@@ -43,10 +43,10 @@ afterAll(async () => {
 async function service() {
   const effects = "CREATE TABLE effects (order_id TEXT NOT NULL, event_id TEXT NOT NULL);";
   const location = await new TestDatabases(dir.path).location(`svc_${++n}`);
-  const db = await openDatabase(location, {
-    sqlite: [OUTBOX_MIGRATION.sqlite, OUTBOX_CLAIMS_MIGRATION.sqlite, INBOX_MIGRATION.sqlite, effects],
-    postgres: [OUTBOX_MIGRATION.postgres, OUTBOX_CLAIMS_MIGRATION.postgres, INBOX_MIGRATION.postgres, effects],
-  });
+  const db = await openDatabase(
+    location,
+    migrations([OUTBOX_MIGRATION, OUTBOX_CLAIMS_MIGRATION, INBOX_MIGRATION, effects]),
+  );
   open.push(db);
   return { db, outbox: new Outbox("test", EVENTS) };
 }

@@ -4,8 +4,9 @@
  * so a redelivered or republished event finds its inbox row and changes
  * nothing. A failing event is retried with backoff and, after `maxDeliver`
  * deliveries, moved to the dead-letter stream with the reason; an event that
- * can never be handled (undecodable, unknown, unusable) goes there at once.
- * Either way the consumer keeps going.
+ * can never be handled (undecodable, unknown, unusable) goes there at once;
+ * a database that is away is not the event's fault and never counts toward
+ * the dead-letter limit. Either way the consumer keeps going.
  */
 import { type DescMessage, fromBinary, type MessageShape } from "@bufbuild/protobuf";
 import { AckPolicy, DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
@@ -22,23 +23,14 @@ import { extractContext, inSpan } from "./propagation.js";
 import type { Db, Tx } from "./sql.js";
 import type { Telemetry } from "./telemetry.js";
 
-/** The inbox table, per engine; append it to a consumer service's migrations. */
-export const INBOX_MIGRATION = {
-  sqlite: `CREATE TABLE inbox (
+/** The inbox table; append it to a consumer service's migrations. */
+export const INBOX_MIGRATION = `CREATE TABLE inbox (
   consumer   TEXT NOT NULL,
   event_id   TEXT NOT NULL,
   type       TEXT NOT NULL,
   handled_at INTEGER NOT NULL,
   PRIMARY KEY (consumer, event_id)
-) STRICT;`,
-  postgres: `CREATE TABLE inbox (
-  consumer   TEXT NOT NULL,
-  event_id   TEXT NOT NULL,
-  type       TEXT NOT NULL,
-  handled_at BIGINT NOT NULL,
-  PRIMARY KEY (consumer, event_id)
-);`,
-} as const;
+) STRICT;`;
 
 /**
  * The one "apply an event exactly once" routine: runs `effect` and records
@@ -194,8 +186,9 @@ export function decodeEvent(
 
 /**
  * Consumes `stream` with a durable pull consumer (explicit ack), one event
- * at a time in stream order; see the module comment for what happens to
- * each event.
+ * at a time in the order this process receives them. Every replica of a
+ * service pulls from the same durable consumer, so JetStream gives each
+ * event to one of them; see the module comment for what happens to each.
  */
 export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsumer> {
   const { bus, durable } = opts;

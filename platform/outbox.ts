@@ -25,9 +25,8 @@ import { contextOf, currentTraceparent, injectContext, inSpan } from "./propagat
 import type { Db, Tx } from "./sql.js";
 import type { Telemetry } from "./telemetry.js";
 
-/** The outbox table, per engine; append it to a service's migrations, then {@link OUTBOX_CLAIMS_MIGRATION}. */
-export const OUTBOX_MIGRATION = {
-  sqlite: `CREATE TABLE outbox (
+/** The outbox table; append it to a service's migrations, then {@link OUTBOX_CLAIMS_MIGRATION}. */
+export const OUTBOX_MIGRATION = `CREATE TABLE outbox (
   seq         INTEGER PRIMARY KEY AUTOINCREMENT,  -- commit order
   event_id    TEXT NOT NULL UNIQUE,
   type        TEXT NOT NULL,
@@ -38,20 +37,7 @@ export const OUTBOX_MIGRATION = {
   created_at  INTEGER NOT NULL,
   sent_at     INTEGER
 ) STRICT;
-CREATE INDEX outbox_unsent ON outbox (seq) WHERE sent_at IS NULL;`,
-  postgres: `CREATE TABLE outbox (
-  seq         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- commit order
-  event_id    TEXT NOT NULL UNIQUE,
-  type        TEXT NOT NULL,
-  subject     TEXT NOT NULL,
-  payload     BYTEA NOT NULL,
-  order_id    TEXT NOT NULL,
-  traceparent TEXT NOT NULL DEFAULT '',
-  created_at  BIGINT NOT NULL,
-  sent_at     BIGINT
-);
-CREATE INDEX outbox_unsent ON outbox (seq) WHERE sent_at IS NULL;`,
-} as const;
+CREATE INDEX outbox_unsent ON outbox (seq) WHERE sent_at IS NULL;`;
 
 /**
  * Claims on outbox rows: a relay claims rows (`claimed_by` until
@@ -59,10 +45,8 @@ CREATE INDEX outbox_unsent ON outbox (seq) WHERE sent_at IS NULL;`,
  * replicas never publish one row twice; the claim of a relay that died
  * expires and another relay takes the row.
  */
-export const OUTBOX_CLAIMS_MIGRATION = {
-  sqlite: "ALTER TABLE outbox ADD COLUMN claimed_by TEXT; ALTER TABLE outbox ADD COLUMN claimed_until INTEGER;",
-  postgres: "ALTER TABLE outbox ADD COLUMN claimed_by TEXT, ADD COLUMN claimed_until BIGINT;",
-} as const;
+export const OUTBOX_CLAIMS_MIGRATION =
+  "ALTER TABLE outbox ADD COLUMN claimed_by TEXT; ALTER TABLE outbox ADD COLUMN claimed_until INTEGER;";
 
 /** Rows the relay reads per query. */
 const RELAY_BATCH = 256;

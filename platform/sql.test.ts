@@ -7,7 +7,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startPostgres, type TestPostgres } from "../test/postgres.js";
-import { openDatabase } from "./db.js";
+import { migrations, openDatabase } from "./db.js";
 import { isDatabaseUnavailable } from "./db-errors.js";
 import { type Db, sql } from "./index.js";
 
@@ -20,10 +20,7 @@ beforeAll(async () => {
   pg = await startPostgres();
   const url = await pg.createDatabase("sql");
   const table = "CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL); INSERT INTO counter VALUES (1, 0);";
-  db = await openDatabase(
-    { engine: "postgres", url, schema: "s", poolSize: 4 },
-    { sqlite: [table], postgres: [table] },
-  );
+  db = await openDatabase({ engine: "postgres", url, schema: "s", poolSize: 4 }, migrations([table]));
   process.on("uncaughtException", onUnhandled);
 });
 afterAll(async () => {
@@ -77,5 +74,24 @@ describe("PostgreSQL", () => {
     expect(errors.filter((e) => !isDatabaseUnavailable(e)).map(String)).toEqual([]);
     expect(unhandled.map(String)).toEqual([]);
     expect(ok - before, "transactions commit again after the restart").toBeGreaterThan(10);
+  });
+});
+
+describe("migrations written once", () => {
+  it("PostgreSQL gets SQLite's DDL with its own integer, blob, identity and strictness", async () => {
+    const { postgresDialect } = await import("./db.js");
+    expect(
+      postgresDialect(`CREATE TABLE t (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  n   INTEGER NOT NULL CHECK (n >= 0),
+  b   BLOB NOT NULL
+) STRICT;
+ALTER TABLE t ADD COLUMN at INTEGER NOT NULL DEFAULT 0;`),
+    ).toBe(`CREATE TABLE t (
+  seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  n   BIGINT NOT NULL CHECK (n >= 0),
+  b   BYTEA NOT NULL
+);
+ALTER TABLE t ADD COLUMN at BIGINT NOT NULL DEFAULT 0;`);
   });
 });

@@ -10,6 +10,7 @@ import { headers as natsHeaders } from "@nats-io/transport-node";
 import { EVENTS } from "../contracts/events.js";
 import {
   type Bus,
+  migrations,
   OUTBOX_CLAIMS_MIGRATION,
   OUTBOX_MIGRATION,
   Outbox,
@@ -52,10 +53,7 @@ export function event<D extends DescMessage>(
 export async function publishEvents(bus: Bus, events: readonly PendingEvent[], source = "test"): Promise<string[]> {
   const db = await openDatabase(
     { engine: "sqlite", path: ":memory:" },
-    {
-      sqlite: [OUTBOX_MIGRATION.sqlite, OUTBOX_CLAIMS_MIGRATION.sqlite],
-      postgres: [OUTBOX_MIGRATION.postgres, OUTBOX_CLAIMS_MIGRATION.postgres],
-    },
+    migrations([OUTBOX_MIGRATION, OUTBOX_CLAIMS_MIGRATION]),
   );
   let now = Date.now();
   const outbox = new Outbox(source, EVENTS, () => now);

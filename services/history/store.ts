@@ -10,36 +10,30 @@ import {
   type Db,
   type DbLocation,
   INBOX_MIGRATION,
-  type Migrations,
+  migrations,
   openDatabase,
   sql,
   type Tx,
 } from "../../platform/index.js";
 import { type Fact, type OrderStatusName, type OrderView, type PaymentStatusName, project } from "./domain.js";
 
-const VIEW = (engine: "sqlite" | "postgres") => {
-  const int = engine === "sqlite" ? "INTEGER" : "BIGINT";
-  return `CREATE TABLE order_history (
+const VIEW = `CREATE TABLE order_history (
      order_id        TEXT PRIMARY KEY,
      customer_id     TEXT,           -- NULL until an event names the owner
      status          TEXT CHECK (status IN ('PENDING', 'CONFIRMED', 'CANCELLED')),  -- NULL before any order event
      items           TEXT NOT NULL,  -- JSON [{productId, quantity}], [] before OrderPlaced
-     total_minor     ${int},
+     total_minor     INTEGER,
      currency        TEXT,
      payment_status  TEXT CHECK (payment_status IN ('DECLINED', 'CAPTURED', 'REFUNDED')),  -- NULL: none yet
      reason          TEXT NOT NULL,
-     last_event_at   ${int} NOT NULL,
+     last_event_at   INTEGER NOT NULL,
      last_event_type TEXT NOT NULL,
      last_event_id   TEXT NOT NULL,
      CHECK ((total_minor IS NULL) = (currency IS NULL))
-   )${engine === "sqlite" ? " STRICT" : ""};
+   ) STRICT;
    CREATE INDEX order_history_customer ON order_history (customer_id, last_event_at DESC, order_id DESC);`;
-};
 
-const MIGRATIONS: Migrations = {
-  sqlite: [VIEW("sqlite"), INBOX_MIGRATION.sqlite],
-  postgres: [VIEW("postgres"), INBOX_MIGRATION.postgres],
-};
+const MIGRATIONS = migrations([VIEW, INBOX_MIGRATION]);
 
 interface ViewRow {
   order_id: string;

@@ -17,7 +17,7 @@ import {
   type DbLocation,
   INBOX_MIGRATION,
   keyUse,
-  type Migrations,
+  migrations,
   newId,
   OUTBOX_CLAIMS_MIGRATION,
   OUTBOX_MIGRATION,
@@ -37,9 +37,8 @@ import {
   shortageReason,
 } from "./domain.js";
 
-const MIGRATIONS: Migrations = {
-  sqlite: [
-    `CREATE TABLE products (
+const MIGRATIONS = migrations([
+  `CREATE TABLE products (
        id          TEXT PRIMARY KEY,
        name        TEXT NOT NULL,
        price_minor INTEGER NOT NULL CHECK (price_minor >= 0),
@@ -69,46 +68,11 @@ const MIGRATIONS: Migrations = {
        quantity        INTEGER NOT NULL CHECK (quantity > 0),
        created_at      INTEGER NOT NULL
      ) STRICT;`,
-    // 2: events (transactional outbox) and choreography consumers (inbox).
-    `${OUTBOX_MIGRATION.sqlite}\n${INBOX_MIGRATION.sqlite}`,
-    // 3: relays claim outbox rows (several replicas).
-    OUTBOX_CLAIMS_MIGRATION.sqlite,
-  ],
-  postgres: [
-    `CREATE TABLE products (
-       id          TEXT PRIMARY KEY,
-       name        TEXT NOT NULL,
-       price_minor BIGINT NOT NULL CHECK (price_minor >= 0),
-       currency    TEXT NOT NULL,
-       available   INTEGER NOT NULL CHECK (available >= 0),
-       reserved    INTEGER NOT NULL CHECK (reserved >= 0),
-       updated_at  BIGINT NOT NULL
-     );
-     CREATE TABLE reservations (
-       id              TEXT PRIMARY KEY,
-       idempotency_key TEXT NOT NULL UNIQUE,
-       fingerprint     TEXT NOT NULL,
-       order_id        TEXT NOT NULL,
-       status          TEXT NOT NULL CHECK (status IN ('RESERVED', 'RELEASED', 'REJECTED')),
-       items           TEXT NOT NULL,
-       total_minor     BIGINT NOT NULL,
-       currency        TEXT NOT NULL,
-       shortages       TEXT,
-       created_at      BIGINT NOT NULL,
-       updated_at      BIGINT NOT NULL
-     );
-     CREATE INDEX reservations_order ON reservations (order_id);
-     CREATE TABLE restocks (
-       idempotency_key TEXT PRIMARY KEY,
-       fingerprint     TEXT NOT NULL,
-       product_id      TEXT NOT NULL REFERENCES products (id),
-       quantity        INTEGER NOT NULL CHECK (quantity > 0),
-       created_at      BIGINT NOT NULL
-     );`,
-    `${OUTBOX_MIGRATION.postgres}\n${INBOX_MIGRATION.postgres}`,
-    OUTBOX_CLAIMS_MIGRATION.postgres,
-  ],
-};
+  // 2: events (transactional outbox) and choreography consumers (inbox).
+  `${OUTBOX_MIGRATION}\n${INBOX_MIGRATION}`,
+  // 3: relays claim outbox rows (several replicas).
+  OUTBOX_CLAIMS_MIGRATION,
+]);
 
 /** A reservation that holds (or held) stock. */
 export interface ReservationRecord {

@@ -9,7 +9,7 @@ import {
   type Db,
   type DbLocation,
   INBOX_MIGRATION,
-  type Migrations,
+  migrations,
   newId,
   openDatabase,
   sql,
@@ -17,22 +17,19 @@ import {
 } from "../../platform/index.js";
 import type { NotificationDraft, NotificationKindName, NotificationRecord } from "./domain.js";
 
-const NOTIFICATIONS = (engine: "sqlite" | "postgres") => `CREATE TABLE notifications (
+const NOTIFICATIONS = `CREATE TABLE notifications (
      id          TEXT PRIMARY KEY,
      event_id    TEXT NOT NULL UNIQUE,
      customer_id TEXT NOT NULL,
      order_id    TEXT NOT NULL,
      kind        TEXT NOT NULL CHECK (kind IN ('ORDER_CONFIRMED', 'ORDER_CANCELLED', 'PAYMENT_REFUNDED')),
      message     TEXT NOT NULL,
-     sent_at     ${engine === "sqlite" ? "INTEGER" : "BIGINT"} NOT NULL
-   )${engine === "sqlite" ? " STRICT" : ""};
+     sent_at     INTEGER NOT NULL
+   ) STRICT;
    CREATE INDEX notifications_customer ON notifications (customer_id, sent_at DESC, id DESC);
    CREATE INDEX notifications_customer_order ON notifications (customer_id, order_id, sent_at DESC, id DESC);`;
 
-const MIGRATIONS: Migrations = {
-  sqlite: [NOTIFICATIONS("sqlite"), INBOX_MIGRATION.sqlite],
-  postgres: [NOTIFICATIONS("postgres"), INBOX_MIGRATION.postgres],
-};
+const MIGRATIONS = migrations([NOTIFICATIONS, INBOX_MIGRATION]);
 
 interface NotificationRow {
   id: string;

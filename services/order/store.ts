@@ -29,7 +29,7 @@ import {
   INBOX_MIGRATION,
   keyUse,
   type Listening,
-  type Migrations,
+  migrations,
   newId,
   OUTBOX_CLAIMS_MIGRATION,
   OUTBOX_MIGRATION,
@@ -48,10 +48,7 @@ import {
   type Transition,
 } from "./domain.js";
 
-const ORDERS = (engine: "sqlite" | "postgres") => {
-  const int = engine === "sqlite" ? "INTEGER" : "BIGINT";
-  const strict = engine === "sqlite" ? " STRICT" : "";
-  return `CREATE TABLE orders (
+const ORDERS = `CREATE TABLE orders (
      id               TEXT PRIMARY KEY,
      customer_id      TEXT NOT NULL,
      idempotency_key  TEXT NOT NULL,
@@ -61,17 +58,17 @@ const ORDERS = (engine: "sqlite" | "postgres") => {
      saga_mode        TEXT NOT NULL CHECK (saga_mode IN ('ORCHESTRATION', 'CHOREOGRAPHY')),
      items            TEXT NOT NULL,  -- JSON [{productId, quantity}]
      card_token       TEXT NOT NULL,
-     total_minor      ${int},
+     total_minor      INTEGER,
      currency         TEXT,
      stock            TEXT NOT NULL DEFAULT 'none' CHECK (stock IN ('none', 'attempted', 'done', 'undone')),
      reservation_id   TEXT NOT NULL DEFAULT '',
      payment          TEXT NOT NULL DEFAULT 'none' CHECK (payment IN ('none', 'attempted', 'done', 'undone')),
      payment_id       TEXT NOT NULL DEFAULT '',
      cancel_requested TEXT,
-     created_at       ${int} NOT NULL,
-     updated_at       ${int} NOT NULL,
+     created_at       INTEGER NOT NULL,
+     updated_at       INTEGER NOT NULL,
      UNIQUE (customer_id, idempotency_key)
-   )${strict};
+   ) STRICT;
    CREATE INDEX orders_customer ON orders (customer_id, created_at DESC, id DESC);
    CREATE INDEX orders_active ON orders (status) WHERE status IN ('PENDING', 'COMPENSATING');
    CREATE TABLE saga_steps (
@@ -81,36 +78,23 @@ const ORDERS = (engine: "sqlite" | "postgres") => {
      status   TEXT NOT NULL,
      detail   TEXT NOT NULL,
      attempt  INTEGER NOT NULL,
-     at       ${int} NOT NULL,
+     at       INTEGER NOT NULL,
      PRIMARY KEY (order_id, seq)
-   )${strict};`;
-};
+   ) STRICT;`;
 
-const MIGRATIONS: Migrations = {
-  sqlite: [
-    ORDERS("sqlite"),
-    // 2: events (transactional outbox) and choreography consumers (inbox).
-    `${OUTBOX_MIGRATION.sqlite}\n${INBOX_MIGRATION.sqlite}`,
-    // 3: the trace of the request that placed the order, so a saga resumed after a crash continues it.
-    "ALTER TABLE orders ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';",
-    // 4: relays claim outbox rows; sagas are driven under a fenced lease (several replicas).
-    `${OUTBOX_CLAIMS_MIGRATION.sqlite}
+const MIGRATIONS = migrations([
+  ORDERS,
+  // 2: events (transactional outbox) and choreography consumers (inbox).
+  `${OUTBOX_MIGRATION}\n${INBOX_MIGRATION}`,
+  // 3: the trace of the request that placed the order, so a saga resumed after a crash continues it.
+  "ALTER TABLE orders ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';",
+  // 4: relays claim outbox rows; sagas are driven under a fenced lease (several replicas).
+  `${OUTBOX_CLAIMS_MIGRATION}
      ALTER TABLE orders ADD COLUMN owner TEXT NOT NULL DEFAULT '';
      ALTER TABLE orders ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE orders ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE saga_steps ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;`,
-  ],
-  postgres: [
-    ORDERS("postgres"),
-    `${OUTBOX_MIGRATION.postgres}\n${INBOX_MIGRATION.postgres}`,
-    "ALTER TABLE orders ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';",
-    `${OUTBOX_CLAIMS_MIGRATION.postgres}
-     ALTER TABLE orders ADD COLUMN owner TEXT NOT NULL DEFAULT '',
-       ADD COLUMN lease_until BIGINT NOT NULL DEFAULT 0,
-       ADD COLUMN fence BIGINT NOT NULL DEFAULT 0;
-     ALTER TABLE saga_steps ADD COLUMN fence BIGINT NOT NULL DEFAULT 0;`,
-  ],
-};
+]);
 
 /** The PostgreSQL channel on which every committed order change is announced (payload: "<origin> <order id>"). */
 const CHANGED = "shopmesh_order_changed";

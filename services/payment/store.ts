@@ -16,7 +16,7 @@ import {
   type DbLocation,
   INBOX_MIGRATION,
   keyUse,
-  type Migrations,
+  migrations,
   newId,
   OUTBOX_CLAIMS_MIGRATION,
   OUTBOX_MIGRATION,
@@ -35,30 +35,27 @@ import {
   VOIDED_REASON,
 } from "./domain.js";
 
-const PAYMENTS = (engine: "sqlite" | "postgres") => {
-  const int = engine === "sqlite" ? "INTEGER" : "BIGINT";
-  return `CREATE TABLE payments (
+const PAYMENTS = `CREATE TABLE payments (
      id              TEXT PRIMARY KEY,
      idempotency_key TEXT NOT NULL UNIQUE,
      kind            TEXT NOT NULL CHECK (kind IN ('CHARGE', 'VOID')),
      fingerprint     TEXT,           -- of the ChargePayment request; NULL for a VOID
      order_id        TEXT NOT NULL,  -- '' for a VOID
      customer_id     TEXT NOT NULL,  -- '' for a VOID
-     amount_minor    ${int} NOT NULL,
+     amount_minor    INTEGER NOT NULL,
      currency        TEXT NOT NULL,  -- '' for a VOID
      status          TEXT NOT NULL CHECK (status IN ('CAPTURED', 'DECLINED', 'REFUNDED')),
      decline_reason  TEXT,           -- set exactly when DECLINED
      refund_reason   TEXT,           -- set exactly when REFUNDED
-     created_at      ${int} NOT NULL,
-     updated_at      ${int} NOT NULL,
+     created_at      INTEGER NOT NULL,
+     updated_at      INTEGER NOT NULL,
      CHECK ((kind = 'VOID') = (fingerprint IS NULL)),
      CHECK ((kind = 'CHARGE' AND amount_minor > 0)
          OR (kind = 'VOID' AND amount_minor = 0 AND status = 'DECLINED')),
      CHECK ((status = 'DECLINED') = (decline_reason IS NOT NULL)),
      CHECK ((status = 'REFUNDED') = (refund_reason IS NOT NULL))
-   )${engine === "sqlite" ? " STRICT" : ""};
+   ) STRICT;
    CREATE INDEX payments_order ON payments (order_id, created_at);`;
-};
 
 const CHOREOGRAPHY_ORDERS = `CREATE TABLE choreography_orders (
      order_id    TEXT PRIMARY KEY,
@@ -66,21 +63,14 @@ const CHOREOGRAPHY_ORDERS = `CREATE TABLE choreography_orders (
      card_token  TEXT NOT NULL
    )`;
 
-const MIGRATIONS: Migrations = {
-  sqlite: [
-    PAYMENTS("sqlite"),
-    // 2: events (transactional outbox), choreography consumers (inbox), and what
-    // payment learns from OrderPlaced to charge later on StockReserved.
-    `${OUTBOX_MIGRATION.sqlite}\n${INBOX_MIGRATION.sqlite}\n${CHOREOGRAPHY_ORDERS} STRICT;`,
-    // 3: relays claim outbox rows (several replicas).
-    OUTBOX_CLAIMS_MIGRATION.sqlite,
-  ],
-  postgres: [
-    PAYMENTS("postgres"),
-    `${OUTBOX_MIGRATION.postgres}\n${INBOX_MIGRATION.postgres}\n${CHOREOGRAPHY_ORDERS};`,
-    OUTBOX_CLAIMS_MIGRATION.postgres,
-  ],
-};
+const MIGRATIONS = migrations([
+  PAYMENTS,
+  // 2: events (transactional outbox), choreography consumers (inbox), and what
+  // payment learns from OrderPlaced to charge later on StockReserved.
+  `${OUTBOX_MIGRATION}\n${INBOX_MIGRATION}\n${CHOREOGRAPHY_ORDERS} STRICT;`,
+  // 3: relays claim outbox rows (several replicas).
+  OUTBOX_CLAIMS_MIGRATION,
+]);
 
 /** Result of {@link PaymentStore.charge}. `replayed` is true when the key already had a payment. */
 export type ChargeResult =
