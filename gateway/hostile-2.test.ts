@@ -65,6 +65,19 @@ const listServices = () =>
     ),
   );
 
+/** A ListServices reflection call on `session` whose answer a zero receive window will hold. */
+function heldReflection(session: http2.ClientHttp2Session): http2.ClientHttp2Stream {
+  const s = session.request({
+    ":method": "POST",
+    ":path": REFLECTION,
+    "content-type": "application/grpc+proto",
+    te: "trailers",
+  });
+  s.on("error", () => {});
+  s.end(listServices());
+  return s;
+}
+
 /** The gRPC messages in a response body. */
 function messages(body: Buffer): Buffer[] {
   const out: Buffer[] = [];
@@ -112,14 +125,7 @@ describe("1. a client that does not read its answers cannot hold them", () => {
       const started = Date.now();
       const closed = await Promise.all(
         Array.from({ length: 5 }, () => {
-          const s = session.request({
-            ":method": "POST",
-            ":path": REFLECTION,
-            "content-type": "application/grpc+proto",
-            te: "trailers",
-          });
-          s.on("error", () => {});
-          s.end(listServices());
+          const s = heldReflection(session);
           return new Promise<number>((resolve) => s.on("close", () => resolve(s.rstCode ?? -1)));
         }),
       );
@@ -159,17 +165,7 @@ describe("1. a client that does not read its answers cannot hold them", () => {
     const own = await startTestGateway(sys, { HTTP_MAX_CALLS_PER_IP: "10" });
     const session = http2.connect(own.url, { settings: { initialWindowSize: 0 } });
     session.on("error", () => {});
-    const held = Array.from({ length: 10 }, () => {
-      const s = session.request({
-        ":method": "POST",
-        ":path": REFLECTION,
-        "content-type": "application/grpc+proto",
-        te: "trailers",
-      });
-      s.on("error", () => {});
-      s.end(listServices());
-      return s;
-    });
+    const held = Array.from({ length: 10 }, () => heldReflection(session));
     await new Promise((r) => setTimeout(r, 500));
     const refused = await fetch(`${own.url}/shopmesh.inventory.v1.InventoryService/ListProducts`, {
       method: "POST",

@@ -32,7 +32,7 @@ import {
 } from "node:fs";
 import { get as httpGet } from "node:http";
 import { builtinModules } from "node:module";
-import { createServer, connect as netConnect } from "node:net";
+import { connect as netConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { join, posix } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -81,7 +81,7 @@ import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/heal
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
 import { ConfigError, connectBus, createChannel, createClient, silentLogger } from "../platform/index.js";
-import { exited, ROOT } from "./fixtures.js";
+import { exited, freePort, ROOT } from "./fixtures.js";
 
 // ---------------------------------------------------------------------------
 // Facts of the deployment that are not in the code
@@ -171,17 +171,6 @@ function quantity(q: string | number | undefined): number {
   if (!m) return Number.NaN;
   const unit = { m: 1e-3, Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, k: 1e3, M: 1e6, G: 1e9 };
   return Number(m[1]) * (m[2] ? unit[m[2] as keyof typeof unit] : 1);
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const addr = s.address();
-      s.close(() => resolve(typeof addr === "object" && addr ? addr.port : 0));
-    });
-  });
 }
 
 async function until<T>(what: string, timeoutMs: number, attempt: () => Promise<T>): Promise<T> {

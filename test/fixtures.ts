@@ -5,6 +5,7 @@
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
@@ -16,6 +17,46 @@ export const ROOT = resolve(import.meta.dirname, "..");
 export function tempDir(prefix = "shopmesh-"): { path: string } & Disposable {
   const path = mkdtempSync(join(tmpdir(), prefix));
   return { path, [Symbol.dispose]: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+/** A TCP port free on 127.0.0.1 right now. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const addr = s.address();
+      s.close(() => resolve(typeof addr === "object" && addr ? addr.port : 0));
+    });
+  });
+}
+
+/**
+ * Resolves once `child` has written `ready` (stdout or stderr); rejects with
+ * its output if it exits first, cannot start, or takes longer than `timeoutMs`.
+ */
+export function outputReady(child: ChildProcess, ready: string, what: string, timeoutMs: number): Promise<void> {
+  let out = "";
+  return new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${what} did not start:\n${out}`)), timeoutMs);
+    const onData = (d: Buffer) => {
+      out += d.toString();
+      if (out.includes(ready)) {
+        clearTimeout(timer);
+        resolve();
+      }
+    };
+    child.stdout?.on("data", onData);
+    child.stderr?.on("data", onData);
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`${what} exited ${code}:\n${out}`));
+    });
+    child.once("error", (err) => {
+      clearTimeout(timer);
+      reject(new Error(`cannot start ${what}: ${err.message}`));
+    });
+  });
 }
 
 /** A service started as its own Node process (`services/<name>/main.ts` via tsx). */

@@ -5,11 +5,10 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ensureDatabase, initCluster, ownDir, serverArgs, serverCommand, stopCluster } from "../scripts/postgres.js";
-import { exited } from "./fixtures.js";
+import { exited, freePort, outputReady } from "./fixtures.js";
 
 /** A running (or stopped) test PostgreSQL. */
 export interface TestPostgres extends AsyncDisposable {
@@ -22,17 +21,6 @@ export interface TestPostgres extends AsyncDisposable {
   stop(mode?: "fast" | "immediate"): Promise<void>;
   /** Starts it again on the same port and data. */
   start(): Promise<void>;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const addr = s.address();
-      s.close(() => resolve(typeof addr === "object" && addr ? addr.port : 0));
-    });
-  });
 }
 
 let databases = 0;
@@ -54,23 +42,7 @@ export async function startPostgres(): Promise<TestPostgres> {
     const [cmd, args] = serverCommand("postgres", serverArgs(data, port, dir, false));
     const c = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
     child = c;
-    let out = "";
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`postgres did not start:\n${out}`)), 20_000);
-      const onData = (d: Buffer) => {
-        out += d.toString();
-        if (out.includes("ready to accept connections")) {
-          clearTimeout(timer);
-          resolve();
-        }
-      };
-      c.stdout?.on("data", onData);
-      c.stderr?.on("data", onData);
-      c.once("exit", (code) => {
-        clearTimeout(timer);
-        reject(new Error(`postgres exited ${code}:\n${out}`));
-      });
-    });
+    await outputReady(c, "ready to accept connections", "postgres", 20_000);
   };
   const stop = async (mode: "fast" | "immediate" = "fast") => {
     if (!child || child.exitCode !== null || child.signalCode !== null) return;
