@@ -294,7 +294,7 @@ describe("concurrency", () => {
       const placed = await Promise.all(
         Array.from({ length: 100 }, () => place("crowd", [{ productId: "paper-filters", quantity: 1 }])),
       );
-      const done = await Promise.all(placed.map((o) => sys.settle(o.id, "crowd", 30_000)));
+      const done = await Promise.all(placed.map((o) => sys.settle(o.id, "crowd", 80_000)));
       expect(done.every((o) => o.status === OrderStatus.CONFIRMED || o.status === OrderStatus.CANCELLED)).toBe(true);
       // Warnings are emitted on the next tick.
       await new Promise((r) => setImmediate(r));
@@ -302,5 +302,5 @@ describe("concurrency", () => {
     } finally {
       process.off("warning", onWarning);
     }
-  });
+  }, 90_000);
 });
