@@ -286,6 +286,7 @@ describe("transient faults", () => {
 });
 
 describe("concurrency", () => {
+  // Generous: 100 sagas on PostgreSQL while other suites share the two cores.
   it("100 sagas at once share no abort signal: no MaxListenersExceededWarning", async () => {
     const warnings: string[] = [];
     const onWarning = (w: Error) => warnings.push(`${w.name}: ${w.message}`);
