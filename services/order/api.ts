@@ -66,6 +66,37 @@ function orderMessage(o: OrderRecord, steps: readonly StoredStep[]): MessageInit
   };
 }
 
+/**
+ * The states of order `first` from now until it is CONFIRMED or CANCELLED
+ * (or `signal` aborts): its current state, then each committed change, by
+ * any replica, never an older one after a newer (by version, not by clock).
+ */
+async function* follow(store: OrderStore, first: OrderRecord, signal: AbortSignal): AsyncIterable<OrderRecord> {
+  // Subscribe before reading, so no change between the read and the subscription is missed.
+  const queue: OrderRecord[] = [];
+  let wake: (() => void) | undefined;
+  const off = store.onChange(first.id, (o) => {
+    queue.push(o);
+    wake?.();
+  });
+  const onAbort = () => wake?.();
+  signal.addEventListener("abort", onAbort);
+  try {
+    let current = (await store.get(first.id)) ?? first;
+    yield current;
+    while (!isTerminal(current.status) && !signal.aborted) {
+      if (queue.length === 0) await new Promise<void>((r) => (wake = r));
+      const next = queue.shift();
+      if (!next || next.version <= current.version) continue;
+      current = next;
+      yield current;
+    }
+  } finally {
+    off();
+    signal.removeEventListener("abort", onAbort);
+  }
+}
+
 function sagaModeOf(mode: SagaModeEnum, fallback: SagaMode): SagaMode {
   switch (mode) {
     case SagaModeEnum.UNSPECIFIED:
@@ -153,31 +184,8 @@ export function createOrderApi(deps: OrderApiDeps): ServiceImpl<typeof OrderServ
     },
 
     async *watchOrder(req, ctx) {
-      const who = requireIdentity(ctx.metadata);
-      const first = await visible(req.orderId, who);
-      // Subscribe before reading, so no change between the read and the subscription is missed.
-      const queue: OrderRecord[] = [];
-      let wake: (() => void) | undefined;
-      const off = store.onChange(first.id, (o) => {
-        queue.push(o);
-        wake?.();
-      });
-      const onAbort = () => wake?.();
-      ctx.signal.addEventListener("abort", onAbort);
-      try {
-        let current = (await store.get(first.id)) ?? first;
-        yield await message(current);
-        while (!isTerminal(current.status) && !ctx.signal.aborted) {
-          if (queue.length === 0) await new Promise<void>((r) => (wake = r));
-          const next = queue.shift();
-          if (!next || next.updatedAt < current.updatedAt) continue;
-          current = next;
-          yield await message(current);
-        }
-      } finally {
-        off();
-        ctx.signal.removeEventListener("abort", onAbort);
-      }
+      const first = await visible(req.orderId, requireIdentity(ctx.metadata));
+      for await (const o of follow(store, first, ctx.signal)) yield await message(o);
     },
   };
 }

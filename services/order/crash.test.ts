@@ -78,5 +78,5 @@ describe("order crash recovery", () => {
       inventory: await dbs.location("inventory"),
     });
     expect(outcome.confirmed).toEqual(confirmed);
-  });
+  }, 90_000);
 });

@@ -21,6 +21,7 @@ const order = (o: Partial<OrderRecord> = {}): OrderRecord => ({
   traceparent: "",
   createdAt: 0,
   updatedAt: 0,
+  version: 0,
   ...o,
 });
 

@@ -63,6 +63,8 @@ export interface OrderRecord {
   readonly traceparent: string;
   readonly createdAt: number;
   readonly updatedAt: number;
+  /** Raised by every change a client can see: orders two states the way no clock on two hosts can. */
+  readonly version: number;
 }
 
 /** The columns a saga transition may change. */

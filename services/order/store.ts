@@ -93,7 +93,8 @@ const MIGRATIONS = migrations([
      ALTER TABLE orders ADD COLUMN owner TEXT NOT NULL DEFAULT '';
      ALTER TABLE orders ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE orders ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
-     ALTER TABLE saga_steps ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;`,
+     ALTER TABLE saga_steps ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE orders ADD COLUMN version INTEGER NOT NULL DEFAULT 0;`,
 ]);
 
 /** The PostgreSQL channel on which every committed order change is announced (payload: "<origin> <order id>"). */
@@ -121,6 +122,7 @@ interface OrderRow {
   owner: string;
   lease_until: number;
   fence: number;
+  version: number;
 }
 
 /** A stored step-log entry with its time and the fencing token of the owner that wrote it. */
@@ -147,6 +149,7 @@ const toOrder = (r: OrderRow): OrderRecord => ({
   traceparent: r.traceparent,
   createdAt: r.created_at,
   updatedAt: r.updated_at,
+  version: r.version,
 });
 
 /** What placing an order did; `fence` is the lease token when this replica now drives the saga. */
@@ -345,7 +348,7 @@ export class OrderStore {
           total_minor = COALESCE(${q.totalMinor}, total_minor), currency = COALESCE(${q.currency}, currency),
           stock = COALESCE(${q.stock}, stock), reservation_id = COALESCE(${q.reservationId}, reservation_id),
           payment = COALESCE(${q.payment}, payment), payment_id = COALESCE(${q.paymentId}, payment_id),
-          updated_at = ${now}
+          updated_at = ${now}, version = version + 1
         WHERE id = ${id}
         RETURNING *`);
       const { name, status, detail, attempt } = t.log;
@@ -391,7 +394,7 @@ export class OrderStore {
       if (can === "no") return { kind: "not-cancellable", order: o };
       if (can === "already-cancelling") return { kind: "already-cancelling", order: o };
       const updated = await tx.one(sql<OrderRow>`UPDATE orders SET cancel_requested = ${reason},
-        updated_at = ${this.clock()} WHERE id = ${id} RETURNING *`);
+        updated_at = ${this.clock()}, version = version + 1 WHERE id = ${id} RETURNING *`);
       const order = toOrder(updated as OrderRow);
       await this.changed(tx, order);
       return { kind: "requested", order };
