@@ -42,6 +42,7 @@ RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json ./
 COPY deploy/tsconfig.build.json deploy/
 COPY gen gen
+COPY contracts contracts
 COPY platform platform
 COPY services services
 COPY gateway gateway

@@ -20,6 +20,7 @@
  */
 import { execFileSync, spawn } from "node:child_process";
 import {
+  cpSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
@@ -1165,15 +1166,36 @@ describe("the image (Dockerfile), by construction", () => {
     devDependencies: Record<string, string>;
   };
 
+  const context = mkdtempSync(join(tmpdir(), "shopmesh-deploy-context-"));
+
   beforeAll(() => {
-    // The runtime stage's layout: package.json, node_modules, and what the build stage's tsc emits.
+    // The build stage sees only what it copies: lay that out alone (tests dropped, as .dockerignore
+    // drops them), so a source the build needs but does not copy fails here as it would in docker build.
     const build = steps.find((s) => s.op === "RUN" && /\btsc\b/.test(s.args));
+    for (const s of steps.filter((x) => x.stage === build?.stage && x.op === "COPY" && !x.args.includes("--from="))) {
+      const parts = s.args.split(/\s+/);
+      const dest = parts.at(-1) ?? ".";
+      for (const src of parts.slice(0, -1)) {
+        const target =
+          dest.endsWith("/") || parts.length > 2 ? join(context, dest, posix.basename(src)) : join(context, dest);
+        cpSync(join(ROOT, src), target, { recursive: true, filter: (f) => !f.endsWith(".test.ts") });
+      }
+    }
+    symlinkSync(join(ROOT, "node_modules"), join(context, "node_modules"), "dir");
     const project = /-p\s+(\S+)/.exec(build?.args ?? "")?.[1] ?? "";
-    tool(join(ROOT, "node_modules", ".bin", "tsc"), ["-p", project, "--outDir", app], "typescript is not installed");
+    // The runtime stage's layout: package.json, node_modules, and what the build stage's tsc emits.
+    tool(
+      join(ROOT, "node_modules", ".bin", "tsc"),
+      ["-p", join(context, project), "--outDir", app],
+      "typescript is not installed",
+    );
     writeFileSync(join(app, "package.json"), read("package.json"));
     symlinkSync(join(ROOT, "node_modules"), join(app, "node_modules"), "dir");
   }, 60_000);
-  afterAll(() => rmSync(app, { recursive: true, force: true }));
+  afterAll(() => {
+    rmSync(app, { recursive: true, force: true });
+    rmSync(context, { recursive: true, force: true });
+  });
 
   it("multi-stage on a Node LTS base; production dependencies only; build tools and tsc stay behind", () => {
     const base = /^node:(\d+)-/.exec(args.NODE_IMAGE ?? "");
