@@ -1,11 +1,15 @@
 /**
- * Process-wide tracing: one OpenTelemetry SDK per process, exporting to an
- * OTLP/HTTP collector and/or the span file `make trace` reads.
+ * Process-wide tracing: one OpenTelemetry tracer provider per process
+ * (W3C trace context, async-hooks context), exporting to an OTLP/HTTP
+ * collector and/or the span file `make trace` reads. Just the trace SDK:
+ * the all-in-one `sdk-node` would bring every exporter and instrumentation
+ * into the image for nothing.
  */
+import { context, propagation, trace } from "@opentelemetry/api";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
 import { resourceFromAttributes } from "@opentelemetry/resources";
-import { NodeSDK } from "@opentelemetry/sdk-node";
 import { BatchSpanProcessor, type SpanProcessor } from "@opentelemetry/sdk-trace-base";
+import { NodeTracerProvider } from "@opentelemetry/sdk-trace-node";
 import { DEFAULT_TRACE_FILE_MAX_BYTES, FileSpanExporter } from "./span-file.js";
 
 /** Process-wide tracing: starts the OpenTelemetry SDK once; returns its shutdown. */
@@ -32,13 +36,19 @@ export async function startTracing(opts: {
         },
       ),
     );
-  const sdk = new NodeSDK({
+  const provider = new NodeTracerProvider({
     resource: resourceFromAttributes({ "service.name": opts.service }),
     spanProcessors: processors,
-    instrumentations: [],
   });
-  sdk.start();
-  return () => sdk.shutdown();
+  // Global tracer provider, AsyncLocalStorage context manager and the W3C propagator.
+  provider.register();
+  return async () => {
+    await provider.shutdown();
+    // Let go of the globals too, so tracing can be started again in this process.
+    trace.disable();
+    context.disable();
+    propagation.disable();
+  };
 }
 
 /**
