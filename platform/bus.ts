@@ -13,6 +13,7 @@ import {
   StorageType,
 } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { backoffMs } from "./backoff.js";
 import type { StreamSpec } from "./catalogue.js";
 import type { Logger } from "./log.js";
 
@@ -46,6 +47,18 @@ export interface BusOptions {
   readonly replicas?: number;
 }
 
+/** Creates stream `s` with `replicas` replicas, or updates it (never lowering its replication). */
+async function ensureStream(jsm: JetStreamManager, s: StreamSpec, replicas: number): Promise<void> {
+  const config = { ...STREAM_DEFAULTS, num_replicas: replicas, name: s.name, subjects: [...s.subjects] };
+  const existing = await jsm.streams.info(s.name).catch(() => undefined);
+  if (!existing) {
+    await jsm.streams.add(config);
+    return;
+  }
+  // Never lower replication: a tool or an older pod started with the default must not shrink R3 to R1.
+  await jsm.streams.update(s.name, { ...config, num_replicas: Math.max(replicas, existing.config.num_replicas) });
+}
+
 /** Connects to NATS (reconnecting forever, logging state changes) and creates or updates `streams`. */
 export async function connectBus(url: string, name: string, log: Logger, opts: BusOptions = {}): Promise<Bus> {
   const nc = await connect({
@@ -60,16 +73,21 @@ export async function connectBus(url: string, name: string, log: Logger, opts: B
       if (s.type === "disconnect" || s.type === "reconnect") log.warn({ nats: s.type }, `NATS ${s.type}`);
     }
   })();
-  const jsm = await jetstreamManager(nc);
+  // No API check here: JetStream may not be up yet, which the loop below waits for.
+  const jsm = await jetstreamManager(nc, { checkAPI: false });
   const replicas = opts.replicas ?? 1;
-  for (const s of opts.streams ?? []) {
-    const config = { ...STREAM_DEFAULTS, num_replicas: replicas, name: s.name, subjects: [...s.subjects] };
-    const existing = await jsm.streams.info(s.name).catch(() => undefined);
-    if (!existing) {
-      await jsm.streams.add(config);
-    } else {
-      // Never lower replication: a tool or an older pod started with the default must not shrink R3 to R1.
-      await jsm.streams.update(s.name, { ...config, num_replicas: Math.max(replicas, existing.config.num_replicas) });
+  // A cluster that is starting (JetStream off or without a leader yet, too few peers for R3) refuses
+  // for a while: wait for it, saying so, instead of exiting and being restarted into the same wait.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await jsm.getAccountInfo();
+      for (const s of opts.streams ?? []) await ensureStream(jsm, s, replicas);
+      break;
+    } catch (err) {
+      if (nc.isClosed()) throw err;
+      const retryInMs = backoffMs(attempt, 250, 5_000);
+      log.warn({ err: (err as Error).message, attempt, retryInMs }, "JetStream not ready for the streams; waiting");
+      await new Promise((r) => setTimeout(r, retryInMs));
     }
   }
   log.info({ url, streams: (opts.streams ?? []).map((s) => s.name) }, "connected to NATS JetStream");

@@ -152,8 +152,14 @@ export const commonEnv = {
   GRPC_HOST: str("127.0.0.1"),
   /** Replicas of each JetStream stream this process creates: 1 locally, 3 on a 3-node cluster. */
   NATS_STREAM_REPLICAS: int(1, { min: 1, max: 5 }),
-  /** Host other processes reach this one at, as registered for client-side discovery (the pod IP in Kubernetes). */
+  /** Host other processes reach this one at, as registered for client-side discovery. */
   GRPC_ADVERTISE_HOST: str("127.0.0.1"),
+  /**
+   * Register this instance in the NATS KV service registry, for callers with `registry:///` targets
+   * (`make run`). False where callers find services by DNS (Kubernetes): the registry is then no
+   * start dependency at all.
+   */
+  DISCOVERY_REGISTER: bool(true),
   /** NATS server URL(s), comma separated; "off" runs without the event bus (events wait in the outbox). */
   NATS_URL: str("nats://127.0.0.1:4222"),
   /** Longest wait for in-flight calls on shutdown before they are cut, in ms. */

@@ -24,6 +24,7 @@ export interface HostConfig {
   readonly GRPC_HOST: string;
   readonly GRPC_PORT: number;
   readonly GRPC_ADVERTISE_HOST: string;
+  readonly DISCOVERY_REGISTER: boolean;
   readonly NATS_URL: string;
   readonly NATS_STREAM_REPLICAS: number;
   readonly METRICS_PORT: number | undefined;
@@ -118,7 +119,9 @@ export async function startHost<P = undefined>(o: HostOptions<P>): Promise<Host<
       log,
       telemetry,
     });
-    const registration = await announce(events.bus, o.name, config.GRPC_ADVERTISE_HOST, server.port, log);
+    const registration = config.DISCOVERY_REGISTER
+      ? await announce(events.bus, o.name, config.GRPC_ADVERTISE_HOST, server.port, log, config.NATS_STREAM_REPLICAS)
+      : undefined;
     const running = events;
     const { parts } = built;
     return {

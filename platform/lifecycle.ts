@@ -24,7 +24,10 @@ export interface ProcessConfig {
  * Runs the process of service `name`: `loadConfig` (a ConfigError exits 78
  * with a message naming each bad variable), tracing, the logger, then
  * `start`; on SIGTERM or SIGINT stops the service, flushes traces and exits
- * 0 (or 1 if stopping failed).
+ * 0 (or 1 if stopping failed). The signal handlers come first: a process
+ * still starting (waiting for NATS or its database) exits at once on a
+ * signal — it has accepted nothing to drain — and node running as PID 1 in
+ * a container, which has no default handlers, never ignores one.
  */
 export async function runService<C extends ProcessConfig>(
   name: string,
@@ -41,32 +44,39 @@ export async function runService<C extends ProcessConfig>(
     }
     throw err;
   }
-  // Tracing first: everything after it may create spans.
-  const stopTracing = await startProcessTelemetry(name, config);
-  const log = await createLogger({ service: name, level: config.LOG_LEVEL, format: config.LOG_FORMAT });
-  const service = await start(config, log);
+  let log: Logger | undefined;
+  let service: Stoppable | undefined;
+  let stopTracing: () => Promise<void> = async () => {};
   let stopping = false;
   const onSignal = (signal: NodeJS.Signals) => {
+    if (!service) {
+      log?.info({ signal }, "signal while starting: exiting");
+      process.exit(0);
+    }
     if (stopping) {
-      log.warn({ signal }, "second signal: exiting now");
+      log?.warn({ signal }, "second signal: exiting now");
       process.exit(130);
     }
     stopping = true;
-    log.info({ signal }, "shutting down");
+    log?.info({ signal }, "shutting down");
     service
       .stop()
-      .then(stopTracing)
+      .then(() => stopTracing())
       .then(
         () => {
-          log.info("stopped");
+          log?.info("stopped");
           process.exit(0);
         },
         (err: unknown) => {
-          log.error({ err }, "shutdown failed");
+          log?.error({ err }, "shutdown failed");
           process.exit(1);
         },
       );
   };
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
+  // Tracing first: everything after it may create spans.
+  stopTracing = await startProcessTelemetry(name, config);
+  log = await createLogger({ service: name, level: config.LOG_LEVEL, format: config.LOG_FORMAT });
+  service = await start(config, log);
 }

@@ -54,6 +54,8 @@ export interface RegisterOptions {
    * the bucket: an existing bucket keeps the TTL it was created with.
    */
   readonly ttlMs?: number;
+  /** Replicas of the bucket when this call creates it (as many as the streams: NATS_STREAM_REPLICAS). */
+  readonly replicas?: number;
 }
 
 /** A registered instance. */
@@ -87,8 +89,13 @@ export function parseAddress(address: string): { host: string; port: number } | 
  * storage) if it does not exist yet. An existing bucket is reused as is:
  * JetStream fixes its TTL at creation, so the first creator decides.
  */
-export async function openRegistry(nc: NatsConnection, opts: { ttlMs?: number } = {}): Promise<KV> {
-  const config = { history: 1, ttl: opts.ttlMs ?? DEFAULT_TTL_MS, storage: StorageType.File };
+export async function openRegistry(nc: NatsConnection, opts: { ttlMs?: number; replicas?: number } = {}): Promise<KV> {
+  const config = {
+    history: 1,
+    ttl: opts.ttlMs ?? DEFAULT_TTL_MS,
+    storage: StorageType.File,
+    replicas: opts.replicas ?? 1,
+  };
   const kvm = new Kvm(nc);
   try {
     return await kvm.create(REGISTRY_BUCKET, config);
@@ -157,7 +164,7 @@ export async function registerInstance(opts: RegisterOptions): Promise<Registrat
     throw new Error(`heartbeatMs (${heartbeatMs}) must be positive and below ttlMs (${ttlMs})`);
   }
   const { nc } = opts;
-  const kv = await openRegistry(nc, { ttlMs });
+  const kv = await openRegistry(nc, { ttlMs, ...(opts.replicas ? { replicas: opts.replicas } : {}) });
   const bucketTtlMs = (await kv.status()).ttl;
   if (bucketTtlMs > 0 && bucketTtlMs <= heartbeatMs) {
     throw new Error(
@@ -284,6 +291,7 @@ export async function announce(
   host: string,
   port: number,
   log: Logger,
+  replicas = 1,
 ): Promise<Registration | undefined> {
-  return bus ? registerInstance({ nc: bus.nc, service, address: `${host}:${port}`, log }) : undefined;
+  return bus ? registerInstance({ nc: bus.nc, service, address: `${host}:${port}`, log, replicas }) : undefined;
 }
