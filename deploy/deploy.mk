@@ -4,12 +4,13 @@
 # Every kubectl call names the kind context, so no other cluster is touched.
 
 # Pinned versions (docs/deploy.md, deploy/kind/cluster.yaml): kind v0.33.0
-# with its Kubernetes 1.35 node image, Istio 1.29 (supports Kubernetes 1.30-1.35).
+# with its Kubernetes 1.35 node image, Istio 1.31 (supported; Kubernetes 1.32-1.36).
 KIND_VERSION := v0.33.0
-ISTIO_VERSION ?= 1.29.2
+ISTIO_VERSION ?= 1.31.1
 KIND_CLUSTER ?= shopmesh
 KIND_CONTEXT := kind-$(KIND_CLUSTER)
 IMAGE ?= shopmesh:dev
+IMAGE_ARCHIVE := .data/shopmesh-image.tar
 OVERLAY ?= deploy/kubernetes/overlays/kind
 FAULTS_OVERLAY := deploy/kubernetes/overlays/kind-payment-faults
 LOCAL_PORT ?= 8080
@@ -34,16 +35,22 @@ kind-up: $(filter $(ISTIOCTL_PINNED),$(ISTIOCTL)) ## kind cluster + Istio (pinne
 	$(KUBECTL) -n istio-system wait --for=condition=Available deployment --all --timeout=5m
 
 images: ## Build the one shopmesh image (Dockerfile) as IMAGE (default shopmesh:dev)
-	docker build -t $(IMAGE) .
+	docker build --provenance=false -t $(IMAGE) .
 
-kind-load: ## Copy IMAGE into the kind nodes (no registry needed)
-	kind load docker-image $(IMAGE) --name $(KIND_CLUSTER)
+# As an archive: `kind load docker-image` fails on Docker's containerd image store (kind #3795).
+kind-load: images ## Build the image and copy it into the kind nodes (no registry needed)
+	mkdir -p $(dir $(IMAGE_ARCHIVE))
+	docker save $(IMAGE) -o $(IMAGE_ARCHIVE)
+	kind load image-archive $(IMAGE_ARCHIVE) --name $(KIND_CLUSTER)
 
-deploy: ## Apply the kind overlay (base + Istio + observability), restart onto the loaded image, wait until ready
+deploy: kind-load ## Build, load, apply the kind overlay (base + Istio + observability), restart onto the image, wait for every rollout
 	$(KUBECTL) apply -k $(OVERLAY)
 	$(KUBECTL) -n shopmesh rollout restart deployment
 	$(KUBECTL) -n shopmesh rollout status statefulset/nats --timeout=5m
-	$(KUBECTL) -n shopmesh wait --for=condition=Available deployment --all --timeout=5m
+	$(KUBECTL) -n shopmesh rollout status statefulset/postgres --timeout=5m
+	for d in $$($(KUBECTL) -n shopmesh get deployment -o name); do \
+	  $(KUBECTL) -n shopmesh rollout status $$d --timeout=5m || exit 1; \
+	done
 
 deploy-faults: ## Turn on Istio fault injection on order -> payment (make deploy turns it off)
 	$(KUBECTL) apply -k $(FAULTS_OVERLAY)

@@ -82,6 +82,7 @@ import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/heal
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
 import { ConfigError, connectBus, createChannel, createClient, silentLogger } from "../platform/index.js";
+import { openRegistry } from "../platform/registry.js";
 import { exited, freePort, ROOT } from "./fixtures.js";
 
 // ---------------------------------------------------------------------------
@@ -575,8 +576,13 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
     expect(Object.keys(env).filter((k) => !p.reads.has(k))).toEqual([]);
     expect(() => p.load(env)).not.toThrow();
     // What must not fall back to a laptop default in a cluster.
+    // (The gateway needs the bus only to read the registry; with DNS targets it has no NATS_URL.)
     const required = [...p.reads].filter(
-      (v) => v === "NATS_URL" || v === "DATABASE_URL" || v === portVar(p) || v.endsWith("_TARGET"),
+      (v) =>
+        (v === "NATS_URL" && p.services.length > 0) ||
+        v === "DATABASE_URL" ||
+        v === portVar(p) ||
+        v.endsWith("_TARGET"),
     );
     expect(required.filter((v) => env[v] === undefined)).toEqual([]);
   });
@@ -627,7 +633,7 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
         expect(config[v], `${p.name} ${v}`).toBe(`dns:///${fqdn(q.name)}:${port}`);
         expect(named<IService>(objs, "Service", q.name)?.spec?.ports?.[0]?.port).toBe(port);
       }
-      if (p.reads.has("NATS_URL")) {
+      if (envFor(p.name).NATS_URL !== undefined) {
         const nats = named<IService>(objs, "Service", "nats");
         const client = nats?.spec?.ports?.find((x) => x.name === "tcp-client");
         expect(client?.appProtocol, "NATS speaks first: declared TCP").toBe("tcp");
@@ -664,7 +670,9 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
       expect(sorted(allowed.keys())).toEqual(sorted([clientPort, clusterPort]));
       actual[`nats:${clientPort}`] = allowed.get(clientPort) ?? [];
       actual[`nats:${clusterPort}`] = allowed.get(clusterPort) ?? [];
-      expected[`nats:${clientPort}`] = sorted(processes.filter((p) => p.reads.has("NATS_URL")).map((p) => p.name));
+      expected[`nats:${clientPort}`] = sorted(
+        processes.filter((p) => envFor(p.name).NATS_URL !== undefined).map((p) => p.name),
+      );
       expected[`nats:${clusterPort}`] = ["nats"];
     }
     const postgres = workloads(objs).get("postgres");
@@ -781,10 +789,12 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
       (ap) => ap.spec?.action === "DENY" && selects(ap.spec?.selector?.matchLabels, INGRESS_LABELS),
     );
     expect(deny.length).toBe(1);
+    // On a shared ingress the rule must stop at shopmesh's hosts: the ones its Gateway claims.
+    const hosts = gws.flatMap((g) => (g.spec?.servers ?? []).flatMap((s) => s.hosts ?? []));
     expect(deny[0]?.spec?.rules).toEqual([
       {
         from: [{ source: { notRequestPrincipals: ["*"] } }],
-        to: [{ operation: { notMethods: ["OPTIONS"], notPaths: [`/${ServerReflection.typeName}/*`] } }],
+        to: [{ operation: { hosts, notMethods: ["OPTIONS"], notPaths: [`/${ServerReflection.typeName}/*`] } }],
       },
     ]);
   });
@@ -812,11 +822,16 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
             problems.push(`${where}: destination port ${r.destination?.port?.number}`);
         }
         if (route.fault) {
-          // Istio ignores retries and timeouts on a route with faults: carry neither.
-          if (route.retries !== undefined) problems.push(`${where}: fault injection and retries on one route`);
+          // A route with faults still gets the mesh's default retries unless it says none: it must,
+          // so that what reacts to the faults is the caller's own policy. No timeout either.
+          if (route.retries?.attempts !== 0) problems.push(`${where}: fault injection without retries: {attempts: 0}`);
           if (route.timeout !== undefined) problems.push(`${where}: fault injection and a timeout on one route`);
           continue;
         }
+        // The mesh retries only what never reached a server; answers are the app's to retry.
+        const on = (route.retries?.retryOn ?? "").split(",").filter(Boolean);
+        const answered = on.filter((c) => !["connect-failure", "refused-stream"].includes(c));
+        if (answered.length > 0) problems.push(`${where}: mesh retries answers (${answered.join(",")})`);
         // Explicit, or Istio's default retry policy applies.
         if (route.timeout === undefined) problems.push(`${where}: no timeout`);
         if (route.retries?.attempts === undefined) problems.push(`${where}: no explicit retries`);
@@ -877,7 +892,8 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
     expect(streams, "WatchOrder at least").toBeGreaterThan(0);
   });
 
-  it("DestinationRules: a mesh bulkhead above each caller's own, and outlier detection", () => {
+  it("DestinationRules: a mesh bulkhead above each caller's own and its held streams; ejection never of every pod", () => {
+    const gatewayCalls = Number(configOf(byName.get("gateway") as Process).HTTP_MAX_CALLS);
     for (const q of processes) {
       const dr = named<IDestinationRule>(objs, "DestinationRule", q.name);
       const pool = dr?.spec?.trafficPolicy?.connectionPool;
@@ -888,10 +904,38 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
         const limit = policyOf(configOf(p), q.name, "BULKHEAD_LIMIT") ?? 0;
         expect(pool?.http?.http2MaxRequests, `${q.name}: above ${p.name}'s bulkhead`).toBeGreaterThanOrEqual(limit);
       }
+      // Every open server stream is a request for the pool as long as it lives: a gateway pod may hold
+      // HTTP_MAX_CALLS of them, and so may the ingress in front of it.
+      const streams = q.services.some((s) => s.methods.some((m) => m.methodKind === "server_streaming"));
+      if (streams || q.name === "gateway") {
+        expect(pool?.http?.http2MaxRequests, `${q.name}: room for the streams`).toBeGreaterThanOrEqual(gatewayCalls);
+      }
       expect((od?.consecutive5xxErrors ?? 0) + (od?.consecutiveGatewayErrors ?? 0)).toBeGreaterThan(0);
       expect(durationMs(od?.interval)).toBeGreaterThan(0);
       expect(durationMs(od?.baseEjectionTime)).toBeGreaterThan(0);
+      // Never every pod: with the replicas it runs, at least one always takes traffic.
+      const replicas = deploymentOf(objs, q).spec?.replicas ?? 1;
+      const ejectable = Math.floor((replicas * (od?.maxEjectionPercent ?? 10)) / 100);
+      expect(ejectable, `${q.name}: ${od?.maxEjectionPercent}% of ${replicas} pods`).toBeLessThan(replicas);
+      expect(od?.minHealthPercent, `${q.name}: detection stops before too few are left`).toBeGreaterThan(0);
     }
+  });
+
+  it("the registry is off on Kubernetes (DNS targets), and every process handles signals from its first line", () => {
+    for (const p of processes) {
+      const env = envFor(p.name);
+      const targets = Object.entries(env).filter(([k]) => k.endsWith("_TARGET"));
+      expect(
+        targets.filter(([, v]) => v.startsWith("registry:")),
+        `${p.name} uses no registry target`,
+      ).toEqual([]);
+      if (p.reads.has("DISCOVERY_REGISTER")) expect(env.DISCOVERY_REGISTER, `${p.name} registers`).toBe("false");
+    }
+    // runService installs SIGTERM/SIGINT handlers before it awaits anything: a starting pod stops on SIGTERM.
+    const lifecycle = read("platform/lifecycle.ts");
+    const body = lifecycle.slice(lifecycle.indexOf("export async function runService"));
+    expect(body.indexOf('process.on("SIGTERM"')).toBeGreaterThan(0);
+    expect(body.indexOf('process.on("SIGTERM"')).toBeLessThan(body.indexOf("await "));
   });
 
   it("pods: non-root, read-only root filesystem, no privileges, requests and limits, probes, a graceful stop", () => {
@@ -1055,6 +1099,9 @@ describe("NATS JetStream cluster", () => {
           expect(info.config.num_replicas, s.name).toBe(3);
           expect(info.cluster?.replicas?.length, `${s.name} has two followers`).toBe(2);
         }
+        // Where the service registry is on, its bucket is replicated like the streams.
+        const registry = await openRegistry(bus.nc, { replicas: 3 });
+        expect((await registry.status()).replicas, "registry bucket replicas").toBe(3);
       } finally {
         await bus.close();
       }
@@ -1400,7 +1447,40 @@ describe("kind, Makefile targets and docs agree", () => {
     for (const t of targets) expect(mk).toMatch(new RegExp(`^${t}:.*## `, "m"));
     for (const path of out.match(/deploy\/[\w./-]+/g) ?? []) expect(existsSync(join(ROOT, path)), path).toBe(true);
     expect(out).toContain(`istio-${varOf("ISTIO_VERSION")}/bin/istioctl`);
-    expect(out).toContain(`docker build -t ${varOf("IMAGE")} .`);
+  });
+
+  it("the one documented command is the same in README and docs/deploy.md, and runs the whole chain in order", () => {
+    const command = /`(make kind-up[^`]*)`/.exec(read("README.md"))?.[1] ?? "";
+    expect(command).toBe("make kind-up deploy");
+    // Every shell block of docs/deploy.md that brings the system up gives exactly that command.
+    const blocks = [...docs.matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1] ?? "");
+    const upLines = blocks
+      .flatMap((b) => b.split("\n"))
+      .filter((l) => /^make (kind-up|images|kind-load|deploy)(\s|$)/.test(l));
+    expect(upLines.length).toBeGreaterThanOrEqual(2);
+    for (const line of upLines) expect(line.split("#")[0]?.trim()).toBe(command);
+    // make -n shows what that command runs: nothing a first run needs is left to another target.
+    const out = tool("make", ["-n", "-f", "Makefile", ...command.split(" ").slice(1)], "make is not installed");
+    const chain = [
+      "kind create cluster",
+      "istioctl install",
+      `docker build --provenance=false -t ${varOf("IMAGE")} .`,
+      "docker save",
+      "kind load image-archive",
+      `apply -k ${varOf("OVERLAY")}`,
+      "rollout restart deployment",
+      "rollout status statefulset/nats",
+      "rollout status statefulset/postgres",
+      "rollout status $d",
+    ];
+    let at = -1;
+    for (const step of chain) {
+      const found = out.indexOf(step, at + 1);
+      expect(found, `${step} after the previous step in:\n${out}`).toBeGreaterThan(at);
+      at = found;
+    }
+    // No readiness wait that can pass before the restarted pods exist.
+    expect(out).not.toMatch(/-n shopmesh wait /);
   });
 
   it("docs/deploy.md names the pinned versions and every target", () => {
