@@ -8,7 +8,7 @@ PROTOS := $(shell find proto -name '*.proto')
 export INVENTORY_REPLICAS PAYMENT_REPLICAS ORDER_REPLICAS NOTIFICATION_REPLICAS HISTORY_REPLICAS DB PG_PORT
 GEN_STAMP := gen/shopmesh/common/v1/common_pb.ts
 
-.PHONY: help install nats postgres generate lint typecheck test run demo token trace events dlq history-rebuild clean
+.PHONY: help install nats postgres generate lint typecheck test run bench demo token trace events dlq history-rebuild clean
 
 help: ## List targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ test: install ## Everything CI checks: lint, typecheck, all tests
 
 run: install nats $(if $(filter postgres,$(DB)),postgres) $(GEN_STAMP) ## Start NATS, every service and the gateway; Ctrl-C stops all (DB=postgres ORDER_REPLICAS=3 PAYMENT_REPLICAS=2 ...)
 	npm start
+
+bench: install nats $(GEN_STAMP) ## Measure every path side by side from a separate load generator (BENCH_SECONDS, BENCH_PROFILE=gateway): bench/results/bench.json
+	npm run bench
 
 demo: install ## Place three orders against `make run` and print their sagas (SAGA_MODE=choreography for events only)
 	SAGA_MODE=$(SAGA_MODE) npm run demo

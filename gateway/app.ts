@@ -20,6 +20,7 @@ import { createComposition } from "./compose.js";
 import type { GatewayConfig } from "./config.js";
 import { registerRoutes } from "./forward.js";
 import { ConcurrencyLimiter, RateLimiter } from "./limits.js";
+import { passthroughTable } from "./passthrough.js";
 import { createReflection } from "./reflection.js";
 import { ROUTES } from "./routes.js";
 import { type RunningFront, startFront } from "./server.js";
@@ -91,6 +92,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     trustProxy: config.TRUST_PROXY,
     // Reflection describes the public contract only; tools may read it without a token.
     tokenFree: new Set([ServerReflection.typeName]),
+    passthrough: passthroughTable(ROUTES, clients),
     headersTimeoutMs: config.HTTP_HEADERS_TIMEOUT_MS,
     requestTimeoutMs: config.HTTP_REQUEST_TIMEOUT_MS,
     idleTimeoutMs: config.HTTP_IDLE_TIMEOUT_MS,

@@ -33,6 +33,7 @@ import { extractContext, type Identity, type Logger, type Telemetry } from "../p
 import { AuthError, type Authenticator } from "./auth.js";
 import { type ClientInfo, kClient, kIdentity } from "./context.js";
 import type { ConcurrencyLimiter, RateLimiter } from "./limits.js";
+import { type PassthroughMethod, passthrough, takesPassthrough } from "./passthrough.js";
 import { errorAnswer, finish, isConnectStream, type Outcome, protocolOf } from "./wire.js";
 
 type NodeRequest = http.IncomingMessage | http2.Http2ServerRequest;
@@ -56,6 +57,8 @@ export interface DispatchOptions {
   readonly trustProxy: boolean;
   /** Services callable without a token (the reflection service: it reveals only the public contract). */
   readonly tokenFree: ReadonlySet<string>;
+  /** Routed unary methods by path, for gRPC calls forwarded as bytes (passthrough.ts). */
+  readonly passthrough?: ReadonlyMap<string, PassthroughMethod>;
 }
 
 /** Handles one request; `requestId` is already settled by the caller. */
@@ -263,6 +266,13 @@ export function createDispatch(o: DispatchOptions): Dispatch {
       }
       principal = admission.identity?.subject ?? "";
       clampTimeouts(req.headers);
+      const done = (outcome: Outcome) => report(outcome, principal);
+      const fast = o.passthrough?.get(path);
+      if (fast && takesPassthrough(req)) {
+        const [h2req, h2res] = [req as http2.Http2ServerRequest, res as http2.Http2ServerResponse];
+        await passthrough(h2req, h2res, fast, admission.identity, client, o.maxBodyBytes, done);
+        return;
+      }
       const values = createContextValues().set(kClient, client).set(kIdentity, admission.identity);
       const nodeReq = req as http.IncomingMessage;
       const uReq = universalRequestFromNodeRequest(nodeReq, res as http.ServerResponse, undefined, values);
@@ -270,7 +280,6 @@ export function createDispatch(o: DispatchOptions): Dispatch {
         ...uReq,
         body: limited(uReq.body as AsyncIterable<Uint8Array>, o.maxBodyBytes),
       });
-      const done = (outcome: Outcome) => report(outcome, principal);
       await universalResponseToNodeResponse(await finish(uRes, protocol, done), res as http.ServerResponse);
     };
 

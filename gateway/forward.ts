@@ -12,6 +12,7 @@ import { Metadata } from "@grpc/grpc-js";
 import {
   type CallOptions,
   ERROR_DETAILS,
+  type Identity,
   identityMetadata,
   RpcError,
   ServiceError,
@@ -24,18 +25,21 @@ type AnyCall = (req: unknown, opts?: CallOptions) => unknown;
 /** An upstream's typed client, seen untyped: one function per method local name. */
 export type UpstreamClient = Readonly<Record<string, unknown>>;
 
-/** Metadata and deadline for the upstream call of `ctx`. */
-export function upstreamOptions(ctx: HandlerContext): CallOptions {
-  const client = ctx.values.get(kClient);
-  const identity = ctx.values.get(kIdentity);
+/** Metadata (the verified identity, the request id: nothing else of the client's) and deadline of an upstream call. */
+export function callOptions(
+  identity: Identity | undefined,
+  requestId: string,
+  signal: AbortSignal,
+  timeoutMs: number | undefined,
+): CallOptions {
   const md = identity ? identityMetadata(identity) : new Metadata();
-  md.set("x-request-id", client.requestId);
-  const timeoutMs = ctx.timeoutMs();
-  return {
-    metadata: md,
-    signal: ctx.signal,
-    ...(timeoutMs === undefined ? {} : { deadline: Date.now() + timeoutMs }),
-  };
+  md.set("x-request-id", requestId);
+  return { metadata: md, signal, ...(timeoutMs === undefined ? {} : { deadline: Date.now() + timeoutMs }) };
+}
+
+/** {@link callOptions} for the upstream call of `ctx`. */
+export function upstreamOptions(ctx: HandlerContext): CallOptions {
+  return callOptions(ctx.values.get(kIdentity), ctx.values.get(kClient).requestId, ctx.signal, ctx.timeoutMs());
 }
 
 /**

@@ -170,6 +170,11 @@ export const commonEnv = {
   TRACE_FILE: str(""),
   /** Size at which TRACE_FILE is rotated to `<file>.1` (so spans on disk stay under twice this), bytes. */
   TRACE_FILE_MAX_BYTES: int(DEFAULT_TRACE_FILE_MAX_BYTES, { min: 4096, max: 10 * 1024 * 1024 * 1024 }),
+  /**
+   * Share of new traces recorded, 0..1 (parent-based: a call inside a sampled trace is always
+   * recorded, one inside an unsampled trace never). 1 records every order, as `make trace` expects.
+   */
+  TRACE_SAMPLE_RATIO: num(1, { min: 0, max: 1 }),
   /** Port of the /metrics and /healthz endpoint; unset: off, 0: any free port. */
   METRICS_PORT: optionalInt({ min: 0, max: 65535 }),
   /** PostgreSQL URL (postgres://user:pass@host:5432/db); empty: the SQLite file DB_PATH. */

@@ -20,7 +20,7 @@ import * as grpc from "@grpc/grpc-js";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Tracer } from "@opentelemetry/api";
 import { type CircuitBreakerPolicy, CircuitState } from "cockatiel";
-import { type Client, createChannel, createClient } from "./grpc-client.js";
+import { type BytesClient, type Client, createBytesClient, createChannel, createClient } from "./grpc-client.js";
 import type { Logger } from "./log.js";
 import { REGISTRY_SCHEME, requireServiceName } from "./registry.js";
 import { watchInstances } from "./registry-watch.js";
@@ -33,6 +33,8 @@ export interface Endpoint<S extends DescService> {
   readonly address: string;
   readonly breaker: CircuitBreakerPolicy;
   readonly client: Client<S>;
+  /** The same unary calls on encoded messages. */
+  readonly bytes: BytesClient;
   /** Whether its connection is failing right now (refused, reset): picked only when nothing else is left. */
   failing(): boolean;
 }
@@ -131,6 +133,7 @@ export class Endpoints<S extends DescService> {
       address,
       breaker,
       client: createClient(this.o.service, channel, this.o.tracer),
+      bytes: createBytesClient(this.o.service, channel, this.o.tracer),
       failing: () => channel.getChannel().getConnectivityState(false) === grpc.connectivityState.TRANSIENT_FAILURE,
       close: () => {
         if (owned) channel.close();

@@ -25,7 +25,7 @@ export {
 } from "./errors.js";
 export type { Eventing } from "./eventing.js";
 export { type CallContext, type Interceptor, type ServiceImpl, withImports } from "./grpc.js";
-export { type CallOptions, type Client, createChannel, createClient } from "./grpc-client.js";
+export { type BytesClient, type CallOptions, type Client, createChannel, createClient } from "./grpc-client.js";
 export { type Built, type Host, type HostConfig, type HostContext, type HostOptions, startHost } from "./host.js";
 export { type KeyUse, keyUse, requestFingerprint, requireIdempotencyKey, VOIDED } from "./idempotency.js";
 export {

@@ -18,6 +18,7 @@ export interface ProcessConfig {
   readonly OTEL_EXPORTER_OTLP_ENDPOINT: string;
   readonly TRACE_FILE: string;
   readonly TRACE_FILE_MAX_BYTES: number;
+  readonly TRACE_SAMPLE_RATIO: number;
 }
 
 /**

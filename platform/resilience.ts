@@ -27,7 +27,7 @@
  *    server (grpc-timeout) and cancels the work there too. It is never
  *    extended past the incoming deadline.
  */
-import type { DescMessage, DescMethod, DescService, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
+import type { DescMessage, DescMethod, DescService, MessageShape } from "@bufbuild/protobuf";
 import type * as grpc from "@grpc/grpc-js";
 import { Metadata, status } from "@grpc/grpc-js";
 import type { NatsConnection } from "@nats-io/transport-node";
@@ -44,7 +44,7 @@ import {
 import { earliestDeadline } from "./deadline.js";
 import { type BreakerName, type Endpoint, Endpoints, type EndpointsOptions } from "./endpoints.js";
 import { RpcError } from "./errors.js";
-import type { CallOptions, Client } from "./grpc-client.js";
+import type { BytesClient, CallOptions, Client } from "./grpc-client.js";
 import type { Logger } from "./log.js";
 import { breakerOf, CallerDeadlineError, isIdempotent, isRetryable, type PolicyConfig } from "./policy.js";
 import type { Telemetry } from "./telemetry.js";
@@ -68,6 +68,8 @@ export interface PolicyEvents {
 
 /** A typed client whose every call goes through the downstream's policy. */
 export type ResilientClient<S extends DescService> = Client<S> & {
+  /** The unary calls on encoded messages, under the same policy (the gateway's gRPC pass-through). */
+  readonly bytes: BytesClient;
   /** Breaker and bulkhead state right now. */
   readonly state: () => DownstreamState;
   /** Stops following the downstream's instances and closes the connections it opened. */
@@ -156,10 +158,13 @@ export function createResilientClient<S extends DescService>(
   });
   metrics?.trackDownstream(downstream, state);
   const guard: Guard<S> = { downstream, config, bulkhead: bh, endpoints, log: plog, events, metrics };
-  const client: Record<string, unknown> = { state, close: () => endpoints.close() };
+  const bytes: Record<string, unknown> = {};
+  const client: Record<string, unknown> = { state, close: () => endpoints.close(), bytes };
   for (const m of service.methods) {
-    if (m.methodKind === "unary") client[m.localName] = resilientUnary(guard, m);
-    else if (m.methodKind === "server_streaming") {
+    if (m.methodKind === "unary") {
+      client[m.localName] = resilientUnary(guard, m, (ep) => call(ep, m));
+      bytes[m.localName] = resilientUnary(guard, m, (ep) => ep.bytes[m.localName] as RawCall);
+    } else if (m.methodKind === "server_streaming") {
       client[m.localName] = (req: unknown, callOpts: CallOptions = {}) =>
         streamThrough(guard, (ep) => call(ep, m)(req, { ...callOpts }) as AsyncIterable<MessageShape<DescMessage>>);
     }
@@ -198,7 +203,7 @@ async function onSomeInstance<S extends DescService, T>(
 }
 
 /** One unary method under the full policy: bulkhead, retry (preferring untried instances), per-instance breaker, per-attempt deadline. */
-function resilientUnary<S extends DescService>(g: Guard<S>, m: DescMethod) {
+function resilientUnary<S extends DescService>(g: Guard<S>, m: DescMethod, callOn: (ep: Endpoint<S>) => RawCall) {
   const idempotent = isIdempotent(m);
   const retryPolicy = retry(
     handleWhen((e) => isRetryable(e, idempotent)),
@@ -221,7 +226,7 @@ function resilientUnary<S extends DescService>(g: Guard<S>, m: DescMethod) {
       (performance.now() - started) / 1000,
     );
 
-  return (req: MessageInitShape<DescMessage>, opts: CallOptions = {}) => {
+  return (req: unknown, opts: CallOptions = {}) => {
     // The caller's budget is fixed once, for the whole call: queueing, retries and backoff included.
     const deadline = earliestDeadline(opts.deadline, opts.timeoutMs);
     if (deadline !== undefined && deadline <= Date.now()) {
@@ -240,7 +245,7 @@ function resilientUnary<S extends DescService>(g: Guard<S>, m: DescMethod) {
               onSomeInstance(
                 g,
                 tried,
-                (ep) => call(ep, m)(req, attemptOptions(opts, deadline, g.config.timeoutMs, s)) as Promise<unknown>,
+                (ep) => callOn(ep)(req, attemptOptions(opts, deadline, g.config.timeoutMs, s)) as Promise<unknown>,
               ),
             signal,
           ),

@@ -8,7 +8,12 @@
 import { context, propagation, trace } from "@opentelemetry/api";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
 import { resourceFromAttributes } from "@opentelemetry/resources";
-import { BatchSpanProcessor, type SpanProcessor } from "@opentelemetry/sdk-trace-base";
+import {
+  BatchSpanProcessor,
+  ParentBasedSampler,
+  type SpanProcessor,
+  TraceIdRatioBasedSampler,
+} from "@opentelemetry/sdk-trace-base";
 import { NodeTracerProvider } from "@opentelemetry/sdk-trace-node";
 import { DEFAULT_TRACE_FILE_MAX_BYTES, FileSpanExporter } from "./span-file.js";
 
@@ -19,6 +24,8 @@ export async function startTracing(opts: {
   traceFile: string;
   /** Size at which the trace file is rotated, bytes (default 50 MiB). */
   traceFileMaxBytes?: number;
+  /** Share of new traces recorded (default 1); calls inside a trace follow their parent's decision. */
+  sampleRatio?: number;
   extra?: SpanProcessor[];
 }): Promise<() => Promise<void>> {
   const processors: SpanProcessor[] = [...(opts.extra ?? [])];
@@ -39,6 +46,7 @@ export async function startTracing(opts: {
   const provider = new NodeTracerProvider({
     resource: resourceFromAttributes({ "service.name": opts.service }),
     spanProcessors: processors,
+    sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(opts.sampleRatio ?? 1) }),
   });
   // Global tracer provider, AsyncLocalStorage context manager and the W3C propagator.
   provider.register();
@@ -58,7 +66,12 @@ export async function startTracing(opts: {
  */
 export async function startProcessTelemetry(
   service: string,
-  c: { OTEL_EXPORTER_OTLP_ENDPOINT: string; TRACE_FILE: string; TRACE_FILE_MAX_BYTES: number },
+  c: {
+    OTEL_EXPORTER_OTLP_ENDPOINT: string;
+    TRACE_FILE: string;
+    TRACE_FILE_MAX_BYTES: number;
+    TRACE_SAMPLE_RATIO: number;
+  },
 ): Promise<() => Promise<void>> {
   if (!c.OTEL_EXPORTER_OTLP_ENDPOINT && !c.TRACE_FILE) return async () => {};
   return startTracing({
@@ -66,5 +79,6 @@ export async function startProcessTelemetry(
     otlpEndpoint: c.OTEL_EXPORTER_OTLP_ENDPOINT,
     traceFile: c.TRACE_FILE,
     traceFileMaxBytes: c.TRACE_FILE_MAX_BYTES,
+    sampleRatio: c.TRACE_SAMPLE_RATIO,
   });
 }

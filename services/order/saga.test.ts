@@ -13,7 +13,14 @@ import { type System, startSystem } from "../../test/system.js";
 
 let sys: System;
 beforeAll(async () => {
-  sys = await startSystem({ order: { SAGA_STEP_BUDGET_MS: "1500", PAYMENT_BREAKER_HALF_OPEN_AFTER_MS: "200" } });
+  sys = await startSystem({
+    order: {
+      SAGA_STEP_BUDGET_MS: "1500",
+      PAYMENT_BREAKER_HALF_OPEN_AFTER_MS: "200",
+      // A dead payment opens it at once; a 50% flaky one must not by a run of bad luck (5 in a row: 1 in 32).
+      PAYMENT_BREAKER_CONSECUTIVE_FAILURES: "12",
+    },
+  });
 });
 afterAll(async () => {
   await sys[Symbol.asyncDispose]();

@@ -1,0 +1,156 @@
+/**
+ * The gateway's fast path for the common case — a gRPC client calling a
+ * routed unary method over HTTP/2: the message is forwarded as the bytes it
+ * arrived as, and the answer's bytes go back the same way. Nothing is
+ * decoded or re-encoded, and connect-es's handler machinery is skipped.
+ *
+ * Everything else stays as on the general path (dispatch.ts decides before
+ * this runs): the per-IP and per-principal limits, routing, the token and
+ * the identity the gateway sets itself (nothing the client sent is copied
+ * downstream), the access log, span and RED sample. Here: the admin-only
+ * check, the client's deadline (grpc-timeout) carried to the upstream call,
+ * a client's cancel cancelling it, the same resilient client (bulkhead,
+ * retries, per-instance breakers) on encoded messages, and errors mapped as
+ * forward.ts maps them. A malformed request is the client's error
+ * (INVALID_ARGUMENT); the upstream service decodes the message and refuses
+ * what does not decode, as it does for any caller.
+ *
+ * Compressed requests (grpc-encoding) and every other protocol take the
+ * general path.
+ */
+import type http2 from "node:http2";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { parseTimeout } from "@connectrpc/connect/protocol-grpc";
+import type { BytesClient, Identity } from "../platform/index.js";
+import type { ClientInfo } from "./context.js";
+import { callOptions, toConnectError } from "./forward.js";
+import type { Route, Upstream } from "./routes.js";
+import { errorAnswer, type Outcome } from "./wire.js";
+
+/** One routed unary method as the fast path calls it. */
+export interface PassthroughMethod {
+  readonly upstream: Upstream;
+  readonly name: string;
+  readonly adminOnly: boolean;
+  readonly call: BytesClient[string];
+}
+
+/** The routed unary methods by request path (`/package.Service/Method`). */
+export function passthroughTable(
+  routes: readonly Route[],
+  clients: Record<Upstream, { readonly bytes: BytesClient }>,
+): ReadonlyMap<string, PassthroughMethod> {
+  const table = new Map<string, PassthroughMethod>();
+  for (const route of routes) {
+    for (const name of route.methods) {
+      const m = route.service.methods.find((x) => x.name === name);
+      const call = m && clients[route.upstream].bytes[m.localName];
+      if (m?.methodKind !== "unary" || !call) continue;
+      table.set(`/${route.service.typeName}/${name}`, {
+        upstream: route.upstream,
+        name,
+        adminOnly: route.adminOnly?.includes(name) ?? false,
+        call,
+      });
+    }
+  }
+  return table;
+}
+
+/** True when a request can take the fast path: gRPC (not gRPC-Web) over HTTP/2, uncompressed. */
+export function takesPassthrough(req: { httpVersionMajor: number; headers: http2.IncomingHttpHeaders }): boolean {
+  const type = req.headers["content-type"];
+  const encoding = req.headers["grpc-encoding"];
+  return (
+    req.httpVersionMajor === 2 &&
+    (type === "application/grpc" || type === "application/grpc+proto") &&
+    (encoding === undefined || encoding === "identity")
+  );
+}
+
+const invalid = (message: string) => new ConnectError(message, Code.InvalidArgument);
+
+/** The one message of a unary gRPC request body (a 5-byte prefix, then the message). */
+function unaryMessage(body: Buffer): Buffer {
+  if (body.byteLength < 5) throw invalid("protocol error: missing input message");
+  if ((body[0] ?? 0) & 1) throw invalid("protocol error: compressed message without grpc-encoding");
+  const length = body.readUInt32BE(1);
+  if (5 + length < body.byteLength) throw invalid("protocol error: received extra input message for unary method");
+  if (5 + length > body.byteLength) throw invalid("protocol error: the input message ended early");
+  return body.subarray(5);
+}
+
+/** Reads the whole body, failing RESOURCE_EXHAUSTED past `max` bytes and CANCELED if it breaks off. */
+async function readBody(req: http2.Http2ServerRequest, max: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let seen = 0;
+  try {
+    for await (const chunk of req as AsyncIterable<Buffer>) {
+      seen += chunk.byteLength;
+      if (seen > max) throw new ConnectError(`request body exceeds the limit of ${max} bytes`, Code.ResourceExhausted);
+      chunks.push(chunk);
+    }
+  } catch (err) {
+    if (err instanceof ConnectError) throw err;
+    throw new ConnectError("the request body ended early or malformed", Code.Canceled, undefined, undefined, err);
+  }
+  return chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
+}
+
+/** Answers one fast-path call; `done` reports how it ended. */
+export async function passthrough(
+  req: http2.Http2ServerRequest,
+  res: http2.Http2ServerResponse,
+  method: PassthroughMethod,
+  identity: Identity | undefined,
+  client: ClientInfo,
+  maxBodyBytes: number,
+  done: (outcome: Outcome) => void,
+): Promise<void> {
+  // The client going away (RST_STREAM, a closed connection) before the answer cancels the upstream call.
+  // (Node's compatibility layer reports such a stream as finished too: only our own flag can tell.)
+  const ac = new AbortController();
+  let answered = false;
+  const onClose = () => {
+    if (!answered) ac.abort(new ConnectError("the client cancelled the call", Code.Canceled));
+  };
+  res.once("close", onClose);
+  const fail = (err: ConnectError) => {
+    answered = true;
+    const a = errorAnswer("grpc", false, err);
+    if (!res.headersSent && !res.destroyed) {
+      res.writeHead(a.status, a.headers);
+      res.end();
+    }
+    done({ code: err.code, message: err.rawMessage });
+  };
+  try {
+    if (method.adminOnly && !identity?.roles.includes("admin")) {
+      throw new ConnectError(`${method.name} needs the admin role`, Code.PermissionDenied);
+    }
+    const timeout = parseTimeout(String(req.headers["grpc-timeout"] ?? "") || null, Number.MAX_SAFE_INTEGER);
+    if (timeout.error) throw invalid(timeout.error.rawMessage);
+    const message = unaryMessage(await readBody(req, maxBodyBytes));
+    let answer: Uint8Array;
+    try {
+      answer = await method.call(message, callOptions(identity, client.requestId, ac.signal, timeout.timeoutMs));
+    } catch (err) {
+      throw toConnectError(err, method.upstream, ac.signal);
+    }
+    answered = true;
+    const prefix = Buffer.allocUnsafe(5);
+    prefix[0] = 0;
+    prefix.writeUInt32BE(answer.byteLength, 1);
+    res.writeHead(200, { "content-type": req.headers["content-type"] as string });
+    res.addTrailers({ "grpc-status": "0" });
+    res.write(prefix);
+    res.end(answer);
+    done({ code: 0, message: "" });
+  } catch (err) {
+    fail(
+      err instanceof ConnectError ? err : new ConnectError("internal error", Code.Internal, undefined, undefined, err),
+    );
+  } finally {
+    res.off("close", onClose);
+  }
+}

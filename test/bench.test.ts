@@ -1,0 +1,47 @@
+/**
+ * `make bench` works (the smoke version CI runs): the whole system starts,
+ * the load generator runs every path in its own process, and the table and
+ * the JSON come out with a row per path, each with calls and no failures.
+ * No timing is asserted: numbers on a shared CI machine mean nothing.
+ */
+import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { expect, it } from "vitest";
+import { ROOT, tempDir } from "./fixtures.js";
+
+it("make bench (smoke): every path measured from a separate load generator, written as JSON", async () => {
+  using dir = tempDir();
+  const out = join(dir.path, "bench.json");
+  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "bench", "harness.ts")], {
+    cwd: ROOT,
+    env: { ...process.env, BENCH_SMOKE: "1", BENCH_OUT: out },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let text = "";
+  child.stdout.on("data", (d: Buffer) => (text += d.toString()));
+  child.stderr.on("data", (d: Buffer) => (text += d.toString()));
+  const code = await new Promise<number | null>((r) => child.once("exit", r));
+  expect(code, text).toBe(0);
+  const result = JSON.parse(readFileSync(out, "utf8")) as {
+    rows: { path: string; load: string; calls: number; failures: number; rps: number; p50_ms: number }[];
+    starts: { readyMs: number; rssMb: number }[];
+  };
+  const paths = new Set(result.rows.map((r) => r.path));
+  expect([...paths]).toEqual([
+    "direct gRPC",
+    "gateway gRPC",
+    "gateway Connect binary (h2c)",
+    "gateway Connect JSON (HTTP/1.1)",
+    "saga, orchestration",
+    "saga, choreography",
+  ]);
+  for (const r of result.rows) {
+    expect(r.calls, `${r.path} ${r.load}`).toBeGreaterThan(0);
+    expect(r.failures, `${r.path} ${r.load}`).toBe(0);
+    expect(r.p50_ms, `${r.path} ${r.load}`).toBeGreaterThan(0);
+    expect(text).toContain(r.path);
+  }
+  expect(result.starts[0]?.readyMs).toBeGreaterThan(0);
+  expect(result.starts[0]?.rssMb).toBeGreaterThan(0);
+}, 120_000);
