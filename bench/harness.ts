@@ -1,9 +1,10 @@
 /**
  * `make bench`: the whole system as `make run` starts it (nats-server, five
- * services and the gateway, each its own Node process under tsx, SQLite,
- * registry discovery), measured from a load generator in a process of its
- * own (bench/load.ts), every path side by side in one run, with telemetry
- * as `make run` has it (span file, /metrics, access log) and with it off.
+ * services and the gateway, each a Node process running the compiled
+ * JavaScript of `make build`; SQLite; registry discovery), measured from a
+ * load generator in a process of its own (bench/load.ts), every path side
+ * by side in one run, with telemetry as `make run` has it (span file,
+ * /metrics, access log) and with it off.
  *
  * Prints a table (calls/s, p50, p99, ratio to direct gRPC in the same
  * run, CPU of the whole system per call) and writes bench/results/bench.json.
@@ -23,15 +24,15 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { createChannel, createClient, identityMetadata } from "../platform/index.js";
+import { nodeCommand, ROOT } from "../scripts/layout.js";
 import type { LoadResult, LoadSpec } from "./load.js";
 
-const ROOT = resolve(import.meta.dirname, "..");
 const SMOKE = process.env.BENCH_SMOKE === "1";
 const SECONDS = Number(process.env.BENCH_SECONDS ?? (SMOKE ? 0.5 : 8));
 const WARMUP = SMOKE ? 0.2 : Math.min(2, SECONDS / 4);
@@ -146,10 +147,9 @@ async function startSystem(telemetry: boolean): Promise<System> {
     ...Object.fromEntries(SERVICES.map((n) => [`${n.toUpperCase()}_TARGET`, `registry:///${n}`])),
     ...(telemetry ? { METRICS_PORT: "0", TRACE_FILE: join(dir, "traces.jsonl") } : {}),
   };
-  const node = (main: string) => {
-    const prof = main.includes(`${PROFILE}/`) && PROFILE ? ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`] : [];
-    return [process.execPath, [...prof, "--import", "tsx", join(ROOT, main)]] as const;
-  };
+  // Started as `make run` starts them: the compiled JavaScript in dist/ (make build).
+  const node = (main: string) =>
+    nodeCommand(main, PROFILE && main.includes(`${PROFILE}/`) ? ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`] : []);
   const services = await Promise.all(
     SERVICES.map((name) => {
       const [cmd, args] = node(join("services", name, "main.ts"));
@@ -224,6 +224,8 @@ interface Row extends LoadResult {
   readonly load: string;
   /** CPU of every system process per call, ms (the load generator excluded). */
   readonly cpu_ms_per_call: number;
+  /** The same, per process. */
+  readonly cpu_ms_per_call_by_process: Readonly<Record<string, number>>;
   /** calls/s as a share of direct gRPC's in the same telemetry setting (closed-loop rows). */
   readonly of_direct?: number;
 }
@@ -284,17 +286,20 @@ async function measure(telemetry: boolean, token: string): Promise<{ rows: Row[]
   try {
     await restock(sys);
     for (const [path, shape, spec] of rounds.filter(([path]) => path.includes(ONLY))) {
-      const before = sys.procs.reduce((s, p) => s + cpuSeconds(p.child.pid), 0);
+      const before = sys.procs.map((p) => cpuSeconds(p.child.pid));
       const r = await load(spec);
-      const cpu = sys.procs.reduce((s, p) => s + cpuSeconds(p.child.pid), 0) - before;
+      const used = sys.procs.map((p, i) => cpuSeconds(p.child.pid) - (before[i] ?? 0));
+      const cpu = used.reduce((a, b) => a + b, 0);
       // The warm-up's calls are not counted, its CPU is: scale by the measured share of the round.
       const share = spec.seconds / (spec.seconds + (spec.warmupSeconds ?? 0));
+      const perCall = (seconds: number) => (r.calls ? Math.round(((seconds * share * 1000) / r.calls) * 100) / 100 : 0);
       const row: Row = {
         path,
         telemetry: t,
         load: shape,
         ...r,
-        cpu_ms_per_call: r.calls ? Math.round(((cpu * share * 1000) / r.calls) * 100) / 100 : 0,
+        cpu_ms_per_call: perCall(cpu),
+        cpu_ms_per_call_by_process: Object.fromEntries(sys.procs.map((p, i) => [p.name, perCall(used[i] ?? 0)])),
       };
       rows.push(row);
       process.stdout.write(`  ${format(row)}\n`);
@@ -374,7 +379,7 @@ writeFileSync(
 process.stdout.write(`wrote ${OUT}\n`);
 if (PROFILE) {
   const { summarise } = await import("./profile.js");
-  // One profile per thread (tsx's loader runs in a worker): the main thread's is the largest of this run.
+  // One profile per thread: the main thread's is the largest of this run.
   const main = readdirSync(PROFILE_DIR)
     .filter((f) => f.endsWith(".cpuprofile"))
     .map((f) => join(PROFILE_DIR, f))

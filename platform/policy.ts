@@ -5,7 +5,7 @@
  */
 import type { DescMethod } from "@bufbuild/protobuf";
 import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
-import { status } from "@grpc/grpc-js";
+import { Metadata, status } from "@grpc/grpc-js";
 import { type CircuitBreakerPolicy, ConsecutiveBreaker, circuitBreaker, handleWhen, SamplingBreaker } from "cockatiel";
 import { type EnvReader, int, num } from "./config.js";
 import { RpcError } from "./errors.js";
@@ -102,6 +102,11 @@ export const FAILURE_CODES: ReadonlySet<status> = new Set([
 /** The caller's own deadline ran out: retrying cannot help. */
 export class CallerDeadlineError extends RpcError {
   override name = "CallerDeadlineError";
+
+  /** DEADLINE_EXCEEDED, "caller deadline exceeded". */
+  static now(): CallerDeadlineError {
+    return new CallerDeadlineError(status.DEADLINE_EXCEEDED, "caller deadline exceeded", new Metadata());
+  }
 }
 
 /** True when `method` may be retried after DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED. */

@@ -231,9 +231,7 @@ function resilientUnary<S extends DescService>(g: Guard<S>, m: DescMethod, callO
     const deadline = earliestDeadline(opts.deadline, opts.timeoutMs);
     if (deadline !== undefined && deadline <= Date.now()) {
       // Never reaches a breaker: a call that cannot be sent says nothing about the downstream.
-      return Promise.reject(
-        new CallerDeadlineError(status.DEADLINE_EXCEEDED, "caller deadline exceeded", new Metadata()),
-      );
+      return Promise.reject(CallerDeadlineError.now());
     }
     const started = performance.now();
     const tried = new Set<string>();
@@ -284,7 +282,7 @@ function withDeadline<T>(
   const expired = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
       ac.abort();
-      reject(new CallerDeadlineError(status.DEADLINE_EXCEEDED, "caller deadline exceeded", new Metadata()));
+      reject(CallerDeadlineError.now());
     }, deadline - Date.now());
   });
   return Promise.race([fn(signal), expired]).finally(() => clearTimeout(timer));
@@ -298,9 +296,7 @@ function attemptOptions(
   policySignal: AbortSignal,
 ): CallOptions {
   const now = Date.now();
-  if (deadline !== undefined && deadline <= now) {
-    throw new CallerDeadlineError(status.DEADLINE_EXCEEDED, "caller deadline exceeded", new Metadata());
-  }
+  if (deadline !== undefined && deadline <= now) throw CallerDeadlineError.now();
   const attemptDeadline = deadline === undefined ? now + timeoutMs : Math.min(now + timeoutMs, deadline);
   // cockatiel derives the attempt's signal from the caller's (passed to execute), so it is enough.
   return { metadata: opts.metadata, deadline: attemptDeadline, signal: policySignal };

@@ -36,6 +36,7 @@ import {
 } from "kysely";
 import pg from "pg";
 import { backoffMs } from "./backoff.js";
+import { WalSync } from "./wal-sync.js";
 
 /** Which engine a database runs on. */
 export type Engine = "sqlite" | "postgres";
@@ -221,10 +222,18 @@ class OpenDb extends Queryer implements Db {
   constructor(
     engine: Engine,
     private readonly kysely: Kysely<unknown>,
-    listen?: Db["listen"],
+    opts: { listen?: Db["listen"]; wal?: WalSync } = {},
+    private readonly wal = opts.wal,
   ) {
     super(engine, kysely);
-    if (listen) this.listen = listen;
+    if (opts.listen) this.listen = opts.listen;
+  }
+
+  /** A write outside a transaction commits on its own: reported once durable, as a transaction is. */
+  override async run(q: Query<unknown>): Promise<number> {
+    const n = await super.run(q);
+    await this.wal?.sync();
+    return n;
   }
 
   async transaction<T>(fn: (tx: Tx) => Promise<T>): Promise<T> {
@@ -239,6 +248,7 @@ class OpenDb extends Queryer implements Db {
             }),
           ),
         );
+        await this.wal?.sync();
         for (const h of hooks) h();
         return result;
       } catch (err) {
@@ -253,14 +263,17 @@ class OpenDb extends Queryer implements Db {
     return tx ? fn(tx) : this.transaction(fn);
   }
 
-  close(): Promise<void> {
-    return this.kysely.destroy();
+  async close(): Promise<void> {
+    await this.wal?.close();
+    await this.kysely.destroy();
   }
 }
 
 /** Opens a SQLite file as a {@link Db} (WAL, full sync, foreign keys, a busy timeout for other processes). */
 export function sqliteDb(db: Database.Database): Db {
-  return new OpenDb("sqlite", new Kysely({ dialect: sqliteDialect(db) }));
+  // A file in WAL mode syncs its log per group of commits (wal-sync.ts).
+  const wal = db.pragma("journal_mode", { simple: true }) === "wal" ? new WalSync(`${db.name}-wal`) : undefined;
+  return new OpenDb("sqlite", new Kysely({ dialect: sqliteDialect(db) }), wal ? { wal } : {});
 }
 
 /** LISTEN on `channel` over a connection of its own, reconnecting (and saying "*") when it drops. */
@@ -296,7 +309,7 @@ async function listenOn(url: string, channel: string, fn: (payload: string) => v
 
 /** A PostgreSQL pool as a {@link Db}; `url` (the pool's) serves LISTEN connections. */
 export function postgresDb(pool: pg.Pool, url: string): Db {
-  return new OpenDb("postgres", new Kysely({ dialect: new PostgresDialect({ pool }) }), (channel, fn) =>
-    listenOn(url, channel, fn),
-  );
+  return new OpenDb("postgres", new Kysely({ dialect: new PostgresDialect({ pool }) }), {
+    listen: (channel, fn) => listenOn(url, channel, fn),
+  });
 }

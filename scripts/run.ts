@@ -15,13 +15,15 @@
  * Ports: gateway 8080 (HTTP: Connect, gRPC-Web, gRPC); NATS 4222 (monitoring
  * 8222); inventory 50051, payment 50052, order 50053, notification 50054,
  * history 50055; /metrics on 9100 (gateway) and 9101-9105 (services).
- * Spans go to .data/traces.jsonl for `make trace`.
+ * Spans go to .data/traces.jsonl for `make trace`. Every process runs the
+ * compiled JavaScript that `make build` writes to dist/ (scripts/layout.ts).
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { mkdirSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
 import pg from "pg";
+import { nodeCommand, ROOT } from "./layout.js";
 import {
   ensureDatabase,
   initCluster,
@@ -32,7 +34,6 @@ import {
   stopCluster,
 } from "./postgres.js";
 
-const ROOT = resolve(import.meta.dirname, "..");
 const DATA = join(ROOT, ".data");
 
 /** The fixed local topology. */
@@ -237,7 +238,8 @@ SERVICES.forEach((s, i) => {
   for (let r = 0; r < n; r++) {
     // Replicas share the service's database (SQLite: WAL and IMMEDIATE transactions, safe across processes
     // on one machine) and its durable consumers, and register themselves for registry:/// discovery.
-    start(n > 1 ? `${s.name}-${r + 1}` : s.name, i + 1, process.execPath, ["--import", "tsx", main], {
+    const [cmd, args] = nodeCommand(main);
+    start(n > 1 ? `${s.name}-${r + 1}` : s.name, i + 1, cmd, args, {
       GRPC_PORT: String(s.port + 100 * r),
       DB_PATH: join(DATA, `${s.name}.db`),
       ...database,

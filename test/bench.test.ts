@@ -4,7 +4,7 @@
  * the JSON come out with a row per path, each with calls and no failures.
  * No timing is asserted: numbers on a shared CI machine mean nothing.
  */
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { expect, it } from "vitest";
@@ -12,6 +12,8 @@ import { ROOT, tempDir } from "./fixtures.js";
 
 it("make bench (smoke): every path measured from a separate load generator, written as JSON", async () => {
   using dir = tempDir();
+  // The system runs from its build, as under `make run`.
+  execFileSync("make", ["-s", "build"], { cwd: ROOT, stdio: "pipe" });
   const out = join(dir.path, "bench.json");
   const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "bench", "harness.ts")], {
     cwd: ROOT,

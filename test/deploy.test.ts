@@ -1368,7 +1368,7 @@ describe("the image (Dockerfile), by construction", () => {
           delete env.DATABASE_URL;
           env.DB_PATH = join(data, `${p.name}.db`);
         }
-        const child = spawn(process.execPath, ["--enable-source-maps", c.args?.[0] ?? ""], {
+        const child = spawn(process.execPath, [c.args?.[0] ?? ""], {
           cwd: app,
           env: { PATH: process.env.PATH ?? "", NODE_ENV: "production", ...env },
           stdio: ["ignore", "pipe", "pipe"],

@@ -1,0 +1,97 @@
+/**
+ * Group commit (wal-sync.ts) on a real SQLite file: concurrent commits share
+ * flushes, a commit made while a flush runs waits for the next one, every
+ * committed row is there after the process that wrote it is killed, and a
+ * failed flush is the caller's error, not a silent success.
+ */
+import { spawn } from "node:child_process";
+import { join } from "node:path";
+import Database from "better-sqlite3";
+import { sql } from "kysely";
+import { describe, expect, it } from "vitest";
+import { exited, ROOT, tempDir } from "../test/fixtures.js";
+import { openDatabase } from "./db.js";
+import { WalSync } from "./wal-sync.js";
+
+const SCHEMA = ["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)"];
+
+describe("WalSync", () => {
+  it("lets concurrent commits share flushes, and each transaction resolves only after one covering it", async () => {
+    using dir = tempDir();
+    const path = join(dir.path, "t.db");
+    const db = await openDatabase({ engine: "sqlite", path }, { sqlite: SCHEMA, postgres: SCHEMA });
+    try {
+      const wal = (db as unknown as { wal: WalSync }).wal;
+      expect(wal).toBeInstanceOf(WalSync);
+      await Promise.all(
+        Array.from({ length: 200 }, (_, i) =>
+          db.transaction((tx) => tx.run(sql`INSERT INTO t (v) VALUES (${`v${i}`})`)),
+        ),
+      );
+      expect(wal.flushes).toBeGreaterThan(0);
+      expect(wal.flushes).toBeLessThan(200);
+      expect((await db.one<{ n: number }>(sql`SELECT count(*) AS n FROM t`))?.n).toBe(200);
+    } finally {
+      await db.close();
+    }
+  });
+
+  it("a sync asked for while a flush runs waits for a second flush", async () => {
+    using dir = tempDir();
+    const path = join(dir.path, "w.db");
+    const raw = new Database(path);
+    raw.pragma("journal_mode = WAL");
+    raw.exec("CREATE TABLE t (v TEXT)");
+    const wal = new WalSync(`${path}-wal`);
+    try {
+      const first = wal.sync();
+      const alsoFirst = wal.sync(); // asked before the flush began: covered by it
+      while (wal.flushes === 0) await new Promise((r) => setImmediate(r));
+      const second = wal.sync(); // asked once a flush runs: that flush may have begun before its commit
+      const third = wal.sync(); // shares the second round
+      await Promise.all([first, alsoFirst, second, third]);
+      expect(wal.flushes).toBe(2);
+    } finally {
+      await wal.close();
+      raw.close();
+    }
+  });
+
+  it("a failed flush fails the commit's caller; the next one opens the file again", async () => {
+    using dir = tempDir();
+    const wal = new WalSync(join(dir.path, "missing.db-wal"));
+    await expect(wal.sync()).rejects.toThrow(/ENOENT/);
+    await expect(wal.sync()).rejects.toThrow(/ENOENT/);
+    expect(wal.flushes).toBe(0);
+  });
+
+  it("every transaction a killed process reported committed is in the file", async () => {
+    using dir = tempDir();
+    const path = join(dir.path, "k.db");
+    // A writer that prints each id once its transaction resolved, until it is SIGKILLed.
+    const script = `
+      import { sql } from "kysely";
+      import { openDatabase } from "./platform/db.ts";
+      const db = await openDatabase({ engine: "sqlite", path: ${JSON.stringify(path)} }, { sqlite: ${JSON.stringify(SCHEMA)}, postgres: ${JSON.stringify(SCHEMA)} });
+      for (let i = 1; ; i++) {
+        await db.transaction((tx) => tx.run(sql\`INSERT INTO t (id, v) VALUES (\${i}, 'x')\`));
+        process.stdout.write(i + "\\n");
+      }`;
+    const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+      cwd: ROOT,
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    let out = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    await expect.poll(() => out.split("\n").length, { timeout: 20_000 }).toBeGreaterThan(200);
+    const done = exited(child);
+    child.kill("SIGKILL");
+    await done;
+    const reported = Math.max(...out.split("\n").filter(Boolean).map(Number));
+    const db = new Database(path);
+    const ids = db.prepare("SELECT id FROM t ORDER BY id").pluck().all() as number[];
+    db.close();
+    expect(ids.length).toBeGreaterThanOrEqual(reported);
+    expect(ids.slice(0, reported)).toEqual(Array.from({ length: reported }, (_, i) => i + 1));
+  });
+});
