@@ -237,12 +237,22 @@ export class OutboxRelay {
       do {
         this.again = false;
         const rows = await this.claim();
-        for (const row of rows) {
-          if (this.stopped) return;
-          await this.publish(row);
-          await db.run(
-            sql`UPDATE outbox SET sent_at = ${Date.now()} WHERE seq = ${row.seq} AND claimed_by = ${this.id}`,
-          );
+        // One by one, in order; marked sent together, once per batch — also when a publish fails or the
+        // relay stops midway. A crash before the mark republishes rows NATS already has: their
+        // Nats-Msg-Id (and the consumers' inbox) makes that a no-op, as for one row before.
+        const sent: number[] = [];
+        try {
+          for (const row of rows) {
+            if (this.stopped) return;
+            await this.publish(row);
+            sent.push(row.seq);
+          }
+        } finally {
+          if (sent.length > 0) {
+            await db.run(
+              sql`UPDATE outbox SET sent_at = ${Date.now()} WHERE seq IN (${sql.join(sent)}) AND claimed_by = ${this.id}`,
+            );
+          }
         }
         if (rows.length === RELAY_BATCH) this.again = true;
       } while (this.again && !this.stopped);
