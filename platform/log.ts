@@ -38,7 +38,11 @@ export async function createLogger(opts: LoggerOptions): Promise<Logger> {
       }),
     );
   }
-  return pino({ level: opts.level, base, mixin, timestamp: pino.stdTimeFunctions.isoTime });
+  // Written asynchronously (an access line per request would otherwise be a blocking write() on the
+  // event loop's thread), and flushed synchronously when the process exits, so no line is lost on a stop.
+  const dest = pino.destination({ dest: 1, sync: false });
+  process.once("exit", () => dest.flushSync());
+  return pino({ level: opts.level, base, mixin, timestamp: pino.stdTimeFunctions.isoTime }, dest);
 }
 
 /** A logger that drops everything; for tests that do not inspect logs. */
