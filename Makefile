@@ -61,7 +61,7 @@ test: install ## Everything CI checks: lint, typecheck, all tests
 	npm run check
 
 run: install nats $(if $(filter postgres,$(DB)),postgres) build ## Start NATS, every service and the gateway; Ctrl-C stops all (DB=postgres ORDER_REPLICAS=3 PAYMENT_REPLICAS=2 ...)
-	node dist/scripts/run.js
+	@node dist/scripts/run.js
 
 bench: install nats build ## Measure every path side by side from a separate load generator (BENCH_SECONDS, BENCH_PROFILE=gateway): bench/results/bench.json
 	npm run bench

@@ -23,6 +23,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import pg from "pg";
+import { prettyFactory } from "pino-pretty";
 import { nodeCommand, ROOT } from "./layout.js";
 import {
   ensureDatabase,
@@ -99,6 +100,23 @@ function prefix(name: string, i: number): string {
   return tty ? `\x1b[${COLORS[i % COLORS.length]}m${label}\x1b[0m` : label;
 }
 
+/**
+ * A JSON log line as one readable line (pino-pretty, as LOG_FORMAT=pretty would print it), unless
+ * LOG_FORMAT=json asks for the lines as they are; anything else (NATS, PostgreSQL) unchanged.
+ */
+const pretty =
+  process.env.LOG_FORMAT === "json"
+    ? undefined
+    : prettyFactory({ singleLine: true, colorize: tty, ignore: "pid,hostname,service", translateTime: "HH:MM:ss.l" });
+function readable(line: string): string {
+  if (!pretty || !line.startsWith("{")) return line;
+  try {
+    return pretty(JSON.parse(line)).trimEnd();
+  } catch {
+    return line;
+  }
+}
+
 const children: { name: string; child: ChildProcess }[] = [];
 let stopping = false;
 
@@ -124,7 +142,7 @@ function start(
   const p = prefix(name, i);
   for (const stream of [child.stdout, child.stderr]) {
     createInterface({ input: stream }).on("line", (line) => {
-      if (show(line)) process.stdout.write(`${p} ${line}\n`);
+      if (show(line)) process.stdout.write(`${p} ${readable(line)}\n`);
     });
   }
   child.on("exit", (code, signal) => {
@@ -243,7 +261,8 @@ SERVICES.forEach((s, i) => {
       GRPC_PORT: String(s.port + 100 * r),
       DB_PATH: join(DATA, `${s.name}.db`),
       ...database,
-      LOG_FORMAT: process.env.LOG_FORMAT ?? "pretty",
+      // JSON from every process, made readable here: formatting is the runner's work, not the services'.
+      LOG_FORMAT: "json",
       NATS_URL: "nats://127.0.0.1:4222",
       METRICS_PORT: String(s.metrics + 100 * r),
       TRACE_FILE: join(DATA, "traces.jsonl"),
