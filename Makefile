@@ -7,7 +7,7 @@ PROTOS := $(shell find proto -name '*.proto')
 # `make run PAYMENT_REPLICAS=2`: instance counts reach the runner through the environment.
 export INVENTORY_REPLICAS PAYMENT_REPLICAS ORDER_REPLICAS NOTIFICATION_REPLICAS HISTORY_REPLICAS DB PG_PORT
 
-.PHONY: help install nats postgres generate gen-fresh build lint typecheck test run bench demo token trace events dlq history-rebuild clean
+.PHONY: help install nats postgres generate gen-fresh build lint typecheck test run bench load demo token trace events dlq history-rebuild clean
 
 help: ## List targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ run: install nats $(if $(filter postgres,$(DB)),postgres) build ## Start NATS, e
 
 bench: install nats build ## Measure every path side by side from a separate load generator (BENCH_SECONDS, BENCH_PROFILE=gateway): bench/results/bench.json
 	npm run bench
+
+load: install ## Steady mixed traffic through the gateway of `make run` until Ctrl-C: make load RATE=50 (browse, orders, declines)
+	RATE=$(RATE) npx tsx scripts/load.ts
 
 demo: install ## Place three orders against `make run` and print their sagas (SAGA_MODE=choreography for events only)
 	SAGA_MODE=$(SAGA_MODE) npm run demo

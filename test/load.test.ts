@@ -1,0 +1,52 @@
+/**
+ * `make load` (scripts/load.ts) against a real system and gateway: it sends
+ * the mix at the rate asked, prints a status line per 5 s and the totals,
+ * every kind of call gets answered, and declined cards show up as orders
+ * that end cancelled — not as failed calls.
+ */
+import { spawn } from "node:child_process";
+import { join } from "node:path";
+import { afterAll, beforeAll, expect, it } from "vitest";
+import type { GatewayApp } from "../gateway/app.js";
+import { OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
+import { ROOT } from "./fixtures.js";
+import { type System, startSystem, startTestGateway } from "./system.js";
+
+let sys: System;
+let gw: GatewayApp;
+beforeAll(async () => {
+  sys = await startSystem();
+  gw = await startTestGateway(sys);
+});
+afterAll(async () => {
+  await gw.stop();
+  await sys[Symbol.asyncDispose]();
+});
+
+it("make load sends the mix through the gateway at the rate asked, and reports it", async () => {
+  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "scripts", "load.ts")], {
+    cwd: ROOT,
+    env: { ...process.env, RATE: "30", DURATION_S: "6", GATEWAY_URL: gw.url },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+  child.stderr.on("data", (d: Buffer) => (out += d.toString()));
+  const code = await new Promise<number | null>((r) => child.once("exit", r));
+  expect(code, out).toBe(0);
+  expect(out).toMatch(/^load: 30 calls\/s to http:\/\/127\.0\.0\.1:\d+/m);
+  expect(out).toMatch(/^\d\d:\d\d:\d\d {2}\d+\/s sent; .*browse ok \d+/m);
+  const total = /^total over \d+ s: (\d+)\/s sent; (.*); p50/m.exec(out);
+  expect(total, out).not.toBeNull();
+  expect(Number(total?.[1])).toBeGreaterThanOrEqual(25);
+  for (const kind of ["browse ok", "order ok", "read ok"]) expect(total?.[2]).toContain(kind);
+  expect(total?.[2]).not.toMatch(/failed|\b(4|5)\d\d\b/);
+  // Orders confirmed, and declined cards were placed as orders that ended cancelled by compensation.
+  const ended = [];
+  for (const customer of ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]) {
+    const { orders } = await sys.orders.listOrders({ pageSize: 100 }, sys.as(customer));
+    ended.push(...(await Promise.all(orders.map((o) => sys.settle(o.id, customer)))));
+  }
+  expect(ended.some((o) => o.status === OrderStatus.CONFIRMED)).toBe(true);
+  expect(ended.some((o) => o.status === OrderStatus.CANCELLED && /declined/.test(o.statusReason))).toBe(true);
+}, 60_000);
