@@ -21,6 +21,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import type { Tracer } from "@opentelemetry/api";
 import { type CircuitBreakerPolicy, CircuitState } from "cockatiel";
 import { type BytesClient, type Client, createBytesClient, createChannel, createClient } from "./grpc-client.js";
+import { createH2BytesClient } from "./h2-bytes.js";
 import type { Logger } from "./log.js";
 import { REGISTRY_SCHEME, requireServiceName } from "./registry.js";
 import { watchInstances } from "./registry-watch.js";
@@ -122,6 +123,10 @@ export class Endpoints<S extends DescService> {
   }
 
   private endpoint(address: string, channel: grpc.Client, owned: boolean): Endpoint<S> & { close(): void } {
+    // Encoded-message calls (the gateway's fast path) over a plain HTTP/2 session where the address is host:port.
+    const h2 = /^[\w.-]+:\d+$|^\[[\da-f:]+\]:\d+$/i.test(address)
+      ? createH2BytesClient(this.o.service, address, this.o.tracer)
+      : undefined;
     const breaker = this.o.newBreaker();
     breaker.onStateChange((s) => {
       const name = BREAKER_NAMES[s];
@@ -133,9 +138,10 @@ export class Endpoints<S extends DescService> {
       address,
       breaker,
       client: createClient(this.o.service, channel, this.o.tracer),
-      bytes: createBytesClient(this.o.service, channel, this.o.tracer),
+      bytes: h2?.bytes ?? createBytesClient(this.o.service, channel, this.o.tracer),
       failing: () => channel.getChannel().getConnectivityState(false) === grpc.connectivityState.TRANSIENT_FAILURE,
       close: () => {
+        h2?.close();
         if (owned) channel.close();
       },
     };

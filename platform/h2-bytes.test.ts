@@ -1,0 +1,136 @@
+/**
+ * The fast path's upstream client (h2-bytes.ts) against a real grpc-js
+ * server: what a caller sees must be what grpc-js would give — the answer's
+ * bytes, the status and details of an error, UNAVAILABLE for an instance
+ * that is not there, DEADLINE_EXCEEDED (and the server's call cancelled) at
+ * the deadline, CANCELLED on abort — and a restarted server is reached again.
+ */
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { Metadata } from "@grpc/grpc-js";
+import { afterEach, describe, expect, it } from "vitest";
+import {
+  GetProductRequestSchema,
+  GetProductResponseSchema,
+  InventoryService,
+} from "../gen/shopmesh/inventory/v1/inventory_pb.js";
+import { freePort } from "../test/fixtures.js";
+import { Code, NotFoundError, RpcError } from "./errors.js";
+import type { CallContext, ServiceImpl } from "./grpc.js";
+import { createH2BytesClient } from "./h2-bytes.js";
+import { silentLogger } from "./log.js";
+import { bind, type RunningServer, startGrpcServer } from "./server.js";
+
+const cleanups: (() => unknown)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+const seen = { requestIds: [] as string[], cancelled: 0 };
+const impl = {
+  async getProduct(req: { productId: string }, ctx: CallContext) {
+    seen.requestIds.push(String(ctx.metadata.get("x-request-id")[0] ?? ""));
+    if (req.productId === "missing") throw new NotFoundError("product", req.productId);
+    if (req.productId === "slow") {
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, 1_000);
+        ctx.signal.addEventListener("abort", () => {
+          seen.cancelled++;
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+    return { product: { id: req.productId, name: `name of ${req.productId}` } };
+  },
+  listProducts: async () => ({ products: [] }),
+  reserveStock: async () => ({}),
+  releaseStock: async () => ({}),
+  restock: async () => ({}),
+} as unknown as ServiceImpl<typeof InventoryService>;
+
+async function serve(port = 0): Promise<RunningServer> {
+  const server = await startGrpcServer({
+    host: "127.0.0.1",
+    port,
+    services: [bind(InventoryService, impl)],
+    log: silentLogger(),
+  });
+  cleanups.push(() => server.stop(0));
+  return server;
+}
+
+const request = (productId: string) =>
+  toBinary(GetProductRequestSchema, create(GetProductRequestSchema, { productId }));
+
+function client(address: string) {
+  const c = createH2BytesClient(InventoryService, address);
+  cleanups.push(() => c.close());
+  return c.bytes.getProduct as (m: Uint8Array, o?: object) => Promise<Uint8Array>;
+}
+
+async function rejection(p: Promise<unknown>): Promise<RpcError> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(RpcError);
+  return err as RpcError;
+}
+
+describe("HTTP/2 bytes client", () => {
+  it("answers with the encoded response, sending the caller's metadata", async () => {
+    const server = await serve();
+    const md = new Metadata();
+    md.set("x-request-id", "req-42");
+    const answer = await client(server.address)(request("coffee-beans"), { metadata: md });
+    expect(fromBinary(GetProductResponseSchema, answer).product?.id).toBe("coffee-beans");
+    expect(seen.requestIds.at(-1)).toBe("req-42");
+  });
+
+  it("a business error keeps its code, message and details", async () => {
+    const server = await serve();
+    const err = await rejection(client(server.address)(request("missing")));
+    expect(err.code).toBe(Code.NOT_FOUND);
+    expect(err.details.map((d) => d.$typeName)).toContain("google.rpc.ResourceInfo");
+    expect(err.message).toContain("missing");
+  });
+
+  it("an instance that is not there is UNAVAILABLE", async () => {
+    const err = await rejection(client(`127.0.0.1:${await freePort()}`)(request("coffee-beans")));
+    expect(err.code).toBe(Code.UNAVAILABLE);
+  });
+
+  it("the deadline ends the call and the server's work; an abort is CANCELLED", async () => {
+    const server = await serve();
+    const call = client(server.address);
+    const before = seen.cancelled;
+    const started = performance.now();
+    const late = await rejection(call(request("slow"), { deadline: Date.now() + 80 }));
+    expect(late.code).toBe(Code.DEADLINE_EXCEEDED);
+    expect(performance.now() - started).toBeLessThan(500);
+    await expect.poll(() => seen.cancelled).toBeGreaterThan(before);
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(), 50);
+    expect((await rejection(call(request("slow"), { signal: ac.signal }))).code).toBe(Code.CANCELLED);
+  });
+
+  it("reaches a restarted server on the same address again", async () => {
+    const port = await freePort();
+    const first = await serve(port);
+    const call = client(first.address);
+    await call(request("a"));
+    await first.stop(0);
+    expect((await rejection(call(request("b")))).code).toBe(Code.UNAVAILABLE);
+    await serve(port);
+    await expect
+      .poll(
+        () =>
+          call(request("c")).then(
+            () => true,
+            () => false,
+          ),
+        { timeout: 5_000 },
+      )
+      .toBe(true);
+  });
+});
