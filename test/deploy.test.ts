@@ -1030,6 +1030,22 @@ describe("NATS JetStream cluster", () => {
   const dir = mkdtempSync(join(tmpdir(), "shopmesh-deploy-nats-"));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
+  it("one server per node (required), enough kind workers for it, a pinned patch, GOMEMLIMIT below the limit", () => {
+    const spec = sts?.spec?.template.spec;
+    const required = spec?.affinity?.podAntiAffinity?.requiredDuringSchedulingIgnoredDuringExecution ?? [];
+    expect(required.map((t) => [t.topologyKey, t.labelSelector?.matchLabels])).toContainEqual([
+      "kubernetes.io/hostname",
+      sts?.spec?.selector.matchLabels,
+    ]);
+    const kind = parseYaml(read("deploy/kind/cluster.yaml")) as { nodes: Array<{ role: string }> };
+    expect(kind.nodes.filter((n) => n.role === "worker").length).toBeGreaterThanOrEqual(sts?.spec?.replicas ?? 3);
+    const c = spec?.containers[0];
+    expect(c?.image).toMatch(/^nats:\d+\.\d+\.\d+(-[a-z]+)?(@sha256:[0-9a-f]{64})?$/);
+    const goMemLimit = c?.env?.find((e) => e.name === "GOMEMLIMIT")?.value ?? "";
+    expect(quantity(goMemLimit.replace(/B$/, ""))).toBeGreaterThan(0);
+    expect(quantity(goMemLimit.replace(/B$/, ""))).toBeLessThan(quantity(c?.resources?.limits?.memory));
+  });
+
   it("three servers, routes to each pod of the headless Service, JetStream on the volume", () => {
     expect(sts?.spec?.replicas).toBe(3);
     expect(sts?.spec?.podManagementPolicy).toBe("Parallel");
