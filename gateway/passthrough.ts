@@ -21,7 +21,7 @@
 import type http2 from "node:http2";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { parseTimeout } from "@connectrpc/connect/protocol-grpc";
-import type { BytesClient, Identity } from "../platform/index.js";
+import { type BytesClient, framePrefix, type Identity, unframe } from "../platform/index.js";
 import type { ClientInfo } from "./context.js";
 import { callOptions, toConnectError } from "./forward.js";
 import type { Route, Upstream } from "./routes.js";
@@ -72,12 +72,19 @@ const invalid = (message: string) => new ConnectError(message, Code.InvalidArgum
 
 /** The one message of a unary gRPC request body (a 5-byte prefix, then the message). */
 function unaryMessage(body: Buffer): Buffer {
-  if (body.byteLength < 5) throw invalid("protocol error: missing input message");
-  if ((body[0] ?? 0) & 1) throw invalid("protocol error: compressed message without grpc-encoding");
-  const length = body.readUInt32BE(1);
-  if (5 + length < body.byteLength) throw invalid("protocol error: received extra input message for unary method");
-  if (5 + length > body.byteLength) throw invalid("protocol error: the input message ended early");
-  return body.subarray(5);
+  const message = unframe(body);
+  if (typeof message === "string") throw invalid(`protocol error: the request body ${message}`);
+  return message;
+}
+
+/** `p`, or the abort's reason as soon as `signal` aborts. */
+function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    p.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
 }
 
 /** Reads the whole body, failing RESOURCE_EXHAUSTED past `max` bytes and CANCELED if it breaks off. */
@@ -110,6 +117,7 @@ export async function passthrough(
   // The client going away (RST_STREAM, a closed connection) before the answer cancels the upstream call.
   // (Node's compatibility layer reports such a stream as finished too: only our own flag can tell.)
   const ac = new AbortController();
+  let timer: NodeJS.Timeout | undefined;
   let answered = false;
   const onClose = () => {
     if (!answered) ac.abort(new ConnectError("the client cancelled the call", Code.Canceled));
@@ -130,20 +138,26 @@ export async function passthrough(
     }
     const timeout = parseTimeout(String(req.headers["grpc-timeout"] ?? "") || null, Number.MAX_SAFE_INTEGER);
     if (timeout.error) throw invalid(timeout.error.rawMessage);
-    const message = unaryMessage(await readBody(req, maxBodyBytes));
+    // The client's deadline runs from now, reading its body included.
+    const deadline = timeout.timeoutMs === undefined ? undefined : Date.now() + timeout.timeoutMs;
+    if (deadline !== undefined) {
+      timer = setTimeout(
+        () => ac.abort(new ConnectError("deadline exceeded", Code.DeadlineExceeded)),
+        timeout.timeoutMs,
+      );
+    }
+    const message = unaryMessage(await abortable(readBody(req, maxBodyBytes), ac.signal));
     let answer: Uint8Array;
     try {
-      answer = await method.call(message, callOptions(identity, client.requestId, ac.signal, timeout.timeoutMs));
+      const opts = callOptions(identity, client.requestId, ac.signal, undefined);
+      answer = await method.call(message, deadline === undefined ? opts : { ...opts, deadline });
     } catch (err) {
       throw toConnectError(err, method.upstream, ac.signal);
     }
     answered = true;
-    const prefix = Buffer.allocUnsafe(5);
-    prefix[0] = 0;
-    prefix.writeUInt32BE(answer.byteLength, 1);
     res.writeHead(200, { "content-type": req.headers["content-type"] as string });
     res.addTrailers({ "grpc-status": "0" });
-    res.write(prefix);
+    res.write(framePrefix(answer.byteLength));
     res.end(answer);
     done({ code: 0, message: "" });
   } catch (err) {
@@ -151,6 +165,7 @@ export async function passthrough(
       err instanceof ConnectError ? err : new ConnectError("internal error", Code.Internal, undefined, undefined, err),
     );
   } finally {
+    clearTimeout(timer);
     res.off("close", onClose);
   }
 }

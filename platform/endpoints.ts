@@ -139,7 +139,9 @@ export class Endpoints<S extends DescService> {
       breaker,
       client: createClient(this.o.service, channel, this.o.tracer),
       bytes: h2?.bytes ?? createBytesClient(this.o.service, channel, this.o.tracer),
-      failing: () => channel.getChannel().getConnectivityState(false) === grpc.connectivityState.TRANSIENT_FAILURE,
+      failing: () =>
+        h2?.failing() === true ||
+        channel.getChannel().getConnectivityState(false) === grpc.connectivityState.TRANSIENT_FAILURE,
       close: () => {
         h2?.close();
         if (owned) channel.close();

@@ -58,7 +58,7 @@ function toRpcError(err: grpc.ServiceError): RpcError {
 }
 
 /** The span, metadata and outcome of one call of `m`. */
-function callTracing(m: DescMethod, tracer: Tracer | undefined) {
+export function callTracing(m: DescMethod, tracer: Tracer | undefined) {
   const path = methodPath(m);
   return {
     start: () => tracer?.startSpan(path.slice(1), { kind: SpanKind.CLIENT, attributes: { "rpc.system": "grpc" } }),

@@ -239,3 +239,21 @@ export function grpcHandlers<S extends DescService>(
   }
   return handlers;
 }
+
+/** The 5-byte prefix of an uncompressed gRPC message of `length` bytes (length-prefixed message framing). */
+export function framePrefix(length: number): Buffer {
+  const prefix = Buffer.allocUnsafe(5);
+  prefix[0] = 0;
+  prefix.writeUInt32BE(length, 1);
+  return prefix;
+}
+
+/** The one uncompressed message of a unary gRPC body, or what is wrong with the body. */
+export function unframe(body: Buffer): Buffer | string {
+  if (body.byteLength < 5) return "holds no message";
+  if ((body[0] ?? 0) & 1) return "is compressed, which was not negotiated";
+  const length = body.readUInt32BE(1);
+  if (5 + length < body.byteLength) return "holds more than one message";
+  if (5 + length > body.byteLength) return "ended inside its message";
+  return body.subarray(5);
+}

@@ -5,6 +5,8 @@
  * that is not there, DEADLINE_EXCEEDED (and the server's call cancelled) at
  * the deadline, CANCELLED on abort — and a restarted server is reached again.
  */
+import http2 from "node:http2";
+import type { AddressInfo } from "node:net";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Metadata } from "@grpc/grpc-js";
 import { afterEach, describe, expect, it } from "vitest";
@@ -132,5 +134,30 @@ describe("HTTP/2 bytes client", () => {
         { timeout: 5_000 },
       )
       .toBe(true);
+  });
+
+  it("maps a call that ends without a gRPC status as grpc-js does: only what the server never took is UNAVAILABLE", async () => {
+    // A bare HTTP/2 server answering each path its own wrong way.
+    const server = http2.createServer();
+    server.on("stream", (stream, headers) => {
+      const path = String(headers[":path"]);
+      stream.on("error", () => {});
+      if (path.endsWith("/ListProducts")) stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+      else if (path.endsWith("/ReserveStock")) stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+      else if (path.endsWith("/ReleaseStock")) stream.respond({ ":status": 503 }, { endStream: true });
+      else {
+        stream.respond({ ":status": 200, "content-type": "application/grpc" });
+        stream.end(Buffer.alloc(5 * 1024 * 1024));
+      }
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    cleanups.push(() => new Promise((r) => server.close(r)));
+    const c = createH2BytesClient(InventoryService, `127.0.0.1:${(server.address() as AddressInfo).port}`);
+    cleanups.push(() => c.close());
+    const call = (m: string) => (c.bytes[m] as (b: Uint8Array) => Promise<Uint8Array>)(request("x"));
+    expect((await rejection(call("listProducts"))).code).toBe(Code.INTERNAL); // the server may have acted
+    expect((await rejection(call("reserveStock"))).code).toBe(Code.UNAVAILABLE); // it did not take the call
+    expect((await rejection(call("releaseStock"))).code).toBe(Code.UNAVAILABLE); // HTTP 503
+    expect((await rejection(call("restock"))).code).toBe(Code.RESOURCE_EXHAUSTED); // over 4 MiB
   });
 });

@@ -14,20 +14,24 @@
  */
 import http2 from "node:http2";
 import net from "node:net";
-import type { DescService } from "@bufbuild/protobuf";
+import type { DescMethod, DescService } from "@bufbuild/protobuf";
 import { Metadata, status } from "@grpc/grpc-js";
-import { context, SpanKind, SpanStatusCode, type Tracer, trace } from "@opentelemetry/api";
+import type { Tracer } from "@opentelemetry/api";
 import { earliestDeadline } from "./deadline.js";
 import { RpcError } from "./errors.js";
-import { methodPath } from "./grpc.js";
-import type { BytesClient, CallOptions } from "./grpc-client.js";
-import { injectContext } from "./propagation.js";
+import { framePrefix, methodPath, unframe } from "./grpc.js";
+import { type BytesClient, type CallOptions, callTracing } from "./grpc-client.js";
 
-const { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } = http2.constants;
+const c = http2.constants;
+
+/** Largest answer taken, as grpc-js's default receive limit. */
+const MAX_ANSWER_BYTES = 4 * 1024 * 1024;
 
 /** A bytes client over one lazily opened HTTP/2 session to `host:port`. */
 export interface H2BytesClient {
   readonly bytes: BytesClient;
+  /** Whether its connection failed (refused, reset) within the last second and none is up since. */
+  failing(): boolean;
   close(): void;
 }
 
@@ -47,12 +51,47 @@ function statusOf(h: http2.IncomingHttpHeaders): { code: number; message: string
   return { code: Number.isInteger(code) && code >= 0 && code <= 16 ? code : status.UNKNOWN, message };
 }
 
+/** The status grpc-js reports for a non-200 HTTP answer without a gRPC status. */
+function httpStatusCode(s: number): status {
+  if (s === 401) return status.UNAUTHENTICATED;
+  if (s === 403) return status.PERMISSION_DENIED;
+  if (s === 404) return status.UNIMPLEMENTED;
+  if (s === 429 || s === 502 || s === 503 || s === 504) return status.UNAVAILABLE;
+  return s === 400 ? status.INTERNAL : status.UNKNOWN;
+}
+
+/**
+ * The status of a call that ended without a gRPC status, as grpc-js maps it:
+ * only a call the server did not take or could not answer (a refused stream,
+ * a lost connection) is UNAVAILABLE, which the resilience layer may retry
+ * even for a non-idempotent method; a reset from a server that may have
+ * acted is not.
+ */
+function endedWithoutStatus(http: number, rst: number, connectionLost: boolean): status {
+  if (connectionLost) return status.UNAVAILABLE;
+  if (http && http !== 200) return httpStatusCode(http);
+  switch (rst) {
+    case c.NGHTTP2_REFUSED_STREAM:
+      return status.UNAVAILABLE;
+    case c.NGHTTP2_CANCEL:
+      return status.CANCELLED;
+    case c.NGHTTP2_ENHANCE_YOUR_CALM:
+      return status.RESOURCE_EXHAUSTED;
+    case c.NGHTTP2_INADEQUATE_SECURITY:
+      return status.PERMISSION_DENIED;
+    default:
+      return status.INTERNAL;
+  }
+}
+
 export function createH2BytesClient(service: DescService, address: string, tracer?: Tracer): H2BytesClient {
   const sep = address.lastIndexOf(":");
   const host = address.slice(0, sep).replace(/^\[|\]$/g, "");
   const port = Number(address.slice(sep + 1));
   let session: http2.ClientHttp2Session | undefined;
   let closed = false;
+  /** When the connection last failed (0: it has not, or one is up since). */
+  let failedAt = 0;
 
   const open = (): http2.ClientHttp2Session => {
     if (session && !session.closed && !session.destroyed) return session;
@@ -60,7 +99,12 @@ export function createH2BytesClient(service: DescService, address: string, trace
       createConnection: () => net.connect({ host, port, noDelay: true }),
     });
     // A session that fails (refused, reset) fails its streams, which report it; then it closes.
-    s.on("error", () => {});
+    s.on("error", () => {
+      failedAt = Date.now();
+    });
+    s.on("connect", () => {
+      failedAt = 0;
+    });
     const forget = () => {
       if (session === s) session = undefined;
     };
@@ -71,25 +115,24 @@ export function createH2BytesClient(service: DescService, address: string, trace
     return s;
   };
 
-  const unary =
-    (path: string, name: string) =>
-    (message: Uint8Array, opts: CallOptions = {}) =>
+  const unary = (m: DescMethod) => {
+    const path = methodPath(m);
+    const tracing = callTracing(m, tracer);
+    return (message: Uint8Array, opts: CallOptions = {}) =>
       new Promise<Uint8Array>((resolve, reject) => {
         if (closed) return reject(rpcError(status.UNAVAILABLE, "client closed"));
         if (opts.signal?.aborted) return reject(rpcError(status.CANCELLED, "cancelled before start"));
-        const span = tracer?.startSpan(name, { kind: SpanKind.CLIENT, attributes: { "rpc.system": "grpc" } });
-        const md = opts.metadata?.clone() ?? new Metadata();
-        if (span) injectContext(md, trace.setSpan(context.active(), span));
+        const span = tracing.start();
         const deadline = earliestDeadline(opts.deadline, opts.timeoutMs);
         const headers: http2.OutgoingHttpHeaders = {
-          ...md.toHttp2Headers(),
+          ...tracing.metadata(opts, span).toHttp2Headers(),
           ":method": "POST",
           ":path": path,
           "content-type": "application/grpc",
           te: "trailers",
         };
         if (deadline !== undefined) headers["grpc-timeout"] = `${Math.max(1, Math.ceil(deadline - Date.now()))}m`;
-        let stream: http2.ClientHttp2Stream;
+        let stream: http2.ClientHttp2Stream | undefined;
         let settled = false;
         let timer: NodeJS.Timeout | undefined;
         const finish = (err: RpcError | undefined, answer?: Uint8Array) => {
@@ -97,84 +140,85 @@ export function createH2BytesClient(service: DescService, address: string, trace
           settled = true;
           clearTimeout(timer);
           opts.signal?.removeEventListener("abort", onAbort);
-          if (span) {
-            const code = err ? err.code : 0;
-            span.setAttribute("rpc.grpc.status_code", code);
-            if (code !== 0) span.setStatus({ code: SpanStatusCode.ERROR, message: status[code] ?? String(code) });
-            span.end();
-          }
+          tracing.end(span, err ? err.code : 0);
           if (err) reject(err);
           else resolve(answer as Uint8Array);
         };
         const onAbort = () => {
-          stream?.close(NGHTTP2_CANCEL);
+          stream?.close(c.NGHTTP2_CANCEL);
           finish(rpcError(status.CANCELLED, "Cancelled on client"));
         };
+        let sess: http2.ClientHttp2Session;
         try {
-          stream = open().request(headers);
+          sess = open();
+          stream = sess.request(headers);
         } catch (err) {
+          // A session that can take no more streams (ids used up, closing) is replaced on the next call.
+          session?.destroy();
+          session = undefined;
           finish(rpcError(status.UNAVAILABLE, `connection to ${address} failed: ${(err as Error).message}`));
           return;
         }
+        const s = stream;
         opts.signal?.addEventListener("abort", onAbort, { once: true });
         if (deadline !== undefined) {
           timer = setTimeout(() => {
-            stream.close(NGHTTP2_CANCEL);
+            s.close(c.NGHTTP2_CANCEL);
             finish(rpcError(status.DEADLINE_EXCEEDED, "Deadline exceeded"));
           }, deadline - Date.now());
         }
         let responseHeaders: http2.IncomingHttpHeaders = {};
         let trailers: http2.IncomingHttpHeaders | undefined;
         const chunks: Buffer[] = [];
-        stream.on("response", (h) => {
+        let received = 0;
+        let connectionLost = false;
+        s.on("response", (h) => {
           responseHeaders = h;
         });
-        stream.on("data", (d: Buffer) => chunks.push(d));
-        stream.on("error", (err: NodeJS.ErrnoException) => {
-          finish(rpcError(status.UNAVAILABLE, `${address}: ${err.code ?? err.message}`));
+        s.on("trailers", (t) => {
+          trailers = t;
         });
-        stream.on("close", () => {
+        s.on("data", (d: Buffer) => {
+          received += d.byteLength;
+          if (received <= MAX_ANSWER_BYTES) {
+            chunks.push(d);
+            return;
+          }
+          s.close(c.NGHTTP2_CANCEL);
+          finish(rpcError(status.RESOURCE_EXHAUSTED, `${address}: answer larger than ${MAX_ANSWER_BYTES} bytes`));
+        });
+        s.on("error", (err: NodeJS.ErrnoException) => {
+          // A reset is mapped by its code when the stream closes; anything else is the connection's loss.
+          if (err.code !== "ERR_HTTP2_STREAM_ERROR") connectionLost = true;
+        });
+        s.on("close", () => {
           if (settled) return;
           const st = statusOf(trailers ?? {}) ?? statusOf(responseHeaders);
           if (!st) {
-            // Refused (or never answered): the request was not processed, as grpc-js reports it.
-            const refused = stream.rstCode === NGHTTP2_REFUSED_STREAM || !responseHeaders[":status"];
-            finish(
-              rpcError(
-                refused ? status.UNAVAILABLE : status.INTERNAL,
-                `${address}: the stream closed without a status`,
-              ),
-            );
+            const http = Number(responseHeaders[":status"] ?? 0);
+            const code = endedWithoutStatus(http, s.rstCode ?? 0, connectionLost || sess.destroyed);
+            finish(rpcError(code, `${address}: the call ended without a gRPC status (HTTP ${http || "none"})`));
             return;
           }
-          const md = Metadata.fromHttp2Headers({ ...responseHeaders, ...(trailers ?? {}) });
           if (st.code !== 0) {
-            finish(rpcError(st.code, st.message, md));
+            finish(rpcError(st.code, st.message, Metadata.fromHttp2Headers({ ...responseHeaders, ...trailers })));
             return;
           }
-          const body = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
-          if (body.byteLength < 5 || body.readUInt32BE(1) !== body.byteLength - 5 || (body[0] ?? 0) & 1) {
-            finish(rpcError(status.INTERNAL, `${address}: the answer is not one uncompressed gRPC message`));
-            return;
-          }
-          finish(undefined, body.subarray(5));
+          const answer = unframe(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks));
+          if (typeof answer === "string") finish(rpcError(status.INTERNAL, `${address}: the answer ${answer}`));
+          else finish(undefined, answer);
         });
-        stream.on("trailers", (t) => {
-          trailers = t;
-        });
-        const frame = Buffer.allocUnsafe(5);
-        frame[0] = 0;
-        frame.writeUInt32BE(message.byteLength, 1);
-        stream.write(frame);
-        stream.end(message);
+        s.write(framePrefix(message.byteLength));
+        s.end(message);
       });
+  };
 
   const bytes: Record<string, unknown> = {};
-  for (const m of service.methods) {
-    if (m.methodKind === "unary") bytes[m.localName] = unary(methodPath(m), methodPath(m).slice(1));
-  }
+  for (const m of service.methods) if (m.methodKind === "unary") bytes[m.localName] = unary(m);
   return {
     bytes: bytes as BytesClient,
+    // For a second only: after that a call may try the instance again (it may be back).
+    failing: () => failedAt > 0 && Date.now() - failedAt < 1_000,
     close: () => {
       closed = true;
       session?.close();

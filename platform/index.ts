@@ -24,7 +24,7 @@ export {
   toStatusObject,
 } from "./errors.js";
 export type { Eventing } from "./eventing.js";
-export { type CallContext, type Interceptor, type ServiceImpl, withImports } from "./grpc.js";
+export { type CallContext, framePrefix, type Interceptor, type ServiceImpl, unframe, withImports } from "./grpc.js";
 export { type BytesClient, type CallOptions, type Client, createChannel, createClient } from "./grpc-client.js";
 export { type Built, type Host, type HostConfig, type HostContext, type HostOptions, startHost } from "./host.js";
 export { type KeyUse, keyUse, requestFingerprint, requireIdempotencyKey, VOIDED } from "./idempotency.js";
