@@ -37,7 +37,8 @@ gen-fresh: | install
 	@[ "$(gen_hash)" = "$$(cat $(GEN_HASH) 2>/dev/null)" ] || $(MAKE) --no-print-directory generate
 
 # What `make run` executes: every non-test source compiled to dist/ by esbuild (no type check: that is
-# `make typecheck`), again only when a source is newer than the last build.
+# `make typecheck`), again only when a source is newer than the last build. `build` asks for it in a
+# make of its own, after gen-fresh: the list of sources is read then, generated files included.
 SOURCES := $(shell find gen contracts platform services gateway scripts -name '*.ts' ! -name '*.test.ts')
 dist/.built: $(SOURCES) | install
 	@echo "esbuild: $(words $(SOURCES)) sources -> dist/"
@@ -45,7 +46,8 @@ dist/.built: $(SOURCES) | install
 	  --sourcemap --log-level=warning
 	@touch $@
 
-build: gen-fresh dist/.built ## Compile the sources to JavaScript in dist/ (esbuild, ~1 s; make run and make bench do it)
+build: gen-fresh ## Compile the sources to JavaScript in dist/ (esbuild, ~1 s; make run and make bench do it)
+	@$(MAKE) --no-print-directory dist/.built
 
 generate: install ## Regenerate gen/ from proto/ (buf generate)
 	npm run generate

@@ -26,6 +26,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, wr
 import { cpus, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
+import { Metadata } from "@grpc/grpc-js";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
@@ -52,6 +53,12 @@ interface Proc {
   readonly port: number;
 }
 
+/** Every system process still running: killed if the harness exits first (a failed start, an error). */
+const spawned = new Set<ChildProcess>();
+process.on("exit", () => {
+  for (const c of spawned) c.kill("SIGKILL");
+});
+
 /** Spawns `cmd`, reads (and drops) its output as `make run` would print it, resolves once `ready` appears. */
 function startProcess(
   name: string,
@@ -61,6 +68,8 @@ function startProcess(
   ready: (line: string) => number | undefined,
 ): Promise<Proc> {
   const child = spawn(cmd, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  spawned.add(child);
+  child.once("exit", () => spawned.delete(child));
   let tail = "";
   return new Promise((res, rej) => {
     const timer = setTimeout(() => rej(new Error(`${name} did not start in 60 s:\n${tail}`)), 60_000);
@@ -177,10 +186,10 @@ async function startSystem(telemetry: boolean): Promise<System> {
     },
     logged("gateway listening"),
   );
-  const readyMs = Math.round(performance.now() - t0);
   const procs = [nats, ...services, gateway];
-  // The gateway learns the services from the registry: wait until it reaches inventory.
-  await new Promise((r) => setTimeout(r, 500));
+  // The gateway learns the services from the registry: ready once it answers through to inventory.
+  await untilAnswered(`127.0.0.1:${gateway.port}`);
+  const readyMs = Math.round(performance.now() - t0);
   return {
     procs,
     readyMs,
@@ -196,6 +205,27 @@ async function startSystem(telemetry: boolean): Promise<System> {
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** Resolves once `GetProduct` through the gateway at `address` succeeds (10 s at most). */
+async function untilAnswered(address: string): Promise<void> {
+  const ch = createChannel(address);
+  const inv = createClient(InventoryService, ch);
+  const md = new Metadata();
+  md.set("authorization", `Bearer ${await token}`);
+  try {
+    for (const until = Date.now() + 10_000; ; ) {
+      try {
+        await inv.getProduct({ productId: "coffee-beans" }, { metadata: md, timeoutMs: 1_000 });
+        return;
+      } catch (err) {
+        if (Date.now() > until) throw new Error(`the gateway did not answer within 10 s: ${(err as Error).message}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+  } finally {
+    ch.close();
+  }
 }
 
 /** Runs one round in a separate load-generator process. */
@@ -334,7 +364,7 @@ function format(r: Row): string {
   ].join(" ");
 }
 
-const token = await signDevToken(
+const token = signDevToken(
   { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" },
   "bench",
   ["customer"],
@@ -347,7 +377,7 @@ const settings = TELEMETRY === "both" ? [true, false] : [TELEMETRY === "on"];
 const rows: Row[] = [];
 const starts: Array<{ telemetry: "on" | "off"; readyMs: number; rssMb: number }> = [];
 for (const on of settings) {
-  const m = await measure(on, token);
+  const m = await measure(on, await token);
   rows.push(...m.rows);
   starts.push({ telemetry: on ? "on" : "off", readyMs: m.readyMs, rssMb: m.rssMb });
 }
@@ -356,7 +386,7 @@ process.stdout.write(
 );
 for (const s of starts)
   process.stdout.write(
-    `system (telemetry ${s.telemetry}): ready ${s.readyMs} ms after the first spawn, ${s.rssMb} MB RSS at start\n`,
+    `system (telemetry ${s.telemetry}): answering through the gateway ${s.readyMs} ms after the first spawn, ${s.rssMb} MB RSS\n`,
   );
 const failed = rows.filter((r) => r.failures > 0 || r.calls === 0);
 mkdirSync(dirname(OUT), { recursive: true });

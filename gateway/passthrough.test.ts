@@ -163,7 +163,10 @@ describe("gRPC fast path", () => {
     const one = product("coffee-beans");
     const short = Buffer.concat([one.subarray(0, 5), one.subarray(5, 8)]);
     const ended = await h2Request(s, grpcHeaders(GET_PRODUCT, auth), short);
-    expect([ended.grpcStatus, ended.grpcMessage]).toEqual([3, "protocol error: the request body ended inside its message"]);
+    expect([ended.grpcStatus, ended.grpcMessage]).toEqual([
+      3,
+      "protocol error: the request body ended inside its message",
+    ]);
     const two = await h2Request(s, grpcHeaders(GET_PRODUCT, auth), Buffer.concat([one, one]));
     expect(two.grpcStatus).toBe(3);
     const flagged = await h2Request(s, grpcHeaders(GET_PRODUCT, auth), envelope(one.subarray(5), 1));

@@ -20,7 +20,8 @@ import * as grpc from "@grpc/grpc-js";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Tracer } from "@opentelemetry/api";
 import { type CircuitBreakerPolicy, CircuitState } from "cockatiel";
-import { type BytesClient, type Client, createBytesClient, createChannel, createClient } from "./grpc-client.js";
+import { RpcError } from "./errors.js";
+import { type BytesClient, type Client, createChannel, createClient } from "./grpc-client.js";
 import { createH2BytesClient } from "./h2-bytes.js";
 import type { Logger } from "./log.js";
 import { REGISTRY_SCHEME, requireServiceName } from "./registry.js";
@@ -49,6 +50,19 @@ export const BREAKER_NAMES: Record<CircuitState, BreakerName> = {
   [CircuitState.HalfOpen]: "half-open",
   [CircuitState.Isolated]: "isolated",
 };
+
+/** Bytes calls on an instance whose address is no host:port (a channel given as is): refused, plainly. */
+function unsupportedBytes(service: DescService, address: string): BytesClient {
+  const refuse = () =>
+    Promise.reject(
+      new RpcError(
+        grpc.status.UNIMPLEMENTED,
+        `${address}: calls on encoded messages need a host:port target`,
+        new grpc.Metadata(),
+      ),
+    );
+  return Object.fromEntries(service.methods.map((m) => [m.localName, refuse]));
+}
 
 /** How {@link Endpoints} makes and reports one instance's parts. */
 export interface EndpointsOptions<S extends DescService> {
@@ -123,9 +137,10 @@ export class Endpoints<S extends DescService> {
   }
 
   private endpoint(address: string, channel: grpc.Client, owned: boolean): Endpoint<S> & { close(): void } {
-    // Encoded-message calls (the gateway's fast path) over a plain HTTP/2 session where the address is host:port.
-    const h2 = /^[\w.-]+:\d+$|^\[[\da-f:]+\]:\d+$/i.test(address)
-      ? createH2BytesClient(this.o.service, address, this.o.tracer)
+    // Encoded-message calls (the gateway's fast path), over a plain HTTP/2 session to host:port.
+    const hostPort = address.replace(/^dns:(\/\/\/)?/, "");
+    const h2 = /^[\w.-]+:\d+$|^\[[\da-f:]+\]:\d+$/i.test(hostPort)
+      ? createH2BytesClient(this.o.service, hostPort, this.o.tracer)
       : undefined;
     const breaker = this.o.newBreaker();
     breaker.onStateChange((s) => {
@@ -138,7 +153,7 @@ export class Endpoints<S extends DescService> {
       address,
       breaker,
       client: createClient(this.o.service, channel, this.o.tracer),
-      bytes: h2?.bytes ?? createBytesClient(this.o.service, channel, this.o.tracer),
+      bytes: h2?.bytes ?? unsupportedBytes(this.o.service, address),
       failing: () =>
         h2?.failing() === true ||
         channel.getChannel().getConnectivityState(false) === grpc.connectivityState.TRANSIENT_FAILURE,

@@ -77,22 +77,13 @@ export function callTracing(m: DescMethod, tracer: Tracer | undefined) {
   };
 }
 
-/** How one unary method's request goes on the wire and its answer comes back. */
-interface UnaryCodec<Req, Res> {
-  readonly serialize: (req: Req) => Buffer;
-  readonly deserialize: (buf: Buffer) => Res;
-}
-
-function unaryCall<Req, Res>(
-  m: DescMethod,
-  channel: grpc.Client,
-  tracer: Tracer | undefined,
-  codec: UnaryCodec<Req, Res>,
-) {
+function unaryCall(m: DescMethod, channel: grpc.Client, tracer: Tracer | undefined) {
   const path = methodPath(m);
   const tracing = callTracing(m, tracer);
-  return (req: Req, opts?: CallOptions) =>
-    new Promise<Res>((resolve, reject) => {
+  const serialize = serializer(m.input);
+  const deserialize = deserializer(m.output);
+  return (req: MessageInitShape<DescMessage>, opts?: CallOptions) =>
+    new Promise((resolve, reject) => {
       if (opts?.signal?.aborted) {
         reject(new RpcError(grpc.status.CANCELLED, "cancelled before start", new grpc.Metadata()));
         return;
@@ -100,16 +91,16 @@ function unaryCall<Req, Res>(
       const span = tracing.start();
       const call = channel.makeUnaryRequest(
         path,
-        codec.serialize,
-        codec.deserialize,
-        req,
+        serialize,
+        deserialize,
+        create(m.input, req),
         tracing.metadata(opts, span),
         grpcCallOptions(opts),
         (err, res) => {
           opts?.signal?.removeEventListener("abort", onAbort);
           tracing.end(span, err ? err.code : 0);
           if (err) reject(toRpcError(err));
-          else resolve(res as Res);
+          else resolve(res);
         },
       );
       const onAbort = () => call.cancel();
@@ -117,32 +108,8 @@ function unaryCall<Req, Res>(
     });
 }
 
-/** The typed codec of `m`: messages (or their init shapes) in, decoded messages out. */
-function typedCodec(m: DescMethod): UnaryCodec<MessageInitShape<DescMessage>, unknown> {
-  const serialize = serializer(m.input);
-  return { serialize: (req) => serialize(create(m.input, req)), deserialize: deserializer(m.output) };
-}
-
-/** Encoded messages in and out, untouched: for a proxy that has no need to read them. */
-const BYTES: UnaryCodec<Uint8Array, Uint8Array> = {
-  serialize: (b) => (Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength)),
-  deserialize: (b) => b,
-};
-
-/** A unary call per method on already-encoded messages: bytes in, bytes out. */
+/** A unary call per method on already-encoded messages: bytes in, bytes out (platform/h2-bytes.ts). */
 export type BytesClient = Readonly<Record<string, (request: Uint8Array, options?: CallOptions) => Promise<Uint8Array>>>;
-
-/**
- * A {@link BytesClient} for `service`'s unary methods: the gateway forwards
- * gRPC messages with these without decoding or re-encoding them.
- */
-export function createBytesClient(service: DescService, channel: grpc.Client, tracer?: Tracer): BytesClient {
-  const client: Record<string, unknown> = {};
-  for (const m of service.methods) {
-    if (m.methodKind === "unary") client[m.localName] = unaryCall(m, channel, tracer, BYTES);
-  }
-  return client as BytesClient;
-}
 
 function streamCall(m: DescMethod, channel: grpc.Client, tracer: Tracer | undefined) {
   const path = methodPath(m);
@@ -183,7 +150,7 @@ function streamCall(m: DescMethod, channel: grpc.Client, tracer: Tracer | undefi
 export function createClient<S extends DescService>(service: S, channel: grpc.Client, tracer?: Tracer): Client<S> {
   const client: Record<string, unknown> = {};
   for (const m of service.methods) {
-    if (m.methodKind === "unary") client[m.localName] = unaryCall(m, channel, tracer, typedCodec(m));
+    if (m.methodKind === "unary") client[m.localName] = unaryCall(m, channel, tracer);
     else if (m.methodKind === "server_streaming") client[m.localName] = streamCall(m, channel, tracer);
   }
   return client as Client<S>;

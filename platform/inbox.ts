@@ -18,7 +18,7 @@ import type { Bus } from "./bus.js";
 import type { EventCatalogue } from "./catalogue.js";
 import type { FaultInjector } from "./chaos.js";
 import { isDatabaseUnavailable } from "./db-errors.js";
-import type { Logger } from "./log.js";
+import { flushLogs, type Logger } from "./log.js";
 import { extractContext, inSpan } from "./propagation.js";
 import type { Db, Tx } from "./sql.js";
 import type { Telemetry } from "./telemetry.js";
@@ -328,6 +328,7 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (m: JsMsg) => Promis
     }
     if (opts.crashAfterCommit && !duplicate) {
       clog.warn({ eventId: ctx.eventId }, "fault injection: crashing after commit, before ack");
+      flushLogs(); // the line above must be out before the kill
       process.kill(process.pid, "SIGKILL");
     }
     m.ack();

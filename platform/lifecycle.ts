@@ -27,8 +27,9 @@ export interface ProcessConfig {
  * `start`; on SIGTERM or SIGINT stops the service, flushes traces and exits
  * 0 (or 1 if stopping failed). The signal handlers come first: a process
  * still starting (waiting for NATS or its database) exits at once on a
- * signal — it has accepted nothing to drain — and node running as PID 1 in
- * a container, which has no default handlers, never ignores one.
+ * signal — not yet ready nor announced, it has taken no traffic, and an
+ * event it may have begun is redelivered as after a crash — and node running
+ * as PID 1 in a container, which has no default handlers, never ignores one.
  */
 export async function runService<C extends ProcessConfig>(
   name: string,

@@ -17,9 +17,22 @@ export interface LoggerOptions {
   readonly format: "json" | "pretty";
 }
 
+/** The asynchronous destinations of this process's loggers, for {@link flushLogs}. */
+const destinations = new Set<{ flushSync(): void }>();
+
 /**
- * Creates the process logger. JSON goes to stdout synchronously enough for
- * crash lines to survive; `pretty` renders one readable line per entry.
+ * Writes out every log line still buffered, synchronously: for a process
+ * about to kill itself (fault injection). On a normal exit pino does it.
+ */
+export function flushLogs(): void {
+  for (const d of destinations) d.flushSync();
+}
+
+/**
+ * Creates the process logger. JSON goes to stdout asynchronously (an access
+ * line per request would otherwise be a blocking write() on the event loop's
+ * thread), flushed by pino at exit; `pretty` renders one readable line per
+ * entry, synchronously.
  */
 export async function createLogger(opts: LoggerOptions): Promise<Logger> {
   const base = { service: opts.service };
@@ -38,10 +51,8 @@ export async function createLogger(opts: LoggerOptions): Promise<Logger> {
       }),
     );
   }
-  // Written asynchronously (an access line per request would otherwise be a blocking write() on the
-  // event loop's thread), and flushed synchronously when the process exits, so no line is lost on a stop.
   const dest = pino.destination({ dest: 1, sync: false });
-  process.once("exit", () => dest.flushSync());
+  destinations.add(dest);
   return pino({ level: opts.level, base, mixin, timestamp: pino.stdTimeFunctions.isoTime }, dest);
 }
 

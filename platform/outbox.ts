@@ -20,7 +20,7 @@ import { backoffMs } from "./backoff.js";
 import type { Bus } from "./bus.js";
 import type { EventCatalogue } from "./catalogue.js";
 import { newId } from "./ids.js";
-import type { Logger } from "./log.js";
+import { flushLogs, type Logger } from "./log.js";
 import { contextOf, currentTraceparent, injectContext, inSpan } from "./propagation.js";
 import type { Db, Tx } from "./sql.js";
 import type { Telemetry } from "./telemetry.js";
@@ -277,6 +277,7 @@ export class OutboxRelay {
     const { bus, log, source } = this.opts;
     if (this.opts.crashBeforePublish) {
       log.warn({ eventId: row.event_id }, "fault injection: crashing before publish");
+      flushLogs(); // the line above must be out before the kill
       process.kill(process.pid, "SIGKILL");
     }
     const h = natsHeaders();

@@ -73,7 +73,9 @@ export interface Db extends Queries {
   /**
    * Runs `fn` in one transaction and commits, or rolls back when it throws.
    * On PostgreSQL `fn` may run more than once (a lost unique-key race or a deadlock is
-   * retried): keep side effects for `afterCommit`.
+   * retried): keep side effects for `afterCommit`. On SQLite it resolves once the commit is on
+   * disk (wal-sync.ts); if that flush fails, it rejects although the transaction committed, and
+   * every later one fails too, until the process is restarted.
    */
   transaction<T>(fn: (tx: Tx) => Promise<T>): Promise<T>;
   /** Runs `fn` in `tx` when given (joining the caller's transaction), else in a transaction of its own. */

@@ -57,6 +57,20 @@ describe("WalSync", () => {
     }
   });
 
+  it("after close, a sync is refused instead of reopening the file", async () => {
+    using dir = tempDir();
+    const path = join(dir.path, "c.db");
+    const raw = new Database(path);
+    raw.pragma("journal_mode = WAL");
+    raw.exec("CREATE TABLE t (v TEXT)");
+    const wal = new WalSync(`${path}-wal`);
+    const pending = wal.sync();
+    await wal.close();
+    await pending;
+    await expect(wal.sync()).rejects.toThrow(/closed/);
+    raw.close();
+  });
+
   it("a failed flush fails the commit's caller; the next one opens the file again", async () => {
     using dir = tempDir();
     const wal = new WalSync(join(dir.path, "missing.db-wal"));

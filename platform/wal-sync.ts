@@ -28,11 +28,20 @@ export class WalSync {
   private next: Promise<void> | undefined;
   /** fdatasync calls so far (one per group of commits). */
   flushes = 0;
+  /**
+   * A flush that failed. It stays failed: after a failed fsync the kernel may have dropped the
+   * pages it could not write and report the next fsync clean, so no later commit can be called
+   * durable (the lesson PostgreSQL learned as "fsyncgate"). The process must be restarted.
+   */
+  private broken: Error | undefined;
+  private closed = false;
 
   constructor(private readonly walPath: string) {}
 
   /** Resolves once everything committed before this call is on disk. */
   sync(): Promise<void> {
+    if (this.broken) return Promise.reject(this.broken);
+    if (this.closed) return Promise.reject(new Error("the database is closed"));
     this.next ??= (async () => {
       await this.running.catch(() => {});
       // Commits from here on are not covered by this round: they start the next one.
@@ -44,21 +53,31 @@ export class WalSync {
   }
 
   private async flush(): Promise<void> {
+    let file: FileHandle;
     try {
       this.file ??= open(this.walPath, "r");
-      const file = await this.file;
-      this.flushes++;
+      file = await this.file;
+    } catch (err) {
+      // Not opened, nothing lost: open it again next time.
+      this.file = undefined;
+      throw err;
+    }
+    this.flushes++;
+    try {
       await file.datasync();
     } catch (err) {
-      // Open the file again next time (SQLite may have recreated it).
-      const file = this.file;
-      this.file = undefined;
-      await (await file?.catch(() => undefined))?.close().catch(() => {});
-      throw err;
+      this.broken = new Error(
+        `the database log ${this.walPath} could not be flushed (${(err as Error).message}): ` +
+          "writes since the last flush may not be on disk; restart the process",
+        { cause: err },
+      );
+      throw this.broken;
     }
   }
 
   async close(): Promise<void> {
+    this.closed = true;
+    await this.next?.catch(() => {});
     await this.running.catch(() => {});
     await (await this.file?.catch(() => undefined))?.close();
   }

@@ -35,6 +35,7 @@ const tokens = new Map(
 const PRODUCTS = ["coffee-beans", "ceramic-mug", "paper-filters", "pour-over-kettle", "hand-grinder"];
 const run = Date.now().toString(36);
 const placed: { id: string; customer: string }[] = [];
+let orders = 0;
 
 /** One Connect JSON call; resolves with the HTTP status and the parsed body. */
 function call(procedure: string, body: unknown, customer: string): Promise<{ status: number; json: unknown }> {
@@ -95,14 +96,16 @@ async function one(i: number): Promise<{ kind: Kind; status: number }> {
       status: (await call("shopmesh.order.v1.OrderService/GetOrder", { order_id: id }, customer)).status,
     };
   }
-  const card = i % 20 === 19 ? "tok_insufficient" : i % 10 === 3 ? "tok_decline" : "tok_visa";
+  // Counted over orders, so every outcome happens in both saga modes (20 orders of one, then 20 of the other).
+  const k = orders++;
+  const card = k % 10 === 3 ? "tok_decline" : k % 20 === 9 ? "tok_insufficient" : "tok_visa";
   const r = await call(
     "shopmesh.order.v1.OrderService/PlaceOrder",
     {
       idempotency_key: `load-${run}-${i}`,
       items: [{ product_id: pick(PRODUCTS, i), quantity: 1 }],
       card_token: card,
-      saga_mode: i % 2 === 0 ? "SAGA_MODE_ORCHESTRATION" : "SAGA_MODE_CHOREOGRAPHY",
+      saga_mode: Math.floor(k / 20) % 2 === 0 ? "SAGA_MODE_ORCHESTRATION" : "SAGA_MODE_CHOREOGRAPHY",
     },
     customer,
   );
