@@ -207,7 +207,11 @@ describe("metrics", () => {
       (b) => b === "closed",
     );
 
-    const order = await scrape(sys.order.telemetry.metricsPort);
+    // The cancellation's event leaves through the outbox after its commit (and its flush): asynchronously.
+    const order = await waitFor(
+      () => scrape(sys.order.telemetry.metricsPort),
+      (text) => sample(text, "events_published_total", { type: "shopmesh.order.v1.OrderCancelled" }) >= 1,
+    );
     expect(
       sample(order, "circuit_breaker_transitions_total", { downstream: "payment", to: "open" }),
     ).toBeGreaterThanOrEqual(1);
