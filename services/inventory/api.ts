@@ -25,7 +25,8 @@ import {
   type ServiceImpl,
 } from "../../platform/index.js";
 import { OutOfStockError, OverCapacityError, type ProductRecord, validateReservation } from "./domain.js";
-import type { InventoryStore, ReservationRecord } from "./store.js";
+import type { ReservationRecord } from "./schema.js";
+import type { InventoryStore } from "./store.js";
 
 /** Dependencies of the inventory API. */
 export interface InventoryApiDeps {

@@ -28,7 +28,8 @@ import {
   type Tx,
 } from "../../platform/index.js";
 import { isTerminal, type OrderRecord, type SagaMode } from "./domain.js";
-import type { OrderStore, StoredStep } from "./store.js";
+import type { StoredStep } from "./schema.js";
+import type { OrderStore } from "./store.js";
 
 /** Dependencies of the order API. */
 export interface OrderApiDeps {

@@ -1,0 +1,109 @@
+/**
+ * The order service's tables (migrations, in order, written once for both
+ * engines) and how a stored row becomes a record: what store.ts reads and
+ * writes, kept apart from how it does so.
+ */
+import type { Line } from "../../contracts/lines.js";
+import { INBOX_MIGRATION, migrations, OUTBOX_CLAIMS_MIGRATION, OUTBOX_MIGRATION } from "../../platform/index.js";
+import type { OrderRecord, OrderStatus, SagaMode, StepLogEntry } from "./domain.js";
+
+const ORDERS = `CREATE TABLE orders (
+     id               TEXT PRIMARY KEY,
+     customer_id      TEXT NOT NULL,
+     idempotency_key  TEXT NOT NULL,
+     fingerprint      TEXT NOT NULL,
+     status           TEXT NOT NULL CHECK (status IN ('PENDING', 'COMPENSATING', 'CONFIRMED', 'CANCELLED')),
+     reason           TEXT NOT NULL DEFAULT '',
+     saga_mode        TEXT NOT NULL CHECK (saga_mode IN ('ORCHESTRATION', 'CHOREOGRAPHY')),
+     items            TEXT NOT NULL,  -- JSON [{productId, quantity}]
+     card_token       TEXT NOT NULL,
+     total_minor      INTEGER,
+     currency         TEXT,
+     stock            TEXT NOT NULL DEFAULT 'none' CHECK (stock IN ('none', 'attempted', 'done', 'undone')),
+     reservation_id   TEXT NOT NULL DEFAULT '',
+     payment          TEXT NOT NULL DEFAULT 'none' CHECK (payment IN ('none', 'attempted', 'done', 'undone')),
+     payment_id       TEXT NOT NULL DEFAULT '',
+     cancel_requested TEXT,
+     created_at       INTEGER NOT NULL,
+     updated_at       INTEGER NOT NULL,
+     UNIQUE (customer_id, idempotency_key)
+   ) STRICT;
+   CREATE INDEX orders_customer ON orders (customer_id, created_at DESC, id DESC);
+   CREATE INDEX orders_active ON orders (status) WHERE status IN ('PENDING', 'COMPENSATING');
+   CREATE TABLE saga_steps (
+     order_id TEXT NOT NULL REFERENCES orders (id),
+     seq      INTEGER NOT NULL,
+     name     TEXT NOT NULL,
+     status   TEXT NOT NULL,
+     detail   TEXT NOT NULL,
+     attempt  INTEGER NOT NULL,
+     at       INTEGER NOT NULL,
+     PRIMARY KEY (order_id, seq)
+   ) STRICT;`;
+
+export const MIGRATIONS = migrations([
+  ORDERS,
+  // 2: events (transactional outbox) and choreography consumers (inbox).
+  `${OUTBOX_MIGRATION}\n${INBOX_MIGRATION}`,
+  // 3: the trace of the request that placed the order, so a saga resumed after a crash continues it.
+  "ALTER TABLE orders ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';",
+  // 4: relays claim outbox rows; sagas are driven under a fenced lease (several replicas).
+  `${OUTBOX_CLAIMS_MIGRATION}
+     ALTER TABLE orders ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+     ALTER TABLE orders ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE orders ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE saga_steps ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE orders ADD COLUMN version INTEGER NOT NULL DEFAULT 0;`,
+]);
+
+export interface OrderRow {
+  id: string;
+  customer_id: string;
+  fingerprint: string;
+  status: OrderStatus;
+  reason: string;
+  saga_mode: SagaMode;
+  items: string;
+  card_token: string;
+  total_minor: number | null;
+  currency: string | null;
+  stock: OrderRecord["stock"];
+  reservation_id: string;
+  payment: OrderRecord["payment"];
+  payment_id: string;
+  cancel_requested: string | null;
+  traceparent: string;
+  created_at: number;
+  updated_at: number;
+  owner: string;
+  lease_until: number;
+  fence: number;
+  version: number;
+}
+
+/** A stored step-log entry with its time and the fencing token of the owner that wrote it. */
+export interface StoredStep extends StepLogEntry {
+  readonly at: number;
+  readonly fence: number;
+}
+
+export const toOrder = (r: OrderRow): OrderRecord => ({
+  id: r.id,
+  customerId: r.customer_id,
+  status: r.status,
+  reason: r.reason,
+  sagaMode: r.saga_mode,
+  items: JSON.parse(r.items) as Line[],
+  cardToken: r.card_token,
+  totalMinor: r.total_minor,
+  currency: r.currency,
+  stock: r.stock,
+  reservationId: r.reservation_id,
+  payment: r.payment,
+  paymentId: r.payment_id,
+  cancelRequested: r.cancel_requested,
+  traceparent: r.traceparent,
+  createdAt: r.created_at,
+  updatedAt: r.updated_at,
+  version: r.version,
+});
