@@ -111,6 +111,9 @@ function unaryCall(m: DescMethod, channel: grpc.Client, tracer: Tracer | undefin
 /** A unary call per method on already-encoded messages: bytes in, bytes out (platform/h2-bytes.ts). */
 export type BytesClient = Readonly<Record<string, (request: Uint8Array, options?: CallOptions) => Promise<Uint8Array>>>;
 
+/** How long a stream its caller stopped reading may take to end by itself before it is cancelled. */
+const STATUS_GRACE_MS = 50;
+
 function streamCall(m: DescMethod, channel: grpc.Client, tracer: Tracer | undefined) {
   const path = methodPath(m);
   const tracing = callTracing(m, tracer);
@@ -130,15 +133,24 @@ function streamCall(m: DescMethod, channel: grpc.Client, tracer: Tracer | undefi
       );
       const onAbort = () => call.cancel();
       opts?.signal?.addEventListener("abort", onAbort, { once: true });
+      let ended = false;
+      call.once("status", () => (ended = true));
+      // Read by hand: `for await` would destroy the stream when the caller stops reading, and a
+      // destroyed stream never reports the status that may already be on its way.
+      const messages = call[Symbol.asyncIterator]();
       try {
-        for await (const msg of call) yield msg;
+        for (let next = await messages.next(); !next.done; next = await messages.next()) yield next.value;
       } catch (err) {
         code = isServiceError(err) ? err.code : grpc.status.UNKNOWN;
         throw isServiceError(err) ? toRpcError(err) : err;
       } finally {
         opts?.signal?.removeEventListener("abort", onAbort);
-        call.cancel();
         tracing.end(span, code);
+        // A caller that stops reading at the last message (a watch that saw the terminal state)
+        // would reset a stream the server has already ended, its status on the way. Every reset
+        // counts against Node's rapid-reset limit for the whole connection (platform/server.ts),
+        // so the stream is cancelled only if its status has not arrived shortly after.
+        if (!ended && !opts?.signal?.aborted) setTimeout(() => ended || call.cancel(), STATUS_GRACE_MS).unref();
       }
     })();
 }

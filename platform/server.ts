@@ -85,10 +85,30 @@ function fileDescriptorProtos(services: readonly DescService[]): Buffer[] {
   return withImports(services.map((s) => s.file)).map((f) => Buffer.from(toBinary(FileDescriptorProtoSchema, f.proto)));
 }
 
+/**
+ * Node's HTTP/2 server closes a connection with INTERNAL_ERROR once its peer has reset more than
+ * 1,000 streams beyond 33 a second (nghttp2's rapid-reset defence), failing every call in flight
+ * on it (grpc-node#2872). A service's callers are the gateway and other services, each carrying
+ * many callers over one connection, and every caller that gives up mid-call (a closed tab, a
+ * deadline) is a reset on it. Node 22.10 and later let a server allow more (`streamResetBurst`,
+ * `streamResetRate`; the image runs Node 24): the internal servers allow far more than a 2-core
+ * gateway can forward. The gateway's own listener keeps Node's default, so a hostile client only
+ * closes its own connection. On Node 20 the options are ignored; clients there avoid resets
+ * where they can (platform/grpc-client.ts). grpc-js has no option for it: its http2 server options
+ * are set here.
+ */
+function tolerateCancellations(server: grpc.Server): void {
+  const options = (server as unknown as { commonServerOptions?: Record<string, unknown> }).commonServerOptions;
+  if (!options) throw new Error("grpc-js no longer keeps commonServerOptions: allow stream resets another way");
+  options.streamResetBurst = 100_000;
+  options.streamResetRate = 10_000;
+}
+
 /** Starts a server; resolves once it listens. */
 export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningServer> {
   const faults = opts.faults ?? new FaultInjector();
   const server = new grpc.Server({ "grpc.max_receive_message_length": 4 * 1024 * 1024 });
+  tolerateCancellations(server);
   // Telemetry outermost: the span is active for the log line and everything below.
   const observed: Interceptor[] = opts.telemetry
     ? [

@@ -1,0 +1,83 @@
+/**
+ * The gRPC server over a real connection: what a proxy's client sees when
+ * the callers behind it come and go.
+ */
+import { afterEach, describe, expect, it } from "vitest";
+import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
+import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
+import type { CallContext, ServiceImpl } from "./grpc.js";
+import { createChannel, createClient } from "./grpc-client.js";
+import { silentLogger } from "./log.js";
+import { bind, type RunningServer, startGrpcServer } from "./server.js";
+
+const cleanups: (() => unknown)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+/** Every call waits until it is cancelled, or for `?ms` given as the product id. */
+function waitingInventory(): ServiceImpl<typeof InventoryService> {
+  const wait = (ms: number, ctx: CallContext) =>
+    new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      ctx.signal.addEventListener("abort", () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  return {
+    listProducts: async () => ({}),
+    getProduct: async (req, ctx) => {
+      await wait(Number(req.productId) || 60_000, ctx);
+      return { product: { id: req.productId } };
+    },
+    reserveStock: async () => ({}),
+    releaseStock: async () => ({}),
+    restock: async () => ({}),
+  };
+}
+
+/** WatchOrder answers one message and ends the stream, as it does for an order that has ended. */
+function watchOnce(): ServiceImpl<typeof OrderService> {
+  const none = async () => ({});
+  return {
+    placeOrder: none,
+    getOrder: none,
+    cancelOrder: none,
+    listOrders: none,
+    watchOrder: async function* (req) {
+      yield { order: { id: req.orderId } };
+    },
+  };
+}
+
+describe("a connection shared by many callers", () => {
+  it("outlives thousands of watches stopped at their last message, with another call in flight on it", async () => {
+    // A watcher that stops reading once it sees the terminal state would reset a stream the
+    // server has already ended. Node's HTTP/2 server closes a connection with INTERNAL_ERROR after
+    // 1,000 resets beyond 33/s (its rapid-reset defence, grpc-node#2872), failing every call in
+    // flight on it: at 150 orders/s, the benchmark's watchers lost their connection in 10 s.
+    const server: RunningServer = await startGrpcServer({
+      host: "127.0.0.1",
+      port: 0,
+      services: [bind(InventoryService, waitingInventory()), bind(OrderService, watchOnce())],
+      log: silentLogger(),
+    });
+    cleanups.push(() => server.stop(0));
+    const channel = createChannel(server.address);
+    cleanups.push(() => channel.close());
+    const client = createClient(InventoryService, channel);
+
+    // Another caller's call, in flight on the same connection the whole time.
+    const bystander = client.getProduct({ productId: "3000" });
+    const orders = createClient(OrderService, channel);
+    for (let sent = 0; sent < 2_500; sent += 250) {
+      await Promise.all(
+        Array.from({ length: 250 }, async () => {
+          for await (const _ of orders.watchOrder({ orderId: "o" })) break;
+        }),
+      );
+    }
+    await expect(bystander).resolves.toMatchObject({ product: { id: "3000" } });
+  }, 30_000);
+});
