@@ -7,10 +7,21 @@
  * its saga runs.
  */
 
+import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
+
 /** The saga steps that take effect at a participant. */
 export type KeyedStep = "reserve_stock" | "charge_payment";
 
 /** The idempotency key of `step` for order `orderId`: `<order id>:<step>`. */
 export function stepKey(orderId: string, step: KeyedStep): string {
   return `${orderId}:${step}`;
+}
+
+/**
+ * Whether an event belongs to a choreographed saga: inventory and payment act on the order's
+ * events only then (an orchestrated order's steps come over gRPC), so the others are
+ * acknowledged without a transaction (`on(..., choreographed)`).
+ */
+export function choreographed(e: { readonly sagaMode: SagaMode }): boolean {
+  return e.sagaMode === SagaMode.CHOREOGRAPHY;
 }

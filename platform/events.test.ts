@@ -201,6 +201,54 @@ describe("consumers", () => {
     await relay.stop();
   });
 
+  it("acknowledges an event its handler's filter rejects without a transaction or an inbox row", async () => {
+    const producer = await service();
+    const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
+    relay.start();
+    const skip = await addPlaced(producer, "ord-not-mine");
+    const take = await addPlaced(producer, "ord-mine");
+    const consumer = await service();
+    const handled: string[] = [];
+    const durable = `filtered-${n}`;
+    const c = await startConsumer({
+      catalogue: EVENTS,
+      bus,
+      db: consumer.db,
+      log,
+      stream: "ORDER",
+      durable,
+      handlers: [
+        on(
+          OrderPlacedSchema,
+          async (e, ctx, tx) => {
+            handled.push(ctx.eventId);
+            await recordEffect[1](e as never, ctx, tx);
+          },
+          async (e) => e.meta?.orderId === "ord-mine",
+        ),
+      ],
+    });
+    await until(
+      () => effectsOf(consumer.db, { eventId: take }),
+      (x) => x === 1,
+    );
+    // Both settled: nothing is left for this consumer, and only the accepted one ran and was recorded.
+    await until(
+      async () =>
+        (await bus.jsm.consumers.info("ORDER", durable)).num_ack_pending +
+        (await bus.jsm.consumers.info("ORDER", durable)).num_pending,
+      (x) => x === 0,
+    );
+    expect(handled.filter((id) => id === skip || id === take)).toEqual([take]);
+    const inbox = await consumer.db.all(
+      sql<{ event_id: string }>`SELECT event_id FROM inbox WHERE consumer = ${durable}`,
+    );
+    expect(inbox.map((r) => r.event_id)).not.toContain(skip);
+    expect(inbox.map((r) => r.event_id)).toContain(take);
+    await c.stop();
+    await relay.stop();
+  });
+
   it("dead-letters a poison message with its reason and keeps consuming", async () => {
     const h = natsHeaders();
     h.set("ce-type", "shopmesh.order.v1.OrderPlaced");

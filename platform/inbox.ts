@@ -86,14 +86,22 @@ export interface EventContext {
  * inbox insert, so it only touches that database (and its outbox) through
  * `tx`. Throwing rolls everything back and the event is redelivered.
  */
-export type EventHandler = (event: never, ctx: EventContext, tx: Tx) => Promise<void>;
+export type EventHandler = ((event: never, ctx: EventContext, tx: Tx) => Promise<void>) & {
+  /** Whether the event concerns this consumer at all; false: acknowledged as ignored, no transaction. */
+  readonly only?: (event: never) => boolean | Promise<boolean>;
+};
 
-/** Typed handler helper: `on(OrderPlacedSchema, async (e, ctx, tx) => ...)`. */
+/**
+ * Typed handler helper: `on(OrderPlacedSchema, async (e, ctx, tx) => ...)`. With `only`, events it
+ * rejects (e.g. another saga mode's) are acknowledged without a transaction or an inbox row: a
+ * redelivery is rejected the same way, so exactly-once does not need one.
+ */
 export function on<D extends DescMessage>(
   schema: D,
   fn: (event: MessageShape<D>, ctx: EventContext, tx: Tx) => Promise<void>,
+  only?: (event: MessageShape<D>) => boolean | Promise<boolean>,
 ): [string, EventHandler] {
-  return [schema.typeName, fn as EventHandler];
+  return [schema.typeName, Object.assign(fn, { only }) as EventHandler];
 }
 
 /**
@@ -307,11 +315,11 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (m: JsMsg) => Promis
     }
     const { event, ctx } = decoded;
     const fn = handlers.get(ctx.type);
-    if (!fn) {
-      m.ack(); // this service does not care about this type
+    const ignore = () => {
+      m.ack(); // this service does not care about this type, or this event
       metrics?.eventsHandled.inc({ consumer: durable, type: ctx.type, outcome: "ignored" });
-      return;
-    }
+    };
+    if (!fn) return ignore();
     if (ctx.deliveryCount > 1) metrics?.redeliveries.inc({ consumer: durable });
     if (opts.faults && (await opts.faults.beforeEvent()) === "skip") {
       // An injected outage is not the event's fault.
@@ -321,6 +329,7 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (m: JsMsg) => Promis
     }
     let duplicate: boolean;
     try {
+      if (fn.only && !(await fn.only(event as never))) return ignore();
       duplicate = await apply(m, fn, event, ctx);
     } catch (err) {
       await failed(m, ctx, err);

@@ -13,7 +13,7 @@
  * its saga runs.
  */
 import { create } from "@bufbuild/protobuf";
-import { stepKey } from "../../contracts/saga.js";
+import { choreographed, stepKey } from "../../contracts/saga.js";
 import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import { StockRejectedSchema } from "../../gen/shopmesh/inventory/v1/events_pb.js";
 import { ReserveStockRequestSchema } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
@@ -29,36 +29,43 @@ export function inventoryConsumers(store: InventoryStore): ConsumerSpec[] {
       stream: "ORDER",
       durable: "inventory-order",
       handlers: [
-        on(OrderPlacedSchema, async (e, _ctx, tx) => {
-          if (e.sagaMode !== SagaMode.CHOREOGRAPHY) return;
-          const orderId = e.meta?.orderId ?? "";
-          const req = create(ReserveStockRequestSchema, {
-            idempotencyKey: stepKey(orderId, "reserve_stock"),
-            orderId,
-            items: e.items,
-          });
-          try {
-            const lines = validateReservation(req);
-            const r = await store.reserve(
-              req.idempotencyKey,
-              requestFingerprint(ReserveStockRequestSchema, req),
+        on(
+          OrderPlacedSchema,
+          async (e, _ctx, tx) => {
+            const orderId = e.meta?.orderId ?? "";
+            const req = create(ReserveStockRequestSchema, {
+              idempotencyKey: stepKey(orderId, "reserve_stock"),
               orderId,
-              lines,
-              SagaMode.CHOREOGRAPHY,
-              tx,
-            );
-            if (r.kind === "key-reused") throw new Error(`reservation key of order ${orderId} reused with other items`);
-          } catch (err) {
-            // A business refusal (unknown product, bad line) is an outcome the saga must hear about.
-            if (!(err instanceof ServiceError)) throw err;
-            await store.outbox.add(tx, StockRejectedSchema, orderId, { reason: err.message, shortages: [] });
-          }
-        }),
-        on(OrderCancelledSchema, async (e, _ctx, tx) => {
-          if (e.sagaMode !== SagaMode.CHOREOGRAPHY) return;
-          const orderId = e.meta?.orderId ?? "";
-          await store.cancelByKey(stepKey(orderId, "reserve_stock"), orderId, tx);
-        }),
+              items: e.items,
+            });
+            try {
+              const lines = validateReservation(req);
+              const r = await store.reserve(
+                req.idempotencyKey,
+                requestFingerprint(ReserveStockRequestSchema, req),
+                orderId,
+                lines,
+                SagaMode.CHOREOGRAPHY,
+                tx,
+              );
+              if (r.kind === "key-reused")
+                throw new Error(`reservation key of order ${orderId} reused with other items`);
+            } catch (err) {
+              // A business refusal (unknown product, bad line) is an outcome the saga must hear about.
+              if (!(err instanceof ServiceError)) throw err;
+              await store.outbox.add(tx, StockRejectedSchema, orderId, { reason: err.message, shortages: [] });
+            }
+          },
+          choreographed,
+        ),
+        on(
+          OrderCancelledSchema,
+          async (e, _ctx, tx) => {
+            const orderId = e.meta?.orderId ?? "";
+            await store.cancelByKey(stepKey(orderId, "reserve_stock"), orderId, tx);
+          },
+          choreographed,
+        ),
       ],
     },
   ];

@@ -18,7 +18,7 @@
  * are the same pure functions the orchestrator uses (domain.ts), so both
  * modes reach the same end states for the same inputs.
  */
-import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
+import { choreographed } from "../../contracts/saga.js";
 import {
   StockRejectedSchema,
   StockReleasedSchema,
@@ -90,54 +90,85 @@ export class Choreography {
   /** The consumers of participants' events. */
   consumers(): ConsumerSpec[] {
     const attempt = (ctx: EventContext) => ctx.deliveryCount;
+    // Events of orchestrated orders need no transaction here (the mode of an order never changes).
+    const ours = async (e: { meta?: { orderId: string } }) => (await this.order(e.meta?.orderId)) !== undefined;
     return [
       {
         stream: "INVENTORY",
         durable: "order-inventory",
         handlers: [
-          on(StockReservedSchema, async (e, ctx, tx) => {
-            const o = await this.order(e.meta?.orderId, tx);
-            if (!o || e.sagaMode !== SagaMode.CHOREOGRAPHY) return;
-            const total = e.total;
-            const reservation = {
-              reservationId: e.reservationId,
-              totalMinor: Number(total?.amountMinor ?? 0n),
-              currency: total?.currencyCode ?? "",
-            };
-            await this.progress(o, onReserved(reservation, attempt(ctx)), tx);
-          }),
-          on(StockRejectedSchema, async (e, ctx, tx) => {
-            const o = await this.order(e.meta?.orderId, tx);
-            if (o?.status !== "PENDING") return;
-            if (await this.applyIf(o, onForwardFailed("reserve_stock", e.reason, true, attempt(ctx)), "PENDING", tx)) {
-              await this.cancel(o, e.reason, tx);
-            }
-          }),
-          on(StockReleasedSchema, async (e, ctx, tx) => {
-            const o = await this.order(e.meta?.orderId, tx);
-            if (o)
-              await this.store.apply(o.id, onReleased(`reservation ${e.reservationId} released`, attempt(ctx)), { tx });
-          }),
+          on(
+            StockReservedSchema,
+            async (e, ctx, tx) => {
+              const o = await this.order(e.meta?.orderId, tx);
+              if (!o) return;
+              const total = e.total;
+              const reservation = {
+                reservationId: e.reservationId,
+                totalMinor: Number(total?.amountMinor ?? 0n),
+                currency: total?.currencyCode ?? "",
+              };
+              await this.progress(o, onReserved(reservation, attempt(ctx)), tx);
+            },
+            choreographed,
+          ),
+          on(
+            StockRejectedSchema,
+            async (e, ctx, tx) => {
+              const o = await this.order(e.meta?.orderId, tx);
+              if (o?.status !== "PENDING") return;
+              if (
+                await this.applyIf(o, onForwardFailed("reserve_stock", e.reason, true, attempt(ctx)), "PENDING", tx)
+              ) {
+                await this.cancel(o, e.reason, tx);
+              }
+            },
+            ours,
+          ),
+          on(
+            StockReleasedSchema,
+            async (e, ctx, tx) => {
+              const o = await this.order(e.meta?.orderId, tx);
+              if (o)
+                await this.store.apply(o.id, onReleased(`reservation ${e.reservationId} released`, attempt(ctx)), {
+                  tx,
+                });
+            },
+            ours,
+          ),
         ],
       },
       {
         stream: "PAYMENT",
         durable: "order-payment",
         handlers: [
-          on(PaymentSucceededSchema, async (e, ctx, tx) => {
-            const o = await this.order(e.meta?.orderId, tx);
-            if (o) await this.progress(o, onCharged(e.paymentId, attempt(ctx)), tx);
-          }),
-          on(PaymentFailedSchema, async (e, ctx, tx) => {
-            const o = await this.order(e.meta?.orderId, tx);
-            if (o?.status !== "PENDING") return;
-            const t = onDeclined(e.paymentId, e.reason || "declined", attempt(ctx));
-            if (await this.applyIf(o, t, "PENDING", tx)) await this.cancel(o, t.patch.reason ?? "payment declined", tx);
-          }),
-          on(PaymentRefundedSchema, async (e, ctx, tx) => {
-            const o = await this.order(e.meta?.orderId, tx);
-            if (o) await this.store.apply(o.id, onRefunded(`payment ${e.paymentId} refunded`, attempt(ctx)), { tx });
-          }),
+          on(
+            PaymentSucceededSchema,
+            async (e, ctx, tx) => {
+              const o = await this.order(e.meta?.orderId, tx);
+              if (o) await this.progress(o, onCharged(e.paymentId, attempt(ctx)), tx);
+            },
+            ours,
+          ),
+          on(
+            PaymentFailedSchema,
+            async (e, ctx, tx) => {
+              const o = await this.order(e.meta?.orderId, tx);
+              if (o?.status !== "PENDING") return;
+              const t = onDeclined(e.paymentId, e.reason || "declined", attempt(ctx));
+              if (await this.applyIf(o, t, "PENDING", tx))
+                await this.cancel(o, t.patch.reason ?? "payment declined", tx);
+            },
+            ours,
+          ),
+          on(
+            PaymentRefundedSchema,
+            async (e, ctx, tx) => {
+              const o = await this.order(e.meta?.orderId, tx);
+              if (o) await this.store.apply(o.id, onRefunded(`payment ${e.paymentId} refunded`, attempt(ctx)), { tx });
+            },
+            ours,
+          ),
         ],
       },
     ];

@@ -12,8 +12,7 @@
  * orchestrator uses.
  */
 import { create } from "@bufbuild/protobuf";
-import { stepKey } from "../../contracts/saga.js";
-import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
+import { choreographed, stepKey } from "../../contracts/saga.js";
 import { StockReservedSchema } from "../../gen/shopmesh/inventory/v1/events_pb.js";
 import { OrderCancelledSchema, OrderPlacedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
 import { ChargePaymentRequestSchema } from "../../gen/shopmesh/payment/v1/payment_pb.js";
@@ -28,41 +27,50 @@ export function paymentConsumers(store: PaymentStore): ConsumerSpec[] {
       stream: "ORDER",
       durable: "payment-order",
       handlers: [
-        on(OrderPlacedSchema, async (e, _ctx, tx) => {
-          if (e.sagaMode !== SagaMode.CHOREOGRAPHY) return;
-          await store.rememberChoreographyOrder(tx, e.meta?.orderId ?? "", e.customerId, e.cardToken);
-        }),
-        on(OrderCancelledSchema, async (e, _ctx, tx) => {
-          if (e.sagaMode !== SagaMode.CHOREOGRAPHY) return;
-          const orderId = e.meta?.orderId ?? "";
-          await store.refund(
-            { by: "key", chargeIdempotencyKey: stepKey(orderId, "charge_payment") },
-            `order ${orderId}: ${e.reason}`,
-            tx,
-          );
-        }),
+        on(
+          OrderPlacedSchema,
+          async (e, _ctx, tx) => {
+            await store.rememberChoreographyOrder(tx, e.meta?.orderId ?? "", e.customerId, e.cardToken);
+          },
+          choreographed,
+        ),
+        on(
+          OrderCancelledSchema,
+          async (e, _ctx, tx) => {
+            const orderId = e.meta?.orderId ?? "";
+            await store.refund(
+              { by: "key", chargeIdempotencyKey: stepKey(orderId, "charge_payment") },
+              `order ${orderId}: ${e.reason}`,
+              tx,
+            );
+          },
+          choreographed,
+        ),
       ],
     },
     {
       stream: "INVENTORY",
       durable: "payment-inventory",
       handlers: [
-        on(StockReservedSchema, async (e, _ctx, tx) => {
-          if (e.sagaMode !== SagaMode.CHOREOGRAPHY) return;
-          const orderId = e.meta?.orderId ?? "";
-          const payer = await store.choreographyOrder(tx, orderId);
-          // Streams are ordered only within themselves: OrderPlaced may still be on its way.
-          if (!payer) throw new Error(`OrderPlaced of ${orderId} not seen yet`);
-          const req = create(ChargePaymentRequestSchema, {
-            idempotencyKey: stepKey(orderId, "charge_payment"),
-            orderId,
-            customerId: payer.customerId,
-            amount: e.total,
-            cardToken: payer.cardToken,
-          });
-          const r = await store.charge(requestFingerprint(ChargePaymentRequestSchema, req), validateCharge(req), tx);
-          if (r.kind === "key-reused") throw new Error(`charge key of order ${orderId} reused with another amount`);
-        }),
+        on(
+          StockReservedSchema,
+          async (e, _ctx, tx) => {
+            const orderId = e.meta?.orderId ?? "";
+            const payer = await store.choreographyOrder(tx, orderId);
+            // Streams are ordered only within themselves: OrderPlaced may still be on its way.
+            if (!payer) throw new Error(`OrderPlaced of ${orderId} not seen yet`);
+            const req = create(ChargePaymentRequestSchema, {
+              idempotencyKey: stepKey(orderId, "charge_payment"),
+              orderId,
+              customerId: payer.customerId,
+              amount: e.total,
+              cardToken: payer.cardToken,
+            });
+            const r = await store.charge(requestFingerprint(ChargePaymentRequestSchema, req), validateCharge(req), tx);
+            if (r.kind === "key-reused") throw new Error(`charge key of order ${orderId} reused with another amount`);
+          },
+          choreographed,
+        ),
       ],
     },
   ];
