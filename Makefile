@@ -7,7 +7,7 @@ PROTOS := $(shell find proto -name '*.proto')
 # `make run PAYMENT_REPLICAS=2`: instance counts reach the runner through the environment.
 export INVENTORY_REPLICAS PAYMENT_REPLICAS ORDER_REPLICAS NOTIFICATION_REPLICAS HISTORY_REPLICAS DB PG_PORT
 
-.PHONY: help install nats postgres generate gen-fresh build lint typecheck test run bench load demo token trace events dlq history-rebuild clean
+.PHONY: help install nats postgres generate gen-fresh build lint typecheck breaking contracts-baseline test run bench load demo token trace events dlq history-rebuild clean
 
 help: ## List targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -58,6 +58,16 @@ lint: install ## buf lint + biome
 
 typecheck: install ## tsc, strict
 	npm run typecheck
+
+# The contracts as last released: a buf image of proto/ (descriptors with their imports, no source info), committed.
+# `make breaking` compares proto/ against it, and so does test/breaking.test.ts in `make test`.
+CONTRACTS_BASELINE := contracts/baseline.binpb
+
+breaking: install ## buf breaking: proto/ against the released contracts (FILE rules; part of make test)
+	npx buf breaking proto --against $(CONTRACTS_BASELINE) --exclude-imports
+
+contracts-baseline: install ## Record the contracts as released (when cutting a release): make breaking compares against this
+	npx buf build proto --exclude-source-info -o $(CONTRACTS_BASELINE)
 
 test: install ## Everything CI checks: lint, typecheck, all tests
 	npm run check
