@@ -34,6 +34,8 @@ import { AuthError, type Authenticator } from "./auth.js";
 import { type ClientInfo, kClient, kIdentity } from "./context.js";
 import type { ConcurrencyLimiter, RateLimiter } from "./limits.js";
 import { type PassthroughMethod, passthrough, takesPassthrough } from "./passthrough.js";
+import { type RestMatch, RestRouter } from "./rest.js";
+import { restErrorAnswer, serveRest } from "./rest-serve.js";
 import { errorAnswer, finish, isConnectStream, type Outcome, protocolOf } from "./wire.js";
 
 type NodeRequest = http.IncomingMessage | http2.Http2ServerRequest;
@@ -222,14 +224,35 @@ export function createDispatch(o: DispatchOptions): Dispatch {
   });
   o.routes(router);
   const handlers = new Map(router.handlers.map((h) => [h.requestPath, h]));
+  const byMethod = new Map(router.handlers.map((h) => [h.method, h]));
+  const rest = new RestRouter(byMethod.keys());
 
   return (req, res, requestId) => {
     const contentType = req.headers["content-type"];
-    const protocol = protocolOf(contentType);
-    const frame = (err: ConnectError, httpStatus?: number) =>
-      errorAnswer(protocol, isConnectStream(contentType), err, httpStatus);
     const path = (req.url ?? "").split("?", 1)[0] ?? "";
-    const handler = handlers.get(path);
+    let handler = handlers.get(path);
+    // A path of the REST namespace (/v1/...): routed by the google.api.http annotations.
+    let restMatch: RestMatch | undefined;
+    let restMissing: { err: ConnectError; status: number } | undefined;
+    if (!handler && rest.owns(path)) {
+      const m = rest.match(req.method ?? "", path);
+      if (m && "route" in m) {
+        restMatch = m;
+        handler = byMethod.get(m.route.method);
+      } else if (m) {
+        const err = new ConnectError(`${req.method} is not allowed on ${path}`, Code.Unimplemented, {
+          allow: m.allowed.join(", "),
+        });
+        restMissing = { err, status: 405 };
+      } else {
+        restMissing = { err: new ConnectError(`no route ${req.method} ${path}`, Code.NotFound), status: 404 };
+      }
+    }
+    const isRest = restMatch !== undefined || restMissing !== undefined;
+    const wire = protocolOf(contentType);
+    const protocol = isRest ? "rest" : wire;
+    const frame = (err: ConnectError, httpStatus?: number) =>
+      isRest ? restErrorAnswer(err, httpStatus) : errorAnswer(wire, isConnectStream(contentType), err, httpStatus);
     // Label values come from the routing table only: a client cannot mint new series.
     const procedure = handler ? `${handler.service.typeName}/${handler.method.name}` : "unknown";
     const client: ClientInfo = { ip: clientIp(req, o.trustProxy), requestId };
@@ -259,6 +282,10 @@ export function createDispatch(o: DispatchOptions): Dispatch {
     }
 
     const run = async () => {
+      if (restMissing) {
+        refuse(restMissing.err, restMissing.status);
+        return;
+      }
       const admission = await admit(o, req, handler, path, client);
       if ("refused" in admission) {
         refuse(admission.refused, admission.httpStatus);
@@ -275,12 +302,26 @@ export function createDispatch(o: DispatchOptions): Dispatch {
       }
       const values = createContextValues().set(kClient, client).set(kIdentity, admission.identity);
       const nodeReq = req as http.IncomingMessage;
+      if (restMatch) {
+        const key = req.headers["idempotency-key"];
+        await serveRest(
+          nodeReq,
+          res as http.ServerResponse,
+          restMatch,
+          admission.handler,
+          (body) => limited(body, o.maxBodyBytes),
+          values,
+          restMatch.route.httpMethod === "POST" && typeof key === "string" ? key : undefined,
+          done,
+        );
+        return;
+      }
       const uReq = universalRequestFromNodeRequest(nodeReq, res as http.ServerResponse, undefined, values);
       const uRes = await admission.handler({
         ...uReq,
         body: limited(uReq.body as AsyncIterable<Uint8Array>, o.maxBodyBytes),
       });
-      await universalResponseToNodeResponse(await finish(uRes, protocol, done), res as http.ServerResponse);
+      await universalResponseToNodeResponse(await finish(uRes, wire, done), res as http.ServerResponse);
     };
 
     context.with(ctx, run).catch((err: unknown) => {

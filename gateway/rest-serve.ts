@@ -1,0 +1,170 @@
+/**
+ * Serving a REST request (rest.ts matched it; dispatch.ts admitted it): the
+ * request message is built from path, query and body, handed to the
+ * method's Connect handler as a Connect JSON request — so the upstream
+ * call, its deadline, its errors and the access log are the same as for
+ * every other protocol — and the Connect answer is reshaped for HTTP: the
+ * response (or its `response_body` field) as JSON, an error as
+ * google.rpc.Status JSON with its HTTP status, a server stream as
+ * newline-delimited JSON (`{"result": ...}` per message, `{"error": ...}`
+ * if it fails after the first), as grpc-gateway streams.
+ */
+import type http from "node:http";
+import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
+import { Code, ConnectError, type ContextValues } from "@connectrpc/connect";
+import type { UniversalHandler, UniversalServerRequest } from "@connectrpc/connect/protocol";
+import { errorToJson } from "@connectrpc/connect/protocol-connect";
+import { universalRequestFromNodeRequest } from "@connectrpc/connect-node";
+import { checkRequest, type RestMatch, requestJson, responseJson, statusJson } from "./rest.js";
+import { connectHttpStatus, type ErrorAnswer, finish, isConnectStream, type Outcome } from "./wire.js";
+
+const JSON_TYPE = "application/json";
+
+/** `err` as a REST answer: google.rpc.Status JSON with the code's HTTP status (or `httpStatus`). */
+export function restErrorAnswer(err: ConnectError, httpStatus?: number): ErrorAnswer {
+  const { status } = statusJson(errorToJson(err, undefined) as JsonObject);
+  const headers: Record<string, string> = { "content-type": JSON_TYPE };
+  err.metadata.forEach((v, k) => {
+    headers[k] = v;
+  });
+  const code = httpStatus ?? connectHttpStatus(err.code, err.rawMessage, err.metadata.has("retry-after"));
+  return { status: code, headers, body: Buffer.from(JSON.stringify(status)) };
+}
+
+/** Reads the whole body (already limited in size by the caller's iterable) as JSON; undefined when empty. */
+async function jsonBody(body: AsyncIterable<Uint8Array>): Promise<JsonValue | undefined> {
+  const chunks: Uint8Array[] = [];
+  for await (const c of body) chunks.push(c);
+  const text = Buffer.concat(chunks).toString("utf8");
+  if (text.trim() === "") return undefined;
+  try {
+    return JSON.parse(text) as JsonValue;
+  } catch {
+    // Any content type is read as JSON (curl -d sends form-urlencoded), as grpc-gateway does.
+    throw new ConnectError("the request body is not valid JSON", Code.InvalidArgument);
+  }
+}
+
+/** Splits a Connect stream body into its envelopes (flags, payload), whatever the chunking. */
+async function* envelopes(body: AsyncIterable<Uint8Array>): AsyncGenerator<{ flags: number; data: Uint8Array }> {
+  let buf = Buffer.alloc(0);
+  for await (const chunk of body) {
+    buf = buf.length ? Buffer.concat([buf, chunk]) : Buffer.from(chunk);
+    while (buf.length >= 5) {
+      const len = buf.readUInt32BE(1);
+      if (buf.length < 5 + len) break;
+      yield { flags: buf[0] ?? 0, data: buf.subarray(5, 5 + len) };
+      buf = buf.subarray(5 + len);
+    }
+  }
+}
+
+function envelope(json: JsonValue): Uint8Array {
+  const data = Buffer.from(JSON.stringify(json));
+  const out = Buffer.alloc(5 + data.length);
+  out.writeUInt32BE(data.length, 1);
+  data.copy(out, 5);
+  return out;
+}
+
+function send(res: http.ServerResponse, status: number, headers: Record<string, string>, body: string | Uint8Array) {
+  res.writeHead(status, { ...headers, "content-length": String(Buffer.byteLength(body)) });
+  res.end(body);
+}
+
+/**
+ * Serves `req` as `match` says through `handler`; `body` is the request body
+ * as it streams in (size-limited). Reports the outcome once through `done`.
+ */
+export async function serveRest(
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+  match: RestMatch,
+  handler: UniversalHandler,
+  body: (raw: AsyncIterable<Uint8Array>) => AsyncIterable<Uint8Array>,
+  values: ContextValues,
+  idempotencyKey: string | undefined,
+  done: (o: Outcome) => void,
+): Promise<void> {
+  const { route } = match;
+  const uReq = universalRequestFromNodeRequest(req, res, undefined, values);
+  const refuse = (err: ConnectError) => {
+    const a = restErrorAnswer(err);
+    send(res, a.status, a.headers, a.body);
+    done({ code: err.code, message: err.rawMessage });
+  };
+  let json: JsonObject;
+  try {
+    const query = new URLSearchParams((req.url ?? "").split("?")[1] ?? "");
+    json = requestJson(match, {
+      query,
+      body: await jsonBody(body(uReq.body as AsyncIterable<Uint8Array>)),
+      idempotencyKey,
+    });
+    checkRequest(route, json);
+  } catch (err) {
+    if (!(err instanceof ConnectError)) throw err;
+    refuse(err);
+    return;
+  }
+
+  const streaming = route.method.methodKind === "server_streaming";
+  const header = new Headers(uReq.header);
+  for (const h of ["content-length", "content-encoding", "accept-encoding", "connect-accept-encoding"])
+    header.delete(h);
+  header.set("content-type", streaming ? "application/connect+json" : JSON_TYPE);
+  const rpcReq: UniversalServerRequest = {
+    ...uReq,
+    method: "POST",
+    url: new URL(handler.requestPath, uReq.url).toString(),
+    header,
+    body: streaming
+      ? (async function* () {
+          yield envelope(json);
+        })()
+      : json,
+  };
+  const answer = await finish(await handler(rpcReq), "connect", done);
+  const answerBody = answer.body ?? (async function* () {})();
+  const extra: Record<string, string> = {};
+  answer.header?.forEach((v, k) => {
+    if (k === "retry-after") extra[k] = v;
+  });
+
+  if (!isConnectStream(answer.header?.get("content-type") ?? undefined)) {
+    const chunks: Uint8Array[] = [];
+    for await (const c of answerBody) chunks.push(c);
+    const text = Buffer.concat(chunks).toString("utf8");
+    const parsed = (text ? JSON.parse(text) : {}) as JsonObject;
+    if (answer.status === 200) {
+      send(res, 200, { "content-type": JSON_TYPE }, JSON.stringify(responseJson(route, parsed)));
+    } else {
+      send(res, answer.status, { ...extra, "content-type": JSON_TYPE }, JSON.stringify(statusJson(parsed).status));
+    }
+    return;
+  }
+  // A server stream: newline-delimited JSON; an error before the first message is an ordinary error answer.
+  for await (const { flags, data } of envelopes(answerBody)) {
+    const frame = JSON.parse(Buffer.from(data).toString("utf8") || "{}") as JsonObject;
+    if (flags & 0x02) {
+      const error = frame.error as JsonObject | undefined;
+      if (!error) break;
+      const { status, code } = statusJson(error);
+      if (!res.headersSent) {
+        send(
+          res,
+          connectHttpStatus(code, String(status.message), false),
+          { "content-type": JSON_TYPE },
+          JSON.stringify(status),
+        );
+        return;
+      }
+      res.write(`${JSON.stringify({ error: status })}\n`);
+      break;
+    }
+    if (!res.headersSent) res.writeHead(200, { "content-type": "application/x-ndjson", "cache-control": "no-store" });
+    res.write(`${JSON.stringify({ result: responseJson(route, frame) })}\n`);
+  }
+  if (!res.headersSent) res.writeHead(200, { "content-type": "application/x-ndjson", "cache-control": "no-store" });
+  res.end();
+}

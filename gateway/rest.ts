@@ -1,0 +1,438 @@
+/**
+ * REST routes from the contracts: each public RPC's `google.api.http`
+ * annotation (as grpc-gateway and Envoy's transcoder read it) becomes an HTTP
+ * route — `GET /v1/products/{product_id}`, `POST /v1/orders/{order_id}:cancel`.
+ * This module is the pure part: path templates, building the request message
+ * from path, query and body, and shaping answers (response_body, errors as
+ * google.rpc.Status JSON, server streams as newline-delimited JSON).
+ * dispatch.ts runs the result through the same pipeline as every other
+ * protocol: limits, authentication, access log, the Connect handler and its
+ * upstream.
+ *
+ * Template grammar (google/api/http.proto):
+ *   Template = "/" Segments [ ":" Verb ] ; Segments = Segment { "/" Segment } ;
+ *   Segment  = "*" | "**" | LITERAL | "{" FieldPath [ "=" Segments ] "}" ;
+ * `*` is one segment, `**` any number of them (last only). A variable's value
+ * is its segments joined by "/"; a single-segment value is percent-decoded
+ * in full (`%2F` becomes "/"), a multi-segment one segment by segment.
+ */
+import {
+  type DescField,
+  type DescMessage,
+  type DescMethod,
+  fromBinary,
+  fromJson,
+  getExtension,
+  hasExtension,
+  type JsonObject,
+  type JsonValue,
+  ScalarType,
+  toJson,
+} from "@bufbuild/protobuf";
+import { base64Decode } from "@bufbuild/protobuf/wire";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { codeFromString, codeToHttpStatus } from "@connectrpc/connect/protocol-connect";
+import { http as httpRule } from "../gen/google/api/annotations_pb.js";
+import type { HttpRule } from "../gen/google/api/http_pb.js";
+import { ERROR_DETAILS } from "../platform/index.js";
+
+/** One segment of a compiled template. */
+type Segment = { readonly literal: string } | { readonly wild: "*" | "**" };
+
+/** A variable: the field it sets and the segments it spans (from `start`, `length` of them; -1: to the end). */
+interface Variable {
+  readonly path: readonly DescField[];
+  readonly start: number;
+  readonly length: number;
+}
+
+/** One HTTP binding of a method. */
+export interface RestRoute {
+  readonly httpMethod: string;
+  /** The template as written, e.g. `/v1/orders/{order_id}:cancel`. */
+  readonly template: string;
+  readonly method: DescMethod;
+  readonly segments: readonly Segment[];
+  readonly verb: string;
+  readonly variables: readonly Variable[];
+  /** "" (no body), "*" (the whole request), or the body field. */
+  readonly body: "" | "*" | DescField;
+  /** The response field answered instead of the whole response. */
+  readonly responseBody: DescField | undefined;
+}
+
+/** A request matched to a route, with its path variables' values. */
+export interface RestMatch {
+  readonly route: RestRoute;
+  readonly values: ReadonlyMap<Variable, string>;
+}
+
+/** A template that cannot be compiled: a bug in the contracts, reported at start. */
+function invalid(template: string, why: string): Error {
+  return new Error(`google.api.http template ${JSON.stringify(template)}: ${why}`);
+}
+
+/** The field `name` (proto or JSON name) of `message`, or undefined. */
+function fieldNamed(message: DescMessage, name: string): DescField | undefined {
+  return message.fields.find((f) => f.name === name || f.jsonName === name);
+}
+
+/** Resolves a dotted field path (`shelf.name`) from `message`; every step but the last is a singular message. */
+function fieldPath(message: DescMessage, dotted: string): DescField[] | undefined {
+  const out: DescField[] = [];
+  let m: DescMessage | undefined = message;
+  for (const part of dotted.split(".")) {
+    const f: DescField | undefined = m ? fieldNamed(m, part) : undefined;
+    if (!f) return undefined;
+    out.push(f);
+    m = f.fieldKind === "message" ? f.message : undefined;
+  }
+  return out;
+}
+
+/** Compiles `template` for `method`. */
+export function compileTemplate(
+  template: string,
+  method: DescMethod,
+): Pick<RestRoute, "segments" | "verb" | "variables"> {
+  if (!template.startsWith("/")) throw invalid(template, "must start with /");
+  const segments: Segment[] = [];
+  const variables: Variable[] = [];
+  let rest = template.slice(1);
+  let verb = "";
+  // The verb is a ":" after the last "/" outside any variable.
+  const lastSlash = rest.lastIndexOf("/");
+  const lastClose = rest.lastIndexOf("}");
+  const colon = rest.indexOf(":", Math.max(lastSlash, lastClose) + 1);
+  if (colon >= 0) {
+    verb = rest.slice(colon + 1);
+    rest = rest.slice(0, colon);
+    if (!/^[A-Za-z0-9_.~-]+$/.test(verb)) throw invalid(template, `bad verb ${JSON.stringify(verb)}`);
+  }
+  const parts = rest.match(/\{[^}]*\}|[^/]+/g) ?? [];
+  if (
+    rest
+      .replace(/\{[^}]*\}|[^/]+/g, "x")
+      .split("/")
+      .some((p) => p !== "x")
+  ) {
+    throw invalid(template, "empty segment");
+  }
+  for (const part of parts) {
+    if (!part.startsWith("{")) {
+      if (part === "*" || part === "**") segments.push({ wild: part });
+      else if (/^[A-Za-z0-9_.~-]+$/.test(part)) segments.push({ literal: part });
+      else throw invalid(template, `bad literal ${JSON.stringify(part)}`);
+      continue;
+    }
+    const [name = "", sub = "*"] = part.slice(1, -1).split("=", 2);
+    const path = fieldPath(method.input, name);
+    const leaf = path?.[path.length - 1];
+    if (!path || !leaf || leaf.fieldKind === "list" || leaf.fieldKind === "map" || leaf.fieldKind === "message") {
+      throw invalid(template, `${name} is not a singular scalar field of ${method.input.typeName}`);
+    }
+    const start = segments.length;
+    for (const s of sub.split("/")) {
+      if (s === "*" || s === "**") segments.push({ wild: s });
+      else if (/^[A-Za-z0-9_.~-]+$/.test(s)) segments.push({ literal: s });
+      else throw invalid(template, `bad segment ${JSON.stringify(s)} in {${name}}`);
+    }
+    const deep = segments[segments.length - 1];
+    variables.push({
+      path,
+      start,
+      length: deep && "wild" in deep && deep.wild === "**" ? -1 : segments.length - start,
+    });
+  }
+  const deep = segments.findIndex((s) => "wild" in s && s.wild === "**");
+  if (deep >= 0 && deep !== segments.length - 1) throw invalid(template, "** must be the last segment");
+  return { segments, verb, variables };
+}
+
+/** The routes of `method`'s annotation (its pattern and additional bindings); none without one. */
+export function routesOf(method: DescMethod): RestRoute[] {
+  const options = method.proto.options;
+  if (!options || !hasExtension(options, httpRule)) return [];
+  const top = getExtension(options, httpRule);
+  return [top, ...top.additionalBindings].map((rule) => compileRule(rule, method));
+}
+
+function compileRule(rule: HttpRule, method: DescMethod): RestRoute {
+  const { pattern } = rule;
+  if (!pattern.case) throw new Error(`${method.parent.typeName}.${method.name}: google.api.http without a pattern`);
+  const [httpMethod, template] =
+    pattern.case === "custom" ? [pattern.value.kind, pattern.value.path] : [pattern.case.toUpperCase(), pattern.value];
+  const where = `${method.parent.typeName}.${method.name} (${httpMethod} ${template})`;
+  let body: RestRoute["body"] = "";
+  if (rule.body === "*") body = "*";
+  else if (rule.body) {
+    const f = fieldNamed(method.input, rule.body);
+    if (!f) throw new Error(`${where}: body field ${rule.body} does not exist`);
+    body = f;
+  }
+  const responseBody = rule.responseBody ? fieldNamed(method.output, rule.responseBody) : undefined;
+  if (rule.responseBody && !responseBody)
+    throw new Error(`${where}: response_body ${rule.responseBody} does not exist`);
+  return { httpMethod, template, method, ...compileTemplate(template, method), body, responseBody };
+}
+
+/** Percent-decodes one path segment; undefined when malformed. */
+function decodeSegment(s: string): string | undefined {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Matches `path` (without its query) against `route`; undefined when it does not match. */
+export function matchRoute(route: RestRoute, path: string): RestMatch | undefined {
+  let p = path;
+  if (route.verb) {
+    if (!p.endsWith(`:${route.verb}`)) return undefined;
+    p = p.slice(0, -(route.verb.length + 1));
+  }
+  if (!p.startsWith("/")) return undefined;
+  const raw = p.slice(1).split("/");
+  const { segments } = route;
+  const last = segments[segments.length - 1];
+  const deep = last !== undefined && "wild" in last && last.wild === "**";
+  if (deep ? raw.length < segments.length - 1 : raw.length !== segments.length) return undefined;
+  for (let i = 0; i < segments.length; i++) {
+    const s = segments[i] as Segment;
+    if ("wild" in s && s.wild === "**") break;
+    const r = raw[i] ?? "";
+    if (r === "") return undefined;
+    if ("literal" in s && decodeSegment(r) !== s.literal) return undefined;
+  }
+  const values = new Map<Variable, string>();
+  for (const v of route.variables) {
+    const taken = v.length < 0 ? raw.slice(v.start) : raw.slice(v.start, v.start + v.length);
+    const decoded = taken.length === 1 ? [decodeSegment(taken[0] ?? "")] : taken.map(decodeSegment);
+    if (decoded.some((d) => d === undefined)) return undefined;
+    values.set(v, decoded.join("/"));
+  }
+  return { route, values };
+}
+
+/** The REST routes of a set of methods, matched most specific first. */
+export class RestRouter {
+  readonly routes: readonly RestRoute[];
+  private readonly prefixes: ReadonlySet<string>;
+
+  constructor(methods: Iterable<DescMethod>) {
+    const all = [...methods].flatMap(routesOf);
+    // A verb route before a plain one (`/v1/orders/x:watch` is not order "x:watch"), then more literals first.
+    const literals = (r: RestRoute) => r.segments.filter((s) => "literal" in s).length;
+    this.routes = all.sort((a, b) => Number(!!b.verb) - Number(!!a.verb) || literals(b) - literals(a));
+    this.prefixes = new Set(
+      all.flatMap((r) => (r.segments[0] && "literal" in r.segments[0] ? [r.segments[0].literal] : [])),
+    );
+  }
+
+  /** Whether `path` is in the REST namespace (its first segment starts a template), routed or not. */
+  owns(path: string): boolean {
+    return this.prefixes.has(path.split("/", 2)[1] ?? "");
+  }
+
+  /** The route for `httpMethod` and `path`, or the methods the path takes (405), or nothing (404). */
+  match(httpMethod: string, path: string): RestMatch | { allowed: string[] } | undefined {
+    const allowed = new Set<string>();
+    for (const route of this.routes) {
+      const m = matchRoute(route, path);
+      if (!m) continue;
+      if (route.httpMethod === httpMethod || (httpMethod === "HEAD" && route.httpMethod === "GET")) return m;
+      allowed.add(route.httpMethod);
+    }
+    return allowed.size ? { allowed: [...allowed] } : undefined;
+  }
+}
+
+function badRequest(field: string, why: string): ConnectError {
+  return new ConnectError(`${field}: ${why}`, Code.InvalidArgument);
+}
+
+/** The JSON value of one text value (path or query) for a singular field, as proto3 JSON reads it. */
+function leafJson(f: DescField, text: string, name: string): JsonValue {
+  if (f.fieldKind === "enum" || (f.fieldKind === "list" && f.listKind === "enum")) {
+    return /^-?\d+$/.test(text) ? Number(text) : text;
+  }
+  const scalar =
+    f.fieldKind === "scalar" ? f.scalar : f.fieldKind === "list" && f.listKind === "scalar" ? f.scalar : undefined;
+  if (scalar === undefined) {
+    const wkt =
+      f.fieldKind === "message"
+        ? f.message.typeName
+        : f.fieldKind === "list" && f.listKind === "message"
+          ? f.message.typeName
+          : "";
+    // Well-known types whose JSON form is a string (Timestamp, Duration, FieldMask, wrappers) take it as is.
+    if (wkt.startsWith("google.protobuf.")) return text;
+    throw badRequest(name, "is a message: send it in the request body");
+  }
+  switch (scalar) {
+    case ScalarType.BOOL:
+      if (text !== "true" && text !== "false")
+        throw badRequest(name, `expected true or false, got ${JSON.stringify(text)}`);
+      return text === "true";
+    case ScalarType.STRING:
+    case ScalarType.BYTES:
+    case ScalarType.INT64:
+    case ScalarType.UINT64:
+    case ScalarType.SINT64:
+    case ScalarType.FIXED64:
+    case ScalarType.SFIXED64:
+      return text;
+    case ScalarType.FLOAT:
+    case ScalarType.DOUBLE:
+      return ["NaN", "Infinity", "-Infinity"].includes(text)
+        ? text
+        : Number.isFinite(Number(text)) && text.trim() !== ""
+          ? Number(text)
+          : text;
+    default: {
+      // 32-bit integers: a JSON number when the text is one, else left for fromJson to refuse.
+      return /^-?\d+$/.test(text) ? Number(text) : text;
+    }
+  }
+}
+
+/** Sets `value` at the field path in a JSON object (JSON names), creating nested objects. */
+function setPath(obj: JsonObject, path: readonly DescField[], value: JsonValue, append: boolean): void {
+  let o = obj;
+  for (const f of path.slice(0, -1)) {
+    const next = o[f.jsonName];
+    if (next === undefined || next === null) o[f.jsonName] = {};
+    else if (typeof next !== "object" || Array.isArray(next)) throw badRequest(f.name, "is not a message");
+    o = o[f.jsonName] as JsonObject;
+  }
+  const leaf = path[path.length - 1] as DescField;
+  if (append) {
+    const prior = o[leaf.jsonName];
+    o[leaf.jsonName] = Array.isArray(prior) ? [...prior, value] : [value];
+  } else o[leaf.jsonName] = value;
+}
+
+/** The value at a field path of a JSON object, or undefined. */
+function getPath(obj: JsonObject, path: readonly DescField[]): JsonValue | undefined {
+  let v: JsonValue | undefined = obj;
+  for (const f of path) {
+    if (v === null || typeof v !== "object" || Array.isArray(v)) return undefined;
+    v = (v as JsonObject)[f.jsonName] ?? (v as JsonObject)[f.name];
+  }
+  return v;
+}
+
+/** What the request carries besides the route: its query, body and Idempotency-Key header. */
+export interface RestInput {
+  readonly query: URLSearchParams;
+  /** The parsed JSON body, or undefined when there was none. */
+  readonly body: JsonValue | undefined;
+  readonly idempotencyKey: string | undefined;
+}
+
+/**
+ * The request message, as proto3 JSON, for a matched route: the body (all
+ * of it, or one field), then the query (only what neither the path nor the
+ * body binds), then the path variables. A body value that disagrees with the
+ * path is refused rather than silently replaced: both are the client's words.
+ */
+export function requestJson(m: RestMatch, input: RestInput): JsonObject {
+  const { route } = m;
+  const message = route.method.input;
+  let obj: JsonObject = {};
+  if (route.body === "*") {
+    if (input.body !== undefined) {
+      if (input.body === null || typeof input.body !== "object" || Array.isArray(input.body)) {
+        throw new ConnectError("the request body must be a JSON object", Code.InvalidArgument);
+      }
+      obj = { ...input.body };
+    }
+  } else if (route.body) {
+    if (input.body !== undefined) obj[route.body.jsonName] = input.body;
+  } else if (input.body !== undefined) {
+    throw new ConnectError(`${route.httpMethod} ${route.template} takes no request body`, Code.InvalidArgument);
+  }
+  const bound = new Set(route.variables.map((v) => v.path.map((f) => f.name).join(".")));
+  if (route.body && route.body !== "*") bound.add(route.body.name);
+  if (route.body !== "*") {
+    for (const [key, text] of input.query) {
+      const path = fieldPath(message, key);
+      const leaf = path?.[path.length - 1];
+      if (!path || !leaf) throw badRequest(key, `is not a field of ${message.typeName}`);
+      const dotted = path.map((f) => f.name).join(".");
+      if ([...bound].some((b) => dotted === b || dotted.startsWith(`${b}.`))) {
+        throw badRequest(key, "is set by the path or the body; it cannot be a query parameter too");
+      }
+      if (leaf.fieldKind === "map") throw badRequest(key, "is a map: send it in the request body");
+      setPath(obj, path, leafJson(leaf, text, key), leaf.fieldKind === "list");
+    }
+  } else if ([...input.query.keys()].length > 0) {
+    throw new ConnectError(
+      `${route.httpMethod} ${route.template} takes its fields in the body, not the query`,
+      Code.InvalidArgument,
+    );
+  }
+  for (const [v, text] of m.values) {
+    const leaf = v.path[v.path.length - 1] as DescField;
+    const value = leafJson(leaf, text, leaf.name);
+    const prior = getPath(obj, v.path);
+    if (prior !== undefined && prior !== value && String(prior) !== text) {
+      throw badRequest(leaf.name, `the body says ${JSON.stringify(prior)} and the path ${JSON.stringify(text)}`);
+    }
+    setPath(obj, v.path, value, false);
+  }
+  // IETF draft-ietf-httpapi-idempotency-key-header: the header is the request's idempotency key.
+  const keyField = fieldNamed(message, "idempotency_key");
+  if (input.idempotencyKey !== undefined && keyField?.fieldKind === "scalar" && keyField.scalar === ScalarType.STRING) {
+    const inBody = obj[keyField.jsonName] ?? obj[keyField.name];
+    if (inBody !== undefined && inBody !== "" && inBody !== input.idempotencyKey) {
+      throw badRequest("idempotency_key", "the Idempotency-Key header and the body disagree");
+    }
+    delete obj[keyField.name];
+    obj[keyField.jsonName] = input.idempotencyKey;
+  }
+  return obj;
+}
+
+/** Checks `json` decodes as the route's input (proto3 JSON, unknown fields refused); the error names the field. */
+export function checkRequest(route: RestRoute, json: JsonObject): void {
+  try {
+    fromJson(route.method.input, json, { ignoreUnknownFields: false });
+  } catch (err) {
+    // protobuf-es: `cannot decode field <type>.<field> from JSON: <why>` / `cannot decode message <type> from JSON: key "x" is unknown`.
+    const msg = (err as Error).message.replace(/^cannot decode (field|message) [\w.]*?\.?(\w+) from JSON: /, "$2: ");
+    throw new ConnectError(msg, Code.InvalidArgument);
+  }
+}
+
+/** The answer's JSON: the whole response, or its `response_body` field. */
+export function responseJson(route: RestRoute, response: JsonObject): JsonValue {
+  const f = route.responseBody;
+  if (!f) return response;
+  return response[f.jsonName] ?? (f.fieldKind === "list" ? [] : f.fieldKind === "message" ? {} : null);
+}
+
+/** A Connect JSON error (`{code: "not_found", message, details: [{type, value}]}`) as google.rpc.Status JSON. */
+export function statusJson(connectError: JsonObject): { status: JsonObject; code: Code } {
+  const code = codeFromString(String(connectError.code ?? "")) ?? Code.Unknown;
+  const details: JsonValue[] = [];
+  for (const d of Array.isArray(connectError.details) ? connectError.details : []) {
+    if (!d || typeof d !== "object" || Array.isArray(d)) continue;
+    const type = String(d.type ?? "");
+    const schema = ERROR_DETAILS.getMessage(type);
+    try {
+      if (!schema) throw new Error("unknown type");
+      const msg = fromBinary(schema, base64Decode(String(d.value ?? "")));
+      details.push({ "@type": `type.googleapis.com/${type}`, ...(toJson(schema, msg) as JsonObject) });
+    } catch {
+      details.push({ "@type": `type.googleapis.com/${type}`, value: String(d.value ?? "") });
+    }
+  }
+  return { status: { code, message: String(connectError.message ?? ""), details }, code };
+}
+
+/** The HTTP status of a gRPC code, as grpc-gateway and Connect map it. */
+export function httpStatusOf(code: Code): number {
+  return codeToHttpStatus(code);
+}
