@@ -122,8 +122,14 @@ function badRequest(field: string, why: string): ConnectError {
 
 /** The JSON value of one text value (path or query) for a singular field, as proto3 JSON reads it. */
 function leafJson(f: DescField, text: string, name: string): JsonValue {
-  if (f.fieldKind === "enum" || (f.fieldKind === "list" && f.listKind === "enum")) {
-    return /^-?\d+$/.test(text) ? Number(text) : text;
+  const enumType =
+    f.fieldKind === "enum" ? f.enum : f.fieldKind === "list" && f.listKind === "enum" ? f.enum : undefined;
+  if (enumType) {
+    if (/^-?\d+$/.test(text)) return Number(text);
+    if (!enumType.values.some((v) => v.name === text)) {
+      throw badRequest(name, `${JSON.stringify(text)} is not a value of ${enumType.typeName}`);
+    }
+    return text;
   }
   const scalar =
     f.fieldKind === "scalar" ? f.scalar : f.fieldKind === "list" && f.listKind === "scalar" ? f.scalar : undefined;

@@ -1,0 +1,244 @@
+/**
+ * REST transcoding as a table: a fixture service (test/fixtures/transcode.proto)
+ * using every google.api.http feature, compiled by buf at test time, its routes
+ * matched and its requests built exactly as the gateway does for real ones.
+ * The REST routes of the real system, over HTTP, are in rest-http.test.ts.
+ */
+import { execFileSync } from "node:child_process";
+import { copyFileSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { createFileRegistry, type DescService, fromBinary, type JsonObject } from "@bufbuild/protobuf";
+import { FileDescriptorSetSchema } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { errorToJson } from "@connectrpc/connect/protocol-connect";
+import { beforeAll, describe, expect, it } from "vitest";
+import { compileTemplate } from "../contracts/http-rules.js";
+import { ROOT, tempDir } from "../test/fixtures.js";
+import {
+  checkRequest,
+  httpStatusOf,
+  type RestMatch,
+  RestRouter,
+  requestJson,
+  responseJson,
+  statusJson,
+} from "./rest.js";
+
+let library: DescService;
+let router: RestRouter;
+
+beforeAll(() => {
+  const dir = tempDir();
+  mkdirSync(join(dir.path, "proto"));
+  copyFileSync(join(ROOT, "test", "fixtures", "transcode.proto"), join(dir.path, "proto", "transcode.proto"));
+  symlinkSync(join(ROOT, "node_modules"), join(dir.path, "node_modules"));
+  writeFileSync(
+    join(dir.path, "buf.yaml"),
+    [
+      "version: v2",
+      "modules:",
+      "  - path: proto",
+      "  - path: node_modules/google-proto-files",
+      "    includes: [node_modules/google-proto-files/google/api]",
+      "    excludes:",
+      ...["apikeys", "cloudquotas", "expr", "servicecontrol", "servicemanagement", "serviceusage"].map(
+        (d) => `      - node_modules/google-proto-files/google/api/${d}`,
+      ),
+    ].join("\n"),
+  );
+  const image = execFileSync(join(ROOT, "node_modules", ".bin", "buf"), ["build", "proto", "-o", "-#format=binpb"], {
+    cwd: dir.path,
+  });
+  dir[Symbol.dispose]();
+  const registry = createFileRegistry(fromBinary(FileDescriptorSetSchema, image));
+  const service = registry.getService("transcode.v1.Library");
+  if (!service) throw new Error("the fixture has no Library service");
+  library = service;
+  router = new RestRouter(library.methods);
+});
+
+/** Matches `method path?query` and builds its request JSON (with `body`, `key`), or returns the refusal. */
+function build(line: string, body?: unknown, key?: string): { rpc: string; json: JsonObject } | ConnectError {
+  const [method = "", target = ""] = line.split(" ");
+  const [path = "", query = ""] = target.split("?");
+  const m = router.match(method, path);
+  if (!m || !("route" in m)) throw new Error(`${line}: no route (${JSON.stringify(m)})`);
+  try {
+    const json = requestJson(m as RestMatch, {
+      query: new URLSearchParams(query),
+      body: body as never,
+      idempotencyKey: key,
+    });
+    checkRequest(m.route, json);
+    return { rpc: m.route.method.name, json };
+  } catch (err) {
+    if (err instanceof ConnectError) return err;
+    throw err;
+  }
+}
+
+describe("path templates", () => {
+  it.each([
+    ["GET /v1/shelves/s1/books/b2", "GetBook", { shelf: "s1", book: "b2" }],
+    // A single-segment variable is percent-decoded in full, "/" included.
+    ["GET /v1/shelves/a%2Fb/books/caf%C3%A9", "GetBook", { shelf: "a/b", book: "café" }],
+    // A nested field bound to a multi-segment pattern.
+    ["GET /v1/shelves/s1/books/b2:watch", "Watch", { shelf: "s1", book: "b2" }],
+    ["GET /v1/shelves/s1/books", "Search", { shelf: "s1" }],
+    ["GET /v1/files/a/b/c.txt", "ReadFile", { path: "a/b/c.txt" }],
+    ["GET /v1/files/x", "ReadFile", { path: "x" }],
+  ])("%s → %s %j", (line, rpc, json) => {
+    expect(build(line)).toEqual({ rpc, json });
+  });
+
+  it("binds a nested field to several segments: {book.name=shelves/*/books/*}", () => {
+    // Not routed: /v1/shelves/s1/books/b2 is GetBook's (more literals first); the nested
+    // binding answers where only it matches.
+    const m = router.routes.find((r) => r.method.name === "GetByName");
+    expect(m?.variables[0]?.path.map((f) => f.name)).toEqual(["book", "name"]);
+    const only = new RestRouter([library.method.getByName as never]);
+    const hit = only.match("GET", "/v1/shelves/s1/books/b2");
+    expect(
+      hit && "route" in hit
+        ? requestJson(hit, { query: new URLSearchParams(), body: undefined, idempotencyKey: undefined })
+        : hit,
+    ).toEqual({
+      book: { name: "shelves/s1/books/b2" },
+    });
+    expect(only.match("GET", "/v1/shelves/s1/books")).toBeUndefined();
+    expect(only.match("GET", "/v1/shelves/s1/books/b2/more")).toBeUndefined();
+  });
+
+  it("tells a path it does not know (404) from a method the path does not take (405)", () => {
+    expect(router.match("GET", "/v1/nowhere")).toBeUndefined();
+    // An unknown verb is part of the last segment's value, as in any template without a verb.
+    expect(build("GET /v1/shelves/s1/books/b2:unknownverb")).toMatchObject({ json: { book: "b2:unknownverb" } });
+    expect(router.match("DELETE", "/v1/shelves/s1/books/b2")).toEqual({
+      allowed: expect.arrayContaining(["GET", "PATCH"]),
+    });
+    expect(router.match("GET", "/v1/shelves//books/b2")).toBeUndefined();
+    expect(router.match("GET", "/v1/shelves/%E0%A4%A/books/b2")).toBeUndefined();
+    expect(router.owns("/v1/anything")).toBe(true);
+    expect(router.owns("/transcode.v1.Library/GetBook")).toBe(false);
+  });
+
+  it("routes only annotated methods: Internal has no REST route", () => {
+    expect(router.routes.map((r) => r.method.name)).not.toContain("Internal");
+  });
+
+  it.each([
+    ["v1/books", "must start with /"],
+    ["/v1/{nope}", "nope is not a singular scalar field"],
+    ["/v1/{tags}", "tags is not a singular scalar field"],
+    ["/v1/**/x", "** must be the last segment"],
+    ["/v1//x", "empty segment"],
+    ["/v1/x:b@d", "bad verb"],
+  ])("refuses the template %s (%s)", (template, why) => {
+    expect(() => compileTemplate(template, library.method.search as never)).toThrow(why);
+  });
+});
+
+describe("query parameters", () => {
+  it.each([
+    ["GET /v1/books?tags=a&tags=b", { tags: ["a", "b"] }],
+    ["GET /v1/books?filter.author=ann&filter.kind=KIND_EBOOK", { filter: { author: "ann", kind: "KIND_EBOOK" } }],
+    ["GET /v1/books?kinds=KIND_PAPER&kinds=2", { kinds: ["KIND_PAPER", 2] }],
+    ["GET /v1/books?page_size=5&pageSize=6", { pageSize: 6 }],
+    [
+      "GET /v1/books?in_stock=true&min_pages=9007199254740993&max_price=1.5",
+      { inStock: true, minPages: "9007199254740993", maxPrice: 1.5 },
+    ],
+    ["GET /v1/books?filter.since=2026-01-02T03:04:05Z", { filter: { since: "2026-01-02T03:04:05Z" } }],
+  ])("%s → %j", (line, json) => {
+    expect(build(line)).toEqual({ rpc: "Search", json });
+  });
+
+  it.each([
+    ["GET /v1/books?nope=1", "nope: is not a field of transcode.v1.SearchRequest"],
+    ["GET /v1/books?in_stock=yes", "in_stock: expected true or false"],
+    ["GET /v1/books?page_size=abc", "page_size"],
+    ["GET /v1/books?kinds=KIND_NOPE", 'kinds: "KIND_NOPE" is not a value of transcode.v1.Kind'],
+    ["GET /v1/books?filter=x", "filter: is a message"],
+    ["GET /v1/books?labels.a=b", "labels"],
+    ["GET /v1/shelves/s1/books?shelf=s2", "shelf: is set by the path or the body"],
+  ])("%s is INVALID_ARGUMENT naming the field (%s)", (line, message) => {
+    const r = build(line);
+    expect(r).toBeInstanceOf(ConnectError);
+    expect((r as ConnectError).code).toBe(Code.InvalidArgument);
+    expect((r as ConnectError).rawMessage).toContain(message);
+  });
+});
+
+describe("request and response bodies", () => {
+  it('body "*": the whole request, with the path variables', () => {
+    expect(build("POST /v1/shelves/s1/books/b2:publish", { note: "hi" })).toEqual({
+      rpc: "Publish",
+      json: { note: "hi", shelf: "s1", book: "b2" },
+    });
+  });
+
+  it('body "*" takes no query parameters, and a body that contradicts the path is refused', () => {
+    expect((build("POST /v1/shelves/s1/books/b2:publish?note=x", {}) as ConnectError).code).toBe(Code.InvalidArgument);
+    const r = build("POST /v1/shelves/s1/books/b2:publish", { shelf: "s9" }) as ConnectError;
+    expect(r.rawMessage).toContain("shelf: the body says");
+    expect(build("POST /v1/shelves/s1/books/b2:publish", { shelf: "s1" })).toMatchObject({ json: { shelf: "s1" } });
+  });
+
+  it("a field body: the body is that field, the rest comes from the path and the query", () => {
+    expect(build("PATCH /v1/shelves/s1/books/b2?etag=e1", { name: "Dune", tags: ["sf"] })).toEqual({
+      rpc: "UpdateBook",
+      json: { shelf: "s1", etag: "e1", book: { name: "Dune", tags: ["sf"], id: "b2" } },
+    });
+  });
+
+  it("refuses a body where the route takes none, bodies that are not objects, and unknown fields", () => {
+    expect((build("GET /v1/books", { tags: ["x"] }) as ConnectError).rawMessage).toContain("takes no request body");
+    expect((build("POST /v1/shelves/s1/books/b2:publish", [1]) as ConnectError).rawMessage).toContain("JSON object");
+    expect((build("POST /v1/shelves/s1/books/b2:publish", { bogus: 1 }) as ConnectError).rawMessage).toContain(
+      '"bogus" is unknown',
+    );
+  });
+
+  it("Idempotency-Key: the header is the request's idempotency_key; a body that says otherwise is refused", () => {
+    expect(build("POST /v1/shelves/s1/books/b2:publish", {}, "k-1")).toMatchObject({ json: { idempotencyKey: "k-1" } });
+    expect(build("POST /v1/shelves/s1/books/b2:publish", { idempotency_key: "k-1" }, "k-1")).toMatchObject({
+      json: { idempotencyKey: "k-1" },
+    });
+    const r = build("POST /v1/shelves/s1/books/b2:publish", { idempotencyKey: "k-2" }, "k-1") as ConnectError;
+    expect(r.rawMessage).toContain("idempotency_key: the Idempotency-Key header and the body disagree");
+  });
+
+  it("response_body: the answer is that field", () => {
+    const publish = router.routes.find((r) => r.method.name === "Publish");
+    const search = router.routes.find((r) => r.method.name === "Search");
+    if (!publish || !search) throw new Error("fixture routes missing");
+    expect(responseJson(publish, { book: { id: "b2" } })).toEqual({ id: "b2" });
+    expect(responseJson(publish, {})).toEqual({});
+    expect(responseJson(search, { books: [] })).toEqual({ books: [] });
+  });
+});
+
+describe("errors", () => {
+  it.each([
+    [Code.Canceled, 499],
+    [Code.Unknown, 500],
+    [Code.InvalidArgument, 400],
+    [Code.DeadlineExceeded, 504],
+    [Code.NotFound, 404],
+    [Code.AlreadyExists, 409],
+    [Code.PermissionDenied, 403],
+    [Code.ResourceExhausted, 429],
+    [Code.FailedPrecondition, 400],
+    [Code.Aborted, 409],
+    [Code.OutOfRange, 400],
+    [Code.Unimplemented, 501],
+    [Code.Internal, 500],
+    [Code.Unavailable, 503],
+    [Code.DataLoss, 500],
+    [Code.Unauthenticated, 401],
+  ])("code %i answers HTTP %i with a google.rpc.Status body", (code, http) => {
+    expect(httpStatusOf(code)).toBe(http);
+    const { status } = statusJson(errorToJson(new ConnectError("why", code), undefined) as JsonObject);
+    expect(status).toEqual({ code, message: "why", details: [] });
+  });
+});
