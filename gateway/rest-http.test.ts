@@ -4,13 +4,19 @@
  * limits and errors as every other protocol; the Idempotency-Key header;
  * WatchOrder as newline-delimited JSON; and what a hostile client sends.
  */
+import { readFileSync } from "node:fs";
 import http from "node:http";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { GatewayService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
 import { type Role, silentLogger } from "../platform/index.js";
+import { ROOT } from "../test/fixtures.js";
 import { type System, startSystem, startTestGateway } from "../test/system.js";
 import type { GatewayApp } from "./app.js";
 import { signDevToken } from "./auth.js";
 import { DEV_JWT_SECRET } from "./config.js";
+import { RestRouter } from "./rest.js";
+import { ROUTES } from "./routes.js";
 
 let sys: System;
 let gw: GatewayApp;
@@ -21,11 +27,7 @@ const auth = async (sub: string, roles: Role[] = ["customer"]) => ({
 
 beforeAll(async () => {
   sys = await startSystem();
-  gw = await startTestGateway(
-    sys,
-    { MAX_BODY_BYTES: "4096", RATE_LIMIT_BURST: "400" },
-    silentLogger(),
-  );
+  gw = await startTestGateway(sys, { MAX_BODY_BYTES: "4096", RATE_LIMIT_BURST: "400" }, silentLogger());
 });
 afterAll(async () => {
   await gw.stop();
@@ -256,5 +258,20 @@ describe("REST errors", () => {
     abort.abort();
     await res.body?.cancel().catch(() => {});
     expect((await rest("GET", `/v1/orders/${placed.json.id}`, { headers: h })).status).toBe(200);
+  });
+});
+
+describe("docs/rest.md", () => {
+  it("lists exactly the REST routes the gateway serves", () => {
+    const publicMethods = [
+      ...ROUTES.flatMap((r) => r.service.methods.filter((m) => r.methods.includes(m.name))),
+      ...GatewayService.methods,
+    ];
+    const served = new RestRouter(publicMethods).routes.map(
+      (r) => `${r.httpMethod} ${r.template} ${r.method.parent.name}.${r.method.name}`,
+    );
+    const doc = readFileSync(join(ROOT, "docs", "rest.md"), "utf8");
+    const documented = [...doc.matchAll(/^\| `(\w+) ([^`]+)` \| (\w+\.\w+)/gm)].map((m) => `${m[1]} ${m[2]} ${m[3]}`);
+    expect(documented.sort()).toEqual(served.sort());
   });
 });

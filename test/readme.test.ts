@@ -46,13 +46,40 @@ describe("README", () => {
       ["customer"],
     );
     const host = gw.url.replace("http://", "");
+    const env: Record<string, string> = { TOKEN: token };
+    const sh = async (cmd: string) =>
+      (
+        await run("bash", ["-c", cmd.replaceAll("localhost:8080", host)], {
+          cwd: ROOT,
+          env: { ...process.env, ...env },
+        })
+      ).stdout;
+    const seen = new Set<string>();
     for (const cmd of commands) {
-      const { stdout } = await run("bash", ["-c", cmd.replaceAll("localhost:8080", host)], {
-        cwd: ROOT,
-        env: { ...process.env, TOKEN: token },
-      });
-      expect(JSON.parse(stdout), cmd).toMatchObject({ product: { id: "coffee-beans" } });
+      const stdout = await sh(cmd);
+      if (cmd.includes("/v1/products/")) {
+        seen.add("rest get");
+        expect(JSON.parse(stdout), cmd).toMatchObject({ id: "coffee-beans", unitPrice: { currencyCode: "USD" } });
+      } else if (cmd.includes("/v1/orders -H")) {
+        seen.add("rest post");
+        const order = JSON.parse(stdout);
+        expect(order, cmd).toMatchObject({ customerId: "alice", status: "ORDER_STATUS_PENDING" });
+        // "The same key again returns the same order".
+        expect(JSON.parse(await sh(cmd)).id, cmd).toBe(order.id);
+        env.ORDER = order.id;
+      } else if (cmd.includes(":watch")) {
+        seen.add("rest watch");
+        const lines = stdout
+          .trim()
+          .split("\n")
+          .map((l) => JSON.parse(l));
+        expect(lines.at(-1), cmd).toMatchObject({ result: { id: env.ORDER, status: "ORDER_STATUS_CONFIRMED" } });
+      } else {
+        seen.add("rpc");
+        expect(JSON.parse(stdout), cmd).toMatchObject({ product: { id: "coffee-beans" } });
+      }
     }
+    expect([...seen].sort()).toEqual(["rest get", "rest post", "rest watch", "rpc"]);
   });
 
   it("its token command prints a token the gateway accepts", async () => {
