@@ -312,6 +312,8 @@ describe("limits and surface", () => {
     expect(ok.status).toBe(204);
     expect(ok.headers.get("access-control-allow-origin")).toBe("http://app.example");
     expect(ok.headers.get("access-control-allow-headers")).toContain("authorization");
+    // A browser posting to a REST route with an Idempotency-Key asks for that header first.
+    expect(ok.headers.get("access-control-allow-headers")).toContain("idempotency-key");
     expect((await pre("http://evil.example")).headers.get("access-control-allow-origin")).toBeNull();
   });
 

@@ -28,7 +28,9 @@ export interface RunningFront {
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 const EXPOSED = [...connectCors.exposedHeaders, "x-request-id", "retry-after"].join(", ");
-const ALLOWED = [...connectCors.allowedHeaders, "authorization", "x-request-id", "traceparent"].join(", ");
+const ALLOWED = [...connectCors.allowedHeaders, "authorization", "x-request-id", "traceparent", "idempotency-key"].join(
+  ", ",
+);
 
 type Req = http.IncomingMessage | http2.Http2ServerRequest;
 type Res = http.ServerResponse | http2.Http2ServerResponse;
