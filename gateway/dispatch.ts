@@ -147,8 +147,12 @@ function refusal(req: NodeRequest, maxBodyBytes: number): ConnectError | undefin
 }
 
 function answer(res: NodeResponse, a: { status: number; headers: Record<string, string>; body: Uint8Array }): void {
-  res.writeHead(a.status, { ...a.headers, "content-length": String(a.body.byteLength) });
-  res.end(a.body);
+  res.statusCode = a.status;
+  for (const [k, v] of Object.entries({ ...a.headers, "content-length": String(a.body.byteLength) }))
+    res.setHeader(k, v);
+  // Without writeHead, HTTP/2 sends headers and end of stream in one HEADERS frame: a gRPC Trailers-Only answer.
+  if (a.body.byteLength === 0) res.end();
+  else res.end(a.body);
 }
 
 /** One span, one RED sample and one access line per request, whichever way it ends (reported once). */

@@ -55,6 +55,25 @@ const product = (id: string) =>
   envelope(toBinary(GetProductRequestSchema, create(GetProductRequestSchema, { productId: id })));
 
 describe("gRPC fast path", () => {
+  it("answers the gateway's own refusals and upstream errors as Trailers-Only: one HEADERS frame ending the stream", async () => {
+    // grpc-core (Python, C++, Ruby, PHP clients) reads headers followed by an empty DATA frame
+    // that ends the stream as a stream without a status: "UNKNOWN: Stream removed".
+    const auth = await bearer("alice");
+    await using s = await h2Session(gw.url);
+    const cases = [
+      { headers: grpcHeaders(GET_PRODUCT, ""), code: 16 },
+      { headers: grpcHeaders("/shopmesh.inventory.v1.InventoryService/ReserveStock", auth), code: 12 },
+      { headers: grpcHeaders("/no.such.Service/Method", auth), code: 12 },
+      { headers: grpcHeaders(GET_PRODUCT, auth), body: product("no-such-product"), code: 5 },
+      { headers: grpcHeaders(GET_PRODUCT, auth), body: product(""), code: 3 },
+    ];
+    for (const c of cases) {
+      const r = await h2Request(s, c.headers, c.body ?? envelope(new Uint8Array()));
+      expect(r.grpcStatus, c.headers[":path"]).toBe(c.code);
+      expect(r.trailersOnly, `${c.headers[":path"]} → ${c.code}`).toBe(true);
+    }
+  });
+
   it("answers with the bytes the general path gives, and every call is logged as usual", async () => {
     const auth = await bearer("alice");
     await using s = await h2Session(gw.url);

@@ -127,7 +127,8 @@ export async function passthrough(
     answered = true;
     const a = errorAnswer("grpc", false, err);
     if (!res.headersSent && !res.destroyed) {
-      res.writeHead(a.status, a.headers);
+      res.statusCode = a.status;
+      for (const [k, v] of Object.entries(a.headers)) res.setHeader(k, v);
       res.end();
     }
     done({ code: err.code, message: err.rawMessage });

@@ -23,6 +23,8 @@ export interface H2Response {
   /** grpc-status from the trailers, or from the headers of a trailers-only response; undefined if absent. */
   readonly grpcStatus: number | undefined;
   readonly grpcMessage: string;
+  /** The answer was one HEADERS frame that ended the stream (gRPC's Trailers-Only). */
+  readonly trailersOnly: boolean;
 }
 
 /** One request over an existing HTTP/2 session. */
@@ -35,6 +37,7 @@ export function h2Request(
   return new Promise((resolve, reject) => {
     const req = session.request({ ":method": "POST", ...headers }, { endStream: body === undefined });
     let status = 0;
+    let trailersOnly = false;
     let resHeaders: http2.IncomingHttpHeaders = {};
     let trailers: http2.IncomingHttpHeaders = {};
     const chunks: Buffer[] = [];
@@ -42,9 +45,10 @@ export function h2Request(
       req.close(http2.constants.NGHTTP2_CANCEL);
       reject(new Error(`no answer within ${timeoutMs} ms`));
     }, timeoutMs);
-    req.on("response", (h) => {
+    req.on("response", (h, flags) => {
       status = Number(h[":status"]);
       resHeaders = h;
+      trailersOnly = (flags & http2.constants.NGHTTP2_FLAG_END_STREAM) !== 0;
     });
     req.on("trailers", (t) => {
       trailers = t;
@@ -64,6 +68,7 @@ export function h2Request(
         body: Buffer.concat(chunks),
         grpcStatus: raw === undefined ? undefined : Number(raw),
         grpcMessage: decodeURIComponent(String(trailers["grpc-message"] ?? resHeaders["grpc-message"] ?? "")),
+        trailersOnly,
       });
     });
     if (body !== undefined) req.end(Buffer.from(body));

@@ -17,28 +17,8 @@ import shopmesh_client as sm
 UNARY_TIMEOUT = 5.0
 
 
-class NotTrailersOnly(AssertionError):
-    """The call ended without a gRPC status: grpc-core's UNKNOWN "Stream removed"."""
-
-
-# The gateway frames the errors it answers itself (its refusals, and errors on
-# the gRPC fast path) as a HEADERS frame carrying grpc-status followed by an
-# empty DATA frame with END_STREAM. That is not a Trailers-Only response (one
-# HEADERS frame with END_STREAM, per gRPC over HTTP/2), so grpc-core clients
-# (Python, C++, Ruby, PHP) see no trailers and report UNKNOWN "Stream removed";
-# grpc-js and grpc-go accept it. Strict: when the gateway sends Trailers-Only,
-# these tests pass, fail the run as XPASS, and this marker goes.
-GATEWAY_NOT_TRAILERS_ONLY = pytest.mark.xfail(
-    strict=True,
-    raises=NotTrailersOnly,
-    reason="the gateway's own error answers are not gRPC Trailers-Only (grpc-core: UNKNOWN 'Stream removed')",
-)
-
-
 def assert_code(err: pytest.ExceptionInfo[grpc.RpcError], expected: grpc.StatusCode) -> None:
     code, details = err.value.code(), err.value.details()
-    if code == grpc.StatusCode.UNKNOWN and details == "Stream removed":
-        raise NotTrailersOnly(f"expected {expected.name}, the call ended without a status")
     assert code == expected, f"{code.name}: {details}"
 
 
@@ -100,7 +80,6 @@ def test_idempotent_order_watched_to_confirmed(customer):
     assert final.reservation_id and final.payment_id
 
 
-@GATEWAY_NOT_TRAILERS_ONLY
 def test_same_key_with_another_body_is_already_exists(customer):
     # The same key with a different body is a client bug, not a retry.
     k = key()
@@ -131,7 +110,6 @@ def test_declined_payment_is_compensated(customer):
     assert product(customer, "coffee-beans").available == before, "the reserved unit was not given back"
 
 
-@GATEWAY_NOT_TRAILERS_ONLY
 def test_bad_request_is_invalid_argument(customer):
     orders = sm.order_grpc.OrderServiceStub(customer)
     no_items = sm.order.PlaceOrderRequest(idempotency_key=key(), items=[], card_token="tok_visa")
@@ -140,7 +118,6 @@ def test_bad_request_is_invalid_argument(customer):
     assert_code(err, grpc.StatusCode.INVALID_ARGUMENT)
 
 
-@GATEWAY_NOT_TRAILERS_ONLY
 @pytest.mark.parametrize("token", [None, "not-a-jwt"], ids=["no token", "forged token"])
 def test_unauthenticated(gateway, token):
     channel = sm.connect(gateway, token)
@@ -153,7 +130,6 @@ def test_unauthenticated(gateway, token):
         channel.close()
 
 
-@GATEWAY_NOT_TRAILERS_ONLY
 @pytest.mark.parametrize("rpc", ["ReserveStock", "ChargePayment"])
 def test_internal_rpcs_do_not_exist_at_the_gateway(customer, rpc):
     # The stubs have them (one proto per service); the gateway does not route them.
@@ -177,7 +153,6 @@ def customers_order(customer) -> sm.order.Order:
     return place(customer, key(), "coffee-beans", 1, "tok_visa")
 
 
-@GATEWAY_NOT_TRAILERS_ONLY
 def test_another_customers_order_is_not_found(other_customer, customers_order):
     theirs = sm.order_grpc.OrderServiceStub(other_customer)
     with pytest.raises(grpc.RpcError) as err:
