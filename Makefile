@@ -7,7 +7,7 @@ PROTOS := $(shell find proto -name '*.proto')
 # `make run PAYMENT_REPLICAS=2`: instance counts reach the runner through the environment.
 export INVENTORY_REPLICAS PAYMENT_REPLICAS ORDER_REPLICAS NOTIFICATION_REPLICAS HISTORY_REPLICAS DB PG_PORT
 
-.PHONY: help install nats postgres generate gen-fresh build lint typecheck breaking contracts-baseline test run bench load demo token trace events dlq history-rebuild clean
+.PHONY: help install nats postgres python-client generate gen-fresh build lint typecheck breaking contracts-baseline test run bench load demo token trace events dlq history-rebuild clean
 
 help: ## List targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,6 +26,12 @@ postgres: ## Make sure PostgreSQL's server binaries are installed (apt-get where
 	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null || { \
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then apt-get install -y postgresql || { apt-get update && apt-get install -y postgresql; }; \
 	  else echo "PostgreSQL missing: install it (apt-get install postgresql, brew install postgresql@16) and retry"; exit 1; fi; }
+
+PYTHON_PACKAGES := protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf python3-pytest
+python-client: ## Make sure protoc, grpc_python_plugin and Python's grpcio, protobuf and pytest are installed (clients/python)
+	@{ command -v protoc && command -v grpc_python_plugin && { python3 -c 'import grpc, google.protobuf, pytest' || /usr/bin/python3 -c 'import grpc, google.protobuf, pytest'; }; } >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then apt-get install -y $(PYTHON_PACKAGES) || { apt-get update && apt-get install -y $(PYTHON_PACKAGES); }; \
+	  else echo "the Python client's toolchain is missing: install $(PYTHON_PACKAGES) (Debian/Ubuntu) and retry"; exit 1; fi; }
 
 # gen/ is committed; it is regenerated only when what it is generated from changed — by content, recorded
 # in GEN_HASH (a fresh clone's file times say nothing). test/generated.test.ts keeps the record honest.
@@ -69,7 +75,7 @@ breaking: install ## buf breaking: proto/ against the released contracts (FILE r
 contracts-baseline: install ## Record the contracts as released (when cutting a release): make breaking compares against this
 	npx buf build proto --exclude-source-info -o $(CONTRACTS_BASELINE)
 
-test: install ## Everything CI checks: lint, typecheck, all tests
+test: install nats postgres python-client ## Everything CI checks: lint, typecheck, all tests
 	npm run check
 
 run: install nats $(if $(filter postgres,$(DB)),postgres) build ## Start NATS, every service and the gateway; Ctrl-C stops all (DB=postgres ORDER_REPLICAS=3 PAYMENT_REPLICAS=2 ...)
