@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GatewayService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
 import { type Role, silentLogger } from "../platform/index.js";
 import { ROOT } from "../test/fixtures.js";
+import { h2Request, h2Session } from "../test/raw.js";
 import { type System, startSystem, startTestGateway } from "../test/system.js";
 import type { GatewayApp } from "./app.js";
 import { signDevToken } from "./auth.js";
@@ -153,6 +154,23 @@ describe("REST routes", () => {
     for (const path of ["/v1/history", "/v1/notifications?order_id=" + placed.json.id]) {
       expect((await rest("GET", path, { headers: h })).status, path).toBe(200);
     }
+  });
+
+  it("answers over cleartext HTTP/2 as over HTTP/1.1", async () => {
+    const h = await auth("alice");
+    await using s = await h2Session(gw.url);
+    const one = await h2Request(s, { ":method": "GET", ":path": "/v1/products/coffee-beans", ...h });
+    expect(one.status).toBe(200);
+    expect(JSON.parse(one.body.toString())).toMatchObject({ id: "coffee-beans" });
+    const placed = await h2Request(s, { ":path": "/v1/orders", "idempotency-key": key(), ...h }, Buffer.from(order()));
+    const id = JSON.parse(placed.body.toString()).id;
+    const watch = await h2Request(s, { ":method": "GET", ":path": `/v1/orders/${id}:watch`, ...h });
+    const lines = watch.body
+      .toString()
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
+    expect(lines.at(-1).result.status).toBe("ORDER_STATUS_CONFIRMED");
   });
 
   it("admin only: POST /v1/products/{product_id}:restock", async () => {
