@@ -3,7 +3,8 @@
  * Connect protocol (JSON and binary), gRPC-Web and gRPC. Before the
  * pipeline (dispatch.ts) it settles what every request gets whatever it asks
  * for: a request id (accepted from the client when well-formed, returned
- * always), CORS for allowed origins, and the health probes.
+ * always), CORS for allowed origins, the health probes and the OpenAPI
+ * document (openapi.ts).
  */
 import { randomUUID } from "node:crypto";
 import type http from "node:http";
@@ -11,6 +12,7 @@ import type http2 from "node:http2";
 import { cors as connectCors } from "@connectrpc/connect";
 import { createDispatch, type DispatchOptions } from "./dispatch.js";
 import { type Listener, type ListenerOptions, listen } from "./listener.js";
+import { findOpenApiDocument, openApiEndpoint } from "./openapi.js";
 
 /** What the HTTP front needs. */
 export interface FrontOptions extends DispatchOptions, Omit<ListenerOptions, "log" | "onClose"> {
@@ -54,6 +56,7 @@ function cors(req: Req, res: Res, allowed: readonly string[]): boolean {
 /** Starts the front on `host:port`. */
 export async function startFront(o: FrontOptions): Promise<RunningFront> {
   const dispatch = createDispatch(o);
+  const openApi = openApiEndpoint(findOpenApiDocument(), o.log);
   let draining = false;
   const handle = (req: Req, res: Res) => {
     let requestId = String(req.headers["x-request-id"] ?? "");
@@ -70,6 +73,7 @@ export async function startFront(o: FrontOptions): Promise<RunningFront> {
       res.end(ok ? "ok\n" : "draining\n");
       return;
     }
+    if (openApi(req, res)) return;
     dispatch(req, res, requestId);
   };
   const closes = o.telemetry.metrics.httpConnectionsClosed;
