@@ -151,7 +151,7 @@ describe("REST routes", () => {
     expect(mine.json.orders[0].id).toBe(placed.json.id);
     const details = await rest("GET", `/v1/orders/${placed.json.id}/details`, { headers: h });
     expect(details.json.order.id).toBe(placed.json.id);
-    for (const path of ["/v1/history", "/v1/notifications?order_id=" + placed.json.id]) {
+    for (const path of ["/v1/history", `/v1/notifications?order_id=${placed.json.id}`]) {
       expect((await rest("GET", path, { headers: h })).status, path).toBe(200);
     }
   });

@@ -1279,6 +1279,15 @@ describe("the image (Dockerfile), by construction", () => {
     expect(copies.map((s) => s.args)).toContain("package.json ./");
   });
 
+  it("carries the OpenAPI document where the gateway looks for it (gen/ beside the compiled gateway/)", () => {
+    const copy = inRuntime.find((s) => s.op === "COPY" && /\/gen\/openapi\s/.test(s.args));
+    expect(copy?.args, "COPY --from=build /app/gen/openapi gen/openapi").toMatch(
+      /^--from=\S+ \/app\/gen\/openapi gen\/openapi$/,
+    );
+    const dist = inRuntime.find((s) => s.op === "COPY" && /\/app\/dist \.\/$/.test(s.args));
+    expect(dist, "the compiled tree at the image's root, so gateway/ and gen/ are siblings").toBeDefined();
+  });
+
   it("runs as a numeric non-root user, node as ENTRYPOINT, one process per argument", () => {
     const user = inRuntime.filter((s) => s.op === "USER").at(-1)?.args ?? "";
     expect(user).toMatch(/^\d+(:\d+)?$/);
