@@ -1,6 +1,6 @@
 /** Wires the gateway: upstream clients (built once), routes, composition, auth, limits, HTTP front. */
 import { ServerReflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
-import { GatewayService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
+import { GatewayService, OperatorService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
 import { HistoryService } from "../gen/shopmesh/history/v1/history_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { NotificationService } from "../gen/shopmesh/notification/v1/notification_pb.js";
@@ -20,6 +20,7 @@ import { createComposition } from "./compose.js";
 import type { GatewayConfig } from "./config.js";
 import { registerRoutes } from "./forward.js";
 import { ConcurrencyLimiter, RateLimiter } from "./limits.js";
+import { createOperator } from "./operator.js";
 import { passthroughTable } from "./passthrough.js";
 import { createReflection } from "./reflection.js";
 import { ROUTES } from "./routes.js";
@@ -64,6 +65,11 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     history: createResilientClient("history", HistoryService, config.HISTORY_TARGET, policy, log, opts),
   };
   const composition = createComposition({ ...clients, timeoutMs: config.COMPOSITION_TIMEOUT_MS });
+  const operator = createOperator({
+    upstreams: clients,
+    faultsEnabled: config.FAULT_INJECTION,
+    timeoutMs: config.COMPOSITION_TIMEOUT_MS,
+  });
   const front = await startFront({
     host: config.HTTP_HOST,
     port: config.HTTP_PORT,
@@ -72,6 +78,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     routes: (router) => {
       registerRoutes(router, ROUTES, clients);
       router.service(GatewayService, composition);
+      router.service(OperatorService, operator.service);
       router.service(
         ServerReflection,
         createReflection(
@@ -107,6 +114,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     async stop() {
       await front.stop(config.SHUTDOWN_GRACE_MS);
       for (const c of Object.values(clients)) c.close();
+      operator.close();
       await bus?.close();
       await telemetry.close();
     },

@@ -96,6 +96,11 @@ const spec = {
   CORS_ORIGINS: str("http://localhost:3000,http://127.0.0.1:3000"),
   /** Behind a proxy you control (e.g. the Istio ingress): take the client IP from the last X-Forwarded-For hop it appended. */
   TRUST_PROXY: bool(false),
+  /**
+   * The operator panel may set services' injected faults (OperatorService.SetServiceFaults): for
+   * local runs and the kind fault overlay only. Off, the RPC is UNIMPLEMENTED and the panel hides it.
+   */
+  FAULT_INJECTION: bool(false),
   /** Deadline of a composed GetOrderDetails call, in ms. */
   COMPOSITION_TIMEOUT_MS: int(2_000, { min: 50, max: 60_000 }),
   /**

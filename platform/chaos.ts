@@ -8,10 +8,11 @@
  */
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { status } from "@grpc/grpc-js";
-import type { ChaosService, Faults, FaultsSchema } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
+import { BreakerState, type ChaosService, type Faults, type FaultsSchema } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { bool, int, num } from "./config.js";
 import { InvalidArgumentError, ServiceError } from "./errors.js";
 import type { Interceptor, ServiceImpl } from "./grpc.js";
+import type { DownstreamSample } from "./metrics.js";
 
 /** Env variables that set the initial faults of a process. */
 export const faultEnv = {
@@ -106,7 +107,8 @@ export class FaultInjector {
   }
 
   /** The ChaosService implementation bound to this injector. */
-  service(): ServiceImpl<typeof ChaosService> {
+  /** The chaos service of a server whose calls to others are `downstreams` (breakers and bulkheads, by name). */
+  service(downstreams: () => Record<string, DownstreamSample> = () => ({})): ServiceImpl<typeof ChaosService> {
     const toMsg = (): MessageInitShape<typeof FaultsSchema> => this.current;
     return {
       setFaults: (req) => {
@@ -114,9 +116,30 @@ export class FaultInjector {
         return { faults: toMsg() };
       },
       getFaults: () => ({ faults: toMsg() }),
+      getResilience: () => ({
+        downstreams: Object.entries(downstreams())
+          .sort(([a], [b]) => a.localeCompare(b))
+          .map(([name, d]) => ({
+            name,
+            breaker: BREAKER[d.breaker] ?? BreakerState.UNSPECIFIED,
+            inFlight: d.inFlight,
+            queued: d.queued,
+            endpoints: d.endpoints.map((e) => ({
+              address: e.address,
+              breaker: BREAKER[e.breaker] ?? BreakerState.UNSPECIFIED,
+            })),
+          })),
+      }),
     };
   }
 }
+
+const BREAKER: Record<string, BreakerState> = {
+  closed: BreakerState.CLOSED,
+  open: BreakerState.OPEN,
+  "half-open": BreakerState.HALF_OPEN,
+  isolated: BreakerState.ISOLATED,
+};
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {

@@ -12,7 +12,7 @@ const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 
 /** Live state sampled at scrape time. */
 /** What a resilient client reports about one downstream at each scrape. */
-interface DownstreamSample {
+export interface DownstreamSample {
   readonly breaker: string;
   readonly inFlight: number;
   readonly queued: number;
@@ -228,6 +228,10 @@ export function createMetrics(service: string) {
     /** Samples a downstream's breaker and bulkhead at every scrape. */
     trackDownstream(name: string, state: () => DownstreamSample) {
       sources.downstreams.set(name, state);
+    },
+    /** The downstreams' breakers and bulkheads now, by name (what the chaos service's GetResilience answers). */
+    downstreams(): Record<string, DownstreamSample> {
+      return Object.fromEntries([...sources.downstreams].map(([name, state]) => [name, state()]));
     },
     /** Samples the outbox backlog at every scrape. */
     trackBacklog(backlog: () => { count: number; oldestAgeMs: number }) {

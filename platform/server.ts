@@ -128,7 +128,14 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
   }
   server.addService(
     grpcServiceDefinition(ChaosService),
-    grpcHandlers(ChaosService, faults.service(), { log: opts.log, interceptors: [callLogger()] }),
+    grpcHandlers(
+      ChaosService,
+      faults.service(() => opts.telemetry?.metrics.downstreams() ?? {}),
+      {
+        log: opts.log,
+        interceptors: [callLogger()],
+      },
+    ),
   );
 
   const names = opts.services.map((s) => s.service.typeName);

@@ -5,15 +5,15 @@
 // Fault injection that every shopmesh server hosts for demos and chaos
 // tests. Never routed through the gateway.
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file shopmesh/chaos/v1/chaos.proto.
  */
 export const file_shopmesh_chaos_v1_chaos: GenFile = /*@__PURE__*/
-  fileDesc("Ch1zaG9wbWVzaC9jaGFvcy92MS9jaGFvcy5wcm90bxIRc2hvcG1lc2guY2hhb3MudjEiUgoGRmF1bHRzEhIKCmxhdGVuY3lfbXMYASABKAUSEgoKZXJyb3JfcmF0ZRgCIAEoARISCgplcnJvcl9jb2RlGAMgASgFEgwKBGRvd24YBCABKAgiPQoQU2V0RmF1bHRzUmVxdWVzdBIpCgZmYXVsdHMYASABKAsyGS5zaG9wbWVzaC5jaGFvcy52MS5GYXVsdHMiPgoRU2V0RmF1bHRzUmVzcG9uc2USKQoGZmF1bHRzGAEgASgLMhkuc2hvcG1lc2guY2hhb3MudjEuRmF1bHRzIhIKEEdldEZhdWx0c1JlcXVlc3QiPgoRR2V0RmF1bHRzUmVzcG9uc2USKQoGZmF1bHRzGAEgASgLMhkuc2hvcG1lc2guY2hhb3MudjEuRmF1bHRzMsgBCgxDaGFvc1NlcnZpY2USWwoJU2V0RmF1bHRzEiMuc2hvcG1lc2guY2hhb3MudjEuU2V0RmF1bHRzUmVxdWVzdBokLnNob3BtZXNoLmNoYW9zLnYxLlNldEZhdWx0c1Jlc3BvbnNlIgOQAgISWwoJR2V0RmF1bHRzEiMuc2hvcG1lc2guY2hhb3MudjEuR2V0RmF1bHRzUmVxdWVzdBokLnNob3BtZXNoLmNoYW9zLnYxLkdldEZhdWx0c1Jlc3BvbnNlIgOQAgFiBnByb3RvMw");
+  fileDesc("Ch1zaG9wbWVzaC9jaGFvcy92MS9jaGFvcy5wcm90bxIRc2hvcG1lc2guY2hhb3MudjEiUgoGRmF1bHRzEhIKCmxhdGVuY3lfbXMYASABKAUSEgoKZXJyb3JfcmF0ZRgCIAEoARISCgplcnJvcl9jb2RlGAMgASgFEgwKBGRvd24YBCABKAgiPQoQU2V0RmF1bHRzUmVxdWVzdBIpCgZmYXVsdHMYASABKAsyGS5zaG9wbWVzaC5jaGFvcy52MS5GYXVsdHMiPgoRU2V0RmF1bHRzUmVzcG9uc2USKQoGZmF1bHRzGAEgASgLMhkuc2hvcG1lc2guY2hhb3MudjEuRmF1bHRzIhIKEEdldEZhdWx0c1JlcXVlc3QiPgoRR2V0RmF1bHRzUmVzcG9uc2USKQoGZmF1bHRzGAEgASgLMhkuc2hvcG1lc2guY2hhb3MudjEuRmF1bHRzIlcKEkRvd25zdHJlYW1FbmRwb2ludBIPCgdhZGRyZXNzGAEgASgJEjAKB2JyZWFrZXIYAiABKA4yHy5zaG9wbWVzaC5jaGFvcy52MS5CcmVha2VyU3RhdGUiqQEKCkRvd25zdHJlYW0SDAoEbmFtZRgBIAEoCRIwCgdicmVha2VyGAIgASgOMh8uc2hvcG1lc2guY2hhb3MudjEuQnJlYWtlclN0YXRlEhEKCWluX2ZsaWdodBgDIAEoBRIOCgZxdWV1ZWQYBCABKAUSOAoJZW5kcG9pbnRzGAUgAygLMiUuc2hvcG1lc2guY2hhb3MudjEuRG93bnN0cmVhbUVuZHBvaW50IhYKFEdldFJlc2lsaWVuY2VSZXF1ZXN0IksKFUdldFJlc2lsaWVuY2VSZXNwb25zZRIyCgtkb3duc3RyZWFtcxgBIAMoCzIdLnNob3BtZXNoLmNoYW9zLnYxLkRvd25zdHJlYW0qmAEKDEJyZWFrZXJTdGF0ZRIdChlCUkVBS0VSX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUQlJFQUtFUl9TVEFURV9DTE9TRUQQARIWChJCUkVBS0VSX1NUQVRFX09QRU4QAhIbChdCUkVBS0VSX1NUQVRFX0hBTEZfT1BFThADEhoKFkJSRUFLRVJfU1RBVEVfSVNPTEFURUQQBDKxAgoMQ2hhb3NTZXJ2aWNlElsKCVNldEZhdWx0cxIjLnNob3BtZXNoLmNoYW9zLnYxLlNldEZhdWx0c1JlcXVlc3QaJC5zaG9wbWVzaC5jaGFvcy52MS5TZXRGYXVsdHNSZXNwb25zZSIDkAICElsKCUdldEZhdWx0cxIjLnNob3BtZXNoLmNoYW9zLnYxLkdldEZhdWx0c1JlcXVlc3QaJC5zaG9wbWVzaC5jaGFvcy52MS5HZXRGYXVsdHNSZXNwb25zZSIDkAIBEmcKDUdldFJlc2lsaWVuY2USJy5zaG9wbWVzaC5jaGFvcy52MS5HZXRSZXNpbGllbmNlUmVxdWVzdBooLnNob3BtZXNoLmNoYW9zLnYxLkdldFJlc2lsaWVuY2VSZXNwb25zZSIDkAIBYgZwcm90bzM");
 
 /**
  * What a server does to its business RPCs. All zero means no faults.
@@ -138,6 +138,167 @@ export const GetFaultsResponseSchema: GenMessage<GetFaultsResponse> = /*@__PURE_
   messageDesc(file_shopmesh_chaos_v1_chaos, 4);
 
 /**
+ * One instance of a downstream service, as the caller sees it.
+ *
+ * @generated from message shopmesh.chaos.v1.DownstreamEndpoint
+ */
+export type DownstreamEndpoint = Message<"shopmesh.chaos.v1.DownstreamEndpoint"> & {
+  /**
+   * Its address, host:port.
+   *
+   * @generated from field: string address = 1;
+   */
+  address: string;
+
+  /**
+   * The breaker in front of this instance.
+   *
+   * @generated from field: shopmesh.chaos.v1.BreakerState breaker = 2;
+   */
+  breaker: BreakerState;
+};
+
+/**
+ * Describes the message shopmesh.chaos.v1.DownstreamEndpoint.
+ * Use `create(DownstreamEndpointSchema)` to create a new message.
+ */
+export const DownstreamEndpointSchema: GenMessage<DownstreamEndpoint> = /*@__PURE__*/
+  messageDesc(file_shopmesh_chaos_v1_chaos, 5);
+
+/**
+ * A service this server calls, and how those calls fare.
+ *
+ * @generated from message shopmesh.chaos.v1.Downstream
+ */
+export type Downstream = Message<"shopmesh.chaos.v1.Downstream"> & {
+  /**
+   * The service's name, e.g. "payment".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Closed while any instance takes calls; open when every one fails fast.
+   *
+   * @generated from field: shopmesh.chaos.v1.BreakerState breaker = 2;
+   */
+  breaker: BreakerState;
+
+  /**
+   * Calls in progress (the bulkhead's occupancy).
+   *
+   * @generated from field: int32 in_flight = 3;
+   */
+  inFlight: number;
+
+  /**
+   * Calls waiting for a bulkhead slot.
+   *
+   * @generated from field: int32 queued = 4;
+   */
+  queued: number;
+
+  /**
+   * Each known instance.
+   *
+   * @generated from field: repeated shopmesh.chaos.v1.DownstreamEndpoint endpoints = 5;
+   */
+  endpoints: DownstreamEndpoint[];
+};
+
+/**
+ * Describes the message shopmesh.chaos.v1.Downstream.
+ * Use `create(DownstreamSchema)` to create a new message.
+ */
+export const DownstreamSchema: GenMessage<Downstream> = /*@__PURE__*/
+  messageDesc(file_shopmesh_chaos_v1_chaos, 6);
+
+/**
+ * Request for ChaosService.GetResilience.
+ *
+ * @generated from message shopmesh.chaos.v1.GetResilienceRequest
+ */
+export type GetResilienceRequest = Message<"shopmesh.chaos.v1.GetResilienceRequest"> & {
+};
+
+/**
+ * Describes the message shopmesh.chaos.v1.GetResilienceRequest.
+ * Use `create(GetResilienceRequestSchema)` to create a new message.
+ */
+export const GetResilienceRequestSchema: GenMessage<GetResilienceRequest> = /*@__PURE__*/
+  messageDesc(file_shopmesh_chaos_v1_chaos, 7);
+
+/**
+ * Response for ChaosService.GetResilience.
+ *
+ * @generated from message shopmesh.chaos.v1.GetResilienceResponse
+ */
+export type GetResilienceResponse = Message<"shopmesh.chaos.v1.GetResilienceResponse"> & {
+  /**
+   * One entry per downstream service, by name.
+   *
+   * @generated from field: repeated shopmesh.chaos.v1.Downstream downstreams = 1;
+   */
+  downstreams: Downstream[];
+};
+
+/**
+ * Describes the message shopmesh.chaos.v1.GetResilienceResponse.
+ * Use `create(GetResilienceResponseSchema)` to create a new message.
+ */
+export const GetResilienceResponseSchema: GenMessage<GetResilienceResponse> = /*@__PURE__*/
+  messageDesc(file_shopmesh_chaos_v1_chaos, 8);
+
+/**
+ * State of a circuit breaker.
+ *
+ * @generated from enum shopmesh.chaos.v1.BreakerState
+ */
+export enum BreakerState {
+  /**
+   * Never reported.
+   *
+   * @generated from enum value: BREAKER_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Calls flow.
+   *
+   * @generated from enum value: BREAKER_STATE_CLOSED = 1;
+   */
+  CLOSED = 1,
+
+  /**
+   * Calls fail fast until a probe is allowed.
+   *
+   * @generated from enum value: BREAKER_STATE_OPEN = 2;
+   */
+  OPEN = 2,
+
+  /**
+   * One probe call decides between closed and open.
+   *
+   * @generated from enum value: BREAKER_STATE_HALF_OPEN = 3;
+   */
+  HALF_OPEN = 3,
+
+  /**
+   * Held open by hand.
+   *
+   * @generated from enum value: BREAKER_STATE_ISOLATED = 4;
+   */
+  ISOLATED = 4,
+}
+
+/**
+ * Describes the enum shopmesh.chaos.v1.BreakerState.
+ */
+export const BreakerStateSchema: GenEnum<BreakerState> = /*@__PURE__*/
+  enumDesc(file_shopmesh_chaos_v1_chaos, 0);
+
+/**
  * ChaosService changes how a server misbehaves at run time. Faults apply to
  * the server's business RPCs only (never to health, reflection or chaos).
  *
@@ -163,6 +324,17 @@ export const ChaosService: GenService<{
     methodKind: "unary";
     input: typeof GetFaultsRequestSchema;
     output: typeof GetFaultsResponseSchema;
+  },
+  /**
+   * Returns the state of the server's own calls to other services: their
+   * circuit breakers and bulkheads (empty for a service that calls none).
+   *
+   * @generated from rpc shopmesh.chaos.v1.ChaosService.GetResilience
+   */
+  getResilience: {
+    methodKind: "unary";
+    input: typeof GetResilienceRequestSchema;
+    output: typeof GetResilienceResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_shopmesh_chaos_v1_chaos, 0);

@@ -7,6 +7,8 @@
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_google_api_annotations } from "../../../google/api/annotations_pb.js";
+import type { Downstream, Faults } from "../../chaos/v1/chaos_pb.js";
+import { file_shopmesh_chaos_v1_chaos } from "../../chaos/v1/chaos_pb.js";
 import type { Product } from "../../inventory/v1/inventory_pb.js";
 import { file_shopmesh_inventory_v1_inventory } from "../../inventory/v1/inventory_pb.js";
 import type { Notification } from "../../notification/v1/notification_pb.js";
@@ -21,7 +23,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file shopmesh/gateway/v1/gateway.proto.
  */
 export const file_shopmesh_gateway_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("CiFzaG9wbWVzaC9nYXRld2F5L3YxL2dhdGV3YXkucHJvdG8SE3Nob3BtZXNoLmdhdGV3YXkudjEiKgoWR2V0T3JkZXJEZXRhaWxzUmVxdWVzdBIQCghvcmRlcl9pZBgBIAEoCSIpCgtNaXNzaW5nUGFydBIMCgRwYXJ0GAEgASgJEgwKBGNvZGUYAiABKAkilQIKF0dldE9yZGVyRGV0YWlsc1Jlc3BvbnNlEicKBW9yZGVyGAEgASgLMhguc2hvcG1lc2gub3JkZXIudjEuT3JkZXISLQoHcGF5bWVudBgCIAEoCzIcLnNob3BtZXNoLnBheW1lbnQudjEuUGF5bWVudBIwCghwcm9kdWN0cxgDIAMoCzIeLnNob3BtZXNoLmludmVudG9yeS52MS5Qcm9kdWN0Ej0KDW5vdGlmaWNhdGlvbnMYBCADKAsyJi5zaG9wbWVzaC5ub3RpZmljYXRpb24udjEuTm90aWZpY2F0aW9uEjEKB21pc3NpbmcYBSADKAsyIC5zaG9wbWVzaC5nYXRld2F5LnYxLk1pc3NpbmdQYXJ0MqkBCg5HYXRld2F5U2VydmljZRKWAQoPR2V0T3JkZXJEZXRhaWxzEisuc2hvcG1lc2guZ2F0ZXdheS52MS5HZXRPcmRlckRldGFpbHNSZXF1ZXN0Giwuc2hvcG1lc2guZ2F0ZXdheS52MS5HZXRPcmRlckRldGFpbHNSZXNwb25zZSIokAIBgtPkkwIfEh0vdjEvb3JkZXJzL3tvcmRlcl9pZH0vZGV0YWlsc2IGcHJvdG8z", [file_google_api_annotations, file_shopmesh_inventory_v1_inventory, file_shopmesh_notification_v1_notification, file_shopmesh_order_v1_order, file_shopmesh_payment_v1_payment]);
+  fileDesc("CiFzaG9wbWVzaC9nYXRld2F5L3YxL2dhdGV3YXkucHJvdG8SE3Nob3BtZXNoLmdhdGV3YXkudjEiKgoWR2V0T3JkZXJEZXRhaWxzUmVxdWVzdBIQCghvcmRlcl9pZBgBIAEoCSIpCgtNaXNzaW5nUGFydBIMCgRwYXJ0GAEgASgJEgwKBGNvZGUYAiABKAkilQIKF0dldE9yZGVyRGV0YWlsc1Jlc3BvbnNlEicKBW9yZGVyGAEgASgLMhguc2hvcG1lc2gub3JkZXIudjEuT3JkZXISLQoHcGF5bWVudBgCIAEoCzIcLnNob3BtZXNoLnBheW1lbnQudjEuUGF5bWVudBIwCghwcm9kdWN0cxgDIAMoCzIeLnNob3BtZXNoLmludmVudG9yeS52MS5Qcm9kdWN0Ej0KDW5vdGlmaWNhdGlvbnMYBCADKAsyJi5zaG9wbWVzaC5ub3RpZmljYXRpb24udjEuTm90aWZpY2F0aW9uEjEKB21pc3NpbmcYBSADKAsyIC5zaG9wbWVzaC5nYXRld2F5LnYxLk1pc3NpbmdQYXJ0IqEBCg5JbnN0YW5jZVN0YXR1cxIPCgdhZGRyZXNzGAEgASgJEg8KB3NlcnZpbmcYAiABKAgSDgoGZGV0YWlsGAMgASgJEikKBmZhdWx0cxgEIAEoCzIZLnNob3BtZXNoLmNoYW9zLnYxLkZhdWx0cxIyCgtkb3duc3RyZWFtcxgFIAMoCzIdLnNob3BtZXNoLmNoYW9zLnYxLkRvd25zdHJlYW0iaQoNU2VydmljZVN0YXR1cxIPCgdzZXJ2aWNlGAEgASgJEg8KB3NlcnZpbmcYAiABKAgSNgoJaW5zdGFuY2VzGAMgAygLMiMuc2hvcG1lc2guZ2F0ZXdheS52MS5JbnN0YW5jZVN0YXR1cyIYChZHZXRTeXN0ZW1TdGF0dXNSZXF1ZXN0ImcKF0dldFN5c3RlbVN0YXR1c1Jlc3BvbnNlEjQKCHNlcnZpY2VzGAEgAygLMiIuc2hvcG1lc2guZ2F0ZXdheS52MS5TZXJ2aWNlU3RhdHVzEhYKDmZhdWx0c19lbmFibGVkGAIgASgIIlUKF1NldFNlcnZpY2VGYXVsdHNSZXF1ZXN0Eg8KB3NlcnZpY2UYASABKAkSKQoGZmF1bHRzGAIgASgLMhkuc2hvcG1lc2guY2hhb3MudjEuRmF1bHRzIlgKGFNldFNlcnZpY2VGYXVsdHNSZXNwb25zZRIpCgZmYXVsdHMYASABKAsyGS5zaG9wbWVzaC5jaGFvcy52MS5GYXVsdHMSEQoJaW5zdGFuY2VzGAIgASgFMqkBCg5HYXRld2F5U2VydmljZRKWAQoPR2V0T3JkZXJEZXRhaWxzEisuc2hvcG1lc2guZ2F0ZXdheS52MS5HZXRPcmRlckRldGFpbHNSZXF1ZXN0Giwuc2hvcG1lc2guZ2F0ZXdheS52MS5HZXRPcmRlckRldGFpbHNSZXNwb25zZSIokAIBgtPkkwIfEh0vdjEvb3JkZXJzL3tvcmRlcl9pZH0vZGV0YWlsczL6AQoPT3BlcmF0b3JTZXJ2aWNlEnEKD0dldFN5c3RlbVN0YXR1cxIrLnNob3BtZXNoLmdhdGV3YXkudjEuR2V0U3lzdGVtU3RhdHVzUmVxdWVzdBosLnNob3BtZXNoLmdhdGV3YXkudjEuR2V0U3lzdGVtU3RhdHVzUmVzcG9uc2UiA5ACARJ0ChBTZXRTZXJ2aWNlRmF1bHRzEiwuc2hvcG1lc2guZ2F0ZXdheS52MS5TZXRTZXJ2aWNlRmF1bHRzUmVxdWVzdBotLnNob3BtZXNoLmdhdGV3YXkudjEuU2V0U2VydmljZUZhdWx0c1Jlc3BvbnNlIgOQAgJiBnByb3RvMw", [file_google_api_annotations, file_shopmesh_chaos_v1_chaos, file_shopmesh_inventory_v1_inventory, file_shopmesh_notification_v1_notification, file_shopmesh_order_v1_order, file_shopmesh_payment_v1_payment]);
 
 /**
  * Request for GatewayService.GetOrderDetails.
@@ -122,6 +124,190 @@ export const GetOrderDetailsResponseSchema: GenMessage<GetOrderDetailsResponse> 
   messageDesc(file_shopmesh_gateway_v1_gateway, 2);
 
 /**
+ * One instance of a service, as the gateway reached it.
+ *
+ * @generated from message shopmesh.gateway.v1.InstanceStatus
+ */
+export type InstanceStatus = Message<"shopmesh.gateway.v1.InstanceStatus"> & {
+  /**
+   * Its address, host:port.
+   *
+   * @generated from field: string address = 1;
+   */
+  address: string;
+
+  /**
+   * True when its health check answered SERVING.
+   *
+   * @generated from field: bool serving = 2;
+   */
+  serving: boolean;
+
+  /**
+   * Why not, when not serving (a status code name or the health status).
+   *
+   * @generated from field: string detail = 3;
+   */
+  detail: string;
+
+  /**
+   * Its injected faults.
+   *
+   * @generated from field: shopmesh.chaos.v1.Faults faults = 4;
+   */
+  faults?: Faults | undefined;
+
+  /**
+   * Its calls to other services.
+   *
+   * @generated from field: repeated shopmesh.chaos.v1.Downstream downstreams = 5;
+   */
+  downstreams: Downstream[];
+};
+
+/**
+ * Describes the message shopmesh.gateway.v1.InstanceStatus.
+ * Use `create(InstanceStatusSchema)` to create a new message.
+ */
+export const InstanceStatusSchema: GenMessage<InstanceStatus> = /*@__PURE__*/
+  messageDesc(file_shopmesh_gateway_v1_gateway, 3);
+
+/**
+ * One service and its instances.
+ *
+ * @generated from message shopmesh.gateway.v1.ServiceStatus
+ */
+export type ServiceStatus = Message<"shopmesh.gateway.v1.ServiceStatus"> & {
+  /**
+   * The service's name, e.g. "payment".
+   *
+   * @generated from field: string service = 1;
+   */
+  service: string;
+
+  /**
+   * True when at least one instance is serving.
+   *
+   * @generated from field: bool serving = 2;
+   */
+  serving: boolean;
+
+  /**
+   * Every instance the gateway knows; empty when it knows none.
+   *
+   * @generated from field: repeated shopmesh.gateway.v1.InstanceStatus instances = 3;
+   */
+  instances: InstanceStatus[];
+};
+
+/**
+ * Describes the message shopmesh.gateway.v1.ServiceStatus.
+ * Use `create(ServiceStatusSchema)` to create a new message.
+ */
+export const ServiceStatusSchema: GenMessage<ServiceStatus> = /*@__PURE__*/
+  messageDesc(file_shopmesh_gateway_v1_gateway, 4);
+
+/**
+ * Request for OperatorService.GetSystemStatus.
+ *
+ * @generated from message shopmesh.gateway.v1.GetSystemStatusRequest
+ */
+export type GetSystemStatusRequest = Message<"shopmesh.gateway.v1.GetSystemStatusRequest"> & {
+};
+
+/**
+ * Describes the message shopmesh.gateway.v1.GetSystemStatusRequest.
+ * Use `create(GetSystemStatusRequestSchema)` to create a new message.
+ */
+export const GetSystemStatusRequestSchema: GenMessage<GetSystemStatusRequest> = /*@__PURE__*/
+  messageDesc(file_shopmesh_gateway_v1_gateway, 5);
+
+/**
+ * Response for OperatorService.GetSystemStatus.
+ *
+ * @generated from message shopmesh.gateway.v1.GetSystemStatusResponse
+ */
+export type GetSystemStatusResponse = Message<"shopmesh.gateway.v1.GetSystemStatusResponse"> & {
+  /**
+   * inventory, payment, order, notification, history, in that order.
+   *
+   * @generated from field: repeated shopmesh.gateway.v1.ServiceStatus services = 1;
+   */
+  services: ServiceStatus[];
+
+  /**
+   * Whether SetServiceFaults exists here.
+   *
+   * @generated from field: bool faults_enabled = 2;
+   */
+  faultsEnabled: boolean;
+};
+
+/**
+ * Describes the message shopmesh.gateway.v1.GetSystemStatusResponse.
+ * Use `create(GetSystemStatusResponseSchema)` to create a new message.
+ */
+export const GetSystemStatusResponseSchema: GenMessage<GetSystemStatusResponse> = /*@__PURE__*/
+  messageDesc(file_shopmesh_gateway_v1_gateway, 6);
+
+/**
+ * Request for OperatorService.SetServiceFaults.
+ *
+ * @generated from message shopmesh.gateway.v1.SetServiceFaultsRequest
+ */
+export type SetServiceFaultsRequest = Message<"shopmesh.gateway.v1.SetServiceFaultsRequest"> & {
+  /**
+   * The service: inventory, payment, order, notification or history.
+   * Required.
+   *
+   * @generated from field: string service = 1;
+   */
+  service: string;
+
+  /**
+   * The new settings; absent or all zero clears them.
+   *
+   * @generated from field: shopmesh.chaos.v1.Faults faults = 2;
+   */
+  faults?: Faults | undefined;
+};
+
+/**
+ * Describes the message shopmesh.gateway.v1.SetServiceFaultsRequest.
+ * Use `create(SetServiceFaultsRequestSchema)` to create a new message.
+ */
+export const SetServiceFaultsRequestSchema: GenMessage<SetServiceFaultsRequest> = /*@__PURE__*/
+  messageDesc(file_shopmesh_gateway_v1_gateway, 7);
+
+/**
+ * Response for OperatorService.SetServiceFaults.
+ *
+ * @generated from message shopmesh.gateway.v1.SetServiceFaultsResponse
+ */
+export type SetServiceFaultsResponse = Message<"shopmesh.gateway.v1.SetServiceFaultsResponse"> & {
+  /**
+   * The settings now in force.
+   *
+   * @generated from field: shopmesh.chaos.v1.Faults faults = 1;
+   */
+  faults?: Faults | undefined;
+
+  /**
+   * How many instances took them.
+   *
+   * @generated from field: int32 instances = 2;
+   */
+  instances: number;
+};
+
+/**
+ * Describes the message shopmesh.gateway.v1.SetServiceFaultsResponse.
+ * Use `create(SetServiceFaultsResponseSchema)` to create a new message.
+ */
+export const SetServiceFaultsResponseSchema: GenMessage<SetServiceFaultsResponse> = /*@__PURE__*/
+  messageDesc(file_shopmesh_gateway_v1_gateway, 8);
+
+/**
  * GatewayService answers queries that span services (API composition).
  *
  * @generated from service shopmesh.gateway.v1.GatewayService
@@ -143,4 +329,38 @@ export const GatewayService: GenService<{
   },
 }> = /*@__PURE__*/
   serviceDesc(file_shopmesh_gateway_v1_gateway, 0);
+
+/**
+ * OperatorService is the operator panel's view of the running system. Every
+ * RPC needs the `admin` role.
+ *
+ * @generated from service shopmesh.gateway.v1.OperatorService
+ */
+export const OperatorService: GenService<{
+  /**
+   * Each service's health, injected faults and, for services that call
+   * others, their circuit breakers — asked of every instance.
+   *
+   * @generated from rpc shopmesh.gateway.v1.OperatorService.GetSystemStatus
+   */
+  getSystemStatus: {
+    methodKind: "unary";
+    input: typeof GetSystemStatusRequestSchema;
+    output: typeof GetSystemStatusResponseSchema;
+  },
+  /**
+   * Replaces a service's injected faults on every one of its instances.
+   * Exists only where the gateway enables fault injection
+   * (FAULT_INJECTION=true: `make run`, the kind fault overlay); elsewhere it
+   * is UNIMPLEMENTED and GetSystemStatus says `faults_enabled: false`.
+   *
+   * @generated from rpc shopmesh.gateway.v1.OperatorService.SetServiceFaults
+   */
+  setServiceFaults: {
+    methodKind: "unary";
+    input: typeof SetServiceFaultsRequestSchema;
+    output: typeof SetServiceFaultsResponseSchema;
+  },
+}> = /*@__PURE__*/
+  serviceDesc(file_shopmesh_gateway_v1_gateway, 1);
 

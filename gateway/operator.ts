@@ -1,0 +1,137 @@
+/**
+ * The operator panel's view of the running system (OperatorService, admin
+ * only): every instance of every service asked directly — its health check,
+ * its injected faults and, for services that call others, the circuit
+ * breakers and bulkheads of those calls (the chaos service each server
+ * hosts, never routed to clients) — and, where fault injection is enabled,
+ * faults set on every instance of a service at once.
+ *
+ * Instances are the ones the gateway's own resilient clients know (static
+ * targets or the service registry), so the panel sees what the gateway sees.
+ */
+
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import type { Client as GrpcClient } from "@grpc/grpc-js";
+import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/health_pb.js";
+import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
+import type { InstanceStatusSchema, OperatorService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
+import { createChannel, createClient, Code as PlatformCode, RpcError } from "../platform/index.js";
+import type { DownstreamState } from "../platform/resilience.js";
+import { kIdentity } from "./context.js";
+import type { Upstream } from "./routes.js";
+
+/** Services in the order the panel lists them. */
+const SERVICES: readonly Upstream[] = ["inventory", "payment", "order", "notification", "history"];
+
+/** What the operator service needs. */
+export interface OperatorDeps {
+  /** The gateway's view of each upstream (its instances' addresses). */
+  readonly upstreams: Readonly<Record<Upstream, { state(): DownstreamState }>>;
+  /** Whether SetServiceFaults exists (FAULT_INJECTION). */
+  readonly faultsEnabled: boolean;
+  /** How long one instance may take to answer, in ms. */
+  readonly timeoutMs: number;
+}
+
+function requireAdmin(ctx: HandlerContext): void {
+  if (!ctx.values.get(kIdentity)?.roles.includes("admin")) {
+    throw new ConnectError("the operator panel needs the admin role", Code.PermissionDenied);
+  }
+}
+
+/** The OperatorService implementation, and a close() for its channels. */
+export function createOperator(deps: OperatorDeps): { service: ServiceImpl<typeof OperatorService>; close(): void } {
+  // One channel per instance address, kept while the gateway runs (instances come and go rarely).
+  const channels = new Map<string, GrpcClient>();
+  const channel = (address: string) => {
+    let c = channels.get(address);
+    if (!c) {
+      c = createChannel(address);
+      channels.set(address, c);
+    }
+    return c;
+  };
+  const addresses = (service: Upstream) => deps.upstreams[service].state().endpoints.map((e) => e.address);
+  const opts = (ctx: HandlerContext) => ({
+    signal: AbortSignal.any([ctx.signal, AbortSignal.timeout(deps.timeoutMs)]),
+  });
+
+  const instance = async (
+    address: string,
+    ctx: HandlerContext,
+  ): Promise<MessageInitShape<typeof InstanceStatusSchema>> => {
+    const health = createClient(Health, channel(address));
+    const chaos = createClient(ChaosService, channel(address));
+    const [check, faults, resilience] = await Promise.allSettled([
+      health.check({ service: "" }, opts(ctx)),
+      chaos.getFaults({}, opts(ctx)),
+      chaos.getResilience({}, opts(ctx)),
+    ]);
+    const serving = check.status === "fulfilled" && check.value.status === HealthCheckResponse_ServingStatus.SERVING;
+    const detail =
+      check.status === "rejected"
+        ? check.reason instanceof RpcError
+          ? check.reason.codeName
+          : "UNAVAILABLE"
+        : serving
+          ? ""
+          : HealthCheckResponse_ServingStatus[check.value.status];
+    return {
+      address,
+      serving,
+      detail,
+      ...(faults.status === "fulfilled" && faults.value.faults ? { faults: faults.value.faults } : {}),
+      downstreams: resilience.status === "fulfilled" ? resilience.value.downstreams : [],
+    };
+  };
+
+  const service: ServiceImpl<typeof OperatorService> = {
+    async getSystemStatus(_req, ctx) {
+      requireAdmin(ctx);
+      const services = await Promise.all(
+        SERVICES.map(async (name) => {
+          const instances = await Promise.all(addresses(name).map((a) => instance(a, ctx)));
+          return { service: name, serving: instances.some((i) => i.serving), instances };
+        }),
+      );
+      return { services, faultsEnabled: deps.faultsEnabled };
+    },
+    async setServiceFaults(req, ctx) {
+      requireAdmin(ctx);
+      if (!deps.faultsEnabled) {
+        throw new ConnectError("fault injection is not enabled at this gateway (FAULT_INJECTION)", Code.Unimplemented);
+      }
+      const name = SERVICES.find((s) => s === req.service);
+      if (!name) {
+        throw new ConnectError(`service: must be one of ${SERVICES.join(", ")}`, Code.InvalidArgument);
+      }
+      const all = addresses(name);
+      if (all.length === 0) throw new ConnectError(`no instance of ${name} is known`, Code.Unavailable);
+      const results = await Promise.allSettled(
+        all.map((a) => createClient(ChaosService, channel(a)).setFaults({ faults: req.faults ?? {} }, opts(ctx))),
+      );
+      const refused = results.find(
+        (r) =>
+          r.status === "rejected" && r.reason instanceof RpcError && r.reason.code === PlatformCode.INVALID_ARGUMENT,
+      );
+      if (refused?.status === "rejected")
+        throw new ConnectError((refused.reason as RpcError).message, Code.InvalidArgument);
+      const took = results.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
+      if (took.length < all.length) {
+        throw new ConnectError(
+          `${all.length - took.length} of ${all.length} instances of ${name} did not take the faults; try again`,
+          Code.Unavailable,
+        );
+      }
+      return { faults: took[0]?.faults ?? {}, instances: took.length };
+    },
+  };
+  return {
+    service,
+    close() {
+      for (const c of channels.values()) c.close();
+      channels.clear();
+    },
+  };
+}
