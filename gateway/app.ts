@@ -25,6 +25,7 @@ import { passthroughTable } from "./passthrough.js";
 import { createReflection } from "./reflection.js";
 import { ROUTES } from "./routes.js";
 import { type RunningFront, startFront } from "./server.js";
+import { devSignInEndpoint, findWebDirectory, webEndpoint } from "./web.js";
 
 /** A running gateway. */
 export interface GatewayApp extends RunningFront {
@@ -93,6 +94,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     inFlight: new ConcurrencyLimiter(config.HTTP_MAX_CALLS_PER_IP, config.HTTP_MAX_CALLS),
     trustTraceparent: config.TRUST_TRACEPARENT,
     maxBodyBytes: config.MAX_BODY_BYTES,
+    endpoints: [webEndpoint(findWebDirectory(), log), devSignInEndpoint(config, log)],
     corsOrigins: config.CORS_ORIGINS.split(",")
       .map((s) => s.trim())
       .filter(Boolean),

@@ -18,6 +18,8 @@ import { findOpenApiDocument, openApiEndpoint } from "./openapi.js";
 export interface FrontOptions extends DispatchOptions, Omit<ListenerOptions, "log" | "onClose"> {
   /** Allowed CORS origins; "*" allows any; empty disables CORS. */
   readonly corsOrigins: readonly string[];
+  /** Plain HTTP endpoints tried before the RPC pipeline (the web page, the development sign-in): true when one answered. */
+  readonly endpoints?: readonly ((req: Req, res: Res) => boolean)[];
 }
 
 /** A listening gateway front. */
@@ -74,6 +76,7 @@ export async function startFront(o: FrontOptions): Promise<RunningFront> {
       return;
     }
     if (openApi(req, res)) return;
+    for (const endpoint of o.endpoints ?? []) if (endpoint(req, res)) return;
     dispatch(req, res, requestId);
   };
   const closes = o.telemetry.metrics.httpConnectionsClosed;
