@@ -21,6 +21,15 @@ import type { DownstreamState } from "../platform/resilience.js";
 import { kIdentity } from "./context.js";
 import type { Upstream } from "./routes.js";
 
+/** The RPCs the operator service calls on every instance to read its status (the mesh must allow them from the gateway). */
+export const OPERATOR_READS: readonly string[] = [
+  `/${Health.typeName}/${Health.method.check.name}`,
+  `/${ChaosService.typeName}/${ChaosService.method.getFaults.name}`,
+  `/${ChaosService.typeName}/${ChaosService.method.getResilience.name}`,
+];
+/** The RPC SetServiceFaults calls on every instance (allowed only where fault injection is on). */
+export const OPERATOR_WRITES: readonly string[] = [`/${ChaosService.typeName}/${ChaosService.method.setFaults.name}`];
+
 /** Services in the order the panel lists them. */
 const SERVICES: readonly Upstream[] = ["inventory", "payment", "order", "notification", "history"];
 
