@@ -36,7 +36,7 @@ import type { ConcurrencyLimiter, RateLimiter } from "./limits.js";
 import { type PassthroughMethod, passthrough, takesPassthrough } from "./passthrough.js";
 import { type RestMatch, RestRouter } from "./rest.js";
 import { restErrorAnswer, serveRest } from "./rest-serve.js";
-import { errorAnswer, finish, isConnectStream, type Outcome, protocolOf } from "./wire.js";
+import { errorAnswer, finish, isConnectStream, type Outcome, protocolOf, queryOf } from "./wire.js";
 
 type NodeRequest = http.IncomingMessage | http2.Http2ServerRequest;
 type NodeResponse = http.ServerResponse | http2.Http2ServerResponse;
@@ -121,10 +121,14 @@ function rateLimited(what: string, retryAfterSec: number): ConnectError {
 }
 
 /** Why a request cannot be dispatched at all, or undefined. */
-function refusal(req: NodeRequest, maxBodyBytes: number): ConnectError | undefined {
-  // connect-es needs an authority; HTTP/1.0 may omit Host.
-  if (!req.headers.host && !("authority" in req && req.authority)) {
-    return new ConnectError("the request has no Host header", Code.InvalidArgument);
+function refusal(req: NodeRequest, maxBodyBytes: number, rest: boolean): ConnectError | undefined {
+  // connect-es needs an authority, and builds a URL from it; HTTP/1.0 may omit Host.
+  const authority = "authority" in req && req.authority ? req.authority : req.headers.host;
+  if (!authority) return new ConnectError("the request has no Host header", Code.InvalidArgument);
+  try {
+    new URL(`http://${authority}`);
+  } catch {
+    return new ConnectError("the Host header is not a valid host[:port]", Code.InvalidArgument);
   }
   const length = Number(req.headers["content-length"] ?? 0);
   if (length > maxBodyBytes) {
@@ -133,8 +137,8 @@ function refusal(req: NodeRequest, maxBodyBytes: number): ConnectError | undefin
       Code.ResourceExhausted,
     );
   }
-  if (req.method === "GET") {
-    const query = new URLSearchParams((req.url ?? "").split("?")[1] ?? "");
+  if (req.method === "GET" && !rest) {
+    const query = new URLSearchParams(queryOf(req.url));
     if (query.get("base64") === "1") {
       try {
         base64Decode(query.get("message") ?? "");
@@ -198,10 +202,11 @@ async function admit(
   handler: UniversalHandler | undefined,
   path: string,
   client: ClientInfo,
+  rest: boolean,
 ): Promise<Admission> {
   if (!handler)
     return { refused: new ConnectError(`no public procedure ${path}`, Code.Unimplemented), httpStatus: 404 };
-  const refused = refusal(req, o.maxBodyBytes);
+  const refused = refusal(req, o.maxBodyBytes, rest);
   if (refused) return { refused };
   if (o.tokenFree.has(handler.service.typeName)) return { handler, identity: undefined };
   let identity: Identity;
@@ -290,7 +295,7 @@ export function createDispatch(o: DispatchOptions): Dispatch {
         refuse(restMissing.err, restMissing.status);
         return;
       }
-      const admission = await admit(o, req, handler, path, client);
+      const admission = await admit(o, req, handler, path, client, isRest);
       if ("refused" in admission) {
         refuse(admission.refused, admission.httpStatus);
         return;
@@ -313,9 +318,12 @@ export function createDispatch(o: DispatchOptions): Dispatch {
           res as http.ServerResponse,
           restMatch,
           admission.handler,
-          (body) => limited(body, o.maxBodyBytes),
-          values,
-          restMatch.route.httpMethod === "POST" && typeof key === "string" ? key : undefined,
+          {
+            body: (body) => limited(body, o.maxBodyBytes),
+            maxBodyBytes: o.maxBodyBytes,
+            values,
+            idempotencyKey: restMatch.route.httpMethod === "POST" && typeof key === "string" ? key : undefined,
+          },
           done,
         );
         return;

@@ -10,13 +10,14 @@
  * if it fails after the first), as grpc-gateway streams.
  */
 import type http from "node:http";
+import { brotliDecompressSync, gunzipSync } from "node:zlib";
 import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ContextValues } from "@connectrpc/connect";
 import type { UniversalHandler, UniversalServerRequest } from "@connectrpc/connect/protocol";
 import { errorToJson } from "@connectrpc/connect/protocol-connect";
 import { universalRequestFromNodeRequest } from "@connectrpc/connect-node";
 import { checkRequest, type RestMatch, requestJson, responseJson, statusJson } from "./rest.js";
-import { connectHttpStatus, type ErrorAnswer, finish, isConnectStream, type Outcome } from "./wire.js";
+import { connectHttpStatus, type ErrorAnswer, finish, isConnectStream, type Outcome, queryOf } from "./wire.js";
 
 const JSON_TYPE = "application/json";
 
@@ -31,11 +32,38 @@ export function restErrorAnswer(err: ConnectError, httpStatus?: number): ErrorAn
   return { status: code, headers, body: Buffer.from(JSON.stringify(status)) };
 }
 
-/** Reads the whole body (already limited in size by the caller's iterable) as JSON; undefined when empty. */
-async function jsonBody(body: AsyncIterable<Uint8Array>): Promise<JsonValue | undefined> {
+/**
+ * Reads the whole body (already limited in size as sent by the caller's iterable) as JSON;
+ * undefined when empty. gzip and br bodies are decompressed up to `maxBytes`, as Connect's are.
+ */
+async function jsonBody(
+  body: AsyncIterable<Uint8Array>,
+  encoding: string | undefined,
+  maxBytes: number,
+): Promise<JsonValue | undefined> {
   const chunks: Uint8Array[] = [];
   for await (const c of body) chunks.push(c);
-  const text = Buffer.concat(chunks).toString("utf8");
+  let bytes = Buffer.concat(chunks);
+  const coding = (encoding ?? "identity").trim().toLowerCase();
+  if (coding !== "identity" && bytes.length > 0) {
+    const inflate = coding === "gzip" ? gunzipSync : coding === "br" ? brotliDecompressSync : undefined;
+    if (!inflate) throw new ConnectError(`unknown compression "${coding}": gzip or br`, Code.Unimplemented);
+    try {
+      bytes = inflate(bytes, { maxOutputLength: maxBytes });
+    } catch (err) {
+      if (err instanceof RangeError) {
+        throw new ConnectError(`request body exceeds the limit of ${maxBytes} bytes`, Code.ResourceExhausted);
+      }
+      throw new ConnectError(`the request body is not valid ${coding}`, Code.InvalidArgument);
+    }
+  }
+  let text: string;
+  try {
+    // JSON is UTF-8 (RFC 8259): a body that is not is refused, not stored with replacement characters.
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new ConnectError("the request body is not valid UTF-8", Code.InvalidArgument);
+  }
   if (text.trim() === "") return undefined;
   try {
     return JSON.parse(text) as JsonValue;
@@ -81,13 +109,17 @@ export async function serveRest(
   res: http.ServerResponse,
   match: RestMatch,
   handler: UniversalHandler,
-  body: (raw: AsyncIterable<Uint8Array>) => AsyncIterable<Uint8Array>,
-  values: ContextValues,
-  idempotencyKey: string | undefined,
+  opts: {
+    /** The body as it streams in, size-limited. */
+    readonly body: (raw: AsyncIterable<Uint8Array>) => AsyncIterable<Uint8Array>;
+    readonly maxBodyBytes: number;
+    readonly values: ContextValues;
+    readonly idempotencyKey: string | undefined;
+  },
   done: (o: Outcome) => void,
 ): Promise<void> {
   const { route } = match;
-  const uReq = universalRequestFromNodeRequest(req, res, undefined, values);
+  const uReq = universalRequestFromNodeRequest(req, res, undefined, opts.values);
   const refuse = (err: ConnectError) => {
     const a = restErrorAnswer(err);
     send(res, a.status, a.headers, a.body);
@@ -95,11 +127,11 @@ export async function serveRest(
   };
   let json: JsonObject;
   try {
-    const query = new URLSearchParams((req.url ?? "").split("?")[1] ?? "");
+    const encoding = req.headers["content-encoding"];
     json = requestJson(match, {
-      query,
-      body: await jsonBody(body(uReq.body as AsyncIterable<Uint8Array>)),
-      idempotencyKey,
+      query: new URLSearchParams(queryOf(req.url)),
+      body: await jsonBody(opts.body(uReq.body as AsyncIterable<Uint8Array>), encoding, opts.maxBodyBytes),
+      idempotencyKey: opts.idempotencyKey,
     });
     checkRequest(route, json);
   } catch (err) {
@@ -143,28 +175,35 @@ export async function serveRest(
     }
     return;
   }
-  // A server stream: newline-delimited JSON; an error before the first message is an ordinary error answer.
+  // A server stream: newline-delimited JSON; an error before the first message is an ordinary error
+  // answer. The stream is read to its end whatever is written, so its outcome is reported.
+  const ndjson = { "content-type": "application/x-ndjson", "cache-control": "no-store" };
   for await (const { flags, data } of envelopes(answerBody)) {
+    if (res.writableEnded) continue;
     const frame = JSON.parse(Buffer.from(data).toString("utf8") || "{}") as JsonObject;
-    if (flags & 0x02) {
-      const error = frame.error as JsonObject | undefined;
-      if (!error) break;
-      const { status, code } = statusJson(error);
-      if (!res.headersSent) {
-        send(
-          res,
-          connectHttpStatus(code, String(status.message), false),
-          { "content-type": JSON_TYPE },
-          JSON.stringify(status),
-        );
-        return;
-      }
-      res.write(`${JSON.stringify({ error: status })}\n`);
-      break;
+    if (!(flags & 0x02)) {
+      if (!res.headersSent) res.writeHead(200, ndjson);
+      res.write(`${JSON.stringify({ result: responseJson(route, frame) })}\n`);
+      continue;
     }
-    if (!res.headersSent) res.writeHead(200, { "content-type": "application/x-ndjson", "cache-control": "no-store" });
-    res.write(`${JSON.stringify({ result: responseJson(route, frame) })}\n`);
+    const error = frame.error as JsonObject | undefined;
+    if (error && !res.headersSent) {
+      const { status, code } = statusJson(error);
+      const meta = (frame.metadata ?? {}) as Record<string, string[] | undefined>;
+      const retryAfter = meta["retry-after"]?.[0];
+      const headers = { "content-type": JSON_TYPE, ...(retryAfter ? { "retry-after": retryAfter } : {}) };
+      send(
+        res,
+        connectHttpStatus(code, String(status.message), retryAfter !== undefined),
+        headers,
+        JSON.stringify(status),
+      );
+      continue;
+    }
+    if (error) res.write(`${JSON.stringify({ error: statusJson(error).status })}\n`);
+    if (!res.headersSent) res.writeHead(200, ndjson);
+    res.end();
   }
-  if (!res.headersSent) res.writeHead(200, { "content-type": "application/x-ndjson", "cache-control": "no-store" });
-  res.end();
+  if (!res.headersSent) res.writeHead(200, ndjson);
+  if (!res.writableEnded) res.end();
 }

@@ -111,13 +111,22 @@ describe("path templates", () => {
 
   it("tells a path it does not know (404) from a method the path does not take (405)", () => {
     expect(router.match("GET", "/v1/nowhere")).toBeUndefined();
+    // A known verb belongs to its route whatever the method: not book "b2:publish".
+    expect(router.match("GET", "/v1/shelves/s1/books/b2:publish")).toEqual({ allowed: ["POST"] });
+    expect(router.match("HEAD", "/v1/shelves/s1/books/b2:watch")).toEqual({ allowed: ["GET"] });
     // An unknown verb is part of the last segment's value, as in any template without a verb.
     expect(build("GET /v1/shelves/s1/books/b2:unknownverb")).toMatchObject({ json: { book: "b2:unknownverb" } });
     expect(router.match("DELETE", "/v1/shelves/s1/books/b2")).toEqual({
       allowed: expect.arrayContaining(["GET", "PATCH"]),
     });
     expect(router.match("GET", "/v1/shelves//books/b2")).toBeUndefined();
-    expect(router.match("GET", "/v1/shelves/%E0%A4%A/books/b2")).toBeUndefined();
+    // A variable that is not valid percent-encoded UTF-8 matches, and is refused naming its field.
+    expect((build("GET /v1/shelves/%E0%A4%A/books/b2") as ConnectError).rawMessage).toBe(
+      "shelf: is not valid percent-encoded UTF-8 in the path",
+    );
+    // Literals match as sent: an encoded literal is not the literal.
+    expect(router.match("GET", "/v1/%73helves/s1/books/b2")).toBeUndefined();
+    expect(router.owns("/%76%31/books")).toBe(true);
     expect(router.owns("/v1/anything")).toBe(true);
     expect(router.owns("/transcode.v1.Library/GetBook")).toBe(false);
   });
@@ -143,7 +152,7 @@ describe("query parameters", () => {
     ["GET /v1/books?tags=a&tags=b", { tags: ["a", "b"] }],
     ["GET /v1/books?filter.author=ann&filter.kind=KIND_EBOOK", { filter: { author: "ann", kind: "KIND_EBOOK" } }],
     ["GET /v1/books?kinds=KIND_PAPER&kinds=2", { kinds: ["KIND_PAPER", 2] }],
-    ["GET /v1/books?page_size=5&pageSize=6", { pageSize: 6 }],
+    ["GET /v1/books?pageSize=6", { pageSize: 6 }],
     [
       "GET /v1/books?in_stock=true&min_pages=9007199254740993&max_price=1.5",
       { inStock: true, minPages: "9007199254740993", maxPrice: 1.5 },
@@ -155,6 +164,8 @@ describe("query parameters", () => {
 
   it.each([
     ["GET /v1/books?nope=1", "nope: is not a field of transcode.v1.SearchRequest"],
+    ["GET /v1/books?page_size=5&pageSize=6", "pageSize: is given more than once"],
+    ["GET /v1/books?in_stock=true&in_stock=false", "in_stock: is given more than once"],
     ["GET /v1/books?in_stock=yes", "in_stock: expected true or false"],
     ["GET /v1/books?page_size=abc", "page_size"],
     ["GET /v1/books?kinds=KIND_NOPE", 'kinds: "KIND_NOPE" is not a value of transcode.v1.Kind'],

@@ -42,6 +42,8 @@ export type { RestRoute } from "../contracts/http-rules.js";
 export interface RestMatch {
   readonly route: RestRoute;
   readonly values: ReadonlyMap<Variable, string>;
+  /** A path variable whose segments are not valid percent-encoded UTF-8 (refused, naming it, when the request is built). */
+  readonly malformed?: Variable;
 }
 
 /** Percent-decodes one path segment; undefined when malformed. */
@@ -71,16 +73,18 @@ export function matchRoute(route: RestRoute, path: string): RestMatch | undefine
     if ("wild" in s && s.wild === "**") break;
     const r = raw[i] ?? "";
     if (r === "") return undefined;
-    if ("literal" in s && decodeSegment(r) !== s.literal) return undefined;
+    // Literals compare as sent: the path a proxy routes on is the path matched here.
+    if ("literal" in s && r !== s.literal) return undefined;
   }
   const values = new Map<Variable, string>();
+  let malformed: Variable | undefined;
   for (const v of route.variables) {
     const taken = v.length < 0 ? raw.slice(v.start) : raw.slice(v.start, v.start + v.length);
     const decoded = taken.length === 1 ? [decodeSegment(taken[0] ?? "")] : taken.map(decodeSegment);
-    if (decoded.some((d) => d === undefined)) return undefined;
+    if (decoded.some((d) => d === undefined)) malformed ??= v;
     values.set(v, decoded.join("/"));
   }
-  return { route, values };
+  return malformed ? { route, values, malformed } : { route, values };
 }
 
 /** The REST routes of a set of methods, matched most specific first. */
@@ -100,16 +104,24 @@ export class RestRouter {
 
   /** Whether `path` is in the REST namespace (its first segment starts a template), routed or not. */
   owns(path: string): boolean {
-    return this.prefixes.has(path.split("/", 2)[1] ?? "");
+    const first = path.split("/", 2)[1] ?? "";
+    return this.prefixes.has(first) || this.prefixes.has(decodeSegment(first) ?? "");
   }
 
   /** The route for `httpMethod` and `path`, or the methods the path takes (405), or nothing (404). */
   match(httpMethod: string, path: string): RestMatch | { allowed: string[] } | undefined {
     const allowed = new Set<string>();
+    let verbMatched = false;
     for (const route of this.routes) {
+      // A path that ends in a route's verb is that verb's, whatever the method: `GET /v1/orders/x:cancel`
+      // is 405, not order "x:cancel" (verb routes come first).
+      if (!route.verb && verbMatched) break;
       const m = matchRoute(route, path);
       if (!m) continue;
-      if (route.httpMethod === httpMethod || (httpMethod === "HEAD" && route.httpMethod === "GET")) return m;
+      verbMatched ||= route.verb !== "";
+      // HEAD is a GET without the body, for answers that have an end (not a stream's).
+      const head = httpMethod === "HEAD" && route.httpMethod === "GET" && route.method.methodKind === "unary";
+      if (route.httpMethod === httpMethod || head) return m;
       allowed.add(route.httpMethod);
     }
     return allowed.size ? { allowed: [...allowed] } : undefined;
@@ -214,6 +226,10 @@ export interface RestInput {
 export function requestJson(m: RestMatch, input: RestInput): JsonObject {
   const { route } = m;
   const message = route.method.input;
+  if (m.malformed) {
+    const leaf = m.malformed.path[m.malformed.path.length - 1] as DescField;
+    throw badRequest(leaf.name, "is not valid percent-encoded UTF-8 in the path");
+  }
   let obj: JsonObject = {};
   if (route.body === "*") {
     if (input.body !== undefined) {
@@ -230,6 +246,7 @@ export function requestJson(m: RestMatch, input: RestInput): JsonObject {
   const bound = new Set(route.variables.map((v) => v.path.map((f) => f.name).join(".")));
   if (route.body && route.body !== "*") bound.add(route.body.name);
   if (route.body !== "*") {
+    const seen = new Set<string>();
     for (const [key, text] of input.query) {
       const path = fieldPath(message, key);
       const leaf = path?.[path.length - 1];
@@ -239,6 +256,10 @@ export function requestJson(m: RestMatch, input: RestInput): JsonObject {
         throw badRequest(key, "is set by the path or the body; it cannot be a query parameter too");
       }
       if (leaf.fieldKind === "map") throw badRequest(key, "is a map: send it in the request body");
+      if (leaf.fieldKind !== "list") {
+        if (seen.has(dotted)) throw badRequest(key, "is given more than once; it takes one value");
+        seen.add(dotted);
+      }
       setPath(obj, path, leafJson(leaf, text, key), leaf.fieldKind === "list");
     }
   } else if ([...input.query.keys()].length > 0) {
@@ -259,9 +280,11 @@ export function requestJson(m: RestMatch, input: RestInput): JsonObject {
   // IETF draft-ietf-httpapi-idempotency-key-header: the header is the request's idempotency key.
   const keyField = fieldNamed(message, "idempotency_key");
   if (input.idempotencyKey !== undefined && keyField?.fieldKind === "scalar" && keyField.scalar === ScalarType.STRING) {
-    const inBody = obj[keyField.jsonName] ?? obj[keyField.name];
-    if (inBody !== undefined && inBody !== "" && inBody !== input.idempotencyKey) {
-      throw badRequest("idempotency_key", "the Idempotency-Key header and the body disagree");
+    for (const name of [keyField.jsonName, keyField.name]) {
+      const inBody = obj[name];
+      if (inBody !== undefined && inBody !== "" && inBody !== input.idempotencyKey) {
+        throw badRequest("idempotency_key", "the Idempotency-Key header and the body disagree");
+      }
     }
     delete obj[keyField.name];
     obj[keyField.jsonName] = input.idempotencyKey;

@@ -26,6 +26,12 @@ import {
 import { findTrailerError, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { trailerParse, trailerSerialize } from "@connectrpc/connect/protocol-grpc-web";
 
+/** Everything after the first "?" of a request target. */
+export function queryOf(url: string | undefined): string {
+  const at = (url ?? "").indexOf("?");
+  return at < 0 ? "" : (url ?? "").slice(at + 1);
+}
+
 /** The protocol a request speaks, from its content type. */
 export type Protocol = "connect" | "grpc" | "grpc-web";
 
