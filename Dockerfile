@@ -11,7 +11,8 @@
 #   deps    production node_modules only, with better-sqlite3's native addon
 #           compiled here (build tools stay in this stage);
 #   build   all dependencies, then tsc compiles gen/, platform/, services/ and
-#           gateway/ to JavaScript (deploy/tsconfig.build.json; tests excluded);
+#           gateway/ to JavaScript (deploy/tsconfig.build.json; tests excluded)
+#           and web/build.ts bundles the web shop into dist/web (esbuild);
 #   runtime the slim Node LTS image, production node_modules + compiled code,
 #           owned by root, run as uid 1000 (non-root; the pod adds a read-only
 #           root filesystem). No TypeScript, no tsx, no compiler at run time.
@@ -52,12 +53,18 @@ COPY platform platform
 COPY services services
 COPY gateway gateway
 RUN npx tsc -p deploy/tsconfig.build.json
+# The web shop's page, bundled into dist/web beside the compiled tree: the
+# runtime's COPY of dist/ puts it at /app/web, where gateway/web.ts looks
+# (findWebDirectory: web/manifest.json beside the compiled gateway/).
+COPY web web
+RUN node --import tsx web/build.ts
 
 FROM base AS runtime
 ENV NODE_ENV=production
 # package.json: "type": "module" makes the compiled .js files ES modules.
 COPY package.json ./
 COPY --from=deps /app/node_modules node_modules
+# The compiled tree and the web page (dist/web -> /app/web).
 COPY --from=build /app/dist ./
 # The OpenAPI document the gateway serves at /openapi.json (generated JSON, not compiled).
 COPY --from=build /app/gen/openapi gen/openapi

@@ -52,7 +52,7 @@ deploy: kind-load ## Build, load, apply the kind overlay (base + Istio + observa
 	  $(KUBECTL) -n shopmesh rollout status $$d --timeout=5m || exit 1; \
 	done
 
-deploy-faults: ## Turn on Istio fault injection on order -> payment (make deploy turns it off)
+deploy-faults: ## Turn on Istio fault injection on order -> payment and the operator panel's fault controls (make deploy turns both off)
 	$(KUBECTL) apply -k $(FAULTS_OVERLAY)
 
 port-forward: ## Forward localhost:LOCAL_PORT (8080) to the Istio ingress gateway; Ctrl-C stops

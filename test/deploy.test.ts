@@ -76,7 +76,10 @@ import { parseAllDocuments, parse as parseYaml } from "yaml";
 import { EVENTS } from "../contracts/events.js";
 import { createAuthenticator } from "../gateway/auth.js";
 import { loadConfig as loadGatewayConfig } from "../gateway/config.js";
+import { OPENAPI_PATH } from "../gateway/openapi.js";
+import { OPERATOR_READS, OPERATOR_WRITES } from "../gateway/operator.js";
 import { ROUTES } from "../gateway/routes.js";
+import { findWebDirectory } from "../gateway/web.js";
 import { ServerReflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/health_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
@@ -99,6 +102,11 @@ const FAULTS_OVERLAY = "kind-payment-faults";
 const INGRESS = "istio-ingressgateway";
 const INGRESS_PRINCIPAL = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account";
 const INGRESS_LABELS = { istio: "ingressgateway" };
+/**
+ * The web shop's files as the gateway serves them without a token (gateway/web.ts: `/` is
+ * index.html, the manifest beside it, content-hashed files under assets/).
+ */
+const WEB_PATHS = ["/", "/index.html", "/manifest.json", "/assets/*"];
 /** The container that runs a shopmesh process is named alike in every Deployment. */
 const CONTAINER = "server";
 /** Dev-only dynamic imports of devDependencies, allowed only where the manifests rule them out. */
@@ -129,9 +137,15 @@ interface Obj {
   [key: string]: unknown;
 }
 
-function tool(cmd: string, args: readonly string[], missing: string, env: NodeJS.ProcessEnv = process.env): string {
+function tool(
+  cmd: string,
+  args: readonly string[],
+  missing: string,
+  env: NodeJS.ProcessEnv = process.env,
+  cwd: string = ROOT,
+): string {
   try {
-    return execFileSync(cmd, args, { cwd: ROOT, env, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+    return execFileSync(cmd, args, { cwd, env, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
   } catch (err) {
     const e = err as { code?: string; stderr?: string; stdout?: string };
     if (e.code === "ENOENT") throw new Error(missing);
@@ -157,6 +171,12 @@ const selects = (selector: Record<string, string> | undefined, labels: Record<st
 const fqdn = (service: string) => `${service}.${NS}.svc.cluster.local`;
 const principal = (serviceAccount: string) => `cluster.local/ns/${NS}/sa/${serviceAccount}`;
 const sorted = (xs: Iterable<string>) => [...new Set(xs)].sort();
+/** Istio's string match in AuthorizationPolicies: exact, prefix `x*`, suffix `*x`, or `*` for any. */
+const istioMatches = (pattern: string, value: string) =>
+  pattern === "*" ||
+  (pattern.endsWith("*") && value.startsWith(pattern.slice(0, -1))) ||
+  (pattern.startsWith("*") && value.endsWith(pattern.slice(1))) ||
+  pattern === value;
 
 /** "10s", "500ms", "1m", "0s" in ms. */
 function durationMs(d: string | undefined): number | undefined {
@@ -722,6 +742,12 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
       expected.set(target, byCaller);
     };
     for (const r of ROUTES) for (const m of r.methods) add(r.upstream, "gateway", `/${r.service.typeName}/${m}`);
+    // The operator panel: its reads on each service the gateway calls, and its writes (SetFaults)
+    // only where the gateway's config turns fault injection on.
+    const gateway = byName.get("gateway") as Process;
+    const faultInjection = configOf(gateway).FAULT_INJECTION === true;
+    for (const target of upstreamsOf(gateway))
+      for (const path of [...OPERATOR_READS, ...(faultInjection ? OPERATOR_WRITES : [])]) add(target, "gateway", path);
     for (const [, target, local] of read("services/order/saga.ts").matchAll(
       /this\.deps\.(inventory|payment)\.(\w+)\(/g,
     )) {
@@ -751,10 +777,17 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
     // The ingress lets idle connections to the gateway go before the gateway closes them itself.
     const dr = named<IDestinationRule>(objs, "DestinationRule", "gateway");
     const idle = durationMs(dr?.spec?.trafficPolicy?.connectionPool?.http?.idleTimeout) ?? Number.POSITIVE_INFINITY;
-    expect(idle).toBeLessThan(Number(configOf(byName.get("gateway") as Process).HTTP_IDLE_TIMEOUT_MS));
-    // In particular: the gateway's identity never reaches a charge, a refund or fault injection.
+    expect(idle).toBeLessThan(Number(configOf(gateway).HTTP_IDLE_TIMEOUT_MS));
+    // In particular: the gateway's identity never reaches a charge, a refund or the saga's stock
+    // calls, and sets faults only where fault injection is on.
     const gatewayPaths = [...actual.values()].flatMap((m) => m.get("gateway") ?? []);
-    for (const forbidden of ["ChargePayment", "RefundPayment", "ReserveStock", "ReleaseStock", "ChaosService"]) {
+    for (const forbidden of [
+      "ChargePayment",
+      "RefundPayment",
+      "ReserveStock",
+      "ReleaseStock",
+      ...(faultInjection ? [] : OPERATOR_WRITES),
+    ]) {
       expect(
         gatewayPaths.some((p) => p.includes(forbidden)),
         forbidden,
@@ -794,7 +827,15 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
     expect(deny[0]?.spec?.rules).toEqual([
       {
         from: [{ source: { notRequestPrincipals: ["*"] } }],
-        to: [{ operation: { hosts, notMethods: ["OPTIONS"], notPaths: [`/${ServerReflection.typeName}/*`] } }],
+        to: [
+          {
+            operation: {
+              hosts,
+              notMethods: ["OPTIONS"],
+              notPaths: [`/${ServerReflection.typeName}/*`, ...WEB_PATHS, OPENAPI_PATH],
+            },
+          },
+        ],
       },
     ]);
   });
@@ -1019,6 +1060,54 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
   });
 });
 
+describe("the operator panel's fault controls", () => {
+  const gateway = byName.get("gateway") as Process;
+  const policies = (objs: readonly Obj[]) =>
+    ofKind<IAuthorizationPolicy>(objs, "AuthorizationPolicy").filter((ap) => ap.metadata?.namespace === NS);
+  const writes = (paths: readonly string[]) => paths.some((path) => OPERATOR_WRITES.includes(path));
+  /** The gateway's FAULT_INJECTION (as set, as parsed), and who may call SetFaults on which workload. */
+  function faultControls(objs: readonly Obj[]) {
+    const env = envOf(objs, serverOf(deploymentOf(objs, gateway)));
+    const setFaults: Record<string, string[]> = {};
+    for (const ap of policies(objs)) {
+      const target = ap.spec?.selector?.matchLabels?.["app.kubernetes.io/name"] ?? "";
+      for (const rule of ap.spec?.rules ?? []) {
+        if (!writes((rule.to ?? []).flatMap((t) => t.operation?.paths ?? []))) continue;
+        const callers = callersOf(
+          objs,
+          (rule.from ?? []).flatMap((f) => f.source?.principals ?? []),
+        );
+        setFaults[target] = sorted([...(setFaults[target] ?? []), ...callers]);
+      }
+    }
+    return { variable: env.FAULT_INJECTION, enabled: gateway.load(env).FAULT_INJECTION, setFaults };
+  }
+
+  it("on in kind-payment-faults only: FAULT_INJECTION=true at the gateway and SetFaults from it on each service", () => {
+    expect(faultControls(rendered.get(FAULTS_OVERLAY) ?? [])).toEqual({
+      variable: "true",
+      enabled: true,
+      setFaults: Object.fromEntries(upstreamsOf(gateway).map((service) => [service, ["gateway"]])),
+    });
+    // make deploy: the variable unset (its default, off) and no one may set faults through the mesh.
+    expect(faultControls(main)).toEqual({ variable: undefined, enabled: false, setFaults: {} });
+    for (const overlay of overlayNames.filter((n) => n !== FAULTS_OVERLAY))
+      expect(faultControls(rendered.get(overlay) ?? []).setFaults, overlay).toEqual({});
+  });
+
+  it("kind-payment-faults adds the SetFaults rules and changes no other rule of kind's policies", () => {
+    const withoutWrites = (objs: readonly Obj[]) =>
+      policies(objs).map((ap) => ({
+        name: ap.metadata?.name,
+        spec: {
+          ...ap.spec,
+          rules: (ap.spec?.rules ?? []).filter((r) => !writes((r.to ?? []).flatMap((t) => t.operation?.paths ?? []))),
+        },
+      }));
+    expect(withoutWrites(rendered.get(FAULTS_OVERLAY) ?? [])).toEqual(withoutWrites(main));
+  });
+});
+
 describe("NATS JetStream cluster", () => {
   const objs = main;
   const sts = named<IStatefulSet>(objs, "StatefulSet", "nats");
@@ -1230,11 +1319,14 @@ describe("the image (Dockerfile), by construction", () => {
   };
 
   const context = mkdtempSync(join(tmpdir(), "shopmesh-deploy-context-"));
+  const build = steps.find((s) => s.op === "RUN" && /\btsc\b/.test(s.args));
+  const webBuild = steps.find((s) => s.op === "RUN" && /\bweb\/build\.ts\b/.test(s.args));
+  // web/build.ts is written separately from this check; until it exists the page's layout is not built here.
+  const webBuildExists = existsSync(join(ROOT, "web", "build.ts"));
 
   beforeAll(() => {
     // The build stage sees only what it copies: lay that out alone (tests dropped, as .dockerignore
     // drops them), so a source the build needs but does not copy fails here as it would in docker build.
-    const build = steps.find((s) => s.op === "RUN" && /\btsc\b/.test(s.args));
     for (const s of steps.filter((x) => x.stage === build?.stage && x.op === "COPY" && !x.args.includes("--from="))) {
       const parts = s.args.split(/\s+/);
       const dest = parts.at(-1) ?? ".";
@@ -1252,6 +1344,12 @@ describe("the image (Dockerfile), by construction", () => {
       ["-p", join(context, project), "--outDir", app],
       "typescript is not installed",
     );
+    // The build stage's web build, as the Dockerfile runs it, writes into the context's dist/, which the
+    // runtime copies to the image's root (COPY --from=build /app/dist ./) beside the compiled tree.
+    if (webBuild && webBuildExists) {
+      tool("sh", ["-c", webBuild.args], "sh is not installed", process.env, context);
+      cpSync(join(context, "dist"), app, { recursive: true });
+    }
     writeFileSync(join(app, "package.json"), read("package.json"));
     symlinkSync(join(ROOT, "node_modules"), join(app, "node_modules"), "dir");
   }, 60_000);
@@ -1287,6 +1385,46 @@ describe("the image (Dockerfile), by construction", () => {
     const dist = inRuntime.find((s) => s.op === "COPY" && /\/app\/dist \.\/$/.test(s.args));
     expect(dist, "the compiled tree at the image's root, so gateway/ and gen/ are siblings").toBeDefined();
   });
+
+  it("builds the web page in the build stage into dist/, which the runtime copies beside the compiled gateway/", () => {
+    const inBuild = steps.filter((s) => s.stage === build?.stage);
+    const copyWeb = inBuild.findIndex((s) => s.op === "COPY" && s.args === "web web");
+    expect(copyWeb, "COPY web web in the build stage").toBeGreaterThanOrEqual(0);
+    expect(webBuild?.stage, "RUN ... web/build.ts in the build stage").toBe(build?.stage);
+    expect(inBuild.indexOf(webBuild as Instruction), "the web build runs after web/ is copied").toBeGreaterThan(
+      copyWeb,
+    );
+    // tsc writes dist/ (deploy/tsconfig.build.json outDir) and the web build dist/web: one tree, copied whole.
+    const outDir = (JSON.parse(read("deploy/tsconfig.build.json")) as { compilerOptions: { outDir: string } })
+      .compilerOptions.outDir;
+    expect(posix.normalize(posix.join("deploy", outDir))).toBe("dist");
+    const dist = inRuntime.find((s) => s.op === "COPY" && /\/app\/dist \.\/$/.test(s.args));
+    expect(dist?.args).toBe(`--from=${build?.stage} /app/dist ./`);
+  });
+
+  it.skipIf(!webBuildExists)(
+    "the built page lands where the gateway finds it, and the ingress lets every file of it through without a token",
+    () => {
+      const web = join(app, "web");
+      expect(findWebDirectory(join(app, "gateway")), "web/manifest.json beside the compiled gateway/").toBe(web);
+      expect(existsSync(join(web, "index.html")), "index.html").toBe(true);
+      const notPaths = ofKind<IAuthorizationPolicy>(main, "AuthorizationPolicy")
+        .filter((ap) => ap.spec?.action === "DENY" && selects(ap.spec?.selector?.matchLabels, INGRESS_LABELS))
+        .flatMap((ap) =>
+          (ap.spec?.rules ?? []).flatMap((r) => (r.to ?? []).flatMap((t) => t.operation?.notPaths ?? [])),
+        );
+      const urls = [
+        "/",
+        ...readdirSync(web, { recursive: true, withFileTypes: true })
+          .filter((e) => e.isFile())
+          .map(
+            (e) =>
+              `/${posix.relative(web.replaceAll("\\", "/"), posix.join(e.parentPath.replaceAll("\\", "/"), e.name))}`,
+          ),
+      ];
+      expect(urls.filter((u) => !notPaths.some((p) => istioMatches(p, u)))).toEqual([]);
+    },
+  );
 
   it("runs as a numeric non-root user, node as ENTRYPOINT, one process per argument", () => {
     const user = inRuntime.filter((s) => s.op === "USER").at(-1)?.args ?? "";
@@ -1341,6 +1479,8 @@ describe("the image (Dockerfile), by construction", () => {
     const builtins = new Set(builtinModules);
     for (const file of readdirSync(app, { recursive: true, withFileTypes: true })) {
       if (!file.isFile() || !file.name.endsWith(".js") || file.parentPath.includes("node_modules")) continue;
+      // The web page's bundle runs in the browser, not in node.
+      if (posix.relative(app, file.parentPath.replaceAll("\\", "/")).split("/")[0] === "web") continue;
       const text = readFileSync(join(file.parentPath, file.name), "utf8");
       const specs = [
         ...[...text.matchAll(/(?:^|[;\s])(?:import|export)\s[^;'"]*?from\s*["']([^"']+)["']/g)].map((m) => ({
