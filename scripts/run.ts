@@ -14,12 +14,21 @@
  *
  * Ports: gateway 8080 (HTTP: Connect, gRPC-Web, gRPC); NATS 4222 (monitoring
  * 8222); inventory 50051, payment 50052, order 50053, notification 50054,
- * history 50055; /metrics on 9100 (gateway) and 9101-9105 (services).
+ * history 50055; /metrics on 9100 (gateway) and 9101-9105 (services). Each
+ * can be moved: `<NAME>_PORT` and `<NAME>_METRICS_PORT` (GATEWAY_PORT=8081,
+ * PAYMENT_PORT=...), NATS_PORT and NATS_MONITOR_PORT. A port already taken
+ * is named, with its process and the variable, before anything starts.
+ *
+ * Supervision: a service or NATS that exits unexpectedly is restarted with
+ * backoff (1 s, doubling to 30 s; back to 1 s after a minute up), and the
+ * runner says why it exited and how many restarts it has had. RESTART=no
+ * turns that off. DATA_DIR moves .data (tests run a whole system there).
  * Spans go to .data/traces.jsonl for `make trace`. Every process runs the
  * compiled JavaScript that `make build` writes to dist/ (scripts/layout.ts).
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { mkdirSync } from "node:fs";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import pg from "pg";
@@ -35,7 +44,8 @@ import {
   stopCluster,
 } from "./postgres.js";
 
-const DATA = join(ROOT, ".data");
+const DATA = process.env.DATA_DIR || join(ROOT, ".data");
+const RESTART = process.env.RESTART !== "no";
 
 /** The fixed local topology. */
 const SERVICES: readonly {
@@ -50,8 +60,28 @@ const SERVICES: readonly {
   { name: "order", port: 50053, metrics: 9103 },
   { name: "notification", port: 50054, metrics: 9104 },
   { name: "history", port: 50055, metrics: 9105 },
-  { name: "gateway", port: 8080, metrics: 9100, main: "gateway/main.ts", env: { HTTP_PORT: "8080" } },
+  // Local runs may set faults from the web shop's operator panel.
+  { name: "gateway", port: 8080, metrics: 9100, main: "gateway/main.ts", env: { FAULT_INJECTION: "true" } },
 ];
+
+/** `<NAME>` env value as a port, or `fallback`. */
+function portOf(variable: string, fallback: number): number {
+  const raw = process.env[variable];
+  if (raw === undefined || raw === "") return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) {
+    process.stderr.write(`${variable} must be a port (1..65535), got ${JSON.stringify(raw)}\n`);
+    process.exit(2);
+  }
+  return n;
+}
+for (const s of SERVICES) {
+  const upper = s.name.toUpperCase();
+  (s as { port: number }).port = portOf(`${upper}_PORT`, s.port);
+  (s as { metrics: number }).metrics = portOf(`${upper}_METRICS_PORT`, s.metrics);
+}
+const NATS_PORT = portOf("NATS_PORT", 4222);
+const NATS_MONITOR_PORT = portOf("NATS_MONITOR_PORT", 8222);
 
 /** Every caller finds its upstreams through the registry (client-side discovery). */
 const UPSTREAMS = Object.fromEntries(
@@ -120,10 +150,16 @@ function readable(line: string): string {
 const children: { name: string; child: ChildProcess }[] = [];
 let stopping = false;
 
+/** First restart delay, longest delay, and how long up counts as recovered (the delay starts over). */
+const BACKOFF_MS = 1_000;
+const MAX_BACKOFF_MS = 30_000;
+const HEALTHY_MS = 60_000;
+
 /**
  * Starts a child in its own process group (so the terminal's Ctrl-C reaches
  * only this runner, which then stops services before NATS) and relays every
- * output line that `show` accepts.
+ * output line that `show` accepts. With `supervise`, an unexpected exit
+ * restarts it after a backoff (unless RESTART=no).
  */
 function start(
   name: string,
@@ -132,24 +168,75 @@ function start(
   args: string[],
   env: Record<string, string> = {},
   show: (line: string) => boolean = () => true,
+  supervise = false,
 ): void {
-  const child = spawn(cmd, args, {
-    cwd: ROOT,
-    env: { ...process.env, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-    detached: true,
-  });
   const p = prefix(name, i);
-  for (const stream of [child.stdout, child.stderr]) {
-    createInterface({ input: stream }).on("line", (line) => {
-      if (show(line)) process.stdout.write(`${p} ${readable(line)}\n`);
+  const entry = { name, child: undefined as unknown as ChildProcess };
+  children.push(entry);
+  let restarts = 0;
+  const launch = () => {
+    const started = Date.now();
+    const child = spawn(cmd, args, {
+      cwd: ROOT,
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true,
     });
-  }
-  child.on("exit", (code, signal) => {
-    if (!stopping)
-      process.stdout.write(`${p} exited unexpectedly (${signal ?? `code ${code}`}); the others keep running\n`);
+    entry.child = child;
+    for (const stream of [child.stdout, child.stderr]) {
+      createInterface({ input: stream }).on("line", (line) => {
+        if (show(line)) process.stdout.write(`${p} ${readable(line)}\n`);
+      });
+    }
+    if (supervise) process.stdout.write(`${p} started (pid ${child.pid})\n`);
+    child.on("exit", (code, signal) => {
+      if (stopping) return;
+      const why = signal ?? `code ${code}`;
+      if (!supervise || !RESTART) {
+        process.stdout.write(`${p} exited unexpectedly (${why}); the others keep running\n`);
+        return;
+      }
+      if (Date.now() - started > HEALTHY_MS) restarts = 0;
+      restarts++;
+      const delay = Math.min(MAX_BACKOFF_MS, BACKOFF_MS * 2 ** (restarts - 1));
+      process.stdout.write(
+        `${p} exited unexpectedly (${why}); restarting in ${delay / 1000} s (restart ${restarts}; RESTART=no turns this off)\n`,
+      );
+      setTimeout(() => {
+        if (!stopping) launch();
+      }, delay).unref();
+    });
+  };
+  launch();
+}
+
+/** The process listening on TCP `port`, as "name (pid N)", when the system can tell (ss). */
+function holderOf(port: number): string {
+  const out = spawnSync("ss", ["-ltnpH", `sport = :${port}`], { encoding: "utf8" }).stdout ?? "";
+  const m = /users:\(\("([^"]+)",pid=(\d+)/.exec(out);
+  return m ? `${m[1]} (pid ${m[2]})` : "another process";
+}
+
+/** Whether `port` can be listened on (all interfaces, as the services and NATS need it). */
+function free(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = createServer();
+    probe.once("error", () => resolve(false));
+    probe.listen(port, () => probe.close(() => resolve(true)));
   });
-  children.push({ name, child });
+}
+
+/** Refuses to start when a port is taken, one line per port: which, by what, and the variable that moves it. */
+async function checkPorts(ports: readonly { port: number; what: string; variable: string }[]): Promise<void> {
+  const taken = [];
+  for (const p of ports) if (!(await free(p.port))) taken.push(p);
+  if (taken.length === 0) return;
+  for (const t of taken) {
+    process.stderr.write(
+      `port ${t.port} (${t.what}) is in use by ${holderOf(t.port)}: stop it (another make run?) or set ${t.variable}=<free port>\n`,
+    );
+  }
+  process.exit(1);
 }
 
 function requireNats(): void {
@@ -234,6 +321,18 @@ async function startPostgres(): Promise<string> {
 }
 
 requireNats();
+const replicas = new Map(SERVICES.map((s) => [s.name, replicasOf(s.name)]));
+await checkPorts([
+  { port: NATS_PORT, what: "NATS", variable: "NATS_PORT" },
+  { port: NATS_MONITOR_PORT, what: "NATS monitoring", variable: "NATS_MONITOR_PORT" },
+  ...(DB === "postgres" ? [{ port: PG_PORT, what: "PostgreSQL", variable: "PG_PORT" }] : []),
+  ...SERVICES.flatMap((s) =>
+    Array.from({ length: replicas.get(s.name) ?? 1 }, (_, r) => [
+      { port: s.port + 100 * r, what: s.name, variable: `${s.name.toUpperCase()}_PORT` },
+      { port: s.metrics + 100 * r, what: `${s.name} metrics`, variable: `${s.name.toUpperCase()}_METRICS_PORT` },
+    ]).flat(),
+  ),
+]);
 mkdirSync(join(DATA, "nats"), { recursive: true });
 // NATS prints a banner; show only its readiness, warnings and errors.
 start(
@@ -241,11 +340,14 @@ start(
   0,
   "nats-server",
   // Loopback only: the local bus has no auth, and nothing off this machine needs it.
-  ["-js", "-sd", join(DATA, "nats"), "-a", "127.0.0.1", "-p", "4222", "-m", "8222", "-n", "shopmesh-local"],
+  [
+    ...["-js", "-sd", join(DATA, "nats"), "-a", "127.0.0.1"],
+    ...["-p", String(NATS_PORT), "-m", String(NATS_MONITOR_PORT), "-n", "shopmesh-local"],
+  ],
   {},
   (line) => /\[(WRN|ERR|FTL)\]|Server is ready|Listening for client/.test(line),
+  true,
 );
-const replicas = new Map(SERVICES.map((s) => [s.name, replicasOf(s.name)]));
 process.on("SIGINT", stopAll);
 process.on("SIGTERM", stopAll);
 // PostgreSQL: one database, a schema per service (DATABASE_SCHEMA defaults to shopmesh_<service>).
@@ -257,18 +359,26 @@ SERVICES.forEach((s, i) => {
     // Replicas share the service's database (SQLite: WAL and IMMEDIATE transactions, safe across processes
     // on one machine) and its durable consumers, and register themselves for registry:/// discovery.
     const [cmd, args] = nodeCommand(main);
-    start(n > 1 ? `${s.name}-${r + 1}` : s.name, i + 1, cmd, args, {
-      GRPC_PORT: String(s.port + 100 * r),
-      DB_PATH: join(DATA, `${s.name}.db`),
-      ...database,
-      // JSON from every process, made readable here: formatting is the runner's work, not the services'.
-      LOG_FORMAT: "json",
-      NATS_URL: "nats://127.0.0.1:4222",
-      METRICS_PORT: String(s.metrics + 100 * r),
-      TRACE_FILE: join(DATA, "traces.jsonl"),
-      ...UPSTREAMS,
-      ...s.env,
-    });
+    start(
+      n > 1 ? `${s.name}-${r + 1}` : s.name,
+      i + 1,
+      cmd,
+      args,
+      {
+        [s.name === "gateway" ? "HTTP_PORT" : "GRPC_PORT"]: String(s.port + 100 * r),
+        DB_PATH: join(DATA, `${s.name}.db`),
+        ...database,
+        // JSON from every process, made readable here: formatting is the runner's work, not the services'.
+        LOG_FORMAT: "json",
+        NATS_URL: `nats://127.0.0.1:${NATS_PORT}`,
+        METRICS_PORT: String(s.metrics + 100 * r),
+        TRACE_FILE: join(DATA, "traces.jsonl"),
+        ...UPSTREAMS,
+        ...s.env,
+      },
+      () => true,
+      true,
+    );
   }
 });
 process.on("exit", () => {

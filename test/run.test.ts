@@ -1,0 +1,160 @@
+/**
+ * `make run` as a user lives it, with real processes: the whole system from
+ * its build, on ports of the test's choosing (the variables `make run`
+ * documents), a service killed with SIGKILL coming back by itself and
+ * serving orders again, and a taken port refused with one line that names
+ * it, its holder and the variable to change.
+ */
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { createServer } from "node:net";
+import { join } from "node:path";
+import { afterEach, expect, it } from "vitest";
+import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/health_pb.js";
+import { createChannel, createClient } from "../platform/index.js";
+import { freePort, ROOT, tempDir } from "./fixtures.js";
+
+const NAMES = ["gateway", "inventory", "payment", "order", "notification", "history"];
+const running: ChildProcess[] = [];
+afterEach(async () => {
+  for (const c of running.splice(0)) {
+    if (c.exitCode !== null || c.signalCode !== null) continue;
+    c.kill("SIGINT");
+    await new Promise((r) => c.once("exit", r));
+  }
+});
+
+/** Env moving every port of `make run` to a free one. */
+async function ports(): Promise<{ env: Record<string, string>; of: (name: string) => number }> {
+  const env: Record<string, string> = {};
+  for (const n of NAMES) {
+    env[`${n.toUpperCase()}_PORT`] = String(await freePort());
+    env[`${n.toUpperCase()}_METRICS_PORT`] = String(await freePort());
+  }
+  env.NATS_PORT = String(await freePort());
+  env.NATS_MONITOR_PORT = String(await freePort());
+  return { env, of: (name) => Number(env[`${name.toUpperCase()}_PORT`]) };
+}
+
+/** Starts the runner; `lines` collects its output, `waitFor` resolves on the first line matching. */
+function runner(env: Record<string, string>) {
+  const child = spawn(process.execPath, [join(ROOT, "dist", "scripts", "run.js")], {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  running.push(child);
+  const lines: string[] = [];
+  const waiters: { re: RegExp; resolve: (l: string) => void }[] = [];
+  const take = (d: Buffer) => {
+    for (const line of d.toString().split("\n")) {
+      if (!line) continue;
+      lines.push(line);
+      for (const w of waiters.filter((x) => x.re.test(line))) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(line);
+      }
+    }
+  };
+  child.stdout.on("data", take);
+  child.stderr.on("data", take);
+  const waitFor = (re: RegExp, ms = 30_000) =>
+    new Promise<string>((resolve, reject) => {
+      const seen = lines.find((l) => re.test(l));
+      if (seen) return resolve(seen);
+      const timer = setTimeout(
+        () => reject(new Error(`no line like ${re} in ${ms} ms:\n${lines.slice(-30).join("\n")}`)),
+        ms,
+      );
+      waiters.push({ re, resolve: (l) => (clearTimeout(timer), resolve(l)) });
+    });
+  return { child, lines, waitFor };
+}
+
+async function serving(port: number, ms = 20_000): Promise<void> {
+  const channel = createChannel(`127.0.0.1:${port}`);
+  const health = createClient(Health, channel);
+  try {
+    for (const until = Date.now() + ms; ; ) {
+      try {
+        const r = await health.check({ service: "" }, { signal: AbortSignal.timeout(1_000) });
+        if (r.status === HealthCheckResponse_ServingStatus.SERVING) return;
+      } catch {}
+      if (Date.now() > until) throw new Error(`nothing serving on ${port} after ${ms} ms`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  } finally {
+    channel.close();
+  }
+}
+
+/** Places an order through the gateway's REST routes and watches it to its end. */
+async function order(gateway: string): Promise<string> {
+  const { token } = (await (
+    await fetch(`${gateway}/dev/token`, { method: "POST", body: '{"user":"alice"}' })
+  ).json()) as { token: string };
+  const h = { authorization: `Bearer ${token}`, "Idempotency-Key": `run-${Date.now()}` };
+  const placed = (await (
+    await fetch(`${gateway}/v1/orders`, {
+      method: "POST",
+      headers: h,
+      body: JSON.stringify({ items: [{ productId: "coffee-beans", quantity: 1 }], cardToken: "tok_visa" }),
+    })
+  ).json()) as { id: string };
+  const lines = (await (await fetch(`${gateway}/v1/orders/${placed.id}:watch`, { headers: h })).text())
+    .trim()
+    .split("\n");
+  return (JSON.parse(lines.at(-1) ?? "{}") as { result?: { status?: string } }).result?.status ?? "";
+}
+
+it("restarts a service killed with SIGKILL, says so, and the system serves orders again", async () => {
+  execFileSync("make", ["-s", "build"], { cwd: ROOT, stdio: "pipe" });
+  using dir = tempDir();
+  const { env, of } = await ports();
+  const run = runner({ ...env, DATA_DIR: dir.path });
+  await serving(of("payment"));
+  await serving(of("order"));
+  const gateway = `http://127.0.0.1:${of("gateway")}`;
+  await run.waitFor(/gateway .*\| started \(pid \d+\)/);
+  for (let i = 0; i < 100 && (await fetch(`${gateway}/readyz`).catch(() => undefined))?.status !== 200; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  expect(await order(gateway)).toBe("ORDER_STATUS_CONFIRMED");
+
+  const pid = Number(/\(pid (\d+)\)/.exec(await run.waitFor(/^payment .*\| started \(pid \d+\)/))?.[1]);
+  process.kill(pid, "SIGKILL");
+  await run.waitFor(/^payment .*\| exited unexpectedly \(SIGKILL\); restarting in 1 s \(restart 1;/);
+  const again = Number(
+    /\(pid (\d+)\)/.exec(await run.waitFor(new RegExp(`^payment .*\\| started \\(pid (?!${pid}\\))\\d+\\)`)))?.[1],
+  );
+  expect(again).not.toBe(pid);
+  await serving(of("payment"));
+  // The order service's breaker and discovery find the new instance; the next order goes through.
+  let status = "";
+  for (let i = 0; i < 5 && status !== "ORDER_STATUS_CONFIRMED"; i++) status = await order(gateway);
+  expect(status).toBe("ORDER_STATUS_CONFIRMED");
+
+  run.child.kill("SIGINT");
+  expect(await new Promise((r) => run.child.once("exit", r))).toBe(0);
+  expect(run.lines.some((l) => l.includes("all stopped"))).toBe(true);
+}, 120_000);
+
+it("refuses a taken port with one line naming the port, its holder and the variable to change", async () => {
+  execFileSync("make", ["-s", "build"], { cwd: ROOT, stdio: "pipe" });
+  using dir = tempDir();
+  const { env, of } = await ports();
+  const squatter = createServer();
+  await new Promise<void>((r) => squatter.listen(of("gateway"), r));
+  try {
+    const run = runner({ ...env, DATA_DIR: dir.path });
+    const code = await new Promise((r) => run.child.once("exit", r));
+    expect(code).toBe(1);
+    const line = run.lines.find((l) => l.startsWith(`port ${of("gateway")} `));
+    expect(line, run.lines.join("\n")).toMatch(
+      new RegExp(`^port ${of("gateway")} \\(gateway\\) is in use by node \\(pid ${process.pid}\\): .*GATEWAY_PORT=`),
+    );
+    // Nothing else was started.
+    expect(run.lines.filter((l) => l.includes("started (pid"))).toEqual([]);
+  } finally {
+    squatter.close();
+  }
+});
