@@ -3,7 +3,7 @@
  * a clean shutdown on SIGTERM/SIGINT (a second signal exits at once).
  */
 import { ConfigError } from "./config.js";
-import { createLogger, type Logger } from "./log.js";
+import { createLogger, flushLogs, type Logger } from "./log.js";
 import { startProcessTelemetry } from "./tracing.js";
 
 /** Something that can be stopped, e.g. a running service. */
@@ -80,5 +80,27 @@ export async function runService<C extends ProcessConfig>(
   // Tracing first: everything after it may create spans.
   stopTracing = await startProcessTelemetry(name, config);
   log = await createLogger({ service: name, level: config.LOG_LEVEL, format: config.LOG_FORMAT });
-  service = await start(config, log);
+  try {
+    service = await start(config, log);
+  } catch (err) {
+    const port = portInUse(err);
+    if (port === undefined) log.fatal({ err }, "could not start");
+    else {
+      // One line a person can act on, instead of a stack trace: which port, and what moves it.
+      const vars = Object.entries(config).flatMap(([k, v]) => (k.endsWith("_PORT") && Number(v) === port ? [k] : []));
+      const move = vars.length ? `set ${vars.join(" or ")} to a free port` : "move it";
+      log.fatal({ port }, `port ${port} is in use: stop what holds it, or ${move}`);
+    }
+    flushLogs();
+    process.exit(1);
+  }
+}
+
+/** The port of an "address in use" error (Node's listen, or grpc-js's bind that wraps it), or undefined. */
+function portInUse(err: unknown): number | undefined {
+  if (!(err instanceof Error)) return undefined;
+  const e = err as NodeJS.ErrnoException & { port?: number };
+  if (e.code === "EADDRINUSE" && typeof e.port === "number") return e.port;
+  const m = /EADDRINUSE[^\n]*?:(\d+)\b/.exec(err.message);
+  return m ? Number(m[1]) : undefined;
 }

@@ -158,3 +158,25 @@ it("refuses a taken port with one line naming the port, its holder and the varia
     squatter.close();
   }
 });
+
+it("a service started by hand on a taken port says so in one line and exits 1, not a stack trace", async () => {
+  const squatter = createServer();
+  await new Promise<void>((r) => squatter.listen(0, "127.0.0.1", r));
+  const port = (squatter.address() as { port: number }).port;
+  try {
+    const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "gateway", "main.ts")], {
+      cwd: ROOT,
+      env: { ...process.env, HTTP_HOST: "127.0.0.1", HTTP_PORT: String(port), METRICS_PORT: "0", NATS_URL: "off" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    running.push(child);
+    let out = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (out += d.toString()));
+    expect(await new Promise((r) => child.once("exit", r))).toBe(1);
+    expect(out).toContain(`"msg":"port ${port} is in use: stop what holds it, or set HTTP_PORT to a free port"`);
+    expect(out).not.toMatch(/\n\s+at /); // no stack trace
+  } finally {
+    squatter.close();
+  }
+});
