@@ -24,6 +24,7 @@ import { RpcError } from "./errors.js";
 import { type BytesClient, type Client, createChannel, createClient } from "./grpc-client.js";
 import { createH2BytesClient } from "./h2-bytes.js";
 import type { Logger } from "./log.js";
+import { detached } from "./propagation.js";
 import { REGISTRY_SCHEME, requireServiceName } from "./registry.js";
 import { watchInstances } from "./registry-watch.js";
 
@@ -227,8 +228,8 @@ function followDns(target: string, log: Logger, onChange: (addresses: readonly s
       log.warn({ target, err: (err as Error).message }, "DNS lookup failed; keeping the last addresses");
     }
   };
-  void resolve();
-  const timer = setInterval(() => void resolve(), DNS_REFRESH_MS);
+  void detached(resolve);
+  const timer = detached(() => setInterval(() => void resolve(), DNS_REFRESH_MS));
   timer.unref();
   return () => {
     stopped = true;

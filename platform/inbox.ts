@@ -19,7 +19,7 @@ import type { EventCatalogue } from "./catalogue.js";
 import type { FaultInjector } from "./chaos.js";
 import { isDatabaseUnavailable } from "./db-errors.js";
 import { flushLogs, type Logger } from "./log.js";
-import { extractContext, inSpan } from "./propagation.js";
+import { detached, extractContext, inSpan } from "./propagation.js";
 import type { Db, Tx } from "./sql.js";
 import type { Telemetry } from "./telemetry.js";
 
@@ -219,7 +219,8 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
   const loop = (async () => {
     for await (const m of messages) {
       try {
-        await handle(m);
+        // Each event's span continues the trace in its headers; nothing else here is a request's.
+        await detached(() => handle(m));
       } catch (err) {
         // e.g. the DLQ publish failed because NATS is down: leave the event for redelivery.
         clog.warn({ err: (err as Error).message, seq: m.seq }, "event not settled; it will be redelivered");

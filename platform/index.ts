@@ -55,7 +55,7 @@ export type { Metrics } from "./metrics.js";
 export { OUTBOX_CLAIMS_MIGRATION, OUTBOX_MIGRATION, Outbox, OutboxRelay } from "./outbox.js";
 export { type Cursor, type CursorShape, decodePageToken, pageOf, pageSize } from "./paging.js";
 export { DEFAULT_POLICY, type PolicyConfig, type PolicyEnv, policyEnv, policyFrom } from "./policy.js";
-export { contextOf, currentTraceparent, extractContext, inSpan, logIds } from "./propagation.js";
+export { contextOf, currentTraceparent, detached, extractContext, inSpan, logIds } from "./propagation.js";
 export { REGISTRY_SCHEME } from "./registry.js";
 export { createResilientClient, type DownstreamState, type PolicyEvents, type ResilientClient } from "./resilience.js";
 export { bind, type GrpcServerOptions, type RunningServer, type ServiceBinding, startGrpcServer } from "./server.js";

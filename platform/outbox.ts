@@ -21,7 +21,7 @@ import type { Bus } from "./bus.js";
 import type { EventCatalogue } from "./catalogue.js";
 import { newId } from "./ids.js";
 import { flushLogs, type Logger } from "./log.js";
-import { contextOf, currentTraceparent, injectContext, inSpan } from "./propagation.js";
+import { contextOf, currentTraceparent, detached, injectContext, inSpan } from "./propagation.js";
 import type { Db, Tx } from "./sql.js";
 import type { Telemetry } from "./telemetry.js";
 
@@ -171,7 +171,9 @@ export class OutboxRelay {
       return;
     }
     this.running = true;
-    this.idle = this.drain().finally(() => {
+    // Kicked after a request's commit, but relaying is the relay's work: each event's publish span
+    // continues the trace stored with that event, and nothing else joins the request's.
+    this.idle = detached(() => this.drain()).finally(() => {
       this.running = false;
     });
   }

@@ -78,6 +78,15 @@ export async function inSpan<T>(
   }
 }
 
+/**
+ * Runs `fn` outside any request's trace: for background work (watchers,
+ * relays, sweeps, breaker transitions) that a request may happen to start or
+ * wake, so its spans and log lines never join that request's trace.
+ */
+export function detached<T>(fn: () => T): T {
+  return context.with(ROOT_CONTEXT, fn);
+}
+
 /** Trace and span id of the active span, for log lines. */
 export function logIds(): { trace_id?: string; span_id?: string } {
   const sc = trace.getActiveSpan()?.spanContext();

@@ -18,6 +18,7 @@ import type { KvEntry, KvWatchEntry } from "@nats-io/kv";
 import type { NatsConnection, QueuedIterator } from "@nats-io/transport-node";
 import { backoffMs } from "./backoff.js";
 import type { Logger } from "./log.js";
+import { detached } from "./propagation.js";
 import { DEFAULT_TTL_MS, parseEntry, type Registry, registryOf, requireServiceName, snapshot } from "./registry.js";
 
 const RETRY_MIN_MS = 250;
@@ -212,7 +213,8 @@ class InstanceWatcher {
       void this.load(reg, w);
       for await (const e of w) {
         if (this.stopped) break;
-        this.apply(e, e.isUpdate ? Date.now() : this.initialSeenAt(e));
+        // Entries may arrive through promises a request's work resolved: handle them in no trace.
+        detached(() => this.apply(e, e.isUpdate ? Date.now() : this.initialSeenAt(e)));
         this.report();
       }
     } catch (err) {
@@ -239,6 +241,7 @@ export function watchInstances(
   listener: InstanceListener,
 ): InstanceWatch {
   const watcher = new InstanceWatcher(nc, requireServiceName(service), log, listener);
-  void watcher.run();
+  // Its own context: whoever first needs the watch (a request) does not lend it its trace.
+  void detached(() => watcher.run());
   return { stop: () => watcher.stop() };
 }

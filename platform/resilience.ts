@@ -47,6 +47,7 @@ import { RpcError } from "./errors.js";
 import type { BytesClient, CallOptions, Client } from "./grpc-client.js";
 import type { Logger } from "./log.js";
 import { breakerOf, CallerDeadlineError, isIdempotent, isRetryable, type PolicyConfig } from "./policy.js";
+import { detached } from "./propagation.js";
 import type { Telemetry } from "./telemetry.js";
 
 /** Observable state of one downstream's policy. */
@@ -142,8 +143,11 @@ export function createResilientClient<S extends DescService>(
       const now = endpoints.state();
       if (now === overall) return;
       overall = now;
-      (now === "closed" ? plog.info : plog.warn).call(plog, { breaker: now }, `circuit breaker ${now}`);
-      events.onBreakerStateChange(downstream, now);
+      // The call that tripped it is one request's; the breaker's change is everyone's: no trace.
+      detached(() => {
+        (now === "closed" ? plog.info : plog.warn).call(plog, { breaker: now }, `circuit breaker ${now}`);
+        events.onBreakerStateChange(downstream, now);
+      });
     },
   };
   const endpoints =
