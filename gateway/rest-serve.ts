@@ -17,7 +17,15 @@ import type { UniversalHandler, UniversalServerRequest } from "@connectrpc/conne
 import { errorToJson } from "@connectrpc/connect/protocol-connect";
 import { universalRequestFromNodeRequest } from "@connectrpc/connect-node";
 import { checkRequest, type RestMatch, requestJson, responseJson, statusJson } from "./rest.js";
-import { connectHttpStatus, type ErrorAnswer, finish, isConnectStream, type Outcome, queryOf } from "./wire.js";
+import {
+  connectHttpStatus,
+  type ErrorAnswer,
+  envelope,
+  finish,
+  isConnectStream,
+  type Outcome,
+  queryOf,
+} from "./wire.js";
 
 const JSON_TYPE = "application/json";
 
@@ -87,14 +95,6 @@ async function* envelopes(body: AsyncIterable<Uint8Array>): AsyncGenerator<{ fla
   }
 }
 
-function envelope(json: JsonValue): Uint8Array {
-  const data = Buffer.from(JSON.stringify(json));
-  const out = Buffer.alloc(5 + data.length);
-  out.writeUInt32BE(data.length, 1);
-  data.copy(out, 5);
-  return out;
-}
-
 function send(res: http.ServerResponse, status: number, headers: Record<string, string>, body: string | Uint8Array) {
   res.writeHead(status, { ...headers, "content-length": String(Buffer.byteLength(body)) });
   res.end(body);
@@ -152,7 +152,7 @@ export async function serveRest(
     header,
     body: streaming
       ? (async function* () {
-          yield envelope(json);
+          yield envelope(0, Buffer.from(JSON.stringify(json)));
         })()
       : json,
   };

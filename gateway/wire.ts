@@ -83,7 +83,7 @@ export function connectHttpStatus(code: Code, message: string, retryAfter: boole
 }
 
 /** A gRPC / gRPC-Web / Connect-stream envelope. */
-function envelope(flags: number, data: Uint8Array): Uint8Array {
+export function envelope(flags: number, data: Uint8Array): Uint8Array {
   const out = new Uint8Array(5 + data.byteLength);
   out[0] = flags;
   new DataView(out.buffer).setUint32(1, data.byteLength);
