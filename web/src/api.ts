@@ -1,0 +1,56 @@
+/**
+ * The gateway's public API as typed clients: the generated service
+ * descriptors from gen/ over the Connect protocol, on the page's own origin,
+ * each call carrying the signed-in user's bearer token.
+ */
+import { type Client, Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-web";
+import { GatewayService, OperatorService } from "../../gen/shopmesh/gateway/v1/gateway_pb.js";
+import { HistoryService } from "../../gen/shopmesh/history/v1/history_pb.js";
+import { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
+import { NotificationService } from "../../gen/shopmesh/notification/v1/notification_pb.js";
+import { OrderService } from "../../gen/shopmesh/order/v1/order_pb.js";
+import { PaymentService } from "../../gen/shopmesh/payment/v1/payment_pb.js";
+
+/** Every client the page uses. */
+export interface Api {
+  readonly inventory: Client<typeof InventoryService>;
+  readonly orders: Client<typeof OrderService>;
+  readonly payments: Client<typeof PaymentService>;
+  readonly notifications: Client<typeof NotificationService>;
+  readonly history: Client<typeof HistoryService>;
+  readonly gateway: Client<typeof GatewayService>;
+  readonly operator: Client<typeof OperatorService>;
+}
+
+/**
+ * Clients on `baseUrl` (the page's origin). `token()` is read at each call;
+ * `onUnauthenticated` runs when the gateway refuses the token of a unary call
+ * (expired or revoked), so the page can send the user back to sign-in.
+ */
+export function createApi(opts: {
+  baseUrl: string;
+  token: () => string | undefined;
+  onUnauthenticated: () => void;
+}): Api {
+  const auth: Interceptor = (next) => async (req) => {
+    const token = opts.token();
+    if (token) req.header.set("authorization", `Bearer ${token}`);
+    try {
+      return await next(req);
+    } catch (err) {
+      if (err instanceof ConnectError && err.code === Code.Unauthenticated) opts.onUnauthenticated();
+      throw err;
+    }
+  };
+  const transport = createConnectTransport({ baseUrl: opts.baseUrl, interceptors: [auth] });
+  return {
+    inventory: createClient(InventoryService, transport),
+    orders: createClient(OrderService, transport),
+    payments: createClient(PaymentService, transport),
+    notifications: createClient(NotificationService, transport),
+    history: createClient(HistoryService, transport),
+    gateway: createClient(GatewayService, transport),
+    operator: createClient(OperatorService, transport),
+  };
+}

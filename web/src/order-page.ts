@@ -1,0 +1,295 @@
+/**
+ * One order: its saga as a live timeline from WatchOrder (server streaming
+ * over the Connect protocol, reconnecting after a dropped stream), the
+ * composed details beside it, and the history read model's entry with its
+ * lag. Another customer's order, or one that does not exist, reads as "not
+ * found" — the services answer NOT_FOUND for both, on purpose.
+ */
+import { Code } from "@connectrpc/connect";
+import type { GetOrderDetailsResponse } from "../../gen/shopmesh/gateway/v1/gateway_pb.js";
+import type { OrderHistoryEntry } from "../../gen/shopmesh/history/v1/history_pb.js";
+import { type Order, OrderStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
+import { h, replace } from "./dom.js";
+import { describeError, hasCode, type Problem } from "./errors.js";
+import { dateTime, epochMs, isFinal, money, orderStatus, sagaMode } from "./format.js";
+import { detailsContent, type HistoryView, historyContent } from "./order-panels.js";
+import type { PageContext } from "./page.js";
+import { poll, sleep } from "./poll.js";
+import { sagaRows } from "./saga-view.js";
+import { createTimeline } from "./timeline.js";
+import { badge, loading, pageTitle, panel, problemBox } from "./ui.js";
+
+/** How often the details and the read model are read again while something may still change, in ms. */
+const SIDE_POLL_MS = 1500;
+/** How long after the order settles the side panels keep refreshing (late events, notifications), in ms. */
+const SETTLE_GRACE_MS = 8000;
+
+/** Whether `next` is at least as new as `prev` (the stream and the details poll both deliver orders). */
+function newer(prev: Order | undefined, next: Order): boolean {
+  if (!prev) return true;
+  const a = epochMs(prev.updatedAt) ?? 0;
+  const b = epochMs(next.updatedAt) ?? 0;
+  return b > a || (b === a && next.steps.length >= prev.steps.length);
+}
+
+/** Finds the order's read-model entry (entries are newest-changed first, so it is near the top). */
+async function findHistory(ctx: PageContext, orderId: string): Promise<OrderHistoryEntry | undefined> {
+  let pageToken = "";
+  for (let i = 0; i < 5; i++) {
+    const res = await ctx.api.history.listOrderHistory({ pageSize: 100, pageToken }, { signal: ctx.signal });
+    const hit = res.entries.find((e) => e.orderId === orderId);
+    if (hit) return hit;
+    pageToken = res.nextPageToken;
+    if (!pageToken) return undefined;
+  }
+  return undefined;
+}
+
+/** The "order not found" page. */
+function notFound(ctx: PageContext, id: string): void {
+  replace(
+    ctx.root,
+    h(
+      "div",
+      { class: "empty-page", "data-testid": "order-not-found" },
+      pageTitle("Order not found"),
+      h("p", { class: "lead" }, "There is no order ", h("code", { class: "wrap" }, id), " among your orders."),
+      h(
+        "p",
+        { class: "muted" },
+        "Orders can only be seen by the customer who placed them. Check the link, or find the order in your list.",
+      ),
+      h(
+        "p",
+        {},
+        h("a", { href: "#/orders", class: "button" }, "My orders"),
+        " ",
+        h("a", { href: "#/", class: "button button--ghost" }, "Back to the shop"),
+      ),
+    ),
+  );
+}
+
+/** The order page for order `id`. */
+export function orderPage(ctx: PageContext, id: string): void {
+  const { api, signal } = ctx;
+  let order: Order | undefined;
+  let settledAt: number | undefined;
+  let details: GetOrderDetailsResponse | undefined;
+  let detailsProblem: Problem | undefined;
+  let history: HistoryView = { entry: undefined, problem: undefined, checked: false };
+  let gone = false;
+
+  const statusBox = h("div", { class: "order-status" });
+  const live = h("span", { class: "live", "data-testid": "live", role: "status" });
+  const summary = h("div", { "data-testid": "order-summary" }, loading("Loading the order…"));
+  const timeline = createTimeline();
+  const detailsBox = h("div", { "data-testid": "details" });
+  const historyBox = h("div", { "data-testid": "history" });
+  const streamProblem = h("div", {});
+  const cancelButton = h(
+    "button",
+    {
+      type: "button",
+      class: "button button--ghost",
+      "data-testid": "cancel-order",
+      hidden: true,
+      onclick: () => void cancel(),
+    },
+    "Cancel order",
+  );
+  const cancelMessage = h("div", { "aria-live": "polite" });
+
+  replace(
+    ctx.root,
+    pageTitle("Order", h("code", { class: "order-id wrap", "data-testid": "order-id" }, id), statusBox, live),
+    h(
+      "div",
+      { class: "order-layout" },
+      h(
+        "div",
+        { class: "order-main" },
+        panel(
+          "Summary",
+          { "data-testid": "summary-panel" },
+          summary,
+          h("div", { class: "row" }, cancelButton),
+          cancelMessage,
+        ),
+        panel("Saga", { "data-testid": "saga-panel" }, streamProblem, timeline.el),
+      ),
+      h(
+        "div",
+        { class: "order-side" },
+        panel(
+          "Details",
+          { "data-testid": "details-panel" },
+          h(
+            "p",
+            { class: "muted small" },
+            "Composed by the gateway from order, payment, inventory and notification in one call.",
+          ),
+          detailsBox,
+        ),
+        panel(
+          "History read model",
+          { "data-testid": "history-panel" },
+          h("p", { class: "muted small" }, "The order as the history service sees it, built from events alone (CQRS)."),
+          historyBox,
+        ),
+      ),
+    ),
+  );
+
+  function setLive(state: "connecting" | "live" | "reconnecting" | "final") {
+    live.dataset.state = state;
+    const text = { connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…", final: "Final" }[state];
+    replace(live, badge(text, state === "live" ? "ok" : state === "final" ? "muted" : "warn"));
+  }
+
+  function accept(o: Order) {
+    if (!newer(order, o)) return;
+    order = o;
+    if (isFinal(o.status) && settledAt === undefined) settledAt = Date.now();
+    drawOrder();
+  }
+
+  function drawOrder() {
+    if (!order) return;
+    const s = orderStatus(order.status);
+    replace(
+      statusBox,
+      badge(s.label, s.tone, { "data-testid": "order-status", "data-status": OrderStatus[order.status] }),
+    );
+    document.title = `Order ${s.label.toLowerCase()} · shopmesh`;
+    replace(
+      summary,
+      order.statusReason
+        ? h(
+            "div",
+            { class: `callout callout--${order.status === OrderStatus.CONFIRMED ? "ok" : "bad"}` },
+            h(
+              "strong",
+              { class: "callout__title" },
+              order.status === OrderStatus.CANCELLED ? "Why it was cancelled" : "Why it is being undone",
+            ),
+            h("p", { "data-testid": "order-reason" }, order.statusReason),
+          )
+        : null,
+      h(
+        "dl",
+        { class: "facts" },
+        h(
+          "div",
+          { class: "facts__row" },
+          h("dt", {}, "Saga"),
+          h("dd", { "data-testid": "order-mode" }, sagaMode(order.sagaMode)),
+        ),
+        h("div", { class: "facts__row" }, h("dt", {}, "Total"), h("dd", {}, money(order.total))),
+        h("div", { class: "facts__row" }, h("dt", {}, "Placed"), h("dd", {}, dateTime(order.createdAt))),
+        h(
+          "div",
+          { class: "facts__row" },
+          h("dt", {}, "Items"),
+          h("dd", {}, order.items.map((i) => `${i.quantity} × ${i.productId}`).join(", ")),
+        ),
+      ),
+    );
+    cancelButton.hidden = order.status !== OrderStatus.PENDING;
+    timeline.update(sagaRows(order));
+    drawHistory();
+  }
+
+  function drawDetails() {
+    replace(detailsBox, ...detailsContent(details, detailsProblem));
+  }
+
+  function drawHistory() {
+    replace(historyBox, ...historyContent(order, history));
+  }
+
+  function fail(err: unknown): boolean {
+    if (hasCode(err, Code.NotFound)) {
+      gone = true;
+      notFound(ctx, id);
+      return true;
+    }
+    return false;
+  }
+
+  async function cancel() {
+    cancelButton.disabled = true;
+    try {
+      const res = await api.orders.cancelOrder({ orderId: id, reason: "cancelled in the web shop" }, { signal });
+      if (res.order) accept(res.order);
+      replace(cancelMessage);
+    } catch (err) {
+      if (!signal.aborted) replace(cancelMessage, problemBox(describeError(err)));
+    } finally {
+      cancelButton.disabled = false;
+    }
+  }
+
+  async function watch() {
+    let backoff = 500;
+    setLive("connecting");
+    while (!signal.aborted && !gone) {
+      try {
+        for await (const msg of api.orders.watchOrder({ orderId: id }, { signal })) {
+          if (msg.order) accept(msg.order);
+          setLive("live");
+          replace(streamProblem);
+          backoff = 500;
+        }
+        if (order && isFinal(order.status)) {
+          setLive("final");
+          return;
+        }
+      } catch (err) {
+        if (signal.aborted || fail(err)) return;
+        const p = describeError(err);
+        if (!p.retryable) {
+          replace(streamProblem, problemBox(p));
+          return;
+        }
+        replace(streamProblem, problemBox({ ...p, detail: `${p.detail} The timeline reconnects by itself.` }));
+      }
+      setLive("reconnecting");
+      await sleep(backoff, signal);
+      backoff = Math.min(backoff * 2, 5000);
+    }
+  }
+
+  /** Details and read model, while anything may still change. */
+  async function refreshSide() {
+    if (gone) return;
+    const settled = settledAt !== undefined && Date.now() - settledAt > SETTLE_GRACE_MS;
+    const historyDone = history.checked && order && history.entry?.status === order.status && settled;
+    if (settled && details && historyDone) return;
+    const [d, e] = await Promise.allSettled([
+      api.gateway.getOrderDetails({ orderId: id }, { signal }),
+      findHistory(ctx, id),
+    ]);
+    if (signal.aborted) return;
+    if (d.status === "fulfilled") {
+      details = d.value;
+      detailsProblem = undefined;
+      if (d.value.order) accept(d.value.order);
+    } else {
+      if (fail(d.reason)) return;
+      detailsProblem = describeError(d.reason);
+    }
+    if (e.status === "fulfilled") {
+      history = { entry: e.value, problem: undefined, checked: true };
+    } else {
+      history = { ...history, problem: describeError(e.reason), checked: true };
+    }
+    drawDetails();
+    drawHistory();
+  }
+
+  drawDetails();
+  drawHistory();
+  void watch();
+  poll(SIDE_POLL_MS, signal, refreshSide);
+}

@@ -1,0 +1,103 @@
+/**
+ * Who is signed in: a bearer token for the gateway, kept in sessionStorage
+ * (per tab, gone when the tab closes) with the subject and roles read from
+ * it for display. The gateway verifies every call; what the page reads from
+ * the token only decides what it shows.
+ */
+
+/** A signed-in user. */
+export interface Session {
+  readonly token: string;
+  readonly subject: string;
+  readonly roles: readonly string[];
+  /** When the token expires, epoch ms. */
+  readonly expiresAt: number;
+}
+
+/** The users the development sign-in knows. */
+export const DEV_USERS = [
+  { user: "alice", label: "Alice", note: "customer" },
+  { user: "bob", label: "Bob", note: "customer" },
+  { user: "operator", label: "Operator", note: "admin: operator panel" },
+] as const;
+
+/** The development sign-in does not exist on this gateway (it uses a real signing key). */
+export class SignInUnavailableError extends Error {
+  override name = "SignInUnavailableError";
+}
+
+const KEY = "shopmesh.session";
+
+/** The stored session, if there is one and it has not expired. */
+export function loadSession(now = Date.now()): Session | undefined {
+  try {
+    const s = JSON.parse(sessionStorage.getItem(KEY) ?? "null") as Session | null;
+    if (s && typeof s.token === "string" && s.expiresAt > now) return s;
+  } catch {
+    // A damaged entry is the same as none.
+  }
+  sessionStorage.removeItem(KEY);
+  return undefined;
+}
+
+/** Keeps `s` for this tab. */
+export function saveSession(s: Session): void {
+  sessionStorage.setItem(KEY, JSON.stringify(s));
+}
+
+/** Signs out in this tab. */
+export function clearSession(): void {
+  sessionStorage.removeItem(KEY);
+}
+
+/** Reads subject, roles and expiry from a JWT's payload (not verified: the gateway does that). */
+export function sessionFromToken(token: string): Session {
+  const part = token.trim().split(".")[1];
+  if (!part) throw new Error("that is not a JWT (three base64url parts separated by dots)");
+  let claims: { sub?: unknown; roles?: unknown; exp?: unknown };
+  try {
+    const b64 = part.replace(/-/g, "+").replace(/_/g, "/");
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    claims = JSON.parse(new TextDecoder().decode(bytes));
+  } catch {
+    throw new Error("the token's payload is not readable JSON");
+  }
+  if (typeof claims.sub !== "string" || claims.sub === "") throw new Error("the token names no subject (sub)");
+  const roles = Array.isArray(claims.roles) ? claims.roles.map(String) : ["customer"];
+  const expiresAt = typeof claims.exp === "number" ? claims.exp * 1000 : Date.now() + 3_600_000;
+  return { token: token.trim(), subject: claims.sub, roles, expiresAt };
+}
+
+/**
+ * Asks the gateway's development sign-in for a token for `user`.
+ * Throws {@link SignInUnavailableError} where the path does not exist (404).
+ */
+export async function devSignIn(user: string, signal?: AbortSignal): Promise<Session> {
+  const res = await fetch("/dev/token", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ user }),
+    signal: signal ?? null,
+  });
+  if (res.status === 404) throw new SignInUnavailableError("development sign-in is not available on this gateway");
+  const body = (await res.json().catch(() => ({}))) as {
+    token?: string;
+    subject?: string;
+    roles?: string[];
+    expiresInSeconds?: number;
+    message?: string;
+  };
+  if (!res.ok || !body.token) throw new Error(body.message ?? `sign-in failed (HTTP ${res.status})`);
+  const s = sessionFromToken(body.token);
+  return {
+    ...s,
+    subject: body.subject ?? s.subject,
+    roles: body.roles ?? s.roles,
+    expiresAt: body.expiresInSeconds ? Date.now() + body.expiresInSeconds * 1000 : s.expiresAt,
+  };
+}
+
+/** Whether `s` may use the operator panel. */
+export function isOperator(s: Session | undefined): boolean {
+  return s?.roles.includes("admin") ?? false;
+}

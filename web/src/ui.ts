@@ -1,0 +1,54 @@
+/**
+ * The page's recurring pieces: status badges, loading and error states,
+ * empty states and panels, each with an accessible name and a stable
+ * data-testid.
+ */
+import { type Child, h } from "./dom.js";
+import type { Problem } from "./errors.js";
+
+/** A tone every badge and callout uses. */
+export type Tone = "ok" | "bad" | "busy" | "warn" | "info" | "muted" | "comp";
+
+/** A small status pill. */
+export function badge(text: string, tone: Tone, attrs: Record<string, string> = {}): HTMLElement {
+  return h("span", { class: `badge badge--${tone}`, ...attrs }, text);
+}
+
+/** A polite loading state. */
+export function loading(what: string): HTMLElement {
+  return h("p", { class: "loading", role: "status", "data-testid": "loading" }, h("span", { class: "spinner" }), what);
+}
+
+/** An error state saying what happened and when to retry; `retry` adds a button. */
+export function problemBox(p: Problem, retry?: () => void): HTMLElement {
+  return h(
+    "div",
+    { class: "callout callout--bad", role: "alert", "data-testid": "error", "data-code": p.code ?? "" },
+    h("strong", { class: "callout__title" }, p.title),
+    h("p", {}, p.detail),
+    retry && p.retryable
+      ? h("button", { type: "button", class: "button button--ghost", onclick: retry }, "Try again")
+      : null,
+  );
+}
+
+/** A callout for notes and warnings. */
+export function callout(tone: Tone, title: string, ...body: Child[]): HTMLElement {
+  return h("div", { class: `callout callout--${tone}` }, h("strong", { class: "callout__title" }, title), ...body);
+}
+
+/** A titled panel. */
+export function panel(title: string, attrs: Record<string, string>, ...children: Child[]): HTMLElement {
+  const id = `${attrs["data-testid"] ?? title.toLowerCase().replace(/\W+/g, "-")}-title`;
+  return h(
+    "section",
+    { class: "panel", "aria-labelledby": id, ...attrs },
+    h("h2", { class: "panel__title", id }, title),
+    ...children,
+  );
+}
+
+/** The page heading, focusable so a route change can move focus to it. */
+export function pageTitle(text: string, ...extra: Child[]): HTMLElement {
+  return h("div", { class: "page-head" }, h("h1", { tabindex: "-1", class: "page-head__title" }, text), ...extra);
+}
