@@ -52,8 +52,14 @@ dist/.built: $(SOURCES) | install
 	  --sourcemap --log-level=warning
 	@touch $@
 
-build: gen-fresh ## Compile the sources to JavaScript in dist/ (esbuild, ~1 s; make run and make bench do it)
-	@$(MAKE) --no-print-directory dist/.built
+# The web shop (web/), which the gateway serves at /: web/build.ts bundles it into dist/web (content-hashed
+# assets, index.html, manifest.json) when web/, the generated clients it uses or the lock changed.
+WEB_SOURCES := $(shell find web -type f) $(shell find gen -name '*.ts')
+dist/web/manifest.json: $(WEB_SOURCES) package-lock.json | install
+	@node_modules/.bin/tsx web/build.ts
+
+build: gen-fresh ## Compile the sources to JavaScript in dist/ and bundle the web shop into dist/web (esbuild, ~1 s; make run and make bench do it)
+	@$(MAKE) --no-print-directory dist/.built dist/web/manifest.json
 
 generate: install ## Regenerate gen/ from proto/ (buf generate)
 	npm run generate
