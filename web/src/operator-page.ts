@@ -277,7 +277,7 @@ export function operatorPage(ctx: PageContext): void {
   const restockForm = h(
     "form",
     {
-      class: "form-grid",
+      class: "form-grid form-grid--restock",
       "data-testid": "restock-form",
       onsubmit: (e: Event) => {
         e.preventDefault();

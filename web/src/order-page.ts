@@ -15,7 +15,7 @@ import { dateTime, epochMs, isFinal, money, orderStatus, sagaMode } from "./form
 import { detailsContent, type HistoryView, historyContent } from "./order-panels.js";
 import type { PageContext } from "./page.js";
 import { poll, sleep } from "./poll.js";
-import { sagaRows } from "./saga-view.js";
+import { refundPending, sagaRows } from "./saga-view.js";
 import { createTimeline } from "./timeline.js";
 import { badge, loading, pageTitle, panel, problemBox } from "./ui.js";
 
@@ -23,6 +23,11 @@ import { badge, loading, pageTitle, panel, problemBox } from "./ui.js";
 const SIDE_POLL_MS = 1500;
 /** How long after the order settles the side panels keep refreshing (late events, notifications), in ms. */
 const SETTLE_GRACE_MS = 8000;
+
+/** Nothing more will happen to the order: terminal, with no refund pending. */
+function settled(o: Order): boolean {
+  return isFinal(o.status) && !refundPending(o);
+}
 
 /** Whether `next` is at least as new as `prev` (the stream and the details poll both deliver orders). */
 function newer(prev: Order | undefined, next: Order): boolean {
@@ -150,7 +155,7 @@ export function orderPage(ctx: PageContext, id: string): void {
   function accept(o: Order) {
     if (!newer(order, o)) return;
     order = o;
-    if (isFinal(o.status) && settledAt === undefined) settledAt = Date.now();
+    if (settled(o) && settledAt === undefined) settledAt = Date.now();
     drawOrder();
   }
 
@@ -164,6 +169,18 @@ export function orderPage(ctx: PageContext, id: string): void {
     document.title = `Order ${s.label.toLowerCase()} · shopmesh`;
     replace(
       summary,
+      refundPending(order)
+        ? h(
+            "div",
+            { class: "callout callout--warn", role: "status", "data-testid": "refund-pending" },
+            h("strong", { class: "callout__title" }, "Refund pending"),
+            h(
+              "p",
+              {},
+              "Payment cannot be reached to give the money back (or void the charge). The stock is already released; the shop keeps trying, and this clears when the refund lands.",
+            ),
+          )
+        : null,
       order.statusReason
         ? h(
             "div",
@@ -241,7 +258,7 @@ export function orderPage(ctx: PageContext, id: string): void {
           replace(streamProblem);
           backoff = 500;
         }
-        if (order && isFinal(order.status)) {
+        if (order && settled(order)) {
           setLive("final");
           return;
         }
@@ -263,9 +280,9 @@ export function orderPage(ctx: PageContext, id: string): void {
   /** Details and read model, while anything may still change. */
   async function refreshSide() {
     if (gone) return;
-    const settled = settledAt !== undefined && Date.now() - settledAt > SETTLE_GRACE_MS;
-    const historyDone = history.checked && order && history.entry?.status === order.status && settled;
-    if (settled && details && historyDone) return;
+    const quiet = settledAt !== undefined && Date.now() - settledAt > SETTLE_GRACE_MS;
+    const historyDone = history.checked && order && history.entry?.status === order.status;
+    if (quiet && details && historyDone) return;
     const [d, e] = await Promise.allSettled([
       api.gateway.getOrderDetails({ orderId: id }, { signal }),
       findHistory(ctx, id),

@@ -54,8 +54,8 @@ const STEPS: Readonly<Record<string, { label: string; purpose: string; compensat
 
 const FORWARD = ["reserve_stock", "charge_payment", "confirm_order"] as const;
 
-/** The marker the saga appends to a failure it will retry (services/order/domain.ts onRetrying). */
-const WILL_RETRY = "(will retry)";
+/** How the saga ends the detail of a failure it will retry: "(will retry)", "(not sent; will retry)" (services/order/domain.ts onRetrying). */
+const WILL_RETRY = /will retry\)$/;
 
 function stateOf(last: SagaStep): StepState {
   switch (last.status) {
@@ -66,7 +66,7 @@ function stateOf(last: SagaStep): StepState {
     case StepStatus.COMPENSATED:
       return "compensated";
     case StepStatus.FAILED:
-      return last.detail.endsWith(WILL_RETRY) ? "retrying" : "failed";
+      return WILL_RETRY.test(last.detail) ? "retrying" : "failed";
     default:
       return "running";
   }
@@ -139,4 +139,16 @@ export function sagaRows(order: Order): StepRow[] {
 /** True when any step of the saga is a compensation: the order is being (or was) undone. */
 export function compensated(rows: readonly StepRow[]): boolean {
   return rows.some((r) => r.compensation);
+}
+
+/**
+ * A cancelled order whose refund has not landed: payment could not be reached to give the money
+ * back (or void the charge), and the saga keeps retrying. Read from the step log: the last
+ * refund_payment entry is not a compensation.
+ */
+export function refundPending(order: Order): boolean {
+  if (order.status !== OrderStatus.CANCELLED) return false;
+  const refunds = order.steps.filter((s) => s.name === "refund_payment");
+  const last = refunds[refunds.length - 1];
+  return last !== undefined && last.status !== StepStatus.COMPENSATED;
 }
