@@ -53,7 +53,8 @@ beforeAll(async () => {
     // breaker for payment probes again 2 s after it opened, so the outage test takes seconds.
     order: { SAGA_STEP_BUDGET_MS: "1500", PAYMENT_BREAKER_HALF_OPEN_AFTER_MS: "2000" },
   });
-  gw = await startTestGateway(sys, { FAULT_INJECTION: "true" });
+  // The gateway's own breaker for a dead upstream probes again after 1 s, so the 503 case recovers quickly.
+  gw = await startTestGateway(sys, { FAULT_INJECTION: "true", UPSTREAM_BREAKER_HALF_OPEN_AFTER_MS: "1000" });
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
 }, 60_000);
 
@@ -288,6 +289,43 @@ describe("the web shop in Chromium", () => {
       await sys.paymentChaos.setFaults({ faults: {} });
     }
   }, 90_000);
+
+  it("a 429 and a 503 say what happened and when to retry; the retried checkout is still one order", async () => {
+    const page = await signIn("alice");
+    await fillCheckout(page, { products: ["ceramic-mug"] });
+    const before = await orderCount("alice");
+    // The gateway's 429 as the Connect protocol frames it, with its Retry-After.
+    const placeOrder = "**/shopmesh.order.v1.OrderService/PlaceOrder";
+    await page.route(placeOrder, (route) =>
+      route.fulfill({
+        status: 429,
+        headers: { "content-type": "application/json", "retry-after": "3" },
+        body: JSON.stringify({ code: "resource_exhausted", message: "rate limit exceeded" }),
+      }),
+    );
+    await page.getByTestId("place-order").click();
+    const error = page.getByTestId("checkout-message").getByTestId("error");
+    await error.filter({ hasText: "Try again in 3 s" }).waitFor();
+    expect(await error.textContent()).toContain("Too many requests (429)");
+    await page.unroute(placeOrder);
+    await page.getByTestId("place-order").click();
+    await orderIdOf(page);
+    expect(await orderCount("alice")).toBe(before + 1);
+
+    // A real 503: inventory down, so the catalogue cannot be read; it comes back by itself.
+    await sys.inventoryChaos.setFaults({ faults: { down: true } });
+    try {
+      await page.getByTestId("nav-shop").click();
+      await page
+        .getByTestId("catalogue")
+        .getByTestId("error")
+        .filter({ hasText: "Service unavailable (503)" })
+        .waitFor();
+    } finally {
+      await sys.inventoryChaos.setFaults({ faults: {} });
+    }
+    await page.getByTestId("product-coffee-beans").waitFor({ timeout: 20_000 });
+  });
 
   it("choreography reaches the same end state", async () => {
     const page = await signIn("alice");
