@@ -370,6 +370,21 @@ describe("the web shop in Chromium", () => {
     await page.getByTestId("notification").first().waitFor();
   });
 
+  it("the operator restocks a product", async () => {
+    const before = (await sys.products.getProduct({ productId: "limited-print" })).product?.available ?? 0;
+    const ops = await signIn("operator");
+    await ops.goto("/#/operator");
+    await ops.locator('[data-testid="restock-product"] option[value="limited-print"]').waitFor({ state: "attached" });
+    await ops.getByTestId("restock-product").selectOption("limited-print");
+    await ops.getByLabel("Units to add").fill("5");
+    await ops.getByTestId("restock-submit").click();
+    await ops
+      .getByTestId("restock-message")
+      .filter({ hasText: `${before + 5} now available` })
+      .waitFor();
+    expect((await sys.products.getProduct({ productId: "limited-print" })).product?.available).toBe(before + 5);
+  });
+
   it("a customer sees 'operators only' on the operator panel, and no link to it", async () => {
     const page = await signIn("bob");
     expect(await page.getByTestId("nav-operator").count()).toBe(0);
