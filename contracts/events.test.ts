@@ -8,6 +8,7 @@ describe("EVENTS", () => {
       "shopmesh.order.v1.OrderPlaced": "ORDER order.order.placed",
       "shopmesh.order.v1.OrderConfirmed": "ORDER order.order.confirmed",
       "shopmesh.order.v1.OrderCancelled": "ORDER order.order.cancelled",
+      "shopmesh.order.v1.OrderRefundSettled": "ORDER order.order.refund_settled",
       "shopmesh.inventory.v1.StockReserved": "INVENTORY inventory.stock.reserved",
       "shopmesh.inventory.v1.StockRejected": "INVENTORY inventory.stock.rejected",
       "shopmesh.inventory.v1.StockReleased": "INVENTORY inventory.stock.released",

@@ -8,7 +8,12 @@ import {
   StockReleasedSchema,
   StockReservedSchema,
 } from "../gen/shopmesh/inventory/v1/events_pb.js";
-import { OrderCancelledSchema, OrderConfirmedSchema, OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
+import {
+  OrderCancelledSchema,
+  OrderConfirmedSchema,
+  OrderPlacedSchema,
+  OrderRefundSettledSchema,
+} from "../gen/shopmesh/order/v1/events_pb.js";
 import {
   PaymentFailedSchema,
   PaymentRefundedSchema,
@@ -18,7 +23,7 @@ import { eventCatalogue } from "../platform/index.js";
 
 /** Streams ORDER, INVENTORY and PAYMENT (plus the runtime's DLQ), and the events each keeps. */
 export const EVENTS = eventCatalogue({
-  ORDER: [OrderPlacedSchema, OrderConfirmedSchema, OrderCancelledSchema],
+  ORDER: [OrderPlacedSchema, OrderConfirmedSchema, OrderCancelledSchema, OrderRefundSettledSchema],
   INVENTORY: [StockReservedSchema, StockRejectedSchema, StockReleasedSchema],
   PAYMENT: [PaymentSucceededSchema, PaymentFailedSchema, PaymentRefundedSchema],
 });

@@ -139,13 +139,19 @@ function schemaOf(msg: Message): DescMessage {
 /** A failed call as a client sees it: code, message and decoded details. */
 export class RpcError extends Error {
   override name = "RpcError";
+  /**
+   * The call never left this process (every circuit open, no instance, the bulkhead full): the
+   * downstream cannot have acted on it. False whenever any attempt was sent, whatever its answer.
+   */
+  readonly notSent: boolean;
   constructor(
     readonly code: status,
     message: string,
     readonly metadata: Metadata,
-    opts: { cause?: unknown } = {},
+    opts: { cause?: unknown; notSent?: boolean } = {},
   ) {
     super(message, opts);
+    this.notSent = opts.notSent ?? false;
   }
 
   /** google.rpc detail messages from the `grpc-status-details-bin` trailer (unknown types skipped). */

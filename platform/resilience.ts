@@ -239,16 +239,17 @@ function resilientUnary<S extends DescService>(g: Guard<S>, m: DescMethod, callO
     }
     const started = performance.now();
     const tried = new Set<string>();
+    // Whether any attempt reached the network: a call none of whose attempts did cannot have taken effect.
+    let sent = false;
     return withDeadline(deadline, opts.signal, (signal) =>
       g.bulkhead.execute(
         () =>
           retryPolicy.execute(
             ({ signal: s }) =>
-              onSomeInstance(
-                g,
-                tried,
-                (ep) => callOn(ep)(req, attemptOptions(opts, deadline, g.config.timeoutMs, s)) as Promise<unknown>,
-              ),
+              onSomeInstance(g, tried, (ep) => {
+                sent = true;
+                return callOn(ep)(req, attemptOptions(opts, deadline, g.config.timeoutMs, s)) as Promise<unknown>;
+              }),
             signal,
           ),
         signal,
@@ -259,7 +260,7 @@ function resilientUnary<S extends DescService>(g: Guard<S>, m: DescMethod, callO
         return res;
       },
       (err: unknown) => {
-        const e = toClientError(err, g.downstream);
+        const e = toClientError(err, g.downstream, sent);
         observe(e instanceof RpcError ? e.codeName : "UNKNOWN", started);
         throw e;
       },
@@ -307,13 +308,17 @@ function attemptOptions(
 }
 
 /** Policy rejections become RpcErrors naming the downstream (UNAVAILABLE, RESOURCE_EXHAUSTED); RpcErrors pass through. */
-function toClientError(err: unknown, downstream: string): unknown {
+function toClientError(err: unknown, downstream: string, sent = true): unknown {
   if (err instanceof BrokenCircuitError) {
-    return new RpcError(status.UNAVAILABLE, `${downstream}: ${err.message}`, new Metadata(), { cause: err });
+    return new RpcError(status.UNAVAILABLE, `${downstream}: ${err.message}`, new Metadata(), {
+      cause: err,
+      notSent: !sent,
+    });
   }
   if (err instanceof BulkheadRejectedError) {
     return new RpcError(status.RESOURCE_EXHAUSTED, `${downstream}: bulkhead full, call shed`, new Metadata(), {
       cause: err,
+      notSent: !sent,
     });
   }
   // instanceof, not cockatiel's isTaskCancelledError(): in 3.2 that helper tests the wrong property.

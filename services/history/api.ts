@@ -22,6 +22,7 @@ function entryMessage(v: OrderView): MessageInitShape<typeof OrderHistoryEntrySc
     total: v.total ? { currencyCode: v.total.currency, amountMinor: BigInt(v.total.amountMinor) } : undefined,
     paymentStatus: v.paymentStatus ? PaymentStatus[v.paymentStatus] : PaymentStatus.UNSPECIFIED,
     reason: v.reason,
+    refundPending: v.refund === "pending",
     lastEventAt: timestampFromMs(v.lastEventAt),
     lastEventType: v.lastEventType,
   };

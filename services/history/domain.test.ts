@@ -11,6 +11,7 @@ import {
   OrderCancelledSchema,
   OrderConfirmedSchema,
   OrderPlacedSchema,
+  OrderRefundSettledSchema,
 } from "../../gen/shopmesh/order/v1/events_pb.js";
 import {
   PaymentFailedSchema,
@@ -106,6 +107,25 @@ const facts = {
       }),
       "e-cancelled",
     ),
+  cancelledRefundPending: (offset = 6) =>
+    factOf(
+      create(OrderCancelledSchema, {
+        meta: meta("e-cancelled", T0 + offset * 1000),
+        customerId: "ana",
+        reason: "payment unavailable",
+        refundPending: true,
+      }),
+      "e-cancelled",
+    ),
+  refundSettled: (offset = 9) =>
+    factOf(
+      create(OrderRefundSettledSchema, {
+        meta: meta("e-settled", T0 + offset * 1000),
+        customerId: "ana",
+        detail: "no charge happened (key voided)",
+      }),
+      "e-settled",
+    ),
 };
 
 const fold = (fs: readonly Fact[], from?: OrderView) => fs.reduce<OrderView | undefined>(project, from) as OrderView;
@@ -189,6 +209,7 @@ describe("project", () => {
       total: null,
       paymentStatus: "CAPTURED",
       reason: "",
+      refund: "none",
       lastEventAt: T0 + 2000,
       lastEventType: "shopmesh.payment.v1.PaymentSucceeded",
       lastEventId: "e-succeeded",
@@ -198,6 +219,18 @@ describe("project", () => {
       status: null,
       total: { amountMinor: 3000, currency: "USD" },
     });
+  });
+
+  it("shows a cancelled order's refund pending until it settles, in either order and applied twice", () => {
+    expect(fold([facts.placed(), facts.cancelledRefundPending()]).refund).toBe("pending");
+    expect(fold([facts.cancelled()]).refund).toBe("none");
+    for (const fs of [
+      [facts.cancelledRefundPending(), facts.refundSettled()],
+      [facts.refundSettled(), facts.cancelledRefundPending()],
+      [facts.cancelledRefundPending(), facts.refundSettled(), facts.cancelledRefundPending(), facts.refundSettled()],
+    ]) {
+      expect(fold(fs)).toMatchObject({ status: "CANCELLED", reason: "payment unavailable", refund: "settled" });
+    }
   });
 
   it("sets PENDING only before any status, and never goes back from a terminal one", () => {

@@ -15,13 +15,20 @@
  * - total: OrderConfirmed's (the amount charged) wins over StockReserved's
  *   (the price of the reserved lines), which only fills a gap;
  * - payment status: the highest rank wins, DECLINED < CAPTURED < REFUNDED;
+ * - refund: the highest rank wins, none < pending (OrderCancelled with its
+ *   refund pending) < settled (OrderRefundSettled);
  * - last event: the latest by (occurred_at, event id), ties broken by id so
  *   that equal timestamps still converge.
  */
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import type { Line } from "../../contracts/lines.js";
 import type { StockRejected, StockReleased, StockReserved } from "../../gen/shopmesh/inventory/v1/events_pb.js";
-import type { OrderCancelled, OrderConfirmed, OrderPlaced } from "../../gen/shopmesh/order/v1/events_pb.js";
+import type {
+  OrderCancelled,
+  OrderConfirmed,
+  OrderPlaced,
+  OrderRefundSettled,
+} from "../../gen/shopmesh/order/v1/events_pb.js";
 import type { PaymentFailed, PaymentRefunded, PaymentSucceeded } from "../../gen/shopmesh/payment/v1/events_pb.js";
 import { UnprocessableEventError } from "../../platform/index.js";
 
@@ -29,6 +36,8 @@ import { UnprocessableEventError } from "../../platform/index.js";
 export type OrderStatusName = "PENDING" | "CONFIRMED" | "CANCELLED";
 /** Payment status as written in the `payment_status` column. */
 export type PaymentStatusName = "DECLINED" | "CAPTURED" | "REFUNDED";
+/** Where a cancelled order's refund stands, as written in the `refund` column. */
+export type RefundName = "none" | "pending" | "settled";
 
 /** An amount in minor units of one currency. */
 export interface Money {
@@ -51,6 +60,8 @@ export interface OrderView {
   readonly paymentStatus: PaymentStatusName | null;
   /** Why the order was cancelled; "" unless it was. */
   readonly reason: string;
+  /** "pending" while a cancelled order's money may still be taken. */
+  readonly refund: RefundName;
   readonly lastEventAt: number;
   readonly lastEventType: string;
   readonly lastEventId: string;
@@ -72,6 +83,7 @@ export interface Fact {
   /** The price of the reserved lines (StockReserved). */
   readonly reservedTotal?: Money;
   readonly paymentStatus?: PaymentStatusName;
+  readonly refund?: RefundName;
 }
 
 /** Every event the history service projects. */
@@ -79,6 +91,7 @@ export type HistoryEvent =
   | OrderPlaced
   | OrderConfirmed
   | OrderCancelled
+  | OrderRefundSettled
   | StockReserved
   | StockRejected
   | StockReleased
@@ -128,7 +141,15 @@ export function factOf(event: HistoryEvent, eventId: string): Fact {
         chargedTotal: moneyOf(event.total, "total"),
       };
     case "shopmesh.order.v1.OrderCancelled":
-      return { ...base, customerId: nonEmpty(event.customerId), status: "CANCELLED", reason: event.reason };
+      return {
+        ...base,
+        customerId: nonEmpty(event.customerId),
+        status: "CANCELLED",
+        reason: event.reason,
+        ...(event.refundPending ? { refund: "pending" as const } : {}),
+      };
+    case "shopmesh.order.v1.OrderRefundSettled":
+      return { ...base, customerId: nonEmpty(event.customerId), refund: "settled" };
     case "shopmesh.inventory.v1.StockReserved":
       return { ...base, reservedTotal: moneyOf(event.total, "total") };
     case "shopmesh.inventory.v1.StockRejected":
@@ -145,6 +166,7 @@ export function factOf(event: HistoryEvent, eventId: string): Fact {
 
 const STATUS_RANK: Record<OrderStatusName, number> = { PENDING: 1, CONFIRMED: 2, CANCELLED: 3 };
 const PAYMENT_RANK: Record<PaymentStatusName, number> = { DECLINED: 1, CAPTURED: 2, REFUNDED: 3 };
+const REFUND_RANK: Record<RefundName, number> = { none: 0, pending: 1, settled: 2 };
 
 /** The higher-ranked of two values; null ranks lowest. */
 function higher<T extends string>(rank: Record<T, number>, a: T | null, b: T | undefined): T | null {
@@ -169,6 +191,7 @@ function blank(fact: Fact): OrderView {
     total: null,
     paymentStatus: null,
     reason: "",
+    refund: "none",
     lastEventAt: fact.occurredAt,
     lastEventType: fact.type,
     lastEventId: fact.eventId,
@@ -193,6 +216,7 @@ export function project(view: OrderView | undefined, fact: Fact): OrderView {
     total: fact.chargedTotal ?? v.total ?? fact.reservedTotal ?? null,
     paymentStatus: higher(PAYMENT_RANK, v.paymentStatus, fact.paymentStatus),
     reason: fact.status === "CANCELLED" ? (fact.reason ?? "") : v.reason,
+    refund: higher(REFUND_RANK, v.refund, fact.refund) ?? "none",
     lastEventAt: later ? fact.occurredAt : v.lastEventAt,
     lastEventType: later ? fact.type : v.lastEventType,
     lastEventId: later ? fact.eventId : v.lastEventId,

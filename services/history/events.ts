@@ -13,6 +13,7 @@ import {
   OrderCancelledSchema,
   OrderConfirmedSchema,
   OrderPlacedSchema,
+  OrderRefundSettledSchema,
 } from "../../gen/shopmesh/order/v1/events_pb.js";
 import {
   PaymentFailedSchema,
@@ -35,7 +36,12 @@ export function historyConsumers(store: HistoryStore): HistoryConsumer[] {
     {
       stream: "ORDER",
       durable: "history-order",
-      handlers: [on(OrderPlacedSchema, apply), on(OrderConfirmedSchema, apply), on(OrderCancelledSchema, apply)],
+      handlers: [
+        on(OrderPlacedSchema, apply),
+        on(OrderConfirmedSchema, apply),
+        on(OrderCancelledSchema, apply),
+        on(OrderRefundSettledSchema, apply),
+      ],
     },
     {
       stream: "INVENTORY",

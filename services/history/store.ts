@@ -15,7 +15,14 @@ import {
   sql,
   type Tx,
 } from "../../platform/index.js";
-import { type Fact, type OrderStatusName, type OrderView, type PaymentStatusName, project } from "./domain.js";
+import {
+  type Fact,
+  type OrderStatusName,
+  type OrderView,
+  type PaymentStatusName,
+  project,
+  type RefundName,
+} from "./domain.js";
 
 const VIEW = `CREATE TABLE order_history (
      order_id        TEXT PRIMARY KEY,
@@ -33,7 +40,12 @@ const VIEW = `CREATE TABLE order_history (
    ) STRICT;
    CREATE INDEX order_history_customer ON order_history (customer_id, last_event_at DESC, order_id DESC);`;
 
-const MIGRATIONS = migrations([VIEW, INBOX_MIGRATION]);
+const MIGRATIONS = migrations([
+  VIEW,
+  INBOX_MIGRATION,
+  // 3: where a cancelled order's refund stands (OrderCancelled's refund_pending, OrderRefundSettled).
+  "ALTER TABLE order_history ADD COLUMN refund TEXT NOT NULL DEFAULT 'none' CHECK (refund IN ('none', 'pending', 'settled'));",
+]);
 
 interface ViewRow {
   order_id: string;
@@ -44,6 +56,7 @@ interface ViewRow {
   currency: string | null;
   payment_status: PaymentStatusName | null;
   reason: string;
+  refund: RefundName;
   last_event_at: number;
   last_event_type: string;
   last_event_id: string;
@@ -57,6 +70,7 @@ const toView = (r: ViewRow): OrderView => ({
   total: r.total_minor === null || r.currency === null ? null : { amountMinor: r.total_minor, currency: r.currency },
   paymentStatus: r.payment_status,
   reason: r.reason,
+  refund: r.refund,
   lastEventAt: r.last_event_at,
   lastEventType: r.last_event_type,
   lastEventId: r.last_event_id,
@@ -71,6 +85,7 @@ const toRow = (v: OrderView): ViewRow => ({
   currency: v.total?.currency ?? null,
   payment_status: v.paymentStatus,
   reason: v.reason,
+  refund: v.refund,
   last_event_at: v.lastEventAt,
   last_event_type: v.lastEventType,
   last_event_id: v.lastEventId,
@@ -108,15 +123,16 @@ export class HistoryStore {
       if (row) {
         await tx.run(sql`UPDATE order_history SET customer_id = ${v.customer_id}, status = ${v.status},
             items = ${v.items}, total_minor = ${v.total_minor}, currency = ${v.currency},
-            payment_status = ${v.payment_status}, reason = ${v.reason}, last_event_at = ${v.last_event_at},
+            payment_status = ${v.payment_status}, reason = ${v.reason}, refund = ${v.refund},
+            last_event_at = ${v.last_event_at},
             last_event_type = ${v.last_event_type}, last_event_id = ${v.last_event_id}
           WHERE order_id = ${v.order_id}`);
       } else {
         // Two first events of one order on two replicas: one insert loses on the key and is run again, as an update.
         await tx.run(sql`INSERT INTO order_history (order_id, customer_id, status, items, total_minor, currency,
-            payment_status, reason, last_event_at, last_event_type, last_event_id)
+            payment_status, reason, refund, last_event_at, last_event_type, last_event_id)
           VALUES (${v.order_id}, ${v.customer_id}, ${v.status}, ${v.items}, ${v.total_minor}, ${v.currency},
-            ${v.payment_status}, ${v.reason}, ${v.last_event_at}, ${v.last_event_type}, ${v.last_event_id})`);
+            ${v.payment_status}, ${v.reason}, ${v.refund}, ${v.last_event_at}, ${v.last_event_type}, ${v.last_event_id})`);
       }
       return toView(v);
     });

@@ -27,7 +27,7 @@ import {
   type ServiceImpl,
   type Tx,
 } from "../../platform/index.js";
-import { isTerminal, type OrderRecord, type SagaMode } from "./domain.js";
+import { isSettled, type OrderRecord, refundPending, type SagaMode } from "./domain.js";
 import type { StoredStep } from "./schema.js";
 import type { OrderStore } from "./store.js";
 
@@ -64,12 +64,13 @@ function orderMessage(o: OrderRecord, steps: readonly StoredStep[]): MessageInit
     paymentId: o.paymentId,
     createdAt: timestampFromMs(o.createdAt),
     updatedAt: timestampFromMs(o.updatedAt),
+    refundPending: refundPending(o),
   };
 }
 
 /**
  * The states of order `first` from now until it is CONFIRMED or CANCELLED
- * (or `signal` aborts): its current state, then each committed change, by
+ * with no refund pending (or `signal` aborts): its current state, then each committed change, by
  * any replica, never an older one after a newer (by version, not by clock).
  */
 async function* follow(store: OrderStore, first: OrderRecord, signal: AbortSignal): AsyncIterable<OrderRecord> {
@@ -85,7 +86,7 @@ async function* follow(store: OrderStore, first: OrderRecord, signal: AbortSigna
   try {
     let current = (await store.get(first.id)) ?? first;
     yield current;
-    while (!isTerminal(current.status) && !signal.aborted) {
+    while (!isSettled(current) && !signal.aborted) {
       if (queue.length === 0) await new Promise<void>((r) => (wake = r));
       const next = queue.shift();
       if (!next || next.version <= current.version) continue;

@@ -1,7 +1,18 @@
 /** The saga state machine, without I/O. */
 import { status } from "@grpc/grpc-js";
 import { describe, expect, it } from "vitest";
-import { decide, failureKind, type OrderRecord, onDeclined, onForwardFailed, onStarted } from "./domain.js";
+import {
+  decide,
+  failureKind,
+  isSettled,
+  type OrderRecord,
+  onCancelledRefundPending,
+  onDeclined,
+  onForwardFailed,
+  onRetrying,
+  onStarted,
+  refundPending,
+} from "./domain.js";
 
 const order = (o: Partial<OrderRecord> = {}): OrderRecord => ({
   id: "ord_1",
@@ -42,23 +53,54 @@ describe("decide", () => {
     expect(decide(order({ cancelRequested: "" }))).toEqual({ kind: "compensate", reason: "cancelled by customer" });
   });
 
-  it("compensates in reverse, including steps whose outcome is unknown", () => {
+  it("compensates stock first (it needs only inventory), then payment, including steps whose outcome is unknown", () => {
     const c = (o: Partial<OrderRecord>) => decide(order({ status: "COMPENSATING", ...o }));
-    expect(c({ stock: "done", payment: "done" })).toEqual({ kind: "call", step: "refund_payment" });
-    expect(c({ stock: "done", payment: "attempted" })).toEqual({ kind: "call", step: "refund_payment" });
-    expect(c({ stock: "done", payment: "undone" })).toEqual({ kind: "call", step: "release_stock" });
+    expect(c({ stock: "done", payment: "done" })).toEqual({ kind: "call", step: "release_stock" });
+    expect(c({ stock: "attempted", payment: "attempted" })).toEqual({ kind: "call", step: "release_stock" });
+    expect(c({ stock: "undone", payment: "done" })).toEqual({ kind: "call", step: "refund_payment" });
+    expect(c({ stock: "undone", payment: "attempted" })).toEqual({ kind: "call", step: "refund_payment" });
     expect(c({ stock: "attempted", payment: "none" })).toEqual({ kind: "call", step: "release_stock" });
     expect(c({ stock: "undone", payment: "undone" })).toEqual({ kind: "cancel" });
     expect(c({ stock: "none", payment: "none" })).toEqual({ kind: "cancel" });
   });
 
-  it("is done at terminal states", () => {
+  it("is done at terminal states, unless a cancelled order's refund has not landed", () => {
     expect(decide(order({ status: "CONFIRMED" }))).toEqual({ kind: "done" });
     expect(decide(order({ status: "CANCELLED" }))).toEqual({ kind: "done" });
+    expect(decide(order({ status: "CANCELLED", payment: "undone" }))).toEqual({ kind: "done" });
+    for (const payment of ["done", "attempted"] as const) {
+      const o = order({ status: "CANCELLED", stock: "undone", payment });
+      expect(decide(o)).toEqual({ kind: "call", step: "refund_payment" });
+      expect(refundPending(o)).toBe(true);
+      expect(isSettled(o)).toBe(false);
+    }
+    expect(isSettled(order({ status: "CANCELLED", payment: "undone" }))).toBe(true);
+    expect(isSettled(order({ status: "COMPENSATING" }))).toBe(false);
   });
 });
 
 describe("transitions", () => {
+  it("an attempt that never left the process changes nothing the step had not done before", () => {
+    expect(onRetrying("charge_payment", "circuit open", 1, { before: "none" }).patch).toEqual({ payment: "none" });
+    expect(onRetrying("charge_payment", "circuit open", 3, { before: "attempted" }).patch).toEqual({});
+    expect(onRetrying("charge_payment", "UNAVAILABLE", 2).patch).toEqual({});
+    expect(onRetrying("charge_payment", "circuit open", 1, { before: "none" }).log.detail).toBe(
+      "circuit open (not sent; will retry)",
+    );
+  });
+
+  it("cancels with the refund pending, keeping the reason and saying why", () => {
+    expect(onCancelledRefundPending("payment unavailable: x", "circuit open")).toEqual({
+      patch: { status: "CANCELLED" },
+      log: {
+        name: "cancel_order",
+        status: "SUCCEEDED",
+        detail: "payment unavailable: x (refund pending: circuit open)",
+        attempt: 1,
+      },
+    });
+  });
+
   it("marks a forward step attempted before its call, and only the first time", () => {
     expect(onStarted(order(), "reserve_stock", 1).patch).toEqual({ stock: "attempted" });
     expect(onStarted(order({ stock: "done" }), "charge_payment", 1).patch).toEqual({ payment: "attempted" });

@@ -6,8 +6,12 @@
  * here touches the network, the clock or the database.
  *
  * Forward: reserve_stock -> charge_payment -> confirm_order.
- * Compensation, in reverse, for whatever may have happened:
- * refund_payment -> release_stock -> cancel_order.
+ * Compensation, for whatever may have happened: release_stock ->
+ * refund_payment -> cancel_order. The two undos do not depend on each other,
+ * so stock goes back first (it needs only inventory) and a payment outage
+ * never holds it: when the refund (or the void of an uncertain charge) cannot
+ * reach payment, the order is cancelled at once with its refund pending, and
+ * the saga keeps retrying the refund until it lands (`refundPending`).
  */
 import { status } from "@grpc/grpc-js";
 import type { Line } from "../../contracts/lines.js";
@@ -97,12 +101,23 @@ export function isTerminal(s: OrderStatus): boolean {
   return s === "CONFIRMED" || s === "CANCELLED";
 }
 
+/** A cancelled order whose payment may still be taken: its refund (or void) has not landed. */
+export function refundPending(o: Pick<OrderRecord, "status" | "payment">): boolean {
+  return o.status === "CANCELLED" && (o.payment === "done" || o.payment === "attempted");
+}
+
+/** Nothing more will happen to the order: terminal, with no refund pending. */
+export function isSettled(o: Pick<OrderRecord, "status" | "payment">): boolean {
+  return isTerminal(o.status) && !refundPending(o);
+}
+
 /** Decides the one next action for `o`. Pure; the same state always gives the same decision. */
 export function decide(o: OrderRecord): Decision {
   switch (o.status) {
     case "CONFIRMED":
-    case "CANCELLED":
       return { kind: "done" };
+    case "CANCELLED":
+      return refundPending(o) ? { kind: "call", step: "refund_payment" } : { kind: "done" };
     case "PENDING":
       if (o.cancelRequested !== null) {
         return {
@@ -114,9 +129,9 @@ export function decide(o: OrderRecord): Decision {
       if (o.payment !== "done") return { kind: "call", step: "charge_payment" };
       return { kind: "confirm" };
     case "COMPENSATING":
-      // Undo in reverse order; an `attempted` step may have taken effect, so it is undone too.
-      if (o.payment === "done" || o.payment === "attempted") return { kind: "call", step: "refund_payment" };
+      // Stock first: it depends on nothing else. An `attempted` step may have taken effect, so it is undone too.
       if (o.stock === "done" || o.stock === "attempted") return { kind: "call", step: "release_stock" };
+      if (o.payment === "done" || o.payment === "attempted") return { kind: "call", step: "refund_payment" };
       return { kind: "cancel" };
   }
 }
@@ -187,6 +202,7 @@ export function onForwardFailed(
   definite: boolean,
   attempt: number,
 ): Transition {
+  // `definite`: refused for good, or never sent by a step that had no effect before.
   const undone: OrderPatch = definite ? { [step === "reserve_stock" ? "stock" : "payment"]: "none" } : {};
   return {
     patch: { status: "COMPENSATING", reason, ...undone },
@@ -194,9 +210,21 @@ export function onForwardFailed(
   };
 }
 
-/** A transient failure that will be retried; only the log changes. */
-export function onRetrying(step: StepName, detail: string, attempt: number): Transition {
-  return { patch: {}, log: { name: step, status: "FAILED", detail: `${detail} (will retry)`, attempt } };
+/**
+ * A transient failure that will be retried. `neverSent`: the attempt never left the process
+ * (breaker open, bulkhead full, no instance), so when the step had taken no effect before this
+ * attempt (`before` "none") it still has none — nothing to undo for it.
+ */
+export function onRetrying(
+  step: StepName,
+  detail: string,
+  attempt: number,
+  neverSent?: { readonly before: Progress },
+): Transition {
+  const field = step === "reserve_stock" ? "stock" : step === "charge_payment" ? "payment" : undefined;
+  const patch: OrderPatch = neverSent?.before === "none" && field ? { [field]: "none" } : {};
+  const why = neverSent ? `${detail} (not sent; will retry)` : `${detail} (will retry)`;
+  return { patch, log: { name: step, status: "FAILED", detail: why, attempt } };
 }
 
 /** The customer's cancel (or a failure) turns the saga around. */
@@ -230,6 +258,17 @@ export function onCancelled(reason: string): Transition {
   return {
     patch: { status: "CANCELLED" },
     log: { name: "cancel_order", status: "SUCCEEDED", detail: reason, attempt: 1 },
+  };
+}
+
+/**
+ * Stock is back but payment cannot be reached to refund (or void) the charge: the order is
+ * cancelled now, its refund pending, and the saga keeps retrying it (`decide` on CANCELLED).
+ */
+export function onCancelledRefundPending(reason: string, why: string): Transition {
+  return {
+    patch: { status: "CANCELLED" },
+    log: { name: "cancel_order", status: "SUCCEEDED", detail: `${reason} (refund pending: ${why})`, attempt: 1 },
   };
 }
 

@@ -40,6 +40,7 @@ import {
   type OrderRecord,
   type OrderStatus,
   onCancelled,
+  onCancelledRefundPending,
   onCharged,
   onCompensate,
   onConfirmed,
@@ -92,7 +93,8 @@ export interface SagaDeps {
   readonly telemetry?: Telemetry;
 }
 
-type Outcome = Transition | { readonly retry: string };
+/** A step's outcome to persist, or a transient failure to retry (`notSent`: it never left this process). */
+type Outcome = Transition | { readonly retry: string; readonly notSent: boolean };
 
 /** What {@link SagaOrchestrator.act} returns when the lease was lost: the loop stops. */
 const FENCED = -1;
@@ -282,16 +284,25 @@ export class SagaOrchestrator {
         const history = (await store.steps(o.id)).filter((s) => s.name === d.step && s.status === "STARTED");
         const attempt = history.length + 1;
         const since = history[0]?.at ?? this.clock();
+        // What the step had done before this attempt: an attempt that is never sent changes nothing.
+        const before = d.step === "reserve_stock" ? o.stock : d.step === "charge_payment" ? o.payment : undefined;
         if ((await apply(onStarted(o, d.step, attempt))) === FENCED) return FENCED;
         const outcome = await this.call(d.step, o, attempt, signal);
         if (signal.aborted) return 0; // stopping: the step's outcome is unknown and is re-driven by the next owner
         if (!("retry" in outcome)) return apply(outcome);
+        const neverSent = outcome.notSent && before !== undefined ? { before } : undefined;
         const forward = d.step === "reserve_stock" || d.step === "charge_payment";
         if (forward && this.clock() - since >= this.deps.timing.stepBudgetMs) {
           const reason = `${PARTICIPANT[d.step]} unavailable: ${outcome.retry}`;
-          return apply(onForwardFailed(d.step, reason, false, attempt));
+          return apply(onForwardFailed(d.step, reason, neverSent?.before === "none", attempt));
         }
-        if ((await apply(onRetrying(d.step, outcome.retry, attempt))) === FENCED) return FENCED;
+        if ((await apply(onRetrying(d.step, outcome.retry, attempt, neverSent))) === FENCED) return FENCED;
+        if (d.step === "refund_payment" && o.status === "COMPENSATING") {
+          // Stock is already back (it goes first): cancel now, with the refund pending, instead of
+          // holding the order open for as long as payment is out; the refund goes on being retried.
+          const cancelled = await apply(onCancelledRefundPending(o.reason, outcome.retry), { status: "COMPENSATING" });
+          if (cancelled === FENCED) return FENCED;
+        }
         const { retryBaseMs, retryMaxMs } = this.deps.timing;
         return backoffMs(attempt, retryBaseMs, retryMaxMs, this.random());
       }
@@ -350,7 +361,7 @@ export class SagaOrchestrator {
     } catch (err) {
       if (!(err instanceof RpcError)) throw err;
       const forward = step === "reserve_stock" || step === "charge_payment";
-      if (failureKind(err.code) === "transient") return { retry: describe(err) };
+      if (failureKind(err.code) === "transient") return { retry: describe(err), notSent: err.notSent };
       if (forward) {
         const reason = err.code === Code.FAILED_PRECONDITION ? err.message : describe(err);
         return onForwardFailed(step, reason, true, attempt);

@@ -54,6 +54,10 @@ export const MIGRATIONS = migrations([
      ALTER TABLE orders ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE saga_steps ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE orders ADD COLUMN version INTEGER NOT NULL DEFAULT 0;`,
+  // 5: a cancelled order whose refund has not landed still has a saga to drive.
+  `DROP INDEX orders_active;
+   CREATE INDEX orders_active ON orders (status)
+     WHERE status IN ('PENDING', 'COMPENSATING') OR (status = 'CANCELLED' AND payment IN ('attempted', 'done'));`,
 ]);
 
 export interface OrderRow {

@@ -21,6 +21,7 @@ import {
   OrderCancelledSchema,
   OrderConfirmedSchema,
   OrderPlacedSchema,
+  OrderRefundSettledSchema,
 } from "../../gen/shopmesh/order/v1/events_pb.js";
 import {
   currentTraceparent,
@@ -39,6 +40,7 @@ import {
   type OrderPatch,
   type OrderRecord,
   type OrderStatus,
+  refundPending,
   type SagaMode,
   type Transition,
 } from "./domain.js";
@@ -70,6 +72,10 @@ export interface Lease {
   readonly owner: string;
   readonly fence: number;
 }
+
+/** Orders whose saga has more to do: running forward or back, or cancelled with a refund still to land. */
+const UNFINISHED = sql`(status IN ('PENDING', 'COMPENSATING')
+  OR (status = 'CANCELLED' AND payment IN ('attempted', 'done')))`;
 
 /** Orders and saga step logs, with the outbox their events are committed into. */
 export class OrderStore {
@@ -254,6 +260,10 @@ export class OrderStore {
       if (t.patch.status !== undefined && t.patch.status !== row.status && (await this.publishTerminal(tx, o))) {
         tx.afterCommit(() => this.events.emit("terminal", o));
       }
+      if (row.status === "CANCELLED" && refundPending(toOrder(row)) && !refundPending(o)) {
+        // The refund a cancelled order was waiting for landed.
+        await this.outbox.add(tx, OrderRefundSettledSchema, o.id, { customerId: o.customerId, detail: t.log.detail });
+      }
       await this.changed(tx, o);
       return { kind: "applied", order: o };
     });
@@ -272,6 +282,7 @@ export class OrderStore {
         customerId: o.customerId,
         reason: o.reason,
         sagaMode: SagaModeEnum[o.sagaMode],
+        refundPending: refundPending(o),
       });
     } else {
       return false;
@@ -312,7 +323,7 @@ export class OrderStore {
   /** Ids of orders whose saga (in `mode`, or any) has not finished, oldest first. */
   async activeIds(mode?: SagaMode): Promise<string[]> {
     const rows = await this.db.all(sql<{ id: string }>`SELECT id FROM orders
-      WHERE status IN ('PENDING', 'COMPENSATING') AND (${mode ?? ""} = '' OR saga_mode = ${mode ?? ""})
+      WHERE ${UNFINISHED} AND (${mode ?? ""} = '' OR saga_mode = ${mode ?? ""})
       ORDER BY created_at`);
     return rows.map((r) => r.id);
   }
@@ -331,7 +342,7 @@ export class OrderStore {
         fence: number;
       }>`UPDATE orders SET owner = ${owner}, lease_until = ${now + ms}, fence = fence + 1
         WHERE id IN (SELECT id FROM orders
-                     WHERE status IN ('PENDING', 'COMPENSATING') AND saga_mode = 'ORCHESTRATION'
+                     WHERE ${UNFINISHED} AND saga_mode = 'ORCHESTRATION'
                        AND (lease_until < ${now} OR ${scope === "all" ? 1 : 0} = 1)
                      ORDER BY created_at LIMIT 1000)
         RETURNING id, fence`),
@@ -346,14 +357,12 @@ export class OrderStore {
         ? sql`id = ANY(${[...ids]}::text[])`
         : sql`id IN (SELECT value FROM json_each(${JSON.stringify(ids)}))`;
     return this.db.run(sql`UPDATE orders SET lease_until = ${this.clock() + ms}
-      WHERE owner = ${owner} AND ${among} AND status IN ('PENDING', 'COMPENSATING')`);
+      WHERE owner = ${owner} AND ${among} AND ${UNFINISHED}`);
   }
 
   /** Gives back every lease `owner` holds (a graceful stop), so other replicas adopt those sagas at once. */
   releaseLeases(owner: string): Promise<number> {
-    return this.db.run(
-      sql`UPDATE orders SET lease_until = 0 WHERE owner = ${owner} AND status IN ('PENDING', 'COMPENSATING')`,
-    );
+    return this.db.run(sql`UPDATE orders SET lease_until = 0 WHERE owner = ${owner} AND ${UNFINISHED}`);
   }
 
   /** Closes the database (and the change listener). */

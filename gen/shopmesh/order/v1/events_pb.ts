@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file shopmesh/order/v1/events.proto.
  */
 export const file_shopmesh_order_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("Ch5zaG9wbWVzaC9vcmRlci92MS9ldmVudHMucHJvdG8SEXNob3BtZXNoLm9yZGVyLnYxIsEBCgtPcmRlclBsYWNlZBIrCgRtZXRhGAEgASgLMh0uc2hvcG1lc2guY29tbW9uLnYxLkV2ZW50TWV0YRITCgtjdXN0b21lcl9pZBgCIAEoCRIrCgVpdGVtcxgDIAMoCzIcLnNob3BtZXNoLmNvbW1vbi52MS5MaW5lSXRlbRISCgpjYXJkX3Rva2VuGAQgASgJEi8KCXNhZ2FfbW9kZRgFIAEoDjIcLnNob3BtZXNoLmNvbW1vbi52MS5TYWdhTW9kZSKQAQoOT3JkZXJDb25maXJtZWQSKwoEbWV0YRgBIAEoCzIdLnNob3BtZXNoLmNvbW1vbi52MS5FdmVudE1ldGESEwoLY3VzdG9tZXJfaWQYAiABKAkSKAoFdG90YWwYAyABKAsyGS5zaG9wbWVzaC5jb21tb24udjEuTW9uZXkSEgoKcGF5bWVudF9pZBgEIAEoCSKTAQoOT3JkZXJDYW5jZWxsZWQSKwoEbWV0YRgBIAEoCzIdLnNob3BtZXNoLmNvbW1vbi52MS5FdmVudE1ldGESEwoLY3VzdG9tZXJfaWQYAiABKAkSDgoGcmVhc29uGAMgASgJEi8KCXNhZ2FfbW9kZRgEIAEoDjIcLnNob3BtZXNoLmNvbW1vbi52MS5TYWdhTW9kZWIGcHJvdG8z", [file_shopmesh_common_v1_common]);
+  fileDesc("Ch5zaG9wbWVzaC9vcmRlci92MS9ldmVudHMucHJvdG8SEXNob3BtZXNoLm9yZGVyLnYxIsEBCgtPcmRlclBsYWNlZBIrCgRtZXRhGAEgASgLMh0uc2hvcG1lc2guY29tbW9uLnYxLkV2ZW50TWV0YRITCgtjdXN0b21lcl9pZBgCIAEoCRIrCgVpdGVtcxgDIAMoCzIcLnNob3BtZXNoLmNvbW1vbi52MS5MaW5lSXRlbRISCgpjYXJkX3Rva2VuGAQgASgJEi8KCXNhZ2FfbW9kZRgFIAEoDjIcLnNob3BtZXNoLmNvbW1vbi52MS5TYWdhTW9kZSKQAQoOT3JkZXJDb25maXJtZWQSKwoEbWV0YRgBIAEoCzIdLnNob3BtZXNoLmNvbW1vbi52MS5FdmVudE1ldGESEwoLY3VzdG9tZXJfaWQYAiABKAkSKAoFdG90YWwYAyABKAsyGS5zaG9wbWVzaC5jb21tb24udjEuTW9uZXkSEgoKcGF5bWVudF9pZBgEIAEoCSKrAQoOT3JkZXJDYW5jZWxsZWQSKwoEbWV0YRgBIAEoCzIdLnNob3BtZXNoLmNvbW1vbi52MS5FdmVudE1ldGESEwoLY3VzdG9tZXJfaWQYAiABKAkSDgoGcmVhc29uGAMgASgJEi8KCXNhZ2FfbW9kZRgEIAEoDjIcLnNob3BtZXNoLmNvbW1vbi52MS5TYWdhTW9kZRIWCg5yZWZ1bmRfcGVuZGluZxgFIAEoCCJmChJPcmRlclJlZnVuZFNldHRsZWQSKwoEbWV0YRgBIAEoCzIdLnNob3BtZXNoLmNvbW1vbi52MS5FdmVudE1ldGESEwoLY3VzdG9tZXJfaWQYAiABKAkSDgoGZGV0YWlsGAMgASgJYgZwcm90bzM", [file_shopmesh_common_v1_common]);
 
 /**
  * An order was accepted. Subject: `order.order.placed`. In choreography mode
@@ -145,6 +145,16 @@ export type OrderCancelled = Message<"shopmesh.order.v1.OrderCancelled"> & {
    * @generated from field: shopmesh.common.v1.SagaMode saga_mode = 4;
    */
   sagaMode: SagaMode;
+
+  /**
+   * True when the order's payment may still be taken (orchestration: payment
+   * was unreachable to refund or void it; choreography: it was captured and
+   * payment refunds it on this event). OrderRefundSettled follows when it
+   * lands.
+   *
+   * @generated from field: bool refund_pending = 5;
+   */
+  refundPending: boolean;
 };
 
 /**
@@ -153,4 +163,41 @@ export type OrderCancelled = Message<"shopmesh.order.v1.OrderCancelled"> & {
  */
 export const OrderCancelledSchema: GenMessage<OrderCancelled> = /*@__PURE__*/
   messageDesc(file_shopmesh_order_v1_events, 2);
+
+/**
+ * A cancelled order's pending refund landed: the payment was refunded, or its
+ * charge key voided (nothing was taken). Follows an OrderCancelled with
+ * `refund_pending`. Subject: `order.order.refund_settled`.
+ *
+ * @generated from message shopmesh.order.v1.OrderRefundSettled
+ */
+export type OrderRefundSettled = Message<"shopmesh.order.v1.OrderRefundSettled"> & {
+  /**
+   * Event metadata (id, source, time, order id).
+   *
+   * @generated from field: shopmesh.common.v1.EventMeta meta = 1;
+   */
+  meta?: EventMeta | undefined;
+
+  /**
+   * Owner of the order.
+   *
+   * @generated from field: string customer_id = 2;
+   */
+  customerId: string;
+
+  /**
+   * What happened, for people, e.g. "payment pay_... refunded".
+   *
+   * @generated from field: string detail = 3;
+   */
+  detail: string;
+};
+
+/**
+ * Describes the message shopmesh.order.v1.OrderRefundSettled.
+ * Use `create(OrderRefundSettledSchema)` to create a new message.
+ */
+export const OrderRefundSettledSchema: GenMessage<OrderRefundSettled> = /*@__PURE__*/
+  messageDesc(file_shopmesh_order_v1_events, 3);
 

@@ -1,0 +1,113 @@
+/**
+ * Compensation during a payment outage, across real inventory, payment and
+ * order servers: a charge that never left the order service (its breaker
+ * open) needs no refund, so the order ends CANCELLED with nothing pending
+ * while payment is still down; one that may have reached payment is
+ * cancelled with its refund pending, watched until the refund lands, and
+ * announced by OrderRefundSettled.
+ */
+import { fromBinary } from "@bufbuild/protobuf";
+import { afterAll, beforeAll, expect, it } from "vitest";
+import { EVENTS } from "../../contracts/events.js";
+import { type Order, OrderStatus, StepStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
+import { connectBus, silentLogger } from "../../platform/index.js";
+import { type System, startSystem } from "../../test/system.js";
+
+let sys: System;
+beforeAll(async () => {
+  sys = await startSystem({
+    order: {
+      SAGA_STEP_BUDGET_MS: "1000",
+      PAYMENT_BREAKER_CONSECUTIVE_FAILURES: "2",
+      // Long enough that the breaker stays open for a whole step budget: no probe goes out meanwhile.
+      PAYMENT_BREAKER_HALF_OPEN_AFTER_MS: "4000",
+      PAYMENT_RETRY_MAX_ATTEMPTS: "1",
+    },
+  });
+});
+afterAll(async () => {
+  await sys[Symbol.asyncDispose]();
+});
+
+let seq = 0;
+const place = async (subject: string) => {
+  const { order } = await sys.orders.placeOrder(
+    { idempotencyKey: `comp-${++seq}`, items: [{ productId: "coffee-beans", quantity: 1 }], cardToken: "tok_visa" },
+    sys.as(subject),
+  );
+  return order as Order;
+};
+const get = async (id: string, subject: string) => (await sys.orders.getOrder({ orderId: id }, sys.as(subject))).order as Order;
+async function until(id: string, subject: string, done: (o: Order) => boolean, ms = 15_000): Promise<Order> {
+  for (const end = Date.now() + ms; ; ) {
+    const o = await get(id, subject);
+    if (done(o) || Date.now() > end) return o;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+/** The ORDER stream's events on `subject`, decoded, once at least `min` are there (relayed after their commit). */
+async function streamed(subject: string, min: number): Promise<{ orderId: string; refundPending?: boolean }[]> {
+  const bus = await connectBus(sys.nats.url, "compensation-test", silentLogger());
+  try {
+    for (const end = Date.now() + 10_000; ; ) {
+      const info = await bus.jsm.streams.info("ORDER");
+      const out: { orderId: string; refundPending?: boolean }[] = [];
+      for (let seq = info.state.first_seq; seq <= info.state.last_seq; seq++) {
+        const m = await bus.jsm.streams.getMessage("ORDER", { seq }).catch(() => null);
+        const kind = m && m.subject === subject ? EVENTS.kind(m.header.get("ce-type")) : undefined;
+        if (!m || !kind) continue;
+        const e = fromBinary(kind.schema, m.data) as { meta?: { orderId: string }; refundPending?: boolean };
+        out.push({ orderId: e.meta?.orderId ?? "", refundPending: e.refundPending });
+      }
+      if (out.length >= min || Date.now() > end) return out;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  } finally {
+    await bus.close();
+  }
+}
+const steps = (o: Order) => o.steps.map((s) => `${s.name}:${StepStatus[s.status]}:${s.detail}`);
+
+it("payment down: a charge that may have been sent is refunded later; one never sent needs nothing", async () => {
+  await sys.paymentChaos.setFaults({ faults: { down: true } });
+  try {
+    // The first order's charges reach payment (and fail): its breaker opens; the refund is pending.
+    const first = await place("kim");
+    const cancelled = await until(first.id, "kim", (o) => o.status === OrderStatus.CANCELLED);
+    expect(cancelled).toMatchObject({ status: OrderStatus.CANCELLED, refundPending: true });
+    expect(sys.order.payment.state().breaker).toBe("open");
+
+    // The breaker is still open: the second order's charge never leaves the order service.
+    const second = await place("lee");
+    const done = await until(second.id, "lee", (o) => o.status === OrderStatus.CANCELLED);
+    expect(done.status).toBe(OrderStatus.CANCELLED);
+    expect(done.refundPending, steps(done).join("\n")).toBe(false);
+    expect(steps(done).some((s) => s.startsWith("charge_payment:FAILED:") && s.includes("(not sent; will retry)"))).toBe(
+      true,
+    );
+    expect(steps(done).some((s) => s.startsWith("refund_payment"))).toBe(false);
+    // Meanwhile the first one's watch stays open: its refund has not landed.
+    const watch = (async () => {
+      const seen: Order[] = [];
+      for await (const { order } of sys.orders.watchOrder({ orderId: first.id }, sys.as("kim"))) if (order) seen.push(order);
+      return seen;
+    })();
+    await new Promise((r) => setTimeout(r, 300));
+    await sys.paymentChaos.setFaults({ faults: {} });
+    // Payment back: after the breaker's pause the refund goes out, lands, and the watch ends.
+    const seen = await watch;
+    expect(seen.at(-1)).toMatchObject({ status: OrderStatus.CANCELLED, refundPending: false });
+    expect(seen[0]?.refundPending).toBe(true);
+    const settled = (await streamed("order.order.refund_settled", 1)).filter((e) => e.orderId === first.id);
+    expect(settled).toHaveLength(1);
+    const cancelledEvents = (await streamed("order.order.cancelled", 2)).filter((e) =>
+      [first.id, second.id].includes(e.orderId),
+    );
+    expect(cancelledEvents.map((e) => [e.orderId === first.id ? "first" : "second", e.refundPending]).sort()).toEqual([
+      ["first", true],
+      ["second", false],
+    ]);
+  } finally {
+    await sys.paymentChaos.setFaults({ faults: {} });
+  }
+}, 40_000);
