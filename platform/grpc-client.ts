@@ -111,8 +111,8 @@ function unaryCall(m: DescMethod, channel: grpc.Client, tracer: Tracer | undefin
 /** A unary call per method on already-encoded messages: bytes in, bytes out (platform/h2-bytes.ts). */
 export type BytesClient = Readonly<Record<string, (request: Uint8Array, options?: CallOptions) => Promise<Uint8Array>>>;
 
-/** How long a stream its caller stopped reading may take to end by itself before it is cancelled. */
-const STATUS_GRACE_MS = 50;
+/** How long a stream its caller stopped reading may stay quiet before it is cancelled. */
+const ABANDONED_IDLE_MS = 2_000;
 
 function streamCall(m: DescMethod, channel: grpc.Client, tracer: Tracer | undefined) {
   const path = methodPath(m);
@@ -147,10 +147,21 @@ function streamCall(m: DescMethod, channel: grpc.Client, tracer: Tracer | undefi
         opts?.signal?.removeEventListener("abort", onAbort);
         tracing.end(span, code);
         // A caller that stops reading at the last message (a watch that saw the terminal state)
-        // would reset a stream the server has already ended, its status on the way. Every reset
-        // counts against Node's rapid-reset limit for the whole connection (platform/server.ts),
-        // so the stream is cancelled only if its status has not arrived shortly after.
-        if (!ended && !opts?.signal?.aborted) setTimeout(() => ended || call.cancel(), STATUS_GRACE_MS).unref();
+        // would reset a stream the server has already ended, its status on the way — and every
+        // reset counts against Node's rapid-reset limit for the whole connection (platform/server.ts).
+        // So read on: the end means there is nothing to cancel; another message, or quiet for a
+        // while, means the stream is live and the caller is done with it.
+        if (!ended && !opts?.signal?.aborted) {
+          const idle = setTimeout(() => call.cancel(), ABANDONED_IDLE_MS);
+          idle.unref();
+          messages.next().then(
+            (next) => {
+              clearTimeout(idle);
+              if (!next.done) call.cancel();
+            },
+            () => clearTimeout(idle),
+          );
+        }
       }
     })();
 }
