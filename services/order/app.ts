@@ -11,6 +11,7 @@ import { PaymentService } from "../../gen/shopmesh/payment/v1/payment_pb.js";
 import {
   bind,
   createResilientClient,
+  detached,
   type Host,
   type HostContext,
   type Logger,
@@ -32,6 +33,8 @@ interface OrderParts {
   readonly saga: SagaOrchestrator;
   readonly inventory: ResilientClient<typeof InventoryService>;
   readonly payment: ResilientClient<typeof PaymentService>;
+  /** The choreographed saga's step-budget sweep. */
+  readonly expiry?: NodeJS.Timeout;
 }
 
 /** A running order service. */
@@ -111,6 +114,21 @@ export async function startOrder(config: OrderConfig, log: Logger): Promise<Orde
       const parts = buildSaga(config, log, store, ctx);
       countSagas(store, ctx.telemetry.metrics);
       const { saga } = parts;
+      // The choreographed saga's step budget, checked a few times per budget.
+      const budget = config.SAGA_STEP_BUDGET_MS;
+      const expiry = setInterval(
+        () => {
+          detached(() =>
+            choreography.expire(budget, Date.now()).then(
+              (n) =>
+                n > 0 && log.warn({ orders: n }, "choreographed orders cancelled: no progress within the step budget"),
+              (err: unknown) => log.warn({ err }, "choreography step-budget sweep failed; retrying on the next one"),
+            ),
+          );
+        },
+        Math.max(100, Math.floor(budget / 4)),
+      );
+      expiry.unref();
       const api = createOrderApi({
         store,
         defaultMode: config.SAGA_DEFAULT_MODE,
@@ -123,10 +141,11 @@ export async function startOrder(config: OrderConfig, log: Logger): Promise<Orde
           else tx.afterCommit(() => saga.wake(o.id));
         },
       });
-      return { services: [bind(OrderService, api)], parts };
+      return { services: [bind(OrderService, api)], parts: { ...parts, expiry } };
     },
     stopApp: async (parts) => {
       // Sagas stop after calls drained and give their leases back: another replica (or the next start) resumes them.
+      clearInterval(parts?.expiry);
       await parts?.saga.stop();
       parts?.inventory.close();
       parts?.payment.close();

@@ -9,8 +9,10 @@
 import { fromBinary } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { EVENTS } from "../../contracts/events.js";
+import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import { type Order, OrderStatus, StepStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
 import { connectBus, silentLogger } from "../../platform/index.js";
+import { capturedPayments } from "../../test/probes.js";
 import { type System, startSystem } from "../../test/system.js";
 
 let sys: System;
@@ -30,14 +32,20 @@ afterAll(async () => {
 });
 
 let seq = 0;
-const place = async (subject: string) => {
+const place = async (subject: string, sagaMode = SagaMode.ORCHESTRATION) => {
   const { order } = await sys.orders.placeOrder(
-    { idempotencyKey: `comp-${++seq}`, items: [{ productId: "coffee-beans", quantity: 1 }], cardToken: "tok_visa" },
+    {
+      idempotencyKey: `comp-${++seq}`,
+      items: [{ productId: "coffee-beans", quantity: 1 }],
+      cardToken: "tok_visa",
+      sagaMode,
+    },
     sys.as(subject),
   );
   return order as Order;
 };
-const get = async (id: string, subject: string) => (await sys.orders.getOrder({ orderId: id }, sys.as(subject))).order as Order;
+const get = async (id: string, subject: string) =>
+  (await sys.orders.getOrder({ orderId: id }, sys.as(subject))).order as Order;
 async function until(id: string, subject: string, done: (o: Order) => boolean, ms = 15_000): Promise<Order> {
   for (const end = Date.now() + ms; ; ) {
     const o = await get(id, subject);
@@ -82,14 +90,15 @@ it("payment down: a charge that may have been sent is refunded later; one never 
     const done = await until(second.id, "lee", (o) => o.status === OrderStatus.CANCELLED);
     expect(done.status).toBe(OrderStatus.CANCELLED);
     expect(done.refundPending, steps(done).join("\n")).toBe(false);
-    expect(steps(done).some((s) => s.startsWith("charge_payment:FAILED:") && s.includes("(not sent; will retry)"))).toBe(
-      true,
-    );
+    expect(
+      steps(done).some((s) => s.startsWith("charge_payment:FAILED:") && s.includes("(not sent; will retry)")),
+    ).toBe(true);
     expect(steps(done).some((s) => s.startsWith("refund_payment"))).toBe(false);
     // Meanwhile the first one's watch stays open: its refund has not landed.
     const watch = (async () => {
       const seen: Order[] = [];
-      for await (const { order } of sys.orders.watchOrder({ orderId: first.id }, sys.as("kim"))) if (order) seen.push(order);
+      for await (const { order } of sys.orders.watchOrder({ orderId: first.id }, sys.as("kim")))
+        if (order) seen.push(order);
       return seen;
     })();
     await new Promise((r) => setTimeout(r, 300));
@@ -111,3 +120,30 @@ it("payment down: a charge that may have been sent is refunded later; one never 
     await sys.paymentChaos.setFaults({ faults: {} });
   }
 }, 40_000);
+
+it("choreography, payment down: the order is cancelled after the step budget and its stock released; no charge stays", async () => {
+  const stock = async () => (await sys.products.getProduct({ productId: "coffee-beans" })).product;
+  const before = await stock();
+  await sys.paymentChaos.setFaults({ faults: { down: true } });
+  let id = "";
+  try {
+    const placed = await place("mia", SagaMode.CHOREOGRAPHY);
+    id = placed.id;
+    // StockReserved waits at payment; after a second with no progress the order gives up.
+    const done = await until(id, "mia", (o) => o.status === OrderStatus.CANCELLED);
+    expect(done.status).toBe(OrderStatus.CANCELLED);
+    expect(done.statusReason).toMatch(/^payment unavailable: no answer within the 1000 ms step budget/);
+    // Its OrderCancelled made inventory release the reservation, payment still down.
+    for (let i = 0; i < 100 && (await stock())?.reserved !== before?.reserved; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(await stock()).toMatchObject({ available: before?.available, reserved: before?.reserved });
+  } finally {
+    await sys.paymentChaos.setFaults({ faults: {} });
+  }
+  // Payment back: whichever of StockReserved and OrderCancelled it handles first, no money stays taken.
+  await new Promise((r) => setTimeout(r, 1500));
+  const final = await until(id, "mia", (o) => !o.refundPending, 10_000);
+  expect(final).toMatchObject({ status: OrderStatus.CANCELLED, refundPending: false });
+  expect(await capturedPayments(sys.payment.store.db, id)).toBe(0);
+}, 30_000);

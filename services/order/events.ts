@@ -87,6 +87,29 @@ export class Choreography {
     });
   }
 
+  /**
+   * The choreographed saga's step budget: an order that made no progress for `budgetMs` (a
+   * participant is out, its events waiting) is cancelled, so stock is not held for as long as the
+   * outage lasts. Its OrderCancelled makes inventory release the reservation and payment refund
+   * the charge or void its key (a charge arriving later is refused). Returns how many it cancelled.
+   */
+  async expire(budgetMs: number, now: number): Promise<number> {
+    let cancelled = 0;
+    for (const id of await this.store.stalledChoreography(now - budgetMs)) {
+      await this.store.db.transaction(async (tx) => {
+        const o = await this.order(id, tx);
+        if (o?.status !== "PENDING" || o.updatedAt >= now - budgetMs) return;
+        const who = o.stock === "done" ? "payment" : "inventory";
+        const reason = `${who} unavailable: no answer within the ${budgetMs} ms step budget`;
+        if (await this.applyIf(o, onCompensate(reason), "PENDING", tx)) {
+          await this.cancel(o, reason, tx);
+          cancelled++;
+        }
+      });
+    }
+    return cancelled;
+  }
+
   /** The consumers of participants' events. */
   consumers(): ConsumerSpec[] {
     const attempt = (ctx: EventContext) => ctx.deliveryCount;

@@ -320,6 +320,14 @@ export class OrderStore {
     return rows.map(toOrder);
   }
 
+  /** Choreographed orders still PENDING whose last change is older than `before` (epoch ms), oldest first. */
+  async stalledChoreography(before: number): Promise<string[]> {
+    const rows = await this.db.all(sql<{ id: string }>`SELECT id FROM orders
+      WHERE status = 'PENDING' AND saga_mode = 'CHOREOGRAPHY' AND updated_at < ${before}
+      ORDER BY updated_at LIMIT 100`);
+    return rows.map((r) => r.id);
+  }
+
   /** Ids of orders whose saga (in `mode`, or any) has not finished, oldest first. */
   async activeIds(mode?: SagaMode): Promise<string[]> {
     const rows = await this.db.all(sql<{ id: string }>`SELECT id FROM orders
