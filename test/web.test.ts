@@ -488,6 +488,7 @@ describe("the timeline and read-model views (pure)", () => {
     const cancelled = (last: StepStatus) =>
       create(OrderSchema, {
         status: OrderStatus.CANCELLED,
+        refundPending: last !== StepStatus.COMPENSATED,
         steps: [
           step("release_stock", StepStatus.COMPENSATED),
           step("refund_payment", StepStatus.FAILED, 1, "UNAVAILABLE: breaker open (not sent; will retry)"),

@@ -143,12 +143,8 @@ export function compensated(rows: readonly StepRow[]): boolean {
 
 /**
  * A cancelled order whose refund has not landed: payment could not be reached to give the money
- * back (or void the charge), and the saga keeps retrying. Read from the step log: the last
- * refund_payment entry is not a compensation.
+ * back (or void the charge), and the saga keeps retrying (Order.refund_pending).
  */
 export function refundPending(order: Order): boolean {
-  if (order.status !== OrderStatus.CANCELLED) return false;
-  const refunds = order.steps.filter((s) => s.name === "refund_payment");
-  const last = refunds[refunds.length - 1];
-  return last !== undefined && last.status !== StepStatus.COMPENSATED;
+  return order.status === OrderStatus.CANCELLED && order.refundPending;
 }

@@ -106,7 +106,7 @@ export function createTimeline(): { el: HTMLElement; update(rows: readonly StepR
   const divider = h(
     "li",
     { class: "timeline__divider", "data-testid": "compensation-divider" },
-    "Compensation: completed steps are undone in reverse order",
+    "Compensation: what may have happened is undone, stock first",
   );
   return {
     el: list,
