@@ -11,9 +11,10 @@ import { afterAll, beforeAll, expect, it } from "vitest";
 import { EVENTS } from "../../contracts/events.js";
 import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import { type Order, OrderStatus, StepStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
-import { connectBus, silentLogger } from "../../platform/index.js";
+import { connectBus, silentLogger, sql } from "../../platform/index.js";
 import { capturedPayments } from "../../test/probes.js";
 import { type System, startSystem } from "../../test/system.js";
+import { DEMO_CATALOGUE } from "../inventory/catalogue.js";
 
 let sys: System;
 beforeAll(async () => {
@@ -147,3 +148,67 @@ it("choreography, payment down: the order is cancelled after the step budget and
   expect(final).toMatchObject({ status: OrderStatus.CANCELLED, refundPending: false });
   expect(await capturedPayments(sys.payment.store.db, id)).toBe(0);
 }, 30_000);
+
+it("payment down while 40 orders come in, both saga modes: each ends CANCELLED within the step budget and a few seconds, stock back at once; once payment returns every refund lands and the books balance", async () => {
+  await sys.paymentChaos.setFaults({ faults: { down: true } });
+  const ended = new Map<string, number>(); // order id -> ms from placing to a customer-visible end
+  try {
+    const placed = await Promise.all(
+      Array.from({ length: 40 }, async (_, i) => {
+        await new Promise((r) => setTimeout(r, i * 50));
+        const at = Date.now();
+        const o = await place(`out-${i % 5}`, i % 2 ? SagaMode.CHOREOGRAPHY : SagaMode.ORCHESTRATION);
+        return { id: o.id, subject: `out-${i % 5}`, at };
+      }),
+    );
+    await Promise.all(
+      placed.map(async (p) => {
+        const o = await until(p.id, p.subject, (x) => x.status === OrderStatus.CANCELLED, 15_000);
+        expect(o.status, p.id).toBe(OrderStatus.CANCELLED);
+        ended.set(p.id, Date.now() - p.at);
+      }),
+    );
+    // Customer-visible within the 1 s budget plus the sweep and a few seconds, payment still down.
+    expect(Math.max(...ended.values())).toBeLessThan(1_000 + 4_000);
+    // Stock held = what confirmed orders hold: nothing for the cancelled ones, payment still down.
+    const held = new Map<string, number>();
+    for (const o of await sys.order.store.db.all(
+      sql<{ items: string }>`SELECT items FROM orders WHERE status = 'CONFIRMED'`,
+    )) {
+      for (const l of JSON.parse(o.items) as { productId: string; quantity: number }[]) {
+        held.set(l.productId, (held.get(l.productId) ?? 0) + l.quantity);
+      }
+    }
+    const reserved = await sys.inventory.store.db.all(
+      sql<{ id: string; reserved: number }>`SELECT id, reserved FROM products`,
+    );
+    expect(
+      reserved.filter((r) => r.reserved !== (held.get(r.id) ?? 0)),
+      "no stock held for a cancelled order",
+    ).toEqual([]);
+  } finally {
+    await sys.paymentChaos.setFaults({ faults: {} });
+  }
+  // Payment back: every pending refund lands (after the breaker's pause), nothing stays unsettled.
+  const pending = async () =>
+    (
+      await sys.order.store.db.all(sql<{ id: string }>`SELECT id FROM orders
+      WHERE status NOT IN ('CONFIRMED', 'CANCELLED') OR (status = 'CANCELLED' AND payment IN ('attempted', 'done'))`)
+    ).length;
+  for (let i = 0; i < 200 && (await pending()) > 0; i++) await new Promise((r) => setTimeout(r, 100));
+  expect(await pending(), "every order settled, no refund pending").toBe(0);
+  // The books: a capture for each confirmed order and none for a cancelled one; stock conserved.
+  const orders = await sys.order.store.db.all(sql<{ id: string; status: string }>`SELECT id, status FROM orders`);
+  const captured = await sys.payment.store.db.all(sql<{ order_id: string; n: number }>`SELECT order_id, COUNT(*) AS n
+    FROM payments WHERE status = 'CAPTURED' GROUP BY order_id`);
+  expect(captured.filter((c) => c.n !== 1)).toEqual([]);
+  expect(new Set(captured.map((c) => c.order_id))).toEqual(
+    new Set(orders.filter((o) => o.status === "CONFIRMED").map((o) => o.id)),
+  );
+  const stock = await sys.inventory.store.db.all(sql<{ id: string; available: number; reserved: number }>`
+    SELECT id, available, reserved FROM products`);
+  for (const p of DEMO_CATALOGUE) {
+    const s = stock.find((x) => x.id === p.id);
+    expect(s && s.available + s.reserved, p.id).toBe(p.available);
+  }
+}, 60_000);
