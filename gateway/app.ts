@@ -1,5 +1,4 @@
 /** Wires the gateway: upstream clients (built once), routes, composition, auth, limits, HTTP front. */
-import { ServerReflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
 import { GatewayService, OperatorService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
 import { HistoryService } from "../gen/shopmesh/history/v1/history_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
@@ -22,7 +21,7 @@ import { registerRoutes } from "./forward.js";
 import { ConcurrencyLimiter, RateLimiter } from "./limits.js";
 import { createOperator } from "./operator.js";
 import { passthroughTable } from "./passthrough.js";
-import { createReflection } from "./reflection.js";
+import { REFLECTION_SERVICES, registerReflection } from "./reflection.js";
 import { ROUTES } from "./routes.js";
 import { type RunningFront, startFront } from "./server.js";
 import { devSignInEndpoint, findWebDirectory, webEndpoint } from "./web.js";
@@ -80,12 +79,10 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
       registerRoutes(router, ROUTES, clients);
       router.service(GatewayService, composition);
       router.service(OperatorService, operator.service);
-      router.service(
-        ServerReflection,
-        createReflection(
-          [...ROUTES.map((r) => r.service), GatewayService],
-          new Map(ROUTES.map((r) => [r.service.typeName, r.methods])),
-        ),
+      registerReflection(
+        router,
+        [...ROUTES.map((r) => r.service), GatewayService],
+        new Map(ROUTES.map((r) => [r.service.typeName, r.methods])),
       );
     },
     authenticate: await createAuthenticator(config),
@@ -100,7 +97,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
       .filter(Boolean),
     trustProxy: config.TRUST_PROXY,
     // Reflection describes the public contract only; tools may read it without a token.
-    tokenFree: new Set([ServerReflection.typeName]),
+    tokenFree: new Set(REFLECTION_SERVICES.map((s) => s.typeName)),
     passthrough: passthroughTable(ROUTES, clients),
     headersTimeoutMs: config.HTTP_HEADERS_TIMEOUT_MS,
     requestTimeoutMs: config.HTTP_REQUEST_TIMEOUT_MS,

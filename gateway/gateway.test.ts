@@ -149,6 +149,28 @@ describe("reflection", () => {
     ]);
     expect(JSON.parse(res.stdout)).toMatchObject({ product: { id: "ceramic-mug" } });
   });
+
+  it("answers grpc.reflection.v1alpha as well, for grpcurl releases that know only that", async () => {
+    const list = async (protocol: string, what: string) =>
+      (await bufCurl([what, "--reflect-protocol", protocol, gw.url])).stdout.trim().split("\n").sort();
+    const services = await list("grpc-v1alpha", "--list-services");
+    expect(services).toEqual(await list("grpc-v1", "--list-services"));
+    expect(services).toContain("shopmesh.order.v1.OrderService");
+    expect(services).toContain("grpc.reflection.v1alpha.ServerReflection");
+    expect(await list("grpc-v1alpha", "--list-methods")).toEqual(await list("grpc-v1", "--list-methods"));
+    // A call described over v1alpha only.
+    const h = `authorization: ${(await auth("erin")).authorization}`;
+    const res = await bufCurl([
+      "--reflect-protocol",
+      "grpc-v1alpha",
+      "-H",
+      h,
+      "-d",
+      '{"product_id":"ceramic-mug"}',
+      `${gw.url}/shopmesh.inventory.v1.InventoryService/GetProduct`,
+    ]);
+    expect(JSON.parse(res.stdout)).toMatchObject({ product: { id: "ceramic-mug" } });
+  });
 });
 
 describe("authentication", () => {

@@ -1,6 +1,7 @@
 /**
- * gRPC server reflection (grpc.reflection.v1) for the gateway's public API,
- * served over Connect, so `grpcurl -plaintext localhost:8080 list` and
+ * gRPC server reflection (grpc.reflection.v1, and v1alpha for older grpcurl
+ * releases and other tools that know only that) for the gateway's public
+ * API, served over Connect, so `grpcurl -plaintext localhost:8080 list` and
  * `buf curl --list-methods` work without .proto files. It describes only
  * what the gateway routes — internal RPCs stay invisible, and so do the
  * messages only they use (a file that declares a public service shows only
@@ -11,6 +12,7 @@
  */
 import {
   clone,
+  createFileRegistry,
   type DescFile,
   type DescMessage,
   type DescService,
@@ -18,8 +20,9 @@ import {
   toBinary,
 } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type ConnectRouter, type ServiceImpl } from "@connectrpc/connect";
 import {
+  file_grpc_reflection_v1_reflection,
   ServerReflection,
   type ServerReflectionRequest,
   type ServerReflectionResponseSchema,
@@ -30,6 +33,35 @@ type Answer = MessageInitShape<typeof ServerReflectionResponseSchema>["messageRe
 
 /** Queries one reflection stream answers; `grpcurl` or `buf curl` need a handful. */
 export const MAX_QUERIES = 64;
+
+/**
+ * grpc.reflection.v1alpha.ServerReflection, the name grpcurl releases before
+ * grpc.reflection.v1 existed still ask for (the services serve both, through
+ * @grpc/reflection). Its .proto differs from v1's only in the package, so
+ * it is v1's descriptor renamed rather than a second generated copy.
+ */
+export const ServerReflectionV1Alpha: DescService = (() => {
+  const v1 = "grpc.reflection.v1";
+  const alpha = "grpc.reflection.v1alpha";
+  const proto = clone(FileDescriptorProtoSchema, file_grpc_reflection_v1_reflection.proto);
+  const rename = (typeName: string) => typeName.replace(`.${v1}.`, `.${alpha}.`);
+  proto.name = "grpc/reflection/v1alpha/reflection.proto";
+  proto.package = alpha;
+  proto.options = undefined; // v1's go/java package options name v1
+  for (const m of proto.messageType) for (const f of m.field) f.typeName = rename(f.typeName);
+  for (const s of proto.service) {
+    for (const m of s.method) {
+      m.inputType = rename(m.inputType);
+      m.outputType = rename(m.outputType);
+    }
+  }
+  const service = createFileRegistry(proto, () => undefined).getService(`${alpha}.ServerReflection`);
+  if (!service) throw new Error(`${alpha}.ServerReflection missing from its renamed descriptor`);
+  return service;
+})();
+
+/** Both reflection services the gateway serves; neither needs a token. */
+export const REFLECTION_SERVICES: readonly DescService[] = [ServerReflection, ServerReflectionV1Alpha];
 
 /** What the gateway shows: which methods of each service, and which types of the files that declare them. */
 interface View {
@@ -97,7 +129,7 @@ export function createReflection(
   services: readonly DescService[],
   exposed: ReadonlyMap<string, readonly string[]> = new Map(),
 ): ServiceImpl<typeof ServerReflection> {
-  const all = [...services, ServerReflection];
+  const all = [...services, ...REFLECTION_SERVICES];
   const reachable = new Set<string>();
   for (const s of all) {
     for (const m of publicMethods(s, exposed)) {
@@ -151,4 +183,19 @@ export function createReflection(
       }
     },
   };
+}
+
+/**
+ * Registers {@link createReflection} on `router` under both reflection
+ * services: one implementation, since the two speak the same messages.
+ */
+export function registerReflection(
+  router: ConnectRouter,
+  services: readonly DescService[],
+  exposed: ReadonlyMap<string, readonly string[]> = new Map(),
+): void {
+  const impl = createReflection(services, exposed);
+  router.service(ServerReflection, impl);
+  // The same handler under v1alpha's names: its messages are v1's, field for field.
+  router.service(ServerReflectionV1Alpha, impl as ServiceImpl<DescService>);
 }

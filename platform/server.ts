@@ -144,7 +144,9 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
 
   const reflected = [...opts.services.map((s) => s.service), ChaosService, Health];
   const pkg = { shopmesh: { fileDescriptorProtos: fileDescriptorProtos(reflected) } };
-  new ReflectionService(pkg as never).addToServer(server);
+  // The files imported for their types may declare services this server does not serve (history's
+  // imports declare OrderService and PaymentService): ListServices names only the served ones.
+  new ReflectionService(pkg as never, { services: reflected.map((s) => s.typeName) }).addToServer(server);
 
   const port = await new Promise<number>((resolve, reject) => {
     server.bindAsync(`${opts.host}:${opts.port}`, grpc.ServerCredentials.createInsecure(), (err, p) =>

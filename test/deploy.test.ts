@@ -78,9 +78,9 @@ import { createAuthenticator } from "../gateway/auth.js";
 import { loadConfig as loadGatewayConfig } from "../gateway/config.js";
 import { OPENAPI_PATH } from "../gateway/openapi.js";
 import { OPERATOR_READS, OPERATOR_WRITES } from "../gateway/operator.js";
+import { REFLECTION_SERVICES } from "../gateway/reflection.js";
 import { ROUTES } from "../gateway/routes.js";
 import { findWebDirectory } from "../gateway/web.js";
-import { ServerReflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/health_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
@@ -832,7 +832,7 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
             operation: {
               hosts,
               notMethods: ["OPTIONS"],
-              notPaths: [`/${ServerReflection.typeName}/*`, ...WEB_PATHS, OPENAPI_PATH],
+              notPaths: [...REFLECTION_SERVICES.map((s) => `/${s.typeName}/*`), ...WEB_PATHS, OPENAPI_PATH],
             },
           },
         ],

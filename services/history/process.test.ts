@@ -17,7 +17,7 @@ import { PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
 import { connectBus, createChannel, createClient, identityMetadata, silentLogger } from "../../platform/index.js";
 import { dropDatabase, snapshot, TestDatabases, withDb } from "../../test/db.js";
 import { consumerSettled, event, publishEvents } from "../../test/events.js";
-import { exited, ROOT, spawnService, tempDir } from "../../test/fixtures.js";
+import { bufCurl, exited, ROOT, spawnService, tempDir } from "../../test/fixtures.js";
 import { startNats } from "../../test/nats.js";
 
 /** Runs `services/history/rebuild.ts` as its own process; its exit code and output. */
@@ -95,6 +95,20 @@ describe("history process", () => {
     } finally {
       await bus.close();
     }
+  });
+
+  it("names over reflection (v1 and v1alpha) only the services it serves, not those its imports declare", async () => {
+    using dir = tempDir();
+    await using svc = await spawnService("history", await new TestDatabases(dir.path).env("history"));
+    const served = ["grpc.health.v1.Health", "shopmesh.chaos.v1.ChaosService", "shopmesh.history.v1.HistoryService"];
+    for (const protocol of ["grpc-v1", "grpc-v1alpha"]) {
+      const { stdout } = await bufCurl(["--list-services", "--reflect-protocol", protocol, `http://${svc.address}`]);
+      // history.proto imports order.proto and payment.proto for their enums; their services are not here.
+      expect(stdout.trim().split("\n").sort(), protocol).toEqual(served);
+    }
+    // The imported files are still described, for the types the served methods use.
+    const { stdout } = await bufCurl(["--list-methods", `http://${svc.address}`]);
+    expect(stdout).toContain("shopmesh.history.v1.HistoryService/ListOrderHistory");
   });
 
   it("refuses to rebuild without the bus, naming the variable", async () => {
