@@ -84,7 +84,9 @@ contracts-baseline: install ## Record the contracts as released (when cutting a 
 test: install nats postgres python-client ## Everything CI checks: lint, typecheck, all tests
 	npm run check
 
-run: install nats $(if $(filter postgres,$(DB)),postgres) build ## Start NATS, every service and the gateway; Ctrl-C stops all (DB=postgres ORDER_REPLICAS=3 PAYMENT_REPLICAS=2 ...)
+# stdout is the runner's alone (LOG_FORMAT=json make run | jq): what installing and building say goes to stderr.
+run: ## Start NATS, every service and the gateway; Ctrl-C stops all (DB=postgres ORDER_REPLICAS=3 PAYMENT_REPLICAS=2 ...)
+	@$(MAKE) -s --no-print-directory install nats $(if $(filter postgres,$(DB)),postgres) build >&2
 	@node dist/scripts/run.js
 
 bench: install nats build ## Measure every path side by side from a separate load generator (BENCH_SECONDS, BENCH_PROFILE=gateway): bench/results/bench.json
@@ -102,15 +104,14 @@ token: install ## Print a development JWT for the gateway: make token USER=alice
 trace: install ## Print one order's trace as a waterfall: make trace ORDER=<order id> (or TRACE=<trace id>)
 	@ORDER="$(ORDER)" TRACE="$(TRACE)" npx tsx scripts/trace.ts
 
-events: install ## Tail every event on the bus, decoded (ARGS=--from-start for history)
+events: install ## Tail every event on the bus, decoded, until Ctrl-C (ARGS=--from-start: what the streams hold first)
 	npx tsx scripts/events.ts $(ARGS)
 
-dlq: install ## List dead-lettered events and why they failed
-	npx tsx scripts/events.ts --dlq
+dlq: install ## List dead-lettered events and why they failed, then exit (ARGS=--follow keeps watching)
+	npx tsx scripts/events.ts --dlq $(ARGS)
 
-history-rebuild: install ## Rebuild the history read model from the streams (stop `make run` first)
-	$(if $(filter postgres,$(DB)),DATABASE_URL=postgres://postgres@127.0.0.1:$(or $(PG_PORT),55432)/shopmesh,DB_PATH=.data/history.db) \
-	  npx tsx services/history/rebuild.ts
+history-rebuild: install ## Rebuild the history read model from the streams, with `make run` stopped (starts its NATS, and PostgreSQL with DB=postgres, for the rebuild)
+	@npx tsx scripts/history-rebuild.ts
 
 clean: ## Remove local data (.data/: databases, NATS streams)
 	rm -rf .data

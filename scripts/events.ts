@@ -1,29 +1,48 @@
 /**
- * `make events`: prints every event on the bus as it happens (and, with
- * `--from-start`, everything the streams still hold), decoded from protobuf
- * into one readable line each. `--dlq` shows only dead letters with their
- * reasons. NATS_URL overrides the server (default nats://127.0.0.1:4222).
+ * `make events`: prints every event on the bus as it happens (with
+ * `--from-start`, first everything the streams still hold), decoded from
+ * protobuf into one readable line each, until Ctrl-C. `make dlq` (`--dlq`)
+ * lists the dead letters the DLQ stream holds, with their reasons, and
+ * exits; `--follow` keeps watching for new ones. NATS_URL overrides the
+ * server (default nats://127.0.0.1:4222). Exits 1 when NATS does not answer
+ * within 10 s, 2 on an unknown argument.
  *
- *   make events            # live tail of ORDER, INVENTORY, PAYMENT
- *   make events ARGS=--from-start
- *   make dlq               # dead letters and why
+ *   make events                     # live tail of ORDER, INVENTORY, PAYMENT (and DLQ)
+ *   make events ARGS=--from-start   # what the streams hold, then live
+ *   make dlq                        # dead letters and why, then exit
+ *   make dlq ARGS=--follow          # ... and every one after, until Ctrl-C
  */
 import { fromBinary, toJson } from "@bufbuild/protobuf";
-import { DeliverPolicy } from "@nats-io/jetstream";
+import { DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
 import { EVENTS } from "../contracts/events.js";
-import { connectBus, DLQ_STREAM, silentLogger } from "../platform/index.js";
+import { type Bus, connectBus, DLQ_STREAM, silentLogger } from "../platform/index.js";
 
-const args = new Set(process.argv.slice(2));
-const dlqOnly = args.has("--dlq");
-const fromStart = args.has("--from-start") || dlqOnly;
+const USAGE = "usage: events.ts [--from-start] | events.ts --dlq [--follow]";
+const args = process.argv.slice(2);
+for (const a of args) {
+  if (!["--dlq", "--from-start", "--follow"].includes(a)) {
+    process.stderr.write(`unknown argument ${a}\n${USAGE}\n`);
+    process.exit(2);
+  }
+}
+const dlqOnly = args.includes("--dlq");
+// The event tail always follows; the dead-letter list ends unless asked to follow.
+const follow = !dlqOnly || args.includes("--follow");
+const fromStart = dlqOnly || args.includes("--from-start");
 const url = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const streams = dlqOnly ? [DLQ_STREAM.name] : EVENTS.streams.map((s) => s.name);
 const tty = process.stdout.isTTY;
 const dim = (s: string) => (tty ? `\x1b[90m${s}\x1b[0m` : s);
 const red = (s: string) => (tty ? `\x1b[31m${s}\x1b[0m` : s);
 
+/** connectBus waits for NATS forever (right for a service); a command run by hand should say why it waits. */
+const CONNECT_TIMEOUT_MS = 10_000;
+const timer = setTimeout(() => {
+  process.stderr.write(`cannot reach NATS at ${url} within ${CONNECT_TIMEOUT_MS / 1000} s: is \`make run\` running?\n`);
+  process.exit(1);
+}, CONNECT_TIMEOUT_MS);
 const bus = await connectBus(url, "shopmesh-events-tail", silentLogger(), { streams: EVENTS.streams });
-console.log(dim(`${fromStart ? "all" : "new"} events on ${streams.join(", ")} at ${url} (Ctrl-C to stop)`));
+clearTimeout(timer);
 
 function describe(type: string, data: Uint8Array): string {
   const schema = EVENTS.kind(type)?.schema;
@@ -37,23 +56,43 @@ function describe(type: string, data: Uint8Array): string {
   }
 }
 
-await Promise.all(
-  streams.map(async (stream) => {
-    const consumer = await bus.js.consumers.get(stream, {
-      deliver_policy: fromStart ? DeliverPolicy.All : DeliverPolicy.New,
-    });
-    for await (const m of await consumer.consume()) {
-      const h = m.headers;
-      const type = h?.get("ce-type") ?? "?";
-      const time = (h?.get("ce-time") ?? "").slice(11, 23);
-      const line = `${dim(time)} ${m.subject.padEnd(26)} ${describe(type, m.data)}`;
-      if (stream === "DLQ") {
-        console.log(
-          `${red("DLQ")} ${line}\n    ${red("reason:")} ${h?.get("x-dlq-reason")} ${dim(`(consumer ${h?.get("x-dlq-consumer")}, ${h?.get("x-dlq-deliveries")} deliveries)`)}`,
-        );
-      } else {
-        console.log(line);
-      }
-    }
-  }),
-);
+function print(stream: string, m: JsMsg): void {
+  const h = m.headers;
+  const type = h?.get("ce-type") ?? "?";
+  const time = (h?.get("ce-time") ?? "").slice(11, 23);
+  const line = `${dim(time)} ${m.subject.padEnd(26)} ${describe(type, m.data)}`;
+  if (stream === DLQ_STREAM.name) {
+    console.log(
+      `${red("DLQ")} ${line}\n    ${red("reason:")} ${h?.get("x-dlq-reason")} ${dim(`(consumer ${h?.get("x-dlq-consumer")}, ${h?.get("x-dlq-deliveries")} deliveries)`)}`,
+    );
+  } else {
+    console.log(line);
+  }
+}
+
+/** Prints what `stream` holds (from `fromStart`, or only what comes next) and, with `follow`, what comes after. */
+async function show(b: Bus, stream: string): Promise<number> {
+  let shown = 0;
+  if (!follow && (await b.jsm.streams.info(stream)).state.messages === 0) return shown;
+  const consumer = await b.js.consumers.get(stream, {
+    deliver_policy: fromStart ? DeliverPolicy.All : DeliverPolicy.New,
+  });
+  const messages = await consumer.consume();
+  for await (const m of messages) {
+    print(stream, m);
+    shown++;
+    // A listing ends at the last message the stream held when this one was read.
+    if (!follow && m.info.pending === 0) break;
+  }
+  await messages.close();
+  return shown;
+}
+
+if (follow) {
+  console.log(dim(`${fromStart ? "all" : "new"} events on ${streams.join(", ")} at ${url} (Ctrl-C to stop)`));
+  await Promise.all(streams.map((s) => show(bus, s)));
+} else {
+  const n = (await Promise.all(streams.map((s) => show(bus, s)))).reduce((a, b) => a + b, 0);
+  console.log(dim(n === 0 ? `no dead letters on ${streams.join(", ")} at ${url}` : `${n} dead letter(s)`));
+  await bus.close();
+}

@@ -102,3 +102,19 @@ export async function ensureDatabase(adminUrl: string, name: string): Promise<st
   url.pathname = `/${name}`;
   return url.toString();
 }
+
+/** Resolves once the server of `adminUrl` accepts a connection; rejects with the last error after `timeoutMs`. */
+export async function waitForPostgres(adminUrl: string, timeoutMs = 30_000): Promise<void> {
+  for (const until = Date.now() + timeoutMs; ; ) {
+    const c = new pg.Client({ connectionString: adminUrl });
+    try {
+      await c.connect();
+      await c.end();
+      return;
+    } catch (err) {
+      await c.end().catch(() => {});
+      if (Date.now() > until) throw err;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+}

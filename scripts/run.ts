@@ -3,6 +3,10 @@
  * service on its fixed port, each with its own SQLite file under .data/,
  * and prints their logs as readable lines prefixed by service name. Ctrl-C
  * (or SIGTERM) stops everything cleanly; a second Ctrl-C kills at once.
+ * LOG_FORMAT=json prints JSON lines instead, one object per line on stdout
+ * (`make run | jq`): the process in `proc`, the services' own JSON as it is,
+ * anything else (NATS, PostgreSQL, a crash trace) and the runner's messages
+ * as `{"level","time","proc","msg"}`.
  *
  * `DB=postgres` starts a PostgreSQL of its own instead (data under
  * .data/postgres, port PG_PORT, default 55432; see scripts/postgres.ts) and
@@ -31,9 +35,10 @@ import { mkdirSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import pg from "pg";
 import { prettyFactory } from "pino-pretty";
 import { nodeCommand, ROOT } from "./layout.js";
+import { jsonLine } from "./log-lines.js";
+import { NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
 import {
   ensureDatabase,
   initCluster,
@@ -42,6 +47,7 @@ import {
   serverArgs,
   serverCommand,
   stopCluster,
+  waitForPostgres,
 } from "./postgres.js";
 
 const DATA = process.env.DATA_DIR || join(ROOT, ".data");
@@ -130,20 +136,31 @@ function prefix(name: string, i: number): string {
   return tty ? `\x1b[${COLORS[i % COLORS.length]}m${label}\x1b[0m` : label;
 }
 
-/**
- * A JSON log line as one readable line (pino-pretty, as LOG_FORMAT=pretty would print it), unless
- * LOG_FORMAT=json asks for the lines as they are; anything else (NATS, PostgreSQL) unchanged.
- */
-const pretty =
-  process.env.LOG_FORMAT === "json"
-    ? undefined
-    : prettyFactory({ singleLine: true, colorize: tty, ignore: "pid,hostname,service", translateTime: "HH:MM:ss.l" });
+/** LOG_FORMAT=json: stdout is JSON lines only, for jq and log shippers. */
+const JSON_LINES = process.env.LOG_FORMAT === "json";
+
+/** A JSON log line as one readable line (pino-pretty, as LOG_FORMAT=pretty would print it); anything else unchanged. */
+const pretty = JSON_LINES
+  ? undefined
+  : prettyFactory({ singleLine: true, colorize: tty, ignore: "pid,hostname,service", translateTime: "HH:MM:ss.l" });
 function readable(line: string): string {
   if (!pretty || !line.startsWith("{")) return line;
   try {
     return pretty(JSON.parse(line)).trimEnd();
   } catch {
     return line;
+  }
+}
+
+/**
+ * The runner's own message about `proc` ("run" for the whole system): a
+ * prefixed line, or with LOG_FORMAT=json an object with `fields`.
+ */
+function say(proc: string, label: string | undefined, msg: string, fields: Record<string, unknown> = {}, level = 30) {
+  if (JSON_LINES) {
+    process.stdout.write(`${JSON.stringify({ level, time: new Date().toISOString(), proc, msg, ...fields })}\n`);
+  } else {
+    process.stdout.write(label ? `${label} ${msg}\n` : `${msg}\n`);
   }
 }
 
@@ -183,24 +200,32 @@ function start(
       detached: true,
     });
     entry.child = child;
-    for (const stream of [child.stdout, child.stderr]) {
+    for (const [stream, fromStderr] of [
+      [child.stdout, false],
+      [child.stderr, true],
+    ] as const) {
       createInterface({ input: stream }).on("line", (line) => {
-        if (show(line)) process.stdout.write(`${p} ${readable(line)}\n`);
+        if (!show(line)) return;
+        process.stdout.write(JSON_LINES ? `${jsonLine(name, line, fromStderr)}\n` : `${p} ${readable(line)}\n`);
       });
     }
-    if (supervise) process.stdout.write(`${p} started (pid ${child.pid})\n`);
+    if (supervise) say(name, p, `started (pid ${child.pid})`, { pid: child.pid });
     child.on("exit", (code, signal) => {
       if (stopping) return;
       const why = signal ?? `code ${code}`;
       if (!supervise || !RESTART) {
-        process.stdout.write(`${p} exited unexpectedly (${why}); the others keep running\n`);
+        say(name, p, `exited unexpectedly (${why}); the others keep running`, { exit: why }, 50);
         return;
       }
       if (Date.now() - started > HEALTHY_MS) restarts = 0;
       restarts++;
       const delay = Math.min(MAX_BACKOFF_MS, BACKOFF_MS * 2 ** (restarts - 1));
-      process.stdout.write(
-        `${p} exited unexpectedly (${why}); restarting in ${delay / 1000} s (restart ${restarts}; RESTART=no turns this off)\n`,
+      say(
+        name,
+        p,
+        `exited unexpectedly (${why}); restarting in ${delay / 1000} s (restart ${restarts}; RESTART=no turns this off)`,
+        { exit: why, restart: restarts, restartInMs: delay },
+        50,
       );
       setTimeout(() => {
         if (!stopping) launch();
@@ -240,14 +265,8 @@ async function checkPorts(ports: readonly { port: number; what: string; variable
 }
 
 function requireNats(): void {
-  const probe = spawnSync("nats-server", ["--version"], { encoding: "utf8" });
-  if (probe.error) {
-    process.stderr.write(
-      "nats-server is not installed. Install it with your OS package manager, e.g.\n" +
-        "  sudo apt-get install -y nats-server      (Debian/Ubuntu)\n" +
-        "  brew install nats-server                 (macOS)\n" +
-        "or download it from https://github.com/nats-io/nats-server/releases\n",
-    );
+  if (!natsInstalled()) {
+    process.stderr.write(`${NATS_MISSING}\n`);
     process.exit(1);
   }
 }
@@ -261,7 +280,8 @@ function stopAll(): void {
     process.exit(130);
   }
   stopping = true;
-  process.stdout.write("\nstopping (Ctrl-C again to kill)...\n");
+  if (!JSON_LINES) process.stdout.write("\n");
+  say("run", undefined, "stopping (Ctrl-C again to kill)...");
   // Services first (they drain calls and give their leases back), NATS and PostgreSQL last.
   const services = children.filter((c) => !INFRA.has(c.name));
   const infra = children.filter((c) => INFRA.has(c.name));
@@ -282,7 +302,7 @@ function stopAll(): void {
       }
     }
     return waitAll(infra.map((c) => c.child)).then(() => {
-      process.stdout.write("all stopped\n");
+      say("run", undefined, "all stopped");
       process.exit(0);
     });
   });
@@ -296,26 +316,17 @@ async function startPostgres(): Promise<string> {
     process.stderr.write(`${POSTGRES_MISSING}\n`);
     process.exit(1);
   }
-  if (initCluster(PG_DATA)) process.stdout.write(`initialised a PostgreSQL cluster in ${PG_DATA}\n`);
+  if (initCluster(PG_DATA)) say("run", undefined, `initialised a PostgreSQL cluster in ${PG_DATA}`);
   const [cmd, args] = serverCommand("postgres", serverArgs(PG_DATA, PG_PORT, PG_DATA, true));
   // PostgreSQL logs every checkpoint; show readiness, warnings and errors.
   start("postgres", 7, cmd, args, {}, (line) => /ready to accept|WARNING|ERROR|FATAL|PANIC/.test(line));
   const admin = `postgres://postgres@127.0.0.1:${PG_PORT}/postgres`;
-  for (const until = Date.now() + 30_000; ; ) {
-    const c = new pg.Client({ connectionString: admin });
-    try {
-      await c.connect();
-      await c.end();
-      break;
-    } catch (err) {
-      await c.end().catch(() => {});
-      if (Date.now() > until) {
-        process.stderr.write(`PostgreSQL did not come up on port ${PG_PORT}: ${(err as Error).message}\n`);
-        stopAll();
-        return "";
-      }
-      await new Promise((r) => setTimeout(r, 200));
-    }
+  try {
+    await waitForPostgres(admin);
+  } catch (err) {
+    process.stderr.write(`PostgreSQL did not come up on port ${PG_PORT}: ${(err as Error).message}\n`);
+    stopAll();
+    return "";
   }
   return ensureDatabase(admin, "shopmesh");
 }
@@ -339,11 +350,7 @@ start(
   "nats",
   0,
   "nats-server",
-  // Loopback only: the local bus has no auth, and nothing off this machine needs it.
-  [
-    ...["-js", "-sd", join(DATA, "nats"), "-a", "127.0.0.1"],
-    ...["-p", String(NATS_PORT), "-m", String(NATS_MONITOR_PORT), "-n", "shopmesh-local"],
-  ],
+  natsServerArgs(DATA, NATS_PORT, NATS_MONITOR_PORT),
   {},
   (line) => /\[(WRN|ERR|FTL)\]|Server is ready|Listening for client/.test(line),
   true,

@@ -65,7 +65,13 @@ function runner(env: Record<string, string>) {
         () => reject(new Error(`no line like ${re} in ${ms} ms:\n${lines.slice(-30).join("\n")}`)),
         ms,
       );
-      waiters.push({ re, resolve: (l) => (clearTimeout(timer), resolve(l)) });
+      waiters.push({
+        re,
+        resolve: (l) => {
+          clearTimeout(timer);
+          resolve(l);
+        },
+      });
     });
   return { child, lines, waitFor };
 }
@@ -136,6 +142,61 @@ it("restarts a service killed with SIGKILL, says so, and the system serves order
   run.child.kill("SIGINT");
   expect(await new Promise((r) => run.child.once("exit", r))).toBe(0);
   expect(run.lines.some((l) => l.includes("all stopped"))).toBe(true);
+}, 120_000);
+
+it("LOG_FORMAT=json make run prints JSON lines only, each naming its process, for jq", async () => {
+  execFileSync("make", ["-s", "build"], { cwd: ROOT, stdio: "pipe" });
+  using dir = tempDir();
+  const { env, of } = await ports();
+  // As a shell runs `LOG_FORMAT=json make run | jq`: make's own output included, stdout apart from stderr.
+  const make = spawn("make", ["run"], {
+    cwd: ROOT,
+    env: { ...process.env, ...env, DATA_DIR: dir.path, LOG_FORMAT: "json" },
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
+  });
+  let stdout = "";
+  let stderr = "";
+  make.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+  make.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+  const parsed = () =>
+    stdout
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as { proc?: unknown; msg?: unknown; pid?: number; level?: unknown });
+  const waitFor = async (ok: (l: ReturnType<typeof parsed>[number]) => boolean, what: string) => {
+    for (const until = Date.now() + 30_000; !parsed().some(ok); ) {
+      if (Date.now() > until) throw new Error(`no ${what} in 30 s:\n${stdout}\n${stderr}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return parsed().find(ok);
+  };
+  try {
+    await serving(of("payment"));
+    await serving(of("order"));
+    const gateway = `http://127.0.0.1:${of("gateway")}`;
+    for (let i = 0; i < 100 && (await fetch(`${gateway}/readyz`).catch(() => undefined))?.status !== 200; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(await order(gateway)).toBe("ORDER_STATUS_CONFIRMED");
+    // The runner's own messages, as JSON: a supervised restart.
+    const started = await waitFor((l) => l.proc === "payment" && /^started/.test(String(l.msg)), "payment start");
+    process.kill(Number(started?.pid), "SIGKILL");
+    await waitFor((l) => l.proc === "payment" && /^exited unexpectedly \(SIGKILL\)/.test(String(l.msg)), "exit");
+    await waitFor((l) => l.proc === "payment" && /^started/.test(String(l.msg)) && l.pid !== started?.pid, "restart");
+  } finally {
+    process.kill(-(make.pid ?? 0), "SIGINT");
+    await new Promise((r) => make.once("exit", r));
+  }
+  const lines = parsed(); // throws on any line that is not JSON
+  expect(lines.length).toBeGreaterThan(10);
+  for (const l of lines) expect(typeof l.proc, JSON.stringify(l)).toBe("string");
+  const procs = new Set(lines.map((l) => l.proc));
+  for (const p of ["nats", "run", ...NAMES]) expect(procs, p).toContain(p);
+  // nats-server's own lines, wrapped; a service's JSON kept as it wrote it, with its process added.
+  expect(lines).toContainEqual(expect.objectContaining({ proc: "nats", level: 30, msg: "Server is ready" }));
+  expect(lines).toContainEqual(expect.objectContaining({ proc: "gateway", service: "gateway", msg: "access" }));
+  expect(lines).toContainEqual(expect.objectContaining({ proc: "run", msg: "all stopped" }));
 }, 120_000);
 
 it("refuses a taken port with one line naming the port, its holder and the variable to change", async () => {

@@ -1,0 +1,146 @@
+/**
+ * `make history-rebuild`: rebuilds the history read model from the event
+ * streams (services/history/rebuild.ts) with `make run` stopped, as the
+ * docs say to run it. The streams are in make run's NATS store
+ * (.data/nats; DATA_DIR moves .data): when nothing answers at NATS_URL
+ * (default nats://127.0.0.1:<NATS_PORT, 4222>), this starts that NATS on
+ * that store for the rebuild and stops it after. With DB=postgres the view
+ * is in make run's PostgreSQL (PG_PORT, 55432; data in .data/postgres),
+ * started and stopped the same way when it is down. Whatever already
+ * answers (make run's own) is used as it is and left running.
+ *
+ * The rebuild writes the history database of make run: .data/history.db,
+ * or schema shopmesh_history of database shopmesh with DB=postgres. Exits
+ * with the rebuild's code (0 done, 1 failed, 78 bad configuration); 1 when
+ * what it needs cannot be started.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { ROOT } from "./layout.js";
+import { answers, NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
+import {
+  ensureDatabase,
+  initCluster,
+  POSTGRES_MISSING,
+  postgresBinDir,
+  serverArgs,
+  serverCommand,
+  stopCluster,
+  waitForPostgres,
+} from "./postgres.js";
+
+const DATA = process.env.DATA_DIR || join(ROOT, ".data");
+const DB = process.env.DB || "sqlite";
+const PG_PORT = Number(process.env.PG_PORT || 55432);
+const NATS_URL = process.env.NATS_URL || `nats://127.0.0.1:${process.env.NATS_PORT || 4222}`;
+const LOCAL_HOSTS = new Set(["127.0.0.1", "localhost", "[::1]"]);
+
+const say = (line: string) => process.stdout.write(`${line}\n`);
+class CannotStart extends Error {}
+
+/** Resolves when `child` exits: its code (1 when a signal ended it). */
+const exitOf = (child: ChildProcess) =>
+  new Promise<number>((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) resolve(child.exitCode ?? 1);
+    else child.once("exit", (code) => resolve(code ?? 1));
+  });
+
+/** Starts make run's NATS on its store unless something answers at NATS_URL; how to stop what was started. */
+async function ensureNats(): Promise<(() => Promise<void>) | undefined> {
+  const url = new URL(NATS_URL.split(",")[0] ?? NATS_URL);
+  const port = Number(url.port || 4222);
+  if (await answers(url.hostname, port)) return undefined;
+  if (NATS_URL.includes(",") || !LOCAL_HOSTS.has(url.hostname)) {
+    throw new CannotStart(`nothing answers at NATS_URL=${NATS_URL}, and it is not this machine's NATS to start`);
+  }
+  if (!natsInstalled()) throw new CannotStart(NATS_MISSING);
+  mkdirSync(join(DATA, "nats"), { recursive: true });
+  const nats = spawn("nats-server", natsServerArgs(DATA, port), { stdio: ["ignore", "pipe", "pipe"] });
+  const lines: string[] = [];
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new CannotStart(`NATS did not start:\n${lines.join("\n")}`)), 15_000);
+    for (const stream of [nats.stdout, nats.stderr]) {
+      createInterface({ input: stream }).on("line", (line) => {
+        lines.push(line);
+        if (line.includes("Server is ready")) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+    }
+    nats.once("exit", (code) => {
+      clearTimeout(timer);
+      reject(new CannotStart(`NATS exited ${code}:\n${lines.join("\n")}`));
+    });
+  });
+  say(`started NATS on port ${port} with make run's streams (${join(DATA, "nats")}); it stops after the rebuild`);
+  return async () => {
+    const done = exitOf(nats);
+    nats.kill("SIGTERM");
+    await done;
+  };
+}
+
+/** Starts make run's PostgreSQL unless it answers on PG_PORT; the history database URL and how to stop it. */
+async function ensurePostgres(): Promise<{ url: string; stop?: () => Promise<void> }> {
+  const admin = `postgres://postgres@127.0.0.1:${PG_PORT}/postgres`;
+  if (await answers("127.0.0.1", PG_PORT)) return { url: await ensureDatabase(admin, "shopmesh") };
+  try {
+    postgresBinDir();
+  } catch {
+    throw new CannotStart(POSTGRES_MISSING);
+  }
+  const data = join(DATA, "postgres");
+  initCluster(data);
+  const [cmd, args] = serverCommand("postgres", serverArgs(data, PG_PORT, data, true));
+  const server = spawn(cmd, args, { stdio: "ignore" });
+  try {
+    await waitForPostgres(admin);
+  } catch (err) {
+    server.kill("SIGKILL");
+    throw new CannotStart(`PostgreSQL did not come up on port ${PG_PORT}: ${(err as Error).message}`);
+  }
+  say(`started PostgreSQL on port ${PG_PORT} (${data}); it stops after the rebuild`);
+  return {
+    url: await ensureDatabase(admin, "shopmesh"),
+    stop: async () => {
+      const done = exitOf(server);
+      stopCluster(data);
+      await done;
+    },
+  };
+}
+
+async function main(): Promise<number> {
+  const stops: (() => Promise<void>)[] = [];
+  try {
+    const nats = await ensureNats();
+    if (nats) stops.push(nats);
+    const database: Record<string, string> = { DB_PATH: join(DATA, "history.db") };
+    if (DB === "postgres") {
+      const pg = await ensurePostgres();
+      if (pg.stop) stops.push(pg.stop);
+      database.DATABASE_URL = pg.url;
+    }
+    const rebuild = spawn(process.execPath, ["--import", "tsx", join(ROOT, "services/history/rebuild.ts")], {
+      cwd: ROOT,
+      env: { ...process.env, ...database, NATS_URL },
+      stdio: "inherit",
+    });
+    // Ctrl-C reaches the rebuild from the terminal; a signal sent to this process alone is passed on.
+    const forward = (signal: NodeJS.Signals) => rebuild.kill(signal);
+    process.on("SIGINT", forward);
+    process.on("SIGTERM", forward);
+    return await exitOf(rebuild);
+  } catch (err) {
+    if (!(err instanceof CannotStart)) throw err;
+    process.stderr.write(`history rebuild: ${err.message}\n`);
+    return 1;
+  } finally {
+    for (const stop of stops.reverse()) await stop();
+  }
+}
+
+process.exitCode = await main();

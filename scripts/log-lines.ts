@@ -1,0 +1,35 @@
+/**
+ * `LOG_FORMAT=json make run`: every line a child process prints as one JSON
+ * object naming the process, so the runner's stdout is JSON lines only.
+ */
+
+/** pino's levels for a line that is not JSON: NATS's [WRN]/[ERR]/[FTL], PostgreSQL's WARNING/ERROR/FATAL. */
+function levelOf(line: string, fromStderr: boolean): number {
+  if (/\[FTL\]|\bFATAL\b|\bPANIC\b/.test(line)) return 60;
+  if (/\[ERR\]|\bERROR\b/.test(line)) return 50;
+  if (/\[WRN\]|\bWARNING\b/.test(line)) return 40;
+  if (/\[INF\]|\bLOG\b/.test(line)) return 30;
+  return fromStderr ? 50 : 30;
+}
+
+/**
+ * A line of process `proc` as one JSON object naming it: a JSON object line
+ * with `proc` added in front (the rest as the process wrote it); anything
+ * else wrapped as `msg`.
+ */
+export function jsonLine(proc: string, line: string, fromStderr: boolean): string {
+  const name = JSON.stringify(proc);
+  if (line.startsWith("{") && line.endsWith("}")) {
+    try {
+      const v: unknown = JSON.parse(line);
+      if (v !== null && typeof v === "object" && !Array.isArray(v)) {
+        return Object.keys(v).length === 0 ? `{"proc":${name}}` : `{"proc":${name},${line.slice(1)}`;
+      }
+    } catch {
+      // not JSON after all: wrapped below
+    }
+  }
+  // nats-server's "[pid] date time [TAG] " prefix says nothing that `level` and `time` do not.
+  const msg = line.replace(/^\[\d+\] \S+ \S+ \[[A-Z]{3}\] /, "");
+  return JSON.stringify({ level: levelOf(line, fromStderr), time: new Date().toISOString(), proc, msg });
+}

@@ -1,0 +1,158 @@
+/**
+ * `make dlq` and `make events` as commands, against a real NATS with dead
+ * letters made by a real history process: the dead-letter list ends after
+ * what the stream holds (it used to wait forever); `--follow` keeps
+ * watching; the event tail, with `--from-start`, shows what is stored and
+ * then what comes; an unreachable NATS is said within seconds.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { headers as natsHeaders } from "@nats-io/transport-node";
+import { afterEach, describe, expect, it } from "vitest";
+import { EVENTS } from "../contracts/events.js";
+import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
+import { type Bus, connectBus, silentLogger } from "../platform/index.js";
+import { TestDatabases } from "./db.js";
+import { event, publishEvents, until } from "./events.js";
+import { exited, freePort, ROOT, spawnService, tempDir } from "./fixtures.js";
+import { startNats, type TestNats } from "./nats.js";
+
+const groups: ChildProcess[] = [];
+afterEach(() => {
+  // make's children outlive make: end each command's whole process group.
+  for (const c of groups.splice(0)) {
+    try {
+      process.kill(-(c.pid ?? 0), "SIGKILL");
+    } catch {}
+  }
+});
+
+/** Starts `cmd args` in the repository with `env`, in a process group of its own; its output and exit. */
+function command(cmd: string, args: readonly string[], env: Record<string, string>) {
+  const child = spawn(cmd, args, {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
+  });
+  groups.push(child);
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+  return {
+    child,
+    out: () => stdout,
+    err: () => stderr,
+    /** Resolves once stdout contains `text` (rejects after `ms` with what it printed). */
+    async printed(text: string, ms = 15_000): Promise<void> {
+      const seen = await until(
+        () => stdout.includes(text),
+        (x) => x,
+        ms,
+      );
+      if (!seen) throw new Error(`no "${text}" in ${ms} ms; stdout:\n${stdout}\nstderr:\n${stderr}`);
+    },
+    /** Exit code once it exits, or "still running" after `ms`. */
+    exit: (ms: number) =>
+      Promise.race([exited(child), new Promise<string>((r) => setTimeout(() => r("still running"), ms))]),
+  };
+}
+
+/**
+ * `make -s <args>` as documented, except that node_modules counts as installed: a make here must not
+ * start `npm ci` under the suites running beside it.
+ */
+const make = (args: string[], env: Record<string, string>) =>
+  command("make", ["-s", "-o", "node_modules/.package-lock.json", ...args], env);
+
+const eventsTs = (args: string[], natsUrl: string) =>
+  command(process.execPath, ["--import", "tsx", "scripts/events.ts", ...args], { NATS_URL: natsUrl });
+
+/** Publishes an undecodable OrderPlaced: the history consumer dead-letters it at once. */
+async function poison(bus: Bus, id: string): Promise<void> {
+  const h = natsHeaders();
+  h.set("ce-type", OrderPlacedSchema.typeName);
+  h.set("ce-id", id);
+  await bus.js.publish("order.order.placed", new Uint8Array([0xff, 0xff, 0xff]), { headers: h, msgID: id });
+}
+
+const dlqCount = async (bus: Bus) => (await bus.jsm.streams.info("DLQ")).state.messages;
+
+describe("make dlq", () => {
+  it("says there are none and exits; lists what there is and exits; follows with --follow", async () => {
+    await using nats: TestNats = await startNats();
+    const bus = await connectBus(nats.url, "events-command-test", silentLogger(), { streams: EVENTS.streams });
+    using dir = tempDir();
+    await using _history = await spawnService("history", {
+      ...(await new TestDatabases(dir.path).env("history")),
+      NATS_URL: nats.url,
+    });
+    try {
+      const empty = make(["dlq"], { NATS_URL: nats.url });
+      expect(await empty.exit(20_000), empty.err()).toBe(0);
+      expect(empty.out()).toContain(`no dead letters on DLQ at ${nats.url}`);
+
+      await poison(bus, "evt_poison_1");
+      await poison(bus, "evt_poison_2");
+      expect(
+        await until(
+          () => dlqCount(bus),
+          (n) => n === 2,
+        ),
+      ).toBe(2);
+
+      const listed = make(["dlq"], { NATS_URL: nats.url });
+      expect(await listed.exit(20_000), listed.err()).toBe(0);
+      const reasons = listed.out().match(/reason: undecodable shopmesh\.order\.v1\.OrderPlaced payload/g) ?? [];
+      expect(reasons, listed.out()).toHaveLength(2);
+      expect(listed.out()).toContain("(consumer history-order, 1 deliveries)");
+      expect(listed.out()).toContain("2 dead letter(s)");
+
+      const follow = make(["dlq", "ARGS=--follow"], { NATS_URL: nats.url });
+      await follow.printed("(Ctrl-C to stop)");
+      await until(
+        () => (follow.out().match(/reason:/g) ?? []).length,
+        (n) => n === 2,
+      );
+      await poison(bus, "evt_poison_3");
+      await until(
+        () => (follow.out().match(/reason:/g) ?? []).length,
+        (n) => n === 3,
+      );
+      expect((follow.out().match(/reason:/g) ?? []).length, follow.out()).toBe(3);
+      expect(await follow.exit(500)).toBe("still running");
+    } finally {
+      await bus.close();
+    }
+  }, 90_000);
+
+  it("says within seconds that NATS does not answer, instead of waiting for it", async () => {
+    const run = eventsTs(["--dlq"], `nats://127.0.0.1:${await freePort()}`);
+    expect(await run.exit(20_000)).toBe(1);
+    expect(run.err()).toContain("cannot reach NATS at nats://127.0.0.1:");
+  }, 30_000);
+});
+
+describe("make events", () => {
+  it("with --from-start shows what the streams hold, then keeps following", async () => {
+    await using nats = await startNats();
+    const bus = await connectBus(nats.url, "events-command-test", silentLogger(), { streams: EVENTS.streams });
+    try {
+      await publishEvents(bus, [event(OrderPlacedSchema, "ord-stored", { customerId: "lea", items: [] })]);
+      const tail = eventsTs(["--from-start"], nats.url);
+      await tail.printed("ord-stored");
+      await publishEvents(bus, [event(OrderPlacedSchema, "ord-later", { customerId: "lea", items: [] })]);
+      await tail.printed("ord-later");
+      expect(tail.out()).toMatch(/order\.order\.placed\s+ord-stored/);
+      expect(await tail.exit(500)).toBe("still running");
+    } finally {
+      await bus.close();
+    }
+  }, 60_000);
+
+  it("refuses an unknown argument with the usage", async () => {
+    const run = eventsTs(["--form-start"], "nats://127.0.0.1:1");
+    expect(await run.exit(15_000)).toBe(2);
+    expect(run.err()).toContain("unknown argument --form-start");
+  });
+});

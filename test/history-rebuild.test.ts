@@ -1,0 +1,127 @@
+/**
+ * `make history-rebuild` as the docs run it, with `make run` stopped: it
+ * starts make run's NATS on make run's streams (DATA_DIR/nats) for the
+ * rebuild and stops it after (it used to fail: nothing answered at 4222);
+ * when NATS is up it uses it and leaves it running. With DB=postgres it
+ * does the same for make run's PostgreSQL.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { EVENTS } from "../contracts/events.js";
+import { OrderConfirmedSchema, OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
+import { connectBus, silentLogger } from "../platform/index.js";
+import { answers, natsServerArgs } from "../scripts/nats.js";
+import { ownDir } from "../scripts/postgres.js";
+import { snapshot, withDb } from "./db.js";
+import { event, publishEvents } from "./events.js";
+import { exited, freePort, outputReady, ROOT, tempDir } from "./fixtures.js";
+
+const groups: ChildProcess[] = [];
+afterEach(() => {
+  for (const c of groups.splice(0)) {
+    try {
+      process.kill(-(c.pid ?? 0), "SIGKILL");
+    } catch {}
+  }
+});
+
+/** make run's NATS, as scripts/run.ts starts it, on `dataDir` and `port`; stops on dispose. */
+async function runNats(dataDir: string, port: number) {
+  const child = spawn("nats-server", natsServerArgs(dataDir, port), { stdio: ["ignore", "pipe", "pipe"] });
+  await outputReady(child, "Server is ready", "nats-server", 10_000);
+  return {
+    url: `nats://127.0.0.1:${port}`,
+    async [Symbol.asyncDispose]() {
+      const done = exited(child);
+      child.kill("SIGTERM");
+      await done;
+    },
+  };
+}
+
+/**
+ * `make -s history-rebuild` with `env` and no inherited database or bus variables; node_modules counts
+ * as installed (a make here must not start `npm ci` under the suites running beside it).
+ */
+async function makeRebuild(env: Record<string, string>): Promise<{ code: number | string; out: string }> {
+  const base = { ...process.env };
+  for (const k of ["NATS_URL", "NATS_PORT", "DB", "DB_PATH", "DATABASE_URL", "PG_PORT"]) delete base[k];
+  const child = spawn("make", ["-s", "-o", "node_modules/.package-lock.json", "history-rebuild"], {
+    cwd: ROOT,
+    env: { ...base, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
+  });
+  groups.push(child);
+  let out = "";
+  child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+  child.stderr.on("data", (d: Buffer) => (out += d.toString()));
+  const code = await exited(child);
+  await new Promise((r) => setTimeout(r, 50)); // 'exit' can come before the last output is read
+  return { code, out };
+}
+
+/** Stores one confirmed order on the streams of the NATS at `url`. */
+async function storeOrder(url: string, orderId: string): Promise<void> {
+  const bus = await connectBus(url, "history-rebuild-test", silentLogger(), { streams: EVENTS.streams });
+  try {
+    await publishEvents(bus, [
+      event(OrderPlacedSchema, orderId, { customerId: "lea", items: [{ productId: "paper-filters", quantity: 1 }] }),
+      event(OrderConfirmedSchema, orderId, { customerId: "lea", total: { currencyCode: "USD", amountMinor: 400n } }),
+    ]);
+  } finally {
+    await bus.close();
+  }
+}
+
+describe("make history-rebuild", () => {
+  it("with make run stopped, starts make run's NATS on its streams for the rebuild and stops it after", async () => {
+    using dir = tempDir();
+    const port = await freePort();
+    {
+      await using nats = await runNats(dir.path, port);
+      await storeOrder(nats.url, "ord-r1");
+    }
+    expect(await answers("127.0.0.1", port)).toBe(false);
+
+    const run = await makeRebuild({ DATA_DIR: dir.path, NATS_PORT: String(port) });
+    expect(run.code, run.out).toBe(0);
+    expect(run.out).toContain(`started NATS on port ${port} with make run's streams (${join(dir.path, "nats")})`);
+    expect(run.out).toContain("ORDER: 2 events (2 applied, 0 duplicates, 0 skipped)");
+    expect(run.out).toMatch(/total: 2 events .*; 1 orders in the view/);
+    expect(await answers("127.0.0.1", port)).toBe(false);
+    const view = await withDb({ engine: "sqlite", path: join(dir.path, "history.db") }, (db) =>
+      snapshot(db, ["order_history"]),
+    );
+    expect(view).toContain("ord-r1");
+
+    // With make run's NATS up, the rebuild uses it and leaves it running.
+    await using nats = await runNats(dir.path, port);
+    await storeOrder(nats.url, "ord-r2");
+    const again = await makeRebuild({ DATA_DIR: dir.path, NATS_PORT: String(port) });
+    expect(again.code, again.out).toBe(0);
+    expect(again.out).not.toContain("started NATS");
+    expect(again.out).toMatch(/; 2 orders in the view/);
+    expect(await answers("127.0.0.1", port)).toBe(true);
+  }, 90_000);
+
+  it("with DB=postgres, starts make run's PostgreSQL too when it is down, and stops it after", async () => {
+    using dir = tempDir();
+    ownDir(dir.path); // as root, PostgreSQL runs as its own user, which must reach its data dir (make run's is .data)
+    const port = await freePort();
+    const pgPort = await freePort();
+    {
+      await using nats = await runNats(dir.path, port);
+      await storeOrder(nats.url, "ord-pg1");
+    }
+    const env = { DATA_DIR: dir.path, NATS_PORT: String(port), DB: "postgres", PG_PORT: String(pgPort) };
+    const run = await makeRebuild(env);
+    expect(run.code, run.out).toBe(0);
+    expect(run.out).toContain(`started PostgreSQL on port ${pgPort}`);
+    expect(run.out).toContain("rebuilding schema shopmesh_history from");
+    expect(run.out).toMatch(/; 1 orders in the view/);
+    expect(await answers("127.0.0.1", pgPort)).toBe(false);
+    expect(await answers("127.0.0.1", port)).toBe(false);
+  }, 120_000);
+});
