@@ -96,7 +96,7 @@ load: install ## Steady mixed traffic through the gateway of `make run` until Ct
 	RATE=$(RATE) npx tsx scripts/load.ts
 
 demo: install ## Place three orders against `make run` and print their sagas (SAGA_MODE=choreography for events only)
-	SAGA_MODE=$(SAGA_MODE) npm run demo
+	@SAGA_MODE=$(SAGA_MODE) npm run --silent demo
 
 token: install ## Print a development JWT for the gateway: make token USER=alice [ROLE=admin]
 	@npx tsx scripts/token.ts "$(USER)" "$(or $(ROLE),customer)"

@@ -49,7 +49,7 @@ function print(n: number, title: string, o: Order): void {
   for (const s of o.steps) {
     const st = StepStatus[s.status];
     const c = st === "FAILED" ? 31 : st === "COMPENSATED" ? 33 : st === "SUCCEEDED" ? 32 : 90;
-    console.log(`     ${s.name.padEnd(15)} ${paint(c, st.padEnd(11))} ${s.detail}`);
+    console.log(`     ${s.name.padEnd(15)} ${paint(c, st.padEnd(11))} ${s.detail}`.trimEnd());
   }
 }
 

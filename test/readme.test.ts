@@ -1,7 +1,8 @@
 /**
  * The README's first-screen calls work verbatim: every `curl` and
  * `npx buf curl` command in it is run against a real gateway in front of the
- * real system (only the host:port and $TOKEN are substituted). grpcurl is
+ * real system (only the host:port and $TOKEN are substituted), and its
+ * `make demo` sample is what `make demo` prints. grpcurl is
  * not installable here; its lines use the same paths and reflection that
  * `buf curl --list-methods` proves in gateway.test.ts.
  */
@@ -80,6 +81,28 @@ describe("README", () => {
       }
     }
     expect([...seen].sort()).toEqual(["rest get", "rest post", "rest watch", "rpc"]);
+  });
+
+  it("its `make demo` sample is what make demo prints, ids and address aside", async () => {
+    const readme = readFileSync(join(ROOT, "README.md"), "utf8");
+    const sample = /```\n(placing [\s\S]*?)```/.exec(readme)?.[1];
+    expect(sample, "README's make demo sample").toBeDefined();
+    // `make demo` as a user types it (node_modules counts as installed: no `npm ci` under other suites).
+    const { stdout } = await run("make", ["-o", "node_modules/.package-lock.json", "demo"], {
+      cwd: ROOT,
+      env: { ...process.env, ORDER_TARGET: sys.order.address },
+    });
+    const shape = (text: string) =>
+      text
+        .trimEnd()
+        .split("\n")
+        .map((l) =>
+          l
+            .replace(/\b(ord|res|pay)_[0-9a-z]+/g, "$1_<id>")
+            .replace(/ through \S+ as /, " through <address> as ")
+            .trimEnd(),
+        );
+    expect(shape(stdout)).toEqual(shape(sample ?? ""));
   });
 
   it("its token command prints a token the gateway accepts", async () => {
