@@ -144,10 +144,8 @@ export function createResilientClient<S extends DescService>(
       if (now === overall) return;
       overall = now;
       // The call that tripped it is one request's; the breaker's change is everyone's: no trace.
-      detached(() => {
-        (now === "closed" ? plog.info : plog.warn).call(plog, { breaker: now }, `circuit breaker ${now}`);
-        events.onBreakerStateChange(downstream, now);
-      });
+      detached(() => (now === "closed" ? plog.info : plog.warn).call(plog, { breaker: now }, `circuit breaker ${now}`));
+      events.onBreakerStateChange(downstream, now);
     },
   };
   const endpoints =
@@ -309,23 +307,16 @@ function attemptOptions(
 
 /** Policy rejections become RpcErrors naming the downstream (UNAVAILABLE, RESOURCE_EXHAUSTED); RpcErrors pass through. */
 function toClientError(err: unknown, downstream: string, sent = true): unknown {
-  if (err instanceof BrokenCircuitError) {
-    return new RpcError(status.UNAVAILABLE, `${downstream}: ${err.message}`, new Metadata(), {
-      cause: err,
-      notSent: !sent,
-    });
-  }
+  const md = new Metadata();
+  const local = { cause: err, notSent: !sent };
+  if (err instanceof BrokenCircuitError)
+    return new RpcError(status.UNAVAILABLE, `${downstream}: ${err.message}`, md, local);
   if (err instanceof BulkheadRejectedError) {
-    return new RpcError(status.RESOURCE_EXHAUSTED, `${downstream}: bulkhead full, call shed`, new Metadata(), {
-      cause: err,
-      notSent: !sent,
-    });
+    return new RpcError(status.RESOURCE_EXHAUSTED, `${downstream}: bulkhead full, call shed`, md, local);
   }
   // instanceof, not cockatiel's isTaskCancelledError(): in 3.2 that helper tests the wrong property.
   if (err instanceof TaskCancelledError) {
-    return new RpcError(status.CANCELLED, `${downstream}: call cancelled by the caller`, new Metadata(), {
-      cause: err,
-    });
+    return new RpcError(status.CANCELLED, `${downstream}: call cancelled by the caller`, md, { cause: err });
   }
   return err;
 }

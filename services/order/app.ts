@@ -118,7 +118,7 @@ export async function startOrder(config: OrderConfig, log: Logger): Promise<Orde
       const budget = config.SAGA_STEP_BUDGET_MS;
       const expiry = setInterval(
         () => {
-          detached(() =>
+          void detached(() =>
             choreography.expire(budget, Date.now()).then(
               (n) =>
                 n > 0 && log.warn({ orders: n }, "choreographed orders cancelled: no progress within the step budget"),
