@@ -7,7 +7,7 @@ PROTOS := $(shell find proto -name '*.proto')
 # `make run PAYMENT_REPLICAS=2`: instance counts reach the runner through the environment.
 export INVENTORY_REPLICAS PAYMENT_REPLICAS ORDER_REPLICAS NOTIFICATION_REPLICAS HISTORY_REPLICAS DB PG_PORT
 
-.PHONY: help install nats postgres python-client generate gen-fresh build lint typecheck breaking contracts-baseline test run bench load demo token trace events dlq history-rebuild clean
+.PHONY: help install nats postgres python-client chromium generate gen-fresh build lint typecheck breaking contracts-baseline test run bench load demo token trace events dlq history-rebuild clean
 
 help: ## List targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -81,7 +81,12 @@ breaking: install ## buf breaking: proto/ against the released contracts (FILE r
 contracts-baseline: install ## Record the contracts as released (when cutting a release): make breaking compares against this
 	npx buf build proto --exclude-source-info -o $(CONTRACTS_BASELINE)
 
-test: install nats postgres python-client ## Everything CI checks: lint, typecheck, all tests
+chromium: ## Make sure Chromium is installed (the web shop's browser tests drive it with playwright-core)
+	@[ -x /usr/bin/chromium ] || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; \
+	  else echo "Chromium missing: install it (apt-get install chromium) and retry"; exit 1; fi; }
+
+test: install nats postgres python-client chromium ## Everything CI checks: lint, typecheck, all tests
 	npm run check
 
 # stdout is the runner's alone (LOG_FORMAT=json make run | jq): what installing and building say goes to stderr.
