@@ -46,6 +46,7 @@ function print(n: number, title: string, o: Order): void {
   console.log(`\n${n}. ${title}`);
   console.log(`   order ${o.id}  ${paint(color, status)}  total ${money(o)}  (${SagaMode[o.sagaMode].toLowerCase()})`);
   if (o.statusReason) console.log(`   reason: ${o.statusReason}`);
+  if (o.refundPending) console.log("   refund pending: payment is out of reach; the refund lands when it is back");
   for (const s of o.steps) {
     const st = StepStatus[s.status];
     const c = st === "FAILED" ? 31 : st === "COMPENSATED" ? 33 : st === "SUCCEEDED" ? 32 : 90;
@@ -65,6 +66,8 @@ try {
     let last = order as Order;
     for await (const m of orders.watchOrder({ orderId: last.id }, { ...who, timeoutMs: 30_000 })) {
       if (m.order) last = m.order;
+      // Ended for the customer; a refund still pending lands later (the watch would wait for it).
+      if (last.status === OrderStatus.CONFIRMED || last.status === OrderStatus.CANCELLED) break;
     }
     if (sagaMode === SagaMode.CHOREOGRAPHY) {
       // Choreographed compensation follows the terminal state; give its events a moment to land.
