@@ -88,7 +88,7 @@ describe("README", () => {
     const sample = /```\n(placing [\s\S]*?)```/.exec(readme)?.[1];
     expect(sample, "README's make demo sample").toBeDefined();
     // `make demo` as a user types it (node_modules counts as installed: no `npm ci` under other suites).
-    const { stdout } = await run("make", ["-o", "node_modules/.package-lock.json", "demo"], {
+    const { stdout } = await run("make", ["--no-print-directory", "-o", "node_modules/.package-lock.json", "demo"], {
       cwd: ROOT,
       env: { ...process.env, ORDER_TARGET: sys.order.address },
     });

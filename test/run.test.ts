@@ -149,7 +149,8 @@ it("LOG_FORMAT=json make run prints JSON lines only, each naming its process, fo
   using dir = tempDir();
   const { env, of } = await ports();
   // As a shell runs `LOG_FORMAT=json make run | jq`: make's own output included, stdout apart from stderr.
-  const make = spawn("make", ["run"], {
+  // --no-print-directory: under `make test` this make is a sub-make, which would announce its directory.
+  const make = spawn("make", ["--no-print-directory", "run"], {
     cwd: ROOT,
     env: { ...process.env, ...env, DATA_DIR: dir.path, LOG_FORMAT: "json" },
     stdio: ["ignore", "pipe", "pipe"],
