@@ -1,0 +1,214 @@
+/**
+ * The docs are executed: every shell block of README.md and docs/ that runs
+ * against `make run` is run, line by line and in order, against a real
+ * `make run` (the compiled system, on ports of the test's choosing, which
+ * the lines are rewritten to). grpcurl is not installable here: a `grpcurl`
+ * on PATH translates its arguments to `buf curl` with the same reflection.
+ * A line runs as written, with `$TOKEN` a development token for alice and
+ * `<id>` an order of hers; it must succeed, unless the text beside it
+ * (its comment, or the comment line before or after) names the error it
+ * shows — then it must fail with that error.
+ *
+ * Not run: `make` targets other than `token` and `demo` (the system is
+ * already running; tails never end), Kubernetes (docs/deploy.md), and
+ * lines against ports `make run` does not open (a second replica's).
+ */
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { chmodSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { freePort, ROOT, tempDir } from "./fixtures.js";
+
+const DOCS = [
+  "README.md",
+  ...readdirSync(join(ROOT, "docs"))
+    .filter((f) => f.endsWith(".md") && f !== "deploy.md")
+    .map((f) => `docs/${f}`),
+];
+const NAMES = ["gateway", "inventory", "payment", "order", "notification", "history"];
+const DOC_PORTS: Record<string, number> = {
+  gateway: 8080,
+  inventory: 50051,
+  payment: 50052,
+  order: 50053,
+  notification: 50054,
+  history: 50055,
+};
+const DOC_METRICS: Record<string, number> = {
+  gateway: 9100,
+  inventory: 9101,
+  payment: 9102,
+  order: 9103,
+  notification: 9104,
+  history: 9105,
+};
+
+/** One runnable line of a doc, with what the text says about it. */
+interface DocLine {
+  readonly doc: string;
+  readonly line: string;
+  /** The error the text says it shows, when it says one (ERROR, UNIMPLEMENTED, FailedPrecondition ...). */
+  readonly expectsError?: string;
+}
+
+const ERROR_WORDS =
+  /\b(ERROR|UNIMPLEMENTED|Unimplemented|FailedPrecondition|FAILED_PRECONDITION|NOT_FOUND|PERMISSION_DENIED|UNAUTHENTICATED)\b/;
+
+/** The runnable lines of `doc`'s sh blocks that talk to `make run`, continuation lines joined. */
+function runnable(doc: string): DocLine[] {
+  const text = readFileSync(join(ROOT, doc), "utf8").replace(/\\\n\s*/g, "");
+  const out: DocLine[] = [];
+  for (const [, block = ""] of text.matchAll(/```sh\n([\s\S]*?)```/g)) {
+    if (/\bkubectl\b|\bkind\b|istioctl/.test(block)) continue;
+    const lines = block.split("\n");
+    for (let i = 0; i < lines.length; i++) {
+      const line = (lines[i] ?? "").trim();
+      if (!line || line.startsWith("#")) continue;
+      const command = line.replace(/\s+#.*$/, "");
+      const talks = /localhost:\d+|make -s token|^make demo|^req=|^TOKEN=/.test(command);
+      if (!talks) continue;
+      if (/^make (?!demo)/.test(command) || /\bnc\b|\|\s*jq\b/.test(command)) continue;
+      const ports = [...command.matchAll(/localhost:(\d+)/g)].map((m) => Number(m[1]));
+      const known = new Set([...Object.values(DOC_PORTS), ...Object.values(DOC_METRICS)]);
+      if (ports.some((p) => !known.has(p))) continue;
+      // What the text says of it: its own comment, the comment line before it (what it shows), and an
+      // output line after it ("# ERROR: ...").
+      const before = (lines[i - 1] ?? "").trim();
+      const after = (lines[i + 1] ?? "").trim();
+      const said = [
+        line.match(/\s#(.*)$/)?.[1] ?? "",
+        before.startsWith("#") ? before : "",
+        after.startsWith("# ERROR") ? after : "",
+      ].join(" ");
+      const err = ERROR_WORDS.exec(said)?.[1];
+      out.push({
+        doc,
+        line: command,
+        ...(err && !command.startsWith("TOKEN=") && !command.startsWith("req=") ? { expectsError: err } : {}),
+      });
+    }
+  }
+  return out;
+}
+
+let run: ChildProcess;
+let dir: { path: string } & Disposable;
+const env: Record<string, string> = {};
+const mapPort: Record<number, number> = {};
+
+beforeAll(async () => {
+  execFileSync("make", ["-s", "--no-print-directory", "build"], { cwd: ROOT, stdio: "pipe" });
+  dir = tempDir();
+  for (const n of NAMES) {
+    const port = await freePort();
+    const metrics = await freePort();
+    env[`${n.toUpperCase()}_PORT`] = String(port);
+    env[`${n.toUpperCase()}_METRICS_PORT`] = String(metrics);
+    mapPort[DOC_PORTS[n] as number] = port;
+    mapPort[DOC_METRICS[n] as number] = metrics;
+  }
+  env.NATS_PORT = String(await freePort());
+  env.NATS_MONITOR_PORT = String(await freePort());
+  run = spawn(process.execPath, [join(ROOT, "dist", "scripts", "run.js")], {
+    cwd: ROOT,
+    env: { ...process.env, ...env, DATA_DIR: dir.path },
+    stdio: "ignore",
+  });
+  const gateway = `http://127.0.0.1:${mapPort[8080]}`;
+  for (let i = 0; i < 200; i++) {
+    const ok = await fetch(`${gateway}/readyz`).then(
+      (r) => r.ok,
+      () => false,
+    );
+    if (ok) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  // grpcurl, as the docs use it, through buf curl (grpcurl is not installable here).
+  writeFileSync(
+    join(dir.path, "grpcurl"),
+    `#!/usr/bin/env node
+const args = process.argv.slice(2); const out = ["curl", "--protocol", "grpc", "--http2-prior-knowledge"];
+let target = ""; const rest = [];
+for (let i = 0; i < args.length; i++) {
+  const a = args[i];
+  if (a === "-plaintext") continue;
+  if (a === "-H" || a === "-d") { out.push(a, args[++i]); continue; }
+  if (!target && /:\\d+$/.test(a)) { target = a; continue; }
+  rest.push(a);
+}
+if (rest[0] === "list") out.push("--list-services", "http://" + target);
+else out.push("http://" + target + "/" + rest[0]);
+const r = require("node:child_process").spawnSync(${JSON.stringify(join(ROOT, "node_modules", ".bin", "buf"))}, out, { stdio: "inherit" });
+process.exit(r.status ?? 1);
+`,
+  );
+  chmodSync(join(dir.path, "grpcurl"), 0o755);
+}, 120_000);
+
+afterAll(async () => {
+  if (run && run.exitCode === null) {
+    run.kill("SIGINT");
+    await new Promise((r) => run.once("exit", r));
+  }
+  dir?.[Symbol.dispose]();
+});
+
+/** Runs one doc line in bash with the state its doc built so far (`state` holds variables). */
+function shell(line: string, state: string[]): { code: number; out: string } {
+  const rewritten = line.replace(/localhost:(\d+)/g, (m, p: string) =>
+    mapPort[Number(p)] ? `localhost:${mapPort[Number(p)]}` : m,
+  );
+  const script = [...state, rewritten].join("\n");
+  try {
+    const out = execFileSync("bash", ["-c", `set -o pipefail\n${script}`], {
+      cwd: ROOT,
+      env: {
+        ...process.env,
+        PATH: `${dir.path}:${process.env.PATH}`,
+        ORDER_TARGET: `127.0.0.1:${mapPort[50053]}`,
+        MAKEFLAGS: "--no-print-directory",
+      },
+      encoding: "utf8",
+      timeout: 90_000,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    return { code: 0, out };
+  } catch (err) {
+    const e = err as { status?: number; stdout?: string; stderr?: string };
+    return { code: e.status ?? 1, out: `${e.stdout ?? ""}${e.stderr ?? ""}` };
+  }
+}
+
+describe.each(DOCS.filter((d) => runnable(d).length > 0))("%s", (doc) => {
+  it("runs every shell line that talks to make run, and each shows what the text says", async () => {
+    // An order of alice's for the lines that name one.
+    const state: string[] = [];
+    let order = "";
+    for (const { line, expectsError } of runnable(doc)) {
+      if (line.startsWith("TOKEN=") || line.startsWith("req=")) {
+        const r = shell(`${line}\necho ok`, state);
+        expect(r.code, `${doc}: ${line}\n${r.out}`).toBe(0);
+        state.push(line);
+        continue;
+      }
+      if (/<id>|\$ORDER/.test(line) && order === "") {
+        const placed = shell(
+          `curl -s -X POST localhost:8080/v1/orders -H "authorization: Bearer $(make -s token USER=alice)" ` +
+            `-H 'Idempotency-Key: docs-${doc}' -d '{"items":[{"productId":"coffee-beans","quantity":1}],"cardToken":"tok_visa"}'`,
+          [],
+        );
+        order = (JSON.parse(placed.out) as { id: string }).id;
+        state.push(`ORDER=${order}`);
+      }
+      const r = shell(line.replaceAll("<id>", order), state);
+      if (expectsError) {
+        expect(r.code, `${doc}: ${line} should fail (${expectsError})\n${r.out}`).not.toBe(0);
+        expect(r.out.toLowerCase(), `${doc}: ${line}`).toContain(
+          expectsError.toLowerCase().replace("failedprecondition", "failed").replace("error", ""),
+        );
+      } else {
+        expect(r.code, `${doc}: ${line}\n${r.out}`).toBe(0);
+      }
+    }
+  }, 180_000);
+});
