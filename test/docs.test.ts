@@ -47,6 +47,8 @@ const DOC_METRICS: Record<string, number> = {
 interface DocLine {
   readonly doc: string;
   readonly line: string;
+  /** Phrases its comment quotes ("payment unavailable"): its output must show them. */
+  readonly shows: readonly string[];
   /** The error the text says it shows, when it says one (ERROR, UNIMPLEMENTED, FailedPrecondition ...). */
   readonly expectsError?: string;
 }
@@ -81,9 +83,11 @@ function runnable(doc: string): DocLine[] {
         after.startsWith("# ERROR") ? after : "",
       ].join(" ");
       const err = ERROR_WORDS.exec(said)?.[1];
+      const shows = [...(line.match(/\s#(.*)$/)?.[1] ?? "").matchAll(/"([^"]+)"/g)].map((m) => m[1] ?? "");
       out.push({
         doc,
         line: command,
+        shows,
         ...(err && !command.startsWith("TOKEN=") && !command.startsWith("req=") ? { expectsError: err } : {}),
       });
     }
@@ -184,7 +188,7 @@ describe.each(DOCS.filter((d) => runnable(d).length > 0))("%s", (doc) => {
     // An order of alice's for the lines that name one.
     const state: string[] = [];
     let order = "";
-    for (const { line, expectsError } of runnable(doc)) {
+    for (const { line, expectsError, shows } of runnable(doc)) {
       if (line.startsWith("TOKEN=") || line.startsWith("req=")) {
         const r = shell(`${line}\necho ok`, state);
         expect(r.code, `${doc}: ${line}\n${r.out}`).toBe(0);
@@ -209,6 +213,7 @@ describe.each(DOCS.filter((d) => runnable(d).length > 0))("%s", (doc) => {
       } else {
         expect(r.code, `${doc}: ${line}\n${r.out}`).toBe(0);
       }
+      for (const phrase of shows) expect(r.out, `${doc}: ${line} shows "${phrase}"`).toContain(phrase);
     }
   }, 180_000);
 });
