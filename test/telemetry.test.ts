@@ -134,6 +134,13 @@ describe("traces", () => {
           ]),
         );
       }
+      // Only this order's work: every span naming an order names this one, and no background work
+      // (registry watches, endpoint changes, breaker transitions) logs under its trace.
+      expect(
+        inTrace.filter((s) => s.attributes["order.id"] !== undefined && s.attributes["order.id"] !== orderId),
+      ).toEqual([]);
+      const background = /registry|endpoints changed|circuit breaker|lease sweep|resuming sagas/;
+      expect(logLines.filter((l) => l.trace_id === traceId && background.test(String(l.msg)))).toEqual([]);
       // Log lines of this order, across services, by its trace id.
       const services = new Set(logLines.filter((l) => l.trace_id === traceId).map((l) => l.service));
       expect([...services]).toEqual(expect.arrayContaining(["gateway", "order", "inventory", "payment"]));
