@@ -147,6 +147,13 @@ it("restarts every process killed with SIGKILL, says so, and the system serves o
     if (status !== "ORDER_STATUS_CONFIRMED") await new Promise((r) => setTimeout(r, 500));
   }
   expect(status).toBe("ORDER_STATUS_CONFIRMED");
+  // And `make demo`, as a user would run it next, succeeds with nothing restarted by hand.
+  const demo = execFileSync("make", ["--no-print-directory", "-o", "node_modules/.package-lock.json", "demo"], {
+    cwd: ROOT,
+    env: { ...process.env, ORDER_TARGET: `127.0.0.1:${of("order")}` },
+    encoding: "utf8",
+  });
+  expect(demo).toMatch(/1\. succeeds\n\s+order ord_\w+\s+CONFIRMED/);
 
   run.child.kill("SIGINT");
   expect(await new Promise((r) => run.child.once("exit", r))).toBe(0);
