@@ -748,7 +748,7 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
     const faultInjection = configOf(gateway).FAULT_INJECTION === true;
     for (const target of upstreamsOf(gateway))
       for (const path of [...OPERATOR_READS, ...(faultInjection ? OPERATOR_WRITES : [])]) add(target, "gateway", path);
-    for (const [, target, local] of read("services/order/saga.ts").matchAll(
+    for (const [, target, local] of read("services/order/participants.ts").matchAll(
       /this\.deps\.(inventory|payment)\.(\w+)\(/g,
     )) {
       const svc = upstreamOf(target as string) as DescService;

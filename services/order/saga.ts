@@ -19,40 +19,25 @@
  * racing the new owner. On a graceful stop it gives its leases back.
  */
 
-import { stepKey } from "../../contracts/saga.js";
 import type { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
-import { type PaymentService, PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
-import {
-  backoffMs,
-  type Client,
-  Code,
-  contextOf,
-  inSpan,
-  type Logger,
-  RpcError,
-  type Telemetry,
-} from "../../platform/index.js";
+import type { PaymentService } from "../../gen/shopmesh/payment/v1/payment_pb.js";
+import { backoffMs, type Client, contextOf, inSpan, type Logger, type Telemetry } from "../../platform/index.js";
 import {
   type CallStep,
   type Decision,
   decide,
-  failureKind,
   type OrderRecord,
   type OrderStatus,
   onCancelled,
   onCancelledRefundPending,
-  onCharged,
   onCompensate,
   onConfirmed,
-  onDeclined,
   onForwardFailed,
-  onRefunded,
-  onReleased,
-  onReserved,
   onRetrying,
   onStarted,
   type Transition,
 } from "./domain.js";
+import { Participants } from "./participants.js";
 import type { Lease, OrderStore } from "./store.js";
 
 /** Timing of saga-level retries, in ms. */
@@ -93,9 +78,6 @@ export interface SagaDeps {
   readonly telemetry?: Telemetry;
 }
 
-/** A step's outcome to persist, or a transient failure to retry (`notSent`: it never left this process). */
-type Outcome = Transition | { readonly retry: string; readonly notSent: boolean };
-
 /** What {@link SagaOrchestrator.act} returns when the lease was lost: the loop stops. */
 const FENCED = -1;
 
@@ -105,10 +87,6 @@ const PARTICIPANT: Record<CallStep, string> = {
   charge_payment: "payment",
   refund_payment: "payment",
 };
-
-function describe(err: unknown): string {
-  return err instanceof RpcError ? `${err.codeName}: ${err.message}` : String(err);
-}
 
 /** One order's running saga loop. */
 interface Loop {
@@ -128,8 +106,10 @@ export class SagaOrchestrator {
   private sweeper: NodeJS.Timeout | undefined;
   private readonly clock: () => number;
   private readonly random: () => number;
+  private readonly participants: Participants;
 
   constructor(private readonly deps: SagaDeps) {
+    this.participants = new Participants(deps);
     this.clock = deps.clock ?? Date.now;
     this.random = deps.random ?? Math.random;
   }
@@ -287,7 +267,7 @@ export class SagaOrchestrator {
         // What the step had done before this attempt: an attempt that is never sent changes nothing.
         const before = d.step === "reserve_stock" ? o.stock : d.step === "charge_payment" ? o.payment : undefined;
         if ((await apply(onStarted(o, d.step, attempt))) === FENCED) return FENCED;
-        const outcome = await this.call(d.step, o, attempt, signal);
+        const outcome = await this.participants.call(d.step, o, attempt, signal);
         if (signal.aborted) return 0; // stopping: the step's outcome is unknown and is re-driven by the next owner
         if (!("retry" in outcome)) return apply(outcome);
         const neverSent = outcome.notSent && before !== undefined ? { before } : undefined;
@@ -317,95 +297,5 @@ export class SagaOrchestrator {
         resolve();
       };
     });
-  }
-
-  /** Performs one participant call and maps its result to a transition, or to a retry. */
-  private async call(step: CallStep, o: OrderRecord, attempt: number, signal: AbortSignal): Promise<Outcome> {
-    const opts = { signal };
-    try {
-      switch (step) {
-        case "reserve_stock":
-          return await this.reserve(o, attempt, opts);
-        case "charge_payment": {
-          const { payment } = await this.deps.payment.chargePayment(
-            {
-              idempotencyKey: stepKey(o.id, "charge_payment"),
-              orderId: o.id,
-              customerId: o.customerId,
-              amount: { currencyCode: o.currency ?? "", amountMinor: BigInt(o.totalMinor ?? 0) },
-              cardToken: o.cardToken,
-            },
-            opts,
-          );
-          if (!payment) throw new Error("ChargePayment answered without a payment");
-          return payment.status === PaymentStatus.CAPTURED
-            ? onCharged(payment.id, attempt)
-            : onDeclined(payment.id, payment.declineReason || "declined", attempt);
-        }
-        case "refund_payment": {
-          // By charge key: refunds the payment made with it, or voids the key if no
-          // charge happened, so an uncertain charge can never stay taken.
-          const { payment } = await this.deps.payment.refundPayment(
-            { chargeIdempotencyKey: stepKey(o.id, "charge_payment"), reason: `order ${o.id}: ${o.reason}` },
-            opts,
-          );
-          const what =
-            payment?.status === PaymentStatus.REFUNDED
-              ? `payment ${payment.id} refunded`
-              : "no charge happened (key voided)";
-          return onRefunded(what, attempt);
-        }
-        case "release_stock":
-          return await this.release(o, attempt, opts);
-      }
-    } catch (err) {
-      if (!(err instanceof RpcError)) throw err;
-      const forward = step === "reserve_stock" || step === "charge_payment";
-      if (failureKind(err.code) === "transient") return { retry: describe(err), notSent: err.notSent };
-      if (forward) {
-        const reason = err.code === Code.FAILED_PRECONDITION ? err.message : describe(err);
-        return onForwardFailed(step, reason, true, attempt);
-      }
-      // A definite refusal of an undo means there is nothing to undo (e.g. NOT_FOUND).
-      return step === "refund_payment" ? onRefunded(describe(err), attempt) : onReleased(describe(err), attempt);
-    }
-  }
-
-  private async reserve(o: OrderRecord, attempt: number, opts: { signal: AbortSignal }): Promise<Outcome> {
-    const { reservation } = await this.deps.inventory.reserveStock(
-      { idempotencyKey: stepKey(o.id, "reserve_stock"), orderId: o.id, items: [...o.items] },
-      opts,
-    );
-    if (!reservation?.total) throw new Error("ReserveStock answered without a reservation");
-    return onReserved(
-      {
-        reservationId: reservation.id,
-        totalMinor: Number(reservation.total.amountMinor),
-        currency: reservation.total.currencyCode,
-      },
-      attempt,
-    );
-  }
-
-  private async release(o: OrderRecord, attempt: number, opts: { signal: AbortSignal }): Promise<Outcome> {
-    let reservationId = o.reservationId;
-    if (!reservationId) {
-      // The reservation's outcome is unknown: ask again with the same key, which
-      // returns the first result (or reserves now, which is released right away).
-      try {
-        const { reservation } = await this.deps.inventory.reserveStock(
-          { idempotencyKey: stepKey(o.id, "reserve_stock"), orderId: o.id, items: [...o.items] },
-          opts,
-        );
-        reservationId = reservation?.id ?? "";
-      } catch (err) {
-        if (err instanceof RpcError && failureKind(err.code) === "definite") {
-          return onReleased(`nothing was reserved (${err.codeName})`, attempt);
-        }
-        throw err;
-      }
-    }
-    await this.deps.inventory.releaseStock({ reservationId }, opts);
-    return onReleased(`reservation ${reservationId} released`, attempt);
   }
 }

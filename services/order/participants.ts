@@ -1,0 +1,129 @@
+/**
+ * The orchestrator's calls to the saga's participants: each step as one
+ * keyed call to inventory or payment, its answer mapped to the transition
+ * to persist (domain.ts), or to a retry when the outcome is unknown or the
+ * participant is out of reach (`notSent`: the call never left this process).
+ */
+import { stepKey } from "../../contracts/saga.js";
+import type { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
+import { type PaymentService, PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
+import { type Client, Code, RpcError } from "../../platform/index.js";
+import {
+  type CallStep,
+  failureKind,
+  type OrderRecord,
+  onCharged,
+  onDeclined,
+  onForwardFailed,
+  onRefunded,
+  onReleased,
+  onReserved,
+  type Transition,
+} from "./domain.js";
+
+/** A step's outcome to persist, or a transient failure to retry (`notSent`: it never left this process). */
+export type Outcome = Transition | { readonly retry: string; readonly notSent: boolean };
+
+export function describe(err: unknown): string {
+  return err instanceof RpcError ? `${err.codeName}: ${err.message}` : String(err);
+}
+
+/** The saga's participant calls. */
+export class Participants {
+  constructor(
+    private readonly deps: {
+      readonly inventory: Client<typeof InventoryService>;
+      readonly payment: Client<typeof PaymentService>;
+    },
+  ) {}
+
+  /** Performs one participant call and maps its result to a transition, or to a retry. */
+  async call(step: CallStep, o: OrderRecord, attempt: number, signal: AbortSignal): Promise<Outcome> {
+    const opts = { signal };
+    try {
+      switch (step) {
+        case "reserve_stock":
+          return await this.reserve(o, attempt, opts);
+        case "charge_payment": {
+          const { payment } = await this.deps.payment.chargePayment(
+            {
+              idempotencyKey: stepKey(o.id, "charge_payment"),
+              orderId: o.id,
+              customerId: o.customerId,
+              amount: { currencyCode: o.currency ?? "", amountMinor: BigInt(o.totalMinor ?? 0) },
+              cardToken: o.cardToken,
+            },
+            opts,
+          );
+          if (!payment) throw new Error("ChargePayment answered without a payment");
+          return payment.status === PaymentStatus.CAPTURED
+            ? onCharged(payment.id, attempt)
+            : onDeclined(payment.id, payment.declineReason || "declined", attempt);
+        }
+        case "refund_payment": {
+          // By charge key: refunds the payment made with it, or voids the key if no
+          // charge happened, so an uncertain charge can never stay taken.
+          const { payment } = await this.deps.payment.refundPayment(
+            { chargeIdempotencyKey: stepKey(o.id, "charge_payment"), reason: `order ${o.id}: ${o.reason}` },
+            opts,
+          );
+          const what =
+            payment?.status === PaymentStatus.REFUNDED
+              ? `payment ${payment.id} refunded`
+              : "no charge happened (key voided)";
+          return onRefunded(what, attempt);
+        }
+        case "release_stock":
+          return await this.release(o, attempt, opts);
+      }
+    } catch (err) {
+      if (!(err instanceof RpcError)) throw err;
+      const forward = step === "reserve_stock" || step === "charge_payment";
+      if (failureKind(err.code) === "transient") return { retry: describe(err), notSent: err.notSent };
+      if (forward) {
+        const reason = err.code === Code.FAILED_PRECONDITION ? err.message : describe(err);
+        return onForwardFailed(step, reason, true, attempt);
+      }
+      // A definite refusal of an undo means there is nothing to undo (e.g. NOT_FOUND).
+      return step === "refund_payment" ? onRefunded(describe(err), attempt) : onReleased(describe(err), attempt);
+    }
+  }
+
+  private async reserve(o: OrderRecord, attempt: number, opts: { signal: AbortSignal }): Promise<Outcome> {
+    const { reservation } = await this.deps.inventory.reserveStock(
+      { idempotencyKey: stepKey(o.id, "reserve_stock"), orderId: o.id, items: [...o.items] },
+      opts,
+    );
+    if (!reservation?.total) throw new Error("ReserveStock answered without a reservation");
+    return onReserved(
+      {
+        reservationId: reservation.id,
+        totalMinor: Number(reservation.total.amountMinor),
+        currency: reservation.total.currencyCode,
+      },
+      attempt,
+    );
+  }
+
+  private async release(o: OrderRecord, attempt: number, opts: { signal: AbortSignal }): Promise<Outcome> {
+    let reservationId = o.reservationId;
+    if (!reservationId) {
+      // The reservation's outcome is unknown: ask again with the same key, which
+      // returns the first result (or reserves now, which is released right away).
+      try {
+        const { reservation } = await this.deps.inventory.reserveStock(
+          { idempotencyKey: stepKey(o.id, "reserve_stock"), orderId: o.id, items: [...o.items] },
+          opts,
+        );
+        reservationId = reservation?.id ?? "";
+      } catch (err) {
+        if (err instanceof RpcError && failureKind(err.code) === "definite") {
+          return onReleased(`nothing was reserved (${err.codeName})`, attempt);
+        }
+        throw err;
+      }
+    }
+    await this.deps.inventory.releaseStock({ reservationId }, opts);
+    return onReleased(`reservation ${reservationId} released`, attempt);
+  }
+}
