@@ -21,18 +21,14 @@
  * The per-principal and per-address rate limits are raised for the run (one
  * load generator is one client); everything else is the default.
  */
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { cpus, tmpdir } from "node:os";
+import { mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { cpus } from "node:os";
 import { dirname, join } from "node:path";
-import { createInterface } from "node:readline";
-import { Metadata } from "@grpc/grpc-js";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
-import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
-import { createChannel, createClient, identityMetadata } from "../platform/index.js";
-import { nodeCommand, ROOT } from "../scripts/layout.js";
+import { ROOT } from "../scripts/layout.js";
 import type { LoadResult, LoadSpec } from "./load.js";
+import { cpuSeconds, load, restock, startSystem } from "./system.js";
 
 const SMOKE = process.env.BENCH_SMOKE === "1";
 const SECONDS = Number(process.env.BENCH_SECONDS ?? (SMOKE ? 0.5 : 8));
@@ -43,210 +39,6 @@ const STARTED = Date.now();
 const PROFILE = process.env.BENCH_PROFILE ?? "";
 const ONLY = process.env.BENCH_ONLY ?? "";
 const PROFILE_DIR = join(ROOT, "bench", "results", "profiles");
-const CLK_TCK = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
-
-const SERVICES = ["inventory", "payment", "order", "notification", "history"] as const;
-
-interface Proc {
-  readonly name: string;
-  readonly child: ChildProcess;
-  readonly port: number;
-}
-
-/** Every system process still running: killed if the harness exits first (a failed start, an error). */
-const spawned = new Set<ChildProcess>();
-process.on("exit", () => {
-  for (const c of spawned) c.kill("SIGKILL");
-});
-
-/** Spawns `cmd`, reads (and drops) its output as `make run` would print it, resolves once `ready` appears. */
-function startProcess(
-  name: string,
-  cmd: string,
-  args: readonly string[],
-  env: Record<string, string>,
-  ready: (line: string) => number | undefined,
-): Promise<Proc> {
-  const child = spawn(cmd, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
-  spawned.add(child);
-  child.once("exit", () => spawned.delete(child));
-  let tail = "";
-  return new Promise((res, rej) => {
-    const timer = setTimeout(() => rej(new Error(`${name} did not start in 60 s:\n${tail}`)), 60_000);
-    let started = false;
-    for (const s of [child.stdout, child.stderr]) {
-      createInterface({ input: s }).on("line", (line) => {
-        if (started) return;
-        tail = `${tail}${line}\n`.slice(-4000);
-        const port = ready(line);
-        if (port === undefined) return;
-        started = true;
-        clearTimeout(timer);
-        res({ name, child, port });
-      });
-    }
-    child.once("exit", (code, signal) => {
-      if (!started) rej(new Error(`${name} exited ${code ?? signal}:\n${tail}`));
-    });
-  });
-}
-
-/** Reads the port from the JSON log line whose msg is `msg`. */
-function logged(msg: string): (line: string) => number | undefined {
-  return (line) => {
-    if (!line.includes(msg)) return undefined;
-    try {
-      const o = JSON.parse(line) as { msg?: string; port?: number };
-      return o.msg === msg ? Number(o.port) : undefined;
-    } catch {
-      return undefined;
-    }
-  };
-}
-
-/** CPU seconds (user + system) of `pid` so far. */
-function cpuSeconds(pid: number | undefined): number {
-  if (!pid) return 0;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
-  } catch {
-    return 0;
-  }
-}
-
-/** Resident memory of `pid`, MB. */
-function rssMb(pid: number | undefined): number {
-  if (!pid) return 0;
-  try {
-    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-    return Math.round(Number(m?.[1] ?? 0) / 1024);
-  } catch {
-    return 0;
-  }
-}
-
-interface System {
-  readonly procs: readonly Proc[];
-  readonly addressOf: (name: string) => string;
-  readonly readyMs: number;
-  readonly rssMb: number;
-  stop(): Promise<void>;
-}
-
-/** Starts the system as `make run` does, on free ports under a temporary data directory. */
-async function startSystem(telemetry: boolean): Promise<System> {
-  const dir = mkdtempSync(join(tmpdir(), "shopmesh-bench-"));
-  const t0 = performance.now();
-  const nats = await startProcess(
-    "nats",
-    "nats-server",
-    ["-js", "-sd", join(dir, "nats"), "-a", "127.0.0.1", "-p", "-1"],
-    {},
-    (line) => {
-      const m = /Listening for client connections on 127\.0\.0\.1:(\d+)/.exec(line);
-      return m ? Number(m[1]) : undefined;
-    },
-  );
-  const common: Record<string, string> = {
-    NATS_URL: `nats://127.0.0.1:${nats.port}`,
-    LOG_FORMAT: "json",
-    LOG_LEVEL: "info",
-    ...Object.fromEntries(SERVICES.map((n) => [`${n.toUpperCase()}_TARGET`, `registry:///${n}`])),
-    ...(telemetry ? { METRICS_PORT: "0", TRACE_FILE: join(dir, "traces.jsonl") } : {}),
-  };
-  // Started as `make run` starts them: the compiled JavaScript in dist/ (make build).
-  const node = (main: string) =>
-    nodeCommand(main, PROFILE && main.includes(`${PROFILE}/`) ? ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`] : []);
-  const services = await Promise.all(
-    SERVICES.map((name) => {
-      const [cmd, args] = node(join("services", name, "main.ts"));
-      return startProcess(
-        name,
-        cmd,
-        args,
-        { ...common, GRPC_PORT: "0", DB_PATH: join(dir, `${name}.db`) },
-        logged("gRPC server listening"),
-      );
-    }),
-  );
-  const [gcmd, gargs] = node("gateway/main.ts");
-  const gateway = await startProcess(
-    "gateway",
-    gcmd,
-    gargs,
-    {
-      ...common,
-      HTTP_PORT: "0",
-      RATE_LIMIT_RPS: "1000000",
-      RATE_LIMIT_BURST: "500",
-      RATE_LIMIT_IP_RPS: "1000000",
-      RATE_LIMIT_IP_BURST: "500",
-    },
-    logged("gateway listening"),
-  );
-  const procs = [nats, ...services, gateway];
-  // The gateway learns the services from the registry: ready once it answers through to inventory.
-  await untilAnswered(`127.0.0.1:${gateway.port}`);
-  const readyMs = Math.round(performance.now() - t0);
-  return {
-    procs,
-    readyMs,
-    rssMb: procs.reduce((s, p) => s + rssMb(p.child.pid), 0),
-    addressOf: (name) => `127.0.0.1:${procs.find((p) => p.name === name)?.port}`,
-    async stop() {
-      const exited = (c: ChildProcess) =>
-        c.exitCode !== null || c.signalCode !== null ? Promise.resolve() : new Promise((r) => c.once("exit", r));
-      for (const p of [...services, gateway]) p.child.kill("SIGTERM");
-      await Promise.all([...services, gateway].map((p) => exited(p.child)));
-      nats.child.kill("SIGTERM");
-      await exited(nats.child);
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-}
-
-/** Resolves once `GetProduct` through the gateway at `address` succeeds (10 s at most). */
-async function untilAnswered(address: string): Promise<void> {
-  const ch = createChannel(address);
-  const inv = createClient(InventoryService, ch);
-  const md = new Metadata();
-  md.set("authorization", `Bearer ${await token}`);
-  try {
-    for (const until = Date.now() + 10_000; ; ) {
-      try {
-        await inv.getProduct({ productId: "coffee-beans" }, { metadata: md, timeoutMs: 1_000 });
-        return;
-      } catch (err) {
-        if (Date.now() > until) throw new Error(`the gateway did not answer within 10 s: ${(err as Error).message}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    }
-  } finally {
-    ch.close();
-  }
-}
-
-/** Runs one round in a separate load-generator process. */
-function load(spec: LoadSpec): Promise<LoadResult> {
-  return new Promise((res, rej) => {
-    const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "bench", "load.ts"), JSON.stringify(spec)], {
-      cwd: ROOT,
-      stdio: ["ignore", "pipe", "inherit"],
-    });
-    let out = "";
-    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
-    child.once("exit", (code) => {
-      try {
-        if (code !== 0) throw new Error(`load generator exited ${code}`);
-        res(JSON.parse(out.trim().split("\n").pop() ?? "") as LoadResult);
-      } catch (err) {
-        rej(err);
-      }
-    });
-  });
-}
 
 interface Row extends LoadResult {
   readonly path: string;
@@ -260,21 +52,12 @@ interface Row extends LoadResult {
   readonly of_direct?: number;
 }
 
-async function restock(sys: System): Promise<void> {
-  const ch = createChannel(sys.addressOf("inventory"));
-  const inv = createClient(InventoryService, ch);
-  const metadata = identityMetadata({ subject: "bench-operator", roles: ["admin"] });
-  for (const productId of ["coffee-beans", "ceramic-mug", "paper-filters", "pour-over-kettle"]) {
-    await inv.restock(
-      { idempotencyKey: `bench-${productId}-${Date.now()}`, productId, quantity: 1_000_000 },
-      { metadata },
-    );
-  }
-  ch.close();
-}
-
 async function measure(telemetry: boolean, token: string): Promise<{ rows: Row[]; readyMs: number; rssMb: number }> {
-  const sys = await startSystem(telemetry);
+  const sys = await startSystem({
+    telemetry,
+    token,
+    nodeArgs: (name) => (name === PROFILE ? ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`] : []),
+  });
   const rows: Row[] = [];
   const t = telemetry ? "on" : "off";
   const gw = sys.addressOf("gateway");

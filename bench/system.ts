@@ -1,0 +1,296 @@
+/**
+ * The system under measurement for `make bench` and `make compare`: started
+ * as `make run` starts it — nats-server, the five services and the gateway,
+ * each a Node process running the compiled JavaScript of `make build`,
+ * SQLite, registry discovery — on free ports under a temporary directory,
+ * plus what a measurement reads from outside: each process's CPU and RSS
+ * (/proc), a load round in a process of its own (bench/load.ts), and, when
+ * asked for, the services' /metrics and nats-server's monitoring endpoint.
+ */
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { Metadata } from "@grpc/grpc-js";
+import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
+import { createChannel, createClient, identityMetadata } from "../platform/index.js";
+import { nodeCommand, ROOT } from "../scripts/layout.js";
+import type { LoadResult, LoadSpec } from "./load.js";
+
+export const SERVICES = ["inventory", "payment", "order", "notification", "history"] as const;
+export type ServiceName = (typeof SERVICES)[number];
+export type ProcessName = ServiceName | "gateway" | "nats";
+
+const CLK_TCK = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
+
+export interface Proc {
+  readonly name: ProcessName;
+  readonly child: ChildProcess;
+  readonly port: number;
+}
+
+/** Every system process still running: killed if the measuring process exits first (a failed start, an error). */
+const spawned = new Set<ChildProcess>();
+process.on("exit", () => {
+  for (const c of spawned) c.kill("SIGKILL");
+});
+
+/** Spawns `cmd`, reads (and drops) its output as `make run` would print it, resolves once `ready` appears. */
+function startProcess(
+  name: ProcessName,
+  cmd: string,
+  args: readonly string[],
+  env: Record<string, string>,
+  ready: (line: string) => number | undefined,
+): Promise<Proc> {
+  const child = spawn(cmd, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  spawned.add(child);
+  child.once("exit", () => spawned.delete(child));
+  let tail = "";
+  return new Promise((res, rej) => {
+    const timer = setTimeout(() => rej(new Error(`${name} did not start in 60 s:\n${tail}`)), 60_000);
+    let started = false;
+    for (const s of [child.stdout, child.stderr]) {
+      createInterface({ input: s }).on("line", (line) => {
+        if (started) return;
+        tail = `${tail}${line}\n`.slice(-4000);
+        const port = ready(line);
+        if (port === undefined) return;
+        started = true;
+        clearTimeout(timer);
+        res({ name, child, port });
+      });
+    }
+    child.once("exit", (code, signal) => {
+      if (!started) rej(new Error(`${name} exited ${code ?? signal}:\n${tail}`));
+    });
+  });
+}
+
+/** Reads the port from the JSON log line whose msg is `msg`. */
+function logged(msg: string): (line: string) => number | undefined {
+  return (line) => {
+    if (!line.includes(msg)) return undefined;
+    try {
+      const o = JSON.parse(line) as { msg?: string; port?: number };
+      return o.msg === msg ? Number(o.port) : undefined;
+    } catch {
+      return undefined;
+    }
+  };
+}
+
+/** A port that was free a moment ago (for servers that do not report the port they bound). */
+function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once("error", rej);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => res(port));
+    });
+  });
+}
+
+/** CPU seconds (user + system) of `pid` so far. */
+export function cpuSeconds(pid: number | undefined): number {
+  if (!pid) return 0;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+  } catch {
+    return 0;
+  }
+}
+
+/** Resident memory of `pid`, MB. */
+export function rssMb(pid: number | undefined): number {
+  if (!pid) return 0;
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return Math.round(Number(m?.[1] ?? 0) / 1024);
+  } catch {
+    return 0;
+  }
+}
+
+export interface SystemOptions {
+  /** Telemetry as `make run` has it (span file, /metrics) or off. */
+  readonly telemetry: boolean;
+  /** A development token the gateway accepts (readiness is checked through the gateway). */
+  readonly token: string;
+  /** Extra env per process (e.g. `{ order: { PAYMENT_RETRY_MAX_ATTEMPTS: "1" } }`). */
+  readonly env?: Partial<Record<ServiceName | "gateway", Record<string, string>>>;
+  /** Extra node flags per process (e.g. --cpu-prof for one of them). */
+  readonly nodeArgs?: (name: ServiceName | "gateway") => readonly string[];
+  /** Serve each service's /metrics and nats-server's monitoring endpoint on known ports. */
+  readonly observe?: boolean;
+}
+
+export interface System {
+  readonly procs: readonly Proc[];
+  /** host:port of a process's gRPC (services), HTTP (gateway) or client (nats) port. */
+  readonly addressOf: (name: ProcessName) => string;
+  /** http://host:port of a service's /metrics, or nats-server's monitoring (with `observe`). */
+  readonly observeUrlOf: (name: ServiceName | "nats") => string | undefined;
+  readonly readyMs: number;
+  readonly rssMb: number;
+  /** CPU seconds used by each process so far, by name. */
+  cpu(): Record<ProcessName, number>;
+  stop(): Promise<void>;
+}
+
+/** Starts the system as `make run` does, on free ports under a temporary data directory. */
+export async function startSystem(opts: SystemOptions): Promise<System> {
+  const dir = mkdtempSync(join(tmpdir(), "shopmesh-bench-"));
+  const t0 = performance.now();
+  const observed = new Map<ServiceName | "nats", number>();
+  if (opts.observe) for (const n of [...SERVICES, "nats"] as const) observed.set(n, await freePort());
+  const natsMonitor = observed.get("nats");
+  const nats = await startProcess(
+    "nats",
+    "nats-server",
+    [
+      "-js",
+      "-sd",
+      join(dir, "nats"),
+      "-a",
+      "127.0.0.1",
+      "-p",
+      "-1",
+      ...(natsMonitor ? ["-m", String(natsMonitor)] : []),
+    ],
+    {},
+    (line) => {
+      const m = /Listening for client connections on 127\.0\.0\.1:(\d+)/.exec(line);
+      return m ? Number(m[1]) : undefined;
+    },
+  );
+  const common: Record<string, string> = {
+    NATS_URL: `nats://127.0.0.1:${nats.port}`,
+    LOG_FORMAT: "json",
+    LOG_LEVEL: "info",
+    ...Object.fromEntries(SERVICES.map((n) => [`${n.toUpperCase()}_TARGET`, `registry:///${n}`])),
+    ...(opts.telemetry ? { METRICS_PORT: "0", TRACE_FILE: join(dir, "traces.jsonl") } : {}),
+  };
+  // Started as `make run` starts them: the compiled JavaScript in dist/ (make build).
+  const node = (name: ServiceName | "gateway", main: string) => nodeCommand(main, opts.nodeArgs?.(name) ?? []);
+  const services = await Promise.all(
+    SERVICES.map((name) => {
+      const [cmd, args] = node(name, join("services", name, "main.ts"));
+      const metrics = observed.get(name);
+      return startProcess(
+        name,
+        cmd,
+        args,
+        {
+          ...common,
+          GRPC_PORT: "0",
+          DB_PATH: join(dir, `${name}.db`),
+          ...(metrics ? { METRICS_PORT: String(metrics) } : {}),
+          ...opts.env?.[name],
+        },
+        logged("gRPC server listening"),
+      );
+    }),
+  );
+  const [gcmd, gargs] = node("gateway", "gateway/main.ts");
+  const gateway = await startProcess(
+    "gateway",
+    gcmd,
+    gargs,
+    {
+      ...common,
+      HTTP_PORT: "0",
+      // One load generator is one client: the per-principal and per-address limits are raised.
+      RATE_LIMIT_RPS: "1000000",
+      RATE_LIMIT_BURST: "500",
+      RATE_LIMIT_IP_RPS: "1000000",
+      RATE_LIMIT_IP_BURST: "500",
+      ...opts.env?.gateway,
+    },
+    logged("gateway listening"),
+  );
+  const procs = [nats, ...services, gateway];
+  // The gateway learns the services from the registry: ready once it answers through to inventory.
+  await untilAnswered(`127.0.0.1:${gateway.port}`, opts.token);
+  const readyMs = Math.round(performance.now() - t0);
+  return {
+    procs,
+    readyMs,
+    rssMb: procs.reduce((s, p) => s + rssMb(p.child.pid), 0),
+    addressOf: (name) => `127.0.0.1:${procs.find((p) => p.name === name)?.port}`,
+    observeUrlOf: (name) => {
+      const port = observed.get(name);
+      return port ? `http://127.0.0.1:${port}` : undefined;
+    },
+    cpu: () => Object.fromEntries(procs.map((p) => [p.name, cpuSeconds(p.child.pid)])) as Record<ProcessName, number>,
+    async stop() {
+      const exited = (c: ChildProcess) =>
+        c.exitCode !== null || c.signalCode !== null ? Promise.resolve() : new Promise((r) => c.once("exit", r));
+      for (const p of [...services, gateway]) p.child.kill("SIGTERM");
+      await Promise.all([...services, gateway].map((p) => exited(p.child)));
+      nats.child.kill("SIGTERM");
+      await exited(nats.child);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Resolves once `GetProduct` through the gateway at `address` succeeds (10 s at most). */
+async function untilAnswered(address: string, token: string): Promise<void> {
+  const ch = createChannel(address);
+  const inv = createClient(InventoryService, ch);
+  const md = new Metadata();
+  md.set("authorization", `Bearer ${token}`);
+  try {
+    for (const until = Date.now() + 10_000; ; ) {
+      try {
+        await inv.getProduct({ productId: "coffee-beans" }, { metadata: md, timeoutMs: 1_000 });
+        return;
+      } catch (err) {
+        if (Date.now() > until) throw new Error(`the gateway did not answer within 10 s: ${(err as Error).message}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+  } finally {
+    ch.close();
+  }
+}
+
+/** Runs one round in a separate load-generator process. */
+export function load(spec: LoadSpec): Promise<LoadResult> {
+  return new Promise((res, rej) => {
+    const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "bench", "load.ts"), JSON.stringify(spec)], {
+      cwd: ROOT,
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    let out = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    child.once("exit", (code) => {
+      try {
+        if (code !== 0) throw new Error(`load generator exited ${code}`);
+        res(JSON.parse(out.trim().split("\n").pop() ?? "") as LoadResult);
+      } catch (err) {
+        rej(err);
+      }
+    });
+  });
+}
+
+/** Stock enough for any run: a million of each product. */
+export async function restock(sys: System): Promise<void> {
+  const ch = createChannel(sys.addressOf("inventory"));
+  const inv = createClient(InventoryService, ch);
+  const metadata = identityMetadata({ subject: "bench-operator", roles: ["admin"] });
+  for (const productId of ["coffee-beans", "ceramic-mug", "paper-filters", "pour-over-kettle"]) {
+    await inv.restock(
+      { idempotencyKey: `bench-${productId}-${Date.now()}`, productId, quantity: 1_000_000 },
+      { metadata },
+    );
+  }
+  ch.close();
+}
