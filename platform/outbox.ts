@@ -22,7 +22,7 @@ import type { EventCatalogue } from "./catalogue.js";
 import { newId } from "./ids.js";
 import { flushLogs, type Logger } from "./log.js";
 import { contextOf, currentTraceparent, detached, injectContext, inSpan } from "./propagation.js";
-import type { Db, Tx } from "./sql.js";
+import type { Db, Query, Tx } from "./sql.js";
 import type { Telemetry } from "./telemetry.js";
 
 /** The outbox table; append it to a service's migrations, then {@link OUTBOX_CLAIMS_MIGRATION}. */
@@ -188,9 +188,20 @@ export class OutboxRelay {
 
   /** Gives up this relay's claims on unsent rows, so any relay takes them at once. */
   private release(): Promise<unknown> {
-    return this.opts.db
-      .run(sql`UPDATE outbox SET claimed_until = NULL WHERE claimed_by = ${this.id} AND sent_at IS NULL`)
-      .catch(() => {});
+    return this.relaxed(
+      sql`UPDATE outbox SET claimed_until = NULL WHERE claimed_by = ${this.id} AND sent_at IS NULL`,
+    ).catch(() => {});
+  }
+
+  /**
+   * Runs a write of the relay's own bookkeeping (claims, sent marks, purges) without waiting for its
+   * flush to disk: none of them promises anything to anyone. Lost in a power failure, a claim just
+   * expires and a sent mark just means the event is published again, which JetStream's duplicate
+   * window and the consumers' inboxes drop. Waiting for the flush put one more disk round in front
+   * of every event's publish, and another after it.
+   */
+  private relaxed(q: Query<unknown>): Promise<number> {
+    return this.opts.db.transaction((tx) => tx.run(q), { durable: false });
   }
 
   private schedule(ms: number): void {
@@ -207,9 +218,7 @@ export class OutboxRelay {
   /** Purges long-sent rows and samples the backlog for the metrics. */
   private async housekeeping(): Promise<void> {
     try {
-      await this.opts.db.run(
-        sql`DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ${Date.now() - KEEP_SENT_MS}`,
-      );
+      await this.relaxed(sql`DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ${Date.now() - KEEP_SENT_MS}`);
       await this.backlog();
     } catch {
       // The database is away (a restart): the next sweep tries again.
@@ -223,18 +232,21 @@ export class OutboxRelay {
     const until = now + (this.opts.claimMs ?? 5_000);
     // PostgreSQL: concurrent relays skip each other's locked rows instead of waiting for them.
     const skipLocked = db.engine === "postgres" ? sql`FOR UPDATE SKIP LOCKED` : sql``;
-    const rows = await db.transaction((tx) =>
-      tx.all(sql<OutboxRow>`UPDATE outbox SET claimed_by = ${this.id}, claimed_until = ${until}
+    // Not flushed before publishing (see relaxed): the rows it claims were, before their commit reported.
+    const rows = await db.transaction(
+      (tx) =>
+        tx.all(sql<OutboxRow>`UPDATE outbox SET claimed_by = ${this.id}, claimed_until = ${until}
         WHERE seq IN (SELECT seq FROM outbox
                       WHERE sent_at IS NULL AND (claimed_until IS NULL OR claimed_until < ${now})
                       ORDER BY seq LIMIT ${RELAY_BATCH} ${skipLocked})
         RETURNING seq, event_id, type, subject, payload, traceparent, created_at`),
+      { durable: false },
     );
     return rows.sort((a, b) => a.seq - b.seq);
   }
 
   private async drain(): Promise<void> {
-    const { db, log } = this.opts;
+    const { log } = this.opts;
     try {
       do {
         this.again = false;
@@ -251,7 +263,7 @@ export class OutboxRelay {
           }
         } finally {
           if (sent.length > 0) {
-            await db.run(
+            await this.relaxed(
               sql`UPDATE outbox SET sent_at = ${Date.now()} WHERE seq IN (${sql.join(sent)}) AND claimed_by = ${this.id}`,
             );
           }

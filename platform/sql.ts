@@ -77,7 +77,7 @@ export interface Db extends Queries {
    * disk (wal-sync.ts); if that flush fails, it rejects although the transaction committed, and
    * every later one fails too, until the process is restarted.
    */
-  transaction<T>(fn: (tx: Tx) => Promise<T>): Promise<T>;
+  transaction<T>(fn: (tx: Tx) => Promise<T>, opts?: TxOptions): Promise<T>;
   /** Runs `fn` in `tx` when given (joining the caller's transaction), else in a transaction of its own. */
   within<T>(tx: Tx | undefined, fn: (tx: Tx) => Promise<T>): Promise<T>;
   /**
@@ -88,6 +88,18 @@ export interface Db extends Queries {
    */
   readonly listen?: (channel: string, fn: (payload: string) => void) => Promise<Listening>;
   close(): Promise<void>;
+}
+
+/** Options of {@link Db.transaction}. */
+export interface TxOptions {
+  /**
+   * false: resolve at commit, without waiting for the commit to be flushed to disk (on SQLite no
+   * wal-sync round; on PostgreSQL `synchronous_commit = off` for this transaction). Only for writes
+   * whose loss in a power failure harms nobody — nothing was promised on them, and a later durable
+   * commit covers them anyway (the log is sequential) — such as the outbox relay's claims and its
+   * sent marks (a lost mark republishes an event that JetStream and the inboxes drop). Default true.
+   */
+  readonly durable?: boolean;
 }
 
 /** A running {@link Db.listen}. */
@@ -109,6 +121,7 @@ export type DbLocation =
 
 const FOR_UPDATE = sql`FOR UPDATE`;
 const NOTHING = sql``;
+const ASYNC_COMMIT = sql`SET LOCAL synchronous_commit TO OFF`;
 
 /** PostgreSQL errors a transaction is run again on: serialization failure, deadlock, unique-key race. */
 const RETRYABLE = new Set(["40001", "40P01", "23505"]);
@@ -238,19 +251,21 @@ class OpenDb extends Queryer implements Db {
     return n;
   }
 
-  async transaction<T>(fn: (tx: Tx) => Promise<T>): Promise<T> {
+  async transaction<T>(fn: (tx: Tx) => Promise<T>, opts: TxOptions = {}): Promise<T> {
+    const durable = opts.durable ?? true;
     for (let attempt = 1; ; attempt++) {
       const hooks: (() => void)[] = [];
       try {
-        const result = await this.kysely.transaction().execute((trx) =>
-          fn(
+        const result = await this.kysely.transaction().execute(async (trx) => {
+          if (!durable && this.engine === "postgres") await ASYNC_COMMIT.execute(trx);
+          return fn(
             Object.assign(new Queryer(this.engine, trx), {
               forUpdate: this.engine === "postgres" ? FOR_UPDATE : NOTHING,
               afterCommit: (f: () => void) => hooks.push(f),
             }),
-          ),
-        );
-        await this.wal?.sync();
+          );
+        });
+        if (durable) await this.wal?.sync();
         for (const h of hooks) h();
         return result;
       } catch (err) {

@@ -36,6 +36,25 @@ describe("WalSync", () => {
     }
   });
 
+  it("a transaction that is not durable commits without a flush; the next durable one covers it", async () => {
+    using dir = tempDir();
+    const path = join(dir.path, "n.db");
+    const db = await openDatabase({ engine: "sqlite", path }, { sqlite: SCHEMA, postgres: SCHEMA });
+    try {
+      const wal = (db as unknown as { wal: WalSync }).wal;
+      const before = wal.flushes;
+      for (let i = 0; i < 20; i++) {
+        await db.transaction((tx) => tx.run(sql`INSERT INTO t (v) VALUES ('relaxed')`), { durable: false });
+      }
+      expect(wal.flushes).toBe(before);
+      await db.transaction((tx) => tx.run(sql`INSERT INTO t (v) VALUES ('durable')`));
+      expect(wal.flushes).toBe(before + 1);
+      expect((await db.one<{ n: number }>(sql`SELECT count(*) AS n FROM t`))?.n).toBe(21);
+    } finally {
+      await db.close();
+    }
+  });
+
   it("a sync asked for while a flush runs waits for a second flush", async () => {
     using dir = tempDir();
     const path = join(dir.path, "w.db");
