@@ -35,6 +35,7 @@ import {
   onForwardFailed,
   onRetrying,
   onStarted,
+  type Progress,
   type Transition,
 } from "./domain.js";
 import { Participants } from "./participants.js";
@@ -88,10 +89,35 @@ const PARTICIPANT: Record<CallStep, string> = {
   refund_payment: "payment",
 };
 
+/** A call step started (its STARTED entry committed) and not yet sent. */
+interface Started {
+  readonly step: CallStep;
+  readonly attempt: number;
+  /** When the step first started (its budget runs from there), epoch ms. */
+  readonly since: number;
+  /** What the step had done before this attempt: an attempt that is never sent changes nothing. */
+  readonly before: Progress | undefined;
+}
+
+/** What one saga action left behind. */
+interface Acted {
+  /** How long to wait before the next decision, ms (0: go on at once), or FENCED. */
+  readonly wait: number;
+  /** The order as the action's commit left it; undefined: read it again. */
+  readonly order?: OrderRecord;
+  /** The next call, started in that same commit. */
+  readonly started?: Started;
+}
+
 /** One order's running saga loop. */
 interface Loop {
   /** The lease this loop drives the saga under. */
   readonly lease: Lease;
+  /**
+   * STARTED entries per call step so far (count, and when the first was written): read from the
+   * step log once when the loop starts, then kept here. Only the lease holder's loop writes them.
+   */
+  readonly starts: Map<CallStep, { count: number; since: number }>;
   /** Ends a backoff wait early. */
   wake: () => void;
   done: Promise<void>;
@@ -166,6 +192,7 @@ export class SagaOrchestrator {
     }
     const loop: Loop = {
       lease: { owner: this.deps.leasing.owner, fence },
+      starts: new Map(),
       wake: () => {},
       done: Promise.resolve(),
       abort: new AbortController(),
@@ -206,8 +233,17 @@ export class SagaOrchestrator {
   private async run(orderId: string, loop: Loop): Promise<void> {
     const { store } = this.deps;
     const signal = loop.abort.signal;
+    for (const s of await store.steps(orderId)) {
+      const step = s.name as CallStep;
+      if (s.status !== "STARTED" || !(step in PARTICIPANT)) continue;
+      const seen = loop.starts.get(step);
+      loop.starts.set(step, { count: (seen?.count ?? 0) + 1, since: seen?.since ?? s.at });
+    }
+    // The order as the last commit left it: read again only after a wait (a cancel may have come).
+    let o: OrderRecord | undefined;
+    let started: Started | undefined;
     while (!signal.aborted) {
-      const o = await store.get(orderId);
+      o ??= await store.get(orderId);
       if (!o) return;
       const d = decide(o);
       if (d.kind === "done") return;
@@ -219,17 +255,25 @@ export class SagaOrchestrator {
             : d.kind === "compensate"
               ? "compensate"
               : "cancel_order";
-      const backoff = await this.step(name, o, () => this.act(o, d, loop));
-      if (backoff === FENCED) {
+      const current = o;
+      const ready = d.kind === "call" && started?.step === d.step ? started : undefined;
+      const next = await this.step(name, current, () => this.act(current, d, loop, ready));
+      if (next.wait === FENCED) {
         this.deps.log.warn({ orderId, fence: loop.lease.fence }, "saga lease lost to another replica; stopping here");
         return;
       }
-      if (backoff > 0) await this.sleep(backoff, loop);
+      o = next.order;
+      started = next.started;
+      if (next.wait > 0) {
+        o = undefined;
+        started = undefined;
+        await this.sleep(next.wait, loop);
+      }
     }
   }
 
   /** Runs one saga action in a span that continues the order's trace (when tracing is on). */
-  private step(name: string, o: OrderRecord, fn: () => Promise<number>): Promise<number> {
+  private step(name: string, o: OrderRecord, fn: () => Promise<Acted>): Promise<Acted> {
     const tel = this.deps.telemetry;
     if (!tel) return fn();
     return inSpan(
@@ -240,11 +284,82 @@ export class SagaOrchestrator {
     );
   }
 
+  /** The transition (with its guard) that carries out a decision needing no call. */
+  private static transitionOf(
+    o: OrderRecord,
+    d: Extract<Decision, { kind: "confirm" | "compensate" | "cancel" }>,
+  ): [Transition, { status: OrderStatus; noCancel?: boolean }] {
+    switch (d.kind) {
+      case "compensate":
+        return [onCompensate(d.reason), { status: "PENDING" }];
+      case "confirm":
+        // Guarded: a cancel that committed first wins, and the next decision compensates.
+        return [onConfirmed(), { status: "PENDING", noCancel: true }];
+      case "cancel":
+        return [onCancelled(o.reason), { status: "COMPENSATING" }];
+    }
+  }
+
   /**
-   * Performs decision `d` for `o`; returns how long to wait before the next
-   * decision (0: go on at once), or FENCED when the lease was lost.
+   * Commits `t` (under `guard`) and, in the same transaction, what the saga decides next as long as
+   * it needs no call — a confirmation, a turn to compensation, the cancel — and then the start of
+   * the next call, so that call goes out right after this one commit instead of after two or three
+   * (each waits for its flush to disk). The guarantees are those of separate commits: a STARTED
+   * entry is durable before its call is sent, every change is guarded and fenced as it would be on
+   * its own, and a cancel that committed first is seen (the transaction holds the order's lock).
    */
-  private async act(o: OrderRecord, d: Exclude<Decision, { kind: "done" }>, loop: Loop): Promise<number> {
+  private settle(
+    o: OrderRecord,
+    t: Transition,
+    guard: { status: OrderStatus; noCancel?: boolean } | undefined,
+    loop: Loop,
+  ): Promise<Acted> {
+    const { store } = this.deps;
+    const { lease } = loop;
+    return store.db.transaction(async (tx): Promise<Acted> => {
+      let r = await store.apply(o.id, t, guard ? { guard, lease, tx } : { lease, tx });
+      for (;;) {
+        if (r.kind === "fenced") return { wait: FENCED };
+        if (r.kind === "skipped") return { wait: 0 };
+        const order = r.order;
+        const d = decide(order);
+        if (d.kind === "done") return { wait: 0, order };
+        if (d.kind === "call") {
+          const started = this.started(order, d.step, loop);
+          const s = await store.apply(order.id, onStarted(order, d.step, started.attempt), { lease, tx });
+          if (s.kind !== "applied") return { wait: s.kind === "fenced" ? FENCED : 0 };
+          tx.afterCommit(() => this.record(started, loop));
+          return { wait: 0, order: s.order, started };
+        }
+        const [next, g] = SagaOrchestrator.transitionOf(order, d);
+        r = await store.apply(order.id, next, { guard: g, lease, tx });
+      }
+    });
+  }
+
+  /** The start of `step`'s next attempt for `o`, as far as this loop has seen its step log. */
+  private started(o: OrderRecord, step: CallStep, loop: Loop): Started {
+    const seen = loop.starts.get(step);
+    return {
+      step,
+      attempt: (seen?.count ?? 0) + 1,
+      since: seen?.since ?? this.clock(),
+      before: step === "reserve_stock" ? o.stock : step === "charge_payment" ? o.payment : undefined,
+    };
+  }
+
+  /** Notes a committed STARTED entry. */
+  private record(s: Started, loop: Loop): void {
+    loop.starts.set(s.step, { count: s.attempt, since: s.since });
+  }
+
+  /** Performs decision `d` for `o` (its call already started when `ready`); see {@link Acted}. */
+  private async act(
+    o: OrderRecord,
+    d: Exclude<Decision, { kind: "done" }>,
+    loop: Loop,
+    ready: Started | undefined,
+  ): Promise<Acted> {
     const { store } = this.deps;
     const { lease } = loop;
     const signal = loop.abort.signal;
@@ -252,41 +367,35 @@ export class SagaOrchestrator {
       const r = await store.apply(o.id, t, guard ? { guard, lease } : { lease });
       return r.kind === "fenced" ? FENCED : 0;
     };
-    switch (d.kind) {
-      case "compensate":
-        return apply(onCompensate(d.reason), { status: "PENDING" });
-      case "confirm":
-        // Guarded: a cancel that committed first wins, and the next decision compensates.
-        return apply(onConfirmed(), { status: "PENDING", noCancel: true });
-      case "cancel":
-        return apply(onCancelled(o.reason), { status: "COMPENSATING" });
-      case "call": {
-        const history = (await store.steps(o.id)).filter((s) => s.name === d.step && s.status === "STARTED");
-        const attempt = history.length + 1;
-        const since = history[0]?.at ?? this.clock();
-        // What the step had done before this attempt: an attempt that is never sent changes nothing.
-        const before = d.step === "reserve_stock" ? o.stock : d.step === "charge_payment" ? o.payment : undefined;
-        if ((await apply(onStarted(o, d.step, attempt))) === FENCED) return FENCED;
-        const outcome = await this.participants.call(d.step, o, attempt, signal);
-        if (signal.aborted) return 0; // stopping: the step's outcome is unknown and is re-driven by the next owner
-        if (!("retry" in outcome)) return apply(outcome);
-        const neverSent = outcome.notSent && before !== undefined ? { before } : undefined;
-        const forward = d.step === "reserve_stock" || d.step === "charge_payment";
-        if (forward && this.clock() - since >= this.deps.timing.stepBudgetMs) {
-          const reason = `${PARTICIPANT[d.step]} unavailable: ${outcome.retry}`;
-          return apply(onForwardFailed(d.step, reason, neverSent?.before === "none", attempt));
-        }
-        if ((await apply(onRetrying(d.step, outcome.retry, attempt, neverSent))) === FENCED) return FENCED;
-        if (d.step === "refund_payment" && o.status === "COMPENSATING") {
-          // Stock is already back (it goes first): cancel now, with the refund pending, instead of
-          // holding the order open for as long as payment is out; the refund goes on being retried.
-          const cancelled = await apply(onCancelledRefundPending(o.reason, outcome.retry), { status: "COMPENSATING" });
-          if (cancelled === FENCED) return FENCED;
-        }
-        const { retryBaseMs, retryMaxMs } = this.deps.timing;
-        return backoffMs(attempt, retryBaseMs, retryMaxMs, this.random());
-      }
+    if (d.kind !== "call") {
+      const [t, guard] = SagaOrchestrator.transitionOf(o, d);
+      return this.settle(o, t, guard, loop);
     }
+    let s = ready;
+    if (!s) {
+      s = this.started(o, d.step, loop);
+      if ((await apply(onStarted(o, d.step, s.attempt))) === FENCED) return { wait: FENCED };
+      this.record(s, loop);
+    }
+    const { attempt, since, before } = s;
+    const outcome = await this.participants.call(d.step, o, attempt, signal);
+    if (signal.aborted) return { wait: 0 }; // stopping: the step's outcome is unknown and is re-driven by the next owner
+    if (!("retry" in outcome)) return this.settle(o, outcome, undefined, loop);
+    const neverSent = outcome.notSent && before !== undefined ? { before } : undefined;
+    const forward = d.step === "reserve_stock" || d.step === "charge_payment";
+    if (forward && this.clock() - since >= this.deps.timing.stepBudgetMs) {
+      const reason = `${PARTICIPANT[d.step]} unavailable: ${outcome.retry}`;
+      return this.settle(o, onForwardFailed(d.step, reason, neverSent?.before === "none", attempt), undefined, loop);
+    }
+    if ((await apply(onRetrying(d.step, outcome.retry, attempt, neverSent))) === FENCED) return { wait: FENCED };
+    if (d.step === "refund_payment" && o.status === "COMPENSATING") {
+      // Stock is already back (it goes first): cancel now, with the refund pending, instead of
+      // holding the order open for as long as payment is out; the refund goes on being retried.
+      const cancelled = await apply(onCancelledRefundPending(o.reason, outcome.retry), { status: "COMPENSATING" });
+      if (cancelled === FENCED) return { wait: FENCED };
+    }
+    const { retryBaseMs, retryMaxMs } = this.deps.timing;
+    return { wait: backoffMs(attempt, retryBaseMs, retryMaxMs, this.random()) };
   }
 
   private sleep(ms: number, loop: Loop): Promise<void> {
