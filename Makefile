@@ -7,7 +7,7 @@ PROTOS := $(shell find proto -name '*.proto')
 # `make run PAYMENT_REPLICAS=2`: instance counts reach the runner through the environment.
 export INVENTORY_REPLICAS PAYMENT_REPLICAS ORDER_REPLICAS NOTIFICATION_REPLICAS HISTORY_REPLICAS DB PG_PORT
 
-.PHONY: help install nats postgres python-client chromium generate gen-fresh build lint typecheck breaking contracts-baseline test run bench load demo token trace events dlq history-rebuild clean
+.PHONY: help install nats postgres python-client chromium generate gen-fresh build lint typecheck breaking contracts-baseline test run bench compare load demo token trace events dlq history-rebuild clean
 
 help: ## List targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,7 +45,7 @@ gen-fresh: | install
 # What `make run` executes: every non-test source compiled to dist/ by esbuild (no type check: that is
 # `make typecheck`), again only when a source is newer than the last build. `build` asks for it in a
 # make of its own, after gen-fresh: the list of sources is read then, generated files included.
-SOURCES := $(shell find gen contracts platform services gateway scripts -name '*.ts' ! -name '*.test.ts')
+SOURCES := $(shell find gen contracts platform services gateway scripts bench -name '*.ts' ! -name '*.test.ts')
 dist/.built: $(SOURCES) | install
 	@echo "esbuild: $(words $(SOURCES)) sources -> dist/"
 	@node_modules/.bin/esbuild $(SOURCES) --outdir=dist --outbase=. --format=esm --platform=node --target=node20 \
@@ -96,6 +96,9 @@ run: ## Start NATS, every service and the gateway; Ctrl-C stops all (DB=postgres
 
 bench: install nats build ## Measure every path side by side from a separate load generator (BENCH_SECONDS, BENCH_PROFILE=gateway): bench/results/bench.json
 	npm run bench
+
+compare: install nats build ## Measure the patterns' trade-offs side by side (~5 min; QUICK=1 under a minute): docs/compare/README.md + SVG charts
+	QUICK=$(QUICK) npx tsx bench/compare.ts
 
 load: install ## Steady mixed traffic through the gateway of `make run` until Ctrl-C: make load RATE=50 (browse, orders, declines)
 	RATE=$(RATE) npx tsx scripts/load.ts

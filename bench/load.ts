@@ -3,18 +3,25 @@
  * own so it never shares an event loop or a core's time slice bookkeeping
  * with what it measures. One run, given as JSON in argv[2]:
  *
- *   { "client": "grpc" | "connect-h2" | "connect-json-h1" | "saga",
+ *   { "client": "grpc" | "connect-h2" | "connect-json-h1" | "saga" | "details" | "history" | "orders",
  *     "target": "127.0.0.1:PORT", "token"?: "...", "sagaMode"?: "orchestration" | "choreography",
+ *     "cardToken"?: "tok_decline", "orderIds"?: ["..."], "records"?: true, "startAt"?: <epoch ms>,
  *     "seconds": 10, "warmupSeconds": 1,
  *     "concurrency": 64          (closed loop: that many calls always in flight)
  *     "rate": 1000               (or open loop: calls started at that fixed rate, however slow the answers) }
  *
  * Unary clients call InventoryService.GetProduct; "saga" places an order on
  * the order service and follows it with WatchOrder until the saga ends
- * (CONFIRMED or CANCELLED), so one call is one whole checkout. Open-loop
- * latency is measured from when a call was due, not when it was sent
- * (no coordinated omission). Prints one JSON line: calls, failures,
- * seconds, calls/s, p50/p90/p99 in ms, and the first failure's message.
+ * (CONFIRMED or CANCELLED), so one call is one whole checkout, and its
+ * outcome is the order's end status. Through the gateway, "details" asks
+ * for the composed GetOrderDetails of `orderIds` in turn (outcome "partial"
+ * when a part is missing) and "history" for a page of the CQRS read model
+ * (ListOrderHistory); "orders" lists the caller's orders on the order
+ * service itself. Open-loop latency is measured from when a call was due,
+ * not when it was sent (no coordinated omission). Prints one JSON line:
+ * calls, failures, seconds, calls/s, p50/p90/p95/p99 in ms, outcomes by
+ * name, the first failure's message, and with `records` every measured
+ * call (when it was due, epoch ms; its latency; its outcome).
  */
 import http from "node:http";
 import { connect as netConnect } from "node:net";
@@ -22,15 +29,25 @@ import { createClient as createConnectClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { Metadata } from "@grpc/grpc-js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
+import { GatewayService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
+import { HistoryService } from "../gen/shopmesh/history/v1/history_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { createChannel, createClient, identityMetadata } from "../platform/index.js";
 
 export interface LoadSpec {
-  readonly client: "grpc" | "connect-h2" | "connect-json-h1" | "saga";
+  readonly client: "grpc" | "connect-h2" | "connect-json-h1" | "saga" | "details" | "history" | "orders";
   readonly target: string;
   readonly token?: string;
   readonly sagaMode?: "orchestration" | "choreography";
+  /** The saga's card (default tok_visa; tok_decline is declined). */
+  readonly cardToken?: string;
+  /** Orders whose details "details" asks for, in turn. */
+  readonly orderIds?: readonly string[];
+  /** Return every measured call, not only the summary. */
+  readonly records?: boolean;
+  /** Epoch ms to start at (after the warm-up), so a run lines up with changes made to the system meanwhile. */
+  readonly startAt?: number;
   readonly seconds: number;
   readonly warmupSeconds?: number;
   readonly concurrency?: number;
@@ -44,14 +61,25 @@ export interface LoadResult {
   readonly rps: number;
   readonly p50_ms: number;
   readonly p90_ms: number;
+  readonly p95_ms: number;
   readonly p99_ms: number;
+  /** Successful calls by outcome, for clients that name one (a saga's end status, "partial" details). */
+  readonly outcomes: Readonly<Record<string, number>>;
   readonly firstError?: string;
+  readonly records?: readonly CallRecord[];
+}
+
+/** One measured call: when it was due (epoch ms), how long it took, how it ended ("error" for a failure). */
+export interface CallRecord {
+  readonly at: number;
+  readonly ms: number;
+  readonly outcome: string;
 }
 
 const PRODUCT = { productId: "coffee-beans" };
 const PRODUCTS = ["coffee-beans", "ceramic-mug", "paper-filters", "pour-over-kettle"];
 
-/** One call of `spec`'s kind; rejects on any failure. */
+/** One call of `spec`'s kind, resolving with its outcome when it names one; rejects on any failure. */
 function caller(spec: LoadSpec): { call: (i: number) => Promise<unknown>; close: () => void } {
   const [host = "127.0.0.1", port = "0"] = spec.target.split(":");
   const auth = spec.token ? `Bearer ${spec.token}` : undefined;
@@ -120,21 +148,49 @@ function caller(spec: LoadSpec): { call: (i: number) => Promise<unknown>; close:
           {
             idempotencyKey: `${run}-${i}`,
             items: [{ productId: PRODUCTS[i % PRODUCTS.length] ?? "coffee-beans", quantity: 1 }],
-            cardToken: "tok_visa",
+            cardToken: spec.cardToken ?? "tok_visa",
             sagaMode: mode,
           },
           { metadata },
         );
         const id = order?.id ?? "";
         const ended = (s: OrderStatus | undefined) => s === OrderStatus.CONFIRMED || s === OrderStatus.CANCELLED;
-        if (ended(order?.status)) return;
-        const signal = AbortSignal.timeout(30_000);
+        if (ended(order?.status)) return OrderStatus[order?.status ?? 0];
+        // Beyond the longest a saga may take (its step budget and compensation).
+        const signal = AbortSignal.timeout(90_000);
         for await (const { order: o } of orders.watchOrder({ orderId: id }, { metadata, signal })) {
-          if (ended(o?.status)) return;
+          if (ended(o?.status)) return OrderStatus[o?.status ?? 0];
         }
         throw new Error(`order ${id}: the watch ended before the saga did`);
       };
       return { call, close: () => channel.close() };
+    }
+    case "details":
+    case "history": {
+      const channel = createChannel(spec.target);
+      const md = new Metadata();
+      if (auth) md.set("authorization", auth);
+      if (spec.client === "history") {
+        const history = createClient(HistoryService, channel);
+        return {
+          call: () => history.listOrderHistory({ pageSize: 20 }, { metadata: md }),
+          close: () => channel.close(),
+        };
+      }
+      const ids = spec.orderIds ?? [];
+      if (ids.length === 0) throw new Error("details: orderIds is empty");
+      const gateway = createClient(GatewayService, channel);
+      const call = async (i: number) => {
+        const { missing } = await gateway.getOrderDetails({ orderId: ids[i % ids.length] ?? "" }, { metadata: md });
+        return missing.length > 0 ? "partial" : "complete";
+      };
+      return { call, close: () => channel.close() };
+    }
+    case "orders": {
+      const channel = createChannel(spec.target);
+      const orders = createClient(OrderService, channel);
+      const metadata = identityMetadata({ subject: "bench-reader", roles: ["customer"] });
+      return { call: () => orders.listOrders({ pageSize: 10 }, { metadata }), close: () => channel.close() };
     }
   }
 }
@@ -149,14 +205,25 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
   let failures = 0;
   let firstError: string | undefined;
   const latencies: number[] = [];
+  const outcomes: Record<string, number> = {};
+  const records: CallRecord[] = [];
+  // performance.now() is monotonic; records say when in wall-clock time, for whoever changed the system meanwhile.
+  const epoch = Date.now() - performance.now();
   const one = async (due: number, record: boolean) => {
     try {
-      await call(n++);
-      if (record) latencies.push(performance.now() - due);
+      const outcome = await call(n++);
+      if (!record) return;
+      const ms = performance.now() - due;
+      latencies.push(ms);
+      if (typeof outcome === "string") outcomes[outcome] = (outcomes[outcome] ?? 0) + 1;
+      if (spec.records)
+        records.push({ at: Math.round(epoch + due), ms: Math.round(ms), outcome: String(outcome ?? "ok") });
     } catch (err) {
       if (!record) return;
       failures++;
       firstError ??= (err as Error).message;
+      if (spec.records)
+        records.push({ at: Math.round(epoch + due), ms: Math.round(performance.now() - due), outcome: "error" });
     }
   };
   const phase = async (seconds: number, record: boolean) => {
@@ -183,6 +250,7 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
     );
   };
   if (spec.warmupSeconds) await phase(spec.warmupSeconds, false);
+  if (spec.startAt) await new Promise((r) => setTimeout(r, Math.max(0, (spec.startAt ?? 0) - Date.now())));
   const started = performance.now();
   await phase(spec.seconds, true);
   const seconds = (performance.now() - started) / 1000;
@@ -195,8 +263,11 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
     rps: Math.round(latencies.length / seconds),
     p50_ms: percentile(latencies, 0.5),
     p90_ms: percentile(latencies, 0.9),
+    p95_ms: percentile(latencies, 0.95),
     p99_ms: percentile(latencies, 0.99),
+    outcomes,
     ...(firstError ? { firstError } : {}),
+    ...(spec.records ? { records } : {}),
   };
 }
 

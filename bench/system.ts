@@ -264,7 +264,8 @@ async function untilAnswered(address: string, token: string): Promise<void> {
 /** Runs one round in a separate load-generator process. */
 export function load(spec: LoadSpec): Promise<LoadResult> {
   return new Promise((res, rej) => {
-    const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "bench", "load.ts"), JSON.stringify(spec)], {
+    const [cmd, args] = nodeCommand("bench/load.ts");
+    const child = spawn(cmd, [...args, JSON.stringify(spec)], {
       cwd: ROOT,
       stdio: ["ignore", "pipe", "inherit"],
     });
