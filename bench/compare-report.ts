@@ -26,6 +26,8 @@ export function render(r: CompareResults): Record<string, string> {
   const files: Record<string, string> = {};
   const out: string[] = [];
   const when = r.when.slice(0, 16).replace("T", " ");
+  /** Where and when, for each table: a section may be read (or copied) on its own. */
+  const measured = `${r.machine.cores} cores, Node ${r.machine.node}, ${r.when.slice(0, 10)}${r.quick ? ", QUICK" : ""}`;
   out.push(
     "# The patterns' trade-offs, measured (`make compare`)",
     "",
@@ -43,7 +45,7 @@ export function render(r: CompareResults): Record<string, string> {
       "",
       "**The claim.** Orchestration: a central orchestrator drives each step by command — the flow is easy to follow, the orchestrator is a central point everything goes through. Choreography: each service reacts to events and decides its next step — less coupling, a flow that is harder to trace. Here the orchestrator is the order service calling inventory and payment over gRPC; in choreography the same steps are events on JetStream.",
       "",
-      `**Settings.** \`PlaceOrder\` then \`WatchOrder\` until the saga ends, one product, a good card; latency at 1 in flight and at ${orch.rate} orders/s (open loop, measured from when each order was due); throughput at 32 in flight, and the costs per order over that round (its events consumed); a declined card at 1 in flight.`,
+      `**Settings** (${measured}). \`PlaceOrder\` then \`WatchOrder\` until the saga ends, one product, a good card; latency at 1 in flight and at ${orch.rate} orders/s (open loop, measured from when each order was due); throughput at 32 in flight, and the costs per order over that round (its events consumed); a declined card at 1 in flight.`,
       "",
       row(["", "orchestration", "choreography"]),
       row(["---", "---:", "---:"]),
@@ -97,7 +99,7 @@ export function render(r: CompareResults): Record<string, string> {
       "",
       "**The claim.** A synchronous call waits for its answer, so the called service's failure reaches the caller (cascading failure) and the caller waits; asynchronous messaging decouples them — the failure stays isolated, at the price of no immediate answer and eventual consistency. Here the orchestrator charges payment over gRPC (synchronous), while in choreography payment takes its work from JetStream (asynchronous). `PlaceOrder` itself answers at once in both modes: the saga runs behind it.",
       "",
-      `**Settings.** ${so.rate} orders/s for ${so.seconds} s in each mode; payment hard down (every call and every event refused) from ${so.downAt / 1000} s to ${so.upAt / 1000} s (${down} s). Step budget, retries and breaker as configured (\`SAGA_STEP_BUDGET_MS\` 15 s).`,
+      `**Settings** (${measured}). ${so.rate} orders/s for ${so.seconds} s in each mode; payment hard down (every call and every event refused) from ${so.downAt / 1000} s to ${so.upAt / 1000} s (${down} s). Step budget, retries and breaker as configured (\`SAGA_STEP_BUDGET_MS\` 15 s).`,
       "",
       row(["", "orchestration (sync)", "choreography (async)"]),
       row(["---", "---:", "---:"]),
@@ -167,7 +169,7 @@ export function render(r: CompareResults): Record<string, string> {
       "",
       "**The claim.** API composition answers a query by calling the services that own the data and combining their answers, so it is as fresh as they are but depends on every one of them at query time. Event-driven data sharing with CQRS keeps a read model, updated from the events, in a store of its own: queries need none of the sources — faster and available while they are down — but the read model trails them (eventual consistency).",
       "",
-      `**Settings.** Through the gateway, 4 in flight: \`GetOrderDetails\` (the gateway composes order, payment, inventory and notification) for ${reads.orders} orders in turn, and \`ListOrderHistory\` (a page of 20 from the history service's read model, fed by events). Staleness: ${reads.orders} orders placed one at a time; for each, the time from \`WatchOrder\` saying CONFIRMED until the read model says so (polled every 2 ms). Then each read again with payment, and with inventory, hard down.`,
+      `**Settings** (${measured}). Through the gateway, 4 in flight: \`GetOrderDetails\` (the gateway composes order, payment, inventory and notification) for ${reads.orders} orders in turn, and \`ListOrderHistory\` (a page of 20 from the history service's read model, fed by events). Staleness: ${reads.orders} orders placed one at a time; for each, the time from \`WatchOrder\` saying CONFIRMED until the read model says so (polled every 2 ms). Then each read again with payment, and with inventory, hard down.`,
       "",
       row(["condition", "read", "latency p50 / p99 (ms)", "reads/s", "complete", "partial", "failed"]),
       row(["---", "---", "---:", "---:", "---:", "---:", "---:"]),
@@ -212,7 +214,7 @@ export function render(r: CompareResults): Record<string, string> {
       "",
       "**The claim.** Retries with backoff ride out transient failures; a timeout fails fast instead of waiting; a circuit breaker stops calling a service that keeps failing; a bulkhead caps the concurrency given to one dependency so its slowness cannot exhaust what the others need.",
       "",
-      `**Settings.** Orchestrated checkouts at ${healthyOn.rate} orders/s and, alongside, an unrelated route — \`ListOrders\` on the same order service at 20/s — for each payment condition. *On*: the order service's policies for payment as configured (2 s timeout, 4 attempts with backoff, breaker at 5 consecutive failures, bulkhead of 32 + 64 queued) and the saga's 15 s step budget. *Off*: one attempt, no breaker, no bulkhead, a 100 ms step budget (no saga-level retry): \`${Object.entries(
+      `**Settings** (${measured}). Orchestrated checkouts at ${healthyOn.rate} orders/s and, alongside, an unrelated route — \`ListOrders\` on the same order service at 20/s — for each payment condition. *On*: the order service's policies for payment as configured (2 s timeout, 4 attempts with backoff, breaker at 5 consecutive failures, bulkhead of 32 + 64 queued) and the saga's 15 s step budget. *Off*: one attempt, no breaker, no bulkhead, a 100 ms step budget (no saga-level retry): \`${Object.entries(
         {
           PAYMENT_RETRY_MAX_ATTEMPTS: 1,
           PAYMENT_BREAKER_CONSECUTIVE_FAILURES: 1000,
