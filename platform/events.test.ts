@@ -130,7 +130,11 @@ describe("outbox", () => {
       "Nats-Msg-Id": id,
     });
     // Marked sent once JetStream acknowledged it, which may come a moment after a reader sees it.
-    const backlog = await until(() => relay.backlog(), (b) => b.count === 0, 3_000);
+    const backlog = await until(
+      () => relay.backlog(),
+      (b) => b.count === 0,
+      3_000,
+    );
     expect(backlog.count).toBe(0);
     await relay.stop();
   });
@@ -322,6 +326,61 @@ describe("consumers", () => {
     expect(dlq?.header.get("ce-id")).toBe(bad);
     await c.stop();
     await relay.stop();
+  });
+});
+
+describe("consumers settling a backlog", () => {
+  it("apply what arrived together in one transaction, and one failing event undoes only its own writes", async () => {
+    const producer = await service();
+    const ids: string[] = [];
+    for (let i = 0; i < 40; i++) ids.push(await addPlaced(producer, `ord-batch-${i}`));
+    const bad = ids[17] as string;
+    const consumer = await service();
+    const durable = `batch-${n}`;
+    const runs = new Map<string, number>();
+    const transactions = new Set<unknown>();
+    const seen: string[] = [];
+    const c = await startConsumer({
+      catalogue: EVENTS,
+      bus,
+      db: consumer.db,
+      log,
+      stream: "ORDER",
+      durable,
+      maxDeliver: 2,
+      handlers: [
+        on(OrderPlacedSchema, async (e, ctx, tx) => {
+          if (!ids.includes(ctx.eventId)) return;
+          runs.set(ctx.eventId, (runs.get(ctx.eventId) ?? 0) + 1);
+          transactions.add(tx);
+          await tx.run(sql`INSERT INTO effects (order_id, event_id) VALUES (${e.meta?.orderId ?? ""}, ${ctx.eventId})`);
+          if (ctx.eventId === bad) throw new Error("this one fails after writing");
+          seen.push(ctx.eventId);
+        }),
+      ],
+    });
+    // Published while nobody consumed: the consumer finds a backlog.
+    const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
+    relay.start();
+    await drained(relay);
+    await until(
+      () => bus.jsm.streams.getMessage("DLQ", { last_by_subj: `dlq.${durable}` }).catch(() => null),
+      (m) => m?.header.get("ce-id") === bad,
+      8_000,
+    );
+    await until(
+      () => seen.length,
+      (k) => k === 39,
+    );
+    await c.stop();
+    await relay.stop();
+    // Each good event: one run, one effect, in stream order; the bad one: one run per delivery, no effect.
+    expect(seen).toEqual(ids.filter((id) => id !== bad));
+    for (const id of ids) expect(await effectsOf(consumer.db, { eventId: id })).toBe(id === bad ? 0 : 1);
+    expect(runs.get(bad)).toBe(2);
+    expect([...runs].filter(([id, k]) => id !== bad && k !== 1)).toEqual([]);
+    // Fewer transactions than events: a backlog is settled in batches.
+    expect(transactions.size).toBeLessThan(30);
   });
 });
 

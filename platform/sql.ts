@@ -66,6 +66,12 @@ export interface Tx extends Queries {
   readonly forUpdate: Query<unknown>;
   /** Runs `fn` once the transaction has committed (never when it rolls back). */
   afterCommit(fn: () => void): void;
+  /**
+   * Runs `fn` in a savepoint: if it throws, what it wrote is undone and the `afterCommit` hooks it
+   * added are dropped, the rest of the transaction going on; the error is rethrown. (Catch it to
+   * carry on; a {@link isConflict} error should be rethrown, so the whole transaction runs again.)
+   */
+  savepoint<T>(fn: () => Promise<T>): Promise<T>;
 }
 
 /** A service's database. */
@@ -102,6 +108,12 @@ export interface TxOptions {
   readonly durable?: boolean;
 }
 
+/** A PostgreSQL conflict (serialization failure, deadlock, unique-key race) {@link Db.transaction} runs the transaction again on. */
+export function isConflict(err: unknown): boolean {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === "string" && RETRYABLE.has(code);
+}
+
 /** A running {@link Db.listen}. */
 export interface Listening {
   close(): Promise<void>;
@@ -122,6 +134,9 @@ export type DbLocation =
 const FOR_UPDATE = sql`FOR UPDATE`;
 const NOTHING = sql``;
 const ASYNC_COMMIT = sql`SET LOCAL synchronous_commit TO OFF`;
+const SAVEPOINT = sql`SAVEPOINT sp`;
+const RELEASE = sql`RELEASE SAVEPOINT sp`;
+const ROLLBACK_TO = sql`ROLLBACK TO SAVEPOINT sp`;
 
 /** PostgreSQL errors a transaction is run again on: serialization failure, deadlock, unique-key race. */
 const RETRYABLE = new Set(["40001", "40P01", "23505"]);
@@ -262,6 +277,20 @@ class OpenDb extends Queryer implements Db {
             Object.assign(new Queryer(this.engine, trx), {
               forUpdate: this.engine === "postgres" ? FOR_UPDATE : NOTHING,
               afterCommit: (f: () => void) => hooks.push(f),
+              savepoint: async <R>(f: () => Promise<R>): Promise<R> => {
+                const mark = hooks.length;
+                await SAVEPOINT.execute(trx);
+                try {
+                  const r = await f();
+                  await RELEASE.execute(trx);
+                  return r;
+                } catch (err) {
+                  await ROLLBACK_TO.execute(trx);
+                  await RELEASE.execute(trx);
+                  hooks.length = mark;
+                  throw err;
+                }
+              },
             }),
           );
         });
@@ -269,8 +298,7 @@ class OpenDb extends Queryer implements Db {
         for (const h of hooks) h();
         return result;
       } catch (err) {
-        const code = (err as { code?: string }).code;
-        if (this.engine !== "postgres" || !code || !RETRYABLE.has(code) || attempt >= MAX_TX_ATTEMPTS) throw err;
+        if (this.engine !== "postgres" || !isConflict(err) || attempt >= MAX_TX_ATTEMPTS) throw err;
         await new Promise((r) => setTimeout(r, backoffMs(attempt, 2, 200, Math.random())));
       }
     }
