@@ -70,28 +70,39 @@ function orderMessage(o: OrderRecord, steps: readonly StoredStep[]): MessageInit
 
 /**
  * The states of order `first` from now until it is CONFIRMED or CANCELLED
- * with no refund pending (or `signal` aborts): its current state, then each committed change, by
- * any replica, never an older one after a newer (by version, not by clock).
+ * with no refund pending (or `signal` aborts), each with its step log: its current state, then
+ * each committed change, by any replica, never an older one after a newer (by version, not by clock).
+ * The step log is read once; after that each change brings the entry it appended, and the log is
+ * read again only when that is not known (another replica's change) or one was missed.
  */
-async function* follow(store: OrderStore, first: OrderRecord, signal: AbortSignal): AsyncIterable<OrderRecord> {
+async function* follow(
+  store: OrderStore,
+  first: OrderRecord,
+  signal: AbortSignal,
+): AsyncIterable<{ order: OrderRecord; steps: readonly StoredStep[] }> {
   // Subscribe before reading, so no change between the read and the subscription is missed.
-  const queue: OrderRecord[] = [];
+  const queue: { order: OrderRecord; step: StoredStep | null | undefined }[] = [];
   let wake: (() => void) | undefined;
-  const off = store.onChange(first.id, (o) => {
-    queue.push(o);
+  const off = store.onChange(first.id, (order, step) => {
+    queue.push({ order, step });
     wake?.();
   });
   const onAbort = () => wake?.();
   signal.addEventListener("abort", onAbort);
   try {
     let current = (await store.get(first.id)) ?? first;
-    yield current;
+    // Read after the order: it holds every step of that version, and perhaps a few of later ones.
+    let steps = await store.steps(first.id);
+    yield { order: current, steps };
     while (!isSettled(current) && !signal.aborted) {
       if (queue.length === 0) await new Promise<void>((r) => (wake = r));
       const next = queue.shift();
-      if (!next || next.version <= current.version) continue;
-      current = next;
-      yield current;
+      if (!next || next.order.version <= current.version) continue;
+      current = next.order;
+      const last = steps.at(-1)?.seq ?? 0;
+      if (next.step === undefined || (next.step && next.step.seq > last + 1)) steps = await store.steps(first.id);
+      else if (next.step && next.step.seq === last + 1) steps = [...steps, next.step];
+      yield { order: current, steps };
     }
   } finally {
     off();
@@ -145,8 +156,10 @@ export function createOrderApi(deps: OrderApiDeps): ServiceImpl<typeof OrderServ
       if (placed.kind === "key-reused") throw new IdempotencyKeyReusedError(req.idempotencyKey);
       trace.getActiveSpan()?.setAttribute("order.id", placed.order.id);
       // A replay needs nothing more: its saga is running (or is adopted) wherever it was placed.
-      if (placed.kind === "created") deps.placed(placed.order, placed.fence);
-      return message(placed.order);
+      if (placed.kind !== "created") return message(placed.order);
+      deps.placed(placed.order, placed.fence);
+      // The order as placed: its step log is empty.
+      return { order: orderMessage(placed.order, []) };
     },
 
     async getOrder(req, ctx) {
@@ -187,7 +200,8 @@ export function createOrderApi(deps: OrderApiDeps): ServiceImpl<typeof OrderServ
 
     async *watchOrder(req, ctx) {
       const first = await visible(req.orderId, requireIdentity(ctx.metadata));
-      for await (const o of follow(store, first, ctx.signal)) yield await message(o);
+      for await (const { order, steps } of follow(store, first, ctx.signal))
+        yield { order: orderMessage(order, steps) };
     },
   };
 }

@@ -85,8 +85,10 @@ export interface OrderRow {
   version: number;
 }
 
-/** A stored step-log entry with its time and the fencing token of the owner that wrote it. */
+/** A stored step-log entry with its place in the order's log, its time and the fencing token of the owner that wrote it. */
 export interface StoredStep extends StepLogEntry {
+  /** 1, 2, ... in the order's log. */
+  readonly seq: number;
   readonly at: number;
   readonly fence: number;
 }

@@ -111,6 +111,7 @@ export class OrderStore {
     const [origin, id = ""] = payload.split(" ");
     if (origin === this.origin) return;
     const watched = (o: string) => this.events.listenerCount(`change:${o}`) > 0;
+    // What the change appended to the step log is not known here (undefined): watchers read it.
     const all = () =>
       this.events.eventNames().flatMap((e) => (String(e).startsWith("change:") ? [String(e).slice(7)] : []));
     const ids = payload === "*" ? all() : [id];
@@ -136,16 +137,20 @@ export class OrderStore {
     return () => this.events.off("terminal", listener);
   }
 
-  /** Subscribes to committed changes of order `id`, by any replica; returns the unsubscribe function. */
-  onChange(id: string, listener: (order: OrderRecord) => void): () => void {
+  /**
+   * Subscribes to committed changes of order `id`, by any replica; returns the unsubscribe
+   * function. With each change comes the step-log entry it appended: `null` when it appended
+   * none, undefined when that is not known here (a change made by another replica).
+   */
+  onChange(id: string, listener: (order: OrderRecord, step?: StoredStep | null) => void): () => void {
     this.events.on(`change:${id}`, listener);
     return () => this.events.off(`change:${id}`, listener);
   }
 
-  /** Announces `order` after `tx` commits: here at once, and to the other replicas through NOTIFY. */
-  private async changed(tx: Tx, order: OrderRecord): Promise<void> {
+  /** Announces `order` (and the step it appended) after `tx` commits: here at once, and to the other replicas through NOTIFY. */
+  private async changed(tx: Tx, order: OrderRecord, step: StoredStep | null): Promise<void> {
     if (this.listening) await tx.run(sql`SELECT pg_notify(${CHANGED}, ${`${this.origin} ${order.id}`})`);
-    tx.afterCommit(() => this.events.emit(`change:${order.id}`, order));
+    tx.afterCommit(() => this.events.emit(`change:${order.id}`, order, step));
   }
 
   /** One order, or undefined; in `tx` when given. */
@@ -157,7 +162,7 @@ export class OrderStore {
   /** The order's step log, oldest first. */
   steps(id: string): Promise<StoredStep[]> {
     return this.db.all(
-      sql<StoredStep>`SELECT name, status, detail, attempt, at, fence FROM saga_steps WHERE order_id = ${id} ORDER BY seq`,
+      sql<StoredStep>`SELECT seq, name, status, detail, attempt, at, fence FROM saga_steps WHERE order_id = ${id} ORDER BY seq`,
     );
   }
 
@@ -206,7 +211,7 @@ export class OrderStore {
         sagaMode: SagaModeEnum[p.sagaMode],
       });
       const order = toOrder(row as OrderRow);
-      await this.changed(tx, order);
+      await this.changed(tx, order, null);
       tx.afterCommit(() => this.events.emit("placed", order));
       return { kind: "created", order, fence };
     });
@@ -253,9 +258,13 @@ export class OrderStore {
         WHERE id = ${id}
         RETURNING *`);
       const { name, status, detail, attempt } = t.log;
-      await tx.run(sql`INSERT INTO saga_steps (order_id, seq, name, status, detail, attempt, at, fence)
+      const logged = await tx.one(sql<{
+        seq: number;
+      }>`INSERT INTO saga_steps (order_id, seq, name, status, detail, attempt, at, fence)
         VALUES (${id}, (SELECT COALESCE(MAX(seq), 0) + 1 FROM saga_steps WHERE order_id = ${id}),
-          ${name}, ${status}, ${detail}, ${attempt}, ${now}, ${row.fence})`);
+          ${name}, ${status}, ${detail}, ${attempt}, ${now}, ${row.fence})
+        RETURNING seq`);
+      const step: StoredStep = { seq: logged?.seq ?? 0, ...t.log, at: now, fence: row.fence };
       const o = toOrder(updated as OrderRow);
       if (t.patch.status !== undefined && t.patch.status !== row.status && (await this.publishTerminal(tx, o))) {
         tx.afterCommit(() => this.events.emit("terminal", o));
@@ -264,7 +273,7 @@ export class OrderStore {
         // The refund a cancelled order was waiting for landed.
         await this.outbox.add(tx, OrderRefundSettledSchema, o.id, { customerId: o.customerId, detail: t.log.detail });
       }
-      await this.changed(tx, o);
+      await this.changed(tx, o, step);
       return { kind: "applied", order: o };
     });
   }
@@ -302,7 +311,7 @@ export class OrderStore {
       const updated = await tx.one(sql<OrderRow>`UPDATE orders SET cancel_requested = ${reason},
         updated_at = ${this.clock()}, version = version + 1 WHERE id = ${id} RETURNING *`);
       const order = toOrder(updated as OrderRow);
-      await this.changed(tx, order);
+      await this.changed(tx, order, null);
       return { kind: "requested", order };
     });
   }
