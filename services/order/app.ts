@@ -134,7 +134,7 @@ export async function startOrder(config: OrderConfig, log: Logger): Promise<Orde
         defaultMode: config.SAGA_DEFAULT_MODE,
         lease: saga.lease,
         placed: (o, fence) => {
-          if (o.sagaMode === "ORCHESTRATION") saga.drive(o.id, fence);
+          if (o.sagaMode === "ORCHESTRATION") saga.drive(o.id, fence, o);
         },
         cancelRequested: async (o, tx) => {
           if (o.sagaMode === "CHOREOGRAPHY") await choreography.cancelRequested(o.id, tx);

@@ -42,13 +42,40 @@ import {
   onRefunded,
   onReleased,
   onReserved,
+  type SagaMode,
   type Transition,
 } from "./domain.js";
 import type { OrderStore } from "./store.js";
 
+/** Saga modes remembered before the memory is cleared (and refilled from the database as needed). */
+const MODES_KEPT = 10_000;
+
 /** Reacts to participants' events for choreographed orders. */
 export class Choreography {
-  constructor(private readonly store: OrderStore) {}
+  /** Saga modes of recent orders (a mode never changes): most events are filtered without a read. */
+  private readonly modes = new Map<string, SagaMode>();
+
+  constructor(private readonly store: OrderStore) {
+    store.onPlaced((o) => this.remember(o.id, o.sagaMode));
+  }
+
+  private remember(orderId: string, mode: SagaMode): void {
+    if (this.modes.size >= MODES_KEPT) this.modes.clear();
+    this.modes.set(orderId, mode);
+  }
+
+  /** Whether the event's order is ours and choreographed. */
+  private async isChoreographed(e: { meta?: { orderId: string } }): Promise<boolean> {
+    const id = e.meta?.orderId;
+    if (!id) return false;
+    let mode = this.modes.get(id);
+    if (!mode) {
+      mode = (await this.store.get(id))?.sagaMode;
+      if (!mode) return false;
+      this.remember(id, mode);
+    }
+    return mode === "CHOREOGRAPHY";
+  }
 
   /** The order if it is ours and choreographed. */
   private async order(orderId: string | undefined, tx?: Tx): Promise<OrderRecord | undefined> {
@@ -114,7 +141,7 @@ export class Choreography {
   consumers(): ConsumerSpec[] {
     const attempt = (ctx: EventContext) => ctx.deliveryCount;
     // Events of orchestrated orders need no transaction here (the mode of an order never changes).
-    const ours = async (e: { meta?: { orderId: string } }) => (await this.order(e.meta?.orderId)) !== undefined;
+    const ours = (e: { meta?: { orderId: string } }) => this.isChoreographed(e);
     return [
       {
         stream: "INVENTORY",

@@ -180,7 +180,7 @@ export class SagaOrchestrator {
   }
 
   /** Starts driving the saga of `orderId` under lease token `fence` (this replica just placed or claimed it). */
-  drive(orderId: string, fence: number): void {
+  drive(orderId: string, fence: number, placed?: OrderRecord): void {
     if (this.stopped) return;
     const running = this.loops.get(orderId);
     if (running) {
@@ -199,7 +199,7 @@ export class SagaOrchestrator {
     };
     // A change made anywhere (a cancel on another replica) wakes the saga if it waits to retry.
     const unwatch = this.deps.store.onChange(orderId, () => loop.wake());
-    loop.done = this.run(orderId, loop)
+    loop.done = this.run(orderId, loop, placed)
       .catch((err: unknown) =>
         // Its lease is no longer renewed: the saga is adopted again (by any replica) once it runs out.
         this.deps.log.error({ err, orderId }, "saga loop crashed; it is adopted again when its lease runs out"),
@@ -230,17 +230,18 @@ export class SagaOrchestrator {
     });
   }
 
-  private async run(orderId: string, loop: Loop): Promise<void> {
+  /** Drives the saga of `orderId` until it is done; `placed`: the order as this replica just placed it (no steps yet). */
+  private async run(orderId: string, loop: Loop, placed: OrderRecord | undefined): Promise<void> {
     const { store } = this.deps;
     const signal = loop.abort.signal;
-    for (const s of await store.steps(orderId)) {
+    for (const s of placed ? [] : await store.steps(orderId)) {
       const step = s.name as CallStep;
       if (s.status !== "STARTED" || !(step in PARTICIPANT)) continue;
       const seen = loop.starts.get(step);
       loop.starts.set(step, { count: (seen?.count ?? 0) + 1, since: seen?.since ?? s.at });
     }
     // The order as the last commit left it: read again only after a wait (a cancel may have come).
-    let o: OrderRecord | undefined;
+    let o: OrderRecord | undefined = placed;
     let started: Started | undefined;
     while (!signal.aborted) {
       o ??= await store.get(orderId);
