@@ -36,8 +36,15 @@ export interface OrderApiDeps {
   readonly store: OrderStore;
   /** The lease under which this replica places an orchestrated order (and so drives its saga). */
   readonly lease: { readonly owner: string; readonly ms: number };
-  /** A new order was placed (its lease token `fence`, when orchestrated): start its saga. */
-  readonly placed: (order: OrderRecord, fence: number) => void;
+  /**
+   * A new order is being placed in `tx` (its lease token `fence`, when orchestrated): start its
+   * saga, in `tx` or once it commits. Returns the order and its step log as `tx` leaves them.
+   */
+  readonly placed: (
+    order: OrderRecord,
+    fence: number,
+    tx: Tx,
+  ) => Promise<{ order: OrderRecord; steps: readonly StoredStep[] }>;
   /** A cancel was recorded in `tx`: move the saga along (in `tx`, or after it commits). */
   readonly cancelRequested: (order: OrderRecord, tx: Tx) => Promise<void>;
   /** Saga mode for requests that leave it UNSPECIFIED. */
@@ -152,14 +159,13 @@ export function createOrderApi(deps: OrderApiDeps): ServiceImpl<typeof OrderServ
           sagaMode,
         },
         sagaMode === "ORCHESTRATION" ? deps.lease : undefined,
+        deps.placed,
       );
       if (placed.kind === "key-reused") throw new IdempotencyKeyReusedError(req.idempotencyKey);
       trace.getActiveSpan()?.setAttribute("order.id", placed.order.id);
       // A replay needs nothing more: its saga is running (or is adopted) wherever it was placed.
       if (placed.kind !== "created") return message(placed.order);
-      deps.placed(placed.order, placed.fence);
-      // The order as placed: its step log is empty.
-      return { order: orderMessage(placed.order, []) };
+      return { order: orderMessage(placed.order, placed.steps) };
     },
 
     async getOrder(req, ctx) {

@@ -133,9 +133,8 @@ export async function startOrder(config: OrderConfig, log: Logger): Promise<Orde
         store,
         defaultMode: config.SAGA_DEFAULT_MODE,
         lease: saga.lease,
-        placed: (o, fence) => {
-          if (o.sagaMode === "ORCHESTRATION") saga.drive(o.id, fence, o);
-        },
+        placed: async (o, fence, tx) =>
+          o.sagaMode === "ORCHESTRATION" ? saga.begin(o, fence, tx) : { order: o, steps: [] },
         cancelRequested: async (o, tx) => {
           if (o.sagaMode === "CHOREOGRAPHY") await choreography.cancelRequested(o.id, tx);
           else tx.afterCommit(() => saga.wake(o.id));

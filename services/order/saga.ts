@@ -21,7 +21,15 @@
 
 import type { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
 import type { PaymentService } from "../../gen/shopmesh/payment/v1/payment_pb.js";
-import { backoffMs, type Client, contextOf, inSpan, type Logger, type Telemetry } from "../../platform/index.js";
+import {
+  backoffMs,
+  type Client,
+  contextOf,
+  inSpan,
+  type Logger,
+  type Telemetry,
+  type Tx,
+} from "../../platform/index.js";
 import {
   type CallStep,
   type Decision,
@@ -39,6 +47,7 @@ import {
   type Transition,
 } from "./domain.js";
 import { Participants } from "./participants.js";
+import type { StoredStep } from "./schema.js";
 import type { Lease, OrderStore } from "./store.js";
 
 /** Timing of saga-level retries, in ms. */
@@ -180,7 +189,33 @@ export class SagaOrchestrator {
   }
 
   /** Starts driving the saga of `orderId` under lease token `fence` (this replica just placed or claimed it). */
-  drive(orderId: string, fence: number, placed?: OrderRecord): void {
+  /**
+   * Starts the saga of order `o`, being placed in `tx` under lease token `fence`: its first call's
+   * STARTED entry commits with the order, and the saga is driven from there once `tx` commits.
+   * Returns the order and its step log as `tx` leaves them.
+   */
+  async begin(o: OrderRecord, fence: number, tx: Tx): Promise<{ order: OrderRecord; steps: StoredStep[] }> {
+    const d = decide(o);
+    if (d.kind !== "call") {
+      tx.afterCommit(() => this.drive(o.id, fence, { order: o }));
+      return { order: o, steps: [] };
+    }
+    const started = this.started(o, d.step, undefined);
+    const r = await this.deps.store.apply(o.id, onStarted(o, d.step, 1), {
+      lease: { owner: this.deps.leasing.owner, fence },
+      tx,
+    });
+    if (r.kind !== "applied") throw new Error(`order ${o.id} changed while it was placed (${r.kind})`);
+    tx.afterCommit(() => this.drive(o.id, fence, { order: r.order, started }));
+    return { order: r.order, steps: [r.step] };
+  }
+
+  /**
+   * Starts driving the saga of `orderId` under lease token `fence` (this replica just placed or
+   * claimed it). `fresh`: the order as this replica just placed it (its step log holds at most
+   * the start of `fresh.started`), so nothing needs reading.
+   */
+  drive(orderId: string, fence: number, fresh?: { order: OrderRecord; started?: Started }): void {
     if (this.stopped) return;
     const running = this.loops.get(orderId);
     if (running) {
@@ -199,7 +234,7 @@ export class SagaOrchestrator {
     };
     // A change made anywhere (a cancel on another replica) wakes the saga if it waits to retry.
     const unwatch = this.deps.store.onChange(orderId, () => loop.wake());
-    loop.done = this.run(orderId, loop, placed)
+    loop.done = this.run(orderId, loop, fresh)
       .catch((err: unknown) =>
         // Its lease is no longer renewed: the saga is adopted again (by any replica) once it runs out.
         this.deps.log.error({ err, orderId }, "saga loop crashed; it is adopted again when its lease runs out"),
@@ -230,19 +265,24 @@ export class SagaOrchestrator {
     });
   }
 
-  /** Drives the saga of `orderId` until it is done; `placed`: the order as this replica just placed it (no steps yet). */
-  private async run(orderId: string, loop: Loop, placed: OrderRecord | undefined): Promise<void> {
+  /** Drives the saga of `orderId` until it is done (see {@link drive} for `fresh`). */
+  private async run(
+    orderId: string,
+    loop: Loop,
+    fresh: { order: OrderRecord; started?: Started } | undefined,
+  ): Promise<void> {
     const { store } = this.deps;
     const signal = loop.abort.signal;
-    for (const s of placed ? [] : await store.steps(orderId)) {
+    for (const s of fresh ? [] : await store.steps(orderId)) {
       const step = s.name as CallStep;
       if (s.status !== "STARTED" || !(step in PARTICIPANT)) continue;
       const seen = loop.starts.get(step);
       loop.starts.set(step, { count: (seen?.count ?? 0) + 1, since: seen?.since ?? s.at });
     }
+    if (fresh?.started) this.record(fresh.started, loop);
     // The order as the last commit left it: read again only after a wait (a cancel may have come).
-    let o: OrderRecord | undefined = placed;
-    let started: Started | undefined;
+    let o: OrderRecord | undefined = fresh?.order;
+    let started: Started | undefined = fresh?.started;
     while (!signal.aborted) {
       o ??= await store.get(orderId);
       if (!o) return;
@@ -338,9 +378,9 @@ export class SagaOrchestrator {
     });
   }
 
-  /** The start of `step`'s next attempt for `o`, as far as this loop has seen its step log. */
-  private started(o: OrderRecord, step: CallStep, loop: Loop): Started {
-    const seen = loop.starts.get(step);
+  /** The start of `step`'s next attempt for `o`, as far as `loop` has seen its step log (none: the first). */
+  private started(o: OrderRecord, step: CallStep, loop: Loop | undefined): Started {
+    const seen = loop?.starts.get(step);
     return {
       step,
       attempt: (seen?.count ?? 0) + 1,

@@ -51,7 +51,13 @@ const CHANGED = "shopmesh_order_changed";
 
 /** What placing an order did; `fence` is the lease token when this replica now drives the saga. */
 export type PlaceResult =
-  | { readonly kind: "created"; readonly order: OrderRecord; readonly fence: number }
+  | {
+      readonly kind: "created";
+      /** The order as the placing transaction left it, with its step log. */
+      readonly order: OrderRecord;
+      readonly steps: readonly StoredStep[];
+      readonly fence: number;
+    }
   | { readonly kind: "existing"; readonly order: OrderRecord }
   | { readonly kind: "key-reused" };
 
@@ -63,7 +69,7 @@ export type CancelResult =
 
 /** What applying a transition did: `skipped` when its guard did not hold, `fenced` when the lease was lost. */
 export type ApplyResult =
-  | { readonly kind: "applied"; readonly order: OrderRecord }
+  | { readonly kind: "applied"; readonly order: OrderRecord; readonly step: StoredStep }
   | { readonly kind: "skipped" }
   | { readonly kind: "fenced" };
 
@@ -171,6 +177,8 @@ export class OrderStore {
    * the same fingerprint returns the existing order; another fingerprint is
    * `key-reused`. With `lease`, the new order's saga is leased to
    * `lease.owner` for `lease.ms` (orchestration: this replica drives it).
+   * `begin` runs in the same transaction once the order is in (its saga's first step, which
+   * commits with it) and returns the order and step log as it leaves them.
    */
   place(
     p: {
@@ -182,6 +190,11 @@ export class OrderStore {
       sagaMode: SagaMode;
     },
     lease?: { owner: string; ms: number },
+    begin?: (
+      order: OrderRecord,
+      fence: number,
+      tx: Tx,
+    ) => Promise<{ order: OrderRecord; steps: readonly StoredStep[] }>,
   ): Promise<PlaceResult> {
     return this.db.transaction(async (tx): Promise<PlaceResult> => {
       const prior = await tx.one(
@@ -213,7 +226,8 @@ export class OrderStore {
       const order = toOrder(row as OrderRow);
       await this.changed(tx, order, null);
       tx.afterCommit(() => this.events.emit("placed", order));
-      return { kind: "created", order, fence };
+      const begun = begin ? await begin(order, fence, tx) : { order, steps: [] };
+      return { kind: "created", ...begun, fence };
     });
   }
 
@@ -274,7 +288,7 @@ export class OrderStore {
         await this.outbox.add(tx, OrderRefundSettledSchema, o.id, { customerId: o.customerId, detail: t.log.detail });
       }
       await this.changed(tx, o, step);
-      return { kind: "applied", order: o };
+      return { kind: "applied", order: o, step };
     });
   }
 
