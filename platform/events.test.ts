@@ -152,6 +152,53 @@ describe("outbox", () => {
     await relay.stop();
   });
 
+  it("publishes many orders' events together, but one order's in commit order even when a publish fails", async () => {
+    const svc = await service();
+    const ids: string[] = [];
+    const orderOf = new Map<string, string>();
+    for (let i = 0; i < 40; i++) {
+      const order = `ord-w${i % 4}`;
+      const id = await addPlaced(svc, order);
+      ids.push(id);
+      orderOf.set(id, order);
+    }
+    // The sixth row's first publish fails without reaching JetStream; rows after it still go out.
+    const failOnce = ids[5] as string;
+    let failed = false;
+    let inFlight = 0;
+    let mostInFlight = 0;
+    const js = new Proxy(bus.js, {
+      get(target, prop, receiver) {
+        if (prop !== "publish") return Reflect.get(target, prop, receiver);
+        return async (subject: string, data: Uint8Array, opts?: { msgID?: string }) => {
+          inFlight++;
+          mostInFlight = Math.max(mostInFlight, inFlight);
+          try {
+            if (opts?.msgID === failOnce && !failed) {
+              failed = true;
+              throw new Error("injected: lost on the way");
+            }
+            return await target.publish(subject, data, opts);
+          } finally {
+            inFlight--;
+          }
+        };
+      },
+    });
+    const relay = new OutboxRelay({ ...svc, bus: { ...bus, js }, source: "test", log, sweepMs: 20 });
+    relay.start();
+    await drained(relay);
+    await relay.stop();
+    const seen = (await streamed("order.order.placed")).filter((m) => ids.includes(m.eventId)).map((m) => m.eventId);
+    expect([...seen].sort()).toEqual([...ids].sort());
+    for (const order of new Set(orderOf.values())) {
+      const of = (list: string[]) => list.filter((id) => orderOf.get(id) === order);
+      expect(of(seen)).toEqual(of(ids));
+    }
+    expect(failed).toBe(true);
+    expect(mostInFlight).toBeGreaterThan(1);
+  });
+
   it("a republished event id is dropped by JetStream's duplicate window", async () => {
     const svc = await service();
     const id = await addPlaced(svc, "ord-c");
