@@ -283,7 +283,7 @@ export class OutboxRelay {
             const wave = waveFrom(rows, next);
             next += wave.length;
             const results = await Promise.allSettled(wave.map((row) => this.publish(row)));
-            results.forEach((r, i) => r.status === "fulfilled" && sent.push((wave[i] as OutboxRow).seq));
+            for (const [i, r] of results.entries()) if (r.status === "fulfilled") sent.push((wave[i] as OutboxRow).seq);
             const failed = results.find((r) => r.status === "rejected");
             if (failed) throw failed.reason;
           }
