@@ -115,8 +115,13 @@ export function on<D extends DescMessage>(
  * short transaction, so 10 s is generous and bounds the delay a crash adds.
  */
 const ACK_WAIT_NS = 10 * 1e9;
-/** Events one consumer pulls ahead; small, so replicas share the work and a crash strands few. */
-const PULL_BATCH = 16;
+/**
+ * Events one consumer pulls ahead. The client asks for more each time a quarter of them has
+ * arrived, so this sets how often a pull request goes to the server (at 16, one per 4 events);
+ * a consumer keeping up holds only what has arrived, and one with a backlog holds at most this
+ * many (what a crash strands for the ack wait; what a replica takes before the others).
+ */
+const PULL_BATCH = 64;
 /** The most events settled in one transaction. */
 const MAX_BATCH = 64;
 
