@@ -8,7 +8,9 @@
  *
  * Prints a table (calls/s, p50, p99, ratio to direct gRPC in the same
  * run, CPU of the whole system per call) and writes bench/results/bench.json.
- * Also reports how long the system took to be ready and its RSS.
+ * Also reports how long the system took to be ready and its memory, then and
+ * after its rounds: summed RSS, and summed PSS (shared pages, such as the
+ * node binary's, counted once rather than once per process).
  *
  *   BENCH_SECONDS   seconds per round (default 8)
  *   BENCH_SMOKE=1   a short run that checks the harness works (CI): ~20 s
@@ -28,7 +30,7 @@ import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { ROOT } from "../scripts/layout.js";
 import type { LoadResult, LoadSpec } from "./load.js";
-import { cpuSeconds, load, restock, startSystem } from "./system.js";
+import { cpuSeconds, load, restock, type SystemMemory, startSystem } from "./system.js";
 
 const SMOKE = process.env.BENCH_SMOKE === "1";
 const SECONDS = Number(process.env.BENCH_SECONDS ?? (SMOKE ? 0.5 : 8));
@@ -52,12 +54,23 @@ interface Row extends LoadResult {
   readonly of_direct?: number;
 }
 
-async function measure(telemetry: boolean, token: string): Promise<{ rows: Row[]; readyMs: number; rssMb: number }> {
+/** How long the system took to be ready and its memory then and after its rounds (RSS and PSS, MB). */
+interface Start {
+  readonly telemetry: "on" | "off";
+  readonly readyMs: number;
+  readonly rssMb: number;
+  readonly pssMb: number;
+  readonly afterRounds: SystemMemory;
+  readonly byProcess: SystemMemory["byProcess"];
+}
+
+async function measure(telemetry: boolean, token: string): Promise<{ rows: Row[]; start: Start }> {
   const sys = await startSystem({
     telemetry,
     token,
     nodeArgs: (name) => (name === PROFILE ? ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`] : []),
   });
+  const startMemory = sys.memory();
   const rows: Row[] = [];
   const t = telemetry ? "on" : "off";
   const gw = sys.addressOf("gateway");
@@ -96,6 +109,7 @@ async function measure(telemetry: boolean, token: string): Promise<{ rows: Row[]
       ],
     ),
   ];
+  let afterRounds: SystemMemory | undefined;
   try {
     await restock(sys);
     for (const [path, shape, spec] of rounds.filter(([path]) => path.includes(ONLY))) {
@@ -117,6 +131,7 @@ async function measure(telemetry: boolean, token: string): Promise<{ rows: Row[]
       rows.push(row);
       process.stdout.write(`  ${format(row)}\n`);
     }
+    afterRounds = sys.memory();
   } finally {
     await sys.stop();
   }
@@ -127,8 +142,14 @@ async function measure(telemetry: boolean, token: string): Promise<{ rows: Row[]
         ? { ...r, of_direct: Math.round((r.rps / direct) * 100) / 100 }
         : r,
     ),
-    readyMs: sys.readyMs,
-    rssMb: sys.rssMb,
+    start: {
+      telemetry: t,
+      readyMs: sys.readyMs,
+      rssMb: sys.rssMb,
+      pssMb: sys.pssMb,
+      afterRounds,
+      byProcess: startMemory.byProcess,
+    },
   };
 }
 
@@ -158,18 +179,19 @@ process.stdout.write(
 );
 const settings = TELEMETRY === "both" ? [true, false] : [TELEMETRY === "on"];
 const rows: Row[] = [];
-const starts: Array<{ telemetry: "on" | "off"; readyMs: number; rssMb: number }> = [];
+const starts: Start[] = [];
 for (const on of settings) {
   const m = await measure(on, await token);
   rows.push(...m.rows);
-  starts.push({ telemetry: on ? "on" : "off", readyMs: m.readyMs, rssMb: m.rssMb });
+  starts.push(m.start);
 }
 process.stdout.write(
   "\n(call/s: closed loop saturates; open loop holds the rate. CPU ms: every system process, per call.)\n",
 );
 for (const s of starts)
   process.stdout.write(
-    `system (telemetry ${s.telemetry}): answering through the gateway ${s.readyMs} ms after the first spawn, ${s.rssMb} MB RSS\n`,
+    `system (telemetry ${s.telemetry}): answering through the gateway ${s.readyMs} ms after the first spawn, ` +
+      `${s.rssMb} MB RSS (${s.pssMb} MB PSS); after its rounds ${s.afterRounds.rssMb} MB RSS (${s.afterRounds.pssMb} MB PSS)\n`,
   );
 const failed = rows.filter((r) => r.failures > 0 || r.calls === 0);
 mkdirSync(dirname(OUT), { recursive: true });

@@ -3,7 +3,7 @@
  * as `make run` starts it — nats-server, the five services and the gateway,
  * each a Node process running the compiled JavaScript of `make build`,
  * SQLite, registry discovery — on free ports under a temporary directory,
- * plus what a measurement reads from outside: each process's CPU and RSS
+ * plus what a measurement reads from outside: each process's CPU, RSS and PSS
  * (/proc), a load round in a process of its own (bench/load.ts), and, when
  * asked for, the services' /metrics and nats-server's monitoring endpoint.
  */
@@ -106,15 +106,34 @@ export function cpuSeconds(pid: number | undefined): number {
   }
 }
 
-/** Resident memory of `pid`, MB. */
-export function rssMb(pid: number | undefined): number {
-  if (!pid) return 0;
+/**
+ * Memory of `pid`, MB (0 when it cannot be read): `rss`, what it has resident, and `pss`, the same
+ * with each shared page divided among the processes that map it. Six Node processes share the pages
+ * of the node binary (~45 MB each in RSS), so a sum of RSS counts those six times; a sum of PSS is
+ * what the system takes from the machine.
+ */
+export function memoryMb(pid: number | undefined): { rss: number; pss: number } {
+  if (!pid) return { rss: 0, pss: 0 };
   try {
-    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-    return Math.round(Number(m?.[1] ?? 0) / 1024);
+    const rollup = readFileSync(`/proc/${pid}/smaps_rollup`, "utf8");
+    const kb = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(rollup)?.[1] ?? 0);
+    return { rss: Math.round(kb("Rss") / 1024), pss: Math.round(kb("Pss") / 1024) };
   } catch {
-    return 0;
+    return { rss: 0, pss: 0 };
   }
+}
+
+/** Memory of each process, MB, and their sums. */
+export interface SystemMemory {
+  readonly rssMb: number;
+  readonly pssMb: number;
+  readonly byProcess: Readonly<Record<string, { rss: number; pss: number }>>;
+}
+
+function memoryOf(procs: readonly Proc[]): SystemMemory {
+  const byProcess = Object.fromEntries(procs.map((p) => [p.name, memoryMb(p.child.pid)]));
+  const sum = (k: "rss" | "pss") => Object.values(byProcess).reduce((s, m) => s + m[k], 0);
+  return { rssMb: sum("rss"), pssMb: sum("pss"), byProcess };
 }
 
 export interface SystemOptions {
@@ -137,7 +156,12 @@ export interface System {
   /** http://host:port of a service's /metrics, or nats-server's monitoring (with `observe`). */
   readonly observeUrlOf: (name: ServiceName | "nats") => string | undefined;
   readonly readyMs: number;
+  /** Summed RSS of every process once ready, MB. */
   readonly rssMb: number;
+  /** Summed PSS of every process once ready, MB (shared pages counted once). */
+  readonly pssMb: number;
+  /** Memory now, per process and summed. */
+  memory(): SystemMemory;
   /** CPU seconds used by each process so far, by name. */
   cpu(): Record<ProcessName, number>;
   stop(): Promise<void>;
@@ -218,10 +242,13 @@ export async function startSystem(opts: SystemOptions): Promise<System> {
   // The gateway learns the services from the registry: ready once it answers through to inventory.
   await untilAnswered(`127.0.0.1:${gateway.port}`, opts.token);
   const readyMs = Math.round(performance.now() - t0);
+  const atStart = memoryOf(procs);
   return {
     procs,
     readyMs,
-    rssMb: procs.reduce((s, p) => s + rssMb(p.child.pid), 0),
+    rssMb: atStart.rssMb,
+    pssMb: atStart.pssMb,
+    memory: () => memoryOf(procs),
     addressOf: (name) => `127.0.0.1:${procs.find((p) => p.name === name)?.port}`,
     observeUrlOf: (name) => {
       const port = observed.get(name);

@@ -27,7 +27,13 @@ it("make bench (smoke): every path measured from a separate load generator, writ
   expect(code, text).toBe(0);
   const result = JSON.parse(readFileSync(out, "utf8")) as {
     rows: { path: string; load: string; calls: number; failures: number; rps: number; p50_ms: number }[];
-    starts: { readyMs: number; rssMb: number }[];
+    starts: {
+      readyMs: number;
+      rssMb: number;
+      pssMb: number;
+      afterRounds: { rssMb: number; pssMb: number };
+      byProcess: Record<string, { rss: number; pss: number }>;
+    }[];
   };
   const paths = new Set(result.rows.map((r) => r.path));
   expect([...paths]).toEqual([
@@ -46,4 +52,12 @@ it("make bench (smoke): every path measured from a separate load generator, writ
   }
   expect(result.starts[0]?.readyMs).toBeGreaterThan(0);
   expect(result.starts[0]?.rssMb).toBeGreaterThan(0);
+  // PSS divides the pages the processes share (the node binary's) among them: less than the summed RSS.
+  expect(result.starts[0]?.pssMb).toBeGreaterThan(0);
+  expect(result.starts[0]?.pssMb).toBeLessThan(result.starts[0]?.rssMb ?? 0);
+  expect(result.starts[0]?.afterRounds.pssMb).toBeGreaterThan(0);
+  expect(Object.keys(result.starts[0]?.byProcess ?? {}).sort()).toEqual(
+    ["gateway", "history", "inventory", "nats", "notification", "order", "payment"].sort(),
+  );
+  expect(text).toMatch(/\d+ MB RSS \(\d+ MB PSS\)/);
 }, 120_000);
