@@ -3,9 +3,10 @@
  * process: the compiled JavaScript in dist/ that `make build` writes
  * (esbuild, about a second; rebuilt when a source changes), not TypeScript
  * compiled at start by tsx — which would cost every process seconds of start
- * and ~90 MB of memory. No source maps by default (they cost ~19 MB per
- * process; esbuild's output reads close to the source): set
- * NODE_OPTIONS=--enable-source-maps for stack traces in TypeScript lines.
+ * and ~90 MB of memory. The services and the gateway run one bundle each
+ * (dist/<service>/main.js and the chunks they share). No source maps by
+ * default (they cost ~19 MB per process): set NODE_OPTIONS=--enable-source-maps
+ * for stack traces in TypeScript lines.
  */
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
