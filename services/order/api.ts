@@ -76,30 +76,32 @@ function orderMessage(o: OrderRecord, steps: readonly StoredStep[]): MessageInit
 }
 
 /**
- * The states of order `first` from now until it is CONFIRMED or CANCELLED
- * with no refund pending (or `signal` aborts), each with its step log: its current state, then
+ * The states of order `id` from now until it is CONFIRMED or CANCELLED
+ * with no refund pending (or `signal` aborts), each with its step log: its current state (as
+ * `visible` lets it be seen: it throws for an order the caller may not see), then
  * each committed change, by any replica, never an older one after a newer (by version, not by clock).
  * The step log is read once; after that each change brings the entry it appended, and the log is
  * read again only when that is not known (another replica's change) or one was missed.
  */
 async function* follow(
   store: OrderStore,
-  first: OrderRecord,
+  id: string,
   signal: AbortSignal,
+  visible: (o: OrderRecord | undefined) => OrderRecord,
 ): AsyncIterable<{ order: OrderRecord; steps: readonly StoredStep[] }> {
   // Subscribe before reading, so no change between the read and the subscription is missed.
   const queue: { order: OrderRecord; step: StoredStep | null | undefined }[] = [];
   let wake: (() => void) | undefined;
-  const off = store.onChange(first.id, (order, step) => {
+  const off = store.onChange(id, (order, step) => {
     queue.push({ order, step });
     wake?.();
   });
   const onAbort = () => wake?.();
   signal.addEventListener("abort", onAbort);
   try {
-    let current = (await store.get(first.id)) ?? first;
+    let current = visible(await store.get(id));
     // Read after the order: it holds every step of that version, and perhaps a few of later ones.
-    let steps = await store.steps(first.id);
+    let steps = await store.steps(id);
     yield { order: current, steps };
     while (!isSettled(current) && !signal.aborted) {
       if (queue.length === 0) await new Promise<void>((r) => (wake = r));
@@ -107,7 +109,7 @@ async function* follow(
       if (!next || next.order.version <= current.version) continue;
       current = next.order;
       const last = steps.at(-1)?.seq ?? 0;
-      if (next.step === undefined || (next.step && next.step.seq > last + 1)) steps = await store.steps(first.id);
+      if (next.step === undefined || (next.step && next.step.seq > last + 1)) steps = await store.steps(id);
       else if (next.step && next.step.seq === last + 1) steps = [...steps, next.step];
       yield { order: current, steps };
     }
@@ -134,11 +136,14 @@ function sagaModeOf(mode: SagaModeEnum, fallback: SagaMode): SagaMode {
 export function createOrderApi(deps: OrderApiDeps): ServiceImpl<typeof OrderService> {
   const { store, defaultMode } = deps;
   /** The order if `who` may see it; NOT_FOUND otherwise (another customer's order does not exist for you). */
-  const visible = async (orderId: string, who: Identity): Promise<OrderRecord> => {
-    requireId(orderId, "order_id");
-    const o = await store.get(orderId);
+  /** `o` if `who` may see it; NOT_FOUND otherwise. */
+  const seenBy = (orderId: string, who: Identity, o: OrderRecord | undefined): OrderRecord => {
     if (!o || (o.customerId !== who.subject && !who.roles.includes("admin"))) throw new NotFoundError("order", orderId);
     return o;
+  };
+  const visible = async (orderId: string, who: Identity): Promise<OrderRecord> => {
+    requireId(orderId, "order_id");
+    return seenBy(orderId, who, await store.get(orderId));
   };
   const message = async (o: OrderRecord) => ({ order: orderMessage(o, await store.steps(o.id)) });
 
@@ -205,8 +210,9 @@ export function createOrderApi(deps: OrderApiDeps): ServiceImpl<typeof OrderServ
     },
 
     async *watchOrder(req, ctx) {
-      const first = await visible(req.orderId, requireIdentity(ctx.metadata));
-      for await (const { order, steps } of follow(store, first, ctx.signal))
+      const who = requireIdentity(ctx.metadata);
+      requireId(req.orderId, "order_id");
+      for await (const { order, steps } of follow(store, req.orderId, ctx.signal, (o) => seenBy(req.orderId, who, o)))
         yield { order: orderMessage(order, steps) };
     },
   };
