@@ -22,6 +22,52 @@ function ratio(a: number, b: number, more: string, less: string): string {
 }
 const row = (cells: readonly (string | number)[]) => `| ${cells.join(" | ")} |`;
 
+type PolicyRow = CompareResults["policies"][number];
+
+/** Section 4's findings, each sentence chosen by the numbers. */
+function resilienceFindings(
+  flakyOn: PolicyRow,
+  flakyOff: PolicyRow,
+  slowOn: PolicyRow,
+  slowOff: PolicyRow,
+  healthy: PolicyRow,
+): string {
+  const out: string[] = [];
+  out.push(
+    `Flaky payment: ${n(flakyOn.success * 100)}% of checkouts confirmed with the policies and ${n(flakyOff.success * 100)}% without${flakyOn.success > flakyOff.success ? " — retries turn transient failures into successes, as the text says" : " — the retries did not help here, against the text"}.`,
+  );
+  if (flakyOn.breaker_opened) {
+    out.push(
+      `But the breaker, counting 5 consecutive failures, opened ${flakyOn.breaker_opened} time(s) on a service that still answered 70% of calls, and the checkouts of that moment waited out its pause (p99 ${n(flakyOn.checkout.p99_ms)} ms against ${n(flakyOff.checkout.p99_ms)} ms without the policies): a consecutive-failure breaker suits outages; for a flaky service a failure-ratio breaker (\`PAYMENT_BREAKER_FAILURE_RATIO\`) trips less.`,
+    );
+  }
+  if (slowOn.peak_queued > 0 || slowOn.bulkhead_rejected > 0) {
+    out.push(
+      `Slow payment: the bulkhead held payment to ${slowOn.peak_in_flight} calls at once (${slowOff.peak_in_flight} without it), queued up to ${slowOn.peak_queued} and turned ${slowOn.bulkhead_rejected} away.`,
+    );
+    if (slowOn.checkout.p99_ms > slowOff.checkout.p99_ms) {
+      out.push(
+        `That cap has a price the text does not mention: a checkout it queued or turned away waited for a slot or for the saga's next attempt, so checkouts took longer with it (p50 ${n(slowOn.checkout.p50_ms)} against ${n(slowOff.checkout.p50_ms)} ms, p99 ${n(slowOn.checkout.p99_ms)} against ${n(slowOff.checkout.p99_ms)} ms) — it protects the dependency from more load than it can take, at the callers' expense; ${n(slowOn.success * 100)}% confirmed with it, ${n(slowOff.success * 100)}% without.`,
+      );
+    }
+  } else {
+    out.push(
+      `Slow payment: payment never had more than ${slowOn.peak_in_flight} calls at once, within the bulkhead's 32, so it did not come into play at this rate; ${n(slowOn.success * 100)}% confirmed with the policies, ${n(slowOff.success * 100)}% without.`,
+    );
+  }
+  const on = slowOn.unrelated.p99_ms;
+  const off = slowOff.unrelated.p99_ms;
+  const same = Math.abs(on - off) < Math.max(5, 0.25 * Math.max(on, off));
+  out.push(
+    `The unrelated route's p99 with payment slow was ${n(on)} ms with the policies and ${n(off)} ms without (${n(healthy.unrelated.p99_ms)} ms with payment healthy)${
+      on < off && !same
+        ? ": the bulkhead kept the slow dependency from hurting the unrelated route, as the text says."
+        : `: here the measurement ${same ? "differs from" : "runs against"} the text's picture. The text's bulkhead guards a thread pool; a Node service has no thread per call — a call waiting on a slow dependency is a promise and a timer, not a blocked thread — so without the bulkhead the unrelated route did not starve. What the bulkhead bounds here is the load sent to a struggling dependency and the calls held in memory for it.`
+    }`,
+  );
+  return out.join(" ");
+}
+
 export function render(r: CompareResults): Record<string, string> {
   const files: Record<string, string> = {};
   const out: string[] = [];
@@ -128,7 +174,7 @@ export function render(r: CompareResults): Record<string, string> {
       row(["order service's breaker for payment opened", so.breaker_opened, sc.breaker_opened]),
       row(["backlog drained, after payment is back (s)", n(so.drain_ms / 1000), n(sc.drain_ms / 1000)]),
       "",
-      `**What it shows.** With payment down, the synchronous caller saw ${so.failed_calls} failed calls and opened its breaker ${so.breaker_opened} time(s); the asynchronous one saw ${sc.failed_calls}${sc.failed_calls < so.failed_calls ? ": the outage did not reach the order service at all, the events simply waited — the isolation the text claims" : ", which is not the isolation the text claims"}. Of the orders placed during the outage, ${pctOf(so.confirmed_during, so.placed_during)} were confirmed in orchestration and ${pctOf(sc.confirmed_during, sc.placed_during)} in choreography ${so.cancelled_during + sc.cancelled_during ? " (the rest compensated)" : ""}, and their customers waited a median ${n(so.p50_during_ms / 1000)} s and ${n(sc.p50_during_ms / 1000)} s for the outcome: no immediate answer in either mode while payment is away. Client-visible errors: ${so.client_errors} and ${sc.client_errors} — in both modes the order is accepted first and the saga runs behind it, so the outage shows up as waiting, not as errors. The backlog was gone ${n(so.drain_ms / 1000)} s (orchestration) and ${n(sc.drain_ms / 1000)} s (choreography) after payment returned${so.drain_ms > sc.drain_ms ? ": the synchronous side waits out its retry backoff and the breaker's pause, the asynchronous side resumes as soon as payment consumes again" : ""}.`,
+      `**What it shows.** With payment down, the synchronous caller saw ${so.failed_calls} failed calls and opened its breaker ${so.breaker_opened} time(s); the asynchronous one saw ${sc.failed_calls}${sc.failed_calls < so.failed_calls ? ": the outage did not reach the order service at all, the events simply waited — the isolation the text claims" : ", which is not the isolation the text claims"}. Of the orders placed during the outage, ${pctOf(so.confirmed_during, so.placed_during)} were confirmed in orchestration and ${pctOf(sc.confirmed_during, sc.placed_during)} in choreography${so.cancelled_during + sc.cancelled_during ? " (the rest compensated)" : ""}, and their customers waited a median ${n(so.p50_during_ms / 1000)} s and ${n(sc.p50_during_ms / 1000)} s for the outcome: no immediate answer in either mode while payment is away. Client-visible errors: ${so.client_errors} and ${sc.client_errors} — in both modes the order is accepted first and the saga runs behind it, so the outage shows up as waiting, not as errors. The backlog was gone ${n(so.drain_ms / 1000)} s (orchestration) and ${n(sc.drain_ms / 1000)} s (choreography) after payment returned${so.drain_ms > sc.drain_ms ? ": the synchronous side waits out its retry backoff and the breaker's pause, the asynchronous side resumes as soon as payment consumes again" : ": the asynchronous side works through the backlog of events payment refused, each redelivered after a pause, while the synchronous side's retries found payment back sooner"}.`,
       "",
       "![Orders confirmed per second through a payment outage](outage.svg)",
       "",
@@ -231,10 +277,12 @@ export function render(r: CompareResults): Record<string, string> {
         "checkouts CONFIRMED",
         "checkout p50 / p99 (ms)",
         "unrelated `ListOrders` p50 / p99 (ms)",
-        "payment calls in flight + queued, peak",
+        "payment calls in flight, peak",
+        "queued, peak",
+        "turned away by the bulkhead",
         "breaker opened",
       ]),
-      row(["---", "---", "---:", "---:", "---:", "---:", "---:"]),
+      row(["---", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---:"]),
       ...r.policies.map((p) =>
         row([
           p.fault,
@@ -242,12 +290,14 @@ export function render(r: CompareResults): Record<string, string> {
           `${n(p.success * 100)}%`,
           `${n(p.checkout.p50_ms)} / ${n(p.checkout.p99_ms)}`,
           `${n(p.unrelated.p50_ms)} / ${n(p.unrelated.p99_ms)}`,
-          p.peak_payment_in_flight,
+          p.peak_in_flight,
+          p.peak_queued,
+          p.bulkhead_rejected,
           p.breaker_opened,
         ]),
       ),
       "",
-      `**What it shows.** Flaky payment: ${n(flakyOn.success * 100)}% of checkouts confirmed with the policies and ${n(flakyOff.success * 100)}% without${flakyOn.success > flakyOff.success ? " — retries turn transient failures into successes, as the text says" : " — the retries did not help here, against the text"}${flakyOn.breaker_opened ? `; but the breaker, counting 5 consecutive failures, opened ${flakyOn.breaker_opened} time(s) on a service that still answered 70% of calls, and checkouts then waited out its pause (p50 ${n(flakyOn.checkout.p50_ms)} ms against ${n(flakyOff.checkout.p50_ms)} ms without the policies): a consecutive-failure breaker is tuned for outages, a failure-ratio breaker (\`PAYMENT_BREAKER_FAILURE_RATIO\`) for flaky services` : ""}. Slow payment: ${slowOn.peak_payment_in_flight < slowOff.peak_payment_in_flight ? `the bulkhead held payment to at most ${slowOn.peak_payment_in_flight} calls in flight and queued where without it ${slowOff.peak_payment_in_flight} piled up` : `at most ${slowOn.peak_payment_in_flight} calls were in flight or queued for payment with the policies and ${slowOff.peak_payment_in_flight} without — within the bulkhead's 32 + 64 at this rate, so it did not come into play`}${slowOn.success < slowOff.success ? `, and the cap has a price: ${n(slowOn.success * 100)}% confirmed with it against ${n(slowOff.success * 100)}% without, because the calls it turned away had to wait for the saga's retries` : `; ${n(slowOn.success * 100)}% confirmed with the policies, ${n(slowOff.success * 100)}% without`}. The unrelated route's p99 was ${n(slowOn.unrelated.p99_ms)} ms with the policies and ${n(slowOff.unrelated.p99_ms)} ms without (${n(healthyOn.unrelated.p99_ms)} ms with payment healthy)${Math.abs(slowOn.unrelated.p99_ms - slowOff.unrelated.p99_ms) < Math.max(5, 0.25 * slowOff.unrelated.p99_ms) ? ": here the measurement differs from the text's picture. The bulkhead of the text guards a thread pool; a Node service has no thread per call — a slow call waiting is a promise and a timer, not a blocked thread — so the unrelated route did not starve without the bulkhead. What the bulkhead bounds here is the load sent to a struggling dependency and the memory of calls held for it" : slowOn.unrelated.p99_ms < slowOff.unrelated.p99_ms ? ": the bulkhead kept the slow dependency from hurting the unrelated route, as the text says" : ""}.`,
+      `**What it shows.** ${resilienceFindings(flakyOn, flakyOff, slowOn, slowOff, healthyOn)}`,
       "",
       "![Checkouts confirmed with and without the policies](resilience.svg)",
       "",

@@ -102,7 +102,7 @@ function perOrder(a: Snapshot, b: Snapshot, orders: number) {
   };
 }
 
-/** Caller-side failed calls to payment and breaker openings, between two snapshots (the order service's view). */
+/** Caller-side failed calls to payment, breaker openings and bulkhead rejections between two snapshots (the order service's view). */
 function paymentFailures(a: Snapshot, b: Snapshot) {
   const d = (name: string, where: (l: string) => boolean) =>
     sumMetric(b.metrics.order, name, where) - sumMetric(a.metrics.order, name, where);
@@ -115,6 +115,7 @@ function paymentFailures(a: Snapshot, b: Snapshot) {
       "circuit_breaker_transitions_total",
       (l) => l.includes('downstream="payment"') && l.includes('to="open"'),
     ),
+    bulkhead_rejected: d("bulkhead_rejected_total", (l) => l.includes('downstream="payment"')),
   };
 }
 
@@ -327,7 +328,7 @@ const RESILIENCE_OFF = {
 
 const FAULTS = [
   { name: "healthy", faults: {} },
-  { name: "slow (+1 s)", faults: { latencyMs: 1_000 } },
+  { name: "slow (+1.5 s)", faults: { latencyMs: 1_500 } },
   { name: "flaky (30% UNAVAILABLE)", faults: { errorRate: 0.3 } },
 ] as const;
 
@@ -338,7 +339,7 @@ async function resilience(policies: "on" | "off") {
     observe: true,
     ...(policies === "off" ? { env: { order: RESILIENCE_OFF } } : {}),
   });
-  const rate = q(60, 30);
+  const rate = q(40, 30);
   const seconds = q(10, 1.5);
   const rows = [];
   try {
@@ -349,13 +350,15 @@ async function resilience(policies: "on" | "off") {
       say(`4. policies ${policies}, payment ${f.name}: ${rate} orders/s and ListOrders at 20/s for ${seconds} s`);
       await payment.set(f.faults);
       const before = await snapshot(sys);
-      let peak = 0;
+      let peakInFlight = 0;
+      let peakQueued = 0;
       let sampling = true;
       const sampler = (async () => {
         while (sampling) {
           const { downstreams } = await order.resilience();
           const p = downstreams.find((d) => d.name === "payment");
-          peak = Math.max(peak, (p?.inFlight ?? 0) + (p?.queued ?? 0));
+          peakInFlight = Math.max(peakInFlight, p?.inFlight ?? 0);
+          peakQueued = Math.max(peakQueued, p?.queued ?? 0);
           await sleep(100);
         }
       })();
@@ -365,7 +368,7 @@ async function resilience(policies: "on" | "off") {
       ]);
       sampling = false;
       await sampler;
-      const { breaker_opened } = paymentFailures(before, await snapshot(sys));
+      const { breaker_opened, bulkhead_rejected } = paymentFailures(before, await snapshot(sys));
       await payment.set({});
       rows.push({
         policies,
@@ -374,7 +377,9 @@ async function resilience(policies: "on" | "off") {
         checkout,
         unrelated,
         success: round((checkout.outcomes.CONFIRMED ?? 0) / Math.max(1, checkout.calls + checkout.failures), 3),
-        peak_payment_in_flight: peak,
+        peak_in_flight: peakInFlight,
+        peak_queued: peakQueued,
+        bulkhead_rejected,
         breaker_opened,
       });
       await sleep(q(2_000, 500));
