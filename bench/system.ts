@@ -16,7 +16,7 @@ import { createInterface } from "node:readline";
 import { Metadata } from "@grpc/grpc-js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { createChannel, createClient, identityMetadata } from "../platform/index.js";
-import { nodeCommand, ROOT } from "../scripts/layout.js";
+import { nodeCommand, ROOT, SYSTEM_ENV } from "../scripts/layout.js";
 import type { LoadResult, LoadSpec } from "./load.js";
 
 export const SERVICES = ["inventory", "payment", "order", "notification", "history"] as const;
@@ -194,13 +194,15 @@ export async function startSystem(opts: SystemOptions): Promise<System> {
     },
   );
   const common: Record<string, string> = {
+    ...SYSTEM_ENV,
     NATS_URL: `nats://127.0.0.1:${nats.port}`,
     LOG_FORMAT: "json",
     LOG_LEVEL: "info",
     ...Object.fromEntries(SERVICES.map((n) => [`${n.toUpperCase()}_TARGET`, `registry:///${n}`])),
     ...(opts.telemetry ? { METRICS_PORT: "0", TRACE_FILE: join(dir, "traces.jsonl") } : {}),
   };
-  // Started as `make run` starts them: the compiled JavaScript in dist/ (make build).
+  // Started as `make run` starts them: the compiled JavaScript in dist/ (make build), with the same
+  // node flags (nodeCommand) and environment (SYSTEM_ENV).
   const node = (name: ServiceName | "gateway", main: string) => nodeCommand(main, opts.nodeArgs?.(name) ?? []);
   const services = await Promise.all(
     SERVICES.map((name) => {

@@ -28,7 +28,9 @@
  * runner says why it exited and how many restarts it has had. RESTART=no
  * turns that off. DATA_DIR moves .data (tests run a whole system there).
  * Spans go to .data/traces.jsonl for `make trace`. Every process runs the
- * compiled JavaScript that `make build` writes to dist/ (scripts/layout.ts).
+ * compiled JavaScript that `make build` writes to dist/, with the flags and
+ * environment of scripts/layout.ts (systemNodeFlags, SYSTEM_ENV), as
+ * `make bench` starts them.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { mkdirSync } from "node:fs";
@@ -36,7 +38,7 @@ import { createServer } from "node:net";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { prettyFactory } from "pino-pretty";
-import { nodeCommand, ROOT } from "./layout.js";
+import { nodeCommand, ROOT, SYSTEM_ENV } from "./layout.js";
 import { jsonLine } from "./log-lines.js";
 import { NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
 import {
@@ -372,6 +374,7 @@ SERVICES.forEach((s, i) => {
       cmd,
       args,
       {
+        ...SYSTEM_ENV,
         [s.name === "gateway" ? "HTTP_PORT" : "GRPC_PORT"]: String(s.port + 100 * r),
         DB_PATH: join(DATA, `${s.name}.db`),
         ...database,

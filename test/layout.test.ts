@@ -1,0 +1,38 @@
+/**
+ * How the system's processes are started: from their build, the services and
+ * the gateway with the node flags `make run` and `make bench` share, any
+ * other script without them.
+ */
+import { join } from "node:path";
+import { expect, it } from "vitest";
+import { nodeCommand, ROOT, systemNodeFlags } from "../scripts/layout.js";
+
+const SYSTEM = ["gateway", ...["inventory", "payment", "order", "notification", "history"].map((s) => `services/${s}`)];
+
+it("every service and the gateway has a bounded young generation and heap", () => {
+  for (const dir of SYSTEM) {
+    expect(systemNodeFlags(`${dir}/main.ts`), dir).toEqual([
+      expect.stringMatching(/^--max-semi-space-size=\d+$/),
+      "--max-old-space-size=256",
+    ]);
+  }
+});
+
+it("a service or the gateway runs its build with its node flags before the caller's", () => {
+  const [cmd, args] = nodeCommand("services/order/main.ts", ["--cpu-prof"]);
+  expect(cmd).toBe(process.execPath);
+  expect(args).toEqual([
+    ...systemNodeFlags("services/order/main.ts"),
+    "--cpu-prof",
+    join(ROOT, "dist", "services", "order", "main.js"),
+  ]);
+});
+
+it("any other script runs its build without them", () => {
+  expect(systemNodeFlags("bench/load.ts")).toEqual([]);
+  expect(nodeCommand("bench/load.ts")[1]).toEqual([join(ROOT, "dist", "bench", "load.js")]);
+});
+
+it("names the missing build", () => {
+  expect(() => nodeCommand("services/nope/main.ts")).toThrow(/make build/);
+});
