@@ -2,9 +2,10 @@
 import { type Bus, connectBus } from "./bus.js";
 import type { EventCatalogue } from "./catalogue.js";
 import type { FaultInjector } from "./chaos.js";
-import { type ConsumerSpec, type RunningConsumer, startConsumer } from "./inbox.js";
+import { type ConsumerSpec, type RunningConsumer, startConsumer } from "./consumer.js";
 import type { Logger } from "./log.js";
-import { type Outbox, OutboxRelay } from "./outbox.js";
+import type { Outbox } from "./outbox.js";
+import { OutboxRelay } from "./relay.js";
 import type { Db } from "./sql.js";
 import type { Telemetry } from "./telemetry.js";
 

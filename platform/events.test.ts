@@ -12,10 +12,12 @@ import { TestDatabases } from "../test/db.js";
 import { tempDir } from "../test/fixtures.js";
 import { startNats, type TestNats } from "../test/nats.js";
 import { type Bus, connectBus } from "./bus.js";
+import { startConsumer } from "./consumer.js";
 import { migrations, openDatabase } from "./db.js";
-import { INBOX_MIGRATION, on, startConsumer } from "./inbox.js";
+import { INBOX_MIGRATION, on } from "./inbox.js";
 import { silentLogger } from "./log.js";
-import { OUTBOX_CLAIMS_MIGRATION, OUTBOX_MIGRATION, Outbox, OutboxRelay } from "./outbox.js";
+import { OUTBOX_CLAIMS_MIGRATION, OUTBOX_MIGRATION, Outbox } from "./outbox.js";
+import { OutboxRelay } from "./relay.js";
 import type { Db } from "./sql.js";
 
 const log = silentLogger();

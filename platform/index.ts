@@ -10,6 +10,7 @@ export { type Bus, type BusOptions, connectBus } from "./bus.js";
 export { DLQ_STREAM, type EventCatalogue, type EventKind, eventCatalogue, type StreamSpec } from "./catalogue.js";
 export { faultEnv } from "./chaos.js";
 export { bool, ConfigError, type ConfigOf, commonEnv, type EnvReader, int, oneOf, parseEnv, str } from "./config.js";
+export type { ConsumerSpec } from "./consumer.js";
 export { type DbConfig, locationOf, type Migrations, migrations, openDatabase } from "./db.js";
 export { earliestDeadline } from "./deadline.js";
 export {
@@ -40,7 +41,6 @@ export {
 } from "./identity.js";
 export { newId } from "./ids.js";
 export {
-  type ConsumerSpec,
   decodeEvent,
   type EventContext,
   type EventHandler,
@@ -52,11 +52,12 @@ export {
 export { runService, type Stoppable } from "./lifecycle.js";
 export { createLogger, type Logger, silentLogger } from "./log.js";
 export type { Metrics } from "./metrics.js";
-export { OUTBOX_CLAIMS_MIGRATION, OUTBOX_MIGRATION, Outbox, OutboxRelay } from "./outbox.js";
+export { OUTBOX_CLAIMS_MIGRATION, OUTBOX_MIGRATION, Outbox } from "./outbox.js";
 export { type Cursor, type CursorShape, decodePageToken, pageOf, pageSize } from "./paging.js";
 export { DEFAULT_POLICY, type PolicyConfig, type PolicyEnv, policyEnv, policyFrom } from "./policy.js";
 export { contextOf, currentTraceparent, detached, extractContext, inSpan, logIds } from "./propagation.js";
 export { REGISTRY_SCHEME } from "./registry.js";
+export { OutboxRelay } from "./relay.js";
 export { createResilientClient, type DownstreamState, type PolicyEvents, type ResilientClient } from "./resilience.js";
 export { bind, type GrpcServerOptions, type RunningServer, type ServiceBinding, startGrpcServer } from "./server.js";
 export type { Db, DbLocation, Engine, Listening, Queries, Query, Tx } from "./sql.js";

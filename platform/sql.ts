@@ -19,23 +19,10 @@
  * were alone.
  */
 import type Database from "better-sqlite3";
-import {
-  CompiledQuery,
-  type DatabaseConnection,
-  type Dialect,
-  type Driver,
-  Kysely,
-  PostgresDialect,
-  type QueryResult,
-  type RawBuilder,
-  SqliteAdapter,
-  SqliteIntrospector,
-  SqliteQueryCompiler,
-  sql,
-  type Transaction,
-} from "kysely";
+import { Kysely, PostgresDialect, type RawBuilder, sql, type Transaction } from "kysely";
 import pg from "pg";
 import { backoffMs } from "./backoff.js";
+import { sqliteDialect } from "./sqlite-driver.js";
 import { WalSync } from "./wal-sync.js";
 
 /** Which engine a database runs on. */
@@ -142,73 +129,6 @@ const ROLLBACK_TO = sql`ROLLBACK TO SAVEPOINT sp`;
 const RETRYABLE = new Set(["40001", "40P01", "23505"]);
 /** Attempts of one PostgreSQL transaction before its conflict is the caller's error. */
 const MAX_TX_ATTEMPTS = 12;
-
-/** SQLite through better-sqlite3: one connection, prepared statements cached, writes taken up front. */
-class SqliteConnection implements DatabaseConnection {
-  private readonly statements = new Map<string, Database.Statement>();
-  constructor(readonly db: Database.Database) {}
-  async executeQuery<R>(q: CompiledQuery): Promise<QueryResult<R>> {
-    let stmt = this.statements.get(q.sql);
-    if (!stmt) {
-      stmt = this.db.prepare(q.sql);
-      if (this.statements.size < 500) this.statements.set(q.sql, stmt);
-    }
-    const params = q.parameters as unknown[];
-    if (stmt.reader) return { rows: stmt.all(...params) as R[] };
-    const { changes } = stmt.run(...params);
-    return { rows: [], numAffectedRows: BigInt(changes) };
-  }
-  // biome-ignore lint/correctness/useYield: Kysely asks for streaming support; this driver never streams.
-  async *streamQuery<R>(): AsyncIterableIterator<QueryResult<R>> {
-    throw new Error("streaming queries are not supported on SQLite here");
-  }
-}
-
-/** Kysely's SQLite driver, with statement caching and `BEGIN IMMEDIATE` (see the module comment). */
-class SqliteDriver implements Driver {
-  private readonly connection: SqliteConnection;
-  private queue: Promise<void> = Promise.resolve();
-  private release: (() => void) | undefined;
-  constructor(db: Database.Database) {
-    this.connection = new SqliteConnection(db);
-  }
-  async init(): Promise<void> {}
-  async acquireConnection(): Promise<DatabaseConnection> {
-    // One connection: callers take turns, a whole transaction at a time.
-    const previous = this.queue;
-    let release = () => {};
-    this.queue = new Promise<void>((r) => {
-      release = r;
-    });
-    await previous;
-    this.release = release;
-    return this.connection;
-  }
-  async beginTransaction(c: DatabaseConnection): Promise<void> {
-    await c.executeQuery(CompiledQuery.raw("begin immediate"));
-  }
-  async commitTransaction(c: DatabaseConnection): Promise<void> {
-    await c.executeQuery(CompiledQuery.raw("commit"));
-  }
-  async rollbackTransaction(c: DatabaseConnection): Promise<void> {
-    await c.executeQuery(CompiledQuery.raw("rollback"));
-  }
-  async releaseConnection(): Promise<void> {
-    this.release?.();
-  }
-  async destroy(): Promise<void> {
-    this.connection.db.close();
-  }
-}
-
-function sqliteDialect(db: Database.Database): Dialect {
-  return {
-    createAdapter: () => new SqliteAdapter(),
-    createDriver: () => new SqliteDriver(db),
-    createIntrospector: (k) => new SqliteIntrospector(k),
-    createQueryCompiler: () => new SqliteQueryCompiler(),
-  };
-}
 
 /** The pg types parser, with BIGINT (ms timestamps, counts) as numbers: every value here is below 2^53. */
 const pgTypes = {

@@ -1,0 +1,338 @@
+/**
+ * A service's consumer of one stream: a durable pull consumer (explicit
+ * ack) whose events are applied through the inbox (inbox.ts), several that
+ * arrived together in one transaction. A failing event is retried with
+ * backoff and, after `maxDeliver` deliveries, moved to the dead-letter
+ * stream with the reason; an event that can never be handled (undecodable,
+ * unknown, unusable) goes there at once; a database that is away is not the
+ * event's fault and never counts toward the dead-letter limit. Either way
+ * the consumer keeps going.
+ */
+import { AckPolicy, DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
+import { headers as natsHeaders } from "@nats-io/transport-node";
+import { SpanKind } from "@opentelemetry/api";
+import { backoffMs } from "./backoff.js";
+import type { Bus } from "./bus.js";
+import type { EventCatalogue } from "./catalogue.js";
+import type { FaultInjector } from "./chaos.js";
+import { isDatabaseUnavailable } from "./db-errors.js";
+import { decodeEvent, type EventContext, type EventHandler, Inbox, UnprocessableEventError } from "./inbox.js";
+import { flushLogs, type Logger } from "./log.js";
+import { detached, extractContext, inSpan } from "./propagation.js";
+import { type Db, isConflict, type Tx } from "./sql.js";
+import type { Telemetry } from "./telemetry.js";
+
+/**
+ * How long a delivered event may stay unacknowledged before JetStream gives
+ * it to another puller (a replica that died holding it): handlers are one
+ * short transaction, so 10 s is generous and bounds the delay a crash adds.
+ */
+const ACK_WAIT_NS = 10 * 1e9;
+/**
+ * Events one consumer pulls ahead. The client asks for more each time a quarter of them has
+ * arrived, so this sets how often a pull request goes to the server (at 16, one per 4 events);
+ * a consumer keeping up holds only what has arrived, and one with a backlog holds at most this
+ * many (what a crash strands for the ack wait; what a replica takes before the others).
+ */
+const PULL_BATCH = 64;
+/** The most events settled in one transaction. */
+const MAX_BATCH = 64;
+
+/** What a service declares about one of its consumers. */
+export interface ConsumerSpec {
+  readonly stream: string;
+  /** Durable consumer name, unique per service and stream, e.g. "notification-order". */
+  readonly durable: string;
+  readonly handlers: ReadonlyArray<[string, EventHandler]>;
+}
+
+/** Options of {@link startConsumer}. */
+export interface ConsumerOptions extends ConsumerSpec {
+  readonly bus: Bus;
+  readonly db: Db;
+  readonly log: Logger;
+  readonly catalogue: EventCatalogue;
+  /** Deliveries before a failing event goes to the dead-letter stream (default 10, ~20 s of backoff). */
+  readonly maxDeliver?: number;
+  /** Chaos hook: SIGKILL the process after committing an event, before acking it. */
+  readonly crashAfterCommit?: boolean;
+  /** Fault injection (latency, down, error rate) applied before each event. */
+  readonly faults?: FaultInjector;
+  /** Consumer spans and metrics. */
+  readonly telemetry?: Telemetry;
+  /** Called after each event is handled (or skipped as a duplicate). */
+  readonly onHandled?: (type: string, duplicate: boolean) => void;
+  /** Called when an event is dead-lettered. */
+  readonly onDeadLetter?: (reason: string) => void;
+}
+
+/** A running consumer. */
+export interface RunningConsumer {
+  stop(): Promise<void>;
+}
+
+/** A message's headers as a trace-context carrier. */
+function headerCarrier(m: JsMsg) {
+  return { get: (k: string) => m.headers?.get(k), set: () => {} };
+}
+
+/** Moves `m` to `dlq.<durable>` with why, then terminates it. */
+async function deadLetter(bus: Bus, durable: string, m: JsMsg, reason: string): Promise<void> {
+  const h = natsHeaders();
+  for (const [k, v] of m.headers ?? []) if (k !== "Nats-Msg-Id") for (const x of v) h.append(k, x);
+  h.set("x-dlq-reason", reason.slice(0, 1000));
+  h.set("x-dlq-consumer", durable);
+  h.set("x-dlq-subject", m.subject);
+  h.set("x-dlq-stream-seq", String(m.seq));
+  h.set("x-dlq-deliveries", String(m.info.deliveryCount));
+  await bus.js.publish(`dlq.${durable}`, m.data, { headers: h, msgID: `${durable}:${m.seq}` });
+  // No reason argument: nats-server 2.9 ignores term() with a reason and keeps the message pending.
+  m.term();
+}
+
+/**
+ * Consumes `stream` with a durable pull consumer (explicit ack), one event
+ * at a time in the order this process receives them. Every replica of a
+ * service pulls from the same durable consumer, so JetStream gives each
+ * event to one of them; see the module comment for what happens to each.
+ */
+export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsumer> {
+  const { bus, durable } = opts;
+  const clog = opts.log.child({ consumer: durable });
+  try {
+    await bus.jsm.consumers.info(opts.stream, durable);
+  } catch {
+    await bus.jsm.consumers.add(opts.stream, {
+      durable_name: durable,
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.All,
+      ack_wait: ACK_WAIT_NS,
+      max_deliver: -1, // we count deliveries ourselves and dead-letter, so the server never drops silently
+    });
+  }
+  const consumer = await bus.js.consumers.get(opts.stream, durable);
+  const settle = eventHandler(opts, clog);
+  let stopped = false;
+  const messages = await consumer.consume({ max_messages: PULL_BATCH });
+  // Events wait here while the batch before them commits, and are then settled together, in one
+  // transaction (one commit, one flush): a busy consumer's cost per event falls as its backlog
+  // grows, an idle one settles each event alone as soon as it arrives.
+  const queue: JsMsg[] = [];
+  let working: Promise<void> | undefined;
+  const work = async () => {
+    try {
+      // Let everything that arrived with the first event (one read from the socket) join its batch.
+      await new Promise((r) => setImmediate(r));
+      while (queue.length > 0 && !stopped) {
+        const batch = queue.splice(0, MAX_BATCH);
+        // Each event's span continues the trace in its headers; nothing else here is a request's.
+        await detached(() => settle(batch));
+      }
+    } catch (err) {
+      // settle() settles every event itself; this is a bug's safety net (its events are redelivered).
+      clog.error({ err }, "consumer batch failed");
+    } finally {
+      working = undefined;
+    }
+  };
+  const loop = (async () => {
+    for await (const m of messages) {
+      queue.push(m);
+      working ??= work();
+      if (queue.length >= MAX_BATCH) await working;
+      if (stopped) break;
+    }
+    await working;
+    // Stopped with events not yet settled: give them back at once rather than after the ack wait.
+    for (const m of queue.splice(0)) m.nak();
+  })();
+  clog.info({ stream: opts.stream }, "consuming");
+  return {
+    async stop() {
+      stopped = true;
+      await messages.close();
+      await loop;
+    },
+  };
+}
+
+/** An event ready to be applied: decoded, its handler found, its filter passed. */
+interface Ready {
+  readonly m: JsMsg;
+  readonly fn: EventHandler;
+  readonly event: unknown;
+  readonly ctx: EventContext;
+}
+
+/**
+ * The function that settles a batch of delivered messages, in their order: each is applied once and
+ * acknowledged, retried later, or dead-lettered. The events to apply are applied in one transaction;
+ * if any of them fails, that transaction rolls back and each is applied again in one of its own,
+ * so one event's failure never holds back the others nor costs them their exactly-once.
+ */
+function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsMsg[]) => Promise<void> {
+  const { durable } = opts;
+  const maxDeliver = opts.maxDeliver ?? 10;
+  const handlers = new Map(opts.handlers);
+  const inbox = new Inbox(opts.db, durable);
+  const tel = opts.telemetry;
+  const metrics = tel?.metrics;
+  /** Deliveries per stream sequence that fault injection skipped: they never count toward the DLQ. */
+  const skipped = new Map<number, number>();
+  const toDlq = async (m: JsMsg, reason: string) => {
+    skipped.delete(m.seq);
+    await deadLetter(opts.bus, durable, m, reason);
+    clog.warn({ subject: m.subject, seq: m.seq, reason }, "event dead-lettered");
+    opts.onDeadLetter?.(reason);
+    metrics?.deadLetters.inc({ consumer: durable });
+  };
+
+  /** Runs the handler exactly once (inbox) in `tx`, in a span continuing the producer's trace; true for a duplicate. */
+  const applyIn = async (tx: Tx, { m, fn, event, ctx }: Ready): Promise<boolean> => {
+    let duplicate = false;
+    const run = async () => {
+      duplicate = !(await inbox.onceIn(tx, ctx.eventId, ctx.type, (tx) => fn(event as never, ctx, tx)));
+      clog.debug({ type: ctx.type, eventId: ctx.eventId, duplicate }, "event handled");
+    };
+    if (!tel) {
+      await run();
+      return duplicate;
+    }
+    // Events the handler writes to its own outbox carry the same trace on.
+    const orderId = (event as { meta?: { orderId?: string } }).meta?.orderId;
+    await inSpan(
+      tel.tracer,
+      `process ${ctx.type}`,
+      {
+        kind: SpanKind.CONSUMER,
+        parent: extractContext(headerCarrier(m)),
+        attributes: { "messaging.consumer.group.name": durable, ...(orderId ? { "order.id": orderId } : {}) },
+      },
+      run,
+    );
+    const at = Date.parse(m.headers?.get("ce-time") ?? "");
+    if (Number.isFinite(at)) tel.metrics.eventLag.observe({ consumer: durable }, (Date.now() - at) / 1000);
+    return duplicate;
+  };
+  /** A handler failed: dead-letter it when it can never succeed or has used its deliveries, else retry later. */
+  const failed = async (m: JsMsg, ctx: EventContext, err: unknown) => {
+    metrics?.eventsHandled.inc({ consumer: durable, type: ctx.type, outcome: "failed" });
+    if (isDatabaseUnavailable(err)) {
+      // The database is away (a restart, a failover): not the event's fault, so it never counts toward the DLQ.
+      skipped.set(m.seq, (skipped.get(m.seq) ?? 0) + 1);
+      m.nak(backoffMs(ctx.deliveryCount, 200, 5_000));
+      return;
+    }
+    const deliveries = ctx.deliveryCount - (skipped.get(m.seq) ?? 0);
+    if (err instanceof UnprocessableEventError) await toDlq(m, `unprocessable: ${err.message}`);
+    else if (deliveries >= maxDeliver) {
+      await toDlq(m, `handler failed ${ctx.deliveryCount} times: ${(err as Error).message}`);
+    } else {
+      const delay = backoffMs(ctx.deliveryCount, 100, 5_000);
+      const { type, eventId, deliveryCount: delivery } = ctx;
+      clog.info(
+        { type, eventId, delivery, retryInMs: delay, err: (err as Error).message },
+        "handler failed; will retry",
+      );
+      m.nak(delay);
+    }
+  };
+
+  /** What to do with `m` before any transaction: the event to apply, or nothing (it was settled here). */
+  const prepare = async (m: JsMsg): Promise<Ready | undefined> => {
+    const decoded = decodeEvent(m, opts.catalogue);
+    if ("unusable" in decoded) {
+      await toDlq(m, decoded.unusable);
+      return undefined;
+    }
+    const { event, ctx } = decoded;
+    const fn = handlers.get(ctx.type);
+    const ignore = () => {
+      m.ack(); // this service does not care about this type, or this event
+      metrics?.eventsHandled.inc({ consumer: durable, type: ctx.type, outcome: "ignored" });
+      return undefined;
+    };
+    if (!fn) return ignore();
+    if (ctx.deliveryCount > 1) metrics?.redeliveries.inc({ consumer: durable });
+    if (opts.faults && (await opts.faults.beforeEvent()) === "skip") {
+      // An injected outage is not the event's fault.
+      skipped.set(m.seq, (skipped.get(m.seq) ?? 0) + 1);
+      m.nak(500);
+      return undefined;
+    }
+    try {
+      if (fn.only && !(await fn.only(event as never))) return ignore();
+    } catch (err) {
+      await failed(m, ctx, err);
+      return undefined;
+    }
+    return { m, fn, event, ctx };
+  };
+
+  /** Acknowledges events whose transaction committed (`duplicate`: it had been applied before). */
+  const acknowledge = (applied: readonly { r: Ready; duplicate: boolean }[]) => {
+    if (opts.crashAfterCommit && applied.some((a) => !a.duplicate)) {
+      clog.warn({ eventId: applied[0]?.r.ctx.eventId }, "fault injection: crashing after commit, before ack");
+      flushLogs(); // the line above must be out before the kill
+      process.kill(process.pid, "SIGKILL");
+    }
+    for (const { r, duplicate } of applied) {
+      r.m.ack();
+      skipped.delete(r.m.seq);
+      metrics?.eventsHandled.inc({ consumer: durable, type: r.ctx.type, outcome: duplicate ? "duplicate" : "handled" });
+      opts.onHandled?.(r.ctx.type, duplicate);
+    }
+  };
+
+  /**
+   * Applies `ready` in one transaction, each event in a savepoint of its own (one with more than
+   * one), so a failing handler undoes only its own writes; then acknowledges the applied events and
+   * settles the failed ones. If the transaction fails as a whole, every event is failed with it.
+   */
+  const applyAll = async (ready: readonly Ready[]) => {
+    type Result = { r: Ready; duplicate: boolean } | { r: Ready; err: unknown };
+    let results: Result[];
+    try {
+      results = await opts.db.transaction(async (tx) => {
+        const [only] = ready;
+        // One event needs no savepoint: its failure rolls back nothing but its own writes.
+        if (ready.length === 1 && only) return [{ r: only, duplicate: await applyIn(tx, only) }];
+        const out: Result[] = [];
+        for (const r of ready) {
+          try {
+            out.push({ r, duplicate: await tx.savepoint(() => applyIn(tx, r)) });
+          } catch (err) {
+            if (isConflict(err)) throw err; // PostgreSQL runs the whole transaction again
+            out.push({ r, err });
+          }
+        }
+        return out;
+      });
+    } catch (err) {
+      results = ready.map((r) => ({ r, err }));
+    }
+    acknowledge(results.flatMap((x) => ("duplicate" in x ? [x] : [])));
+    for (const x of results) if ("err" in x) await guarded(x.r.m, () => failed(x.r.m, x.r.ctx, x.err));
+  };
+
+  /** Runs `f` for `m`; if it throws (e.g. the DLQ publish failed because NATS is down), leaves `m` for redelivery. */
+  const guarded = async (m: JsMsg, f: () => Promise<void>) => {
+    try {
+      await f();
+    } catch (err) {
+      clog.warn({ err: (err as Error).message, seq: m.seq }, "event not settled; it will be redelivered");
+      m.nak(1_000);
+    }
+  };
+
+  return async (batch) => {
+    const ready: Ready[] = [];
+    for (const m of batch) {
+      await guarded(m, async () => {
+        const r = await prepare(m);
+        if (r) ready.push(r);
+      });
+    }
+    if (ready.length > 0) await applyAll(ready);
+  };
+}

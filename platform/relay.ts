@@ -1,0 +1,278 @@
+import { headers as natsHeaders } from "@nats-io/transport-node";
+import { SpanKind } from "@opentelemetry/api";
+import { sql } from "kysely";
+import { backoffMs } from "./backoff.js";
+import type { Bus } from "./bus.js";
+import { newId } from "./ids.js";
+import { flushLogs, type Logger } from "./log.js";
+import type { Outbox } from "./outbox.js";
+import { contextOf, detached, injectContext, inSpan } from "./propagation.js";
+import type { Db, Query } from "./sql.js";
+import type { Telemetry } from "./telemetry.js";
+
+/** Rows the relay reads per query. */
+const RELAY_BATCH = 256;
+/** Sent rows are purged after this long, ms. */
+const KEEP_SENT_MS = 60 * 60 * 1000;
+
+interface OutboxRow {
+  seq: number;
+  event_id: string;
+  order_id: string;
+  type: string;
+  subject: string;
+  payload: Buffer;
+  traceparent: string;
+  created_at: number;
+}
+
+/** Most rows in one wave. */
+const WAVE = 64;
+
+/**
+ * The rows published together: consecutive rows of distinct orders, at most {@link WAVE} of them.
+ * They go out in one write and their acknowledgements come back together, instead of one round
+ * trip to JetStream per row; an order's next event waits for the wave before it, so however a
+ * publish fails (a timeout, a reconnect that loses one message but not the next), the events of
+ * one order are never stored out of order.
+ */
+function waveFrom(rows: readonly OutboxRow[], start: number): OutboxRow[] {
+  const orders = new Set<string>();
+  const wave: OutboxRow[] = [];
+  for (let i = start; i < rows.length && wave.length < WAVE; i++) {
+    const row = rows[i] as OutboxRow;
+    if (orders.has(row.order_id)) break;
+    orders.add(row.order_id);
+    wave.push(row);
+  }
+  return wave;
+}
+/** Options of {@link OutboxRelay}. */
+export interface RelayOptions {
+  readonly db: Db;
+  readonly outbox: Outbox;
+  readonly bus: Bus;
+  readonly source: string;
+  readonly log: Logger;
+  /** Safety-net sweep interval (the happy path publishes right after commit), ms. */
+  readonly sweepMs?: number;
+  /**
+   * How long a claim on rows holds before another relay may take them, ms:
+   * longer than publishing a batch takes, and the most a crashed relay's
+   * rows wait for another (default 5 s).
+   */
+  readonly claimMs?: number;
+  /** Chaos hook: SIGKILL this process right before the first publish. */
+  readonly crashBeforePublish?: boolean;
+  /** Publish spans and outbox metrics. */
+  readonly telemetry?: Telemetry;
+}
+
+/**
+ * Publishes committed outbox rows to JetStream, promptly after each commit
+ * and by periodic sweep, then marks them sent. Each batch is claimed first
+ * (the relays of other replicas skip claimed rows) and published in commit
+ * order, so events of one aggregate keep their order within a relay. A
+ * failure (NATS down) is retried with capped backoff; the claim expires and
+ * the rows are taken again.
+ */
+export class OutboxRelay {
+  private readonly id = newId("relay");
+  private running = false;
+  private again = false;
+  private stopped = false;
+  private timer: NodeJS.Timeout | undefined;
+  private failures = 0;
+  private idle: Promise<void> = Promise.resolve();
+  private lastBacklog = { count: 0, oldestAgeMs: 0 };
+
+  constructor(private readonly opts: RelayOptions) {
+    opts.outbox.onAdded = () => this.kick();
+    opts.telemetry?.metrics.trackBacklog(() => this.lastBacklog);
+  }
+
+  /** Publishes what is pending now and starts the sweep timer. */
+  start(): void {
+    this.kick();
+    this.schedule(this.opts.sweepMs ?? 1_000);
+  }
+
+  /** Events committed but not yet published, and the age of the oldest in ms. */
+  async backlog(now = Date.now()): Promise<{ count: number; oldestAgeMs: number }> {
+    const r = await this.opts.db.one(
+      sql<{
+        n: number;
+        oldest: number | null;
+      }>`SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox WHERE sent_at IS NULL`,
+    );
+    this.lastBacklog = { count: r?.n ?? 0, oldestAgeMs: r?.oldest == null ? 0 : now - r.oldest };
+    return this.lastBacklog;
+  }
+
+  /** Publishes now (or again right after the publish in progress). */
+  kick(): void {
+    if (this.stopped) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    this.running = true;
+    // Kicked after a request's commit, but relaying is the relay's work: each event's publish span
+    // continues the trace stored with that event, and nothing else joins the request's.
+    this.idle = detached(() => this.drain()).finally(() => {
+      this.running = false;
+    });
+  }
+
+  /** Stops publishing and lets go of its claims: rows left unsent are published by another replica's relay (or the next start). */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    await this.idle;
+    await this.release();
+  }
+
+  /** Gives up this relay's claims on unsent rows, so any relay takes them at once. */
+  private release(): Promise<unknown> {
+    return this.relaxed(
+      sql`UPDATE outbox SET claimed_until = NULL WHERE claimed_by = ${this.id} AND sent_at IS NULL`,
+    ).catch(() => {});
+  }
+
+  /**
+   * Runs a write of the relay's own bookkeeping (claims, sent marks, purges) without waiting for its
+   * flush to disk: none of them promises anything to anyone. Lost in a power failure, a claim just
+   * expires and a sent mark just means the event is published again, which JetStream's duplicate
+   * window and the consumers' inboxes drop. Waiting for the flush put one more disk round in front
+   * of every event's publish, and another after it.
+   */
+  private relaxed(q: Query<unknown>): Promise<number> {
+    return this.opts.db.transaction((tx) => tx.run(q), { durable: false });
+  }
+
+  private schedule(ms: number): void {
+    clearTimeout(this.timer);
+    if (this.stopped) return;
+    this.timer = setTimeout(() => {
+      this.kick();
+      void this.housekeeping();
+      this.schedule(this.opts.sweepMs ?? 1_000);
+    }, ms);
+    this.timer.unref();
+  }
+
+  /** Purges long-sent rows and samples the backlog for the metrics. */
+  private async housekeeping(): Promise<void> {
+    try {
+      await this.relaxed(sql`DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ${Date.now() - KEEP_SENT_MS}`);
+      await this.backlog();
+    } catch {
+      // The database is away (a restart): the next sweep tries again.
+    }
+  }
+
+  /** Claims up to a batch of unsent, unclaimed rows for this relay; in commit order. */
+  private async claim(): Promise<OutboxRow[]> {
+    const { db } = this.opts;
+    const now = Date.now();
+    const until = now + (this.opts.claimMs ?? 5_000);
+    // PostgreSQL: concurrent relays skip each other's locked rows instead of waiting for them.
+    const skipLocked = db.engine === "postgres" ? sql`FOR UPDATE SKIP LOCKED` : sql``;
+    // Not flushed before publishing (see relaxed): the rows it claims were, before their commit reported.
+    const rows = await db.transaction(
+      (tx) =>
+        tx.all(sql<OutboxRow>`UPDATE outbox SET claimed_by = ${this.id}, claimed_until = ${until}
+        WHERE seq IN (SELECT seq FROM outbox
+                      WHERE sent_at IS NULL AND (claimed_until IS NULL OR claimed_until < ${now})
+                      ORDER BY seq LIMIT ${RELAY_BATCH} ${skipLocked})
+        RETURNING seq, event_id, order_id, type, subject, payload, traceparent, created_at`),
+      { durable: false },
+    );
+    return rows.sort((a, b) => a.seq - b.seq);
+  }
+
+  private async drain(): Promise<void> {
+    const { log } = this.opts;
+    try {
+      do {
+        this.again = false;
+        const rows = await this.claim();
+        // In order, a wave at a time; marked sent together, once per batch — also when a publish fails
+        // or the relay stops midway. A crash before the mark republishes rows NATS already has: their
+        // Nats-Msg-Id (and the consumers' inbox) makes that a no-op, as for one row before.
+        const sent: number[] = [];
+        try {
+          for (let next = 0; next < rows.length; ) {
+            if (this.stopped) return;
+            const wave = waveFrom(rows, next);
+            next += wave.length;
+            const results = await Promise.allSettled(wave.map((row) => this.publish(row)));
+            for (const [i, r] of results.entries()) if (r.status === "fulfilled") sent.push((wave[i] as OutboxRow).seq);
+            const failed = results.find((r) => r.status === "rejected");
+            if (failed) throw failed.reason;
+          }
+        } finally {
+          if (sent.length > 0) {
+            await this.relaxed(
+              sql`UPDATE outbox SET sent_at = ${Date.now()} WHERE seq IN (${sql.join(sent)}) AND claimed_by = ${this.id}`,
+            );
+          }
+        }
+        if (rows.length === RELAY_BATCH) this.again = true;
+      } while (this.again && !this.stopped);
+      if (this.failures > 0) log.info({ afterFailures: this.failures }, "outbox relay publishing again");
+      this.failures = 0;
+    } catch (err) {
+      this.failures++;
+      const delay = backoffMs(this.failures + 1, 100, 5_000);
+      if (this.failures === 1 || this.failures % 10 === 0) {
+        log.warn(
+          { err: (err as Error).message, failures: this.failures, retryInMs: delay },
+          "outbox publish failed; will retry",
+        );
+      }
+      // Let the claim go, so this relay (or another) takes the rows again at once when NATS is back.
+      await this.release();
+      this.schedule(delay);
+    }
+  }
+  /** Publishes one row with its CloudEvents headers, in a span continuing the trace that wrote it. */
+  private async publish(row: OutboxRow): Promise<void> {
+    const { bus, log, source } = this.opts;
+    if (this.opts.crashBeforePublish) {
+      log.warn({ eventId: row.event_id }, "fault injection: crashing before publish");
+      flushLogs(); // the line above must be out before the kill
+      process.kill(process.pid, "SIGKILL");
+    }
+    const h = natsHeaders();
+    h.set("ce-specversion", "1.0");
+    h.set("ce-id", row.event_id);
+    h.set("ce-type", row.type);
+    h.set("ce-source", source);
+    h.set("ce-time", new Date(row.created_at).toISOString());
+    h.set("content-type", "application/protobuf");
+    const send = () => bus.js.publish(row.subject, row.payload, { msgID: row.event_id, headers: h, timeout: 2_000 });
+    const tel = this.opts.telemetry;
+    if (!tel) {
+      if (row.traceparent) h.set("traceparent", row.traceparent);
+      await send();
+      return;
+    }
+    // A child of the request that wrote the event: consumers continue the same trace.
+    await inSpan(
+      tel.tracer,
+      `publish ${row.type}`,
+      {
+        kind: SpanKind.PRODUCER,
+        parent: contextOf(row.traceparent),
+        attributes: { "messaging.destination.name": row.subject },
+      },
+      async () => {
+        injectContext(h);
+        await send();
+      },
+    );
+    tel.metrics.eventsPublished.inc({ type: row.type });
+    tel.metrics.relayLag.observe((Date.now() - row.created_at) / 1000);
+  }
+}
