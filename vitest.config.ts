@@ -9,6 +9,11 @@ const STORE_SUITES = [
 ];
 /** Suites that need several replicas on one PostgreSQL (SQLite is one process per file). */
 const POSTGRES_ONLY = ["test/scale-out.test.ts", "platform/sql.test.ts"];
+/**
+ * Suites that saturate the machine on purpose (the bench smoke run, make compare): they run after
+ * everything else, one at a time, so their load never starves another suite's timeouts.
+ */
+const SATURATING = ["test/bench.test.ts", "test/compare.test.ts"];
 
 // Two cores here: two workers; integration tests start real servers on
 // ephemeral ports and real processes, so give them room.
@@ -31,8 +36,9 @@ export default defineConfig({
             "gateway/**/*.test.ts",
             "test/**/*.test.ts",
           ],
-          exclude: POSTGRES_ONLY,
+          exclude: [...POSTGRES_ONLY, ...SATURATING],
           env: { SHOPMESH_TEST_DB: "sqlite" },
+          sequence: { groupOrder: 0 },
         },
       },
       {
@@ -43,6 +49,17 @@ export default defineConfig({
           include: [...STORE_SUITES, ...POSTGRES_ONLY],
           env: { SHOPMESH_TEST_DB: "postgres" },
           globalSetup: ["./test/postgres-setup.ts"],
+          sequence: { groupOrder: 0 },
+        },
+      },
+      {
+        extends: true,
+        test: {
+          name: "saturating",
+          include: SATURATING,
+          env: { SHOPMESH_TEST_DB: "sqlite" },
+          fileParallelism: false,
+          sequence: { groupOrder: 1 },
         },
       },
     ],
