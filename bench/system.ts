@@ -9,7 +9,6 @@
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -29,6 +28,8 @@ export interface Proc {
   readonly name: ProcessName;
   readonly child: ChildProcess;
   readonly port: number;
+  /** Its /metrics (a service) or monitoring (nats-server) port, when observed. */
+  readonly observePort?: number;
 }
 
 /** Every system process still running: killed if the measuring process exits first (a failed start, an error). */
@@ -37,13 +38,17 @@ process.on("exit", () => {
   for (const c of spawned) c.kill("SIGKILL");
 });
 
-/** Spawns `cmd`, reads (and drops) its output as `make run` would print it, resolves once `ready` appears. */
+/**
+ * Spawns `cmd`, reads (and drops) its output as `make run` would print it, resolves once `ready`
+ * appears — and `observe` too, when given (the port of its /metrics or monitoring, bound as 0).
+ */
 function startProcess(
   name: ProcessName,
   cmd: string,
   args: readonly string[],
   env: Record<string, string>,
   ready: (line: string) => number | undefined,
+  observe?: (line: string) => number | undefined,
 ): Promise<Proc> {
   const child = spawn(cmd, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
   spawned.add(child);
@@ -52,15 +57,18 @@ function startProcess(
   return new Promise((res, rej) => {
     const timer = setTimeout(() => rej(new Error(`${name} did not start in 60 s:\n${tail}`)), 60_000);
     let started = false;
+    let port: number | undefined;
+    let observePort: number | undefined;
     for (const s of [child.stdout, child.stderr]) {
       createInterface({ input: s }).on("line", (line) => {
         if (started) return;
         tail = `${tail}${line}\n`.slice(-4000);
-        const port = ready(line);
-        if (port === undefined) return;
+        port ??= ready(line);
+        observePort ??= observe?.(line);
+        if (port === undefined || (observe && observePort === undefined)) return;
         started = true;
         clearTimeout(timer);
-        res({ name, child, port });
+        res({ name, child, port, ...(observePort === undefined ? {} : { observePort }) });
       });
     }
     child.once("exit", (code, signal) => {
@@ -80,18 +88,6 @@ function logged(msg: string): (line: string) => number | undefined {
       return undefined;
     }
   };
-}
-
-/** A port that was free a moment ago (for servers that do not report the port they bound). */
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once("error", rej);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => res(port));
-    });
-  });
 }
 
 /** CPU seconds (user + system) of `pid` so far. */
@@ -145,7 +141,7 @@ export interface SystemOptions {
   readonly env?: Partial<Record<ServiceName | "gateway", Record<string, string>>>;
   /** Extra node flags per process (e.g. --cpu-prof for one of them). */
   readonly nodeArgs?: (name: ServiceName | "gateway") => readonly string[];
-  /** Serve each service's /metrics and nats-server's monitoring endpoint on known ports. */
+  /** Serve each service's /metrics and nats-server's monitoring endpoint (on ports they pick and log). */
   readonly observe?: boolean;
 }
 
@@ -171,27 +167,21 @@ export interface System {
 export async function startSystem(opts: SystemOptions): Promise<System> {
   const dir = mkdtempSync(join(tmpdir(), "shopmesh-bench-"));
   const t0 = performance.now();
-  const observed = new Map<ServiceName | "nats", number>();
-  if (opts.observe) for (const n of [...SERVICES, "nats"] as const) observed.set(n, await freePort());
-  const natsMonitor = observed.get("nats");
   const nats = await startProcess(
     "nats",
     "nats-server",
-    [
-      "-js",
-      "-sd",
-      join(dir, "nats"),
-      "-a",
-      "127.0.0.1",
-      "-p",
-      "-1",
-      ...(natsMonitor ? ["-m", String(natsMonitor)] : []),
-    ],
+    ["-js", "-sd", join(dir, "nats"), "-a", "127.0.0.1", "-p", "-1", ...(opts.observe ? ["-m", "-1"] : [])],
     {},
     (line) => {
       const m = /Listening for client connections on 127\.0\.0\.1:(\d+)/.exec(line);
       return m ? Number(m[1]) : undefined;
     },
+    opts.observe
+      ? (line) => {
+          const m = /Starting http monitor on [\d.]+:(\d+)/.exec(line);
+          return m ? Number(m[1]) : undefined;
+        }
+      : undefined,
   );
   const common: Record<string, string> = {
     ...SYSTEM_ENV,
@@ -207,7 +197,6 @@ export async function startSystem(opts: SystemOptions): Promise<System> {
   const services = await Promise.all(
     SERVICES.map((name) => {
       const [cmd, args] = node(name, join("services", name, "main.ts"));
-      const metrics = observed.get(name);
       return startProcess(
         name,
         cmd,
@@ -216,10 +205,11 @@ export async function startSystem(opts: SystemOptions): Promise<System> {
           ...common,
           GRPC_PORT: "0",
           DB_PATH: join(dir, `${name}.db`),
-          ...(metrics ? { METRICS_PORT: String(metrics) } : {}),
+          ...(opts.observe ? { METRICS_PORT: "0" } : {}),
           ...opts.env?.[name],
         },
         logged("gRPC server listening"),
+        opts.observe ? logged("metrics on /metrics") : undefined,
       );
     }),
   );
@@ -253,7 +243,7 @@ export async function startSystem(opts: SystemOptions): Promise<System> {
     memory: () => memoryOf(procs),
     addressOf: (name) => `127.0.0.1:${procs.find((p) => p.name === name)?.port}`,
     observeUrlOf: (name) => {
-      const port = observed.get(name);
+      const port = procs.find((p) => p.name === name)?.observePort;
       return port ? `http://127.0.0.1:${port}` : undefined;
     },
     cpu: () => Object.fromEntries(procs.map((p) => [p.name, cpuSeconds(p.child.pid)])) as Record<ProcessName, number>,
