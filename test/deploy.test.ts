@@ -1158,7 +1158,17 @@ describe("NATS JetStream cluster", () => {
     tool("nats-server", ["-t", "-c", file], NATS_MISSING, { ...process.env, SERVER_NAME: "nats-0" });
   });
 
-  it("started as three local servers, it forms a JetStream cluster on which connectBus creates R3 streams", async () => {
+  /** A server of the cluster exited while it formed. */
+  class Exited extends Error {}
+
+  /**
+   * Starts the rendered config as three local servers and waits until each sees a 3-peer meta group.
+   * The route ports must be known before the servers start (each names the others), so they are
+   * picked free beforehand — and another process can take one before nats-server binds it. A server
+   * that exits (a port taken) fails this attempt at once, with its output; the caller tries again on
+   * fresh ports.
+   */
+  async function startCluster(attempt: number) {
     const ports = await Promise.all(
       [0, 1, 2].map(async () => ({ client: await freePort(), cluster: await freePort(), monitor: await freePort() })),
     );
@@ -1167,14 +1177,14 @@ describe("NATS JetStream cluster", () => {
         .replace(/^listen: 0\.0\.0\.0:4222$/m, `listen: 127.0.0.1:${p.client}`)
         .replace(/^http: 0\.0\.0\.0:8222$/m, `http: 127.0.0.1:${p.monitor}`)
         .replace(/^(\s*)listen: 0\.0\.0\.0:6222$/m, `$1listen: 127.0.0.1:${p.cluster}`)
-        .replace(/store_dir: \/data/, `store_dir: ${join(dir, `nats-${i}`)}`)
-        .replace(/pid_file: \S+/, `pid_file: ${join(dir, `nats-${i}.pid`)}`)
+        .replace(/store_dir: \/data/, `store_dir: ${join(dir, `nats-${attempt}-${i}`)}`)
+        .replace(/pid_file: \S+/, `pid_file: ${join(dir, `nats-${attempt}-${i}.pid`)}`)
         .replace(
           /nats:\/\/nats-(\d)\.[\w.-]+:6222/g,
           (_m, j: string) => `nats://127.0.0.1:${ports[Number(j)]?.cluster}`,
         );
       expect(local).not.toMatch(/0\.0\.0\.0|svc\.cluster\.local|\/data\b/);
-      const file = join(dir, `nats-${i}.conf`);
+      const file = join(dir, `nats-${attempt}-${i}.conf`);
       writeFileSync(file, local);
       const child = spawn("nats-server", ["-c", file], {
         env: { ...process.env, SERVER_NAME: `nats-${i}` },
@@ -1186,18 +1196,54 @@ describe("NATS JetStream cluster", () => {
       child.once("error", (err) => (out += `${err.message}\n${NATS_MISSING}`));
       return { child, output: () => out };
     });
+    const stop = () =>
+      Promise.all(
+        children.map(({ child }) => {
+          const done = exited(child);
+          child.kill("SIGTERM");
+          return done;
+        }),
+      );
     try {
       // Every server sees the same JetStream meta leader of a 3-peer group.
+      const deadline = Date.now() + 30_000;
       for (const [i, p] of ports.entries()) {
-        await until(`nats-${i} in a 3-node JetStream cluster:\n${children[i]?.output()}`, 30_000, async () => {
-          const jsz = await httpGetLocal(p.monitor, "/jsz");
-          const meta = (JSON.parse(jsz.body) as { meta_cluster?: { leader?: string; cluster_size?: number } })
-            .meta_cluster;
-          if (!meta?.leader || meta.cluster_size !== 3) throw new Error(jsz.body);
-        });
+        for (;;) {
+          const gone = children.findIndex(({ child }) => child.exitCode !== null || child.signalCode !== null);
+          if (gone >= 0) throw new Exited(`nats-${gone} exited:\n${children[gone]?.output()}`);
+          const meta = await httpGetLocal(p.monitor, "/jsz").then(
+            (r) => (JSON.parse(r.body) as { meta_cluster?: { leader?: string; cluster_size?: number } }).meta_cluster,
+            () => undefined,
+          );
+          if (meta?.leader && meta.cluster_size === 3) break;
+          if (Date.now() > deadline) {
+            throw new Error(`nats-${i} not in a 3-node JetStream cluster after 30 s:\n${children[i]?.output()}`);
+          }
+          await new Promise((r) => setTimeout(r, 100));
+        }
       }
-      const url = ports.map((p) => `nats://127.0.0.1:${p.client}`).join(",");
-      const bus = await connectBus(url, "deploy-test", silentLogger(), { streams: EVENTS.streams, replicas: 3 });
+    } catch (err) {
+      await stop();
+      throw err;
+    }
+    return { url: ports.map((p) => `nats://127.0.0.1:${p.client}`).join(","), stop };
+  }
+
+  it("started as three local servers, it forms a JetStream cluster on which connectBus creates R3 streams", async () => {
+    let cluster: Awaited<ReturnType<typeof startCluster>> | undefined;
+    for (let attempt = 1; !cluster; attempt++) {
+      try {
+        cluster = await startCluster(attempt);
+      } catch (err) {
+        // Only a server that exited (its port taken meanwhile) is worth another try.
+        if (!(err instanceof Exited) || attempt === 3) throw err;
+      }
+    }
+    try {
+      const bus = await connectBus(cluster.url, "deploy-test", silentLogger(), {
+        streams: EVENTS.streams,
+        replicas: 3,
+      });
       try {
         for (const s of EVENTS.streams) {
           const info = await bus.jsm.streams.info(s.name);
@@ -1211,15 +1257,9 @@ describe("NATS JetStream cluster", () => {
         await bus.close();
       }
     } finally {
-      await Promise.all(
-        children.map(({ child }) => {
-          const done = exited(child);
-          child.kill("SIGTERM");
-          return done;
-        }),
-      );
+      await cluster.stop();
     }
-  }, 60_000);
+  }, 120_000);
 
   it("every process that uses NATS creates its streams with as many replicas as the cluster has nodes", () => {
     // The gateway publishes and consumes nothing: it may read the service registry, and creates no stream.
