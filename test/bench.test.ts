@@ -4,26 +4,20 @@
  * the JSON come out with a row per path, each with calls and no failures.
  * No timing is asserted: numbers on a shared CI machine mean nothing.
  */
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { expect, it } from "vitest";
-import { ROOT, tempDir } from "./fixtures.js";
+import { ROOT, runToEnd, tempDir } from "./fixtures.js";
 
 it("make bench (smoke): every path measured from a separate load generator, written as JSON", async () => {
   using dir = tempDir();
   // The system runs from its build, as under `make run`.
   execFileSync("make", ["-s", "build"], { cwd: ROOT, stdio: "pipe" });
   const out = join(dir.path, "bench.json");
-  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "bench", "harness.ts")], {
-    cwd: ROOT,
+  const { code, out: text } = await runToEnd(process.execPath, ["--import", "tsx", join(ROOT, "bench", "harness.ts")], {
     env: { ...process.env, BENCH_SMOKE: "1", BENCH_OUT: out },
-    stdio: ["ignore", "pipe", "pipe"],
   });
-  let text = "";
-  child.stdout.on("data", (d: Buffer) => (text += d.toString()));
-  child.stderr.on("data", (d: Buffer) => (text += d.toString()));
-  const code = await new Promise<number | null>((r) => child.once("exit", r));
   expect(code, text).toBe(0);
   const result = JSON.parse(readFileSync(out, "utf8")) as {
     rows: { path: string; load: string; calls: number; failures: number; rps: number; p50_ms: number }[];

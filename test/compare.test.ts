@@ -5,25 +5,18 @@
  * faults visibly in force, the outcomes adding up. No timing is asserted:
  * which pattern is faster on a shared CI machine is for the full run to say.
  */
-import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { expect, it } from "vitest";
 import type { CompareResults } from "../bench/compare.js";
-import { ROOT, tempDir } from "./fixtures.js";
+import { runToEnd, tempDir } from "./fixtures.js";
 
 it("make compare QUICK=1: four experiments, each a table in README.md and an SVG chart, with sane numbers", async () => {
   using dir = tempDir();
-  const child = spawn("make", ["-s", "compare", "QUICK=1"], {
-    cwd: ROOT,
+  const { code, out } = await runToEnd("make", ["-s", "compare", "QUICK=1"], {
     env: { ...process.env, COMPARE_OUT: dir.path },
-    stdio: ["ignore", "pipe", "pipe"],
   });
-  let text = "";
-  child.stdout.on("data", (d: Buffer) => (text += d.toString()));
-  child.stderr.on("data", (d: Buffer) => (text += d.toString()));
-  const code = await new Promise<number | null>((r) => child.once("exit", r));
-  expect(code, text).toBe(0);
+  expect(code, out).toBe(0);
 
   const readme = readFileSync(join(dir.path, "README.md"), "utf8");
   expect(readme).not.toMatch(/NaN|undefined|Infinity|\[object /);

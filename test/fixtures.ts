@@ -32,6 +32,33 @@ export function freePort(): Promise<number> {
 }
 
 /**
+ * Runs `cmd` to its end without blocking this process (a system under test may live here): its exit
+ * code (or the signal that ended it) and everything it wrote, stdout and stderr interleaved as they
+ * came. Resolves on 'close', after the last output is read ('exit' can come first). `onStart` sees
+ * the child (to kill its process group on a failed test, say).
+ */
+export function runToEnd(
+  cmd: string,
+  args: readonly string[],
+  options: { env?: NodeJS.ProcessEnv; detached?: boolean; onStart?: (child: ChildProcess) => void } = {},
+): Promise<{ code: number | string; out: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, {
+      cwd: ROOT,
+      env: options.env ?? process.env,
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: options.detached,
+    });
+    options.onStart?.(child);
+    let out = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (out += d.toString()));
+    child.once("error", reject);
+    child.once("close", (code, signal) => resolve({ code: code ?? signal ?? -1, out }));
+  });
+}
+
+/**
  * Resolves once `child` has written `ready` (stdout or stderr); rejects with
  * its output if it exits first, cannot start, or takes longer than `timeoutMs`.
  */

@@ -15,7 +15,7 @@ import { answers, natsServerArgs } from "../scripts/nats.js";
 import { ownDir } from "../scripts/postgres.js";
 import { snapshot, withDb } from "./db.js";
 import { event, publishEvents } from "./events.js";
-import { exited, freePort, outputReady, ROOT, tempDir } from "./fixtures.js";
+import { exited, freePort, outputReady, runToEnd, tempDir } from "./fixtures.js";
 
 const groups: ChildProcess[] = [];
 afterEach(() => {
@@ -47,19 +47,11 @@ async function runNats(dataDir: string, port: number) {
 async function makeRebuild(env: Record<string, string>): Promise<{ code: number | string; out: string }> {
   const base = { ...process.env };
   for (const k of ["NATS_URL", "NATS_PORT", "DB", "DB_PATH", "DATABASE_URL", "PG_PORT"]) delete base[k];
-  const child = spawn("make", ["-s", "-o", "node_modules/.package-lock.json", "history-rebuild"], {
-    cwd: ROOT,
+  return runToEnd("make", ["-s", "-o", "node_modules/.package-lock.json", "history-rebuild"], {
     env: { ...base, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
     detached: true,
+    onStart: (child) => groups.push(child),
   });
-  groups.push(child);
-  let out = "";
-  child.stdout.on("data", (d: Buffer) => (out += d.toString()));
-  child.stderr.on("data", (d: Buffer) => (out += d.toString()));
-  const code = await exited(child);
-  await new Promise((r) => setTimeout(r, 50)); // 'exit' can come before the last output is read
-  return { code, out };
 }
 
 /** Stores one confirmed order on the streams of the NATS at `url`. */

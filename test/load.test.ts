@@ -4,12 +4,11 @@
  * every kind of call gets answered, and declined cards show up as orders
  * that end cancelled — not as failed calls.
  */
-import { spawn } from "node:child_process";
 import { join } from "node:path";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import type { GatewayApp } from "../gateway/app.js";
 import { OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
-import { ROOT } from "./fixtures.js";
+import { ROOT, runToEnd } from "./fixtures.js";
 import { type System, startSystem, startTestGateway } from "./system.js";
 
 let sys: System;
@@ -24,15 +23,9 @@ afterAll(async () => {
 });
 
 it("make load sends the mix through the gateway at the rate asked, and reports it", async () => {
-  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "scripts", "load.ts")], {
-    cwd: ROOT,
+  const { code, out } = await runToEnd(process.execPath, ["--import", "tsx", join(ROOT, "scripts", "load.ts")], {
     env: { ...process.env, RATE: "30", DURATION_S: "6", GATEWAY_URL: gw.url },
-    stdio: ["ignore", "pipe", "pipe"],
   });
-  let out = "";
-  child.stdout.on("data", (d: Buffer) => (out += d.toString()));
-  child.stderr.on("data", (d: Buffer) => (out += d.toString()));
-  const code = await new Promise<number | null>((r) => child.once("exit", r));
   expect(code, out).toBe(0);
   expect(out).toMatch(/^load: 30 calls\/s to http:\/\/127\.0\.0\.1:\d+/m);
   expect(out).toMatch(/^\d\d:\d\d:\d\d {2}\d+\/s sent; .*browse ok \d+/m);

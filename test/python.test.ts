@@ -5,14 +5,14 @@
  * it. Needs python3 with grpcio, protobuf and pytest, protoc and
  * grpc_python_plugin (.ci/run installs them from Debian).
  */
-import { execFile, spawn } from "node:child_process";
+import { execFile } from "node:child_process";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import type { GatewayApp } from "../gateway/app.js";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
-import { ROOT } from "./fixtures.js";
+import { runToEnd } from "./fixtures.js";
 import { type System, startSystem, startTestGateway } from "./system.js";
 
 const PACKAGES = "protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf python3-pytest";
@@ -45,30 +45,17 @@ async function python(): Promise<string | undefined> {
   return undefined;
 }
 
-/** Runs `cmd` to its end without blocking this process (the system under test lives here). */
-function run(cmd: string, args: string[], env: Record<string, string>): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    child.stdout.on("data", (b: Buffer) => {
-      out += b.toString();
-    });
-    child.stderr.on("data", (b: Buffer) => {
-      out += b.toString();
-    });
-    child.once("error", reject);
-    child.once("close", (code) => resolve({ code, out }));
-  });
-}
-
 it("passes the Python client's contract test through the gateway (pytest, gRPC)", async () => {
   const interpreter = await python();
   expect(interpreter, `no python3 with grpc, protobuf and pytest: apt-get install ${PACKAGES}`).toBeDefined();
-  const { code, out } = await run(interpreter as string, ["-m", "pytest", "-q", join("clients", "python")], {
-    SHOPMESH_GATEWAY: gw.url,
-    SHOPMESH_TOKEN: await signDevToken(claims, "alice", ["customer"]),
-    SHOPMESH_OTHER_TOKEN: await signDevToken(claims, "bob", ["customer"]),
-    PYTHONDONTWRITEBYTECODE: "1",
+  const { code, out } = await runToEnd(interpreter as string, ["-m", "pytest", "-q", join("clients", "python")], {
+    env: {
+      ...process.env,
+      SHOPMESH_GATEWAY: gw.url,
+      SHOPMESH_TOKEN: await signDevToken(claims, "alice", ["customer"]),
+      SHOPMESH_OTHER_TOKEN: await signDevToken(claims, "bob", ["customer"]),
+      PYTHONDONTWRITEBYTECODE: "1",
+    },
   });
   // pytest -q ends with its summary: "7 passed in 1.23s" (or "... failed, ... passed in ...").
   const summary = out
