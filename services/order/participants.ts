@@ -21,6 +21,14 @@ import {
   type Transition,
 } from "./domain.js";
 
+/** Which participant each call step goes to. */
+export const PARTICIPANT: Readonly<Record<CallStep, string>> = {
+  reserve_stock: "inventory",
+  release_stock: "inventory",
+  charge_payment: "payment",
+  refund_payment: "payment",
+};
+
 /** A step's outcome to persist, or a transient failure to retry (`notSent`: it never left this process). */
 export type Outcome = Transition | { readonly retry: string; readonly notSent: boolean };
 

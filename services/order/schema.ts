@@ -4,7 +4,7 @@
  * writes, kept apart from how it does so.
  */
 import type { Line } from "../../contracts/lines.js";
-import { INBOX_MIGRATION, migrations, OUTBOX_CLAIMS_MIGRATION, OUTBOX_MIGRATION } from "../../platform/index.js";
+import { INBOX_MIGRATION, migrations, OUTBOX_CLAIMS_MIGRATION, OUTBOX_MIGRATION, sql } from "../../platform/index.js";
 import type { OrderRecord, OrderStatus, SagaMode, StepLogEntry } from "./domain.js";
 
 const ORDERS = `CREATE TABLE orders (
@@ -40,6 +40,10 @@ const ORDERS = `CREATE TABLE orders (
      at       INTEGER NOT NULL,
      PRIMARY KEY (order_id, seq)
    ) STRICT;`;
+
+/** Orders whose saga has more to do: running forward or back, or cancelled with a refund still to land. */
+export const UNFINISHED = sql`(status IN ('PENDING', 'COMPENSATING')
+  OR (status = 'CANCELLED' AND payment IN ('attempted', 'done')))`;
 
 export const MIGRATIONS = migrations([
   ORDERS,
