@@ -22,15 +22,11 @@ import type http2 from "node:http2";
 import { base64Decode } from "@bufbuild/protobuf/wire";
 import { Code, ConnectError, type ConnectRouter, createConnectRouter, createContextValues } from "@connectrpc/connect";
 import type { UniversalHandler } from "@connectrpc/connect/protocol";
-import {
-  compressionBrotli,
-  compressionGzip,
-  universalRequestFromNodeRequest,
-  universalResponseToNodeResponse,
-} from "@connectrpc/connect-node";
+import { universalRequestFromNodeRequest, universalResponseToNodeResponse } from "@connectrpc/connect-node";
 import { context, type Link, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import { extractContext, type Identity, type Logger, type Telemetry } from "../platform/index.js";
 import { AuthError, type Authenticator } from "./auth.js";
+import { connectFastEncoding, createConnectUnary, routerOptions } from "./connect-unary.js";
 import { type ClientInfo, kClient, kIdentity } from "./context.js";
 import type { ConcurrencyLimiter, RateLimiter } from "./limits.js";
 import { type PassthroughMethod, passthrough, takesPassthrough } from "./passthrough.js";
@@ -225,13 +221,9 @@ async function admit(
 
 /** Builds the pipeline over the routes `o.routes` registers. */
 export function createDispatch(o: DispatchOptions): Dispatch {
-  const router = createConnectRouter({
-    readMaxBytes: o.maxBodyBytes,
-    // proto3 JSON as the spec reads it: unknown fields and enum names are errors, not silently dropped.
-    jsonOptions: { ignoreUnknownFields: false },
-    acceptCompression: [compressionGzip, compressionBrotli],
-  });
+  const router = createConnectRouter(routerOptions(o.maxBodyBytes));
   o.routes(router);
+  const connectUnary = createConnectUnary(o.passthrough ?? new Map(), o.maxBodyBytes);
   const handlers = new Map(router.handlers.map((h) => [h.requestPath, h]));
   const byMethod = new Map(router.handlers.map((h) => [h.method, h]));
   const rest = new RestRouter(byMethod.keys());
@@ -307,6 +299,11 @@ export function createDispatch(o: DispatchOptions): Dispatch {
       if (fast && takesPassthrough(req)) {
         const [h2req, h2res] = [req as http2.Http2ServerRequest, res as http2.Http2ServerResponse];
         await passthrough(h2req, h2res, fast, admission.identity, client, o.maxBodyBytes, done);
+        return;
+      }
+      const encoding = fast && wire === "connect" ? connectFastEncoding(req) : undefined;
+      if (fast && encoding) {
+        await connectUnary(req, res, fast, encoding, admission.identity, client, done);
         return;
       }
       const values = createContextValues().set(kClient, client).set(kIdentity, admission.identity);

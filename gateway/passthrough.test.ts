@@ -80,11 +80,11 @@ describe("gRPC fast path", () => {
     const fast = await h2Request(s, grpcHeaders(GET_PRODUCT, auth), product("coffee-beans"));
     expect(fast.grpcStatus).toBe(0);
     expect(fast.headers["content-type"]).toBe("application/grpc");
-    // The same call as Connect binary takes the general path (decode, call, encode).
+    // The same call as compressed Connect binary takes the general path (decode, call, encode).
     const general = await h2Request(
       s,
-      { ":path": GET_PRODUCT, "content-type": "application/proto", authorization: auth },
-      toBinary(GetProductRequestSchema, create(GetProductRequestSchema, { productId: "coffee-beans" })),
+      { ":path": GET_PRODUCT, "content-type": "application/proto", "content-encoding": "gzip", authorization: auth },
+      gzipSync(toBinary(GetProductRequestSchema, create(GetProductRequestSchema, { productId: "coffee-beans" }))),
     );
     expect(general.status).toBe(200);
     expect(fast.body.subarray(5)).toEqual(general.body);

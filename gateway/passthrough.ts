@@ -18,7 +18,9 @@
  * Compressed requests (grpc-encoding) and every other protocol take the
  * general path.
  */
+import type http from "node:http";
 import type http2 from "node:http2";
+import type { DescMethod } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { parseTimeout } from "@connectrpc/connect/protocol-grpc";
 import { type BytesClient, framePrefix, type Identity, unframe } from "../platform/index.js";
@@ -29,6 +31,7 @@ import { errorAnswer, type Outcome } from "./wire.js";
 
 /** One routed unary method as the fast path calls it. */
 export interface PassthroughMethod {
+  readonly method: DescMethod;
   readonly upstream: Upstream;
   readonly name: string;
   readonly adminOnly: boolean;
@@ -47,6 +50,7 @@ export function passthroughTable(
       const call = m && clients[route.upstream].bytes[m.localName];
       if (m?.methodKind !== "unary" || !call) continue;
       table.set(`/${route.service.typeName}/${name}`, {
+        method: m,
         upstream: route.upstream,
         name,
         adminOnly: route.adminOnly?.includes(name) ?? false,
@@ -78,7 +82,7 @@ function unaryMessage(body: Buffer): Buffer {
 }
 
 /** `p`, or the abort's reason as soon as `signal` aborts. */
-function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+export function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
   if (signal.aborted) return Promise.reject(signal.reason);
   return new Promise<T>((resolve, reject) => {
     const onAbort = () => reject(signal.reason);
@@ -88,7 +92,7 @@ function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
 }
 
 /** Reads the whole body, failing RESOURCE_EXHAUSTED past `max` bytes and CANCELED if it breaks off. */
-async function readBody(req: http2.Http2ServerRequest, max: number): Promise<Buffer> {
+export async function readBody(req: http.IncomingMessage | http2.Http2ServerRequest, max: number): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let seen = 0;
   try {

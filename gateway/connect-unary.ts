@@ -1,0 +1,182 @@
+/**
+ * The gateway's fast path for Connect unary calls (`application/json` or
+ * `application/proto`, POST, over HTTP/1.1 or HTTP/2) to routed methods:
+ * the message is parsed with connect-es's own serialization — the same
+ * options the router uses, so a bad request fails with the same error —
+ * encoded once, and sent through the byte-forwarding upstream client the
+ * gRPC fast path uses (passthrough.ts); the answer is decoded and written
+ * in the client's encoding. connect-es's router, its universal request and
+ * response adapters, the per-call AbortSignals and async iterables, and
+ * grpc-js are all skipped.
+ *
+ * What the general path does stays as it was (dispatch.ts decides before
+ * this runs: limits, routing, the token, identity, span, RED sample and
+ * access line). Here, in connect-es's order: the `connect-timeout-ms`
+ * deadline (an invalid one is INVALID_ARGUMENT) running from the start,
+ * reading the body included; the body counted against the size limit as
+ * it streams in; the message parsed (INVALID_ARGUMENT naming the field);
+ * the admin-only check; the upstream call with the gateway's identity and
+ * deadline, cancelled when the client goes away; errors mapped as
+ * forward.ts maps them and framed as wire.ts frames Connect errors (JSON
+ * and an HTTP status); the answer compressed as connect-es would
+ * (accept-encoding, at least `compressMinBytes`).
+ *
+ * Compressed requests, GET requests and streaming calls take the general path.
+ */
+import type http from "node:http";
+import type http2 from "node:http2";
+import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  compressionNegotiate,
+  createMethodSerializationLookup,
+  validateUniversalHandlerOptions,
+} from "@connectrpc/connect/protocol";
+import { parseTimeout } from "@connectrpc/connect/protocol-connect";
+import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
+import { Metadata } from "@grpc/grpc-js";
+import { Code as GrpcCode, type Identity, RpcError } from "../platform/index.js";
+import type { ClientInfo } from "./context.js";
+import { callOptions, toConnectError } from "./forward.js";
+import { abortable, type PassthroughMethod, readBody } from "./passthrough.js";
+import { errorAnswer, type Outcome, reclassify } from "./wire.js";
+
+type NodeRequest = http.IncomingMessage | http2.Http2ServerRequest;
+type NodeResponse = http.ServerResponse | http2.Http2ServerResponse;
+
+/**
+ * The options of the gateway's connect-es router (dispatch.ts), which this
+ * path mirrors: proto3 JSON as the spec reads it (unknown fields and enum
+ * names are errors, not silently dropped), gzip and brotli.
+ */
+export function routerOptions(maxBodyBytes: number) {
+  return {
+    readMaxBytes: maxBodyBytes,
+    jsonOptions: { ignoreUnknownFields: false },
+    acceptCompression: [compressionGzip, compressionBrotli],
+  };
+}
+
+/** Connect's unary content types, as connect-es matches them. */
+const JSON_TYPE = /^application\/json(?:; ?charset=utf-?8)?$/i;
+const PROTO_TYPE = /^application\/proto$/i;
+
+/** The encoding of a request the fast path can take (POST, Connect unary, uncompressed), or undefined. */
+export function connectFastEncoding(req: NodeRequest): "json" | "proto" | undefined {
+  if (req.method !== "POST") return undefined;
+  const encoding = req.headers["content-encoding"];
+  if (encoding !== undefined && encoding !== "identity") return undefined;
+  const type = req.headers["content-type"];
+  if (type === undefined) return undefined;
+  if (JSON_TYPE.test(type)) return "json";
+  if (PROTO_TYPE.test(type)) return "proto";
+  return undefined;
+}
+
+/** Answers one fast-path Connect call; `done` reports how it ended. */
+export type ConnectUnary = (
+  req: NodeRequest,
+  res: NodeResponse,
+  method: PassthroughMethod,
+  encoding: "json" | "proto",
+  identity: Identity | undefined,
+  client: ClientInfo,
+  done: (outcome: Outcome) => void,
+) => Promise<void>;
+
+/** The fast path for the methods of `table`, with the router's options for a body limit of `maxBodyBytes`. */
+export function createConnectUnary(table: ReadonlyMap<string, PassthroughMethod>, maxBodyBytes: number): ConnectUnary {
+  const opt = validateUniversalHandlerOptions(routerOptions(maxBodyBytes));
+  const lookups = new Map(
+    [...table.values()].map((m) => [
+      m,
+      createMethodSerializationLookup(m.method, opt.binaryOptions, opt.jsonOptions, opt),
+    ]),
+  );
+
+  return async (req, res, method, encoding, identity, client, done) => {
+    const binary = encoding === "proto";
+    const serialization = lookups.get(method);
+    // The client going away before the answer cancels the upstream call.
+    const ac = new AbortController();
+    let timer: NodeJS.Timeout | undefined;
+    let answered = false;
+    const onClose = () => {
+      if (!answered) ac.abort(new ConnectError("the client cancelled the call", Code.Canceled));
+    };
+    res.once("close", onClose);
+    try {
+      if (!serialization) throw new ConnectError("internal error", Code.Internal);
+      const timeout = parseTimeout((req.headers["connect-timeout-ms"] as string | undefined) ?? null, opt.maxTimeoutMs);
+      if (timeout.error) throw timeout.error;
+      const deadline = timeout.timeoutMs === undefined ? undefined : Date.now() + timeout.timeoutMs;
+      if (deadline !== undefined) {
+        // As connect-es's handler context: the deadline runs from the start, reading the body included.
+        timer = setTimeout(
+          () => ac.abort(new ConnectError("the operation timed out", Code.DeadlineExceeded)),
+          timeout.timeoutMs,
+        );
+      }
+      const body = await abortable(readBody(req, maxBodyBytes), ac.signal);
+      const input = serialization.getI(binary).parse(body);
+      if (method.adminOnly && !identity?.roles.includes("admin")) {
+        throw new ConnectError(`${method.name} needs the admin role`, Code.PermissionDenied);
+      }
+      let answer: Uint8Array;
+      try {
+        const opts = callOptions(identity, client.requestId, ac.signal, undefined);
+        answer = await method.call(
+          toBinary(method.method.input, input),
+          deadline === undefined ? opts : { ...opts, deadline },
+        );
+      } catch (err) {
+        throw toConnectError(err, method.upstream, ac.signal);
+      }
+      const output = decodeAnswer(method, answer);
+      let out = serialization.getO(binary).serialize(output);
+      const headers: Record<string, string> = { "content-type": binary ? "application/proto" : "application/json" };
+      const accepted = req.headers["accept-encoding"];
+      const compression = compressionNegotiate(opt.acceptCompression, null, accepted ?? null, "accept-encoding");
+      if (compression.response && out.byteLength >= opt.compressMinBytes) {
+        out = await compression.response.compress(out);
+        headers["content-encoding"] = compression.response.name;
+      }
+      headers["content-length"] = String(out.byteLength);
+      answered = true;
+      if (res.destroyed) throw new ConnectError("the client cancelled the call", Code.Canceled);
+      res.writeHead(200, headers);
+      res.end(out);
+      done({ code: 0, message: "" });
+    } catch (err) {
+      answered = true;
+      fail(res, err, done);
+    } finally {
+      clearTimeout(timer);
+      res.off("close", onClose);
+    }
+  };
+}
+
+/** The upstream's answer as a message; one that does not decode fails as grpc-js fails it (INTERNAL). */
+function decodeAnswer(method: PassthroughMethod, answer: Uint8Array) {
+  try {
+    return fromBinary(method.method.output, answer);
+  } catch {
+    const err = new RpcError(GrpcCode.INTERNAL, "Failed to parse server response", new Metadata());
+    throw toConnectError(err, method.upstream);
+  }
+}
+
+/** Answers `err` as a Connect unary error, its code corrected as wire.ts corrects connect-es's (unless gone). */
+function fail(res: NodeResponse, err: unknown, done: (outcome: Outcome) => void): void {
+  let e =
+    err instanceof ConnectError ? err : new ConnectError("internal error", Code.Internal, undefined, undefined, err);
+  const code = reclassify(e.code, e.rawMessage);
+  if (code !== e.code) e = new ConnectError(e.rawMessage, code);
+  const a = errorAnswer("connect", false, e);
+  if (!res.headersSent && !res.destroyed) {
+    res.writeHead(a.status, { ...a.headers, "content-length": String(a.body.byteLength) });
+    res.end(a.body);
+  }
+  done({ code: e.code, message: e.rawMessage });
+}
