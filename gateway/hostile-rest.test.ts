@@ -447,7 +447,8 @@ describe("behaviour that is right", () => {
     const h = await auth("alice");
     try {
       const id = await pendingOrder(h);
-      const events = (sys.order.store as unknown as { events: { listenerCount(e: string): number } }).events;
+      type Feed = { events: { listenerCount(e: string): number } };
+      const events = (sys.order.store as unknown as { changes: Feed }).changes.events;
       const before = events.listenerCount(`change:${id}`);
       const abort = new AbortController();
       const res = await fetch(`${gw.url}/v1/orders/${id}:watch`, { headers: h, signal: abort.signal });
