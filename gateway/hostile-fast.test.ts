@@ -471,6 +471,29 @@ describe("HTTP/2 and HTTP/1.1 framing", () => {
     }
   });
 
+  it("sends the same response headers as the general path (success, client error, business error)", async () => {
+    const auth = await alice();
+    const skip = new Set(["date", "x-request-id", "content-length", "keep-alive", "connection"]);
+    const names = (a: Answer) =>
+      Object.keys(a.headers)
+        .filter((k) => !skip.has(k))
+        .sort()
+        .map((k) => `${k}: ${String(a.headers[k])}`);
+    for (const body of [productJson, '{"productId":7}', '{"productId":"no-such"}']) {
+      const fast = await post(GET_PRODUCT, body, { authorization: auth });
+      const general = await post(GET_PRODUCT, body, { authorization: auth }, { general: true });
+      expect(names(fast), body).toEqual(names(general));
+    }
+    await using s = await h2Session(gw.url);
+    const h = { ":path": GET_PRODUCT, "content-type": "application/grpc", te: "trailers", authorization: auth };
+    const fast = await h2Request(s, h, envelope(productBin()));
+    const general = await h2Request(s, { ...h, "grpc-encoding": "gzip" }, envelope(productBin()));
+    // Both are gRPC answers (the passthrough echoes application/grpc, connect-es names +proto): status 0 in trailers.
+    expect([fast.grpcStatus, general.grpcStatus]).toEqual([0, 0]);
+    expect(String(fast.headers["content-type"])).toMatch(/^application\/grpc/);
+    expect(fast.body).toEqual(general.body);
+  });
+
   it("honours Expect: 100-continue on the fast path as on the general path", async () => {
     const auth = await alice();
     for (const general of [false, true]) {
@@ -642,6 +665,44 @@ describe("the upstream", () => {
     expect(grpc.grpcMessage).not.toMatch(/127\.0\.0\.1|ECONNREFUSED/);
   });
 
+  it("calls abandoned mid-flight on the fast paths give their per-address slots back", async () => {
+    const auth = await alice();
+    const tight = await startTestGateway(sys, { HTTP_MAX_CALLS_PER_IP: "3", RATE_LIMIT_IP_RPS: "100000" });
+    await sys.inventoryChaos.setFaults({ faults: { latencyMs: 300 } });
+    try {
+      await using s = await h2Session(tight.url);
+      for (let i = 0; i < 4; i++) {
+        const req = http.request(new URL(GET_PRODUCT, tight.url), {
+          method: "POST",
+          headers: { "content-type": "application/json", authorization: auth },
+        });
+        req.on("error", () => {});
+        req.end(productJson);
+        const stream = s.request({
+          ":method": "POST",
+          ":path": GET_PRODUCT,
+          "content-type": i % 2 ? "application/grpc" : "application/proto",
+          te: "trailers",
+          authorization: auth,
+        });
+        stream.on("error", () => {});
+        stream.end(i % 2 ? envelope(productBin()) : productBin());
+        await new Promise((r) => setTimeout(r, 40));
+        req.destroy();
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+      }
+      await sys.inventoryChaos.setFaults({ faults: {} });
+      await new Promise((r) => setTimeout(r, 400));
+      const after = await Promise.all(
+        [0, 1, 2].map(() => post(GET_PRODUCT, productJson, { authorization: auth }, { base: tight.url })),
+      );
+      expect(after.map((a) => a.status)).toEqual([200, 200, 200]);
+    } finally {
+      await sys.inventoryChaos.setFaults({ faults: {} });
+      await tight.stop();
+    }
+  });
+
   it("a client that resets its h2c stream mid-call cancels the upstream call", async () => {
     const auth = await alice();
     await sys.inventoryChaos.setFaults({ faults: { latencyMs: 500 } });
@@ -783,6 +844,22 @@ describe("gRPC passthrough", () => {
     const { fast, general } = await grpcBoth(GET_PRODUCT, lying, { authorization: auth });
     expect(general.grpcStatus).toBe(8);
     expect(fast.grpcStatus).toBe(general.grpcStatus);
+  });
+
+  // BUG: the passthrough checks the role before the deadline header and the frame; the general path (and the
+  // Connect fast path) reads them first: 7 here, 3 there. See /tmp/findings-hostile.md, finding 4.
+  it.skip("a customer's malformed call to an admin-only method fails as on the general path (message before role)", async () => {
+    const auth = await alice();
+    const RESTOCK = `${INVENTORY}/Restock`;
+    const cases: [string, Buffer, Record<string, string>][] = [
+      ["truncated frame", Buffer.from([0, 0, 0]), {}],
+      ["two messages", Buffer.concat([envelope(Buffer.alloc(0)), envelope(Buffer.alloc(0))]), {}],
+      ["bad grpc-timeout", envelope(Buffer.alloc(0)), { "grpc-timeout": "soon" }],
+    ];
+    for (const [name, body, headers] of cases) {
+      const { fast, general } = await grpcBoth(RESTOCK, body, { authorization: auth, ...headers });
+      expect(fast.grpcStatus, name).toBe(general.grpcStatus);
+    }
   });
 
   it("an oversized gRPC body is RESOURCE_EXHAUSTED on both paths", async () => {
