@@ -286,6 +286,12 @@ describe("JSON and binary messages a hostile client writes", () => {
       Buffer.concat([productBin(), Buffer.from([0x98, 0x06, 0x01])]),
       // An end-group tag with no group open.
       Buffer.from([0x0c]),
+      // The string field sent as a varint, as a fixed64, and as a group.
+      Buffer.from([0x08, 0x01]),
+      Buffer.from([0x09, 1, 2, 3, 4, 5, 6, 7, 8]),
+      Buffer.from([0x0b, 0x0c]),
+      // A large unknown length-delimited field.
+      Buffer.concat([Buffer.from([0xa2, 0x06, 0x90, 0x1c]), Buffer.alloc(3600, 0x41)]),
     ];
     for (const body of bodies) {
       const res = await bothPaths(GET_PRODUCT, body, { authorization: auth, "content-type": type });
@@ -492,6 +498,38 @@ describe("HTTP/2 and HTTP/1.1 framing", () => {
     expect([fast.grpcStatus, general.grpcStatus]).toEqual([0, 0]);
     expect(String(fast.headers["content-type"])).toMatch(/^application\/grpc/);
     expect(fast.body).toEqual(general.body);
+  });
+
+  it("a repeated connect-timeout-ms over h2c is refused as on the general path", async () => {
+    const auth = await alice();
+    await using s = await h2Session(gw.url);
+    const h = { authorization: auth, "connect-timeout-ms": ["1000", "2000"] as unknown as string };
+    const fast = await h2Post(s, GET_PRODUCT, Buffer.from(productJson), h);
+    const general = await h2Post(s, GET_PRODUCT, Buffer.from(productJson), h, true);
+    expect(fast.status).toBe(general.status);
+    expect(fast.body.toString()).toBe(general.body.toString());
+  });
+
+  it("a client that half-closes after its request gets the same answer as on the general path", async () => {
+    const auth = await alice();
+    const got: string[] = [];
+    for (const general of [false, true]) {
+      const payload = general ? gzipSync(productJson) : Buffer.from(productJson);
+      await using c = await rawConnect(gw.port);
+      await c.write(
+        Buffer.concat([
+          Buffer.from(
+            `POST ${GET_PRODUCT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n${general ? "Content-Encoding: gzip\r\n" : ""}Authorization: ${auth}\r\nContent-Length: ${payload.byteLength}\r\n\r\n`,
+          ),
+          payload,
+        ]),
+      );
+      c.socket.end();
+      await Promise.race([c.closed, new Promise((r) => setTimeout(r, 3_000))]);
+      got.push(/^HTTP\/1\.1 (\d{3})/.exec(c.received().toString("latin1"))?.[1] ?? "none");
+    }
+    // (Today neither answers: the front's net.Server is not allowHalfOpen — see the review notes.)
+    expect(got[0]).toBe(got[1]);
   });
 
   it("honours Expect: 100-continue on the fast path as on the general path", async () => {
