@@ -22,6 +22,7 @@ import type Database from "better-sqlite3";
 import { Kysely, PostgresDialect, type RawBuilder, sql, type Transaction } from "kysely";
 import pg from "pg";
 import { backoffMs } from "./backoff.js";
+import { GroupCommit } from "./group-commit.js";
 import { sqliteDialect } from "./sqlite-driver.js";
 import { WalSync } from "./wal-sync.js";
 
@@ -68,7 +69,9 @@ export interface Db extends Queries {
    * On PostgreSQL `fn` may run more than once (a lost unique-key race or a deadlock is
    * retried): keep side effects for `afterCommit`. On SQLite it resolves once the commit is on
    * disk (wal-sync.ts); if that flush fails, it rejects although the transaction committed, and
-   * every later one fails too, until the process is restarted.
+   * every later one fails too, until the process is restarted. On SQLite the transactions asked
+   * for together run one after another in savepoints of one transaction and share its commit
+   * (group-commit.ts): to each, the same guarantees as a commit of its own.
    */
   transaction<T>(fn: (tx: Tx) => Promise<T>, opts?: TxOptions): Promise<T>;
   /** Runs `fn` in `tx` when given (joining the caller's transaction), else in a transaction of its own. */
@@ -121,9 +124,9 @@ export type DbLocation =
 const FOR_UPDATE = sql`FOR UPDATE`;
 const NOTHING = sql``;
 const ASYNC_COMMIT = sql`SET LOCAL synchronous_commit TO OFF`;
-const SAVEPOINT = sql`SAVEPOINT sp`;
-const RELEASE = sql`RELEASE SAVEPOINT sp`;
-const ROLLBACK_TO = sql`ROLLBACK TO SAVEPOINT sp`;
+/** The savepoint of {@link Tx.savepoint}, and the one each transaction of a SQLite group commit runs in. */
+const NESTED = { begin: sql`SAVEPOINT sp`, release: sql`RELEASE SAVEPOINT sp`, undo: sql`ROLLBACK TO SAVEPOINT sp` };
+const GROUPED = { begin: sql`SAVEPOINT g`, release: sql`RELEASE SAVEPOINT g`, undo: sql`ROLLBACK TO SAVEPOINT g` };
 
 /** PostgreSQL errors a transaction is run again on: serialization failure, deadlock, unique-key race. */
 const RETRYABLE = new Set(["40001", "40P01", "23505"]);
@@ -150,6 +153,24 @@ export function pgPool(url: string, schema: string, max: number): pg.Pool {
   return pool;
 }
 
+/** Runs `f` in savepoint `sp` of `trx`: what it wrote is undone if it throws, and the error rethrown. */
+async function savepoint<R>(
+  trx: Transaction<unknown>,
+  sp: { begin: Query<unknown>; release: Query<unknown>; undo: Query<unknown> },
+  f: () => Promise<R>,
+): Promise<R> {
+  await sp.begin.execute(trx);
+  try {
+    const r = await f();
+    await sp.release.execute(trx);
+    return r;
+  } catch (err) {
+    await sp.undo.execute(trx);
+    await sp.release.execute(trx);
+    throw err;
+  }
+}
+
 class Queryer implements Queries {
   constructor(
     readonly engine: Engine,
@@ -168,15 +189,26 @@ class Queryer implements Queries {
 
 class OpenDb extends Queryer implements Db {
   readonly listen?: Db["listen"];
+  /** SQLite: transactions asked for together share a commit (group-commit.ts). */
+  private readonly group: GroupCommit<Transaction<unknown>> | undefined;
 
   constructor(
     engine: Engine,
     private readonly kysely: Kysely<unknown>,
-    opts: { listen?: Db["listen"]; wal?: WalSync } = {},
+    opts: { listen?: Db["listen"]; wal?: WalSync; inTransaction?: () => boolean } = {},
     private readonly wal = opts.wal,
   ) {
     super(engine, kysely);
     if (opts.listen) this.listen = opts.listen;
+    const { inTransaction } = opts;
+    this.group =
+      inTransaction &&
+      new GroupCommit({
+        transaction: (body) => this.kysely.transaction().execute(body),
+        savepoint: (trx, f) => savepoint(trx, GROUPED, f),
+        inTransaction,
+        sync: () => this.wal?.sync() ?? Promise.resolve(),
+      });
   }
 
   /** A write outside a transaction commits on its own: reported once durable, as a transaction is. */
@@ -186,33 +218,37 @@ class OpenDb extends Queryer implements Db {
     return n;
   }
 
+  /** `trx` as a {@link Tx} whose `afterCommit` hooks go to `hooks`. */
+  private txOf(trx: Transaction<unknown>, hooks: (() => void)[]): Tx {
+    return Object.assign(new Queryer(this.engine, trx), {
+      forUpdate: this.engine === "postgres" ? FOR_UPDATE : NOTHING,
+      afterCommit: (f: () => void) => hooks.push(f),
+      savepoint: async <R>(f: () => Promise<R>): Promise<R> => {
+        const mark = hooks.length;
+        try {
+          return await savepoint(trx, NESTED, f);
+        } catch (err) {
+          hooks.length = mark;
+          throw err;
+        }
+      },
+    });
+  }
+
   async transaction<T>(fn: (tx: Tx) => Promise<T>, opts: TxOptions = {}): Promise<T> {
     const durable = opts.durable ?? true;
+    if (this.group) {
+      const hooks: (() => void)[] = [];
+      const result = await this.group.run((trx) => fn(this.txOf(trx, hooks)), durable);
+      for (const h of hooks) h();
+      return result;
+    }
     for (let attempt = 1; ; attempt++) {
       const hooks: (() => void)[] = [];
       try {
         const result = await this.kysely.transaction().execute(async (trx) => {
           if (!durable && this.engine === "postgres") await ASYNC_COMMIT.execute(trx);
-          return fn(
-            Object.assign(new Queryer(this.engine, trx), {
-              forUpdate: this.engine === "postgres" ? FOR_UPDATE : NOTHING,
-              afterCommit: (f: () => void) => hooks.push(f),
-              savepoint: async <R>(f: () => Promise<R>): Promise<R> => {
-                const mark = hooks.length;
-                await SAVEPOINT.execute(trx);
-                try {
-                  const r = await f();
-                  await RELEASE.execute(trx);
-                  return r;
-                } catch (err) {
-                  await ROLLBACK_TO.execute(trx);
-                  await RELEASE.execute(trx);
-                  hooks.length = mark;
-                  throw err;
-                }
-              },
-            }),
-          );
+          return fn(this.txOf(trx, hooks));
         });
         if (durable) await this.wal?.sync();
         for (const h of hooks) h();
@@ -238,7 +274,12 @@ class OpenDb extends Queryer implements Db {
 export function sqliteDb(db: Database.Database): Db {
   // A file in WAL mode syncs its log per group of commits (wal-sync.ts).
   const wal = db.pragma("journal_mode", { simple: true }) === "wal" ? new WalSync(`${db.name}-wal`) : undefined;
-  return new OpenDb("sqlite", new Kysely({ dialect: sqliteDialect(db) }), wal ? { wal } : {});
+  const inTransaction = () => db.inTransaction;
+  return new OpenDb(
+    "sqlite",
+    new Kysely({ dialect: sqliteDialect(db) }),
+    wal ? { wal, inTransaction } : { inTransaction },
+  );
 }
 
 /** LISTEN on `channel` over a connection of its own, reconnecting (and saying "*") when it drops. */
