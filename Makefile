@@ -7,7 +7,7 @@ PROTOS := $(shell find proto -name '*.proto')
 # `make run PAYMENT_REPLICAS=2`: instance counts reach the runner through the environment.
 export INVENTORY_REPLICAS PAYMENT_REPLICAS ORDER_REPLICAS NOTIFICATION_REPLICAS HISTORY_REPLICAS DB PG_PORT
 
-.PHONY: help install nats postgres python-client chromium generate gen-fresh build lint typecheck breaking contracts-baseline test run bench compare load demo token trace events dlq history-rebuild clean
+.PHONY: help install nats postgres python-client chromium generate gen-fresh build lint typecheck breaking contracts-baseline test run bench footprint compare load demo token trace events dlq history-rebuild clean
 
 help: ## List targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -113,6 +113,9 @@ run: ## Start NATS, every service and the gateway; Ctrl-C stops all (DB=postgres
 
 bench: install nats build ## Measure every path side by side from a separate load generator (BENCH_SECONDS, BENCH_PROFILE=gateway): bench/results/bench.json
 	npm run bench
+
+footprint: install nats build ## The system's memory (RSS, PSS per process) at start and after FOOTPRINT_SECONDS (60) of make load: bench/results/footprint.json
+	npx tsx bench/footprint.ts
 
 compare: install nats build ## Measure the patterns' trade-offs side by side (~5 min; QUICK=1 under a minute): docs/compare/README.md + SVG charts
 	QUICK=$(QUICK) npx tsx bench/compare.ts

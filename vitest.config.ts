@@ -13,7 +13,7 @@ const POSTGRES_ONLY = ["test/scale-out.test.ts", "platform/sql.test.ts"];
  * Suites that saturate the machine on purpose (the bench smoke run, make compare): they run after
  * everything else, one at a time, so their load never starves another suite's timeouts.
  */
-const SATURATING = ["test/bench.test.ts", "test/compare.test.ts"];
+const SATURATING = ["test/bench.test.ts", "test/compare.test.ts", "test/footprint.test.ts"];
 
 // Two cores here: two workers; integration tests start real servers on
 // ephemeral ports and real processes, so give them room.

@@ -1,0 +1,183 @@
+/**
+ * `make footprint`: the system's memory as issue 14 measures it — started as
+ * `make run` starts it (bench/system.ts: nats-server, the five services and
+ * the gateway, the compiled JavaScript of `make build`, telemetry on), then
+ * after a minute of `make load`'s mix (scripts/load.ts at 50 calls/s, in a
+ * process of its own: browse, order reads, orders in both saga modes, some
+ * declined). Stock is topped up first (as bench/harness.ts does), so the
+ * orders run their sagas to the end rather than failing out of stock.
+ *
+ * Prints per process, at start and after the load: RSS, PSS (shared pages,
+ * such as the node binary's ~45 MB, divided among the processes that map
+ * them: what the system takes from the machine) and anonymous memory (the
+ * process's own: JavaScript heap, malloc, stacks), their sums, the peak of
+ * the sums while the load ran, and what the load got answered. Writes it all
+ * as JSON.
+ *
+ *   FOOTPRINT_SECONDS    seconds of load (default 60)
+ *   FOOTPRINT_RATE       calls per second (default 50, as `make load`)
+ *   FOOTPRINT_TELEMETRY  on | off (default on, as `make run` has it)
+ *   FOOTPRINT_OUT        where to write the JSON (default bench/results/footprint.json)
+ */
+import { spawn } from "node:child_process";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { cpus } from "node:os";
+import { dirname, join } from "node:path";
+import { signDevToken } from "../gateway/auth.js";
+import { DEV_JWT_SECRET } from "../gateway/config.js";
+import { nodeCommand, ROOT, SYSTEM_ENV, systemNodeFlags } from "../scripts/layout.js";
+import { type Proc, restock, type System, startSystem } from "./system.js";
+
+const SECONDS = Number(process.env.FOOTPRINT_SECONDS ?? 60);
+const RATE = Number(process.env.FOOTPRINT_RATE ?? 50);
+const TELEMETRY = (process.env.FOOTPRINT_TELEMETRY ?? "on") === "on";
+const OUT = process.env.FOOTPRINT_OUT ?? join(ROOT, "bench", "results", "footprint.json");
+/** How often the sums are sampled while the load runs, ms (for their peak). */
+const SAMPLE_MS = 1_000;
+
+/** Memory of one process, MB. */
+interface Mem {
+  readonly rss: number;
+  readonly pss: number;
+  /** Anonymous pages: its own heap, malloc arenas and stacks (none of the binary's). */
+  readonly anon: number;
+}
+interface Snapshot {
+  readonly rssMb: number;
+  readonly pssMb: number;
+  readonly anonMb: number;
+  readonly byProcess: Readonly<Record<string, Mem>>;
+}
+
+/** RSS, PSS and anonymous memory of `pid` from /proc/<pid>/smaps_rollup, MB (zeros once it has exited). */
+function memoryOf(pid: number | undefined): Mem {
+  try {
+    const rollup = readFileSync(`/proc/${pid}/smaps_rollup`, "utf8");
+    const mb = (field: string) =>
+      Math.round(Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(rollup)?.[1] ?? 0) / 1024);
+    return { rss: mb("Rss"), pss: mb("Pss"), anon: mb("Anonymous") };
+  } catch {
+    return { rss: 0, pss: 0, anon: 0 };
+  }
+}
+
+function snapshot(procs: readonly Proc[]): Snapshot {
+  const byProcess = Object.fromEntries(procs.map((p) => [p.name, memoryOf(p.child.pid)]));
+  const sum = (k: keyof Mem) => Object.values(byProcess).reduce((s, m) => s + m[k], 0);
+  return { rssMb: sum("rss"), pssMb: sum("pss"), anonMb: sum("anon"), byProcess };
+}
+
+/** What scripts/load.ts reported on stopping: calls/s sent and how they ended (its "total" line). */
+interface LoadTotals {
+  readonly seconds: number;
+  readonly sentPerSecond: number;
+  readonly outcomes: Readonly<Record<string, number>>;
+  readonly line: string;
+}
+
+/** Runs scripts/load.ts (from its build) against the system's gateway for SECONDS, in its own process. */
+function runLoad(sys: System, sample: () => void): Promise<LoadTotals> {
+  const [cmd, args] = nodeCommand("scripts/load.ts");
+  const child = spawn(cmd, args, {
+    cwd: ROOT,
+    env: {
+      ...process.env,
+      RATE: String(RATE),
+      DURATION_S: String(SECONDS),
+      GATEWAY_URL: `http://${sys.addressOf("gateway")}`,
+    },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  let out = "";
+  child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+  const sampler = setInterval(sample, SAMPLE_MS);
+  return new Promise((res, rej) => {
+    child.once("exit", (code) => {
+      clearInterval(sampler);
+      const m = /^total over (\d+) s: (\d+)\/s sent; (.*); p50/m.exec(out);
+      if (code !== 0 || !m) return rej(new Error(`the load generator exited ${code}:\n${out}`));
+      const outcomes = Object.fromEntries(
+        (m[3] ?? "").split(", ").map((o) => {
+          const at = o.lastIndexOf(" ");
+          return [o.slice(0, at), Number(o.slice(at + 1))];
+        }),
+      );
+      const line = /^total over .*$/m.exec(out)?.[0] ?? m[0];
+      res({ seconds: Number(m[1]), sentPerSecond: Number(m[2]), outcomes, line });
+    });
+  });
+}
+
+const token = await signDevToken(
+  { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" },
+  "footprint",
+  ["customer"],
+);
+process.stdout.write(
+  `make footprint: the system at start, then after ${SECONDS} s of make load at ${RATE} calls/s ` +
+    `(telemetry ${TELEMETRY ? "on" : "off"}), ${cpus().length} cores, Node ${process.version}\n`,
+);
+const sys = await startSystem({ telemetry: TELEMETRY, token });
+let atStart: Snapshot;
+let afterLoad: Snapshot;
+let totals: LoadTotals;
+const peak = { rssMb: 0, pssMb: 0 };
+try {
+  atStart = snapshot(sys.procs);
+  await restock(sys);
+  const sample = () => {
+    const s = snapshot(sys.procs);
+    peak.rssMb = Math.max(peak.rssMb, s.rssMb);
+    peak.pssMb = Math.max(peak.pssMb, s.pssMb);
+  };
+  totals = await runLoad(sys, sample);
+  afterLoad = snapshot(sys.procs);
+  sample();
+} finally {
+  await sys.stop();
+}
+
+/** The source path of a system process's main (its node flags are keyed by it). */
+const mainOf = (name: string) => (name === "gateway" ? "gateway/main.ts" : `services/${name}/main.ts`);
+const cell = (m: Mem | undefined) =>
+  m ? `${String(m.rss).padStart(5)} ${String(m.pss).padStart(5)} ${String(m.anon).padStart(5)}` : "";
+const names = sys.procs.map((p) => p.name);
+const rows = [
+  `  ${"".padEnd(13)} ${"at start".padEnd(17)}   ${"after load".padEnd(17)}`,
+  `  ${"process".padEnd(13)} ${"  RSS   PSS  anon"}   ${"  RSS   PSS  anon"}   flags`,
+  ...names.map(
+    (n) =>
+      `  ${n.padEnd(13)} ${cell(atStart.byProcess[n])}   ${cell(afterLoad.byProcess[n])}   ${n === "nats" ? "" : systemNodeFlags(mainOf(n)).join(" ")}`,
+  ),
+  `  ${"system".padEnd(13)} ${cell({ rss: atStart.rssMb, pss: atStart.pssMb, anon: atStart.anonMb })}   ${cell({ rss: afterLoad.rssMb, pss: afterLoad.pssMb, anon: afterLoad.anonMb })}`,
+];
+process.stdout.write(
+  `${rows.join("\n")}\n\n(MB. PSS: shared pages divided among the processes that map them. anon: a process's own pages.)\n` +
+    `ready ${sys.readyMs} ms after the first spawn; while loaded the sums peaked at ${peak.rssMb} MB RSS (${peak.pssMb} MB PSS)\n` +
+    `load: ${totals.line}\n`,
+);
+mkdirSync(dirname(OUT), { recursive: true });
+writeFileSync(
+  OUT,
+  `${JSON.stringify(
+    {
+      when: new Date().toISOString(),
+      cores: cpus().length,
+      node: process.version,
+      telemetry: TELEMETRY ? "on" : "off",
+      rate: RATE,
+      seconds: SECONDS,
+      env: SYSTEM_ENV,
+      flags: Object.fromEntries(names.filter((n) => n !== "nats").map((n) => [n, systemNodeFlags(mainOf(n))])),
+      readyMs: sys.readyMs,
+      atStart,
+      afterLoad,
+      peakWhileLoaded: peak,
+      load: totals,
+    },
+    null,
+    2,
+  )}\n`,
+);
+process.stdout.write(`wrote ${OUT}\n`);
+process.exit(0);
