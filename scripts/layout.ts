@@ -20,39 +20,61 @@ export const ROOT = (() => {
 })();
 
 /**
- * The largest young generation (one of its two semi-spaces, MB) of each of
- * the system's processes: V8's default is 16 MB, which it grows to as soon as
- * start-up or load allocates, and keeps while the process idles. The gateway
- * and inventory serve the hot read paths (every gateway call, GetProduct) at
- * thousands of calls a second and keep 8 MB: at 4 their scavenges cost ~8%
- * of the gateway's throughput, at 8 nothing beyond this machine's noise. The
- * others run sagas, at a few hundred orders a second at most, where 4 MB cost
- * nothing measurable. Measured in docs/performance.md.
+ * How much memory V8 may take in each of the system's processes, as measured
+ * with `make footprint` (bench/footprint.ts) and `make bench` in one window
+ * (docs/performance.md):
+ *
+ * - `semiSpaceMb`, the largest young generation (one of its two semi-spaces):
+ *   V8's default is 16 MB, which it grows to as soon as start-up or load
+ *   allocates, and keeps while the process idles. The gateway and inventory
+ *   serve the hot read paths (every gateway call, GetProduct) at thousands of
+ *   calls a second and keep 8 MB: at 4 their scavenges cost ~8% of the
+ *   gateway's throughput and ~12% of direct gRPC's, at 8 nothing beyond this
+ *   machine's noise. The order service runs every saga at 4. Payment (2),
+ *   notification and history (1) see a few hundred events a second at most.
+ * - `heapGrowingPercent`, how far past what survived its last full collection
+ *   the old generation may grow before the next (V8 picks 10–300% from how
+ *   fast the process allocates; its first pick, at start-up, is ~300%, so the
+ *   order service's old generation reached ~50 MB of mostly garbage over ~15
+ *   MB live before its first full collection under `make load`). Set for the
+ *   saga's processes only: on the gateway and inventory, whose read paths
+ *   allocate fastest, 50% cost 12–23% of throughput; on the saga's, nothing
+ *   measurable. No cap on the heap: `--max-old-space-size=256` does the same
+ *   with 30% for every process and cost 7–29% on every path.
  */
-const SEMI_SPACE_MB: Readonly<Record<string, number>> = {
-  "gateway/main.ts": 8,
-  "services/inventory/main.ts": 8,
-  "services/payment/main.ts": 4,
-  "services/order/main.ts": 4,
-  "services/notification/main.ts": 4,
-  "services/history/main.ts": 4,
+interface HeapLimits {
+  readonly semiSpaceMb: number;
+  readonly heapGrowingPercent?: number;
+}
+const HEAP_LIMITS: Readonly<Record<string, HeapLimits>> = {
+  "gateway/main.ts": { semiSpaceMb: 8 },
+  "services/inventory/main.ts": { semiSpaceMb: 8 },
+  "services/order/main.ts": { semiSpaceMb: 4, heapGrowingPercent: 50 },
+  "services/payment/main.ts": { semiSpaceMb: 2, heapGrowingPercent: 50 },
+  "services/notification/main.ts": { semiSpaceMb: 1, heapGrowingPercent: 25 },
+  "services/history/main.ts": { semiSpaceMb: 1, heapGrowingPercent: 25 },
 };
 
 /**
  * The V8 flags of `main` when it is a service or the gateway (wherever it is started: `make run`,
- * `make bench`): its young generation (SEMI_SPACE_MB). No cap on the heap: `--max-old-space-size=256`
- * made V8 collect the old generation early (the order service reaches ~50 MB before its first full
- * collection without it) but cost 7–29% of throughput on every path (two interleaved pairs).
+ * `make bench`): its young generation and, for the saga's processes, how far its old generation
+ * grows between full collections (HEAP_LIMITS). Nothing for any other script.
  */
 export function systemNodeFlags(main: string): readonly string[] {
-  const semiSpace = SEMI_SPACE_MB[main.split("\\").join("/")];
-  return semiSpace === undefined ? [] : [`--max-semi-space-size=${semiSpace}`];
+  const limits = HEAP_LIMITS[main.split("\\").join("/")];
+  if (limits === undefined) return [];
+  return [
+    `--max-semi-space-size=${limits.semiSpaceMb}`,
+    ...(limits.heapGrowingPercent === undefined ? [] : [`--heap-growing-percent=${limits.heapGrowingPercent}`]),
+  ];
 }
 
 /**
  * Environment of the system's processes: glibc's malloc keeps at most two
  * arenas instead of one per thread that allocates (8 × cores), each of which
- * stays resident once used.
+ * stays resident once used. Not one: that saved ~1.5 MB a process and cost
+ * 22–40% of throughput on every path (the main thread and V8's helper threads
+ * then wait on the one arena's lock).
  */
 export const SYSTEM_ENV: Readonly<Record<string, string>> = { MALLOC_ARENA_MAX: "2" };
 

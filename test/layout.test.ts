@@ -11,7 +11,18 @@ const SYSTEM = ["gateway", ...["inventory", "payment", "order", "notification", 
 
 it("every service and the gateway has a bounded young generation", () => {
   for (const dir of SYSTEM) {
-    expect(systemNodeFlags(`${dir}/main.ts`), dir).toEqual([expect.stringMatching(/^--max-semi-space-size=\d+$/)]);
+    expect(systemNodeFlags(`${dir}/main.ts`), dir).toContainEqual(expect.stringMatching(/^--max-semi-space-size=\d+$/));
+  }
+});
+
+it("the saga's processes bound how far the old generation grows between full collections; the hot read paths do not", () => {
+  for (const s of ["order", "payment", "notification", "history"]) {
+    expect(systemNodeFlags(`services/${s}/main.ts`), s).toContainEqual(
+      expect.stringMatching(/^--heap-growing-percent=\d+$/),
+    );
+  }
+  for (const main of ["gateway/main.ts", "services/inventory/main.ts"]) {
+    expect(systemNodeFlags(main).join(" "), main).not.toContain("--heap-growing-percent");
   }
 });
 
