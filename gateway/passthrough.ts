@@ -61,12 +61,18 @@ export function passthroughTable(
   return table;
 }
 
-/** True when a request can take the fast path: gRPC (not gRPC-Web) over HTTP/2, uncompressed. */
-export function takesPassthrough(req: { httpVersionMajor: number; headers: http2.IncomingHttpHeaders }): boolean {
+/** True when a request can take the fast path: a gRPC (not gRPC-Web) POST over HTTP/2, uncompressed. */
+export function takesPassthrough(req: {
+  httpVersionMajor: number;
+  method?: string | undefined;
+  headers: http2.IncomingHttpHeaders;
+}): boolean {
   const type = req.headers["content-type"];
   const encoding = req.headers["grpc-encoding"];
+  // Any other method is the general path's to refuse (405, or 415 for GET), as connect-es does.
   return (
     req.httpVersionMajor === 2 &&
+    req.method === "POST" &&
     (type === "application/grpc" || type === "application/grpc+proto") &&
     (encoding === undefined || encoding === "identity")
   );
