@@ -28,18 +28,19 @@ import type http2 from "node:http2";
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
+  type Compression,
   compressionNegotiate,
   createMethodSerializationLookup,
   validateUniversalHandlerOptions,
 } from "@connectrpc/connect/protocol";
-import { parseTimeout } from "@connectrpc/connect/protocol-connect";
+import { codeToHttpStatus, errorToJsonBytes, parseTimeout } from "@connectrpc/connect/protocol-connect";
 import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
 import { Metadata } from "@grpc/grpc-js";
 import { Code as GrpcCode, type Identity, RpcError } from "../platform/index.js";
 import type { ClientInfo } from "./context.js";
 import { callOptions, toConnectError } from "./forward.js";
 import { abortable, type PassthroughMethod, readBody } from "./passthrough.js";
-import { errorAnswer, type Outcome, reclassify } from "./wire.js";
+import { codeOfStatus, errorAnswer, type Outcome, reclassify } from "./wire.js";
 
 type NodeRequest = http.IncomingMessage | http2.Http2ServerRequest;
 type NodeResponse = http.ServerResponse | http2.Http2ServerResponse;
@@ -149,7 +150,9 @@ export function createConnectUnary(table: ReadonlyMap<string, PassthroughMethod>
       done({ code: 0, message: "" });
     } catch (err) {
       answered = true;
-      fail(res, err, done);
+      const accepted = req.headers["accept-encoding"] ?? null;
+      const compression = compressionNegotiate(opt.acceptCompression, null, accepted, "accept-encoding").response;
+      await fail(res, err, done, compression, opt.compressMinBytes);
     } finally {
       clearTimeout(timer);
       res.off("close", onClose);
@@ -167,10 +170,41 @@ function decodeAnswer(method: PassthroughMethod, answer: Uint8Array) {
   }
 }
 
-/** Answers `err` as a Connect unary error, its code corrected as wire.ts corrects connect-es's (unless gone). */
-function fail(res: NodeResponse, err: unknown, done: (outcome: Outcome) => void): void {
+/**
+ * Answers `err` as a Connect unary error, its code corrected as wire.ts corrects connect-es's (unless
+ * gone). An error body of `minBytes` or more goes out compressed when the client accepts it, as
+ * connect-es sends it — and then, as on the general path (wire.ts passes a compressed error through),
+ * uncorrected, with connect-es's own HTTP status.
+ */
+async function fail(
+  res: NodeResponse,
+  err: unknown,
+  done: (outcome: Outcome) => void,
+  compression: Compression | null,
+  minBytes: number,
+): Promise<void> {
   let e =
     err instanceof ConnectError ? err : new ConnectError("internal error", Code.Internal, undefined, undefined, err);
+  const raw = errorToJsonBytes(e, undefined);
+  if (compression && raw.byteLength >= minBytes) {
+    const body = await compression.compress(raw);
+    const status = codeToHttpStatus(e.code);
+    const headers: Record<string, string> = {};
+    e.metadata.forEach((v, k) => {
+      headers[k] = v;
+    });
+    Object.assign(headers, {
+      "content-type": "application/json",
+      "content-encoding": compression.name,
+      "content-length": String(body.byteLength),
+    });
+    if (!res.headersSent && !res.destroyed) {
+      res.writeHead(status, headers);
+      res.end(body);
+    }
+    done({ code: codeOfStatus(status), message: `HTTP ${status}` });
+    return;
+  }
   const code = reclassify(e.code, e.rawMessage);
   if (code !== e.code) e = new ConnectError(e.rawMessage, code);
   const a = errorAnswer("connect", false, e);

@@ -185,7 +185,7 @@ function corrected(err: ConnectError | undefined): ConnectError | undefined {
 }
 
 /** The code a bare HTTP refusal stands for: the client's mistake unless the status says otherwise. */
-function codeOfStatus(status: number): Code {
+export function codeOfStatus(status: number): Code {
   return status === 404 ? Code.Unimplemented : status < 500 ? Code.InvalidArgument : Code.Unknown;
 }
 
