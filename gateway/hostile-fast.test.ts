@@ -874,9 +874,9 @@ describe("gRPC passthrough", () => {
     }
   });
 
-  // BUG: a frame declaring a message larger than the body limit is INVALID_ARGUMENT on the fast path,
-  // RESOURCE_EXHAUSTED on the general path (passthrough.ts unaryMessage). See /tmp/findings-hostile.md, finding 2.
-  it.skip("a frame declaring a message past the body limit is RESOURCE_EXHAUSTED, as on the general path", async () => {
+  // A frame declaring a message larger than the body limit was INVALID_ARGUMENT on the fast path,
+  // RESOURCE_EXHAUSTED on the general path (passthrough.ts unaryMessage).
+  it("a frame declaring a message past the body limit is RESOURCE_EXHAUSTED, as on the general path", async () => {
     const auth = await alice();
     const lying = Buffer.concat([Buffer.from([0, 0x7f, 0xff, 0xff, 0xff]), productBin()]);
     const { fast, general } = await grpcBoth(GET_PRODUCT, lying, { authorization: auth });
@@ -884,9 +884,9 @@ describe("gRPC passthrough", () => {
     expect(fast.grpcStatus).toBe(general.grpcStatus);
   });
 
-  // BUG: the passthrough checks the role before the deadline header and the frame; the general path (and the
-  // Connect fast path) reads them first: 7 here, 3 there. See /tmp/findings-hostile.md, finding 4.
-  it.skip("a customer's malformed call to an admin-only method fails as on the general path (message before role)", async () => {
+  // The passthrough checked the role before the deadline header and the frame; the general path (and the
+  // Connect fast path) reads them first.
+  it("a customer's malformed call to an admin-only method fails as on the general path (message before role)", async () => {
     const auth = await alice();
     const RESTOCK = `${INVENTORY}/Restock`;
     const cases: [string, Buffer, Record<string, string>][] = [

@@ -80,8 +80,16 @@ export function takesPassthrough(req: {
 
 const invalid = (message: string) => new ConnectError(message, Code.InvalidArgument);
 
-/** The one message of a unary gRPC request body (a 5-byte prefix, then the message). */
-function unaryMessage(body: Buffer): Buffer {
+/** The one message of a unary gRPC request body (a 5-byte prefix, then the message) of at most `max` bytes. */
+function unaryMessage(body: Buffer, max: number): Buffer {
+  // A prefix declaring more than the limit is refused as connect-es refuses it on the general path.
+  const declared = body.byteLength >= 5 ? body.readUInt32BE(1) : 0;
+  if (declared > max) {
+    throw new ConnectError(
+      `message size ${declared} is larger than configured readMaxBytes ${max}`,
+      Code.ResourceExhausted,
+    );
+  }
   const message = unframe(body);
   if (typeof message === "string") throw invalid(`protocol error: the request body ${message}`);
   return message;
@@ -144,9 +152,6 @@ export async function passthrough(
     done({ code: err.code, message: err.rawMessage });
   };
   try {
-    if (method.adminOnly && !identity?.roles.includes("admin")) {
-      throw new ConnectError(`${method.name} needs the admin role`, Code.PermissionDenied);
-    }
     const timeout = parseTimeout(String(req.headers["grpc-timeout"] ?? "") || null, Number.MAX_SAFE_INTEGER);
     if (timeout.error) throw invalid(timeout.error.rawMessage);
     // The client's deadline runs from now, reading its body included.
@@ -157,7 +162,11 @@ export async function passthrough(
         timeout.timeoutMs,
       );
     }
-    const message = unaryMessage(await abortable(readBody(req, maxBodyBytes), ac.signal));
+    const message = unaryMessage(await abortable(readBody(req, maxBodyBytes), ac.signal), maxBodyBytes);
+    // After the deadline and the message, as on the general path: a malformed call is INVALID_ARGUMENT first.
+    if (method.adminOnly && !identity?.roles.includes("admin")) {
+      throw new ConnectError(`${method.name} needs the admin role`, Code.PermissionDenied);
+    }
     let answer: Uint8Array;
     try {
       const opts = callOptions(identity, client.requestId, ac.signal, undefined);
