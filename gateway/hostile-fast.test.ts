@@ -797,9 +797,9 @@ describe("an upstream that answers too much", () => {
     await new Promise<void>((r) => stub.close(() => r()));
   });
 
-  // BUG: the fast path's error names the upstream's address (h2-bytes.ts's RESOURCE_EXHAUSTED message passes
-  // toConnectError untouched). See /tmp/findings-hostile.md, finding 3.
-  it.skip("an answer past 4 MiB is refused with the same code and no internal address on every path", async () => {
+  // The fast path's error named the upstream's address (h2-bytes.ts's RESOURCE_EXHAUSTED message passes
+  // toConnectError untouched); it now says what grpc-js says.
+  it("an answer past 4 MiB is refused with the same code and no internal address on every path", async () => {
     const auth = await alice();
     const fast = await post(GET_PRODUCT, productJson, { authorization: auth }, { base: big.url });
     const general = await post(GET_PRODUCT, productJson, { authorization: auth }, { general: true, base: big2.url });

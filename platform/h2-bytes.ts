@@ -185,7 +185,13 @@ export function createH2BytesClient(service: DescService, address: string, trace
             return;
           }
           s.close(c.NGHTTP2_CANCEL);
-          finish(rpcError(status.RESOURCE_EXHAUSTED, `${address}: answer larger than ${MAX_ANSWER_BYTES} bytes`));
+          // grpc-js's words, and no address: this message reaches clients (forward.ts passes RESOURCE_EXHAUSTED on).
+          finish(
+            rpcError(
+              status.RESOURCE_EXHAUSTED,
+              `Received message larger than max (${received} vs. ${MAX_ANSWER_BYTES})`,
+            ),
+          );
         });
         s.on("error", (err: NodeJS.ErrnoException) => {
           // A reset is mapped by its code when the stream closes; anything else is the connection's loss.
