@@ -12,9 +12,10 @@
  * What the general path does stays as it was (dispatch.ts decides before
  * this runs: limits, routing, the token, identity, span, RED sample and
  * access line). Here, in connect-es's order: the `connect-timeout-ms`
- * deadline (an invalid one is INVALID_ARGUMENT) running from the start,
- * reading the body included; the body counted against the size limit as
- * it streams in; the message parsed (INVALID_ARGUMENT naming the field);
+ * deadline (an invalid one is INVALID_ARGUMENT), which here runs from the
+ * start, reading the body included (an answer before the body is whole ends
+ * an HTTP/1.1 connection); the body counted against the size limit as it
+ * streams in; the message parsed (INVALID_ARGUMENT naming the field);
  * the admin-only check; the upstream call with the gateway's identity and
  * deadline, cancelled when the client goes away; errors mapped as
  * forward.ts maps them and framed as wire.ts frames Connect errors (JSON
@@ -112,7 +113,8 @@ export function createConnectUnary(table: ReadonlyMap<string, PassthroughMethod>
       if (timeout.error) throw timeout.error;
       const deadline = timeout.timeoutMs === undefined ? undefined : Date.now() + timeout.timeoutMs;
       if (deadline !== undefined) {
-        // As connect-es's handler context: the deadline runs from the start, reading the body included.
+        // The deadline runs from the start, reading the body included: a client that stops sending is
+        // answered at its deadline (the general path waits for the body, or Node's request timeout).
         timer = setTimeout(
           () => ac.abort(new ConnectError("the operation timed out", Code.DeadlineExceeded)),
           timeout.timeoutMs,
@@ -150,6 +152,9 @@ export function createConnectUnary(table: ReadonlyMap<string, PassthroughMethod>
       done({ code: 0, message: "" });
     } catch (err) {
       answered = true;
+      // Answered before the whole body arrived (a deadline, a limit): on HTTP/1.1 the connection ends
+      // with the answer, so the rest is never read as a request and Node does not answer it again (408).
+      if (!req.complete && req.httpVersionMajor === 1 && !res.headersSent) res.setHeader("connection", "close");
       const accepted = req.headers["accept-encoding"] ?? null;
       const compression = compressionNegotiate(opt.acceptCompression, null, accepted, "accept-encoding").response;
       await fail(res, err, done, compression, opt.compressMinBytes);

@@ -416,6 +416,16 @@ describe("size limits and slow clients", () => {
     const raw = c.received().toString();
     expect(raw).toMatch(/^HTTP\/1\.1 504/);
     expect(raw).toContain("deadline_exceeded");
+    // The rest of the body never came: the connection ends with that answer, so nothing after it is
+    // read as a request of its own, and no second answer (Node's 408) follows on the same connection.
+    expect(raw).toMatch(/\r\nconnection: close\r\n/i);
+    await Promise.race([c.closed, new Promise((r) => setTimeout(r, 3_000))]);
+    expect(
+      c
+        .received()
+        .toString()
+        .match(/HTTP\/1\.1 \d{3}/g),
+    ).toHaveLength(1);
 
     await using s = await h2Session(gw.url);
     const stream = s.request({
