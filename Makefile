@@ -117,7 +117,7 @@ bench: install nats build ## Measure every path side by side from a separate loa
 footprint: install nats build ## The system's memory (RSS, PSS per process) at start and after FOOTPRINT_SECONDS (60) of make load: bench/results/footprint.json
 	npx tsx bench/footprint.ts
 
-compare: install nats build ## Measure the patterns' trade-offs side by side (~5 min; QUICK=1 under a minute): docs/compare/README.md + SVG charts
+compare: install nats build ## Measure the patterns' trade-offs side by side (~6 min; QUICK=1 ~2 min): docs/compare/README.md + SVG charts
 	QUICK=$(QUICK) npx tsx bench/compare.ts
 
 load: install ## Steady mixed traffic through the gateway of `make run` until Ctrl-C: make load RATE=50 (browse, orders, declines)
