@@ -9,28 +9,23 @@
 import http from "node:http";
 import { gzipSync } from "node:zlib";
 import { create, toBinary } from "@bufbuild/protobuf";
-import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GetProductRequestSchema } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { h2Request, h2Session } from "../test/raw.js";
-import { type System, startSystem, startTestGateway } from "../test/system.js";
+import { capturedLogger, type System, startSystem, startTestGateway } from "../test/system.js";
 import type { GatewayApp } from "./app.js";
 import { signDevToken } from "./auth.js";
 import { DEV_JWT_SECRET } from "./config.js";
 
 let sys: System;
 let gw: GatewayApp;
-const lines: Record<string, unknown>[] = [];
+const { log, lines } = capturedLogger();
 const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
 const bearer = async (sub: string, roles: ("customer" | "admin")[] = ["customer"]) =>
   `Bearer ${await signDevToken(claims, sub, roles)}`;
 
 beforeAll(async () => {
   sys = await startSystem();
-  const log = pino(
-    { level: "info" },
-    { write: (s: string) => void lines.push(JSON.parse(s) as Record<string, unknown>) },
-  );
   gw = await startTestGateway(sys, { MAX_BODY_BYTES: "4096" }, log);
 });
 afterAll(async () => {

@@ -11,13 +11,12 @@ import http2 from "node:http2";
 import net from "node:net";
 import { gunzipSync, gzipSync } from "node:zlib";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StatusSchema } from "../gen/google/rpc/status_pb.js";
 import { GetProductRequestSchema } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { PlaceOrderRequestSchema, PlaceOrderResponseSchema } from "../gen/shopmesh/order/v1/order_pb.js";
 import { envelope, type H2Response, h2Request, h2Session, rawConnect } from "../test/raw.js";
-import { type System, startSystem, startTestGateway } from "../test/system.js";
+import { capturedLogger, type System, startSystem, startTestGateway } from "../test/system.js";
 import type { GatewayApp } from "./app.js";
 import { signDevToken } from "./auth.js";
 import { DEV_JWT_SECRET } from "./config.js";
@@ -26,7 +25,7 @@ let sys: System;
 let gw: GatewayApp;
 /** A gateway whose inventory upstream is a port nobody listens on. */
 let down: GatewayApp;
-const lines: Record<string, unknown>[] = [];
+const { log, lines } = capturedLogger();
 const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
 const bearer = async (sub: string, roles: ("customer" | "admin")[] = ["customer"]) =>
   `Bearer ${await signDevToken(claims, sub, roles)}`;
@@ -42,10 +41,6 @@ async function deadPort(): Promise<number> {
 
 beforeAll(async () => {
   sys = await startSystem();
-  const log = pino(
-    { level: "info" },
-    { write: (s: string) => void lines.push(JSON.parse(s) as Record<string, unknown>) },
-  );
   const limits = {
     MAX_BODY_BYTES: "4096",
     HTTP_HEADERS_TIMEOUT_MS: "1500",

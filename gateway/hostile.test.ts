@@ -7,20 +7,19 @@
 import { gzipSync } from "node:zlib";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { SignJWT } from "jose";
-import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GetProductRequestSchema } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { ConfigError } from "../platform/index.js";
 import { connectEndStream, envelope, grpcWebTrailers, h1Raw, h2Request, h2Session } from "../test/raw.js";
-import { type System, startSystem, startTestGateway } from "../test/system.js";
+import { capturedLogger, type System, startSystem, startTestGateway } from "../test/system.js";
 import type { GatewayApp } from "./app.js";
 import { DEV_JWT_SECRET, loadConfig } from "./config.js";
 
 let sys: System;
 let gw: GatewayApp;
 /** Every line the gateway logged, parsed. */
-const lines: Record<string, unknown>[] = [];
+const { log, lines } = capturedLogger();
 const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
 /** A validly signed token with whatever roles a hostile client asks for. */
 const token = (sub: string, roles: unknown[] = ["customer"]) =>
@@ -36,10 +35,6 @@ const bearer = async (sub: string, roles?: unknown[]) => `Bearer ${await token(s
 
 beforeAll(async () => {
   sys = await startSystem();
-  const log = pino(
-    { level: "info" },
-    { write: (s: string) => void lines.push(JSON.parse(s) as Record<string, unknown>) },
-  );
   gw = await startTestGateway(sys, { MAX_BODY_BYTES: "4096" }, log);
 });
 afterAll(async () => {

@@ -5,6 +5,7 @@
  * typed clients that call them as a given customer.
  */
 import type { Metadata } from "@grpc/grpc-js";
+import { pino } from "pino";
 import { type GatewayApp, startGateway } from "../gateway/app.js";
 import { loadConfig as gatewayConfig } from "../gateway/config.js";
 import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
@@ -139,6 +140,16 @@ export async function startSystem(
       dir[Symbol.dispose]();
     },
   };
+}
+
+/** A logger whose JSON lines (the gateway's access lines among them) are kept in `lines`, parsed. */
+export function capturedLogger(): { log: Logger; lines: Record<string, unknown>[] } {
+  const lines: Record<string, unknown>[] = [];
+  const log = pino(
+    { level: "info" },
+    { write: (s: string) => void lines.push(JSON.parse(s) as Record<string, unknown>) },
+  );
+  return { log, lines };
 }
 
 /** Starts a gateway on an ephemeral port in front of `sys`; `env` overrides its config. */
