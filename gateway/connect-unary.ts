@@ -40,7 +40,7 @@ import { Metadata } from "@grpc/grpc-js";
 import { Code as GrpcCode, type Identity, RpcError } from "../platform/index.js";
 import type { ClientInfo } from "./context.js";
 import { callOptions, toConnectError } from "./forward.js";
-import { abortable, type PassthroughMethod, readBody } from "./passthrough.js";
+import { abortable, callLifetime, type PassthroughMethod, readBody } from "./passthrough.js";
 import { codeOfStatus, errorAnswer, type Outcome, reclassify } from "./wire.js";
 
 type NodeRequest = http.IncomingMessage | http2.Http2ServerRequest;
@@ -99,41 +99,31 @@ export function createConnectUnary(table: ReadonlyMap<string, PassthroughMethod>
   return async (req, res, method, encoding, identity, client, done) => {
     const binary = encoding === "proto";
     const serialization = lookups.get(method);
-    // The client going away before the answer cancels the upstream call.
-    const ac = new AbortController();
-    let timer: NodeJS.Timeout | undefined;
-    let answered = false;
-    const onClose = () => {
-      if (!answered) ac.abort(new ConnectError("the client cancelled the call", Code.Canceled));
-    };
-    res.once("close", onClose);
+    const call = callLifetime(res);
     try {
       if (!serialization) throw new ConnectError("internal error", Code.Internal);
       const timeout = parseTimeout((req.headers["connect-timeout-ms"] as string | undefined) ?? null, opt.maxTimeoutMs);
       if (timeout.error) throw timeout.error;
       const deadline = timeout.timeoutMs === undefined ? undefined : Date.now() + timeout.timeoutMs;
-      if (deadline !== undefined) {
+      if (timeout.timeoutMs !== undefined) {
         // The deadline runs from the start, reading the body included: a client that stops sending is
         // answered at its deadline (the general path waits for the body, or Node's request timeout).
-        timer = setTimeout(
-          () => ac.abort(new ConnectError("the operation timed out", Code.DeadlineExceeded)),
-          timeout.timeoutMs,
-        );
+        call.deadline(timeout.timeoutMs, new ConnectError("the operation timed out", Code.DeadlineExceeded));
       }
-      const body = await abortable(readBody(req, maxBodyBytes), ac.signal);
+      const body = await abortable(readBody(req, maxBodyBytes), call.signal);
       const input = serialization.getI(binary).parse(body);
       if (method.adminOnly && !identity?.roles.includes("admin")) {
         throw new ConnectError(`${method.name} needs the admin role`, Code.PermissionDenied);
       }
       let answer: Uint8Array;
       try {
-        const opts = callOptions(identity, client.requestId, ac.signal, undefined);
+        const opts = callOptions(identity, client.requestId, call.signal, undefined);
         answer = await method.call(
           toBinary(method.method.input, input),
           deadline === undefined ? opts : { ...opts, deadline },
         );
       } catch (err) {
-        throw toConnectError(err, method.upstream, ac.signal);
+        throw toConnectError(err, method.upstream, call.signal);
       }
       const output = decodeAnswer(method, answer);
       let out = serialization.getO(binary).serialize(output);
@@ -145,13 +135,13 @@ export function createConnectUnary(table: ReadonlyMap<string, PassthroughMethod>
         headers["content-encoding"] = compression.response.name;
       }
       headers["content-length"] = String(out.byteLength);
-      answered = true;
+      call.answered();
       if (res.destroyed) throw new ConnectError("the client cancelled the call", Code.Canceled);
       res.writeHead(200, headers);
       res.end(out);
       done({ code: 0, message: "" });
     } catch (err) {
-      answered = true;
+      call.answered();
       // Answered before the whole body arrived (a deadline, a limit): on HTTP/1.1 the connection ends
       // with the answer, so the rest is never read as a request and Node does not answer it again (408).
       if (!req.complete && req.httpVersionMajor === 1 && !res.headersSent) res.setHeader("connection", "close");
@@ -159,8 +149,7 @@ export function createConnectUnary(table: ReadonlyMap<string, PassthroughMethod>
       const compression = compressionNegotiate(opt.acceptCompression, null, accepted, "accept-encoding").response;
       await fail(res, err, done, compression, opt.compressMinBytes);
     } finally {
-      clearTimeout(timer);
-      res.off("close", onClose);
+      call.end();
     }
   };
 }

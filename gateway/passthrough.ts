@@ -122,6 +122,34 @@ export async function readBody(req: http.IncomingMessage | http2.Http2ServerRequ
   return chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
 }
 
+/**
+ * The life of one fast-path call: `signal` aborts when the client goes away (RST_STREAM, a closed
+ * connection) before `answered()`, or at `deadline(ms, err)`; `end()` lets go of both. (Node's
+ * compatibility layer reports a reset stream as finished too: only the answered flag can tell.)
+ */
+export function callLifetime(res: http.ServerResponse | http2.Http2ServerResponse) {
+  const ac = new AbortController();
+  let timer: NodeJS.Timeout | undefined;
+  let answered = false;
+  const onClose = () => {
+    if (!answered) ac.abort(new ConnectError("the client cancelled the call", Code.Canceled));
+  };
+  res.once("close", onClose);
+  return {
+    signal: ac.signal,
+    deadline: (ms: number, err: ConnectError) => {
+      timer = setTimeout(() => ac.abort(err), ms);
+    },
+    answered: () => {
+      answered = true;
+    },
+    end: () => {
+      clearTimeout(timer);
+      res.off("close", onClose);
+    },
+  };
+}
+
 /** Answers one fast-path call; `done` reports how it ended. */
 export async function passthrough(
   req: http2.Http2ServerRequest,
@@ -132,17 +160,9 @@ export async function passthrough(
   maxBodyBytes: number,
   done: (outcome: Outcome) => void,
 ): Promise<void> {
-  // The client going away (RST_STREAM, a closed connection) before the answer cancels the upstream call.
-  // (Node's compatibility layer reports such a stream as finished too: only our own flag can tell.)
-  const ac = new AbortController();
-  let timer: NodeJS.Timeout | undefined;
-  let answered = false;
-  const onClose = () => {
-    if (!answered) ac.abort(new ConnectError("the client cancelled the call", Code.Canceled));
-  };
-  res.once("close", onClose);
+  const call = callLifetime(res);
   const fail = (err: ConnectError) => {
-    answered = true;
+    call.answered();
     const a = errorAnswer("grpc", false, err);
     if (!res.headersSent && !res.destroyed) {
       res.statusCode = a.status;
@@ -156,25 +176,22 @@ export async function passthrough(
     if (timeout.error) throw invalid(timeout.error.rawMessage);
     // The client's deadline runs from now, reading its body included.
     const deadline = timeout.timeoutMs === undefined ? undefined : Date.now() + timeout.timeoutMs;
-    if (deadline !== undefined) {
-      timer = setTimeout(
-        () => ac.abort(new ConnectError("deadline exceeded", Code.DeadlineExceeded)),
-        timeout.timeoutMs,
-      );
+    if (timeout.timeoutMs !== undefined) {
+      call.deadline(timeout.timeoutMs, new ConnectError("deadline exceeded", Code.DeadlineExceeded));
     }
-    const message = unaryMessage(await abortable(readBody(req, maxBodyBytes), ac.signal), maxBodyBytes);
+    const message = unaryMessage(await abortable(readBody(req, maxBodyBytes), call.signal), maxBodyBytes);
     // After the deadline and the message, as on the general path: a malformed call is INVALID_ARGUMENT first.
     if (method.adminOnly && !identity?.roles.includes("admin")) {
       throw new ConnectError(`${method.name} needs the admin role`, Code.PermissionDenied);
     }
     let answer: Uint8Array;
     try {
-      const opts = callOptions(identity, client.requestId, ac.signal, undefined);
+      const opts = callOptions(identity, client.requestId, call.signal, undefined);
       answer = await method.call(message, deadline === undefined ? opts : { ...opts, deadline });
     } catch (err) {
-      throw toConnectError(err, method.upstream, ac.signal);
+      throw toConnectError(err, method.upstream, call.signal);
     }
-    answered = true;
+    call.answered();
     res.writeHead(200, { "content-type": req.headers["content-type"] as string });
     res.addTrailers({ "grpc-status": "0" });
     res.write(framePrefix(answer.byteLength));
@@ -185,7 +202,6 @@ export async function passthrough(
       err instanceof ConnectError ? err : new ConnectError("internal error", Code.Internal, undefined, undefined, err),
     );
   } finally {
-    clearTimeout(timer);
-    res.off("close", onClose);
+    call.end();
   }
 }
