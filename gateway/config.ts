@@ -28,6 +28,7 @@ const spec = {
   TRACE_FILE: commonEnv.TRACE_FILE,
   TRACE_FILE_MAX_BYTES: commonEnv.TRACE_FILE_MAX_BYTES,
   TRACE_SAMPLE_RATIO: commonEnv.TRACE_SAMPLE_RATIO,
+  TRACE_READ_SAMPLE_RATIO: commonEnv.TRACE_READ_SAMPLE_RATIO,
   METRICS_PORT: commonEnv.METRICS_PORT,
   METRICS_HOST: commonEnv.METRICS_HOST,
   /** HTTP listen address: loopback unless you mean to expose the gateway (Kubernetes sets 0.0.0.0). */

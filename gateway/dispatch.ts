@@ -24,7 +24,7 @@ import { Code, ConnectError, type ConnectRouter, createConnectRouter, createCont
 import type { UniversalHandler } from "@connectrpc/connect/protocol";
 import { universalRequestFromNodeRequest, universalResponseToNodeResponse } from "@connectrpc/connect-node";
 import { context, type Link, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
-import { extractContext, type Identity, type Logger, type Telemetry } from "../platform/index.js";
+import { extractContext, type Identity, type Logger, rpcAttributes, type Telemetry } from "../platform/index.js";
 import { AuthError, type Authenticator } from "./auth.js";
 import { connectFastEncoding, createConnectUnary, routerOptions } from "./connect-unary.js";
 import { type ClientInfo, kClient, kIdentity } from "./context.js";
@@ -156,7 +156,15 @@ function answer(res: NodeResponse, a: { status: number; headers: Record<string, 
 }
 
 /** One span, one RED sample and one access line per request, whichever way it ends (reported once). */
-function observe(o: DispatchOptions, req: NodeRequest, procedure: string, protocol: string, client: ClientInfo) {
+function observe(
+  o: DispatchOptions,
+  req: NodeRequest,
+  handler: UniversalHandler | undefined,
+  protocol: string,
+  client: ClientInfo,
+) {
+  // Label values come from the routing table only: a client cannot mint new series.
+  const procedure = handler ? `${handler.service.typeName}/${handler.method.name}` : "unknown";
   const started = performance.now();
   const incoming = extractContext({ get: (k) => req.headers[k], set: () => {} });
   const theirs = trace.getSpanContext(incoming);
@@ -164,7 +172,14 @@ function observe(o: DispatchOptions, req: NodeRequest, procedure: string, protoc
   const links: Link[] = theirs && !o.trustTraceparent ? [{ context: theirs }] : [];
   const span = o.telemetry.tracer.startSpan(
     procedure,
-    { kind: SpanKind.SERVER, attributes: { "rpc.system": "connect_rpc", "http.request.protocol": protocol }, links },
+    {
+      kind: SpanKind.SERVER,
+      attributes: {
+        ...(handler ? rpcAttributes("connect_rpc", handler.method) : { "rpc.system": "connect_rpc" }),
+        "http.request.protocol": protocol,
+      },
+      links,
+    },
     parent,
   );
   const ctx = trace.setSpan(parent, span);
@@ -180,7 +195,7 @@ function observe(o: DispatchOptions, req: NodeRequest, procedure: string, protoc
     const line = { procedure, protocol, code, ms: Math.round(ms * 10) / 10, principal, ip: client.ip };
     context.with(ctx, () => o.log.info({ ...line, request_id: client.requestId }, "access"));
   };
-  return { ctx, report };
+  return { ctx, report, procedure };
 }
 
 type Admission =
@@ -254,10 +269,8 @@ export function createDispatch(o: DispatchOptions): Dispatch {
     const protocol = isRest ? "rest" : wire;
     const frame = (err: ConnectError, httpStatus?: number) =>
       isRest ? restErrorAnswer(err, httpStatus) : errorAnswer(wire, isConnectStream(contentType), err, httpStatus);
-    // Label values come from the routing table only: a client cannot mint new series.
-    const procedure = handler ? `${handler.service.typeName}/${handler.method.name}` : "unknown";
     const client: ClientInfo = { ip: clientIp(req, o.trustProxy), requestId };
-    const { ctx, report } = observe(o, req, procedure, protocol, client);
+    const { ctx, report, procedure } = observe(o, req, handler, protocol, client);
     let principal = "";
 
     const refuse = (err: ConnectError, httpStatus?: number) => {

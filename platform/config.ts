@@ -175,6 +175,12 @@ export const commonEnv = {
    * recorded, one inside an unsampled trace never). 1 records every order, as `make trace` expects.
    */
   TRACE_SAMPLE_RATIO: num(1, { min: 0, max: 1 }),
+  /**
+   * Share of new traces recorded whose first call only reads (a method declared
+   * `idempotency_level = NO_SIDE_EFFECTS`: browsing, lookups), 0..1. Reads are most of the
+   * traffic and each trace costs CPU; orders and every other change follow TRACE_SAMPLE_RATIO.
+   */
+  TRACE_READ_SAMPLE_RATIO: num(0.1, { min: 0, max: 1 }),
   /** Port of the /metrics and /healthz endpoint; unset: off, 0: any free port. */
   METRICS_PORT: optionalInt({ min: 0, max: 65535 }),
   /** PostgreSQL URL (postgres://user:pass@host:5432/db); empty: the SQLite file DB_PATH. */

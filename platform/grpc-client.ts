@@ -18,6 +18,7 @@ import { earliestDeadline } from "./deadline.js";
 import { RpcError } from "./errors.js";
 import { deserializer, methodPath, serializer } from "./grpc.js";
 import { injectContext } from "./propagation.js";
+import { rpcAttributes } from "./tracing.js";
 
 /** Per-call options of a typed client. */
 export interface CallOptions {
@@ -60,8 +61,9 @@ function toRpcError(err: grpc.ServiceError): RpcError {
 /** The span, metadata and outcome of one call of `m`. */
 export function callTracing(m: DescMethod, tracer: Tracer | undefined) {
   const path = methodPath(m);
+  const attributes = rpcAttributes("grpc", m);
   return {
-    start: () => tracer?.startSpan(path.slice(1), { kind: SpanKind.CLIENT, attributes: { "rpc.system": "grpc" } }),
+    start: () => tracer?.startSpan(path.slice(1), { kind: SpanKind.CLIENT, attributes }),
     /** Metadata for one call: a copy (callers may reuse theirs), with the trace context injected. */
     metadata: (opts: CallOptions | undefined, span: Span | undefined) => {
       const md = opts?.metadata?.clone() ?? new grpc.Metadata();

@@ -62,5 +62,5 @@ export { createResilientClient, type DownstreamState, type PolicyEvents, type Re
 export { bind, type GrpcServerOptions, type RunningServer, type ServiceBinding, startGrpcServer } from "./server.js";
 export type { Db, DbLocation, Engine, Listening, Queries, Query, Tx } from "./sql.js";
 export { type AppTelemetry, createTelemetry, startAppTelemetry, type Telemetry } from "./telemetry.js";
-export { startTracing } from "./tracing.js";
+export { READ_ONLY, rpcAttributes, startTracing } from "./tracing.js";
 export { requireId, requireQuantity } from "./validate.js";

@@ -19,6 +19,7 @@ export interface ProcessConfig {
   readonly TRACE_FILE: string;
   readonly TRACE_FILE_MAX_BYTES: number;
   readonly TRACE_SAMPLE_RATIO: number;
+  readonly TRACE_READ_SAMPLE_RATIO: number;
 }
 
 /**

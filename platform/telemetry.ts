@@ -10,11 +10,13 @@
  * event published after a crash still belongs to the request that wrote it.
  */
 
+import type { DescMethod } from "@bufbuild/protobuf";
 import { status } from "@grpc/grpc-js";
 import { context, SpanKind, SpanStatusCode, type Tracer, trace } from "@opentelemetry/api";
 import type { Logger } from "./log.js";
 import { createMetrics, type Metrics, serveMetrics } from "./metrics.js";
 import { type Carrier, extractContext } from "./propagation.js";
+import { rpcAttributes } from "./tracing.js";
 
 /** A service's tracer and metrics. */
 export interface Telemetry {
@@ -45,12 +47,16 @@ const SERVER_ERROR_CODES: ReadonlySet<number> = new Set([
  */
 export function serverTelemetry(tel: Telemetry, codeOf: (err: unknown) => number, codeName: (code: number) => string) {
   return async <T>(
-    ctx: { method: { name: string; parent: { typeName: string } }; metadata: Carrier },
+    ctx: { method: Pick<DescMethod, "name" | "parent" | "idempotency">; metadata: Carrier },
     next: () => Promise<T>,
   ) => {
     const method = `${ctx.method.parent.typeName}/${ctx.method.name}`;
     const parent = extractContext(ctx.metadata);
-    const span = tel.tracer.startSpan(method, { kind: SpanKind.SERVER, attributes: { "rpc.system": "grpc" } }, parent);
+    const span = tel.tracer.startSpan(
+      method,
+      { kind: SpanKind.SERVER, attributes: rpcAttributes("grpc", ctx.method) },
+      parent,
+    );
     const started = performance.now();
     let code = 0;
     try {

@@ -1,12 +1,15 @@
 /**
- * Trace sampling (TRACE_SAMPLE_RATIO): new traces are kept at the ratio,
+ * Trace sampling (TRACE_SAMPLE_RATIO, TRACE_READ_SAMPLE_RATIO): new traces
+ * are kept at the ratio — the read ratio when the first call only reads —
  * and a call inside a trace follows its root's decision, so a trace is
  * whole or absent, never half.
  */
 import { context, propagation, ROOT_CONTEXT, trace } from "@opentelemetry/api";
 import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
 import { afterEach, describe, expect, it } from "vitest";
-import { startTracing } from "./tracing.js";
+import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
+import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
+import { READ_ONLY, rpcAttributes, startTracing } from "./tracing.js";
 
 let stop: (() => Promise<void>) | undefined;
 afterEach(async () => {
@@ -14,13 +17,14 @@ afterEach(async () => {
   stop = undefined;
 });
 
-async function tracing(sampleRatio: number) {
+async function tracing(sampleRatio: number, readSampleRatio?: number) {
   const exporter = new InMemorySpanExporter();
   stop = await startTracing({
     service: "t",
     otlpEndpoint: "",
     traceFile: "",
     sampleRatio,
+    ...(readSampleRatio === undefined ? {} : { readSampleRatio }),
     extra: [new SimpleSpanProcessor(exporter)],
   });
   return { exporter, tracer: trace.getTracer("t") };
@@ -55,5 +59,41 @@ describe("trace sampling", () => {
     const kept = exporter.getFinishedSpans().length;
     expect(kept).toBeGreaterThan(800);
     expect(kept).toBeLessThan(1200);
+  });
+
+  it("reads are marked by their proto's idempotency_level; a mutation, even a keyed one, is not", () => {
+    const method = (s: typeof InventoryService | typeof OrderService, name: string) => {
+      const m = s.methods.find((x) => x.name === name);
+      if (!m) throw new Error(name);
+      return m;
+    };
+    expect(rpcAttributes("grpc", method(InventoryService, "GetProduct"))[READ_ONLY]).toBe(true);
+    expect(rpcAttributes("grpc", method(OrderService, "GetOrder"))[READ_ONLY]).toBe(true);
+    expect(rpcAttributes("grpc", method(OrderService, "PlaceOrder"))).toEqual({ "rpc.system": "grpc" });
+    expect(rpcAttributes("grpc", method(InventoryService, "ReserveStock"))).toEqual({ "rpc.system": "grpc" });
+  });
+
+  it("a new trace that begins with a read is kept at the read ratio, any other at the ratio", async () => {
+    const { exporter, tracer } = await tracing(1, 0);
+    const read = { attributes: { [READ_ONLY]: true } };
+    for (let i = 0; i < 50; i++) tracer.startSpan("GetProduct", read).end();
+    expect(exporter.getFinishedSpans()).toHaveLength(0);
+    for (let i = 0; i < 50; i++) tracer.startSpan("PlaceOrder").end();
+    expect(exporter.getFinishedSpans()).toHaveLength(50);
+    // Inside a sampled trace a read is recorded whatever the read ratio: the trace stays whole.
+    context.with(incoming(true), () => tracer.startSpan("GetProduct", read).end());
+    expect(exporter.getFinishedSpans()).toHaveLength(51);
+  });
+
+  it("the read ratio keeps about that share of new read traces; left unset, reads follow the ratio", async () => {
+    const { exporter, tracer } = await tracing(1, 0.25);
+    for (let i = 0; i < 2000; i++) tracer.startSpan("GetProduct", { attributes: { [READ_ONLY]: true } }).end();
+    const kept = exporter.getFinishedSpans().length;
+    expect(kept).toBeGreaterThan(400);
+    expect(kept).toBeLessThan(600);
+    await stop?.();
+    const unset = await tracing(0);
+    for (let i = 0; i < 50; i++) unset.tracer.startSpan("GetProduct", { attributes: { [READ_ONLY]: true } }).end();
+    expect(unset.exporter.getFinishedSpans()).toHaveLength(0);
   });
 });

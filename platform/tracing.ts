@@ -5,8 +5,10 @@
  * the all-in-one `sdk-node` would bring every exporter and instrumentation
  * into the image for nothing.
  */
-import { context, propagation, trace } from "@opentelemetry/api";
-import type { SpanProcessor } from "@opentelemetry/sdk-trace-base";
+import type { DescMethod } from "@bufbuild/protobuf";
+import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
+import { type Attributes, type Context, context, type Link, propagation, type SpanKind, trace } from "@opentelemetry/api";
+import type { Sampler, SamplingResult, SpanProcessor } from "@opentelemetry/sdk-trace-base";
 import { DEFAULT_TRACE_FILE_MAX_BYTES, FileSpanExporter } from "./span-file.js";
 
 /** Process-wide tracing: starts the OpenTelemetry SDK once; returns its shutdown. */
@@ -18,6 +20,8 @@ export async function startTracing(opts: {
   traceFileMaxBytes?: number;
   /** Share of new traces recorded (default 1); calls inside a trace follow their parent's decision. */
   sampleRatio?: number;
+  /** The same for new traces that begin with a read (see {@link READ_ONLY}); default `sampleRatio`. */
+  readSampleRatio?: number;
   extra?: SpanProcessor[];
 }): Promise<() => Promise<void>> {
   // Loaded only by a process that traces (and the OTLP exporter only by one that exports): ~5 MB less
@@ -44,7 +48,12 @@ export async function startTracing(opts: {
   const provider = new NodeTracerProvider({
     resource: resourceFromAttributes({ "service.name": opts.service }),
     spanProcessors: processors,
-    sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(opts.sampleRatio ?? 1) }),
+    sampler: new ParentBasedSampler({
+      root: new ByWhatItDoes(
+        new TraceIdRatioBasedSampler(opts.sampleRatio ?? 1),
+        new TraceIdRatioBasedSampler(opts.readSampleRatio ?? opts.sampleRatio ?? 1),
+      ),
+    }),
   });
   // Global tracer provider, AsyncLocalStorage context manager and the W3C propagator.
   provider.register();
@@ -55,6 +64,45 @@ export async function startTracing(opts: {
     context.disable();
     propagation.disable();
   };
+}
+
+/**
+ * The attribute that marks a span of a call that only reads (its method is declared
+ * `idempotency_level = NO_SIDE_EFFECTS`), set where a call's first span starts (the gateway, a
+ * service's server interceptor, a client call): a trace that begins there is sampled at the
+ * read ratio.
+ */
+export const READ_ONLY = "shopmesh.read_only";
+
+/** The span attributes of a call of `method` over `system` (`rpc.system`), marked READ_ONLY when it only reads. */
+export function rpcAttributes(system: string, method: Pick<DescMethod, "idempotency">): Attributes {
+  return method.idempotency === MethodOptions_IdempotencyLevel.NO_SIDE_EFFECTS
+    ? { "rpc.system": system, [READ_ONLY]: true }
+    : { "rpc.system": system };
+}
+
+/** A new trace's sampling: at one ratio when its first span is a read's, at another otherwise. */
+class ByWhatItDoes implements Sampler {
+  constructor(
+    private readonly others: Sampler,
+    private readonly reads: Sampler,
+  ) {}
+
+  shouldSample(
+    ctx: Context,
+    traceId: string,
+    name: string,
+    kind: SpanKind,
+    attributes: Attributes,
+    links: Link[],
+  ): SamplingResult {
+    const by = attributes[READ_ONLY] === true ? this.reads : this.others;
+    return by.shouldSample(ctx, traceId, name, kind, attributes, links);
+  }
+
+  toString(): string {
+    return `ByWhatItDoes{reads=${this.reads}, others=${this.others}}`;
+  }
 }
 
 /**
@@ -69,6 +117,7 @@ export async function startProcessTelemetry(
     TRACE_FILE: string;
     TRACE_FILE_MAX_BYTES: number;
     TRACE_SAMPLE_RATIO: number;
+    TRACE_READ_SAMPLE_RATIO: number;
   },
 ): Promise<() => Promise<void>> {
   if (!c.OTEL_EXPORTER_OTLP_ENDPOINT && !c.TRACE_FILE) return async () => {};
@@ -78,5 +127,6 @@ export async function startProcessTelemetry(
     traceFile: c.TRACE_FILE,
     traceFileMaxBytes: c.TRACE_FILE_MAX_BYTES,
     sampleRatio: c.TRACE_SAMPLE_RATIO,
+    readSampleRatio: c.TRACE_READ_SAMPLE_RATIO,
   });
 }

@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { GatewayApp } from "../gateway/app.js";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
-import { startTracing } from "../platform/index.js";
+import { READ_ONLY, startTracing } from "../platform/index.js";
 import { logIds } from "../platform/propagation.js";
 import { type System, startSystem, startTestGateway } from "./system.js";
 
@@ -117,6 +117,8 @@ describe("traces", () => {
       );
       expect(root).toBeDefined();
       expect(root?.parentSpanContext).toBeUndefined();
+      // A change, sampled at TRACE_SAMPLE_RATIO (a read's trace would be at TRACE_READ_SAMPLE_RATIO).
+      expect(root?.attributes[READ_ONLY]).toBeUndefined();
       const names = inTrace.map((s) => `${scope(s)}: ${s.name}`);
       if (mode === "SAGA_MODE_ORCHESTRATION") {
         expect(names).toEqual(
@@ -180,6 +182,8 @@ describe("traces", () => {
       expect(s.spanContext().traceId).not.toBe(theirs);
       expect(s.parentSpanContext).toBeUndefined();
       expect(s.links.map((l) => l.context.traceId)).toEqual([theirs]);
+      // A read: a new trace of it is sampled at TRACE_READ_SAMPLE_RATIO.
+      expect(s.attributes[READ_ONLY]).toBe(true);
     }
     expect(spans.getFinishedSpans().filter((s) => s.spanContext().traceId === theirs)).toEqual([]);
   });
