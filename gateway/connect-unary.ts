@@ -40,7 +40,7 @@ import { Metadata } from "@grpc/grpc-js";
 import { Code as GrpcCode, type Identity, RpcError } from "../platform/index.js";
 import type { ClientInfo } from "./context.js";
 import { callOptions, toConnectError } from "./forward.js";
-import { abortable, callLifetime, type PassthroughMethod, readBody } from "./passthrough.js";
+import { callLifetime, type PassthroughMethod, readBody } from "./passthrough.js";
 import { codeOfStatus, errorAnswer, type Outcome, reclassify } from "./wire.js";
 
 type NodeRequest = http.IncomingMessage | http2.Http2ServerRequest;
@@ -110,7 +110,7 @@ export function createConnectUnary(table: ReadonlyMap<string, PassthroughMethod>
         // answered at its deadline (the general path waits for the body, or Node's request timeout).
         call.deadline(timeout.timeoutMs, new ConnectError("the operation timed out", Code.DeadlineExceeded));
       }
-      const body = await abortable(readBody(req, maxBodyBytes), call.signal);
+      const body = await readBody(req, maxBodyBytes, call.signal);
       const input = serialization.getI(binary).parse(body);
       if (method.adminOnly && !identity?.roles.includes("admin")) {
         throw new ConnectError(`${method.name} needs the admin role`, Code.PermissionDenied);

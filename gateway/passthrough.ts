@@ -95,31 +95,49 @@ function unaryMessage(body: Buffer, max: number): Buffer {
   return message;
 }
 
-/** `p`, or the abort's reason as soon as `signal` aborts. */
-export function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+/**
+ * Reads the whole body: RESOURCE_EXHAUSTED past `max` bytes, CANCELED if it breaks off, and the
+ * reason of `signal` as soon as that aborts (the client's deadline or cancel). With listeners, not
+ * an async iterator: one promise per body rather than a few per chunk.
+ */
+export function readBody(
+  req: http.IncomingMessage | http2.Http2ServerRequest,
+  max: number,
+  signal: AbortSignal,
+): Promise<Buffer> {
   if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    p.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
-  });
-}
-
-/** Reads the whole body, failing RESOURCE_EXHAUSTED past `max` bytes and CANCELED if it breaks off. */
-export async function readBody(req: http.IncomingMessage | http2.Http2ServerRequest, max: number): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let seen = 0;
-  try {
-    for await (const chunk of req as AsyncIterable<Buffer>) {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let seen = 0;
+    const settle = (err: unknown) => {
+      req.off("data", onData);
+      req.off("end", onEnd);
+      req.off("error", onBroken);
+      req.off("close", onBroken);
+      signal.removeEventListener("abort", onAbort);
+      if (err !== undefined) reject(err);
+      else resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks));
+    };
+    const onData = (chunk: Buffer) => {
       seen += chunk.byteLength;
-      if (seen > max) throw new ConnectError(`request body exceeds the limit of ${max} bytes`, Code.ResourceExhausted);
-      chunks.push(chunk);
-    }
-  } catch (err) {
-    if (err instanceof ConnectError) throw err;
-    throw new ConnectError("the request body ended early or malformed", Code.Canceled, undefined, undefined, err);
-  }
-  return chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
+      if (seen <= max) {
+        chunks.push(chunk);
+        return;
+      }
+      // The rest is dropped as it arrives; the answer closes the stream (on HTTP/1.1, the connection).
+      settle(new ConnectError(`request body exceeds the limit of ${max} bytes`, Code.ResourceExhausted));
+    };
+    const onEnd = () => settle(undefined);
+    // An error, or a close before the end (a reset stream, a connection gone).
+    const onBroken = (err?: Error) =>
+      settle(new ConnectError("the request body ended early or malformed", Code.Canceled, undefined, undefined, err));
+    const onAbort = () => settle(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    req.on("data", onData);
+    req.on("end", onEnd);
+    req.on("error", onBroken);
+    req.on("close", onBroken);
+  });
 }
 
 /**
@@ -179,7 +197,7 @@ export async function passthrough(
     if (timeout.timeoutMs !== undefined) {
       call.deadline(timeout.timeoutMs, new ConnectError("deadline exceeded", Code.DeadlineExceeded));
     }
-    const message = unaryMessage(await abortable(readBody(req, maxBodyBytes), call.signal), maxBodyBytes);
+    const message = unaryMessage(await readBody(req, maxBodyBytes, call.signal), maxBodyBytes);
     // After the deadline and the message, as on the general path: a malformed call is INVALID_ARGUMENT first.
     if (method.adminOnly && !identity?.roles.includes("admin")) {
       throw new ConnectError(`${method.name} needs the admin role`, Code.PermissionDenied);

@@ -17,7 +17,7 @@ import { context, type Span, SpanKind, SpanStatusCode, type Tracer, trace } from
 import { earliestDeadline } from "./deadline.js";
 import { RpcError } from "./errors.js";
 import { deserializer, methodPath, serializer } from "./grpc.js";
-import { injectContext } from "./propagation.js";
+import { injectContext, injectHeaders } from "./propagation.js";
 import { rpcAttributes } from "./tracing.js";
 
 /** Per-call options of a typed client. */
@@ -69,6 +69,12 @@ export function callTracing(m: DescMethod, tracer: Tracer | undefined) {
       const md = opts?.metadata?.clone() ?? new grpc.Metadata();
       if (span) injectContext(md, trace.setSpan(context.active(), span));
       return md;
+    },
+    /** The same as HTTP/2 headers, for a client that writes its own (h2-bytes.ts): no copy of the metadata. */
+    headers: (opts: CallOptions | undefined, span: Span | undefined): Record<string, string | string[]> => {
+      const h = opts?.metadata?.toHttp2Headers() ?? {};
+      if (span) injectHeaders(h, trace.setSpan(context.active(), span));
+      return h as Record<string, string | string[]>;
     },
     end: (span: Span | undefined, code: number) => {
       if (!span) return;

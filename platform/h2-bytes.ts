@@ -125,7 +125,7 @@ export function createH2BytesClient(service: DescService, address: string, trace
         const span = tracing.start();
         const deadline = earliestDeadline(opts.deadline, opts.timeoutMs);
         const headers: http2.OutgoingHttpHeaders = {
-          ...tracing.metadata(opts, span).toHttp2Headers(),
+          ...tracing.headers(opts, span),
           ":method": "POST",
           ":path": path,
           "content-type": "application/grpc",

@@ -36,6 +36,11 @@ export function injectContext(carrier: Carrier, ctx: Context = context.active())
   propagation.inject(ctx, carrier, setter);
 }
 
+/** Writes the context's trace headers into a plain object of headers (e.g. HTTP/2's). */
+export function injectHeaders(headers: Record<string, unknown>, ctx: Context = context.active()): void {
+  propagation.inject(ctx, headers);
+}
+
 /** The context carried by `carrier` (the root context if it carries none). */
 export function extractContext(carrier: Carrier): Context {
   return propagation.extract(ROOT_CONTEXT, carrier, getter);
