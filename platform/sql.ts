@@ -19,11 +19,19 @@
  * were alone.
  */
 import type Database from "better-sqlite3";
-import { Kysely, PostgresDialect, type RawBuilder, sql, type Transaction } from "kysely";
+import {
+  type CompiledQuery,
+  Kysely,
+  PostgresDialect,
+  type QueryResult,
+  type RawBuilder,
+  sql,
+  type Transaction,
+} from "kysely";
 import pg from "pg";
 import { backoffMs } from "./backoff.js";
 import { GroupCommit } from "./group-commit.js";
-import { sqliteDialect } from "./sqlite-driver.js";
+import { SqliteConnection, sqliteDialect } from "./sqlite-driver.js";
 import { WalSync } from "./wal-sync.js";
 
 /** Which engine a database runs on. */
@@ -153,59 +161,70 @@ export function pgPool(url: string, schema: string, max: number): pg.Pool {
   return pool;
 }
 
-/** Runs `f` in savepoint `sp` of `trx`: what it wrote is undone if it throws, and the error rethrown. */
+/** Runs `f` in savepoint `sp` of `tx`: what it wrote is undone if it throws, and the error rethrown. */
 async function savepoint<R>(
-  trx: Transaction<unknown>,
+  tx: Queries,
   sp: { begin: Query<unknown>; release: Query<unknown>; undo: Query<unknown> },
   f: () => Promise<R>,
 ): Promise<R> {
-  await sp.begin.execute(trx);
+  await tx.run(sp.begin);
   try {
     const r = await f();
-    await sp.release.execute(trx);
+    await tx.run(sp.release);
     return r;
   } catch (err) {
-    await sp.undo.execute(trx);
-    await sp.release.execute(trx);
+    await tx.run(sp.undo);
+    await tx.run(sp.release);
     throw err;
   }
 }
+
+/** Runs a compiled statement at once on the connection a transaction holds (SQLite; see sqlite-driver.ts). */
+type Direct = (q: CompiledQuery) => QueryResult<unknown>;
 
 class Queryer implements Queries {
   constructor(
     readonly engine: Engine,
     private readonly executor: Kysely<unknown> | Transaction<unknown>,
+    private readonly direct?: Direct,
   ) {}
+  private async execute<R>(q: Query<R>): Promise<QueryResult<R>> {
+    if (this.direct) return this.direct(q.compile(this.executor)) as QueryResult<R>;
+    return q.execute(this.executor);
+  }
   async all<R>(q: Query<R>): Promise<R[]> {
-    return (await q.execute(this.executor)).rows;
+    return (await this.execute(q)).rows;
   }
   async one<R>(q: Query<R>): Promise<R | undefined> {
-    return (await q.execute(this.executor)).rows[0];
+    return (await this.execute(q)).rows[0];
   }
   async run(q: Query<unknown>): Promise<number> {
-    return Number((await q.execute(this.executor)).numAffectedRows ?? 0n);
+    return Number((await this.execute(q)).numAffectedRows ?? 0n);
   }
 }
 
 class OpenDb extends Queryer implements Db {
   readonly listen?: Db["listen"];
+  /** SQLite: statements of a transaction run on its connection at once. */
+  private readonly inTx: Direct | undefined;
   /** SQLite: transactions asked for together share a commit (group-commit.ts). */
   private readonly group: GroupCommit<Transaction<unknown>> | undefined;
 
   constructor(
     engine: Engine,
     private readonly kysely: Kysely<unknown>,
-    opts: { listen?: Db["listen"]; wal?: WalSync; inTransaction?: () => boolean } = {},
+    opts: { listen?: Db["listen"]; wal?: WalSync; inTransaction?: () => boolean; direct?: Direct } = {},
     private readonly wal = opts.wal,
   ) {
     super(engine, kysely);
+    this.inTx = opts.direct;
     if (opts.listen) this.listen = opts.listen;
     const { inTransaction } = opts;
     this.group =
       inTransaction &&
       new GroupCommit({
         transaction: (body) => this.kysely.transaction().execute(body),
-        savepoint: (trx, f) => savepoint(trx, GROUPED, f),
+        savepoint: (trx, f) => savepoint(new Queryer(engine, trx, this.inTx), GROUPED, f),
         inTransaction,
         sync: () => this.wal?.sync() ?? Promise.resolve(),
       });
@@ -220,13 +239,14 @@ class OpenDb extends Queryer implements Db {
 
   /** `trx` as a {@link Tx} whose `afterCommit` hooks go to `hooks`. */
   private txOf(trx: Transaction<unknown>, hooks: (() => void)[]): Tx {
-    return Object.assign(new Queryer(this.engine, trx), {
+    const tx = new Queryer(this.engine, trx, this.inTx);
+    return Object.assign(tx, {
       forUpdate: this.engine === "postgres" ? FOR_UPDATE : NOTHING,
       afterCommit: (f: () => void) => hooks.push(f),
       savepoint: async <R>(f: () => Promise<R>): Promise<R> => {
         const mark = hooks.length;
         try {
-          return await savepoint(trx, NESTED, f);
+          return await savepoint(tx, NESTED, f);
         } catch (err) {
           hooks.length = mark;
           throw err;
@@ -275,10 +295,12 @@ export function sqliteDb(db: Database.Database): Db {
   // A file in WAL mode syncs its log per group of commits (wal-sync.ts).
   const wal = db.pragma("journal_mode", { simple: true }) === "wal" ? new WalSync(`${db.name}-wal`) : undefined;
   const inTransaction = () => db.inTransaction;
+  const connection = new SqliteConnection(db);
+  const direct: Direct = (q) => connection.execute(q);
   return new OpenDb(
     "sqlite",
-    new Kysely({ dialect: sqliteDialect(db) }),
-    wal ? { wal, inTransaction } : { inTransaction },
+    new Kysely({ dialect: sqliteDialect(connection) }),
+    wal ? { wal, inTransaction, direct } : { inTransaction, direct },
   );
 }
 

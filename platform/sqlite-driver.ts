@@ -1,7 +1,9 @@
 /**
  * Kysely's SQLite driver for sql.ts: one better-sqlite3 connection that
  * callers take turns on a whole transaction at a time, prepared statements
- * cached, and the write lock taken up front (`BEGIN IMMEDIATE`).
+ * cached, and the write lock taken up front (`BEGIN IMMEDIATE`). Inside a
+ * transaction, which holds the connection, sql.ts runs its statements on
+ * the connection directly ({@link SqliteConnection.execute}).
  */
 import type Database from "better-sqlite3";
 import {
@@ -16,10 +18,17 @@ import {
 } from "kysely";
 
 /** SQLite through better-sqlite3: one connection, prepared statements cached, writes taken up front. */
-class SqliteConnection implements DatabaseConnection {
+export class SqliteConnection implements DatabaseConnection {
   private readonly statements = new Map<string, Database.Statement>();
   constructor(readonly db: Database.Database) {}
   async executeQuery<R>(q: CompiledQuery): Promise<QueryResult<R>> {
+    return this.execute(q);
+  }
+  /**
+   * Runs `q` now, synchronously (better-sqlite3 is): for whoever holds the connection — the
+   * transaction in progress — without Kysely's few promises per statement around it.
+   */
+  execute<R>(q: CompiledQuery): QueryResult<R> {
     let stmt = this.statements.get(q.sql);
     if (!stmt) {
       stmt = this.db.prepare(q.sql);
@@ -38,12 +47,9 @@ class SqliteConnection implements DatabaseConnection {
 
 /** Kysely's SQLite driver, with statement caching and `BEGIN IMMEDIATE` (see sql.ts's module comment). */
 class SqliteDriver implements Driver {
-  private readonly connection: SqliteConnection;
   private queue: Promise<void> = Promise.resolve();
   private release: (() => void) | undefined;
-  constructor(db: Database.Database) {
-    this.connection = new SqliteConnection(db);
-  }
+  constructor(private readonly connection: SqliteConnection) {}
   async init(): Promise<void> {}
   async acquireConnection(): Promise<DatabaseConnection> {
     // One connection: callers take turns, a whole transaction at a time.
@@ -74,10 +80,10 @@ class SqliteDriver implements Driver {
 }
 
 /** Kysely's dialect for one better-sqlite3 connection, through {@link SqliteDriver}. */
-export function sqliteDialect(db: Database.Database): Dialect {
+export function sqliteDialect(connection: SqliteConnection): Dialect {
   return {
     createAdapter: () => new SqliteAdapter(),
-    createDriver: () => new SqliteDriver(db),
+    createDriver: () => new SqliteDriver(connection),
     createIntrospector: (k) => new SqliteIntrospector(k),
     createQueryCompiler: () => new SqliteQueryCompiler(),
   };
