@@ -170,18 +170,8 @@ function observe(
   const theirs = trace.getSpanContext(incoming);
   const parent = o.trustTraceparent ? incoming : ROOT_CONTEXT;
   const links: Link[] = theirs && !o.trustTraceparent ? [{ context: theirs }] : [];
-  const span = o.telemetry.tracer.startSpan(
-    procedure,
-    {
-      kind: SpanKind.SERVER,
-      attributes: {
-        ...(handler ? rpcAttributes("connect_rpc", handler.method) : { "rpc.system": "connect_rpc" }),
-        "http.request.protocol": protocol,
-      },
-      links,
-    },
-    parent,
-  );
+  const attributes = { ...rpcAttributes("connect_rpc", handler?.method), "http.request.protocol": protocol };
+  const span = o.telemetry.tracer.startSpan(procedure, { kind: SpanKind.SERVER, attributes, links }, parent);
   const ctx = trace.setSpan(parent, span);
   let reported = false;
   const report = (outcome: Outcome, principal: string) => {

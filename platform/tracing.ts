@@ -7,7 +7,15 @@
  */
 import type { DescMethod } from "@bufbuild/protobuf";
 import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
-import { type Attributes, type Context, context, type Link, propagation, type SpanKind, trace } from "@opentelemetry/api";
+import {
+  type Attributes,
+  type Context,
+  context,
+  type Link,
+  propagation,
+  type SpanKind,
+  trace,
+} from "@opentelemetry/api";
 import type { Sampler, SamplingResult, SpanProcessor } from "@opentelemetry/sdk-trace-base";
 import { DEFAULT_TRACE_FILE_MAX_BYTES, FileSpanExporter } from "./span-file.js";
 
@@ -75,8 +83,8 @@ export async function startTracing(opts: {
 export const READ_ONLY = "shopmesh.read_only";
 
 /** The span attributes of a call of `method` over `system` (`rpc.system`), marked READ_ONLY when it only reads. */
-export function rpcAttributes(system: string, method: Pick<DescMethod, "idempotency">): Attributes {
-  return method.idempotency === MethodOptions_IdempotencyLevel.NO_SIDE_EFFECTS
+export function rpcAttributes(system: string, method: Pick<DescMethod, "idempotency"> | undefined): Attributes {
+  return method?.idempotency === MethodOptions_IdempotencyLevel.NO_SIDE_EFFECTS
     ? { "rpc.system": system, [READ_ONLY]: true }
     : { "rpc.system": system };
 }
