@@ -20,13 +20,13 @@
  *   FOOTPRINT_OUT        where to write the JSON (default bench/results/footprint.json)
  */
 import { spawn } from "node:child_process";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { cpus } from "node:os";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { nodeCommand, ROOT, SYSTEM_ENV, systemNodeFlags } from "../scripts/layout.js";
-import { type Proc, restock, type System, startSystem } from "./system.js";
+import { type Proc, restock, type System, startSystem, writeResults } from "./system.js";
 
 const SECONDS = Number(process.env.FOOTPRINT_SECONDS ?? 60);
 const RATE = Number(process.env.FOOTPRINT_RATE ?? 50);
@@ -156,28 +156,16 @@ process.stdout.write(
     `ready ${sys.readyMs} ms after the first spawn; while loaded the sums peaked at ${peak.rssMb} MB RSS (${peak.pssMb} MB PSS)\n` +
     `load: ${totals.line}\n`,
 );
-mkdirSync(dirname(OUT), { recursive: true });
-writeFileSync(
-  OUT,
-  `${JSON.stringify(
-    {
-      when: new Date().toISOString(),
-      cores: cpus().length,
-      node: process.version,
-      telemetry: TELEMETRY ? "on" : "off",
-      rate: RATE,
-      seconds: SECONDS,
-      env: SYSTEM_ENV,
-      flags: Object.fromEntries(names.filter((n) => n !== "nats").map((n) => [n, systemNodeFlags(mainOf(n))])),
-      readyMs: sys.readyMs,
-      atStart,
-      afterLoad,
-      peakWhileLoaded: peak,
-      load: totals,
-    },
-    null,
-    2,
-  )}\n`,
-);
-process.stdout.write(`wrote ${OUT}\n`);
+writeResults(OUT, {
+  telemetry: TELEMETRY ? "on" : "off",
+  rate: RATE,
+  seconds: SECONDS,
+  env: SYSTEM_ENV,
+  flags: Object.fromEntries(names.filter((n) => n !== "nats").map((n) => [n, systemNodeFlags(mainOf(n))])),
+  readyMs: sys.readyMs,
+  atStart,
+  afterLoad,
+  peakWhileLoaded: peak,
+  load: totals,
+});
 process.exit(0);

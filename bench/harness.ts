@@ -23,14 +23,14 @@
  * The per-principal and per-address rate limits are raised for the run (one
  * load generator is one client); everything else is the default.
  */
-import { mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { readdirSync, statSync } from "node:fs";
 import { cpus } from "node:os";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { ROOT } from "../scripts/layout.js";
 import type { LoadResult, LoadSpec } from "./load.js";
-import { cpuSeconds, load, restock, type SystemMemory, startSystem } from "./system.js";
+import { cpuSeconds, load, restock, type SystemMemory, startSystem, writeResults } from "./system.js";
 
 const SMOKE = process.env.BENCH_SMOKE === "1";
 const SECONDS = Number(process.env.BENCH_SECONDS ?? (SMOKE ? 0.5 : 8));
@@ -196,24 +196,7 @@ for (const s of starts)
       `${s.rssMb} MB RSS (${s.pssMb} MB PSS); after its rounds ${s.afterRounds.rssMb} MB RSS (${s.afterRounds.pssMb} MB PSS)\n`,
   );
 const failed = rows.filter((r) => r.failures > 0 || r.calls === 0);
-mkdirSync(dirname(OUT), { recursive: true });
-writeFileSync(
-  OUT,
-  `${JSON.stringify(
-    {
-      when: new Date().toISOString(),
-      cores: cpus().length,
-      node: process.version,
-      seconds: SECONDS,
-      smoke: SMOKE,
-      starts,
-      rows,
-    },
-    null,
-    2,
-  )}\n`,
-);
-process.stdout.write(`wrote ${OUT}\n`);
+writeResults(OUT, { seconds: SECONDS, smoke: SMOKE, starts, rows });
 if (PROFILE) {
   const { summarise } = await import("./profile.js");
   // One profile per thread: the main thread's is the largest of this run.

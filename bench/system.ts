@@ -8,9 +8,9 @@
  * asked for, the services' /metrics and nats-server's monitoring endpoint.
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpus, tmpdir } from "node:os";
+import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { Metadata } from "@grpc/grpc-js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
@@ -313,4 +313,12 @@ export async function restock(sys: System): Promise<void> {
     );
   }
   ch.close();
+}
+
+/** Writes a benchmark's results as JSON to `path`, stamped with when, the cores and Node it ran on; says so. */
+export function writeResults(path: string, results: Record<string, unknown>): void {
+  mkdirSync(dirname(path), { recursive: true });
+  const stamp = { when: new Date().toISOString(), cores: cpus().length, node: process.version };
+  writeFileSync(path, `${JSON.stringify({ ...stamp, ...results }, null, 2)}\n`);
+  process.stdout.write(`wrote ${path}\n`);
 }
