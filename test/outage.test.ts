@@ -51,6 +51,28 @@ beforeAll(async () => {
       break;
     await new Promise((r) => setTimeout(r, 100));
   }
+  // The gateway answers before the services behind it may: wait until each serves gRPC and the
+  // gateway reaches the order service (it learns instances from the registry). A loaded CI machine
+  // once answered the first order 503.
+  const answers = async (f: () => Promise<unknown>) =>
+    f().then(
+      () => true,
+      () => false,
+    );
+  const auth = `Bearer ${await token()}`;
+  for (const n of NAMES.filter((x) => x !== "gateway")) {
+    const channel = createChannel(`127.0.0.1:${port[n]}`);
+    const chaos = createClient(ChaosService, channel);
+    for (let i = 0; i < 200 && !(await answers(() => chaos.getFaults({}))); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    channel.close();
+  }
+  const listed = () =>
+    fetch(`${gateway()}/v1/orders?pageSize=1`, { headers: { authorization: auth } }).then((r) => {
+      if (!r.ok) throw new Error(String(r.status));
+    });
+  for (let i = 0; i < 200 && !(await answers(listed)); i++) await new Promise((r) => setTimeout(r, 100));
 }, 60_000);
 
 afterAll(async () => {
