@@ -3,9 +3,15 @@
  * the gateway with the node flags `make run` and `make bench` share, any
  * other script without them.
  */
+import { execFileSync } from "node:child_process";
 import { join } from "node:path";
-import { expect, it } from "vitest";
+import { beforeAll, expect, it } from "vitest";
 import { nodeCommand, ROOT, systemNodeFlags } from "../scripts/layout.js";
+
+// nodeCommand runs the build: make it here rather than count on another suite having made it first.
+beforeAll(() => {
+  execFileSync("make", ["-s", "--no-print-directory", "build"], { cwd: ROOT, stdio: "pipe" });
+}, 120_000);
 
 const SYSTEM = ["gateway", ...["inventory", "payment", "order", "notification", "history"].map((s) => `services/${s}`)];
 
