@@ -16,7 +16,7 @@ import * as grpc from "@grpc/grpc-js";
 import { context, type Span, SpanKind, SpanStatusCode, type Tracer, trace } from "@opentelemetry/api";
 import { earliestDeadline } from "./deadline.js";
 import { RpcError } from "./errors.js";
-import { deserializer, methodPath, serializer } from "./grpc.js";
+import { deserializer, methodPath, NO_CHANNELZ, serializer } from "./grpc.js";
 import { injectContext, injectHeaders } from "./propagation.js";
 import { rpcAttributes } from "./tracing.js";
 
@@ -193,5 +193,5 @@ function isServiceError(err: unknown): err is grpc.ServiceError {
 
 /** A plaintext channel to `target` (host:port, dns:///..., or any registered resolver scheme). */
 export function createChannel(target: string, options: grpc.ChannelOptions = {}): grpc.Client {
-  return new grpc.Client(target, grpc.credentials.createInsecure(), options);
+  return new grpc.Client(target, grpc.credentials.createInsecure(), { ...NO_CHANNELZ, ...options });
 }

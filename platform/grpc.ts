@@ -162,10 +162,19 @@ function runInterceptors<T>(
   return next();
 }
 
-function callContext(m: DescMethod, call: ServerCall, log: Logger): CallContext {
+/**
+ * The context of one call and `settled`, to call once the handler has settled: grpc-js reports
+ * every call's end as "cancelled", even one it answered, and aborting then would build a
+ * DOMException (a stack trace) per call for nobody.
+ */
+function callContext(m: DescMethod, call: ServerCall, log: Logger): { ctx: CallContext; settled: () => void } {
   const ac = new AbortController();
-  call.once("cancelled", () => ac.abort());
-  return { method: m, metadata: call.metadata, deadline: deadlineOf(call), signal: ac.signal, log };
+  const cancel = () => ac.abort();
+  call.once("cancelled", cancel);
+  return {
+    ctx: { method: m, metadata: call.metadata, deadline: deadlineOf(call), signal: ac.signal, log },
+    settled: () => call.off("cancelled", cancel),
+  };
 }
 
 /** The status for a failed call; unknown errors are logged here and never shown. */
@@ -191,10 +200,16 @@ function drained(call: grpc.ServerWritableStream<unknown, unknown>, signal: Abor
 function unaryHandler(m: DescMethod, fn: unknown, interceptors: readonly Interceptor[], log: Logger) {
   const unary = fn as UnaryImpl<DescMessage, DescMessage>;
   return ((call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
-    const ctx = callContext(m, call, log);
+    const { ctx, settled } = callContext(m, call, log);
     runInterceptors(interceptors, ctx, async () => create(m.output, await unary(requestOf(call, m), ctx))).then(
-      (res) => callback(null, res),
-      (err: unknown) => callback(failure(ctx, err)),
+      (res) => {
+        settled();
+        callback(null, res);
+      },
+      (err: unknown) => {
+        settled();
+        callback(failure(ctx, err));
+      },
     );
   }) as grpc.handleUnaryCall<unknown, unknown>;
 }
@@ -202,15 +217,19 @@ function unaryHandler(m: DescMethod, fn: unknown, interceptors: readonly Interce
 function streamHandler(m: DescMethod, fn: unknown, interceptors: readonly Interceptor[], log: Logger) {
   const streaming = fn as ServerStreamingImpl<DescMessage, DescMessage>;
   return ((call: grpc.ServerWritableStream<unknown, unknown>) => {
-    const ctx = callContext(m, call, log);
+    const { ctx, settled } = callContext(m, call, log);
     runInterceptors(interceptors, ctx, async () => {
       for await (const msg of streaming(requestOf(call, m), ctx)) {
         if (ctx.signal.aborted) break;
         if (!call.write(create(m.output, msg))) await drained(call, ctx.signal);
       }
     }).then(
-      () => call.end(),
+      () => {
+        settled();
+        call.end();
+      },
       (err: unknown) => {
+        settled();
         if (!ctx.signal.aborted) call.emit("error", failure(ctx, err));
       },
     );
@@ -239,6 +258,12 @@ export function grpcHandlers<S extends DescService>(
   }
   return handlers;
 }
+
+/**
+ * grpc-js option that turns channelz off (it is on by default): its per-call and per-message
+ * bookkeeping (counters, timestamps) serves only a channelz service, which nothing here registers.
+ */
+export const NO_CHANNELZ = { "grpc.enable_channelz": 0 } as const;
 
 /** The 5-byte prefix of an uncompressed gRPC message of `length` bytes (length-prefixed message framing). */
 export function framePrefix(length: number): Buffer {

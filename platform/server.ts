@@ -13,7 +13,14 @@ import { Health } from "../gen/health/v1/health_pb.js";
 import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { FaultInjector } from "./chaos.js";
 import { toStatusObject } from "./errors.js";
-import { grpcHandlers, grpcServiceDefinition, type Interceptor, type ServiceImpl, withImports } from "./grpc.js";
+import {
+  grpcHandlers,
+  grpcServiceDefinition,
+  type Interceptor,
+  NO_CHANNELZ,
+  type ServiceImpl,
+  withImports,
+} from "./grpc.js";
 import type { Logger } from "./log.js";
 import { serverTelemetry, type Telemetry } from "./telemetry.js";
 
@@ -107,7 +114,7 @@ function tolerateCancellations(server: grpc.Server): void {
 /** Starts a server; resolves once it listens. */
 export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningServer> {
   const faults = opts.faults ?? new FaultInjector();
-  const server = new grpc.Server({ "grpc.max_receive_message_length": 4 * 1024 * 1024 });
+  const server = new grpc.Server({ "grpc.max_receive_message_length": 4 * 1024 * 1024, ...NO_CHANNELZ });
   tolerateCancellations(server);
   // Telemetry outermost: the span is active for the log line and everything below.
   const observed: Interceptor[] = opts.telemetry
