@@ -32,11 +32,18 @@ export interface Proc {
   readonly observePort?: number;
 }
 
-/** Every system process still running: killed if the measuring process exits first (a failed start, an error). */
+/**
+ * Every system process still running and every data directory not yet removed: killed and removed
+ * if the measuring process exits first (a failed start, an error, Ctrl-C).
+ */
 const spawned = new Set<ChildProcess>();
+const dirs = new Set<string>();
 process.on("exit", () => {
   for (const c of spawned) c.kill("SIGKILL");
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
+/** A signal ends the process without its exit handlers: exit instead, once a system is started. */
+const exitOnSignal = () => process.exit(130);
 
 /**
  * Spawns `cmd`, reads (and drops) its output as `make run` would print it, resolves once `ready`
@@ -166,6 +173,11 @@ export interface System {
 /** Starts the system as `make run` does, on free ports under a temporary data directory. */
 export async function startSystem(opts: SystemOptions): Promise<System> {
   const dir = mkdtempSync(join(tmpdir(), "shopmesh-bench-"));
+  dirs.add(dir);
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    process.off(signal, exitOnSignal);
+    process.once(signal, exitOnSignal);
+  }
   const t0 = performance.now();
   const nats = await startProcess(
     "nats",
@@ -255,6 +267,7 @@ export async function startSystem(opts: SystemOptions): Promise<System> {
       nats.child.kill("SIGTERM");
       await exited(nats.child);
       rmSync(dir, { recursive: true, force: true });
+      dirs.delete(dir);
     },
   };
 }
