@@ -81,3 +81,40 @@ describe("a connection shared by many callers", () => {
     await expect(bystander).resolves.toMatchObject({ product: { id: "3000" } });
   }, 30_000);
 });
+
+describe("a call's signal", () => {
+  it("aborts when the client cancels, and not after the call was answered", async () => {
+    const signals: AbortSignal[] = [];
+    const inventory = waitingInventory();
+    const server: RunningServer = await startGrpcServer({
+      host: "127.0.0.1",
+      port: 0,
+      services: [
+        bind(InventoryService, {
+          ...inventory,
+          getProduct: (req, ctx) => {
+            signals.push(ctx.signal);
+            return inventory.getProduct(req, ctx);
+          },
+        }),
+      ],
+      log: silentLogger(),
+    });
+    cleanups.push(() => server.stop(0));
+    const channel = createChannel(server.address);
+    cleanups.push(() => channel.close());
+    const client = createClient(InventoryService, channel);
+
+    // Answered: grpc-js then reports the call's end as "cancelled", which must not reach the handler.
+    await expect(client.getProduct({ productId: "1" })).resolves.toMatchObject({ product: { id: "1" } });
+    // Cancelled by its client while the handler waits.
+    const ac = new AbortController();
+    const cancelled = client.getProduct({ productId: "60000" }, { signal: ac.signal });
+    await expect.poll(() => signals.length).toBe(2);
+    ac.abort();
+    await expect(cancelled).rejects.toThrow();
+    await expect.poll(() => signals[1]?.aborted, { timeout: 5_000 }).toBe(true);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(signals[0]?.aborted).toBe(false);
+  });
+});
