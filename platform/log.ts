@@ -29,10 +29,19 @@ export function flushLogs(): void {
 }
 
 /**
+ * Lines are written in chunks of at least this many bytes, and whatever is
+ * buffered at least every {@link LOG_FLUSH_MS}: one write() per access line
+ * was 5-7% of the gateway's busy time at saturation (each an fs request to
+ * libuv's thread pool, a wake-up and a completion), ~10 lines a write now.
+ */
+const LOG_CHUNK_BYTES = 4096;
+const LOG_FLUSH_MS = 100;
+
+/**
  * Creates the process logger. JSON goes to stdout asynchronously (an access
  * line per request would otherwise be a blocking write() on the event loop's
- * thread), flushed by pino at exit; `pretty` renders one readable line per
- * entry, synchronously.
+ * thread), in chunks, flushed by pino at exit; `pretty` renders one readable
+ * line per entry, synchronously.
  */
 export async function createLogger(opts: LoggerOptions): Promise<Logger> {
   const base = { service: opts.service };
@@ -51,7 +60,12 @@ export async function createLogger(opts: LoggerOptions): Promise<Logger> {
       }),
     );
   }
-  const dest = pino.destination({ dest: 1, sync: false });
+  const dest = pino.destination({
+    dest: 1,
+    sync: false,
+    minLength: LOG_CHUNK_BYTES,
+    periodicFlush: LOG_FLUSH_MS,
+  });
   destinations.add(dest);
   return pino({ level: opts.level, base, mixin, timestamp: pino.stdTimeFunctions.isoTime }, dest);
 }
