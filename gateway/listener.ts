@@ -115,6 +115,12 @@ function boundRequestTime(
   req.stream.once("close", done);
 }
 
+/** Answers `status` with no body and closes the stream, whatever the client still means to send. */
+function refuse(req: http2.Http2ServerRequest, res: http2.Http2ServerResponse, status: number): void {
+  res.writeHead(status, { "content-length": "0" });
+  res.end(() => req.stream.close(http2.constants.NGHTTP2_NO_ERROR));
+}
+
 type CloseReason = Parameters<NonNullable<ListenerOptions["onClose"]>>[0];
 
 /** Largest header list a request may bring, decoded (as Node's HTTP/1.1 parser's default limit, times four). */
@@ -157,23 +163,29 @@ function protocolServers(o: ListenerOptions, handle: Handler, closed: (why: Clos
     (req, res) => {
       if (headerListBytes(req.rawHeaders) > MAX_HEADER_LIST_BYTES) {
         closed("header-list-size");
-        res.writeHead(431, { "content-length": "0" });
-        res.end();
+        refuse(req, res, 431);
         return;
       }
-      req.stream.setTimeout(o.streamIdleTimeoutMs, () => {
-        closed("stream-idle");
-        req.stream.close(http2.constants.NGHTTP2_CANCEL);
-      });
       boundRequestTime(req, res, o.requestTimeoutMs, () => closed("request-timeout"));
       handle(req, res);
     },
   );
+  // CONNECT (a tunnel, which nothing here serves): without this listener Node's compatibility layer
+  // answers 405 itself, never calling the handler above, and leaves the stream open for as long as the
+  // client keeps its side open.
+  h2.on("connect", (req, res) => refuse(req, res, 405));
   const sessions = new Set<http2.ServerHttp2Session>();
   h2.on("session", (session) => {
     sessions.add(session);
     session.once("close", () => sessions.delete(session));
     closeWhenIdle(session, o.idleTimeoutMs, () => closed("idle"));
+    // Every stream, whoever answers it: one on which no byte moves either way is cut.
+    session.on("stream", (stream) =>
+      stream.setTimeout(o.streamIdleTimeoutMs, () => {
+        closed("stream-idle");
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+      }),
+    );
   });
   return { h1, h2, sessions };
 }

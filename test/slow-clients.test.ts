@@ -126,6 +126,29 @@ describe("closed within the configured timeouts", () => {
     }
   });
 
+  it("an HTTP/2 CONNECT whose client keeps its side open: refused, its stream closed, then the idle session", async () => {
+    const session = http2.connect(gw.url);
+    session.on("error", () => {});
+    try {
+      const started = Date.now();
+      // A tunnel request that never ends its side (no END_STREAM): nothing here serves CONNECT.
+      const req = session.request({ ":method": "CONNECT", ":authority": "example.com:443" }, { endStream: false });
+      req.on("error", () => {});
+      const [status, streamClosed] = await Promise.all([
+        new Promise<number>((resolve) => req.once("response", (h) => resolve(Number(h[":status"])))),
+        new Promise<number>((resolve) => req.once("close", () => resolve(Date.now() - started))),
+      ]);
+      expect(status).toBe(405);
+      expect(streamClosed).toBeLessThan(SLACK_MS);
+      const sessionClosed = await new Promise<number>((resolve) =>
+        session.once("close", () => resolve(Date.now() - started)),
+      );
+      expect(sessionClosed).toBeLessThan(IDLE_MS + 2 * SLACK_MS);
+    } finally {
+      session.destroy();
+    }
+  });
+
   it("an idle HTTP/1.1 keep-alive connection and an idle HTTP/2 session", async () => {
     const c = await rawConnect(gw.port);
     await c.write(
