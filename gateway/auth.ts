@@ -19,6 +19,22 @@ export class AuthError extends Error {
   override name = "AuthError";
 }
 
+/**
+ * A request's one Authorization header (`rawHeaders`: names and values, alternating, as Node gives
+ * them), or null. More than one is refused: Node keeps the first, a proxy in front of the gateway may
+ * read the last, and a credential two layers read differently identifies nobody.
+ */
+export function authorizationOf(rawHeaders: readonly string[]): string | null {
+  let found: string | null = null;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i] as string;
+    if (name.length !== 13 || name.toLowerCase() !== "authorization") continue;
+    if (found !== null) throw new AuthError("more than one Authorization header");
+    found = rawHeaders[i + 1] ?? "";
+  }
+  return found;
+}
+
 /** Verifies a bearer token and returns the caller's identity. */
 export type Authenticator = (authorization: string | null) => Promise<Identity>;
 

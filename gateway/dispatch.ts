@@ -25,7 +25,7 @@ import type { UniversalHandler } from "@connectrpc/connect/protocol";
 import { universalRequestFromNodeRequest, universalResponseToNodeResponse } from "@connectrpc/connect-node";
 import { context, type Link, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import { extractContext, type Identity, type Logger, rpcAttributes, type Telemetry } from "../platform/index.js";
-import { AuthError, type Authenticator } from "./auth.js";
+import { AuthError, type Authenticator, authorizationOf } from "./auth.js";
 import { connectFastEncoding, createConnectUnary, routerOptions } from "./connect-unary.js";
 import { type ClientInfo, kClient, kIdentity } from "./context.js";
 import type { ConcurrencyLimiter, RateLimiter } from "./limits.js";
@@ -212,7 +212,7 @@ async function admit(
   if (o.tokenFree.has(handler.service.typeName)) return { handler, identity: undefined };
   let identity: Identity;
   try {
-    identity = await o.authenticate(req.headers.authorization ?? null);
+    identity = await o.authenticate(authorizationOf(req.rawHeaders));
   } catch (err) {
     if (!(err instanceof AuthError)) throw err;
     o.log.debug({ reason: err.message, ip: client.ip, request_id: client.requestId }, "authentication failed");

@@ -2,7 +2,8 @@
  * Regression tests for the second adversarial review of the front door
  * (issue 10): held calls and header bombs, reflection as an amplifier,
  * honest status codes for refused and broken requests, limits that no kind
- * of request escapes, and untrusted trace context. Each `describe` is one
+ * of request escapes, and untrusted trace context — and, from the third
+ * review, a repeated Authorization header. Each `describe` is one
  * finding, reproduced the way the hostile client did it.
  */
 import http2 from "node:http2";
@@ -309,5 +310,58 @@ describe("10. the public development key stays on this machine", () => {
     expect(() => loadConfig({ HTTP_HOST: "0.0.0.0" })).toThrow(/JWT_SECRET is the public development key/);
     expect(loadConfig({ HTTP_HOST: "0.0.0.0", JWT_SECRET: "a-secret-of-our-own-choosing" }).HTTP_HOST).toBe("0.0.0.0");
     expect(loadConfig({}).HTTP_HOST).toBe("127.0.0.1");
+  });
+});
+
+describe("11. a repeated Authorization header identifies nobody (third review)", () => {
+  const path = "/shopmesh.inventory.v1.InventoryService/ListProducts";
+  const token = () =>
+    signDevToken({ JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" }, "al", [
+      "customer",
+    ]);
+
+  /** The HTTP/1.1 status of ListProducts sent with these Authorization headers. */
+  const overH1 = async (authorizations: string[]) => {
+    const head = `POST ${path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n`;
+    const auth = authorizations.map((a) => `Authorization: ${a}\r\n`).join("");
+    return (await h1Raw(gw.port, `${head}${auth}Content-Length: 2\r\n\r\n{}`)).status;
+  };
+
+  /** The body of ListProducts sent over HTTP/2 with these Authorization headers (Node's client sends one only). */
+  const overH2 = async (authorizations: string[]) => {
+    await using c = await rawConnect(gw.port);
+    const data: Buffer[] = [];
+    let ended = false;
+    readFrames(c.socket, (type, flags, streamId, payload) => {
+      if (streamId !== 1) return;
+      if (type === 0) data.push(payload);
+      if ((type === 0 && flags & 0x1) || type === 3) ended = true;
+    });
+    const block = Buffer.concat([
+      hpackLiteral(":method", "POST"),
+      hpackLiteral(":scheme", "http"),
+      hpackLiteral(":authority", "localhost"),
+      hpackLiteral(":path", path),
+      hpackLiteral("content-type", "application/json"),
+      ...authorizations.map((a) => hpackLiteral("authorization", a)),
+    ]);
+    await c.write(Buffer.concat([H2_PREFACE, h2Frame(1, 0x4, 1, block), h2Frame(0, 0x1, 1, Buffer.from("{}"))]));
+    const deadline = Date.now() + 3_000;
+    while (!ended && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    return Buffer.concat(data).toString();
+  };
+
+  it("is refused over HTTP/1.1 and HTTP/2, whichever copy carries the valid token", async () => {
+    const valid = `Bearer ${await token()}`;
+    for (const pair of [
+      [valid, "Bearer x"],
+      ["Bearer x", valid],
+      [valid, valid],
+    ]) {
+      expect(await overH1(pair)).toBe(401);
+      expect(await overH2(pair)).toContain('"code":"unauthenticated"');
+    }
+    expect(await overH1([valid])).toBe(200);
+    expect(await overH2([valid])).toContain('"products"');
   });
 });
