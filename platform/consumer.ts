@@ -35,7 +35,7 @@ const ACK_WAIT_NS = 10 * 1e9;
  * many (what a crash strands for the ack wait; what a replica takes before the others).
  */
 const PULL_BATCH = 64;
-/** The most events settled in one transaction. */
+/** The most events settled in one transaction; a consumer holding this many stops lingering. */
 const MAX_BATCH = 64;
 
 /** What a service declares about one of its consumers. */
@@ -44,6 +44,13 @@ export interface ConsumerSpec {
   /** Durable consumer name, unique per service and stream, e.g. "notification-order". */
   readonly durable: string;
   readonly handlers: ReadonlyArray<[string, EventHandler]>;
+  /**
+   * How long an event that arrives while the consumer is idle waits for others to be settled with it,
+   * in one transaction (default 0: at the end of the event loop's turn). For consumers off every
+   * request's path (a read model, notifications): at a few events a second each event otherwise pays
+   * a transaction, a flush and a wake-up of its own, on the cores the requests need.
+   */
+  readonly lingerMs?: number;
 }
 
 /** Options of {@link startConsumer}. */
@@ -116,13 +123,28 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
   const messages = await consumer.consume({ max_messages: PULL_BATCH });
   // Events wait here while the batch before them commits, and are then settled together, in one
   // transaction (one commit, one flush): a busy consumer's cost per event falls as its backlog
-  // grows, an idle one settles each event alone as soon as it arrives.
+  // grows, an idle one settles each event alone as soon as it arrives (or with those that arrive
+  // within its linger; a full batch does not wait for the linger to end).
   const queue: JsMsg[] = [];
   let working: Promise<void> | undefined;
+  /** Ends the linger now (a full batch, a stop). */
+  let cutLinger = () => {};
   const work = async () => {
     try {
-      // Let everything that arrived with the first event (one read from the socket) join its batch.
-      await new Promise((r) => setImmediate(r));
+      // Let everything that arrived with the first event (one read from the socket), or within the
+      // linger, join its batch.
+      await new Promise<void>((r) => {
+        if (!opts.lingerMs) {
+          setImmediate(r);
+          return;
+        }
+        const timer = setTimeout(r, opts.lingerMs);
+        cutLinger = () => {
+          clearTimeout(timer);
+          r();
+        };
+      });
+      cutLinger = () => {};
       while (queue.length > 0 && !stopped) {
         const batch = queue.splice(0, MAX_BATCH);
         // Each event's span continues the trace in its headers; nothing else here is a request's.
@@ -139,7 +161,10 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
     for await (const m of messages) {
       queue.push(m);
       working ??= work();
-      if (queue.length >= MAX_BATCH) await working;
+      if (queue.length >= MAX_BATCH) {
+        cutLinger();
+        await working;
+      }
       if (stopped) break;
     }
     await working;
@@ -150,6 +175,7 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
   return {
     async stop() {
       stopped = true;
+      cutLinger();
       await messages.close();
       await loop;
     },

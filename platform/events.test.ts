@@ -433,6 +433,88 @@ describe("consumers settling a backlog", () => {
   });
 });
 
+describe("a consumer off every request's path", () => {
+  /** Five events published ~20 ms apart to a consumer idle before them: the transactions that applied them. */
+  async function settledIn(lingerMs: number): Promise<number> {
+    const producer = await service();
+    const consumer = await service();
+    const ids: string[] = [];
+    const transactions = new Set<unknown>();
+    let handled = 0;
+    const c = await startConsumer({
+      catalogue: EVENTS,
+      bus,
+      db: consumer.db,
+      log,
+      stream: "ORDER",
+      durable: `linger-${n}`,
+      lingerMs,
+      handlers: [
+        on(OrderPlacedSchema, async (_e, ctx, tx) => {
+          if (!ids.includes(ctx.eventId)) return;
+          transactions.add(tx);
+          handled++;
+        }),
+      ],
+    });
+    const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
+    relay.start();
+    for (let i = 0; i < 5; i++) {
+      ids.push(await addPlaced(producer, `ord-linger-${lingerMs}-${i}`));
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(
+      await until(
+        () => handled,
+        (k) => k === 5,
+      ),
+    ).toBe(5);
+    await c.stop();
+    await relay.stop();
+    return transactions.size;
+  }
+
+  it("settles the events that arrive within its linger in one transaction; an eager one settles each as it comes", async () => {
+    expect(await settledIn(1_000)).toBe(1);
+    expect(await settledIn(0)).toBeGreaterThan(1);
+  });
+
+  it("does not wait out its linger once it holds a full batch", async () => {
+    const producer = await service();
+    const ids: string[] = [];
+    for (let i = 0; i < 70; i++) ids.push(await addPlaced(producer, `ord-full-${i}`));
+    // Then a full batch more, so that each of the 70 is in a full batch whatever the stream held before.
+    for (let i = 0; i < 64; i++) await addPlaced(producer, `ord-full-filler-${i}`);
+    const consumer = await service();
+    let handled = 0;
+    const c = await startConsumer({
+      catalogue: EVENTS,
+      bus,
+      db: consumer.db,
+      log,
+      stream: "ORDER",
+      durable: `linger-full-${n}`,
+      lingerMs: 60_000,
+      handlers: [
+        on(OrderPlacedSchema, async (_e, ctx) => {
+          if (ids.includes(ctx.eventId)) handled++;
+        }),
+      ],
+    });
+    // Each batch goes as soon as it is full, not when the minute of linger ends.
+    const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
+    relay.start();
+    expect(
+      await until(
+        () => handled,
+        (k) => k === 70,
+      ),
+    ).toBe(70);
+    await c.stop();
+    await relay.stop();
+  });
+});
+
 describe("several replicas on one database", () => {
   /** `bus`, counting every publish by message id. */
   function countingBus(counts: Map<string, number>): Bus {

@@ -27,6 +27,13 @@ import type { HistoryStore } from "./store.js";
 /** A consumer of the history service: its stream, durable name and handlers. */
 export type HistoryConsumer = ConsumerSpec;
 
+/**
+ * The read model is off every request's path: an event waits up to this long for others to be
+ * applied with it in one transaction (platform/consumer.ts), which at a few orders a second takes
+ * a transaction, a flush and a wake-up per event off the cores the sagas need.
+ */
+const LINGER_MS = 100;
+
 /** The history service's consumers, one per stream. */
 export function historyConsumers(store: HistoryStore): HistoryConsumer[] {
   const apply = async (e: HistoryEvent, ctx: EventContext, tx: Tx) => {
@@ -36,6 +43,7 @@ export function historyConsumers(store: HistoryStore): HistoryConsumer[] {
     {
       stream: "ORDER",
       durable: "history-order",
+      lingerMs: LINGER_MS,
       handlers: [
         on(OrderPlacedSchema, apply),
         on(OrderConfirmedSchema, apply),
@@ -46,11 +54,13 @@ export function historyConsumers(store: HistoryStore): HistoryConsumer[] {
     {
       stream: "INVENTORY",
       durable: "history-inventory",
+      lingerMs: LINGER_MS,
       handlers: [on(StockReservedSchema, apply), on(StockRejectedSchema, apply), on(StockReleasedSchema, apply)],
     },
     {
       stream: "PAYMENT",
       durable: "history-payment",
+      lingerMs: LINGER_MS,
       handlers: [on(PaymentSucceededSchema, apply), on(PaymentFailedSchema, apply), on(PaymentRefundedSchema, apply)],
     },
   ];

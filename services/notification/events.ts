@@ -11,6 +11,12 @@ import { type ConsumerSpec, type EventContext, type Logger, on, type Tx } from "
 import { type NotifyingEvent, notificationFor } from "./domain.js";
 import type { NotificationStore } from "./store.js";
 
+/**
+ * Notifications are off every request's path: an event waits up to this long for others to be
+ * recorded with it in one transaction (platform/consumer.ts; see history's events.ts).
+ */
+const LINGER_MS = 100;
+
 /** The notification service's consumers. */
 export function notificationConsumers(store: NotificationStore, log: Logger): ConsumerSpec[] {
   const notify = async (e: NotifyingEvent, ctx: EventContext, tx: Tx) => {
@@ -24,11 +30,13 @@ export function notificationConsumers(store: NotificationStore, log: Logger): Co
     {
       stream: "ORDER",
       durable: "notification-order",
+      lingerMs: LINGER_MS,
       handlers: [on(OrderConfirmedSchema, notify), on(OrderCancelledSchema, notify)],
     },
     {
       stream: "PAYMENT",
       durable: "notification-payment",
+      lingerMs: LINGER_MS,
       handlers: [on(PaymentRefundedSchema, notify)],
     },
   ];
