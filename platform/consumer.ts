@@ -12,6 +12,7 @@ import { AckPolicy, DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import { SpanKind } from "@opentelemetry/api";
 import { backoffMs } from "./backoff.js";
+import { settleInBatches } from "./batches.js";
 import type { Bus } from "./bus.js";
 import type { EventCatalogue } from "./catalogue.js";
 import type { FaultInjector } from "./chaos.js";
@@ -35,7 +36,7 @@ const ACK_WAIT_NS = 10 * 1e9;
  * many (what a crash strands for the ack wait; what a replica takes before the others).
  */
 const PULL_BATCH = 64;
-/** The most events settled in one transaction; a consumer holding this many stops lingering. */
+/** The most events settled in one transaction (batches.ts); a consumer holding this many stops lingering. */
 const MAX_BATCH = 64;
 
 /** What a service declares about one of its consumers. */
@@ -119,65 +120,25 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
   }
   const consumer = await bus.js.consumers.get(opts.stream, durable);
   const settle = eventHandler(opts, clog);
-  let stopped = false;
   const messages = await consumer.consume({ max_messages: PULL_BATCH });
-  // Events wait here while the batch before them commits, and are then settled together, in one
-  // transaction (one commit, one flush): a busy consumer's cost per event falls as its backlog
-  // grows, an idle one settles each event alone as soon as it arrives (or with those that arrive
-  // within its linger; a full batch does not wait for the linger to end).
-  const queue: JsMsg[] = [];
-  let working: Promise<void> | undefined;
-  /** Ends the linger now (a full batch, a stop). */
-  let cutLinger = () => {};
-  const work = async () => {
-    try {
-      // Let everything that arrived with the first event (one read from the socket), or within the
-      // linger, join its batch.
-      await new Promise<void>((r) => {
-        if (!opts.lingerMs) {
-          setImmediate(r);
-          return;
-        }
-        const timer = setTimeout(r, opts.lingerMs);
-        cutLinger = () => {
-          clearTimeout(timer);
-          r();
-        };
-      });
-      cutLinger = () => {};
-      while (queue.length > 0 && !stopped) {
-        const batch = queue.splice(0, MAX_BATCH);
-        // Each event's span continues the trace in its headers; nothing else here is a request's.
-        await detached(() => settle(batch));
-      }
-    } catch (err) {
-      // settle() settles every event itself; this is a bug's safety net (its events are redelivered).
-      clog.error({ err }, "consumer batch failed");
-    } finally {
-      working = undefined;
-    }
-  };
-  const loop = (async () => {
-    for await (const m of messages) {
-      queue.push(m);
-      working ??= work();
-      if (queue.length >= MAX_BATCH) {
-        cutLinger();
-        await working;
-      }
-      if (stopped) break;
-    }
-    await working;
+  const batches = settleInBatches(messages, {
+    maxBatch: MAX_BATCH,
+    ...(opts.lingerMs ? { lingerMs: opts.lingerMs } : {}),
+    // Each event's span continues the trace in its headers; nothing else here is a request's.
+    settle: (batch) => detached(() => settle(batch)),
+    // settle() settles every event itself; this is a bug's safety net (its events are redelivered).
+    onError: (err) => clog.error({ err }, "consumer batch failed"),
     // Stopped with events not yet settled: give them back at once rather than after the ack wait.
-    for (const m of queue.splice(0)) m.nak();
-  })();
+    onLeft: (left) => {
+      for (const m of left) m.nak();
+    },
+  });
   clog.info({ stream: opts.stream }, "consuming");
   return {
     async stop() {
-      stopped = true;
-      cutLinger();
+      batches.stop();
       await messages.close();
-      await loop;
+      await batches.done;
     },
   };
 }

@@ -434,44 +434,61 @@ describe("consumers settling a backlog", () => {
 });
 
 describe("a consumer off every request's path", () => {
-  /** Five events published ~20 ms apart to a consumer idle before them: the transactions that applied them. */
-  async function settledIn(lingerMs: number): Promise<number> {
-    const producer = await service();
+  /** A consumer of ORDER lingering `lingerMs`, counting the events of `ids` it applies and the transactions they took. */
+  async function lingering(lingerMs: number, ids: readonly string[]) {
     const consumer = await service();
-    const ids: string[] = [];
-    const transactions = new Set<unknown>();
-    let handled = 0;
+    const durable = `linger-${n}`;
+    const seen = { handled: 0, transactions: new Set<unknown>() };
     const c = await startConsumer({
       catalogue: EVENTS,
       bus,
       db: consumer.db,
       log,
       stream: "ORDER",
-      durable: `linger-${n}`,
+      durable,
       lingerMs,
       handlers: [
         on(OrderPlacedSchema, async (_e, ctx, tx) => {
           if (!ids.includes(ctx.eventId)) return;
-          transactions.add(tx);
-          handled++;
+          seen.transactions.add(tx);
+          seen.handled++;
         }),
       ],
     });
+    const appliedAll = async () =>
+      expect(
+        await until(
+          () => seen.handled,
+          (k) => k === ids.length,
+        ),
+      ).toBe(ids.length);
+    return { c, durable, seen, appliedAll };
+  }
+
+  /** Five events published ~20 ms apart to a consumer idle before them: the transactions that applied them. */
+  async function settledIn(lingerMs: number): Promise<number> {
+    const producer = await service();
+    const ids: string[] = [];
+    const { c, durable, seen, appliedAll } = await lingering(lingerMs, ids);
+    // Idle first: what the stream held before (other tests' events) settled, its linger over.
+    await until(
+      async () => {
+        const info = await bus.jsm.consumers.info("ORDER", durable);
+        return info.num_pending + info.num_ack_pending;
+      },
+      (k) => k === 0,
+      10_000,
+    );
     const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
     relay.start();
     for (let i = 0; i < 5; i++) {
       ids.push(await addPlaced(producer, `ord-linger-${lingerMs}-${i}`));
       await new Promise((r) => setTimeout(r, 20));
     }
-    expect(
-      await until(
-        () => handled,
-        (k) => k === 5,
-      ),
-    ).toBe(5);
+    await appliedAll();
     await c.stop();
     await relay.stop();
-    return transactions.size;
+    return seen.transactions.size;
   }
 
   it("settles the events that arrive within its linger in one transaction; an eager one settles each as it comes", async () => {
@@ -485,31 +502,11 @@ describe("a consumer off every request's path", () => {
     for (let i = 0; i < 70; i++) ids.push(await addPlaced(producer, `ord-full-${i}`));
     // Then a full batch more, so that each of the 70 is in a full batch whatever the stream held before.
     for (let i = 0; i < 64; i++) await addPlaced(producer, `ord-full-filler-${i}`);
-    const consumer = await service();
-    let handled = 0;
-    const c = await startConsumer({
-      catalogue: EVENTS,
-      bus,
-      db: consumer.db,
-      log,
-      stream: "ORDER",
-      durable: `linger-full-${n}`,
-      lingerMs: 60_000,
-      handlers: [
-        on(OrderPlacedSchema, async (_e, ctx) => {
-          if (ids.includes(ctx.eventId)) handled++;
-        }),
-      ],
-    });
+    const { c, appliedAll } = await lingering(60_000, ids);
     // Each batch goes as soon as it is full, not when the minute of linger ends.
     const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
     relay.start();
-    expect(
-      await until(
-        () => handled,
-        (k) => k === 70,
-      ),
-    ).toBe(70);
+    await appliedAll();
     await c.stop();
     await relay.stop();
   });
