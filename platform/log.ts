@@ -60,13 +60,15 @@ export async function createLogger(opts: LoggerOptions): Promise<Logger> {
       }),
     );
   }
-  const dest = pino.destination({
-    dest: 1,
-    sync: false,
-    minLength: LOG_CHUNK_BYTES,
-    periodicFlush: LOG_FLUSH_MS,
-  });
+  const dest = pino.destination({ dest: 1, sync: false, minLength: LOG_CHUNK_BYTES });
   destinations.add(dest);
+  // Not sonic-boom's own periodicFlush: that writes even an empty buffer, a write() and a wake-up
+  // every tick in every idle process. `_len` (what is not yet written) is sonic-boom's own; were it
+  // ever gone, every tick flushes.
+  setInterval(() => {
+    const unwritten = (dest as unknown as { _len?: unknown })._len;
+    if (typeof unwritten !== "number" || unwritten > 0) dest.flush();
+  }, LOG_FLUSH_MS).unref();
   return pino({ level: opts.level, base, mixin, timestamp: pino.stdTimeFunctions.isoTime }, dest);
 }
 
