@@ -103,14 +103,15 @@ describe("traces", () => {
         (s) => s !== undefined,
       )) as ReadableSpan;
       const traceId = placed.spanContext().traceId;
+      const everyone = new Set(["gateway", "order", "inventory", "payment", "notification", "history"]);
+      // History and notification apply events up to 100 ms after they arrive (their linger).
       const inTrace = await waitFor(
         () => spans.getFinishedSpans().filter((s) => s.spanContext().traceId === traceId),
         (list) =>
-          list.some((s) => scope(s) === "notification" && s.name === "process shopmesh.order.v1.OrderConfirmed"),
+          list.some((s) => scope(s) === "notification" && s.name === "process shopmesh.order.v1.OrderConfirmed") &&
+          new Set(list.map(scope)).size === everyone.size,
       );
-      expect(new Set(inTrace.map(scope))).toEqual(
-        new Set(["gateway", "order", "inventory", "payment", "notification", "history"]),
-      );
+      expect(new Set(inTrace.map(scope))).toEqual(everyone);
       // The trace starts at the gateway: its PlaceOrder span is the root.
       const root = inTrace.find(
         (s) => scope(s) === "gateway" && s.kind === SpanKind.SERVER && s.name.endsWith("/PlaceOrder"),
