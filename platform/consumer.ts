@@ -52,6 +52,12 @@ export interface ConsumerSpec {
    * a transaction, a flush and a wake-up of its own, on the cores the requests need.
    */
   readonly lingerMs?: number;
+  /**
+   * For handlers whose effects commute (a projection) and which each lock one row: that row's key.
+   * A batch is applied sorted by it, so batches applied at once (two replicas, two streams) lock
+   * rows in one order and never deadlock (on PostgreSQL, a second's wait before one is run again).
+   */
+  readonly lockKey?: (event: unknown) => string;
 }
 
 /** Options of {@link startConsumer}. */
@@ -152,13 +158,13 @@ interface Ready {
 }
 
 /**
- * The function that settles a batch of delivered messages, in their order: each is applied once and
- * acknowledged, retried later, or dead-lettered. The events to apply are applied in one transaction;
- * if any of them fails, that transaction rolls back and each is applied again in one of its own,
- * so one event's failure never holds back the others nor costs them their exactly-once.
+ * The function that settles a batch of delivered messages, in their order (or their lockKey's): each
+ * is applied once and acknowledged, retried later, or dead-lettered. The events to apply are applied
+ * in one transaction, each in a savepoint of its own, so one event's failure never holds back the
+ * others nor costs them their exactly-once.
  */
 function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsMsg[]) => Promise<void> {
-  const { durable } = opts;
+  const { durable, lockKey } = opts;
   const maxDeliver = opts.maxDeliver ?? 10;
   const handlers = new Map(opts.handlers);
   const inbox = new Inbox(opts.db, durable);
@@ -272,30 +278,44 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
   };
 
   /**
-   * Applies `ready` in one transaction, each event in a savepoint of its own (one with more than
-   * one), so a failing handler undoes only its own writes; then acknowledges the applied events and
-   * settles the failed ones. If the transaction fails as a whole, every event is failed with it.
+   * Applies `ready` in one transaction, each event in a savepoint of its own (when more than one),
+   * so a failing handler undoes only its own writes; then acknowledges the applied events and
+   * settles the failed ones. If the transaction fails as a whole, every event fails with it — but
+   * after a PostgreSQL conflict each event is applied in a transaction of its own: run again whole,
+   * the batch would likely meet the transaction it deadlocked with again.
    */
   const applyAll = async (ready: readonly Ready[]) => {
     type Result = { r: Ready; duplicate: boolean } | { r: Ready; err: unknown };
+    const inSavepoints = async (tx: Tx): Promise<Result[]> => {
+      const out: Result[] = [];
+      for (const r of ready) {
+        try {
+          out.push({ r, duplicate: await tx.savepoint(() => applyIn(tx, r)) });
+        } catch (err) {
+          if (isConflict(err)) throw err; // the transaction is lost
+          out.push({ r, err });
+        }
+      }
+      return out;
+    };
+    const [only] = ready;
     let results: Result[];
     try {
-      results = await opts.db.transaction(async (tx) => {
-        const [only] = ready;
+      results = await opts.db.transaction(
         // One event needs no savepoint: its failure rolls back nothing but its own writes.
-        if (ready.length === 1 && only) return [{ r: only, duplicate: await applyIn(tx, only) }];
-        const out: Result[] = [];
-        for (const r of ready) {
-          try {
-            out.push({ r, duplicate: await tx.savepoint(() => applyIn(tx, r)) });
-          } catch (err) {
-            if (isConflict(err)) throw err; // PostgreSQL runs the whole transaction again
-            out.push({ r, err });
-          }
-        }
-        return out;
-      });
+        async (tx) =>
+          only && ready.length === 1 ? [{ r: only, duplicate: await applyIn(tx, only) }] : inSavepoints(tx),
+        { rerunOnConflict: ready.length === 1 },
+      );
     } catch (err) {
+      if (ready.length > 1 && isConflict(err)) {
+        clog.info(
+          { events: ready.length, err: (err as Error).message },
+          "batch conflicted; applying its events one by one",
+        );
+        for (const r of ready) await applyAll([r]);
+        return;
+      }
       results = ready.map((r) => ({ r, err }));
     }
     acknowledge(results.flatMap((x) => ("duplicate" in x ? [x] : [])));
@@ -319,6 +339,11 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
         const r = await prepare(m);
         if (r) ready.push(r);
       });
+    }
+    if (lockKey) {
+      const keyed = ready.map((r) => ({ r, key: lockKey(r.event) }));
+      keyed.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0)); // stable: one row's events keep their order
+      ready.splice(0, ready.length, ...keyed.map((k) => k.r));
     }
     if (ready.length > 0) await applyAll(ready);
   };

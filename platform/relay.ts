@@ -176,15 +176,13 @@ export class OutboxRelay {
     const { db } = this.opts;
     const now = Date.now();
     const until = now + (this.opts.claimMs ?? 5_000);
-    // PostgreSQL: concurrent relays skip each other's locked rows instead of waiting for them.
-    const skipLocked = db.engine === "postgres" ? sql`FOR UPDATE SKIP LOCKED` : sql``;
-    // Not flushed before publishing (see relaxed): the rows it claims were, before their commit reported.
+    // Concurrent relays pass over each other's rows. Not flushed before publishing (see relaxed): the rows it claims were, before their commit reported.
     const rows = await db.transaction(
       (tx) =>
         tx.all(sql<OutboxRow>`UPDATE outbox SET claimed_by = ${this.id}, claimed_until = ${until}
         WHERE seq IN (SELECT seq FROM outbox
                       WHERE sent_at IS NULL AND (claimed_until IS NULL OR claimed_until < ${now})
-                      ORDER BY seq LIMIT ${RELAY_BATCH} ${skipLocked})
+                      ORDER BY seq LIMIT ${RELAY_BATCH} ${tx.skipLocked})
         RETURNING seq, event_id, order_id, type, subject, payload, traceparent, created_at`),
       { durable: false },
     );

@@ -1,22 +1,18 @@
 /**
- * A service's database, on either engine, behind one small interface:
- * SQLite (better-sqlite3, one file per service — the zero-setup default) or
- * PostgreSQL (pg, a pooled connection and a schema per service — the
- * replicated store). Queries are written once, as SQL template literals
- * (Kysely's `sql` tag compiles placeholders for each engine); only DDL and the
- * rare engine-specific clause differ.
+ * A service's database, on either engine, behind one small interface: SQLite (better-sqlite3, one
+ * file per service — the zero-setup default) or PostgreSQL (pg, a pooled connection and a schema per
+ * service — the replicated store). Queries are written once, as SQL template literals (Kysely's `sql`
+ * tag compiles placeholders for each engine); only DDL and the rare engine-specific clause differ.
  *
- * Concurrency, the one rule every store follows: a transaction that reads
- * a row to decide how to change it reads it with `tx.forUpdate`, and a row
- * that must not exist twice has a unique key. On SQLite a transaction takes
- * the write lock up front (`BEGIN IMMEDIATE`: the whole database is the
- * lock, and several processes on one file never deadlock), so the clause is
- * empty. On PostgreSQL (READ COMMITTED, many replicas) it is `FOR UPDATE`:
- * writers of one row queue, the next one reads what the last committed;
- * two inserts of one key race on the unique index and the loser is run
- * again from the start, as is a deadlock victim — and then finds the
- * winner's row. Either way a store can read, decide and write as if it
- * were alone.
+ * Concurrency, the rules every store follows: a transaction that reads a row to decide how to change
+ * it reads it with `tx.forUpdate`; one that locks several rows locks them in one order (by key); a
+ * row that must not exist twice has a unique key. On SQLite a transaction takes the write lock up
+ * front (`BEGIN IMMEDIATE`: the whole database is the lock, and several processes on one file never
+ * deadlock), so the clause is empty. On PostgreSQL (READ COMMITTED, many replicas) it is `FOR UPDATE`:
+ * writers of one row queue, the next one reads what the last committed; two inserts of one key race
+ * on the unique index and the loser is run again from the start, as is a deadlock victim (found after
+ * a second's wait: hence the one order) — and then finds the winner's row. Either way a store can
+ * read, decide and write as if it were alone.
  */
 import type Database from "better-sqlite3";
 import {
@@ -54,12 +50,17 @@ export interface Queries {
 /** An open transaction. */
 export interface Tx extends Queries {
   /**
-   * Append to a SELECT whose rows this transaction will change: on
-   * PostgreSQL `FOR UPDATE` (other writers of those rows wait for this
-   * transaction), on SQLite nothing (the transaction already holds the
-   * database's write lock).
+   * Append to a SELECT whose rows this transaction will change: on PostgreSQL `FOR UPDATE` (other
+   * writers of those rows wait for this transaction), on SQLite nothing (the transaction already
+   * holds the database's write lock).
    */
   readonly forUpdate: Query<unknown>;
+  /**
+   * Append to a SELECT that claims rows for this transaction to change, where any free rows will
+   * do (a relay's batch, expired leases): on PostgreSQL `FOR UPDATE SKIP LOCKED` (rows another
+   * transaction holds are passed over: no waiting for it, no deadlock with it), on SQLite nothing.
+   */
+  readonly skipLocked: Query<unknown>;
   /** Runs `fn` once the transaction has committed (never when it rolls back). */
   afterCommit(fn: () => void): void;
   /**
@@ -85,10 +86,9 @@ export interface Db extends Queries {
   /** Runs `fn` in `tx` when given (joining the caller's transaction), else in a transaction of its own. */
   within<T>(tx: Tx | undefined, fn: (tx: Tx) => Promise<T>): Promise<T>;
   /**
-   * PostgreSQL: calls `fn` with every payload sent on `channel` (by
-   * `pg_notify`, from any connection of any replica, delivered at commit),
-   * and with "*" after a lost connection is back, when some may have been
-   * missed. SQLite: undefined — one process, nothing to hear from elsewhere.
+   * PostgreSQL: calls `fn` with every payload sent on `channel` (by `pg_notify`, from any connection
+   * of any replica, delivered at commit), and with "*" after a lost connection is back, when some
+   * may have been missed. SQLite: undefined — one process, nothing to hear from elsewhere.
    */
   readonly listen?: (channel: string, fn: (payload: string) => void) => Promise<Listening>;
   close(): Promise<void>;
@@ -104,6 +104,8 @@ export interface TxOptions {
    * sent marks (a lost mark republishes an event that JetStream and the inboxes drop). Default true.
    */
   readonly durable?: boolean;
+  /** false: a PostgreSQL conflict is the caller's error at once, not run again (a batch that splits up). */
+  readonly rerunOnConflict?: boolean;
 }
 
 /** A PostgreSQL conflict (serialization failure, deadlock, unique-key race) {@link Db.transaction} runs the transaction again on. */
@@ -130,6 +132,7 @@ export type DbLocation =
     };
 
 const FOR_UPDATE = sql`FOR UPDATE`;
+const SKIP_LOCKED = sql`FOR UPDATE SKIP LOCKED`;
 const NOTHING = sql``;
 const ASYNC_COMMIT = sql`SET LOCAL synchronous_commit TO OFF`;
 /** The savepoint of {@link Tx.savepoint}, and the one each transaction of a SQLite group commit runs in. */
@@ -242,6 +245,7 @@ class OpenDb extends Queryer implements Db {
     const tx = new Queryer(this.engine, trx, this.inTx);
     return Object.assign(tx, {
       forUpdate: this.engine === "postgres" ? FOR_UPDATE : NOTHING,
+      skipLocked: this.engine === "postgres" ? SKIP_LOCKED : NOTHING,
       afterCommit: (f: () => void) => hooks.push(f),
       savepoint: async <R>(f: () => Promise<R>): Promise<R> => {
         const mark = hooks.length;
@@ -274,7 +278,8 @@ class OpenDb extends Queryer implements Db {
         for (const h of hooks) h();
         return result;
       } catch (err) {
-        if (this.engine !== "postgres" || !isConflict(err) || attempt >= MAX_TX_ATTEMPTS) throw err;
+        const rerun = this.engine === "postgres" && isConflict(err) && opts.rerunOnConflict !== false;
+        if (!rerun || attempt >= MAX_TX_ATTEMPTS) throw err;
         await new Promise((r) => setTimeout(r, backoffMs(attempt, 2, 200, Math.random())));
       }
     }

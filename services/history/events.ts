@@ -34,6 +34,9 @@ export type HistoryConsumer = ConsumerSpec;
  */
 const LINGER_MS = 100;
 
+/** Each event locks its order's view row (store.ts); events merge in any order (domain.ts). */
+const lockKey = (e: unknown) => (e as HistoryEvent).meta?.orderId ?? "";
+
 /** The history service's consumers, one per stream. */
 export function historyConsumers(store: HistoryStore): HistoryConsumer[] {
   const apply = async (e: HistoryEvent, ctx: EventContext, tx: Tx) => {
@@ -44,6 +47,7 @@ export function historyConsumers(store: HistoryStore): HistoryConsumer[] {
       stream: "ORDER",
       durable: "history-order",
       lingerMs: LINGER_MS,
+      lockKey,
       handlers: [
         on(OrderPlacedSchema, apply),
         on(OrderConfirmedSchema, apply),
@@ -55,12 +59,14 @@ export function historyConsumers(store: HistoryStore): HistoryConsumer[] {
       stream: "INVENTORY",
       durable: "history-inventory",
       lingerMs: LINGER_MS,
+      lockKey,
       handlers: [on(StockReservedSchema, apply), on(StockRejectedSchema, apply), on(StockReleasedSchema, apply)],
     },
     {
       stream: "PAYMENT",
       durable: "history-payment",
       lingerMs: LINGER_MS,
+      lockKey,
       handlers: [on(PaymentSucceededSchema, apply), on(PaymentFailedSchema, apply), on(PaymentRefundedSchema, apply)],
     },
   ];

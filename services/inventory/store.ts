@@ -272,7 +272,10 @@ export class InventoryStore {
       if (row.status !== "RESERVED") return { kind: "unchanged", reservation: toReservation(row) };
       const r = toReservation(row);
       const now = this.clock();
-      for (const l of r.items) {
+      // In product order, like every reservation, so a release and a reservation never deadlock.
+      for (const l of [...r.items].sort((a, b) =>
+        a.productId < b.productId ? -1 : a.productId > b.productId ? 1 : 0,
+      )) {
         await tx.run(sql`UPDATE products
           SET available = available + ${l.quantity}, reserved = reserved - ${l.quantity}, updated_at = ${now}
           WHERE id = ${l.productId}`);

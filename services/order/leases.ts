@@ -17,7 +17,9 @@ export interface Lease {
  * Claims for `owner`, for `ms` from `now`, the lease of every unfinished orchestrated
  * saga that no live replica holds (its lease ran out or was given back) —
  * or of every one (`all`: only when no other process can hold any);
- * returns the claimed orders with their new fencing tokens.
+ * returns the claimed orders with their new fencing tokens. Orders another replica is claiming
+ * or renewing at the same moment are passed over (they are not free, and waiting for them could
+ * deadlock two claims).
  */
 export function claimSagas(
   db: Db,
@@ -34,7 +36,7 @@ export function claimSagas(
       WHERE id IN (SELECT id FROM orders
                    WHERE ${UNFINISHED} AND saga_mode = 'ORCHESTRATION'
                      AND (lease_until < ${now} OR ${scope === "all" ? 1 : 0} = 1)
-                   ORDER BY created_at LIMIT 1000)
+                   ORDER BY created_at LIMIT 1000 ${tx.skipLocked})
       RETURNING id, fence`),
   );
 }
