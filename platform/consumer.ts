@@ -278,11 +278,10 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
   };
 
   /**
-   * Applies `ready` in one transaction, each event in a savepoint of its own (when more than one),
-   * so a failing handler undoes only its own writes; then acknowledges the applied events and
-   * settles the failed ones. If the transaction fails as a whole, every event fails with it — but
-   * after a PostgreSQL conflict each event is applied in a transaction of its own: run again whole,
-   * the batch would likely meet the transaction it deadlocked with again.
+   * Applies `ready` in one transaction, each event in a savepoint (when more than one) so a failing
+   * handler undoes only its own writes; acknowledges the applied, settles the failed. If it fails
+   * whole, every event fails — but after a PostgreSQL conflict each event gets a transaction of its
+   * own (run again whole, the batch would likely meet the one it deadlocked with again).
    */
   const applyAll = async (ready: readonly Ready[]) => {
     type Result = { r: Ready; duplicate: boolean } | { r: Ready; err: unknown };
