@@ -131,7 +131,12 @@ it("restarts every process killed with SIGKILL, says so, and the system serves o
     const started = new RegExp(`^${name} .*\\| started \\(pid (\\d+)\\)`);
     const pid = Number(started.exec(run.lines.filter((l) => started.test(l)).at(-1) ?? "")?.[1]);
     expect(pid, name).toBeGreaterThan(0);
-    process.kill(pid, "SIGKILL");
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch (err) {
+      // Gone before the kill: it exited by itself; the runner's lines say why.
+      throw new Error(`${name} (pid ${pid}): ${(err as Error).message}\n${run.lines.slice(-40).join("\n")}`);
+    }
     await run.waitFor(new RegExp(`^${name} .*\\| exited unexpectedly \\(SIGKILL\\); restarting in 1 s \\(restart 1;`));
     await run.waitFor(new RegExp(`^${name} .*\\| started \\(pid (?!${pid}\\))\\d+\\)`));
     if (name === "gateway") {
