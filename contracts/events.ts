@@ -27,3 +27,11 @@ export const EVENTS = eventCatalogue({
   INVENTORY: [StockReservedSchema, StockRejectedSchema, StockReleasedSchema],
   PAYMENT: [PaymentSucceededSchema, PaymentFailedSchema, PaymentRefundedSchema],
 });
+
+/**
+ * The `lockKey` (platform/consumer.ts) of a consumer whose handlers touch only their event's own
+ * order — its row, its payment, its view — so that events of different orders are independent: a
+ * batch is then applied in order-id order (each order's events still in their own), and batches
+ * applied at once lock their rows in one order. Every event names its order in `meta`.
+ */
+export const byOrder = (event: unknown): string => (event as { meta?: { orderId?: string } }).meta?.orderId ?? "";

@@ -53,9 +53,9 @@ export interface ConsumerSpec {
    */
   readonly lingerMs?: number;
   /**
-   * For handlers whose effects commute (a projection) and which each lock one row: that row's key.
-   * A batch is applied sorted by it, so batches applied at once (two replicas, two streams) lock
-   * rows in one order and never deadlock (on PostgreSQL, a second's wait before one is run again).
+   * For handlers whose events of different keys are independent and lock only their key's rows:
+   * the key. A batch is applied sorted by it (stably), so batches applied at once (two replicas, two
+   * streams) lock rows in one order and never deadlock (PostgreSQL: a second's wait, then a rerun).
    */
   readonly lockKey?: (event: unknown) => string;
 }
@@ -158,7 +158,7 @@ interface Ready {
 }
 
 /**
- * The function that settles a batch of delivered messages, in their order (or their lockKey's): each
+ * The function that settles a batch of delivered messages, in their order (or by lockKey): each
  * is applied once and acknowledged, retried later, or dead-lettered. The events to apply are applied
  * in one transaction, each in a savepoint of its own, so one event's failure never holds back the
  * others nor costs them their exactly-once.

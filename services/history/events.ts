@@ -4,6 +4,7 @@
  * serve the live durable consumers and the rebuild (`rebuild.ts`), so a
  * replayed event has exactly the effect a delivered one has.
  */
+import { byOrder } from "../../contracts/events.js";
 import {
   StockRejectedSchema,
   StockReleasedSchema,
@@ -34,9 +35,6 @@ export type HistoryConsumer = ConsumerSpec;
  */
 const LINGER_MS = 100;
 
-/** Each event locks its order's view row (store.ts); events merge in any order (domain.ts). */
-const lockKey = (e: unknown) => (e as HistoryEvent).meta?.orderId ?? "";
-
 /** The history service's consumers, one per stream. */
 export function historyConsumers(store: HistoryStore): HistoryConsumer[] {
   const apply = async (e: HistoryEvent, ctx: EventContext, tx: Tx) => {
@@ -47,7 +45,7 @@ export function historyConsumers(store: HistoryStore): HistoryConsumer[] {
       stream: "ORDER",
       durable: "history-order",
       lingerMs: LINGER_MS,
-      lockKey,
+      lockKey: byOrder,
       handlers: [
         on(OrderPlacedSchema, apply),
         on(OrderConfirmedSchema, apply),
@@ -59,14 +57,14 @@ export function historyConsumers(store: HistoryStore): HistoryConsumer[] {
       stream: "INVENTORY",
       durable: "history-inventory",
       lingerMs: LINGER_MS,
-      lockKey,
+      lockKey: byOrder,
       handlers: [on(StockReservedSchema, apply), on(StockRejectedSchema, apply), on(StockReleasedSchema, apply)],
     },
     {
       stream: "PAYMENT",
       durable: "history-payment",
       lingerMs: LINGER_MS,
-      lockKey,
+      lockKey: byOrder,
       handlers: [on(PaymentSucceededSchema, apply), on(PaymentFailedSchema, apply), on(PaymentRefundedSchema, apply)],
     },
   ];

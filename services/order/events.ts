@@ -18,6 +18,7 @@
  * are the same pure functions the orchestrator uses (domain.ts), so both
  * modes reach the same end states for the same inputs.
  */
+import { byOrder } from "../../contracts/events.js";
 import { choreographed } from "../../contracts/saga.js";
 import {
   StockRejectedSchema,
@@ -146,6 +147,7 @@ export class Choreography {
       {
         stream: "INVENTORY",
         durable: "order-inventory",
+        lockKey: byOrder,
         handlers: [
           on(
             StockReservedSchema,
@@ -191,6 +193,7 @@ export class Choreography {
       {
         stream: "PAYMENT",
         durable: "order-payment",
+        lockKey: byOrder,
         handlers: [
           on(
             PaymentSucceededSchema,

@@ -12,6 +12,7 @@
  * orchestrator uses.
  */
 import { create } from "@bufbuild/protobuf";
+import { byOrder } from "../../contracts/events.js";
 import { choreographed, stepKey } from "../../contracts/saga.js";
 import { StockReservedSchema } from "../../gen/shopmesh/inventory/v1/events_pb.js";
 import { OrderCancelledSchema, OrderPlacedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
@@ -26,6 +27,7 @@ export function paymentConsumers(store: PaymentStore): ConsumerSpec[] {
     {
       stream: "ORDER",
       durable: "payment-order",
+      lockKey: byOrder,
       handlers: [
         on(
           OrderPlacedSchema,
@@ -51,6 +53,7 @@ export function paymentConsumers(store: PaymentStore): ConsumerSpec[] {
     {
       stream: "INVENTORY",
       durable: "payment-inventory",
+      lockKey: byOrder,
       handlers: [
         on(
           StockReservedSchema,
