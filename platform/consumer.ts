@@ -339,11 +339,9 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
         if (r) ready.push(r);
       });
     }
-    if (lockKey) {
-      const keyed = ready.map((r) => ({ r, key: lockKey(r.event) }));
-      keyed.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0)); // stable: one row's events keep their order
-      ready.splice(0, ready.length, ...keyed.map((k) => k.r));
-    }
+    // Array.prototype.sort is stable: one key's events keep their order.
+    if (lockKey)
+      ready.sort((a, b) => (lockKey(a.event) < lockKey(b.event) ? -1 : lockKey(a.event) > lockKey(b.event) ? 1 : 0));
     if (ready.length > 0) await applyAll(ready);
   };
 }

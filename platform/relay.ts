@@ -176,7 +176,8 @@ export class OutboxRelay {
     const { db } = this.opts;
     const now = Date.now();
     const until = now + (this.opts.claimMs ?? 5_000);
-    // Concurrent relays pass over each other's rows. Not flushed before publishing (see relaxed): the rows it claims were, before their commit reported.
+    // Concurrent relays pass over each other's rows. Not flushed before publishing (see relaxed):
+    // the rows it claims were, before their commit reported.
     const rows = await db.transaction(
       (tx) =>
         tx.all(sql<OutboxRow>`UPDATE outbox SET claimed_by = ${this.id}, claimed_until = ${until}
