@@ -8,7 +8,12 @@ const STORE_SUITES = [
   "test/discovery.test.ts",
 ];
 /** Suites that need several replicas on one PostgreSQL (SQLite is one process per file). */
-const POSTGRES_ONLY = ["test/scale-out.test.ts", "platform/sql.test.ts", "platform/lock-order.test.ts"];
+const POSTGRES_ONLY = [
+  "test/scale-out.test.ts",
+  "platform/sql.test.ts",
+  "platform/lock-order.test.ts",
+  "services/history/first-event.test.ts",
+];
 /**
  * Suites that saturate the machine on purpose (the bench smoke run, make compare): they run after
  * everything else, one at a time, so their load never starves another suite's timeouts.

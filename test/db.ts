@@ -101,3 +101,10 @@ export async function dropDatabase(location: DbLocation): Promise<void> {
   }
   await withDb(location, (db) => db.run(sql`DROP SCHEMA IF EXISTS ${sql.id(location.schema)} CASCADE`));
 }
+
+/** Statements of `db`'s PostgreSQL database waiting for a lock another transaction holds right now. */
+export async function lockWaits(db: Db): Promise<number> {
+  const [row] = await db.all(sql<{ n: number }>`SELECT count(*)::int AS n FROM pg_stat_activity
+    WHERE datname = current_database() AND wait_event_type = 'Lock'`);
+  return row?.n ?? 0;
+}

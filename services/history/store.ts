@@ -116,24 +116,29 @@ export class HistoryStore {
    */
   apply(fact: Fact, tx?: Tx): Promise<OrderView> {
     return this.db.within(tx, async (tx) => {
-      const row = await tx.one(
-        sql<ViewRow>`SELECT * FROM order_history WHERE order_id = ${fact.orderId} ${tx.forUpdate}`,
-      );
-      const v = toRow(project(row && toView(row), fact));
-      if (row) {
-        await tx.run(sql`UPDATE order_history SET customer_id = ${v.customer_id}, status = ${v.status},
-            items = ${v.items}, total_minor = ${v.total_minor}, currency = ${v.currency},
-            payment_status = ${v.payment_status}, reason = ${v.reason}, refund = ${v.refund},
-            last_event_at = ${v.last_event_at},
-            last_event_type = ${v.last_event_type}, last_event_id = ${v.last_event_id}
-          WHERE order_id = ${v.order_id}`);
-      } else {
-        // Two first events of one order on two replicas: one insert loses on the key and is run again, as an update.
-        await tx.run(sql`INSERT INTO order_history (order_id, customer_id, status, items, total_minor, currency,
-            payment_status, reason, refund, last_event_at, last_event_type, last_event_id)
+      const read = () =>
+        tx.one(sql<ViewRow>`SELECT * FROM order_history WHERE order_id = ${fact.orderId} ${tx.forUpdate}`);
+      let row = await read();
+      if (!row) {
+        const v = toRow(project(undefined, fact));
+        // Two first events of one order on two replicas: the second insert waits for the first's
+        // transaction, then inserts nothing, and its event is merged into the row the first wrote.
+        const inserted = await tx.run(sql`INSERT INTO order_history (order_id, customer_id, status, items,
+            total_minor, currency, payment_status, reason, refund, last_event_at, last_event_type, last_event_id)
           VALUES (${v.order_id}, ${v.customer_id}, ${v.status}, ${v.items}, ${v.total_minor}, ${v.currency},
-            ${v.payment_status}, ${v.reason}, ${v.refund}, ${v.last_event_at}, ${v.last_event_type}, ${v.last_event_id})`);
+            ${v.payment_status}, ${v.reason}, ${v.refund}, ${v.last_event_at}, ${v.last_event_type}, ${v.last_event_id})
+          ON CONFLICT (order_id) DO NOTHING`);
+        if (inserted === 1) return toView(v);
+        row = await read();
+        if (!row) throw new Error(`history row of order ${fact.orderId} neither inserted nor found`);
       }
+      const v = toRow(project(toView(row), fact));
+      await tx.run(sql`UPDATE order_history SET customer_id = ${v.customer_id}, status = ${v.status},
+          items = ${v.items}, total_minor = ${v.total_minor}, currency = ${v.currency},
+          payment_status = ${v.payment_status}, reason = ${v.reason}, refund = ${v.refund},
+          last_event_at = ${v.last_event_at},
+          last_event_type = ${v.last_event_type}, last_event_id = ${v.last_event_id}
+        WHERE order_id = ${v.order_id}`);
       return toView(v);
     });
   }
