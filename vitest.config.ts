@@ -13,6 +13,7 @@ const POSTGRES_ONLY = [
   "platform/sql.test.ts",
   "platform/lock-order.test.ts",
   "services/history/first-event.test.ts",
+  "services/inventory/lock-order.test.ts",
 ];
 /**
  * Suites that saturate the machine on purpose (the bench smoke run, make compare): they run after

@@ -9,7 +9,6 @@
  * the consumer keeps going.
  */
 import { AckPolicy, DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
-import { headers as natsHeaders } from "@nats-io/transport-node";
 import { SpanKind } from "@opentelemetry/api";
 import { backoffMs } from "./backoff.js";
 import { settleInBatches } from "./batches.js";
@@ -17,6 +16,7 @@ import type { Bus } from "./bus.js";
 import type { EventCatalogue } from "./catalogue.js";
 import type { FaultInjector } from "./chaos.js";
 import { isDatabaseUnavailable } from "./db-errors.js";
+import { deadLetter } from "./dead-letter.js";
 import { decodeEvent, type EventContext, type EventHandler, Inbox, UnprocessableEventError } from "./inbox.js";
 import { flushLogs, type Logger } from "./log.js";
 import { detached, extractContext, inSpan } from "./propagation.js";
@@ -58,6 +58,12 @@ export interface ConsumerSpec {
    * streams) lock rows in one order and never deadlock (PostgreSQL: a second's wait, then a rerun).
    */
   readonly lockKey?: (event: unknown) => string;
+  /**
+   * For handlers whose events of different keys share rows (orders sharing products): locks, in
+   * one order, every row the batch's `events` will change, before the first is applied — what a
+   * lockKey cannot do. Runs in each transaction of more than one event (one event locks its own).
+   */
+  readonly lockFirst?: (tx: Tx, events: readonly unknown[]) => Promise<void>;
 }
 
 /** Options of {@link startConsumer}. */
@@ -88,20 +94,6 @@ export interface RunningConsumer {
 /** A message's headers as a trace-context carrier. */
 function headerCarrier(m: JsMsg) {
   return { get: (k: string) => m.headers?.get(k), set: () => {} };
-}
-
-/** Moves `m` to `dlq.<durable>` with why, then terminates it. */
-async function deadLetter(bus: Bus, durable: string, m: JsMsg, reason: string): Promise<void> {
-  const h = natsHeaders();
-  for (const [k, v] of m.headers ?? []) if (k !== "Nats-Msg-Id") for (const x of v) h.append(k, x);
-  h.set("x-dlq-reason", reason.slice(0, 1000));
-  h.set("x-dlq-consumer", durable);
-  h.set("x-dlq-subject", m.subject);
-  h.set("x-dlq-stream-seq", String(m.seq));
-  h.set("x-dlq-deliveries", String(m.info.deliveryCount));
-  await bus.js.publish(`dlq.${durable}`, m.data, { headers: h, msgID: `${durable}:${m.seq}` });
-  // No reason argument: nats-server 2.9 ignores term() with a reason and keeps the message pending.
-  m.term();
 }
 
 /**
@@ -287,6 +279,10 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
     type Result = { r: Ready; duplicate: boolean } | { r: Ready; err: unknown };
     const inSavepoints = async (tx: Tx): Promise<Result[]> => {
       const out: Result[] = [];
+      await opts.lockFirst?.(
+        tx,
+        ready.map((r) => r.event),
+      );
       for (const r of ready) {
         try {
           out.push({ r, duplicate: await tx.savepoint(() => applyIn(tx, r)) });

@@ -11,8 +11,14 @@
  * The reservation key is `<order id>:reserve_stock`, the same key the
  * orchestrator uses, so one order can never be reserved twice whichever way
  * its saga runs.
+ *
+ * Orders share products, so a batch of them locks every product it will
+ * change first, by id, as each reservation and release does (store.ts):
+ * otherwise its first order's products stay locked while it waits for a
+ * later order's, and a reservation call holding those can be waiting for the
+ * first — a deadlock PostgreSQL breaks only after a second.
  */
-import { create } from "@bufbuild/protobuf";
+import { create, isMessage } from "@bufbuild/protobuf";
 import { choreographed, stepKey } from "../../contracts/saga.js";
 import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import { StockRejectedSchema } from "../../gen/shopmesh/inventory/v1/events_pb.js";
@@ -28,6 +34,15 @@ export function inventoryConsumers(store: InventoryStore): ConsumerSpec[] {
     {
       stream: "ORDER",
       durable: "inventory-order",
+      lockFirst: (tx, events) => {
+        const placed = events.filter((e) => isMessage(e, OrderPlacedSchema));
+        const cancelled = events.filter((e) => isMessage(e, OrderCancelledSchema));
+        return store.lockForBatch(
+          tx,
+          placed.flatMap((e) => e.items.map((l) => l.productId)),
+          cancelled.map((e) => stepKey(e.meta?.orderId ?? "", "reserve_stock")),
+        );
+      },
       handlers: [
         on(
           OrderPlacedSchema,

@@ -113,6 +113,36 @@ export class InventoryStore {
     return rows.map(toProduct);
   }
 
+  /**
+   * The products `ids` names (those that exist), locked for this transaction in the one order every
+   * transaction here locks products in — by id — so no two ever wait for each other in a cycle.
+   */
+  private async lockedProducts(tx: Tx, ids: Iterable<string>): Promise<Map<string, ProductRecord>> {
+    const stock = new Map<string, ProductRecord>();
+    for (const id of [...new Set(ids)].sort()) {
+      const row = await tx.one(sql<ProductRow>`SELECT * FROM products WHERE id = ${id} ${tx.forUpdate}`);
+      if (row) stock.set(row.id, toProduct(row));
+    }
+    return stock;
+  }
+
+  /**
+   * Locks (PostgreSQL; on SQLite the transaction holds the whole database) every product that
+   * reserving `productIds` or cancelling the reservations made with `keys` would change: a consumer's
+   * batch of several orders, which share products, locks them all first, so it never holds one
+   * order's products while it waits for another's.
+   */
+  async lockForBatch(tx: Tx, productIds: readonly string[], keys: readonly string[]): Promise<void> {
+    if (tx.engine !== "postgres") return;
+    const ids = [...productIds];
+    if (keys.length > 0) {
+      const held = await tx.all(sql<Pick<ReservationRow, "items">>`SELECT items FROM reservations
+        WHERE status = 'RESERVED' AND idempotency_key IN (${sql.join(keys)})`);
+      for (const r of held) for (const l of JSON.parse(r.items) as Line[]) ids.push(l.productId);
+    }
+    await this.lockedProducts(tx, ids);
+  }
+
   /** The reservation made with `key`, locked for this transaction. */
   private reservationByKey(tx: Tx, key: string): Promise<ReservationRow | undefined> {
     return tx.one(sql<ReservationRow>`SELECT * FROM reservations WHERE idempotency_key = ${key} ${tx.forUpdate}`);
@@ -199,12 +229,10 @@ export class InventoryStore {
         case "new":
           break;
       }
-      // Locked in one order (by id) by every reservation, so two never wait for each other.
-      const stock = new Map<string, ProductRecord>();
-      for (const productId of [...new Set(lines.map((l) => l.productId))].sort()) {
-        const row = await tx.one(sql<ProductRow>`SELECT * FROM products WHERE id = ${productId} ${tx.forUpdate}`);
-        if (row) stock.set(row.id, toProduct(row));
-      }
+      const stock = await this.lockedProducts(
+        tx,
+        lines.map((l) => l.productId),
+      );
       const plan: Plan = planReservation(lines, stock);
       const now = this.clock();
       const id = newId("res", now);
@@ -272,10 +300,11 @@ export class InventoryStore {
       if (row.status !== "RESERVED") return { kind: "unchanged", reservation: toReservation(row) };
       const r = toReservation(row);
       const now = this.clock();
-      // In product order, like every reservation, so a release and a reservation never deadlock.
-      for (const l of [...r.items].sort((a, b) =>
-        a.productId < b.productId ? -1 : a.productId > b.productId ? 1 : 0,
-      )) {
+      await this.lockedProducts(
+        tx,
+        r.items.map((l) => l.productId),
+      );
+      for (const l of r.items) {
         await tx.run(sql`UPDATE products
           SET available = available + ${l.quantity}, reserved = reserved - ${l.quantity}, updated_at = ${now}
           WHERE id = ${l.productId}`);

@@ -1,0 +1,107 @@
+/**
+ * Inventory's consumer against reservation calls on a real PostgreSQL (postgres project only: on
+ * SQLite one writer holds the whole database). Orders share products, so a batch of choreographed
+ * orders that locked each order's products as it came to it could hold one product while waiting
+ * for another that a reservation call holds, the call waiting for the first: a deadlock, which
+ * PostgreSQL breaks only after a second. The batch locks all its products first, by id, as each
+ * call does, so the two wait for each other in one direction only.
+ */
+import { pino } from "pino";
+import { afterAll, beforeAll, expect, it } from "vitest";
+import { EVENTS } from "../../contracts/events.js";
+import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
+import { OrderPlacedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
+import { type Bus, connectBus } from "../../platform/bus.js";
+import { startConsumer } from "../../platform/consumer.js";
+import { silentLogger, sql } from "../../platform/index.js";
+import { lockWaits, TestDatabases } from "../../test/db.js";
+import { event, publishEvents, until } from "../../test/events.js";
+import { tempDir } from "../../test/fixtures.js";
+import { startNats, type TestNats } from "../../test/nats.js";
+import { DEMO_CATALOGUE } from "./catalogue.js";
+import { inventoryConsumers } from "./events.js";
+import { InventoryStore } from "./store.js";
+
+const dir = tempDir();
+let nats: TestNats;
+let bus: Bus;
+let store: InventoryStore;
+let run = 0;
+
+beforeAll(async () => {
+  nats = await startNats();
+  bus = await connectBus(nats.url, "inventory-lock-order-test", silentLogger(), { streams: EVENTS.streams });
+  store = await InventoryStore.open(await new TestDatabases(dir.path).location("inventory"));
+  await store.seedIfEmpty(DEMO_CATALOGUE);
+});
+afterAll(async () => {
+  await store?.close();
+  await bus?.close();
+  await nats?.[Symbol.asyncDispose]();
+  dir[Symbol.dispose]();
+});
+
+/**
+ * A batch of two choreographed orders — coffee beans, then a mug — while a reservation call that
+ * holds the mug goes on to lock the beans (in id order: ceramic-mug < coffee-beans). Returns the
+ * deadlocks: the call's, or the batch's (which it logs, then applies its events one by one).
+ */
+async function batchAgainstCall(lockFirst: boolean): Promise<number> {
+  const tag = `ord-inv-lock-${++run}`;
+  const lines: { msg: string; err?: string }[] = [];
+  const [spec] = inventoryConsumers(store);
+  if (!spec) throw new Error("inventory has no consumer");
+  const consumer = await startConsumer({
+    ...spec,
+    ...(lockFirst ? {} : { lockFirst: undefined }),
+    durable: `${tag}-inventory`,
+    lingerMs: 200, // both events in one batch
+    catalogue: EVENTS,
+    bus,
+    db: store.db,
+    log: pino({ level: "info" }, { write: (s: string) => lines.push(JSON.parse(s)) }),
+  });
+  let deadlocks = 0;
+  await store.db
+    .transaction(
+      async (tx) => {
+        await store.lockForBatch(tx, ["ceramic-mug"], []); // the call has locked its first product
+        const order = (n: number, productId: string) =>
+          event(OrderPlacedSchema, `${tag}-${n}`, {
+            customerId: "c",
+            items: [{ productId, quantity: 1 }],
+            sagaMode: SagaMode.CHOREOGRAPHY,
+          });
+        await publishEvents(bus, [order(1, "coffee-beans"), order(2, "ceramic-mug")]);
+        await until(
+          () => lockWaits(store.db),
+          (n) => n === 1,
+        ); // the batch waits for the mug
+        const call = [
+          { productId: "ceramic-mug", quantity: 1 },
+          { productId: "coffee-beans", quantity: 1 },
+        ];
+        const r = await store.reserve(`${tag}-call`, "fp", `${tag}-call`, call, SagaMode.ORCHESTRATION, tx);
+        expect(r.kind).toBe("reserved");
+      },
+      { rerunOnConflict: false },
+    )
+    .catch((err: { code?: string }) => {
+      if (err.code !== "40P01") throw err;
+      deadlocks++; // the call's transaction was the one PostgreSQL broke
+    });
+  const reserved = await until(
+    () =>
+      store.db.all(sql`SELECT order_id FROM reservations WHERE order_id LIKE ${`${tag}-_`} AND status = 'RESERVED'`),
+    (rows) => rows.length === 2,
+  );
+  await consumer.stop();
+  expect(reserved).toHaveLength(2);
+  return deadlocks + lines.filter((l) => l.msg.startsWith("batch conflicted") && l.err?.includes("deadlock")).length;
+}
+
+it("a batch of orders locks all its products first, by id: no deadlock with a reservation call; without, one", async () => {
+  expect(await batchAgainstCall(true)).toBe(0);
+  // The control: locking each order's products as it comes to them, the same batch deadlocks.
+  expect(await batchAgainstCall(false)).toBe(1);
+});
