@@ -75,6 +75,8 @@ export class SagaOrchestrator {
   private readonly loops = new Map<string, { loop: SagaLoop; done: Promise<void> }>();
   private stopped = false;
   private sweeper: NodeJS.Timeout | undefined;
+  /** The sweep running now, if any (one at a time; stop() waits for it). */
+  private sweeping: Promise<void> | undefined;
   private readonly ctx: SagaContext;
 
   constructor(private readonly deps: SagaDeps) {
@@ -99,7 +101,12 @@ export class SagaOrchestrator {
     const { leasing, log } = this.deps;
     const adopted = await this.adopt(leasing.adoptAllAtStart ? "all" : "expired");
     if (adopted > 0) log.info({ sagas: adopted, at: "start" }, "resuming sagas left in flight");
-    this.sweeper = setInterval(() => void this.sweep(), Math.max(50, Math.floor(leasing.ms / 3)));
+    this.sweeper = setInterval(
+      () => {
+        this.sweeping ??= this.sweep().finally(() => (this.sweeping = undefined));
+      },
+      Math.max(50, Math.floor(leasing.ms / 3)),
+    );
     this.sweeper.unref();
     return adopted;
   }
@@ -180,10 +187,15 @@ export class SagaOrchestrator {
     this.loops.get(orderId)?.loop.wake();
   }
 
-  /** Stops all loops (in-flight calls are cancelled) and gives their leases back to the other replicas. */
+  /**
+   * Stops all loops (in-flight calls are cancelled) and gives their leases back to the other replicas
+   * — after a sweep that is running has ended, or a claim or renewal it commits after the release
+   * would hold sagas nobody drives until their lease ran out.
+   */
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.sweeper);
+    await this.sweeping;
     for (const l of this.loops.values()) l.loop.stop();
     await Promise.all([...this.loops.values()].map((l) => l.done));
     await this.deps.store.releaseLeases(this.deps.leasing.owner).catch((err: unknown) => {

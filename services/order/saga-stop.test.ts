@@ -1,0 +1,63 @@
+/**
+ * A replica's graceful stop gives its saga leases back — including those a lease sweep running at
+ * that moment claims (real store, SQLite or PostgreSQL per the run).
+ */
+import { afterAll, beforeAll, expect, it } from "vitest";
+import { type Client, silentLogger, sql } from "../../platform/index.js";
+import { TestDatabases } from "../../test/db.js";
+import { tempDir } from "../../test/fixtures.js";
+import { SagaOrchestrator } from "./saga.js";
+import { OrderStore } from "./store.js";
+
+const dir = tempDir();
+let store: OrderStore;
+
+beforeAll(async () => {
+  store = await OrderStore.open(await new TestDatabases(dir.path).location("order"));
+});
+afterAll(async () => {
+  await store?.close();
+  dir[Symbol.dispose]();
+});
+
+it("stop() waits for a running sweep, then gives back the sagas it claimed", async () => {
+  const saga = new SagaOrchestrator({
+    store,
+    // Never called: a stopping orchestrator drives nothing it claims.
+    inventory: {} as Client<never>,
+    payment: {} as Client<never>,
+    log: silentLogger(),
+    leasing: { owner: "stopping-replica", ms: 150, adoptAllAtStart: false },
+    timing: { stepBudgetMs: 1_000, retryBaseMs: 10, retryMaxMs: 100 },
+  });
+  expect(await saga.start()).toBe(0);
+  // A saga whose owner died: its lease runs out at once, and the next sweep claims it.
+  const placed = await store.place(
+    {
+      customerId: "c",
+      key: "orphan",
+      fingerprint: "f",
+      items: [{ productId: "p", quantity: 1 }],
+      cardToken: "tok_visa",
+      sagaMode: "ORCHESTRATION",
+    },
+    { owner: "dead-replica", ms: 1 },
+  );
+  if (placed.kind !== "created") throw new Error(`not placed: ${placed.kind}`);
+  // The sweep's claim takes a while (a busy database): stop() comes while it runs.
+  const claim = store.claimSagas.bind(store);
+  let claiming!: () => void;
+  const inClaim = new Promise<void>((r) => (claiming = r));
+  store.claimSagas = async (...args) => {
+    claiming();
+    await new Promise((r) => setTimeout(r, 300));
+    return claim(...args);
+  };
+  await inClaim;
+  await saga.stop();
+  const lease = await store.db.one(
+    sql<{ owner: string; lease_until: number }>`SELECT owner, lease_until FROM orders WHERE id = ${placed.order.id}`,
+  );
+  // Claimed by the sweep, then given back: any replica adopts it at once.
+  expect(lease).toEqual({ owner: "stopping-replica", lease_until: 0 });
+});
