@@ -19,10 +19,14 @@ import {
 } from "./domain.js";
 import { PARTICIPANT } from "./participants.js";
 
-/** A transition's guard: it applies only while the order is in `status` (and, `noCancel`, no cancel was asked). */
+/**
+ * A transition's guard: it applies only while the order is in `status` (and, `noCancel`, no cancel
+ * was asked; `staleBefore`, it last changed before then, epoch ms) — checked on the locked row.
+ */
 export interface Guard {
   readonly status: OrderStatus;
   readonly noCancel?: boolean;
+  readonly staleBefore?: number;
 }
 
 /** The transition (with its guard) that carries out a decision needing no call. */

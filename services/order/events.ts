@@ -126,10 +126,12 @@ export class Choreography {
     for (const id of await this.store.stalledChoreography(now - budgetMs)) {
       await this.store.db.transaction(async (tx) => {
         const o = await this.order(id, tx);
-        if (o?.status !== "PENDING" || o.updatedAt >= now - budgetMs) return;
+        if (o?.status !== "PENDING") return;
         const who = o.stock === "done" ? "payment" : "inventory";
         const reason = `${who} unavailable: no answer within the ${budgetMs} ms step budget`;
-        if (await this.applyIf(o, onCompensate(reason), "PENDING", tx)) {
+        // Still stale once locked: an event that made progress since the read keeps the order going.
+        const guard = { status: "PENDING", staleBefore: now - budgetMs } as const;
+        if ((await this.store.apply(o.id, onCompensate(reason), { guard, tx })).kind === "applied") {
           await this.cancel(o, reason, tx);
           cancelled++;
         }

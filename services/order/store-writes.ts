@@ -127,7 +127,8 @@ export function placeOrder(
 /**
  * Applies a saga transition atomically (patch + step-log entry), in `tx`
  * when given. With `guard`, applies only while the order is in
- * `guard.status` and (with `noCancel`) no cancel was requested. With
+ * `guard.status`, (with `noCancel`) no cancel was requested and (with
+ * `staleBefore`) it has not changed since. With
  * `lease`, applies only while the lease still carries that fencing token.
  */
 export function applyTransition(
@@ -141,7 +142,12 @@ export function applyTransition(
     if (!row) throw new Error(`order ${id} vanished`);
     const { guard, lease } = opts;
     if (lease && (row.fence !== lease.fence || row.owner !== lease.owner)) return { kind: "fenced" };
-    if (guard && (row.status !== guard.status || (guard.noCancel && row.cancel_requested !== null))) {
+    if (
+      guard &&
+      (row.status !== guard.status ||
+        (guard.noCancel && row.cancel_requested !== null) ||
+        row.updated_at >= (guard.staleBefore ?? Number.POSITIVE_INFINITY))
+    ) {
       return { kind: "skipped" };
     }
     const now = w.clock();
