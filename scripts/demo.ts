@@ -4,19 +4,27 @@
  *   1. succeeds (stock reserved, payment captured, order confirmed);
  *   2. payment declined (stock released by compensation, order cancelled);
  *   3. out of stock (cancelled before any charge is attempted).
- * ORDER_TARGET overrides the order service address (default 127.0.0.1:50053);
- * SAGA_MODE=choreography runs the same three orders as a choreography.
+ * Earlier orders (the web shop, `make load`, earlier demos) may have used up the stock the first
+ * two need, or a restock made the third's possible: it restocks what the first two need, as an
+ * operator, and asks the third for one unit more than there is, saying so when it does.
+ * ORDER_TARGET and INVENTORY_TARGET override the services' addresses (default 127.0.0.1:50053 and
+ * :50051); SAGA_MODE=choreography runs the same three orders as a choreography.
  */
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
+import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { type Order, OrderService, OrderStatus, StepStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { createChannel, createClient, identityMetadata, RpcError } from "../platform/index.js";
 
 const target = process.env.ORDER_TARGET ?? "127.0.0.1:50053";
 const sagaMode =
   process.env.SAGA_MODE?.toLowerCase() === "choreography" ? SagaMode.CHOREOGRAPHY : SagaMode.ORCHESTRATION;
+const inventoryTarget = process.env.INVENTORY_TARGET ?? "127.0.0.1:50051";
 const channel = createChannel(target);
+const inventoryChannel = createChannel(inventoryTarget);
 const orders = createClient(OrderService, channel);
+const inventory = createClient(InventoryService, inventoryChannel);
 const who = { metadata: identityMetadata({ subject: "demo-customer", roles: ["customer"] }) };
+const operator = { metadata: identityMetadata({ subject: "demo-operator", roles: ["admin"] }) };
 const run = Date.now().toString(36);
 const tty = process.stdout.isTTY;
 const paint = (code: number, s: string) => (tty ? `\x1b[${code}m${s}\x1b[0m` : s);
@@ -34,6 +42,30 @@ const SCENARIOS = [
     cardToken: "tok_visa",
   },
 ];
+
+/** Units of `productId` available now. */
+async function available(productId: string): Promise<number> {
+  const { product } = await inventory.getProduct({ productId }, { ...who, timeoutMs: 5_000 });
+  return product?.available ?? 0;
+}
+
+/** Stock for the first two scenarios, and more asked for than there is in the third. */
+async function prepareStock(): Promise<void> {
+  for (const { items } of SCENARIOS.slice(0, 2)) {
+    for (const { productId, quantity } of items) {
+      const short = quantity - (await available(productId));
+      if (short <= 0) continue;
+      const add = short + 20;
+      await inventory.restock(
+        { idempotencyKey: `demo-${run}-restock-${productId}`, productId, quantity: add },
+        { ...operator, timeoutMs: 5_000 },
+      );
+      console.log(`restocked ${productId} (+${add}): earlier orders had used it up`);
+    }
+  }
+  const [line] = SCENARIOS[2]?.items ?? [];
+  if (line) line.quantity = Math.max(line.quantity, (await available(line.productId)) + 1);
+}
 
 function money(o: Order): string {
   if (!o.total) return "-";
@@ -55,6 +87,7 @@ function print(n: number, title: string, o: Order): void {
 }
 
 try {
+  await prepareStock();
   console.log(
     `placing ${SCENARIOS.length} orders (${SagaMode[sagaMode].toLowerCase()}) through ${target} as demo-customer`,
   );
@@ -78,11 +111,12 @@ try {
   }
 } catch (err) {
   if (err instanceof RpcError && err.codeName === "UNAVAILABLE") {
-    console.error(`cannot reach the order service at ${target}: is \`make run\` running?`);
+    console.error(`cannot reach the services at ${target} and ${inventoryTarget}: is \`make run\` running?`);
   } else {
     console.error(err instanceof Error ? err.message : err);
   }
   process.exitCode = 1;
 } finally {
   channel.close();
+  inventoryChannel.close();
 }
