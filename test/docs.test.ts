@@ -170,6 +170,7 @@ function shell(line: string, state: string[]): { code: number; out: string } {
         ...process.env,
         PATH: `${dir.path}:${process.env.PATH}`,
         ORDER_TARGET: `127.0.0.1:${mapPort[50053]}`,
+        INVENTORY_TARGET: `127.0.0.1:${mapPort[50051]}`,
         MAKEFLAGS: "--no-print-directory",
       },
       encoding: "utf8",

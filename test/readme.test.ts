@@ -90,7 +90,7 @@ describe("README", () => {
     // `make demo` as a user types it (node_modules counts as installed: no `npm ci` under other suites).
     const { stdout } = await run("make", ["--no-print-directory", "-o", "node_modules/.package-lock.json", "demo"], {
       cwd: ROOT,
-      env: { ...process.env, ORDER_TARGET: sys.order.address },
+      env: { ...process.env, ORDER_TARGET: sys.order.address, INVENTORY_TARGET: sys.inventory.address },
     });
     const shape = (text: string) =>
       text

@@ -155,7 +155,7 @@ it("restarts every process killed with SIGKILL, says so, and the system serves o
   // And `make demo`, as a user would run it next, succeeds with nothing restarted by hand.
   const demo = execFileSync("make", ["--no-print-directory", "-o", "node_modules/.package-lock.json", "demo"], {
     cwd: ROOT,
-    env: { ...process.env, ORDER_TARGET: `127.0.0.1:${of("order")}` },
+    env: { ...process.env, ORDER_TARGET: `127.0.0.1:${of("order")}`, INVENTORY_TARGET: `127.0.0.1:${of("inventory")}` },
     encoding: "utf8",
   });
   expect(demo).toMatch(/1\. succeeds\n\s+order ord_\w+\s+CONFIRMED/);
