@@ -75,8 +75,11 @@ export class SagaOrchestrator {
   private readonly loops = new Map<string, { loop: SagaLoop; done: Promise<void> }>();
   private stopped = false;
   private sweeper: NodeJS.Timeout | undefined;
-  /** The sweep running now, if any (one at a time; stop() waits for it). */
-  private sweeping: Promise<void> | undefined;
+  /**
+   * The sweeps running now (stop() waits for them). They may overlap: one slowed by a loaded
+   * database must not hold back the next, which may be the one that adopts a dead replica's sagas.
+   */
+  private readonly sweeps = new Set<Promise<void>>();
   private readonly ctx: SagaContext;
 
   constructor(private readonly deps: SagaDeps) {
@@ -103,7 +106,8 @@ export class SagaOrchestrator {
     if (adopted > 0) log.info({ sagas: adopted, at: "start" }, "resuming sagas left in flight");
     this.sweeper = setInterval(
       () => {
-        this.sweeping ??= this.sweep().finally(() => (this.sweeping = undefined));
+        const sweep = this.sweep().finally(() => this.sweeps.delete(sweep));
+        this.sweeps.add(sweep);
       },
       Math.max(50, Math.floor(leasing.ms / 3)),
     );
@@ -189,13 +193,13 @@ export class SagaOrchestrator {
 
   /**
    * Stops all loops (in-flight calls are cancelled) and gives their leases back to the other replicas
-   * — after a sweep that is running has ended, or a claim or renewal it commits after the release
-   * would hold sagas nobody drives until their lease ran out.
+   * — after the sweeps that are running have ended, or a claim or renewal one commits after the
+   * release would hold sagas nobody drives until their lease ran out.
    */
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.sweeper);
-    await this.sweeping;
+    await Promise.all(this.sweeps);
     for (const l of this.loops.values()) l.loop.stop();
     await Promise.all([...this.loops.values()].map((l) => l.done));
     await this.deps.store.releaseLeases(this.deps.leasing.owner).catch((err: unknown) => {
