@@ -15,6 +15,7 @@ import { settleInBatches } from "./batches.js";
 import type { Bus } from "./bus.js";
 import type { EventCatalogue } from "./catalogue.js";
 import type { FaultInjector } from "./chaos.js";
+import type { ConsumerSpec } from "./consumer-spec.js";
 import { isDatabaseUnavailable } from "./db-errors.js";
 import { deadLetter } from "./dead-letter.js";
 import { decodeEvent, type EventContext, type EventHandler, Inbox, UnprocessableEventError } from "./inbox.js";
@@ -38,33 +39,6 @@ const ACK_WAIT_NS = 10 * 1e9;
 const PULL_BATCH = 64;
 /** The most events settled in one transaction (batches.ts); a consumer holding this many stops lingering. */
 const MAX_BATCH = 64;
-
-/** What a service declares about one of its consumers. */
-export interface ConsumerSpec {
-  readonly stream: string;
-  /** Durable consumer name, unique per service and stream, e.g. "notification-order". */
-  readonly durable: string;
-  readonly handlers: ReadonlyArray<[string, EventHandler]>;
-  /**
-   * How long an event that arrives while the consumer is idle waits for others to be settled with it,
-   * in one transaction (default 0: at the end of the event loop's turn). For consumers off every
-   * request's path (a read model, notifications): at a few events a second each event otherwise pays
-   * a transaction, a flush and a wake-up of its own, on the cores the requests need.
-   */
-  readonly lingerMs?: number;
-  /**
-   * For handlers whose events of different keys are independent and lock only their key's rows:
-   * the key. A batch is applied sorted by it (stably), so batches applied at once (two replicas, two
-   * streams) lock rows in one order and never deadlock (PostgreSQL: a second's wait, then a rerun).
-   */
-  readonly lockKey?: (event: unknown) => string;
-  /**
-   * For handlers whose events of different keys share rows (orders sharing products): locks, in
-   * one order, every row the batch's `events` will change, before the first is applied — what a
-   * lockKey cannot do. Runs in each transaction of more than one event (one event locks its own).
-   */
-  readonly lockFirst?: (tx: Tx, events: readonly unknown[]) => Promise<void>;
-}
 
 /** Options of {@link startConsumer}. */
 export interface ConsumerOptions extends ConsumerSpec {
@@ -279,10 +253,17 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
     type Result = { r: Ready; duplicate: boolean } | { r: Ready; err: unknown };
     const inSavepoints = async (tx: Tx): Promise<Result[]> => {
       const out: Result[] = [];
-      await opts.lockFirst?.(
-        tx,
-        ready.map((r) => r.event),
-      );
+      const { lockFirst } = opts;
+      // Only an aid against deadlocks: if it fails (a bug, a bad row), the events go on without it.
+      if (lockFirst) {
+        const events = ready.map((r) => r.event);
+        await tx
+          .savepoint(() => lockFirst(tx, events))
+          .catch((err: unknown) => {
+            if (isConflict(err)) throw err;
+            clog.warn({ err: (err as Error).message }, "locking the batch's rows first failed; applying it anyway");
+          });
+      }
       for (const r of ready) {
         try {
           out.push({ r, duplicate: await tx.savepoint(() => applyIn(tx, r)) });

@@ -2,7 +2,8 @@
 import { type Bus, connectBus } from "./bus.js";
 import type { EventCatalogue } from "./catalogue.js";
 import type { FaultInjector } from "./chaos.js";
-import { type ConsumerSpec, type RunningConsumer, startConsumer } from "./consumer.js";
+import { type RunningConsumer, startConsumer } from "./consumer.js";
+import type { ConsumerSpec } from "./consumer-spec.js";
 import type { Logger } from "./log.js";
 import type { Outbox } from "./outbox.js";
 import { OutboxRelay } from "./relay.js";

@@ -433,6 +433,53 @@ describe("consumers settling a backlog", () => {
   });
 });
 
+describe("a consumer's lockFirst", () => {
+  it("runs first in each batch with its events; if it fails, the batch is applied without it and nothing counts a delivery", async () => {
+    const producer = await service();
+    const ids: string[] = [];
+    for (let i = 0; i < 20; i++) ids.push(await addPlaced(producer, `ord-lockfirst-${i}`));
+    const consumer = await service();
+    const batches: number[] = [];
+    let deliveries = 0;
+    const c = await startConsumer({
+      catalogue: EVENTS,
+      bus,
+      db: consumer.db,
+      log,
+      stream: "ORDER",
+      durable: `lockfirst-${n}`,
+      maxDeliver: 1, // a batch failed by lockFirst would dead-letter every event in it
+      lockFirst: async (tx, events) => {
+        batches.push(events.length);
+        // A statement that fails: on PostgreSQL it would abort the whole transaction but for a savepoint.
+        await tx.run(sql`INSERT INTO no_such_table VALUES (1)`);
+      },
+      handlers: [
+        on(OrderPlacedSchema, async (e, ctx, tx) => {
+          if (!ids.includes(ctx.eventId)) return;
+          deliveries += ctx.deliveryCount;
+          await tx.run(sql`INSERT INTO effects (order_id, event_id) VALUES (${e.meta?.orderId ?? ""}, ${ctx.eventId})`);
+        }),
+      ],
+    });
+    const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
+    relay.start();
+    await drained(relay);
+    // The consumer's database is its own: every effect in it is one of these events'.
+    const applied = await until(
+      async () => (await consumer.db.one(sql<{ n: number }>`SELECT COUNT(*) AS n FROM effects`))?.n ?? 0,
+      (k) => k === 20,
+      8_000,
+    );
+    await c.stop();
+    await relay.stop();
+    expect(applied).toBe(20);
+    expect(deliveries).toBe(20); // each applied at its first delivery
+    expect(batches.length).toBeGreaterThan(0); // a backlog: batches of several events, each locked first
+    expect(batches.every((k) => k > 1)).toBe(true);
+  });
+});
+
 describe("a consumer off every request's path", () => {
   /** A consumer of ORDER lingering `lingerMs`, counting the events of `ids` it applies and the transactions they took. */
   async function lingering(lingerMs: number, ids: readonly string[]) {

@@ -10,7 +10,7 @@
 import type { Bus } from "./bus.js";
 import type { EventCatalogue } from "./catalogue.js";
 import { FaultInjector } from "./chaos.js";
-import type { ConsumerSpec } from "./consumer.js";
+import type { ConsumerSpec } from "./consumer-spec.js";
 import { type Eventing, startEventing } from "./eventing.js";
 import type { Logger } from "./log.js";
 import type { Outbox } from "./outbox.js";

@@ -10,7 +10,7 @@ export { type Bus, type BusOptions, connectBus } from "./bus.js";
 export { DLQ_STREAM, type EventCatalogue, type EventKind, eventCatalogue, type StreamSpec } from "./catalogue.js";
 export { faultEnv } from "./chaos.js";
 export { bool, ConfigError, type ConfigOf, commonEnv, type EnvReader, int, oneOf, parseEnv, str } from "./config.js";
-export type { ConsumerSpec } from "./consumer.js";
+export type { ConsumerSpec } from "./consumer-spec.js";
 export { type DbConfig, locationOf, type Migrations, migrations, openDatabase } from "./db.js";
 export { earliestDeadline } from "./deadline.js";
 export {
