@@ -1,6 +1,7 @@
 /**
- * A replica's graceful stop gives its saga leases back — including those a lease sweep running at
- * that moment claims (real store, SQLite or PostgreSQL per the run).
+ * Saga leases (real store, SQLite or PostgreSQL per the run): a replica's graceful stop gives its
+ * leases back, including those a lease sweep running at that moment claims; a renewal never
+ * shortens a lease.
  */
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { type Client, silentLogger, sql } from "../../platform/index.js";
@@ -60,4 +61,28 @@ it("stop() waits for a running sweep, then gives back the sagas it claimed", asy
   );
   // Claimed by the sweep, then given back: any replica adopts it at once.
   expect(lease).toEqual({ owner: "stopping-replica", lease_until: 0 });
+});
+
+it("a renewal never shortens a lease: a slow sweep's renewal committing after a later one's", async () => {
+  const placed = await store.place(
+    {
+      customerId: "c",
+      key: "renewed",
+      fingerprint: "f",
+      items: [{ productId: "p", quantity: 1 }],
+      cardToken: "tok_visa",
+      sagaMode: "ORCHESTRATION",
+    },
+    { owner: "renewing-replica", ms: 1_000 },
+  );
+  if (placed.kind !== "created") throw new Error(`not placed: ${placed.kind}`);
+  const leaseUntil = async () =>
+    (await store.db.one(sql<{ lease_until: number }>`SELECT lease_until FROM orders WHERE id = ${placed.order.id}`))
+      ?.lease_until ?? 0;
+  expect(await store.renewLeases("renewing-replica", [placed.order.id], 60_000)).toBe(1);
+  const renewed = await leaseUntil();
+  expect(renewed).toBeGreaterThan(Date.now() + 50_000);
+  // The older sweep's renewal, computed earlier, lands last.
+  await store.renewLeases("renewing-replica", [placed.order.id], 1_000);
+  expect(await leaseUntil()).toBe(renewed);
 });

@@ -48,7 +48,9 @@ export async function renewLeases(db: Db, owner: string, ids: readonly string[],
     db.engine === "postgres"
       ? sql`id = ANY(${[...ids]}::text[])`
       : sql`id IN (SELECT value FROM json_each(${JSON.stringify(ids)}))`;
-  return db.run(sql`UPDATE orders SET lease_until = ${until}
+  // Never earlier than it is: a slow renewal committing after a later one must not shorten the lease.
+  const later = db.engine === "postgres" ? sql`GREATEST(lease_until, ${until})` : sql`MAX(lease_until, ${until})`;
+  return db.run(sql`UPDATE orders SET lease_until = ${later}
     WHERE owner = ${owner} AND ${among} AND ${UNFINISHED}`);
 }
 

@@ -76,7 +76,7 @@ export class SagaOrchestrator {
   private stopped = false;
   private sweeper: NodeJS.Timeout | undefined;
   /**
-   * The sweeps running now (stop() waits for them). They may overlap: one slowed by a loaded
+   * The sweeps running now (stop() waits for them). Two may overlap: one slowed by a loaded
    * database must not hold back the next, which may be the one that adopts a dead replica's sagas.
    */
   private readonly sweeps = new Set<Promise<void>>();
@@ -106,6 +106,7 @@ export class SagaOrchestrator {
     if (adopted > 0) log.info({ sagas: adopted, at: "start" }, "resuming sagas left in flight");
     this.sweeper = setInterval(
       () => {
+        if (this.sweeps.size >= 2) return; // the database is that slow: no pile of sweeps waiting for it
         const sweep = this.sweep().finally(() => this.sweeps.delete(sweep));
         this.sweeps.add(sweep);
       },
