@@ -11,33 +11,27 @@ import { afterAll, beforeAll, expect, it } from "vitest";
 import { EVENTS } from "../../contracts/events.js";
 import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import { OrderPlacedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
-import { type Bus, connectBus } from "../../platform/bus.js";
+import { connectBus } from "../../platform/bus.js";
 import { startConsumer } from "../../platform/consumer.js";
 import { silentLogger, sql } from "../../platform/index.js";
 import { lockWaits, TestDatabases } from "../../test/db.js";
 import { event, publishEvents, until } from "../../test/events.js";
 import { tempDir } from "../../test/fixtures.js";
-import { startNats, type TestNats } from "../../test/nats.js";
+import { startNats } from "../../test/nats.js";
 import { DEMO_CATALOGUE } from "./catalogue.js";
 import { inventoryConsumers } from "./events.js";
 import { InventoryStore } from "./store.js";
 
 const dir = tempDir();
-let nats: TestNats;
-let bus: Bus;
 let store: InventoryStore;
 let run = 0;
 
 beforeAll(async () => {
-  nats = await startNats();
-  bus = await connectBus(nats.url, "inventory-lock-order-test", silentLogger(), { streams: EVENTS.streams });
   store = await InventoryStore.open(await new TestDatabases(dir.path).location("inventory"));
   await store.seedIfEmpty(DEMO_CATALOGUE);
 });
 afterAll(async () => {
   await store?.close();
-  await bus?.close();
-  await nats?.[Symbol.asyncDispose]();
   dir[Symbol.dispose]();
 });
 
@@ -48,12 +42,23 @@ afterAll(async () => {
  */
 async function batchAgainstCall(lockFirst: boolean): Promise<number> {
   const tag = `ord-inv-lock-${++run}`;
+  // A NATS of its own: the consumer's first batch is these two events, nothing an earlier run left.
+  await using nats = await startNats();
+  const bus = await connectBus(nats.url, tag, silentLogger(), { streams: EVENTS.streams });
   const lines: { msg: string; err?: string }[] = [];
   const [spec] = inventoryConsumers(store);
   if (!spec) throw new Error("inventory has no consumer");
+  let locked = false;
   const consumer = await startConsumer({
     ...spec,
-    ...(lockFirst ? {} : { lockFirst: undefined }),
+    // With it, the two events must have come in one batch (it runs for batches of several only).
+    lockFirst: lockFirst
+      ? (tx, events) => {
+          expect(events).toHaveLength(2);
+          locked = true;
+          return spec.lockFirst?.(tx, events) ?? Promise.resolve();
+        }
+      : undefined,
     durable: `${tag}-inventory`,
     lingerMs: 200, // both events in one batch
     catalogue: EVENTS,
@@ -96,7 +101,9 @@ async function batchAgainstCall(lockFirst: boolean): Promise<number> {
     (rows) => rows.length === 2,
   );
   await consumer.stop();
+  await bus.close();
   expect(reserved).toHaveLength(2);
+  expect(locked).toBe(lockFirst);
   return deadlocks + lines.filter((l) => l.msg.startsWith("batch conflicted") && l.err?.includes("deadlock")).length;
 }
 
