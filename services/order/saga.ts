@@ -76,7 +76,7 @@ export class SagaOrchestrator {
   private stopped = false;
   private sweeper: NodeJS.Timeout | undefined;
   /**
-   * The sweeps running now (stop() waits for them). Two may overlap: one slowed by a loaded
+   * The sweeps running now (stop() waits for them). They may overlap: one slowed by a loaded
    * database must not hold back the next, which may be the one that adopts a dead replica's sagas.
    */
   private readonly sweeps = new Set<Promise<void>>();
@@ -106,7 +106,6 @@ export class SagaOrchestrator {
     if (adopted > 0) log.info({ sagas: adopted, at: "start" }, "resuming sagas left in flight");
     this.sweeper = setInterval(
       () => {
-        if (this.sweeps.size >= 2) return; // the database is that slow: no pile of sweeps waiting for it
         const sweep = this.sweep().finally(() => this.sweeps.delete(sweep));
         this.sweeps.add(sweep);
       },
@@ -123,15 +122,16 @@ export class SagaOrchestrator {
     return claimed.length;
   }
 
-  /** Renews the leases of running loops, then adopts orphaned sagas. */
+  /** Adopts orphaned sagas, then renews the leases of running loops. */
   private async sweep(): Promise<void> {
     if (this.stopped) return;
     const { store, leasing, log } = this.deps;
     try {
-      await store.renewLeases(leasing.owner, [...this.loops.keys()], leasing.ms);
+      // Adoption first: a renewal slowed by the locks of this replica's own sagas must not delay it.
       const adopted = await this.adopt("expired");
       // Their owner stopped renewing (it died, hung, or lost the database) or gave them back.
       if (adopted > 0) log.warn({ sagas: adopted, at: "lease expiry" }, "resuming sagas left in flight");
+      await store.renewLeases(leasing.owner, [...this.loops.keys()], leasing.ms);
     } catch (err) {
       log.warn({ err }, "lease sweep failed; retrying on the next one");
     }
