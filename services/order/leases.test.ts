@@ -21,6 +21,26 @@ afterAll(async () => {
   dir[Symbol.dispose]();
 });
 
+/** An orchestrated order placed under `owner`'s lease for `ms`, and a reader of its lease columns. */
+async function leased(key: string, owner: string, ms: number) {
+  const placed = await store.place(
+    {
+      customerId: "c",
+      key,
+      fingerprint: "f",
+      items: [{ productId: "p", quantity: 1 }],
+      cardToken: "tok_visa",
+      sagaMode: "ORCHESTRATION",
+    },
+    { owner, ms },
+  );
+  if (placed.kind !== "created") throw new Error(`not placed: ${placed.kind}`);
+  const id = placed.order.id;
+  const lease = () =>
+    store.db.one(sql<{ owner: string; lease_until: number }>`SELECT owner, lease_until FROM orders WHERE id = ${id}`);
+  return { id, lease };
+}
+
 it("stop() waits for a running sweep, then gives back the sagas it claimed", async () => {
   const saga = new SagaOrchestrator({
     store,
@@ -33,18 +53,7 @@ it("stop() waits for a running sweep, then gives back the sagas it claimed", asy
   });
   expect(await saga.start()).toBe(0);
   // A saga whose owner died: its lease runs out at once, and the next sweep claims it.
-  const placed = await store.place(
-    {
-      customerId: "c",
-      key: "orphan",
-      fingerprint: "f",
-      items: [{ productId: "p", quantity: 1 }],
-      cardToken: "tok_visa",
-      sagaMode: "ORCHESTRATION",
-    },
-    { owner: "dead-replica", ms: 1 },
-  );
-  if (placed.kind !== "created") throw new Error(`not placed: ${placed.kind}`);
+  const orphan = await leased("orphan", "dead-replica", 1);
   // The sweep's claim takes a while (a busy database): stop() comes while it runs.
   const claim = store.claimSagas.bind(store);
   let claiming!: () => void;
@@ -56,33 +65,17 @@ it("stop() waits for a running sweep, then gives back the sagas it claimed", asy
   };
   await inClaim;
   await saga.stop();
-  const lease = await store.db.one(
-    sql<{ owner: string; lease_until: number }>`SELECT owner, lease_until FROM orders WHERE id = ${placed.order.id}`,
-  );
   // Claimed by the sweep, then given back: any replica adopts it at once.
-  expect(lease).toEqual({ owner: "stopping-replica", lease_until: 0 });
+  expect(await orphan.lease()).toEqual({ owner: "stopping-replica", lease_until: 0 });
 });
 
 it("a renewal never shortens a lease: a slow sweep's renewal committing after a later one's", async () => {
-  const placed = await store.place(
-    {
-      customerId: "c",
-      key: "renewed",
-      fingerprint: "f",
-      items: [{ productId: "p", quantity: 1 }],
-      cardToken: "tok_visa",
-      sagaMode: "ORCHESTRATION",
-    },
-    { owner: "renewing-replica", ms: 1_000 },
-  );
-  if (placed.kind !== "created") throw new Error(`not placed: ${placed.kind}`);
-  const leaseUntil = async () =>
-    (await store.db.one(sql<{ lease_until: number }>`SELECT lease_until FROM orders WHERE id = ${placed.order.id}`))
-      ?.lease_until ?? 0;
-  expect(await store.renewLeases("renewing-replica", [placed.order.id], 60_000)).toBe(1);
+  const order = await leased("renewed", "renewing-replica", 1_000);
+  const leaseUntil = async () => (await order.lease())?.lease_until ?? 0;
+  expect(await store.renewLeases("renewing-replica", [order.id], 60_000)).toBe(1);
   const renewed = await leaseUntil();
   expect(renewed).toBeGreaterThan(Date.now() + 50_000);
   // The older sweep's renewal, computed earlier, lands last.
-  await store.renewLeases("renewing-replica", [placed.order.id], 1_000);
+  await store.renewLeases("renewing-replica", [order.id], 1_000);
   expect(await leaseUntil()).toBe(renewed);
 });
