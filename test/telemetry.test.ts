@@ -263,17 +263,19 @@ describe("metrics", () => {
         code: "UNAVAILABLE",
       }),
     ).toBeGreaterThanOrEqual(1);
-    const notification = await scrape(sys.notification.telemetry.metricsPort);
-    expect(
-      sample(notification, "events_handled_total", {
-        consumer: "notification-order",
-        type: "shopmesh.order.v1.OrderCancelled",
-        outcome: "handled",
-      }),
-    ).toBeGreaterThanOrEqual(1);
-    const history = await scrape(sys.history.telemetry.metricsPort);
-    expect(sample(history, "event_consumer_lag_seconds_count", { consumer: "history-order" })).toBeGreaterThanOrEqual(
-      1,
+    // The consumers handle the published cancellation asynchronously too: wait for them, then check.
+    const notification = await waitFor(
+      () => scrape(sys.notification.telemetry.metricsPort),
+      (text) =>
+        sample(text, "events_handled_total", {
+          consumer: "notification-order",
+          type: "shopmesh.order.v1.OrderCancelled",
+          outcome: "handled",
+        }) >= 1,
+    );
+    const history = await waitFor(
+      () => scrape(sys.history.telemetry.metricsPort),
+      (text) => sample(text, "event_consumer_lag_seconds_count", { consumer: "history-order" }) >= 1,
     );
     const inventory = await scrape(sys.inventory.telemetry.metricsPort);
     expect(
