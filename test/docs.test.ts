@@ -127,6 +127,19 @@ beforeAll(async () => {
     if (ok) break;
     await new Promise((r) => setTimeout(r, 100));
   }
+  // The gateway is ready before it has learned the services' instances from the registry: wait until
+  // an order listing goes through (a loaded machine answered a first call 503 in outage.test.ts).
+  const { token } = (await (
+    await fetch(`${gateway}/dev/token`, { method: "POST", body: '{"user":"alice"}' })
+  ).json()) as { token: string };
+  for (let i = 0; i < 200; i++) {
+    const ok = await fetch(`${gateway}/v1/orders?pageSize=1`, { headers: { authorization: `Bearer ${token}` } }).then(
+      (r) => r.ok,
+      () => false,
+    );
+    if (ok) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
   // grpcurl, as the docs use it, through buf curl (grpcurl is not installable here).
   writeFileSync(
     join(dir.path, "grpcurl"),

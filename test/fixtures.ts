@@ -100,11 +100,24 @@ export interface ServiceProcess extends AsyncDisposable {
   kill(signal?: NodeJS.Signals): Promise<number | string>;
 }
 
-/** Resolves when the child exits: its code, or the signal that ended it. */
+/**
+ * Resolves when the child has exited and its output has been read to the end: its code, or the
+ * signal that ended it. ('exit' can come before the last chunk of stdout; 'close' follows it, unless
+ * a process the child started still holds the pipes, so that wait is capped at 2 s.)
+ */
 export function exited(child: ChildProcess): Promise<number | string> {
-  if (child.exitCode !== null) return Promise.resolve(child.exitCode);
-  if (child.signalCode !== null) return Promise.resolve(child.signalCode);
-  return new Promise((res) => child.once("exit", (code, signal) => res(code ?? signal ?? -1)));
+  const outputRead = (result: number | string) =>
+    new Promise<number | string>((res) => {
+      if ([child.stdout, child.stderr].every((s) => !s || s.closed)) return res(result);
+      const cap = setTimeout(() => res(result), 2_000);
+      child.once("close", () => {
+        clearTimeout(cap);
+        res(result);
+      });
+    });
+  if (child.exitCode !== null) return outputRead(child.exitCode);
+  if (child.signalCode !== null) return outputRead(child.signalCode);
+  return new Promise((res) => child.once("exit", (code, signal) => res(outputRead(code ?? signal ?? -1))));
 }
 
 /**
@@ -188,7 +201,8 @@ async function spawnMain(
     async logLine(msg, waitMs = 10_000) {
       const until = Date.now() + waitMs;
       for (;;) {
-        for (const line of out.split("\n")) {
+        // Whole lines only: the last may still be arriving.
+        for (const line of out.slice(0, out.lastIndexOf("\n") + 1).split("\n")) {
           if (!line.startsWith("{")) continue;
           const entry = JSON.parse(line) as Record<string, unknown>;
           if (entry.msg === msg) return entry;

@@ -269,14 +269,20 @@ describe("a burst while order replicas die", () => {
         const seen = new Map(survivors.map((s) => [s, s.output().length]));
         const killedAt = Date.now();
         expect(await dead.kill("SIGKILL")).toBe("SIGKILL");
-        // The first survivor to adopt the dead replica's sagas says so.
+        // The first survivor to adopt the dead replica's sagas says so; the time is the log line's own
+        // (its writer flushes every 100 ms, and this poll runs on a loaded machine).
         const adoptedAt = await new Promise<number>((resolve, reject) => {
           const end = killedAt + 20_000;
           const poll = setInterval(() => {
             for (const s of survivors) {
-              if (s.output().slice(seen.get(s)).includes('"at":"lease expiry"')) {
+              const out = s.output();
+              const line = out
+                .slice(out.lastIndexOf("\n", (seen.get(s) ?? 0) - 1) + 1, out.lastIndexOf("\n") + 1)
+                .split("\n")
+                .find((l) => l.includes('"at":"lease expiry"'));
+              if (line) {
                 clearInterval(poll);
-                resolve(Date.now());
+                resolve(Date.parse((JSON.parse(line) as { time: string }).time));
                 return;
               }
             }
@@ -398,7 +404,7 @@ describe("fencing", () => {
       expect(await stepCount(ids), "no step written after the resume").toBe(finished);
       const fencesAfter = await fencesOf(ids);
       for (const id of ids) expect(fencesAfter.get(id), id).toBeGreaterThan(fencesBefore.get(id) ?? 0);
-      expect((paused as ServiceProcess).output()).toContain("saga lease lost to another replica");
+      await (paused as ServiceProcess).logLine("saga lease lost to another replica; stopping here", 15_000);
       await expectFencedStepLog(db.order);
       expect(others.length).toBe(2);
     } finally {

@@ -222,7 +222,10 @@ describe("metrics", () => {
     // The cancellation's event leaves through the outbox after its commit (and its flush): asynchronously.
     const order = await waitFor(
       () => scrape(sys.order.telemetry.metricsPort),
-      (text) => sample(text, "events_published_total", { type: "shopmesh.order.v1.OrderCancelled" }) >= 1,
+      // The backlog gauge is sampled by the relay's housekeeping (about once a second): wait for it too.
+      (text) =>
+        sample(text, "events_published_total", { type: "shopmesh.order.v1.OrderCancelled" }) >= 1 &&
+        sample(text, "outbox_backlog", {}) === 0,
     );
     expect(
       sample(order, "circuit_breaker_transitions_total", { downstream: "payment", to: "open" }),
@@ -275,7 +278,15 @@ describe("metrics", () => {
     );
     const history = await waitFor(
       () => scrape(sys.history.telemetry.metricsPort),
-      (text) => sample(text, "event_consumer_lag_seconds_count", { consumer: "history-order" }) >= 1,
+      (text) =>
+        sample(text, "events_handled_total", {
+          consumer: "history-order",
+          type: "shopmesh.order.v1.OrderCancelled",
+          outcome: "handled",
+        }) >= 1,
+    );
+    expect(sample(history, "event_consumer_lag_seconds_count", { consumer: "history-order" })).toBeGreaterThanOrEqual(
+      1,
     );
     const inventory = await scrape(sys.inventory.telemetry.metricsPort);
     expect(

@@ -34,8 +34,6 @@ async function rebuild(
   child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
   child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
   const code = await exited(child);
-  // 'exit' can come before the last output is read.
-  await new Promise((r) => setTimeout(r, 50));
   return { code, stdout, stderr };
 }
 

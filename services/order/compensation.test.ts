@@ -12,6 +12,7 @@ import { EVENTS } from "../../contracts/events.js";
 import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import { type Order, OrderStatus, StepStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
 import { connectBus, silentLogger, sql } from "../../platform/index.js";
+import { consumerSettled } from "../../test/events.js";
 import { capturedPayments } from "../../test/probes.js";
 import { type System, startSystem } from "../../test/system.js";
 import { DEMO_CATALOGUE } from "../inventory/catalogue.js";
@@ -142,8 +143,15 @@ it("choreography, payment down: the order is cancelled after the step budget and
   } finally {
     await sys.paymentChaos.setFaults({ faults: {} });
   }
-  // Payment back: whichever of StockReserved and OrderCancelled it handles first, no money stays taken.
-  await new Promise((r) => setTimeout(r, 1500));
+  // Payment back: whichever of StockReserved and OrderCancelled it handles first, no money stays taken
+  // once it has handled both (they are redelivered after its outage, on two consumers).
+  const bus = await connectBus(sys.nats.url, "compensation-test", silentLogger());
+  try {
+    await consumerSettled(bus, "INVENTORY", "payment-inventory");
+    await consumerSettled(bus, "ORDER", "payment-order");
+  } finally {
+    await bus.close();
+  }
   const final = await until(id, "mia", (o) => !o.refundPending, 10_000);
   expect(final).toMatchObject({ status: OrderStatus.CANCELLED, refundPending: false });
   expect(await capturedPayments(sys.payment.store.db, id)).toBe(0);
