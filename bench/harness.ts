@@ -68,7 +68,7 @@ async function measure(telemetry: boolean, token: string): Promise<{ rows: Row[]
   const sys = await startSystem({
     telemetry,
     token,
-    nodeArgs: (name) => (name === PROFILE ? ["--import", "/tmp/heap-sample.mjs"] : []),
+    nodeArgs: (name) => (name === PROFILE ? ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`] : []),
   });
   const startMemory = sys.memory();
   const rows: Row[] = [];
