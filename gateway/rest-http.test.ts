@@ -213,6 +213,17 @@ describe("REST errors", () => {
     ["a field of the wrong type", '{"items":"many"}', "items"],
     ["an array body", "[1,2]", "must be a JSON object"],
     ["no items", '{"cardToken":"tok_visa"}', "items"],
+    // JSON.parse keeps the last; a proxy in front may have read the first (here: which card is charged).
+    [
+      "a key given twice",
+      '{"items":[{"productId":"coffee-beans","quantity":1}],"cardToken":"tok_visa","cardToken":"tok_decline"}',
+      'the object key "cardToken" twice',
+    ],
+    [
+      "a nested key given twice",
+      '{"items":[{"productId":"coffee-beans","productId":"mug","quantity":1}]}',
+      '"productId" twice',
+    ],
   ])("%s is 400 naming what is wrong", async (_what, body, message) => {
     const r = await rest("POST", "/v1/orders", {
       headers: { ...(await auth("alice")), "Idempotency-Key": key() },

@@ -11,7 +11,8 @@
  */
 import type http from "node:http";
 import { brotliDecompressSync, gunzipSync } from "node:zlib";
-import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
+import { fromJsonString, type JsonObject, type JsonValue } from "@bufbuild/protobuf";
+import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ContextValues } from "@connectrpc/connect";
 import type { UniversalHandler, UniversalServerRequest } from "@connectrpc/connect/protocol";
 import { errorToJson } from "@connectrpc/connect/protocol-connect";
@@ -73,12 +74,25 @@ async function jsonBody(
     throw new ConnectError("the request body is not valid UTF-8", Code.InvalidArgument);
   }
   if (text.trim() === "") return undefined;
+  let json: JsonValue;
   try {
-    return JSON.parse(text) as JsonValue;
+    json = JSON.parse(text) as JsonValue;
   } catch {
     // Any content type is read as JSON (curl -d sends form-urlencoded), as grpc-gateway does.
     throw new ConnectError("the request body is not valid JSON", Code.InvalidArgument);
   }
+  // JSON.parse keeps the last of two equal keys, where a proxy in front may have read the first; the
+  // Connect path refuses them (protobuf-es checks), and so does this one, with protobuf-es's check.
+  try {
+    fromJsonString(ValueSchema, text);
+  } catch (err) {
+    // Anything else it finds in JSON that JSON.parse accepted is for the message's own decoding to judge.
+    const duplicate = /duplicate object key "(.*)"$/.exec(String((err as Error).message))?.[1];
+    if (duplicate !== undefined) {
+      throw new ConnectError(`the request body has the object key "${duplicate}" twice`, Code.InvalidArgument);
+    }
+  }
+  return json;
 }
 
 /** Splits a Connect stream body into its envelopes (flags, payload), whatever the chunking. */
