@@ -10,7 +10,8 @@
  *   HTTP/2 session without open streams) is closed after `idleTimeoutMs`;
  *   a call in progress — a long WatchOrder stream — is never cut by it;
  * - a call during which no byte moves either way for `streamIdleTimeoutMs`
- *   is cut: above all one whose client does not read its answer (an HTTP/2
+ *   is cut, and so is an HTTP/2 call whose queued answer has not shrunk for
+ *   that long: above all one whose client does not read its answer (an HTTP/2
  *   receive window of zero), which would otherwise hold the answer, and
  *   its memory, for ever;
  * - at most `maxConnectionsPerIp` open connections per client address and
@@ -180,14 +181,52 @@ function protocolServers(o: ListenerOptions, handle: Handler, closed: (why: Clos
     session.once("close", () => sessions.delete(session));
     closeWhenIdle(session, o.idleTimeoutMs, () => closed("idle"));
     // Every stream, whoever answers it: one on which no byte moves either way is cut.
-    session.on("stream", (stream) =>
-      stream.setTimeout(o.streamIdleTimeoutMs, () => {
-        closed("stream-idle");
-        stream.close(http2.constants.NGHTTP2_CANCEL);
-      }),
-    );
+    session.on("stream", (stream) => {
+      stream.setTimeout(o.streamIdleTimeoutMs, () => cut(stream));
+      stalled.watch(stream);
+    });
   });
-  return { h1, h2, sessions };
+  const cut = (stream: http2.ServerHttp2Stream) => {
+    closed("stream-idle");
+    stream.close(http2.constants.NGHTTP2_CANCEL);
+  };
+  const stalled = stalledStreams(o.streamIdleTimeoutMs, cut);
+  return { h1, h2, sessions, stalled };
+}
+
+/**
+ * Cuts an HTTP/2 stream whose queued answer has not shrunk for `ms`. Node's own stream timeout re-arms
+ * instead of firing while the stream has data queued and its *session* has sent anything since — any
+ * stream's frames, the resets that cut its stalled neighbours included — so N calls whose client
+ * does not read were cut a timeout apart, a few at a time, the last after up to N timeouts. One sweep
+ * for all streams, a quarter of `ms` apart: a stream is cut between `ms` and 1.25 × `ms` into its stall.
+ */
+function stalledStreams(ms: number, cut: (stream: http2.ServerHttp2Stream) => void) {
+  const watched = new Map<http2.ServerHttp2Stream, { queued: number; since: number }>();
+  const sweep = setInterval(
+    () => {
+      const now = Date.now();
+      for (const [stream, seen] of watched) {
+        const queued = stream.bufferSize;
+        // Progress is the queue emptying or shrinking; a queue that only grows is a stall too.
+        if (queued === 0 || queued < seen.queued) seen.since = now;
+        seen.queued = queued;
+        if (queued > 0 && now - seen.since >= ms) {
+          watched.delete(stream);
+          cut(stream);
+        }
+      }
+    },
+    Math.max(25, ms / 4),
+  );
+  sweep.unref();
+  return {
+    watch(stream: http2.ServerHttp2Stream) {
+      watched.set(stream, { queued: 0, since: Date.now() });
+      stream.once("close", () => watched.delete(stream));
+    },
+    stop: () => clearInterval(sweep),
+  };
 }
 
 /** Open connections per client address, refusing one past the limit (0: no limit). */
@@ -212,7 +251,7 @@ function addressLimit(max: number) {
 /** Starts listening; resolves once the port is bound. */
 export async function listen(o: ListenerOptions, handle: Handler): Promise<Listener> {
   const closed = (why: CloseReason) => o.onClose?.(why);
-  const { h1, h2, sessions } = protocolServers(o, handle, closed);
+  const { h1, h2, sessions, stalled } = protocolServers(o, handle, closed);
   const sockets = new Set<net.Socket>();
   const perIp = addressLimit(o.maxConnectionsPerIp);
   const front = net.createServer((socket) => {
@@ -272,6 +311,7 @@ export async function listen(o: ListenerOptions, handle: Handler): Promise<Liste
       const deadline = Date.now() + graceMs;
       while (sockets.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
       for (const s of sockets) s.destroy();
+      stalled.stop();
     },
   };
 }
