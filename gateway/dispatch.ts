@@ -28,7 +28,7 @@ import { extractContext, type Identity, type Logger, rpcAttributes, type Telemet
 import { AuthError, type Authenticator, authorizationOf } from "./auth.js";
 import { connectFastEncoding, createConnectUnary, routerOptions } from "./connect-unary.js";
 import { type ClientInfo, kClient, kIdentity } from "./context.js";
-import type { ConcurrencyLimiter, RateLimiter } from "./limits.js";
+import { admitAddress, type ConcurrencyLimiter, type RateLimiter, rateLimited } from "./limits.js";
 import { type PassthroughMethod, passthrough, takesPassthrough } from "./passthrough.js";
 import { type RestMatch, RestRouter } from "./rest.js";
 import { restErrorAnswer, serveRest } from "./rest-serve.js";
@@ -110,12 +110,6 @@ async function* limited(body: AsyncIterable<Uint8Array>, max: number): AsyncIter
   }
 }
 
-function rateLimited(what: string, retryAfterSec: number): ConnectError {
-  return new ConnectError(`rate limit exceeded (${what}); retry after ${retryAfterSec}s`, Code.ResourceExhausted, {
-    "retry-after": String(retryAfterSec),
-  });
-}
-
 /** Why a request cannot be dispatched at all, or undefined. */
 function refusal(req: NodeRequest, maxBodyBytes: number, rest: boolean): ConnectError | undefined {
   // connect-es needs an authority, and builds a URL from it; HTTP/1.0 may omit Host.
@@ -146,7 +140,10 @@ function refusal(req: NodeRequest, maxBodyBytes: number, rest: boolean): Connect
   return undefined;
 }
 
-function answer(res: NodeResponse, a: { status: number; headers: Record<string, string>; body: Uint8Array }): void {
+export function answer(
+  res: NodeResponse,
+  a: { status: number; headers: Record<string, string>; body: Uint8Array },
+): void {
   res.statusCode = a.status;
   for (const [k, v] of Object.entries({ ...a.headers, "content-length": String(a.body.byteLength) }))
     res.setHeader(k, v);
@@ -268,20 +265,9 @@ export function createDispatch(o: DispatchOptions): Dispatch {
       report({ code: err.code, message: err.rawMessage }, principal);
     };
     // Per client address, before anything else: calls in progress, then the rate.
-    const slot = o.inFlight.take(client.ip);
-    if ("refused" in slot) {
-      const who = slot.refused === "key" ? "client address" : "gateway";
-      refuse(
-        new ConnectError(`too many calls in progress (${who}); retry later`, Code.ResourceExhausted, {
-          "retry-after": "1",
-        }),
-      );
-      return;
-    }
-    res.once("close", slot.release);
-    const byIp = o.perIp.take(`ip:${client.ip}`);
-    if (!byIp.ok) {
-      refuse(rateLimited("client address", byIp.retryAfterSec));
+    const byAddress = admitAddress(o, client.ip, res);
+    if (byAddress) {
+      refuse(byAddress);
       return;
     }
 

@@ -296,6 +296,35 @@ describe("limits and surface", () => {
     }
   });
 
+  it("limits the plain endpoints (the development sign-in, the OpenAPI document) per client IP too", async () => {
+    // /dev/token signs a token per request: before, it answered 1,500 in a second from one address.
+    const strict = await startGateway(
+      loadConfig({
+        HTTP_HOST: "127.0.0.1",
+        HTTP_PORT: "0",
+        INVENTORY_TARGET: sys.inventory.address,
+        RATE_LIMIT_IP_BURST: "4",
+        RATE_LIMIT_IP_RPS: "1",
+      }),
+      silentLogger(),
+    );
+    try {
+      const token = () => fetch(`${strict.url}/dev/token`, { method: "POST", body: '{"user":"alice"}' });
+      const statuses: number[] = [];
+      for (let i = 0; i < 3; i++) statuses.push((await token()).status);
+      statuses.push((await fetch(`${strict.url}/openapi.json`)).status);
+      const refused = await token();
+      statuses.push(refused.status, (await fetch(`${strict.url}/openapi.json`)).status);
+      expect(statuses).toEqual([200, 200, 200, 200, 429, 429]);
+      expect(refused.headers.get("retry-after")).toBe("1");
+      expect(await refused.json()).toMatchObject({ code: 8, message: expect.stringContaining("rate limit exceeded") });
+      // Probes are not limited: a kubelet must not be refused because a client was.
+      expect((await fetch(`${strict.url}/healthz`)).status).toBe(200);
+    } finally {
+      await strict.stop();
+    }
+  });
+
   it("refuses an oversize body with 413 and a clear message", async () => {
     const res = await call(
       "shopmesh.inventory.v1.InventoryService/GetProduct",

@@ -5,6 +5,7 @@
  * recently used keys are dropped first (a dropped key starts full again,
  * which only ever errs on the side of letting a request through).
  */
+import { Code, ConnectError } from "@connectrpc/connect";
 
 /** Outcome of {@link RateLimiter.take}. */
 export type Take = { readonly ok: true } | { readonly ok: false; readonly retryAfterSec: number };
@@ -75,4 +76,31 @@ export class ConcurrencyLimiter {
       },
     };
   }
+}
+
+export function rateLimited(what: string, retryAfterSec: number): ConnectError {
+  return new ConnectError(`rate limit exceeded (${what}); retry after ${retryAfterSec}s`, Code.ResourceExhausted, {
+    "retry-after": String(retryAfterSec),
+  });
+}
+
+/**
+ * The per-address limits every request but a probe passes first, RPC or plain endpoint: a slot for a
+ * call in progress (given back when `res` closes), then the rate. Why it is refused, or undefined.
+ */
+export function admitAddress(
+  limits: { readonly inFlight: ConcurrencyLimiter; readonly perIp: RateLimiter },
+  ip: string,
+  res: { once(event: "close", listener: () => void): unknown },
+): ConnectError | undefined {
+  const slot = limits.inFlight.take(ip);
+  if ("refused" in slot) {
+    const who = slot.refused === "key" ? "client address" : "gateway";
+    return new ConnectError(`too many calls in progress (${who}); retry later`, Code.ResourceExhausted, {
+      "retry-after": "1",
+    });
+  }
+  res.once("close", slot.release);
+  const byIp = limits.perIp.take(`ip:${ip}`);
+  return byIp.ok ? undefined : rateLimited("client address", byIp.retryAfterSec);
 }

@@ -7,19 +7,15 @@
  */
 import { createHash } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
-import type http from "node:http";
-import type http2 from "node:http2";
 import { dirname, join } from "node:path";
 import { gzipSync } from "node:zlib";
 import type { Logger } from "../platform/index.js";
+import { type Endpoint, pathOf, type Req } from "./endpoint.js";
 
 /** Where the gateway answers with the document. */
 export const OPENAPI_PATH = "/openapi.json";
 /** Where `buf generate` writes it, from the repository root. */
 const DOCUMENT = join("gen", "openapi", "shopmesh.openapi.json");
-
-type Req = http.IncomingMessage | http2.Http2ServerRequest;
-type Res = http.ServerResponse | http2.Http2ServerResponse;
 
 /**
  * The generated document, looked for in the folders above `from`: beside
@@ -48,41 +44,43 @@ function takesGzip(accept: string | undefined): boolean {
  * warning at start, without one); returns false for any other path, which
  * the caller then routes.
  */
-export function openApiEndpoint(document: Uint8Array | undefined, log: Logger): (req: Req, res: Res) => boolean {
+export function openApiEndpoint(document: Uint8Array | undefined, log: Logger): Endpoint {
   if (!document) log.warn({ path: OPENAPI_PATH, document: DOCUMENT }, "no OpenAPI document in this build");
   const gzipped = document && gzipSync(document, { level: 9 });
   const etag = document && `"${createHash("sha256").update(document).digest("base64url").slice(0, 27)}"`;
-  return (req, res) => {
-    if ((req.url ?? "").split("?", 1)[0] !== OPENAPI_PATH) return false;
-    if (req.method !== "GET" && req.method !== "HEAD") {
-      res.writeHead(405, { allow: "GET, HEAD", "content-length": "0" });
-      res.end();
-      return true;
-    }
-    if (!document || !gzipped || !etag) {
-      const body = JSON.stringify({ code: 5, message: `this build has no ${DOCUMENT}`, details: [] });
-      res.writeHead(404, { "content-type": "application/json", "content-length": String(Buffer.byteLength(body)) });
-      res.end(body);
-      return true;
-    }
-    // Revalidated on every use after five minutes: a new deploy may bring a new document.
-    const headers: Record<string, string> = { etag, "cache-control": "public, max-age=300", vary: "Accept-Encoding" };
-    const known = (req.headers["if-none-match"] ?? "").split(",").map((t) => t.trim().replace(/^W\//, ""));
-    if (known.includes(etag) || known.includes("*")) {
-      res.writeHead(304, headers);
-      res.end();
-      return true;
-    }
-    const gzip = takesGzip(req.headers["accept-encoding"]);
-    const body = gzip ? gzipped : document;
-    res.writeHead(200, {
-      ...headers,
-      "content-type": "application/json",
-      ...(gzip ? { "content-encoding": "gzip" } : {}),
-      "content-length": String(body.byteLength),
-    });
-    if (req.method === "HEAD") res.end();
-    else res.end(body);
-    return true;
+  const owns = (req: Req) => pathOf(req) === OPENAPI_PATH;
+  return {
+    owns,
+    serve: (req, res) => {
+      if (req.method !== "GET" && req.method !== "HEAD") {
+        res.writeHead(405, { allow: "GET, HEAD", "content-length": "0" });
+        res.end();
+        return;
+      }
+      if (!document || !gzipped || !etag) {
+        const body = JSON.stringify({ code: 5, message: `this build has no ${DOCUMENT}`, details: [] });
+        res.writeHead(404, { "content-type": "application/json", "content-length": String(Buffer.byteLength(body)) });
+        res.end(body);
+        return;
+      }
+      // Revalidated on every use after five minutes: a new deploy may bring a new document.
+      const headers: Record<string, string> = { etag, "cache-control": "public, max-age=300", vary: "Accept-Encoding" };
+      const known = (req.headers["if-none-match"] ?? "").split(",").map((t) => t.trim().replace(/^W\//, ""));
+      if (known.includes(etag) || known.includes("*")) {
+        res.writeHead(304, headers);
+        res.end();
+        return;
+      }
+      const gzip = takesGzip(req.headers["accept-encoding"]);
+      const body = gzip ? gzipped : document;
+      res.writeHead(200, {
+        ...headers,
+        "content-type": "application/json",
+        ...(gzip ? { "content-encoding": "gzip" } : {}),
+        "content-length": String(body.byteLength),
+      });
+      if (req.method === "HEAD") res.end();
+      else res.end(body);
+    },
   };
 }

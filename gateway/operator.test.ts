@@ -207,7 +207,8 @@ describe("the web page", () => {
     const serve = webEndpoint(dir.path, silentLogger());
     const http = await import("node:http");
     const server = http.createServer((req, res) => {
-      if (!serve(req, res)) {
+      if (serve.owns(req)) serve.serve(req, res);
+      else {
         res.writeHead(404);
         res.end("rpc pipeline");
       }

@@ -3,23 +3,25 @@
  * Connect protocol (JSON and binary), gRPC-Web and gRPC. Before the
  * pipeline (dispatch.ts) it settles what every request gets whatever it asks
  * for: a request id (accepted from the client when well-formed, returned
- * always), CORS for allowed origins, the health probes and the OpenAPI
- * document (openapi.ts).
+ * always), CORS for allowed origins, the health probes, and the plain
+ * endpoints (endpoint.ts: the OpenAPI document, the web page, the
+ * development sign-in) behind the same per-address limits as every call.
  */
 import { randomUUID } from "node:crypto";
-import type http from "node:http";
-import type http2 from "node:http2";
 import { cors as connectCors } from "@connectrpc/connect";
-import { createDispatch, type DispatchOptions } from "./dispatch.js";
+import { answer, clientIp, createDispatch, type DispatchOptions } from "./dispatch.js";
+import type { Endpoint, Req, Res } from "./endpoint.js";
+import { admitAddress } from "./limits.js";
 import { type Listener, type ListenerOptions, listen } from "./listener.js";
 import { findOpenApiDocument, openApiEndpoint } from "./openapi.js";
+import { restErrorAnswer } from "./rest-serve.js";
 
 /** What the HTTP front needs. */
 export interface FrontOptions extends DispatchOptions, Omit<ListenerOptions, "log" | "onClose"> {
   /** Allowed CORS origins; "*" allows any; empty disables CORS. */
   readonly corsOrigins: readonly string[];
-  /** Plain HTTP endpoints tried before the RPC pipeline (the web page, the development sign-in): true when one answered. */
-  readonly endpoints?: readonly ((req: Req, res: Res) => boolean)[];
+  /** Plain HTTP endpoints tried before the RPC pipeline (the web page, the development sign-in). */
+  readonly endpoints?: readonly Endpoint[];
 }
 
 /** A listening gateway front. */
@@ -35,9 +37,6 @@ const EXPOSED = [...connectCors.exposedHeaders, "x-request-id", "retry-after"].j
 const ALLOWED = [...connectCors.allowedHeaders, "authorization", "x-request-id", "traceparent", "idempotency-key"].join(
   ", ",
 );
-
-type Req = http.IncomingMessage | http2.Http2ServerRequest;
-type Res = http.ServerResponse | http2.Http2ServerResponse;
 
 /** Sets the CORS headers for an allowed `origin`; true when the request was a preflight, answered here. */
 function cors(req: Req, res: Res, allowed: readonly string[]): boolean {
@@ -58,7 +57,7 @@ function cors(req: Req, res: Res, allowed: readonly string[]): boolean {
 /** Starts the front on `host:port`. */
 export async function startFront(o: FrontOptions): Promise<RunningFront> {
   const dispatch = createDispatch(o);
-  const openApi = openApiEndpoint(findOpenApiDocument(), o.log);
+  const endpoints = [openApiEndpoint(findOpenApiDocument(), o.log), ...(o.endpoints ?? [])];
   let draining = false;
   const handle = (req: Req, res: Res) => {
     let requestId = String(req.headers["x-request-id"] ?? "");
@@ -75,9 +74,15 @@ export async function startFront(o: FrontOptions): Promise<RunningFront> {
       res.end(ok ? "ok\n" : "draining\n");
       return;
     }
-    if (openApi(req, res)) return;
-    for (const endpoint of o.endpoints ?? []) if (endpoint(req, res)) return;
-    dispatch(req, res, requestId);
+    const plain = endpoints.find((e) => e.owns(req));
+    if (!plain) {
+      dispatch(req, res, requestId);
+      return;
+    }
+    // The same per-address limits as every call: /dev/token signs a token per request.
+    const refused = admitAddress(o, clientIp(req, o.trustProxy), res);
+    if (refused) answer(res, restErrorAnswer(refused));
+    else plain.serve(req, res);
   };
   const closes = o.telemetry.metrics.httpConnectionsClosed;
   const listener: Listener = await listen({ ...o, log: o.log, onClose: (reason) => closes.inc({ reason }) }, handle);

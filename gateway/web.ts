@@ -13,15 +13,11 @@
  */
 import { createHash } from "node:crypto";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
-import type http from "node:http";
-import type http2 from "node:http2";
 import { dirname, extname, join, relative, sep } from "node:path";
 import type { Logger, Role } from "../platform/index.js";
 import { type AuthConfig, signDevToken } from "./auth.js";
 import { DEV_JWT_SECRET } from "./config.js";
-
-type Req = http.IncomingMessage | http2.Http2ServerRequest;
-type Res = http.ServerResponse | http2.Http2ServerResponse;
+import { type Endpoint, NO_ENDPOINT, pathOf, type Res } from "./endpoint.js";
 
 const TYPES: Record<string, string> = {
   ".html": "text/html; charset=utf-8",
@@ -93,26 +89,27 @@ function readTree(root: string): Map<string, StaticFile> {
 }
 
 /** Answers GET/HEAD of the web page's files; false for anything else (an RPC, an unknown path). */
-export function webEndpoint(directory: string | undefined, log: Logger): (req: Req, res: Res) => boolean {
+export function webEndpoint(directory: string | undefined, log: Logger): Endpoint {
   if (!directory) {
     log.info("no built web page (make build writes dist/web): the gateway serves RPCs only");
-    return () => false;
+    return NO_ENDPOINT;
   }
   const files = readTree(directory);
   log.info({ directory, files: files.size }, "serving the web page");
-  return (req, res) => {
-    if (req.method !== "GET" && req.method !== "HEAD") return false;
-    const file = files.get((req.url ?? "").split("?", 1)[0] ?? "");
-    if (!file) return false;
-    if (req.headers["if-none-match"] === file.headers.etag) {
-      res.writeHead(304, { etag: file.headers.etag ?? "", "cache-control": file.headers["cache-control"] ?? "" });
-      res.end();
-      return true;
-    }
-    res.writeHead(200, { ...file.headers, "content-length": String(file.body.byteLength) });
-    if (req.method === "HEAD") res.end();
-    else res.end(file.body);
-    return true;
+  return {
+    owns: (req) => (req.method === "GET" || req.method === "HEAD") && files.has(pathOf(req)),
+    serve: (req, res) => {
+      const file = files.get(pathOf(req));
+      if (!file) return;
+      if (req.headers["if-none-match"] === file.headers.etag) {
+        res.writeHead(304, { etag: file.headers.etag ?? "", "cache-control": file.headers["cache-control"] ?? "" });
+        res.end();
+        return;
+      }
+      res.writeHead(200, { ...file.headers, "content-length": String(file.body.byteLength) });
+      if (req.method === "HEAD") res.end();
+      else res.end(file.body);
+    },
   };
 }
 
@@ -134,8 +131,8 @@ export function usesDevKey(c: AuthConfig): boolean {
  * `POST /dev/token {"user": "alice"}` → `{"token", "subject", "roles", "expiresInSeconds"}`, while
  * the development key is in use; otherwise the path does not exist (false: an unknown path).
  */
-export function devSignInEndpoint(c: AuthConfig, log: Logger): (req: Req, res: Res) => boolean {
-  if (!usesDevKey(c)) return () => false;
+export function devSignInEndpoint(c: AuthConfig, log: Logger): Endpoint {
+  if (!usesDevKey(c)) return NO_ENDPOINT;
   log.warn(
     { path: DEV_TOKEN_PATH },
     "development sign-in is on: anyone can get a token (the development key is public)",
@@ -149,37 +146,38 @@ export function devSignInEndpoint(c: AuthConfig, log: Logger): (req: Req, res: R
     });
     res.end(text);
   };
-  return (req, res) => {
-    if ((req.url ?? "").split("?", 1)[0] !== DEV_TOKEN_PATH) return false;
-    if (req.method !== "POST") {
-      res.setHeader("allow", "POST");
-      answer(res, 405, { code: 12, message: `${req.method} is not allowed on ${DEV_TOKEN_PATH}` });
-      return true;
-    }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on("data", (d: Buffer) => {
-      size += d.length;
-      if (size <= 1024) chunks.push(d);
-    });
-    req.once("error", () => {});
-    req.once("end", () => {
-      if (size > 1024) return answer(res, 413, { code: 8, message: "the request body is over 1024 bytes" });
-      let user: unknown;
-      try {
-        user = (JSON.parse(Buffer.concat(chunks).toString("utf8") || "{}") as { user?: unknown }).user;
-      } catch {
-        return answer(res, 400, { code: 3, message: "the request body is not valid JSON" });
+  return {
+    owns: (req) => pathOf(req) === DEV_TOKEN_PATH,
+    serve: (req, res) => {
+      if (req.method !== "POST") {
+        res.setHeader("allow", "POST");
+        answer(res, 405, { code: 12, message: `${req.method} is not allowed on ${DEV_TOKEN_PATH}` });
+        return;
       }
-      const roles = typeof user === "string" && Object.hasOwn(DEV_USERS, user) ? DEV_USERS[user] : undefined;
-      if (typeof user !== "string" || !roles) {
-        return answer(res, 400, { code: 3, message: `user: must be one of ${Object.keys(DEV_USERS).join(", ")}` });
-      }
-      void signDevToken(c, user, roles, DEV_TOKEN_TTL_S).then(
-        (token) => answer(res, 200, { token, subject: user, roles, expiresInSeconds: DEV_TOKEN_TTL_S }),
-        () => answer(res, 500, { code: 13, message: "could not sign a token" }),
-      );
-    });
-    return true;
+      const chunks: Buffer[] = [];
+      let size = 0;
+      req.on("data", (d: Buffer) => {
+        size += d.length;
+        if (size <= 1024) chunks.push(d);
+      });
+      req.once("error", () => {});
+      req.once("end", () => {
+        if (size > 1024) return answer(res, 413, { code: 8, message: "the request body is over 1024 bytes" });
+        let user: unknown;
+        try {
+          user = (JSON.parse(Buffer.concat(chunks).toString("utf8") || "{}") as { user?: unknown }).user;
+        } catch {
+          return answer(res, 400, { code: 3, message: "the request body is not valid JSON" });
+        }
+        const roles = typeof user === "string" && Object.hasOwn(DEV_USERS, user) ? DEV_USERS[user] : undefined;
+        if (typeof user !== "string" || !roles) {
+          return answer(res, 400, { code: 3, message: `user: must be one of ${Object.keys(DEV_USERS).join(", ")}` });
+        }
+        void signDevToken(c, user, roles, DEV_TOKEN_TTL_S).then(
+          (token) => answer(res, 200, { token, subject: user, roles, expiresInSeconds: DEV_TOKEN_TTL_S }),
+          () => answer(res, 500, { code: 13, message: "could not sign a token" }),
+        );
+      });
+    },
   };
 }
