@@ -140,6 +140,63 @@ describe("1. a client that does not read its answers cannot hold them", () => {
     }
   });
 
+  it("cuts an unread answer even while its connection stays busy, and not one read slowly within the timeout", async () => {
+    // Node's own timer would spare a stream with data queued whenever its session has sent anything
+    // since — here the answers to the client's PINGs — for as long as the client keeps pinging.
+    const own = await startTestGateway(sys, { HTTP_STREAM_IDLE_TIMEOUT_MS: "3000" });
+    await using c = await rawConnect(own.port);
+    const u32 = (n: number) => {
+      const b = Buffer.alloc(4);
+      b.writeUInt32BE(n, 0);
+      return b;
+    };
+    const settings = Buffer.concat([Buffer.from([0, 4]), u32(8 * 1024)]); // SETTINGS_INITIAL_WINDOW_SIZE
+    const got = new Map<number, { bytes: number; end?: "end" | "reset"; at?: number }>([
+      [1, { bytes: 0 }],
+      [3, { bytes: 0 }],
+    ]);
+    const started = Date.now();
+    readFrames(c.socket, (type, flags, streamId, payload) => {
+      const s = got.get(streamId);
+      if (!s || s.end) return;
+      if (type === 0) s.bytes += payload.byteLength; // DATA
+      if ((type === 0 || type === 1) && flags & 0x1) s.end = "end"; // END_STREAM
+      if (type === 3) s.end = "reset"; // RST_STREAM
+      if (s.end) s.at = Date.now() - started;
+    });
+    const get = (id: number) =>
+      h2Frame(
+        1,
+        0x5,
+        id,
+        Buffer.concat([
+          hpackLiteral(":method", "GET"),
+          hpackLiteral(":scheme", "http"),
+          hpackLiteral(":authority", "localhost"),
+          hpackLiteral(":path", "/openapi.json"),
+        ]),
+      );
+    // The connection's window wide open; each stream's 8 KiB. Stream 1's is opened 4 KiB every
+    // 100 ms (57 KB in ~1.2 s, within the 3 s timeout); stream 3's never.
+    await c.write(
+      Buffer.concat([H2_PREFACE, h2Frame(4, 0, 0, settings), h2Frame(8, 0, 0, u32(1 << 20)), get(1), get(3)]),
+    );
+    const one = got.get(1) as { end?: string };
+    const three = got.get(3) as { end?: string };
+    while (!three.end && Date.now() - started < 9_000) {
+      await new Promise((r) => setTimeout(r, 100));
+      await c.write(
+        Buffer.concat([h2Frame(6, 0, 0, Buffer.alloc(8)), one.end ? Buffer.alloc(0) : h2Frame(8, 0, 1, u32(4096))]),
+      );
+    }
+    await own.stop();
+    expect(got.get(1)).toMatchObject({ end: "end", bytes: expect.any(Number) });
+    expect(got.get(1)?.bytes).toBeGreaterThan(50_000);
+    // Cut between 3 and 3.75 s after its 8 KiB, whatever the pings: allow for a loaded machine.
+    expect(got.get(3)).toMatchObject({ end: "reset", bytes: 8 * 1024 });
+    expect(got.get(3)?.at).toBeLessThan(6_000);
+  });
+
   it("refuses a header list that decodes past 64 KiB, however few bytes carried it (HPACK references)", async () => {
     await using c = await rawConnect(gw.port);
     const frames: { type: number; streamId: number; payload: Buffer }[] = [];

@@ -187,6 +187,7 @@ function protocolServers(o: ListenerOptions, handle: Handler, closed: (why: Clos
     });
   });
   const cut = (stream: http2.ServerHttp2Stream) => {
+    if (stream.closed || stream.destroyed) return; // cut already (by the sweep or Node's timer)
     closed("stream-idle");
     stream.close(http2.constants.NGHTTP2_CANCEL);
   };
@@ -200,6 +201,11 @@ function protocolServers(o: ListenerOptions, handle: Handler, closed: (why: Clos
  * stream's frames, the resets that cut its stalled neighbours included — so N calls whose client
  * does not read were cut a timeout apart, a few at a time, the last after up to N timeouts. One sweep
  * for all streams, a quarter of `ms` apart: a stream is cut between `ms` and 1.25 × `ms` into its stall.
+ * Progress is the queue emptying or shrinking between two sweeps, or draining (a client that reads
+ * slowly behind a producer that waits for it keeps its queue near full while bytes move). Node counts
+ * a write as queued until all of it is sent, so a client must take each piece written — a unary
+ * answer is one — within `ms`: at 60 s, a 57 KB document needs about 1 KB/s. Nothing per stream
+ * finer is observable (Node reports the bytes sent per session only).
  */
 function stalledStreams(ms: number, cut: (stream: http2.ServerHttp2Stream) => void) {
   const watched = new Map<http2.ServerHttp2Stream, { queued: number; since: number }>();
@@ -208,8 +214,8 @@ function stalledStreams(ms: number, cut: (stream: http2.ServerHttp2Stream) => vo
       const now = Date.now();
       for (const [stream, seen] of watched) {
         const queued = stream.bufferSize;
-        // Progress is the queue emptying or shrinking; a queue that only grows is a stall too.
-        if (queued === 0 || queued < seen.queued) seen.since = now;
+        // A queue that only grows is a stall too; one empty at the last sweep stalled after it.
+        if (queued === 0 || seen.queued === 0 || queued < seen.queued) seen.since = now;
         seen.queued = queued;
         if (queued > 0 && now - seen.since >= ms) {
           watched.delete(stream);
@@ -222,7 +228,11 @@ function stalledStreams(ms: number, cut: (stream: http2.ServerHttp2Stream) => vo
   sweep.unref();
   return {
     watch(stream: http2.ServerHttp2Stream) {
-      watched.set(stream, { queued: 0, since: Date.now() });
+      const seen = { queued: 0, since: Date.now() };
+      watched.set(stream, seen);
+      stream.on("drain", () => {
+        seen.since = Date.now();
+      });
       stream.once("close", () => watched.delete(stream));
     },
     stop: () => clearInterval(sweep),

@@ -40,9 +40,8 @@ function takesGzip(accept: string | undefined): boolean {
 }
 
 /**
- * Answers requests for {@link OPENAPI_PATH} with `document` (404, and a
- * warning at start, without one); returns false for any other path, which
- * the caller then routes.
+ * Owns {@link OPENAPI_PATH} and answers it with `document` (404, and a
+ * warning at start, without one).
  */
 export function openApiEndpoint(document: Uint8Array | undefined, log: Logger): Endpoint {
   if (!document) log.warn({ path: OPENAPI_PATH, document: DOCUMENT }, "no OpenAPI document in this build");

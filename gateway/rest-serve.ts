@@ -12,7 +12,7 @@
 import type http from "node:http";
 import { brotliDecompressSync, gunzipSync } from "node:zlib";
 import { fromJsonString, type JsonObject, type JsonValue } from "@bufbuild/protobuf";
-import { ValueSchema } from "@bufbuild/protobuf/wkt";
+import { EmptySchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ContextValues } from "@connectrpc/connect";
 import type { UniversalHandler, UniversalServerRequest } from "@connectrpc/connect/protocol";
 import { errorToJson } from "@connectrpc/connect/protocol-connect";
@@ -84,10 +84,11 @@ async function jsonBody(
   // JSON.parse keeps the last of two equal keys, where a proxy in front may have read the first; the
   // Connect path refuses them (protobuf-es checks), and so does this one, with protobuf-es's check.
   try {
-    fromJsonString(ValueSchema, text);
+    // Its scan for duplicates runs before decoding; decoded as Empty, the body builds nothing more.
+    fromJsonString(EmptySchema, text, { ignoreUnknownFields: true });
   } catch (err) {
     // Anything else it finds in JSON that JSON.parse accepted is for the message's own decoding to judge.
-    const duplicate = /duplicate object key "(.*)"$/.exec(String((err as Error).message))?.[1];
+    const duplicate = /duplicate object key "([\s\S]*)"$/.exec(String((err as Error).message))?.[1];
     if (duplicate !== undefined) {
       throw new ConnectError(`the request body has the object key "${duplicate}" twice`, Code.InvalidArgument);
     }

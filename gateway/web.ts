@@ -88,7 +88,7 @@ function readTree(root: string): Map<string, StaticFile> {
   return files;
 }
 
-/** Answers GET/HEAD of the web page's files; false for anything else (an RPC, an unknown path). */
+/** Owns GET/HEAD of the web page's files; anything else (an RPC, an unknown path) goes on to dispatch. */
 export function webEndpoint(directory: string | undefined, log: Logger): Endpoint {
   if (!directory) {
     log.info("no built web page (make build writes dist/web): the gateway serves RPCs only");
@@ -99,8 +99,7 @@ export function webEndpoint(directory: string | undefined, log: Logger): Endpoin
   return {
     owns: (req) => (req.method === "GET" || req.method === "HEAD") && files.has(pathOf(req)),
     serve: (req, res) => {
-      const file = files.get(pathOf(req));
-      if (!file) return;
+      const file = files.get(pathOf(req)) as StaticFile; // owned: it exists
       if (req.headers["if-none-match"] === file.headers.etag) {
         res.writeHead(304, { etag: file.headers.etag ?? "", "cache-control": file.headers["cache-control"] ?? "" });
         res.end();
@@ -129,7 +128,7 @@ export function usesDevKey(c: AuthConfig): boolean {
 
 /**
  * `POST /dev/token {"user": "alice"}` → `{"token", "subject", "roles", "expiresInSeconds"}`, while
- * the development key is in use; otherwise the path does not exist (false: an unknown path).
+ * the development key is in use; otherwise the path does not exist (it goes on to dispatch, an unknown path).
  */
 export function devSignInEndpoint(c: AuthConfig, log: Logger): Endpoint {
   if (!usesDevKey(c)) return NO_ENDPOINT;
