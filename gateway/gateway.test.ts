@@ -245,6 +245,13 @@ describe("authentication", () => {
   });
 });
 
+/** A gateway of its own in front of inventory, with `limits` over the defaults. */
+const limitedGateway = (limits: Record<string, string>) =>
+  startGateway(
+    loadConfig({ HTTP_HOST: "127.0.0.1", HTTP_PORT: "0", INVENTORY_TARGET: sys.inventory.address, ...limits }),
+    silentLogger(),
+  );
+
 describe("limits and surface", () => {
   it("429 with Retry-After above the burst, others unaffected, then recovers", async () => {
     const h = await auth("burst-user");
@@ -269,16 +276,7 @@ describe("limits and surface", () => {
   });
 
   it("limits per client IP before authentication; a spoofed X-Forwarded-For does not reset it", async () => {
-    const strict = await startGateway(
-      loadConfig({
-        HTTP_HOST: "127.0.0.1",
-        HTTP_PORT: "0",
-        INVENTORY_TARGET: sys.inventory.address,
-        RATE_LIMIT_IP_BURST: "5",
-        RATE_LIMIT_IP_RPS: "1",
-      }),
-      silentLogger(),
-    );
+    const strict = await limitedGateway({ RATE_LIMIT_IP_BURST: "5", RATE_LIMIT_IP_RPS: "1" });
     try {
       const statuses: number[] = [];
       for (let i = 0; i < 8; i++) {
@@ -298,16 +296,7 @@ describe("limits and surface", () => {
 
   it("limits the plain endpoints (the development sign-in, the OpenAPI document) per client IP too", async () => {
     // /dev/token signs a token per request: before, it answered 1,500 in a second from one address.
-    const strict = await startGateway(
-      loadConfig({
-        HTTP_HOST: "127.0.0.1",
-        HTTP_PORT: "0",
-        INVENTORY_TARGET: sys.inventory.address,
-        RATE_LIMIT_IP_BURST: "4",
-        RATE_LIMIT_IP_RPS: "1",
-      }),
-      silentLogger(),
-    );
+    const strict = await limitedGateway({ RATE_LIMIT_IP_BURST: "4", RATE_LIMIT_IP_RPS: "1" });
     try {
       const token = () => fetch(`${strict.url}/dev/token`, { method: "POST", body: '{"user":"alice"}' });
       const statuses: number[] = [];
@@ -331,15 +320,7 @@ describe("limits and surface", () => {
   });
 
   it("gives back a plain endpoint's call slot however it was answered (GET, HEAD, 304, 405)", async () => {
-    const strict = await startGateway(
-      loadConfig({
-        HTTP_HOST: "127.0.0.1",
-        HTTP_PORT: "0",
-        INVENTORY_TARGET: sys.inventory.address,
-        HTTP_MAX_CALLS_PER_IP: "2",
-      }),
-      silentLogger(),
-    );
+    const strict = await limitedGateway({ HTTP_MAX_CALLS_PER_IP: "2" });
     try {
       const url = `${strict.url}/openapi.json`;
       const etag = (await fetch(url)).headers.get("etag") ?? "";

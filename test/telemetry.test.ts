@@ -267,24 +267,18 @@ describe("metrics", () => {
       }),
     ).toBeGreaterThanOrEqual(1);
     // The consumers handle the published cancellation asynchronously too: wait for them, then check.
-    const notification = await waitFor(
-      () => scrape(sys.notification.telemetry.metricsPort),
-      (text) =>
-        sample(text, "events_handled_total", {
-          consumer: "notification-order",
-          type: "shopmesh.order.v1.OrderCancelled",
-          outcome: "handled",
-        }) >= 1,
-    );
-    const history = await waitFor(
-      () => scrape(sys.history.telemetry.metricsPort),
-      (text) =>
-        sample(text, "events_handled_total", {
-          consumer: "history-order",
-          type: "shopmesh.order.v1.OrderCancelled",
-          outcome: "handled",
-        }) >= 1,
-    );
+    const cancellationsHandled = (text: string, consumer: string) =>
+      sample(text, "events_handled_total", { consumer, type: "shopmesh.order.v1.OrderCancelled", outcome: "handled" });
+    const afterCancellation = async (port: number | undefined, consumer: string) => {
+      const text = await waitFor(
+        () => scrape(port),
+        (t) => cancellationsHandled(t, consumer) >= 1,
+      );
+      expect(cancellationsHandled(text, consumer), consumer).toBeGreaterThanOrEqual(1);
+      return text;
+    };
+    const notification = await afterCancellation(sys.notification.telemetry.metricsPort, "notification-order");
+    const history = await afterCancellation(sys.history.telemetry.metricsPort, "history-order");
     expect(sample(history, "event_consumer_lag_seconds_count", { consumer: "history-order" })).toBeGreaterThanOrEqual(
       1,
     );
