@@ -95,6 +95,9 @@ function unaryMessage(body: Buffer, max: number): Buffer {
   return message;
 }
 
+const bodyBroken = (err?: Error) =>
+  new ConnectError("the request body ended early or malformed", Code.Canceled, undefined, undefined, err);
+
 /**
  * Reads the whole body: RESOURCE_EXHAUSTED past `max` bytes, CANCELED if it breaks off, and the
  * reason of `signal` as soon as that aborts (the client's deadline or cancel). With listeners, not
@@ -106,6 +109,9 @@ export function readBody(
   signal: AbortSignal,
 ): Promise<Buffer> {
   if (signal.aborted) return Promise.reject(signal.reason);
+  // Gone before this was called (a body Node's parser refused while the call was being admitted):
+  // its 'close' has been and gone, and would be waited for without end.
+  if (req.destroyed) return Promise.reject(bodyBroken());
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let seen = 0;
@@ -129,8 +135,7 @@ export function readBody(
     };
     const onEnd = () => settle(undefined);
     // An error, or a close before the end (a reset stream, a connection gone).
-    const onBroken = (err?: Error) =>
-      settle(new ConnectError("the request body ended early or malformed", Code.Canceled, undefined, undefined, err));
+    const onBroken = (err?: Error) => settle(bodyBroken(err));
     const onAbort = () => settle(signal.reason);
     signal.addEventListener("abort", onAbort, { once: true });
     req.on("data", onData);
