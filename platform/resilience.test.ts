@@ -660,6 +660,23 @@ describe("regressions", () => {
     expect(fake.calls).toBe(0);
   });
 
+  it("a caller's signal aborted mid-call, with a deadline, cancels the call at once and downstream", async () => {
+    const { fake, server } = await startInventory();
+    const client = resilient("inventory", InventoryService, server, { retryMaxAttempts: 3 });
+    await client.getProduct(req);
+    fake.resetCounters();
+    fake.always(delay(3_000));
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(), 200);
+
+    const elapsed = await timed(() =>
+      expectRpcError(client.getProduct(req, { signal: ac.signal, timeoutMs: 5_000 }), Code.CANCELLED),
+    );
+    expect(elapsed).toBeLessThan(2_500); // not the downstream's 3 s, nor the 5 s deadline
+    expect(await eventually(() => fake.aborts === 1, 3_000)).toBe(true);
+    expect(fake.calls).toBe(1); // a cancelled call is not retried
+  });
+
   // cockatiel's SamplingBreaker throws for a threshold >= 1: config must refuse it at start instead.
   it("accepts every breakerFailureRatio that policyEnv accepts, and policyEnv refuses 1", async () => {
     const { server } = await startInventory();
@@ -676,8 +693,11 @@ describe("regressions", () => {
     await client.getProduct(req);
     const spy = vi.spyOn(EventTarget.prototype, "addEventListener");
     const signals = new Set<AbortSignal>();
+    const caller = new AbortController();
     try {
       for (let i = 0; i < 30; i++) await client.getProduct(req);
+      // A caller's own signal with a deadline: the call follows it, then lets go of it.
+      for (let i = 0; i < 30; i++) await client.getProduct(req, { signal: caller.signal, timeoutMs: 5_000 });
       spy.mock.calls.forEach(([type], i) => {
         const target = spy.mock.contexts[i];
         if (type === "abort" && target instanceof AbortSignal) signals.add(target);
