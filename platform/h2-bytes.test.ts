@@ -9,7 +9,7 @@ import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Metadata } from "@grpc/grpc-js";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import {
   GetProductRequestSchema,
   GetProductResponseSchema,
@@ -134,6 +134,43 @@ describe("HTTP/2 bytes client", () => {
         { timeout: 5_000 },
       )
       .toBe(true);
+  });
+
+  // A closed stream's wrapper is freed only by a full collection, and until then every scavenge keeps
+  // what its listeners reach — the whole call — and promotes it: nothing of the call may stay on it.
+  it("lets go of each call once its stream has closed, however the call ended", async () => {
+    const server = await serve();
+    const streams: http2.ClientHttp2Stream[] = [];
+    let closes = 0;
+    const connect = http2.connect;
+    const spy = vi.spyOn(http2, "connect").mockImplementation((...args: Parameters<typeof connect>) => {
+      const session = connect(...args);
+      const request = session.request.bind(session);
+      session.request = (...r: Parameters<typeof request>) => {
+        const stream = request(...r);
+        streams.push(stream);
+        stream.once("close", () => closes++);
+        return stream;
+      };
+      return session;
+    });
+    try {
+      const call = client(server.address);
+      await call(request("coffee-beans"));
+      await rejection(call(request("missing")));
+      await rejection(call(request("slow"), { deadline: Date.now() + 50 }));
+      const ac = new AbortController();
+      setTimeout(() => ac.abort(), 50);
+      await rejection(call(request("slow"), { signal: ac.signal }));
+    } finally {
+      spy.mockRestore();
+    }
+    expect(streams).toHaveLength(4);
+    await expect.poll(() => closes).toBe(4); // 'close' comes a tick after the stream is marked closed
+    for (const s of streams) {
+      for (const event of ["response", "trailers", "data", "close"]) expect(s.listenerCount(event), event).toBe(0);
+      expect(s.listenerCount("error")).toBe(1); // one that captures nothing: an error after close must not throw
+    }
   });
 
   it("maps a call that ends without a gRPC status as grpc-js does: only what the server never took is UNAVAILABLE", async () => {

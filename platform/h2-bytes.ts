@@ -26,6 +26,7 @@ const c = http2.constants;
 
 /** Largest answer taken, as grpc-js's default receive limit. */
 const MAX_ANSWER_BYTES = 4 * 1024 * 1024;
+const ignore = () => {};
 
 /** A bytes client over one lazily opened HTTP/2 session to `host:port`. */
 export interface H2BytesClient {
@@ -172,32 +173,40 @@ export function createH2BytesClient(service: DescService, address: string, trace
         const chunks: Buffer[] = [];
         let received = 0;
         let connectionLost = false;
-        s.on("response", (h) => {
-          responseHeaders = h;
-        });
-        s.on("trailers", (t) => {
-          trailers = t;
-        });
-        s.on("data", (d: Buffer) => {
-          received += d.byteLength;
-          if (received <= MAX_ANSWER_BYTES) {
-            chunks.push(d);
-            return;
-          }
-          s.close(c.NGHTTP2_CANCEL);
-          // grpc-js's words, and no address: this message reaches clients (forward.ts passes RESOURCE_EXHAUSTED on).
-          finish(
-            rpcError(
-              status.RESOURCE_EXHAUSTED,
-              `Received message larger than max (${received} vs. ${MAX_ANSWER_BYTES})`,
-            ),
-          );
-        });
-        s.on("error", (err: NodeJS.ErrnoException) => {
-          // A reset is mapped by its code when the stream closes; anything else is the connection's loss.
-          if (err.code !== "ERR_HTTP2_STREAM_ERROR") connectionLost = true;
-        });
-        s.on("close", () => {
+        const listeners = {
+          response: (h: http2.IncomingHttpHeaders) => {
+            responseHeaders = h;
+          },
+          trailers: (t: http2.IncomingHttpHeaders) => {
+            trailers = t;
+          },
+          data: (d: Buffer) => {
+            received += d.byteLength;
+            if (received <= MAX_ANSWER_BYTES) {
+              chunks.push(d);
+              return;
+            }
+            s.close(c.NGHTTP2_CANCEL);
+            // grpc-js's words, and no address: this message reaches clients (forward.ts passes RESOURCE_EXHAUSTED on).
+            finish(
+              rpcError(
+                status.RESOURCE_EXHAUSTED,
+                `Received message larger than max (${received} vs. ${MAX_ANSWER_BYTES})`,
+              ),
+            );
+          },
+          error: (err: NodeJS.ErrnoException) => {
+            // A reset is mapped by its code when the stream closes; anything else is the connection's loss.
+            if (err.code !== "ERR_HTTP2_STREAM_ERROR") connectionLost = true;
+          },
+        };
+        for (const [event, listener] of Object.entries(listeners)) s.on(event, listener);
+        s.on("error", ignore); // stays: an error after "close" must not throw (it captures nothing)
+        s.once("close", () => {
+          // Let go of the call: Node frees a closed stream's wrapper only in a full collection, and every
+          // scavenge before keeps alive — then promotes — whatever its listeners reach (here the whole
+          // call, up to the caller's request): ~1.8 KB a call per 2 KB reachable, measured.
+          for (const [event, listener] of Object.entries(listeners)) s.off(event, listener);
           if (settled) return;
           const st = statusOf(trailers ?? {}) ?? statusOf(responseHeaders);
           if (!st) {
