@@ -11,27 +11,31 @@
  * such as the node binary's ~45 MB, divided among the processes that map
  * them: what the system takes from the machine) and anonymous memory (the
  * process's own: JavaScript heap, malloc, stacks), their sums, the peak of
- * the sums while the load ran, and what the load got answered. Writes it all
- * as JSON.
+ * the sums while the load ran, what the load got answered, and what each
+ * process's scavenges promoted into its old generation while it ran
+ * (bench/gc-watch.ts). Writes it all as JSON.
  *
  *   FOOTPRINT_SECONDS    seconds of load (default 60)
  *   FOOTPRINT_RATE       calls per second (default 50, as `make load`)
  *   FOOTPRINT_TELEMETRY  on | off (default on, as `make run` has it)
  *   FOOTPRINT_OUT        where to write the JSON (default bench/results/footprint.json)
+ *   FOOTPRINT_GC         on | off: record the scavenges while the load runs (default on)
  */
 import { spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
-import { cpus } from "node:os";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { nodeCommand, ROOT, SYSTEM_ENV, systemNodeFlags } from "../scripts/layout.js";
+import type { GcWatch } from "./gc-watch.js";
 import { type Proc, restock, type System, startSystem, writeResults } from "./system.js";
 
 const SECONDS = Number(process.env.FOOTPRINT_SECONDS ?? 60);
 const RATE = Number(process.env.FOOTPRINT_RATE ?? 50);
 const TELEMETRY = (process.env.FOOTPRINT_TELEMETRY ?? "on") === "on";
 const OUT = process.env.FOOTPRINT_OUT ?? join(ROOT, "bench", "results", "footprint.json");
+const GC_WATCH = (process.env.FOOTPRINT_GC ?? "on") === "on";
 /** How often the sums are sampled while the load runs, ms (for their peak). */
 const SAMPLE_MS = 1_000;
 
@@ -117,10 +121,19 @@ process.stdout.write(
   `make footprint: the system at start, then after ${SECONDS} s of make load at ${RATE} calls/s ` +
     `(telemetry ${TELEMETRY ? "on" : "off"}), ${cpus().length} cores, Node ${process.version}\n`,
 );
-const sys = await startSystem({ telemetry: TELEMETRY, token });
+// Each Node process preloads bench/gc-watch.ts: SIGUSR2 starts its GC profiler, the next writes what it saw here.
+const gcDir = mkdtempSync(join(tmpdir(), "footprint-gc-"));
+process.env.GC_WATCH_DIR = gcDir;
+const sys = await startSystem({
+  telemetry: TELEMETRY,
+  token,
+  nodeArgs: () => (GC_WATCH ? ["--import", join(ROOT, "dist", "bench", "gc-watch.js")] : []),
+});
+const nodeProcs = sys.procs.filter((p) => p.name !== "nats");
 let atStart: Snapshot;
 let afterLoad: Snapshot;
 let totals: LoadTotals;
+let young: Record<string, GcWatch> = {};
 const peak = { rssMb: 0, pssMb: 0 };
 try {
   atStart = snapshot(sys.procs);
@@ -130,11 +143,24 @@ try {
     peak.rssMb = Math.max(peak.rssMb, s.rssMb);
     peak.pssMb = Math.max(peak.pssMb, s.pssMb);
   };
+  if (GC_WATCH) for (const p of nodeProcs) p.child.kill("SIGUSR2");
   totals = await runLoad(sys, sample);
   afterLoad = snapshot(sys.procs);
   sample();
+  if (GC_WATCH) young = await gcWatches();
 } finally {
   await sys.stop();
+  rmSync(gcDir, { recursive: true, force: true });
+}
+
+/** Stops every process's GC profiler and reads what each wrote (within 5 s). */
+async function gcWatches(): Promise<Record<string, GcWatch>> {
+  for (const p of nodeProcs) p.child.kill("SIGUSR2");
+  const file = (name: string) => join(gcDir, `${name}.json`);
+  for (let waited = 0; waited < 5_000 && !nodeProcs.every((p) => existsSync(file(p.name))); waited += 50) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return Object.fromEntries(nodeProcs.map((p) => [p.name, JSON.parse(readFileSync(file(p.name), "utf8")) as GcWatch]));
 }
 
 /** The source path of a system process's main (its node flags are keyed by it). */
@@ -151,6 +177,17 @@ const rows = [
   ),
   `  ${"system".padEnd(13)} ${cell({ rss: atStart.rssMb, pss: atStart.pssMb, anon: atStart.anonMb })}   ${cell({ rss: afterLoad.rssMb, pss: afterLoad.pssMb, anon: afterLoad.anonMb })}`,
 ];
+const youngRows = Object.entries(young).map(
+  ([n, g]) =>
+    `  ${n.padEnd(13)} ${String(g.scavenges).padStart(9)} ${g.promotedMb.toFixed(1).padStart(12)} ${(g.scavenges ? g.promotedMb / g.scavenges : 0).toFixed(2).padStart(13)} ${g.survivorsMbPerScavenge.toFixed(2).padStart(13)} ${String(g.otherCollections).padStart(6)}`,
+);
+if (youngRows.length > 0) {
+  rows.push(
+    "",
+    `  while loaded  scavenges  promoted MB  per scavenge  survivors MB  other   (V8's GC profiler)`,
+    ...youngRows,
+  );
+}
 process.stdout.write(
   `${rows.join("\n")}\n\n(MB. PSS: shared pages divided among the processes that map them. anon: a process's own pages.)\n` +
     `ready ${sys.readyMs} ms after the first spawn; while loaded the sums peaked at ${peak.rssMb} MB RSS (${peak.pssMb} MB PSS)\n` +
@@ -167,5 +204,6 @@ writeResults(OUT, {
   afterLoad,
   peakWhileLoaded: peak,
   load: totals,
+  youngGeneration: young,
 });
 process.exit(0);

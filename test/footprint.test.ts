@@ -34,6 +34,7 @@ it("make footprint (short): memory per process at start and after make load's mi
     afterLoad: Snapshot;
     peakWhileLoaded: { rssMb: number; pssMb: number };
     load: { outcomes: Record<string, number> };
+    youngGeneration: Record<string, { seconds: number; scavenges: number; promotedMb: number }>;
   };
   expect(result.seconds).toBe(5);
   const processes = ["gateway", "history", "inventory", "nats", "notification", "order", "payment"];
@@ -52,4 +53,12 @@ it("make footprint (short): memory per process at start and after make load's mi
   // The load got answers of every kind of its mix.
   for (const kind of ["browse ok", "order ok"]) expect(result.load.outcomes[kind], kind).toBeGreaterThan(0);
   expect(text).toMatch(/^ {2}system +\d+ +\d+ +\d+ +\d+ +\d+ +\d+/m);
+  // Every Node process recorded its collections from the load's start to its end (SIGUSR2 twice).
+  expect(Object.keys(result.youngGeneration).sort()).toEqual(processes.filter((p) => p !== "nats"));
+  for (const [name, g] of Object.entries(result.youngGeneration)) {
+    expect(g.seconds, name).toBeGreaterThanOrEqual(4);
+    expect(g.seconds, name).toBeLessThan(30);
+    expect(g.promotedMb, name).toBeGreaterThanOrEqual(0);
+  }
+  expect(text).toMatch(/^ {2}gateway +\d+ +\d+\.\d +\d+\.\d\d +\d+\.\d\d +\d+$/m);
 }, 120_000);
