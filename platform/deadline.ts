@@ -1,4 +1,4 @@
-/** Deadlines, merged the one way: the earliest of what the caller set wins. */
+/** Deadlines, merged the one way (the earliest of what the caller set wins), and a call run under one. */
 
 /**
  * The earliest of an absolute `deadline` (ms since the epoch) and
@@ -12,4 +12,68 @@ export function earliestDeadline(
   const relative = timeoutMs === undefined ? undefined : now + timeoutMs;
   if (deadline === undefined) return relative;
   return relative === undefined ? deadline : Math.min(deadline, relative);
+}
+
+/**
+ * Runs `fn` with a signal that aborts at `deadline` or with `outer`; at the deadline the call fails
+ * with `expired()` even if it is still queued in a bulkhead or sleeping between retries.
+ */
+export function withDeadline<T>(
+  deadline: number | undefined,
+  outer: AbortSignal | undefined,
+  expired: () => Error,
+  fn: (signal: AbortSignal) => Promise<T>,
+): Promise<T> {
+  // A signal of its own for a call without one: cockatiel derives every call's signal from the one it is
+  // given, and without one from a single shared signal that would collect a listener per call in flight.
+  if (deadline === undefined) return fn(outer ?? new AbortController().signal);
+  const ac = new AbortController();
+  const unfollow = outer ? follow(outer, ac) : undefined;
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      ac.abort();
+      reject(expired());
+    }, deadline - Date.now());
+  });
+  return Promise.race([fn(ac.signal), late]).finally(() => {
+    clearTimeout(timer);
+    unfollow?.();
+  });
+}
+
+/**
+ * The controllers following each caller's signal, with one listener on it however many calls share it
+ * (a fan-out of 50 on one signal would pass Node's warning at 10). Not AbortSignal.any(): on Node 20 a
+ * signal it makes, and all its listeners reach — the whole call — outlive the young generation until a
+ * full collection (nodejs/node#54614, #55328).
+ */
+const followers = new WeakMap<AbortSignal, Set<AbortController>>();
+
+/** Aborts `ac` when `outer` aborts, with its reason; the function returned stops that. */
+function follow(outer: AbortSignal, ac: AbortController): () => void {
+  if (outer.aborted) {
+    ac.abort(outer.reason);
+    return () => {};
+  }
+  let group = followers.get(outer);
+  if (!group) {
+    group = new Set();
+    followers.set(outer, group);
+    outer.addEventListener("abort", abortFollowers, { once: true });
+  }
+  const mine = group;
+  mine.add(ac);
+  return () => {
+    mine.delete(ac);
+    if (mine.size > 0 || followers.get(outer) !== mine) return;
+    followers.delete(outer);
+    outer.removeEventListener("abort", abortFollowers);
+  };
+}
+
+function abortFollowers(this: AbortSignal): void {
+  const group = followers.get(this);
+  followers.delete(this);
+  for (const ac of group ?? []) ac.abort(this.reason);
 }

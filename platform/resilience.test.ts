@@ -660,21 +660,44 @@ describe("regressions", () => {
     expect(fake.calls).toBe(0);
   });
 
-  it("a caller's signal aborted mid-call, with a deadline, cancels the call at once and downstream", async () => {
+  // compose.ts sends one call per order line (up to 50) under one request's signal, each with a deadline.
+  it("one caller's signal over 12 calls with deadlines: at most one listener on it, and its abort cancels all at once and downstream", async () => {
     const { fake, server } = await startInventory();
-    const client = resilient("inventory", InventoryService, server, { retryMaxAttempts: 3 });
+    const client = resilient("inventory", InventoryService, server, { retryMaxAttempts: 3, bulkheadLimit: 20 });
     await client.getProduct(req);
     fake.resetCounters();
     fake.always(delay(3_000));
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.name);
+    process.on("warning", onWarning);
     const ac = new AbortController();
-    setTimeout(() => ac.abort(), 200);
+    try {
+      const calls = Array.from({ length: 12 }, () =>
+        expectRpcError(client.getProduct(req, { signal: ac.signal, timeoutMs: 5_000 }), Code.CANCELLED),
+      );
+      expect(await eventually(() => fake.calls === 12, 3_000)).toBe(true);
+      expect(getEventListeners(ac.signal, "abort").length).toBeLessThanOrEqual(1);
+      const elapsed = await timed(async () => {
+        ac.abort();
+        await Promise.all(calls);
+      });
+      expect(elapsed).toBeLessThan(1_000); // not the downstream's 3 s, nor the 5 s deadline
+      expect(await eventually(() => fake.aborts === 12, 3_000)).toBe(true);
+      expect(fake.calls).toBe(12); // a cancelled call is not retried
+    } finally {
+      process.off("warning", onWarning);
+    }
+    expect(warnings).toEqual([]);
+  });
 
-    const elapsed = await timed(() =>
-      expectRpcError(client.getProduct(req, { signal: ac.signal, timeoutMs: 5_000 }), Code.CANCELLED),
-    );
-    expect(elapsed).toBeLessThan(2_500); // not the downstream's 3 s, nor the 5 s deadline
-    expect(await eventually(() => fake.aborts === 1, 3_000)).toBe(true);
-    expect(fake.calls).toBe(1); // a cancelled call is not retried
+  it("a call with an already aborted signal and a deadline is CANCELLED and never sent", async () => {
+    const { fake, server } = await startInventory();
+    const client = resilient("inventory", InventoryService, server, {});
+    const ac = new AbortController();
+    ac.abort();
+
+    await expectRpcError(client.getProduct(req, { signal: ac.signal, timeoutMs: 5_000 }), Code.CANCELLED);
+    expect(fake.calls).toBe(0);
   });
 
   // cockatiel's SamplingBreaker throws for a threshold >= 1: config must refuse it at start instead.

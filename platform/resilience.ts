@@ -41,7 +41,7 @@ import {
   retry,
   TaskCancelledError,
 } from "cockatiel";
-import { earliestDeadline } from "./deadline.js";
+import { earliestDeadline, withDeadline } from "./deadline.js";
 import { type BreakerName, type Endpoint, Endpoints, type EndpointsOptions } from "./endpoints.js";
 import { RpcError } from "./errors.js";
 import type { BytesClient, CallOptions, Client } from "./grpc-client.js";
@@ -239,7 +239,7 @@ function resilientUnary<S extends DescService>(g: Guard<S>, m: DescMethod, callO
     const tried = new Set<string>();
     // Whether any attempt reached the network: a call none of whose attempts did cannot have taken effect.
     let sent = false;
-    return withDeadline(deadline, opts.signal, (signal) =>
+    return withDeadline(deadline, opts.signal, CallerDeadlineError.now, (signal) =>
       g.bulkhead.execute(
         () =>
           retryPolicy.execute(
@@ -264,39 +264,6 @@ function resilientUnary<S extends DescService>(g: Guard<S>, m: DescMethod, callO
       },
     );
   };
-}
-
-/**
- * Runs `fn` with a signal that aborts at `deadline` or with `outer`; at the
- * deadline the call fails DEADLINE_EXCEEDED even if it is still queued in
- * the bulkhead or sleeping between retries.
- */
-function withDeadline<T>(
-  deadline: number | undefined,
-  outer: AbortSignal | undefined,
-  fn: (signal: AbortSignal | undefined) => Promise<T>,
-): Promise<T> {
-  // A signal of its own for a call without one: cockatiel derives every call's signal from the one it is
-  // given, and without one from a single shared signal that would collect a listener per call in flight.
-  if (deadline === undefined) return fn(outer ?? new AbortController().signal);
-  // One controller that the caller's signal aborts too — not AbortSignal.any(): on Node 20 a signal it
-  // makes, and everything that signal's listeners hold (the whole call), outlives the young generation
-  // and is only freed by a full collection (nodejs/node#54614, #55328): ~2.7 KB promoted per call alone.
-  const ac = new AbortController();
-  const follow = () => ac.abort(outer?.reason);
-  if (outer?.aborted) follow();
-  else outer?.addEventListener("abort", follow, { once: true });
-  let timer: NodeJS.Timeout | undefined;
-  const expired = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      ac.abort();
-      reject(CallerDeadlineError.now());
-    }, deadline - Date.now());
-  });
-  return Promise.race([fn(ac.signal), expired]).finally(() => {
-    clearTimeout(timer);
-    outer?.removeEventListener("abort", follow);
-  });
 }
 
 /** Options of one attempt: the per-attempt timeout capped by the caller's deadline. */
