@@ -25,6 +25,7 @@ import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
+import { pathToFileURL } from "node:url";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { nodeCommand, ROOT, SYSTEM_ENV, systemNodeFlags } from "../scripts/layout.js";
@@ -122,12 +123,16 @@ process.stdout.write(
     `(telemetry ${TELEMETRY ? "on" : "off"}), ${cpus().length} cores, Node ${process.version}\n`,
 );
 // Each Node process preloads bench/gc-watch.ts: SIGUSR2 starts its GC profiler, the next writes what it saw here.
-const gcDir = mkdtempSync(join(tmpdir(), "footprint-gc-"));
+const gcDir = GC_WATCH ? mkdtempSync(join(tmpdir(), "footprint-gc-")) : "";
 process.env.GC_WATCH_DIR = gcDir;
+const gcWatch = pathToFileURL(join(ROOT, "dist", "bench", "gc-watch.js")).href;
 const sys = await startSystem({
   telemetry: TELEMETRY,
   token,
-  nodeArgs: () => (GC_WATCH ? ["--import", join(ROOT, "dist", "bench", "gc-watch.js")] : []),
+  nodeArgs: () => (GC_WATCH ? ["--import", gcWatch] : []),
+}).catch((err: unknown) => {
+  if (gcDir) rmSync(gcDir, { recursive: true, force: true });
+  throw err;
 });
 const nodeProcs = sys.procs.filter((p) => p.name !== "nats");
 let atStart: Snapshot;
@@ -150,17 +155,23 @@ try {
   if (GC_WATCH) young = await gcWatches();
 } finally {
   await sys.stop();
-  rmSync(gcDir, { recursive: true, force: true });
+  if (gcDir) rmSync(gcDir, { recursive: true, force: true });
 }
 
-/** Stops every process's GC profiler and reads what each wrote (within 5 s). */
+/** Stops every process's GC profiler and reads what each wrote within 5 s; a process that did not is named. */
 async function gcWatches(): Promise<Record<string, GcWatch>> {
   for (const p of nodeProcs) p.child.kill("SIGUSR2");
   const file = (name: string) => join(gcDir, `${name}.json`);
   for (let waited = 0; waited < 5_000 && !nodeProcs.every((p) => existsSync(file(p.name))); waited += 50) {
     await new Promise((r) => setTimeout(r, 50));
   }
-  return Object.fromEntries(nodeProcs.map((p) => [p.name, JSON.parse(readFileSync(file(p.name), "utf8")) as GcWatch]));
+  const silent = nodeProcs.filter((p) => !existsSync(file(p.name))).map((p) => p.name);
+  if (silent.length > 0) process.stderr.write(`no scavenge record from ${silent.join(", ")} (exited?)\n`);
+  return Object.fromEntries(
+    nodeProcs
+      .filter((p) => !silent.includes(p.name))
+      .map((p) => [p.name, JSON.parse(readFileSync(file(p.name), "utf8")) as GcWatch]),
+  );
 }
 
 /** The source path of a system process's main (its node flags are keyed by it). */
@@ -179,17 +190,18 @@ const rows = [
 ];
 const youngRows = Object.entries(young).map(
   ([n, g]) =>
-    `  ${n.padEnd(13)} ${String(g.scavenges).padStart(9)} ${g.promotedMb.toFixed(1).padStart(12)} ${(g.scavenges ? g.promotedMb / g.scavenges : 0).toFixed(2).padStart(13)} ${g.survivorsMbPerScavenge.toFixed(2).padStart(13)} ${String(g.otherCollections).padStart(6)}`,
+    `  ${n.padEnd(13)} ${String(g.scavenges).padStart(9)} ${g.promotedMb.toFixed(1).padStart(12)} ${(g.scavenges ? g.promotedMb / g.scavenges : 0).toFixed(2).padStart(13)} ${g.survivorsMbPerScavenge.toFixed(2).padStart(13)} ${String(g.otherCollections).padStart(10)}`,
 );
 if (youngRows.length > 0) {
-  rows.push(
-    "",
-    `  while loaded  scavenges  promoted MB  per scavenge  survivors MB  other   (V8's GC profiler)`,
-    ...youngRows,
-  );
+  rows.push("", `  while loaded  scavenges  promoted MB  per scavenge  young after  other GCs`, ...youngRows);
 }
 process.stdout.write(
-  `${rows.join("\n")}\n\n(MB. PSS: shared pages divided among the processes that map them. anon: a process's own pages.)\n` +
+  `${rows.join("\n")}\n\n(MB. PSS: shared pages divided among the processes that map them. anon: a process's own pages.` +
+    (youngRows.length > 0
+      ? "\n While loaded, from V8's GC profiler (bench/gc-watch.ts, preloaded; FOOTPRINT_GC=off leaves it out):" +
+        " what the scavenges moved into the old generation, and the mean left in the young one after each."
+      : "") +
+    ")\n" +
     `ready ${sys.readyMs} ms after the first spawn; while loaded the sums peaked at ${peak.rssMb} MB RSS (${peak.pssMb} MB PSS)\n` +
     `load: ${totals.line}\n`,
 );

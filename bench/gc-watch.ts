@@ -5,18 +5,18 @@
  * is what grows a process's old generation, and with it its RSS, under steady load until the next
  * full collection — and V8 keeps the pages it grew (docs/performance.md, "Memory").
  */
-import { writeFileSync } from "node:fs";
+import { renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { GCProfiler, type GCProfilerResult } from "node:v8";
 
 export interface GcWatch {
   readonly seconds: number;
   readonly scavenges: number;
-  /** Moved into the old generation by the scavenges, MB. */
+  /** Moved into the old generation by the scavenges, MiB. */
   readonly promotedMb: number;
-  /** Left in the young generation after a scavenge (promoted at the next if still reachable), MB, mean. */
+  /** Left in the young generation after a scavenge (promoted at the next if still reachable), MiB, mean. */
   readonly survivorsMbPerScavenge: number;
-  /** Every other collection: mark-compacts and their incremental steps. */
+  /** Every other collection (mark-compacts, their incremental steps, weak-callback processing). */
   readonly otherCollections: number;
 }
 
@@ -28,7 +28,7 @@ function summary(r: GCProfilerResult): GcWatch {
   const used = (side: { heapSpaceStatistics: { spaceName: string; spaceUsedSize: number }[] }, space: string) =>
     side.heapSpaceStatistics.find((s) => s.spaceName === space)?.spaceUsedSize ?? 0;
   const scavenges = r.statistics.filter((s) => s.gcType === "Scavenge");
-  const mb = (bytes: number) => Math.round(bytes / 1e4) / 100;
+  const mb = (bytes: number) => Math.round((bytes / 2 ** 20) * 100) / 100;
   const promoted = scavenges.reduce((n, s) => n + used(s.afterGC, "old_space") - used(s.beforeGC, "old_space"), 0);
   const survivors = scavenges.reduce((n, s) => n + used(s.afterGC, "new_space"), 0);
   return {
@@ -48,6 +48,15 @@ if (dir) {
       profiler.start();
       return;
     }
-    writeFileSync(join(dir, `${name}.json`), JSON.stringify(summary(profiler.stop())));
+    const result = profiler.stop();
+    profiler = undefined;
+    try {
+      // Whole or not at all: the reader polls for the file.
+      const file = join(dir, `${name}.json`);
+      writeFileSync(`${file}.tmp`, JSON.stringify(summary(result)));
+      renameSync(`${file}.tmp`, file);
+    } catch (err) {
+      process.stderr.write(`gc-watch: ${(err as Error).message}\n`);
+    }
   });
 }

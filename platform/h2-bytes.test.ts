@@ -138,7 +138,7 @@ describe("HTTP/2 bytes client", () => {
 
   // A closed stream's wrapper is freed only by a full collection, and until then every scavenge keeps
   // what its listeners reach — the whole call — and promotes it: nothing of the call may stay on it.
-  it("lets go of each call once its stream has closed, however the call ended", async () => {
+  it("lets go of each call once its stream has closed: answered, failed, past its deadline, cancelled", async () => {
     const server = await serve();
     const streams: http2.ClientHttp2Stream[] = [];
     let closes = 0;
@@ -157,11 +157,11 @@ describe("HTTP/2 bytes client", () => {
     try {
       const call = client(server.address);
       await call(request("coffee-beans"));
-      await rejection(call(request("missing")));
-      await rejection(call(request("slow"), { deadline: Date.now() + 50 }));
+      expect((await rejection(call(request("missing")))).code).toBe(Code.NOT_FOUND);
+      expect((await rejection(call(request("slow"), { deadline: Date.now() + 50 }))).code).toBe(Code.DEADLINE_EXCEEDED);
       const ac = new AbortController();
       setTimeout(() => ac.abort(), 50);
-      await rejection(call(request("slow"), { signal: ac.signal }));
+      expect((await rejection(call(request("slow"), { signal: ac.signal }))).code).toBe(Code.CANCELLED);
     } finally {
       spy.mockRestore();
     }

@@ -20,7 +20,7 @@ it("make footprint (short): memory per process at start and after make load's mi
   const out = join(dir.path, "footprint.json");
   const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "bench", "footprint.ts")], {
     cwd: ROOT,
-    env: { ...process.env, FOOTPRINT_SECONDS: "5", FOOTPRINT_OUT: out },
+    env: { ...process.env, FOOTPRINT_SECONDS: "5", FOOTPRINT_OUT: out, FOOTPRINT_GC: "on" },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let text = "";
