@@ -114,7 +114,7 @@ run: ## Start NATS, every service and the gateway; Ctrl-C stops all (DB=postgres
 bench: install nats build ## Measure every path side by side from a separate load generator (BENCH_SECONDS, BENCH_PROFILE=gateway): bench/results/bench.json
 	npm run bench
 
-footprint: install nats build ## The system's memory (RSS, PSS per process) at start and after FOOTPRINT_SECONDS (60) of make load: bench/results/footprint.json
+footprint: install nats build ## The system's memory (RSS, PSS per process) at start and after FOOTPRINT_SECONDS (60) of make load, and what its scavenges promoted: bench/results/footprint.json
 	npx tsx bench/footprint.ts
 
 compare: install nats build ## Measure the patterns' trade-offs side by side (~6 min; QUICK=1 ~2 min): docs/compare/README.md + SVG charts
