@@ -62,9 +62,9 @@ export function createOperator(deps: OperatorDeps): { service: ServiceImpl<typeo
     return c;
   };
   const addresses = (service: Upstream) => deps.upstreams[service].state().endpoints.map((e) => e.address);
-  const opts = (ctx: HandlerContext) => ({
-    signal: AbortSignal.any([ctx.signal, AbortSignal.timeout(deps.timeoutMs)]),
-  });
+  // The caller's signal and a deadline of our own, as gRPC deadlines: not AbortSignal.any(), whose
+  // signals outlive the young generation on Node 20 (platform/deadline.ts).
+  const opts = (ctx: HandlerContext) => ({ signal: ctx.signal, timeoutMs: deps.timeoutMs });
 
   const instance = async (
     address: string,
