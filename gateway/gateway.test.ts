@@ -7,6 +7,7 @@
 import { Code as ConnectCode, ConnectError, createClient as createConnectClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { SignJWT } from "jose";
+import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { type Role, silentLogger } from "../platform/index.js";
@@ -246,10 +247,10 @@ describe("authentication", () => {
 });
 
 /** A gateway of its own in front of inventory, with `limits` over the defaults. */
-const limitedGateway = (limits: Record<string, string>) =>
+const limitedGateway = (limits: Record<string, string>, log = silentLogger()) =>
   startGateway(
     loadConfig({ HTTP_HOST: "127.0.0.1", HTTP_PORT: "0", INVENTORY_TARGET: sys.inventory.address, ...limits }),
-    silentLogger(),
+    log,
   );
 
 describe("limits and surface", () => {
@@ -294,9 +295,11 @@ describe("limits and surface", () => {
     }
   });
 
-  it("limits the plain endpoints (the development sign-in, the OpenAPI document) per client IP too", async () => {
+  it("limits the plain endpoints (the development sign-in, the OpenAPI document) per client IP too, and counts them", async () => {
     // /dev/token signs a token per request: before, it answered 1,500 in a second from one address.
-    const strict = await limitedGateway({ RATE_LIMIT_IP_BURST: "4", RATE_LIMIT_IP_RPS: "1" });
+    const access: Record<string, unknown>[] = [];
+    const log = pino({ level: "info" }, { write: (s: string) => void access.push(JSON.parse(s)) });
+    const strict = await limitedGateway({ RATE_LIMIT_IP_BURST: "4", RATE_LIMIT_IP_RPS: "1" }, log);
     try {
       const token = () => fetch(`${strict.url}/dev/token`, { method: "POST", body: '{"user":"alice"}' });
       const statuses: number[] = [];
@@ -314,6 +317,23 @@ describe("limits and surface", () => {
       });
       // Probes are not limited: a kubelet must not be refused because a client was.
       expect((await fetch(`${strict.url}/healthz`)).status).toBe(200);
+      // Every answer, refusals too, has its access line and RED sample, as every call has: a flood on
+      // a plain endpoint shows on the dashboards. Probes have neither.
+      // (logged when each answer's stream closes, which may come just after the client has read it)
+      await expect.poll(() => access.filter((l) => l.msg === "access").length).toBe(7);
+      const lines = access.filter((l) => l.msg === "access");
+      expect(lines.filter((l) => l.code === "ResourceExhausted" && l.status === 429)).toHaveLength(refused.length);
+      expect(lines[0]).toMatchObject({ procedure: "plain/dev-token", protocol: "http", code: "OK", status: 200 });
+      expect(lines[3]).toMatchObject({ procedure: "plain/openapi", code: "OK", ip: "127.0.0.1" });
+      const samples = (await strict.telemetry.metrics.httpServer.get()).values.filter(
+        (v) => v.metricName === "http_server_duration_seconds_count",
+      );
+      const count = (procedure: string, code: string) =>
+        samples.find((v) => v.labels.procedure === procedure && v.labels.code === code)?.value ?? 0;
+      expect(count("plain/dev-token", "OK") + count("plain/openapi", "OK")).toBe(7 - refused.length);
+      expect(count("plain/dev-token", "ResourceExhausted") + count("plain/openapi", "ResourceExhausted")).toBe(
+        refused.length,
+      );
     } finally {
       await strict.stop();
     }

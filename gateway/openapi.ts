@@ -49,6 +49,7 @@ export function openApiEndpoint(document: Uint8Array | undefined, log: Logger): 
   const etag = document && `"${createHash("sha256").update(document).digest("base64url").slice(0, 27)}"`;
   const owns = (req: Req) => pathOf(req) === OPENAPI_PATH;
   return {
+    name: "openapi",
     owns,
     serve: (req, res) => {
       if (req.method !== "GET" && req.method !== "HEAD") {

@@ -8,7 +8,7 @@
  * development sign-in) behind the same per-address limits as every call.
  */
 import { randomUUID } from "node:crypto";
-import { cors as connectCors } from "@connectrpc/connect";
+import { Code, cors as connectCors } from "@connectrpc/connect";
 import { answer, clientIp, createDispatch, type DispatchOptions } from "./dispatch.js";
 import type { Endpoint, Req, Res } from "./endpoint.js";
 import { admitAddress } from "./limits.js";
@@ -54,6 +54,35 @@ function cors(req: Req, res: Res, allowed: readonly string[]): boolean {
   return true;
 }
 
+/** The codes the plain endpoints' statuses mean (the REST mapping read backwards); any other 4xx/5xx is Unknown/Internal. */
+const CODE_OF_STATUS: Readonly<Record<number, Code>> = {
+  400: Code.InvalidArgument,
+  404: Code.NotFound,
+  405: Code.Unimplemented,
+  413: Code.ResourceExhausted,
+  429: Code.ResourceExhausted,
+  503: Code.Unavailable,
+};
+const codeOfStatus = (status: number): string =>
+  status < 400 ? "OK" : Code[CODE_OF_STATUS[status] ?? (status < 500 ? Code.Unknown : Code.Internal)];
+
+/**
+ * A plain endpoint's RED sample and access line, as every call has (dispatch.ts), when its answer
+ * ends: its status read as a code (429 is ResourceExhausted), Canceled if the client left first.
+ */
+function observePlain(o: FrontOptions, name: string, res: Res, ip: string, requestId: string): void {
+  const started = performance.now();
+  res.once("close", () => {
+    const status = res.statusCode;
+    const code = res.writableFinished ? codeOfStatus(status) : "Canceled";
+    const ms = performance.now() - started;
+    const procedure = `plain/${name}`;
+    o.telemetry.metrics.httpServer.observe({ procedure, protocol: "http", code }, ms / 1000);
+    const line = { procedure, protocol: "http", code, status, ms: Math.round(ms * 10) / 10, ip };
+    o.log.info({ ...line, request_id: requestId }, "access");
+  });
+}
+
 /** Starts the front on `host:port`. */
 export async function startFront(o: FrontOptions): Promise<RunningFront> {
   const dispatch = createDispatch(o);
@@ -80,7 +109,9 @@ export async function startFront(o: FrontOptions): Promise<RunningFront> {
       return;
     }
     // The same per-address limits as every call: /dev/token signs a token per request.
-    const refused = admitAddress(o, clientIp(req, o.trustProxy), res);
+    const ip = clientIp(req, o.trustProxy);
+    observePlain(o, plain.name, res, ip, requestId);
+    const refused = admitAddress(o, ip, res);
     if (refused) answer(res, restErrorAnswer(refused));
     else plain.serve(req, res);
   };

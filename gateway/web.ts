@@ -97,6 +97,7 @@ export function webEndpoint(directory: string | undefined, log: Logger): Endpoin
   const files = readTree(directory);
   log.info({ directory, files: files.size }, "serving the web page");
   return {
+    name: "web",
     owns: (req) => (req.method === "GET" || req.method === "HEAD") && files.has(pathOf(req)),
     serve: (req, res) => {
       const file = files.get(pathOf(req)) as StaticFile; // owned: it exists
@@ -146,6 +147,7 @@ export function devSignInEndpoint(c: AuthConfig, log: Logger): Endpoint {
     res.end(text);
   };
   return {
+    name: "dev-token",
     owns: (req) => pathOf(req) === DEV_TOKEN_PATH,
     serve: (req, res) => {
       if (req.method !== "POST") {
