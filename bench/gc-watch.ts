@@ -12,7 +12,7 @@ import { GCProfiler, type GCProfilerResult } from "node:v8";
 export interface GcWatch {
   readonly seconds: number;
   readonly scavenges: number;
-  /** Moved into the old generation by the scavenges, MiB. */
+  /** Moved into the old generation by the scavenges (old space and large objects), MiB. */
   readonly promotedMb: number;
   /** Left in the young generation after a scavenge (promoted at the next if still reachable), MiB, mean. */
   readonly survivorsMbPerScavenge: number;
@@ -29,7 +29,10 @@ function summary(r: GCProfilerResult): GcWatch {
     side.heapSpaceStatistics.find((s) => s.spaceName === space)?.spaceUsedSize ?? 0;
   const scavenges = r.statistics.filter((s) => s.gcType === "Scavenge");
   const mb = (bytes: number) => Math.round((bytes / 2 ** 20) * 100) / 100;
-  const promoted = scavenges.reduce((n, s) => n + used(s.afterGC, "old_space") - used(s.beforeGC, "old_space"), 0);
+  const grew = (s: GCProfilerResult["statistics"][number], space: string) =>
+    used(s.afterGC, space) - used(s.beforeGC, space);
+  // A large object a scavenge keeps moves from new_large_object_space to large_object_space, not old_space.
+  const promoted = scavenges.reduce((n, s) => n + grew(s, "old_space") + grew(s, "large_object_space"), 0);
   const survivors = scavenges.reduce((n, s) => n + used(s.afterGC, "new_space"), 0);
   return {
     seconds: Math.round((r.endTime - r.startTime) / 1000),

@@ -18,7 +18,8 @@
  *   BENCH_OUT       where to write the JSON (default bench/results/bench.json)
  *   BENCH_PROFILE   a process name (gateway, order, ...): it runs with --cpu-prof, and its profile's
  *                   summary (bench/profile.ts) is printed after the run
- *   BENCH_ONLY      run only the rounds whose path contains this text (e.g. "gateway gRPC")
+ *   BENCH_ONLY      run only the rounds whose path and load contain this text (e.g. "gateway gRPC",
+ *                   "orchestration 1 in flight")
  *
  * The per-principal and per-address rate limits are raised for the run (one
  * load generator is one client); everything else is the default.
@@ -114,7 +115,7 @@ async function measure(telemetry: boolean, token: string): Promise<{ rows: Row[]
   let afterRounds: SystemMemory | undefined;
   try {
     await restock(sys);
-    for (const [path, shape, spec] of rounds.filter(([path]) => path.includes(ONLY))) {
+    for (const [path, shape, spec] of rounds.filter(([path, shape]) => `${path} ${shape}`.includes(ONLY))) {
       const before = sys.procs.map((p) => cpuSeconds(p.child.pid));
       const r = await load(spec);
       const used = sys.procs.map((p, i) => cpuSeconds(p.child.pid) - (before[i] ?? 0));
