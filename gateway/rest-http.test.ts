@@ -185,6 +185,24 @@ describe("REST routes", () => {
       body,
     });
     expect(admin).toMatchObject({ status: 200, json: { id: "paper-filters" } });
+    // The path's field repeated in the body, under either of its JSON names: the same value is one
+    // field (it was "set multiple times" under its proto name), another value is refused.
+    const ops = await auth("ops", ["admin"]);
+    for (const name of ["product_id", "productId"]) {
+      const again = await rest("POST", "/v1/products/paper-filters:restock", {
+        headers: { ...ops, "Idempotency-Key": key() },
+        body: JSON.stringify({ quantity: 1, [name]: "paper-filters" }),
+      });
+      expect(again, name).toMatchObject({ status: 200, json: { id: "paper-filters" } });
+      const other = await rest("POST", "/v1/products/paper-filters:restock", {
+        headers: { ...ops, "Idempotency-Key": key() },
+        body: JSON.stringify({ quantity: 1, [name]: "ceramic-mug" }),
+      });
+      expect(other, name).toMatchObject({
+        status: 400,
+        json: { message: expect.stringContaining("product_id: the body says") },
+      });
+    }
   });
 });
 

@@ -185,18 +185,23 @@ function leafJson(f: DescField, text: string, name: string): JsonValue {
 
 /** Sets `value` at the field path in a JSON object (JSON names), creating nested objects. */
 function setPath(obj: JsonObject, path: readonly DescField[], value: JsonValue, append: boolean): void {
+  // The body may name a field either way (proto3 JSON takes both): go on under the name it used.
+  const keyOf = (o: JsonObject, f: DescField) =>
+    o[f.jsonName] === undefined && o[f.name] !== undefined ? f.name : f.jsonName;
   let o = obj;
   for (const f of path.slice(0, -1)) {
-    const next = o[f.jsonName];
-    if (next === undefined || next === null) o[f.jsonName] = {};
+    const key = keyOf(o, f);
+    const next = o[key];
+    if (next === undefined || next === null) o[key] = {};
     else if (typeof next !== "object" || Array.isArray(next)) throw badRequest(f.name, "is not a message");
-    o = o[f.jsonName] as JsonObject;
+    o = o[key] as JsonObject;
   }
   const leaf = path[path.length - 1] as DescField;
+  const key = keyOf(o, leaf);
   if (append) {
-    const prior = o[leaf.jsonName];
-    o[leaf.jsonName] = Array.isArray(prior) ? [...prior, value] : [value];
-  } else o[leaf.jsonName] = value;
+    const prior = o[key];
+    o[key] = Array.isArray(prior) ? [...prior, value] : [value];
+  } else o[key] = value;
 }
 
 /** The value at a field path of a JSON object, or undefined. */
