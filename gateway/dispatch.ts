@@ -265,7 +265,7 @@ export function createDispatch(o: DispatchOptions): Dispatch {
       report({ code: err.code, message: err.rawMessage }, principal);
     };
     // Per client address, before anything else: calls in progress, then the rate.
-    const byAddress = admitAddress(o, client.ip, res);
+    const byAddress = admitAddress(o, client.ip, req, res);
     if (byAddress) {
       refuse(byAddress);
       return;

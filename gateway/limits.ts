@@ -6,6 +6,8 @@
  * which only ever errs on the side of letting a request through).
  */
 import { Code, ConnectError } from "@connectrpc/connect";
+import { onAnswerEnd } from "./answer-end.js";
+import type { Req, Res } from "./endpoint.js";
 
 /** Outcome of {@link RateLimiter.take}. */
 export type Take = { readonly ok: true } | { readonly ok: false; readonly retryAfterSec: number };
@@ -87,12 +89,13 @@ export function rateLimited(what: string, retryAfterSec: number): ConnectError {
 
 /**
  * The per-address limits every request but a probe passes first, RPC or plain endpoint: a slot for a
- * call in progress (given back when `res` closes), then the rate. Why it is refused, or undefined.
+ * call in progress (given back when its answer is over: answer-end.ts), then the rate. Why it is refused, or undefined.
  */
 export function admitAddress(
   limits: { readonly inFlight: ConcurrencyLimiter; readonly perIp: RateLimiter },
   ip: string,
-  res: { once(event: "close", listener: () => void): unknown },
+  req: Req,
+  res: Res,
 ): ConnectError | undefined {
   const slot = limits.inFlight.take(ip);
   if ("refused" in slot) {
@@ -101,7 +104,7 @@ export function admitAddress(
       "retry-after": "1",
     });
   }
-  res.once("close", slot.release);
+  onAnswerEnd(req, res, slot.release);
   const byIp = limits.perIp.take(`ip:${ip}`);
   return byIp.ok ? undefined : rateLimited("client address", byIp.retryAfterSec);
 }

@@ -9,6 +9,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { Code, cors as connectCors } from "@connectrpc/connect";
+import { onAnswerEnd } from "./answer-end.js";
 import { answer, clientIp, createDispatch, type DispatchOptions } from "./dispatch.js";
 import type { Endpoint, Req, Res } from "./endpoint.js";
 import { admitAddress } from "./limits.js";
@@ -38,7 +39,7 @@ const ALLOWED = [...connectCors.allowedHeaders, "authorization", "x-request-id",
   ", ",
 );
 
-/** Sets the CORS headers for an allowed `origin`; true when the request was a preflight, answered here. */
+/** Sets the CORS headers for an allowed `origin`; true when the request is a preflight (answered by {@link PREFLIGHT}). */
 function cors(req: Req, res: Res, allowed: readonly string[]): boolean {
   const origin = req.headers.origin;
   if (origin === undefined || !(allowed.includes("*") || allowed.includes(origin))) return false;
@@ -49,10 +50,18 @@ function cors(req: Req, res: Res, allowed: readonly string[]): boolean {
   res.setHeader("access-control-allow-methods", connectCors.allowedMethods.join(", "));
   res.setHeader("access-control-allow-headers", ALLOWED);
   res.setHeader("access-control-max-age", "7200");
-  res.writeHead(204);
-  res.end();
   return true;
 }
+
+/** The answer to an allowed origin's preflight: behind the limits and in the log like any request (any client can send an Origin). */
+const PREFLIGHT: Endpoint = {
+  name: "preflight",
+  owns: () => false,
+  serve: (_req, res) => {
+    res.writeHead(204);
+    res.end();
+  },
+};
 
 /** The codes the plain endpoints' statuses mean (the REST mapping read backwards); any other 4xx/5xx is Unknown/Internal. */
 const CODE_OF_STATUS: Readonly<Record<number, Code>> = {
@@ -70,16 +79,19 @@ const codeOfStatus = (status: number): string =>
  * A plain endpoint's RED sample and access line, as every call has (dispatch.ts), when its answer
  * ends: its status read as a code (429 is ResourceExhausted), Canceled if the client left first.
  */
-function observePlain(o: FrontOptions, name: string, res: Res, ip: string, requestId: string): void {
+function observePlain(o: FrontOptions, name: string, req: Req, res: Res, ip: string, requestId: string): void {
   const started = performance.now();
-  res.once("close", () => {
-    const status = res.statusCode;
-    const code = res.writableFinished ? codeOfStatus(status) : "Canceled";
+  onAnswerEnd(req, res, () => {
+    // A status only for an answer sent whole: one cut short may have been Node's own (a 408, a 400).
+    // An HTTP/2 client's reset ends its body as if complete (Node's compatibility layer), so the
+    // answer may even have been written since: the stream's reset code tells.
+    const sent = res.writableFinished && !("stream" in req && req.stream.rstCode);
+    const code = sent ? codeOfStatus(res.statusCode) : "Canceled";
     const ms = performance.now() - started;
     const procedure = `plain/${name}`;
     o.telemetry.metrics.httpServer.observe({ procedure, protocol: "http", code }, ms / 1000);
-    const line = { procedure, protocol: "http", code, status, ms: Math.round(ms * 10) / 10, ip };
-    o.log.info({ ...line, request_id: requestId }, "access");
+    const line = { procedure, protocol: "http", code, ...(sent ? { status: res.statusCode } : {}) };
+    o.log.info({ ...line, ms: Math.round(ms * 10) / 10, ip, request_id: requestId }, "access");
   });
 }
 
@@ -95,7 +107,7 @@ export async function startFront(o: FrontOptions): Promise<RunningFront> {
       req.headers["x-request-id"] = requestId;
     }
     res.setHeader("x-request-id", requestId);
-    if (cors(req, res, o.corsOrigins)) return;
+    const preflight = cors(req, res, o.corsOrigins);
     if (req.method === "GET" && (req.url === "/healthz" || req.url === "/readyz")) {
       // Probes: /healthz while the process runs; /readyz until shutdown begins.
       const ok = req.url === "/healthz" || !draining;
@@ -103,15 +115,15 @@ export async function startFront(o: FrontOptions): Promise<RunningFront> {
       res.end(ok ? "ok\n" : "draining\n");
       return;
     }
-    const plain = endpoints.find((e) => e.owns(req));
+    const plain = preflight ? PREFLIGHT : endpoints.find((e) => e.owns(req));
     if (!plain) {
       dispatch(req, res, requestId);
       return;
     }
     // The same per-address limits as every call: /dev/token signs a token per request.
     const ip = clientIp(req, o.trustProxy);
-    observePlain(o, plain.name, res, ip, requestId);
-    const refused = admitAddress(o, ip, res);
+    observePlain(o, plain.name, req, res, ip, requestId);
+    const refused = admitAddress(o, ip, req, res);
     if (refused) answer(res, restErrorAnswer(refused));
     else plain.serve(req, res);
   };

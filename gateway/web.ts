@@ -121,6 +121,8 @@ export const DEV_USERS: Readonly<Record<string, readonly Role[]>> = {
 };
 export const DEV_TOKEN_PATH = "/dev/token";
 const DEV_TOKEN_TTL_S = 3600;
+/** The largest sign-in body: `{"user": "..."}` needs a few dozen bytes. */
+const MAX_SIGN_IN_BYTES = 1024;
 
 /** Whether tokens are verified with the public development key (so handing them out gives nothing away). */
 export function usesDevKey(c: AuthConfig): boolean {
@@ -157,13 +159,22 @@ export function devSignInEndpoint(c: AuthConfig, log: Logger): Endpoint {
       }
       const chunks: Buffer[] = [];
       let size = 0;
+      // Refused as soon as it is known to be too big, by its declared length or by what has arrived; on
+      // HTTP/1.1 the connection then ends rather than read the rest.
+      const tooBig = () => {
+        if (res.headersSent) return;
+        if (!req.complete && req.httpVersionMajor === 1) res.setHeader("connection", "close");
+        answer(res, 413, { code: 8, message: `the request body is over ${MAX_SIGN_IN_BYTES} bytes` });
+      };
+      if (Number(req.headers["content-length"] ?? 0) > MAX_SIGN_IN_BYTES) return tooBig();
       req.on("data", (d: Buffer) => {
         size += d.length;
-        if (size <= 1024) chunks.push(d);
+        if (size <= MAX_SIGN_IN_BYTES) chunks.push(d);
+        else tooBig();
       });
       req.once("error", () => {});
       req.once("end", () => {
-        if (size > 1024) return answer(res, 413, { code: 8, message: "the request body is over 1024 bytes" });
+        if (size > MAX_SIGN_IN_BYTES) return;
         let user: unknown;
         try {
           user = (JSON.parse(Buffer.concat(chunks).toString("utf8") || "{}") as { user?: unknown }).user;
