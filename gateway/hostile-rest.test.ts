@@ -344,6 +344,9 @@ describe("behaviour that is right", () => {
       ['{"items":[{"productId":"coffee-beans","quantity":1e400}],"cardToken":"tok_visa"}', "quantity"],
       ['{"items":[{"productId":"coffee-beans","quantity":2147483648}],"cardToken":"tok_visa"}', "quantity"],
       [`{"items":${"[".repeat(1500)}${"]".repeat(1500)}}`, "LineItem"],
+      // An element that is not an object is named by its field (it was "LineItem: 1").
+      ['{"items":[1],"cardToken":"tok_visa"}', "items: each element must be a LineItem object, got 1"],
+      ['{"items":[[]],"cardToken":"tok_visa"}', "items: each element must be a LineItem object"],
       [orderBody().replace('"cardToken"', '"__proto__":{"admin":true},"cardToken"'), "__proto__"],
       [orderBody({ customerId: "bob" }), "customerId"],
     ] as const) {

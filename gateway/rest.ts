@@ -35,6 +35,7 @@ import {
 } from "../contracts/http-rules.js";
 import { http as httpRule } from "../gen/google/api/annotations_pb.js";
 import { ERROR_DETAILS } from "../platform/index.js";
+import { describeJsonError } from "./json-errors.js";
 
 export type { RestRoute } from "../contracts/http-rules.js";
 
@@ -302,9 +303,7 @@ export function checkRequest(route: RestRoute, json: JsonObject): void {
   try {
     fromJson(route.method.input, json, { ignoreUnknownFields: false });
   } catch (err) {
-    // protobuf-es: `cannot decode field <type>.<field> from JSON: <why>` / `cannot decode message <type> from JSON: key "x" is unknown`.
-    const msg = (err as Error).message.replace(/^cannot decode (field|message) [\w.]*?\.?(\w+) from JSON: /, "$2: ");
-    throw new ConnectError(msg, Code.InvalidArgument);
+    throw new ConnectError(describeJsonError(route.method.input, (err as Error).message), Code.InvalidArgument);
   }
 }
 

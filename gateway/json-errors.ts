@@ -1,0 +1,36 @@
+/**
+ * protobuf-es's JSON errors, told in the client's terms: the field, not the Go-style type path —
+ * `cannot decode field shopmesh.order.v1.PlaceOrderRequest.card_token from JSON: 5` becomes
+ * `card_token: 5`, and an element of a list of messages that is not an object, which protobuf-es
+ * names by its type alone (`cannot decode message shopmesh.order.v1.LineItem from JSON: 1`), is
+ * named by the field that holds it: `items: each element must be a LineItem object, got 1`.
+ */
+import type { DescField, DescMessage } from "@bufbuild/protobuf";
+
+/** The dotted proto name of the first field under `input` (breadth first) holding messages of `typeName`. */
+function fieldOfType(input: DescMessage, typeName: string): { path: string; field: DescField } | undefined {
+  const queue: { message: DescMessage; prefix: string }[] = [{ message: input, prefix: "" }];
+  const seen = new Set<string>();
+  for (let next = queue.shift(); next; next = queue.shift()) {
+    if (seen.has(next.message.typeName)) continue;
+    seen.add(next.message.typeName);
+    for (const field of next.message.fields) {
+      if (field.message === undefined) continue;
+      const path = `${next.prefix}${field.name}`;
+      if (field.message.typeName === typeName) return { path, field };
+      queue.push({ message: field.message, prefix: `${path}.` });
+    }
+  }
+  return undefined;
+}
+
+/** What was wrong with a request's JSON, naming the field (see above). */
+export function describeJsonError(input: DescMessage, message: string): string {
+  const notObject = /^cannot decode message ([\w.]+) from JSON: (?!key "|maximum recursion)(.*)$/s.exec(message);
+  const holder = notObject && fieldOfType(input, notObject[1] ?? "");
+  if (notObject && holder?.field.message) {
+    const each = { message: "", list: "each element ", map: "each value " }[holder.field.fieldKind as "message"] ?? "";
+    return `${holder.path}: ${each}must be a ${holder.field.message.name} object, got ${notObject[2]}`;
+  }
+  return message.replace(/^cannot decode (field|message) [\w.]*?\.?(\w+) from JSON: /, "$2: ");
+}
