@@ -5,29 +5,33 @@
  * waited for that alone would wait for ever (a client pipelining 60 requests and resetting the
  * connection kept 60 of its address's slots until the gateway restarted).
  */
+import http2 from "node:http2";
 import type { Socket } from "node:net";
 import type { Req, Res } from "./endpoint.js";
 
 /** What is still waiting on each HTTP/1.1 connection: one 'close' listener per connection, however many. */
 const waiting = new WeakMap<Socket, Set<() => void>>();
 
-/** Calls `fn` once when the answer to `req` is over (see above). */
-export function onAnswerEnd(req: Req, res: Res, fn: () => void): void {
+/** Calls `fn` once when the answer to `req` is over (see above); the function returned lets go without calling it. */
+export function onAnswerEnd(req: Req, res: Res, fn: () => void): () => void {
   let over = false;
   // HTTP/2 closes every stream of a session that dies: its response's 'close' is enough there.
   const socket = "stream" in req ? undefined : req.socket;
-  const end = () => {
-    if (over) return;
+  const forget = () => {
     over = true;
     res.off("close", end);
     if (socket) waiting.get(socket)?.delete(end);
+  };
+  const end = () => {
+    if (over) return;
+    forget();
     fn();
   };
   res.once("close", end);
-  if (!socket) return;
+  if (!socket) return forget;
   if (socket.closed) {
     queueMicrotask(end);
-    return;
+    return forget;
   }
   let set = waiting.get(socket);
   if (!set) {
@@ -39,4 +43,21 @@ export function onAnswerEnd(req: Req, res: Res, fn: () => void): void {
     set = mine;
   }
   set.add(end);
+  return forget;
+}
+
+/**
+ * For an answer sent before the request's whole body arrived (a limit, a deadline): the rest is
+ * never read. HTTP/1.1 ends the connection with the answer, or the rest would be parsed as a request
+ * (and answered again, 408); HTTP/2 closes the stream once answered, or it stays open with its
+ * window full — and its call slot taken — until the stream idle timeout. Call before the answer's
+ * headers are written.
+ */
+export function dropUnreadBody(req: Req, res: Res): void {
+  if (req.complete) return;
+  if ("stream" in req) {
+    // The stream's own 'finish': the response's waits for the request's end, which here never comes.
+    const { stream } = req;
+    stream.once("finish", () => stream.close(http2.constants.NGHTTP2_NO_ERROR));
+  } else if (!res.headersSent) res.setHeader("connection", "close");
 }

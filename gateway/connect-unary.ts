@@ -38,6 +38,7 @@ import { codeToHttpStatus, errorToJsonBytes, parseTimeout } from "@connectrpc/co
 import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
 import { Metadata } from "@grpc/grpc-js";
 import { Code as GrpcCode, type Identity, RpcError } from "../platform/index.js";
+import { dropUnreadBody } from "./answer-end.js";
 import type { ClientInfo } from "./context.js";
 import { callOptions, toConnectError } from "./forward.js";
 import { callLifetime, type PassthroughMethod, readBody } from "./passthrough.js";
@@ -99,7 +100,7 @@ export function createConnectUnary(table: ReadonlyMap<string, PassthroughMethod>
   return async (req, res, method, encoding, identity, client, done) => {
     const binary = encoding === "proto";
     const serialization = lookups.get(method);
-    const call = callLifetime(res);
+    const call = callLifetime(req, res);
     try {
       if (!serialization) throw new ConnectError("internal error", Code.Internal);
       const timeout = parseTimeout((req.headers["connect-timeout-ms"] as string | undefined) ?? null, opt.maxTimeoutMs);
@@ -142,9 +143,8 @@ export function createConnectUnary(table: ReadonlyMap<string, PassthroughMethod>
       done({ code: 0, message: "" });
     } catch (err) {
       call.answered();
-      // Answered before the whole body arrived (a deadline, a limit): on HTTP/1.1 the connection ends
-      // with the answer, so the rest is never read as a request and Node does not answer it again (408).
-      if (!req.complete && req.httpVersionMajor === 1 && !res.headersSent) res.setHeader("connection", "close");
+      // Answered before the whole body arrived (a deadline, a limit): the rest is never read.
+      if (!res.headersSent) dropUnreadBody(req, res);
       const accepted = req.headers["accept-encoding"] ?? null;
       const compression = compressionNegotiate(opt.acceptCompression, null, accepted, "accept-encoding").response;
       await fail(res, err, done, compression, opt.compressMinBytes);

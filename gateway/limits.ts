@@ -89,13 +89,14 @@ export function rateLimited(what: string, retryAfterSec: number): ConnectError {
 
 /**
  * The per-address limits every request but a probe passes first, RPC or plain endpoint: a slot for a
- * call in progress (given back when its answer is over: answer-end.ts), then the rate. Why it is refused, or undefined.
+ * call in progress (given back when its answer is over: answer-end.ts), then the rate (unless not `rated`). Why it is refused, or undefined.
  */
 export function admitAddress(
   limits: { readonly inFlight: ConcurrencyLimiter; readonly perIp: RateLimiter },
   ip: string,
   req: Req,
   res: Res,
+  rated = true,
 ): ConnectError | undefined {
   const slot = limits.inFlight.take(ip);
   if ("refused" in slot) {
@@ -105,6 +106,7 @@ export function admitAddress(
     });
   }
   onAnswerEnd(req, res, slot.release);
+  if (!rated) return undefined;
   const byIp = limits.perIp.take(`ip:${ip}`);
   return byIp.ok ? undefined : rateLimited("client address", byIp.retryAfterSec);
 }

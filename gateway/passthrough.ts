@@ -24,7 +24,9 @@ import type { DescMethod } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { parseTimeout } from "@connectrpc/connect/protocol-grpc";
 import { type BytesClient, framePrefix, type Identity, unframe } from "../platform/index.js";
+import { onAnswerEnd } from "./answer-end.js";
 import type { ClientInfo } from "./context.js";
+import type { Req, Res } from "./endpoint.js";
 import { callOptions, toConnectError } from "./forward.js";
 import type { Route, Upstream } from "./routes.js";
 import { errorAnswer, type Outcome } from "./wire.js";
@@ -150,14 +152,14 @@ export function readBody(
  * connection) before `answered()`, or at `deadline(ms, err)`; `end()` lets go of both. (Node's
  * compatibility layer reports a reset stream as finished too: only the answered flag can tell.)
  */
-export function callLifetime(res: http.ServerResponse | http2.Http2ServerResponse) {
+export function callLifetime(req: Req, res: Res) {
   const ac = new AbortController();
   let timer: NodeJS.Timeout | undefined;
   let answered = false;
-  const onClose = () => {
+  // Its answer's end, or its connection's: an HTTP/1.1 answer queued behind another never closes.
+  const forget = onAnswerEnd(req, res, () => {
     if (!answered) ac.abort(new ConnectError("the client cancelled the call", Code.Canceled));
-  };
-  res.once("close", onClose);
+  });
   return {
     signal: ac.signal,
     deadline: (ms: number, err: ConnectError) => {
@@ -168,7 +170,7 @@ export function callLifetime(res: http.ServerResponse | http2.Http2ServerRespons
     },
     end: () => {
       clearTimeout(timer);
-      res.off("close", onClose);
+      forget();
     },
   };
 }
@@ -183,7 +185,7 @@ export async function passthrough(
   maxBodyBytes: number,
   done: (outcome: Outcome) => void,
 ): Promise<void> {
-  const call = callLifetime(res);
+  const call = callLifetime(req, res);
   const fail = (err: ConnectError) => {
     call.answered();
     const a = errorAnswer("grpc", false, err);

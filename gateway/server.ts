@@ -53,7 +53,7 @@ function cors(req: Req, res: Res, allowed: readonly string[]): boolean {
   return true;
 }
 
-/** The answer to an allowed origin's preflight: behind the limits and in the log like any request (any client can send an Origin). */
+/** The answer to an allowed origin's preflight: counted, logged and holding a call slot like any request (any client can send an Origin). */
 const PREFLIGHT: Endpoint = {
   name: "preflight",
   owns: () => false,
@@ -123,7 +123,9 @@ export async function startFront(o: FrontOptions): Promise<RunningFront> {
     // The same per-address limits as every call: /dev/token signs a token per request.
     const ip = clientIp(req, o.trustProxy);
     observePlain(o, plain.name, req, res, ip, requestId);
-    const refused = admitAddress(o, ip, req, res);
+    // A preflight takes a call slot but no rate token: a browser reads a refused preflight as a CORS
+    // failure (no status, no Retry-After), and the call it precedes is rated anyway.
+    const refused = admitAddress(o, ip, req, res, plain !== PREFLIGHT);
     if (refused) answer(res, restErrorAnswer(refused));
     else plain.serve(req, res);
   };

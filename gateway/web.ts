@@ -14,10 +14,13 @@
 import { createHash } from "node:crypto";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { dirname, extname, join, relative, sep } from "node:path";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { Logger, Role } from "../platform/index.js";
+import { dropUnreadBody } from "./answer-end.js";
 import { type AuthConfig, signDevToken } from "./auth.js";
 import { DEV_JWT_SECRET } from "./config.js";
 import { type Endpoint, NO_ENDPOINT, pathOf, type Res } from "./endpoint.js";
+import { readBody } from "./passthrough.js";
 
 const TYPES: Record<string, string> = {
   ".html": "text/html; charset=utf-8",
@@ -148,6 +151,22 @@ export function devSignInEndpoint(c: AuthConfig, log: Logger): Endpoint {
     });
     res.end(text);
   };
+  const signIn = (res: Res, body: Buffer) => {
+    let user: unknown;
+    try {
+      user = (JSON.parse(body.toString("utf8") || "{}") as { user?: unknown }).user;
+    } catch {
+      return answer(res, 400, { code: 3, message: "the request body is not valid JSON" });
+    }
+    const roles = typeof user === "string" && Object.hasOwn(DEV_USERS, user) ? DEV_USERS[user] : undefined;
+    if (typeof user !== "string" || !roles) {
+      return answer(res, 400, { code: 3, message: `user: must be one of ${Object.keys(DEV_USERS).join(", ")}` });
+    }
+    void signDevToken(c, user, roles, DEV_TOKEN_TTL_S).then(
+      (token) => answer(res, 200, { token, subject: user, roles, expiresInSeconds: DEV_TOKEN_TTL_S }),
+      () => answer(res, 500, { code: 13, message: "could not sign a token" }),
+    );
+  };
   return {
     name: "dev-token",
     owns: (req) => pathOf(req) === DEV_TOKEN_PATH,
@@ -157,39 +176,17 @@ export function devSignInEndpoint(c: AuthConfig, log: Logger): Endpoint {
         answer(res, 405, { code: 12, message: `${req.method} is not allowed on ${DEV_TOKEN_PATH}` });
         return;
       }
-      const chunks: Buffer[] = [];
-      let size = 0;
-      // Refused as soon as it is known to be too big, by its declared length or by what has arrived; on
-      // HTTP/1.1 the connection then ends rather than read the rest.
+      // Refused as soon as it is known to be too big, by its declared length or by what has arrived.
       const tooBig = () => {
-        if (res.headersSent) return;
-        if (!req.complete && req.httpVersionMajor === 1) res.setHeader("connection", "close");
+        dropUnreadBody(req, res);
         answer(res, 413, { code: 8, message: `the request body is over ${MAX_SIGN_IN_BYTES} bytes` });
       };
       if (Number(req.headers["content-length"] ?? 0) > MAX_SIGN_IN_BYTES) return tooBig();
-      req.on("data", (d: Buffer) => {
-        size += d.length;
-        if (size <= MAX_SIGN_IN_BYTES) chunks.push(d);
-        else tooBig();
-      });
-      req.once("error", () => {});
-      req.once("end", () => {
-        if (size > MAX_SIGN_IN_BYTES) return;
-        let user: unknown;
-        try {
-          user = (JSON.parse(Buffer.concat(chunks).toString("utf8") || "{}") as { user?: unknown }).user;
-        } catch {
-          return answer(res, 400, { code: 3, message: "the request body is not valid JSON" });
-        }
-        const roles = typeof user === "string" && Object.hasOwn(DEV_USERS, user) ? DEV_USERS[user] : undefined;
-        if (typeof user !== "string" || !roles) {
-          return answer(res, 400, { code: 3, message: `user: must be one of ${Object.keys(DEV_USERS).join(", ")}` });
-        }
-        void signDevToken(c, user, roles, DEV_TOKEN_TTL_S).then(
-          (token) => answer(res, 200, { token, subject: user, roles, expiresInSeconds: DEV_TOKEN_TTL_S }),
-          () => answer(res, 500, { code: 13, message: "could not sign a token" }),
-        );
-      });
+      readBody(req, MAX_SIGN_IN_BYTES, new AbortController().signal).then(
+        (body) => signIn(res, body),
+        // Past the limit; otherwise the body broke off and there is no one to answer.
+        (err: unknown) => (ConnectError.from(err).code === Code.ResourceExhausted ? tooBig() : undefined),
+      );
     },
   };
 }
