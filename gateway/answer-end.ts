@@ -5,8 +5,12 @@
  * waited for that alone would wait for ever (a client pipelining 60 requests and resetting the
  * connection kept 60 of its address's slots until the gateway restarted).
  */
+import type http from "node:http";
 import http2 from "node:http2";
 import type { Socket } from "node:net";
+import { Code, ConnectError, type ContextValues } from "@connectrpc/connect";
+import type { UniversalServerRequest } from "@connectrpc/connect/protocol";
+import { universalRequestFromNodeRequest } from "@connectrpc/connect-node";
 import type { Req, Res } from "./endpoint.js";
 
 /** What is still waiting on each HTTP/1.1 connection: one 'close' listener per connection, however many. */
@@ -60,4 +64,28 @@ export function dropUnreadBody(req: Req, res: Res): void {
     const { stream } = req;
     stream.once("finish", () => stream.close(http2.constants.NGHTTP2_NO_ERROR));
   } else if (!res.headersSent) res.setHeader("connection", "close");
+}
+
+/**
+ * connect-node's universal request, whose signal — what cancels the upstream call — also aborts when
+ * an HTTP/1.1 connection dies first: connect-node follows the response's 'close' only, which a
+ * queued pipelined answer never emits (queued calls ran on after their client had gone).
+ */
+export function universalRequest(
+  req: http.IncomingMessage | http2.Http2ServerRequest,
+  res: http.ServerResponse | http2.Http2ServerResponse,
+  values: ContextValues,
+): UniversalServerRequest {
+  const uReq = universalRequestFromNodeRequest(
+    req as http.IncomingMessage,
+    res as http.ServerResponse,
+    undefined,
+    values,
+  );
+  if ("stream" in req) return uReq;
+  const ac = new AbortController();
+  const gone = () => ac.abort(uReq.signal.reason ?? new ConnectError("the client went away", Code.Canceled));
+  uReq.signal.addEventListener("abort", gone, { once: true });
+  onAnswerEnd(req, res, gone);
+  return { ...uReq, signal: ac.signal };
 }

@@ -22,9 +22,10 @@ import type http2 from "node:http2";
 import { base64Decode } from "@bufbuild/protobuf/wire";
 import { Code, ConnectError, type ConnectRouter, createConnectRouter, createContextValues } from "@connectrpc/connect";
 import type { UniversalHandler } from "@connectrpc/connect/protocol";
-import { universalRequestFromNodeRequest, universalResponseToNodeResponse } from "@connectrpc/connect-node";
+import { universalResponseToNodeResponse } from "@connectrpc/connect-node";
 import { context, type Link, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import { extractContext, type Identity, type Logger, rpcAttributes, type Telemetry } from "../platform/index.js";
+import { universalRequest } from "./answer-end.js";
 import { AuthError, type Authenticator, authorizationOf } from "./auth.js";
 import { connectFastEncoding, createConnectUnary, routerOptions } from "./connect-unary.js";
 import { type ClientInfo, kClient, kIdentity } from "./context.js";
@@ -314,7 +315,7 @@ export function createDispatch(o: DispatchOptions): Dispatch {
         );
         return;
       }
-      const uReq = universalRequestFromNodeRequest(nodeReq, res as http.ServerResponse, undefined, values);
+      const uReq = universalRequest(req, res, values);
       const uRes = await admission.handler({
         ...uReq,
         body: limited(uReq.body as AsyncIterable<Uint8Array>, o.maxBodyBytes),

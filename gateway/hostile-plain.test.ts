@@ -54,19 +54,22 @@ describe("pipelined requests behind a held one, then a reset connection", () => 
   it("gives back every call slot and logs each queued answer Canceled once", async () => {
     const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
     const token = await signDevToken(claims, "alice", ["customer"]);
+    const bearer = `authorization: Bearer ${token}\r\n`;
     const get = (path: string) => `GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`;
     const body = '{"productId":"coffee-beans"}';
     const getProduct = (timeout = "") =>
       "POST /shopmesh.inventory.v1.InventoryService/GetProduct HTTP/1.1\r\nHost: x\r\n" +
-      `authorization: Bearer ${token}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n` +
+      `${bearer}content-type: application/json\r\ncontent-length: ${body.length}\r\n` +
       `${timeout && `connect-timeout-ms: ${timeout}\r\n`}\r\n${body}`;
     // First a call its upstream holds until the client's deadline, so that everything after it waits
-    // in Node's queue of answers; behind it plain requests, and calls its upstream would hold for long.
+    // in Node's queue of answers; behind it plain requests, and calls (Connect JSON's fast path and
+    // REST's) its upstream would hold for long.
     const requests = [
       getProduct("400"),
       ...Array.from({ length: 20 }, () => get("/openapi.json")),
       ...Array.from({ length: 10 }, () => get("/dev/token")),
-      ...Array.from({ length: 10 }, () => getProduct()),
+      ...Array.from({ length: 5 }, () => getProduct()),
+      ...Array.from({ length: 5 }, () => `GET /v1/products/ceramic-mug HTTP/1.1\r\nHost: x\r\n${bearer}\r\n`),
     ];
     expect(requests).toHaveLength(MAX_CALLS);
     const before = access().length;

@@ -16,7 +16,7 @@ import { EmptySchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ContextValues } from "@connectrpc/connect";
 import type { UniversalHandler, UniversalServerRequest } from "@connectrpc/connect/protocol";
 import { errorToJson } from "@connectrpc/connect/protocol-connect";
-import { universalRequestFromNodeRequest } from "@connectrpc/connect-node";
+import { universalRequest } from "./answer-end.js";
 import { checkRequest, type RestMatch, requestJson, responseJson, statusJson } from "./rest.js";
 import {
   connectHttpStatus,
@@ -134,7 +134,7 @@ export async function serveRest(
   done: (o: Outcome) => void,
 ): Promise<void> {
   const { route } = match;
-  const uReq = universalRequestFromNodeRequest(req, res, undefined, opts.values);
+  const uReq = universalRequest(req, res, opts.values);
   const refuse = (err: ConnectError) => {
     const a = restErrorAnswer(err);
     send(res, a.status, a.headers, a.body);
