@@ -71,11 +71,7 @@ export function dropUnreadBody(req: Req, res: Res): void {
  * an HTTP/1.1 connection dies first: connect-node follows the response's 'close' only, which a
  * queued pipelined answer never emits (queued calls ran on after their client had gone).
  */
-export function universalRequest(
-  req: http.IncomingMessage | http2.Http2ServerRequest,
-  res: http.ServerResponse | http2.Http2ServerResponse,
-  values: ContextValues,
-): UniversalServerRequest {
+export function universalRequest(req: Req, res: Res, values: ContextValues): UniversalServerRequest {
   const uReq = universalRequestFromNodeRequest(
     req as http.IncomingMessage,
     res as http.ServerResponse,

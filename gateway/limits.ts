@@ -89,7 +89,8 @@ export function rateLimited(what: string, retryAfterSec: number): ConnectError {
 
 /**
  * The per-address limits every request but a probe passes first, RPC or plain endpoint: a slot for a
- * call in progress (given back when its answer is over: answer-end.ts), then the rate (unless not `rated`). Why it is refused, or undefined.
+ * call in progress (given back when its answer is over: answer-end.ts), then — when `rated` — the
+ * rate. Why it is refused, or undefined.
  */
 export function admitAddress(
   limits: { readonly inFlight: ConcurrencyLimiter; readonly perIp: RateLimiter },

@@ -5,7 +5,8 @@
  * for: a request id (accepted from the client when well-formed, returned
  * always), CORS for allowed origins, the health probes, and the plain
  * endpoints (endpoint.ts: the OpenAPI document, the web page, the
- * development sign-in) behind the same per-address limits as every call.
+ * development sign-in) and CORS preflights behind the same per-address
+ * limits as every call, each with its RED sample and access line.
  */
 import { randomUUID } from "node:crypto";
 import { Code, cors as connectCors } from "@connectrpc/connect";
