@@ -6,7 +6,6 @@
  * connection kept 60 of its address's slots until the gateway restarted).
  */
 import type http from "node:http";
-import http2 from "node:http2";
 import type { Socket } from "node:net";
 import { Code, ConnectError, type ContextValues } from "@connectrpc/connect";
 import type { UniversalServerRequest } from "@connectrpc/connect/protocol";
@@ -51,19 +50,14 @@ export function onAnswerEnd(req: Req, res: Res, fn: () => void): () => void {
 }
 
 /**
- * For an answer sent before the request's whole body arrived (a limit, a deadline): the rest is
- * never read. HTTP/1.1 ends the connection with the answer, or the rest would be parsed as a request
- * (and answered again, 408); HTTP/2 closes the stream once answered, or it stays open with its
- * window full — and its call slot taken — until the stream idle timeout. Call before the answer's
- * headers are written.
+ * For an answer sent before the request's whole body arrived (a limit, a deadline): on HTTP/1.1 the
+ * connection ends with the answer, or the rest would be parsed as a request (and answered again,
+ * 408). Call before the answer's headers are written. (An HTTP/2 stream is left to the request
+ * timeout: closing it once answered, with RST_STREAM, could overtake the answer's END_STREAM — which
+ * curl then reported as an empty reply.)
  */
 export function dropUnreadBody(req: Req, res: Res): void {
-  if (req.complete) return;
-  if ("stream" in req) {
-    // The stream's own 'finish': the response's waits for the request's end, which here never comes.
-    const { stream } = req;
-    stream.once("finish", () => stream.close(http2.constants.NGHTTP2_NO_ERROR));
-  } else if (!res.headersSent) res.setHeader("connection", "close");
+  if (!req.complete && !("stream" in req) && !res.headersSent) res.setHeader("connection", "close");
 }
 
 /**

@@ -207,23 +207,6 @@ describe("a sign-in body far over its limit", () => {
     expect(streamed.status).toBe(413);
     expect(performance.now() - started).toBeLessThan(5_000);
   });
-
-  it("over HTTP/2 too: the stream is closed after the 413, not left open with its window full", async () => {
-    const session = http2.connect(gw.url);
-    try {
-      const stream = session.request({ ":method": "POST", ":path": "/dev/token" });
-      stream.on("error", () => {});
-      stream.resume();
-      stream.write(Buffer.alloc(4096, 0x20)); // and never ends
-      const status = await new Promise<number>((r) => stream.once("response", (h) => r(Number(h[":status"]))));
-      expect(status).toBe(413);
-      // Closed by the gateway at once (before: only at its stream idle timeout, a minute by default).
-      await new Promise<void>((r) => stream.once("close", r));
-      expect(stream.rstCode).toBe(http2.constants.NGHTTP2_NO_ERROR);
-    } finally {
-      session.close();
-    }
-  });
 });
 
 function ReadableStreamFrom(it: AsyncIterator<Buffer>): ReadableStream<Uint8Array> {
