@@ -209,6 +209,27 @@ describe("a sign-in body far over its limit", () => {
   });
 });
 
+describe("a REST body over the limit on a keep-alive HTTP/1.1 connection", () => {
+  it("is answered 413 with Connection: close (before, the connection ended unannounced and the next request on it failed)", async () => {
+    const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
+    const token = await signDevToken(claims, "alice", ["customer"]);
+    const chunk = Buffer.alloc(2 * 1_048_576, 0x20); // past MAX_BODY_BYTES (1 MiB), no length declared
+    const r = await h1Raw(
+      gw.port,
+      Buffer.concat([
+        Buffer.from(
+          "POST /v1/orders HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n" +
+            `authorization: Bearer ${token}\r\ntransfer-encoding: chunked\r\n\r\n${chunk.length.toString(16)}\r\n`,
+        ),
+        chunk,
+      ]),
+      4_000,
+    );
+    expect(r.status).toBe(413);
+    expect(r.raw).toMatch(/connection: close/i);
+  });
+});
+
 function ReadableStreamFrom(it: AsyncIterator<Buffer>): ReadableStream<Uint8Array> {
   return new ReadableStream({
     async pull(controller) {

@@ -16,7 +16,7 @@ import { EmptySchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ContextValues } from "@connectrpc/connect";
 import type { UniversalHandler, UniversalServerRequest } from "@connectrpc/connect/protocol";
 import { errorToJson } from "@connectrpc/connect/protocol-connect";
-import { universalRequest } from "./answer-end.js";
+import { dropUnreadBody, universalRequest } from "./answer-end.js";
 import { checkRequest, type RestMatch, requestJson, responseJson, statusJson } from "./rest.js";
 import {
   connectHttpStatus,
@@ -137,6 +137,7 @@ export async function serveRest(
   const uReq = universalRequest(req, res, opts.values);
   const refuse = (err: ConnectError) => {
     const a = restErrorAnswer(err);
+    dropUnreadBody(req, res); // refused mid-body (413): the connection ends, and says so
     send(res, a.status, a.headers, a.body);
     done({ code: err.code, message: err.rawMessage });
   };
