@@ -144,7 +144,7 @@ export function createConnectUnary(table: ReadonlyMap<string, PassthroughMethod>
     } catch (err) {
       call.answered();
       // Answered before the whole body arrived (a deadline, a limit): the rest is never read.
-      if (!res.headersSent) dropUnreadBody(req, res);
+      dropUnreadBody(req, res);
       const accepted = req.headers["accept-encoding"] ?? null;
       const compression = compressionNegotiate(opt.acceptCompression, null, accepted, "accept-encoding").response;
       await fail(res, err, done, compression, opt.compressMinBytes);
