@@ -109,6 +109,19 @@ export class CallerDeadlineError extends RpcError {
   }
 }
 
+/**
+ * `err` as the caller's own deadline when that explains it: a DEADLINE_EXCEEDED at or after the
+ * deadline the attempt was sent with — the downstream enforcing it (grpc-timeout), or the client's
+ * own timer — rather than the call's timer, which it raced (it loses on a busy event loop). Else `err`.
+ * Not a failure of the downstream: counted by no breaker, retried by no policy.
+ */
+export function callersDeadline(err: unknown, deadline: number | undefined, now = Date.now()): unknown {
+  const theirs =
+    err instanceof RpcError && !(err instanceof CallerDeadlineError) && err.code === status.DEADLINE_EXCEEDED;
+  // Deadlines are sent in whole milliseconds, rounded up: a millisecond's grace.
+  return theirs && deadline !== undefined && now >= deadline - 1 ? CallerDeadlineError.now() : err;
+}
+
 /** True when `method` may be retried after DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED. */
 export function isIdempotent(method: DescMethod): boolean {
   return method.idempotency !== MethodOptions_IdempotencyLevel.IDEMPOTENCY_UNKNOWN;

@@ -8,6 +8,7 @@
 import { getEventListeners } from "node:events";
 import { type AddressInfo, connect, createServer, type Socket } from "node:net";
 import type { DescService } from "@bufbuild/protobuf";
+import { Metadata } from "@grpc/grpc-js";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
@@ -17,7 +18,14 @@ import { Code, RpcError, ServiceError } from "./errors.js";
 import type { CallContext, ServiceImpl } from "./grpc.js";
 import { createChannel, createClient } from "./grpc-client.js";
 import { silentLogger } from "./log.js";
-import { DEFAULT_POLICY, type PolicyConfig, policyEnv } from "./policy.js";
+import {
+  CallerDeadlineError,
+  callersDeadline,
+  DEFAULT_POLICY,
+  isRetryable,
+  type PolicyConfig,
+  policyEnv,
+} from "./policy.js";
 import { createResilientClient, type PolicyEvents, type ResilientClient } from "./resilience.js";
 import { bind, type RunningServer, startGrpcServer } from "./server.js";
 
@@ -568,6 +576,24 @@ describe("deadlines", () => {
     expect(client.state().breaker).toBe("closed");
     await expect(client.getProduct(req)).resolves.toBeDefined();
     expect(fake.calls).toBe(1);
+  });
+});
+
+describe("a DEADLINE_EXCEEDED the caller's deadline explains", () => {
+  // A downstream enforcing the deadline it was sent (grpc-timeout) can answer before the call's own
+  // timer fires on a busy event loop: five such answers opened the gateway's breaker in a loaded CI
+  // run, and the calls after them were 503. The race itself is the event loop's; its verdict is this.
+  const theirs = new RpcError(Code.DEADLINE_EXCEEDED, "Deadline exceeded", new Metadata());
+  it("is the caller's (no breaker counts it, no policy retries it) at or after the deadline sent", () => {
+    expect(callersDeadline(theirs, 1_000, 1_000)).toBeInstanceOf(CallerDeadlineError);
+    expect(callersDeadline(theirs, 1_000, 999)).toBeInstanceOf(CallerDeadlineError); // sent rounded up
+    expect(isRetryable(callersDeadline(theirs, 1_000, 1_200), true)).toBe(false);
+  });
+  it("is the downstream's before it, without a deadline, or for any other code", () => {
+    expect(callersDeadline(theirs, 1_000, 990)).toBe(theirs);
+    expect(callersDeadline(theirs, undefined, 5_000)).toBe(theirs);
+    const down = new RpcError(Code.UNAVAILABLE, "down", new Metadata());
+    expect(callersDeadline(down, 1_000, 2_000)).toBe(down);
   });
 });
 

@@ -46,7 +46,14 @@ import { type BreakerName, type Endpoint, Endpoints, type EndpointsOptions } fro
 import { RpcError } from "./errors.js";
 import type { BytesClient, CallOptions, Client } from "./grpc-client.js";
 import type { Logger } from "./log.js";
-import { breakerOf, CallerDeadlineError, isIdempotent, isRetryable, type PolicyConfig } from "./policy.js";
+import {
+  breakerOf,
+  CallerDeadlineError,
+  callersDeadline,
+  isIdempotent,
+  isRetryable,
+  type PolicyConfig,
+} from "./policy.js";
 import { detached } from "./propagation.js";
 import type { Telemetry } from "./telemetry.js";
 
@@ -246,7 +253,9 @@ function resilientUnary<S extends DescService>(g: Guard<S>, m: DescMethod, callO
             ({ signal: s }) =>
               onSomeInstance(g, tried, (ep) => {
                 sent = true;
-                return callOn(ep)(req, attemptOptions(opts, deadline, g.config.timeoutMs, s)) as Promise<unknown>;
+                return (
+                  callOn(ep)(req, attemptOptions(opts, deadline, g.config.timeoutMs, s)) as Promise<unknown>
+                ).catch((err: unknown) => Promise.reject(callersDeadline(err, deadline)));
               }),
             signal,
           ),
