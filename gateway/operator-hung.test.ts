@@ -39,11 +39,11 @@ const state = (addresses: string[]) => ({
   }),
 });
 
-function operator(timeoutMs: number) {
+function operator(timeoutMs: number, inventoryInstances = 1) {
   const upstreams = Object.fromEntries(
     (["inventory", "payment", "order", "notification", "history"] as Upstream[]).map((u) => [
       u,
-      state(u === "inventory" ? [address] : []),
+      state(u === "inventory" ? Array(inventoryInstances).fill(address) : []),
     ]),
   ) as Record<Upstream, ReturnType<typeof state>>;
   return createOperator({ upstreams, faultsEnabled: false, timeoutMs });
@@ -78,6 +78,24 @@ describe("operator panel, an instance that never answers", () => {
       // Its three calls took their listeners off the caller's signal when they ended.
       expect(getEventListeners(ctx.signal, "abort")).toHaveLength(before);
     } finally {
+      op.close();
+    }
+  });
+
+  it("asks many instances at once on the caller's one signal without a listener warning", async () => {
+    // Six instances, three calls each, all following the caller's signal: 18 listeners at once is
+    // the fan-out, not a leak (it printed MaxListenersExceededWarning in CI).
+    const op = operator(300, 6);
+    const warnings: Error[] = [];
+    const onWarning = (w: Error) => void warnings.push(w);
+    process.on("warning", onWarning);
+    try {
+      const status = await op.service.getSystemStatus({} as never, adminContext());
+      expect(status.services?.find((s) => s.service === "inventory")?.instances).toHaveLength(6);
+      await new Promise((r) => setImmediate(r)); // warnings are emitted on the next tick
+      expect(warnings.filter((w) => w.name === "MaxListenersExceededWarning")).toEqual([]);
+    } finally {
+      process.off("warning", onWarning);
       op.close();
     }
   });

@@ -10,6 +10,7 @@
  * targets or the service registry), so the panel sees what the gateway sees.
  */
 
+import { setMaxListeners } from "node:events";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type { Client as GrpcClient } from "@grpc/grpc-js";
@@ -65,6 +66,9 @@ export function createOperator(deps: OperatorDeps): { service: ServiceImpl<typeo
   // The caller's signal and a deadline of our own, as gRPC deadlines: not AbortSignal.any(), whose
   // signals outlive the young generation on Node 20 (platform/deadline.ts).
   const opts = (ctx: HandlerContext) => ({ signal: ctx.signal, timeoutMs: deps.timeoutMs });
+  // Every call of a fan-out listens on the caller's one signal until it ends: `calls` of them at once
+  // are expected, not a leak (Node warns past 10).
+  const fanOut = (ctx: HandlerContext, calls: number) => setMaxListeners(Math.max(10, calls + 2), ctx.signal);
 
   const instance = async (
     address: string,
@@ -98,6 +102,7 @@ export function createOperator(deps: OperatorDeps): { service: ServiceImpl<typeo
   const service: ServiceImpl<typeof OperatorService> = {
     async getSystemStatus(_req, ctx) {
       requireAdmin(ctx);
+      fanOut(ctx, 3 * SERVICES.reduce((n, name) => n + addresses(name).length, 0));
       const services = await Promise.all(
         SERVICES.map(async (name) => {
           const instances = await Promise.all(addresses(name).map((a) => instance(a, ctx)));
@@ -117,6 +122,7 @@ export function createOperator(deps: OperatorDeps): { service: ServiceImpl<typeo
       }
       const all = addresses(name);
       if (all.length === 0) throw new ConnectError(`no instance of ${name} is known`, Code.Unavailable);
+      fanOut(ctx, all.length);
       const results = await Promise.allSettled(
         all.map((a) => createClient(ChaosService, channel(a)).setFaults({ faults: req.faults ?? {} }, opts(ctx))),
       );
