@@ -25,7 +25,7 @@ import type { UniversalHandler } from "@connectrpc/connect/protocol";
 import { universalResponseToNodeResponse } from "@connectrpc/connect-node";
 import { context, type Link, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import { extractContext, type Identity, type Logger, rpcAttributes, type Telemetry } from "../platform/index.js";
-import { universalRequest } from "./answer-end.js";
+import { dropUnreadBody, universalRequest } from "./answer-end.js";
 import { AuthError, type Authenticator, authorizationOf } from "./auth.js";
 import { connectFastEncoding, createConnectUnary, routerOptions } from "./connect-unary.js";
 import { type ClientInfo, kClient, kIdentity } from "./context.js";
@@ -320,6 +320,7 @@ export function createDispatch(o: DispatchOptions): Dispatch {
         ...uReq,
         body: limited(uReq.body as AsyncIterable<Uint8Array>, o.maxBodyBytes),
       });
+      dropUnreadBody(req, res); // answered before the whole body arrived (a limit): the connection ends, and says so
       await universalResponseToNodeResponse(await finish(uRes, wire, done), res as http.ServerResponse);
     };
 

@@ -12,6 +12,7 @@ import { h1Raw, rawConnect } from "../test/raw.js";
 import { type GatewayApp, startGateway } from "./app.js";
 import { signDevToken } from "./auth.js";
 import { DEV_JWT_SECRET, loadConfig } from "./config.js";
+import { originForm } from "./server.js";
 
 /** Calls in progress allowed per address: the pipelining test takes all of them at once. */
 const MAX_CALLS = 41;
@@ -239,3 +240,48 @@ function ReadableStreamFrom(it: AsyncIterator<Buffer>): ReadableStream<Uint8Arra
     },
   });
 }
+
+describe("a Connect or gRPC-Web body over the limit on a keep-alive HTTP/1.1 connection (the general path)", () => {
+  it.each([
+    ["Connect, compressed (not the fast path)", "application/json", "content-encoding: gzip\r\n", 413],
+    ["gRPC-Web", "application/grpc-web+proto", "", 200],
+  ])("%s: answered with Connection: close, as REST is", async (_name, type, extra, status) => {
+    const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
+    const token = await signDevToken(claims, "alice", ["customer"]);
+    const chunk = Buffer.alloc(2 * 1_048_576, 0x20); // past MAX_BODY_BYTES (1 MiB), no length declared
+    const r = await h1Raw(
+      gw.port,
+      Buffer.concat([
+        Buffer.from(
+          `POST /shopmesh.inventory.v1.InventoryService/GetProduct HTTP/1.1\r\nHost: x\r\ncontent-type: ${type}\r\n${extra}` +
+            `authorization: Bearer ${token}\r\ntransfer-encoding: chunked\r\n\r\n${chunk.length.toString(16)}\r\n`,
+        ),
+        chunk,
+      ]),
+      4_000,
+    );
+    expect(r.status).toBe(status);
+    expect(r.raw).toMatch(/resource|exhausted|large|limit|8/i);
+    expect(r.raw).toMatch(/connection: close/i);
+  });
+});
+
+describe("a request target in absolute form (RFC 9112 §3.2.2: a server must accept it)", () => {
+  it("is served as its origin form: the plain endpoints and the RPCs alike", async () => {
+    const doc = await h1Raw(
+      gw.port,
+      "GET http://gateway.example/openapi.json?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    expect(doc.status).toBe(200);
+    expect(doc.raw).toContain('"openapi"');
+    // An RPC: routed by the same path (unauthenticated, so 401 — not 404 for an unknown path).
+    const rpc = await h1Raw(
+      gw.port,
+      "GET HTTP://gateway.example/v1/products HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    expect(rpc.status).toBe(401);
+    expect(originForm("http://h")).toBe("/");
+    expect(originForm("https://h?q=1")).toBe("/?q=1");
+    expect(originForm("*")).toBe("*");
+  });
+});

@@ -96,12 +96,24 @@ function observePlain(o: FrontOptions, name: string, req: Req, res: Res, ip: str
   });
 }
 
+/**
+ * A target in absolute form (`GET http://host/v1/products`, which RFC 9112 §3.2.2 says a server must
+ * accept) as the origin form every layer reads; any other form is left as sent (and not found).
+ */
+export function originForm(target: string): string {
+  const authority = /^https?:\/\/[^/?#]*/i.exec(target);
+  if (!authority) return target;
+  const rest = target.slice(authority[0].length);
+  return rest.startsWith("/") ? rest : `/${rest}`;
+}
+
 /** Starts the front on `host:port`. */
 export async function startFront(o: FrontOptions): Promise<RunningFront> {
   const dispatch = createDispatch(o);
   const endpoints = [openApiEndpoint(findOpenApiDocument(), o.log), ...(o.endpoints ?? [])];
   let draining = false;
   const handle = (req: Req, res: Res) => {
+    if (req.url !== undefined && !req.url.startsWith("/")) req.url = originForm(req.url);
     let requestId = String(req.headers["x-request-id"] ?? "");
     if (!REQUEST_ID.test(requestId)) {
       requestId = randomUUID();
