@@ -26,12 +26,13 @@
  */
 import type http from "node:http";
 import type http2 from "node:http2";
-import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import { type DescMessage, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
   type Compression,
   compressionNegotiate,
   createMethodSerializationLookup,
+  type MethodSerializationLookup,
   validateUniversalHandlerOptions,
 } from "@connectrpc/connect/protocol";
 import { codeToHttpStatus, errorToJsonBytes, parseTimeout } from "@connectrpc/connect/protocol-connect";
@@ -41,6 +42,7 @@ import { Code as GrpcCode, type Identity, RpcError } from "../platform/index.js"
 import { dropUnreadBody } from "./answer-end.js";
 import type { ClientInfo } from "./context.js";
 import { callOptions, toConnectError } from "./forward.js";
+import { describeJsonError } from "./json-errors.js";
 import { callLifetime, type PassthroughMethod, readBody } from "./passthrough.js";
 import { codeOfStatus, errorAnswer, type Outcome, reclassify } from "./wire.js";
 
@@ -112,7 +114,7 @@ export function createConnectUnary(table: ReadonlyMap<string, PassthroughMethod>
         call.deadline(timeout.timeoutMs, new ConnectError("the operation timed out", Code.DeadlineExceeded));
       }
       const body = await readBody(req, maxBodyBytes, call.signal);
-      const input = serialization.getI(binary).parse(body);
+      const input = parse(serialization, binary, body, method);
       if (method.adminOnly && !identity?.roles.includes("admin")) {
         throw new ConnectError(`${method.name} needs the admin role`, Code.PermissionDenied);
       }
@@ -152,6 +154,22 @@ export function createConnectUnary(table: ReadonlyMap<string, PassthroughMethod>
       call.end();
     }
   };
+}
+
+/** The request's message; a JSON one that does not decode is named by its field, as REST names it. */
+function parse(
+  serialization: MethodSerializationLookup<DescMessage, DescMessage>,
+  binary: boolean,
+  body: Uint8Array,
+  method: PassthroughMethod,
+) {
+  try {
+    return serialization.getI(binary).parse(body);
+  } catch (err) {
+    const e = ConnectError.from(err);
+    if (binary || e.code !== Code.InvalidArgument) throw e;
+    throw new ConnectError(describeJsonError(method.method.input, e.rawMessage), Code.InvalidArgument);
+  }
 }
 
 /** The upstream's answer as a message; one that does not decode fails as grpc-js fails it (INTERNAL). */

@@ -29,6 +29,7 @@ import { dropUnreadBody, universalRequest } from "./answer-end.js";
 import { AuthError, type Authenticator, authorizationOf } from "./auth.js";
 import { connectFastEncoding, createConnectUnary, routerOptions } from "./connect-unary.js";
 import { type ClientInfo, kClient, kIdentity } from "./context.js";
+import { describeJsonError } from "./json-errors.js";
 import { admitAddress, type ConcurrencyLimiter, type RateLimiter, rateLimited } from "./limits.js";
 import { type PassthroughMethod, passthrough, takesPassthrough } from "./passthrough.js";
 import { type RestMatch, RestRouter } from "./rest.js";
@@ -321,7 +322,8 @@ export function createDispatch(o: DispatchOptions): Dispatch {
         body: limited(uReq.body as AsyncIterable<Uint8Array>, o.maxBodyBytes),
       });
       dropUnreadBody(req, res); // answered before the whole body arrived (a limit): the connection ends, and says so
-      await universalResponseToNodeResponse(await finish(uRes, wire, done), res as http.ServerResponse);
+      const describe = fast && ((message: string) => describeJsonError(fast.method.input, message));
+      await universalResponseToNodeResponse(await finish(uRes, wire, done, describe), res as http.ServerResponse);
     };
 
     context.with(ctx, run).catch((err: unknown) => {

@@ -363,6 +363,33 @@ describe("behaviour that is right", () => {
     expect(get).toMatchObject({ status: 400, json: { code: 3 } });
   });
 
+  it("Connect JSON names the field as REST does, on the fast path and the general one (it said `cannot decode message shopmesh.common.v1.LineItem from JSON: 1`)", async () => {
+    const h = await auth("alice");
+    const url = `${gw.url}/shopmesh.order.v1.OrderService/PlaceOrder`;
+    for (const [body, says] of [
+      ['{"items":[1],"cardToken":"tok_visa"}', "items: each element must be a LineItem object, got 1"],
+      [
+        '{"items":[{"productId":"coffee-beans","quantity":"a"}],"cardToken":"tok_visa"}',
+        'quantity: expected number (int32), got "a"',
+      ],
+      ['{"cardToken":5}', "card_token: expected string, got 5"],
+    ] as const) {
+      for (const gzip of [false, true]) {
+        const r = await fetch(url, {
+          method: "POST",
+          headers: { ...h, "content-type": "application/json", ...(gzip ? { "content-encoding": "gzip" } : {}) },
+          body: gzip ? gzipSync(body) : body,
+        });
+        expect({ body, gzip, status: r.status, json: await r.json() }).toEqual({
+          body,
+          gzip,
+          status: 400,
+          json: { code: "invalid_argument", message: says },
+        });
+      }
+    }
+  });
+
   it("identity comes from the token only: identity headers and body fields are not the caller", async () => {
     const alice = await auth("alice");
     const forged = { ...alice, "x-shopmesh-subject": "bob", "x-shopmesh-roles": "admin" };

@@ -25,6 +25,7 @@ import {
 } from "@connectrpc/connect/protocol-connect";
 import { findTrailerError, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { trailerParse, trailerSerialize } from "@connectrpc/connect/protocol-grpc-web";
+import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
 
 /** Everything after the first "?" of a request target. */
 export function queryOf(url: string | undefined): string {
@@ -140,25 +141,47 @@ async function connectUnary(
   uRes: UniversalServerResponse,
   body: AsyncIterable<Uint8Array>,
   report: (o: Outcome) => void,
+  describe: Describe,
 ): Promise<UniversalServerResponse> {
   const header = new Headers(uRes.header);
   const chunks: Uint8Array[] = [];
   for await (const c of body) chunks.push(c);
-  const text = Buffer.concat(chunks).toString("utf8");
-  if (text === "" || header.has("content-encoding")) {
+  const bytes = Buffer.concat(chunks);
+  // An error answer of 1 KiB or more is compressed when the client accepts it: read as sent.
+  const encoding = header.get("content-encoding");
+  const compression = ERROR_COMPRESSIONS.find((c) => c.name === encoding);
+  const text =
+    bytes.byteLength === 0 || (encoding !== null && !compression)
+      ? undefined
+      : compression
+        ? await compression.decompress(bytes, MAX_ERROR_BYTES).then(
+            (b) => Buffer.from(b).toString("utf8"),
+            () => undefined,
+          )
+        : bytes.toString("utf8");
+  if (text === undefined) {
     report({ code: codeOfStatus(uRes.status), message: `HTTP ${uRes.status}` });
     return { ...uRes, body: createAsyncIterable(chunks) };
   }
   const json = JSON.parse(text) as { code?: string; message?: string };
-  const message = json.message ?? "";
-  const code = reclassify(codeFromString(json.code ?? "") ?? Code.Unknown, message);
+  const code = reclassify(codeFromString(json.code ?? "") ?? Code.Unknown, json.message ?? "");
+  const message = code === Code.InvalidArgument ? describe(json.message ?? "") : (json.message ?? "");
   json.code = codeToString(code);
-  const fixed = new TextEncoder().encode(JSON.stringify(json));
+  if (json.message !== undefined) json.message = message;
+  let fixed = new TextEncoder().encode(JSON.stringify(json));
+  if (compression && fixed.byteLength >= COMPRESS_MIN_BYTES) fixed = await compression.compress(fixed);
+  else header.delete("content-encoding");
   header.set("content-length", String(fixed.byteLength));
   report({ code, message });
   const status = connectHttpStatus(code, message, header.has("retry-after"));
   return { ...uRes, status, header, body: createAsyncIterable([fixed]) };
 }
+
+/** What connect-node compresses an answer with (routerOptions) and from what size (its default). */
+const ERROR_COMPRESSIONS = [compressionGzip, compressionBrotli];
+const COMPRESS_MIN_BYTES = 1024;
+/** Past any error answer of a default configuration (one larger is passed on as it is). */
+const MAX_ERROR_BYTES = 64 * 1_048_576;
 
 /** Passes a stream through, correcting the error in its last frame and reporting the outcome. */
 function streamBody(
@@ -178,11 +201,15 @@ function streamBody(
   })();
 }
 
-function corrected(err: ConnectError | undefined): ConnectError | undefined {
+function corrected(err: ConnectError | undefined, describe: Describe): ConnectError | undefined {
   if (!err) return undefined;
   const code = reclassify(err.code, err.rawMessage);
-  return code === err.code ? err : new ConnectError(err.rawMessage, code);
+  const message = code === Code.InvalidArgument ? describe(err.rawMessage) : err.rawMessage;
+  return code === err.code && message === err.rawMessage ? err : new ConnectError(message, code);
 }
+
+/** Tells an INVALID_ARGUMENT's message in the client's terms (json-errors.ts), or leaves it. */
+export type Describe = (message: string) => string;
 
 /** The code a bare HTTP refusal stands for: the client's mistake unless the status says otherwise. */
 export function codeOfStatus(status: number): Code {
@@ -204,6 +231,7 @@ export async function finish(
   uRes: UniversalServerResponse,
   protocol: Protocol,
   report: (o: Outcome) => void,
+  describe: Describe = (message) => message,
 ): Promise<UniversalServerResponse> {
   const header = new Headers(uRes.header);
   if (uRes.status !== 200 && !header.has("content-type")) {
@@ -222,7 +250,7 @@ export async function finish(
         report,
         () => {
           const err = findTrailerError(trailer);
-          const fixed = corrected(err);
+          const fixed = corrected(err, describe);
           if (fixed && fixed !== err) {
             trailer.delete("grpc-status-details-bin");
             setTrailerStatus(trailer, fixed);
@@ -242,7 +270,7 @@ export async function finish(
           if (!((chunk[0] ?? 0) & 0x80)) return { chunk };
           const trailer = trailerParse(payloadOf(chunk, encoding));
           const err = findTrailerError(trailer);
-          const fixed = corrected(err);
+          const fixed = corrected(err, describe);
           if (!fixed) return { chunk, outcome: OK };
           if (fixed === err) return { chunk, outcome: { code: err.code, message: err.rawMessage } };
           trailer.delete("grpc-status-details-bin");
@@ -258,7 +286,7 @@ export async function finish(
   }
   if (!isConnectStream(header.get("content-type") ?? undefined)) {
     if (uRes.status === 200) return { ...uRes, body: streamBody(body, (chunk) => ({ chunk }), report) };
-    return connectUnary(uRes, body, report);
+    return connectUnary(uRes, body, report, describe);
   }
   const encoding = header.get("connect-content-encoding");
   return {
@@ -268,7 +296,7 @@ export async function finish(
       (chunk) => {
         if (!((chunk[0] ?? 0) & 0x02)) return { chunk };
         const end = endStreamFromJson(payloadOf(chunk, encoding));
-        const fixed = corrected(end.error);
+        const fixed = corrected(end.error, describe);
         if (!fixed) return { chunk, outcome: OK };
         const outcome = { code: fixed.code, message: fixed.rawMessage };
         if (fixed === end.error) return { chunk, outcome };
