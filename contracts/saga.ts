@@ -17,6 +17,23 @@ export function stepKey(orderId: string, step: KeyedStep): string {
   return `${orderId}:${step}`;
 }
 
+/** Longest reason RefundPayment accepts (payment refuses a longer one: INVALID_ARGUMENT). */
+export const MAX_REFUND_REASON = 500;
+
+/**
+ * The reason order `orderId`'s refund is sent with, in both saga modes: `order <id>: <why>`, cut to
+ * {@link MAX_REFUND_REASON} (a customer's cancel reason may itself be 500 characters long — sent
+ * whole, payment refused it and the money stayed taken).
+ */
+export function refundReason(orderId: string, why: string): string {
+  const full = `order ${orderId}: ${why}`;
+  if (full.length <= MAX_REFUND_REASON) return full;
+  let end = MAX_REFUND_REASON - 1;
+  const last = full.charCodeAt(end - 1);
+  if (last >= 0xd800 && last <= 0xdbff) end--; // never half of a surrogate pair
+  return `${full.slice(0, end)}…`;
+}
+
 /**
  * Whether an event belongs to a choreographed saga: inventory and payment act on the order's
  * events only then (an orchestrated order's steps come over gRPC), so the others are

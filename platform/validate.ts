@@ -4,6 +4,7 @@
  * client gets INVALID_ARGUMENT with a google.rpc.BadRequest field violation.
  */
 import { InvalidArgumentError } from "./errors.js";
+import { SUBJECT } from "./identity.js";
 
 const ID = /^[A-Za-z0-9][A-Za-z0-9._:-]*$/;
 
@@ -12,6 +13,19 @@ export function requireId(value: string, field: string, max = 128): string {
   if (value === "") throw new InvalidArgumentError(field, "must not be empty");
   if (value.length > max) throw new InvalidArgumentError(field, `must be at most ${max} characters`);
   if (!ID.test(value)) throw new InvalidArgumentError(field, "may contain only letters, digits and . _ : -");
+  return value;
+}
+
+/**
+ * A customer id: a caller's subject, by the one rule the gateway and services read identity with
+ * (identity.ts), which allows what {@link requireId} does not (`alice@example.com`) — checked by
+ * the id rule, such a customer could place orders and never pay for one.
+ */
+export function requireSubject(value: string, field: string): string {
+  if (value === "") throw new InvalidArgumentError(field, "must not be empty");
+  if (!SUBJECT.test(value)) {
+    throw new InvalidArgumentError(field, "must be at most 128 of letters, digits and . _ : @ -");
+  }
   return value;
 }
 

@@ -26,8 +26,14 @@ interface Scenario {
   readonly cardToken: string;
   /** Cancel after stock is reserved, while the (slowed) charge is pending. */
   readonly cancel?: boolean;
+  /** The customer's reason for cancelling (default "changed my mind"). */
+  readonly cancelReason?: string;
+  /** The caller's subject (default `modes-<mode>`). */
+  readonly customer?: string;
   readonly expect: { status: OrderStatus; reason: string; stockDelta: number; captured: number };
 }
+
+const LONGEST_REASON = `${"\u{1F4E6}".repeat(200)}${"x".repeat(100)}`;
 
 const SCENARIOS: readonly Scenario[] = [
   {
@@ -69,6 +75,32 @@ const SCENARIOS: readonly Scenario[] = [
       captured: 0,
     },
   },
+  {
+    // The most a customer may say (500 characters, some of them surrogate pairs): the refund's reason,
+    // `order <id>: cancelled by customer: …`, was longer than payment takes; refused, it was taken for
+    // done and the money kept.
+    name: "cancelled with the longest reason",
+    productId: "paper-filters",
+    quantity: 1,
+    cardToken: "tok_visa",
+    cancel: true,
+    cancelReason: LONGEST_REASON,
+    expect: {
+      status: OrderStatus.CANCELLED,
+      reason: `cancelled by customer: ${LONGEST_REASON}`,
+      stockDelta: 0,
+      captured: 0,
+    },
+  },
+  {
+    // A subject the identity rule takes but the id rule did not: payment refused to charge it.
+    name: "a customer named by an e-mail address",
+    productId: "coffee-beans",
+    quantity: 1,
+    cardToken: "tok_visa",
+    customer: "carol@example.com",
+    expect: { status: OrderStatus.CONFIRMED, reason: "", stockDelta: -1, captured: 1 },
+  },
 ];
 
 async function available(productId: string): Promise<number> {
@@ -90,7 +122,8 @@ describe.each([
 ] as const)("%s", (_label, sagaMode) => {
   it.each(SCENARIOS)("$name", async (sc) => {
     const before = await available(sc.productId);
-    const who = sys.as(`modes-${sagaMode}`);
+    const customer = sc.customer ?? `modes-${sagaMode}`;
+    const who = sys.as(customer);
     if (sc.cancel) await sys.paymentChaos.setFaults({ faults: { latencyMs: 1_500 } });
     try {
       const { order } = await sys.orders.placeOrder(
@@ -109,10 +142,10 @@ describe.each([
           async () => (await sys.orders.getOrder({ orderId: id }, who)).order?.reservationId ?? "",
           (r) => r !== "",
         );
-        await sys.orders.cancelOrder({ orderId: id, reason: "changed my mind" }, who);
+        await sys.orders.cancelOrder({ orderId: id, reason: sc.cancelReason ?? "changed my mind" }, who);
         await sys.paymentChaos.setFaults({ faults: {} });
       }
-      const done = await sys.settle(id, `modes-${sagaMode}`);
+      const done = await sys.settle(id, customer);
       expect(done.status).toBe(sc.expect.status);
       expect(done.statusReason).toBe(sc.expect.reason);
       // Compensation in choreography follows the terminal state: wait for it to land.

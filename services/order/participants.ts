@@ -4,7 +4,7 @@
  * to persist (domain.ts), or to a retry when the outcome is unknown or the
  * participant is out of reach (`notSent`: the call never left this process).
  */
-import { stepKey } from "../../contracts/saga.js";
+import { refundReason, stepKey } from "../../contracts/saga.js";
 import type { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { type PaymentService, PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
 import { type Client, Code, RpcError } from "../../platform/index.js";
@@ -72,7 +72,7 @@ export class Participants {
           // By charge key: refunds the payment made with it, or voids the key if no
           // charge happened, so an uncertain charge can never stay taken.
           const { payment } = await this.deps.payment.refundPayment(
-            { chargeIdempotencyKey: stepKey(o.id, "charge_payment"), reason: `order ${o.id}: ${o.reason}` },
+            { chargeIdempotencyKey: stepKey(o.id, "charge_payment"), reason: refundReason(o.id, o.reason) },
             opts,
           );
           const what =
@@ -92,8 +92,12 @@ export class Participants {
         const reason = err.code === Code.FAILED_PRECONDITION ? err.message : describe(err);
         return onForwardFailed(step, reason, true, attempt);
       }
-      // A definite refusal of an undo means there is nothing to undo (e.g. NOT_FOUND).
-      return step === "refund_payment" ? onRefunded(describe(err), attempt) : onReleased(describe(err), attempt);
+      // A refund by charge key never finds nothing to undo (it voids the key instead): any refusal
+      // means the money is still taken, so the refund stays pending and is retried (the order is
+      // cancelled meanwhile, compensation.ts) — it was once taken as done, and the money kept.
+      if (step === "refund_payment") return { retry: describe(err), notSent: false };
+      // A definite refusal of a release means there is nothing to release (e.g. NOT_FOUND).
+      return onReleased(describe(err), attempt);
     }
   }
 

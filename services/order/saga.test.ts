@@ -254,6 +254,39 @@ describe("transient faults", () => {
     for (const o of done) expect(await capturedPayments(flaky.payment.store.db, o.id)).toBe(1);
   });
 
+  it("a refund payment refuses outright stays pending and is retried: the money never stays taken", async () => {
+    await sys.paymentChaos.setFaults({ faults: { latencyMs: 600 } });
+    try {
+      const placed = await place("ivan", [{ productId: "ceramic-mug", quantity: 1 }]);
+      const get = async () => (await sys.orders.getOrder({ orderId: placed.id }, sys.as("ivan"))).order as Order;
+      for (let i = 0; i < 100 && !(await get()).steps.some((s) => s.name === "charge_payment"); i++) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      await sys.orders.cancelOrder({ orderId: placed.id, reason: "changed my mind" }, sys.as("ivan"));
+      // The charge in flight goes through; every call after it is refused with a definite code.
+      await sys.paymentChaos.setFaults({ faults: { errorRate: 1, errorCode: Code.FAILED_PRECONDITION } });
+      let o = await get();
+      for (let i = 0; i < 100 && !(o.status === OrderStatus.CANCELLED && o.refundPending); i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        o = await get();
+      }
+      // Before: the refusal was taken for "nothing to refund", and the order ended with the money taken.
+      expect([o.status, o.refundPending]).toEqual([OrderStatus.CANCELLED, true]);
+      expect(steps(o)).not.toContain("refund_payment:COMPENSATED");
+      expect(await capturedPayments(sys.payment.store.db, placed.id)).toBe(1);
+      await sys.paymentChaos.setFaults({ faults: {} });
+      for (let i = 0; i < 100 && o.refundPending; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        o = await get();
+      }
+      expect(o.refundPending).toBe(false);
+      expect(steps(o)).toContain("refund_payment:COMPENSATED");
+      expect(await capturedPayments(sys.payment.store.db, placed.id)).toBe(0);
+    } finally {
+      await sys.paymentChaos.setFaults({ faults: {} });
+    }
+  });
+
   it("payment hard down past the step budget: stock released and the order CANCELLED at once, its refund pending until payment is back", async () => {
     const before = await stock("hand-grinder");
     await sys.paymentChaos.setFaults({ faults: { down: true } });

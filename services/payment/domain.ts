@@ -3,12 +3,15 @@
  * is, what the simulated card provider answers, what a refund does to a
  * payment in each state, and who may see a payment.
  */
+
+import { MAX_REFUND_REASON } from "../../contracts/saga.js";
 import {
   FailedPreconditionError,
   type Identity,
   InvalidArgumentError,
   requireId,
   requireIdempotencyKey,
+  requireSubject,
 } from "../../platform/index.js";
 
 /** Largest charge the simulated provider approves, in minor units; anything above is declined. */
@@ -21,8 +24,6 @@ export const TOKEN_INSUFFICIENT = "tok_insufficient";
 export const VOIDED_REASON = "voided";
 /** Longest card token accepted. */
 export const MAX_CARD_TOKEN = 256;
-/** Longest refund reason accepted. */
-export const MAX_REFUND_REASON = 500;
 
 /** Status of a stored payment, as written in the `payments.status` column. */
 export type PaymentStatusName = "CAPTURED" | "DECLINED" | "REFUNDED";
@@ -87,7 +88,7 @@ export function validateCharge(req: {
 }): ChargeInput {
   requireIdempotencyKey(req.idempotencyKey);
   requireId(req.orderId, "order_id");
-  requireId(req.customerId, "customer_id");
+  requireSubject(req.customerId, "customer_id");
   if (!req.amount) throw new InvalidArgumentError("amount", "is required");
   const { amountMinor, currencyCode } = req.amount;
   if (amountMinor <= 0n) throw new InvalidArgumentError("amount.amount_minor", `must be positive, got ${amountMinor}`);

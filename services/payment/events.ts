@@ -13,7 +13,7 @@
  */
 import { create } from "@bufbuild/protobuf";
 import { byOrder } from "../../contracts/events.js";
-import { choreographed, stepKey } from "../../contracts/saga.js";
+import { choreographed, refundReason, stepKey } from "../../contracts/saga.js";
 import { StockReservedSchema } from "../../gen/shopmesh/inventory/v1/events_pb.js";
 import { OrderCancelledSchema, OrderPlacedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
 import { ChargePaymentRequestSchema } from "../../gen/shopmesh/payment/v1/payment_pb.js";
@@ -42,7 +42,7 @@ export function paymentConsumers(store: PaymentStore): ConsumerSpec[] {
             const orderId = e.meta?.orderId ?? "";
             await store.refund(
               { by: "key", chargeIdempotencyKey: stepKey(orderId, "charge_payment") },
-              `order ${orderId}: ${e.reason}`,
+              refundReason(orderId, e.reason),
               tx,
             );
           },
