@@ -3,6 +3,7 @@
  * outbox relay (prompt, ordered, crash-safe), JetStream dedup, idempotent
  * inbox, and dead letters.
  */
+import { create, toBinary } from "@bufbuild/protobuf";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -10,7 +11,7 @@ import { EVENTS } from "../contracts/events.js";
 import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { TestDatabases } from "../test/db.js";
 import { tempDir } from "../test/fixtures.js";
-import { startNats, type TestNats } from "../test/nats.js";
+import { rawPublish, startNats, type TestNats } from "../test/nats.js";
 import { type Bus, connectBus } from "./bus.js";
 import { startConsumer } from "./consumer.js";
 import { migrations, openDatabase } from "./db.js";
@@ -97,6 +98,17 @@ async function until<T>(f: () => T | Promise<T>, ok: (v: T) => boolean, ms = 5_0
     if (ok(v) || Date.now() > end) return v;
     await new Promise((r) => setTimeout(r, 25));
   }
+}
+
+/** Every message of `subject` in the DLQ stream. */
+async function dlqMessages(subject: string) {
+  const info = await bus.jsm.streams.info("DLQ");
+  const out = [];
+  for (let seq = info.state.first_seq; seq <= info.state.last_seq; seq++) {
+    const m = await bus.jsm.streams.getMessage("DLQ", { seq }).catch(() => null);
+    if (m?.subject === subject) out.push(m);
+  }
+  return out;
 }
 
 const placed = (_orderId: string) => ({
@@ -338,6 +350,75 @@ describe("consumers", () => {
     expect(dlq?.header.get("x-dlq-subject")).toBe("order.order.placed");
     await c.stop();
     await relay.stop();
+  });
+
+  it("dead-letters at once what it cannot copy as it is, and what carries another event's id (each was redelivered for ever, or applied twice)", async () => {
+    const event = (eventId: string) =>
+      toBinary(
+        OrderPlacedSchema,
+        create(OrderPlacedSchema, { meta: { eventId, orderId: "ord-x" }, ...placed("ord-x") }),
+      );
+    const ce = (eventId: string) => {
+      const h = natsHeaders();
+      h.set("ce-type", "shopmesh.order.v1.OrderPlaced");
+      h.set("ce-id", eventId);
+      return h;
+    };
+    // Undecodable, with a control header the server checks: ORDER takes it, and its copy onto the DLQ was refused.
+    const control = ce("evt_control");
+    control.set("Nats-Expected-Stream", "ORDER");
+    const seqs = [
+      (await bus.js.publish("order.order.placed", new Uint8Array([0xff, 0xff, 0xff]), { headers: control })).seq,
+    ];
+    // A payload near max_payload: with the dead letter's headers it no longer fit.
+    const big = Buffer.concat([event("evt_big"), Buffer.alloc(bus.nc.info?.max_payload ?? 0)]).subarray(
+      0,
+      (bus.nc.info?.max_payload ?? 0) - 300,
+    );
+    seqs.push((await bus.js.publish("order.order.placed", big, { headers: ce("evt_big") })).seq);
+    // A header name nats.js cannot read (a space), stored as sent: reading the headers threw.
+    const hdr = "NATS/1.0\r\nce-type: shopmesh.order.v1.OrderPlaced\r\nce-id: evt_raw\r\nBad Key: y\r\n\r\n";
+    await rawPublish(nats.port, "order.order.placed", hdr, event("evt_raw"));
+    seqs.push((await bus.jsm.streams.info("ORDER")).state.last_seq);
+    // Another event's id: the inbox deduplicates on ce-id, so a copy with a new one applied twice.
+    seqs.push((await bus.js.publish("order.order.placed", event("evt_real"), { headers: ce("evt_copy") })).seq);
+
+    const producer = await service();
+    const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
+    relay.start();
+    const good = await addPlaced(producer, "ord-after-unsendable");
+    const consumer = await service();
+    const durable = `unsendable-${n}`;
+    const c = await startConsumer({
+      catalogue: EVENTS,
+      bus,
+      db: consumer.db,
+      log,
+      stream: "ORDER",
+      durable,
+      handlers: [recordEffect],
+    });
+    await until(
+      () => effectsOf(consumer.db, { eventId: good }),
+      (x) => x === 1,
+    );
+    const mine = (l: { header: { get(k: string): string } }) => seqs.includes(Number(l.header.get("x-dlq-stream-seq")));
+    const letters = await until(
+      async () => (await dlqMessages(`dlq.${durable}`)).filter(mine),
+      (ls) => ls.length >= 4,
+    );
+    expect(letters).toHaveLength(4);
+    expect((await bus.jsm.consumers.info("ORDER", durable)).num_ack_pending).toBe(0);
+    const by = (id: string) => letters.find((l) => l.header.get("ce-id") === id);
+    expect(by("evt_control")?.header.get("x-dlq-reason")).toMatch(/^undecodable/);
+    expect(by("evt_control")?.header.get("Nats-Expected-Stream")).toBe("");
+    expect(by("evt_big")?.header.get("x-dlq-truncated")).toMatch(/bytes, 65536 kept/);
+    expect(by("evt_big")?.data.byteLength).toBe(65536);
+    expect(letters.some((l) => /^unreadable headers/.test(l.header.get("x-dlq-reason")))).toBe(true);
+    expect(by("evt_copy")?.header.get("x-dlq-reason")).toMatch(/is not the event's meta.event_id "evt_real"/);
+    await c.stop();
+    await relay.stop();
+    for (const seq of seqs) await bus.jsm.streams.deleteMessage("ORDER", seq, false); // the other tests read ORDER
   });
 
   it("retries a failing handler with backoff, then dead-letters it after maxDeliver", async () => {

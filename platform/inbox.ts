@@ -102,8 +102,15 @@ export function decodeEvent(
   m: JsMsg,
   catalogue: EventCatalogue,
 ): { event: unknown; ctx: EventContext } | { unusable: string } {
-  const type = m.headers?.get("ce-type") ?? "";
-  const eventId = m.headers?.get("ce-id") ?? "";
+  let headers: JsMsg["headers"];
+  try {
+    headers = m.headers;
+  } catch (err) {
+    // Stored as sent, e.g. a header name with a space: nats.js throws on reading it, every delivery.
+    return { unusable: `unreadable headers: ${(err as Error).message}` };
+  }
+  const type = headers?.get("ce-type") ?? "";
+  const eventId = headers?.get("ce-id") ?? "";
   const kind = catalogue.kind(type);
   if (!kind || !eventId) {
     return { unusable: `not a shopmesh event: missing or unknown ce-type/ce-id (ce-type=${JSON.stringify(type)})` };
@@ -114,12 +121,17 @@ export function decodeEvent(
   } catch (err) {
     return { unusable: `undecodable ${type} payload: ${(err as Error).message}` };
   }
+  // The inbox deduplicates on ce-id: one that is not the event's own would let its copy apply twice.
+  const own = (event as { meta?: { eventId?: string } }).meta?.eventId ?? "";
+  if (own !== eventId) {
+    return { unusable: `ce-id ${JSON.stringify(eventId)} is not the event's meta.event_id ${JSON.stringify(own)}` };
+  }
   const ctx: EventContext = {
     eventId,
     type,
     subject: m.subject,
     deliveryCount: m.info.deliveryCount,
-    traceparent: m.headers?.get("traceparent") ?? "",
+    traceparent: headers?.get("traceparent") ?? "",
   };
   return { event, ctx };
 }

@@ -57,7 +57,14 @@ function describe(type: string, data: Uint8Array): string {
 }
 
 function print(stream: string, m: JsMsg): void {
-  const h = m.headers;
+  let h: JsMsg["headers"];
+  try {
+    h = m.headers;
+  } catch {
+    // A header block nats.js cannot read (stored as a client other than nats.js sent it).
+    console.log(`${dim("?".padEnd(12))} ${m.subject.padEnd(26)} <${m.data.length} bytes with unreadable headers>`);
+    return;
+  }
   const type = h?.get("ce-type") ?? "?";
   const time = (h?.get("ce-time") ?? "").slice(11, 23);
   const line = `${dim(time)} ${m.subject.padEnd(26)} ${describe(type, m.data)}`;

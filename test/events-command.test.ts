@@ -14,7 +14,7 @@ import { type Bus, connectBus, silentLogger } from "../platform/index.js";
 import { TestDatabases } from "./db.js";
 import { event, publishEvents, until } from "./events.js";
 import { exited, freePort, ROOT, spawnService, tempDir } from "./fixtures.js";
-import { startNats, type TestNats } from "./nats.js";
+import { rawPublish, startNats, type TestNats } from "./nats.js";
 
 const groups: ChildProcess[] = [];
 afterEach(() => {
@@ -143,6 +143,12 @@ describe("make events", () => {
       await tail.printed("ord-stored");
       await publishEvents(bus, [event(OrderPlacedSchema, "ord-later", { customerId: "lea", items: [] })]);
       await tail.printed("ord-later");
+      // A header block nats.js cannot read (it threw, and the tail exited 1): one line, and on.
+      const hdr = "NATS/1.0\r\nce-type: shopmesh.order.v1.OrderPlaced\r\nBad Key: y\r\n\r\n";
+      await rawPublish(nats.port, "order.order.placed", hdr, new Uint8Array([1, 2, 3]));
+      await tail.printed("<3 bytes with unreadable headers>");
+      await publishEvents(bus, [event(OrderPlacedSchema, "ord-after-unreadable", { customerId: "lea", items: [] })]);
+      await tail.printed("ord-after-unreadable");
       expect(tail.out()).toMatch(/order\.order\.placed\s+ord-stored/);
       expect(await tail.exit(500)).toBe("still running");
     } finally {

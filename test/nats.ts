@@ -5,6 +5,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { exited, freePort, outputReady } from "./fixtures.js";
@@ -53,4 +54,27 @@ export async function startNats(): Promise<TestNats> {
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** Publishes one message with a header block written by hand, as a client other than nats.js may. */
+export async function rawPublish(port: number, subject: string, header: string, payload: Uint8Array): Promise<void> {
+  const s = net.connect(port, "127.0.0.1");
+  let got = "";
+  await new Promise<void>((resolve, reject) => {
+    s.on("error", reject);
+    s.on("data", (d) => {
+      got += d.toString("latin1");
+      if (got.includes("INFO") && !got.includes("sent")) {
+        got += "sent";
+        const hl = Buffer.byteLength(header);
+        s.write(
+          `CONNECT {"verbose":false,"headers":true,"protocol":1}\r\nHPUB ${subject} ${hl} ${hl + payload.byteLength}\r\n`,
+        );
+        s.write(Buffer.concat([Buffer.from(header), payload, Buffer.from("\r\nPING\r\n")]));
+      }
+      if (got.includes("PONG")) resolve();
+      if (got.includes("-ERR")) reject(new Error(got));
+    });
+  });
+  s.destroy();
 }
