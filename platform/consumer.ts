@@ -8,6 +8,7 @@
  * event's fault and never counts toward the dead-letter limit. Either way
  * the consumer keeps going.
  */
+import { status } from "@grpc/grpc-js";
 import { AckPolicy, DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
 import { SpanKind } from "@opentelemetry/api";
 import { backoffMs } from "./backoff.js";
@@ -18,6 +19,7 @@ import type { FaultInjector } from "./chaos.js";
 import type { ConsumerSpec } from "./consumer-spec.js";
 import { isDatabaseUnavailable } from "./db-errors.js";
 import { deadLetter } from "./dead-letter.js";
+import { ServiceError } from "./errors.js";
 import { decodeEvent, type EventContext, type EventHandler, Inbox, UnprocessableEventError } from "./inbox.js";
 import { flushLogs, type Logger } from "./log.js";
 import { detached, extractContext, inSpan } from "./propagation.js";
@@ -183,7 +185,10 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
       return;
     }
     const deliveries = ctx.deliveryCount - (skipped.get(m.seq) ?? 0);
-    if (err instanceof UnprocessableEventError) await toDlq(m, `unprocessable: ${err.message}`);
+    // Refused as invalid, it would be refused the same way on every delivery.
+    const never =
+      err instanceof UnprocessableEventError || (err instanceof ServiceError && err.code === status.INVALID_ARGUMENT);
+    if (never) await toDlq(m, `unprocessable: ${(err as Error).message}`);
     else if (deliveries >= maxDeliver) {
       await toDlq(m, `handler failed ${ctx.deliveryCount} times: ${(err as Error).message}`);
     } else {

@@ -15,6 +15,7 @@ import { rawPublish, startNats, type TestNats } from "../test/nats.js";
 import { type Bus, connectBus } from "./bus.js";
 import { startConsumer } from "./consumer.js";
 import { migrations, openDatabase } from "./db.js";
+import { InvalidArgumentError } from "./errors.js";
 import { INBOX_MIGRATION, on } from "./inbox.js";
 import { silentLogger } from "./log.js";
 import { OUTBOX_CLAIMS_MIGRATION, OUTBOX_MIGRATION, Outbox } from "./outbox.js";
@@ -425,6 +426,7 @@ describe("consumers", () => {
     const producer = await service();
     const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
     relay.start();
+    const invalid = await addPlaced(producer, "ord-invalid");
     const bad = await addPlaced(producer, "ord-always-fails");
     const consumer = await service();
     const attempts: number[] = [];
@@ -439,12 +441,21 @@ describe("consumers", () => {
       maxDeliver: 3,
       handlers: [
         on(OrderPlacedSchema, async (_e, ctx) => {
+          if (ctx.eventId === invalid) throw new InvalidArgumentError("customer_id", "is not one");
           if (ctx.eventId !== bad) return;
           attempts.push(ctx.deliveryCount);
           throw new Error("downstream rule keeps failing");
         }),
       ],
     });
+    // Refused as invalid: the same on every delivery, so dead-lettered on the first (it was retried).
+    const refused = await until(
+      () => bus.jsm.streams.getMessage("DLQ", { last_by_subj: `dlq.${durable}` }).catch(() => null),
+      (m) => m?.header.get("ce-id") === invalid,
+      8_000,
+    );
+    expect(refused?.header.get("x-dlq-reason")).toBe("unprocessable: customer_id: is not one");
+    expect(refused?.header.get("x-dlq-deliveries")).toBe("1");
     // (The poison message of the previous test is dead-lettered by this new consumer too.)
     const dlq = await until(
       () => bus.jsm.streams.getMessage("DLQ", { last_by_subj: `dlq.${durable}` }).catch(() => null),

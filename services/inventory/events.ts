@@ -24,7 +24,13 @@ import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import { StockRejectedSchema } from "../../gen/shopmesh/inventory/v1/events_pb.js";
 import { ReserveStockRequestSchema } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderCancelledSchema, OrderPlacedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
-import { type ConsumerSpec, on, requestFingerprint, ServiceError } from "../../platform/index.js";
+import {
+  type ConsumerSpec,
+  on,
+  requestFingerprint,
+  ServiceError,
+  UnprocessableEventError,
+} from "../../platform/index.js";
 import { validateReservation } from "./domain.js";
 import type { InventoryStore } from "./store.js";
 
@@ -63,8 +69,10 @@ export function inventoryConsumers(store: InventoryStore): ConsumerSpec[] {
                 SagaMode.CHOREOGRAPHY,
                 tx,
               );
-              if (r.kind === "key-reused")
-                throw new Error(`reservation key of order ${orderId} reused with other items`);
+              if (r.kind === "key-reused") {
+                // Redelivered, it would be refused the same way: to the dead letters at once.
+                throw new UnprocessableEventError(`reservation key of order ${orderId} reused with other items`);
+              }
             } catch (err) {
               // A business refusal (unknown product, bad line) is an outcome the saga must hear about.
               if (!(err instanceof ServiceError)) throw err;

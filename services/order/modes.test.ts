@@ -3,10 +3,16 @@
  * the same end states in both saga modes — order status and reason, stock
  * back where it should be, and money taken exactly when confirmed.
  */
+import { fromBinary } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { EVENTS } from "../../contracts/events.js";
 import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
+import { OrderPlacedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
 import { OrderStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
-import { Code } from "../../platform/index.js";
+import { PaymentFailedSchema } from "../../gen/shopmesh/payment/v1/events_pb.js";
+import { connectBus } from "../../platform/bus.js";
+import { Code, silentLogger } from "../../platform/index.js";
+import { event, publishEvents } from "../../test/events.js";
 import { capturedPayments } from "../../test/probes.js";
 import { expectRpcError } from "../../test/rpc.js";
 import { type System, startSystem } from "../../test/system.js";
@@ -160,6 +166,39 @@ describe.each([
       if (sc.name === "out of stock") await expectRpcError(sys.payments.getPayment({ orderId: id }), Code.NOT_FOUND);
     } finally {
       await sys.paymentChaos.setFaults({ faults: {} });
+    }
+  });
+});
+
+describe("choreography, a charge that can never be made", () => {
+  it("is answered PaymentFailed at once (it was retried ten times, dead-lettered, and its order waited out the step budget)", async () => {
+    const bus = await connectBus(sys.nats.url, "modes-test", silentLogger(), { streams: EVENTS.streams });
+    try {
+      // Order accepts no such customer; a charge for one is refused as invalid however often it is tried.
+      const orderId = "ord-never-chargeable";
+      const started = Date.now();
+      await publishEvents(bus, [
+        event(OrderPlacedSchema, orderId, {
+          customerId: "not a subject",
+          items: [{ productId: "paper-filters", quantity: 1 }],
+          cardToken: "tok_visa",
+          sagaMode: SagaMode.CHOREOGRAPHY,
+        }),
+      ]);
+      const failed = await eventually(
+        async () => {
+          const m = await bus.jsm.streams
+            .getMessage("PAYMENT", { last_by_subj: "payment.payment.failed" })
+            .catch(() => undefined);
+          const e = m && fromBinary(PaymentFailedSchema, m.data);
+          return e?.meta?.orderId === orderId ? e : undefined;
+        },
+        (e) => e !== undefined,
+      );
+      expect(failed?.reason).toMatch(/^customer_id: /);
+      expect(Date.now() - started).toBeLessThan(5_000);
+    } finally {
+      await bus.close();
     }
   });
 });

@@ -4,7 +4,8 @@
  *
  * - OrderPlaced (choreography) -> remember who pays and with which card;
  * - StockReserved (choreography) -> charge the reserved total ->
- *   PaymentSucceeded or PaymentFailed;
+ *   PaymentSucceeded or PaymentFailed (also for a charge that can never be
+ *   made: an invalid request, which has no payment id);
  * - OrderCancelled (choreography) -> refund the charge, or void its key so a
  *   late StockReserved can never charge -> PaymentRefunded.
  *
@@ -16,8 +17,15 @@ import { byOrder } from "../../contracts/events.js";
 import { choreographed, refundReason, stepKey } from "../../contracts/saga.js";
 import { StockReservedSchema } from "../../gen/shopmesh/inventory/v1/events_pb.js";
 import { OrderCancelledSchema, OrderPlacedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
+import { PaymentFailedSchema } from "../../gen/shopmesh/payment/v1/events_pb.js";
 import { ChargePaymentRequestSchema } from "../../gen/shopmesh/payment/v1/payment_pb.js";
-import { type ConsumerSpec, on, requestFingerprint } from "../../platform/index.js";
+import {
+  type ConsumerSpec,
+  on,
+  requestFingerprint,
+  ServiceError,
+  UnprocessableEventError,
+} from "../../platform/index.js";
 import { validateCharge } from "./domain.js";
 import type { PaymentStore } from "./store.js";
 
@@ -69,8 +77,24 @@ export function paymentConsumers(store: PaymentStore): ConsumerSpec[] {
               amount: e.total,
               cardToken: payer.cardToken,
             });
-            const r = await store.charge(requestFingerprint(ChargePaymentRequestSchema, req), validateCharge(req), tx);
-            if (r.kind === "key-reused") throw new Error(`charge key of order ${orderId} reused with another amount`);
+            let input: ReturnType<typeof validateCharge>;
+            try {
+              input = validateCharge(req);
+            } catch (err) {
+              // A charge that can never be made (retried, it failed ten times, then the order waited out
+              // its step budget as "payment unavailable"): an outcome the saga must hear about.
+              if (!(err instanceof ServiceError)) throw err;
+              await store.outbox.add(tx, PaymentFailedSchema, orderId, {
+                paymentId: "",
+                customerId: payer.customerId,
+                reason: err.message,
+              });
+              return;
+            }
+            const r = await store.charge(requestFingerprint(ChargePaymentRequestSchema, req), input, tx);
+            if (r.kind === "key-reused") {
+              throw new UnprocessableEventError(`charge key of order ${orderId} reused with another amount`);
+            }
           },
           choreographed,
         ),
