@@ -8,6 +8,7 @@
  */
 
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
+import { clipText } from "../platform/validate.js";
 
 /** The saga steps that take effect at a participant. */
 export type KeyedStep = "reserve_stock" | "charge_payment";
@@ -26,12 +27,7 @@ export const MAX_REFUND_REASON = 500;
  * whole, payment refused it and the money stayed taken).
  */
 export function refundReason(orderId: string, why: string): string {
-  const full = `order ${orderId}: ${why}`;
-  if (full.length <= MAX_REFUND_REASON) return full;
-  let end = MAX_REFUND_REASON - 1;
-  const last = full.charCodeAt(end - 1);
-  if (last >= 0xd800 && last <= 0xdbff) end--; // never half of a surrogate pair
-  return `${full.slice(0, end)}…`;
+  return clipText(`order ${orderId}: ${why}`, MAX_REFUND_REASON);
 }
 
 /**

@@ -38,6 +38,7 @@ export {
   ROLES,
   type Role,
   requireIdentity,
+  SUBJECT,
 } from "./identity.js";
 export { newId } from "./ids.js";
 export {
@@ -63,4 +64,4 @@ export { bind, type GrpcServerOptions, type RunningServer, type ServiceBinding, 
 export type { Db, DbLocation, Engine, Listening, Queries, Query, Tx } from "./sql.js";
 export { type AppTelemetry, createTelemetry, startAppTelemetry, type Telemetry } from "./telemetry.js";
 export { READ_ONLY, rpcAttributes, startTracing } from "./tracing.js";
-export { requireId, requireQuantity, requireSubject } from "./validate.js";
+export { clipText, MAX_EVENT_TEXT, requireId, requireQuantity, requireSubject } from "./validate.js";

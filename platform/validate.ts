@@ -29,6 +29,18 @@ export function requireSubject(value: string, field: string): string {
   return value;
 }
 
+/** The most of a text (a reason) a read model keeps from an event: the rest is cut ({@link clipText}). */
+export const MAX_EVENT_TEXT = 2_000;
+
+/** `text` cut to at most `max` UTF-16 units, ending in "…" when cut, never through a surrogate pair. */
+export function clipText(text: string, max: number): string {
+  if (text.length <= max) return text;
+  let end = max - 1;
+  const last = text.charCodeAt(end - 1);
+  if (last >= 0xd800 && last <= 0xdbff) end--;
+  return `${text.slice(0, end)}…`;
+}
+
 /** An integer quantity in [min, max]. */
 export function requireQuantity(value: number, field: string, min = 1, max = 1_000_000): number {
   if (!Number.isInteger(value) || value < min || value > max) {

@@ -179,6 +179,32 @@ describe("factOf", () => {
     ).toBeUndefined();
   });
 
+  it("refuses what no service sends (a hostile publisher's): a time a day ahead, an order id over 128, a customer no caller can be; keeps 2,000 characters of a reason", () => {
+    const now = T0 + 60_000;
+    const at = (ms: number) => create(OrderPlacedSchema, { meta: meta("e", ms), customerId: "a" });
+    expect(factOf(at(now + 3_600_000), "e", now).occurredAt).toBe(now + 3_600_000); // clocks drift
+    expect(() => factOf(at(now + 25 * 3_600_000), "e", now)).toThrow(/ahead of this clock/);
+    expect(() => factOf(at(1e16), "e", now)).toThrow(UnusableEventError);
+    expect(() => factOf(create(OrderPlacedSchema, { meta: meta("e", T0, "o".repeat(129)) }), "e", now)).toThrow(
+      /order id over 128/,
+    );
+    for (const customerId of ["not a subject", "x".repeat(129), "a\u0000"]) {
+      expect(() => factOf(create(OrderPlacedSchema, { meta: meta("e", T0), customerId }), "e", now)).toThrow(
+        /is not one/,
+      );
+    }
+    const cancelled = factOf(
+      create(OrderCancelledSchema, {
+        meta: meta("e", T0),
+        customerId: "alice@example.com",
+        reason: "r".repeat(900_000),
+      }),
+      "e",
+      now,
+    );
+    expect(cancelled.reason).toHaveLength(2_000);
+  });
+
   it("refuses an event without order id or time, or with an amount out of range", () => {
     expect(() => factOf(create(OrderPlacedSchema, { customerId: "a" }), "e")).toThrow(UnusableEventError);
     expect(() => factOf(create(OrderPlacedSchema, { meta: { ...meta("e", T0), orderId: "" } }), "e")).toThrow(

@@ -30,7 +30,7 @@ import type {
   OrderRefundSettled,
 } from "../../gen/shopmesh/order/v1/events_pb.js";
 import type { PaymentFailed, PaymentRefunded, PaymentSucceeded } from "../../gen/shopmesh/payment/v1/events_pb.js";
-import { UnprocessableEventError } from "../../platform/index.js";
+import { clipText, MAX_EVENT_TEXT, SUBJECT, UnprocessableEventError } from "../../platform/index.js";
 
 /** Order status as written in the `status` column. */
 export type OrderStatusName = "PENDING" | "CONFIRMED" | "CANCELLED";
@@ -114,17 +114,35 @@ function moneyOf(m: { amountMinor: bigint; currencyCode: string } | undefined, w
 
 const nonEmpty = (s: string) => (s === "" ? undefined : s);
 
+/** How far an event's time may run ahead of this process's clock (clocks drift; not by a day). */
+export const MAX_CLOCK_AHEAD_MS = 24 * 3_600_000;
+
 /**
  * What `event` says about its order. `eventId` is the id the bus delivered
  * it under (the inbox key). Throws {@link UnusableEventError} when the event
- * names no order or no time.
+ * names no order or no time, or something no service sends (an order id over
+ * 128 characters, a customer id no caller can have, a time a day ahead of
+ * `now`); a reason is kept up to {@link MAX_EVENT_TEXT} characters.
  */
-export function factOf(event: HistoryEvent, eventId: string): Fact {
+export function factOf(event: HistoryEvent, eventId: string, now = Date.now()): Fact {
   const type = event.$typeName;
   const orderId = event.meta?.orderId ?? "";
   if (orderId === "") throw new UnusableEventError(`${type} ${eventId} carries no order id`);
+  if (orderId.length > 128) throw new UnusableEventError(`${type} ${eventId}: order id over 128 characters`);
   if (!event.meta?.occurredAt) throw new UnusableEventError(`${type} ${eventId} carries no occurred_at`);
-  const base = { eventId, type, orderId, occurredAt: timestampMs(event.meta.occurredAt) };
+  const occurredAt = timestampMs(event.meta.occurredAt);
+  // Ordered by its last event's time, one event dated in year 9999 would pin an order to the top of
+  // its customer's list, and past the first page's cursor it vanished from the list altogether.
+  if (!(occurredAt <= now + MAX_CLOCK_AHEAD_MS)) {
+    throw new UnusableEventError(`${type} ${eventId}: occurred_at ${occurredAt} is ahead of this clock`);
+  }
+  const customerId = "customerId" in event ? event.customerId : "";
+  if (customerId !== "" && !SUBJECT.test(customerId)) {
+    throw new UnusableEventError(
+      `${type} ${eventId}: customer id ${JSON.stringify(customerId.slice(0, 140))} is not one`,
+    );
+  }
+  const base = { eventId, type, orderId, occurredAt };
   switch (event.$typeName) {
     case "shopmesh.order.v1.OrderPlaced":
       return {
@@ -145,7 +163,7 @@ export function factOf(event: HistoryEvent, eventId: string): Fact {
         ...base,
         customerId: nonEmpty(event.customerId),
         status: "CANCELLED",
-        reason: event.reason,
+        reason: clipText(event.reason, MAX_EVENT_TEXT),
         ...(event.refundPending ? { refund: "pending" as const } : {}),
       };
     case "shopmesh.order.v1.OrderRefundSettled":

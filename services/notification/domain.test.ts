@@ -72,6 +72,21 @@ describe("notificationFor", () => {
     });
   });
 
+  it("refuses what no service sends (a negative amount, an odd currency, a customer no caller can be) and keeps 2,000 characters of a reason", () => {
+    const refund = (amountMinor: bigint, currencyCode = "USD", customerId = "carol") =>
+      notificationFor(create(PaymentRefundedSchema, { meta, customerId, amount: { amountMinor, currencyCode } }));
+    // Before: "USD -9999999999.99 was charged".
+    expect(() => refund(-1n)).toThrow(/is negative/);
+    expect(() => refund(1n, "usd ")).toThrow(/is not one/);
+    expect(() => refund(1n, "USD", "not a subject")).toThrow(UnusableEventError);
+    expect(() => refund(1n, "USD", "o".repeat(129))).toThrow(UnusableEventError);
+    expect(refund(1n, "USD", "carol@example.com").customerId).toBe("carol@example.com");
+    const long = notificationFor(
+      create(OrderCancelledSchema, { meta, customerId: "bob", reason: "r".repeat(900_000) }),
+    );
+    expect(long.message.length).toBeLessThan(2_100);
+  });
+
   it("refuses an event that names no customer or no order", () => {
     expect(() => notificationFor(create(OrderConfirmedSchema, { meta, customerId: "" }))).toThrow(UnusableEventError);
     expect(() => notificationFor(create(OrderCancelledSchema, { customerId: "bob" }))).toThrow(UnusableEventError);

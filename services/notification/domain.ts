@@ -4,7 +4,7 @@
  */
 import type { OrderCancelled, OrderConfirmed } from "../../gen/shopmesh/order/v1/events_pb.js";
 import type { PaymentRefunded } from "../../gen/shopmesh/payment/v1/events_pb.js";
-import { requireId, UnprocessableEventError } from "../../platform/index.js";
+import { clipText, MAX_EVENT_TEXT, requireId, SUBJECT, UnprocessableEventError } from "../../platform/index.js";
 
 /** Kind of a stored notification, as written in the `notifications.kind` column. */
 export type NotificationKindName = "ORDER_CONFIRMED" | "ORDER_CANCELLED" | "PAYMENT_REFUNDED";
@@ -52,11 +52,16 @@ export function formatMoney(amountMinor: bigint, currency: string): string {
   return `${currency} ${sign}${abs / unit}.${(abs % unit).toString().padStart(digits, "0")}`;
 }
 
-const money = (m: { amountMinor: bigint; currencyCode: string } | undefined) =>
-  m && m.currencyCode !== "" ? formatMoney(m.amountMinor, m.currencyCode) : undefined;
+function money(m: { amountMinor: bigint; currencyCode: string } | undefined): string | undefined {
+  if (!m || m.currencyCode === "") return undefined;
+  if (m.amountMinor < 0n) throw new UnusableEventError(`amount ${m.amountMinor} is negative`);
+  if (!/^[A-Z]{3}$/.test(m.currencyCode))
+    throw new UnusableEventError(`currency ${JSON.stringify(m.currencyCode.slice(0, 20))} is not one`);
+  return formatMoney(m.amountMinor, m.currencyCode);
+}
 
-/** A reason as the end of a sentence: trimmed, without its own final period. */
-const reason = (r: string) => r.trim().replace(/\.+$/, "");
+/** A reason as the end of a sentence: trimmed, without its own final period, at most MAX_EVENT_TEXT long. */
+const reason = (r: string) => clipText(r.trim().replace(/\.+$/, ""), MAX_EVENT_TEXT);
 
 /**
  * The notification an event asks for. Throws {@link UnusableEventError}
@@ -65,7 +70,11 @@ const reason = (r: string) => r.trim().replace(/\.+$/, "");
 export function notificationFor(event: NotifyingEvent): NotificationDraft {
   const orderId = event.meta?.orderId ?? "";
   if (orderId === "") throw new UnusableEventError(`${event.$typeName} carries no order id`);
+  if (orderId.length > 128) throw new UnusableEventError(`${event.$typeName}: order id over 128 characters`);
   if (event.customerId === "") throw new UnusableEventError(`${event.$typeName} of order ${orderId} names no customer`);
+  if (!SUBJECT.test(event.customerId)) {
+    throw new UnusableEventError(`${event.$typeName} of order ${orderId} names no customer anyone can be`);
+  }
   const base = { customerId: event.customerId, orderId };
   switch (event.$typeName) {
     case "shopmesh.order.v1.OrderConfirmed": {
