@@ -98,6 +98,9 @@ describe("1. one reading of the caller's roles", () => {
       ["unknown role", (md) => md.set("x-shopmesh-roles", "customer,root")],
       ["repeated subject", (md) => md.add("x-shopmesh-subject", "alice")],
       ["repeated roles", (md) => md.add("x-shopmesh-roles", "admin")],
+      // Not the form the gateway writes (no header for no roles, each role once): both were accepted.
+      ["empty roles", (md) => md.set("x-shopmesh-roles", "")],
+      ["a role twice", (md) => md.set("x-shopmesh-roles", "admin,admin")],
     ];
     for (const [name, tamper] of cases) {
       const md = new Metadata();

@@ -4,11 +4,10 @@
  * arrived together in one transaction. A failing event is retried with
  * backoff and, after `maxDeliver` deliveries, moved to the dead-letter
  * stream with the reason; an event that can never be handled (undecodable,
- * unknown, unusable) goes there at once; a database that is away is not the
+ * unknown, unusable, or refused by its handler as invalid) goes there at once; a database that is away is not the
  * event's fault and never counts toward the dead-letter limit. Either way
  * the consumer keeps going.
  */
-import { status } from "@grpc/grpc-js";
 import { AckPolicy, DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
 import { SpanKind } from "@opentelemetry/api";
 import { backoffMs } from "./backoff.js";
@@ -19,7 +18,7 @@ import type { FaultInjector } from "./chaos.js";
 import type { ConsumerSpec } from "./consumer-spec.js";
 import { isDatabaseUnavailable } from "./db-errors.js";
 import { deadLetter } from "./dead-letter.js";
-import { ServiceError } from "./errors.js";
+import { InvalidArgumentError } from "./errors.js";
 import { decodeEvent, type EventContext, type EventHandler, Inbox, UnprocessableEventError } from "./inbox.js";
 import { flushLogs, type Logger } from "./log.js";
 import { detached, extractContext, inSpan } from "./propagation.js";
@@ -186,8 +185,7 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
     }
     const deliveries = ctx.deliveryCount - (skipped.get(m.seq) ?? 0);
     // Refused as invalid, it would be refused the same way on every delivery.
-    const never =
-      err instanceof UnprocessableEventError || (err instanceof ServiceError && err.code === status.INVALID_ARGUMENT);
+    const never = err instanceof UnprocessableEventError || err instanceof InvalidArgumentError;
     if (never) await toDlq(m, `unprocessable: ${(err as Error).message}`);
     else if (deliveries >= maxDeliver) {
       await toDlq(m, `handler failed ${ctx.deliveryCount} times: ${(err as Error).message}`);

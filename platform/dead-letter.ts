@@ -12,7 +12,7 @@ export const DLQ_KEPT_BYTES = 64 * 1024;
  * unacknowledged slots: the server's control headers (`Nats-Expected-Stream`, …) are not copied (they
  * would be checked again, against the DLQ); a header block nats.js cannot read is left out; a payload
  * too large to carry with the dead letter's headers is cut to {@link DLQ_KEPT_BYTES}, and of its
- * headers only `ce-type` and `ce-id` are kept, which `x-dlq-truncated` says (the whole message stays
+ * headers only `ce-type` and `ce-id` are kept (their first values, cut to 256 characters), which `x-dlq-truncated` says (the whole message stays
  * in its stream, at `x-dlq-stream-seq`).
  */
 export async function deadLetter(bus: Bus, durable: string, m: JsMsg, reason: string): Promise<void> {
@@ -20,7 +20,9 @@ export async function deadLetter(bus: Bus, durable: string, m: JsMsg, reason: st
     const h = natsHeaders();
     try {
       for (const [k, v] of m.headers ?? []) {
-        if (whole ? !/^nats-/i.test(k) : /^ce-(type|id)$/i.test(k)) for (const x of v) h.append(k, x.slice(0, 256));
+        if (whole ? /^nats-/i.test(k) : !/^ce-(type|id)$/i.test(k)) continue;
+        if (whole) for (const x of v) h.append(k, x);
+        else h.set(k, (v[0] ?? "").slice(0, 256));
       }
     } catch {
       h.set("x-dlq-headers", "unreadable; not copied");

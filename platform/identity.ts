@@ -7,8 +7,9 @@
  *
  * Both sides read identity with the one rule below: a subject of
  * {@link SUBJECT} characters, and roles that are exactly names from
- * {@link ROLES}, comma-joined without spaces. Anything else — a repeated
- * key, a padded or unknown role — is refused rather than interpreted, so the
+ * {@link ROLES}, comma-joined without spaces, each once, and no roles header
+ * at all for none. Anything else — a repeated key, a padded, unknown or
+ * repeated role, an empty roles header — is refused rather than interpreted, so the
  * gateway and a service can never disagree about who is calling.
  */
 import { Metadata, status } from "@grpc/grpc-js";
@@ -61,8 +62,11 @@ export function identityOf(metadata: Metadata): Identity | undefined {
   if (subjects.length === 0 && roleValues.length === 0) return undefined;
   if (subjects.length !== 1) throw malformed(`${IDENTITY_KEYS.subject} must appear once`);
   if (roleValues.length > 1) throw malformed(`${IDENTITY_KEYS.roles} must appear at most once`);
-  const raw = roleValues[0] === undefined ? "" : String(roleValues[0]);
-  const identity = parseIdentity(subjects[0], raw === "" ? [] : raw.split(","));
+  const raw = roleValues[0] === undefined ? undefined : String(roleValues[0]);
+  // As identityMetadata writes it: no header for no roles, each role once.
+  const roles = raw === undefined ? [] : raw.split(",");
+  if (new Set(roles).size !== roles.length) throw malformed(`${IDENTITY_KEYS.roles} names a role twice`);
+  const identity = parseIdentity(subjects[0], roles);
   if (!identity) throw malformed("bad subject or unknown role");
   return identity;
 }

@@ -56,6 +56,13 @@ function describe(type: string, data: Uint8Array): string {
   }
 }
 
+/** What a dead letter left out of the message (dead-letter.ts), if anything. */
+const cut = (h: JsMsg["headers"]) =>
+  [h?.get("x-dlq-truncated"), h?.get("x-dlq-headers") && `headers ${h.get("x-dlq-headers")}`]
+    .filter(Boolean)
+    .map((x) => `; ${x}`)
+    .join("");
+
 function print(stream: string, m: JsMsg): void {
   let h: JsMsg["headers"];
   try {
@@ -70,7 +77,7 @@ function print(stream: string, m: JsMsg): void {
   const line = `${dim(time)} ${m.subject.padEnd(26)} ${describe(type, m.data)}`;
   if (stream === DLQ_STREAM.name) {
     console.log(
-      `${red("DLQ")} ${line}\n    ${red("reason:")} ${h?.get("x-dlq-reason")} ${dim(`(consumer ${h?.get("x-dlq-consumer")}, ${h?.get("x-dlq-deliveries")} deliveries)`)}`,
+      `${red("DLQ")} ${line}\n    ${red("reason:")} ${h?.get("x-dlq-reason")} ${dim(`(consumer ${h?.get("x-dlq-consumer")}, ${h?.get("x-dlq-deliveries")} deliveries${cut(h)})`)}`,
     );
   } else {
     console.log(line);

@@ -56,25 +56,33 @@ export async function startNats(): Promise<TestNats> {
   };
 }
 
-/** Publishes one message with a header block written by hand, as a client other than nats.js may. */
-export async function rawPublish(port: number, subject: string, header: string, payload: Uint8Array): Promise<void> {
+/**
+ * Publishes one message with a header block written by hand, as a client other than nats.js may, and
+ * resolves with the stream sequence JetStream stored it at (its acknowledgement, to a reply subject).
+ */
+export async function rawPublish(port: number, subject: string, header: string, payload: Uint8Array): Promise<number> {
   const s = net.connect(port, "127.0.0.1");
   let got = "";
-  await new Promise<void>((resolve, reject) => {
-    s.on("error", reject);
-    s.on("data", (d) => {
-      got += d.toString("latin1");
-      if (got.includes("INFO") && !got.includes("sent")) {
-        got += "sent";
-        const hl = Buffer.byteLength(header);
-        s.write(
-          `CONNECT {"verbose":false,"headers":true,"protocol":1}\r\nHPUB ${subject} ${hl} ${hl + payload.byteLength}\r\n`,
-        );
-        s.write(Buffer.concat([Buffer.from(header), payload, Buffer.from("\r\nPING\r\n")]));
-      }
-      if (got.includes("PONG")) resolve();
-      if (got.includes("-ERR")) reject(new Error(got));
+  try {
+    return await new Promise<number>((resolve, reject) => {
+      s.on("error", reject);
+      s.on("data", (d) => {
+        got += d.toString("latin1");
+        if (got.includes("INFO") && !got.includes("sent")) {
+          got += "sent";
+          const hl = Buffer.byteLength(header);
+          s.write(
+            `CONNECT {"verbose":false,"headers":true,"protocol":1}\r\nSUB raw.ack 1\r\n` +
+              `HPUB ${subject} raw.ack ${hl} ${hl + payload.byteLength}\r\n`,
+          );
+          s.write(Buffer.concat([Buffer.from(header), payload, Buffer.from("\r\n")]));
+        }
+        const ack = /"seq":(\d+)/.exec(got);
+        if (ack) resolve(Number(ack[1]));
+        if (got.includes("-ERR") || got.includes('"error"')) reject(new Error(got));
+      });
     });
-  });
-  s.destroy();
+  } finally {
+    s.destroy();
+  }
 }

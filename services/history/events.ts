@@ -36,9 +36,9 @@ export type HistoryConsumer = ConsumerSpec;
 const LINGER_MS = 100;
 
 /** The history service's consumers, one per stream. */
-export function historyConsumers(store: HistoryStore): HistoryConsumer[] {
+export function historyConsumers(store: HistoryStore, clock: () => number = Date.now): HistoryConsumer[] {
   const apply = async (e: HistoryEvent, ctx: EventContext, tx: Tx) => {
-    await store.apply(factOf(e, ctx.eventId), tx);
+    await store.apply(factOf(e, ctx.eventId, clock()), tx);
   };
   return [
     {

@@ -85,6 +85,16 @@ describe("notificationFor", () => {
       create(OrderCancelledSchema, { meta, customerId: "bob", reason: "r".repeat(900_000) }),
     );
     expect(long.message.length).toBeLessThan(2_100);
+    // A run of dots that does not end the text: /\.+$/ over the whole took minutes (quadratic).
+    const started = performance.now();
+    const dots = notificationFor(
+      create(OrderCancelledSchema, { meta, customerId: "bob", reason: `${".".repeat(900_000)}x` }),
+    );
+    expect(performance.now() - started).toBeLessThan(1_000);
+    expect(dots.message).toMatch(/^Your order ord-1 was cancelled: \.+…\.$/);
+    expect(() =>
+      notificationFor(create(OrderConfirmedSchema, { meta: { ...meta, orderId: "o".repeat(129) }, customerId: "bob" })),
+    ).toThrow(/order id over 128/);
   });
 
   it("refuses an event that names no customer or no order", () => {

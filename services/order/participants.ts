@@ -30,7 +30,13 @@ export const PARTICIPANT: Readonly<Record<CallStep, string>> = {
 };
 
 /** A step's outcome to persist, or a transient failure to retry (`notSent`: it never left this process). */
-export type Outcome = Transition | { readonly retry: string; readonly notSent: boolean };
+export type Outcome =
+  | Transition
+  | {
+      readonly retry: string;
+      readonly notSent: boolean /** A definite refusal, retried all the same. */;
+      readonly refused?: boolean;
+    };
 
 export function describe(err: unknown): string {
   return err instanceof RpcError ? `${err.codeName}: ${err.message}` : String(err);
@@ -95,7 +101,7 @@ export class Participants {
       // A refund by charge key never finds nothing to undo (it voids the key instead): any refusal
       // means the money is still taken, so the refund stays pending and is retried (the order is
       // cancelled meanwhile, compensation.ts) — it was once taken as done, and the money kept.
-      if (step === "refund_payment") return { retry: describe(err), notSent: false };
+      if (step === "refund_payment") return { retry: describe(err), notSent: false, refused: true };
       // A definite refusal of a release means there is nothing to release (e.g. NOT_FOUND).
       return onReleased(describe(err), attempt);
     }

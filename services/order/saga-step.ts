@@ -105,6 +105,13 @@ export async function act(
   const failed = givenUp(d.step, outcome.retry, budget, attempt, neverSent?.before === "none");
   if (failed) return settle(ctx, scope, o, failed);
   if ((await apply(onRetrying(d.step, outcome.retry, attempt, neverSent))) === FENCED) return { wait: FENCED };
+  if (outcome.refused) {
+    // Retrying will not help unless someone changes something: say so each time (refund_pending shows it too).
+    ctx.deps.log.warn(
+      { orderId: o.id, step: d.step, attempt, refusal: outcome.retry },
+      "payment refused the refund; the order stays cancelled with its refund pending, and it is retried",
+    );
+  }
   const pending = cancelledRefundPending(d.step, o, outcome.retry);
   if (pending && (await apply(...pending)) === FENCED) return { wait: FENCED };
   const { retryBaseMs, retryMaxMs } = ctx.deps.timing;

@@ -255,13 +255,13 @@ describe("transient faults", () => {
   });
 
   it("a refund payment refuses outright stays pending and is retried: the money never stays taken", async () => {
-    await sys.paymentChaos.setFaults({ faults: { latencyMs: 600 } });
+    await sys.paymentChaos.setFaults({ faults: { latencyMs: 1_000 } });
     try {
       const placed = await place("ivan", [{ productId: "ceramic-mug", quantity: 1 }]);
       const get = async () => (await sys.orders.getOrder({ orderId: placed.id }, sys.as("ivan"))).order as Order;
-      for (let i = 0; i < 100 && !(await get()).steps.some((s) => s.name === "charge_payment"); i++) {
-        await new Promise((r) => setTimeout(r, 20));
-      }
+      const charging = async () => (await get()).steps.some((s) => s.name === "charge_payment");
+      for (let i = 0; i < 100 && !(await charging()); i++) await new Promise((r) => setTimeout(r, 20));
+      expect(await charging()).toBe(true);
       await sys.orders.cancelOrder({ orderId: placed.id, reason: "changed my mind" }, sys.as("ivan"));
       // The charge in flight goes through; every call after it is refused with a definite code.
       await sys.paymentChaos.setFaults({ faults: { errorRate: 1, errorCode: Code.FAILED_PRECONDITION } });
