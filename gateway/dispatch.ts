@@ -189,7 +189,7 @@ function observe(
 
 type Admission =
   | { readonly handler: UniversalHandler; readonly identity: Identity | undefined }
-  | { readonly refused: ConnectError; readonly httpStatus?: number };
+  | { readonly refused: ConnectError; readonly httpStatus?: number; readonly unreadBody?: boolean };
 
 /**
  * What is decided before a handler runs (the per-IP limits were taken
@@ -207,7 +207,8 @@ async function admit(
   if (!handler)
     return { refused: new ConnectError(`no public procedure ${path}`, Code.Unimplemented), httpStatus: 404 };
   const refused = refusal(req, o.maxBodyBytes, rest);
-  if (refused) return { refused };
+  // A declared length over the limit: the body is never read (the connection ends, and says so).
+  if (refused) return { refused, unreadBody: refused.code === Code.ResourceExhausted };
   if (o.tokenFree.has(handler.service.typeName)) return { handler, identity: undefined };
   let identity: Identity;
   try {
@@ -280,6 +281,7 @@ export function createDispatch(o: DispatchOptions): Dispatch {
       }
       const admission = await admit(o, req, handler, path, client, isRest);
       if ("refused" in admission) {
+        if (admission.unreadBody) dropUnreadBody(req, res);
         refuse(admission.refused, admission.httpStatus);
         return;
       }
@@ -322,8 +324,11 @@ export function createDispatch(o: DispatchOptions): Dispatch {
         body: limited(uReq.body as AsyncIterable<Uint8Array>, o.maxBodyBytes),
       });
       dropUnreadBody(req, res); // answered before the whole body arrived (a limit): the connection ends, and says so
-      const describe = fast && ((message: string) => describeJsonError(fast.method.input, message));
-      await universalResponseToNodeResponse(await finish(uRes, wire, done, describe), res as http.ServerResponse);
+      const input = admission.handler.method.input;
+      await universalResponseToNodeResponse(
+        await finish(uRes, wire, done, (message) => describeJsonError(input, message)),
+        res as http.ServerResponse,
+      );
     };
 
     context.with(ctx, run).catch((err: unknown) => {

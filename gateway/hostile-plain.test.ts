@@ -285,3 +285,54 @@ describe("a request target in absolute form (RFC 9112 §3.2.2: a server must acc
     expect(originForm("*")).toBe("*");
   });
 });
+
+describe("a body declared over the limit", () => {
+  it("is refused 413 with Connection: close, and without inviting it by 100 Continue (the whole body was then read and thrown away)", async () => {
+    const token = await signDevToken(
+      { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" },
+      "alice",
+      ["customer"],
+    );
+    for (const expect100 of [true, false]) {
+      const r = await h1Raw(
+        gw.port,
+        "POST /shopmesh.order.v1.OrderService/PlaceOrder HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n" +
+          `authorization: Bearer ${token}\r\ncontent-length: 5000000\r\n${expect100 ? "expect: 100-continue\r\n" : ""}\r\n`,
+        2_000,
+      );
+      expect(r.raw, `expect100=${expect100}`).not.toContain("100 Continue");
+      expect(r.status).toBe(413);
+      expect(r.raw).toMatch(/connection: close/i);
+    }
+  });
+});
+
+describe("Connect JSON errors on every method", () => {
+  it("name the field: the gateway's own methods, enums, and a key too long to repeat whole", async () => {
+    const token = await signDevToken(
+      { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" },
+      "alice",
+      ["customer"],
+    );
+    const call = async (path: string, body: string) => {
+      const r = await fetch(`${gw.url}${path}`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+        body,
+      });
+      return { status: r.status, json: (await r.json()) as { code: string; message: string } };
+    };
+    // A method the gateway answers itself (it said `cannot decode field shopmesh.gateway.v1…`).
+    expect(await call("/shopmesh.gateway.v1.GatewayService/GetOrderDetails", '{"orderId":5}')).toEqual({
+      status: 400,
+      json: { code: "invalid_argument", message: "order_id: expected string, got 5" },
+    });
+    expect(await call("/shopmesh.order.v1.OrderService/PlaceOrder", '{"sagaMode":"NOPE"}')).toEqual({
+      status: 400,
+      json: { code: "invalid_argument", message: 'saga_mode: "NOPE" is not a SagaMode value' },
+    });
+    const long = await call("/shopmesh.order.v1.OrderService/PlaceOrder", `{"${"k".repeat(500_000)}":1}`);
+    expect(long.status).toBe(400);
+    expect(long.json.message.length).toBeLessThanOrEqual(1_000);
+  });
+});

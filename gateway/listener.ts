@@ -44,6 +44,8 @@ export interface ListenerOptions {
   readonly maxConnectionsPerIp: number;
   readonly maxConnections: number;
   readonly maxConcurrentStreams: number;
+  /** Request bodies declared longer are refused without "100 Continue". */
+  readonly maxBodyBytes: number;
   /** Called when the listener closes a connection itself, with why. */
   readonly onClose?: (
     reason: "per-ip-limit" | "headers-timeout" | "request-timeout" | "idle" | "stream-idle" | "header-list-size",
@@ -146,6 +148,14 @@ function protocolServers(o: ListenerOptions, handle: Handler, closed: (why: Clos
     },
     handle,
   );
+  // Expect: 100-continue invites the body only if it may be read: a declared length over the limit
+  // is refused (413) without it — Node sends "100 Continue" to every such request unless told.
+  const invited = (req: http.IncomingMessage | http2.Http2ServerRequest) =>
+    !(Number(req.headers["content-length"] ?? 0) > o.maxBodyBytes);
+  h1.on("checkContinue", (req, res) => {
+    if (invited(req)) res.writeContinue();
+    handle(req, res);
+  });
   // A connection on which nothing moves while a request is answered (its client stopped reading).
   h1.setTimeout(o.streamIdleTimeoutMs, (socket) => {
     closed("stream-idle");
@@ -155,22 +165,27 @@ function protocolServers(o: ListenerOptions, handle: Handler, closed: (why: Clos
   // on them — from the server's 'listening' event. This server never listens itself (the front
   // hands it connections), so it is told once that it does.
   h1.emit("listening");
+  const h2Handle = (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => {
+    if (headerListBytes(req.rawHeaders) > MAX_HEADER_LIST_BYTES) {
+      closed("header-list-size");
+      refuse(req, res, 431);
+      return;
+    }
+    boundRequestTime(req, res, o.requestTimeoutMs, () => closed("request-timeout"));
+    handle(req, res);
+  };
   const h2 = http2.createServer(
     {
       settings: { maxConcurrentStreams: o.maxConcurrentStreams, maxHeaderListSize: MAX_HEADER_LIST_BYTES },
       maxHeaderListPairs: 64,
       maxSessionMemory: 16,
     },
-    (req, res) => {
-      if (headerListBytes(req.rawHeaders) > MAX_HEADER_LIST_BYTES) {
-        closed("header-list-size");
-        refuse(req, res, 431);
-        return;
-      }
-      boundRequestTime(req, res, o.requestTimeoutMs, () => closed("request-timeout"));
-      handle(req, res);
-    },
+    h2Handle,
   );
+  h2.on("checkContinue", (req, res) => {
+    if (invited(req)) res.writeContinue();
+    h2Handle(req, res);
+  });
   // CONNECT (a tunnel, which nothing here serves): without this listener Node's compatibility layer
   // answers 405 itself, never calling the handler above, and leaves the stream open for as long as the
   // client keeps its side open.
