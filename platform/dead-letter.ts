@@ -9,41 +9,49 @@ export const DLQ_KEPT_BYTES = 64 * 1024;
 /**
  * Moves `m` to `dlq.<durable>` with why, then terminates it. Whatever the message is, its dead letter
  * can be published — else it would be redelivered for ever, holding one of the consumer's
- * unacknowledged slots: the server's control headers (`Nats-Expected-Stream`, …) are not copied (they
- * would be checked again, against the DLQ); a header block nats.js cannot read is left out; a payload
- * too large to carry with the dead letter's headers is cut to {@link DLQ_KEPT_BYTES}, and of its
- * headers only `ce-type` and `ce-id` are kept (their first values, cut to 256 characters), which `x-dlq-truncated` says (the whole message stays
- * in its stream, at `x-dlq-stream-seq`).
+ * unacknowledged slots. The first try copies it whole, but for the server's control headers
+ * (`Nats-Expected-Stream`, … would be checked again, against the DLQ). If that copy is refused (too
+ * large a payload or header block, a header nats.js cannot read), the dead letter keeps only its own
+ * `x-dlq-*` headers, the first `ce-type` and `ce-id` (cut to 256 characters) and the payload's first
+ * {@link DLQ_KEPT_BYTES}, and says so in `x-dlq-truncated`; the whole message stays in its stream at
+ * `x-dlq-stream-seq`. Throws only when that too fails (NATS is away): the message is then redelivered.
  */
 export async function deadLetter(bus: Bus, durable: string, m: JsMsg, reason: string): Promise<void> {
-  const copied = (whole: boolean) => {
-    const h = natsHeaders();
-    try {
-      for (const [k, v] of m.headers ?? []) {
-        if (whole ? /^nats-/i.test(k) : !/^ce-(type|id)$/i.test(k)) continue;
-        if (whole) for (const x of v) h.append(k, x);
-        else h.set(k, (v[0] ?? "").slice(0, 256));
-      }
-    } catch {
-      h.set("x-dlq-headers", "unreadable; not copied");
-    }
-    h.set("x-dlq-reason", reason.slice(0, 1000));
-    h.set("x-dlq-consumer", durable);
-    h.set("x-dlq-subject", m.subject);
-    h.set("x-dlq-stream-seq", String(m.seq));
-    h.set("x-dlq-deliveries", String(m.info.deliveryCount));
-    return h;
-  };
   const msgID = `${durable}:${m.seq}`;
   try {
-    await bus.js.publish(`dlq.${durable}`, m.data, { headers: copied(true), msgID });
-  } catch (err) {
-    if (!/max_payload/i.test((err as Error).message)) throw err;
-    // Too large with the dead letter's headers: its event type and id, and the payload's start.
-    const h = copied(false);
-    h.set("x-dlq-truncated", `${m.data.byteLength} bytes, ${DLQ_KEPT_BYTES} kept; other headers left out`);
+    await bus.js.publish(`dlq.${durable}`, m.data, { headers: letter(m, durable, reason, true), msgID });
+  } catch {
+    const h = letter(m, durable, reason, false);
+    h.set("x-dlq-truncated", `${m.data.byteLength} bytes, at most ${DLQ_KEPT_BYTES} kept; other headers left out`);
     await bus.js.publish(`dlq.${durable}`, m.data.subarray(0, DLQ_KEPT_BYTES), { headers: h, msgID });
   }
   // No reason argument: nats-server 2.9 ignores term() with a reason and keeps the message pending.
   m.term();
+}
+
+/** A dead letter's headers: `m`'s (`whole`) or only its first ce-type and ce-id, and why, where and how often. */
+function letter(m: JsMsg, durable: string, reason: string, whole: boolean) {
+  const h = natsHeaders();
+  try {
+    for (const [k, v] of m.headers ?? []) {
+      if (whole ? /^nats-/i.test(k) : !/^ce-(type|id)$/i.test(k)) continue;
+      if (whole) for (const x of v) h.append(k, x);
+      else h.set(k, oneLine(v[0] ?? "").slice(0, 256));
+    }
+  } catch {
+    h.set("x-dlq-headers", "unreadable; not copied");
+  }
+  // The reason may quote the message (nats.js names a bad header with its raw bytes): one line.
+  h.set("x-dlq-reason", oneLine(reason).slice(0, 1000));
+  h.set("x-dlq-consumer", durable);
+  h.set("x-dlq-subject", m.subject);
+  h.set("x-dlq-stream-seq", String(m.seq));
+  h.set("x-dlq-deliveries", String(m.info.deliveryCount));
+  return h;
+}
+
+/** `text` with its control characters escaped (`\n` as `\x0a`): a header value cannot hold them. */
+export function oneLine(text: string): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: they are what is escaped
+  return text.replace(/[\x00-\x1f\x7f-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
 }

@@ -382,6 +382,16 @@ describe("consumers", () => {
     seqs.push(await rawPublish(nats.port, "order.order.placed", hdr, event("evt_raw")));
     // Another event's id: the inbox deduplicates on ce-id, so a copy with a new one applied twice.
     seqs.push((await bus.js.publish("order.order.placed", event("evt_real"), { headers: ce("evt_copy") })).seq);
+    // A header name with a line feed: nats.js quotes it raw in its error, which no header may hold.
+    const lf = "NATS/1.0\r\nce-type: shopmesh.order.v1.OrderPlaced\r\nce-id: evt_lf\r\nBad\nKey: y\r\n\r\n";
+    seqs.push(await rawPublish(nats.port, "order.order.placed", lf, event("evt_lf")));
+    // A header block just under JetStream's 64 KiB: with the dead letter's own headers, over it.
+    const head = "NATS/1.0\r\nce-type: shopmesh.order.v1.OrderPlaced\r\nce-id: evt_head\r\nx-pad: ";
+    const pad = "p".repeat(65_536 - 100 - head.length);
+    seqs.push(await rawPublish(nats.port, "order.order.placed", `${head}${pad}\r\n\r\n`, new Uint8Array([0xff, 0xff])));
+    // An id far longer than any service writes: it would be stored and listed back.
+    const long = `evt_${"l".repeat(200)}`;
+    seqs.push((await bus.js.publish("order.order.placed", event(long), { headers: ce(long) })).seq);
     try {
       const producer = await service();
       const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
@@ -406,16 +416,20 @@ describe("consumers", () => {
         seqs.includes(Number(l.header.get("x-dlq-stream-seq")));
       const letters = await until(
         async () => (await dlqMessages(`dlq.${durable}`)).filter(mine),
-        (ls) => ls.length >= 4,
+        (ls) => ls.length >= 7,
       );
-      expect(letters).toHaveLength(4);
+      expect(letters).toHaveLength(7);
       expect((await bus.jsm.consumers.info("ORDER", durable)).num_ack_pending).toBe(0);
       const by = (id: string) => letters.find((l) => l.header.get("ce-id") === id);
       expect(by("evt_control")?.header.get("x-dlq-reason")).toMatch(/^undecodable/);
       expect(by("evt_control")?.header.get("Nats-Expected-Stream")).toBe("");
-      expect(by("evt_big")?.header.get("x-dlq-truncated")).toMatch(/bytes, 65536 kept/);
+      expect(by("evt_big")?.header.get("x-dlq-truncated")).toMatch(/bytes, at most 65536 kept/);
       expect(by("evt_big")?.data.byteLength).toBe(65536);
-      expect(letters.some((l) => /^unreadable headers/.test(l.header.get("x-dlq-reason")))).toBe(true);
+      const unreadable = letters.filter((l) => /^unreadable headers/.test(l.header.get("x-dlq-reason")));
+      expect(unreadable).toHaveLength(2);
+      expect(unreadable.some((l) => l.header.get("x-dlq-reason").includes("\\x0a"))).toBe(true);
+      expect(by("evt_head")?.header.get("x-dlq-truncated")).toMatch(/other headers left out/);
+      expect(letters.find((l) => l.header.get("ce-id") === long)?.header.get("x-dlq-reason")).toMatch(/over-long/);
       expect(by("evt_copy")?.header.get("x-dlq-reason")).toMatch(/is not the event's meta.event_id "evt_real"/);
       await c.stop();
       await relay.stop();

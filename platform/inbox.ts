@@ -112,8 +112,11 @@ export function decodeEvent(
   const type = headers?.get("ce-type") ?? "";
   const eventId = headers?.get("ce-id") ?? "";
   const kind = catalogue.kind(type);
-  if (!kind || !eventId) {
-    return { unusable: `not a shopmesh event: missing or unknown ce-type/ce-id (ce-type=${JSON.stringify(type)})` };
+  // Ids are `evt_…`, well under 128: a longer one is a forgery, and would be stored and listed back.
+  if (!kind || !eventId || eventId.length > 128) {
+    return {
+      unusable: `not a shopmesh event: missing, unknown or over-long ce-type/ce-id (ce-type=${JSON.stringify(type.slice(0, 200))})`,
+    };
   }
   let event: unknown;
   try {

@@ -29,6 +29,9 @@ export function requireSubject(value: string, field: string): string {
   return value;
 }
 
+/** An ISO 4217 currency code, as every service writes one. */
+export const CURRENCY_CODE = /^[A-Z]{3}$/;
+
 /** The most of a text (a reason) a read model keeps from an event: the rest is cut ({@link clipText}). */
 export const MAX_EVENT_TEXT = 2_000;
 

@@ -15,6 +15,7 @@
 import { fromBinary, toJson } from "@bufbuild/protobuf";
 import { DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
 import { EVENTS } from "../contracts/events.js";
+import { oneLine } from "../platform/dead-letter.js";
 import { type Bus, connectBus, DLQ_STREAM, silentLogger } from "../platform/index.js";
 
 const USAGE = "usage: events.ts [--from-start] | events.ts --dlq [--follow]";
@@ -63,21 +64,29 @@ const cut = (h: JsMsg["headers"]) =>
     .map((x) => `; ${x}`)
     .join("");
 
+/** What a message says, printed without its control characters: a forged event could drive the terminal. */
+const safe = oneLine;
+
 function print(stream: string, m: JsMsg): void {
   let h: JsMsg["headers"];
   try {
     h = m.headers;
   } catch {
     // A header block nats.js cannot read (stored as a client other than nats.js sent it).
-    console.log(`${dim("?".padEnd(12))} ${m.subject.padEnd(26)} <${m.data.length} bytes with unreadable headers>`);
+    console.log(
+      `${dim("?".padEnd(12))} ${safe(m.subject).padEnd(26)} <${m.data.length} bytes with unreadable headers>`,
+    );
     return;
   }
   const type = h?.get("ce-type") ?? "?";
-  const time = (h?.get("ce-time") ?? "").slice(11, 23);
-  const line = `${dim(time)} ${m.subject.padEnd(26)} ${describe(type, m.data)}`;
+  const time = safe((h?.get("ce-time") ?? "").slice(11, 23));
+  const line = `${dim(time)} ${safe(m.subject).padEnd(26)} ${safe(describe(type, m.data))}`;
   if (stream === DLQ_STREAM.name) {
+    const [reason, consumer, deliveries] = ["x-dlq-reason", "x-dlq-consumer", "x-dlq-deliveries"].map((k) =>
+      safe(h?.get(k) ?? ""),
+    );
     console.log(
-      `${red("DLQ")} ${line}\n    ${red("reason:")} ${h?.get("x-dlq-reason")} ${dim(`(consumer ${h?.get("x-dlq-consumer")}, ${h?.get("x-dlq-deliveries")} deliveries${cut(h)})`)}`,
+      `${red("DLQ")} ${line}\n    ${red("reason:")} ${reason} ${dim(`(consumer ${consumer}, ${deliveries} deliveries${safe(cut(h))})`)}`,
     );
   } else {
     console.log(line);
@@ -87,7 +96,8 @@ function print(stream: string, m: JsMsg): void {
 /** Prints what `stream` holds (from `fromStart`, or only what comes next) and, with `follow`, what comes after. */
 async function show(b: Bus, stream: string): Promise<number> {
   let shown = 0;
-  if (!follow && (await b.jsm.streams.info(stream)).state.messages === 0) return shown;
+  const { messages: held, last_seq: last } = (await b.jsm.streams.info(stream)).state;
+  if (!follow && held === 0) return shown;
   const consumer = await b.js.consumers.get(stream, {
     deliver_policy: fromStart ? DeliverPolicy.All : DeliverPolicy.New,
   });
@@ -95,8 +105,9 @@ async function show(b: Bus, stream: string): Promise<number> {
   for await (const m of messages) {
     print(stream, m);
     shown++;
-    // A listing ends at the last message the stream held when this one was read.
-    if (!follow && m.info.pending === 0) break;
+    // A listing ends with what the stream held when it began — not at "nothing pending": nats-server
+    // 2.9 counts deleted messages as pending, and a listing after a deletion never ended.
+    if (!follow && (shown >= held || m.seq >= last)) break;
   }
   await messages.close();
   return shown;

@@ -68,11 +68,12 @@ const make = (args: string[], env: Record<string, string>) =>
 const eventsTs = (args: string[], natsUrl: string) =>
   command(process.execPath, ["--import", "tsx", "scripts/events.ts", ...args], { NATS_URL: natsUrl });
 
-/** Publishes an undecodable OrderPlaced: the history consumer dead-letters it at once. */
-async function poison(bus: Bus, id: string): Promise<void> {
+/** Publishes an undecodable OrderPlaced (with `time` as its ce-time): the history consumer dead-letters it at once. */
+async function poison(bus: Bus, id: string, time?: string): Promise<void> {
   const h = natsHeaders();
   h.set("ce-type", OrderPlacedSchema.typeName);
   h.set("ce-id", id);
+  if (time !== undefined) h.set("ce-time", `2026-01-01T${time}`);
   await bus.js.publish("order.order.placed", new Uint8Array([0xff, 0xff, 0xff]), { headers: h, msgID: id });
 }
 
@@ -121,6 +122,20 @@ describe("make dlq", () => {
       );
       expect((follow.out().match(/reason:/g) ?? []).length, follow.out()).toBe(3);
       expect(await follow.exit(500)).toBe("still running");
+
+      // A dead letter deleted: the listing still ends (nats-server 2.9 counts it as pending, and the
+      // listing waited for it for ever); and what a message says cannot drive the terminal.
+      await bus.jsm.streams.deleteMessage("DLQ", (await bus.jsm.streams.info("DLQ")).state.first_seq);
+      await poison(bus, "evt_poison_4", "\u001b]0;pwned\u0007\u001b[2J");
+      await until(
+        () => dlqCount(bus),
+        (n) => n === 3,
+      );
+      const after = eventsTs(["--dlq"], nats.url);
+      expect(await after.exit(20_000), after.err()).toBe(0);
+      expect(after.out()).toContain("3 dead letter(s)");
+      expect(after.out()).toContain("\\x1b]0;pwned");
+      expect(after.out()).not.toContain("\u001b]0;");
     } finally {
       await bus.close();
     }

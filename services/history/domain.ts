@@ -30,7 +30,7 @@ import type {
   OrderRefundSettled,
 } from "../../gen/shopmesh/order/v1/events_pb.js";
 import type { PaymentFailed, PaymentRefunded, PaymentSucceeded } from "../../gen/shopmesh/payment/v1/events_pb.js";
-import { clipText, MAX_EVENT_TEXT, SUBJECT, UnprocessableEventError } from "../../platform/index.js";
+import { CURRENCY_CODE, clipText, MAX_EVENT_TEXT, SUBJECT, UnprocessableEventError } from "../../platform/index.js";
 
 /** Order status as written in the `status` column. */
 export type OrderStatusName = "PENDING" | "CONFIRMED" | "CANCELLED";
@@ -108,6 +108,9 @@ function moneyOf(m: { amountMinor: bigint; currencyCode: string } | undefined, w
   if (!m || m.currencyCode === "") return undefined;
   if (m.amountMinor < 0n || m.amountMinor > BigInt(Number.MAX_SAFE_INTEGER)) {
     throw new UnusableEventError(`${what} ${m.amountMinor} is out of range`);
+  }
+  if (!CURRENCY_CODE.test(m.currencyCode)) {
+    throw new UnusableEventError(`${what}'s currency ${JSON.stringify(m.currencyCode.slice(0, 20))} is not one`);
   }
   return { amountMinor: Number(m.amountMinor), currency: m.currencyCode };
 }

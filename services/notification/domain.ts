@@ -4,7 +4,14 @@
  */
 import type { OrderCancelled, OrderConfirmed } from "../../gen/shopmesh/order/v1/events_pb.js";
 import type { PaymentRefunded } from "../../gen/shopmesh/payment/v1/events_pb.js";
-import { clipText, MAX_EVENT_TEXT, requireId, SUBJECT, UnprocessableEventError } from "../../platform/index.js";
+import {
+  CURRENCY_CODE,
+  clipText,
+  MAX_EVENT_TEXT,
+  requireId,
+  SUBJECT,
+  UnprocessableEventError,
+} from "../../platform/index.js";
 
 /** Kind of a stored notification, as written in the `notifications.kind` column. */
 export type NotificationKindName = "ORDER_CONFIRMED" | "ORDER_CANCELLED" | "PAYMENT_REFUNDED";
@@ -55,7 +62,7 @@ export function formatMoney(amountMinor: bigint, currency: string): string {
 function money(m: { amountMinor: bigint; currencyCode: string } | undefined): string | undefined {
   if (!m || m.currencyCode === "") return undefined;
   if (m.amountMinor < 0n) throw new UnusableEventError(`amount ${m.amountMinor} is negative`);
-  if (!/^[A-Z]{3}$/.test(m.currencyCode))
+  if (!CURRENCY_CODE.test(m.currencyCode))
     throw new UnusableEventError(`currency ${JSON.stringify(m.currencyCode.slice(0, 20))} is not one`);
   return formatMoney(m.amountMinor, m.currencyCode);
 }

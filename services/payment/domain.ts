@@ -6,6 +6,7 @@
 
 import { MAX_REFUND_REASON } from "../../contracts/saga.js";
 import {
+  CURRENCY_CODE,
   FailedPreconditionError,
   type Identity,
   InvalidArgumentError,
@@ -76,8 +77,6 @@ export function authorize(cardToken: string, amountMinor: number): Authorization
   return { status: "CAPTURED" };
 }
 
-const CURRENCY = /^[A-Z]{3}$/;
-
 /** Validates a ChargePayment request; field names follow the proto. */
 export function validateCharge(req: {
   idempotencyKey: string;
@@ -96,7 +95,7 @@ export function validateCharge(req: {
   if (amountMinor > BigInt(Number.MAX_SAFE_INTEGER)) {
     throw new InvalidArgumentError("amount.amount_minor", `must be at most ${Number.MAX_SAFE_INTEGER}`);
   }
-  if (!CURRENCY.test(currencyCode)) {
+  if (!CURRENCY_CODE.test(currencyCode)) {
     throw new InvalidArgumentError("amount.currency_code", "must be a 3-letter upper-case ISO 4217 code");
   }
   if (req.cardToken === "") throw new InvalidArgumentError("card_token", "must not be empty");
