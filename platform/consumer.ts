@@ -4,9 +4,9 @@
  * arrived together in one transaction. A failing event is retried with
  * backoff and, after `maxDeliver` deliveries, moved to the dead-letter
  * stream with the reason; an event that can never be handled (undecodable,
- * unknown, unusable, or refused by its handler as invalid) goes there at once; a database that is away is not the
- * event's fault and never counts toward the dead-letter limit. Either way
- * the consumer keeps going.
+ * unknown, unusable, or refused by its handler as invalid) goes there at
+ * once; a database that is away is not the event's fault and never counts
+ * toward the dead-letter limit. Either way the consumer keeps going.
  */
 import { AckPolicy, DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
 import { SpanKind } from "@opentelemetry/api";

@@ -34,7 +34,8 @@ export type Outcome =
   | Transition
   | {
       readonly retry: string;
-      readonly notSent: boolean /** A definite refusal, retried all the same. */;
+      readonly notSent: boolean;
+      /** A definite refusal, retried all the same (a refund: the money is still taken). */
       readonly refused?: boolean;
     };
 
