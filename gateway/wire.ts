@@ -14,7 +14,7 @@
  */
 import { brotliDecompressSync, gunzipSync } from "node:zlib";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { createAsyncIterable, type UniversalServerResponse } from "@connectrpc/connect/protocol";
+import { type Compression, createAsyncIterable, type UniversalServerResponse } from "@connectrpc/connect/protocol";
 import {
   codeFromString,
   codeToHttpStatus,
@@ -146,19 +146,10 @@ async function connectUnary(
   const header = new Headers(uRes.header);
   const chunks: Uint8Array[] = [];
   for await (const c of body) chunks.push(c);
-  const bytes = Buffer.concat(chunks);
   // An error answer of 1 KiB or more is compressed when the client accepts it: read as sent.
   const encoding = header.get("content-encoding");
   const compression = ERROR_COMPRESSIONS.find((c) => c.name === encoding);
-  const text =
-    bytes.byteLength === 0 || (encoding !== null && !compression)
-      ? undefined
-      : compression
-        ? await compression.decompress(bytes, MAX_ERROR_BYTES).then(
-            (b) => Buffer.from(b).toString("utf8"),
-            () => undefined,
-          )
-        : bytes.toString("utf8");
+  const text = await errorText(Buffer.concat(chunks), encoding, compression);
   if (text === undefined) {
     report({ code: codeOfStatus(uRes.status), message: `HTTP ${uRes.status}` });
     return { ...uRes, body: createAsyncIterable(chunks) };
@@ -175,6 +166,17 @@ async function connectUnary(
   report({ code, message });
   const status = connectHttpStatus(code, message, header.has("retry-after"));
   return { ...uRes, status, header, body: createAsyncIterable([fixed]) };
+}
+
+/** An error answer's JSON text, or undefined when it has none or cannot be read (left as it is). */
+async function errorText(bytes: Buffer, encoding: string | null, compression: Compression | undefined) {
+  if (bytes.byteLength === 0 || (encoding !== null && !compression)) return undefined;
+  if (!compression) return bytes.toString("utf8");
+  try {
+    return Buffer.from(await compression.decompress(bytes, MAX_ERROR_BYTES)).toString("utf8");
+  } catch {
+    return undefined;
+  }
 }
 
 /** What connect-node compresses an answer with (routerOptions) and from what size (its default). */

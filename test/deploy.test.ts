@@ -1550,6 +1550,9 @@ describe("the image (Dockerfile), by construction", () => {
   it("each compiled process starts from that layout, passes its Deployment's probes and stops on SIGTERM", async () => {
     const data = join(app, "data");
     mkdirSync(data);
+    // Ports handed out here: freePort() closes the port it found, so two calls made at the same time
+    // can find the same one (a process was once given one port for gRPC and metrics, and failed).
+    const handedOut = new Set<number>();
     await Promise.all(
       processes.map(async (p) => {
         const d = deploymentOf(main, p);
@@ -1559,7 +1562,9 @@ describe("the image (Dockerfile), by construction", () => {
         const ports = new Map<number, number>();
         for (const [k, v] of Object.entries(env)) {
           if (k.endsWith("_PORT")) {
-            const local = await freePort();
+            let local = await freePort();
+            while (handedOut.has(local)) local = await freePort();
+            handedOut.add(local);
             ports.set(Number(v), local);
             env[k] = String(local);
           }
