@@ -19,7 +19,7 @@ import {
   PaymentRefundedSchema,
   PaymentSucceededSchema,
 } from "../gen/shopmesh/payment/v1/events_pb.js";
-import { eventCatalogue } from "../platform/index.js";
+import { busUsers, eventCatalogue } from "../platform/index.js";
 
 /** Streams ORDER, INVENTORY and PAYMENT (plus the runtime's DLQ), and the events each keeps. */
 export const EVENTS = eventCatalogue({
@@ -27,6 +27,13 @@ export const EVENTS = eventCatalogue({
   INVENTORY: [StockReservedSchema, StockRejectedSchema, StockReleasedSchema],
   PAYMENT: [PaymentSucceededSchema, PaymentFailedSchema, PaymentRefundedSchema],
 });
+
+/**
+ * The bus's NATS users (platform/bus-access.ts): its administrator, and one per process that connects,
+ * each allowed to publish the events of its own context only — so order alone can say an order was
+ * cancelled. `make run` and deploy/kubernetes/base/nats/users.conf render them.
+ */
+export const BUS_USERS = busUsers(EVENTS, ["inventory", "payment", "order", "notification", "history", "gateway"]);
 
 /**
  * The `lockKey` (platform/consumer.ts) of a consumer whose handlers touch only their event's own

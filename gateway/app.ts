@@ -7,6 +7,7 @@ import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
 import {
   type AppTelemetry,
+  busAuthOf,
   connectBus,
   createResilientClient,
   type Logger,
@@ -47,7 +48,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
   // The bus is needed only to read the service registry (client-side discovery).
   const bus =
     targets.some((t) => t.startsWith(`${REGISTRY_SCHEME}:`)) && config.NATS_URL !== "off"
-      ? await connectBus(config.NATS_URL, "gateway", log)
+      ? await connectBus(config.NATS_URL, "gateway", log, busAuthOf(config))
       : undefined;
   const opts = { telemetry, ...(bus ? { nc: bus.nc } : {}) };
   const clients = {

@@ -39,15 +39,31 @@ export interface Bus {
   close(): Promise<void>;
 }
 
+/** NATS credentials: a user and its password. */
+export interface BusAuth {
+  readonly user: string;
+  readonly pass: string;
+}
+
+/** The credentials a process's NATS_USER and NATS_PASSWORD name, as {@link BusOptions} take them (none: anonymous). */
+export const busAuthOf = (c: { readonly NATS_USER: string; readonly NATS_PASSWORD: string }): { auth?: BusAuth } =>
+  c.NATS_USER ? { auth: { user: c.NATS_USER, pass: c.NATS_PASSWORD } } : {};
+
 /** Options of {@link connectBus}. */
 export interface BusOptions {
   /** Streams to create or update (none: only connect, e.g. to read the service registry). */
   readonly streams?: readonly StreamSpec[];
   /** Replicas of the streams created: 1 locally, 3 on a cluster. Never lowered on an existing stream. */
   readonly replicas?: number;
+  /** The NATS user to connect as (platform/bus-access.ts); none: an anonymous connection. */
+  readonly auth?: BusAuth;
 }
 
-/** Creates stream `s` with `replicas` replicas, or updates it (never lowering its replication). */
+/**
+ * Creates stream `s` with `replicas` replicas, or updates it (never lowering its replication) unless
+ * it is already as configured — which is all a service's own user may do: only the bus's administrator
+ * may create or change a stream (platform/bus-access.ts), and a service waits for it to have.
+ */
 async function ensureStream(jsm: JetStreamManager, s: StreamSpec, replicas: number): Promise<void> {
   const config = { ...STREAM_DEFAULTS, num_replicas: replicas, name: s.name, subjects: [...s.subjects] };
   const existing = await jsm.streams.info(s.name).catch(() => undefined);
@@ -55,8 +71,15 @@ async function ensureStream(jsm: JetStreamManager, s: StreamSpec, replicas: numb
     await jsm.streams.add(config);
     return;
   }
+  const c = existing.config;
+  const same =
+    c.subjects?.join(" ") === s.subjects.join(" ") &&
+    c.num_replicas >= replicas &&
+    c.max_age === config.max_age &&
+    c.duplicate_window === config.duplicate_window;
+  if (same) return;
   // Never lower replication: a tool or an older pod started with the default must not shrink R3 to R1.
-  await jsm.streams.update(s.name, { ...config, num_replicas: Math.max(replicas, existing.config.num_replicas) });
+  await jsm.streams.update(s.name, { ...config, num_replicas: Math.max(replicas, c.num_replicas) });
 }
 
 /** Connects to NATS (reconnecting forever, logging state changes) and creates or updates `streams`. */
@@ -64,6 +87,7 @@ export async function connectBus(url: string, name: string, log: Logger, opts: B
   const nc = await connect({
     servers: url.split(","),
     name,
+    ...(opts.auth ? { user: opts.auth.user, pass: opts.auth.pass } : {}),
     maxReconnectAttempts: -1,
     reconnectTimeWait: 250,
     waitOnFirstConnect: true,
@@ -89,7 +113,13 @@ export async function connectBus(url: string, name: string, log: Logger, opts: B
     } catch (err) {
       if (nc.isClosed()) throw err;
       const retryInMs = backoffMs(attempt, 250, 5_000);
-      log.warn({ err: (err as Error).message, attempt, retryInMs }, "JetStream not ready for the streams; waiting");
+      const message = (err as Error).message;
+      log.warn(
+        { err: message, attempt, retryInMs },
+        /Permissions Violation/.test(message)
+          ? `NATS user ${opts.auth?.user ?? "(none)"} may not create or change the streams, which are not there or not as configured yet: waiting for the bus's administrator to provision them`
+          : "JetStream not ready for the streams; waiting",
+      );
       await new Promise((r) => setTimeout(r, retryInMs));
     }
   }

@@ -162,6 +162,12 @@ export const commonEnv = {
   DISCOVERY_REGISTER: bool(true),
   /** NATS server URL(s), comma separated; "off" runs without the event bus (events wait in the outbox). */
   NATS_URL: str("nats://127.0.0.1:4222"),
+  /**
+   * The NATS user this process connects as, with NATS_PASSWORD (platform/bus-access.ts: each may
+   * publish only its own events); empty: an anonymous connection, for a server without users.
+   */
+  NATS_USER: str(""),
+  NATS_PASSWORD: str(""),
   /** Longest wait for in-flight calls on shutdown before they are cut, in ms. */
   SHUTDOWN_GRACE_MS: int(10_000, { min: 0, max: 120_000 }),
   /** OTLP/HTTP collector base URL (e.g. http://otel-collector:4318); empty: no OTLP export. */

@@ -1,5 +1,5 @@
 /** A service's event machinery in one piece: the bus, its outbox relay and its consumers. */
-import { type Bus, connectBus } from "./bus.js";
+import { type Bus, type BusAuth, connectBus } from "./bus.js";
 import type { EventCatalogue } from "./catalogue.js";
 import type { FaultInjector } from "./chaos.js";
 import { type RunningConsumer, startConsumer } from "./consumer.js";
@@ -16,6 +16,8 @@ export interface EventingOptions {
   readonly url: string;
   /** Replicas of the streams created (1 locally, 3 on a cluster). */
   readonly replicas?: number;
+  /** The service's NATS user (none: anonymous). */
+  readonly auth?: BusAuth;
   /** Service name: the events' `source` and the NATS connection name. */
   readonly service: string;
   /** The events on the bus: which streams to create, how to decode what arrives. */
@@ -52,6 +54,7 @@ export async function startEventing(opts: EventingOptions): Promise<Eventing> {
   const bus = await connectBus(opts.url, opts.service, opts.log, {
     streams: opts.catalogue.streams,
     replicas: opts.replicas ?? 1,
+    ...(opts.auth ? { auth: opts.auth } : {}),
   });
   const telemetry = opts.telemetry ? { telemetry: opts.telemetry } : {};
   const relay = opts.outbox

@@ -7,7 +7,7 @@
  * serving metrics. A service's `app.ts` opens its store, says what to serve
  * and consume, and adds only what is its own.
  */
-import type { Bus } from "./bus.js";
+import { type Bus, busAuthOf } from "./bus.js";
 import type { EventCatalogue } from "./catalogue.js";
 import { FaultInjector } from "./chaos.js";
 import type { ConsumerSpec } from "./consumer-spec.js";
@@ -26,6 +26,8 @@ export interface HostConfig {
   readonly GRPC_ADVERTISE_HOST: string;
   readonly DISCOVERY_REGISTER: boolean;
   readonly NATS_URL: string;
+  readonly NATS_USER: string;
+  readonly NATS_PASSWORD: string;
   readonly NATS_STREAM_REPLICAS: number;
   readonly METRICS_PORT: number | undefined;
   readonly METRICS_HOST: string;
@@ -99,6 +101,7 @@ export async function startHost<P = undefined>(o: HostOptions<P>): Promise<Host<
     events = await startEventing({
       url: config.NATS_URL,
       replicas: config.NATS_STREAM_REPLICAS,
+      ...busAuthOf(config),
       service: o.name,
       catalogue: o.catalogue,
       db: o.db,

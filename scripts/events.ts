@@ -4,19 +4,24 @@
  * protobuf into one readable line each, until Ctrl-C. `make dlq` (`--dlq`)
  * lists the dead letters the DLQ stream holds, with their reasons, and
  * exits; `--follow` keeps watching for new ones. NATS_URL overrides the
- * server (default nats://127.0.0.1:4222). Exits 1 when NATS does not answer
- * within 10 s, 2 on an unknown argument.
+ * server (default nats://127.0.0.1:4222); it connects as the bus's
+ * administrator of `make run` (scripts/nats.ts), or as NATS_USER with
+ * NATS_PASSWORD. Exits 1 when NATS does not answer within 10 s, or refuses
+ * the user, 2 on an unknown argument.
  *
  *   make events                     # live tail of ORDER, INVENTORY, PAYMENT (and DLQ)
  *   make events ARGS=--from-start   # what the streams hold, then live
  *   make dlq                        # dead letters and why, then exit
  *   make dlq ARGS=--follow          # ... and every one after, until Ctrl-C
  */
+import { join } from "node:path";
 import { fromBinary, toJson } from "@bufbuild/protobuf";
 import { DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
 import { EVENTS } from "../contracts/events.js";
 import { oneLine } from "../platform/dead-letter.js";
-import { type Bus, connectBus, DLQ_STREAM, silentLogger } from "../platform/index.js";
+import { BUS_ADMIN, type Bus, busAuthOf, connectBus, DLQ_STREAM, silentLogger } from "../platform/index.js";
+import { ROOT } from "./layout.js";
+import { localBusEnv } from "./nats.js";
 
 const USAGE = "usage: events.ts [--from-start] | events.ts --dlq [--follow]";
 const args = process.argv.slice(2);
@@ -31,6 +36,9 @@ const dlqOnly = args.includes("--dlq");
 const follow = !dlqOnly || args.includes("--follow");
 const fromStart = dlqOnly || args.includes("--from-start");
 const url = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
+const { NATS_USER = "", NATS_PASSWORD = "" } = process.env.NATS_USER
+  ? process.env
+  : localBusEnv(process.env.DATA_DIR || join(ROOT, ".data"), BUS_ADMIN);
 const streams = dlqOnly ? [DLQ_STREAM.name] : EVENTS.streams.map((s) => s.name);
 const tty = process.stdout.isTTY;
 const dim = (s: string) => (tty ? `\x1b[90m${s}\x1b[0m` : s);
@@ -42,7 +50,13 @@ const timer = setTimeout(() => {
   process.stderr.write(`cannot reach NATS at ${url} within ${CONNECT_TIMEOUT_MS / 1000} s: is \`make run\` running?\n`);
   process.exit(1);
 }, CONNECT_TIMEOUT_MS);
-const bus = await connectBus(url, "shopmesh-events-tail", silentLogger(), { streams: EVENTS.streams });
+const bus = await connectBus(url, "shopmesh-events-tail", silentLogger(), {
+  streams: EVENTS.streams,
+  ...busAuthOf({ NATS_USER, NATS_PASSWORD }),
+}).catch((err: Error) => {
+  process.stderr.write(`NATS at ${url} refused the connection as ${NATS_USER || "nobody"}: ${err.message}\n`);
+  process.exit(1);
+});
 clearTimeout(timer);
 
 function describe(type: string, data: Uint8Array): string {

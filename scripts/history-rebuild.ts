@@ -18,8 +18,9 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
+import { BUS_ADMIN } from "../platform/index.js";
 import { ROOT } from "./layout.js";
-import { answers, NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
+import { answers, localBusEnv, NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
 import {
   ensureDatabase,
   initCluster,
@@ -126,7 +127,8 @@ async function main(): Promise<number> {
     }
     const rebuild = spawn(process.execPath, ["--import", "tsx", join(ROOT, "services/history/rebuild.ts")], {
       cwd: ROOT,
-      env: { ...process.env, ...database, NATS_URL },
+      // As make run's bus administrator, like `make events` (unless NATS_USER says otherwise).
+      env: { ...localBusEnv(DATA, BUS_ADMIN), ...process.env, ...database, NATS_URL },
       stdio: "inherit",
     });
     // Ctrl-C reaches the rebuild from the terminal; a signal sent to this process alone is passed on.

@@ -1,11 +1,20 @@
 /**
  * The local NATS: how `make run` starts it (JetStream, its streams under
- * <data dir>/nats, loopback only), so that `make history-rebuild` can start
- * the same server on the same streams when `make run` is stopped.
+ * <data dir>/nats, loopback only, a user per process with what it may
+ * publish: platform/bus-access.ts), so that `make history-rebuild` can start
+ * the same server on the same streams when `make run` is stopped. The users'
+ * passwords are made once per data directory, at random, and kept in
+ * <data dir>/nats/users.json, readable by its owner only; the commands that
+ * read the bus by hand (`make events`, `make dlq`) connect as its
+ * administrator from there.
  */
 import { spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
+import { BUS_USERS } from "../contracts/events.js";
+import { natsAuthorization } from "../platform/index.js";
 
 /** What to do when nats-server is missing. */
 export const NATS_MISSING =
@@ -19,15 +28,46 @@ export function natsInstalled(): boolean {
   return !spawnSync("nats-server", ["--version"], { encoding: "utf8" }).error;
 }
 
+/** The passwords of the local bus's users (BUS_USERS), made the first time for `dataDir` and kept there. */
+export function localBusPasswords(dataDir: string): Record<string, string> {
+  const file = join(dataDir, "nats", "users.json");
+  const kept = existsSync(file) ? (JSON.parse(readFileSync(file, "utf8")) as Record<string, string>) : {};
+  if (BUS_USERS.every((u) => typeof kept[u.user] === "string")) return kept;
+  const all = { ...kept };
+  for (const { user } of BUS_USERS) all[user] ??= randomBytes(18).toString("base64url");
+  mkdirSync(join(dataDir, "nats"), { recursive: true });
+  writeFileSync(file, `${JSON.stringify(all, null, 2)}\n`, { mode: 0o600 });
+  return all;
+}
+
+/**
+ * NATS_USER and NATS_PASSWORD of `user` on the bus `make run` started with `dataDir`; none when it
+ * has not (a bus started otherwise, anonymous: connect as nothing).
+ */
+export function localBusEnv(dataDir: string, user: string): Record<string, string> {
+  if (!existsSync(join(dataDir, "nats", "users.json"))) return {};
+  const password = localBusPasswords(dataDir)[user];
+  return password ? { NATS_USER: user, NATS_PASSWORD: password } : {};
+}
+
 /**
  * Arguments of `nats-server` for the local bus: JetStream with its store
- * under `<dataDir>/nats`, client port `port`, monitoring on `monitorPort`
- * when given.
+ * under `<dataDir>/nats`, client port `port` (-1: any), monitoring on
+ * `monitorPort` when given, and the users of {@link localBusPasswords}
+ * (their config written to `<dataDir>/nats/users.conf`).
  */
 export function natsServerArgs(dataDir: string, port: number, monitorPort?: number): string[] {
+  const passwords = localBusPasswords(dataDir);
+  const users = join(dataDir, "nats", "users.conf");
+  writeFileSync(
+    users,
+    natsAuthorization(BUS_USERS, (u) => passwords[u] ?? ""),
+    { mode: 0o600 },
+  );
   return [
+    ...["-c", users],
     ...["-js", "-sd", join(dataDir, "nats")],
-    // Loopback only: the local bus has no auth, and nothing off this machine needs it.
+    // Loopback only: nothing off this machine needs the local bus.
     ...["-a", "127.0.0.1", "-p", String(port)],
     ...(monitorPort === undefined ? [] : ["-m", String(monitorPort)]),
     ...["-n", "shopmesh-local"],

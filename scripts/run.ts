@@ -38,9 +38,11 @@ import { createServer } from "node:net";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { prettyFactory } from "pino-pretty";
+import { EVENTS } from "../contracts/events.js";
+import { BUS_ADMIN, provisionBus, silentLogger } from "../platform/index.js";
 import { nodeCommand, ROOT, SYSTEM_ENV } from "./layout.js";
 import { jsonLine } from "./log-lines.js";
-import { NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
+import { localBusPasswords, NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
 import {
   ensureDatabase,
   initCluster,
@@ -310,6 +312,24 @@ function stopAll(): void {
   });
 }
 
+/**
+ * Creates the event streams and the registry bucket as the bus's administrator — the services' own
+ * users may not (platform/bus-access.ts) — once NATS answers; stops everything if it never does.
+ */
+async function provisionStreams(): Promise<void> {
+  const timer = setTimeout(() => {
+    process.stderr.write(`NATS did not let the streams be created within 30 s (port ${NATS_PORT})\n`);
+    stopAll();
+  }, 30_000);
+  try {
+    await provisionBus(NATS_URL, EVENTS, silentLogger(), {
+      auth: { user: BUS_ADMIN, pass: busPasswords[BUS_ADMIN] ?? "" },
+    });
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Starts the local PostgreSQL (initialising it on first use), waits until it answers; the `shopmesh` database URL. */
 async function startPostgres(): Promise<string> {
   try {
@@ -354,13 +374,18 @@ start(
   "nats-server",
   natsServerArgs(DATA, NATS_PORT, NATS_MONITOR_PORT),
   {},
-  (line) => /\[(WRN|ERR|FTL)\]|Server is ready|Listening for client/.test(line),
+  // Its users' passwords are in a file only this user reads (scripts/nats.ts): not worth a warning each start.
+  (line) => /\[(WRN|ERR|FTL)\]|Server is ready|Listening for client/.test(line) && !/Plaintext passwords/.test(line),
   true,
 );
 process.on("SIGINT", stopAll);
 process.on("SIGTERM", stopAll);
+const NATS_URL = `nats://127.0.0.1:${NATS_PORT}`;
+const busPasswords = localBusPasswords(DATA);
+const provisioned = provisionStreams();
 // PostgreSQL: one database, a schema per service (DATABASE_SCHEMA defaults to shopmesh_<service>).
 const database: Record<string, string> = DB === "postgres" ? { DATABASE_URL: await startPostgres() } : {};
+await provisioned;
 SERVICES.forEach((s, i) => {
   const main = s.main ?? join("services", s.name, "main.ts");
   const n = replicas.get(s.name) ?? 1;
@@ -380,7 +405,10 @@ SERVICES.forEach((s, i) => {
         ...database,
         // JSON from every process, made readable here: formatting is the runner's work, not the services'.
         LOG_FORMAT: "json",
-        NATS_URL: `nats://127.0.0.1:${NATS_PORT}`,
+        NATS_URL,
+        // Each process its own NATS user, which may publish only its own events (platform/bus-access.ts).
+        NATS_USER: s.name,
+        NATS_PASSWORD: busPasswords[s.name] ?? "",
         METRICS_PORT: String(s.metrics + 100 * r),
         TRACE_FILE: join(DATA, "traces.jsonl"),
         ...UPSTREAMS,

@@ -10,8 +10,8 @@ import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
 import { OrderConfirmedSchema, OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
-import { connectBus, silentLogger } from "../platform/index.js";
-import { answers, natsServerArgs } from "../scripts/nats.js";
+import { BUS_ADMIN, busAuthOf, connectBus, silentLogger } from "../platform/index.js";
+import { answers, localBusEnv, natsServerArgs } from "../scripts/nats.js";
 import { ownDir } from "../scripts/postgres.js";
 import { snapshot, withDb } from "./db.js";
 import { event, publishEvents } from "./events.js";
@@ -54,9 +54,13 @@ async function makeRebuild(env: Record<string, string>): Promise<{ code: number 
   });
 }
 
-/** Stores one confirmed order on the streams of the NATS at `url`. */
-async function storeOrder(url: string, orderId: string): Promise<void> {
-  const bus = await connectBus(url, "history-rebuild-test", silentLogger(), { streams: EVENTS.streams });
+/** Stores one confirmed order on the streams of make run's NATS on `dataDir` at `url`, as its administrator. */
+async function storeOrder(url: string, dataDir: string, orderId: string): Promise<void> {
+  const { NATS_USER = "", NATS_PASSWORD = "" } = localBusEnv(dataDir, BUS_ADMIN);
+  const bus = await connectBus(url, "history-rebuild-test", silentLogger(), {
+    streams: EVENTS.streams,
+    ...busAuthOf({ NATS_USER, NATS_PASSWORD }),
+  });
   try {
     await publishEvents(bus, [
       event(OrderPlacedSchema, orderId, { customerId: "lea", items: [{ productId: "paper-filters", quantity: 1 }] }),
@@ -73,7 +77,7 @@ describe("make history-rebuild", () => {
     const port = await freePort();
     {
       await using nats = await runNats(dir.path, port);
-      await storeOrder(nats.url, "ord-r1");
+      await storeOrder(nats.url, dir.path, "ord-r1");
     }
     expect(await answers("127.0.0.1", port)).toBe(false);
 
@@ -90,7 +94,7 @@ describe("make history-rebuild", () => {
 
     // With make run's NATS up, the rebuild uses it and leaves it running.
     await using nats = await runNats(dir.path, port);
-    await storeOrder(nats.url, "ord-r2");
+    await storeOrder(nats.url, dir.path, "ord-r2");
     const again = await makeRebuild({ DATA_DIR: dir.path, NATS_PORT: String(port) });
     expect(again.code, again.out).toBe(0);
     expect(again.out).not.toContain("started NATS");
@@ -105,7 +109,7 @@ describe("make history-rebuild", () => {
     const pgPort = await freePort();
     {
       await using nats = await runNats(dir.path, port);
-      await storeOrder(nats.url, "ord-pg1");
+      await storeOrder(nats.url, dir.path, "ord-pg1");
     }
     const env = { DATA_DIR: dir.path, NATS_PORT: String(port), DB: "postgres", PG_PORT: String(pgPort) };
     const run = await makeRebuild(env);

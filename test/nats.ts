@@ -4,7 +4,7 @@
  * tests), torn down on dispose.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -20,13 +20,16 @@ export interface TestNats extends AsyncDisposable {
   start(): Promise<void>;
 }
 
-/** Starts nats-server -js on a free port with a fresh data dir. */
-export async function startNats(): Promise<TestNats> {
+/** Starts nats-server -js on a free port with a fresh data dir, and `config` (e.g. users) when given. */
+export async function startNats(config?: string): Promise<TestNats> {
   const dir = mkdtempSync(join(tmpdir(), "shopmesh-nats-"));
   const port = await freePort();
+  const file = join(dir, "server.conf");
+  if (config !== undefined) writeFileSync(file, config);
   let child: ChildProcess | undefined;
   const start = async () => {
-    const c = spawn("nats-server", ["-js", "-sd", dir, "-a", "127.0.0.1", "-p", String(port)], {
+    const args = [...(config === undefined ? [] : ["-c", file]), "-js", "-sd", dir, "-a", "127.0.0.1"];
+    const c = spawn("nats-server", [...args, "-p", String(port)], {
       stdio: ["ignore", "pipe", "pipe"],
     });
     child = c;

@@ -24,6 +24,7 @@ import { EVENTS } from "../../contracts/events.js";
 import {
   type Bus,
   ConfigError,
+  busAuthOf,
   connectBus,
   createLogger,
   decodeEvent,
@@ -212,7 +213,7 @@ async function main(): Promise<number> {
   const store = await HistoryStore.open(location);
   try {
     const bus = await withTimeout(
-      connectBus(config.NATS_URL, "history-rebuild", log, { streams: EVENTS.streams }),
+      connectBus(config.NATS_URL, "history-rebuild", log, { streams: EVENTS.streams, ...busAuthOf(config) }),
       CONNECT_TIMEOUT_MS,
       `cannot reach NATS at ${config.NATS_URL} within ${CONNECT_TIMEOUT_MS} ms`,
     );

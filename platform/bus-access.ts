@@ -1,0 +1,96 @@
+/**
+ * Who may do what on the bus. Every process connects as a NATS user of its
+ * own (NATS_USER, NATS_PASSWORD), and nats-server lets each publish only
+ * what is its to publish: a context's events only by the service of that
+ * context (`order.>` only by order), dead letters by the consumers, its own
+ * service-registry entries, and the JetStream API's reading and consuming
+ * calls. Creating, changing or deleting a stream is the administrator's
+ * alone — a stream's configuration can make the server itself republish
+ * into any subject — so the streams and the registry bucket are created by
+ * {@link provisionBus}, run as {@link BUS_ADMIN} before the services start
+ * (`make run`; the nats-streams Job in Kubernetes). Reading is not limited:
+ * every service may subscribe to everything.
+ */
+import { type Bus, type BusAuth, connectBus } from "./bus.js";
+import type { EventCatalogue } from "./catalogue.js";
+import { DLQ_STREAM } from "./catalogue.js";
+import type { Logger } from "./log.js";
+import { openRegistry, REGISTRY_BUCKET } from "./registry.js";
+
+/** The user that creates and changes streams (and the tools that read the bus by hand). */
+export const BUS_ADMIN = "admin";
+
+/** A NATS user and the subjects it may publish on (undefined: any). */
+export interface BusUser {
+  readonly user: string;
+  readonly publish?: readonly string[];
+}
+
+/** What every service's user may publish: JetStream's reading and consuming calls, acknowledgements. */
+const CONSUMING = [
+  "$JS.API.INFO",
+  "$JS.API.STREAM.INFO.*",
+  "$JS.API.STREAM.MSG.GET.*",
+  "$JS.API.DIRECT.GET.>",
+  "$JS.API.CONSUMER.>",
+  "$JS.ACK.>",
+  "$JS.FC.>",
+];
+
+/**
+ * The bus's users: {@link BUS_ADMIN}, and one per process in `processes`, each allowed to publish the
+ * events of the stream named after it (`ORDER`'s for order), dead letters, its own registry entries
+ * and {@link CONSUMING}.
+ */
+export function busUsers(catalogue: EventCatalogue, processes: readonly string[]): BusUser[] {
+  const owned = new Set(catalogue.streams.filter((s) => s !== DLQ_STREAM).map((s) => s.name.toLowerCase()));
+  return [
+    { user: BUS_ADMIN },
+    ...processes.map((p) => ({
+      user: p,
+      publish: [
+        ...(owned.has(p) ? [`${p}.>`] : []),
+        ...DLQ_STREAM.subjects,
+        `$KV.${REGISTRY_BUCKET}.${p}.>`,
+        ...CONSUMING,
+      ],
+    })),
+  ];
+}
+
+/**
+ * nats-server's `authorization` block for `users`, each with the password `password(user)` gives: a
+ * literal (quoted here) or a `$VARIABLE` nats-server reads from its environment.
+ */
+export function natsAuthorization(users: readonly BusUser[], password: (user: string) => string): string {
+  const value = (p: string) => (/^\$[A-Z][A-Z0-9_]*$/.test(p) ? p : JSON.stringify(p));
+  const lines = users.map((u) => {
+    const perms = u.publish
+      ? `, permissions: { publish: { allow: [${u.publish.map((s) => JSON.stringify(s)).join(", ")}] } }`
+      : "";
+    return `    { user: ${JSON.stringify(u.user)}, password: ${value(password(u.user))}${perms} }`;
+  });
+  return `authorization {\n  users: [\n${lines.join("\n")}\n  ]\n}\n`;
+}
+
+/**
+ * Creates (or updates) the catalogue's streams with `replicas` replicas and the service registry's
+ * bucket, as {@link BUS_ADMIN} would: what the services' own users may not do. Resolves once done.
+ */
+export async function provisionBus(
+  url: string,
+  catalogue: EventCatalogue,
+  log: Logger,
+  opts: { auth?: BusAuth; replicas?: number; registry?: boolean } = {},
+): Promise<void> {
+  const bus: Bus = await connectBus(url, "provision", log, {
+    streams: catalogue.streams,
+    ...(opts.replicas ? { replicas: opts.replicas } : {}),
+    ...(opts.auth ? { auth: opts.auth } : {}),
+  });
+  try {
+    if (opts.registry !== false) await openRegistry(bus.nc, opts.replicas ? { replicas: opts.replicas } : {});
+  } finally {
+    await bus.close();
+  }
+}
