@@ -13,9 +13,18 @@ import { cpus, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { Metadata } from "@grpc/grpc-js";
+import { EVENTS } from "../contracts/events.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
-import { createChannel, createClient, identityMetadata } from "../platform/index.js";
+import {
+  BUS_ADMIN,
+  createChannel,
+  createClient,
+  identityMetadata,
+  provisionBus,
+  silentLogger,
+} from "../platform/index.js";
 import { nodeCommand, ROOT, SYSTEM_ENV } from "../scripts/layout.js";
+import { localBusPasswords, natsServerArgs } from "../scripts/nats.js";
 import type { LoadResult, LoadSpec } from "./load.js";
 
 export const SERVICES = ["inventory", "payment", "order", "notification", "history"] as const;
@@ -182,7 +191,7 @@ export async function startSystem(opts: SystemOptions): Promise<System> {
   const nats = await startProcess(
     "nats",
     "nats-server",
-    ["-js", "-sd", join(dir, "nats"), "-a", "127.0.0.1", "-p", "-1", ...(opts.observe ? ["-m", "-1"] : [])],
+    natsServerArgs(dir, -1, opts.observe ? -1 : undefined),
     {},
     (line) => {
       const m = /Listening for client connections on 127\.0\.0\.1:(\d+)/.exec(line);
@@ -195,9 +204,13 @@ export async function startSystem(opts: SystemOptions): Promise<System> {
         }
       : undefined,
   );
+  // Each process its own NATS user, the streams created by the bus's administrator: as make run does.
+  const passwords = localBusPasswords(dir);
+  const natsUrl = `nats://127.0.0.1:${nats.port}`;
+  await provisionBus(natsUrl, EVENTS, silentLogger(), { auth: { user: BUS_ADMIN, pass: passwords[BUS_ADMIN] ?? "" } });
   const common: Record<string, string> = {
     ...SYSTEM_ENV,
-    NATS_URL: `nats://127.0.0.1:${nats.port}`,
+    NATS_URL: natsUrl,
     LOG_FORMAT: "json",
     LOG_LEVEL: "info",
     ...Object.fromEntries(SERVICES.map((n) => [`${n.toUpperCase()}_TARGET`, `registry:///${n}`])),
@@ -215,6 +228,8 @@ export async function startSystem(opts: SystemOptions): Promise<System> {
         args,
         {
           ...common,
+          NATS_USER: name,
+          NATS_PASSWORD: passwords[name] ?? "",
           GRPC_PORT: "0",
           DB_PATH: join(dir, `${name}.db`),
           ...(opts.observe ? { METRICS_PORT: "0" } : {}),
@@ -232,6 +247,8 @@ export async function startSystem(opts: SystemOptions): Promise<System> {
     gargs,
     {
       ...common,
+      NATS_USER: "gateway",
+      NATS_PASSWORD: passwords.gateway ?? "",
       HTTP_PORT: "0",
       // One load generator is one client: the per-principal and per-address limits are raised.
       RATE_LIMIT_RPS: "1000000",
