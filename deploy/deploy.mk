@@ -44,9 +44,12 @@ kind-load: images ## Build the image and copy it into the kind nodes (no registr
 	kind load image-archive $(IMAGE_ARCHIVE) --name $(KIND_CLUSTER)
 
 deploy: kind-load ## Build, load, apply the kind overlay (base + Istio + observability), restart onto the image, wait for every rollout
+	@# A Job's template cannot change in place: the one that creates the streams is run afresh each time.
+	$(KUBECTL) -n shopmesh delete job nats-streams --ignore-not-found 2>/dev/null || true
 	$(KUBECTL) apply -k $(OVERLAY)
 	$(KUBECTL) -n shopmesh rollout restart deployment
 	$(KUBECTL) -n shopmesh rollout status statefulset/nats --timeout=5m
+	$(KUBECTL) -n shopmesh wait --for=condition=complete job/nats-streams --timeout=5m
 	$(KUBECTL) -n shopmesh rollout status statefulset/postgres --timeout=5m
 	for d in $$($(KUBECTL) -n shopmesh get deployment -o name); do \
 	  $(KUBECTL) -n shopmesh rollout status $$d --timeout=5m || exit 1; \

@@ -61,6 +61,7 @@ import { Telemetry } from "@kubernetes-models/istio/telemetry.istio.io/v1/Teleme
 import { exportJWK, importSPKI } from "jose";
 import { Deployment, type IDeployment } from "kubernetes-models/apps/v1/Deployment";
 import { type IStatefulSet, StatefulSet } from "kubernetes-models/apps/v1/StatefulSet";
+import { type IJob, Job } from "kubernetes-models/batch/v1/Job";
 import { type IPodDisruptionBudget, PodDisruptionBudget } from "kubernetes-models/policy/v1/PodDisruptionBudget";
 import { ConfigMap, type IConfigMap } from "kubernetes-models/v1/ConfigMap";
 import type { IContainer } from "kubernetes-models/v1/Container";
@@ -73,7 +74,7 @@ import { type IService, Service } from "kubernetes-models/v1/Service";
 import { type IServiceAccount, ServiceAccount } from "kubernetes-models/v1/ServiceAccount";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseAllDocuments, parse as parseYaml } from "yaml";
-import { EVENTS } from "../contracts/events.js";
+import { BUS_USERS, EVENTS } from "../contracts/events.js";
 import { createAuthenticator } from "../gateway/auth.js";
 import { loadConfig as loadGatewayConfig } from "../gateway/config.js";
 import { OPENAPI_PATH } from "../gateway/openapi.js";
@@ -86,7 +87,8 @@ import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
 import { ConfigError, connectBus, createChannel, createClient, silentLogger } from "../platform/index.js";
 import { openRegistry } from "../platform/registry.js";
-import { exited, freePort, ROOT } from "./fixtures.js";
+import { DEPLOY_USERS_CONF, deployUsersConf, passwordVariable } from "../scripts/nats.js";
+import { exited, freePort, ROOT, runToEnd } from "./fixtures.js";
 
 // ---------------------------------------------------------------------------
 // Facts of the deployment that are not in the code
@@ -321,7 +323,7 @@ const overlayNames = readdirSync(OVERLAYS).filter((n) => existsSync(join(OVERLAY
 const rendered = new Map(overlayNames.map((n) => [n, kustomize(join(OVERLAYS, n))]));
 const main = rendered.get(MAIN_OVERLAY) ?? [];
 
-type Workload = IDeployment | IStatefulSet;
+type Workload = IDeployment | IStatefulSet | IJob;
 const podSpec = (w: Workload): IPodSpec => w.spec?.template.spec ?? { containers: [] };
 const podLabels = (w: Workload) => w.spec?.template.metadata?.labels ?? {};
 
@@ -389,10 +391,11 @@ function probePort(c: IContainer, probe: IProbe | undefined): { kind: string; po
 /** Workloads (Deployments and StatefulSets) by name. */
 function workloads(objs: readonly Obj[]): Map<string, Workload> {
   return new Map(
-    [...ofKind<IDeployment>(objs, "Deployment"), ...ofKind<IStatefulSet>(objs, "StatefulSet")].map((w) => [
-      w.metadata?.name ?? "",
-      w,
-    ]),
+    [
+      ...ofKind<IDeployment>(objs, "Deployment"),
+      ...ofKind<IStatefulSet>(objs, "StatefulSet"),
+      ...ofKind<IJob>(objs, "Job"),
+    ].map((w) => [w.metadata?.name ?? "", w]),
   );
 }
 
@@ -442,6 +445,7 @@ describe("rendering and schemas", () => {
     "v1/PersistentVolumeClaim": PersistentVolumeClaim,
     "apps/v1/Deployment": Deployment,
     "apps/v1/StatefulSet": StatefulSet,
+    "batch/v1/Job": Job,
     "policy/v1/PodDisruptionBudget": PodDisruptionBudget,
     "networking.istio.io/v1/Gateway": Gateway,
     "networking.istio.io/v1/VirtualService": VirtualService,
@@ -690,9 +694,14 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
       expect(sorted(allowed.keys())).toEqual(sorted([clientPort, clusterPort]));
       actual[`nats:${clientPort}`] = allowed.get(clientPort) ?? [];
       actual[`nats:${clusterPort}`] = allowed.get(clusterPort) ?? [];
-      expected[`nats:${clientPort}`] = sorted(
-        processes.filter((p) => envFor(p.name).NATS_URL !== undefined).map((p) => p.name),
+      // The processes given NATS_URL, and the Job that creates the streams (it too names NATS_URL).
+      const jobs = [...workloads(objs)].filter(
+        ([, w]) => w.kind === "Job" && podSpec(w).containers.some((c) => c.env?.some((e) => e.name === "NATS_URL")),
       );
+      expected[`nats:${clientPort}`] = sorted([
+        ...processes.filter((p) => envFor(p.name).NATS_URL !== undefined).map((p) => p.name),
+        ...jobs.map(([n]) => n),
+      ]);
       expected[`nats:${clusterPort}`] = ["nats"];
     }
     const postgres = workloads(objs).get("postgres");
@@ -997,7 +1006,9 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
           const lim = quantity(c.resources?.limits?.[r]);
           if (!(req > 0 && lim >= req)) problems.push(`${name}/${c.name}: ${r} request ${req} / limit ${lim}`);
         }
-        if (!c.readinessProbe || !c.livenessProbe) problems.push(`${name}/${c.name}: readiness and liveness probes`);
+        // A Job's container runs to its end: nothing to probe.
+        if (w.kind !== "Job" && (!c.readinessProbe || !c.livenessProbe))
+          problems.push(`${name}/${c.name}: readiness and liveness probes`);
       }
     }
     for (const p of processes) {
@@ -1111,13 +1122,40 @@ describe("the operator panel's fault controls", () => {
 describe("NATS JetStream cluster", () => {
   const objs = main;
   const sts = named<IStatefulSet>(objs, "StatefulSet", "nats");
-  const conf = named<IConfigMap>(
+  const files = named<IConfigMap>(
     objs,
     "ConfigMap",
     sts?.spec?.template.spec?.volumes?.find((v) => v.configMap)?.configMap?.name ?? "",
-  )?.data?.["nats.conf"];
+  )?.data;
+  const conf = files?.["nats.conf"];
+  const usersConf = files?.["users.conf"] ?? "";
+  // nats-server's environment as the StatefulSet gives it (every user's password among it).
+  const serverEnv = sts ? envOf(objs, podSpec(sts).containers[0] as IContainer) : {};
+  const credentials = named<ISecret>(objs, "Secret", "nats-credentials")?.data ?? {};
+  const passwordOf = (user: string) => Buffer.from(credentials[user] ?? "", "base64").toString("utf8");
   const dir = mkdtempSync(join(tmpdir(), "shopmesh-deploy-nats-"));
+  writeFileSync(join(dir, "users.conf"), usersConf);
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("its users are the code's (BUS_USERS, as scripts/nats-users.ts writes them), each password given to nats-server", () => {
+    expect(usersConf, `${DEPLOY_USERS_CONF} is stale: npx tsx scripts/nats-users.ts`).toBe(deployUsersConf());
+    expect(conf).toMatch(/^include \.\/users\.conf$/m);
+    for (const { user } of BUS_USERS) {
+      expect(passwordOf(user), `nats-credentials has ${user}'s password`).not.toBe("");
+      expect(serverEnv[passwordVariable(user)], `nats-server reads ${user}'s password`).toBe(passwordOf(user));
+    }
+  });
+
+  it("every process given NATS_URL connects as the user of its name, with that user's password", () => {
+    const users = processes.filter((p) => envOfMain(p).NATS_URL !== undefined);
+    expect(users.length).toBeGreaterThan(0);
+    for (const p of users) {
+      const env = envOfMain(p);
+      expect([env.NATS_USER, env.NATS_PASSWORD], p.name).toEqual([p.name, passwordOf(p.name)]);
+      const config = p.load(env) as { NATS_USER?: string };
+      expect(config.NATS_USER, `${p.name} reads NATS_USER`).toBe(p.name);
+    }
+  });
 
   it("one server per node (required), enough kind workers for it, a pinned patch, GOMEMLIMIT below the limit", () => {
     const spec = sts?.spec?.template.spec;
@@ -1155,7 +1193,7 @@ describe("NATS JetStream cluster", () => {
   it("nats-server accepts the rendered config (nats-server -t)", () => {
     const file = join(dir, "as-rendered.conf");
     writeFileSync(file, conf ?? "");
-    tool("nats-server", ["-t", "-c", file], NATS_MISSING, { ...process.env, SERVER_NAME: "nats-0" });
+    tool("nats-server", ["-t", "-c", file], NATS_MISSING, { ...process.env, ...serverEnv, SERVER_NAME: "nats-0" });
   });
 
   /** A server of the cluster exited while it formed. */
@@ -1187,7 +1225,7 @@ describe("NATS JetStream cluster", () => {
       const file = join(dir, `nats-${attempt}-${i}.conf`);
       writeFileSync(file, local);
       const child = spawn("nats-server", ["-c", file], {
-        env: { ...process.env, SERVER_NAME: `nats-${i}` },
+        env: { ...process.env, ...serverEnv, SERVER_NAME: `nats-${i}` },
         stdio: ["ignore", "pipe", "pipe"],
       });
       let out = "";
@@ -1229,7 +1267,7 @@ describe("NATS JetStream cluster", () => {
     return { url: ports.map((p) => `nats://127.0.0.1:${p.client}`).join(","), stop };
   }
 
-  it("started as three local servers, it forms a JetStream cluster on which connectBus creates R3 streams", async () => {
+  it("started as three local servers, it forms a JetStream cluster; the nats-streams Job creates R3 streams there, and each service may publish its own events only", async () => {
     let cluster: Awaited<ReturnType<typeof startCluster>> | undefined;
     for (let attempt = 1; !cluster; attempt++) {
       try {
@@ -1240,9 +1278,18 @@ describe("NATS JetStream cluster", () => {
       }
     }
     try {
+      // The Job's container, as the image runs it (its script from the sources), on this cluster.
+      const job = named<IJob>(objs, "Job", "nats-streams");
+      const c = job ? (podSpec(job).containers[0] as IContainer) : undefined;
+      const script = (c?.args?.[0] ?? "").replace(/\.js$/, ".ts");
+      const env = { ...process.env, ...(c ? envOf(objs, c) : {}), NATS_URL: cluster.url };
+      const provision = await runToEnd(process.execPath, ["--import", "tsx", script], { env });
+      expect(provision.code, provision.out).toBe(0);
+      // A service's own user finds the streams there as it would create them (R3), so it waits for nothing.
       const bus = await connectBus(cluster.url, "deploy-test", silentLogger(), {
         streams: EVENTS.streams,
         replicas: 3,
+        auth: { user: "order", pass: passwordOf("order") },
       });
       try {
         for (const s of EVENTS.streams) {
@@ -1253,6 +1300,9 @@ describe("NATS JetStream cluster", () => {
         // Where the service registry is on, its bucket is replicated like the streams.
         const registry = await openRegistry(bus.nc, { replicas: 3 });
         expect((await registry.status()).replicas, "registry bucket replicas").toBe(3);
+        const kind = (name: string) => EVENTS.kinds.find((k) => k.typeName.endsWith(name))?.subject ?? "";
+        expect((await bus.js.publish(kind("OrderPlaced"), new Uint8Array([1]))).stream).toBe("ORDER");
+        await expect(bus.js.publish(kind("StockReleased"), new Uint8Array([1]))).rejects.toThrow(/Permissions/);
       } finally {
         await bus.close();
       }
