@@ -7,15 +7,19 @@
  * would let the server publish on any subject for it — and a service waits
  * for the administrator to provision the streams, then runs.
  */
-import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { AckPolicy, DeliverPolicy, type JsMsg, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
-import { connect } from "@nats-io/transport-node";
+import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BUS_USERS, EVENTS } from "../contracts/events.js";
+import { OrderCancelledSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { startNats, type TestNats } from "../test/nats.js";
 import { connectBus } from "./bus.js";
-import { BUS_ADMIN, natsAuthorization, provisionBus } from "./bus-access.js";
+import { BUS_ADMIN, durableOf, natsAuthorization, provisionBus } from "./bus-access.js";
+import type { EventKind } from "./catalogue.js";
+import { decodeEvent } from "./inbox.js";
 import { silentLogger } from "./log.js";
 import { openRegistry, REGISTRY_BUCKET, registerInstance } from "./registry.js";
 
@@ -27,6 +31,60 @@ beforeAll(async () => {
 afterAll(() => nats[Symbol.asyncDispose]());
 
 const as = (user: string) => connect({ servers: nats.url, user, pass: password(user) });
+
+const CANCELLED = EVENTS.kinds.find((k) => k.typeName.endsWith("OrderCancelled")) as EventKind;
+/** A well-formed OrderCancelled, as only order may publish it. */
+const forged = {
+  payload: toBinary(
+    OrderCancelledSchema,
+    create(OrderCancelledSchema, { meta: { eventId: "evt_forged1", orderId: "ord_forged1" } }),
+  ),
+  headers() {
+    const h = headers();
+    h.set("ce-type", CANCELLED.typeName);
+    h.set("ce-id", "evt_forged1");
+    return h;
+  },
+};
+
+/** Whether the server refuses `nc`'s user a publish on `subject` (it says so on the connection's status). */
+async function refused(nc: NatsConnection, subject: string): Promise<boolean> {
+  const said = (async () => {
+    for await (const s of nc.status()) {
+      if (s.type === "error" && String(s.error).includes(`Publish to "${subject}"`)) return true;
+    }
+    return false;
+  })();
+  nc.publish(subject, new Uint8Array([1]));
+  await nc.flush();
+  return Promise.race([said, new Promise<boolean>((r) => setTimeout(() => r(false), 1_000))]);
+}
+
+/** What `act` makes `stream` store next, read as a consumer reads it (with the administrator's rights). */
+async function storedIn(nc: NatsConnection, stream: string, act: () => Promise<unknown>): Promise<JsMsg> {
+  const admin = await as(BUS_ADMIN);
+  try {
+    const jsm = await jetstreamManager(admin);
+    const before = (await jsm.streams.info(stream)).state.last_seq;
+    await act();
+    await nc.flush();
+    for (const deadline = Date.now() + 5_000; (await jsm.streams.info(stream)).state.last_seq === before; ) {
+      if (Date.now() > deadline) throw new Error(`${stream} stored nothing`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const name = `reader-${before}`;
+    await jsm.consumers.add(stream, {
+      durable_name: name,
+      deliver_policy: DeliverPolicy.StartSequence,
+      opt_start_seq: before + 1,
+    });
+    const m = await (await jetstream(admin).consumers.get(stream, name)).next({ expires: 5_000 });
+    if (!m) throw new Error(`${stream}: nothing to read after ${before}`);
+    return m;
+  } finally {
+    await admin.close();
+  }
+}
 
 describe("authentication", () => {
   it("refuses a connection without a user, or with a wrong password, at once and by name", async () => {
@@ -100,6 +158,87 @@ describe("publishing", () => {
       await expect(jsm.streams.deleteMessage("ORDER", 1)).rejects.toThrow(refused);
       // What a consumer needs still works: reading a stream's state.
       expect((await jsm.streams.info("INVENTORY")).config.subjects).toEqual(["inventory.>"]);
+    } finally {
+      await nc.close();
+    }
+  });
+
+  it("an event a consumer delivers into another stream's subjects keeps its publisher's subject, and is refused", async () => {
+    // What the permissions cannot stop: a push consumer's deliveries are stored by any stream whose
+    // subjects they go to. Inventory's user puts a well-formed OrderCancelled on its own subject and has
+    // the server deliver it to order.order.cancelled, which the ORDER stream keeps.
+    const nc = await as("inventory");
+    try {
+      const js = jetstream(nc);
+      const jsm = await jetstreamManager(nc);
+      await js.publish("inventory.stock.forged", forged.payload, { headers: forged.headers() });
+      const interest = nc.subscribe(CANCELLED.subject);
+      const stored = await storedIn(nc, "ORDER", () =>
+        jsm.consumers.add("INVENTORY", {
+          name: durableOf("inventory", "INVENTORY"),
+          deliver_subject: CANCELLED.subject,
+          filter_subject: "inventory.stock.forged",
+          ack_policy: AckPolicy.None,
+        }),
+      );
+      interest.unsubscribe();
+      expect(stored.subject).toBe("inventory.stock.forged");
+      expect(decodeEvent(stored, EVENTS)).toEqual({
+        unusable: expect.stringContaining("is published on order.order.cancelled (ORDER)"),
+      });
+    } finally {
+      await nc.close();
+    }
+  });
+
+  it("no server answer carries a stored message to another's subject: no direct reads, and a copy is refused", async () => {
+    const nc = await as("inventory");
+    const admin = await as(BUS_ADMIN);
+    try {
+      // The server sends its answer to whatever reply subject the asker names, unchecked. A direct read
+      // answers with a stored message, headers and all: the asker's own forgery, onto any subject.
+      await expect(refused(nc, `$JS.API.DIRECT.GET.KV_${REGISTRY_BUCKET}`)).resolves.toBe(true);
+      const registry = (await (await jetstreamManager(admin)).streams.info(`KV_${REGISTRY_BUCKET}`)).config;
+      expect([registry.allow_direct, registry.allow_rollup_hdrs]).toEqual([false, false]);
+      // Nor can a service's own registry key roll the others up (purge them).
+      const h = headers();
+      h.set("Nats-Rollup", "all");
+      await expect(
+        jetstream(nc).publish(`$KV.${REGISTRY_BUCKET}.inventory.inst_x`, new Uint8Array([1]), { headers: h }),
+      ).rejects.toThrow(/rollup/i);
+      // What such a copy looks like — made here by the administrator, who may read directly — is refused.
+      const jsm = await jetstreamManager(admin);
+      await jsm.streams.add({ name: "SIDE", subjects: ["side.>"], allow_direct: true });
+      await jetstream(admin).publish("side.forged", forged.payload, { headers: forged.headers() });
+      const stored = await storedIn(admin, "ORDER", async () => {
+        admin.publish("$JS.API.DIRECT.GET.SIDE", JSON.stringify({ last_by_subj: "side.forged" }), {
+          reply: CANCELLED.subject,
+        });
+      });
+      expect(stored.subject).toBe(CANCELLED.subject);
+      expect(decodeEvent(stored, EVENTS)).toEqual({ unusable: expect.stringContaining("a copy of a stored message") });
+    } finally {
+      await nc.close();
+      await admin.close();
+    }
+  });
+
+  it("a service consumes, acknowledges and dead-letters only as its own durable consumers", async () => {
+    const nc = await as("inventory");
+    try {
+      const jsm = await jetstreamManager(nc);
+      await expect(
+        jsm.consumers.add("ORDER", { durable_name: durableOf("inventory", "ORDER") }),
+      ).resolves.toBeDefined();
+      // Another service's consumer cannot be changed (made to drop events), deleted, acknowledged for,
+      // or have its dead letters pre-empted (their message ids are predictable).
+      await expect(jsm.consumers.add("ORDER", { durable_name: "payment-order", headers_only: true })).rejects.toThrow(
+        /Permissions Violation/,
+      );
+      await expect(jsm.consumers.delete("ORDER", "payment-order")).rejects.toThrow(/Permissions Violation/);
+      await expect(refused(nc, "$JS.ACK.ORDER.payment-order.1.1.1.1.0")).resolves.toBe(true);
+      await expect(refused(nc, "dlq.payment-order")).resolves.toBe(true);
+      await expect(refused(nc, `dlq.${durableOf("inventory", "ORDER")}`)).resolves.toBe(false);
     } finally {
       await nc.close();
     }

@@ -26,33 +26,55 @@ export interface BusUser {
   readonly publish?: readonly string[];
 }
 
-/** What every service's user may publish: JetStream's reading and consuming calls, acknowledgements. */
-const CONSUMING = [
-  "$JS.API.INFO",
-  "$JS.API.STREAM.INFO.*",
-  "$JS.API.STREAM.MSG.GET.*",
-  "$JS.API.DIRECT.GET.>",
-  "$JS.API.CONSUMER.>",
-  "$JS.ACK.>",
-  "$JS.FC.>",
-];
+/** The durable consumer of `service` on `stream`: the name its NATS user may consume, acknowledge and dead-letter as. */
+export const durableOf = (service: string, stream: string) => `${service}-${stream.toLowerCase()}`;
+
+/**
+ * What `service`'s user may publish to read and consume: stream state and stored messages as JSON
+ * (never `$JS.API.DIRECT.GET`, whose answer is a stored message, headers and all — sent to a reply
+ * subject of the asker's choosing, which the server does not check, it would republish anything the
+ * asker stored onto any subject); its own durable consumers, `<service>-<stream>` on each stream, and
+ * their acknowledgements and dead letters; and the registry's watchers.
+ */
+function consuming(service: string, streams: readonly string[], registryStream: string): string[] {
+  const own = streams.flatMap((s) => {
+    const d = durableOf(service, s);
+    return [
+      `$JS.API.CONSUMER.*.${s}.${d}`,
+      `$JS.API.CONSUMER.*.${s}.${d}.>`,
+      `$JS.API.CONSUMER.*.*.${s}.${d}`,
+      `$JS.ACK.${s}.${d}.>`,
+      `dlq.${d}`,
+    ];
+  });
+  return [
+    "$JS.API.INFO",
+    "$JS.API.STREAM.INFO.*",
+    "$JS.API.STREAM.MSG.GET.*",
+    ...own,
+    `$JS.API.CONSUMER.*.${registryStream}`,
+    `$JS.API.CONSUMER.*.${registryStream}.>`,
+    `$JS.API.CONSUMER.*.*.${registryStream}.>`,
+    "$JS.FC.>",
+  ];
+}
 
 /**
  * The bus's users: {@link BUS_ADMIN}, and one per process in `processes`, each allowed to publish the
- * events of the stream named after it (`ORDER`'s for order), dead letters, its own registry entries
- * and {@link CONSUMING}.
+ * events of the stream named after it (`ORDER`'s for order), its own registry entries, and what
+ * {@link consuming} lists.
  */
 export function busUsers(catalogue: EventCatalogue, processes: readonly string[]): BusUser[] {
-  const owned = new Set(catalogue.streams.filter((s) => s !== DLQ_STREAM).map((s) => s.name.toLowerCase()));
+  const streams = catalogue.streams.filter((s) => s !== DLQ_STREAM).map((s) => s.name);
+  const owned = new Set(streams.map((s) => s.toLowerCase()));
   return [
     { user: BUS_ADMIN },
     ...processes.map((p) => ({
       user: p,
       publish: [
         ...(owned.has(p) ? [`${p}.>`] : []),
-        ...DLQ_STREAM.subjects,
         `$KV.${REGISTRY_BUCKET}.${p}.>`,
-        ...CONSUMING,
+        ...consuming(p, streams, `KV_${REGISTRY_BUCKET}`),
       ],
     })),
   ];
@@ -89,7 +111,12 @@ export async function provisionBus(
     ...(opts.auth ? { auth: opts.auth } : {}),
   });
   try {
-    if (opts.registry !== false) await openRegistry(bus.nc, opts.replicas ? { replicas: opts.replicas } : {});
+    if (opts.registry !== false) {
+      await openRegistry(bus.nc, opts.replicas ? { replicas: opts.replicas } : {});
+      // Neither direct reads (see consuming()) nor roll-ups: one `Nats-Rollup: all` on a service's own
+      // key would purge every service's entries. A bucket made before this is changed here.
+      await bus.jsm.streams.update(`KV_${REGISTRY_BUCKET}`, { allow_direct: false, allow_rollup_hdrs: false });
+    }
   } finally {
     await bus.close();
   }

@@ -1,5 +1,6 @@
 /** A service's event machinery in one piece: the bus, its outbox relay and its consumers. */
 import { type Bus, type BusAuth, connectBus } from "./bus.js";
+import { durableOf } from "./bus-access.js";
 import type { EventCatalogue } from "./catalogue.js";
 import type { FaultInjector } from "./chaos.js";
 import { type RunningConsumer, startConsumer } from "./consumer.js";
@@ -71,6 +72,12 @@ export async function startEventing(opts: EventingOptions): Promise<Eventing> {
   relay?.start();
   const consumers: RunningConsumer[] = [];
   for (const c of opts.consumers ?? []) {
+    // The bus lets a service's user consume, acknowledge and dead-letter only as these (bus-access.ts).
+    if (c.durable !== durableOf(opts.service, c.stream)) {
+      throw new Error(
+        `${opts.service}'s consumer on ${c.stream} is named ${durableOf(opts.service, c.stream)}, not ${c.durable}`,
+      );
+    }
     consumers.push(
       await startConsumer({
         ...c,

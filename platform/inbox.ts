@@ -118,6 +118,20 @@ export function decodeEvent(
       unusable: `not a shopmesh event: missing, unknown or over-long ce-type/ce-id (ce-type=${JSON.stringify(type.slice(0, 200))})`,
     };
   }
+  // Only a type's publisher may publish on its subject (bus-access.ts), but a stream also keeps what a
+  // consumer delivers into its subjects: a message whose subject is another's could be anyone's. And
+  // the server's answers, sent to any reply subject a client names, carry what it stored: a copy of a
+  // stored message comes with its Nats-Stream and Nats-Sequence, which no publisher can send.
+  if (m.subject !== kind.subject || m.info.stream !== kind.stream) {
+    return {
+      unusable: `${type} is published on ${kind.subject} (${kind.stream}), not ${JSON.stringify(m.subject.slice(0, 200))} (${m.info.stream})`,
+    };
+  }
+  if (headers?.has("Nats-Stream") || headers?.has("Nats-Sequence")) {
+    return {
+      unusable: `a copy of a stored message (Nats-Stream ${JSON.stringify(headers.get("Nats-Stream"))}), not an event as published`,
+    };
+  }
   let event: unknown;
   try {
     event = fromBinary(kind.schema, m.data);

@@ -95,6 +95,9 @@ export async function openRegistry(nc: NatsConnection, opts: { ttlMs?: number; r
     ttl: opts.ttlMs ?? DEFAULT_TTL_MS,
     storage: StorageType.File,
     replicas: opts.replicas ?? 1,
+    // No direct reads: a direct read answers with a stored message, headers and all, at any reply subject
+    // the asker names (bus-access.ts); entries are read through the stream's JSON API instead.
+    allow_direct: false,
   };
   const kvm = new Kvm(nc);
   try {
