@@ -2,14 +2,18 @@
  * Who may do what on the bus. Every process connects as a NATS user of its
  * own (NATS_USER, NATS_PASSWORD), and nats-server lets each publish only
  * what is its to publish: a context's events only by the service of that
- * context (`order.>` only by order), dead letters by the consumers, its own
- * service-registry entries, and the JetStream API's reading and consuming
- * calls. Creating, changing or deleting a stream is the administrator's
- * alone — a stream's configuration can make the server itself republish
- * into any subject — so the streams and the registry bucket are created by
- * {@link provisionBus}, run as {@link BUS_ADMIN} before the services start
- * (`make run`; the nats-streams Job in Kubernetes). Reading is not limited:
- * every service may subscribe to everything.
+ * context (`order.>` only by order), its own service-registry entries, and
+ * the JetStream calls of its own durable consumers (and their dead
+ * letters) and of reading stream state. Creating, changing or deleting a
+ * stream is the administrator's alone — a stream's configuration can make
+ * the server itself republish into any subject — so the streams and the
+ * registry bucket are created by {@link provisionBus}, run as
+ * {@link BUS_ADMIN} before the services start (`make run`; the nats-streams
+ * Job in Kubernetes). The server sends its answers to whatever reply subject
+ * a request names, unchecked, so no answer a service may ask for carries a
+ * stored message as it was published (see consuming()), and consumers
+ * refuse what is not on its type's own subject (inbox.ts decodeEvent).
+ * Reading is not limited: every service may subscribe to everything.
  */
 import { type Bus, type BusAuth, connectBus } from "./bus.js";
 import type { EventCatalogue } from "./catalogue.js";
