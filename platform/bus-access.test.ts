@@ -21,7 +21,8 @@ import { BUS_ADMIN, durableOf, natsAuthorization, provisionBus } from "./bus-acc
 import type { EventKind } from "./catalogue.js";
 import { decodeEvent } from "./inbox.js";
 import { silentLogger } from "./log.js";
-import { openRegistry, REGISTRY_BUCKET, registerInstance } from "./registry.js";
+import { openRegistry, REGISTRY_BUCKET, REGISTRY_SUBJECT_PREFIX, registerInstance } from "./registry.js";
+import { watchInstances } from "./registry-watch.js";
 
 const password = (user: string) => `test-${user}-password`;
 let nats: TestNats;
@@ -254,6 +255,50 @@ describe("publishing", () => {
       await expect(openRegistry(nc)).resolves.toBeDefined();
     } finally {
       await nc.close();
+    }
+  });
+});
+
+describe("the registry", () => {
+  it("is followed by subscription: no service may change another's watch, and a server answer written over an entry removes no instance", async () => {
+    const gateway = await as("gateway");
+    const inventory = await as("inventory");
+    const history = await as("history");
+    try {
+      // A watch that is a consumer on the bucket would be any service's to change or delete.
+      await expect(
+        (await jetstreamManager(history)).consumers.add(`KV_${REGISTRY_BUCKET}`, {
+          name: "watch",
+          ack_policy: AckPolicy.None,
+        }),
+      ).rejects.toThrow(/Permissions Violation/);
+      const changes: string[][] = [];
+      const watch = watchInstances(gateway, "inventory", silentLogger(), { onChange: (a) => changes.push([...a]) });
+      const reg = await registerInstance({
+        nc: inventory,
+        service: "inventory",
+        address: "127.0.0.1:1234",
+        log: silentLogger(),
+      });
+      try {
+        for (const deadline = Date.now() + 5_000; changes.at(-1)?.[0] !== "127.0.0.1:1234"; ) {
+          if (Date.now() > deadline) throw new Error(`no instance seen: ${JSON.stringify(changes)}`);
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        // The server answers at any reply subject: here, over inventory's own entry (history may ask).
+        const key = `${REGISTRY_SUBJECT_PREFIX}${reg.key}`;
+        const stored = await storedIn(history, `KV_${REGISTRY_BUCKET}`, async () => {
+          history.publish("$JS.API.INFO", new Uint8Array(), { reply: key });
+        });
+        expect(stored.subject).toBe(key);
+        await new Promise((r) => setTimeout(r, 300));
+        expect(changes.at(-1)).toEqual(["127.0.0.1:1234"]);
+      } finally {
+        watch.stop();
+        await reg.stop();
+      }
+    } finally {
+      await Promise.all([gateway.close(), inventory.close(), history.close()]);
     }
   });
 });

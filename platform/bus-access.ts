@@ -37,10 +37,11 @@ export const durableOf = (service: string, stream: string) => `${service}-${stre
  * What `service`'s user may publish to read and consume: stream state and stored messages as JSON
  * (never `$JS.API.DIRECT.GET`, whose answer is a stored message, headers and all — sent to a reply
  * subject of the asker's choosing, which the server does not check, it would republish anything the
- * asker stored onto any subject); its own durable consumers, `<service>-<stream>` on each stream, and
- * their acknowledgements and dead letters; and the registry's watchers.
+ * asker stored onto any subject); and its own durable consumers, `<service>-<stream>` on each stream,
+ * with their acknowledgements and dead letters. No consumer on the registry's bucket: the registry is
+ * followed by subscription (registry-watch.ts), and a consumer there would be anyone's to change.
  */
-function consuming(service: string, streams: readonly string[], registryStream: string): string[] {
+function consuming(service: string, streams: readonly string[]): string[] {
   const own = streams.flatMap((s) => {
     const d = durableOf(service, s);
     return [
@@ -51,16 +52,7 @@ function consuming(service: string, streams: readonly string[], registryStream: 
       `dlq.${d}`,
     ];
   });
-  return [
-    "$JS.API.INFO",
-    "$JS.API.STREAM.INFO.*",
-    "$JS.API.STREAM.MSG.GET.*",
-    ...own,
-    `$JS.API.CONSUMER.*.${registryStream}`,
-    `$JS.API.CONSUMER.*.${registryStream}.>`,
-    `$JS.API.CONSUMER.*.*.${registryStream}.>`,
-    "$JS.FC.>",
-  ];
+  return ["$JS.API.INFO", "$JS.API.STREAM.INFO.*", "$JS.API.STREAM.MSG.GET.*", ...own];
 }
 
 /**
@@ -75,11 +67,7 @@ export function busUsers(catalogue: EventCatalogue, processes: readonly string[]
     { user: BUS_ADMIN },
     ...processes.map((p) => ({
       user: p,
-      publish: [
-        ...(owned.has(p) ? [`${p}.>`] : []),
-        `$KV.${REGISTRY_BUCKET}.${p}.>`,
-        ...consuming(p, streams, `KV_${REGISTRY_BUCKET}`),
-      ],
+      publish: [...(owned.has(p) ? [`${p}.>`] : []), `$KV.${REGISTRY_BUCKET}.${p}.>`, ...consuming(p, streams)],
     })),
   ];
 }

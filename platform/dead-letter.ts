@@ -1,7 +1,16 @@
 /** The dead-letter stream's side of a consumer: where an event it gives up on goes, with why. */
+import { randomBytes } from "node:crypto";
 import type { JsMsg } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import type { Bus } from "./bus.js";
+
+/**
+ * Part of every dead letter's message id: the DLQ drops a second letter for one message (a retry) by
+ * its id, and an id anyone could predict could be stored first — by a server answer sent to the DLQ at
+ * someone's request (bus-access.ts) — to have the real letter dropped. A process that crashes between
+ * a letter and its message's termination may letter that message again after its restart.
+ */
+const LETTER_NONCE = randomBytes(9).toString("base64url");
 
 /** How much of a payload a dead letter keeps when the whole would not fit NATS's max_payload. */
 export const DLQ_KEPT_BYTES = 64 * 1024;
@@ -17,7 +26,7 @@ export const DLQ_KEPT_BYTES = 64 * 1024;
  * `x-dlq-stream-seq`. Throws only when that too fails (NATS is away): the message is then redelivered.
  */
 export async function deadLetter(bus: Bus, durable: string, m: JsMsg, reason: string): Promise<void> {
-  const msgID = `${durable}:${m.seq}`;
+  const msgID = `${durable}:${m.seq}:${LETTER_NONCE}`;
   try {
     await bus.js.publish(`dlq.${durable}`, m.data, { headers: letter(m, durable, reason, true), msgID });
   } catch {

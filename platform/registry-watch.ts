@@ -1,8 +1,14 @@
 /**
- * Following the registry: the live instances of one service, from a KV
- * watch on `<service>.*` plus a snapshot of the current entries (the watch's
- * own initial values give no reliable "that was all" signal when there are
- * none). Entries apply in revision order, so the two may overlap.
+ * Following the registry: the live instances of one service, from a plain
+ * subscription to its keys' subjects (`$KV.<bucket>.<service>.*`) plus a
+ * snapshot of the current entries. Not a KV watch: that is a consumer on
+ * the bucket's stream, which any service's NATS user could change or delete
+ * (bus-access.ts) — and a subscription is this connection's alone. A write
+ * seen live is newer than what the snapshot reads of its key; snapshot
+ * entries apply in revision order. What reaches those subjects without being
+ * a service's write — the server sends its answers to any reply subject a
+ * client names — is not an entry (no address, or delivered under another
+ * subject) and changes nothing.
  *
  * Entries not refreshed for the bucket's TTL are dropped on a timer too,
  * because nats-server before 2.11 expires KV entries (stream max age)
@@ -14,12 +20,20 @@
  * with backoff. Callbacks never run synchronously inside the call that
  * starts the watch.
  */
-import type { KvEntry, KvWatchEntry } from "@nats-io/kv";
-import type { NatsConnection, QueuedIterator } from "@nats-io/transport-node";
+import type { KvEntry } from "@nats-io/kv";
+import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
 import { backoffMs } from "./backoff.js";
 import type { Logger } from "./log.js";
 import { detached } from "./propagation.js";
-import { DEFAULT_TTL_MS, parseEntry, type Registry, registryOf, requireServiceName, snapshot } from "./registry.js";
+import {
+  DEFAULT_TTL_MS,
+  parseEntry,
+  REGISTRY_SUBJECT_PREFIX,
+  type Registry,
+  registryOf,
+  requireServiceName,
+  snapshot,
+} from "./registry.js";
 
 const RETRY_MIN_MS = 250;
 const RETRY_MAX_MS = 5_000;
@@ -83,7 +97,11 @@ class InstanceWatcher {
   /** Keys the current watch or its snapshot delivered: after a restart, the rest are gone. */
   private readonly delivered = new Set<string>();
   private stopped = false;
-  private watch: QueuedIterator<KvWatchEntry> | undefined;
+  private sub: Subscription | undefined;
+  /** Keys written since the current subscription began: newer than anything its snapshot reads. */
+  private readonly live = new Set<string>();
+  /** The subjects of this service's keys, up to the key's last token. */
+  private readonly prefix: string;
   private pruneTimer: NodeJS.Timeout | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
   private retries = 0;
@@ -104,14 +122,15 @@ class InstanceWatcher {
   ) {
     this.log = log.child({ registryWatch: service });
     this.link = linkOf(nc);
+    this.prefix = `${REGISTRY_SUBJECT_PREFIX}${service}.`;
   }
 
   stop(): void {
     this.stopped = true;
     clearInterval(this.pruneTimer);
     clearTimeout(this.retryTimer);
-    this.watch?.stop();
-    this.watch = undefined;
+    this.sub?.unsubscribe();
+    this.sub = undefined;
   }
 
   /** Tells the listener the live addresses, when they changed. */
@@ -128,15 +147,44 @@ class InstanceWatcher {
     this.listener.onChange(addresses);
   }
 
+  /** An entry the snapshot read: older than a live write of its key, or than a later revision. */
   private apply(e: KvEntry, seenAt: number): void {
     this.delivered.add(e.key);
+    if (this.live.has(e.key)) return;
     const prev = this.known.get(e.key);
     if (prev && prev.revision >= e.revision) return;
-    const entry = e.operation === "PUT" ? parseEntry(e.string()) : undefined;
-    if (e.operation === "PUT" && !entry) {
-      this.log.warn({ key: e.key }, "registry: ignoring an entry without a valid address");
+    this.set(e.key, e.operation, () => e.string(), e.revision, seenAt);
+  }
+
+  /** A write as it happens, on a subject of this service's keys. */
+  private applyLive(m: Msg): void {
+    // Delivered here by the server under another subject (a consumer's message sent to a reply subject).
+    if (!m.subject.startsWith(this.prefix)) return;
+    let operation: string;
+    try {
+      operation = m.headers?.get("KV-Operation") || "PUT";
+    } catch {
+      return; // unreadable headers: no service's write
     }
-    this.known.set(e.key, { address: entry?.address, revision: e.revision, seenAt });
+    const key = m.subject.slice(REGISTRY_SUBJECT_PREFIX.length);
+    this.live.add(key);
+    this.delivered.add(key);
+    this.set(key, operation, () => m.string(), this.known.get(key)?.revision ?? 0, Date.now());
+  }
+
+  private set(key: string, operation: string, text: () => string, revision: number, seenAt: number): void {
+    if (operation !== "PUT") {
+      this.known.set(key, { address: undefined, revision, seenAt });
+      return;
+    }
+    const entry = parseEntry(text());
+    if (!entry || (entry.service !== "" && entry.service !== this.service)) {
+      // Not an instance of this service (e.g. an answer the server sent here at someone's request): it
+      // neither adds nor removes one.
+      this.log.warn({ key }, "registry: ignoring an entry without a valid address");
+      return;
+    }
+    this.known.set(key, { address: entry.address, revision, seenAt });
   }
 
   /**
@@ -167,10 +215,10 @@ class InstanceWatcher {
     if (changed) this.report();
   }
 
-  private async load(reg: Registry, current: QueuedIterator<KvWatchEntry>): Promise<void> {
+  private async load(reg: Registry, current: Subscription): Promise<void> {
     try {
       const entries = await snapshot(reg, this.service);
-      if (this.stopped || this.watch !== current) return;
+      if (this.stopped || this.sub !== current) return;
       for (const e of entries) this.apply(e, this.initialSeenAt(e));
       for (const [key, k] of this.known) {
         if (!this.delivered.has(key) && k.address !== undefined) this.known.delete(key);
@@ -179,10 +227,10 @@ class InstanceWatcher {
       this.retries = 0;
       this.report();
     } catch (err) {
-      if (this.stopped || this.watch !== current) return;
+      if (this.stopped || this.sub !== current) return;
       this.fail(err);
-      // Ends the watch loop in run(), which retries.
-      current.stop();
+      // Ends the loop in run(), which retries.
+      current.unsubscribe();
     }
   }
 
@@ -202,26 +250,23 @@ class InstanceWatcher {
       this.lastPrune = Date.now();
       this.pruneTimer = setInterval(() => this.prune(), this.pruneEveryMs);
       this.pruneTimer.unref();
-      const w = await reg.kv.watch({ key: `${this.service}.*` });
-      if (this.stopped) {
-        w.stop();
-        return;
-      }
-      this.watch = w;
+      const sub = this.nc.subscribe(`${this.prefix}*`);
+      this.sub = sub;
       this.synced = false;
       this.delivered.clear();
-      void this.load(reg, w);
-      for await (const e of w) {
+      this.live.clear();
+      void this.load(reg, sub);
+      for await (const m of sub) {
         if (this.stopped) break;
-        // Entries may arrive through promises a request's work resolved: handle them in no trace.
-        detached(() => this.apply(e, e.isUpdate ? Date.now() : this.initialSeenAt(e)));
+        // Writes may arrive through promises a request's work resolved: handle them in no trace.
+        detached(() => this.applyLive(m));
         this.report();
       }
     } catch (err) {
       if (this.stopped) return;
       this.fail(err);
     }
-    this.watch = undefined;
+    this.sub = undefined;
     if (this.stopped) return;
     if (this.nc.isClosed()) {
       this.log.warn("registry connection closed; keeping the last known instances");

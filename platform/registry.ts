@@ -265,7 +265,8 @@ export function registryOf(nc: NatsConnection): Promise<Registry> {
   return p;
 }
 
-const SUBJECT_PREFIX = `$KV.${REGISTRY_BUCKET}.`;
+/** The subjects of the registry's keys, up to the key: `$KV.<bucket>.`. */
+export const REGISTRY_SUBJECT_PREFIX = `$KV.${REGISTRY_BUCKET}.`;
 
 /**
  * The latest entry (deletes included) of every key of `service`. Not
@@ -275,9 +276,9 @@ const SUBJECT_PREFIX = `$KV.${REGISTRY_BUCKET}.`;
  */
 export async function snapshot(reg: Registry, service: string): Promise<KvEntry[]> {
   const info = await reg.jsm.streams.info(`KV_${REGISTRY_BUCKET}`, {
-    subjects_filter: `${SUBJECT_PREFIX}${service}.*`,
+    subjects_filter: `${REGISTRY_SUBJECT_PREFIX}${service}.*`,
   });
-  const keys = Object.keys(info.state.subjects ?? {}).map((s) => s.slice(SUBJECT_PREFIX.length));
+  const keys = Object.keys(info.state.subjects ?? {}).map((s) => s.slice(REGISTRY_SUBJECT_PREFIX.length));
   const entries = await Promise.all(keys.map((k) => reg.kv.get(k)));
   return entries.filter((e): e is KvEntry => e !== null);
 }
