@@ -19,6 +19,7 @@ import { startNats, type TestNats } from "../test/nats.js";
 import { connectBus } from "./bus.js";
 import { BUS_ADMIN, durableOf, natsAuthorization, provisionBus } from "./bus-access.js";
 import type { EventKind } from "./catalogue.js";
+import { letterId } from "./dead-letter.js";
 import { decodeEvent } from "./inbox.js";
 import { silentLogger } from "./log.js";
 import { openRegistry, REGISTRY_BUCKET, REGISTRY_SUBJECT_PREFIX, registerInstance } from "./registry.js";
@@ -259,7 +260,56 @@ describe("publishing", () => {
   });
 });
 
+it("a dead letter's message id names its message, and one seen says nothing of the next", () => {
+  // The DLQ drops a letter whose id it already holds: an id worked out from a seen one could be
+  // stored first (any service may subscribe to dlq.>) to have the real letter dropped.
+  const [a, b] = [letterId("payment-order", 41), letterId("payment-order", 42)];
+  expect(letterId("payment-order", 41)).toBe(a); // a retry is the same letter
+  expect(a.startsWith("payment-order:41:") && b.startsWith("payment-order:42:")).toBe(true);
+  expect(a.split(":")[2]).not.toBe(b.split(":")[2]);
+});
+
 describe("the registry", () => {
+  it("a key no registration writes, stored by a server answer, does not keep a new watcher from the instances", async () => {
+    const gateway = await as("gateway");
+    const inventory = await as("inventory");
+    const history = await as("history");
+    const reg = await registerInstance({
+      nc: inventory,
+      service: "inventory",
+      address: "127.0.0.1:1235",
+      log: silentLogger(),
+    });
+    try {
+      // kv.get refuses to read `inventory.x!y`: the whole snapshot failed, and a watcher starting
+      // then saw no instance for as long as such an answer was kept.
+      const bad = `${REGISTRY_SUBJECT_PREFIX}inventory.x!y`;
+      expect(
+        (
+          await storedIn(history, `KV_${REGISTRY_BUCKET}`, async () =>
+            history.publish("$JS.API.INFO", new Uint8Array(), { reply: bad }),
+          )
+        ).subject,
+      ).toBe(bad);
+      const seen = new Promise<readonly string[]>((resolve, reject) => {
+        const w = watchInstances(gateway, "inventory", silentLogger(), {
+          onChange: (a) => {
+            w.stop();
+            resolve(a);
+          },
+          onError: (e) => {
+            w.stop();
+            reject(new Error(e));
+          },
+        });
+      });
+      expect(await seen).toContain("127.0.0.1:1235");
+    } finally {
+      await reg.stop();
+      await Promise.all([gateway.close(), inventory.close(), history.close()]);
+    }
+  });
+
   it("is followed by subscription: no service may change another's watch, and a server answer written over an entry removes no instance", async () => {
     const gateway = await as("gateway");
     const inventory = await as("inventory");

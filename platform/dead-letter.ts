@@ -1,16 +1,24 @@
 /** The dead-letter stream's side of a consumer: where an event it gives up on goes, with why. */
-import { randomBytes } from "node:crypto";
+import { createHmac, randomBytes } from "node:crypto";
 import type { JsMsg } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import type { Bus } from "./bus.js";
 
 /**
- * Part of every dead letter's message id: the DLQ drops a second letter for one message (a retry) by
- * its id, and an id anyone could predict could be stored first — by a server answer sent to the DLQ at
- * someone's request (bus-access.ts) — to have the real letter dropped. A process that crashes between
- * a letter and its message's termination may letter that message again after its restart.
+ * The key of every dead letter's message id. The DLQ drops a second letter for one message (a retry)
+ * by its id, and an id anyone could work out — every letter shows its own — could be stored first,
+ * by a server answer sent to the DLQ at someone's request (bus-access.ts), to have the real letter
+ * dropped as a duplicate. So the id is a MAC of the consumer and sequence under a key of this process:
+ * one seen says nothing of the next. A process that crashes between a letter and its message's
+ * termination may letter that message again after its restart.
  */
-const LETTER_NONCE = randomBytes(9).toString("base64url");
+const LETTER_KEY = randomBytes(32);
+
+/** The message id of the dead letter of `durable`'s message at stream sequence `seq`. */
+export function letterId(durable: string, seq: number): string {
+  const mac = createHmac("sha256", LETTER_KEY).update(`${durable}:${seq}`).digest("base64url").slice(0, 22);
+  return `${durable}:${seq}:${mac}`;
+}
 
 /** How much of a payload a dead letter keeps when the whole would not fit NATS's max_payload. */
 export const DLQ_KEPT_BYTES = 64 * 1024;
@@ -26,7 +34,7 @@ export const DLQ_KEPT_BYTES = 64 * 1024;
  * `x-dlq-stream-seq`. Throws only when that too fails (NATS is away): the message is then redelivered.
  */
 export async function deadLetter(bus: Bus, durable: string, m: JsMsg, reason: string): Promise<void> {
-  const msgID = `${durable}:${m.seq}:${LETTER_NONCE}`;
+  const msgID = letterId(durable, m.seq);
   try {
     await bus.js.publish(`dlq.${durable}`, m.data, { headers: letter(m, durable, reason, true), msgID });
   } catch {

@@ -278,8 +278,13 @@ export async function snapshot(reg: Registry, service: string): Promise<KvEntry[
   const info = await reg.jsm.streams.info(`KV_${REGISTRY_BUCKET}`, {
     subjects_filter: `${REGISTRY_SUBJECT_PREFIX}${service}.*`,
   });
-  const keys = Object.keys(info.state.subjects ?? {}).map((s) => s.slice(REGISTRY_SUBJECT_PREFIX.length));
-  const entries = await Promise.all(keys.map((k) => reg.kv.get(k)));
+  // Only keys a registration writes (`<service>.<instance id>`), and one unreadable key skipped, not
+  // the whole snapshot failed: the server stores its answers at any reply subject a client names, e.g.
+  // `<service>.x!y`, which kv.get refuses to read.
+  const keys = Object.keys(info.state.subjects ?? {})
+    .map((s) => s.slice(REGISTRY_SUBJECT_PREFIX.length))
+    .filter((k) => /^[\w-]+\.[\w-]+$/.test(k));
+  const entries = await Promise.all(keys.map((k) => reg.kv.get(k).catch(() => null)));
   return entries.filter((e): e is KvEntry => e !== null);
 }
 
