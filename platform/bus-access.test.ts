@@ -1,11 +1,17 @@
 /**
  * Who may publish what on the bus (bus-access.ts), against a real nats-server
  * configured with the users `make run` gives it: nobody connects without a
- * user, each service publishes its own context's events only (a forged
- * OrderCancelled from anything but order is refused and never stored), no
- * service creates, changes or deletes a stream — a stream's `republish`
- * would let the server publish on any subject for it — and a service waits
- * for the administrator to provision the streams, then runs.
+ * user; each service publishes its own context's events only (a forged
+ * OrderCancelled from anything but order is refused and never stored); no
+ * service creates, changes or deletes a stream (a stream's `republish` would
+ * publish on any subject for it); and the ways three hostile rounds found
+ * around that, holding one service's password, stay shut — the server's
+ * answers sent to a reply subject of one's choosing (a direct read carrying
+ * a stored forgery, junk written over a registry entry or under a key no
+ * registration writes), a push consumer delivering into another stream,
+ * another service's consumers, dead letters pre-empted by their ids, and
+ * registry watches that were consumers anyone could change. Last, a service
+ * waits for the administrator to provision the streams, then runs.
  */
 import { create, toBinary } from "@bufbuild/protobuf";
 import { AckPolicy, DeliverPolicy, type JsMsg, jetstream, jetstreamManager } from "@nats-io/jetstream";
