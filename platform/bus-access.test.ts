@@ -28,7 +28,13 @@ import type { EventKind } from "./catalogue.js";
 import { letterId } from "./dead-letter.js";
 import { decodeEvent } from "./inbox.js";
 import { silentLogger } from "./log.js";
-import { openRegistry, REGISTRY_BUCKET, REGISTRY_SUBJECT_PREFIX, registerInstance } from "./registry.js";
+import {
+  MAX_ENTRY_BYTES,
+  openRegistry,
+  REGISTRY_BUCKET,
+  REGISTRY_SUBJECT_PREFIX,
+  registerInstance,
+} from "./registry.js";
 import { watchInstances } from "./registry-watch.js";
 
 const password = (user: string) => `test-${user}-password`;
@@ -207,7 +213,12 @@ describe("publishing", () => {
       // answers with a stored message, headers and all: the asker's own forgery, onto any subject.
       await expect(refused(nc, `$JS.API.DIRECT.GET.KV_${REGISTRY_BUCKET}`)).resolves.toBe(true);
       const registry = (await (await jetstreamManager(admin)).streams.info(`KV_${REGISTRY_BUCKET}`)).config;
-      expect([registry.allow_direct, registry.allow_rollup_hdrs]).toEqual([false, false]);
+      // Nor roll-ups, nor values larger than an entry (an answer sent there could be 200 KB).
+      expect([registry.allow_direct, registry.allow_rollup_hdrs, registry.max_msg_size]).toEqual([
+        false,
+        false,
+        MAX_ENTRY_BYTES,
+      ]);
       // Nor can a service's own registry key roll the others up (purge them).
       const h = headers();
       h.set("Nats-Rollup", "all");

@@ -19,7 +19,7 @@ import { type Bus, type BusAuth, connectBus } from "./bus.js";
 import type { EventCatalogue } from "./catalogue.js";
 import { DLQ_STREAM } from "./catalogue.js";
 import type { Logger } from "./log.js";
-import { openRegistry, REGISTRY_BUCKET } from "./registry.js";
+import { MAX_ENTRY_BYTES, openRegistry, REGISTRY_BUCKET } from "./registry.js";
 
 /** The user that creates and changes streams (and the tools that read the bus by hand). */
 export const BUS_ADMIN = "admin";
@@ -107,7 +107,11 @@ export async function provisionBus(
       await openRegistry(bus.nc, opts.replicas ? { replicas: opts.replicas } : {});
       // Neither direct reads (see consuming()) nor roll-ups: one `Nats-Rollup: all` on a service's own
       // key would purge every service's entries. A bucket made before this is changed here.
-      await bus.jsm.streams.update(`KV_${REGISTRY_BUCKET}`, { allow_direct: false, allow_rollup_hdrs: false });
+      await bus.jsm.streams.update(`KV_${REGISTRY_BUCKET}`, {
+        allow_direct: false,
+        allow_rollup_hdrs: false,
+        max_msg_size: MAX_ENTRY_BYTES,
+      });
     }
   } finally {
     await bus.close();

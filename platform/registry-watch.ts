@@ -27,6 +27,7 @@ import type { Logger } from "./log.js";
 import { detached } from "./propagation.js";
 import {
   DEFAULT_TTL_MS,
+  MAX_ENTRY_BYTES,
   parseEntry,
   REGISTRY_SUBJECT_PREFIX,
   type Registry,
@@ -158,8 +159,9 @@ class InstanceWatcher {
 
   /** A write as it happens, on a subject of this service's keys. */
   private applyLive(m: Msg): void {
-    // Delivered here by the server under another subject (a consumer's message sent to a reply subject).
-    if (!m.subject.startsWith(this.prefix)) return;
+    // Delivered here by the server under another subject (a consumer's message sent to a reply subject),
+    // or larger than any entry (a server answer sent here, which one small request can make large).
+    if (!m.subject.startsWith(this.prefix) || m.data.byteLength > MAX_ENTRY_BYTES) return;
     let operation: string;
     try {
       operation = m.headers?.get("KV-Operation") || "PUT";

@@ -98,6 +98,8 @@ export async function openRegistry(nc: NatsConnection, opts: { ttlMs?: number; r
     // No direct reads: a direct read answers with a stored message, headers and all, at any reply subject
     // the asker names (bus-access.ts); entries are read through the stream's JSON API instead.
     allow_direct: false,
+    // An entry is ~150 bytes; a server answer sent to a key's subject can be far larger.
+    maxValueSize: MAX_ENTRY_BYTES,
   };
   const kvm = new Kvm(nc);
   try {
@@ -265,6 +267,9 @@ export function registryOf(nc: NatsConnection): Promise<Registry> {
   return p;
 }
 
+/** The largest registry entry, bytes: a registration writes ~150. */
+export const MAX_ENTRY_BYTES = 4_096;
+
 /** The subjects of the registry's keys, up to the key: `$KV.<bucket>.`. */
 export const REGISTRY_SUBJECT_PREFIX = `$KV.${REGISTRY_BUCKET}.`;
 
@@ -283,7 +288,7 @@ export async function snapshot(reg: Registry, service: string): Promise<KvEntry[
   // `<service>.x!y`, which kv.get refuses to read.
   const keys = Object.keys(info.state.subjects ?? {})
     .map((s) => s.slice(REGISTRY_SUBJECT_PREFIX.length))
-    .filter((k) => /^[\w-]+\.[\w-]+$/.test(k));
+    .filter((k) => k.startsWith(`${service}.`) && /^[\w-]+\.[\w-]+$/.test(k));
   const entries = await Promise.all(keys.map((k) => reg.kv.get(k).catch(() => null)));
   return entries.filter((e): e is KvEntry => e !== null);
 }
