@@ -7,7 +7,7 @@
  * NATS_USER, NATS_PASSWORD and NATS_STREAM_REPLICAS; `make run` calls
  * provisionBus itself.
  */
-import { busAuthOf, commonEnv, ConfigError, createLogger, parseEnv, provisionBus } from "../platform/index.js";
+import { busAuthOf, ConfigError, commonEnv, createLogger, parseEnv, provisionBus } from "../platform/index.js";
 import { EVENTS } from "./events.js";
 
 const spec = {
@@ -33,7 +33,10 @@ try {
     ...busAuthOf(config),
     replicas: config.NATS_STREAM_REPLICAS,
   });
-  log.info({ streams: EVENTS.streams.map((s) => s.name), replicas: config.NATS_STREAM_REPLICAS }, "streams provisioned");
+  log.info(
+    { streams: EVENTS.streams.map((s) => s.name), replicas: config.NATS_STREAM_REPLICAS },
+    "streams provisioned",
+  );
 } catch (err) {
   log.error({ err: (err as Error).message }, "cannot provision the streams");
   process.exitCode = 1;

@@ -23,8 +23,8 @@ import type { JsMsg } from "@nats-io/jetstream";
 import { EVENTS } from "../../contracts/events.js";
 import {
   type Bus,
-  ConfigError,
   busAuthOf,
+  ConfigError,
   connectBus,
   createLogger,
   decodeEvent,
