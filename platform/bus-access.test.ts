@@ -44,7 +44,11 @@ beforeAll(async () => {
 });
 afterAll(() => nats[Symbol.asyncDispose]());
 
-const as = (user: string) => connect({ servers: nats.url, user, pass: password(user) });
+/** A connection as `user`, closed when its scope ends (`await using`). */
+const as = async (user: string) => {
+  const nc = await connect({ servers: nats.url, user, pass: password(user) });
+  return Object.assign(nc, { [Symbol.asyncDispose]: () => nc.close() });
+};
 
 const CANCELLED = EVENTS.kinds.find((k) => k.typeName.endsWith("OrderCancelled")) as EventKind;
 /** A well-formed OrderCancelled, as only order may publish it. */
@@ -76,28 +80,24 @@ async function refused(nc: NatsConnection, subject: string): Promise<boolean> {
 
 /** What `act` makes `stream` store next, read as a consumer reads it (with the administrator's rights). */
 async function storedIn(nc: NatsConnection, stream: string, act: () => Promise<unknown>): Promise<JsMsg> {
-  const admin = await as(BUS_ADMIN);
-  try {
-    const jsm = await jetstreamManager(admin);
-    const before = (await jsm.streams.info(stream)).state.last_seq;
-    await act();
-    await nc.flush();
-    for (const deadline = Date.now() + 5_000; (await jsm.streams.info(stream)).state.last_seq === before; ) {
-      if (Date.now() > deadline) throw new Error(`${stream} stored nothing`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    const name = `reader-${before}`;
-    await jsm.consumers.add(stream, {
-      durable_name: name,
-      deliver_policy: DeliverPolicy.StartSequence,
-      opt_start_seq: before + 1,
-    });
-    const m = await (await jetstream(admin).consumers.get(stream, name)).next({ expires: 5_000 });
-    if (!m) throw new Error(`${stream}: nothing to read after ${before}`);
-    return m;
-  } finally {
-    await admin.close();
+  await using admin = await as(BUS_ADMIN);
+  const jsm = await jetstreamManager(admin);
+  const before = (await jsm.streams.info(stream)).state.last_seq;
+  await act();
+  await nc.flush();
+  for (const deadline = Date.now() + 5_000; (await jsm.streams.info(stream)).state.last_seq === before; ) {
+    if (Date.now() > deadline) throw new Error(`${stream} stored nothing`);
+    await new Promise((r) => setTimeout(r, 20));
   }
+  const name = `reader-${before}`;
+  await jsm.consumers.add(stream, {
+    durable_name: name,
+    deliver_policy: DeliverPolicy.StartSequence,
+    opt_start_seq: before + 1,
+  });
+  const m = await (await jetstream(admin).consumers.get(stream, name)).next({ expires: 5_000 });
+  if (!m) throw new Error(`${stream}: nothing to read after ${before}`);
+  return m;
 }
 
 describe("authentication", () => {
@@ -119,18 +119,14 @@ describe("publishing", () => {
     expect(services).toEqual(expect.arrayContaining(["order", "inventory", "payment", "notification", "history"]));
     const outcome: string[] = [];
     for (const user of services) {
-      const nc = await as(user);
-      try {
-        const js = jetstream(nc);
-        for (const kind of EVENTS.kinds) {
-          const ok = await js.publish(kind.subject, new Uint8Array([1])).then(
-            () => true,
-            (err: Error) => (/Permissions Violation/.test(err.message) ? false : Promise.reject(err)),
-          );
-          if (ok) outcome.push(`${user} ${kind.stream}`);
-        }
-      } finally {
-        await nc.close();
+      await using nc = await as(user);
+      const js = jetstream(nc);
+      for (const kind of EVENTS.kinds) {
+        const ok = await js.publish(kind.subject, new Uint8Array([1])).then(
+          () => true,
+          (err: Error) => (/Permissions Violation/.test(err.message) ? false : Promise.reject(err)),
+        );
+        if (ok) outcome.push(`${user} ${kind.stream}`);
       }
     }
     // Every service's user may publish on its own stream's subjects, none on another's.
@@ -141,139 +137,111 @@ describe("publishing", () => {
   });
 
   it("a forged OrderCancelled from inventory's user is refused and never reaches the ORDER stream", async () => {
-    const admin = await as(BUS_ADMIN);
-    const nc = await as("inventory");
-    try {
-      const before = (await (await jetstreamManager(admin)).streams.info("ORDER")).state.last_seq;
-      const subject = EVENTS.kinds.find((k) => k.typeName.endsWith("OrderCancelled"))?.subject ?? "";
-      await expect(jetstream(nc).publish(subject, new Uint8Array([1]))).rejects.toThrow(/Permissions Violation/);
-      // A plain publish, with no acknowledgement asked, is dropped by the server just the same.
-      nc.publish(subject, new Uint8Array([1]));
-      await nc.flush();
-      await admin.flush();
-      expect((await (await jetstreamManager(admin)).streams.info("ORDER")).state.last_seq).toBe(before);
-    } finally {
-      await nc.close();
-      await admin.close();
-    }
+    await using admin = await as(BUS_ADMIN);
+    await using nc = await as("inventory");
+    const before = (await (await jetstreamManager(admin)).streams.info("ORDER")).state.last_seq;
+    const subject = EVENTS.kinds.find((k) => k.typeName.endsWith("OrderCancelled"))?.subject ?? "";
+    await expect(jetstream(nc).publish(subject, new Uint8Array([1]))).rejects.toThrow(/Permissions Violation/);
+    // A plain publish, with no acknowledgement asked, is dropped by the server just the same.
+    nc.publish(subject, new Uint8Array([1]));
+    await nc.flush();
+    await admin.flush();
+    expect((await (await jetstreamManager(admin)).streams.info("ORDER")).state.last_seq).toBe(before);
   });
 
   it("no service creates, changes, purges or deletes a stream: a republishing stream would forge for it", async () => {
-    const nc = await as("inventory");
-    try {
-      const jsm = await jetstreamManager(nc);
-      const refused = /Permissions Violation/;
-      await expect(
-        jsm.streams.add({ name: "SIDE", subjects: ["side.>"], republish: { src: ">", dest: "order.order.cancelled" } }),
-      ).rejects.toThrow(refused);
-      await expect(jsm.streams.update("INVENTORY", { subjects: ["inventory.>", "side.>"] })).rejects.toThrow(refused);
-      await expect(jsm.streams.purge("ORDER")).rejects.toThrow(refused);
-      await expect(jsm.streams.delete("ORDER")).rejects.toThrow(refused);
-      await expect(jsm.streams.deleteMessage("ORDER", 1)).rejects.toThrow(refused);
-      // What a consumer needs still works: reading a stream's state.
-      expect((await jsm.streams.info("INVENTORY")).config.subjects).toEqual(["inventory.>"]);
-    } finally {
-      await nc.close();
-    }
+    await using nc = await as("inventory");
+    const jsm = await jetstreamManager(nc);
+    const refused = /Permissions Violation/;
+    await expect(
+      jsm.streams.add({ name: "SIDE", subjects: ["side.>"], republish: { src: ">", dest: "order.order.cancelled" } }),
+    ).rejects.toThrow(refused);
+    await expect(jsm.streams.update("INVENTORY", { subjects: ["inventory.>", "side.>"] })).rejects.toThrow(refused);
+    await expect(jsm.streams.purge("ORDER")).rejects.toThrow(refused);
+    await expect(jsm.streams.delete("ORDER")).rejects.toThrow(refused);
+    await expect(jsm.streams.deleteMessage("ORDER", 1)).rejects.toThrow(refused);
+    // What a consumer needs still works: reading a stream's state.
+    expect((await jsm.streams.info("INVENTORY")).config.subjects).toEqual(["inventory.>"]);
   });
 
   it("an event a consumer delivers into another stream's subjects keeps its publisher's subject, and is refused", async () => {
     // What the permissions cannot stop: a push consumer's deliveries are stored by any stream whose
     // subjects they go to. Inventory's user puts a well-formed OrderCancelled on its own subject and has
     // the server deliver it to order.order.cancelled, which the ORDER stream keeps.
-    const nc = await as("inventory");
-    try {
-      const js = jetstream(nc);
-      const jsm = await jetstreamManager(nc);
-      await js.publish("inventory.stock.forged", forged.payload, { headers: forged.headers() });
-      const interest = nc.subscribe(CANCELLED.subject);
-      const stored = await storedIn(nc, "ORDER", () =>
-        jsm.consumers.add("INVENTORY", {
-          name: durableOf("inventory", "INVENTORY"),
-          deliver_subject: CANCELLED.subject,
-          filter_subject: "inventory.stock.forged",
-          ack_policy: AckPolicy.None,
-        }),
-      );
-      interest.unsubscribe();
-      expect(stored.subject).toBe("inventory.stock.forged");
-      expect(decodeEvent(stored, EVENTS)).toEqual({
-        unusable: expect.stringContaining("is published on order.order.cancelled (ORDER)"),
-      });
-    } finally {
-      await nc.close();
-    }
+    await using nc = await as("inventory");
+    const js = jetstream(nc);
+    const jsm = await jetstreamManager(nc);
+    await js.publish("inventory.stock.forged", forged.payload, { headers: forged.headers() });
+    const interest = nc.subscribe(CANCELLED.subject);
+    const stored = await storedIn(nc, "ORDER", () =>
+      jsm.consumers.add("INVENTORY", {
+        name: durableOf("inventory", "INVENTORY"),
+        deliver_subject: CANCELLED.subject,
+        filter_subject: "inventory.stock.forged",
+        ack_policy: AckPolicy.None,
+      }),
+    );
+    interest.unsubscribe();
+    expect(stored.subject).toBe("inventory.stock.forged");
+    expect(decodeEvent(stored, EVENTS)).toEqual({
+      unusable: expect.stringContaining("is published on order.order.cancelled (ORDER)"),
+    });
   });
 
   it("no server answer carries a stored message to another's subject: no direct reads, and a copy is refused", async () => {
-    const nc = await as("inventory");
-    const admin = await as(BUS_ADMIN);
-    try {
-      // The server sends its answer to whatever reply subject the asker names, unchecked. A direct read
-      // answers with a stored message, headers and all: the asker's own forgery, onto any subject.
-      await expect(refused(nc, `$JS.API.DIRECT.GET.KV_${REGISTRY_BUCKET}`)).resolves.toBe(true);
-      const registry = (await (await jetstreamManager(admin)).streams.info(`KV_${REGISTRY_BUCKET}`)).config;
-      // Nor roll-ups, nor values larger than an entry (an answer sent there could be 200 KB).
-      expect([registry.allow_direct, registry.allow_rollup_hdrs, registry.max_msg_size]).toEqual([
-        false,
-        false,
-        MAX_ENTRY_BYTES,
-      ]);
-      // Nor can a service's own registry key roll the others up (purge them).
-      const h = headers();
-      h.set("Nats-Rollup", "all");
-      await expect(
-        jetstream(nc).publish(`$KV.${REGISTRY_BUCKET}.inventory.inst_x`, new Uint8Array([1]), { headers: h }),
-      ).rejects.toThrow(/rollup/i);
-      // What such a copy looks like — made here by the administrator, who may read directly — is refused.
-      const jsm = await jetstreamManager(admin);
-      await jsm.streams.add({ name: "SIDE", subjects: ["side.>"], allow_direct: true });
-      await jetstream(admin).publish("side.forged", forged.payload, { headers: forged.headers() });
-      const stored = await storedIn(admin, "ORDER", async () => {
-        admin.publish("$JS.API.DIRECT.GET.SIDE", JSON.stringify({ last_by_subj: "side.forged" }), {
-          reply: CANCELLED.subject,
-        });
+    await using nc = await as("inventory");
+    await using admin = await as(BUS_ADMIN);
+    // The server sends its answer to whatever reply subject the asker names, unchecked. A direct read
+    // answers with a stored message, headers and all: the asker's own forgery, onto any subject.
+    await expect(refused(nc, `$JS.API.DIRECT.GET.KV_${REGISTRY_BUCKET}`)).resolves.toBe(true);
+    const registry = (await (await jetstreamManager(admin)).streams.info(`KV_${REGISTRY_BUCKET}`)).config;
+    // Nor roll-ups, nor values larger than an entry (an answer sent there could be 200 KB).
+    expect([registry.allow_direct, registry.allow_rollup_hdrs, registry.max_msg_size]).toEqual([
+      false,
+      false,
+      MAX_ENTRY_BYTES,
+    ]);
+    // Nor can a service's own registry key roll the others up (purge them).
+    const h = headers();
+    h.set("Nats-Rollup", "all");
+    await expect(
+      jetstream(nc).publish(`$KV.${REGISTRY_BUCKET}.inventory.inst_x`, new Uint8Array([1]), { headers: h }),
+    ).rejects.toThrow(/rollup/i);
+    // What such a copy looks like — made here by the administrator, who may read directly — is refused.
+    const jsm = await jetstreamManager(admin);
+    await jsm.streams.add({ name: "SIDE", subjects: ["side.>"], allow_direct: true });
+    await jetstream(admin).publish("side.forged", forged.payload, { headers: forged.headers() });
+    const stored = await storedIn(admin, "ORDER", async () => {
+      admin.publish("$JS.API.DIRECT.GET.SIDE", JSON.stringify({ last_by_subj: "side.forged" }), {
+        reply: CANCELLED.subject,
       });
-      expect(stored.subject).toBe(CANCELLED.subject);
-      expect(decodeEvent(stored, EVENTS)).toEqual({ unusable: expect.stringContaining("a copy of a stored message") });
-    } finally {
-      await nc.close();
-      await admin.close();
-    }
+    });
+    expect(stored.subject).toBe(CANCELLED.subject);
+    expect(decodeEvent(stored, EVENTS)).toEqual({ unusable: expect.stringContaining("a copy of a stored message") });
   });
 
   it("a service consumes, acknowledges and dead-letters only as its own durable consumers", async () => {
-    const nc = await as("inventory");
-    try {
-      const jsm = await jetstreamManager(nc);
-      await expect(
-        jsm.consumers.add("ORDER", { durable_name: durableOf("inventory", "ORDER") }),
-      ).resolves.toBeDefined();
-      // Another service's consumer cannot be changed (made to drop events), deleted, acknowledged for,
-      // or have its dead letters pre-empted (their message ids are predictable).
-      await expect(jsm.consumers.add("ORDER", { durable_name: "payment-order", headers_only: true })).rejects.toThrow(
-        /Permissions Violation/,
-      );
-      await expect(jsm.consumers.delete("ORDER", "payment-order")).rejects.toThrow(/Permissions Violation/);
-      await expect(refused(nc, "$JS.ACK.ORDER.payment-order.1.1.1.1.0")).resolves.toBe(true);
-      await expect(refused(nc, "dlq.payment-order")).resolves.toBe(true);
-      await expect(refused(nc, `dlq.${durableOf("inventory", "ORDER")}`)).resolves.toBe(false);
-    } finally {
-      await nc.close();
-    }
+    await using nc = await as("inventory");
+    const jsm = await jetstreamManager(nc);
+    await expect(jsm.consumers.add("ORDER", { durable_name: durableOf("inventory", "ORDER") })).resolves.toBeDefined();
+    // Another service's consumer cannot be changed (made to drop events), deleted, acknowledged for,
+    // or have its dead letters pre-empted (their message ids are predictable).
+    await expect(jsm.consumers.add("ORDER", { durable_name: "payment-order", headers_only: true })).rejects.toThrow(
+      /Permissions Violation/,
+    );
+    await expect(jsm.consumers.delete("ORDER", "payment-order")).rejects.toThrow(/Permissions Violation/);
+    await expect(refused(nc, "$JS.ACK.ORDER.payment-order.1.1.1.1.0")).resolves.toBe(true);
+    await expect(refused(nc, "dlq.payment-order")).resolves.toBe(true);
+    await expect(refused(nc, `dlq.${durableOf("inventory", "ORDER")}`)).resolves.toBe(false);
   });
 
   it("a service registers itself in the registry, never another service", async () => {
-    const nc = await as("inventory");
-    try {
-      const reg = await registerInstance({ nc, service: "inventory", address: "127.0.0.1:1", log: silentLogger() });
-      await reg.stop();
-      const kv = await new Kvm(nc).open(REGISTRY_BUCKET);
-      await expect(kv.put("payment.inst_forged", "{}")).rejects.toThrow(/Permissions Violation/);
-      await expect(openRegistry(nc)).resolves.toBeDefined();
-    } finally {
-      await nc.close();
-    }
+    await using nc = await as("inventory");
+    const reg = await registerInstance({ nc, service: "inventory", address: "127.0.0.1:1", log: silentLogger() });
+    await reg.stop();
+    const kv = await new Kvm(nc).open(REGISTRY_BUCKET);
+    await expect(kv.put("payment.inst_forged", "{}")).rejects.toThrow(/Permissions Violation/);
+    await expect(openRegistry(nc)).resolves.toBeDefined();
   });
 });
 
@@ -288,9 +256,9 @@ it("a dead letter's message id names its message, and one seen says nothing of t
 
 describe("the registry", () => {
   it("a key no registration writes, stored by a server answer, does not keep a new watcher from the instances", async () => {
-    const gateway = await as("gateway");
-    const inventory = await as("inventory");
-    const history = await as("history");
+    await using gateway = await as("gateway");
+    await using inventory = await as("inventory");
+    await using history = await as("history");
     const reg = await registerInstance({
       nc: inventory,
       service: "inventory",
@@ -323,49 +291,44 @@ describe("the registry", () => {
       expect(await seen).toContain("127.0.0.1:1235");
     } finally {
       await reg.stop();
-      await Promise.all([gateway.close(), inventory.close(), history.close()]);
     }
   });
 
   it("is followed by subscription: no service may change another's watch, and a server answer written over an entry removes no instance", async () => {
-    const gateway = await as("gateway");
-    const inventory = await as("inventory");
-    const history = await as("history");
+    await using gateway = await as("gateway");
+    await using inventory = await as("inventory");
+    await using history = await as("history");
+    // A watch that is a consumer on the bucket would be any service's to change or delete.
+    await expect(
+      (await jetstreamManager(history)).consumers.add(`KV_${REGISTRY_BUCKET}`, {
+        name: "watch",
+        ack_policy: AckPolicy.None,
+      }),
+    ).rejects.toThrow(/Permissions Violation/);
+    const changes: string[][] = [];
+    const watch = watchInstances(gateway, "inventory", silentLogger(), { onChange: (a) => changes.push([...a]) });
+    const reg = await registerInstance({
+      nc: inventory,
+      service: "inventory",
+      address: "127.0.0.1:1234",
+      log: silentLogger(),
+    });
     try {
-      // A watch that is a consumer on the bucket would be any service's to change or delete.
-      await expect(
-        (await jetstreamManager(history)).consumers.add(`KV_${REGISTRY_BUCKET}`, {
-          name: "watch",
-          ack_policy: AckPolicy.None,
-        }),
-      ).rejects.toThrow(/Permissions Violation/);
-      const changes: string[][] = [];
-      const watch = watchInstances(gateway, "inventory", silentLogger(), { onChange: (a) => changes.push([...a]) });
-      const reg = await registerInstance({
-        nc: inventory,
-        service: "inventory",
-        address: "127.0.0.1:1234",
-        log: silentLogger(),
-      });
-      try {
-        for (const deadline = Date.now() + 5_000; changes.at(-1)?.[0] !== "127.0.0.1:1234"; ) {
-          if (Date.now() > deadline) throw new Error(`no instance seen: ${JSON.stringify(changes)}`);
-          await new Promise((r) => setTimeout(r, 20));
-        }
-        // The server answers at any reply subject: here, over inventory's own entry (history may ask).
-        const key = `${REGISTRY_SUBJECT_PREFIX}${reg.key}`;
-        const stored = await storedIn(history, `KV_${REGISTRY_BUCKET}`, async () => {
-          history.publish("$JS.API.INFO", new Uint8Array(), { reply: key });
-        });
-        expect(stored.subject).toBe(key);
-        await new Promise((r) => setTimeout(r, 300));
-        expect(changes.at(-1)).toEqual(["127.0.0.1:1234"]);
-      } finally {
-        watch.stop();
-        await reg.stop();
+      for (const deadline = Date.now() + 5_000; changes.at(-1)?.[0] !== "127.0.0.1:1234"; ) {
+        if (Date.now() > deadline) throw new Error(`no instance seen: ${JSON.stringify(changes)}`);
+        await new Promise((r) => setTimeout(r, 20));
       }
+      // The server answers at any reply subject: here, over inventory's own entry (history may ask).
+      const key = `${REGISTRY_SUBJECT_PREFIX}${reg.key}`;
+      const stored = await storedIn(history, `KV_${REGISTRY_BUCKET}`, async () => {
+        history.publish("$JS.API.INFO", new Uint8Array(), { reply: key });
+      });
+      expect(stored.subject).toBe(key);
+      await new Promise((r) => setTimeout(r, 300));
+      expect(changes.at(-1)).toEqual(["127.0.0.1:1234"]);
     } finally {
-      await Promise.all([gateway.close(), inventory.close(), history.close()]);
+      watch.stop();
+      await reg.stop();
     }
   });
 });
