@@ -35,6 +35,7 @@ export const DNS_REFRESH_MS = 5_000;
 export interface Endpoint<S extends DescService> {
   readonly address: string;
   readonly breaker: CircuitBreakerPolicy;
+  /** Unary calls over `bytes` when the instance is a host:port, streams over grpc-js. */
   readonly client: Client<S>;
   /** The same unary calls on encoded messages. */
   readonly bytes: BytesClient;
@@ -138,7 +139,7 @@ export class Endpoints<S extends DescService> {
   }
 
   private endpoint(address: string, channel: grpc.Client, owned: boolean): Endpoint<S> & { close(): void } {
-    // Encoded-message calls (the gateway's fast path), over a plain HTTP/2 session to host:port.
+    // Unary calls, typed or on encoded messages (the gateway's fast path), over a plain HTTP/2 session to host:port.
     const hostPort = address.replace(/^dns:(\/\/\/)?/, "");
     const h2 = /^[\w.-]+:\d+$|^\[[\da-f:]+\]:\d+$/i.test(hostPort)
       ? createH2BytesClient(this.o.service, hostPort, this.o.tracer)
@@ -153,7 +154,7 @@ export class Endpoints<S extends DescService> {
     return {
       address,
       breaker,
-      client: createClient(this.o.service, channel, this.o.tracer),
+      client: createClient(this.o.service, channel, this.o.tracer, h2?.bytes),
       bytes: h2?.bytes ?? unsupportedBytes(this.o.service, address),
       failing: () =>
         h2?.failing() === true ||

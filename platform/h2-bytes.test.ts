@@ -8,7 +8,7 @@
 import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { Metadata } from "@grpc/grpc-js";
+import { connectivityState, Metadata } from "@grpc/grpc-js";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import {
   GetProductRequestSchema,
@@ -18,6 +18,7 @@ import {
 import { freePort } from "../test/fixtures.js";
 import { Code, NotFoundError, RpcError } from "./errors.js";
 import type { CallContext, ServiceImpl } from "./grpc.js";
+import { createChannel, createClient } from "./grpc-client.js";
 import { createH2BytesClient } from "./h2-bytes.js";
 import { silentLogger } from "./log.js";
 import { bind, type RunningServer, startGrpcServer } from "./server.js";
@@ -196,5 +197,37 @@ describe("HTTP/2 bytes client", () => {
     expect((await rejection(call("reserveStock"))).code).toBe(Code.UNAVAILABLE); // it did not take the call
     expect((await rejection(call("releaseStock"))).code).toBe(Code.UNAVAILABLE); // HTTP 503
     expect((await rejection(call("restock"))).code).toBe(Code.RESOURCE_EXHAUSTED); // over 4 MiB
+  });
+
+  it("carries a typed client's unary calls (grpc-client.ts): the answer decoded, errors as grpc-js gives them, an answer that does not decode INTERNAL", async () => {
+    const server = await serve();
+    const bytes = createH2BytesClient(InventoryService, server.address);
+    cleanups.push(() => bytes.close());
+    const channel = createChannel(server.address);
+    cleanups.push(() => channel.close());
+    const typed = createClient(InventoryService, channel, undefined, bytes.bytes);
+    const { product } = await typed.getProduct({ productId: "coffee-beans" });
+    expect(product?.name).toBe("name of coffee-beans");
+    const missing = await rejection(typed.getProduct({ productId: "missing" }));
+    expect(missing.code).toBe(Code.NOT_FOUND);
+    expect(missing.details.map((d) => d.$typeName)).toContain("google.rpc.ResourceInfo");
+    // Neither call touched grpc-js: its channel never connected.
+    expect(channel.getChannel().getConnectivityState(false)).toBe(connectivityState.IDLE);
+    // A server whose answer is not a GetProductResponse (field 1 says length 100, and 1 byte follows).
+    const liar = http2.createServer();
+    liar.on("stream", (stream) => {
+      stream.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
+      stream.on("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0" }));
+      stream.end(Buffer.from([0, 0, 0, 0, 3, 0x0a, 100, 1]));
+    });
+    await new Promise<void>((r) => liar.listen(0, "127.0.0.1", r));
+    cleanups.push(() => new Promise((r) => liar.close(r)));
+    const address = `127.0.0.1:${(liar.address() as AddressInfo).port}`;
+    const liarBytes = createH2BytesClient(InventoryService, address);
+    cleanups.push(() => liarBytes.close());
+    const lied = createClient(InventoryService, createChannel(address), undefined, liarBytes.bytes);
+    const bad = await rejection(lied.getProduct({ productId: "x" }));
+    expect(bad.code).toBe(Code.INTERNAL);
+    expect(bad.message).toContain("Response message parsing error");
   });
 });
