@@ -89,6 +89,7 @@ async function measure(telemetry: boolean, token: string): Promise<{ rows: Row[]
       "32 in flight",
       { ...base, client: "connect-json-h1", target: gw, token, concurrency: 32 },
     ],
+    ["gateway REST (HTTP/1.1)", "32 in flight", { ...base, client: "rest-h1", target: gw, token, concurrency: 32 }],
     [
       "direct gRPC",
       "1000/s",

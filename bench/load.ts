@@ -3,14 +3,15 @@
  * own so it never shares an event loop or a core's time slice bookkeeping
  * with what it measures. One run, given as JSON in argv[2]:
  *
- *   { "client": "grpc" | "connect-h2" | "connect-json-h1" | "saga" | "details" | "history" | "orders",
+ *   { "client": "grpc" | "connect-h2" | "connect-json-h1" | "rest-h1" | "saga" | "details" | "history" | "orders",
  *     "target": "127.0.0.1:PORT", "token"?: "...", "sagaMode"?: "orchestration" | "choreography",
  *     "cardToken"?: "tok_decline", "orderIds"?: ["..."], "records"?: true, "startAt"?: <epoch ms>,
  *     "seconds": 10, "warmupSeconds": 1,
  *     "concurrency": 64          (closed loop: that many calls always in flight)
  *     "rate": 1000               (or open loop: calls started at that fixed rate, however slow the answers) }
  *
- * Unary clients call InventoryService.GetProduct; "saga" places an order on
+ * Unary clients call InventoryService.GetProduct ("rest-h1" as its REST path,
+ * GET /v1/products/{id}, which the gateway transcodes); "saga" places an order on
  * the order service and follows it with WatchOrder until the saga ends
  * (CONFIRMED or CANCELLED), so one call is one whole checkout, and its
  * outcome is the order's end status. Through the gateway, "details" asks
@@ -36,7 +37,7 @@ import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js"
 import { createChannel, createClient, identityMetadata } from "../platform/index.js";
 
 export interface LoadSpec {
-  readonly client: "grpc" | "connect-h2" | "connect-json-h1" | "saga" | "details" | "history" | "orders";
+  readonly client: "grpc" | "connect-h2" | "connect-json-h1" | "rest-h1" | "saga" | "details" | "history" | "orders";
   readonly target: string;
   readonly token?: string;
   readonly sagaMode?: "orchestration" | "choreography";
@@ -106,13 +107,14 @@ function caller(spec: LoadSpec): { call: (i: number) => Promise<unknown>; close:
       const headers = auth ? { authorization: auth } : undefined;
       return { call: () => client.getProduct(PRODUCT, headers ? { headers } : {}), close: () => {} };
     }
-    case "connect-json-h1": {
+    case "connect-json-h1":
+    case "rest-h1": {
       // A plain keep-alive HTTP/1.1 client: the cheapest honest JSON caller Node has.
       const agent = new http.Agent({ keepAlive: true, maxSockets: spec.concurrency ?? 256 });
-      const body = JSON.stringify({ product_id: PRODUCT.productId });
+      const rest = spec.client === "rest-h1";
+      const body = rest ? "" : JSON.stringify({ product_id: PRODUCT.productId });
       const headers = {
-        "content-type": "application/json",
-        "content-length": String(Buffer.byteLength(body)),
+        ...(rest ? {} : { "content-type": "application/json", "content-length": String(Buffer.byteLength(body)) }),
         ...(auth ? { authorization: auth } : {}),
       };
       const call = () =>
@@ -122,8 +124,8 @@ function caller(spec: LoadSpec): { call: (i: number) => Promise<unknown>; close:
               agent,
               host,
               port: Number(port),
-              method: "POST",
-              path: "/shopmesh.inventory.v1.InventoryService/GetProduct",
+              method: rest ? "GET" : "POST",
+              path: rest ? `/v1/products/${PRODUCT.productId}` : "/shopmesh.inventory.v1.InventoryService/GetProduct",
               headers,
             },
             (res) => {

@@ -35,6 +35,7 @@ it("make bench (smoke): every path measured from a separate load generator, writ
     "gateway gRPC",
     "gateway Connect binary (h2c)",
     "gateway Connect JSON (HTTP/1.1)",
+    "gateway REST (HTTP/1.1)",
     "saga, orchestration",
     "saga, choreography",
   ]);
