@@ -124,11 +124,19 @@ async function measure(telemetry: boolean, token: string): Promise<{ rows: Row[]
       // The warm-up's calls are not counted, its CPU is: scale by the measured share of the round.
       const share = spec.seconds / (spec.seconds + (spec.warmupSeconds ?? 0));
       const perCall = (seconds: number) => (r.calls ? Math.round(((seconds * share * 1000) / r.calls) * 100) / 100 : 0);
+      // The direct gRPC round runs first: each saturated unary round is printed with its share of it.
+      const direct =
+        path === "direct gRPC"
+          ? r.rps
+          : (rows.find((x) => x.path === "direct gRPC" && x.load.endsWith("in flight"))?.rps ?? 0);
       const row: Row = {
         path,
         telemetry: t,
         load: shape,
         ...r,
+        ...(shape.endsWith("in flight") && !path.startsWith("saga") && direct
+          ? { of_direct: Math.round((r.rps / direct) * 100) / 100 }
+          : {}),
         cpu_ms_per_call: perCall(cpu),
         cpu_ms_per_call_by_process: Object.fromEntries(sys.procs.map((p, i) => [p.name, perCall(used[i] ?? 0)])),
       };
@@ -139,13 +147,8 @@ async function measure(telemetry: boolean, token: string): Promise<{ rows: Row[]
   } finally {
     await sys.stop();
   }
-  const direct = rows.find((r) => r.path === "direct gRPC" && r.load.endsWith("in flight"))?.rps ?? 0;
   return {
-    rows: rows.map((r) =>
-      r.load.endsWith("in flight") && !r.path.startsWith("saga") && direct
-        ? { ...r, of_direct: Math.round((r.rps / direct) * 100) / 100 }
-        : r,
-    ),
+    rows,
     start: {
       telemetry: t,
       readyMs: sys.readyMs,

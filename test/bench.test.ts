@@ -45,6 +45,9 @@ it("make bench (smoke): every path measured from a separate load generator, writ
     expect(r.p50_ms, `${r.path} ${r.load}`).toBeGreaterThan(0);
     expect(text).toContain(r.path);
   }
+  // Each saturated unary round is printed with its share of direct gRPC's calls/s.
+  expect(text).toMatch(/direct gRPC +on +64 in flight .* 100% /);
+  expect(text).toMatch(/gateway REST \(HTTP\/1\.1\) +on +32 in flight .* \d+% /);
   expect(result.starts[0]?.readyMs).toBeGreaterThan(0);
   expect(result.starts[0]?.rssMb).toBeGreaterThan(0);
   // PSS divides the pages the processes share (the node binary's) among them: less than the summed RSS.
