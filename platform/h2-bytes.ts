@@ -3,8 +3,8 @@
  * instance (node:http2), for the gateway's fast path and, encoded and decoded
  * around it (grpc-client.ts), every typed unary call between services:
  * grpc-js's per-call machinery (call stacks, filters, status objects) was the
- * largest single owner of the gateway's CPU after Node's own HTTP/2, and 10–17%
- * of the order service's in an orchestrated saga.
+ * largest single owner of the gateway's CPU after Node's own HTTP/2, and ~10%
+ * of the order service's in an orchestrated saga (docs/performance.md).
  *
  * What a caller sees is what grpc-js gives: a status code and message as
  * {@link RpcError} (with the answer's metadata, details included), UNAVAILABLE
