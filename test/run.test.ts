@@ -76,7 +76,12 @@ function runner(env: Record<string, string>) {
   return { child, lines, waitFor };
 }
 
-async function serving(port: number, ms = 20_000): Promise<void> {
+/**
+ * Waits for a process's gRPC health to say SERVING. The first start of a fresh data directory under a
+ * saturated CI machine (initdb, migrations, streams) has taken over 20 s, so the bound is generous; a
+ * failure prints what the runner printed, which says why.
+ */
+async function serving(port: number, printed: () => string, ms = 60_000): Promise<void> {
   const channel = createChannel(`127.0.0.1:${port}`);
   const health = createClient(Health, channel);
   try {
@@ -85,7 +90,8 @@ async function serving(port: number, ms = 20_000): Promise<void> {
         const r = await health.check({ service: "" }, { signal: AbortSignal.timeout(1_000) });
         if (r.status === HealthCheckResponse_ServingStatus.SERVING) return;
       } catch {}
-      if (Date.now() > until) throw new Error(`nothing serving on ${port} after ${ms} ms`);
+      if (Date.now() > until)
+        throw new Error(`nothing serving on ${port} after ${ms} ms; the runner printed:\n${printed()}`);
       await new Promise((r) => setTimeout(r, 200));
     }
   } finally {
@@ -130,8 +136,9 @@ it("restarts every process killed with SIGKILL, says so, and the system serves o
   using dir = tempDir();
   const { env, of } = await ports();
   const run = runner({ ...env, DATA_DIR: dir.path });
-  await serving(of("payment"));
-  await serving(of("order"));
+  const printed = () => run.lines.slice(-40).join("\n");
+  await serving(of("payment"), printed);
+  await serving(of("order"), printed);
   const gateway = `http://127.0.0.1:${of("gateway")}`;
   await run.waitFor(/gateway .*\| started \(pid \d+\)/);
   for (let i = 0; i < 100 && (await fetch(`${gateway}/readyz`).catch(() => undefined))?.status !== 200; i++) {
@@ -156,7 +163,7 @@ it("restarts every process killed with SIGKILL, says so, and the system serves o
       for (let i = 0; i < 100 && (await fetch(`${gateway}/readyz`).catch(() => undefined))?.status !== 200; i++) {
         await new Promise((r) => setTimeout(r, 100));
       }
-    } else await serving(of(name));
+    } else await serving(of(name), () => run.lines.slice(-40).join("\n"));
   }
   // Breakers and discovery find the new instances; the next order goes through.
   expect(await orderOnceServing(gateway)).toBe("ORDER_STATUS_CONFIRMED");
@@ -203,8 +210,9 @@ it("LOG_FORMAT=json make run prints JSON lines only, each naming its process, fo
   };
   let stopped = false;
   try {
-    await serving(of("payment"));
-    await serving(of("order"));
+    const printed = () => `${stdout.slice(-4_000)}\n${stderr.slice(-2_000)}`;
+    await serving(of("payment"), printed);
+    await serving(of("order"), printed);
     const gateway = `http://127.0.0.1:${of("gateway")}`;
     for (let i = 0; i < 100 && (await fetch(`${gateway}/readyz`).catch(() => undefined))?.status !== 200; i++) {
       await new Promise((r) => setTimeout(r, 100));
