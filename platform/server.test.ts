@@ -3,8 +3,10 @@
  * the callers behind it come and go.
  */
 import { afterEach, describe, expect, it } from "vitest";
+import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/health_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
+import { envelope, h2Request, h2Session } from "../test/raw.js";
 import type { CallContext, ServiceImpl } from "./grpc.js";
 import { createChannel, createClient } from "./grpc-client.js";
 import { silentLogger } from "./log.js";
@@ -116,5 +118,48 @@ describe("a call's signal", () => {
     await expect.poll(() => signals[1]?.aborted, { timeout: 5_000 }).toBe(true);
     await new Promise((r) => setTimeout(r, 100));
     expect(signals[0]?.aborted).toBe(false);
+  });
+});
+
+describe("the standard services (health, reflection) under a hostile client", () => {
+  it("refuse a request that does not decode INVALID_ARGUMENT, not INTERNAL, and keep serving", async () => {
+    const server: RunningServer = await startGrpcServer({
+      host: "127.0.0.1",
+      port: 0,
+      services: [bind(InventoryService, waitingInventory())],
+      log: silentLogger(),
+    });
+    cleanups.push(() => server.stop(0));
+    await using s = await h2Session(`http://${server.address}`);
+    const call = (path: string, body: Uint8Array) =>
+      h2Request(s, { ":path": path, "content-type": "application/grpc", te: "trailers" }, envelope(body));
+    // A length-delimited field whose varint length runs past the end of the message.
+    const junk = Buffer.from([0x0a, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01]);
+    for (const path of [
+      "/grpc.health.v1.Health/Check",
+      "/grpc.health.v1.Health/Watch",
+      "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+      "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ]) {
+      const res = await call(path, junk);
+      expect(res.grpcStatus, path).toBe(3);
+      expect(res.grpcMessage, path).toContain(`request is not a valid ${path.slice(1)} request`);
+    }
+    // Decodable requests are the libraries' own business, as before.
+    const unknown = await call("/grpc.health.v1.Health/Check", Buffer.from([0x0a, 0x04, ...Buffer.from("nope")]));
+    expect([unknown.grpcStatus, unknown.grpcMessage]).toEqual([5, "Health status unknown for service nope"]);
+    const channel = createChannel(server.address);
+    cleanups.push(() => channel.close());
+    const health = createClient(Health, channel);
+    await expect(health.check({ service: "" })).resolves.toMatchObject({
+      status: HealthCheckResponse_ServingStatus.SERVING,
+    });
+    // ListServices (field 7) answers the served services over the same connection.
+    const listed = await call(
+      "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+      Buffer.from([0x3a, 0x01, 0x2a]),
+    );
+    expect(listed.grpcStatus).toBe(0);
+    expect(listed.body.toString()).toContain("shopmesh.inventory.v1.InventoryService");
   });
 });

@@ -111,6 +111,66 @@ function tolerateCancellations(server: grpc.Server): void {
   options.streamResetRate = 10_000;
 }
 
+/** A request a library's service could not decode (see {@link refusingUndecodable}). */
+class Undecodable {
+  constructor(readonly reason: string) {}
+}
+
+/**
+ * `server`, as the health and reflection libraries see it: their services' requests that do not
+ * decode are refused INVALID_ARGUMENT, naming the message. grpc-js answers INTERNAL when a
+ * deserializer throws, a server error for the client's bytes (our own services' definitions do
+ * the same in platform/grpc.ts).
+ */
+function refusingUndecodable(server: grpc.Server): Pick<grpc.Server, "addService"> {
+  const refusal = (def: grpc.MethodDefinition<unknown, unknown>, u: Undecodable) => ({
+    code: grpc.status.INVALID_ARGUMENT,
+    details: `request is not a valid ${def.path.slice(1)} request: ${u.reason}`,
+  });
+  return {
+    addService(service, impl) {
+      const defs: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+      const handlers: grpc.UntypedServiceImplementation = {};
+      for (const [name, def] of Object.entries(service)) {
+        const decode = def.requestDeserialize;
+        defs[name] = {
+          ...def,
+          requestDeserialize: (buf: Buffer) => {
+            try {
+              return decode(buf);
+            } catch (err) {
+              return new Undecodable((err as Error).message);
+            }
+          },
+        };
+        // As grpc-js looks handlers up: by the definition's key, or by its original (camel-case) name.
+        const handler = (impl[name] ?? impl[def.originalName ?? ""]) as (
+          call: never,
+          callback?: grpc.sendUnaryData<unknown>,
+        ) => void;
+        if (!def.requestStream) {
+          handlers[name] = (call: grpc.ServerUnaryCall<unknown, unknown>, callback?: grpc.sendUnaryData<unknown>) => {
+            if (!(call.request instanceof Undecodable)) return handler(call as never, callback);
+            if (callback) callback(refusal(def, call.request));
+            else call.emit("error", refusal(def, call.request));
+          };
+        } else {
+          // Streamed requests arrive as "data" events: an undecodable one ends the call instead.
+          handlers[name] = (call: grpc.ServerDuplexStream<unknown, unknown>) => {
+            const emit = call.emit.bind(call);
+            call.emit = (event: string | symbol, ...args: unknown[]) =>
+              event === "data" && args[0] instanceof Undecodable
+                ? emit("error", refusal(def, args[0]))
+                : emit(event, ...args);
+            handler(call as never);
+          };
+        }
+      }
+      server.addService(defs, handlers);
+    },
+  };
+}
+
 /** Starts a server; resolves once it listens. */
 export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningServer> {
   const faults = opts.faults ?? new FaultInjector();
@@ -147,13 +207,15 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
 
   const names = opts.services.map((s) => s.service.typeName);
   const health = new HealthImplementation(Object.fromEntries(["", ...names].map((n) => [n, "SERVING" as const])));
-  health.addToServer(server);
+  health.addToServer(refusingUndecodable(server) as grpc.Server);
 
   const reflected = [...opts.services.map((s) => s.service), ChaosService, Health];
   const pkg = { shopmesh: { fileDescriptorProtos: fileDescriptorProtos(reflected) } };
   // The files imported for their types may declare services this server does not serve (history's
   // imports declare OrderService and PaymentService): ListServices names only the served ones.
-  new ReflectionService(pkg as never, { services: reflected.map((s) => s.typeName) }).addToServer(server);
+  new ReflectionService(pkg as never, { services: reflected.map((s) => s.typeName) }).addToServer(
+    refusingUndecodable(server) as grpc.Server,
+  );
 
   const port = await new Promise<number>((resolve, reject) => {
     server.bindAsync(`${opts.host}:${opts.port}`, grpc.ServerCredentials.createInsecure(), (err, p) =>
