@@ -31,9 +31,17 @@ export const EVENTS = eventCatalogue({
 /**
  * The bus's NATS users (platform/bus-access.ts): its administrator, and one per process that connects,
  * each allowed to publish the events of its own context only — so order alone can say an order was
- * cancelled. `make run` and deploy/kubernetes/base/nats/users.conf render them.
+ * cancelled — and to consume the streams named here only (test/bus-users.test.ts holds these to the
+ * services' consumers). `make run` and deploy/kubernetes/base/nats/users.conf render them.
  */
-export const BUS_USERS = busUsers(EVENTS, ["inventory", "payment", "order", "notification", "history", "gateway"]);
+export const BUS_USERS = busUsers(EVENTS, {
+  inventory: ["ORDER"],
+  payment: ["ORDER", "INVENTORY"],
+  order: ["INVENTORY", "PAYMENT"],
+  notification: ["ORDER", "PAYMENT"],
+  history: ["ORDER", "INVENTORY", "PAYMENT"],
+  gateway: [],
+});
 
 /**
  * The `lockKey` (platform/consumer.ts) of a consumer whose handlers touch only their event's own

@@ -10,7 +10,9 @@
  * a stored forgery, junk written over a registry entry or under a key no
  * registration writes), a push consumer delivering into another stream,
  * another service's consumers, dead letters pre-empted by their ids, and
- * registry watches that were consumers anyone could change. Last, a service
+ * registry watches that were consumers anyone could change. Reading: a service
+ * subscribes only to its own inboxes and the registry, so it reads no
+ * other's events, nor the card token in an OrderPlaced. Last, a service
  * waits for the administrator to provision the streams, then runs.
  */
 import { create, toBinary } from "@bufbuild/protobuf";
@@ -22,7 +24,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BUS_USERS, EVENTS } from "../contracts/events.js";
 import { OrderCancelledSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { startNats, type TestNats } from "../test/nats.js";
-import { connectBus } from "./bus.js";
+import { connectBus, inboxPrefixOf } from "./bus.js";
 import { BUS_ADMIN, durableOf, natsAuthorization, provisionBus } from "./bus-access.js";
 import type { EventKind } from "./catalogue.js";
 import { letterId } from "./dead-letter.js";
@@ -44,9 +46,10 @@ beforeAll(async () => {
 });
 afterAll(() => nats[Symbol.asyncDispose]());
 
-/** A connection as `user`, closed when its scope ends (`await using`). */
+/** A connection as `user` (with its inboxes, as connectBus makes it), closed when its scope ends (`await using`). */
 const as = async (user: string) => {
-  const nc = await connect({ servers: nats.url, user, pass: password(user) });
+  const inbox = user === BUS_ADMIN ? {} : { inboxPrefix: inboxPrefixOf(user) };
+  const nc = await connect({ servers: nats.url, user, pass: password(user), ...inbox });
   return Object.assign(nc, { [Symbol.asyncDispose]: () => nc.close() });
 };
 
@@ -165,24 +168,34 @@ describe("publishing", () => {
   });
 
   it("an event a consumer delivers into another stream's subjects keeps its publisher's subject, and is refused", async () => {
-    // What the permissions cannot stop: a push consumer's deliveries are stored by any stream whose
-    // subjects they go to. Inventory's user puts a well-formed OrderCancelled on its own subject and has
-    // the server deliver it to order.order.cancelled, which the ORDER stream keeps.
+    // What publish rights cannot stop: a push consumer's deliveries are stored by any stream whose
+    // subjects they go to, once something subscribes there. Inventory's user, which may consume ORDER,
+    // has the server deliver order's OrderCancelled to payment.payment.refunded, which PAYMENT keeps.
+    await using order = await as("order");
     await using nc = await as("inventory");
-    const js = jetstream(nc);
+    await using admin = await as(BUS_ADMIN);
     const jsm = await jetstreamManager(nc);
-    await js.publish("inventory.stock.forged", forged.payload, { headers: forged.headers() });
-    const interest = nc.subscribe(CANCELLED.subject);
-    const stored = await storedIn(nc, "ORDER", () =>
-      jsm.consumers.add("INVENTORY", {
-        name: durableOf("inventory", "INVENTORY"),
-        deliver_subject: CANCELLED.subject,
-        filter_subject: "inventory.stock.forged",
+    await jetstream(order).publish(CANCELLED.subject, forged.payload, { headers: forged.headers() });
+    const durable = durableOf("inventory", "ORDER");
+    const deliverInto = () =>
+      jsm.consumers.add("ORDER", {
+        name: durable,
+        deliver_subject: "payment.payment.refunded",
+        filter_subject: CANCELLED.subject,
+        deliver_policy: DeliverPolicy.LastPerSubject,
         ack_policy: AckPolicy.None,
-      }),
-    );
-    interest.unsubscribe();
-    expect(stored.subject).toBe("inventory.stock.forged");
+      });
+    // It may not subscribe there itself, and without interest the server delivers nothing.
+    const interest = nc.subscribe("payment.payment.refunded");
+    expect(String(await interest.closed)).toMatch(/Permissions Violation/);
+    await expect(storedIn(nc, "PAYMENT", deliverInto)).rejects.toThrow(/stored nothing/);
+    await jsm.consumers.delete("ORDER", durable);
+    // Anyone else's interest serves (`make events` tails every subject as the administrator).
+    const tail = admin.subscribe("payment.payment.refunded");
+    const stored = await storedIn(nc, "PAYMENT", deliverInto);
+    tail.unsubscribe();
+    await jsm.consumers.delete("ORDER", durable);
+    expect(stored.subject).toBe(CANCELLED.subject);
     expect(decodeEvent(stored, EVENTS)).toEqual({
       unusable: expect.stringContaining("is published on order.order.cancelled (ORDER)"),
     });
@@ -252,6 +265,52 @@ it("a dead letter's message id names its message, and one seen says nothing of t
   expect(letterId("payment-order", 41)).toBe(a); // a retry is the same letter
   expect(a.startsWith("payment-order:41:") && b.startsWith("payment-order:42:")).toBe(true);
   expect(a.split(":")[2]).not.toBe(b.split(":")[2]);
+});
+
+describe("reading", () => {
+  /** Whether the server refuses `nc`'s user a subscription to `subject`. */
+  async function subscriptionRefused(nc: NatsConnection, subject: string): Promise<boolean> {
+    const sub = nc.subscribe(subject);
+    await nc.flush();
+    const closed = await Promise.race([sub.closed, new Promise<"open">((r) => setTimeout(() => r("open"), 1_000))]);
+    if (closed === "open") sub.unsubscribe();
+    return closed instanceof Error && /Permissions Violation/.test(closed.message);
+  }
+
+  it("a service reads no other's events: not as they are published, not from the streams, not from others' inboxes", async () => {
+    await using order = await as("order");
+    await using notification = await as("notification");
+    // OrderPlaced carries the card token: only a consumer the administrator made for it may read it.
+    for (const subject of ["order.>", ">", "order.order.placed", "_INBOX.>", `${inboxPrefixOf("payment")}.>`]) {
+      await expect(subscriptionRefused(notification, subject), subject).resolves.toBe(true);
+    }
+    await expect(refused(notification, "$JS.API.STREAM.MSG.GET.ORDER")).resolves.toBe(true);
+    // Nor through a consumer of its own on a stream it does not consume (the gateway consumes none).
+    const consumerOn = async (user: string, stream: string) => {
+      await using nc = await as(user);
+      return await (await jetstreamManager(nc)).consumers.add(stream, { durable_name: durableOf(user, stream) });
+    };
+    await expect(consumerOn("gateway", "ORDER")).rejects.toThrow(/Permissions Violation/);
+    await expect(consumerOn("notification", "INVENTORY")).rejects.toThrow(/Permissions Violation/);
+    // What it does read: its own inboxes, its own consumers' deliveries, and the registry.
+    await expect(subscriptionRefused(notification, `${inboxPrefixOf("notification")}.x`)).resolves.toBe(false);
+    const placed = EVENTS.kinds.find((k) => k.typeName.endsWith("OrderPlaced")) as EventKind;
+    const h = forged.headers();
+    h.set("ce-type", placed.typeName);
+    const jsm = await jetstreamManager(notification);
+    const durable = durableOf("notification", "ORDER");
+    await jsm.consumers.add("ORDER", { durable_name: durable, ack_policy: AckPolicy.Explicit });
+    const seq = (await jetstream(order).publish(placed.subject, forged.payload, { headers: h })).seq;
+    const consumer = await jetstream(notification).consumers.get("ORDER", durable);
+    let m = await consumer.next({ expires: 5_000 });
+    while (m && m.seq < seq) {
+      m.ack();
+      m = await consumer.next({ expires: 5_000 });
+    }
+    expect([m?.subject, m?.seq]).toEqual([placed.subject, seq]);
+    m?.ack();
+    await expect(openRegistry(notification)).resolves.toBeDefined();
+  });
 });
 
 describe("the registry", () => {

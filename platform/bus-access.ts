@@ -13,9 +13,13 @@
  * a request names, unchecked, so no answer a service may ask for carries a
  * stored message as it was published (see consuming()), and consumers
  * refuse what is not on its type's own subject (inbox.ts decodeEvent).
- * Reading is not limited: every service may subscribe to everything.
+ * Reading is limited as well: events carry what a bystander must not read
+ * (OrderPlaced a card token), so a service subscribes only to its own
+ * inboxes (`_INBOX_<user>.`, where its requests' answers and its consumers'
+ * deliveries arrive) and to the registry, and reads no stored message but
+ * the registry's.
  */
-import { type Bus, type BusAuth, connectBus } from "./bus.js";
+import { type Bus, type BusAuth, connectBus, inboxPrefixOf } from "./bus.js";
 import type { EventCatalogue } from "./catalogue.js";
 import { DLQ_STREAM } from "./catalogue.js";
 import type { Logger } from "./log.js";
@@ -24,18 +28,19 @@ import { MAX_ENTRY_BYTES, openRegistry, REGISTRY_BUCKET } from "./registry.js";
 /** The user that creates and changes streams (and the tools that read the bus by hand). */
 export const BUS_ADMIN = "admin";
 
-/** A NATS user and the subjects it may publish on (undefined: any). */
+/** A NATS user and the subjects it may publish on and subscribe to (undefined: any). */
 export interface BusUser {
   readonly user: string;
   readonly publish?: readonly string[];
+  readonly subscribe?: readonly string[];
 }
 
 /** The durable consumer of `service` on `stream`: the name its NATS user may consume, acknowledge and dead-letter as. */
 export const durableOf = (service: string, stream: string) => `${service}-${stream.toLowerCase()}`;
 
 /**
- * What `service`'s user may publish to read and consume: stream state and stored messages as JSON
- * (never `$JS.API.DIRECT.GET`, whose answer is a stored message, headers and all — sent to a reply
+ * What `service`'s user may publish to read and consume: stream state, the registry's entries as JSON
+ * (no other stream's messages: events are not every service's to read; never `$JS.API.DIRECT.GET`, whose answer is a stored message, headers and all — sent to a reply
  * subject of the asker's choosing, which the server does not check, it would republish anything the
  * asker stored onto any subject); and its own durable consumers, `<service>-<stream>` on each stream,
  * with their acknowledgements and dead letters. No consumer on the registry's bucket: the registry is
@@ -52,22 +57,28 @@ function consuming(service: string, streams: readonly string[]): string[] {
       `dlq.${d}`,
     ];
   });
-  return ["$JS.API.INFO", "$JS.API.STREAM.INFO.*", "$JS.API.STREAM.MSG.GET.*", ...own];
+  return ["$JS.API.INFO", "$JS.API.STREAM.INFO.*", `$JS.API.STREAM.MSG.GET.KV_${REGISTRY_BUCKET}`, ...own];
 }
 
 /**
- * The bus's users: {@link BUS_ADMIN}, and one per process in `processes`, each allowed to publish the
- * events of the stream named after it (`ORDER`'s for order), its own registry entries, and what
- * {@link consuming} lists.
+ * The bus's users: {@link BUS_ADMIN}, and one per process of `consumes` (a process and the streams it
+ * consumes), each allowed to publish the events of the stream named after it (`ORDER`'s for order), its
+ * own registry entries, and what {@link consuming} lists for the streams it consumes (and no other: a
+ * durable consumer of its own on a stream would read every event there); and to subscribe to its own
+ * inboxes and the registry's subjects.
  */
-export function busUsers(catalogue: EventCatalogue, processes: readonly string[]): BusUser[] {
+export function busUsers(catalogue: EventCatalogue, consumes: Readonly<Record<string, readonly string[]>>): BusUser[] {
   const streams = catalogue.streams.filter((s) => s !== DLQ_STREAM).map((s) => s.name);
   const owned = new Set(streams.map((s) => s.toLowerCase()));
+  for (const s of Object.values(consumes).flat()) {
+    if (!streams.includes(s)) throw new Error(`busUsers: no event stream ${s} to consume`);
+  }
   return [
     { user: BUS_ADMIN },
-    ...processes.map((p) => ({
+    ...Object.entries(consumes).map(([p, reads]) => ({
       user: p,
-      publish: [...(owned.has(p) ? [`${p}.>`] : []), `$KV.${REGISTRY_BUCKET}.${p}.>`, ...consuming(p, streams)],
+      publish: [...(owned.has(p) ? [`${p}.>`] : []), `$KV.${REGISTRY_BUCKET}.${p}.>`, ...consuming(p, reads)],
+      subscribe: [`${inboxPrefixOf(p)}.>`, `$KV.${REGISTRY_BUCKET}.>`],
     })),
   ];
 }
@@ -78,10 +89,13 @@ export function busUsers(catalogue: EventCatalogue, processes: readonly string[]
  */
 export function natsAuthorization(users: readonly BusUser[], password: (user: string) => string): string {
   const value = (p: string) => (/^\$[A-Z][A-Z0-9_]*$/.test(p) ? p : JSON.stringify(p));
+  const allow = (subjects: readonly string[]) => `{ allow: [${subjects.map((s) => JSON.stringify(s)).join(", ")}] }`;
   const lines = users.map((u) => {
-    const perms = u.publish
-      ? `, permissions: { publish: { allow: [${u.publish.map((s) => JSON.stringify(s)).join(", ")}] } }`
-      : "";
+    const rules = [
+      ...(u.publish ? [`publish: ${allow(u.publish)}`] : []),
+      ...(u.subscribe ? [`subscribe: ${allow(u.subscribe)}`] : []),
+    ];
+    const perms = rules.length ? `, permissions: { ${rules.join(", ")} }` : "";
     return `    { user: ${JSON.stringify(u.user)}, password: ${value(password(u.user))}${perms} }`;
   });
   return `authorization {\n  users: [\n${lines.join("\n")}\n  ]\n}\n`;

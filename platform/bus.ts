@@ -45,6 +45,12 @@ export interface BusAuth {
   readonly pass: string;
 }
 
+/**
+ * The prefix of `user`'s inboxes, the reply subjects of its requests and pulls: its own, so that no
+ * other user may subscribe to them (`_INBOX.>` would show everyone's answers and deliveries).
+ */
+export const inboxPrefixOf = (user: string) => `_INBOX_${user}`;
+
 /** The credentials a process's NATS_USER and NATS_PASSWORD name, as {@link BusOptions} take them (none: anonymous). */
 export const busAuthOf = (c: { readonly NATS_USER: string; readonly NATS_PASSWORD: string }): { auth?: BusAuth } =>
   c.NATS_USER ? { auth: { user: c.NATS_USER, pass: c.NATS_PASSWORD } } : {};
@@ -87,7 +93,8 @@ export async function connectBus(url: string, name: string, log: Logger, opts: B
   const nc = await connect({
     servers: url.split(","),
     name,
-    ...(opts.auth ? { user: opts.auth.user, pass: opts.auth.pass } : {}),
+    // A user's answers and deliveries arrive in inboxes only it may subscribe to (bus-access.ts).
+    ...(opts.auth ? { user: opts.auth.user, pass: opts.auth.pass, inboxPrefix: inboxPrefixOf(opts.auth.user) } : {}),
     maxReconnectAttempts: -1,
     reconnectTimeWait: 250,
     waitOnFirstConnect: true,
