@@ -39,11 +39,12 @@ export interface BusUser {
 export const durableOf = (service: string, stream: string) => `${service}-${stream.toLowerCase()}`;
 
 /**
- * What `service`'s user may publish to read and consume: stream state, the registry's entries as JSON
- * (no other stream's messages: events are not every service's to read; never `$JS.API.DIRECT.GET`, whose answer is a stored message, headers and all — sent to a reply
- * subject of the asker's choosing, which the server does not check, it would republish anything the
- * asker stored onto any subject); and its own durable consumers, `<service>-<stream>` on each stream,
- * with their acknowledgements and dead letters. No consumer on the registry's bucket: the registry is
+ * What `service`'s user may publish to read and consume: stream state; the registry's entries as JSON,
+ * and no other stream's messages (events are not every service's to read); never `$JS.API.DIRECT.GET`,
+ * whose answer is a stored message, headers and all — sent to a reply subject of the asker's choosing,
+ * which the server does not check, it would republish anything the asker stored onto any subject; and
+ * its own durable consumers, `<service>-<stream>` on each of `streams`, with their acknowledgements and
+ * dead letters. No consumer on the registry's bucket: the registry is
  * followed by subscription (registry-watch.ts), and a consumer there would be anyone's to change.
  */
 function consuming(service: string, streams: readonly string[]): string[] {
