@@ -189,12 +189,12 @@ describe("publishing", () => {
     const interest = nc.subscribe("payment.payment.refunded");
     expect(String(await interest.closed)).toMatch(/Permissions Violation/);
     await expect(storedIn(nc, "PAYMENT", deliverInto)).rejects.toThrow(/stored nothing/);
-    await jsm.consumers.delete("ORDER", durable);
+    await (await jetstreamManager(admin)).consumers.delete("ORDER", durable);
     // Anyone else's interest serves (`make events` tails every subject as the administrator).
     const tail = admin.subscribe("payment.payment.refunded");
     const stored = await storedIn(nc, "PAYMENT", deliverInto);
     tail.unsubscribe();
-    await jsm.consumers.delete("ORDER", durable);
+    await (await jetstreamManager(admin)).consumers.delete("ORDER", durable);
     expect(stored.subject).toBe(CANCELLED.subject);
     expect(decodeEvent(stored, EVENTS)).toEqual({
       unusable: expect.stringContaining("is published on order.order.cancelled (ORDER)"),
@@ -231,6 +231,29 @@ describe("publishing", () => {
     });
     expect(stored.subject).toBe(CANCELLED.subject);
     expect(decodeEvent(stored, EVENTS)).toEqual({ unusable: expect.stringContaining("a copy of a stored message") });
+  });
+
+  it("no publish's acknowledgement purges a stream or deletes a message: every stream denies both", async () => {
+    // nats-server sends a publish's acknowledgement, {"stream":…,"seq":N}, to the reply subject the
+    // publisher named, and acts on it there: as a purge of everything below N, or a delete of message N.
+    await using gateway = await as("gateway");
+    await using admin = await as(BUS_ADMIN);
+    const jsm = await jetstreamManager(admin);
+    for (let i = 0; i < 3; i++) await jetstream(admin).publish("dlq.history-order", new Uint8Array([i]));
+    const before = (await jsm.streams.info("DLQ")).state;
+    for (const api of ["$JS.API.STREAM.PURGE.DLQ", "$JS.API.STREAM.MSG.DELETE.DLQ"]) {
+      for (let i = 0; i < 3; i++) {
+        gateway.publish(`$KV.${REGISTRY_BUCKET}.gateway.inst_x`, new Uint8Array([1]), { reply: api });
+      }
+    }
+    await gateway.flush();
+    await new Promise((r) => setTimeout(r, 300));
+    const after = (await jsm.streams.info("DLQ")).state;
+    expect([after.messages, after.first_seq]).toEqual([before.messages, before.first_seq]);
+    for (const s of [...EVENTS.streams.map((x) => x.name), `KV_${REGISTRY_BUCKET}`]) {
+      const c = (await jsm.streams.info(s)).config;
+      expect([s, c.deny_purge, c.deny_delete]).toEqual([s, true, true]);
+    }
   });
 
   it("a service consumes, acknowledges and dead-letters only as its own durable consumers", async () => {
@@ -285,6 +308,10 @@ describe("reading", () => {
       await expect(subscriptionRefused(notification, subject), subject).resolves.toBe(true);
     }
     await expect(refused(notification, "$JS.API.STREAM.MSG.GET.ORDER")).resolves.toBe(true);
+    // Nor through a consumer named after a stream it consumes, on another: the 7-token create.
+    await expect(refused(notification, "$JS.API.CONSUMER.CREATE.INVENTORY.ORDER.notification-order")).resolves.toBe(
+      true,
+    );
     // Nor through a consumer of its own on a stream it does not consume (the gateway consumes none).
     const consumerOn = async (user: string, stream: string) => {
       await using nc = await as(user);

@@ -50,10 +50,15 @@ export const durableOf = (service: string, stream: string) => `${service}-${stre
 function consuming(service: string, streams: readonly string[]): string[] {
   const own = streams.flatMap((s) => {
     const d = durableOf(service, s);
+    // Each verb spelled out: a wildcard in a verb's place also matches the 7-token create,
+    // `CONSUMER.CREATE.<any stream>.<S>.<d>` — a consumer named S on any stream, which nats-server 2.9
+    // creates whatever the last token says (a hostile round read every stream that way).
     return [
-      `$JS.API.CONSUMER.*.${s}.${d}`,
-      `$JS.API.CONSUMER.*.${s}.${d}.>`,
-      `$JS.API.CONSUMER.*.*.${s}.${d}`,
+      `$JS.API.CONSUMER.CREATE.${s}.${d}`,
+      `$JS.API.CONSUMER.CREATE.${s}.${d}.>`,
+      `$JS.API.CONSUMER.DURABLE.CREATE.${s}.${d}`,
+      `$JS.API.CONSUMER.INFO.${s}.${d}`,
+      `$JS.API.CONSUMER.MSG.NEXT.${s}.${d}`,
       `$JS.ACK.${s}.${d}.>`,
       `dlq.${d}`,
     ];
@@ -126,6 +131,9 @@ export async function provisionBus(
         allow_direct: false,
         allow_rollup_hdrs: false,
         max_msg_size: MAX_ENTRY_BYTES,
+        // As the event streams (bus.ts): no purge through a publish's acknowledgement sent there.
+        deny_delete: true,
+        deny_purge: true,
       });
     }
   } finally {

@@ -22,13 +22,22 @@ const DAY_NS = 24 * 60 * 60 * 1e9;
  * Stream settings: file storage (survives a server restart), limits
  * retention (events stay for replay, e.g. to rebuild a read model) for 7
  * days, and a 2-minute duplicate window — longer than any outbox retry
- * burst; the consumers' inboxes dedupe beyond it.
+ * burst; the consumers' inboxes dedupe beyond it. No message is ever
+ * deleted or purged through the API, by anyone: nats-server sends a
+ * publish's acknowledgement to whatever reply subject the publisher named,
+ * and acts on it there — an acknowledgement `{"stream":…,"seq":N}` sent to
+ * `$JS.API.STREAM.PURGE.<stream>` purged everything below N, to
+ * `…MSG.DELETE.<stream>` deleted message N (a hostile round did both with
+ * the gateway's user, through its own registry key). nats-server lets a
+ * stream gain these two but never lose them.
  */
 const STREAM_DEFAULTS = {
   storage: StorageType.File,
   retention: RetentionPolicy.Limits,
   max_age: 7 * DAY_NS,
   duplicate_window: 2 * 60 * 1e9,
+  deny_delete: true,
+  deny_purge: true,
 };
 
 /** A NATS connection with JetStream handles. */
@@ -82,7 +91,9 @@ async function ensureStream(jsm: JetStreamManager, s: StreamSpec, replicas: numb
     c.subjects?.join(" ") === s.subjects.join(" ") &&
     c.num_replicas >= replicas &&
     c.max_age === config.max_age &&
-    c.duplicate_window === config.duplicate_window;
+    c.duplicate_window === config.duplicate_window &&
+    c.deny_delete === true &&
+    c.deny_purge === true;
   if (same) return;
   // Never lower replication: a tool or an older pod started with the default must not shrink R3 to R1.
   await jsm.streams.update(s.name, { ...config, num_replicas: Math.max(replicas, c.num_replicas) });

@@ -101,12 +101,12 @@ async function until<T>(f: () => T | Promise<T>, ok: (v: T) => boolean, ms = 5_0
   }
 }
 
-/** Every message of `subject` in the DLQ stream. */
-async function dlqMessages(subject: string) {
-  const info = await bus.jsm.streams.info("DLQ");
+/** Every message of `subject` in the DLQ stream (of `on`, the shared bus unless given). */
+async function dlqMessages(subject: string, on: Bus = bus) {
+  const info = await on.jsm.streams.info("DLQ");
   const out = [];
   for (let seq = info.state.first_seq; seq <= info.state.last_seq; seq++) {
-    const m = await bus.jsm.streams.getMessage("DLQ", { seq }).catch(() => null);
+    const m = await on.jsm.streams.getMessage("DLQ", { seq }).catch(() => null);
     if (m?.subject === subject) out.push(m);
   }
   return out;
@@ -354,6 +354,10 @@ describe("consumers", () => {
   });
 
   it("dead-letters at once what it cannot copy as it is, and what carries another event's id (each was redelivered for ever, or applied twice)", async () => {
+    // A NATS of its own: what this puts on ORDER stays there (no stream allows deleting a message),
+    // and the other tests read ORDER from its start.
+    await using nats = await startNats();
+    const bus = await connectBus(nats.url, "events-test-unsendable", log, { streams: EVENTS.streams });
     const event = (eventId: string) =>
       toBinary(
         OrderPlacedSchema,
@@ -415,7 +419,7 @@ describe("consumers", () => {
       const mine = (l: { header: { get(k: string): string } }) =>
         seqs.includes(Number(l.header.get("x-dlq-stream-seq")));
       const letters = await until(
-        async () => (await dlqMessages(`dlq.${durable}`)).filter(mine),
+        async () => (await dlqMessages(`dlq.${durable}`, bus)).filter(mine),
         (ls) => ls.length >= 7,
       );
       expect(letters).toHaveLength(7);
@@ -434,8 +438,7 @@ describe("consumers", () => {
       await c.stop();
       await relay.stop();
     } finally {
-      // The other tests read ORDER from its start.
-      for (const seq of seqs) await bus.jsm.streams.deleteMessage("ORDER", seq, false);
+      await bus.close();
     }
   });
 
