@@ -59,17 +59,21 @@ export function settleInBatches<T>(source: AsyncIterable<T>, o: BatchOptions<T>)
     }
   };
   const done = (async () => {
-    for await (const item of source) {
-      queue.push(item);
-      working ??= work();
-      if (queue.length >= o.maxBatch) {
-        cutLinger();
-        await working;
+    try {
+      for await (const item of source) {
+        queue.push(item);
+        working ??= work();
+        if (queue.length >= o.maxBatch) {
+          cutLinger();
+          await working;
+        }
+        if (stopped) break;
       }
-      if (stopped) break;
+    } finally {
+      // A source that failed too: what it delivered is settled, or left, before `done` says so.
+      await working;
+      o.onLeft(queue.splice(0));
     }
-    await working;
-    o.onLeft(queue.splice(0));
   })();
   return {
     stop() {

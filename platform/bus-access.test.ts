@@ -271,6 +271,18 @@ describe("publishing", () => {
     await expect(refused(nc, `dlq.${durableOf("inventory", "ORDER")}`)).resolves.toBe(false);
   });
 
+  it("a registry write's reply subject, which every watcher sees, says nothing of the writer's other inboxes", async () => {
+    // The connection's inbox ids are sequential: from one, a watcher found the writer's pulls, and
+    // a status the server sent there (a 400 for a malformed pull of its own) ended them.
+    await using gateway = await as("gateway");
+    await using nc = await as("inventory");
+    const seen = gateway.subscribe(`${REGISTRY_SUBJECT_PREFIX}inventory.*`, { max: 1 });
+    await gateway.flush();
+    const reg = await registerInstance({ nc, service: "inventory", address: "127.0.0.1:1", log: silentLogger() });
+    for await (const m of seen) expect(m.reply).toMatch(/^_INBOX_inventory\.registry\.[0-9a-f]{24}$/);
+    await reg.stop();
+  });
+
   it("a service registers itself in the registry, never another service", async () => {
     await using nc = await as("inventory");
     const reg = await registerInstance({ nc, service: "inventory", address: "127.0.0.1:1", log: silentLogger() });

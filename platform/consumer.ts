@@ -8,10 +8,10 @@
  * once; a database that is away is not the event's fault and never counts
  * toward the dead-letter limit. Either way the consumer keeps going.
  */
-import { AckPolicy, DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
+import { AckPolicy, type ConsumerMessages, DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
 import { SpanKind } from "@opentelemetry/api";
 import { backoffMs } from "./backoff.js";
-import { settleInBatches } from "./batches.js";
+import { type Batches, settleInBatches } from "./batches.js";
 import type { Bus } from "./bus.js";
 import type { EventCatalogue } from "./catalogue.js";
 import type { FaultInjector } from "./chaos.js";
@@ -38,6 +38,8 @@ const ACK_WAIT_NS = 10 * 1e9;
  * many (what a crash strands for the ack wait; what a replica takes before the others).
  */
 const PULL_BATCH = 64;
+/** A pull that ran this long before it failed starts its restarts' backoff afresh, ms. */
+const RESTART_RESET_MS = 10_000;
 /** The most events settled in one transaction (batches.ts); a consumer holding this many stops lingering. */
 const MAX_BATCH = 64;
 
@@ -80,38 +82,89 @@ function headerCarrier(m: JsMsg) {
 export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsumer> {
   const { bus, durable } = opts;
   const clog = opts.log.child({ consumer: durable });
-  try {
-    await bus.jsm.consumers.info(opts.stream, durable);
-  } catch {
-    await bus.jsm.consumers.add(opts.stream, {
-      durable_name: durable,
-      ack_policy: AckPolicy.Explicit,
-      deliver_policy: DeliverPolicy.All,
-      ack_wait: ACK_WAIT_NS,
-      max_deliver: -1, // we count deliveries ourselves and dead-letter, so the server never drops silently
-    });
-  }
-  const consumer = await bus.js.consumers.get(opts.stream, durable);
+  /** The durable consumer, made if it is not there (the first start, or deleted since). */
+  const durableConsumer = async () => {
+    try {
+      await bus.jsm.consumers.info(opts.stream, durable);
+    } catch {
+      await bus.jsm.consumers.add(opts.stream, {
+        durable_name: durable,
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.All,
+        ack_wait: ACK_WAIT_NS,
+        max_deliver: -1, // we count deliveries ourselves and dead-letter, so the server never drops silently
+      });
+    }
+    return bus.js.consumers.get(opts.stream, durable);
+  };
   const settle = eventHandler(opts, clog);
-  const messages = await consumer.consume({ max_messages: PULL_BATCH });
-  const batches = settleInBatches(messages, {
-    maxBatch: MAX_BATCH,
-    ...(opts.lingerMs ? { lingerMs: opts.lingerMs } : {}),
-    // Each event's span continues the trace in its headers; nothing else here is a request's.
-    settle: (batch) => detached(() => settle(batch)),
-    // settle() settles every event itself; this is a bug's safety net (its events are redelivered).
-    onError: (err) => clog.error({ err }, "consumer batch failed"),
-    // Stopped with events not yet settled: give them back at once rather than after the ack wait.
-    onLeft: (left) => {
-      for (const m of left) m.nak();
-    },
-  });
+  let stopped = false;
+  let current: { messages: ConsumerMessages; batches: Batches } | undefined;
+  let wake = () => {};
+  /** Waits `ms`, or until stopped. */
+  const pause = (ms: number) =>
+    new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  const consuming = async (messages: ConsumerMessages) => {
+    const batches = settleInBatches(messages, {
+      maxBatch: MAX_BATCH,
+      ...(opts.lingerMs ? { lingerMs: opts.lingerMs } : {}),
+      // Each event's span continues the trace in its headers; nothing else here is a request's.
+      settle: (batch) => detached(() => settle(batch)),
+      // settle() settles every event itself; this is a bug's safety net (its events are redelivered).
+      onError: (err) => clog.error({ err }, "consumer batch failed"),
+      // Stopped with events not yet settled: give them back at once rather than after the ack wait.
+      onLeft: (left) => {
+        for (const m of left) m.nak();
+      },
+    });
+    current = { messages, batches };
+    await batches.done;
+  };
+  // The pull ends with an error when the server answers a pull with a status it does not expect —
+  // which anyone able to name the pull's inbox as a reply subject can make it send (a 400 for a
+  // malformed pull of their own): consuming starts again, on a new inbox, instead of ending (the
+  // process exited on the unhandled rejection).
+  const run = async (first: ConsumerMessages) => {
+    let messages = first;
+    for (let attempt = 1; ; ) {
+      const started = Date.now();
+      try {
+        await consuming(messages);
+        if (stopped) return;
+        clog.warn("consumer's pull ended by itself; consuming again");
+      } catch (err) {
+        if (stopped) return;
+        clog.warn({ err: (err as Error).message, attempt }, "consumer's pull failed; consuming again");
+      }
+      attempt = Date.now() - started > RESTART_RESET_MS ? 1 : attempt + 1;
+      await pause(backoffMs(attempt, 100, 5_000));
+      for (;;) {
+        if (stopped) return;
+        try {
+          messages = await (await durableConsumer()).consume({ max_messages: PULL_BATCH });
+          break;
+        } catch (err) {
+          clog.warn({ err: (err as Error).message, attempt }, "consumer's pull could not start; trying again");
+          await pause(backoffMs(++attempt, 100, 5_000));
+        }
+      }
+    }
+  };
+  const running = run(await (await durableConsumer()).consume({ max_messages: PULL_BATCH }));
   clog.info({ stream: opts.stream }, "consuming");
   return {
     async stop() {
-      batches.stop();
-      await messages.close();
-      await batches.done;
+      stopped = true;
+      wake();
+      current?.batches.stop();
+      await current?.messages.close();
+      await running;
     },
   };
 }

@@ -353,6 +353,39 @@ describe("consumers", () => {
     await relay.stop();
   });
 
+  it("keeps consuming when the server answers its pull with a status it does not expect (a 400 there ended the process)", async () => {
+    const producer = await service();
+    const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
+    relay.start();
+    const consumer = await service();
+    const durable = `statused-${n}`;
+    // The consumer's pulls as the server receives them: their reply subject is the pull's inbox.
+    const pulls = bus.nc.subscribe(`$JS.API.CONSUMER.MSG.NEXT.ORDER.${durable}`, { max: 1 });
+    const c = await startConsumer({
+      catalogue: EVENTS,
+      bus,
+      db: consumer.db,
+      log,
+      stream: "ORDER",
+      durable,
+      handlers: [recordEffect],
+    });
+    let inbox = "";
+    for await (const m of pulls) inbox = m.reply ?? "";
+    expect(inbox).not.toBe("");
+    // Anyone's malformed pull, answered at that inbox: "400 Bad Request", which ends the pull.
+    bus.nc.publish(`$JS.API.CONSUMER.MSG.NEXT.ORDER.${durable}`, "{", { reply: inbox });
+    await bus.nc.flush();
+    const good = await addPlaced(producer, "ord-after-status");
+    await until(
+      () => effectsOf(consumer.db, { eventId: good }),
+      (x) => x === 1,
+    );
+    expect(await effectsOf(consumer.db, { eventId: good })).toBe(1);
+    await c.stop();
+    await relay.stop();
+  });
+
   it("dead-letters at once what it cannot copy as it is, and what carries another event's id (each was redelivered for ever, or applied twice)", async () => {
     // A NATS of its own: what this puts on ORDER stays there (no stream allows deleting a message),
     // and the other tests read ORDER from its start.

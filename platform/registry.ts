@@ -6,10 +6,11 @@
  * deregistering vanishes within the TTL. A graceful stop deletes the key at
  * once. registry-watch.ts follows the bucket; resolver.ts feeds grpc-js.
  */
+import { randomBytes } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
 import { type JetStreamManager, jetstreamManager, StorageType } from "@nats-io/jetstream";
 import { type KV, type KvEntry, Kvm } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/transport-node";
+import { headers, type NatsConnection } from "@nats-io/transport-node";
 import { newId } from "./ids.js";
 import type { Logger } from "./log.js";
 
@@ -111,15 +112,44 @@ export async function openRegistry(nc: NatsConnection, opts: { ttlMs?: number; r
   }
 }
 
+/**
+ * Writes (or, with `deleted`, deletes) the registry entry `key` and resolves once the bucket has stored
+ * it — as kv.put and kv.delete do, but with an answer subject of its own, random, rather than one of
+ * the connection's sequential inbox ids: every service may watch the registry's subjects and so sees
+ * a write's reply subject, and the connection's other inboxes (its consumers' pulls, whose inbox a
+ * status sent by the server there ends) follow from one of them.
+ */
+async function writeEntry(nc: NatsConnection, key: string, value: string, timeoutMs: number, deleted = false) {
+  const prefix = (nc as { options?: { inboxPrefix?: string } }).options?.inboxPrefix || "_INBOX";
+  const h = headers();
+  if (deleted) h.set("KV-Operation", "DEL");
+  const answer = await nc.request(`${REGISTRY_SUBJECT_PREFIX}${key}`, deleted ? "" : value, {
+    timeout: timeoutMs,
+    noMux: true,
+    reply: `${prefix}.registry.${randomBytes(12).toString("hex")}`,
+    ...(deleted ? { headers: h } : {}),
+  });
+  const ack = (() => {
+    try {
+      return JSON.parse(answer.string()) as { stream?: unknown; error?: { description?: unknown } };
+    } catch {
+      return {};
+    }
+  })();
+  if (ack.stream !== `KV_${REGISTRY_BUCKET}`) {
+    throw new Error(`registry write of ${key} not stored: ${String(ack.error?.description ?? "no acknowledgement")}`);
+  }
+}
+
 /** Refreshes `key` every `heartbeatMs` until stopped; the last refresh in flight is awaited by `stop`. */
-function heartbeat(nc: NatsConnection, kv: KV, key: string, value: string, heartbeatMs: number, log: Logger) {
+function heartbeat(nc: NatsConnection, key: string, value: string, heartbeatMs: number, log: Logger) {
   let stopped = false;
   let failures = 0;
   let timer: NodeJS.Timeout | undefined;
   let inflight: Promise<void> = Promise.resolve();
   const beat = async () => {
     try {
-      await kv.put(key, value, { timeout: heartbeatMs });
+      await writeEntry(nc, key, value, heartbeatMs);
       if (failures > 0) log.info({ afterFailures: failures }, "registry heartbeat succeeding again");
       failures = 0;
     } catch (err) {
@@ -184,9 +214,9 @@ export async function registerInstance(opts: RegisterOptions): Promise<Registrat
   }
   const entry: RegistryEntry = { service, address: opts.address, instanceId, startedAt: new Date().toISOString() };
   const value = JSON.stringify(entry);
-  await kv.put(key, value);
+  await writeEntry(nc, key, value, 5_000);
   log.info({ address: opts.address, heartbeatMs, ttlMs: bucketTtlMs }, "registered in the service registry");
-  const beating = heartbeat(nc, kv, key, value, heartbeatMs, log);
+  const beating = heartbeat(nc, key, value, heartbeatMs, log);
 
   const stop = async () => {
     // A heartbeat landing after the delete would resurrect the entry for a whole TTL.
@@ -196,7 +226,7 @@ export async function registerInstance(opts: RegisterOptions): Promise<Registrat
       return;
     }
     try {
-      await kv.delete(key);
+      await writeEntry(nc, key, "", 5_000, true);
       log.info("deregistered from the service registry");
     } catch (err) {
       log.warn({ err: (err as Error).message }, "deregistration failed; the entry expires by TTL");

@@ -2,6 +2,9 @@
  * The gRPC server over a real connection: what a proxy's client sees when
  * the callers behind it come and go.
  */
+import { once } from "node:events";
+import http2 from "node:http2";
+import * as grpc from "@grpc/grpc-js";
 import { afterEach, describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/health_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
@@ -10,7 +13,7 @@ import { envelope, h2Request, h2Session } from "../test/raw.js";
 import type { CallContext, ServiceImpl } from "./grpc.js";
 import { createChannel, createClient } from "./grpc-client.js";
 import { silentLogger } from "./log.js";
-import { bind, type RunningServer, startGrpcServer } from "./server.js";
+import { bind, healthService, type RunningServer, startGrpcServer } from "./server.js";
 
 const cleanups: (() => unknown)[] = [];
 afterEach(async () => {
@@ -161,5 +164,42 @@ describe("the standard services (health, reflection) under a hostile client", ()
     );
     expect(listed.grpcStatus).toBe(0);
     expect(listed.body.toString()).toContain("shopmesh.inventory.v1.InventoryService");
+    // A valid request, junk and another valid one in one write: refused, and the call ends (it hung).
+    const list = envelope(Buffer.from([0x3a, 0x01, 0x2a]));
+    const mixed = await h2Request(
+      s,
+      {
+        ":path": "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "content-type": "application/grpc",
+        te: "trailers",
+      },
+      Buffer.concat([list, envelope(junk), list]),
+    );
+    expect(mixed.grpcStatus).toBe(3);
+  });
+
+  it("health forgets a watched name once its last watcher has gone", async () => {
+    const health = healthService([""]);
+    const server = new grpc.Server();
+    health.addToServer(server);
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
+    );
+    cleanups.push(() => server.forceShutdown());
+    const watched = (health as unknown as { watchers: Map<string, unknown> }).watchers;
+    await using s = await h2Session(`http://127.0.0.1:${port}`);
+    for (let i = 0; i < 50; i++) {
+      const name = Buffer.from(`watched-${i}`);
+      const req = s.request({
+        ":method": "POST",
+        ":path": "/grpc.health.v1.Health/Watch",
+        "content-type": "application/grpc",
+        te: "trailers",
+      });
+      req.end(envelope(Buffer.from([0x0a, name.length, ...name])));
+      await once(req, "data"); // SERVICE_UNKNOWN, and the watch goes on
+      req.close(http2.constants.NGHTTP2_CANCEL);
+    }
+    await expect.poll(() => watched.size, { timeout: 5_000 }).toBe(0);
   });
 });

@@ -155,13 +155,19 @@ function refusingUndecodable(server: grpc.Server): Pick<grpc.Server, "addService
             else call.emit("error", refusal(def, call.request));
           };
         } else {
-          // Streamed requests arrive as "data" events: an undecodable one ends the call instead.
+          // Streamed requests arrive as "data" events: an undecodable one ends the call instead, and
+          // none after it reaches the handler (an answer written after the end lost the status: the
+          // call hung).
           handlers[name] = (call: grpc.ServerDuplexStream<unknown, unknown>) => {
             const emit = call.emit.bind(call);
-            call.emit = (event: string | symbol, ...args: unknown[]) =>
-              event === "data" && args[0] instanceof Undecodable
-                ? emit("error", refusal(def, args[0]))
-                : emit(event, ...args);
+            let refused = false;
+            call.emit = (event: string | symbol, ...args: unknown[]) => {
+              if (event !== "data") return emit(event, ...args);
+              if (refused) return false;
+              if (!(args[0] instanceof Undecodable)) return emit(event, ...args);
+              refused = true;
+              return emit("error", refusal(def, args[0]));
+            };
             handler(call as never);
           };
         }
@@ -169,6 +175,28 @@ function refusingUndecodable(server: grpc.Server): Pick<grpc.Server, "addService
       server.addService(defs, handlers);
     },
   };
+}
+
+/**
+ * grpc.health.v1 for `names`, all SERVING. grpc-health-check keeps, for every service name ever
+ * watched, the set of its watchers, emptied but never removed when they go: a client watching ever
+ * new names (each up to the 4 MiB a message may hold) grew the heap without bound. Empty sets go now.
+ */
+export function healthService(names: readonly string[]): HealthImplementation {
+  const health = new HealthImplementation(Object.fromEntries(names.map((n) => [n, "SERVING" as const])));
+  const lib = health as unknown as {
+    watchers?: Map<string, Set<unknown>>;
+    removeWatcher?: (service: string, watcher: unknown) => void;
+  };
+  const { watchers, removeWatcher } = lib;
+  if (!(watchers instanceof Map) || typeof removeWatcher !== "function") {
+    throw new Error("grpc-health-check no longer keeps watchers and removeWatcher: forget ended watches another way");
+  }
+  lib.removeWatcher = (service, watcher) => {
+    removeWatcher.call(health, service, watcher);
+    if (watchers.get(service)?.size === 0) watchers.delete(service);
+  };
+  return health;
 }
 
 /** Starts a server; resolves once it listens. */
@@ -206,7 +234,7 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
   );
 
   const names = opts.services.map((s) => s.service.typeName);
-  const health = new HealthImplementation(Object.fromEntries(["", ...names].map((n) => [n, "SERVING" as const])));
+  const health = healthService(["", ...names]);
   health.addToServer(refusingUndecodable(server) as grpc.Server);
 
   const reflected = [...opts.services.map((s) => s.service), ChaosService, Health];
