@@ -38,6 +38,12 @@ const ACK_WAIT_NS = 10 * 1e9;
  * many (what a crash strands for the ack wait; what a replica takes before the others).
  */
 const PULL_BATCH = 64;
+/**
+ * The pull's options: `abort_on_missing_resource` ends it when its durable consumer (or stream) is
+ * gone — nats.js would otherwise wait, silently and for ever, for someone to make it again — and
+ * startConsumer's loop makes it again.
+ */
+const CONSUME = { max_messages: PULL_BATCH, abort_on_missing_resource: true } as const;
 /** A pull that ran this long before it failed starts its restarts' backoff afresh, ms. */
 const RESTART_RESET_MS = 10_000;
 /** The most events settled in one transaction (batches.ts); a consumer holding this many stops lingering. */
@@ -126,10 +132,11 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
     current = { messages, batches };
     await batches.done;
   };
-  // The pull ends with an error when the server answers a pull with a status it does not expect —
-  // which anyone able to name the pull's inbox as a reply subject can make it send (a 400 for a
-  // malformed pull of their own): consuming starts again, on a new inbox, instead of ending (the
-  // process exited on the unhandled rejection).
+  // The pull ends with an error when its durable consumer or stream is gone, or when the server
+  // answers a pull with a status it does not expect — which anyone able to name the pull's inbox as a
+  // reply subject can make it send (a 400 for a malformed pull of their own): consuming starts again,
+  // its durable made again if need be, on a new inbox, instead of ending (the process exited on the
+  // unhandled rejection).
   const run = async (first: ConsumerMessages) => {
     let messages = first;
     for (let attempt = 1; ; ) {
@@ -147,7 +154,7 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
       for (;;) {
         if (stopped) return;
         try {
-          messages = await (await durableConsumer()).consume({ max_messages: PULL_BATCH });
+          messages = await (await durableConsumer()).consume(CONSUME);
           break;
         } catch (err) {
           clog.warn({ err: (err as Error).message, attempt }, "consumer's pull could not start; trying again");
@@ -156,7 +163,7 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
       }
     }
   };
-  const running = run(await (await durableConsumer()).consume({ max_messages: PULL_BATCH }));
+  const running = run(await (await durableConsumer()).consume(CONSUME));
   clog.info({ stream: opts.stream }, "consuming");
   return {
     async stop() {

@@ -386,6 +386,40 @@ describe("consumers", () => {
     await relay.stop();
   });
 
+  it("makes its durable consumer again when it is deleted, and goes on consuming", async () => {
+    const producer = await service();
+    const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
+    relay.start();
+    const consumer = await service();
+    const durable = `deleted-${n}`;
+    const c = await startConsumer({
+      catalogue: EVENTS,
+      bus,
+      db: consumer.db,
+      log,
+      stream: "ORDER",
+      durable,
+      handlers: [recordEffect],
+    });
+    const before = await addPlaced(producer, "ord-before-delete");
+    await until(
+      () => effectsOf(consumer.db, { eventId: before }),
+      (x) => x === 1,
+    );
+    await bus.jsm.consumers.delete("ORDER", durable);
+    const after = await addPlaced(producer, "ord-after-delete");
+    await until(
+      () => effectsOf(consumer.db, { eventId: after }),
+      (x) => x === 1,
+      20_000,
+    );
+    expect(await effectsOf(consumer.db, { eventId: after })).toBe(1);
+    // Made again from the stream's start: what it had applied already is not applied twice.
+    expect(await effectsOf(consumer.db, { eventId: before })).toBe(1);
+    await c.stop();
+    await relay.stop();
+  }, 30_000);
+
   it("dead-letters at once what it cannot copy as it is, and what carries another event's id (each was redelivered for ever, or applied twice)", async () => {
     // A NATS of its own: what this puts on ORDER stays there (no stream allows deleting a message),
     // and the other tests read ORDER from its start.
