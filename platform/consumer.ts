@@ -8,10 +8,10 @@
  * once; a database that is away is not the event's fault and never counts
  * toward the dead-letter limit. Either way the consumer keeps going.
  */
-import { AckPolicy, type ConsumerMessages, DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
+import type { JsMsg } from "@nats-io/jetstream";
 import { SpanKind } from "@opentelemetry/api";
 import { backoffMs } from "./backoff.js";
-import { type Batches, settleInBatches } from "./batches.js";
+import { settleInBatches } from "./batches.js";
 import type { Bus } from "./bus.js";
 import type { EventCatalogue } from "./catalogue.js";
 import type { FaultInjector } from "./chaos.js";
@@ -22,30 +22,10 @@ import { InvalidArgumentError } from "./errors.js";
 import { decodeEvent, type EventContext, type EventHandler, Inbox, UnprocessableEventError } from "./inbox.js";
 import { flushLogs, type Logger } from "./log.js";
 import { detached, extractContext, inSpan } from "./propagation.js";
+import { pullForever } from "./pull.js";
 import { type Db, isConflict, type Tx } from "./sql.js";
 import type { Telemetry } from "./telemetry.js";
 
-/**
- * How long a delivered event may stay unacknowledged before JetStream gives
- * it to another puller (a replica that died holding it): handlers are one
- * short transaction, so 10 s is generous and bounds the delay a crash adds.
- */
-const ACK_WAIT_NS = 10 * 1e9;
-/**
- * Events one consumer pulls ahead. The client asks for more each time a quarter of them has
- * arrived, so this sets how often a pull request goes to the server (at 16, one per 4 events);
- * a consumer keeping up holds only what has arrived, and one with a backlog holds at most this
- * many (what a crash strands for the ack wait; what a replica takes before the others).
- */
-const PULL_BATCH = 64;
-/**
- * The pull's options: `abort_on_missing_resource` ends it when its durable consumer (or stream) is
- * gone — nats.js would otherwise wait, silently and for ever, for someone to make it again — and
- * startConsumer's loop makes it again.
- */
-const CONSUME = { max_messages: PULL_BATCH, abort_on_missing_resource: true } as const;
-/** A pull that ran this long before it failed starts its restarts' backoff afresh, ms. */
-const RESTART_RESET_MS = 10_000;
 /** The most events settled in one transaction (batches.ts); a consumer holding this many stops lingering. */
 const MAX_BATCH = 64;
 
@@ -88,92 +68,28 @@ function headerCarrier(m: JsMsg) {
 export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsumer> {
   const { bus, durable } = opts;
   const clog = opts.log.child({ consumer: durable });
-  /** The durable consumer, made if it is not there (the first start, or deleted since). */
-  const durableConsumer = async () => {
-    try {
-      await bus.jsm.consumers.info(opts.stream, durable);
-    } catch {
-      await bus.jsm.consumers.add(opts.stream, {
-        durable_name: durable,
-        ack_policy: AckPolicy.Explicit,
-        deliver_policy: DeliverPolicy.All,
-        ack_wait: ACK_WAIT_NS,
-        max_deliver: -1, // we count deliveries ourselves and dead-letter, so the server never drops silently
-      });
-    }
-    return bus.js.consumers.get(opts.stream, durable);
-  };
   const settle = eventHandler(opts, clog);
-  let stopped = false;
-  let current: { messages: ConsumerMessages; batches: Batches } | undefined;
-  let wake = () => {};
-  /** Waits `ms`, or until stopped. */
-  const pause = (ms: number) =>
-    new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, ms);
-      wake = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-    });
-  const consuming = async (messages: ConsumerMessages) => {
-    const batches = settleInBatches(messages, {
-      maxBatch: MAX_BATCH,
-      ...(opts.lingerMs ? { lingerMs: opts.lingerMs } : {}),
-      // Each event's span continues the trace in its headers; nothing else here is a request's.
-      settle: (batch) => detached(() => settle(batch)),
-      // settle() settles every event itself; this is a bug's safety net (its events are redelivered).
-      onError: (err) => clog.error({ err }, "consumer batch failed"),
-      // Stopped with events not yet settled: give them back at once rather than after the ack wait.
-      onLeft: (left) => {
-        for (const m of left) m.nak();
-      },
-    });
-    current = { messages, batches };
-    await batches.done;
-  };
-  // The pull ends with an error when its durable consumer or stream is gone, or when the server
-  // answers a pull with a status it does not expect — which anyone able to name the pull's inbox as a
-  // reply subject can make it send (a 400 for a malformed pull of their own): consuming starts again,
-  // its durable made again if need be, on a new inbox, instead of ending (the process exited on the
-  // unhandled rejection).
-  const run = async (first: ConsumerMessages) => {
-    let messages = first;
-    for (let attempt = 1; ; ) {
-      const started = Date.now();
-      try {
-        await consuming(messages);
-        if (stopped) return;
-        clog.warn("consumer's pull ended by itself; consuming again");
-      } catch (err) {
-        if (stopped) return;
-        clog.warn({ err: (err as Error).message, attempt }, "consumer's pull failed; consuming again");
-      }
-      attempt = Date.now() - started > RESTART_RESET_MS ? 1 : attempt + 1;
-      await pause(backoffMs(attempt, 100, 5_000));
-      for (;;) {
-        if (stopped) return;
-        try {
-          messages = await (await durableConsumer()).consume(CONSUME);
-          break;
-        } catch (err) {
-          clog.warn({ err: (err as Error).message, attempt }, "consumer's pull could not start; trying again");
-          await pause(backoffMs(++attempt, 100, 5_000));
-        }
-      }
-    }
-  };
-  const running = run(await (await durableConsumer()).consume(CONSUME));
+  const pull = await pullForever({
+    bus,
+    stream: opts.stream,
+    durable,
+    log: clog,
+    handle: (messages) =>
+      settleInBatches(messages, {
+        maxBatch: MAX_BATCH,
+        ...(opts.lingerMs ? { lingerMs: opts.lingerMs } : {}),
+        // Each event's span continues the trace in its headers; nothing else here is a request's.
+        settle: (batch) => detached(() => settle(batch)),
+        // settle() settles every event itself; this is a bug's safety net (its events are redelivered).
+        onError: (err) => clog.error({ err }, "consumer batch failed"),
+        // Stopped with events not yet settled: give them back at once rather than after the ack wait.
+        onLeft: (left) => {
+          for (const m of left) m.nak();
+        },
+      }),
+  });
   clog.info({ stream: opts.stream }, "consuming");
-  return {
-    async stop() {
-      stopped = true;
-      wake();
-      current?.batches.stop();
-      await current?.messages.close();
-      await running;
-    },
-  };
+  return pull;
 }
 
 /** An event ready to be applied: decoded, its handler found, its filter passed. */

@@ -1,0 +1,119 @@
+/**
+ * A service's durable pull consumer on one stream, pulled for as long as it
+ * is wanted: made if it is not there (explicit acks, from the stream's
+ * start), and pulled again — made again if need be, on a new inbox, with
+ * backoff — whenever the pull ends by itself. It ends with an error when its
+ * durable or stream is gone, or when the server answers a pull with a status
+ * it does not expect, which anyone able to name the pull's inbox as a reply
+ * subject can make it send (a 400 for a malformed pull of their own): the
+ * process exited on the unhandled rejection, or, with the durable deleted,
+ * waited silently for ever. What to do with the messages is consumer.ts's.
+ */
+import { AckPolicy, type ConsumerMessages, DeliverPolicy } from "@nats-io/jetstream";
+import { backoffMs } from "./backoff.js";
+import type { Bus } from "./bus.js";
+import type { Logger } from "./log.js";
+
+/**
+ * How long a delivered event may stay unacknowledged before JetStream gives
+ * it to another puller (a replica that died holding it): handlers are one
+ * short transaction, so 10 s is generous and bounds the delay a crash adds.
+ */
+const ACK_WAIT_NS = 10 * 1e9;
+/**
+ * Events one consumer pulls ahead. The client asks for more each time a quarter of them has
+ * arrived, so this sets how often a pull request goes to the server (at 16, one per 4 events);
+ * a consumer keeping up holds only what has arrived, and one with a backlog holds at most this
+ * many (what a crash strands for the ack wait; what a replica takes before the others).
+ * `abort_on_missing_resource` ends the pull when its durable (or stream) is gone, instead of
+ * nats.js waiting for someone to make it again.
+ */
+const CONSUME = { max_messages: 64, abort_on_missing_resource: true } as const;
+/** A pull that ran this long before it failed starts its restarts' backoff afresh, ms. */
+const RESTART_RESET_MS = 10_000;
+
+/** One run of a pull's messages, as the caller handles them: `done` once they ended (or failed). */
+export interface PullRun {
+  readonly done: Promise<void>;
+  /** Handle no more; the pull is closed after. */
+  stop(): void;
+}
+
+/** A running pull; `stop()` resolves once its last run is done. */
+export interface Pull {
+  stop(): Promise<void>;
+}
+
+/** Pulls `durable` on `stream`, handing each run of messages to `handle`, until stopped. */
+export async function pullForever(o: {
+  readonly bus: Bus;
+  readonly stream: string;
+  readonly durable: string;
+  readonly log: Logger;
+  readonly handle: (messages: ConsumerMessages) => PullRun;
+}): Promise<Pull> {
+  const { bus, stream, durable, log } = o;
+  const start = async () => {
+    try {
+      await bus.jsm.consumers.info(stream, durable);
+    } catch {
+      await bus.jsm.consumers.add(stream, {
+        durable_name: durable,
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.All,
+        ack_wait: ACK_WAIT_NS,
+        max_deliver: -1, // we count deliveries ourselves and dead-letter, so the server never drops silently
+      });
+    }
+    return (await bus.js.consumers.get(stream, durable)).consume(CONSUME);
+  };
+  let stopped = false;
+  let current: { messages: ConsumerMessages; run: PullRun } | undefined;
+  let wake = () => {};
+  /** Waits `ms`, or until stopped. */
+  const pause = (ms: number) =>
+    new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  const loop = async (first: ConsumerMessages) => {
+    let messages = first;
+    for (let attempt = 1; ; ) {
+      const began = Date.now();
+      try {
+        current = { messages, run: o.handle(messages) };
+        await current.run.done;
+        if (stopped) return;
+        log.warn("consumer's pull ended by itself; consuming again");
+      } catch (err) {
+        if (stopped) return;
+        log.warn({ err: (err as Error).message, attempt }, "consumer's pull failed; consuming again");
+      }
+      attempt = Date.now() - began > RESTART_RESET_MS ? 1 : attempt + 1;
+      await pause(backoffMs(attempt, 100, 5_000));
+      for (;;) {
+        if (stopped) return;
+        try {
+          messages = await start();
+          break;
+        } catch (err) {
+          log.warn({ err: (err as Error).message, attempt }, "consumer's pull could not start; trying again");
+          await pause(backoffMs(++attempt, 100, 5_000));
+        }
+      }
+    }
+  };
+  const running = loop(await start());
+  return {
+    async stop() {
+      stopped = true;
+      wake();
+      current?.run.stop();
+      await current?.messages.close();
+      await running;
+    },
+  };
+}
