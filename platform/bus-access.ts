@@ -17,7 +17,10 @@
  * (OrderPlaced a card token), so a service subscribes only to its own
  * inboxes (`_INBOX_<user>.`, where its requests' answers and its consumers'
  * deliveries arrive) and to the registry, and reads no stored message but
- * the registry's.
+ * the registry's. And the services' users are in an account of their own,
+ * which reaches the streams' only through what it imports
+ * ({@link natsAuthorization}): in one account, an answer of the server's
+ * sent to a JetStream API subject was obeyed (it purged every stream).
  */
 import { type Bus, type BusAuth, connectBus, inboxPrefixOf } from "./bus.js";
 import type { EventCatalogue } from "./catalogue.js";
@@ -55,7 +58,6 @@ function consuming(service: string, streams: readonly string[]): string[] {
     // creates whatever the last token says (a hostile round read every stream that way).
     return [
       `$JS.API.CONSUMER.CREATE.${s}.${d}`,
-      `$JS.API.CONSUMER.CREATE.${s}.${d}.>`,
       `$JS.API.CONSUMER.DURABLE.CREATE.${s}.${d}`,
       `$JS.API.CONSUMER.INFO.${s}.${d}`,
       `$JS.API.CONSUMER.MSG.NEXT.${s}.${d}`,
@@ -89,22 +91,57 @@ export function busUsers(catalogue: EventCatalogue, consumes: Readonly<Record<st
   ];
 }
 
+/** The account that holds the streams, with {@link BUS_ADMIN}. */
+export const STREAMS_ACCOUNT = "STREAMS";
+/** The account of the services' users, which reaches the streams only through what it imports. */
+export const SERVICES_ACCOUNT = "SERVICES";
+
 /**
- * nats-server's `authorization` block for `users`, each with the password `password(user)` gives: a
- * literal (quoted here) or a `$VARIABLE` nats-server reads from its environment.
+ * nats-server's users for `users`, each with the password `password(user)` gives (a literal, quoted
+ * here, or a `$VARIABLE` nats-server reads from its environment), in two accounts: the streams, with
+ * JetStream, and the administrator ({@link STREAMS_ACCOUNT}); and the services ({@link
+ * SERVICES_ACCOUNT}), which imports from the first, as services, exactly the subjects some service may
+ * publish on. nats-server answers a request at the reply subject its asker names, unchecked, and acts
+ * on an answer sent to a JetStream API subject as on a request of the account's own: in one account a
+ * publish's acknowledgement, or a pull's status, sent to `$JS.API.ACCOUNT.PURGE.$G` deleted every
+ * stream (a hostile round did it with the gateway's user). A request that crosses accounts is given a
+ * reply subject of the server's making in the streams' account, so no answer reaches its API; back in
+ * the services' account an answer reaches only what is imported there, where the users' rights allow.
  */
 export function natsAuthorization(users: readonly BusUser[], password: (user: string) => string): string {
   const value = (p: string) => (/^\$[A-Z][A-Z0-9_]*$/.test(p) ? p : JSON.stringify(p));
-  const allow = (subjects: readonly string[]) => `{ allow: [${subjects.map((s) => JSON.stringify(s)).join(", ")}] }`;
-  const lines = users.map((u) => {
+  const quoted = (subjects: readonly string[]) => subjects.map((s) => JSON.stringify(s)).join(", ");
+  const line = (u: BusUser) => {
     const rules = [
-      ...(u.publish ? [`publish: ${allow(u.publish)}`] : []),
-      ...(u.subscribe ? [`subscribe: ${allow(u.subscribe)}`] : []),
+      ...(u.publish ? [`publish: { allow: [${quoted(u.publish)}] }`] : []),
+      ...(u.subscribe ? [`subscribe: { allow: [${quoted(u.subscribe)}] }`] : []),
     ];
     const perms = rules.length ? `, permissions: { ${rules.join(", ")} }` : "";
-    return `    { user: ${JSON.stringify(u.user)}, password: ${value(password(u.user))}${perms} }`;
-  });
-  return `authorization {\n  users: [\n${lines.join("\n")}\n  ]\n}\n`;
+    return `      { user: ${JSON.stringify(u.user)}, password: ${value(password(u.user))}${perms} }`;
+  };
+  const admins = users.filter((u) => !u.publish);
+  const services = users.filter((u) => u.publish);
+  const shared = [...new Set(services.flatMap((u) => u.publish ?? []))].sort();
+  // A pull's messages are many answers to one request.
+  const response = (s: string) => (s.startsWith("$JS.API.CONSUMER.MSG.NEXT.") ? ", response: stream" : "");
+  const exports = shared.map((s) => `      { service: ${JSON.stringify(s)}${response(s)} }`);
+  const imports = shared.map(
+    (s) => `      { service: { account: ${STREAMS_ACCOUNT}, subject: ${JSON.stringify(s)} } }`,
+  );
+  return [
+    "accounts {",
+    `  ${STREAMS_ACCOUNT}: {`,
+    "    jetstream: enabled",
+    `    users: [\n${admins.map(line).join("\n")}\n    ]`,
+    `    exports: [\n${exports.join("\n")}\n    ]`,
+    "  }",
+    `  ${SERVICES_ACCOUNT}: {`,
+    `    users: [\n${services.map(line).join("\n")}\n    ]`,
+    `    imports: [\n${imports.join("\n")}\n    ]`,
+    "  }",
+    "}",
+    "",
+  ].join("\n");
 }
 
 /**
