@@ -248,7 +248,11 @@ describe("publishing", () => {
       durable_name: durable,
       ack_policy: AckPolicy.Explicit,
     });
+    await jsm.consumers.add("ORDER", { durable_name: "payment-order", ack_policy: AckPolicy.Explicit });
     const apis = [
+      // An answer at another's pull or dead letters was forwarded as a request of its own.
+      "$JS.API.CONSUMER.MSG.NEXT.ORDER.payment-order",
+      "dlq.payment-order",
       "$JS.API.STREAM.PURGE.DLQ",
       "$JS.API.STREAM.MSG.DELETE.DLQ",
       "$JS.API.ACCOUNT.PURGE.$G",
@@ -276,6 +280,7 @@ describe("publishing", () => {
     const after = (await jsm.streams.info("DLQ")).state;
     expect([after.messages, after.first_seq]).toEqual([before.messages, before.first_seq]);
     await expect(jsm.consumers.info("ORDER", durable)).resolves.toMatchObject({ name: durable });
+    expect((await jsm.consumers.info("ORDER", "payment-order")).num_waiting).toBe(0);
     for (const s of [...EVENTS.streams.map((x) => x.name), `KV_${REGISTRY_BUCKET}`]) {
       const c = (await jsm.streams.info(s)).config;
       expect([s, c.deny_purge, c.deny_delete]).toEqual([s, true, true]);

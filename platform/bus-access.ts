@@ -121,7 +121,12 @@ export function natsAuthorization(users: readonly BusUser[], password: (user: st
   };
   const admins = users.filter((u) => !u.publish);
   const services = users.filter((u) => u.publish);
-  const shared = [...new Set(services.flatMap((u) => u.publish ?? []))].sort();
+  // Imported with their last token a wildcard: an answer the server sends back into SERVICES at an
+  // import's exact name (a pull's messages, at `…MSG.NEXT.ORDER.payment-order`) was forwarded to the
+  // streams' account as a request of its own — another service's pull, or a dead letter under
+  // another's name; at a wildcard import it is not. Who may publish what is the users' rights'.
+  const importable = (s: string) => (s.endsWith(">") || s.endsWith("*") ? s : s.replace(/\.[^.]+$/, ".*"));
+  const shared = [...new Set(services.flatMap((u) => u.publish ?? []).map(importable))].sort();
   // A pull's messages are many answers to one request.
   const response = (s: string) => (s.startsWith("$JS.API.CONSUMER.MSG.NEXT.") ? ", response: stream" : "");
   const exports = shared.map((s) => `      { service: ${JSON.stringify(s)}${response(s)} }`);
