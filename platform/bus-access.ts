@@ -100,8 +100,8 @@ export const SERVICES_ACCOUNT = "SERVICES";
  * nats-server's users for `users`, each with the password `password(user)` gives (a literal, quoted
  * here, or a `$VARIABLE` nats-server reads from its environment), in two accounts: the streams, with
  * JetStream, and the administrator ({@link STREAMS_ACCOUNT}); and the services ({@link
- * SERVICES_ACCOUNT}), which imports from the first, as services, exactly the subjects some service may
- * publish on. nats-server answers a request at the reply subject its asker names, unchecked, and acts
+ * SERVICES_ACCOUNT}), which imports from the first, as services, the subjects some service may publish
+ * on (each with its last token a wildcard, below). nats-server answers a request at the reply subject its asker names, unchecked, and acts
  * on an answer sent to a JetStream API subject as on a request of the account's own: in one account a
  * publish's acknowledgement, or a pull's status, sent to `$JS.API.ACCOUNT.PURGE.$G` deleted every
  * stream (a hostile round did it with the gateway's user). A request that crosses accounts is given a
