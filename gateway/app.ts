@@ -99,7 +99,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     trustProxy: config.TRUST_PROXY,
     // Reflection describes the public contract only; tools may read it without a token.
     tokenFree: new Set(REFLECTION_SERVICES.map((s) => s.typeName)),
-    passthrough: passthroughTable(ROUTES, clients),
+    passthrough: config.FAST_PATHS ? passthroughTable(ROUTES, clients) : undefined,
     headersTimeoutMs: config.HTTP_HEADERS_TIMEOUT_MS,
     requestTimeoutMs: config.HTTP_REQUEST_TIMEOUT_MS,
     idleTimeoutMs: config.HTTP_IDLE_TIMEOUT_MS,

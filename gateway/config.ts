@@ -104,6 +104,12 @@ const spec = {
    * local runs and the kind fault overlay only. Off, the RPC is UNIMPLEMENTED and the panel hides it.
    */
   FAULT_INJECTION: bool(false),
+  /**
+   * The fast paths for routed unary calls — gRPC forwarded as bytes, Connect unary, REST (passthrough.ts,
+   * connect-unary.ts, rest-serve.ts). false sends every call through connect-es's general handlers, which
+   * give the same answers more slowly: to compare the two, or to rule a fast path out.
+   */
+  FAST_PATHS: bool(true),
   /** Deadline of a composed GetOrderDetails call, in ms. */
   COMPOSITION_TIMEOUT_MS: int(2_000, { min: 50, max: 60_000 }),
   /**

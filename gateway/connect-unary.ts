@@ -173,7 +173,7 @@ function parse(
 }
 
 /** The upstream's answer as a message; one that does not decode fails as grpc-js fails it (INTERNAL). */
-function decodeAnswer(method: PassthroughMethod, answer: Uint8Array) {
+export function decodeAnswer(method: PassthroughMethod, answer: Uint8Array) {
   try {
     return fromBinary(method.method.output, answer);
   } catch {

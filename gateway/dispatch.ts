@@ -33,7 +33,7 @@ import { describeJsonError } from "./json-errors.js";
 import { admitAddress, type ConcurrencyLimiter, type RateLimiter, rateLimited } from "./limits.js";
 import { type PassthroughMethod, passthrough, takesPassthrough } from "./passthrough.js";
 import { type RestMatch, RestRouter } from "./rest.js";
-import { restErrorAnswer, serveRest } from "./rest-serve.js";
+import { restErrorAnswer, serveRest, serveRestUnary } from "./rest-serve.js";
 import { errorAnswer, finish, isConnectStream, type Outcome, protocolOf, queryOf } from "./wire.js";
 
 type NodeRequest = http.IncomingMessage | http2.Http2ServerRequest;
@@ -288,6 +288,7 @@ export function createDispatch(o: DispatchOptions): Dispatch {
       principal = admission.identity?.subject ?? "";
       clampTimeouts(req.headers);
       const done = (outcome: Outcome) => report(outcome, principal);
+      const { maxBodyBytes } = o;
       const fast = o.passthrough?.get(path);
       if (fast && takesPassthrough(req)) {
         const [h2req, h2res] = [req as http2.Http2ServerRequest, res as http2.Http2ServerResponse];
@@ -303,19 +304,17 @@ export function createDispatch(o: DispatchOptions): Dispatch {
       const nodeReq = req as http.IncomingMessage;
       if (restMatch) {
         const key = req.headers["idempotency-key"];
-        await serveRest(
-          nodeReq,
-          res as http.ServerResponse,
-          restMatch,
-          admission.handler,
-          {
-            body: (body) => limited(body, o.maxBodyBytes),
-            maxBodyBytes: o.maxBodyBytes,
-            values,
-            idempotencyKey: restMatch.route.httpMethod === "POST" && typeof key === "string" ? key : undefined,
-          },
-          done,
-        );
+        const idempotencyKey = restMatch.route.httpMethod === "POST" && typeof key === "string" ? key : undefined;
+        const unary = o.passthrough?.get(admission.handler.requestPath);
+        if (unary) {
+          const { identity } = admission;
+          await serveRestUnary(req, res, restMatch, unary, { identity, client, maxBodyBytes, idempotencyKey }, done);
+          return;
+        }
+        const body = (raw: AsyncIterable<Uint8Array>) => limited(raw, maxBodyBytes);
+        const restRes = res as http.ServerResponse;
+        const restOpts = { body, maxBodyBytes, values, idempotencyKey };
+        await serveRest(nodeReq, restRes, restMatch, admission.handler, restOpts, done);
         return;
       }
       const uReq = universalRequest(req, res, values);

@@ -11,12 +11,18 @@
  */
 import type http from "node:http";
 import { brotliDecompressSync, gunzipSync } from "node:zlib";
-import { fromJsonString, type JsonObject, type JsonValue } from "@bufbuild/protobuf";
+import { fromJsonString, type JsonObject, type JsonValue, toBinary, toJson } from "@bufbuild/protobuf";
 import { EmptySchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ContextValues } from "@connectrpc/connect";
 import type { UniversalHandler, UniversalServerRequest } from "@connectrpc/connect/protocol";
-import { errorToJson } from "@connectrpc/connect/protocol-connect";
+import { errorToJson, parseTimeout } from "@connectrpc/connect/protocol-connect";
+import type { Identity } from "../platform/index.js";
 import { dropUnreadBody, universalRequest } from "./answer-end.js";
+import { decodeAnswer } from "./connect-unary.js";
+import type { ClientInfo } from "./context.js";
+import type { Req, Res } from "./endpoint.js";
+import { callOptions, toConnectError } from "./forward.js";
+import { callLifetime, type PassthroughMethod, readBody } from "./passthrough.js";
 import { checkRequest, type RestMatch, requestJson, responseJson, statusJson } from "./rest.js";
 import {
   connectHttpStatus,
@@ -26,6 +32,7 @@ import {
   isConnectStream,
   type Outcome,
   queryOf,
+  reclassify,
 } from "./wire.js";
 
 const JSON_TYPE = "application/json";
@@ -41,10 +48,7 @@ export function restErrorAnswer(err: ConnectError, httpStatus?: number): ErrorAn
   return { status: code, headers, body: Buffer.from(JSON.stringify(status)) };
 }
 
-/**
- * Reads the whole body (already limited in size as sent by the caller's iterable) as JSON;
- * undefined when empty. gzip and br bodies are decompressed up to `maxBytes`, as Connect's are.
- */
+/** Reads the whole body (already limited in size as sent by the caller's iterable) as JSON (see {@link bodyJson}). */
 async function jsonBody(
   body: AsyncIterable<Uint8Array>,
   encoding: string | undefined,
@@ -52,7 +56,15 @@ async function jsonBody(
 ): Promise<JsonValue | undefined> {
   const chunks: Uint8Array[] = [];
   for await (const c of body) chunks.push(c);
-  let bytes = Buffer.concat(chunks);
+  return bodyJson(Buffer.concat(chunks), encoding, maxBytes);
+}
+
+/**
+ * A whole request body as JSON; undefined when empty. gzip and br bodies are decompressed up to
+ * `maxBytes`, as Connect's are.
+ */
+function bodyJson(body: Buffer, encoding: string | undefined, maxBytes: number): JsonValue | undefined {
+  let bytes = body;
   const coding = (encoding ?? "identity").trim().toLowerCase();
   if (coding !== "identity" && bytes.length > 0) {
     const inflate = coding === "gzip" ? gunzipSync : coding === "br" ? brotliDecompressSync : undefined;
@@ -110,7 +122,7 @@ async function* envelopes(body: AsyncIterable<Uint8Array>): AsyncGenerator<{ fla
   }
 }
 
-function send(res: http.ServerResponse, status: number, headers: Record<string, string>, body: string | Uint8Array) {
+function send(res: Res, status: number, headers: Record<string, string>, body: string | Uint8Array) {
   res.writeHead(status, { ...headers, "content-length": String(Buffer.byteLength(body)) });
   res.end(body);
 }
@@ -222,4 +234,77 @@ export async function serveRest(
   }
   if (!res.headersSent) res.writeHead(200, ndjson);
   if (!res.writableEnded) res.end();
+}
+
+/**
+ * The fast path of a REST call to a routed unary method: the message is
+ * built and checked as {@link serveRest} builds it, sent as bytes through
+ * the upstream client of the gRPC fast path (passthrough.ts), and the
+ * answer written as JSON in one piece — instead of a Connect JSON request
+ * handed to connect-es's handler and its answer parsed back from text.
+ * The same answers, the same order of checks (the body, then the
+ * `connect-timeout-ms` deadline, then the admin role), the same errors
+ * (rest-fast.test.ts sends each call both ways); the deadline runs from
+ * the message's check, as the handler's did, and a client that goes away
+ * cancels the upstream call.
+ */
+export async function serveRestUnary(
+  req: Req,
+  res: Res,
+  match: RestMatch,
+  method: PassthroughMethod,
+  opts: {
+    readonly identity: Identity | undefined;
+    readonly client: ClientInfo;
+    readonly maxBodyBytes: number;
+    readonly idempotencyKey: string | undefined;
+  },
+  done: (o: Outcome) => void,
+): Promise<void> {
+  const call = callLifetime(req, res);
+  try {
+    const body = await readBody(req, opts.maxBodyBytes, call.signal);
+    const json = requestJson(match, {
+      query: new URLSearchParams(queryOf(req.url)),
+      body: bodyJson(body, req.headers["content-encoding"], opts.maxBodyBytes),
+      idempotencyKey: opts.idempotencyKey,
+    });
+    const input = checkRequest(match.route, json);
+    const timeout = parseTimeout(
+      (req.headers["connect-timeout-ms"] as string | undefined) ?? null,
+      Number.MAX_SAFE_INTEGER,
+    );
+    if (timeout.error) throw timeout.error;
+    if (timeout.timeoutMs !== undefined) {
+      call.deadline(timeout.timeoutMs, new ConnectError("the operation timed out", Code.DeadlineExceeded));
+    }
+    if (method.adminOnly && !opts.identity?.roles.includes("admin")) {
+      throw new ConnectError(`${method.name} needs the admin role`, Code.PermissionDenied);
+    }
+    let answer: Uint8Array;
+    try {
+      const callOpts = callOptions(opts.identity, opts.client.requestId, call.signal, timeout.timeoutMs);
+      answer = await method.call(toBinary(method.method.input, input), callOpts);
+    } catch (err) {
+      throw toConnectError(err, method.upstream, call.signal);
+    }
+    const output = toJson(method.method.output, decodeAnswer(method, answer)) as JsonObject;
+    call.answered();
+    if (res.destroyed) throw new ConnectError("the client cancelled the call", Code.Canceled);
+    send(res, 200, { "content-type": JSON_TYPE }, JSON.stringify(responseJson(match.route, output)));
+    done({ code: 0, message: "" });
+  } catch (err) {
+    call.answered();
+    // Answered before the whole body arrived (a limit, a deadline): the rest is never read.
+    dropUnreadBody(req, res);
+    let e =
+      err instanceof ConnectError ? err : new ConnectError("internal error", Code.Internal, undefined, undefined, err);
+    const code = reclassify(e.code, e.rawMessage);
+    if (code !== e.code) e = new ConnectError(e.rawMessage, code);
+    const a = restErrorAnswer(e);
+    if (!res.headersSent && !res.destroyed) send(res, a.status, a.headers, a.body);
+    done({ code: e.code, message: e.rawMessage });
+  } finally {
+    call.end();
+  }
 }

@@ -19,6 +19,7 @@ import {
   fromJson,
   type JsonObject,
   type JsonValue,
+  type Message,
   ScalarType,
   toJson,
 } from "@bufbuild/protobuf";
@@ -298,10 +299,10 @@ export function requestJson(m: RestMatch, input: RestInput): JsonObject {
   return obj;
 }
 
-/** Checks `json` decodes as the route's input (proto3 JSON, unknown fields refused); the error names the field. */
-export function checkRequest(route: RestRoute, json: JsonObject): void {
+/** `json` decoded as the route's input (proto3 JSON, unknown fields refused); the error names the field. */
+export function checkRequest(route: RestRoute, json: JsonObject): Message {
   try {
-    fromJson(route.method.input, json, { ignoreUnknownFields: false });
+    return fromJson(route.method.input, json, { ignoreUnknownFields: false });
   } catch (err) {
     throw new ConnectError(describeJsonError(route.method.input, (err as Error).message), Code.InvalidArgument);
   }
