@@ -72,6 +72,34 @@ const recordEffect = on(OrderPlacedSchema, async (e, ctx, tx) => {
   await tx.run(sql`INSERT INTO effects (order_id, event_id) VALUES (${e.meta?.orderId ?? ""}, ${ctx.eventId})`);
 });
 
+/** A relay for `producer`'s outbox on `on` (the shared bus unless given), started. */
+function relaying(producer: { db: Db; outbox: Outbox }, on: Bus = bus): OutboxRelay {
+  const relay = new OutboxRelay({ ...producer, bus: on, source: "test", log });
+  relay.start();
+  return relay;
+}
+
+/** A consumer of ORDER named `durable` recording each OrderPlaced's effect in `consumer`'s database. */
+function recording(consumer: { db: Db }, durable: string, on: Bus = bus) {
+  return startConsumer({
+    catalogue: EVENTS,
+    bus: on,
+    db: consumer.db,
+    log,
+    stream: "ORDER",
+    durable,
+    handlers: [recordEffect],
+  });
+}
+
+/** Waits until the effect of `eventId` is in `db` (once); how many times it is there. */
+const applied = (db: Db, eventId: string, ms?: number) =>
+  until(
+    () => effectsOf(db, { eventId }),
+    (x) => x === 1,
+    ms,
+  );
+
 const drained = (relay: OutboxRelay) =>
   until(
     async () => (await relay.backlog()).count,
@@ -234,8 +262,7 @@ describe("outbox", () => {
 describe("consumers", () => {
   it("gives a duplicate delivery exactly one effect, even past the duplicate window", async () => {
     const producer = await service();
-    const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
-    relay.start();
+    const relay = relaying(producer);
     const id = await addPlaced(producer, "ord-d");
     await drained(relay);
     // Re-publish the same event under another Nats-Msg-Id: JetStream cannot dedupe it; the inbox must.
@@ -271,8 +298,7 @@ describe("consumers", () => {
 
   it("acknowledges an event its handler's filter rejects without a transaction or an inbox row", async () => {
     const producer = await service();
-    const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
-    relay.start();
+    const relay = relaying(producer);
     const skip = await addPlaced(producer, "ord-not-mine");
     const take = await addPlaced(producer, "ord-mine");
     const consumer = await service();
@@ -296,10 +322,7 @@ describe("consumers", () => {
         ),
       ],
     });
-    await until(
-      () => effectsOf(consumer.db, { eventId: take }),
-      (x) => x === 1,
-    );
+    await applied(consumer.db, take);
     // Both settled: nothing is left for this consumer, and only the accepted one ran and was recorded.
     await until(
       async () =>
@@ -323,25 +346,13 @@ describe("consumers", () => {
     h.set("ce-id", "evt_poison");
     await bus.js.publish("order.order.placed", new Uint8Array([0xff, 0xff, 0xff]), { headers: h, msgID: "evt_poison" });
     const producer = await service();
-    const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
-    relay.start();
+    const relay = relaying(producer);
     const good = await addPlaced(producer, "ord-after-poison");
 
     const consumer = await service();
     const durable = `poison-${n}`;
-    const c = await startConsumer({
-      catalogue: EVENTS,
-      bus,
-      db: consumer.db,
-      log,
-      stream: "ORDER",
-      durable,
-      handlers: [recordEffect],
-    });
-    await until(
-      () => effectsOf(consumer.db, { eventId: good }),
-      (x) => x === 1,
-    );
+    const c = await recording(consumer, durable);
+    await applied(consumer.db, good);
     expect(await effectsOf(consumer.db, { eventId: good })).toBe(1);
     const dlq = await until(
       () => bus.jsm.streams.getMessage("DLQ", { last_by_subj: `dlq.${durable}` }).catch(() => null),
@@ -355,21 +366,12 @@ describe("consumers", () => {
 
   it("keeps consuming when the server answers its pull with a status it does not expect (a 400 there ended the process)", async () => {
     const producer = await service();
-    const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
-    relay.start();
+    const relay = relaying(producer);
     const consumer = await service();
     const durable = `statused-${n}`;
     // The consumer's pulls as the server receives them: their reply subject is the pull's inbox.
     const pulls = bus.nc.subscribe(`$JS.API.CONSUMER.MSG.NEXT.ORDER.${durable}`, { max: 1 });
-    const c = await startConsumer({
-      catalogue: EVENTS,
-      bus,
-      db: consumer.db,
-      log,
-      stream: "ORDER",
-      durable,
-      handlers: [recordEffect],
-    });
+    const c = await recording(consumer, durable);
     let inbox = "";
     for await (const m of pulls) inbox = m.reply ?? "";
     expect(inbox).not.toBe("");
@@ -377,10 +379,7 @@ describe("consumers", () => {
     bus.nc.publish(`$JS.API.CONSUMER.MSG.NEXT.ORDER.${durable}`, "{", { reply: inbox });
     await bus.nc.flush();
     const good = await addPlaced(producer, "ord-after-status");
-    await until(
-      () => effectsOf(consumer.db, { eventId: good }),
-      (x) => x === 1,
-    );
+    await applied(consumer.db, good);
     expect(await effectsOf(consumer.db, { eventId: good })).toBe(1);
     await c.stop();
     await relay.stop();
@@ -388,31 +387,15 @@ describe("consumers", () => {
 
   it("makes its durable consumer again when it is deleted, and goes on consuming", async () => {
     const producer = await service();
-    const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
-    relay.start();
+    const relay = relaying(producer);
     const consumer = await service();
     const durable = `deleted-${n}`;
-    const c = await startConsumer({
-      catalogue: EVENTS,
-      bus,
-      db: consumer.db,
-      log,
-      stream: "ORDER",
-      durable,
-      handlers: [recordEffect],
-    });
+    const c = await recording(consumer, durable);
     const before = await addPlaced(producer, "ord-before-delete");
-    await until(
-      () => effectsOf(consumer.db, { eventId: before }),
-      (x) => x === 1,
-    );
+    await applied(consumer.db, before);
     await bus.jsm.consumers.delete("ORDER", durable);
     const after = await addPlaced(producer, "ord-after-delete");
-    await until(
-      () => effectsOf(consumer.db, { eventId: after }),
-      (x) => x === 1,
-      20_000,
-    );
+    await applied(consumer.db, after, 20_000);
     expect(await effectsOf(consumer.db, { eventId: after })).toBe(1);
     // Made again from the stream's start: what it had applied already is not applied twice.
     expect(await effectsOf(consumer.db, { eventId: before })).toBe(1);
@@ -465,24 +448,12 @@ describe("consumers", () => {
     seqs.push((await bus.js.publish("order.order.placed", event(long), { headers: ce(long) })).seq);
     try {
       const producer = await service();
-      const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
-      relay.start();
+      const relay = relaying(producer, bus);
       const good = await addPlaced(producer, "ord-after-unsendable");
       const consumer = await service();
       const durable = `unsendable-${n}`;
-      const c = await startConsumer({
-        catalogue: EVENTS,
-        bus,
-        db: consumer.db,
-        log,
-        stream: "ORDER",
-        durable,
-        handlers: [recordEffect],
-      });
-      await until(
-        () => effectsOf(consumer.db, { eventId: good }),
-        (x) => x === 1,
-      );
+      const c = await recording(consumer, durable, bus);
+      await applied(consumer.db, good);
       const mine = (l: { header: { get(k: string): string } }) =>
         seqs.includes(Number(l.header.get("x-dlq-stream-seq")));
       const letters = await until(
@@ -511,8 +482,7 @@ describe("consumers", () => {
 
   it("retries a failing handler with backoff, then dead-letters it after maxDeliver", async () => {
     const producer = await service();
-    const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
-    relay.start();
+    const relay = relaying(producer);
     const invalid = await addPlaced(producer, "ord-invalid");
     const bad = await addPlaced(producer, "ord-always-fails");
     const consumer = await service();
@@ -588,8 +558,7 @@ describe("consumers settling a backlog", () => {
       ],
     });
     // Published while nobody consumed: the consumer finds a backlog.
-    const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
-    relay.start();
+    const relay = relaying(producer);
     await drained(relay);
     await until(
       () => bus.jsm.streams.getMessage("DLQ", { last_by_subj: `dlq.${durable}` }).catch(() => null),
@@ -641,8 +610,7 @@ describe("a consumer's lockFirst", () => {
         }),
       ],
     });
-    const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
-    relay.start();
+    const relay = relaying(producer);
     await drained(relay);
     // The consumer's database is its own: every effect in it is one of these events'.
     const applied = await until(
@@ -705,8 +673,7 @@ describe("a consumer off every request's path", () => {
       (k) => k === 0,
       10_000,
     );
-    const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
-    relay.start();
+    const relay = relaying(producer);
     for (let i = 0; i < 5; i++) {
       ids.push(await addPlaced(producer, `ord-linger-${lingerMs}-${i}`));
       await new Promise((r) => setTimeout(r, 20));
@@ -730,8 +697,7 @@ describe("a consumer off every request's path", () => {
     for (let i = 0; i < 64; i++) await addPlaced(producer, `ord-full-filler-${i}`);
     const { c, appliedAll } = await lingering(60_000, ids);
     // Each batch goes as soon as it is full, not when the minute of linger ends.
-    const relay = new OutboxRelay({ ...producer, bus, source: "test", log });
-    relay.start();
+    const relay = relaying(producer);
     await appliedAll();
     await c.stop();
     await relay.stop();
