@@ -6,6 +6,7 @@
  * connection kept 60 of its address's slots until the gateway restarted).
  */
 import type http from "node:http";
+import type { Http2ServerRequest } from "node:http2";
 import type { Socket } from "node:net";
 import { Code, ConnectError, type ContextValues } from "@connectrpc/connect";
 import type { UniversalServerRequest } from "@connectrpc/connect/protocol";
@@ -30,7 +31,11 @@ export function onAnswerEnd(req: Req, res: Res, fn: () => void): () => void {
     fn();
   };
   res.once("close", end);
-  if (!socket) return forget;
+  if (!socket) {
+    // A stream reset while the call was being admitted: its response closed before anyone listened.
+    if ((req as Http2ServerRequest).stream.closed) queueMicrotask(end);
+    return forget;
+  }
   if (socket.closed) {
     queueMicrotask(end);
     return forget;
@@ -99,4 +104,6 @@ function webHeaders(headers: http.IncomingHttpHeaders): Headers {
 
 async function* bodyOf(req: Req): AsyncIterable<Uint8Array> {
   for await (const chunk of req as AsyncIterable<Uint8Array>) yield chunk;
+  // A reset HTTP/2 stream ends its request (closes it, then ends it) as a whole body would end.
+  if ("stream" in req && (req.stream.rstCode ?? 0) !== 0) throw new Error("the client reset its stream");
 }

@@ -126,7 +126,7 @@ export function createConnectUnary(table: ReadonlyMap<string, PassthroughMethod>
           deadline === undefined ? opts : { ...opts, deadline },
         );
       } catch (err) {
-        throw toConnectError(err, method.upstream, call.signal);
+        throw call.failure(err, method.upstream);
       }
       const output = decodeAnswer(method, answer);
       let out = serialization.getO(binary).serialize(output);

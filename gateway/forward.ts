@@ -75,7 +75,9 @@ export function toConnectError(err: unknown, upstream: string, signal?: AbortSig
     return toConnectError(new RpcError(st.code, st.details, st.metadata ?? new Metadata()), upstream);
   }
   if (!(err instanceof RpcError)) return new ConnectError("internal error", Code.Internal, undefined, undefined, err);
-  const code = err.code as number as Code;
+  // An answer with no status of the upstream's own (a proxy's bare 401, a reset, an answer too large)
+  // is the upstream's failure, whatever code grpc-js would read into it: not the client's to fix or retry.
+  const code = err.broken && !INFRASTRUCTURE[err.code as number as Code] ? Code.Internal : (err.code as number as Code);
   const generic = INFRASTRUCTURE[code];
   if (generic) return new ConnectError(generic(upstream), code, undefined, undefined, err);
   const details = err.details.flatMap((d) => {

@@ -15,7 +15,17 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StatusSchema } from "../gen/google/rpc/status_pb.js";
 import { GetProductRequestSchema } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { PlaceOrderRequestSchema, PlaceOrderResponseSchema } from "../gen/shopmesh/order/v1/order_pb.js";
-import { envelope, type H2Response, h2Request, h2Session, rawConnect } from "../test/raw.js";
+import { identityMetadata } from "../platform/index.js";
+import {
+  envelope,
+  H2_PREFACE,
+  type H2Response,
+  h2Frame,
+  h2Request,
+  h2Session,
+  hpackLiteral,
+  rawConnect,
+} from "../test/raw.js";
 import { capturedLogger, type System, startSystem, startTestGateway } from "../test/system.js";
 import type { GatewayApp } from "./app.js";
 import { signDevToken } from "./auth.js";
@@ -210,8 +220,8 @@ describe("content types, protocol headers and deadlines", () => {
       { authorization: auth, "connect-timeout-ms": "0" },
       { general: true },
     );
-    expect([fast.status, json(fast).code]).toEqual([general.status, json(general).code]);
-    expect(fast.status).not.toBe(500);
+    expect([fast.status, json(fast).code]).toEqual([504, "deadline_exceeded"]);
+    expect(fast.body.toString()).toBe(general.body.toString());
   });
 });
 
@@ -774,51 +784,149 @@ describe("the upstream", () => {
   });
 });
 
-describe("an upstream that answers too much", () => {
-  // No real service answers past 4 MiB, so this upstream is a bare HTTP/2 server that does.
+describe("HTTP/2 streams reset early", () => {
+  // A stream reset before the gateway listened has closed its request and response already, and is
+  // not marked destroyed: the fast paths waited for events that had been and gone (the call was never
+  // answered, logged or measured), and the general path answered it OK.
+  it("a stream reset while its call is admitted is logged Canceled, once, on every path", async () => {
+    const auth = await alice();
+    const access = () => lines.filter((l) => l.msg === "access" && String(l.procedure).endsWith("/GetProduct"));
+    const before = access().length;
+    await using s = await h2Session(gw.url);
+    const calls = [
+      { headers: { ":method": "GET", ":path": "/v1/products/coffee-beans" } },
+      { headers: { ":method": "POST", ":path": GET_PRODUCT, "content-type": "application/json" }, body: productJson },
+      {
+        headers: {
+          ":method": "POST",
+          ":path": GET_PRODUCT,
+          "content-type": "application/json",
+          "content-encoding": "gzip",
+        },
+        body: gzipSync(productJson),
+      },
+      {
+        headers: { ":method": "POST", ":path": GET_PRODUCT, "content-type": "application/grpc", te: "trailers" },
+        body: envelope(productBin()),
+      },
+    ];
+    for (let i = 0; i < 10; i++) {
+      for (const c of calls) {
+        const stream = s.request({ ...c.headers, authorization: auth }, { endStream: !c.body });
+        stream.on("error", () => {});
+        if (c.body) stream.end(c.body);
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+      }
+    }
+    await expect.poll(() => access().length, { timeout: 5_000 }).toBe(before + 40);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(
+      access()
+        .slice(before)
+        .map((l) => l.code),
+    ).toEqual(Array(40).fill("Canceled"));
+  });
+
+  // Node's client sends END_STREAM before its RST_STREAM (close() ends the stream first): the request
+  // is whole then. Raw frames say it as a client that never finished its request would.
+  it("a request reset before its body ended places no order, on every path", async () => {
+    const who = `resetter-${process.pid}`;
+    const auth = await bearer(who);
+    const order = { items: [{ productId: "ceramic-mug", quantity: 1 }], cardToken: "tok_visa" };
+    const json = Buffer.from(JSON.stringify({ ...order, idempotencyKey: "reset-1" }));
+    const bin = toBinary(
+      PlaceOrderRequestSchema,
+      create(PlaceOrderRequestSchema, { ...order, idempotencyKey: "reset-2" }),
+    );
+    const calls: [Record<string, string>, Buffer][] = [
+      [{ ":path": "/v1/orders", "idempotency-key": "reset-3" }, Buffer.from(JSON.stringify(order))],
+      [{ ":path": PLACE_ORDER, "content-type": "application/json" }, json],
+      [{ ":path": PLACE_ORDER, "content-type": "application/json", "content-encoding": "gzip" }, gzipSync(json)],
+      [{ ":path": PLACE_ORDER, "content-type": "application/grpc", te: "trailers" }, envelope(bin)],
+    ];
+    await using c = await rawConnect(Number(new URL(gw.url).port));
+    await c.write(H2_PREFACE);
+    let id = 1;
+    for (const [headers, body] of calls) {
+      const all = { ":method": "POST", ":scheme": "http", ":authority": "localhost", ...headers, authorization: auth };
+      const block = Buffer.concat(Object.entries(all).map(([k, v]) => hpackLiteral(k, v)));
+      await c.write(Buffer.concat([h2Frame(1, 0x4, id, block), h2Frame(0, 0, id, body)])); // no END_STREAM
+      await new Promise((r) => setTimeout(r, 30));
+      const cancel = Buffer.alloc(4);
+      cancel.writeUInt32BE(http2.constants.NGHTTP2_CANCEL);
+      await c.write(h2Frame(3, 0, id, cancel));
+      id += 2;
+    }
+    const access = () => lines.filter((l) => l.msg === "access" && l.principal === who);
+    await expect.poll(() => access().length, { timeout: 3_000 }).toBe(calls.length);
+    expect(access().map((l) => l.code)).toEqual(Array(calls.length).fill("Canceled"));
+    const metadata = identityMetadata({ subject: who, roles: ["customer"] });
+    expect((await sys.orders.listOrders({ pageSize: 10 }, { metadata })).orders).toEqual([]);
+  });
+});
+
+describe("an upstream whose answer holds no status of its own", () => {
+  // No real service answers like this, so this upstream is a bare HTTP/2 server: an answer past 4 MiB,
+  // a proxy's bare 401 or 403, a reset that grpc-js reads as RESOURCE_EXHAUSTED or PERMISSION_DENIED.
   let stub: http2.Http2Server;
-  /** Two gateways on it: one answer past the limit opens the breaker, so each path gets a fresh one. */
-  let big: GatewayApp;
-  let big2: GatewayApp;
+  let odd: GatewayApp;
+  let mode = "";
   beforeAll(async () => {
     stub = http2.createServer();
     stub.on("stream", (stream) => {
       stream.on("error", () => {});
-      stream.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
-      stream.on("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0" }));
-      const size = 5 * 1024 * 1024;
-      const prefix = Buffer.alloc(5);
-      prefix.writeUInt32BE(size, 1);
-      stream.end(Buffer.concat([prefix, Buffer.alloc(size)]));
+      stream.resume();
+      if (mode === "401" || mode === "403") stream.respond({ ":status": Number(mode) }, { endStream: true });
+      else if (mode === "calm") stream.close(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+      else if (mode === "insecure") stream.close(http2.constants.NGHTTP2_INADEQUATE_SECURITY);
+      else {
+        stream.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
+        stream.on("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0" }));
+        const size = 5 * 1024 * 1024;
+        const prefix = Buffer.alloc(5);
+        prefix.writeUInt32BE(size, 1);
+        stream.end(Buffer.concat([prefix, Buffer.alloc(size)]));
+      }
     });
     await new Promise<void>((r) => stub.listen(0, "127.0.0.1", r));
     const port = (stub.address() as net.AddressInfo).port;
-    big = await startTestGateway(sys, { RATE_LIMIT_IP_RPS: "100000", INVENTORY_TARGET: `127.0.0.1:${port}` });
-    big2 = await startTestGateway(sys, { RATE_LIMIT_IP_RPS: "100000", INVENTORY_TARGET: `127.0.0.1:${port}` });
+    odd = await startTestGateway(sys, {
+      RATE_LIMIT_IP_RPS: "100000",
+      INVENTORY_TARGET: `127.0.0.1:${port}`,
+      // Every answer reaches the client: no retry, no breaker opening on the way.
+      UPSTREAM_RETRY_MAX_ATTEMPTS: "1",
+      UPSTREAM_BREAKER_CONSECUTIVE_FAILURES: "1000",
+    });
   });
   afterAll(async () => {
-    await big?.stop();
-    await big2?.stop();
+    await odd?.stop();
     await new Promise<void>((r) => stub.close(() => r()));
   });
 
-  // The fast path's error named the upstream's address (h2-bytes.ts's RESOURCE_EXHAUSTED message passes
-  // toConnectError untouched); it now says what grpc-js says.
-  it("an answer past 4 MiB is refused with the same code and no internal address on every path", async () => {
+  // The fast path's errors named the upstream's address, and grpc-js's reading of these answers reached
+  // the client as its own fault: 401 (its token?), 403, 429 with Retry-After for an answer too large.
+  it("is the upstream's internal error on every path: 500, no address, no Retry-After", async () => {
     const auth = await alice();
-    const fast = await post(GET_PRODUCT, productJson, { authorization: auth }, { base: big.url });
-    const general = await post(GET_PRODUCT, productJson, { authorization: auth }, { general: true, base: big2.url });
-    expect(json(fast).code).toBe(json(general).code);
-    expect(fast.status).toBe(general.status);
-    expect(String(json(fast).message)).not.toMatch(/127\.0\.0\.1|:\d{2,5}\b/);
-    await using s = await h2Session(big.url);
-    // (The breaker is open now; what matters is that no address reaches the client.)
-    const grpc = await h2Request(
-      s,
-      { ":path": GET_PRODUCT, "content-type": "application/grpc", te: "trailers", authorization: auth },
-      envelope(productBin()),
-    );
-    expect(grpc.grpcMessage).not.toMatch(/127\.0\.0\.1/);
+    for (const m of ["too big", "401", "403", "calm", "insecure"]) {
+      mode = m;
+      const fast = await post(GET_PRODUCT, productJson, { authorization: auth }, { base: odd.url });
+      const general = await post(GET_PRODUCT, productJson, { authorization: auth }, { general: true, base: odd.url });
+      expect([fast.status, json(fast).code, fast.headers["retry-after"]], m).toEqual([500, "internal", undefined]);
+      expect(fast.body.toString(), m).toBe(general.body.toString());
+      expect(String(json(fast).message), m).toBe("inventory failed with an internal error");
+      const rest = await fetch(new URL("/v1/products/coffee-beans", odd.url), { headers: { authorization: auth } });
+      expect([rest.status, ((await rest.json()) as { message: string }).message], m).toEqual([
+        500,
+        "inventory failed with an internal error",
+      ]);
+      await using s = await h2Session(odd.url);
+      const grpc = await h2Request(
+        s,
+        { ":path": GET_PRODUCT, "content-type": "application/grpc", te: "trailers", authorization: auth },
+        envelope(productBin()),
+      );
+      expect([grpc.grpcStatus, grpc.grpcMessage], m).toEqual([13, "inventory failed with an internal error"]);
+    }
   });
 });
 

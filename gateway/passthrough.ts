@@ -112,7 +112,8 @@ export function readBody(
 ): Promise<Buffer> {
   if (signal.aborted) return Promise.reject(signal.reason);
   // Gone before this was called (a body Node's parser refused while the call was being admitted):
-  // its 'close' has been and gone, and would be waited for without end.
+  // its 'close' has been and gone, and would be waited for without end. (A reset HTTP/2 stream is
+  // not destroyed: the call's signal, aborted then, says so.)
   if (req.destroyed) return Promise.reject(bodyBroken());
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
@@ -149,13 +150,17 @@ export function readBody(
 
 /**
  * The life of one fast-path call: `signal` aborts when the client goes away (RST_STREAM, a closed
- * connection) before `answered()`, or at `deadline(ms, err)`; `end()` lets go of both. (Node's
- * compatibility layer reports a reset stream as finished too: only the answered flag can tell.)
+ * connection) before `answered()`, or at `deadline(ms, err)` (at once for 0 or less, as connect-es
+ * does); `end()` lets go of both. (Node's compatibility layer reports a reset stream as finished
+ * too: only the answered flag can tell.) `failure(err, upstream)` is the error to answer for a
+ * failed upstream call: the client's deadline error once that deadline is reached, whichever timer —
+ * this one or the upstream call's, set to the same instant — fired first.
  */
 export function callLifetime(req: Req, res: Res) {
   const ac = new AbortController();
   let timer: NodeJS.Timeout | undefined;
   let answered = false;
+  let expiry: { at: number; err: ConnectError } | undefined;
   // Its answer's end, or its connection's: an HTTP/1.1 answer queued behind another never closes.
   const forget = onAnswerEnd(req, res, () => {
     if (!answered) ac.abort(new ConnectError("the client cancelled the call", Code.Canceled));
@@ -163,7 +168,15 @@ export function callLifetime(req: Req, res: Res) {
   return {
     signal: ac.signal,
     deadline: (ms: number, err: ConnectError) => {
-      timer = setTimeout(() => ac.abort(err), ms);
+      expiry = { at: Date.now() + ms, err };
+      if (ms <= 0) ac.abort(err);
+      else timer = setTimeout(() => ac.abort(err), ms);
+    },
+    failure: (err: unknown, upstream: string): ConnectError => {
+      const e = toConnectError(err, upstream, ac.signal);
+      // Timers may fire a millisecond before Date.now() says so.
+      if (expiry && e.code === Code.DeadlineExceeded && Date.now() >= expiry.at - 1) return expiry.err;
+      return e;
     },
     answered: () => {
       answered = true;
@@ -214,7 +227,7 @@ export async function passthrough(
       const opts = callOptions(identity, client.requestId, call.signal, undefined);
       answer = await method.call(message, deadline === undefined ? opts : { ...opts, deadline });
     } catch (err) {
-      throw toConnectError(err, method.upstream, call.signal);
+      throw call.failure(err, method.upstream);
     }
     call.answered();
     res.writeHead(200, { "content-type": req.headers["content-type"] as string });

@@ -21,7 +21,7 @@ import { dropUnreadBody, universalRequest } from "./answer-end.js";
 import { decodeAnswer } from "./connect-unary.js";
 import type { ClientInfo } from "./context.js";
 import type { Req, Res } from "./endpoint.js";
-import { callOptions, toConnectError } from "./forward.js";
+import { callOptions } from "./forward.js";
 import { callLifetime, type PassthroughMethod, readBody } from "./passthrough.js";
 import { checkRequest, type RestMatch, requestJson, responseJson, statusJson } from "./rest.js";
 import {
@@ -286,7 +286,7 @@ export async function serveRestUnary(
       const callOpts = callOptions(opts.identity, opts.client.requestId, call.signal, timeout.timeoutMs);
       answer = await method.call(toBinary(method.method.input, input), callOpts);
     } catch (err) {
-      throw toConnectError(err, method.upstream, call.signal);
+      throw call.failure(err, method.upstream);
     }
     const output = toJson(method.method.output, decodeAnswer(method, answer)) as JsonObject;
     call.answered();

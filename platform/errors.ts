@@ -144,14 +144,20 @@ export class RpcError extends Error {
    * downstream cannot have acted on it. False whenever any attempt was sent, whatever its answer.
    */
   readonly notSent: boolean;
+  /**
+   * The downstream's answer held no gRPC status to pass on: none came (a bare HTTP answer, a reset), or
+   * its message was too large or malformed. The code is this process's reading of it, as grpc-js reads it.
+   */
+  readonly broken: boolean;
   constructor(
     readonly code: status,
     message: string,
     readonly metadata: Metadata,
-    opts: { cause?: unknown; notSent?: boolean } = {},
+    opts: { cause?: unknown; notSent?: boolean; broken?: boolean } = {},
   ) {
     super(message, opts);
     this.notSent = opts.notSent ?? false;
+    this.broken = opts.broken ?? false;
   }
 
   /** google.rpc detail messages from the `grpc-status-details-bin` trailer (unknown types skipped). */

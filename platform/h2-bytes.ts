@@ -190,13 +190,9 @@ export function createH2BytesClient(service: DescService, address: string, trace
               return;
             }
             s.close(c.NGHTTP2_CANCEL);
-            // grpc-js's words, and no address: this message reaches clients (forward.ts passes RESOURCE_EXHAUSTED on).
-            finish(
-              rpcError(
-                status.RESOURCE_EXHAUSTED,
-                `Received message larger than max (${received} vs. ${MAX_ANSWER_BYTES})`,
-              ),
-            );
+            // grpc-js's code and words.
+            const why = `Received message larger than max (${received} vs. ${MAX_ANSWER_BYTES})`;
+            finish(new RpcError(status.RESOURCE_EXHAUSTED, why, new Metadata(), { broken: true }));
           },
           error: (err: NodeJS.ErrnoException) => {
             // A reset is mapped by its code when the stream closes; anything else is the connection's loss.
@@ -215,7 +211,8 @@ export function createH2BytesClient(service: DescService, address: string, trace
           if (!st) {
             const http = Number(responseHeaders[":status"] ?? 0);
             const code = endedWithoutStatus(http, s.rstCode ?? 0, connectionLost || sess.destroyed);
-            finish(rpcError(code, `${address}: the call ended without a gRPC status (HTTP ${http || "none"})`));
+            const why = `${address}: the call ended without a gRPC status (HTTP ${http || "none"})`;
+            finish(new RpcError(code, why, new Metadata(), { broken: true }));
             return;
           }
           if (st.code !== 0) {
@@ -223,8 +220,9 @@ export function createH2BytesClient(service: DescService, address: string, trace
             return;
           }
           const answer = unframe(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks));
-          if (typeof answer === "string") finish(rpcError(status.INTERNAL, `${address}: the answer ${answer}`));
-          else finish(undefined, answer);
+          if (typeof answer === "string") {
+            finish(new RpcError(status.INTERNAL, `${address}: the answer ${answer}`, new Metadata(), { broken: true }));
+          } else finish(undefined, answer);
         });
         s.write(framePrefix(message.byteLength));
         s.end(message);
