@@ -31,7 +31,8 @@ export interface ComposeDeps {
 type Missing = Omit<MessageShape<typeof MissingPartSchema>, "$typeName">;
 
 function missing(part: string, err: unknown): Missing {
-  const code = err instanceof RpcError ? err.codeName : "UNKNOWN";
+  // An answer with no status of the upstream's own is its internal error (forward.ts).
+  const code = err instanceof RpcError ? (err.broken ? "INTERNAL" : err.codeName) : "UNKNOWN";
   return { part, code };
 }
 

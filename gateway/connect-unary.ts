@@ -41,7 +41,7 @@ import { Metadata } from "@grpc/grpc-js";
 import { Code as GrpcCode, type Identity, RpcError } from "../platform/index.js";
 import { dropUnreadBody } from "./answer-end.js";
 import type { ClientInfo } from "./context.js";
-import { callOptions, toConnectError } from "./forward.js";
+import { toConnectError } from "./forward.js";
 import { describeJsonError } from "./json-errors.js";
 import { callLifetime, type PassthroughMethod, readBody } from "./passthrough.js";
 import { codeOfStatus, errorAnswer, type Outcome, reclassify } from "./wire.js";
@@ -107,7 +107,6 @@ export function createConnectUnary(table: ReadonlyMap<string, PassthroughMethod>
       if (!serialization) throw new ConnectError("internal error", Code.Internal);
       const timeout = parseTimeout((req.headers["connect-timeout-ms"] as string | undefined) ?? null, opt.maxTimeoutMs);
       if (timeout.error) throw timeout.error;
-      const deadline = timeout.timeoutMs === undefined ? undefined : Date.now() + timeout.timeoutMs;
       if (timeout.timeoutMs !== undefined) {
         // The deadline runs from the start, reading the body included: a client that stops sending is
         // answered at its deadline (the general path waits for the body, or Node's request timeout).
@@ -115,19 +114,7 @@ export function createConnectUnary(table: ReadonlyMap<string, PassthroughMethod>
       }
       const body = await readBody(req, maxBodyBytes, call.signal);
       const input = parse(serialization, binary, body, method);
-      if (method.adminOnly && !identity?.roles.includes("admin")) {
-        throw new ConnectError(`${method.name} needs the admin role`, Code.PermissionDenied);
-      }
-      let answer: Uint8Array;
-      try {
-        const opts = callOptions(identity, client.requestId, call.signal, undefined);
-        answer = await method.call(
-          toBinary(method.method.input, input),
-          deadline === undefined ? opts : { ...opts, deadline },
-        );
-      } catch (err) {
-        throw call.failure(err, method.upstream);
-      }
+      const answer = await call.upstream(method, toBinary(method.method.input, input), identity, client.requestId);
       const output = decodeAnswer(method, answer);
       let out = serialization.getO(binary).serialize(output);
       const headers: Record<string, string> = { "content-type": binary ? "application/proto" : "application/json" };
@@ -138,13 +125,12 @@ export function createConnectUnary(table: ReadonlyMap<string, PassthroughMethod>
         headers["content-encoding"] = compression.response.name;
       }
       headers["content-length"] = String(out.byteLength);
-      call.answered();
-      if (res.destroyed) throw new ConnectError("the client cancelled the call", Code.Canceled);
+      call.succeeding();
       res.writeHead(200, headers);
       res.end(out);
       done({ code: 0, message: "" });
     } catch (err) {
-      call.answered();
+      call.answering();
       // Answered before the whole body arrived (a deadline, a limit): the rest is never read.
       dropUnreadBody(req, res);
       const accepted = req.headers["accept-encoding"] ?? null;

@@ -292,7 +292,7 @@ export function createDispatch(o: DispatchOptions): Dispatch {
       const fast = o.passthrough?.get(path);
       if (fast && takesPassthrough(req)) {
         const [h2req, h2res] = [req as http2.Http2ServerRequest, res as http2.Http2ServerResponse];
-        await passthrough(h2req, h2res, fast, admission.identity, client, o.maxBodyBytes, done);
+        await passthrough(h2req, h2res, fast, admission.identity, client, maxBodyBytes, done);
         return;
       }
       const encoding = fast && wire === "connect" ? connectFastEncoding(req) : undefined;
@@ -320,7 +320,7 @@ export function createDispatch(o: DispatchOptions): Dispatch {
       const uReq = universalRequest(req, res, values);
       const uRes = await admission.handler({
         ...uReq,
-        body: limited(uReq.body as AsyncIterable<Uint8Array>, o.maxBodyBytes),
+        body: limited(uReq.body as AsyncIterable<Uint8Array>, maxBodyBytes),
       });
       dropUnreadBody(req, res); // answered before the whole body arrived (a limit): the connection ends, and says so
       const input = admission.handler.method.input;

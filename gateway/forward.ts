@@ -8,7 +8,7 @@
  */
 import type { DescMethod } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
-import { Metadata } from "@grpc/grpc-js";
+import { Metadata, status } from "@grpc/grpc-js";
 import {
   type CallOptions,
   ERROR_DETAILS,
@@ -42,6 +42,14 @@ export function upstreamOptions(ctx: HandlerContext): CallOptions {
   return callOptions(ctx.values.get(kIdentity), ctx.values.get(kClient).requestId, ctx.signal, ctx.timeoutMs());
 }
 
+/** connect-es's error for a handler's deadline, once `ctx`'s has passed (a timer may fire a millisecond early). */
+function expiredOf(ctx: HandlerContext): ConnectError | undefined {
+  const left = ctx.timeoutMs();
+  return left !== undefined && left <= 1
+    ? new ConnectError("the operation timed out", Code.DeadlineExceeded)
+    : undefined;
+}
+
 /**
  * What a client may read of an upstream failure that is not a business
  * answer: a fixed sentence per code. The original text (which may name an
@@ -64,9 +72,17 @@ const INFRASTRUCTURE: Partial<Record<Code, (upstream: string) => string>> = {
  * carry a readable `debug` form). Infrastructure failures get a fixed
  * message (see {@link INFRASTRUCTURE}); load shedding says when to retry. If
  * the client's own deadline or cancel ended the call, that is the answer:
- * DEADLINE_EXCEEDED, never the CANCELLED the upstream call saw.
+ * DEADLINE_EXCEEDED, never the CANCELLED the upstream call saw — and
+ * `expired`, the client's deadline error once that deadline has passed, for
+ * the DEADLINE_EXCEEDED of the upstream call's own timer, set to the same
+ * instant as the handler's and sometimes first.
  */
-export function toConnectError(err: unknown, upstream: string, signal?: AbortSignal): ConnectError {
+export function toConnectError(
+  err: unknown,
+  upstream: string,
+  signal?: AbortSignal,
+  expired?: ConnectError,
+): ConnectError {
   if (signal?.aborted && signal.reason instanceof ConnectError) return signal.reason;
   if (err instanceof ConnectError) return err;
   if (err instanceof ServiceError) {
@@ -75,9 +91,11 @@ export function toConnectError(err: unknown, upstream: string, signal?: AbortSig
     return toConnectError(new RpcError(st.code, st.details, st.metadata ?? new Metadata()), upstream);
   }
   if (!(err instanceof RpcError)) return new ConnectError("internal error", Code.Internal, undefined, undefined, err);
+  if (expired && err.code === status.DEADLINE_EXCEEDED) return expired;
   // An answer with no status of the upstream's own (a proxy's bare 401, a reset, an answer too large)
   // is the upstream's failure, whatever code grpc-js would read into it: not the client's to fix or retry.
-  const code = err.broken && !INFRASTRUCTURE[err.code as number as Code] ? Code.Internal : (err.code as number as Code);
+  const own = err.code as number as Code;
+  const code = err.broken && (own === Code.Canceled || !INFRASTRUCTURE[own]) ? Code.Internal : own;
   const generic = INFRASTRUCTURE[code];
   if (generic) return new ConnectError(generic(upstream), code, undefined, undefined, err);
   const details = err.details.flatMap((d) => {
@@ -114,7 +132,7 @@ export function registerRoutes(
           try {
             return (await call(req, upstreamOptions(ctx))) as never;
           } catch (err) {
-            throw toConnectError(err, route.upstream, ctx.signal);
+            throw toConnectError(err, route.upstream, ctx.signal, expiredOf(ctx));
           }
         });
       } else if (method.methodKind === "server_streaming") {
@@ -123,7 +141,7 @@ export function registerRoutes(
           try {
             yield* call(req, upstreamOptions(ctx)) as AsyncIterable<never>;
           } catch (err) {
-            throw toConnectError(err, route.upstream, ctx.signal);
+            throw toConnectError(err, route.upstream, ctx.signal, expiredOf(ctx));
           }
         });
       }

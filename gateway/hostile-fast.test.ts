@@ -867,15 +867,20 @@ describe("HTTP/2 streams reset early", () => {
 
 describe("an upstream whose answer holds no status of its own", () => {
   // No real service answers like this, so this upstream is a bare HTTP/2 server: an answer past 4 MiB,
-  // a proxy's bare 401 or 403, a reset that grpc-js reads as RESOURCE_EXHAUSTED or PERMISSION_DENIED.
+  // a proxy's bare 401 or 403, a reset that grpc-js reads as RESOURCE_EXHAUSTED or PERMISSION_DENIED;
+  // or ("hold") no answer at all, counting the calls its client cancels.
   let stub: http2.Http2Server;
   let odd: GatewayApp;
   let mode = "";
+  const seen = { streams: 0, cancelled: 0 };
   beforeAll(async () => {
     stub = http2.createServer();
     stub.on("stream", (stream) => {
+      seen.streams++;
       stream.on("error", () => {});
+      stream.on("aborted", () => seen.cancelled++);
       stream.resume();
+      if (mode === "hold") return;
       if (mode === "401" || mode === "403") stream.respond({ ":status": Number(mode) }, { endStream: true });
       else if (mode === "calm") stream.close(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
       else if (mode === "insecure") stream.close(http2.constants.NGHTTP2_INADEQUATE_SECURITY);
@@ -890,11 +895,13 @@ describe("an upstream whose answer holds no status of its own", () => {
     });
     await new Promise<void>((r) => stub.listen(0, "127.0.0.1", r));
     const port = (stub.address() as net.AddressInfo).port;
+    // Unary calls (inventory's) over the plain HTTP/2 client, server streams (order's WatchOrder) over grpc-js.
+    const target = `127.0.0.1:${port}`;
     odd = await startTestGateway(sys, {
       RATE_LIMIT_IP_RPS: "100000",
-      INVENTORY_TARGET: `127.0.0.1:${port}`,
-      // Every answer reaches the client: no retry, no breaker opening on the way.
-      UPSTREAM_RETRY_MAX_ATTEMPTS: "1",
+      INVENTORY_TARGET: target,
+      ORDER_TARGET: target,
+      // Every answer reaches the client: no breaker opening on the way.
       UPSTREAM_BREAKER_CONSECUTIVE_FAILURES: "1000",
     });
   });
@@ -904,29 +911,86 @@ describe("an upstream whose answer holds no status of its own", () => {
   });
 
   // The fast path's errors named the upstream's address, and grpc-js's reading of these answers reached
-  // the client as its own fault: 401 (its token?), 403, 429 with Retry-After for an answer too large.
-  it("is the upstream's internal error on every path: 500, no address, no Retry-After", async () => {
+  // the client as its own fault: 401 (its token?), 403, 429 with Retry-After for an answer too large —
+  // which the gateway also fetched four times over (a retry of an idempotent call).
+  it("is the upstream's internal error on every path, unary or stream, asked for once: 500, no address, no Retry-After", async () => {
     const auth = await alice();
+    const internal = (upstream: string) => `${upstream} failed with an internal error`;
     for (const m of ["too big", "401", "403", "calm", "insecure"]) {
       mode = m;
+      const before = seen.streams;
       const fast = await post(GET_PRODUCT, productJson, { authorization: auth }, { base: odd.url });
+      expect(seen.streams - before, m).toBe(1);
       const general = await post(GET_PRODUCT, productJson, { authorization: auth }, { general: true, base: odd.url });
       expect([fast.status, json(fast).code, fast.headers["retry-after"]], m).toEqual([500, "internal", undefined]);
       expect(fast.body.toString(), m).toBe(general.body.toString());
-      expect(String(json(fast).message), m).toBe("inventory failed with an internal error");
-      const rest = await fetch(new URL("/v1/products/coffee-beans", odd.url), { headers: { authorization: auth } });
-      expect([rest.status, ((await rest.json()) as { message: string }).message], m).toEqual([
-        500,
-        "inventory failed with an internal error",
-      ]);
+      expect(String(json(fast).message), m).toBe(internal("inventory"));
+      for (const [path, upstream] of [
+        ["/v1/products/coffee-beans", "inventory"],
+        ["/v1/orders/ord_x:watch", "order"],
+      ] as const) {
+        const rest = await fetch(new URL(path, odd.url), { headers: { authorization: auth } });
+        const answer = [rest.status, ((await rest.json()) as { message: string }).message];
+        expect(answer, `${m} ${path}`).toEqual([500, internal(upstream)]);
+      }
       await using s = await h2Session(odd.url);
       const grpc = await h2Request(
         s,
         { ":path": GET_PRODUCT, "content-type": "application/grpc", te: "trailers", authorization: auth },
         envelope(productBin()),
       );
-      expect([grpc.grpcStatus, grpc.grpcMessage], m).toEqual([13, "inventory failed with an internal error"]);
+      expect([grpc.grpcStatus, grpc.grpcMessage], m).toEqual([13, internal("inventory")]);
     }
+  });
+
+  it("counts against the instance's circuit breaker", async () => {
+    const auth = await alice();
+    const port = (stub.address() as net.AddressInfo).port;
+    const strict = await startTestGateway(sys, {
+      INVENTORY_TARGET: `127.0.0.1:${port}`,
+      UPSTREAM_BREAKER_CONSECUTIVE_FAILURES: "2",
+    });
+    try {
+      mode = "401";
+      const before = seen.streams;
+      const codes: unknown[] = [];
+      for (let i = 0; i < 3; i++)
+        codes.push(json(await post(GET_PRODUCT, productJson, { authorization: auth }, { base: strict.url })).code);
+      expect(codes).toEqual(["internal", "internal", "unavailable"]);
+      expect(seen.streams - before).toBe(2);
+    } finally {
+      await strict.stop();
+    }
+  });
+
+  it("a client that goes away cancels the upstream call, on every fast path", async () => {
+    const auth = await alice();
+    mode = "hold";
+    const before = { ...seen };
+    const rest = http.request(new URL("/v1/products/coffee-beans", odd.url), { headers: { authorization: auth } });
+    rest.on("error", () => {});
+    rest.end();
+    const connect = http.request(new URL(GET_PRODUCT, odd.url), {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: auth },
+    });
+    connect.on("error", () => {});
+    connect.end(productJson);
+    await using s = await h2Session(odd.url);
+    const grpc = s.request({
+      ":method": "POST",
+      ":path": GET_PRODUCT,
+      "content-type": "application/grpc",
+      te: "trailers",
+      authorization: auth,
+    });
+    grpc.on("error", () => {});
+    grpc.end(envelope(productBin()));
+    await expect.poll(() => seen.streams - before.streams, { timeout: 2_000 }).toBe(3);
+    rest.destroy();
+    connect.destroy();
+    grpc.close(http2.constants.NGHTTP2_CANCEL);
+    await expect.poll(() => seen.cancelled - before.cancelled, { timeout: 2_000 }).toBe(3);
   });
 });
 

@@ -150,20 +150,18 @@ export function readBody(
 
 /**
  * The life of one fast-path call: `signal` aborts when the client goes away (RST_STREAM, a closed
- * connection) before `answered()`, or at `deadline(ms, err)` (at once for 0 or less, as connect-es
+ * connection) before `answering()`, or at `deadline(ms, err)` (at once for 0 or less, as connect-es
  * does); `end()` lets go of both. (Node's compatibility layer reports a reset stream as finished
- * too: only the answered flag can tell.) `failure(err, upstream)` is the error to answer for a
- * failed upstream call: the client's deadline error once that deadline is reached, whichever timer —
- * this one or the upstream call's, set to the same instant — fired first.
+ * too: only the answering flag can tell.)
  */
 export function callLifetime(req: Req, res: Res) {
   const ac = new AbortController();
   let timer: NodeJS.Timeout | undefined;
-  let answered = false;
+  let answering = false;
   let expiry: { at: number; err: ConnectError } | undefined;
   // Its answer's end, or its connection's: an HTTP/1.1 answer queued behind another never closes.
   const forget = onAnswerEnd(req, res, () => {
-    if (!answered) ac.abort(new ConnectError("the client cancelled the call", Code.Canceled));
+    if (!answering) ac.abort(new ConnectError("the client cancelled the call", Code.Canceled));
   });
   return {
     signal: ac.signal,
@@ -172,14 +170,38 @@ export function callLifetime(req: Req, res: Res) {
       if (ms <= 0) ac.abort(err);
       else timer = setTimeout(() => ac.abort(err), ms);
     },
-    failure: (err: unknown, upstream: string): ConnectError => {
-      const e = toConnectError(err, upstream, ac.signal);
-      // Timers may fire a millisecond before Date.now() says so.
-      if (expiry && e.code === Code.DeadlineExceeded && Date.now() >= expiry.at - 1) return expiry.err;
-      return e;
+    /**
+     * Calls `method` upstream with `message`: the admin role checked first, then the gateway's
+     * identity, the client's deadline and cancel carried; a failure mapped as forward.ts maps it.
+     */
+    upstream: async (method: PassthroughMethod, message: Uint8Array, identity: Identity | undefined, id: string) => {
+      if (method.adminOnly && !identity?.roles.includes("admin")) {
+        throw new ConnectError(`${method.name} needs the admin role`, Code.PermissionDenied);
+      }
+      const opts = callOptions(identity, id, ac.signal, undefined);
+      try {
+        return await method.call(message, expiry ? { ...opts, deadline: expiry.at } : opts);
+      } catch (err) {
+        // Timers may fire a millisecond before Date.now() says so.
+        throw toConnectError(
+          err,
+          method.upstream,
+          ac.signal,
+          expiry && Date.now() >= expiry.at - 1 ? expiry.err : undefined,
+        );
+      }
     },
-    answered: () => {
-      answered = true;
+    /** An answer is about to be written: from here a closing response is its end, not a cancel. */
+    answering: () => {
+      answering = true;
+    },
+    /**
+     * {@link answering} for a success — or the client's cancel or deadline error if either came while
+     * the answer was on its way (on HTTP/2 `res.destroyed` never says so).
+     */
+    succeeding: () => {
+      if (ac.signal.aborted) throw ac.signal.reason;
+      answering = true;
     },
     end: () => {
       clearTimeout(timer);
@@ -187,6 +209,9 @@ export function callLifetime(req: Req, res: Res) {
     },
   };
 }
+
+/** The lifetime of one fast-path call (see {@link callLifetime}). */
+export type CallLifetime = ReturnType<typeof callLifetime>;
 
 /** Answers one fast-path call; `done` reports how it ended. */
 export async function passthrough(
@@ -200,7 +225,7 @@ export async function passthrough(
 ): Promise<void> {
   const call = callLifetime(req, res);
   const fail = (err: ConnectError) => {
-    call.answered();
+    call.answering();
     const a = errorAnswer("grpc", false, err);
     if (!res.headersSent && !res.destroyed) {
       res.statusCode = a.status;
@@ -213,23 +238,13 @@ export async function passthrough(
     const timeout = parseTimeout(String(req.headers["grpc-timeout"] ?? "") || null, Number.MAX_SAFE_INTEGER);
     if (timeout.error) throw invalid(timeout.error.rawMessage);
     // The client's deadline runs from now, reading its body included.
-    const deadline = timeout.timeoutMs === undefined ? undefined : Date.now() + timeout.timeoutMs;
     if (timeout.timeoutMs !== undefined) {
       call.deadline(timeout.timeoutMs, new ConnectError("deadline exceeded", Code.DeadlineExceeded));
     }
     const message = unaryMessage(await readBody(req, maxBodyBytes, call.signal), maxBodyBytes);
     // After the deadline and the message, as on the general path: a malformed call is INVALID_ARGUMENT first.
-    if (method.adminOnly && !identity?.roles.includes("admin")) {
-      throw new ConnectError(`${method.name} needs the admin role`, Code.PermissionDenied);
-    }
-    let answer: Uint8Array;
-    try {
-      const opts = callOptions(identity, client.requestId, call.signal, undefined);
-      answer = await method.call(message, deadline === undefined ? opts : { ...opts, deadline });
-    } catch (err) {
-      throw call.failure(err, method.upstream);
-    }
-    call.answered();
+    const answer = await call.upstream(method, message, identity, client.requestId);
+    call.succeeding();
     res.writeHead(200, { "content-type": req.headers["content-type"] as string });
     res.addTrailers({ "grpc-status": "0" });
     res.write(framePrefix(answer.byteLength));

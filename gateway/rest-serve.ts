@@ -1,13 +1,15 @@
 /**
  * Serving a REST request (rest.ts matched it; dispatch.ts admitted it): the
- * request message is built from path, query and body, handed to the
- * method's Connect handler as a Connect JSON request — so the upstream
- * call, its deadline, its errors and the access log are the same as for
- * every other protocol — and the Connect answer is reshaped for HTTP: the
- * response (or its `response_body` field) as JSON, an error as
- * google.rpc.Status JSON with its HTTP status, a server stream as
- * newline-delimited JSON (`{"result": ...}` per message, `{"error": ...}`
- * if it fails after the first), as grpc-gateway streams.
+ * request message is built from path, query and body and checked, then
+ * either sent upstream by the fast path (`serveRestUnary`: a unary method
+ * routed to a service) or handed to the method's Connect handler as a
+ * Connect JSON request (`serveRest`: server streams, and the gateway's own
+ * composed method) — the same upstream call, deadline, errors and access
+ * log either way. The answer is reshaped for HTTP: the response (or its
+ * `response_body` field) as JSON, an error as google.rpc.Status JSON with
+ * its HTTP status, a server stream as newline-delimited JSON (`{"result":
+ * ...}` per message, `{"error": ...}` if it fails after the first), as
+ * grpc-gateway streams.
  */
 import type http from "node:http";
 import { brotliDecompressSync, gunzipSync } from "node:zlib";
@@ -21,7 +23,7 @@ import { dropUnreadBody, universalRequest } from "./answer-end.js";
 import { decodeAnswer } from "./connect-unary.js";
 import type { ClientInfo } from "./context.js";
 import type { Req, Res } from "./endpoint.js";
-import { callOptions } from "./forward.js";
+
 import { callLifetime, type PassthroughMethod, readBody } from "./passthrough.js";
 import { checkRequest, type RestMatch, requestJson, responseJson, statusJson } from "./rest.js";
 import {
@@ -32,7 +34,6 @@ import {
   isConnectStream,
   type Outcome,
   queryOf,
-  reclassify,
 } from "./wire.js";
 
 const JSON_TYPE = "application/json";
@@ -278,29 +279,22 @@ export async function serveRestUnary(
     if (timeout.timeoutMs !== undefined) {
       call.deadline(timeout.timeoutMs, new ConnectError("the operation timed out", Code.DeadlineExceeded));
     }
-    if (method.adminOnly && !opts.identity?.roles.includes("admin")) {
-      throw new ConnectError(`${method.name} needs the admin role`, Code.PermissionDenied);
-    }
-    let answer: Uint8Array;
-    try {
-      const callOpts = callOptions(opts.identity, opts.client.requestId, call.signal, timeout.timeoutMs);
-      answer = await method.call(toBinary(method.method.input, input), callOpts);
-    } catch (err) {
-      throw call.failure(err, method.upstream);
-    }
+    const answer = await call.upstream(
+      method,
+      toBinary(method.method.input, input),
+      opts.identity,
+      opts.client.requestId,
+    );
     const output = toJson(method.method.output, decodeAnswer(method, answer)) as JsonObject;
-    call.answered();
-    if (res.destroyed) throw new ConnectError("the client cancelled the call", Code.Canceled);
+    call.succeeding();
     send(res, 200, { "content-type": JSON_TYPE }, JSON.stringify(responseJson(match.route, output)));
     done({ code: 0, message: "" });
   } catch (err) {
-    call.answered();
+    call.answering();
     // Answered before the whole body arrived (a limit, a deadline): the rest is never read.
     dropUnreadBody(req, res);
-    let e =
+    const e =
       err instanceof ConnectError ? err : new ConnectError("internal error", Code.Internal, undefined, undefined, err);
-    const code = reclassify(e.code, e.rawMessage);
-    if (code !== e.code) e = new ConnectError(e.rawMessage, code);
     const a = restErrorAnswer(e);
     if (!res.headersSent && !res.destroyed) send(res, a.status, a.headers, a.body);
     done({ code: e.code, message: e.rawMessage });

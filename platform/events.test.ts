@@ -613,14 +613,14 @@ describe("a consumer's lockFirst", () => {
     const relay = relaying(producer);
     await drained(relay);
     // The consumer's database is its own: every effect in it is one of these events'.
-    const applied = await until(
+    const effects = await until(
       async () => (await consumer.db.one(sql<{ n: number }>`SELECT COUNT(*) AS n FROM effects`))?.n ?? 0,
       (k) => k === 20,
       8_000,
     );
     await c.stop();
     await relay.stop();
-    expect(applied).toBe(20);
+    expect(effects).toBe(20);
     expect(deliveries).toBe(20); // each applied at its first delivery
     expect(batches.length).toBeGreaterThan(0); // a backlog: batches of several events, each locked first
     expect(batches.every((k) => k > 1)).toBe(true);

@@ -57,8 +57,13 @@ function grpcCallOptions(opts: CallOptions | undefined): grpc.CallOptions {
 }
 
 function toRpcError(err: grpc.ServiceError): RpcError {
-  return new RpcError(err.code, err.details, err.metadata ?? new grpc.Metadata(), { cause: err });
+  const broken = NO_STATUS.test(err.details);
+  return new RpcError(err.code, err.details, err.metadata ?? new grpc.Metadata(), { cause: err, broken });
 }
+
+/** grpc-js's words for a status it made up for an answer that held none (see RpcError's `broken`). */
+const NO_STATUS =
+  /^(Received HTTP status code|Received RST_STREAM|Stream refused by server|Bandwidth exhausted|Protocol not secure enough|Received message larger than max)/;
 
 /** The span, metadata and outcome of one call of `m`. */
 export function callTracing(m: DescMethod, tracer: Tracer | undefined) {

@@ -131,13 +131,17 @@ export function isIdempotent(method: DescMethod): boolean {
 export function isRetryable(err: unknown, idempotent: boolean): boolean {
   if (!(err instanceof RpcError) || err instanceof CallerDeadlineError) return false;
   if (err.code === status.UNAVAILABLE) return true;
+  // An answer without a status of its own (too large, a reset) says nothing a retry would change.
+  if (err.broken) return false;
   return idempotent && (err.code === status.DEADLINE_EXCEEDED || err.code === status.RESOURCE_EXHAUSTED);
 }
 
 /** A circuit breaker of this policy (one per downstream instance): consecutive failures, or a failure ratio in a window. */
 export function breakerOf(config: PolicyConfig): CircuitBreakerPolicy {
   return circuitBreaker(
-    handleWhen((e) => e instanceof RpcError && !(e instanceof CallerDeadlineError) && FAILURE_CODES.has(e.code)),
+    handleWhen(
+      (e) => e instanceof RpcError && !(e instanceof CallerDeadlineError) && (FAILURE_CODES.has(e.code) || e.broken),
+    ),
     {
       halfOpenAfter: config.breakerHalfOpenAfterMs,
       breaker:
