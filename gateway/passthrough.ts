@@ -210,9 +210,6 @@ export function callLifetime(req: Req, res: Res) {
   };
 }
 
-/** The lifetime of one fast-path call (see {@link callLifetime}). */
-export type CallLifetime = ReturnType<typeof callLifetime>;
-
 /** Answers one fast-path call; `done` reports how it ended. */
 export async function passthrough(
   req: http2.Http2ServerRequest,
@@ -242,7 +239,7 @@ export async function passthrough(
       call.deadline(timeout.timeoutMs, new ConnectError("deadline exceeded", Code.DeadlineExceeded));
     }
     const message = unaryMessage(await readBody(req, maxBodyBytes, call.signal), maxBodyBytes);
-    // After the deadline and the message, as on the general path: a malformed call is INVALID_ARGUMENT first.
+    // The role after the deadline and the message, as on the general path: a malformed call is INVALID_ARGUMENT first.
     const answer = await call.upstream(method, message, identity, client.requestId);
     call.succeeding();
     res.writeHead(200, { "content-type": req.headers["content-type"] as string });
