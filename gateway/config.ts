@@ -67,8 +67,12 @@ const spec = {
   RATE_LIMIT_IP_RPS: int(200, { min: 1, max: 1_000_000 }),
   /** Burst per client IP. */
   RATE_LIMIT_IP_BURST: int(400, { min: 1, max: 1_000_000 }),
-  /** Largest request body in bytes (after decompression too). */
-  MAX_BODY_BYTES: int(1_048_576, { min: 1_024, max: 64 * 1_048_576 }),
+  /**
+   * Largest request body in bytes (after decompression too). At most 4 MiB: the services refuse a
+   * larger message (their gRPC receive limit), and that refusal — RESOURCE_EXHAUSTED, retried for a
+   * read, counted by the upstream's circuit breaker — let one client's oversized calls open it for all.
+   */
+  MAX_BODY_BYTES: int(1_048_576, { min: 1_024, max: 4 * 1_048_576 }),
   /** Time a connection may take to send complete request headers (also: to send its first byte), in ms. */
   HTTP_HEADERS_TIMEOUT_MS: int(10_000, { min: 100, max: 300_000 }),
   /** Time a client may take to send a whole request, body included, in ms. */

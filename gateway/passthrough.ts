@@ -236,7 +236,8 @@ export async function passthrough(
     if (timeout.error) throw invalid(timeout.error.rawMessage);
     // The client's deadline runs from now, reading its body included.
     if (timeout.timeoutMs !== undefined) {
-      call.deadline(timeout.timeoutMs, new ConnectError("deadline exceeded", Code.DeadlineExceeded));
+      // connect-es's words, as the general path answers a gRPC client.
+      call.deadline(timeout.timeoutMs, new ConnectError("the operation timed out", Code.DeadlineExceeded));
     }
     const message = unaryMessage(await readBody(req, maxBodyBytes, call.signal), maxBodyBytes);
     // The role after the deadline and the message, as on the general path: a malformed call is INVALID_ARGUMENT first.
