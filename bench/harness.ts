@@ -20,6 +20,8 @@
  *                   summary (bench/profile.ts) is printed after the run
  *   BENCH_ONLY      run only the rounds whose path and load contain this text (e.g. "gateway gRPC",
  *                   "orchestration 1 in flight")
+ *   BENCH_FAST_PATHS off: the gateway without its fast paths (FAST_PATHS=false: every call through
+ *                   connect-es's general handlers), to see what they buy
  *
  * The per-principal and per-address rate limits are raised for the run (one
  * load generator is one client); everything else is the default.
@@ -42,6 +44,7 @@ const STARTED = Date.now();
 const PROFILE = process.env.BENCH_PROFILE ?? "";
 const ONLY = process.env.BENCH_ONLY ?? "";
 const PROFILE_DIR = join(ROOT, "bench", "results", "profiles");
+const FAST_PATHS = process.env.BENCH_FAST_PATHS !== "off";
 
 interface Row extends LoadResult {
   readonly path: string;
@@ -70,6 +73,7 @@ async function measure(telemetry: boolean, token: string): Promise<{ rows: Row[]
     telemetry,
     token,
     nodeArgs: (name) => (name === PROFILE ? ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`] : []),
+    ...(FAST_PATHS ? {} : { env: { gateway: { FAST_PATHS: "false" } } }),
   });
   const startMemory = sys.memory();
   const rows: Row[] = [];
@@ -182,7 +186,8 @@ const token = signDevToken(
 );
 const header = `  ${"path".padEnd(32)} ${"tel".padEnd(4)} ${"load".padEnd(13)} ${"call/s".padStart(6)} ${"p50 ms".padStart(7)} ${"p99 ms".padStart(7)} ${"direct".padStart(6)} ${"CPU ms".padStart(7)}`;
 process.stdout.write(
-  `make bench: ${SECONDS} s per round, ${cpus().length} cores, Node ${process.version}${SMOKE ? " (smoke)" : ""}\n${header}\n`,
+  `make bench: ${SECONDS} s per round, ${cpus().length} cores, Node ${process.version}${SMOKE ? " (smoke)" : ""}` +
+    `${FAST_PATHS ? "" : ", the gateway without its fast paths"}\n${header}\n`,
 );
 const settings = TELEMETRY === "both" ? [true, false] : [TELEMETRY === "on"];
 const rows: Row[] = [];
@@ -201,7 +206,7 @@ for (const s of starts)
       `${s.rssMb} MB RSS (${s.pssMb} MB PSS); after its rounds ${s.afterRounds.rssMb} MB RSS (${s.afterRounds.pssMb} MB PSS)\n`,
   );
 const failed = rows.filter((r) => r.failures > 0 || r.calls === 0);
-writeResults(OUT, { seconds: SECONDS, smoke: SMOKE, starts, rows });
+writeResults(OUT, { seconds: SECONDS, smoke: SMOKE, fastPaths: FAST_PATHS, starts, rows });
 if (PROFILE) {
   const { summarise } = await import("./profile.js");
   // One profile per thread: the main thread's is the largest of this run.
