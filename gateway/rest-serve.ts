@@ -23,7 +23,6 @@ import { dropUnreadBody, universalRequest } from "./answer-end.js";
 import { decodeAnswer } from "./connect-unary.js";
 import type { ClientInfo } from "./context.js";
 import type { Req, Res } from "./endpoint.js";
-
 import { callLifetime, type PassthroughMethod, readBody } from "./passthrough.js";
 import { checkRequest, type RestMatch, requestJson, responseJson, statusJson } from "./rest.js";
 import {
