@@ -98,4 +98,33 @@ describe("GroupCommit", () => {
       expect(await count(db)).toBe(0);
     });
   });
+
+  it("a statement outside a transaction waits for the one holding the connection: no uncommitted read, no write rolled back with it", async () => {
+    await withDb(async (db) => {
+      let entered = () => {};
+      const inside = new Promise<void>((r) => {
+        entered = r;
+      });
+      let leave = () => {};
+      const gate = new Promise<void>((r) => {
+        leave = r;
+      });
+      const held = db.transaction(async (tx) => {
+        await tx.run(sql`INSERT INTO t (v) VALUES ('held')`);
+        entered();
+        await gate;
+        throw new Error("rolled back");
+      });
+      await inside;
+      const read = count(db);
+      const write = db.run(sql`INSERT INTO t (v) VALUES ('outside')`);
+      const failing = db.run(sql`INSERT INTO nope (v) VALUES ('x')`);
+      leave();
+      await expect(held).rejects.toThrow("rolled back");
+      expect(await read).toBe(0);
+      expect(await write).toBe(1);
+      await expect(failing).rejects.toThrow("no such table");
+      expect((await db.all(sql<{ v: string }>`SELECT v FROM t`)).map((r) => r.v)).toEqual(["outside"]);
+    });
+  });
 });

@@ -15,15 +15,7 @@
  * read, decide and write as if it were alone.
  */
 import type Database from "better-sqlite3";
-import {
-  type CompiledQuery,
-  Kysely,
-  PostgresDialect,
-  type QueryResult,
-  type RawBuilder,
-  sql,
-  type Transaction,
-} from "kysely";
+import { type CompiledQuery, Kysely, PostgresDialect, type QueryResult, type RawBuilder, sql } from "kysely";
 import pg from "pg";
 import { backoffMs } from "./backoff.js";
 import { GroupCommit } from "./group-commit.js";
@@ -182,53 +174,66 @@ async function savepoint<R>(
   }
 }
 
-/** Runs a compiled statement at once on the connection a transaction holds (SQLite; see sqlite-driver.ts). */
-type Direct = (q: CompiledQuery) => QueryResult<unknown>;
+/**
+ * Runs a compiled statement on SQLite's connection without Kysely's executor (sqlite-driver.ts): at
+ * once in the transaction that holds it, or at the connection's next turn outside one.
+ */
+type Direct = (q: CompiledQuery) => QueryResult<unknown> | Promise<QueryResult<unknown>>;
 
 class Queryer implements Queries {
   constructor(
     readonly engine: Engine,
-    private readonly executor: Kysely<unknown> | Transaction<unknown>,
+    private readonly executor: Kysely<unknown>,
     private readonly direct?: Direct,
   ) {}
-  private async execute<R>(q: Query<R>): Promise<QueryResult<R>> {
-    if (this.direct) return this.direct(q.compile(this.executor)) as QueryResult<R>;
-    return q.execute(this.executor);
+  /** `pick` of `q`'s result; one promise when `direct` runs it (hot: every statement of every store). */
+  private result<R, T>(q: Query<R>, pick: (r: QueryResult<R>) => T): Promise<T> {
+    if (!this.direct) return q.execute(this.executor).then(pick);
+    try {
+      const r = this.direct(q.compile(this.executor)) as QueryResult<R> | Promise<QueryResult<R>>;
+      return r instanceof Promise ? r.then(pick) : Promise.resolve(pick(r));
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
-  async all<R>(q: Query<R>): Promise<R[]> {
-    return (await this.execute(q)).rows;
+  all<R>(q: Query<R>): Promise<R[]> {
+    return this.result(q, rowsOf);
   }
-  async one<R>(q: Query<R>): Promise<R | undefined> {
-    return (await this.execute(q)).rows[0];
+  one<R>(q: Query<R>): Promise<R | undefined> {
+    return this.result(q, firstOf);
   }
-  async run(q: Query<unknown>): Promise<number> {
-    return Number((await this.execute(q)).numAffectedRows ?? 0n);
+  run(q: Query<unknown>): Promise<number> {
+    return this.result(q, changesOf);
   }
 }
+
+const rowsOf = <R>(r: QueryResult<R>): R[] => r.rows;
+const firstOf = <R>(r: QueryResult<R>): R | undefined => r.rows[0];
+const changesOf = (r: QueryResult<unknown>): number => Number(r.numAffectedRows ?? 0n);
 
 class OpenDb extends Queryer implements Db {
   readonly listen?: Db["listen"];
   /** SQLite: statements of a transaction run on its connection at once. */
   private readonly inTx: Direct | undefined;
   /** SQLite: transactions asked for together share a commit (group-commit.ts). */
-  private readonly group: GroupCommit<Transaction<unknown>> | undefined;
+  private readonly group: GroupCommit<Kysely<unknown>> | undefined;
 
   constructor(
     engine: Engine,
     private readonly kysely: Kysely<unknown>,
-    opts: { listen?: Db["listen"]; wal?: WalSync; inTransaction?: () => boolean; direct?: Direct } = {},
+    opts: { listen?: Db["listen"]; wal?: WalSync | undefined; sqlite?: SqliteConnection } = {},
     private readonly wal = opts.wal,
   ) {
-    super(engine, kysely);
-    this.inTx = opts.direct;
+    const { sqlite } = opts;
+    super(engine, kysely, sqlite && ((q) => sqlite.inTurn(q)));
+    this.inTx = sqlite && ((q) => sqlite.execute(q));
     if (opts.listen) this.listen = opts.listen;
-    const { inTransaction } = opts;
     this.group =
-      inTransaction &&
+      sqlite &&
       new GroupCommit({
-        transaction: (body) => this.kysely.transaction().execute(body),
-        savepoint: (trx, f) => savepoint(new Queryer(engine, trx, this.inTx), GROUPED, f),
-        inTransaction,
+        transaction: (body) => sqlite.transaction(() => body(kysely)),
+        savepoint: (k, f) => savepoint(new Queryer(engine, k, this.inTx), GROUPED, f),
+        inTransaction: () => sqlite.db.inTransaction,
         sync: () => this.wal?.sync() ?? Promise.resolve(),
       });
   }
@@ -241,7 +246,7 @@ class OpenDb extends Queryer implements Db {
   }
 
   /** `trx` as a {@link Tx} whose `afterCommit` hooks go to `hooks`. */
-  private txOf(trx: Transaction<unknown>, hooks: (() => void)[]): Tx {
+  private txOf(trx: Kysely<unknown>, hooks: (() => void)[]): Tx {
     const tx = new Queryer(this.engine, trx, this.inTx);
     return Object.assign(tx, {
       forUpdate: this.engine === "postgres" ? FOR_UPDATE : NOTHING,
@@ -299,14 +304,8 @@ class OpenDb extends Queryer implements Db {
 export function sqliteDb(db: Database.Database): Db {
   // A file in WAL mode syncs its log per group of commits (wal-sync.ts).
   const wal = db.pragma("journal_mode", { simple: true }) === "wal" ? new WalSync(`${db.name}-wal`) : undefined;
-  const inTransaction = () => db.inTransaction;
   const connection = new SqliteConnection(db);
-  const direct: Direct = (q) => connection.execute(q);
-  return new OpenDb(
-    "sqlite",
-    new Kysely({ dialect: sqliteDialect(connection) }),
-    wal ? { wal, inTransaction, direct } : { inTransaction, direct },
-  );
+  return new OpenDb("sqlite", new Kysely({ dialect: sqliteDialect(connection) }), { wal, sqlite: connection });
 }
 
 /** LISTEN on `channel` over a connection of its own, reconnecting (and saying "*") when it drops. */

@@ -1,9 +1,14 @@
 /**
- * Kysely's SQLite driver for sql.ts: one better-sqlite3 connection that
- * callers take turns on a whole transaction at a time, prepared statements
- * cached, and the write lock taken up front (`BEGIN IMMEDIATE`). Inside a
- * transaction, which holds the connection, sql.ts runs its statements on
- * the connection directly ({@link SqliteConnection.execute}).
+ * SQLite for sql.ts: one better-sqlite3 connection that callers take turns
+ * on, a whole transaction at a time, prepared statements cached, and the
+ * write lock taken up front (`BEGIN IMMEDIATE`). better-sqlite3 is
+ * synchronous, so whoever holds the connection runs its statements on it
+ * directly ({@link SqliteConnection.execute}), and a transaction is begun,
+ * committed and rolled back here too ({@link SqliteConnection.transaction}):
+ * Kysely's executor and transaction machinery (a few promises per statement,
+ * a dozen and a new Kysely per transaction, each paid for again by
+ * AsyncLocalStorage's promise hooks when tracing is on) only compiles
+ * queries here. Its driver ({@link sqliteDialect}) takes the same turns.
  */
 import type Database from "better-sqlite3";
 import {
@@ -17,10 +22,70 @@ import {
   SqliteQueryCompiler,
 } from "kysely";
 
+const BEGIN = CompiledQuery.raw("begin immediate");
+const COMMIT = CompiledQuery.raw("commit");
+const ROLLBACK = CompiledQuery.raw("rollback");
+
 /** SQLite through better-sqlite3: one connection, prepared statements cached, writes taken up front. */
 export class SqliteConnection implements DatabaseConnection {
   private readonly statements = new Map<string, Database.Statement>();
+  /** Whether someone holds the connection; those waiting for it, first come first served. */
+  private busy = false;
+  private readonly waiting: (() => void)[] = [];
   constructor(readonly db: Database.Database) {}
+
+  /** Takes the connection: at once (undefined) when it is free, else a promise resolved at the caller's turn. */
+  take(): Promise<void> | undefined {
+    if (!this.busy) {
+      this.busy = true;
+      return undefined;
+    }
+    return new Promise<void>((r) => this.waiting.push(r));
+  }
+
+  /** Gives the connection back: to the next caller waiting, if any. */
+  give(): void {
+    const next = this.waiting.shift();
+    if (next) next();
+    else this.busy = false;
+  }
+
+  /** Runs `q` on its own (a statement outside any transaction), at once when the connection is free. */
+  inTurn<R>(q: CompiledQuery): QueryResult<R> | Promise<QueryResult<R>> {
+    const turn = this.take();
+    if (turn) return turn.then(() => this.alone<R>(q));
+    return this.alone<R>(q);
+  }
+
+  private alone<R>(q: CompiledQuery): QueryResult<R> {
+    try {
+      return this.execute<R>(q);
+    } finally {
+      this.give();
+    }
+  }
+
+  /**
+   * Runs `body` in a transaction of its own, at the caller's turn: committed when it resolves,
+   * rolled back when it throws (or when the commit fails), and the error rethrown.
+   */
+  async transaction(body: () => Promise<void>): Promise<void> {
+    const turn = this.take();
+    if (turn) await turn;
+    try {
+      this.execute(BEGIN);
+      try {
+        await body();
+        this.execute(COMMIT);
+      } catch (err) {
+        if (this.db.inTransaction) this.execute(ROLLBACK);
+        throw err;
+      }
+    } finally {
+      this.give();
+    }
+  }
+
   async executeQuery<R>(q: CompiledQuery): Promise<QueryResult<R>> {
     return this.execute(q);
   }
@@ -47,32 +112,23 @@ export class SqliteConnection implements DatabaseConnection {
 
 /** Kysely's SQLite driver, with statement caching and `BEGIN IMMEDIATE` (see sql.ts's module comment). */
 class SqliteDriver implements Driver {
-  private queue: Promise<void> = Promise.resolve();
-  private release: (() => void) | undefined;
   constructor(private readonly connection: SqliteConnection) {}
   async init(): Promise<void> {}
   async acquireConnection(): Promise<DatabaseConnection> {
-    // One connection: callers take turns, a whole transaction at a time.
-    const previous = this.queue;
-    let release = () => {};
-    this.queue = new Promise<void>((r) => {
-      release = r;
-    });
-    await previous;
-    this.release = release;
+    await this.connection.take();
     return this.connection;
   }
   async beginTransaction(c: DatabaseConnection): Promise<void> {
-    await c.executeQuery(CompiledQuery.raw("begin immediate"));
+    await c.executeQuery(BEGIN);
   }
   async commitTransaction(c: DatabaseConnection): Promise<void> {
-    await c.executeQuery(CompiledQuery.raw("commit"));
+    await c.executeQuery(COMMIT);
   }
   async rollbackTransaction(c: DatabaseConnection): Promise<void> {
-    await c.executeQuery(CompiledQuery.raw("rollback"));
+    await c.executeQuery(ROLLBACK);
   }
   async releaseConnection(): Promise<void> {
-    this.release?.();
+    this.connection.give();
   }
   async destroy(): Promise<void> {
     this.connection.db.close();
