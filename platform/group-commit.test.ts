@@ -118,13 +118,27 @@ describe("GroupCommit", () => {
       await inside;
       const read = count(db);
       const write = db.run(sql`INSERT INTO t (v) VALUES ('outside')`);
-      const failing = db.run(sql`INSERT INTO nope (v) VALUES ('x')`);
+      const failing = expect(db.run(sql`INSERT INTO nope (v) VALUES ('x')`)).rejects.toThrow("no such table");
       leave();
       await expect(held).rejects.toThrow("rolled back");
       expect(await read).toBe(0);
       expect(await write).toBe(1);
-      await expect(failing).rejects.toThrow("no such table");
+      await failing;
       expect((await db.all(sql<{ v: string }>`SELECT v FROM t`)).map((r) => r.v)).toEqual(["outside"]);
     });
+  });
+
+  it("close closes the connection: a statement after it is refused, not run", async () => {
+    using dir = tempDir();
+    const db = await openDatabase(
+      { engine: "sqlite", path: join(dir.path, "c.db") },
+      { sqlite: SCHEMA, postgres: SCHEMA },
+    );
+    await db.transaction((tx) => tx.run(sql`INSERT INTO t (v) VALUES ('kept')`));
+    await db.close();
+    await expect(count(db)).rejects.toThrow("not open");
+    await expect(
+      db.transaction((tx) => tx.run(sql`INSERT INTO t (v) VALUES ('late')`), { durable: false }),
+    ).rejects.toThrow("not open");
   });
 });

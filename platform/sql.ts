@@ -174,10 +174,7 @@ async function savepoint<R>(
   }
 }
 
-/**
- * Runs a compiled statement on SQLite's connection without Kysely's executor (sqlite-driver.ts): at
- * once in the transaction that holds it, or at the connection's next turn outside one.
- */
+/** Runs a compiled statement on SQLite's connection (sqlite-driver.ts): in the transaction holding it, or at its turn. */
 type Direct = (q: CompiledQuery) => QueryResult<unknown> | Promise<QueryResult<unknown>>;
 
 class Queryer implements Queries {
@@ -217,6 +214,8 @@ class OpenDb extends Queryer implements Db {
   private readonly inTx: Direct | undefined;
   /** SQLite: transactions asked for together share a commit (group-commit.ts). */
   private readonly group: GroupCommit<Kysely<unknown>> | undefined;
+  /** SQLite: the connection (Kysely only compiles queries for it: its driver never opens, so destroy() closes nothing). */
+  private readonly sqlite: SqliteConnection | undefined;
 
   constructor(
     engine: Engine,
@@ -227,6 +226,7 @@ class OpenDb extends Queryer implements Db {
     const { sqlite } = opts;
     super(engine, kysely, sqlite && ((q) => sqlite.inTurn(q)));
     this.inTx = sqlite && ((q) => sqlite.execute(q));
+    this.sqlite = sqlite;
     if (opts.listen) this.listen = opts.listen;
     this.group =
       sqlite &&
@@ -296,6 +296,7 @@ class OpenDb extends Queryer implements Db {
 
   async close(): Promise<void> {
     await this.wal?.close();
+    await this.sqlite?.close();
     await this.kysely.destroy();
   }
 }

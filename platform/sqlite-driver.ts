@@ -104,6 +104,16 @@ export class SqliteConnection implements DatabaseConnection {
     const { changes } = stmt.run(...params);
     return { rows: [], numAffectedRows: BigInt(changes) };
   }
+  /** Closes the connection at the caller's turn: after whoever holds it, before those waiting (who then fail). */
+  async close(): Promise<void> {
+    const turn = this.take();
+    if (turn) await turn;
+    try {
+      this.db.close();
+    } finally {
+      this.give();
+    }
+  }
   // biome-ignore lint/correctness/useYield: Kysely asks for streaming support; this driver never streams.
   async *streamQuery<R>(): AsyncIterableIterator<QueryResult<R>> {
     throw new Error("streaming queries are not supported on SQLite here");
@@ -131,7 +141,7 @@ class SqliteDriver implements Driver {
     this.connection.give();
   }
   async destroy(): Promise<void> {
-    this.connection.db.close();
+    await this.connection.close();
   }
 }
 
