@@ -4,6 +4,7 @@
  * (in order, seeing the ones before it), one that throws undoes only its own writes and hooks and
  * is rejected alone, and a transaction that fails whole rejects everything in it.
  */
+import { AsyncLocalStorage } from "node:async_hooks";
 import { join } from "node:path";
 import { sql } from "kysely";
 import { describe, expect, it } from "vitest";
@@ -140,5 +141,23 @@ describe("GroupCommit", () => {
     await expect(
       db.transaction((tx) => tx.run(sql`INSERT INTO t (v) VALUES ('late')`), { durable: false }),
     ).rejects.toThrow("not open");
+  });
+
+  it("each transaction runs in its caller's asynchronous context, not in that of the group's first caller", async () => {
+    const caller = new AsyncLocalStorage<string>();
+    await withDb(async (db) => {
+      const seen = await Promise.all(
+        ["a", "b", "c"].map((v) =>
+          caller.run(v, () =>
+            db.transaction(async (tx) => {
+              await tx.run(sql`INSERT INTO t (v) VALUES (${v})`);
+              return caller.getStore();
+            }),
+          ),
+        ),
+      );
+      expect(seen).toEqual(["a", "b", "c"]);
+      expect(await count(db)).toBe(3);
+    });
   });
 });

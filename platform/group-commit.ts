@@ -5,10 +5,12 @@
  * each. The guarantees are those of separate transactions: they run one after another, in the
  * order they were asked for, each seeing what the ones before it wrote; one that throws undoes
  * only its own writes (its savepoint) and is rejected alone; and none resolves before the commit
- * that holds it is durable (a durable one: after the flush that covers it). If the shared
- * transaction itself fails (SQLite rolls a whole transaction back on some errors: a full disk,
+ * that holds it is durable (a durable one: after the flush that covers it). Each runs in its
+ * caller's asynchronous context (AsyncLocalStorage: the trace its events and log lines join), not
+ * in that of whichever caller happened to start the group. If the shared transaction itself fails (SQLite rolls a whole transaction back on some errors: a full disk,
  * an I/O error), every transaction in it is rejected, as each would have been on its own.
  */
+import { AsyncResource } from "node:async_hooks";
 
 /** What a {@link GroupCommit} needs of the database; `C` is an open transaction. */
 export interface GroupOps<C> {
@@ -24,6 +26,8 @@ export interface GroupOps<C> {
 
 interface Job<C> {
   readonly fn: (c: C) => Promise<unknown>;
+  /** The caller's asynchronous context, which `fn` runs in. */
+  readonly scope: AsyncResource;
   readonly durable: boolean;
   readonly resolve: (value: unknown) => void;
   readonly reject: (err: unknown) => void;
@@ -46,7 +50,8 @@ export class GroupCommit<C> {
    */
   run<T>(fn: (c: C) => Promise<T>, durable: boolean): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      this.queue.push({ fn, durable, resolve: resolve as (v: unknown) => void, reject });
+      const scope = new AsyncResource("shopmesh.GroupCommit");
+      this.queue.push({ fn, scope, durable, resolve: resolve as (v: unknown) => void, reject });
       this.schedule();
     });
   }
@@ -75,7 +80,7 @@ export class GroupCommit<C> {
         if (group.length === 1 && only) {
           // Alone: the transaction is its own, and rolls back whole if it throws (no savepoint needed).
           try {
-            done.push({ job: only, value: await only.fn(c) });
+            done.push({ job: only, value: await only.scope.runInAsyncScope(only.fn, undefined, c) });
           } catch (err) {
             failed.push({ job: only, err });
             throw err;
@@ -84,7 +89,10 @@ export class GroupCommit<C> {
         }
         for (const job of group) {
           try {
-            done.push({ job, value: await this.ops.savepoint(c, () => job.fn(c)) });
+            done.push({
+              job,
+              value: await this.ops.savepoint(c, () => job.scope.runInAsyncScope(job.fn, undefined, c)),
+            });
           } catch (err) {
             // The whole transaction is gone (or its savepoint could not be undone): nothing in it holds.
             if (!this.ops.inTransaction()) throw err;

@@ -150,6 +150,31 @@ describe("traces", () => {
     },
   );
 
+  it("orders placed together keep a trace each: every span of an order is in its own trace", async () => {
+    // Their transactions share commits (platform/group-commit.ts): each must still run in its caller's context.
+    const ids = await Promise.all(
+      Array.from({ length: 12 }, (_, i) => placeThroughGateway("SAGA_MODE_ORCHESTRATION", `together-${i}`)),
+    );
+    const traceOf = new Map<string, string>();
+    const ofOrder = (s: ReadableSpan) => String(s.attributes["order.id"] ?? "");
+    const confirmed = (id: string) =>
+      spans.getFinishedSpans().some((s) => ofOrder(s) === id && s.name === "process shopmesh.order.v1.OrderConfirmed");
+    await waitFor(
+      () => ids.filter((id) => confirmed(id)).length,
+      (n) => n === ids.length,
+    );
+    for (const s of spans.getFinishedSpans())
+      if (scope(s) === "order" && s.name.endsWith("/PlaceOrder") && ids.includes(ofOrder(s)))
+        traceOf.set(ofOrder(s), s.spanContext().traceId);
+    expect(traceOf.size).toBe(ids.length);
+    expect(new Set(traceOf.values()).size).toBe(ids.length);
+    const astray = spans
+      .getFinishedSpans()
+      .filter((s) => ids.includes(ofOrder(s)) && s.spanContext().traceId !== traceOf.get(ofOrder(s)))
+      .map((s) => `${scope(s)}: ${s.name}`);
+    expect(astray).toEqual([]);
+  });
+
   it("a client's traceparent is linked, never continued: it cannot switch tracing off or join another trace", async () => {
     const token = await signDevToken(
       { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" },
