@@ -124,9 +124,6 @@ export function placeOrder(
   });
 }
 
-/** The columns of an order that {@link applyTransition} decides on. */
-type Decided = Pick<OrderRow, "status" | "payment" | "cancel_requested" | "updated_at" | "owner" | "fence">;
-
 /**
  * Applies a saga transition atomically (patch + step-log entry), in `tx`
  * when given. With `guard`, applies only while the order is in
@@ -141,9 +138,7 @@ export function applyTransition(
   opts: { guard?: Guard; lease?: Lease; tx?: Tx } = {},
 ): Promise<ApplyResult> {
   return w.db.within(opts.tx, async (tx): Promise<ApplyResult> => {
-    // What the decision reads, not the whole order (the UPDATE returns that): five times an order.
-    const row = await tx.one(sql<Decided>`SELECT status, payment, cancel_requested, updated_at, owner, fence
-      FROM orders WHERE id = ${id} ${tx.forUpdate}`);
+    const row = await tx.one(sql<OrderRow>`SELECT * FROM orders WHERE id = ${id} ${tx.forUpdate}`);
     if (!row) throw new Error(`order ${id} vanished`);
     const { guard, lease } = opts;
     if (lease && (row.fence !== lease.fence || row.owner !== lease.owner)) return { kind: "fenced" };
@@ -188,7 +183,7 @@ export function applyTransition(
     if (t.patch.status !== undefined && t.patch.status !== row.status && (await publishTerminal(w, tx, o))) {
       w.changes.terminal(tx, o);
     }
-    if (row.status === "CANCELLED" && refundPending(row) && !refundPending(o)) {
+    if (row.status === "CANCELLED" && refundPending(toOrder(row)) && !refundPending(o)) {
       // The refund a cancelled order was waiting for landed.
       await w.outbox.add(tx, OrderRefundSettledSchema, o.id, { customerId: o.customerId, detail: t.log.detail });
     }
