@@ -7,8 +7,9 @@
  * only its own writes (its savepoint) and is rejected alone; and none resolves before the commit
  * that holds it is durable (a durable one: after the flush that covers it). Each runs in its
  * caller's asynchronous context (AsyncLocalStorage: the trace its events and log lines join), not
- * in that of whichever caller happened to start the group. If the shared transaction itself fails (SQLite rolls a whole transaction back on some errors: a full disk,
- * an I/O error), every transaction in it is rejected, as each would have been on its own.
+ * in that of whichever caller happened to start the group. If the shared transaction itself fails
+ * (SQLite rolls a whole transaction back on some errors: a full disk, an I/O error), every
+ * transaction in it is rejected, as each would have been on its own.
  */
 import { AsyncResource } from "node:async_hooks";
 
