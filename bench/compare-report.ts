@@ -261,12 +261,7 @@ export function render(r: CompareResults): Record<string, string> {
       "**The claim.** Retries with backoff ride out transient failures; a timeout fails fast instead of waiting; a circuit breaker stops calling a service that keeps failing; a bulkhead caps the concurrency given to one dependency so its slowness cannot exhaust what the others need.",
       "",
       `**Settings** (${measured}). Orchestrated checkouts at ${healthyOn.rate} orders/s and, alongside, an unrelated route — \`ListOrders\` on the same order service at 20/s — for each payment condition. *On*: the order service's policies for payment as configured (2 s timeout, 4 attempts with backoff, breaker at 5 consecutive failures, bulkhead of 32 + 64 queued) and the saga's 15 s step budget. *Off*: one attempt, no breaker, no bulkhead, a 100 ms step budget (no saga-level retry): \`${Object.entries(
-        {
-          PAYMENT_RETRY_MAX_ATTEMPTS: 1,
-          PAYMENT_BREAKER_CONSECUTIVE_FAILURES: 1000,
-          PAYMENT_BULKHEAD_LIMIT: 10000,
-          SAGA_STEP_BUDGET_MS: 100,
-        },
+        r.resilienceOff,
       )
         .map(([k, v]) => `${k}=${v}`)
         .join(" ")}\` (the 2 s timeout stays). Each on a fresh system.`,

@@ -419,6 +419,8 @@ const results = {
   sync: sync.map(({ result, ...r }) => ({ ...r, checkouts: { ...result, records: undefined } })),
   reads,
   policies,
+  /** What "off" set for the order service in section 4. */
+  resilienceOff: RESILIENCE_OFF,
 };
 mkdirSync(OUT, { recursive: true });
 writeFileSync(join(OUT, "results.json"), `${JSON.stringify(results, null, 2)}\n`);
