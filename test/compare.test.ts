@@ -36,6 +36,8 @@ it("make compare QUICK=1: four experiments, each a table in README.md and an SVG
   }
 
   const r = JSON.parse(readFileSync(join(dir.path, "results.json"), "utf8")) as CompareResults;
+  // Section 4 states the settings "off" ran with, as the run recorded them.
+  for (const [k, v] of Object.entries(r.resilienceOff)) expect(readme).toContain(`${k}=${v}`);
   expect(r.machine.cores).toBeGreaterThan(0);
   // 1: both modes ran; the declined cards were all compensated; commands in one, events in the other.
   expect(r.saga.map((s) => s.mode)).toEqual(["orchestration", "choreography"]);
