@@ -69,10 +69,8 @@ export class SqliteConnection implements DatabaseConnection {
    * Runs `body` in a transaction of its own, at the caller's turn: committed when it resolves,
    * rolled back when it throws (or when the commit fails), and the error rethrown.
    */
-  async transaction(body: () => Promise<void>): Promise<void> {
-    const turn = this.take();
-    if (turn) await turn;
-    try {
+  transaction(body: () => Promise<void>): Promise<void> {
+    return this.held(async () => {
       this.execute(BEGIN);
       try {
         await body();
@@ -81,6 +79,15 @@ export class SqliteConnection implements DatabaseConnection {
         if (this.db.inTransaction) this.execute(ROLLBACK);
         throw err;
       }
+    });
+  }
+
+  /** Runs `f` holding the connection, taken at the caller's turn and given back however `f` ends. */
+  private async held(f: () => void | Promise<void>): Promise<void> {
+    const turn = this.take();
+    if (turn) await turn;
+    try {
+      await f();
     } finally {
       this.give();
     }
@@ -105,14 +112,10 @@ export class SqliteConnection implements DatabaseConnection {
     return { rows: [], numAffectedRows: BigInt(changes) };
   }
   /** Closes the connection at the caller's turn: after whoever holds it, before those waiting (who then fail). */
-  async close(): Promise<void> {
-    const turn = this.take();
-    if (turn) await turn;
-    try {
+  close(): Promise<void> {
+    return this.held(() => {
       this.db.close();
-    } finally {
-      this.give();
-    }
+    });
   }
   // biome-ignore lint/correctness/useYield: Kysely asks for streaming support; this driver never streams.
   async *streamQuery<R>(): AsyncIterableIterator<QueryResult<R>> {
