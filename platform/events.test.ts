@@ -461,7 +461,12 @@ describe("consumers", () => {
         (ls) => ls.length >= 7,
       );
       expect(letters).toHaveLength(7);
-      expect((await bus.jsm.consumers.info("ORDER", durable)).num_ack_pending).toBe(0);
+      // Each is acknowledged after its dead letter is stored, which a reader may see first.
+      const pending = await until(
+        async () => (await bus.jsm.consumers.info("ORDER", durable)).num_ack_pending,
+        (p) => p === 0,
+      );
+      expect(pending).toBe(0);
       const by = (id: string) => letters.find((l) => l.header.get("ce-id") === id);
       expect(by("evt_control")?.header.get("x-dlq-reason")).toMatch(/^undecodable/);
       expect(by("evt_control")?.header.get("Nats-Expected-Stream")).toBe("");
@@ -769,6 +774,76 @@ describe("several replicas on one database", () => {
     await drained(waiting);
     await waiting.stop();
     expect((await streamed("order.order.placed")).filter((m) => m.eventId === id)).toHaveLength(1);
+  });
+
+  it("claims a row for the running relay in its insert: no other relay takes it until that claim expires (a relay that died)", async () => {
+    const svc = await service();
+    // This relay's publishes never settle, as if its process froze (or died) right after the commit.
+    let thaw = () => {};
+    const frozen = new Promise<never>((_, reject) => {
+      thaw = () => reject(new Error("thawed"));
+    });
+    const js = new Proxy(bus.js, {
+      get: (target, prop, receiver) => (prop === "publish" ? () => frozen : Reflect.get(target, prop, receiver)),
+    });
+    const dead = new OutboxRelay({ ...svc, bus: { ...bus, js }, source: "test", log, sweepMs: 60_000, claimMs: 1_000 });
+    const id = await svc.db.transaction(async (tx) => {
+      const added = await svc.outbox.add(tx, OrderPlacedSchema, "ord-frozen", placed("ord-frozen"));
+      const row = await tx.one(sql<{ claimed_by: string }>`SELECT claimed_by FROM outbox WHERE event_id = ${added}`);
+      expect(row?.claimed_by).toBe(dead.id);
+      return added;
+    });
+    const counts = new Map<string, number>();
+    const other = new OutboxRelay({
+      ...svc,
+      outbox: new Outbox("test", EVENTS),
+      bus: countingBus(counts),
+      source: "test",
+      log,
+      sweepMs: 20,
+    });
+    other.start();
+    await new Promise((r) => setTimeout(r, 300));
+    expect(counts.get(id)).toBeUndefined();
+    await drained(other);
+    expect(counts.get(id)).toBe(1);
+    expect((await streamed("order.order.placed")).filter((m) => m.eventId === id)).toHaveLength(1);
+    thaw();
+    await other.stop();
+    await dead.stop();
+  });
+
+  it("rows committed while publishing fails go out once it works again: each once, one order's in commit order", async () => {
+    const svc = await service();
+    const counts = new Map<string, number>();
+    let failing = true;
+    const counting = countingBus(counts).js;
+    const js = new Proxy(counting, {
+      get(target, prop, receiver) {
+        if (prop !== "publish") return Reflect.get(target, prop, receiver);
+        return (subject: string, data: Uint8Array, opts?: { msgID?: string }) =>
+          failing ? Promise.reject(new Error("injected: NATS away")) : target.publish(subject, data, opts);
+      },
+    });
+    const relay = new OutboxRelay({ ...svc, bus: { ...bus, js }, source: "test", log, sweepMs: 20 });
+    relay.start();
+    const ids: string[] = [];
+    const orderOf = new Map<string, string>();
+    for (let i = 0; i < 40; i++) {
+      if (i === 20) failing = false;
+      const order = `ord-f${i % 4}`;
+      const id = await addPlaced(svc, order);
+      ids.push(id);
+      orderOf.set(id, order);
+    }
+    await drained(relay);
+    await relay.stop();
+    expect(ids.map((id) => counts.get(id))).toEqual(ids.map(() => 1));
+    const seen = (await streamed("order.order.placed")).filter((m) => ids.includes(m.eventId)).map((m) => m.eventId);
+    for (const order of new Set(orderOf.values())) {
+      const of = (list: string[]) => list.filter((id) => orderOf.get(id) === order);
+      expect(of(seen)).toEqual(of(ids));
+    }
   });
 
   it("two consumers on one durable share the events, and each has exactly one effect", async () => {
