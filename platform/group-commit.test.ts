@@ -88,6 +88,32 @@ describe("GroupCommit", () => {
     });
   });
 
+  it("a transaction SQLite rolls back whole rejects every one in it with the error that did it", async () => {
+    await withDb(async (db) => {
+      // As SQLite does by itself on a full disk or an I/O error: the transaction is gone, savepoints and all.
+      const results = await Promise.allSettled(
+        ["a", "b", "c"].map((v) =>
+          db.transaction(async (tx) => {
+            await tx.run(sql`INSERT INTO t (v) VALUES (${v})`);
+            if (v === "b") {
+              await tx.run(sql`ROLLBACK`);
+              throw new Error("database or disk is full");
+            }
+            return v;
+          }),
+        ),
+      );
+      expect(results.map((r) => r.status)).toEqual(["rejected", "rejected", "rejected"]);
+      for (const r of results) {
+        expect((r as PromiseRejectedResult).reason).toMatchObject({ message: "database or disk is full" });
+      }
+      expect(await count(db)).toBe(0);
+      // And the connection goes on.
+      await db.transaction((tx) => tx.run(sql`INSERT INTO t (v) VALUES ('after')`));
+      expect(await count(db)).toBe(1);
+    });
+  });
+
   it("a transaction alone that throws rolls back whole", async () => {
     await withDb(async (db) => {
       await expect(

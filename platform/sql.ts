@@ -168,8 +168,12 @@ async function savepoint<R>(
     await tx.run(sp.release);
     return r;
   } catch (err) {
-    await tx.run(sp.undo);
-    await tx.run(sp.release);
+    // If the savepoint went with the whole transaction (SQLite rolls one back by itself on a full disk
+    // or an I/O error), the caller hears what did it, not "no such savepoint".
+    await tx
+      .run(sp.undo)
+      .then(() => tx.run(sp.release))
+      .catch(() => {});
     throw err;
   }
 }
