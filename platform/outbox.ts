@@ -44,39 +44,14 @@ export const OUTBOX_CLAIMS_MIGRATION =
 
 type EventInit<D extends DescMessage> = Omit<MessageInitShape<D>, "meta" | "$typeName">;
 
-/** An outbox row as a relay publishes it. */
-export interface OutboxRow {
-  seq: number;
-  event_id: string;
-  order_id: string;
-  type: string;
-  subject: string;
-  payload: Buffer;
-  traceparent: string;
-  created_at: number;
-}
-
-/**
- * The relay of this process (relay.ts), when one is running: the rows added through the outbox are
- * claimed for it in their insert, and handed to it once their transaction has committed, so it
- * publishes them without reading them back or claiming them in a transaction of its own.
- */
-export interface LocalRelay {
-  readonly id: string;
-  /** How long the claim taken at insert holds, ms. */
-  readonly claimMs: number;
-  /** `row`, claimed for this relay, has committed (called in commit order). */
-  committed(row: OutboxRow): void;
-}
-
 /**
  * Writes events into the outbox table of a service's database. Call
  * {@link Outbox.add} with the transaction of the state change the event
  * records: both commit or neither does.
  */
 export class Outbox {
-  /** Set by the relay of this process while it runs. */
-  relay: LocalRelay | undefined;
+  /** Called once a transaction that added events has committed. */
+  onAdded: () => void = () => {};
 
   constructor(
     private readonly source: string,
@@ -98,31 +73,9 @@ export class Outbox {
     const eventId = newId("evt", now);
     const meta = { eventId, source: this.source, occurredAt: timestampFromMs(now), orderId, traceparent };
     const payload = Buffer.from(toBinary(schema, create(schema, { ...init, meta } as unknown as MessageInitShape<D>)));
-    const relay = this.relay;
-    if (!relay) {
-      await tx.run(sql`INSERT INTO outbox (event_id, type, subject, payload, order_id, traceparent, created_at)
-        VALUES (${eventId}, ${kind.typeName}, ${kind.subject}, ${payload}, ${orderId}, ${traceparent}, ${now})`);
-      return eventId;
-    }
-    // Claimed by the local relay from the start (and by the clock the relay's claims use): if this
-    // process dies before publishing it, the claim expires and any relay takes the row.
-    const claimedUntil = Date.now() + relay.claimMs;
-    const inserted = await tx.one(sql<{ seq: number }>`INSERT INTO outbox
-        (event_id, type, subject, payload, order_id, traceparent, created_at, claimed_by, claimed_until)
-      VALUES (${eventId}, ${kind.typeName}, ${kind.subject}, ${payload}, ${orderId}, ${traceparent}, ${now},
-        ${relay.id}, ${claimedUntil})
-      RETURNING seq`);
-    const row: OutboxRow = {
-      seq: Number(inserted?.seq),
-      event_id: eventId,
-      order_id: orderId,
-      type: kind.typeName,
-      subject: kind.subject,
-      payload,
-      traceparent,
-      created_at: now,
-    };
-    tx.afterCommit(() => relay.committed(row));
+    await tx.run(sql`INSERT INTO outbox (event_id, type, subject, payload, order_id, traceparent, created_at)
+      VALUES (${eventId}, ${kind.typeName}, ${kind.subject}, ${payload}, ${orderId}, ${traceparent}, ${now})`);
+    tx.afterCommit(() => this.onAdded());
     return eventId;
   }
 }

@@ -5,7 +5,7 @@ import { backoffMs } from "./backoff.js";
 import type { Bus } from "./bus.js";
 import { newId } from "./ids.js";
 import { flushLogs, type Logger } from "./log.js";
-import type { LocalRelay, Outbox, OutboxRow } from "./outbox.js";
+import type { Outbox } from "./outbox.js";
 import { contextOf, detached, injectContext, inSpan } from "./propagation.js";
 import type { Db, Query } from "./sql.js";
 import type { Telemetry } from "./telemetry.js";
@@ -14,6 +14,17 @@ import type { Telemetry } from "./telemetry.js";
 const RELAY_BATCH = 256;
 /** Sent rows are purged after this long, ms. */
 const KEEP_SENT_MS = 60 * 60 * 1000;
+
+interface OutboxRow {
+  seq: number;
+  event_id: string;
+  order_id: string;
+  type: string;
+  subject: string;
+  payload: Buffer;
+  traceparent: string;
+  created_at: number;
+}
 
 /** Most rows in one wave. */
 const WAVE = 64;
@@ -59,25 +70,16 @@ export interface RelayOptions {
 
 /**
  * Publishes committed outbox rows to JetStream, promptly after each commit
- * and by periodic sweep, then marks them sent. Every row is claimed before it
- * is published (the relays of other replicas skip claimed rows): the rows its
- * own process adds are claimed for it in their insert and handed to it in
- * memory once committed (outbox.ts); a sweep claims whatever else is unsent —
- * rows from before a start, after a failure, or of a relay that died. Rows go
- * out in commit order, so events of one aggregate keep their order within a
- * relay. A failure (NATS down) is retried with capped backoff; the claims are
- * let go and the rows are taken again.
+ * and by periodic sweep, then marks them sent. Each batch is claimed first
+ * (the relays of other replicas skip claimed rows) and published in commit
+ * order, so events of one aggregate keep their order within a relay. A
+ * failure (NATS down) is retried with capped backoff; the claim expires and
+ * the rows are taken again.
  */
-export class OutboxRelay implements LocalRelay {
-  readonly id = newId("relay");
-  readonly claimMs: number;
+export class OutboxRelay {
+  private readonly id = newId("relay");
   private running = false;
-  /** Rows handed over by the outbox at their commit, not yet published. */
-  private handed: OutboxRow[] = [];
-  /** When each row of the recent sweeps was claimed by them, by seq: the hand-over skips these. */
-  private readonly swept = new Map<number, number>();
-  /** The next round claims from the table instead of taking the handed rows. */
-  private sweepDue = true;
+  private again = false;
   private stopped = false;
   private timer: NodeJS.Timeout | undefined;
   private failures = 0;
@@ -85,8 +87,7 @@ export class OutboxRelay implements LocalRelay {
   private lastBacklog = { count: 0, oldestAgeMs: 0 };
 
   constructor(private readonly opts: RelayOptions) {
-    this.claimMs = opts.claimMs ?? 5_000;
-    opts.outbox.relay = this;
+    opts.outbox.onAdded = () => this.kick();
     opts.telemetry?.metrics.trackBacklog(() => this.lastBacklog);
   }
 
@@ -108,32 +109,24 @@ export class OutboxRelay implements LocalRelay {
     return this.lastBacklog;
   }
 
-  /** Called by the outbox once a row claimed for this relay has committed. */
-  committed(row: OutboxRow): void {
-    // A sweep after a failure may have taken it already: between its commit and this call, which
-    // waits for the commit's flush to disk, the failure let go of its claim.
-    if (this.swept.delete(row.seq)) return;
-    this.handed.push(row);
-    this.kick();
-  }
-
-  /** Publishes now, unless a round is in progress (which goes on while there is more to publish). */
-  private kick(): void {
-    if (this.stopped || this.running) return;
+  /** Publishes now (or again right after the publish in progress). */
+  kick(): void {
+    if (this.stopped) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
     this.running = true;
     // Kicked after a request's commit, but relaying is the relay's work: each event's publish span
     // continues the trace stored with that event, and nothing else joins the request's.
     this.idle = detached(() => this.drain()).finally(() => {
       this.running = false;
-      // Handed over after the round's last look.
-      if (this.handed.length > 0) this.kick();
     });
   }
 
   /** Stops publishing and lets go of its claims: rows left unsent are published by another replica's relay (or the next start). */
   async stop(): Promise<void> {
     this.stopped = true;
-    if (this.opts.outbox.relay === this) this.opts.outbox.relay = undefined;
     clearTimeout(this.timer);
     await this.idle;
     await this.release();
@@ -161,7 +154,6 @@ export class OutboxRelay implements LocalRelay {
     clearTimeout(this.timer);
     if (this.stopped) return;
     this.timer = setTimeout(() => {
-      this.sweepDue = true;
       this.kick();
       void this.housekeeping();
       this.schedule(this.opts.sweepMs ?? 1_000);
@@ -179,27 +171,11 @@ export class OutboxRelay implements LocalRelay {
     }
   }
 
-  /**
-   * The next rows to publish: the handed ones, or, when a sweep is due, up to a batch of unsent rows
-   * no live claim holds (after a failure, handed ones among them: each goes out once, by the sweep).
-   */
-  private async next(): Promise<OutboxRow[]> {
-    if (!this.sweepDue) return this.handed.splice(0, RELAY_BATCH);
-    this.sweepDue = false;
-    const rows = await this.claim();
-    if (rows.length === RELAY_BATCH) this.sweepDue = true;
-    const now = Date.now();
-    for (const [seq, at] of this.swept) if (at < now - this.claimMs) this.swept.delete(seq);
-    for (const r of rows) this.swept.set(r.seq, now);
-    this.handed = this.handed.filter((r) => !this.swept.delete(r.seq));
-    return rows;
-  }
-
-  /** Claims up to a batch of unsent, unclaimed rows (or rows whose claim expired) for this relay; in commit order. */
+  /** Claims up to a batch of unsent, unclaimed rows for this relay; in commit order. */
   private async claim(): Promise<OutboxRow[]> {
     const { db } = this.opts;
     const now = Date.now();
-    const until = now + this.claimMs;
+    const until = now + (this.opts.claimMs ?? 5_000);
     // Concurrent relays pass over each other's rows. Not flushed before publishing (see relaxed):
     // the rows it claims were, before their commit reported.
     const rows = await db.transaction(
@@ -218,7 +194,8 @@ export class OutboxRelay implements LocalRelay {
     const { log } = this.opts;
     try {
       do {
-        const rows = await this.next();
+        this.again = false;
+        const rows = await this.claim();
         // In order, a wave at a time; marked sent together, once per batch — also when a publish fails
         // or the relay stops midway. A crash before the mark republishes rows NATS already has: their
         // Nats-Msg-Id (and the consumers' inbox) makes that a no-op, as for one row before.
@@ -240,7 +217,8 @@ export class OutboxRelay implements LocalRelay {
             );
           }
         }
-      } while ((this.sweepDue || this.handed.length > 0) && !this.stopped);
+        if (rows.length === RELAY_BATCH) this.again = true;
+      } while (this.again && !this.stopped);
       if (this.failures > 0) log.info({ afterFailures: this.failures }, "outbox relay publishing again");
       this.failures = 0;
     } catch (err) {
@@ -252,9 +230,7 @@ export class OutboxRelay implements LocalRelay {
           "outbox publish failed; will retry",
         );
       }
-      // Let the claims go, so this relay (or another) takes the rows again at once when NATS is back:
-      // by a sweep, which comes first and takes the handed rows too.
-      this.sweepDue = true;
+      // Let the claim go, so this relay (or another) takes the rows again at once when NATS is back.
       await this.release();
       this.schedule(delay);
     }
