@@ -182,6 +182,49 @@ describe("outbox", () => {
     await relay.stop();
   });
 
+  it("publishes no event before its change is on disk: a row it has not seen flushed waits for a flush", async () => {
+    const svc = await service();
+    const seen: string[] = [];
+    const db = new Proxy(svc.db, {
+      get(target, prop, receiver) {
+        if (prop !== "durable") return Reflect.get(target, prop, receiver);
+        return async () => {
+          seen.push("flush");
+          await target.durable();
+          seen.push("flushed");
+        };
+      },
+    });
+    const js = new Proxy(bus.js, {
+      get(target, prop, receiver) {
+        if (prop !== "publish") return Reflect.get(target, prop, receiver);
+        return (subject: string, data: Uint8Array, opts?: { msgID?: string }) => {
+          seen.push(`publish ${opts?.msgID}`);
+          return target.publish(subject, data, opts);
+        };
+      },
+    });
+    // Added through the outbox, in a transaction reported once flushed: nothing to wait for.
+    const flushed = await addPlaced(svc, "ord-flushed");
+    const relay = new OutboxRelay({ db, outbox: svc.outbox, bus: { ...bus, js }, source: "test", log, sweepMs: 20 });
+    relay.start();
+    await drained(relay);
+    expect(seen).toEqual([`publish ${flushed}`]);
+    // Committed, its flush not known to this process (another transaction's under way, or another process's).
+    seen.length = 0;
+    const pending = `evt_unflushed_${Date.now()}`;
+    await svc.db.transaction(
+      (tx) =>
+        tx.run(sql`INSERT INTO outbox (event_id, type, subject, payload, order_id, created_at)
+          VALUES (${pending}, ${OrderPlacedSchema.typeName}, 'order.order.placed', ${Buffer.from("x")}, 'ord-unflushed',
+            ${Date.now()})`),
+      { durable: false },
+    );
+    await drained(relay);
+    await relay.stop();
+    expect(seen).toEqual(["flush", "flushed", `publish ${pending}`]);
+  });
+
   it("publishes what was committed while no relay ran (a crash between commit and publish), in commit order", async () => {
     const svc = await service();
     const ids: string[] = [];

@@ -52,6 +52,8 @@ type EventInit<D extends DescMessage> = Omit<MessageInitShape<D>, "meta" | "$typ
 export class Outbox {
   /** Called once a transaction that added events has committed. */
   onAdded: () => void = () => {};
+  /** The highest seq this process has seen committed and on disk (a relay flushes before publishing one above it). */
+  durableSeq = 0;
 
   constructor(
     private readonly source: string,
@@ -59,7 +61,7 @@ export class Outbox {
     private readonly clock: () => number = Date.now,
   ) {}
 
-  /** Adds an event of `schema` about `orderId` in `tx`; fills its `meta`. Returns the event id. */
+  /** Adds an event of `schema` about `orderId` in `tx` (a durable one); fills its `meta`. Returns the event id. */
   async add<D extends DescMessage>(
     tx: Tx,
     schema: D,
@@ -73,9 +75,15 @@ export class Outbox {
     const eventId = newId("evt", now);
     const meta = { eventId, source: this.source, occurredAt: timestampFromMs(now), orderId, traceparent };
     const payload = Buffer.from(toBinary(schema, create(schema, { ...init, meta } as unknown as MessageInitShape<D>)));
-    await tx.run(sql`INSERT INTO outbox (event_id, type, subject, payload, order_id, traceparent, created_at)
-      VALUES (${eventId}, ${kind.typeName}, ${kind.subject}, ${payload}, ${orderId}, ${traceparent}, ${now})`);
-    tx.afterCommit(() => this.onAdded());
+    const row = await tx.one(sql<{ seq: number }>`INSERT INTO outbox
+        (event_id, type, subject, payload, order_id, traceparent, created_at)
+      VALUES (${eventId}, ${kind.typeName}, ${kind.subject}, ${payload}, ${orderId}, ${traceparent}, ${now})
+      RETURNING seq`);
+    const seq = row?.seq ?? 0;
+    tx.afterCommit(() => {
+      this.durableSeq = Math.max(this.durableSeq, seq);
+      this.onAdded();
+    });
     return eventId;
   }
 }

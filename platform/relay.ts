@@ -176,8 +176,7 @@ export class OutboxRelay {
     const { db } = this.opts;
     const now = Date.now();
     const until = now + (this.opts.claimMs ?? 5_000);
-    // Concurrent relays pass over each other's rows. Not flushed before publishing (see relaxed):
-    // the rows it claims were, before their commit reported.
+    // Concurrent relays pass over each other's rows. The claim itself is not flushed (see relaxed).
     const rows = await db.transaction(
       (tx) =>
         tx.all(sql<OutboxRow>`UPDATE outbox SET claimed_by = ${this.id}, claimed_until = ${until}
@@ -187,6 +186,10 @@ export class OutboxRelay {
         RETURNING seq, event_id, order_id, type, subject, payload, traceparent, created_at`),
       { durable: false },
     );
+    // A row can be claimed between its commit and that commit's flush (another transaction's, or
+    // another process's, still under way): published then, it would announce a change a power loss
+    // can undo. Rows up to the last this process saw flushed are on disk (the log is sequential).
+    if (rows.some((r) => r.seq > this.opts.outbox.durableSeq)) await db.durable();
     return rows.sort((a, b) => a.seq - b.seq);
   }
 

@@ -83,6 +83,8 @@ export interface Db extends Queries {
    * may have been missed. SQLite: undefined — one process, nothing to hear from elsewhere.
    */
   readonly listen?: (channel: string, fn: (payload: string) => void) => Promise<Listening>;
+  /** Resolves once every commit so far, by any connection, is on disk (SQLite: a wal-sync round; PostgreSQL: at once). */
+  durable(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -107,21 +109,13 @@ export function isConflict(err: unknown): boolean {
 }
 
 /** A running {@link Db.listen}. */
-export interface Listening {
-  close(): Promise<void>;
-}
+export type Listening = { close(): Promise<void> };
 
 /** Where a database lives. */
 export type DbLocation =
   | { readonly engine: "sqlite"; readonly path: string }
-  | {
-      readonly engine: "postgres";
-      readonly url: string;
-      /** The service's schema (created when missing). */
-      readonly schema: string;
-      /** Connections in the pool. */
-      readonly poolSize: number;
-    };
+  /** `schema`: the service's (created when missing); `poolSize`: connections in the pool. */
+  | { readonly engine: "postgres"; readonly url: string; readonly schema: string; readonly poolSize: number };
 
 const FOR_UPDATE = sql`FOR UPDATE`;
 const SKIP_LOCKED = sql`FOR UPDATE SKIP LOCKED`;
@@ -168,8 +162,7 @@ async function savepoint<R>(
     await tx.run(sp.release);
     return r;
   } catch (err) {
-    // If the savepoint went with the whole transaction (SQLite rolls one back by itself on a full disk
-    // or an I/O error), the caller hears what did it, not "no such savepoint".
+    // SQLite may have rolled the whole transaction back (a full disk): the caller hears why, not "no such savepoint".
     await tx
       .run(sp.undo)
       .then(() => tx.run(sp.release))
@@ -245,8 +238,12 @@ class OpenDb extends Queryer implements Db {
   /** A write outside a transaction commits on its own: reported once durable, as a transaction is. */
   override async run(q: Query<unknown>): Promise<number> {
     const n = await super.run(q);
-    await this.wal?.sync();
+    await this.durable();
     return n;
+  }
+
+  durable(): Promise<void> {
+    return this.wal?.sync() ?? Promise.resolve();
   }
 
   /** `trx` as a {@link Tx} whose `afterCommit` hooks go to `hooks`. */
