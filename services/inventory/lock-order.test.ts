@@ -112,3 +112,47 @@ it("a batch of orders locks all its products first, by id: no deadlock with a re
   // The control: locking each order's products as it comes to them, the same batch deadlocks.
   expect(await batchAgainstCall(false)).toBe(1);
 });
+
+it("a reservation whose stock is taken between its read and its update runs again on locked rows: rejected, nothing oversold", async () => {
+  const tag = `ord-inv-moved-${++run}`;
+  const [before] = await store.db.all(sql<{ available: number; reserved: number }>`SELECT available, reserved
+    FROM products WHERE id = 'limited-print'`);
+  expect(before).toEqual({ available: 1, reserved: 0 });
+  // Another transaction takes the last print and holds its row while the reservation runs.
+  let commit = () => {};
+  const held = new Promise<void>((r) => {
+    commit = r;
+  });
+  const holder = store.db.transaction(async (tx) => {
+    await tx.run(sql`UPDATE products SET available = 0, reserved = reserved + 1 WHERE id = 'limited-print'`);
+    await held;
+  });
+  await until(
+    () => lockWaits(store.db),
+    (n) => n === 0,
+  );
+  // The reservation read the print as available (last committed) and now waits for its row.
+  const reserving = store.reserve(`${tag}-key`, "fp", tag, [{ productId: "limited-print", quantity: 1 }]);
+  await until(
+    () => lockWaits(store.db),
+    (n) => n === 1,
+  );
+  commit();
+  await holder;
+  expect(await reserving).toEqual({
+    kind: "rejected",
+    shortages: [{ productId: "limited-print", requested: 1, available: 0 }],
+    replayed: false,
+  });
+  expect(await store.db.all(sql`SELECT available, reserved FROM products WHERE id = 'limited-print'`)).toEqual([
+    { available: 0, reserved: 1 },
+  ]);
+  // What the first run wrote is gone: one rejected reservation, announced once, as rejected.
+  expect(await store.db.all(sql`SELECT status FROM reservations WHERE order_id = ${tag}`)).toEqual([
+    { status: "REJECTED" },
+  ]);
+  expect(await store.db.all(sql`SELECT type FROM outbox WHERE order_id = ${tag}`)).toEqual([
+    { type: "shopmesh.inventory.v1.StockRejected" },
+  ]);
+  await store.db.run(sql`UPDATE products SET available = 1, reserved = 0 WHERE id = 'limited-print'`);
+});

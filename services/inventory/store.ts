@@ -42,6 +42,22 @@ import {
   toReservation,
 } from "./schema.js";
 
+/**
+ * A reservation's stock was taken between its unlocked read and its UPDATE: a serialization failure
+ * (SQLSTATE 40001), which {@link Db.transaction} runs the transaction again on.
+ */
+class StockMoved extends Error {
+  override name = "StockMoved";
+  readonly code = "40001";
+  constructor(productId: string) {
+    super(`stock of ${productId} moved during its reservation`);
+  }
+}
+
+/** `lines` by product id: the order every transaction here takes product rows in. */
+const byProduct = (lines: readonly Line[]): Line[] =>
+  [...lines].sort((a, b) => (a.productId < b.productId ? -1 : a.productId > b.productId ? 1 : 0));
+
 /** Result of {@link InventoryStore.release}. */
 export type ReleaseResult =
   | { readonly kind: "released" | "unchanged"; readonly reservation: ReservationRecord }
@@ -124,6 +140,12 @@ export class InventoryStore {
       if (row) stock.set(row.id, toProduct(row));
     }
     return stock;
+  }
+
+  /** The products `ids` names (those that exist), as last committed: no lock taken. */
+  private async unlockedProducts(tx: Tx, ids: readonly string[]): Promise<Map<string, ProductRecord>> {
+    const rows = await tx.all(sql<ProductRow>`SELECT * FROM products WHERE id IN (${sql.join(ids)})`);
+    return new Map(rows.map((r) => [r.id, toProduct(r)]));
   }
 
   /**
@@ -214,6 +236,12 @@ export class InventoryStore {
     sagaMode: SagaMode = SagaMode.ORCHESTRATION,
     tx?: Tx,
   ): Promise<ReserveResult> {
+    // A popular product's row is what reservations wait for (PostgreSQL), so it is locked last: the
+    // plan is made from stock as last committed, the reservation and its event written, and then each
+    // product's UPDATE (by id, the one lock order) takes its row, checking the stock is still there,
+    // right before the commit. If it moved meanwhile, the transaction runs again, locking first.
+    // A shortage is always decided on locked rows, as a release under way may be about to end it.
+    let lockFirst = false;
     return this.db.within(tx, async (tx): Promise<ReserveResult> => {
       const prior = await this.reservationByKey(tx, key);
       switch (keyUse(prior?.fingerprint, fingerprint)) {
@@ -229,11 +257,12 @@ export class InventoryStore {
         case "new":
           break;
       }
-      const stock = await this.lockedProducts(
-        tx,
-        lines.map((l) => l.productId),
+      const ids = lines.map((l) => l.productId);
+      let plan: Plan = planReservation(
+        lines,
+        await (lockFirst ? this.lockedProducts(tx, ids) : this.unlockedProducts(tx, ids)),
       );
-      const plan: Plan = planReservation(lines, stock);
+      if (plan.kind === "short" && !lockFirst) plan = planReservation(lines, await this.lockedProducts(tx, ids));
       const now = this.clock();
       const id = newId("res", now);
       const base = { id, key, fingerprint, orderId, items: JSON.stringify(lines), now };
@@ -251,13 +280,6 @@ export class InventoryStore {
         });
         return { kind: "rejected", shortages: plan.shortages, replayed: false };
       }
-      for (const l of plan.lines) {
-        const changes = await tx.run(sql`UPDATE products
-          SET available = available - ${l.quantity}, reserved = reserved + ${l.quantity}, updated_at = ${now}
-          WHERE id = ${l.productId} AND available >= ${l.quantity}`);
-        // Unreachable while the rows are locked; kept so a future change cannot silently oversell.
-        if (changes !== 1) throw new Error(`stock of ${l.productId} changed inside a reservation transaction`);
-      }
       const reservation = {
         ...base,
         status: "RESERVED" as const,
@@ -271,6 +293,16 @@ export class InventoryStore {
         total: { currencyCode: plan.currency, amountMinor: BigInt(plan.totalMinor) },
         sagaMode,
       });
+      for (const l of byProduct(plan.lines)) {
+        const changes = await tx.run(sql`UPDATE products
+          SET available = available - ${l.quantity}, reserved = reserved + ${l.quantity}, updated_at = ${now}
+          WHERE id = ${l.productId} AND available >= ${l.quantity}`);
+        if (changes === 1) continue;
+        // Unreachable while the rows are locked; kept so a future change cannot silently oversell.
+        if (lockFirst) throw new Error(`stock of ${l.productId} changed inside a reservation transaction`);
+        lockFirst = true;
+        throw new StockMoved(l.productId);
+      }
       return {
         kind: "reserved",
         reservation: {
@@ -300,20 +332,17 @@ export class InventoryStore {
       if (row.status !== "RESERVED") return { kind: "unchanged", reservation: toReservation(row) };
       const r = toReservation(row);
       const now = this.clock();
-      await this.lockedProducts(
-        tx,
-        r.items.map((l) => l.productId),
-      );
-      for (const l of r.items) {
-        await tx.run(sql`UPDATE products
-          SET available = available + ${l.quantity}, reserved = reserved - ${l.quantity}, updated_at = ${now}
-          WHERE id = ${l.productId}`);
-      }
       await tx.run(sql`UPDATE reservations SET status = 'RELEASED', updated_at = ${now} WHERE id = ${id}`);
       await this.outbox.add(tx, StockReleasedSchema, r.orderId, {
         reservationId: id,
         items: r.items.map((l) => ({ ...l })),
       });
+      // The products last, by id (see reserve).
+      for (const l of byProduct(r.items)) {
+        await tx.run(sql`UPDATE products
+          SET available = available + ${l.quantity}, reserved = reserved - ${l.quantity}, updated_at = ${now}
+          WHERE id = ${l.productId}`);
+      }
       return { kind: "released", reservation: { ...r, status: "RELEASED" } };
     });
   }
