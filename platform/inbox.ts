@@ -24,8 +24,8 @@ export const INBOX_MIGRATION = `CREATE TABLE inbox (
  * The one "apply an event exactly once" routine: runs `effect` and records
  * the event in the inbox in one transaction, unless the inbox of `consumer`
  * already holds it. Live consumers and replays (a read model's rebuild)
- * both apply events through it; replicas of a service share the inbox, and
- * its key decides which applies an event two of them ever got.
+ * both apply events through it; replicas of a service share the inbox, so
+ * the unique key is the last guard if two of them ever got the same event.
  */
 export class Inbox {
   constructor(
@@ -41,13 +41,25 @@ export class Inbox {
 
   /** {@link once} inside the caller's transaction `tx` (several events committed together). */
   async onceIn(tx: Tx, eventId: string, type: string, effect: (tx: Tx) => Promise<void>): Promise<boolean> {
-    // The row first, in one statement that both checks and records: if `effect` throws, the
-    // transaction (or the caller's savepoint) takes the row back with the rest. A replica applying the
-    // same event at the same moment waits on the key (PostgreSQL), then finds it and changes nothing.
-    const fresh = await tx.run(sql`INSERT INTO inbox (consumer, event_id, type, handled_at)
-      VALUES (${this.consumer}, ${eventId}, ${type}, ${this.clock()}) ON CONFLICT DO NOTHING`);
-    if (fresh === 0) return false;
+    const record = sql`INSERT INTO inbox (consumer, event_id, type, handled_at)
+      VALUES (${this.consumer}, ${eventId}, ${type}, ${this.clock()})`;
+    if (tx.engine === "sqlite") {
+      // One writer holds the whole database, so the row goes in first: one statement checks and
+      // records, and a handler that throws takes it back with its own writes.
+      if ((await tx.run(sql`${record} ON CONFLICT DO NOTHING`)) === 0) return false;
+      await effect(tx);
+      return true;
+    }
+    // PostgreSQL: the key is taken last. Taken first, a replica given the same event as another's
+    // batch would hold it while waiting for a row that batch holds, the batch then waiting for the
+    // key: a deadlock, found only after a second. Last, the loser of that race fails on the key,
+    // runs again and finds the row.
+    const seen = await tx.one(
+      sql`SELECT 1 AS one FROM inbox WHERE consumer = ${this.consumer} AND event_id = ${eventId}`,
+    );
+    if (seen) return false;
     await effect(tx);
+    await tx.run(record);
     return true;
   }
 }

@@ -10,16 +10,16 @@ import { pino } from "pino";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
 import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
-import { TestDatabases } from "../test/db.js";
+import { lockWaits, TestDatabases } from "../test/db.js";
 import { event, publishEvents, until } from "../test/events.js";
 import { tempDir } from "../test/fixtures.js";
 import { startNats, type TestNats } from "../test/nats.js";
 import { type Bus, connectBus } from "./bus.js";
 import { startConsumer } from "./consumer.js";
 import { migrations, openDatabase } from "./db.js";
-import { INBOX_MIGRATION, on } from "./inbox.js";
+import { INBOX_MIGRATION, Inbox, on } from "./inbox.js";
 import { silentLogger } from "./log.js";
-import type { Db } from "./sql.js";
+import type { Db, Tx } from "./sql.js";
 
 const log = silentLogger();
 const dir = tempDir();
@@ -101,4 +101,45 @@ it("lock in lockKey's order: two batches over the same rows wait for each other;
   // The control: in arrival order, the same batches deadlock — once. The batch PostgreSQL broke is
   // applied event by event, not run again whole to meet the other batch again.
   expect(await opposite(false)).toBe(1);
+});
+
+it("an event one replica applies alone while another's batch holds its order's row: no deadlock, the one alone fails on the inbox key", async () => {
+  const tag = `ord-inbox-race-${++run}`;
+  await db.run(sql`INSERT INTO rows (key, event_id) VALUES (${tag}, '')`);
+  const inbox = new Inbox(db, `${tag}-consumer`);
+  const lockRow = async (tx: Tx) => {
+    await tx.run(sql`UPDATE rows SET event_id = ${tag} WHERE key = ${tag}`);
+  };
+  const outcome = (p: Promise<unknown>) =>
+    p.then(
+      () => "committed",
+      (err: { code?: string }) => err.code ?? String(err),
+    );
+  let goOn = () => {};
+  const paused = new Promise<void>((r) => {
+    goOn = r;
+  });
+  // The batch: an earlier event of the order has locked its row; the same event as the other's is next.
+  const batch = outcome(
+    db.transaction(
+      async (tx) => {
+        await lockRow(tx);
+        await paused;
+        await inbox.onceIn(tx, `${tag}-e`, "t", lockRow);
+      },
+      { rerunOnConflict: false },
+    ),
+  );
+  // The same event alone, on another replica (a redelivery): it waits for the order's row.
+  const alone = outcome(db.transaction((tx) => inbox.onceIn(tx, `${tag}-e`, "t", lockRow), { rerunOnConflict: false }));
+  await until(
+    () => lockWaits(db),
+    (n) => n === 1,
+  );
+  goOn();
+  // Had the one alone taken the inbox key first, the batch would wait for it: a deadlock (40P01).
+  expect(await batch).toBe("committed");
+  expect(await alone).toBe("23505");
+  // Run again, as Db.transaction does, it finds the event applied.
+  expect(await db.transaction((tx) => inbox.onceIn(tx, `${tag}-e`, "t", lockRow))).toBe(false);
 });

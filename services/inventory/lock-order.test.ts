@@ -156,3 +156,40 @@ it("a reservation whose stock is taken between its read and its update runs agai
   ]);
   await store.db.run(sql`UPDATE products SET available = 1, reserved = 0 WHERE id = 'limited-print'`);
 });
+
+it("a reservation in a caller's transaction (a consumer's) locks its products first: it runs once, whatever moves", async () => {
+  const tag = `ord-inv-caller-${++run}`;
+  let commit = () => {};
+  const held = new Promise<void>((r) => {
+    commit = r;
+  });
+  const holder = store.db.transaction(async (tx) => {
+    await tx.run(sql`UPDATE products SET available = 0, reserved = reserved + 1 WHERE id = 'limited-print'`);
+    await held;
+  });
+  // A rerun of the caller's transaction calls reserve afresh: planned unlocked, it could fail each time.
+  let runs = 0;
+  const reserving = store.db.transaction((tx) => {
+    runs++;
+    return store.reserve(
+      `${tag}-key`,
+      "fp",
+      tag,
+      [{ productId: "limited-print", quantity: 1 }],
+      SagaMode.CHOREOGRAPHY,
+      tx,
+    );
+  });
+  await until(
+    () => lockWaits(store.db),
+    (n) => n === 1,
+  );
+  commit();
+  await holder;
+  expect(await reserving).toMatchObject({
+    kind: "rejected",
+    shortages: [{ productId: "limited-print", available: 0 }],
+  });
+  expect(runs).toBe(1);
+  await store.db.run(sql`UPDATE products SET available = 1, reserved = 0 WHERE id = 'limited-print'`);
+});

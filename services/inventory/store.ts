@@ -236,12 +236,14 @@ export class InventoryStore {
     sagaMode: SagaMode = SagaMode.ORCHESTRATION,
     tx?: Tx,
   ): Promise<ReserveResult> {
-    // A popular product's row is what reservations wait for (PostgreSQL), so it is locked last: the
+    // A popular product's row is what reservations wait for (PostgreSQL), so a call locks it last: the
     // plan is made from stock as last committed, the reservation and its event written, and then each
     // product's UPDATE (by id, the one lock order) takes its row, checking the stock is still there,
     // right before the commit. If it moved meanwhile, the transaction runs again, locking first.
     // A shortage is always decided on locked rows, as a release under way may be about to end it.
-    let lockFirst = false;
+    // In a caller's transaction (a consumer's) the rows are locked first: a batch holds them already,
+    // and a rerun of the caller's transaction would call this afresh, unlocked again.
+    let lockFirst = tx !== undefined;
     return this.db.within(tx, async (tx): Promise<ReserveResult> => {
       const prior = await this.reservationByKey(tx, key);
       switch (keyUse(prior?.fingerprint, fingerprint)) {
