@@ -21,18 +21,18 @@ const POSTGRES_ONLY = [
  */
 const SATURATING = ["test/bench.test.ts", "test/compare.test.ts", "test/footprint.test.ts"];
 /**
- * Suites that start `make run`'s runner on ports picked beforehand (freePort: free when asked, bound
- * seconds later): alongside other suites, whose servers take ephemeral ports, one was taken in between
- * (a service then failed to bind, and a call found another test's server). They run with the
- * saturating ones, alone.
- */
-/**
  * Suites that assert a time bound under a load of their own (40 orders during a payment outage each
  * end within the step budget and a few seconds). On PostgreSQL a whole system in one process at that
  * rate takes most of a core: beside another suite the bound was missed (one CI run in three). Their
  * PostgreSQL run comes last, alone.
  */
 const TIMED_ON_POSTGRES = ["services/order/compensation.test.ts"];
+/**
+ * Suites that start `make run`'s runner on ports picked beforehand (freePort: free when asked, bound
+ * seconds later): alongside other suites, whose servers take ephemeral ports, one was taken in between
+ * (a service then failed to bind, and a call found another test's server). They run with the
+ * saturating ones, alone.
+ */
 const PICKED_PORTS = ["test/outage.test.ts", "test/docs.test.ts", "test/run.test.ts", "test/history-rebuild.test.ts"];
 
 // Two cores here: two workers; integration tests start real servers on
