@@ -119,17 +119,23 @@ it("an event one replica applies alone while another's batch holds its order's r
   const paused = new Promise<void>((r) => {
     goOn = r;
   });
+  let locked = () => {};
+  const holding = new Promise<void>((r) => {
+    locked = r;
+  });
   // The batch: an earlier event of the order has locked its row; the same event as the other's is next.
   const batch = outcome(
     db.transaction(
       async (tx) => {
         await lockRow(tx);
+        locked();
         await paused;
         await inbox.onceIn(tx, `${tag}-e`, "t", lockRow);
       },
       { rerunOnConflict: false },
     ),
   );
+  await holding;
   // The same event alone, on another replica (a redelivery): it waits for the order's row.
   const alone = outcome(db.transaction((tx) => inbox.onceIn(tx, `${tag}-e`, "t", lockRow), { rerunOnConflict: false }));
   await until(

@@ -113,6 +113,20 @@ it("a batch of orders locks all its products first, by id: no deadlock with a re
   expect(await batchAgainstCall(false)).toBe(1);
 });
 
+/** A transaction that takes the last print and holds its row until `held` resolves; `taken` once it holds it. */
+function takeLastPrint(held: Promise<void>): { taken: Promise<void>; done: Promise<void> } {
+  let took = () => {};
+  const taken = new Promise<void>((r) => {
+    took = r;
+  });
+  const done = store.db.transaction(async (tx) => {
+    await tx.run(sql`UPDATE products SET available = 0, reserved = reserved + 1 WHERE id = 'limited-print'`);
+    took();
+    await held;
+  });
+  return { taken, done };
+}
+
 it("a reservation whose stock is taken between its read and its update runs again on locked rows: rejected, nothing oversold", async () => {
   const tag = `ord-inv-moved-${++run}`;
   const [before] = await store.db.all(sql<{ available: number; reserved: number }>`SELECT available, reserved
@@ -123,14 +137,8 @@ it("a reservation whose stock is taken between its read and its update runs agai
   const held = new Promise<void>((r) => {
     commit = r;
   });
-  const holder = store.db.transaction(async (tx) => {
-    await tx.run(sql`UPDATE products SET available = 0, reserved = reserved + 1 WHERE id = 'limited-print'`);
-    await held;
-  });
-  await until(
-    () => lockWaits(store.db),
-    (n) => n === 0,
-  );
+  const holder = takeLastPrint(held);
+  await holder.taken;
   // The reservation read the print as available (last committed) and now waits for its row.
   const reserving = store.reserve(`${tag}-key`, "fp", tag, [{ productId: "limited-print", quantity: 1 }]);
   await until(
@@ -138,7 +146,7 @@ it("a reservation whose stock is taken between its read and its update runs agai
     (n) => n === 1,
   );
   commit();
-  await holder;
+  await holder.done;
   expect(await reserving).toEqual({
     kind: "rejected",
     shortages: [{ productId: "limited-print", requested: 1, available: 0 }],
@@ -163,10 +171,8 @@ it("a reservation in a caller's transaction (a consumer's) locks its products fi
   const held = new Promise<void>((r) => {
     commit = r;
   });
-  const holder = store.db.transaction(async (tx) => {
-    await tx.run(sql`UPDATE products SET available = 0, reserved = reserved + 1 WHERE id = 'limited-print'`);
-    await held;
-  });
+  const holder = takeLastPrint(held);
+  await holder.taken;
   // A rerun of the caller's transaction calls reserve afresh: planned unlocked, it could fail each time.
   let runs = 0;
   const reserving = store.db.transaction((tx) => {
@@ -185,7 +191,7 @@ it("a reservation in a caller's transaction (a consumer's) locks its products fi
     (n) => n === 1,
   );
   commit();
-  await holder;
+  await holder.done;
   expect(await reserving).toMatchObject({
     kind: "rejected",
     shortages: [{ productId: "limited-print", available: 0 }],
