@@ -113,8 +113,12 @@ it("a batch of orders locks all its products first, by id: no deadlock with a re
   expect(await batchAgainstCall(false)).toBe(1);
 });
 
-/** A transaction that takes the last print and holds its row until `held` resolves; `taken` once it holds it. */
-function takeLastPrint(held: Promise<void>): { taken: Promise<void>; done: Promise<void> } {
+/** A transaction that takes the last print and holds its row until `commit()` (then `done`); resolves once it holds it. */
+async function takeLastPrint(): Promise<{ commit: () => void; done: Promise<void> }> {
+  let commit = () => {};
+  const held = new Promise<void>((r) => {
+    commit = r;
+  });
   let took = () => {};
   const taken = new Promise<void>((r) => {
     took = r;
@@ -124,7 +128,8 @@ function takeLastPrint(held: Promise<void>): { taken: Promise<void>; done: Promi
     took();
     await held;
   });
-  return { taken, done };
+  await taken;
+  return { commit, done };
 }
 
 it("a reservation whose stock is taken between its read and its update runs again on locked rows: rejected, nothing oversold", async () => {
@@ -133,19 +138,14 @@ it("a reservation whose stock is taken between its read and its update runs agai
     FROM products WHERE id = 'limited-print'`);
   expect(before).toEqual({ available: 1, reserved: 0 });
   // Another transaction takes the last print and holds its row while the reservation runs.
-  let commit = () => {};
-  const held = new Promise<void>((r) => {
-    commit = r;
-  });
-  const holder = takeLastPrint(held);
-  await holder.taken;
+  const holder = await takeLastPrint();
   // The reservation read the print as available (last committed) and now waits for its row.
   const reserving = store.reserve(`${tag}-key`, "fp", tag, [{ productId: "limited-print", quantity: 1 }]);
   await until(
     () => lockWaits(store.db),
     (n) => n === 1,
   );
-  commit();
+  holder.commit();
   await holder.done;
   expect(await reserving).toEqual({
     kind: "rejected",
@@ -167,12 +167,7 @@ it("a reservation whose stock is taken between its read and its update runs agai
 
 it("a reservation in a caller's transaction (a consumer's) locks its products first: it runs once, whatever moves", async () => {
   const tag = `ord-inv-caller-${++run}`;
-  let commit = () => {};
-  const held = new Promise<void>((r) => {
-    commit = r;
-  });
-  const holder = takeLastPrint(held);
-  await holder.taken;
+  const holder = await takeLastPrint();
   // A rerun of the caller's transaction calls reserve afresh: planned unlocked, it could fail each time.
   let runs = 0;
   const reserving = store.db.transaction((tx) => {
@@ -190,7 +185,7 @@ it("a reservation in a caller's transaction (a consumer's) locks its products fi
     () => lockWaits(store.db),
     (n) => n === 1,
   );
-  commit();
+  holder.commit();
   await holder.done;
   expect(await reserving).toMatchObject({
     kind: "rejected",
