@@ -33,6 +33,15 @@ import {
   shortageReason,
 } from "./domain.js";
 import {
+  byProduct,
+  heldProductIds,
+  insertReservation,
+  lockedProducts,
+  productIn,
+  reservationByKey,
+  unlockedProducts,
+} from "./rows.js";
+import {
   held,
   MIGRATIONS,
   type ProductRow,
@@ -53,10 +62,6 @@ class StockMoved extends Error {
     super(`stock of ${productId} moved during its reservation`);
   }
 }
-
-/** `lines` by product id: the order every transaction here takes product rows in. */
-const byProduct = (lines: readonly Line[]): Line[] =>
-  [...lines].sort((a, b) => (a.productId < b.productId ? -1 : a.productId > b.productId ? 1 : 0));
 
 /** Result of {@link InventoryStore.release}. */
 export type ReleaseResult =
@@ -111,14 +116,9 @@ export class InventoryStore {
     });
   }
 
-  private async productIn(q: Db | Tx, id: string): Promise<ProductRecord | undefined> {
-    const row = await q.one(sql<ProductRow>`SELECT * FROM products WHERE id = ${id}`);
-    return row && toProduct(row);
-  }
-
   /** One product, or undefined. */
   product(id: string): Promise<ProductRecord | undefined> {
-    return this.productIn(this.db, id);
+    return productIn(this.db, id);
   }
 
   /** Up to `limit` products with id greater than `after`, by id. */
@@ -130,25 +130,6 @@ export class InventoryStore {
   }
 
   /**
-   * The products `ids` names (those that exist), locked for this transaction in the one order every
-   * transaction here locks products in — by id — so no two ever wait for each other in a cycle.
-   */
-  private async lockedProducts(tx: Tx, ids: Iterable<string>): Promise<Map<string, ProductRecord>> {
-    const stock = new Map<string, ProductRecord>();
-    for (const id of [...new Set(ids)].sort()) {
-      const row = await tx.one(sql<ProductRow>`SELECT * FROM products WHERE id = ${id} ${tx.forUpdate}`);
-      if (row) stock.set(row.id, toProduct(row));
-    }
-    return stock;
-  }
-
-  /** The products `ids` names (those that exist), as last committed: no lock taken. */
-  private async unlockedProducts(tx: Tx, ids: readonly string[]): Promise<Map<string, ProductRecord>> {
-    const rows = await tx.all(sql<ProductRow>`SELECT * FROM products WHERE id IN (${sql.join(ids)})`);
-    return new Map(rows.map((r) => [r.id, toProduct(r)]));
-  }
-
-  /**
    * Locks (PostgreSQL; on SQLite the transaction holds the whole database) every product that
    * reserving `productIds` or cancelling the reservations made with `keys` would change: a consumer's
    * batch of several orders, which share products, locks them all first, so it never holds one
@@ -156,39 +137,7 @@ export class InventoryStore {
    */
   async lockForBatch(tx: Tx, productIds: readonly string[], keys: readonly string[]): Promise<void> {
     if (tx.engine !== "postgres") return;
-    const ids = [...productIds];
-    if (keys.length > 0) {
-      const held = await tx.all(sql<Pick<ReservationRow, "items">>`SELECT items FROM reservations
-        WHERE status = 'RESERVED' AND idempotency_key IN (${sql.join(keys)})`);
-      for (const r of held) for (const l of JSON.parse(r.items) as Line[]) ids.push(l.productId);
-    }
-    await this.lockedProducts(tx, ids);
-  }
-
-  /** The reservation made with `key`, locked for this transaction. */
-  private reservationByKey(tx: Tx, key: string): Promise<ReservationRow | undefined> {
-    return tx.one(sql<ReservationRow>`SELECT * FROM reservations WHERE idempotency_key = ${key} ${tx.forUpdate}`);
-  }
-
-  private insertReservation(
-    tx: Tx,
-    r: {
-      id: string;
-      key: string;
-      fingerprint: string;
-      orderId: string;
-      status: ReservationRow["status"];
-      items: string;
-      totalMinor: number;
-      currency: string;
-      shortages: string | null;
-      now: number;
-    },
-  ): Promise<number> {
-    return tx.run(sql`INSERT INTO reservations (id, idempotency_key, fingerprint, order_id, status, items, total_minor,
-        currency, shortages, created_at, updated_at)
-      VALUES (${r.id}, ${r.key}, ${r.fingerprint}, ${r.orderId}, ${r.status}, ${r.items}, ${r.totalMinor},
-        ${r.currency}, ${r.shortages}, ${r.now}, ${r.now})`);
+    await lockedProducts(tx, [...productIds, ...(await heldProductIds(tx, keys))]);
   }
 
   /**
@@ -199,10 +148,10 @@ export class InventoryStore {
    */
   cancelByKey(key: string, orderId: string, tx?: Tx): Promise<CancelResult> {
     return this.db.within(tx, async (tx) => {
-      const prior = await this.reservationByKey(tx, key);
+      const prior = await reservationByKey(tx, key);
       if (!prior) {
         const now = this.clock();
-        await this.insertReservation(tx, {
+        await insertReservation(tx, {
           id: newId("res", now),
           key,
           fingerprint: VOIDED,
@@ -245,7 +194,7 @@ export class InventoryStore {
     // and a rerun of the caller's transaction would call this afresh, unlocked again.
     let lockFirst = tx !== undefined;
     return this.db.within(tx, async (tx): Promise<ReserveResult> => {
-      const prior = await this.reservationByKey(tx, key);
+      const prior = await reservationByKey(tx, key);
       switch (keyUse(prior?.fingerprint, fingerprint)) {
         case "voided":
           return { kind: "rejected", shortages: [], replayed: true };
@@ -260,16 +209,13 @@ export class InventoryStore {
           break;
       }
       const ids = lines.map((l) => l.productId);
-      let plan: Plan = planReservation(
-        lines,
-        await (lockFirst ? this.lockedProducts(tx, ids) : this.unlockedProducts(tx, ids)),
-      );
-      if (plan.kind === "short" && !lockFirst) plan = planReservation(lines, await this.lockedProducts(tx, ids));
+      let plan: Plan = planReservation(lines, await (lockFirst ? lockedProducts(tx, ids) : unlockedProducts(tx, ids)));
+      if (plan.kind === "short" && !lockFirst) plan = planReservation(lines, await lockedProducts(tx, ids));
       const now = this.clock();
       const id = newId("res", now);
       const base = { id, key, fingerprint, orderId, items: JSON.stringify(lines), now };
       if (plan.kind === "short") {
-        await this.insertReservation(tx, {
+        await insertReservation(tx, {
           ...base,
           status: "REJECTED",
           totalMinor: 0,
@@ -288,7 +234,7 @@ export class InventoryStore {
         totalMinor: plan.totalMinor,
         currency: plan.currency,
       };
-      await this.insertReservation(tx, { ...reservation, shortages: null });
+      await insertReservation(tx, { ...reservation, shortages: null });
       await this.outbox.add(tx, StockReservedSchema, orderId, {
         reservationId: id,
         items: plan.lines.map((l) => ({ ...l })),
@@ -365,14 +311,14 @@ export class InventoryStore {
       );
       switch (keyUse(prior?.fingerprint, fingerprint)) {
         case "replay":
-          return { kind: "restocked", product: (await this.productIn(tx, prior?.product_id ?? "")) as ProductRecord };
+          return { kind: "restocked", product: (await productIn(tx, prior?.product_id ?? "")) as ProductRecord };
         case "key-reused":
         case "voided":
           return { kind: "key-reused" };
         case "new":
           break;
       }
-      const product = await this.productIn(tx, productId);
+      const product = await productIn(tx, productId);
       if (!product) return { kind: "not-found" };
       const now = this.clock();
       const added = await tx.run(sql`UPDATE products SET available = available + ${quantity}, updated_at = ${now}
@@ -380,7 +326,7 @@ export class InventoryStore {
       if (added !== 1) return { kind: "over-capacity", product };
       await tx.run(sql`INSERT INTO restocks (idempotency_key, fingerprint, product_id, quantity, created_at)
         VALUES (${key}, ${fingerprint}, ${productId}, ${quantity}, ${now})`);
-      return { kind: "restocked", product: (await this.productIn(tx, productId)) as ProductRecord };
+      return { kind: "restocked", product: (await productIn(tx, productId)) as ProductRecord };
     });
   }
 
