@@ -34,8 +34,8 @@ kind-up: $(filter $(ISTIOCTL_PINNED),$(ISTIOCTL)) ## kind cluster + Istio (pinne
 	$(ISTIOCTL) install --context $(KIND_CONTEXT) -y -f deploy/kind/istio.yaml
 	$(KUBECTL) -n istio-system wait --for=condition=Available deployment --all --timeout=5m
 
-images: ## Build the one shopmesh image (Dockerfile) as IMAGE (default shopmesh:dev)
-	docker build --provenance=false -t $(IMAGE) .
+images: ## Build the one shopmesh image (Dockerfile) as IMAGE (default shopmesh:dev); NODE_IMAGE= sets its base
+	docker build --provenance=false -t $(IMAGE)$(if $(NODE_IMAGE), --build-arg NODE_IMAGE=$(NODE_IMAGE)) .
 
 # As an archive: `kind load docker-image` fails on Docker's containerd image store (kind #3795).
 kind-load: images ## Build the image and copy it into the kind nodes (no registry needed)
