@@ -15,6 +15,7 @@
  */
 import { join } from "node:path";
 import { EVENTS } from "../contracts/events.js";
+import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { connectBus } from "../platform/bus.js";
 import { migrations, openDatabase } from "../platform/db.js";
@@ -50,11 +51,16 @@ void (async () => {
 })();
 const add = (i: number) =>
   db.transaction((tx) =>
-    outbox.add(tx, OrderPlacedSchema, `ord-${i % 50}`, {
-      customerId: "bench",
-      items: [{ productId: "coffee-beans", quantity: 1 }],
-      cardToken: "tok_visa",
-    }),
+    outbox.add(
+      tx,
+      OrderPlacedSchema,
+      { orderId: `ord-${i % 50}`, sagaMode: SagaMode.ORCHESTRATION },
+      {
+        customerId: "bench",
+        items: [{ productId: "coffee-beans", quantity: 1 }],
+        cardToken: "tok_visa",
+      },
+    ),
   );
 
 /** `count` events by `concurrency` callers, each waiting for an arrival after its commit. */

@@ -22,11 +22,12 @@ import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BUS_USERS, EVENTS } from "../contracts/events.js";
+import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { OrderCancelledSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { startNats, type TestNats } from "../test/nats.js";
 import { connectBus, inboxPrefixOf } from "./bus.js";
 import { BUS_ADMIN, durableOf, natsAuthorization, provisionBus, STREAMS_ACCOUNT } from "./bus-access.js";
-import type { EventKind } from "./catalogue.js";
+import { type EventKind, eventSubject } from "./catalogue.js";
 import { letterId } from "./dead-letter.js";
 import { decodeEvent } from "./inbox.js";
 import { silentLogger } from "./log.js";
@@ -54,11 +55,14 @@ const as = async (user: string) => {
 };
 
 const CANCELLED = EVENTS.kinds.find((k) => k.typeName.endsWith("OrderCancelled")) as EventKind;
+const CANCELLED_SUBJECT = eventSubject(CANCELLED, SagaMode.CHOREOGRAPHY);
 /** A well-formed OrderCancelled, as only order may publish it. */
 const forged = {
   payload: toBinary(
     OrderCancelledSchema,
-    create(OrderCancelledSchema, { meta: { eventId: "evt_forged1", orderId: "ord_forged1" } }),
+    create(OrderCancelledSchema, {
+      meta: { eventId: "evt_forged1", orderId: "ord_forged1", sagaMode: SagaMode.CHOREOGRAPHY },
+    }),
   ),
   headers() {
     const h = headers();
@@ -157,7 +161,7 @@ describe("publishing", () => {
     const jsm = await jetstreamManager(nc);
     const refused = /Permissions Violation/;
     await expect(
-      jsm.streams.add({ name: "SIDE", subjects: ["side.>"], republish: { src: ">", dest: "order.order.cancelled" } }),
+      jsm.streams.add({ name: "SIDE", subjects: ["side.>"], republish: { src: ">", dest: CANCELLED_SUBJECT } }),
     ).rejects.toThrow(refused);
     await expect(jsm.streams.update("INVENTORY", { subjects: ["inventory.>", "side.>"] })).rejects.toThrow(refused);
     await expect(jsm.streams.purge("ORDER")).rejects.toThrow(refused);
@@ -170,33 +174,33 @@ describe("publishing", () => {
   it("an event a consumer delivers into another stream's subjects keeps its publisher's subject, and is refused", async () => {
     // What publish rights cannot stop: a push consumer's deliveries are stored by any stream whose
     // subjects they go to, once something subscribes there. Inventory's user, which may consume ORDER,
-    // has the server deliver order's OrderCancelled to payment.payment.refunded, which PAYMENT keeps.
+    // has the server deliver order's OrderCancelled to payment.payment.refunded.choreography, which PAYMENT keeps.
     await using order = await as("order");
     await using nc = await as("inventory");
     await using admin = await as(BUS_ADMIN);
     const jsm = await jetstreamManager(nc);
-    await jetstream(order).publish(CANCELLED.subject, forged.payload, { headers: forged.headers() });
+    await jetstream(order).publish(CANCELLED_SUBJECT, forged.payload, { headers: forged.headers() });
     const durable = durableOf("inventory", "ORDER");
     const deliverInto = () =>
       jsm.consumers.add("ORDER", {
         name: durable,
-        deliver_subject: "payment.payment.refunded",
+        deliver_subject: "payment.payment.refunded.choreography",
         deliver_policy: DeliverPolicy.Last,
         ack_policy: AckPolicy.None,
       });
     // It may not subscribe there itself, and without interest the server delivers nothing.
-    const interest = nc.subscribe("payment.payment.refunded");
+    const interest = nc.subscribe("payment.payment.refunded.choreography");
     expect(String(await interest.closed)).toMatch(/Permissions Violation/);
     await expect(storedIn(nc, "PAYMENT", deliverInto)).rejects.toThrow(/stored nothing/);
     await (await jetstreamManager(admin)).consumers.delete("ORDER", durable);
     // Anyone else's interest serves (`make events` tails every subject as the administrator).
-    const tail = admin.subscribe("payment.payment.refunded");
+    const tail = admin.subscribe("payment.payment.refunded.choreography");
     const stored = await storedIn(nc, "PAYMENT", deliverInto);
     tail.unsubscribe();
     await (await jetstreamManager(admin)).consumers.delete("ORDER", durable);
-    expect(stored.subject).toBe(CANCELLED.subject);
+    expect(stored.subject).toBe(CANCELLED_SUBJECT);
     expect(decodeEvent(stored, EVENTS)).toEqual({
-      unusable: expect.stringContaining("is published on order.order.cancelled (ORDER)"),
+      unusable: expect.stringContaining("is published on order.order.cancelled.<mode> (ORDER)"),
     });
   });
 
@@ -225,10 +229,10 @@ describe("publishing", () => {
     await jetstream(admin).publish("side.forged", forged.payload, { headers: forged.headers() });
     const stored = await storedIn(admin, "ORDER", async () => {
       admin.publish("$JS.API.DIRECT.GET.SIDE", JSON.stringify({ last_by_subj: "side.forged" }), {
-        reply: CANCELLED.subject,
+        reply: CANCELLED_SUBJECT,
       });
     });
-    expect(stored.subject).toBe(CANCELLED.subject);
+    expect(stored.subject).toBe(CANCELLED_SUBJECT);
     expect(decodeEvent(stored, EVENTS)).toEqual({ unusable: expect.stringContaining("a copy of a stored message") });
   });
 
@@ -273,7 +277,7 @@ describe("publishing", () => {
     await new Promise((r) => setTimeout(r, 500));
     // Nor is an answer sent to an event's subject stored as one (it was, as noise every consumer dead-lettered).
     const orders = (await jsm.streams.info("ORDER")).state.last_seq;
-    gateway.publish("$JS.API.INFO", new Uint8Array(), { reply: CANCELLED.subject });
+    gateway.publish("$JS.API.INFO", new Uint8Array(), { reply: CANCELLED_SUBJECT });
     await gateway.flush();
     await new Promise((r) => setTimeout(r, 500));
     expect((await jsm.streams.info("ORDER")).state.last_seq).toBe(orders);

@@ -58,6 +58,9 @@ function consuming(service: string, streams: readonly string[]): string[] {
     // creates whatever the last token says (a hostile round read every stream that way).
     return [
       `$JS.API.CONSUMER.CREATE.${s}.${d}`,
+      // Made with a filter subject, the create names it after the durable: any filter on its own
+      // durable of this stream, whose every event the service may read anyway.
+      `$JS.API.CONSUMER.CREATE.${s}.${d}.>`,
       `$JS.API.CONSUMER.DURABLE.CREATE.${s}.${d}`,
       `$JS.API.CONSUMER.INFO.${s}.${d}`,
       `$JS.API.CONSUMER.MSG.NEXT.${s}.${d}`,

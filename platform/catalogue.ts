@@ -4,19 +4,24 @@
  * catalogue its contracts define (contracts/events.ts), and the bus, the
  * outbox and the consumers look types up there.
  *
- * Subjects follow one rule, `<context>.<aggregate>.<what happened>`: the
- * stream's name in lower case, the message name's first word, and the rest
- * of it in snake case — `StockReserved` on INVENTORY is
- * `inventory.stock.reserved`. A stream takes every subject under its context.
+ * Subjects follow one rule, `<context>.<aggregate>.<what happened>.<mode>`:
+ * the stream's name in lower case, the message name's first word, the rest
+ * of it in snake case, and the saga mode of the order the event belongs to
+ * (its `meta.saga_mode`) — `StockReserved` of a choreographed order is
+ * `inventory.stock.reserved.choreography`. A stream takes every subject
+ * under its context. The mode is in the subject so that a consumer taking
+ * part in one mode only is sent only that mode's events: nats-server filters
+ * a consumer by one subject (several from 2.10 on), not by a header.
  */
 import { createRegistry, type DescMessage, type Registry } from "@bufbuild/protobuf";
+import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 
 /** One event type. */
 export interface EventKind {
   /** The protobuf type name, e.g. `shopmesh.inventory.v1.StockReserved` (the `ce-type` header). */
   readonly typeName: string;
   readonly schema: DescMessage;
-  /** The NATS subject it is published on. */
+  /** The NATS subject it is published on, but for its last token, the mode: `inventory.stock.reserved`. */
   readonly subject: string;
   /** The JetStream stream that keeps it. */
   readonly stream: string;
@@ -43,7 +48,37 @@ export interface EventCatalogue {
   kind(typeName: string): EventKind | undefined;
 }
 
-/** The subject of `schema` on `stream` (see the module comment). */
+/** The last token of an event's subject: the saga mode of its order. */
+export function modeToken(mode: SagaMode): "orchestration" | "choreography" {
+  if (mode === SagaMode.ORCHESTRATION) return "orchestration";
+  if (mode === SagaMode.CHOREOGRAPHY) return "choreography";
+  throw new Error(`an event belongs to an order orchestrated or choreographed, not ${SagaMode[mode] ?? mode}`);
+}
+
+/** The subject an event of `kind` about an order in `mode` is published on. */
+export function eventSubject(kind: EventKind, mode: SagaMode): string {
+  return `${kind.subject}.${modeToken(mode)}`;
+}
+
+/**
+ * The filter subject of a consumer of `stream` that handles the types `typeNames` (of `catalogue`),
+ * in `mode` only when given: one type's subject when it handles one, else the stream's events of
+ * that mode; undefined for every event on the stream.
+ */
+export function filterSubject(
+  catalogue: EventCatalogue,
+  stream: string,
+  typeNames: readonly string[],
+  mode?: SagaMode,
+): string | undefined {
+  const last = mode === undefined ? "*" : modeToken(mode);
+  const kinds = [...new Set(typeNames)].map((t) => catalogue.kind(t));
+  const [only] = kinds;
+  if (kinds.length === 1 && only?.stream === stream) return `${only.subject}.${last}`;
+  return mode === undefined ? undefined : `${stream.toLowerCase()}.*.*.${last}`;
+}
+
+/** The subject of `schema` on `stream` but for its mode (see the module comment). */
 export function subjectOf(stream: string, schema: DescMessage): string {
   const words = schema.name.split(/(?=[A-Z])/).map((w) => w.toLowerCase());
   const [aggregate, ...happened] = words;

@@ -1,4 +1,5 @@
 /** The declaration side of a consumer: what a service states about each stream it consumes (platform/consumer.ts runs it). */
+import type { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import type { EventHandler } from "./inbox.js";
 import type { Tx } from "./sql.js";
 
@@ -8,6 +9,12 @@ export interface ConsumerSpec {
   /** Durable consumer name, unique per service and stream, e.g. "notification-order". */
   readonly durable: string;
   readonly handlers: ReadonlyArray<[string, EventHandler]>;
+  /**
+   * For a consumer that takes part in one saga mode only: the events of orders in that mode are all
+   * the server sends it (the last token of their subject, its filter subject). A consumer that
+   * handles one type is sent only that type's events anyway.
+   */
+  readonly sagaMode?: SagaMode;
   /**
    * How long an event that arrives while the consumer is idle waits for others to be settled with it,
    * in one transaction (default 0: at the end of the event loop's turn). For consumers off every

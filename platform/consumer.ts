@@ -13,7 +13,7 @@ import { SpanKind } from "@opentelemetry/api";
 import { backoffMs } from "./backoff.js";
 import { settleInBatches } from "./batches.js";
 import type { Bus } from "./bus.js";
-import type { EventCatalogue } from "./catalogue.js";
+import { type EventCatalogue, filterSubject } from "./catalogue.js";
 import type { FaultInjector } from "./chaos.js";
 import type { ConsumerSpec } from "./consumer-spec.js";
 import { isDatabaseUnavailable } from "./db-errors.js";
@@ -73,6 +73,12 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
     bus,
     stream: opts.stream,
     durable,
+    filter: filterSubject(
+      opts.catalogue,
+      opts.stream,
+      opts.handlers.map(([type]) => type),
+      opts.sagaMode,
+    ),
     log: clog,
     handle: (messages) =>
       settleInBatches(messages, {

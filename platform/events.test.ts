@@ -8,6 +8,7 @@ import { headers as natsHeaders } from "@nats-io/transport-node";
 import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
+import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { TestDatabases } from "../test/db.js";
 import { tempDir } from "../test/fixtures.js";
@@ -55,9 +56,12 @@ async function service() {
   return { db, outbox: new Outbox("test", EVENTS) };
 }
 
+/** What an event about the orchestrated order `orderId` is about. */
+const orch = (orderId: string) => ({ orderId, sagaMode: SagaMode.ORCHESTRATION });
+
 /** Adds one OrderPlaced about `orderId` in a transaction of its own; its event id. */
 function addPlaced(s: { db: Db; outbox: Outbox }, orderId: string): Promise<string> {
-  return s.db.transaction((tx) => s.outbox.add(tx, OrderPlacedSchema, orderId, placed(orderId)));
+  return s.db.transaction((tx) => s.outbox.add(tx, OrderPlacedSchema, orch(orderId), placed(orderId)));
 }
 
 /** Effects recorded for `eventId` (or for order `orderId`). */
@@ -155,12 +159,12 @@ describe("outbox", () => {
     const id = await addPlaced(svc, "ord-a");
     await expect(
       db.transaction(async (tx) => {
-        await outbox.add(tx, OrderPlacedSchema, "ord-rolled-back", placed("ord-rolled-back"));
+        await outbox.add(tx, OrderPlacedSchema, orch("ord-rolled-back"), placed("ord-rolled-back"));
         throw new Error("business rule failed");
       }),
     ).rejects.toThrow("business rule failed");
     const msgs = await until(
-      () => streamed("order.order.placed"),
+      () => streamed("order.order.placed.orchestration"),
       (m) => m.some((x) => x.eventId === id),
       3_000,
     );
@@ -216,7 +220,7 @@ describe("outbox", () => {
     await svc.db.transaction(
       (tx) =>
         tx.run(sql`INSERT INTO outbox (event_id, type, subject, payload, order_id, created_at)
-          VALUES (${pending}, ${OrderPlacedSchema.typeName}, 'order.order.placed', ${Buffer.from("x")}, 'ord-unflushed',
+          VALUES (${pending}, ${OrderPlacedSchema.typeName}, 'order.order.placed.orchestration', ${Buffer.from("x")}, 'ord-unflushed',
             ${Date.now()})`),
       { durable: false },
     );
@@ -233,7 +237,9 @@ describe("outbox", () => {
     expect((await relay.backlog()).count).toBe(30);
     relay.start();
     await drained(relay);
-    const seen = (await streamed("order.order.placed")).filter((m) => ids.includes(m.eventId)).map((m) => m.eventId);
+    const seen = (await streamed("order.order.placed.orchestration"))
+      .filter((m) => ids.includes(m.eventId))
+      .map((m) => m.eventId);
     expect(seen).toEqual(ids);
     await relay.stop();
   });
@@ -275,7 +281,9 @@ describe("outbox", () => {
     relay.start();
     await drained(relay);
     await relay.stop();
-    const seen = (await streamed("order.order.placed")).filter((m) => ids.includes(m.eventId)).map((m) => m.eventId);
+    const seen = (await streamed("order.order.placed.orchestration"))
+      .filter((m) => ids.includes(m.eventId))
+      .map((m) => m.eventId);
     expect([...seen].sort()).toEqual([...ids].sort());
     for (const order of new Set(orderOf.values())) {
       const of = (list: string[]) => list.filter((id) => orderOf.get(id) === order);
@@ -298,7 +306,7 @@ describe("outbox", () => {
     again.start();
     await drained(again);
     await again.stop();
-    expect((await streamed("order.order.placed")).filter((m) => m.eventId === id)).toHaveLength(1);
+    expect((await streamed("order.order.placed.orchestration")).filter((m) => m.eventId === id)).toHaveLength(1);
   });
 });
 
@@ -309,12 +317,12 @@ describe("consumers", () => {
     const id = await addPlaced(producer, "ord-d");
     await drained(relay);
     // Re-publish the same event under another Nats-Msg-Id: JetStream cannot dedupe it; the inbox must.
-    const original = (await streamed("order.order.placed")).find((m) => m.eventId === id);
+    const original = (await streamed("order.order.placed.orchestration")).find((m) => m.eventId === id);
     const raw = await bus.jsm.streams.getMessage("ORDER", { seq: original?.seq ?? 0 });
     if (!raw) throw new Error("original event not in the stream");
     const h = natsHeaders();
     for (const [k, v] of raw.header ?? []) if (k !== "Nats-Msg-Id") h.set(k, v[0] ?? "");
-    await bus.js.publish("order.order.placed", raw.data, { headers: h, msgID: `${id}-again` });
+    await bus.js.publish("order.order.placed.orchestration", raw.data, { headers: h, msgID: `${id}-again` });
 
     const consumer = await service();
     let duplicates = 0;
@@ -387,7 +395,10 @@ describe("consumers", () => {
     const h = natsHeaders();
     h.set("ce-type", "shopmesh.order.v1.OrderPlaced");
     h.set("ce-id", "evt_poison");
-    await bus.js.publish("order.order.placed", new Uint8Array([0xff, 0xff, 0xff]), { headers: h, msgID: "evt_poison" });
+    await bus.js.publish("order.order.placed.orchestration", new Uint8Array([0xff, 0xff, 0xff]), {
+      headers: h,
+      msgID: "evt_poison",
+    });
     const producer = await service();
     const relay = relaying(producer);
     const good = await addPlaced(producer, "ord-after-poison");
@@ -402,7 +413,7 @@ describe("consumers", () => {
       (m) => m !== null,
     );
     expect(dlq?.header.get("x-dlq-reason")).toMatch(/^undecodable shopmesh.order.v1.OrderPlaced payload/);
-    expect(dlq?.header.get("x-dlq-subject")).toBe("order.order.placed");
+    expect(dlq?.header.get("x-dlq-subject")).toBe("order.order.placed.orchestration");
     await c.stop();
     await relay.stop();
   });
@@ -466,29 +477,42 @@ describe("consumers", () => {
     const control = ce("evt_control");
     control.set("Nats-Expected-Stream", "ORDER");
     const seqs = [
-      (await bus.js.publish("order.order.placed", new Uint8Array([0xff, 0xff, 0xff]), { headers: control })).seq,
+      (
+        await bus.js.publish("order.order.placed.orchestration", new Uint8Array([0xff, 0xff, 0xff]), {
+          headers: control,
+        })
+      ).seq,
     ];
     // A payload near max_payload: with the dead letter's headers it no longer fit.
     const big = Buffer.concat([event("evt_big"), Buffer.alloc(bus.nc.info?.max_payload ?? 0)]).subarray(
       0,
       (bus.nc.info?.max_payload ?? 0) - 100,
     );
-    seqs.push((await bus.js.publish("order.order.placed", big, { headers: ce("evt_big") })).seq);
+    seqs.push((await bus.js.publish("order.order.placed.orchestration", big, { headers: ce("evt_big") })).seq);
     // A header name nats.js cannot read (a space), stored as sent: reading the headers threw.
     const hdr = "NATS/1.0\r\nce-type: shopmesh.order.v1.OrderPlaced\r\nce-id: evt_raw\r\nBad Key: y\r\n\r\n";
-    seqs.push(await rawPublish(nats.port, "order.order.placed", hdr, event("evt_raw")));
+    seqs.push(await rawPublish(nats.port, "order.order.placed.orchestration", hdr, event("evt_raw")));
     // Another event's id: the inbox deduplicates on ce-id, so a copy with a new one applied twice.
-    seqs.push((await bus.js.publish("order.order.placed", event("evt_real"), { headers: ce("evt_copy") })).seq);
+    seqs.push(
+      (await bus.js.publish("order.order.placed.orchestration", event("evt_real"), { headers: ce("evt_copy") })).seq,
+    );
     // A header name with a line feed: nats.js quotes it raw in its error, which no header may hold.
     const lf = "NATS/1.0\r\nce-type: shopmesh.order.v1.OrderPlaced\r\nce-id: evt_lf\r\nBad\nKey: y\r\n\r\n";
-    seqs.push(await rawPublish(nats.port, "order.order.placed", lf, event("evt_lf")));
+    seqs.push(await rawPublish(nats.port, "order.order.placed.orchestration", lf, event("evt_lf")));
     // A header block just under JetStream's 64 KiB: with the dead letter's own headers, over it.
     const head = "NATS/1.0\r\nce-type: shopmesh.order.v1.OrderPlaced\r\nce-id: evt_head\r\nx-pad: ";
     const pad = "p".repeat(65_536 - 100 - head.length);
-    seqs.push(await rawPublish(nats.port, "order.order.placed", `${head}${pad}\r\n\r\n`, new Uint8Array([0xff, 0xff])));
+    seqs.push(
+      await rawPublish(
+        nats.port,
+        "order.order.placed.orchestration",
+        `${head}${pad}\r\n\r\n`,
+        new Uint8Array([0xff, 0xff]),
+      ),
+    );
     // An id far longer than any service writes: it would be stored and listed back.
     const long = `evt_${"l".repeat(200)}`;
-    seqs.push((await bus.js.publish("order.order.placed", event(long), { headers: ce(long) })).seq);
+    seqs.push((await bus.js.publish("order.order.placed.orchestration", event(long), { headers: ce(long) })).seq);
     try {
       const producer = await service();
       const relay = relaying(producer, bus);
@@ -774,7 +798,8 @@ describe("several replicas on one database", () => {
       ids.push(
         ...(await svc.db.transaction(async (tx) => {
           const out: string[] = [];
-          for (let i = 0; i < 5; i++) out.push(await svc.outbox.add(tx, OrderPlacedSchema, `ord-r${t}`, placed("r")));
+          for (let i = 0; i < 5; i++)
+            out.push(await svc.outbox.add(tx, OrderPlacedSchema, orch(`ord-r${t}`), placed("r")));
           return out;
         })),
       );
@@ -816,7 +841,7 @@ describe("several replicas on one database", () => {
     await svc.db.run(sql`UPDATE outbox SET claimed_until = ${Date.now() - 1}`);
     await drained(waiting);
     await waiting.stop();
-    expect((await streamed("order.order.placed")).filter((m) => m.eventId === id)).toHaveLength(1);
+    expect((await streamed("order.order.placed.orchestration")).filter((m) => m.eventId === id)).toHaveLength(1);
   });
 
   it("rows committed while publishing fails go out once it works again: each once, one order's in commit order", async () => {
@@ -845,7 +870,9 @@ describe("several replicas on one database", () => {
     await drained(relay);
     await relay.stop();
     expect(ids.map((id) => counts.get(id))).toEqual(ids.map(() => 1));
-    const seen = (await streamed("order.order.placed")).filter((m) => ids.includes(m.eventId)).map((m) => m.eventId);
+    const seen = (await streamed("order.order.placed.orchestration"))
+      .filter((m) => ids.includes(m.eventId))
+      .map((m) => m.eventId);
     for (const order of new Set(orderOf.values())) {
       const of = (list: string[]) => list.filter((id) => orderOf.get(id) === order);
       expect(of(seen)).toEqual(of(ids));

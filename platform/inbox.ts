@@ -8,7 +8,8 @@
 import { type DescMessage, fromBinary, type MessageShape } from "@bufbuild/protobuf";
 import type { JsMsg } from "@nats-io/jetstream";
 import { sql } from "kysely";
-import type { EventCatalogue } from "./catalogue.js";
+import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
+import { type EventCatalogue, eventSubject } from "./catalogue.js";
 import type { Db, Tx } from "./sql.js";
 
 /** The inbox table; append it to a consumer service's migrations. */
@@ -134,11 +135,10 @@ export function decodeEvent(
   // consumer delivers into its subjects: a message whose subject is another's could be anyone's. And
   // the server's answers, sent to any reply subject a client names, carry what it stored: a copy of a
   // stored message comes with its Nats-Stream and Nats-Sequence, which no publisher can send.
-  if (m.subject !== kind.subject || m.info.stream !== kind.stream) {
-    return {
-      unusable: `${type} is published on ${kind.subject} (${kind.stream}), not ${JSON.stringify(m.subject.slice(0, 200))} (${m.info.stream})`,
-    };
-  }
+  const elsewhere = () => ({
+    unusable: `${type} is published on ${kind.subject}.<mode> (${kind.stream}), not ${JSON.stringify(m.subject.slice(0, 200))} (${m.info.stream})`,
+  });
+  if (!m.subject.startsWith(`${kind.subject}.`) || m.info.stream !== kind.stream) return elsewhere();
   if (headers?.has("Nats-Stream") || headers?.has("Nats-Sequence")) {
     return {
       unusable: `a copy of a stored message (Nats-Stream ${JSON.stringify(headers.get("Nats-Stream"))}), not an event as published`,
@@ -155,6 +155,12 @@ export function decodeEvent(
   if (own !== eventId) {
     return { unusable: `ce-id ${JSON.stringify(eventId)} is not the event's meta.event_id ${JSON.stringify(own)}` };
   }
+  // The subject's last token is the saga mode the event says (consumers are filtered on it).
+  const mode = (event as { meta?: { sagaMode?: SagaMode } }).meta?.sagaMode ?? SagaMode.UNSPECIFIED;
+  if (mode !== SagaMode.ORCHESTRATION && mode !== SagaMode.CHOREOGRAPHY) {
+    return { unusable: `${type} of no saga mode (meta.saga_mode ${mode})` };
+  }
+  if (m.subject !== eventSubject(kind, mode)) return elsewhere();
   const ctx: EventContext = {
     eventId,
     type,

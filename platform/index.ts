@@ -8,7 +8,16 @@ export { sql } from "kysely";
 export { backoffMs } from "./backoff.js";
 export { type Bus, type BusAuth, type BusOptions, busAuthOf, connectBus } from "./bus.js";
 export { BUS_ADMIN, type BusUser, busUsers, natsAuthorization, provisionBus } from "./bus-access.js";
-export { DLQ_STREAM, type EventCatalogue, type EventKind, eventCatalogue, type StreamSpec } from "./catalogue.js";
+export {
+  DLQ_STREAM,
+  type EventCatalogue,
+  type EventKind,
+  eventCatalogue,
+  eventSubject,
+  filterSubject,
+  modeToken,
+  type StreamSpec,
+} from "./catalogue.js";
 export { faultEnv } from "./chaos.js";
 export { bool, ConfigError, type ConfigOf, commonEnv, type EnvReader, int, oneOf, parseEnv, str } from "./config.js";
 export type { ConsumerSpec } from "./consumer-spec.js";

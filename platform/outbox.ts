@@ -14,7 +14,8 @@
 import { create, type DescMessage, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { sql } from "kysely";
-import type { EventCatalogue } from "./catalogue.js";
+import type { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
+import { type EventCatalogue, eventSubject } from "./catalogue.js";
 import { newId } from "./ids.js";
 import { currentTraceparent } from "./propagation.js";
 import type { Tx } from "./sql.js";
@@ -61,23 +62,28 @@ export class Outbox {
     private readonly clock: () => number = Date.now,
   ) {}
 
-  /** Adds an event of `schema` about `orderId` in `tx` (a durable one); fills its `meta`. Returns the event id. */
+  /**
+   * Adds an event of `schema` about the order `about` names, driven in its saga mode, in `tx` (a
+   * durable one); fills its `meta`. Returns the event id.
+   */
   async add<D extends DescMessage>(
     tx: Tx,
     schema: D,
-    orderId: string,
+    about: { readonly orderId: string; readonly sagaMode: SagaMode },
     init: EventInit<D>,
     traceparent: string = currentTraceparent(),
   ): Promise<string> {
     const kind = this.catalogue.kind(schema.typeName);
     if (!kind) throw new Error(`${schema.typeName} is not an event of the catalogue`);
+    const { orderId, sagaMode } = about;
+    const subject = eventSubject(kind, sagaMode);
     const now = this.clock();
     const eventId = newId("evt", now);
-    const meta = { eventId, source: this.source, occurredAt: timestampFromMs(now), orderId, traceparent };
+    const meta = { eventId, source: this.source, occurredAt: timestampFromMs(now), orderId, traceparent, sagaMode };
     const payload = Buffer.from(toBinary(schema, create(schema, { ...init, meta } as unknown as MessageInitShape<D>)));
     const row = await tx.one(sql<{ seq: number }>`INSERT INTO outbox
         (event_id, type, subject, payload, order_id, traceparent, created_at)
-      VALUES (${eventId}, ${kind.typeName}, ${kind.subject}, ${payload}, ${orderId}, ${traceparent}, ${now})
+      VALUES (${eventId}, ${kind.typeName}, ${subject}, ${payload}, ${orderId}, ${traceparent}, ${now})
       RETURNING seq`);
     const seq = row?.seq ?? 0;
     tx.afterCommit(() => {

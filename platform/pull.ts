@@ -44,26 +44,32 @@ export interface Pull {
   stop(): Promise<void>;
 }
 
-/** Pulls `durable` on `stream`, handing each run of messages to `handle`, until stopped. */
+/**
+ * Pulls `durable` on `stream` — only the events on `filter` when given (a subject of the stream) —
+ * handing each run of messages to `handle`, until stopped.
+ */
 export async function pullForever(o: {
   readonly bus: Bus;
   readonly stream: string;
   readonly durable: string;
+  readonly filter?: string | undefined;
   readonly log: Logger;
   readonly handle: (messages: ConsumerMessages) => PullRun;
 }): Promise<Pull> {
-  const { bus, stream, durable, log } = o;
+  const { bus, stream, durable, filter, log } = o;
   const start = async () => {
-    try {
-      await bus.jsm.consumers.info(stream, durable);
-    } catch {
+    const info = await bus.jsm.consumers.info(stream, durable).catch(() => undefined);
+    if (!info) {
       await bus.jsm.consumers.add(stream, {
         durable_name: durable,
         ack_policy: AckPolicy.Explicit,
         deliver_policy: DeliverPolicy.All,
         ack_wait: ACK_WAIT_NS,
         max_deliver: -1, // we count deliveries ourselves and dead-letter, so the server never drops silently
+        ...(filter === undefined ? {} : { filter_subject: filter }),
       });
+    } else if ((info.config.filter_subject ?? "") !== (filter ?? "")) {
+      await refilter(bus, stream, durable, filter, log);
     }
     return (await bus.js.consumers.get(stream, durable)).consume(CONSUME);
   };
@@ -116,4 +122,21 @@ export async function pullForever(o: {
       await running;
     },
   };
+}
+
+/**
+ * Gives an existing durable the filter this code declares (made before it declared one, or another).
+ * nats-server 2.9 refuses to change a consumer's filter (2.10 allows it): the consumer then goes on
+ * as it is, which stays correct — a consumer ignores what it does not handle — only not as cheap.
+ */
+async function refilter(bus: Bus, stream: string, durable: string, filter: string | undefined, log: Logger) {
+  try {
+    await bus.jsm.consumers.update(stream, durable, { filter_subject: filter ?? "" });
+    log.info({ filter: filter ?? "(none)" }, "consumer's filter subject changed");
+  } catch (err) {
+    log.warn(
+      { filter: filter ?? "(none)", err: (err as Error).message },
+      "consumer's filter subject could not be changed; it goes on receiving the events it ignores",
+    );
+  }
 }

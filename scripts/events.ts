@@ -88,13 +88,13 @@ function print(stream: string, m: JsMsg): void {
   } catch {
     // A header block nats.js cannot read (stored as a client other than nats.js sent it).
     console.log(
-      `${dim("?".padEnd(12))} ${safe(m.subject).padEnd(26)} <${m.data.length} bytes with unreadable headers>`,
+      `${dim("?".padEnd(12))} ${safe(m.subject).padEnd(38)} <${m.data.length} bytes with unreadable headers>`,
     );
     return;
   }
   const type = h?.get("ce-type") ?? "?";
   const time = safe((h?.get("ce-time") ?? "").slice(11, 23));
-  const line = `${dim(time)} ${safe(m.subject).padEnd(26)} ${safe(describe(type, m.data))}`;
+  const line = `${dim(time)} ${safe(m.subject).padEnd(38)} ${safe(describe(type, m.data))}`;
   if (stream === DLQ_STREAM.name) {
     const [reason, consumer, deliveries] = ["x-dlq-reason", "x-dlq-consumer", "x-dlq-deliveries"].map((k) =>
       safe(h?.get(k) ?? ""),

@@ -74,7 +74,7 @@ async function poison(bus: Bus, id: string, time?: string): Promise<void> {
   h.set("ce-type", OrderPlacedSchema.typeName);
   h.set("ce-id", id);
   if (time !== undefined) h.set("ce-time", `2026-01-01T${time}`);
-  await bus.js.publish("order.order.placed", new Uint8Array([0xff, 0xff, 0xff]), { headers: h, msgID: id });
+  await bus.js.publish("order.order.placed.orchestration", new Uint8Array([0xff, 0xff, 0xff]), { headers: h, msgID: id });
 }
 
 const dlqCount = async (bus: Bus) => (await bus.jsm.streams.info("DLQ")).state.messages;
@@ -181,11 +181,11 @@ describe("make events", () => {
       await tail.printed("ord-later");
       // A header block nats.js cannot read (it threw, and the tail exited 1): one line, and on.
       const hdr = "NATS/1.0\r\nce-type: shopmesh.order.v1.OrderPlaced\r\nBad Key: y\r\n\r\n";
-      await rawPublish(nats.port, "order.order.placed", hdr, new Uint8Array([1, 2, 3]));
+      await rawPublish(nats.port, "order.order.placed.orchestration", hdr, new Uint8Array([1, 2, 3]));
       await tail.printed("<3 bytes with unreadable headers>");
       await publishEvents(bus, [event(OrderPlacedSchema, "ord-after-unreadable", { customerId: "lea", items: [] })]);
       await tail.printed("ord-after-unreadable");
-      expect(tail.out()).toMatch(/order\.order\.placed\s+ord-stored/);
+      expect(tail.out()).toMatch(/order\.order\.placed\.choreography\s+ord-stored/);
       expect(await tail.exit(500)).toBe("still running");
     } finally {
       await bus.close();

@@ -8,6 +8,7 @@
 import type { DescMessage, MessageInitShape } from "@bufbuild/protobuf";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import { EVENTS } from "../contracts/events.js";
+import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import {
   type Bus,
   migrations,
@@ -29,7 +30,9 @@ export interface PendingEvent {
 
 /**
  * An event of `schema` about `orderId`. `at` (epoch ms) becomes its
- * `meta.occurred_at` (and `ce-time`); now when omitted.
+ * `meta.occurred_at` (and `ce-time`); now when omitted. Its saga mode is the
+ * `sagaMode` of `init` where the type has one and it is set, else choreography
+ * (what the consumers tests drive by events take part in).
  */
 export function event<D extends DescMessage>(
   schema: D,
@@ -41,7 +44,8 @@ export function event<D extends DescMessage>(
     type: schema.typeName,
     add(tx, outbox, setClock) {
       setClock(at ?? Date.now());
-      return outbox.add(tx, schema, orderId, init as never);
+      const sagaMode = (init as { sagaMode?: SagaMode }).sagaMode || SagaMode.CHOREOGRAPHY;
+      return outbox.add(tx, schema, { orderId, sagaMode }, init as never);
     },
   };
 }

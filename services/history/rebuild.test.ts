@@ -170,8 +170,8 @@ describe("history rebuild", () => {
       const poison = natsHeaders();
       poison.set("ce-type", "shopmesh.order.v1.OrderPlaced");
       poison.set("ce-id", "evt_poison");
-      await bus.js.publish("order.order.placed", new Uint8Array([0xff, 0xff, 0xff]), { headers: poison });
-      await bus.js.publish("order.order.placed", new Uint8Array([1]));
+      await bus.js.publish("order.order.placed.orchestration", new Uint8Array([0xff, 0xff, 0xff]), { headers: poison });
+      await bus.js.publish("order.order.placed.orchestration", new Uint8Array([1]));
       const [good] = await publishEvents(bus, [
         event(OrderPlacedSchema, "ord-s1", { customerId: "kim", items: lines }),
         // Names no order: unusable.

@@ -1,6 +1,8 @@
 /** InventoryService RPC handlers: validate, call the store, map to messages. */
+
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import {
   type InventoryService,
   type ProductSchema,
@@ -91,7 +93,7 @@ export function createInventoryApi({ store }: InventoryApiDeps): ServiceImpl<typ
 
     async releaseStock(req) {
       requireId(req.reservationId, "reservation_id");
-      const released = await store.release(req.reservationId);
+      const released = await store.release(req.reservationId, SagaMode.ORCHESTRATION);
       if (released.kind === "not-found") throw new NotFoundError("reservation", req.reservationId);
       return { reservation: reservationMessage(released.reservation) };
     },

@@ -40,6 +40,7 @@ export function inventoryConsumers(store: InventoryStore): ConsumerSpec[] {
     {
       stream: "ORDER",
       durable: "inventory-order",
+      sagaMode: SagaMode.CHOREOGRAPHY,
       lockFirst: (tx, events) => {
         const placed = events.filter((e) => isMessage(e, OrderPlacedSchema));
         const cancelled = events.filter((e) => isMessage(e, OrderCancelledSchema));
@@ -76,7 +77,12 @@ export function inventoryConsumers(store: InventoryStore): ConsumerSpec[] {
             } catch (err) {
               // A business refusal (unknown product, bad line) is an outcome the saga must hear about.
               if (!(err instanceof ServiceError)) throw err;
-              await store.outbox.add(tx, StockRejectedSchema, orderId, { reason: err.message, shortages: [] });
+              await store.outbox.add(
+                tx,
+                StockRejectedSchema,
+                { orderId, sagaMode: SagaMode.CHOREOGRAPHY },
+                { reason: err.message, shortages: [] },
+              );
             }
           },
           choreographed,

@@ -166,7 +166,7 @@ export class InventoryStore {
         return { kind: "voided" };
       }
       if (prior.status !== "RESERVED") return { kind: "nothing" };
-      await this.release(prior.id, tx);
+      await this.release(prior.id, SagaMode.CHOREOGRAPHY, tx);
       return { kind: "released" };
     });
   }
@@ -222,10 +222,15 @@ export class InventoryStore {
           currency: "",
           shortages: JSON.stringify(plan.shortages),
         });
-        await this.outbox.add(tx, StockRejectedSchema, orderId, {
-          reason: shortageReason(plan.shortages),
-          shortages: plan.shortages.map((x) => ({ ...x })),
-        });
+        await this.outbox.add(
+          tx,
+          StockRejectedSchema,
+          { orderId, sagaMode },
+          {
+            reason: shortageReason(plan.shortages),
+            shortages: plan.shortages.map((x) => ({ ...x })),
+          },
+        );
         return { kind: "rejected", shortages: plan.shortages, replayed: false };
       }
       const reservation = {
@@ -235,12 +240,17 @@ export class InventoryStore {
         currency: plan.currency,
       };
       await insertReservation(tx, { ...reservation, shortages: null });
-      await this.outbox.add(tx, StockReservedSchema, orderId, {
-        reservationId: id,
-        items: plan.lines.map((l) => ({ ...l })),
-        total: { currencyCode: plan.currency, amountMinor: BigInt(plan.totalMinor) },
-        sagaMode,
-      });
+      await this.outbox.add(
+        tx,
+        StockReservedSchema,
+        { orderId, sagaMode },
+        {
+          reservationId: id,
+          items: plan.lines.map((l) => ({ ...l })),
+          total: { currencyCode: plan.currency, amountMinor: BigInt(plan.totalMinor) },
+          sagaMode,
+        },
+      );
       for (const l of byProduct(plan.lines)) {
         const changes = await tx.run(sql`UPDATE products
           SET available = available - ${l.quantity}, reserved = reserved + ${l.quantity}, updated_at = ${now}
@@ -271,7 +281,7 @@ export class InventoryStore {
    * Returns a reservation's units to stock. Releasing a RELEASED reservation
    * changes nothing (`unchanged`).
    */
-  release(id: string, tx?: Tx): Promise<ReleaseResult> {
+  release(id: string, sagaMode: SagaMode, tx?: Tx): Promise<ReleaseResult> {
     return this.db.within(tx, async (tx): Promise<ReleaseResult> => {
       const row = await tx.one(
         sql<ReservationRow>`SELECT * FROM reservations WHERE id = ${id} AND status != 'REJECTED' ${tx.forUpdate}`,
@@ -281,10 +291,15 @@ export class InventoryStore {
       const r = toReservation(row);
       const now = this.clock();
       await tx.run(sql`UPDATE reservations SET status = 'RELEASED', updated_at = ${now} WHERE id = ${id}`);
-      await this.outbox.add(tx, StockReleasedSchema, r.orderId, {
-        reservationId: id,
-        items: r.items.map((l) => ({ ...l })),
-      });
+      await this.outbox.add(
+        tx,
+        StockReleasedSchema,
+        { orderId: r.orderId, sagaMode },
+        {
+          reservationId: id,
+          items: r.items.map((l) => ({ ...l })),
+        },
+      );
       // The products last, by id (see reserve).
       for (const l of byProduct(r.items)) {
         await tx.run(sql`UPDATE products

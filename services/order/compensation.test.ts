@@ -74,7 +74,7 @@ async function streamed(subject: string, min: number): Promise<{ orderId: string
       const out: { orderId: string; refundPending?: boolean }[] = [];
       for (let seq = info.state.first_seq; seq <= info.state.last_seq; seq++) {
         const m = await bus.jsm.streams.getMessage("ORDER", { seq }).catch(() => null);
-        const kind = m && m.subject === subject ? EVENTS.kind(m.header.get("ce-type")) : undefined;
+        const kind = m?.subject.startsWith(`${subject}.`) ? EVENTS.kind(m.header.get("ce-type")) : undefined;
         if (!m || !kind) continue;
         const e = fromBinary(kind.schema, m.data) as { meta?: { orderId: string }; refundPending?: boolean };
         out.push({ orderId: e.meta?.orderId ?? "", refundPending: e.refundPending });

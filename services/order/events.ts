@@ -20,6 +20,7 @@
  */
 import { byOrder } from "../../contracts/events.js";
 import { choreographed } from "../../contracts/saga.js";
+import { SagaMode as SagaModeEnum } from "../../gen/shopmesh/common/v1/common_pb.js";
 import {
   StockRejectedSchema,
   StockReleasedSchema,
@@ -149,6 +150,7 @@ export class Choreography {
       {
         stream: "INVENTORY",
         durable: "order-inventory",
+        sagaMode: SagaModeEnum.CHOREOGRAPHY,
         lockKey: byOrder,
         handlers: [
           on(
@@ -195,6 +197,7 @@ export class Choreography {
       {
         stream: "PAYMENT",
         durable: "order-payment",
+        sagaMode: SagaModeEnum.CHOREOGRAPHY,
         lockKey: byOrder,
         handlers: [
           on(

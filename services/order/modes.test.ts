@@ -188,7 +188,7 @@ describe("choreography, a charge that can never be made", () => {
       const failed = await eventually(
         async () => {
           const m = await bus.jsm.streams
-            .getMessage("PAYMENT", { last_by_subj: "payment.payment.failed" })
+            .getMessage("PAYMENT", { last_by_subj: "payment.payment.failed.choreography" })
             .catch(() => undefined);
           const e = m && fromBinary(PaymentFailedSchema, m.data);
           return e?.meta?.orderId === orderId ? e : undefined;

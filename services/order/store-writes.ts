@@ -110,12 +110,17 @@ export function placeOrder(
       VALUES (${id}, ${p.customerId}, ${p.key}, ${p.fingerprint}, 'PENDING', ${p.sagaMode}, ${JSON.stringify(p.items)},
         ${p.cardToken}, ${currentTraceparent()}, ${now}, ${now}, ${owner}, ${until}, ${fence})
       RETURNING *`);
-    await w.outbox.add(tx, OrderPlacedSchema, id, {
-      customerId: p.customerId,
-      items: p.items.map((l) => ({ ...l })),
-      cardToken: p.cardToken,
-      sagaMode: SagaModeEnum[p.sagaMode],
-    });
+    await w.outbox.add(
+      tx,
+      OrderPlacedSchema,
+      { orderId: id, sagaMode: SagaModeEnum[p.sagaMode] },
+      {
+        customerId: p.customerId,
+        items: p.items.map((l) => ({ ...l })),
+        cardToken: p.cardToken,
+        sagaMode: SagaModeEnum[p.sagaMode],
+      },
+    );
     const order = toOrder(row as OrderRow);
     await w.changes.changed(tx, order, null);
     w.changes.placed(tx, order);
@@ -185,23 +190,26 @@ export function applyTransition(
     }
     if (row.status === "CANCELLED" && refundPending(toOrder(row)) && !refundPending(o)) {
       // The refund a cancelled order was waiting for landed.
-      await w.outbox.add(tx, OrderRefundSettledSchema, o.id, { customerId: o.customerId, detail: t.log.detail });
+      await w.outbox.add(tx, OrderRefundSettledSchema, about(o), { customerId: o.customerId, detail: t.log.detail });
     }
     await w.changes.changed(tx, o, step);
     return { kind: "applied", order: o, step };
   });
 }
 
+/** What an event about `o` says it is about: the order, and the saga mode it is driven in. */
+const about = (o: OrderRecord) => ({ orderId: o.id, sagaMode: SagaModeEnum[o.sagaMode] });
+
 /** Announces a terminal order on the bus (inside the transaction that made it terminal); false if not terminal. */
 async function publishTerminal(w: Writer, tx: Tx, o: OrderRecord): Promise<boolean> {
   if (o.status === "CONFIRMED") {
-    await w.outbox.add(tx, OrderConfirmedSchema, o.id, {
+    await w.outbox.add(tx, OrderConfirmedSchema, about(o), {
       customerId: o.customerId,
       total: { currencyCode: o.currency ?? "", amountMinor: BigInt(o.totalMinor ?? 0) },
       paymentId: o.paymentId,
     });
   } else if (o.status === "CANCELLED") {
-    await w.outbox.add(tx, OrderCancelledSchema, o.id, {
+    await w.outbox.add(tx, OrderCancelledSchema, about(o), {
       customerId: o.customerId,
       reason: o.reason,
       sagaMode: SagaModeEnum[o.sagaMode],

@@ -1,6 +1,8 @@
 /** PaymentService RPC handlers: validate, call the store, map to messages. */
+
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import {
   ChargePaymentRequestSchema,
   type PaymentSchema,
@@ -41,14 +43,18 @@ export function createPaymentApi({ store }: PaymentApiDeps): ServiceImpl<typeof 
   return {
     async chargePayment(req) {
       const input = validateCharge(req);
-      const result = await store.charge(requestFingerprint(ChargePaymentRequestSchema, req), input);
+      const result = await store.charge(
+        requestFingerprint(ChargePaymentRequestSchema, req),
+        input,
+        SagaMode.ORCHESTRATION,
+      );
       if (result.kind === "key-reused") throw new IdempotencyKeyReusedError(req.idempotencyKey);
       return { payment: paymentMessage(result.payment) };
     },
 
     async refundPayment(req) {
       const { target, reason } = validateRefund(req);
-      const result = await store.refund(target, reason);
+      const result = await store.refund(target, reason, SagaMode.ORCHESTRATION);
       if (result.kind === "not-found") throw new NotFoundError("payment", req.paymentId);
       return { payment: paymentMessage(result.payment) };
     },

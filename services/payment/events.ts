@@ -12,9 +12,11 @@
  * The charge key is `<order id>:charge_payment`, the same key the
  * orchestrator uses.
  */
+
 import { create } from "@bufbuild/protobuf";
 import { byOrder } from "../../contracts/events.js";
 import { choreographed, refundReason, stepKey } from "../../contracts/saga.js";
+import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import { StockReservedSchema } from "../../gen/shopmesh/inventory/v1/events_pb.js";
 import { OrderCancelledSchema, OrderPlacedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
 import { PaymentFailedSchema } from "../../gen/shopmesh/payment/v1/events_pb.js";
@@ -35,6 +37,7 @@ export function paymentConsumers(store: PaymentStore): ConsumerSpec[] {
     {
       stream: "ORDER",
       durable: "payment-order",
+      sagaMode: SagaMode.CHOREOGRAPHY,
       lockKey: byOrder,
       handlers: [
         on(
@@ -51,6 +54,7 @@ export function paymentConsumers(store: PaymentStore): ConsumerSpec[] {
             await store.refund(
               { by: "key", chargeIdempotencyKey: stepKey(orderId, "charge_payment") },
               refundReason(orderId, e.reason),
+              SagaMode.CHOREOGRAPHY,
               tx,
             );
           },
@@ -61,6 +65,7 @@ export function paymentConsumers(store: PaymentStore): ConsumerSpec[] {
     {
       stream: "INVENTORY",
       durable: "payment-inventory",
+      sagaMode: SagaMode.CHOREOGRAPHY,
       lockKey: byOrder,
       handlers: [
         on(
@@ -84,14 +89,24 @@ export function paymentConsumers(store: PaymentStore): ConsumerSpec[] {
               // A charge that can never be made (retried, it failed ten times, then the order waited out
               // its step budget as "payment unavailable"): an outcome the saga must hear about.
               if (!(err instanceof ServiceError)) throw err;
-              await store.outbox.add(tx, PaymentFailedSchema, orderId, {
-                paymentId: "",
-                customerId: payer.customerId,
-                reason: err.message,
-              });
+              await store.outbox.add(
+                tx,
+                PaymentFailedSchema,
+                { orderId, sagaMode: SagaMode.CHOREOGRAPHY },
+                {
+                  paymentId: "",
+                  customerId: payer.customerId,
+                  reason: err.message,
+                },
+              );
               return;
             }
-            const r = await store.charge(requestFingerprint(ChargePaymentRequestSchema, req), input, tx);
+            const r = await store.charge(
+              requestFingerprint(ChargePaymentRequestSchema, req),
+              input,
+              SagaMode.CHOREOGRAPHY,
+              tx,
+            );
             if (r.kind === "key-reused") {
               throw new UnprocessableEventError(`charge key of order ${orderId} reused with another amount`);
             }

@@ -5,7 +5,9 @@
  * constraints keep each row's status, reasons and amount consistent even if
  * a bug slipped past the domain rules.
  */
+
 import { EVENTS } from "../../contracts/events.js";
+import type { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import {
   PaymentFailedSchema,
   PaymentRefundedSchema,
@@ -168,7 +170,7 @@ export class PaymentStore {
    * void tombstone whatever the request, so a charge that arrives after its
    * compensation never takes money. Runs in `tx` when given (the consumer's).
    */
-  charge(fingerprint: string, input: ChargeInput, tx?: Tx): Promise<ChargeResult> {
+  charge(fingerprint: string, input: ChargeInput, sagaMode: SagaMode, tx?: Tx): Promise<ChargeResult> {
     return this.db.within(tx, async (tx): Promise<ChargeResult> => {
       const prior = await tx.one(
         sql<PaymentRow>`SELECT * FROM payments WHERE idempotency_key = ${input.idempotencyKey}`,
@@ -192,17 +194,27 @@ export class PaymentStore {
       await this.insert(tx, { ...fields, ...money, key: input.idempotencyKey, fingerprint, declineReason });
       const payment = (await this.byId(tx, id)) as PaymentRecord;
       if (auth.status === "DECLINED") {
-        await this.outbox.add(tx, PaymentFailedSchema, payment.orderId, {
-          paymentId: id,
-          customerId: payment.customerId,
-          reason: auth.reason,
-        });
+        await this.outbox.add(
+          tx,
+          PaymentFailedSchema,
+          { orderId: payment.orderId, sagaMode },
+          {
+            paymentId: id,
+            customerId: payment.customerId,
+            reason: auth.reason,
+          },
+        );
       } else {
-        await this.outbox.add(tx, PaymentSucceededSchema, payment.orderId, {
-          paymentId: id,
-          customerId: payment.customerId,
-          amount: { currencyCode: payment.currency, amountMinor: BigInt(payment.amountMinor) },
-        });
+        await this.outbox.add(
+          tx,
+          PaymentSucceededSchema,
+          { orderId: payment.orderId, sagaMode },
+          {
+            paymentId: id,
+            customerId: payment.customerId,
+            amount: { currencyCode: payment.currency, amountMinor: BigInt(payment.amountMinor) },
+          },
+        );
       }
       return { kind: "charged", payment, replayed: false };
     });
@@ -214,7 +226,7 @@ export class PaymentStore {
    * Throws what {@link refundAction} throws (a DECLINED payment by id)
    * without writing anything. Runs in `tx` when given (the consumer's).
    */
-  refund(target: RefundTarget, reason: string, tx?: Tx): Promise<RefundResult> {
+  refund(target: RefundTarget, reason: string, sagaMode: SagaMode, tx?: Tx): Promise<RefundResult> {
     return this.db.within(tx, async (tx): Promise<RefundResult> => {
       const row =
         target.by === "id"
@@ -248,12 +260,17 @@ export class PaymentStore {
         WHERE id = ${payment.id} AND status = 'CAPTURED'`);
       // Unreachable while the row is locked; kept so a future change cannot refund twice.
       if (changes !== 1) throw new Error(`payment ${payment.id} changed inside a refund transaction`);
-      await this.outbox.add(tx, PaymentRefundedSchema, payment.orderId, {
-        paymentId: payment.id,
-        customerId: payment.customerId,
-        amount: { currencyCode: payment.currency, amountMinor: BigInt(payment.amountMinor) },
-        reason,
-      });
+      await this.outbox.add(
+        tx,
+        PaymentRefundedSchema,
+        { orderId: payment.orderId, sagaMode },
+        {
+          paymentId: payment.id,
+          customerId: payment.customerId,
+          amount: { currencyCode: payment.currency, amountMinor: BigInt(payment.amountMinor) },
+          reason,
+        },
+      );
       return { kind: "refunded", payment: (await this.byId(tx, payment.id)) as PaymentRecord };
     });
   }

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file shopmesh/common/v1/common.proto.
  */
 export const file_shopmesh_common_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("Ch9zaG9wbWVzaC9jb21tb24vdjEvY29tbW9uLnByb3RvEhJzaG9wbWVzaC5jb21tb24udjEiNAoFTW9uZXkSFQoNY3VycmVuY3lfY29kZRgBIAEoCRIUCgxhbW91bnRfbWlub3IYAiABKAMiMAoITGluZUl0ZW0SEgoKcHJvZHVjdF9pZBgBIAEoCRIQCghxdWFudGl0eRgCIAEoBSKFAQoJRXZlbnRNZXRhEhAKCGV2ZW50X2lkGAEgASgJEg4KBnNvdXJjZRgCIAEoCRIvCgtvY2N1cnJlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIb3JkZXJfaWQYBCABKAkSEwoLdHJhY2VwYXJlbnQYBSABKAkqXgoIU2FnYU1vZGUSGQoVU0FHQV9NT0RFX1VOU1BFQ0lGSUVEEAASGwoXU0FHQV9NT0RFX09SQ0hFU1RSQVRJT04QARIaChZTQUdBX01PREVfQ0hPUkVPR1JBUEhZEAJiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Ch9zaG9wbWVzaC9jb21tb24vdjEvY29tbW9uLnByb3RvEhJzaG9wbWVzaC5jb21tb24udjEiNAoFTW9uZXkSFQoNY3VycmVuY3lfY29kZRgBIAEoCRIUCgxhbW91bnRfbWlub3IYAiABKAMiMAoITGluZUl0ZW0SEgoKcHJvZHVjdF9pZBgBIAEoCRIQCghxdWFudGl0eRgCIAEoBSK2AQoJRXZlbnRNZXRhEhAKCGV2ZW50X2lkGAEgASgJEg4KBnNvdXJjZRgCIAEoCRIvCgtvY2N1cnJlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIb3JkZXJfaWQYBCABKAkSEwoLdHJhY2VwYXJlbnQYBSABKAkSLwoJc2FnYV9tb2RlGAYgASgOMhwuc2hvcG1lc2guY29tbW9uLnYxLlNhZ2FNb2RlKl4KCFNhZ2FNb2RlEhkKFVNBR0FfTU9ERV9VTlNQRUNJRklFRBAAEhsKF1NBR0FfTU9ERV9PUkNIRVNUUkFUSU9OEAESGgoWU0FHQV9NT0RFX0NIT1JFT0dSQVBIWRACYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * An amount of money as an integer number of minor units (cents for USD,
@@ -118,6 +118,16 @@ export type EventMeta = Message<"shopmesh.common.v1.EventMeta"> & {
    * @generated from field: string traceparent = 5;
    */
   traceparent: string;
+
+  /**
+   * How the order's checkout saga is driven: ORCHESTRATION or CHOREOGRAPHY,
+   * never UNSPECIFIED. Also the last token of the event's subject, so a
+   * consumer that takes part in one mode only is sent only that mode's
+   * events (its JetStream filter subject).
+   *
+   * @generated from field: shopmesh.common.v1.SagaMode saga_mode = 6;
+   */
+  sagaMode: SagaMode;
 };
 
 /**

@@ -3,6 +3,8 @@
 /* eslint-disable */
 
 // Events published by the inventory context on the INVENTORY stream.
+// Each subject ends in the saga mode of the order the event belongs to
+// (`orchestration` or `choreography`, as in `meta.saga_mode`).
 
 import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
@@ -17,7 +19,7 @@ export const file_shopmesh_inventory_v1_events: GenFile = /*@__PURE__*/
   fileDesc("CiJzaG9wbWVzaC9pbnZlbnRvcnkvdjEvZXZlbnRzLnByb3RvEhVzaG9wbWVzaC5pbnZlbnRvcnkudjEi3AEKDVN0b2NrUmVzZXJ2ZWQSKwoEbWV0YRgBIAEoCzIdLnNob3BtZXNoLmNvbW1vbi52MS5FdmVudE1ldGESFgoOcmVzZXJ2YXRpb25faWQYAiABKAkSKwoFaXRlbXMYAyADKAsyHC5zaG9wbWVzaC5jb21tb24udjEuTGluZUl0ZW0SKAoFdG90YWwYBCABKAsyGS5zaG9wbWVzaC5jb21tb24udjEuTW9uZXkSLwoJc2FnYV9tb2RlGAUgASgOMhwuc2hvcG1lc2guY29tbW9uLnYxLlNhZ2FNb2RlIkkKDVN0b2NrU2hvcnRhZ2USEgoKcHJvZHVjdF9pZBgBIAEoCRIRCglyZXF1ZXN0ZWQYAiABKAUSEQoJYXZhaWxhYmxlGAMgASgFIoUBCg1TdG9ja1JlamVjdGVkEisKBG1ldGEYASABKAsyHS5zaG9wbWVzaC5jb21tb24udjEuRXZlbnRNZXRhEg4KBnJlYXNvbhgCIAEoCRI3CglzaG9ydGFnZXMYAyADKAsyJC5zaG9wbWVzaC5pbnZlbnRvcnkudjEuU3RvY2tTaG9ydGFnZSKBAQoNU3RvY2tSZWxlYXNlZBIrCgRtZXRhGAEgASgLMh0uc2hvcG1lc2guY29tbW9uLnYxLkV2ZW50TWV0YRIWCg5yZXNlcnZhdGlvbl9pZBgCIAEoCRIrCgVpdGVtcxgDIAMoCzIcLnNob3BtZXNoLmNvbW1vbi52MS5MaW5lSXRlbWIGcHJvdG8z", [file_shopmesh_common_v1_common]);
 
 /**
- * Stock was reserved for an order. Subject: `inventory.stock.reserved`.
+ * Stock was reserved for an order. Subject: `inventory.stock.reserved.<mode>`.
  *
  * @generated from message shopmesh.inventory.v1.StockReserved
  */
@@ -104,7 +106,7 @@ export const StockShortageSchema: GenMessage<StockShortage> = /*@__PURE__*/
 
 /**
  * A reservation was rejected because stock was short. Subject:
- * `inventory.stock.rejected`.
+ * `inventory.stock.rejected.<mode>`.
  *
  * @generated from message shopmesh.inventory.v1.StockRejected
  */
@@ -140,7 +142,7 @@ export const StockRejectedSchema: GenMessage<StockRejected> = /*@__PURE__*/
 
 /**
  * A reservation's units went back to available stock. Subject:
- * `inventory.stock.released`.
+ * `inventory.stock.released.<mode>`.
  *
  * @generated from message shopmesh.inventory.v1.StockReleased
  */

@@ -3,6 +3,8 @@
 /* eslint-disable */
 
 // Events published by the order context on the ORDER stream.
+// Each subject ends in the saga mode of the order the event belongs to
+// (`orchestration` or `choreography`, as in `meta.saga_mode`).
 
 import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
@@ -17,7 +19,7 @@ export const file_shopmesh_order_v1_events: GenFile = /*@__PURE__*/
   fileDesc("Ch5zaG9wbWVzaC9vcmRlci92MS9ldmVudHMucHJvdG8SEXNob3BtZXNoLm9yZGVyLnYxIsEBCgtPcmRlclBsYWNlZBIrCgRtZXRhGAEgASgLMh0uc2hvcG1lc2guY29tbW9uLnYxLkV2ZW50TWV0YRITCgtjdXN0b21lcl9pZBgCIAEoCRIrCgVpdGVtcxgDIAMoCzIcLnNob3BtZXNoLmNvbW1vbi52MS5MaW5lSXRlbRISCgpjYXJkX3Rva2VuGAQgASgJEi8KCXNhZ2FfbW9kZRgFIAEoDjIcLnNob3BtZXNoLmNvbW1vbi52MS5TYWdhTW9kZSKQAQoOT3JkZXJDb25maXJtZWQSKwoEbWV0YRgBIAEoCzIdLnNob3BtZXNoLmNvbW1vbi52MS5FdmVudE1ldGESEwoLY3VzdG9tZXJfaWQYAiABKAkSKAoFdG90YWwYAyABKAsyGS5zaG9wbWVzaC5jb21tb24udjEuTW9uZXkSEgoKcGF5bWVudF9pZBgEIAEoCSKrAQoOT3JkZXJDYW5jZWxsZWQSKwoEbWV0YRgBIAEoCzIdLnNob3BtZXNoLmNvbW1vbi52MS5FdmVudE1ldGESEwoLY3VzdG9tZXJfaWQYAiABKAkSDgoGcmVhc29uGAMgASgJEi8KCXNhZ2FfbW9kZRgEIAEoDjIcLnNob3BtZXNoLmNvbW1vbi52MS5TYWdhTW9kZRIWCg5yZWZ1bmRfcGVuZGluZxgFIAEoCCJmChJPcmRlclJlZnVuZFNldHRsZWQSKwoEbWV0YRgBIAEoCzIdLnNob3BtZXNoLmNvbW1vbi52MS5FdmVudE1ldGESEwoLY3VzdG9tZXJfaWQYAiABKAkSDgoGZGV0YWlsGAMgASgJYgZwcm90bzM", [file_shopmesh_common_v1_common]);
 
 /**
- * An order was accepted. Subject: `order.order.placed`. In choreography mode
+ * An order was accepted. Subject: `order.order.placed.<mode>`. In choreography mode
  * this event starts the saga (inventory reacts to it).
  *
  * @generated from message shopmesh.order.v1.OrderPlaced
@@ -68,7 +70,7 @@ export const OrderPlacedSchema: GenMessage<OrderPlaced> = /*@__PURE__*/
 
 /**
  * An order completed: stock held and payment captured. Subject:
- * `order.order.confirmed`.
+ * `order.order.confirmed.<mode>`.
  *
  * @generated from message shopmesh.order.v1.OrderConfirmed
  */
@@ -110,7 +112,7 @@ export const OrderConfirmedSchema: GenMessage<OrderConfirmed> = /*@__PURE__*/
   messageDesc(file_shopmesh_order_v1_events, 1);
 
 /**
- * An order ended without being fulfilled. Subject: `order.order.cancelled`.
+ * An order ended without being fulfilled. Subject: `order.order.cancelled.<mode>`.
  * In choreography mode this is also the command to compensate: inventory
  * releases (or refuses to make) the order's reservation and payment refunds
  * (or voids) its charge. In orchestration mode the orchestrator already did.
@@ -167,7 +169,7 @@ export const OrderCancelledSchema: GenMessage<OrderCancelled> = /*@__PURE__*/
 /**
  * A cancelled order's pending refund landed: the payment was refunded, or its
  * charge key voided (nothing was taken). Follows an OrderCancelled with
- * `refund_pending`. Subject: `order.order.refund_settled`.
+ * `refund_pending`. Subject: `order.order.refund_settled.<mode>`.
  *
  * @generated from message shopmesh.order.v1.OrderRefundSettled
  */

@@ -3,6 +3,8 @@
 /* eslint-disable */
 
 // Events published by the payment context on the PAYMENT stream.
+// Each subject ends in the saga mode of the order the event belongs to
+// (`orchestration` or `choreography`, as in `meta.saga_mode`).
 
 import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
@@ -17,7 +19,7 @@ export const file_shopmesh_payment_v1_events: GenFile = /*@__PURE__*/
   fileDesc("CiBzaG9wbWVzaC9wYXltZW50L3YxL2V2ZW50cy5wcm90bxITc2hvcG1lc2gucGF5bWVudC52MSKTAQoQUGF5bWVudFN1Y2NlZWRlZBIrCgRtZXRhGAEgASgLMh0uc2hvcG1lc2guY29tbW9uLnYxLkV2ZW50TWV0YRISCgpwYXltZW50X2lkGAIgASgJEhMKC2N1c3RvbWVyX2lkGAMgASgJEikKBmFtb3VudBgEIAEoCzIZLnNob3BtZXNoLmNvbW1vbi52MS5Nb25leSJ1Cg1QYXltZW50RmFpbGVkEisKBG1ldGEYASABKAsyHS5zaG9wbWVzaC5jb21tb24udjEuRXZlbnRNZXRhEhIKCnBheW1lbnRfaWQYAiABKAkSEwoLY3VzdG9tZXJfaWQYAyABKAkSDgoGcmVhc29uGAQgASgJIqIBCg9QYXltZW50UmVmdW5kZWQSKwoEbWV0YRgBIAEoCzIdLnNob3BtZXNoLmNvbW1vbi52MS5FdmVudE1ldGESEgoKcGF5bWVudF9pZBgCIAEoCRITCgtjdXN0b21lcl9pZBgDIAEoCRIpCgZhbW91bnQYBCABKAsyGS5zaG9wbWVzaC5jb21tb24udjEuTW9uZXkSDgoGcmVhc29uGAUgASgJYgZwcm90bzM", [file_shopmesh_common_v1_common]);
 
 /**
- * A charge was captured. Subject: `payment.payment.succeeded`.
+ * A charge was captured. Subject: `payment.payment.succeeded.<mode>`.
  *
  * @generated from message shopmesh.payment.v1.PaymentSucceeded
  */
@@ -59,7 +61,7 @@ export const PaymentSucceededSchema: GenMessage<PaymentSucceeded> = /*@__PURE__*
   messageDesc(file_shopmesh_payment_v1_events, 0);
 
 /**
- * A charge was declined by the provider. Subject: `payment.payment.failed`.
+ * A charge was declined by the provider. Subject: `payment.payment.failed.<mode>`.
  *
  * @generated from message shopmesh.payment.v1.PaymentFailed
  */
@@ -102,7 +104,7 @@ export const PaymentFailedSchema: GenMessage<PaymentFailed> = /*@__PURE__*/
 
 /**
  * A captured payment was refunded in full. Subject:
- * `payment.payment.refunded`.
+ * `payment.payment.refunded.<mode>`.
  *
  * @generated from message shopmesh.payment.v1.PaymentRefunded
  */
