@@ -19,6 +19,7 @@ import {
 import * as grpc from "@grpc/grpc-js";
 import { InvalidArgumentError, toStatusObject } from "./errors.js";
 import type { Logger } from "./log.js";
+import { stringWithNul } from "./validate.js";
 
 type ServerCall = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>;
 
@@ -96,19 +97,28 @@ export function deserializer<D extends DescMessage>(schema: D): (buf: Buffer) =>
   return (buf) => fromBinary(schema, buf);
 }
 
-/** A request that did not decode. grpc-js would answer INTERNAL for a throwing deserializer; it is the client's fault. */
+/**
+ * A request that did not decode, or holds a string no service stores (`field`). grpc-js would
+ * answer INTERNAL for a throwing deserializer; it is the client's fault.
+ */
 class Undecodable {
-  constructor(readonly reason: string) {}
+  constructor(
+    readonly reason: string,
+    readonly field?: string,
+  ) {}
 }
 
 /** Decodes a request, or marks it {@link Undecodable} for the handler to refuse with INVALID_ARGUMENT. */
 function requestDeserializer<D extends DescMessage>(schema: D): (buf: Buffer) => MessageShape<D> | Undecodable {
   return (buf) => {
+    let req: MessageShape<D>;
     try {
-      return fromBinary(schema, buf);
+      req = fromBinary(schema, buf);
     } catch (err) {
       return new Undecodable((err as Error).message);
     }
+    const nul = stringWithNul(schema, req);
+    return nul === undefined ? req : new Undecodable("must not contain U+0000 (NUL)", nul);
   };
 }
 
@@ -116,6 +126,7 @@ function requestDeserializer<D extends DescMessage>(schema: D): (buf: Buffer) =>
 function requestOf(call: ServerCall, method: DescMethod): never {
   const req = call.request as unknown;
   if (req instanceof Undecodable) {
+    if (req.field !== undefined) throw new InvalidArgumentError(req.field, req.reason);
     throw new InvalidArgumentError("request", `is not a valid ${method.input.typeName}: ${req.reason}`);
   }
   return req as never;

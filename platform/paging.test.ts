@@ -37,6 +37,7 @@ describe("page tokens", () => {
       encodePageToken({ t: 1 }), // missing key
       encodePageToken({ t: 1, id: "a", extra: "b" }), // extra key
       encodePageToken({ t: 1, id: "x".repeat(257) }), // too long
+      encodePageToken({ t: 1, id: "a\u0000b" }), // a NUL, which PostgreSQL's text cannot hold
       "%%%",
     ];
     for (const t of cases)

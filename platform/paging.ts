@@ -67,7 +67,11 @@ export function decodePageToken<S extends CursorShape>(
   if (Object.keys(o).length !== Object.keys(shape).length) throw bad();
   for (const [k, type] of Object.entries(shape)) {
     const x = o[k];
-    const ok = type === "integer" ? Number.isSafeInteger(x) : typeof x === "string" && x.length <= MAX_CURSOR_STRING;
+    // No U+0000 in a string: PostgreSQL's text holds none, and refused there it was a server error.
+    const ok =
+      type === "integer"
+        ? Number.isSafeInteger(x)
+        : typeof x === "string" && x.length <= MAX_CURSOR_STRING && !x.includes("\0");
     if (!ok) throw bad();
   }
   return o as Cursor<S>;

@@ -1,7 +1,9 @@
 /** Field validators name the field as the proto does. */
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { StructSchema, ValueSchema } from "@bufbuild/protobuf/wkt";
 import { describe, expect, it } from "vitest";
 import { violatedField as field } from "../test/rpc.js";
-import { requireId, requireQuantity } from "./validate.js";
+import { requireId, requireQuantity, stringWithNul } from "./validate.js";
 
 describe("requireId", () => {
   it("accepts 1..max of [A-Za-z0-9._:-] not starting with punctuation", () => {
@@ -18,5 +20,28 @@ describe("requireQuantity", () => {
     for (const bad of [0, -1, 1.5, 1_000_001, Number.NaN])
       expect(field(() => requireQuantity(bad, "quantity"))).toBe("quantity");
     expect(field(() => requireQuantity(11, "quantity", 1, 10))).toBe("quantity");
+  });
+});
+
+describe("stringWithNul", () => {
+  const value = (v: MessageInitShape<typeof ValueSchema>["kind"]) => create(ValueSchema, { kind: v });
+  const struct = (fields: Record<string, ReturnType<typeof value>>) => create(StructSchema, { fields });
+  it("finds a NUL in any string of a message, by the path of its fields' .proto names", () => {
+    const ok = struct({ a: value({ case: "stringValue", value: "fine" }) });
+    expect(stringWithNul(StructSchema, ok)).toBeUndefined();
+    // A map's value, through a oneof.
+    expect(stringWithNul(StructSchema, struct({ a: value({ case: "stringValue", value: "x\0" }) }))).toBe(
+      'fields["a"].string_value',
+    );
+    // A map's key.
+    expect(stringWithNul(StructSchema, struct({ "a\0": value({ case: "numberValue", value: 1 }) }))).toBe("fields");
+    // A list, nested in a message in a oneof.
+    const list = value({
+      case: "listValue",
+      value: { values: [value({ case: "boolValue", value: true }), value({ case: "stringValue", value: "\0" })] },
+    });
+    expect(stringWithNul(StructSchema, struct({ l: list }))).toBe('fields["l"].list_value.values[1].string_value');
+    // The case of a oneof not chosen is not read.
+    expect(stringWithNul(ValueSchema, value({ case: "numberValue", value: 0 }))).toBeUndefined();
   });
 });

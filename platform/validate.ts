@@ -3,6 +3,7 @@
  * InvalidArgumentError naming the field (as written in the .proto), so the
  * client gets INVALID_ARGUMENT with a google.rpc.BadRequest field violation.
  */
+import type { DescMessage } from "@bufbuild/protobuf";
 import { InvalidArgumentError } from "./errors.js";
 import { SUBJECT } from "./identity.js";
 
@@ -50,4 +51,42 @@ export function requireQuantity(value: number, field: string, min = 1, max = 1_0
     throw new InvalidArgumentError(field, `must be between ${min} and ${max}, got ${value}`);
   }
   return value;
+}
+
+/**
+ * The first string in `msg` (a message of `schema`) that holds U+0000, as a path of its fields'
+ * .proto names (`items[2].product_id`), or undefined. PostgreSQL's text holds no NUL, so such a
+ * string is refused before any handler sees it (grpc.ts): stored, it failed as a server error.
+ */
+export function stringWithNul(schema: DescMessage, msg: object, at = ""): string | undefined {
+  const values = msg as Record<string, unknown>;
+  for (const f of schema.fields) {
+    let value = values[f.localName];
+    if (f.oneof) {
+      const chosen = values[f.oneof.localName] as { case?: string; value?: unknown } | undefined;
+      value = chosen?.case === f.localName ? chosen.value : undefined;
+    }
+    const name = `${at}${f.name}`;
+    const found = (v: unknown, path: string): string | undefined => {
+      if (typeof v === "string") return v.includes("\0") ? path : undefined;
+      const sub = f.fieldKind === "scalar" || f.fieldKind === "enum" ? undefined : f.message;
+      return sub && typeof v === "object" && v !== null ? stringWithNul(sub, v, `${path}.`) : undefined;
+    };
+    if (value === undefined || value === null) continue;
+    if (f.fieldKind === "list") {
+      for (const [i, v] of (value as unknown[]).entries()) {
+        const hit = found(v, `${name}[${i}]`);
+        if (hit) return hit;
+      }
+    } else if (f.fieldKind === "map") {
+      for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
+        const hit = k.includes("\0") ? name : found(v, `${name}[${JSON.stringify(k)}]`);
+        if (hit) return hit;
+      }
+    } else {
+      const hit = found(value, name);
+      if (hit) return hit;
+    }
+  }
+  return undefined;
 }

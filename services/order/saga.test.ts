@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import { type Order, OrderStatus, StepStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
 import { Code } from "../../platform/index.js";
+import { encodePageToken } from "../../platform/paging.js";
 import { capturedPayments } from "../../test/probes.js";
 import { expectRpcError } from "../../test/rpc.js";
 import { type System, startSystem } from "../../test/system.js";
@@ -136,6 +137,33 @@ describe("PlaceOrder idempotency and validation", () => {
     );
     await expectRpcError(sys.orders.placeOrder(ok), Code.UNAUTHENTICATED);
     expect((await sys.orders.listOrders({}, sys.as("dave"))).orders).toHaveLength(0);
+  });
+
+  it("refuses a NUL in any string, naming the field, before anything is stored (PostgreSQL's text holds none)", async () => {
+    const placed = await place("gina", [{ productId: "paper-filters", quantity: 1 }]);
+    await expectRpcError(
+      sys.orders.cancelOrder({ orderId: placed.id, reason: "bad\u0000reason" }, sys.as("gina")),
+      Code.INVALID_ARGUMENT,
+      "reason",
+    );
+    await expectRpcError(
+      sys.orders.placeOrder(
+        { idempotencyKey: key(), items: [{ productId: "paper\u0000filters", quantity: 1 }], cardToken: "tok_visa" },
+        sys.as("gina"),
+      ),
+      Code.INVALID_ARGUMENT,
+      "items[0].product_id",
+    );
+    // A page token's checksum is public: a well-formed one can carry a NUL in its cursor.
+    const forged = encodePageToken({ t: Date.now(), id: "ord\u0000" });
+    await expectRpcError(
+      sys.orders.listOrders({ pageToken: forged }, sys.as("gina")),
+      Code.INVALID_ARGUMENT,
+      "page_token",
+    );
+    // The refused cancel changed nothing: the saga ran on.
+    expect((await sys.settle(placed.id, "gina")).status).toBe(OrderStatus.CONFIRMED);
+    expect((await sys.orders.listOrders({}, sys.as("gina"))).orders.map((o) => o.id)).toEqual([placed.id]);
   });
 });
 
