@@ -74,7 +74,10 @@ async function poison(bus: Bus, id: string, time?: string): Promise<void> {
   h.set("ce-type", OrderPlacedSchema.typeName);
   h.set("ce-id", id);
   if (time !== undefined) h.set("ce-time", `2026-01-01T${time}`);
-  await bus.js.publish("order.order.placed.orchestration", new Uint8Array([0xff, 0xff, 0xff]), { headers: h, msgID: id });
+  await bus.js.publish("order.order.placed.orchestration", new Uint8Array([0xff, 0xff, 0xff]), {
+    headers: h,
+    msgID: id,
+  });
 }
 
 const dlqCount = async (bus: Bus) => (await bus.jsm.streams.info("DLQ")).state.messages;

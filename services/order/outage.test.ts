@@ -24,7 +24,8 @@ async function placedEvents(url: string): Promise<string[]> {
     const ids: string[] = [];
     for (let seq = info.state.first_seq; seq <= info.state.last_seq && info.state.messages > 0; seq++) {
       const m = await bus.jsm.streams.getMessage("ORDER", { seq }).catch(() => null);
-      if (m?.subject.startsWith("order.order.placed.")) ids.push(fromBinary(OrderPlacedSchema, m.data).meta?.orderId ?? "");
+      if (m?.subject.startsWith("order.order.placed."))
+        ids.push(fromBinary(OrderPlacedSchema, m.data).meta?.orderId ?? "");
     }
     return ids;
   } finally {
