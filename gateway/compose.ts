@@ -6,7 +6,8 @@
  * rest and names the missing part, instead of failing.
  *
  * Payment and notifications are fetched by order id at once, alongside the
- * order; products need the order's items, so they start when it arrives.
+ * order; products need the order's items, so they start when it arrives —
+ * each product once, one at a time (below).
  */
 import type { MessageShape } from "@bufbuild/protobuf";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
@@ -36,6 +37,25 @@ function missing(part: string, err: unknown): Missing {
   return { part, code };
 }
 
+/**
+ * `fetch` for each of `keys` in turn. A composed call then holds one place at most in the inventory
+ * bulkhead, as any single call does: an order may have 50 lines, and fetched all at once, one
+ * client's details calls, each within its rate limit, filled the bulkhead every client shares
+ * and got another client's calls shed (429).
+ */
+async function oneAtATime<K, T>(keys: readonly K[], fetch: (key: K) => Promise<T>): Promise<PromiseSettledResult<T>[]> {
+  const out: PromiseSettledResult<T>[] = [];
+  for (const key of keys) {
+    out.push(
+      await fetch(key).then(
+        (value) => ({ status: "fulfilled", value }) as const,
+        (reason: unknown) => ({ status: "rejected", reason }) as const,
+      ),
+    );
+  }
+  return out;
+}
+
 /** The GatewayService implementation. */
 export function createComposition(deps: ComposeDeps): ServiceImpl<typeof GatewayService> {
   return {
@@ -62,8 +82,8 @@ export function createComposition(deps: ComposeDeps): ServiceImpl<typeof Gateway
         await settled;
         throw toConnectError(err, "order", ctx.signal);
       }
-      const products = await Promise.allSettled(
-        (order?.items ?? []).map((it) => deps.inventory.getProduct({ productId: it.productId }, opts)),
+      const products = await oneAtATime([...new Set((order?.items ?? []).map((it) => it.productId))], (productId) =>
+        deps.inventory.getProduct({ productId }, opts),
       );
       const [payment, notifications] = await settled;
 

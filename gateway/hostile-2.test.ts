@@ -425,3 +425,46 @@ describe("11. a repeated Authorization header identifies nobody (third review)",
     expect(await overH2([valid])).toContain('"products"');
   });
 });
+
+describe("12. one client's composed calls cannot crowd out another's (fourth review)", () => {
+  it("fetches an order's products one at a time, each once: its details calls, within its limits, shed nobody", async () => {
+    // A bulkhead as small as the rule allows: one client's burst (8, from one address) fills it exactly.
+    const small = await startTestGateway(sys, {
+      UPSTREAM_BULKHEAD_LIMIT: "2",
+      UPSTREAM_BULKHEAD_QUEUE: "6",
+      RATE_LIMIT_IP_BURST: "8",
+    });
+    try {
+      const jwt = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
+      const as = async (who: string) => ({
+        authorization: `Bearer ${await signDevToken(jwt, who, ["customer"])}`,
+        "content-type": "application/json",
+      });
+      // 50 lines of products that do not exist (refused later by the saga, but placed).
+      const items = Array.from({ length: 50 }, (_, i) => ({ productId: `no-such-${i}`, quantity: 1 }));
+      const { order } = await sys.orders.placeOrder(
+        { idempotencyKey: "hostile-12-compose", items, cardToken: "tok_visa" },
+        sys.as("al"),
+      );
+      const post = (path: string, body: unknown, headers: Record<string, string>) =>
+        fetch(`${small.url}/${path}`, { method: "POST", headers, body: JSON.stringify(body) });
+      const [al, bo] = await Promise.all([as("al"), as("bo")]);
+      const details = Array.from({ length: 6 }, () =>
+        post("shopmesh.gateway.v1.GatewayService/GetOrderDetails", { orderId: order?.id }, al),
+      );
+      const reads = Array.from({ length: 2 }, () =>
+        post("shopmesh.inventory.v1.InventoryService/GetProduct", { productId: "coffee-beans" }, bo),
+      );
+      const answers = await Promise.all([...details, ...reads]);
+      expect(answers.map((r) => r.status)).toEqual(Array(8).fill(200));
+      for (const r of answers.slice(0, 6)) {
+        const { products, missing } = (await r.json()) as { products?: unknown[]; missing?: { code: string }[] };
+        // Every product is unknown: the part is missing as NOT_FOUND, never shed.
+        expect(products ?? []).toEqual([]);
+        expect(missing).toEqual([{ part: "products", code: "NOT_FOUND" }]);
+      }
+    } finally {
+      await small.stop();
+    }
+  });
+});
