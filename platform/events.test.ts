@@ -4,6 +4,7 @@
  * inbox, and dead letters.
  */
 import { create, toBinary } from "@bufbuild/protobuf";
+import { AckPolicy } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -343,6 +344,49 @@ describe("consumers", () => {
       (d) => d >= 1,
     );
     expect(await effectsOf(consumer.db, { orderId: "ord-d" })).toBe(1);
+    await c.stop();
+    await relay.stop();
+  });
+
+  it("sends a consumer only the events of its mode and types: its filter subject, given to a durable made without one", async () => {
+    const producer = await service();
+    const relay = relaying(producer);
+    const orchestrated = await addPlaced(producer, "ord-orchestrated");
+    const choreographed = await producer.db.transaction((tx) =>
+      producer.outbox.add(
+        tx,
+        OrderPlacedSchema,
+        { orderId: "ord-choreographed", sagaMode: SagaMode.CHOREOGRAPHY },
+        placed("ord-choreographed"),
+      ),
+    );
+    const durable = `refiltered-${n}`;
+    // Made before this code declared a filter: the consumer gives it one at start.
+    await bus.jsm.consumers.add("ORDER", { durable_name: durable, ack_policy: AckPolicy.Explicit });
+    const consumer = await service();
+    const handled: string[] = [];
+    const c = await startConsumer({
+      catalogue: EVENTS,
+      bus,
+      db: consumer.db,
+      log,
+      stream: "ORDER",
+      durable,
+      sagaMode: SagaMode.CHOREOGRAPHY,
+      handlers: [
+        on(OrderPlacedSchema, async (e, ctx, tx) => {
+          handled.push(ctx.eventId);
+          await recordEffect[1](e as never, ctx, tx);
+        }),
+      ],
+    });
+    await applied(consumer.db, choreographed);
+    const info = await bus.jsm.consumers.info("ORDER", durable);
+    expect(info.config.filter_subject).toBe("order.order.placed.choreography");
+    // The orchestrated order's event was never delivered to it, not delivered and ignored.
+    expect(info.delivered.consumer_seq).toBe(handled.length);
+    expect(handled).toContain(choreographed);
+    expect(handled).not.toContain(orchestrated);
     await c.stop();
     await relay.stop();
   });

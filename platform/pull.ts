@@ -126,8 +126,8 @@ export async function pullForever(o: {
 
 /**
  * Gives an existing durable the filter this code declares (made before it declared one, or another).
- * nats-server 2.9 refuses to change a consumer's filter (2.10 allows it): the consumer then goes on
- * as it is, which stays correct — a consumer ignores what it does not handle — only not as cheap.
+ * If the server refuses, the consumer goes on as it is, which stays correct — a consumer ignores
+ * what it does not handle — only not as cheap.
  */
 async function refilter(bus: Bus, stream: string, durable: string, filter: string | undefined, log: Logger) {
   try {
