@@ -509,7 +509,10 @@ describe("consumers", () => {
     const event = (eventId: string) =>
       toBinary(
         OrderPlacedSchema,
-        create(OrderPlacedSchema, { meta: { eventId, orderId: "ord-x" }, ...placed("ord-x") }),
+        create(OrderPlacedSchema, {
+          meta: { eventId, orderId: "ord-x", sagaMode: SagaMode.ORCHESTRATION },
+          ...placed("ord-x"),
+        }),
       );
     const ce = (eventId: string) => {
       const h = natsHeaders();
@@ -557,6 +560,10 @@ describe("consumers", () => {
     // An id far longer than any service writes: it would be stored and listed back.
     const long = `evt_${"l".repeat(200)}`;
     seqs.push((await bus.js.publish("order.order.placed.orchestration", event(long), { headers: ce(long) })).seq);
+    // An orchestrated order's event on the choreography's subject: consumers are filtered on it.
+    seqs.push(
+      (await bus.js.publish("order.order.placed.choreography", event("evt_mode"), { headers: ce("evt_mode") })).seq,
+    );
     try {
       const producer = await service();
       const relay = relaying(producer, bus);
@@ -569,9 +576,9 @@ describe("consumers", () => {
         seqs.includes(Number(l.header.get("x-dlq-stream-seq")));
       const letters = await until(
         async () => (await dlqMessages(`dlq.${durable}`, bus)).filter(mine),
-        (ls) => ls.length >= 7,
+        (ls) => ls.length >= 8,
       );
-      expect(letters).toHaveLength(7);
+      expect(letters).toHaveLength(8);
       // Each is acknowledged after its dead letter is stored, which a reader may see first.
       const pending = await until(
         async () => (await bus.jsm.consumers.info("ORDER", durable)).num_ack_pending,
@@ -589,6 +596,7 @@ describe("consumers", () => {
       expect(by("evt_head")?.header.get("x-dlq-truncated")).toMatch(/other headers left out/);
       expect(letters.find((l) => l.header.get("ce-id") === long)?.header.get("x-dlq-reason")).toMatch(/over-long/);
       expect(by("evt_copy")?.header.get("x-dlq-reason")).toMatch(/is not the event's meta.event_id "evt_real"/);
+      expect(by("evt_mode")?.header.get("x-dlq-reason")).toMatch(/is published on order\.order\.placed\.<mode>/);
       await c.stop();
       await relay.stop();
     } finally {
