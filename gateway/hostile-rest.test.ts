@@ -426,6 +426,19 @@ describe("behaviour that is right", () => {
     );
   });
 
+  it("a query or path value refused by the transcoder names its field in the details too, as a service does", async () => {
+    const h = await auth("alice");
+    for (const [path, field] of [
+      ["/v1/orders?bogus=1", "bogus"],
+      ["/v1/orders?page_size=1&page_size=2", "page_size"],
+      ["/v1/orders?page_size.x=1", "page_size.x"],
+    ] as const) {
+      const r = await rest("GET", path, { headers: h });
+      expect({ path, status: r.status }).toEqual({ path, status: 400 });
+      expect(r.json.details?.[0]?.fieldViolations?.[0]?.field, path).toBe(field);
+    }
+  });
+
   it("method tricks and odd paths: no override, 405 with Allow, 404 for slashes, 400 for ids that are no ids", async () => {
     const h = await auth("alice");
     const override = await rest("POST", "/v1/orders/ord_1", { headers: { ...h, "X-HTTP-Method-Override": "GET" } });

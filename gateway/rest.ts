@@ -35,6 +35,7 @@ import {
   type Variable,
 } from "../contracts/http-rules.js";
 import { http as httpRule } from "../gen/google/api/annotations_pb.js";
+import { BadRequestSchema } from "../gen/google/rpc/error_details_pb.js";
 import { ERROR_DETAILS } from "../platform/index.js";
 import { describeJsonError } from "./json-errors.js";
 
@@ -130,8 +131,11 @@ export class RestRouter {
   }
 }
 
+/** INVALID_ARGUMENT naming `field`, in the message and in a google.rpc.BadRequest detail. */
 function badRequest(field: string, why: string): ConnectError {
-  return new ConnectError(`${field}: ${why}`, Code.InvalidArgument);
+  const description = `${field}: ${why}`;
+  const violation = { desc: BadRequestSchema, value: { fieldViolations: [{ field, description }] } };
+  return new ConnectError(description, Code.InvalidArgument, undefined, [violation]);
 }
 
 /** The JSON value of one text value (path or query) for a singular field, as proto3 JSON reads it. */
