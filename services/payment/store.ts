@@ -193,28 +193,20 @@ export class PaymentStore {
       const money = { amountMinor: input.amountMinor, currency: input.currency, status: auth.status, createdAt: now };
       await this.insert(tx, { ...fields, ...money, key: input.idempotencyKey, fingerprint, declineReason });
       const payment = (await this.byId(tx, id)) as PaymentRecord;
+      const about = { orderId: payment.orderId, sagaMode };
       if (auth.status === "DECLINED") {
-        await this.outbox.add(
-          tx,
-          PaymentFailedSchema,
-          { orderId: payment.orderId, sagaMode },
-          {
-            paymentId: id,
-            customerId: payment.customerId,
-            reason: auth.reason,
-          },
-        );
+        await this.outbox.add(tx, PaymentFailedSchema, about, {
+          paymentId: id,
+          customerId: payment.customerId,
+          reason: auth.reason,
+        });
       } else {
-        await this.outbox.add(
-          tx,
-          PaymentSucceededSchema,
-          { orderId: payment.orderId, sagaMode },
-          {
-            paymentId: id,
-            customerId: payment.customerId,
-            amount: { currencyCode: payment.currency, amountMinor: BigInt(payment.amountMinor) },
-          },
-        );
+        const amount = { currencyCode: payment.currency, amountMinor: BigInt(payment.amountMinor) };
+        await this.outbox.add(tx, PaymentSucceededSchema, about, {
+          paymentId: id,
+          customerId: payment.customerId,
+          amount,
+        });
       }
       return { kind: "charged", payment, replayed: false };
     });
