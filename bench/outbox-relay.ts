@@ -42,7 +42,7 @@ relay.start();
 // Events arrive at a core subscription once JetStream has stored them; callers wait for the next one.
 let arrived = 0;
 let waiting: (() => void)[] = [];
-const sub = bus.nc.subscribe("order.order.placed");
+const sub = bus.nc.subscribe("order.order.placed.orchestration");
 void (async () => {
   for await (const _ of sub) {
     arrived++;
