@@ -10,7 +10,7 @@ import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
-import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
+import { OrderConfirmedSchema, OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { TestDatabases } from "../test/db.js";
 import { tempDir } from "../test/fixtures.js";
 import { rawPublish, startNats, type TestNats } from "../test/nats.js";
@@ -601,6 +601,48 @@ describe("consumers", () => {
       await relay.stop();
     } finally {
       await bus.close();
+    }
+  });
+
+  it("takes an event published before subjects ended in the saga mode, and refuses one that mixes the two forms", async () => {
+    // A NATS of its own: what this puts on ORDER stays there.
+    await using nats = await startNats();
+    const other = await connectBus(nats.url, "events-test-legacy", log, { streams: EVENTS.streams });
+    try {
+      const publish = async (subject: string, eventId: string, sagaMode?: SagaMode) => {
+        const meta = { eventId, orderId: "ord-legacy", ...(sagaMode === undefined ? {} : { sagaMode }) };
+        const h = natsHeaders();
+        h.set("ce-type", OrderPlacedSchema.typeName);
+        h.set("ce-id", eventId);
+        const data = toBinary(OrderPlacedSchema, create(OrderPlacedSchema, { meta, ...placed("ord-legacy") }));
+        return (await other.js.publish(subject, data, { headers: h })).seq;
+      };
+      await publish("order.order.placed", "evt_legacy");
+      const refused = [
+        await publish("order.order.placed", "evt_legacy_moded", SagaMode.ORCHESTRATION),
+        await publish("order.order.placed.orchestration", "evt_modal_unmoded"),
+      ];
+      const consumer = await service();
+      const durable = `legacy-${n}`;
+      // Two types, both modes: unfiltered, as history and notification-order are.
+      const c = await startConsumer({
+        catalogue: EVENTS,
+        bus: other,
+        db: consumer.db,
+        log,
+        stream: "ORDER",
+        durable,
+        handlers: [recordEffect, on(OrderConfirmedSchema, async () => {})],
+      });
+      await applied(consumer.db, "evt_legacy");
+      const letters = await until(
+        async () => (await dlqMessages(`dlq.${durable}`, other)).map((l) => Number(l.header.get("x-dlq-stream-seq"))),
+        (seqs) => seqs.length >= 2,
+      );
+      expect(letters.sort()).toEqual(refused);
+      await c.stop();
+    } finally {
+      await other.close();
     }
   });
 

@@ -138,7 +138,8 @@ export function decodeEvent(
   const elsewhere = () => ({
     unusable: `${type} is published on ${kind.subject}.<mode> (${kind.stream}), not ${JSON.stringify(m.subject.slice(0, 200))} (${m.info.stream})`,
   });
-  if (!m.subject.startsWith(`${kind.subject}.`) || m.info.stream !== kind.stream) return elsewhere();
+  const legacy = m.subject === kind.subject; // published before subjects ended in the saga mode
+  if (!(legacy || m.subject.startsWith(`${kind.subject}.`)) || m.info.stream !== kind.stream) return elsewhere();
   if (headers?.has("Nats-Stream") || headers?.has("Nats-Sequence")) {
     return {
       unusable: `a copy of a stored message (Nats-Stream ${JSON.stringify(headers.get("Nats-Stream"))}), not an event as published`,
@@ -155,12 +156,12 @@ export function decodeEvent(
   if (own !== eventId) {
     return { unusable: `ce-id ${JSON.stringify(eventId)} is not the event's meta.event_id ${JSON.stringify(own)}` };
   }
-  // The subject's last token is the saga mode the event says (consumers are filtered on it).
+  // The subject's last token is the saga mode the event says (consumers are filtered on it). An event
+  // published before either existed says none: what history and notification still take from the
+  // stream's seven days, and a read model's rebuild replays (docs/events.md, "Upgrading").
   const mode = (event as { meta?: { sagaMode?: SagaMode } }).meta?.sagaMode ?? SagaMode.UNSPECIFIED;
-  if (mode !== SagaMode.ORCHESTRATION && mode !== SagaMode.CHOREOGRAPHY) {
-    return { unusable: `${type} of no saga mode (meta.saga_mode ${mode})` };
-  }
-  if (m.subject !== eventSubject(kind, mode)) return elsewhere();
+  const modal = mode === SagaMode.ORCHESTRATION || mode === SagaMode.CHOREOGRAPHY;
+  if (legacy ? mode !== SagaMode.UNSPECIFIED : !modal || m.subject !== eventSubject(kind, mode)) return elsewhere();
   const ctx: EventContext = {
     eventId,
     type,

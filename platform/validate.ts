@@ -3,7 +3,7 @@
  * InvalidArgumentError naming the field (as written in the .proto), so the
  * client gets INVALID_ARGUMENT with a google.rpc.BadRequest field violation.
  */
-import type { DescMessage } from "@bufbuild/protobuf";
+import { type DescMessage, ScalarType } from "@bufbuild/protobuf";
 import { InvalidArgumentError } from "./errors.js";
 import { SUBJECT } from "./identity.js";
 
@@ -56,37 +56,68 @@ export function requireQuantity(value: number, field: string, min = 1, max = 1_0
 /**
  * The first string in `msg` (a message of `schema`) that holds U+0000, as a path of its fields'
  * .proto names (`items[2].product_id`), or undefined. PostgreSQL's text holds no NUL, so such a
- * string is refused before any handler sees it (grpc.ts): stored, it failed as a server error.
+ * string is refused before any handler sees it (grpc.ts): stored, it failed as a server error. Runs
+ * on every request, so it builds no path until it finds one, and skips messages that hold no string.
  */
-export function stringWithNul(schema: DescMessage, msg: object, at = ""): string | undefined {
+export function stringWithNul(schema: DescMessage, msg: object): string | undefined {
   const values = msg as Record<string, unknown>;
   for (const f of schema.fields) {
-    let value = values[f.localName];
+    let v = values[f.localName];
     if (f.oneof) {
       const chosen = values[f.oneof.localName] as { case?: string; value?: unknown } | undefined;
-      value = chosen?.case === f.localName ? chosen.value : undefined;
+      v = chosen?.case === f.localName ? chosen.value : undefined;
     }
-    const name = `${at}${f.name}`;
-    const found = (v: unknown, path: string): string | undefined => {
-      if (typeof v === "string") return v.includes("\0") ? path : undefined;
-      const sub = f.fieldKind === "scalar" || f.fieldKind === "enum" ? undefined : f.message;
-      return sub && typeof v === "object" && v !== null ? stringWithNul(sub, v, `${path}.`) : undefined;
-    };
-    if (value === undefined || value === null) continue;
+    if (v === undefined || v === null) continue;
+    const sub = f.fieldKind === "scalar" || f.fieldKind === "enum" ? undefined : f.message;
+    const inner = sub && holdsStrings(sub) ? sub : undefined;
     if (f.fieldKind === "list") {
-      for (const [i, v] of (value as unknown[]).entries()) {
-        const hit = found(v, `${name}[${i}]`);
-        if (hit) return hit;
+      const list = v as unknown[];
+      for (let i = 0; i < list.length; i++) {
+        const hit = nulIn(list[i], inner);
+        if (hit !== undefined) return `${f.name}[${i}]${hit}`;
       }
     } else if (f.fieldKind === "map") {
-      for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
-        const hit = k.includes("\0") ? name : found(v, `${name}[${JSON.stringify(k)}]`);
-        if (hit) return hit;
+      for (const [k, x] of Object.entries(v as Record<string, unknown>)) {
+        if (k.includes("\0")) return f.name;
+        const hit = nulIn(x, inner);
+        if (hit !== undefined) return `${f.name}[${JSON.stringify(k)}]${hit}`;
       }
     } else {
-      const hit = found(value, name);
-      if (hit) return hit;
+      const hit = nulIn(v, inner);
+      if (hit !== undefined) return `${f.name}${hit}`;
     }
   }
   return undefined;
+}
+
+/** "" when `v` is a string holding a NUL, `.<path>` when it is a message of `schema` holding one, else undefined. */
+function nulIn(v: unknown, schema: DescMessage | undefined): string | undefined {
+  if (typeof v === "string") return v.includes("\0") ? "" : undefined;
+  if (schema === undefined || typeof v !== "object" || v === null) return undefined;
+  const hit = stringWithNul(schema, v);
+  return hit === undefined ? undefined : `.${hit}`;
+}
+
+/** Whether a message of `schema` can hold a string (itself, or a message it holds). */
+const stringy = new WeakMap<DescMessage, boolean>();
+function holdsStrings(schema: DescMessage): boolean {
+  const known = stringy.get(schema);
+  if (known !== undefined) return known;
+  stringy.set(schema, true); // a recursive message: assume so while it is being looked at
+  const holds = schema.fields.some((f) =>
+    f.fieldKind === "scalar"
+      ? f.scalar === ScalarType.STRING
+      : f.fieldKind === "list"
+        ? f.listKind === "scalar"
+          ? f.scalar === ScalarType.STRING
+          : f.listKind === "message" && holdsStrings(f.message)
+        : f.fieldKind === "map"
+          ? f.mapKey === ScalarType.STRING ||
+            (f.mapKind === "scalar"
+              ? f.scalar === ScalarType.STRING
+              : f.mapKind === "message" && holdsStrings(f.message))
+          : f.fieldKind === "message" && holdsStrings(f.message),
+  );
+  stringy.set(schema, holds);
+  return holds;
 }
