@@ -1,5 +1,4 @@
 /** PaymentService RPC handlers: validate, call the store, map to messages. */
-
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";

@@ -12,7 +12,6 @@
  * The charge key is `<order id>:charge_payment`, the same key the
  * orchestrator uses.
  */
-
 import { create } from "@bufbuild/protobuf";
 import { byOrder } from "../../contracts/events.js";
 import { choreographed, refundReason, stepKey } from "../../contracts/saga.js";

@@ -5,7 +5,6 @@
  * constraints keep each row's status, reasons and amount consistent even if
  * a bug slipped past the domain rules.
  */
-
 import { EVENTS } from "../../contracts/events.js";
 import type { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import {
