@@ -45,14 +45,7 @@ function missing(part: string, err: unknown): Missing {
  */
 async function oneAtATime<K, T>(keys: readonly K[], fetch: (key: K) => Promise<T>): Promise<PromiseSettledResult<T>[]> {
   const out: PromiseSettledResult<T>[] = [];
-  for (const key of keys) {
-    out.push(
-      await fetch(key).then(
-        (value) => ({ status: "fulfilled", value }) as const,
-        (reason: unknown) => ({ status: "rejected", reason }) as const,
-      ),
-    );
-  }
+  for (const key of keys) out.push(...(await Promise.allSettled([fetch(key)])));
   return out;
 }
 
