@@ -2,6 +2,7 @@
  * Process lifecycle: validated config, tracing, the logger, the service, and
  * a clean shutdown on SIGTERM/SIGINT (a second signal exits at once).
  */
+import { leanAsyncBind } from "./async-bind.js";
 import { ConfigError } from "./config.js";
 import { createLogger, flushLogs, type Logger } from "./log.js";
 import { startProcessTelemetry } from "./tracing.js";
@@ -24,7 +25,8 @@ export interface ProcessConfig {
 
 /**
  * Runs the process of service `name`: `loadConfig` (a ConfigError exits 78
- * with a message naming each bad variable), tracing, the logger, then
+ * with a message naming each bad variable), the lean `AsyncResource.bind`
+ * (async-bind.ts), tracing, the logger, then
  * `start`; on SIGTERM or SIGINT stops the service, flushes traces and exits
  * 0 (or 1 if stopping failed). The signal handlers come first: a process
  * still starting (waiting for NATS or its database) exits at once on a
@@ -78,6 +80,8 @@ export async function runService<C extends ProcessConfig>(
   };
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
+  // Before any HTTP/2 request: each would otherwise leave a bound function's hidden classes in the old generation.
+  leanAsyncBind();
   // Tracing first: everything after it may create spans.
   stopTracing = await startProcessTelemetry(name, config);
   log = await createLogger({ service: name, level: config.LOG_LEVEL, format: config.LOG_FORMAT });

@@ -1,0 +1,91 @@
+import { AsyncLocalStorage, AsyncResource } from "node:async_hooks";
+import http2 from "node:http2";
+import type { AddressInfo } from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { leanAsyncBind, nodeBindsWithAccessor } from "./async-bind.js";
+
+describe("the lean AsyncResource.bind", () => {
+  const nodeBind = AsyncResource.prototype.bind;
+  const nodeHadAccessor = nodeBindsWithAccessor();
+  let restore: () => void;
+  beforeAll(() => {
+    restore = leanAsyncBind();
+  });
+  afterAll(() => restore());
+
+  it("replaces Node's where Node attaches the deprecated accessor, and drops only that", () => {
+    expect(AsyncResource.prototype.bind !== nodeBind).toBe(nodeHadAccessor);
+    const fn = (_a: number, _b: number) => 0;
+    const bound = new AsyncResource("t").bind(fn);
+    expect(Object.hasOwn(bound, "asyncResource")).toBe(false);
+    expect(bound.length).toBe(2);
+    expect(bound.name).toBe("bound");
+    expect(Object.getOwnPropertyDescriptor(bound, "length")).toMatchObject({ writable: false, enumerable: false });
+  });
+
+  it("runs the function in the resource's async context, with its `this` and arguments", () => {
+    const als = new AsyncLocalStorage<string>();
+    const resource = als.run("where it was made", () => new AsyncResource("t"));
+    const seen: unknown[] = [];
+    function record(this: unknown, ...args: unknown[]) {
+      seen.push(als.getStore(), this, args);
+      return "answer";
+    }
+    const self = { me: 1 };
+    const free = resource.bind(record);
+    const pinned = resource.bind(record, self);
+    const result = als.run("where it was called", () => [free.call(self, 1, 2), pinned.call({ other: 2 }, 3)]);
+    expect(result).toEqual(["answer", "answer"]);
+    expect(seen).toEqual(["where it was made", self, [1, 2], "where it was made", self, [3]]);
+    // The static form goes through the prototype's.
+    expect(als.run("static", () => AsyncResource.bind(() => als.getStore()))()).toBe("static");
+  });
+
+  it("refuses a non-function as Node does", () => {
+    const bind = AsyncResource.prototype.bind as (fn: unknown) => unknown;
+    expect(() => bind.call(new AsyncResource("t"), 42)).toThrow(
+      expect.objectContaining({ code: "ERR_INVALID_ARG_TYPE" }),
+    );
+  });
+
+  it("keeps a node:http2 request in its caller's async context (http2's client binds one per request)", async () => {
+    const server = http2.createServer();
+    server.on("stream", (stream) => {
+      stream.respond({ ":status": 200 });
+      stream.end("ok");
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const session = http2.connect(`http://127.0.0.1:${(server.address() as AddressInfo).port}`);
+    const als = new AsyncLocalStorage<number>();
+    try {
+      const stores = await Promise.all(
+        [1, 2, 3].map((n) =>
+          als.run(
+            n,
+            () =>
+              new Promise<[number | undefined, string]>((resolve, reject) => {
+                const stream = session.request({ ":path": `/${n}` });
+                let body = "";
+                stream.setEncoding("utf8");
+                stream.on("response", () => {
+                  stream.on("data", (chunk: string) => {
+                    body += chunk;
+                  });
+                  stream.on("end", () => resolve([als.getStore(), body]));
+                });
+                stream.on("error", reject);
+              }),
+          ),
+        ),
+      );
+      expect(stores).toEqual([
+        [1, "ok"],
+        [2, "ok"],
+        [3, "ok"],
+      ]);
+    } finally {
+      session.close();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+});
