@@ -33,7 +33,7 @@ describe("the lean AsyncResource.bind", () => {
     }
     const self = { me: 1 };
     const free = resource.bind(record);
-    const pinned = resource.bind(record, self);
+    const pinned = (resource.bind as (fn: typeof record, thisArg: unknown) => typeof record)(record, self);
     const result = als.run("where it was called", () => [free.call(self, 1, 2), pinned.call({ other: 2 }, 3)]);
     expect(result).toEqual(["answer", "answer"]);
     expect(seen).toEqual(["where it was made", self, [1, 2], "where it was made", self, [3]]);

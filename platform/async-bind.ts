@@ -24,6 +24,10 @@
  */
 import { AsyncResource } from "node:async_hooks";
 
+type Fn = (...args: unknown[]) => unknown;
+/** Node's `bind` as it runs (its declared type has no `thisArg`). */
+type NodeBind = (this: AsyncResource, fn: unknown, thisArg?: unknown) => unknown;
+
 /** Whether this Node attaches the deprecated accessor to bound functions. */
 export function nodeBindsWithAccessor(): boolean {
   const bound = new AsyncResource("probe").bind(() => {});
@@ -37,24 +41,21 @@ export function nodeBindsWithAccessor(): boolean {
 export function leanAsyncBind(): () => void {
   const nodes = AsyncResource.prototype.bind;
   if (!nodeBindsWithAccessor()) return () => {};
-  AsyncResource.prototype.bind = function bind<Func extends (...args: never[]) => unknown>(
-    this: AsyncResource,
-    fn: Func,
-    thisArg?: unknown,
-  ): Func {
-    if (typeof fn !== "function") return nodes.call(this, fn, thisArg); // Node's TypeError
+  function bind(this: AsyncResource, fn: Fn, thisArg?: unknown): Fn {
+    if (typeof fn !== "function") return (nodes as NodeBind).call(this, fn, thisArg) as Fn; // Node's TypeError
     const resource = this;
-    let bound: (...args: unknown[]) => unknown;
+    let bound: Fn;
     if (thisArg === undefined) {
       bound = function (this: unknown, ...args: unknown[]) {
-        return resource.runInAsyncScope(fn as (...a: unknown[]) => unknown, this, ...args);
+        return resource.runInAsyncScope(fn, this, ...args);
       };
     } else {
-      bound = resource.runInAsyncScope.bind(resource, fn as (...a: unknown[]) => unknown, thisArg);
+      bound = resource.runInAsyncScope.bind(resource, fn, thisArg);
     }
     Object.defineProperty(bound, "length", { value: fn.length, configurable: true });
-    return bound as Func;
-  } as typeof nodes;
+    return bound;
+  }
+  AsyncResource.prototype.bind = bind as typeof nodes;
   return () => {
     AsyncResource.prototype.bind = nodes;
   };
