@@ -14,7 +14,8 @@
  * one on its compatibility API (request/response objects, which the
  * gateway's front uses). Closed loop (64 in flight) for throughput, and
  * open loop at FLOOR_RATES for the latency a hop adds at a given load.
- * Telemetry is off everywhere (the proxies have none).
+ * Telemetry is off everywhere (the proxies have none). The proxies bind
+ * as the system's processes do (platform/async-bind.ts).
  *
  * Run as `proxy-floor.js proxy <core|compat> <host:port>`, it is one proxy.
  */
@@ -24,6 +25,7 @@ import net from "node:net";
 import { createInterface } from "node:readline";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
+import { leanAsyncBind } from "../platform/async-bind.js";
 import { nodeCommand, SYSTEM_ENV, systemNodeFlags } from "../scripts/layout.js";
 import type { LoadSpec } from "./load.js";
 import { cpuSeconds, load, restock, startSystem } from "./system.js";
@@ -174,6 +176,7 @@ async function measure(): Promise<void> {
 }
 
 if (process.argv[2] === "proxy") {
+  leanAsyncBind(); // as every system process runs: the floor pays for no more of Node than the gateway does
   const server = process.argv[3] === "core" ? coreProxy(process.argv[4] ?? "") : compatProxy(process.argv[4] ?? "");
   server.on("connection", (s: net.Socket) => s.setNoDelay(true));
   server.listen(0, "127.0.0.1", () => {
