@@ -25,7 +25,7 @@ import net from "node:net";
 import { createInterface } from "node:readline";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
-import { leanAsyncBind } from "../platform/async-bind.js";
+import { installLeanAsyncBind } from "../platform/async-bind.js";
 import { nodeCommand, SYSTEM_ENV, systemNodeFlags } from "../scripts/layout.js";
 import type { LoadSpec } from "./load.js";
 import { cpuSeconds, load, restock, startSystem } from "./system.js";
@@ -176,7 +176,7 @@ async function measure(): Promise<void> {
 }
 
 if (process.argv[2] === "proxy") {
-  leanAsyncBind(); // as every system process runs: the floor pays for no more of Node than the gateway does
+  installLeanAsyncBind(); // as every system process runs: the floor pays for no more of Node than the gateway does
   const server = process.argv[3] === "core" ? coreProxy(process.argv[4] ?? "") : compatProxy(process.argv[4] ?? "");
   server.on("connection", (s: net.Socket) => s.setNoDelay(true));
   server.listen(0, "127.0.0.1", () => {

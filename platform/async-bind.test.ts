@@ -2,14 +2,14 @@ import { AsyncLocalStorage, AsyncResource } from "node:async_hooks";
 import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { leanAsyncBind, nodeBindsWithAccessor } from "./async-bind.js";
+import { installLeanAsyncBind, nodeBindsWithAccessor } from "./async-bind.js";
 
 describe("the lean AsyncResource.bind", () => {
   const nodeBind = AsyncResource.prototype.bind;
   const nodeHadAccessor = nodeBindsWithAccessor();
   let restore: () => void;
   beforeAll(() => {
-    restore = leanAsyncBind();
+    restore = installLeanAsyncBind();
   });
   afterAll(() => restore());
 
@@ -21,6 +21,24 @@ describe("the lean AsyncResource.bind", () => {
     expect(bound.length).toBe(2);
     expect(bound.name).toBe("bound");
     expect(Object.getOwnPropertyDescriptor(bound, "length")).toMatchObject({ writable: false, enumerable: false });
+    expect(Object.keys(bound)).toEqual([]); // Node's accessor was enumerable
+    // With a `this` to pin: sized and named as Node's (a bound runInAsyncScope would say length 0).
+    const pinned = (new AsyncResource("t").bind as (f: typeof fn, thisArg: unknown) => typeof fn)(fn, {});
+    expect(pinned.length).toBe(2);
+    expect(pinned.name).toBe("bound runInAsyncScope");
+    expect(Object.hasOwn(pinned, "asyncResource")).toBe(false);
+  });
+
+  it("installs once: a second install changes nothing, and the first one's restore puts Node's back", () => {
+    const lean = AsyncResource.prototype.bind;
+    const again = installLeanAsyncBind();
+    expect(AsyncResource.prototype.bind).toBe(lean);
+    again();
+    expect(AsyncResource.prototype.bind).toBe(lean);
+    restore();
+    expect(AsyncResource.prototype.bind).toBe(nodeBind);
+    restore = installLeanAsyncBind();
+    expect(AsyncResource.prototype.bind !== nodeBind).toBe(nodeHadAccessor);
   });
 
   it("runs the function in the resource's async context, with its `this` and arguments", () => {
@@ -37,8 +55,10 @@ describe("the lean AsyncResource.bind", () => {
     const result = als.run("where it was called", () => [free.call(self, 1, 2), pinned.call({ other: 2 }, 3)]);
     expect(result).toEqual(["answer", "answer"]);
     expect(seen).toEqual(["where it was made", self, [1, 2], "where it was made", self, [3]]);
-    // The static form goes through the prototype's.
+    // The static form goes through the prototype's, and so does AsyncLocalStorage.snapshot().
     expect(als.run("static", () => AsyncResource.bind(() => als.getStore()))()).toBe("static");
+    const snapshot = als.run("snapshot", () => AsyncLocalStorage.snapshot());
+    expect(snapshot(() => als.getStore())).toBe("snapshot");
   });
 
   it("refuses a non-function as Node does", () => {
@@ -57,6 +77,11 @@ describe("the lean AsyncResource.bind", () => {
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
     const session = http2.connect(`http://127.0.0.1:${(server.address() as AddressInfo).port}`);
     const als = new AsyncLocalStorage<number>();
+    // Requested while the session connects: Node then runs each request's bound function later, from
+    // the 'connect' event, so only the bind carries the caller's context (once connected, Node runs it
+    // at once, in the caller's context whatever bind does — a test that waited for 'connect' would
+    // pass a bind that drops the context).
+    expect(session.connecting).toBe(true);
     try {
       const stores = await Promise.all(
         [1, 2, 3].map((n) =>

@@ -3,18 +3,19 @@
  * property on what it returns — installed by every system process
  * (lifecycle.ts), where Node still attaches that property.
  *
- * Why: Node (20 to at least 24) runtime-deprecates the property (DEP0172)
- * but still defines it on every bound function, as an accessor pair of two
- * fresh `deprecate()` wrappers, each given the caller's function as its
- * prototype. Every bound function so gets hidden classes of its own, and V8
- * allocates those in the old generation, where only a full collection frees
- * them. node:http2's client binds one function per request
- * (`ClientHttp2Session.request`), so each upstream call of the gateway and
- * every call between services paid for it twice over: in CPU, and in old
- * generation that grew with every call. A bare node:http2 client measured
- * ~2.4 KB promoted into the old generation per request with Node's `bind`,
- * none with this one, and half the CPU per request
- * (docs/performance.md, "Memory").
+ * Why: Node (20, and later releases: nodejs/node#58618 would remove it) has
+ * runtime-deprecated the property since 20 (DEP0172) but still defines it on
+ * every bound function: an accessor whose getter and setter are each wrapped
+ * by `deprecate()`, and each wrapper is given the inner function as its
+ * prototype. Every bound function so gets hidden classes of its own, which V8
+ * allocates in the old generation, where only a full collection frees them;
+ * through their prototype they reach the inner getter, whose closure is
+ * `bind`'s own and holds the function bound. node:http2's client binds one
+ * function per request (`ClientHttp2Session.request`), and that function
+ * holds the stream: each upstream call of the gateway, and every call between
+ * services, paid in CPU, and left its stream, with everything its listeners
+ * reach, in the old generation until a full collection (docs/performance.md,
+ * "Memory", has the measurements).
  *
  * What stays the same: the bound function runs `fn` through the resource's
  * `runInAsyncScope` (its async context, `this` and arguments passed on), is
@@ -35,14 +36,14 @@ export function nodeBindsWithAccessor(): boolean {
 }
 
 /**
- * Replaces `AsyncResource.prototype.bind` with the lean version when this Node needs it (a no-op
- * otherwise); returns what puts Node's back.
+ * Replaces `AsyncResource.prototype.bind`, for the whole process, with the lean version when this
+ * Node needs it (a no-op otherwise, a second call included); returns what puts Node's back.
  */
-export function leanAsyncBind(): () => void {
-  const nodes = AsyncResource.prototype.bind;
+export function installLeanAsyncBind(): () => void {
+  const nodeBind = AsyncResource.prototype.bind;
   if (!nodeBindsWithAccessor()) return () => {};
   function bind(this: AsyncResource, fn: Fn, thisArg?: unknown): Fn {
-    if (typeof fn !== "function") return (nodes as NodeBind).call(this, fn, thisArg) as Fn; // Node's TypeError
+    if (typeof fn !== "function") return (nodeBind as NodeBind).call(this, fn, thisArg) as Fn; // Node's TypeError
     const resource = this;
     let bound: Fn;
     if (thisArg === undefined) {
@@ -55,8 +56,8 @@ export function leanAsyncBind(): () => void {
     Object.defineProperty(bound, "length", { value: fn.length, configurable: true });
     return bound;
   }
-  AsyncResource.prototype.bind = bind as typeof nodes;
+  AsyncResource.prototype.bind = bind as typeof nodeBind;
   return () => {
-    AsyncResource.prototype.bind = nodes;
+    AsyncResource.prototype.bind = nodeBind;
   };
 }

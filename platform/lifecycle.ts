@@ -2,7 +2,7 @@
  * Process lifecycle: validated config, tracing, the logger, the service, and
  * a clean shutdown on SIGTERM/SIGINT (a second signal exits at once).
  */
-import { leanAsyncBind } from "./async-bind.js";
+import { installLeanAsyncBind } from "./async-bind.js";
 import { ConfigError } from "./config.js";
 import { createLogger, flushLogs, type Logger } from "./log.js";
 import { startProcessTelemetry } from "./tracing.js";
@@ -81,7 +81,7 @@ export async function runService<C extends ProcessConfig>(
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
   // Before any HTTP/2 request: each would otherwise leave a bound function's hidden classes in the old generation.
-  leanAsyncBind();
+  installLeanAsyncBind();
   // Tracing first: everything after it may create spans.
   stopTracing = await startProcessTelemetry(name, config);
   log = await createLogger({ service: name, level: config.LOG_LEVEL, format: config.LOG_FORMAT });

@@ -12,7 +12,7 @@ import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { type Order, OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
-import { leanAsyncBind } from "../platform/async-bind.js";
+import { installLeanAsyncBind } from "../platform/async-bind.js";
 import {
   type Client,
   createChannel,
@@ -62,14 +62,14 @@ export interface System extends AsyncDisposable {
 
 /**
  * Starts a nats-server and every service; `env` per service overrides defaults. The process binds as
- * the system's processes do (runService installs the lean `AsyncResource.bind`), so calls between the
- * services here keep their async context, their traces included, through the same code.
+ * the system's processes do (runService installs the lean `AsyncResource.bind`), so the calls between
+ * the services started here keep their async context, their traces included, through the same code.
  */
 export async function startSystem(
   env: { inventory?: Env; payment?: Env; order?: Env; notification?: Env; history?: Env } = {},
   opts: { log?: Logger } = {},
 ): Promise<System> {
-  leanAsyncBind();
+  installLeanAsyncBind();
   const dir = tempDir();
   const nats = await startNats();
   const root = opts.log ?? silentLogger();
