@@ -24,7 +24,8 @@ import { decodeAnswer } from "./connect-unary.js";
 import type { ClientInfo } from "./context.js";
 import type { Req, Res } from "./endpoint.js";
 import { callLifetime, type PassthroughMethod, readBody } from "./passthrough.js";
-import { checkRequest, type RestMatch, requestJson, responseJson, statusJson } from "./rest.js";
+import { type RestMatch, responseJson, statusJson } from "./rest.js";
+import { checkRequest, requestJson } from "./rest-request.js";
 import {
   connectHttpStatus,
   type ErrorAnswer,

@@ -13,16 +13,10 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { errorToJson } from "@connectrpc/connect/protocol-connect";
 import { beforeAll, describe, expect, it } from "vitest";
 import { compileTemplate } from "../contracts/http-rules.js";
+import { BadRequestSchema } from "../gen/google/rpc/error_details_pb.js";
 import { ROOT, tempDir } from "../test/fixtures.js";
-import {
-  checkRequest,
-  httpStatusOf,
-  type RestMatch,
-  RestRouter,
-  requestJson,
-  responseJson,
-  statusJson,
-} from "./rest.js";
+import { httpStatusOf, type RestMatch, RestRouter, responseJson, statusJson } from "./rest.js";
+import { checkRequest, requestJson } from "./rest-request.js";
 
 let library: DescService;
 let router: RestRouter;
@@ -167,7 +161,12 @@ describe("query parameters", () => {
     ["GET /v1/books?page_size=5&pageSize=6", "pageSize: is given more than once"],
     ["GET /v1/books?in_stock=true&in_stock=false", "in_stock: is given more than once"],
     ["GET /v1/books?in_stock=yes", "in_stock: expected true or false"],
-    ["GET /v1/books?page_size=abc", "page_size"],
+    ["GET /v1/books?page_size=abc", 'page_size: "abc" is not a valid int32'],
+    ["GET /v1/books?pageSize=99999999999", 'pageSize: "99999999999" is not a valid int32'],
+    ["GET /v1/books?min_pages=1.5", 'min_pages: "1.5" is not a valid int64'],
+    ["GET /v1/books?max_price=cheap", 'max_price: "cheap" is not a valid double'],
+    ["GET /v1/books?filter.since=yesterday", 'filter.since: "yesterday" is not a valid google.protobuf.Timestamp'],
+    ["GET /v1/books?tags=a&page_size=1&max_price=x&page_size=2", "page_size: is given more than once"],
     ["GET /v1/books?kinds=KIND_NOPE", 'kinds: "KIND_NOPE" is not a value of transcode.v1.Kind'],
     ["GET /v1/books?filter=x", "filter: is a message"],
     ["GET /v1/books?labels.a=b", "labels"],
@@ -178,6 +177,13 @@ describe("query parameters", () => {
     expect((r as ConnectError).code).toBe(Code.InvalidArgument);
     expect((r as ConnectError).rawMessage).toContain(message);
   });
+});
+
+it("a value proto3 JSON refuses names its field in a BadRequest detail, as the client wrote it", () => {
+  const r = build("GET /v1/books?tags=a&filter.since=2026-01-02T03:04:05Z&pageSize=x");
+  expect(r).toBeInstanceOf(ConnectError);
+  const [detail] = (r as ConnectError).findDetails(BadRequestSchema);
+  expect(detail?.fieldViolations.map((v) => v.field)).toEqual(["pageSize"]);
 });
 
 describe("request and response bodies", () => {

@@ -1,0 +1,258 @@
+/**
+ * The request message of a REST call, built from its path variables, query
+ * and body as grpc-gateway and Envoy's transcoder build it (rest.ts matches
+ * the route), and checked as proto3 JSON. A refusal is INVALID_ARGUMENT
+ * naming the field. One caused by a value of the path or the query — an
+ * unknown parameter, a boolean that is not one, an integer field given
+ * "abc", a Timestamp that is not one — names it as the client wrote it, in
+ * the message and in a google.rpc.BadRequest detail; one caused by the body
+ * names the field in the message.
+ */
+import {
+  type DescField,
+  fromJson,
+  type JsonObject,
+  type JsonValue,
+  type Message,
+  ScalarType,
+} from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { fieldNamed, fieldPath, type RestRoute } from "../contracts/http-rules.js";
+import { BadRequestSchema } from "../gen/google/rpc/error_details_pb.js";
+import { describeJsonError } from "./json-errors.js";
+import type { RestMatch } from "./rest.js";
+
+/** A value the client wrote as text — a path variable or a query parameter — as it went into the JSON. */
+interface TextValue {
+  /** As the client wrote it: the query parameter's key, the path variable's field path. */
+  readonly name: string;
+  readonly path: readonly DescField[];
+  readonly text: string;
+  readonly value: JsonValue;
+  readonly append: boolean;
+}
+
+/** The text values of each request JSON {@link requestJson} built, for {@link checkRequest} to name the one refused. */
+const textValues = new WeakMap<JsonObject, readonly TextValue[]>();
+
+/** INVALID_ARGUMENT naming `field`, in the message and in a google.rpc.BadRequest detail. */
+function badRequest(field: string, why: string): ConnectError {
+  const description = `${field}: ${why}`;
+  const violation = { desc: BadRequestSchema, value: { fieldViolations: [{ field, description }] } };
+  return new ConnectError(description, Code.InvalidArgument, undefined, [violation]);
+}
+
+/** The JSON value of one text value (path or query) for a singular field, as proto3 JSON reads it. */
+function leafJson(f: DescField, text: string, name: string): JsonValue {
+  const enumType =
+    f.fieldKind === "enum" ? f.enum : f.fieldKind === "list" && f.listKind === "enum" ? f.enum : undefined;
+  if (enumType) {
+    if (/^-?\d+$/.test(text)) return Number(text);
+    if (!enumType.values.some((v) => v.name === text)) {
+      throw badRequest(name, `${JSON.stringify(text)} is not a value of ${enumType.typeName}`);
+    }
+    return text;
+  }
+  const scalar =
+    f.fieldKind === "scalar" ? f.scalar : f.fieldKind === "list" && f.listKind === "scalar" ? f.scalar : undefined;
+  if (scalar === undefined) {
+    const wkt =
+      f.fieldKind === "message"
+        ? f.message.typeName
+        : f.fieldKind === "list" && f.listKind === "message"
+          ? f.message.typeName
+          : "";
+    // Well-known types whose JSON form is a string (Timestamp, Duration, FieldMask, wrappers) take it as is.
+    if (wkt.startsWith("google.protobuf.")) return text;
+    throw badRequest(name, "is a message: send it in the request body");
+  }
+  switch (scalar) {
+    case ScalarType.BOOL:
+      if (text !== "true" && text !== "false")
+        throw badRequest(name, `expected true or false, got ${JSON.stringify(text)}`);
+      return text === "true";
+    case ScalarType.STRING:
+    case ScalarType.BYTES:
+    case ScalarType.INT64:
+    case ScalarType.UINT64:
+    case ScalarType.SINT64:
+    case ScalarType.FIXED64:
+    case ScalarType.SFIXED64:
+      return text;
+    case ScalarType.FLOAT:
+    case ScalarType.DOUBLE:
+      return ["NaN", "Infinity", "-Infinity"].includes(text)
+        ? text
+        : Number.isFinite(Number(text)) && text.trim() !== ""
+          ? Number(text)
+          : text;
+    default: {
+      // 32-bit integers: a JSON number when the text is one, else left for fromJson to refuse.
+      return /^-?\d+$/.test(text) ? Number(text) : text;
+    }
+  }
+}
+
+/** Sets `value` at the field path in a JSON object (JSON names), creating nested objects. */
+function setPath(obj: JsonObject, path: readonly DescField[], value: JsonValue, append: boolean): void {
+  // The body may name a field either way (proto3 JSON takes both): go on under the name it used.
+  const keyOf = (o: JsonObject, f: DescField) =>
+    o[f.jsonName] === undefined && o[f.name] !== undefined ? f.name : f.jsonName;
+  let o = obj;
+  for (const f of path.slice(0, -1)) {
+    const key = keyOf(o, f);
+    const next = o[key];
+    if (next === undefined || next === null) o[key] = {};
+    else if (typeof next !== "object" || Array.isArray(next)) throw badRequest(f.name, "is not a message");
+    o = o[key] as JsonObject;
+  }
+  const leaf = path[path.length - 1] as DescField;
+  const key = keyOf(o, leaf);
+  if (append) {
+    const prior = o[key];
+    o[key] = Array.isArray(prior) ? [...prior, value] : [value];
+  } else o[key] = value;
+}
+
+/** The value at a field path of a JSON object, or undefined. */
+function getPath(obj: JsonObject, path: readonly DescField[]): JsonValue | undefined {
+  let v: JsonValue | undefined = obj;
+  for (const f of path) {
+    if (v === null || typeof v !== "object" || Array.isArray(v)) return undefined;
+    v = (v as JsonObject)[f.jsonName] ?? (v as JsonObject)[f.name];
+  }
+  return v;
+}
+
+/** What the request carries besides the route: its query, body and Idempotency-Key header. */
+export interface RestInput {
+  readonly query: URLSearchParams;
+  /** The parsed JSON body, or undefined when there was none. */
+  readonly body: JsonValue | undefined;
+  readonly idempotencyKey: string | undefined;
+}
+
+/**
+ * The request message, as proto3 JSON, for a matched route: the body (all
+ * of it, or one field), then the query (only what neither the path nor the
+ * body binds), then the path variables. A body value that disagrees with the
+ * path is refused rather than silently replaced: both are the client's words.
+ */
+export function requestJson(m: RestMatch, input: RestInput): JsonObject {
+  const { route } = m;
+  const message = route.method.input;
+  if (m.malformed) {
+    const leaf = m.malformed.path[m.malformed.path.length - 1] as DescField;
+    throw badRequest(leaf.name, "is not valid percent-encoded UTF-8 in the path");
+  }
+  let obj: JsonObject = {};
+  const texts: TextValue[] = [];
+  if (route.body === "*") {
+    if (input.body !== undefined) {
+      if (input.body === null || typeof input.body !== "object" || Array.isArray(input.body)) {
+        throw new ConnectError("the request body must be a JSON object", Code.InvalidArgument);
+      }
+      obj = { ...input.body };
+    }
+  } else if (route.body) {
+    if (input.body !== undefined) obj[route.body.jsonName] = input.body;
+  } else if (input.body !== undefined) {
+    throw new ConnectError(`${route.httpMethod} ${route.template} takes no request body`, Code.InvalidArgument);
+  }
+  const bound = new Set(route.variables.map((v) => v.path.map((f) => f.name).join(".")));
+  if (route.body && route.body !== "*") bound.add(route.body.name);
+  if (route.body !== "*") {
+    const seen = new Set<string>();
+    for (const [key, text] of input.query) {
+      const path = fieldPath(message, key);
+      const leaf = path?.[path.length - 1];
+      if (!path || !leaf) throw badRequest(key, `is not a field of ${message.typeName}`);
+      const dotted = path.map((f) => f.name).join(".");
+      if ([...bound].some((b) => dotted === b || dotted.startsWith(`${b}.`))) {
+        throw badRequest(key, "is set by the path or the body; it cannot be a query parameter too");
+      }
+      if (leaf.fieldKind === "map") throw badRequest(key, "is a map: send it in the request body");
+      if (leaf.fieldKind !== "list") {
+        if (seen.has(dotted)) throw badRequest(key, "is given more than once; it takes one value");
+        seen.add(dotted);
+      }
+      const value = leafJson(leaf, text, key);
+      const append = leaf.fieldKind === "list";
+      setPath(obj, path, value, append);
+      texts.push({ name: key, path, text, value, append });
+    }
+  } else if ([...input.query.keys()].length > 0) {
+    throw new ConnectError(
+      `${route.httpMethod} ${route.template} takes its fields in the body, not the query`,
+      Code.InvalidArgument,
+    );
+  }
+  for (const [v, text] of m.values) {
+    const leaf = v.path[v.path.length - 1] as DescField;
+    const value = leafJson(leaf, text, leaf.name);
+    const prior = getPath(obj, v.path);
+    if (prior !== undefined && prior !== value && String(prior) !== text) {
+      throw badRequest(leaf.name, `the body says ${JSON.stringify(prior)} and the path ${JSON.stringify(text)}`);
+    }
+    setPath(obj, v.path, value, false);
+    texts.push({ name: v.path.map((f) => f.name).join("."), path: v.path, text, value, append: false });
+  }
+  // IETF draft-ietf-httpapi-idempotency-key-header: the header is the request's idempotency key.
+  const keyField = fieldNamed(message, "idempotency_key");
+  if (input.idempotencyKey !== undefined && keyField?.fieldKind === "scalar" && keyField.scalar === ScalarType.STRING) {
+    for (const name of [keyField.jsonName, keyField.name]) {
+      const inBody = obj[name];
+      if (inBody !== undefined && inBody !== "" && inBody !== input.idempotencyKey) {
+        throw badRequest("idempotency_key", "the Idempotency-Key header and the body disagree");
+      }
+    }
+    delete obj[keyField.name];
+    obj[keyField.jsonName] = input.idempotencyKey;
+  }
+  textValues.set(obj, texts);
+  return obj;
+}
+
+/** `json` decoded as the route's input (proto3 JSON, unknown fields refused); the error names the field. */
+export function checkRequest(route: RestRoute, json: JsonObject): Message {
+  try {
+    return fromJson(route.method.input, json, { ignoreUnknownFields: false });
+  } catch (err) {
+    throw (
+      refusedText(route, json) ??
+      new ConnectError(describeJsonError(route.method.input, (err as Error).message), Code.InvalidArgument)
+    );
+  }
+}
+
+/**
+ * The first value of the path or the query that proto3 JSON refuses on its own, named as the client
+ * wrote it; undefined when the refusal is the body's (its message then names the field, not its path).
+ * Run only once the whole request was refused.
+ */
+function refusedText(route: RestRoute, json: JsonObject): ConnectError | undefined {
+  for (const t of textValues.get(json) ?? []) {
+    const leaf = t.path[t.path.length - 1];
+    // A string takes any text (enums and booleans were checked as they were read).
+    if (leaf?.fieldKind === "scalar" && leaf.scalar === ScalarType.STRING) continue;
+    if (leaf?.fieldKind === "list" && leaf.listKind === "scalar" && leaf.scalar === ScalarType.STRING) continue;
+    const alone: JsonObject = {};
+    setPath(alone, t.path, t.value, t.append);
+    try {
+      fromJson(route.method.input, alone, { ignoreUnknownFields: false });
+    } catch {
+      return badRequest(t.name, `${JSON.stringify(t.text)} is not a valid ${typeOf(leaf)}`);
+    }
+  }
+  return undefined;
+}
+
+/** The proto type a field's values have: `int32`, `google.protobuf.Timestamp`, an enum's name. */
+function typeOf(f: DescField | undefined): string {
+  if (f?.fieldKind === "scalar" || (f?.fieldKind === "list" && f.listKind === "scalar")) {
+    return (ScalarType[f.scalar] ?? "value").toLowerCase();
+  }
+  if (f?.fieldKind === "message" || (f?.fieldKind === "list" && f.listKind === "message")) return f.message.typeName;
+  if (f?.fieldKind === "enum" || (f?.fieldKind === "list" && f.listKind === "enum")) return f.enum.typeName;
+  return "value";
+}
