@@ -9,7 +9,9 @@
  * names the field in the message.
  */
 import {
+  type DescEnum,
   type DescField,
+  type DescMessage,
   fromJson,
   type JsonObject,
   type JsonValue,
@@ -44,8 +46,7 @@ function badRequest(field: string, why: string): ConnectError {
 
 /** The JSON value of one text value (path or query) for a singular field, as proto3 JSON reads it. */
 function leafJson(f: DescField, text: string, name: string): JsonValue {
-  const enumType =
-    f.fieldKind === "enum" ? f.enum : f.fieldKind === "list" && f.listKind === "enum" ? f.enum : undefined;
+  const { scalar, enumType, message } = elementOf(f);
   if (enumType) {
     if (/^-?\d+$/.test(text)) return Number(text);
     if (!enumType.values.some((v) => v.name === text)) {
@@ -53,17 +54,9 @@ function leafJson(f: DescField, text: string, name: string): JsonValue {
     }
     return text;
   }
-  const scalar =
-    f.fieldKind === "scalar" ? f.scalar : f.fieldKind === "list" && f.listKind === "scalar" ? f.scalar : undefined;
   if (scalar === undefined) {
-    const wkt =
-      f.fieldKind === "message"
-        ? f.message.typeName
-        : f.fieldKind === "list" && f.listKind === "message"
-          ? f.message.typeName
-          : "";
     // Well-known types whose JSON form is a string (Timestamp, Duration, FieldMask, wrappers) take it as is.
-    if (wkt.startsWith("google.protobuf.")) return text;
+    if (message?.typeName.startsWith("google.protobuf.")) return text;
     throw badRequest(name, "is a message: send it in the request body");
   }
   switch (scalar) {
@@ -234,8 +227,7 @@ function refusedText(route: RestRoute, json: JsonObject): ConnectError | undefin
   for (const t of textValues.get(json) ?? []) {
     const leaf = t.path[t.path.length - 1];
     // A string takes any text (enums and booleans were checked as they were read).
-    if (leaf?.fieldKind === "scalar" && leaf.scalar === ScalarType.STRING) continue;
-    if (leaf?.fieldKind === "list" && leaf.listKind === "scalar" && leaf.scalar === ScalarType.STRING) continue;
+    if (leaf && elementOf(leaf).scalar === ScalarType.STRING) continue;
     const alone: JsonObject = {};
     setPath(alone, t.path, t.value, t.append);
     try {
@@ -249,10 +241,17 @@ function refusedText(route: RestRoute, json: JsonObject): ConnectError | undefin
 
 /** The proto type a field's values have: `int32`, `google.protobuf.Timestamp`, an enum's name. */
 function typeOf(f: DescField | undefined): string {
-  if (f?.fieldKind === "scalar" || (f?.fieldKind === "list" && f.listKind === "scalar")) {
-    return (ScalarType[f.scalar] ?? "value").toLowerCase();
-  }
-  if (f?.fieldKind === "message" || (f?.fieldKind === "list" && f.listKind === "message")) return f.message.typeName;
-  if (f?.fieldKind === "enum" || (f?.fieldKind === "list" && f.listKind === "enum")) return f.enum.typeName;
-  return "value";
+  const { scalar, enumType, message } = f ? elementOf(f) : {};
+  return scalar !== undefined
+    ? (ScalarType[scalar] ?? "value").toLowerCase()
+    : (enumType?.typeName ?? message?.typeName ?? "value");
+}
+
+/** What one value of a singular or repeated field is: a scalar, an enum or a message (nothing for a map). */
+function elementOf(f: DescField): { scalar?: ScalarType; enumType?: DescEnum; message?: DescMessage } {
+  const kind = f.fieldKind === "list" ? f.listKind : f.fieldKind;
+  if (kind === "scalar" && "scalar" in f && f.scalar !== undefined) return { scalar: f.scalar };
+  if (kind === "enum" && f.enum) return { enumType: f.enum };
+  if (kind === "message" && f.message) return { message: f.message };
+  return {};
 }
