@@ -58,4 +58,11 @@ it("make bench (smoke): every path measured from a separate load generator, writ
     ["gateway", "history", "inventory", "nats", "notification", "order", "payment"].sort(),
   );
   expect(text).toMatch(/\d+ MB RSS \(\d+ MB PSS\)/);
+  // Issue 14's targets, read off the run (the open-loop rounds run at 200/s here, so not that one).
+  const targets = (result as unknown as { targets: { target: string; verdict: string }[] }).targets;
+  expect(targets.map((x) => x.target)).toContain("gateway gRPC ≥ 50% of direct gRPC");
+  expect(targets.map((x) => x.target)).not.toContain("gateway adds ≤ 1 ms p50, ≤ 3 ms p99 at 1,000 calls/s");
+  expect(text).toMatch(
+    /issue 14's targets in this run[^\n]*\n {2}gateway gRPC ≥ 50% of direct gRPC +\d+% +(met|not met)\n/,
+  );
 }, 120_000);
