@@ -4,9 +4,12 @@
  * the route), and checked as proto3 JSON. A refusal is INVALID_ARGUMENT
  * naming the field. One caused by a value of the path or the query — an
  * unknown parameter, a boolean that is not one, an integer field given
- * "abc", a Timestamp that is not one — names it as the client wrote it, in
- * the message and in a google.rpc.BadRequest detail; one caused by the body
- * names the field in the message.
+ * "abc", a Timestamp that is not one — names it as the client wrote it (a
+ * path variable by its dotted field path), in the message and in a
+ * google.rpc.BadRequest detail, quoting at most the first 100 characters of
+ * what the client sent; one caused by the body is told in the message as
+ * json-errors.ts words protobuf-es's error. Integers in the path or the
+ * query are decimal, as grpc-gateway reads them (not 0x10 or 1e3).
  */
 import {
   type DescEnum,
@@ -21,6 +24,7 @@ import {
 import { Code, ConnectError } from "@connectrpc/connect";
 import { fieldNamed, fieldPath, type RestRoute } from "../contracts/http-rules.js";
 import { BadRequestSchema } from "../gen/google/rpc/error_details_pb.js";
+import { clipText } from "../platform/index.js";
 import { describeJsonError } from "./json-errors.js";
 import type { RestMatch } from "./rest.js";
 
@@ -37,20 +41,29 @@ interface TextValue {
 /** The text values of each request JSON {@link requestJson} built, for {@link checkRequest} to name the one refused. */
 const textValues = new WeakMap<JsonObject, readonly TextValue[]>();
 
-/** INVALID_ARGUMENT naming `field`, in the message and in a google.rpc.BadRequest detail. */
-function badRequest(field: string, why: string): ConnectError {
+/** Longest client text an error quotes: a query value may be 60 KB of it. */
+const MAX_QUOTED = 100;
+/** `text` as an error quotes it: in JSON quotes, cut to MAX_QUOTED characters. */
+const quoted = (text: string) => JSON.stringify(clipText(text, MAX_QUOTED));
+
+/** INVALID_ARGUMENT naming `field` (cut to MAX_QUOTED), in the message and in a google.rpc.BadRequest detail. */
+function badRequest(name: string, why: string): ConnectError {
+  const field = clipText(name, MAX_QUOTED);
   const description = `${field}: ${why}`;
   const violation = { desc: BadRequestSchema, value: { fieldViolations: [{ field, description }] } };
   return new ConnectError(description, Code.InvalidArgument, undefined, [violation]);
 }
 
+/** An integer as the path or the query may write it. */
+const DECIMAL = /^-?\d+$/;
+
 /** The JSON value of one text value (path or query) for a singular field, as proto3 JSON reads it. */
 function leafJson(f: DescField, text: string, name: string): JsonValue {
   const { scalar, enumType, message } = elementOf(f);
   if (enumType) {
-    if (/^-?\d+$/.test(text)) return Number(text);
+    if (DECIMAL.test(text)) return Number(text);
     if (!enumType.values.some((v) => v.name === text)) {
-      throw badRequest(name, `${JSON.stringify(text)} is not a value of ${enumType.typeName}`);
+      throw badRequest(name, `${quoted(text)} is not a value of ${enumType.typeName}`);
     }
     return text;
   }
@@ -61,16 +74,17 @@ function leafJson(f: DescField, text: string, name: string): JsonValue {
   }
   switch (scalar) {
     case ScalarType.BOOL:
-      if (text !== "true" && text !== "false")
-        throw badRequest(name, `expected true or false, got ${JSON.stringify(text)}`);
+      if (text !== "true" && text !== "false") throw badRequest(name, `expected true or false, got ${quoted(text)}`);
       return text === "true";
     case ScalarType.STRING:
     case ScalarType.BYTES:
+      return text;
     case ScalarType.INT64:
     case ScalarType.UINT64:
     case ScalarType.SINT64:
     case ScalarType.FIXED64:
     case ScalarType.SFIXED64:
+      if (!DECIMAL.test(text)) throw badRequest(name, `${quoted(text)} is not a valid ${typeOf(f)}`);
       return text;
     case ScalarType.FLOAT:
     case ScalarType.DOUBLE:
@@ -79,10 +93,10 @@ function leafJson(f: DescField, text: string, name: string): JsonValue {
         : Number.isFinite(Number(text)) && text.trim() !== ""
           ? Number(text)
           : text;
-    default: {
-      // 32-bit integers: a JSON number when the text is one, else left for fromJson to refuse.
-      return /^-?\d+$/.test(text) ? Number(text) : text;
-    }
+    default:
+      // 32-bit integers (their range is fromJson's to check).
+      if (!DECIMAL.test(text)) throw badRequest(name, `${quoted(text)} is not a valid ${typeOf(f)}`);
+      return Number(text);
   }
 }
 
@@ -134,10 +148,7 @@ export interface RestInput {
 export function requestJson(m: RestMatch, input: RestInput): JsonObject {
   const { route } = m;
   const message = route.method.input;
-  if (m.malformed) {
-    const leaf = m.malformed.path[m.malformed.path.length - 1] as DescField;
-    throw badRequest(leaf.name, "is not valid percent-encoded UTF-8 in the path");
-  }
+  if (m.malformed) throw badRequest(dottedName(m.malformed.path), "is not valid percent-encoded UTF-8 in the path");
   let obj: JsonObject = {};
   const texts: TextValue[] = [];
   if (route.body === "*") {
@@ -152,7 +163,7 @@ export function requestJson(m: RestMatch, input: RestInput): JsonObject {
   } else if (input.body !== undefined) {
     throw new ConnectError(`${route.httpMethod} ${route.template} takes no request body`, Code.InvalidArgument);
   }
-  const bound = new Set(route.variables.map((v) => v.path.map((f) => f.name).join(".")));
+  const bound = new Set(route.variables.map((v) => dottedName(v.path)));
   if (route.body && route.body !== "*") bound.add(route.body.name);
   if (route.body !== "*") {
     const seen = new Set<string>();
@@ -160,7 +171,13 @@ export function requestJson(m: RestMatch, input: RestInput): JsonObject {
       const path = fieldPath(message, key);
       const leaf = path?.[path.length - 1];
       if (!path || !leaf) throw badRequest(key, `is not a field of ${message.typeName}`);
-      const dotted = path.map((f) => f.name).join(".");
+      const dotted = dottedName(path);
+      // A well-known type is given whole (`since=2026-01-01T00:00:00Z`), not by its inner fields.
+      const whole = path.slice(0, -1).find((f) => f.message?.typeName.startsWith("google.protobuf."));
+      if (whole) {
+        const name = dottedName(path.slice(0, path.indexOf(whole) + 1));
+        throw badRequest(key, `is inside ${name}, a ${whole.message?.typeName}: give ${name} whole`);
+      }
       if ([...bound].some((b) => dotted === b || dotted.startsWith(`${b}.`))) {
         throw badRequest(key, "is set by the path or the body; it cannot be a query parameter too");
       }
@@ -182,13 +199,15 @@ export function requestJson(m: RestMatch, input: RestInput): JsonObject {
   }
   for (const [v, text] of m.values) {
     const leaf = v.path[v.path.length - 1] as DescField;
-    const value = leafJson(leaf, text, leaf.name);
+    const name = dottedName(v.path);
+    const value = leafJson(leaf, text, name);
     const prior = getPath(obj, v.path);
     if (prior !== undefined && prior !== value && String(prior) !== text) {
-      throw badRequest(leaf.name, `the body says ${JSON.stringify(prior)} and the path ${JSON.stringify(text)}`);
+      const said = typeof prior === "string" ? quoted(prior) : clipText(JSON.stringify(prior), MAX_QUOTED);
+      throw badRequest(name, `the body says ${said} and the path ${quoted(text)}`);
     }
     setPath(obj, v.path, value, false);
-    texts.push({ name: v.path.map((f) => f.name).join("."), path: v.path, text, value, append: false });
+    texts.push({ name, path: v.path, text, value, append: false });
   }
   // IETF draft-ietf-httpapi-idempotency-key-header: the header is the request's idempotency key.
   const keyField = fieldNamed(message, "idempotency_key");
@@ -225,23 +244,26 @@ export function checkRequest(route: RestRoute, json: JsonObject): Message {
  */
 function refusedText(route: RestRoute, json: JsonObject): ConnectError | undefined {
   for (const t of textValues.get(json) ?? []) {
-    const leaf = t.path[t.path.length - 1];
-    // A string takes any text (enums and booleans were checked as they were read).
-    if (leaf && elementOf(leaf).scalar === ScalarType.STRING) continue;
+    const leaf = t.path[t.path.length - 1] as DescField;
+    // A string takes any text (enums, booleans and integers' form were checked as they were read).
+    if (elementOf(leaf).scalar === ScalarType.STRING) continue;
     const alone: JsonObject = {};
     setPath(alone, t.path, t.value, t.append);
     try {
       fromJson(route.method.input, alone, { ignoreUnknownFields: false });
     } catch {
-      return badRequest(t.name, `${JSON.stringify(t.text)} is not a valid ${typeOf(leaf)}`);
+      return badRequest(t.name, `${quoted(t.text)} is not a valid ${typeOf(leaf)}`);
     }
   }
   return undefined;
 }
 
+/** A field path as the client writes it: `filter.since`. */
+const dottedName = (path: readonly DescField[]) => path.map((f) => f.name).join(".");
+
 /** The proto type a field's values have: `int32`, `google.protobuf.Timestamp`, an enum's name. */
-function typeOf(f: DescField | undefined): string {
-  const { scalar, enumType, message } = f ? elementOf(f) : {};
+function typeOf(f: DescField): string {
+  const { scalar, enumType, message } = elementOf(f);
   return scalar !== undefined
     ? (ScalarType[scalar] ?? "value").toLowerCase()
     : (enumType?.typeName ?? message?.typeName ?? "value");
@@ -250,7 +272,7 @@ function typeOf(f: DescField | undefined): string {
 /** What one value of a singular or repeated field is: a scalar, an enum or a message (nothing for a map). */
 function elementOf(f: DescField): { scalar?: ScalarType; enumType?: DescEnum; message?: DescMessage } {
   const kind = f.fieldKind === "list" ? f.listKind : f.fieldKind;
-  if (kind === "scalar" && "scalar" in f && f.scalar !== undefined) return { scalar: f.scalar };
+  if (kind === "scalar" && f.scalar !== undefined) return { scalar: f.scalar };
   if (kind === "enum" && f.enum) return { enumType: f.enum };
   if (kind === "message" && f.message) return { message: f.message };
   return {};

@@ -166,6 +166,14 @@ describe("query parameters", () => {
     ["GET /v1/books?min_pages=1.5", 'min_pages: "1.5" is not a valid int64'],
     ["GET /v1/books?max_price=cheap", 'max_price: "cheap" is not a valid double'],
     ["GET /v1/books?filter.since=yesterday", 'filter.since: "yesterday" is not a valid google.protobuf.Timestamp'],
+    // Decimal only, as grpc-gateway reads a path or query integer (proto3 JSON's parser takes these).
+    ["GET /v1/books?page_size=0x10", 'page_size: "0x10" is not a valid int32'],
+    ["GET /v1/books?pageSize=1e3", 'pageSize: "1e3" is not a valid int32'],
+    ["GET /v1/books?min_pages=0x10", 'min_pages: "0x10" is not a valid int64'],
+    [
+      "GET /v1/books?filter.since.seconds=5",
+      "filter.since.seconds: is inside filter.since, a google.protobuf.Timestamp: give filter.since whole",
+    ],
     ["GET /v1/books?tags=a&page_size=1&max_price=x&page_size=2", "page_size: is given more than once"],
     ["GET /v1/books?kinds=KIND_NOPE", 'kinds: "KIND_NOPE" is not a value of transcode.v1.Kind'],
     ["GET /v1/books?filter=x", "filter: is a message"],
@@ -184,6 +192,19 @@ it("a value proto3 JSON refuses names its field in a BadRequest detail, as the c
   expect(r).toBeInstanceOf(ConnectError);
   const [detail] = (r as ConnectError).findDetails(BadRequestSchema);
   expect(detail?.fieldViolations.map((v) => v.field)).toEqual(["pageSize"]);
+});
+
+it("quotes at most 100 characters of what the client sent, and names a path variable by its field path", () => {
+  for (const line of [`GET /v1/books?page_size=${"x".repeat(5000)}`, `GET /v1/books?${"k".repeat(5000)}=1`]) {
+    const r = build(line) as ConnectError;
+    expect(r.code).toBe(Code.InvalidArgument);
+    expect(r.rawMessage.length).toBeLessThan(300);
+    const [detail] = r.findDetails(BadRequestSchema);
+    expect(detail?.fieldViolations[0]?.field.length).toBeLessThanOrEqual(100);
+    expect(detail?.fieldViolations[0]?.description.length).toBeLessThan(300);
+  }
+  const r = build("PATCH /v1/shelves/s1/books/b2", { id: `${"b".repeat(5000)}` }) as ConnectError;
+  expect(r.rawMessage).toMatch(/^book\.id: the body says "b{99}…" and the path "b2"$/);
 });
 
 describe("request and response bodies", () => {
