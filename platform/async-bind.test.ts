@@ -41,6 +41,21 @@ describe("the lean AsyncResource.bind", () => {
     expect(AsyncResource.prototype.bind !== nodeBind).toBe(nodeHadAccessor);
   });
 
+  it("restores only its own: a bind installed after it by someone else stays", () => {
+    const lean = AsyncResource.prototype.bind;
+    const theirs = function (this: AsyncResource, fn: (...args: unknown[]) => unknown) {
+      return lean.call(this, fn);
+    } as typeof lean;
+    AsyncResource.prototype.bind = theirs;
+    try {
+      restore();
+      expect(AsyncResource.prototype.bind).toBe(theirs);
+    } finally {
+      AsyncResource.prototype.bind = nodeBind;
+      restore = installLeanAsyncBind();
+    }
+  });
+
   it("runs the function in the resource's async context, with its `this` and arguments", () => {
     const als = new AsyncLocalStorage<string>();
     const resource = als.run("where it was made", () => new AsyncResource("t"));
@@ -61,11 +76,14 @@ describe("the lean AsyncResource.bind", () => {
     expect(snapshot(() => als.getStore())).toBe("snapshot");
   });
 
-  it("refuses a non-function as Node does", () => {
+  it("refuses a non-function, and `new`, as Node does", () => {
     const bind = AsyncResource.prototype.bind as (fn: unknown) => unknown;
     expect(() => bind.call(new AsyncResource("t"), 42)).toThrow(
       expect.objectContaining({ code: "ERR_INVALID_ARG_TYPE" }),
     );
+    // Node's is a class method: not a constructor.
+    const Bind = new AsyncResource("t").bind as unknown as new (fn: unknown) => unknown;
+    expect(() => new Bind(() => {})).toThrow(TypeError);
   });
 
   it("keeps a node:http2 request in its caller's async context (http2's client binds one per request)", async () => {

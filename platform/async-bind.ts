@@ -20,8 +20,10 @@
  * What stays the same: the bound function runs `fn` through the resource's
  * `runInAsyncScope` (its async context, `this` and arguments passed on), is
  * named and sized as Node's, and a non-function is refused by Node's own
- * check. What goes: the deprecated accessor, which would only have printed
- * a DeprecationWarning; nothing in this system or its packages reads it.
+ * check, and it cannot be called with `new` (a method, as Node's is). What
+ * goes: the deprecated accessor — reading `bound.asyncResource`, which gave
+ * the resource with a DeprecationWarning, gives undefined; nothing in this
+ * system or its packages reads it.
  */
 import { AsyncResource } from "node:async_hooks";
 
@@ -42,22 +44,26 @@ export function nodeBindsWithAccessor(): boolean {
 export function installLeanAsyncBind(): () => void {
   const nodeBind = AsyncResource.prototype.bind;
   if (!nodeBindsWithAccessor()) return () => {};
-  function bind(this: AsyncResource, fn: Fn, thisArg?: unknown): Fn {
-    if (typeof fn !== "function") return (nodeBind as NodeBind).call(this, fn, thisArg) as Fn; // Node's TypeError
-    const resource = this;
-    let bound: Fn;
-    if (thisArg === undefined) {
-      bound = function (this: unknown, ...args: unknown[]) {
-        return resource.runInAsyncScope(fn, this, ...args);
-      };
-    } else {
-      bound = resource.runInAsyncScope.bind(resource, fn, thisArg);
-    }
-    Object.defineProperty(bound, "length", { value: fn.length, configurable: true });
-    return bound;
-  }
+  // A method, as Node's is: `new resource.bind(fn)` is a TypeError, not an object.
+  const { bind } = {
+    bind(this: AsyncResource, fn: Fn, thisArg?: unknown): Fn {
+      if (typeof fn !== "function") return (nodeBind as NodeBind).call(this, fn, thisArg) as Fn; // Node's TypeError
+      const resource = this;
+      let bound: Fn;
+      if (thisArg === undefined) {
+        bound = function (this: unknown, ...args: unknown[]) {
+          return resource.runInAsyncScope(fn, this, ...args);
+        };
+      } else {
+        bound = resource.runInAsyncScope.bind(resource, fn, thisArg);
+      }
+      Object.defineProperty(bound, "length", { value: fn.length, configurable: true });
+      return bound;
+    },
+  };
   AsyncResource.prototype.bind = bind as typeof nodeBind;
   return () => {
-    AsyncResource.prototype.bind = nodeBind;
+    // Only its own: a bind installed since then by someone else stays.
+    if (AsyncResource.prototype.bind === (bind as typeof nodeBind)) AsyncResource.prototype.bind = nodeBind;
   };
 }
