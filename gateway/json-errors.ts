@@ -1,28 +1,32 @@
 /**
  * protobuf-es's JSON errors, told in the client's terms: the field, not the Go-style type path —
  * `cannot decode field shopmesh.order.v1.PlaceOrderRequest.card_token from JSON: 5` becomes
- * `card_token: 5`, and an element of a list of messages that is not an object, which protobuf-es
- * names by its type alone (`cannot decode message shopmesh.order.v1.LineItem from JSON: 1`), is
- * named by the field that holds it: `items: each element must be a LineItem object, got 1`; so is
- * an enum value that is not one (`saga_mode: "NOPE" is not a SagaMode value`).
+ * `card_token: 5` (a oneof set twice likewise), and an element of a list of messages that is not
+ * an object, which protobuf-es names by its type alone (`cannot decode message
+ * shopmesh.order.v1.LineItem from JSON: 1`), is named by the field that holds it: `items: each
+ * element must be a LineItem object, got 1`; so is an enum value that is not one (`saga_mode: "NOPE"
+ * is not a SagaMode value`), and a well-known type that is not one, whose JSON is no object
+ * (`at: not a valid google.protobuf.Timestamp (invalid RFC 3339 string)`). Where several fields hold
+ * the type the error names, all are named (`at or times`): protobuf-es does not say which.
  */
 import type { DescField, DescMessage } from "@bufbuild/protobuf";
 import { clipText } from "../platform/index.js";
 
-/** The dotted proto name of the first field under `input` (breadth first) holding `typeName` (a message or an enum). */
-function fieldOfType(input: DescMessage, typeName: string): { path: string; field: DescField } | undefined {
+/** The fields under `input` (breadth first, each message type once) holding `typeName`: a message or an enum. */
+function fieldsOfType(input: DescMessage, typeName: string): { path: string; field: DescField }[] {
   const queue: { message: DescMessage; prefix: string }[] = [{ message: input, prefix: "" }];
   const seen = new Set<string>();
+  const found: { path: string; field: DescField }[] = [];
   for (let next = queue.shift(); next; next = queue.shift()) {
     if (seen.has(next.message.typeName)) continue;
     seen.add(next.message.typeName);
     for (const field of next.message.fields) {
       const path = `${next.prefix}${field.name}`;
-      if ((field.message ?? field.enum)?.typeName === typeName) return { path, field };
-      if (field.message) queue.push({ message: field.message, prefix: `${path}.` });
+      if ((field.message ?? field.enum)?.typeName === typeName) found.push({ path, field });
+      else if (field.message) queue.push({ message: field.message, prefix: `${path}.` });
     }
   }
-  return undefined;
+  return found;
 }
 
 /** Longest message told: an unknown key is quoted in it, and a client may send a 900 KB one. */
@@ -35,16 +39,21 @@ export function describeJsonError(input: DescMessage, message: string): string {
 
 function described(input: DescMessage, message: string): string {
   const notObject = /^cannot decode message ([\w.]+) from JSON: (?!key "|maximum recursion)(.*)$/s.exec(message);
-  const holder = notObject && fieldOfType(input, notObject[1] ?? "");
-  if (notObject && holder?.field.message) {
-    const each = { message: "", list: "each element ", map: "each value " }[holder.field.fieldKind as "message"] ?? "";
-    return `${holder.path}: ${each}must be a ${holder.field.message.name} object, got ${notObject[2]}`;
+  const holders = notObject ? fieldsOfType(input, notObject[1] ?? "") : [];
+  const holder = holders[0]?.field;
+  if (notObject && holder?.message) {
+    const where = holders.map((h) => h.path).join(" or ");
+    const each = { message: "", list: "each element ", map: "each value " }[holder.fieldKind as "message"] ?? "";
+    return holder.message.typeName.startsWith("google.protobuf.")
+      ? `${where}: ${each}not a valid ${holder.message.typeName} (${notObject[2]})`
+      : `${where}: ${each}must be a ${holder.message.name} object, got ${notObject[2]}`;
   }
   // `cannot decode enum shopmesh.common.v1.SagaMode from JSON: "NOPE"`: named by its field too.
   const badEnum = /^cannot decode enum ([\w.]+) from JSON: (.*)$/s.exec(message);
-  const enumHolder = badEnum && fieldOfType(input, badEnum[1] ?? "");
-  if (badEnum && enumHolder?.field.enum) {
-    return `${enumHolder.path}: ${badEnum[2]} is not a ${enumHolder.field.enum.name} value`;
+  const enumHolders = badEnum ? fieldsOfType(input, badEnum[1] ?? "") : [];
+  const enumType = enumHolders[0]?.field.enum;
+  if (badEnum && enumType) {
+    return `${enumHolders.map((h) => h.path).join(" or ")}: ${badEnum[2]} is not a ${enumType.name} value`;
   }
-  return message.replace(/^cannot decode (field|message) [\w.]*?\.?(\w+) from JSON: /, "$2: ");
+  return message.replace(/^cannot decode (field|message|oneof) [\w.]*?\.?(\w+) from JSON: /, "$2: ");
 }

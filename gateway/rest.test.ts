@@ -207,6 +207,24 @@ it("quotes at most 100 characters of what the client sent, and names a path vari
   expect(r.rawMessage).toMatch(/^book\.id: the body says "b{99}…" and the path "b2"$/);
 });
 
+it("a refusal of the JSON names the field protobuf-es leaves unnamed: each holder of the type, a well-known type as one", () => {
+  const m = router.match("GET", "/v1/books");
+  if (!m || !("route" in m)) throw new Error("no route");
+  const refusal = (json: JsonObject) => {
+    try {
+      checkRequest(m.route, json);
+      return "accepted";
+    } catch (err) {
+      return (err as ConnectError).rawMessage;
+    }
+  };
+  expect(refusal({ filter: { since: "nope" } })).toBe(
+    "filter.since: not a valid google.protobuf.Timestamp (invalid RFC 3339 string)",
+  );
+  expect(refusal({ kinds: ["NOPE"] })).toBe('kinds or filter.kind: "NOPE" is not a Kind value');
+  expect(refusal({ tags: 5 })).toBe("tags: expected Array, got 5");
+});
+
 describe("request and response bodies", () => {
   it('body "*": the whole request, with the path variables', () => {
     expect(build("POST /v1/shelves/s1/books/b2:publish", { note: "hi" })).toEqual({
