@@ -281,6 +281,49 @@ describe("2. reflection is not an amplifier", () => {
     expect(names.filter((n) => /Reserve|Release|Reservation/.test(n))).toEqual([]);
     expect(inventory?.service[0]?.method.map((m) => m.name).sort()).toEqual(["GetProduct", "ListProducts", "Restock"]);
   });
+
+  it("shows no service it does not route, though a public file imports its file, and finds files by their import names", async () => {
+    const q = (messageRequest: MessageInitShape<typeof ServerReflectionRequestSchema>["messageRequest"]) =>
+      envelope(toBinary(ServerReflectionRequestSchema, create(ServerReflectionRequestSchema, { messageRequest })));
+    const { answers } = await reflect([
+      q({ case: "fileContainingSymbol", value: "shopmesh.chaos.v1.ChaosService" }),
+      q({ case: "fileContainingSymbol", value: "shopmesh.chaos.v1.ChaosService.SetFaults" }),
+      q({ case: "fileContainingSymbol", value: "shopmesh.gateway.v1.OperatorService" }),
+      q({ case: "fileByFilename", value: "shopmesh/payment/v1/payment.proto" }),
+      q({ case: "fileByFilename", value: "google/protobuf/timestamp.proto" }),
+      q({ case: "fileContainingSymbol", value: "shopmesh.gateway.v1.GatewayService" }),
+    ]);
+    expect(answers.map((a) => a.messageResponse.case)).toEqual([
+      "errorResponse",
+      "errorResponse",
+      "errorResponse",
+      "fileDescriptorResponse",
+      "fileDescriptorResponse",
+      "fileDescriptorResponse",
+    ]);
+    const files = (i: number) => {
+      const r = answers[i]?.messageResponse;
+      return r?.case === "fileDescriptorResponse"
+        ? r.value.fileDescriptorProto.map((b) => fromBinary(FileDescriptorProtoSchema, b))
+        : [];
+    };
+    expect(
+      files(3)
+        .find((f) => f.name === "shopmesh/payment/v1/payment.proto")
+        ?.service[0]?.method.map((m) => m.name),
+    ).toEqual(["GetPayment"]);
+    // Every file the gateway's descriptors import is there, and found by the name they import it by.
+    const gateway = files(5);
+    const names = new Set(gateway.map((f) => f.name));
+    for (const f of gateway) for (const d of f.dependency) expect(names, `${f.name} imports ${d}`).toContain(d);
+    for (const f of gateway) {
+      const services = f.service.map((x) => `${f.package}.${x.name}`);
+      expect(
+        services.filter((x) => /Chaos|Operator/.test(x)),
+        f.name,
+      ).toEqual([]);
+    }
+  });
 });
 
 describe("3-5. refused and broken requests are client errors, in answers and in logs", () => {

@@ -3,10 +3,13 @@
  * releases and other tools that know only that) for the gateway's public
  * API, served over Connect, so `grpcurl -plaintext localhost:8080 list` and
  * `buf curl --list-methods` work without .proto files. It describes only
- * what the gateway routes — internal RPCs stay invisible, and so do the
- * messages only they use (a file that declares a public service shows only
- * the types its public methods reach) — and needs no token: it reveals
- * nothing the public contract does not. One stream answers at most
+ * what the gateway routes — internal RPCs and services stay invisible, and
+ * so do the messages only they use (a file that declares an internal
+ * method or service shows only the types the public methods reach: the
+ * chaos service's file, imported for its `Faults`, shows no service) — and
+ * needs no token: it reveals nothing the public contract does not. Files
+ * are found by their names as descriptors import them
+ * (`shopmesh/payment/v1/payment.proto`). One stream answers at most
  * {@link MAX_QUERIES} queries, so a single request cannot be made to
  * produce an unbounded answer.
  */
@@ -65,6 +68,8 @@ export const REFLECTION_SERVICES: readonly DescService[] = [ServerReflection, Se
 
 /** What the gateway shows: which methods of each service, and which types of the files that declare them. */
 interface View {
+  /** The services described (the rest of their files' services are not). */
+  readonly services: ReadonlySet<string>;
   readonly exposed: ReadonlyMap<string, readonly string[]>;
   /** Messages and enums the public methods reach (in files with a restricted service, nothing else shows). */
   readonly reachable: ReadonlySet<string>;
@@ -88,8 +93,9 @@ function publicMethods(s: DescService, exposed: View["exposed"]) {
   return only ? s.methods.filter((m) => only.includes(m.name)) : s.methods;
 }
 
-/** Whether `f` declares a service some of whose methods are internal. */
-const restricted = (f: DescFile, v: View) => f.services.some((s) => v.exposed.has(s.typeName));
+/** Whether `f` declares a service that is not described, or some of whose methods are internal. */
+const restricted = (f: DescFile, v: View) =>
+  f.services.some((s) => !v.services.has(s.typeName) || v.exposed.has(s.typeName));
 /** Whether type `name` of `f` shows. */
 const showsType = (f: DescFile, name: string, v: View) => !restricted(f, v) || v.reachable.has(name);
 
@@ -98,6 +104,7 @@ function symbolIndex(files: readonly DescFile[], v: View): Map<string, DescFile>
   const symbols = new Map<string, DescFile>();
   for (const f of files) {
     for (const s of f.services) {
+      if (!v.services.has(s.typeName)) continue;
       symbols.set(s.typeName, f);
       for (const m of publicMethods(s, v.exposed)) symbols.set(`${s.typeName}.${m.name}`, f);
     }
@@ -111,6 +118,7 @@ function symbolIndex(files: readonly DescFile[], v: View): Map<string, DescFile>
 function shown(f: DescFile, v: View): Uint8Array {
   const proto = clone(FileDescriptorProtoSchema, f.proto);
   const prefix = proto.package ? `${proto.package}.` : "";
+  proto.service = proto.service.filter((s) => v.services.has(`${prefix}${s.name}`));
   for (const s of proto.service) {
     const only = v.exposed.get(`${prefix}${s.name}`);
     if (only) s.method = s.method.filter((m) => only.includes(m.name));
@@ -137,13 +145,14 @@ export function createReflection(
       reach(m.output, reachable);
     }
   }
-  const view: View = { exposed, reachable };
-  const files = new Map(withImports(all.map((s) => s.file)).map((f) => [f.name, f]));
+  const view: View = { services: new Set(all.map((s) => s.typeName)), exposed, reachable };
+  // By the name a descriptor's `dependency` gives it (protobuf-es's `name` drops the `.proto`).
+  const files = new Map(withImports(all.map((s) => s.file)).map((f) => [f.proto.name, f]));
   const symbols = symbolIndex([...files.values()], view);
-  const encoded = new Map([...files.values()].map((f) => [f.name, shown(f, view)]));
+  const encoded = new Map([...files].map(([name, f]) => [name, shown(f, view)]));
   const descriptors = (f: DescFile): Answer => ({
     case: "fileDescriptorResponse",
-    value: { fileDescriptorProto: withImports([f]).map((x) => encoded.get(x.name) as Uint8Array) },
+    value: { fileDescriptorProto: withImports([f]).map((x) => encoded.get(x.proto.name) as Uint8Array) },
   });
   const notFound = (what: string): Answer => ({
     case: "errorResponse",
