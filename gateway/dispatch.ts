@@ -34,7 +34,7 @@ import { admitAddress, type ConcurrencyLimiter, type RateLimiter, rateLimited } 
 import { type PassthroughMethod, passthrough, takesPassthrough } from "./passthrough.js";
 import { type RestMatch, RestRouter } from "./rest.js";
 import { restErrorAnswer, serveRest, serveRestUnary } from "./rest-serve.js";
-import { errorAnswer, finish, isConnectStream, type Outcome, protocolOf, queryOf } from "./wire.js";
+import { errorAnswer, finish, isConnectStream, type Outcome, protocolOf, queryOf, quotedPath } from "./wire.js";
 
 type NodeRequest = http.IncomingMessage | http2.Http2ServerRequest;
 type NodeResponse = http.ServerResponse | http2.Http2ServerResponse;
@@ -205,7 +205,10 @@ async function admit(
   rest: boolean,
 ): Promise<Admission> {
   if (!handler)
-    return { refused: new ConnectError(`no public procedure ${path}`, Code.Unimplemented), httpStatus: 404 };
+    return {
+      refused: new ConnectError(`no public procedure ${quotedPath(path)}`, Code.Unimplemented),
+      httpStatus: 404,
+    };
   const refused = refusal(req, o.maxBodyBytes, rest);
   // A declared length over the limit: the body is never read (the connection ends, and says so).
   if (refused) return { refused, unreadBody: refused.code === Code.ResourceExhausted };
@@ -246,12 +249,15 @@ export function createDispatch(o: DispatchOptions): Dispatch {
         restMatch = m;
         handler = byMethod.get(m.route.method);
       } else if (m) {
-        const err = new ConnectError(`${req.method} is not allowed on ${path}`, Code.Unimplemented, {
+        const err = new ConnectError(`${req.method} is not allowed on ${quotedPath(path)}`, Code.Unimplemented, {
           allow: m.allowed.join(", "),
         });
         restMissing = { err, status: 405 };
       } else {
-        restMissing = { err: new ConnectError(`no route ${req.method} ${path}`, Code.NotFound), status: 404 };
+        restMissing = {
+          err: new ConnectError(`no route ${req.method} ${quotedPath(path)}`, Code.NotFound),
+          status: 404,
+        };
       }
     }
     const isRest = restMatch !== undefined || restMissing !== undefined;

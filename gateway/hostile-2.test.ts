@@ -326,6 +326,46 @@ describe("2. reflection is not an amplifier", () => {
   });
 });
 
+it("echoes at most 200 characters of a path it cannot route (a gRPC status travels in a header)", async () => {
+  const session = http2.connect(gw.url);
+  try {
+    const ask = (path: string, contentType: string) =>
+      new Promise<{ headers: http2.IncomingHttpHeaders; body: string }>((resolve, reject) => {
+        const stream = session.request({
+          ":method": "POST",
+          ":path": path,
+          "content-type": contentType,
+          te: "trailers",
+        });
+        let headers: http2.IncomingHttpHeaders = {};
+        let body = "";
+        stream.on("response", (h) => {
+          headers = h;
+        });
+        stream.on("trailers", (t) => {
+          headers = { ...headers, ...t };
+        });
+        stream.on("data", (d: Buffer) => {
+          body += d.toString();
+        });
+        stream.on("close", () => resolve({ headers, body }));
+        stream.on("error", reject);
+        stream.end();
+      });
+    const grpc = await ask(`/shopmesh.x/${"h".repeat(60_000)}`, "application/grpc");
+    expect(grpc.headers["grpc-status"]).toBe("12");
+    expect(String(grpc.headers["grpc-message"]).length).toBeLessThan(400);
+    const connect = await ask(`/${"e".repeat(60_000)}`, "application/json");
+    expect(connect.headers[":status"]).toBe(404);
+    expect(connect.body.length).toBeLessThan(400);
+    const rest = await ask(`/v1/${"d".repeat(60_000)}`, "application/json");
+    expect(rest.headers[":status"]).toBe(404);
+    expect(rest.body.length).toBeLessThan(400);
+  } finally {
+    session.close();
+  }
+});
+
 describe("3-5. refused and broken requests are client errors, in answers and in logs", () => {
   const lastAccess = () => access.at(-1) as { code: string; procedure: string };
   const bearer = async () =>

@@ -26,6 +26,7 @@ import {
 import { findTrailerError, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { trailerParse, trailerSerialize } from "@connectrpc/connect/protocol-grpc-web";
 import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
+import { clipText } from "../platform/index.js";
 
 /** Everything after the first "?" of a request target. */
 export function queryOf(url: string | undefined): string {
@@ -309,3 +310,6 @@ export async function finish(
     ),
   };
 }
+
+/** A request path as an error echoes it: its first 200 characters (a path may be 60 KB, and gRPC's status is a header). */
+export const quotedPath = (path: string) => clipText(path, 200);
