@@ -366,6 +366,13 @@ it("echoes at most 200 characters of a path it cannot route (a gRPC status trave
   }
 });
 
+it("answers an HTTP/1.1 CONNECT 405, as on HTTP/2, and a probe with a query as without", async () => {
+  const connect = await h1Raw(gw.port, "CONNECT 127.0.0.1:50051 HTTP/1.1\r\nHost: 127.0.0.1:50051\r\n\r\n", 1_000);
+  expect(connect.status).toBe(405);
+  const probe = await h1Raw(gw.port, "GET /healthz?x=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 1_000);
+  expect(probe.status).toBe(200);
+});
+
 describe("3-5. refused and broken requests are client errors, in answers and in logs", () => {
   const lastAccess = () => access.at(-1) as { code: string; procedure: string };
   const bearer = async () =>
