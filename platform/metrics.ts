@@ -249,6 +249,14 @@ export function createMetrics(service: string) {
 /** A service's metrics. */
 export type Metrics = ReturnType<typeof createMetrics>;
 
+/**
+ * What a scraper gets from the metrics port, and no more: Prometheus keeps a
+ * connection or two and asks every few seconds, so a client that opens many,
+ * or sends its request slowly, is cut (Node's defaults: no connection limit,
+ * 60 s for the headers, 5 min for the request).
+ */
+export const METRICS_SERVER_LIMITS = { maxConnections: 64, headersTimeoutMs: 5_000, requestTimeoutMs: 10_000 };
+
 /** Serves `/metrics` (Prometheus text) and `/healthz` on `host:port` (port 0: any free port). */
 export async function serveMetrics(
   registry: Registry,
@@ -256,8 +264,15 @@ export async function serveMetrics(
   host: string,
   log: Logger,
 ): Promise<{ port: number; close(): Promise<void> }> {
-  const server = http.createServer((req, res) => {
-    if (req.url === "/metrics") {
+  const limits = METRICS_SERVER_LIMITS;
+  const options = {
+    headersTimeout: limits.headersTimeoutMs,
+    requestTimeout: limits.requestTimeoutMs,
+    connectionsCheckingInterval: 1_000,
+  };
+  const server = http.createServer(options, (req, res) => {
+    const path = req.url?.split("?", 1)[0];
+    if (path === "/metrics") {
       registry.metrics().then(
         (body) => {
           res.writeHead(200, { "content-type": registry.contentType });
@@ -268,7 +283,7 @@ export async function serveMetrics(
           res.end(String(err));
         },
       );
-    } else if (req.url === "/healthz") {
+    } else if (path === "/healthz") {
       res.writeHead(200, { "content-type": "text/plain" });
       res.end("ok\n");
     } else {
@@ -276,6 +291,7 @@ export async function serveMetrics(
       res.end();
     }
   });
+  server.maxConnections = limits.maxConnections;
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(port, host, () => resolve());

@@ -1,0 +1,64 @@
+/**
+ * The metrics port holds what a scraper needs and no more: a client that
+ * opens many connections, or sends its request slowly, is cut; a scrape
+ * with a query string is still a scrape.
+ */
+import net from "node:net";
+import { Registry } from "prom-client";
+import { afterAll, beforeAll, expect, it } from "vitest";
+import { silentLogger } from "./log.js";
+import { METRICS_SERVER_LIMITS, serveMetrics } from "./metrics.js";
+
+let server: Awaited<ReturnType<typeof serveMetrics>>;
+beforeAll(async () => {
+  server = await serveMetrics(new Registry(), 0, "127.0.0.1", silentLogger());
+});
+afterAll(() => server.close());
+
+/** A connection to the metrics port; `ended` resolves with what the server sent before it closed. */
+async function connect(): Promise<{ socket: net.Socket; ended: Promise<string> }> {
+  const socket = net.connect(server.port, "127.0.0.1");
+  await new Promise<void>((resolve, reject) => socket.once("connect", resolve).once("error", reject));
+  let got = "";
+  socket.on("data", (d: Buffer) => {
+    got += d.toString("latin1");
+  });
+  const ended = new Promise<string>((resolve) => {
+    socket.once("close", () => resolve(got));
+    socket.on("error", () => {});
+  });
+  return { socket, ended };
+}
+
+it("answers /metrics and /healthz with a query string too", async () => {
+  for (const path of ["/metrics?x=1", "/healthz?t=2"]) {
+    const res = await fetch(`http://127.0.0.1:${server.port}${path}`);
+    expect(res.status, path).toBe(200);
+  }
+});
+
+it(`holds at most ${METRICS_SERVER_LIMITS.maxConnections} connections: the rest are closed at once`, async () => {
+  const { maxConnections } = METRICS_SERVER_LIMITS;
+  const held = await Promise.all(Array.from({ length: maxConnections }, connect));
+  const over = await Promise.all(Array.from({ length: 5 }, connect));
+  const closed = await Promise.race([
+    Promise.all(over.map((c) => c.ended)).then(() => true),
+    new Promise((r) => setTimeout(() => r(false), 2_000)),
+  ]);
+  expect(closed).toBe(true);
+  for (const c of held) c.socket.destroy();
+  await Promise.all(held.map((c) => c.ended));
+  // Once they are gone, scrapes are answered again.
+  expect((await fetch(`http://127.0.0.1:${server.port}/metrics`)).status).toBe(200);
+});
+
+it("cuts a client that sends its request headers too slowly", async () => {
+  const c = await connect();
+  c.socket.write("GET /metrics HTTP/1.1\r\nHost: a\r\n"); // never finished
+  const started = Date.now();
+  const sent = await c.ended;
+  const took = Date.now() - started;
+  expect(sent).toMatch(/^HTTP\/1\.1 408/);
+  expect(took).toBeGreaterThanOrEqual(METRICS_SERVER_LIMITS.headersTimeoutMs - 1_000);
+  expect(took).toBeLessThan(METRICS_SERVER_LIMITS.headersTimeoutMs + 3_000);
+}, 15_000);
