@@ -80,10 +80,15 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
       registerRoutes(router, ROUTES, clients);
       router.service(GatewayService, composition);
       router.service(OperatorService, operator.service);
+      // The operator's methods are routed (for admins); SetServiceFaults only exists with FAULT_INJECTION.
+      const operatorMethods = ["GetSystemStatus", ...(config.FAULT_INJECTION ? ["SetServiceFaults"] : [])];
       registerReflection(
         router,
-        [...ROUTES.map((r) => r.service), GatewayService],
-        new Map(ROUTES.map((r) => [r.service.typeName, r.methods])),
+        [...ROUTES.map((r) => r.service), GatewayService, OperatorService],
+        new Map([
+          ...ROUTES.map((r): [string, readonly string[]] => [r.service.typeName, r.methods]),
+          [OperatorService.typeName, operatorMethods],
+        ]),
       );
     },
     authenticate: await createAuthenticator(config),
