@@ -7,6 +7,7 @@
  * finding, reproduced the way the hostile client did it.
  */
 import http2 from "node:http2";
+import net from "node:net";
 import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import { pino } from "pino";
@@ -369,6 +370,25 @@ it("echoes at most 200 characters of a path it cannot route (a gRPC status trave
 it("answers an HTTP/1.1 CONNECT 405, as on HTTP/2, and a probe with a query as without", async () => {
   const connect = await h1Raw(gw.port, "CONNECT 127.0.0.1:50051 HTTP/1.1\r\nHost: 127.0.0.1:50051\r\n\r\n", 1_000);
   expect(connect.status).toBe(405);
+  // A client that keeps its side open and sends on is let go of (its writes then fail), not held until
+  // the stream idle timeout (60 s by default; 500 ms in this file's gateway, so another one).
+  const defaults = await startTestGateway(sys, {});
+  try {
+    const held = net.connect({ port: defaults.port, host: "127.0.0.1", allowHalfOpen: true });
+    const letGo = new Promise<boolean>((resolve) => {
+      held.once("close", () => resolve(true));
+      held.on("error", () => {});
+      setTimeout(() => resolve(false), 4_000);
+    });
+    held.write("CONNECT 127.0.0.1:50051 HTTP/1.1\r\nHost: a\r\n\r\n");
+    const sending = setInterval(() => held.writable && held.write(Buffer.alloc(16 * 1024)), 50);
+    const gone = await letGo;
+    clearInterval(sending);
+    held.destroy();
+    expect(gone).toBe(true);
+  } finally {
+    await defaults.stop();
+  }
   const probe = await h1Raw(gw.port, "GET /healthz?x=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 1_000);
   expect(probe.status).toBe(200);
 });

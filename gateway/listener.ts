@@ -156,10 +156,13 @@ function protocolServers(o: ListenerOptions, handle: Handler, closed: (why: Clos
     if (invited(req)) res.writeContinue();
     handle(req, res);
   });
-  // CONNECT (a tunnel, which nothing here serves): 405 and close, as on HTTP/2 — Node's server would
-  // drop the connection without a word.
+  // CONNECT (a tunnel, which nothing here serves): 405 and close, as on HTTP/2 (Node would just drop it);
+  // what follows is read and dropped, and a client that keeps its side open is let go after a second.
   h1.on("connect", (_req, socket) => {
+    socket.on("error", () => {});
+    socket.resume();
     socket.end("HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    setTimeout(() => socket.destroy(), 1_000).unref();
   });
   // A connection on which nothing moves while a request is answered (its client stopped reading).
   h1.setTimeout(o.streamIdleTimeoutMs, (socket) => {
