@@ -34,7 +34,7 @@ import { admitAddress, type ConcurrencyLimiter, type RateLimiter, rateLimited } 
 import { type PassthroughMethod, passthrough, takesPassthrough } from "./passthrough.js";
 import { type RestMatch, RestRouter } from "./rest.js";
 import { restErrorAnswer, serveRest, serveRestUnary } from "./rest-serve.js";
-import { errorAnswer, finish, isConnectStream, type Outcome, protocolOf, queryOf, quotedPath } from "./wire.js";
+import { echoed, errorAnswer, finish, isConnectStream, type Outcome, protocolOf, queryOf } from "./wire.js";
 
 type NodeRequest = http.IncomingMessage | http2.Http2ServerRequest;
 type NodeResponse = http.ServerResponse | http2.Http2ServerResponse;
@@ -206,7 +206,7 @@ async function admit(
 ): Promise<Admission> {
   if (!handler)
     return {
-      refused: new ConnectError(`no public procedure ${quotedPath(path)}`, Code.Unimplemented),
+      refused: new ConnectError(`no public procedure ${echoed(path)}`, Code.Unimplemented),
       httpStatus: 404,
     };
   const refused = refusal(req, o.maxBodyBytes, rest);
@@ -248,16 +248,15 @@ export function createDispatch(o: DispatchOptions): Dispatch {
       if (m && "route" in m) {
         restMatch = m;
         handler = byMethod.get(m.route.method);
-      } else if (m) {
-        const err = new ConnectError(`${req.method} is not allowed on ${quotedPath(path)}`, Code.Unimplemented, {
-          allow: m.allowed.join(", "),
-        });
-        restMissing = { err, status: 405 };
       } else {
-        restMissing = {
-          err: new ConnectError(`no route ${req.method} ${quotedPath(path)}`, Code.NotFound),
-          status: 404,
-        };
+        // What the client sent, echoed at most 200 characters long (wire.ts).
+        const what = `${echoed(req.method ?? "")} ${echoed(path)}`;
+        restMissing = m
+          ? {
+              err: new ConnectError(`method not allowed: ${what}`, Code.Unimplemented, { allow: m.allowed.join(", ") }),
+              status: 405,
+            }
+          : { err: new ConnectError(`no route ${what}`, Code.NotFound), status: 404 };
       }
     }
     const isRest = restMatch !== undefined || restMissing !== undefined;

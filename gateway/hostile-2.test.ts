@@ -327,13 +327,13 @@ describe("2. reflection is not an amplifier", () => {
   });
 });
 
-it("echoes at most 200 characters of a path it cannot route (a gRPC status travels in a header)", async () => {
+it("echoes at most 200 characters of a path or method it cannot route (a gRPC status travels in a header)", async () => {
   const session = http2.connect(gw.url);
   try {
-    const ask = (path: string, contentType: string) =>
+    const ask = (path: string, contentType: string, method = "POST") =>
       new Promise<{ headers: http2.IncomingHttpHeaders; body: string }>((resolve, reject) => {
         const stream = session.request({
-          ":method": "POST",
+          ":method": method,
           ":path": path,
           "content-type": contentType,
           te: "trailers",
@@ -362,6 +362,10 @@ it("echoes at most 200 characters of a path it cannot route (a gRPC status trave
     const rest = await ask(`/v1/${"d".repeat(60_000)}`, "application/json");
     expect(rest.headers[":status"]).toBe(404);
     expect(rest.body.length).toBeLessThan(400);
+    // A method of 12 KB on a REST path: echoed as briefly.
+    const method = await ask("/v1/products/coffee-beans", "application/json", "A".repeat(12_000));
+    expect(method.headers[":status"]).toBe(405);
+    expect(method.body.length).toBeLessThan(400);
   } finally {
     session.close();
   }

@@ -311,5 +311,5 @@ export async function finish(
   };
 }
 
-/** A request path as an error echoes it: its first 200 characters (a path may be 60 KB, and gRPC's status is a header). */
-export const quotedPath = (path: string) => clipText(path, 200);
+/** A request path or method as an error echoes it: its first 200 characters (a path may be 60 KB, and gRPC's status is a header). */
+export const echoed = (path: string) => clipText(path, 200);

@@ -252,10 +252,16 @@ export type Metrics = ReturnType<typeof createMetrics>;
 /**
  * What a scraper gets from the metrics port, and no more: Prometheus keeps a
  * connection or two and asks every few seconds, so a client that opens many,
- * or sends its request slowly, is cut (Node's defaults: no connection limit,
+ * sends its request slowly or never reads the answers, is cut (Node's defaults: no connection limit,
  * 60 s for the headers, 5 min for the request).
  */
-export const METRICS_SERVER_LIMITS = { maxConnections: 64, headersTimeoutMs: 5_000, requestTimeoutMs: 10_000 };
+export const METRICS_SERVER_LIMITS = {
+  maxConnections: 64,
+  headersTimeoutMs: 5_000,
+  requestTimeoutMs: 10_000,
+  /** A connection on which nothing moves (a client that sends requests and never reads the answers). */
+  idleTimeoutMs: 30_000,
+};
 
 /** Serves `/metrics` (Prometheus text) and `/healthz` on `host:port` (port 0: any free port). */
 export async function serveMetrics(
@@ -292,6 +298,7 @@ export async function serveMetrics(
     }
   });
   server.maxConnections = limits.maxConnections;
+  server.setTimeout(limits.idleTimeoutMs, (socket) => socket.destroy());
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(port, host, () => resolve());

@@ -63,6 +63,6 @@ it("make bench (smoke): every path measured from a separate load generator, writ
   expect(targets.map((x) => x.target)).toContain("gateway gRPC ≥ 50% of direct gRPC");
   expect(targets.map((x) => x.target)).not.toContain("gateway adds ≤ 1 ms p50, ≤ 3 ms p99 at 1,000 calls/s");
   expect(text).toMatch(
-    /issue 14's targets in this run[^\n]*\n {2}gateway gRPC ≥ 50% of direct gRPC +\d+% +(met|not met)\n/,
+    /issue 14's targets in this run[^\n]*\n {2}gateway gRPC ≥ 50% of direct gRPC +\d+\.\d% +(met|not met)\n/,
   );
 }, 120_000);
