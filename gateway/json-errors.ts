@@ -12,18 +12,22 @@
 import type { DescField, DescMessage } from "@bufbuild/protobuf";
 import { clipText } from "../platform/index.js";
 
-/** The fields under `input` (breadth first, each message type once) holding `typeName`: a message or an enum. */
+/** How deep {@link fieldsOfType} looks: request messages nest a few levels, recursive ones for ever. */
+const MAX_DEPTH = 8;
+
+/** The fields under `input` (breadth first, each path once, no type inside itself) holding `typeName`: a message or an enum. */
 function fieldsOfType(input: DescMessage, typeName: string): { path: string; field: DescField }[] {
-  const queue: { message: DescMessage; prefix: string }[] = [{ message: input, prefix: "" }];
-  const seen = new Set<string>();
+  type Next = { message: DescMessage; prefix: string; within: ReadonlySet<string> };
+  const queue: Next[] = [{ message: input, prefix: "", within: new Set([input.typeName]) }];
   const found: { path: string; field: DescField }[] = [];
   for (let next = queue.shift(); next; next = queue.shift()) {
-    if (seen.has(next.message.typeName)) continue;
-    seen.add(next.message.typeName);
     for (const field of next.message.fields) {
       const path = `${next.prefix}${field.name}`;
       if ((field.message ?? field.enum)?.typeName === typeName) found.push({ path, field });
-      else if (field.message) queue.push({ message: field.message, prefix: `${path}.` });
+      else if (field.message && !next.within.has(field.message.typeName) && next.within.size < MAX_DEPTH) {
+        const within = new Set(next.within).add(field.message.typeName);
+        queue.push({ message: field.message, prefix: `${path}.`, within });
+      }
     }
   }
   return found;
@@ -43,7 +47,10 @@ function described(input: DescMessage, message: string): string {
   const holder = holders[0]?.field;
   if (notObject && holder?.message) {
     const where = holders.map((h) => h.path).join(" or ");
-    const each = { message: "", list: "each element ", map: "each value " }[holder.fieldKind as "message"] ?? "";
+    // "each element" only when every field named holds a list (or each a map) of them.
+    const kinds = new Set(holders.map((h) => h.field.fieldKind));
+    const each =
+      kinds.size > 1 ? "" : ({ list: "each element ", map: "each value " }[holder.fieldKind as "list"] ?? "");
     return holder.message.typeName.startsWith("google.protobuf.")
       ? `${where}: ${each}not a valid ${holder.message.typeName} (${notObject[2]})`
       : `${where}: ${each}must be a ${holder.message.name} object, got ${notObject[2]}`;

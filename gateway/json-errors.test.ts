@@ -1,0 +1,56 @@
+/**
+ * protobuf-es's JSON errors told by field (json-errors.ts), on a message made
+ * for it: a type held by several fields, one of them through a type that two
+ * fields share, and a list of it.
+ */
+import { create, createFileRegistry, fromJson } from "@bufbuild/protobuf";
+import { FileDescriptorProtoSchema, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import { expect, it } from "vitest";
+import { describeJsonError } from "./json-errors.js";
+
+// message A { google.protobuf.Timestamp t = 1; }
+// message R { A a = 1; A b = 2; repeated google.protobuf.Timestamp ts = 3; R next = 4; }
+const file = create(FileDescriptorProtoSchema, {
+  name: "probe.proto",
+  package: "probe",
+  syntax: "proto3",
+  dependency: ["google/protobuf/timestamp.proto"],
+  messageType: [
+    {
+      name: "A",
+      field: [{ name: "t", jsonName: "t", number: 1, type: 11, label: 1, typeName: ".google.protobuf.Timestamp" }],
+    },
+    {
+      name: "R",
+      field: [
+        { name: "a", jsonName: "a", number: 1, type: 11, label: 1, typeName: ".probe.A" },
+        { name: "b", jsonName: "b", number: 2, type: 11, label: 1, typeName: ".probe.A" },
+        { name: "ts", jsonName: "ts", number: 3, type: 11, label: 3, typeName: ".google.protobuf.Timestamp" },
+        { name: "next", jsonName: "next", number: 4, type: 11, label: 1, typeName: ".probe.R" },
+      ],
+    },
+  ],
+});
+const R = createFileRegistry(file, (name) =>
+  name === file_google_protobuf_timestamp.proto.name ? file_google_protobuf_timestamp : undefined,
+).getMessage("probe.R");
+
+const told = (json: unknown) => {
+  if (!R) throw new Error("no probe.R");
+  try {
+    fromJson(R, json as never);
+    return "accepted";
+  } catch (err) {
+    return describeJsonError(R, (err as Error).message);
+  }
+};
+
+it("names every field that holds the type, through a type two fields share (not into a type within itself), and says 'each' only when all are lists", () => {
+  expect(told({ b: { t: "nope" } })).toBe(
+    "ts or a.t or b.t: not a valid google.protobuf.Timestamp (invalid RFC 3339 string)",
+  );
+  expect(told({ ts: ["nope"] })).toBe(
+    "ts or a.t or b.t: not a valid google.protobuf.Timestamp (invalid RFC 3339 string)",
+  );
+  expect(told({ ts: ["2026-01-01T00:00:00Z"], b: { t: "2026-01-01T00:00:00Z" } })).toBe("accepted");
+});
