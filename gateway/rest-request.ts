@@ -8,8 +8,10 @@
  * path variable by its dotted field path), in the message and in a
  * google.rpc.BadRequest detail, quoting at most the first 100 characters of
  * what the client sent; one caused by the body is told in the message as
- * json-errors.ts words protobuf-es's error. Integers in the path or the
- * query are decimal, as grpc-gateway reads them (not 0x10 or 1e3).
+ * json-errors.ts words protobuf-es's error. Numbers in the path or the
+ * query are decimal, as grpc-gateway reads them: integers with an optional
+ * sign (not 0x10 or 1e3), floating-point numbers with an optional exponent
+ * (not 0x10, nor with spaces around).
  */
 import {
   type DescEnum,
@@ -55,7 +57,9 @@ function badRequest(name: string, why: string): ConnectError {
 }
 
 /** An integer as the path or the query may write it. */
-const DECIMAL = /^-?\d+$/;
+const DECIMAL = /^[+-]?\d+$/;
+/** A floating-point number as the path or the query may write it (NaN and the infinities aside). */
+const FLOATING = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
 
 /** The JSON value of one text value (path or query) for a singular field, as proto3 JSON reads it. */
 function leafJson(f: DescField, text: string, name: string): JsonValue {
@@ -85,14 +89,13 @@ function leafJson(f: DescField, text: string, name: string): JsonValue {
     case ScalarType.FIXED64:
     case ScalarType.SFIXED64:
       if (!DECIMAL.test(text)) throw badRequest(name, `${quoted(text)} is not a valid ${typeOf(f)}`);
-      return text;
+      return text.replace(/^\+/, "");
     case ScalarType.FLOAT:
     case ScalarType.DOUBLE:
-      return ["NaN", "Infinity", "-Infinity"].includes(text)
-        ? text
-        : Number.isFinite(Number(text)) && text.trim() !== ""
-          ? Number(text)
-          : text;
+      if (["NaN", "Infinity", "-Infinity"].includes(text)) return text;
+      if (!FLOATING.test(text)) throw badRequest(name, `${quoted(text)} is not a valid ${typeOf(f)}`);
+      // Out of range (1e999) stays text, for fromJson to refuse.
+      return Number.isFinite(Number(text)) ? Number(text) : text;
     default:
       // 32-bit integers (their range is fromJson's to check).
       if (!DECIMAL.test(text)) throw badRequest(name, `${quoted(text)} is not a valid ${typeOf(f)}`);

@@ -152,6 +152,8 @@ describe("query parameters", () => {
       { inStock: true, minPages: "9007199254740993", maxPrice: 1.5 },
     ],
     ["GET /v1/books?filter.since=2026-01-02T03:04:05Z", { filter: { since: "2026-01-02T03:04:05Z" } }],
+    // A sign, as grpc-gateway's strconv reads it; a decimal exponent for a double.
+    ["GET /v1/books?page_size=%2B5&min_pages=%2B7&max_price=1.5e2", { pageSize: 5, minPages: "7", maxPrice: 150 }],
   ])("%s → %j", (line, json) => {
     expect(build(line)).toEqual({ rpc: "Search", json });
   });
@@ -170,11 +172,14 @@ describe("query parameters", () => {
     ["GET /v1/books?page_size=0x10", 'page_size: "0x10" is not a valid int32'],
     ["GET /v1/books?pageSize=1e3", 'pageSize: "1e3" is not a valid int32'],
     ["GET /v1/books?min_pages=0x10", 'min_pages: "0x10" is not a valid int64'],
+    ["GET /v1/books?max_price=0x10", 'max_price: "0x10" is not a valid double'],
+    ["GET /v1/books?max_price=%205", 'max_price: " 5" is not a valid double'],
     [
       "GET /v1/books?filter.since.seconds=5",
       "filter.since.seconds: is inside filter.since, a google.protobuf.Timestamp: give filter.since whole",
     ],
-    ["GET /v1/books?tags=a&page_size=1&max_price=x&page_size=2", "page_size: is given more than once"],
+    ["GET /v1/books?tags=a&page_size=1&max_price=x&page_size=2", 'max_price: "x" is not a valid double'], // the first refusal, in query order
+    ["GET /v1/books?tags=a&page_size=1&max_price=2&page_size=2", "page_size: is given more than once"],
     ["GET /v1/books?kinds=KIND_NOPE", 'kinds: "KIND_NOPE" is not a value of transcode.v1.Kind'],
     ["GET /v1/books?filter=x", "filter: is a message"],
     ["GET /v1/books?labels.a=b", "labels"],
