@@ -123,7 +123,8 @@ export async function startFront(o: FrontOptions): Promise<RunningFront> {
     const preflight = cors(req, res, o.corsOrigins);
     const probe = req.method === "GET" ? req.url?.split("?", 1)[0] : undefined;
     if (probe === "/healthz" || probe === "/readyz") {
-      // Probes (a query, such as a cache-buster, changes nothing): /healthz while the process runs; /readyz until shutdown begins.
+      // Probes (a query, such as a cache-buster, changes nothing): /healthz while the process runs,
+      // /readyz until shutdown begins.
       const ok = probe === "/healthz" || !draining;
       res.writeHead(ok ? 200 : 503, { "content-type": "text/plain" });
       res.end(ok ? "ok\n" : "draining\n");

@@ -252,8 +252,9 @@ export type Metrics = ReturnType<typeof createMetrics>;
 /**
  * What a scraper gets from the metrics port, and no more: Prometheus keeps a
  * connection or two and asks every few seconds, so a client that opens many,
- * sends its request slowly or never reads the answers, is cut (Node's defaults: no connection limit,
- * 60 s for the headers, 5 min for the request).
+ * sends its request slowly or never reads the answers is cut (Node's
+ * defaults: no connection limit, 60 s for the headers, 5 min for the
+ * request, no idle cut).
  */
 export const METRICS_SERVER_LIMITS = {
   maxConnections: 64,
