@@ -159,8 +159,7 @@ function protocolServers(o: ListenerOptions, handle: Handler, closed: (why: Clos
   // CONNECT (a tunnel, which nothing here serves): 405 and close, as on HTTP/2 (Node would just drop it);
   // what follows is read and dropped, and a client that keeps its side open is let go after a second.
   h1.on("connect", (_req, socket) => {
-    socket.on("error", () => {});
-    socket.resume();
+    socket.on("error", () => {}).resume();
     socket.end("HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     setTimeout(() => socket.destroy(), 1_000).unref();
   });
