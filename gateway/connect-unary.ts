@@ -183,6 +183,9 @@ async function fail(
 ): Promise<void> {
   let e =
     err instanceof ConnectError ? err : new ConnectError("internal error", Code.Internal, undefined, undefined, err);
+  // Corrected before either answer is built: a client's malformed message is INVALID_ARGUMENT, compressed or not.
+  const code = reclassify(e.code, e.rawMessage);
+  if (code !== e.code) e = new ConnectError(e.rawMessage, code);
   const raw = errorToJsonBytes(e, undefined);
   if (compression && raw.byteLength >= minBytes) {
     const body = await compression.compress(raw);
@@ -203,8 +206,6 @@ async function fail(
     done({ code: codeOfStatus(status), message: `HTTP ${status}` });
     return;
   }
-  const code = reclassify(e.code, e.rawMessage);
-  if (code !== e.code) e = new ConnectError(e.rawMessage, code);
   const a = errorAnswer("connect", false, e);
   if (!res.headersSent && !res.destroyed) {
     res.writeHead(a.status, { ...a.headers, "content-length": String(a.body.byteLength) });
