@@ -252,6 +252,16 @@ describe("1. a client that does not read its answers cannot hold them", () => {
 });
 
 describe("2. reflection is not an amplifier", () => {
+  /** One reflection query, framed. */
+  const q = (messageRequest: MessageInitShape<typeof ServerReflectionRequestSchema>["messageRequest"]) =>
+    envelope(toBinary(ServerReflectionRequestSchema, create(ServerReflectionRequestSchema, { messageRequest })));
+  /** The file descriptors of an answer (none for an error). */
+  const filesOf = (answer: ServerReflectionResponse | undefined) => {
+    const r = answer?.messageResponse;
+    return r?.case === "fileDescriptorResponse"
+      ? r.value.fileDescriptorProto.map((b) => fromBinary(FileDescriptorProtoSchema, b))
+      : [];
+  };
   it(`answers at most ${MAX_QUERIES} queries on one stream, then ends it with RESOURCE_EXHAUSTED`, async () => {
     const { answers, status } = await reflect(Array.from({ length: 500 }, listServices));
     expect(answers).toHaveLength(MAX_QUERIES);
@@ -259,8 +269,6 @@ describe("2. reflection is not an amplifier", () => {
   });
 
   it("shows neither internal methods nor the messages only they use", async () => {
-    const q = (messageRequest: MessageInitShape<typeof ServerReflectionRequestSchema>["messageRequest"]) =>
-      envelope(toBinary(ServerReflectionRequestSchema, create(ServerReflectionRequestSchema, { messageRequest })));
     const { answers } = await reflect([
       q({ case: "fileContainingSymbol", value: "shopmesh.inventory.v1.InventoryService.ReserveStock" }),
       q({ case: "fileContainingSymbol", value: "shopmesh.inventory.v1.ReserveStockRequest" }),
@@ -270,12 +278,7 @@ describe("2. reflection is not an amplifier", () => {
     const kinds = answers.map((a) => a.messageResponse.case);
     // Internal names are as unknown as names that do not exist.
     expect(kinds).toEqual(["errorResponse", "errorResponse", "errorResponse", "fileDescriptorResponse"]);
-    const described = answers[3]?.messageResponse;
-    const files =
-      described?.case === "fileDescriptorResponse"
-        ? described.value.fileDescriptorProto.map((b) => fromBinary(FileDescriptorProtoSchema, b))
-        : [];
-    const inventory = files.find((f) => f.name === "shopmesh/inventory/v1/inventory.proto");
+    const inventory = filesOf(answers[3]).find((f) => f.name === "shopmesh/inventory/v1/inventory.proto");
     const names = inventory?.messageType.map((m) => m.name) ?? [];
     expect(names).toContain("GetProductRequest");
     expect(names).toContain("Product");
@@ -284,8 +287,6 @@ describe("2. reflection is not an amplifier", () => {
   });
 
   it("shows no service it does not route, though a public file imports its file, and finds files by their import names", async () => {
-    const q = (messageRequest: MessageInitShape<typeof ServerReflectionRequestSchema>["messageRequest"]) =>
-      envelope(toBinary(ServerReflectionRequestSchema, create(ServerReflectionRequestSchema, { messageRequest })));
     const { answers } = await reflect([
       q({ case: "fileContainingSymbol", value: "shopmesh.chaos.v1.ChaosService" }),
       q({ case: "fileContainingSymbol", value: "shopmesh.chaos.v1.ChaosService.SetFaults" }),
@@ -303,19 +304,13 @@ describe("2. reflection is not an amplifier", () => {
       "fileDescriptorResponse",
       "fileDescriptorResponse",
     ]);
-    const files = (i: number) => {
-      const r = answers[i]?.messageResponse;
-      return r?.case === "fileDescriptorResponse"
-        ? r.value.fileDescriptorProto.map((b) => fromBinary(FileDescriptorProtoSchema, b))
-        : [];
-    };
     expect(
-      files(3)
+      filesOf(answers[3])
         .find((f) => f.name === "shopmesh/payment/v1/payment.proto")
         ?.service[0]?.method.map((m) => m.name),
     ).toEqual(["GetPayment"]);
     // Every file the gateway's descriptors import is there, and found by the name they import it by.
-    const gateway = files(5);
+    const gateway = filesOf(answers[5]);
     const names = new Set(gateway.map((f) => f.name));
     for (const f of gateway) for (const d of f.dependency) expect(names, `${f.name} imports ${d}`).toContain(d);
     const services = gateway.flatMap((f) => f.service.map((x) => `${f.package}.${x.name}`));
