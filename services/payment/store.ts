@@ -136,18 +136,21 @@ export class PaymentStore {
     return row && toPayment(row);
   }
 
-  private insert(
+  /** Writes a new payment and returns it as a read of its row would (so the call reads nothing back). */
+  private async insert(
     tx: Tx,
     p: Omit<PaymentRecord, "refundReason" | "updatedAt" | "declineReason"> & {
       key: string;
       fingerprint: string | null;
       declineReason: string | null;
     },
-  ): Promise<number> {
-    return tx.run(sql`INSERT INTO payments (id, idempotency_key, kind, fingerprint, order_id, customer_id, amount_minor,
+  ): Promise<PaymentRecord> {
+    await tx.run(sql`INSERT INTO payments (id, idempotency_key, kind, fingerprint, order_id, customer_id, amount_minor,
         currency, status, decline_reason, refund_reason, created_at, updated_at)
       VALUES (${p.id}, ${p.key}, ${p.kind}, ${p.fingerprint}, ${p.orderId}, ${p.customerId}, ${p.amountMinor},
         ${p.currency}, ${p.status}, ${p.declineReason}, NULL, ${p.createdAt}, ${p.createdAt})`);
+    const { key: _key, fingerprint: _fingerprint, ...record } = p;
+    return { ...record, declineReason: p.declineReason ?? "", refundReason: "", updatedAt: p.createdAt };
   }
 
   /** One payment (void tombstones included), or undefined. */
@@ -190,8 +193,13 @@ export class PaymentStore {
       const declineReason = auth.status === "DECLINED" ? auth.reason : null;
       const fields = { id, kind: "CHARGE" as const, orderId: input.orderId, customerId: input.customerId };
       const money = { amountMinor: input.amountMinor, currency: input.currency, status: auth.status, createdAt: now };
-      await this.insert(tx, { ...fields, ...money, key: input.idempotencyKey, fingerprint, declineReason });
-      const payment = (await this.byId(tx, id)) as PaymentRecord;
+      const payment = await this.insert(tx, {
+        ...fields,
+        ...money,
+        key: input.idempotencyKey,
+        fingerprint,
+        declineReason,
+      });
       const about = { orderId: payment.orderId, sagaMode };
       if (auth.status === "DECLINED") {
         await this.outbox.add(tx, PaymentFailedSchema, about, {
@@ -228,9 +236,8 @@ export class PaymentStore {
       const now = this.clock();
       if (!row) {
         if (target.by === "id") return { kind: "not-found" };
-        const id = newId("pay", now);
-        await this.insert(tx, {
-          id,
+        const payment = await this.insert(tx, {
+          id: newId("pay", now),
           key: target.chargeIdempotencyKey,
           kind: "VOID",
           fingerprint: null,
@@ -242,7 +249,7 @@ export class PaymentStore {
           declineReason: VOIDED_REASON,
           createdAt: now,
         });
-        return { kind: "voided", payment: (await this.byId(tx, id)) as PaymentRecord };
+        return { kind: "voided", payment };
       }
       const payment = toPayment(row);
       if (refundAction(payment, target.by) === "unchanged") return { kind: "unchanged", payment };
@@ -262,7 +269,7 @@ export class PaymentStore {
           reason,
         },
       );
-      return { kind: "refunded", payment: (await this.byId(tx, payment.id)) as PaymentRecord };
+      return { kind: "refunded", payment: { ...payment, status: "REFUNDED", refundReason: reason, updatedAt: now } };
     });
   }
 
