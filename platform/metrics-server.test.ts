@@ -1,10 +1,10 @@
 /**
  * The metrics port holds what a scraper needs and no more: a client that
- * opens many connections, or sends its request slowly, is cut; a scrape
+ * opens many connections, sends its request slowly or never reads its answers is cut; a scrape
  * with a query string is still a scrape.
  */
 import net from "node:net";
-import { Registry } from "prom-client";
+import { Gauge, Registry } from "prom-client";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { silentLogger } from "./log.js";
 import { METRICS_SERVER_LIMITS, serveMetrics } from "./metrics.js";
@@ -62,3 +62,31 @@ it("cuts a client that sends its request headers too slowly", async () => {
   expect(took).toBeGreaterThanOrEqual(METRICS_SERVER_LIMITS.headersTimeoutMs - 1_000);
   expect(took).toBeLessThan(METRICS_SERVER_LIMITS.headersTimeoutMs + 3_000);
 }, 15_000);
+
+it("cuts a client that sends scrapes and never reads the answers, once nothing has moved for the idle limit", async () => {
+  const registry = new Registry();
+  const gauge = new Gauge({ name: "wide", help: "a large scrape", labelNames: ["k"], registers: [registry] });
+  for (let i = 0; i < 200; i++) gauge.set({ k: `value-${i}` }, i); // ~5 KB an answer
+  const idleTimeoutMs = 1_000;
+  const limits = { ...METRICS_SERVER_LIMITS, idleTimeoutMs, headersTimeoutMs: 60_000, requestTimeoutMs: 120_000 };
+  const slow = await serveMetrics(registry, 0, "127.0.0.1", silentLogger(), limits);
+  try {
+    const socket = net.connect(slow.port, "127.0.0.1");
+    socket.pause(); // never reads: the answers back up until the server stops writing and reading
+    socket.on("error", () => {});
+    await new Promise<void>((resolve) => socket.once("connect", resolve));
+    const scrapes = 3_000; // ~14 MB of answers, beyond what the sockets' buffers take from a client that never reads
+    socket.write("GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n".repeat(scrapes));
+    await new Promise((r) => setTimeout(r, idleTimeoutMs + 3_000));
+    let got = "";
+    socket.on("data", (d: Buffer) => {
+      got += d.toString("latin1");
+    });
+    const closed = new Promise<boolean>((resolve) => socket.once("close", () => resolve(true)));
+    socket.resume();
+    expect(await Promise.race([closed, new Promise((r) => setTimeout(() => r(false), 3_000))])).toBe(true);
+    expect(got.split("HTTP/1.1 200").length - 1).toBeLessThan(scrapes);
+  } finally {
+    await slow.close();
+  }
+}, 20_000);

@@ -264,14 +264,17 @@ export const METRICS_SERVER_LIMITS = {
   idleTimeoutMs: 30_000,
 };
 
-/** Serves `/metrics` (Prometheus text) and `/healthz` on `host:port` (port 0: any free port). */
+/**
+ * Serves `/metrics` (Prometheus text) and `/healthz` on `host:port` (port 0: any free port), within
+ * `limits` (tests shorten them).
+ */
 export async function serveMetrics(
   registry: Registry,
   port: number,
   host: string,
   log: Logger,
+  limits: typeof METRICS_SERVER_LIMITS = METRICS_SERVER_LIMITS,
 ): Promise<{ port: number; close(): Promise<void> }> {
-  const limits = METRICS_SERVER_LIMITS;
   const options = {
     headersTimeout: limits.headersTimeoutMs,
     requestTimeout: limits.requestTimeoutMs,
