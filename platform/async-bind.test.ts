@@ -1,4 +1,5 @@
 import { AsyncLocalStorage, AsyncResource } from "node:async_hooks";
+import { spawnSync } from "node:child_process";
 import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -131,4 +132,27 @@ describe("the lean AsyncResource.bind", () => {
       await new Promise((resolve) => server.close(resolve));
     }
   });
+});
+
+describe("every service process", () => {
+  // Node 22 and later attach no accessor (nothing to replace): there the test holds either way.
+  it("runs with the lean bind: runService installs it before the service starts", () => {
+    // In a process of its own: this worker's bind is whatever the tests above left.
+    const script = `
+        import { AsyncResource } from "node:async_hooks";
+        import { runService } from ${JSON.stringify(new URL("./lifecycle.ts", import.meta.url).href)};
+        const config = { LOG_LEVEL: "silent", LOG_FORMAT: "json", OTEL_EXPORTER_OTLP_ENDPOINT: "", TRACE_FILE: "",
+          TRACE_FILE_MAX_BYTES: 1, TRACE_SAMPLE_RATIO: 1, TRACE_READ_SAMPLE_RATIO: 1 };
+        await runService("probe", () => config, async () => {
+          const bound = new AsyncResource("probe").bind(() => {});
+          process.stdout.write(JSON.stringify({ accessor: Object.hasOwn(bound, "asyncResource") }));
+          process.exit(0);
+        });`;
+    const child = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+      encoding: "utf8",
+      timeout: 30_000,
+    });
+    expect(child.stderr).toBe("");
+    expect(JSON.parse(child.stdout)).toEqual({ accessor: false });
+  }, 40_000);
 });
