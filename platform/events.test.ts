@@ -12,6 +12,7 @@ import { EVENTS } from "../contracts/events.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { OrderConfirmedSchema, OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { TestDatabases } from "../test/db.js";
+import { event, publishEvents } from "../test/events.js";
 import { tempDir } from "../test/fixtures.js";
 import { rawPublish, startNats, type TestNats } from "../test/nats.js";
 import { type Bus, connectBus } from "./bus.js";
@@ -458,6 +459,30 @@ describe("consumers", () => {
     );
     expect(dlq?.header.get("x-dlq-reason")).toMatch(/^undecodable shopmesh.order.v1.OrderPlaced payload/);
     expect(dlq?.header.get("x-dlq-subject")).toBe("order.order.placed.orchestration");
+    await c.stop();
+    await relay.stop();
+  });
+
+  it("dead-letters at once an event holding a NUL, which PostgreSQL's text cannot store (it failed ten deliveries there first)", async () => {
+    // Published from a scratch SQLite outbox: a PostgreSQL producer could not even store it.
+    const [nul] = await publishEvents(bus, [
+      event(OrderPlacedSchema, "ord-\u0000nul", { ...placed(""), sagaMode: SagaMode.ORCHESTRATION }),
+    ]);
+    const producer = await service();
+    const relay = relaying(producer);
+    const good = await addPlaced(producer, "ord-after-nul");
+    const consumer = await service();
+    const durable = `nul-${n}`;
+    const c = await recording(consumer, durable);
+    await applied(consumer.db, good);
+    const dlq = await until(
+      () => bus.jsm.streams.getMessage("DLQ", { last_by_subj: `dlq.${durable}` }).catch(() => null),
+      (m) => m !== null,
+    );
+    expect(dlq?.header.get("ce-id")).toBe(nul);
+    expect(dlq?.header.get("x-dlq-reason")).toMatch(/holds a NUL character \(U\+0000\) in meta\.order_id/);
+    expect(dlq?.header.get("x-dlq-deliveries")).toBe("1");
+    expect(await effectsOf(consumer.db, { eventId: nul })).toBe(0);
     await c.stop();
     await relay.stop();
   });

@@ -11,6 +11,7 @@ import { sql } from "kysely";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { type EventCatalogue, eventSubject } from "./catalogue.js";
 import type { Db, Tx } from "./sql.js";
+import { stringWithNul } from "./validate.js";
 
 /** The inbox table; append it to a consumer service's migrations. */
 export const INBOX_MIGRATION = `CREATE TABLE inbox (
@@ -156,6 +157,11 @@ export function decodeEvent(
   if (own !== eventId) {
     return { unusable: `ce-id ${JSON.stringify(eventId)} is not the event's meta.event_id ${JSON.stringify(own)}` };
   }
+  // Requests holding a NUL are refused at the edge (grpc.ts); an event holding one (only a service's
+  // own credentials can publish it) would fail every delivery on PostgreSQL, whose text has no NUL.
+  const nul = stringWithNul(kind.schema, event as object);
+  if (nul !== undefined)
+    return { unusable: `${type} holds a NUL character (U+0000) in ${nul}, which PostgreSQL's text cannot store` };
   // The subject's last token is the saga mode the event says (consumers are filtered on it). An event
   // published before either existed says none: what history and notification still take from the
   // stream's seven days, and a read model's rebuild replays (docs/events.md, "Upgrading").
