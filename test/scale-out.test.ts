@@ -229,6 +229,67 @@ describe("one order, seen from every replica", () => {
   }, 60_000);
 });
 
+describe("choreographed orders cancelled while they are charged", () => {
+  it("no refund is left pending once the money is back, whichever replica hears which event first", async () => {
+    // Two replicas take an order's PaymentSucceeded and PaymentRefunded (or StockReserved and
+    // StockReleased) in batches of their own; the undo could commit first, and the success then set
+    // the step back to done: refund pending for ever, the watch never ending (a hostile round found
+    // 4 of 30 such orders).
+    const channels = (replicas.order ?? []).map((r) => createChannel(r.address));
+    const clients = channels.map((ch) => createClient(OrderService, ch));
+    const on = (i: number) => clients[i % clients.length] as (typeof clients)[number];
+    const ids: string[] = [];
+    try {
+      await Promise.all(
+        Array.from({ length: 30 }, async (_, i) => {
+          const { order } = await on(i).placeOrder(
+            {
+              idempotencyKey: `charged-then-cancelled-${i}`,
+              items: [{ productId: "ceramic-mug", quantity: 1 }],
+              cardToken: "tok_visa",
+              sagaMode: SagaMode.CHOREOGRAPHY,
+            },
+            who("late"),
+          );
+          const id = order?.id ?? "";
+          ids.push(id);
+          await new Promise((r) => setTimeout(r, 20 + (i % 5) * 15));
+          await Promise.all(
+            [0, 1, 2, 0].map((k) =>
+              on(k)
+                .cancelOrder({ orderId: id, reason: "x" }, who("late"))
+                .catch(() => {}),
+            ),
+          );
+        }),
+      );
+      await allSettled(20_000);
+      const refunded = await withDb(db.payment, (q) =>
+        q.all(sql<{ order_id: string }>`SELECT order_id FROM payments WHERE status = 'REFUNDED'`),
+      );
+      const ours = new Set(ids);
+      const back = new Set(refunded.map((r) => r.order_id).filter((id) => ours.has(id)));
+      // Each refund is heard (PaymentRefunded): then nothing is pending for any of these orders.
+      const pending = async () =>
+        (
+          await withDb(db.order, (q) =>
+            q.all(sql<{ id: string; payment: string }>`SELECT id, payment FROM orders
+              WHERE status = 'CANCELLED' AND payment IN ('done', 'attempted')`),
+          )
+        ).filter((o) => back.has(o.id));
+      const end = Date.now() + 15_000;
+      let left = await pending();
+      while (left.length > 0 && Date.now() < end) {
+        await new Promise((r) => setTimeout(r, 250));
+        left = await pending();
+      }
+      expect(left, "cancelled orders whose payment was refunded, still waiting for the refund").toEqual([]);
+    } finally {
+      for (const ch of channels) ch.close();
+    }
+  }, 90_000);
+});
+
 describe("a burst while order replicas die", () => {
   it("300 orders, both saga modes, two order replicas SIGKILLed in turn: every invariant holds, no step has two owners", async () => {
     const orders = orderClient();

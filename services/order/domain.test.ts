@@ -2,13 +2,17 @@
 import { status } from "@grpc/grpc-js";
 import { describe, expect, it } from "vitest";
 import {
+  afterCompensation,
   decide,
   failureKind,
   isSettled,
   type OrderRecord,
   onCancelledRefundPending,
+  onCharged,
   onDeclined,
   onForwardFailed,
+  onRefunded,
+  onReserved,
   onRetrying,
   onStarted,
   refundPending,
@@ -119,6 +123,29 @@ describe("transitions", () => {
       reason: "payment unavailable",
     });
     expect(onDeclined("pay_1", "card declined", 1).patch).toMatchObject({ payment: "none", status: "COMPENSATING" });
+  });
+
+  it("keeps a compensated step compensated when its success is heard after it, and says it was heard late", () => {
+    // Two replicas (or a redelivery): PaymentRefunded applied before the PaymentSucceeded it follows.
+    const refunded = order({ status: "CANCELLED", stock: "undone", payment: "undone" });
+    const late = afterCompensation(refunded, onCharged("pay_1", 1));
+    expect(late.patch).toEqual({ paymentId: "pay_1" });
+    expect(late.log).toMatchObject({
+      name: "charge_payment",
+      status: "SUCCEEDED",
+      detail: "payment pay_1 captured (heard after its compensation)",
+    });
+    expect(refundPending({ ...refunded, ...late.patch })).toBe(false);
+    const reserved = afterCompensation(
+      refunded,
+      onReserved({ reservationId: "res_1", totalMinor: 5, currency: "USD" }, 1),
+    );
+    expect(reserved.patch).toEqual({ reservationId: "res_1", totalMinor: 5, currency: "USD" });
+    // Anything else passes as it was: progress that undoes nothing, and the undo itself heard twice.
+    const charging = order({ stock: "done", payment: "attempted" });
+    expect(afterCompensation(charging, onCharged("pay_1", 1))).toEqual(onCharged("pay_1", 1));
+    const again = onRefunded("payment pay_1 refunded", 2);
+    expect(afterCompensation(refunded, again)).toBe(again);
   });
 
   it("classifies business refusals as definite and the rest as transient", () => {

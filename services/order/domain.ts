@@ -245,6 +245,25 @@ export function onRefunded(detail: string, attempt: number): Transition {
   return { patch: { payment: "undone" }, log: { name: "refund_payment", status: "COMPENSATED", detail, attempt } };
 }
 
+/**
+ * `t` as it applies to `o`: a step once compensated stays compensated. Its forward outcome can be
+ * heard after its compensation — in the choreography two replicas take an order's PaymentSucceeded
+ * and PaymentRefunded (or StockReserved and StockReleased) in batches of their own and the later
+ * one may commit first, and a handler's redelivery comes late — and set back to `done`, it left a
+ * refund pending for ever (and the order unsettled) or a released reservation counted as held.
+ * The rest of the patch (the payment's or reservation's id, the total) still applies, and the entry
+ * is logged, marked as heard late.
+ */
+export function afterCompensation(o: Pick<OrderRecord, "stock" | "payment">, t: Transition): Transition {
+  const late = (["stock", "payment"] as const).filter(
+    (f) => o[f] === "undone" && (t.patch[f] ?? "undone") !== "undone",
+  );
+  if (late.length === 0) return t;
+  const patch: { -readonly [K in keyof OrderPatch]: OrderPatch[K] } = { ...t.patch };
+  for (const f of late) delete patch[f];
+  return { patch, log: { ...t.log, detail: `${t.log.detail} (heard after its compensation)` } };
+}
+
 /** Everything held and paid: the order is confirmed. */
 export function onConfirmed(): Transition {
   return {

@@ -1,12 +1,13 @@
 /**
  * Transition guards, checked on the locked order row (real store, SQLite or PostgreSQL per the run):
  * the choreographed step budget cancels an order only if it is still stale once locked, so an event
- * that made progress between the budget's read and its write keeps the order going.
+ * that made progress between the budget's read and its write keeps the order going; and a step once
+ * compensated stays so, whatever is heard of it later.
  */
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { TestDatabases } from "../../test/db.js";
 import { tempDir } from "../../test/fixtures.js";
-import { onCompensate } from "./domain.js";
+import { onCancelled, onCharged, onCompensate, onRefunded, onReleased, onReserved, refundPending } from "./domain.js";
 import { OrderStore } from "./store.js";
 
 const dir = tempDir();
@@ -41,4 +42,32 @@ it("staleBefore: skipped once the order changed at or after it, applied while it
   const r = await expire(now);
   expect(r.kind).toBe("applied");
   expect((await store.get(id))?.status).toBe("COMPENSATING");
+});
+
+it("a step's success heard after its compensation leaves it compensated, and the order settled", async () => {
+  const placed = await store.place({
+    customerId: "c",
+    key: "guard-late",
+    fingerprint: "f",
+    items: [{ productId: "p", quantity: 1 }],
+    cardToken: "tok_visa",
+    sagaMode: "CHOREOGRAPHY",
+  });
+  if (placed.kind !== "created") throw new Error(`not placed: ${placed.kind}`);
+  const id = placed.order.id;
+  const reserved = onReserved({ reservationId: "res_1", totalMinor: 500, currency: "USD" }, 1);
+  // A cancel while the charge was under way; the charge captured, and payment refunded it.
+  for (const t of [reserved, onCompensate("cancelled"), onCancelled("cancelled")]) await store.apply(id, t);
+  await store.apply(id, onReleased("reservation res_1 released", 1));
+  await store.apply(id, onRefunded("payment pay_1 refunded", 1));
+  // Heard now, as when the replica that took them committed after the one that took the undo.
+  await store.apply(id, onCharged("pay_1", 1));
+  await store.apply(id, reserved);
+  const o = await store.get(id);
+  expect(o).toMatchObject({ status: "CANCELLED", stock: "undone", payment: "undone", paymentId: "pay_1" });
+  expect(refundPending(o as NonNullable<typeof o>)).toBe(false);
+  expect((await store.steps(id)).slice(-2).map((s) => s.detail)).toEqual([
+    "payment pay_1 captured (heard after its compensation)",
+    "reservation res_1 (heard after its compensation)",
+  ]);
 });

@@ -16,6 +16,7 @@ import { currentTraceparent, type Db, keyUse, newId, type Outbox, sql, type Tx }
 import type { OrderChanges } from "./changes.js";
 import type { Guard } from "./compensation.js";
 import {
+  afterCompensation,
   cancellable,
   type OrderPatch,
   type OrderRecord,
@@ -135,11 +136,13 @@ export function placeOrder(
  * `guard.status`, (with `noCancel`) no cancel was requested and (with
  * `staleBefore`) it has not changed since. With
  * `lease`, applies only while the lease still carries that fencing token.
+ * A step once compensated stays so, whatever is heard of it later
+ * ({@link afterCompensation}).
  */
 export function applyTransition(
   w: Writer,
   id: string,
-  t: Transition,
+  asked: Transition,
   opts: { guard?: Guard; lease?: Lease; tx?: Tx } = {},
 ): Promise<ApplyResult> {
   return w.db.within(opts.tx, async (tx): Promise<ApplyResult> => {
@@ -155,6 +158,8 @@ export function applyTransition(
     ) {
       return { kind: "skipped" };
     }
+    const before = toOrder(row);
+    const t = afterCompensation(before, asked);
     const now = w.clock();
     const q: Required<{ [K in keyof OrderPatch]: OrderPatch[K] | null }> = {
       status: null,
@@ -188,7 +193,7 @@ export function applyTransition(
     if (t.patch.status !== undefined && t.patch.status !== row.status && (await publishTerminal(w, tx, o))) {
       w.changes.terminal(tx, o);
     }
-    if (row.status === "CANCELLED" && refundPending(toOrder(row)) && !refundPending(o)) {
+    if (row.status === "CANCELLED" && refundPending(before) && !refundPending(o)) {
       // The refund a cancelled order was waiting for landed.
       await w.outbox.add(tx, OrderRefundSettledSchema, about(o), { customerId: o.customerId, detail: t.log.detail });
     }
