@@ -74,4 +74,12 @@ export { bind, type GrpcServerOptions, type RunningServer, type ServiceBinding, 
 export type { Db, DbLocation, Engine, Listening, Queries, Query, Tx } from "./sql.js";
 export { type AppTelemetry, createTelemetry, startAppTelemetry, type Telemetry } from "./telemetry.js";
 export { READ_ONLY, rpcAttributes, startTracing } from "./tracing.js";
-export { CURRENCY_CODE, clipText, MAX_EVENT_TEXT, requireId, requireQuantity, requireSubject } from "./validate.js";
+export {
+  CURRENCY_CODE,
+  clipText,
+  MAX_EVENT_TEXT,
+  requireId,
+  requireQuantity,
+  requireSubject,
+  requireText,
+} from "./validate.js";

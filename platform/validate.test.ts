@@ -3,7 +3,7 @@ import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { StructSchema, ValueSchema } from "@bufbuild/protobuf/wkt";
 import { describe, expect, it } from "vitest";
 import { violatedField as field } from "../test/rpc.js";
-import { requireId, requireQuantity, stringWithNul } from "./validate.js";
+import { requireId, requireQuantity, requireText, stringWithNul } from "./validate.js";
 
 describe("requireId", () => {
   it("accepts 1..max of [A-Za-z0-9._:-] not starting with punctuation", () => {
@@ -20,6 +20,18 @@ describe("requireQuantity", () => {
     for (const bad of [0, -1, 1.5, 1_000_001, Number.NaN])
       expect(field(() => requireQuantity(bad, "quantity"))).toBe("quantity");
     expect(field(() => requireQuantity(11, "quantity", 1, 10))).toBe("quantity");
+  });
+});
+
+describe("requireText", () => {
+  it("takes any text up to max, emoji and other scripts included, and refuses control characters", () => {
+    for (const ok of ["", "changed my mind", "너무 늦게 도착해요 \u{1F4E6}", "x".repeat(500)])
+      expect(requireText(ok, "reason", 500)).toBe(ok);
+    for (const bad of ["x".repeat(501), "\u001b[31mred", "two\nlines", "tab\there", "cr\r", "del\u007f", "c1\u009b"])
+      expect(
+        field(() => requireText(bad, "reason", 500)),
+        JSON.stringify(bad),
+      ).toBe("reason");
   });
 });
 

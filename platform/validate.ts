@@ -45,6 +45,23 @@ export function clipText(text: string, max: number): string {
   return `${text.slice(0, end)}…`;
 }
 
+// biome-ignore lint/suspicious/noControlCharactersInRegex: they are what is refused
+const CONTROL = /[\x00-\x1f\x7f-\x9f]/;
+
+/**
+ * A free text a caller gives (a cancel's or a refund's reason): at most `max` UTF-16 units, and no
+ * control character — it is stored, shown back, carried in events and printed by `make events` and
+ * the logs' pretty form, where an escape sequence would drive the reader's terminal and a line break
+ * would forge a line.
+ */
+export function requireText(value: string, field: string, max: number): string {
+  if (value.length > max) throw new InvalidArgumentError(field, `must be at most ${max} characters`);
+  if (CONTROL.test(value)) {
+    throw new InvalidArgumentError(field, "must not contain control characters (line breaks, tabs, escapes)");
+  }
+  return value;
+}
+
 /** An integer quantity in [min, max]. */
 export function requireQuantity(value: number, field: string, min = 1, max = 1_000_000): number {
   if (!Number.isInteger(value) || value < min || value > max) {

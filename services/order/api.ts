@@ -24,6 +24,7 @@ import {
   requireId,
   requireIdempotencyKey,
   requireIdentity,
+  requireText,
   type ServiceImpl,
   type Tx,
 } from "../../platform/index.js";
@@ -179,7 +180,7 @@ export function createOrderApi(deps: OrderApiDeps): ServiceImpl<typeof OrderServ
 
     async cancelOrder(req, ctx) {
       const o = await visible(req.orderId, requireIdentity(ctx.metadata));
-      if (req.reason.length > 500) throw new InvalidArgumentError("reason", "must be at most 500 characters");
+      requireText(req.reason, "reason", 500);
       // The request and its first effect commit together: a crash cannot keep one without the other.
       const r = await store.db.transaction(async (tx) => {
         const r = await store.requestCancel(o.id, req.reason, tx);

@@ -146,6 +146,12 @@ describe("PlaceOrder idempotency and validation", () => {
       Code.INVALID_ARGUMENT,
       "reason",
     );
+    // Nor any other control character in a reason: it is shown back, and printed by `make events`.
+    await expectRpcError(
+      sys.orders.cancelOrder({ orderId: placed.id, reason: "\u001b[2J\u001b[31mpaid" }, sys.as("gina")),
+      Code.INVALID_ARGUMENT,
+      "reason",
+    );
     await expectRpcError(
       sys.orders.placeOrder(
         { idempotencyKey: key(), items: [{ productId: "paper\u0000filters", quantity: 1 }], cardToken: "tok_visa" },

@@ -13,6 +13,7 @@ import {
   requireId,
   requireIdempotencyKey,
   requireSubject,
+  requireText,
 } from "../../platform/index.js";
 
 /** Largest charge the simulated provider approves, in minor units; anything above is declined. */
@@ -125,9 +126,7 @@ export function validateRefund(req: { paymentId: string; chargeIdempotencyKey: s
   if ((req.paymentId === "") === (req.chargeIdempotencyKey === "")) {
     throw new InvalidArgumentError("payment_id", "exactly one of payment_id and charge_idempotency_key is required");
   }
-  if (req.reason.length > MAX_REFUND_REASON) {
-    throw new InvalidArgumentError("reason", `must be at most ${MAX_REFUND_REASON} characters`);
-  }
+  requireText(req.reason, "reason", MAX_REFUND_REASON);
   const target: RefundTarget =
     req.paymentId !== ""
       ? { by: "id", paymentId: requireId(req.paymentId, "payment_id") }

@@ -262,6 +262,11 @@ describe("RefundPayment", () => {
       Code.INVALID_ARGUMENT,
       "reason",
     );
+    await expectRpcError(
+      payments.refundPayment({ paymentId: "pay_1", reason: "forged\nline" }),
+      Code.INVALID_ARGUMENT,
+      "reason",
+    );
     expect(await snapshot()).toBe(s);
   });
 });
