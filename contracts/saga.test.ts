@@ -1,5 +1,6 @@
 /** The saga's participant keys. */
 import { describe, expect, it } from "vitest";
+import { requireText } from "../platform/index.js";
 import { MAX_REFUND_REASON, refundReason, stepKey } from "./saga.js";
 
 describe("stepKey", () => {
@@ -18,5 +19,12 @@ describe("refundReason", () => {
       expect(r.endsWith("…")).toBe(true);
       expect(Buffer.from(r).toString(), "no lone surrogate").toBe(r);
     }
+  });
+
+  it("is always what RefundPayment accepts: a reason stored with control characters is sent with spaces", () => {
+    // Stored before cancel reasons were refused them (or a peer's error text): refused, the refund was retried for ever.
+    const r = refundReason("ord_1", "cancelled by customer: two\nlines \u001b[31mred\u009b");
+    expect(r).toBe("order ord_1: cancelled by customer: two lines  [31mred ");
+    expect(requireText(r, "reason", MAX_REFUND_REASON)).toBe(r);
   });
 });

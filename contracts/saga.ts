@@ -8,7 +8,7 @@
  */
 
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
-import { clipText } from "../platform/index.js";
+import { clipText, withoutControls } from "../platform/index.js";
 
 /** The saga steps that take effect at a participant. */
 export type KeyedStep = "reserve_stock" | "charge_payment";
@@ -23,11 +23,13 @@ export const MAX_REFUND_REASON = 500;
 
 /**
  * The reason order `orderId`'s refund is sent with, in both saga modes: `order <id>: <why>`, cut to
- * {@link MAX_REFUND_REASON} (a customer's cancel reason may itself be 500 characters long — sent
- * whole, payment refused it and the money stayed taken).
+ * {@link MAX_REFUND_REASON} and with any control character a space — what RefundPayment accepts
+ * (a customer's cancel reason may itself be 500 characters long, and one stored before control
+ * characters were refused may hold them: sent as it was, payment refused it and the money stayed
+ * taken).
  */
 export function refundReason(orderId: string, why: string): string {
-  return clipText(`order ${orderId}: ${why}`, MAX_REFUND_REASON);
+  return clipText(withoutControls(`order ${orderId}: ${why}`), MAX_REFUND_REASON);
 }
 
 /**

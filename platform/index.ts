@@ -82,4 +82,5 @@ export {
   requireQuantity,
   requireSubject,
   requireText,
+  withoutControls,
 } from "./validate.js";

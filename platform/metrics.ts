@@ -249,6 +249,15 @@ export function createMetrics(service: string) {
 /** A service's metrics. */
 export type Metrics = ReturnType<typeof createMetrics>;
 
+/** What the metrics port holds a client to (see {@link METRICS_SERVER_LIMITS}). */
+export interface MetricsServerLimits {
+  readonly maxConnections: number;
+  readonly headersTimeoutMs: number;
+  readonly requestTimeoutMs: number;
+  /** A connection on which nothing moves (a client that sends requests and never reads the answers). */
+  readonly idleTimeoutMs: number;
+}
+
 /**
  * What a scraper gets from the metrics port, and no more: Prometheus keeps a
  * connection or two and asks every few seconds, so a client that opens many,
@@ -256,13 +265,12 @@ export type Metrics = ReturnType<typeof createMetrics>;
  * defaults: no connection limit, 60 s for the headers, 5 min for the
  * request, no idle cut).
  */
-export const METRICS_SERVER_LIMITS = {
+export const METRICS_SERVER_LIMITS: MetricsServerLimits = Object.freeze({
   maxConnections: 64,
   headersTimeoutMs: 5_000,
   requestTimeoutMs: 10_000,
-  /** A connection on which nothing moves (a client that sends requests and never reads the answers). */
   idleTimeoutMs: 30_000,
-};
+});
 
 /**
  * Serves `/metrics` (Prometheus text) and `/healthz` on `host:port` (port 0: any free port), within
@@ -273,7 +281,7 @@ export async function serveMetrics(
   port: number,
   host: string,
   log: Logger,
-  limits: typeof METRICS_SERVER_LIMITS = METRICS_SERVER_LIMITS,
+  limits: MetricsServerLimits = METRICS_SERVER_LIMITS,
 ): Promise<{ port: number; close(): Promise<void> }> {
   const options = {
     headersTimeout: limits.headersTimeoutMs,

@@ -27,7 +27,18 @@ describe("requireText", () => {
   it("takes any text up to max, emoji and other scripts included, and refuses control characters", () => {
     for (const ok of ["", "changed my mind", "너무 늦게 도착해요 \u{1F4E6}", "x".repeat(500)])
       expect(requireText(ok, "reason", 500)).toBe(ok);
-    for (const bad of ["x".repeat(501), "\u001b[31mred", "two\nlines", "tab\there", "cr\r", "del\u007f", "c1\u009b"])
+    for (const bad of [
+      "x".repeat(501),
+      "\u001b[31mred",
+      "two\nlines",
+      "tab\there",
+      "cr\r",
+      "del\u007f",
+      "c1\u009b",
+      "ls\u2028",
+      "rlo\u202e",
+      "isolate\u2066",
+    ])
       expect(
         field(() => requireText(bad, "reason", 500)),
         JSON.stringify(bad),

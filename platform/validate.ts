@@ -45,19 +45,32 @@ export function clipText(text: string, max: number): string {
   return `${text.slice(0, end)}…`;
 }
 
+// C0, DEL and C1, the Unicode line and paragraph separators, and the bidirectional overrides and isolates
+// (which make a text display as another: "Trojan Source").
 // biome-ignore lint/suspicious/noControlCharactersInRegex: they are what is refused
-const CONTROL = /[\x00-\x1f\x7f-\x9f]/;
+const CONTROL = /[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+
+/**
+ * `text` with each control character a space: for a text built from one stored before
+ * {@link requireText} refused them (or by a peer's error message), sent where they are refused.
+ */
+export function withoutControls(text: string): string {
+  return text.replace(CONTROL, " ");
+}
 
 /**
  * A free text a caller gives (a cancel's or a refund's reason): at most `max` UTF-16 units, and no
  * control character — it is stored, shown back, carried in events and printed by `make events` and
- * the logs' pretty form, where an escape sequence would drive the reader's terminal and a line break
- * would forge a line.
+ * the logs' pretty form, where an escape sequence would drive the reader's terminal, a line break
+ * would forge a line and a direction override would show the text as another.
  */
 export function requireText(value: string, field: string, max: number): string {
   if (value.length > max) throw new InvalidArgumentError(field, `must be at most ${max} characters`);
-  if (CONTROL.test(value)) {
-    throw new InvalidArgumentError(field, "must not contain control characters (line breaks, tabs, escapes)");
+  if (withoutControls(value) !== value) {
+    throw new InvalidArgumentError(
+      field,
+      "must not contain control characters (line breaks, tabs, escapes, direction overrides)",
+    );
   }
   return value;
 }

@@ -258,7 +258,10 @@ describe("choreographed orders cancelled while they are charged", () => {
             [0, 1, 2, 0].map((k) =>
               on(k)
                 .cancelOrder({ orderId: id, reason: "x" }, who("late"))
-                .catch(() => {}),
+                .catch((err: unknown) => {
+                  // Confirmed before the cancel came: nothing to undo. Anything else is a failure of its own.
+                  if (!(err instanceof RpcError && err.code === Code.FAILED_PRECONDITION)) throw err;
+                }),
             ),
           );
         }),
@@ -269,6 +272,9 @@ describe("choreographed orders cancelled while they are charged", () => {
       );
       const ours = new Set(ids);
       const back = new Set(refunded.map((r) => r.order_id).filter((id) => ours.has(id)));
+      // This scenario found the hole by chance (5 and 6 orders of 30 in two runs before the fix); the
+      // deterministic guard is services/order/guard.test.ts. Without a refund here it proves nothing.
+      expect(back.size, "orders charged and then refunded").toBeGreaterThan(0);
       // Each refund is heard (PaymentRefunded): then nothing is pending for any of these orders.
       const pending = async () =>
         (

@@ -32,6 +32,9 @@ import { isSettled, type OrderRecord, refundPending, type SagaMode } from "./dom
 import type { StoredStep } from "./schema.js";
 import type { OrderStore } from "./store.js";
 
+/** Longest reason CancelOrder takes (the order keeps it as its status reason, and its refund says it). */
+const MAX_CANCEL_REASON = 500;
+
 /** Dependencies of the order API. */
 export interface OrderApiDeps {
   readonly store: OrderStore;
@@ -180,7 +183,7 @@ export function createOrderApi(deps: OrderApiDeps): ServiceImpl<typeof OrderServ
 
     async cancelOrder(req, ctx) {
       const o = await visible(req.orderId, requireIdentity(ctx.metadata));
-      requireText(req.reason, "reason", 500);
+      requireText(req.reason, "reason", MAX_CANCEL_REASON);
       // The request and its first effect commit together: a crash cannot keep one without the other.
       const r = await store.db.transaction(async (tx) => {
         const r = await store.requestCancel(o.id, req.reason, tx);

@@ -5,6 +5,7 @@
  */
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import { PaymentService, PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
 import {
   Code,
@@ -21,6 +22,7 @@ import { capturedPayments, paymentsByStatus } from "../../test/probes.js";
 import { expectRpcError } from "../../test/rpc.js";
 import { type PaymentApp, startPayment } from "./app.js";
 import { loadConfig } from "./config.js";
+import type { PaymentRecord } from "./domain.js";
 
 const dir = tempDir();
 let app: PaymentApp;
@@ -302,6 +304,43 @@ describe("GetPayment", () => {
     // Same shape as a payment that does not exist: existence is not revealed.
     expect(hidden.message.replace(p.id, "ID")).toBe(missing.message.replace("pay_nope", "ID"));
     await expectRpcError(payments.getPayment({ orderId: p.orderId }, stranger), Code.NOT_FOUND);
+  });
+});
+
+describe("the store's answers", () => {
+  it("are what a read of the row gives: a capture, a decline, a void and a refund", async () => {
+    const { store } = app;
+    const input = (cardToken: string) => ({
+      idempotencyKey: key(),
+      orderId: order(),
+      customerId: "cus-store",
+      amountMinor: 1234,
+      currency: "EUR",
+      cardToken,
+    });
+    // Each compared with the row right after it was written (the capture is refunded below).
+    const answers: PaymentRecord[] = [];
+    const written = async (p: PaymentRecord) => {
+      expect(await store.payment(p.id)).toEqual(p);
+      answers.push(p);
+    };
+    for (const cardToken of ["tok_visa", "tok_decline"]) {
+      const r = await store.charge(`fp-${cardToken}`, input(cardToken), SagaMode.ORCHESTRATION);
+      if (r.kind !== "charged") throw new Error(r.kind);
+      await written(r.payment);
+    }
+    const voided = await store.refund({ by: "key", chargeIdempotencyKey: key() }, "", SagaMode.ORCHESTRATION);
+    if (voided.kind === "not-found") throw new Error(voided.kind);
+    await written(voided.payment);
+    const refunded = await store.refund({ by: "id", paymentId: answers[0]?.id ?? "" }, "why", SagaMode.ORCHESTRATION);
+    if (refunded.kind === "not-found") throw new Error(refunded.kind);
+    await written(refunded.payment);
+    expect(answers.map((p) => [p.kind, p.status])).toEqual([
+      ["CHARGE", "CAPTURED"],
+      ["CHARGE", "DECLINED"],
+      ["VOID", "DECLINED"],
+      ["CHARGE", "REFUNDED"],
+    ]);
   });
 });
 

@@ -149,8 +149,19 @@ export class PaymentStore {
         currency, status, decline_reason, refund_reason, created_at, updated_at)
       VALUES (${p.id}, ${p.key}, ${p.kind}, ${p.fingerprint}, ${p.orderId}, ${p.customerId}, ${p.amountMinor},
         ${p.currency}, ${p.status}, ${p.declineReason}, NULL, ${p.createdAt}, ${p.createdAt})`);
-    const { key: _key, fingerprint: _fingerprint, ...record } = p;
-    return { ...record, declineReason: p.declineReason ?? "", refundReason: "", updatedAt: p.createdAt };
+    return {
+      id: p.id,
+      kind: p.kind,
+      orderId: p.orderId,
+      customerId: p.customerId,
+      amountMinor: p.amountMinor,
+      currency: p.currency,
+      status: p.status,
+      declineReason: p.declineReason ?? "",
+      refundReason: "",
+      createdAt: p.createdAt,
+      updatedAt: p.createdAt,
+    };
   }
 
   /** One payment (void tombstones included), or undefined. */

@@ -299,7 +299,8 @@ export type CancelOrderRequest = Message<"shopmesh.order.v1.CancelOrderRequest">
   orderId: string;
 
   /**
-   * Why the customer cancels, for people.
+   * Why the customer cancels, for people: at most 500 characters, none of them
+   * a control character (line breaks, escapes, direction overrides).
    *
    * @generated from field: string reason = 2;
    */

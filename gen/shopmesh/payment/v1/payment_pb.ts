@@ -177,7 +177,9 @@ export type RefundPaymentRequest = Message<"shopmesh.payment.v1.RefundPaymentReq
   paymentId: string;
 
   /**
-   * Why the refund happens, e.g. "saga compensation: order cancelled".
+   * Why the refund happens, e.g. "saga compensation: order cancelled": at most
+   * 500 characters, none of them a control character (line breaks, escapes,
+   * direction overrides).
    *
    * @generated from field: string reason = 2;
    */
