@@ -98,6 +98,13 @@ function recording(consumer: { db: Db }, durable: string, on: Bus = bus) {
   });
 }
 
+/** The last message dead-lettered by consumer `durable`, once one satisfies `ok` (or null when none did in time). */
+const deadLettered = (
+  durable: string,
+  ok: (m: Awaited<ReturnType<Bus["jsm"]["streams"]["getMessage"]>> | null) => boolean = (m) => m !== null,
+  ms?: number,
+) => until(() => bus.jsm.streams.getMessage("DLQ", { last_by_subj: `dlq.${durable}` }).catch(() => null), ok, ms);
+
 /** Waits until the effect of `eventId` is in `db` (once); how many times it is there. */
 const applied = (db: Db, eventId: string, ms?: number) =>
   until(
@@ -453,10 +460,7 @@ describe("consumers", () => {
     const c = await recording(consumer, durable);
     await applied(consumer.db, good);
     expect(await effectsOf(consumer.db, { eventId: good })).toBe(1);
-    const dlq = await until(
-      () => bus.jsm.streams.getMessage("DLQ", { last_by_subj: `dlq.${durable}` }).catch(() => null),
-      (m) => m !== null,
-    );
+    const dlq = await deadLettered(durable);
     expect(dlq?.header.get("x-dlq-reason")).toMatch(/^undecodable shopmesh.order.v1.OrderPlaced payload/);
     expect(dlq?.header.get("x-dlq-subject")).toBe("order.order.placed.orchestration");
     await c.stop();
@@ -475,10 +479,7 @@ describe("consumers", () => {
     const durable = `nul-${n}`;
     const c = await recording(consumer, durable);
     await applied(consumer.db, good);
-    const dlq = await until(
-      () => bus.jsm.streams.getMessage("DLQ", { last_by_subj: `dlq.${durable}` }).catch(() => null),
-      (m) => m !== null,
-    );
+    const dlq = await deadLettered(durable);
     expect(dlq?.header.get("ce-id")).toBe(nul);
     expect(dlq?.header.get("x-dlq-reason")).toMatch(/holds a NUL character \(U\+0000\) in meta\.order_id/);
     expect(dlq?.header.get("x-dlq-deliveries")).toBe("1");
@@ -705,11 +706,7 @@ describe("consumers", () => {
     expect(refused?.header.get("x-dlq-reason")).toBe("unprocessable: customer_id: is not one");
     expect(refused?.header.get("x-dlq-deliveries")).toBe("1");
     // (The poison message of the previous test is dead-lettered by this new consumer too.)
-    const dlq = await until(
-      () => bus.jsm.streams.getMessage("DLQ", { last_by_subj: `dlq.${durable}` }).catch(() => null),
-      (m) => m?.header.get("ce-id") === bad,
-      8_000,
-    );
+    const dlq = await deadLettered(durable, (m) => m?.header.get("ce-id") === bad, 8_000);
     expect(attempts).toEqual([1, 2, 3]);
     expect(dlq?.header.get("x-dlq-reason")).toContain("handler failed 3 times: downstream rule keeps failing");
     expect(dlq?.header.get("ce-id")).toBe(bad);
@@ -751,11 +748,7 @@ describe("consumers settling a backlog", () => {
     // Published while nobody consumed: the consumer finds a backlog.
     const relay = relaying(producer);
     await drained(relay);
-    await until(
-      () => bus.jsm.streams.getMessage("DLQ", { last_by_subj: `dlq.${durable}` }).catch(() => null),
-      (m) => m?.header.get("ce-id") === bad,
-      8_000,
-    );
+    await deadLettered(durable, (m) => m?.header.get("ce-id") === bad, 8_000);
     await until(
       () => seen.length,
       (k) => k === 39,

@@ -22,17 +22,22 @@ afterAll(async () => {
   dir[Symbol.dispose]();
 });
 
-it("staleBefore: skipped once the order changed at or after it, applied while it is older", async () => {
+/** Places a choreographed order with idempotency key `key`; its id. */
+async function choreographed(key: string): Promise<string> {
   const placed = await store.place({
     customerId: "c",
-    key: "guard-stale",
+    key,
     fingerprint: "f",
     items: [{ productId: "p", quantity: 1 }],
     cardToken: "tok_visa",
     sagaMode: "CHOREOGRAPHY",
   });
   if (placed.kind !== "created") throw new Error(`not placed: ${placed.kind}`);
-  const id = placed.order.id;
+  return placed.order.id;
+}
+
+it("staleBefore: skipped once the order changed at or after it, applied while it is older", async () => {
+  const id = await choreographed("guard-stale");
   const expire = (staleBefore: number) =>
     store.apply(id, onCompensate("budget"), { guard: { status: "PENDING", staleBefore } });
   // The budget read the order as stale, but it changed at `now` (an event's progress).
@@ -45,16 +50,7 @@ it("staleBefore: skipped once the order changed at or after it, applied while it
 });
 
 it("a step's success heard after its compensation leaves it compensated, and the order settled", async () => {
-  const placed = await store.place({
-    customerId: "c",
-    key: "guard-late",
-    fingerprint: "f",
-    items: [{ productId: "p", quantity: 1 }],
-    cardToken: "tok_visa",
-    sagaMode: "CHOREOGRAPHY",
-  });
-  if (placed.kind !== "created") throw new Error(`not placed: ${placed.kind}`);
-  const id = placed.order.id;
+  const id = await choreographed("guard-late");
   const reserved = onReserved({ reservationId: "res_1", totalMinor: 500, currency: "USD" }, 1);
   // A cancel while the charge was under way; the charge captured, and payment refunded it.
   for (const t of [reserved, onCompensate("cancelled"), onCancelled("cancelled")]) await store.apply(id, t);
