@@ -246,8 +246,13 @@ describe("connection limits", () => {
         `GetProduct over gRPC, ms: before p50 ${p(before, 0.5).toFixed(2)} p99 ${p(before, 0.99).toFixed(2)}; ` +
           `with 1,000 idle connections p50 ${p(during, 0.5).toFixed(2)} p99 ${p(during, 0.99).toFixed(2)}`,
       );
-      // A liveness bound, not a benchmark: idle sockets must not stall the event loop.
-      expect(p(during, 0.99)).toBeLessThan(Math.max(250, 10 * p(before, 0.99)));
+      // A liveness bound, not a benchmark: idle sockets must not stall the event loop. The typical call
+      // and the 95th percentile are bounded against the same run's calls before; the slowest call only
+      // against the idle connections' own cut (one 275 ms pause on a shared 2-core machine failed a
+      // bound on the slowest of 100), because a call held behind them would wait for it.
+      expect(p(during, 0.5)).toBeLessThan(Math.max(50, 5 * p(before, 0.5)));
+      expect(p(during, 0.95)).toBeLessThan(Math.max(250, 10 * p(before, 0.95)));
+      expect(during.at(-1) ?? 0).toBeLessThan(HEADERS_MS);
       const closed = await Promise.race([
         Promise.all(idle.map((c) => c.closed)).then(() => true),
         sleep(HEADERS_MS + 3 * SLACK_MS).then(() => false),
