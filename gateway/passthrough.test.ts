@@ -145,7 +145,7 @@ describe("gRPC fast path", () => {
 
   it("carries the client's deadline upstream, and a cancel ends the upstream call", async () => {
     const auth = await bearer("alice");
-    await sys.inventoryChaos.setFaults({ faults: { latencyMs: 400 } });
+    await sys.inventoryChaos.setFaults({ faults: { latencyMs: 2_000 } });
     try {
       await using s = await h2Session(gw.url);
       const started = performance.now();
@@ -155,7 +155,7 @@ describe("gRPC fast path", () => {
         product("coffee-beans"),
       );
       expect(late.grpcStatus).toBe(4);
-      expect(performance.now() - started).toBeLessThan(350);
+      expect(performance.now() - started).toBeLessThan(1_000); // not the upstream's 2 s
 
       const cancelledBefore = lines.filter((l) => l.msg === "access" && l.code === "Canceled").length;
       const req = s.request({ ":method": "POST", ...grpcHeaders(GET_PRODUCT, auth) });

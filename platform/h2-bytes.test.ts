@@ -110,7 +110,7 @@ describe("HTTP/2 bytes client", () => {
     const started = performance.now();
     const late = await rejection(call(request("slow"), { deadline: Date.now() + 80 }));
     expect(late.code).toBe(Code.DEADLINE_EXCEEDED);
-    expect(performance.now() - started).toBeLessThan(500);
+    expect(performance.now() - started).toBeLessThan(800); // not the handler's 1 s
     await expect.poll(() => seen.cancelled).toBeGreaterThan(before);
     const ac = new AbortController();
     setTimeout(() => ac.abort(), 50);

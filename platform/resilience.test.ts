@@ -468,7 +468,7 @@ describe("bulkhead", () => {
       "inventory",
       InventoryService,
       inv.server,
-      { bulkheadLimit: 2, bulkheadQueue: 1, timeoutMs: 3_000 },
+      { bulkheadLimit: 2, bulkheadQueue: 1, timeoutMs: 5_000 },
       { onBulkheadRejected: () => rejections++ },
     );
     const other = resilient("order", OrderService, ord.server, { bulkheadLimit: 2, bulkheadQueue: 1 });
@@ -477,7 +477,7 @@ describe("bulkhead", () => {
     await other.getOrder({ orderId: "o-1" });
     inv.fake.resetCounters();
     ord.fake.resetCounters();
-    inv.fake.always(delay(500));
+    inv.fake.always(delay(1_500));
 
     const t0 = performance.now();
     const outcomes = Array.from({ length: 6 }, () =>
@@ -491,8 +491,8 @@ describe("bulkhead", () => {
     // The other downstream's client is unaffected while this one is saturated.
     const otherLatencies: number[] = [];
     for (let i = 0; i < 5; i++) otherLatencies.push(await timed(() => other.getOrder({ orderId: "o-1" })));
-    // Far below the 500 ms a call queued behind the saturated downstream would take.
-    expect(Math.max(...otherLatencies)).toBeLessThan(400);
+    // Far below the 1,500 ms a call queued behind the saturated downstream would take.
+    expect(Math.max(...otherLatencies)).toBeLessThan(1_000);
     expect(ord.fake.calls).toBe(5);
     expect(other.state()).toMatchObject({ breaker: "closed", inFlight: 0, queued: 0 });
     expect(saturated.state()).toMatchObject({ inFlight: 2, queued: 1 });
@@ -505,13 +505,13 @@ describe("bulkhead", () => {
     for (const r of rejected) {
       expect(r.err).toBeInstanceOf(RpcError);
       expect((r.err as RpcError).code).toBe(Code.RESOURCE_EXHAUSTED);
-      expect(r.ms).toBeLessThan(400); // refused at once, not after a 500 ms call
+      expect(r.ms).toBeLessThan(1_000); // refused at once, not after a 1,500 ms call
     }
     expect(rejections).toBe(3);
     expect(inv.fake.calls).toBe(3);
     expect(inv.fake.maxInFlight).toBe(2);
-    // The queued call only started once a slot was free: two 500 ms calls back to back.
-    expect(Math.max(...ok.map((o) => o.ms))).toBeGreaterThanOrEqual(950);
+    // The queued call only started once a slot was free: two 1,500 ms calls back to back.
+    expect(Math.max(...ok.map((o) => o.ms))).toBeGreaterThanOrEqual(2_950);
     expect(saturated.state()).toMatchObject({ breaker: "closed", inFlight: 0, queued: 0 });
   });
 });
@@ -600,21 +600,21 @@ describe("a DEADLINE_EXCEEDED the caller's deadline explains", () => {
 /** Regressions: each of these was a defect found in review, now fixed. */
 describe("regressions", () => {
   // resilience.ts attemptOptions(): the caller's relative timeoutMs is recomputed from "now" on every
-  // attempt, so with retries the call can take retryMaxAttempts × timeoutMs (~930 ms here, not ~300).
+  // attempt, so with retries the call can take retryMaxAttempts × timeoutMs (~1,500 ms here, not ~300).
   it("a caller's timeoutMs bounds the whole call, retries included", async () => {
     const { fake, server } = await startInventory();
-    const client = resilient("inventory", InventoryService, server, { timeoutMs: 10_000, retryMaxAttempts: 3 });
+    const client = resilient("inventory", InventoryService, server, { timeoutMs: 10_000, retryMaxAttempts: 5 });
     await client.getProduct(req);
     fake.always(delay(3_000));
 
     const elapsed = await timed(() =>
       expectRpcError(client.getProduct(req, { timeoutMs: 300 }), Code.DEADLINE_EXCEEDED),
     );
-    expect(elapsed).toBeLessThan(800); // the defect took ~930
+    expect(elapsed).toBeLessThan(1_000); // the defect took ~1,500
   });
 
   // The caller's deadline is only checked when an attempt starts: a call waiting in the bulkhead queue
-  // waits for a free slot however long that takes (~1000 ms here for a 200 ms deadline).
+  // waits for a free slot however long that takes (~2,000 ms here for a 200 ms deadline).
   it("a call queued in the bulkhead fails at its deadline", async () => {
     const { fake, server } = await startInventory();
     const client = resilient("inventory", InventoryService, server, {
@@ -623,25 +623,25 @@ describe("regressions", () => {
       timeoutMs: 3_000,
     });
     await client.getProduct(req);
-    fake.always(delay(1_000));
+    fake.always(delay(2_000));
     const busy = client.getProduct(req);
 
     const elapsed = await timed(() =>
       expectRpcError(client.getProduct(req, { deadline: Date.now() + 200 }), Code.DEADLINE_EXCEEDED),
     );
     await busy;
-    expect(elapsed).toBeLessThan(800); // the defect took ~1000
+    expect(elapsed).toBeLessThan(1_000); // the defect took ~2,000
   });
 
   // While a half-open probe runs, cockatiel makes every other call wait for the probe's outcome (up to the
-  // probe's timeoutMs) instead of failing fast, past the waiting caller's own deadline (~1000 ms here for 200).
+  // probe's timeoutMs) instead of failing fast, past the waiting caller's own deadline (~2,000 ms here for 200).
   it("a call arriving during a half-open probe does not wait past its deadline", async () => {
     const { fake, server } = await startInventory();
     const client = resilient("inventory", InventoryService, server, {
       retryMaxAttempts: 1,
       breakerConsecutiveFailures: 1,
       breakerHalfOpenAfterMs: 100,
-      timeoutMs: 1_000,
+      timeoutMs: 2_000,
     });
     fake.always(fail(Code.UNAVAILABLE));
     await expectRpcError(client.getProduct(req), Code.UNAVAILABLE);
@@ -651,7 +651,7 @@ describe("regressions", () => {
 
     const elapsed = await timed(() => client.getProduct(req, { deadline: Date.now() + 200 }).catch(() => undefined));
     await probe;
-    expect(elapsed).toBeLessThan(800); // the defect took ~1000
+    expect(elapsed).toBeLessThan(1_000); // the defect took ~2,000
   });
 
   // CallerDeadlineError is excluded from the breaker's failures, and cockatiel treats an unhandled error
