@@ -43,6 +43,9 @@ export default defineConfig({
     maxWorkers: 2,
     testTimeout: 30_000,
     hookTimeout: 30_000,
+    // expect.poll's own default (1 s) is one busy moment on two shared cores; a poll still ends at
+    // its first success, so only a failure waits longer.
+    expect: { poll: { timeout: 5_000 } },
     reporters: ["default", "./test/summary-reporter.ts"],
     projects: [
       {
