@@ -111,7 +111,7 @@ run: ## Start NATS, every service and the gateway; Ctrl-C stops all (DB=postgres
 	@$(MAKE) -s --no-print-directory install nats $(if $(filter postgres,$(DB)),postgres) build >&2
 	@node dist/scripts/run.js
 
-bench: install nats build ## Measure every path side by side from a separate load generator, and read issue 14's targets off the run (BENCH_SECONDS, BENCH_PROFILE=gateway): bench/results/bench.json
+bench: install nats build ## Measure every path side by side from a separate load generator, and read issue 14's targets off the run (BENCH_SECONDS, BENCH_REPEAT, BENCH_PROFILE=gateway): bench/results/bench.json
 	npm run bench
 
 footprint: install nats build ## The system's memory (RSS, PSS per process) at start and after FOOTPRINT_SECONDS (60) of make load, and what its scavenges promoted: bench/results/footprint.json

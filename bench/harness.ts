@@ -15,7 +15,9 @@
  *
  *   BENCH_SECONDS   seconds per round (default 8)
  *   BENCH_SMOKE=1   a short run that checks the harness works (CI): ~20 s
- *   BENCH_TELEMETRY on | off | both (default both)
+ *   BENCH_TELEMETRY on | off | both (default both: two systems, one with telemetry and one without, both
+ *                   running from the start; each round runs on one and at once on the other)
+ *   BENCH_REPEAT    run every round this many times (default 1) and print the table of medians
  *   BENCH_OUT       where to write the JSON (default bench/results/bench.json)
  *   BENCH_PROFILE   a process name (gateway, order, ...): it runs with --cpu-prof, and its profile's
  *                   summary (bench/profile.ts) is printed after the run
@@ -34,7 +36,7 @@ import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { ROOT } from "../scripts/layout.js";
 import type { LoadResult, LoadSpec } from "./load.js";
-import { cpuSeconds, load, restock, type SystemMemory, startSystem, writeResults } from "./system.js";
+import { cpuSeconds, load, restock, type System, type SystemMemory, startSystem, writeResults } from "./system.js";
 import { formatTargets, targets } from "./targets.js";
 
 const SMOKE = process.env.BENCH_SMOKE === "1";
@@ -49,6 +51,7 @@ const PROFILE_DIR = join(ROOT, "bench", "results", "profiles");
 const FAST_PATHS = process.env.BENCH_FAST_PATHS !== "off";
 /** The open-loop rounds' rate, calls/s. */
 const RATE = SMOKE ? 200 : 1000;
+const REPEAT = Math.max(1, Math.trunc(Number(process.env.BENCH_REPEAT ?? 1)) || 1);
 
 interface Row extends LoadResult {
   readonly path: string;
@@ -72,7 +75,16 @@ interface Start {
   readonly byProcess: SystemMemory["byProcess"];
 }
 
-async function measure(telemetry: boolean, token: string): Promise<{ rows: Row[]; start: Start }> {
+/** One system under measurement: its telemetry setting and its memory once ready. */
+interface Measured {
+  readonly sys: System;
+  readonly telemetry: "on" | "off";
+  readonly startMemory: SystemMemory;
+  /** The rounds this run measures on it (BENCH_ONLY), in the order run. */
+  readonly rounds: readonly Round[];
+}
+
+async function start(telemetry: boolean, token: string): Promise<Measured> {
   const sys = await startSystem({
     telemetry,
     token,
@@ -80,11 +92,17 @@ async function measure(telemetry: boolean, token: string): Promise<{ rows: Row[]
     ...(FAST_PATHS ? {} : { env: { gateway: { FAST_PATHS: "false" } } }),
   });
   const startMemory = sys.memory();
-  const rows: Row[] = [];
-  const t = telemetry ? "on" : "off";
+  await restock(sys);
+  const rounds = roundsOf(sys, token).filter(([path, shape]) => `${path} ${shape}`.includes(ONLY));
+  return { sys, telemetry: telemetry ? "on" : "off", startMemory, rounds };
+}
+
+type Round = readonly [path: string, load: string, spec: LoadSpec];
+
+function roundsOf(sys: System, token: string): Round[] {
   const gw = sys.addressOf("gateway");
   const base = { seconds: SECONDS, warmupSeconds: WARMUP };
-  const rounds: Array<[string, string, LoadSpec]> = [
+  return [
     ["direct gRPC", "64 in flight", { ...base, client: "grpc", target: sys.addressOf("inventory"), concurrency: 64 }],
     ["gateway gRPC", "64 in flight", { ...base, client: "grpc", target: gw, token, concurrency: 64 }],
     [
@@ -102,66 +120,90 @@ async function measure(telemetry: boolean, token: string): Promise<{ rows: Row[]
     ["gateway gRPC", `${RATE}/s`, { ...base, client: "grpc", target: gw, token, rate: RATE }],
     // Saturated first: at one order in flight the saga's code is still being optimised for ~25 s (a cold
     // system measured 20-30% slower than the same one warm), and a running system serves warm.
-    ...(["orchestration", "choreography"] as const).flatMap(
-      (sagaMode): Array<[string, string, LoadSpec]> => [
-        [
-          `saga, ${sagaMode}`,
-          "32 in flight",
-          { ...base, client: "saga", target: sys.addressOf("order"), sagaMode, concurrency: 32 },
-        ],
-        [
-          `saga, ${sagaMode}`,
-          "1 in flight",
-          { ...base, client: "saga", target: sys.addressOf("order"), sagaMode, concurrency: 1 },
-        ],
+    ...(["orchestration", "choreography"] as const).flatMap((sagaMode): Round[] => [
+      [
+        `saga, ${sagaMode}`,
+        "32 in flight",
+        { ...base, client: "saga", target: sys.addressOf("order"), sagaMode, concurrency: 32 },
       ],
-    ),
+      [
+        `saga, ${sagaMode}`,
+        "1 in flight",
+        { ...base, client: "saga", target: sys.addressOf("order"), sagaMode, concurrency: 1 },
+      ],
+    ]),
   ];
-  let afterRounds: SystemMemory | undefined;
-  try {
-    await restock(sys);
-    for (const [path, shape, spec] of rounds.filter(([path, shape]) => `${path} ${shape}`.includes(ONLY))) {
-      const before = sys.procs.map((p) => cpuSeconds(p.child.pid));
-      const r = await load(spec);
-      const used = sys.procs.map((p, i) => cpuSeconds(p.child.pid) - (before[i] ?? 0));
-      const cpu = used.reduce((a, b) => a + b, 0);
-      // The warm-up's calls are not counted, its CPU is: scale by the measured share of the round.
-      const share = spec.seconds / (spec.seconds + (spec.warmupSeconds ?? 0));
-      const perCall = (seconds: number) => (r.calls ? Math.round(((seconds * share * 1000) / r.calls) * 100) / 100 : 0);
-      // The direct gRPC round runs first: each saturated unary round is printed with its share of it.
-      const direct =
-        path === "direct gRPC"
-          ? r.rps
-          : (rows.find((x) => x.path === "direct gRPC" && x.load.endsWith("in flight"))?.rps ?? 0);
-      const row: Row = {
-        path,
-        telemetry: t,
-        load: shape,
-        ...r,
-        ...(shape.endsWith("in flight") && !path.startsWith("saga") && direct
-          ? { of_direct: Math.round((r.rps / direct) * 100) / 100 }
-          : {}),
-        cpu_ms_per_call: perCall(cpu),
-        cpu_ms_per_call_by_process: Object.fromEntries(sys.procs.map((p, i) => [p.name, perCall(used[i] ?? 0)])),
-      };
-      rows.push(row);
-      process.stdout.write(`  ${format(row)}\n`);
-    }
-    afterRounds = sys.memory();
-  } finally {
-    await sys.stop();
-  }
-  return {
-    rows,
-    start: {
-      telemetry: t,
-      readyMs: sys.readyMs,
-      rssMb: sys.rssMb,
-      pssMb: sys.pssMb,
-      afterRounds,
-      byProcess: startMemory.byProcess,
+}
+
+/** Runs one round against one system; `earlier` holds this repetition's rows so far (direct gRPC's first). */
+async function measure(m: Measured, [path, shape, spec]: Round, earlier: readonly Row[]): Promise<Row> {
+  const { procs } = m.sys;
+  const before = procs.map((p) => cpuSeconds(p.child.pid));
+  const r = await load(spec);
+  const used = procs.map((p, i) => cpuSeconds(p.child.pid) - (before[i] ?? 0));
+  const cpu = used.reduce((a, b) => a + b, 0);
+  // The warm-up's calls are not counted, its CPU is: scale by the measured share of the round.
+  const share = spec.seconds / (spec.seconds + (spec.warmupSeconds ?? 0));
+  const perCall = (seconds: number) => (r.calls ? round2((seconds * share * 1000) / r.calls) : 0);
+  return withShare(
+    {
+      path,
+      telemetry: m.telemetry,
+      load: shape,
+      ...r,
+      cpu_ms_per_call: perCall(cpu),
+      cpu_ms_per_call_by_process: Object.fromEntries(procs.map((p, i) => [p.name, perCall(used[i] ?? 0)])),
     },
-  };
+    earlier,
+  );
+}
+
+const round2 = (x: number) => Math.round(x * 100) / 100;
+
+/** A saturated unary row with its share of direct gRPC's calls/s in the same setting (among `rows`). */
+function withShare(row: Row, rows: readonly Row[]): Row {
+  const direct =
+    row.path === "direct gRPC"
+      ? row.rps
+      : rows.find((x) => x.path === "direct gRPC" && x.telemetry === row.telemetry && x.load.endsWith("in flight"))
+          ?.rps;
+  if (!row.load.endsWith("in flight") || row.path.startsWith("saga") || !direct) return row;
+  return { ...row, of_direct: round2(row.rps / direct) };
+}
+
+const median = (xs: readonly number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? (s[mid] ?? 0) : ((s[mid - 1] ?? 0) + (s[mid] ?? 0)) / 2;
+};
+
+/** Each round's median over the repetitions, figure by figure; calls and failures summed. */
+function medians(runs: readonly Row[][]): Row[] {
+  const out: Row[] = [];
+  for (const first of runs[0] ?? []) {
+    const same = runs.flatMap((run) =>
+      run.filter((r) => r.path === first.path && r.telemetry === first.telemetry && r.load === first.load),
+    );
+    const med = (f: (r: Row) => number, digits = 100) => Math.round(median(same.map(f)) * digits) / digits;
+    const row: Row = {
+      ...first,
+      calls: same.reduce((s, r) => s + r.calls, 0),
+      failures: same.reduce((s, r) => s + r.failures, 0),
+      firstError: same.find((r) => r.firstError)?.firstError,
+      rps: med((r) => r.rps, 1),
+      p50_ms: med((r) => r.p50_ms),
+      p90_ms: med((r) => r.p90_ms),
+      p95_ms: med((r) => r.p95_ms),
+      p99_ms: med((r) => r.p99_ms),
+      cpu_ms_per_call: med((r) => r.cpu_ms_per_call),
+      cpu_ms_per_call_by_process: Object.fromEntries(
+        Object.keys(first.cpu_ms_per_call_by_process).map((p) => [p, med((r) => r.cpu_ms_per_call_by_process[p] ?? 0)]),
+      ),
+    };
+    delete (row as { of_direct?: number }).of_direct;
+    out.push(withShare(row, out));
+  }
+  return out;
 }
 
 function format(r: Row): string {
@@ -179,7 +221,7 @@ function format(r: Row): string {
   ].join(" ");
 }
 
-const token = signDevToken(
+const token = await signDevToken(
   { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" },
   "bench",
   ["customer"],
@@ -190,12 +232,44 @@ process.stdout.write(
     `${FAST_PATHS ? "" : ", the gateway without its fast paths"}\n${header}\n`,
 );
 const settings = TELEMETRY === "both" ? [true, false] : [TELEMETRY === "on"];
-const rows: Row[] = [];
+const systems: Measured[] = [];
+const runs: Row[][] = [];
 const starts: Start[] = [];
-for (const on of settings) {
-  const m = await measure(on, await token);
-  rows.push(...m.rows);
-  starts.push(m.start);
+try {
+  // Both systems run from the start, and each round is measured on one and then at once on the other
+  // (the order alternating), so telemetry's cost is read from adjacent rounds, not from rounds minutes
+  // apart on a machine whose speed drifts. The idle one costs the measured one ~3% of the machine.
+  for (const on of settings) systems.push(await start(on, token));
+  const count = systems[0]?.rounds.length ?? 0;
+  for (let rep = 0; rep < REPEAT; rep++) {
+    if (REPEAT > 1) process.stdout.write(`  run ${rep + 1} of ${REPEAT}\n`);
+    const run: Row[] = [];
+    for (let n = 0; n < count; n++) {
+      for (const m of (n + rep) % 2 ? [...systems].reverse() : systems) {
+        const round = m.rounds[n];
+        if (!round) continue;
+        const row = await measure(m, round, run);
+        run.push(row);
+        process.stdout.write(`  ${format(row)}\n`);
+      }
+    }
+    runs.push(run);
+  }
+  for (const m of systems) {
+    const { readyMs, rssMb, pssMb } = m.sys;
+    const afterRounds = m.sys.memory();
+    starts.push({ telemetry: m.telemetry, readyMs, rssMb, pssMb, afterRounds, byProcess: m.startMemory.byProcess });
+  }
+} finally {
+  for (const m of systems) await m.sys.stop();
+}
+// The table again, telemetry on first (its rounds ran interleaved), or each round's median over the runs.
+const rows = (REPEAT > 1 ? medians(runs) : (runs[0] ?? [])).sort(
+  (a, b) => Number(a.telemetry === "off") - Number(b.telemetry === "off"),
+);
+if (REPEAT > 1 || systems.length > 1) {
+  const what = REPEAT > 1 ? `each round's median over ${REPEAT} runs` : "by telemetry setting";
+  process.stdout.write(`\n${what}:\n${header}\n${rows.map((r) => `  ${format(r)}\n`).join("")}`);
 }
 process.stdout.write(
   "\n(call/s: closed loop saturates; open loop holds the rate. CPU ms: every system process, per call.)\n",
@@ -203,12 +277,21 @@ process.stdout.write(
 for (const s of starts)
   process.stdout.write(
     `system (telemetry ${s.telemetry}): answering through the gateway ${s.readyMs} ms after the first spawn, ` +
-      `${s.rssMb} MB RSS (${s.pssMb} MB PSS); after its rounds ${s.afterRounds.rssMb} MB RSS (${s.afterRounds.pssMb} MB PSS)\n`,
+      `${s.rssMb} MB RSS (${s.pssMb} MB PSS); after the rounds ${s.afterRounds.rssMb} MB RSS (${s.afterRounds.pssMb} MB PSS)\n`,
   );
 const failed = rows.filter((r) => r.failures > 0 || r.calls === 0);
 const met = targets(rows, starts);
 process.stdout.write(`\n${formatTargets(met)}`);
-writeResults(OUT, { seconds: SECONDS, smoke: SMOKE, fastPaths: FAST_PATHS, starts, rows, targets: met });
+writeResults(OUT, {
+  seconds: SECONDS,
+  smoke: SMOKE,
+  fastPaths: FAST_PATHS,
+  repeat: REPEAT,
+  starts,
+  rows,
+  targets: met,
+  ...(REPEAT > 1 ? { runs } : {}),
+});
 if (PROFILE) {
   const { summarise } = await import("./profile.js");
   // One profile per thread: the main thread's is the largest of this run.
