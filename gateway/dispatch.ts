@@ -338,8 +338,10 @@ export function createDispatch(o: DispatchOptions): Dispatch {
     context.with(ctx, run).catch((err: unknown) => {
       // The client went away mid-answer (or a bug): nothing more can be sent on this request.
       const e = ConnectError.from(err);
-      if (e.code !== Code.Aborted && e.code !== Code.Canceled) o.log.warn({ err, procedure }, "request failed");
-      report({ code: e.code, message: e.rawMessage }, principal);
+      // connect-node names a write to a stream the client closed ABORTED, a conflict's code: it cancelled.
+      const code = e.code === Code.Aborted && ("stream" in res ? res.stream : res).destroyed ? Code.Canceled : e.code;
+      if (code !== Code.Aborted && code !== Code.Canceled) o.log.warn({ err, procedure }, "request failed");
+      report({ code, message: e.rawMessage }, principal);
       if (!res.headersSent) answer(res, frame(new ConnectError("internal error", Code.Internal)));
       else if (!res.writableEnded) res.destroy();
     });

@@ -8,7 +8,9 @@
  * checks of behaviour that is right and that gateway/rest-http.test.ts does
  * not already cover.
  */
+import { once } from "node:events";
 import http from "node:http";
+import http2 from "node:http2";
 import { gzipSync } from "node:zlib";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -164,6 +166,50 @@ describe("defects", () => {
       });
       // A stream has no end to describe: HEAD is for answers that do (the unary GET routes).
       expect(outcome).toEqual({ status: 405, allow: "GET" });
+    } finally {
+      await sys.paymentChaos.setFaults({ faults: {} });
+    }
+  });
+
+  it("a client leaving a server stream is Canceled on every protocol, not Aborted (a conflict's code)", async () => {
+    const h = await auth("alice");
+    const id = await pendingOrder(h, 5000);
+    const json = Buffer.from(JSON.stringify({ orderId: id }));
+    const proto = Buffer.concat([Buffer.from([0x0a, id.length]), Buffer.from(id)]);
+    const envelope = (m: Buffer) => Buffer.concat([Buffer.from([0, 0, 0, 0, m.length]), m]);
+    const watch = "/shopmesh.order.v1.OrderService/WatchOrder";
+    try {
+      for (const [name, type, body, h2] of [
+        ["connect+json", "application/connect+json", json, false],
+        ["connect+proto", "application/connect+proto", proto, false],
+        ["grpc-web", "application/grpc-web+proto", proto, false],
+        ["connect+json over h2c", "application/connect+json", json, true],
+        ["grpc-web over h2c", "application/grpc-web+proto", proto, true],
+      ] as const) {
+        const requestId = `leave-${key()}`;
+        const headers = { ...h, "content-type": type, "x-request-id": requestId };
+        if (h2) {
+          const session = http2.connect(gw.url);
+          session.on("error", () => {});
+          const stream = session.request({ ":method": "POST", ":path": watch, ...headers });
+          stream.on("error", () => {});
+          stream.resume();
+          stream.end(envelope(body));
+          await once(stream, "response");
+          stream.close(http2.constants.NGHTTP2_CANCEL);
+          session.close();
+        } else {
+          const req = http.request(`${gw.url}${watch}`, { method: "POST", headers, agent: false });
+          req.on("error", () => {});
+          req.end(envelope(body));
+          const [res] = (await once(req, "response")) as [http.IncomingMessage];
+          res.resume();
+          req.destroy();
+        }
+        await expect
+          .poll(() => access.find((l) => l.request_id === requestId), { message: name })
+          .toMatchObject({ procedure: expect.stringMatching(/WatchOrder$/), code: "Canceled" });
+      }
     } finally {
       await sys.paymentChaos.setFaults({ faults: {} });
     }
