@@ -25,7 +25,13 @@ describe("requireQuantity", () => {
 
 describe("requireText", () => {
   it("takes any text up to max, emoji and other scripts included, and refuses control characters", () => {
-    for (const ok of ["", "changed my mind", "너무 늦게 도착해요 \u{1F4E6}", "x".repeat(500)])
+    for (const ok of [
+      "",
+      "changed my mind",
+      "너무 늦게 도착해요 \u{1F4E6}",
+      "family \u{1F468}\u200d\u{1F467}",
+      "x".repeat(500),
+    ])
       expect(requireText(ok, "reason", 500)).toBe(ok);
     for (const bad of [
       "x".repeat(501),
@@ -38,6 +44,13 @@ describe("requireText", () => {
       "ls\u2028",
       "rlo\u202e",
       "isolate\u2066",
+      "rlm\u200f",
+      "lrm\u200e",
+      "alm\u061c",
+      "embedding\u202b",
+      "zwsp\u200b",
+      "joiner\u2060",
+      "bom\ufeff",
     ])
       expect(
         field(() => requireText(bad, "reason", 500)),

@@ -45,10 +45,13 @@ export function clipText(text: string, max: number): string {
   return `${text.slice(0, end)}…`;
 }
 
-// C0, DEL and C1, the Unicode line and paragraph separators, and the bidirectional overrides and isolates
-// (which make a text display as another: "Trojan Source").
+// C0, DEL and C1, the Unicode line and paragraph separators, every bidirectional control (Unicode's
+// Bidi_Control: the overrides, embeddings, isolates and marks, which make a text display as another:
+// "Trojan Source"), and the invisible characters that make two texts look alike (zero-width space, word
+// joiner and the invisible operators, the zero-width no-break space). The zero-width joiners stay: emoji
+// sequences and some scripts need them.
 // biome-ignore lint/suspicious/noControlCharactersInRegex: they are what is refused
-const CONTROL = /[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+const CONTROL = /[\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]/g;
 
 /**
  * `text` with each control character a space: for a text built from one stored before
@@ -69,7 +72,7 @@ export function requireText(value: string, field: string, max: number): string {
   if (withoutControls(value) !== value) {
     throw new InvalidArgumentError(
       field,
-      "must not contain control characters (line breaks, tabs, escapes, direction overrides)",
+      "must not contain control characters (line breaks, tabs, escapes, direction controls, zero-width spaces)",
     );
   }
   return value;

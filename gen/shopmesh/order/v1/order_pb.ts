@@ -300,7 +300,7 @@ export type CancelOrderRequest = Message<"shopmesh.order.v1.CancelOrderRequest">
 
   /**
    * Why the customer cancels, for people: at most 500 characters, none of them
-   * a control character (line breaks, escapes, direction overrides).
+   * a control character (line breaks, escapes, direction controls, zero-width spaces).
    *
    * @generated from field: string reason = 2;
    */

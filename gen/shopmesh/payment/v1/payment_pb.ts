@@ -179,7 +179,7 @@ export type RefundPaymentRequest = Message<"shopmesh.payment.v1.RefundPaymentReq
   /**
    * Why the refund happens, e.g. "saga compensation: order cancelled": at most
    * 500 characters, none of them a control character (line breaks, escapes,
-   * direction overrides).
+   * direction controls, zero-width spaces).
    *
    * @generated from field: string reason = 2;
    */
