@@ -14,3 +14,36 @@ export interface ClientInfo {
 export const kClient = createContextKey<ClientInfo>({ ip: "", requestId: "" }, { description: "client" });
 /** Context value: the verified caller (unset for the token-free reflection service). */
 export const kIdentity = createContextKey<Identity | undefined>(undefined, { description: "identity" });
+
+/** A uri-host (an IP literal, or an IPv4 address or name: unreserved, sub-delims) and an optional port. */
+const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=]+)(?::\d{0,5})?$/;
+
+/**
+ * Why a request does not name one host (`Host`, or HTTP/2's `:authority`), or undefined. RFC 9112
+ * §3.2: a server answers 400 to more than one Host line, or one that is not a host[:port] (userinfo,
+ * spaces); RFC 9113 §8.3.1: an HTTP/2 Host must name what `:authority` does. Node keeps the first of
+ * two and parses `user@host` as a URL: a proxy or cache in front may read the other one.
+ */
+export function hostProblem(req: {
+  readonly headers: { readonly host?: string | undefined };
+  readonly rawHeaders: readonly string[];
+  readonly authority?: string;
+}): string | undefined {
+  const host = req.headers.host;
+  let lines = 0;
+  for (let i = 0; i < req.rawHeaders.length; i += 2) {
+    const name = req.rawHeaders[i] as string;
+    if (name.length === 4 && name.toLowerCase() === "host") lines++;
+  }
+  if (lines > 1) return "the request has more than one Host header";
+  const authority = req.authority || host;
+  if (!authority) return "the request has no Host header";
+  if (req.authority && host !== undefined && host !== req.authority) return "the Host header differs from :authority";
+  if (!AUTHORITY.test(authority)) return "the Host header is not a valid host[:port]";
+  try {
+    new URL(`http://${authority}`); // what connect-es builds from it
+  } catch {
+    return "the Host header is not a valid host[:port]";
+  }
+  return undefined;
+}

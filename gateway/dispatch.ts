@@ -28,7 +28,7 @@ import { extractContext, type Identity, type Logger, rpcAttributes, type Telemet
 import { dropUnreadBody, universalRequest } from "./answer-end.js";
 import { AuthError, type Authenticator, authorizationOf } from "./auth.js";
 import { connectFastEncoding, createConnectUnary, routerOptions } from "./connect-unary.js";
-import { type ClientInfo, kClient, kIdentity } from "./context.js";
+import { type ClientInfo, hostProblem, kClient, kIdentity } from "./context.js";
 import { describeJsonError } from "./json-errors.js";
 import { admitAddress, type ConcurrencyLimiter, type RateLimiter, rateLimited } from "./limits.js";
 import { type PassthroughMethod, passthrough, takesPassthrough } from "./passthrough.js";
@@ -115,13 +115,8 @@ async function* limited(body: AsyncIterable<Uint8Array>, max: number): AsyncIter
 /** Why a request cannot be dispatched at all, or undefined. */
 function refusal(req: NodeRequest, maxBodyBytes: number, rest: boolean): ConnectError | undefined {
   // connect-es needs an authority, and builds a URL from it; HTTP/1.0 may omit Host.
-  const authority = "authority" in req && req.authority ? req.authority : req.headers.host;
-  if (!authority) return new ConnectError("the request has no Host header", Code.InvalidArgument);
-  try {
-    new URL(`http://${authority}`);
-  } catch {
-    return new ConnectError("the Host header is not a valid host[:port]", Code.InvalidArgument);
-  }
+  const badHost = hostProblem(req);
+  if (badHost) return new ConnectError(badHost, Code.InvalidArgument);
   const length = Number(req.headers["content-length"] ?? 0);
   if (length > maxBodyBytes) {
     return new ConnectError(

@@ -16,7 +16,7 @@ import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { createChannel, createClient, type Role, silentLogger } from "../platform/index.js";
-import { h1Raw, rawConnect } from "../test/raw.js";
+import { h1Raw, h2Request, h2Session, rawConnect } from "../test/raw.js";
 import { type System, startSystem, startTestGateway } from "../test/system.js";
 import type { GatewayApp } from "./app.js";
 import { signDevToken } from "./auth.js";
@@ -272,22 +272,41 @@ describe("defects", () => {
     }
   });
 
-  it("a Host header that is not an authority is 400, not 500 (REST and Connect alike)", async () => {
+  it("a Host that is not one host[:port] is 400 on every path (RFC 9112 §3.2), not served nor 500", async () => {
     const { authorization } = await auth("alice");
-    for (const [target, extra] of [
-      ["/v1/products", ""],
-      [
-        "/shopmesh.inventory.v1.InventoryService/ListProducts",
-        "content-type: application/json\r\ncontent-length: 2\r\n",
-      ],
-    ] as const) {
-      const body = extra ? "{}" : "";
-      const r = await h1Raw(
-        gw.port,
-        `${extra ? "POST" : "GET"} ${target} HTTP/1.1\r\nhost: a b\r\nauthorization: ${authorization}\r\n${extra}connection: close\r\n\r\n${body}`,
-      );
-      expect({ target, status: r.status }).toEqual({ target, status: 400 });
+    // Two Host lines (Node keeps the first, a proxy in front may read the last), userinfo, a space.
+    for (const host of ["host: a b", "host: a@b:80", "host: a\r\nhost: b", "host: localhost\r\nHost: localhost"])
+      for (const [target, extra] of [
+        ["/v1/products", ""],
+        [
+          "/shopmesh.inventory.v1.InventoryService/ListProducts",
+          "content-type: application/json\r\ncontent-length: 2\r\n",
+        ],
+        ["/openapi.json", ""],
+      ] as const) {
+        const body = extra ? "{}" : "";
+        const r = await h1Raw(
+          gw.port,
+          `${extra ? "POST" : "GET"} ${target} HTTP/1.1\r\n${host}\r\nauthorization: ${authorization}\r\n${extra}connection: close\r\n\r\n${body}`,
+        );
+        expect({ host, target, status: r.status }).toEqual({ host, target, status: 400 });
+      }
+    const ok = await h1Raw(
+      gw.port,
+      `GET /v1/products HTTP/1.1\r\nhost: [::1]:8080\r\nauthorization: ${authorization}\r\nconnection: close\r\n\r\n`,
+    );
+    expect(ok.status).toBe(200);
+    // HTTP/2: an :authority with userinfo, or a Host naming another authority (RFC 9113 §8.3.1).
+    await using session = await h2Session(gw.url);
+    for (const extra of [
+      { ":authority": "u@localhost" },
+      { ":authority": `localhost:${gw.port}`, host: "elsewhere" },
+    ]) {
+      const r = await h2Request(session, { ":method": "GET", ":path": "/v1/products", authorization, ...extra });
+      expect({ extra, status: r.status }).toEqual({ extra, status: 400 });
     }
+    const fine = await h2Request(session, { ":method": "GET", ":path": "/v1/products", authorization });
+    expect(fine.status).toBe(200);
   });
 
   it("a JSON body that starts with a byte order mark gets the same answer over REST as over Connect", async () => {

@@ -9,8 +9,9 @@
  * limits as every call, each with its RED sample and access line.
  */
 import { randomUUID } from "node:crypto";
-import { Code, cors as connectCors } from "@connectrpc/connect";
+import { Code, ConnectError, cors as connectCors } from "@connectrpc/connect";
 import { onAnswerEnd } from "./answer-end.js";
+import { hostProblem } from "./context.js";
 import { answer, clientIp, createDispatch, type DispatchOptions } from "./dispatch.js";
 import type { Endpoint, Req, Res } from "./endpoint.js";
 import { admitAddress } from "./limits.js";
@@ -140,7 +141,10 @@ export async function startFront(o: FrontOptions): Promise<RunningFront> {
     observePlain(o, plain.name, req, res, ip, requestId);
     // A preflight takes a call slot but no rate token: a browser reads a refused preflight as a CORS
     // failure (no status, no Retry-After), and the call it precedes is rated anyway.
-    const refused = admitAddress(o, ip, req, res, plain !== PREFLIGHT);
+    const badHost = hostProblem(req);
+    const refused = badHost
+      ? new ConnectError(badHost, Code.InvalidArgument)
+      : admitAddress(o, ip, req, res, plain !== PREFLIGHT);
     if (refused) answer(res, restErrorAnswer(refused));
     else plain.serve(req, res);
   };
