@@ -286,6 +286,28 @@ describe("2. reflection is not an amplifier", () => {
     expect(inventory?.service[0]?.method.map((m) => m.name).sort()).toEqual(["GetProduct", "ListProducts", "Restock"]);
   });
 
+  it("answers extension queries from the files it shows, and ends a request that asks nothing as INVALID_ARGUMENT", async () => {
+    const METHOD_OPTIONS = "google.protobuf.MethodOptions";
+    const HTTP_RULE = 72295728; // google.api.http, which the REST routes are declared by
+    const { answers } = await reflect([
+      q({ case: "fileContainingExtension", value: { containingType: METHOD_OPTIONS, extensionNumber: HTTP_RULE } }),
+      q({ case: "fileContainingExtension", value: { containingType: METHOD_OPTIONS, extensionNumber: 7 } }),
+      q({ case: "allExtensionNumbersOfType", value: METHOD_OPTIONS }),
+      q({ case: "allExtensionNumbersOfType", value: "no.such.Type" }),
+    ]);
+    expect(filesOf(answers[0]).map((f) => f.name)).toContain("google/api/annotations.proto");
+    const errors = answers.map((a) =>
+      a.messageResponse.case === "errorResponse" ? a.messageResponse.value : undefined,
+    );
+    expect(errors[1]?.errorCode).toBe(5);
+    const numbers = answers[2]?.messageResponse;
+    expect(numbers?.case === "allExtensionNumbersResponse" && numbers.value.extensionNumber).toContain(HTTP_RULE);
+    expect(errors[3]).toMatchObject({ errorCode: 5, errorMessage: "type no.such.Type not found" });
+    // No query at all: grpc-go's answer, the stream ended with INVALID_ARGUMENT (3), not "extension not found".
+    const empty = await reflect([q({ case: undefined })]);
+    expect(empty).toEqual({ answers: [], status: "3" });
+  });
+
   it("shows no service it does not route, though a public file imports its file, and finds files by their import names", async () => {
     const { answers } = await reflect([
       q({ case: "fileContainingSymbol", value: "shopmesh.chaos.v1.ChaosService" }),

@@ -16,6 +16,7 @@
 import {
   clone,
   createFileRegistry,
+  type DescExtension,
   type DescFile,
   type DescMessage,
   type DescService,
@@ -159,6 +160,9 @@ export function createReflection(
     value: { errorCode: 5, errorMessage: `${what} not found` },
   });
   const listed = all.map((s) => ({ name: s.typeName }));
+  // The extensions the shown files declare (google.api.http on MethodOptions, ...), nested ones too.
+  const nested = (m: DescMessage): DescExtension[] => [...m.nestedExtensions, ...m.nestedMessages.flatMap(nested)];
+  const extensions = [...files.values()].flatMap((f) => [...f.extensions, ...f.messages.flatMap(nested)]);
 
   const answer = (q: ServerReflectionRequest["messageRequest"]): Answer => {
     switch (q.case) {
@@ -172,10 +176,19 @@ export function createReflection(
         const f = symbols.get(q.value);
         return f ? descriptors(f) : notFound(`symbol ${q.value}`);
       }
-      case "allExtensionNumbersOfType":
-        return { case: "allExtensionNumbersResponse", value: { baseTypeName: q.value, extensionNumber: [] } };
+      case "fileContainingExtension": {
+        const { containingType, extensionNumber } = q.value;
+        const f = extensions.find((x) => x.extendee.typeName === containingType && x.number === extensionNumber)?.file;
+        return f ? descriptors(f) : notFound(`extension ${extensionNumber} of ${containingType}`);
+      }
+      case "allExtensionNumbersOfType": {
+        if (!symbols.has(q.value)) return notFound(`type ${q.value}`);
+        const numbers = extensions.filter((x) => x.extendee.typeName === q.value).map((x) => x.number);
+        return { case: "allExtensionNumbersResponse", value: { baseTypeName: q.value, extensionNumber: numbers } };
+      }
       default:
-        return notFound("extension");
+        // As grpc-go answers it: a request that asks nothing is the client's error, and ends the stream.
+        throw new ConnectError("a reflection request must set one query (message_request)", Code.InvalidArgument);
     }
   };
   return {
