@@ -54,3 +54,9 @@ it("names every field that holds the type, through a type two fields share (not 
   );
   expect(told({ ts: ["2026-01-01T00:00:00Z"], b: { t: "2026-01-01T00:00:00Z" } })).toBe("accepted");
 });
+
+it("names an unknown key inside a nested message by the fields that hold it; one at the top by its type, as before", () => {
+  expect(told({ a: { t: "2026-01-01T00:00:00Z", u: 1 } })).toBe('a or b: key "u" is unknown');
+  expect(told({ next: { zz: 1 } })).toBe('R: key "zz" is unknown');
+  expect(told({ zz: 1 })).toBe('R: key "zz" is unknown');
+});

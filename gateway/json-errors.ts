@@ -6,7 +6,8 @@
  * shopmesh.order.v1.LineItem from JSON: 1`), is named by the field that holds it: `items: each
  * element must be a LineItem object, got 1`; so is an enum value that is not one (`saga_mode: "NOPE"
  * is not a SagaMode value`), and a well-known type that is not one, whose JSON is no object
- * (`at: not a valid google.protobuf.Timestamp (invalid RFC 3339 string)`). Where several fields hold
+ * (`at: not a valid google.protobuf.Timestamp (invalid RFC 3339 string)`), and an unknown key in a
+ * nested message (`items: key "unit" is unknown`). Where several fields hold
  * the type the error names, all are named (`at or times`): protobuf-es does not say which.
  */
 import type { DescField, DescMessage } from "@bufbuild/protobuf";
@@ -62,5 +63,10 @@ function described(input: DescMessage, message: string): string {
   if (badEnum && enumType) {
     return `${enumHolders.map((h) => h.path).join(" or ")}: ${badEnum[2]} is not a ${enumType.name} value`;
   }
+  // An unknown key inside a nested message (`cannot decode message shopmesh.order.v1.LineItem from JSON:
+  // key "unit" is unknown`): named by the fields that hold that message, `items: key "unit" is unknown`.
+  const unknownKey = /^cannot decode message ([\w.]+) from JSON: (key ".*" is unknown)$/s.exec(message);
+  const keyHolders = unknownKey && unknownKey[1] !== input.typeName ? fieldsOfType(input, unknownKey[1] ?? "") : [];
+  if (unknownKey && keyHolders.length > 0) return `${keyHolders.map((h) => h.path).join(" or ")}: ${unknownKey[2]}`;
   return message.replace(/^cannot decode (field|message|oneof) [\w.]*?\.?(\w+) from JSON: /, "$2: ");
 }

@@ -228,6 +228,11 @@ describe("REST errors", () => {
   it.each([
     ["malformed JSON", "{bad", "the request body is not valid JSON"],
     ["a field that does not exist", '{"itemz":[]}', '"itemz" is unknown'],
+    [
+      "a field that does not exist in a line",
+      '{"items":[{"productId":"coffee-beans","quantity":1,"unitPrice":1}]}',
+      'items: key "unitPrice" is unknown',
+    ],
     ["a field of the wrong type", '{"items":"many"}', "items"],
     ["an array body", "[1,2]", "must be a JSON object"],
     ["no items", '{"cardToken":"tok_visa"}', "items"],
