@@ -13,7 +13,7 @@ help: ## List targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 node_modules/.package-lock.json: package.json package-lock.json
-	npm ci
+	npm ci >&2 # on stderr: `TOKEN=$$(make -s token)` captures only the token
 
 install: node_modules/.package-lock.json ## Install node modules (npm ci) when missing or stale
 
