@@ -1,30 +1,22 @@
 /**
- * The gateway's one port: HTTP/1.1 and cleartext HTTP/2 (h2c, told apart by
- * the connection preface "PRI * HTTP/2.0"), with the limits that keep a slow
- * or hostile client from holding resources:
+ * The gateway's one port: HTTP/1.1 and cleartext HTTP/2 (h2c, told apart by the connection preface
+ * "PRI * HTTP/2.0"), with the limits that keep a slow or hostile client from holding resources:
  *
- * - a connection must send its first byte, then complete request headers,
- *   within `headersTimeoutMs`; a whole request (body included) within
- *   `requestTimeoutMs`;
- * - a connection with no request in progress (HTTP/1.1 keep-alive, an
- *   HTTP/2 session without open streams) is closed after `idleTimeoutMs`;
- *   a call in progress — a long WatchOrder stream — is never cut by it;
- * - a call during which no byte moves either way for `streamIdleTimeoutMs`
- *   is cut, and so is an HTTP/2 call whose queued answer has not shrunk for
- *   that long: above all one whose client does not read its answer (an HTTP/2
- *   receive window of zero), which would otherwise hold the answer, and
- *   its memory, for ever;
- * - at most `maxConnectionsPerIp` open connections per client address and
- *   `maxConnections` in all; beyond that a new connection is closed at once;
- * - HTTP/2: at most `maxConcurrentStreams` calls per connection, at most
- *   64 header fields and {@link MAX_HEADER_LIST_BYTES} of them once decoded
- *   (HPACK lets a few bytes on the wire name a large header many times:
- *   the limit is checked on what was decoded, not only advertised),
- *   bounded session memory.
+ * - a connection must send its first byte, then complete request headers, within `headersTimeoutMs`; a whole
+ *   request (body included) within `requestTimeoutMs`;
+ * - a connection with no request in progress (HTTP/1.1 keep-alive, an HTTP/2 session without open streams) is
+ *   closed after `idleTimeoutMs`; a call in progress — a long WatchOrder stream — is never cut by it;
+ * - a call during which no byte moves either way for `streamIdleTimeoutMs` is cut, and so is an HTTP/2 call
+ *   whose queued answer has not shrunk for that long: above all one whose client does not read its answer (an
+ *   HTTP/2 receive window of zero), which would otherwise hold the answer, and its memory, for ever;
+ * - at most `maxConnectionsPerIp` open connections per client address and `maxConnections` in all; beyond that
+ *   a new connection is closed at once;
+ * - HTTP/2: at most `maxConcurrentStreams` calls per connection, at most 64 header fields and
+ *   {@link MAX_HEADER_LIST_BYTES} of them once decoded (HPACK lets a few bytes on the wire name a large header many
+ *   times: the limit is checked on what was decoded, not only advertised), bounded session memory.
  *
- * Both protocols run on the native socket (the first chunk, read to sniff
- * the protocol, is put back with unshift), so HTTP/2 requests know their
- * client's address like HTTP/1.1 ones.
+ * Both protocols run on the native socket (the first chunk, read to sniff the protocol, is put back with
+ * unshift), so HTTP/2 requests know their client's address like HTTP/1.1 ones.
  */
 import http from "node:http";
 import http2 from "node:http2";
@@ -163,11 +155,13 @@ function protocolServers(o: ListenerOptions, handle: Handler, closed: (why: Clos
     socket.end("HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     setTimeout(() => socket.destroy(), 1_000).unref();
   });
-  // A connection on which nothing moves while a request is answered (its client stopped reading).
-  h1.setTimeout(o.streamIdleTimeoutMs, (socket) => {
-    closed("stream-idle");
+  // A connection on which nothing moves while a request is answered (its client stopped reading), or
+  // between requests for the keep-alive timeout (Node's 'timeout' for both: the answer under way tells).
+  h1.on("timeout", (socket: net.Socket & { _httpMessage?: unknown }) => {
+    closed(socket._httpMessage ? "stream-idle" : "idle");
     socket.destroy();
   });
+  h1.timeout = o.streamIdleTimeoutMs;
   // Node tracks HTTP/1.1 connections — and enforces the header, request and keep-alive timeouts
   // on them — from the server's 'listening' event. This server never listens itself (the front
   // hands it connections), so it is told once that it does.
@@ -302,12 +296,13 @@ export async function listen(o: ListenerOptions, handle: Handler): Promise<Liste
     // Small RPC messages must not wait for Nagle's algorithm (a ~40 ms stall against delayed ACKs).
     socket.setNoDelay(true);
     // A connection that never speaks is closed like one that never finishes its headers.
-    socket.setTimeout(o.headersTimeoutMs, () => {
+    const silent = () => {
       closed("headers-timeout");
       socket.destroy();
-    });
+    };
+    socket.setTimeout(o.headersTimeoutMs, silent);
     socket.once("data", (first: Buffer) => {
-      socket.setTimeout(0);
+      socket.setTimeout(0).off("timeout", silent); // else it fires again on the servers' own timeouts
       socket.pause();
       socket.unshift(first);
       // Both servers read the native socket and see the sniffed chunk first. HTTP/2 reads the

@@ -149,7 +149,12 @@ describe("closed within the configured timeouts", () => {
     }
   });
 
-  it("an idle HTTP/1.1 keep-alive connection and an idle HTTP/2 session", async () => {
+  it("an idle HTTP/1.1 keep-alive connection and an idle HTTP/2 session, each counted once as idle", async () => {
+    const closes = async () =>
+      Object.fromEntries(
+        (await gw.telemetry.metrics.httpConnectionsClosed.get()).values.map((v) => [v.labels.reason, v.value]),
+      );
+    const before = await closes();
     const c = await rawConnect(gw.port);
     await c.write(
       `POST ${GET_PRODUCT} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nauthorization: ${auth}\r\ncontent-length: 28\r\n\r\n{"productId":"coffee-beans"}`,
@@ -168,6 +173,14 @@ describe("closed within the configured timeouts", () => {
     );
     expect(closedAfter).toBeGreaterThanOrEqual(IDLE_MS - 50);
     expect(closedAfter).toBeLessThan(IDLE_MS + SLACK_MS);
+    // Not as a connection that never spoke nor as a stalled call (the first-byte timer once fired again).
+    const after = await closes();
+    const moved = (reason: string) => (after[reason] ?? 0) - (before[reason] ?? 0);
+    expect({ idle: moved("idle"), silent: moved("headers-timeout"), stalled: moved("stream-idle") }).toEqual({
+      idle: 2,
+      silent: 0,
+      stalled: 0,
+    });
   });
 });
 
