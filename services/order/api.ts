@@ -76,6 +76,7 @@ function orderMessage(o: OrderRecord, steps: readonly StoredStep[]): MessageInit
     createdAt: timestampFromMs(o.createdAt),
     updatedAt: timestampFromMs(o.updatedAt),
     refundPending: refundPending(o),
+    cancelRequested: o.cancelRequested !== null && o.status !== "CANCELLED",
   };
 }
 

@@ -222,7 +222,10 @@ describe("cancellation and watching", () => {
         sys.as("gina"),
       );
       expect([OrderStatus.PENDING, OrderStatus.COMPENSATING]).toContain(cancelling?.status);
+      // Still PENDING says nothing by itself: the answer says the cancel is under way.
+      expect(cancelling?.cancelRequested).toBe(true);
       const done = await sys.settle(placed.id, "gina");
+      expect(done.cancelRequested).toBe(false);
       expect(done.status).toBe(OrderStatus.CANCELLED);
       expect(done.statusReason).toBe("cancelled by customer: changed my mind");
       expect(steps(done)).toEqual(expect.arrayContaining(["refund_payment:COMPENSATED", "release_stock:COMPENSATED"]));
