@@ -256,6 +256,9 @@ export function createDispatch(o: DispatchOptions): Dispatch {
     }
     const isRest = restMatch !== undefined || restMissing !== undefined;
     const wire = protocolOf(contentType);
+    // gRPC names no media-type parameters; grpc-js takes `application/grpc; charset=utf-8` as gRPC, and
+    // connect-es would refuse it with a bare 415: served as the services would serve it.
+    if (wire === "grpc" && contentType?.includes(";")) req.headers["content-type"] = contentType.split(";")[0]?.trim();
     const protocol = isRest ? "rest" : wire;
     const frame = (err: ConnectError, httpStatus?: number) =>
       isRest ? restErrorAnswer(err, httpStatus) : errorAnswer(wire, isConnectStream(contentType), err, httpStatus);

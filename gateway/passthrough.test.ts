@@ -89,6 +89,15 @@ describe("gRPC fast path", () => {
     expect(access.some((l) => l.protocol === "grpc" && l.code === "OK" && l.principal === "alice")).toBe(true);
   });
 
+  it("takes gRPC with media-type parameters as the services do (grpc-js reads them as gRPC), not a bare 415", async () => {
+    const auth = await bearer("alice");
+    await using s = await h2Session(gw.url);
+    for (const type of ["application/grpc; charset=utf-8", "application/grpc+proto;charset=utf-8"]) {
+      const r = await h2Request(s, grpcHeaders(GET_PRODUCT, auth, { "content-type": type }), product("coffee-beans"));
+      expect({ type, status: r.status, grpc: r.grpcStatus }).toEqual({ type, status: 200, grpc: 0 });
+    }
+  });
+
   it("passes a business error on with its message and details", async () => {
     await using s = await h2Session(gw.url);
     const res = await h2Request(s, grpcHeaders(GET_PRODUCT, await bearer("alice")), product("no-such-product"));
