@@ -55,7 +55,15 @@ export interface OrderApiDeps {
   readonly defaultMode: SagaMode;
 }
 
-function orderMessage(o: OrderRecord, steps: readonly StoredStep[]): MessageInitShape<typeof OrderSchema> {
+/** The step-log entries an Order message carries: the first {@link FIRST_STEPS_SHOWN}, then the latest. */
+export const MAX_STEPS_SHOWN = 64;
+const FIRST_STEPS_SHOWN = 16;
+
+export function orderMessage(o: OrderRecord, log: readonly StoredStep[]): MessageInitShape<typeof OrderSchema> {
+  const steps =
+    log.length <= MAX_STEPS_SHOWN
+      ? log
+      : [...log.slice(0, FIRST_STEPS_SHOWN), ...log.slice(log.length - (MAX_STEPS_SHOWN - FIRST_STEPS_SHOWN))];
   return {
     id: o.id,
     customerId: o.customerId,
@@ -77,6 +85,7 @@ function orderMessage(o: OrderRecord, steps: readonly StoredStep[]): MessageInit
     updatedAt: timestampFromMs(o.updatedAt),
     refundPending: refundPending(o),
     cancelRequested: o.cancelRequested !== null && o.status !== "CANCELLED",
+    stepsOmitted: log.length - steps.length,
   };
 }
 
