@@ -54,7 +54,7 @@ function callMetrics(r: Registers) {
     }),
     httpConnectionsClosed: new Counter({
       name: "http_connections_closed_total",
-      help: "Gateway connections closed by the gateway itself, by reason (per-ip-limit, headers-timeout, request-timeout, idle)",
+      help: "Gateway connections closed by the gateway itself, by reason (per-ip-limit, headers-timeout, request-timeout, idle, stream-idle, header-list-size)",
       labelNames: ["reason"],
       ...r,
     }),

@@ -26,7 +26,7 @@ import { OrderHistoryEntrySchema } from "../gen/shopmesh/history/v1/history_pb.j
 import { OrderSchema, OrderStatus, StepStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { buildWeb, webBuildIsStale } from "../web/build.js";
 import { readModelState } from "../web/src/read-model.js";
-import { refundPending, sagaRows } from "../web/src/saga-view.js";
+import { cancelRequested, omittedNote, refundPending, sagaRows } from "../web/src/saga-view.js";
 import { ROOT, tempDir } from "./fixtures.js";
 import { type System, startSystem, startTestGateway } from "./system.js";
 
@@ -327,6 +327,29 @@ describe("the web shop in Chromium", () => {
     await page.getByTestId("product-coffee-beans").waitFor({ timeout: 20_000 });
   });
 
+  it("a cancel asked for while the charge is under way shows as requested, then the saga undoes the order", async () => {
+    // Payment answers after 1.2 s (inside its 2 s deadline and the 1.5 s step budget): the order is
+    // PENDING with its charge in flight when the customer cancels, and the saga takes the request at its
+    // next step.
+    await sys.paymentChaos.setFaults({ faults: { latencyMs: 1_200 } });
+    try {
+      const alice = await signIn("alice");
+      await checkout(alice, { products: ["pour-over-kettle"] });
+      await alice.getByTestId("step-charge_payment").and(alice.locator('[data-status="running"]')).waitFor();
+      await alice.getByTestId("cancel-order").click();
+      await alice.getByTestId("cancel-requested").waitFor();
+      expect(await alice.getByTestId("cancel-order").isHidden()).toBe(true);
+      await statusShown(alice, "CANCELLED", 30_000);
+      expect(await alice.getByTestId("cancel-requested").count()).toBe(0);
+      expect(await alice.getByTestId("order-reason").textContent()).toBe(
+        "cancelled by customer: cancelled in the web shop",
+      );
+      expect(await alice.getByTestId("steps-omitted").isHidden()).toBe(true);
+    } finally {
+      await sys.paymentChaos.setFaults({ faults: {} });
+    }
+  }, 60_000);
+
   it("choreography reaches the same end state", async () => {
     const page = await signIn("alice");
     await checkout(page, { products: ["coffee-beans"], mode: "choreography" });
@@ -504,6 +527,17 @@ describe("the timeline and read-model views (pure)", () => {
       steps: [step("refund_payment", StepStatus.FAILED, 1, "UNAVAILABLE (not sent; will retry)")],
     });
     expect(sagaRows(retrying)[0]?.state).toBe("retrying");
+  });
+
+  it("reads a cancel as requested only while the order is pending, and says how many log entries a long log leaves out", () => {
+    expect(cancelRequested(create(OrderSchema, { status: OrderStatus.PENDING, cancelRequested: true }))).toBe(true);
+    expect(cancelRequested(create(OrderSchema, { status: OrderStatus.PENDING }))).toBe(false);
+    expect(cancelRequested(create(OrderSchema, { status: OrderStatus.COMPENSATING, cancelRequested: true }))).toBe(
+      false,
+    );
+    expect(omittedNote(create(OrderSchema, {}))).toBe("");
+    expect(omittedNote(create(OrderSchema, { stepsOmitted: 1 }))).toMatch(/^1 log entry between/);
+    expect(omittedNote(create(OrderSchema, { stepsOmitted: 120 }))).toMatch(/^120 log entries between/);
   });
 
   it("reads the history entry as absent, behind by the order's newer change, or in step", () => {

@@ -15,7 +15,7 @@ import { dateTime, epochMs, isFinal, money, orderStatus, sagaMode } from "./form
 import { detailsContent, type HistoryView, historyContent } from "./order-panels.js";
 import type { PageContext } from "./page.js";
 import { poll, sleep } from "./poll.js";
-import { refundPending, sagaRows } from "./saga-view.js";
+import { cancelRequested, omittedNote, refundPending, sagaRows } from "./saga-view.js";
 import { createTimeline } from "./timeline.js";
 import { badge, loading, pageTitle, panel, problemBox } from "./ui.js";
 
@@ -92,6 +92,7 @@ export function orderPage(ctx: PageContext, id: string): void {
   const detailsBox = h("div", { "data-testid": "details" });
   const historyBox = h("div", { "data-testid": "history" });
   const streamProblem = h("div", {});
+  const omitted = h("p", { class: "muted small", "data-testid": "steps-omitted", hidden: true });
   const cancelButton = h(
     "button",
     {
@@ -121,7 +122,7 @@ export function orderPage(ctx: PageContext, id: string): void {
           h("div", { class: "row" }, cancelButton),
           cancelMessage,
         ),
-        panel("Saga", { "data-testid": "saga-panel" }, streamProblem, timeline.el),
+        panel("Saga", { "data-testid": "saga-panel" }, streamProblem, omitted, timeline.el),
       ),
       h(
         "div",
@@ -181,6 +182,14 @@ export function orderPage(ctx: PageContext, id: string): void {
             ),
           )
         : null,
+      cancelRequested(order)
+        ? h(
+            "div",
+            { class: "callout callout--warn", role: "status", "data-testid": "cancel-requested" },
+            h("strong", { class: "callout__title" }, "Cancel requested"),
+            h("p", {}, "The saga takes the request at its next step, then undoes what it did."),
+          )
+        : null,
       order.statusReason
         ? h(
             "div",
@@ -212,7 +221,9 @@ export function orderPage(ctx: PageContext, id: string): void {
         ),
       ),
     );
-    cancelButton.hidden = order.status !== OrderStatus.PENDING;
+    cancelButton.hidden = order.status !== OrderStatus.PENDING || cancelRequested(order);
+    omitted.textContent = omittedNote(order);
+    omitted.hidden = omitted.textContent === "";
     timeline.update(sagaRows(order));
     drawHistory();
   }

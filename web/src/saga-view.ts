@@ -148,3 +148,15 @@ export function compensated(rows: readonly StepRow[]): boolean {
 export function refundPending(order: Order): boolean {
   return order.status === OrderStatus.CANCELLED && order.refundPending;
 }
+
+/** True when a cancel was asked for and the saga has not taken it yet (it does at its next step). */
+export function cancelRequested(order: Order): boolean {
+  return order.status === OrderStatus.PENDING && order.cancelRequested;
+}
+
+/** What the timeline leaves out of a long step log (the order message carries its first and latest entries), or "". */
+export function omittedNote(order: Order): string {
+  const n = order.stepsOmitted;
+  if (n <= 0) return "";
+  return `${n} log ${n === 1 ? "entry" : "entries"} between the first and the latest are not shown (a step retried for a long time).`;
+}
