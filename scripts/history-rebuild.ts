@@ -2,9 +2,10 @@
  * `make history-rebuild`: rebuilds the history read model from the event
  * streams (services/history/rebuild.ts) with `make run` stopped, as the
  * docs say to run it. The streams are in make run's NATS store
- * (.data/nats; DATA_DIR moves .data): when nothing answers at NATS_URL
- * (default nats://127.0.0.1:<NATS_PORT, 4222>), this starts that NATS on
- * that store for the rebuild and stops it after. With DB=postgres the view
+ * (.data/nats, or .data/nats/postgres with DB=postgres; DATA_DIR moves
+ * .data): when nothing answers at NATS_URL (default
+ * nats://127.0.0.1:<NATS_PORT, 4222>), this starts that NATS on that
+ * store for the rebuild and stops it after. With DB=postgres the view
  * is in make run's PostgreSQL (PG_PORT, 55432; data in .data/postgres),
  * started and stopped the same way when it is down. Whatever already
  * answers (make run's own) is used as it is and left running.
@@ -20,7 +21,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { BUS_ADMIN } from "../platform/index.js";
 import { ROOT } from "./layout.js";
-import { answers, localBusEnv, NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
+import { answers, jetStreamDir, localBusEnv, NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
 import {
   ensureDatabase,
   initCluster,
@@ -57,8 +58,8 @@ async function ensureNats(): Promise<(() => Promise<void>) | undefined> {
     throw new CannotStart(`nothing answers at NATS_URL=${NATS_URL}, and it is not this machine's NATS to start`);
   }
   if (!natsInstalled()) throw new CannotStart(NATS_MISSING);
-  mkdirSync(join(DATA, "nats"), { recursive: true });
-  const nats = spawn("nats-server", natsServerArgs(DATA, port), { stdio: ["ignore", "pipe", "pipe"] });
+  mkdirSync(jetStreamDir(DATA, DB), { recursive: true });
+  const nats = spawn("nats-server", natsServerArgs(DATA, port, undefined, DB), { stdio: ["ignore", "pipe", "pipe"] });
   const lines: string[] = [];
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new CannotStart(`NATS did not start:\n${lines.join("\n")}`)), 15_000);
@@ -76,7 +77,7 @@ async function ensureNats(): Promise<(() => Promise<void>) | undefined> {
       reject(new CannotStart(`NATS exited ${code}:\n${lines.join("\n")}`));
     });
   });
-  say(`started NATS on port ${port} with make run's streams (${join(DATA, "nats")}); it stops after the rebuild`);
+  say(`started NATS on port ${port} with make run's streams (${jetStreamDir(DATA, DB)}); it stops after the rebuild`);
   return async () => {
     const done = exitOf(nats);
     nats.kill("SIGTERM");

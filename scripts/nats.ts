@@ -51,12 +51,22 @@ export function localBusEnv(dataDir: string, user: string): Record<string, strin
 }
 
 /**
+ * Where the local bus keeps its streams for database `db`: `<dataDir>/nats` with SQLite, and
+ * `<dataDir>/nats/postgres` with PostgreSQL. Each store's events belong to its own databases: one
+ * bus for both would hand the history service of one the other's orders, and the outbox of one
+ * would publish into streams the other has consumed.
+ */
+export function jetStreamDir(dataDir: string, db: string): string {
+  return db === "postgres" ? join(dataDir, "nats", "postgres") : join(dataDir, "nats");
+}
+
+/**
  * Arguments of `nats-server` for the local bus: JetStream with its store
- * under `<dataDir>/nats`, client port `port` (-1: any), monitoring on
+ * in {@link jetStreamDir} for `db`, client port `port` (-1: any), monitoring on
  * `monitorPort` when given, and the users of {@link localBusPasswords}
  * (their config written to `<dataDir>/nats/users.conf`).
  */
-export function natsServerArgs(dataDir: string, port: number, monitorPort?: number): string[] {
+export function natsServerArgs(dataDir: string, port: number, monitorPort?: number, db = "sqlite"): string[] {
   const passwords = localBusPasswords(dataDir);
   const users = join(dataDir, "nats", "users.conf");
   writeFileSync(
@@ -66,7 +76,7 @@ export function natsServerArgs(dataDir: string, port: number, monitorPort?: numb
   );
   return [
     ...["-c", users],
-    ...["-js", "-sd", join(dataDir, "nats")],
+    ...["-js", "-sd", jetStreamDir(dataDir, db)],
     // Loopback only: nothing off this machine needs the local bus.
     ...["-a", "127.0.0.1", "-p", String(port)],
     ...(monitorPort === undefined ? [] : ["-m", String(monitorPort)]),

@@ -1,6 +1,7 @@
 /**
- * `make run`: starts nats-server (JetStream, data under .data/nats) and every
- * service on its fixed port, each with its own SQLite file under .data/,
+ * `make run`: starts nats-server (JetStream, data under .data/nats; with
+ * DB=postgres under .data/nats/postgres, each database its own streams) and
+ * every service on its fixed port, each with its own SQLite file under .data/,
  * and prints their logs as readable lines prefixed by service name. Ctrl-C
  * (or SIGTERM) stops everything cleanly; a second Ctrl-C kills at once.
  * LOG_FORMAT=json prints JSON lines instead, one object per line on stdout
@@ -42,7 +43,7 @@ import { EVENTS } from "../contracts/events.js";
 import { BUS_ADMIN, provisionBus, silentLogger } from "../platform/index.js";
 import { nodeCommand, ROOT, SYSTEM_ENV } from "./layout.js";
 import { jsonLine } from "./log-lines.js";
-import { localBusPasswords, NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
+import { jetStreamDir, localBusPasswords, NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
 import {
   ensureDatabase,
   initCluster,
@@ -366,13 +367,13 @@ await checkPorts([
     ]).flat(),
   ),
 ]);
-mkdirSync(join(DATA, "nats"), { recursive: true });
+mkdirSync(jetStreamDir(DATA, DB), { recursive: true });
 // NATS prints a banner; show only its readiness, warnings and errors.
 start(
   "nats",
   0,
   "nats-server",
-  natsServerArgs(DATA, NATS_PORT, NATS_MONITOR_PORT),
+  natsServerArgs(DATA, NATS_PORT, NATS_MONITOR_PORT, DB),
   {},
   // Its users' passwords are in a file only this user reads (scripts/nats.ts): not worth a warning each start.
   (line) => /\[(WRN|ERR|FTL)\]|Server is ready|Listening for client/.test(line) && !/Plaintext passwords/.test(line),

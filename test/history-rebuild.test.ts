@@ -3,7 +3,8 @@
  * starts make run's NATS on make run's streams (DATA_DIR/nats) for the
  * rebuild and stops it after (it used to fail: nothing answered at 4222);
  * when NATS is up it uses it and leaves it running. With DB=postgres it
- * does the same for make run's PostgreSQL.
+ * does the same for make run's PostgreSQL, on that mode's own streams
+ * (DATA_DIR/nats/postgres).
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { join } from "node:path";
@@ -26,9 +27,11 @@ afterEach(() => {
   }
 });
 
-/** make run's NATS, as scripts/run.ts starts it, on `dataDir` and `port`; stops on dispose. */
-async function runNats(dataDir: string, port: number) {
-  const child = spawn("nats-server", natsServerArgs(dataDir, port), { stdio: ["ignore", "pipe", "pipe"] });
+/** make run's NATS, as scripts/run.ts starts it for database `db`, on `dataDir` and `port`; stops on dispose. */
+async function runNats(dataDir: string, port: number, db = "sqlite") {
+  const child = spawn("nats-server", natsServerArgs(dataDir, port, undefined, db), {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   await outputReady(child, "Server is ready", "nats-server", 10_000);
   return {
     url: `nats://127.0.0.1:${port}`,
@@ -102,19 +105,24 @@ describe("make history-rebuild", () => {
     expect(await answers("127.0.0.1", port)).toBe(true);
   }, 90_000);
 
-  it("with DB=postgres, starts make run's PostgreSQL too when it is down, and stops it after", async () => {
+  it("with DB=postgres, starts make run's PostgreSQL too when it is down, and stops it after; its streams are its own", async () => {
     using dir = tempDir();
     ownDir(dir.path); // as root, PostgreSQL runs as its own user, which must reach its data dir (make run's is .data)
     const port = await freePort();
     const pgPort = await freePort();
-    {
-      await using nats = await runNats(dir.path, port);
-      await storeOrder(nats.url, dir.path, "ord-pg1");
+    // An order of each mode, on each mode's streams: the SQLite one must not reach PostgreSQL's view.
+    for (const [db, orderId] of [
+      ["sqlite", "ord-sq1"],
+      ["postgres", "ord-pg1"],
+    ] as const) {
+      await using nats = await runNats(dir.path, port, db);
+      await storeOrder(nats.url, dir.path, orderId);
     }
     const env = { DATA_DIR: dir.path, NATS_PORT: String(port), DB: "postgres", PG_PORT: String(pgPort) };
     const run = await makeRebuild(env);
     expect(run.code, run.out).toBe(0);
     expect(run.out).toContain(`started PostgreSQL on port ${pgPort}`);
+    expect(run.out).toContain(`with make run's streams (${join(dir.path, "nats", "postgres")})`);
     expect(run.out).toContain("rebuilding schema shopmesh_history from");
     expect(run.out).toMatch(/; 1 orders in the view/);
     expect(await answers("127.0.0.1", pgPort)).toBe(false);
