@@ -220,6 +220,11 @@ describe("REST errors", () => {
     });
     expect((await ndjson(`/v1/orders/${placed.json.id}:watch`, bob)).status).toBe(404);
     expect(await rest("GET", "/v1/reservations", { headers: bob })).toMatchObject({ status: 404, json: { code: 5 } });
+    // No order id before the verb: the cancel route's, refused naming the field (not order ":cancel", 405).
+    expect(await rest("POST", "/v1/orders/:cancel", { headers: bob, body: "{}" })).toMatchObject({
+      status: 400,
+      json: { code: 3, message: "order_id: must not be empty" },
+    });
     const wrong = await rest("DELETE", "/v1/orders", { headers: bob });
     expect(wrong.status).toBe(405);
     expect(wrong.headers.get("allow")).toBe("POST, GET");

@@ -108,6 +108,11 @@ describe("path templates", () => {
     // A known verb belongs to its route whatever the method: not book "b2:publish".
     expect(router.match("GET", "/v1/shelves/s1/books/b2:publish")).toEqual({ allowed: ["POST"] });
     expect(router.match("HEAD", "/v1/shelves/s1/books/b2:watch")).toEqual({ allowed: ["GET"] });
+    // The empty segment before a known verb: that verb's route with the variable empty (refused by the
+    // method naming it), not book ":watch" nor a 405 from the plain route.
+    expect(build("GET /v1/shelves/s1/books/:watch")).toEqual({ rpc: "Watch", json: { shelf: "s1", book: "" } });
+    expect(router.match("POST", "/v1/shelves/s1/books/:watch")).toEqual({ allowed: ["GET"] });
+    expect(router.match("GET", "/v1/shelves//books/:watch")).toBeUndefined();
     // An unknown verb is part of the last segment's value, as in any template without a verb.
     expect(build("GET /v1/shelves/s1/books/b2:unknownverb")).toMatchObject({ json: { book: "b2:unknownverb" } });
     expect(router.match("DELETE", "/v1/shelves/s1/books/b2")).toEqual({

@@ -57,7 +57,10 @@ export function matchRoute(route: RestRoute, path: string): RestMatch | undefine
     const s = segments[i] as Segment;
     if ("wild" in s && s.wild === "**") break;
     const r = raw[i] ?? "";
-    if (r === "") return undefined;
+    // Empty, a segment matches nothing — but the one before a verb (`POST /v1/orders/:cancel`): the
+    // path is that route's with the variable empty, refused by the method's own check naming it, and
+    // not a plain route's order ":cancel".
+    if (r === "" && !(route.verb && i === segments.length - 1 && "wild" in s)) return undefined;
     // Literals compare as sent: the path a proxy routes on is the path matched here.
     if ("literal" in s && r !== s.literal) return undefined;
   }

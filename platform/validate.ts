@@ -13,7 +13,12 @@ const ID = /^[A-Za-z0-9][A-Za-z0-9._:-]*$/;
 export function requireId(value: string, field: string, max = 128): string {
   if (value === "") throw new InvalidArgumentError(field, "must not be empty");
   if (value.length > max) throw new InvalidArgumentError(field, `must be at most ${max} characters`);
-  if (!ID.test(value)) throw new InvalidArgumentError(field, "may contain only letters, digits and . _ : -");
+  if (!ID.test(value)) {
+    throw new InvalidArgumentError(
+      field,
+      "must start with a letter or digit and contain only letters, digits and . _ : -",
+    );
+  }
   return value;
 }
 

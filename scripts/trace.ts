@@ -45,7 +45,10 @@ const spans: SpanLine[] = text
 if (!traceId) {
   const hits = [...new Set(spans.filter((s) => s.attributes["order.id"] === orderId).map((s) => s.trace_id))];
   if (hits.length === 0) {
-    console.error(`no spans for order ${orderId} yet (spans are flushed every half second)`);
+    console.error(
+      `no spans for order ${orderId} in ${file}: one placed in the last half second is not written yet; ` +
+        "otherwise it is not an order of this run's (or its trace was not sampled: TRACE_SAMPLE_RATIO)",
+    );
     process.exit(1);
   }
   // The order's trace is the one that holds its PlaceOrder; others (e.g. later GetOrder calls) are listed.

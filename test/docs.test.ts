@@ -209,6 +209,15 @@ describe.each(DOCS.filter((d) => runnable(d).length > 0))("%s", (doc) => {
         state.push(line);
         continue;
       }
+      if (line.startsWith("ORDER=")) {
+        // The doc's own order, for the lines after it.
+        const r = shell(`${line}\nprintf '%s' "$ORDER"`, state);
+        expect(r.code, `${doc}: ${line}\n${r.out}`).toBe(0);
+        expect(r.out, `${doc}: ${line} sets ORDER to an order id`).toMatch(/^ord_[a-z0-9]+$/);
+        order = r.out;
+        state.push(`ORDER=${order}`);
+        continue;
+      }
       if (/<id>|\$ORDER/.test(line) && order === "") {
         const placed = shell(
           `curl -s -X POST localhost:8080/v1/orders -H "authorization: Bearer $(make -s token USER=alice)" ` +
