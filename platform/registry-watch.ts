@@ -14,9 +14,12 @@
  * because nats-server before 2.11 expires KV entries (stream max age)
  * without any watch event. That pruning pauses while NATS is disconnected
  * and restarts its clock on reconnect, so an outage keeps the last known
- * set; likewise after this process stalled (a pause, a GC storm, an
- * overloaded event loop), because the heartbeats that arrived meanwhile are
- * still queued behind the prune timer. A watch that fails or ends while the connection is open is restarted
+ * set; likewise while a connected NATS does not answer a ping (a server
+ * frozen or overloaded: its connections stay open, and a client notices
+ * only minutes later), restarting its clock once it answers again; and
+ * after this process stalled (a pause, a GC storm, an overloaded event
+ * loop), because the heartbeats that arrived meanwhile are still queued
+ * behind the prune timer. A watch that fails or ends while the connection is open is restarted
  * with backoff. Callbacks never run synchronously inside the call that
  * starts the watch.
  */
@@ -111,6 +114,9 @@ class InstanceWatcher {
   /** When prune last ran, and when it last found this process had stalled. */
   private lastPrune = Date.now();
   private resumedAt = 0;
+  /** A ping is out (entries looked expired); whether the last one went unanswered. */
+  private pinging = false;
+  private unanswered = false;
   /** The current watch's snapshot is loaded. */
   private synced = false;
   private reported: string | undefined;
@@ -202,19 +208,53 @@ class InstanceWatcher {
     // Ran far later than scheduled: this process stalled, and what it missed is still queued.
     if (now - this.lastPrune > 2 * this.pruneEveryMs) this.resumedAt = now;
     this.lastPrune = now;
-    if (!this.link.connected) return;
+    if (!this.link.connected || this.pinging) return;
     const cutoff = now - this.ttlMs;
-    let changed = false;
+    const expired = (k: Known) =>
+      k.address !== undefined && Math.max(k.seenAt, this.link.since, this.resumedAt) < cutoff;
     for (const [key, k] of this.known) {
-      if (k.address !== undefined && Math.max(k.seenAt, this.link.since, this.resumedAt) < cutoff) {
-        this.known.set(key, { address: undefined, revision: k.revision, seenAt: now });
-        changed = true;
-      } else if (k.address === undefined && k.seenAt < cutoff) {
-        // Older revisions of a key only arrive while a watch starts; a TTL later none can.
-        this.known.delete(key);
-      }
+      // Older revisions of a key only arrive while a watch starts; a TTL later none can.
+      if (k.address === undefined && k.seenAt < cutoff) this.known.delete(key);
     }
-    if (changed) this.report();
+    if (![...this.known.values()].some(expired)) return;
+    // Heartbeats missing: their instances stopped only if the server that carries them answers.
+    this.pinging = true;
+    void this.serverAnswers().then((answers) => {
+      this.pinging = false;
+      if (this.stopped) return;
+      if (!answers) {
+        this.unanswered = true;
+        return;
+      }
+      if (this.unanswered) {
+        // Back from a silence: the heartbeats it held are on their way; count a TTL from now.
+        this.unanswered = false;
+        this.resumedAt = Date.now();
+        return;
+      }
+      let changed = false;
+      for (const [key, k] of this.known) {
+        if (!expired(k)) continue;
+        this.known.set(key, { address: undefined, revision: k.revision, seenAt: Date.now() });
+        changed = true;
+      }
+      if (changed) this.report();
+    });
+  }
+
+  /** Whether the server answers a ping within half a TTL. */
+  private async serverAnswers(): Promise<boolean> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<false>((resolve) => {
+      timer = setTimeout(() => resolve(false), this.ttlMs / 2);
+    });
+    try {
+      return await Promise.race([this.nc.rtt().then(() => true as const), late]);
+    } catch {
+      return false;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   private async load(reg: Registry, current: Subscription): Promise<void> {

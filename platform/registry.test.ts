@@ -395,6 +395,36 @@ describe("registry:/// resolver with round_robin", () => {
   });
 });
 
+describe("a NATS that freezes", () => {
+  it("keeps the last known instances while the server answers nothing over open connections (SIGSTOP)", async () => {
+    const a = await startInstance("inv-frozen", "A");
+    const b = await startInstance("inv-frozen", "B");
+    const client = clientFor("inv-frozen");
+    const watch = watched("inv-frozen");
+    await warmUp(client, ["A", "B"]);
+    const both = [a.server.address, b.server.address].sort();
+
+    nats.pause();
+    try {
+      // Twice the TTL with no heartbeat and no disconnect: the silence is the server's, not the instances'.
+      await sleep(2 * TTL_MS + 500);
+      expect(watch.latest()).toEqual(both);
+      const counts = await countAnswers(client, 10);
+      expect(counts.A ?? 0).toBeGreaterThanOrEqual(3);
+      expect(counts.B ?? 0).toBeGreaterThanOrEqual(3);
+    } finally {
+      nats.resume();
+    }
+    // The heartbeats it held arrive; nothing is pruned a TTL later.
+    await sleep(TTL_MS + 500);
+    expect(watch.latest()).toEqual(both);
+
+    // And with the server answering, an instance that dies is still dropped within the TTL.
+    await b.crash();
+    await within(2 * TTL_MS + 1_000, async () => watch.latest()?.join() === a.server.address);
+  });
+});
+
 describe("a watcher that stalls", () => {
   it("keeps instances whose heartbeats queued up while this process was blocked", async () => {
     // The instance heartbeats from its own process, so its entries keep arriving while this one is blocked.

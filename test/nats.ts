@@ -18,6 +18,10 @@ export interface TestNats extends AsyncDisposable {
   stop(signal?: NodeJS.Signals): Promise<void>;
   /** Starts it again on the same port and data dir. */
   start(): Promise<void>;
+  /** Freezes the server (SIGSTOP): its connections stay open and nothing answers. */
+  pause(): void;
+  /** Lets a paused server go on (SIGCONT). */
+  resume(): void;
 }
 
 /** Starts nats-server -js on a free port with a fresh data dir, and `config` (e.g. users) when given. */
@@ -52,6 +56,8 @@ export async function startNats(config?: string): Promise<TestNats> {
     port,
     stop,
     start,
+    pause: () => child?.kill("SIGSTOP"),
+    resume: () => child?.kill("SIGCONT"),
     async [Symbol.asyncDispose]() {
       await stop("SIGKILL");
       rmSync(dir, { recursive: true, force: true });
