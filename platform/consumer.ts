@@ -2,11 +2,18 @@
  * A service's consumer of one stream: a durable pull consumer (explicit
  * ack) whose events are applied through the inbox (inbox.ts), several that
  * arrived together in one transaction. A failing event is retried with
- * backoff and, after `maxDeliver` deliveries, moved to the dead-letter
- * stream with the reason; an event that can never be handled (undecodable,
- * unknown, unusable, or refused by its handler as invalid) goes there at
- * once; a database that is away is not the event's fault and never counts
- * toward the dead-letter limit. Either way the consumer keeps going.
+ * backoff and, after its handler failed `maxDeliver` times in this process,
+ * moved to the dead-letter stream with the reason; an event that can never
+ * be handled (undecodable, unknown, unusable, or refused by its handler as
+ * invalid) goes there at once. What counts is the handler's failures, not
+ * JetStream's deliveries: the deliveries an outage took (a database away,
+ * the service down by fault injection) are not the event's fault, and
+ * neither a restarted process nor another replica knows why the deliveries
+ * before it failed — counted as failures, a restart after a long outage
+ * dead-lettered the backlog's first event to fail once for a reason that
+ * passes (an event ahead of the one it needs). So a restart starts the
+ * count again, and with several replicas each counts its own. Either way
+ * the consumer keeps going.
  */
 import type { JsMsg } from "@nats-io/jetstream";
 import { SpanKind } from "@opentelemetry/api";
@@ -28,6 +35,8 @@ import type { Telemetry } from "./telemetry.js";
 
 /** The most events settled in one transaction (batches.ts); a consumer holding this many stops lingering. */
 const MAX_BATCH = 64;
+/** The most failing events whose failures a consumer remembers. */
+const MAX_FAILING = 10_000;
 
 /** Options of {@link startConsumer}. */
 export interface ConsumerOptions extends ConsumerSpec {
@@ -35,7 +44,7 @@ export interface ConsumerOptions extends ConsumerSpec {
   readonly db: Db;
   readonly log: Logger;
   readonly catalogue: EventCatalogue;
-  /** Deliveries before a failing event goes to the dead-letter stream (default 10, ~20 s of backoff). */
+  /** Failures of an event's handler, in one process, before it goes to the dead-letter stream (default 10, ~20 s of backoff). */
   readonly maxDeliver?: number;
   /** Chaos hook: SIGKILL the process after committing an event, before acking it. */
   readonly crashAfterCommit?: boolean;
@@ -119,10 +128,10 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
   const inbox = new Inbox(opts.db, durable);
   const tel = opts.telemetry;
   const metrics = tel?.metrics;
-  /** Deliveries per stream sequence that fault injection skipped: they never count toward the DLQ. */
-  const skipped = new Map<number, number>();
+  /** The handler's failures so far per stream sequence (see the module comment), oldest first. */
+  const failures = new Map<number, number>();
   const toDlq = async (m: JsMsg, reason: string) => {
-    skipped.delete(m.seq);
+    failures.delete(m.seq);
     await deadLetter(opts.bus, durable, m, reason);
     clog.warn({ subject: m.subject, seq: m.seq, reason }, "event dead-lettered");
     opts.onDeadLetter?.(reason);
@@ -156,23 +165,26 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
     if (Number.isFinite(at)) tel.metrics.eventLag.observe({ consumer: durable }, (Date.now() - at) / 1000);
     return duplicate;
   };
-  /** A handler failed: dead-letter it when it can never succeed or has used its deliveries, else retry later. */
+  /** A handler failed: dead-letter it when it can never succeed or has failed `maxDeliver` times, else retry later. */
   const failed = async (m: JsMsg, ctx: EventContext, err: unknown) => {
     metrics?.eventsHandled.inc({ consumer: durable, type: ctx.type, outcome: "failed" });
     if (isDatabaseUnavailable(err)) {
       // The database is away (a restart, a failover): not the event's fault, so it never counts toward the DLQ.
-      skipped.set(m.seq, (skipped.get(m.seq) ?? 0) + 1);
       m.nak(backoffMs(ctx.deliveryCount, 200, 5_000));
       return;
     }
-    const deliveries = ctx.deliveryCount - (skipped.get(m.seq) ?? 0);
+    const times = (failures.get(m.seq) ?? 0) + 1;
     // Refused as invalid, it would be refused the same way on every delivery.
     const never = err instanceof UnprocessableEventError || err instanceof InvalidArgumentError;
     if (never) await toDlq(m, `unprocessable: ${(err as Error).message}`);
-    else if (deliveries >= maxDeliver) {
-      await toDlq(m, `handler failed ${ctx.deliveryCount} times: ${(err as Error).message}`);
+    else if (times >= maxDeliver) {
+      await toDlq(m, `handler failed ${times} times: ${(err as Error).message}`);
     } else {
-      const delay = backoffMs(ctx.deliveryCount, 100, 5_000);
+      failures.delete(m.seq); // re-inserted last: the oldest entries are the first ones dropped
+      failures.set(m.seq, times);
+      // Another replica may settle an event this one saw fail: what it leaves here stays bounded.
+      if (failures.size > MAX_FAILING) failures.delete(failures.keys().next().value as number);
+      const delay = backoffMs(times, 100, 5_000);
       const { type, eventId, deliveryCount: delivery } = ctx;
       clog.info(
         { type, eventId, delivery, retryInMs: delay, err: (err as Error).message },
@@ -199,8 +211,7 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
     if (!fn) return ignore();
     if (ctx.deliveryCount > 1) metrics?.redeliveries.inc({ consumer: durable });
     if (opts.faults && (await opts.faults.beforeEvent()) === "skip") {
-      // An injected outage is not the event's fault.
-      skipped.set(m.seq, (skipped.get(m.seq) ?? 0) + 1);
+      // An injected outage is not the event's fault: no failure of its handler.
       m.nak(500);
       return undefined;
     }
@@ -222,7 +233,7 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
     }
     for (const { r, duplicate } of applied) {
       r.m.ack();
-      skipped.delete(r.m.seq);
+      failures.delete(r.m.seq);
       metrics?.eventsHandled.inc({ consumer: durable, type: r.ctx.type, outcome: duplicate ? "duplicate" : "handled" });
       opts.onHandled?.(r.ctx.type, duplicate);
     }

@@ -16,6 +16,7 @@ import { event, publishEvents } from "../test/events.js";
 import { tempDir } from "../test/fixtures.js";
 import { rawPublish, startNats, type TestNats } from "../test/nats.js";
 import { type Bus, connectBus } from "./bus.js";
+import type { FaultInjector } from "./chaos.js";
 import { startConsumer } from "./consumer.js";
 import { migrations, openDatabase } from "./db.js";
 import { InvalidArgumentError } from "./errors.js";
@@ -711,6 +712,53 @@ describe("consumers", () => {
     expect(dlq?.header.get("x-dlq-reason")).toContain("handler failed 3 times: downstream rule keeps failing");
     expect(dlq?.header.get("ce-id")).toBe(bad);
     await c.stop();
+    await relay.stop();
+  });
+});
+
+describe("an event that waited out an outage", () => {
+  it("is not dead-lettered by a restarted consumer when it fails once: the outage's deliveries were no failures", async () => {
+    const producer = await service();
+    const relay = relaying(producer);
+    const waiting = await addPlaced(producer, "ord-waited");
+    await drained(relay);
+    const consumer = await service();
+    const durable = `outage-${n}`;
+    const spec = { catalogue: EVENTS, bus, db: consumer.db, log, stream: "ORDER", durable, maxDeliver: 3 } as const;
+    // The service is down (fault injection): every delivery is handed back, many more than maxDeliver.
+    let skips = 0;
+    const down = {
+      beforeEvent: async () => {
+        skips++;
+        return "skip" as const;
+      },
+    } as unknown as FaultInjector;
+    const first = await startConsumer({ ...spec, faults: down, handlers: [recordEffect] });
+    await until(
+      async () => (await bus.jsm.consumers.info("ORDER", durable)).num_redelivered,
+      (x) => x > 0 && skips >= 6,
+      15_000,
+    );
+    await first.stop(); // a restart: the new process knows nothing of why the deliveries before it failed
+    // Up again, the event fails once (what it needs has not arrived yet), then applies.
+    let failedOnce = false;
+    const second = await startConsumer({
+      ...spec,
+      handlers: [
+        on(OrderPlacedSchema, async (e, ctx, tx) => {
+          if (ctx.eventId === waiting && !failedOnce) {
+            failedOnce = true;
+            throw new Error("what it needs is not there yet");
+          }
+          await tx.run(sql`INSERT INTO effects (order_id, event_id) VALUES (${e.meta?.orderId ?? ""}, ${ctx.eventId})`);
+        }),
+      ],
+    });
+    await applied(consumer.db, waiting, 8_000);
+    expect(failedOnce).toBe(true);
+    const letters = await dlqMessages(`dlq.${durable}`);
+    expect(letters.map((m) => m.header.get("ce-id"))).not.toContain(waiting);
+    await second.stop();
     await relay.stop();
   });
 });
