@@ -2,18 +2,17 @@
  * A service's consumer of one stream: a durable pull consumer (explicit
  * ack) whose events are applied through the inbox (inbox.ts), several that
  * arrived together in one transaction. A failing event is retried with
- * backoff and, after its handler failed `maxDeliver` times in this process,
- * moved to the dead-letter stream with the reason; an event that can never
- * be handled (undecodable, unknown, unusable, or refused by its handler as
- * invalid) goes there at once. What counts is the handler's failures, not
+ * backoff and, after its handler failed `maxDeliver` times, moved to the
+ * dead-letter stream with the reason; an event that can never be handled
+ * (undecodable, unknown, unusable, or refused by its handler as invalid)
+ * goes there at once. What counts is the handler's failures, not
  * JetStream's deliveries: the deliveries an outage took (a database away,
- * the service down by fault injection) are not the event's fault, and
- * neither a restarted process nor another replica knows why the deliveries
- * before it failed — counted as failures, a restart after a long outage
- * dead-lettered the backlog's first event to fail once for a reason that
- * passes (an event ahead of the one it needs). So a restart starts the
- * count again, and with several replicas each counts its own. Either way
- * the consumer keeps going.
+ * the service down by fault injection) are not the event's fault — counted
+ * as failures, a restart after a long outage dead-lettered the backlog's
+ * first event to fail once for a reason that passes (an event ahead of the
+ * one it needs). The failures are counted in the service's database
+ * (`inbox_failures`), so a restarted process and every replica carry one
+ * count on. Either way the consumer keeps going.
  */
 import type { JsMsg } from "@nats-io/jetstream";
 import { SpanKind } from "@opentelemetry/api";
@@ -35,8 +34,6 @@ import type { Telemetry } from "./telemetry.js";
 
 /** The most events settled in one transaction (batches.ts); a consumer holding this many stops lingering. */
 const MAX_BATCH = 64;
-/** The most failing events whose failures a consumer remembers. */
-const MAX_FAILING = 10_000;
 
 /** Options of {@link startConsumer}. */
 export interface ConsumerOptions extends ConsumerSpec {
@@ -44,7 +41,7 @@ export interface ConsumerOptions extends ConsumerSpec {
   readonly db: Db;
   readonly log: Logger;
   readonly catalogue: EventCatalogue;
-  /** Failures of an event's handler, in one process, before it goes to the dead-letter stream (default 10, ~20 s of backoff). */
+  /** Failures of an event's handler before it goes to the dead-letter stream (default 10, ~20 s of backoff). */
   readonly maxDeliver?: number;
   /** Chaos hook: SIGKILL the process after committing an event, before acking it. */
   readonly crashAfterCommit?: boolean;
@@ -77,6 +74,7 @@ function headerCarrier(m: JsMsg) {
 export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsumer> {
   const { bus, durable } = opts;
   const clog = opts.log.child({ consumer: durable });
+  await new Inbox(opts.db, durable).checkFailuresTable();
   const settle = eventHandler(opts, clog);
   const pull = await pullForever({
     bus,
@@ -128,11 +126,13 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
   const inbox = new Inbox(opts.db, durable);
   const tel = opts.telemetry;
   const metrics = tel?.metrics;
-  /** The handler's failures so far per stream sequence (see the module comment), oldest first. */
-  const failures = new Map<number, number>();
-  const toDlq = async (m: JsMsg, reason: string) => {
-    failures.delete(m.seq);
+  const toDlq = async (m: JsMsg, reason: string, eventId?: string) => {
     await deadLetter(opts.bus, durable, m, reason);
+    if (eventId) {
+      await inbox
+        .forgetFailures(eventId)
+        .catch((err: unknown) => clog.warn({ err: (err as Error).message, eventId }, "failures not forgotten"));
+    }
     clog.warn({ subject: m.subject, seq: m.seq, reason }, "event dead-lettered");
     opts.onDeadLetter?.(reason);
     metrics?.deadLetters.inc({ consumer: durable });
@@ -142,6 +142,8 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
   const applyIn = async (tx: Tx, { m, fn, event, ctx }: Ready): Promise<boolean> => {
     let duplicate = false;
     const run = async () => {
+      // A redelivered event may have failed before (here or in another process): handled, it is forgotten.
+      if (ctx.deliveryCount > 1) await inbox.forgetFailures(ctx.eventId, tx);
       duplicate = !(await inbox.onceIn(tx, ctx.eventId, ctx.type, (tx) => fn(event as never, ctx, tx)));
       clog.debug({ type: ctx.type, eventId: ctx.eventId, duplicate }, "event handled");
     };
@@ -173,21 +175,24 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
       m.nak(backoffMs(ctx.deliveryCount, 200, 5_000));
       return;
     }
-    const times = (failures.get(m.seq) ?? 0) + 1;
+    const message = (err as Error).message;
     // Refused as invalid, it would be refused the same way on every delivery.
-    const never = err instanceof UnprocessableEventError || err instanceof InvalidArgumentError;
-    if (never) await toDlq(m, `unprocessable: ${(err as Error).message}`);
-    else if (times >= maxDeliver) {
-      await toDlq(m, `handler failed ${times} times: ${(err as Error).message}`);
+    if (err instanceof UnprocessableEventError || err instanceof InvalidArgumentError) {
+      await toDlq(m, `unprocessable: ${message}`, ctx.eventId);
+      return;
+    }
+    // Not counted (the database went away since): retried without a count, which errs towards retrying.
+    const times = await inbox.failed(ctx.eventId, message).catch((e: unknown) => {
+      clog.warn({ err: (e as Error).message, eventId: ctx.eventId }, "handler failure not counted");
+      return 0;
+    });
+    if (times >= maxDeliver) {
+      await toDlq(m, `handler failed ${times} times: ${message}`, ctx.eventId);
     } else {
-      failures.delete(m.seq); // re-inserted last: the oldest entries are the first ones dropped
-      failures.set(m.seq, times);
-      // Another replica may settle an event this one saw fail: what it leaves here stays bounded.
-      if (failures.size > MAX_FAILING) failures.delete(failures.keys().next().value as number);
-      const delay = backoffMs(times, 100, 5_000);
+      const delay = backoffMs(times || ctx.deliveryCount, 100, 5_000);
       const { type, eventId, deliveryCount: delivery } = ctx;
       clog.info(
-        { type, eventId, delivery, retryInMs: delay, err: (err as Error).message },
+        { type, eventId, delivery, failures: times, retryInMs: delay, err: message },
         "handler failed; will retry",
       );
       m.nak(delay);
@@ -233,7 +238,6 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
     }
     for (const { r, duplicate } of applied) {
       r.m.ack();
-      failures.delete(r.m.seq);
       metrics?.eventsHandled.inc({ consumer: durable, type: r.ctx.type, outcome: duplicate ? "duplicate" : "handled" });
       opts.onHandled?.(r.ctx.type, duplicate);
     }

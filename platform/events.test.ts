@@ -20,7 +20,7 @@ import type { FaultInjector } from "./chaos.js";
 import { startConsumer } from "./consumer.js";
 import { migrations, openDatabase } from "./db.js";
 import { InvalidArgumentError } from "./errors.js";
-import { INBOX_MIGRATION, on } from "./inbox.js";
+import { INBOX_FAILURES_MIGRATION, INBOX_MIGRATION, on } from "./inbox.js";
 import { silentLogger } from "./log.js";
 import { OUTBOX_CLAIMS_MIGRATION, OUTBOX_MIGRATION, Outbox } from "./outbox.js";
 import { OutboxRelay } from "./relay.js";
@@ -53,7 +53,7 @@ async function service() {
   const location = await new TestDatabases(dir.path).location(`svc_${++n}`);
   const db = await openDatabase(
     location,
-    migrations([OUTBOX_MIGRATION, OUTBOX_CLAIMS_MIGRATION, INBOX_MIGRATION, effects]),
+    migrations([OUTBOX_MIGRATION, OUTBOX_CLAIMS_MIGRATION, INBOX_MIGRATION, INBOX_FAILURES_MIGRATION, effects]),
   );
   open.push(db);
   return { db, outbox: new Outbox("test", EVENTS) };
@@ -760,6 +760,67 @@ describe("an event that waited out an outage", () => {
     expect(letters.map((m) => m.header.get("ce-id"))).not.toContain(waiting);
     await second.stop();
     await relay.stop();
+  });
+});
+
+describe("a handler's failures", () => {
+  /** The failures counted for `eventId` in `db` (0 when none are). */
+  const counted = async (db: Db, eventId: string) =>
+    Number(
+      (await db.one(sql<{ failures: number }>`SELECT failures FROM inbox_failures WHERE event_id = ${eventId}`))
+        ?.failures ?? 0,
+    );
+
+  it("are counted across a restart: the limit is the event's, not each process's, and a handled event's count goes", async () => {
+    const producer = await service();
+    const relay = relaying(producer);
+    const bad = await addPlaced(producer, "ord-fails-across-restarts");
+    const flaky = await addPlaced(producer, "ord-fails-once");
+    await drained(relay);
+    const consumer = await service();
+    const durable = `restarts-${n}`;
+    const attempts: string[] = [];
+    const failing = on(OrderPlacedSchema, async (e, ctx, tx) => {
+      if (ctx.eventId === bad || (ctx.eventId === flaky && !attempts.includes(flaky))) {
+        attempts.push(ctx.eventId);
+        throw new Error("a rule that fails");
+      }
+      await tx.run(sql`INSERT INTO effects (order_id, event_id) VALUES (${e.meta?.orderId ?? ""}, ${ctx.eventId})`);
+    });
+    const spec = { catalogue: EVENTS, bus, db: consumer.db, log, stream: "ORDER", durable, maxDeliver: 3 } as const;
+    const first = await startConsumer({ ...spec, handlers: [failing] });
+    await until(
+      () => counted(consumer.db, bad),
+      (x) => x >= 2,
+      8_000,
+    );
+    await first.stop(); // a restart after two failures: one more is the limit
+    await applied(consumer.db, flaky);
+    expect(await counted(consumer.db, flaky)).toBe(0); // failed once, then handled: forgotten
+    const second = await startConsumer({ ...spec, handlers: [failing] });
+    const dlq = await deadLettered(durable, (m) => m?.header.get("ce-id") === bad, 8_000);
+    expect(dlq?.header.get("x-dlq-reason")).toBe("handler failed 3 times: a rule that fails");
+    expect(attempts.filter((id) => id === bad)).toHaveLength(3);
+    expect(await counted(consumer.db, bad)).toBe(0); // dead-lettered: forgotten
+    await second.stop();
+    await relay.stop();
+  });
+
+  it("need a table to be counted in: a consumer of a database without one does not start", async () => {
+    const location = await new TestDatabases(dir.path).location(`svc_${++n}`);
+    const db = await openDatabase(location, migrations([INBOX_MIGRATION]));
+    open.push(db);
+    await expect(
+      startConsumer({
+        catalogue: EVENTS,
+        bus,
+        db,
+        log,
+        stream: "ORDER",
+        durable: `no-table-${n}`,
+        handlers: [recordEffect],
+      }),
+    ).rejects.toThrow(/no inbox_failures table \(add INBOX_FAILURES_MIGRATION/);
   });
 });
 

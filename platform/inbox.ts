@@ -23,6 +23,23 @@ export const INBOX_MIGRATION = `CREATE TABLE inbox (
 ) STRICT;`;
 
 /**
+ * How often each event's handler has failed, per consumer: counted in the service's database, so a
+ * restart or another replica carries the count on (consumer.ts dead-letters at its limit). Append it
+ * to a consumer service's migrations after {@link INBOX_MIGRATION}.
+ */
+export const INBOX_FAILURES_MIGRATION = `CREATE TABLE inbox_failures (
+  consumer   TEXT NOT NULL,
+  event_id   TEXT NOT NULL,
+  failures   INTEGER NOT NULL,
+  last_error TEXT NOT NULL,
+  failed_at  INTEGER NOT NULL,
+  PRIMARY KEY (consumer, event_id)
+) STRICT;`;
+
+/** The most of a handler's error message {@link Inbox.failed} keeps. */
+const MAX_ERROR_CHARS = 500;
+
+/**
  * The one "apply an event exactly once" routine: runs `effect` and records
  * the event in the inbox in one transaction, unless the inbox of `consumer`
  * already holds it. Live consumers and replays (a read model's rebuild)
@@ -63,6 +80,43 @@ export class Inbox {
     await effect(tx);
     await tx.run(record);
     return true;
+  }
+
+  /** Throws, naming the migration, when the database has no table to count failures in. */
+  async checkFailuresTable(): Promise<void> {
+    try {
+      await this.db.one(sql`SELECT 1 AS one FROM inbox_failures WHERE 1 = 0`);
+    } catch (err) {
+      throw new Error(
+        `consumer ${this.consumer}: its database has no inbox_failures table (add INBOX_FAILURES_MIGRATION to the service's migrations): ${(err as Error).message}`,
+      );
+    }
+  }
+
+  /**
+   * Counts a failure of the handler of `eventId` and returns how many there have been, in every
+   * process. Not flushed: a count lost with a power failure costs one more retry.
+   */
+  failed(eventId: string, error: string): Promise<number> {
+    return this.db.transaction(
+      async (tx) => {
+        const row = await tx.one<{ failures: number }>(sql`INSERT INTO inbox_failures AS f
+            (consumer, event_id, failures, last_error, failed_at)
+          VALUES (${this.consumer}, ${eventId}, 1, ${error.slice(0, MAX_ERROR_CHARS)}, ${this.clock()})
+          ON CONFLICT (consumer, event_id) DO UPDATE SET failures = f.failures + 1,
+            last_error = excluded.last_error, failed_at = excluded.failed_at
+          RETURNING failures`);
+        return Number(row?.failures ?? 1);
+      },
+      { durable: false },
+    );
+  }
+
+  /** Forgets the failures of `eventId` (in `tx`, or on their own): it was handled or dead-lettered. */
+  forgetFailures(eventId: string, tx?: Tx): Promise<number> {
+    return (tx ?? this.db).run(
+      sql`DELETE FROM inbox_failures WHERE consumer = ${this.consumer} AND event_id = ${eventId}`,
+    );
   }
 }
 

@@ -55,6 +55,7 @@ export {
   decodeEvent,
   type EventContext,
   type EventHandler,
+  INBOX_FAILURES_MIGRATION,
   INBOX_MIGRATION,
   Inbox,
   on,

@@ -17,7 +17,7 @@ import { startNats, type TestNats } from "../test/nats.js";
 import { type Bus, connectBus } from "./bus.js";
 import { startConsumer } from "./consumer.js";
 import { migrations, openDatabase } from "./db.js";
-import { INBOX_MIGRATION, Inbox, on } from "./inbox.js";
+import { INBOX_FAILURES_MIGRATION, INBOX_MIGRATION, Inbox, on } from "./inbox.js";
 import { silentLogger } from "./log.js";
 import type { Db, Tx } from "./sql.js";
 
@@ -32,7 +32,10 @@ beforeAll(async () => {
   nats = await startNats();
   bus = await connectBus(nats.url, "lock-order-test", log, { streams: EVENTS.streams });
   const rows = "CREATE TABLE rows (key TEXT PRIMARY KEY, event_id TEXT NOT NULL);";
-  db = await openDatabase(await new TestDatabases(dir.path).location("locks"), migrations([INBOX_MIGRATION, rows]));
+  db = await openDatabase(
+    await new TestDatabases(dir.path).location("locks"),
+    migrations([INBOX_MIGRATION, INBOX_FAILURES_MIGRATION, rows]),
+  );
 });
 afterAll(async () => {
   await db?.close();

@@ -9,6 +9,7 @@ import type { Line } from "../../contracts/lines.js";
 import {
   type Db,
   type DbLocation,
+  INBOX_FAILURES_MIGRATION,
   INBOX_MIGRATION,
   migrations,
   openDatabase,
@@ -45,6 +46,8 @@ const MIGRATIONS = migrations([
   INBOX_MIGRATION,
   // 3: where a cancelled order's refund stands (OrderCancelled's refund_pending, OrderRefundSettled).
   "ALTER TABLE order_history ADD COLUMN refund TEXT NOT NULL DEFAULT 'none' CHECK (refund IN ('none', 'pending', 'settled'));",
+  // 4: consumers count each event's failures across restarts and replicas (the dead-letter limit).
+  INBOX_FAILURES_MIGRATION,
 ]);
 
 interface ViewRow {

@@ -4,7 +4,13 @@
  * writes, kept apart from how it does so.
  */
 import type { Line } from "../../contracts/lines.js";
-import { INBOX_MIGRATION, migrations, OUTBOX_CLAIMS_MIGRATION, OUTBOX_MIGRATION } from "../../platform/index.js";
+import {
+  INBOX_FAILURES_MIGRATION,
+  INBOX_MIGRATION,
+  migrations,
+  OUTBOX_CLAIMS_MIGRATION,
+  OUTBOX_MIGRATION,
+} from "../../platform/index.js";
 import type { ProductRecord } from "./domain.js";
 
 export const MIGRATIONS = migrations([
@@ -42,6 +48,8 @@ export const MIGRATIONS = migrations([
   `${OUTBOX_MIGRATION}\n${INBOX_MIGRATION}`,
   // 3: relays claim outbox rows (several replicas).
   OUTBOX_CLAIMS_MIGRATION,
+  // 4: consumers count each event's failures across restarts and replicas (the dead-letter limit).
+  INBOX_FAILURES_MIGRATION,
 ]);
 
 /** A reservation that holds (or held) stock. */

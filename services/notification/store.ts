@@ -8,6 +8,7 @@
 import {
   type Db,
   type DbLocation,
+  INBOX_FAILURES_MIGRATION,
   INBOX_MIGRATION,
   migrations,
   newId,
@@ -29,7 +30,12 @@ const NOTIFICATIONS = `CREATE TABLE notifications (
    CREATE INDEX notifications_customer ON notifications (customer_id, sent_at DESC, id DESC);
    CREATE INDEX notifications_customer_order ON notifications (customer_id, order_id, sent_at DESC, id DESC);`;
 
-const MIGRATIONS = migrations([NOTIFICATIONS, INBOX_MIGRATION]);
+const MIGRATIONS = migrations([
+  NOTIFICATIONS,
+  INBOX_MIGRATION,
+  // 3: consumers count each event's failures across restarts and replicas (the dead-letter limit).
+  INBOX_FAILURES_MIGRATION,
+]);
 
 interface NotificationRow {
   id: string;

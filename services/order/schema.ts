@@ -4,7 +4,14 @@
  * writes, kept apart from how it does so.
  */
 import type { Line } from "../../contracts/lines.js";
-import { INBOX_MIGRATION, migrations, OUTBOX_CLAIMS_MIGRATION, OUTBOX_MIGRATION, sql } from "../../platform/index.js";
+import {
+  INBOX_FAILURES_MIGRATION,
+  INBOX_MIGRATION,
+  migrations,
+  OUTBOX_CLAIMS_MIGRATION,
+  OUTBOX_MIGRATION,
+  sql,
+} from "../../platform/index.js";
 import type { OrderRecord, OrderStatus, SagaMode, StepLogEntry } from "./domain.js";
 
 const ORDERS = `CREATE TABLE orders (
@@ -62,6 +69,8 @@ export const MIGRATIONS = migrations([
   `DROP INDEX orders_active;
    CREATE INDEX orders_active ON orders (status)
      WHERE status IN ('PENDING', 'COMPENSATING') OR (status = 'CANCELLED' AND payment IN ('attempted', 'done'));`,
+  // 6: consumers count each event's failures across restarts and replicas (the dead-letter limit).
+  INBOX_FAILURES_MIGRATION,
 ]);
 
 export interface OrderRow {

@@ -15,6 +15,7 @@ import {
 import {
   type Db,
   type DbLocation,
+  INBOX_FAILURES_MIGRATION,
   INBOX_MIGRATION,
   keyUse,
   migrations,
@@ -71,6 +72,8 @@ const MIGRATIONS = migrations([
   `${OUTBOX_MIGRATION}\n${INBOX_MIGRATION}\n${CHOREOGRAPHY_ORDERS} STRICT;`,
   // 3: relays claim outbox rows (several replicas).
   OUTBOX_CLAIMS_MIGRATION,
+  // 4: consumers count each event's failures across restarts and replicas (the dead-letter limit).
+  INBOX_FAILURES_MIGRATION,
 ]);
 
 /** Result of {@link PaymentStore.charge}. `replayed` is true when the key already had a payment. */
