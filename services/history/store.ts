@@ -164,12 +164,12 @@ export class HistoryStore {
     return rows.map(toView);
   }
 
-  /** Empties the view and the inbox, in one transaction (the start of a rebuild). */
+  /** Empties the view and the inbox (and the failures counted), in one transaction (the start of a rebuild). */
   reset(): Promise<{ views: number; inbox: number }> {
-    return this.db.transaction(async (tx) => ({
-      views: await tx.run(sql`DELETE FROM order_history`),
-      inbox: await tx.run(sql`DELETE FROM inbox`),
-    }));
+    return this.db.transaction(async (tx) => {
+      await tx.run(sql`DELETE FROM inbox_failures`);
+      return { views: await tx.run(sql`DELETE FROM order_history`), inbox: await tx.run(sql`DELETE FROM inbox`) };
+    });
   }
 
   /** Closes the database. */
