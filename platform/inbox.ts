@@ -162,7 +162,10 @@ export function on<D extends DescMessage>(
   fn: (event: MessageShape<D>, ctx: EventContext, tx: Tx) => Promise<void>,
   only?: (event: MessageShape<D>) => boolean | Promise<boolean>,
 ): [string, EventHandler] {
-  return [schema.typeName, Object.assign(fn, { only }) as EventHandler];
+  // A handler of its own: `fn` is often shared by several types (one `notify` for every event), and
+  // `only` set on it would filter all of them, on every stream.
+  const handler = (event: MessageShape<D>, ctx: EventContext, tx: Tx) => fn(event, ctx, tx);
+  return [schema.typeName, Object.assign(handler, { only }) as EventHandler];
 }
 
 /** A stored message as an event of `catalogue` with its context, or why it can never be handled. */
