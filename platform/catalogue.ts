@@ -80,12 +80,30 @@ export function filterSubject(
 
 /** The subject of `schema` on `stream` but for its mode (see the module comment). */
 export function subjectOf(stream: string, schema: DescMessage): string {
-  const words = schema.name.split(/(?=[A-Z])/).map((w) => w.toLowerCase());
-  const [aggregate, ...happened] = words;
-  if (!aggregate || happened.length === 0) {
-    throw new Error(`${schema.typeName}: an event is named <Aggregate><WhatHappened>, e.g. StockReserved`);
-  }
-  return `${stream.toLowerCase()}.${aggregate}.${happened.join("_")}`;
+  const subject = subjectOfName(stream, schema.name);
+  if (!subject) throw new Error(`${schema.typeName}: an event is named <Aggregate><WhatHappened>, e.g. StockReserved`);
+  return subject;
+}
+
+function subjectOfName(stream: string, name: string): string | undefined {
+  const [aggregate, ...happened] = name.split(/(?=[A-Z])/).map((w) => w.toLowerCase());
+  return aggregate && happened.length > 0 ? `${stream.toLowerCase()}.${aggregate}.${happened.join("_")}` : undefined;
+}
+
+/** A type name as the contracts make them: `shopmesh.<context>.v<n>.<Message>`. */
+const TYPE_NAME = /^shopmesh\.([a-z][a-z0-9_]*)\.v[0-9]+\.([A-Z][A-Za-z0-9]*)$/;
+
+/**
+ * Whether `typeName`, unknown to `catalogue`, is an event of a newer version of its stream's
+ * publisher: a type of the stream's own context, on the subject the rule above gives it, on one of
+ * the catalogue's streams. Only that context's service may publish there (bus-access.ts).
+ */
+export function isNewerEvent(catalogue: EventCatalogue, typeName: string, stream: string, subject: string): boolean {
+  const [, context, name] = TYPE_NAME.exec(typeName) ?? [];
+  if (!name || context !== stream.toLowerCase() || stream === DLQ_STREAM.name) return false;
+  if (!catalogue.streams.some((s) => s.name === stream)) return false;
+  const base = subjectOfName(stream, name);
+  return subject === `${base}.orchestration` || subject === `${base}.choreography`;
 }
 
 /** A catalogue of the event schemas listed per stream name (e.g. `{ ORDER: [OrderPlacedSchema, ...] }`). */

@@ -126,6 +126,8 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
   const inbox = new Inbox(opts.db, durable);
   const tel = opts.telemetry;
   const metrics = tel?.metrics;
+  /** The unknown types already logged (see prepare). */
+  const newer = new Set<string>();
   const toDlq = async (m: JsMsg, reason: string, eventId?: string) => {
     await deadLetter(opts.bus, durable, m, reason);
     if (eventId) {
@@ -204,6 +206,15 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
     const decoded = decodeEvent(m, opts.catalogue);
     if ("unusable" in decoded) {
       await toDlq(m, decoded.unusable);
+      return undefined;
+    }
+    if ("newer" in decoded) {
+      m.ack(); // a type of a newer publisher: no handler here can want it
+      metrics?.eventsHandled.inc({ consumer: durable, type: "unknown", outcome: "ignored" });
+      if (newer.size < 100 && !newer.has(decoded.newer)) {
+        newer.add(decoded.newer);
+        clog.warn({ type: decoded.newer }, "ignoring events of a type this version does not know (a newer publisher)");
+      }
       return undefined;
     }
     const { event, ctx } = decoded;

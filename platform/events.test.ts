@@ -673,6 +673,61 @@ describe("consumers", () => {
     }
   });
 
+  it("ignores an event type a newer publisher sends, on its own subject, and dead-letters one on another's", async () => {
+    // A NATS of its own: what this puts on ORDER stays there.
+    await using nats = await startNats();
+    const other = await connectBus(nats.url, "events-test-newer", log, { streams: EVENTS.streams });
+    try {
+      const publish = async (subject: string, type: string, eventId: string) => {
+        const h = natsHeaders();
+        h.set("ce-type", type);
+        h.set("ce-id", eventId);
+        return (await other.js.publish(subject, new Uint8Array([8, 1]), { headers: h })).seq;
+      };
+      await publish("order.order.shipped.orchestration", "shopmesh.order.v1.OrderShipped", "evt_newer");
+      await publish("order.order.shipped.choreography", "shopmesh.order.v1.OrderShipped", "evt_newer_2");
+      const refused = [
+        await publish("order.order.placed.orchestration", "shopmesh.order.v1.OrderShipped", "evt_wrong_subject"),
+        await publish("order.stock.expired.orchestration", "shopmesh.inventory.v1.StockExpired", "evt_other_context"),
+        await publish("order.order.shipped.orchestration", "OrderShipped", "evt_not_a_type_name"),
+        await publish("order.order.shipped", "shopmesh.order.v1.OrderShipped", "evt_no_mode"),
+      ];
+      const producer = await service();
+      const placedId = await producer.db.transaction((tx) =>
+        producer.outbox.add(tx, OrderPlacedSchema, orch("ord-after-newer"), placed("ord-after-newer")),
+      );
+      const relay = relaying(producer, other);
+      const consumer = await service();
+      const durable = `newer-${n}`;
+      // Two types: unfiltered, as history and notification-order are, so every type on ORDER reaches it.
+      const c = await startConsumer({
+        catalogue: EVENTS,
+        bus: other,
+        db: consumer.db,
+        log,
+        stream: "ORDER",
+        durable,
+        handlers: [recordEffect, on(OrderConfirmedSchema, async () => {})],
+      });
+      await applied(consumer.db, placedId);
+      const letters = await until(
+        async () => (await dlqMessages(`dlq.${durable}`, other)).map((l) => Number(l.header.get("x-dlq-stream-seq"))),
+        (seqs) => seqs.length >= refused.length,
+      );
+      expect(letters.sort((x, y) => x - y)).toEqual(refused);
+      // The newer type's events were acknowledged: nothing of ORDER is left for the consumer.
+      const info = await until(
+        () => other.jsm.consumers.info("ORDER", durable),
+        (i) => i.num_pending === 0 && i.num_ack_pending === 0,
+      );
+      expect(info.num_redelivered).toBe(0);
+      await c.stop();
+      await relay.stop();
+    } finally {
+      await other.close();
+    }
+  });
+
   it("retries a failing handler with backoff, then dead-letters it after maxDeliver", async () => {
     const producer = await service();
     const relay = relaying(producer);

@@ -9,7 +9,7 @@ import { type DescMessage, fromBinary, type MessageShape } from "@bufbuild/proto
 import type { JsMsg } from "@nats-io/jetstream";
 import { sql } from "kysely";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
-import { type EventCatalogue, eventSubject } from "./catalogue.js";
+import { type EventCatalogue, eventSubject, isNewerEvent } from "./catalogue.js";
 import type { Db, Tx } from "./sql.js";
 import { stringWithNul } from "./validate.js";
 
@@ -172,7 +172,7 @@ export function on<D extends DescMessage>(
 export function decodeEvent(
   m: JsMsg,
   catalogue: EventCatalogue,
-): { event: unknown; ctx: EventContext } | { unusable: string } {
+): { event: unknown; ctx: EventContext } | { unusable: string } | { newer: string } {
   let headers: JsMsg["headers"];
   try {
     headers = m.headers;
@@ -183,8 +183,12 @@ export function decodeEvent(
   const type = headers?.get("ce-type") ?? "";
   const eventId = headers?.get("ce-id") ?? "";
   const kind = catalogue.kind(type);
+  const idOk = eventId !== "" && eventId.length <= 128;
+  // A type this version does not know, as its publisher's newer version would send it: not for this
+  // consumer, like any type it has no handler for (a tolerant reader; docs/events.md, "Adding an event type").
+  if (!kind && idOk && isNewerEvent(catalogue, type, m.info.stream, m.subject)) return { newer: type };
   // Ids are `evt_…`, well under 128: a longer one is a forgery, and would be stored and listed back.
-  if (!kind || !eventId || eventId.length > 128) {
+  if (!kind || !idOk) {
     return {
       unusable: `not a shopmesh event: missing, unknown or over-long ce-type/ce-id (ce-type=${JSON.stringify(type.slice(0, 200))})`,
     };

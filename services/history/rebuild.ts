@@ -157,6 +157,7 @@ async function applyMessage(
 ): Promise<boolean | string> {
   const decoded = decodeEvent(m, EVENTS);
   if ("unusable" in decoded) return decoded.unusable;
+  if ("newer" in decoded) return `${decoded.newer} is not known to this version`;
   const { event, ctx } = decoded;
   const fn = handlers.get(ctx.type);
   if (!fn) return `${ctx.type} is not projected`;
