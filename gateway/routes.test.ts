@@ -1,6 +1,14 @@
 /** The routing table against the contracts: what is public, what is internal, who may call what. */
+
 import { describe, expect, it } from "vitest";
+import { routesOf } from "../contracts/http-rules.js";
+import { http } from "../gen/google/api/annotations_pb.js";
 import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
+import { HistoryService } from "../gen/shopmesh/history/v1/history_pb.js";
+import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
+import { NotificationService } from "../gen/shopmesh/notification/v1/notification_pb.js";
+import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
+import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
 import { ROUTES } from "./routes.js";
 
 describe("ROUTES", () => {
@@ -25,5 +33,21 @@ describe("ROUTES", () => {
     }
     expect(ROUTES.some((r) => r.service.typeName === ChaosService.typeName)).toBe(false);
     expect(ROUTES.flatMap((r) => r.adminOnly ?? [])).toEqual(["Restock"]);
+  });
+
+  it("routes exactly the methods that declare a REST route: a route needs both, and the OpenAPI document reads only the annotation", () => {
+    const services = [
+      InventoryService,
+      PaymentService,
+      OrderService,
+      NotificationService,
+      HistoryService,
+      ChaosService,
+    ];
+    const annotated = services.flatMap((s) =>
+      s.methods.filter((m) => routesOf(m, http).length > 0).map((m) => `${s.typeName}/${m.name}`),
+    );
+    const routed = ROUTES.flatMap((r) => r.methods.map((m) => `${r.service.typeName}/${m}`));
+    expect(routed.sort()).toEqual(annotated.sort());
   });
 });

@@ -6,9 +6,11 @@
  * `/openapi.json`.
  *
  * Routes come from the `google.api.http` annotations through
- * contracts/http-rules.ts — the gateway's own route compiler, so the document
- * cannot describe other routes than the gateway serves. Methods without an
- * annotation (the internal RPCs, the chaos service) are not in it. The
+ * contracts/http-rules.ts — the gateway's own route compiler, so a route is
+ * described as the gateway matches it. Methods without an annotation (the
+ * internal RPCs, the chaos service) are not in it; that the annotated methods
+ * are exactly the gateway's public ones (gateway/routes.ts) is a test's
+ * (gateway/routes.test.ts). The
  * extension is taken from the request: gen/ is deleted before plugins run
  * (`clean: true`), so nothing generated is imported here.
  *
