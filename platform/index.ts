@@ -65,7 +65,7 @@ export { runService, type Stoppable } from "./lifecycle.js";
 export { createLogger, type Logger, silentLogger } from "./log.js";
 export type { Metrics } from "./metrics.js";
 export { OUTBOX_CLAIMS_MIGRATION, OUTBOX_MIGRATION, Outbox } from "./outbox.js";
-export { type Cursor, type CursorShape, decodePageToken, pageOf, pageSize } from "./paging.js";
+export { type Cursor, type CursorShape, Pages, pageSize } from "./paging.js";
 export { DEFAULT_POLICY, type PolicyConfig, type PolicyEnv, policyEnv, policyFrom } from "./policy.js";
 export { contextOf, currentTraceparent, detached, extractContext, inSpan, logIds } from "./propagation.js";
 export { REGISTRY_SCHEME } from "./registry.js";

@@ -2,7 +2,8 @@
  * Paging for every List RPC: page sizes and opaque page tokens.
  *
  * A token is a cursor (a few named strings and integers) as base64url JSON,
- * followed by a short checksum, so that a made-up or altered token is an
+ * followed by a short checksum over the List RPC's name and the cursor, so
+ * that a made-up or altered token, or one of another List RPC, is an
  * INVALID_ARGUMENT naming `page_token` instead of silently an empty or odd
  * page. The checksum is not a secret and not a security boundary: a cursor
  * only says where to continue within what the caller may see anyway.
@@ -30,22 +31,24 @@ export type Cursor<S extends CursorShape> = { [K in keyof S]: S[K] extends "inte
 /** Longest string a cursor may hold (ids and keys are shorter). */
 const MAX_CURSOR_STRING = 256;
 
-function checksum(json: string): string {
-  return createHash("sha256").update("shopmesh.page-token.v1\0").update(json).digest("base64url").slice(0, 12);
+function checksum(list: string, json: string): string {
+  const hash = createHash("sha256").update("shopmesh.page-token.v2\0").update(list).update("\0").update(json);
+  return hash.digest("base64url").slice(0, 12);
 }
 
-/** An opaque page token for `cursor`. */
-export function encodePageToken(cursor: Readonly<Record<string, string | number>>): string {
+/** An opaque page token of List RPC `list` for `cursor`. */
+export function encodePageToken(list: string, cursor: Readonly<Record<string, string | number>>): string {
   const json = JSON.stringify(cursor);
-  return `${Buffer.from(json).toString("base64url")}.${checksum(json)}`;
+  return `${Buffer.from(json).toString("base64url")}.${checksum(list, json)}`;
 }
 
 /**
- * Decodes a token made by {@link encodePageToken} into a cursor of `shape`;
- * undefined for "" (the first page); INVALID_ARGUMENT naming `field` for
- * anything else that is not exactly such a token.
+ * Decodes a token made by {@link encodePageToken} for `list` into a cursor of
+ * `shape`; undefined for "" (the first page); INVALID_ARGUMENT naming `field`
+ * for anything else that is not exactly such a token.
  */
 export function decodePageToken<S extends CursorShape>(
+  list: string,
   token: string,
   shape: S,
   field = "page_token",
@@ -55,7 +58,7 @@ export function decodePageToken<S extends CursorShape>(
   const [body, sum, ...rest] = token.split(".");
   if (body === undefined || sum === undefined || rest.length > 0) throw bad();
   const json = Buffer.from(body, "base64url").toString("utf8");
-  if (checksum(json) !== sum) throw bad();
+  if (checksum(list, json) !== sum) throw bad();
   let v: unknown;
   try {
     v = JSON.parse(json);
@@ -77,17 +80,27 @@ export function decodePageToken<S extends CursorShape>(
   return o as Cursor<S>;
 }
 
-/**
- * Splits rows fetched with `limit + 1` (one more than the page holds, to
- * learn whether another page follows) into the page and the token of the
- * next one — "" on the last page. `cursorOf` names the last row's position.
- */
-export function pageOf<T>(
-  rows: readonly T[],
-  limit: number,
-  cursorOf: (last: T) => Record<string, string | number>,
-): { page: T[]; nextPageToken: string } {
-  const page = rows.slice(0, limit);
-  const last = page.at(-1);
-  return { page, nextPageToken: rows.length > limit && last !== undefined ? encodePageToken(cursorOf(last)) : "" };
+/** The pages of one List RPC (`list`, e.g. `shopmesh.order.v1.OrderService/ListOrders`), whose cursors have `shape`. */
+export class Pages<S extends CursorShape> {
+  constructor(
+    readonly list: string,
+    private readonly shape: S,
+  ) {}
+
+  /** Where the page of `token` starts: undefined for "" (the first page); INVALID_ARGUMENT naming `field` for anything but this List's token. */
+  cursor(token: string, field = "page_token"): Cursor<S> | undefined {
+    return decodePageToken(this.list, token, this.shape, field);
+  }
+
+  /**
+   * Splits rows fetched with `limit + 1` (one more than the page holds, to
+   * learn whether another page follows) into the page and the token of the
+   * next one — "" on the last page. `cursorOf` names the last row's position.
+   */
+  of<T>(rows: readonly T[], limit: number, cursorOf: (last: T) => Cursor<S>): { page: T[]; nextPageToken: string } {
+    const page = rows.slice(0, limit);
+    const last = page.at(-1);
+    const nextPageToken = rows.length > limit && last !== undefined ? encodePageToken(this.list, cursorOf(last)) : "";
+    return { page, nextPageToken };
+  }
 }

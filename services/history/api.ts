@@ -4,9 +4,12 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { HistoryService, OrderHistoryEntrySchema } from "../../gen/shopmesh/history/v1/history_pb.js";
 import { OrderStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
-import { decodePageToken, pageOf, pageSize, requireIdentity, type ServiceImpl } from "../../platform/index.js";
+import { Pages, pageSize, requireIdentity, type ServiceImpl } from "../../platform/index.js";
 import type { OrderView } from "./domain.js";
 import type { HistoryStore } from "./store.js";
+
+/** ListOrderHistory's pages: newest first. */
+const PAGES = new Pages("shopmesh.history.v1.HistoryService/ListOrderHistory", { t: "integer", id: "string" });
 
 /** Dependencies of the history API. */
 export interface HistoryApiDeps {
@@ -35,13 +38,13 @@ export function createHistoryApi({ store }: HistoryApiDeps): ServiceImpl<typeof 
       // Everyone, admins included, lists only their own orders.
       const who = requireIdentity(ctx.metadata);
       const limit = pageSize(req.pageSize);
-      const cursor = decodePageToken(req.pageToken, { t: "integer", id: "string" });
+      const cursor = PAGES.cursor(req.pageToken);
       const rows = await store.listByCustomer(
         who.subject,
         cursor && { lastEventAt: cursor.t, orderId: cursor.id },
         limit + 1,
       );
-      const { page, nextPageToken } = pageOf(rows, limit, (last) => ({ t: last.lastEventAt, id: last.orderId }));
+      const { page, nextPageToken } = PAGES.of(rows, limit, (last) => ({ t: last.lastEventAt, id: last.orderId }));
       return { entries: page.map(entryMessage), nextPageToken };
     },
   };

@@ -12,10 +12,9 @@ import {
 } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
 import {
   Code,
-  decodePageToken,
   IdempotencyKeyReusedError,
   NotFoundError,
-  pageOf,
+  Pages,
   pageSize,
   requestFingerprint,
   requireId,
@@ -28,6 +27,9 @@ import {
 import { OutOfStockError, OverCapacityError, type ProductRecord, validateReservation } from "./domain.js";
 import type { ReservationRecord } from "./schema.js";
 import type { InventoryStore } from "./store.js";
+
+/** ListProducts' pages: by id. */
+const PAGES = new Pages("shopmesh.inventory.v1.InventoryService/ListProducts", { after: "string" });
 
 /** Dependencies of the inventory API. */
 export interface InventoryApiDeps {
@@ -63,9 +65,9 @@ export function createInventoryApi({ store }: InventoryApiDeps): ServiceImpl<typ
   return {
     async listProducts(req) {
       const limit = pageSize(req.pageSize);
-      const after = decodePageToken(req.pageToken, { after: "string" })?.after;
+      const after = PAGES.cursor(req.pageToken)?.after;
       const rows = await store.products(after ?? "", limit + 1);
-      const { page, nextPageToken } = pageOf(rows, limit, (last) => ({ after: last.id }));
+      const { page, nextPageToken } = PAGES.of(rows, limit, (last) => ({ after: last.id }));
       return { products: page.map(productMessage), nextPageToken };
     },
 

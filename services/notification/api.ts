@@ -6,9 +6,15 @@ import {
   type NotificationSchema,
   type NotificationService,
 } from "../../gen/shopmesh/notification/v1/notification_pb.js";
-import { decodePageToken, pageOf, pageSize, requireIdentity, type ServiceImpl } from "../../platform/index.js";
+import { Pages, pageSize, requireIdentity, type ServiceImpl } from "../../platform/index.js";
 import { type NotificationRecord, validateListFilter } from "./domain.js";
 import type { NotificationStore } from "./store.js";
+
+/** ListNotifications' pages: newest first. */
+const PAGES = new Pages("shopmesh.notification.v1.NotificationService/ListNotifications", {
+  t: "integer",
+  id: "string",
+});
 
 /** Dependencies of the notification API. */
 export interface NotificationApiDeps {
@@ -35,14 +41,14 @@ export function createNotificationApi({ store }: NotificationApiDeps): ServiceIm
       const who = requireIdentity(ctx.metadata);
       const limit = pageSize(req.pageSize);
       const { orderId } = validateListFilter(req);
-      const cursor = decodePageToken(req.pageToken, { t: "integer", id: "string" });
+      const cursor = PAGES.cursor(req.pageToken);
       const rows = await store.listByCustomer(
         who.subject,
         orderId,
         cursor && { sentAt: cursor.t, id: cursor.id },
         limit + 1,
       );
-      const { page, nextPageToken } = pageOf(rows, limit, (last) => ({ t: last.sentAt, id: last.id }));
+      const { page, nextPageToken } = PAGES.of(rows, limit, (last) => ({ t: last.sentAt, id: last.id }));
       return { notifications: page.map(notificationMessage), nextPageToken };
     },
   };

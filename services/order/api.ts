@@ -12,13 +12,12 @@ import {
   StepStatus as StepStatusEnum,
 } from "../../gen/shopmesh/order/v1/order_pb.js";
 import {
-  decodePageToken,
   FailedPreconditionError,
   IdempotencyKeyReusedError,
   type Identity,
   InvalidArgumentError,
   NotFoundError,
-  pageOf,
+  Pages,
   pageSize,
   requestFingerprint,
   requireId,
@@ -31,6 +30,9 @@ import {
 import { isSettled, type OrderRecord, refundPending, type SagaMode } from "./domain.js";
 import type { StoredStep } from "./schema.js";
 import type { OrderStore } from "./store.js";
+
+/** ListOrders' pages: newest first. */
+const PAGES = new Pages("shopmesh.order.v1.OrderService/ListOrders", { t: "integer", id: "string" });
 
 /** Longest reason CancelOrder takes (the order keeps it as its status reason, and its refund says it). */
 const MAX_CANCEL_REASON = 500;
@@ -216,9 +218,9 @@ export function createOrderApi(deps: OrderApiDeps): ServiceImpl<typeof OrderServ
     async listOrders(req, ctx) {
       const who = requireIdentity(ctx.metadata);
       const limit = pageSize(req.pageSize);
-      const cursor = decodePageToken(req.pageToken, { t: "integer", id: "string" });
+      const cursor = PAGES.cursor(req.pageToken);
       const rows = await store.listByCustomer(who.subject, cursor && { createdAt: cursor.t, id: cursor.id }, limit + 1);
-      const { page, nextPageToken } = pageOf(rows, limit, (last) => ({ t: last.createdAt, id: last.id }));
+      const { page, nextPageToken } = PAGES.of(rows, limit, (last) => ({ t: last.createdAt, id: last.id }));
       const orders = await Promise.all(page.map(async (o) => orderMessage(o, await store.steps(o.id))));
       return { orders, nextPageToken };
     },

@@ -161,7 +161,7 @@ describe("PlaceOrder idempotency and validation", () => {
       "items[0].product_id",
     );
     // A page token's checksum is public: a well-formed one can carry a NUL in its cursor.
-    const forged = encodePageToken({ t: Date.now(), id: "ord\u0000" });
+    const forged = encodePageToken("shopmesh.order.v1.OrderService/ListOrders", { t: Date.now(), id: "ord\u0000" });
     await expectRpcError(
       sys.orders.listOrders({ pageToken: forged }, sys.as("gina")),
       Code.INVALID_ARGUMENT,
