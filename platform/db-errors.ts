@@ -12,7 +12,9 @@ const SOCKET = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "EHO
  */
 export function isDatabaseUnavailable(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
-  if (typeof code === "string" && (code.startsWith("08") || /^57P0[123]$/.test(code) || SOCKET.has(code))) return true;
+  // 25P03: the server ended a transaction left idle too long (sql.ts, IDLE_IN_TRANSACTION_MS) with its session.
+  if (typeof code === "string" && (code.startsWith("08") || /^57P0[123]$|^25P03$/.test(code) || SOCKET.has(code)))
+    return true;
   return (
     err instanceof Error &&
     /^Connection terminated|timeout exceeded when trying to connect|connection error and is not queryable/.test(

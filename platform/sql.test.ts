@@ -10,6 +10,7 @@ import { startPostgres, type TestPostgres } from "../test/postgres.js";
 import { migrations, openDatabase } from "./db.js";
 import { isDatabaseUnavailable } from "./db-errors.js";
 import { type Db, sql } from "./index.js";
+import { IDLE_IN_TRANSACTION_MS } from "./sql.js";
 
 let pg: TestPostgres;
 let db: Db;
@@ -78,6 +79,41 @@ describe("PostgreSQL", () => {
     expect(unhandled.map(String)).toEqual([]);
     expect(ok - before, "transactions commit again after the restart").toBeGreaterThan(10);
   });
+});
+
+describe("a transaction left idle (its process frozen)", () => {
+  it("is ended by the server after IDLE_IN_TRANSACTION_MS, freeing its row locks; its process, woken, hears 'unavailable' and goes on", async () => {
+    let wake!: () => void;
+    const woken = new Promise<void>((r) => {
+      wake = r;
+    });
+    let locked!: () => void;
+    const holding = new Promise<void>((r) => {
+      locked = r;
+    });
+    // A process that takes the row's lock, then stops between two statements.
+    const frozen = db.transaction(async (tx) => {
+      await tx.one(sql`SELECT n FROM counter WHERE id = 1 ${tx.forUpdate}`);
+      locked();
+      await woken;
+      await tx.run(sql`UPDATE counter SET n = -1 WHERE id = 1`);
+    });
+    const outcome = frozen.then(
+      () => "committed",
+      (err: unknown) => (isDatabaseUnavailable(err) ? "unavailable" : String(err)),
+    );
+    await holding;
+    const started = Date.now();
+    await increment(); // another replica: waits for the lock only until the server ends the idle transaction
+    const waited = Date.now() - started;
+    expect(waited).toBeGreaterThan(IDLE_IN_TRANSACTION_MS - 1_000);
+    expect(waited).toBeLessThan(IDLE_IN_TRANSACTION_MS + 5_000);
+    wake();
+    expect(await outcome).toBe("unavailable");
+    await increment(); // the pool replaced the ended connection
+    expect((await db.one(sql<{ n: number }>`SELECT n FROM counter WHERE id = 1`))?.n).toBeGreaterThan(0);
+    expect(unhandled).toEqual([]);
+  }, 20_000);
 });
 
 describe("migrations written once", () => {
