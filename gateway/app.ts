@@ -25,7 +25,7 @@ import { passthroughTable } from "./passthrough.js";
 import { REFLECTION_SERVICES, registerReflection } from "./reflection.js";
 import { ROUTES } from "./routes.js";
 import { type RunningFront, startFront } from "./server.js";
-import { devSignInEndpoint, findWebDirectory, webEndpoint } from "./web.js";
+import { devSignInEndpoint, findWebDirectory, usesDevKey, webEndpoint } from "./web.js";
 
 /** A running gateway. */
 export interface GatewayApp extends RunningFront {
@@ -95,7 +95,10 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     perPrincipal: new RateLimiter(config.RATE_LIMIT_RPS, config.RATE_LIMIT_BURST),
     perIp: new RateLimiter(config.RATE_LIMIT_IP_RPS, config.RATE_LIMIT_IP_BURST),
     inFlight: new ConcurrencyLimiter(config.HTTP_MAX_CALLS_PER_IP, config.HTTP_MAX_CALLS),
+    streamsPerPrincipal: new ConcurrencyLimiter(config.HTTP_MAX_STREAMS_PER_PRINCIPAL, config.HTTP_MAX_CALLS),
     trustTraceparent: config.TRUST_TRACEPARENT,
+    // Anyone can sign tokens with the development key: a page on another name must not reach it (DNS rebinding).
+    loopbackHostsOnly: usesDevKey(config),
     maxBodyBytes: config.MAX_BODY_BYTES,
     endpoints: [webEndpoint(findWebDirectory(), log), devSignInEndpoint(config, log)],
     corsOrigins: config.CORS_ORIGINS.split(",")

@@ -94,6 +94,8 @@ const spec = {
   HTTP_MAX_CALLS_PER_IP: int(256, { min: 1, max: 1_000_000 }),
   /** Calls in progress allowed in all. */
   HTTP_MAX_CALLS: int(4_096, { min: 1, max: 1_000_000 }),
+  /** Streams (WatchOrder) one principal may hold open, from any number of addresses; more are refused with 429. */
+  HTTP_MAX_STREAMS_PER_PRINCIPAL: int(32, { min: 1, max: 1_000_000 }),
   /**
    * Continue a client's W3C `traceparent` (only for clients that are tracers you run). Otherwise each
    * request starts its own trace and links the client's: no client can switch tracing off or join another trace.

@@ -24,11 +24,14 @@ const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=]+)(?::\d{0,
  * spaces); RFC 9113 §8.3.1: an HTTP/2 Host must name what `:authority` does. Node keeps the first of
  * two and parses `user@host` as a URL: a proxy or cache in front may read the other one.
  */
-export function hostProblem(req: {
-  readonly headers: { readonly host?: string | undefined };
-  readonly rawHeaders: readonly string[];
-  readonly authority?: string;
-}): string | undefined {
+export function hostProblem(
+  req: {
+    readonly headers: { readonly host?: string | undefined };
+    readonly rawHeaders: readonly string[];
+    readonly authority?: string;
+  },
+  loopbackOnly = false,
+): string | undefined {
   const host = req.headers.host;
   let lines = 0;
   for (let i = 0; i < req.rawHeaders.length; i += 2) {
@@ -45,5 +48,11 @@ export function hostProblem(req: {
   } catch {
     return "the Host header is not a valid host[:port]";
   }
+  if (loopbackOnly && !LOOPBACK_HOST.test(authority)) {
+    return `the gateway runs with the public development key and answers only requests to localhost, 127.0.0.1 or [::1], not ${authority.slice(0, 100)}`;
+  }
   return undefined;
 }
+
+/** A loopback name, with or without a port: what a browser may call a gateway listening on loopback. */
+const LOOPBACK_HOST = /^(?:localhost|[a-z0-9-]+\.localhost|127\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[::1\])(?::\d{0,5})?$/i;

@@ -30,7 +30,7 @@ import { AuthError, type Authenticator, authorizationOf } from "./auth.js";
 import { connectFastEncoding, createConnectUnary, routerOptions } from "./connect-unary.js";
 import { type ClientInfo, hostProblem, kClient, kIdentity } from "./context.js";
 import { describeJsonError } from "./json-errors.js";
-import { admitAddress, type ConcurrencyLimiter, type RateLimiter, rateLimited } from "./limits.js";
+import { admitAddress, admitPrincipal, type ConcurrencyLimiter, type RateLimiter } from "./limits.js";
 import { type PassthroughMethod, passthrough, takesPassthrough } from "./passthrough.js";
 import { type RestMatch, RestRouter } from "./rest.js";
 import { restErrorAnswer, serveRest, serveRestUnary } from "./rest-serve.js";
@@ -47,10 +47,13 @@ export interface DispatchOptions {
   readonly authenticate: Authenticator;
   readonly perPrincipal: RateLimiter;
   readonly perIp: RateLimiter;
-  /** Calls in progress per client address and in all. */
+  /** Calls in progress per client address and in all; streams (WatchOrder) per principal, unbounded when absent. */
   readonly inFlight: ConcurrencyLimiter;
+  readonly streamsPerPrincipal?: ConcurrencyLimiter;
   /** Continue the client's `traceparent` instead of only linking it (the client is a tracer you run). */
   readonly trustTraceparent: boolean;
+  /** Refuse a Host that is not a loopback name (with the public development key: a DNS-rebinding page). */
+  readonly loopbackHostsOnly?: boolean;
   /** Largest request body, in bytes, as sent and after decompression. */
   readonly maxBodyBytes: number;
   /** Take the client IP from the last X-Forwarded-For hop (only behind a proxy that appends it). */
@@ -113,14 +116,14 @@ async function* limited(body: AsyncIterable<Uint8Array>, max: number): AsyncIter
 }
 
 /** Why a request cannot be dispatched at all, or undefined. */
-function refusal(req: NodeRequest, maxBodyBytes: number, rest: boolean): ConnectError | undefined {
+function refusal(req: NodeRequest, o: DispatchOptions, rest: boolean): ConnectError | undefined {
   // connect-es needs an authority, and builds a URL from it; HTTP/1.0 may omit Host.
-  const badHost = hostProblem(req);
+  const badHost = hostProblem(req, o.loopbackHostsOnly);
   if (badHost) return new ConnectError(badHost, Code.InvalidArgument);
   const length = Number(req.headers["content-length"] ?? 0);
-  if (length > maxBodyBytes) {
+  if (length > o.maxBodyBytes) {
     return new ConnectError(
-      `request body of ${length} bytes exceeds the limit of ${maxBodyBytes}`,
+      `request body of ${length} bytes exceeds the limit of ${o.maxBodyBytes}`,
       Code.ResourceExhausted,
     );
   }
@@ -189,11 +192,11 @@ type Admission =
 /**
  * What is decided before a handler runs (the per-IP limits were taken
  * first), cheapest first: the route, the request's shape, the token and the
- * per-principal limit.
+ * per-principal limits.
  */
 async function admit(
   o: DispatchOptions,
-  req: NodeRequest,
+  [req, res]: [NodeRequest, NodeResponse],
   handler: UniversalHandler | undefined,
   path: string,
   client: ClientInfo,
@@ -204,7 +207,7 @@ async function admit(
       refused: new ConnectError(`no public procedure ${echoed(path)}`, Code.Unimplemented),
       httpStatus: 404,
     };
-  const refused = refusal(req, o.maxBodyBytes, rest);
+  const refused = refusal(req, o, rest);
   // A declared length over the limit: the body is never read (the connection ends, and says so).
   if (refused) return { refused, unreadBody: refused.code === Code.ResourceExhausted };
   if (o.tokenFree.has(handler.service.typeName)) return { handler, identity: undefined };
@@ -217,9 +220,8 @@ async function admit(
     // One generic answer for every failure: no hint which check failed.
     return { refused: new ConnectError("authentication required: a valid bearer token", Code.Unauthenticated) };
   }
-  const byPrincipal = o.perPrincipal.take(`sub:${identity.subject}`);
-  if (!byPrincipal.ok) return { refused: rateLimited("principal", byPrincipal.retryAfterSec) };
-  return { handler, identity };
+  const byPrincipal = admitPrincipal(o, identity.subject, handler.method.methodKind !== "unary", req, res);
+  return byPrincipal ? { refused: byPrincipal } : { handler, identity };
 }
 
 /** Builds the pipeline over the routes `o.routes` registers. */
@@ -282,7 +284,7 @@ export function createDispatch(o: DispatchOptions): Dispatch {
         refuse(restMissing.err, restMissing.status);
         return;
       }
-      const admission = await admit(o, req, handler, path, client, isRest);
+      const admission = await admit(o, [req, res], handler, path, client, isRest);
       if ("refused" in admission) {
         if (admission.unreadBody) dropUnreadBody(req, res);
         refuse(admission.refused, admission.httpStatus);

@@ -401,7 +401,7 @@ it("answers an HTTP/1.1 CONNECT 405, as on HTTP/2, and a probe with a query as w
       held.on("error", () => {});
       setTimeout(() => resolve(false), 4_000);
     });
-    held.write("CONNECT 127.0.0.1:50051 HTTP/1.1\r\nHost: a\r\n\r\n");
+    held.write("CONNECT 127.0.0.1:50051 HTTP/1.1\r\nHost: localhost\r\n\r\n");
     const sending = setInterval(() => held.writable && held.write(Buffer.alloc(16 * 1024)), 50);
     const gone = await letGo;
     clearInterval(sending);
@@ -410,7 +410,11 @@ it("answers an HTTP/1.1 CONNECT 405, as on HTTP/2, and a probe with a query as w
   } finally {
     await defaults.stop();
   }
-  const probe = await h1Raw(gw.port, "GET /healthz?x=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 1_000);
+  const probe = await h1Raw(
+    gw.port,
+    "GET /healthz?x=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    1_000,
+  );
   expect(probe.status).toBe(200);
 });
 
@@ -460,7 +464,7 @@ describe("3-5. refused and broken requests are client errors, in answers and in 
 
   it("logs a malformed or abandoned body as the client's doing, not INTERNAL", async () => {
     const head =
-      "POST /shopmesh.inventory.v1.InventoryService/ListProducts HTTP/1.1\r\nHost: x\r\n" +
+      "POST /shopmesh.inventory.v1.InventoryService/ListProducts HTTP/1.1\r\nHost: localhost\r\n" +
       `Authorization: ${await bearer()}\r\nContent-Type: application/json\r\n`;
     const malformed = await logged(async () => {
       const res = await h1Raw(gw.port, `${head}Transfer-Encoding: chunked\r\n\r\n2\r\n{"\r\nzz\r\n`, 1_000);
@@ -513,7 +517,7 @@ describe("11. a repeated Authorization header identifies nobody (third review)",
 
   /** The HTTP/1.1 status of ListProducts sent with these Authorization headers. */
   const overH1 = async (authorizations: string[]) => {
-    const head = `POST ${path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n`;
+    const head = `POST ${path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n`;
     const auth = authorizations.map((a) => `Authorization: ${a}\r\n`).join("");
     return (await h1Raw(gw.port, `${head}${auth}Content-Length: 2\r\n\r\n{}`)).status;
   };

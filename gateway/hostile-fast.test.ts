@@ -398,7 +398,7 @@ describe("size limits and slow clients", () => {
     const auth = await alice();
     await using c = await rawConnect(gw.port);
     await c.write(
-      `POST ${GET_PRODUCT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: ${auth}\r\nContent-Length: 100\r\n\r\n{"pro`,
+      `POST ${GET_PRODUCT} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAuthorization: ${auth}\r\nContent-Length: 100\r\n\r\n{"pro`,
     );
     const trickle = setInterval(() => void c.write(" ").catch(() => {}), 200);
     try {
@@ -415,7 +415,7 @@ describe("size limits and slow clients", () => {
     const auth = await alice();
     await using c = await rawConnect(gw.port);
     await c.write(
-      `POST ${GET_PRODUCT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnect-Timeout-Ms: 300\r\nAuthorization: ${auth}\r\nContent-Length: 100\r\n\r\n{"pro`,
+      `POST ${GET_PRODUCT} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nConnect-Timeout-Ms: 300\r\nAuthorization: ${auth}\r\nContent-Length: 100\r\n\r\n{"pro`,
     );
     await expect.poll(() => /^HTTP\/1\.1 (\d{3})/.exec(c.received().toString())?.[1], { timeout: 5_000 }).toBeDefined();
     const raw = c.received().toString();
@@ -534,7 +534,7 @@ describe("HTTP/2 and HTTP/1.1 framing", () => {
       await c.write(
         Buffer.concat([
           Buffer.from(
-            `POST ${GET_PRODUCT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n${general ? "Content-Encoding: gzip\r\n" : ""}Authorization: ${auth}\r\nContent-Length: ${payload.byteLength}\r\n\r\n`,
+            `POST ${GET_PRODUCT} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n${general ? "Content-Encoding: gzip\r\n" : ""}Authorization: ${auth}\r\nContent-Length: ${payload.byteLength}\r\n\r\n`,
           ),
           payload,
         ]),
@@ -578,11 +578,11 @@ describe("HTTP/2 and HTTP/1.1 framing", () => {
     const auth = await alice();
     const restocks = () => lines.filter((l) => l.msg === "access" && String(l.procedure).endsWith("/Restock")).length;
     const before = restocks();
-    const smuggled = `POST ${INVENTORY}/Restock HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}`;
+    const smuggled = `POST ${INVENTORY}/Restock HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}`;
     const chunk = (data: string) => `${Buffer.byteLength(data).toString(16)}\r\n${data}\r\n`;
     await using c = await rawConnect(gw.port);
     await c.write(
-      `POST ${GET_PRODUCT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: ${auth}\r\nTransfer-Encoding: chunked\r\n\r\n` +
+      `POST ${GET_PRODUCT} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAuthorization: ${auth}\r\nTransfer-Encoding: chunked\r\n\r\n` +
         chunk(`{"productId":"${"a".repeat(5000)}`) +
         chunk(smuggled) +
         chunk('"}') +

@@ -56,10 +56,10 @@ describe("pipelined requests behind a held one, then a reset connection", () => 
     const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
     const token = await signDevToken(claims, "alice", ["customer"]);
     const bearer = `authorization: Bearer ${token}\r\n`;
-    const get = (path: string) => `GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`;
+    const get = (path: string) => `GET ${path} HTTP/1.1\r\nHost: localhost\r\n\r\n`;
     const body = '{"productId":"coffee-beans"}';
     const getProduct = (timeout = "") =>
-      "POST /shopmesh.inventory.v1.InventoryService/GetProduct HTTP/1.1\r\nHost: x\r\n" +
+      "POST /shopmesh.inventory.v1.InventoryService/GetProduct HTTP/1.1\r\nHost: localhost\r\n" +
       `${bearer}content-type: application/json\r\ncontent-length: ${body.length}\r\n` +
       `${timeout && `connect-timeout-ms: ${timeout}\r\n`}\r\n${body}`;
     // First a call its upstream holds until the client's deadline, so that everything after it waits
@@ -70,7 +70,7 @@ describe("pipelined requests behind a held one, then a reset connection", () => 
       ...Array.from({ length: 20 }, () => get("/openapi.json")),
       ...Array.from({ length: 10 }, () => get("/dev/token")),
       ...Array.from({ length: 5 }, () => getProduct()),
-      ...Array.from({ length: 5 }, () => `GET /v1/products/ceramic-mug HTTP/1.1\r\nHost: x\r\n${bearer}\r\n`),
+      ...Array.from({ length: 5 }, () => `GET /v1/products/ceramic-mug HTTP/1.1\r\nHost: localhost\r\n${bearer}\r\n`),
     ];
     expect(requests).toHaveLength(MAX_CALLS);
     const before = access().length;
@@ -187,7 +187,7 @@ describe("a sign-in body far over its limit", () => {
     // connection ends (the rest would otherwise be read as a request). Before: it waited for the body.
     const declared = await h1Raw(
       gw.port,
-      "POST /dev/token HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n",
+      "POST /dev/token HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000000\r\n\r\n",
       4_000,
     );
     expect(declared.status).toBe(413);
@@ -219,7 +219,7 @@ describe("a REST body over the limit on a keep-alive HTTP/1.1 connection", () =>
       gw.port,
       Buffer.concat([
         Buffer.from(
-          "POST /v1/orders HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n" +
+          "POST /v1/orders HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/json\r\n" +
             `authorization: Bearer ${token}\r\ntransfer-encoding: chunked\r\n\r\n${chunk.length.toString(16)}\r\n`,
         ),
         chunk,
@@ -253,7 +253,7 @@ describe("a Connect or gRPC-Web body over the limit on a keep-alive HTTP/1.1 con
       gw.port,
       Buffer.concat([
         Buffer.from(
-          `POST /shopmesh.inventory.v1.InventoryService/GetProduct HTTP/1.1\r\nHost: x\r\ncontent-type: ${type}\r\n${extra}` +
+          `POST /shopmesh.inventory.v1.InventoryService/GetProduct HTTP/1.1\r\nHost: localhost\r\ncontent-type: ${type}\r\n${extra}` +
             `authorization: Bearer ${token}\r\ntransfer-encoding: chunked\r\n\r\n${chunk.length.toString(16)}\r\n`,
         ),
         chunk,
@@ -270,14 +270,14 @@ describe("a request target in absolute form (RFC 9112 §3.2.2: a server must acc
   it("is served as its origin form: the plain endpoints and the RPCs alike", async () => {
     const doc = await h1Raw(
       gw.port,
-      "GET http://gateway.example/openapi.json?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+      "GET http://gateway.example/openapi.json?x=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     expect(doc.status).toBe(200);
     expect(doc.raw).toContain('"openapi"');
     // An RPC: routed by the same path (unauthenticated, so 401 — not 404 for an unknown path).
     const rpc = await h1Raw(
       gw.port,
-      "GET HTTP://gateway.example/v1/products HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+      "GET HTTP://gateway.example/v1/products HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     expect(rpc.status).toBe(401);
     expect(originForm("http://h")).toBe("/");
@@ -296,7 +296,7 @@ describe("a body declared over the limit", () => {
     for (const expect100 of [true, false]) {
       const r = await h1Raw(
         gw.port,
-        "POST /shopmesh.order.v1.OrderService/PlaceOrder HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n" +
+        "POST /shopmesh.order.v1.OrderService/PlaceOrder HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/json\r\n" +
           `authorization: Bearer ${token}\r\ncontent-length: 5000000\r\n${expect100 ? "expect: 100-continue\r\n" : ""}\r\n`,
         2_000,
       );

@@ -215,6 +215,42 @@ describe("defects", () => {
     }
   });
 
+  it("one principal holds at most HTTP_MAX_STREAMS_PER_PRINCIPAL watches, from any address; another is not held back", async () => {
+    const h = await auth("alice");
+    const id = await pendingOrder(h, 5000);
+    const capped = await startTestGateway(sys, { HTTP_MAX_STREAMS_PER_PRINCIPAL: "3" }, silentLogger());
+    const open: http.ClientRequest[] = [];
+    /** Starts a watch of `id` as `headers`; its status once the answer begins. */
+    const watch = async (headers: Record<string, string>) => {
+      const req = http.request(`${capped.url}/v1/orders/${id}:watch`, { headers, agent: false });
+      req.on("error", () => {});
+      req.end();
+      open.push(req);
+      const [res] = (await once(req, "response")) as [http.IncomingMessage];
+      let body = "";
+      res.on("data", (c: Buffer) => {
+        body += c.toString();
+      });
+      if (res.statusCode !== 200) await once(res, "end");
+      return { status: res.statusCode, retryAfter: res.headers["retry-after"], body: () => body };
+    };
+    try {
+      for (let i = 0; i < 3; i++) expect((await watch(h)).status).toBe(200);
+      const refused = await watch(h);
+      expect({ status: refused.status, retryAfter: refused.retryAfter }).toEqual({ status: 429, retryAfter: "1" });
+      expect(refused.body()).toContain("too many streams in progress (principal)");
+      // Another customer is not held back by alice's watches (the order is not theirs to see).
+      expect((await watch(await auth("bob"))).status).toBe(404);
+      // A watch that ends gives its slot back.
+      open[0]?.destroy();
+      await expect.poll(async () => (await watch(h)).status, { timeout: 5_000 }).toBe(200);
+    } finally {
+      for (const req of open) req.destroy();
+      await sys.paymentChaos.setFaults({ faults: {} });
+      await capped.stop();
+    }
+  });
+
   it("a watch shed by the upstream is 429 with Retry-After, as a shed unary call is, not 413", async () => {
     const h = await auth("alice");
     const placed = await rest("POST", "/v1/orders", { headers: { ...h, "Idempotency-Key": key() }, body: orderBody() });
@@ -275,7 +311,12 @@ describe("defects", () => {
   it("a Host that is not one host[:port] is 400 on every path (RFC 9112 §3.2), not served nor 500", async () => {
     const { authorization } = await auth("alice");
     // Two Host lines (Node keeps the first, a proxy in front may read the last), userinfo, a space.
-    for (const host of ["host: a b", "host: a@b:80", "host: a\r\nhost: b", "host: localhost\r\nHost: localhost"])
+    for (const host of [
+      "host: a b",
+      "host: a@b:80",
+      "host: localhost\r\nhost: b",
+      "host: localhost\r\nHost: localhost",
+    ])
       for (const [target, extra] of [
         ["/v1/products", ""],
         [
@@ -307,6 +348,42 @@ describe("defects", () => {
     }
     const fine = await h2Request(session, { ":method": "GET", ":path": "/v1/products", authorization });
     expect(fine.status).toBe(200);
+  });
+
+  it("with the public development key, a Host that is not a loopback name is 400 on every path: a DNS-rebinding page gets nothing, not even a token", async () => {
+    const { authorization } = await auth("alice");
+    const get = (host: string, target: string) =>
+      h1Raw(
+        gw.port,
+        `GET ${target} HTTP/1.1\r\nhost: ${host}\r\nauthorization: ${authorization}\r\nconnection: close\r\n\r\n`,
+      );
+    const signIn = (host: string) =>
+      h1Raw(
+        gw.port,
+        `POST /dev/token HTTP/1.1\r\nhost: ${host}\r\ncontent-type: application/json\r\ncontent-length: 19\r\nconnection: close\r\n\r\n{"user":"operator"}`,
+      );
+    for (const host of ["evil.example:8080", "evil.example", "127.0.0.1.evil.example", "localhost.evil.example:80"]) {
+      for (const target of ["/v1/products", "/openapi.json", "/"]) {
+        const r = await get(host, target);
+        expect({ host, target, status: r.status }).toEqual({ host, target, status: 400 });
+      }
+      const token = await signIn(host);
+      expect({ host, status: token.status }).toEqual({ host, status: 400 });
+      expect(token.raw).toContain("answers only requests to localhost, 127.0.0.1 or [::1]");
+      expect(token.raw).not.toContain('token"');
+    }
+    for (const host of ["localhost:8080", "LOCALHOST", "127.0.0.1", "127.0.0.2:1", "[::1]", "shop.localhost:8080"]) {
+      expect({ host, status: (await get(host, "/v1/products")).status }).toEqual({ host, status: 200 });
+      expect({ host, status: (await signIn(host)).status }).toEqual({ host, status: 200 });
+    }
+    await using session = await h2Session(gw.url);
+    const r = await h2Request(session, {
+      ":method": "GET",
+      ":path": "/v1/products",
+      ":authority": "evil.example:8080",
+      authorization,
+    });
+    expect(r.status).toBe(400);
   });
 
   it("a JSON body that starts with a byte order mark gets the same answer over REST as over Connect", async () => {
@@ -538,7 +615,7 @@ describe("behaviour that is right", () => {
       Array.from({ length: MAX_CALLS_PER_IP }, async (_, i) => {
         const c = await rawConnect(gw.port);
         await c.write(
-          `POST /v1/orders HTTP/1.1\r\nhost: x\r\nauthorization: ${authorization}\r\nidempotency-key: slow-${i}\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{"ite\r\n`,
+          `POST /v1/orders HTTP/1.1\r\nhost: localhost\r\nauthorization: ${authorization}\r\nidempotency-key: slow-${i}\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{"ite\r\n`,
         );
         return c;
       }),

@@ -385,7 +385,7 @@ describe("10. oversize bodies are 413 however they arrive", () => {
     const hex = Buffer.byteLength(big).toString(16);
     const chunked = await h1Raw(
       gw.port,
-      `POST ${GET_PRODUCT} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nauthorization: ${auth}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n${hex}\r\n${big}\r\n0\r\n\r\n`,
+      `POST ${GET_PRODUCT} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\nauthorization: ${auth}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n${hex}\r\n${big}\r\n0\r\n\r\n`,
     );
     expect(chunked.status).toBe(413);
 

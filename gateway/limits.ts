@@ -80,6 +80,36 @@ export class ConcurrencyLimiter {
   }
 }
 
+/**
+ * The per-principal limits of an authenticated call: its rate, then — for a stream (WatchOrder) —
+ * a slot among the principal's streams in progress, given back when its answer is over: one account
+ * holding watches from many addresses took most of the gateway's calls and memory. Why it is
+ * refused, or undefined.
+ */
+export function admitPrincipal(
+  limits: { readonly perPrincipal: RateLimiter; readonly streamsPerPrincipal?: ConcurrencyLimiter },
+  subject: string,
+  stream: boolean,
+  req: Req,
+  res: Res,
+): ConnectError | undefined {
+  const byPrincipal = limits.perPrincipal.take(`sub:${subject}`);
+  if (!byPrincipal.ok) return rateLimited("principal", byPrincipal.retryAfterSec);
+  if (!stream || !limits.streamsPerPrincipal) return undefined;
+  const slot = limits.streamsPerPrincipal.take(subject);
+  if ("refused" in slot) {
+    return new ConnectError(
+      "too many streams in progress (principal); end one or retry later",
+      Code.ResourceExhausted,
+      {
+        "retry-after": "1",
+      },
+    );
+  }
+  onAnswerEnd(req, res, slot.release);
+  return undefined;
+}
+
 /** The refusal of a request over a rate limit (`what`: whose), with when to retry. */
 export function rateLimited(what: string, retryAfterSec: number): ConnectError {
   return new ConnectError(`rate limit exceeded (${what}); retry after ${retryAfterSec}s`, Code.ResourceExhausted, {

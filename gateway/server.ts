@@ -141,7 +141,7 @@ export async function startFront(o: FrontOptions): Promise<RunningFront> {
     observePlain(o, plain.name, req, res, ip, requestId);
     // A preflight takes a call slot but no rate token: a browser reads a refused preflight as a CORS
     // failure (no status, no Retry-After), and the call it precedes is rated anyway.
-    const badHost = hostProblem(req);
+    const badHost = hostProblem(req, o.loopbackHostsOnly);
     const refused = badHost
       ? new ConnectError(badHost, Code.InvalidArgument)
       : admitAddress(o, ip, req, res, plain !== PREFLIGHT);

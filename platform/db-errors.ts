@@ -12,7 +12,7 @@ const SOCKET = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "EHO
  */
 export function isDatabaseUnavailable(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
-  // 25P03: the server ended a transaction left idle too long (sql.ts, IDLE_IN_TRANSACTION_MS) with its session.
+  // 25P03: the server ended a transaction left idle too long (pg-pool.ts, IDLE_IN_TRANSACTION_MS) with its session.
   if (typeof code === "string" && (code.startsWith("08") || /^57P0[123]$|^25P03$/.test(code) || SOCKET.has(code)))
     return true;
   return (

@@ -17,7 +17,8 @@
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
-import { type Db, type DbLocation, type Engine, pgPool, postgresDb, sqliteDb } from "./sql.js";
+import { pgPool } from "./pg-pool.js";
+import { type Db, type DbLocation, type Engine, postgresDb, sqliteDb } from "./sql.js";
 
 /** A service's migrations, one list per engine (made by {@link migrations}). */
 export type Migrations = Readonly<Record<Engine, readonly string[]>>;

@@ -10,7 +10,7 @@ import { startPostgres, type TestPostgres } from "../test/postgres.js";
 import { migrations, openDatabase } from "./db.js";
 import { isDatabaseUnavailable } from "./db-errors.js";
 import { type Db, sql } from "./index.js";
-import { IDLE_IN_TRANSACTION_MS } from "./sql.js";
+import { IDLE_IN_TRANSACTION_MS } from "./pg-pool.js";
 
 let pg: TestPostgres;
 let db: Db;

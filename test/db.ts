@@ -10,7 +10,8 @@ import { join } from "node:path";
 import Database from "better-sqlite3";
 import { inject } from "vitest";
 import { type Db, type DbLocation, type Engine, locationOf, sql } from "../platform/index.js";
-import { pgPool, postgresDb, sqliteDb } from "../platform/sql.js";
+import { pgPool } from "../platform/pg-pool.js";
+import { postgresDb, sqliteDb } from "../platform/sql.js";
 import { createDatabase } from "./postgres.js";
 
 declare module "vitest" {

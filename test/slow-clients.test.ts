@@ -80,7 +80,7 @@ describe("closed within the configured timeouts", () => {
   it("an HTTP/1.1 body at a few bytes a second", async () => {
     const c = await rawConnect(gw.port);
     await c.write(
-      `POST ${GET_PRODUCT} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nauthorization: ${auth}\r\ncontent-length: 100\r\n\r\n{`,
+      `POST ${GET_PRODUCT} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\nauthorization: ${auth}\r\ncontent-length: 100\r\n\r\n{`,
     );
     const dribble = (async () => {
       for (let i = 0; i < 30 && !c.socket.destroyed; i++) {
@@ -157,7 +157,7 @@ describe("closed within the configured timeouts", () => {
     const before = await closes();
     const c = await rawConnect(gw.port);
     await c.write(
-      `POST ${GET_PRODUCT} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nauthorization: ${auth}\r\ncontent-length: 28\r\n\r\n{"productId":"coffee-beans"}`,
+      `POST ${GET_PRODUCT} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\nauthorization: ${auth}\r\ncontent-length: 28\r\n\r\n{"productId":"coffee-beans"}`,
     );
     while (!c.received().toString("latin1").includes("\r\n\r\n")) await sleep(10);
     const answered = Date.now();

@@ -1,0 +1,37 @@
+/**
+ * The PostgreSQL connection pool every service's store runs on (sql.ts: postgresDb): its types, the
+ * session settings of each connection, and the errors it must hear.
+ */
+import pg from "pg";
+
+/** The pg types parser, with BIGINT (ms timestamps, counts) as numbers: every value here is below 2^53. */
+const pgTypes = {
+  getTypeParser: ((oid: number, format?: string) =>
+    oid === pg.types.builtins.INT8
+      ? (v: string) => Number(v)
+      : pg.types.getTypeParser(oid, format as "text")) as typeof pg.types.getTypeParser,
+};
+
+/**
+ * How long PostgreSQL lets a transaction sit idle before it ends the session, ms. No transaction
+ * here waits on anything but its own statements, so one idle this long belongs to a process that is
+ * frozen (SIGSTOP, a VM paused, a debugger) or wedged: its row locks stalled every replica that
+ * touched those rows — consumer batches, sagas taken over when its lease (SAGA_LEASE_MS, 5 s) ran
+ * out, a client's retry of its PlaceOrder — for as long as it stayed frozen, and orders ran out their
+ * step budget. The frozen process, once it runs again, finds its connection gone: "unavailable", its
+ * work retried (isDatabaseUnavailable).
+ */
+export const IDLE_IN_TRANSACTION_MS = 5_000;
+
+/** A pool for `url` whose connections use `schema`. */
+export function pgPool(url: string, schema: string, max: number): pg.Pool {
+  const options = `-c search_path=${schema} -c idle_in_transaction_session_timeout=${IDLE_IN_TRANSACTION_MS}`;
+  const pool = new pg.Pool({ connectionString: url, max, types: pgTypes, options });
+  // A connection the server drops (a restart, a failover) reports it as an 'error' event: on an idle
+  // connection through the pool, on one in use (between two statements of a transaction) on the
+  // connection itself. Unheard, either would crash the process; heard, the next statement on it fails
+  // as "database unavailable" (see isDatabaseUnavailable) and the pool replaces it.
+  pool.on("error", () => {});
+  pool.on("connect", (client) => client.on("error", () => {}));
+  return pool;
+}
