@@ -235,7 +235,8 @@ const fuzzed: fc.Arbitrary<Fuzzed> = fc
     seed: fc.nat(),
   })
   .chain((r) => {
-    const base = TEMPLATES[r.method.name] ?? {};
+    const base = TEMPLATES[r.method.name];
+    if (base === undefined) throw new Error(`no template for ${r.method.name}: add a valid request to TEMPLATES`);
     // A fresh idempotency key per request, so valid mutants place real orders.
     const template =
       typeof base === "object" && base !== null && "idempotencyKey" in base

@@ -151,8 +151,7 @@ function sagaModeOf(mode: SagaModeEnum, fallback: SagaMode): SagaMode {
 /** Creates the OrderService handlers. */
 export function createOrderApi(deps: OrderApiDeps): ServiceImpl<typeof OrderService> {
   const { store, defaultMode } = deps;
-  /** The order if `who` may see it; NOT_FOUND otherwise (another customer's order does not exist for you). */
-  /** `o` if `who` may see it; NOT_FOUND otherwise. */
+  /** `o` if `who` may see it; NOT_FOUND otherwise (another customer's order does not exist for you). */
   const seenBy = (orderId: string, who: Identity, o: OrderRecord | undefined): OrderRecord => {
     if (!o || (o.customerId !== who.subject && !who.roles.includes("admin"))) throw new NotFoundError("order", orderId);
     return o;

@@ -11,8 +11,16 @@ import { badge, callout, loading, pageTitle, problemBox, type Tone } from "./ui.
 
 const PAGE_SIZE = 20;
 
+/** Each kind's colour: a new kind fails to compile until it has one. */
+const TONES: Record<NotificationKind, Tone> = {
+  [NotificationKind.UNSPECIFIED]: "comp",
+  [NotificationKind.ORDER_CONFIRMED]: "ok",
+  [NotificationKind.ORDER_CANCELLED]: "bad",
+  [NotificationKind.PAYMENT_REFUNDED]: "comp",
+};
+
 function tone(k: NotificationKind): Tone {
-  return k === NotificationKind.ORDER_CONFIRMED ? "ok" : k === NotificationKind.ORDER_CANCELLED ? "bad" : "comp";
+  return TONES[k] ?? "comp";
 }
 
 function item(n: Notification): HTMLElement {
