@@ -193,7 +193,8 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
     } else {
       const delay = backoffMs(times || ctx.deliveryCount, 100, 5_000);
       const { type, eventId, deliveryCount: delivery } = ctx;
-      clog.info(
+      // A failure or two is often an event ahead of the one it needs; half-way to the dead letter, it is news.
+      clog[times * 2 >= maxDeliver ? "warn" : "info"](
         { type, eventId, delivery, failures: times, retryInMs: delay, err: message },
         "handler failed; will retry",
       );
