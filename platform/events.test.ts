@@ -15,6 +15,7 @@ import { TestDatabases } from "../test/db.js";
 import { event, publishEvents } from "../test/events.js";
 import { tempDir } from "../test/fixtures.js";
 import { rawPublish, startNats, type TestNats } from "../test/nats.js";
+import { capturedLogger } from "../test/system.js";
 import { type Bus, connectBus } from "./bus.js";
 import type { FaultInjector } from "./chaos.js";
 import { startConsumer } from "./consumer.js";
@@ -526,6 +527,45 @@ describe("consumers", () => {
     expect(await effectsOf(consumer.db, { eventId: before })).toBe(1);
     await c.stop();
     await relay.stop();
+  }, 30_000);
+
+  it("stops when asked while it starts its pull again, NATS slow to answer (its stop waited for ever)", async () => {
+    // A NATS of its own, to freeze, with an empty stream: the consumer waits on its pull, so the server
+    // tells it at once that its durable is gone (behind a backlog, only missed heartbeats would).
+    await using nats = await startNats();
+    const bus = await connectBus(nats.url, "events-test-stop", log, { streams: EVENTS.streams });
+    const consumer = await service();
+    const { log: watched, lines } = capturedLogger();
+    const durable = `stop-restart-${n}`;
+    const c = await startConsumer({
+      catalogue: EVENTS,
+      bus,
+      db: consumer.db,
+      log: watched,
+      stream: "ORDER",
+      durable,
+      handlers: [recordEffect],
+    });
+    // The durable goes away, so the pull ends and is started again...
+    await bus.jsm.consumers.delete("ORDER", durable);
+    await expect
+      .poll(() => lines.some((l) => String(l.msg).startsWith("consumer's pull")), { timeout: 5_000 })
+      .toBe(true);
+    // ... while nats-server is frozen; SIGTERM comes before it answers.
+    nats.pause();
+    let stopping: Promise<void>;
+    try {
+      await new Promise((r) => setTimeout(r, 1_000)); // past the restart's backoff: the pull is being started
+      stopping = c.stop();
+    } finally {
+      nats.resume();
+    }
+    const settled = await Promise.race([
+      stopping.then(() => true),
+      new Promise<boolean>((r) => setTimeout(() => r(false), 8_000)),
+    ]);
+    expect(settled, "stop() settled").toBe(true);
+    await bus.close();
   }, 30_000);
 
   it("dead-letters at once what it cannot copy as it is, and what carries another event's id (each was redelivered for ever, or applied twice)", async () => {

@@ -104,6 +104,14 @@ export async function pullForever(o: {
         if (stopped) return;
         try {
           messages = await start();
+          // Stopped while the pull was starting: stop() closed only the run before this one.
+          if (stopped) {
+            // Nobody reads it: hand back at once what it already took, rather than after the ack wait.
+            const closing = messages.close();
+            for await (const m of messages) m.nak();
+            await closing;
+            return;
+          }
           break;
         } catch (err) {
           log.warn({ err: (err as Error).message, attempt }, "consumer's pull could not start; trying again");
