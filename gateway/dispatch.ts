@@ -24,6 +24,7 @@ import { Code, ConnectError, type ConnectRouter, createConnectRouter, createCont
 import type { UniversalHandler } from "@connectrpc/connect/protocol";
 import { universalResponseToNodeResponse } from "@connectrpc/connect-node";
 import { context, type Link, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import { MAX_TIMER_MS } from "../platform/deadline.js";
 import { extractContext, type Identity, type Logger, rpcAttributes, type Telemetry } from "../platform/index.js";
 import { dropUnreadBody, universalRequest } from "./answer-end.js";
 import { AuthError, type Authenticator, authorizationOf } from "./auth.js";
@@ -67,20 +68,18 @@ export interface DispatchOptions {
 /** Handles one request; `requestId` is already settled by the caller. */
 export type Dispatch = (req: NodeRequest, res: NodeResponse, requestId: string) => void;
 
-/** Node's timers hold at most 2^31-1 ms (~24.8 days); longer deadlines are clamped to that. */
-export const MAX_TIMEOUT_MS = 2_147_483_647;
 const GRPC_TIMEOUT_UNIT_MS: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1_000, m: 1, u: 1e-3, n: 1e-6 };
 
-/** Rewrites `grpc-timeout` / `connect-timeout-ms` values beyond {@link MAX_TIMEOUT_MS} to that maximum. */
+/** Rewrites `grpc-timeout` / `connect-timeout-ms` values beyond what a Node timer holds (~24.8 days) to that maximum. */
 export function clampTimeouts(headers: http.IncomingHttpHeaders): void {
   const g = headers["grpc-timeout"];
   const m = typeof g === "string" ? /^(\d{1,8})([HMSmun])$/.exec(g) : null;
-  if (m && Number(m[1]) * (GRPC_TIMEOUT_UNIT_MS[m[2] as string] ?? 0) > MAX_TIMEOUT_MS) {
-    headers["grpc-timeout"] = `${Math.floor(MAX_TIMEOUT_MS / 1000)}S`; // 8 digits at most, as the spec allows
+  if (m && Number(m[1]) * (GRPC_TIMEOUT_UNIT_MS[m[2] as string] ?? 0) > MAX_TIMER_MS) {
+    headers["grpc-timeout"] = `${Math.floor(MAX_TIMER_MS / 1000)}S`; // 8 digits at most, as the spec allows
   }
   const c = headers["connect-timeout-ms"];
-  if (typeof c === "string" && /^\d{1,10}$/.test(c) && Number(c) > MAX_TIMEOUT_MS) {
-    headers["connect-timeout-ms"] = String(MAX_TIMEOUT_MS);
+  if (typeof c === "string" && /^\d{1,10}$/.test(c) && Number(c) > MAX_TIMER_MS) {
+    headers["connect-timeout-ms"] = String(MAX_TIMER_MS);
   }
 }
 

@@ -14,6 +14,19 @@ export function earliestDeadline(
   return relative === undefined ? deadline : Math.min(deadline, relative);
 }
 
+/** The longest delay setTimeout takes (2^31-1 ms, ~24.8 days); a longer one fires after 1 ms. */
+export const MAX_TIMER_MS = 2_147_483_647;
+
+/**
+ * `grpc-timeout` for `ms` from now: at most 8 digits (the gRPC spec; grpc-js's server reads the first 8
+ * of a longer value), and never over {@link MAX_TIMER_MS} (grpc-js's server overflows a longer one).
+ */
+export function grpcTimeout(ms: number): string {
+  const m = Math.max(1, Math.ceil(ms));
+  if (m < 100_000_000) return `${m}m`;
+  return `${Math.min(Math.ceil(m / 1000), Math.floor(MAX_TIMER_MS / 1000))}S`;
+}
+
 /**
  * Runs `fn` with a signal that aborts at `deadline` or with `outer`; at the deadline the call fails
  * with `expired()` even if it is still queued in a bulkhead or sleeping between retries.
@@ -31,6 +44,8 @@ export function withDeadline<T>(
   const unfollow = outer ? follow(outer, ac) : undefined;
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<never>((_, reject) => {
+    // Further off than a timer can wait (Node runs it after 1 ms instead): as good as none, as grpc-js does.
+    if (deadline - Date.now() > MAX_TIMER_MS) return;
     timer = setTimeout(() => {
       ac.abort();
       reject(expired());

@@ -81,6 +81,22 @@ async function rejection(p: Promise<unknown>): Promise<RpcError> {
 }
 
 describe("HTTP/2 bytes client", () => {
+  it("a long deadline does not end the call early (grpc-timeout has at most 8 digits; timers at most 2^31-1 ms)", async () => {
+    const server = await serve();
+    const call = client(server.address);
+    // ~27.8 hours: as "100000500m" (9 digits), grpc-js's server reads the 8 digits it allows, "00000500m": 500 ms.
+    const longish = await call(request("slow"), { timeoutMs: 100_000_500 }).then(
+      () => "answered",
+      (e: RpcError) => Code[e.code],
+    );
+    // 30 days: past setTimeout's 2^31-1 ms, which Node runs after 1 ms instead.
+    const month = await call(request("slow"), { timeoutMs: 30 * 24 * 3600 * 1000 }).then(
+      () => "answered",
+      (e: RpcError) => Code[e.code],
+    );
+    expect({ longish, month }).toEqual({ longish: "answered", month: "answered" });
+  });
+
   it("answers with the encoded response, sending the caller's metadata", async () => {
     const server = await serve();
     const md = new Metadata();

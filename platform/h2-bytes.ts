@@ -18,7 +18,7 @@ import net from "node:net";
 import type { DescMethod, DescService } from "@bufbuild/protobuf";
 import { Metadata, status } from "@grpc/grpc-js";
 import type { Tracer } from "@opentelemetry/api";
-import { earliestDeadline } from "./deadline.js";
+import { earliestDeadline, grpcTimeout, MAX_TIMER_MS } from "./deadline.js";
 import { RpcError } from "./errors.js";
 import { framePrefix, methodPath, unframe } from "./grpc.js";
 import { type BytesClient, type CallOptions, callTracing } from "./grpc-client.js";
@@ -135,7 +135,7 @@ export function createH2BytesClient(service: DescService, address: string, trace
           "content-type": "application/grpc",
           te: "trailers",
         };
-        if (deadline !== undefined) headers["grpc-timeout"] = `${Math.max(1, Math.ceil(deadline - Date.now()))}m`;
+        if (deadline !== undefined) headers["grpc-timeout"] = grpcTimeout(deadline - Date.now());
         let stream: http2.ClientHttp2Stream | undefined;
         let settled = false;
         let timer: NodeJS.Timeout | undefined;
@@ -165,7 +165,7 @@ export function createH2BytesClient(service: DescService, address: string, trace
         }
         const s = stream;
         opts.signal?.addEventListener("abort", onAbort, { once: true });
-        if (deadline !== undefined) {
+        if (deadline !== undefined && deadline - Date.now() <= MAX_TIMER_MS) {
           timer = setTimeout(() => {
             s.close(c.NGHTTP2_CANCEL);
             finish(rpcError(status.DEADLINE_EXCEEDED, "Deadline exceeded"));
