@@ -134,3 +134,22 @@ ALTER TABLE t ADD COLUMN at INTEGER NOT NULL DEFAULT 0;`),
 ALTER TABLE t ADD COLUMN at BIGINT NOT NULL DEFAULT 0;`);
   });
 });
+
+describe("LISTEN", () => {
+  it("closed while it waits to reconnect (its connection just lost), it opens no connection after", async () => {
+    const activity = async () =>
+      (
+        await db.one(sql<{ n: number }>`SELECT COUNT(*) AS n FROM pg_stat_activity
+          WHERE query = 'LISTEN review_closed' AND pid <> pg_backend_pid()`)
+      )?.n ?? 0;
+    const listening = await db.listen?.("review_closed", () => {});
+    expect(await activity()).toBe(1);
+    // The server ends the LISTEN connection (a restart, a failover, an idle timeout)...
+    await db.run(sql`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'LISTEN review_closed'`);
+    await new Promise((r) => setTimeout(r, 40));
+    // ... and the service stops (SIGTERM) before the reconnect's backoff (100 ms) has run out.
+    await listening?.close();
+    await new Promise((r) => setTimeout(r, 1_000));
+    expect(await activity(), "a LISTEN connection opened after close").toBe(0);
+  });
+});

@@ -297,6 +297,8 @@ async function listenOn(url: string, channel: string, fn: (payload: string) => v
   let client: pg.Client | undefined;
   let failures = 0;
   const connect = async (): Promise<void> => {
+    // Closed while a reconnect waited out its backoff: nothing to connect any more.
+    if (closed) return;
     const c = new pg.Client({ connectionString: url });
     c.on("notification", (n) => fn(n.payload ?? ""));
     const reconnect = () => {
@@ -308,6 +310,11 @@ async function listenOn(url: string, channel: string, fn: (payload: string) => v
     c.on("end", reconnect);
     client = c;
     await c.connect();
+    // Closed while connecting: close() ended the client it saw, which may not have been this one.
+    if (closed) {
+      await c.end().catch(() => {});
+      return;
+    }
     await c.query(`LISTEN ${channel}`);
     if (failures > 0) fn("*");
     failures = 0;
