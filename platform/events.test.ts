@@ -21,6 +21,7 @@ import type { FaultInjector } from "./chaos.js";
 import { startConsumer } from "./consumer.js";
 import { migrations, openDatabase } from "./db.js";
 import { InvalidArgumentError } from "./errors.js";
+import { startEventing } from "./eventing.js";
 import { INBOX_FAILURES_MIGRATION, INBOX_MIGRATION, on } from "./inbox.js";
 import { silentLogger } from "./log.js";
 import { OUTBOX_CLAIMS_MIGRATION, OUTBOX_MIGRATION, Outbox } from "./outbox.js";
@@ -916,6 +917,17 @@ describe("a handler's failures", () => {
         handlers: [recordEffect],
       }),
     ).rejects.toThrow(/no inbox_failures table \(add INBOX_FAILURES_MIGRATION/);
+  });
+});
+
+describe("a publishing service's outbox", () => {
+  it("needs the relay's claim columns: a service without them does not start (it served, and never published)", async () => {
+    const location = await new TestDatabases(dir.path).location(`svc_${++n}`);
+    const db = await openDatabase(location, migrations([OUTBOX_MIGRATION]));
+    open.push(db);
+    await expect(
+      startEventing({ url: "off", service: "test", catalogue: EVENTS, db, log, outbox: new Outbox("test", EVENTS) }),
+    ).rejects.toThrow(/test: .*add OUTBOX_MIGRATION, then OUTBOX_CLAIMS_MIGRATION/);
   });
 });
 

@@ -18,7 +18,7 @@ import type { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { type EventCatalogue, eventSubject } from "./catalogue.js";
 import { newId } from "./ids.js";
 import { currentTraceparent } from "./propagation.js";
-import type { Tx } from "./sql.js";
+import type { Db, Tx } from "./sql.js";
 
 /** The outbox table; append it to a service's migrations, then {@link OUTBOX_CLAIMS_MIGRATION}. */
 export const OUTBOX_MIGRATION = `CREATE TABLE outbox (
@@ -42,6 +42,20 @@ CREATE INDEX outbox_unsent ON outbox (seq) WHERE sent_at IS NULL;`;
  */
 export const OUTBOX_CLAIMS_MIGRATION =
   "ALTER TABLE outbox ADD COLUMN claimed_by TEXT; ALTER TABLE outbox ADD COLUMN claimed_until INTEGER;";
+
+/**
+ * Throws, naming the migration, when the database has no outbox with the relay's claim columns:
+ * without them the service started and served, and its relay failed every publish with a warning.
+ */
+export async function checkOutboxTable(db: Db, service: string): Promise<void> {
+  try {
+    await db.one(sql`SELECT seq, claimed_by, claimed_until FROM outbox WHERE 1 = 0`);
+  } catch (err) {
+    throw new Error(
+      `${service}: its database has no outbox table with claim columns (add OUTBOX_MIGRATION, then OUTBOX_CLAIMS_MIGRATION, to the service's migrations): ${(err as Error).message}`,
+    );
+  }
+}
 
 type EventInit<D extends DescMessage> = Omit<MessageInitShape<D>, "meta" | "$typeName">;
 
