@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { OperatorService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
 import { kIdentity } from "./context.js";
 import { createOperator } from "./operator.js";
-import type { Upstream } from "./routes.js";
+import { UPSTREAMS, type Upstream } from "./routes.js";
 
 let silent: net.Server;
 let address: string;
@@ -41,10 +41,7 @@ const state = (addresses: string[]) => ({
 
 function operator(timeoutMs: number, inventoryInstances = 1) {
   const upstreams = Object.fromEntries(
-    (["inventory", "payment", "order", "notification", "history"] as Upstream[]).map((u) => [
-      u,
-      state(u === "inventory" ? Array(inventoryInstances).fill(address) : []),
-    ]),
+    UPSTREAMS.map((u) => [u, state(u === "inventory" ? Array(inventoryInstances).fill(address) : [])]),
   ) as Record<Upstream, ReturnType<typeof state>>;
   return createOperator({ upstreams, faultsEnabled: false, timeoutMs });
 }

@@ -19,6 +19,7 @@ import { type System, startSystem, startTestGateway } from "../test/system.js";
 import type { GatewayApp } from "./app.js";
 import { signDevToken } from "./auth.js";
 import { DEV_JWT_SECRET } from "./config.js";
+import { UPSTREAMS } from "./routes.js";
 import { findWebDirectory, webEndpoint } from "./web.js";
 
 let sys: System;
@@ -55,7 +56,7 @@ describe("OperatorService", () => {
   it("shows every service's instances serving, their faults, and the order service's calls", async () => {
     const status = await operatorOf(gw.url).getSystemStatus({}, { headers: await headers("ops", ["admin"]) });
     expect(status.faultsEnabled).toBe(true);
-    expect(status.services.map((s) => s.service)).toEqual(["inventory", "payment", "order", "notification", "history"]);
+    expect(status.services.map((s) => s.service)).toEqual(UPSTREAMS);
     for (const s of status.services) {
       expect(s.serving, s.service).toBe(true);
       expect(s.instances.length, s.service).toBeGreaterThanOrEqual(1);
@@ -164,7 +165,7 @@ describe("development sign-in", () => {
     const body = (await res.json()) as { token: string; subject: string; roles: string[]; expiresInSeconds: number };
     expect(body).toMatchObject({ subject: "operator", roles: ["admin"], expiresInSeconds: 3600 });
     const status = await operatorOf(gw.url).getSystemStatus({}, { headers: { authorization: `Bearer ${body.token}` } });
-    expect(status.services).toHaveLength(5);
+    expect(status.services).toHaveLength(UPSTREAMS.length);
   });
 
   it.each([

@@ -20,7 +20,7 @@ import type { InstanceStatusSchema, OperatorService } from "../gen/shopmesh/gate
 import { createChannel, createClient, Code as PlatformCode, RpcError } from "../platform/index.js";
 import type { DownstreamState } from "../platform/resilience.js";
 import { kIdentity } from "./context.js";
-import type { Upstream } from "./routes.js";
+import { UPSTREAMS, type Upstream } from "./routes.js";
 
 /** The RPCs the operator service calls on every instance to read its status (the mesh must allow them from the gateway). */
 export const OPERATOR_READS: readonly string[] = [
@@ -30,9 +30,6 @@ export const OPERATOR_READS: readonly string[] = [
 ];
 /** The RPC SetServiceFaults calls on every instance (allowed only where fault injection is on). */
 export const OPERATOR_WRITES: readonly string[] = [`/${ChaosService.typeName}/${ChaosService.method.setFaults.name}`];
-
-/** Services in the order the panel lists them. */
-const SERVICES: readonly Upstream[] = ["inventory", "payment", "order", "notification", "history"];
 
 /** What the operator service needs. */
 export interface OperatorDeps {
@@ -102,9 +99,9 @@ export function createOperator(deps: OperatorDeps): { service: ServiceImpl<typeo
   const service: ServiceImpl<typeof OperatorService> = {
     async getSystemStatus(_req, ctx) {
       requireAdmin(ctx);
-      fanOut(ctx, 3 * SERVICES.reduce((n, name) => n + addresses(name).length, 0));
+      fanOut(ctx, 3 * UPSTREAMS.reduce((n, name) => n + addresses(name).length, 0));
       const services = await Promise.all(
-        SERVICES.map(async (name) => {
+        UPSTREAMS.map(async (name) => {
           const instances = await Promise.all(addresses(name).map((a) => instance(a, ctx)));
           return { service: name, serving: instances.some((i) => i.serving), instances };
         }),
@@ -116,9 +113,9 @@ export function createOperator(deps: OperatorDeps): { service: ServiceImpl<typeo
       if (!deps.faultsEnabled) {
         throw new ConnectError("fault injection is not enabled at this gateway (FAULT_INJECTION)", Code.Unimplemented);
       }
-      const name = SERVICES.find((s) => s === req.service);
+      const name = UPSTREAMS.find((s) => s === req.service);
       if (!name) {
-        throw new ConnectError(`service: must be one of ${SERVICES.join(", ")}`, Code.InvalidArgument);
+        throw new ConnectError(`service: must be one of ${UPSTREAMS.join(", ")}`, Code.InvalidArgument);
       }
       const all = addresses(name);
       if (all.length === 0) throw new ConnectError(`no instance of ${name} is known`, Code.Unavailable);

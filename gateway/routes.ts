@@ -41,3 +41,6 @@ export const ROUTES: readonly Route[] = [
   { service: NotificationService, upstream: "notification", methods: ["ListNotifications"] },
   { service: HistoryService, upstream: "history", methods: ["ListOrderHistory"] },
 ];
+
+/** The routed upstreams, in the order of {@link ROUTES} (the operator panel's). */
+export const UPSTREAMS: readonly Upstream[] = ROUTES.map((r) => r.upstream);

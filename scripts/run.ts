@@ -96,10 +96,7 @@ const NATS_MONITOR_PORT = portOf("NATS_MONITOR_PORT", 8222);
 
 /** Every caller finds its upstreams through the registry (client-side discovery). */
 const UPSTREAMS = Object.fromEntries(
-  ["inventory", "payment", "order", "notification", "history"].map((n) => [
-    `${n.toUpperCase()}_TARGET`,
-    `registry:///${n}`,
-  ]),
+  SERVICES.filter((s) => !s.main).map((s) => [`${s.name.toUpperCase()}_TARGET`, `registry:///${s.name}`]),
 );
 
 /** Where the services keep their data. */
