@@ -29,5 +29,8 @@ it("each service's NATS user may consume exactly the streams its consumers read"
   for (const [service, specs] of Object.entries(consumers)) {
     expect(acked(service), service).toEqual(specs.map((c) => `$JS.ACK.${c.stream}.${c.durable}.>`).sort());
   }
-  expect(BUS_USERS.map((u) => u.user).sort()).toEqual(["admin", ...Object.keys(consumers)].sort());
+  expect(
+    BUS_USERS.map((u) => u.user).sort(),
+    "every user in BUS_USERS but admin has its consumers listed above (a new service: add its consumers' specs)",
+  ).toEqual(["admin", ...Object.keys(consumers)].sort());
 });
