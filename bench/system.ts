@@ -23,11 +23,11 @@ import {
   provisionBus,
   silentLogger,
 } from "../platform/index.js";
-import { nodeCommand, ROOT, SYSTEM_ENV } from "../scripts/layout.js";
+import { nodeCommand, ROOT, SERVICE_NAMES, SYSTEM_ENV } from "../scripts/layout.js";
 import { localBusPasswords, natsServerArgs } from "../scripts/nats.js";
 import type { LoadResult, LoadSpec } from "./load.js";
 
-export const SERVICES = ["inventory", "payment", "order", "notification", "history"] as const;
+export const SERVICES = SERVICE_NAMES;
 export type ServiceName = (typeof SERVICES)[number];
 export type ProcessName = ServiceName | "gateway" | "nats";
 

@@ -17,10 +17,9 @@
  * consumers. ORDER_REPLICAS > 1 needs DB=postgres (sagas are shared by
  * leases, and replicas hear each other's changes through NOTIFY).
  *
- * Ports: gateway 8080 (HTTP: Connect, gRPC-Web, gRPC); NATS 4222 (monitoring
- * 8222); inventory 50051, payment 50052, order 50053, notification 50054,
- * history 50055; /metrics on 9100 (gateway) and 9101-9105 (services). Each
- * can be moved: `<NAME>_PORT` and `<NAME>_METRICS_PORT` (GATEWAY_PORT=8081,
+ * Ports: `SYSTEM` in scripts/layout.ts — gateway 8080 (HTTP: Connect,
+ * gRPC-Web, gRPC), the services 50051-50055, /metrics on 9100-9105; NATS 4222
+ * (monitoring 8222). Each can be moved: `<NAME>_PORT` and `<NAME>_METRICS_PORT` (GATEWAY_PORT=8081,
  * PAYMENT_PORT=...), NATS_PORT and NATS_MONITOR_PORT. A port already taken
  * is named, with its process and the variable, before anything starts.
  *
@@ -41,7 +40,7 @@ import { createInterface } from "node:readline";
 import { prettyFactory } from "pino-pretty";
 import { EVENTS } from "../contracts/events.js";
 import { BUS_ADMIN, provisionBus, silentLogger } from "../platform/index.js";
-import { nodeCommand, ROOT, SYSTEM_ENV } from "./layout.js";
+import { nodeCommand, ROOT, SYSTEM, SYSTEM_ENV } from "./layout.js";
 import { jsonLine } from "./log-lines.js";
 import { jetStreamDir, localBusPasswords, NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
 import {
@@ -58,22 +57,17 @@ import {
 const DATA = process.env.DATA_DIR || join(ROOT, ".data");
 const RESTART = process.env.RESTART !== "no";
 
-/** The fixed local topology. */
+/** The local topology (scripts/layout.ts), each process with its entry point and environment. */
 const SERVICES: readonly {
   name: string;
   port: number;
   metrics: number;
   main?: string;
   env?: Record<string, string>;
-}[] = [
-  { name: "inventory", port: 50051, metrics: 9101 },
-  { name: "payment", port: 50052, metrics: 9102 },
-  { name: "order", port: 50053, metrics: 9103 },
-  { name: "notification", port: 50054, metrics: 9104 },
-  { name: "history", port: 50055, metrics: 9105 },
+}[] = SYSTEM.map((p) =>
   // Local runs may set faults from the web shop's operator panel.
-  { name: "gateway", port: 8080, metrics: 9100, main: "gateway/main.ts", env: { FAULT_INJECTION: "true" } },
-];
+  p.name === "gateway" ? { ...p, main: "gateway/main.ts", env: { FAULT_INJECTION: "true" } } : { ...p },
+);
 
 /** `<NAME>` env value as a port, or `fallback`. */
 function portOf(variable: string, fallback: number): number {

@@ -17,6 +17,7 @@ import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { chmodSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { SYSTEM } from "../scripts/layout.js";
 import { freePort, ROOT, tempDir } from "./fixtures.js";
 
 const DOCS = [
@@ -25,23 +26,9 @@ const DOCS = [
     .filter((f) => f.endsWith(".md") && f !== "deploy.md")
     .map((f) => `docs/${f}`),
 ];
-const NAMES = ["gateway", "inventory", "payment", "order", "notification", "history"];
-const DOC_PORTS: Record<string, number> = {
-  gateway: 8080,
-  inventory: 50051,
-  payment: 50052,
-  order: 50053,
-  notification: 50054,
-  history: 50055,
-};
-const DOC_METRICS: Record<string, number> = {
-  gateway: 9100,
-  inventory: 9101,
-  payment: 9102,
-  order: 9103,
-  notification: 9104,
-  history: 9105,
-};
+const NAMES = SYSTEM.map((p) => p.name);
+const DOC_PORTS: Record<string, number> = Object.fromEntries(SYSTEM.map((p) => [p.name, p.port]));
+const DOC_METRICS: Record<string, number> = Object.fromEntries(SYSTEM.map((p) => [p.name, p.metrics]));
 
 /** One runnable line of a doc, with what the text says about it. */
 interface DocLine {

@@ -9,6 +9,7 @@ import { execFileSync, spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { expect, it } from "vitest";
+import { SYSTEM } from "../scripts/layout.js";
 import { ROOT, tempDir } from "./fixtures.js";
 
 type Mem = { rss: number; pss: number; anon: number };
@@ -37,7 +38,7 @@ it("make footprint (short): memory per process at start and after make load's mi
     youngGeneration: Record<string, { seconds: number; scavenges: number; promotedMb: number }>;
   };
   expect(result.seconds).toBe(5);
-  const processes = ["gateway", "history", "inventory", "nats", "notification", "order", "payment"];
+  const processes = ["nats", ...SYSTEM.map((p) => p.name)].sort();
   for (const snap of [result.atStart, result.afterLoad]) {
     expect(Object.keys(snap.byProcess).sort()).toEqual(processes);
     for (const [name, m] of Object.entries(snap.byProcess)) {

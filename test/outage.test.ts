@@ -12,11 +12,12 @@ import { join } from "node:path";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { createChannel, createClient, sql } from "../platform/index.js";
+import { SYSTEM } from "../scripts/layout.js";
 import { withDb } from "./db.js";
 import { freePort, ROOT, tempDir } from "./fixtures.js";
 import { expectCheckoutInvariants } from "./invariants.js";
 
-const NAMES = ["gateway", "inventory", "payment", "order", "notification", "history"];
+const NAMES = SYSTEM.map((p) => p.name);
 const BUDGET_MS = 10_000;
 const OUTAGE_MS = 60_000;
 const ORDERS = 50;

@@ -11,9 +11,10 @@ import { join } from "node:path";
 import { afterEach, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/health_pb.js";
 import { createChannel, createClient } from "../platform/index.js";
+import { SYSTEM } from "../scripts/layout.js";
 import { freePort, ROOT, tempDir } from "./fixtures.js";
 
-const NAMES = ["gateway", "inventory", "payment", "order", "notification", "history"];
+const NAMES = SYSTEM.map((p) => p.name);
 const running: ChildProcess[] = [];
 afterEach(async () => {
   for (const c of running.splice(0)) {
@@ -147,7 +148,7 @@ it("restarts every process killed with SIGKILL, says so, and the system serves o
   expect(await orderOnceServing(gateway)).toBe("ORDER_STATUS_CONFIRMED");
 
   // Every process in turn, each back by itself and serving.
-  for (const name of ["payment", "inventory", "order", "notification", "history", "gateway"]) {
+  for (const name of NAMES) {
     const started = new RegExp(`^${name} .*\\| started \\(pid (\\d+)\\)`);
     const pid = Number(started.exec(run.lines.filter((l) => started.test(l)).at(-1) ?? "")?.[1]);
     expect(pid, name).toBeGreaterThan(0);
