@@ -20,6 +20,22 @@ export const ROOT = (() => {
 })();
 
 /**
+ * The local system's processes and their default ports (`make run`'s; `<NAME>_PORT` and
+ * `<NAME>_METRICS_PORT` move them): the one list `make run`, `make bench` and the tests that start or
+ * watch the whole system read. A new service goes here.
+ */
+export const SYSTEM = [
+  { name: "inventory", port: 50051, metrics: 9101 },
+  { name: "payment", port: 50052, metrics: 9102 },
+  { name: "order", port: 50053, metrics: 9103 },
+  { name: "notification", port: 50054, metrics: 9104 },
+  { name: "history", port: 50055, metrics: 9105 },
+  { name: "gateway", port: 8080, metrics: 9100 },
+] as const;
+/** The services (every process of {@link SYSTEM} but the gateway). */
+export const SERVICE_NAMES = SYSTEM.flatMap((p) => (p.name === "gateway" ? [] : [p.name]));
+
+/**
  * How much memory V8 may take in each of the system's processes, as measured
  * with `make footprint` (bench/footprint.ts) and `make bench` in one window
  * (docs/performance.md):
@@ -44,22 +60,6 @@ export const ROOT = (() => {
  *   measurable. No cap on the heap: `--max-old-space-size=256` does the same
  *   with 30% for every process and cost 7–29% on every path.
  */
-/**
- * The local system's processes and their default ports (`make run`'s; `<NAME>_PORT` and
- * `<NAME>_METRICS_PORT` move them): the one list `make run`, `make bench` and the tests that start or
- * watch the whole system read. A new service goes here.
- */
-export const SYSTEM = [
-  { name: "inventory", port: 50051, metrics: 9101 },
-  { name: "payment", port: 50052, metrics: 9102 },
-  { name: "order", port: 50053, metrics: 9103 },
-  { name: "notification", port: 50054, metrics: 9104 },
-  { name: "history", port: 50055, metrics: 9105 },
-  { name: "gateway", port: 8080, metrics: 9100 },
-] as const;
-/** The services (every process of {@link SYSTEM} but the gateway). */
-export const SERVICE_NAMES = SYSTEM.flatMap((p) => (p.name === "gateway" ? [] : [p.name]));
-
 interface HeapLimits {
   readonly semiSpaceMb: number;
   readonly heapGrowingPercent?: number;

@@ -19,8 +19,9 @@
  *
  * Ports: `SYSTEM` in scripts/layout.ts — gateway 8080 (HTTP: Connect,
  * gRPC-Web, gRPC), the services 50051-50055, /metrics on 9100-9105; NATS 4222
- * (monitoring 8222). Each can be moved: `<NAME>_PORT` and `<NAME>_METRICS_PORT` (GATEWAY_PORT=8081,
- * PAYMENT_PORT=...), NATS_PORT and NATS_MONITOR_PORT. A port already taken
+ * (monitoring 8222). Each can be moved: `<NAME>_PORT` and
+ * `<NAME>_METRICS_PORT` (GATEWAY_PORT=8081, PAYMENT_PORT=...), NATS_PORT and
+ * NATS_MONITOR_PORT. A port already taken
  * is named, with its process and the variable, before anything starts.
  *
  * Supervision: a service or NATS that exits unexpectedly is restarted with
