@@ -20,8 +20,6 @@ import { badge, callout, loading, pageTitle, panel, problemBox, type Tone } from
 /** How often the system status is read, in ms. */
 const STATUS_POLL_MS = 1000;
 
-const SERVICES = ["inventory", "payment", "order", "notification", "history"] as const;
-
 /** Codes an operator may inject (numeric gRPC codes, as chaos.proto wants them). */
 const ERROR_CODES = [
   { code: Code.Unavailable, label: "UNAVAILABLE" },
@@ -139,11 +137,12 @@ export function operatorPage(ctx: PageContext): void {
   const rateId = uid("rate");
   const codeId = uid("code");
   const downId = uid("down");
-  const serviceSelect = h(
-    "select",
-    { id: serviceId, class: "input", "data-testid": "faults-service", onchange: () => fillFaults() },
-    SERVICES.map((s) => h("option", { value: s, selected: s === "payment" }, s)),
-  );
+  const serviceSelect = h("select", {
+    id: serviceId,
+    class: "input",
+    "data-testid": "faults-service",
+    onchange: () => fillFaults(),
+  }); // its options: the services the first status names
   const latency = h("input", {
     id: latencyId,
     class: "input",
@@ -408,6 +407,10 @@ export function operatorPage(ctx: PageContext): void {
     if (faultsShown !== status.faultsEnabled) {
       faultsShown = status.faultsEnabled;
       if (status.faultsEnabled) {
+        const options = status.services.map(({ service: s }) =>
+          h("option", { value: s, selected: s === "payment" }, s),
+        );
+        replace(serviceSelect, ...options);
         replace(faultsBox, faultsForm);
         fillFaults();
       } else {
