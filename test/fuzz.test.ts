@@ -27,7 +27,7 @@ import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
 import { sql } from "../platform/index.js";
 import { type ServiceProcess, spawnGateway } from "./fixtures.js";
 import { connectEndStream, envelope, grpcWebTrailers, type H2Response, h2Request, h2Session } from "./raw.js";
-import { type System, startSystem } from "./system.js";
+import { gatewayTargets, type System, startSystem } from "./system.js";
 
 const SEED = Number(process.env.FUZZ_SEED ?? 20_261_129);
 const BATCH = 25;
@@ -42,11 +42,7 @@ beforeAll(async () => {
   sys = await startSystem();
   gw = await spawnGateway({
     HTTP_HOST: "127.0.0.1",
-    INVENTORY_TARGET: sys.inventory.address,
-    PAYMENT_TARGET: sys.payment.address,
-    ORDER_TARGET: sys.order.address,
-    NOTIFICATION_TARGET: sys.notification.address,
-    HISTORY_TARGET: sys.history.address,
+    ...gatewayTargets(sys),
     MAX_BODY_BYTES: "65536",
     RATE_LIMIT_IP_RPS: "100000",
     RATE_LIMIT_IP_BURST: "600",

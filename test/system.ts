@@ -8,6 +8,7 @@ import type { Metadata } from "@grpc/grpc-js";
 import { pino } from "pino";
 import { type GatewayApp, startGateway } from "../gateway/app.js";
 import { loadConfig as gatewayConfig } from "../gateway/config.js";
+import { UPSTREAMS } from "../gateway/routes.js";
 import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { type Order, OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
@@ -158,17 +159,18 @@ export function capturedLogger(): { log: Logger; lines: Record<string, unknown>[
   return { log, lines };
 }
 
+/** The gateway's `*_TARGET` settings for `sys`: one per upstream its routes name. */
+export function gatewayTargets(sys: System): Env {
+  return Object.fromEntries(UPSTREAMS.map((u) => [`${u.toUpperCase()}_TARGET`, sys[u].address]));
+}
+
 /** Starts a gateway on an ephemeral port in front of `sys`; `env` overrides its config. */
 export async function startTestGateway(sys: System, env: Env = {}, log: Logger = silentLogger()): Promise<GatewayApp> {
   return startGateway(
     gatewayConfig({
       HTTP_HOST: "127.0.0.1",
       HTTP_PORT: "0",
-      INVENTORY_TARGET: sys.inventory.address,
-      PAYMENT_TARGET: sys.payment.address,
-      ORDER_TARGET: sys.order.address,
-      NOTIFICATION_TARGET: sys.notification.address,
-      HISTORY_TARGET: sys.history.address,
+      ...gatewayTargets(sys),
       ...env,
     }),
     log,
