@@ -40,10 +40,11 @@ import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
 import { Metadata } from "@grpc/grpc-js";
 import { Code as GrpcCode, type Identity, RpcError } from "../platform/index.js";
 import { dropUnreadBody } from "./answer-end.js";
+import { readBody } from "./body.js";
 import type { ClientInfo } from "./context.js";
 import { toConnectError } from "./forward.js";
 import { describeJsonError } from "./json-errors.js";
-import { callLifetime, type PassthroughMethod, readBody } from "./passthrough.js";
+import { callLifetime, type PassthroughMethod } from "./passthrough.js";
 import { codeOfStatus, errorAnswer, type Outcome, reclassify } from "./wire.js";
 
 type NodeRequest = http.IncomingMessage | http2.Http2ServerRequest;

@@ -28,6 +28,7 @@ import { MAX_TIMER_MS } from "../platform/deadline.js";
 import { extractContext, type Identity, type Logger, rpcAttributes, type Telemetry } from "../platform/index.js";
 import { dropUnreadBody, universalRequest } from "./answer-end.js";
 import { AuthError, type Authenticator, authorizationOf } from "./auth.js";
+import { limitedBody } from "./body.js";
 import { connectFastEncoding, createConnectUnary, routerOptions } from "./connect-unary.js";
 import { type ClientInfo, hostProblem, kClient, kIdentity } from "./context.js";
 import { describeJsonError } from "./json-errors.js";
@@ -91,27 +92,6 @@ export function clientIp(req: NodeRequest, trustProxy: boolean): string {
     if (last) return last;
   }
   return req.socket?.remoteAddress ?? "";
-}
-
-/**
- * The body as it streams in, failing RESOURCE_EXHAUSTED once it passes `max`
- * bytes. A body that cannot be read is the client's doing — malformed
- * chunked framing (Node's parser has answered 400 and closed the
- * connection) or a client that went away — and is CANCELED, instead of
- * reaching connect-es as an unknown error it would count as INTERNAL.
- */
-async function* limited(body: AsyncIterable<Uint8Array>, max: number): AsyncIterable<Uint8Array> {
-  let seen = 0;
-  try {
-    for await (const chunk of body) {
-      seen += chunk.byteLength;
-      if (seen > max) throw new ConnectError(`request body exceeds the limit of ${max} bytes`, Code.ResourceExhausted);
-      yield chunk;
-    }
-  } catch (err) {
-    if (err instanceof ConnectError) throw err;
-    throw new ConnectError("the request body ended early or malformed", Code.Canceled, undefined, undefined, err);
-  }
 }
 
 /** Why a request cannot be dispatched at all, or undefined. */
@@ -315,16 +295,17 @@ export function createDispatch(o: DispatchOptions): Dispatch {
           await serveRestUnary(req, res, restMatch, unary, { identity, client, maxBodyBytes, idempotencyKey }, done);
           return;
         }
-        const body = (raw: AsyncIterable<Uint8Array>) => limited(raw, maxBodyBytes);
+        const body = (raw: AsyncIterable<Uint8Array>) => limitedBody(raw, maxBodyBytes, false);
         const restRes = res as http.ServerResponse;
         const restOpts = { body, maxBodyBytes, values, idempotencyKey };
         await serveRest(nodeReq, restRes, restMatch, admission.handler, restOpts, done);
         return;
       }
       const uReq = universalRequest(req, res, values);
+      const enveloped = wire !== "connect" || isConnectStream(contentType); // else a unary Connect body
       const uRes = await admission.handler({
         ...uReq,
-        body: limited(uReq.body as AsyncIterable<Uint8Array>, maxBodyBytes),
+        body: limitedBody(uReq.body as AsyncIterable<Uint8Array>, maxBodyBytes, enveloped),
       });
       dropUnreadBody(req, res); // answered before the whole body arrived (a limit): the connection ends, and says so
       const input = admission.handler.method.input;

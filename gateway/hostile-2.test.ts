@@ -17,6 +17,7 @@ import {
   type ServerReflectionResponse,
   ServerReflectionResponseSchema,
 } from "../gen/grpc/reflection/v1/reflection_pb.js";
+import { GetProductRequestSchema } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { ConfigError } from "../platform/index.js";
 import {
   envelope,
@@ -221,6 +222,44 @@ describe("1. a client that does not read its answers cannot hold them", () => {
     // Either a 431 answer or a reset stream; never the probe's 200.
     expect(answer, "the stream was answered").toBeDefined();
     if (answer?.type === 1) expect(answer.payload.includes("431")).toBe(true);
+  });
+
+  it("resets a call whose request trailers decode past 64 KiB (HPACK references), and does not serve it", async () => {
+    const token = await signDevToken(loadConfig({}), "alice", ["customer"]);
+    await using c = await rawConnect(gw.port);
+    const frames: { type: number; streamId: number; payload: Buffer }[] = [];
+    readFrames(c.socket, (type, _flags, streamId, payload) => frames.push({ type, streamId, payload }));
+    const headers = Buffer.concat([
+      hpackLiteral(":method", "POST"),
+      hpackLiteral(":scheme", "http"),
+      hpackLiteral(":authority", "localhost"),
+      hpackLiteral(":path", "/shopmesh.inventory.v1.InventoryService/GetProduct"),
+      hpackLiteral("content-type", "application/grpc"),
+      hpackLiteral("te", "trailers"),
+      hpackLiteral("authorization", `Bearer ${token}`),
+    ]);
+    const message = envelope(
+      toBinary(GetProductRequestSchema, create(GetProductRequestSchema, { productId: "coffee-beans" })),
+    );
+    // ~4 KB on the wire: one 4,000-byte field, then 59 one-byte references to it (~240 KB decoded, 60 fields).
+    const trailers = Buffer.concat([
+      hpackLiteral("x-pad", Buffer.alloc(4_000, 0x61), true),
+      Buffer.alloc(59, hpackIndexed(62)[0]),
+    ]);
+    await c.write(
+      Buffer.concat([H2_PREFACE, h2Frame(1, 0x4, 1, headers), h2Frame(0, 0, 1, message), h2Frame(1, 0x5, 1, trailers)]),
+    );
+    const deadline = Date.now() + 3_000;
+    while (!frames.some((f) => f.streamId === 1 && f.type === 3) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    // The same list as headers is refused (above); as trailers it was decoded in full and the call served.
+    expect(
+      frames.some((f) => f.streamId === 1 && f.type === 0 && f.payload.length > 5),
+      "served",
+    ).toBe(false);
+    const reset = frames.find((f) => f.streamId === 1 && f.type === 3);
+    expect(reset?.payload.readUInt32BE(0), "RST_STREAM ENHANCE_YOUR_CALM").toBe(0xb);
   });
 
   it("refuses new calls from an address holding too many, and takes them again once some end", async () => {

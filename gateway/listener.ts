@@ -12,7 +12,7 @@
  * - at most `maxConnectionsPerIp` open connections per client address and `maxConnections` in all; beyond that
  *   a new connection is closed at once;
  * - HTTP/2: at most `maxConcurrentStreams` calls per connection, at most 64 header fields and
- *   {@link MAX_HEADER_LIST_BYTES} of them once decoded (HPACK lets a few bytes on the wire name a large header many
+ *   {@link MAX_HEADER_LIST_BYTES} of them (and of trailers) once decoded (HPACK lets a few bytes on the wire name a large header many
  *   times: the limit is checked on what was decoded, not only advertised), bounded session memory.
  *
  * Both protocols run on the native socket (the first chunk, read to sniff the protocol, is put back with
@@ -122,11 +122,7 @@ type CloseReason = Parameters<NonNullable<ListenerOptions["onClose"]>>[0];
 export const MAX_HEADER_LIST_BYTES = 64 * 1024;
 
 /** Bytes of a request's header list as decoded, per RFC 9113 §6.5.2 (name + value + 32 per field). */
-function headerListBytes(raw: readonly string[]): number {
-  let n = 0;
-  for (const s of raw) n += s.length + 16;
-  return n;
-}
+const headerListBytes = (raw: readonly string[]) => raw.reduce((n, s) => n + s.length + 16, 0);
 
 /** The HTTP/1.1 and HTTP/2 servers that the front hands connections to, with their limits. */
 function protocolServers(o: ListenerOptions, handle: Handler, closed: (why: CloseReason) => void) {
@@ -200,6 +196,12 @@ function protocolServers(o: ListenerOptions, handle: Handler, closed: (why: Clos
     session.on("stream", (stream) => {
       stream.setTimeout(o.streamIdleTimeoutMs, () => cut(stream));
       stalled.watch(stream);
+      // Trailers are a header list too, bounded as decoded like the headers (h2Handle).
+      stream.on("trailers", (_t: unknown, _f: unknown, raw: string[]) => {
+        if (headerListBytes(raw) <= MAX_HEADER_LIST_BYTES) return;
+        closed("header-list-size");
+        stream.close(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+      });
     });
   });
   const cut = (stream: http2.ServerHttp2Stream) => {

@@ -18,13 +18,13 @@
  * Compressed requests (grpc-encoding) and every other protocol take the
  * general path.
  */
-import type http from "node:http";
 import type http2 from "node:http2";
 import type { DescMethod } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { parseTimeout } from "@connectrpc/connect/protocol-grpc";
 import { type BytesClient, framePrefix, type Identity, unframe } from "../platform/index.js";
 import { onAnswerEnd } from "./answer-end.js";
+import { readBody } from "./body.js";
 import type { ClientInfo } from "./context.js";
 import type { Req, Res } from "./endpoint.js";
 import { callOptions, toConnectError } from "./forward.js";
@@ -95,57 +95,6 @@ function unaryMessage(body: Buffer, max: number): Buffer {
   const message = unframe(body);
   if (typeof message === "string") throw invalid(`protocol error: the request body ${message}`);
   return message;
-}
-
-const bodyBroken = (err?: Error) =>
-  new ConnectError("the request body ended early or malformed", Code.Canceled, undefined, undefined, err);
-
-/**
- * Reads the whole body: RESOURCE_EXHAUSTED past `max` bytes, CANCELED if it breaks off, and the
- * reason of `signal` as soon as that aborts (the client's deadline or cancel). With listeners, not
- * an async iterator: one promise per body rather than a few per chunk.
- */
-export function readBody(
-  req: http.IncomingMessage | http2.Http2ServerRequest,
-  max: number,
-  signal: AbortSignal,
-): Promise<Buffer> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  // Gone before this was called (a body Node's parser refused while the call was being admitted):
-  // its 'close' has been and gone, and would be waited for without end. (A reset HTTP/2 stream is
-  // not destroyed: the call's signal, aborted then, says so.)
-  if (req.destroyed) return Promise.reject(bodyBroken());
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let seen = 0;
-    const settle = (err: unknown) => {
-      req.off("data", onData);
-      req.off("end", onEnd);
-      req.off("error", onBroken);
-      req.off("close", onBroken);
-      signal.removeEventListener("abort", onAbort);
-      if (err !== undefined) reject(err);
-      else resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks));
-    };
-    const onData = (chunk: Buffer) => {
-      seen += chunk.byteLength;
-      if (seen <= max) {
-        chunks.push(chunk);
-        return;
-      }
-      // The rest is dropped as it arrives; the answer closes the stream (on HTTP/1.1, the connection).
-      settle(new ConnectError(`request body exceeds the limit of ${max} bytes`, Code.ResourceExhausted));
-    };
-    const onEnd = () => settle(undefined);
-    // An error, or a close before the end (a reset stream, a connection gone).
-    const onBroken = (err?: Error) => settle(bodyBroken(err));
-    const onAbort = () => settle(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    req.on("data", onData);
-    req.on("end", onEnd);
-    req.on("error", onBroken);
-    req.on("close", onBroken);
-  });
 }
 
 /**

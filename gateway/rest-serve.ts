@@ -20,10 +20,11 @@ import type { UniversalHandler, UniversalServerRequest } from "@connectrpc/conne
 import { errorToJson, parseTimeout } from "@connectrpc/connect/protocol-connect";
 import type { Identity } from "../platform/index.js";
 import { dropUnreadBody, universalRequest } from "./answer-end.js";
+import { readBody } from "./body.js";
 import { decodeAnswer } from "./connect-unary.js";
 import type { ClientInfo } from "./context.js";
 import type { Req, Res } from "./endpoint.js";
-import { callLifetime, type PassthroughMethod, readBody } from "./passthrough.js";
+import { callLifetime, type PassthroughMethod } from "./passthrough.js";
 import { type RestMatch, responseJson, statusJson } from "./rest.js";
 import { checkRequest, requestJson } from "./rest-request.js";
 import {

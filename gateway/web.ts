@@ -18,9 +18,9 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { Logger, Role } from "../platform/index.js";
 import { dropUnreadBody } from "./answer-end.js";
 import { type AuthConfig, signDevToken } from "./auth.js";
+import { readBody } from "./body.js";
 import { DEV_JWT_SECRET } from "./config.js";
 import { type Endpoint, NO_ENDPOINT, pathOf, type Res } from "./endpoint.js";
-import { readBody } from "./passthrough.js";
 
 const TYPES: Record<string, string> = {
   ".html": "text/html; charset=utf-8",

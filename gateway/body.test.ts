@@ -1,0 +1,73 @@
+/** Bodies gathered from pieces (body.ts): whatever the pieces, the same bytes, in whole messages. */
+import fc from "fast-check";
+import { describe, expect, it } from "vitest";
+import { envelope } from "../test/raw.js";
+import { Gathered, limitedBody } from "./body.js";
+
+/** `bytes` cut at `cuts` (offsets, any order). */
+function* pieces(bytes: Buffer, cuts: number[]): Generator<Buffer> {
+  let at = 0;
+  for (const cut of [...new Set(cuts)].sort((a, b) => a - b)) {
+    if (cut <= at || cut >= bytes.length) continue;
+    yield bytes.subarray(at, cut);
+    at = cut;
+  }
+  if (at < bytes.length) yield bytes.subarray(at);
+}
+
+async function* source(parts: Iterable<Buffer>) {
+  for (const p of parts) yield p;
+}
+
+const collect = async (body: AsyncIterable<Uint8Array>) => {
+  const out: Buffer[] = [];
+  for await (const p of body) out.push(Buffer.from(p));
+  return out;
+};
+
+describe("limitedBody", () => {
+  it("hands on whole enveloped messages, however the body was cut, and a message cut short at the end", async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.uint8Array({ maxLength: 300 }), { maxLength: 8 }),
+        fc.array(fc.nat(3_000), { maxLength: 40 }),
+        fc.nat(4),
+        async (messages, cuts, cutShort) => {
+          const whole = Buffer.concat(messages.map((m) => envelope(m)));
+          const sent = whole.subarray(0, Math.max(0, whole.length - cutShort));
+          const got = await collect(limitedBody(source(pieces(sent, cuts)), 1 << 20, true));
+          expect(Buffer.concat(got).equals(sent)).toBe(true);
+          // Every piece but a last one cut short starts a message and ends one.
+          const complete = cutShort === 0 || messages.length === 0 ? got : got.slice(0, -1);
+          for (const p of complete) {
+            let end = 0;
+            while (end < p.length) end += 5 + p.readUInt32BE(end + 1);
+            expect(end).toBe(p.length);
+          }
+        },
+      ),
+    );
+  });
+
+  it("hands on an unenveloped body whole, once, and refuses one past the limit", async () => {
+    const body = Buffer.from("x".repeat(1000));
+    const got = await collect(limitedBody(source(pieces(body, [1, 2, 3, 500])), 1000, false));
+    expect(got).toHaveLength(1);
+    expect(got[0]?.equals(body)).toBe(true);
+    await expect(collect(limitedBody(source(pieces(body, [10])), 999, false))).rejects.toThrow(
+      /request body exceeds the limit of 999 bytes/,
+    );
+  });
+});
+
+describe("Gathered", () => {
+  it("keeps a million one-byte pieces as one buffer no larger than the limit", () => {
+    const held = new Gathered(1_000_000);
+    const one = Buffer.from("a");
+    for (let i = 0; i < 1_000_000; i++) held.push(one);
+    const all = held.take(held.length);
+    expect(all.length).toBe(1_000_000);
+    expect(all.buffer.byteLength).toBeLessThanOrEqual(1_000_000 + 8192); // Node's pool slack at most
+    expect(held.length).toBe(0);
+  });
+});
