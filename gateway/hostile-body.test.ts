@@ -101,51 +101,14 @@ describe("a body within the limit sent in one-byte pieces", () => {
   it("HTTP/2, 1-byte DATA frames: the same body costs the gateway a few MB, not hundreds", async () => {
     const growth = await peakGrowth(async () => {
       await using c = await rawConnect(gw.port);
-      let answered = false;
-      let updates = 0;
-      readFrames(c.socket, (type, _flags, streamId) => {
-        if (type === 1 && streamId === 1) answered = true;
-        if (type === 8) updates++;
-      });
-      const headers = Buffer.concat([
-        hpackLiteral(":method", "POST"),
-        hpackLiteral(":scheme", "http"),
-        hpackLiteral(":authority", "localhost"),
-        hpackLiteral(":path", "/shopmesh.inventory.v1.InventoryService/GetProduct"),
-        hpackLiteral("content-type", "application/json"),
-        hpackLiteral("authorization", `Bearer ${token}`),
-      ]);
-      await c.write(Buffer.concat([H2_PREFACE, h2Frame(1, 0x4, 1, headers)]));
       const body = Buffer.concat([Buffer.from(JSON_HEAD), Buffer.alloc(BODY_BYTES - JSON_HEAD.length, 0x20)]);
-      // One DATA frame per byte; the flow-control windows (64 KiB) are refilled by the gateway's WINDOW_UPDATEs.
-      // Frames written straight into one buffer per batch: the client itself makes next to no garbage.
-      const batch = (at: number, n: number) => {
-        const out = Buffer.alloc(n * 10);
-        for (let i = 0; i < n; i++) {
-          const o = i * 10;
-          out[o + 2] = 1; // length 1
-          out[o + 3] = 0; // DATA
-          out[o + 4] = at + i === body.length - 1 ? 0x1 : 0; // END_STREAM on the last byte
-          out.writeUInt32BE(1, o + 5); // stream 1
-          out[o + 9] = body[at + i] as number;
-        }
-        return out;
-      };
-      let sentInWindow = 0;
-      for (let at = 0; at < body.length; at += 5_000) {
-        const n = Math.min(5_000, body.length - at);
-        await c.write(batch(at, n));
-        sentInWindow += n;
-        // Stay within the connection's and the stream's windows: wait for the gateway to open them.
-        while (sentInWindow > 60_000 - 5_000 && !c.socket.destroyed) {
-          const before = updates;
-          await new Promise((r) => setTimeout(r, 5));
-          if (updates > before) sentInWindow = 0;
-        }
-      }
+      const path = "/shopmesh.inventory.v1.InventoryService/GetProduct";
+      const call = await onePerFrame(c, path, { "content-type": "application/json", authorization: `Bearer ${token}` });
+      await call.send(body, true);
       const deadline = Date.now() + 20_000;
-      while (!answered && Date.now() < deadline && !c.socket.destroyed) await new Promise((r) => setTimeout(r, 20));
-      expect(answered, "the call was answered").toBe(true);
+      while (!call.answered() && Date.now() < deadline && !c.socket.destroyed)
+        await new Promise((r) => setTimeout(r, 20));
+      expect(call.answered(), "the call was answered").toBe(true);
     });
     expect(growth.heapMb, `heap grew ${growth.heapMb.toFixed(0)} MB, RSS ${growth.rssMb.toFixed(0)} MB`).toBeLessThan(
       50,
@@ -153,51 +116,62 @@ describe("a body within the limit sent in one-byte pieces", () => {
   }, 60_000);
 });
 
-/** One-byte DATA frames on stream 1 (no END_STREAM), written into one buffer. */
-function oneByteFrames(n: number, byte = 0x20): Buffer {
-  const out = Buffer.alloc(n * 10);
-  for (let i = 0; i < n; i++) {
-    const o = i * 10;
-    out[o + 2] = 1;
-    out.writeUInt32BE(1, o + 5);
-    out[o + 9] = byte;
-  }
-  return out;
-}
-
-describe("an enveloped message (gRPC, gRPC-Web, Connect streaming) sent in one-byte pieces", () => {
-  it("does not stall the gateway: a tokenless reflection stream of 50,000 one-byte DATA frames (500 KB)", async () => {
-    await using c = await rawConnect(gw.port);
-    let updates = 0;
-    readFrames(c.socket, (type) => {
-      if (type === 8) updates++;
-    });
-    // Reflection needs no token (dispatch.ts tokenFree). Its one message declares 1,000,000 bytes:
-    // within MAX_BODY_BYTES, so connect-es waits for it, piece by piece.
-    const headers = Buffer.concat([
-      hpackLiteral(":method", "POST"),
-      hpackLiteral(":scheme", "http"),
-      hpackLiteral(":authority", "localhost"),
-      hpackLiteral(":path", "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
-      hpackLiteral("content-type", "application/grpc"),
-      hpackLiteral("te", "trailers"),
-    ]);
-    const prefix = Buffer.from([0, 0x00, 0x0f, 0x42, 0x40]);
-    await c.write(Buffer.concat([H2_PREFACE, h2Frame(1, 0x4, 1, headers), h2Frame(0, 0, 1, prefix)]));
-    const delay = monitorEventLoopDelay({ resolution: 10 });
-    delay.enable();
-    const N = 50_000;
-    let inWindow = 5;
-    for (let at = 0; at < N; at += 5_000) {
-      await c.write(oneByteFrames(5_000));
-      inWindow += 5_000;
-      // Within the 64 KiB windows: wait for the gateway's WINDOW_UPDATEs.
+/**
+ * Opens stream 1 on `c` (POST `path` with `fields`); `send` then sends bytes one per DATA frame
+ * (END_STREAM on the last with `end`), 5,000 frames per write, within the flow-control windows
+ * (64 KiB) the gateway's WINDOW_UPDATEs refill. The client itself makes next to no garbage.
+ */
+async function onePerFrame(c: RawConnection, path: string, fields: Record<string, string>) {
+  let answered = false;
+  let updates = 0;
+  readFrames(c.socket, (type, _flags, streamId) => {
+    if (type === 1 && streamId === 1) answered = true;
+    if (type === 8) updates++;
+  });
+  const head = [
+    [":method", "POST"],
+    [":scheme", "http"],
+    [":authority", "localhost"],
+    [":path", path],
+  ];
+  const block = Buffer.concat(
+    [...head, ...Object.entries(fields)].map(([k, v]) => hpackLiteral(k as string, v as string)),
+  );
+  await c.write(Buffer.concat([H2_PREFACE, h2Frame(1, 0x4, 1, block)]));
+  let inWindow = 0;
+  const send = async (bytes: Buffer, end: boolean) => {
+    for (let at = 0; at < bytes.length; at += 5_000) {
+      const n = Math.min(5_000, bytes.length - at);
+      const out = Buffer.alloc(n * 10);
+      for (let i = 0; i < n; i++) {
+        out[i * 10 + 2] = 1; // length 1, type DATA
+        out[i * 10 + 4] = end && at + i === bytes.length - 1 ? 0x1 : 0; // END_STREAM
+        out.writeUInt32BE(1, i * 10 + 5);
+        out[i * 10 + 9] = bytes[at + i] as number;
+      }
+      await c.write(out);
+      inWindow += n; // flow control counts the payload: a byte a frame
       while (inWindow > 55_000 && !c.socket.destroyed) {
         const before = updates;
         await new Promise((r) => setTimeout(r, 5));
         if (updates > before) inWindow = 0;
       }
     }
+  };
+  return { send, answered: () => answered };
+}
+
+describe("an enveloped message (gRPC, gRPC-Web, Connect streaming) sent in one-byte pieces", () => {
+  it("does not stall the gateway: a tokenless reflection stream of 50,000 one-byte DATA frames (500 KB)", async () => {
+    await using c = await rawConnect(gw.port);
+    // Reflection needs no token (dispatch.ts tokenFree). Its one message declares 1,000,000 bytes:
+    // within MAX_BODY_BYTES, so connect-es waits for it, piece by piece.
+    const path = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+    const call = await onePerFrame(c, path, { "content-type": "application/grpc", te: "trailers" });
+    await c.write(h2Frame(0, 0, 1, Buffer.from([0, 0x00, 0x0f, 0x42, 0x40])));
+    const delay = monitorEventLoopDelay({ resolution: 10 });
+    delay.enable();
+    await call.send(Buffer.alloc(50_000, 0x20), false);
     const asked = Date.now();
     const probe = await fetch(`${gw.url}/healthz`);
     const probeMs = Date.now() - asked;
