@@ -127,19 +127,24 @@ export async function startHost<P = undefined>(o: HostOptions<P>): Promise<Host<
       : undefined;
     const running = events;
     const { parts } = built;
+    let stopped: Promise<void> | undefined;
     return {
       port: server.port,
       address: server.address,
       telemetry,
       events: running,
       parts,
-      async stop() {
-        await registration?.stop();
-        await server.stop(config.SHUTDOWN_GRACE_MS);
-        await o.stopApp?.(parts);
-        await running.stop();
-        await o.close();
-        await telemetry.close();
+      // Once: a second stop (a test that stopped a service, then its system) waits for the first.
+      stop() {
+        stopped ??= (async () => {
+          await registration?.stop();
+          await server.stop(config.SHUTDOWN_GRACE_MS);
+          await o.stopApp?.(parts);
+          await running.stop();
+          await o.close();
+          await telemetry.close();
+        })();
+        return stopped;
       },
     };
   } catch (err) {

@@ -138,13 +138,14 @@ export async function startSystem(
     },
     async [Symbol.asyncDispose]() {
       for (const c of channels) c.close();
-      await history.stop();
-      await notification.stop();
-      await order.stop();
-      await payment.stop();
-      await inventory.stop();
+      // Every part is stopped whatever one of them throws: a nats-server left running outlives the run.
+      const failures: unknown[] = [];
+      for (const app of [history, notification, order, payment, inventory]) {
+        await app.stop().catch((err: unknown) => failures.push(err));
+      }
       await nats[Symbol.asyncDispose]();
       dir[Symbol.dispose]();
+      if (failures.length > 0) throw failures[0];
     },
   };
 }
