@@ -30,6 +30,8 @@ describe("requireText", () => {
       "changed my mind",
       "너무 늦게 도착해요 \u{1F4E6}",
       "family \u{1F468}\u200d\u{1F467}",
+      "non-joiner \u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",
+      "England \u{1F3F4}\u{E0067}\u{E0062}\u{E0065}\u{E006E}\u{E0067}\u{E007F}",
       "x".repeat(500),
     ])
       expect(requireText(ok, "reason", 500)).toBe(ok);
@@ -51,6 +53,12 @@ describe("requireText", () => {
       "zwsp\u200b",
       "joiner\u2060",
       "bom\ufeff",
+      "soft hyphen pay\u00adpal",
+      "hidden tags\u{E0070}\u{E0061}\u{E0079}",
+      "tags without their flag\u{E0067}\u{E007F}",
+      "hangul filler a\u3164b",
+      "cgj a\u034fb",
+      "annotation \ufff9a\ufffab\ufffb",
     ])
       expect(
         field(() => requireText(bad, "reason", 500)),

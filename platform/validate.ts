@@ -50,20 +50,23 @@ export function clipText(text: string, max: number): string {
   return `${text.slice(0, end)}…`;
 }
 
-// C0, DEL and C1, the Unicode line and paragraph separators, every bidirectional control (Unicode's
-// Bidi_Control: the overrides, embeddings, isolates and marks, which make a text display as another:
-// "Trojan Source"), and the invisible characters that make two texts look alike (zero-width space, word
-// joiner and the invisible operators, the zero-width no-break space). The zero-width joiners stay: emoji
-// sequences and some scripts need them.
-// biome-ignore lint/suspicious/noControlCharactersInRegex: they are what is refused
-const CONTROL = /[\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]/g;
+// Control and format characters (Unicode Cc and Cf): C0, DEL and C1; every bidirectional control
+// (the overrides, embeddings, isolates and marks, which make a text display as another: "Trojan
+// Source"); and the invisible ones that make two texts look alike or carry a hidden one — zero-width
+// space, word joiner, the invisible operators, the soft hyphen, the tag characters (hidden ASCII), the
+// annotation and musical format controls. With them the line and paragraph separators, the combining
+// grapheme joiner and the Hangul fillers (letters that show nothing). The zero-width joiner and
+// non-joiner stay (emoji sequences and some scripts need them), and so does an emoji flag's tag
+// sequence (England's, Scotland's, Wales's: U+1F3F4, tags, U+E007F).
+const CONTROL =
+  /(\u{1F3F4}[\u{E0020}-\u{E007E}]+\u{E007F})|(?![\u200c\u200d])[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\u115f\u1160\u3164\uffa0]|\u034f/gu;
 
 /**
  * `text` with each control character a space: for a text built from one stored before
  * {@link requireText} refused them (or by a peer's error message), sent where they are refused.
  */
 export function withoutControls(text: string): string {
-  return text.replace(CONTROL, " ");
+  return text.replace(CONTROL, (_, flag: string | undefined) => flag ?? " ");
 }
 
 /**
@@ -77,7 +80,7 @@ export function requireText(value: string, field: string, max: number): string {
   if (withoutControls(value) !== value) {
     throw new InvalidArgumentError(
       field,
-      "must not contain control characters (line breaks, tabs, escapes, direction controls, zero-width spaces)",
+      "must not contain control or invisible characters (line breaks, tabs, escapes, direction controls, zero-width spaces, format characters)",
     );
   }
   return value;

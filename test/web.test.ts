@@ -26,6 +26,7 @@ import { OrderHistoryEntrySchema } from "../gen/shopmesh/history/v1/history_pb.j
 import { OrderSchema, OrderStatus, StepStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { buildWeb, webBuildIsStale } from "../web/build.js";
 import { readModelState } from "../web/src/read-model.js";
+import { parseRoute } from "../web/src/router.js";
 import { cancelRequested, omittedNote, refundPending, sagaRows } from "../web/src/saga-view.js";
 import { ROOT, tempDir } from "./fixtures.js";
 import { type System, startSystem, startTestGateway } from "./system.js";
@@ -248,6 +249,14 @@ describe("the web shop in Chromium", () => {
     expect(await page.getByTestId("order-status").count()).toBe(0);
   });
 
+  it("a link with a malformed percent-escape is a page not found, not a blank page with an uncaught URIError", async () => {
+    const page = await signIn("alice");
+    await page.goto("/#/orders/%E0%A4%A"); // a cut UTF-8 sequence: anyone can send such a link
+    await page.locator("h1", { hasText: "Page not found" }).waitFor();
+    await page.goto("/#/");
+    await page.getByTestId("product-ceramic-mug").waitFor(); // and the page still follows its links
+  });
+
   it("operator takes payment down: the breaker opens, the order is cancelled 'payment unavailable' after payment is back, and the breaker closes", async () => {
     const ops = await signIn("operator");
     await ops.getByTestId("nav-operator").click();
@@ -455,6 +464,15 @@ describe("the web shop in Chromium", () => {
     } finally {
       await strict.stop();
     }
+  });
+});
+
+describe("the router (pure)", () => {
+  it("reads a malformed percent-escape in an order link as a page not found, not an error", () => {
+    for (const hash of ["#/orders/%", "#/orders/%E0%A4%A", "#/orders/abc%zz"]) {
+      expect(parseRoute(hash)).toEqual({ page: "missing", path: hash.slice(1) });
+    }
+    expect(parseRoute("#/orders/ord%2F1")).toEqual({ page: "order", id: "ord/1" });
   });
 });
 

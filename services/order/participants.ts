@@ -39,8 +39,27 @@ export type Outcome =
       readonly refused?: boolean;
     };
 
-export function describe(err: unknown): string {
-  return err instanceof RpcError ? `${err.codeName}: ${err.message}` : String(err);
+/** What this process says of a call that got no answer of the participant's own, by code. */
+const NO_ANSWER: Partial<Record<Code, string>> = {
+  [Code.UNAVAILABLE]: "unavailable",
+  [Code.DEADLINE_EXCEEDED]: "did not answer in time",
+  [Code.CANCELLED]: "call cancelled",
+};
+
+/**
+ * A failed call as the step log records it — which its customer reads (GetOrder, WatchOrder, the web
+ * shop): the participant's own refusal, or this process's words for a call the policy never sent (a
+ * breaker open, a bulkhead full). A transport failure's message names the instance's address
+ * (h2-bytes.ts: a refused connection, an answer without a status), which is no customer's business:
+ * it becomes a sentence naming the participant (operators have the breaker's log lines and the
+ * client metrics, per downstream).
+ */
+export function describeFailure(err: RpcError, participant: string): string {
+  const transport = err.broken || err.code in NO_ANSWER || err.code === Code.INTERNAL || err.code === Code.UNKNOWN;
+  if (err.notSent || !transport) {
+    return `${err.codeName}: ${err.message}`;
+  }
+  return `${err.codeName}: ${participant} ${NO_ANSWER[err.code] ?? "gave no usable answer"}`;
 }
 
 /** The saga's participant calls. */
@@ -93,6 +112,7 @@ export class Participants {
       }
     } catch (err) {
       if (!(err instanceof RpcError)) throw err;
+      const describe = (e: RpcError) => describeFailure(e, PARTICIPANT[step]);
       const forward = step === "reserve_stock" || step === "charge_payment";
       if (failureKind(err.code) === "transient") return { retry: describe(err), notSent: err.notSent };
       if (forward) {

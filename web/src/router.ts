@@ -23,8 +23,18 @@ export function parseRoute(hash: string): Route {
   if (path === "/operator") return { page: "operator" };
   if (path === "/signin") return { page: "signin" };
   const order = /^\/orders\/([^/]+)$/.exec(path);
-  if (order?.[1]) return { page: "order", id: decodeURIComponent(order[1]) };
+  const id = order?.[1] ? decoded(order[1]) : undefined;
+  if (id !== undefined) return { page: "order", id };
   return { page: "missing", path };
+}
+
+/** `part` percent-decoded, or undefined when it is no valid escape (`%`, `%zz`, a cut UTF-8 sequence): a link anyone can send. */
+function decoded(part: string): string | undefined {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    return undefined;
+  }
 }
 
 /** The hash of an order's page. */
