@@ -78,8 +78,15 @@ const cut = (h: JsMsg["headers"]) =>
     .map((x) => `; ${x}`)
     .join("");
 
-/** What a message says, printed without its control characters: a forged event could drive the terminal. */
-const safe = oneLine;
+/**
+ * What a message says, its control characters escaped — a forged event could drive the terminal — and
+ * its format characters too (bidirectional controls, zero-width ones): it could show as another text.
+ */
+const safe = (text: string) =>
+  oneLine(text).replace(
+    /(?![\u200c\u200d])[\p{Cf}\u2028\u2029]/gu,
+    (c) => `\\u{${(c.codePointAt(0) ?? 0).toString(16)}}`,
+  );
 
 function print(stream: string, m: JsMsg): void {
   let h: JsMsg["headers"];

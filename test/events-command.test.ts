@@ -127,7 +127,7 @@ describe("make dlq", () => {
       expect(await follow.exit(500)).toBe("still running");
 
       // What a message says cannot drive the terminal.
-      await poison(bus, "evt_poison_4", "\u001b]0;pwned\u0007\u001b[2J");
+      await poison(bus, "evt_poison_4", "\u202e\u001b]0;pwned\u0007\u001b[2J");
       await until(
         () => dlqCount(bus),
         (n) => n === 4,
@@ -137,6 +137,8 @@ describe("make dlq", () => {
       expect(after.out()).toContain("4 dead letter(s)");
       expect(after.out()).toContain("\\x1b]0;pwned");
       expect(after.out()).not.toContain("\u001b]0;");
+      expect(after.out()).toContain("\\u{202e}\\x1b]0;"); // a direction override too, shown as itself
+      expect(after.out()).not.toContain("\u202e");
     } finally {
       await bus.close();
     }
