@@ -1,10 +1,5 @@
 /** Wires the gateway: upstream clients (built once), routes, composition, auth, limits, HTTP front. */
 import { GatewayService, OperatorService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
-import { HistoryService } from "../gen/shopmesh/history/v1/history_pb.js";
-import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
-import { NotificationService } from "../gen/shopmesh/notification/v1/notification_pb.js";
-import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
-import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
 import {
   type AppTelemetry,
   busAuthOf,
@@ -13,17 +8,18 @@ import {
   type Logger,
   policyFrom,
   REGISTRY_SCHEME,
+  type ResilientClient,
   startAppTelemetry,
 } from "../platform/index.js";
 import { createAuthenticator } from "./auth.js";
 import { createComposition } from "./compose.js";
-import type { GatewayConfig } from "./config.js";
+import { type GatewayConfig, targetVariable } from "./config.js";
 import { registerRoutes } from "./forward.js";
 import { ConcurrencyLimiter, RateLimiter } from "./limits.js";
 import { createOperator } from "./operator.js";
 import { passthroughTable } from "./passthrough.js";
 import { REFLECTION_SERVICES, registerReflection } from "./reflection.js";
-import { ROUTES } from "./routes.js";
+import { ROUTES, UPSTREAMS, type Upstream, type UpstreamService } from "./routes.js";
 import { type RunningFront, startFront } from "./server.js";
 import { devSignInEndpoint, findWebDirectory, usesDevKey, webEndpoint } from "./web.js";
 
@@ -38,33 +34,21 @@ export interface GatewayApp extends RunningFront {
 export async function startGateway(config: GatewayConfig, log: Logger): Promise<GatewayApp> {
   const telemetry = await startAppTelemetry("gateway", config, log);
   const policy = policyFrom("UPSTREAM", config);
-  const targets = [
-    config.INVENTORY_TARGET,
-    config.PAYMENT_TARGET,
-    config.ORDER_TARGET,
-    config.NOTIFICATION_TARGET,
-    config.HISTORY_TARGET,
-  ];
+  const targets = UPSTREAMS.map((u) => config[targetVariable(u)]);
   // The bus is needed only to read the service registry (client-side discovery).
   const bus =
     targets.some((t) => t.startsWith(`${REGISTRY_SCHEME}:`)) && config.NATS_URL !== "off"
       ? await connectBus(config.NATS_URL, "gateway", log, busAuthOf(config))
       : undefined;
   const opts = { telemetry, ...(bus ? { nc: bus.nc } : {}) };
-  const clients = {
-    inventory: createResilientClient("inventory", InventoryService, config.INVENTORY_TARGET, policy, log, opts),
-    payment: createResilientClient("payment", PaymentService, config.PAYMENT_TARGET, policy, log, opts),
-    order: createResilientClient("order", OrderService, config.ORDER_TARGET, policy, log, opts),
-    notification: createResilientClient(
-      "notification",
-      NotificationService,
-      config.NOTIFICATION_TARGET,
-      policy,
-      log,
-      opts,
-    ),
-    history: createResilientClient("history", HistoryService, config.HISTORY_TARGET, policy, log, opts),
-  };
+  // One client per upstream of the routing table, typed by the service its route names (which
+  // Object.fromEntries cannot carry).
+  const clients = Object.fromEntries(
+    ROUTES.map((r) => [
+      r.upstream,
+      createResilientClient(r.upstream, r.service, config[targetVariable(r.upstream)], policy, log, opts),
+    ]),
+  ) as unknown as { readonly [U in Upstream]: ResilientClient<UpstreamService<U>> };
   const composition = createComposition({ ...clients, timeoutMs: config.COMPOSITION_TIMEOUT_MS });
   const operator = createOperator({
     upstreams: clients,

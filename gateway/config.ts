@@ -5,12 +5,14 @@ import {
   type ConfigOf,
   commonEnv,
   DEFAULT_POLICY,
+  type EnvReader,
   int,
   oneOf,
   parseEnv,
   policyEnv,
   str,
 } from "../platform/index.js";
+import { UPSTREAMS, type Upstream } from "./routes.js";
 
 /**
  * Development-only HS256 key. It signs the tokens `make token` prints and
@@ -18,6 +20,25 @@ import {
  * JWT_JWKS_URL for anything that is not a laptop.
  */
 export const DEV_JWT_SECRET = "shopmesh-dev-secret-do-not-use-in-production";
+
+/** The variable that names an upstream's address. */
+type TargetVariable<U extends Upstream> = `${Uppercase<U>}_TARGET`;
+
+/** The variable of an upstream's address: `ORDER_TARGET`. */
+export function targetVariable<U extends Upstream>(upstream: U): TargetVariable<U> {
+  return `${upstream.toUpperCase()}_TARGET` as TargetVariable<U>;
+}
+
+/**
+ * A `*_TARGET` variable for each of the routing table's upstreams (host:port, dns:///name:port in
+ * Kubernetes, or registry:///name for the NATS KV registry), defaulting to its service's port in
+ * `make run`: an upstream added to `ROUTES` without one here does not compile.
+ */
+function targets(defaults: Readonly<Record<Upstream, string>>) {
+  return Object.fromEntries(UPSTREAMS.map((u) => [targetVariable(u), str(defaults[u])])) as {
+    readonly [U in Upstream as TargetVariable<U>]: EnvReader<string>;
+  };
+}
 
 const spec = {
   LOG_LEVEL: commonEnv.LOG_LEVEL,
@@ -37,12 +58,13 @@ const spec = {
   HTTP_HOST: str("127.0.0.1"),
   /** HTTP port: Connect (JSON and binary), gRPC-Web and gRPC, over HTTP/1.1 and cleartext HTTP/2. */
   HTTP_PORT: int(8080, { min: 0, max: 65535 }),
-  /** Upstream gRPC targets: host:port, dns:///name:port (Kubernetes) or registry:///name (NATS KV). */
-  INVENTORY_TARGET: str("127.0.0.1:50051"),
-  PAYMENT_TARGET: str("127.0.0.1:50052"),
-  ORDER_TARGET: str("127.0.0.1:50053"),
-  NOTIFICATION_TARGET: str("127.0.0.1:50054"),
-  HISTORY_TARGET: str("127.0.0.1:50055"),
+  ...targets({
+    inventory: "127.0.0.1:50051",
+    payment: "127.0.0.1:50052",
+    order: "127.0.0.1:50053",
+    notification: "127.0.0.1:50054",
+    history: "127.0.0.1:50055",
+  }),
   /** HS256 shared secret (default: the public development key). */
   JWT_SECRET: str(DEV_JWT_SECRET),
   /** PEM public key (SPKI) for RS256/ES256 tokens; takes precedence over JWT_SECRET. */

@@ -11,21 +11,18 @@ import { NotificationService } from "../gen/shopmesh/notification/v1/notificatio
 import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
 
-/** An upstream service name (also its config prefix: ORDER_TARGET, ...). */
-export type Upstream = "inventory" | "payment" | "order" | "notification" | "history";
-
 /** One routed service. */
-export interface Route {
+export interface Route<U extends string = Upstream> {
   readonly service: DescService;
-  readonly upstream: Upstream;
+  /** The upstream's name: its client's, its config variable's (`ORDER_TARGET`) and the operator panel's. */
+  readonly upstream: U;
   /** Method names exposed publicly. */
   readonly methods: readonly string[];
   /** Methods that need the `admin` role. */
   readonly adminOnly?: readonly string[];
 }
 
-/** The public API. */
-export const ROUTES: readonly Route[] = [
+const TABLE = [
   {
     service: InventoryService,
     upstream: "inventory",
@@ -40,7 +37,21 @@ export const ROUTES: readonly Route[] = [
   },
   { service: NotificationService, upstream: "notification", methods: ["ListNotifications"] },
   { service: HistoryService, upstream: "history", methods: ["ListOrderHistory"] },
-];
+] as const satisfies readonly Route<string>[];
+
+type Routed = (typeof TABLE)[number];
+
+/** An upstream service name. */
+export type Upstream = Routed["upstream"];
+
+/**
+ * The public API, and the one list of the gateway's upstreams: each gets a client (`app.ts`) and a
+ * `*_TARGET` variable (`config.ts`, which does not compile without it).
+ */
+export const ROUTES: readonly Route[] = TABLE;
 
 /** The routed upstreams, in the order of {@link ROUTES} (the operator panel's). */
 export const UPSTREAMS: readonly Upstream[] = ROUTES.map((r) => r.upstream);
+
+/** The service each upstream serves. */
+export type UpstreamService<U extends Upstream> = Extract<Routed, { upstream: U }>["service"];

@@ -7,7 +7,7 @@
 import type { Metadata } from "@grpc/grpc-js";
 import { pino } from "pino";
 import { type GatewayApp, startGateway } from "../gateway/app.js";
-import { loadConfig as gatewayConfig } from "../gateway/config.js";
+import { loadConfig as gatewayConfig, targetVariable } from "../gateway/config.js";
 import { UPSTREAMS } from "../gateway/routes.js";
 import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
@@ -162,7 +162,7 @@ export function capturedLogger(): { log: Logger; lines: Record<string, unknown>[
 
 /** The gateway's `*_TARGET` settings for `sys`: one per upstream its routes name. */
 export function gatewayTargets(sys: System): Env {
-  return Object.fromEntries(UPSTREAMS.map((u) => [`${u.toUpperCase()}_TARGET`, sys[u].address]));
+  return Object.fromEntries(UPSTREAMS.map((u) => [targetVariable(u), sys[u].address]));
 }
 
 /** Starts a gateway on an ephemeral port in front of `sys`; `env` overrides its config. */
