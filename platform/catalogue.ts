@@ -8,8 +8,9 @@
  * the stream's name in lower case, the message name's first word, the rest
  * of it in snake case, and the saga mode of the order the event belongs to
  * (its `meta.saga_mode`) — `StockReserved` of a choreographed order is
- * `inventory.stock.reserved.choreography`. A stream takes every subject
- * under its context. The mode is in the subject so that a consumer taking
+ * `inventory.stock.reserved.choreography` — or `none` for an event no saga
+ * waits for (about no order, or about one but not a step of its saga). A
+ * stream takes every subject under its context. The mode is in the subject so that a consumer taking
  * part in one mode only is sent only that mode's events: nats-server filters
  * a consumer by one subject (several from 2.10 on), not by a header.
  */
@@ -48,12 +49,16 @@ export interface EventCatalogue {
   kind(typeName: string): EventKind | undefined;
 }
 
-/** The last token of an event's subject: the saga mode of its order. */
-export function modeToken(mode: SagaMode): "orchestration" | "choreography" {
+/** The last token of an event's subject: the saga mode of its order, or `none` (UNSPECIFIED) outside a saga. */
+export function modeToken(mode: SagaMode): "orchestration" | "choreography" | "none" {
   if (mode === SagaMode.ORCHESTRATION) return "orchestration";
   if (mode === SagaMode.CHOREOGRAPHY) return "choreography";
-  throw new Error(`an event belongs to an order orchestrated or choreographed, not ${SagaMode[mode] ?? mode}`);
+  if (mode === SagaMode.UNSPECIFIED) return "none";
+  throw new Error(`an event's saga mode is orchestration, choreography or unspecified, not ${mode}`);
 }
+
+/** What an event no saga waits for is about: no order, and so no saga mode (its subject ends in `none`). */
+export const NO_ORDER = { orderId: "", sagaMode: SagaMode.UNSPECIFIED } as const;
 
 /** The subject an event of `kind` about an order in `mode` is published on. */
 export function eventSubject(kind: EventKind, mode: SagaMode): string {

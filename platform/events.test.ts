@@ -3,7 +3,7 @@
  * outbox relay (prompt, ordered, crash-safe), JetStream dedup, idempotent
  * inbox, and dead letters.
  */
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { AckPolicy } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import { sql } from "kysely";
@@ -17,6 +17,7 @@ import { tempDir } from "../test/fixtures.js";
 import { rawPublish, startNats, type TestNats } from "../test/nats.js";
 import { capturedLogger } from "../test/system.js";
 import { type Bus, connectBus } from "./bus.js";
+import { NO_ORDER } from "./catalogue.js";
 import type { FaultInjector } from "./chaos.js";
 import { startConsumer } from "./consumer.js";
 import { migrations, openDatabase } from "./db.js";
@@ -402,6 +403,49 @@ describe("consumers", () => {
     await relay.stop();
   });
 
+  it("publishes an event no saga waits for on `none`: a consumer of the stream takes it, one of a mode is never sent it", async () => {
+    // A NATS of its own: what this puts on ORDER, about no order, stays there.
+    await using nats = await startNats();
+    const other = await connectBus(nats.url, "events-test-none", log, { streams: EVENTS.streams });
+    const producer = await service();
+    const relay = relaying(producer, other);
+    const [first, second] = await producer.db.transaction(async (tx) => [
+      await producer.outbox.add(tx, OrderPlacedSchema, NO_ORDER, placed("")),
+      await producer.outbox.add(tx, OrderPlacedSchema, NO_ORDER, placed("")),
+    ]);
+    const stored = await until(
+      () => other.jsm.streams.getMessage("ORDER", { last_by_subj: "order.order.placed.none" }).catch(() => null),
+      (m) => m?.header.get("ce-id") === second,
+    );
+    expect(fromBinary(OrderPlacedSchema, stored?.data ?? new Uint8Array()).meta).toMatchObject({
+      orderId: "",
+      sagaMode: SagaMode.UNSPECIFIED,
+    });
+    const whole = await service();
+    const moded = await service();
+    const all = await recording(whole, "whole", other);
+    const one = await startConsumer({
+      catalogue: EVENTS,
+      bus: other,
+      db: moded.db,
+      log,
+      stream: "ORDER",
+      durable: "moded",
+      sagaMode: SagaMode.ORCHESTRATION,
+      handlers: [recordEffect],
+    });
+    await applied(whole.db, first);
+    await applied(whole.db, second);
+    const info = await other.jsm.consumers.info("ORDER", "moded");
+    expect(info.config.filter_subject).toBe("order.order.placed.orchestration");
+    expect(info.num_pending + info.num_ack_pending + info.delivered.consumer_seq).toBe(0);
+    expect(await effectsOf(moded.db, { eventId: first })).toBe(0);
+    await one.stop();
+    await all.stop();
+    await relay.stop();
+    await other.close();
+  });
+
   it("acknowledges an event its handler's filter rejects without a transaction or an inbox row", async () => {
     const producer = await service();
     const relay = relaying(producer);
@@ -689,6 +733,7 @@ describe("consumers", () => {
       const refused = [
         await publish("order.order.placed", "evt_legacy_moded", SagaMode.ORCHESTRATION),
         await publish("order.order.placed.orchestration", "evt_modal_unmoded"),
+        await publish("order.order.placed.none", "evt_none_moded", SagaMode.ORCHESTRATION),
       ];
       const consumer = await service();
       const durable = `legacy-${n}`;
@@ -705,7 +750,7 @@ describe("consumers", () => {
       await applied(consumer.db, "evt_legacy");
       const letters = await until(
         async () => (await dlqMessages(`dlq.${durable}`, other)).map((l) => Number(l.header.get("x-dlq-stream-seq"))),
-        (seqs) => seqs.length >= 2,
+        (seqs) => seqs.length >= 3,
       );
       expect(letters.sort()).toEqual(refused);
       await c.stop();

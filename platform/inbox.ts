@@ -223,12 +223,13 @@ export function decodeEvent(
   const nul = stringWithNul(kind.schema, event as object);
   if (nul !== undefined)
     return { unusable: `${type} holds a NUL character (U+0000) in ${nul}, which PostgreSQL's text cannot store` };
-  // The subject's last token is the saga mode the event says (consumers are filtered on it). An event
-  // published before either existed says none: what history and notification still take from the
-  // stream's seven days, and a read model's rebuild replays (docs/events.md, "Upgrading").
+  // The subject's last token is the saga mode the event says (consumers are filtered on it), `none` when
+  // it says none. An event published before the token existed says none and has no token: what history
+  // and notification still take from the stream's seven days, and a read model's rebuild replays
+  // (docs/events.md, "Upgrading").
   const mode = (event as { meta?: { sagaMode?: SagaMode } }).meta?.sagaMode ?? SagaMode.UNSPECIFIED;
-  const modal = mode === SagaMode.ORCHESTRATION || mode === SagaMode.CHOREOGRAPHY;
-  if (legacy ? mode !== SagaMode.UNSPECIFIED : !modal || m.subject !== eventSubject(kind, mode)) return elsewhere();
+  const known = mode === SagaMode.ORCHESTRATION || mode === SagaMode.CHOREOGRAPHY || mode === SagaMode.UNSPECIFIED;
+  if (legacy ? mode !== SagaMode.UNSPECIFIED : !known || m.subject !== eventSubject(kind, mode)) return elsewhere();
   const ctx: EventContext = {
     eventId,
     type,

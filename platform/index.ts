@@ -16,6 +16,7 @@ export {
   eventSubject,
   filterSubject,
   modeToken,
+  NO_ORDER,
   type StreamSpec,
 } from "./catalogue.js";
 export { faultEnv } from "./chaos.js";

@@ -78,7 +78,10 @@ export class Outbox {
 
   /**
    * Adds an event of `schema` about the order `about` names, driven in its saga mode, in `tx` (a
-   * durable one); fills its `meta`. Returns the event id.
+   * durable one); fills its `meta`. Returns the event id. An event no saga waits for says
+   * `SagaMode.UNSPECIFIED` (its subject ends in `none`, and no consumer of one mode is sent it), and
+   * one about no order `NO_ORDER` (catalogue.ts). The relay publishes one order's events in the order they were
+   * added, and those about no order likewise among themselves.
    */
   async add<D extends DescMessage>(
     tx: Tx,
