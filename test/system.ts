@@ -4,6 +4,8 @@
  * temp dir, or a schema of a fresh PostgreSQL database: see db.ts), and
  * typed clients that call them as a given customer.
  */
+
+import type { DescService } from "@bufbuild/protobuf";
 import type { Metadata } from "@grpc/grpc-js";
 import { pino } from "pino";
 import { type GatewayApp, startGateway } from "../gateway/app.js";
@@ -176,4 +178,38 @@ export async function startTestGateway(sys: System, env: Env = {}, log: Logger =
     }),
     log,
   );
+}
+
+/** One service started in the test's process, with a database of its own, and a client of it. */
+export interface ServiceUnderTest<A, S extends DescService> extends AsyncDisposable {
+  readonly app: A;
+  readonly client: Client<S>;
+}
+
+/**
+ * Starts one service as its `start` does, on an ephemeral loopback port with a database of its own
+ * (`name`'s, on the run's engine) and the bus at `natsUrl` (none by default).
+ */
+export async function startServiceUnderTest<
+  A extends { readonly address: string; stop(): Promise<void> },
+  S extends DescService,
+>(name: string, service: S, start: (env: Env) => Promise<A>, natsUrl = "off"): Promise<ServiceUnderTest<A, S>> {
+  const dir = tempDir();
+  try {
+    const db = await new TestDatabases(dir.path).env(name);
+    const app = await start({ GRPC_PORT: "0", GRPC_HOST: "127.0.0.1", ...db, NATS_URL: natsUrl });
+    const channel = createChannel(app.address);
+    return {
+      app,
+      client: createClient(service, channel),
+      async [Symbol.asyncDispose]() {
+        channel.close();
+        await app.stop();
+        dir[Symbol.dispose]();
+      },
+    };
+  } catch (err) {
+    dir[Symbol.dispose]();
+    throw err;
+  }
 }

@@ -29,51 +29,35 @@ import {
   type Client,
   Code,
   connectBus,
-  createChannel,
-  createClient,
   identityMetadata,
   type Role,
   silentLogger,
 } from "../../platform/index.js";
-import { TestDatabases } from "../../test/db.js";
 import { consumerSettled, event, publishEvents } from "../../test/events.js";
-import { tempDir } from "../../test/fixtures.js";
 import { startNats, type TestNats } from "../../test/nats.js";
 import { expectRpcError } from "../../test/rpc.js";
+import { type ServiceUnderTest, startServiceUnderTest } from "../../test/system.js";
 import { type HistoryApp, startHistory } from "./app.js";
 import { loadConfig } from "./config.js";
 
 const log = silentLogger();
-const dir = tempDir();
 let nats: TestNats;
 let bus: Bus;
+let sut: ServiceUnderTest<HistoryApp, typeof HistoryService>;
 let app: HistoryApp;
 let history: Client<typeof HistoryService>;
-const channel = { close: () => {} };
 
 beforeAll(async () => {
   nats = await startNats();
   bus = await connectBus(nats.url, "history-test", log, { streams: EVENTS.streams });
-  app = await startHistory(
-    loadConfig({
-      GRPC_PORT: "0",
-      GRPC_HOST: "127.0.0.1",
-      ...(await new TestDatabases(dir.path).env("history")),
-      NATS_URL: nats.url,
-    }),
-    log,
-  );
-  const ch = createChannel(app.address);
-  channel.close = () => ch.close();
-  history = createClient(HistoryService, ch);
+  sut = await startServiceUnderTest("history", HistoryService, (env) => startHistory(loadConfig(env), log), nats.url);
+  ({ app, client: history } = sut);
 });
 
 afterAll(async () => {
-  channel.close();
-  await app.stop();
+  await sut[Symbol.asyncDispose]();
   await bus.close();
   await nats[Symbol.asyncDispose]();
-  dir[Symbol.dispose]();
 });
 
 const as = (subject: string, roles: Role[] = ["customer"]) => ({ metadata: identityMetadata({ subject, roles }) });

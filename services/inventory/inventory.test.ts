@@ -7,40 +7,26 @@ import { isMessage } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PreconditionFailureSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { InventoryService, ReservationStatus } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
-import { Code, createChannel, createClient, identityMetadata, silentLogger, sql } from "../../platform/index.js";
-import { snapshot as dbSnapshot, TestDatabases } from "../../test/db.js";
-import { tempDir } from "../../test/fixtures.js";
+import { type Client, Code, identityMetadata, silentLogger, sql } from "../../platform/index.js";
+import { snapshot as dbSnapshot } from "../../test/db.js";
 import { expectRpcError } from "../../test/rpc.js";
+import { type ServiceUnderTest, startServiceUnderTest } from "../../test/system.js";
 import { type InventoryApp, startInventory } from "./app.js";
 import { DEMO_CATALOGUE } from "./catalogue.js";
 import { loadConfig } from "./config.js";
 import { MAX_STOCK } from "./domain.js";
 
-const dir = tempDir();
+let sut: ServiceUnderTest<InventoryApp, typeof InventoryService>;
 let app: InventoryApp;
-let inventory: ReturnType<typeof createClient<typeof InventoryService>>;
-const channel = { close: () => {} };
+let inventory: Client<typeof InventoryService>;
 
 beforeAll(async () => {
-  app = await startInventory(
-    loadConfig({
-      GRPC_PORT: "0",
-      GRPC_HOST: "127.0.0.1",
-      ...(await new TestDatabases(dir.path).env("inventory")),
-      NATS_URL: "off",
-    }),
-    silentLogger(),
+  sut = await startServiceUnderTest("inventory", InventoryService, (env) =>
+    startInventory(loadConfig(env), silentLogger()),
   );
-  const ch = createChannel(app.address);
-  channel.close = () => ch.close();
-  inventory = createClient(InventoryService, ch);
+  ({ app, client: inventory } = sut);
 });
-
-afterAll(async () => {
-  channel.close();
-  await app.stop();
-  dir[Symbol.dispose]();
-});
+afterAll(() => sut[Symbol.asyncDispose]());
 
 /** Every row of the service's database, to prove a rejected call changed nothing. */
 const snapshot = () => dbSnapshot(app.store.db);

@@ -22,53 +22,42 @@ import {
   type Client,
   Code,
   connectBus,
-  createChannel,
-  createClient,
   identityMetadata,
   type Role,
   silentLogger,
   sql,
 } from "../../platform/index.js";
-import { TestDatabases } from "../../test/db.js";
 import { consumerSettled, event, publishEvents, republish, until } from "../../test/events.js";
-import { tempDir } from "../../test/fixtures.js";
 import { startNats, type TestNats } from "../../test/nats.js";
 import { notifiedFor } from "../../test/probes.js";
 import { expectRpcError } from "../../test/rpc.js";
+import { type ServiceUnderTest, startServiceUnderTest } from "../../test/system.js";
 import { type NotificationApp, startNotification } from "./app.js";
 import { loadConfig } from "./config.js";
 
 const log = silentLogger();
-const dir = tempDir();
 let nats: TestNats;
 let bus: Bus;
+let sut: ServiceUnderTest<NotificationApp, typeof NotificationService>;
 let app: NotificationApp;
 let notifications: Client<typeof NotificationService>;
-const channel = { close: () => {} };
 
 beforeAll(async () => {
   nats = await startNats();
   bus = await connectBus(nats.url, "notification-test", log, { streams: EVENTS.streams });
-  app = await startNotification(
-    loadConfig({
-      GRPC_PORT: "0",
-      GRPC_HOST: "127.0.0.1",
-      ...(await new TestDatabases(dir.path).env("notification")),
-      NATS_URL: nats.url,
-    }),
-    log,
+  sut = await startServiceUnderTest(
+    "notification",
+    NotificationService,
+    (env) => startNotification(loadConfig(env), log),
+    nats.url,
   );
-  const ch = createChannel(app.address);
-  channel.close = () => ch.close();
-  notifications = createClient(NotificationService, ch);
+  ({ app, client: notifications } = sut);
 });
 
 afterAll(async () => {
-  channel.close();
-  await app.stop();
+  await sut[Symbol.asyncDispose]();
   await bus.close();
   await nats[Symbol.asyncDispose]();
-  dir[Symbol.dispose]();
 });
 
 const as = (subject: string, roles: Role[] = ["customer"]) => ({ metadata: identityMetadata({ subject, roles }) });
@@ -247,25 +236,20 @@ describe("an unusable event", () => {
     // A server and service of its own: on nats-server < 2.10 a dead-lettered event stays
     // awaiting ack (the server ignores +TERM with a reason), so the shared consumers would never settle.
     await using ownNats = await startNats();
-    using ownDir = tempDir();
     const ownBus = await connectBus(ownNats.url, "notification-dlq-test", log, { streams: EVENTS.streams });
-    const own = await startNotification(
-      loadConfig({
-        GRPC_PORT: "0",
-        GRPC_HOST: "127.0.0.1",
-        ...(await new TestDatabases(ownDir.path).env("notification")),
-        NATS_URL: ownNats.url,
-      }),
-      log,
+    const own = await startServiceUnderTest(
+      "notification",
+      NotificationService,
+      (env) => startNotification(loadConfig(env), log),
+      ownNats.url,
     );
-    const ch = createChannel(own.address);
     try {
       const erin = fresh("erin");
       const [bad = "", good = ""] = await publishEvents(ownBus, [
         event(OrderConfirmedSchema, fresh("ord"), { customerId: "", total: usd(100n) }),
         event(OrderConfirmedSchema, fresh("ord"), { customerId: erin, total: usd(100n) }),
       ]);
-      const client = createClient(NotificationService, ch);
+      const { client } = own;
       const listed = await until(
         () => client.listNotifications({}, as(erin)),
         (r) => r.notifications.length > 0,
@@ -276,10 +260,9 @@ describe("an unusable event", () => {
         (m) => m?.header.get("ce-id") === bad,
       );
       expect(dlq?.header.get("x-dlq-reason")).toContain("names no customer");
-      expect(await notifiedFor(own.store.db, bad)).toBe(false);
+      expect(await notifiedFor(own.app.store.db, bad)).toBe(false);
     } finally {
-      ch.close();
-      await own.stop();
+      await own[Symbol.asyncDispose]();
       await ownBus.close();
     }
   });

@@ -7,48 +7,24 @@ import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import { PaymentService, PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
-import {
-  Code,
-  createChannel,
-  createClient,
-  identityMetadata,
-  type Role,
-  silentLogger,
-  sql,
-} from "../../platform/index.js";
-import { snapshot as dbSnapshot, TestDatabases } from "../../test/db.js";
-import { tempDir } from "../../test/fixtures.js";
+import { type Client, Code, identityMetadata, type Role, silentLogger, sql } from "../../platform/index.js";
+import { snapshot as dbSnapshot } from "../../test/db.js";
 import { capturedPayments, paymentsByStatus } from "../../test/probes.js";
 import { expectRpcError } from "../../test/rpc.js";
+import { type ServiceUnderTest, startServiceUnderTest } from "../../test/system.js";
 import { type PaymentApp, startPayment } from "./app.js";
 import { loadConfig } from "./config.js";
 import type { PaymentRecord } from "./domain.js";
 
-const dir = tempDir();
+let sut: ServiceUnderTest<PaymentApp, typeof PaymentService>;
 let app: PaymentApp;
-let payments: ReturnType<typeof createClient<typeof PaymentService>>;
-const channel = { close: () => {} };
+let payments: Client<typeof PaymentService>;
 
 beforeAll(async () => {
-  app = await startPayment(
-    loadConfig({
-      GRPC_PORT: "0",
-      GRPC_HOST: "127.0.0.1",
-      ...(await new TestDatabases(dir.path).env("payment")),
-      NATS_URL: "off",
-    }),
-    silentLogger(),
-  );
-  const ch = createChannel(app.address);
-  channel.close = () => ch.close();
-  payments = createClient(PaymentService, ch);
+  sut = await startServiceUnderTest("payment", PaymentService, (env) => startPayment(loadConfig(env), silentLogger()));
+  ({ app, client: payments } = sut);
 });
-
-afterAll(async () => {
-  channel.close();
-  await app.stop();
-  dir[Symbol.dispose]();
-});
+afterAll(() => sut[Symbol.asyncDispose]());
 
 /** Every row of the service's database, to prove a rejected call changed nothing. */
 const snapshot = () => dbSnapshot(app.store.db);
