@@ -21,7 +21,10 @@ export interface BatchOptions<T> {
   readonly onLeft: (items: T[]) => void;
 }
 
-/** A running {@link settleInBatches}: `stop()` settles no more batches (the caller ends the source); `done` once the source ended. */
+/**
+ * A running {@link settleInBatches}: `stop()` settles no more batches, and the caller ends the source
+ * (what it yields until then is left, too); `done` once the source ended.
+ */
 export interface Batches {
   stop(): void;
   readonly done: Promise<void>;
@@ -60,14 +63,16 @@ export function settleInBatches<T>(source: AsyncIterable<T>, o: BatchOptions<T>)
   };
   const done = (async () => {
     try {
+      // Once stopped, what the source still yields is only collected: the caller ends it (the NATS
+      // client's buffer comes out first), and all of it is left to onLeft, none dropped unseen.
       for await (const item of source) {
         queue.push(item);
+        if (stopped) continue;
         working ??= work();
         if (queue.length >= o.maxBatch) {
           cutLinger();
           await working;
         }
-        if (stopped) break;
       }
     } finally {
       // A source that failed too: what it delivered is settled, or left, before `done` says so.

@@ -1305,3 +1305,51 @@ describe("several replicas on one database", () => {
     expect(handledBy.every((h) => h > 0)).toBe(true);
   });
 });
+
+describe("a consumer stopped with a backlog", () => {
+  it("gives back the events it took and did not settle: they do not wait out the ack wait", async () => {
+    // A NATS of its own: the backlog stays out of the shared streams.
+    await using nats = await startNats();
+    const other = await connectBus(nats.url, "events-test-backlog", log, { streams: EVENTS.streams });
+    try {
+      const ids = await publishEvents(
+        other,
+        Array.from({ length: 400 }, (_, i) => event(OrderPlacedSchema, `ord-backlog-${i}`, placed(""))),
+      );
+      const consumer = await service();
+      let handled = 0;
+      const slow = on(OrderPlacedSchema, async (e, ctx, tx) => {
+        handled++;
+        await new Promise((r) => setTimeout(r, 3));
+        await recordEffect[1](e as never, ctx, tx);
+      });
+      const start = () =>
+        startConsumer({
+          catalogue: EVENTS,
+          bus: other,
+          db: consumer.db,
+          log,
+          stream: "ORDER",
+          durable: "backlog",
+          handlers: [slow],
+        });
+      const first = await start();
+      // Stopped mid-backlog: a batch being settled, the next queued, more in the NATS client's buffer.
+      await until(
+        () => handled,
+        (h) => h >= 40,
+      );
+      await first.stop();
+      const second = await start();
+      const count = async () =>
+        (await consumer.db.one(sql<{ n: number }>`SELECT COUNT(DISTINCT event_id) AS n FROM effects`))?.n ?? 0;
+      // Well within the ack wait (10 s). It gives back what it held (48 of them waited it out before); a
+      // message on the wire as its pull stopped (dropped by the client unseen) still waits it out.
+      expect(await until(count, (n) => n >= ids.length, 5_000)).toBeGreaterThanOrEqual(ids.length - 2);
+      expect(await until(count, (n) => n >= ids.length, 15_000)).toBe(ids.length);
+      await second.stop();
+    } finally {
+      await other.close();
+    }
+  }, 30_000);
+});
