@@ -149,6 +149,9 @@ const spec = {
 
 export type GatewayConfig = ConfigOf<typeof spec>;
 
+/** The shortest HS256 secret accepted, in bytes. */
+const MIN_SECRET_BYTES = 32;
+
 /** Addresses only this machine can reach. */
 const LOOPBACK = new Set(["127.0.0.1", "::1", "localhost"]);
 
@@ -167,6 +170,15 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): G
     throw new ConfigError([
       `JWT_SECRET is the public development key, which anyone can sign tokens with: set JWT_SECRET, JWT_PUBLIC_KEY ` +
         `or JWT_JWKS_URL before listening beyond loopback (HTTP_HOST=${c.HTTP_HOST})`,
+    ]);
+  }
+  // RFC 7518 §3.2: an HS256 key of fewer than 256 bits can be searched for offline from any one token
+  // (a customer's), and then signs an admin's.
+  const hs256 = !c.JWT_PUBLIC_KEY && !c.JWT_JWKS_URL;
+  if (hs256 && !devKey && Buffer.byteLength(c.JWT_SECRET) < MIN_SECRET_BYTES) {
+    throw new ConfigError([
+      `JWT_SECRET has ${Buffer.byteLength(c.JWT_SECRET)} bytes: an HS256 secret needs at least ${MIN_SECRET_BYTES} ` +
+        `(256 bits, RFC 7518 §3.2), e.g. \`openssl rand -base64 32\``,
     ]);
   }
   if (c.HTTP_HEADERS_TIMEOUT_MS > c.HTTP_REQUEST_TIMEOUT_MS) {

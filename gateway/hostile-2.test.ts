@@ -542,7 +542,9 @@ describe("10. the public development key stays on this machine", () => {
   it("refuses to listen beyond loopback with the development signing key", () => {
     expect(() => loadConfig({ HTTP_HOST: "0.0.0.0" })).toThrow(ConfigError);
     expect(() => loadConfig({ HTTP_HOST: "0.0.0.0" })).toThrow(/JWT_SECRET is the public development key/);
-    expect(loadConfig({ HTTP_HOST: "0.0.0.0", JWT_SECRET: "a-secret-of-our-own-choosing" }).HTTP_HOST).toBe("0.0.0.0");
+    expect(loadConfig({ HTTP_HOST: "0.0.0.0", JWT_SECRET: "a-secret-of-our-own-choosing-32-bytes" }).HTTP_HOST).toBe(
+      "0.0.0.0",
+    );
     expect(loadConfig({}).HTTP_HOST).toBe("127.0.0.1");
   });
 });

@@ -1,6 +1,6 @@
 /** Token buckets with an injected clock: refill, Retry-After, per-key isolation, bounded memory. */
 import { describe, expect, it } from "vitest";
-import { RateLimiter } from "./limits.js";
+import { addressKey, RateLimiter } from "./limits.js";
 
 function clock() {
   let now = 0;
@@ -46,5 +46,21 @@ describe("RateLimiter", () => {
     expect(limiter.take("a").ok).toBe(false); // "a" was kept, still empty
     expect(limiter.take("b").ok).toBe(true); // "b" was forgotten: full again (evicts "c")
     expect(limiter.take("c").ok).toBe(true);
+  });
+});
+
+describe("addressKey", () => {
+  it("counts an IPv6 client by its /64 and an IPv4 one by its address, however written", () => {
+    expect(addressKey("203.0.113.7")).toBe("203.0.113.7");
+    expect(addressKey("::ffff:203.0.113.7")).toBe("203.0.113.7");
+    expect(addressKey("2001:db8:1:2::1")).toBe("2001:db8:1:2::/64");
+    expect(addressKey("2001:0db8:0001:0002:ffff:0:0:9")).toBe("2001:db8:1:2::/64");
+    expect(addressKey("2001:db8::1")).toBe("2001:db8:0:0::/64");
+    expect(addressKey("::1")).toBe("0:0:0:0::/64");
+    expect(addressKey("fe80::1%eth0")).toBe("fe80:0:0:0::/64");
+    expect(addressKey("2001:db8:1:2:3:4:1.2.3.4")).toBe("2001:db8:1:2::/64");
+    expect(addressKey("64:ff9b::1.2.3.4")).toBe("64:ff9b:0:0::/64");
+    expect(addressKey("not an address")).toBe("not an address");
+    expect(addressKey("")).toBe("");
   });
 });

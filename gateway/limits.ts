@@ -5,9 +5,32 @@
  * recently used keys are dropped first (a dropped key starts full again,
  * which only ever errs on the side of letting a request through).
  */
+import { isIPv6 } from "node:net";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { onAnswerEnd } from "./answer-end.js";
 import type { Req, Res } from "./endpoint.js";
+
+/**
+ * The client a per-address limit counts `ip` as: an IPv4 address (also written IPv4-mapped, `::ffff:a.b.c.d`)
+ * as itself, an IPv6 address as its /64 — one host has a whole /64 to pick addresses from (privacy
+ * addresses rotate within it), so each address its own bucket would hold nobody back.
+ */
+export function addressKey(ip: string): string {
+  const bare = ip.split("%", 1)[0] ?? ""; // a zone (fe80::1%eth0) names an interface, not a client
+  if (!isIPv6(bare)) return ip;
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(bare);
+  if (mapped?.[1]) return mapped[1];
+  const [head = "", tail] = bare.split("::");
+  const left = head ? head.split(":") : [];
+  const right = tail ? tail.split(":") : [];
+  // An IPv4 tail (::a.b.c.d) stands for two groups; "::" for the zeros between.
+  const width = right.reduce((n, g) => n + (g.includes(".") ? 2 : 1), 0);
+  const groups = tail === undefined ? left : [...left, ...Array<string>(8 - left.length - width).fill("0"), ...right];
+  return `${groups
+    .slice(0, 4)
+    .map((g) => Number.parseInt(g, 16).toString(16))
+    .join(":")}::/64`;
+}
 
 /** Outcome of {@link RateLimiter.take}. */
 export type Take = { readonly ok: true } | { readonly ok: false; readonly retryAfterSec: number };
@@ -129,7 +152,8 @@ export function admitAddress(
   res: Res,
   rated = true,
 ): ConnectError | undefined {
-  const slot = limits.inFlight.take(ip);
+  const client = addressKey(ip);
+  const slot = limits.inFlight.take(client);
   if ("refused" in slot) {
     const who = slot.refused === "key" ? "client address" : "gateway";
     return new ConnectError(`too many calls in progress (${who}); retry later`, Code.ResourceExhausted, {
@@ -138,6 +162,6 @@ export function admitAddress(
   }
   onAnswerEnd(req, res, slot.release);
   if (!rated) return undefined;
-  const byIp = limits.perIp.take(`ip:${ip}`);
+  const byIp = limits.perIp.take(`ip:${client}`);
   return byIp.ok ? undefined : rateLimited("client address", byIp.retryAfterSec);
 }

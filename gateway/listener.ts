@@ -22,6 +22,7 @@ import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
 import type { Logger } from "../platform/index.js";
+import { addressKey } from "./limits.js";
 
 /** Limits and address of the listener. Times in ms. */
 export interface ListenerOptions {
@@ -257,7 +258,7 @@ function stalledStreams(ms: number, cut: (stream: http2.ServerHttp2Stream) => vo
   };
 }
 
-/** Open connections per client address, refusing one past the limit (0: no limit). */
+/** Open connections per client (its {@link addressKey}), refusing one past the limit (0: no limit). */
 function addressLimit(max: number) {
   const open = new Map<string, number>();
   return {
@@ -283,7 +284,7 @@ export async function listen(o: ListenerOptions, handle: Handler): Promise<Liste
   const sockets = new Set<net.Socket>();
   const perIp = addressLimit(o.maxConnectionsPerIp);
   const front = net.createServer((socket) => {
-    const ip = socket.remoteAddress ?? "";
+    const ip = addressKey(socket.remoteAddress ?? "");
     if (!perIp.take(ip)) {
       closed("per-ip-limit");
       socket.destroy();

@@ -99,13 +99,14 @@ function observePlain(o: FrontOptions, name: string, req: Req, res: Res, ip: str
 
 /**
  * A target in absolute form (`GET http://host/v1/products`, which RFC 9112 §3.2.2 says a server must
- * accept) as the origin form every layer reads; any other form is left as sent (and not found).
+ * accept) as the origin form every layer reads, and its authority; any other form is left as sent (and
+ * not found), with none.
  */
-export function originForm(target: string): string {
-  const authority = /^https?:\/\/[^/?#]*/i.exec(target);
-  if (!authority) return target;
-  const rest = target.slice(authority[0].length);
-  return rest.startsWith("/") ? rest : `/${rest}`;
+export function originForm(target: string): { path: string; authority?: string } {
+  const absolute = /^https?:\/\/([^/?#]*)/i.exec(target);
+  if (!absolute) return { path: target };
+  const rest = target.slice(absolute[0].length);
+  return { path: rest.startsWith("/") ? rest : `/${rest}`, authority: absolute[1] ?? "" };
 }
 
 /** Starts the front on `host:port`. */
@@ -114,7 +115,13 @@ export async function startFront(o: FrontOptions): Promise<RunningFront> {
   const endpoints = [openApiEndpoint(findOpenApiDocument(), o.log), ...(o.endpoints ?? [])];
   let draining = false;
   const handle = (req: Req, res: Res) => {
-    if (req.url !== undefined && !req.url.startsWith("/")) req.url = originForm(req.url);
+    if (req.url !== undefined && !req.url.startsWith("/")) {
+      const { path, authority } = originForm(req.url);
+      req.url = path;
+      // The target's authority, not Host, names what is asked for (RFC 9112 §3.2.2), and every check of
+      // Host reads it from here on (an authority with user info is not a valid Host).
+      if (authority !== undefined) req.headers.host = authority;
+    }
     let requestId = String(req.headers["x-request-id"] ?? "");
     if (!REQUEST_ID.test(requestId)) {
       requestId = randomUUID();
