@@ -49,7 +49,7 @@ function requireAdmin(ctx: HandlerContext): void {
 
 /** The OperatorService implementation, and a close() for its channels. */
 export function createOperator(deps: OperatorDeps): { service: ServiceImpl<typeof OperatorService>; close(): void } {
-  // One channel per instance address, kept while the gateway runs (instances come and go rarely).
+  // One channel per instance address, kept while an upstream lists it.
   const channels = new Map<string, GrpcClient>();
   const channel = (address: string) => {
     let c = channels.get(address);
@@ -60,6 +60,15 @@ export function createOperator(deps: OperatorDeps): { service: ServiceImpl<typeo
     return c;
   };
   const addresses = (service: Upstream) => deps.upstreams[service].state().endpoints.map((e) => e.address);
+  /** Closes the channels of instances no upstream lists any more (gone, moved, rescheduled). */
+  const prune = () => {
+    const listed = new Set(UPSTREAMS.flatMap(addresses));
+    for (const [address, c] of channels) {
+      if (listed.has(address)) continue;
+      c.close();
+      channels.delete(address);
+    }
+  };
   // The caller's signal and a deadline of our own, as gRPC deadlines: not AbortSignal.any(), whose
   // signals outlive the young generation on Node 20 (platform/deadline.ts).
   const opts = (ctx: HandlerContext) => ({ signal: ctx.signal, timeoutMs: deps.timeoutMs });
@@ -99,6 +108,7 @@ export function createOperator(deps: OperatorDeps): { service: ServiceImpl<typeo
   const service: ServiceImpl<typeof OperatorService> = {
     async getSystemStatus(_req, ctx) {
       requireAdmin(ctx);
+      prune();
       fanOut(ctx, 3 * UPSTREAMS.reduce((n, name) => n + addresses(name).length, 0));
       const services = await Promise.all(
         UPSTREAMS.map(async (name) => {
@@ -110,6 +120,7 @@ export function createOperator(deps: OperatorDeps): { service: ServiceImpl<typeo
     },
     async setServiceFaults(req, ctx) {
       requireAdmin(ctx);
+      prune();
       if (!deps.faultsEnabled) {
         throw new ConnectError("fault injection is not enabled at this gateway (FAULT_INJECTION)", Code.Unimplemented);
       }
