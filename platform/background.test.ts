@@ -65,7 +65,7 @@ it("a registry watch started inside a request logs without the request's trace i
   const reg = await announce(bus, "inventory", "127.0.0.1", 50099, silentLogger());
   for (
     let i = 0;
-    i < 100 && !lines.some((l) => l.msg === "registry: live instances changed" && (l.addresses as string[])?.length);
+    i < 100 && !lines.some((l) => l.msg === "registry: live instances changed" && (l.added as string[])?.length);
     i++
   ) {
     await new Promise((r) => setTimeout(r, 50));

@@ -23,6 +23,7 @@ import { type CircuitBreakerPolicy, CircuitState } from "cockatiel";
 import { RpcError } from "./errors.js";
 import { type BytesClient, type Client, createChannel, createClient } from "./grpc-client.js";
 import { createH2BytesClient } from "./h2-bytes.js";
+import { addressChange } from "./instances.js";
 import type { Logger } from "./log.js";
 import { detached } from "./propagation.js";
 import { REGISTRY_SCHEME, requireServiceName } from "./registry.js";
@@ -125,6 +126,7 @@ export class Endpoints<S extends DescService> {
   /** Makes the instances exactly `addresses`: new ones are connected, departed ones closed. */
   private set(addresses: readonly string[], whyNone: string): void {
     const wanted = new Set(addresses);
+    const change = addressChange(new Set(this.byAddress.keys()), wanted);
     for (const [address, ep] of this.byAddress) {
       if (wanted.has(address)) continue;
       ep.close();
@@ -135,7 +137,7 @@ export class Endpoints<S extends DescService> {
         this.byAddress.set(address, this.endpoint(address, createChannel(address), true));
     }
     this.missing = whyNone;
-    this.o.log.info({ endpoints: [...wanted] }, "endpoints changed");
+    this.o.log.info(change, "endpoints changed");
   }
 
   private endpoint(address: string, channel: grpc.Client, owned: boolean): Endpoint<S> & { close(): void } {

@@ -26,6 +26,7 @@
 import type { KvEntry } from "@nats-io/kv";
 import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
 import { backoffMs } from "./backoff.js";
+import { addressChange, MAX_INSTANCES, throttledWarn } from "./instances.js";
 import type { Logger } from "./log.js";
 import { detached } from "./propagation.js";
 import {
@@ -119,7 +120,9 @@ class InstanceWatcher {
   private unanswered = false;
   /** The current watch's snapshot is loaded. */
   private synced = false;
-  private reported: string | undefined;
+  private reported: ReadonlySet<string> | undefined;
+  private readonly invalid: (fields: Record<string, unknown>) => void;
+  private readonly overCap: (fields: Record<string, unknown>) => void;
 
   constructor(
     private readonly nc: NatsConnection,
@@ -130,6 +133,8 @@ class InstanceWatcher {
     this.log = log.child({ registryWatch: service });
     this.link = linkOf(nc);
     this.prefix = `${REGISTRY_SUBJECT_PREFIX}${service}.`;
+    this.invalid = throttledWarn(this.log, "registry: ignoring an entry without a valid address");
+    this.overCap = throttledWarn(this.log, `registry: ignoring instances past ${MAX_INSTANCES}`);
   }
 
   stop(): void {
@@ -146,12 +151,11 @@ class InstanceWatcher {
     if (this.stopped || (!this.synced && this.reported === undefined)) return;
     const live = new Set<string>();
     for (const k of this.known.values()) if (k.address !== undefined) live.add(k.address);
-    const addresses = [...live].sort();
-    const key = addresses.join(",");
-    if (key === this.reported) return;
-    this.reported = key;
-    this.log.info({ addresses }, "registry: live instances changed");
-    this.listener.onChange(addresses);
+    const before = this.reported;
+    if (before && before.size === live.size && [...live].every((a) => before.has(a))) return;
+    this.reported = live;
+    this.log.info(addressChange(before ?? new Set(), live), "registry: live instances changed");
+    this.listener.onChange([...live].sort());
   }
 
   /** An entry the snapshot read: older than a live write of its key, or than a later revision. */
@@ -189,10 +193,21 @@ class InstanceWatcher {
     if (!entry || (entry.service !== "" && entry.service !== this.service)) {
       // Not an instance of this service (e.g. an answer the server sent here at someone's request): it
       // neither adds nor removes one.
-      this.log.warn({ key }, "registry: ignoring an entry without a valid address");
+      this.invalid({ key });
+      return;
+    }
+    if (this.known.get(key)?.address === undefined && this.liveCount() >= MAX_INSTANCES) {
+      // Any holder of this service's NATS user can write its keys: the instances first known are kept.
+      this.overCap({ key });
       return;
     }
     this.known.set(key, { address: entry.address, revision, seenAt });
+  }
+
+  private liveCount(): number {
+    let n = 0;
+    for (const k of this.known.values()) if (k.address !== undefined) n++;
+    return n;
   }
 
   /**
