@@ -11,8 +11,9 @@
  * (beyond `JWT_CLOCK_SKEW_S`), and name only known roles: a role string the
  * gateway would read one way and a service another is refused outright.
  */
-import { createRemoteJWKSet, importSPKI, type JWTPayload, jwtVerify, SignJWT } from "jose";
+import { importSPKI, type JWTPayload, jwtVerify, SignJWT } from "jose";
 import { type Identity, parseIdentity, type Role } from "../platform/index.js";
+import { resilientJwks } from "./jwks.js";
 
 /** Why a token was refused, for the log (the client always gets a generic 401). */
 export class AuthError extends Error {
@@ -57,7 +58,7 @@ const CACHE_LIMIT = 10_000;
 /** Longest a verified token is remembered, ms (it is never kept past its `exp`). */
 const CACHE_TTL_MS = 60_000;
 
-/** Builds the verifier once (keys imported up front, JWKS cached by jose). */
+/** Builds the verifier once (keys imported up front, a JWKS fetched when first needed: jwks.ts). */
 export async function createAuthenticator(c: AuthConfig, clock: () => number = Date.now): Promise<Authenticator> {
   const options = {
     issuer: c.JWT_ISSUER,
@@ -70,7 +71,7 @@ export async function createAuthenticator(c: AuthConfig, clock: () => number = D
   const opts = () => ({ ...options, currentDate: new Date(clock()) });
   let verify: (token: string) => Promise<JWTPayload>;
   if (c.JWT_JWKS_URL) {
-    const jwks = createRemoteJWKSet(new URL(c.JWT_JWKS_URL));
+    const jwks = resilientJwks(new URL(c.JWT_JWKS_URL), clock);
     verify = async (t) => (await jwtVerify(t, jwks, { ...opts(), algorithms: ["RS256", "ES256"] })).payload;
   } else if (c.JWT_PUBLIC_KEY) {
     const alg = c.JWT_PUBLIC_KEY_ALG;
