@@ -10,6 +10,7 @@ import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/heal
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import { envelope, h2Request, h2Session } from "../test/raw.js";
+import { capturedLogger } from "../test/system.js";
 import type { CallContext, ServiceImpl } from "./grpc.js";
 import { createChannel, createClient } from "./grpc-client.js";
 import { silentLogger } from "./log.js";
@@ -201,5 +202,24 @@ describe("the standard services (health, reflection) under a hostile client", ()
       req.close(http2.constants.NGHTTP2_CANCEL);
     }
     await expect.poll(() => watched.size, { timeout: 5_000 }).toBe(0);
+  });
+});
+
+describe("a refused call's log line", () => {
+  it("says why it was refused (a field named msg was overwritten by the line's own message)", async () => {
+    const { log, lines } = capturedLogger();
+    const server: RunningServer = await startGrpcServer({
+      host: "127.0.0.1",
+      port: 0,
+      services: [bind(InventoryService, waitingInventory())],
+      log,
+    });
+    cleanups.push(() => server.stop(0));
+    const channel = createChannel(server.address);
+    cleanups.push(() => channel.close());
+    // A NUL in a request string is refused before any handler, naming the field.
+    await expect(createClient(InventoryService, channel).getProduct({ productId: "a\0b" })).rejects.toThrow();
+    const line = lines.find((l) => l.msg === "rpc" && l.code === "INVALID_ARGUMENT");
+    expect(JSON.stringify(line)).toMatch(/product_id/);
   });
 });

@@ -78,7 +78,7 @@ function callLogger(): Interceptor {
       const { code } = toStatusObject(err);
       if (code !== grpc.status.INTERNAL) {
         ctx.log.info(
-          { code: grpc.status[code], ms: Math.round(performance.now() - started), msg: (err as Error).message },
+          { code: grpc.status[code], ms: Math.round(performance.now() - started), reason: (err as Error).message },
           "rpc",
         );
       }
