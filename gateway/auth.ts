@@ -81,14 +81,15 @@ export async function createAuthenticator(c: AuthConfig, clock: () => number = D
     const key = new TextEncoder().encode(c.JWT_SECRET);
     verify = async (t) => (await jwtVerify(t, key, { ...opts(), algorithms: ["HS256"] })).payload;
   }
-  // Verified tokens, until they expire (at most a minute): the hot path skips the signature check.
-  const verified = new Map<string, { identity: Identity; until: number }>();
+  // Verified tokens, until they expire (at most a minute): the hot path skips the signature check. A
+  // clock that went back since (an NTP step, a VM restored) re-verifies: the minute is the clock's.
+  const verified = new Map<string, { identity: Identity; at: number; until: number }>();
   return async (authorization) => {
     const m = /^Bearer ([A-Za-z0-9_\-.]+)$/.exec(authorization ?? "");
     if (!m?.[1]) throw new AuthError(authorization ? "malformed Authorization header" : "missing bearer token");
     const now = clock();
     const hit = verified.get(m[1]);
-    if (hit && hit.until > now) return hit.identity;
+    if (hit && hit.at <= now && now < hit.until) return hit.identity;
     let claims: JWTPayload;
     try {
       claims = await verify(m[1]);
@@ -97,7 +98,7 @@ export async function createAuthenticator(c: AuthConfig, clock: () => number = D
     }
     const identity = identityFromClaims(claims, c.JWT_MAX_LIFETIME_S);
     if (verified.size >= CACHE_LIMIT) verified.clear();
-    verified.set(m[1], { identity, until: Math.min((claims.exp as number) * 1000, now + CACHE_TTL_MS) });
+    verified.set(m[1], { identity, at: now, until: Math.min((claims.exp as number) * 1000, now + CACHE_TTL_MS) });
     return identity;
   };
 }

@@ -17,7 +17,7 @@ import type { Client as GrpcClient } from "@grpc/grpc-js";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/health_pb.js";
 import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import type { InstanceStatusSchema, OperatorService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
-import { createChannel, createClient, Code as PlatformCode, RpcError } from "../platform/index.js";
+import { createChannel, createClient, MAX_INSTANCES, Code as PlatformCode, RpcError } from "../platform/index.js";
 import type { DownstreamState } from "../platform/resilience.js";
 import { kIdentity } from "./context.js";
 import { UPSTREAMS, type Upstream } from "./routes.js";
@@ -30,6 +30,12 @@ export const OPERATOR_READS: readonly string[] = [
 ];
 /** The RPC SetServiceFaults calls on every instance (allowed only where fault injection is on). */
 export const OPERATOR_WRITES: readonly string[] = [`/${ChaosService.typeName}/${ChaosService.method.setFaults.name}`];
+
+/** The largest answer an instance may give a status read (a real one is a few hundred bytes). */
+const MAX_ANSWER_BYTES = 16 * 1024;
+/** The most downstreams shown for an instance (a service calls two), and the longest name or address. */
+const MAX_DOWNSTREAMS = 8;
+const MAX_NAME = 100;
 
 /** What the operator service needs. */
 export interface OperatorDeps {
@@ -49,12 +55,14 @@ function requireAdmin(ctx: HandlerContext): void {
 
 /** The OperatorService implementation, and a close() for its channels. */
 export function createOperator(deps: OperatorDeps): { service: ServiceImpl<typeof OperatorService>; close(): void } {
-  // One channel per instance address, kept while an upstream lists it.
+  // One channel per instance address, kept while an upstream lists it. An answer is refused past a
+  // few KB before it is decoded: any holder of a service's NATS user can point its registry entries at
+  // a server of its own, whose 4 MB answer cost the gateway ~450 MB and 3 s per panel refresh.
   const channels = new Map<string, GrpcClient>();
   const channel = (address: string) => {
     let c = channels.get(address);
     if (!c) {
-      c = createChannel(address);
+      c = createChannel(address, { "grpc.max_receive_message_length": MAX_ANSWER_BYTES });
       channels.set(address, c);
     }
     return c;
@@ -96,12 +104,27 @@ export function createOperator(deps: OperatorDeps): { service: ServiceImpl<typeo
         : serving
           ? ""
           : HealthCheckResponse_ServingStatus[check.value.status];
+    // Only what the panel shows, clipped: an instance speaks for itself, within bounds.
+    const f = faults.status === "fulfilled" ? faults.value.faults : undefined;
     return {
       address,
       serving,
       detail,
-      ...(faults.status === "fulfilled" && faults.value.faults ? { faults: faults.value.faults } : {}),
-      downstreams: resilience.status === "fulfilled" ? resilience.value.downstreams : [],
+      ...(f
+        ? { faults: { latencyMs: f.latencyMs, errorRate: f.errorRate, errorCode: f.errorCode, down: f.down } }
+        : {}),
+      downstreams:
+        resilience.status === "fulfilled"
+          ? resilience.value.downstreams.slice(0, MAX_DOWNSTREAMS).map((d) => ({
+              name: d.name.slice(0, MAX_NAME),
+              breaker: d.breaker,
+              inFlight: d.inFlight,
+              queued: d.queued,
+              endpoints: d.endpoints
+                .slice(0, MAX_INSTANCES)
+                .map((e) => ({ address: e.address.slice(0, MAX_NAME), breaker: e.breaker })),
+            }))
+          : [],
     };
   };
 

@@ -62,6 +62,7 @@ export {
   on,
   UnprocessableEventError,
 } from "./inbox.js";
+export { MAX_INSTANCES } from "./instances.js";
 export { runService, type Stoppable } from "./lifecycle.js";
 export { createLogger, type Logger, silentLogger } from "./log.js";
 export type { Metrics } from "./metrics.js";

@@ -18,10 +18,10 @@ import { join } from "node:path";
 import { fromBinary, toJson } from "@bufbuild/protobuf";
 import { DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
 import { EVENTS } from "../contracts/events.js";
-import { oneLine } from "../platform/dead-letter.js";
 import { BUS_ADMIN, type Bus, busAuthOf, connectBus, DLQ_STREAM, silentLogger } from "../platform/index.js";
 import { ROOT } from "./layout.js";
 import { localBusEnv } from "./nats.js";
+import { printable } from "./printable.js";
 
 const USAGE = "usage: events.ts [--from-start] | events.ts --dlq [--follow]";
 const args = process.argv.slice(2);
@@ -78,16 +78,6 @@ const cut = (h: JsMsg["headers"]) =>
     .map((x) => `; ${x}`)
     .join("");
 
-/**
- * What a message says, its control characters escaped — a forged event could drive the terminal — and
- * its format characters too (bidirectional controls, zero-width ones): it could show as another text.
- */
-const safe = (text: string) =>
-  oneLine(text).replace(
-    /(?![\u200c\u200d])[\p{Cf}\u2028\u2029]/gu,
-    (c) => `\\u{${(c.codePointAt(0) ?? 0).toString(16)}}`,
-  );
-
 function print(stream: string, m: JsMsg): void {
   let h: JsMsg["headers"];
   try {
@@ -95,19 +85,19 @@ function print(stream: string, m: JsMsg): void {
   } catch {
     // A header block nats.js cannot read (stored as a client other than nats.js sent it).
     console.log(
-      `${dim("?".padEnd(12))} ${safe(m.subject).padEnd(38)} <${m.data.length} bytes with unreadable headers>`,
+      `${dim("?".padEnd(12))} ${printable(m.subject).padEnd(38)} <${m.data.length} bytes with unreadable headers>`,
     );
     return;
   }
   const type = h?.get("ce-type") ?? "?";
-  const time = safe((h?.get("ce-time") ?? "").slice(11, 23));
-  const line = `${dim(time)} ${safe(m.subject).padEnd(38)} ${safe(describe(type, m.data))}`;
+  const time = printable((h?.get("ce-time") ?? "").slice(11, 23));
+  const line = `${dim(time)} ${printable(m.subject).padEnd(38)} ${printable(describe(type, m.data))}`;
   if (stream === DLQ_STREAM.name) {
     const [reason, consumer, deliveries] = ["x-dlq-reason", "x-dlq-consumer", "x-dlq-deliveries"].map((k) =>
-      safe(h?.get(k) ?? ""),
+      printable(h?.get(k) ?? ""),
     );
     console.log(
-      `${red("DLQ")} ${line}\n    ${red("reason:")} ${reason} ${dim(`(consumer ${consumer}, ${deliveries} deliveries${safe(cut(h))})`)}`,
+      `${red("DLQ")} ${line}\n    ${red("reason:")} ${reason} ${dim(`(consumer ${consumer}, ${deliveries} deliveries${printable(cut(h))})`)}`,
     );
   } else {
     console.log(line);

@@ -5,6 +5,7 @@
  * indented under its parent, with its offset, duration and errors.
  */
 import { existsSync, readFileSync } from "node:fs";
+import { printable } from "./printable.js";
 
 interface SpanLine {
   trace_id: string;
@@ -76,9 +77,10 @@ const print = (s: SpanLine, depth: number) => {
   const from = Math.floor(((s.start_ms - t0) / (end - t0 || 1)) * width);
   const len = Math.max(1, Math.round((s.duration_ms / (end - t0 || 1)) * width));
   const bar = `${" ".repeat(from)}${"█".repeat(Math.min(len, width - from))}`.padEnd(width);
-  const label = `${"  ".repeat(depth)}${s.service}: ${s.name}`;
+  // Any process that writes the span file names its spans; an error may quote the event it failed on.
+  const label = `${"  ".repeat(depth)}${printable(s.service)}: ${printable(s.name)}`;
   const timing = `+${(s.start_ms - t0).toFixed(1)}ms ${s.duration_ms.toFixed(1)}ms`;
-  console.log(`${bar} ${label.padEnd(70)} ${timing}${s.error ? ` ${red(`✗ ${s.error}`)}` : ""}`);
+  console.log(`${bar} ${label.padEnd(70)} ${timing}${s.error ? ` ${red(`✗ ${printable(s.error)}`)}` : ""}`);
   for (const c of children.get(s.span_id) ?? []) print(c, depth + 1);
 };
 for (const root of children.get("") ?? []) print(root, 0);

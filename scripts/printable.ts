@@ -1,0 +1,13 @@
+/**
+ * Text a command prints that others wrote (an event, a span, a log line), made harmless to a terminal:
+ * its control characters escaped — they could drive the terminal (clear it, retitle it) or start a
+ * forged line — and its format characters too (bidirectional controls, zero-width ones): they could
+ * show it as another text. The joiners of emoji sequences stay.
+ */
+import { oneLine } from "../platform/dead-letter.js";
+
+export const printable = (text: string): string =>
+  oneLine(text).replace(
+    /(?![\u200c\u200d])[\p{Cf}\u2028\u2029]/gu,
+    (c) => `\\u{${(c.codePointAt(0) ?? 0).toString(16)}}`,
+  );
