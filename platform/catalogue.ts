@@ -108,7 +108,7 @@ export function isNewerEvent(catalogue: EventCatalogue, typeName: string, stream
   if (!name || context !== stream.toLowerCase() || stream === DLQ_STREAM.name) return false;
   if (!catalogue.streams.some((s) => s.name === stream)) return false;
   const base = subjectOfName(stream, name);
-  return subject === `${base}.orchestration` || subject === `${base}.choreography`;
+  return ["orchestration", "choreography", "none"].some((mode) => subject === `${base}.${mode}`);
 }
 
 /** A catalogue of the event schemas listed per stream name (e.g. `{ ORDER: [OrderPlacedSchema, ...] }`). */

@@ -772,11 +772,14 @@ describe("consumers", () => {
       };
       await publish("order.order.shipped.orchestration", "shopmesh.order.v1.OrderShipped", "evt_newer");
       await publish("order.order.shipped.choreography", "shopmesh.order.v1.OrderShipped", "evt_newer_2");
+      // One no saga waits for (about no order, say): its subject ends in `none`.
+      await publish("order.order.shipped.none", "shopmesh.order.v1.OrderShipped", "evt_newer_none");
       const refused = [
         await publish("order.order.placed.orchestration", "shopmesh.order.v1.OrderShipped", "evt_wrong_subject"),
         await publish("order.stock.expired.orchestration", "shopmesh.inventory.v1.StockExpired", "evt_other_context"),
         await publish("order.order.shipped.orchestration", "OrderShipped", "evt_not_a_type_name"),
         await publish("order.order.shipped", "shopmesh.order.v1.OrderShipped", "evt_no_mode"),
+        await publish("order.order.shipped.nothing", "shopmesh.order.v1.OrderShipped", "evt_unknown_mode"),
       ];
       const producer = await service();
       const placedId = await producer.db.transaction((tx) =>
