@@ -75,38 +75,56 @@ export async function startSystem(
   installLeanAsyncBind();
   const dir = tempDir();
   const nats = await startNats();
-  const root = opts.log ?? silentLogger();
-  const log = (service: string) => root.child({ service });
-  const base = { GRPC_HOST: "127.0.0.1", GRPC_PORT: "0", SHUTDOWN_GRACE_MS: "2000", NATS_URL: nats.url };
-  const dbs = new TestDatabases(dir.path);
-  const inventory = await startInventory(
-    inventoryConfig({ ...base, ...(await dbs.env("inventory")), ...env.inventory }),
-    log("inventory"),
-  );
-  const payment = await startPayment(
-    paymentConfig({ ...base, ...(await dbs.env("payment")), ...env.payment }),
-    log("payment"),
-  );
-  const order = await startOrder(
-    orderConfig({
-      ...base,
-      ...(await dbs.env("order")),
-      INVENTORY_TARGET: inventory.address,
-      PAYMENT_TARGET: payment.address,
-      SAGA_RETRY_BASE_MS: "20",
-      SAGA_RETRY_MAX_MS: "200",
-      ...env.order,
-    }),
-    log("order"),
-  );
-  const notification = await startNotification(
-    notificationConfig({ ...base, ...(await dbs.env("notification")), ...env.notification }),
-    log("notification"),
-  );
-  const history = await startHistory(
-    historyConfig({ ...base, ...(await dbs.env("history")), ...env.history }),
-    log("history"),
-  );
+  // What started, stopped again (in reverse) if a later part fails to start: else its nats-server and
+  // services would outlive the run, and the failure would be hidden by the test's teardown.
+  const started: { stop(): Promise<void> }[] = [];
+  const keep = async <A extends { stop(): Promise<void> }>(app: Promise<A>): Promise<A> => {
+    const a = await app;
+    started.push(a);
+    return a;
+  };
+  const apps = await (async () => {
+    const root = opts.log ?? silentLogger();
+    const log = (service: string) => root.child({ service });
+    const base = { GRPC_HOST: "127.0.0.1", GRPC_PORT: "0", SHUTDOWN_GRACE_MS: "2000", NATS_URL: nats.url };
+    const dbs = new TestDatabases(dir.path);
+    const inventory = await keep(
+      startInventory(inventoryConfig({ ...base, ...(await dbs.env("inventory")), ...env.inventory }), log("inventory")),
+    );
+    const payment = await keep(
+      startPayment(paymentConfig({ ...base, ...(await dbs.env("payment")), ...env.payment }), log("payment")),
+    );
+    const order = await keep(
+      startOrder(
+        orderConfig({
+          ...base,
+          ...(await dbs.env("order")),
+          INVENTORY_TARGET: inventory.address,
+          PAYMENT_TARGET: payment.address,
+          SAGA_RETRY_BASE_MS: "20",
+          SAGA_RETRY_MAX_MS: "200",
+          ...env.order,
+        }),
+        log("order"),
+      ),
+    );
+    const notification = await keep(
+      startNotification(
+        notificationConfig({ ...base, ...(await dbs.env("notification")), ...env.notification }),
+        log("notification"),
+      ),
+    );
+    const history = await keep(
+      startHistory(historyConfig({ ...base, ...(await dbs.env("history")), ...env.history }), log("history")),
+    );
+    return { inventory, payment, order, notification, history };
+  })().catch(async (err: unknown) => {
+    for (const app of started.reverse()) await app.stop().catch(() => {});
+    await nats[Symbol.asyncDispose]();
+    dir[Symbol.dispose]();
+    throw err;
+  });
+  const { inventory, payment, order, notification, history } = apps;
   const channels = [
     createChannel(order.address),
     createChannel(inventory.address),

@@ -26,7 +26,7 @@ beforeAll(async () => {
   );
   ({ app, client: inventory } = sut);
 });
-afterAll(() => sut[Symbol.asyncDispose]());
+afterAll(() => sut?.[Symbol.asyncDispose]());
 
 /** Every row of the service's database, to prove a rejected call changed nothing. */
 const snapshot = () => dbSnapshot(app.store.db);

@@ -55,9 +55,10 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await sut[Symbol.asyncDispose]();
-  await bus.close();
-  await nats[Symbol.asyncDispose]();
+  // Whatever started: a failed start must not hide its error behind this one, nor leave NATS running.
+  await sut?.[Symbol.asyncDispose]();
+  await bus?.close();
+  await nats?.[Symbol.asyncDispose]();
 });
 
 const as = (subject: string, roles: Role[] = ["customer"]) => ({ metadata: identityMetadata({ subject, roles }) });

@@ -24,7 +24,7 @@ beforeAll(async () => {
   sut = await startServiceUnderTest("payment", PaymentService, (env) => startPayment(loadConfig(env), silentLogger()));
   ({ app, client: payments } = sut);
 });
-afterAll(() => sut[Symbol.asyncDispose]());
+afterAll(() => sut?.[Symbol.asyncDispose]());
 
 /** Every row of the service's database, to prove a rejected call changed nothing. */
 const snapshot = () => dbSnapshot(app.store.db);
