@@ -4,8 +4,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PROTOS := $(shell find proto -name '*.proto')
-# `make run PAYMENT_REPLICAS=2`: instance counts reach the runner through the environment.
-export INVENTORY_REPLICAS PAYMENT_REPLICAS ORDER_REPLICAS NOTIFICATION_REPLICAS HISTORY_REPLICAS DB PG_PORT
+# `make run PAYMENT_REPLICAS=2 DB=postgres`: make puts variables given on its command line in the
+# recipes' environment, where the runner reads them (scripts/run.ts), so no list of them is kept here.
 
 .PHONY: help install nats postgres python-client chromium generate gen-fresh build lint typecheck breaking contracts-baseline test run bench footprint compare load demo token trace events dlq history-rebuild clean
 

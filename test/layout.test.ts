@@ -4,9 +4,11 @@
  * other script without them.
  */
 import { execFileSync } from "node:child_process";
+import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { beforeAll, expect, it } from "vitest";
-import { nodeCommand, ROOT, SYSTEM, systemNodeFlags } from "../scripts/layout.js";
+import { UPSTREAMS } from "../gateway/routes.js";
+import { nodeCommand, ROOT, SERVICE_NAMES, SYSTEM, systemNodeFlags } from "../scripts/layout.js";
 
 // nodeCommand runs the build: make it here rather than count on another suite having made it first.
 beforeAll(() => {
@@ -18,7 +20,10 @@ const FOLDERS = SYSTEM.map((p) => (p.name === "gateway" ? "gateway" : `services/
 
 it("every service and the gateway has a bounded young generation", () => {
   for (const dir of FOLDERS) {
-    expect(systemNodeFlags(`${dir}/main.ts`), dir).toContainEqual(expect.stringMatching(/^--max-semi-space-size=\d+$/));
+    expect(
+      systemNodeFlags(`${dir}/main.ts`),
+      `${dir}: add its main.ts to HEAP_LIMITS in scripts/layout.ts`,
+    ).toContainEqual(expect.stringMatching(/^--max-semi-space-size=\d+$/));
   }
 });
 
@@ -50,4 +55,10 @@ it("any other script runs its build without them", () => {
 
 it("names the missing build", () => {
   expect(() => nodeCommand("services/nope/main.ts")).toThrow(/make build/);
+});
+
+it("runs every service there is, and every upstream the gateway routes to (a missing one answered 503)", () => {
+  const folders = readdirSync(join(ROOT, "services")).filter((d) => existsSync(join(ROOT, "services", d, "main.ts")));
+  expect([...SERVICE_NAMES].sort(), "SYSTEM in scripts/layout.ts").toEqual(folders.sort());
+  for (const u of UPSTREAMS) expect(SERVICE_NAMES, `add ${u} to SYSTEM in scripts/layout.ts`).toContain(u);
 });

@@ -24,6 +24,12 @@ export interface TestNats extends AsyncDisposable {
   resume(): void;
 }
 
+/** The nats-servers this process runs: killed when it exits, however it ends (else they outlive the run). */
+const running = new Set<ChildProcess>();
+process.once("exit", () => {
+  for (const c of running) c.kill("SIGKILL");
+});
+
 /** Starts nats-server -js on a free port with a fresh data dir, and `config` (e.g. users) when given. */
 export async function startNats(config?: string): Promise<TestNats> {
   const dir = mkdtempSync(join(tmpdir(), "shopmesh-nats-"));
@@ -37,6 +43,8 @@ export async function startNats(config?: string): Promise<TestNats> {
       stdio: ["ignore", "pipe", "pipe"],
     });
     child = c;
+    running.add(c);
+    c.once("exit", () => running.delete(c));
     await outputReady(
       c,
       "Server is ready",

@@ -1,6 +1,7 @@
 /** The in-process test system (system.ts) as the tests meet it when a part of it cannot start. */
 import { execFileSync } from "node:child_process";
 import { expect, it } from "vitest";
+import { ROOT } from "./fixtures.js";
 import { startSystem } from "./system.js";
 
 /** The nats-servers this (forked) test process runs. */
@@ -17,4 +18,24 @@ it("stops what it started when a later part cannot start: no nats-server or serv
   // History, the last part, refuses its configuration: inventory, payment, order and notification run by then.
   await expect(startSystem({ history: { GRPC_PORT: "not a port" } })).rejects.toThrow(/GRPC_PORT/);
   expect(natsServers()).toBe("");
+});
+
+it("a test process that ends without stopping its nats-server takes it along", async () => {
+  // A worker that crashes or is killed by a timeout never runs its teardown.
+  const script = `import { startNats } from "./test/nats.ts"; const n = await startNats(); console.log(n.port); process.exit(0);`;
+  const out = execFileSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+    cwd: ROOT,
+    encoding: "utf8",
+  });
+  const port = Number(out.trim());
+  expect(port).toBeGreaterThan(0);
+  const alive = () => {
+    try {
+      return execFileSync("pgrep", ["-f", `nats-server .* -p ${port}$`], { encoding: "utf8" }).trim();
+    } catch {
+      return "";
+    }
+  };
+  for (let i = 0; i < 40 && alive(); i++) await new Promise((r) => setTimeout(r, 50));
+  expect(alive()).toBe("");
 });
