@@ -28,7 +28,8 @@ function importsOf(file: string): string[] {
   );
 }
 
-const BUSINESS_CONTRACTS = /^gen\/shopmesh\/(order|inventory|payment|notification|history|gateway)\//;
+/** Every contract under gen/shopmesh/ but the runtime's own (common types, the chaos service): a new service's too. */
+const BUSINESS_CONTRACTS = /^gen\/shopmesh\/(?!common\/|chaos\/)/;
 
 describe("module boundaries", () => {
   it("platform imports no service, no gateway, no contracts side and no business contract", () => {
