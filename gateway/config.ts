@@ -1,4 +1,6 @@
 /** Gateway configuration: every variable it reads, parsed once. */
+
+import { localTarget } from "../contracts/ports.js";
 import {
   bool,
   ConfigError,
@@ -31,11 +33,11 @@ export function targetVariable<U extends Upstream>(upstream: U): TargetVariable<
 
 /**
  * A `*_TARGET` variable for each of the routing table's upstreams (host:port, dns:///name:port in
- * Kubernetes, or registry:///name for the NATS KV registry), defaulting to its service's port in
- * `make run`: an upstream added to `ROUTES` without one here does not compile.
+ * Kubernetes, or registry:///name for the NATS KV registry), defaulting to its service's address in
+ * `make run` (`contracts/ports.ts`: an upstream without a port there does not compile).
  */
-function targets(defaults: Readonly<Record<Upstream, string>>) {
-  return Object.fromEntries(UPSTREAMS.map((u) => [targetVariable(u), str(defaults[u])])) as {
+function targets() {
+  return Object.fromEntries(UPSTREAMS.map((u) => [targetVariable(u), str(localTarget(u))])) as {
     readonly [U in Upstream as TargetVariable<U>]: EnvReader<string>;
   };
 }
@@ -58,13 +60,7 @@ const spec = {
   HTTP_HOST: str("127.0.0.1"),
   /** HTTP port: Connect (JSON and binary), gRPC-Web and gRPC, over HTTP/1.1 and cleartext HTTP/2. */
   HTTP_PORT: int(8080, { min: 0, max: 65535 }),
-  ...targets({
-    inventory: "127.0.0.1:50051",
-    payment: "127.0.0.1:50052",
-    order: "127.0.0.1:50053",
-    notification: "127.0.0.1:50054",
-    history: "127.0.0.1:50055",
-  }),
+  ...targets(),
   /** HS256 shared secret (default: the public development key). */
   JWT_SECRET: str(DEV_JWT_SECRET),
   /** PEM public key (SPKI) for RS256/ES256 tokens; takes precedence over JWT_SECRET. */

@@ -11,15 +11,16 @@
  * :50051); SAGA_MODE=choreography runs the same three orders as a choreography.
  */
 import { MAX_LINE_QUANTITY } from "../contracts/lines.js";
+import { localTarget } from "../contracts/ports.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { type Order, OrderService, OrderStatus, StepStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { createChannel, createClient, identityMetadata, RpcError } from "../platform/index.js";
 
-const target = process.env.ORDER_TARGET ?? "127.0.0.1:50053";
+const target = process.env.ORDER_TARGET ?? localTarget("order");
 const sagaMode =
   process.env.SAGA_MODE?.toLowerCase() === "choreography" ? SagaMode.CHOREOGRAPHY : SagaMode.ORCHESTRATION;
-const inventoryTarget = process.env.INVENTORY_TARGET ?? "127.0.0.1:50051";
+const inventoryTarget = process.env.INVENTORY_TARGET ?? localTarget("inventory");
 const channel = createChannel(target);
 const inventoryChannel = createChannel(inventoryTarget);
 const orders = createClient(OrderService, channel);

@@ -10,6 +10,7 @@
  */
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
+import { DEFAULT_PORTS } from "../contracts/ports.js";
 
 /** The repository root: the nearest folder above this file with a package.json (dist/ has none). */
 export const ROOT = (() => {
@@ -25,11 +26,11 @@ export const ROOT = (() => {
  * watch the whole system read. A new service goes here.
  */
 export const SYSTEM = [
-  { name: "inventory", port: 50051, metrics: 9101 },
-  { name: "payment", port: 50052, metrics: 9102 },
-  { name: "order", port: 50053, metrics: 9103 },
-  { name: "notification", port: 50054, metrics: 9104 },
-  { name: "history", port: 50055, metrics: 9105 },
+  { name: "inventory", port: DEFAULT_PORTS.inventory, metrics: 9101 },
+  { name: "payment", port: DEFAULT_PORTS.payment, metrics: 9102 },
+  { name: "order", port: DEFAULT_PORTS.order, metrics: 9103 },
+  { name: "notification", port: DEFAULT_PORTS.notification, metrics: 9104 },
+  { name: "history", port: DEFAULT_PORTS.history, metrics: 9105 },
   { name: "gateway", port: 8080, metrics: 9100 },
 ] as const;
 /** The services (every process of {@link SYSTEM} but the gateway). */

@@ -7,6 +7,7 @@ import { execFileSync } from "node:child_process";
 import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { beforeAll, expect, it } from "vitest";
+import { DEFAULT_PORTS } from "../contracts/ports.js";
 import { UPSTREAMS } from "../gateway/routes.js";
 import { nodeCommand, ROOT, SERVICE_NAMES, SYSTEM, systemNodeFlags } from "../scripts/layout.js";
 
@@ -61,4 +62,5 @@ it("runs every service there is, and every upstream the gateway routes to (a mis
   const folders = readdirSync(join(ROOT, "services")).filter((d) => existsSync(join(ROOT, "services", d, "main.ts")));
   expect([...SERVICE_NAMES].sort(), "SYSTEM in scripts/layout.ts").toEqual(folders.sort());
   for (const u of UPSTREAMS) expect(SERVICE_NAMES, `add ${u} to SYSTEM in scripts/layout.ts`).toContain(u);
+  expect(Object.keys(DEFAULT_PORTS).sort(), "DEFAULT_PORTS in contracts/ports.ts").toEqual([...SERVICE_NAMES].sort());
 });

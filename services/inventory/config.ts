@@ -1,11 +1,12 @@
 /** Inventory service configuration: every variable it reads, parsed once. */
+import { DEFAULT_PORTS } from "../../contracts/ports.js";
 import { bool, type ConfigOf, commonEnv, faultEnv, int, parseEnv, str } from "../../platform/index.js";
 
 const spec = {
   ...commonEnv,
   ...faultEnv,
   /** gRPC port (0 = any free port). */
-  GRPC_PORT: int(50051, { min: 0, max: 65535 }),
+  GRPC_PORT: int(DEFAULT_PORTS.inventory, { min: 0, max: 65535 }),
   /** SQLite file of this service (when DATABASE_URL is empty). */
   DB_PATH: str(".data/inventory.db"),
   /** Load the demo catalogue into an empty database on start. */

@@ -1,17 +1,18 @@
 /** Order service configuration: every variable it reads, parsed once. */
+import { DEFAULT_PORTS, localTarget } from "../../contracts/ports.js";
 import { type ConfigOf, commonEnv, faultEnv, int, oneOf, parseEnv, policyEnv, str } from "../../platform/index.js";
 
 const spec = {
   ...commonEnv,
   ...faultEnv,
   /** gRPC port (0 = any free port). */
-  GRPC_PORT: int(50053, { min: 0, max: 65535 }),
+  GRPC_PORT: int(DEFAULT_PORTS.order, { min: 0, max: 65535 }),
   /** SQLite file of this service (when DATABASE_URL is unset). */
   DB_PATH: str(".data/order.db"),
   /** gRPC target of the inventory service: host:port, dns:///name:port or registry:///inventory. */
-  INVENTORY_TARGET: str("127.0.0.1:50051"),
+  INVENTORY_TARGET: str(localTarget("inventory")),
   /** gRPC target of the payment service. */
-  PAYMENT_TARGET: str("127.0.0.1:50052"),
+  PAYMENT_TARGET: str(localTarget("payment")),
   /** Saga mode for PlaceOrder requests that leave it unspecified. */
   SAGA_DEFAULT_MODE: oneOf(["ORCHESTRATION", "CHOREOGRAPHY"], "ORCHESTRATION"),
   /** How long a forward saga step may keep failing transiently before the order is compensated, in ms. */
