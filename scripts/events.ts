@@ -21,8 +21,9 @@ import { EVENTS } from "../contracts/events.js";
 import { BUS_ADMIN, type Bus, busAuthOf, connectBus, DLQ_STREAM, silentLogger } from "../platform/index.js";
 import { ROOT } from "./layout.js";
 import { localBusEnv } from "./nats.js";
-import { printable } from "./printable.js";
+import { printable, quietWhenOutputCloses } from "./printable.js";
 
+quietWhenOutputCloses();
 const USAGE = "usage: events.ts [--from-start] | events.ts --dlq [--follow]";
 const args = process.argv.slice(2);
 for (const a of args) {

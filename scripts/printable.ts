@@ -1,4 +1,7 @@
 /**
+ * What a command prints. Text that others wrote (an event, a span, a log line) is made harmless to a
+ * terminal first (`printable`); and a command whose reader stops reading ends quietly.
+ *
  * Text a command prints that others wrote (an event, a span, a log line), made harmless to a terminal:
  * its control characters escaped — they could drive the terminal (clear it, retitle it) or start a
  * forged line — and its format characters too (bidirectional controls, zero-width ones): they could
@@ -11,3 +14,15 @@ export const printable = (text: string): string =>
     /(?![\u200c\u200d])[\p{Cf}\u2028\u2029]/gu,
     (c) => `\\u{${(c.codePointAt(0) ?? 0).toString(16)}}`,
   );
+
+/**
+ * Ends the command quietly once whatever reads its output stops reading (`make trace | head -1`), as
+ * Unix tools do: the next write failed with EPIPE, which Node reports as an uncaught error, a stack
+ * trace and exit code 1.
+ */
+export function quietWhenOutputCloses(): void {
+  process.stdout.on("error", (err: NodeJS.ErrnoException) => {
+    if (err.code !== "EPIPE") throw err;
+    process.exit(0);
+  });
+}

@@ -5,7 +5,7 @@
  * indented under its parent, with its offset, duration and errors.
  */
 import { existsSync, readFileSync } from "node:fs";
-import { printable } from "./printable.js";
+import { printable, quietWhenOutputCloses } from "./printable.js";
 
 interface SpanLine {
   trace_id: string;
@@ -20,6 +20,7 @@ interface SpanLine {
   attributes: Record<string, unknown>;
 }
 
+quietWhenOutputCloses();
 const file = process.env.TRACE_FILE || ".data/traces.jsonl";
 const orderId = process.env.ORDER ?? "";
 let traceId = process.env.TRACE ?? "";
@@ -54,11 +55,12 @@ if (!traceId) {
   }
   // The order's trace is the one that holds its PlaceOrder; others (e.g. later GetOrder calls) are listed.
   traceId = hits[0] as string;
-  if (hits.length > 1) console.log(`order ${orderId} appears in ${hits.length} traces; showing ${traceId}\n`);
+  if (hits.length > 1)
+    console.log(`order ${orderId} appears in ${hits.length} traces; showing ${printable(traceId)}\n`);
 }
 const mine = spans.filter((s) => s.trace_id === traceId).sort((a, b) => a.start_ms - b.start_ms);
 if (mine.length === 0) {
-  console.error(`no spans for trace ${traceId}`);
+  console.error(`no spans for trace ${printable(traceId)}`);
   process.exit(1);
 }
 const t0 = mine[0]?.start_ms ?? 0;
@@ -72,7 +74,7 @@ for (const s of mine) {
 }
 const tty = process.stdout.isTTY;
 const red = (x: string) => (tty ? `\x1b[31m${x}\x1b[0m` : x);
-console.log(`trace ${traceId}  ${mine.length} spans  ${(end - t0).toFixed(1)} ms\n`);
+console.log(`trace ${printable(traceId)}  ${mine.length} spans  ${(end - t0).toFixed(1)} ms\n`);
 const print = (s: SpanLine, depth: number) => {
   const from = Math.floor(((s.start_ms - t0) / (end - t0 || 1)) * width);
   const len = Math.max(1, Math.round((s.duration_ms / (end - t0 || 1)) * width));

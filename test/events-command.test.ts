@@ -3,9 +3,12 @@
  * letters made by a real history process: the dead-letter list ends after
  * what the stream holds (it used to wait forever); `--follow` keeps
  * watching; the event tail, with `--from-start`, shows what is stored and
- * then what comes; an unreachable NATS is said within seconds.
+ * then what comes; an unreachable NATS is said within seconds. Both, and
+ * `make trace`, end quietly when what reads their output stops reading.
  */
 import { type ChildProcess, spawn } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import { afterEach, describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
@@ -202,4 +205,35 @@ describe("make events", () => {
     expect(await run.exit(15_000)).toBe(2);
     expect(run.err()).toContain("unknown argument --form-start");
   });
+});
+
+describe("a command whose reader stops reading (make events | head -1)", () => {
+  // Its output goes nowhere from the first line: the pipe's reading end is closed before it writes.
+  const unread = (c: ReturnType<typeof command>) => {
+    c.child.stdout?.destroy();
+    return c;
+  };
+
+  it("make events ends with 0 and says nothing, not an EPIPE stack trace", async () => {
+    await using nats = await startNats();
+    const tail = unread(eventsTs(["--from-start"], nats.url));
+    expect(await tail.exit(20_000)).toBe(0);
+    expect(tail.err()).toBe("");
+  }, 30_000);
+
+  it("make trace too", async () => {
+    using dir = tempDir();
+    const file = join(dir.path, "traces.jsonl");
+    const span = { trace_id: "t".repeat(32), span_id: "a", parent_id: "", service: "order", name: "PlaceOrder" };
+    const attributes = { "order.id": "ord_piped" };
+    writeFileSync(
+      file,
+      `${JSON.stringify({ ...span, kind: "SERVER", start_ms: 1, duration_ms: 2, error: "", attributes })}\n`,
+    );
+    const trace = unread(
+      command(process.execPath, ["--import", "tsx", "scripts/trace.ts"], { TRACE_FILE: file, ORDER: "ord_piped" }),
+    );
+    expect(await trace.exit(20_000)).toBe(0);
+    expect(trace.err()).toBe("");
+  }, 30_000);
 });

@@ -121,11 +121,12 @@ describe("a compromised service answering the operator panel's reads", () => {
 });
 
 describe("make trace with hostile span content", () => {
-  it("prints a span's service, name and error with their control characters escaped, as make events does", async () => {
+  it("prints a span's trace id, service, name and error with their control characters escaped, as make events does", async () => {
     using dir = tempDir();
     const file = join(dir.path, "traces.jsonl");
     const span = (id: string, parent: string, extra: Record<string, unknown>) => ({
-      trace_id: "t".repeat(32),
+      // The trace id too is whatever a process wrote, and make trace prints the order's.
+      trace_id: "t\x1b]0;retitled\x07\x1b[2J",
       span_id: id,
       parent_id: parent,
       service: "order",
