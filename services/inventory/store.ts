@@ -102,17 +102,24 @@ export class InventoryStore {
     return new InventoryStore(await openDatabase(location, MIGRATIONS), clock);
   }
 
-  /** Loads `products` if the catalogue is empty; returns how many were inserted. */
+  /**
+   * Loads `products` if the catalogue is empty; returns how many were inserted. Replicas starting
+   * together on one PostgreSQL database may both find it empty: a product another has inserted is
+   * left to it (its key's unique violation ran the transaction again, with an ERROR in the server's log).
+   */
   seedIfEmpty(products: readonly NewProduct[]): Promise<number> {
     return this.db.transaction(async (tx) => {
       const count = await tx.one(sql<{ n: number }>`SELECT COUNT(*) AS n FROM products`);
       if ((count?.n ?? 0) > 0) return 0;
       const now = this.clock();
+      let inserted = 0;
       for (const p of products) {
-        await tx.run(sql`INSERT INTO products (id, name, price_minor, currency, available, reserved, updated_at)
-          VALUES (${p.id}, ${p.name}, ${p.priceMinor}, ${p.currency}, ${p.available}, 0, ${now})`);
+        inserted +=
+          await tx.run(sql`INSERT INTO products (id, name, price_minor, currency, available, reserved, updated_at)
+          VALUES (${p.id}, ${p.name}, ${p.priceMinor}, ${p.currency}, ${p.available}, 0, ${now})
+          ON CONFLICT (id) DO NOTHING`);
       }
-      return products.length;
+      return inserted;
     });
   }
 
