@@ -7,6 +7,8 @@ import type { Logger } from "./log.js";
 
 /** The most instances of one service a process follows; entries past it are ignored (the first kept). */
 export const MAX_INSTANCES = 64;
+/** The most registry keys of one service a process follows: its instances, and keys deleted in the last TTL. */
+export const MAX_KEYS = 4 * MAX_INSTANCES;
 
 /** How many addresses a log line names of those added or removed. */
 const NAMED = 8;

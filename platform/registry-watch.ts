@@ -26,7 +26,7 @@
 import type { KvEntry } from "@nats-io/kv";
 import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
 import { backoffMs } from "./backoff.js";
-import { addressChange, MAX_INSTANCES, throttledWarn } from "./instances.js";
+import { addressChange, MAX_INSTANCES, MAX_KEYS, throttledWarn } from "./instances.js";
 import type { Logger } from "./log.js";
 import { detached } from "./propagation.js";
 import {
@@ -44,10 +44,7 @@ const RETRY_MIN_MS = 250;
 const RETRY_MAX_MS = 5_000;
 
 /** Whether a connection is up, and since when. */
-interface Link {
-  connected: boolean;
-  since: number;
-}
+type Link = { connected: boolean; since: number };
 
 const links = new WeakMap<NatsConnection, Link>();
 
@@ -71,10 +68,7 @@ export function linkOf(nc: NatsConnection): Link {
 
 /** Callbacks of {@link watchInstances}. */
 export interface InstanceListener {
-  /**
-   * The sorted, distinct addresses of the live instances: first once the
-   * current entries are loaded (possibly none), then on every change.
-   */
+  /** The sorted, distinct live addresses: first once the current entries are loaded (maybe none), then on each change. */
   onChange(addresses: readonly string[]): void;
   /** The registry could not be read before any addresses were known. */
   onError?(message: string): void;
@@ -160,11 +154,11 @@ class InstanceWatcher {
 
   /** An entry the snapshot read: older than a live write of its key, or than a later revision. */
   private apply(e: KvEntry, seenAt: number): void {
-    this.delivered.add(e.key);
-    if (this.live.has(e.key)) return;
     const prev = this.known.get(e.key);
-    if (prev && prev.revision >= e.revision) return;
-    this.set(e.key, e.operation, () => e.string(), e.revision, seenAt);
+    if (!this.live.has(e.key) && !(prev && prev.revision >= e.revision)) {
+      this.set(e.key, e.operation, () => e.string(), e.revision, seenAt);
+    }
+    if (this.known.has(e.key)) this.delivered.add(e.key);
   }
 
   /** A write as it happens, on a subject of this service's keys. */
@@ -179,25 +173,30 @@ class InstanceWatcher {
       return; // unreadable headers: no service's write
     }
     const key = m.subject.slice(REGISTRY_SUBJECT_PREFIX.length);
+    this.set(key, operation, () => m.string(), this.known.get(key)?.revision ?? 0, Date.now());
+    // Only keys it follows: one an ignored write names costs nothing (a flood of distinct keys held ~2 KB each).
+    if (!this.known.has(key)) return;
     this.live.add(key);
     this.delivered.add(key);
-    this.set(key, operation, () => m.string(), this.known.get(key)?.revision ?? 0, Date.now());
   }
 
   private set(key: string, operation: string, text: () => string, revision: number, seenAt: number): void {
+    const prev = this.known.get(key);
     if (operation !== "PUT") {
-      this.known.set(key, { address: undefined, revision, seenAt });
+      // An unknown key's deletion matters only while the snapshot, which may hold the key, loads.
+      if (prev || (!this.synced && this.known.size < MAX_KEYS))
+        this.known.set(key, { address: undefined, revision, seenAt });
       return;
     }
     const entry = parseEntry(text());
     if (!entry || (entry.service !== "" && entry.service !== this.service)) {
-      // Not an instance of this service (e.g. an answer the server sent here at someone's request): it
-      // neither adds nor removes one.
+      // Not this service's instance (e.g. an answer the server sent here at someone's request): no change.
       this.invalid({ key });
       return;
     }
-    if (this.known.get(key)?.address === undefined && this.liveCount() >= MAX_INSTANCES) {
-      // Any holder of this service's NATS user can write its keys: the instances first known are kept.
+    // Any holder of this service's NATS user can write its keys: the instances first known are kept, and
+    // the keys followed (deleted ones are kept for a TTL) are bounded too.
+    if (prev?.address === undefined && (this.liveCount() >= MAX_INSTANCES || (!prev && this.known.size >= MAX_KEYS))) {
       this.overCap({ key });
       return;
     }

@@ -5,16 +5,25 @@
  * round_robin over what it resolves.
  */
 import { type AddressInfo, createServer, type Socket } from "node:net";
+import v8 from "node:v8";
+import vm from "node:vm";
 import { status } from "@grpc/grpc-js";
-import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { startNats, type TestNats } from "../test/nats.js";
 import { RpcError } from "./errors.js";
 import type { ServiceImpl } from "./grpc.js";
 import { type Client, createChannel, createClient } from "./grpc-client.js";
+import { MAX_INSTANCES } from "./instances.js";
 import { silentLogger } from "./log.js";
-import { listInstances, openRegistry, type Registration, registerInstance } from "./registry.js";
+import {
+  listInstances,
+  openRegistry,
+  REGISTRY_SUBJECT_PREFIX,
+  type Registration,
+  registerInstance,
+} from "./registry.js";
 import { watchInstances } from "./registry-watch.js";
 import { channelOptionsFor, registryChannelOptions, useRegistryResolver } from "./resolver.js";
 import { bind, type RunningServer, startGrpcServer } from "./server.js";
@@ -462,4 +471,52 @@ describe("a watcher that stalls", () => {
     ).toEqual([]);
     expect(seen.at(-1)).toEqual(["127.0.0.1:1"]);
   });
+});
+
+describe("a service's registry keys written by whoever holds its NATS user", () => {
+  it("cost a follower no memory for keys it ignores, deletions of keys it never knew, or keys put and deleted at speed", async () => {
+    v8.setFlagsFromString("--expose-gc");
+    const gc = vm.runInNewContext("gc") as () => void;
+    const heap = () => {
+      gc();
+      gc();
+      return process.memoryUsage().heapUsed;
+    };
+    const writer = await connectNats();
+    cleanups.push(() => writer.close());
+    const entry = (i: number) => JSON.stringify({ service: "inv-flood", address: `127.0.0.1:${20_000 + i}` });
+    const del = headers();
+    del.set("KV-Operation", "DEL");
+    const key = (name: string) => `${REGISTRY_SUBJECT_PREFIX}inv-flood.${name}`;
+    const seen: (readonly string[])[] = [];
+    const w = watchInstances(nc, "inv-flood", log, { onChange: (a) => seen.push(a) });
+    cleanups.push(() => w.stop());
+    await within(2_000, async () => seen.length > 0);
+    for (let i = 0; i < MAX_INSTANCES; i++) writer.publish(key(`live${i}`), entry(i));
+    await within(2_000, async () => seen.at(-1)?.length === MAX_INSTANCES);
+
+    const before = heap();
+    // A key is up to ~4 KB (the server's control line): each of these names ~2 KB.
+    const pad = "k".repeat(2_000);
+    const burst = async (n: number, write: (i: number) => void) => {
+      for (let i = 0; i < n; i++) {
+        write(i);
+        if (i % 500 === 499) await writer.flush();
+      }
+      await writer.flush();
+    };
+    await burst(10_000, (i) => writer.publish(key(`past-the-cap${i}${pad}`), entry(i)));
+    await burst(10_000, (i) => writer.publish(key(`never-known${i}${pad}`), "", { headers: del }));
+    // Each key put then deleted at once is remembered as deleted for a TTL.
+    await burst(MAX_INSTANCES, (i) => writer.publish(key(`live${i}`), "", { headers: del }));
+    await burst(40 * MAX_INSTANCES, (i) => {
+      const name = key(`churn${i}${pad}`);
+      writer.publish(name, entry(i % MAX_INSTANCES));
+      writer.publish(name, "", { headers: del });
+    });
+    await sleep(500);
+    const grownMb = (heap() - before) / 1e6;
+    // Before: every key each write named was kept (live and delivered: until the watch restarted; deleted: a TTL).
+    expect(grownMb, `${grownMb.toFixed(1)} MB held`).toBeLessThan(5);
+  }, 60_000);
 });
