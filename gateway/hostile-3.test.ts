@@ -7,7 +7,7 @@
 import http from "node:http";
 import type net from "node:net";
 import { exportJWK, generateKeyPair, type JWK, SignJWT } from "jose";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { silentLogger } from "../platform/index.js";
 import { until } from "../test/events.js";
 import { h1Raw } from "../test/raw.js";
@@ -18,24 +18,31 @@ import { loadConfig } from "./config.js";
 const CLOSED_UPSTREAM = "127.0.0.1:1";
 const GET_PRODUCT = "/shopmesh.inventory.v1.InventoryService/GetProduct";
 
-/** A JWKS endpoint whose answers the test decides, counting the gateway's fetches. */
+/** A JWKS endpoint whose answers (and their delay) the test decides, counting the gateway's fetches. */
 async function startJwks() {
-  const { publicKey, privateKey } = await generateKeyPair("RS256");
-  const key: JWK = { ...(await exportJWK(publicKey)), kid: "k1", alg: "RS256", use: "sig" };
-  const state = { fetches: 0, failing: false };
+  const keys: JWK[] = [];
+  type SigningKey = Awaited<ReturnType<typeof generateKeyPair>>["privateKey"];
+  const signers = new Map<string, SigningKey>();
+  /** The issuer adds a key (a rotation): served from the next fetch on. */
+  const addKey = async (kid: string) => {
+    const { publicKey, privateKey } = await generateKeyPair("RS256");
+    keys.push({ ...(await exportJWK(publicKey)), kid, alg: "RS256", use: "sig" });
+    signers.set(kid, privateKey);
+  };
+  await addKey("k1");
+  const state = { fetches: 0, failing: false, delayMs: 0 };
   const server = http.createServer((_req, res) => {
     state.fetches++;
-    if (state.failing) {
-      res.writeHead(503).end();
-      return;
-    }
-    res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ keys: [key] }));
+    setTimeout(() => {
+      if (state.failing) res.writeHead(503).end();
+      else res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ keys }));
+    }, state.delayMs);
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}/.well-known/jwks.json`;
-  /** A token for `sub` signed with the JWKS's key, named `kid`; issued now by the real clock. */
-  const sign = (sub: string, kid = "k1") => {
-    const now = Math.floor(performance.timeOrigin / 1000 + performance.now() / 1000);
+  /** A token for `sub` naming `kid`, signed with that key (k1's if the issuer has none); issued `atMs` (now). */
+  const sign = (sub: string, kid = "k1", atMs = performance.timeOrigin + performance.now()) => {
+    const now = Math.floor(atMs / 1000);
     return new SignJWT({ roles: ["customer"] })
       .setProtectedHeader({ alg: "RS256", kid })
       .setSubject(sub)
@@ -43,12 +50,13 @@ async function startJwks() {
       .setAudience("shopmesh")
       .setIssuedAt(now)
       .setExpirationTime(now + 3600)
-      .sign(privateKey);
+      .sign(signers.get(kid) ?? (signers.get("k1") as SigningKey));
   };
   return {
     url,
     state,
     sign,
+    addKey,
     close: () => {
       server.closeAllConnections();
       return new Promise((r) => server.close(r));
@@ -141,6 +149,80 @@ describe("a JWKS endpoint that fails", () => {
     // Not for ever: a day after the last key set it fetched, an issuer still failing verifies nothing.
     now += 25 * 60 * 60_000;
     await expect(verified("dave")).rejects.toThrow(/key set/);
+  });
+});
+
+describe("a JWKS endpoint's key set on the gateway's clock (a review of the above)", () => {
+  let jwks: Awaited<ReturnType<typeof startJwks>>;
+  let now = Date.now();
+  let auth: Awaited<ReturnType<typeof createAuthenticator>>;
+  beforeAll(async () => {
+    jwks = await startJwks();
+  });
+  afterAll(() => jwks?.close());
+  beforeEach(async () => {
+    now = Date.now();
+    jwks.state.failing = false;
+    auth = await createAuthenticator(
+      {
+        JWT_SECRET: "",
+        JWT_PUBLIC_KEY: "",
+        JWT_PUBLIC_KEY_ALG: "RS256",
+        JWT_JWKS_URL: jwks.url,
+        JWT_ISSUER: "shopmesh-dev",
+        JWT_AUDIENCE: "shopmesh",
+        JWT_MAX_LIFETIME_S: 86_400,
+        JWT_CLOCK_SKEW_S: 30,
+      },
+      () => now,
+    );
+  });
+  const verified = async (sub: string, kid = "k1") => (await auth(`Bearer ${await jwks.sign(sub, kid, now)}`)).subject;
+
+  it("verifies a token with a key the issuer just added that arrives while that key's fetch is under way", async () => {
+    expect(await verified("alice")).toBe("alice");
+    now += 60_000; // past the cooldown between fetches for an unknown key
+    await jwks.addKey("k2");
+    jwks.state.delayMs = 200; // an ordinary fetch's latency
+    try {
+      // Two clients with new tokens at once: the first's lookup fetches the set, the second's comes during it.
+      // Before: the second was refused (401) — the fetch had started, so its cooldown was running.
+      const subjects = await Promise.allSettled([verified("bob", "k2"), verified("carol", "k2")]);
+      expect(subjects).toEqual([
+        { status: "fulfilled", value: "bob" },
+        { status: "fulfilled", value: "carol" },
+      ]);
+    } finally {
+      jwks.state.delayMs = 0;
+    }
+  });
+
+  it("asks a failing issuer again after its backoff, however the wall clock was stepped back meanwhile", async () => {
+    jwks.state.failing = true;
+    await expect(verified("alice")).rejects.toThrow(/key set/);
+    now -= 60 * 60_000; // an NTP step back of an hour
+    jwks.state.failing = false;
+    now += 10_000; // ten seconds on: the backoff after one failure is a second
+    const fetched = jwks.state.fetches;
+    // Before: "unavailable; retrying later" for the hour of the step — every new token refused.
+    expect(await verified("bob")).toBe("bob");
+    expect(jwks.state.fetches).toBe(fetched + 1);
+  });
+
+  it("refreshes a key set fetched before the wall clock was stepped back once it is due, not a step later", async () => {
+    expect(await verified("alice")).toBe("alice");
+    now -= 60 * 60_000;
+    now += 11 * 60_000; // due by the time it has been held, and the issuer has rotated
+    await jwks.addKey("k3");
+    const fetched = jwks.state.fetches;
+    expect(await verified("bob")).toBe("bob");
+    expect(
+      await until(
+        () => jwks.state.fetches,
+        (n) => n > fetched,
+        5_000,
+      ),
+    ).toBe(fetched + 1);
   });
 });
 

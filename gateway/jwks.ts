@@ -49,25 +49,35 @@ export function resilientJwks(url: URL, clock: () => number = Date.now): JWTVeri
     });
     return inflight;
   };
+  /**
+   * Whether `since` is `ms` or more ago. A time ahead of the clock counts as long ago: after a step back
+   * of the wall clock, the backoff, the cooldown and the set's age would otherwise hold for the step.
+   */
+  const past = (since: number, ms: number) => {
+    const age = clock() - since;
+    return age < 0 || age >= ms;
+  };
   /** Whether a failing endpoint may be asked again yet, and an answering one about an unknown key. */
   const mayFetch = (cooldownMs: number) =>
-    clock() - triedAt >= (failures > 0 ? backoffMs(failures, 1_000, 5 * 60_000) : cooldownMs);
+    past(triedAt, failures > 0 ? backoffMs(failures, 1_000, 5 * 60_000) : cooldownMs);
 
   return async (header, token) => {
-    const now = clock();
-    if (local && now - fetchedAt > STALE_FOR_MS) local = undefined;
+    if (local && clock() - fetchedAt > STALE_FOR_MS) local = undefined;
     if (!local) {
       if (!inflight && !mayFetch(0))
         throw new errors.JWKSInvalid("the issuer's key set is unavailable; retrying later");
       await refresh();
-    } else if (now - fetchedAt > REFRESH_AFTER_MS && mayFetch(0)) {
+    } else if (past(fetchedAt, REFRESH_AFTER_MS) && mayFetch(0)) {
       refresh().catch(() => {}); // the keys held go on verifying meanwhile
     }
     try {
       return await (local as JWTVerifyGetKey)(header, token);
     } catch (err) {
-      if (!(err instanceof errors.JWKSNoMatchingKey) || !mayFetch(UNKNOWN_KEY_COOLDOWN_MS)) throw err;
-      await refresh(); // a key the issuer added since
+      if (!(err instanceof errors.JWKSNoMatchingKey)) throw err;
+      // A key the issuer added since: the fetch under way (another token's) may bring it, or a new one.
+      if (inflight) await inflight.catch(() => {});
+      else if (mayFetch(UNKNOWN_KEY_COOLDOWN_MS)) await refresh();
+      else throw err;
       return (local as JWTVerifyGetKey)(header, token);
     }
   };
