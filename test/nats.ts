@@ -14,6 +14,8 @@ import { exited, freePort, outputReady } from "./fixtures.js";
 export interface TestNats extends AsyncDisposable {
   readonly url: string;
   readonly port: number;
+  /** Its data dir (JetStream's store). */
+  readonly dir: string;
   /** Stops the server (SIGTERM, or SIGKILL), keeping its data. */
   stop(signal?: NodeJS.Signals): Promise<void>;
   /** Starts it again on the same port and data dir. */
@@ -24,15 +26,30 @@ export interface TestNats extends AsyncDisposable {
   resume(): void;
 }
 
-/** The nats-servers this process runs: killed when it exits, however it ends (else they outlive the run). */
+/**
+ * The nats-servers this process runs, and their data dirs: killed and removed when it ends without
+ * disposing of them — else they outlive the run. A process ended by a signal (a worker's SIGTERM) runs
+ * no "exit" listener: on one, they go first, then the process dies of the signal as it would have.
+ * (SIGKILL leaves them: nothing runs.)
+ */
 const running = new Set<ChildProcess>();
-process.once("exit", () => {
+const dirs = new Set<string>();
+const endAll = () => {
   for (const c of running) c.kill("SIGKILL");
-});
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+};
+process.once("exit", endAll);
+for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
+  process.once(signal, () => {
+    endAll();
+    process.kill(process.pid, signal);
+  });
+}
 
 /** Starts nats-server -js on a free port with a fresh data dir, and `config` (e.g. users) when given. */
 export async function startNats(config?: string): Promise<TestNats> {
   const dir = mkdtempSync(join(tmpdir(), "shopmesh-nats-"));
+  dirs.add(dir);
   const port = await freePort();
   const file = join(dir, "server.conf");
   if (config !== undefined) writeFileSync(file, config);
@@ -62,6 +79,7 @@ export async function startNats(config?: string): Promise<TestNats> {
   return {
     url: `nats://127.0.0.1:${port}`,
     port,
+    dir,
     stop,
     start,
     pause: () => child?.kill("SIGSTOP"),
@@ -69,6 +87,7 @@ export async function startNats(config?: string): Promise<TestNats> {
     async [Symbol.asyncDispose]() {
       await stop("SIGKILL");
       rmSync(dir, { recursive: true, force: true });
+      dirs.delete(dir);
     },
   };
 }
