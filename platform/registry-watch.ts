@@ -209,10 +209,7 @@ class InstanceWatcher {
     return n;
   }
 
-  /**
-   * A value written before we looked may be up to a TTL old: count its age from the server's
-   * write time. Live updates use the local clock, so clock skew between hosts does not matter.
-   */
+  /** An entry written before we looked is as old as the server says; live writes go by this host's clock. */
   private initialSeenAt(e: KvEntry): number {
     return Math.min(Date.now(), e.created.getTime());
   }
@@ -228,7 +225,10 @@ class InstanceWatcher {
       k.address !== undefined && Math.max(k.seenAt, this.link.since, this.resumedAt) < cutoff;
     for (const [key, k] of this.known) {
       // Older revisions of a key only arrive while a watch starts; a TTL later none can.
-      if (k.address === undefined && k.seenAt < cutoff) this.known.delete(key);
+      if (k.address !== undefined || k.seenAt >= cutoff) continue;
+      this.known.delete(key);
+      this.live.delete(key);
+      this.delivered.delete(key);
     }
     if (![...this.known.values()].some(expired)) return;
     // Heartbeats missing: their instances stopped only if the server that carries them answers.

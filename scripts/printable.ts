@@ -1,8 +1,5 @@
 /**
- * What a command prints. Text that others wrote (an event, a span, a log line) is made harmless to a
- * terminal first (`printable`); and a command whose reader stops reading ends quietly.
- *
- * Text a command prints that others wrote (an event, a span, a log line), made harmless to a terminal:
+ * What a command prints. Text that others wrote (an event, a span, a log line), made harmless to a terminal:
  * its control characters escaped — they could drive the terminal (clear it, retitle it) or start a
  * forged line — and its format characters too (bidirectional controls, zero-width ones): they could
  * show it as another text. The joiners of emoji sequences stay.
