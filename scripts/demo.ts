@@ -16,6 +16,9 @@ import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { type Order, OrderService, OrderStatus, StepStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { createChannel, createClient, identityMetadata, RpcError } from "../platform/index.js";
+import { quietWhenOutputCloses } from "./printable.js";
+
+quietWhenOutputCloses();
 
 const target = process.env.ORDER_TARGET ?? localTarget("order");
 const sagaMode =

@@ -18,6 +18,9 @@
 import http from "node:http";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
+import { quietWhenOutputCloses } from "./printable.js";
+
+quietWhenOutputCloses();
 
 const rate = Number(process.env.RATE || 50);
 if (!Number.isFinite(rate) || rate < 1 || rate > 2000) {

@@ -4,7 +4,7 @@
  * what the stream holds (it used to wait forever); `--follow` keeps
  * watching; the event tail, with `--from-start`, shows what is stored and
  * then what comes; an unreachable NATS is said within seconds. Both, and
- * `make trace`, end quietly when what reads their output stops reading.
+ * `make trace` and `make demo`, end quietly when what reads their output stops reading.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
@@ -219,6 +219,18 @@ describe("a command whose reader stops reading (make events | head -1)", () => {
     const tail = unread(eventsTs(["--from-start"], nats.url));
     expect(await tail.exit(20_000)).toBe(0);
     expect(tail.err()).toBe("");
+  }, 30_000);
+
+  it("make demo too (its first line comes before it calls the order service)", async () => {
+    const closed = `127.0.0.1:${await freePort()}`;
+    const demo = unread(
+      command(process.execPath, ["--import", "tsx", "scripts/demo.ts"], {
+        ORDER_TARGET: closed,
+        INVENTORY_TARGET: closed,
+      }),
+    );
+    expect(await demo.exit(20_000)).toBe(0);
+    expect(demo.err()).toBe("");
   }, 30_000);
 
   it("make trace too", async () => {
