@@ -81,6 +81,7 @@ export {
   CURRENCY_CODE,
   clipText,
   MAX_EVENT_TEXT,
+  replaceHidden,
   requireId,
   requireQuantity,
   requireSubject,

@@ -32,6 +32,10 @@ describe("requireText", () => {
       "family \u{1F468}\u200d\u{1F467}",
       "non-joiner \u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",
       "England \u{1F3F4}\u{E0067}\u{E0062}\u{E0065}\u{E006E}\u{E0067}\u{E007F}",
+      "Wales \u{1F3F4}\u{E0067}\u{E0062}\u{E0077}\u{E006C}\u{E0073}\u{E007F} and a black flag \u{1F3F4}",
+      "thanks \u2764\ufe0f, keycap 1\ufe0f\u20e3, text style \u263a\ufe0e",
+      "decomposed Vie\u0302\u0323t, pointed Hebrew \u05e9\u05c1\u05b8\u05dc\u05d5\u05b9\u05dd",
+      `eight marks a${"\u0301".repeat(8)}`,
       "x".repeat(500),
     ])
       expect(requireText(ok, "reason", 500)).toBe(ok);
@@ -59,6 +63,18 @@ describe("requireText", () => {
       "hangul filler a\u3164b",
       "cgj a\u034fb",
       "annotation \ufff9a\ufffab\ufffb",
+      // Tag text behind a black flag that spells no flag: hidden ASCII.
+      `flag \u{1F3F4}${[..."ignore"].map((c) => String.fromCodePoint(0xe0000 + c.charCodeAt(0))).join("")}\u{E007F}`,
+      "flag \u{1F3F4}\u{E0067}\u{E0062}\u{E0078}\u{E0078}\u{E0078}\u{E007F}",
+      // Variation selectors carrying a byte each, or more than the one an emoji takes.
+      `emoji \u{1F600}${[..."wire"].map((c) => String.fromCodePoint(0xe0100 + c.charCodeAt(0))).join("")}`,
+      "two selectors \u{1F600}\ufe0f\ufe0f",
+      "\ufe0fselector first",
+      "standardized a\ufe00",
+      "mongolian \u1820\u180b",
+      "khmer a\u17b4b",
+      "braille blank a\u2800b",
+      `nine marks a${"\u0489".repeat(9)}`,
     ])
       expect(
         field(() => requireText(bad, "reason", 500)),

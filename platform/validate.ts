@@ -55,18 +55,33 @@ export function clipText(text: string, max: number): string {
 // Source"); and the invisible ones that make two texts look alike or carry a hidden one — zero-width
 // space, word joiner, the invisible operators, the soft hyphen, the tag characters (hidden ASCII), the
 // annotation and musical format controls. With them the line and paragraph separators, the combining
-// grapheme joiner and the Hangul fillers (letters that show nothing). The zero-width joiner and
-// non-joiner stay (emoji sequences and some scripts need them), and so does an emoji flag's tag
-// sequence (England's, Scotland's, Wales's: U+1F3F4, tags, U+E007F).
-const CONTROL =
-  /(\u{1F3F4}[\u{E0020}-\u{E007E}]+\u{E007F})|(?![\u200c\u200d])[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\u115f\u1160\u3164\uffa0]|\u034f/gu;
+// grapheme joiner, the letters that show nothing (the Hangul fillers, Khmer's inherent vowels, the
+// braille blank), and the variation selectors that can carry a hidden byte each: all but the emoji
+// and text presentation selectors (U+FE0E, U+FE0F), and those only one after a character that is
+// not itself a mark. And a mark after eight marks in a row: a letter under hundreds of combining
+// marks is one character as wide or tall as a page. The zero-width joiner and non-joiner stay (emoji
+// sequences and some scripts need them), and so do the three emoji flags spelt with tag characters
+// (England's, Scotland's, Wales's: U+1F3F4, "gbeng", "gbsct" or "gbwls" in tags, U+E007F) — any
+// other tag text behind U+1F3F4 would be hidden ASCII.
+const HIDDEN =
+  // biome-ignore lint/suspicious/noMisleadingCharacterClass: each mark and selector is matched on its own, on purpose
+  /(\u{1F3F4}\u{E0067}\u{E0062}(?:\u{E0065}\u{E006E}\u{E0067}|\u{E0073}\u{E0063}\u{E0074}|\u{E0077}\u{E006C}\u{E0073})\u{E007F})|(?![\u200c\u200d])[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\u034f\u115f\u1160\u17b4\u17b5\u2800\u3164\uffa0]|[\u180b-\u180d\u180f\ufe00-\ufe0d\u{E0100}-\u{E01EF}]|(?:^|(?<=\p{M}))[\ufe0e\ufe0f]|(?<=\p{M}{8})\p{M}/gu;
+
+/**
+ * `text` with each hidden character (control, format, invisible; see above) given to `by`: what
+ * the refusal below, and the commands that print what others wrote (`scripts/printable.ts`), hold
+ * to be hidden.
+ */
+export function replaceHidden(text: string, by: (char: string) => string): string {
+  return text.replace(HIDDEN, (c, flag: string | undefined) => flag ?? by(c));
+}
 
 /**
  * `text` with each control character a space: for a text built from one stored before
  * {@link requireText} refused them (or by a peer's error message), sent where they are refused.
  */
 export function withoutControls(text: string): string {
-  return text.replace(CONTROL, (_, flag: string | undefined) => flag ?? " ");
+  return replaceHidden(text, () => " ");
 }
 
 /**

@@ -14,6 +14,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
 import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { type Bus, connectBus, silentLogger } from "../platform/index.js";
+import { printable } from "../scripts/printable.js";
 import { TestDatabases } from "./db.js";
 import { event, publishEvents, until } from "./events.js";
 import { exited, freePort, ROOT, spawnService, tempDir } from "./fixtures.js";
@@ -248,4 +249,18 @@ describe("a command whose reader stops reading (make events | head -1)", () => {
     expect(await trace.exit(20_000)).toBe(0);
     expect(trace.err()).toBe("");
   }, 30_000);
+});
+
+describe("what the commands print of what others wrote (printable)", () => {
+  it("escapes every character a service refuses in a text, and keeps an emoji, its selector and a flag", () => {
+    const scotland = "\u{1F3F4}\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}";
+    expect(printable(`ok \u2764\ufe0f ${scotland} family \u{1F468}\u200d\u{1F467}`)).toBe(
+      `ok \u2764\ufe0f ${scotland} family \u{1F468}\u200d\u{1F467}`,
+    );
+    // A byte hidden in each variation selector past the emoji's, text in tags behind a black flag,
+    // a terminal escape, a direction override, a braille blank.
+    expect(printable("\u{1F600}\u{E0177}\u{E0169}")).toBe("\u{1F600}\\u{e0177}\\u{e0169}");
+    expect(printable("\u{1F3F4}\u{E0069}\u{E007F}")).toBe("\u{1F3F4}\\u{e0069}\\u{e007f}");
+    expect(printable("\u001b[2J\u202e\u2800")).toBe("\\x1b[2J\\u{202e}\\u{2800}");
+  });
 });

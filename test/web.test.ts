@@ -472,7 +472,21 @@ describe("the router (pure)", () => {
     for (const hash of ["#/orders/%", "#/orders/%E0%A4%A", "#/orders/abc%zz"]) {
       expect(parseRoute(hash)).toEqual({ page: "missing", path: hash.slice(1) });
     }
-    expect(parseRoute("#/orders/ord%2F1")).toEqual({ page: "order", id: "ord/1" });
+    expect(parseRoute("#/orders/ord_0mx2udtha9e760f")).toEqual({ page: "order", id: "ord_0mx2udtha9e760f" });
+    expect(parseRoute(`#/orders/${"a".repeat(128)}`)).toEqual({ page: "order", id: "a".repeat(128) });
+  });
+
+  it("reads an order link whose id no service would take as a page not found: its text is never the page's title", () => {
+    // A right-to-left override showing "sihT" as "This", a slash, a space, 129 characters, punctuation first.
+    for (const hash of [
+      "#/orders/%E2%80%AEsihT%20-%20call%20us",
+      "#/orders/ord%2F1",
+      "#/orders/a%20b",
+      `#/orders/${"a".repeat(129)}`,
+      "#/orders/-1",
+    ]) {
+      expect(parseRoute(hash)).toEqual({ page: "missing", path: hash.slice(1) });
+    }
   });
 });
 

@@ -236,8 +236,9 @@ export function orderPage(ctx: PageContext, id: string): void {
     replace(historyBox, ...historyContent(order, history));
   }
 
+  /** Whether `err` ends the page: no such order (or an id the services refuse, so none), said once. */
   function fail(err: unknown): boolean {
-    if (hasCode(err, Code.NotFound)) {
+    if (hasCode(err, Code.NotFound) || hasCode(err, Code.InvalidArgument)) {
       gone = true;
       notFound(ctx, id);
       return true;

@@ -14,6 +14,13 @@ export type Route =
   | { readonly page: "signin" }
   | { readonly page: "missing"; readonly path: string };
 
+/**
+ * What an order id can be (the services' id rule, `requireId` in platform/validate.ts): any other
+ * text in a link, which anyone can send, is no order, and would be shown as the page's title —
+ * direction overrides and all.
+ */
+const ORDER_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+
 /** The route of `hash` (location.hash). */
 export function parseRoute(hash: string): Route {
   const path = hash.replace(/^#/, "").replace(/\/+$/, "") || "/";
@@ -24,7 +31,7 @@ export function parseRoute(hash: string): Route {
   if (path === "/signin") return { page: "signin" };
   const order = /^\/orders\/([^/]+)$/.exec(path);
   const id = order?.[1] ? decoded(order[1]) : undefined;
-  if (id !== undefined) return { page: "order", id };
+  if (id !== undefined && ORDER_ID.test(id)) return { page: "order", id };
   return { page: "missing", path };
 }
 
