@@ -20,7 +20,7 @@ import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { connectBus } from "../platform/bus.js";
 import { migrations, openDatabase } from "../platform/db.js";
 import { silentLogger } from "../platform/log.js";
-import { OUTBOX_CLAIMS_MIGRATION, OUTBOX_MIGRATION, Outbox } from "../platform/outbox.js";
+import { OUTBOX_CLAIMS_MIGRATION, OUTBOX_INDEXES_MIGRATION, OUTBOX_MIGRATION, Outbox } from "../platform/outbox.js";
 import { OutboxRelay } from "../platform/relay.js";
 import { tempDir } from "../test/fixtures.js";
 import { startNats } from "../test/nats.js";
@@ -33,7 +33,7 @@ const nats = await startNats();
 const bus = await connectBus(nats.url, "outbox-bench", log, { streams: EVENTS.streams });
 const db = await openDatabase(
   { engine: "sqlite", path: join(dir.path, "outbox.db") },
-  migrations([OUTBOX_MIGRATION, OUTBOX_CLAIMS_MIGRATION]),
+  migrations([OUTBOX_MIGRATION, OUTBOX_CLAIMS_MIGRATION, OUTBOX_INDEXES_MIGRATION]),
 );
 const outbox = new Outbox("outbox-bench", EVENTS);
 const relay = new OutboxRelay({ db, outbox, bus, source: "outbox-bench", log });

@@ -67,6 +67,7 @@ export async function startEventing(opts: EventingOptions): Promise<Eventing> {
         source: opts.service,
         log: opts.log,
         crashBeforePublish: opts.crashBeforePublish ?? false,
+        adoptClaims: opts.db.engine === "sqlite",
         ...telemetry,
       })
     : undefined;

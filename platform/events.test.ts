@@ -25,7 +25,7 @@ import { InvalidArgumentError } from "./errors.js";
 import { startEventing } from "./eventing.js";
 import { INBOX_FAILURES_MIGRATION, INBOX_MIGRATION, on } from "./inbox.js";
 import { silentLogger } from "./log.js";
-import { OUTBOX_CLAIMS_MIGRATION, OUTBOX_MIGRATION, Outbox } from "./outbox.js";
+import { OUTBOX_CLAIMS_MIGRATION, OUTBOX_INDEXES_MIGRATION, OUTBOX_MIGRATION, Outbox } from "./outbox.js";
 import { OutboxRelay } from "./relay.js";
 import type { Db } from "./sql.js";
 
@@ -56,7 +56,14 @@ async function service() {
   const location = await new TestDatabases(dir.path).location(`svc_${++n}`);
   const db = await openDatabase(
     location,
-    migrations([OUTBOX_MIGRATION, OUTBOX_CLAIMS_MIGRATION, INBOX_MIGRATION, INBOX_FAILURES_MIGRATION, effects]),
+    migrations([
+      OUTBOX_MIGRATION,
+      OUTBOX_CLAIMS_MIGRATION,
+      OUTBOX_INDEXES_MIGRATION,
+      INBOX_MIGRATION,
+      INBOX_FAILURES_MIGRATION,
+      effects,
+    ]),
   );
   open.push(db);
   return { db, outbox: new Outbox("test", EVENTS) };
@@ -1224,6 +1231,40 @@ describe("several replicas on one database", () => {
     await svc.db.run(sql`UPDATE outbox SET claimed_until = ${Date.now() - 1}`);
     await drained(waiting);
     await waiting.stop();
+    expect((await streamed("order.order.placed.orchestration")).filter((m) => m.eventId === id)).toHaveLength(1);
+  });
+
+  it("no event overtakes an earlier one of its order that another relay holds (one that crashed mid-publish): it waits for it", async () => {
+    const svc = await service();
+    // Claimed by a relay that died before it published: held until its claim runs out.
+    const first = await addPlaced(svc, "ord-held");
+    const heldUntil = Date.now() + 1_500;
+    await svc.db.run(sql`UPDATE outbox SET claimed_by = 'relay-gone', claimed_until = ${heldUntil}`);
+    const later = await addPlaced(svc, "ord-held");
+    const other = await addPlaced(svc, "ord-free");
+    const relay = new OutboxRelay({ ...svc, bus, source: "test", log, sweepMs: 20 });
+    relay.start();
+    const ids = async () =>
+      (await streamed("order.order.placed.orchestration"))
+        .map((m) => m.eventId)
+        .filter((id) => [first, later, other].includes(id));
+    // Another order's event goes at once; the held order's later one does not (it went first: it overtook).
+    await until(ids, (seen) => seen.includes(other));
+    expect(await ids()).toEqual([other]);
+    await drained(relay);
+    await relay.stop();
+    expect(Date.now()).toBeGreaterThanOrEqual(heldUntil);
+    expect(await ids()).toEqual([other, first, later]);
+  });
+
+  it("a relay that adopts claims (one process per SQLite file) publishes a crashed process's claimed rows at start, not a claim later", async () => {
+    const svc = await service();
+    const id = await addPlaced(svc, "ord-crashed");
+    await svc.db.run(sql`UPDATE outbox SET claimed_by = 'relay-gone', claimed_until = ${Date.now() + 60_000}`);
+    const restarted = new OutboxRelay({ ...svc, bus, source: "test", log, adoptClaims: true });
+    restarted.start();
+    await drained(restarted);
+    await restarted.stop();
     expect((await streamed("order.order.placed.orchestration")).filter((m) => m.eventId === id)).toHaveLength(1);
   });
 

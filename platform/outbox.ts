@@ -20,7 +20,7 @@ import { newId } from "./ids.js";
 import { currentTraceparent } from "./propagation.js";
 import type { Db, Tx } from "./sql.js";
 
-/** The outbox table; append it to a service's migrations, then {@link OUTBOX_CLAIMS_MIGRATION}. */
+/** The outbox table; append it to a service's migrations, then {@link OUTBOX_CLAIMS_MIGRATION} and {@link OUTBOX_INDEXES_MIGRATION}. */
 export const OUTBOX_MIGRATION = `CREATE TABLE outbox (
   seq         INTEGER PRIMARY KEY AUTOINCREMENT,  -- commit order
   event_id    TEXT NOT NULL UNIQUE,
@@ -42,6 +42,14 @@ CREATE INDEX outbox_unsent ON outbox (seq) WHERE sent_at IS NULL;`;
  */
 export const OUTBOX_CLAIMS_MIGRATION =
   "ALTER TABLE outbox ADD COLUMN claimed_by TEXT; ALTER TABLE outbox ADD COLUMN claimed_until INTEGER;";
+
+/**
+ * The relay's two lookups that would otherwise read the whole table, sent rows included (kept an
+ * hour): an order's earlier unsent row (so no event overtakes one another relay holds), and the
+ * sent rows to purge, every second.
+ */
+export const OUTBOX_INDEXES_MIGRATION = `CREATE INDEX outbox_order_unsent ON outbox (order_id, seq) WHERE sent_at IS NULL;
+CREATE INDEX outbox_sent ON outbox (sent_at) WHERE sent_at IS NOT NULL;`;
 
 /**
  * Throws, naming the migration, when the database has no outbox with the relay's claim columns:

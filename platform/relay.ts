@@ -62,6 +62,11 @@ export interface RelayOptions {
    * rows wait for another (default 5 s).
    */
   readonly claimMs?: number;
+  /**
+   * Takes back every claim at start: only when no other process can hold one (SQLite: one process
+   * per file), as the order service adopts every saga there.
+   */
+  readonly adoptClaims?: boolean;
   /** Chaos hook: SIGKILL this process right before the first publish. */
   readonly crashBeforePublish?: boolean;
   /** Publish spans and outbox metrics. */
@@ -91,10 +96,20 @@ export class OutboxRelay {
     opts.telemetry?.metrics.trackBacklog(() => this.lastBacklog);
   }
 
-  /** Publishes what is pending now and starts the sweep timer. */
+  /**
+   * Publishes what is pending now and starts the sweep timer; with `adoptClaims`, first takes back
+   * the claims a crashed process left, so their rows go out at start, not a claim's length later.
+   */
   start(): void {
-    this.kick();
-    this.schedule(this.opts.sweepMs ?? 1_000);
+    const adopting = this.opts.adoptClaims
+      ? this.relaxed(sql`UPDATE outbox SET claimed_until = NULL WHERE sent_at IS NULL AND claimed_until IS NOT NULL`)
+      : Promise.resolve();
+    this.idle = adopting
+      .catch(() => {}) // the database is away: those claims just run out
+      .then(() => {
+        this.kick();
+        this.schedule(this.opts.sweepMs ?? 1_000);
+      });
   }
 
   /** Events committed but not yet published, and the age of the oldest in ms. */
@@ -171,7 +186,11 @@ export class OutboxRelay {
     }
   }
 
-  /** Claims up to a batch of unsent, unclaimed rows for this relay; in commit order. */
+  /**
+   * Claims up to a batch of unsent, unclaimed rows for this relay; in commit order. A row whose order
+   * has an earlier row unsent and outside the batch (another relay's, or a crashed one's until its
+   * claim runs out) is left for later: published now, it would overtake that one.
+   */
   private async claim(): Promise<OutboxRow[]> {
     const { db } = this.opts;
     const now = Date.now();
@@ -179,10 +198,14 @@ export class OutboxRelay {
     // Concurrent relays pass over each other's rows. The claim itself is not flushed (see relaxed).
     const rows = await db.transaction(
       (tx) =>
-        tx.all(sql<OutboxRow>`UPDATE outbox SET claimed_by = ${this.id}, claimed_until = ${until}
-        WHERE seq IN (SELECT seq FROM outbox
-                      WHERE sent_at IS NULL AND (claimed_until IS NULL OR claimed_until < ${now})
-                      ORDER BY seq LIMIT ${RELAY_BATCH} ${tx.skipLocked})
+        tx.all(sql<OutboxRow>`WITH batch AS (
+          SELECT seq, order_id FROM outbox
+          WHERE sent_at IS NULL AND (claimed_until IS NULL OR claimed_until < ${now})
+          ORDER BY seq LIMIT ${RELAY_BATCH} ${tx.skipLocked})
+        UPDATE outbox SET claimed_by = ${this.id}, claimed_until = ${until}
+        WHERE seq IN (SELECT b.seq FROM batch b WHERE NOT EXISTS (
+          SELECT 1 FROM outbox e WHERE e.order_id = b.order_id AND e.seq < b.seq AND e.sent_at IS NULL
+            AND e.seq NOT IN (SELECT seq FROM batch)))
         RETURNING seq, event_id, order_id, type, subject, payload, traceparent, created_at`),
       { durable: false },
     );

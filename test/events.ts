@@ -13,6 +13,7 @@ import {
   type Bus,
   migrations,
   OUTBOX_CLAIMS_MIGRATION,
+  OUTBOX_INDEXES_MIGRATION,
   OUTBOX_MIGRATION,
   Outbox,
   OutboxRelay,
@@ -57,7 +58,7 @@ export function event<D extends DescMessage>(
 export async function publishEvents(bus: Bus, events: readonly PendingEvent[], source = "test"): Promise<string[]> {
   const db = await openDatabase(
     { engine: "sqlite", path: ":memory:" },
-    migrations([OUTBOX_MIGRATION, OUTBOX_CLAIMS_MIGRATION]),
+    migrations([OUTBOX_MIGRATION, OUTBOX_CLAIMS_MIGRATION, OUTBOX_INDEXES_MIGRATION]),
   );
   let now = Date.now();
   const outbox = new Outbox(source, EVENTS, () => now);

@@ -9,6 +9,7 @@ import {
   INBOX_MIGRATION,
   migrations,
   OUTBOX_CLAIMS_MIGRATION,
+  OUTBOX_INDEXES_MIGRATION,
   OUTBOX_MIGRATION,
 } from "../../platform/index.js";
 import type { ProductRecord } from "./domain.js";
@@ -50,6 +51,8 @@ export const MIGRATIONS = migrations([
   OUTBOX_CLAIMS_MIGRATION,
   // 4: consumers count each event's failures across restarts and replicas (the dead-letter limit).
   INBOX_FAILURES_MIGRATION,
+  // 5: the relay finds an order's earlier unsent row, and the sent rows to purge, without reading every row.
+  OUTBOX_INDEXES_MIGRATION,
 ]);
 
 /** A reservation that holds (or held) stock. */

@@ -9,6 +9,7 @@ import {
   INBOX_MIGRATION,
   migrations,
   OUTBOX_CLAIMS_MIGRATION,
+  OUTBOX_INDEXES_MIGRATION,
   OUTBOX_MIGRATION,
   sql,
 } from "../../platform/index.js";
@@ -71,6 +72,8 @@ export const MIGRATIONS = migrations([
      WHERE status IN ('PENDING', 'COMPENSATING') OR (status = 'CANCELLED' AND payment IN ('attempted', 'done'));`,
   // 6: consumers count each event's failures across restarts and replicas (the dead-letter limit).
   INBOX_FAILURES_MIGRATION,
+  // 7: the relay finds an order's earlier unsent row, and the sent rows to purge, without reading every row.
+  OUTBOX_INDEXES_MIGRATION,
 ]);
 
 export interface OrderRow {

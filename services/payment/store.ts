@@ -21,6 +21,7 @@ import {
   migrations,
   newId,
   OUTBOX_CLAIMS_MIGRATION,
+  OUTBOX_INDEXES_MIGRATION,
   OUTBOX_MIGRATION,
   Outbox,
   openDatabase,
@@ -74,6 +75,8 @@ const MIGRATIONS = migrations([
   OUTBOX_CLAIMS_MIGRATION,
   // 4: consumers count each event's failures across restarts and replicas (the dead-letter limit).
   INBOX_FAILURES_MIGRATION,
+  // 5: the relay finds an order's earlier unsent row, and the sent rows to purge, without reading every row.
+  OUTBOX_INDEXES_MIGRATION,
 ]);
 
 /** Result of {@link PaymentStore.charge}. `replayed` is true when the key already had a payment. */
