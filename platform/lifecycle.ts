@@ -6,6 +6,7 @@ import { installLeanAsyncBind } from "./async-bind.js";
 import { ConfigError } from "./config.js";
 import { createLogger, flushLogs, type Logger } from "./log.js";
 import { startProcessTelemetry } from "./tracing.js";
+import { WalSync } from "./wal-sync.js";
 
 /** Something that can be stopped, e.g. a running service. */
 export interface Stoppable {
@@ -80,6 +81,13 @@ export async function runService<C extends ProcessConfig>(
   };
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
+  // A database log that could not be flushed takes no more writes: exit, to be restarted (by
+  // `make run`, Kubernetes) and recover from what is on disk. No graceful stop: it would write.
+  WalSync.onBroken = (err) => {
+    log?.fatal({ err }, "the database log could not be flushed: exiting, to be restarted");
+    flushLogs();
+    process.exit(1);
+  };
   // Before any HTTP/2 request: each would otherwise leave a bound function's hidden classes in the old generation.
   installLeanAsyncBind();
   // Tracing first: everything after it may create spans.

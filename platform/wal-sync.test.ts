@@ -98,6 +98,36 @@ describe("WalSync", () => {
     expect(wal.flushes).toBe(0);
   });
 
+  it("a service's process whose log flush fails exits, to be restarted, instead of failing every write after its commit", async () => {
+    using dir = tempDir();
+    const path = join(dir.path, "b.db");
+    // A service (runService) whose disk answers the next fdatasync with EIO, then a write.
+    const script = `
+      import { sql } from "kysely";
+      import { openDatabase } from "./platform/db.ts";
+      import { runService } from "./platform/lifecycle.ts";
+      const config = () => ({ LOG_LEVEL: "info", LOG_FORMAT: "json", OTEL_EXPORTER_OTLP_ENDPOINT: "", TRACE_FILE: "",
+        TRACE_FILE_MAX_BYTES: 0, TRACE_SAMPLE_RATIO: 1, TRACE_READ_SAMPLE_RATIO: 1 });
+      await runService("walbroken", config, async () => {
+        const db = await openDatabase({ engine: "sqlite", path: ${JSON.stringify(path)} }, { sqlite: ${JSON.stringify(SCHEMA)}, postgres: ${JSON.stringify(SCHEMA)} });
+        db.wal.file = Promise.resolve({ datasync: () => Promise.reject(new Error("EIO: i/o error, fdatasync")), close: async () => {} });
+        setTimeout(() => db.transaction((tx) => tx.run(sql\`INSERT INTO t (v) VALUES ('x')\`)).catch(() => {}), 50);
+        setTimeout(() => { process.stdout.write("still running\\n"); process.exit(0); }, 5_000);
+        return { stop: () => db.close() };
+      });`;
+    const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+      cwd: ROOT,
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    let out = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    expect(await exited(child)).toBe(1);
+    expect(out).not.toContain("still running");
+    const fatal = out.split("\n").find((l) => l.includes("could not be flushed: exiting"));
+    expect(fatal, out).toBeDefined();
+    expect(JSON.parse(fatal as string)).toMatchObject({ level: 60, err: { message: expect.stringMatching(/EIO/) } });
+  }, 30_000);
+
   it("every transaction a killed process reported committed is in the file", async () => {
     using dir = tempDir();
     const path = join(dir.path, "k.db");

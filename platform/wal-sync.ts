@@ -21,6 +21,14 @@
 import { type FileHandle, open } from "node:fs/promises";
 
 export class WalSync {
+  /**
+   * Told when a flush fails, once per log: a service's process (`runService`) exits then, to be
+   * restarted — running on, every write it took failed after committing, and a consumer applied an
+   * event, failed to acknowledge it and took it again for ever. Unset (a test, a script), the
+   * callers' rejections are all there is.
+   */
+  static onBroken: ((err: Error) => void) | undefined;
+
   private file: Promise<FileHandle> | undefined;
   /** The sync running now: it may have started before the caller's commit. */
   private running: Promise<void> = Promise.resolve();
@@ -31,7 +39,7 @@ export class WalSync {
   /**
    * A flush that failed. It stays failed: after a failed fsync the kernel may have dropped the
    * pages it could not write and report the next fsync clean, so no later commit can be called
-   * durable (the lesson PostgreSQL learned as "fsyncgate"). The process must be restarted.
+   * durable (the lesson PostgreSQL learned as "fsyncgate"). The process must be restarted ({@link WalSync.onBroken}).
    */
   private broken: Error | undefined;
   private closed = false;
@@ -71,6 +79,7 @@ export class WalSync {
           "writes since the last flush may not be on disk; restart the process",
         { cause: err },
       );
+      WalSync.onBroken?.(this.broken);
       throw this.broken;
     }
   }
