@@ -18,13 +18,15 @@ export interface Fresh {
 
 /** One order's running saga loop. */
 export class SagaLoop {
-  /** Ends a backoff wait early. */
-  wake: () => void = () => {};
   /** Settles when the loop has ended. */
   readonly done: Promise<void>;
   /** Cancels the loop's call in flight (on stop). Its own, so no signal is shared by every saga. */
   private readonly abort = new AbortController();
   private readonly starts: StepStarts;
+  /** A wake that came while no wait ran (during a call, or its write): the next wait is none. */
+  private woken = false;
+  /** Ends the wait running now, if one is. */
+  private endWait: (() => void) | undefined;
 
   constructor(
     private readonly ctx: SagaContext,
@@ -37,7 +39,16 @@ export class SagaLoop {
     this.done = this.run(fresh);
   }
 
-  /** Stops the loop: its call in flight is cancelled, a wait ends. */
+  /**
+   * Ends a backoff wait early (the order changed: a cancel), or the next one when none runs now —
+   * a wake during a participant call was lost, and a cancel waited out the whole backoff.
+   */
+  wake(): void {
+    this.woken = true;
+    this.endWait?.();
+  }
+
+  /** Stops the loop: its call in flight is cancelled, its wait (now or next) ends. */
   stop(): void {
     this.abort.abort();
     this.wake();
@@ -54,7 +65,10 @@ export class SagaLoop {
     let o: OrderRecord | undefined = fresh?.order;
     let started: Started | undefined = fresh?.started;
     while (!signal.aborted) {
-      o ??= await store.get(orderId);
+      if (!o) {
+        this.woken = false; // the read below sees what any wake so far was about
+        o = await store.get(orderId);
+      }
       if (!o) return;
       const d = decide(o);
       if (d.kind === "done") return;
@@ -96,12 +110,15 @@ export class SagaLoop {
   }
 
   private sleep(ms: number): Promise<void> {
+    if (this.woken) return Promise.resolve();
     return new Promise((resolve) => {
-      const t = setTimeout(resolve, ms);
-      this.wake = () => {
+      const end = () => {
         clearTimeout(t);
+        this.endWait = undefined;
         resolve();
       };
+      const t = setTimeout(end, ms);
+      this.endWait = end;
     });
   }
 }
