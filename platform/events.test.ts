@@ -5,7 +5,7 @@
  */
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { AckPolicy } from "@nats-io/jetstream";
-import { headers as natsHeaders } from "@nats-io/transport-node";
+import { headers as natsHeaders, TimeoutError } from "@nats-io/transport-node";
 import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
@@ -21,6 +21,7 @@ import { NO_ORDER } from "./catalogue.js";
 import type { FaultInjector } from "./chaos.js";
 import { startConsumer } from "./consumer.js";
 import { migrations, openDatabase } from "./db.js";
+import { deadLetter } from "./dead-letter.js";
 import { InvalidArgumentError } from "./errors.js";
 import { startEventing } from "./eventing.js";
 import { INBOX_FAILURES_MIGRATION, INBOX_MIGRATION, on } from "./inbox.js";
@@ -718,6 +719,49 @@ describe("consumers", () => {
       expect(by("evt_mode")?.header.get("x-dlq-reason")).toMatch(/is published on order\.order\.placed\.<mode>/);
       await c.stop();
       await relay.stop();
+    } finally {
+      await bus.close();
+    }
+  });
+
+  it("letters an event whole after a moment's failure of its first copy (a timeout), instead of cutting it as if refused", async () => {
+    // A NATS of its own: what this puts on ORDER stays there, and the other tests read ORDER from its start.
+    await using nats = await startNats();
+    const bus = await connectBus(nats.url, "events-test-dlq-timeout", log, { streams: EVENTS.streams });
+    try {
+      const h = natsHeaders();
+      h.set("ce-type", "shopmesh.order.v1.OrderPlaced");
+      h.set("ce-id", "evt_timeout");
+      h.set("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+      await bus.js.publish("order.order.placed.orchestration", new Uint8Array([1, 2, 3]), { headers: h });
+      const durable = `dlq-timeout-${++n}`;
+      await bus.jsm.consumers.add("ORDER", {
+        durable_name: durable,
+        ack_policy: AckPolicy.Explicit,
+      });
+      const m = await (await bus.js.consumers.get("ORDER", durable)).next({ expires: 2_000 });
+      if (!m) throw new Error("no message");
+      let failNext = true;
+      const js = new Proxy(bus.js, {
+        get: (target, prop, receiver) =>
+          prop !== "publish"
+            ? Reflect.get(target, prop, receiver)
+            : (...args: Parameters<Bus["js"]["publish"]>) => {
+                if (!failNext) return target.publish(...args);
+                failNext = false;
+                return Promise.reject(new TimeoutError());
+              },
+      });
+      // NATS away for a moment: the letter is not written, and the message is redelivered to try again.
+      await expect(deadLetter({ ...bus, js }, durable, m, "handler failed 10 times")).rejects.toBeInstanceOf(
+        TimeoutError,
+      );
+      expect(await dlqMessages(`dlq.${durable}`, bus)).toHaveLength(0);
+      await deadLetter({ ...bus, js }, durable, m, "handler failed 10 times");
+      const [letter, ...more] = await dlqMessages(`dlq.${durable}`, bus);
+      expect(more).toHaveLength(0);
+      expect(letter?.header.get("x-dlq-truncated")).toBe("");
+      expect(letter?.header.get("traceparent")).toBe("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
     } finally {
       await bus.close();
     }
