@@ -23,8 +23,9 @@ const ACK_WAIT_NS = 10 * 1e9;
 /**
  * Events one consumer pulls ahead. The client asks for more each time a quarter of them has
  * arrived, so this sets how often a pull request goes to the server (at 16, one per 4 events);
- * a consumer keeping up holds only what has arrived, and one with a backlog holds at most this
- * many (what a crash strands for the ack wait; what a replica takes before the others).
+ * a consumer keeping up holds only what has arrived, and one with a backlog up to about three
+ * times this many unacknowledged, with the batch it settles and the one queued behind it
+ * (batches.ts): what a crash strands for the ack wait, what a replica takes before the others.
  * `abort_on_missing_resource` ends the pull when its durable (or stream) is gone, instead of
  * nats.js waiting for someone to make it again.
  */
