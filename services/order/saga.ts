@@ -131,9 +131,14 @@ export class SagaOrchestrator {
       const adopted = await this.adopt("expired");
       // Their owner stopped renewing (it died, hung, or lost the database) or gave them back.
       if (adopted > 0) log.warn({ sagas: adopted, at: "lease expiry" }, "resuming sagas left in flight");
+    } catch (err) {
+      log.warn({ err }, "saga adoption failed; retrying on the next sweep");
+    }
+    // Whatever adoption did: skipped with it, a failing claim lost this replica every lease it held.
+    try {
       await store.renewLeases(leasing.owner, [...this.loops.keys()], leasing.ms);
     } catch (err) {
-      log.warn({ err }, "lease sweep failed; retrying on the next one");
+      log.warn({ err }, "lease renewal failed; retrying on the next sweep");
     }
   }
 
