@@ -17,7 +17,6 @@ import { backoffMs } from "./backoff.js";
 import type { StreamSpec } from "./catalogue.js";
 import type { Logger } from "./log.js";
 
-const DAY_NS = 24 * 60 * 60 * 1e9;
 /**
  * Stream settings: file storage (survives a server restart), limits
  * retention (events stay for replay, e.g. to rebuild a read model) for 7
@@ -31,10 +30,13 @@ const DAY_NS = 24 * 60 * 60 * 1e9;
  * the gateway's user, through its own registry key). nats-server lets a
  * stream gain these two but never lose them.
  */
+/** How long a stream keeps an event, ms: no delivery of one can come later (inbox.ts keeps a day more). */
+export const EVENT_RETENTION_MS = 7 * 24 * 60 * 60 * 1000;
+
 const STREAM_DEFAULTS = {
   storage: StorageType.File,
   retention: RetentionPolicy.Limits,
-  max_age: 7 * DAY_NS,
+  max_age: EVENT_RETENTION_MS * 1e6,
   duplicate_window: 2 * 60 * 1e9,
   deny_delete: true,
   deny_purge: true,

@@ -56,6 +56,9 @@ export interface ConsumerOptions extends ConsumerSpec {
 }
 
 /** A running consumer. */
+/** How often a consumer purges its inbox of rows past {@link INBOX_KEEP_MS}, ms. */
+const PURGE_EVERY_MS = 60 * 60 * 1000;
+
 export interface RunningConsumer {
   stop(): Promise<void>;
 }
@@ -102,7 +105,22 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
       }),
   });
   clog.info({ stream: opts.stream }, "consuming");
-  return pull;
+  // The inbox forgets what no delivery can bring again: at start, then hourly (each replica; a
+  // second purge finds nothing).
+  const inbox = new Inbox(opts.db, durable);
+  const purge = () =>
+    void inbox.purge().then(
+      (n) => n > 0 && clog.info({ purged: n }, "inbox rows past the streams' retention purged"),
+      (err: unknown) => clog.warn({ err: (err as Error).message }, "inbox purge failed; retrying in an hour"),
+    );
+  purge();
+  const purging = setInterval(purge, PURGE_EVERY_MS).unref();
+  return {
+    stop: () => {
+      clearInterval(purging);
+      return pull.stop();
+    },
+  };
 }
 
 /** An event ready to be applied: decoded, its handler found, its filter passed. */

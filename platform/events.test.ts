@@ -24,7 +24,7 @@ import { migrations, openDatabase } from "./db.js";
 import { deadLetter } from "./dead-letter.js";
 import { InvalidArgumentError } from "./errors.js";
 import { startEventing } from "./eventing.js";
-import { INBOX_FAILURES_MIGRATION, INBOX_MIGRATION, on } from "./inbox.js";
+import { INBOX_FAILURES_MIGRATION, INBOX_KEEP_MS, INBOX_MIGRATION, INBOX_PURGE_MIGRATION, Inbox, on } from "./inbox.js";
 import { silentLogger } from "./log.js";
 import { OUTBOX_CLAIMS_MIGRATION, OUTBOX_INDEXES_MIGRATION, OUTBOX_MIGRATION, Outbox } from "./outbox.js";
 import { OutboxRelay } from "./relay.js";
@@ -63,6 +63,7 @@ async function service() {
       OUTBOX_INDEXES_MIGRATION,
       INBOX_MIGRATION,
       INBOX_FAILURES_MIGRATION,
+      INBOX_PURGE_MIGRATION,
       effects,
     ]),
   );
@@ -1023,6 +1024,50 @@ describe("a handler's failures", () => {
         handlers: [recordEffect],
       }),
     ).rejects.toThrow(/no inbox_failures table \(add INBOX_FAILURES_MIGRATION/);
+  });
+});
+
+describe("an inbox", () => {
+  /** Inbox rows of `consumer` handled at `at`, `count` of them, in one statement. */
+  const handled = (db: Db, consumer: string, at: number, count: number, prefix: string) =>
+    db.transaction(async (tx) => {
+      for (let i = 0; i < count; i++)
+        await tx.run(sql`INSERT INTO inbox (consumer, event_id, type, handled_at)
+          VALUES (${consumer}, ${`${prefix}-${i}`}, 'shopmesh.order.v1.OrderPlaced', ${at})`);
+    });
+  const rows = async (db: Db, consumer: string, prefix: string) =>
+    (
+      await db.one(sql<{ n: number }>`SELECT COUNT(*) AS n FROM inbox
+        WHERE consumer = ${consumer} AND event_id LIKE ${`${prefix}-%`}`)
+    )?.n ?? 0;
+
+  it("forgets a consumer's events a day after the streams do, from its start on, and keeps the rest and others'", async () => {
+    const svc = await service();
+    const durable = `purging-${n}`;
+    const past = Date.now() - INBOX_KEEP_MS - 60_000;
+    await handled(svc.db, durable, past, 3, "old");
+    await handled(svc.db, durable, Date.now() - INBOX_KEEP_MS + 60_000, 2, "recent");
+    await handled(svc.db, "another-consumer", past, 2, "others");
+    const c = await recording(svc, durable);
+    try {
+      expect(
+        await until(
+          () => rows(svc.db, durable, "old"),
+          (x) => x === 0,
+        ),
+      ).toBe(0);
+      expect(await rows(svc.db, durable, "recent")).toBe(2);
+      expect(await rows(svc.db, "another-consumer", "others")).toBe(2);
+    } finally {
+      await c.stop();
+    }
+  });
+
+  it("purges a chunk a transaction: more rows than one statement deletes all go", async () => {
+    const svc = await service();
+    await handled(svc.db, "big-consumer", Date.now() - INBOX_KEEP_MS - 1, 12_000, "old");
+    expect(await new Inbox(svc.db, "big-consumer").purge()).toBe(12_000);
+    expect(await rows(svc.db, "big-consumer", "old")).toBe(0);
   });
 });
 

@@ -9,6 +9,7 @@ import { type DescMessage, fromBinary, type MessageShape } from "@bufbuild/proto
 import type { JsMsg } from "@nats-io/jetstream";
 import { sql } from "kysely";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
+import { EVENT_RETENTION_MS } from "./bus.js";
 import { type EventCatalogue, eventSubject, isNewerEvent } from "./catalogue.js";
 import type { Db, Tx } from "./sql.js";
 import { stringWithNul } from "./validate.js";
@@ -35,6 +36,22 @@ export const INBOX_FAILURES_MIGRATION = `CREATE TABLE inbox_failures (
   failed_at  INTEGER NOT NULL,
   PRIMARY KEY (consumer, event_id)
 ) STRICT;`;
+
+/**
+ * The index the inbox's purge reads by ({@link Inbox.purge}); append it to a consumer service's
+ * migrations.
+ */
+export const INBOX_PURGE_MIGRATION = "CREATE INDEX inbox_handled ON inbox (consumer, handled_at);";
+
+/**
+ * How long an inbox row is kept, ms: a day past the streams' retention, so no delivery of its
+ * event — not even to a consumer made again, which replays its stream from the start — comes after
+ * the row is gone. Kept for ever, the inbox grew by a row per event and consumer without end.
+ */
+export const INBOX_KEEP_MS = EVENT_RETENTION_MS + 24 * 60 * 60 * 1000;
+
+/** Rows one purge statement deletes: a large first purge never holds the database for long. */
+const PURGE_CHUNK = 5_000;
 
 /** The most of a handler's error message {@link Inbox.failed} keeps. */
 const MAX_ERROR_CHARS = 500;
@@ -80,6 +97,26 @@ export class Inbox {
     await effect(tx);
     await tx.run(record);
     return true;
+  }
+
+  /**
+   * Deletes this consumer's rows older than {@link INBOX_KEEP_MS}, a chunk a transaction; how many.
+   * Not flushed: rows a power failure brings back are purged the next time.
+   */
+  async purge(): Promise<number> {
+    const before = this.clock() - INBOX_KEEP_MS;
+    let purged = 0;
+    for (;;) {
+      const n = await this.db.transaction(
+        (tx) =>
+          tx.run(sql`DELETE FROM inbox WHERE consumer = ${this.consumer} AND event_id IN (
+            SELECT event_id FROM inbox WHERE consumer = ${this.consumer} AND handled_at < ${before}
+            LIMIT ${PURGE_CHUNK})`),
+        { durable: false },
+      );
+      purged += n;
+      if (n < PURGE_CHUNK) return purged;
+    }
   }
 
   /** Throws, naming the migration, when the database has no table to count failures in. */

@@ -58,6 +58,7 @@ export {
   type EventHandler,
   INBOX_FAILURES_MIGRATION,
   INBOX_MIGRATION,
+  INBOX_PURGE_MIGRATION,
   Inbox,
   on,
   UnprocessableEventError,

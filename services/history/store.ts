@@ -11,6 +11,7 @@ import {
   type DbLocation,
   INBOX_FAILURES_MIGRATION,
   INBOX_MIGRATION,
+  INBOX_PURGE_MIGRATION,
   migrations,
   openDatabase,
   sql,
@@ -48,6 +49,8 @@ const MIGRATIONS = migrations([
   "ALTER TABLE order_history ADD COLUMN refund TEXT NOT NULL DEFAULT 'none' CHECK (refund IN ('none', 'pending', 'settled'));",
   // 4: consumers count each event's failures across restarts and replicas (the dead-letter limit).
   INBOX_FAILURES_MIGRATION,
+  // 5: the inbox forgets an event a day after the streams do (its purge reads by this index).
+  INBOX_PURGE_MIGRATION,
 ]);
 
 interface ViewRow {

@@ -10,6 +10,7 @@ import {
   type DbLocation,
   INBOX_FAILURES_MIGRATION,
   INBOX_MIGRATION,
+  INBOX_PURGE_MIGRATION,
   migrations,
   newId,
   openDatabase,
@@ -35,6 +36,8 @@ const MIGRATIONS = migrations([
   INBOX_MIGRATION,
   // 3: consumers count each event's failures across restarts and replicas (the dead-letter limit).
   INBOX_FAILURES_MIGRATION,
+  // 4: the inbox forgets an event a day after the streams do (its purge reads by this index).
+  INBOX_PURGE_MIGRATION,
 ]);
 
 interface NotificationRow {

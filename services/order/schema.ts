@@ -7,6 +7,7 @@ import type { Line } from "../../contracts/lines.js";
 import {
   INBOX_FAILURES_MIGRATION,
   INBOX_MIGRATION,
+  INBOX_PURGE_MIGRATION,
   migrations,
   OUTBOX_CLAIMS_MIGRATION,
   OUTBOX_INDEXES_MIGRATION,
@@ -74,6 +75,8 @@ export const MIGRATIONS = migrations([
   INBOX_FAILURES_MIGRATION,
   // 7: the relay finds an order's earlier unsent row, and the sent rows to purge, without reading every row.
   OUTBOX_INDEXES_MIGRATION,
+  // 8: the inbox forgets an event a day after the streams do (its purge reads by this index).
+  INBOX_PURGE_MIGRATION,
 ]);
 
 export interface OrderRow {

@@ -17,6 +17,7 @@ import {
   type DbLocation,
   INBOX_FAILURES_MIGRATION,
   INBOX_MIGRATION,
+  INBOX_PURGE_MIGRATION,
   keyUse,
   migrations,
   newId,
@@ -77,6 +78,8 @@ const MIGRATIONS = migrations([
   INBOX_FAILURES_MIGRATION,
   // 5: the relay finds an order's earlier unsent row, and the sent rows to purge, without reading every row.
   OUTBOX_INDEXES_MIGRATION,
+  // 6: the inbox forgets an event a day after the streams do (its purge reads by this index).
+  INBOX_PURGE_MIGRATION,
 ]);
 
 /** Result of {@link PaymentStore.charge}. `replayed` is true when the key already had a payment. */
