@@ -29,6 +29,8 @@ export interface EventingOptions {
   readonly outbox?: Outbox;
   /** The service's consumers, if it consumes. */
   readonly consumers?: readonly ConsumerSpec[];
+  /** No other process writes `db`: the relay adopts every outbox claim at start (see RelayOptions). */
+  readonly soleWriter?: boolean;
   /** Chaos hooks (see faultEnv). */
   readonly crashBeforePublish?: boolean;
   readonly crashAfterCommit?: boolean;
@@ -67,7 +69,7 @@ export async function startEventing(opts: EventingOptions): Promise<Eventing> {
         source: opts.service,
         log: opts.log,
         crashBeforePublish: opts.crashBeforePublish ?? false,
-        adoptClaims: opts.db.engine === "sqlite",
+        adoptClaims: opts.soleWriter ?? false,
         ...telemetry,
       })
     : undefined;

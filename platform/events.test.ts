@@ -1346,7 +1346,7 @@ describe("several replicas on one database", () => {
     expect(await ids()).toEqual([other, first, later]);
   });
 
-  it("a relay that adopts claims (one process per SQLite file) publishes a crashed process's claimed rows at start, not a claim later", async () => {
+  it("a relay that adopts claims (the order service on SQLite: no other process writes its file) publishes a crashed process's claimed rows at start, not a claim later", async () => {
     const svc = await service();
     const id = await addPlaced(svc, "ord-crashed");
     await svc.db.run(sql`UPDATE outbox SET claimed_by = 'relay-gone', claimed_until = ${Date.now() + 60_000}`);

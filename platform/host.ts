@@ -67,6 +67,11 @@ export interface HostOptions<P> {
   readonly outbox?: Outbox;
   /** The service's event consumers, if any. */
   readonly consumers?: readonly ConsumerSpec[];
+  /**
+   * No other process writes this database (the order service on SQLite: `make run` starts one):
+   * the relay takes back at start the outbox claims a crashed process left, instead of waiting them out.
+   */
+  readonly soleWriter?: boolean;
   /** Builds the services (and the app's own parts) once the bus and telemetry exist. */
   readonly build: (ctx: HostContext) => Built<P> | Promise<Built<P>>;
   /**
@@ -110,6 +115,7 @@ export async function startHost<P = undefined>(o: HostOptions<P>): Promise<Host<
       faults,
       crashBeforePublish: config.FAULT_CRASH_BEFORE_PUBLISH,
       crashAfterCommit: config.FAULT_CRASH_AFTER_COMMIT,
+      soleWriter: o.soleWriter ?? false,
       ...(o.outbox ? { outbox: o.outbox } : {}),
       ...(o.consumers ? { consumers: o.consumers } : {}),
     });

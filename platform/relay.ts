@@ -63,8 +63,8 @@ export interface RelayOptions {
    */
   readonly claimMs?: number;
   /**
-   * Takes back every claim at start: only when no other process can hold one (SQLite: one process
-   * per file), as the order service adopts every saga there.
+   * Takes back every claim at start: only when no other process can hold one (the order service on
+   * SQLite, which adopts every saga there too; replicas of the others may share a SQLite file).
    */
   readonly adoptClaims?: boolean;
   /** Chaos hook: SIGKILL this process right before the first publish. */

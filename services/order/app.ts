@@ -110,6 +110,8 @@ export async function startOrder(config: OrderConfig, log: Logger): Promise<Orde
     catalogue: EVENTS,
     outbox: store.outbox,
     consumers: choreography.consumers(),
+    // On SQLite the order service is one process (make run refuses ORDER_REPLICAS > 1 there).
+    soleWriter: store.db.engine === "sqlite",
     build: (ctx) => {
       const parts = buildSaga(config, log, store, ctx);
       countSagas(store, ctx.telemetry.metrics);
