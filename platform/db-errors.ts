@@ -7,11 +7,15 @@ const SOCKET = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "EHO
 
 /**
  * Whether `err` says the database could not be reached — down, restarting,
- * the connection cut (SQLSTATE class 08, 57P01-57P03, socket errors): the
+ * the connection cut (SQLSTATE class 08, 57P01-57P03, socket errors), SQLite's
+ * file locked by another process for longer than the busy timeout: the
  * same request can succeed later, so it is a transient failure, not a bug.
  */
 export function isDatabaseUnavailable(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
+  // SQLite's file held by another process past the busy timeout (replicas sharing it; one frozen
+  // holding the write lock): "database is locked", answered INTERNAL and logged as a bug until now.
+  if (typeof code === "string" && code.startsWith("SQLITE_BUSY")) return true;
   // 25P03: the server ended a transaction left idle too long (pg-pool.ts, IDLE_IN_TRANSACTION_MS) with its session.
   if (typeof code === "string" && (code.startsWith("08") || /^57P0[123]$|^25P03$/.test(code) || SOCKET.has(code)))
     return true;

@@ -1,6 +1,10 @@
 /** Errors across the wire: statuses as the gRPC spec means them, details any client can read, no internals. */
+
+import { join } from "node:path";
 import { Metadata } from "@grpc/grpc-js";
+import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
+import { tempDir } from "../test/fixtures.js";
 import {
   Code,
   FailedPreconditionError,
@@ -38,6 +42,32 @@ describe("toStatusObject", () => {
       const st = toStatusObject(err);
       expect(st.code).toBe(Code.INTERNAL);
       expect(st.details).toBe("internal error");
+    }
+  });
+});
+
+describe("a database error's status", () => {
+  it("is UNAVAILABLE for a SQLite file another process holds locked past the busy timeout (it was INTERNAL)", () => {
+    using dir = tempDir();
+    const path = join(dir.path, "locked.db");
+    const holder = new Database(path);
+    holder.pragma("journal_mode = WAL");
+    holder.exec("CREATE TABLE t (v TEXT)");
+    const other = new Database(path, { timeout: 50 });
+    holder.exec("BEGIN IMMEDIATE");
+    try {
+      let err: unknown;
+      try {
+        other.exec("INSERT INTO t VALUES ('x')");
+      } catch (e) {
+        err = e;
+      }
+      expect((err as { code?: string }).code).toBe("SQLITE_BUSY");
+      expect(toStatusObject(err)).toEqual({ code: Code.UNAVAILABLE, details: "database unavailable; try again" });
+    } finally {
+      holder.exec("ROLLBACK");
+      other.close();
+      holder.close();
     }
   });
 });
