@@ -24,7 +24,7 @@
  * NATS_MONITOR_PORT. A port already taken
  * is named, with its process and the variable, before anything starts.
  *
- * Supervision: a service or NATS that exits unexpectedly is restarted with
+ * Supervision: a service, NATS or PostgreSQL that exits unexpectedly is restarted with
  * backoff (1 s, doubling to 30 s; back to 1 s after a minute up), and the
  * runner says why it exited and how many restarts it has had. RESTART=no
  * turns that off. DATA_DIR moves .data (tests run a whole system there).
@@ -214,6 +214,11 @@ function start(
         say(name, p, `exited unexpectedly (${why}); the others keep running`, { exit: why }, 50);
         return;
       }
+      // What it started and left behind (a postmaster whose `runuser` was killed) would hold the
+      // port and the data directory the restart needs.
+      try {
+        process.kill(-(child.pid as number), "SIGKILL");
+      } catch {}
       if (Date.now() - started > HEALTHY_MS) restarts = 0;
       restarts++;
       const delay = Math.min(MAX_BACKOFF_MS, BACKOFF_MS * 2 ** (restarts - 1));
@@ -334,7 +339,7 @@ async function startPostgres(): Promise<string> {
   if (initCluster(PG_DATA)) say("run", undefined, `initialised a PostgreSQL cluster in ${PG_DATA}`);
   const [cmd, args] = serverCommand("postgres", serverArgs(PG_DATA, PG_PORT, PG_DATA, true));
   // PostgreSQL logs every checkpoint; show readiness, warnings and errors.
-  start("postgres", 7, cmd, args, {}, (line) => /ready to accept|WARNING|ERROR|FATAL|PANIC/.test(line));
+  start("postgres", 7, cmd, args, {}, (line) => /ready to accept|WARNING|ERROR|FATAL|PANIC/.test(line), true);
   const admin = `postgres://postgres@127.0.0.1:${PG_PORT}/postgres`;
   try {
     await waitForPostgres(admin);

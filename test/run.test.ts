@@ -6,6 +6,7 @@
  * it, its holder and the variable to change.
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { chmodSync, readFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { afterEach, expect, it } from "vitest";
@@ -131,6 +132,27 @@ async function orderOnceServing(gateway: string): Promise<string> {
   }
   return status;
 }
+
+it("with DB=postgres restarts PostgreSQL killed with SIGKILL too, and the system serves orders again", async () => {
+  execFileSync("make", ["-s", "build"], { cwd: ROOT, stdio: "pipe" });
+  using dir = tempDir();
+  const { env, of } = await ports();
+  chmodSync(dir.path, 0o755); // as root, PostgreSQL runs as its own user, who must reach its data directory
+  const run = runner({ ...env, DATA_DIR: dir.path, DB: "postgres", PG_PORT: String(await freePort()) });
+  const printed = () => run.lines.slice(-40).join("\n");
+  await serving(of("order"), printed, 90_000);
+  const gateway = `http://127.0.0.1:${of("gateway")}`;
+  expect(await orderOnceServing(gateway)).toBe("ORDER_STATUS_CONFIRMED");
+  // The postmaster itself (under `runuser` when root): it stayed down, the others failing, until
+  // restarted by hand.
+  const postmaster = Number(readFileSync(join(dir.path, "postgres", "postmaster.pid"), "utf8").split("\n")[0]);
+  process.kill(postmaster, "SIGKILL");
+  await run.waitFor(/^postgres .*\| exited unexpectedly .*; restarting in 1 s \(restart 1;/);
+  await run.waitFor(/^postgres .*ready to accept connections/m, 60_000);
+  expect(await orderOnceServing(gateway)).toBe("ORDER_STATUS_CONFIRMED");
+  run.child.kill("SIGINT");
+  expect(await new Promise((r) => run.child.once("exit", r))).toBe(0);
+}, 180_000);
 
 it("restarts every process killed with SIGKILL, says so, and the system serves orders again", async () => {
   execFileSync("make", ["-s", "build"], { cwd: ROOT, stdio: "pipe" });
