@@ -1041,13 +1041,19 @@ describe("an inbox", () => {
         WHERE consumer = ${consumer} AND event_id LIKE ${`${prefix}-%`}`)
     )?.n ?? 0;
 
-  it("forgets a consumer's events a day after the streams do, from its start on, and keeps the rest and others'", async () => {
+  it("forgets a consumer's events (and stale failure counts) a day after the streams do, from its start on, and keeps the rest and others'", async () => {
     const svc = await service();
     const durable = `purging-${n}`;
     const past = Date.now() - INBOX_KEEP_MS - 60_000;
     await handled(svc.db, durable, past, 3, "old");
     await handled(svc.db, durable, Date.now() - INBOX_KEEP_MS + 60_000, 2, "recent");
     await handled(svc.db, "another-consumer", past, 2, "others");
+    // A failure count no delivery will clear (the event was settled by another replica meanwhile).
+    await svc.db.run(sql`INSERT INTO inbox_failures (consumer, event_id, failures, last_error, failed_at)
+      VALUES (${durable}, 'stale', 1, 'boom', ${past})`);
+    const failures = async () =>
+      (await svc.db.one(sql<{ n: number }>`SELECT COUNT(*) AS n FROM inbox_failures WHERE consumer = ${durable}`))?.n ??
+      0;
     const c = await recording(svc, durable);
     try {
       expect(
@@ -1056,6 +1062,7 @@ describe("an inbox", () => {
           (x) => x === 0,
         ),
       ).toBe(0);
+      expect(await until(failures, (x) => x === 0)).toBe(0);
       expect(await rows(svc.db, durable, "recent")).toBe(2);
       expect(await rows(svc.db, "another-consumer", "others")).toBe(2);
     } finally {

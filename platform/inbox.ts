@@ -100,7 +100,8 @@ export class Inbox {
   }
 
   /**
-   * Deletes this consumer's rows older than {@link INBOX_KEEP_MS}, a chunk a transaction; how many.
+   * Deletes this consumer's rows older than {@link INBOX_KEEP_MS}, a chunk a transaction (how many),
+   * and its failure counts as old.
    * Not flushed: rows a power failure brings back are purged the next time.
    */
   async purge(): Promise<number> {
@@ -115,8 +116,14 @@ export class Inbox {
         { durable: false },
       );
       purged += n;
-      if (n < PURGE_CHUNK) return purged;
+      if (n < PURGE_CHUNK) break;
     }
+    // A count left by a delivery after another replica had settled the event is never cleared by it.
+    await this.db.transaction(
+      (tx) => tx.run(sql`DELETE FROM inbox_failures WHERE consumer = ${this.consumer} AND failed_at < ${before}`),
+      { durable: false },
+    );
+    return purged;
   }
 
   /** Throws, naming the migration, when the database has no table to count failures in. */
