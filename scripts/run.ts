@@ -163,6 +163,13 @@ function say(proc: string, label: string | undefined, msg: string, fields: Recor
 
 const children: { name: string; child: ChildProcess }[] = [];
 let stopping = false;
+/** A start that failed: everything is stopped, and the runner exits 1. */
+let failed = false;
+function failStart(why: string): void {
+  process.stderr.write(`${why}\n`);
+  failed = true;
+  stopAll();
+}
 
 /** First restart delay, longest delay, and how long up counts as recovered (the delay starts over). */
 const BACKOFF_MS = 1_000;
@@ -184,6 +191,7 @@ function start(
   show: (line: string) => boolean = () => true,
   supervise = false,
 ): void {
+  if (stopping) return; // a start that failed (PostgreSQL) stops everything: start nothing more
   const p = prefix(name, i);
   const entry = { name, child: undefined as unknown as ChildProcess };
   children.push(entry);
@@ -305,7 +313,7 @@ function stopAll(): void {
     }
     return waitAll(infra.map((c) => c.child)).then(() => {
       say("run", undefined, "all stopped");
-      process.exit(0);
+      process.exit(failed ? 1 : 0);
     });
   });
 }
@@ -316,8 +324,7 @@ function stopAll(): void {
  */
 async function provisionStreams(): Promise<void> {
   const timer = setTimeout(() => {
-    process.stderr.write(`NATS did not let the streams be created within 30 s (port ${NATS_PORT})\n`);
-    stopAll();
+    failStart(`NATS did not let the streams be created within 30 s (port ${NATS_PORT})`);
   }, 30_000);
   try {
     await provisionBus(NATS_URL, EVENTS, silentLogger(), {
@@ -336,7 +343,15 @@ async function startPostgres(): Promise<string> {
     process.stderr.write(`${POSTGRES_MISSING}\n`);
     process.exit(1);
   }
-  if (initCluster(PG_DATA)) say("run", undefined, `initialised a PostgreSQL cluster in ${PG_DATA}`);
+  try {
+    if (initCluster(PG_DATA)) say("run", undefined, `initialised a PostgreSQL cluster in ${PG_DATA}`);
+  } catch (err) {
+    // initdb's own words (a data directory its user cannot reach, say), not a dump of the call: and
+    // NATS, started already, stopped with the rest.
+    const why = (err as { stderr?: Buffer }).stderr?.toString().trim() || (err as Error).message;
+    failStart(`PostgreSQL could not be initialised in ${PG_DATA}: ${why}`);
+    return "";
+  }
   const [cmd, args] = serverCommand("postgres", serverArgs(PG_DATA, PG_PORT, PG_DATA, true));
   // PostgreSQL logs every checkpoint; show readiness, warnings and errors.
   start("postgres", 7, cmd, args, {}, (line) => /ready to accept|WARNING|ERROR|FATAL|PANIC/.test(line), true);
@@ -344,8 +359,7 @@ async function startPostgres(): Promise<string> {
   try {
     await waitForPostgres(admin);
   } catch (err) {
-    process.stderr.write(`PostgreSQL did not come up on port ${PG_PORT}: ${(err as Error).message}\n`);
-    stopAll();
+    failStart(`PostgreSQL did not come up on port ${PG_PORT}: ${(err as Error).message}`);
     return "";
   }
   return ensureDatabase(admin, "shopmesh");

@@ -5,8 +5,8 @@
  * serving orders again, and a taken port refused with one line that names
  * it, its holder and the variable to change.
  */
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { chmodSync, readFileSync } from "node:fs";
+import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
+import { chmodSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { afterEach, expect, it } from "vitest";
@@ -132,6 +132,21 @@ async function orderOnceServing(gateway: string): Promise<string> {
   }
   return status;
 }
+
+it("with DB=postgres and a PostgreSQL that cannot be initialised, says why, stops NATS and exits 1", async () => {
+  execFileSync("make", ["-s", "build"], { cwd: ROOT, stdio: "pipe" });
+  using dir = tempDir();
+  const { env } = await ports();
+  writeFileSync(join(dir.path, "postgres"), "a file where the data directory goes");
+  const run = runner({ ...env, DATA_DIR: dir.path, DB: "postgres", PG_PORT: String(await freePort()) });
+  const code = await new Promise((r) => run.child.once("exit", r));
+  const printed = run.lines.join("\n");
+  expect(code, printed).toBe(1);
+  expect(printed).toMatch(/PostgreSQL could not be initialised in .*postgres: /);
+  expect(printed).not.toMatch(/Buffer|at .*\.js:\d+/); // no dump of the failed call, no stack
+  // NATS, started before PostgreSQL, went with it (it was left running); no service was started.
+  expect(spawnSync("pgrep", ["-af", `nats-server .* -p ${env.NATS_PORT} `]).stdout.toString()).toBe("");
+}, 60_000);
 
 it("with DB=postgres restarts PostgreSQL killed with SIGKILL too, and the system serves orders again", async () => {
   execFileSync("make", ["-s", "build"], { cwd: ROOT, stdio: "pipe" });
