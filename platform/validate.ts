@@ -95,7 +95,7 @@ export function requireText(value: string, field: string, max: number): string {
   if (withoutControls(value) !== value) {
     throw new InvalidArgumentError(
       field,
-      "must not contain control or invisible characters (line breaks, tabs, escapes, direction controls, zero-width spaces, format characters)",
+      "must not contain control or invisible characters (line breaks, tabs, escapes, direction controls, zero-width spaces, format characters, variation selectors past an emoji's, more than 8 combining marks in a row)",
     );
   }
   return value;
