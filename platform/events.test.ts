@@ -315,6 +315,36 @@ describe("outbox", () => {
     expect(mostInFlight).toBeGreaterThan(1);
   });
 
+  it("runs one housekeeping at a time: with the database slow, sweeps do not pile up", async () => {
+    const svc = await service();
+    let running = 0;
+    let most = 0;
+    let runs = 0;
+    // The backlog's count (the housekeeping's last statement) takes 300 ms, sweeps come every 20.
+    const db = new Proxy(svc.db, {
+      get(target, prop, receiver) {
+        if (prop !== "one") return Reflect.get(target, prop, receiver);
+        return async (q: Parameters<Db["one"]>[0]) => {
+          running++;
+          runs++;
+          most = Math.max(most, running);
+          try {
+            await new Promise((r) => setTimeout(r, 300));
+            return await target.one(q);
+          } finally {
+            running--;
+          }
+        };
+      },
+    });
+    const relay = new OutboxRelay({ db, outbox: svc.outbox, bus, source: "test", log, sweepMs: 20 });
+    relay.start();
+    await new Promise((r) => setTimeout(r, 1_000));
+    await relay.stop();
+    expect(runs).toBeGreaterThanOrEqual(2);
+    expect(most).toBe(1);
+  });
+
   it("a republished event id is dropped by JetStream's duplicate window", async () => {
     const svc = await service();
     const id = await addPlaced(svc, "ord-c");

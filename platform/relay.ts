@@ -88,6 +88,8 @@ export class OutboxRelay {
   private stopped = false;
   private timer: NodeJS.Timeout | undefined;
   private failures = 0;
+  /** The housekeeping under way, if any. */
+  private housekeeping: Promise<void> | undefined;
   private idle: Promise<void> = Promise.resolve();
   private lastBacklog = { count: 0, oldestAgeMs: 0 };
 
@@ -170,14 +172,17 @@ export class OutboxRelay {
     if (this.stopped) return;
     this.timer = setTimeout(() => {
       this.kick();
-      void this.housekeeping();
+      // One at a time: with the database away each waited, and they piled up to run at once.
+      this.housekeeping ??= this.keepHouse().finally(() => {
+        this.housekeeping = undefined;
+      });
       this.schedule(this.opts.sweepMs ?? 1_000);
     }, ms);
     this.timer.unref();
   }
 
   /** Purges long-sent rows and samples the backlog for the metrics. */
-  private async housekeeping(): Promise<void> {
+  private async keepHouse(): Promise<void> {
     try {
       await this.relaxed(sql`DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ${Date.now() - KEEP_SENT_MS}`);
       await this.backlog();

@@ -118,15 +118,21 @@ export async function startOrder(config: OrderConfig, log: Logger): Promise<Orde
       const { saga } = parts;
       // The choreographed saga's step budget, checked a few times per budget.
       const budget = config.SAGA_STEP_BUDGET_MS;
+      // One sweep at a time: with the database away each waited, and they piled up to run at once.
+      let sweeping = false;
       const expiry = setInterval(
         () => {
+          if (sweeping) return;
+          sweeping = true;
           void detached(() =>
             choreography.expire(budget, Date.now()).then(
               (n) =>
                 n > 0 && log.warn({ orders: n }, "choreographed orders cancelled: no progress within the step budget"),
               (err: unknown) => log.warn({ err }, "choreography step-budget sweep failed; retrying on the next one"),
             ),
-          );
+          ).finally(() => {
+            sweeping = false;
+          });
         },
         Math.max(100, Math.floor(budget / 4)),
       );
