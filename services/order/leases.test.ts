@@ -1,12 +1,10 @@
 /**
  * Saga leases (real store, SQLite or PostgreSQL per the run): a replica's graceful stop gives its
  * leases back, including those a lease sweep running at that moment claims; a renewal never
- * shortens a lease; a sweep whose adoption fails still renews.
+ * shortens a lease.
  */
-
-import { Metadata } from "@grpc/grpc-js";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { type Client, Code, RpcError, silentLogger, sql } from "../../platform/index.js";
+import { type Client, silentLogger, sql } from "../../platform/index.js";
 import { TestDatabases } from "../../test/db.js";
 import { tempDir } from "../../test/fixtures.js";
 import { SagaOrchestrator } from "./saga.js";
@@ -80,50 +78,4 @@ it("a renewal never shortens a lease: a slow sweep's renewal committing after a 
   // The older sweep's renewal, computed earlier, lands last.
   await store.renewLeases("renewing-replica", [order.id], 1_000);
   expect(await leaseUntil()).toBe(renewed);
-});
-
-it("a sweep whose adoption fails still renews the leases of the sagas it drives", async () => {
-  const saga = new SagaOrchestrator({
-    store,
-    // Inventory down: the saga waits out a long backoff, its loop running, its lease to be renewed.
-    inventory: {
-      reserveStock: async () => {
-        throw new RpcError(Code.UNAVAILABLE, "down", new Metadata());
-      },
-    } as unknown as Client<never>,
-    payment: {} as Client<never>,
-    log: silentLogger(),
-    leasing: { owner: "renewing-replica-2", ms: 300, adoptAllAtStart: false },
-    timing: { stepBudgetMs: 60_000, retryBaseMs: 10_000, retryMaxMs: 10_000 },
-  });
-  await saga.start();
-  const placed = await store.place(
-    {
-      customerId: "c",
-      key: "adoption-fails",
-      fingerprint: "f",
-      items: [{ productId: "p", quantity: 1 }],
-      cardToken: "tok_visa",
-      sagaMode: "ORCHESTRATION",
-    },
-    saga.lease,
-    (o, fence, tx) => saga.begin(o, fence, tx),
-  );
-  if (placed.kind !== "created") throw new Error(`not placed: ${placed.kind}`);
-  const claim = store.claimSagas.bind(store);
-  store.claimSagas = async () => {
-    throw new Error("injected: the claim failed");
-  };
-  try {
-    // Three leases' length of sweeps, every claim failing.
-    await new Promise((r) => setTimeout(r, 900));
-    const lease = await store.db.one(
-      sql<{ owner: string; lease_until: number }>`SELECT owner, lease_until FROM orders WHERE id = ${placed.order.id}`,
-    );
-    expect(lease?.owner).toBe("renewing-replica-2");
-    expect(lease?.lease_until).toBeGreaterThan(Date.now());
-  } finally {
-    store.claimSagas = claim;
-    await saga.stop();
-  }
 });

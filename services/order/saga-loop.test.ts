@@ -1,12 +1,13 @@
 /**
- * A saga loop hears a stop or a wake that comes while no backoff wait runs — during a participant
- * call, or while the loop writes the call's outcome: it heard only one that came during a wait, so
- * a stop (a graceful shutdown giving its leases back) and a customer's cancel each waited out the
- * whole backoff (here 4 s).
+ * The orchestrator's saga loops while a participant is down (inventory answers UNAVAILABLE, so each
+ * saga waits out a backoff between tries): a stop or a wake that comes while no wait runs — during
+ * the call, or while the loop writes its outcome — is heard (it was heard only during a wait, so a
+ * graceful stop and a customer's cancel each waited out the whole backoff, here 4 s), and a sweep
+ * whose adoption fails still renews the leases of the sagas it drives.
  */
 import { Metadata } from "@grpc/grpc-js";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { type Client, Code, RpcError, silentLogger } from "../../platform/index.js";
+import { type Client, Code, RpcError, silentLogger, sql } from "../../platform/index.js";
 import { TestDatabases } from "../../test/db.js";
 import { tempDir } from "../../test/fixtures.js";
 import { SagaOrchestrator } from "./saga.js";
@@ -22,37 +23,30 @@ afterAll(async () => {
   dir[Symbol.dispose]();
 });
 
-it("a stop during a retry's write ends the loop at once, not after the backoff", async () => {
+/** An orchestrator for `owner` whose inventory is down (a release answers), retrying every 4 s. */
+function withInventoryDown(owner: string, leaseMs = 60_000): SagaOrchestrator {
   const inventory = {
     reserveStock: async () => {
       throw new RpcError(Code.UNAVAILABLE, "down", new Metadata());
     },
+    releaseStock: async () => ({}),
   } as unknown as Client<never>;
-  const saga = new SagaOrchestrator({
+  return new SagaOrchestrator({
     store,
     inventory,
     payment: {} as Client<never>,
     log: silentLogger(),
-    leasing: { owner: "r1", ms: 60_000, adoptAllAtStart: true },
+    leasing: { owner, ms: leaseMs, adoptAllAtStart: false },
     timing: { stepBudgetMs: 60_000, retryBaseMs: 4_000, retryMaxMs: 4_000 },
   });
-  let stopping: Promise<void> | undefined;
-  let stoppedAt = 0;
-  const apply = store.apply.bind(store);
-  store.apply = async (id, t, opts) => {
-    if (t.log.status === "FAILED" && !stopping) {
-      // The stop (SIGTERM) arrives while the FAILED entry is being written (a busy database).
-      stoppedAt = Date.now();
-      stopping = saga.stop();
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    return apply(id, t, opts);
-  };
-  await saga.start();
+}
+
+/** Places an orchestrated order under `saga`'s lease, its saga driven by `saga`; its id. */
+async function placeUnder(saga: SagaOrchestrator, key: string): Promise<string> {
   const placed = await store.place(
     {
       customerId: "c",
-      key: "k1",
+      key,
       fingerprint: "f",
       items: [{ productId: "p", quantity: 1 }],
       cardToken: "tok_visa",
@@ -61,66 +55,99 @@ it("a stop during a retry's write ends the loop at once, not after the backoff",
     saga.lease,
     (o, fence, tx) => saga.begin(o, fence, tx),
   );
-  expect(placed.kind).toBe("created");
-  while (!stopping) await new Promise((r) => setTimeout(r, 10));
-  await stopping;
-  const took = Date.now() - stoppedAt;
-  expect(took).toBeLessThan(1_000);
+  if (placed.kind !== "created") throw new Error(`not placed: ${placed.kind}`);
+  return placed.order.id;
+}
+
+/** Runs `then` (once) while the loop writes the FAILED entry of order `id()`'s retry: a busy database. */
+function duringFailedWrite(id: () => string, then: () => Promise<void> | void): () => void {
+  const apply = store.apply.bind(store);
+  let done = false;
+  store.apply = async (orderId, t, opts) => {
+    if (!done && orderId === id() && t.log.status === "FAILED") {
+      done = true;
+      await then();
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return apply(orderId, t, opts);
+  };
+  return () => {
+    store.apply = apply;
+  };
+}
+
+it("a stop during a retry's write ends the loop at once, not after the backoff", async () => {
+  const saga = withInventoryDown("r1");
+  await saga.start();
+  let id = "";
+  let stopping: Promise<void> | undefined;
+  let stoppedAt = 0;
+  const restore = duringFailedWrite(
+    () => id,
+    () => {
+      stoppedAt = Date.now();
+      stopping = saga.stop(); // SIGTERM
+    },
+  );
+  try {
+    id = await placeUnder(saga, "k1");
+    while (!stopping) await new Promise((r) => setTimeout(r, 10));
+    await stopping;
+    expect(Date.now() - stoppedAt).toBeLessThan(1_000);
+  } finally {
+    restore();
+  }
 }, 20_000);
 
 it("a cancel (a wake) during a retry's write is acted on at once, not after the backoff", async () => {
-  const inventory = {
-    reserveStock: async () => {
-      throw new RpcError(Code.UNAVAILABLE, "down", new Metadata());
-    },
-    releaseStock: async () => ({}),
-  } as unknown as Client<never>;
-  const saga = new SagaOrchestrator({
-    store,
-    inventory,
-    payment: {} as Client<never>,
-    log: silentLogger(),
-    leasing: { owner: "r2", ms: 60_000, adoptAllAtStart: false },
-    timing: { stepBudgetMs: 60_000, retryBaseMs: 4_000, retryMaxMs: 4_000 },
-  });
+  const saga = withInventoryDown("r2");
+  await saga.start();
+  let id = "";
   let cancelledAt = 0;
-  let orderId = "";
-  const apply = store.apply.bind(store);
-  store.apply = async (id, t, opts) => {
-    if (id === orderId && t.log.status === "FAILED" && !cancelledAt) {
-      // CancelOrder on this replica commits and wakes the saga (api.ts: afterCommit -> saga.wake) during this write.
+  // CancelOrder on this replica commits and wakes the saga (api.ts: afterCommit -> saga.wake).
+  const restore = duringFailedWrite(
+    () => id,
+    async () => {
       cancelledAt = Date.now();
       await store.requestCancel(id, "changed my mind");
       saga.wake(id);
-    }
-    return apply(id, t, opts);
-  };
-  await saga.start();
-  const placed = await store.place(
-    {
-      customerId: "c",
-      key: "k2",
-      fingerprint: "f",
-      items: [{ productId: "p", quantity: 1 }],
-      cardToken: "tok_visa",
-      sagaMode: "ORCHESTRATION",
-    },
-    saga.lease,
-    async (o, fence, tx) => {
-      orderId = o.id;
-      return saga.begin(o, fence, tx);
     },
   );
-  expect(placed.kind).toBe("created");
-  while (!cancelledAt) await new Promise((r) => setTimeout(r, 10));
-  let status = "";
-  while (Date.now() - cancelledAt < 8_000) {
-    status = (await store.get(orderId))?.status ?? "";
-    if (status !== "PENDING") break;
-    await new Promise((r) => setTimeout(r, 20));
+  try {
+    id = await placeUnder(saga, "k2");
+    while (!cancelledAt) await new Promise((r) => setTimeout(r, 10));
+    let status = "";
+    while (Date.now() - cancelledAt < 8_000) {
+      status = (await store.get(id))?.status ?? "";
+      if (status !== "PENDING") break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(status).not.toBe("PENDING");
+    expect(Date.now() - cancelledAt).toBeLessThan(1_000);
+  } finally {
+    restore();
+    await saga.stop();
   }
-  const took = Date.now() - cancelledAt;
-  expect(status).not.toBe("PENDING");
-  await saga.stop();
-  expect(took).toBeLessThan(1_000);
 }, 20_000);
+
+it("a sweep whose adoption fails still renews the leases of the sagas it drives", async () => {
+  const saga = withInventoryDown("r3", 300);
+  await saga.start();
+  const id = await placeUnder(saga, "k3");
+  const claim = store.claimSagas.bind(store);
+  store.claimSagas = async () => {
+    throw new Error("injected: the claim failed");
+  };
+  try {
+    // Three leases' length of sweeps, every claim failing.
+    await new Promise((r) => setTimeout(r, 900));
+    const lease = await store.db.one(
+      sql<{ owner: string; lease_until: number }>`SELECT owner, lease_until FROM orders WHERE id = ${id}`,
+    );
+    expect(lease?.owner).toBe("r3");
+    expect(lease?.lease_until).toBeGreaterThan(Date.now());
+  } finally {
+    store.claimSagas = claim;
+    await saga.stop();
+  }
+});
