@@ -25,7 +25,14 @@ import type { ConsumerSpec } from "./consumer-spec.js";
 import { isDatabaseUnavailable } from "./db-errors.js";
 import { deadLetter } from "./dead-letter.js";
 import { InvalidArgumentError } from "./errors.js";
-import { decodeEvent, type EventContext, type EventHandler, Inbox, UnprocessableEventError } from "./inbox.js";
+import {
+  decodeEvent,
+  type EventContext,
+  type EventHandler,
+  Inbox,
+  purgeRegularly,
+  UnprocessableEventError,
+} from "./inbox.js";
 import { flushLogs, type Logger } from "./log.js";
 import { detached, extractContext, inSpan } from "./propagation.js";
 import { pullForever } from "./pull.js";
@@ -56,9 +63,6 @@ export interface ConsumerOptions extends ConsumerSpec {
 }
 
 /** A running consumer. */
-/** How often a consumer purges its inbox of rows past {@link INBOX_KEEP_MS}, ms. */
-const PURGE_EVERY_MS = 60 * 60 * 1000;
-
 export interface RunningConsumer {
   stop(): Promise<void>;
 }
@@ -105,19 +109,10 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
       }),
   });
   clog.info({ stream: opts.stream }, "consuming");
-  // The inbox forgets what no delivery can bring again: at start, then hourly (each replica; a
-  // second purge finds nothing).
-  const inbox = new Inbox(opts.db, durable);
-  const purge = () =>
-    void inbox.purge().then(
-      (n) => n > 0 && clog.info({ purged: n }, "inbox rows past the streams' retention purged"),
-      (err: unknown) => clog.warn({ err: (err as Error).message }, "inbox purge failed; retrying in an hour"),
-    );
-  purge();
-  const purging = setInterval(purge, PURGE_EVERY_MS).unref();
+  const stopPurging = purgeRegularly(new Inbox(opts.db, durable), clog);
   return {
     stop: () => {
-      clearInterval(purging);
+      stopPurging();
       return pull.stop();
     },
   };

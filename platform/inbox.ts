@@ -11,6 +11,7 @@ import { sql } from "kysely";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { EVENT_RETENTION_MS } from "./bus.js";
 import { type EventCatalogue, eventSubject, isNewerEvent } from "./catalogue.js";
+import type { Logger } from "./log.js";
 import type { Db, Tx } from "./sql.js";
 import { stringWithNul } from "./validate.js";
 
@@ -162,6 +163,24 @@ export class Inbox {
       sql`DELETE FROM inbox_failures WHERE consumer = ${this.consumer} AND event_id = ${eventId}`,
     );
   }
+}
+
+/** How often a consumer purges its inbox of rows past {@link INBOX_KEEP_MS}, ms. */
+const PURGE_EVERY_MS = 60 * 60 * 1000;
+
+/**
+ * Purges `inbox` now and hourly (each replica does: a second purge finds nothing), saying what it
+ * purged; returns what stops it.
+ */
+export function purgeRegularly(inbox: Inbox, log: Logger): () => void {
+  const purge = () =>
+    void inbox.purge().then(
+      (n) => n > 0 && log.info({ purged: n }, "inbox rows past the streams' retention purged"),
+      (err: unknown) => log.warn({ err: (err as Error).message }, "inbox purge failed; retrying in an hour"),
+    );
+  purge();
+  const timer = setInterval(purge, PURGE_EVERY_MS).unref();
+  return () => clearInterval(timer);
 }
 
 /**
