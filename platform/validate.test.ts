@@ -36,6 +36,13 @@ describe("requireText", () => {
       "thanks \u2764\ufe0f, keycap 1\ufe0f\u20e3, text style \u263a\ufe0e",
       "decomposed Vie\u0302\u0323t, pointed Hebrew \u05e9\u05c1\u05b8\u05dc\u05d5\u05b9\u05dd",
       `eight marks a${"\u0301".repeat(8)}`,
+      "주문을 취소합니다, 注文をキャンセルします, أريد إلغاء الطلب, मैं ऑर्डर रद्द करना चाहता हूँ, ต้องการยกเลิกคำสั่งซื้อ",
+      "\u{1F468}\u200d\u{1F469}\u200d\u{1F467} \u2764\ufe0f\u200d\u{1F525} \u{1F441}\ufe0f\u200d\u{1F5E8}\ufe0f \u{1F1F0}\u{1F1F7}",
+      // A Japanese name's exact form, Mongolian, braille's word space, a standardized variation sequence.
+      "\u845b\u{E0100}\u57ce\u3055\u3093",
+      "\u182d\u180b\u1820\u1828",
+      "\u2813\u2811\u2807\u2807\u2815\u2800\u283a\u2815\u2817\u2807\u2819",
+      "price \u2269\ufe00 expected",
       "x".repeat(500),
     ])
       expect(requireText(ok, "reason", 500)).toBe(ok);
@@ -70,8 +77,15 @@ describe("requireText", () => {
       `emoji \u{1F600}${[..."wire"].map((c) => String.fromCodePoint(0xe0100 + c.charCodeAt(0))).join("")}`,
       "two selectors \u{1F600}\ufe0f\ufe0f",
       "\ufe0fselector first",
-      "standardized a\ufe00",
-      "mongolian \u1820\u180b",
+      "two standardized \u2269\ufe00\ufe00",
+      "ideographic selector after a latin a\u{E0100}",
+      "two ideographic selectors \u845b\u{E0100}\u{E0101}",
+      "mongolian selector after a latin a\u180b",
+      // ASCII in the unassigned ignorable block after the tags; bits in a run of joiners; a joiner first.
+      `hidden ${[..."ignore"].map((c) => String.fromCodePoint(0xe0080 + c.charCodeAt(0))).join("")}`,
+      `bits a${"\u200c\u200d\u200d\u200c"}`,
+      "\u200dfirst",
+      "unassigned ignorable \u2065 \ufff0",
       "khmer a\u17b4b",
       "braille blank a\u2800b",
       `nine marks a${"\u0489".repeat(9)}`,

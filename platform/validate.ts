@@ -52,20 +52,21 @@ export function clipText(text: string, max: number): string {
 
 // Control and format characters (Unicode Cc and Cf): C0, DEL and C1; every bidirectional control
 // (the overrides, embeddings, isolates and marks, which make a text display as another: "Trojan
-// Source"); and the invisible ones that make two texts look alike or carry a hidden one — zero-width
-// space, word joiner, the invisible operators, the soft hyphen, the tag characters (hidden ASCII), the
-// annotation and musical format controls. With them the line and paragraph separators, the combining
-// grapheme joiner, the letters that show nothing (the Hangul fillers, Khmer's inherent vowels, the
-// braille blank), and the variation selectors that can carry a hidden byte each: all but the emoji
-// and text presentation selectors (U+FE0E, U+FE0F), and those only one after a character that is
-// not itself a mark. And a mark after eight marks in a row: a letter under hundreds of combining
-// marks is one character as wide or tall as a page. The zero-width joiner and non-joiner stay (emoji
-// sequences and some scripts need them), and so do the three emoji flags spelt with tag characters
-// (England's, Scotland's, Wales's: U+1F3F4, "gbeng", "gbsct" or "gbwls" in tags, U+E007F) — any
-// other tag text behind U+1F3F4 would be hidden ASCII.
+// Source"); the line and paragraph separators; and every default-ignorable code point — what shows
+// as nothing and can carry a hidden text: zero-width space, word joiner, the invisible operators, the
+// soft hyphen, the combining grapheme joiner, the letters that show nothing (the Hangul fillers,
+// Khmer's inherent vowels), the tag characters (hidden ASCII) and the unassigned ignorable blocks
+// after them (U+E0080…: the same, a block on). Of those some text needs, each where it belongs, and
+// once: a joiner (ZWJ, ZWNJ: emoji sequences, Persian) not at the start nor after another; an emoji,
+// text or standardized variation selector (U+FE00–U+FE0F) after a character that is no mark; an
+// ideographic one (U+E0100–U+E01EF: a Japanese name's exact form) after a Han character; a Mongolian
+// one after a Mongolian letter; the three flags spelt in tags (England's, Scotland's, Wales's:
+// U+1F3F4, "gbeng", "gbsct" or "gbwls" in tags, U+E007F). With them the braille blank but after
+// braille (braille's word space), and a mark after eight marks in a row: a letter under hundreds of
+// combining marks is one character as wide or tall as a page.
 const HIDDEN =
   // biome-ignore lint/suspicious/noMisleadingCharacterClass: each mark and selector is matched on its own, on purpose
-  /(\u{1F3F4}\u{E0067}\u{E0062}(?:\u{E0065}\u{E006E}\u{E0067}|\u{E0073}\u{E0063}\u{E0074}|\u{E0077}\u{E006C}\u{E0073})\u{E007F})|(?![\u200c\u200d])[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\u034f\u115f\u1160\u17b4\u17b5\u2800\u3164\uffa0]|[\u180b-\u180d\u180f\ufe00-\ufe0d\u{E0100}-\u{E01EF}]|(?:^|(?<=\p{M}))[\ufe0e\ufe0f]|(?<=\p{M}{8})\p{M}/gu;
+  /(\u{1F3F4}\u{E0067}\u{E0062}(?:\u{E0065}\u{E006E}\u{E0067}|\u{E0073}\u{E0063}\u{E0074}|\u{E0077}\u{E006C}\u{E0073})\u{E007F})|(?![\u200c\u200d\u180b-\u180d\u180f\ufe00-\ufe0f\u{E0100}-\u{E01EF}])[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Default_Ignorable_Code_Point}]|(?:^|(?<=[\u200c\u200d]))[\u200c\u200d]|(?:^|(?<=\p{M}))[\ufe00-\ufe0f]|(?<!\p{Script=Han})[\u{E0100}-\u{E01EF}]|(?<!\p{Script=Mongolian})[\u180b-\u180d\u180f]|(?<![\u2800-\u28ff])\u2800|(?<=\p{M}{8})\p{M}/gu;
 
 /**
  * `text` with each hidden character (control, format, invisible; see above) given to `by`: what
@@ -95,7 +96,7 @@ export function requireText(value: string, field: string, max: number): string {
   if (withoutControls(value) !== value) {
     throw new InvalidArgumentError(
       field,
-      "must not contain control or invisible characters (line breaks, tabs, escapes, direction controls, zero-width spaces, format characters, variation selectors past an emoji's, more than 8 combining marks in a row)",
+      "must not contain control or invisible characters (line breaks, tabs, escapes, direction controls, zero-width spaces, format characters, joiners or variation selectors out of place, more than 8 combining marks in a row)",
     );
   }
   return value;

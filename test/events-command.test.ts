@@ -261,6 +261,7 @@ describe("what the commands print of what others wrote (printable)", () => {
     // a terminal escape, a direction override, a braille blank.
     expect(printable("\u{1F600}\u{E0177}\u{E0169}")).toBe("\u{1F600}\\u{e0177}\\u{e0169}");
     expect(printable("\u{1F3F4}\u{E0069}\u{E007F}")).toBe("\u{1F3F4}\\u{e0069}\\u{e007f}");
+    expect(printable("x\u{E00C8}\u{E00C9}")).toBe("x\\u{e00c8}\\u{e00c9}");
     expect(printable("\u001b[2J\u202e\u2800")).toBe("\\x1b[2J\\u{202e}\\u{2800}");
   });
 });
