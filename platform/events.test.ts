@@ -1383,6 +1383,26 @@ describe("several replicas on one database", () => {
     expect(await ids()).toEqual([other, first, later]);
   });
 
+  it("an order with no earlier row is not held up behind a whole batch of orders another relay holds", async () => {
+    const svc = await service();
+    // 256 orders' first events (a whole batch), claimed by a relay that died; then each order's second.
+    for (let i = 0; i < 256; i++) await addPlaced(svc, `ord-batch-${i}`);
+    await svc.db.run(sql`UPDATE outbox SET claimed_by = 'relay-gone', claimed_until = ${Date.now() + 60_000}`);
+    for (let i = 0; i < 256; i++) await addPlaced(svc, `ord-batch-${i}`);
+    const free = await addPlaced(svc, "ord-unheld");
+    const relay = new OutboxRelay({ ...svc, bus, source: "test", log, sweepMs: 50 });
+    relay.start();
+    try {
+      const seen = await until(
+        async () => (await streamed("order.order.placed.orchestration")).some((m) => m.eventId === free),
+        (yes) => yes,
+      );
+      expect(seen, "its event goes out without waiting for the dead relay's claim").toBe(true);
+    } finally {
+      await relay.stop();
+    }
+  });
+
   it("a relay that adopts claims (the order service on SQLite: no other process writes its file) publishes a crashed process's claimed rows at start, not a claim later", async () => {
     const svc = await service();
     const id = await addPlaced(svc, "ord-crashed");

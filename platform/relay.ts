@@ -194,7 +194,10 @@ export class OutboxRelay {
   /**
    * Claims up to a batch of unsent, unclaimed rows for this relay; in commit order. A row whose order
    * has an earlier row unsent and outside the batch (another relay's, or a crashed one's until its
-   * claim runs out) is left for later: published now, it would overtake that one.
+   * claim runs out) is left for later: published now, it would overtake that one. Such rows are
+   * passed over before the batch is cut (else a held batch's orders filled it, and other orders'
+   * rows waited behind them), and checked again after (a row another relay is claiming this moment,
+   * skipped locked, is no claim yet).
    */
   private async claim(): Promise<OutboxRow[]> {
     const { db } = this.opts;
@@ -204,8 +207,10 @@ export class OutboxRelay {
     const rows = await db.transaction(
       (tx) =>
         tx.all(sql<OutboxRow>`WITH batch AS (
-          SELECT seq, order_id FROM outbox
+          SELECT seq, order_id FROM outbox o
           WHERE sent_at IS NULL AND (claimed_until IS NULL OR claimed_until < ${now})
+            AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.order_id = o.order_id AND e.seq < o.seq
+                            AND e.sent_at IS NULL AND e.claimed_until >= ${now})
           ORDER BY seq LIMIT ${RELAY_BATCH} ${tx.skipLocked})
         UPDATE outbox SET claimed_by = ${this.id}, claimed_until = ${until}
         WHERE seq IN (SELECT b.seq FROM batch b WHERE NOT EXISTS (
