@@ -3,7 +3,7 @@
  * saga waits out a backoff between tries): a stop or a wake that comes while no wait runs — during
  * the call, or while the loop writes its outcome — is heard (it was heard only during a wait, so a
  * graceful stop and a customer's cancel each waited out the whole backoff, here 4 s), and a sweep
- * whose adoption fails still renews the leases of the sagas it drives.
+ * whose adoption fails still renews the leases of the sagas it drives. Its own writes wake nothing.
  */
 import { Metadata } from "@grpc/grpc-js";
 import { afterAll, beforeAll, expect, it } from "vitest";
@@ -23,10 +23,14 @@ afterAll(async () => {
   dir[Symbol.dispose]();
 });
 
+/** Reservations tried, by every orchestrator here. */
+let reserveCalls = 0;
+
 /** An orchestrator for `owner` whose inventory is down (a release answers), retrying every 4 s. */
 function withInventoryDown(owner: string, leaseMs = 60_000): SagaOrchestrator {
   const inventory = {
     reserveStock: async () => {
+      reserveCalls++;
       throw new RpcError(Code.UNAVAILABLE, "down", new Metadata());
     },
     releaseStock: async () => ({}),
@@ -75,6 +79,19 @@ function duringFailedWrite(id: () => string, then: () => Promise<void> | void): 
     store.apply = apply;
   };
 }
+
+it("waits out its backoff between tries: its own writes, each a change of the order, do not wake it", async () => {
+  const saga = withInventoryDown("r0");
+  await saga.start();
+  const before = reserveCalls;
+  try {
+    await placeUnder(saga, "k0");
+    await new Promise((r) => setTimeout(r, 1_500));
+    expect(reserveCalls - before).toBe(1);
+  } finally {
+    await saga.stop();
+  }
+});
 
 it("a stop during a retry's write ends the loop at once, not after the backoff", async () => {
   const saga = withInventoryDown("r1");

@@ -178,8 +178,12 @@ export class SagaOrchestrator {
       return;
     }
     const loop = new SagaLoop(this.ctx, orderId, { owner: this.deps.leasing.owner, fence }, fresh);
-    // A change made anywhere (a cancel on another replica) wakes the saga if it waits to retry.
-    const unwatch = this.deps.store.onChange(orderId, () => loop.wake());
+    // A change made anywhere (a cancel on another replica) wakes the saga from its wait to retry, or
+    // ends the next one. Not the loop's own writes, each of which appends a step: a wake heard from
+    // them cut every backoff to nothing (a down payment service was called without pause).
+    const unwatch = this.deps.store.onChange(orderId, (_order, step) => {
+      if (!step) loop.wake();
+    });
     const done = loop.done
       .catch((err: unknown) =>
         // Its lease is no longer renewed: the saga is adopted again (by any replica) once it runs out.
