@@ -111,9 +111,8 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
   clog.info({ stream: opts.stream }, "consuming");
   const stopPurging = purgeRegularly(new Inbox(opts.db, durable), clog);
   return {
-    stop: () => {
-      stopPurging();
-      return pull.stop();
+    stop: async () => {
+      await Promise.all([stopPurging(), pull.stop()]);
     },
   };
 }

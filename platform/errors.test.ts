@@ -1,5 +1,6 @@
 /** Errors across the wire: statuses as the gRPC spec means them, details any client can read, no internals. */
 
+import { type AddressInfo, createServer, type Socket } from "node:net";
 import { join } from "node:path";
 import { Metadata } from "@grpc/grpc-js";
 import Database from "better-sqlite3";
@@ -15,6 +16,7 @@ import {
   ServiceError,
   toStatusObject,
 } from "./errors.js";
+import { pgPool } from "./pg-pool.js";
 
 /** What a client decodes from the status a server would send for `err`. */
 function roundTrip(err: unknown): RpcError {
@@ -68,6 +70,24 @@ describe("a database error's status", () => {
       holder.exec("ROLLBACK");
       other.close();
       holder.close();
+    }
+  });
+
+  it("is UNAVAILABLE, and soon, for a PostgreSQL that takes the connection and never answers (it waited for the OS)", async () => {
+    const sockets: Socket[] = [];
+    const silent = createServer((s) => sockets.push(s));
+    await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));
+    const { port } = silent.address() as AddressInfo;
+    const pool = pgPool(`postgres://shopmesh@127.0.0.1:${port}/shopmesh`, "public", 1, 300);
+    try {
+      const started = Date.now();
+      const err = await pool.query("SELECT 1").catch((e: unknown) => e);
+      expect(Date.now() - started).toBeLessThan(5_000);
+      expect(toStatusObject(err)).toEqual({ code: Code.UNAVAILABLE, details: "database unavailable; try again" });
+    } finally {
+      for (const s of sockets) s.destroy();
+      await pool.end();
+      await new Promise((r) => silent.close(r));
     }
   });
 });

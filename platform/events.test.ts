@@ -24,7 +24,15 @@ import { migrations, openDatabase } from "./db.js";
 import { deadLetter } from "./dead-letter.js";
 import { InvalidArgumentError } from "./errors.js";
 import { startEventing } from "./eventing.js";
-import { INBOX_FAILURES_MIGRATION, INBOX_KEEP_MS, INBOX_MIGRATION, INBOX_PURGE_MIGRATION, Inbox, on } from "./inbox.js";
+import {
+  INBOX_FAILURES_MIGRATION,
+  INBOX_KEEP_MS,
+  INBOX_MIGRATION,
+  INBOX_PURGE_MIGRATION,
+  Inbox,
+  on,
+  purgeRegularly,
+} from "./inbox.js";
 import { silentLogger } from "./log.js";
 import { OUTBOX_CLAIMS_MIGRATION, OUTBOX_INDEXES_MIGRATION, OUTBOX_MIGRATION, Outbox } from "./outbox.js";
 import { OutboxRelay } from "./relay.js";
@@ -1105,6 +1113,18 @@ describe("an inbox", () => {
     await handled(svc.db, "big-consumer", Date.now() - INBOX_KEEP_MS - 1, 12_000, "old");
     expect(await new Inbox(svc.db, "big-consumer").purge()).toBe(12_000);
     expect(await rows(svc.db, "big-consumer", "old")).toBe(0);
+  });
+
+  it("a stop waits for a purge under way, which ends after its chunk: nothing runs on once the database may be closed", async () => {
+    const svc = await service();
+    await handled(svc.db, "stopping-consumer", Date.now() - INBOX_KEEP_MS - 1, 12_000, "old");
+    const stop = purgeRegularly(new Inbox(svc.db, "stopping-consumer"), log);
+    await stop();
+    const left = await rows(svc.db, "stopping-consumer", "old");
+    // One chunk (5,000) at most went: the purge heard the stop before its second.
+    expect(left).toBeGreaterThanOrEqual(7_000);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(await rows(svc.db, "stopping-consumer", "old")).toBe(left);
   });
 });
 

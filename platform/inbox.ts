@@ -103,12 +103,13 @@ export class Inbox {
   /**
    * Deletes this consumer's rows older than {@link INBOX_KEEP_MS}, a chunk a transaction (how many),
    * and its failure counts as old.
-   * Not flushed: rows a power failure brings back are purged the next time.
+   * Not flushed: rows a power failure brings back are purged the next time. Ends between two chunks
+   * once `stopping()` says so (the process is stopping: the rest go the next time).
    */
-  async purge(): Promise<number> {
+  async purge(stopping: () => boolean = () => false): Promise<number> {
     const before = this.clock() - INBOX_KEEP_MS;
     let purged = 0;
-    for (;;) {
+    while (!stopping()) {
       const n = await this.db.transaction(
         (tx) =>
           tx.run(sql`DELETE FROM inbox WHERE consumer = ${this.consumer} AND event_id IN (
@@ -119,6 +120,7 @@ export class Inbox {
       purged += n;
       if (n < PURGE_CHUNK) break;
     }
+    if (stopping()) return purged;
     // A count left by a delivery after another replica had settled the event is never cleared by it.
     await this.db.transaction(
       (tx) => tx.run(sql`DELETE FROM inbox_failures WHERE consumer = ${this.consumer} AND failed_at < ${before}`),
@@ -170,17 +172,27 @@ const PURGE_EVERY_MS = 60 * 60 * 1000;
 
 /**
  * Purges `inbox` now and hourly (each replica does: a second purge finds nothing), saying what it
- * purged; returns what stops it.
+ * purged; returns what stops it, which resolves once a purge under way has ended (after its chunk:
+ * the database is closed next, and a statement on a closed one fails).
  */
-export function purgeRegularly(inbox: Inbox, log: Logger): () => void {
-  const purge = () =>
-    void inbox.purge().then(
-      (n) => n > 0 && log.info({ purged: n }, "inbox rows past the streams' retention purged"),
-      (err: unknown) => log.warn({ err: (err as Error).message }, "inbox purge failed; retrying in an hour"),
-    );
+export function purgeRegularly(inbox: Inbox, log: Logger): () => Promise<void> {
+  let stopping = false;
+  let running: Promise<unknown> = Promise.resolve();
+  const purge = () => {
+    running = inbox
+      .purge(() => stopping)
+      .then(
+        (n) => n > 0 && log.info({ purged: n }, "inbox rows past the streams' retention purged"),
+        (err: unknown) => log.warn({ err: (err as Error).message }, "inbox purge failed; retrying in an hour"),
+      );
+  };
   purge();
   const timer = setInterval(purge, PURGE_EVERY_MS).unref();
-  return () => clearInterval(timer);
+  return async () => {
+    stopping = true;
+    clearInterval(timer);
+    await running;
+  };
 }
 
 /**
