@@ -21,7 +21,8 @@ export function isDatabaseUnavailable(err: unknown): boolean {
     return true;
   return (
     err instanceof Error &&
-    /^Connection terminated|timeout exceeded when trying to connect|connection error and is not queryable/.test(
+    // "timeout expired": pg's own words for a handshake past its limit (pg-pool.ts, CONNECT_TIMEOUT_MS).
+    /^Connection terminated|timeout exceeded when trying to connect|connection error and is not queryable|^timeout expired$/.test(
       err.message,
     )
   );

@@ -24,28 +24,26 @@ const pgTypes = {
 export const IDLE_IN_TRANSACTION_MS = 5_000;
 
 /**
- * How long a statement waits for a connection, ms: for a free one of the pool's, or for a new one's
- * handshake. Without it (pg's default is no limit) a server that takes the connection and never
- * answers — frozen, or a host gone from the network — held every statement, and each request behind
- * it, until the operating system gave up on the socket (minutes); now they fail as "unavailable"
- * (isDatabaseUnavailable) and are retried. Far above any wait a healthy pool has, even saturated.
+ * How long a new connection's handshake may take, ms. Without a limit (pg's default) a server that
+ * takes the connection and never answers — frozen, or a host gone from the network — held every
+ * statement that needed a new connection, and each request behind it, until the operating system
+ * gave up on the socket (minutes); now they fail as "unavailable" (isDatabaseUnavailable) and are
+ * retried. The wait for a free connection of the pool's stays unbounded: a saturated pool's queue is
+ * load, not an outage, and the callers' deadlines bound it.
  */
 export const CONNECT_TIMEOUT_MS = 5_000;
 
 /** A pool for `url` whose connections use `schema`. */
 export function pgPool(url: string, schema: string, max: number, connectTimeoutMs = CONNECT_TIMEOUT_MS): pg.Pool {
   const options = `-c search_path=${schema} -c idle_in_transaction_session_timeout=${IDLE_IN_TRANSACTION_MS}`;
-  const pool = new pg.Pool({
-    connectionString: url,
-    max,
-    types: pgTypes,
-    options,
-    connectionTimeoutMillis: connectTimeoutMs,
-  });
-  // A connection the server drops (a restart, a failover) reports it as an 'error' event: on an idle
-  // connection through the pool, on one in use (between two statements of a transaction) on the
-  // connection itself. Unheard, either would crash the process; heard, the next statement on it fails
-  // as "database unavailable" (see isDatabaseUnavailable) and the pool replaces it.
+  // The limit goes to each connection, not to the pool: the pool's own option would bound the wait
+  // for a free connection too.
+  class Client extends pg.Client {
+    constructor(config?: pg.ClientConfig) {
+      super({ ...config, connectionTimeoutMillis: connectTimeoutMs });
+    }
+  }
+  const pool = new pg.Pool({ connectionString: url, max, types: pgTypes, options, Client });
   pool.on("error", () => {});
   pool.on("connect", (client) => client.on("error", () => {}));
   return pool;
