@@ -1194,6 +1194,9 @@ describe("a consumer's lockFirst", () => {
     const producer = await service();
     const ids: string[] = [];
     for (let i = 0; i < 20; i++) ids.push(await addPlaced(producer, `ord-lockfirst-${i}`));
+    // Published before the consumer starts: a backlog, not events trickling in one by one.
+    const relay = relaying(producer);
+    await drained(relay);
     const consumer = await service();
     const batches: number[] = [];
     let deliveries = 0;
@@ -1218,8 +1221,6 @@ describe("a consumer's lockFirst", () => {
         }),
       ],
     });
-    const relay = relaying(producer);
-    await drained(relay);
     // The consumer's database is its own: every effect in it is one of these events'.
     const effects = await until(
       async () => (await consumer.db.one(sql<{ n: number }>`SELECT COUNT(*) AS n FROM effects`))?.n ?? 0,

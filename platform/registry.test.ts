@@ -278,12 +278,14 @@ describe("registry:/// resolver with round_robin", () => {
     await warmUp(client, ["A", "B"]);
     await within(2_000, () => watch.latest()?.length === 2);
 
+    // Timed: the deregistration and the watch hearing it, not the server's drain after them.
     const stoppedAt = Date.now();
-    await b.stop();
+    await b.registration.stop();
     expect(await addressesOf("inv-graceful")).toEqual([a.server.address]);
     // Before a heartbeat could have aged out (TTL less one heartbeat): the deregistration did it.
     await within(1_000, () => watch.latest()?.join() === a.server.address);
     expect(Date.now() - stoppedAt).toBeLessThan(TTL_MS);
+    await b.stop();
     for (let i = 0; i < 20; i++) expect(await whoAnswers(client)).toBe("A");
   });
 

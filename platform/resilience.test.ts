@@ -412,7 +412,8 @@ describe("circuit breaker (failure ratio)", () => {
     const client = resilient("inventory", InventoryService, server, {
       retryMaxAttempts: 1,
       breakerFailureRatio: 0.5,
-      breakerWindowMs: 1_000,
+      // Every call below falls in one window, however slow the machine.
+      breakerWindowMs: 3_000,
       // Ignored in ratio mode: 3 consecutive failures below must not open it.
       breakerConsecutiveFailures: 2,
       breakerHalfOpenAfterMs: 5_000,

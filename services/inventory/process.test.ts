@@ -78,7 +78,7 @@ describe("inventory process", () => {
     ).reservation;
     expect(replay?.id).toBe(reserved?.id);
     ch2.close();
-  });
+  }, 60_000); // two services started under tsx and a drain: most of the default 30 s on a loaded machine
 
   it("refuses to start on a bad variable, naming it", async () => {
     const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "services/inventory/main.ts")], {

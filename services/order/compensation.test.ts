@@ -23,8 +23,9 @@ beforeAll(async () => {
     order: {
       SAGA_STEP_BUDGET_MS: "1000",
       PAYMENT_BREAKER_CONSECUTIVE_FAILURES: "2",
-      // Long enough that the breaker stays open for a whole step budget: no probe goes out meanwhile.
-      PAYMENT_BREAKER_HALF_OPEN_AFTER_MS: "4000",
+      // Long enough that the breaker stays open for a whole step budget and the next order's charge,
+      // on a loaded machine too: no probe goes out meanwhile.
+      PAYMENT_BREAKER_HALF_OPEN_AFTER_MS: "10000",
       PAYMENT_RETRY_MAX_ATTEMPTS: "1",
     },
   });
