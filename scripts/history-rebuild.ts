@@ -42,11 +42,11 @@ const LOCAL_HOSTS = new Set(["127.0.0.1", "localhost", "[::1]"]);
 const say = (line: string) => process.stdout.write(`${line}\n`);
 class CannotStart extends Error {}
 
-/** Resolves when `child` exits: its code (1 when a signal ended it). */
-const exitOf = (child: ChildProcess) =>
-  new Promise<number>((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) resolve(child.exitCode ?? 1);
-    else child.once("exit", (code) => resolve(code ?? 1));
+/** Resolves when `child` exits: its code, or the signal that ended it. */
+const endOf = (child: ChildProcess) =>
+  new Promise<number | NodeJS.Signals>((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) resolve(child.exitCode ?? child.signalCode ?? 1);
+    else child.once("exit", (code, signal) => resolve(code ?? signal ?? 1));
   });
 
 /** Starts make run's NATS on its store unless something answers at NATS_URL; how to stop what was started. */
@@ -79,7 +79,7 @@ async function ensureNats(): Promise<(() => Promise<void>) | undefined> {
   });
   say(`started NATS on port ${port} with make run's streams (${jetStreamDir(DATA, DB)}); it stops after the rebuild`);
   return async () => {
-    const done = exitOf(nats);
+    const done = endOf(nats);
     nats.kill("SIGTERM");
     await done;
   };
@@ -108,7 +108,8 @@ async function ensurePostgres(): Promise<{ url: string; stop?: () => Promise<voi
   return {
     url: await ensureDatabase(admin, "shopmesh"),
     stop: async () => {
-      const done = exitOf(server);
+      if (server.exitCode !== null || server.signalCode !== null) return; // it died: nothing to stop
+      const done = endOf(server);
       stopCluster(data);
       await done;
     },
@@ -136,13 +137,21 @@ async function main(): Promise<number> {
     const forward = (signal: NodeJS.Signals) => rebuild.kill(signal);
     process.on("SIGINT", forward);
     process.on("SIGTERM", forward);
-    return await exitOf(rebuild);
+    const end = await endOf(rebuild);
+    if (typeof end === "number") return end;
+    process.stderr.write(`history rebuild: ended by ${end} part-way; the view is as it was before it\n`);
+    return end === "SIGINT" ? 130 : 1;
   } catch (err) {
     if (!(err instanceof CannotStart)) throw err;
     process.stderr.write(`history rebuild: ${err.message}\n`);
     return 1;
   } finally {
-    for (const stop of stops.reverse()) await stop();
+    // Each stopped whatever the others do: a PostgreSQL that died must not leave NATS running.
+    for (const stop of stops.reverse()) {
+      await stop().catch((err: unknown) =>
+        process.stderr.write(`history rebuild: stopping: ${(err as Error).message}\n`),
+      );
+    }
   }
 }
 

@@ -1,6 +1,6 @@
 /** History service configuration: every variable it reads, parsed once. */
 import { DEFAULT_PORTS } from "../../contracts/ports.js";
-import { type ConfigOf, commonEnv, faultEnv, int, parseEnv, str } from "../../platform/index.js";
+import { bool, type ConfigOf, commonEnv, faultEnv, int, parseEnv, str } from "../../platform/index.js";
 
 const spec = {
   // commonEnv brings NATS_URL (default nats://127.0.0.1:4222).
@@ -10,6 +10,10 @@ const spec = {
   GRPC_PORT: int(DEFAULT_PORTS.history, { min: 0, max: 65535 }),
   /** SQLite file of this service. */
   DB_PATH: str(".data/history.db"),
+  /** The rebuild (rebuild.ts) only: rebuild although a stream's first events have aged out, dropping what they made. */
+  ALLOW_LOSS: bool(false),
+  /** The rebuild only, for tests: kill the rebuild with SIGKILL once this many events of a stream are replayed (0: never). */
+  FAULT_REBUILD_CRASH_AFTER: int(0, { min: 0, max: 1_000_000_000 }),
 } as const;
 
 /** The parsed history configuration. */

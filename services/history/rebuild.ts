@@ -3,19 +3,20 @@
  *
  *     tsx services/history/rebuild.ts      (same env as the service: DB_PATH, NATS_URL, ...)
  *
- * Run it while the history service is stopped. It empties the view and the
- * inbox, then replays ORDER, INVENTORY and PAYMENT from their first retained
+ * Run it while the history service is stopped (it refuses while one is
+ * registered). It builds a new view aside (rebuild-aside.ts: a sibling file
+ * or schema), replaying ORDER, INVENTORY and PAYMENT from their first
  * message through the service's own handlers, each event in one IMMEDIATE
- * transaction with an inbox row under the live consumer's durable name. When
- * the service starts again its durable consumers resume where they were and
- * skip whatever the rebuild already applied (the inbox says so); a durable
- * consumer that was deleted meanwhile starts from the beginning and skips
- * everything the same way. Exits 0 after printing events per stream, the
- * total and the elapsed time; 1 on failure; 78 on bad configuration.
- *
- * Next to a live service it would still converge (both sides go through
- * the inbox, and the projection ignores event order), but readers would see
- * a partial view meanwhile.
+ * transaction with an inbox row under the live consumer's durable name, and
+ * swaps it in whole once every stream is replayed: a rebuild stopped
+ * part-way leaves the old view as it was. When the service starts again its
+ * durable consumers resume where they were and skip whatever the rebuild
+ * already applied (the inbox says so); a durable consumer that was deleted
+ * meanwhile starts from the beginning and skips everything the same way.
+ * It refuses when a stream's first events have aged out (ALLOW_LOSS=1
+ * rebuilds anyway), and while another rebuild runs. Exits 0 after printing
+ * events per stream, the total and the elapsed time; 1 on failure or
+ * refusal; 78 on bad configuration.
  */
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -27,6 +28,7 @@ import {
   ConfigError,
   connectBus,
   createLogger,
+  type DbLocation,
   decodeEvent,
   type EventHandler,
   Inbox,
@@ -36,6 +38,15 @@ import {
 import { loadConfig } from "./config.js";
 import { UnusableEventError } from "./domain.js";
 import { type HistoryConsumer, historyConsumers } from "./events.js";
+import {
+  asideOf,
+  clearAside,
+  lockRebuild,
+  RebuildRefused,
+  refuseIfEventsLost,
+  refuseIfServing,
+  swapIn,
+} from "./rebuild-aside.js";
 import { HistoryStore } from "./store.js";
 
 /** How one stream's replay went. */
@@ -207,34 +218,58 @@ async function main(): Promise<number> {
     format: config.LOG_FORMAT,
   });
   const print = (line: string) => process.stdout.write(`${line}\n`);
-  const location = locationOf("history", config);
-  print(
-    `rebuilding ${location.engine === "sqlite" ? location.path : `schema ${location.schema}`} from ${config.NATS_URL}`,
-  );
-  const store = await HistoryStore.open(location);
+  const live = locationOf("history", config);
+  const aside = asideOf(live);
+  const name = (l: DbLocation) => (l.engine === "sqlite" ? l.path : `schema ${l.schema}`);
+  print(`rebuilding ${name(live)} from ${config.NATS_URL}, aside in ${name(aside)} until done`);
+  let unlock: (() => Promise<void>) | undefined;
   try {
+    unlock = await lockRebuild(live);
     const bus = await withTimeout(
       connectBus(config.NATS_URL, "history-rebuild", log, { streams: EVENTS.streams, ...busAuthOf(config) }),
       CONNECT_TIMEOUT_MS,
       `cannot reach NATS at ${config.NATS_URL} within ${CONNECT_TIMEOUT_MS} ms`,
     );
     try {
-      const report = await replay({
-        store,
-        bus,
-        log,
-        onProgress: (s, done) => print(`${s.stream}: ${done ? "" : "... "}${summary(s)}`),
-      });
+      await refuseIfServing(bus);
+      await clearAside(aside);
+      const store = await HistoryStore.open(aside);
+      let report: ReplayReport;
+      let orders: number;
+      try {
+        const streams = historyConsumers(store).map((c) => c.stream);
+        await refuseIfEventsLost(bus, streams, config.ALLOW_LOSS);
+        report = await replay({
+          store,
+          bus,
+          log,
+          onProgress: (s, done) => {
+            print(`${s.stream}: ${done ? "" : "... "}${summary(s)}`);
+            if (config.FAULT_REBUILD_CRASH_AFTER > 0 && s.events >= config.FAULT_REBUILD_CRASH_AFTER) {
+              process.kill(process.pid, "SIGKILL"); // chaos: a rebuild killed part-way (tests)
+            }
+          },
+          progressEvery: config.FAULT_REBUILD_CRASH_AFTER || undefined,
+        });
+        orders = (await store.all()).length;
+      } finally {
+        await store.close();
+      }
+      await swapIn(aside, live);
       const sum = (k: "applied" | "duplicates" | "skipped") => report.streams.reduce((n, s) => n + s[k], 0);
       print(
         `total: ${summary({ events: report.total, applied: sum("applied"), duplicates: sum("duplicates"), skipped: sum("skipped"), ms: report.ms })}; ` +
-          `${(await store.all()).length} orders in the view (cleared ${report.cleared.views} views, ${report.cleared.inbox} inbox rows)`,
+          `${orders} orders in the view, now ${name(live)}`,
       );
     } finally {
       await bus.close();
     }
+  } catch (err) {
+    if (!(err instanceof RebuildRefused)) throw err;
+    process.stderr.write(`history rebuild refused: ${err.message}\n`);
+    return 1;
   } finally {
-    await store.close();
+    await unlock?.();
   }
   return 0;
 }
@@ -247,7 +282,9 @@ if (invokedDirectly) {
   try {
     process.exitCode = await main();
   } catch (err) {
-    process.stderr.write(`history rebuild failed: ${(err as Error).message}\n`);
+    process.stderr.write(
+      `history rebuild failed: ${(err as Error).message} (the view is as it was; what was built aside is redone next time)\n`,
+    );
     // A connection attempt may still be pending and would keep the process alive.
     process.exit(1);
   }
