@@ -139,7 +139,9 @@ async function main(): Promise<number> {
     process.on("SIGTERM", forward);
     const end = await endOf(rebuild);
     if (typeof end === "number") return end;
-    process.stderr.write(`history rebuild: ended by ${end} part-way; the view is as it was before it\n`);
+    process.stderr.write(
+      `history rebuild: ended by ${end} part-way; the view is the old one, or the new one whole if it ended after its swap (never one part-built)\n`,
+    );
     return end === "SIGINT" ? 130 : 1;
   } catch (err) {
     if (!(err instanceof CannotStart)) throw err;

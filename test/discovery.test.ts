@@ -86,7 +86,8 @@ describe("client-side discovery", () => {
     let killedAt = 0;
     // Calls until 2 s past the kill and at least 20 of them, however slow the machine.
     const traffic = (async () => {
-      while (!(killedAt && Date.now() - killedAt >= 2_000 && calls > 20)) {
+      const cap = Date.now() + 30_000; // a failed kill below must not leave this running
+      while (!(killedAt && Date.now() - killedAt >= 2_000 && calls > 20) && Date.now() < cap) {
         calls++;
         await payments.getPayment({ orderId: known?.id ?? "" }, { timeoutMs: 2_000 }).catch(() => failures++);
       }
@@ -95,6 +96,7 @@ describe("client-side discovery", () => {
     expect(await a.kill("SIGKILL")).toBe("SIGKILL");
     killedAt = Date.now();
     await traffic;
+    expect(calls).toBeGreaterThan(20);
     expect(failures).toBe(0);
     for (let i = 0; i < 4; i++) expect(await placeAndSettle(`after-kill-${i}`)).toBe(OrderStatus.CONFIRMED);
 

@@ -6,6 +6,7 @@ import { bind, type Host, type Logger, locationOf, startHost } from "../../platf
 import { createHistoryApi } from "./api.js";
 import type { HistoryConfig } from "./config.js";
 import { historyConsumers } from "./events.js";
+import { holdAgainstRebuild } from "./rebuild-aside.js";
 import { HistoryStore } from "./store.js";
 
 /** A running history service. */
@@ -13,9 +14,21 @@ export interface HistoryApp extends Host {
   readonly store: HistoryStore;
 }
 
-/** Opens the store, starts consuming order, inventory and payment events, and starts serving. */
+/**
+ * Holds the view against a rebuild (waiting while one runs), opens the store, starts consuming order,
+ * inventory and payment events, and starts serving.
+ */
 export async function startHistory(config: HistoryConfig, log: Logger): Promise<HistoryApp> {
-  const store = await HistoryStore.open(locationOf("history", config));
+  const location = locationOf("history", config);
+  // Held while the service runs: a rebuild swapping the view under it would lose what it applies.
+  const release = await holdAgainstRebuild(location, log);
+  let store: HistoryStore;
+  try {
+    store = await HistoryStore.open(location);
+  } catch (err) {
+    await release();
+    throw err;
+  }
   const host = await startHost({
     name: "history",
     config,
@@ -24,7 +37,10 @@ export async function startHistory(config: HistoryConfig, log: Logger): Promise<
     catalogue: EVENTS,
     consumers: historyConsumers(store),
     build: () => ({ services: [bind(HistoryService, createHistoryApi({ store }))], parts: undefined }),
-    close: () => store.close(),
+    close: async () => {
+      await store.close();
+      await release();
+    },
   });
   return { ...host, store };
 }

@@ -10,7 +10,7 @@ const spec = {
   GRPC_PORT: int(DEFAULT_PORTS.history, { min: 0, max: 65535 }),
   /** SQLite file of this service. */
   DB_PATH: str(".data/history.db"),
-  /** The rebuild (rebuild.ts) only: rebuild although a stream's first events have aged out, dropping what they made. */
+  /** The rebuild (rebuild.ts) only: swap in a rebuilt view although it lacks orders the live one has (their events aged out). */
   ALLOW_LOSS: bool(false),
   /** The rebuild only, for tests: kill the rebuild with SIGKILL once this many events of a stream are replayed (0: never). */
   FAULT_REBUILD_CRASH_AFTER: int(0, { min: 0, max: 1_000_000_000 }),

@@ -16,9 +16,10 @@ import { PaymentSucceededSchema } from "../../gen/shopmesh/payment/v1/events_pb.
 import { PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
 import { connectBus, createChannel, createClient, identityMetadata, silentLogger } from "../../platform/index.js";
 import { dropDatabase, snapshot, TestDatabases, withDb } from "../../test/db.js";
-import { consumerSettled, event, publishEvents } from "../../test/events.js";
+import { consumerSettled, event, publishEvents, until } from "../../test/events.js";
 import { bufCurl, exited, ROOT, spawnService, tempDir } from "../../test/fixtures.js";
 import { startNats } from "../../test/nats.js";
+import { lockRebuild } from "./rebuild-aside.js";
 
 /** Runs `services/history/rebuild.ts` as its own process; its exit code and output. */
 async function rebuild(
@@ -94,6 +95,54 @@ describe("history process", () => {
       await bus.close();
     }
   });
+
+  it("a rebuild is refused while the service runs, and a service started while a rebuild runs waits for it to end", async () => {
+    await using nats = await startNats();
+    using dir = tempDir();
+    const dbs = new TestDatabases(dir.path);
+    const location = await dbs.location("history");
+    const env = { ...(await dbs.env("history")), NATS_URL: nats.url };
+    {
+      await using _svc = await spawnService("history", env);
+      // It would swap the view from under the service, which would go on serving (and on SQLite
+      // writing into) the one replaced: what it applied meanwhile was lost for good.
+      const run = await rebuild(env);
+      expect(run.code, run.stdout).toBe(1);
+      expect(run.stderr).toContain("history rebuild refused: a history service is running on ");
+    }
+    // A rebuild holds the lock: a service starting meanwhile waits, and serves once it has ended.
+    const release = await lockRebuild(location);
+    const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "services/history/main.ts")], {
+      cwd: ROOT,
+      env: { ...process.env, LOG_FORMAT: "json", LOG_LEVEL: "info", GRPC_PORT: "0", ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    try {
+      let out = "";
+      child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+      const waiting = "a history rebuild is running: waiting for it to end before serving its view";
+      await until(
+        () => out,
+        (o) => o.includes(waiting),
+        60_000,
+      );
+      await new Promise((r) => setTimeout(r, 500));
+      expect(out).not.toContain("gRPC server listening");
+      await release();
+      expect(
+        await until(
+          () => out,
+          (o) => o.includes("gRPC server listening"),
+          30_000,
+        ),
+      ).toContain("gRPC server listening");
+    } finally {
+      await release();
+      const done = exited(child);
+      child.kill("SIGTERM");
+      expect(await done).toBe(0);
+    }
+  }, 90_000);
 
   it("names over reflection (v1 and v1alpha) only the services it serves, not those its imports declare", async () => {
     using dir = tempDir();

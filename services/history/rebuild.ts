@@ -3,8 +3,7 @@
  *
  *     tsx services/history/rebuild.ts      (same env as the service: DB_PATH, NATS_URL, ...)
  *
- * Run it while the history service is stopped (it refuses while one is
- * registered). It builds a new view aside (rebuild-aside.ts: a sibling file
+ * Run it while the history service is stopped (it refuses while one runs). It builds a new view aside (rebuild-aside.ts: a sibling file
  * or schema), replaying ORDER, INVENTORY and PAYMENT from their first
  * message through the service's own handlers, each event in one IMMEDIATE
  * transaction with an inbox row under the live consumer's durable name, and
@@ -13,8 +12,9 @@
  * durable consumers resume where they were and skip whatever the rebuild
  * already applied (the inbox says so); a durable consumer that was deleted
  * meanwhile starts from the beginning and skips everything the same way.
- * It refuses when a stream's first events have aged out (ALLOW_LOSS=1
- * rebuilds anyway), and while another rebuild runs. Exits 0 after printing
+ * It refuses to swap in a view that lacks orders the live one has (their
+ * events aged out of the streams; ALLOW_LOSS=1 swaps anyway), and to start
+ * while a history service or another rebuild holds the view's lock. Exits 0 after printing
  * events per stream, the total and the elapsed time; 1 on failure or
  * refusal; 78 on bad configuration.
  */
@@ -38,15 +38,7 @@ import {
 import { loadConfig } from "./config.js";
 import { UnusableEventError } from "./domain.js";
 import { type HistoryConsumer, historyConsumers } from "./events.js";
-import {
-  asideOf,
-  clearAside,
-  lockRebuild,
-  RebuildRefused,
-  refuseIfEventsLost,
-  refuseIfServing,
-  swapIn,
-} from "./rebuild-aside.js";
+import { asideOf, clearAside, lockRebuild, losses, RebuildRefused, swapIn } from "./rebuild-aside.js";
 import { HistoryStore } from "./store.js";
 
 /** How one stream's replay went. */
@@ -219,11 +211,12 @@ async function main(): Promise<number> {
   });
   const print = (line: string) => process.stdout.write(`${line}\n`);
   const live = locationOf("history", config);
-  const aside = asideOf(live);
   const name = (l: DbLocation) => (l.engine === "sqlite" ? l.path : `schema ${l.schema}`);
-  print(`rebuilding ${name(live)} from ${config.NATS_URL}, aside in ${name(aside)} until done`);
   let unlock: (() => Promise<void>) | undefined;
+  let swapped = false;
   try {
+    const aside = asideOf(live);
+    print(`rebuilding ${name(live)} from ${config.NATS_URL}, aside in ${name(aside)} until done`);
     unlock = await lockRebuild(live);
     const bus = await withTimeout(
       connectBus(config.NATS_URL, "history-rebuild", log, { streams: EVENTS.streams, ...busAuthOf(config) }),
@@ -231,14 +224,12 @@ async function main(): Promise<number> {
       `cannot reach NATS at ${config.NATS_URL} within ${CONNECT_TIMEOUT_MS} ms`,
     );
     try {
-      await refuseIfServing(bus);
       await clearAside(aside);
       const store = await HistoryStore.open(aside);
       let report: ReplayReport;
       let orders: number;
+      let lost: Awaited<ReturnType<typeof losses>>;
       try {
-        const streams = historyConsumers(store).map((c) => c.stream);
-        await refuseIfEventsLost(bus, streams, config.ALLOW_LOSS);
         report = await replay({
           store,
           bus,
@@ -252,26 +243,56 @@ async function main(): Promise<number> {
           progressEvery: config.FAULT_REBUILD_CRASH_AFTER || undefined,
         });
         orders = (await store.all()).length;
+        lost = await lossesAgainstLive(live, store, print);
       } finally {
         await store.close();
       }
+      if (lost.count > 0 && !config.ALLOW_LOSS) {
+        await clearAside(aside);
+        throw new RebuildRefused(
+          `the rebuilt view lacks ${lost.count} of the view's orders, or their owner or items (${lost.some.join(", ")}, ...): ` +
+            "their events are no longer on the streams (kept 7 days). The view is as it was; ALLOW_LOSS=1 rebuilds anyway",
+        );
+      }
       await swapIn(aside, live);
+      swapped = true;
       const sum = (k: "applied" | "duplicates" | "skipped") => report.streams.reduce((n, s) => n + s[k], 0);
       print(
         `total: ${summary({ events: report.total, applied: sum("applied"), duplicates: sum("duplicates"), skipped: sum("skipped"), ms: report.ms })}; ` +
-          `${orders} orders in the view, now ${name(live)}`,
+          `${orders} orders in the view, now ${name(live)}${lost.count > 0 ? ` (${lost.count} of the old view's dropped or cut: ALLOW_LOSS=1)` : ""}`,
       );
     } finally {
       await bus.close();
     }
   } catch (err) {
-    if (!(err instanceof RebuildRefused)) throw err;
+    if (!(err instanceof RebuildRefused)) {
+      const where = swapped ? "" : " (the view is as it was; what was built aside is redone next time)";
+      throw new Error(`${(err as Error).message}${where}`);
+    }
     process.stderr.write(`history rebuild refused: ${err.message}\n`);
     return 1;
   } finally {
     await unlock?.();
   }
   return 0;
+}
+
+/** What the view built in `rebuilt` would lose of the live one; none to measure when the live one is unreadable. */
+async function lossesAgainstLive(live: DbLocation, rebuilt: HistoryStore, print: (line: string) => void) {
+  let current: HistoryStore;
+  try {
+    current = await HistoryStore.open(live);
+  } catch (err) {
+    const code = (err as { code?: unknown }).code;
+    if (code !== "SQLITE_NOTADB" && code !== "SQLITE_CORRUPT") throw err;
+    print(`the view in ${live.engine === "sqlite" ? live.path : live.schema} cannot be read (${code}): replaced whole`);
+    return { count: 0, some: [] };
+  }
+  try {
+    return await losses(current, rebuilt);
+  } finally {
+    await current.close();
+  }
 }
 
 // Extensions aside: tsx also runs this file when asked for rebuild.js.
@@ -282,9 +303,7 @@ if (invokedDirectly) {
   try {
     process.exitCode = await main();
   } catch (err) {
-    process.stderr.write(
-      `history rebuild failed: ${(err as Error).message} (the view is as it was; what was built aside is redone next time)\n`,
-    );
+    process.stderr.write(`history rebuild failed: ${(err as Error).message}\n`);
     // A connection attempt may still be pending and would keep the process alive.
     process.exit(1);
   }
