@@ -17,7 +17,11 @@ export function isDatabaseUnavailable(err: unknown): boolean {
   // holding the write lock): "database is locked", answered INTERNAL and logged as a bug until now.
   if (typeof code === "string" && code.startsWith("SQLITE_BUSY")) return true;
   // 25P03: the server ended a transaction left idle too long (pg-pool.ts, IDLE_IN_TRANSACTION_MS) with its session.
-  if (typeof code === "string" && (code.startsWith("08") || /^57P0[123]$|^25P03$/.test(code) || SOCKET.has(code)))
+  // 55P03: a lock not to be had now (history's writes while its view is rebuilt: services/history/store.ts).
+  if (
+    typeof code === "string" &&
+    (code.startsWith("08") || /^57P0[123]$|^25P03$|^55P03$/.test(code) || SOCKET.has(code))
+  )
     return true;
   return (
     err instanceof Error &&

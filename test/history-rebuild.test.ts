@@ -128,16 +128,16 @@ describe("make history-rebuild", () => {
     expect(await view()).toEqual(before);
 
     // Another rebuild running (this process holds its lock, as it would): refused, nothing touched.
-    const release = await lockRebuild(history);
+    const held = await lockRebuild(history);
     try {
       const second = await makeRebuild(env);
       expect(second.code, second.out).not.toBe(0);
       expect(second.out).toContain(
-        `history rebuild refused: a history service is running on ${history.path}, or another rebuild is`,
+        `history rebuild refused: the view ${history.path} is in use by a history service or another rebuild`,
       );
       expect(await view()).toEqual(before);
     } finally {
-      await release();
+      await held.release();
     }
     // The killed rebuild's lock went with its process.
     const done = await makeRebuild(env);

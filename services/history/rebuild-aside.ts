@@ -14,7 +14,8 @@ import { dirname } from "node:path";
 import Database from "better-sqlite3";
 import pg from "pg";
 import type { DbLocation, Logger } from "../../platform/index.js";
-import type { HistoryStore } from "./store.js";
+import { CONNECT_TIMEOUT_MS } from "../../platform/pg-pool.js";
+import { type HistoryStore, rebuildLockKey } from "./store.js";
 
 /** Why a rebuild will not start (the command says it and exits 1, nothing changed). */
 export class RebuildRefused extends Error {}
@@ -33,9 +34,13 @@ export function asideOf(live: DbLocation): DbLocation {
 /** SQLite's files of the database at `path`. */
 const filesOf = (path: string) => [path, `${path}-wal`, `${path}-shm`];
 
-/** Runs `fn` on a connection of its own to `url` (DDL and locks outside any pool). */
+/** A connection of its own to `url`, for DDL and locks outside any pool (as the pool's: a handshake bounded, kept alive). */
+const lockClient = (url: string) =>
+  new pg.Client({ connectionString: url, connectionTimeoutMillis: CONNECT_TIMEOUT_MS, keepAlive: true });
+
+/** Runs `fn` on a connection of its own to `url`. */
 async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: url });
+  const client = lockClient(url);
   client.on("error", () => {}); // a server gone mid-call fails the call itself
   await client.connect();
   try {
@@ -52,57 +57,41 @@ export async function clearAside(aside: DbLocation): Promise<void> {
 }
 
 /**
- * Makes the view built `aside` (its store closed) the one at `live`, in one step: SQLite renames
- * the file over the live one (its log checkpointed into it first, the live one's log removed so it
- * cannot be replayed onto the new file); PostgreSQL drops the live schema and renames the aside one,
- * in one transaction.
+ * Makes the view built aside at `aside` (its store closed) the one at `live`, in one step: the file
+ * renamed over the live one (its log checkpointed into it first, the live one's log removed so it
+ * cannot be replayed onto the new file), then the directory flushed.
  */
-export async function swapIn(aside: DbLocation, live: DbLocation): Promise<void> {
-  if (aside.engine === "sqlite" && live.engine === "sqlite") {
-    for (const path of [aside.path, live.path]) {
-      if (!existsSync(path)) continue;
+function swapFiles(aside: string, live: string): void {
+  for (const path of [aside, live]) {
+    if (!existsSync(path)) continue;
+    try {
+      const db = new Database(path);
       try {
-        const db = new Database(path);
-        try {
-          db.pragma("wal_checkpoint(TRUNCATE)");
-        } finally {
-          db.close();
-        }
-      } catch (err) {
-        // A live view that is no database any more is what a rebuild is for: replaced, not read.
-        if (path === aside.path || !["SQLITE_NOTADB", "SQLITE_CORRUPT"].includes(String(codeOf(err)))) throw err;
+        db.pragma("wal_checkpoint(TRUNCATE)");
+      } finally {
+        db.close();
       }
-    }
-    for (const f of filesOf(live.path).slice(1)) rmSync(f, { force: true });
-    renameSync(aside.path, live.path);
-    // The rename itself on disk: a power cut must not bring back the old name's file.
-    const dir = openSync(dirname(live.path), "r");
-    try {
-      fsyncSync(dir);
-    } finally {
-      closeSync(dir);
-    }
-    return;
-  }
-  if (aside.engine !== "postgres" || live.engine !== "postgres") throw new Error("a swap within one engine only");
-  await withClient(live.url, async (c) => {
-    await c.query("BEGIN");
-    try {
-      await c.query(`DROP SCHEMA IF EXISTS ${live.schema} CASCADE`);
-      await c.query(`ALTER SCHEMA ${aside.schema} RENAME TO ${live.schema}`);
-      await c.query("COMMIT");
     } catch (err) {
-      await c.query("ROLLBACK").catch(() => {});
-      throw err;
+      // A live view that is no database any more is what a rebuild is for: replaced, not read.
+      if (path === aside || !UNREADABLE.has(String(codeOf(err)))) throw err;
     }
-  });
+  }
+  for (const f of filesOf(live).slice(1)) rmSync(f, { force: true });
+  renameSync(aside, live);
+  // The rename itself on disk: a power cut must not bring back the old name's file.
+  const dir = openSync(dirname(live), "r");
+  try {
+    fsyncSync(dir);
+  } finally {
+    closeSync(dir);
+  }
 }
+
+/** SQLite's codes of a file that is no readable database. */
+export const UNREADABLE = new Set(["SQLITE_NOTADB", "SQLITE_CORRUPT"]);
 
 /** A database error's code, if it has one. */
 const codeOf = (err: unknown) => (err as { code?: unknown } | null)?.code;
-
-/** The advisory lock of the view in `schema`: shared by every history service, the rebuild's alone. */
-const lockKey = (schema: string) => `shopmesh.rebuild.${schema}`;
 
 /**
  * The SQLite file beside the view at `path` whose lock is the rebuild lock (rollback journal, not WAL:
@@ -120,17 +109,29 @@ function lockFile(path: string): Database.Database {
   return db;
 }
 
+/** The rebuild lock, held: what swaps the view built aside in, and what lets the lock go. */
+export interface RebuildLock {
+  /**
+   * Makes the view built at `aside` (its store closed) the one at `live`, in one step. PostgreSQL:
+   * the live schema dropped and the aside one renamed, in one transaction on the lock's own session,
+   * which fails if that session (and with it the lock) was lost meanwhile.
+   */
+  swapIn(aside: DbLocation): Promise<void>;
+  release(): Promise<void>;
+}
+
 /**
  * Takes the rebuild lock of the view at `live`, or refuses: a history service or another rebuild
- * holds it. Returns the release. SQLite: an exclusive lock on the lock file; PostgreSQL: an advisory
- * lock, held by a connection of its own. Either ends with the process that holds it.
+ * holds it. SQLite: an exclusive lock on the lock file; PostgreSQL: an advisory lock, held by a
+ * connection of its own. Either ends with the process that holds it.
  */
-export async function lockRebuild(live: DbLocation): Promise<() => Promise<void>> {
+export async function lockRebuild(live: DbLocation): Promise<RebuildLock> {
   const refused = () =>
     new RebuildRefused(
-      `a history service is running on ${live.engine === "sqlite" ? live.path : `schema ${live.schema}`}, or another rebuild is: stop it (make run) first`,
+      `the view ${live.engine === "sqlite" ? live.path : `in schema ${live.schema}`} is in use by a history service or another rebuild: stop the service first (make run; on Kubernetes, scale history to 0)`,
     );
   if (live.engine === "sqlite") {
+    if (live.path === ":memory:") throw new RebuildRefused("DB_PATH=:memory: has no view to rebuild");
     let db: Database.Database | undefined;
     try {
       db = lockFile(live.path);
@@ -140,21 +141,37 @@ export async function lockRebuild(live: DbLocation): Promise<() => Promise<void>
       throw codeOf(err) === "SQLITE_BUSY" ? refused() : err;
     }
     const held = db;
-    return async () => {
-      held.close();
+    return {
+      swapIn: async (aside) => swapFiles((aside as { path: string }).path, live.path),
+      release: async () => {
+        held.close();
+      },
     };
   }
-  const client = new pg.Client({ connectionString: live.url });
-  client.on("error", () => {});
+  const client = lockClient(live.url);
+  client.on("error", () => {}); // a session lost fails the swap, on this client
   await client.connect();
   const { rows } = await client.query<{ ok: boolean }>("SELECT pg_try_advisory_lock(hashtext($1)) AS ok", [
-    lockKey(live.schema),
+    rebuildLockKey(live.schema),
   ]);
   if (!rows[0]?.ok) {
     await client.end().catch(() => {});
     throw refused();
   }
-  return () => client.end().catch(() => {}); // ending the session releases the lock
+  return {
+    swapIn: async (aside) => {
+      await client.query("BEGIN");
+      try {
+        await client.query(`DROP SCHEMA IF EXISTS ${live.schema} CASCADE`);
+        await client.query(`ALTER SCHEMA ${(aside as { schema: string }).schema} RENAME TO ${live.schema}`);
+        await client.query("COMMIT");
+      } catch (err) {
+        await client.query("ROLLBACK").catch(() => {});
+        throw err;
+      }
+    },
+    release: () => client.end().catch(() => {}), // ending the session releases the lock
+  };
 }
 
 /**
@@ -171,6 +188,7 @@ export async function holdAgainstRebuild(live: DbLocation, log: Logger): Promise
     said = true;
   };
   if (live.engine === "sqlite") {
+    if (live.path === ":memory:") return async () => {}; // no other process can open it
     for (;;) {
       let db: Database.Database | undefined;
       try {
@@ -189,14 +207,16 @@ export async function holdAgainstRebuild(live: DbLocation, log: Logger): Promise
       }
     }
   }
-  const client = new pg.Client({ connectionString: live.url });
+  // Lost, this session's lock is lost too: each transaction of the store checks the lock again
+  // (HistoryStore.apply), so a rebuild that took it meanwhile still excludes the service's writes.
+  const client = lockClient(live.url);
   client.on("error", (err) =>
-    log.warn({ err: err.message }, "the connection holding the view against a rebuild failed"),
+    log.warn({ err: err.message }, "the connection holding the view against a rebuild failed; each write still checks"),
   );
   await client.connect();
   const slow = setTimeout(waiting, 1_000);
   try {
-    await client.query("SELECT pg_advisory_lock_shared(hashtext($1))", [lockKey(live.schema)]);
+    await client.query("SELECT pg_advisory_lock_shared(hashtext($1))", [rebuildLockKey(live.schema)]);
   } finally {
     clearTimeout(slow);
   }
@@ -212,7 +232,13 @@ export async function losses(live: HistoryStore, aside: HistoryStore): Promise<{
   const rebuilt = new Map((await aside.all()).map((v) => [v.orderId, v]));
   const lost = (await live.all()).filter((v) => {
     const r = rebuilt.get(v.orderId);
-    return !r || (v.customerId !== null && r.customerId === null) || (v.items.length > 0 && r.items.length === 0);
+    return (
+      !r ||
+      (v.customerId !== null && r.customerId === null) ||
+      (v.items.length > 0 && r.items.length === 0) ||
+      (v.status !== null && r.status === null) ||
+      (v.paymentStatus !== null && r.paymentStatus === null)
+    );
   });
   return { count: lost.length, some: lost.slice(0, 3).map((v) => v.orderId) };
 }

@@ -18,6 +18,7 @@ import {
   PaymentRefundedSchema,
   PaymentSucceededSchema,
 } from "../../gen/shopmesh/payment/v1/events_pb.js";
+import { Code, toStatusObject } from "../../platform/errors.js";
 import { type Bus, connectBus, type DbLocation, Inbox, silentLogger, sql } from "../../platform/index.js";
 import { dropDatabase, snapshot, TestDatabases, withDb } from "../../test/db.js";
 import { consumerSettled, event, publishEvents } from "../../test/events.js";
@@ -26,6 +27,7 @@ import { startNats } from "../../test/nats.js";
 import { startHistory } from "./app.js";
 import { loadConfig } from "./config.js";
 import { replay, type StreamReplay } from "./rebuild.js";
+import { lockRebuild } from "./rebuild-aside.js";
 import { HistoryStore } from "./store.js";
 
 const log = silentLogger();
@@ -191,6 +193,44 @@ describe("history rebuild", () => {
     } finally {
       await store.close();
       await bus.close();
+    }
+  });
+
+  it("a service's write while a rebuild holds the view fails as unavailable, to be retried after its swap (PostgreSQL: the service's own lock goes with its connection)", async () => {
+    using dir = tempDir();
+    const location = await new TestDatabases(dir.path).location("history");
+    const store = await HistoryStore.open(location);
+    const fact = (eventId: string) => ({
+      eventId,
+      type: "shopmesh.order.v1.OrderPlaced",
+      orderId: "ord-guarded",
+      occurredAt: 1,
+      customerId: "kim",
+      status: "PENDING" as const,
+    });
+    try {
+      const lock = await lockRebuild(location);
+      try {
+        const write = store.apply(fact("evt_during"));
+        if (location.engine === "postgres") {
+          const err = await write.then(
+            () => undefined,
+            (e: unknown) => e,
+          );
+          expect(toStatusObject(err)).toEqual({ code: Code.UNAVAILABLE, details: "database unavailable; try again" });
+          expect(await store.all()).toEqual([]);
+        } else {
+          // SQLite's lock is the service's for its life (a file lock the kernel frees only with the
+          // process): a store opened without it, as here, is no service's and is not checked per write.
+          await write;
+        }
+      } finally {
+        await lock.release();
+      }
+      await store.apply(fact("evt_after"));
+      expect((await store.all()).map((v) => v.orderId)).toEqual(["ord-guarded"]);
+    } finally {
+      await store.close();
     }
   });
 });

@@ -38,7 +38,15 @@ import {
 import { loadConfig } from "./config.js";
 import { UnusableEventError } from "./domain.js";
 import { type HistoryConsumer, historyConsumers } from "./events.js";
-import { asideOf, clearAside, lockRebuild, losses, RebuildRefused, swapIn } from "./rebuild-aside.js";
+import {
+  asideOf,
+  clearAside,
+  lockRebuild,
+  losses,
+  type RebuildLock,
+  RebuildRefused,
+  UNREADABLE,
+} from "./rebuild-aside.js";
 import { HistoryStore } from "./store.js";
 
 /** How one stream's replay went. */
@@ -212,12 +220,12 @@ async function main(): Promise<number> {
   const print = (line: string) => process.stdout.write(`${line}\n`);
   const live = locationOf("history", config);
   const name = (l: DbLocation) => (l.engine === "sqlite" ? l.path : `schema ${l.schema}`);
-  let unlock: (() => Promise<void>) | undefined;
+  let lock: RebuildLock | undefined;
   let swapped = false;
   try {
     const aside = asideOf(live);
+    lock = await lockRebuild(live);
     print(`rebuilding ${name(live)} from ${config.NATS_URL}, aside in ${name(aside)} until done`);
-    unlock = await lockRebuild(live);
     const bus = await withTimeout(
       connectBus(config.NATS_URL, "history-rebuild", log, { streams: EVENTS.streams, ...busAuthOf(config) }),
       CONNECT_TIMEOUT_MS,
@@ -250,12 +258,12 @@ async function main(): Promise<number> {
       if (lost.count > 0 && !config.ALLOW_LOSS) {
         await clearAside(aside);
         throw new RebuildRefused(
-          `the rebuilt view lacks ${lost.count} of the view's orders, or their owner or items (${lost.some.join(", ")}, ...): ` +
-            "their events are no longer on the streams (kept 7 days). The view is as it was; ALLOW_LOSS=1 rebuilds anyway",
+          `the rebuilt view lacks ${lost.count} of the view's orders, or what it knows of them (${lost.some.join(", ")}${lost.count > lost.some.length ? ", ..." : ""}): ` +
+            "their events are no longer on the streams (aged out after 7 days, or a stream made again). The view is as it was; ALLOW_LOSS=1 rebuilds anyway",
         );
       }
-      await swapIn(aside, live);
-      swapped = true;
+      swapped = true; // from here on the outcome may be the new view (a flush after the rename failing)
+      await lock.swapIn(aside);
       const sum = (k: "applied" | "duplicates" | "skipped") => report.streams.reduce((n, s) => n + s[k], 0);
       print(
         `total: ${summary({ events: report.total, applied: sum("applied"), duplicates: sum("duplicates"), skipped: sum("skipped"), ms: report.ms })}; ` +
@@ -272,29 +280,26 @@ async function main(): Promise<number> {
     process.stderr.write(`history rebuild refused: ${err.message}\n`);
     return 1;
   } finally {
-    await unlock?.();
+    await lock?.release();
   }
   return 0;
 }
 
 /** What the view built in `rebuilt` would lose of the live one; none to measure when the live one is unreadable. */
 async function lossesAgainstLive(live: DbLocation, rebuilt: HistoryStore, print: (line: string) => void) {
-  let current: HistoryStore;
+  let current: HistoryStore | undefined;
   try {
     current = await HistoryStore.open(live);
+    return await losses(current, rebuilt);
   } catch (err) {
-    const code = (err as { code?: unknown }).code;
-    if (code !== "SQLITE_NOTADB" && code !== "SQLITE_CORRUPT") throw err;
+    const code = String((err as { code?: unknown }).code);
+    if (!UNREADABLE.has(code)) throw err;
     print(`the view in ${live.engine === "sqlite" ? live.path : live.schema} cannot be read (${code}): replaced whole`);
     return { count: 0, some: [] };
-  }
-  try {
-    return await losses(current, rebuilt);
   } finally {
-    await current.close();
+    await current?.close();
   }
 }
-
 // Extensions aside: tsx also runs this file when asked for rebuild.js.
 const withoutExt = (path: string) => path.replace(/\.[cm]?[jt]s$/, "");
 const invokedDirectly =

@@ -103,16 +103,22 @@ export interface HistoryCursor {
   readonly orderId: string;
 }
 
+/** The advisory lock of the view in `schema` (PostgreSQL): shared by every history service, a rebuild's alone (rebuild-aside.ts). */
+export const rebuildLockKey = (schema: string) => `shopmesh.rebuild.${schema}`;
+
 /** The order view (and the consumers' inbox). */
 export class HistoryStore {
   private constructor(
     /** The service's database (also used by its event consumers and the rebuild). */
     readonly db: Db,
+    /** PostgreSQL: the rebuild lock each write takes shared, for its transaction. */
+    private readonly rebuildKey: string | undefined,
   ) {}
 
   /** Opens (and migrates) the store at `location`. */
   static async open(location: DbLocation): Promise<HistoryStore> {
-    return new HistoryStore(await openDatabase(location, MIGRATIONS));
+    const key = location.engine === "postgres" ? rebuildLockKey(location.schema) : undefined;
+    return new HistoryStore(await openDatabase(location, MIGRATIONS), key);
   }
 
   /**
@@ -122,6 +128,14 @@ export class HistoryStore {
    */
   apply(fact: Fact, tx?: Tx): Promise<OrderView> {
     return this.db.within(tx, async (tx) => {
+      // The service's session lock (rebuild-aside.ts) is gone with its connection; this one is not:
+      // a write while a rebuild holds the view fails as unavailable and is retried after its swap.
+      if (this.rebuildKey) {
+        const held = await tx.one(
+          sql<{ ok: boolean }>`SELECT pg_try_advisory_xact_lock_shared(hashtext(${this.rebuildKey})) AS ok`,
+        );
+        if (!held?.ok) throw Object.assign(new Error("the history view is being rebuilt"), { code: "55P03" });
+      }
       const read = () =>
         tx.one(sql<ViewRow>`SELECT * FROM order_history WHERE order_id = ${fact.orderId} ${tx.forUpdate}`);
       let row = await read();
