@@ -12,8 +12,9 @@
  *
  * The rebuild writes the history database of make run: .data/history.db,
  * or schema shopmesh_history of database shopmesh with DB=postgres. Exits
- * with the rebuild's code (0 done, 1 failed, 78 bad configuration); 1 when
- * what it needs cannot be started.
+ * with the rebuild's code (0 done, 1 failed or refused, 78 bad configuration);
+ * 1 when what it needs cannot be started, or a signal ended the rebuild
+ * (130 for SIGINT).
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdirSync } from "node:fs";

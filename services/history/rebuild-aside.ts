@@ -224,9 +224,10 @@ export async function holdAgainstRebuild(live: DbLocation, log: Logger): Promise
 }
 
 /**
- * The orders of the `live` view that the view built `aside` would lose, or lose its owner or items
- * of: their events aged out of the streams (kept 7 days), or a stream was made again. A few ids and
- * how many.
+ * The orders of the `live` view that the view built `aside` would lose, or lose the owner, items,
+ * status or payment of: their events aged out of the streams (kept 7 days), or a stream was made
+ * again. A few ids and how many. Both views are read whole: fine for the tens of thousands of orders
+ * a local system holds, not for millions (a join in SQL would be).
  */
 export async function losses(live: HistoryStore, aside: HistoryStore): Promise<{ count: number; some: string[] }> {
   const rebuilt = new Map((await aside.all()).map((v) => [v.orderId, v]));
