@@ -300,6 +300,7 @@ async function lossesAgainstLive(live: DbLocation, rebuilt: HistoryStore, print:
     await current?.close();
   }
 }
+
 // Extensions aside: tsx also runs this file when asked for rebuild.js.
 const withoutExt = (path: string) => path.replace(/\.[cm]?[jt]s$/, "");
 const invokedDirectly =
