@@ -21,15 +21,19 @@ import { bufCurl, exited, ROOT, spawnService, tempDir } from "../../test/fixture
 import { startNats } from "../../test/nats.js";
 import { lockRebuild } from "./rebuild-aside.js";
 
-/** Runs `services/history/rebuild.ts` as its own process; its exit code and output. */
-async function rebuild(
-  env: Record<string, string>,
-): Promise<{ code: number | string; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "services/history/rebuild.ts")], {
+/** Starts `services/history/<script>` as its own process with `env` (JSON logs). */
+const launch = (script: string, env: Record<string, string>) =>
+  spawn(process.execPath, ["--import", "tsx", join(ROOT, "services/history", script)], {
     cwd: ROOT,
     env: { ...process.env, LOG_FORMAT: "json", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
+
+/** Runs `services/history/rebuild.ts` as its own process; its exit code and output. */
+async function rebuild(
+  env: Record<string, string>,
+): Promise<{ code: number | string; stdout: string; stderr: string }> {
+  const child = launch("rebuild.ts", env);
   let stdout = "";
   let stderr = "";
   child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
@@ -114,11 +118,7 @@ describe("history process", () => {
     }
     // A rebuild holds the lock: a service starting meanwhile waits, and serves once it has ended.
     const { release } = await lockRebuild(location);
-    const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "services/history/main.ts")], {
-      cwd: ROOT,
-      env: { ...process.env, LOG_FORMAT: "json", LOG_LEVEL: "info", GRPC_PORT: "0", ...env },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    const child = launch("main.ts", { LOG_LEVEL: "info", GRPC_PORT: "0", ...env });
     try {
       let out = "";
       child.stdout.on("data", (d: Buffer) => (out += d.toString()));
