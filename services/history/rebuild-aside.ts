@@ -226,20 +226,32 @@ export async function holdAgainstRebuild(live: DbLocation, log: Logger): Promise
 /**
  * The orders of the `live` view that the view built `aside` would lose, or lose the owner, items,
  * status or payment of: their events aged out of the streams (kept 7 days), or a stream was made
- * again. A few ids and how many. Both views are read whole: fine for the tens of thousands of orders
- * a local system holds, not for millions (a join in SQL would be).
+ * again. A few ids and how many. The live view is read a page at a time, and for each page the same
+ * orders of the other, so memory stays flat however many orders there are.
  */
-export async function losses(live: HistoryStore, aside: HistoryStore): Promise<{ count: number; some: string[] }> {
-  const rebuilt = new Map((await aside.all()).map((v) => [v.orderId, v]));
-  const lost = (await live.all()).filter((v) => {
-    const r = rebuilt.get(v.orderId);
-    return (
-      !r ||
-      (v.customerId !== null && r.customerId === null) ||
-      (v.items.length > 0 && r.items.length === 0) ||
-      (v.status !== null && r.status === null) ||
-      (v.paymentStatus !== null && r.paymentStatus === null)
-    );
-  });
-  return { count: lost.length, some: lost.slice(0, 3).map((v) => v.orderId) };
+export async function losses(
+  live: HistoryStore,
+  aside: HistoryStore,
+  pageSize = 1_000,
+): Promise<{ count: number; some: string[] }> {
+  let count = 0;
+  const some: string[] = [];
+  for (let after = ""; ; ) {
+    const page = await live.page(after, pageSize);
+    const rebuilt = new Map((await aside.some(page.map((v) => v.orderId))).map((v) => [v.orderId, v]));
+    for (const v of page) {
+      const r = rebuilt.get(v.orderId);
+      const lost =
+        !r ||
+        (v.customerId !== null && r.customerId === null) ||
+        (v.items.length > 0 && r.items.length === 0) ||
+        (v.status !== null && r.status === null) ||
+        (v.paymentStatus !== null && r.paymentStatus === null);
+      if (lost && ++count <= 3) some.push(v.orderId);
+    }
+    const last = page.at(-1);
+    if (!last || page.length < pageSize) break;
+    after = last.orderId;
+  }
+  return { count, some };
 }

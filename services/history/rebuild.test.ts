@@ -27,7 +27,7 @@ import { startNats } from "../../test/nats.js";
 import { startHistory } from "./app.js";
 import { loadConfig } from "./config.js";
 import { replay, type StreamReplay } from "./rebuild.js";
-import { lockRebuild } from "./rebuild-aside.js";
+import { lockRebuild, losses } from "./rebuild-aside.js";
 import { HistoryStore } from "./store.js";
 
 const log = silentLogger();
@@ -231,6 +231,50 @@ describe("history rebuild", () => {
       expect((await store.all()).map((v) => v.orderId)).toEqual(["ord-guarded"]);
     } finally {
       await store.close();
+    }
+  });
+  it("the loss check reads the live view a page at a time and finds every order the rebuilt one lacks or knows less of, on any page", async () => {
+    using dir = tempDir();
+    const dbs = new TestDatabases(dir.path);
+    const live = await HistoryStore.open(await dbs.location("live"));
+    const aside = await HistoryStore.open(await dbs.location("aside"));
+    const placed = (orderId: string, customerId?: string) => ({
+      eventId: `evt_placed_${orderId}`,
+      type: "shopmesh.order.v1.OrderPlaced",
+      orderId,
+      occurredAt: 1,
+      customerId,
+      items: lines,
+      status: "PENDING" as const,
+    });
+    const paid = (orderId: string) => ({
+      eventId: `evt_paid_${orderId}`,
+      type: "shopmesh.payment.v1.PaymentSucceeded",
+      orderId,
+      occurredAt: 2,
+      paymentStatus: "CAPTURED" as const,
+    });
+    try {
+      const ids = ["ord-1", "ord-2", "ord-3", "ord-4", "ord-5", "ord-6", "ord-7"];
+      for (const id of ids) {
+        await live.apply(placed(id, "kim"));
+        await live.apply(paid(id));
+      }
+      // The rebuilt view: ord-2 missing (page 1 of 2 rows), ord-4 without its owner (page 2), ord-7
+      // without its payment (the last, short page); the rest as the live view has them.
+      for (const id of ids.filter((id) => id !== "ord-2")) {
+        await aside.apply(placed(id, id === "ord-4" ? undefined : "kim"));
+        if (id !== "ord-7") await aside.apply(paid(id));
+      }
+      const expected = { count: 3, some: ["ord-2", "ord-4", "ord-7"] };
+      expect(await losses(live, aside, 2)).toEqual(expected);
+      expect(await losses(live, aside, 7)).toEqual(expected); // a last page exactly full
+      expect(await losses(live, aside)).toEqual(expected);
+      expect(await losses(aside, live, 2)).toEqual({ count: 0, some: [] }); // the live view knows more of each
+      expect(await aside.count()).toBe(6);
+    } finally {
+      await live.close();
+      await aside.close();
     }
   });
 });

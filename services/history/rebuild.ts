@@ -250,7 +250,7 @@ async function main(): Promise<number> {
           },
           progressEvery: config.FAULT_REBUILD_CRASH_AFTER || undefined,
         });
-        orders = (await store.all()).length;
+        orders = await store.count();
         lost = await lossesAgainstLive(live, store, print);
       } finally {
         await store.close();

@@ -168,6 +168,29 @@ export class HistoryStore {
     return (await this.db.all(sql<ViewRow>`SELECT * FROM order_history ORDER BY order_id`)).map(toView);
   }
 
+  /** Up to `limit` views after order id `after`, by order id: a view read a page at a time. */
+  async page(after: string, limit: number): Promise<OrderView[]> {
+    return (
+      await this.db.all(
+        sql<ViewRow>`SELECT * FROM order_history WHERE order_id > ${after} ORDER BY order_id LIMIT ${limit}`,
+      )
+    ).map(toView);
+  }
+
+  /** The views of the orders `ids` that the view holds. */
+  async some(ids: readonly string[]): Promise<OrderView[]> {
+    if (ids.length === 0) return [];
+    return (await this.db.all(sql<ViewRow>`SELECT * FROM order_history WHERE order_id IN (${sql.join(ids)})`)).map(
+      toView,
+    );
+  }
+
+  /** How many orders the view holds. */
+  async count(): Promise<number> {
+    const row = await this.db.one(sql<{ n: number | string }>`SELECT COUNT(*) AS n FROM order_history`);
+    return Number(row?.n ?? 0);
+  }
+
   /**
    * Up to `limit` views owned by `customerId`, most recently changed first,
    * after `cursor` (from the start when undefined). Views whose owner is not
