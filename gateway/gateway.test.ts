@@ -71,6 +71,31 @@ describe("protocols", () => {
     expect(got.headers.get("x-request-id")).toMatch(/.+/);
   });
 
+  it("every answer, API or not, success or error, tells a browser not to sniff its type", async () => {
+    const h = await auth("alice");
+    const answers = [
+      await fetch(`${gw.url}/shopmesh.inventory.v1.InventoryService/GetProduct`, {
+        method: "POST",
+        headers: { "content-type": "application/json", ...h },
+        body: JSON.stringify({ productId: "coffee-beans" }),
+      }),
+      await fetch(`${gw.url}/shopmesh.inventory.v1.InventoryService/GetProduct`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: "{}",
+      }),
+      await fetch(`${gw.url}/v1/products/coffee-beans`, { headers: h }),
+      await fetch(`${gw.url}/v1/products/<img src=x onerror=alert(1)>`, { headers: h }),
+      await fetch(`${gw.url}/shopmesh.x.Y/<img src=x onerror=alert(1)>`, { method: "POST", headers: h }),
+      await fetch(`${gw.url}/healthz`),
+    ];
+    expect(answers.map((a) => a.status)).toEqual([200, 401, 200, 400, 404, 200]);
+    for (const a of answers) {
+      await a.arrayBuffer();
+      expect(a.headers.get("x-content-type-options"), a.url).toBe("nosniff");
+    }
+  });
+
   it("streams WatchOrder over HTTP/1.1 with the Connect protocol, as a browser would", async () => {
     const h = await auth("alice");
     const client = createConnectClient(OrderService, createConnectTransport({ baseUrl: gw.url, httpVersion: "1.1" }));

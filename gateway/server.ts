@@ -128,6 +128,8 @@ export async function startFront(o: FrontOptions): Promise<RunningFront> {
       req.headers["x-request-id"] = requestId;
     }
     res.setHeader("x-request-id", requestId);
+    // Every answer says what it is (JSON, protobuf, gRPC, text): a browser is not to guess otherwise.
+    res.setHeader("x-content-type-options", "nosniff");
     const preflight = cors(req, res, o.corsOrigins);
     const probe = req.method === "GET" ? req.url?.split("?", 1)[0] : undefined;
     if (probe === "/healthz" || probe === "/readyz") {
