@@ -14,6 +14,7 @@
  * a second's wait: hence the one order) — and then finds the winner's row. Either way a store can
  * read, decide and write as if it were alone.
  */
+import { realpathSync } from "node:fs";
 import type Database from "better-sqlite3";
 import { type CompiledQuery, Kysely, PostgresDialect, type QueryResult, type RawBuilder, sql } from "kysely";
 import pg from "pg";
@@ -284,8 +285,10 @@ class OpenDb extends Queryer implements Db {
 
 /** Opens a SQLite file as a {@link Db} (WAL, full sync, foreign keys, a busy timeout for other processes). */
 export function sqliteDb(db: Database.Database): Db {
-  // A file in WAL mode syncs its log per group of commits (wal-sync.ts).
-  const wal = db.pragma("journal_mode", { simple: true }) === "wal" ? new WalSync(`${db.name}-wal`) : undefined;
+  // A file in WAL mode syncs its log per group of commits (wal-sync.ts). SQLite keeps the log beside
+  // the file a link names, not beside the link.
+  const wal =
+    db.pragma("journal_mode", { simple: true }) === "wal" ? new WalSync(`${realpathSync(db.name)}-wal`) : undefined;
   const connection = new SqliteConnection(db);
   return new OpenDb("sqlite", new Kysely({ dialect: sqliteDialect(connection) }), { wal, sqlite: connection });
 }

@@ -5,6 +5,7 @@
  * failed flush is the caller's error, not a silent success.
  */
 import { spawn } from "node:child_process";
+import { mkdirSync, symlinkSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { sql } from "kysely";
@@ -50,6 +51,23 @@ describe("WalSync", () => {
       await db.transaction((tx) => tx.run(sql`INSERT INTO t (v) VALUES ('durable')`));
       expect(wal.flushes).toBe(before + 1);
       expect((await db.one<{ n: number }>(sql`SELECT count(*) AS n FROM t`))?.n).toBe(21);
+    } finally {
+      await db.close();
+    }
+  });
+
+  it("a database opened through a link flushes the log SQLite writes, beside the file the link names", async () => {
+    using dir = tempDir();
+    mkdirSync(join(dir.path, "disk"));
+    const path = join(dir.path, "l.db");
+    symlinkSync(join(dir.path, "disk", "l.db"), path);
+    const db = await openDatabase({ engine: "sqlite", path }, { sqlite: SCHEMA, postgres: SCHEMA });
+    try {
+      const wal = (db as unknown as { wal: WalSync }).wal;
+      const before = wal.flushes;
+      await db.transaction((tx) => tx.run(sql`INSERT INTO t (v) VALUES ('linked')`));
+      expect(wal.flushes).toBe(before + 1);
+      expect((await db.one<{ n: number }>(sql`SELECT count(*) AS n FROM t`))?.n).toBe(1);
     } finally {
       await db.close();
     }
