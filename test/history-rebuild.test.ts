@@ -7,15 +7,16 @@
  * (DATA_DIR/nats/postgres).
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync } from "node:fs";
-import { join } from "node:path";
+import { chmodSync, existsSync, lstatSync, mkdirSync, statSync, symlinkSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
 import { OrderConfirmedSchema, OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { BUS_ADMIN, busAuthOf, connectBus, silentLogger } from "../platform/index.js";
 import { answers, localBusEnv, natsServerArgs } from "../scripts/nats.js";
 import { ownDir } from "../scripts/postgres.js";
-import { lockRebuild } from "../services/history/rebuild-aside.js";
+import { asideOf, lockRebuild } from "../services/history/rebuild-aside.js";
+import { HistoryStore } from "../services/history/store.js";
 import { snapshot, withDb } from "./db.js";
 import { event, publishEvents, until } from "./events.js";
 import { exited, freePort, outputReady, runToEnd, tempDir } from "./fixtures.js";
@@ -172,6 +173,48 @@ describe("make history-rebuild", () => {
     expect(lossy.code, lossy.out).toBe(0);
     expect(lossy.out).toMatch(/; 0 orders in the view, now .* \(3 of the old view's dropped or cut: ALLOW_LOSS=1\)/);
   }, 180_000);
+
+  it("a view whose DB_PATH is a link is replaced where the link points, the link kept and the file's mode too", async () => {
+    using dir = tempDir();
+    const file = join(dir.path, "disk", "history.db");
+    mkdirSync(dirname(file));
+    const link = join(dir.path, "history.db");
+    symlinkSync(file, link);
+    const live = { engine: "sqlite" as const, path: link };
+    const placed = (orderId: string) => ({
+      eventId: `evt_${orderId}`,
+      type: "shopmesh.order.v1.OrderPlaced",
+      orderId,
+      occurredAt: 1,
+      customerId: "kim",
+      status: "PENDING" as const,
+    });
+    const write = async (location: { engine: "sqlite"; path: string }, orderId: string) => {
+      const store = await HistoryStore.open(location);
+      await store.apply(placed(orderId));
+      await store.close();
+    };
+    await write(live, "ord-old");
+    chmodSync(file, 0o600);
+    const aside = asideOf(live);
+    expect(aside).toEqual({ engine: "sqlite", path: `${file}.rebuilding` }); // beside the file: a rename, not a copy
+    await write(aside as typeof live, "ord-new");
+    const lock = await lockRebuild(live);
+    try {
+      await lock.swapIn(aside);
+    } finally {
+      await lock.release();
+    }
+    expect(lstatSync(link).isSymbolicLink()).toBe(true);
+    expect(statSync(file).mode & 0o777).toBe(0o600);
+    expect(existsSync(`${file}.rebuilding`)).toBe(false);
+    const view = await HistoryStore.open(live);
+    try {
+      expect((await view.all()).map((v) => v.orderId)).toEqual(["ord-new"]);
+    } finally {
+      await view.close();
+    }
+  });
 
   it("with DB=postgres, starts make run's PostgreSQL too when it is down, and stops it after; its streams are its own", async () => {
     using dir = tempDir();

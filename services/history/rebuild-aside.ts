@@ -9,7 +9,18 @@
  * their payment state, which the service then served as complete for good: its durable consumers
  * were past those events. Two rebuilds at once emptied each other's work.
  */
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync } from "node:fs";
+import {
+  chmodSync,
+  closeSync,
+  existsSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  realpathSync,
+  renameSync,
+  rmSync,
+  statSync,
+} from "node:fs";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
 import pg from "pg";
@@ -20,9 +31,12 @@ import { type HistoryStore, rebuildLockKey } from "./store.js";
 /** Why a rebuild will not start (the command says it and exits 1, nothing changed). */
 export class RebuildRefused extends Error {}
 
-/** Where a rebuild of the view at `live` builds aside: a sibling file or schema. */
+/** The file a path names, links followed (the path itself while there is none). */
+const fileOf = (path: string) => (existsSync(path) ? realpathSync(path) : path);
+
+/** Where a rebuild of the view at `live` builds aside: a sibling file (of the file a link names) or schema. */
 export function asideOf(live: DbLocation): DbLocation {
-  if (live.engine === "sqlite") return { ...live, path: `${live.path}.rebuilding` };
+  if (live.engine === "sqlite") return { ...live, path: `${fileOf(live.path)}.rebuilding` };
   const schema = `${live.schema}_rebuilding`;
   // PostgreSQL cuts a longer name to 63 characters: it would name the live schema, dropped below.
   if (schema.length > 63) {
@@ -57,11 +71,13 @@ export async function clearAside(aside: DbLocation): Promise<void> {
 }
 
 /**
- * Makes the view built aside at `aside` (its store closed) the one at `live`, in one step: the file
+ * Makes the view built aside at `aside` (its store closed) the one at `path`, in one step: the file
  * renamed over the live one (its log checkpointed into it first, the live one's log removed so it
- * cannot be replayed onto the new file), then the directory flushed.
+ * cannot be replayed onto the new file, its mode taken), then the directory flushed. A `path` that is
+ * a link stays one: the file it names is replaced (SQLite keeps its log beside that file too).
  */
-function swapFiles(aside: string, live: string): void {
+function swapFiles(aside: string, path: string): void {
+  const live = fileOf(path);
   for (const path of [aside, live]) {
     if (!existsSync(path)) continue;
     try {
@@ -77,6 +93,7 @@ function swapFiles(aside: string, live: string): void {
     }
   }
   for (const f of filesOf(live).slice(1)) rmSync(f, { force: true });
+  if (existsSync(live)) chmodSync(aside, statSync(live).mode & 0o7777);
   renameSync(aside, live);
   // The rename itself on disk: a power cut must not bring back the old name's file.
   const dir = openSync(dirname(live), "r");
