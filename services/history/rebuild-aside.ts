@@ -224,20 +224,51 @@ export async function holdAgainstRebuild(live: DbLocation, log: Logger): Promise
       }
     }
   }
-  // Lost, this session's lock is lost too: each transaction of the store checks the lock again
-  // (HistoryStore.apply), so a rebuild that took it meanwhile still excludes the service's writes.
-  const client = lockClient(live.url);
-  client.on("error", (err) =>
-    log.warn({ err: err.message }, "the connection holding the view against a rebuild failed; each write still checks"),
-  );
-  await client.connect();
-  const slow = setTimeout(waiting, 1_000);
+  // Lost, this session's lock is lost too: it is taken again (waiting while a rebuild holds it), and
+  // meanwhile each transaction of the store checks the lock (HistoryStore.apply), so a rebuild that
+  // took it still excludes the service's writes.
+  let client: pg.Client | undefined;
+  let retry: NodeJS.Timeout | undefined;
+  let released = false;
+  const hold = async () => {
+    const c = lockClient(live.url);
+    client = c;
+    c.on("error", (err) => log.warn({ err: err.message }, "the connection holding the view against a rebuild failed"));
+    await c.connect();
+    const slow = setTimeout(waiting, 1_000);
+    try {
+      await c.query("SELECT pg_advisory_lock_shared(hashtext($1))", [rebuildLockKey(live.schema)]);
+    } finally {
+      clearTimeout(slow);
+    }
+    c.once("end", again);
+  };
+  const again = () => {
+    if (released || retry) return;
+    retry = setTimeout(() => {
+      retry = undefined;
+      if (released) return;
+      hold().then(
+        () => (released ? client?.end().catch(() => {}) : log.info("the view is held against a rebuild again")),
+        () => {
+          client?.end().catch(() => {});
+          again();
+        },
+      );
+    }, 1_000);
+    retry.unref();
+  };
   try {
-    await client.query("SELECT pg_advisory_lock_shared(hashtext($1))", [rebuildLockKey(live.schema)]);
-  } finally {
-    clearTimeout(slow);
+    await hold();
+  } catch (err) {
+    await client?.end().catch(() => {});
+    throw err;
   }
-  return () => client.end().catch(() => {});
+  return async () => {
+    released = true;
+    clearTimeout(retry);
+    await client?.end().catch(() => {});
+  };
 }
 
 /**

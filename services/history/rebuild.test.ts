@@ -5,6 +5,7 @@
  * the live consumers would dead-letter.
  */
 import { headers as natsHeaders } from "@nats-io/transport-node";
+import pg from "pg";
 import { describe, expect, it } from "vitest";
 import { EVENTS } from "../../contracts/events.js";
 import { StockReleasedSchema, StockReservedSchema } from "../../gen/shopmesh/inventory/v1/events_pb.js";
@@ -27,7 +28,7 @@ import { startNats } from "../../test/nats.js";
 import { startHistory } from "./app.js";
 import { loadConfig } from "./config.js";
 import { replay, type StreamReplay } from "./rebuild.js";
-import { lockRebuild, losses } from "./rebuild-aside.js";
+import { holdAgainstRebuild, lockRebuild, losses, RebuildRefused } from "./rebuild-aside.js";
 import { HistoryStore } from "./store.js";
 
 const log = silentLogger();
@@ -233,6 +234,42 @@ describe("history rebuild", () => {
       await store.close();
     }
   });
+  it("a service holds its view against a rebuild for its whole life: on PostgreSQL its lock is taken again when the connection holding it is lost", async () => {
+    using dir = tempDir();
+    const location = await new TestDatabases(dir.path).location("history");
+    const release = await holdAgainstRebuild(location, log);
+    const refused = () =>
+      lockRebuild(location).then(
+        async (lock) => {
+          await lock.release();
+          return false;
+        },
+        (err: unknown) => err instanceof RebuildRefused,
+      );
+    try {
+      expect(await refused()).toBe(true);
+      if (location.engine === "postgres") {
+        const admin = new pg.Client({ connectionString: location.url });
+        await admin.connect();
+        try {
+          // The connection that holds the service's shared lock, cut as a restarted server or a proxy would.
+          const cut = await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_locks
+            WHERE locktype = 'advisory' AND mode = 'ShareLock' AND granted
+              AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`);
+          expect(cut.rowCount).toBe(1);
+        } finally {
+          await admin.end();
+        }
+        // Taken again within its retry (1 s), and held from then on.
+        await expect.poll(refused, { timeout: 10_000, interval: 200 }).toBe(true);
+      }
+      expect(await refused()).toBe(true);
+    } finally {
+      await release();
+    }
+    expect(await refused()).toBe(false);
+  });
+
   it("the loss check reads the live view a page at a time and finds every order the rebuilt one lacks or knows less of, on any page", async () => {
     using dir = tempDir();
     const dbs = new TestDatabases(dir.path);
