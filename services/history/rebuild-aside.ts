@@ -71,13 +71,13 @@ export async function clearAside(aside: DbLocation): Promise<void> {
 }
 
 /**
- * Makes the view built aside at `aside` (its store closed) the one at `path`, in one step: the file
+ * Makes the view built aside at `aside` (its store closed) the one at `livePath`, in one step: the file
  * renamed over the live one (its log checkpointed into it first, the live one's log removed so it
- * cannot be replayed onto the new file, its mode taken), then the directory flushed. A `path` that is
+ * cannot be replayed onto the new file, its mode taken), then the directory flushed. A `livePath` that is
  * a link stays one: the file it names is replaced (SQLite keeps its log beside that file too).
  */
-function swapFiles(aside: string, path: string): void {
-  const live = fileOf(path);
+function swapFiles(aside: string, livePath: string): void {
+  const live = fileOf(livePath);
   for (const path of [aside, live]) {
     if (!existsSync(path)) continue;
     try {
@@ -249,7 +249,9 @@ export async function holdAgainstRebuild(live: DbLocation, log: Logger): Promise
       retry = undefined;
       if (released) return;
       hold().then(
-        () => (released ? client?.end().catch(() => {}) : log.info("the view is held against a rebuild again")),
+        () => {
+          if (!released) log.info("the view is held against a rebuild again");
+        },
         () => {
           client?.end().catch(() => {});
           again();
