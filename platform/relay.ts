@@ -83,6 +83,7 @@ export interface RelayOptions {
  */
 export class OutboxRelay {
   private readonly id = newId("relay");
+  private readonly claimMs: number;
   private running = false;
   private again = false;
   private stopped = false;
@@ -94,6 +95,7 @@ export class OutboxRelay {
   private lastBacklog = { count: 0, oldestAgeMs: 0 };
 
   constructor(private readonly opts: RelayOptions) {
+    this.claimMs = opts.claimMs ?? 5_000;
     opts.outbox.onAdded = () => this.kick();
     opts.telemetry?.metrics.trackBacklog(() => this.lastBacklog);
   }
@@ -202,7 +204,7 @@ export class OutboxRelay {
   private async claim(): Promise<OutboxRow[]> {
     const { db } = this.opts;
     const now = Date.now();
-    const until = now + (this.opts.claimMs ?? 5_000);
+    const until = now + this.claimMs;
     // Concurrent relays pass over each other's rows. The claim itself is not flushed (see relaxed).
     const rows = await db.transaction(
       (tx) =>
@@ -231,6 +233,7 @@ export class OutboxRelay {
     try {
       do {
         this.again = false;
+        let claimedAt = Date.now();
         const rows = await this.claim();
         // In order, a wave at a time; marked sent together, once per batch — also when a publish fails
         // or the relay stops midway. A crash before the mark republishes rows NATS already has: their
@@ -239,6 +242,13 @@ export class OutboxRelay {
         try {
           for (let next = 0; next < rows.length; ) {
             if (this.stopped) return;
+            // A batch outliving its claim (NATS slow to acknowledge) was taken by the other replicas'
+            // relays, each of whose was taken in turn: nobody's mark held, and every row went out again and again.
+            if (Date.now() - claimedAt > this.claimMs / 2) {
+              claimedAt = Date.now();
+              await this.relaxed(sql`UPDATE outbox SET claimed_until = ${claimedAt + this.claimMs}
+                WHERE claimed_by = ${this.id} AND sent_at IS NULL`);
+            }
             const wave = waveFrom(rows, next);
             next += wave.length;
             const results = await Promise.allSettled(wave.map((row) => this.publish(row)));
@@ -249,7 +259,9 @@ export class OutboxRelay {
         } finally {
           if (sent.length > 0) {
             await this.relaxed(
-              sql`UPDATE outbox SET sent_at = ${Date.now()} WHERE seq IN (${sql.join(sent)}) AND claimed_by = ${this.id}`,
+              // Whoever holds their claim now: JetStream has them, and a mark only for its own rows left a
+              // batch another relay took meanwhile unmarked (and that relay's, if taken too: none drained).
+              sql`UPDATE outbox SET sent_at = ${Date.now()} WHERE seq IN (${sql.join(sent)}) AND sent_at IS NULL`,
             );
           }
         }

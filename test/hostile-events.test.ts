@@ -1,0 +1,243 @@
+/**
+ * A hostile round against the event pipeline (2026-12-04): a consumer's database locked or refused
+ * for a while, a consumer killed between its dead letter and its message's termination. Real
+ * nats-server, real databases, real processes for the lock and the kill. Each `describe` is one
+ * suspicion; a test that found a defect says so.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { join } from "node:path";
+import { sql } from "kysely";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { EVENTS } from "../contracts/events.js";
+import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
+import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
+import { type Bus, connectBus } from "../platform/bus.js";
+import { startConsumer } from "../platform/consumer.js";
+import { migrations, openDatabase } from "../platform/db.js";
+import { INBOX_FAILURES_MIGRATION, INBOX_MIGRATION, INBOX_PURGE_MIGRATION, on } from "../platform/inbox.js";
+import { silentLogger } from "../platform/log.js";
+import { OUTBOX_CLAIMS_MIGRATION, OUTBOX_INDEXES_MIGRATION, OUTBOX_MIGRATION, Outbox } from "../platform/outbox.js";
+import { OutboxRelay } from "../platform/relay.js";
+import type { Db } from "../platform/sql.js";
+import { TEST_DB } from "./db.js";
+import { exited, outputReady, ROOT, tempDir } from "./fixtures.js";
+import { startNats, type TestNats } from "./nats.js";
+
+const log = silentLogger();
+let nats: TestNats;
+let bus: Bus;
+const dir = tempDir();
+let n = 0;
+
+beforeAll(async () => {
+  nats = await startNats();
+  bus = await connectBus(nats.url, "hostile-events", log, { streams: EVENTS.streams });
+});
+afterAll(async () => {
+  await bus.close();
+  await nats[Symbol.asyncDispose]();
+  dir[Symbol.dispose]();
+});
+
+const EFFECTS = "CREATE TABLE effects (order_id TEXT NOT NULL, event_id TEXT NOT NULL);";
+const MIGRATIONS = migrations([
+  OUTBOX_MIGRATION,
+  OUTBOX_CLAIMS_MIGRATION,
+  OUTBOX_INDEXES_MIGRATION,
+  INBOX_MIGRATION,
+  INBOX_FAILURES_MIGRATION,
+  INBOX_PURGE_MIGRATION,
+  EFFECTS,
+]);
+
+/** A SQLite service database at a new path. */
+async function sqliteService(): Promise<{ db: Db; path: string }> {
+  const path = join(dir.path, `svc_${++n}.db`);
+  return { db: await openDatabase({ engine: "sqlite", path }, MIGRATIONS), path };
+}
+
+/** Publishes one OrderPlaced about `orderId` through a real outbox and relay; its event id. */
+async function publishPlaced(orderId: string): Promise<string> {
+  const { db } = await sqliteService();
+  const outbox = new Outbox("test", EVENTS);
+  const relay = new OutboxRelay({ db, outbox, bus, source: "test", log });
+  relay.start();
+  const id = await db.transaction((tx) =>
+    outbox.add(
+      tx,
+      OrderPlacedSchema,
+      { orderId, sagaMode: SagaMode.ORCHESTRATION },
+      { customerId: "alice", items: [{ productId: "p", quantity: 1 }], cardToken: "tok" },
+    ),
+  );
+  await until(
+    async () => (await relay.backlog()).count,
+    (c) => c === 0,
+  );
+  await relay.stop();
+  await db.close();
+  return id;
+}
+
+async function until<T>(f: () => T | Promise<T>, ok: (v: T) => boolean, ms = 5_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (ok(v) || Date.now() > end) return v;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** The ce-ids of the messages dead-lettered by `durable`, in DLQ order. */
+async function lettered(durable: string): Promise<string[]> {
+  const info = await bus.jsm.streams.info("DLQ");
+  const out: string[] = [];
+  for (let seq = info.state.first_seq; seq <= info.state.last_seq; seq++) {
+    const m = await bus.jsm.streams.getMessage("DLQ", { seq }).catch(() => null);
+    if (m?.subject === `dlq.${durable}`) out.push(m.header.get("ce-id"));
+  }
+  return out;
+}
+
+/** Another process holding `path`'s write lock (BEGIN IMMEDIATE) for `ms`, then letting go. */
+async function lockHolder(path: string, ms: number): Promise<ChildProcess> {
+  const script = `const D = require("better-sqlite3"); const db = new D(process.argv[1]);
+    db.exec("BEGIN IMMEDIATE"); console.log("locked");
+    setTimeout(() => { db.exec("ROLLBACK"); db.close(); }, Number(process.argv[2]));`;
+  const child = spawn(process.execPath, ["-e", script, path, String(ms)], { cwd: ROOT, stdio: "pipe" });
+  await outputReady(child, "locked", "lock holder", 10_000);
+  return child;
+}
+
+describe.skipIf(TEST_DB !== "sqlite")("a consumer whose SQLite file another process holds locked", () => {
+  it("never dead-letters an event for the lock, and still dead-letters one that fails on its own", async () => {
+    const waits = await publishPlaced("ord-waits-out-lock");
+    const bad = await publishPlaced("ord-always-fails");
+    const consumer = await sqliteService();
+    const durable = `locked-${n}`;
+    const attempts: string[] = [];
+    let deliveries = 0;
+    // Locked for more than maxDeliver busy timeouts (5 s each): counted, the waiting event would be lettered.
+    const holder = await lockHolder(consumer.path, 16_000);
+    const c = await startConsumer({
+      catalogue: EVENTS,
+      bus,
+      db: consumer.db,
+      log,
+      stream: "ORDER",
+      durable,
+      maxDeliver: 2,
+      handlers: [
+        on(OrderPlacedSchema, async (e, ctx, tx) => {
+          attempts.push(ctx.eventId);
+          if (ctx.eventId === waits) deliveries = ctx.deliveryCount;
+          if (ctx.eventId === bad) throw new Error("a rule that fails");
+          await tx.run(sql`INSERT INTO effects (order_id, event_id) VALUES (${e.meta?.orderId ?? ""}, ${ctx.eventId})`);
+        }),
+      ],
+    });
+    try {
+      await exited(holder);
+      const effects = await until(
+        async () =>
+          (await consumer.db.one(sql<{ n: number }>`SELECT COUNT(*) AS n FROM effects WHERE event_id = ${waits}`))?.n,
+        (x) => x === 1,
+        15_000,
+      );
+      expect(effects).toBe(1);
+      // It met the lock more often than its limit (each a busy timeout), without spinning.
+      expect(deliveries).toBeGreaterThan(2);
+      expect(deliveries).toBeLessThan(10);
+      const letters = await until(
+        () => lettered(durable),
+        (l) => l.includes(bad),
+        15_000,
+      );
+      expect(letters.filter((id) => id === waits)).toEqual([]);
+      expect(letters.filter((id) => id === bad)).toEqual([bad]);
+      // The failing handler ran only once the lock was gone: twice, its limit.
+      expect(attempts.filter((id) => id === bad)).toHaveLength(2);
+    } finally {
+      await c.stop();
+      await consumer.db.close();
+    }
+  }, 60_000);
+});
+
+describe("relays whose claims run out mid-batch on a very slow NATS", () => {
+  /** `bus` with every publish delayed `ms()` before it is sent and again before its acknowledgement is seen. */
+  let publishes = 0;
+  function slowBus(ms: () => number): Bus {
+    const js = new Proxy(bus.js, {
+      get(target, prop, receiver) {
+        if (prop !== "publish") return Reflect.get(target, prop, receiver);
+        return async (...args: Parameters<Bus["js"]["publish"]>) => {
+          await new Promise((r) => setTimeout(r, ms()));
+          publishes++;
+          const ack = await target.publish(...args);
+          await new Promise((r) => setTimeout(r, ms()));
+          return ack;
+        };
+      },
+    });
+    return { ...bus, js };
+  }
+
+  it("lose no event and keep each order's events in order, though they publish the same rows", async () => {
+    const { db } = await sqliteService();
+    const outbox = new Outbox("test", EVENTS);
+    const ids = new Map<string, string[]>();
+    // 8 orders, 12 events each, interleaved: a batch of many waves, one order's events in several.
+    for (let e = 0; e < 12; e++) {
+      for (let o = 0; o < 8; o++) {
+        const orderId = `ord-slow-${n}-${o}`;
+        const id = await db.transaction((tx) =>
+          outbox.add(tx, OrderPlacedSchema, { orderId, sagaMode: SagaMode.CHOREOGRAPHY }, { customerId: "alice" }),
+        );
+        ids.set(orderId, [...(ids.get(orderId) ?? []), id]);
+      }
+    }
+    // Claims of 150 ms; each publish takes 20-120 ms, each wave of 8 as long as its slowest: a batch of
+    // 12 waves outlives its claim several times, and the relays take each other's rows.
+    const relays = [0, 1, 2].map(
+      () =>
+        new OutboxRelay({
+          db,
+          outbox,
+          bus: slowBus(() => 10 + Math.random() * 50),
+          source: "test",
+          log,
+          sweepMs: 30,
+          claimMs: 150,
+        }),
+    );
+    for (const r of relays) r.start();
+    try {
+      const left = await until(
+        async () => (await (relays[0] as OutboxRelay).backlog()).count,
+        (c) => c === 0,
+        30_000,
+      );
+      expect(left).toBe(0);
+    } finally {
+      for (const r of relays) await r.stop();
+    }
+    // What the stream holds, first copy of each id (JetStream drops the later ones within its window).
+    const info = await bus.jsm.streams.info("ORDER");
+    const stored: string[] = [];
+    for (let seq = info.state.first_seq; seq <= info.state.last_seq; seq++) {
+      const m = await bus.jsm.streams.getMessage("ORDER", { seq }).catch(() => null);
+      const id = m?.header.get("ce-id") ?? "";
+      if (m?.subject === "order.order.placed.choreography" && !stored.includes(id)) stored.push(id);
+    }
+    for (const [orderId, want] of ids) {
+      expect(
+        stored.filter((id) => want.includes(id)),
+        orderId,
+      ).toEqual(want);
+    }
+    // A claim kept while its batch goes out: the relays share the work instead of each redoing the
+    // others' (280 publishes of the 96 rows when only the marks were fixed, 96 with the claim kept).
+    expect(publishes).toBeLessThan(2 * 96);
+  }, 60_000);
+});
