@@ -7,9 +7,10 @@ const SOCKET = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "EHO
 
 /**
  * Whether `err` says the database could not be reached — down, restarting,
- * the connection cut (SQLSTATE class 08, 57P01-57P03, socket errors), SQLite's
- * file locked by another process for longer than the busy timeout: the
- * same request can succeed later, so it is a transient failure, not a bug.
+ * the connection cut (SQLSTATE class 08, 57P01-57P03, socket errors), no
+ * connection slot free (53300), SQLite's file locked by another process for
+ * longer than the busy timeout: the same request can succeed later, so it is
+ * a transient failure, not a bug.
  */
 export function isDatabaseUnavailable(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
@@ -18,9 +19,11 @@ export function isDatabaseUnavailable(err: unknown): boolean {
   if (typeof code === "string" && code.startsWith("SQLITE_BUSY")) return true;
   // 25P03: the server ended a transaction left idle too long (pg-pool.ts, IDLE_IN_TRANSACTION_MS) with its session.
   // 55P03: a lock not to be had now (history's writes while its view is rebuilt: services/history/store.ts).
+  // 53300: no connection slot free (replicas' pools past max_connections, a role's limit): INTERNAL until
+  // now, so callers did not retry it, and a consumer whose count found a slot counted it towards the DLQ.
   if (
     typeof code === "string" &&
-    (code.startsWith("08") || /^57P0[123]$|^25P03$|^55P03$/.test(code) || SOCKET.has(code))
+    (code.startsWith("08") || /^57P0[123]$|^25P03$|^55P03$|^53300$/.test(code) || SOCKET.has(code))
   )
     return true;
   return (

@@ -5,12 +5,15 @@
  * and the pool serves again once the server is back. Plus the concurrency
  * rule: read-decide-write under `forUpdate` never loses an update.
  */
+import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startPostgres, type TestPostgres } from "../test/postgres.js";
 import { migrations, openDatabase } from "./db.js";
 import { isDatabaseUnavailable } from "./db-errors.js";
+import { toStatusObject } from "./errors.js";
 import { type Db, sql } from "./index.js";
-import { IDLE_IN_TRANSACTION_MS } from "./pg-pool.js";
+import { IDLE_IN_TRANSACTION_MS, pgPool } from "./pg-pool.js";
+import { postgresDb } from "./sql.js";
 
 let pg: TestPostgres;
 let db: Db;
@@ -114,6 +117,27 @@ describe("a transaction left idle (its process frozen)", () => {
     expect((await db.one(sql<{ n: number }>`SELECT n FROM counter WHERE id = 1`))?.n).toBeGreaterThan(0);
     expect(unhandled).toEqual([]);
   }, 20_000);
+});
+
+describe("a server out of connection slots", () => {
+  it("is 'unavailable' (UNAVAILABLE to callers, and no failure of a consumer's event), not a bug (it was INTERNAL)", async () => {
+    // Replicas' pools that together reach max_connections, or a role's CONNECTION LIMIT: SQLSTATE 53300.
+    await db.run(sql`CREATE ROLE crowded LOGIN CONNECTION LIMIT 0`);
+    const url = new URL(pg.url);
+    url.username = "crowded";
+    const crowded = postgresDb(pgPool(url.toString(), "s", 1), url.toString());
+    try {
+      const err = await crowded.one(sql`SELECT 1 AS one`).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect((err as { code?: string }).code).toBe("53300");
+      expect(isDatabaseUnavailable(err)).toBe(true);
+      expect(toStatusObject(err)).toEqual({ code: status.UNAVAILABLE, details: "database unavailable; try again" });
+    } finally {
+      await crowded.close();
+    }
+  });
 });
 
 describe("migrations written once", () => {
