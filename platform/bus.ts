@@ -4,6 +4,7 @@
  * (a read model can be rebuilt from them) and drop a republished duplicate by
  * its `Nats-Msg-Id` within the duplicate window.
  */
+import { createHmac } from "node:crypto";
 import {
   type JetStreamClient,
   type JetStreamManager,
@@ -47,6 +48,11 @@ export interface Bus {
   readonly nc: NatsConnection;
   readonly js: JetStreamClient;
   readonly jsm: JetStreamManager;
+  /**
+   * The key of its dead letters' message ids (dead-letter.ts), the same in every process of its NATS user
+   * (derived from the password, which no other service knows); none: a key of this process.
+   */
+  readonly letterKey?: Buffer;
   close(): Promise<void>;
 }
 
@@ -144,5 +150,9 @@ export async function connectBus(url: string, name: string, log: Logger, opts: B
     }
   }
   log.info({ url, streams: (opts.streams ?? []).map((s) => s.name) }, "connected to NATS JetStream");
-  return { nc, js: jetstream(nc), jsm, close: () => nc.drain() };
+  // Without a user, anyone may publish any letter: no key would be secret, and one known to all is as good.
+  const letterKey = createHmac("sha256", opts.auth?.pass ?? "")
+    .update(`shopmesh dead letters of ${opts.auth?.user ?? ""}`)
+    .digest();
+  return { nc, js: jetstream(nc), jsm, letterKey, close: () => nc.drain() };
 }

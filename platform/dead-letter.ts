@@ -5,18 +5,20 @@ import { InvalidArgumentError, headers as natsHeaders } from "@nats-io/transport
 import type { Bus } from "./bus.js";
 
 /**
- * The key of every dead letter's message id. The DLQ drops a second letter for one message (a retry)
- * by its id, and an id anyone could work out — every letter shows its own — could be stored first,
- * by a server answer sent to the DLQ at someone's request (bus-access.ts), to have the real letter
- * dropped as a duplicate. So the id is a MAC of the consumer and sequence under a key of this process:
- * one seen says nothing of the next. A process that crashes between a letter and its message's
- * termination may letter that message again after its restart.
+ * The key of a dead letter's message id when its bus has none. The DLQ drops a second letter for one
+ * message (a retry) by its id, and an id anyone could work out — every letter shows its own — could be
+ * stored first, by a server answer sent to the DLQ at someone's request (bus-access.ts), to have the
+ * real letter dropped as a duplicate. So the id is a MAC of the consumer and sequence under a secret
+ * key: one seen says nothing of the next. The bus's key (`Bus.letterKey`) is its NATS user's, so a
+ * process killed between a letter and its message's termination, restarted, or another replica given
+ * the message, letters it again under the same id, dropped within the DLQ's duplicate window (2 min);
+ * a key of each process lettered it twice.
  */
 const LETTER_KEY = randomBytes(32);
 
-/** The message id of the dead letter of `durable`'s message at stream sequence `seq`. */
-export function letterId(durable: string, seq: number): string {
-  const mac = createHmac("sha256", LETTER_KEY).update(`${durable}:${seq}`).digest("base64url").slice(0, 22);
+/** The message id of the dead letter of `durable`'s message at stream sequence `seq`, under `key`. */
+export function letterId(durable: string, seq: number, key: Buffer = LETTER_KEY): string {
+  const mac = createHmac("sha256", key).update(`${durable}:${seq}`).digest("base64url").slice(0, 22);
   return `${durable}:${seq}:${mac}`;
 }
 
@@ -35,7 +37,7 @@ export const DLQ_KEPT_BYTES = 64 * 1024;
  * message is then redelivered.
  */
 export async function deadLetter(bus: Bus, durable: string, m: JsMsg, reason: string): Promise<void> {
-  const msgID = letterId(durable, m.seq);
+  const msgID = letterId(durable, m.seq, bus.letterKey);
   try {
     await bus.js.publish(`dlq.${durable}`, m.data, { headers: letter(m, durable, reason, true), msgID });
   } catch (err) {

@@ -241,3 +241,40 @@ describe("relays whose claims run out mid-batch on a very slow NATS", () => {
     expect(publishes).toBeLessThan(2 * 96);
   }, 60_000);
 });
+
+describe.skipIf(TEST_DB !== "sqlite")("a consumer killed between its dead letter and its message's termination", () => {
+  /** The consumer process of test/fixtures/dead-letter-crash.ts. */
+  const consumerProcess = (env: Record<string, string>) => {
+    const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "test/fixtures/dead-letter-crash.ts")], {
+      cwd: ROOT,
+      env: { ...process.env, NATS_URL: nats.url, ...env },
+      stdio: "pipe",
+    });
+    return child;
+  };
+
+  it("letters the event once: its restart (or another replica) does not letter it again", async () => {
+    const id = await publishPlaced("ord-lettered-once");
+    const durable = `crash-letter-${++n}`;
+    const env = { DB_PATH: join(dir.path, `crash_${n}.db`), DURABLE: durable, ORDER_ID: "ord-lettered-once" };
+    const first = consumerProcess({ ...env, CRASH_AFTER_LETTER: "1" });
+    expect(await exited(first)).toBe("SIGKILL");
+    expect(await lettered(durable)).toEqual([id]);
+    // Restarted: the message, never terminated, comes back after the ack wait (10 s).
+    const second = consumerProcess(env);
+    try {
+      await outputReady(second, "consuming", "consumer", 20_000);
+      // Delivered again (after the ack wait, 10 s), lettered again, terminated: settled.
+      const info = await until(
+        () => bus.jsm.consumers.info("ORDER", durable),
+        (i) => i.num_redelivered === 0 && i.num_ack_pending === 0 && i.delivered.stream_seq > 0,
+        25_000,
+      );
+      expect(info.num_ack_pending).toBe(0);
+      expect(await lettered(durable)).toEqual([id]);
+    } finally {
+      second.kill("SIGKILL");
+      await exited(second);
+    }
+  }, 60_000);
+});
