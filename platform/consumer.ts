@@ -1,18 +1,15 @@
 /**
- * A service's consumer of one stream: a durable pull consumer (explicit
- * ack) whose events are applied through the inbox (inbox.ts), several that
- * arrived together in one transaction. A failing event is retried with
- * backoff and, after its handler failed `maxDeliver` times, moved to the
- * dead-letter stream with the reason; an event that can never be handled
- * (undecodable, unknown, unusable, or refused by its handler as invalid)
- * goes there at once. What counts is the handler's failures, not
- * JetStream's deliveries: the deliveries an outage took (a database away,
- * the service down by fault injection) are not the event's fault — counted
- * as failures, a restart after a long outage dead-lettered the backlog's
- * first event to fail once for a reason that passes (an event ahead of the
- * one it needs). The failures are counted in the service's database
- * (`inbox_failures`), so a restarted process and every replica carry one
- * count on. Either way the consumer keeps going.
+ * A service's consumer of one stream: a durable pull consumer (explicit ack) whose events are
+ * applied through the inbox (inbox.ts), several that arrived together in one transaction. A failing
+ * event is retried with backoff (retry-times.ts) and, after its handler failed `maxDeliver` times,
+ * moved to the dead-letter stream with the reason; an event that can never be handled
+ * (undecodable, unknown, unusable, or refused by its handler as invalid) goes there at once. What
+ * counts is the handler's failures, not JetStream's deliveries: the deliveries an outage took (a
+ * database away, the service down by fault injection) are not the event's fault — counted as
+ * failures, a restart after a long outage dead-lettered the backlog's first event to fail once for
+ * a reason that passes (an event ahead of the one it needs). The failures are counted in the
+ * service's database (`inbox_failures`), so a restarted process and every replica carry one count
+ * on. Either way the consumer keeps going.
  */
 import type { JsMsg } from "@nats-io/jetstream";
 import { SpanKind } from "@opentelemetry/api";
@@ -36,6 +33,7 @@ import {
 import { flushLogs, type Logger } from "./log.js";
 import { detached, extractContext, inSpan } from "./propagation.js";
 import { pullForever } from "./pull.js";
+import { latestCopies, RetryTimes } from "./retry-times.js";
 import { type Db, isConflict, type Tx } from "./sql.js";
 import type { Telemetry } from "./telemetry.js";
 
@@ -136,6 +134,7 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
   const maxDeliver = opts.maxDeliver ?? 10;
   const handlers = new Map(opts.handlers);
   const inbox = new Inbox(opts.db, durable);
+  const retries = new RetryTimes();
   const tel = opts.telemetry;
   const metrics = tel?.metrics;
   /** The unknown types already logged (see prepare). */
@@ -186,7 +185,7 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
     metrics?.eventsHandled.inc({ consumer: durable, type: ctx.type, outcome: "failed" });
     if (isDatabaseUnavailable(err)) {
       // The database is away (a restart, a failover): not the event's fault, so it never counts toward the DLQ.
-      m.nak(backoffMs(ctx.deliveryCount, 200, 5_000));
+      retries.handBack(m, backoffMs(ctx.deliveryCount, 200, 5_000));
       return;
     }
     const message = (err as Error).message;
@@ -210,12 +209,13 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
         { type, eventId, delivery, failures: times, retryInMs: delay, err: message },
         "handler failed; will retry",
       );
-      m.nak(delay);
+      retries.handBack(m, delay);
     }
   };
 
   /** What to do with `m` before any transaction: the event to apply, or nothing (it was settled here). */
   const prepare = async (m: JsMsg): Promise<Ready | undefined> => {
+    if (retries.held(m)) return undefined;
     const decoded = decodeEvent(m, opts.catalogue);
     if ("unusable" in decoded) {
       await toDlq(m, decoded.unusable);
@@ -334,7 +334,7 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
 
   return async (batch) => {
     const ready: Ready[] = [];
-    for (const m of batch) {
+    for (const m of latestCopies(batch)) {
       await guarded(m, async () => {
         const r = await prepare(m);
         if (r) ready.push(r);

@@ -278,3 +278,76 @@ describe.skipIf(TEST_DB !== "sqlite")("a consumer killed between its dead letter
     }
   }, 60_000);
 });
+
+describe.skipIf(TEST_DB !== "sqlite")("an event that waited in the consumer past its ack wait", () => {
+  /** A consumer of ORDER whose handler takes 11 s over `slow` (past the ack wait, 10 s) and always fails `failing`. */
+  const consuming = async (
+    events: { slow?: string; failing?: string },
+    attempts: { at: number; delivery: number }[],
+  ) => {
+    const consumer = await sqliteService();
+    let slowBegun = () => {};
+    const begun = new Promise<void>((r) => {
+      slowBegun = r;
+    });
+    const c = await startConsumer({
+      catalogue: EVENTS,
+      bus,
+      db: consumer.db,
+      log,
+      stream: "ORDER",
+      durable: `stale-${++n}`,
+      handlers: [
+        on(OrderPlacedSchema, async (_e, ctx) => {
+          if (ctx.eventId === events.slow) {
+            slowBegun();
+            await new Promise((r) => setTimeout(r, 11_000));
+          }
+          if (ctx.eventId !== events.failing) return;
+          attempts.push({ at: Date.now(), delivery: ctx.deliveryCount });
+          throw new Error("what it needs is not there yet");
+        }),
+      ],
+    });
+    return { c, begun };
+  };
+  /** Whether each of the first three retries came after its backoff (0.1 s, 0.2 s, 0.4 s; some leeway). */
+  const backedOff = (attempts: { at: number }[]) =>
+    attempts.slice(1, 4).map((a, i) => a.at - (attempts[i] as { at: number }).at >= 100 * 2 ** i * 0.8);
+
+  it("is retried after its backoff, not at once by the copy JetStream sent meanwhile (it was in the slow batch)", async () => {
+    const slow = await publishPlaced(`ord-slow-handler-${n}`);
+    const failing = await publishPlaced(`ord-failing-beside-${n}`);
+    const attempts: { at: number; delivery: number }[] = [];
+    const { c } = await consuming({ slow, failing }, attempts);
+    try {
+      await until(
+        () => attempts.length,
+        (x) => x >= 4,
+        25_000,
+      );
+      expect(backedOff(attempts)).toEqual([true, true, true]);
+    } finally {
+      await c.stop();
+    }
+  }, 60_000);
+
+  it("is retried after its backoff when both copies wait behind the slow batch and arrive in one batch", async () => {
+    const slow = await publishPlaced(`ord-slow-handler-${n}`);
+    const events: { slow: string; failing?: string } = { slow };
+    const attempts: { at: number; delivery: number }[] = [];
+    const { c, begun } = await consuming(events, attempts);
+    try {
+      await begun;
+      events.failing = await publishPlaced(`ord-failing-behind-${n}`);
+      await until(
+        () => attempts.length,
+        (x) => x >= 4,
+        25_000,
+      );
+      expect(backedOff(attempts)).toEqual([true, true, true]);
+    } finally {
+      await c.stop();
+    }
+  }, 60_000);
+});
