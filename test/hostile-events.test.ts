@@ -197,8 +197,8 @@ describe("relays whose claims run out mid-batch on a very slow NATS", () => {
         ids.set(orderId, [...(ids.get(orderId) ?? []), id]);
       }
     }
-    // Claims of 150 ms; each publish takes 20-120 ms, each wave of 8 as long as its slowest: a batch of
-    // 12 waves outlives its claim several times, and the relays take each other's rows.
+    // Claims of 400 ms; each publish takes 20-120 ms, each wave of 8 as long as its slowest: a batch of
+    // 12 waves (over a second) outlives its claim about three times, and the relays take each other's rows.
     const relays = [0, 1, 2].map(
       () =>
         new OutboxRelay({
@@ -208,7 +208,7 @@ describe("relays whose claims run out mid-batch on a very slow NATS", () => {
           source: "test",
           log,
           sweepMs: 30,
-          claimMs: 150,
+          claimMs: 400,
         }),
     );
     for (const r of relays) r.start();
