@@ -41,7 +41,7 @@ describe("payment process", () => {
     ch.close();
 
     expect(await svc.kill("SIGTERM")).toBe(0);
-  });
+  }, 60_000); // a service started under tsx (up to 20 s on a loaded machine), buf curl, a drain
 
   it("refuses to start on a bad variable, naming it", async () => {
     const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "services/payment/main.ts")], {
@@ -53,7 +53,7 @@ describe("payment process", () => {
     child.stderr.on("data", (d: Buffer) => (err += d.toString()));
     expect(await exited(child)).toBe(78);
     expect(err).toContain("GRPC_PORT");
-  });
+  }, 60_000); // a tsx start alone took 9-11 s under load
 
   it("waits while NATS has no JetStream, exits 0 at once on SIGTERM meanwhile, and starts once JetStream is up", async () => {
     using dir = tempDir();
@@ -100,5 +100,7 @@ describe("payment process", () => {
     } finally {
       for (const c of children) c.kill("SIGKILL");
     }
-  });
+    // Two payment starts under tsx and two nats-servers, each step bounded on its own (30 s, 10 s, and
+    // 3 s for the exit that must be at once): their sum passed the default 30 s on a loaded machine.
+  }, 120_000);
 });
