@@ -19,6 +19,16 @@ export function tempDir(prefix = "shopmesh-"): { path: string } & Disposable {
   return { path, [Symbol.dispose]: () => rmSync(path, { recursive: true, force: true }) };
 }
 
+/**
+ * What calls past a rate limit's burst, made one after another since `since`, should have answered:
+ * 429 each, but for as many as the limit refilled meanwhile (one token a second), which may answer
+ * `passed` — a machine paused past a second lets one more through, with no fault in the limiter.
+ */
+export function refusedBut(got: readonly number[], passed: number, since: number): number[] {
+  let refilled = Math.floor((Date.now() - since) / 1000);
+  return got.map((status) => (status === passed && refilled-- > 0 ? passed : 429));
+}
+
 /** A TCP port free on 127.0.0.1 right now. */
 export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
