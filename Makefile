@@ -118,25 +118,28 @@ footprint: install nats build ## The system's memory (RSS, PSS per process) at s
 	npx tsx bench/footprint.ts
 
 compare: install nats build ## Measure the patterns' trade-offs side by side (~6 min; QUICK=1 ~2 min): docs/compare/README.md + SVG charts
-	QUICK=$(QUICK) npx tsx bench/compare.ts
+	npx tsx bench/compare.ts
 
+# The commands' arguments reach them as the environment variables make puts its command-line variables
+# in, read by the shell as "$$USER", never pasted into the recipe: pasted, a quote in USER broke the
+# command line with a shell syntax error, and a backquote or $$(...) in it ran as a command.
 load: install ## Steady mixed traffic through the gateway of `make run` until Ctrl-C: make load RATE=50 (browse, orders, declines)
-	RATE=$(RATE) npx tsx scripts/load.ts
+	npx tsx scripts/load.ts
 
 demo: install ## Place three orders against `make run` and print their sagas (SAGA_MODE=choreography for events only)
-	@SAGA_MODE=$(SAGA_MODE) npm run --silent demo
+	@npm run --silent demo
 
 token: install ## Print a development JWT for the gateway: make token USER=alice [ROLE=admin]
-	@npx tsx scripts/token.ts "$(USER)" "$(or $(ROLE),customer)"
+	@npx tsx scripts/token.ts "$$USER" "$${ROLE:-customer}"
 
 trace: install ## Print one order's trace as a waterfall: make trace ORDER=<order id> (or TRACE=<trace id>)
-	@ORDER="$(ORDER)" TRACE="$(TRACE)" npx tsx scripts/trace.ts
+	@npx tsx scripts/trace.ts
 
 events: install ## Tail every event on the bus, decoded, until Ctrl-C (ARGS=--from-start: what the streams hold first)
-	npx tsx scripts/events.ts $(ARGS)
+	npx tsx scripts/events.ts $$ARGS
 
 dlq: install ## List dead-lettered events and why they failed, then exit (ARGS=--follow keeps watching)
-	npx tsx scripts/events.ts --dlq $(ARGS)
+	npx tsx scripts/events.ts --dlq $$ARGS
 
 history-rebuild: install ## Rebuild the history read model from the streams, with `make run` stopped (starts its NATS, and PostgreSQL with DB=postgres, for the rebuild)
 	@npx tsx scripts/history-rebuild.ts

@@ -62,7 +62,7 @@ port-forward: ## Forward localhost:LOCAL_PORT (8080) to the Istio ingress gatewa
 	$(KUBECTL) -n istio-system port-forward svc/istio-ingressgateway $(LOCAL_PORT):80
 
 kind-token: ## Print a JWT for the kind deployment (RS256 dev key): make kind-token USER=alice [ROLE=admin]
-	@deploy/kind/token.sh "$(USER)" "$(or $(ROLE),customer)"
+	@deploy/kind/token.sh "$$USER" "$${ROLE:-customer}"  # as make token: read by the shell, not pasted
 
 kind-down: ## Delete the kind cluster
 	kind delete cluster --name $(KIND_CLUSTER)

@@ -1,0 +1,33 @@
+/**
+ * A hostile round of the command-line tools (2026-12-04): what a careless or hostile operator types
+ * into make's variables and the tools' environment. Each command runs for real, as a user runs it.
+ */
+import { describe, expect, it } from "vitest";
+import { freePort, runToEnd } from "./fixtures.js";
+
+/** `make -s <args>`, node_modules counted as installed (no `npm ci` under the suites beside it). */
+const make = (args: string[], env: Record<string, string> = {}) =>
+  runToEnd("make", ["-s", "--no-print-directory", "-o", "node_modules/.package-lock.json", ...args], {
+    env: { ...process.env, ...env },
+  });
+
+describe("make's variables reach the commands as values, never as shell text", () => {
+  it("a quote in USER is refused by make token as a bad USER, not a shell syntax error", async () => {
+    const { code, out } = await make(["token", 'USER=a"b']);
+    expect(code).toBe(2);
+    expect(out).toContain('USER must be 1..128 of [A-Za-z0-9._:@-], got "a\\"b"');
+    expect(out).not.toMatch(/unexpected EOF|syntax error/);
+  });
+
+  it("a command in USER or RATE is not run", async () => {
+    const token = await make(["token", "USER=a`echo INJECTED`"]);
+    expect(token.code).toBe(2);
+    expect(token.out).toContain('got "a`echo INJECTED`"');
+    // Pasted unquoted, `RATE=1; echo INJECTED` ran the echo and then the load at 1/s.
+    const gateway = `http://127.0.0.1:${await freePort()}`;
+    const load = await make(["load", "RATE=1; echo INJECTED"], { GATEWAY_URL: gateway, DURATION_S: "1" });
+    expect(load.code).toBe(2);
+    expect(load.out).toContain('RATE must be 1..2000 calls per second, got "1; echo INJECTED"');
+    expect(load.out).not.toMatch(/^INJECTED$/m);
+  });
+});
