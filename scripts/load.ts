@@ -27,8 +27,23 @@ if (!Number.isFinite(rate) || rate < 1 || rate > 2000) {
   process.stderr.write(`RATE must be 1..2000 calls per second, got ${JSON.stringify(process.env.RATE)}\n`);
   process.exit(2);
 }
-const base = new URL(process.env.GATEWAY_URL || "http://127.0.0.1:8080");
+// Refused as RATE is, not read as "run until stopped" (a DURATION_S=abc ran for ever) or thrown as a
+// stack trace (a GATEWAY_URL that is no URL).
 const durationS = Number(process.env.DURATION_S || 0);
+if (!Number.isFinite(durationS) || durationS < 0) {
+  process.stderr.write(
+    `DURATION_S must be a number of seconds (0: until stopped), got ${JSON.stringify(process.env.DURATION_S)}\n`,
+  );
+  process.exit(2);
+}
+const gatewayUrl = process.env.GATEWAY_URL || "http://127.0.0.1:8080";
+const base = new URL(URL.canParse(gatewayUrl) ? gatewayUrl : "invalid:");
+if (base.protocol !== "http:") {
+  process.stderr.write(
+    `GATEWAY_URL must be the gateway's http:// URL, e.g. http://127.0.0.1:8080; got ${JSON.stringify(gatewayUrl)}\n`,
+  );
+  process.exit(2);
+}
 const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
 const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
 const CUSTOMERS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];

@@ -31,3 +31,25 @@ describe("make's variables reach the commands as values, never as shell text", (
     expect(load.out).not.toMatch(/^INJECTED$/m);
   });
 });
+
+/** `scripts/<name>` run as make runs it (tsx), ended by `timeout` after `seconds` (exit 124) if it hangs. */
+const script = (name: string, args: string[], env: Record<string, string>, seconds = 30) =>
+  runToEnd("timeout", [String(seconds), process.execPath, "--import", "tsx", `scripts/${name}`, ...args], {
+    env: { ...process.env, ...env },
+  });
+
+describe("make load refuses what it cannot use, in one line", () => {
+  it("DURATION_S that is no number of seconds (it ran until stopped), and a GATEWAY_URL that is no http:// URL (a stack trace)", async () => {
+    const gateway = `http://127.0.0.1:${await freePort()}`;
+    for (const bad of ["abc", "-1"]) {
+      const { code, out } = await script("load.ts", [], { GATEWAY_URL: gateway, DURATION_S: bad }, 15);
+      expect(code, out).toBe(2);
+      expect(out).toContain(`DURATION_S must be a number of seconds (0: until stopped), got "${bad}"`);
+    }
+    for (const bad of ["garbage", "https://127.0.0.1:8443"]) {
+      const { code, out } = await script("load.ts", [], { GATEWAY_URL: bad, DURATION_S: "1" }, 15);
+      expect(code, out).toBe(2);
+      expect(out).toBe(`GATEWAY_URL must be the gateway's http:// URL, e.g. http://127.0.0.1:8080; got "${bad}"\n`);
+    }
+  });
+});
