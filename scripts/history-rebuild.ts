@@ -21,7 +21,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { BUS_ADMIN } from "../platform/index.js";
-import { ROOT } from "./layout.js";
+import { portOf, ROOT } from "./layout.js";
 import { answers, jetStreamDir, localBusEnv, NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
 import {
   ensureDatabase,
@@ -36,8 +36,14 @@ import {
 
 const DATA = process.env.DATA_DIR || join(ROOT, ".data");
 const DB = process.env.DB || "sqlite";
-const PG_PORT = Number(process.env.PG_PORT || 55432);
-const NATS_URL = process.env.NATS_URL || `nats://127.0.0.1:${process.env.NATS_PORT || 4222}`;
+// Refused as make run refuses them: a DB=postgress rebuilt the SQLite view, and a PG_PORT or NATS_PORT
+// that is no port ended in a stack trace.
+if (DB !== "sqlite" && DB !== "postgres") {
+  process.stderr.write(`DB must be sqlite or postgres, got ${JSON.stringify(DB)}\n`);
+  process.exit(2);
+}
+const PG_PORT = portOf("PG_PORT", 55432);
+const NATS_URL = process.env.NATS_URL || `nats://127.0.0.1:${portOf("NATS_PORT", 4222)}`;
 const LOCAL_HOSTS = new Set(["127.0.0.1", "localhost", "[::1]"]);
 
 const say = (line: string) => process.stdout.write(`${line}\n`);
@@ -52,7 +58,10 @@ const endOf = (child: ChildProcess) =>
 
 /** Starts make run's NATS on its store unless something answers at NATS_URL; how to stop what was started. */
 async function ensureNats(): Promise<(() => Promise<void>) | undefined> {
-  const url = new URL(NATS_URL.split(",")[0] ?? NATS_URL);
+  const first = NATS_URL.split(",")[0] ?? NATS_URL;
+  if (!URL.canParse(first))
+    throw new CannotStart(`NATS_URL must be a URL such as nats://127.0.0.1:4222, got ${JSON.stringify(NATS_URL)}`);
+  const url = new URL(first);
   const port = Number(url.port || 4222);
   if (await answers(url.hostname, port)) return undefined;
   if (NATS_URL.includes(",") || !LOCAL_HOSTS.has(url.hostname)) {

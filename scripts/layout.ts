@@ -33,6 +33,22 @@ export const SYSTEM = [
   { name: "history", port: DEFAULT_PORTS.history, metrics: 9105 },
   { name: "gateway", port: 8080, metrics: 9100 },
 ] as const;
+/**
+ * The port in environment variable `variable`, or `fallback` when it is unset or empty; anything but a
+ * port ends the command with exit code 2 and a line naming the variable (the runner's and the history
+ * rebuild's: a PG_PORT=abc reached a socket and ended in a stack trace).
+ */
+export function portOf(variable: string, fallback: number): number {
+  const raw = process.env[variable];
+  if (raw === undefined || raw === "") return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) {
+    process.stderr.write(`${variable} must be a port (1..65535), got ${JSON.stringify(raw)}\n`);
+    process.exit(2);
+  }
+  return n;
+}
+
 /** The services (every process of {@link SYSTEM} but the gateway). */
 export const SERVICE_NAMES = SYSTEM.flatMap((p) => (p.name === "gateway" ? [] : [p.name]));
 

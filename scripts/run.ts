@@ -41,7 +41,7 @@ import { createInterface } from "node:readline";
 import { prettyFactory } from "pino-pretty";
 import { EVENTS } from "../contracts/events.js";
 import { BUS_ADMIN, provisionBus, silentLogger } from "../platform/index.js";
-import { nodeCommand, ROOT, SYSTEM, SYSTEM_ENV } from "./layout.js";
+import { nodeCommand, portOf, ROOT, SYSTEM, SYSTEM_ENV } from "./layout.js";
 import { jsonLine } from "./log-lines.js";
 import { jetStreamDir, localBusPasswords, NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
 import {
@@ -70,17 +70,6 @@ const SERVICES: readonly {
   p.name === "gateway" ? { ...p, main: "gateway/main.ts", env: { FAULT_INJECTION: "true" } } : { ...p },
 );
 
-/** `<NAME>` env value as a port, or `fallback`. */
-function portOf(variable: string, fallback: number): number {
-  const raw = process.env[variable];
-  if (raw === undefined || raw === "") return fallback;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1 || n > 65535) {
-    process.stderr.write(`${variable} must be a port (1..65535), got ${JSON.stringify(raw)}\n`);
-    process.exit(2);
-  }
-  return n;
-}
 for (const s of SERVICES) {
   const upper = s.name.toUpperCase();
   (s as { port: number }).port = portOf(`${upper}_PORT`, s.port);
@@ -100,7 +89,7 @@ if (DB !== "sqlite" && DB !== "postgres") {
   process.stderr.write(`DB must be sqlite or postgres, got ${JSON.stringify(DB)}\n`);
   process.exit(2);
 }
-const PG_PORT = Number(process.env.PG_PORT || 55432);
+const PG_PORT = portOf("PG_PORT", 55432);
 
 /** `<NAME>_REPLICAS` (default 1). */
 function replicasOf(name: string): number {

@@ -3,7 +3,7 @@
  * into make's variables and the tools' environment. Each command runs for real, as a user runs it.
  */
 import { describe, expect, it } from "vitest";
-import { freePort, runToEnd } from "./fixtures.js";
+import { freePort, runToEnd, tempDir } from "./fixtures.js";
 
 /** `make -s <args>`, node_modules counted as installed (no `npm ci` under the suites beside it). */
 const make = (args: string[], env: Record<string, string> = {}) =>
@@ -50,6 +50,30 @@ describe("make load refuses what it cannot use, in one line", () => {
       const { code, out } = await script("load.ts", [], { GATEWAY_URL: bad, DURATION_S: "1" }, 15);
       expect(code, out).toBe(2);
       expect(out).toBe(`GATEWAY_URL must be the gateway's http:// URL, e.g. http://127.0.0.1:8080; got "${bad}"\n`);
+    }
+  });
+});
+
+describe("make run and make history-rebuild refuse a PG_PORT, NATS_PORT or DB they cannot use, in one line", () => {
+  it("PG_PORT=abc (a stack trace from the port probe), NATS_PORT=abc, DB=postgress (rebuilt the SQLite view)", async () => {
+    using data = tempDir();
+    // Ports the runner probes before PostgreSQL's: free ones, not the default ones other runs may hold.
+    const env = {
+      DATA_DIR: data.path,
+      NATS_PORT: String(await freePort()),
+      NATS_MONITOR_PORT: String(await freePort()),
+    };
+    const run = await script("run.ts", [], { ...env, DB: "postgres", PG_PORT: "abc" });
+    expect(run.code, run.out).toBe(2);
+    expect(run.out).toBe('PG_PORT must be a port (1..65535), got "abc"\n');
+    for (const [bad, line] of [
+      [{ DB: "postgres", PG_PORT: "abc" }, 'PG_PORT must be a port (1..65535), got "abc"'],
+      [{ NATS_PORT: "abc" }, 'NATS_PORT must be a port (1..65535), got "abc"'],
+      [{ DB: "postgress" }, 'DB must be sqlite or postgres, got "postgress"'],
+    ] as const) {
+      const rebuild = await script("history-rebuild.ts", [], { ...env, ...bad });
+      expect(rebuild.code, rebuild.out).toBe(2);
+      expect(rebuild.out).toBe(`${line}\n`);
     }
   });
 });
