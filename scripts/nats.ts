@@ -10,7 +10,7 @@
  */
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { BUS_USERS } from "../contracts/events.js";
@@ -31,13 +31,32 @@ export function natsInstalled(): boolean {
 /** The passwords of the local bus's users (BUS_USERS), made the first time for `dataDir` and kept there. */
 export function localBusPasswords(dataDir: string): Record<string, string> {
   const file = join(dataDir, "nats", "users.json");
-  const kept = existsSync(file) ? (JSON.parse(readFileSync(file, "utf8")) as Record<string, string>) : {};
+  const kept = existsSync(file) ? readKept(file) : {};
   if (BUS_USERS.every((u) => typeof kept[u.user] === "string")) return kept;
   const all = { ...kept };
   for (const { user } of BUS_USERS) all[user] ??= randomBytes(18).toString("base64url");
   mkdirSync(join(dataDir, "nats"), { recursive: true });
-  writeFileSync(file, `${JSON.stringify(all, null, 2)}\n`, { mode: 0o600 });
+  // Written aside and renamed over: a write cut short (a full disk, a kill) leaves the old file whole.
+  writeFileSync(`${file}.tmp`, `${JSON.stringify(all, null, 2)}\n`, { mode: 0o600 });
+  renameSync(`${file}.tmp`, file);
   return all;
+}
+
+/**
+ * The passwords kept in `file` (its string values); none when it is no JSON object (cut short, say):
+ * they are made again, and each start writes the server's users from them. Such a file was a stack
+ * trace in make run, make events and make history-rebuild until deleted by hand.
+ */
+function readKept(file: string): Record<string, string> {
+  let kept: unknown;
+  try {
+    kept = JSON.parse(readFileSync(file, "utf8"));
+  } catch (err) {
+    if (err instanceof SyntaxError) return {};
+    throw err;
+  }
+  if (typeof kept !== "object" || kept === null) return {};
+  return Object.fromEntries(Object.entries(kept).filter((e): e is [string, string] => typeof e[1] === "string"));
 }
 
 /**

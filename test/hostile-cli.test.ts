@@ -2,8 +2,11 @@
  * A hostile round of the command-line tools (2026-12-04): what a careless or hostile operator types
  * into make's variables and the tools' environment. Each command runs for real, as a user runs it.
  */
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { freePort, runToEnd, tempDir } from "./fixtures.js";
+import { startNats } from "./nats.js";
 
 /** `make -s <args>`, node_modules counted as installed (no `npm ci` under the suites beside it). */
 const make = (args: string[], env: Record<string, string> = {}) =>
@@ -74,6 +77,22 @@ describe("make run and make history-rebuild refuse a PG_PORT, NATS_PORT or DB th
       const rebuild = await script("history-rebuild.ts", [], { ...env, ...bad });
       expect(rebuild.code, rebuild.out).toBe(2);
       expect(rebuild.out).toBe(`${line}\n`);
+    }
+  });
+});
+
+describe("a users.json cut short (a full disk, a kill) is made again, not a stack trace", () => {
+  it("make dlq over a data directory whose nats/users.json is half written", async () => {
+    await using nats = await startNats();
+    using data = tempDir();
+    const file = join(data.path, "nats", "users.json");
+    mkdirSync(join(data.path, "nats"));
+    for (const cut of ['{"admin": "abc', "null", "[]"]) {
+      writeFileSync(file, cut);
+      const { code, out } = await script("events.ts", ["--dlq"], { DATA_DIR: data.path, NATS_URL: nats.url });
+      expect(code, out).toBe(0);
+      expect(out).toContain(`no dead letters on DLQ at ${nats.url}`);
+      expect(Object.keys(JSON.parse(readFileSync(file, "utf8")))).toContain("admin");
     }
   });
 });
