@@ -1,10 +1,12 @@
 /**
  * `make trace ORDER=<order id>` (or `TRACE=<trace id>`): prints the trace of
  * one order as a waterfall from the span file that `make run` writes
- * (.data/traces.jsonl; TRACE_FILE overrides): every span of every process,
+ * (.data/traces.jsonl, under DATA_DIR when set; TRACE_FILE overrides): every span of every process,
  * indented under its parent, with its offset, duration and errors.
  */
 import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { ROOT } from "./layout.js";
 import { printable, quietWhenOutputCloses } from "./printable.js";
 
 interface SpanLine {
@@ -20,8 +22,26 @@ interface SpanLine {
   attributes: Record<string, unknown>;
 }
 
+/**
+ * Whether a parsed line is a span as platform/span-file.ts writes it. Any process may write the file,
+ * and a torn or foreign line may parse: a `null` or a span without attributes ended the command in a
+ * TypeError, a name that is no string in another.
+ */
+function isSpan(x: unknown): x is SpanLine {
+  if (typeof x !== "object" || x === null) return false;
+  const s = x as Record<string, unknown>;
+  return (
+    ["trace_id", "span_id", "parent_id", "service", "name", "error"].every((k) => typeof s[k] === "string") &&
+    Number.isFinite(s.start_ms) &&
+    Number.isFinite(s.duration_ms) &&
+    typeof s.attributes === "object" &&
+    s.attributes !== null
+  );
+}
+
 quietWhenOutputCloses();
-const file = process.env.TRACE_FILE || ".data/traces.jsonl";
+// make run writes it under DATA_DIR: a run moved there (as make events and make dlq follow it) is read there.
+const file = process.env.TRACE_FILE || join(process.env.DATA_DIR || join(ROOT, ".data"), "traces.jsonl");
 const orderId = process.env.ORDER ?? "";
 let traceId = process.env.TRACE ?? "";
 if (!orderId && !traceId) {
@@ -33,13 +53,21 @@ if (!existsSync(file)) {
   process.exit(1);
 }
 // The file rotates at TRACE_FILE_MAX_BYTES: the previous generation is <file>.1.
-const text = [`${file}.1`, file].map((f) => (existsSync(f) ? readFileSync(f, "utf8") : "")).join("\n");
+let text = "";
+try {
+  text = [`${file}.1`, file].map((f) => (existsSync(f) ? readFileSync(f, "utf8") : "")).join("\n");
+} catch (err) {
+  // A directory, or a file this user may not read: said in a line, not a stack trace.
+  console.error(`cannot read the span file ${file}: ${(err as Error).message}`);
+  process.exit(1);
+}
 const spans: SpanLine[] = text
   .split("\n")
   .filter(Boolean)
   .flatMap((l) => {
     try {
-      return [JSON.parse(l) as SpanLine];
+      const span: unknown = JSON.parse(l);
+      return isSpan(span) ? [span] : [];
     } catch {
       return []; // a line still being written
     }

@@ -96,3 +96,32 @@ describe("a users.json cut short (a full disk, a kill) is made again, not a stac
     }
   });
 });
+
+describe("make trace reads what make run wrote, and only spans", () => {
+  it("finds the span file under DATA_DIR, skips lines that are no span, and says in a line when it cannot read", async () => {
+    using data = tempDir();
+    const span = (name: string) => ({
+      trace_id: "t1",
+      span_id: name,
+      parent_id: "",
+      service: "order",
+      name,
+      kind: "SERVER",
+      start_ms: 1,
+      duration_ms: 2,
+      error: "",
+      attributes: { "order.id": "ord_1" },
+    });
+    // A torn line, a `null`, a span without attributes, one whose name is no string: not spans.
+    const lines = ['{"trace_id":"t1","sp', "null", '{"trace_id":"t1"}', JSON.stringify({ ...span("x"), name: 5 })];
+    writeFileSync(join(data.path, "traces.jsonl"), [...lines, JSON.stringify(span("PlaceOrder"))].join("\n"));
+    // make run with DATA_DIR writes its spans there; make trace looked in .data/ whatever DATA_DIR said.
+    const { code, out } = await script("trace.ts", [], { DATA_DIR: data.path, ORDER: "ord_1", TRACE_FILE: "" });
+    expect(code, out).toBe(0);
+    expect(out).toContain("trace t1  1 spans  2.0 ms");
+    expect(out).toContain("order: PlaceOrder");
+    const dir = await script("trace.ts", [], { TRACE_FILE: data.path, TRACE: "t1" });
+    expect(dir.code, dir.out).toBe(1);
+    expect(dir.out).toBe(`cannot read the span file ${data.path}: EISDIR: illegal operation on a directory, read\n`);
+  });
+});
