@@ -21,8 +21,14 @@ import { quietWhenOutputCloses } from "./printable.js";
 quietWhenOutputCloses();
 
 const target = process.env.ORDER_TARGET ?? localTarget("order");
-const sagaMode =
-  process.env.SAGA_MODE?.toLowerCase() === "choreography" ? SagaMode.CHOREOGRAPHY : SagaMode.ORCHESTRATION;
+// Anything else is refused: a misspelt SAGA_MODE=choreograhy ran the orchestrated saga, saying so only
+// in passing, to one who meant to watch the choreography.
+const modeName = (process.env.SAGA_MODE || "orchestration").toLowerCase();
+if (modeName !== "orchestration" && modeName !== "choreography") {
+  console.error(`SAGA_MODE must be orchestration or choreography, got ${JSON.stringify(process.env.SAGA_MODE)}`);
+  process.exit(2);
+}
+const sagaMode = modeName === "choreography" ? SagaMode.CHOREOGRAPHY : SagaMode.ORCHESTRATION;
 const inventoryTarget = process.env.INVENTORY_TARGET ?? localTarget("inventory");
 const channel = createChannel(target);
 const inventoryChannel = createChannel(inventoryTarget);

@@ -125,3 +125,15 @@ describe("make trace reads what make run wrote, and only spans", () => {
     expect(dir.out).toBe(`cannot read the span file ${data.path}: EISDIR: illegal operation on a directory, read\n`);
   });
 });
+
+it("make demo refuses a SAGA_MODE it does not know (it ran the orchestrated saga)", async () => {
+  // Unreachable services: before the check, the demo went on to place orders (and failed on them).
+  const closed = `127.0.0.1:${await freePort()}`;
+  const { code, out } = await make(["demo", "SAGA_MODE=choreograhy"], {
+    ORDER_TARGET: closed,
+    INVENTORY_TARGET: closed,
+  });
+  expect(code, out).toBe(2);
+  expect(out).toContain('SAGA_MODE must be orchestration or choreography, got "choreograhy"');
+  expect(out).not.toContain("placing");
+});
