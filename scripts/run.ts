@@ -27,14 +27,15 @@
  * Supervision: a service, NATS or PostgreSQL that exits unexpectedly is restarted with
  * backoff (1 s, doubling to 30 s; back to 1 s after a minute up), and the
  * runner says why it exited and how many restarts it has had. RESTART=no
- * turns that off. DATA_DIR moves .data (tests run a whole system there).
+ * turns that off. DATA_DIR moves .data (tests run a whole system there); one
+ * runner at a time uses a data directory (its pid in <data dir>/run.pid).
  * Spans go to .data/traces.jsonl for `make trace`. Every process runs the
  * compiled JavaScript that `make build` writes to dist/, with the flags and
  * environment of scripts/layout.ts (systemNodeFlags, SYSTEM_ENV), as
  * `make bench` starts them.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -354,7 +355,53 @@ async function startPostgres(): Promise<string> {
   return ensureDatabase(admin, "shopmesh");
 }
 
+/**
+ * One runner per data directory, held in <data dir>/run.pid for as long as it runs. A second make run
+ * on other ports but the same DATA_DIR started a second nats-server on the first one's JetStream store,
+ * its registry bucket included (its gateway routed to the first run's services), and services on the
+ * first one's databases. A file left by a runner that was killed (its pid gone) is taken over.
+ */
+function claimDataDir(): void {
+  const file = join(DATA, "run.pid");
+  try {
+    mkdirSync(DATA, { recursive: true });
+    for (;;) {
+      try {
+        writeFileSync(file, `${process.pid}\n`, { flag: "wx" });
+        break;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+        const pid = Number.parseInt(readFileSync(file, "utf8"), 10);
+        if (pid > 0 && running(pid)) {
+          process.stderr.write(
+            `another make run (pid ${pid}) uses ${DATA}: stop it, or set DATA_DIR=<another directory> ` +
+              `(if pid ${pid} is no make run, delete ${file})\n`,
+          );
+          process.exit(1);
+        }
+        rmSync(file, { force: true });
+      }
+    }
+  } catch (err) {
+    // DATA_DIR a file, or a directory this user may not write: a line, not a stack trace.
+    process.stderr.write(`cannot use the data directory ${DATA}: ${(err as Error).message}\n`);
+    process.exit(1);
+  }
+  process.on("exit", () => rmSync(file, { force: true }));
+}
+
+/** Whether process `pid` exists (EPERM: it does, another user's). */
+function running(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
 requireNats();
+claimDataDir();
 const replicas = new Map(SERVICES.map((s) => [s.name, replicasOf(s.name)]));
 await checkPorts([
   { port: NATS_PORT, what: "NATS", variable: "NATS_PORT" },

@@ -5,6 +5,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { SYSTEM } from "../scripts/layout.js";
 import { freePort, runToEnd, tempDir } from "./fixtures.js";
 import { startNats } from "./nats.js";
 
@@ -136,4 +137,31 @@ it("make demo refuses a SAGA_MODE it does not know (it ran the orchestrated saga
   expect(code, out).toBe(2);
   expect(out).toContain('SAGA_MODE must be orchestration or choreography, got "choreograhy"');
   expect(out).not.toContain("placing");
+});
+
+describe("one make run per data directory", () => {
+  it("a second runner on other ports but the same DATA_DIR is refused (it started a second NATS on the first's store)", async () => {
+    using data = tempDir();
+    // Every port free, so that only the data directory is shared with the "first run" (this process).
+    const ports: Record<string, string> = { RESTART: "no" };
+    for (const v of [
+      "NATS_PORT",
+      "NATS_MONITOR_PORT",
+      ...SYSTEM.flatMap((p) => [`${p.name.toUpperCase()}_PORT`, `${p.name.toUpperCase()}_METRICS_PORT`]),
+    ])
+      ports[v] = String(await freePort());
+    writeFileSync(join(data.path, "run.pid"), `${process.pid}\n`);
+    const second = await script("run.ts", [], { ...ports, DATA_DIR: data.path }, 20);
+    expect(second.code, second.out).toBe(1);
+    expect(second.out).toBe(
+      `another make run (pid ${process.pid}) uses ${data.path}: stop it, or set DATA_DIR=<another directory> ` +
+        `(if pid ${process.pid} is no make run, delete ${join(data.path, "run.pid")})\n`,
+    );
+    expect(readFileSync(join(data.path, "run.pid"), "utf8")).toBe(`${process.pid}\n`);
+    // A DATA_DIR that is a file: a line (it was an EEXIST or ENOTDIR stack trace).
+    const file = join(data.path, "run.pid");
+    const notDir = await script("run.ts", [], { ...ports, DATA_DIR: file }, 20);
+    expect(notDir.code, notDir.out).toBe(1);
+    expect(notDir.out).toMatch(new RegExp(`^cannot use the data directory ${file}: E[A-Z]+: [^\n]*\n$`));
+  });
 });
