@@ -21,7 +21,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { BUS_ADMIN } from "../platform/index.js";
-import { portOf, ROOT } from "./layout.js";
+import { liveRunner, portOf, ROOT } from "./layout.js";
 import { answers, jetStreamDir, localBusEnv, NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
 import {
   ensureDatabase,
@@ -129,6 +129,10 @@ async function ensurePostgres(): Promise<{ url: string; stop?: () => Promise<voi
 async function main(): Promise<number> {
   const stops: (() => Promise<void>)[] = [];
   try {
+    // Before anything is started: a NATS of its own on the store of a make run on other ports was a
+    // second server on live JetStream files (the rebuild then refused, the history service being up).
+    const runner = liveRunner(DATA);
+    if (runner !== undefined) throw new CannotStart(`make run (pid ${runner}) is using ${DATA}: stop it first`);
     const nats = await ensureNats();
     if (nats) stops.push(nats);
     const database: Record<string, string> = { DB_PATH: join(DATA, "history.db") };

@@ -35,14 +35,14 @@
  * `make bench` starts them.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { prettyFactory } from "pino-pretty";
 import { EVENTS } from "../contracts/events.js";
 import { BUS_ADMIN, provisionBus, silentLogger } from "../platform/index.js";
-import { nodeCommand, portOf, ROOT, SYSTEM, SYSTEM_ENV } from "./layout.js";
+import { liveRunner, nodeCommand, portOf, ROOT, runPidFile, SYSTEM, SYSTEM_ENV } from "./layout.js";
 import { jsonLine } from "./log-lines.js";
 import { jetStreamDir, localBusPasswords, NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
 import {
@@ -362,7 +362,7 @@ async function startPostgres(): Promise<string> {
  * first one's databases. A file left by a runner that was killed (its pid gone) is taken over.
  */
 function claimDataDir(): void {
-  const file = join(DATA, "run.pid");
+  const file = runPidFile(DATA);
   try {
     mkdirSync(DATA, { recursive: true });
     for (;;) {
@@ -371,8 +371,8 @@ function claimDataDir(): void {
         break;
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
-        const pid = Number.parseInt(readFileSync(file, "utf8"), 10);
-        if (pid > 0 && running(pid)) {
+        const pid = liveRunner(DATA);
+        if (pid !== undefined) {
           process.stderr.write(
             `another make run (pid ${pid}) uses ${DATA}: stop it, or set DATA_DIR=<another directory> ` +
               `(if pid ${pid} is no make run, delete ${file})\n`,
@@ -388,16 +388,6 @@ function claimDataDir(): void {
     process.exit(1);
   }
   process.on("exit", () => rmSync(file, { force: true }));
-}
-
-/** Whether process `pid` exists (EPERM: it does, another user's). */
-function running(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
 }
 
 requireNats();

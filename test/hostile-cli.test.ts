@@ -165,3 +165,14 @@ describe("one make run per data directory", () => {
     expect(notDir.out).toMatch(new RegExp(`^cannot use the data directory ${file}: E[A-Z]+: [^\n]*\n$`));
   });
 });
+
+it("make history-rebuild refuses a data directory a make run is using, before it starts a NATS on its store", async () => {
+  using data = tempDir();
+  writeFileSync(join(data.path, "run.pid"), `${process.pid}\n`); // this process as the running make run
+  const { code, out } = await script("history-rebuild.ts", [], {
+    DATA_DIR: data.path,
+    NATS_PORT: String(await freePort()),
+  });
+  expect(code, out).toBe(1);
+  expect(out).toBe(`history rebuild: make run (pid ${process.pid}) is using ${data.path}: stop it first\n`);
+});
