@@ -176,3 +176,12 @@ it("make history-rebuild refuses a data directory a make run is using, before it
   expect(code, out).toBe(1);
   expect(out).toBe(`history rebuild: make run (pid ${process.pid}) is using ${data.path}: stop it first\n`);
 });
+
+it("make token says what the gateway's configuration refuses in its words, not in a stack trace", async () => {
+  const { code, out } = await script("token.ts", ["alice"], { JWT_SECRET: "abc" });
+  expect(code, out).toBe(78);
+  expect(out).toBe(
+    "invalid configuration:\n  JWT_SECRET has 3 bytes: an HS256 secret needs at least 32 (256 bits, RFC 7518 §3.2), " +
+      "e.g. `openssl rand -base64 32`\n",
+  );
+});
