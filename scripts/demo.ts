@@ -20,7 +20,8 @@ import { quietWhenOutputCloses } from "./printable.js";
 
 quietWhenOutputCloses();
 
-const target = process.env.ORDER_TARGET ?? localTarget("order");
+// Empty is unset, as for the other commands' variables (ORDER_TARGET= was grpc-js's stack trace).
+const target = process.env.ORDER_TARGET || localTarget("order");
 // Anything else is refused: a misspelt SAGA_MODE=choreograhy ran the orchestrated saga, saying so only
 // in passing, to one who meant to watch the choreography.
 const modeName = (process.env.SAGA_MODE || "orchestration").toLowerCase();
@@ -29,7 +30,7 @@ if (modeName !== "orchestration" && modeName !== "choreography") {
   process.exit(2);
 }
 const sagaMode = modeName === "choreography" ? SagaMode.CHOREOGRAPHY : SagaMode.ORCHESTRATION;
-const inventoryTarget = process.env.INVENTORY_TARGET ?? localTarget("inventory");
+const inventoryTarget = process.env.INVENTORY_TARGET || localTarget("inventory");
 const channel = createChannel(target);
 const inventoryChannel = createChannel(inventoryTarget);
 const orders = createClient(OrderService, channel);
