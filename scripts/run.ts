@@ -3,7 +3,8 @@
  * DB=postgres under .data/nats/postgres, each database its own streams) and
  * every service on its fixed port, each with its own SQLite file under .data/,
  * and prints their logs as readable lines prefixed by service name. Ctrl-C
- * (or SIGTERM) stops everything cleanly; a second Ctrl-C kills at once.
+ * (or SIGTERM) stops everything cleanly; a second Ctrl-C kills at once, and a
+ * service still stopping 5 s past its SHUTDOWN_GRACE_MS is killed (exit 1).
  * LOG_FORMAT=json prints JSON lines instead, one object per line on stdout
  * (`make run | jq`): the process in `proc`, the services' own JSON as it is,
  * anything else (NATS, PostgreSQL, a crash trace) and the runner's messages
@@ -274,6 +275,9 @@ function requireNats(): void {
 const PG_DATA = join(DATA, "postgres");
 const INFRA = new Set(["nats", "postgres"]);
 
+/** How long past its shutdown grace a service may take to stop before it is killed. */
+const STOP_MARGIN_MS = 5_000;
+
 function stopAll(): void {
   if (stopping) {
     for (const { child } of children) child.kill("SIGKILL");
@@ -289,7 +293,20 @@ function stopAll(): void {
   const waitAll = (cs: ChildProcess[]) =>
     Promise.all(cs.filter(alive).map((c) => new Promise<void>((r) => c.once("exit", () => r()))));
   for (const { child } of services) child.kill("SIGTERM");
+  // A service that has not stopped within its grace (SHUTDOWN_GRACE_MS, as it reads it) and a margin is
+  // killed, and said so: with the data directory's disk full, five of them stayed in their stop for
+  // good, and so did the runner, NATS with it, until a second Ctrl-C.
+  const grace = Number(process.env.SHUTDOWN_GRACE_MS || 10_000);
+  const deadlineMs = (Number.isFinite(grace) ? grace : 10_000) + STOP_MARGIN_MS;
+  const deadline = setTimeout(() => {
+    for (const { name, child } of services.filter((c) => alive(c.child))) {
+      say(name, undefined, `${name} did not stop within ${deadlineMs / 1000} s: killed`, {}, 50);
+      failed = true;
+      child.kill("SIGKILL");
+    }
+  }, deadlineMs);
   void waitAll(services.map((s) => s.child)).then(() => {
+    clearTimeout(deadline);
     for (const { name, child } of infra) {
       if (!alive(child)) continue;
       if (name === "nats") child.kill("SIGTERM");

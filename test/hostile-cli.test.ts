@@ -2,12 +2,13 @@
  * A hostile round of the command-line tools (2026-12-04): what a careless or hostile operator types
  * into make's variables and the tools' environment. Each command runs for real, as a user runs it.
  */
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { SYSTEM } from "../scripts/layout.js";
-import { freePort, runToEnd, tempDir } from "./fixtures.js";
+import { until } from "./events.js";
+import { exited, freePort, ROOT, runToEnd, tempDir } from "./fixtures.js";
 import { startNats } from "./nats.js";
 
 /** `make -s <args>`, node_modules counted as installed (no `npm ci` under the suites beside it). */
@@ -201,3 +202,49 @@ it.skipIf(!isolated)(
     expect(out).toContain("cannot reach the order service at 127.0.0.1:50053: is `make run` running?");
   },
 );
+
+it("make run, stopped, kills a service that does not stop within its grace, says so and exits 1 (it waited for ever)", async () => {
+  using data = tempDir();
+  const env: Record<string, string> = { DATA_DIR: data.path, SHUTDOWN_GRACE_MS: "1000", LOG_FORMAT: "" };
+  for (const v of [
+    "NATS_PORT",
+    "NATS_MONITOR_PORT",
+    ...SYSTEM.flatMap((p) => [`${p.name.toUpperCase()}_PORT`, `${p.name.toUpperCase()}_METRICS_PORT`]),
+  ])
+    env[v] = String(await freePort());
+  const runner = spawn(process.execPath, [join(ROOT, "dist", "scripts", "run.js")], {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  runner.stdout.on("data", (d: Buffer) => (out += d.toString()));
+  runner.stderr.on("data", (d: Buffer) => (out += d.toString()));
+  const frozen: number[] = [];
+  try {
+    await until(
+      () => /gateway listening/.test(out),
+      (x) => x,
+      60_000,
+    );
+    // A service stuck in its stop (the disk full under it, say): frozen, it never answers SIGTERM.
+    const pid = Number(/history +\| started \(pid (\d+)\)/.exec(out)?.[1]);
+    process.kill(pid, "SIGSTOP");
+    frozen.push(pid);
+    runner.kill("SIGINT");
+    const code = await Promise.race([exited(runner), new Promise((r) => setTimeout(() => r("still running"), 30_000))]);
+    expect(code, out).toBe(1);
+    expect(out).toContain("history did not stop within 6 s: killed");
+    expect(out).toContain("all stopped");
+  } finally {
+    for (const pid of frozen) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {}
+    }
+    if (runner.exitCode === null) {
+      runner.kill("SIGINT");
+      runner.kill("SIGINT");
+    }
+  }
+}, 120_000);
