@@ -33,7 +33,13 @@ const TIMED_ON_POSTGRES = ["services/order/compensation.test.ts"];
  * (a service then failed to bind, and a call found another test's server). They run with the
  * saturating ones, alone.
  */
-const PICKED_PORTS = ["test/outage.test.ts", "test/docs.test.ts", "test/run.test.ts", "test/history-rebuild.test.ts"];
+const PICKED_PORTS = [
+  "test/outage.test.ts",
+  "test/docs.test.ts",
+  "test/run.test.ts",
+  "test/history-rebuild.test.ts",
+  "test/hostile-cli.test.ts",
+];
 
 // Two cores here: two workers; integration tests start real servers on
 // ephemeral ports and real processes, so give them room.
