@@ -254,6 +254,15 @@ function free(port: number): Promise<boolean> {
 
 /** Refuses to start when a port is taken, one line per port: which, by what, and the variable that moves it. */
 async function checkPorts(ports: readonly { port: number; what: string; variable: string }[]): Promise<void> {
+  // Replicas listen 100 ports apart: past 65535 the probe below threw a RangeError stack trace.
+  for (const p of ports) {
+    if (p.port > 65535) {
+      process.stderr.write(
+        `${p.what} would listen on port ${p.port}, past 65535 (replicas take ${p.variable} + 100 each): set ${p.variable} lower\n`,
+      );
+      process.exit(2);
+    }
+  }
   const taken = [];
   for (const p of ports) if (!(await free(p.port))) taken.push(p);
   if (taken.length === 0) return;

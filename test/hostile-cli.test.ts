@@ -248,3 +248,13 @@ it("make run, stopped, kills a service that does not stop within its grace, says
     }
   }
 }, 120_000);
+
+it("make run refuses replicas whose ports pass 65535, in one line (a RangeError stack trace)", async () => {
+  using data = tempDir();
+  const env = { DATA_DIR: data.path, NATS_PORT: String(await freePort()), NATS_MONITOR_PORT: String(await freePort()) };
+  const { code, out } = await script("run.ts", [], { ...env, PAYMENT_PORT: "65480", PAYMENT_REPLICAS: "2" });
+  expect(code, out).toBe(2);
+  expect(out).toBe(
+    "payment would listen on port 65580, past 65535 (replicas take PAYMENT_PORT + 100 each): set PAYMENT_PORT lower\n",
+  );
+});
