@@ -144,7 +144,11 @@ dlq: install ## List dead-lettered events and why they failed, then exit (ARGS=-
 history-rebuild: install ## Rebuild the history read model from the streams, with `make run` stopped (starts its NATS, and PostgreSQL with DB=postgres, for the rebuild)
 	@npx tsx scripts/history-rebuild.ts
 
+# Not from under a running make run (its pid in .data/run.pid): its services and NATS would go on
+# writing to deleted files, and NATS, stopping, put back part of a store.
 clean: ## Remove local data (.data/: databases, NATS streams)
+	@pid=$$(cat .data/run.pid 2>/dev/null); if [ -n "$$pid" ] && kill -0 "$$pid" 2>/dev/null; then \
+	  echo "make run (pid $$pid) is using .data: stop it first" >&2; exit 1; fi
 	rm -rf .data
 
 # Kubernetes + Istio on kind: kind-up, images, kind-load, deploy, port-forward, kind-down (docs/deploy.md).

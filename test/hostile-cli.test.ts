@@ -3,7 +3,7 @@
  * into make's variables and the tools' environment. Each command runs for real, as a user runs it.
  */
 import { spawn, spawnSync } from "node:child_process";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { SYSTEM } from "../scripts/layout.js";
@@ -257,4 +257,18 @@ it("make run refuses replicas whose ports pass 65535, in one line (a RangeError 
   expect(out).toBe(
     "payment would listen on port 65580, past 65535 (replicas take PAYMENT_PORT + 100 each): set PAYMENT_PORT lower\n",
   );
+});
+
+it("make clean refuses to remove .data from under a running make run", async () => {
+  // A copy of the Makefile in a directory of its own: a failing test must not remove this checkout's .data.
+  using dir = tempDir();
+  mkdirSync(join(dir.path, "deploy"));
+  mkdirSync(join(dir.path, ".data"));
+  copyFileSync(join(ROOT, "Makefile"), join(dir.path, "Makefile"));
+  copyFileSync(join(ROOT, "deploy", "deploy.mk"), join(dir.path, "deploy", "deploy.mk"));
+  writeFileSync(join(dir.path, ".data", "run.pid"), `${process.pid}\n`); // this process as the running make run
+  const { code, out } = await runToEnd("make", ["-s", "-C", dir.path, "clean"]);
+  expect(code, out).toBe(2);
+  expect(out).toContain(`make run (pid ${process.pid}) is using .data: stop it first`);
+  expect(existsSync(join(dir.path, ".data", "run.pid"))).toBe(true);
 });
