@@ -14,6 +14,7 @@
  *   RATE        calls per second (default 50; 1..2000)
  *   GATEWAY_URL default http://127.0.0.1:8080
  *   DURATION_S  stop after this many seconds (default: run until stopped)
+ *   JWT_SECRET, JWT_ISSUER, JWT_AUDIENCE  as the gateway was given them (make token reads them too)
  */
 import http from "node:http";
 import { signDevToken } from "../gateway/auth.js";
@@ -45,7 +46,13 @@ if (base.protocol !== "http:") {
   process.exit(2);
 }
 const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
-const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
+// Signed as make token signs (the gateway's variables, with its defaults): with the development key
+// whatever JWT_SECRET said, every call to a gateway started with that JWT_SECRET was a 401.
+const claims = {
+  JWT_SECRET: process.env.JWT_SECRET || DEV_JWT_SECRET,
+  JWT_ISSUER: process.env.JWT_ISSUER || "shopmesh-dev",
+  JWT_AUDIENCE: process.env.JWT_AUDIENCE || "shopmesh",
+};
 const CUSTOMERS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
 const tokens = new Map(
   await Promise.all(CUSTOMERS.map(async (c) => [c, await signDevToken(claims, c, ["customer"], 12 * 3600)] as const)),

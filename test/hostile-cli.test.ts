@@ -6,9 +6,11 @@ import { spawn, spawnSync } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { targetVariable } from "../gateway/config.js";
+import { UPSTREAMS } from "../gateway/routes.js";
 import { SYSTEM } from "../scripts/layout.js";
 import { until } from "./events.js";
-import { exited, freePort, ROOT, runToEnd, tempDir } from "./fixtures.js";
+import { exited, freePort, ROOT, runToEnd, spawnGateway, tempDir } from "./fixtures.js";
 import { startNats } from "./nats.js";
 
 /** `make -s <args>`, node_modules counted as installed (no `npm ci` under the suites beside it). */
@@ -271,4 +273,21 @@ it("make clean refuses to remove .data from under a running make run", async () 
   expect(code, out).toBe(2);
   expect(out).toContain(`make run (pid ${process.pid}) is using .data: stop it first`);
   expect(existsSync(join(dir.path, ".data", "run.pid"))).toBe(true);
+});
+
+it("make load signs its customers' tokens with the JWT_SECRET the gateway was given (it used the development key: all 401)", async () => {
+  const closed = `127.0.0.1:${await freePort()}`;
+  const JWT_SECRET = "a-secret-of-this-deployment-with-more-than-32-bytes";
+  // Upstreams at a closed port: a call that passes the gateway's token check ends there, not at 401.
+  const targets = Object.fromEntries(UPSTREAMS.map((u) => [targetVariable(u), closed]));
+  await using gateway = await spawnGateway({ ...targets, JWT_SECRET, NATS_URL: "off", METRICS_PORT: "0" });
+  const { code, out } = await script("load.ts", [], {
+    GATEWAY_URL: `http://127.0.0.1:${gateway.port}`,
+    JWT_SECRET,
+    RATE: "20",
+    DURATION_S: "2",
+  });
+  expect(code, out).toBe(0);
+  expect(out).toMatch(/total over 2 s: .*browse /);
+  expect(out).not.toContain(" 401");
 });
