@@ -110,9 +110,15 @@ async function show(b: Bus, stream: string): Promise<number> {
   let shown = 0;
   const { messages: held, last_seq: last } = (await b.jsm.streams.info(stream)).state;
   if (!follow && held === 0) return shown;
-  const consumer = await b.js.consumers.get(stream, {
-    deliver_policy: fromStart ? DeliverPolicy.All : DeliverPolicy.New,
-  });
+  // What comes next is asked for as from the sequence after the last one held, not as DeliverPolicy.New:
+  // the ordered consumer, remade after NATS restarted, starts after the last message it saw, and having
+  // seen none, from the stream's start (it showed old events as new, and missed the new ones).
+  const consumer = await b.js.consumers.get(
+    stream,
+    fromStart
+      ? { deliver_policy: DeliverPolicy.All }
+      : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: last + 1 },
+  );
   const messages = await consumer.consume();
   for await (const m of messages) {
     print(stream, m);

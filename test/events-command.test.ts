@@ -201,6 +201,27 @@ describe("make events", () => {
     }
   }, 60_000);
 
+  it("shows only new events after NATS restarts under it (it showed what the streams held first)", async () => {
+    await using nats = await startNats();
+    let bus = await connectBus(nats.url, "events-command-test", silentLogger(), { streams: EVENTS.streams });
+    try {
+      await publishEvents(bus, [event(OrderPlacedSchema, "ord-before-tail", { customerId: "lea", items: [] })]);
+      const tail = eventsTs([], nats.url);
+      await tail.printed("new events on");
+      await bus.close();
+      await nats.stop("SIGKILL");
+      await nats.start();
+      bus = await connectBus(nats.url, "events-command-test", silentLogger(), { streams: EVENTS.streams });
+      // The tail's consumer, remade after the reconnect, had seen nothing: it began again at the stream's start.
+      await new Promise((r) => setTimeout(r, 3_000));
+      await publishEvents(bus, [event(OrderPlacedSchema, "ord-after-restart", { customerId: "lea", items: [] })]);
+      await tail.printed("ord-after-restart", 20_000);
+      expect(tail.out()).not.toContain("ord-before-tail");
+    } finally {
+      await bus.close();
+    }
+  }, 60_000);
+
   it("refuses an unknown argument with the usage", async () => {
     const run = eventsTs(["--form-start"], "nats://127.0.0.1:1");
     expect(await run.exit(15_000)).toBe(2);
