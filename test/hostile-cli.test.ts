@@ -2,7 +2,7 @@
  * A hostile round of the command-line tools (2026-12-04): what a careless or hostile operator types
  * into make's variables and the tools' environment. Each command runs for real, as a user runs it.
  */
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -202,6 +202,7 @@ it("make demo reads an empty ORDER_TARGET or INVENTORY_TARGET as unset (ORDER_TA
 
 it("make run, stopped, kills a service that does not stop within its grace, says so and exits 1 (it waited for ever)", async () => {
   using data = tempDir();
+  execFileSync("make", ["-s", "build"], { cwd: ROOT, stdio: "pipe" }); // the runner and services run from dist/
   const env: Record<string, string> = { DATA_DIR: data.path, SHUTDOWN_GRACE_MS: "1000", LOG_FORMAT: "" };
   for (const v of [
     "NATS_PORT",
