@@ -4,6 +4,7 @@
  * every kind of call gets answered, and declined cards show up as orders
  * that end cancelled — not as failed calls.
  */
+import { type AddressInfo, createServer, type Socket } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import type { GatewayApp } from "../gateway/app.js";
@@ -43,3 +44,25 @@ it("make load sends the mix through the gateway at the rate asked, and reports i
   expect(ended.some((o) => o.status === OrderStatus.CONFIRMED)).toBe(true);
   expect(ended.some((o) => o.status === OrderStatus.CANCELLED && /declined/.test(o.statusReason))).toBe(true);
 }, 60_000);
+
+it("against a gateway that accepts and never answers, holds at most two seconds' worth of calls and counts the rest as not sent", async () => {
+  // Before: the calls past the agent's sockets queued with no timeout, for as long as the load ran.
+  const held: Socket[] = [];
+  const silent = createServer((s) => void held.push(s));
+  await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));
+  try {
+    const { port } = silent.address() as AddressInfo;
+    const { code, out } = await runToEnd(process.execPath, ["--import", "tsx", join(ROOT, "scripts", "load.ts")], {
+      env: { ...process.env, RATE: "100", DURATION_S: "4", GATEWAY_URL: `http://127.0.0.1:${port}` },
+    });
+    expect(code, out).toBe(0);
+    const total = /^total over \d+ s: (\d+)\/s sent; (.*); p50/m.exec(out);
+    expect(total, out).not.toBeNull();
+    // 400 due, 200 held (two seconds at 100/s), the rest not sent.
+    expect(Number(total?.[1]) * 4, out).toBeLessThanOrEqual(200);
+    expect(Number(/not sent \(unanswered\) (\d+)/.exec(total?.[2] ?? "")?.[1]), out).toBeGreaterThanOrEqual(100);
+  } finally {
+    for (const s of held) s.destroy();
+    silent.close();
+  }
+});
