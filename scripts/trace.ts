@@ -76,7 +76,7 @@ if (!traceId) {
   const hits = [...new Set(spans.filter((s) => s.attributes["order.id"] === orderId).map((s) => s.trace_id))];
   if (hits.length === 0) {
     console.error(
-      `no spans for order ${orderId} in ${file}: one placed in the last half second is not written yet; ` +
+      `no spans for order ${printable(orderId)} in ${file}: one placed in the last half second is not written yet; ` +
         "otherwise it is not an order of this run's (or its trace was not sampled: TRACE_SAMPLE_RATIO)",
     );
     process.exit(1);

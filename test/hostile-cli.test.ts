@@ -128,6 +128,11 @@ describe("make trace reads what make run wrote, and only spans", () => {
     const dir = await script("trace.ts", [], { TRACE_FILE: data.path, TRACE: "t1" });
     expect(dir.code, dir.out).toBe(1);
     expect(dir.out).toBe(`cannot read the span file ${data.path}: EISDIR: illegal operation on a directory, read\n`);
+    // An order id it has no spans for is echoed escaped: a terminal's escape sequence in it is shown, not run.
+    const unknown = await script("trace.ts", [], { DATA_DIR: data.path, ORDER: "ord_\u001b[2J", TRACE_FILE: "" });
+    expect(unknown.code, unknown.out).toBe(1);
+    expect(unknown.out).toContain("no spans for order ord_\\x1b[2J in ");
+    expect(unknown.out).not.toContain("\u001b");
   });
 });
 
