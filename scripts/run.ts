@@ -58,7 +58,18 @@ import {
 } from "./postgres.js";
 
 const DATA = process.env.DATA_DIR || join(ROOT, ".data");
-const RESTART = process.env.RESTART !== "no";
+/** A variable of the runner's that takes one of `values` (a value of the first group means on), or a line and exit 2. */
+function choice(variable: string, on: readonly string[], off: readonly string[]): boolean {
+  const raw = process.env[variable] ?? "";
+  if (on.includes(raw)) return true;
+  if (off.includes(raw)) return false;
+  process.stderr.write(
+    `${variable} must be one of ${[...on, ...off].filter(Boolean).join(", ")}, got ${JSON.stringify(raw)}\n`,
+  );
+  process.exit(2);
+}
+// Misread before: RESTART=0 or false restarted (only "no" turned it off), LOG_FORMAT=JSON printed pretty lines.
+const RESTART = choice("RESTART", ["", "yes", "true", "1"], ["no", "false", "0"]);
 
 /** The local topology (scripts/layout.ts), each process with its entry point and environment. */
 const SERVICES: readonly {
@@ -125,7 +136,7 @@ function prefix(name: string, i: number): string {
 }
 
 /** LOG_FORMAT=json: stdout is JSON lines only, for jq and log shippers. */
-const JSON_LINES = process.env.LOG_FORMAT === "json";
+const JSON_LINES = choice("LOG_FORMAT", ["json"], ["", "pretty"]);
 
 /** A JSON log line as one readable line (pino-pretty, as LOG_FORMAT=pretty would print it); anything else unchanged. */
 const pretty = JSON_LINES

@@ -83,6 +83,15 @@ describe("make run and make history-rebuild refuse a PG_PORT, NATS_PORT or DB th
       expect(rebuild.code, rebuild.out).toBe(2);
       expect(rebuild.out).toBe(`${line}\n`);
     }
+    // Misread before: LOG_FORMAT=JSON printed pretty lines, RESTART=false restarted what died.
+    for (const [bad, line] of [
+      [{ LOG_FORMAT: "JSON" }, 'LOG_FORMAT must be one of json, pretty, got "JSON"'],
+      [{ RESTART: "never" }, 'RESTART must be one of yes, true, 1, no, false, 0, got "never"'],
+    ] as const) {
+      const refused = await script("run.ts", [], { ...env, ...bad });
+      expect(refused.code, refused.out).toBe(2);
+      expect(refused.out).toBe(`${line}\n`);
+    }
   });
 });
 
