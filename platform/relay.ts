@@ -235,6 +235,7 @@ export class OutboxRelay {
         this.again = false;
         let claimedAt = Date.now();
         const rows = await this.claim();
+        const batch = rows.map((r) => r.seq);
         // In order, a wave at a time; marked sent together, once per batch — also when a publish fails
         // or the relay stops midway. A crash before the mark republishes rows NATS already has: their
         // Nats-Msg-Id (and the consumers' inbox) makes that a no-op, as for one row before.
@@ -243,11 +244,15 @@ export class OutboxRelay {
           for (let next = 0; next < rows.length; ) {
             if (this.stopped) return;
             // A batch outliving its claim (NATS slow to acknowledge) was taken by the other replicas'
-            // relays, each of whose was taken in turn: nobody's mark held, and every row went out again and again.
+            // relays, each of whose was taken in turn: nobody's mark held, and every row went out again and
+            // again. The batch's rows only, those published but not yet marked too (a row let go of earlier
+            // keeps this relay's name, and was held for good); a row another relay took meanwhile is its,
+            // and so is the rest of the batch: this one stops.
             if (Date.now() - claimedAt > this.claimMs / 2) {
               claimedAt = Date.now();
-              await this.relaxed(sql`UPDATE outbox SET claimed_until = ${claimedAt + this.claimMs}
-                WHERE claimed_by = ${this.id} AND sent_at IS NULL`);
+              const kept = await this.relaxed(sql`UPDATE outbox SET claimed_until = ${claimedAt + this.claimMs}
+                WHERE seq IN (${sql.join(batch)}) AND claimed_by = ${this.id} AND sent_at IS NULL`);
+              if (kept < batch.length) break;
             }
             const wave = waveFrom(rows, next);
             next += wave.length;
