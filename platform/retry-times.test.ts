@@ -43,14 +43,15 @@ describe("RetryTimes", () => {
 });
 
 describe("latestCopies", () => {
-  it("keeps of each sequence its last copy, in the batch's order", () => {
+  it("keeps of each sequence its last copy, where its first copy was: events stay in stream order", () => {
     const batch = [
       { seq: 4, n: 1 },
       { seq: 5, n: 1 },
-      { seq: 4, n: 2 },
       { seq: 6, n: 1 },
+      { seq: 4, n: 2 },
     ];
-    expect(latestCopies(batch)).toEqual([batch[1], batch[2], batch[3]]);
+    expect(latestCopies(batch)).toEqual([batch[3], batch[1], batch[2]]);
+    expect(latestCopies(batch.slice(0, 3))).toEqual(batch.slice(0, 3));
     expect(latestCopies([])).toEqual([]);
   });
 });

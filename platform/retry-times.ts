@@ -39,12 +39,14 @@ export class RetryTimes {
 }
 
 /**
- * `batch` without the copies that a later one in it supersedes (the same sequence, sent again while
- * the first waited): the server knows an event by its sequence, so the later copy settles it, and
- * both run failed the event twice with no backoff between.
+ * `batch` with one copy of each event — its last, the one the server now knows the event by — where its
+ * first came: both run failed the event twice with no backoff between, and the last alone in its own
+ * place ran the event after those that came after it (an order's payment before the order).
  */
 export function latestCopies<M extends Pick<JsMsg, "seq">>(batch: readonly M[]): M[] {
-  const last = new Map<number, number>();
-  for (const [i, m] of batch.entries()) last.set(m.seq, i);
-  return batch.filter((m, i) => last.get(m.seq) === i);
+  const last = new Map<number, M>();
+  for (const m of batch) last.set(m.seq, m);
+  if (last.size === batch.length) return batch as M[];
+  // A key set again keeps its place: each sequence where its first copy came, with its last copy.
+  return [...last.values()];
 }
