@@ -21,7 +21,8 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { BUS_ADMIN } from "../platform/index.js";
-import { liveRunner, portOf, ROOT } from "./layout.js";
+import { holdDataDir } from "./data-dir.js";
+import { portOf, ROOT } from "./layout.js";
 import { answers, jetStreamDir, localBusEnv, NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
 import {
   ensureDatabase,
@@ -131,8 +132,9 @@ async function main(): Promise<number> {
   try {
     // Before anything is started: a NATS of its own on the store of a make run on other ports was a
     // second server on live JetStream files (the rebuild then refused, the history service being up).
-    const runner = liveRunner(DATA);
-    if (runner !== undefined) throw new CannotStart(`make run (pid ${runner}) is using ${DATA}: stop it first`);
+    const held = holdDataDir(DATA);
+    if (typeof held !== "function") throw new CannotStart(`${held.heldBy} is using ${DATA}: stop it first`);
+    stops.push(async () => held());
     const nats = await ensureNats();
     if (nats) stops.push(nats);
     const database: Record<string, string> = { DB_PATH: join(DATA, "history.db") };

@@ -8,7 +8,7 @@
  * default (they cost ~19 MB per process): set NODE_OPTIONS=--enable-source-maps
  * for stack traces in TypeScript lines.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { DEFAULT_PORTS } from "../contracts/ports.js";
 
@@ -47,26 +47,6 @@ export function portOf(variable: string, fallback: number): number {
     process.exit(2);
   }
   return n;
-}
-
-/** Where make run keeps its pid while it uses data directory `dataDir` (one runner per directory). */
-export const runPidFile = (dataDir: string) => join(dataDir, "run.pid");
-
-/** The pid of the make run that uses `dataDir`, if one is running (a file left by a killed one is none). */
-export function liveRunner(dataDir: string): number | undefined {
-  let pid: number;
-  try {
-    pid = Number.parseInt(readFileSync(runPidFile(dataDir), "utf8"), 10);
-  } catch {
-    return undefined;
-  }
-  if (!(pid > 0)) return undefined;
-  try {
-    process.kill(pid, 0);
-    return pid;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM" ? pid : undefined; // EPERM: another user's
-  }
 }
 
 /** The services (every process of {@link SYSTEM} but the gateway). */

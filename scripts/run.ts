@@ -36,14 +36,15 @@
  * `make bench` starts them.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { prettyFactory } from "pino-pretty";
 import { EVENTS } from "../contracts/events.js";
 import { BUS_ADMIN, provisionBus, silentLogger } from "../platform/index.js";
-import { liveRunner, nodeCommand, portOf, ROOT, runPidFile, SYSTEM, SYSTEM_ENV } from "./layout.js";
+import { holdDataDir } from "./data-dir.js";
+import { nodeCommand, portOf, ROOT, SYSTEM, SYSTEM_ENV } from "./layout.js";
 import { jsonLine } from "./log-lines.js";
 import { jetStreamDir, localBusPasswords, NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
 import {
@@ -392,39 +393,20 @@ async function startPostgres(): Promise<string> {
   return ensureDatabase(admin, "shopmesh");
 }
 
-/**
- * One runner per data directory, held in <data dir>/run.pid for as long as it runs. A second make run
- * on other ports but the same DATA_DIR started a second nats-server on the first one's JetStream store,
- * its registry bucket included (its gateway routed to the first run's services), and services on the
- * first one's databases. A file left by a runner that was killed (its pid gone) is taken over.
- */
+/** Holds the data directory for this runner's life (scripts/data-dir.ts), or refuses in a line. */
 function claimDataDir(): void {
-  const file = runPidFile(DATA);
+  let held: ReturnType<typeof holdDataDir>;
   try {
-    mkdirSync(DATA, { recursive: true });
-    for (;;) {
-      try {
-        writeFileSync(file, `${process.pid}\n`, { flag: "wx" });
-        break;
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
-        const pid = liveRunner(DATA);
-        if (pid !== undefined) {
-          process.stderr.write(
-            `another make run (pid ${pid}) uses ${DATA}: stop it, or set DATA_DIR=<another directory> ` +
-              `(if pid ${pid} is no make run, delete ${file})\n`,
-          );
-          process.exit(1);
-        }
-        rmSync(file, { force: true });
-      }
-    }
+    held = holdDataDir(DATA, { runner: true });
   } catch (err) {
     // DATA_DIR a file, or a directory this user may not write: a line, not a stack trace.
     process.stderr.write(`cannot use the data directory ${DATA}: ${(err as Error).message}\n`);
     process.exit(1);
   }
-  process.on("exit", () => rmSync(file, { force: true }));
+  if (typeof held !== "function") {
+    process.stderr.write(`${held.heldBy} is using ${DATA}: stop it, or set DATA_DIR=<another directory>\n`);
+    process.exit(1);
+  }
 }
 
 requireNats();

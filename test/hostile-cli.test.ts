@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { targetVariable } from "../gateway/config.js";
 import { UPSTREAMS } from "../gateway/routes.js";
+import { holdDataDir } from "../scripts/data-dir.js";
 import { SYSTEM } from "../scripts/layout.js";
 import { until } from "./events.js";
 import { exited, freePort, ROOT, runToEnd, spawnGateway, tempDir } from "./fixtures.js";
@@ -168,31 +169,64 @@ describe("one make run per data directory", () => {
       ...SYSTEM.flatMap((p) => [`${p.name.toUpperCase()}_PORT`, `${p.name.toUpperCase()}_METRICS_PORT`]),
     ])
       ports[v] = String(await freePort());
-    writeFileSync(join(data.path, "run.pid"), `${process.pid}\n`);
-    const second = await script("run.ts", [], { ...ports, DATA_DIR: data.path }, 20);
-    expect(second.code, second.out).toBe(1);
-    expect(second.out).toBe(
-      `another make run (pid ${process.pid}) uses ${data.path}: stop it, or set DATA_DIR=<another directory> ` +
-        `(if pid ${process.pid} is no make run, delete ${join(data.path, "run.pid")})\n`,
-    );
-    expect(readFileSync(join(data.path, "run.pid"), "utf8")).toBe(`${process.pid}\n`);
+    // This process as the running make run: the data directory held, its pid in run.pid.
+    const release = holdDataDir(data.path, { runner: true });
+    if (typeof release !== "function") throw new Error(`not held: ${release.heldBy}`);
+    try {
+      const second = await script("run.ts", [], { ...ports, DATA_DIR: data.path }, 20);
+      expect(second.code, second.out).toBe(1);
+      expect(second.out).toBe(
+        `make run (pid ${process.pid}) is using ${data.path}: stop it, or set DATA_DIR=<another directory>\n`,
+      );
+      expect(readFileSync(join(data.path, "run.pid"), "utf8")).toBe(`${process.pid}\n`);
+    } finally {
+      release();
+    }
+    expect(existsSync(join(data.path, "run.pid"))).toBe(false);
     // A DATA_DIR that is a file: a line (it was an EEXIST or ENOTDIR stack trace).
-    const file = join(data.path, "run.pid");
+    const file = join(data.path, "a-file");
+    writeFileSync(file, "");
     const notDir = await script("run.ts", [], { ...ports, DATA_DIR: file }, 20);
     expect(notDir.code, notDir.out).toBe(1);
     expect(notDir.out).toMatch(new RegExp(`^cannot use the data directory ${file}: E[A-Z]+: [^\n]*\n$`));
   });
+
+  it("two runners started at once over a file a killed one left: one holds the directory, the other is refused", async () => {
+    // A pid file alone: each read the other's before its pid was in it, or both took over the stale one
+    // (the review: both held it in 12 of 200 tries).
+    const holder = `const { holdDataDir } = await import(${JSON.stringify(join(ROOT, "scripts", "data-dir.ts"))});
+      const held = holdDataDir(process.argv[1], { runner: true });
+      console.log(typeof held === "function" ? "held" : "refused");
+      setTimeout(() => {}, 1500);`;
+    for (let trial = 0; trial < 4; trial++) {
+      using data = tempDir();
+      writeFileSync(join(data.path, "run.pid"), "999999999\n"); // no such process
+      const both = await Promise.all(
+        [0, 1].map(() =>
+          runToEnd(process.execPath, ["--import", "tsx", "--input-type=module", "-e", holder, data.path], {
+            env: process.env,
+          }),
+        ),
+      );
+      expect(both.map((r) => r.out.trim()).sort(), `trial ${trial}`).toEqual(["held", "refused"]);
+    }
+  }, 60_000);
 });
 
 it("make history-rebuild refuses a data directory a make run is using, before it starts a NATS on its store", async () => {
   using data = tempDir();
-  writeFileSync(join(data.path, "run.pid"), `${process.pid}\n`); // this process as the running make run
-  const { code, out } = await script("history-rebuild.ts", [], {
-    DATA_DIR: data.path,
-    NATS_PORT: String(await freePort()),
-  });
-  expect(code, out).toBe(1);
-  expect(out).toBe(`history rebuild: make run (pid ${process.pid}) is using ${data.path}: stop it first\n`);
+  const release = holdDataDir(data.path, { runner: true }); // this process as the running make run
+  if (typeof release !== "function") throw new Error(`not held: ${release.heldBy}`);
+  try {
+    const { code, out } = await script("history-rebuild.ts", [], {
+      DATA_DIR: data.path,
+      NATS_PORT: String(await freePort()),
+    });
+    expect(code, out).toBe(1);
+    expect(out).toBe(`history rebuild: make run (pid ${process.pid}) is using ${data.path}: stop it first\n`);
+  } finally {
+    release();
+  }
 });
 
 it("make token says what the gateway's configuration refuses in its words, not in a stack trace", async () => {
