@@ -18,7 +18,8 @@
  */
 import http from "node:http";
 import { signDevToken } from "../gateway/auth.js";
-import { DEV_JWT_SECRET } from "../gateway/config.js";
+import { loadConfig } from "../gateway/config.js";
+import { ConfigError } from "../platform/index.js";
 import { quietWhenOutputCloses } from "./printable.js";
 
 quietWhenOutputCloses();
@@ -46,17 +47,25 @@ if (base.protocol !== "http:") {
   process.exit(2);
 }
 const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
-// Signed as make token signs (the gateway's variables, with its defaults): with the development key
-// whatever JWT_SECRET said, every call to a gateway started with that JWT_SECRET was a 401.
-const claims = {
-  JWT_SECRET: process.env.JWT_SECRET || DEV_JWT_SECRET,
-  JWT_ISSUER: process.env.JWT_ISSUER || "shopmesh-dev",
-  JWT_AUDIENCE: process.env.JWT_AUDIENCE || "shopmesh",
-};
+// Signed as make token signs, from the gateway's own configuration: with the development key whatever
+// JWT_SECRET said, every call to a gateway started with that JWT_SECRET was a 401, and so was every call
+// past its JWT_MAX_LIFETIME_S. Tokens live an hour at most and are signed again every half hour.
+let config: ReturnType<typeof loadConfig>;
+try {
+  config = loadConfig(process.env);
+} catch (err) {
+  if (!(err instanceof ConfigError)) throw err;
+  process.stderr.write(`${err.message}\n`);
+  process.exit(78); // EX_CONFIG, as the gateway and make token
+}
 const CUSTOMERS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
-const tokens = new Map(
-  await Promise.all(CUSTOMERS.map(async (c) => [c, await signDevToken(claims, c, ["customer"], 12 * 3600)] as const)),
-);
+const TOKEN_TTL_S = Math.min(3600, config.JWT_MAX_LIFETIME_S);
+const tokens = new Map<string, string>();
+const signAll = async () => {
+  for (const c of CUSTOMERS) tokens.set(c, await signDevToken(config, c, ["customer"], TOKEN_TTL_S));
+};
+await signAll();
+setInterval(() => void signAll(), (TOKEN_TTL_S / 2) * 1000).unref();
 const PRODUCTS = ["coffee-beans", "ceramic-mug", "paper-filters", "pour-over-kettle", "hand-grinder"];
 const run = Date.now().toString(36);
 const placed: { id: string; customer: string }[] = [];

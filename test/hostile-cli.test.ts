@@ -319,15 +319,15 @@ it("make clean refuses to remove .data from under a running make run", async () 
   expect(existsSync(join(dir.path, ".data", "run.pid"))).toBe(true);
 });
 
-it("make load signs its customers' tokens with the JWT_SECRET the gateway was given (it used the development key: all 401)", async () => {
+it("make load signs its customers' tokens as the gateway was configured: its JWT_SECRET (it used the development key: all 401), its JWT_MAX_LIFETIME_S (tokens of 12 h: all 401)", async () => {
   const closed = `127.0.0.1:${await freePort()}`;
-  const JWT_SECRET = "a-secret-of-this-deployment-with-more-than-32-bytes";
+  const jwt = { JWT_SECRET: "a-secret-of-this-deployment-with-more-than-32-bytes", JWT_MAX_LIFETIME_S: "600" };
   // Upstreams at a closed port: a call that passes the gateway's token check ends there, not at 401.
   const targets = Object.fromEntries(UPSTREAMS.map((u) => [targetVariable(u), closed]));
-  await using gateway = await spawnGateway({ ...targets, JWT_SECRET, NATS_URL: "off", METRICS_PORT: "0" });
+  await using gateway = await spawnGateway({ ...targets, ...jwt, NATS_URL: "off", METRICS_PORT: "0" });
   const { code, out } = await script("load.ts", [], {
     GATEWAY_URL: `http://127.0.0.1:${gateway.port}`,
-    JWT_SECRET,
+    ...jwt,
     RATE: "20",
     DURATION_S: "2",
   });
