@@ -37,8 +37,9 @@ export function localBusPasswords(dataDir: string): Record<string, string> {
   for (const { user } of BUS_USERS) all[user] ??= randomBytes(18).toString("base64url");
   mkdirSync(join(dataDir, "nats"), { recursive: true });
   // Written aside and renamed over: a write cut short (a full disk, a kill) leaves the old file whole.
-  writeFileSync(`${file}.tmp`, `${JSON.stringify(all, null, 2)}\n`, { mode: 0o600 });
-  renameSync(`${file}.tmp`, file);
+  const aside = `${file}.${process.pid}.tmp`; // each writer its own: two at once both rename whole files
+  writeFileSync(aside, `${JSON.stringify(all, null, 2)}\n`, { mode: 0o600 });
+  renameSync(aside, file);
   return all;
 }
 

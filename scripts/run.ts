@@ -4,7 +4,7 @@
  * every service on its fixed port, each with its own SQLite file under .data/,
  * and prints their logs as readable lines prefixed by service name. Ctrl-C
  * (or SIGTERM) stops everything cleanly; a second Ctrl-C kills at once, and a
- * service still stopping 5 s past its SHUTDOWN_GRACE_MS is killed (exit 1).
+ * service still stopping 10 s past its SHUTDOWN_GRACE_MS is killed (exit 1).
  * LOG_FORMAT=json prints JSON lines instead, one object per line on stdout
  * (`make run | jq`): the process in `proc`, the services' own JSON as it is,
  * anything else (NATS, PostgreSQL, a crash trace) and the runner's messages
@@ -297,7 +297,7 @@ const PG_DATA = join(DATA, "postgres");
 const INFRA = new Set(["nats", "postgres"]);
 
 /** How long past its shutdown grace a service may take to stop before it is killed. */
-const STOP_MARGIN_MS = 5_000;
+const STOP_MARGIN_MS = 10_000;
 
 function stopAll(): void {
   if (stopping) {

@@ -198,6 +198,10 @@ describe("make history-rebuild", () => {
     chmodSync(file, 0o600);
     const aside = asideOf(live);
     expect(aside).toEqual({ engine: "sqlite", path: `${file}.rebuilding` }); // beside the file: a rename, not a copy
+    // A link to nothing: built beside the link, the view was then swapped beside the file the check made.
+    const nowhere = join(dir.path, "nowhere.db");
+    symlinkSync(join(dir.path, "disk", "missing.db"), nowhere);
+    expect(() => asideOf({ engine: "sqlite", path: nowhere })).toThrow(/DB_PATH .*nowhere\.db is a link to nothing/);
     await write(aside as typeof live, "ord-new");
     const lock = await lockRebuild(live);
     try {

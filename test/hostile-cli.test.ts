@@ -280,7 +280,7 @@ it("make run, stopped, kills a service that does not stop within its grace, says
     runner.kill("SIGINT");
     const code = await Promise.race([exited(runner), new Promise((r) => setTimeout(() => r("still running"), 30_000))]);
     expect(code, out).toBe(1);
-    expect(out).toContain("history did not stop within 6 s: killed");
+    expect(out).toContain("history did not stop within 11 s: killed");
     expect(out).toContain("all stopped");
   } finally {
     for (const pid of frozen) {

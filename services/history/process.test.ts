@@ -122,7 +122,7 @@ describe("history process", () => {
     try {
       let out = "";
       child.stdout.on("data", (d: Buffer) => (out += d.toString()));
-      const waiting = "a history rebuild is running: waiting for it to end before serving its view";
+      const waiting = "a history rebuild is running: waiting for it to end (its view is served once it has)";
       await until(
         () => out,
         (o) => o.includes(waiting),

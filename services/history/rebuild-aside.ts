@@ -14,6 +14,7 @@ import {
   closeSync,
   existsSync,
   fsyncSync,
+  lstatSync,
   mkdirSync,
   openSync,
   realpathSync,
@@ -34,9 +35,17 @@ export class RebuildRefused extends Error {}
 /** The file a path names, links followed (the path itself while there is none). */
 const fileOf = (path: string) => (existsSync(path) ? realpathSync(path) : path);
 
+/** Whether `path` is a link to nothing (which the rebuild would fill beside the link, and swap beside the target). */
+const dangling = (path: string) =>
+  !existsSync(path) && lstatSync(path, { throwIfNoEntry: false })?.isSymbolicLink() === true;
+
 /** Where a rebuild of the view at `live` builds aside: a sibling file (of the file a link names) or schema. */
 export function asideOf(live: DbLocation): DbLocation {
-  if (live.engine === "sqlite") return { ...live, path: `${fileOf(live.path)}.rebuilding` };
+  if (live.engine === "sqlite") {
+    if (dangling(live.path))
+      throw new RebuildRefused(`DB_PATH ${live.path} is a link to nothing: point it at a file, or remove it`);
+    return { ...live, path: `${fileOf(live.path)}.rebuilding` };
+  }
   const schema = `${live.schema}_rebuilding`;
   // PostgreSQL cuts a longer name to 63 characters: it would name the live schema, dropped below.
   if (schema.length > 63) {
@@ -50,7 +59,13 @@ const filesOf = (path: string) => [path, `${path}-wal`, `${path}-shm`];
 
 /** A connection of its own to `url`, for DDL and locks outside any pool (as the pool's: a handshake bounded, kept alive). */
 const lockClient = (url: string) =>
-  new pg.Client({ connectionString: url, connectionTimeoutMillis: CONNECT_TIMEOUT_MS, keepAlive: true });
+  new pg.Client({
+    connectionString: url,
+    connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+    keepAlive: true,
+    // A connection dropped silently (a failover moving the address) is found in seconds, not the system's 2 hours.
+    keepAliveInitialDelayMillis: 10_000,
+  });
 
 /** Runs `fn` on a connection of its own to `url`. */
 async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
@@ -201,7 +216,7 @@ export async function lockRebuild(live: DbLocation): Promise<RebuildLock> {
 export async function holdAgainstRebuild(live: DbLocation, log: Logger): Promise<() => Promise<void>> {
   let said = false;
   const waiting = () => {
-    if (!said) log.warn("a history rebuild is running: waiting for it to end before serving its view");
+    if (!said) log.warn("a history rebuild is running: waiting for it to end (its view is served once it has)");
     said = true;
   };
   if (live.engine === "sqlite") {

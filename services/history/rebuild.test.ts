@@ -253,7 +253,9 @@ describe("history rebuild", () => {
         await admin.connect();
         try {
           // The connection that holds the service's shared lock, cut as a restarted server or a proxy would.
-          const cut = await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_locks
+          // Waits (up to 5 s) for the backend to end: one still lingering would hold the lock, and the check
+          // below would pass with no hold taken again.
+          const cut = await admin.query(`SELECT pg_terminate_backend(pid, 5000) FROM pg_locks
             WHERE locktype = 'advisory' AND mode = 'ShareLock' AND granted
               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`);
           expect(cut.rowCount).toBe(1);
