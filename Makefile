@@ -122,7 +122,8 @@ compare: install nats build ## Measure the patterns' trade-offs side by side (~6
 
 # The commands' arguments reach them as the environment variables make puts its command-line variables
 # in, read by the shell as "$$USER", never pasted into the recipe: pasted, a quote in USER broke the
-# command line with a shell syntax error, and a backquote or $$(...) in it ran as a command.
+# command line with a shell syntax error, and a backquote or $$(...) in it ran as a command (make's own
+# $(shell ...) in a value is still make's: the operator's own command line).
 load: install ## Steady mixed traffic through the gateway of `make run` until Ctrl-C: make load RATE=50 (browse, orders, declines)
 	npx tsx scripts/load.ts
 

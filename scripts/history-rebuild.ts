@@ -22,7 +22,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { BUS_ADMIN } from "../platform/index.js";
 import { holdDataDir } from "./data-dir.js";
-import { portOf, ROOT } from "./layout.js";
+import { dbOf, portOf, ROOT } from "./layout.js";
 import { answers, jetStreamDir, localBusEnv, NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
 import {
   ensureDatabase,
@@ -36,13 +36,9 @@ import {
 } from "./postgres.js";
 
 const DATA = process.env.DATA_DIR || join(ROOT, ".data");
-const DB = process.env.DB || "sqlite";
 // Refused as make run refuses them: a DB=postgress rebuilt the SQLite view, and a PG_PORT or NATS_PORT
 // that is no port ended in a stack trace.
-if (DB !== "sqlite" && DB !== "postgres") {
-  process.stderr.write(`DB must be sqlite or postgres, got ${JSON.stringify(DB)}\n`);
-  process.exit(2);
-}
+const DB = dbOf();
 const PG_PORT = portOf("PG_PORT", 55432);
 const NATS_URL = process.env.NATS_URL || `nats://127.0.0.1:${portOf("NATS_PORT", 4222)}`;
 const LOCAL_HOSTS = new Set(["127.0.0.1", "localhost", "[::1]"]);

@@ -49,6 +49,14 @@ export function portOf(variable: string, fallback: number): number {
   return n;
 }
 
+/** Where make run's services keep their data (`DB`: sqlite, the default, or postgres), or a line and exit 2. */
+export function dbOf(): "sqlite" | "postgres" {
+  const db = process.env.DB || "sqlite";
+  if (db === "sqlite" || db === "postgres") return db;
+  process.stderr.write(`DB must be sqlite or postgres, got ${JSON.stringify(db)}\n`);
+  process.exit(2);
+}
+
 /** The services (every process of {@link SYSTEM} but the gateway). */
 export const SERVICE_NAMES = SYSTEM.flatMap((p) => (p.name === "gateway" ? [] : [p.name]));
 

@@ -44,7 +44,7 @@ import { prettyFactory } from "pino-pretty";
 import { EVENTS } from "../contracts/events.js";
 import { BUS_ADMIN, provisionBus, silentLogger } from "../platform/index.js";
 import { holdDataDir } from "./data-dir.js";
-import { nodeCommand, portOf, ROOT, SYSTEM, SYSTEM_ENV } from "./layout.js";
+import { dbOf, nodeCommand, portOf, ROOT, SYSTEM, SYSTEM_ENV } from "./layout.js";
 import { jsonLine } from "./log-lines.js";
 import { jetStreamDir, localBusPasswords, NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
 import {
@@ -98,11 +98,7 @@ const UPSTREAMS = Object.fromEntries(
 );
 
 /** Where the services keep their data. */
-const DB = process.env.DB || "sqlite";
-if (DB !== "sqlite" && DB !== "postgres") {
-  process.stderr.write(`DB must be sqlite or postgres, got ${JSON.stringify(DB)}\n`);
-  process.exit(2);
-}
+const DB = dbOf();
 const PG_PORT = portOf("PG_PORT", 55432);
 
 /** `<NAME>_REPLICAS` (default 1). */
