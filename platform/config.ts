@@ -18,6 +18,17 @@ export class ConfigError extends Error {
   }
 }
 
+/** `load()`'s configuration, or its problems on stderr and exit 78 (EX_CONFIG), as a service does: no stack trace. */
+export function configOrExit<C>(load: () => C): C {
+  try {
+    return load();
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`${err.message}\n`);
+    process.exit(78);
+  }
+}
+
 /** Reads one variable: returns its value or throws a message naming the problem. */
 export interface EnvReader<T> {
   read(name: string, raw: string | undefined): T;

@@ -20,7 +20,18 @@ export {
   type StreamSpec,
 } from "./catalogue.js";
 export { faultEnv } from "./chaos.js";
-export { bool, ConfigError, type ConfigOf, commonEnv, type EnvReader, int, oneOf, parseEnv, str } from "./config.js";
+export {
+  bool,
+  ConfigError,
+  type ConfigOf,
+  commonEnv,
+  configOrExit,
+  type EnvReader,
+  int,
+  oneOf,
+  parseEnv,
+  str,
+} from "./config.js";
 export type { ConsumerSpec } from "./consumer-spec.js";
 export { type DbConfig, locationOf, type Migrations, migrations, openDatabase } from "./db.js";
 export { earliestDeadline } from "./deadline.js";

@@ -3,7 +3,7 @@
  * a clean shutdown on SIGTERM/SIGINT (a second signal exits at once).
  */
 import { installLeanAsyncBind } from "./async-bind.js";
-import { ConfigError } from "./config.js";
+import { configOrExit } from "./config.js";
 import { createLogger, flushLogs, type Logger } from "./log.js";
 import { startProcessTelemetry } from "./tracing.js";
 import { WalSync } from "./wal-sync.js";
@@ -40,16 +40,7 @@ export async function runService<C extends ProcessConfig>(
   loadConfig: () => C,
   start: (config: C, log: Logger) => Promise<Stoppable>,
 ): Promise<void> {
-  let config: C;
-  try {
-    config = loadConfig();
-  } catch (err) {
-    if (err instanceof ConfigError) {
-      process.stderr.write(`${err.message}\n`);
-      process.exit(78); // EX_CONFIG
-    }
-    throw err;
-  }
+  const config = configOrExit(loadConfig);
   let log: Logger | undefined;
   let service: Stoppable | undefined;
   let stopTracing: () => Promise<void> = async () => {};

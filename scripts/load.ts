@@ -19,7 +19,7 @@
 import http from "node:http";
 import { signDevToken } from "../gateway/auth.js";
 import { loadConfig } from "../gateway/config.js";
-import { ConfigError } from "../platform/index.js";
+import { configOrExit } from "../platform/index.js";
 import { quietWhenOutputCloses } from "./printable.js";
 
 quietWhenOutputCloses();
@@ -50,14 +50,7 @@ const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
 // Signed as make token signs, from the gateway's own configuration: with the development key whatever
 // JWT_SECRET said, every call to a gateway started with that JWT_SECRET was a 401, and so was every call
 // past its JWT_MAX_LIFETIME_S. Tokens live an hour at most and are signed again every half hour.
-let config: ReturnType<typeof loadConfig>;
-try {
-  config = loadConfig(process.env);
-} catch (err) {
-  if (!(err instanceof ConfigError)) throw err;
-  process.stderr.write(`${err.message}\n`);
-  process.exit(78); // EX_CONFIG, as the gateway and make token
-}
+const config = configOrExit(() => loadConfig(process.env)); // refused as the gateway refuses it (exit 78)
 const CUSTOMERS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
 const TOKEN_TTL_S = Math.min(3600, config.JWT_MAX_LIFETIME_S);
 const tokens = new Map<string, string>();

@@ -5,7 +5,7 @@
  */
 import { signDevToken } from "../gateway/auth.js";
 import { loadConfig } from "../gateway/config.js";
-import { ConfigError, isRole, ROLES } from "../platform/index.js";
+import { configOrExit, isRole, ROLES } from "../platform/index.js";
 
 const [user = "alice", role = "customer"] = process.argv.slice(2);
 if (!/^[A-Za-z0-9._:@-]{1,128}$/.test(user)) {
@@ -19,12 +19,5 @@ if (!roles.every(isRole)) {
 }
 // The gateway's own configuration, so that the token is signed as the gateway verifies it: what it
 // refuses (a JWT_SECRET too short) is said as the gateway says it, not thrown as a stack trace.
-let config: ReturnType<typeof loadConfig>;
-try {
-  config = loadConfig(process.env);
-} catch (err) {
-  if (!(err instanceof ConfigError)) throw err;
-  process.stderr.write(`${err.message}\n`);
-  process.exit(78); // EX_CONFIG, as the gateway
-}
+const config = configOrExit(() => loadConfig(process.env));
 process.stdout.write(`${await signDevToken(config, user, roles)}\n`);
