@@ -8,8 +8,12 @@
  * <data dir>/run.lock, as the history rebuild's lock is): a pid file alone was claimed by two runners
  * started at once (each read the other's file before its pid was in it, or both took over a stale
  * one). The runner's pid is in <data dir>/run.pid, for the messages and for `make clean`.
+ *
+ * What a holder starts is listed in <data dir>/run.children (pid and start time): a holder killed
+ * outright (SIGKILL, an OOM kill) left its nats-server running on the store and the ports, and the
+ * next make run refused, "port 4222 is in use by nats-server". The next holder stops what is left.
  */
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { appendFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 
@@ -59,4 +63,75 @@ export function holdDataDir(dataDir: string, opts: { runner?: boolean } = {}): (
     process.on("exit", release);
   }
   return release;
+}
+
+const childrenFile = (dataDir: string) => join(dataDir, "run.children");
+
+/** When process `pid` started (clock ticks since boot, /proc), or undefined when it is gone or there is no /proc. */
+function startOf(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+  } catch {
+    return undefined;
+  }
+}
+
+/** Lists `pid`, just started by this holder of `dataDir`, for the next holder should this one be killed. */
+export function recordChild(dataDir: string, pid: number | undefined): void {
+  const start = pid === undefined ? undefined : startOf(pid);
+  if (start !== undefined) appendFileSync(childrenFile(dataDir), `${pid} ${start}\n`);
+}
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+/** Signals `pid`'s process group when it leads one (make run's children), else `pid` alone. */
+function signal(pid: number, sig: NodeJS.Signals): void {
+  for (const target of [-pid, pid]) {
+    try {
+      process.kill(target, sig);
+      return;
+    } catch {}
+  }
+}
+
+/**
+ * Stops what an earlier holder of `dataDir`, killed outright, started and left running (the same pid
+ * with the same start time: not a process that took its pid since), telling `say` which: SIGINT (each
+ * stops cleanly: PostgreSQL's fast shutdown), SIGKILL what still runs 10 s later. Call it holding the
+ * directory; it starts this holder's list afresh.
+ */
+export async function stopLeftovers(dataDir: string, say: (line: string) => void): Promise<void> {
+  let listed: string;
+  try {
+    listed = readFileSync(childrenFile(dataDir), "utf8");
+  } catch {
+    listed = "";
+  }
+  const left = listed
+    .split("\n")
+    .map((line) => line.split(" "))
+    .map(([pid, start]) => ({ pid: Number(pid), start }))
+    .filter(({ pid, start }) => pid > 0 && start !== undefined && startOf(pid) === start);
+  for (const { pid } of left) {
+    let name = "process";
+    try {
+      name = readFileSync(`/proc/${pid}/comm`, "utf8").trim();
+    } catch {}
+    say(`stopping ${name} (pid ${pid}), left running on ${dataDir} by a holder that was killed`);
+    signal(pid, "SIGINT");
+  }
+  const deadline = Date.now() + 10_000;
+  while (left.some(({ pid }) => alive(pid)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  for (const { pid } of left) if (alive(pid)) signal(pid, "SIGKILL");
+  while (left.some(({ pid }) => alive(pid)) && Date.now() < deadline + 2_000)
+    await new Promise((r) => setTimeout(r, 50));
+  writeFileSync(childrenFile(dataDir), "");
 }

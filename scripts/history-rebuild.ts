@@ -17,11 +17,11 @@
  * (130 for SIGINT).
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { BUS_ADMIN } from "../platform/index.js";
-import { holdDataDir } from "./data-dir.js";
+import { holdDataDir, recordChild, stopLeftovers } from "./data-dir.js";
 import { dbOf, portOf, ROOT } from "./layout.js";
 import { answers, jetStreamDir, localBusEnv, NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
 import {
@@ -67,6 +67,7 @@ async function ensureNats(): Promise<(() => Promise<void>) | undefined> {
   if (!natsInstalled()) throw new CannotStart(NATS_MISSING);
   mkdirSync(jetStreamDir(DATA, DB), { recursive: true });
   const nats = spawn("nats-server", natsServerArgs(DATA, port, undefined, DB), { stdio: ["ignore", "pipe", "pipe"] });
+  recordChild(DATA, nats.pid);
   const lines: string[] = [];
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new CannotStart(`NATS did not start:\n${lines.join("\n")}`)), 15_000);
@@ -107,6 +108,8 @@ async function ensurePostgres(): Promise<{ url: string; stop?: () => Promise<voi
   const server = spawn(cmd, args, { stdio: "ignore" });
   try {
     await waitForPostgres(admin);
+    // The postmaster, not its `runuser` (as root), which passes no SIGINT on to it.
+    recordChild(DATA, Number.parseInt(readFileSync(join(data, "postmaster.pid"), "utf8"), 10));
   } catch (err) {
     server.kill("SIGKILL");
     throw new CannotStart(`PostgreSQL did not come up on port ${PG_PORT}: ${(err as Error).message}`);
@@ -131,6 +134,7 @@ async function main(): Promise<number> {
     const held = holdDataDir(DATA);
     if (typeof held !== "function") throw new CannotStart(`${held.heldBy} is using ${DATA}: stop it first`);
     stops.push(async () => held());
+    await stopLeftovers(DATA, say);
     const nats = await ensureNats();
     if (nats) stops.push(nats);
     const database: Record<string, string> = { DB_PATH: join(DATA, "history.db") };

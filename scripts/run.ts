@@ -43,7 +43,7 @@ import { createInterface } from "node:readline";
 import { prettyFactory } from "pino-pretty";
 import { EVENTS } from "../contracts/events.js";
 import { BUS_ADMIN, provisionBus, silentLogger } from "../platform/index.js";
-import { holdDataDir } from "./data-dir.js";
+import { holdDataDir, recordChild, stopLeftovers } from "./data-dir.js";
 import { dbOf, nodeCommand, portOf, ROOT, SYSTEM, SYSTEM_ENV } from "./layout.js";
 import { jsonLine } from "./log-lines.js";
 import { jetStreamDir, localBusPasswords, NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
@@ -203,6 +203,7 @@ function start(
       stdio: ["ignore", "pipe", "pipe"],
       detached: true,
     });
+    recordChild(DATA, child.pid);
     entry.child = child;
     for (const [stream, fromStderr] of [
       [child.stdout, false],
@@ -407,6 +408,7 @@ function claimDataDir(): void {
 
 requireNats();
 claimDataDir();
+await stopLeftovers(DATA, (line) => say("run", undefined, line));
 const replicas = new Map(SERVICES.map((s) => [s.name, replicasOf(s.name)]));
 await checkPorts([
   { port: NATS_PORT, what: "NATS", variable: "NATS_PORT" },

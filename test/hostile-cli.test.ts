@@ -248,37 +248,71 @@ it("make demo reads an empty ORDER_TARGET or INVENTORY_TARGET as unset (ORDER_TA
   expect(out).toContain("cannot reach the order service at 127.0.0.1:50053: is `make run` running?");
 });
 
-it("make run, stopped, kills a service that does not stop within its grace, says so and exits 1 (it waited for ever)", async () => {
-  using data = tempDir();
-  execFileSync("make", ["-s", "build"], { cwd: ROOT, stdio: "pipe" }); // the runner and services run from dist/
-  const env: Record<string, string> = { DATA_DIR: data.path, SHUTDOWN_GRACE_MS: "1000", LOG_FORMAT: "" };
+/** Every port make run takes, free now. */
+async function freeRunPorts(): Promise<Record<string, string>> {
+  const env: Record<string, string> = {};
   for (const v of [
     "NATS_PORT",
     "NATS_MONITOR_PORT",
     ...SYSTEM.flatMap((p) => [`${p.name.toUpperCase()}_PORT`, `${p.name.toUpperCase()}_METRICS_PORT`]),
   ])
     env[v] = String(await freePort());
+  return env;
+}
+
+/** make run's runner from dist/ with `env`, its output so far in `out()`, resolved once the gateway listens. */
+async function startRunner(env: Record<string, string>) {
+  execFileSync("make", ["-s", "build"], { cwd: ROOT, stdio: "pipe" }); // the runner and services run from dist/
   const runner = spawn(process.execPath, [join(ROOT, "dist", "scripts", "run.js")], {
     cwd: ROOT,
-    env: { ...process.env, ...env },
+    env: { ...process.env, LOG_FORMAT: "", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";
   runner.stdout.on("data", (d: Buffer) => (out += d.toString()));
   runner.stderr.on("data", (d: Buffer) => (out += d.toString()));
-  const frozen: number[] = [];
+  const stop = () => {
+    if (runner.exitCode === null && runner.signalCode === null) {
+      runner.kill("SIGINT");
+      runner.kill("SIGINT");
+    }
+  };
   try {
     await until(
       () => /gateway listening/.test(out),
       (x) => x,
       60_000,
     );
+  } catch (err) {
+    stop();
+    throw new Error(`make run did not get ready: ${(err as Error).message}\n${out}`);
+  }
+  return { runner, out: () => out, stop };
+}
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+it("make run, stopped, kills a service that does not stop within its grace, says so and exits 1 (it waited for ever)", async () => {
+  using data = tempDir();
+  const env = { ...(await freeRunPorts()), DATA_DIR: data.path, SHUTDOWN_GRACE_MS: "1000" };
+  const { runner, out: output, stop } = await startRunner(env);
+  let out = output();
+  const frozen: number[] = [];
+  try {
     // A service stuck in its stop (the disk full under it, say): frozen, it never answers SIGTERM.
     const pid = Number(/history +\| started \(pid (\d+)\)/.exec(out)?.[1]);
     process.kill(pid, "SIGSTOP");
     frozen.push(pid);
     runner.kill("SIGINT");
     const code = await Promise.race([exited(runner), new Promise((r) => setTimeout(() => r("still running"), 30_000))]);
+    out = output();
     expect(code, out).toBe(1);
     expect(out).toContain("history did not stop within 11 s: killed");
     expect(out).toContain("all stopped");
@@ -288,10 +322,31 @@ it("make run, stopped, kills a service that does not stop within its grace, says
         process.kill(pid, "SIGKILL");
       } catch {}
     }
-    if (runner.exitCode === null) {
-      runner.kill("SIGINT");
-      runner.kill("SIGINT");
-    }
+    stop();
+  }
+}, 120_000);
+
+it("make run after one killed outright (SIGKILL) stops the nats-server it left on the store and the port, and starts (it refused: port in use)", async () => {
+  using data = tempDir();
+  const env = { ...(await freeRunPorts()), DATA_DIR: data.path };
+  const first = await startRunner(env);
+  const nats = Number(/nats +\| started \(pid (\d+)\)/.exec(first.out())?.[1]);
+  let second: Awaited<ReturnType<typeof startRunner>> | undefined;
+  try {
+    first.runner.kill("SIGKILL");
+    await exited(first.runner);
+    expect(alive(nats), "the killed runner's NATS lives on").toBe(true);
+    second = await startRunner(env);
+    expect(second.out()).toContain(
+      `stopping nats-server (pid ${nats}), left running on ${data.path} by a holder that was killed`,
+    );
+    expect(alive(nats)).toBe(false);
+    second.runner.kill("SIGINT");
+    expect(await exited(second.runner), second.out()).toBe(0);
+  } finally {
+    second?.stop();
+    first.stop();
+    if (nats > 0 && alive(nats)) process.kill(nats, "SIGKILL"); // should the second not have stopped it
   }
 }, 120_000);
 
