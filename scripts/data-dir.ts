@@ -83,7 +83,8 @@ export function recordChild(dataDir: string, pid: number | undefined): void {
   if (start !== undefined) appendFileSync(childrenFile(dataDir), `${pid} ${start}\n`);
 }
 
-const alive = (pid: number) => {
+/** Whether process `pid` exists (a signal 0 reaches it). */
+export const alive = (pid: number) => {
   try {
     process.kill(pid, 0);
     return true;

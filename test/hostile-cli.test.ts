@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { targetVariable } from "../gateway/config.js";
 import { UPSTREAMS } from "../gateway/routes.js";
-import { holdDataDir } from "../scripts/data-dir.js";
+import { alive, holdDataDir } from "../scripts/data-dir.js";
 import { SYSTEM } from "../scripts/layout.js";
 import { until } from "./events.js";
 import { exited, freePort, ROOT, runToEnd, spawnGateway, tempDir } from "./fixtures.js";
@@ -289,15 +289,6 @@ async function startRunner(env: Record<string, string>) {
   }
   return { runner, out: () => out, stop };
 }
-
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 it("make run, stopped, kills a service that does not stop within its grace, says so and exits 1 (it waited for ever)", async () => {
   using data = tempDir();
