@@ -317,27 +317,34 @@ it("make run, stopped, kills a service that does not stop within its grace, says
   }
 }, 120_000);
 
-it("make run after one killed outright (SIGKILL) stops the nats-server it left on the store and the port, and starts (it refused: port in use)", async () => {
+it("make run after one killed outright (SIGKILL) stops what that one left on the store and the ports, and starts (it refused: port in use)", async () => {
   using data = tempDir();
   const env = { ...(await freeRunPorts()), DATA_DIR: data.path };
   const first = await startRunner(env);
-  const nats = Number(/nats +\| started \(pid (\d+)\)/.exec(first.out())?.[1]);
   let second: Awaited<ReturnType<typeof startRunner>> | undefined;
+  let left: number[] = [];
   try {
     first.runner.kill("SIGKILL");
     await exited(first.runner);
-    expect(alive(nats), "the killed runner's NATS lives on").toBe(true);
+    // Its nats-server, services and gateway, each in a process group of its own, live on.
+    left = readFileSync(join(data.path, "run.children"), "utf8")
+      .split("\n")
+      .map((line) => Number(line.split(" ")[0]))
+      .filter((pid) => pid > 0);
+    expect(left.length, first.out()).toBe(1 + SYSTEM.length);
+    expect(left.filter(alive), "the killed runner's processes live on").toEqual(left);
+    const nats = Number(/nats +\| started \(pid (\d+)\)/.exec(first.out())?.[1]);
     second = await startRunner(env);
     expect(second.out()).toContain(
       `stopping nats-server (pid ${nats}), left running on ${data.path} by a holder that was killed`,
     );
-    expect(alive(nats)).toBe(false);
+    expect(left.filter(alive)).toEqual([]);
     second.runner.kill("SIGINT");
     expect(await exited(second.runner), second.out()).toBe(0);
   } finally {
     second?.stop();
     first.stop();
-    if (nats > 0 && alive(nats)) process.kill(nats, "SIGKILL"); // should the second not have stopped it
+    for (const pid of left.filter(alive)) process.kill(-pid, "SIGKILL"); // should the second not have stopped them
   }
 }, 120_000);
 
