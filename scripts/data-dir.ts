@@ -77,10 +77,10 @@ function startOf(pid: number): string | undefined {
   }
 }
 
-/** Lists `pid`, just started by this holder of `dataDir`, for the next holder should this one be killed. */
-export function recordChild(dataDir: string, pid: number | undefined): void {
+/** Lists `pid` (`name`), just started by this holder of `dataDir`, for the next holder should this one be killed. */
+export function recordChild(dataDir: string, pid: number | undefined, name: string): void {
   const start = pid === undefined ? undefined : startOf(pid);
-  if (start !== undefined) appendFileSync(childrenFile(dataDir), `${pid} ${start}\n`);
+  if (start !== undefined) appendFileSync(childrenFile(dataDir), `${pid} ${start} ${name}\n`);
 }
 
 /** Whether process `pid` exists (a signal 0 reaches it). */
@@ -119,13 +119,9 @@ export async function stopLeftovers(dataDir: string, say: (line: string) => void
   const left = listed
     .split("\n")
     .map((line) => line.split(" "))
-    .map(([pid, start]) => ({ pid: Number(pid), start }))
+    .map(([pid, start, name]) => ({ pid: Number(pid), start, name }))
     .filter(({ pid, start }) => pid > 0 && start !== undefined && startOf(pid) === start);
-  for (const { pid } of left) {
-    let name = "process";
-    try {
-      name = readFileSync(`/proc/${pid}/comm`, "utf8").trim();
-    } catch {}
+  for (const { pid, name } of left) {
     say(`stopping ${name} (pid ${pid}), left running on ${dataDir} by a holder that was killed`);
     signal(pid, "SIGINT");
   }

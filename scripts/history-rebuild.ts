@@ -67,7 +67,7 @@ async function ensureNats(): Promise<(() => Promise<void>) | undefined> {
   if (!natsInstalled()) throw new CannotStart(NATS_MISSING);
   mkdirSync(jetStreamDir(DATA, DB), { recursive: true });
   const nats = spawn("nats-server", natsServerArgs(DATA, port, undefined, DB), { stdio: ["ignore", "pipe", "pipe"] });
-  recordChild(DATA, nats.pid);
+  recordChild(DATA, nats.pid, "nats");
   const lines: string[] = [];
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new CannotStart(`NATS did not start:\n${lines.join("\n")}`)), 15_000);
@@ -109,7 +109,7 @@ async function ensurePostgres(): Promise<{ url: string; stop?: () => Promise<voi
   try {
     await waitForPostgres(admin);
     // The postmaster, not its `runuser` (as root), which passes no SIGINT on to it.
-    recordChild(DATA, Number.parseInt(readFileSync(join(data, "postmaster.pid"), "utf8"), 10));
+    recordChild(DATA, Number.parseInt(readFileSync(join(data, "postmaster.pid"), "utf8"), 10), "postgres");
   } catch (err) {
     server.kill("SIGKILL");
     throw new CannotStart(`PostgreSQL did not come up on port ${PG_PORT}: ${(err as Error).message}`);

@@ -203,7 +203,7 @@ function start(
       stdio: ["ignore", "pipe", "pipe"],
       detached: true,
     });
-    recordChild(DATA, child.pid);
+    recordChild(DATA, child.pid, name);
     entry.child = child;
     for (const [stream, fromStderr] of [
       [child.stdout, false],
