@@ -145,11 +145,17 @@ dlq: install ## List dead-lettered events and why they failed, then exit (ARGS=-
 history-rebuild: install ## Rebuild the history read model from the streams, with `make run` stopped (starts its NATS, and PostgreSQL with DB=postgres, for the rebuild)
 	@npx tsx scripts/history-rebuild.ts
 
-# Not from under a running make run (its pid in .data/run.pid): its services and NATS would go on
-# writing to deleted files, and NATS, stopping, put back part of a store.
+# Not from under a running make run (its pid in .data/run.pid), nor from under what one killed outright
+# left running (.data/run.children: pid, start time, name): its services and NATS would go on writing to
+# deleted files, and NATS, stopping, put back part of a store. `ps -p`: `kill -0` fails on another user's.
 clean: ## Remove local data (.data/: databases, NATS streams)
-	@pid=$$(cat .data/run.pid 2>/dev/null); if [ -n "$$pid" ] && kill -0 "$$pid" 2>/dev/null; then \
+	@pid=$$(cat .data/run.pid 2>/dev/null); if [ -n "$$pid" ] && ps -p "$$pid" >/dev/null 2>&1; then \
 	  echo "make run (pid $$pid) is using .data: stop it first" >&2; exit 1; fi
+	@left=; if [ -f .data/run.children ]; then while read -r pid start name; do \
+	  if [ -n "$$pid" ] && [ "$$(awk '{print $$22}' /proc/$$pid/stat 2>/dev/null)" = "$$start" ]; then \
+	    echo "$$name (pid $$pid), left by a make run killed outright, still runs on .data" >&2; left="$$left $$pid"; fi; \
+	done < .data/run.children; fi; if [ -n "$$left" ]; then \
+	  echo "stop them first: make run stops them as it starts (then Ctrl-C it), or kill them:$$left" >&2; exit 1; fi
 	rm -rf .data
 
 # Kubernetes + Istio on kind: kind-up, images, kind-load, deploy, port-forward, kind-down (docs/deploy.md).

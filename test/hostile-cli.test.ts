@@ -3,7 +3,7 @@
  * into make's variables and the tools' environment. Each command runs for real, as a user runs it.
  */
 import { execFileSync, spawn } from "node:child_process";
-import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { targetVariable } from "../gateway/config.js";
@@ -358,7 +358,7 @@ it("make run refuses replicas whose ports pass 65535, in one line (a RangeError 
   );
 });
 
-it("make clean refuses to remove .data from under a running make run", async () => {
+it("make clean refuses to remove .data from under a running make run, or what one killed outright left running", async () => {
   // A copy of the Makefile in a directory of its own: a failing test must not remove this checkout's .data.
   using dir = tempDir();
   mkdirSync(join(dir.path, "deploy"));
@@ -370,6 +370,17 @@ it("make clean refuses to remove .data from under a running make run", async () 
   expect(code, out).toBe(2);
   expect(out).toContain(`make run (pid ${process.pid}) is using .data: stop it first`);
   expect(existsSync(join(dir.path, ".data", "run.pid"))).toBe(true);
+  // Nor from under what a make run killed outright left: this process as its NATS, a dead one as its order.
+  rmSync(join(dir.path, ".data", "run.pid"));
+  const stat = readFileSync("/proc/self/stat", "utf8");
+  const start = stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+  writeFileSync(join(dir.path, ".data", "run.children"), `${process.pid} ${start} nats\n999999999 1 order\n`);
+  const left = await runToEnd("make", ["-s", "-C", dir.path, "clean"]);
+  expect(left.code, left.out).toBe(2);
+  expect(left.out).toContain(`nats (pid ${process.pid}), left by a make run killed outright, still runs on .data`);
+  expect(left.out).toContain(`or kill them: ${process.pid}\n`);
+  expect(left.out).not.toContain("order");
+  expect(existsSync(join(dir.path, ".data", "run.children"))).toBe(true);
 });
 
 it("make load signs its customers' tokens as the gateway was configured: its JWT_SECRET (it used the development key: all 401), its JWT_MAX_LIFETIME_S (tokens of 12 h: all 401)", async () => {
