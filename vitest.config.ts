@@ -6,6 +6,7 @@ const STORE_SUITES = [
   "platform/events.test.ts",
   "test/burst.test.ts",
   "test/discovery.test.ts",
+  "test/hostile-domain.test.ts",
 ];
 /** Suites that need several replicas on one PostgreSQL (SQLite is one process per file). */
 const POSTGRES_ONLY = [

@@ -18,6 +18,13 @@ export function stepKey(orderId: string, step: KeyedStep): string {
   return `${orderId}:${step}`;
 }
 
+/**
+ * The decline reason of a charge key voided before any charge (RefundPayment by charge key, or a
+ * choreographed OrderCancelled): no money was, or will be, taken with it. In choreography payment
+ * announces the void as a PaymentFailed with this reason — it is not a decline of the customer's card.
+ */
+export const VOIDED_REASON = "voided";
+
 /** Longest reason RefundPayment accepts (payment refuses a longer one: INVALID_ARGUMENT). */
 export const MAX_REFUND_REASON = 500;
 

@@ -5,16 +5,20 @@
  * saga step written by two lease owners.
  */
 import { expect } from "vitest";
-import { type DbLocation, sql } from "../platform/index.js";
+import { type Db, type DbLocation, sql } from "../platform/index.js";
 import { DEMO_CATALOGUE } from "../services/inventory/catalogue.js";
 import { withDb } from "./db.js";
 
-/** The databases to check. */
+/** The databases to check: where they are, or (a running system's stores') open. */
 export interface CheckoutDatabases {
-  readonly order: DbLocation;
-  readonly payment: DbLocation;
-  readonly inventory: DbLocation;
+  readonly order: DbLocation | Db;
+  readonly payment: DbLocation | Db;
+  readonly inventory: DbLocation | Db;
 }
+
+/** `fn` on `db`, opened (and closed) here when given by its location. */
+const using = <T>(db: DbLocation | Db, fn: (db: Db) => Promise<T>): Promise<T> =>
+  "transaction" in db ? fn(db) : withDb(db, fn);
 
 /** What the orders came to. */
 export interface Outcome {
@@ -29,7 +33,7 @@ export interface Outcome {
  * exactly what confirmed orders hold.
  */
 export async function expectCheckoutInvariants(dbs: CheckoutDatabases): Promise<Outcome> {
-  const orders = await withDb(dbs.order, (db) =>
+  const orders = await using(dbs.order, (db) =>
     db.all(sql<{ id: string; items: string; status: string }>`SELECT id, items, status FROM orders`),
   );
   const unfinished = orders.filter((o) => o.status !== "CONFIRMED" && o.status !== "CANCELLED");
@@ -37,7 +41,7 @@ export async function expectCheckoutInvariants(dbs: CheckoutDatabases): Promise<
   const confirmed = new Set(orders.filter((o) => o.status === "CONFIRMED").map((o) => o.id));
   const cancelled = new Set(orders.filter((o) => o.status === "CANCELLED").map((o) => o.id));
 
-  const captured = await withDb(dbs.payment, (db) =>
+  const captured = await using(dbs.payment, (db) =>
     db.all(sql<{ order_id: string; n: number }>`SELECT order_id, COUNT(*) AS n FROM payments
       WHERE status = 'CAPTURED' GROUP BY order_id`),
   );
@@ -53,7 +57,7 @@ export async function expectCheckoutInvariants(dbs: CheckoutDatabases): Promise<
       held.set(it.productId, (held.get(it.productId) ?? 0) + it.quantity);
     }
   }
-  const stock = await withDb(dbs.inventory, (db) =>
+  const stock = await using(dbs.inventory, (db) =>
     db.all(sql<{ id: string; available: number; reserved: number }>`SELECT id, available, reserved FROM products`),
   );
   for (const p of DEMO_CATALOGUE) {

@@ -22,6 +22,7 @@
  */
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { type Line, MAX_LINES } from "../../contracts/lines.js";
+import { VOIDED_REASON } from "../../contracts/saga.js";
 import type { StockRejected, StockReleased, StockReserved } from "../../gen/shopmesh/inventory/v1/events_pb.js";
 import type {
   OrderCancelled,
@@ -181,7 +182,12 @@ export function factOf(event: HistoryEvent, eventId: string, now = Date.now()): 
     case "shopmesh.payment.v1.PaymentSucceeded":
       return { ...base, customerId: nonEmpty(event.customerId), paymentStatus: "CAPTURED" };
     case "shopmesh.payment.v1.PaymentFailed":
-      return { ...base, customerId: nonEmpty(event.customerId), paymentStatus: "DECLINED" };
+      // A voided charge key is no payment (GetPayment does not find one): the status stays unknown.
+      return {
+        ...base,
+        customerId: nonEmpty(event.customerId),
+        ...(event.reason === VOIDED_REASON ? {} : { paymentStatus: "DECLINED" as const }),
+      };
     case "shopmesh.payment.v1.PaymentRefunded":
       return { ...base, customerId: nonEmpty(event.customerId), paymentStatus: "REFUNDED" };
   }

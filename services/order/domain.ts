@@ -281,6 +281,24 @@ export function onCancelled(reason: string): Transition {
 }
 
 /**
+ * Choreography: the order is cancelled before payment has answered for it. Payment may have captured
+ * the charge already, or may still capture it from its StockReserved before it handles the
+ * OrderCancelled (the streams are consumed apart), so the charge counts as `attempted` — its refund
+ * pending — until payment refunds it (PaymentRefunded) or voids its key (PaymentFailed "voided").
+ */
+export function onCancelledBeforePayment(reason: string): Transition {
+  return {
+    patch: { status: "CANCELLED", payment: "attempted" },
+    log: {
+      name: "cancel_order",
+      status: "SUCCEEDED",
+      detail: `${reason} (refund pending: payment not heard yet)`,
+      attempt: 1,
+    },
+  };
+}
+
+/**
  * Stock is back but payment cannot be reached to refund (or void) the charge: the order is
  * cancelled now, its refund pending, and the saga keeps retrying it (`decide` on CANCELLED).
  */

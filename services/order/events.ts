@@ -32,10 +32,12 @@ import {
   PaymentSucceededSchema,
 } from "../../gen/shopmesh/payment/v1/events_pb.js";
 import { type ConsumerSpec, type EventContext, on, type Tx } from "../../platform/index.js";
+import type { Guard } from "./compensation.js";
 import {
   type OrderRecord,
   type OrderStatus,
   onCancelled,
+  onCancelledBeforePayment,
   onCharged,
   onCompensate,
   onConfirmed,
@@ -106,13 +108,27 @@ export class Choreography {
     await this.applyIf(o, onCancelled(reason), "COMPENSATING", tx);
   }
 
+  /**
+   * Turns a still-pending order (in `guard`) to CANCELLED with `reason` before its outcome is known:
+   * whatever payment has not answered yet, it may still charge, so the order waits for its word with
+   * the refund pending ({@link onCancelledBeforePayment}). True when it did.
+   */
+  private async giveUp(o: OrderRecord, reason: string, guard: Guard, tx: Tx): Promise<boolean> {
+    const r = await this.store.apply(o.id, onCompensate(reason), { guard, tx });
+    if (r.kind !== "applied") return false;
+    // The row is locked since the apply above: its payment is as payment last told it.
+    const t = r.order.payment === "none" ? onCancelledBeforePayment(reason) : onCancelled(reason);
+    await this.applyIf(r.order, t, "COMPENSATING", tx);
+    return true;
+  }
+
   /** A customer asked to cancel (recorded in `tx`): cancel now if the order is still pending. */
   cancelRequested(orderId: string, tx: Tx): Promise<void> {
     return this.store.db.within(tx, async (tx) => {
       const o = await this.order(orderId, tx);
       if (o?.status !== "PENDING" || o.cancelRequested === null) return;
       const reason = `cancelled by customer${o.cancelRequested ? `: ${o.cancelRequested}` : ""}`;
-      if (await this.applyIf(o, onCompensate(reason), "PENDING", tx)) await this.cancel(o, reason, tx);
+      await this.giveUp(o, reason, { status: "PENDING" }, tx);
     });
   }
 
@@ -131,11 +147,7 @@ export class Choreography {
         const who = o.stock === "done" ? "payment" : "inventory";
         const reason = `${who} unavailable: no answer within the ${budgetMs} ms step budget`;
         // Still stale once locked: an event that made progress since the read keeps the order going.
-        const guard = { status: "PENDING", staleBefore: now - budgetMs } as const;
-        if ((await this.store.apply(o.id, onCompensate(reason), { guard, tx })).kind === "applied") {
-          await this.cancel(o, reason, tx);
-          cancelled++;
-        }
+        if (await this.giveUp(o, reason, { status: "PENDING", staleBefore: now - budgetMs }, tx)) cancelled++;
       });
     }
     return cancelled;
@@ -212,6 +224,12 @@ export class Choreography {
             PaymentFailedSchema,
             async (e, ctx, tx) => {
               const o = await this.order(e.meta?.orderId, tx);
+              if (o?.status === "CANCELLED" && o.payment === "attempted") {
+                // Cancelled before payment answered: it declined the charge, or voided its key. Nothing taken.
+                const t = onRefunded(`no charge taken: ${e.reason || "declined"}`, attempt(ctx));
+                await this.applyIf(o, t, "CANCELLED", tx);
+                return;
+              }
               if (o?.status !== "PENDING") return;
               const t = onDeclined(e.paymentId, e.reason || "declined", attempt(ctx));
               if (await this.applyIf(o, t, "PENDING", tx))

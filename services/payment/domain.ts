@@ -4,7 +4,7 @@
  * payment in each state, and who may see a payment.
  */
 
-import { MAX_REFUND_REASON } from "../../contracts/saga.js";
+import { MAX_REFUND_REASON, VOIDED_REASON } from "../../contracts/saga.js";
 import {
   CURRENCY_CODE,
   FailedPreconditionError,
@@ -23,7 +23,7 @@ export const TOKEN_DECLINE = "tok_decline";
 /** Card token the simulated provider declines for lack of funds. */
 export const TOKEN_INSUFFICIENT = "tok_insufficient";
 /** Decline reason of a void tombstone: a charge key refunded before any charge happened. */
-export const VOIDED_REASON = "voided";
+export { VOIDED_REASON };
 /** Longest card token accepted. */
 export const MAX_CARD_TOKEN = 256;
 

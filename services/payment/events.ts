@@ -27,7 +27,7 @@ import {
   ServiceError,
   UnprocessableEventError,
 } from "../../platform/index.js";
-import { validateCharge } from "./domain.js";
+import { VOIDED_REASON, validateCharge } from "./domain.js";
 import type { PaymentStore } from "./store.js";
 
 /** Payment's consumers. */
@@ -50,12 +50,22 @@ export function paymentConsumers(store: PaymentStore): ConsumerSpec[] {
           OrderCancelledSchema,
           async (e, _ctx, tx) => {
             const orderId = e.meta?.orderId ?? "";
-            await store.refund(
+            const r = await store.refund(
               { by: "key", chargeIdempotencyKey: stepKey(orderId, "charge_payment") },
               refundReason(orderId, e.reason),
               SagaMode.CHOREOGRAPHY,
               tx,
             );
+            // No charge was made, and now none can be: an order cancelled before it heard from payment
+            // (its refund pending until payment answers) learns that nothing was taken.
+            if (r.kind === "voided" && e.refundPending) {
+              await store.outbox.add(
+                tx,
+                PaymentFailedSchema,
+                { orderId, sagaMode: SagaMode.CHOREOGRAPHY },
+                { paymentId: r.payment.id, customerId: e.customerId, reason: VOIDED_REASON },
+              );
+            }
           },
           choreographed,
         ),

@@ -150,9 +150,10 @@ export type OrderCancelled = Message<"shopmesh.order.v1.OrderCancelled"> & {
 
   /**
    * True when the order's payment may still be taken (orchestration: payment
-   * was unreachable to refund or void it; choreography: it was captured and
-   * payment refunds it on this event). OrderRefundSettled follows when it
-   * lands.
+   * was unreachable to refund or void it; choreography: it was captured, or
+   * payment has not answered yet and may still capture it, and payment
+   * refunds it or voids its key on this event). OrderRefundSettled follows
+   * when it lands.
    *
    * @generated from field: bool refund_pending = 5;
    */

@@ -61,7 +61,10 @@ export const PaymentSucceededSchema: GenMessage<PaymentSucceeded> = /*@__PURE__*
   messageDesc(file_shopmesh_payment_v1_events, 0);
 
 /**
- * A charge was declined by the provider. Subject: `payment.payment.failed.<mode>`.
+ * A charge was declined by the provider; in choreography also a charge key
+ * voided before any charge by an OrderCancelled with its refund pending
+ * (reason "voided"): no money was, or will be, taken. Subject:
+ * `payment.payment.failed.<mode>`.
  *
  * @generated from message shopmesh.payment.v1.PaymentFailed
  */
