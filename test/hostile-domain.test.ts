@@ -289,6 +289,19 @@ describe("a choreographed order cancelled by its customer while payment is still
       if (t.status === "ORDER_STATUS_CANCELLED" && !t.refundPending && (await charged(t.id)) > 0) wrong.push(t.id);
     }
     expect(wrong, "cancelled with nothing pending, yet charged").toEqual([]);
+    // A declined card, an unknown product, a shortage: cancelled at once, each still settles.
+    const others = await Promise.all(
+      [
+        [[line("paper-filters", 1)], "tok_decline"],
+        [[line("no-such-product", 1)], "tok_visa"],
+        [[line("limited-print", 10_000)], "tok_visa"],
+      ].map(async ([items, cardToken]) => {
+        const p = await place("carol", items, { sagaMode: "SAGA_MODE_CHOREOGRAPHY", cardToken });
+        await rest("carol", "POST", `/v1/orders/${p.body.id}:cancel`, {});
+        return p.body.id as string;
+      }),
+    );
+    for (const id of others) expect((await settled("carol", id)).status).toBe("ORDER_STATUS_CANCELLED");
     // The read model agrees: cancelled, nothing pending, and a voided key is no declined card.
     await expect
       .poll(async () =>
