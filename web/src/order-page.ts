@@ -178,7 +178,7 @@ export function orderPage(ctx: PageContext, id: string): void {
             h(
               "p",
               {},
-              "Payment cannot be reached to give the money back (or void the charge). The stock is already released; the shop keeps trying, and this clears when the refund lands.",
+              "Payment has yet to give the money back, or to confirm that none was taken: it is out of reach, or (an order cancelled before it answered) has not handled the cancel yet. This clears when it has.",
             ),
           )
         : null,
