@@ -8,15 +8,24 @@
 import { execFileSync } from "node:child_process";
 import { readdirSync } from "node:fs";
 import { join } from "node:path";
-import { describe, expect, it } from "vitest";
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseAllDocuments } from "yaml";
+import { locationOf } from "../platform/db.js";
+import { HistoryStore } from "../services/history/store.js";
+import { InventoryStore } from "../services/inventory/store.js";
+import { NotificationStore } from "../services/notification/store.js";
+import { OrderStore } from "../services/order/store.js";
+import { PaymentStore } from "../services/payment/store.js";
 import { ROOT } from "./fixtures.js";
+import { startPostgres, type TestPostgres } from "./postgres.js";
 
 interface Obj {
   apiVersion: string;
   kind: string;
   metadata: { name: string; namespace?: string };
-  [key: string]: unknown;
+  // biome-ignore lint/suspicious/noExplicitAny: rendered YAML, read field by field
+  [key: string]: any;
 }
 
 const OVERLAYS = join(ROOT, "deploy", "kubernetes", "overlays");
@@ -65,5 +74,115 @@ describe("Istio durations are ones istiod accepts (a stream route's `timeout: 0s
     }
     expect(durations, "the routes' timeouts at least").toBeGreaterThan(0);
     expect(problems).toEqual([]);
+  });
+});
+
+describe("each service connects to PostgreSQL as a role of its own (all five shared the superuser)", () => {
+  // docs/security.md's threat model gives each service "their own database ... their own data", and
+  // the mesh and NATS tell the five apart (a principal, a NATS user each), but every DATABASE_URL
+  // named POSTGRES_USER, the image's superuser: a notification pod could read or rewrite payment's
+  // and inventory's tables (or run COPY ... TO PROGRAM on the database's pod). Now roles.sh, run by
+  // the image when it initialises its volume, creates one login role per service, which may create
+  // its own schema and nothing else, and each Deployment's DATABASE_URL names that role.
+  const objs = rendered.get("kind") ?? [];
+  const secretData = (name: string, key: string): string | undefined => {
+    const secret = objs.find((o) => o.kind === "Secret" && o.metadata.name === name);
+    const b64 = secret?.data?.[key];
+    return b64 === undefined ? secret?.stringData?.[key] : Buffer.from(b64, "base64").toString("utf8");
+  };
+  const envOf = (container: {
+    env?: Array<{ name: string; value?: string; valueFrom?: { secretKeyRef?: { name: string; key: string } } }>;
+  }) =>
+    Object.fromEntries(
+      (container.env ?? []).map((e) => {
+        const ref = e.valueFrom?.secretKeyRef;
+        return [e.name, ref ? secretData(ref.name, ref.key) : e.value];
+      }),
+    ) as Record<string, string | undefined>;
+  const postgres = objs.find((o) => o.kind === "StatefulSet" && o.metadata.name === "postgres");
+  const pgContainer = postgres?.spec.template.spec.containers[0];
+  const pgEnv = pgContainer ? envOf(pgContainer) : {};
+  const users = objs
+    .filter((o) => o.kind === "Deployment")
+    .map((d) => ({ name: d.metadata.name as string, env: envOf(d.spec.template.spec.containers[0]) }))
+    .filter((d) => d.env.DATABASE_URL !== undefined);
+  const init = objs.find((o) => o.kind === "ConfigMap" && o.metadata.name.startsWith("postgres-init"));
+  const script = init?.data?.["roles.sh"] as string | undefined;
+
+  it("every DATABASE_URL names its own service's role, never the superuser, with the password PostgreSQL gives it", () => {
+    expect(users.map((u) => u.name).sort()).toEqual(["history", "inventory", "notification", "order", "payment"]);
+    for (const u of users) {
+      const url = new URL(String(u.env.DATABASE_URL));
+      expect(decodeURIComponent(url.username), u.name).toBe(u.name);
+      expect(decodeURIComponent(url.username), u.name).not.toBe(pgEnv.POSTGRES_USER);
+      expect(decodeURIComponent(url.password), u.name).toBe(pgEnv[`${u.name.toUpperCase()}_DB_PASSWORD`]);
+      expect(url.pathname, u.name).toBe(`/${pgEnv.POSTGRES_DB}`);
+    }
+    // The script is where the image runs it, once, when it initialises the volume.
+    const mount = pgContainer?.volumeMounts?.find(
+      (m: { mountPath: string }) => m.mountPath === "/docker-entrypoint-initdb.d",
+    );
+    const volume = postgres?.spec.template.spec.volumes?.find((v: { name: string }) => v.name === mount?.name);
+    expect(volume?.configMap?.name).toBe(init?.metadata.name);
+    expect(script, "roles.sh").toBeDefined();
+  });
+
+  describe("on a real PostgreSQL, roles.sh as the image runs it", () => {
+    let server: TestPostgres;
+    let db: string;
+    const urlOf = (role: string) => `postgres://${role}@127.0.0.1:${server.port}/${db}`;
+    beforeAll(async () => {
+      server = await startPostgres();
+      db = new URL(await server.createDatabase("review")).pathname.slice(1);
+      execFileSync("bash", ["-c", `set -Eeo pipefail\n${script}`], {
+        env: {
+          ...process.env,
+          ...pgEnv,
+          POSTGRES_USER: "postgres",
+          POSTGRES_DB: db,
+          PGHOST: "127.0.0.1",
+          PGPORT: String(server.port),
+        },
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+    }, 60_000);
+    afterAll(async () => {
+      await server?.[Symbol.asyncDispose]();
+    });
+
+    it("each service migrates its own schema as its role; none is a superuser or reaches another's tables", async () => {
+      const stores = {
+        inventory: InventoryStore,
+        payment: PaymentStore,
+        order: OrderStore,
+        notification: NotificationStore,
+        history: HistoryStore,
+      };
+      for (const u of users) {
+        const open = stores[u.name as keyof typeof stores];
+        const location = locationOf(u.name, {
+          DATABASE_URL: urlOf(u.name),
+          DATABASE_SCHEMA: "",
+          DATABASE_POOL_SIZE: 2,
+          DB_PATH: "",
+        });
+        const store = await open.open(location);
+        await store.close();
+      }
+      const client = new pg.Client({ connectionString: urlOf("notification") });
+      await client.connect();
+      try {
+        const { rows } = await client.query<{ rolsuper: boolean }>(
+          "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+        );
+        expect(rows[0]?.rolsuper).toBe(false);
+        await expect(client.query("SELECT count(*) FROM shopmesh_payment.schema_version")).rejects.toMatchObject({
+          code: "42501",
+        });
+        await expect(client.query("CREATE ROLE intruder SUPERUSER")).rejects.toMatchObject({ code: "42501" });
+      } finally {
+        await client.end();
+      }
+    });
   });
 });

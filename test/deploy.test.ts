@@ -1051,7 +1051,7 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
     expect(ofKind<IPersistentVolumeClaim>(objs, "PersistentVolumeClaim")).toEqual([]);
   });
 
-  it("DATABASE_URL names the postgres Service's DNS name and port, and the user and database PostgreSQL creates", () => {
+  it("DATABASE_URL names the postgres Service's DNS name and port, the database PostgreSQL creates and the service's own role", () => {
     const sts = named<IStatefulSet>(objs, "StatefulSet", "postgres");
     const container = sts?.spec?.template.spec?.containers[0];
     const pgEnv = container ? envOf(objs, container) : {};
@@ -1062,8 +1062,9 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
     for (const p of processes.filter(usesDatabase)) {
       const url = new URL(String(configOf(p).DATABASE_URL));
       expect(url.host, p.name).toBe(`${fqdn("postgres")}:${port?.port}`);
-      expect(decodeURIComponent(url.username), p.name).toBe(pgEnv.POSTGRES_USER);
-      expect(decodeURIComponent(url.password), p.name).toBe(pgEnv.POSTGRES_PASSWORD);
+      // Its own role (base/postgres/roles.sh), not the superuser: test/deploy-review.test.ts.
+      expect(decodeURIComponent(url.username), p.name).toBe(p.name);
+      expect(decodeURIComponent(url.password), p.name).toBe(pgEnv[`${p.name.toUpperCase()}_DB_PASSWORD`]);
       expect(url.pathname, p.name).toBe(`/${pgEnv.POSTGRES_DB}`);
     }
   });
