@@ -186,3 +186,27 @@ describe("each service connects to PostgreSQL as a role of its own (all five sha
     });
   });
 });
+
+describe("the ingress reads the token where the gateway does, nowhere else (it also took ?access_token=)", () => {
+  // A jwtRule without fromHeaders/fromParams gets Envoy's default locations: the Authorization
+  // header with the Bearer prefix, and the `access_token` query parameter. The gateway reads only
+  // the one Authorization header, `Bearer <token>` (gateway/auth.ts authorizationOf and its
+  // /^Bearer .../): a token in the query passed the ingress's require-JWT rule, was logged with
+  // the path by the gateway's sidecar (the Telemetry's access log), and was refused by the gateway.
+  it.each(overlays)(
+    "%s: every jwtRule names the Authorization header with the Bearer prefix, no query, no cookie",
+    async (overlay) => {
+      const { authorizationOf } = await import("../gateway/auth.js");
+      expect(authorizationOf(["Authorization", "Bearer abc"])).toBe("Bearer abc");
+      const rules = (rendered.get(overlay) ?? [])
+        .filter((o) => o.kind === "RequestAuthentication")
+        .flatMap((o) => o.spec?.jwtRules ?? []);
+      expect(rules.length).toBeGreaterThan(0);
+      for (const r of rules) {
+        expect(r.fromHeaders, r.issuer).toEqual([{ name: "Authorization", prefix: "Bearer " }]);
+        expect(r.fromParams ?? [], r.issuer).toEqual([]);
+        expect(r.fromCookies ?? [], r.issuer).toEqual([]);
+      }
+    },
+  );
+});
