@@ -150,6 +150,27 @@ describe("each service connects to PostgreSQL as a role of its own (all five sha
       await server?.[Symbol.asyncDispose]();
     });
 
+    it("no role can take another service's schema name before that service first starts", async () => {
+      const client = new pg.Client({ connectionString: urlOf("inventory") });
+      await client.connect();
+      try {
+        for (const u of users.filter((x) => x.name !== "inventory")) {
+          // What a taken-over inventory pod would try before payment's first start: take the name.
+          await client.query(`CREATE SCHEMA IF NOT EXISTS shopmesh_${u.name}`);
+          const { rows } = await client.query<{ owner: string }>(
+            "SELECT pg_get_userbyid(nspowner) AS owner FROM pg_namespace WHERE nspname = $1",
+            [`shopmesh_${u.name}`],
+          );
+          expect(rows[0]?.owner, u.name).toBe(u.name);
+          await expect(client.query(`CREATE TABLE shopmesh_${u.name}.squat (a int)`), u.name).rejects.toMatchObject({
+            code: "42501",
+          });
+        }
+      } finally {
+        await client.end();
+      }
+    });
+
     it("each service migrates its own schema as its role; none is a superuser or reaches another's tables", async () => {
       const stores = {
         inventory: InventoryStore,
