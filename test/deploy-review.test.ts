@@ -231,3 +231,21 @@ describe("the ingress reads the token where the gateway does, nowhere else (it a
     },
   );
 });
+
+describe("every pod's Istio proxy is a native sidecar, said (Istio's auto-detection decided it)", () => {
+  // The process stops after a preStop sleep and drains for up to SHUTDOWN_GRACE_MS, acking NATS and
+  // giving its saga leases back to PostgreSQL, all through its sidecar. A classic sidecar gets
+  // SIGTERM with the pod and leaves terminationDrainDuration (5 s) later, just as that drain begins;
+  // a native one (an init container that always restarts) is stopped by kubelet after the process.
+  // Istio 1.27+ makes it native only by auto-detection — every node's kubelet at 1.33 or newer
+  // (pkg/kube/inject/webhook.go DetectNativeSidecar: any older node turns it off for all), or not
+  // at all with ENABLE_NATIVE_SIDECARS=false — so the pods say it (the annotation takes precedence).
+  it.each(overlays)("%s: every shopmesh pod template asks for sidecar.istio.io/nativeSidecar", (overlay) => {
+    const pods = (rendered.get(overlay) ?? []).filter((o) => ["Deployment", "StatefulSet", "Job"].includes(o.kind));
+    expect(pods.length).toBeGreaterThan(0);
+    const missing = pods
+      .filter((o) => o.spec?.template?.metadata?.annotations?.["sidecar.istio.io/nativeSidecar"] !== "true")
+      .map((o) => `${o.kind}/${o.metadata.name}`);
+    expect(missing).toEqual([]);
+  });
+});
