@@ -25,7 +25,14 @@ import type { UniversalHandler } from "@connectrpc/connect/protocol";
 import { universalResponseToNodeResponse } from "@connectrpc/connect-node";
 import { context, type Link, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import { MAX_TIMER_MS } from "../platform/deadline.js";
-import { extractContext, type Identity, type Logger, rpcAttributes, type Telemetry } from "../platform/index.js";
+import {
+  extractContext,
+  type Identity,
+  type Logger,
+  READ_ONLY,
+  rpcAttributes,
+  type Telemetry,
+} from "../platform/index.js";
 import { dropUnreadBody, universalRequest } from "./answer-end.js";
 import { AuthError, type Authenticator, authorizationOf } from "./auth.js";
 import { limitedBody } from "./body.js";
@@ -146,7 +153,12 @@ function observe(
   const theirs = trace.getSpanContext(incoming);
   const parent = o.trustTraceparent ? incoming : ROOT_CONTEXT;
   const links: Link[] = theirs && !o.trustTraceparent ? [{ context: theirs }] : [];
-  const attributes = { ...rpcAttributes("connect_rpc", handler?.method), "http.request.protocol": protocol };
+  // A request for no procedure does nothing: sampled as a read, not kept whole as an order would be
+  // (a client probing paths wrote a span per request, and pushed the orders' traces out of the span file).
+  const call = handler
+    ? rpcAttributes("connect_rpc", handler.method)
+    : { "rpc.system": "connect_rpc", [READ_ONLY]: true };
+  const attributes = { ...call, "http.request.protocol": protocol };
   const span = o.telemetry.tracer.startSpan(procedure, { kind: SpanKind.SERVER, attributes, links }, parent);
   const ctx = trace.setSpan(parent, span);
   let reported = false;
