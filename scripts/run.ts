@@ -40,12 +40,11 @@ import { mkdirSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { prettyFactory } from "pino-pretty";
 import { EVENTS } from "../contracts/events.js";
 import { BUS_ADMIN, provisionBus, silentLogger } from "../platform/index.js";
 import { holdDataDir, recordChild, stopLeftovers } from "./data-dir.js";
 import { dbOf, nodeCommand, portOf, ROOT, SYSTEM, SYSTEM_ENV } from "./layout.js";
-import { jsonLine } from "./log-lines.js";
+import { jsonLine, readableLines } from "./log-lines.js";
 import { jetStreamDir, localBusPasswords, NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
 import {
   ensureDatabase,
@@ -135,18 +134,8 @@ function prefix(name: string, i: number): string {
 /** LOG_FORMAT=json: stdout is JSON lines only, for jq and log shippers. */
 const JSON_LINES = choice("LOG_FORMAT", ["json"], ["", "pretty"]);
 
-/** A JSON log line as one readable line (pino-pretty, as LOG_FORMAT=pretty would print it); anything else unchanged. */
-const pretty = JSON_LINES
-  ? undefined
-  : prettyFactory({ singleLine: true, colorize: tty, ignore: "pid,hostname,service", translateTime: "HH:MM:ss.l" });
-function readable(line: string): string {
-  if (!pretty || !line.startsWith("{")) return line;
-  try {
-    return pretty(JSON.parse(line)).trimEnd();
-  } catch {
-    return line;
-  }
-}
+/** A line as one readable line (pino-pretty, as LOG_FORMAT=pretty would print it, escaped: log-lines.ts). */
+const readable = JSON_LINES ? (line: string) => line : readableLines(tty);
 
 /**
  * The runner's own message about `proc` ("run" for the whole system): a

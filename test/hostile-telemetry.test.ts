@@ -11,6 +11,7 @@ import { type GatewayApp, startGateway } from "../gateway/app.js";
 import { loadConfig as gatewayConfig, targetVariable } from "../gateway/config.js";
 import { UPSTREAMS } from "../gateway/routes.js";
 import { silentLogger, startTracing } from "../platform/index.js";
+import { readableLines } from "../scripts/log-lines.js";
 
 describe("requests for no procedure are sampled as what they are: nothing done", () => {
   const spans = new InMemorySpanExporter();
@@ -81,5 +82,55 @@ describe("requests for no procedure are sampled as what they are: nothing done",
       .poll(() => spans.getFinishedSpans().map((s) => s.name))
       .toContain("shopmesh.order.v1.OrderService/PlaceOrder");
     expect(spans.getFinishedSpans().filter((s) => s.name === "unknown").length).toBe(0);
+  });
+});
+
+describe("make run's readable lines: one line per entry, whatever its text", () => {
+  // What a process writes (pino JSON: its own line, escaped) with text another wrote inside: an
+  // error's message from a peer, a reason, a NATS or PostgreSQL line quoting a value.
+  const ESC = "\x1b";
+  const forged = `\ngateway        | [12:00:00.000] INFO: access {"principal":"admin"}${ESC}]0;owned${ESC}\\${ESC}[2J`;
+  const entry = (fields: Record<string, unknown>) =>
+    JSON.stringify({ level: 40, time: Date.UTC(2026, 0, 1), service: "gateway", ...fields });
+  const lines = [
+    entry({
+      err: { type: "Error", message: `boom${forged}`, stack: `Error: boom${forged}\n    at f (x.js:1:1)` },
+      msg: "request failed",
+    }),
+    entry({ msg: `handler failed${forged}` }),
+    entry({ reason: `a\u009b2J\u202eb\u200bc\x7f`, msg: "rpc" }),
+    `2026-01-01 00:00:00 UTC [7] ERROR:  invalid input syntax for type uuid: "x${ESC}[2J\ry"`,
+  ];
+  /** The terminal's own colours pino-pretty adds (SGR), which are no text of anyone's. */
+  const sgr = new RegExp(`${ESC}\\[[0-9;]*m`, "g");
+  /** What must never reach the terminal raw: a line break, an escape, DEL and C1, a direction override, a zero-width space. */
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: they are what is looked for
+  const unsafe = /[\n\r\x1b\x7f-\x9f\u202e\u200b]/;
+
+  it("an error's stack, a message, a field or a plain line holds no line break, escape sequence or hidden character", () => {
+    for (const colorize of [false, true]) {
+      const readable = readableLines(colorize);
+      for (const line of lines) {
+        const out = readable(line).replace(sgr, "");
+        // Before: an err printed over 8 lines, the forged one among them unprefixed and looking like the
+        // gateway's; the terminal retitled and cleared by the stack and the message; C1's CSI and a
+        // right-to-left override raw in a field (JSON leaves them).
+        expect(out).not.toMatch(unsafe);
+        expect(out).toMatch(/\\(x1b|u001b|u\{9b\}|x0d)/);
+      }
+    }
+  });
+
+  it("still reads as pino-pretty's line, the error's message and stack in it", () => {
+    const readable = readableLines(false);
+    const out = readable(lines[0] as string);
+    expect(out).toMatch(/^\[\d\d:\d\d:\d\d\.\d{3}\] WARN: request failed \{"err":\{"type":"Error","message":"boom/);
+    expect(out).toContain("at f (x.js:1:1)");
+    expect(readable(entry({ procedure: "p", code: "OK", msg: "access" }))).toMatch(
+      /\] WARN: access \{"procedure":"p","code":"OK"\}$/,
+    );
+    expect(readable("[42] 2026/11/30 05:41:54.772416 [INF] Server is ready")).toBe(
+      "[42] 2026/11/30 05:41:54.772416 [INF] Server is ready",
+    );
   });
 });
