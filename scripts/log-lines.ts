@@ -64,14 +64,16 @@ function levelOf(line: string, fromStderr: boolean): number {
 /**
  * A line of process `proc` as one JSON object naming it: a JSON object line
  * with `proc` added in front (the rest as the process wrote it); anything
- * else wrapped as `msg`.
+ * else, and an object that names a `proc` itself, wrapped as `msg`.
  */
 export function jsonLine(proc: string, line: string, fromStderr: boolean): string {
   const name = JSON.stringify(proc);
   if (line.startsWith("{") && line.endsWith("}")) {
     try {
       const v: unknown = JSON.parse(line);
-      if (v !== null && typeof v === "object" && !Array.isArray(v)) {
+      // One that names a `proc` of its own is wrapped: jq reads the last of two keys, so `{"proc":"gateway"}`
+      // printed by payment passed for the gateway's line.
+      if (v !== null && typeof v === "object" && !Array.isArray(v) && !Object.hasOwn(v, "proc")) {
         return Object.keys(v).length === 0 ? `{"proc":${name}}` : `{"proc":${name},${line.slice(1)}`;
       }
     } catch {

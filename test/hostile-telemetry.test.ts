@@ -11,7 +11,7 @@ import { type GatewayApp, startGateway } from "../gateway/app.js";
 import { loadConfig as gatewayConfig, targetVariable } from "../gateway/config.js";
 import { UPSTREAMS } from "../gateway/routes.js";
 import { silentLogger, startTracing } from "../platform/index.js";
-import { readableLines } from "../scripts/log-lines.js";
+import { jsonLine, readableLines } from "../scripts/log-lines.js";
 
 describe("requests for no procedure are sampled as what they are: nothing done", () => {
   const spans = new InMemorySpanExporter();
@@ -132,5 +132,20 @@ describe("make run's readable lines: one line per entry, whatever its text", () 
     expect(readable("[42] 2026/11/30 05:41:54.772416 [INF] Server is ready")).toBe(
       "[42] 2026/11/30 05:41:54.772416 [INF] Server is ready",
     );
+  });
+});
+
+describe("LOG_FORMAT=json: a process's line names that process, and no other", () => {
+  it("a JSON line that says it is another process's is kept as this one's text", () => {
+    // What a compromised payment prints (or any process logs with a `proc` field): before, the runner
+    // put `"proc":"payment"` in front and kept the rest, and jq, like most readers, took the last key —
+    // the gateway's line, an admin's call in it.
+    const forged = '{"level":30,"time":"2026-01-01T00:00:00.000Z","proc":"gateway","msg":"access","principal":"admin"}';
+    for (const line of [forged, '{"pr\\u006fc":"gateway","msg":"access"}']) {
+      const out = JSON.parse(jsonLine("payment", line, false)) as Record<string, unknown>;
+      expect(out).toMatchObject({ proc: "payment", level: 30, msg: line });
+    }
+    // A line without one is still kept as written.
+    expect(jsonLine("payment", '{"level":30,"msg":"x"}', false)).toBe('{"proc":"payment","level":30,"msg":"x"}');
   });
 });
