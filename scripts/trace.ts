@@ -84,7 +84,7 @@ if (!traceId) {
   // The order's trace is the one that holds its PlaceOrder; others (e.g. later GetOrder calls) are listed.
   traceId = hits[0] as string;
   if (hits.length > 1)
-    console.log(`order ${orderId} appears in ${hits.length} traces; showing ${printable(traceId)}\n`);
+    console.log(`order ${printable(orderId)} appears in ${hits.length} traces; showing ${printable(traceId)}\n`);
 }
 const mine = spans.filter((s) => s.trace_id === traceId).sort((a, b) => a.start_ms - b.start_ms);
 if (mine.length === 0) {

@@ -4,7 +4,9 @@
  * own log entry becomes in `make run`'s readable output. Each `describe` is one finding; every test
  * fails on the code it was written against.
  */
+import { writeFileSync } from "node:fs";
 import http2 from "node:http2";
+import { join } from "node:path";
 import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type GatewayApp, startGateway } from "../gateway/app.js";
@@ -12,6 +14,7 @@ import { loadConfig as gatewayConfig, targetVariable } from "../gateway/config.j
 import { UPSTREAMS } from "../gateway/routes.js";
 import { silentLogger, startTracing } from "../platform/index.js";
 import { jsonLine, readableLines } from "../scripts/log-lines.js";
+import { runToEnd, tempDir } from "./fixtures.js";
 
 describe("requests for no procedure are sampled as what they are: nothing done", () => {
   const spans = new InMemorySpanExporter();
@@ -147,5 +150,34 @@ describe("LOG_FORMAT=json: a process's line names that process, and no other", (
     }
     // A line without one is still kept as written.
     expect(jsonLine("payment", '{"level":30,"msg":"x"}', false)).toBe('{"proc":"payment","level":30,"msg":"x"}');
+  });
+});
+
+describe("make trace ORDER=<id> of an order in several traces", () => {
+  it("echoes the id escaped in its 'appears in' line, as in every other", async () => {
+    using dir = tempDir();
+    const file = join(dir.path, "traces.jsonl");
+    // The span file is whatever the processes wrote (a foreign one too); the id as the operator
+    // pasted it from another tool's raw output.
+    const id = "ord_\x1b]0;owned\x07\x1b[2J";
+    const span = (trace: string) => ({
+      trace_id: trace,
+      span_id: `s${trace}`,
+      parent_id: "",
+      service: "order",
+      name: "PlaceOrder",
+      kind: "SERVER",
+      start_ms: 1,
+      duration_ms: 2,
+      error: "",
+      attributes: { "order.id": id },
+    });
+    writeFileSync(file, `${[span("t1"), span("t2")].map((s) => JSON.stringify(s)).join("\n")}\n`);
+    const run = await runToEnd(process.execPath, ["--import", "tsx", "scripts/trace.ts"], {
+      env: { ...process.env, TRACE_FILE: file, ORDER: id },
+    });
+    expect(run.code, run.out).toBe(0);
+    expect(run.out).toContain("order ord_\\x1b]0;owned\\x07\\x1b[2J appears in 2 traces; showing t1");
+    expect(run.out).not.toContain("\x1b");
   });
 });
