@@ -23,10 +23,13 @@ function everyString(v: unknown, f: (s: string) => string): unknown {
   return v;
 }
 
+/** The fields pino-pretty prints as they are, not as JSON. */
+const PRINTED_RAW = ["msg", "time", "name", "caller"];
+
 /**
  * The readable form of a process's lines: a JSON object as one pino-pretty line, anything else as it is;
  * either way one line, with what others may have written made harmless to a terminal. pino-pretty
- * prints `msg` raw, and an `err` over many lines with its stack raw (a message's line break started a
+ * prints `msg` (and `time`, `name`, `caller`) raw, and an `err` over many lines with its stack raw (a message's line break started a
  * line without the process's name, a forged one, and its escape sequences drove the terminal); the
  * other fields as JSON, which leaves DEL, C1 controls (a CSI among them) and direction overrides raw.
  */
@@ -44,11 +47,15 @@ export function readableLines(colorize: boolean): (line: string) => string {
     try {
       entry = line.startsWith("{") ? JSON.parse(line) : undefined;
     } catch {}
-    if (entry === null || typeof entry !== "object" || Array.isArray(entry)) return printable(line);
-    const { msg, ...fields } = entry as Record<string, unknown>;
-    const safe = everyString(fields, unhidden) as Record<string, unknown>;
-    if (msg === undefined) return pretty(safe).trimEnd();
-    return pretty({ ...safe, msg: typeof msg === "string" ? printable(msg) : everyString(msg, unhidden) }).trimEnd();
+    // A tab drives nothing (PostgreSQL indents a statement with them): kept.
+    if (entry === null || typeof entry !== "object" || Array.isArray(entry))
+      return line.split("\t").map(printable).join("\t");
+    const safe = everyString(entry, unhidden) as Record<string, unknown>;
+    for (const key of PRINTED_RAW) {
+      const v = (entry as Record<string, unknown>)[key];
+      if (typeof v === "string") safe[key] = printable(v);
+    }
+    return pretty(safe).trimEnd();
   };
 }
 

@@ -102,6 +102,7 @@ describe("make run's readable lines: one line per entry, whatever its text", () 
     }),
     entry({ msg: `handler failed${forged}` }),
     entry({ reason: `a\u009b2J\u202eb\u200bc\x7f`, msg: "rpc" }),
+    entry({ name: `n${forged}`, caller: `c${forged}`, msg: "x" }),
     `2026-01-01 00:00:00 UTC [7] ERROR:  invalid input syntax for type uuid: "x${ESC}[2J\ry"`,
   ];
   /** The terminal's own colours pino-pretty adds (SGR), which are no text of anyone's. */
@@ -132,6 +133,7 @@ describe("make run's readable lines: one line per entry, whatever its text", () 
     expect(readable(entry({ procedure: "p", code: "OK", msg: "access" }))).toMatch(
       /\] WARN: access \{"procedure":"p","code":"OK"\}$/,
     );
+    expect(readable("STATEMENT:  SELECT 1\tFROM x")).toBe("STATEMENT:  SELECT 1\tFROM x");
     expect(readable("[42] 2026/11/30 05:41:54.772416 [INF] Server is ready")).toBe(
       "[42] 2026/11/30 05:41:54.772416 [INF] Server is ready",
     );
