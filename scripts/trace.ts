@@ -33,7 +33,9 @@ function isSpan(x: unknown): x is SpanLine {
   return (
     ["trace_id", "span_id", "parent_id", "service", "name", "error"].every((k) => typeof s[k] === "string") &&
     Number.isFinite(s.start_ms) &&
+    // A negative duration (no span has one) put a later span's bar past the end: a RangeError.
     Number.isFinite(s.duration_ms) &&
+    (s.duration_ms as number) >= 0 &&
     typeof s.attributes === "object" &&
     s.attributes !== null
   );

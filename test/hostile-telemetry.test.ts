@@ -183,3 +183,33 @@ describe("make trace ORDER=<id> of an order in several traces", () => {
     expect(run.out).not.toContain("\x1b");
   });
 });
+
+describe("make trace with a span that ends before it starts", () => {
+  it("draws the trace, leaving out the span that is none, instead of ending in a RangeError", async () => {
+    using dir = tempDir();
+    const file = join(dir.path, "traces.jsonl");
+    const span = (id: string, start: number, duration: number) => ({
+      trace_id: "t1",
+      span_id: id,
+      parent_id: "",
+      service: "order",
+      name: `step ${id}`,
+      kind: "SERVER",
+      start_ms: start,
+      duration_ms: duration,
+      error: "",
+      attributes: { "order.id": "ord_1" },
+    });
+    // Any process may write the shared span file: one line with a negative duration took the whole
+    // trace's waterfall away, a stack trace in its place.
+    const lines = [span("a", 0, 10), span("b", 100, -200), span("c", 5, 2)];
+    writeFileSync(file, `${lines.map((s) => JSON.stringify(s)).join("\n")}\n`);
+    const run = await runToEnd(process.execPath, ["--import", "tsx", "scripts/trace.ts"], {
+      env: { ...process.env, TRACE_FILE: file, ORDER: "ord_1" },
+    });
+    expect(run.code, run.out).toBe(0);
+    expect(run.out).toContain("trace t1  2 spans  10.0 ms");
+    expect(run.out).toContain("order: step c");
+    expect(run.out).not.toContain("RangeError");
+  });
+});
