@@ -151,7 +151,8 @@ function observe(
   const started = performance.now();
   const incoming = extractContext({ get: (k) => req.headers[k], set: () => {} });
   const theirs = trace.getSpanContext(incoming);
-  const parent = o.trustTraceparent ? incoming : ROOT_CONTEXT;
+  // Trusted, its trace is continued — the trace context alone: not its baggage, which went to every service.
+  const parent = o.trustTraceparent && theirs ? trace.setSpanContext(ROOT_CONTEXT, theirs) : ROOT_CONTEXT;
   const links: Link[] = theirs && !o.trustTraceparent ? [{ context: theirs }] : [];
   // A request for no procedure does nothing: sampled as a read, not kept whole as an order would be
   // (a client probing paths wrote a span per request, and pushed the orders' traces out of the span file).

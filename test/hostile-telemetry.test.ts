@@ -7,10 +7,12 @@
 import { writeFileSync } from "node:fs";
 import http2 from "node:http2";
 import { join } from "node:path";
+import * as grpc from "@grpc/grpc-js";
 import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type GatewayApp, startGateway } from "../gateway/app.js";
-import { loadConfig as gatewayConfig, targetVariable } from "../gateway/config.js";
+import { signDevToken } from "../gateway/auth.js";
+import { DEV_JWT_SECRET, loadConfig as gatewayConfig, targetVariable } from "../gateway/config.js";
 import { UPSTREAMS } from "../gateway/routes.js";
 import { silentLogger, startTracing } from "../platform/index.js";
 import { jsonLine, readableLines } from "../scripts/log-lines.js";
@@ -211,5 +213,70 @@ describe("make trace with a span that ends before it starts", () => {
     expect(run.out).toContain("trace t1  2 spans  10.0 ms");
     expect(run.out).toContain("order: step c");
     expect(run.out).not.toContain("RangeError");
+  });
+});
+
+describe("TRUST_TRACEPARENT continues a client's trace context, and nothing more", () => {
+  it("sends upstream its traceparent and tracestate, not the baggage it came with", async () => {
+    const stopTracing = await startTracing({ service: "gateway", otlpEndpoint: "", traceFile: "", sampleRatio: 1 });
+    // The upstream: what metadata a service receives from the gateway.
+    const seen: grpc.MetadataValue[][] = [];
+    const traced: string[] = [];
+    const server = new grpc.Server();
+    const bytes = (b: Buffer) => b;
+    const path = "/shopmesh.inventory.v1.InventoryService/GetProduct";
+    const method = {
+      path,
+      requestStream: false,
+      responseStream: false,
+      requestSerialize: bytes,
+      requestDeserialize: bytes,
+      responseSerialize: bytes,
+      responseDeserialize: bytes,
+    };
+    server.addService(
+      { GetProduct: method },
+      {
+        GetProduct: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
+          seen.push(call.metadata.get("baggage"));
+          traced.push(
+            String(call.metadata.get("traceparent")[0] ?? ""),
+            String(call.metadata.get("tracestate")[0] ?? ""),
+          );
+          cb(null, Buffer.alloc(0));
+        },
+      },
+    );
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
+    );
+    const targets = Object.fromEntries(UPSTREAMS.map((u) => [targetVariable(u), `127.0.0.1:${port}`]));
+    const config = gatewayConfig({ HTTP_HOST: "127.0.0.1", HTTP_PORT: "0", TRUST_TRACEPARENT: "true", ...targets });
+    const gw = await startGateway(config, silentLogger());
+    try {
+      const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
+      const token = await signDevToken(claims, "alice", ["customer"]);
+      const res = await fetch(`${gw.url}${path}`, {
+        method: "POST",
+        headers: {
+          "content-type": "application/json",
+          authorization: `Bearer ${token}`,
+          traceparent: `00-${"a".repeat(32)}-${"b".repeat(16)}-01`,
+          tracestate: "vendor=v1",
+          // Before: every byte of it went, as gRPC metadata, on every call to every service the call
+          // reached (and on from there): 4 KB of a client's key-values, `user=admin` among them.
+          baggage: `user=admin,pad=${"y".repeat(4000)}`,
+        },
+        body: '{"productId":"p1"}',
+      });
+      expect(res.status).toBe(200);
+      expect(seen).toEqual([[]]);
+      expect(traced[0]).toMatch(new RegExp(`^00-${"a".repeat(32)}-[0-9a-f]{16}-01$`));
+      expect(traced[1]).toBe("vendor=v1");
+    } finally {
+      await gw.stop();
+      server.forceShutdown();
+      await stopTracing();
+    }
   });
 });
