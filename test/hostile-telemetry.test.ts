@@ -1,7 +1,7 @@
 /**
  * A hostile round against the observability surface (2026-12-04): what a client of the gateway, in
  * any of its protocols, can do to the traces, metrics and logs an operator reads, and what a process's
- * own log entry becomes in `make run`'s readable output. Each `describe` is one finding; every test
+ * own log entry becomes in `make run`'s readable output. Each `describe` is one finding; each of its tests
  * fails on the code it was written against.
  */
 import { writeFileSync } from "node:fs";
