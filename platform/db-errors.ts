@@ -6,14 +6,26 @@ const CONFLICT = new Set(["40001", "40P01"]);
 const SOCKET = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH", "ENOTFOUND", "EAI_AGAIN"]);
 
 /**
+ * Whether `err` says the database's storage is full: SQLite's SQLITE_FULL (its file system out of
+ * space: the transaction was rolled back, nothing of it kept), PostgreSQL's 53100 (disk_full). The
+ * same request can succeed once space is freed, without a restart.
+ */
+export function isStorageFull(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return code === "SQLITE_FULL" || code === "53100";
+}
+
+/**
  * Whether `err` says the database could not be reached — down, restarting,
  * the connection cut (SQLSTATE class 08, 57P01-57P03, socket errors), no
  * connection slot free (53300), SQLite's file locked by another process for
- * longer than the busy timeout: the same request can succeed later, so it is
- * a transient failure, not a bug.
+ * longer than the busy timeout, its storage full ({@link isStorageFull}): the
+ * same request can succeed later, so it is a transient failure, not a bug.
  */
 export function isDatabaseUnavailable(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
+  // A full disk: INTERNAL "internal error" until now, logged as a bug, and an event's failures counted towards the DLQ.
+  if (isStorageFull(err)) return true;
   // SQLite's file held by another process past the busy timeout (replicas sharing it; one frozen
   // holding the write lock): "database is locked", answered INTERNAL and logged as a bug until now.
   if (typeof code === "string" && code.startsWith("SQLITE_BUSY")) return true;

@@ -1,0 +1,97 @@
+/**
+ * A hostile round against the stores under failing storage (2026-12-04): a service's SQLite file on
+ * a disk that fills up (a real tmpfs of a few MB, so SQLite meets a real ENOSPC), a data directory
+ * that cannot be used at start. Each `describe` is one finding; each test failed on the code it was
+ * written against. The tiny disks need root (mount): a test run without it FAILS saying so, rather
+ * than skipping — CI runs as root.
+ */
+import { execFileSync } from "node:child_process";
+import { mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
+import { Code, RpcError } from "../platform/index.js";
+import { TEST_DB } from "./db.js";
+import { tempDir } from "./fixtures.js";
+import { expectCheckoutInvariants } from "./invariants.js";
+import { type System, startSystem } from "./system.js";
+
+/** A tmpfs of `size` mounted at a new directory: a disk that really fills up. Unmount it with dispose. */
+function tinyDisk(size: string): { path: string; fill(): void; free(): void } & Disposable {
+  if (process.getuid?.() !== 0) {
+    throw new Error("hostile-storage needs root to mount a tmpfs (a disk that fills up): run it as root");
+  }
+  const dir = tempDir("shopmesh-disk-");
+  execFileSync("mount", ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir.path]);
+  const filler = join(dir.path, "filler");
+  return {
+    path: dir.path,
+    /** Takes every free block (4 KiB files, so nothing is left over). */
+    fill() {
+      mkdirSync(filler, { recursive: true });
+      for (let i = 0; ; i++) {
+        try {
+          writeFileSync(join(filler, String(i)), Buffer.alloc(4096, 1));
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === "ENOSPC") return;
+          throw err;
+        }
+      }
+    },
+    free() {
+      for (const f of readdirSync(filler)) rmSync(join(filler, f));
+    },
+    [Symbol.dispose]() {
+      try {
+        execFileSync("umount", ["--lazy", dir.path]);
+      } finally {
+        dir[Symbol.dispose]();
+      }
+    },
+  };
+}
+
+describe.skipIf(TEST_DB !== "sqlite")("the order service's disk full", () => {
+  let disk: ReturnType<typeof tinyDisk>;
+  let sys: System;
+  beforeAll(async () => {
+    disk = tinyDisk("2m");
+    sys = await startSystem({ order: { DB_PATH: join(disk.path, "order.db") } });
+  }, 60_000);
+  afterAll(async () => {
+    try {
+      await sys?.[Symbol.asyncDispose]();
+    } finally {
+      disk?.[Symbol.dispose]();
+    }
+  });
+
+  const place = (idempotencyKey: string) =>
+    sys.orders.placeOrder(
+      { idempotencyKey, items: [{ productId: "ceramic-mug", quantity: 1 }], cardToken: "tok_visa" },
+      sys.as("alice"),
+    );
+
+  // It answered INTERNAL "internal error" (and logged a bug): a client could not tell that nothing was
+  // taken and that the same request would succeed later, nor an operator why from the status.
+  it("refuses an order UNAVAILABLE saying the storage is full, and takes it once space is back", async () => {
+    disk.fill();
+    const err = await place("full-1").then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(RpcError);
+    expect(Code[(err as RpcError).code]).toBe("UNAVAILABLE");
+    expect((err as RpcError).message).toMatch(/storage is full/);
+    disk.free();
+    // No restart: the same request, retried, is taken and carried through.
+    const { order } = await place("full-1");
+    const settled = await sys.settle(order?.id ?? "", "alice");
+    expect(settled.status).toBe(OrderStatus.CONFIRMED);
+    await expectCheckoutInvariants({
+      order: { engine: "sqlite", path: join(disk.path, "order.db") },
+      payment: { engine: "sqlite", path: join(sys.dir, "payment.db") },
+      inventory: { engine: "sqlite", path: join(sys.dir, "inventory.db") },
+    });
+  }, 60_000);
+});
