@@ -14,7 +14,7 @@
  * rewrites them for PostgreSQL; migration N is `list[N - 1]`. Never edit one
  * that has shipped; append instead.
  */
-import { mkdirSync } from "node:fs";
+import { accessSync, constants, mkdirSync, statSync } from "node:fs";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
 import { pgPool } from "./pg-pool.js";
@@ -53,7 +53,40 @@ function checkLists(migrations: Migrations): void {
   }
 }
 
+/**
+ * `err`, met opening the SQLite file at `path`, as a line an operator can act on: the file named, and
+ * why when SQLite's words do not say ("unable to open database file"). Its code is kept.
+ */
+function openError(path: string, err: unknown): Error {
+  const { message, code } = err as Error & { code?: unknown };
+  const why = (() => {
+    if (statSync(path, { throwIfNoEntry: false })?.isDirectory()) return "it is a directory";
+    if (code === "SQLITE_NOTADB") return "it is not a SQLite database";
+    if (code === "SQLITE_FULL") return "its disk is full";
+    try {
+      accessSync(dirname(path), constants.W_OK);
+    } catch (e) {
+      const errno = (e as NodeJS.ErrnoException).code;
+      if (errno === "EROFS") return "its file system is read-only";
+      if (errno === "EACCES") return "its directory is not writable by this user";
+    }
+    return undefined;
+  })();
+  return Object.assign(
+    new Error(`the database ${path} could not be opened: ${why ? `${why} (${message})` : message}`, { cause: err }),
+    { code },
+  );
+}
+
 function openSqlite(path: string, migrations: readonly string[]): Db {
+  try {
+    return openSqliteAs(path, migrations);
+  } catch (err) {
+    throw openError(path, err);
+  }
+}
+
+function openSqliteAs(path: string, migrations: readonly string[]): Db {
   if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
   const db = new Database(path);
   try {

@@ -88,7 +88,7 @@ export async function runService<C extends ProcessConfig>(
     service = await start(config, log);
   } catch (err) {
     const port = portInUse(err);
-    if (port === undefined) log.fatal({ err }, "could not start");
+    if (port === undefined) log.fatal({ err }, `could not start: ${err instanceof Error ? err.message : String(err)}`);
     else {
       // One line a person can act on, instead of a stack trace: which port, and what moves it.
       const vars = Object.entries(config).flatMap(([k, v]) => (k.endsWith("_PORT") && Number(v) === port ? [k] : []));

@@ -6,13 +6,14 @@
  * than skipping — CI runs as root.
  */
 import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { Code, RpcError } from "../platform/index.js";
 import { TEST_DB } from "./db.js";
-import { tempDir } from "./fixtures.js";
+import { runToEnd, tempDir } from "./fixtures.js";
 import { expectCheckoutInvariants } from "./invariants.js";
 import { type System, startSystem } from "./system.js";
 
@@ -94,4 +95,59 @@ describe.skipIf(TEST_DB !== "sqlite")("the order service's disk full", () => {
       inventory: { engine: "sqlite", path: join(sys.dir, "inventory.db") },
     });
   }, 60_000);
+});
+
+/** Starts inventory's process on `DB_PATH` and lets it run to its end: its exit code, and its fatal line. */
+async function startOn(path: string): Promise<{ code: number | string; fatal: string }> {
+  const { code, out } = await runToEnd(process.execPath, ["--import", "tsx", "services/inventory/main.ts"], {
+    env: { ...process.env, LOG_FORMAT: "json", NATS_URL: "off", GRPC_PORT: "0", DB_PATH: path },
+  });
+  const fatal = out.split("\n").find((l) => l.includes('"level":60'));
+  // Not started: it must not be left running (the ones that did start are killed by runToEnd's caller's timeout).
+  return { code, fatal: fatal ? String((JSON.parse(fatal) as { msg: string }).msg) : `no fatal line in:\n${out}` };
+}
+
+describe.skipIf(TEST_DB !== "sqlite")("a database file that cannot be opened at start", () => {
+  // Each refused the start (exit 1) with "could not start" and SQLite's bare words — "unable to open
+  // database file", "database or disk is full" — naming neither the file nor what to do.
+  const dir = tempDir();
+  afterAll(() => dir[Symbol.dispose]());
+
+  it("names the file and says it is a directory", async () => {
+    const path = join(dir.path, "inventory.db");
+    mkdirSync(path);
+    const { code, fatal } = await startOn(path);
+    expect(code).toBe(1);
+    expect(fatal).toContain(path);
+    expect(fatal).toMatch(/is a directory/);
+  }, 30_000);
+
+  it("names the file and says it is no SQLite database", async () => {
+    const path = join(dir.path, "garbage.db");
+    writeFileSync(path, randomBytes(8192));
+    const { code, fatal } = await startOn(path);
+    expect(code).toBe(1);
+    expect(fatal).toContain(path);
+    expect(fatal).toMatch(/not a database/);
+  }, 30_000);
+
+  it("names the file and says its file system is read-only", async () => {
+    using disk = tinyDisk("1m");
+    const path = join(disk.path, "inventory.db");
+    execFileSync("mount", ["-o", "remount,ro", disk.path]);
+    const { code, fatal } = await startOn(path);
+    expect(code).toBe(1);
+    expect(fatal).toContain(path);
+    expect(fatal).toMatch(/read-only/);
+  }, 30_000);
+
+  it("names the file and says its disk is full", async () => {
+    using disk = tinyDisk("1m");
+    disk.fill();
+    const path = join(disk.path, "inventory.db");
+    const { code, fatal } = await startOn(path);
+    expect(code).toBe(1);
+    expect(fatal).toContain(path);
+    expect(fatal).toMatch(/full/);
+  }, 30_000);
 });
