@@ -287,8 +287,8 @@ class OpenDb extends Queryer implements Db {
 export function sqliteDb(db: Database.Database): Db {
   // A file in WAL mode syncs its log per group of commits (wal-sync.ts). SQLite keeps the log beside
   // the file a link names, not beside the link.
-  const wal =
-    db.pragma("journal_mode", { simple: true }) === "wal" ? new WalSync(`${realpathSync(db.name)}-wal`) : undefined;
+  const file = db.pragma("journal_mode", { simple: true }) === "wal" ? realpathSync(db.name) : undefined;
+  const wal = file === undefined ? undefined : new WalSync(`${file}-wal`, file);
   const connection = new SqliteConnection(db);
   return new OpenDb("sqlite", new Kysely({ dialect: sqliteDialect(connection) }), { wal, sqlite: connection });
 }

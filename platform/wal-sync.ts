@@ -18,7 +18,8 @@
  * each checkpoint (NORMAL's rule), so one fdatasync of the file makes
  * every frame written before it durable, whichever connection wrote it.
  */
-import { type FileHandle, open } from "node:fs/promises";
+import { statSync } from "node:fs";
+import { type FileHandle, open, stat } from "node:fs/promises";
 
 export class WalSync {
   /**
@@ -44,7 +45,20 @@ export class WalSync {
   private broken: Error | undefined;
   private closed = false;
 
-  constructor(private readonly walPath: string) {}
+  /** The database file's identity when opened (see {@link WalSync.flush}'s check). */
+  private readonly identity: { dev: number; ino: number } | undefined;
+
+  /**
+   * `dbPath`: the database file, checked at each flush to be still the file this process writes (an
+   * operator's `rm -rf` of the data directory left SQLite writing on to nameless files, and the
+   * service accepting orders no restart would find).
+   */
+  constructor(
+    private readonly walPath: string,
+    private readonly dbPath?: string,
+  ) {
+    this.identity = dbPath === undefined ? undefined : statSync(dbPath);
+  }
 
   /** Resolves once everything committed before this call is on disk. */
   sync(): Promise<void> {
@@ -72,7 +86,12 @@ export class WalSync {
     }
     this.flushes++;
     try {
-      await file.datasync();
+      const [, gone] = await Promise.all([file.datasync(), this.replaced()]);
+      if (gone) {
+        throw new Error(
+          `the database file ${this.dbPath} was removed or replaced while in use: what was written since is in no file a restart would open`,
+        );
+      }
     } catch (err) {
       this.broken = new Error(
         `the database log ${this.walPath} could not be flushed (${(err as Error).message}): ` +
@@ -82,6 +101,13 @@ export class WalSync {
       WalSync.onBroken?.(this.broken);
       throw this.broken;
     }
+  }
+
+  /** Whether the database file's path no longer names the file opened (deleted, or another put there). */
+  private async replaced(): Promise<boolean> {
+    if (!this.identity || this.dbPath === undefined) return false;
+    const now = await stat(this.dbPath).catch(() => undefined);
+    return now?.ino !== this.identity.ino || now.dev !== this.identity.dev;
   }
 
   async close(): Promise<void> {

@@ -151,3 +151,39 @@ describe.skipIf(TEST_DB !== "sqlite")("a database file that cannot be opened at 
     expect(fatal).toMatch(/full/);
   }, 30_000);
 });
+
+describe.skipIf(TEST_DB !== "sqlite")("the data directory deleted under a running service", () => {
+  // SQLite writes on to the open (now nameless) files: orders were accepted — answered, durable as far
+  // as the service could tell — into a database no restart would find. Restarted, the service made a
+  // new, empty one: every order since the deletion (and before) was gone, with nothing said.
+  let sys: System;
+  const data = tempDir();
+  const path = join(data.path, "order", "order.db");
+  beforeAll(async () => {
+    sys = await startSystem({ order: { DB_PATH: path } });
+  }, 60_000);
+  afterAll(async () => {
+    try {
+      await sys?.[Symbol.asyncDispose]();
+    } finally {
+      data[Symbol.dispose]();
+    }
+  });
+
+  it("accepts no order after its database file is gone", async () => {
+    const place = (idempotencyKey: string) =>
+      sys.orders.placeOrder(
+        { idempotencyKey, items: [{ productId: "ceramic-mug", quantity: 1 }], cardToken: "tok_visa" },
+        sys.as("alice"),
+      );
+    await place("before-rm");
+    rmSync(join(data.path, "order"), { recursive: true });
+    const after = await place("after-rm").then(
+      (r) => r.order?.id,
+      (e: unknown) => e,
+    );
+    // An order it accepted here would be in no file: only a refusal keeps the promise.
+    expect(after).toBeInstanceOf(RpcError);
+    expect((after as RpcError).code).not.toBe(Code.OK);
+  }, 30_000);
+});
