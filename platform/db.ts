@@ -62,6 +62,7 @@ function openError(path: string, err: unknown): Error {
   const why = (() => {
     if (statSync(path, { throwIfNoEntry: false })?.isDirectory()) return "it is a directory";
     if (code === "SQLITE_NOTADB") return "it is not a SQLite database";
+    if (typeof code === "string" && code.startsWith("SQLITE_CORRUPT")) return "it is damaged: restore it from a backup";
     if (code === "SQLITE_FULL") return "its disk is full";
     try {
       accessSync(dirname(path), constants.W_OK);

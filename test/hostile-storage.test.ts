@@ -7,8 +7,9 @@
  */
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { Code, RpcError } from "../platform/index.js";
@@ -129,6 +130,19 @@ describe.skipIf(TEST_DB !== "sqlite")("a database file that cannot be opened at 
     expect(code).toBe(1);
     expect(fatal).toContain(path);
     expect(fatal).toMatch(/not a database/);
+  }, 30_000);
+
+  it("names the file and says it is damaged (cut short: a copy that ended early)", async () => {
+    const path = join(dir.path, "cut.db");
+    const db = new Database(path);
+    db.exec("CREATE TABLE a (x); CREATE TABLE b (x); CREATE TABLE c (x);");
+    db.exec("INSERT INTO c SELECT randomblob(3000) FROM (SELECT 1 UNION SELECT 2 UNION SELECT 3)");
+    db.close();
+    truncateSync(path, 4096);
+    const { code, fatal } = await startOn(path);
+    expect(code).toBe(1);
+    expect(fatal).toContain(path);
+    expect(fatal).toMatch(/damaged/);
   }, 30_000);
 
   it("names the file and says its file system is read-only", async () => {
