@@ -16,16 +16,28 @@ export function isStorageFull(err: unknown): boolean {
 }
 
 /**
+ * Whether `err` says the database's storage refused a write: SQLite's I/O errors (a failing disk) and
+ * read-only errors (its file system turned read-only under it, as ext4 does on a disk error). The
+ * statement's transaction did not commit: the same request can succeed on other storage, or on this
+ * once it is repaired. (A file damaged on disk, SQLITE_CORRUPT, is not this: it is a bug to show.)
+ */
+export function isStorageFailed(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" && /^SQLITE_(IOERR|READONLY)(_|$)/.test(code);
+}
+
+/**
  * Whether `err` says the database could not be reached — down, restarting,
  * the connection cut (SQLSTATE class 08, 57P01-57P03, socket errors), no
  * connection slot free (53300), SQLite's file locked by another process for
- * longer than the busy timeout, its storage full ({@link isStorageFull}): the
+ * longer than the busy timeout, its storage full or failing ({@link isStorageFull},
+ * {@link isStorageFailed}): the
  * same request can succeed later, so it is a transient failure, not a bug.
  */
 export function isDatabaseUnavailable(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
   // A full disk: INTERNAL "internal error" until now, logged as a bug, and an event's failures counted towards the DLQ.
-  if (isStorageFull(err)) return true;
+  if (isStorageFull(err) || isStorageFailed(err)) return true;
   // SQLite's file held by another process past the busy timeout (replicas sharing it; one frozen
   // holding the write lock): "database is locked", answered INTERNAL and logged as a bug until now.
   if (typeof code === "string" && code.startsWith("SQLITE_BUSY")) return true;

@@ -29,7 +29,7 @@ import {
   ResourceInfoSchema,
 } from "../gen/google/rpc/error_details_pb.js";
 import { StatusSchema } from "../gen/google/rpc/status_pb.js";
-import { isConflict, isDatabaseUnavailable, isStorageFull } from "./db-errors.js";
+import { isConflict, isDatabaseUnavailable, isStorageFailed, isStorageFull } from "./db-errors.js";
 
 /** gRPC status codes (the numeric enum of @grpc/grpc-js). */
 export { status as Code } from "@grpc/grpc-js";
@@ -111,7 +111,7 @@ export class IdempotencyKeyReusedError extends AlreadyExistsError {
 /**
  * Maps any thrown value to the status sent to the client. ServiceErrors keep
  * their code, message and details; a database that cannot be reached, or
- * whose storage is full, is UNAVAILABLE, a write conflict that kept losing ABORTED; anything else is
+ * whose storage is full or failing, is UNAVAILABLE, a write conflict that kept losing ABORTED; anything else is
  * INTERNAL with a generic message (the caller logs the original).
  */
 export function toStatusObject(err: unknown): Partial<StatusObject> & { code: status; details: string } {
@@ -126,6 +126,12 @@ export function toStatusObject(err: unknown): Partial<StatusObject> & { code: st
   }
   // The database restarting or a write race lost too often: the same request can succeed later.
   if (isStorageFull(err)) return { code: status.UNAVAILABLE, details: "database storage is full; try again later" };
+  if (isStorageFailed(err)) {
+    return {
+      code: status.UNAVAILABLE,
+      details: "database storage failed (an I/O error, or read-only); try again later",
+    };
+  }
   if (isDatabaseUnavailable(err)) return { code: status.UNAVAILABLE, details: "database unavailable; try again" };
   if (isConflict(err)) return { code: status.ABORTED, details: "concurrent update conflict; try again" };
   return { code: status.INTERNAL, details: "internal error" };

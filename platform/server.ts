@@ -12,7 +12,7 @@ import { HealthImplementation } from "grpc-health-check";
 import { Health } from "../gen/health/v1/health_pb.js";
 import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { FaultInjector } from "./chaos.js";
-import { isStorageFull } from "./db-errors.js";
+import { isStorageFailed, isStorageFull } from "./db-errors.js";
 import { toStatusObject } from "./errors.js";
 import {
   grpcHandlers,
@@ -78,8 +78,8 @@ function callLogger(): Interceptor {
     } catch (err) {
       const { code } = toStatusObject(err);
       if (code !== grpc.status.INTERNAL) {
-        // A full disk refuses every write until someone frees space: the operator's business, not the caller's.
-        ctx.log[isStorageFull(err) ? "warn" : "info"](
+        // A full or failing disk refuses every write until someone acts: the operator's business, not the caller's.
+        ctx.log[isStorageFailed(err) ? "error" : isStorageFull(err) ? "warn" : "info"](
           { code: grpc.status[code], ms: Math.round(performance.now() - started), reason: (err as Error).message },
           "rpc",
         );

@@ -53,6 +53,71 @@ function tinyDisk(size: string): { path: string; fill(): void; free(): void } & 
   };
 }
 
+/**
+ * An ext4 file system on a loop device, mounted at a new directory: one the kernel can turn read-only
+ * under a running process (`mount -o remount,abort`: what ext4 does on a disk error). Dispose unmounts.
+ */
+function ext4Disk(): { path: string; fail(): void } & Disposable {
+  if (process.getuid?.() !== 0) {
+    throw new Error("hostile-storage needs root to mount an ext4 image (a disk that fails): run it as root");
+  }
+  const dir = tempDir("shopmesh-ext4-");
+  const image = `${dir.path}.img`;
+  execFileSync("truncate", ["-s", "32M", image]);
+  execFileSync("mkfs.ext4", ["-q", "-F", image]);
+  execFileSync("mount", ["-o", "loop", image, dir.path]);
+  return {
+    path: dir.path,
+    fail() {
+      execFileSync("mount", ["-o", "remount,abort", dir.path]);
+    },
+    [Symbol.dispose]() {
+      try {
+        execFileSync("umount", [dir.path]);
+      } finally {
+        rmSync(image, { force: true });
+        dir[Symbol.dispose]();
+      }
+    },
+  };
+}
+
+describe.skipIf(TEST_DB !== "sqlite")("the order service's file system turned read-only by a disk error", () => {
+  // Every order was answered INTERNAL "internal error" and logged as a bug ("unhandled error in
+  // handler": "disk I/O error"): nothing told a client that nothing was taken, nor that another
+  // instance (or this one, repaired) would take it.
+  let disk: ReturnType<typeof ext4Disk>;
+  let sys: System;
+  beforeAll(async () => {
+    disk = ext4Disk();
+    sys = await startSystem({ order: { DB_PATH: join(disk.path, "order.db") } });
+  }, 60_000);
+  afterAll(async () => {
+    try {
+      await sys?.[Symbol.asyncDispose]();
+    } finally {
+      disk?.[Symbol.dispose]();
+    }
+  });
+
+  it("refuses an order UNAVAILABLE saying the storage failed", async () => {
+    const place = (idempotencyKey: string) =>
+      sys.orders.placeOrder(
+        { idempotencyKey, items: [{ productId: "ceramic-mug", quantity: 1 }], cardToken: "tok_visa" },
+        sys.as("alice"),
+      );
+    await place("ro-before");
+    disk.fail();
+    const err = await place("ro-after").then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(RpcError);
+    expect(Code[(err as RpcError).code]).toBe("UNAVAILABLE");
+    expect((err as RpcError).message).toMatch(/storage failed/);
+  }, 30_000);
+});
+
 describe.skipIf(TEST_DB !== "sqlite")("the order service's disk full", () => {
   let disk: ReturnType<typeof tinyDisk>;
   let sys: System;
