@@ -154,5 +154,28 @@ export async function connectBus(url: string, name: string, log: Logger, opts: B
   const letterKey = createHmac("sha256", opts.auth?.pass ?? "")
     .update(`shopmesh dead letters of ${opts.auth?.user ?? ""}`)
     .digest();
-  return { nc, js: jetstream(nc), jsm, letterKey, close: () => nc.drain() };
+  return { nc, js: jetstream(nc), jsm, letterKey, close: () => closeWithin(nc, log) };
+}
+
+/**
+ * How long a close waits for the server to confirm the connection's drain before it cuts the
+ * connection: a nats-server that answers nothing (frozen; its store on a full disk) held every
+ * service's stop for as long as it stayed silent. Cut, what the drain would have waited for is
+ * redelivered (unacknowledged messages) or was already given up (the registry's entry expires).
+ */
+const DRAIN_MS = 2_000;
+
+function closeWithin(nc: NatsConnection, log: Logger): Promise<void> {
+  const drained = nc.drain();
+  drained.catch(() => {}); // its failure after the cut is nobody's to hear
+  let timer: NodeJS.Timeout | undefined;
+  const cut = new Promise<"cut">((r) => {
+    timer = setTimeout(() => r("cut"), DRAIN_MS);
+  });
+  return Promise.race([drained, cut]).then(async (how) => {
+    clearTimeout(timer);
+    if (how !== "cut") return;
+    log.warn({ ms: DRAIN_MS }, "NATS did not confirm the connection's drain in time: closing it");
+    await nc.close();
+  });
 }
