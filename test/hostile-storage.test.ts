@@ -1,9 +1,11 @@
 /**
  * A hostile round against the stores under failing storage (2026-12-04): a service's SQLite file on
- * a disk that fills up (a real tmpfs of a few MB, so SQLite meets a real ENOSPC), a data directory
- * that cannot be used at start. Each `describe` is one finding; each test failed on the code it was
- * written against. The tiny disks need root (mount): a test run without it FAILS saying so, rather
- * than skipping — CI runs as root.
+ * a disk that fills up (a real tmpfs of a few MB, so SQLite meets a real ENOSPC), on an ext4 the
+ * kernel turns read-only as after a disk error (a loop device), deleted under the running service,
+ * unusable at start (a directory, garbage, cut short, read-only, full); and a service's stop while
+ * nats-server answers nothing. Each `describe` is one finding; each test failed on the code it was
+ * written against. The tmpfs and ext4 disks need root (mount, losetup): a test run without it FAILS
+ * saying so, rather than skipping — CI runs as root. Every disk is unmounted however its test ends.
  */
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
