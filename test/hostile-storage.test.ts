@@ -9,14 +9,14 @@
  */
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdirSync, readdirSync, rmSync, truncateSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, rmSync, symlinkSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { Code, RpcError } from "../platform/index.js";
 import { TEST_DB } from "./db.js";
-import { runToEnd, tempDir } from "./fixtures.js";
+import { runToEnd, spawnService, tempDir } from "./fixtures.js";
 import { expectCheckoutInvariants } from "./invariants.js";
 import { type System, startSystem } from "./system.js";
 
@@ -267,6 +267,33 @@ describe.skipIf(TEST_DB !== "sqlite")("the data directory deleted under a runnin
     expect(after).toBeInstanceOf(RpcError);
     expect((after as RpcError).code).not.toBe(Code.OK);
   }, 30_000);
+});
+
+describe.skipIf(TEST_DB !== "sqlite")("two order processes on one SQLite file", () => {
+  // On SQLite the order service is the file's only writer (it adopts every outbox claim and saga, and
+  // hears only its own changes): a second process on the same file, by hand or beside a frozen one,
+  // started without a word.
+  it("the second is refused, naming the file, also through a link to its directory; the next start after the first is killed is not", async () => {
+    using dir = tempDir();
+    const path = join(dir.path, "order.db");
+    const env = { NATS_URL: "off", DB_PATH: path, INVENTORY_TARGET: "127.0.0.1:1", PAYMENT_TARGET: "127.0.0.1:1" };
+    const first = await spawnService("order", env);
+    try {
+      const link = join(dir.path, "link");
+      symlinkSync(dir.path, link);
+      for (const p of [path, join(link, "order.db")]) {
+        const { code, out } = await runToEnd(process.execPath, ["--import", "tsx", "services/order/main.ts"], {
+          env: { ...process.env, LOG_FORMAT: "json", GRPC_PORT: "0", ...env, DB_PATH: p },
+        });
+        expect(code, out).toBe(1);
+        expect(out).toContain(`another order process is using ${p}: on SQLite the order service runs as one process`);
+      }
+    } finally {
+      await first.kill();
+    }
+    await using next = await spawnService("order", env);
+    expect(next.address).toMatch(/:\d+$/);
+  }, 60_000);
 });
 
 describe("a service's stop while nats-server answers nothing (its store on a full disk, frozen)", () => {

@@ -3,7 +3,10 @@
  * payment, the saga orchestrator, choreography consumers, API; resumes sagas
  * left in flight.
  */
+import { mkdirSync, realpathSync } from "node:fs";
 import { hostname } from "node:os";
+import { basename, dirname, join } from "node:path";
+import Database from "better-sqlite3";
 import { EVENTS } from "../../contracts/events.js";
 import { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderService } from "../../gen/shopmesh/order/v1/order_pb.js";
@@ -98,9 +101,50 @@ function buildSaga(config: OrderConfig, log: Logger, store: OrderStore, { teleme
   return { saga, inventory, payment };
 }
 
+/**
+ * On SQLite the order service is the file's only writer (it adopts every outbox claim and saga, and
+ * hears its own changes only): a second process on the same file — started by hand, or beside a
+ * frozen one — started without a word. It holds `<file>.writer` (an exclusive SQLite transaction the
+ * kernel ends with the process) for its life; the release, or a refusal naming the file.
+ */
+function holdSoleWriter(path: string): () => void {
+  if (path === ":memory:") return () => {};
+  mkdirSync(dirname(path), { recursive: true });
+  // The file's real place: two paths (a link) to one file are one writer.
+  const lock = new Database(join(realpathSync(dirname(path)), `${basename(path)}.writer`), { timeout: 0 });
+  try {
+    lock.pragma("journal_mode = DELETE");
+    lock.exec("BEGIN EXCLUSIVE");
+  } catch (err) {
+    lock.close();
+    if (!String((err as { code?: unknown }).code).startsWith("SQLITE_BUSY")) throw err;
+    throw new Error(
+      `another order process is using ${path}: on SQLite the order service runs as one process ` +
+        "(replicas need PostgreSQL: DATABASE_URL)",
+    );
+  }
+  return () => lock.close();
+}
+
 /** Opens the store, connects to inventory and payment, starts serving, and resumes unfinished sagas. */
 export async function startOrder(config: OrderConfig, log: Logger): Promise<OrderApp> {
-  const store = await OrderStore.open(locationOf("order", config));
+  const location = locationOf("order", config);
+  const release = location.engine === "sqlite" ? holdSoleWriter(location.path) : () => {};
+  try {
+    return await startWith(config, log, location, release);
+  } catch (err) {
+    release();
+    throw err;
+  }
+}
+
+async function startWith(
+  config: OrderConfig,
+  log: Logger,
+  location: ReturnType<typeof locationOf>,
+  release: () => void,
+): Promise<OrderApp> {
+  const store = await OrderStore.open(location);
   const choreography = new Choreography(store);
   const host = await startHost({
     name: "order",
@@ -157,7 +201,13 @@ export async function startOrder(config: OrderConfig, log: Logger): Promise<Orde
       parts?.inventory.close();
       parts?.payment.close();
     },
-    close: () => store.close(),
+    close: async () => {
+      try {
+        await store.close();
+      } finally {
+        release();
+      }
+    },
   });
   const { saga, inventory, payment } = host.parts;
   await saga.start();
