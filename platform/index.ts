@@ -47,6 +47,7 @@ export {
   toStatusObject,
 } from "./errors.js";
 export type { Eventing } from "./eventing.js";
+export { holdExclusive } from "./file-lock.js";
 export { type CallContext, framePrefix, type Interceptor, type ServiceImpl, unframe, withImports } from "./grpc.js";
 export { type BytesClient, type CallOptions, type Client, createChannel, createClient } from "./grpc-client.js";
 export { type Built, type Host, type HostConfig, type HostContext, type HostOptions, startHost } from "./host.js";

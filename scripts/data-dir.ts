@@ -15,7 +15,7 @@
  */
 import { appendFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import Database from "better-sqlite3";
+import { holdExclusive } from "../platform/index.js";
 
 /** Where make run keeps its pid while it uses data directory `dataDir`. */
 export const runPidFile = (dataDir: string) => join(dataDir, "run.pid");
@@ -43,20 +43,15 @@ export function liveRunner(dataDir: string): number | undefined {
  */
 export function holdDataDir(dataDir: string, opts: { runner?: boolean } = {}): (() => void) | { heldBy: string } {
   mkdirSync(dataDir, { recursive: true });
-  const lock = new Database(join(dataDir, "run.lock"), { timeout: 0 });
-  try {
-    lock.pragma("journal_mode = DELETE");
-    lock.exec("BEGIN EXCLUSIVE");
-  } catch (err) {
-    lock.close();
-    if (!String((err as { code?: unknown }).code).startsWith("SQLITE_BUSY")) throw err;
+  const unlock = holdExclusive(join(dataDir, "run.lock"));
+  if (!unlock) {
     const pid = liveRunner(dataDir);
     return { heldBy: pid === undefined ? "a make history-rebuild, or a make run starting" : `make run (pid ${pid})` };
   }
   const file = runPidFile(dataDir);
   const release = () => {
     if (opts.runner) rmSync(file, { force: true });
-    if (lock.open) lock.close();
+    unlock();
   };
   if (opts.runner) {
     writeFileSync(file, `${process.pid}\n`);

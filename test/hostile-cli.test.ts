@@ -336,7 +336,7 @@ it("make run after one killed outright (SIGKILL) stops what that one left on the
     const nats = Number(/nats +\| started \(pid (\d+)\)/.exec(first.out())?.[1]);
     second = await startRunner(env);
     expect(second.out()).toContain(
-      `stopping nats-server (pid ${nats}), left running on ${data.path} by a holder that was killed`,
+      `stopping nats (pid ${nats}), left running on ${data.path} by a holder that was killed`,
     );
     expect(left.filter(alive)).toEqual([]);
     second.runner.kill("SIGINT");

@@ -6,7 +6,6 @@
 import { mkdirSync, realpathSync } from "node:fs";
 import { hostname } from "node:os";
 import { basename, dirname, join } from "node:path";
-import Database from "better-sqlite3";
 import { EVENTS } from "../../contracts/events.js";
 import { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderService } from "../../gen/shopmesh/order/v1/order_pb.js";
@@ -17,6 +16,7 @@ import {
   detached,
   type Host,
   type HostContext,
+  holdExclusive,
   type Logger,
   locationOf,
   type Metrics,
@@ -111,19 +111,12 @@ function holdSoleWriter(path: string): () => void {
   if (path === ":memory:") return () => {};
   mkdirSync(dirname(path), { recursive: true });
   // The file's real place: two paths (a link) to one file are one writer.
-  const lock = new Database(join(realpathSync(dirname(path)), `${basename(path)}.writer`), { timeout: 0 });
-  try {
-    lock.pragma("journal_mode = DELETE");
-    lock.exec("BEGIN EXCLUSIVE");
-  } catch (err) {
-    lock.close();
-    if (!String((err as { code?: unknown }).code).startsWith("SQLITE_BUSY")) throw err;
-    throw new Error(
-      `another order process is using ${path}: on SQLite the order service runs as one process ` +
-        "(replicas need PostgreSQL: DATABASE_URL)",
-    );
-  }
-  return () => lock.close();
+  const release = holdExclusive(join(realpathSync(dirname(path)), `${basename(path)}.writer`));
+  if (release) return release;
+  throw new Error(
+    `another order process is using ${path}: on SQLite the order service runs as one process ` +
+      "(replicas need PostgreSQL: DATABASE_URL)",
+  );
 }
 
 /** Opens the store, connects to inventory and payment, starts serving, and resumes unfinished sagas. */
