@@ -264,10 +264,15 @@ describe("a choreographed order cancelled by its customer while payment is still
         const id = p.body.id as string;
         await new Promise((r) => setTimeout(r, (i % 10) * 3));
         const c = await rest("carol", "POST", `/v1/orders/${id}:cancel`, {});
+        // The saga may have confirmed the order first (a fast moment): that cancel is refused, rightly.
+        if (c.status === 400 && String(c.body.message).endsWith("is CONFIRMED and can no longer be cancelled"))
+          return undefined;
         expect(c.status, short(c)).toBe(200);
         return { id, status: c.body.status, refundPending: c.body.refundPending === true };
       }),
-    );
+    ).then((all) => all.filter((t) => t !== undefined));
+    // Most cancels come before the saga ends; none at all would test nothing.
+    expect(told.length, "cancels that came before the saga ended").toBeGreaterThan(0);
     const charged = async (id: string) =>
       (
         await sys.payment.store.db.all(
