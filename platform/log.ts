@@ -48,16 +48,14 @@ export async function createLogger(opts: LoggerOptions): Promise<Logger> {
   // Every line logged inside a span carries its trace and span ids.
   const mixin = logIds;
   if (opts.format === "pretty") {
-    const { default: pretty } = await import("pino-pretty");
+    // As make run prints a process's lines (readable-log.ts): one line per entry, an error's stack on
+    // it and escaped — pino-pretty's own printed it over many lines, raw, and a message raw.
+    const { readableLines } = await import("./readable-log.js");
+    const readable = readableLines(process.stdout.isTTY === true);
+    const out = pino.destination({ dest: 1, sync: true });
     return pino(
       { level: opts.level, base, mixin },
-      pretty({
-        sync: true,
-        singleLine: true,
-        colorize: process.stdout.isTTY,
-        ignore: "pid,hostname,service",
-        translateTime: "HH:MM:ss.l",
-      }),
+      { write: (line: string) => out.write(`${readable(line.trimEnd())}\n`) },
     );
   }
   const dest = pino.destination({ dest: 1, sync: false, minLength: LOG_CHUNK_BYTES });

@@ -16,7 +16,7 @@ import { DEV_JWT_SECRET, loadConfig as gatewayConfig, targetVariable } from "../
 import { UPSTREAMS } from "../gateway/routes.js";
 import { silentLogger, startTracing } from "../platform/index.js";
 import { jsonLine, readableLines } from "../scripts/log-lines.js";
-import { runToEnd, tempDir } from "./fixtures.js";
+import { ROOT, runToEnd, tempDir } from "./fixtures.js";
 
 describe("requests for no procedure are sampled as what they are: nothing done", () => {
   const spans = new InMemorySpanExporter();
@@ -139,6 +139,24 @@ describe("make run's readable lines: one line per entry, whatever its text", () 
     expect(readable("[42] 2026/11/30 05:41:54.772416 [INF] Server is ready")).toBe(
       "[42] 2026/11/30 05:41:54.772416 [INF] Server is ready",
     );
+  });
+});
+
+describe("a process started on its own with LOG_FORMAT=pretty prints as make run does", () => {
+  // platform/log.ts rendered with pino-pretty's own stream: an err over many lines, its stack and the
+  // message raw (a line break forged a line, an escape sequence drove the terminal).
+  it("one line per entry, the error's text escaped", async () => {
+    const script = `const { createLogger } = await import(${JSON.stringify(join(ROOT, "platform", "log.ts"))});
+      const log = await createLogger({ service: "x", level: "info", format: "pretty" });
+      log.error({ err: new Error("boom\\nforged | line\\x1b[2J") }, "failed\\nsecond \\x1b[31mred");`;
+    const { code, out } = await runToEnd(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+      env: process.env,
+    });
+    expect(code, out).toBe(0);
+    expect(out.trimEnd().split("\n"), out).toHaveLength(1);
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: it is what must not be there
+    expect(out).not.toMatch(/\x1b/);
+    expect(out).toMatch(/ERROR: failed\\x0asecond \\x1b\[31mred \{"err":\{"type":"Error","message":"boom\\nforged/);
   });
 });
 
