@@ -154,11 +154,11 @@ function observe(
   // Trusted, its trace is continued — the trace context alone: not its baggage, which went to every service.
   const parent = o.trustTraceparent && theirs ? trace.setSpanContext(ROOT_CONTEXT, theirs) : ROOT_CONTEXT;
   const links: Link[] = theirs && !o.trustTraceparent ? [{ context: theirs }] : [];
-  // A request for no procedure does nothing: sampled as a read, not kept whole as an order would be
-  // (a client probing paths wrote a span per request, and pushed the orders' traces out of the span file).
-  const call = handler
-    ? rpcAttributes("connect_rpc", handler.method)
-    : { "rpc.system": "connect_rpc", [READ_ONLY]: true };
+  // A request for no procedure, or with no token (refused but for a public read), does nothing: sampled
+  // as a read, not kept whole as an order would be (a client probing paths, or a flood of tokenless
+  // PlaceOrders, wrote a span per request, and pushed the orders' traces out of the span file).
+  const idle = !handler || req.headers.authorization === undefined;
+  const call = { ...rpcAttributes("connect_rpc", handler?.method), ...(idle ? { [READ_ONLY]: true } : {}) };
   const attributes = { ...call, "http.request.protocol": protocol };
   const span = o.telemetry.tracer.startSpan(procedure, { kind: SpanKind.SERVER, attributes, links }, parent);
   const ctx = trace.setSpan(parent, span);

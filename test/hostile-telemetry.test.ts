@@ -18,7 +18,7 @@ import { silentLogger, startTracing } from "../platform/index.js";
 import { jsonLine, readableLines } from "../scripts/log-lines.js";
 import { ROOT, runToEnd, tempDir } from "./fixtures.js";
 
-describe("requests for no procedure are sampled as what they are: nothing done", () => {
+describe("requests for no procedure, or with no token, are sampled as what they are: nothing done", () => {
   const spans = new InMemorySpanExporter();
   let stopTracing: () => Promise<void>;
   let gw: GatewayApp;
@@ -76,16 +76,22 @@ describe("requests for no procedure are sampled as what they are: nothing done",
     } finally {
       session.close();
     }
-    // What a call that does something still gets: a refused PlaceOrder (no token) is a new trace, kept.
-    const placed = await fetch(`${gw.url}/shopmesh.order.v1.OrderService/PlaceOrder`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: "{}",
-    });
-    expect(placed.status).toBe(401);
+    // Nor do tokenless writes (refused 401: they do nothing either; a flood of them wrote a span each).
+    const place = (headers: Record<string, string>) =>
+      fetch(`${gw.url}/shopmesh.order.v1.OrderService/PlaceOrder`, {
+        method: "POST",
+        headers: { "content-type": "application/json", ...headers },
+        body: "{}",
+      });
+    for (let i = 0; i < 10; i++) expect((await place({})).status).toBe(401);
+    // What a call made with a token still gets, refused or not: a new trace, kept.
+    expect((await place({ authorization: "Bearer not-a-token" })).status).toBe(401);
     await expect
       .poll(() => spans.getFinishedSpans().map((s) => s.name))
       .toContain("shopmesh.order.v1.OrderService/PlaceOrder");
+    expect(spans.getFinishedSpans().filter((s) => s.name === "shopmesh.order.v1.OrderService/PlaceOrder")).toHaveLength(
+      1,
+    );
     expect(spans.getFinishedSpans().filter((s) => s.name === "unknown").length).toBe(0);
   });
 });
