@@ -165,8 +165,9 @@ export type Order = Message<"shopmesh.order.v1.Order"> & {
   /**
    * True while a CANCELLED order's payment may still be taken: its refund
    * (or the void of its charge key, when the charge's outcome is unknown)
-   * has not landed yet, because payment is unreachable. Its stock is already
-   * released; the saga keeps retrying, and the flag clears when it lands.
+   * has not landed yet, because payment is unreachable or (choreography: an
+   * order cancelled before payment answered) has not handled the cancel yet.
+   * The saga keeps retrying, and the flag clears when it lands.
    *
    * @generated from field: bool refund_pending = 13;
    */
@@ -491,7 +492,10 @@ export enum OrderStatus {
   CONFIRMED = 3,
 
   /**
-   * The order will not be fulfilled and nothing is held or charged. Terminal.
+   * The order will not be fulfilled; nothing is charged once refund_pending
+   * is false. In orchestration its stock is released before; in choreography
+   * inventory releases it on the order's OrderCancelled, moments after.
+   * Terminal.
    *
    * @generated from enum value: ORDER_STATUS_CANCELLED = 4;
    */
