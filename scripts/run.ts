@@ -325,7 +325,20 @@ function stopAll(): void {
         }
       }
     }
+    // NATS or PostgreSQL stuck in its own stop (its store on a full disk; frozen) held the runner too.
+    const infraDeadline = setTimeout(() => {
+      for (const { name, child } of infra.filter((c) => alive(c.child))) {
+        say(name, undefined, `${name} did not stop within ${STOP_MARGIN_MS / 1000} s: killed`, {}, 50);
+        failed = true;
+        try {
+          process.kill(-(child.pid as number), "SIGKILL"); // its process group: PostgreSQL's runuser and postmaster
+        } catch {
+          child.kill("SIGKILL");
+        }
+      }
+    }, STOP_MARGIN_MS);
     return waitAll(infra.map((c) => c.child)).then(() => {
+      clearTimeout(infraDeadline);
       say("run", undefined, "all stopped");
       process.exit(failed ? 1 : 0);
     });

@@ -317,6 +317,25 @@ it("make run, stopped, kills a service that does not stop within its grace, says
   }
 }, 120_000);
 
+it("make run, stopped, kills a NATS that does not stop (frozen; its store on a full disk), says so and exits 1 (it waited for ever)", async () => {
+  using data = tempDir();
+  const env = { ...(await freeRunPorts()), DATA_DIR: data.path, SHUTDOWN_GRACE_MS: "1000" };
+  const { runner, out, stop } = await startRunner(env);
+  const nats = Number(/nats +\| started \(pid (\d+)\)/.exec(out())?.[1]);
+  try {
+    process.kill(nats, "SIGSTOP");
+    runner.kill("SIGINT");
+    const code = await Promise.race([exited(runner), new Promise((r) => setTimeout(() => r("still running"), 60_000))]);
+    expect(code, out()).toBe(1);
+    expect(out()).toContain("nats did not stop within 10 s: killed");
+    expect(out()).toContain("all stopped");
+    expect(alive(nats)).toBe(false);
+  } finally {
+    if (alive(nats)) process.kill(nats, "SIGKILL");
+    stop();
+  }
+}, 120_000);
+
 it("make run after one killed outright (SIGKILL) stops what that one left on the store and the ports, and starts (it refused: port in use)", async () => {
   using data = tempDir();
   const env = { ...(await freeRunPorts()), DATA_DIR: data.path };
