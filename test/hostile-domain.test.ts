@@ -4,11 +4,18 @@
  * state machine, and the read model — with races run for real and the checkout's invariants read
  * from the databases afterwards. Each `describe` is one suspicion; a test that found a defect says so.
  */
+
+import { create } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { GatewayApp } from "../gateway/app.js";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
-import { sql } from "../platform/index.js";
+import { PaymentFailedSchema } from "../gen/shopmesh/payment/v1/events_pb.js";
+import { type EventContext, sql, type Tx } from "../platform/index.js";
+import { Choreography } from "../services/order/events.js";
+import { OrderStore } from "../services/order/store.js";
+import { TEST_DB, TestDatabases } from "./db.js";
+import { tempDir } from "./fixtures.js";
 import { expectCheckoutInvariants } from "./invariants.js";
 import { type System, startSystem, startTestGateway } from "./system.js";
 
@@ -321,4 +328,80 @@ describe("a choreographed order cancelled by its customer while payment is still
       )
       .toEqual([]);
   }, 60_000);
+});
+
+describe("a declined PaymentFailed handled while the customer's cancel is committing (review hR)", () => {
+  // Found by review: the handler read the order unlocked (PENDING), waited on the cancel's row lock, then
+  // its PENDING guard skipped it — the decline was dropped, payment's OrderCancelled found the DECLINED
+  // charge ("unchanged", no void answered), and the order stayed CANCELLED with its refund pending for
+  // good. PostgreSQL only (SQLite runs one write transaction at a time); on SQLite this passes either way.
+  it("settles the order: nothing was taken, its refund is no longer pending", async () => {
+    using dir = tempDir();
+    const store = await OrderStore.open(await new TestDatabases(dir.path).location("order"));
+    try {
+      const placed = await store.place({
+        customerId: "c",
+        key: "declined-vs-cancel",
+        fingerprint: "f",
+        items: [{ productId: "p", quantity: 1 }],
+        cardToken: "tok_visa",
+        sagaMode: "CHOREOGRAPHY",
+      });
+      if (placed.kind !== "created") throw new Error(placed.kind);
+      const id = placed.order.id;
+      const choreo = new Choreography(store);
+      const handler = choreo
+        .consumers()
+        .flatMap((c) => c.handlers)
+        .find(([type]) => type === PaymentFailedSchema.typeName)?.[1] as unknown as (
+        e: unknown,
+        ctx: EventContext,
+        tx: Tx,
+      ) => Promise<void>;
+      const declined = create(PaymentFailedSchema, {
+        meta: { orderId: id },
+        paymentId: "pay_declined",
+        customerId: "c",
+        reason: "card declined",
+      });
+      let commit = () => {};
+      const held = new Promise<void>((r) => {
+        commit = r;
+      });
+      let cancelled = () => {};
+      const cancelHeld = new Promise<void>((r) => {
+        cancelled = r;
+      });
+      const cancel = store.db.transaction(async (tx) => {
+        await store.requestCancel(id, "changed my mind", tx);
+        await choreo.cancelRequested(id, tx);
+        cancelled();
+        await held;
+      });
+      await cancelHeld;
+      const ctx = { deliveryCount: 1 } as EventContext;
+      const handled = store.db.transaction((tx) => handler(declined, ctx, tx));
+      if (TEST_DB === "postgres") {
+        // The handler has read the order and waits on the cancel's lock.
+        await expect
+          .poll(
+            async () =>
+              (
+                await store.db.all(
+                  sql<{ n: number }>`SELECT 1 AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'`,
+                )
+              ).length,
+            { timeout: 10_000 },
+          )
+          .toBeGreaterThan(0);
+      }
+      commit();
+      await cancel;
+      await handled;
+      const o = await store.get(id);
+      expect(o).toMatchObject({ status: "CANCELLED", payment: "undone" });
+    } finally {
+      await store.close();
+    }
+  });
 });

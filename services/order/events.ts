@@ -223,17 +223,21 @@ export class Choreography {
           on(
             PaymentFailedSchema,
             async (e, ctx, tx) => {
-              const o = await this.order(e.meta?.orderId, tx);
+              let o = await this.order(e.meta?.orderId, tx);
+              if (o?.status === "PENDING") {
+                const t = onDeclined(e.paymentId, e.reason || "declined", attempt(ctx));
+                if (await this.applyIf(o, t, "PENDING", tx)) {
+                  await this.cancel(o, t.patch.reason ?? "payment declined", tx);
+                  return;
+                }
+                // A cancel committed while the guard waited for its lock (held now): read what it left.
+                o = await this.order(o.id, tx);
+              }
               if (o?.status === "CANCELLED" && o.payment === "attempted") {
                 // Cancelled before payment answered: it declined the charge, or voided its key. Nothing taken.
                 const t = onRefunded(`no charge taken: ${e.reason || "declined"}`, attempt(ctx));
                 await this.applyIf(o, t, "CANCELLED", tx);
-                return;
               }
-              if (o?.status !== "PENDING") return;
-              const t = onDeclined(e.paymentId, e.reason || "declined", attempt(ctx));
-              if (await this.applyIf(o, t, "PENDING", tx))
-                await this.cancel(o, t.patch.reason ?? "payment declined", tx);
             },
             ours,
           ),
