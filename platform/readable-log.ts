@@ -54,6 +54,8 @@ export function readableLines(colorize: boolean): (line: string) => string {
     for (const key of PRINTED_RAW) {
       const v = (entry as Record<string, unknown>)[key];
       if (typeof v === "string") safe[key] = printable(v);
+      // An array or object there is printed by String(), raw too: its JSON, escaped.
+      else if (v !== null && typeof v === "object") safe[key] = printable(JSON.stringify(v));
     }
     return pretty(safe).trimEnd();
   };

@@ -133,6 +133,18 @@ describe("make run's readable lines: one line per entry, whatever its text", () 
     }
   });
 
+  it("a field pino-pretty prints raw holds no line break or escape when it is no string (review hR)", () => {
+    // Found by review: only a string name, caller, time or msg was escaped; as an array pino-pretty printed
+    // it raw (String()), so `"name":["x\\ngateway | ..."]` still started a forged line.
+    for (const colorize of [false, true]) {
+      const readable = readableLines(colorize);
+      for (const key of ["name", "caller", "time", "msg"]) {
+        const out = readable(entry({ msg: "x", [key]: [`v${forged}`], extra: { k: [`w${forged}`] } })).replace(sgr, "");
+        expect(out).not.toMatch(unsafe);
+      }
+    }
+  });
+
   it("still reads as pino-pretty's line, the error's message and stack in it", () => {
     const readable = readableLines(false);
     const out = readable(lines[0] as string);
