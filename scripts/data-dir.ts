@@ -78,16 +78,6 @@ export function recordChild(dataDir: string, pid: number | undefined, name: stri
   if (start !== undefined) appendFileSync(childrenFile(dataDir), `${pid} ${start} ${name}\n`);
 }
 
-/** Whether process `pid` exists (a signal 0 reaches it). */
-export const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
-
 /** Signals `pid`'s process group when it leads one (make run's children), else `pid` alone. */
 function signal(pid: number, sig: NodeJS.Signals): void {
   for (const target of [-pid, pid]) {
@@ -121,9 +111,10 @@ export async function stopLeftovers(dataDir: string, say: (line: string) => void
     signal(pid, "SIGINT");
   }
   const deadline = Date.now() + 10_000;
-  while (left.some(({ pid }) => alive(pid)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-  for (const { pid } of left) if (alive(pid)) signal(pid, "SIGKILL");
-  while (left.some(({ pid }) => alive(pid)) && Date.now() < deadline + 2_000)
-    await new Promise((r) => setTimeout(r, 50));
+  // Still the process listed (its pid not taken by another since it ended).
+  const lives = ({ pid, start }: (typeof left)[number]) => startOf(pid) === start;
+  while (left.some(lives) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  for (const l of left) if (lives(l)) signal(l.pid, "SIGKILL");
+  while (left.some(lives) && Date.now() < deadline + 2_000) await new Promise((r) => setTimeout(r, 50));
   writeFileSync(childrenFile(dataDir), "");
 }

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { targetVariable } from "../gateway/config.js";
 import { UPSTREAMS } from "../gateway/routes.js";
-import { alive, holdDataDir } from "../scripts/data-dir.js";
+import { holdDataDir } from "../scripts/data-dir.js";
 import { SYSTEM } from "../scripts/layout.js";
 import { until } from "./events.js";
 import { exited, freePort, ROOT, runToEnd, spawnGateway, tempDir } from "./fixtures.js";
@@ -247,6 +247,16 @@ it("make demo reads an empty ORDER_TARGET or INVENTORY_TARGET as unset (ORDER_TA
   expect(code, out).toBe(1);
   expect(out).toContain("cannot reach the order service at 127.0.0.1:50053: is `make run` running?");
 });
+
+/** Whether process `pid` exists (a signal 0 reaches it). */
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
 
 /** Every port make run takes, free now. */
 async function freeRunPorts(): Promise<Record<string, string>> {
