@@ -126,7 +126,10 @@ async function openPostgres(url: string, schema: string, poolSize: number, migra
   try {
     await client.query("SELECT pg_advisory_lock(hashtext($1))", [`shopmesh.migrate.${schema}`]);
     try {
-      await client.query(`CREATE SCHEMA IF NOT EXISTS ${schema}`);
+      // Made only when missing: PostgreSQL asks for CREATE on the database even for IF NOT EXISTS, and in
+      // the cluster only history's role has it (roles.sh: the schemas are made before the services start).
+      const made = await client.query("SELECT 1 FROM pg_namespace WHERE nspname = $1", [schema]);
+      if (made.rowCount === 0) await client.query(`CREATE SCHEMA IF NOT EXISTS ${schema}`);
       await client.query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)");
       const { rows } = await client.query<{ version: number }>("SELECT version FROM schema_version");
       let current = rows[0]?.version ?? 0;

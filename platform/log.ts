@@ -51,7 +51,7 @@ export async function createLogger(opts: LoggerOptions): Promise<Logger> {
     // As make run prints a process's lines (readable-log.ts): one line per entry, an error's stack on
     // it and escaped — pino-pretty's own printed it over many lines, raw, and a message raw.
     const { readableLines } = await import("./readable-log.js");
-    const readable = readableLines(process.stdout.isTTY === true);
+    const readable = await readableLines(process.stdout.isTTY === true);
     const out = pino.destination({ dest: 1, sync: true });
     return pino(
       { level: opts.level, base, mixin },

@@ -1,9 +1,8 @@
 /**
  * A JSON log line as one readable line for a person (pino-pretty), with what others may have written
  * made harmless to a terminal: `make run`'s output (scripts/log-lines.ts) and a process's own
- * `LOG_FORMAT=pretty` (log.ts). Loaded only for those: pino-pretty is a development dependency.
+ * `LOG_FORMAT=pretty` (log.ts). pino-pretty, a development dependency, is loaded only then (the image has none).
  */
-import { prettyFactory } from "pino-pretty";
 import { printable } from "./printable.js";
 import { replaceHidden } from "./validate.js";
 
@@ -33,7 +32,8 @@ const PRINTED_RAW = ["msg", "time", "name", "caller"];
  * line without the process's name, a forged one, and its escape sequences drove the terminal); the
  * other fields as JSON, which leaves DEL, C1 controls (a CSI among them) and direction overrides raw.
  */
-export function readableLines(colorize: boolean): (line: string) => string {
+export async function readableLines(colorize: boolean): Promise<(line: string) => string> {
+  const { prettyFactory } = await import("pino-pretty");
   const pretty = prettyFactory({
     singleLine: true,
     colorize,

@@ -135,7 +135,7 @@ function prefix(name: string, i: number): string {
 const JSON_LINES = choice("LOG_FORMAT", ["json"], ["", "pretty"]);
 
 /** A line as one readable line (pino-pretty, as LOG_FORMAT=pretty would print it, escaped: log-lines.ts). */
-const readable = JSON_LINES ? (line: string) => line : readableLines(tty);
+const readable = JSON_LINES ? (line: string) => line : await readableLines(tty);
 
 /**
  * The runner's own message about `proc` ("run" for the whole system): a

@@ -150,13 +150,13 @@ describe("each service connects to PostgreSQL as a role of its own (all five sha
       await server?.[Symbol.asyncDispose]();
     });
 
-    it("no role can take another service's schema name before that service first starts", async () => {
+    it("no role can take another service's schema name before that service first starts, nor the history rebuild's", async () => {
       const client = new pg.Client({ connectionString: urlOf("inventory") });
       await client.connect();
       try {
         for (const u of users.filter((x) => x.name !== "inventory")) {
           // What a taken-over inventory pod would try before payment's first start: take the name.
-          await client.query(`CREATE SCHEMA IF NOT EXISTS shopmesh_${u.name}`);
+          await client.query(`CREATE SCHEMA IF NOT EXISTS shopmesh_${u.name}`).catch(() => {});
           const { rows } = await client.query<{ owner: string }>(
             "SELECT pg_get_userbyid(nspowner) AS owner FROM pg_namespace WHERE nspname = $1",
             [`shopmesh_${u.name}`],
@@ -166,8 +166,21 @@ describe("each service connects to PostgreSQL as a role of its own (all five sha
             code: "42501",
           });
         }
+        // The name the history rebuild builds its view under, aside: taken by another role (CREATE on the
+        // database was every role's), the rebuild's DROP SCHEMA failed "must be owner", every time.
+        await expect(client.query("CREATE SCHEMA shopmesh_history_rebuilding")).rejects.toMatchObject({
+          code: "42501",
+        });
       } finally {
         await client.end();
+      }
+      const history = new pg.Client({ connectionString: urlOf("history") });
+      await history.connect();
+      try {
+        await history.query("CREATE SCHEMA shopmesh_history_rebuilding");
+        await history.query("DROP SCHEMA shopmesh_history_rebuilding");
+      } finally {
+        await history.end();
       }
     });
 

@@ -119,9 +119,9 @@ describe("make run's readable lines: one line per entry, whatever its text", () 
   // biome-ignore lint/suspicious/noControlCharactersInRegex: they are what is looked for
   const unsafe = /[\n\r\x1b\x7f-\x9f\u202e\u200b]/;
 
-  it("an error's stack, a message, a field or a plain line holds no line break, escape sequence or hidden character", () => {
+  it("an error's stack, a message, a field or a plain line holds no line break, escape sequence or hidden character", async () => {
     for (const colorize of [false, true]) {
-      const readable = readableLines(colorize);
+      const readable = await readableLines(colorize);
       for (const line of lines) {
         const out = readable(line).replace(sgr, "");
         // Before: an err printed over 8 lines, the forged one among them unprefixed and looking like the
@@ -133,11 +133,11 @@ describe("make run's readable lines: one line per entry, whatever its text", () 
     }
   });
 
-  it("a field pino-pretty prints raw holds no line break or escape when it is no string (review hR)", () => {
+  it("a field pino-pretty prints raw holds no line break or escape when it is no string (review hR)", async () => {
     // Found by review: only a string name, caller, time or msg was escaped; as an array pino-pretty printed
     // it raw (String()), so `"name":["x\\ngateway | ..."]` still started a forged line.
     for (const colorize of [false, true]) {
-      const readable = readableLines(colorize);
+      const readable = await readableLines(colorize);
       for (const key of ["name", "caller", "time", "msg"]) {
         const out = readable(entry({ msg: "x", [key]: [`v${forged}`], extra: { k: [`w${forged}`] } })).replace(sgr, "");
         expect(out).not.toMatch(unsafe);
@@ -145,8 +145,8 @@ describe("make run's readable lines: one line per entry, whatever its text", () 
     }
   });
 
-  it("still reads as pino-pretty's line, the error's message and stack in it", () => {
-    const readable = readableLines(false);
+  it("still reads as pino-pretty's line, the error's message and stack in it", async () => {
+    const readable = await readableLines(false);
     const out = readable(lines[0] as string);
     expect(out).toMatch(/^\[\d\d:\d\d:\d\d\.\d{3}\] WARN: request failed \{"err":\{"type":"Error","message":"boom/);
     expect(out).toContain("at f (x.js:1:1)");
