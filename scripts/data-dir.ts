@@ -9,9 +9,10 @@
  * started at once (each read the other's file before its pid was in it, or both took over a stale
  * one). The runner's pid is in <data dir>/run.pid, for the messages and for `make clean`.
  *
- * What a holder starts is listed in <data dir>/run.children (pid and start time): a holder killed
- * outright (SIGKILL, an OOM kill) left its nats-server running on the store and the ports, and the
- * next make run refused, "port 4222 is in use by nats-server". The next holder stops what is left.
+ * What a holder starts is listed in <data dir>/run.children (pid, start time, name): a holder killed
+ * outright (SIGKILL, an OOM kill) left its nats-server, services and gateway running on the store,
+ * the databases and the ports (the next make run refused: "port 4222 is in use"). The next holder
+ * stops what is left.
  */
 import { appendFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
