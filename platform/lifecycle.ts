@@ -5,6 +5,7 @@
 import { installLeanAsyncBind } from "./async-bind.js";
 import { configOrExit } from "./config.js";
 import { createLogger, flushLogs, type Logger } from "./log.js";
+import { SqliteConnection } from "./sqlite-driver.js";
 import { startProcessTelemetry } from "./tracing.js";
 import { WalSync } from "./wal-sync.js";
 
@@ -76,6 +77,13 @@ export async function runService<C extends ProcessConfig>(
   // `make run`, Kubernetes) and recover from what is on disk. No graceful stop: it would write.
   WalSync.onBroken = (err) => {
     log?.fatal({ err }, "the database log could not be flushed: exiting, to be restarted");
+    flushLogs();
+    process.exit(1);
+  };
+  // So does a file whose storage failed under a statement (an I/O error, its file system turned
+  // read-only): answering UNAVAILABLE for good, with health SERVING, it kept its share of the traffic.
+  SqliteConnection.onStorageFailed = (err, file) => {
+    log?.fatal({ err }, `the database ${file}'s storage failed (an I/O error, or read-only): exiting, to be restarted`);
     flushLogs();
     process.exit(1);
   };

@@ -21,6 +21,7 @@ import {
   SqliteIntrospector,
   SqliteQueryCompiler,
 } from "kysely";
+import { isStorageFailed } from "./db-errors.js";
 
 const BEGIN = CompiledQuery.raw("begin immediate");
 const COMMIT = CompiledQuery.raw("commit");
@@ -33,6 +34,14 @@ export class SqliteConnection implements DatabaseConnection {
   private busy = false;
   private readonly waiting: (() => void)[] = [];
   constructor(readonly db: Database.Database) {}
+
+  /**
+   * Called when the file's storage fails under a statement (SQLite's I/O and read-only errors: a failing
+   * disk, ext4 turned read-only by a disk error): set by a service process to exit, to be restarted
+   * and moved (the process answered UNAVAILABLE for good, its health still SERVING, so no restart and
+   * no replica took its traffic). Unset (tests, tools), the error is only thrown.
+   */
+  static onStorageFailed: ((err: unknown, file: string) => void) | undefined;
 
   /** Takes the connection: at once (undefined) when it is free, else a promise resolved at the caller's turn. */
   take(): Promise<void> | undefined {
@@ -101,15 +110,20 @@ export class SqliteConnection implements DatabaseConnection {
    * transaction in progress — without Kysely's few promises per statement around it.
    */
   execute<R>(q: CompiledQuery): QueryResult<R> {
-    let stmt = this.statements.get(q.sql);
-    if (!stmt) {
-      stmt = this.db.prepare(q.sql);
-      if (this.statements.size < 500) this.statements.set(q.sql, stmt);
+    try {
+      let stmt = this.statements.get(q.sql);
+      if (!stmt) {
+        stmt = this.db.prepare(q.sql);
+        if (this.statements.size < 500) this.statements.set(q.sql, stmt);
+      }
+      const params = q.parameters as unknown[];
+      if (stmt.reader) return { rows: stmt.all(...params) as R[] };
+      const { changes } = stmt.run(...params);
+      return { rows: [], numAffectedRows: BigInt(changes) };
+    } catch (err) {
+      if (isStorageFailed(err)) SqliteConnection.onStorageFailed?.(err, this.db.name);
+      throw err;
     }
-    const params = q.parameters as unknown[];
-    if (stmt.reader) return { rows: stmt.all(...params) as R[] };
-    const { changes } = stmt.run(...params);
-    return { rows: [], numAffectedRows: BigInt(changes) };
   }
   /** Closes the connection at the caller's turn: after whoever holds it, before those waiting (who then fail). */
   close(): Promise<void> {

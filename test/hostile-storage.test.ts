@@ -13,10 +13,10 @@ import { mkdirSync, readdirSync, rmSync, symlinkSync, truncateSync, writeFileSyn
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
-import { Code, RpcError } from "../platform/index.js";
+import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
+import { Code, createChannel, createClient, identityMetadata, RpcError } from "../platform/index.js";
 import { TEST_DB } from "./db.js";
-import { runToEnd, spawnService, tempDir } from "./fixtures.js";
+import { exited, runToEnd, spawnService, tempDir } from "./fixtures.js";
 import { expectCheckoutInvariants } from "./invariants.js";
 import { type System, startSystem } from "./system.js";
 
@@ -118,6 +118,40 @@ describe.skipIf(TEST_DB !== "sqlite")("the order service's file system turned re
     expect(Code[(err as RpcError).code]).toBe("UNAVAILABLE");
     expect((err as RpcError).message).toMatch(/storage failed/);
   }, 30_000);
+
+  it("a service process exits on it, to be restarted and moved (it answered UNAVAILABLE for good, health SERVING)", async () => {
+    using own = ext4Disk();
+    const file = join(own.path, "order.db");
+    const order = await spawnService("order", {
+      NATS_URL: "off",
+      DB_PATH: file,
+      INVENTORY_TARGET: "127.0.0.1:1",
+      PAYMENT_TARGET: "127.0.0.1:1",
+    });
+    try {
+      const ch = createChannel(order.address);
+      const orders = createClient(OrderService, ch);
+      const who = { metadata: identityMetadata({ subject: "alice", roles: ["customer"] }), timeoutMs: 5_000 };
+      const place = (idempotencyKey: string) =>
+        orders.placeOrder(
+          { idempotencyKey, items: [{ productId: "ceramic-mug", quantity: 1 }], cardToken: "tok_visa" },
+          who,
+        );
+      await place("ro-process-before");
+      own.fail();
+      // This call, or the saga's next write (inventory is a closed port: it retries), meets the failure.
+      await place("ro-process-after").catch(() => undefined);
+      ch.close();
+      const code = await Promise.race([
+        exited(order.child),
+        new Promise((r) => setTimeout(() => r("still running"), 20_000)),
+      ]);
+      expect(code, order.output()).toBe(1);
+      expect(order.output()).toContain(`the database ${file}'s storage failed (an I/O error, or read-only): exiting`);
+    } finally {
+      await order.kill().catch(() => undefined);
+    }
+  }, 60_000);
 });
 
 describe.skipIf(TEST_DB !== "sqlite")("the order service's disk full", () => {
