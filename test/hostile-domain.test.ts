@@ -7,14 +7,32 @@
 
 import { create } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { VOIDED_REASON } from "../contracts/saga.js";
 import type { GatewayApp } from "../gateway/app.js";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
-import { PaymentFailedSchema } from "../gen/shopmesh/payment/v1/events_pb.js";
-import { type EventContext, sql, type Tx } from "../platform/index.js";
+import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
+import { StockReservedSchema } from "../gen/shopmesh/inventory/v1/events_pb.js";
+import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
+import {
+  PaymentFailedSchema,
+  PaymentRefundedSchema,
+  PaymentSucceededSchema,
+} from "../gen/shopmesh/payment/v1/events_pb.js";
+import {
+  type Client,
+  createChannel,
+  createClient,
+  type EventContext,
+  silentLogger,
+  sql,
+  type Tx,
+} from "../platform/index.js";
+import { type OrderApp, startOrder } from "../services/order/app.js";
+import { loadConfig as orderConfig } from "../services/order/config.js";
 import { Choreography } from "../services/order/events.js";
 import { OrderStore } from "../services/order/store.js";
-import { TEST_DB, TestDatabases } from "./db.js";
+import { postgresUrl, TEST_DB, TestDatabases } from "./db.js";
 import { tempDir } from "./fixtures.js";
 import { expectCheckoutInvariants } from "./invariants.js";
 import { type System, startSystem, startTestGateway } from "./system.js";
@@ -400,6 +418,250 @@ describe("a declined PaymentFailed handled while the customer's cancel is commit
       await handled;
       const o = await store.get(id);
       expect(o).toMatchObject({ status: "CANCELLED", payment: "undone" });
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+describe("choreographed orders raced by cancels, declines, step-budget expiry and a flaky then absent payment (hC)", () => {
+  // Suspicion: some interleaving of StockReserved / PaymentSucceeded / PaymentFailed / OrderCancelled
+  // handling, a customer's cancel and the step-budget sweep leaves an order CANCELLED with its refund
+  // pending for good (WatchOrder never ends), keeps a capture for a cancelled order, or confirms one
+  // without a capture. Payment's and inventory's event handlers fail at random (redeliveries), payment
+  // is down long enough for the budget to cancel orders it has not answered, and on PostgreSQL a second
+  // order replica shares the consumers, the budget sweep and the cancels, and stops while they hold
+  // events. Not found: every order settled, on both engines (a finding fails `settle`, which waits
+  // for WatchOrder's end), and the invariants and the read model agree.
+  const BUDGET_MS = 1500;
+  let race: System;
+  let replica2: OrderApp | undefined;
+  let replicas: Client<typeof OrderService>[] = [];
+  beforeAll(async () => {
+    race = await startSystem({ order: { SAGA_STEP_BUDGET_MS: String(BUDGET_MS) } });
+    replicas = [race.orders];
+    if (TEST_DB === "postgres") {
+      const db = await race.order.store.db.one(sql<{ name: string }>`SELECT current_database() AS name`);
+      const url = new URL(postgresUrl());
+      url.pathname = `/${db?.name}`;
+      replica2 = await startOrder(
+        orderConfig({
+          GRPC_HOST: "127.0.0.1",
+          GRPC_PORT: "0",
+          SHUTDOWN_GRACE_MS: "2000",
+          NATS_URL: race.nats.url,
+          DATABASE_URL: url.toString(),
+          INVENTORY_TARGET: race.inventory.address,
+          PAYMENT_TARGET: race.payment.address,
+          SAGA_STEP_BUDGET_MS: String(BUDGET_MS),
+        }),
+        silentLogger(),
+      );
+      replicas.push(createClient(OrderService, createChannel(replica2.address)));
+    }
+  }, 60_000);
+  afterAll(async () => {
+    await replica2?.stop();
+    await race?.[Symbol.asyncDispose]();
+  });
+
+  it("settles every order, with one capture per confirmed order and none kept for a cancelled one", async () => {
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    const via = (i: number) => replicas[i % replicas.length] as Client<typeof OrderService>;
+    await race.paymentChaos.setFaults({ faults: { errorRate: 0.3 } });
+    await race.inventoryChaos.setFaults({ faults: { errorRate: 0.1 } });
+    const placeSome = (round: number, count: number) =>
+      Promise.all(
+        Array.from({ length: count }, async (_, i) => {
+          const customer = i % 2 ? "alice" : "bob";
+          const { order } = await via(i).placeOrder(
+            {
+              idempotencyKey: `hc-${round}-${i}`,
+              items: [{ productId: i % 3 ? "paper-filters" : "coffee-beans", quantity: 1 }],
+              cardToken: i % 4 === 0 ? "tok_decline" : "tok_visa",
+              sagaMode: SagaMode.CHOREOGRAPHY,
+            },
+            race.as(customer),
+          );
+          const id = order?.id ?? "";
+          if (i % 3 !== 2) {
+            await sleep((i * 17) % 250);
+            await via(i + 1)
+              .cancelOrder({ orderId: id, reason: "race" }, race.as(customer))
+              .catch(() => undefined);
+          }
+          return { id, customer };
+        }),
+      );
+    const first = await placeSome(1, 60);
+    // The second replica leaves while its consumers hold events: the first takes them over.
+    if (replica2) {
+      replicas = [race.orders];
+      await replica2.stop();
+      replica2 = undefined;
+    }
+    // Payment goes away: the budget cancels what it has not answered, with the customers' cancels on top.
+    await race.paymentChaos.setFaults({ faults: { down: true } });
+    const second = await placeSome(2, 30);
+    await sleep(BUDGET_MS * 2);
+    await race.paymentChaos.setFaults({ faults: { errorRate: 0.3 } });
+    const third = await placeSome(3, 30);
+    await race.paymentChaos.setFaults({ faults: {} });
+    await race.inventoryChaos.setFaults({ faults: {} });
+    const stuck: string[] = [];
+    await Promise.all(
+      [...first, ...second, ...third].map(async (p) => {
+        try {
+          await race.settle(p.id, p.customer, 30_000);
+        } catch {
+          const o = await race.order.store.get(p.id);
+          stuck.push(`${p.id} ${o?.status} payment=${o?.payment} stock=${o?.stock}`);
+        }
+      }),
+    );
+    expect(stuck, "orders left unsettled (refund pending for good)").toEqual([]);
+    // The race was run: cancels came before payment had answered (else this tested nothing).
+    const early = await race.order.store.db.one(sql<{ n: number }>`SELECT COUNT(*) AS n FROM saga_steps
+      WHERE detail LIKE '%(refund pending: payment not heard yet)'`);
+    expect(Number(early?.n), "orders cancelled before payment answered").toBeGreaterThan(0);
+    // Stock goes back when inventory handles the OrderCancelled, a few ms after the order settles.
+    await expect
+      .poll(
+        () =>
+          expectCheckoutInvariants({
+            order: race.order.store.db,
+            payment: race.payment.store.db,
+            inventory: race.inventory.store.db,
+          }).then(
+            () => "hold",
+            (err: unknown) => String(err),
+          ),
+        { timeout: 20_000, interval: 200 },
+      )
+      .toBe("hold");
+    // The read model agrees: the same end, no refund pending, a capture exactly for a confirmed order.
+    const ends = new Map(
+      (await race.order.store.db.all(sql<{ id: string; status: string }>`SELECT id, status FROM orders`)).map((o) => [
+        o.id,
+        o.status,
+      ]),
+    );
+    await expect
+      .poll(
+        async () => {
+          const rows = await race.history.store.db.all(
+            sql<{ order_id: string; status: string | null; refund: string; payment_status: string | null }>`
+              SELECT order_id, status, refund, payment_status FROM order_history`,
+          );
+          const wrong = rows.filter(
+            (h) =>
+              h.status !== ends.get(h.order_id) ||
+              h.refund === "pending" ||
+              (h.payment_status === "CAPTURED") !== (h.status === "CONFIRMED"),
+          );
+          return [
+            ...wrong.map((h) => JSON.stringify(h)),
+            ...(rows.length === ends.size ? [] : [`${rows.length} rows`]),
+          ];
+        },
+        { timeout: 20_000, interval: 200 },
+      )
+      .toEqual([]);
+  }, 120_000);
+});
+
+describe("each payment answer handled while the customer's cancel is committing (hC)", () => {
+  // The hR race, for every answer payment can give a choreographed order: the handler reads the
+  // order unlocked (PENDING) and waits on the cancel's row lock (PostgreSQL; on SQLite it runs after).
+  // Then payment answers the OrderCancelled as it would for that state (a capture: PaymentRefunded;
+  // a decline: nothing; a charge that could not be made: PaymentFailed "voided"). Not found: the order
+  // settles in each case, never CONFIRMED, its refund pending only until payment's last word.
+  const answers = [
+    { name: "PaymentSucceeded", after: "PaymentRefunded" },
+    { name: "PaymentFailed (declined)", after: "nothing" },
+    { name: "PaymentFailed (charge invalid, no payment id)", after: "PaymentFailed voided" },
+  ] as const;
+  it.each(answers)("$name, then $after", async ({ name, after }) => {
+    using dir = tempDir();
+    const store = await OrderStore.open(await new TestDatabases(dir.path).location("order"));
+    try {
+      const placed = await store.place({
+        customerId: "c",
+        key: `answer-vs-cancel-${name}`,
+        fingerprint: "f",
+        items: [{ productId: "p", quantity: 1 }],
+        cardToken: "tok_visa",
+        sagaMode: "CHOREOGRAPHY",
+      });
+      if (placed.kind !== "created") throw new Error(placed.kind);
+      const id = placed.order.id;
+      const choreo = new Choreography(store);
+      const handlers = choreo.consumers().flatMap((c) => c.handlers);
+      type Handler = (e: unknown, ctx: EventContext, tx: Tx) => Promise<void>;
+      const run = (type: string, e: unknown, tx: Tx) => {
+        const fn = handlers.find(([t]) => t === type)?.[1] as unknown as Handler | undefined;
+        if (!fn) throw new Error(`no handler of ${type}`);
+        return fn(e, { deliveryCount: 1 } as EventContext, tx);
+      };
+      const meta = { orderId: id };
+      const reserved = create(StockReservedSchema, {
+        meta,
+        reservationId: "res_1",
+        total: { currencyCode: "EUR", amountMinor: 500n },
+      });
+      const answer = name.startsWith("PaymentSucceeded")
+        ? { type: PaymentSucceededSchema.typeName, e: create(PaymentSucceededSchema, { meta, paymentId: "pay_1" }) }
+        : {
+            type: PaymentFailedSchema.typeName,
+            e: create(PaymentFailedSchema, {
+              meta,
+              paymentId: name.includes("declined") ? "pay_1" : "",
+              reason: name.includes("declined") ? "card declined" : "amount is invalid",
+            }),
+          };
+      // Inventory answered first: the order holds its stock when the customer cancels.
+      await store.db.transaction((tx) => run(StockReservedSchema.typeName, reserved, tx));
+      let commit = () => {};
+      const held = new Promise<void>((r) => {
+        commit = r;
+      });
+      let cancelled = () => {};
+      const cancelHeld = new Promise<void>((r) => {
+        cancelled = r;
+      });
+      const cancel = store.db.transaction(async (tx) => {
+        await store.requestCancel(id, "changed my mind", tx);
+        await choreo.cancelRequested(id, tx);
+        cancelled();
+        await held;
+      });
+      await cancelHeld;
+      const handled = store.db.transaction((tx) => run(answer.type, answer.e, tx));
+      if (TEST_DB === "postgres") {
+        await expect
+          .poll(
+            async () =>
+              (
+                await store.db.all(
+                  sql<{ n: number }>`SELECT 1 AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'`,
+                )
+              ).length,
+            { timeout: 10_000 },
+          )
+          .toBeGreaterThan(0);
+      }
+      commit();
+      await cancel;
+      await handled;
+      expect(await store.get(id)).toMatchObject({ status: "CANCELLED" });
+      if (after === "PaymentRefunded") {
+        const e = create(PaymentRefundedSchema, { meta, paymentId: "pay_1", reason: "cancelled" });
+        await store.db.transaction((tx) => run(PaymentRefundedSchema.typeName, e, tx));
+      } else if (after === "PaymentFailed voided") {
+        const e = create(PaymentFailedSchema, { meta, paymentId: "pay_void", reason: VOIDED_REASON });
+        await store.db.transaction((tx) => run(PaymentFailedSchema.typeName, e, tx));
+      }
+      expect(await store.get(id)).toMatchObject({ status: "CANCELLED", payment: "undone" });
     } finally {
       await store.close();
     }
