@@ -23,6 +23,7 @@ import {
   type Client,
   createChannel,
   createClient,
+  type Db,
   type EventContext,
   silentLogger,
   sql,
@@ -114,6 +115,17 @@ async function all(who: string, path: string, field: string): Promise<Json[]> {
     token = (r.body.nextPageToken as string | undefined) ?? "";
   } while (token);
   return out;
+}
+
+/**
+ * On PostgreSQL, waits until a session of this database waits on a lock (the handler on the cancel's
+ * row): this one only, as other suites share the server. SQLite runs one write at a time: nothing to wait for.
+ */
+async function lockWaited(db: Db): Promise<void> {
+  if (TEST_DB !== "postgres") return;
+  const waiting = sql<{ n: number }>`SELECT 1 AS n FROM pg_stat_activity
+    WHERE wait_event_type = 'Lock' AND datname = current_database()`;
+  await expect.poll(async () => (await db.all(waiting)).length, { timeout: 10_000 }).toBeGreaterThan(0);
 }
 
 describe("what a customer's order says about money", () => {
@@ -399,20 +411,8 @@ describe("a declined PaymentFailed handled while the customer's cancel is commit
       await cancelHeld;
       const ctx = { deliveryCount: 1 } as EventContext;
       const handled = store.db.transaction((tx) => handler(declined, ctx, tx));
-      if (TEST_DB === "postgres") {
-        // The handler has read the order and waits on the cancel's lock.
-        await expect
-          .poll(
-            async () =>
-              (
-                await store.db.all(
-                  sql<{ n: number }>`SELECT 1 AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'`,
-                )
-              ).length,
-            { timeout: 10_000 },
-          )
-          .toBeGreaterThan(0);
-      }
+      // The handler has read the order and waits on the cancel's lock.
+      await lockWaited(store.db);
       commit();
       await cancel;
       await handled;
@@ -637,19 +637,7 @@ describe("each payment answer handled while the customer's cancel is committing 
       });
       await cancelHeld;
       const handled = store.db.transaction((tx) => run(answer.type, answer.e, tx));
-      if (TEST_DB === "postgres") {
-        await expect
-          .poll(
-            async () =>
-              (
-                await store.db.all(
-                  sql<{ n: number }>`SELECT 1 AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'`,
-                )
-              ).length,
-            { timeout: 10_000 },
-          )
-          .toBeGreaterThan(0);
-      }
+      await lockWaited(store.db);
       commit();
       await cancel;
       await handled;
