@@ -128,6 +128,39 @@ async function lockWaited(db: Db): Promise<void> {
   await expect.poll(async () => (await db.all(waiting)).length, { timeout: 10_000 }).toBeGreaterThan(0);
 }
 
+/**
+ * Runs `handle` in a transaction of its own while the customer's cancel of order `id` is committing:
+ * the cancel's transaction is held open until (PostgreSQL) `handle` waits on its row lock, then committed.
+ */
+async function underCommittingCancel(
+  store: OrderStore,
+  choreo: Choreography,
+  id: string,
+  handle: (tx: Tx) => Promise<void>,
+): Promise<void> {
+  let commit = () => {};
+  const held = new Promise<void>((r) => {
+    commit = r;
+  });
+  let cancelled = () => {};
+  const cancelHeld = new Promise<void>((r) => {
+    cancelled = r;
+  });
+  const cancel = store.db.transaction(async (tx) => {
+    await store.requestCancel(id, "changed my mind", tx);
+    await choreo.cancelRequested(id, tx);
+    cancelled();
+    await held;
+  });
+  await cancelHeld;
+  const handled = store.db.transaction(handle);
+  // The handler has read the order and waits on the cancel's lock.
+  await lockWaited(store.db);
+  commit();
+  await cancel;
+  await handled;
+}
+
 describe("what a customer's order says about money", () => {
   it("takes no price, total or owner from the client, and refuses quantities out of 1..10000 naming the line", async () => {
     for (const extra of [{ total: { currencyCode: "USD", amountMinor: "1" } }, { customerId: "bob" }]) {
@@ -394,28 +427,9 @@ describe("a declined PaymentFailed handled while the customer's cancel is commit
         customerId: "c",
         reason: "card declined",
       });
-      let commit = () => {};
-      const held = new Promise<void>((r) => {
-        commit = r;
-      });
-      let cancelled = () => {};
-      const cancelHeld = new Promise<void>((r) => {
-        cancelled = r;
-      });
-      const cancel = store.db.transaction(async (tx) => {
-        await store.requestCancel(id, "changed my mind", tx);
-        await choreo.cancelRequested(id, tx);
-        cancelled();
-        await held;
-      });
-      await cancelHeld;
-      const ctx = { deliveryCount: 1 } as EventContext;
-      const handled = store.db.transaction((tx) => handler(declined, ctx, tx));
-      // The handler has read the order and waits on the cancel's lock.
-      await lockWaited(store.db);
-      commit();
-      await cancel;
-      await handled;
+      await underCommittingCancel(store, choreo, id, (tx) =>
+        handler(declined, { deliveryCount: 1 } as EventContext, tx),
+      );
       const o = await store.get(id);
       expect(o).toMatchObject({ status: "CANCELLED", payment: "undone" });
     } finally {
@@ -621,26 +635,7 @@ describe("each payment answer handled while the customer's cancel is committing 
           };
       // Inventory answered first: the order holds its stock when the customer cancels.
       await store.db.transaction((tx) => run(StockReservedSchema.typeName, reserved, tx));
-      let commit = () => {};
-      const held = new Promise<void>((r) => {
-        commit = r;
-      });
-      let cancelled = () => {};
-      const cancelHeld = new Promise<void>((r) => {
-        cancelled = r;
-      });
-      const cancel = store.db.transaction(async (tx) => {
-        await store.requestCancel(id, "changed my mind", tx);
-        await choreo.cancelRequested(id, tx);
-        cancelled();
-        await held;
-      });
-      await cancelHeld;
-      const handled = store.db.transaction((tx) => run(answer.type, answer.e, tx));
-      await lockWaited(store.db);
-      commit();
-      await cancel;
-      await handled;
+      await underCommittingCancel(store, choreo, id, (tx) => run(answer.type, answer.e, tx));
       expect(await store.get(id)).toMatchObject({ status: "CANCELLED" });
       if (after === "PaymentRefunded") {
         const e = create(PaymentRefundedSchema, { meta, paymentId: "pay_1", reason: "cancelled" });
