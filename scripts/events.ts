@@ -105,11 +105,13 @@ function print(stream: string, m: JsMsg): void {
   }
 }
 
-/** Prints what `stream` holds (from `fromStart`, or only what comes next) and, with `follow`, what comes after. */
-async function show(b: Bus, stream: string): Promise<number> {
-  let shown = 0;
+/**
+ * Opens the tail of `stream` (from `fromStart`, or only what comes next): what it held when opened and
+ * its messages, or undefined when it holds nothing to list.
+ */
+async function open(b: Bus, stream: string) {
   const { messages: held, last_seq: last } = (await b.jsm.streams.info(stream)).state;
-  if (!follow && held === 0) return shown;
+  if (!follow && held === 0) return undefined;
   // What comes next is asked for as from the sequence after the last one held, not as DeliverPolicy.New:
   // the ordered consumer, remade after NATS restarted, starts after the last message it saw, and having
   // seen none, from the stream's start (it showed old events as new, and missed the new ones).
@@ -119,7 +121,13 @@ async function show(b: Bus, stream: string): Promise<number> {
       ? { deliver_policy: DeliverPolicy.All }
       : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: last + 1 },
   );
-  const messages = await consumer.consume();
+  return { stream, held, last, messages: await consumer.consume() };
+}
+
+/** Prints a tail's messages: those held when it opened, and with `follow`, what comes after. */
+async function show(tail: NonNullable<Awaited<ReturnType<typeof open>>>): Promise<number> {
+  const { stream, held, last, messages } = tail;
+  let shown = 0;
   for await (const m of messages) {
     print(stream, m);
     shown++;
@@ -131,11 +139,14 @@ async function show(b: Bus, stream: string): Promise<number> {
   return shown;
 }
 
+// Every tail open before the first line: the header says they are (NATS restarting between the two
+// was a request timed out, a stack trace, after the header had promised the tail).
+const tails = (await Promise.all(streams.map((s) => open(bus, s)))).filter((t) => t !== undefined);
 if (follow) {
   console.log(dim(`${fromStart ? "all" : "new"} events on ${streams.join(", ")} at ${url} (Ctrl-C to stop)`));
-  await Promise.all(streams.map((s) => show(bus, s)));
+  await Promise.all(tails.map(show));
 } else {
-  const n = (await Promise.all(streams.map((s) => show(bus, s)))).reduce((a, b) => a + b, 0);
+  const n = (await Promise.all(tails.map(show))).reduce((a, b) => a + b, 0);
   console.log(dim(n === 0 ? `no dead letters on ${streams.join(", ")} at ${url}` : `${n} dead letter(s)`));
   await bus.close();
 }
