@@ -58,9 +58,23 @@ type Json = Record<string, unknown>;
 interface Answer {
   readonly status: number;
   readonly body: Json;
+  readonly retryAfter?: string;
 }
 
+/**
+ * One REST call as `who`. A 429 is waited out as its Retry-After says and the call sent again, as a
+ * well-behaved client would: these races poll dozens of orders at once, well past a customer's
+ * rate limit (found in CI: a throttled GET read as a missing payment or an empty catalogue).
+ */
 async function rest(who: string, method: string, path: string, body?: unknown, headers: Json = {}): Promise<Answer> {
+  for (let attempt = 1; ; attempt++) {
+    const answer = await restOnce(who, method, path, body, headers);
+    if (answer.status !== 429 || attempt === 20) return answer;
+    await new Promise((r) => setTimeout(r, 1_000 * Number(answer.retryAfter ?? 1)));
+  }
+}
+
+async function restOnce(who: string, method: string, path: string, body: unknown, headers: Json): Promise<Answer> {
   const res = await fetch(`${gw.url}${path}`, {
     method,
     headers: {
@@ -77,7 +91,7 @@ async function rest(who: string, method: string, path: string, body?: unknown, h
   } catch {
     parsed = { raw: text };
   }
-  return { status: res.status, body: parsed };
+  return { status: res.status, body: parsed, retryAfter: res.headers.get("retry-after") ?? undefined };
 }
 
 let n = 0;
