@@ -23,16 +23,9 @@ import { base64Decode } from "@bufbuild/protobuf/wire";
 import { Code, ConnectError, type ConnectRouter, createConnectRouter, createContextValues } from "@connectrpc/connect";
 import type { UniversalHandler } from "@connectrpc/connect/protocol";
 import { universalResponseToNodeResponse } from "@connectrpc/connect-node";
-import { context, type Link, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import { context } from "@opentelemetry/api";
 import { MAX_TIMER_MS } from "../platform/deadline.js";
-import {
-  extractContext,
-  type Identity,
-  type Logger,
-  READ_ONLY,
-  rpcAttributes,
-  type Telemetry,
-} from "../platform/index.js";
+import type { Identity, Logger, Telemetry } from "../platform/index.js";
 import { dropUnreadBody, universalRequest } from "./answer-end.js";
 import { AuthError, type Authenticator, authorizationOf } from "./auth.js";
 import { limitedBody } from "./body.js";
@@ -40,6 +33,7 @@ import { connectFastEncoding, createConnectUnary, routerOptions } from "./connec
 import { type ClientInfo, hostProblem, kClient, kIdentity } from "./context.js";
 import { describeJsonError } from "./json-errors.js";
 import { admitAddress, admitPrincipal, type ConcurrencyLimiter, type RateLimiter } from "./limits.js";
+import { observe } from "./observe.js";
 import { type PassthroughMethod, passthrough, takesPassthrough } from "./passthrough.js";
 import { type RestMatch, RestRouter } from "./rest.js";
 import { restErrorAnswer, serveRest, serveRestUnary } from "./rest-serve.js";
@@ -138,47 +132,12 @@ export function answer(
   else res.end(a.body);
 }
 
-/** One span, one RED sample and one access line per request, whichever way it ends (reported once). */
-function observe(
-  o: DispatchOptions,
-  req: NodeRequest,
-  handler: UniversalHandler | undefined,
-  protocol: string,
-  client: ClientInfo,
-) {
-  // Label values come from the routing table only: a client cannot mint new series.
-  const procedure = handler ? `${handler.service.typeName}/${handler.method.name}` : "unknown";
-  const started = performance.now();
-  const incoming = extractContext({ get: (k) => req.headers[k], set: () => {} });
-  const theirs = trace.getSpanContext(incoming);
-  // Trusted, its trace is continued — the trace context alone: not its baggage, which went to every service.
-  const parent = o.trustTraceparent && theirs ? trace.setSpanContext(ROOT_CONTEXT, theirs) : ROOT_CONTEXT;
-  const links: Link[] = theirs && !o.trustTraceparent ? [{ context: theirs }] : [];
-  // A request for no procedure, or with no token (refused but for a public read), does nothing: sampled
-  // as a read, not kept whole as an order would be (a client probing paths, or a flood of tokenless
-  // PlaceOrders, wrote a span per request, and pushed the orders' traces out of the span file).
-  const idle = !handler || req.headers.authorization === undefined;
-  const call = { ...rpcAttributes("connect_rpc", handler?.method), ...(idle ? { [READ_ONLY]: true } : {}) };
-  const attributes = { ...call, "http.request.protocol": protocol };
-  const span = o.telemetry.tracer.startSpan(procedure, { kind: SpanKind.SERVER, attributes, links }, parent);
-  const ctx = trace.setSpan(parent, span);
-  let reported = false;
-  const report = (outcome: Outcome, principal: string) => {
-    if (reported) return;
-    reported = true;
-    const code = outcome.code === 0 ? "OK" : (Code[outcome.code] ?? "Unknown");
-    const ms = performance.now() - started;
-    if (outcome.code !== 0) span.setStatus({ code: SpanStatusCode.ERROR, message: code });
-    span.end();
-    o.telemetry.metrics.httpServer.observe({ procedure, protocol, code }, ms / 1000);
-    const line = { procedure, protocol, code, ms: Math.round(ms * 10) / 10, principal, ip: client.ip };
-    context.with(ctx, () => o.log.info({ ...line, request_id: client.requestId }, "access"));
-  };
-  return { ctx, report, procedure };
+interface Admitted {
+  readonly handler: UniversalHandler;
+  readonly identity: Identity | undefined;
 }
-
 type Admission =
-  | { readonly handler: UniversalHandler; readonly identity: Identity | undefined }
+  | Admitted
   | { readonly refused: ConnectError; readonly httpStatus?: number; readonly unreadBody?: boolean };
 
 /**
@@ -257,7 +216,7 @@ export function createDispatch(o: DispatchOptions): Dispatch {
     const frame = (err: ConnectError, httpStatus?: number) =>
       isRest ? restErrorAnswer(err, httpStatus) : errorAnswer(wire, isConnectStream(contentType), err, httpStatus);
     const client: ClientInfo = { ip: clientIp(req, o.trustProxy), requestId };
-    const { ctx, report, procedure } = observe(o, req, handler, protocol, client);
+    const { admitted, report, procedure } = observe(o, req, handler, protocol, client);
     let principal = "";
 
     const refuse = (err: ConnectError, httpStatus?: number) => {
@@ -282,6 +241,10 @@ export function createDispatch(o: DispatchOptions): Dispatch {
         refuse(admission.refused, admission.httpStatus);
         return;
       }
+      await context.with(admitted(), serve, undefined, admission);
+    };
+
+    const serve = async (admission: Admitted) => {
       principal = admission.identity?.subject ?? "";
       clampTimeouts(req.headers);
       const done = (outcome: Outcome) => report(outcome, principal);
@@ -328,7 +291,7 @@ export function createDispatch(o: DispatchOptions): Dispatch {
       );
     };
 
-    context.with(ctx, run).catch((err: unknown) => {
+    run().catch((err: unknown) => {
       // The client went away mid-answer (or a bug): nothing more can be sent on this request.
       const e = ConnectError.from(err);
       // connect-node names a write to a stream the client closed ABORTED, a conflict's code: it cancelled.

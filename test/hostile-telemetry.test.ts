@@ -8,6 +8,7 @@ import { writeFileSync } from "node:fs";
 import http2 from "node:http2";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
+import { SpanKind } from "@opentelemetry/api";
 import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type GatewayApp, startGateway } from "../gateway/app.js";
@@ -18,7 +19,9 @@ import { silentLogger, startTracing } from "../platform/index.js";
 import { jsonLine, readableLines } from "../scripts/log-lines.js";
 import { ROOT, runToEnd, tempDir } from "./fixtures.js";
 
-describe("requests for no procedure, or with no token, are sampled as what they are: nothing done", () => {
+const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
+
+describe("requests refused before a handler runs (no procedure, no or a forged token, a limit) are sampled as what they are: nothing done", () => {
   const spans = new InMemorySpanExporter();
   let stopTracing: () => Promise<void>;
   let gw: GatewayApp;
@@ -35,7 +38,9 @@ describe("requests for no procedure, or with no token, are sampled as what they 
     });
     // No upstream is ever reached: every request here is refused before one would be called.
     const targets = Object.fromEntries(UPSTREAMS.map((u) => [targetVariable(u), "127.0.0.1:1"]));
-    gw = await startGateway(gatewayConfig({ HTTP_HOST: "127.0.0.1", HTTP_PORT: "0", ...targets }), silentLogger());
+    const limits = { RATE_LIMIT_RPS: "1", RATE_LIMIT_BURST: "5" };
+    const config = gatewayConfig({ HTTP_HOST: "127.0.0.1", HTTP_PORT: "0", ...targets, ...limits });
+    gw = await startGateway(config, silentLogger());
   });
   afterAll(async () => {
     await gw?.stop();
@@ -76,22 +81,28 @@ describe("requests for no procedure, or with no token, are sampled as what they 
     } finally {
       session.close();
     }
-    // Nor do tokenless writes (refused 401: they do nothing either; a flood of them wrote a span each).
+    // Nor do tokenless writes, nor writes with a forged token (refused 401), nor a customer's writes over
+    // the rate limit (refused 429): none did anything, and a flood of each wrote a span per request.
     const place = (headers: Record<string, string>) =>
       fetch(`${gw.url}/shopmesh.order.v1.OrderService/PlaceOrder`, {
         method: "POST",
         headers: { "content-type": "application/json", ...headers },
         body: "{}",
-      });
-    for (let i = 0; i < 10; i++) expect((await place({})).status).toBe(401);
-    // What a call made with a token still gets, refused or not: a new trace, kept.
-    expect((await place({ authorization: "Bearer not-a-token" })).status).toBe(401);
-    await expect
-      .poll(() => spans.getFinishedSpans().map((s) => s.name))
-      .toContain("shopmesh.order.v1.OrderService/PlaceOrder");
-    expect(spans.getFinishedSpans().filter((s) => s.name === "shopmesh.order.v1.OrderService/PlaceOrder")).toHaveLength(
-      1,
-    );
+      }).then((r) => r.status);
+    for (let i = 0; i < 10; i++) expect(await place({})).toBe(401);
+    for (let i = 0; i < 10; i++) expect(await place({ authorization: "Bearer not-a-token" })).toBe(401);
+    const mallory = { authorization: `Bearer ${await signDevToken(claims, "mallory", ["customer"])}` };
+    const statuses = await Promise.all(Array.from({ length: 12 }, () => place(mallory)));
+    // Admitted (the upstream is unreachable: 503) until the customer's burst of 5 is spent, then refused.
+    expect(statuses.filter((s) => s === 429).length).toBeGreaterThan(0);
+    const admitted = statuses.filter((s) => s !== 429).length;
+    expect(admitted).toBeGreaterThan(0);
+    // What was admitted is a write, whatever became of it: a new trace each, kept.
+    const traced = () =>
+      spans.getFinishedSpans().filter((s) => s.kind === SpanKind.SERVER && s.name.endsWith("/PlaceOrder")).length;
+    await expect.poll(traced).toBe(admitted);
+    await new Promise((r) => setTimeout(r, 200)); // and no more after it
+    expect(traced()).toBe(admitted);
     expect(spans.getFinishedSpans().filter((s) => s.name === "unknown").length).toBe(0);
   });
 });
@@ -290,7 +301,6 @@ describe("TRUST_TRACEPARENT continues a client's trace context, and nothing more
     const config = gatewayConfig({ HTTP_HOST: "127.0.0.1", HTTP_PORT: "0", TRUST_TRACEPARENT: "true", ...targets });
     const gw = await startGateway(config, silentLogger());
     try {
-      const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
       const token = await signDevToken(claims, "alice", ["customer"]);
       const res = await fetch(`${gw.url}${path}`, {
         method: "POST",
