@@ -11,6 +11,7 @@ const STORE_SUITES = [
 /** Suites that need several replicas on one PostgreSQL (SQLite is one process per file). */
 const POSTGRES_ONLY = [
   "test/scale-out.test.ts",
+  "test/hostile-scale.test.ts",
   "platform/sql.test.ts",
   "platform/lock-order.test.ts",
   "services/history/first-event.test.ts",

@@ -1,0 +1,496 @@
+/**
+ * Hostile round on scale-out as an operator runs it (postgres project only): a fresh PostgreSQL set
+ * up by the deployment's own roles.sh, every service connecting as its own least-privilege role (not
+ * the superuser test/scale-out.test.ts uses), two replicas of order, payment and inventory, one of
+ * notification and history — then replicas of all three SIGKILLed mid-burst in both saga modes, every
+ * backend of a role ended by pg_terminate_backend while it relays, and the history view rebuilt as
+ * the history role while orders keep flowing. Invariants are read from the databases afterwards, as
+ * the superuser; what the services do, they do as their roles.
+ */
+import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { signDevToken } from "../gateway/auth.js";
+import { DEV_JWT_SECRET, targetVariable } from "../gateway/config.js";
+import { UPSTREAMS } from "../gateway/routes.js";
+import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
+import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
+import {
+  type Bus,
+  connectBus,
+  createResilientClient,
+  type DbLocation,
+  DEFAULT_POLICY,
+  identityMetadata,
+  type ResilientClient,
+  RpcError,
+  silentLogger,
+  sql,
+} from "../platform/index.js";
+import { withDb } from "./db.js";
+import { ROOT, runToEnd, type ServiceProcess, spawnGateway, spawnService } from "./fixtures.js";
+import { expectCheckoutInvariants, expectFencedStepLog } from "./invariants.js";
+import { startNats, type TestNats } from "./nats.js";
+import { startPostgres, type TestPostgres } from "./postgres.js";
+
+const LEASE_MS = 1_500;
+const SERVICES = ["inventory", "payment", "order", "notification", "history"] as const;
+type Service = (typeof SERVICES)[number];
+const REPLICAS: Record<Service, number> = { inventory: 2, payment: 2, order: 2, notification: 1, history: 1 };
+const PASSWORD = "not-a-secret";
+const log = silentLogger();
+
+let server: TestPostgres;
+let nats: TestNats;
+let bus: Bus;
+let dbName: string;
+/** A service's own role's URL, as its Deployment gets it from the postgres-credentials Secret. */
+const roleUrl = (role: Service) => `postgres://${role}:${PASSWORD}@127.0.0.1:${server.port}/${dbName}`;
+/** A schema as the superuser sees it (for the checks only). */
+const admin = (schema: string): DbLocation => ({
+  engine: "postgres",
+  url: `postgres://postgres@127.0.0.1:${server.port}/${dbName}`,
+  schema,
+  poolSize: 2,
+});
+const dbs = {
+  get order() {
+    return admin("shopmesh_order");
+  },
+  get payment() {
+    return admin("shopmesh_payment");
+  },
+  get inventory() {
+    return admin("shopmesh_inventory");
+  },
+};
+
+const replicas: Record<string, ServiceProcess[]> = {};
+const started: ServiceProcess[] = [];
+
+function envOf(name: Service): Record<string, string> {
+  return {
+    NATS_URL: nats.url,
+    DATABASE_URL: roleUrl(name),
+    DATABASE_POOL_SIZE: "4",
+    METRICS_PORT: "0",
+    LOG_LEVEL: "info",
+    ...(name === "order"
+      ? {
+          INVENTORY_TARGET: "registry:///inventory",
+          PAYMENT_TARGET: "registry:///payment",
+          SAGA_LEASE_MS: String(LEASE_MS),
+          SAGA_RETRY_BASE_MS: "50",
+          SAGA_RETRY_MAX_MS: "500",
+          SAGA_STEP_BUDGET_MS: "30000",
+        }
+      : {}),
+  };
+}
+
+async function startReplica(name: Service): Promise<ServiceProcess> {
+  const p = await spawnService(name, envOf(name), 90_000);
+  started.push(p);
+  return p;
+}
+
+/** Replaces every replica that has exited. */
+async function revive(): Promise<void> {
+  for (const [name, list] of Object.entries(replicas)) {
+    for (const [i, r] of list.entries()) {
+      if (r.child.exitCode !== null || r.child.signalCode !== null) list[i] = await startReplica(name as Service);
+    }
+  }
+}
+
+function orderClient(): ResilientClient<typeof OrderService> {
+  return createResilientClient(
+    "order",
+    OrderService,
+    `ipv4:${(replicas.order ?? []).map((r) => r.address).join(",")}`,
+    {
+      ...DEFAULT_POLICY,
+      retryMaxAttempts: 10,
+      retryInitialDelayMs: 50,
+      retryMaxDelayMs: 1_000,
+      timeoutMs: 10_000,
+      breakerConsecutiveFailures: 1_000_000,
+      bulkheadLimit: 64,
+      bulkheadQueue: 1_000,
+    },
+    log,
+  );
+}
+
+const who = (subject: string) => ({ metadata: identityMetadata({ subject, roles: ["customer"] }) });
+const PRODUCTS = ["coffee-beans", "ceramic-mug", "paper-filters", "hand-grinder", "pour-over-kettle"];
+
+/** Places `n` orders (keys `prefix-i`), both saga modes, paced; the ids placed and the client failures. */
+async function burst(prefix: string, n: number, gapMs = 40): Promise<{ placed: string[]; failures: string[] }> {
+  const orders = orderClient();
+  const placed: string[] = [];
+  const failures: string[] = [];
+  const place = async (i: number) => {
+    try {
+      const { order } = await orders.placeOrder(
+        {
+          idempotencyKey: `${prefix}-${i}`,
+          items: [{ productId: PRODUCTS[i % PRODUCTS.length] ?? "coffee-beans", quantity: 1 + (i % 2) }],
+          cardToken: i % 9 === 0 ? "tok_decline" : "tok_visa",
+          sagaMode: i % 2 === 0 ? SagaMode.ORCHESTRATION : SagaMode.CHOREOGRAPHY,
+        },
+        { ...who(`c${i % 7}`), timeoutMs: 30_000 },
+      );
+      placed.push(order?.id ?? "");
+    } catch (err) {
+      failures.push(err instanceof RpcError ? `${err.codeName}: ${err.message}` : String(err));
+    }
+  };
+  try {
+    const inFlight: Promise<void>[] = [];
+    for (let i = 0; i < n; i++) {
+      inFlight.push(place(i));
+      if (i % 10 === 9) await new Promise((r) => setTimeout(r, gapMs));
+    }
+    await Promise.all(inFlight);
+  } finally {
+    orders.close();
+  }
+  return { placed, failures };
+}
+
+const unfinished = () =>
+  withDb(dbs.order, async (q) => {
+    const r = await q.one(
+      sql<{ n: number }>`SELECT COUNT(*) AS n FROM orders WHERE status IN ('PENDING', 'COMPENSATING')`,
+    );
+    return r?.n ?? 0;
+  });
+
+async function allSettled(): Promise<void> {
+  await expect.poll(unfinished, { timeout: 120_000, interval: 250 }).toBe(0);
+}
+
+/**
+ * Every event's effect once per service: one notification per terminal order event, the history view
+ * equal to the orders, no outbox row unsent, and no event id stored twice in any stream.
+ */
+async function expectEffectsOnce(): Promise<void> {
+  const terminal = await withDb(dbs.order, (q) =>
+    q.all(
+      sql<{ id: string; status: string }>`SELECT id, status FROM orders WHERE status IN ('CONFIRMED', 'CANCELLED')`,
+    ),
+  );
+  const notified = () =>
+    withDb(admin("shopmesh_notification"), (q) =>
+      q.all(sql<{ order_id: string; n: number }>`SELECT order_id, COUNT(*) AS n FROM notifications
+        WHERE kind IN ('ORDER_CONFIRMED', 'ORDER_CANCELLED') GROUP BY order_id`),
+    );
+  await expect.poll(async () => (await notified()).length, { timeout: 60_000, interval: 250 }).toBe(terminal.length);
+  expect((await notified()).filter((r) => r.n !== 1)).toEqual([]);
+  const behind = async () => {
+    const views = await withDb(admin("shopmesh_history"), (q) =>
+      q.all(sql<{ order_id: string; status: string | null }>`SELECT order_id, status FROM order_history`),
+    );
+    const byOrder = new Map(views.map((v) => [v.order_id, v.status]));
+    return terminal.filter((o) => byOrder.get(o.id) !== o.status).map((o) => o.id);
+  };
+  await expect.poll(behind, { timeout: 60_000, interval: 250 }).toEqual([]);
+  for (const schema of ["shopmesh_order", "shopmesh_payment", "shopmesh_inventory"]) {
+    await expect
+      .poll(
+        () =>
+          withDb(admin(schema), async (q) => {
+            const r = await q.one(sql<{ n: number }>`SELECT COUNT(*) AS n FROM outbox WHERE sent_at IS NULL`);
+            return r?.n ?? 0;
+          }),
+        { timeout: 30_000, interval: 250 },
+      )
+      .toBe(0);
+  }
+  for (const stream of ["ORDER", "PAYMENT", "INVENTORY"]) {
+    const { state } = await bus.jsm.streams.info(stream);
+    const seen = new Map<string, number>();
+    for (let seq = state.first_seq; seq <= state.last_seq && seq > 0; seq++) {
+      const m = await bus.jsm.streams.getMessage(stream, { seq }).catch(() => null);
+      const id = m?.header?.get("ce-id");
+      if (id) seen.set(id, (seen.get(id) ?? 0) + 1);
+    }
+    expect(
+      [...seen].filter(([, n]) => n > 1),
+      `${stream}: an event published twice`,
+    ).toEqual([]);
+  }
+}
+
+beforeAll(async () => {
+  server = await startPostgres();
+  dbName = new URL(await server.createDatabase("hostilescale")).pathname.slice(1);
+  // The deployment's roles.sh, as the image runs it on an empty volume.
+  const script = readFileSync(join(ROOT, "deploy/kubernetes/base/postgres/roles.sh"), "utf8");
+  execFileSync("bash", ["-c", `set -Eeo pipefail\n${script}`], {
+    env: {
+      ...process.env,
+      ...Object.fromEntries(SERVICES.map((s) => [`${s.toUpperCase()}_DB_PASSWORD`, PASSWORD])),
+      POSTGRES_USER: "postgres",
+      POSTGRES_DB: dbName,
+      PGHOST: "127.0.0.1",
+      PGPORT: String(server.port),
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  nats = await startNats();
+  bus = await connectBus(nats.url, "hostile-scale-test", log);
+  // Every replica of every service at once, on schemas that exist but hold nothing yet: a rollout of a
+  // fresh cluster. Each replica migrates (or waits for its sibling to) as its own role.
+  const all = SERVICES.flatMap((s) => Array.from({ length: REPLICAS[s] }, () => s));
+  const procs = await Promise.all(all.map((s) => startReplica(s)));
+  for (const s of SERVICES) replicas[s] = procs.filter((_, i) => all[i] === s);
+}, 240_000);
+
+afterAll(async () => {
+  await Promise.all(started.map((p) => p.kill("SIGKILL")));
+  await bus?.close();
+  await nats?.[Symbol.asyncDispose]();
+  await server?.[Symbol.asyncDispose]();
+});
+
+describe("a fresh cluster, every replica started at once as its own role", () => {
+  it("each schema is migrated once, owned by its role alone, and no replica logged an error", async () => {
+    for (const s of SERVICES) {
+      const owners = await withDb(admin(`shopmesh_${s}`), (q) =>
+        q.all(sql<{ owner: string; n: number }>`SELECT tableowner AS owner, COUNT(*) AS n FROM pg_tables
+          WHERE schemaname = ${`shopmesh_${s}`} GROUP BY tableowner`),
+      );
+      expect(
+        owners.map((o) => o.owner),
+        s,
+      ).toEqual([s]);
+      const versions = await withDb(admin(`shopmesh_${s}`), (q) =>
+        q.all(sql<{ version: number }>`SELECT version FROM schema_version`),
+      );
+      expect(versions.length, `${s}: one schema_version row`).toBe(1);
+    }
+    for (const p of started) {
+      const errors = p
+        .output()
+        .split("\n")
+        .filter((l) => /"level":(50|60)|"level":"(error|fatal)"/.test(l));
+      expect(errors, p.address).toEqual([]);
+    }
+  });
+});
+
+describe("replicas of order, payment and inventory SIGKILLed mid-burst, both saga modes", () => {
+  it("no order lost or stuck, none charged twice, stock conserved, every effect once", async () => {
+    const run = burst("kill", 240);
+    // One of each, in turn, while sagas are in flight on every replica; each comes back at once.
+    for (const name of ["payment", "order", "inventory"] as const) {
+      await new Promise((r) => setTimeout(r, 1_000));
+      const list = replicas[name] as ServiceProcess[];
+      expect(await list[0]?.kill("SIGKILL")).toBe("SIGKILL");
+      list[0] = await startReplica(name);
+    }
+    const { placed, failures } = await run;
+    expect(failures).toEqual([]);
+    expect(new Set(placed).size).toBe(240);
+    await allSettled();
+    const outcome = await expectCheckoutInvariants(dbs);
+    expect(outcome.confirmed.size + outcome.cancelled.size).toBeGreaterThanOrEqual(240);
+    await expectFencedStepLog(dbs.order);
+    await expectEffectsOnce();
+  }, 300_000);
+});
+
+/** Ends every backend of `roles` (as an operator's pg_terminate_backend would); how many. */
+async function terminate(roles: readonly string[]): Promise<number> {
+  const c = new pg.Client({ connectionString: `postgres://postgres@127.0.0.1:${server.port}/${dbName}` });
+  await c.connect();
+  try {
+    const { rows } = await c.query<{ ok: boolean }>(
+      "SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE usename = ANY($1) AND datname = $2",
+      [roles, dbName],
+    );
+    return rows.filter((r) => r.ok).length;
+  } finally {
+    await c.end();
+  }
+}
+
+describe("every backend of order, payment and inventory terminated while they relay, again and again", () => {
+  it("the replicas reconnect; nothing is published twice or dropped, every invariant holds", async () => {
+    const run = burst("terminated", 200);
+    let ended = 0;
+    for (let i = 0; i < 6; i++) {
+      await new Promise((r) => setTimeout(r, 600));
+      ended += await terminate(["order", "payment", "inventory"]);
+    }
+    const { placed, failures } = await run;
+    expect(ended, "backends ended").toBeGreaterThan(0);
+    expect(failures).toEqual([]);
+    expect(new Set(placed).size).toBe(200);
+    expect(
+      started.filter((p) => p.child.exitCode !== null),
+      "no replica died of it",
+    ).toEqual([]);
+    await allSettled();
+    await expectCheckoutInvariants(dbs);
+    await expectFencedStepLog(dbs.order);
+    await expectEffectsOnce();
+  }, 300_000);
+});
+
+/** services/history/rebuild.ts as the history role (as a Job would run it with history's Secret key). */
+function rebuild(): Promise<{ code: number | string; out: string }> {
+  const env = { ...process.env };
+  for (const k of ["DB", "DB_PATH", "DATABASE_SCHEMA", "PG_PORT", "NATS_PORT"]) delete env[k];
+  return runToEnd("npx", ["tsx", "services/history/rebuild.ts"], {
+    env: { ...env, NATS_URL: nats.url, DATABASE_URL: roleUrl("history"), DATABASE_POOL_SIZE: "4" },
+  });
+}
+
+describe("the history view rebuilt as the history role while orders keep flowing", () => {
+  it("refused while history runs; with it stopped, swapped in, and once history is back the view equals the orders", async () => {
+    const refused = await rebuild();
+    expect(refused.out).toContain("in use by a history service");
+    expect(refused.code).toBe(1);
+
+    const history = replicas.history as ServiceProcess[];
+    expect(await history[0]?.kill("SIGTERM")).toBe(0);
+    const run = burst("rebuilt", 150, 200);
+    await new Promise((r) => setTimeout(r, 1_000));
+    const done = await rebuild();
+    expect(done.out, done.out).toContain("orders in the view, now schema shopmesh_history");
+    expect(done.code, done.out).toBe(0);
+    history[0] = await startReplica("history");
+    const { placed, failures } = await run;
+    expect(failures).toEqual([]);
+    expect(new Set(placed).size).toBe(150);
+    await allSettled();
+    await expectCheckoutInvariants(dbs);
+    await expectEffectsOnce();
+    const [orders, views] = await Promise.all([
+      withDb(dbs.order, (q) => q.one(sql<{ n: number }>`SELECT COUNT(*) AS n FROM orders`)),
+      withDb(admin("shopmesh_history"), (q) => q.one(sql<{ n: number }>`SELECT COUNT(*) AS n FROM order_history`)),
+    ]);
+    expect(views?.n).toBe(orders?.n);
+    // The view is history's still: its schema and every table in it.
+    const owners = await withDb(admin("shopmesh_history"), (q) =>
+      q.all(sql<{ owner: string }>`SELECT DISTINCT pg_get_userbyid(nspowner) AS owner FROM pg_namespace
+        WHERE nspname LIKE 'shopmesh_history%' UNION SELECT DISTINCT tableowner FROM pg_tables
+        WHERE schemaname LIKE 'shopmesh_history%'`),
+    );
+    expect(owners.map((o) => o.owner)).toEqual(["history"]);
+  }, 300_000);
+});
+
+describe("no role was refused anything, whatever happened above", () => {
+  it("no process logged a permission error", () => {
+    const refusals = started.flatMap((p) =>
+      p
+        .output()
+        .split("\n")
+        .filter((l) => /permission denied|must be owner|42501/.test(l)),
+    );
+    expect(refusals).toEqual([]);
+  });
+});
+
+describe("every replica of payment and inventory SIGKILLed at once mid-burst, then both order replicas at once", () => {
+  it("the sagas wait the outage out and the orders finish; every invariant holds, every effect once", async () => {
+    const run = burst("outage", 160);
+    await new Promise((r) => setTimeout(r, 1_000));
+    await Promise.all([...(replicas.payment ?? []), ...(replicas.inventory ?? [])].map((p) => p.kill("SIGKILL")));
+    await new Promise((r) => setTimeout(r, 1_500));
+    await revive();
+    const { placed, failures } = await run;
+    expect(failures).toEqual([]);
+    expect(new Set(placed).size).toBe(160);
+    // Sagas in flight on both order replicas, and nobody holding them until the replacements adopt them.
+    const inFlight = await unfinished();
+    console.log(`hostile-scale: ${inFlight} orders in flight when both order replicas were killed`);
+    if (inFlight > 0) {
+      await Promise.all((replicas.order ?? []).map((p) => p.kill("SIGKILL")));
+      await revive();
+    }
+    await allSettled();
+    await expectCheckoutInvariants(dbs);
+    await expectFencedStepLog(dbs.order);
+    await expectEffectsOnce();
+  }, 300_000);
+});
+
+describe("the gateway following order replicas through the registry while they die and freeze", () => {
+  it("a SIGKILLed replica costs no client a 5xx; a frozen one is left once its entry expires", async () => {
+    const targets = Object.fromEntries(UPSTREAMS.map((u) => [targetVariable(u), `registry:///${u}`]));
+    const gw = await spawnGateway({
+      HTTP_HOST: "127.0.0.1",
+      ...targets,
+      NATS_URL: nats.url,
+      METRICS_PORT: "0",
+      RATE_LIMIT_IP_RPS: "100000",
+      RATE_LIMIT_IP_BURST: "600",
+      RATE_LIMIT_RPS: "100000",
+      RATE_LIMIT_BURST: "600",
+    });
+    started.push(gw);
+    const token = await signDevToken(
+      { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" },
+      "gwclient",
+      ["customer"],
+    );
+    const statuses: { at: number; status: number; body: string }[] = [];
+    let stop = false;
+    let n = 0;
+    const worker = async () => {
+      while (!stop) {
+        const i = n++;
+        const res = await fetch(`http://127.0.0.1:${gw.port}/shopmesh.order.v1.OrderService/PlaceOrder`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+          body: JSON.stringify({
+            idempotencyKey: `gw-${i}`,
+            items: [{ productId: PRODUCTS[i % PRODUCTS.length], quantity: 1 }],
+            cardToken: "tok_visa",
+            sagaMode: i % 2 === 0 ? "SAGA_MODE_ORCHESTRATION" : "SAGA_MODE_CHOREOGRAPHY",
+          }),
+        }).catch((err: Error) => ({ status: 0, text: async () => err.message }));
+        statuses.push({ at: Date.now(), status: res.status, body: res.status === 200 ? "" : await res.text() });
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
+    const workers = Array.from({ length: 4 }, worker);
+    const order = replicas.order as ServiceProcess[];
+    let frozenAt = 0;
+    try {
+      await expect.poll(() => statuses.filter((s) => s.status === 200).length, { timeout: 30_000 }).toBeGreaterThan(20);
+      const killedAt = Date.now();
+      expect(await order[0]?.kill("SIGKILL")).toBe("SIGKILL");
+      order[0] = await startReplica("order");
+      await new Promise((r) => setTimeout(r, 3_000));
+      const afterKill = statuses.filter((s) => s.at >= killedAt);
+      expect(afterKill.filter((s) => s.status !== 200)).toEqual([]);
+      frozenAt = Date.now();
+      process.kill(order[1]?.child.pid ?? 0, "SIGSTOP");
+      // Twice the registry's TTL (6 s), then some: by then the gateway has left the frozen replica.
+      await new Promise((r) => setTimeout(r, 15_000));
+    } finally {
+      process.kill(order[1]?.child.pid ?? 0, "SIGCONT");
+      stop = true;
+      await Promise.all(workers);
+    }
+    const during = statuses.filter((s) => s.at >= frozenAt);
+    const late = during.filter((s) => s.at >= frozenAt + 10_000);
+    console.log(
+      `hostile-scale: frozen order replica: ${during.length} calls, ${during.filter((s) => s.status !== 200).length} failed (${[
+        ...new Set(during.filter((s) => s.status !== 200).map((s) => `${s.status} ${s.body.slice(0, 120)}`)),
+      ].join("; ")}); ${late.length} calls after 10 s`,
+    );
+    expect(late.length, "calls still made after the frozen replica's entry expired").toBeGreaterThan(10);
+    expect(late.filter((s) => s.status !== 200)).toEqual([]);
+    await allSettled();
+    await expectCheckoutInvariants(dbs);
+  }, 120_000);
+});
