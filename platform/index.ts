@@ -87,6 +87,7 @@ export { REGISTRY_SCHEME } from "./registry.js";
 export { OutboxRelay } from "./relay.js";
 export { createResilientClient, type DownstreamState, type PolicyEvents, type ResilientClient } from "./resilience.js";
 export { bind, type GrpcServerOptions, type RunningServer, type ServiceBinding, startGrpcServer } from "./server.js";
+export { sharedNow } from "./shared-clock.js";
 export type { Db, DbLocation, Engine, Listening, Queries, Query, Tx } from "./sql.js";
 export { type AppTelemetry, createTelemetry, startAppTelemetry, type Telemetry } from "./telemetry.js";
 export { READ_ONLY, rpcAttributes, startTracing } from "./tracing.js";

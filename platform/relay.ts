@@ -7,6 +7,7 @@ import { newId } from "./ids.js";
 import { flushLogs, type Logger } from "./log.js";
 import type { Outbox } from "./outbox.js";
 import { contextOf, detached, injectContext, inSpan } from "./propagation.js";
+import { sharedNow } from "./shared-clock.js";
 import type { Db, Query } from "./sql.js";
 import type { Telemetry } from "./telemetry.js";
 
@@ -203,8 +204,8 @@ export class OutboxRelay {
    */
   private async claim(): Promise<OutboxRow[]> {
     const { db } = this.opts;
-    const now = Date.now();
-    const until = now + this.claimMs;
+    // Claims are compared across replicas: in the database's clock (shared-clock.ts).
+    const now = sharedNow(db.engine, Date.now());
     // Concurrent relays pass over each other's rows. The claim itself is not flushed (see relaxed).
     const rows = await db.transaction(
       (tx) =>
@@ -214,7 +215,7 @@ export class OutboxRelay {
             AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.order_id = o.order_id AND e.seq < o.seq
                             AND e.sent_at IS NULL AND e.claimed_until >= ${now})
           ORDER BY seq LIMIT ${RELAY_BATCH} ${tx.skipLocked})
-        UPDATE outbox SET claimed_by = ${this.id}, claimed_until = ${until}
+        UPDATE outbox SET claimed_by = ${this.id}, claimed_until = ${now} + ${this.claimMs}
         WHERE seq IN (SELECT b.seq FROM batch b WHERE NOT EXISTS (
           SELECT 1 FROM outbox e WHERE e.order_id = b.order_id AND e.seq < b.seq AND e.sent_at IS NULL
             AND e.seq NOT IN (SELECT seq FROM batch)))
@@ -250,7 +251,8 @@ export class OutboxRelay {
             // and so is the rest of the batch: this one stops.
             if (Date.now() - claimedAt > this.claimMs / 2) {
               claimedAt = Date.now();
-              const kept = await this.relaxed(sql`UPDATE outbox SET claimed_until = ${claimedAt + this.claimMs}
+              const at = sharedNow(this.opts.db.engine, claimedAt);
+              const kept = await this.relaxed(sql`UPDATE outbox SET claimed_until = ${at} + ${this.claimMs}
                 WHERE seq IN (${sql.join(batch)}) AND claimed_by = ${this.id} AND sent_at IS NULL`);
               if (kept < batch.length) break;
             }

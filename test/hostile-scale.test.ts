@@ -20,6 +20,8 @@ import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import {
   type Bus,
   connectBus,
+  createChannel,
+  createClient,
   createResilientClient,
   type DbLocation,
   DEFAULT_POLICY,
@@ -30,7 +32,7 @@ import {
   sql,
 } from "../platform/index.js";
 import { withDb } from "./db.js";
-import { ROOT, runToEnd, type ServiceProcess, spawnGateway, spawnService } from "./fixtures.js";
+import { exited, ROOT, runToEnd, type ServiceProcess, spawnGateway, spawnService } from "./fixtures.js";
 import { expectCheckoutInvariants, expectFencedStepLog } from "./invariants.js";
 import { startNats, type TestNats } from "./nats.js";
 import { startPostgres, type TestPostgres } from "./postgres.js";
@@ -492,5 +494,87 @@ describe("the gateway following order replicas through the registry while they d
     expect(late.filter((s) => s.status !== 200)).toEqual([]);
     await allSettled();
     await expectCheckoutInvariants(dbs);
+  }, 120_000);
+});
+
+/** Node's `--import` of a module that sets this process's clock `ms` ahead (a node whose clock is off). */
+const clockAhead = (ms: number) => [
+  "--import",
+  `data:text/javascript,const now = Date.now; Date.now = () => now() + ${ms};`,
+];
+
+describe("an order replica on a node whose clock is two minutes ahead, SIGKILLed", () => {
+  it("the sagas it drove are adopted by the others within the lease, not once their clocks reach its own", async () => {
+    const AHEAD_MS = 120_000;
+    const skewed = await spawnService("order", envOf("order"), 90_000, clockAhead(AHEAD_MS));
+    started.push(skewed);
+    // Payment frozen: the sagas the skewed replica starts stay in flight until it dies.
+    const payment = replicas.payment as ServiceProcess[];
+    for (const p of payment) process.kill(p.child.pid ?? 0, "SIGSTOP");
+    let held = 0;
+    try {
+      const orders = createClient(OrderService, createChannel(skewed.address));
+      await Promise.all(
+        Array.from({ length: 20 }, (_, i) =>
+          orders.placeOrder(
+            {
+              idempotencyKey: `skew-${i}`,
+              items: [{ productId: PRODUCTS[i % PRODUCTS.length] ?? "coffee-beans", quantity: 1 }],
+              cardToken: "tok_visa",
+              sagaMode: SagaMode.ORCHESTRATION,
+            },
+            { ...who(`s${i % 5}`), timeoutMs: 30_000 },
+          ),
+        ),
+      );
+      held = await withDb(dbs.order, async (q) => {
+        const r = await q.one(sql<{ n: number }>`SELECT COUNT(*) AS n FROM orders
+          WHERE status IN ('PENDING', 'COMPENSATING') AND owner LIKE ${`%/${skewed.child.pid}/%`}`);
+        return r?.n ?? 0;
+      });
+      expect(await skewed.kill("SIGKILL")).toBe("SIGKILL");
+    } finally {
+      for (const p of payment) process.kill(p.child.pid ?? 0, "SIGCONT");
+    }
+    expect(held, "sagas in flight on the skewed replica when it died").toBeGreaterThan(0);
+    const killedAt = Date.now();
+    // A dead replica's sagas are adopted within the lease (1.5 s): give them twenty times that.
+    await expect.poll(unfinished, { timeout: 30_000, interval: 250 }).toBe(0);
+    console.log(
+      `hostile-scale: ${held} sagas on the skewed replica; all done ${Date.now() - killedAt} ms after its kill`,
+    );
+    await expectCheckoutInvariants(dbs);
+    await expectFencedStepLog(dbs.order);
+  }, 180_000);
+});
+
+describe("an order replica whose clock is two minutes ahead dies holding its outbox claim", () => {
+  it("another replica's relay publishes the event once the claim's 5 s are up, not two minutes later", async () => {
+    const skewed = await spawnService(
+      "order",
+      { ...envOf("order"), FAULT_CRASH_BEFORE_PUBLISH: "true" },
+      90_000,
+      clockAhead(120_000),
+    );
+    started.push(skewed);
+    const orders = createClient(OrderService, createChannel(skewed.address));
+    const placed = await orders.placeOrder(
+      {
+        idempotencyKey: "skew-relay",
+        items: [{ productId: "coffee-beans", quantity: 1 }],
+        cardToken: "tok_visa",
+        sagaMode: SagaMode.CHOREOGRAPHY,
+      },
+      { ...who("skew"), timeoutMs: 30_000 },
+    );
+    // Its relay claimed the OrderPlaced row and died right before publishing it.
+    expect(await exited(skewed.child)).toBe("SIGKILL");
+    const diedAt = Date.now();
+    await expect.poll(unfinished, { timeout: 30_000, interval: 250 }).toBe(0);
+    console.log(
+      `hostile-scale: choreographed order ${placed.order?.id} done ${Date.now() - diedAt} ms after the relay died`,
+    );
+    await expectCheckoutInvariants(dbs);
+    await expectEffectsOnce();
   }, 120_000);
 });

@@ -4,7 +4,7 @@
  * names the lease's fencing token (`fence`, raised by every new claim): a replica that was paused
  * or cut off past its lease writes nothing once another has claimed the order (store-writes.ts).
  */
-import { type Db, sql } from "../../platform/index.js";
+import { type Db, sharedNow, sql } from "../../platform/index.js";
 import { UNFINISHED } from "./schema.js";
 
 /** A saga lease: which replica drives an order, and the fencing token every write of it carries. */
@@ -14,7 +14,8 @@ export interface Lease {
 }
 
 /**
- * Claims for `owner`, for `ms` from `now`, the lease of every unfinished orchestrated
+ * Claims for `owner`, for `ms` from now (`now` on SQLite, the database's clock on PostgreSQL:
+ * platform/shared-clock.ts), the lease of every unfinished orchestrated
  * saga that no live replica holds (its lease ran out or was given back) —
  * or of every one (`all`: only when no other process can hold any);
  * returns the claimed orders with their new fencing tokens. Orders another replica is claiming
@@ -28,27 +29,35 @@ export function claimSagas(
   ms: number,
   scope: "expired" | "all",
 ): Promise<{ id: string; fence: number }[]> {
+  const at = sharedNow(db.engine, now);
   return db.transaction((tx) =>
     tx.all(sql<{
       id: string;
       fence: number;
-    }>`UPDATE orders SET owner = ${owner}, lease_until = ${now + ms}, fence = fence + 1
+    }>`UPDATE orders SET owner = ${owner}, lease_until = ${at} + ${ms}, fence = fence + 1
       WHERE id IN (SELECT id FROM orders
                    WHERE ${UNFINISHED} AND saga_mode = 'ORCHESTRATION'
-                     AND (lease_until < ${now} OR ${scope === "all" ? 1 : 0} = 1)
+                     AND (lease_until < ${at} OR ${scope === "all" ? 1 : 0} = 1)
                    ORDER BY created_at LIMIT 1000 ${tx.skipLocked})
       RETURNING id, fence`),
   );
 }
 
-/** Extends to `until` (epoch ms) the leases `owner` still holds on the sagas `ids`; how many it extended. */
-export async function renewLeases(db: Db, owner: string, ids: readonly string[], until: number): Promise<number> {
+/** Extends to `ms` from now (as {@link claimSagas}) the leases `owner` still holds on the sagas `ids`; how many it extended. */
+export async function renewLeases(
+  db: Db,
+  owner: string,
+  ids: readonly string[],
+  now: number,
+  ms: number,
+): Promise<number> {
   if (ids.length === 0) return 0;
   const among =
     db.engine === "postgres"
       ? sql`id = ANY(${[...ids]}::text[])`
       : sql`id IN (SELECT value FROM json_each(${JSON.stringify(ids)}))`;
   // Never earlier than it is: a slow renewal committing after a later one must not shorten the lease.
+  const until = sql`${sharedNow(db.engine, now)} + ${ms}`;
   const later = db.engine === "postgres" ? sql`GREATEST(lease_until, ${until})` : sql`MAX(lease_until, ${until})`;
   return db.run(sql`UPDATE orders SET lease_until = ${later}
     WHERE owner = ${owner} AND ${among} AND ${UNFINISHED}`);

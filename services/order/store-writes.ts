@@ -12,7 +12,16 @@ import {
   OrderPlacedSchema,
   OrderRefundSettledSchema,
 } from "../../gen/shopmesh/order/v1/events_pb.js";
-import { currentTraceparent, type Db, keyUse, newId, type Outbox, sql, type Tx } from "../../platform/index.js";
+import {
+  currentTraceparent,
+  type Db,
+  keyUse,
+  newId,
+  type Outbox,
+  sharedNow,
+  sql,
+  type Tx,
+} from "../../platform/index.js";
 import type { OrderChanges } from "./changes.js";
 import type { Guard } from "./compensation.js";
 import {
@@ -105,7 +114,10 @@ export function placeOrder(
     }
     const now = w.clock();
     const id = newId("ord", now);
-    const [owner, until, fence] = lease ? [lease.owner, now + lease.ms, 1] : ["", 0, 0];
+    // The lease's end in the clock every replica compares it with (platform/shared-clock.ts).
+    const [owner, until, fence] = lease
+      ? [lease.owner, sql`${sharedNow(tx.engine, now)} + ${lease.ms}`, 1]
+      : ["", sql`${0}`, 0];
     const row = await tx.one(sql<OrderRow>`INSERT INTO orders (id, customer_id, idempotency_key, fingerprint, status,
         saga_mode, items, card_token, traceparent, created_at, updated_at, owner, lease_until, fence)
       VALUES (${id}, ${p.customerId}, ${p.key}, ${p.fingerprint}, 'PENDING', ${p.sagaMode}, ${JSON.stringify(p.items)},

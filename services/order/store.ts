@@ -114,7 +114,7 @@ export class OrderStore {
 
   /** Extends by `ms` from now the leases `owner` still holds on the sagas `ids`; how many it extended. */
   renewLeases(owner: string, ids: readonly string[], ms: number): Promise<number> {
-    return renewLeases(this.db, owner, ids, this.clock() + ms);
+    return renewLeases(this.db, owner, ids, this.clock(), ms);
   }
 
   /** Gives back every lease `owner` holds (a graceful stop), so other replicas adopt those sagas at once. */
