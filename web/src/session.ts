@@ -50,10 +50,17 @@ export function clearSession(): void {
   sessionStorage.removeItem(KEY);
 }
 
+/** A compact JWT: base64url header, payload and signature. */
+const JWT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
+
 /** Reads subject, roles and expiry from a JWT's payload (not verified: the gateway does that). */
-export function sessionFromToken(token: string): Session {
-  const part = token.trim().split(".")[1];
-  if (!part) throw new Error("that is not a JWT (three base64url parts separated by dots)");
+export function sessionFromToken(pasted: string): Session {
+  // A token copied from a wrapped terminal has line breaks in it: they are no part of it (and no
+  // header may carry them, so every call would fail in fetch itself, as if the shop were unreachable).
+  // Nor is an "authorization" header's scheme, copied along with it.
+  const token = pasted.replace(/^\s*bearer\s+/i, "").replace(/\s+/g, "");
+  if (!JWT.test(token)) throw new Error("that is not a JWT (three base64url parts separated by dots)");
+  const part = token.split(".")[1] ?? "";
   let claims: { sub?: unknown; roles?: unknown; exp?: unknown };
   try {
     const b64 = part.replace(/-/g, "+").replace(/_/g, "/");
@@ -65,7 +72,7 @@ export function sessionFromToken(token: string): Session {
   if (typeof claims.sub !== "string" || claims.sub === "") throw new Error("the token names no subject (sub)");
   const roles = Array.isArray(claims.roles) ? claims.roles.map(String) : ["customer"];
   const expiresAt = typeof claims.exp === "number" ? claims.exp * 1000 : Date.now() + 3_600_000;
-  return { token: token.trim(), subject: claims.sub, roles, expiresAt };
+  return { token, subject: claims.sub, roles, expiresAt };
 }
 
 /**

@@ -1,0 +1,267 @@
+/**
+ * A hostile round on the two client-facing pieces (2026-12-05): the browser web shop as the gateway
+ * serves it, and the Python client. Real system and gateway in this process, real Chromium driven by
+ * playwright-core (as test/web.test.ts does), real python3 with Debian's grpcio. Each `describe` is one
+ * suspicion; a test that found a defect says so.
+ */
+import { existsSync } from "node:fs";
+import { createClient, type Interceptor } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { type Browser, type BrowserContext, chromium, type Page } from "playwright-core";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import type { GatewayApp } from "../gateway/app.js";
+import { signDevToken } from "../gateway/auth.js";
+import { DEV_JWT_SECRET } from "../gateway/config.js";
+import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
+import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
+import { buildWeb, webBuildIsStale } from "../web/build.js";
+import { tempDir } from "./fixtures.js";
+import { type System, startSystem, startTestGateway } from "./system.js";
+
+const CHROMIUM = "/usr/bin/chromium";
+const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
+
+let sys: System;
+let gw: GatewayApp;
+let browser: Browser;
+/** Problems any page reported: uncaught errors and Content-Security-Policy violations. */
+const pageProblems: string[] = [];
+const contexts: BrowserContext[] = [];
+const dir = tempDir("shopmesh-hostile-web-");
+
+beforeAll(async () => {
+  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium (.ci/run does)`);
+  if (webBuildIsStale()) await buildWeb();
+  sys = await startSystem();
+  // No clock skew allowed, so a token that expires is refused at once.
+  gw = await startTestGateway(sys, { FAULT_INJECTION: "true", JWT_CLOCK_SKEW_S: "0" });
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
+}, 60_000);
+
+afterEach(async () => {
+  for (const c of contexts.splice(0)) await c.close();
+  expect(pageProblems.splice(0)).toEqual([]);
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await gw?.stop();
+  await sys?.[Symbol.asyncDispose]();
+  dir[Symbol.dispose]();
+});
+
+/** A fresh browser profile with one page on the gateway. */
+async function openPage(): Promise<Page> {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, baseURL: gw.url });
+  contexts.push(context);
+  const page = await context.newPage();
+  page.on("pageerror", (e) => pageProblems.push(`page error: ${e.message}`));
+  page.on("console", (m) => {
+    if (m.type() === "error" && /Content Security Policy/i.test(m.text())) pageProblems.push(`CSP: ${m.text()}`);
+  });
+  return page;
+}
+
+/** Signs in on the sign-in page with a pasted `token`. */
+async function pasteToken(page: Page, token: string): Promise<void> {
+  await page.goto("/");
+  await page.locator("summary", { hasText: "I have a token" }).click();
+  await page.getByTestId("token-input").fill(token);
+  await page.getByTestId("token-form").getByRole("button").click();
+}
+
+describe("a pasted token with a line break or a stray character in it", () => {
+  // Found: sessionFromToken read the payload with atob (which skips whitespace) and kept the token as
+  // pasted, so a token copied from a wrapped terminal signed in, and then every call failed in fetch
+  // itself (a line break is no valid header value): the page said "The shop cannot be reached. Check
+  // your connection", on every poll, forever, and never sent the user back to sign in.
+  it.each([
+    ["with line breaks in it", (t: string) => `${t.slice(0, 50)}\n${t.slice(50, 120)}\r\n  ${t.slice(120)}\n`],
+    ["with the header's scheme copied along", (t: string) => `Bearer ${t}`],
+  ])("signs in with a token pasted %s, and the shop works", async (_, paste) => {
+    const page = await openPage();
+    await pasteToken(page, paste(await signDevToken(claims, "alice", ["customer"])));
+    await page.getByTestId("whoami").filter({ hasText: "alice" }).waitFor();
+    await page.getByTestId("product-coffee-beans").waitFor({ timeout: 15_000 });
+    expect(await page.getByTestId("catalogue").getByTestId("error").count()).toBe(0);
+  });
+
+  it("refuses a token with a character no JWT has, saying so, instead of signing in to a shop that cannot be reached", async () => {
+    const token = await signDevToken(claims, "alice", ["customer"]);
+    const page = await openPage();
+    await pasteToken(page, `${token}…`);
+    await page.getByText("That token cannot be used").waitFor();
+    expect(await page.getByTestId("whoami").count()).toBe(0);
+  });
+});
+
+describe("strings a customer controls, shown by the page", () => {
+  // Sound: every string is set as text (web/src/dom.ts), and the CSP would stop an inline handler anyway.
+  // A customer sets the cancel reason (CancelOrder over the API), the idempotency key and the order link;
+  // none of it may become markup in the page.
+  const MARKUP = '<b data-injected="1">bold</b><img data-injected="1" src="/x"><script>window.__xss=1</script>';
+
+  it("the cancel reason, set through the API, is shown as text on the order page", async () => {
+    const token = await signDevToken(claims, "alice", ["customer"]);
+    const orders = createClient(
+      OrderService,
+      createConnectTransport({ baseUrl: gw.url, httpVersion: "1.1", interceptors: [bearer(token)] }),
+    );
+    // Payment slow, so the order is still PENDING when the cancel arrives.
+    await sys.paymentChaos.setFaults({ faults: { latencyMs: 1_200 } });
+    let id: string;
+    try {
+      const placed = await orders.placeOrder({
+        idempotencyKey: `hostile-web-<img/src="x">-${Date.now()}`,
+        cardToken: "tok_visa",
+        sagaMode: SagaMode.ORCHESTRATION,
+        items: [{ productId: "ceramic-mug", quantity: 1 }],
+      });
+      id = placed.order?.id ?? "";
+      await orders.cancelOrder({ orderId: id, reason: MARKUP });
+    } finally {
+      await sys.paymentChaos.setFaults({ faults: {} });
+    }
+    const page = await openPage();
+    await pasteToken(page, token);
+    await page.getByTestId("whoami").waitFor();
+    await page.goto(`/#/orders/${encodeURIComponent(id)}`);
+    await page.locator('[data-testid="order-status"][data-status="CANCELLED"]').waitFor({ timeout: 30_000 });
+    expect(await page.getByTestId("order-reason").textContent()).toBe(`cancelled by customer: ${MARKUP}`);
+    expect(await page.locator("[data-injected]").count()).toBe(0);
+    expect(await page.evaluate(() => (globalThis as { __xss?: number }).__xss)).toBeUndefined();
+    // The notifications page shows what the notification service wrote about it.
+    await page.getByTestId("nav-notifications").click();
+    await page.getByTestId("nav-notifications").and(page.locator('[aria-current="page"]')).waitFor();
+    expect(await page.locator("[data-injected]").count()).toBe(0);
+  }, 60_000);
+
+  it("a link whose route is markup is a page not found that shows it as text", async () => {
+    const page = await openPage();
+    await pasteToken(page, await signDevToken(claims, "alice", ["customer"]));
+    await page.getByTestId("whoami").waitFor();
+    await page.goto(`/#/${encodeURIComponent(MARKUP)}`);
+    await page.getByText("Page not found").waitFor();
+    expect(await page.locator("main code").textContent()).toBe(`/${encodeURIComponent(MARKUP)}`);
+    await page.goto(`/#/${MARKUP}`);
+    await page.getByText("Page not found").waitFor();
+    expect(await page.locator("[data-injected]").count()).toBe(0);
+  });
+
+  it("a pasted token whose subject is markup signs in as that text", async () => {
+    const page = await openPage();
+    // The gateway refuses such a subject; what matters is what the page draws before it does.
+    const payload = Buffer.from(JSON.stringify({ sub: MARKUP, roles: ["customer"], exp: 4_000_000_000 })).toString(
+      "base64url",
+    );
+    await page.route("**/shopmesh.**", (route) => route.abort());
+    await pasteToken(page, `eyJhbGciOiJIUzI1NiJ9.${payload}.c2ln`);
+    await page.getByTestId("whoami").waitFor();
+    expect(await page.getByTestId("whoami").locator("strong").textContent()).toBe(MARKUP);
+    expect(await page.locator("[data-injected]").count()).toBe(0);
+  });
+});
+
+/** An interceptor that sends `token` as a bearer token. */
+function bearer(token: string): Interceptor {
+  return (next) => (req) => {
+    req.header.set("authorization", `Bearer ${token}`);
+    return next(req);
+  };
+}
+
+describe("a token that expires while the page is open", () => {
+  // Sound: the first refused call signs the user out with a note, and the page stops calling.
+  it("sends the user back to sign-in saying why, and stops calling the gateway", async () => {
+    const page = await openPage();
+    const calls: string[] = [];
+    page.on("request", (r) => {
+      if (r.url().includes("/shopmesh.")) calls.push(r.url());
+    });
+    await pasteToken(page, await signDevToken(claims, "alice", ["customer"], 3));
+    await page.getByTestId("product-coffee-beans").waitFor();
+    await page.getByText("Your sign-in expired or was refused").waitFor({ timeout: 15_000 });
+    expect(page.url()).toMatch(/#\/signin$/);
+    const after = calls.length;
+    // The shop polls every 3 s: two periods with not one call.
+    await new Promise((r) => setTimeout(r, 6_500));
+    expect(calls.slice(after)).toEqual([]);
+  }, 40_000);
+});
+
+describe("the gateway serving the page's files", () => {
+  // Sound: files are answered from memory by exact path, so no form of a path reaches the disk.
+  it("no other form of a path (encoded, double-encoded, backslashes, NUL, dots, case, very long) is a file", async () => {
+    for (const path of [
+      "/%2e%2e/package.json",
+      "/..%2fpackage.json",
+      "/assets/..%2f..%2fpackage.json",
+      "/assets/%252e%252e/index.html",
+      "/assets\\..\\index.html",
+      "/index.html%00",
+      "/index.html%00.js",
+      "//index.html",
+      "/./index.html",
+      "/INDEX.HTML",
+      "/index.html/",
+      "/assets/",
+      "/assets",
+      "/../../etc/passwd",
+      `/${"a/".repeat(4000)}index.html`,
+    ]) {
+      const res = await rawGet(path);
+      const what = path.slice(0, 40);
+      expect(res.status, what).not.toBe(200);
+      expect(res.body, what).not.toContain("<!doctype html>");
+      expect(res.body, what).not.toContain('"dependencies"');
+      expect(res.body, what).not.toContain("root:");
+    }
+  });
+
+  it("every file says what it is, forbids sniffing and framing, and is cached as its name allows", async () => {
+    const index = await fetch(`${gw.url}/`);
+    const html = await index.text();
+    expect(index.headers.get("content-type")).toBe("text/html; charset=utf-8");
+    expect(index.headers.get("cache-control")).toBe("no-cache");
+    const assets = [...html.matchAll(/(?:src|href)="(\/assets\/[^"]+)"/g)].map((m) => m[1] as string);
+    expect(assets).toHaveLength(2);
+    for (const path of ["/", "/index.html", ...assets]) {
+      const res = await fetch(`${gw.url}${path}`);
+      await res.arrayBuffer();
+      expect(res.headers.get("x-content-type-options"), path).toBe("nosniff");
+      expect(res.headers.get("content-security-policy"), path).toContain("frame-ancestors 'none'");
+      expect(res.headers.get("content-security-policy"), path).toContain("script-src 'self';");
+      expect(res.headers.get("referrer-policy"), path).toBe("no-referrer");
+      if (path.startsWith("/assets/")) {
+        expect(res.headers.get("cache-control"), path).toBe("public, max-age=31536000, immutable");
+        expect(res.headers.get("content-type"), path).toMatch(/^text\/(javascript|css); charset=utf-8$/);
+      }
+    }
+    // Revalidation, HEAD, and methods that are not a read.
+    const etag = index.headers.get("etag") ?? "";
+    expect((await fetch(`${gw.url}/`, { headers: { "if-none-match": etag } })).status).toBe(304);
+    const head = await fetch(`${gw.url}/`, { method: "HEAD" });
+    expect(head.status).toBe(200);
+    expect(await head.text()).toBe("");
+    for (const method of ["POST", "PUT", "DELETE", "PATCH"]) {
+      const res = await fetch(`${gw.url}/index.html`, { method });
+      expect(await res.text(), method).not.toContain("<!doctype html>");
+    }
+  });
+});
+
+/** A GET of `path` exactly as written (fetch would normalise dots and backslashes). */
+async function rawGet(path: string): Promise<{ status: number; body: string }> {
+  const { request } = await import("node:http");
+  const url = new URL(gw.url);
+  return new Promise((resolve, reject) => {
+    const req = request({ host: url.hostname, port: url.port, path, method: "GET" }, (res) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (d: string) => (body += d));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
