@@ -18,6 +18,7 @@ committed; importing this module puts gen/ on the path.
 from __future__ import annotations
 
 import collections
+import re
 import sys
 from pathlib import Path
 
@@ -50,6 +51,8 @@ __all__ = [
 ]
 
 TERMINAL = (order.ORDER_STATUS_CONFIRMED, order.ORDER_STATUS_CANCELLED)
+# What a bearer token may hold (RFC 6750's b64token is narrower; a JWT is within both).
+_TOKEN = re.compile(r"[\x21-\x7e]*")
 
 
 class _CallDetails(
@@ -80,9 +83,17 @@ class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIntercepto
 
 def connect(target: str, token: str | None = None) -> grpc.Channel:
     """A plaintext gRPC channel to the gateway at `target` ("host:port"; an
-    http:// prefix is dropped) that sends `token` as a bearer token on every
-    call, or no authorization at all when `token` is None."""
-    target = target.removeprefix("http://")
+    http:// prefix and a trailing slash are dropped) that sends `token` as a
+    bearer token on every call, or no authorization at all when `token` is
+    None. The token is taken without surrounding whitespace (as read from a
+    file, it ends in a newline); one with any other character that no header
+    may carry raises ValueError, which never shows the token."""
+    if token is not None:
+        token = token.strip()
+        if not _TOKEN.fullmatch(token):
+            # grpc's own error would print the header, token and all, into the traceback.
+            raise ValueError("token: must be printable ASCII without spaces (a JWT); not shown here")
+    target = target.removeprefix("http://").rstrip("/")
     # grpc honours http_proxy; the gateway is reached directly.
     channel = grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)])
     return grpc.intercept_channel(channel, _Bearer(token)) if token else channel
