@@ -325,3 +325,69 @@ except ValueError as e:
     expect(out).toContain("refused True");
   }, 60_000);
 });
+
+describe("a gateway that never answers", () => {
+  // Found: no call had a deadline. A gateway that accepted a call and never answered it (a frozen
+  // process, a connection a network change left half open) kept the shop on "Loading the catalogue…"
+  // for good, and, once the catalogue was shown, stopped its "live" stock with nothing said: the next
+  // read waits for the one that hangs. Each unary call now has a deadline and ends "Timed out"; the
+  // order's WatchOrder stream has none (waiting for a change is what it is for).
+  // The page's clock is Playwright's, so minutes pass in an instant.
+  it("ends a hung catalogue read 'Timed out', not a spinner forever", async () => {
+    const page = await openPage();
+    await page.clock.install();
+    await page.route("**/shopmesh.inventory.v1.InventoryService/ListProducts", () => {
+      // Never answered.
+    });
+    await pasteToken(page, await signDevToken(claims, "alice", ["customer"]));
+    await page.getByTestId("catalogue").getByTestId("loading").waitFor();
+    await page.clock.runFor(120_000);
+    await page
+      .getByTestId("catalogue")
+      .getByTestId("error")
+      .filter({ hasText: "Timed out" })
+      .waitFor({ timeout: 10_000 });
+  });
+
+  it("ends a hung development sign-in 'Timed out', with the users to choose from again", async () => {
+    const page = await openPage();
+    await page.clock.install();
+    await page.route("**/dev/token", () => {
+      // Never answered.
+    });
+    await page.goto("/");
+    await page.getByTestId("signin-alice").click();
+    await page.getByText("Signing in as alice").waitFor();
+    await page.clock.runFor(120_000);
+    await page.getByTestId("error").filter({ hasText: "Timed out" }).waitFor({ timeout: 10_000 });
+    expect(await page.getByTestId("signin-alice").isEnabled()).toBe(true);
+  });
+
+  it("keeps one WatchOrder stream open however long no change comes", async () => {
+    const token = await signDevToken(claims, "alice", ["customer"]);
+    const orders = createClient(
+      OrderService,
+      createConnectTransport({ baseUrl: gw.url, httpVersion: "1.1", interceptors: [bearer(token)] }),
+    );
+    const { order } = await orders.placeOrder({
+      idempotencyKey: `hostile-web-watch-${Date.now()}`,
+      cardToken: "tok_visa",
+      sagaMode: SagaMode.ORCHESTRATION,
+      items: [{ productId: "ceramic-mug", quantity: 1 }],
+    });
+    const page = await openPage();
+    await page.clock.install();
+    let watches = 0;
+    await page.route("**/shopmesh.order.v1.OrderService/WatchOrder", () => {
+      // Open, and no change ever comes.
+      watches += 1;
+    });
+    await pasteToken(page, token);
+    await page.getByTestId("whoami").waitFor();
+    await page.goto(`/#/orders/${encodeURIComponent(order?.id ?? "")}`);
+    await expect.poll(() => watches).toBe(1);
+    await page.clock.runFor(120_000);
+    expect(watches).toBe(1);
+    expect(await page.getByTestId("saga-panel").getByTestId("error").count()).toBe(0);
+  });
+});

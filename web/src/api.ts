@@ -12,6 +12,9 @@ import { NotificationService } from "../../gen/shopmesh/notification/v1/notifica
 import { OrderService } from "../../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService } from "../../gen/shopmesh/payment/v1/payment_pb.js";
 
+/** How long the page waits for the answer to a call, in ms. */
+export const CALL_TIMEOUT_MS = 30_000;
+
 /** Every client the page uses. */
 export interface Api {
   readonly inventory: Client<typeof InventoryService>;
@@ -43,7 +46,15 @@ export function createApi(opts: {
       throw err;
     }
   };
-  const transport = createConnectTransport({ baseUrl: opts.baseUrl, interceptors: [auth] });
+  // A call the gateway never answers (a frozen process, a half-open connection) ends DEADLINE_EXCEEDED
+  // instead of holding its page, and every poll behind it, for good. Long past any answer the gateway
+  // gives itself (its upstream calls have deadlines of seconds); a stream that waits for changes says
+  // timeoutMs: 0.
+  const transport = createConnectTransport({
+    baseUrl: opts.baseUrl,
+    interceptors: [auth],
+    defaultTimeoutMs: CALL_TIMEOUT_MS,
+  });
   return {
     inventory: createClient(InventoryService, transport),
     orders: createClient(OrderService, transport),

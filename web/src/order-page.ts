@@ -264,7 +264,8 @@ export function orderPage(ctx: PageContext, id: string): void {
     setLive("connecting");
     while (!signal.aborted && !gone) {
       try {
-        for await (const msg of api.orders.watchOrder({ orderId: id }, { signal })) {
+        // No deadline: the stream waits for the order's next change, however long that takes.
+        for await (const msg of api.orders.watchOrder({ orderId: id }, { signal, timeoutMs: 0 })) {
           if (msg.order) accept(msg.order);
           setLive("live");
           replace(streamProblem);

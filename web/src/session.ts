@@ -4,6 +4,8 @@
  * it for display. The gateway verifies every call; what the page reads from
  * the token only decides what it shows.
  */
+import { Code, ConnectError } from "@connectrpc/connect";
+import { CALL_TIMEOUT_MS } from "./api.js";
 
 /** A signed-in user. */
 export interface Session {
@@ -80,11 +82,15 @@ export function sessionFromToken(pasted: string): Session {
  * Throws {@link SignInUnavailableError} where the path does not exist (404).
  */
 export async function devSignIn(user: string, signal?: AbortSignal): Promise<Session> {
+  // Like every call (api.ts), one the gateway never answers ends DEADLINE_EXCEEDED.
+  const deadline = AbortSignal.timeout(CALL_TIMEOUT_MS);
   const res = await fetch("/dev/token", {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ user }),
-    signal: signal ?? null,
+    signal: signal ? AbortSignal.any([signal, deadline]) : deadline,
+  }).catch((err: unknown) => {
+    throw deadline.aborted ? new ConnectError("sign-in timed out", Code.DeadlineExceeded) : err;
   });
   if (res.status === 404) throw new SignInUnavailableError("development sign-in is not available on this gateway");
   const body = (await res.json().catch(() => ({}))) as {
