@@ -33,7 +33,10 @@ const dir = tempDir("shopmesh-hostile-web-");
 beforeAll(async () => {
   if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium (.ci/run does)`);
   if (webBuildIsStale()) await buildWeb();
-  sys = await startSystem();
+  sys = await startSystem({
+    // Payment down: the saga gives up on the charge after 1.5 s (not 15), as in test/web.test.ts.
+    order: { SAGA_STEP_BUDGET_MS: "1500", PAYMENT_BREAKER_HALF_OPEN_AFTER_MS: "2000" },
+  });
   // No clock skew allowed, so a token that expires is refused at once.
   gw = await startTestGateway(sys, { FAULT_INJECTION: "true", JWT_CLOCK_SKEW_S: "0" });
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
@@ -324,6 +327,36 @@ except ValueError as e:
     expect(out).toContain("slash True");
     expect(out).toContain("refused True");
   }, 60_000);
+});
+
+describe("the Python client's watch() of an order cancelled with its refund still pending", () => {
+  // Found: watch() said it returns once the order is CONFIRMED or CANCELLED, but read the stream to its
+  // end, and WatchOrder ends only when nothing more will happen: a CANCELLED order whose refund has not
+  // landed (payment down) keeps it open. watch() then raised DEADLINE_EXCEEDED after its timeout, for an
+  // order that had been CANCELLED for seconds, and every state it had read was lost.
+  it("returns the CANCELLED order, refund_pending set, instead of waiting out its deadline", async () => {
+    const token = await signDevToken(claims, "alice", ["customer"]);
+    await sys.paymentChaos.setFaults({ faults: { down: true } });
+    try {
+      const { code, out } = await runPython(
+        `
+import os, time, grpc
+import shopmesh_client as sm
+orders = sm.order_grpc.OrderServiceStub(sm.connect(os.environ["SHOPMESH_GATEWAY"], os.environ["TOKEN"]))
+placed = orders.PlaceOrder(sm.order.PlaceOrderRequest(
+    idempotency_key="hostile-web-py-%d" % time.time_ns(), card_token="tok_visa",
+    items=[sm.common.LineItem(product_id="coffee-beans", quantity=1)]), timeout=10).order
+states = sm.watch(orders, placed.id, timeout=40)
+print("last", sm.order.OrderStatus.Name(states[-1].status), states[-1].refund_pending)
+`,
+        { TOKEN: token },
+      );
+      expect(code, out).toBe(0);
+      expect(out).toContain("last ORDER_STATUS_CANCELLED True");
+    } finally {
+      await sys.paymentChaos.setFaults({ faults: {} });
+    }
+  }, 90_000);
 });
 
 describe("a gateway that never answers", () => {

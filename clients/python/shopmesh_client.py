@@ -100,8 +100,19 @@ def connect(target: str, token: str | None = None) -> grpc.Channel:
 
 
 def watch(orders: order_grpc.OrderServiceStub, order_id: str, timeout: float = 30.0) -> list[order.Order]:
-    """Follows WatchOrder until the stream ends (it ends after CONFIRMED or
-    CANCELLED) and returns every state it sent, oldest first. Raises
-    grpc.RpcError on a failed call or DEADLINE_EXCEEDED after `timeout`
-    seconds."""
-    return [m.order for m in orders.WatchOrder(order.WatchOrderRequest(order_id=order_id), timeout=timeout)]
+    """Follows WatchOrder until the order is CONFIRMED or CANCELLED and
+    returns every state it sent, oldest first. A CANCELLED order may still
+    have `refund_pending` set (payment out of reach): its refund lands later,
+    which GetOrder or another watch() shows (the stream itself stays open
+    until then). Raises grpc.RpcError on a failed call or DEADLINE_EXCEEDED
+    after `timeout` seconds."""
+    call = orders.WatchOrder(order.WatchOrderRequest(order_id=order_id), timeout=timeout)
+    states = []
+    try:
+        for m in call:
+            states.append(m.order)
+            if m.order.status in TERMINAL:
+                break
+    finally:
+        call.cancel()
+    return states
