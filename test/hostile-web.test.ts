@@ -359,6 +359,46 @@ print("last", sm.order.OrderStatus.Name(states[-1].status), states[-1].refund_pe
   }, 90_000);
 });
 
+describe("the gateway gone while the page is open", () => {
+  // Sound: the page says the shop cannot be reached and its polls keep their pace (WatchOrder reconnects
+  // with a backoff growing to 5 s): no uncaught error, no loop hammering a gateway that is not there.
+  it("the shop says it cannot be reached and reads again at its own pace", async () => {
+    const doomed = await startTestGateway(sys);
+    const token = await signDevToken(claims, "alice", ["customer"]);
+    const orders = createClient(
+      OrderService,
+      createConnectTransport({ baseUrl: doomed.url, httpVersion: "1.1", interceptors: [bearer(token)] }),
+    );
+    const { order } = await orders.placeOrder({
+      idempotencyKey: `hostile-web-gone-${Date.now()}`,
+      cardToken: "tok_visa",
+      sagaMode: SagaMode.ORCHESTRATION,
+      items: [{ productId: "ceramic-mug", quantity: 1 }],
+    });
+    const context = await browser.newContext({ baseURL: doomed.url });
+    contexts.push(context);
+    const page = await context.newPage();
+    page.on("pageerror", (e) => pageProblems.push(`page error: ${e.message}`));
+    let calls = 0;
+    page.on("request", (r) => {
+      if (r.url().includes("/shopmesh.")) calls += 1;
+    });
+    await pasteToken(page, token);
+    await page.getByTestId("whoami").waitFor();
+    await page.goto(`/#/orders/${encodeURIComponent(order?.id ?? "")}`);
+    await page.locator('[data-testid="order-status"][data-status="CONFIRMED"]').waitFor({ timeout: 20_000 });
+    await doomed.stop();
+    // A settled order's page has nothing left to ask; the catalogue polls, so go there.
+    await page.getByTestId("nav-shop").click();
+    await page.getByTestId("catalogue").getByText("The shop cannot be reached").waitFor({ timeout: 20_000 });
+    const before = calls;
+    await new Promise((r) => setTimeout(r, 6_000));
+    // Every 3 s: two or three reads in 6 s, however busy the machine; a loop would make hundreds.
+    expect(calls - before).toBeLessThanOrEqual(6);
+    expect(calls - before).toBeGreaterThanOrEqual(1);
+  }, 60_000);
+});
+
 describe("a gateway that never answers", () => {
   // Found: no call had a deadline. A gateway that accepted a call and never answered it (a frozen
   // process, a connection a network change left half open) kept the shop on "Loading the catalogue…"
