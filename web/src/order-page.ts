@@ -37,17 +37,26 @@ function newer(prev: Order | undefined, next: Order): boolean {
   return b > a || (b === a && next.steps.length >= prev.steps.length);
 }
 
-/** Finds the order's read-model entry (entries are newest-changed first, so it is near the top). */
-async function findHistory(ctx: PageContext, orderId: string): Promise<OrderHistoryEntry | undefined> {
+/** How many pages of 100 history entries the page reads to find an order's. */
+const HISTORY_PAGES = 5;
+
+/**
+ * Finds the order's read-model entry (entries are newest-changed first, so a live order's is near the
+ * top); `beyond` when the newest {@link HISTORY_PAGES} pages do not hold it and more are left.
+ */
+async function findHistory(
+  ctx: PageContext,
+  orderId: string,
+): Promise<{ entry: OrderHistoryEntry | undefined; beyond: boolean }> {
   let pageToken = "";
-  for (let i = 0; i < 5; i++) {
+  for (let i = 0; i < HISTORY_PAGES; i++) {
     const res = await ctx.api.history.listOrderHistory({ pageSize: 100, pageToken }, { signal: ctx.signal });
     const hit = res.entries.find((e) => e.orderId === orderId);
-    if (hit) return hit;
+    if (hit) return { entry: hit, beyond: false };
     pageToken = res.nextPageToken;
-    if (!pageToken) return undefined;
+    if (!pageToken) return { entry: undefined, beyond: false };
   }
-  return undefined;
+  return { entry: undefined, beyond: true };
 }
 
 /** The "order not found" page. */
@@ -82,7 +91,7 @@ export function orderPage(ctx: PageContext, id: string): void {
   let settledAt: number | undefined;
   let details: GetOrderDetailsResponse | undefined;
   let detailsProblem: Problem | undefined;
-  let history: HistoryView = { entry: undefined, problem: undefined, checked: false };
+  let history: HistoryView = { entry: undefined, problem: undefined, checked: false, beyond: false };
   let gone = false;
 
   const statusBox = h("div", { class: "order-status" });
@@ -294,7 +303,8 @@ export function orderPage(ctx: PageContext, id: string): void {
   async function refreshSide() {
     if (gone) return;
     const quiet = settledAt !== undefined && Date.now() - settledAt > SETTLE_GRACE_MS;
-    const historyDone = history.checked && order && history.entry?.status === order.status;
+    // An entry older than the pages the page reads will not come nearer: no use reading them again.
+    const historyDone = history.checked && order && (history.entry?.status === order.status || history.beyond);
     if (quiet && details && historyDone) return;
     const [d, e] = await Promise.allSettled([
       api.gateway.getOrderDetails({ orderId: id }, { signal }),
@@ -310,7 +320,7 @@ export function orderPage(ctx: PageContext, id: string): void {
       detailsProblem = describeError(d.reason);
     }
     if (e.status === "fulfilled") {
-      history = { entry: e.value, problem: undefined, checked: true };
+      history = { ...e.value, problem: undefined, checked: true };
     } else {
       history = { ...history, problem: describeError(e.reason), checked: true };
     }

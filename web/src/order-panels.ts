@@ -117,6 +117,8 @@ export interface HistoryView {
   readonly problem: Problem | undefined;
   /** Whether the page has looked at least once. */
   readonly checked: boolean;
+  /** Whether the entry, if there is one, is older than the newest entries the page reads. */
+  readonly beyond: boolean;
 }
 
 /** The read model panel's content. */
@@ -125,6 +127,21 @@ export function historyContent(order: Order | undefined, v: HistoryView): Child[
   const rm = readModelState(order, v.entry);
   const out: Child[] = [];
   if (v.problem) out.push(badge(`Not refreshed: ${v.problem.title}`, "warn"));
+  if (!v.entry && v.beyond) {
+    out.push(
+      h(
+        "p",
+        {},
+        badge("Older than the entries shown", "muted", { "data-testid": "history-state", "data-state": "beyond" }),
+      ),
+      h(
+        "p",
+        { class: "muted small" },
+        "The page reads the newest 500 entries of your history, and this order changed before all of them.",
+      ),
+    );
+    return out;
+  }
   const pill =
     rm.state === "in-step"
       ? badge("In step with the order", "ok", { "data-testid": "history-state", "data-state": rm.state })
