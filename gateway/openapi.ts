@@ -64,7 +64,8 @@ export function openApiEndpoint(document: Uint8Array | undefined, log: Logger): 
         return;
       }
       // Revalidated on every use after five minutes: a new deploy may bring a new document.
-      const headers: Record<string, string> = { etag, "cache-control": "public, max-age=300", vary: "Accept-Encoding" };
+      const vary = [res.getHeader("vary"), "Accept-Encoding"].filter(Boolean).join(", "); // after CORS' Origin
+      const headers: Record<string, string> = { etag, "cache-control": "public, max-age=300", vary };
       const known = (req.headers["if-none-match"] ?? "").split(",").map((t) => t.trim().replace(/^W\//, ""));
       if (known.includes(etag) || known.includes("*")) {
         res.writeHead(304, headers);

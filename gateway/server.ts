@@ -43,10 +43,13 @@ const ALLOWED = [...connectCors.allowedHeaders, "authorization", "x-request-id",
 
 /** Sets the CORS headers for an allowed `origin`; true when the request is a preflight (answered by {@link PREFLIGHT}). */
 function cors(req: Req, res: Res, allowed: readonly string[]): boolean {
+  if (allowed.length === 0) return false;
+  // Whether an answer has CORS headers depends on Origin: a shared cache must key on it, also for an answer
+  // to a request without one (else a year-long asset, cached first without, reached an allowed origin bare).
+  res.setHeader("vary", "Origin");
   const origin = req.headers.origin;
   if (origin === undefined || !(allowed.includes("*") || allowed.includes(origin))) return false;
   res.setHeader("access-control-allow-origin", origin);
-  res.setHeader("vary", "Origin");
   res.setHeader("access-control-expose-headers", EXPOSED);
   if (req.method !== "OPTIONS") return false;
   res.setHeader("access-control-allow-methods", connectCors.allowedMethods.join(", "));

@@ -255,6 +255,26 @@ describe("the gateway serving the page's files", () => {
   });
 });
 
+describe("answers a shared cache may keep, with CORS configured", () => {
+  // Found: only an answer to an allowed Origin said `Vary: Origin`. A year-long asset (or the OpenAPI
+  // document) fetched first without an Origin could be served by a shared cache to an allowed
+  // cross-origin caller without the CORS header; the OpenAPI document's own `Vary: Accept-Encoding`
+  // replaced the Origin one even on a CORS answer.
+  it("every one says it varies by Origin, whether the request had one or not", async () => {
+    const html = await (await fetch(`${gw.url}/`)).text();
+    const asset = [...html.matchAll(/src="(\/assets\/[^"]+)"/g)].map((m) => m[1] as string)[0] ?? "";
+    const origin = "http://localhost:3000"; // CORS_ORIGINS' default
+    for (const path of ["/", asset, "/openapi.json"])
+      for (const headers of [{}, { origin }] as Record<string, string>[]) {
+        const res = await fetch(`${gw.url}${path}`, { headers });
+        await res.arrayBuffer();
+        const vary = (res.headers.get("vary") ?? "").split(",").map((v) => v.trim().toLowerCase());
+        expect(vary, `${path} ${JSON.stringify(headers)}`).toContain("origin");
+        if (path === "/openapi.json") expect(vary, path).toContain("accept-encoding");
+      }
+  });
+});
+
 /** A GET of `path` exactly as written (fetch would normalise dots and backslashes). */
 async function rawGet(path: string): Promise<{ status: number; body: string }> {
   const { request } = await import("node:http");
