@@ -275,6 +275,49 @@ describe("answers a shared cache may keep, with CORS configured", () => {
   });
 });
 
+describe("the operator's restock whose answer was lost, sent again", () => {
+  // Found: each click sent a new idempotency key, so a restock that reached inventory but whose answer
+  // never came back (a dropped connection, a timeout) was applied twice when the operator tried again.
+  it("is applied once: the retry of the same restock carries the same key", async () => {
+    const product = "paper-filters";
+    const available = async () => (await sys.products.getProduct({ productId: product })).product?.available ?? 0;
+    const before = await available();
+    const page = await openPage();
+    await pasteToken(page, await signDevToken(claims, "ops-hostile", ["admin"]));
+    await page.goto("/#/operator");
+    await page.locator(`[data-testid="restock-product"] option[value="${product}"]`).waitFor({ state: "attached" });
+    await page.getByTestId("restock-product").selectOption(product);
+    await page.getByLabel("Units to add").fill("7");
+    // The first restock reaches inventory, and its answer is lost on the way back.
+    const keys: string[] = [];
+    page.on("request", (r) => {
+      if (r.url().endsWith("/Restock")) keys.push((r.postDataJSON() as { idempotencyKey: string }).idempotencyKey);
+    });
+    await page.route("**/shopmesh.inventory.v1.InventoryService/Restock", async (route) => {
+      await route.fetch();
+      await route.abort("connectionreset");
+    });
+    await page.getByTestId("restock-submit").click();
+    await page.getByTestId("restock-message").getByText("cannot be reached", { exact: false }).waitFor();
+    expect(await available()).toBe(before + 7);
+    await page.unroute("**/shopmesh.inventory.v1.InventoryService/Restock");
+    // The operator tries again: answered, and applied no second time.
+    const answered = page.getByTestId("restock-message").filter({ hasText: "now available" });
+    await page.getByTestId("restock-submit").click();
+    expect(await answered.textContent()).toContain(`${before + 7} now available`);
+    expect(await available()).toBe(before + 7);
+    // A new restock after that one succeeded is a new one.
+    await page.getByTestId("restock-submit").click();
+    await page
+      .getByTestId("restock-message")
+      .filter({ hasText: `${before + 14} now available` })
+      .waitFor();
+    expect(keys).toHaveLength(3);
+    expect(keys[1]).toBe(keys[0]);
+    expect(keys[2]).not.toBe(keys[0]);
+  });
+});
+
 /** A GET of `path` exactly as written (fetch would normalise dots and backslashes). */
 async function rawGet(path: string): Promise<{ status: number; body: string }> {
   const { request } = await import("node:http");

@@ -305,15 +305,19 @@ export function operatorPage(ctx: PageContext): void {
     }
   }
 
+  // The restock last sent and not answered: sent again (the same product and quantity), it keeps its key, so
+  // one whose answer was lost (a dropped connection, a timeout) is applied once, not again by the retry.
+  let unanswered: { what: string; key: string } | undefined;
   async function restock() {
     const quantity = Math.round(Number(restockQty.value));
     if (!productSelect.value || !(quantity >= 1)) return;
     restockButton.disabled = true;
+    const what = `${productSelect.value} ${quantity}`;
+    const idempotencyKey = unanswered?.what === what ? unanswered.key : newKey();
+    unanswered = { what, key: idempotencyKey };
     try {
-      const res = await api.inventory.restock(
-        { idempotencyKey: newKey(), productId: productSelect.value, quantity },
-        { signal },
-      );
+      const res = await api.inventory.restock({ idempotencyKey, productId: productSelect.value, quantity }, { signal });
+      unanswered = undefined;
       const p = res.product;
       replace(
         restockMessage,
