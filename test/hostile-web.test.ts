@@ -318,6 +318,54 @@ describe("the operator's restock whose answer was lost, sent again", () => {
   });
 });
 
+describe("an order's live timeline whose stream the gateway ends for being quiet", () => {
+  // Found: a WatchOrder quiet for HTTP_STREAM_IDLE_TIMEOUT_MS (a saga waiting on a slow payment) is cut
+  // by the gateway, and the page said "The shop cannot be reached" until it had reconnected — a false
+  // outage, with the shop up all along. A stream that was live is now reopened before anything is said.
+  it("reopens it without saying the shop cannot be reached", async () => {
+    const quiet = await startTestGateway(sys, { HTTP_STREAM_IDLE_TIMEOUT_MS: "1000" });
+    const token = await signDevToken(claims, "alice", ["customer"]);
+    const orders = createClient(
+      OrderService,
+      createConnectTransport({ baseUrl: quiet.url, httpVersion: "1.1", interceptors: [bearer(token)] }),
+    );
+    const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, baseURL: quiet.url });
+    contexts.push(context);
+    const page = await context.newPage();
+    // Every moment the page says the shop cannot be reached, however briefly.
+    await page.addInitScript({
+      content: `globalThis.__unreachable = [];
+        new MutationObserver(() => {
+          if (document.body?.textContent?.includes("cannot be reached")) globalThis.__unreachable.push(Date.now());
+        }).observe(document, { subtree: true, childList: true, characterData: true });`,
+    });
+    const cuts: string[] = [];
+    page.on("requestfailed", (r) => {
+      if (r.url().endsWith("/WatchOrder")) cuts.push(r.failure()?.errorText ?? "");
+    });
+    try {
+      await pasteToken(page, token);
+      await page.getByTestId("whoami").waitFor();
+      // The payment takes 1.5 s: the stream is quiet past the gateway's 1 s.
+      await sys.paymentChaos.setFaults({ faults: { latencyMs: 1_500 } });
+      const placed = await orders.placeOrder({
+        idempotencyKey: `hostile-web-quiet-${Date.now()}`,
+        cardToken: "tok_visa",
+        sagaMode: SagaMode.ORCHESTRATION,
+        items: [{ productId: "ceramic-mug", quantity: 1 }],
+      });
+      await page.goto(`/#/orders/${encodeURIComponent(placed.order?.id ?? "")}`);
+      await page.locator('[data-testid="order-status"][data-status="CONFIRMED"]').waitFor({ timeout: 30_000 });
+      await page.locator('[data-testid="live"][data-state="final"]').waitFor();
+      expect(cuts.length, "the gateway cut the quiet stream").toBeGreaterThan(0);
+      expect(await page.evaluate(() => (globalThis as { __unreachable?: string[] }).__unreachable)).toEqual([]);
+    } finally {
+      await sys.paymentChaos.setFaults({ faults: {} });
+      await quiet.stop();
+    }
+  }, 60_000);
+});
+
 /** A GET of `path` exactly as written (fetch would normalise dots and backslashes). */
 async function rawGet(path: string): Promise<{ status: number; body: string }> {
   const { request } = await import("node:http");

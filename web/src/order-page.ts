@@ -272,9 +272,11 @@ export function orderPage(ctx: PageContext, id: string): void {
     let backoff = 500;
     setLive("connecting");
     while (!signal.aborted && !gone) {
+      let received = false;
       try {
         // No deadline: the stream waits for the order's next change, however long that takes.
         for await (const msg of api.orders.watchOrder({ orderId: id }, { signal, timeoutMs: 0 })) {
+          received = true;
           if (msg.order) accept(msg.order);
           setLive("live");
           replace(streamProblem);
@@ -291,7 +293,10 @@ export function orderPage(ctx: PageContext, id: string): void {
           replace(streamProblem, problemBox(p));
           return;
         }
-        replace(streamProblem, problemBox({ ...p, detail: `${p.detail} The timeline reconnects by itself.` }));
+        // A stream that was live and dropped (the gateway ends one quiet for HTTP_STREAM_IDLE_TIMEOUT_MS, as
+        // may a proxy) is reopened before anything is said: the problem shows when reopening fails.
+        if (!received)
+          replace(streamProblem, problemBox({ ...p, detail: `${p.detail} The timeline reconnects by itself.` }));
       }
       setLive("reconnecting");
       await sleep(backoff, signal);
