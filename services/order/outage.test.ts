@@ -48,7 +48,7 @@ describe("events survive failures", () => {
     await using inventory = await spawnService("inventory", await env("inventory"));
     await using payment = await spawnService("payment", await env("payment"));
     const orderEnv = { ...(await env("order")), INVENTORY_TARGET: inventory.address, PAYMENT_TARGET: payment.address };
-    const doomed = await spawnService("order", { ...orderEnv, FAULT_CRASH_BEFORE_PUBLISH: "true" });
+    await using doomed = await spawnService("order", { ...orderEnv, FAULT_CRASH_BEFORE_PUBLISH: "true" });
     const who = { metadata: identityMetadata({ subject: "kim", roles: ["customer"] }) };
     const req = {
       idempotencyKey: "crash-before-publish",
@@ -56,11 +56,15 @@ describe("events survive failures", () => {
       cardToken: "tok_visa",
     };
     let ch = createChannel(doomed.address);
-    // The process dies right after committing the order and its OrderPlaced: the reply may never come.
+    // The process dies right after committing the order and its OrderPlaced: the reply may never come
+    // (the kill ends the call), or come first. Generous: a call given up on mid-way may never commit.
     await createClient(OrderService, ch)
-      .placeOrder(req, { ...who, timeoutMs: 3_000 })
+      .placeOrder(req, { ...who, timeoutMs: 30_000 })
       .catch(() => undefined);
-    expect(await doomed.kill()).toBe("SIGKILL");
+    // Its relay kills it at the first publish; nothing here signals it. (The reply comes right after
+    // the commit, before the relay's claim: a SIGTERM sent then raced the crash, and on a loaded
+    // machine the process sometimes stopped gracefully instead, exit 0, nothing proven.)
+    await expect.poll(() => doomed.child.signalCode ?? doomed.child.exitCode, { timeout: 20_000 }).toBe("SIGKILL");
     ch.close();
     expect(await placedEvents(nats.url)).toEqual([]);
 
@@ -71,21 +75,21 @@ describe("events survive failures", () => {
     const { order: accepted } = await orders.placeOrder(req, who);
     const id = accepted?.id ?? "";
     let last = OrderStatus.UNSPECIFIED;
-    for await (const m of orders.watchOrder({ orderId: id }, { ...who, timeoutMs: 15_000 }))
+    // Generous: the dead process's saga lease runs out first (5 s on PostgreSQL), on a machine maybe busy.
+    for await (const m of orders.watchOrder({ orderId: id }, { ...who, timeoutMs: 30_000 }))
       last = m.order?.status ?? last;
     ch.close();
     expect(last).toBe(OrderStatus.CONFIRMED);
     // On SQLite the new process takes the dead relay's claim on the row at start; on PostgreSQL
     // (replicas) the claim runs out first (5 s). Either way the order's OrderConfirmed, committed by
     // the resumed saga meanwhile, waits for it: it went out first, overtaking its OrderPlaced.
-    const end = Date.now() + 15_000;
-    while ((await orderStream(nats.url)).length < 2 && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+    await expect.poll(async () => (await orderStream(nats.url)).length, { timeout: 20_000, interval: 100 }).toBe(2);
     expect(await placedEvents(nats.url)).toEqual([id]);
     expect((await orderStream(nats.url)).map((m) => m.type)).toEqual([
       "shopmesh.order.v1.OrderPlaced",
       "shopmesh.order.v1.OrderConfirmed",
     ]);
-  }, 60_000);
+  }, 120_000);
 
   it("NATS down for seconds while orders are placed: every order completes, no event lost or duplicated", async () => {
     await using sys = await startSystem({ order: { SAGA_RETRY_BASE_MS: "50" } });
