@@ -241,7 +241,7 @@ export function createDispatch(o: DispatchOptions): Dispatch {
         refuse(admission.refused, admission.httpStatus);
         return;
       }
-      await context.with(admitted(), serve, undefined, admission);
+      await context.with(admitted(admission.identity === undefined), serve, undefined, admission);
     };
 
     const serve = async (admission: Admitted) => {

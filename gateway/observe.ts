@@ -15,7 +15,8 @@ import type { Outcome } from "./wire.js";
  * span is begun once admission has decided (with the request's start time): a request refused before a
  * handler ran — no procedure, no or a bad token, a limit — did nothing, and is sampled as a read, not kept
  * whole as an order would be (a flood of such requests wrote a span each, and pushed the orders' traces
- * out of the span file).
+ * out of the span file). So is an admitted call without an identity (a token-free service: reflection,
+ * which only describes the API): before its handler runs, no token was no more than a read.
  */
 export function observe(
   o: Pick<DispatchOptions, "log" | "telemetry" | "trustTraceparent">,
@@ -33,9 +34,10 @@ export function observe(
   const parent = o.trustTraceparent && theirs ? trace.setSpanContext(ROOT_CONTEXT, theirs) : ROOT_CONTEXT;
   const links: Link[] = theirs && !o.trustTraceparent ? [{ context: theirs }] : [];
   let span: Span | undefined;
-  const begin = (admitted: boolean): Span => {
+  const begin = (admitted: boolean, anonymous = false): Span => {
     const call = rpcAttributes("connect_rpc", admitted ? handler?.method : undefined);
-    const attributes = { ...call, ...(admitted ? {} : { [READ_ONLY]: true }), "http.request.protocol": protocol };
+    const read = !admitted || anonymous;
+    const attributes = { ...call, ...(read ? { [READ_ONLY]: true } : {}), "http.request.protocol": protocol };
     span ??= o.telemetry.tracer.startSpan(
       procedure,
       { kind: SpanKind.SERVER, attributes, links, startTime: started },
@@ -57,5 +59,7 @@ export function observe(
     const line = { procedure, protocol, code, ms: Math.round(ms * 10) / 10, principal, ip: client.ip };
     context.with(trace.setSpan(parent, s), () => o.log.info({ ...line, request_id: client.requestId }, "access"));
   };
-  return { admitted: () => trace.setSpan(parent, begin(true)), report, procedure };
+  /** The admitted call's context; `anonymous` when it has no identity (a token-free service). */
+  const admitted = (anonymous: boolean) => trace.setSpan(parent, begin(true, anonymous));
+  return { admitted, report, procedure };
 }
