@@ -42,21 +42,26 @@ const HISTORY_PAGES = 5;
 
 /**
  * Finds the order's read-model entry (entries are newest-changed first, so a live order's is near the
- * top); `beyond` when the newest {@link HISTORY_PAGES} pages do not hold it and more are left.
+ * top); `beyond` when the newest {@link HISTORY_PAGES} pages do not hold it, more are left, and the order
+ * (last changed at `changedAt`) changed before the oldest of them: else its entry is one the read model
+ * has not written yet (its events are on their way), and will be among them.
  */
 async function findHistory(
   ctx: PageContext,
   orderId: string,
+  changedAt: number | undefined,
 ): Promise<{ entry: OrderHistoryEntry | undefined; beyond: boolean }> {
   let pageToken = "";
+  let oldest: number | undefined;
   for (let i = 0; i < HISTORY_PAGES; i++) {
     const res = await ctx.api.history.listOrderHistory({ pageSize: 100, pageToken }, { signal: ctx.signal });
     const hit = res.entries.find((e) => e.orderId === orderId);
     if (hit) return { entry: hit, beyond: false };
+    oldest = epochMs(res.entries.at(-1)?.lastEventAt) ?? oldest;
     pageToken = res.nextPageToken;
     if (!pageToken) return { entry: undefined, beyond: false };
   }
-  return { entry: undefined, beyond: true };
+  return { entry: undefined, beyond: changedAt !== undefined && oldest !== undefined && changedAt < oldest };
 }
 
 /** The "order not found" page. */
@@ -313,7 +318,7 @@ export function orderPage(ctx: PageContext, id: string): void {
     if (quiet && details && historyDone) return;
     const [d, e] = await Promise.allSettled([
       api.gateway.getOrderDetails({ orderId: id }, { signal }),
-      findHistory(ctx, id),
+      findHistory(ctx, id, order ? epochMs(order.updatedAt) : undefined),
     ]);
     if (signal.aborted) return;
     if (d.status === "fulfilled") {

@@ -117,7 +117,7 @@ export interface HistoryView {
   readonly problem: Problem | undefined;
   /** Whether the page has looked at least once. */
   readonly checked: boolean;
-  /** Whether the entry, if there is one, is older than the newest entries the page reads. */
+  /** Whether the entry, if there is one, is older than the newest entries the page reads (the order changed before them). */
   readonly beyond: boolean;
 }
 
