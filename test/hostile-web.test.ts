@@ -609,6 +609,45 @@ describe("a gateway that never answers", () => {
     expect(await page.getByTestId("signin-alice").isEnabled()).toBe(true);
   });
 
+  it("ends a development sign-in whose answer stops mid-body 'Timed out' too, not 'sign-in failed (HTTP 200)'", async () => {
+    // Found in review: the deadline firing while the body arrived was read as an empty body.
+    const { createServer, request } = await import("node:http");
+    const upstream = new URL(gw.url);
+    const proxy = createServer((req, res) => {
+      if (req.url === "/dev/token") {
+        req.resume();
+        res.writeHead(200, { "content-type": "application/json" });
+        res.write('{"token":"'); // and never more
+        return;
+      }
+      const out = request(
+        { host: upstream.hostname, port: upstream.port, path: req.url, method: req.method, headers: req.headers },
+        (r) => {
+          res.writeHead(r.statusCode ?? 502, r.headers);
+          r.pipe(res);
+        },
+      );
+      req.pipe(out);
+    });
+    await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r));
+    try {
+      const { port } = proxy.address() as { port: number };
+      const context = await browser.newContext({ baseURL: `http://127.0.0.1:${port}` });
+      contexts.push(context);
+      const page = await context.newPage();
+      await page.clock.install();
+      await page.goto("/");
+      await page.getByTestId("signin-alice").click();
+      await page.getByText("Signing in as alice").waitFor();
+      await page.clock.runFor(120_000);
+      await page.getByTestId("error").filter({ hasText: "Timed out" }).waitFor({ timeout: 10_000 });
+      expect(await page.getByTestId("signin-alice").isEnabled()).toBe(true);
+    } finally {
+      proxy.closeAllConnections();
+      proxy.close();
+    }
+  });
+
   it("keeps one WatchOrder stream open however long no change comes", async () => {
     const token = await signDevToken(claims, "alice", ["customer"]);
     const orders = createClient(

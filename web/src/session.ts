@@ -84,16 +84,18 @@ export function sessionFromToken(pasted: string): Session {
 export async function devSignIn(user: string, signal?: AbortSignal): Promise<Session> {
   // Like every call (api.ts), one the gateway never answers ends DEADLINE_EXCEEDED.
   const deadline = AbortSignal.timeout(CALL_TIMEOUT_MS);
+  const timedOut = (err: unknown): never => {
+    throw deadline.aborted ? new ConnectError("sign-in timed out", Code.DeadlineExceeded) : err;
+  };
   const res = await fetch("/dev/token", {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ user }),
     signal: signal ? AbortSignal.any([signal, deadline]) : deadline,
-  }).catch((err: unknown) => {
-    throw deadline.aborted ? new ConnectError("sign-in timed out", Code.DeadlineExceeded) : err;
-  });
+  }).catch(timedOut);
   if (res.status === 404) throw new SignInUnavailableError("development sign-in is not available on this gateway");
-  const body = (await res.json().catch(() => ({}))) as {
+  // The deadline may fire while the body arrives, too: said as the same timeout, not as a failed sign-in.
+  const body = (await res.json().catch((err: unknown) => (deadline.aborted ? timedOut(err) : {}))) as {
     token?: string;
     subject?: string;
     roles?: string[];
