@@ -34,11 +34,12 @@ export function observe(
   const parent = o.trustTraceparent && theirs ? trace.setSpanContext(ROOT_CONTEXT, theirs) : ROOT_CONTEXT;
   const links: Link[] = theirs && !o.trustTraceparent ? [{ context: theirs }] : [];
   let span: Span | undefined;
-  const begin = (admitted: boolean, anonymous = false): Span => {
-    const call = rpcAttributes("connect_rpc", admitted ? handler?.method : undefined);
-    const read = !admitted || anonymous;
-    const attributes = { ...call, ...(read ? { [READ_ONLY]: true } : {}), "http.request.protocol": protocol };
-    span ??= o.telemetry.tracer.startSpan(
+  /** The request's span, begun (once) at its start time; `read`: sampled as a read, whatever its method. */
+  const begin = (read: boolean): Span => {
+    if (span) return span;
+    const call = { ...rpcAttributes("connect_rpc", handler?.method), ...(read ? { [READ_ONLY]: true } : {}) };
+    const attributes = { ...call, "http.request.protocol": protocol };
+    span = o.telemetry.tracer.startSpan(
       procedure,
       { kind: SpanKind.SERVER, attributes, links, startTime: started },
       parent,
@@ -52,7 +53,7 @@ export function observe(
     const code = outcome.code === 0 ? "OK" : (Code[outcome.code] ?? "Unknown");
     const ended = performance.now();
     const ms = ended - started;
-    const s = begin(false);
+    const s = begin(true); // refused before a handler ran, if not begun yet
     if (outcome.code !== 0) s.setStatus({ code: SpanStatusCode.ERROR, message: code });
     s.end(ended);
     o.telemetry.metrics.httpServer.observe({ procedure, protocol, code }, ms / 1000);
@@ -60,6 +61,6 @@ export function observe(
     context.with(trace.setSpan(parent, s), () => o.log.info({ ...line, request_id: client.requestId }, "access"));
   };
   /** The admitted call's context; `anonymous` when it has no identity (a token-free service). */
-  const admitted = (anonymous: boolean) => trace.setSpan(parent, begin(true, anonymous));
+  const admitted = (anonymous: boolean) => trace.setSpan(parent, begin(anonymous));
   return { admitted, report, procedure };
 }
