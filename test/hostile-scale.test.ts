@@ -22,11 +22,7 @@ import {
   connectBus,
   createChannel,
   createClient,
-  createResilientClient,
   type DbLocation,
-  DEFAULT_POLICY,
-  identityMetadata,
-  type ResilientClient,
   RpcError,
   silentLogger,
   sql,
@@ -36,6 +32,7 @@ import { exited, ROOT, runToEnd, type ServiceProcess, spawnGateway, spawnService
 import { expectCheckoutInvariants, expectFencedStepLog } from "./invariants.js";
 import { startNats, type TestNats } from "./nats.js";
 import { startPostgres, type TestPostgres } from "./postgres.js";
+import { orderReplicasClient, PRODUCTS, unfinishedOrders, customer as who } from "./replicas.js";
 
 const LEASE_MS = 1_500;
 const SERVICES = ["inventory", "payment", "order", "notification", "history"] as const;
@@ -107,27 +104,11 @@ async function revive(): Promise<void> {
   }
 }
 
-function orderClient(): ResilientClient<typeof OrderService> {
-  return createResilientClient(
-    "order",
-    OrderService,
-    `ipv4:${(replicas.order ?? []).map((r) => r.address).join(",")}`,
-    {
-      ...DEFAULT_POLICY,
-      retryMaxAttempts: 10,
-      retryInitialDelayMs: 50,
-      retryMaxDelayMs: 1_000,
-      timeoutMs: 10_000,
-      breakerConsecutiveFailures: 1_000_000,
-      bulkheadLimit: 64,
-      bulkheadQueue: 1_000,
-    },
+const orderClient = () =>
+  orderReplicasClient(
+    (replicas.order ?? []).map((r) => r.address),
     log,
   );
-}
-
-const who = (subject: string) => ({ metadata: identityMetadata({ subject, roles: ["customer"] }) });
-const PRODUCTS = ["coffee-beans", "ceramic-mug", "paper-filters", "hand-grinder", "pour-over-kettle"];
 
 /** Places `n` orders (keys `prefix-i`), both saga modes, paced; the ids placed and the client failures. */
 async function burst(prefix: string, n: number, gapMs = 40): Promise<{ placed: string[]; failures: string[] }> {
@@ -163,13 +144,7 @@ async function burst(prefix: string, n: number, gapMs = 40): Promise<{ placed: s
   return { placed, failures };
 }
 
-const unfinished = () =>
-  withDb(dbs.order, async (q) => {
-    const r = await q.one(
-      sql<{ n: number }>`SELECT COUNT(*) AS n FROM orders WHERE status IN ('PENDING', 'COMPENSATING')`,
-    );
-    return r?.n ?? 0;
-  });
+const unfinished = () => unfinishedOrders(dbs.order);
 
 async function allSettled(): Promise<void> {
   await expect.poll(unfinished, { timeout: 120_000, interval: 250 }).toBe(0);

@@ -21,7 +21,6 @@ import {
   createResilientClient,
   type DbLocation,
   DEFAULT_POLICY,
-  identityMetadata,
   type ResilientClient,
   RpcError,
   silentLogger,
@@ -32,6 +31,7 @@ import { type ServiceProcess, spawnService, tempDir } from "./fixtures.js";
 import { expectCheckoutInvariants, expectFencedStepLog } from "./invariants.js";
 import { startNats, type TestNats } from "./nats.js";
 import { startPostgres, type TestPostgres } from "./postgres.js";
+import { orderReplicasClient, PRODUCTS, unfinishedOrders, customer as who } from "./replicas.js";
 
 const LEASE_MS = 1_500;
 const log = silentLogger();
@@ -86,41 +86,13 @@ async function startReplica(name: string): Promise<ServiceProcess> {
   return p;
 }
 
-/**
- * A client of the order replicas now running, as a customer's app would hold
- * one: it retries on another replica. Its circuits are out of the way (the
- * servers are under test, not this client's manners under overload).
- */
-function orderClient(): ResilientClient<typeof OrderService> {
-  return createResilientClient(
-    "order",
-    OrderService,
-    `ipv4:${(replicas.order ?? []).map((r) => r.address).join(",")}`,
-    {
-      ...DEFAULT_POLICY,
-      retryMaxAttempts: 10,
-      retryInitialDelayMs: 50,
-      retryMaxDelayMs: 1_000,
-      timeoutMs: 10_000,
-      breakerConsecutiveFailures: 1_000_000,
-      bulkheadLimit: 64,
-      bulkheadQueue: 1_000,
-    },
+const orderClient = () =>
+  orderReplicasClient(
+    (replicas.order ?? []).map((r) => r.address),
     log,
   );
-}
 
-const who = (subject: string) => ({ metadata: identityMetadata({ subject, roles: ["customer"] }) });
-const PRODUCTS = ["coffee-beans", "ceramic-mug", "paper-filters", "hand-grinder", "pour-over-kettle"];
-
-/** Orders not yet CONFIRMED or CANCELLED. */
-const unfinished = () =>
-  withDb(db.order, async (q) => {
-    const r = await q.one(
-      sql<{ n: number }>`SELECT COUNT(*) AS n FROM orders WHERE status IN ('PENDING', 'COMPENSATING')`,
-    );
-    return r?.n ?? 0;
-  });
+const unfinished = () => unfinishedOrders(db.order);
 
 async function allSettled(ms: number): Promise<void> {
   const end = Date.now() + ms;

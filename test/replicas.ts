@@ -1,0 +1,53 @@
+/**
+ * What the scale-out suites (scale-out.test.ts, hostile-scale.test.ts) share: a client of the order
+ * replicas running, as a customer's app would hold one, and the count of orders still in flight.
+ */
+import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
+import {
+  createResilientClient,
+  type DbLocation,
+  DEFAULT_POLICY,
+  identityMetadata,
+  type Logger,
+  type ResilientClient,
+  sql,
+} from "../platform/index.js";
+import { withDb } from "./db.js";
+
+/**
+ * A client of the order replicas at `addresses`: it retries on another replica. Its circuits are out of
+ * the way (the servers are under test, not this client's manners under overload).
+ */
+export function orderReplicasClient(addresses: readonly string[], log: Logger): ResilientClient<typeof OrderService> {
+  return createResilientClient(
+    "order",
+    OrderService,
+    `ipv4:${addresses.join(",")}`,
+    {
+      ...DEFAULT_POLICY,
+      retryMaxAttempts: 10,
+      retryInitialDelayMs: 50,
+      retryMaxDelayMs: 1_000,
+      timeoutMs: 10_000,
+      breakerConsecutiveFailures: 1_000_000,
+      bulkheadLimit: 64,
+      bulkheadQueue: 1_000,
+    },
+    log,
+  );
+}
+
+/** A customer's call options. */
+export const customer = (subject: string) => ({ metadata: identityMetadata({ subject, roles: ["customer"] }) });
+
+/** The products the seed catalogue has plenty of. */
+export const PRODUCTS = ["coffee-beans", "ceramic-mug", "paper-filters", "hand-grinder", "pour-over-kettle"];
+
+/** How many orders in the order database at `order` are not yet CONFIRMED or CANCELLED. */
+export const unfinishedOrders = (order: DbLocation) =>
+  withDb(order, async (q) => {
+    const r = await q.one(
+      sql<{ n: number }>`SELECT COUNT(*) AS n FROM orders WHERE status IN ('PENDING', 'COMPENSATING')`,
+    );
+    return r?.n ?? 0;
+  });
