@@ -29,8 +29,26 @@ export function refusedBut(got: readonly number[], passed: number, since: number
   return got.map((status) => (status === passed && refilled-- > 0 ? passed : 429));
 }
 
-/** A TCP port free on 127.0.0.1 right now. */
-export function freePort(): Promise<number> {
+/** Every port {@link freePort} has handed out in this process. */
+const handedOut = new Set<number>();
+
+/**
+ * A TCP port free on 127.0.0.1 right now, and never one this process was given before: the kernel may
+ * hand a port just closed out again, and two of one system's ports picked in a row were once the same
+ * (CI: make run's NATS and gateway on one port, the gateway refused "port in use").
+ */
+export async function freePort(): Promise<number> {
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const port = await anyFreePort();
+    if (port > 0 && !handedOut.has(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+  throw new Error("no free port this process was not given before, in 100 tries");
+}
+
+function anyFreePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = createServer();
     s.once("error", reject);
