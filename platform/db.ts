@@ -7,8 +7,8 @@
  * version lives in `PRAGMA user_version`.
  *
  * PostgreSQL (`DATABASE_URL`): one schema per service in a shared database,
- * the version in `<schema>.schema_version`. Migrations run under an advisory
- * lock, so replicas starting together apply each one exactly once.
+ * the version in `<schema>.schema_version`. Migrations run in one transaction
+ * under an advisory lock, so replicas starting together apply each one exactly once.
  *
  * Migrations are written once, in SQLite's dialect, and {@link migrations}
  * rewrites them for PostgreSQL; migration N is `list[N - 1]`. Never edit one
@@ -124,32 +124,33 @@ async function openPostgres(url: string, schema: string, poolSize: number, migra
     throw err;
   });
   try {
-    await client.query("SELECT pg_advisory_lock(hashtext($1))", [`shopmesh.migrate.${schema}`]);
+    // One transaction for all of it, under a transaction-scoped lock: a replica frozen or cut off
+    // mid-way (SIGSTOP, a paused VM, a partition) is then always idle inside a transaction, which the
+    // server ends after IDLE_IN_TRANSACTION_MS (pg-pool.ts), freeing the lock and undoing its part.
+    // A session-scoped lock, held between statements outside any transaction, stalled every other
+    // replica's start for as long as that one stayed frozen. DDL is transactional in PostgreSQL.
+    await client.query("BEGIN");
     try {
+      await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [`shopmesh.migrate.${schema}`]);
       // Made only when missing: PostgreSQL asks for CREATE on the database even for IF NOT EXISTS, and in
       // the cluster only history's role has it (roles.sh: the schemas are made before the services start).
       const made = await client.query("SELECT 1 FROM pg_namespace WHERE nspname = $1", [schema]);
       if (made.rowCount === 0) await client.query(`CREATE SCHEMA IF NOT EXISTS ${schema}`);
       await client.query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)");
       const { rows } = await client.query<{ version: number }>("SELECT version FROM schema_version");
-      let current = rows[0]?.version ?? 0;
-      if (rows.length === 0) await client.query("INSERT INTO schema_version (version) VALUES (0)");
+      const current = rows[0]?.version ?? 0;
       if (current > migrations.length) {
         throw new Error(`database schema version ${current} is newer than this build knows (${migrations.length})`);
       }
-      for (; current < migrations.length; current++) {
-        await client.query("BEGIN");
-        try {
-          await client.query(migrations[current] as string);
-          await client.query("UPDATE schema_version SET version = $1", [current + 1]);
-          await client.query("COMMIT");
-        } catch (err) {
-          await client.query("ROLLBACK");
-          throw err;
-        }
-      }
-    } finally {
-      await client.query("SELECT pg_advisory_unlock(hashtext($1))", [`shopmesh.migrate.${schema}`]);
+      for (const m of migrations.slice(current)) await client.query(m);
+      if (rows.length === 0)
+        await client.query("INSERT INTO schema_version (version) VALUES ($1)", [migrations.length]);
+      else if (current < migrations.length)
+        await client.query("UPDATE schema_version SET version = $1", [migrations.length]);
+      await client.query("COMMIT");
+    } catch (err) {
+      await client.query("ROLLBACK").catch(() => {});
+      throw err;
     }
   } catch (err) {
     client.release();

@@ -5,6 +5,7 @@
  * and the pool serves again once the server is back. Plus the concurrency
  * rule: read-decide-write under `forUpdate` never loses an update.
  */
+import net from "node:net";
 import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startPostgres, type TestPostgres } from "../test/postgres.js";
@@ -117,6 +118,109 @@ describe("a transaction left idle (its process frozen)", () => {
     expect((await db.one(sql<{ n: number }>`SELECT n FROM counter WHERE id = 1`))?.n).toBeGreaterThan(0);
     expect(unhandled).toEqual([]);
   }, 20_000);
+});
+
+/**
+ * A TCP proxy to the test server that cuts one client off, as a network partition or a frozen
+ * process would, at the first moment the server reports its session idle outside any transaction
+ * (ReadyForQuery "I") after the client asked for the migration lock — or idle inside one ("T"), per
+ * `at`. Nothing is forwarded either way after that; the server keeps the session.
+ */
+async function partitionAfterLock(at: "I" | "T"): Promise<{ port: number; cut: Promise<void>; close(): void }> {
+  const sockets: net.Socket[] = [];
+  let onCut!: () => void;
+  const cut = new Promise<void>((r) => {
+    onCut = r;
+  });
+  const server = net.createServer((client) => {
+    const upstream = net.connect(pg.port, "127.0.0.1");
+    sockets.push(client, upstream);
+    let asked = false;
+    let frozen = false;
+    let pending = Buffer.alloc(0);
+    client.on("data", (b) => {
+      if (frozen) return;
+      if (b.includes("pg_advisory")) asked = true;
+      upstream.write(b);
+    });
+    upstream.on("data", (b) => {
+      if (frozen) return;
+      pending = Buffer.concat([pending, b]);
+      let end = 0;
+      while (pending.length - end >= 5) {
+        const len = pending.readInt32BE(end + 1);
+        if (pending.length - end < 1 + len) break;
+        const type = String.fromCharCode(pending[end] as number);
+        const state = String.fromCharCode(pending[end + 5] as number);
+        end += 1 + len;
+        if (type === "Z" && asked && state === at) {
+          frozen = true;
+          client.write(pending.subarray(0, end));
+          onCut();
+          return;
+        }
+      }
+      client.write(pending.subarray(0, end));
+      pending = pending.subarray(end);
+    });
+    for (const s of [client, upstream]) s.on("error", () => {});
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const port = (server.address() as net.AddressInfo).port;
+  return {
+    port,
+    cut,
+    close: () => {
+      server.close();
+      for (const s of sockets) s.destroy();
+    },
+  };
+}
+
+describe("migrations run by replicas starting together", () => {
+  // Each migration adds a row, so one applied twice shows.
+  const list = migrations([
+    "CREATE TABLE applied (n INTEGER NOT NULL);\nINSERT INTO applied VALUES (1);",
+    "INSERT INTO applied VALUES (2);",
+    "INSERT INTO applied VALUES (3);",
+  ]);
+  const second = async (url: string, schema: string) => {
+    const started = Date.now();
+    const opened = await openDatabase({ engine: "postgres", url, schema, poolSize: 1 }, list);
+    try {
+      const rows = await opened.all(sql<{ n: number }>`SELECT n FROM applied ORDER BY n`);
+      return { waited: Date.now() - started, applied: rows.map((r) => r.n) };
+    } finally {
+      await opened.close();
+    }
+  };
+
+  for (const at of ["I", "T"] as const) {
+    it(`a replica cut off while ${at === "I" ? "idle between statements" : "inside its migration's transaction"} holds no other replica's start for longer than IDLE_IN_TRANSACTION_MS`, async () => {
+      const url = await pg.createDatabase("migrate");
+      const proxy = await partitionAfterLock(at);
+      const viaProxy = new URL(url);
+      viaProxy.port = String(proxy.port);
+      const schema = `m_${at.toLowerCase()}`;
+      const first = openDatabase({ engine: "postgres", url: viaProxy.toString(), schema, poolSize: 1 }, list).then(
+        (d) => d.close(),
+        () => {},
+      );
+      try {
+        await proxy.cut;
+        const opened = second(url, schema);
+        const bound = IDLE_IN_TRANSACTION_MS + 5_000;
+        const late = new Promise<"still waiting">((r) => setTimeout(() => r("still waiting"), bound).unref());
+        const result = await Promise.race([opened, late]);
+        proxy.close(); // ends the cut-off session, so a replica still waiting (the defect) gets the lock
+        await opened;
+        expect(result).toEqual({ waited: expect.any(Number), applied: [1, 2, 3] });
+      } finally {
+        proxy.close();
+        await first;
+      }
+    }, 30_000);
+  }
 });
 
 describe("a server out of connection slots", () => {
