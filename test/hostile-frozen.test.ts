@@ -10,11 +10,11 @@ import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import { installLeanAsyncBind } from "../platform/async-bind.js";
 import { createChannel, createClient, identityMetadata, RpcError, silentLogger } from "../platform/index.js";
-import { type HistoryApp, startHistory } from "../services/history/app.js";
+import { startHistory } from "../services/history/app.js";
 import { loadConfig as historyConfig } from "../services/history/config.js";
 import { type InventoryApp, startInventory } from "../services/inventory/app.js";
 import { loadConfig as inventoryConfig } from "../services/inventory/config.js";
-import { type NotificationApp, startNotification } from "../services/notification/app.js";
+import { startNotification } from "../services/notification/app.js";
 import { loadConfig as notificationConfig } from "../services/notification/config.js";
 import { type OrderApp, startOrder } from "../services/order/app.js";
 import { loadConfig as orderConfig } from "../services/order/config.js";
@@ -29,7 +29,7 @@ const log = silentLogger();
 const who = (subject: string) => ({ metadata: identityMetadata({ subject, roles: ["customer"] }) });
 const BUDGET_MS = 3_000;
 
-type Frozen = "payment" | "inventory" | "order";
+type Frozen = "payment" | "inventory" | "order" | "notification" | "history";
 
 /** The checkout with `frozen` a process of its own (to SIGSTOP) and the rest in this process. */
 interface Checkout extends AsyncDisposable {
@@ -79,12 +79,10 @@ async function checkout(frozen: Frozen, orderEnv: Record<string, string> = {}): 
   if (frozen === "order") proc = await spawned(orderSettings);
   else order = await keep(startOrder(orderConfig({ ...base, ...orderSettings }), log));
   if (!proc) throw new Error("unreachable");
-  const notification: NotificationApp = await keep(
-    startNotification(notificationConfig({ ...base, ...(await dbs.env("notification")) }), log),
-  );
-  const history: HistoryApp = await keep(startHistory(historyConfig({ ...base, ...(await dbs.env("history")) }), log));
-  void notification;
-  void history;
+  if (frozen !== "notification") {
+    await keep(startNotification(notificationConfig({ ...base, ...(await dbs.env("notification")) }), log));
+  }
+  if (frozen !== "history") await keep(startHistory(historyConfig({ ...base, ...(await dbs.env("history")) }), log));
   const channel = createChannel(order?.address ?? proc.address);
   const pid = proc.child.pid ?? 0;
   const child = proc.child;
@@ -195,6 +193,7 @@ describe("the gateway's upstream frozen while clients call through every protoco
     const pid = order.child.pid ?? 0;
     const CALLS_PER_IP = 24;
     const IDLE_MS = 4_000;
+    const STREAMS = 4;
     const gw = await startGateway(
       loadConfig({
         HTTP_HOST: "127.0.0.1",
@@ -204,7 +203,7 @@ describe("the gateway's upstream frozen while clients call through every protoco
         UPSTREAM_TIMEOUT_MS: "1000",
         HTTP_STREAM_IDLE_TIMEOUT_MS: String(IDLE_MS),
         HTTP_MAX_CALLS_PER_IP: String(CALLS_PER_IP),
-        HTTP_MAX_STREAMS_PER_PRINCIPAL: "4",
+        HTTP_MAX_STREAMS_PER_PRINCIPAL: String(STREAMS),
         RATE_LIMIT_RPS: "100000",
         RATE_LIMIT_BURST: "100000",
         RATE_LIMIT_IP_RPS: "100000",
@@ -267,6 +266,7 @@ describe("the gateway's upstream frozen while clients call through every protoco
           ),
           timed("REST GetOrder", 15_000, () => http(`/v1/orders/${id}`)),
           timed("REST ListOrders", 15_000, () => http("/v1/orders")),
+          timed("REST GetOrderDetails", 2_000, () => http(`/v1/orders/${id}/details`)),
           timed("grpc WatchOrder 1.5 s", 1_500, () => watch(grpc, 1_500)),
           // No deadline: a watch no byte moves on is cut at the stream idle timeout, frozen upstream or quiet order.
           timed("grpc WatchOrder", IDLE_MS, () => watch(grpc)),
@@ -294,6 +294,15 @@ describe("the gateway's upstream frozen while clients call through every protoco
         Array.from({ length: CALLS_PER_IP }, () => http(`/v1/orders/${id}`).then((s) => s.slice(0, 3))),
       );
       expect(again.filter((s) => s !== "200")).toEqual([]);
+      // Each principal's stream slots too: as many watches as it may hold are admitted again.
+      const watches = await Promise.all(
+        Array.from({ length: STREAMS }, () =>
+          watch(grpc, 1_000).catch((err: unknown) =>
+            err instanceof connect.ConnectError ? connect.Code[err.code] : String(err),
+          ),
+        ),
+      );
+      expect(watches.filter((w) => w !== "DeadlineExceeded")).toEqual([]);
     } finally {
       process.kill(pid, "SIGCONT");
       await gw.stop();
@@ -396,10 +405,18 @@ describe("nats-server frozen for 15 s while orders arrive, then resumed", () => 
   }, 120_000);
 });
 
-describe("the only order replica frozen past its saga lease mid-saga, then resumed", () => {
-  it("it takes its own sagas up again: every order settles, none charged twice, stock conserved", async () => {
+describe("the only order replica frozen past its saga lease and its step budget mid-saga, then resumed", () => {
+  // Found a defect: the step budget ran on the wall clock, the freeze included. The first failure after
+  // the resumption — a call whose deadline timer fired before its answer, waiting in the socket, was
+  // read — gave the step up: every orchestrated order in flight was cancelled and refunded (and the
+  // choreography sweep cancelled orders whose events had not been read yet), with payment and
+  // inventory answering all along.
+  it("it takes its own sagas up again and confirms them: time it spent frozen is not a participant's", async () => {
     const LEASE_MS = 1_500;
-    await using sys = await checkout("order", { SAGA_LEASE_MS: String(LEASE_MS), SAGA_STEP_BUDGET_MS: "30000" });
+    // The calls in flight at the freeze all fail at once on resumption and open the participants'
+    // breakers for their half-open time (5 s by default, within the 15 s budget): shorter here, within 3 s.
+    const halfOpen = { INVENTORY_BREAKER_HALF_OPEN_AFTER_MS: "500", PAYMENT_BREAKER_HALF_OPEN_AFTER_MS: "500" };
+    await using sys = await checkout("order", { SAGA_LEASE_MS: String(LEASE_MS), ...halfOpen });
     const { ChaosService } = await import("../gen/shopmesh/chaos/v1/chaos_pb.js");
     const chaos = createClient(ChaosService, createChannel(sys.payment?.address ?? ""));
     // Payment slow: the sagas are still charging when the order process freezes.
@@ -419,7 +436,8 @@ describe("the only order replica frozen past its saga lease mid-saga, then resum
     );
     sys.freeze();
     try {
-      await new Promise((r) => setTimeout(r, LEASE_MS * 4));
+      // Past its lease and twice its step budget (3 s).
+      await new Promise((r) => setTimeout(r, BUDGET_MS * 2));
       await chaos.setFaults({ faults: {} });
     } finally {
       sys.thaw();
@@ -431,17 +449,92 @@ describe("the only order replica frozen past its saga lease mid-saga, then resum
       payment: await sys.dbs.location("payment"),
       inventory: await sys.dbs.location("inventory"),
     };
-    const unfinished = () =>
+    const statuses = () =>
       withDb(dbs.order, (q) =>
-        q.all(
-          sql<{
-            id: string;
-            status: string;
-          }>`SELECT id, status FROM orders WHERE status IN ('PENDING', 'COMPENSATING')`,
-        ),
+        q.all(sql<{ id: string; status: string; saga_mode: string; reason: string | null }>`
+          SELECT id, status, saga_mode, reason FROM orders`),
       );
-    await expect.poll(unfinished, { timeout: 30_000, interval: 250 }).toEqual([]);
+    await expect
+      .poll(async () => (await statuses()).filter((o) => o.status === "PENDING" || o.status === "COMPENSATING"), {
+        timeout: 30_000,
+        interval: 250,
+      })
+      .toEqual([]);
     expect(placed.length).toBe(10);
+    expect((await statuses()).filter((o) => o.status !== "CONFIRMED")).toEqual([]);
     await expectCheckoutInvariants(dbs);
   }, 90_000);
 });
+
+for (const frozen of ["notification", "history"] as const) {
+  describe(`the ${frozen} consumer frozen past its ack wait while events arrive, then resumed`, () => {
+    it("each event's effect lands once: redeliveries queued behind the freeze are not applied twice", async () => {
+      await using sys = await checkout(frozen);
+      const { withDb } = await import("./db.js");
+      const { sql } = await import("../platform/index.js");
+      const place = (i: number) =>
+        sys.orders.placeOrder(
+          {
+            idempotencyKey: `${frozen}-${i}`,
+            items: [{ productId: PRODUCTS[i % PRODUCTS.length] ?? "coffee-beans", quantity: 1 }],
+            cardToken: i % 4 === 3 ? "tok_decline" : "tok_visa",
+            sagaMode: i % 2 ? SagaMode.CHOREOGRAPHY : SagaMode.ORCHESTRATION,
+          },
+          { ...who(`n${i % 3}`), timeoutMs: 10_000 },
+        );
+      sys.freeze();
+      try {
+        for (let i = 0; i < 20; i++) {
+          await place(i);
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        // Past the consumer's ack wait (10 s): the server hands the events it holds out again.
+        await new Promise((r) => setTimeout(r, 14_000));
+      } finally {
+        sys.thaw();
+      }
+      const order = await sys.dbs.location("order");
+      const settled = () =>
+        withDb(order, (q) =>
+          q.all(
+            sql<{
+              id: string;
+              status: string;
+            }>`SELECT id, status FROM orders WHERE status IN ('CONFIRMED', 'CANCELLED')`,
+          ),
+        );
+      await expect.poll(async () => (await settled()).length, { timeout: 30_000 }).toBe(20);
+      const all = await settled();
+      const where = await sys.dbs.location(frozen);
+      if (frozen === "notification") {
+        const notified = () =>
+          withDb(where, (q) =>
+            q.all(sql<{
+              order_id: string;
+              kind: string;
+              n: number;
+            }>`SELECT order_id, kind, COUNT(*) AS n FROM notifications
+              GROUP BY order_id, kind`),
+          );
+        await expect
+          .poll(async () => (await notified()).filter((r) => r.kind.startsWith("ORDER_")).length, { timeout: 30_000 })
+          .toBe(20);
+        expect((await notified()).filter((r) => r.n !== 1)).toEqual([]);
+      } else {
+        const behind = async () => {
+          const views = await withDb(where, (q) =>
+            q.all(sql<{ order_id: string; status: string | null }>`SELECT order_id, status FROM order_history`),
+          );
+          const byOrder = new Map(views.map((v) => [v.order_id, v.status]));
+          return all.filter((o) => byOrder.get(o.id) !== o.status).map((o) => o.id);
+        };
+        await expect.poll(behind, { timeout: 30_000 }).toEqual([]);
+      }
+      const errors = sys.proc
+        .output()
+        .split("\n")
+        .filter((l) => /"level":(50|60)/.test(l));
+      expect(errors, "the frozen process logged no error").toEqual([]);
+    }, 90_000);
+  });
+}

@@ -23,6 +23,7 @@ import {
   newId,
   policyFrom,
   type ResilientClient,
+  StallClock,
   startHost,
 } from "../../platform/index.js";
 import { createOrderApi } from "./api.js";
@@ -63,7 +64,13 @@ function countSagas(store: OrderStore, m: Metrics): void {
 }
 
 /** The saga and its resilient clients, once the bus (for registry:/// targets) and telemetry exist. */
-function buildSaga(config: OrderConfig, log: Logger, store: OrderStore, { telemetry, bus }: HostContext): OrderParts {
+function buildSaga(
+  config: OrderConfig,
+  log: Logger,
+  store: OrderStore,
+  stall: StallClock,
+  { telemetry, bus }: HostContext,
+): OrderParts {
   const opts = { telemetry, ...(bus ? { nc: bus.nc } : {}) };
   const inventory = createResilientClient(
     "inventory",
@@ -92,6 +99,7 @@ function buildSaga(config: OrderConfig, log: Logger, store: OrderStore, { teleme
       ms: config.SAGA_LEASE_MS,
       adoptAllAtStart: store.db.engine === "sqlite",
     },
+    stalledSince: (since) => stall.stalledSince(since),
     timing: {
       stepBudgetMs: config.SAGA_STEP_BUDGET_MS,
       retryBaseMs: config.SAGA_RETRY_BASE_MS,
@@ -139,6 +147,8 @@ async function startWith(
 ): Promise<OrderApp> {
   const store = await OrderStore.open(location);
   const choreography = new Choreography(store);
+  // A step budget counts the time participants take, not the time this process stood still.
+  const stall = new StallClock();
   const host = await startHost({
     name: "order",
     config,
@@ -150,7 +160,7 @@ async function startWith(
     // On SQLite the order service is one process (make run refuses ORDER_REPLICAS > 1 there).
     soleWriter: store.db.engine === "sqlite",
     build: (ctx) => {
-      const parts = buildSaga(config, log, store, ctx);
+      const parts = buildSaga(config, log, store, stall, ctx);
       countSagas(store, ctx.telemetry.metrics);
       const { saga } = parts;
       // The choreographed saga's step budget, checked a few times per budget.
@@ -162,11 +172,14 @@ async function startWith(
           if (sweeping) return;
           sweeping = true;
           void detached(() =>
-            choreography.expire(budget, Date.now()).then(
-              (n) =>
-                n > 0 && log.warn({ orders: n }, "choreographed orders cancelled: no progress within the step budget"),
-              (err: unknown) => log.warn({ err }, "choreography step-budget sweep failed; retrying on the next one"),
-            ),
+            choreography
+              .expire(budget, Date.now(), (since) => stall.stalledSince(since))
+              .then(
+                (n) =>
+                  n > 0 &&
+                  log.warn({ orders: n }, "choreographed orders cancelled: no progress within the step budget"),
+                (err: unknown) => log.warn({ err }, "choreography step-budget sweep failed; retrying on the next one"),
+              ),
           ).finally(() => {
             sweeping = false;
           });
@@ -195,6 +208,7 @@ async function startWith(
       parts?.payment.close();
     },
     close: async () => {
+      stall.stop();
       try {
         await store.close();
       } finally {

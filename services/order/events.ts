@@ -136,14 +136,16 @@ export class Choreography {
    * The choreographed saga's step budget: an order that made no progress for `budgetMs` (a
    * participant is out, its events waiting) is cancelled, so stock is not held for as long as the
    * outage lasts. Its OrderCancelled makes inventory release the reservation and payment refund
-   * the charge or void its key (a charge arriving later is refused). Returns how many it cancelled.
+   * the charge or void its key (a charge arriving later is refused). Time this process stood still
+   * (`stalledSince`: frozen, stalled) is left out: the events that came meanwhile wait unread, and
+   * no participant was late. Returns how many it cancelled.
    */
-  async expire(budgetMs: number, now: number): Promise<number> {
+  async expire(budgetMs: number, now: number, stalledSince: (since: number) => number = () => 0): Promise<number> {
     let cancelled = 0;
     for (const id of await this.store.stalledChoreography(now - budgetMs)) {
       await this.store.db.transaction(async (tx) => {
         const o = await this.order(id, tx);
-        if (o?.status !== "PENDING") return;
+        if (o?.status !== "PENDING" || now - o.updatedAt - stalledSince(o.updatedAt) < budgetMs) return;
         const who = o.stock === "done" ? "payment" : "inventory";
         const reason = `${who} unavailable: no answer within the ${budgetMs} ms step budget`;
         // Still stale once locked: an event that made progress since the read keeps the order going.

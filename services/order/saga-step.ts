@@ -101,7 +101,9 @@ export async function act(
   if (signal.aborted) return { wait: 0 }; // stopping: the step's outcome is unknown and is re-driven by the next owner
   if (!("retry" in outcome)) return settle(ctx, scope, o, outcome);
   const neverSent = outcome.notSent && before !== undefined ? { before } : undefined;
-  const budget = { since, now: ctx.clock(), budgetMs: ctx.deps.timing.stepBudgetMs };
+  // The time this process stood still since the step began (frozen, stalled) is not the participant's.
+  const stalled = ctx.deps.stalledSince?.(since) ?? 0;
+  const budget = { since: since + stalled, now: ctx.clock(), budgetMs: ctx.deps.timing.stepBudgetMs };
   const failed = givenUp(d.step, outcome.retry, budget, attempt, neverSent?.before === "none");
   if (failed) return settle(ctx, scope, o, failed);
   if ((await apply(onRetrying(d.step, outcome.retry, attempt, neverSent))) === FENCED) return { wait: FENCED };

@@ -64,6 +64,11 @@ export interface SagaDeps {
   readonly timing: SagaTiming;
   readonly log: Logger;
   readonly clock?: () => number;
+  /**
+   * How long this process stood still after a time (platform/stall.ts): a step's budget leaves it
+   * out, since a freeze of this process is no participant's failure. None by default.
+   */
+  readonly stalledSince?: (since: number) => number;
   readonly random?: () => number;
   /** Saga step spans, continuing the trace of the request that placed the order. */
   readonly telemetry?: Telemetry;

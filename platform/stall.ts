@@ -1,0 +1,46 @@
+/**
+ * How long this process stood still: frozen (SIGSTOP, a paused VM, a container throttled to zero) or
+ * stalled (a GC spiral, a blocked event loop). A timer meant to fire every `periodMs` that fires
+ * `minStallMs` or more late measures a stall; a budget of waiting on others (a saga step's) leaves
+ * those out, or a freeze of this process, with every peer answering, ran the budget out and gave
+ * up on the peers. Shorter delays (a busy moment) count for nothing: a budget under load stays the
+ * wall clock's. A query measures too, so a stall is counted even before the timer got to run after it.
+ */
+export class StallClock {
+  /** The stalls seen, oldest first: when each ended and how long it lasted, ms. */
+  private readonly stalls: { end: number; ms: number }[] = [];
+  private last: number;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly periodMs = 250,
+    private readonly minStallMs = 1_000,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.last = now();
+    this.timer = setInterval(() => this.measure(), periodMs);
+    this.timer.unref();
+  }
+
+  /** Time this process stood still after `since` (epoch ms), up to now. */
+  stalledSince(since: number): number {
+    this.measure();
+    let ms = 0;
+    for (const s of this.stalls) ms += Math.max(0, Math.min(s.ms, s.end - since));
+    return ms;
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  private measure(): void {
+    const t = this.now();
+    const late = t - this.last - this.periodMs;
+    this.last = t;
+    if (late < this.minStallMs) return;
+    this.stalls.push({ end: t, ms: late });
+    // Budgets are minutes at most: the stalls of the last hundred are plenty.
+    if (this.stalls.length > 100) this.stalls.shift();
+  }
+}
