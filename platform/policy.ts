@@ -122,6 +122,24 @@ export function callersDeadline(err: unknown, deadline: number | undefined, now 
   return theirs && deadline !== undefined && now >= deadline - 1 ? CallerDeadlineError.now() : err;
 }
 
+/**
+ * An attempt that timed out while this process stood still (stall.ts: frozen, stalled a second or
+ * more): its timer fired on resumption, the answer maybe waiting unread. Retried as any timeout, but
+ * counted by no breaker — every call in flight fails so at once, and a healthy downstream's circuit
+ * opened for its half-open time, failing the retries fast.
+ */
+export class StalledAttemptError extends RpcError {
+  override name = "StalledAttemptError";
+}
+
+/** `err` as a {@link StalledAttemptError} when it is a timeout of an attempt sent at `sentAt` this process stalled through. */
+export function stalledAttempt(err: unknown, sentAt: number, stalledSince: (since: number) => number): unknown {
+  const timeout =
+    err instanceof RpcError && !(err instanceof CallerDeadlineError) && err.code === status.DEADLINE_EXCEEDED;
+  if (!timeout || stalledSince(sentAt) === 0) return err;
+  return new StalledAttemptError(err.code, err.message, err.metadata, { cause: err });
+}
+
 /** True when `method` may be retried after DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED. */
 export function isIdempotent(method: DescMethod): boolean {
   return method.idempotency !== MethodOptions_IdempotencyLevel.IDEMPOTENCY_UNKNOWN;
@@ -140,7 +158,10 @@ export function isRetryable(err: unknown, idempotent: boolean): boolean {
 export function breakerOf(config: PolicyConfig): CircuitBreakerPolicy {
   return circuitBreaker(
     handleWhen(
-      (e) => e instanceof RpcError && !(e instanceof CallerDeadlineError) && (FAILURE_CODES.has(e.code) || e.broken),
+      (e) =>
+        e instanceof RpcError &&
+        !(e instanceof CallerDeadlineError || e instanceof StalledAttemptError) &&
+        (FAILURE_CODES.has(e.code) || e.broken),
     ),
     {
       halfOpenAfter: config.breakerHalfOpenAfterMs,

@@ -53,8 +53,10 @@ import {
   isIdempotent,
   isRetryable,
   type PolicyConfig,
+  stalledAttempt,
 } from "./policy.js";
 import { detached } from "./propagation.js";
+import { processStalls } from "./stall.js";
 import type { Telemetry } from "./telemetry.js";
 
 /** Observable state of one downstream's policy. */
@@ -130,6 +132,7 @@ export function createResilientClient<S extends DescService>(
   log: Logger,
   opts: { events?: PolicyEvents; telemetry?: Telemetry; nc?: NatsConnection } = {},
 ): ResilientClient<S> {
+  processStalls(); // measuring from now on: a stall is only seen by a clock that ran before it
   const metrics = opts.telemetry?.metrics;
   const events = observedEvents(metrics, opts.events);
   const plog = log.child({ downstream });
@@ -211,6 +214,9 @@ async function onSomeInstance<S extends DescService, T>(
   throw new BrokenCircuitError(g.endpoints.unavailable());
 }
 
+/** How long this process stood still since a time (a timeout through a stall is not the downstream's). */
+const stalls = (since: number) => processStalls().stalledSince(since);
+
 /** One unary method under the full policy: bulkhead, retry (preferring untried instances), per-instance breaker, per-attempt deadline. */
 function resilientUnary<S extends DescService>(g: Guard<S>, m: DescMethod, callOn: (ep: Endpoint<S>) => RawCall) {
   const idempotent = isIdempotent(m);
@@ -253,9 +259,12 @@ function resilientUnary<S extends DescService>(g: Guard<S>, m: DescMethod, callO
             ({ signal: s }) =>
               onSomeInstance(g, tried, (ep) => {
                 sent = true;
+                const sentAt = Date.now();
                 return (
                   callOn(ep)(req, attemptOptions(opts, deadline, g.config.timeoutMs, s)) as Promise<unknown>
-                ).catch((err: unknown) => Promise.reject(callersDeadline(err, deadline)));
+                ).catch((err: unknown) =>
+                  Promise.reject(stalledAttempt(callersDeadline(err, deadline), sentAt, stalls)),
+                );
               }),
             signal,
           ),

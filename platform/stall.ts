@@ -44,3 +44,11 @@ export class StallClock {
     if (this.stalls.length > 100) this.stalls.shift();
   }
 }
+
+let shared: StallClock | undefined;
+
+/** This process's stall clock, started on first use (the resilient clients share it). */
+export function processStalls(): StallClock {
+  shared ??= new StallClock();
+  return shared;
+}
