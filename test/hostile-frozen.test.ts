@@ -549,3 +549,57 @@ for (const frozen of ["notification", "history"] as const) {
     }, 90_000);
   });
 }
+
+describe("the gateway frozen with calls in flight, then resumed", () => {
+  // Found a defect: on resumption every upstream call in flight timed out at once, its answer unread;
+  // five opened the upstream's circuit, and the gateway answered every client 503 for its half-open
+  // time (5 s) with the upstream healthy all along.
+  it("the calls in flight are answered and the ones after them too: no circuit opened by the gateway's own freeze", async () => {
+    const { startSystem, gatewayTargets } = await import("./system.js");
+    const { spawnGateway } = await import("./fixtures.js");
+    await using sys = await startSystem();
+    const gw = await spawnGateway(
+      {
+        HTTP_HOST: "127.0.0.1",
+        ...gatewayTargets(sys),
+        RATE_LIMIT_IP_RPS: "100000",
+        RATE_LIMIT_IP_BURST: "500",
+        RATE_LIMIT_RPS: "100000",
+        RATE_LIMIT_BURST: "500",
+      },
+      60_000,
+    );
+    const pid = gw.child.pid ?? 0;
+    const { signDevToken } = await import("../gateway/auth.js");
+    const { DEV_JWT_SECRET } = await import("../gateway/config.js");
+    const token = await signDevToken(
+      { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" },
+      "paused",
+      ["customer"],
+    );
+    const products = () =>
+      fetch(`http://127.0.0.1:${gw.port}/v1/products`, { headers: { authorization: `Bearer ${token}` } }).then(
+        async (r) => `${r.status}${r.status === 200 ? "" : ` ${(await r.text()).slice(0, 120)}`}`,
+      );
+    try {
+      expect(await products()).toBe("200");
+      // Inventory slow: the calls are still upstream (1.5 s of the 2 s per-attempt timeout) when the gateway freezes.
+      await sys.inventoryChaos.setFaults({ faults: { latencyMs: 1_500 } });
+      const inFlight = Array.from({ length: 8 }, products);
+      await new Promise((r) => setTimeout(r, 300));
+      process.kill(pid, "SIGSTOP");
+      try {
+        await new Promise((r) => setTimeout(r, 4_000));
+        await sys.inventoryChaos.setFaults({ faults: {} });
+      } finally {
+        process.kill(pid, "SIGCONT");
+      }
+      const answered = await Promise.all(inFlight);
+      const after = await Promise.all(Array.from({ length: 4 }, products));
+      expect({ answered, after }).toEqual({ answered: answered.map(() => "200"), after: after.map(() => "200") });
+    } finally {
+      process.kill(pid, "SIGCONT");
+      await gw.kill("SIGKILL");
+    }
+  }, 90_000);
+});
