@@ -161,12 +161,26 @@ for (const frozen of ["payment", "inventory"] as const) {
               slow.push(`${id}: ${err instanceof RpcError ? err.codeName : String(err)} after ${Date.now() - t} ms`);
             }
           }
+          // And watches one: the stream ends by the order's end or its deadline, whichever comes first.
+          const id = placed.at(-1) ?? "";
+          const t = Date.now();
+          try {
+            for await (const _ of sys.orders.watchOrder(
+              { orderId: id },
+              { ...who(owner.get(id) ?? ""), timeoutMs: 2_000 },
+            )) {
+              // each state as it changes
+            }
+          } catch (err) {
+            if (!(err instanceof RpcError && err.codeName === "DEADLINE_EXCEEDED"))
+              slow.push(`watch ${id}: ${String(err)}`);
+          }
+          if (Date.now() - t > 2_000 + 2_000) slow.push(`watch ${id}: ended after ${Date.now() - t} ms`);
           await new Promise((r) => setTimeout(r, 300));
         }
       } finally {
         sys.thaw();
       }
-      console.log(`frozen ${frozen}: thawed after ${Date.now() - frozenAt} ms`);
       expect(slow).toEqual([]);
       const dbs = {
         order: await sys.dbs.location("order"),
