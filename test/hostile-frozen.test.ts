@@ -55,8 +55,7 @@ async function checkout(frozen: Frozen, orderEnv: Record<string, string> = {}): 
     apps.push(app);
     return app;
   };
-  const spawned = (env: Record<string, string>) =>
-    spawnService(frozen, { NATS_URL: nats.url, ...env }, 60_000).then(async (p) => p);
+  const spawned = (env: Record<string, string>) => spawnService(frozen, { NATS_URL: nats.url, ...env }, 60_000);
   let proc: ServiceProcess | undefined = frozen === "order" ? undefined : await spawned(await dbs.env(frozen));
   const inventory: InventoryApp | undefined =
     frozen === "inventory"
