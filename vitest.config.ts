@@ -7,6 +7,7 @@ const STORE_SUITES = [
   "test/burst.test.ts",
   "test/discovery.test.ts",
   "test/hostile-domain.test.ts",
+  "test/hostile-soak.test.ts",
 ];
 /** Suites that need several replicas on one PostgreSQL (SQLite is one process per file). */
 const POSTGRES_ONLY = [

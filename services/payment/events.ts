@@ -2,7 +2,8 @@
  * Payment's part in the choreographed checkout (its own events are written
  * by the store, in the same transactions as the payments they record):
  *
- * - OrderPlaced (choreography) -> remember who pays and with which card;
+ * - OrderPlaced (choreography) -> remember who pays and with which card (forgotten once the charge is
+ *   attempted or OrderCancelled voids its key: kept, every order's row stayed for ever);
  * - StockReserved (choreography) -> charge the reserved total ->
  *   PaymentSucceeded or PaymentFailed (also for a charge that can never be
  *   made: an invalid request, which has no payment id);
@@ -42,7 +43,9 @@ export function paymentConsumers(store: PaymentStore): ConsumerSpec[] {
         on(
           OrderPlacedSchema,
           async (e, _ctx, tx) => {
-            await store.rememberChoreographyOrder(tx, e.meta?.orderId ?? "", e.customerId, e.cardToken);
+            const orderId = e.meta?.orderId ?? "";
+            const chargeKey = stepKey(orderId, "charge_payment");
+            await store.rememberChoreographyOrder(tx, orderId, e.customerId, e.cardToken, chargeKey);
           },
           choreographed,
         ),
@@ -56,6 +59,7 @@ export function paymentConsumers(store: PaymentStore): ConsumerSpec[] {
               SagaMode.CHOREOGRAPHY,
               tx,
             );
+            await store.forgetChoreographyOrder(tx, orderId);
             // No charge was made, and now none can be: an order cancelled before it heard from payment
             // (its refund pending until payment answers) learns that nothing was taken.
             if (r.kind === "voided" && e.refundPending) {
@@ -81,11 +85,18 @@ export function paymentConsumers(store: PaymentStore): ConsumerSpec[] {
           StockReservedSchema,
           async (e, _ctx, tx) => {
             const orderId = e.meta?.orderId ?? "";
+            const chargeKey = stepKey(orderId, "charge_payment");
             const payer = await store.choreographyOrder(tx, orderId);
-            // Streams are ordered only within themselves: OrderPlaced may still be on its way.
-            if (!payer) throw new Error(`OrderPlaced of ${orderId} not seen yet`);
+            if (!payer) {
+              // Forgotten since OrderCancelled voided the key: as a voided key would answer, nothing to charge.
+              if (await store.chargeKeyUsed(tx, chargeKey)) return;
+              // Streams are ordered only within themselves: OrderPlaced may still be on its way.
+              throw new Error(`OrderPlaced of ${orderId} not seen yet`);
+            }
+            // Charged, declined or refused below (or rolled back with this transaction): never read again.
+            await store.forgetChoreographyOrder(tx, orderId);
             const req = create(ChargePaymentRequestSchema, {
-              idempotencyKey: stepKey(orderId, "charge_payment"),
+              idempotencyKey: chargeKey,
               orderId,
               customerId: payer.customerId,
               amount: e.total,

@@ -293,10 +293,36 @@ export class PaymentStore {
     });
   }
 
-  /** Remembers who pays for a choreographed order and with which card (from OrderPlaced), in `tx`. */
-  async rememberChoreographyOrder(tx: Tx, orderId: string, customerId: string, cardToken: string): Promise<void> {
+  /**
+   * Remembers who pays for a choreographed order and with which card (from OrderPlaced), in `tx` —
+   * until {@link forgetChoreographyOrder}. Not when its charge key already has a payment (an
+   * OrderPlaced redelivered after OrderCancelled voided the key): nothing will be charged with it.
+   */
+  async rememberChoreographyOrder(
+    tx: Tx,
+    orderId: string,
+    customerId: string,
+    cardToken: string,
+    chargeKey: string,
+  ): Promise<void> {
     await tx.run(sql`INSERT INTO choreography_orders (order_id, customer_id, card_token)
-      VALUES (${orderId}, ${customerId}, ${cardToken}) ON CONFLICT (order_id) DO NOTHING`);
+      SELECT ${orderId}, ${customerId}, ${cardToken}
+      WHERE NOT EXISTS (SELECT 1 FROM payments WHERE idempotency_key = ${chargeKey})
+      ON CONFLICT (order_id) DO NOTHING`);
+  }
+
+  /**
+   * Forgets the payer of a choreographed order, in `tx`: once its charge was attempted (StockReserved)
+   * or its key voided or refunded (OrderCancelled), nothing reads it again. Kept, every order's row and
+   * card token stayed for ever (6,200 rows after 20 minutes of make load).
+   */
+  async forgetChoreographyOrder(tx: Tx, orderId: string): Promise<void> {
+    await tx.run(sql`DELETE FROM choreography_orders WHERE order_id = ${orderId}`);
+  }
+
+  /** Whether the charge key has a payment (a charge, or the void tombstone of a compensation), in `tx`. */
+  async chargeKeyUsed(tx: Tx, chargeKey: string): Promise<boolean> {
+    return (await tx.one(sql`SELECT 1 AS used FROM payments WHERE idempotency_key = ${chargeKey}`)) !== undefined;
   }
 
   /** The payer of a choreographed order, once its OrderPlaced was seen. */
