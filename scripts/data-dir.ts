@@ -14,7 +14,7 @@
  * the databases and the ports (the next make run refused: "port 4222 is in use"). The next holder
  * stops what is left.
  */
-import { appendFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { holdExclusive } from "../platform/index.js";
 
@@ -73,10 +73,35 @@ function startOf(pid: number): string | undefined {
   }
 }
 
-/** Lists `pid` (`name`), just started by this holder of `dataDir`, for the next holder should this one be killed. */
+/**
+ * Lists `pid` (`name`), just started by this holder of `dataDir`, for the next holder should this one be
+ * killed — with the children listed before that still run: appended to for every restart, the list
+ * grew for as long as the runner ran (a service crashing every 30 s added ~2,900 lines a day). Written
+ * whole and renamed into place, so a holder killed mid-write leaves the list as it was.
+ */
 export function recordChild(dataDir: string, pid: number | undefined, name: string): void {
   const start = pid === undefined ? undefined : startOf(pid);
-  if (start !== undefined) appendFileSync(childrenFile(dataDir), `${pid} ${start} ${name}\n`);
+  if (start === undefined) return;
+  const file = childrenFile(dataDir);
+  const running = listed(file).filter((c) => c.pid !== pid && startOf(c.pid) === c.start);
+  const lines = [...running.map((c) => `${c.pid} ${c.start} ${c.name}`), `${pid} ${start} ${name}`];
+  writeFileSync(`${file}.tmp`, `${lines.join("\n")}\n`);
+  renameSync(`${file}.tmp`, file);
+}
+
+/** The children listed in `file` (pid, start time, name); none when there is no list. */
+function listed(file: string): { pid: number; start: string | undefined; name: string | undefined }[] {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch {
+    text = "";
+  }
+  return text
+    .split("\n")
+    .map((line) => line.split(" "))
+    .map(([pid, start, name]) => ({ pid: Number(pid), start, name }))
+    .filter(({ pid, start }) => pid > 0 && start !== undefined);
 }
 
 /** Signals `pid`'s process group when it leads one (make run's children), else `pid` alone. */
@@ -96,17 +121,7 @@ function signal(pid: number, sig: NodeJS.Signals): void {
  * directory; it starts this holder's list afresh.
  */
 export async function stopLeftovers(dataDir: string, say: (line: string) => void): Promise<void> {
-  let listed: string;
-  try {
-    listed = readFileSync(childrenFile(dataDir), "utf8");
-  } catch {
-    listed = "";
-  }
-  const left = listed
-    .split("\n")
-    .map((line) => line.split(" "))
-    .map(([pid, start, name]) => ({ pid: Number(pid), start, name }))
-    .filter(({ pid, start }) => pid > 0 && start !== undefined && startOf(pid) === start);
+  const left = listed(childrenFile(dataDir)).filter(({ pid, start }) => startOf(pid) === start);
   for (const { pid, name } of left) {
     say(`stopping ${name} (pid ${pid}), left running on ${dataDir} by a holder that was killed`);
     signal(pid, "SIGINT");
