@@ -22,8 +22,9 @@ import {
   type Metrics,
   newId,
   policyFrom,
+  processStalls,
   type ResilientClient,
-  StallClock,
+  type StallClock,
   startHost,
 } from "../../platform/index.js";
 import { createOrderApi } from "./api.js";
@@ -148,7 +149,7 @@ async function startWith(
   const store = await OrderStore.open(location);
   const choreography = new Choreography(store);
   // A step budget counts the time participants take, not the time this process stood still.
-  const stall = new StallClock();
+  const stall = processStalls();
   const host = await startHost({
     name: "order",
     config,
@@ -208,7 +209,6 @@ async function startWith(
       parts?.payment.close();
     },
     close: async () => {
-      stall.stop();
       try {
         await store.close();
       } finally {

@@ -93,8 +93,6 @@ export function paymentConsumers(store: PaymentStore): ConsumerSpec[] {
               // Streams are ordered only within themselves: OrderPlaced may still be on its way.
               throw new Error(`OrderPlaced of ${orderId} not seen yet`);
             }
-            // Charged, declined or refused below (or rolled back with this transaction): never read again.
-            await store.forgetChoreographyOrder(tx, orderId);
             const req = create(ChargePaymentRequestSchema, {
               idempotencyKey: chargeKey,
               orderId,
@@ -119,6 +117,7 @@ export function paymentConsumers(store: PaymentStore): ConsumerSpec[] {
                   reason: err.message,
                 },
               );
+              await store.forgetChoreographyOrder(tx, orderId);
               return;
             }
             const r = await store.charge(
@@ -127,6 +126,9 @@ export function paymentConsumers(store: PaymentStore): ConsumerSpec[] {
               SagaMode.CHOREOGRAPHY,
               tx,
             );
+            // Charged or declined: never read again. After the payment's row, as OrderCancelled forgets it
+            // (on PostgreSQL the two can run at once on two replicas: one lock order, no deadlock).
+            await store.forgetChoreographyOrder(tx, orderId);
             if (r.kind === "key-reused") {
               throw new UnprocessableEventError(`charge key of order ${orderId} reused with another amount`);
             }
