@@ -129,7 +129,9 @@ async function openPostgres(url: string, schema: string, poolSize: number, migra
     // server ends after IDLE_IN_TRANSACTION_MS (pg-pool.ts), freeing the lock and undoing its part.
     // A session-scoped lock, held between statements outside any transaction, stalled every other
     // replica's start for as long as that one stayed frozen. DDL is transactional in PostgreSQL.
-    await client.query("BEGIN");
+    // READ COMMITTED whatever the database's default: each statement after the lock must see what the
+    // replica that held it committed (under REPEATABLE READ the snapshot predates the lock's wait).
+    await client.query("BEGIN ISOLATION LEVEL READ COMMITTED");
     try {
       await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [`shopmesh.migrate.${schema}`]);
       // Made only when missing: PostgreSQL asks for CREATE on the database even for IF NOT EXISTS, and in

@@ -221,6 +221,48 @@ describe("migrations run by replicas starting together", () => {
       }
     }, 30_000);
   }
+
+  for (const level of ["serializable", "repeatable read"]) {
+    it(`replicas waiting on the lock together apply each migration once, the database's default isolation ${level}`, async () => {
+      // Review 2026-12-05 (h3), found a defect: in one transaction, a replica's snapshot is taken at its
+      // first statement — the lock it waits on — under REPEATABLE READ or SERIALIZABLE (a database's
+      // default_transaction_isolation, as some operators set it). The replica that waited saw the schema
+      // as it was before the first one committed (version 0) and ran every migration again: "relation
+      // already exists", and it did not start. Each migration had its own transaction, begun after the lock.
+      const url = await pg.createDatabase("migrate");
+      const schema = `m_${level.replace(" ", "_")}`;
+      const admin = pgPool(url, "public", 2);
+      const holder = await admin.connect();
+      try {
+        await admin.query(
+          `ALTER DATABASE "${new URL(url).pathname.slice(1)}" SET default_transaction_isolation = '${level}'`,
+        );
+        // Held while both replicas start, so both wait on it: they start together, as replicas do.
+        await holder.query("BEGIN");
+        await holder.query("SELECT pg_advisory_xact_lock(hashtext($1))", [`shopmesh.migrate.${schema}`]);
+        const open = () => openDatabase({ engine: "postgres", url, schema, poolSize: 1 }, list);
+        const replicas = Promise.allSettled([open(), open()]);
+        const waiting = async () =>
+          Number(
+            (await admin.query("SELECT COUNT(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"))
+              .rows[0]?.n,
+          );
+        await expect.poll(waiting, { timeout: 15_000 }).toBe(2);
+        await holder.query("COMMIT");
+        const opened = await replicas;
+        for (const r of opened) if (r.status === "fulfilled") await r.value.close();
+        expect(opened.map((r) => (r.status === "fulfilled" ? "started" : String(r.reason)))).toEqual([
+          "started",
+          "started",
+        ]);
+        const rows = await admin.query(`SELECT n FROM ${schema}.applied ORDER BY n`);
+        expect(rows.rows.map((r) => r.n)).toEqual([1, 2, 3]);
+      } finally {
+        holder.release();
+        await admin.end();
+      }
+    }, 30_000);
+  }
 });
 
 describe("a server out of connection slots", () => {
