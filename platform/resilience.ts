@@ -259,7 +259,7 @@ function resilientUnary<S extends DescService>(g: Guard<S>, m: DescMethod, callO
             ({ signal: s }) =>
               onSomeInstance(g, tried, (ep) => {
                 sent = true;
-                const sentAt = Date.now();
+                const sentAt = processStalls().time();
                 return (
                   callOn(ep)(req, attemptOptions(opts, deadline, g.config.timeoutMs, s)) as Promise<unknown>
                 ).catch((err: unknown) =>

@@ -22,6 +22,16 @@ export class StallClock {
     this.timer.unref();
   }
 
+  /**
+   * Now (epoch ms), for a time later given to {@link stalledSince}: a stall just ended is counted
+   * first, so it falls before this time. Read from the clock, one ended before the timer got to run
+   * — the work queued behind it runs first — was dated after it, and taken for one this time saw.
+   */
+  time(): number {
+    this.measure();
+    return this.last;
+  }
+
   /** Time this process stood still after `since` (epoch ms), up to now. */
   stalledSince(since: number): number {
     this.measure();
