@@ -132,11 +132,25 @@ export class StalledAttemptError extends RpcError {
   override name = "StalledAttemptError";
 }
 
-/** `err` as a {@link StalledAttemptError} when it is a timeout of an attempt sent at `sentAt` this process stalled through. */
-export function stalledAttempt(err: unknown, sentAt: number, stalledSince: (since: number) => number): unknown {
+/**
+ * How recently a stall must have ended to explain a timeout, ms: one that ended earlier left the
+ * process running long enough to read an answer waiting in the socket before the attempt's timer fired.
+ */
+export const STALL_EXPLAINS_MS = 1_000;
+
+/**
+ * `err` as a {@link StalledAttemptError} when it is a timeout of an attempt sent at `sentAt` that this
+ * process stalled through, the stall ending no more than {@link STALL_EXPLAINS_MS} before the timeout.
+ */
+export function stalledAttempt(
+  err: unknown,
+  sentAt: number,
+  stalledSince: (since: number) => number,
+  now = Date.now(),
+): unknown {
   const timeout =
     err instanceof RpcError && !(err instanceof CallerDeadlineError) && err.code === status.DEADLINE_EXCEEDED;
-  if (!timeout || stalledSince(sentAt) === 0) return err;
+  if (!timeout || stalledSince(Math.max(sentAt, now - STALL_EXPLAINS_MS)) === 0) return err;
   return new StalledAttemptError(err.code, err.message, err.metadata, { cause: err });
 }
 
