@@ -6,8 +6,11 @@
  */
 import net from "node:net";
 import { describe, expect, it } from "vitest";
+import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
-import { Code, createChannel, createResilientClient, DEFAULT_POLICY, silentLogger } from "../platform/index.js";
+import { Code, createChannel, createResilientClient, DEFAULT_POLICY, silentLogger, sql } from "../platform/index.js";
+import { PaymentStore } from "../services/payment/store.js";
+import { startPostgres } from "./postgres.js";
 
 /** Busy for `ms` on this thread: the event loop stands still, as in a GC spiral or a paused VM. */
 const standStill = (ms: number) => {
@@ -92,4 +95,64 @@ describe("a dead downstream's timeouts, this process having stalled a while befo
     expect(await Promise.all(calls)).toEqual(TIMED_OUT);
     expect(dead.client.state().breaker).toBe("open");
   }, 30_000);
+});
+
+describe("payment's OrderPlaced and OrderCancelled of one order handled at once by two replicas (PostgreSQL)", () => {
+  // Found a defect: the two are one durable's (payment-order), and two replicas pull its messages
+  // side by side. OrderPlaced's insert of the payer checked for the charge key's payment before
+  // OrderCancelled's void had committed, and OrderCancelled's delete could not see the uncommitted
+  // payer: both committed, and the payer's row (with its card token) stayed for ever — when no
+  // StockReserved follows (out of stock), nothing reads or forgets it again.
+  it("leaves no payer behind, whichever commits first", async () => {
+    await using pg = await startPostgres();
+    const url = await pg.createDatabase("review");
+    const store = await PaymentStore.open({ engine: "postgres", url, schema: "payment", poolSize: 4 });
+    try {
+      const cases = [
+        ["OrderCancelled's void first", "ord_review_a"],
+        ["OrderPlaced's payer first", "ord_review_b"],
+      ] as const;
+      for (const [first, orderId] of cases) {
+        const chargeKey = `${orderId}:charge_payment`;
+        let go!: () => void;
+        const held = new Promise<void>((r) => {
+          go = r;
+        });
+        let reached!: () => void;
+        const inside = new Promise<void>((r) => {
+          reached = r;
+        });
+        // The first one's handler has written, not committed; the other runs meanwhile.
+        const cancelled = (hold: boolean) =>
+          store.db.transaction(async (tx) => {
+            await store.refund({ by: "key", chargeIdempotencyKey: chargeKey }, "cancelled", SagaMode.CHOREOGRAPHY, tx);
+            await store.forgetChoreographyOrder(tx, orderId);
+            if (hold) {
+              reached();
+              await held;
+            }
+          });
+        const placed = (hold: boolean) =>
+          store.db.transaction(async (tx) => {
+            await store.rememberChoreographyOrder(tx, orderId, "customer", "tok_visa", chargeKey);
+            if (hold) {
+              reached();
+              await held;
+            }
+          });
+        const one = first === "OrderCancelled's void first" ? cancelled(true) : placed(true);
+        await inside;
+        const other = first === "OrderCancelled's void first" ? placed(false) : cancelled(false);
+        await new Promise((r) => setTimeout(r, 200)); // the other ran to its commit, or waits on the first
+        go();
+        await Promise.all([one, other]);
+        const left = await store.db.one(
+          sql<{ n: number }>`SELECT COUNT(*) AS n FROM choreography_orders WHERE order_id = ${orderId}`,
+        );
+        expect({ first, left: Number(left?.n) }).toEqual({ first, left: 0 });
+      }
+    } finally {
+      await store.close();
+    }
+  }, 60_000);
 });

@@ -309,6 +309,10 @@ export class PaymentStore {
       SELECT ${orderId}, ${customerId}, ${cardToken}
       WHERE NOT EXISTS (SELECT 1 FROM payments WHERE idempotency_key = ${chargeKey})
       ON CONFLICT (order_id) DO NOTHING`);
+    // Looked again, after the insert: on PostgreSQL an OrderCancelled handled at once by another replica
+    // may have voided the key since the check above (its forget made the insert wait for its commit).
+    await tx.run(sql`DELETE FROM choreography_orders WHERE order_id = ${orderId}
+      AND EXISTS (SELECT 1 FROM payments WHERE idempotency_key = ${chargeKey})`);
   }
 
   /**
@@ -317,6 +321,10 @@ export class PaymentStore {
    * card token stayed for ever (6,200 rows after 20 minutes of make load).
    */
   async forgetChoreographyOrder(tx: Tx, orderId: string): Promise<void> {
+    // Inserted first, so an OrderPlaced inserting the payer at once (another replica, PostgreSQL) is
+    // waited for and deleted, or waits for this commit and looks again; a delete alone sees neither.
+    await tx.run(sql`INSERT INTO choreography_orders (order_id, customer_id, card_token)
+      VALUES (${orderId}, '', '') ON CONFLICT (order_id) DO NOTHING`);
     await tx.run(sql`DELETE FROM choreography_orders WHERE order_id = ${orderId}`);
   }
 
