@@ -5,11 +5,19 @@
  * earlier rounds covered. Real nats-server, real databases, the frozen service a real process.
  * Each `describe` is one suspicion; a test that found a defect says so.
  */
+import { Code, ConnectError, createClient as createConnectClient } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { describe, expect, it } from "vitest";
+import { startGateway } from "../gateway/app.js";
+import { signDevToken } from "../gateway/auth.js";
+import { DEV_JWT_SECRET, loadConfig as gatewayConfig, targetVariable } from "../gateway/config.js";
+import { UPSTREAMS } from "../gateway/routes.js";
+import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import { installLeanAsyncBind } from "../platform/async-bind.js";
-import { createChannel, createClient, identityMetadata, RpcError, silentLogger } from "../platform/index.js";
+import { createChannel, createClient, identityMetadata, RpcError, silentLogger, sql } from "../platform/index.js";
+import { StallClock } from "../platform/stall.js";
 import { startHistory } from "../services/history/app.js";
 import { loadConfig as historyConfig } from "../services/history/config.js";
 import { type InventoryApp, startInventory } from "../services/inventory/app.js";
@@ -20,10 +28,17 @@ import { type OrderApp, startOrder } from "../services/order/app.js";
 import { loadConfig as orderConfig } from "../services/order/config.js";
 import { type PaymentApp, startPayment } from "../services/payment/app.js";
 import { loadConfig as paymentConfig } from "../services/payment/config.js";
-import { TestDatabases } from "./db.js";
-import { type ServiceProcess, spawnService, tempDir } from "./fixtures.js";
+import { TestDatabases, withDb } from "./db.js";
+import { type ServiceProcess, spawnGateway, spawnService, tempDir } from "./fixtures.js";
 import { expectCheckoutInvariants } from "./invariants.js";
 import { startNats, type TestNats } from "./nats.js";
+import { gatewayTargets, startSystem, startTestGateway } from "./system.js";
+
+/** A customer's token as the gateway of `make run` (its development secret) accepts it. */
+const customerToken = (subject: string) =>
+  signDevToken({ JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" }, subject, [
+    "customer",
+  ]);
 
 const log = silentLogger();
 const who = (subject: string) => ({ metadata: identityMetadata({ subject, roles: ["customer"] }) });
@@ -186,8 +201,6 @@ for (const frozen of ["payment", "inventory"] as const) {
         payment: await sys.dbs.location("payment"),
         inventory: await sys.dbs.location("inventory"),
       };
-      const { withDb } = await import("./db.js");
-      const { sql } = await import("../platform/index.js");
       const states = () =>
         withDb(dbs.order, (q) =>
           q.all(sql<{ id: string; status: string; saga_mode: string }>`SELECT id, status, saga_mode FROM orders`),
@@ -206,12 +219,6 @@ for (const frozen of ["payment", "inventory"] as const) {
 
 describe("the gateway's upstream frozen while clients call through every protocol", () => {
   it("each call ends within its deadline or the gateway's with a clear status; after SIGCONT, calls and slots are back", async () => {
-    const { startGateway } = await import("../gateway/app.js");
-    const { loadConfig } = await import("../gateway/config.js");
-    const { signDevToken } = await import("../gateway/auth.js");
-    const { DEV_JWT_SECRET } = await import("../gateway/config.js");
-    const connect = await import("@connectrpc/connect");
-    const { createGrpcTransport, createConnectTransport } = await import("@connectrpc/connect-node");
     const dir = tempDir();
     const dbs = new TestDatabases(dir.path);
     const order = await spawnService("order", { ...(await dbs.env("order")) }, 60_000);
@@ -220,7 +227,7 @@ describe("the gateway's upstream frozen while clients call through every protoco
     const IDLE_MS = 4_000;
     const STREAMS = 4;
     const gw = await startGateway(
-      loadConfig({
+      gatewayConfig({
         HTTP_HOST: "127.0.0.1",
         HTTP_PORT: "0",
         ORDER_TARGET: order.address,
@@ -243,8 +250,8 @@ describe("the gateway's upstream frozen while clients call through every protoco
       ["customer"],
     );
     const headers = { authorization: `Bearer ${token}` };
-    const grpc = connect.createClient(OrderService, createGrpcTransport({ baseUrl: url }));
-    const json = connect.createClient(OrderService, createConnectTransport({ baseUrl: url, httpVersion: "1.1" }));
+    const grpc = createConnectClient(OrderService, createGrpcTransport({ baseUrl: url }));
+    const json = createConnectClient(OrderService, createConnectTransport({ baseUrl: url, httpVersion: "1.1" }));
     try {
       const { order: placed } = await grpc.placeOrder(
         { idempotencyKey: "frozen-gw", items: [{ productId: "coffee-beans", quantity: 1 }], cardToken: "tok_visa" },
@@ -255,7 +262,7 @@ describe("the gateway's upstream frozen while clients call through every protoco
       const timed = async (what: string, limitMs: number, call: () => Promise<string>): Promise<Outcome> => {
         const t = Date.now();
         const status = await call().catch((err: unknown) =>
-          err instanceof connect.ConnectError ? connect.Code[err.code] : String(err),
+          err instanceof ConnectError ? Code[err.code] : String(err),
         );
         return { what, ms: Date.now() - t, status, limitMs };
       };
@@ -322,9 +329,7 @@ describe("the gateway's upstream frozen while clients call through every protoco
       // Each principal's stream slots too: as many watches as it may hold are admitted again.
       const watches = await Promise.all(
         Array.from({ length: STREAMS }, () =>
-          watch(grpc, 1_000).catch((err: unknown) =>
-            err instanceof connect.ConnectError ? connect.Code[err.code] : String(err),
-          ),
+          watch(grpc, 1_000).catch((err: unknown) => (err instanceof ConnectError ? Code[err.code] : String(err))),
         ),
       );
       expect(watches.filter((w) => w !== "DeadlineExceeded")).toEqual([]);
@@ -339,10 +344,6 @@ describe("the gateway's upstream frozen while clients call through every protoco
 
 describe("nats-server frozen for 15 s while orders arrive, then resumed", () => {
   it("no accepted order is lost, events flow again, every effect once; the gateway keeps routing by the registry", async () => {
-    const { startSystem, startTestGateway } = await import("./system.js");
-    const { UPSTREAMS } = await import("../gateway/routes.js");
-    const { targetVariable } = await import("../gateway/config.js");
-    const { sql } = await import("../platform/index.js");
     await using sys = await startSystem({ order: { SAGA_STEP_BUDGET_MS: "5000" } });
     const gw = await startTestGateway(sys, {
       NATS_URL: sys.nats.url,
@@ -350,13 +351,7 @@ describe("nats-server frozen for 15 s while orders arrive, then resumed", () => 
       RATE_LIMIT_RPS: "100000",
       RATE_LIMIT_BURST: "100000",
     });
-    const { signDevToken } = await import("../gateway/auth.js");
-    const { DEV_JWT_SECRET } = await import("../gateway/config.js");
-    const token = await signDevToken(
-      { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" },
-      "bus",
-      ["customer"],
-    );
+    const token = await customerToken("bus");
     const viaGateway = (i: number) =>
       fetch(`http://127.0.0.1:${gw.port}/v1/orders`, {
         method: "POST",
@@ -441,7 +436,6 @@ describe("the only order replica frozen past its saga lease and its step budget 
   it("it takes its own sagas up again and confirms them: time it spent frozen is not a participant's", async () => {
     const LEASE_MS = 1_500;
     await using sys = await checkout("order", { SAGA_LEASE_MS: String(LEASE_MS) });
-    const { ChaosService } = await import("../gen/shopmesh/chaos/v1/chaos_pb.js");
     const chaos = createClient(ChaosService, createChannel(sys.payment?.address ?? ""));
     // Payment slow: the sagas are still charging when the order process freezes.
     await chaos.setFaults({ faults: { latencyMs: 1_000 } });
@@ -466,8 +460,6 @@ describe("the only order replica frozen past its saga lease and its step budget 
     } finally {
       sys.thaw();
     }
-    const { withDb } = await import("./db.js");
-    const { sql } = await import("../platform/index.js");
     const dbs = {
       order: await sys.dbs.location("order"),
       payment: await sys.dbs.location("payment"),
@@ -494,8 +486,6 @@ for (const frozen of ["notification", "history"] as const) {
   describe(`the ${frozen} consumer frozen past its ack wait while events arrive, then resumed`, () => {
     it("each event's effect lands once: redeliveries queued behind the freeze are not applied twice", async () => {
       await using sys = await checkout(frozen);
-      const { withDb } = await import("./db.js");
-      const { sql } = await import("../platform/index.js");
       const place = (i: number) =>
         sys.orders.placeOrder(
           {
@@ -568,8 +558,6 @@ describe("the gateway frozen with calls in flight, then resumed", () => {
   // five opened the upstream's circuit, and the gateway answered every client 503 for its half-open
   // time (5 s) with the upstream healthy all along.
   it("the calls in flight are answered and the ones after them too: no circuit opened by the gateway's own freeze", async () => {
-    const { startSystem, gatewayTargets } = await import("./system.js");
-    const { spawnGateway } = await import("./fixtures.js");
     await using sys = await startSystem();
     const gw = await spawnGateway(
       {
@@ -583,13 +571,7 @@ describe("the gateway frozen with calls in flight, then resumed", () => {
       60_000,
     );
     const pid = gw.child.pid ?? 0;
-    const { signDevToken } = await import("../gateway/auth.js");
-    const { DEV_JWT_SECRET } = await import("../gateway/config.js");
-    const token = await signDevToken(
-      { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" },
-      "paused",
-      ["customer"],
-    );
+    const token = await customerToken("paused");
     const products = () =>
       fetch(`http://127.0.0.1:${gw.port}/v1/products`, { headers: { authorization: `Bearer ${token}` } }).then(
         async (r) => `${r.status}${r.status === 200 ? "" : ` ${(await r.text()).slice(0, 120)}`}`,
@@ -619,7 +601,6 @@ describe("the gateway frozen with calls in flight, then resumed", () => {
 
 describe("the stall clock the budgets and circuits leave frozen time out with", () => {
   it("counts a timer a second or more late as a stall, from when it began; a busy moment is none", async () => {
-    const { StallClock } = await import("../platform/stall.js");
     let now = 10_000;
     const clock = new StallClock(250, 1_000, () => now);
     try {
