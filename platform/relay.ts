@@ -207,6 +207,9 @@ export class OutboxRelay {
     // Claims are compared across replicas: in the database's clock (shared-clock.ts).
     const now = sharedNow(db.engine, Date.now());
     // Concurrent relays pass over each other's rows. The claim itself is not flushed (see relaxed).
+    // The batch's size is written into the statement: bound as a parameter, SQLite's plan for it cost
+    // 3–5 times as much (0.09 ms against 0.03 for one row; 0.77 against 0.16 before db.ts's
+    // temp_store).
     const rows = await db.transaction(
       (tx) =>
         tx.all(sql<OutboxRow>`WITH batch AS (
@@ -214,7 +217,7 @@ export class OutboxRelay {
           WHERE sent_at IS NULL AND (claimed_until IS NULL OR claimed_until < ${now})
             AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.order_id = o.order_id AND e.seq < o.seq
                             AND e.sent_at IS NULL AND e.claimed_until >= ${now})
-          ORDER BY seq LIMIT ${RELAY_BATCH} ${tx.skipLocked})
+          ORDER BY seq LIMIT ${sql.lit(RELAY_BATCH)} ${tx.skipLocked})
         UPDATE outbox SET claimed_by = ${this.id}, claimed_until = ${now} + ${this.claimMs}
         WHERE seq IN (SELECT b.seq FROM batch b WHERE NOT EXISTS (
           SELECT 1 FROM outbox e WHERE e.order_id = b.order_id AND e.seq < b.seq AND e.sent_at IS NULL
