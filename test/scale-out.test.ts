@@ -443,7 +443,10 @@ describe("fencing", () => {
       expect(await stepCount(ids), "no step written after the resume").toBe(finished);
       const fencesAfter = await fencesOf(ids);
       for (const id of ids) expect(fencesAfter.get(id), id).toBeGreaterThan(fencesBefore.get(id) ?? 0);
-      await (paused as ServiceProcess).logLine("saga lease lost to another replica; stopping here", 15_000);
+      await (paused as ServiceProcess).logLine(
+        "saga lease taken over since this run began (by another replica, or by this one after a pause); stopping here",
+        15_000,
+      );
       await expectFencedStepLog(db.order);
       expect(others.length).toBe(2);
     } finally {

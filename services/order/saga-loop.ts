@@ -84,7 +84,10 @@ export class SagaLoop {
       const ready = d.kind === "call" && started?.step === d.step ? started : undefined;
       const next = await this.span(name, current, () => act(this.ctx, { lease, starts, signal }, current, d, ready));
       if (next.wait === FENCED) {
-        log.warn({ orderId, fence: lease.fence }, "saga lease lost to another replica; stopping here");
+        log.warn(
+          { orderId, fence: lease.fence },
+          "saga lease taken over since this run began (by another replica, or by this one after a pause); stopping here",
+        );
         return;
       }
       o = next.order;
