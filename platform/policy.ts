@@ -159,7 +159,7 @@ export function isIdempotent(method: DescMethod): boolean {
   return method.idempotency !== MethodOptions_IdempotencyLevel.IDEMPOTENCY_UNKNOWN;
 }
 
-/** Whether a failed attempt of `method` with `err` may be retried. */
+/** Whether an attempt that failed with `err` may be retried; `idempotent`: its method is ({@link isIdempotent}). */
 export function isRetryable(err: unknown, idempotent: boolean): boolean {
   if (!(err instanceof RpcError) || err instanceof CallerDeadlineError) return false;
   if (err.code === status.UNAVAILABLE) return true;

@@ -119,7 +119,7 @@ interface Guard<S extends DescService> {
  * Wraps a typed client of `service` in the policy `config`, over the
  * instances `target` names (host:port, dns:///name:port, registry:///name —
  * see endpoints.ts; registry targets need `opts.nc`) or over one existing
- * `channel`. `downstream` names it in logs, metrics and errors. Unary calls
+ * channel (`target` a grpc.Client). `downstream` names it in logs, metrics and errors. Unary calls
  * get the full policy; server streams get the bulkhead and an instance's
  * circuit for their start (a stream that already delivered messages is
  * never silently replayed).

@@ -153,7 +153,7 @@ function pathOf(route: RestRoute, schemas: SchemaSet): { path: string; parameter
 
 /**
  * Query parameters: every request field neither the path nor the body sets
- * (gateway/rest.ts `requestJson`), nested messages by dotted names; maps and
+ * (gateway/rest-request.ts `requestJson`), nested messages by dotted names; maps and
  * repeated messages cannot be sent in a query.
  */
 function queryOf(route: RestRoute, schemas: SchemaSet): JsonObject[] {

@@ -58,7 +58,7 @@ import {
 } from "./postgres.js";
 
 const DATA = process.env.DATA_DIR || join(ROOT, ".data");
-/** A variable of the runner's that takes one of `values` (a value of the first group means on), or a line and exit 2. */
+/** A variable of the runner's that takes a value of `on` (true) or of `off` (false), or a line and exit 2. */
 function choice(variable: string, on: readonly string[], off: readonly string[]): boolean {
   const raw = process.env[variable] ?? "";
   if (on.includes(raw)) return true;

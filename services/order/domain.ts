@@ -309,7 +309,7 @@ export function onCancelledRefundPending(reason: string, why: string): Transitio
   };
 }
 
-/** Whether an order in `s` may still be cancelled by the customer. */
+/** Whether order `o` may still be cancelled by the customer. */
 export function cancellable(o: OrderRecord): "yes" | "already-cancelling" | "no" {
   if (o.status === "PENDING") return o.cancelRequested === null ? "yes" : "already-cancelling";
   if (o.status === "COMPENSATING") return "already-cancelling";
