@@ -16,7 +16,7 @@
 import { type DescMethod, fromBinary, type JsonObject, type JsonValue, toJson } from "@bufbuild/protobuf";
 import { base64Decode } from "@bufbuild/protobuf/wire";
 import { Code } from "@connectrpc/connect";
-import { codeFromString, codeToHttpStatus } from "@connectrpc/connect/protocol-connect";
+import { codeFromString } from "@connectrpc/connect/protocol-connect";
 import { type RestRoute, routesOf, type Segment, type Variable } from "../contracts/http-rules.js";
 import { http as httpRule } from "../gen/google/api/annotations_pb.js";
 import { ERROR_DETAILS } from "../platform/index.js";
@@ -140,9 +140,4 @@ export function statusJson(connectError: JsonObject): { status: JsonObject; code
     }
   }
   return { status: { code, message: String(connectError.message ?? ""), details }, code };
-}
-
-/** The HTTP status of a gRPC code, as grpc-gateway and Connect map it. */
-export function httpStatusOf(code: Code): number {
-  return codeToHttpStatus(code);
 }
