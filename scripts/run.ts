@@ -41,7 +41,7 @@ import { createServer } from "node:net";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { EVENTS } from "../contracts/events.js";
-import { BUS_ADMIN, provisionBus, silentLogger } from "../platform/index.js";
+import { BUS_ADMIN, backoffMs, provisionBus, silentLogger } from "../platform/index.js";
 import { holdDataDir, recordChild, stopLeftovers } from "./data-dir.js";
 import { dbOf, nodeCommand, portOf, ROOT, SYSTEM, SYSTEM_ENV } from "./layout.js";
 import { jsonLine, readableLines } from "./log-lines.js";
@@ -167,17 +167,16 @@ const HEALTHY_MS = 60_000;
 /**
  * Starts a child in its own process group (so the terminal's Ctrl-C reaches
  * only this runner, which then stops services before NATS) and relays every
- * output line that `show` accepts. With `supervise`, an unexpected exit
- * restarts it after a backoff (unless RESTART=no).
+ * output line that `show` accepts. An unexpected exit restarts it after a
+ * backoff (unless RESTART=no).
  */
 function start(
   name: string,
   i: number,
   cmd: string,
   args: string[],
-  env: Record<string, string> = {},
+  env: Record<string, string>,
   show: (line: string) => boolean = () => true,
-  supervise = false,
 ): void {
   if (stopping) return; // a start that failed (PostgreSQL) stops everything: start nothing more
   const p = prefix(name, i);
@@ -203,11 +202,11 @@ function start(
         process.stdout.write(JSON_LINES ? `${jsonLine(name, line, fromStderr)}\n` : `${p} ${readable(line)}\n`);
       });
     }
-    if (supervise) say(name, p, `started (pid ${child.pid})`, { pid: child.pid });
+    say(name, p, `started (pid ${child.pid})`, { pid: child.pid });
     child.on("exit", (code, signal) => {
       if (stopping) return;
       const why = signal ?? `code ${code}`;
-      if (!supervise || !RESTART) {
+      if (!RESTART) {
         say(name, p, `exited unexpectedly (${why}); the others keep running`, { exit: why }, 50);
         return;
       }
@@ -218,7 +217,7 @@ function start(
       } catch {}
       if (Date.now() - started > HEALTHY_MS) restarts = 0;
       restarts++;
-      const delay = Math.min(MAX_BACKOFF_MS, BACKOFF_MS * 2 ** (restarts - 1));
+      const delay = backoffMs(restarts, BACKOFF_MS, MAX_BACKOFF_MS);
       say(
         name,
         p,
@@ -381,7 +380,7 @@ async function startPostgres(): Promise<string> {
   }
   const [cmd, args] = serverCommand("postgres", serverArgs(PG_DATA, PG_PORT, PG_DATA, true));
   // PostgreSQL logs every checkpoint; show readiness, warnings and errors.
-  start("postgres", 7, cmd, args, {}, (line) => /ready to accept|WARNING|ERROR|FATAL|PANIC/.test(line), true);
+  start("postgres", 7, cmd, args, {}, (line) => /ready to accept|WARNING|ERROR|FATAL|PANIC/.test(line));
   const admin = `postgres://postgres@127.0.0.1:${PG_PORT}/postgres`;
   try {
     await waitForPostgres(admin);
@@ -433,7 +432,6 @@ start(
   {},
   // Its users' passwords are in a file only this user reads (scripts/nats.ts): not worth a warning each start.
   (line) => /\[(WRN|ERR|FTL)\]|Server is ready|Listening for client/.test(line) && !/Plaintext passwords/.test(line),
-  true,
 );
 process.on("SIGINT", stopAll);
 process.on("SIGTERM", stopAll);
@@ -450,30 +448,22 @@ SERVICES.forEach((s, i) => {
     // Replicas share the service's database (SQLite: WAL and IMMEDIATE transactions, safe across processes
     // on one machine) and its durable consumers, and register themselves for registry:/// discovery.
     const [cmd, args] = nodeCommand(main);
-    start(
-      n > 1 ? `${s.name}-${r + 1}` : s.name,
-      i + 1,
-      cmd,
-      args,
-      {
-        ...SYSTEM_ENV,
-        [s.name === "gateway" ? "HTTP_PORT" : "GRPC_PORT"]: String(s.port + 100 * r),
-        DB_PATH: join(DATA, `${s.name}.db`),
-        ...database,
-        // JSON from every process, made readable here: formatting is the runner's work, not the services'.
-        LOG_FORMAT: "json",
-        NATS_URL,
-        // Each process its own NATS user, which may publish only its own events (platform/bus-access.ts).
-        NATS_USER: s.name,
-        NATS_PASSWORD: busPasswords[s.name] ?? "",
-        METRICS_PORT: String(s.metrics + 100 * r),
-        TRACE_FILE: join(DATA, "traces.jsonl"),
-        ...UPSTREAMS,
-        ...s.env,
-      },
-      () => true,
-      true,
-    );
+    start(n > 1 ? `${s.name}-${r + 1}` : s.name, i + 1, cmd, args, {
+      ...SYSTEM_ENV,
+      [s.name === "gateway" ? "HTTP_PORT" : "GRPC_PORT"]: String(s.port + 100 * r),
+      DB_PATH: join(DATA, `${s.name}.db`),
+      ...database,
+      // JSON from every process, made readable here: formatting is the runner's work, not the services'.
+      LOG_FORMAT: "json",
+      NATS_URL,
+      // Each process its own NATS user, which may publish only its own events (platform/bus-access.ts).
+      NATS_USER: s.name,
+      NATS_PASSWORD: busPasswords[s.name] ?? "",
+      METRICS_PORT: String(s.metrics + 100 * r),
+      TRACE_FILE: join(DATA, "traces.jsonl"),
+      ...UPSTREAMS,
+      ...s.env,
+    });
   }
 });
 process.on("exit", () => {
