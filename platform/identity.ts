@@ -79,8 +79,9 @@ export function requireIdentity(metadata: Metadata): Identity {
 }
 
 /** Metadata carrying `identity`, for trusted callers (the gateway, tools, tests). */
-export function identityMetadata(identity: Identity, into: Metadata = new Metadata()): Metadata {
-  into.set(IDENTITY_KEYS.subject, identity.subject);
-  if (identity.roles.length > 0) into.set(IDENTITY_KEYS.roles, identity.roles.join(","));
-  return into;
+export function identityMetadata(identity: Identity): Metadata {
+  const md = new Metadata();
+  md.set(IDENTITY_KEYS.subject, identity.subject);
+  if (identity.roles.length > 0) md.set(IDENTITY_KEYS.roles, identity.roles.join(","));
+  return md;
 }

@@ -87,9 +87,9 @@ export class Pages<S extends CursorShape> {
     private readonly shape: S,
   ) {}
 
-  /** Where the page of `token` starts: undefined for "" (the first page); INVALID_ARGUMENT naming `field` for anything but this List's token. */
-  cursor(token: string, field = "page_token"): Cursor<S> | undefined {
-    return decodePageToken(this.list, token, this.shape, field);
+  /** Where the page of `token` starts: undefined for "" (the first page); INVALID_ARGUMENT naming `page_token` for anything but this List's token. */
+  cursor(token: string): Cursor<S> | undefined {
+    return decodePageToken(this.list, token, this.shape);
   }
 
   /**

@@ -47,9 +47,9 @@ export function extractContext(carrier: Carrier): Context {
 }
 
 /** The active span's `traceparent`, or "" outside any span. */
-export function currentTraceparent(ctx: Context = context.active()): string {
+export function currentTraceparent(): string {
   const m = new Map<string, string>();
-  propagation.inject(ctx, m, { set: (c, k, v) => c.set(k, v) });
+  propagation.inject(context.active(), m, { set: (c, k, v) => c.set(k, v) });
   return m.get("traceparent") ?? "";
 }
 
