@@ -34,7 +34,7 @@ import { flushLogs, type Logger } from "./log.js";
 import { detached, extractContext, inSpan } from "./propagation.js";
 import { pullForever } from "./pull.js";
 import { latestCopies, RetryTimes } from "./retry-times.js";
-import { type Db, isConflict, type Tx } from "./sql.js";
+import { type Db, isRerunnable, type Tx } from "./sql.js";
 import type { Telemetry } from "./telemetry.js";
 
 /** The most events settled in one transaction (batches.ts); a consumer holding this many stops lingering. */
@@ -284,7 +284,7 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
         await tx
           .savepoint(() => lockFirst(tx, events))
           .catch((err: unknown) => {
-            if (isConflict(err)) throw err;
+            if (isRerunnable(err)) throw err;
             clog.warn({ err: (err as Error).message }, "locking the batch's rows first failed; applying it anyway");
           });
       }
@@ -292,7 +292,7 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
         try {
           out.push({ r, duplicate: await tx.savepoint(() => applyIn(tx, r)) });
         } catch (err) {
-          if (isConflict(err)) throw err; // the transaction is lost
+          if (isRerunnable(err)) throw err; // the transaction is lost
           out.push({ r, err });
         }
       }
@@ -308,7 +308,7 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
         { rerunOnConflict: ready.length === 1 },
       );
     } catch (err) {
-      if (ready.length > 1 && isConflict(err)) {
+      if (ready.length > 1 && isRerunnable(err)) {
         clog.info(
           { events: ready.length, err: (err as Error).message },
           "batch conflicted; applying its events one by one",

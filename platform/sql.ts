@@ -59,7 +59,7 @@ export interface Tx extends Queries {
   /**
    * Runs `fn` in a savepoint: if it throws, what it wrote is undone and the `afterCommit` hooks it
    * added are dropped, the rest of the transaction going on; the error is rethrown. (Catch it to
-   * carry on; a {@link isConflict} error should be rethrown, so the whole transaction runs again.)
+   * carry on; a {@link isRerunnable} error should be rethrown, so the whole transaction runs again.)
    */
   savepoint<T>(fn: () => Promise<T>): Promise<T>;
 }
@@ -103,8 +103,12 @@ export interface TxOptions {
   readonly rerunOnConflict?: boolean;
 }
 
-/** A PostgreSQL conflict (serialization failure, deadlock, unique-key race) {@link Db.transaction} runs the transaction again on. */
-export function isConflict(err: unknown): boolean {
+/**
+ * A PostgreSQL conflict (serialization failure, deadlock, unique-key race) {@link Db.transaction} runs the
+ * transaction again on. Not db-errors.ts isConflict (a client's ABORTED "try again"), which leaves the
+ * unique-key race out: one that escapes the reruns is answered INTERNAL.
+ */
+export function isRerunnable(err: unknown): boolean {
   const code = (err as { code?: unknown } | undefined)?.code;
   return typeof code === "string" && RETRYABLE.has(code);
 }
@@ -265,7 +269,7 @@ class OpenDb extends Queryer implements Db {
         for (const h of hooks) h();
         return result;
       } catch (err) {
-        const rerun = this.engine === "postgres" && isConflict(err) && opts.rerunOnConflict !== false;
+        const rerun = this.engine === "postgres" && isRerunnable(err) && opts.rerunOnConflict !== false;
         if (!rerun || attempt >= MAX_TX_ATTEMPTS) throw err;
         await new Promise((r) => setTimeout(r, backoffMs(attempt, 2, 200, Math.random())));
       }
