@@ -77,7 +77,7 @@ const CODE_OF_STATUS: Readonly<Record<number, Code>> = {
   429: Code.ResourceExhausted,
   503: Code.Unavailable,
 };
-const codeOfStatus = (status: number): string =>
+const plainCodeName = (status: number): string =>
   status < 400 ? "OK" : Code[CODE_OF_STATUS[status] ?? (status < 500 ? Code.Unknown : Code.Internal)];
 
 /**
@@ -91,7 +91,7 @@ function observePlain(o: FrontOptions, name: string, req: Req, res: Res, ip: str
     // An HTTP/2 client's reset ends its body as if complete (Node's compatibility layer), so the
     // answer may even have been written since: the stream's reset code tells.
     const sent = res.writableFinished && !("stream" in req && req.stream.rstCode);
-    const code = sent ? codeOfStatus(res.statusCode) : "Canceled";
+    const code = sent ? plainCodeName(res.statusCode) : "Canceled";
     const ms = performance.now() - started;
     const procedure = `plain/${name}`;
     o.telemetry.metrics.httpServer.observe({ procedure, protocol: "http", code }, ms / 1000);
