@@ -4,7 +4,8 @@
  * (esbuild, about a second; rebuilt when a source changes), not TypeScript
  * compiled at start by tsx — which would cost every process seconds of start
  * and ~90 MB of memory. The services and the gateway run one bundle each
- * (dist/<service>/main.js and the chunks they share). No source maps by
+ * (dist/services/<name>/main.js, dist/gateway/main.js, and the chunks they
+ * share in dist/chunks). No source maps by
  * default (they cost ~19 MB per process): set NODE_OPTIONS=--enable-source-maps
  * for stack traces in TypeScript lines.
  */
