@@ -82,19 +82,19 @@ export function createComposition(deps: ComposeDeps): ServiceImpl<typeof Gateway
 
       const gaps: Missing[] = [];
       let paymentMsg: MessageShape<typeof PaymentService.method.getPayment.output> | undefined;
-      if (payment?.status === "fulfilled") paymentMsg = payment.value;
+      if (payment.status === "fulfilled") paymentMsg = payment.value;
       // No payment yet (out of stock, still reserving) is an answer, not a gap.
-      else if (!(payment?.reason instanceof RpcError && payment.reason.code === Code.NOT_FOUND))
-        gaps.push(missing("payment", payment?.reason));
+      else if (!(payment.reason instanceof RpcError && payment.reason.code === Code.NOT_FOUND))
+        gaps.push(missing("payment", payment.reason));
       const failedProduct = products.find((p) => p.status === "rejected");
       if (failedProduct) gaps.push(missing("products", failedProduct.reason));
-      if (notifications?.status === "rejected") gaps.push(missing("notifications", notifications.reason));
+      if (notifications.status === "rejected") gaps.push(missing("notifications", notifications.reason));
 
       return {
         order,
         payment: paymentMsg?.payment,
         products: products.flatMap((p) => (p.status === "fulfilled" && p.value.product ? [p.value.product] : [])),
-        notifications: notifications?.status === "fulfilled" ? notifications.value.notifications : [],
+        notifications: notifications.status === "fulfilled" ? notifications.value.notifications : [],
         missing: gaps,
       };
     },
