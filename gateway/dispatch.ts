@@ -73,7 +73,7 @@ export type Dispatch = (req: NodeRequest, res: NodeResponse, requestId: string) 
 const GRPC_TIMEOUT_UNIT_MS: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1_000, m: 1, u: 1e-3, n: 1e-6 };
 
 /** Rewrites `grpc-timeout` / `connect-timeout-ms` values beyond what a Node timer holds (~24.8 days) to that maximum. */
-export function clampTimeouts(headers: http.IncomingHttpHeaders): void {
+function clampTimeouts(headers: http.IncomingHttpHeaders): void {
   const g = headers["grpc-timeout"];
   const m = typeof g === "string" ? /^(\d{1,8})([HMSmun])$/.exec(g) : null;
   if (m && Number(m[1]) * (GRPC_TIMEOUT_UNIT_MS[m[2] as string] ?? 0) > MAX_TIMER_MS) {

@@ -134,7 +134,7 @@ export function admitPrincipal(
 }
 
 /** The refusal of a request over a rate limit (`what`: whose), with when to retry. */
-export function rateLimited(what: string, retryAfterSec: number): ConnectError {
+function rateLimited(what: string, retryAfterSec: number): ConnectError {
   return new ConnectError(`rate limit exceeded (${what}); retry after ${retryAfterSec}s`, Code.ResourceExhausted, {
     "retry-after": String(retryAfterSec),
   });

@@ -134,7 +134,7 @@ function shown(f: DescFile, v: View): Uint8Array {
  * service listed in `exposed`, only those methods are described: internal
  * RPCs are neither reachable nor advertised.
  */
-export function createReflection(
+function createReflection(
   services: readonly DescService[],
   exposed: ReadonlyMap<string, readonly string[]> = new Map(),
 ): ServiceImpl<typeof ServerReflection> {

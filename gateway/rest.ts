@@ -41,7 +41,7 @@ function decodeSegment(s: string): string | undefined {
 }
 
 /** Matches `path` (without its query) against `route`; undefined when it does not match. */
-export function matchRoute(route: RestRoute, path: string): RestMatch | undefined {
+function matchRoute(route: RestRoute, path: string): RestMatch | undefined {
   let p = path;
   if (route.verb) {
     if (!p.endsWith(`:${route.verb}`)) return undefined;

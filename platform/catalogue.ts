@@ -84,7 +84,7 @@ export function filterSubject(
 }
 
 /** The subject of `schema` on `stream` but for its mode (see the module comment). */
-export function subjectOf(stream: string, schema: DescMessage): string {
+function subjectOf(stream: string, schema: DescMessage): string {
   const subject = subjectOfName(stream, schema.name);
   if (!subject) throw new Error(`${schema.typeName}: an event is named <Aggregate><WhatHappened>, e.g. StockReserved`);
   return subject;

@@ -63,7 +63,7 @@ export function int(def: number, opts: { min?: number; max?: number } = {}): Env
 }
 
 /** An optional integer in [min, max]: undefined when unset or empty. */
-export function optionalInt(opts: { min?: number; max?: number } = {}): EnvReader<number | undefined> {
+function optionalInt(opts: { min?: number; max?: number } = {}): EnvReader<number | undefined> {
   const inner = int(0, opts);
   return {
     read(name, raw) {
@@ -104,7 +104,7 @@ export function bool(def: boolean): EnvReader<boolean> {
 }
 
 /** A string matching `re` (`what` says what that means); `def` when unset. */
-export function matching(re: RegExp, def: string, what: string): EnvReader<string> {
+function matching(re: RegExp, def: string, what: string): EnvReader<string> {
   return {
     read(name, raw) {
       const v = raw === undefined ? def : raw.trim();

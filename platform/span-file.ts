@@ -45,7 +45,7 @@ export class FileSpanExporter implements SpanExporter {
 }
 
 /** The JSON form of a span in the trace file. */
-export function spanRecord(s: ReadableSpan) {
+function spanRecord(s: ReadableSpan) {
   const start = s.startTime[0] * 1e3 + s.startTime[1] / 1e6;
   const duration = s.duration[0] * 1e3 + s.duration[1] / 1e6;
   return {

@@ -19,10 +19,10 @@ import { join } from "node:path";
 import { holdExclusive } from "../platform/index.js";
 
 /** Where make run keeps its pid while it uses data directory `dataDir`. */
-export const runPidFile = (dataDir: string) => join(dataDir, "run.pid");
+const runPidFile = (dataDir: string) => join(dataDir, "run.pid");
 
 /** The pid of the make run that uses `dataDir`, if one is running (a file left by a killed one is none). */
-export function liveRunner(dataDir: string): number | undefined {
+function liveRunner(dataDir: string): number | undefined {
   let pid: number;
   try {
     pid = Number.parseInt(readFileSync(runPidFile(dataDir), "utf8"), 10);

@@ -45,7 +45,7 @@ function described(schema: JsonObject, description: string): JsonObject {
 }
 
 /** A scalar's proto3 JSON schema. */
-export function scalarSchema(scalar: ScalarType): JsonObject {
+function scalarSchema(scalar: ScalarType): JsonObject {
   switch (scalar) {
     case ScalarType.STRING:
       return { type: "string" };

@@ -97,7 +97,7 @@ export type Decision =
   | { readonly kind: "done" };
 
 /** True for CONFIRMED and CANCELLED. */
-export function isTerminal(s: OrderStatus): boolean {
+function isTerminal(s: OrderStatus): boolean {
   return s === "CONFIRMED" || s === "CANCELLED";
 }
 

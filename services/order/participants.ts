@@ -54,7 +54,7 @@ const NO_ANSWER: Partial<Record<Code, string>> = {
  * it becomes a sentence naming the participant (operators have the breaker's log lines and the
  * client metrics, per downstream).
  */
-export function describeFailure(err: RpcError, participant: string): string {
+function describeFailure(err: RpcError, participant: string): string {
   const transport = err.broken || err.code in NO_ANSWER || err.code === Code.INTERNAL || err.code === Code.UNKNOWN;
   if (err.notSent || !transport) {
     return `${err.codeName}: ${err.message}`;
