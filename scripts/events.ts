@@ -36,7 +36,8 @@ const dlqOnly = args.includes("--dlq");
 // The event tail always follows; the dead-letter list ends unless asked to follow.
 const follow = !dlqOnly || args.includes("--follow");
 const fromStart = dlqOnly || args.includes("--from-start");
-const url = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
+// Empty is unset, as for the other commands' variables (NATS_URL= was "Invalid URL").
+const url = process.env.NATS_URL || "nats://127.0.0.1:4222";
 const { NATS_USER = "", NATS_PASSWORD = "" } = process.env.NATS_USER
   ? process.env
   : localBusEnv(process.env.DATA_DIR || join(ROOT, ".data"), BUS_ADMIN);

@@ -248,6 +248,18 @@ it("make demo reads an empty ORDER_TARGET or INVENTORY_TARGET as unset (ORDER_TA
   expect(out).toContain("cannot reach the order service at 127.0.0.1:50053: is `make run` running?");
 });
 
+it('make events reads an empty NATS_URL as unset (NATS_URL= was "NATS at  refused the connection: Invalid URL")', async () => {
+  using data = tempDir();
+  // In a network namespace of its own, as above: the default port is other runs' on this machine.
+  const { code, out } = await runToEnd(
+    "unshare",
+    ["-rn", process.execPath, "--import", "tsx", "scripts/events.ts", "--dlq"],
+    { env: { ...process.env, NATS_URL: "", DATA_DIR: data.path } },
+  );
+  expect(code, out).toBe(1);
+  expect(out).toContain("cannot reach NATS at nats://127.0.0.1:4222 within 10 s");
+});
+
 /** Whether process `pid` exists (a signal 0 reaches it). */
 const alive = (pid: number) => {
   try {
