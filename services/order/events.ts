@@ -12,8 +12,9 @@
  * whichever came last (each handler locks the order, so exactly one sees both).
  *
  * OrderCancelled is also the command to compensate: inventory releases the
- * reservation (StockReleased) and payment refunds or voids the charge
- * (PaymentRefunded); the order logs those as they arrive. A customer's cancel
+ * reservation (StockReleased) and payment refunds the charge
+ * (PaymentRefunded) or, cancelled before it charged, voids the charge's key
+ * (PaymentFailed); the order logs those as they arrive. A customer's cancel
  * cancels at once and lets the same compensation follow. The transitions
  * are the same pure functions the orchestrator uses (domain.ts), so both
  * modes reach the same end states for the same inputs.
