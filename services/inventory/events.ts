@@ -5,8 +5,9 @@
  *
  * - OrderPlaced (choreography) -> reserve the order's stock -> StockReserved
  *   or StockRejected;
- * - OrderCancelled (choreography) -> release the reservation, or void the
- *   key so that a late OrderPlaced can never reserve -> StockReleased.
+ * - OrderCancelled (choreography) -> release the reservation (StockReleased),
+ *   or, when none was made yet, void the key so that a late OrderPlaced can
+ *   never reserve (no event: nothing was held).
  *
  * The reservation key is `<order id>:reserve_stock`, the same key the
  * orchestrator uses, so one order can never be reserved twice whichever way
