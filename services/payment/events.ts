@@ -7,8 +7,10 @@
  * - StockReserved (choreography) -> charge the reserved total ->
  *   PaymentSucceeded or PaymentFailed (also for a charge that can never be
  *   made: an invalid request, which has no payment id);
- * - OrderCancelled (choreography) -> refund the charge, or void its key so a
- *   late StockReserved can never charge -> PaymentRefunded.
+ * - OrderCancelled (choreography) -> refund the charge (PaymentRefunded), or,
+ *   when none was made yet, void its key so a late StockReserved can never
+ *   charge (PaymentFailed "voided" when the order waits to hear: its
+ *   refund_pending).
  *
  * The charge key is `<order id>:charge_payment`, the same key the
  * orchestrator uses.
