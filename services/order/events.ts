@@ -14,7 +14,8 @@
  * OrderCancelled is also the command to compensate: inventory releases the
  * reservation (StockReleased) and payment refunds the charge
  * (PaymentRefunded) or, cancelled before it charged, voids the charge's key
- * (PaymentFailed); the order logs those as they arrive. A customer's cancel
+ * (PaymentFailed "voided" only when the order waits to hear, its refund
+ * pending; none after a StockRejected); the order logs those as they arrive. A customer's cancel
  * cancels at once and lets the same compensation follow. The transitions
  * are the same pure functions the orchestrator uses (domain.ts), so both
  * modes reach the same end states for the same inputs.
