@@ -80,6 +80,10 @@ const MIGRATIONS = migrations([
   OUTBOX_INDEXES_MIGRATION,
   // 6: the inbox forgets an event a day after the streams do (its purge reads by this index).
   INBOX_PURGE_MIGRATION,
+  // 7: the payers an older version kept for ever (before forgetChoreographyOrder): every row whose
+  // charge key (stepKey(order_id, "charge_payment")) is used, as rememberChoreographyOrder deletes one.
+  `DELETE FROM choreography_orders WHERE EXISTS
+     (SELECT 1 FROM payments WHERE idempotency_key = choreography_orders.order_id || ':charge_payment');`,
 ]);
 
 /** Result of {@link PaymentStore.charge}. `replayed` is true when the key already had a payment. */

@@ -1,0 +1,121 @@
+/**
+ * An upgrade round (2026-12-05): what a data directory written by an older version meets after
+ * `git pull` and `make run` — found by running the versions of 2026-12-02 (fe7e836) and 2026-12-04
+ * (9755f40) under `make load`, killing them outright mid-load, and starting this one on their
+ * DATA_DIR. Each fixture is built with the older version's migration SQL, copied from git history,
+ * and opened with today's code. Each `describe` is one finding; each test failed on the code it was
+ * written against.
+ */
+import { join } from "node:path";
+import Database from "better-sqlite3";
+import { describe, expect, it } from "vitest";
+import { PaymentStore } from "../services/payment/store.js";
+import { tempDir } from "./fixtures.js";
+
+/** payment's migrations 1-3 as fe7e836 (2026-12-02) wrote them. */
+const PAYMENT_AT_FE7E836 = [
+  `CREATE TABLE payments (
+     id              TEXT PRIMARY KEY,
+     idempotency_key TEXT NOT NULL UNIQUE,
+     kind            TEXT NOT NULL CHECK (kind IN ('CHARGE', 'VOID')),
+     fingerprint     TEXT,
+     order_id        TEXT NOT NULL,
+     customer_id     TEXT NOT NULL,
+     amount_minor    INTEGER NOT NULL,
+     currency        TEXT NOT NULL,
+     status          TEXT NOT NULL CHECK (status IN ('CAPTURED', 'DECLINED', 'REFUNDED')),
+     decline_reason  TEXT,
+     refund_reason   TEXT,
+     created_at      INTEGER NOT NULL,
+     updated_at      INTEGER NOT NULL,
+     CHECK ((kind = 'VOID') = (fingerprint IS NULL)),
+     CHECK ((kind = 'CHARGE' AND amount_minor > 0)
+         OR (kind = 'VOID' AND amount_minor = 0 AND status = 'DECLINED')),
+     CHECK ((status = 'DECLINED') = (decline_reason IS NOT NULL)),
+     CHECK ((status = 'REFUNDED') = (refund_reason IS NOT NULL))
+   ) STRICT;
+   CREATE INDEX payments_order ON payments (order_id, created_at);`,
+  `CREATE TABLE outbox (
+     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+     event_id    TEXT NOT NULL UNIQUE,
+     type        TEXT NOT NULL,
+     subject     TEXT NOT NULL,
+     payload     BLOB NOT NULL,
+     order_id    TEXT NOT NULL,
+     traceparent TEXT NOT NULL DEFAULT '',
+     created_at  INTEGER NOT NULL,
+     sent_at     INTEGER
+   ) STRICT;
+   CREATE INDEX outbox_unsent ON outbox (seq) WHERE sent_at IS NULL;
+   CREATE TABLE inbox (
+     consumer   TEXT NOT NULL,
+     event_id   TEXT NOT NULL,
+     type       TEXT NOT NULL,
+     handled_at INTEGER NOT NULL,
+     PRIMARY KEY (consumer, event_id)
+   ) STRICT;
+   CREATE TABLE choreography_orders (
+     order_id    TEXT PRIMARY KEY,
+     customer_id TEXT NOT NULL,
+     card_token  TEXT NOT NULL
+   ) STRICT;`,
+  "ALTER TABLE outbox ADD COLUMN claimed_by TEXT; ALTER TABLE outbox ADD COLUMN claimed_until INTEGER;",
+];
+
+/** A SQLite file at `path` as an older version left it: its migrations applied, then `fill`. */
+function olderDatabase(path: string, list: readonly string[], fill: (db: Database.Database) => void): void {
+  const db = new Database(path);
+  list.forEach((m, i) => {
+    db.exec(m);
+    db.pragma(`user_version = ${i + 1}`);
+  });
+  fill(db);
+  db.close();
+}
+
+describe("payment's choreography_orders written before 660b3ae (payers never forgotten)", () => {
+  // Before 660b3ae payment kept a choreographed order's payer, card token and all, for ever; since,
+  // it forgets it once the charge key is used (charged, declined, or voided by OrderCancelled). A data
+  // directory of an older version kept every row it had: after 45 s of make load on fe7e836 and an
+  // upgrade, 452 rows, every one for an order whose charge key was long used, were never deleted.
+  it("keeps no payer of an order whose charge key is used, and keeps the payer of an order still waiting", async () => {
+    using dir = tempDir();
+    const path = join(dir.path, "payment.db");
+    olderDatabase(path, PAYMENT_AT_FE7E836, (db) => {
+      const payer = db.prepare("INSERT INTO choreography_orders VALUES (?, 'cus_1', 'tok_visa')");
+      for (const id of ["ord_charged", "ord_declined", "ord_voided", "ord_waiting"]) payer.run(id);
+      const pay = db.prepare(`INSERT INTO payments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, 1)`);
+      pay.run(
+        "pay_1",
+        "ord_charged:charge_payment",
+        "CHARGE",
+        "f",
+        "ord_charged",
+        "cus_1",
+        2400,
+        "USD",
+        "CAPTURED",
+        null,
+      );
+      pay.run(
+        "pay_2",
+        "ord_declined:charge_payment",
+        "CHARGE",
+        "f",
+        "ord_declined",
+        "cus_1",
+        2400,
+        "USD",
+        "DECLINED",
+        "card declined",
+      );
+      pay.run("pay_3", "ord_voided:charge_payment", "VOID", null, "", "", 0, "", "DECLINED", "voided");
+    });
+    const store = await PaymentStore.open({ engine: "sqlite", path });
+    await store.close();
+    const db = new Database(path, { readonly: true });
+    const left = db.prepare("SELECT order_id FROM choreography_orders ORDER BY order_id").pluck().all();
+    db.close();
+    expect(left).toEqual(["ord_waiting"]);
+  });
+});
