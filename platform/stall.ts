@@ -5,11 +5,15 @@
  * those out, or a freeze of this process, with every peer answering, ran the budget out and gave
  * up on the peers. Shorter delays (a busy moment) count for nothing: a budget under load stays the
  * wall clock's. A query measures too, so a stall is counted even before the timer got to run after it.
+ * The time before the clock began counts as standing still: the process was not running (stopped,
+ * crashed, upgraded), and what came for it meanwhile waits unread — a budget of a saga begun before a
+ * restart starts again at it, instead of running out at the first sweep.
  */
 export class StallClock {
   /** The stalls seen, oldest first: when each ended and how long it lasted, ms. */
   private readonly stalls: { end: number; ms: number }[] = [];
   private last: number;
+  private readonly began: number;
   private readonly timer: NodeJS.Timeout;
 
   constructor(
@@ -18,6 +22,7 @@ export class StallClock {
     private readonly now: () => number = Date.now,
   ) {
     this.last = now();
+    this.began = this.last;
     this.timer = setInterval(() => this.measure(), periodMs);
     this.timer.unref();
   }
@@ -32,10 +37,10 @@ export class StallClock {
     return this.last;
   }
 
-  /** Time this process stood still after `since` (epoch ms), up to now. */
+  /** Time this process stood still after `since` (epoch ms), up to now: not yet running included. */
   stalledSince(since: number): number {
     this.measure();
-    let ms = 0;
+    let ms = Math.max(0, this.began - since);
     for (const s of this.stalls) ms += Math.max(0, Math.min(s.ms, s.end - since));
     return ms;
   }

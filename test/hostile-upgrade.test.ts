@@ -7,10 +7,21 @@
  * written against.
  */
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
+import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
+import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
+import { installLeanAsyncBind } from "../platform/async-bind.js";
+import { createChannel, createClient, identityMetadata, silentLogger } from "../platform/index.js";
+import { type InventoryApp, startInventory } from "../services/inventory/app.js";
+import { loadConfig as inventoryConfig } from "../services/inventory/config.js";
+import { startPayment } from "../services/payment/app.js";
+import { loadConfig as paymentConfig } from "../services/payment/config.js";
 import { PaymentStore } from "../services/payment/store.js";
-import { tempDir } from "./fixtures.js";
+import { TestDatabases } from "./db.js";
+import { spawnService, tempDir } from "./fixtures.js";
+import { startNats } from "./nats.js";
 
 /** payment's migrations 1-3 as fe7e836 (2026-12-02) wrote them. */
 const PAYMENT_AT_FE7E836 = [
@@ -118,4 +129,71 @@ describe("payment's choreography_orders written before 660b3ae (payers never for
     db.close();
     expect(left).toEqual(["ord_waiting"]);
   });
+});
+
+describe("a choreographed order in flight when the order service stopped (a crash, an upgrade's git pull and build)", () => {
+  // The step budget's sweep cancels a choreographed order that made no progress for
+  // SAGA_STEP_BUDGET_MS, leaving out the time the order process stood still (frozen, stalled) — but
+  // not the time it was not running at all. Restarted more than a budget after it stopped (git pull,
+  // make build, make run), its first sweep (a quarter budget after start) cancelled every
+  // choreographed order in flight as "inventory unavailable" or "payment unavailable", before the
+  // events waiting for it were read and whether or not the participant had answered: 6 orders
+  // cancelled, each charged and refunded, after an upgrade from fe7e836 on PostgreSQL.
+  const BUDGET_MS = 3_000;
+  it("gets the whole budget from the restart before it is cancelled", async () => {
+    installLeanAsyncBind();
+    using dir = tempDir();
+    await using nats = await startNats();
+    const dbs = new TestDatabases(dir.path);
+    const log = silentLogger();
+    const base = { GRPC_HOST: "127.0.0.1", GRPC_PORT: "0", SHUTDOWN_GRACE_MS: "2000", NATS_URL: nats.url };
+    const inventoryAt = async () => startInventory(inventoryConfig({ ...base, ...(await dbs.env("inventory")) }), log);
+    let inventory: InventoryApp | undefined = await inventoryAt();
+    const payment = await startPayment(paymentConfig({ ...base, ...(await dbs.env("payment")) }), log);
+    const orderEnv = {
+      NATS_URL: nats.url,
+      ...(await dbs.env("order")),
+      INVENTORY_TARGET: inventory.address,
+      PAYMENT_TARGET: payment.address,
+      SAGA_STEP_BUDGET_MS: String(BUDGET_MS),
+    };
+    let order = await spawnService("order", orderEnv, 60_000);
+    const as = { metadata: identityMetadata({ subject: "upgrader", roles: ["customer"] }) };
+    try {
+      // Inventory is out while the order service is down, and back soon after it restarts.
+      await inventory.stop();
+      inventory = undefined;
+      let channel = createChannel(order.address);
+      const { order: placed } = await createClient(OrderService, channel).placeOrder(
+        {
+          idempotencyKey: "upgrade-budget",
+          sagaMode: SagaMode.CHOREOGRAPHY,
+          items: [{ productId: "ceramic-mug", quantity: 1 }],
+          cardToken: "tok_visa",
+        },
+        as,
+      );
+      channel.close();
+      await order.kill("SIGKILL");
+      await sleep(BUDGET_MS + 500);
+      order = await spawnService("order", orderEnv, 60_000);
+      channel = createChannel(order.address);
+      const orders = createClient(OrderService, channel);
+      await sleep(BUDGET_MS / 2); // two sweeps
+      inventory = await inventoryAt();
+      let status = OrderStatus.PENDING;
+      let reason = "";
+      for (const until = Date.now() + 20_000; status === OrderStatus.PENDING && Date.now() < until; await sleep(100)) {
+        const { order: o } = await orders.getOrder({ orderId: placed?.id ?? "" }, as);
+        status = o?.status ?? OrderStatus.PENDING;
+        reason = o?.statusReason ?? "";
+      }
+      channel.close();
+      expect({ status: OrderStatus[status], reason }).toEqual({ status: "CONFIRMED", reason: "" });
+    } finally {
+      await order.kill("SIGKILL");
+      await inventory?.stop();
+      await payment.stop();
+    }
+  }, 90_000);
 });
