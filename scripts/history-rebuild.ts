@@ -17,13 +17,21 @@
  * (130 for SIGINT).
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdirSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { BUS_ADMIN } from "../platform/index.js";
 import { holdDataDir, recordChild, stopLeftovers } from "./data-dir.js";
 import { dbOf, portOf, ROOT } from "./layout.js";
-import { answers, jetStreamDir, localBusEnv, NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
+import {
+  answers,
+  jetStreamDir,
+  localBusEnv,
+  NATS_MISSING,
+  natsInstalled,
+  natsServerArgs,
+  preparedJetStreamDir,
+} from "./nats.js";
 import {
   ensureDatabase,
   initCluster,
@@ -65,7 +73,7 @@ async function ensureNats(): Promise<(() => Promise<void>) | undefined> {
     throw new CannotStart(`nothing answers at NATS_URL=${NATS_URL}, and it is not this machine's NATS to start`);
   }
   if (!natsInstalled()) throw new CannotStart(NATS_MISSING);
-  mkdirSync(jetStreamDir(DATA, DB), { recursive: true });
+  preparedJetStreamDir(DATA, DB);
   const nats = spawn("nats-server", natsServerArgs(DATA, port, undefined, DB), { stdio: ["ignore", "pipe", "pipe"] });
   recordChild(DATA, nats.pid, "nats");
   const lines: string[] = [];

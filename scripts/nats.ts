@@ -10,7 +10,7 @@
  */
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { BUS_USERS } from "../contracts/events.js";
@@ -78,6 +78,32 @@ export function localBusEnv(dataDir: string, user: string): Record<string, strin
  */
 export function jetStreamDir(dataDir: string, db: string): string {
   return db === "postgres" ? join(dataDir, "nats", "postgres") : join(dataDir, "nats");
+}
+
+/**
+ * {@link jetStreamDir} for `db`, made if missing. Before 4ad9e0c (2026-12-03) PostgreSQL's streams
+ * were in `<dataDir>/nats` too: a PostgreSQL database made then (its data directory is there) with no
+ * store of its own yet gets a copy of that store first. Started on an empty one, every event its
+ * outboxes had marked sent was gone for it: the sagas waiting for one never ended, a cancelled
+ * order's stock stayed reserved, and history and notification never heard of the orders they were
+ * behind on. The copy is made aside and renamed into place, so one cut short is made again.
+ */
+export function preparedJetStreamDir(dataDir: string, db: string): string {
+  const dir = jetStreamDir(dataDir, db);
+  const shared = join(dataDir, "nats", "jetstream");
+  if (
+    db === "postgres" &&
+    !existsSync(dir) &&
+    existsSync(shared) &&
+    existsSync(join(dataDir, "postgres", "PG_VERSION"))
+  ) {
+    const aside = `${dir}.copying`;
+    rmSync(aside, { recursive: true, force: true });
+    cpSync(shared, join(aside, "jetstream"), { recursive: true });
+    renameSync(aside, dir);
+  }
+  mkdirSync(dir, { recursive: true });
+  return dir;
 }
 
 /**

@@ -36,7 +36,6 @@
  * `make bench` starts them.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { mkdirSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -45,7 +44,7 @@ import { BUS_ADMIN, backoffMs, provisionBus, silentLogger } from "../platform/in
 import { holdDataDir, recordChild, stopLeftovers } from "./data-dir.js";
 import { dbOf, nodeCommand, portOf, ROOT, SYSTEM, SYSTEM_ENV } from "./layout.js";
 import { jsonLine, readableLines } from "./log-lines.js";
-import { jetStreamDir, localBusPasswords, NATS_MISSING, natsInstalled, natsServerArgs } from "./nats.js";
+import { localBusPasswords, NATS_MISSING, natsInstalled, natsServerArgs, preparedJetStreamDir } from "./nats.js";
 import {
   ensureDatabase,
   initCluster,
@@ -422,7 +421,7 @@ await checkPorts([
     ]).flat(),
   ),
 ]);
-mkdirSync(jetStreamDir(DATA, DB), { recursive: true });
+preparedJetStreamDir(DATA, DB);
 // NATS prints a banner; show only its readiness, warnings and errors.
 start(
   "nats",

@@ -6,21 +6,26 @@
  * and opened with today's code. Each `describe` is one finding; each test failed on the code it was
  * written against.
  */
+import { spawn } from "node:child_process";
+import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
 import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { installLeanAsyncBind } from "../platform/async-bind.js";
 import { createChannel, createClient, identityMetadata, silentLogger } from "../platform/index.js";
+import { preparedJetStreamDir } from "../scripts/nats.js";
 import { type InventoryApp, startInventory } from "../services/inventory/app.js";
 import { loadConfig as inventoryConfig } from "../services/inventory/config.js";
 import { startPayment } from "../services/payment/app.js";
 import { loadConfig as paymentConfig } from "../services/payment/config.js";
 import { PaymentStore } from "../services/payment/store.js";
 import { TestDatabases } from "./db.js";
-import { spawnService, tempDir } from "./fixtures.js";
+import { exited, freePort, outputReady, spawnService, tempDir } from "./fixtures.js";
 import { startNats } from "./nats.js";
 
 /** payment's migrations 1-3 as fe7e836 (2026-12-02) wrote them. */
@@ -196,4 +201,65 @@ describe("a choreographed order in flight when the order service stopped (a cras
       await payment.stop();
     }
   }, 90_000);
+});
+
+/** Runs a nats-server with its store in `storeDir` while `use` runs, given its URL. */
+async function withNatsOn<T>(storeDir: string, use: (url: string) => Promise<T>): Promise<T> {
+  const port = await freePort();
+  const child = spawn("nats-server", ["-js", "-sd", storeDir, "-a", "127.0.0.1", "-p", String(port)], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  try {
+    await outputReady(child, "Server is ready", "nats-server", 10_000);
+    return await use(`nats://127.0.0.1:${port}`);
+  } finally {
+    const done = exited(child);
+    child.kill("SIGTERM");
+    await done;
+  }
+}
+
+describe("make run DB=postgres on a data directory from before 4ad9e0c (one NATS store for both databases)", () => {
+  // 4ad9e0c (2026-12-03) gave PostgreSQL's streams a store of their own, <DATA_DIR>/nats/postgres;
+  // before, they were in <DATA_DIR>/nats. On a data directory of fe7e836 the new make run DB=postgres
+  // started NATS on an empty store: every event the outboxes had marked sent was gone. After a kill
+  // mid-load, 64 of 207 orders never reached history, 74 never reached notification, a cancelled
+  // order's stock stayed reserved and 4 cancelled orders waited for their refund's answer for good.
+  it("starts the bus on the streams PostgreSQL's services wrote to before", async () => {
+    using dir = tempDir();
+    const data = dir.path;
+    // What fe7e836's make run DB=postgres left: its PostgreSQL data directory, its streams in nats/.
+    mkdirSync(join(data, "postgres"), { recursive: true });
+    writeFileSync(join(data, "postgres", "PG_VERSION"), "15\n");
+    mkdirSync(join(data, "nats"), { recursive: true });
+    await withNatsOn(join(data, "nats"), async (url) => {
+      const nc = await connect({ servers: url });
+      await (await jetstreamManager(nc)).streams.add({ name: "ORDER", subjects: ["order.>"] });
+      const js = jetstream(nc);
+      for (const id of ["a", "b", "c"]) await js.publish(`order.order.placed.choreography`, id, { msgID: id });
+      await nc.close();
+    });
+    const store = preparedJetStreamDir(data, "postgres");
+    const messages = await withNatsOn(store, async (url) => {
+      const nc = await connect({ servers: url });
+      try {
+        const jsm = await jetstreamManager(nc);
+        const names: string[] = [];
+        for await (const name of jsm.streams.names()) names.push(name);
+        return names.includes("ORDER") ? (await jsm.streams.info("ORDER")).state.messages : 0;
+      } finally {
+        await nc.close();
+      }
+    });
+    expect(messages).toBe(3);
+    // A database made after the split keeps its own store: nothing is copied over it again.
+    expect(preparedJetStreamDir(data, "postgres")).toBe(store);
+  });
+
+  it("gives a PostgreSQL database made since (no data directory before the store) a store of its own", async () => {
+    using dir = tempDir();
+    mkdirSync(join(dir.path, "nats", "jetstream", "SQLITE_RUNS_ACCOUNT"), { recursive: true });
+    const store = preparedJetStreamDir(dir.path, "postgres");
+    expect(readdirSync(store)).toEqual([]);
+  });
 });
