@@ -32,9 +32,8 @@ import { exited, ROOT, runToEnd, type ServiceProcess, spawnGateway, spawnService
 import { expectCheckoutInvariants, expectFencedStepLog } from "./invariants.js";
 import { startNats, type TestNats } from "./nats.js";
 import { startPostgres, type TestPostgres } from "./postgres.js";
-import { orderReplicasClient, PRODUCTS, unfinishedOrders, customer as who } from "./replicas.js";
+import { orderReplicasClient, PRODUCTS, replicaEnv, unfinishedOrders, customer as who } from "./replicas.js";
 
-const LEASE_MS = 1_500;
 const SERVICES = ["inventory", "payment", "order", "notification", "history"] as const;
 type Service = (typeof SERVICES)[number];
 const REPLICAS: Record<Service, number> = { inventory: 2, payment: 2, order: 2, notification: 1, history: 1 };
@@ -69,25 +68,7 @@ const dbs = {
 const replicas: Record<string, ServiceProcess[]> = {};
 const started: ServiceProcess[] = [];
 
-function envOf(name: Service): Record<string, string> {
-  return {
-    NATS_URL: nats.url,
-    DATABASE_URL: roleUrl(name),
-    DATABASE_POOL_SIZE: "4",
-    METRICS_PORT: "0",
-    LOG_LEVEL: "info",
-    ...(name === "order"
-      ? {
-          INVENTORY_TARGET: "registry:///inventory",
-          PAYMENT_TARGET: "registry:///payment",
-          SAGA_LEASE_MS: String(LEASE_MS),
-          SAGA_RETRY_BASE_MS: "50",
-          SAGA_RETRY_MAX_MS: "500",
-          SAGA_STEP_BUDGET_MS: "30000",
-        }
-      : {}),
-  };
-}
+const envOf = (name: Service) => replicaEnv(name, nats.url, roleUrl(name), 4);
 
 async function startReplica(name: Service): Promise<ServiceProcess> {
   const p = await spawnService(name, envOf(name), 90_000);

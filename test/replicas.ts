@@ -1,6 +1,7 @@
 /**
- * What the scale-out suites (scale-out.test.ts, hostile-scale.test.ts) share: a client of the order
- * replicas running, as a customer's app would hold one, and the count of orders still in flight.
+ * What the scale-out suites (scale-out.test.ts, hostile-scale.test.ts) share: a replica's environment,
+ * a client of the order replicas running, as a customer's app would hold one, and the count of orders
+ * still in flight.
  */
 import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import {
@@ -13,6 +14,39 @@ import {
   sql,
 } from "../platform/index.js";
 import { withDb } from "./db.js";
+
+/** How long a saga lease lasts in the scale-out suites, ms: short, so a dead replica's sagas are adopted within the test. */
+export const LEASE_MS = 1_500;
+
+/**
+ * The environment of a replica of service `name` on NATS at `natsUrl` and the database at `databaseUrl`
+ * (`poolSize` connections): order replicas find their participants by registry and retry fast, with
+ * a short lease and a step budget no test's outage reaches.
+ */
+export function replicaEnv(
+  name: string,
+  natsUrl: string,
+  databaseUrl: string,
+  poolSize: number,
+): Record<string, string> {
+  return {
+    NATS_URL: natsUrl,
+    DATABASE_URL: databaseUrl,
+    DATABASE_POOL_SIZE: String(poolSize),
+    METRICS_PORT: "0",
+    LOG_LEVEL: "info",
+    ...(name === "order"
+      ? {
+          INVENTORY_TARGET: "registry:///inventory",
+          PAYMENT_TARGET: "registry:///payment",
+          SAGA_LEASE_MS: String(LEASE_MS),
+          SAGA_RETRY_BASE_MS: "50",
+          SAGA_RETRY_MAX_MS: "500",
+          SAGA_STEP_BUDGET_MS: "30000",
+        }
+      : {}),
+  };
+}
 
 /**
  * A client of the order replicas at `addresses`: it retries on another replica. Its circuits are out of

@@ -31,9 +31,8 @@ import { type ServiceProcess, spawnService, tempDir } from "./fixtures.js";
 import { expectCheckoutInvariants, expectFencedStepLog } from "./invariants.js";
 import { startNats, type TestNats } from "./nats.js";
 import { startPostgres, type TestPostgres } from "./postgres.js";
-import { orderReplicasClient, PRODUCTS, unfinishedOrders, customer as who } from "./replicas.js";
+import { LEASE_MS, orderReplicasClient, PRODUCTS, replicaEnv, unfinishedOrders, customer as who } from "./replicas.js";
 
-const LEASE_MS = 1_500;
 const log = silentLogger();
 const dir = tempDir();
 
@@ -60,25 +59,7 @@ const replicas: Record<string, ServiceProcess[]> = {};
 /** Every process ever started, for teardown. */
 const started: ServiceProcess[] = [];
 
-function envOf(name: string): Record<string, string> {
-  return {
-    NATS_URL: nats.url,
-    DATABASE_URL: databaseUrl,
-    DATABASE_POOL_SIZE: "5",
-    METRICS_PORT: "0",
-    LOG_LEVEL: "info",
-    ...(name === "order"
-      ? {
-          INVENTORY_TARGET: "registry:///inventory",
-          PAYMENT_TARGET: "registry:///payment",
-          SAGA_LEASE_MS: String(LEASE_MS),
-          SAGA_RETRY_BASE_MS: "50",
-          SAGA_RETRY_MAX_MS: "500",
-          SAGA_STEP_BUDGET_MS: "30000",
-        }
-      : {}),
-  };
-}
+const envOf = (name: string) => replicaEnv(name, nats.url, databaseUrl, 5);
 
 async function startReplica(name: string): Promise<ServiceProcess> {
   const p = await spawnService(name, envOf(name), 60_000);
