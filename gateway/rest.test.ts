@@ -104,6 +104,30 @@ describe("path templates", () => {
     expect(only.match("GET", "/v1/shelves/s1/books/b2/more")).toBeUndefined();
   });
 
+  it("a multi-segment variable keeps RFC 6570 reserved characters percent-encoded, as Envoy's transcoder does", () => {
+    // google/api/http.proto: a multi-segment variable ({var=foo/*}, {var=**}) is decoded "except %2F
+    // and %2f"; grpc-httpjson-transcoding (Envoy) and grpc-gateway's non-legacy modes leave every
+    // reserved character encoded, as sent, so "a%2Fb" stays one segment of the bound path. `**`
+    // counts as multi-segment even over one segment (Envoy's is_multipart).
+    expect(build("GET /v1/files/a%2Fb/c%3Ad%20e")).toEqual({ rpc: "ReadFile", json: { path: "a%2Fb/c%3Ad e" } });
+    expect(build("GET /v1/files/a%2fb")).toEqual({ rpc: "ReadFile", json: { path: "a%2fb" } });
+    expect(build("GET /v1/files/caf%C3%A9%3F%23%5B%5D%40%21%24%26%27%28%29%2A%2B%2C%3B%3D")).toEqual({
+      rpc: "ReadFile",
+      json: { path: "café%3F%23%5B%5D%40%21%24%26%27%28%29%2A%2B%2C%3B%3D" },
+    });
+    expect(build("GET /v1/files/%7Euser/%41%2D%5F%2E")).toEqual({ rpc: "ReadFile", json: { path: "~user/A-_." } });
+    expect((build("GET /v1/files/a/%E0%A4%A") as ConnectError).rawMessage).toBe(
+      "path: is not valid percent-encoded UTF-8 in the path",
+    );
+    const only = new RestRouter([library.method.getByName as never]);
+    const hit = only.match("GET", "/v1/shelves/s%2F1/books/b%20%40");
+    expect(
+      hit && "route" in hit
+        ? requestJson(hit, { query: new URLSearchParams(), body: undefined, idempotencyKey: undefined })
+        : hit,
+    ).toEqual({ book: { name: "shelves/s%2F1/books/b %40" } });
+  });
+
   it("tells a path it does not know (404) from a method the path does not take (405)", () => {
     expect(router.match("GET", "/v1/nowhere")).toBeUndefined();
     // A known verb belongs to its route whatever the method: not book "b2:publish".

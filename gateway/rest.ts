@@ -11,7 +11,8 @@
  * upstream.
  * Routes come from contracts/http-rules.ts. A variable's value is its
  * segments joined by "/"; a single-segment value is percent-decoded in full
- * (`%2F` becomes "/"), a multi-segment one segment by segment.
+ * (`%2F` becomes "/"), a multi-segment one segment by segment but its RFC 6570
+ * reserved characters (`%2F` stays "%2F").
  */
 import { type DescMethod, fromBinary, type JsonObject, type JsonValue, toJson } from "@bufbuild/protobuf";
 import { base64Decode } from "@bufbuild/protobuf/wire";
@@ -38,6 +39,18 @@ function decodeSegment(s: string): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** A percent-encoded RFC 6570 reserved character (gen-delims and sub-delims). */
+const RESERVED = /(%(?:2[1346789ABCFabcf]|3[ABDFabdf]|40|5[BDbd]))/;
+
+/**
+ * Percent-decodes one segment of a multi-segment variable but its reserved characters, kept as sent
+ * (google/api/http.proto: "except %2F and %2f"; Envoy's transcoder and grpc-gateway keep them all).
+ */
+function decodeUnreserved(s: string): string | undefined {
+  const parts = s.split(RESERVED).map((p, i) => (i % 2 ? p : decodeSegment(p)));
+  return parts.some((p) => p === undefined) ? undefined : parts.join("");
 }
 
 /** Matches `path` (without its query) against `route`; undefined when it does not match. */
@@ -68,7 +81,8 @@ function matchRoute(route: RestRoute, path: string): RestMatch | undefined {
   let malformed: Variable | undefined;
   for (const v of route.variables) {
     const taken = v.length < 0 ? raw.slice(v.start) : raw.slice(v.start, v.start + v.length);
-    const decoded = taken.length === 1 ? [decodeSegment(taken[0] ?? "")] : taken.map(decodeSegment);
+    // Multi-segment: more than one segment in the template, or `**` (even over one), as Envoy counts it.
+    const decoded = v.length === 1 ? [decodeSegment(taken[0] ?? "")] : taken.map(decodeUnreserved);
     if (decoded.some((d) => d === undefined)) malformed ??= v;
     values.set(v, decoded.join("/"));
   }
