@@ -124,6 +124,35 @@ function setPath(obj: JsonObject, path: readonly DescField[], value: JsonValue, 
   } else o[key] = value;
 }
 
+/** `s` percent-decoded as a form field ('+' a space); undefined when it is not percent-encoded UTF-8. */
+function formDecode(s: string): string | undefined {
+  try {
+    return decodeURIComponent(s.replaceAll("+", " "));
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The query's name/value pairs as URLSearchParams reads them, but a name or value that is not
+ * percent-encoded UTF-8 is refused naming it: URLSearchParams would read "%zz" as text and %FF as
+ * U+FFFD, a value the client never sent (grpc-gateway's url.ParseQuery refuses a malformed escape).
+ */
+function queryPairs(raw: string): [string, string][] {
+  const pairs: [string, string][] = [];
+  for (const part of raw.split("&")) {
+    if (part === "") continue;
+    const eq = part.indexOf("=");
+    const rawName = eq < 0 ? part : part.slice(0, eq);
+    const name = formDecode(rawName);
+    if (name === undefined) throw badRequest(rawName, "is not valid percent-encoded UTF-8 in the query");
+    const value = formDecode(eq < 0 ? "" : part.slice(eq + 1));
+    if (value === undefined) throw badRequest(name, "is not valid percent-encoded UTF-8 in the query");
+    pairs.push([name, value]);
+  }
+  return pairs;
+}
+
 /** The value at a field path of a JSON object, or undefined. */
 function getPath(obj: JsonObject, path: readonly DescField[]): JsonValue | undefined {
   let v: JsonValue | undefined = obj;
@@ -136,7 +165,8 @@ function getPath(obj: JsonObject, path: readonly DescField[]): JsonValue | undef
 
 /** What the request carries besides the route: its query, body and Idempotency-Key header. */
 export interface RestInput {
-  readonly query: URLSearchParams;
+  /** The raw query: everything after the first `?` ("" for none). */
+  readonly query: string;
   /** The parsed JSON body, or undefined when there was none. */
   readonly body: JsonValue | undefined;
   readonly idempotencyKey: string | undefined;
@@ -170,7 +200,7 @@ export function requestJson(m: RestMatch, input: RestInput): JsonObject {
   if (route.body && route.body !== "*") bound.add(route.body.name);
   if (route.body !== "*") {
     const seen = new Set<string>();
-    for (const [key, text] of input.query) {
+    for (const [key, text] of queryPairs(input.query)) {
       const path = fieldPath(message, key);
       const leaf = path?.[path.length - 1];
       if (!path || !leaf) throw badRequest(key, `is not a field of ${message.typeName}`);
@@ -194,7 +224,7 @@ export function requestJson(m: RestMatch, input: RestInput): JsonObject {
       setPath(obj, path, value, append);
       texts.push({ name: key, path, text, value, append });
     }
-  } else if ([...input.query.keys()].length > 0) {
+  } else if (queryPairs(input.query).length > 0) {
     throw new ConnectError(
       `${route.httpMethod} ${route.template} takes its fields in the body, not the query`,
       Code.InvalidArgument,

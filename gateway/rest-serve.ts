@@ -159,7 +159,7 @@ export async function serveRest(
   try {
     const encoding = req.headers["content-encoding"];
     json = requestJson(match, {
-      query: new URLSearchParams(queryOf(req.url)),
+      query: queryOf(req.url),
       body: await jsonBody(opts.body(uReq.body as AsyncIterable<Uint8Array>), encoding, opts.maxBodyBytes),
       idempotencyKey: opts.idempotencyKey,
     });
@@ -267,7 +267,7 @@ export async function serveRestUnary(
   try {
     const body = await readBody(req, opts.maxBodyBytes, call.signal);
     const json = requestJson(match, {
-      query: new URLSearchParams(queryOf(req.url)),
+      query: queryOf(req.url),
       body: bodyJson(body, req.headers["content-encoding"], opts.maxBodyBytes),
       idempotencyKey: opts.idempotencyKey,
     });
