@@ -589,9 +589,9 @@ describe("behaviour that is right", () => {
   it("method tricks and odd paths: no override, 405 with Allow, 404 for slashes, 400 for ids that are no ids", async () => {
     const h = await auth("alice");
     const override = await rest("POST", "/v1/orders/ord_1", { headers: { ...h, "X-HTTP-Method-Override": "GET" } });
-    expect(override).toMatchObject({ status: 405, headers: { allow: "GET" } });
+    expect(override).toMatchObject({ status: 405, headers: { allow: "GET, HEAD" } });
     const options = await rest("OPTIONS", "/v1/orders", { headers: h });
-    expect(options).toMatchObject({ status: 405, headers: { allow: "POST, GET" } });
+    expect(options).toMatchObject({ status: 405, headers: { allow: "POST, GET, HEAD" } });
     const preflight = await rest("OPTIONS", "/v1/orders", {
       headers: { origin: "http://localhost:3000", "access-control-request-method": "POST" },
     });

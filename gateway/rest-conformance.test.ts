@@ -100,7 +100,7 @@ describe("path templates and variables", () => {
     // Nor a cancel: the path is GetOrder's, which takes GET only.
     const cancel = await send(`POST /v1/orders/${id}%3Acancel`, { body: "{}" });
     expect(cancel.status).toBe(405);
-    expect(cancel.headers.allow).toBe("GET");
+    expect(cancel.headers.allow).toBe("GET, HEAD");
     expect((await send(`GET /v1/orders/${id}`)).json.status).not.toBe("ORDER_STATUS_CANCELLED");
   });
 
@@ -226,7 +226,8 @@ describe("methods", () => {
     for (const method of ["PUT", "PATCH", "DELETE", "POST"]) {
       const r = await send(`${method} /v1/products/coffee-beans`, { body: "{}" });
       expect(r.status, method).toBe(405);
-      expect(r.headers.allow, method).toBe("GET");
+      // RFC 9110 §15.5.6: Allow lists the methods the resource supports, HEAD with the GET it answers.
+      expect(r.headers.allow, method).toBe("GET, HEAD");
     }
     const head = await send("HEAD /v1/products/coffee-beans");
     expect(head.status).toBe(200);

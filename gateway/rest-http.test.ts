@@ -227,7 +227,7 @@ describe("REST errors", () => {
     });
     const wrong = await rest("DELETE", "/v1/orders", { headers: bob });
     expect(wrong.status).toBe(405);
-    expect(wrong.headers.get("allow")).toBe("POST, GET");
+    expect(wrong.headers.get("allow")).toBe("POST, GET, HEAD");
   });
 
   it.each([

@@ -125,6 +125,8 @@ export class RestRouter {
       const head = httpMethod === "HEAD" && route.httpMethod === "GET" && route.method.methodKind === "unary";
       if (route.httpMethod === httpMethod || head) return m;
       allowed.add(route.httpMethod);
+      // RFC 9110 §15.5.6: Allow is every method the resource takes, and a GET that answers once takes HEAD.
+      if (route.httpMethod === "GET" && route.method.methodKind === "unary") allowed.add("HEAD");
     }
     return allowed.size ? { allowed: [...allowed] } : undefined;
   }
