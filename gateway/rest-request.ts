@@ -65,11 +65,12 @@ const FLOATING = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
 function leafJson(f: DescField, text: string, name: string): JsonValue {
   const { scalar, enumType, message } = elementOf(f);
   if (enumType) {
-    if (DECIMAL.test(text)) return Number(text);
-    if (!enumType.values.some((v) => v.name === text)) {
+    // By name or by the number of a value (as grpc-gateway and Envoy's transcoder read a query enum).
+    const number = DECIMAL.test(text) ? Number(text) : undefined;
+    if (!enumType.values.some((v) => (number === undefined ? v.name === text : v.number === number))) {
       throw badRequest(name, `${quoted(text)} is not a value of ${enumType.typeName}`);
     }
-    return text;
+    return number ?? text;
   }
   if (scalar === undefined) {
     // Well-known types whose JSON form is a string (Timestamp, Duration, FieldMask, wrappers) take it as is.

@@ -207,6 +207,9 @@ describe("query parameters", () => {
     ["GET /v1/books?tags=a&page_size=1&max_price=x&page_size=2", 'max_price: "x" is not a valid double'], // the first refusal, in query order
     ["GET /v1/books?tags=a&page_size=1&max_price=2&page_size=2", "page_size: is given more than once"],
     ["GET /v1/books?kinds=KIND_NOPE", 'kinds: "KIND_NOPE" is not a value of transcode.v1.Kind'],
+    // A number no value has: grpc-gateway (enum ByNumber) and Envoy (protobuf's ToEnum) refuse it.
+    ["GET /v1/books?filter.kind=99", 'filter.kind: "99" is not a value of transcode.v1.Kind'],
+    ["GET /v1/books?kinds=1&kinds=-1", 'kinds: "-1" is not a value of transcode.v1.Kind'],
     ["GET /v1/books?filter=x", "filter: is a message"],
     ["GET /v1/books?labels.a=b", "labels"],
     ["GET /v1/shelves/s1/books?shelf=s2", "shelf: is set by the path or the body"],
