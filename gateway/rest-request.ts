@@ -61,6 +61,13 @@ const DECIMAL = /^[+-]?\d+$/;
 /** A floating-point number as the path or the query may write it (NaN and the infinities aside). */
 const FLOATING = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
 
+/** The well-known wrapper types: a message of one scalar field, `value`, written as that scalar. */
+const WRAPPERS = new Set(
+  ["Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes"].map(
+    (t) => `google.protobuf.${t}Value`,
+  ),
+);
+
 /** The JSON value of one text value (path or query) for a singular field, as proto3 JSON reads it. */
 function leafJson(f: DescField, text: string, name: string): JsonValue {
   const { scalar, enumType, message } = elementOf(f);
@@ -73,7 +80,10 @@ function leafJson(f: DescField, text: string, name: string): JsonValue {
     return number ?? text;
   }
   if (scalar === undefined) {
-    // Well-known types whose JSON form is a string (Timestamp, Duration, FieldMask, wrappers) take it as is.
+    // A wrapper (google.protobuf.BoolValue...) is its scalar, read as that scalar is (grpc-gateway's query.go).
+    const wrapped = message && WRAPPERS.has(message.typeName) ? message.fields[0] : undefined;
+    if (wrapped) return leafJson(wrapped, text, name);
+    // Well-known types whose JSON form is a string (Timestamp, Duration, FieldMask) take it as is.
     if (message?.typeName.startsWith("google.protobuf.")) return text;
     throw badRequest(name, "is a message: send it in the request body");
   }

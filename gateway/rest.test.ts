@@ -178,6 +178,8 @@ describe("query parameters", () => {
       { inStock: true, minPages: "9007199254740993", maxPrice: 1.5 },
     ],
     ["GET /v1/books?filter.since=2026-01-02T03:04:05Z", { filter: { since: "2026-01-02T03:04:05Z" } }],
+    // A wrapper is its wrapped scalar, read as one (grpc-gateway parses BoolValue with ParseBool).
+    ["GET /v1/books?featured=true&min_rating=%2B4", { featured: true, minRating: 4 }],
     // A sign, as grpc-gateway's strconv reads it; a decimal exponent for a double.
     ["GET /v1/books?page_size=%2B5&min_pages=%2B7&max_price=1.5e2", { pageSize: 5, minPages: "7", maxPrice: 150 }],
   ])("%s → %j", (line, json) => {
@@ -207,6 +209,8 @@ describe("query parameters", () => {
     ["GET /v1/books?tags=a&page_size=1&max_price=x&page_size=2", 'max_price: "x" is not a valid double'], // the first refusal, in query order
     ["GET /v1/books?tags=a&page_size=1&max_price=2&page_size=2", "page_size: is given more than once"],
     ["GET /v1/books?kinds=KIND_NOPE", 'kinds: "KIND_NOPE" is not a value of transcode.v1.Kind'],
+    ["GET /v1/books?featured=yes", "featured: expected true or false"],
+    ["GET /v1/books?min_rating=0x10", 'min_rating: "0x10" is not a valid int32'],
     // A number no value has: grpc-gateway (enum ByNumber) and Envoy (protobuf's ToEnum) refuse it.
     ["GET /v1/books?filter.kind=99", 'filter.kind: "99" is not a value of transcode.v1.Kind'],
     ["GET /v1/books?kinds=1&kinds=-1", 'kinds: "-1" is not a value of transcode.v1.Kind'],
