@@ -309,6 +309,12 @@ describe("request and response bodies", () => {
     expect(responseJson(publish, { book: { id: "b2" } })).toEqual({ id: "b2" });
     expect(responseJson(publish, {})).toEqual({});
     expect(responseJson(search, { books: [] })).toEqual({ books: [] });
+    // A scalar field at its default is left out of the response's JSON; the answer is that default,
+    // as grpc-gateway writes the field (`""`), not null.
+    const readFile = router.routes.find((r) => r.method.name === "ReadFile");
+    if (!readFile) throw new Error("fixture routes missing");
+    expect(responseJson(readFile, { path: "a/b" })).toBe("a/b");
+    expect(responseJson(readFile, {})).toBe("");
   });
 });
 

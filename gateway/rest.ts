@@ -14,7 +14,7 @@
  * (`%2F` becomes "/"), a multi-segment one segment by segment but its RFC 6570
  * reserved characters (`%2F` stays "%2F").
  */
-import { type DescMethod, fromBinary, type JsonObject, type JsonValue, toJson } from "@bufbuild/protobuf";
+import { create, type DescMethod, fromBinary, type JsonObject, type JsonValue, toJson } from "@bufbuild/protobuf";
 import { base64Decode } from "@bufbuild/protobuf/wire";
 import { Code } from "@connectrpc/connect";
 import { codeFromString } from "@connectrpc/connect/protocol-connect";
@@ -136,7 +136,13 @@ export class RestRouter {
 export function responseJson(route: RestRoute, response: JsonObject): JsonValue {
   const f = route.responseBody;
   if (!f) return response;
-  return response[f.jsonName] ?? (f.fieldKind === "list" ? [] : f.fieldKind === "message" ? {} : null);
+  const value = response[f.jsonName];
+  if (value !== undefined) return value;
+  if (f.fieldKind === "message") return {};
+  // Left out of the response's JSON at its default: the answer is that default ("", 0, false, [], the
+  // enum's zero value), as grpc-gateway writes the field, not null.
+  const output = route.method.output;
+  return (toJson(output, create(output), { alwaysEmitImplicit: true }) as JsonObject)[f.jsonName] ?? null;
 }
 
 /** A Connect JSON error (`{code: "not_found", message, details: [{type, value}]}`) as google.rpc.Status JSON. */
