@@ -28,7 +28,7 @@ import {
   type Tx,
 } from "../../platform/index.js";
 import { isSettled, type OrderRecord, refundPending, type SagaMode } from "./domain.js";
-import type { StoredStep } from "./schema.js";
+import { STEP_LOG_KEPT, type StoredStep, stepWindow } from "./schema.js";
 import type { OrderStore } from "./store.js";
 
 /** ListOrders' pages: newest first. */
@@ -57,15 +57,18 @@ export interface OrderApiDeps {
   readonly defaultMode: SagaMode;
 }
 
-/** The step-log entries an Order message carries: the first {@link FIRST_STEPS_SHOWN}, then the latest. */
-export const MAX_STEPS_SHOWN = 64;
-const FIRST_STEPS_SHOWN = 16;
+/** The step-log entries an Order message carries: the first {@link STEP_LOG_FIRST}, then the latest. */
+export const MAX_STEPS_SHOWN = STEP_LOG_KEPT;
 
+/**
+ * The Order message of `o` with its step log (oldest first, as stored: a long one has had entries
+ * between its first and its latest dropped, schema.ts). `steps_omitted` counts every entry ever
+ * written that it leaves out: the log's entries are numbered from 1 (`seq`), so the last one's number
+ * is how many there were.
+ */
 export function orderMessage(o: OrderRecord, log: readonly StoredStep[]): MessageInitShape<typeof OrderSchema> {
-  const steps =
-    log.length <= MAX_STEPS_SHOWN
-      ? log
-      : [...log.slice(0, FIRST_STEPS_SHOWN), ...log.slice(log.length - (MAX_STEPS_SHOWN - FIRST_STEPS_SHOWN))];
+  const steps = stepWindow(log);
+  const written = Math.max(log.length, log.at(-1)?.seq ?? 0);
   return {
     id: o.id,
     customerId: o.customerId,
@@ -87,7 +90,7 @@ export function orderMessage(o: OrderRecord, log: readonly StoredStep[]): Messag
     updatedAt: timestampFromMs(o.updatedAt),
     refundPending: refundPending(o),
     cancelRequested: o.cancelRequested !== null && o.status !== "CANCELLED",
-    stepsOmitted: log.length - steps.length,
+    stepsOmitted: written - steps.length,
   };
 }
 
@@ -117,7 +120,7 @@ async function* follow(
   try {
     let current = visible(await store.get(id));
     // Read after the order: it holds every step of that version, and perhaps a few of later ones.
-    let steps = await store.steps(id);
+    let steps: readonly StoredStep[] = await store.steps(id);
     yield { order: current, steps };
     while (!isSettled(current) && !signal.aborted) {
       if (queue.length === 0) await new Promise<void>((r) => (wake = r));
@@ -126,7 +129,8 @@ async function* follow(
       current = next.order;
       const last = steps.at(-1)?.seq ?? 0;
       if (next.step === undefined || (next.step && next.step.seq > last + 1)) steps = await store.steps(id);
-      else if (next.step && next.step.seq === last + 1) steps = [...steps, next.step];
+      // Kept as the message shows it: a watch held through a long outage held every retry's entries.
+      else if (next.step && next.step.seq === last + 1) steps = stepWindow([...steps, next.step]);
       yield { order: current, steps };
     }
   } finally {

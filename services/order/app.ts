@@ -146,7 +146,7 @@ async function startWith(
   location: ReturnType<typeof locationOf>,
   release: () => void,
 ): Promise<OrderApp> {
-  const store = await OrderStore.open(location);
+  const store = await OrderStore.open(location, Date.now, log);
   const choreography = new Choreography(store);
   // A step budget counts the time participants take, not the time this process stood still.
   const stall = processStalls();

@@ -50,6 +50,22 @@ const ORDERS = `CREATE TABLE orders (
      PRIMARY KEY (order_id, seq)
    ) STRICT;`;
 
+/**
+ * The entries an order's stored step log keeps: its first {@link STEP_LOG_FIRST} and its latest
+ * {@link STEP_LOG_KEPT} − {@link STEP_LOG_FIRST} (what an Order message shows), and the first start
+ * of each step. A saga retrying for a long time (a refund through a payment outage: compensation has
+ * no budget) wrote two rows a retry for as long as it lasted, every one read again by each GetOrder.
+ */
+export const STEP_LOG_KEPT = 64;
+/** The oldest entries an order's stored step log always keeps (see {@link STEP_LOG_KEPT}). */
+export const STEP_LOG_FIRST = 16;
+
+/** `log` (oldest first) as an Order message carries it: whole up to {@link STEP_LOG_KEPT} entries, else the first and the latest. */
+export function stepWindow<S>(log: readonly S[]): readonly S[] {
+  if (log.length <= STEP_LOG_KEPT) return log;
+  return [...log.slice(0, STEP_LOG_FIRST), ...log.slice(log.length - (STEP_LOG_KEPT - STEP_LOG_FIRST))];
+}
+
 /** Orders whose saga has more to do: running forward or back, or cancelled with a refund still to land. */
 export const UNFINISHED = sql`(status IN ('PENDING', 'COMPENSATING')
   OR (status = 'CANCELLED' AND payment IN ('attempted', 'done')))`;

@@ -24,13 +24,17 @@ export class StepStarts {
 
   constructor(private readonly clock: () => number) {}
 
-  /** Counts the STARTED entries of call steps in `steps` (a stored step log, oldest first). */
+  /**
+   * Reads the STARTED entries of call steps in `steps` (a stored step log, oldest first): each
+   * step's attempts so far are its latest start's number, not a count — a long log keeps only its
+   * first and latest entries (schema.ts), and each step's first start, which its budget runs from.
+   */
   load(steps: readonly StoredStep[]): void {
     for (const s of steps) {
       const step = s.name as CallStep;
       if (s.status !== "STARTED" || !(step in PARTICIPANT)) continue;
       const seen = this.seen.get(step);
-      this.seen.set(step, { count: (seen?.count ?? 0) + 1, since: seen?.since ?? s.at });
+      this.seen.set(step, { count: Math.max(seen?.count ?? 0, s.attempt), since: seen?.since ?? s.at });
     }
   }
 

@@ -16,6 +16,7 @@ import {
   currentTraceparent,
   type Db,
   keyUse,
+  type Logger,
   newId,
   type Outbox,
   sharedNow,
@@ -34,7 +35,7 @@ import {
   type Transition,
 } from "./domain.js";
 import type { Lease } from "./leases.js";
-import { type OrderRow, type StoredStep, toOrder } from "./schema.js";
+import { type OrderRow, STEP_LOG_FIRST, STEP_LOG_KEPT, type StoredStep, toOrder } from "./schema.js";
 
 /** What the writes work with: the database, the outbox their events go into, the clock, the change feed. */
 export interface Writer {
@@ -42,6 +43,8 @@ export interface Writer {
   readonly outbox: Outbox;
   readonly clock: () => number;
   readonly changes: OrderChanges;
+  /** Where a step log's first trim is said (schema.ts, {@link STEP_LOG_KEPT}). */
+  readonly log?: Logger;
 }
 
 /** What placing an order did; `fence` is the lease token when this replica now drives the saga. */
@@ -201,6 +204,7 @@ export function applyTransition(
         ${name}, ${status}, ${detail}, ${attempt}, ${now}, ${row.fence})
       RETURNING seq`);
     const step: StoredStep = { seq: logged?.seq ?? 0, ...t.log, at: now, fence: row.fence };
+    await trimSteps(w, tx, id, step.seq);
     const o = toOrder(updated as OrderRow);
     if (t.patch.status !== undefined && t.patch.status !== row.status && (await publishTerminal(w, tx, o))) {
       w.changes.terminal(tx, o);
@@ -212,6 +216,28 @@ export function applyTransition(
     await w.changes.changed(tx, o, step);
     return { kind: "applied", order: o, step };
   });
+}
+
+/**
+ * Once entry `seq` has taken order `id`'s step log past {@link STEP_LOG_KEPT} entries, drops those
+ * between its first {@link STEP_LOG_FIRST} and its latest, but for each step's first start (where a
+ * step's budget runs from, step-log.ts): a saga retrying for days (a refund through a payment outage)
+ * kept two rows a retry. The entries keep their numbers, so the log still says how many there were.
+ * Said once per order, when it first happens.
+ */
+async function trimSteps(w: Writer, tx: Tx, id: string, seq: number): Promise<void> {
+  if (seq <= STEP_LOG_KEPT) return;
+  await tx.run(sql`DELETE FROM saga_steps WHERE order_id = ${id}
+      AND seq > ${STEP_LOG_FIRST} AND seq <= ${seq - (STEP_LOG_KEPT - STEP_LOG_FIRST)}
+      AND NOT (status = 'STARTED' AND attempt = 1)`);
+  if (seq === STEP_LOG_KEPT + 1) {
+    tx.afterCommit(() =>
+      w.log?.info(
+        { orderId: id, first: STEP_LOG_FIRST, latest: STEP_LOG_KEPT - STEP_LOG_FIRST },
+        "saga step log past its bound: entries between the first and the latest are dropped from now on (each step's first start kept)",
+      ),
+    );
+  }
 }
 
 /** What an event about `o` says it is about: the order, and the saga mode it is driven in. */

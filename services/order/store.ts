@@ -6,7 +6,7 @@
  * committed change), schema.ts (tables and rows).
  */
 import { EVENTS } from "../../contracts/events.js";
-import { type Db, type DbLocation, Outbox, openDatabase, type Tx } from "../../platform/index.js";
+import { type Db, type DbLocation, type Logger, Outbox, openDatabase, type Tx } from "../../platform/index.js";
 import { OrderChanges } from "./changes.js";
 import type { Guard } from "./compensation.js";
 import type { OrderRecord, SagaMode, Transition } from "./domain.js";
@@ -36,14 +36,18 @@ export class OrderStore {
     /** The service's database (also used by its event consumers). */
     readonly db: Db,
     private readonly clock: () => number,
+    log: Logger | undefined,
   ) {
     this.outbox = new Outbox("order", EVENTS, clock);
-    this.writer = { db, outbox: this.outbox, clock, changes: this.changes };
+    this.writer = { db, outbox: this.outbox, clock, changes: this.changes, ...(log ? { log } : {}) };
   }
 
-  /** Opens (and migrates) the store at `location`; on PostgreSQL, hears changes made by other replicas. */
-  static async open(location: DbLocation, clock: () => number = Date.now): Promise<OrderStore> {
-    const store = new OrderStore(await openDatabase(location, MIGRATIONS), clock);
+  /**
+   * Opens (and migrates) the store at `location`; on PostgreSQL, hears changes made by other replicas.
+   * `log`: where it says what it does on its own (a long step log trimmed).
+   */
+  static async open(location: DbLocation, clock: () => number = Date.now, log?: Logger): Promise<OrderStore> {
+    const store = new OrderStore(await openDatabase(location, MIGRATIONS), clock, log);
     await store.changes.listen(store.db, (id) => store.get(id));
     return store;
   }
