@@ -6,6 +6,7 @@
  */
 import { createHmac } from "node:crypto";
 import {
+  DiscardPolicy,
   type JetStreamClient,
   type JetStreamManager,
   jetstream,
@@ -21,7 +22,7 @@ import type { Logger } from "./log.js";
 /**
  * Stream settings: file storage (survives a server restart), limits
  * retention (events stay for replay, e.g. to rebuild a read model) for 7
- * days, and a 2-minute duplicate window — longer than any outbox retry
+ * days or {@link STREAM_MAX_BYTES}, whichever comes first, and a 2-minute duplicate window — longer than any outbox retry
  * burst; the consumers' inboxes dedupe beyond it. No message is ever
  * deleted or purged through the API, by anyone: nats-server sends a
  * publish's acknowledgement to whatever reply subject the publisher named,
@@ -34,10 +35,22 @@ import type { Logger } from "./log.js";
 /** How long a stream keeps an event, ms: no delivery of one can come later (inbox.ts keeps a day more). */
 export const EVENT_RETENTION_MS = 7 * 24 * 60 * 60 * 1000;
 
+/**
+ * The most a stream keeps, bytes: past it, its oldest events are dropped (as they are past
+ * {@link EVENT_RETENTION_MS}). Bounded by age alone, the streams grew with traffic until the
+ * server's JetStream store was full (900 MB in the Kubernetes deployment, a week at ~0.5 orders a
+ * second), and NATS then refused every publish: the outboxes backed up for good, and the service
+ * registry's heartbeats, in the same store, failed with them. Four streams (three contexts and the
+ * DLQ) at this bound fit that store with room for the registry.
+ */
+export const STREAM_MAX_BYTES = 200 * 2 ** 20;
+
 const STREAM_DEFAULTS = {
   storage: StorageType.File,
   retention: RetentionPolicy.Limits,
   max_age: EVENT_RETENTION_MS * 1e6,
+  max_bytes: STREAM_MAX_BYTES,
+  discard: DiscardPolicy.Old,
   duplicate_window: 2 * 60 * 1e9,
   deny_delete: true,
   deny_purge: true,
@@ -99,6 +112,8 @@ async function ensureStream(jsm: JetStreamManager, s: StreamSpec, replicas: numb
     c.subjects?.join(" ") === s.subjects.join(" ") &&
     c.num_replicas >= replicas &&
     c.max_age === config.max_age &&
+    c.max_bytes === config.max_bytes &&
+    c.discard === config.discard &&
     c.duplicate_window === config.duplicate_window &&
     c.deny_delete === true &&
     c.deny_purge === true;

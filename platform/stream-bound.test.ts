@@ -1,0 +1,53 @@
+/**
+ * The event streams are bounded by size as well as by age: kept 7 days with no size limit, they
+ * grew with traffic until the server's JetStream store was full (900 MB in the Kubernetes
+ * deployment: ~0.5 orders a second for a week), and from then on NATS refused every publish — the
+ * outboxes backed up for good and the service registry's heartbeats failed with them. Past its
+ * size a stream drops its oldest events, and the bus goes on. A real nats-server whose store
+ * holds every stream's bound and a little more, as the deployment's does; one stream is filled past it.
+ */
+import { readFileSync } from "node:fs";
+import { expect, it } from "vitest";
+import { EVENTS } from "../contracts/events.js";
+import { startNats } from "../test/nats.js";
+import { connectBus, STREAM_MAX_BYTES } from "./bus.js";
+import { provisionBus } from "./bus-access.js";
+import { silentLogger } from "./log.js";
+import { openRegistry } from "./registry.js";
+
+it("a stream past its size drops its oldest events; publishing and the registry go on", async () => {
+  // As the Kubernetes deployment's store: every stream's bound (which nats-server reserves at creation) and a little more.
+  const storeMb = Math.ceil((EVENTS.streams.length * STREAM_MAX_BYTES) / 2 ** 20) + 64;
+  await using nats = await startNats(`jetstream { max_file_store: ${storeMb}MB }`);
+  await provisionBus(nats.url, EVENTS, silentLogger());
+  const bus = await connectBus(nats.url, "stream-bound-test", silentLogger());
+  try {
+    const payload = new Uint8Array(900 * 1024).fill(7);
+    const count = Math.ceil((1.5 * STREAM_MAX_BYTES) / payload.byteLength);
+    const refused: string[] = [];
+    for (let i = 0; i < count; i++) {
+      await bus.js.publish("order.order.placed", payload).catch((err: unknown) => {
+        refused.push((err as Error).message);
+      });
+    }
+    expect(refused.slice(0, 3)).toEqual([]);
+    const info = await bus.jsm.streams.info("ORDER");
+    expect(info.state.bytes).toBeLessThanOrEqual(STREAM_MAX_BYTES);
+    expect(info.state.first_seq).toBeGreaterThan(1);
+    expect(info.state.last_seq).toBe(count);
+    // The registry lives in the same store: its heartbeats still land.
+    const kv = await openRegistry(bus.nc);
+    await expect(kv.put("order.inst_test", "127.0.0.1:1")).resolves.toBeGreaterThan(0);
+  } finally {
+    await bus.close();
+  }
+}, 120_000);
+
+it("the Kubernetes NATS store holds every stream at its bound, with room to spare", () => {
+  const conf = readFileSync(new URL("../deploy/kubernetes/base/nats/nats.conf", import.meta.url), "utf8");
+  const m = /max_file_store:\s*(\d+)MB/.exec(conf);
+  expect(m?.[1]).toBeDefined();
+  const store = Number(m?.[1]) * 2 ** 20;
+  // Every event stream (the DLQ among them) at its bound, and room for the registry and the filesystem.
+  expect(EVENTS.streams.length * STREAM_MAX_BYTES + 64 * 2 ** 20).toBeLessThanOrEqual(store);
+});
