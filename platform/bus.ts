@@ -38,8 +38,8 @@ export const EVENT_RETENTION_MS = 7 * 24 * 60 * 60 * 1000;
 /**
  * The most a stream keeps, bytes: past it, its oldest events are dropped (as they are past
  * {@link EVENT_RETENTION_MS}). Bounded by age alone, the streams grew with traffic until the
- * server's JetStream store was full (900 MB in the Kubernetes deployment, a week at ~0.5 orders a
- * second), and NATS then refused every publish: the outboxes backed up for good, and the service
+ * server's JetStream store was full (900 MB in the Kubernetes deployment, a week at ~0.7 orders a
+ * second: ~2.1 KB of events an order), and NATS then refused every publish: the outboxes backed up for good, and the service
  * registry's heartbeats, in the same store, failed with them. Four streams (three contexts and the
  * DLQ) at this bound fit that store with room for the registry.
  */

@@ -1,7 +1,7 @@
 /**
  * The event streams are bounded by size as well as by age: kept 7 days with no size limit, they
  * grew with traffic until the server's JetStream store was full (900 MB in the Kubernetes
- * deployment: ~0.5 orders a second for a week), and from then on NATS refused every publish — the
+ * deployment: ~0.7 orders a second for a week), and from then on NATS refused every publish — the
  * outboxes backed up for good and the service registry's heartbeats failed with them. Past its
  * size a stream drops its oldest events, and the bus goes on. A real nats-server whose store
  * holds every stream's bound and a little more, as the deployment's does; one stream is filled past it.
