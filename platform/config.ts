@@ -18,6 +18,22 @@ export class ConfigError extends Error {
   }
 }
 
+/**
+ * The exit code of a start refused for a reason a restart cannot change (EX_CONFIG): its
+ * configuration ({@link ConfigError}) or its data ({@link StartRefused}). `make run` does not
+ * restart a process that exits with it, as it does any other.
+ */
+export const EXIT_REFUSED = 78;
+
+/**
+ * Thrown while starting for a reason a restart cannot change, other than a variable's value (a
+ * database written by a newer build); the message names it and what to change. The process
+ * exits {@link EXIT_REFUSED} with that one line.
+ */
+export class StartRefused extends Error {
+  override readonly name = "StartRefused";
+}
+
 /** `load()`'s configuration, or its problems on stderr and exit 78 (EX_CONFIG), as a service does: no stack trace. */
 export function configOrExit<C>(load: () => C): C {
   try {
@@ -25,7 +41,7 @@ export function configOrExit<C>(load: () => C): C {
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     process.stderr.write(`${err.message}\n`);
-    process.exit(78);
+    process.exit(EXIT_REFUSED);
   }
 }
 

@@ -17,6 +17,7 @@
 import { accessSync, constants, mkdirSync, statSync } from "node:fs";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
+import { StartRefused } from "./config.js";
 import { pgPool } from "./pg-pool.js";
 import { type Db, type DbLocation, type Engine, postgresDb, sqliteDb } from "./sql.js";
 
@@ -79,10 +80,22 @@ function openError(path: string, err: unknown): Error {
   );
 }
 
+/**
+ * A database a newer build has migrated: this one cannot read it, now or after any number of restarts
+ * (it was logged with a stack trace and exit 1, and `make run` restarted it for ever).
+ */
+function tooNew(what: string, version: number, known: number, variable: string): StartRefused {
+  return new StartRefused(
+    `${what}: its schema version ${version} is newer than this build knows (${known}): ` +
+      `run the build that wrote it, or set ${variable} to another`,
+  );
+}
+
 function openSqlite(path: string, migrations: readonly string[]): Db {
   try {
     return openSqliteAs(path, migrations);
   } catch (err) {
+    if (err instanceof StartRefused) throw err;
     throw openError(path, err);
   }
 }
@@ -106,9 +119,7 @@ function openSqliteAs(path: string, migrations: readonly string[]): Db {
       }).immediate();
     }
     const current = db.pragma("user_version", { simple: true }) as number;
-    if (current > migrations.length) {
-      throw new Error(`database schema version ${current} is newer than this build knows (${migrations.length})`);
-    }
+    if (current > migrations.length) throw tooNew(`the database ${path}`, current, migrations.length, "DB_PATH");
     // The temporary tables a statement builds for itself (the rows RETURNING hands back, an IN list
     // from a subquery, a materialised WITH) in memory. With the default (a temporary file's pager for
     // each), the outbox relay's claim cost 0.16 ms for one row, against 0.03 now (on a copy
@@ -149,7 +160,7 @@ async function openPostgres(url: string, schema: string, poolSize: number, migra
       const { rows } = await client.query<{ version: number }>("SELECT version FROM schema_version");
       const current = rows[0]?.version ?? 0;
       if (current > migrations.length) {
-        throw new Error(`database schema version ${current} is newer than this build knows (${migrations.length})`);
+        throw tooNew(`the database schema ${schema}`, current, migrations.length, "DATABASE_SCHEMA");
       }
       for (const m of migrations.slice(current)) await client.query(m);
       if (rows.length === 0)

@@ -27,9 +27,11 @@ export {
   commonEnv,
   configOrExit,
   type EnvReader,
+  EXIT_REFUSED,
   int,
   oneOf,
   parseEnv,
+  StartRefused,
   str,
 } from "./config.js";
 export type { ConsumerSpec } from "./consumer-spec.js";

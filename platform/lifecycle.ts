@@ -3,7 +3,7 @@
  * a clean shutdown on SIGTERM/SIGINT (a second signal exits at once).
  */
 import { installLeanAsyncBind } from "./async-bind.js";
-import { configOrExit } from "./config.js";
+import { configOrExit, EXIT_REFUSED, StartRefused } from "./config.js";
 import { createLogger, flushLogs, type Logger } from "./log.js";
 import { SqliteConnection } from "./sqlite-driver.js";
 import { startProcessTelemetry } from "./tracing.js";
@@ -27,7 +27,7 @@ export interface ProcessConfig {
 
 /**
  * Runs the process of service `name`: `loadConfig` (a ConfigError exits 78
- * with a message naming each bad variable), the lean `AsyncResource.bind`
+ * with a message naming each bad variable, as does a StartRefused from `start`), the lean `AsyncResource.bind`
  * (async-bind.ts), tracing, the logger, then
  * `start`; on SIGTERM or SIGINT stops the service, flushes traces and exits
  * 0 (or 1 if stopping failed). The signal handlers come first: a process
@@ -95,6 +95,12 @@ export async function runService<C extends ProcessConfig>(
   try {
     service = await start(config, log);
   } catch (err) {
+    if (err instanceof StartRefused) {
+      // Said once, in a line, with the code `make run` does not restart: a restart cannot change it.
+      log.fatal(err.message);
+      flushLogs();
+      process.exit(EXIT_REFUSED);
+    }
     const port = portInUse(err);
     if (port === undefined) log.fatal({ err }, `could not start: ${err instanceof Error ? err.message : String(err)}`);
     else {

@@ -40,7 +40,7 @@ import { createServer } from "node:net";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { EVENTS } from "../contracts/events.js";
-import { BUS_ADMIN, backoffMs, provisionBus, silentLogger } from "../platform/index.js";
+import { BUS_ADMIN, backoffMs, EXIT_REFUSED, provisionBus, silentLogger } from "../platform/index.js";
 import { holdDataDir, recordChild, stopLeftovers } from "./data-dir.js";
 import { dbOf, nodeCommand, portOf, ROOT, SYSTEM, SYSTEM_ENV } from "./layout.js";
 import { jsonLine, readableLines } from "./log-lines.js";
@@ -152,6 +152,8 @@ const children: { name: string; child: ChildProcess }[] = [];
 let stopping = false;
 /** A start that failed: everything is stopped, and the runner exits 1. */
 let failed = false;
+/** A process refused to start for good (exit 78): everything is stopped, and the runner exits 78 too. */
+let refused = false;
 function failStart(why: string): void {
   process.stderr.write(`${why}\n`);
   failed = true;
@@ -167,7 +169,8 @@ const HEALTHY_MS = 60_000;
  * Starts a child in its own process group (so the terminal's Ctrl-C reaches
  * only this runner, which then stops services before NATS) and relays every
  * output line that `show` accepts. An unexpected exit restarts it after a
- * backoff (unless RESTART=no).
+ * backoff (unless RESTART=no); an exit 78 (a refused start: its configuration or
+ * its data) stops everything instead, and the runner exits 78.
  */
 function start(
   name: string,
@@ -204,6 +207,21 @@ function start(
     say(name, p, `started (pid ${child.pid})`, { pid: child.pid });
     child.on("exit", (code, signal) => {
       if (stopping) return;
+      if (code === EXIT_REFUSED) {
+        // Its configuration or its data refused, which a restart cannot change: restarted, it was
+        // refused again every 1 to 30 s for ever, its reason scrolled away under the others' lines.
+        say(
+          name,
+          p,
+          `${name} refused to start (exit ${code}: its configuration or its data, as it said above): ` +
+            "not restarted; fix it and run again. Stopping everything",
+          { exit: `code ${code}` },
+          60,
+        );
+        refused = true;
+        stopAll();
+        return;
+      }
       const why = signal ?? `code ${code}`;
       if (!RESTART) {
         say(name, p, `exited unexpectedly (${why}); the others keep running`, { exit: why }, 50);
@@ -338,7 +356,7 @@ function stopAll(): void {
     return waitAll(infra.map((c) => c.child)).then(() => {
       clearTimeout(infraDeadline);
       say("run", undefined, "all stopped");
-      process.exit(failed ? 1 : 0);
+      process.exit(refused ? EXIT_REFUSED : failed ? 1 : 0);
     });
   });
 }
