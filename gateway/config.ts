@@ -12,7 +12,9 @@ import {
   oneOf,
   parseEnv,
   policyEnv,
+  registryWithoutBus,
   str,
+  target,
 } from "../platform/index.js";
 import { UPSTREAMS, type Upstream } from "./routes.js";
 
@@ -37,7 +39,7 @@ export function targetVariable<U extends Upstream>(upstream: U): TargetVariable<
  * `make run` (`contracts/ports.ts`: an upstream without a port there does not compile).
  */
 function targets() {
-  return Object.fromEntries(UPSTREAMS.map((u) => [targetVariable(u), str(localTarget(u))])) as {
+  return Object.fromEntries(UPSTREAMS.map((u) => [targetVariable(u), target(localTarget(u))])) as {
     readonly [U in Upstream as TargetVariable<U>]: EnvReader<string>;
   };
 }
@@ -154,6 +156,8 @@ const LOOPBACK = new Set(["127.0.0.1", "::1", "localhost"]);
 /** Parses the gateway configuration from `env`; throws ConfigError naming each bad variable. */
 export function loadConfig(env: Readonly<Record<string, string | undefined>>): GatewayConfig {
   const c = parseEnv(spec, env);
+  const noBus = registryWithoutBus(c, UPSTREAMS.map(targetVariable));
+  if (noBus.length > 0) throw new ConfigError(noBus);
   // One client within its rate limit must never be shed by the gateway's own bulkhead.
   if (c.UPSTREAM_BULKHEAD_LIMIT + c.UPSTREAM_BULKHEAD_QUEUE < c.RATE_LIMIT_IP_BURST) {
     throw new ConfigError([

@@ -1,6 +1,6 @@
 /** Env parsing: defaults, ranges, and one error naming every bad variable. */
 import { describe, expect, it } from "vitest";
-import { bool, ConfigError, commonEnv, int, num, oneOf, parseEnv, str } from "./config.js";
+import { bool, ConfigError, commonEnv, int, num, oneOf, parseEnv, str, target } from "./config.js";
 
 const spec = {
   PORT: int(50051, { min: 0, max: 65535 }),
@@ -35,5 +35,84 @@ describe("local defaults", () => {
     const c = parseEnv(commonEnv, {});
     expect(c.GRPC_HOST).toBe("127.0.0.1");
     expect(c.METRICS_HOST).toBe("127.0.0.1");
+  });
+});
+
+/** The value `reader` makes of `raw`, or the problem it names. */
+function read<T>(reader: { read(name: string, raw: string | undefined): T }, raw: string): T | string {
+  try {
+    return parseEnv({ X: reader }, { X: raw }).X as T;
+  } catch (err) {
+    return (err as ConfigError).problems.join("\n");
+  }
+}
+
+describe("hostile values", () => {
+  it("an integer is decimal digits: hex, binary, octal, exponents and leading zeros are refused, not converted", () => {
+    // Number() read SHUTDOWN_GRACE_MS=0x10 as 16 ms and GRPC_PORT=1e3 as 1000, silently.
+    for (const raw of ["0x10", "0b11", "0o7", "1e3", "010", "5s", "5000ms", "1.5", "1e309", "9007199254740993"]) {
+      expect(read(int(5), raw), raw).toMatch(/^X=.* is not a decimal integer|out of range/);
+    }
+    expect(read(int(5), "0x10")).toBe('X="0x10" is not a decimal integer');
+    expect(read(int(5), " 42 ")).toBe(42);
+    expect(read(int(5), "-3")).toBe(-3);
+    expect(read(int(5), "0")).toBe(0);
+  });
+
+  it("a number is decimal: hex and the like are refused", () => {
+    expect(read(num(0), "0x1")).toBe('X="0x1" is not a decimal number');
+    expect(read(num(0), "Infinity")).toBe('X="Infinity" is not a decimal number');
+    expect(read(num(0), "0.25")).toBe(0.25);
+    expect(read(num(0), ".5")).toBe(0.5);
+    expect(read(num(0), "1e-3")).toBe(0.001);
+  });
+
+  it("a string of only spaces is unset, as for every other reader (DATABASE_URL=' ' chose PostgreSQL at host 'base')", () => {
+    expect(read(str("d"), "   ")).toBe("d");
+    expect(read(str(), " ")).toBe("X is required");
+    expect(read(commonEnv.DATABASE_URL, " ")).toBe("");
+  });
+
+  it("NATS_URL is off or URLs a NATS client can dial, refused in a line otherwise", () => {
+    const nats = commonEnv.NATS_URL;
+    expect(read(nats, "off")).toBe("off");
+    expect(read(nats, "nats://a:4222,tls://b:4223,c")).toBe("nats://a:4222,tls://b:4223,c");
+    for (const raw of ["nats://127.0.0.1:99999", "nats://", "http://x:4222", "nats://a,,nats://b", "off,nats://a"]) {
+      expect(read(nats, raw), raw).toMatch(/^X=.* must be off or NATS server URLs/);
+    }
+    // A password in it is not repeated in the problem (it is printed, and logged).
+    expect(read(nats, "nats://u:secret@h:0")).not.toContain("secret");
+  });
+
+  it("DATABASE_URL is empty or a postgres:// URL, and a problem with it never repeats its password", () => {
+    const url = commonEnv.DATABASE_URL;
+    expect(read(url, "postgres://u:p@h:5432/db")).toBe("postgres://u:p@h:5432/db");
+    for (const ok of ["postgresql://h/db", "postgres://u@/db", "socket:/var/run/postgresql?db=x", "/tmp shopmesh"]) {
+      expect(read(url, ok), ok).toBe(ok);
+    }
+    expect(read(url, "not a url")).toMatch(/^X must be a postgres:\/\/ URL/);
+    expect(read(url, "mysql://u:hunter2@h/db")).not.toContain("hunter2");
+    expect(read(url, "postgres://h:99999/db")).toMatch(/^X must be a postgres/);
+  });
+
+  it("a gRPC target is host:port, ipv4:/ipv6: lists, dns:///name:port, registry:///name or unix:path", () => {
+    for (const ok of [
+      "127.0.0.1:50051",
+      "inventory:50051",
+      "[::1]:50051",
+      "ipv4:10.0.0.1:1,10.0.0.2:2",
+      "ipv6:[::1]:50051",
+      "dns:///inventory.shopmesh.svc:50051",
+      "registry:///inventory",
+      "unix:/tmp/x.sock",
+    ]) {
+      expect(read(target("d:1"), ok), ok).toBe(ok);
+    }
+    // Before: "ipv4:" and "registry:///" died at start with a stack trace; a port past 65535 was
+    // taken and every call failed.
+    for (const bad of ["ipv4:", "registry:///", "127.0.0.1:99999", "127.0.0.1", "dns:///x", "http://x:1", "a:1,b:2"]) {
+      expect(read(target("d:1"), bad), bad).toMatch(/^X=.* must be a gRPC target/);
+    }
+    expect(read(target("d:1"), " ")).toBe("d:1");
   });
 });

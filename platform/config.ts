@@ -52,26 +52,31 @@ export interface EnvReader<T> {
 
 class Invalid extends Error {}
 
-/** A string; `def` when unset or empty. Without a default the variable is required. */
+/** A string; `def` when unset, empty or only spaces. Without a default the variable is required. */
 export function str(def?: string): EnvReader<string> {
   return {
     read(name, raw) {
-      if (raw !== undefined && raw !== "") return raw;
+      // Only spaces is unset, as for every other reader: DATABASE_URL=" " chose PostgreSQL at host "base".
+      if (raw !== undefined && raw.trim() !== "") return raw;
       if (def !== undefined) return def;
       throw new Invalid(`${name} is required`);
     },
   };
 }
 
-/** An integer in [min, max]; `def` when unset or empty. */
+const DECIMAL_INT = /^[+-]?(0|[1-9]\d*)$/;
+const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i;
+
+/** An integer in [min, max], in decimal digits (no 0x, exponent or leading zero); `def` when unset or empty. */
 export function int(def: number, opts: { min?: number; max?: number } = {}): EnvReader<number> {
   const min = opts.min ?? Number.MIN_SAFE_INTEGER;
   const max = opts.max ?? Number.MAX_SAFE_INTEGER;
   return {
     read(name, raw) {
       if (raw === undefined || raw.trim() === "") return def;
+      // Decimal digits only: Number() took SHUTDOWN_GRACE_MS=0x10 for 16 ms and GRPC_PORT=1e3 for 1000.
+      if (!DECIMAL_INT.test(raw.trim())) throw new Invalid(`${name}=${JSON.stringify(raw)} is not a decimal integer`);
       const n = Number(raw.trim());
-      if (!Number.isInteger(n)) throw new Invalid(`${name}=${JSON.stringify(raw)} is not an integer`);
       if (n < min || n > max) throw new Invalid(`${name}=${n} is out of range ${min}..${max}`);
       return n;
     },
@@ -88,7 +93,7 @@ function optionalInt(opts: { min?: number; max?: number } = {}): EnvReader<numbe
   };
 }
 
-/** A number in [min, max]; `def` when unset or empty. */
+/** A number in [min, max], decimal (0.25, .5, 1e-3); `def` when unset or empty. */
 export function num(def: number, opts: { min?: number; max?: number } = {}): EnvReader<number> {
   const min = opts.min ?? -Infinity;
   const max = opts.max ?? Infinity;
@@ -96,7 +101,9 @@ export function num(def: number, opts: { min?: number; max?: number } = {}): Env
     read(name, raw) {
       if (raw === undefined || raw.trim() === "") return def;
       const n = Number(raw.trim());
-      if (!Number.isFinite(n)) throw new Invalid(`${name}=${JSON.stringify(raw)} is not a number`);
+      if (!DECIMAL.test(raw.trim()) || !Number.isFinite(n)) {
+        throw new Invalid(`${name}=${JSON.stringify(raw)} is not a decimal number`);
+      }
       if (n < min || n > max) throw new Invalid(`${name}=${n} is out of range ${min}..${max}`);
       return n;
     },
@@ -140,6 +147,103 @@ export function oneOf<const T extends string>(values: readonly T[], def: T): Env
       throw new Invalid(`${name}=${JSON.stringify(raw)} must be one of ${values.join(", ")}`);
     },
   };
+}
+
+/** `raw` with the password of a URL in it left out: a problem is printed, and logged. */
+function withoutPassword(raw: string): string {
+  return raw.replace(/\/\/([^:@/\s]*):[^@/\s]*@/g, "//$1:***@");
+}
+
+const HOST = /^([\w-]+(\.[\w-]+)*\.?|\[[\da-f:.]+\])$/i;
+const isPort = (p: string | undefined) => p !== undefined && /^\d{1,5}$/.test(p) && +p >= 1 && +p <= 65535;
+
+/** `host:port`, the port 1..65535. */
+function isHostPort(s: string): boolean {
+  const m = /^(.+):(\d+)$/.exec(s);
+  return m !== null && HOST.test(m[1] as string) && isPort(m[2]);
+}
+
+/** One NATS server as nats.js dials it: `[nats|tls|ws|wss://][user[:pass]@]host[:port][/path]`. */
+function isNatsServer(s: string): boolean {
+  const m = /^(?:(?:nats|tls|wss?):\/\/)?(?:[^@/\s]*@)?([^/\s:]+|\[[\da-f:.]+\])(?::(\d+))?(\/\S*)?$/i.exec(s);
+  return m !== null && HOST.test(m[1] as string) && (m[2] === undefined || isPort(m[2])) && s !== "off";
+}
+
+/**
+ * NATS server URLs, comma separated, or `off` (any case); `def` when unset or empty. A port past
+ * 65535 or an empty one died at connect with a TypeError's stack trace; "OFF" was dialled as a host.
+ */
+function natsUrls(def: string): EnvReader<string> {
+  return {
+    read(name, raw) {
+      if (raw === undefined || raw.trim() === "") return def;
+      if (raw.trim().toLowerCase() === "off") return "off";
+      const servers = raw.split(",").map((x) => x.trim());
+      if (servers.every(isNatsServer)) return servers.join(",");
+      throw new Invalid(
+        `${name}=${JSON.stringify(withoutPassword(raw))} must be off or NATS server URLs, comma separated ` +
+          "(nats://host:4222, tls://, ws://, wss://, or host[:port])",
+      );
+    },
+  };
+}
+
+/** A PostgreSQL URL (postgres://, postgresql://, socket:, or a socket directory), or empty (SQLite). Its value is not repeated in a problem unless without its password. */
+function postgresUrl(): EnvReader<string> {
+  return {
+    read(name, raw) {
+      if (raw === undefined || raw.trim() === "") return "";
+      const v = raw.trim();
+      if (v.startsWith("/")) return v; // "<socket directory> <database>", as pg reads it
+      try {
+        // A host left out before the path ("postgres://user@/db": the socket's default) parses as pg parses it.
+        const u = new URL(URL.canParse(v) ? v : v.replace("@/", "@localhost/"));
+        if (/^(postgres(ql)?|socket):$/.test(u.protocol) && (u.port === "" || isPort(u.port))) return v;
+      } catch {}
+      throw new Invalid(
+        `${name} must be a postgres:// URL (postgres://user:password@host:5432/database), or empty for SQLite; ` +
+          `got ${JSON.stringify(withoutPassword(v))}`,
+      );
+    },
+  };
+}
+
+/** Whether `v` is a target platform/endpoints.ts follows (see its module comment), or grpc-js's `unix:path`. */
+function isTarget(v: string): boolean {
+  if (v.startsWith("registry:")) return /^registry:\/\/\/?[A-Za-z0-9_-]{1,64}$/.test(v);
+  if (v.startsWith("dns:")) return isHostPort(v.replace(/^dns:(\/\/[^/]*)?\/?/, ""));
+  if (v.startsWith("ipv4:") || v.startsWith("ipv6:")) return v.slice(5).split(",").every(isHostPort);
+  if (v.startsWith("unix:")) return v.length > "unix:".length;
+  return isHostPort(v);
+}
+
+/**
+ * A gRPC target: `host:port`, `ipv4:a:port,b:port`, `dns:///name:port`, `registry:///name` or
+ * `unix:path`; `def` when unset or empty. "ipv4:" and "registry:///" died at start with a stack
+ * trace, and a port past 65535 was taken, every call to it failing.
+ */
+export function target(def: string): EnvReader<string> {
+  return {
+    read(name, raw) {
+      if (raw === undefined || raw.trim() === "") return def;
+      if (isTarget(raw.trim())) return raw.trim();
+      throw new Invalid(
+        `${name}=${JSON.stringify(raw)} must be a gRPC target: host:port, ipv4:host:port,..., dns:///name:port, ` +
+          "registry:///name or unix:path",
+      );
+    },
+  };
+}
+
+/**
+ * The problems of the `registry:///` targets among `names` in `c` when NATS_URL is off: they could
+ * never find an instance (the process died at start with a stack trace).
+ */
+export function registryWithoutBus(c: Readonly<Record<string, unknown>>, names: readonly string[]): string[] {
+  if (c.NATS_URL !== "off") return [];
+  return names
+    .filter((n) => String(c[n]).startsWith("registry:"))
+    .map((n) => `${n}=${String(c[n])} needs the event bus, and NATS_URL is off: set NATS_URL, or a host:port target`);
 }
 
 /** The parsed shape of a spec. */
@@ -188,7 +292,7 @@ export const commonEnv = {
    */
   DISCOVERY_REGISTER: bool(true),
   /** NATS server URL(s), comma separated; "off" runs without the event bus (events wait in the outbox). */
-  NATS_URL: str("nats://127.0.0.1:4222"),
+  NATS_URL: natsUrls("nats://127.0.0.1:4222"),
   /**
    * The NATS user this process connects as, with NATS_PASSWORD (platform/bus-access.ts: each may
    * publish only its own events); empty: an anonymous connection, for a server without users.
@@ -217,7 +321,7 @@ export const commonEnv = {
   /** Port of the /metrics and /healthz endpoint; unset: off, 0: any free port. */
   METRICS_PORT: optionalInt({ min: 0, max: 65535 }),
   /** PostgreSQL URL (postgres://user:pass@host:5432/db); empty: the SQLite file DB_PATH. */
-  DATABASE_URL: str(""),
+  DATABASE_URL: postgresUrl(),
   /** The service's schema in DATABASE_URL's database; empty: shopmesh_<service>. */
   DATABASE_SCHEMA: matching(/^([a-z_][a-z0-9_]{0,62})?$/, "", "a lower-case SQL identifier"),
   /** Connections in the PostgreSQL pool. */

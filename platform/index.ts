@@ -31,8 +31,10 @@ export {
   int,
   oneOf,
   parseEnv,
+  registryWithoutBus,
   StartRefused,
   str,
+  target,
 } from "./config.js";
 export type { ConsumerSpec } from "./consumer-spec.js";
 export { type DbConfig, locationOf, type Migrations, migrations, openDatabase } from "./db.js";

@@ -81,3 +81,31 @@ it("a database written by a newer build is refused in one line naming it, exit 7
   expect(out).toContain(`${file}: its schema version 999 is newer than this build knows`);
   expect(out).not.toMatch(/\n\s+at |"stack"/);
 }, 60_000);
+
+it("addresses a process cannot use are refused at start, each named in a line: exit 78, no stack trace", async () => {
+  using dir = tempDir();
+  const order = ["--import", "tsx", join(ROOT, "services", "order", "main.ts")];
+  const base = { DB_PATH: join(dir.path, "order.db"), GRPC_PORT: "0", METRICS_PORT: "", LOG_FORMAT: "json" };
+  // Before: a NATS port past 65535 and "ipv4:" each died with a TypeError's stack and exit 1 (restarted
+  // for ever), DATABASE_URL=" " opened PostgreSQL at host "base", and a target's port past 65535 ran on
+  // with every call to it failing.
+  const bad = await exitOf(order, {
+    ...base,
+    NATS_URL: "nats://127.0.0.1:99999",
+    INVENTORY_TARGET: "ipv4:",
+    PAYMENT_TARGET: "127.0.0.1:99999",
+    DATABASE_URL: "mysql://shop:hunter2@db/shop",
+    SHUTDOWN_GRACE_MS: "0x10",
+  });
+  expect(bad.code, bad.out).toBe(78);
+  for (const v of ["NATS_URL", "INVENTORY_TARGET", "PAYMENT_TARGET", "DATABASE_URL", "SHUTDOWN_GRACE_MS"]) {
+    expect(bad.out).toMatch(new RegExp(`^  ${v}\\b`, "m"));
+  }
+  expect(bad.out).not.toContain("hunter2");
+  expect(bad.out).not.toMatch(/\n\s+at /);
+  // A registry target with the bus off can never find an instance: refused, naming both variables.
+  const registry = await exitOf(order, { ...base, NATS_URL: "off", INVENTORY_TARGET: "registry:///inventory" });
+  expect(registry.code, registry.out).toBe(78);
+  expect(registry.out).toMatch(/INVENTORY_TARGET=registry:\/\/\/inventory needs the event bus, and NATS_URL is off/);
+  expect(registry.out).not.toMatch(/\n\s+at /);
+}, 60_000);

@@ -1,6 +1,18 @@
 /** Order service configuration: every variable it reads, parsed once. */
 import { DEFAULT_PORTS, localTarget } from "../../contracts/ports.js";
-import { type ConfigOf, commonEnv, faultEnv, int, oneOf, parseEnv, policyEnv, str } from "../../platform/index.js";
+import {
+  ConfigError,
+  type ConfigOf,
+  commonEnv,
+  faultEnv,
+  int,
+  oneOf,
+  parseEnv,
+  policyEnv,
+  registryWithoutBus,
+  str,
+  target,
+} from "../../platform/index.js";
 
 const spec = {
   ...commonEnv,
@@ -10,9 +22,9 @@ const spec = {
   /** SQLite file of this service (when DATABASE_URL is unset). */
   DB_PATH: str(".data/order.db"),
   /** gRPC target of the inventory service: host:port, dns:///name:port or registry:///inventory. */
-  INVENTORY_TARGET: str(localTarget("inventory")),
+  INVENTORY_TARGET: target(localTarget("inventory")),
   /** gRPC target of the payment service. */
-  PAYMENT_TARGET: str(localTarget("payment")),
+  PAYMENT_TARGET: target(localTarget("payment")),
   /** Saga mode for PlaceOrder requests that leave it unspecified. */
   SAGA_DEFAULT_MODE: oneOf(["ORCHESTRATION", "CHOREOGRAPHY"], "ORCHESTRATION"),
   /** How long a forward saga step may keep failing transiently before the order is compensated, in ms. */
@@ -33,5 +45,8 @@ export type OrderConfig = ConfigOf<typeof spec>;
 
 /** Parses the order configuration from `env`; throws ConfigError naming each bad variable. */
 export function loadConfig(env: Readonly<Record<string, string | undefined>>): OrderConfig {
-  return parseEnv(spec, env);
+  const c = parseEnv(spec, env);
+  const problems = registryWithoutBus(c, ["INVENTORY_TARGET", "PAYMENT_TARGET"]);
+  if (problems.length > 0) throw new ConfigError(problems);
+  return c;
 }
