@@ -115,4 +115,13 @@ describe("hostile values", () => {
     }
     expect(read(target("d:1"), " ")).toBe("d:1");
   });
+
+  it("OTEL_EXPORTER_OTLP_ENDPOINT is empty or an http(s) URL (notaurl threw from the exporter: a stack trace, exit 1)", () => {
+    const otlp = commonEnv.OTEL_EXPORTER_OTLP_ENDPOINT;
+    expect(read(otlp, "http://otel-collector:4318")).toBe("http://otel-collector:4318");
+    expect(read(otlp, "")).toBe("");
+    for (const bad of ["notaurl", "otel-collector:4318", "grpc://c:4317", "http://c:99999"]) {
+      expect(read(otlp, bad), bad).toMatch(/^X=.* must be an http:\/\/ or https:\/\/ URL/);
+    }
+  });
 });

@@ -208,6 +208,17 @@ function postgresUrl(): EnvReader<string> {
   };
 }
 
+/** An http:// or https:// URL, or empty (off). "notaurl" threw from the OTLP exporter: a stack trace, exit 1. */
+function httpUrl(): EnvReader<string> {
+  return {
+    read(name, raw) {
+      const v = raw?.trim() ?? "";
+      if (v === "" || (URL.canParse(v) && /^https?:$/.test(new URL(v).protocol))) return v;
+      throw new Invalid(`${name}=${JSON.stringify(withoutPassword(v))} must be an http:// or https:// URL, or empty`);
+    },
+  };
+}
+
 /** Whether `v` is a target platform/endpoints.ts follows (see its module comment), or grpc-js's `unix:path`. */
 function isTarget(v: string): boolean {
   if (v.startsWith("registry:")) return /^registry:\/\/\/?[A-Za-z0-9_-]{1,64}$/.test(v);
@@ -302,7 +313,7 @@ export const commonEnv = {
   /** Longest wait for in-flight calls on shutdown before they are cut, in ms. */
   SHUTDOWN_GRACE_MS: int(10_000, { min: 0, max: 120_000 }),
   /** OTLP/HTTP collector base URL (e.g. http://otel-collector:4318); empty: no OTLP export. */
-  OTEL_EXPORTER_OTLP_ENDPOINT: str(""),
+  OTEL_EXPORTER_OTLP_ENDPOINT: httpUrl(),
   /** Append finished spans as JSON lines to this file (what `make trace` reads); empty: off. */
   TRACE_FILE: str(""),
   /** Size at which TRACE_FILE is rotated to `<file>.1` (so spans on disk stay under twice this), bytes. */

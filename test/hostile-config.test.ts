@@ -96,9 +96,11 @@ it("addresses a process cannot use are refused at start, each named in a line: e
     PAYMENT_TARGET: "127.0.0.1:99999",
     DATABASE_URL: "mysql://shop:hunter2@db/shop",
     SHUTDOWN_GRACE_MS: "0x10",
+    OTEL_EXPORTER_OTLP_ENDPOINT: "otel-collector:4318",
   });
   expect(bad.code, bad.out).toBe(78);
-  for (const v of ["NATS_URL", "INVENTORY_TARGET", "PAYMENT_TARGET", "DATABASE_URL", "SHUTDOWN_GRACE_MS"]) {
+  const named = ["NATS_URL", "INVENTORY_TARGET", "PAYMENT_TARGET", "DATABASE_URL", "SHUTDOWN_GRACE_MS"];
+  for (const v of [...named, "OTEL_EXPORTER_OTLP_ENDPOINT"]) {
     expect(bad.out).toMatch(new RegExp(`^  ${v}\\b`, "m"));
   }
   expect(bad.out).not.toContain("hunter2");
