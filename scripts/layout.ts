@@ -42,7 +42,8 @@ export const SYSTEM = [
 export function portOf(variable: string, fallback: number): number {
   const raw = process.env[variable];
   if (raw === undefined || raw === "") return fallback;
-  const n = Number(raw);
+  // Decimal digits, as the services read a port (platform/config.ts): Number() took 0x4A39 for 19001.
+  const n = /^\d+$/.test(raw) ? Number(raw) : Number.NaN;
   if (!Number.isInteger(n) || n < 1 || n > 65535) {
     process.stderr.write(`${variable} must be a port (1..65535), got ${JSON.stringify(raw)}\n`);
     process.exit(2);

@@ -102,7 +102,7 @@ const PG_PORT = portOf("PG_PORT", 55432);
 /** `<NAME>_REPLICAS` (default 1). */
 function replicasOf(name: string): number {
   const raw = process.env[`${name.toUpperCase()}_REPLICAS`];
-  const n = raw === undefined || raw === "" ? 1 : Number(raw);
+  const n = raw === undefined || raw === "" ? 1 : /^\d+$/.test(raw) ? Number(raw) : Number.NaN;
   if (!Number.isInteger(n) || n < 1 || n > 5) {
     process.stderr.write(`${name.toUpperCase()}_REPLICAS must be 1..5, got ${JSON.stringify(raw)}\n`);
     process.exit(2);

@@ -111,3 +111,25 @@ it("addresses a process cannot use are refused at start, each named in a line: e
   expect(registry.out).toMatch(/INVENTORY_TARGET=registry:\/\/\/inventory needs the event bus, and NATS_URL is off/);
   expect(registry.out).not.toMatch(/\n\s+at /);
 }, 60_000);
+
+it("make run's own numbers are decimal, as the services': GATEWAY_PORT=0x4A39 is refused, not read as 19001", async () => {
+  using dir = tempDir();
+  for (const [variable, raw, line] of [
+    ["GATEWAY_PORT", "0x4A39", 'GATEWAY_PORT must be a port (1..65535), got "0x4A39"'],
+    ["NATS_PORT", "4222.0", 'NATS_PORT must be a port (1..65535), got "4222.0"'],
+    ["PAYMENT_REPLICAS", "0x2", 'PAYMENT_REPLICAS must be 1..5, got "0x2"'],
+    ["PAYMENT_REPLICAS", " ", 'PAYMENT_REPLICAS must be 1..5, got " "'],
+  ] as const) {
+    const { code, out } = await exitOf(
+      ["--import", "tsx", join(ROOT, "scripts", "run.ts")],
+      {
+        ...(await ports()),
+        DATA_DIR: dir.path,
+        [variable]: raw,
+      },
+      20_000,
+    );
+    expect(out, `${variable}=${raw}`).toBe(`${line}\n`);
+    expect(code).toBe(2);
+  }
+}, 120_000);
