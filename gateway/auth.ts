@@ -12,7 +12,7 @@
  * gateway would read one way and a service another is refused outright.
  */
 import { importSPKI, type JWTPayload, jwtVerify, SignJWT } from "jose";
-import { type Identity, parseIdentity, type Role } from "../platform/index.js";
+import { type Identity, parseIdentity, type Role, StartRefused } from "../platform/index.js";
 import { resilientJwks } from "./jwks.js";
 
 /** Why a token was refused, for the log (the client always gets a generic 401). */
@@ -75,7 +75,13 @@ export async function createAuthenticator(c: AuthConfig, clock: () => number = D
     verify = async (t) => (await jwtVerify(t, jwks, { ...opts(), algorithms: ["RS256", "ES256"] })).payload;
   } else if (c.JWT_PUBLIC_KEY) {
     const alg = c.JWT_PUBLIC_KEY_ALG;
-    const key = await importSPKI(c.JWT_PUBLIC_KEY.replaceAll("\\n", "\n"), alg);
+    const key = await importSPKI(c.JWT_PUBLIC_KEY.replaceAll("\\n", "\n"), alg).catch((err: unknown) => {
+      // Not a key this build can read, now or after a restart: a line and exit 78, not a stack trace.
+      throw new StartRefused(
+        `JWT_PUBLIC_KEY is not a PEM public key (-----BEGIN PUBLIC KEY-----) for ${alg} (JWT_PUBLIC_KEY_ALG): ` +
+          (err instanceof Error ? err.message : String(err)),
+      );
+    });
     verify = async (t) => (await jwtVerify(t, key, { ...opts(), algorithms: [alg] })).payload;
   } else {
     const key = new TextEncoder().encode(c.JWT_SECRET);

@@ -8,6 +8,7 @@ import {
   commonEnv,
   DEFAULT_POLICY,
   type EnvReader,
+  httpUrl,
   int,
   oneOf,
   parseEnv,
@@ -70,7 +71,7 @@ const spec = {
   /** Algorithm of JWT_PUBLIC_KEY. */
   JWT_PUBLIC_KEY_ALG: oneOf(["RS256", "ES256"], "RS256"),
   /** JWKS URL for RS256/ES256 tokens; takes precedence over both keys above. */
-  JWT_JWKS_URL: str(""),
+  JWT_JWKS_URL: httpUrl(),
   /** Required `iss` claim. */
   JWT_ISSUER: str("shopmesh-dev"),
   /** Required `aud` claim. */

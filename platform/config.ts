@@ -209,7 +209,7 @@ function postgresUrl(): EnvReader<string> {
 }
 
 /** An http:// or https:// URL, or empty (off). "notaurl" threw from the OTLP exporter: a stack trace, exit 1. */
-function httpUrl(): EnvReader<string> {
+export function httpUrl(): EnvReader<string> {
   return {
     read(name, raw) {
       const v = raw?.trim() ?? "";

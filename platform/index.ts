@@ -28,6 +28,7 @@ export {
   configOrExit,
   type EnvReader,
   EXIT_REFUSED,
+  httpUrl,
   int,
   oneOf,
   parseEnv,

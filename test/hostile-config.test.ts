@@ -133,3 +133,17 @@ it("make run's own numbers are decimal, as the services': GATEWAY_PORT=0x4A39 is
     expect(code).toBe(2);
   }
 }, 120_000);
+
+it("the gateway refuses a JWKS URL or a public key it cannot use in a line, exit 78 (a stack trace, exit 1, before)", async () => {
+  const gateway = ["--import", "tsx", join(ROOT, "gateway", "main.ts")];
+  const base = { HTTP_HOST: "127.0.0.1", HTTP_PORT: "0", METRICS_PORT: "", NATS_URL: "off", LOG_FORMAT: "json" };
+  for (const [env, line] of [
+    [{ JWT_JWKS_URL: "notaurl" }, 'JWT_JWKS_URL="notaurl" must be an http:// or https:// URL'],
+    [{ JWT_PUBLIC_KEY: "garbage" }, "JWT_PUBLIC_KEY is not a PEM public key (-----BEGIN PUBLIC KEY-----) for RS256"],
+  ] as const) {
+    const { code, out } = await exitOf(gateway, { ...base, ...env });
+    expect(code, out).toBe(78);
+    expect(out).toContain(line);
+    expect(out).not.toMatch(/\n\s+at |"stack"/);
+  }
+}, 60_000);
