@@ -17,6 +17,7 @@ import {
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { backoffMs } from "./backoff.js";
 import type { StreamSpec } from "./catalogue.js";
+import { withoutPassword } from "./config.js";
 import type { Logger } from "./log.js";
 
 /**
@@ -122,8 +123,17 @@ async function ensureStream(jsm: JetStreamManager, s: StreamSpec, replicas: numb
   await jsm.streams.update(s.name, { ...config, num_replicas: Math.max(replicas, c.num_replicas) });
 }
 
+/** How often a process waiting for its first NATS connection says so. */
+const WAITING_SAID_EVERY_MS = 5_000;
+
 /** Connects to NATS (reconnecting forever, logging state changes) and creates or updates `streams`. */
 export async function connectBus(url: string, name: string, log: Logger, opts: BusOptions = {}): Promise<Bus> {
+  // The first connection is waited for without end (a bus that starts after its clients): say so, or a
+  // NATS_URL naming no server (a typo, a port of nothing) left the process waiting without a word.
+  const waiting = setInterval(
+    () => log.warn(`NATS at ${withoutPassword(url)} does not answer yet: waiting (NATS_URL)`),
+    WAITING_SAID_EVERY_MS,
+  );
   const nc = await connect({
     servers: url.split(","),
     name,
@@ -135,7 +145,7 @@ export async function connectBus(url: string, name: string, log: Logger, opts: B
     // Every request (each JetStream publish, each pull) would otherwise capture a stack trace up front
     // for an error it almost never raises: ~2% of a busy service's CPU. Errors keep their message.
     noAsyncTraces: true,
-  });
+  }).finally(() => clearInterval(waiting));
   void (async () => {
     for await (const s of nc.status()) {
       if (s.type === "disconnect" || s.type === "reconnect") log.warn({ nats: s.type }, `NATS ${s.type}`);

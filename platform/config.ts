@@ -149,8 +149,8 @@ export function oneOf<const T extends string>(values: readonly T[], def: T): Env
   };
 }
 
-/** `raw` with the password of a URL in it left out: a problem is printed, and logged. */
-function withoutPassword(raw: string): string {
+/** `raw` with the password of each URL in it left out: a problem is printed, and logged. */
+export function withoutPassword(raw: string): string {
   return raw.replace(/\/\/([^:@/\s]*):[^@/\s]*@/g, "//$1:***@");
 }
 

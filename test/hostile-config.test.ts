@@ -147,3 +147,23 @@ it("the gateway refuses a JWKS URL or a public key it cannot use in a line, exit
     expect(out).not.toMatch(/\n\s+at |"stack"/);
   }
 }, 60_000);
+
+it("a service whose NATS_URL answers nothing says so while it waits, naming the URL (it waited without a word)", async () => {
+  using dir = tempDir();
+  const url = `nats://127.0.0.1:${await freePort()}`;
+  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "services", "payment", "main.ts")], {
+    cwd: ROOT,
+    env: { ...process.env, DB_PATH: join(dir.path, "p.db"), GRPC_PORT: "0", METRICS_PORT: "", NATS_URL: url },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  running.push(child);
+  let out = "";
+  const said = new Promise<void>((resolve) => {
+    child.stdout.on("data", (d: Buffer) => {
+      out += d.toString();
+      if (out.includes(`NATS at ${url} does not answer yet`)) resolve();
+    });
+  });
+  await Promise.race([said, new Promise((r) => setTimeout(r, 15_000))]);
+  expect(out).toContain(`NATS at ${url} does not answer yet: waiting (NATS_URL)`);
+}, 30_000);
