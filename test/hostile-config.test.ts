@@ -6,9 +6,11 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { join } from "node:path";
 import Database from "better-sqlite3";
+import pg from "pg";
 import { afterEach, expect, it } from "vitest";
 import { SYSTEM } from "../scripts/layout.js";
 import { freePort, ROOT, tempDir } from "./fixtures.js";
+import { startPostgres } from "./postgres.js";
 
 const running: ChildProcess[] = [];
 afterEach(async () => {
@@ -79,6 +81,26 @@ it("a database written by a newer build is refused in one line naming it, exit 7
   });
   expect(code, out).toBe(78);
   expect(out).toContain(`${file}: its schema version 999 is newer than this build knows`);
+  expect(out).not.toMatch(/\n\s+at |"stack"/);
+}, 60_000);
+
+it("so is a PostgreSQL schema a newer build migrated, naming the schema", async () => {
+  await using server = await startPostgres();
+  const url = await server.createDatabase();
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  await client.query("CREATE SCHEMA shopmesh_payment");
+  await client.query("CREATE TABLE shopmesh_payment.schema_version (version INTEGER NOT NULL)");
+  await client.query("INSERT INTO shopmesh_payment.schema_version VALUES (999)");
+  await client.end();
+  const { code, out } = await exitOf(["--import", "tsx", join(ROOT, "services", "payment", "main.ts")], {
+    DATABASE_URL: url,
+    NATS_URL: "off",
+    GRPC_PORT: "0",
+    METRICS_PORT: "",
+  });
+  expect(code, out).toBe(78);
+  expect(out).toContain("the database schema shopmesh_payment: its schema version 999 is newer than this build knows");
   expect(out).not.toMatch(/\n\s+at |"stack"/);
 }, 60_000);
 
