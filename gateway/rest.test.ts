@@ -140,6 +140,13 @@ describe("path templates", () => {
       allowed: expect.arrayContaining(["GET", "PATCH"]),
     });
     expect(router.match("GET", "/v1/shelves//books/b2")).toBeUndefined();
+    // `**` too (docs/rest.md: an empty segment, a trailing slash included, is no route): Envoy drops a
+    // trailing empty segment ("a/" is "a"), grpc-gateway keeps it ("a/"); neither is read here. `**`
+    // over no segment at all is a match (http.proto: zero or more).
+    for (const path of ["/v1/files/a/", "/v1/files/a//b", "/v1/files/", "/v1/files//"]) {
+      expect(router.match("GET", path), path).toBeUndefined();
+    }
+    expect(build("GET /v1/files")).toEqual({ rpc: "ReadFile", json: { path: "" } });
     // A variable that is not valid percent-encoded UTF-8 matches, and is refused naming its field.
     expect((build("GET /v1/shelves/%E0%A4%A/books/b2") as ConnectError).rawMessage).toBe(
       "shelf: is not valid percent-encoded UTF-8 in the path",

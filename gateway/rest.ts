@@ -68,7 +68,13 @@ function matchRoute(route: RestRoute, path: string): RestMatch | undefined {
   if (deep ? raw.length < segments.length - 1 : raw.length !== segments.length) return undefined;
   for (let i = 0; i < segments.length; i++) {
     const s = segments[i] as Segment;
-    if ("wild" in s && s.wild === "**") break;
+    if ("wild" in s && s.wild === "**") {
+      // The segments `**` takes are no more empty than any other's (a trailing slash, "a//b"): but the
+      // one before a verb, as below.
+      const tail = raw.slice(i);
+      if (tail.some((r, j) => r === "" && !(route.verb && j === tail.length - 1))) return undefined;
+      break;
+    }
     const r = raw[i] ?? "";
     // Empty, a segment matches nothing — but the one before a verb (`POST /v1/orders/:cancel`): the
     // path is that route's with the variable empty, refused by the method's own check naming it, and
