@@ -68,6 +68,10 @@ const WRAPPERS = new Set(
   ),
 );
 
+/** The scalar field a wrapper type (google.protobuf.Int32Value...) wraps; undefined for any other message. */
+const wrappedBy = (message: DescMessage | undefined) =>
+  message && WRAPPERS.has(message.typeName) ? message.fields[0] : undefined;
+
 /** The JSON value of one text value (path or query) for a singular field, as proto3 JSON reads it. */
 function leafJson(f: DescField, text: string, name: string): JsonValue {
   const { scalar, enumType, message } = elementOf(f);
@@ -81,7 +85,7 @@ function leafJson(f: DescField, text: string, name: string): JsonValue {
   }
   if (scalar === undefined) {
     // A wrapper (google.protobuf.BoolValue...) is its scalar, read as that scalar is (grpc-gateway's query.go).
-    const wrapped = message && WRAPPERS.has(message.typeName) ? message.fields[0] : undefined;
+    const wrapped = wrappedBy(message);
     if (wrapped) return leafJson(wrapped, text, name);
     // Well-known types whose JSON form is a string (Timestamp, Duration, FieldMask) take it as is.
     if (message?.typeName.startsWith("google.protobuf.")) return text;
@@ -305,9 +309,11 @@ function refusedText(route: RestRoute, json: JsonObject): ConnectError | undefin
 /** A field path as the client writes it: `filter.since`. */
 const dottedName = (path: readonly DescField[]) => path.map((f) => f.name).join(".");
 
-/** The proto type a field's values have: `int32`, `google.protobuf.Timestamp`, an enum's name. */
+/** The proto type a field's values have: `int32`, `google.protobuf.Timestamp`, an enum's name (a wrapper's scalar's). */
 function typeOf(f: DescField): string {
   const { scalar, enumType, message } = elementOf(f);
+  const wrapped = wrappedBy(message);
+  if (wrapped) return typeOf(wrapped);
   return scalar !== undefined
     ? (ScalarType[scalar] ?? "value").toLowerCase()
     : (enumType?.typeName ?? message?.typeName ?? "value");

@@ -218,6 +218,8 @@ describe("query parameters", () => {
     ["GET /v1/books?kinds=KIND_NOPE", 'kinds: "KIND_NOPE" is not a value of transcode.v1.Kind'],
     ["GET /v1/books?featured=yes", "featured: expected true or false"],
     ["GET /v1/books?min_rating=0x10", 'min_rating: "0x10" is not a valid int32'],
+    // Out of the scalar's range (refused by proto3 JSON, not by the text's form): the same type named.
+    ["GET /v1/books?min_rating=3000000000", 'min_rating: "3000000000" is not a valid int32'],
     // A number no value has: grpc-gateway (enum ByNumber) and Envoy (protobuf's ToEnum) refuse it.
     ["GET /v1/books?filter.kind=99", 'filter.kind: "99" is not a value of transcode.v1.Kind'],
     ["GET /v1/books?kinds=1&kinds=-1", 'kinds: "-1" is not a value of transcode.v1.Kind'],
