@@ -104,9 +104,9 @@ describe("path templates", () => {
 
   it("a multi-segment variable keeps RFC 6570 reserved characters percent-encoded, as Envoy's transcoder does", () => {
     // google/api/http.proto: a multi-segment variable ({var=foo/*}, {var=**}) is decoded "except %2F
-    // and %2f"; grpc-httpjson-transcoding (Envoy) and grpc-gateway's non-legacy modes leave every
-    // reserved character encoded, as sent, so "a%2Fb" stays one segment of the bound path. `**`
-    // counts as multi-segment even over one segment (Envoy's is_multipart).
+    // and %2f"; grpc-httpjson-transcoding (Envoy) leaves every reserved character encoded, as sent
+    // (so does grpc-gateway's UnescapingModeAllExceptReserved, for `**` only), so "a%2Fb" stays one
+    // segment of the bound path. `**` counts as multi-segment even over one segment (Envoy's is_multipart).
     expect(build("GET /v1/files/a%2Fb/c%3Ad%20e")).toEqual({ rpc: "ReadFile", json: { path: "a%2Fb/c%3Ad e" } });
     expect(build("GET /v1/files/a%2fb")).toEqual({ rpc: "ReadFile", json: { path: "a%2fb" } });
     expect(build("GET /v1/files/caf%C3%A9%3F%23%5B%5D%40%21%24%26%27%28%29%2A%2B%2C%3B%3D")).toEqual({

@@ -46,7 +46,8 @@ const RESERVED = /(%(?:2[1346789ABCFabcf]|3[ABDFabdf]|40|5[BDbd]))/;
 
 /**
  * Percent-decodes one segment of a multi-segment variable but its reserved characters, kept as sent
- * (google/api/http.proto: "except %2F and %2f"; Envoy's transcoder and grpc-gateway keep them all).
+ * (Envoy's transcoder by default; google/api/http.proto keeps only "%2F" and "%2f", grpc-gateway all of
+ * them but only for `**`, in its UnescapingModeAllExceptReserved).
  */
 function decodeUnreserved(s: string): string | undefined {
   const parts = s.split(RESERVED).map((p, i) => (i % 2 ? p : decodeSegment(p)));
