@@ -70,10 +70,10 @@ function matchRoute(route: RestRoute, path: string): RestMatch | undefined {
   for (let i = 0; i < segments.length; i++) {
     const s = segments[i] as Segment;
     if ("wild" in s && s.wild === "**") {
-      // The segments `**` takes are no more empty than any other's (a trailing slash, "a//b"): but the
-      // one before a verb, as below.
+      // The segments `**` takes are no more empty than any other's (a trailing slash, "a//b"), but for
+      // a variable that is that one empty segment before a verb, as below.
       const tail = raw.slice(i);
-      if (tail.some((r, j) => r === "" && !(route.verb && j === tail.length - 1))) return undefined;
+      if (tail.some((r) => r === "") && !(route.verb && tail.length === 1)) return undefined;
       break;
     }
     const r = raw[i] ?? "";
