@@ -28,7 +28,7 @@ import { fieldNamed, fieldPath, type RestRoute } from "../contracts/http-rules.j
 import { BadRequestSchema } from "../gen/google/rpc/error_details_pb.js";
 import { clipText } from "../platform/index.js";
 import { describeJsonError } from "./json-errors.js";
-import type { RestMatch } from "./rest.js";
+import { decodeSegment, type RestMatch } from "./rest.js";
 
 /** A value the client wrote as text — a path variable or a query parameter — as it went into the JSON. */
 interface TextValue {
@@ -140,13 +140,7 @@ function setPath(obj: JsonObject, path: readonly DescField[], value: JsonValue, 
 }
 
 /** `s` percent-decoded as a form field ('+' a space); undefined when it is not percent-encoded UTF-8. */
-function formDecode(s: string): string | undefined {
-  try {
-    return decodeURIComponent(s.replaceAll("+", " "));
-  } catch {
-    return undefined;
-  }
-}
+const formDecode = (s: string) => decodeSegment(s.replaceAll("+", " "));
 
 /**
  * The query's name/value pairs as URLSearchParams reads them, but a name or value that is not

@@ -32,8 +32,8 @@ export interface RestMatch {
   readonly malformed?: Variable;
 }
 
-/** Percent-decodes one path segment; undefined when malformed. */
-function decodeSegment(s: string): string | undefined {
+/** Percent-decodes one path segment (or query name or value); undefined when not percent-encoded UTF-8. */
+export function decodeSegment(s: string): string | undefined {
   try {
     return decodeURIComponent(s);
   } catch {
