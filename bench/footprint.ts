@@ -28,15 +28,29 @@ import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
+import { configOrExit, num, oneOf, parseEnv, str } from "../platform/config.js";
 import { nodeCommand, ROOT, SYSTEM_ENV, systemNodeFlags } from "../scripts/layout.js";
 import type { GcWatch } from "./gc-watch.js";
 import { type Proc, restock, type System, startSystem, writeResults } from "./system.js";
 
-const SECONDS = Number(process.env.FOOTPRINT_SECONDS ?? 60);
-const RATE = Number(process.env.FOOTPRINT_RATE ?? 50);
-const TELEMETRY = (process.env.FOOTPRINT_TELEMETRY ?? "on") === "on";
-const OUT = process.env.FOOTPRINT_OUT ?? join(ROOT, "bench", "results", "footprint.json");
-const GC_WATCH = (process.env.FOOTPRINT_GC ?? "on") === "on";
+/** Its settings, read as the services read theirs: a value they cannot take is a line naming it (exit 78). */
+const ENV = configOrExit(() =>
+  parseEnv(
+    {
+      FOOTPRINT_SECONDS: num(60, { min: 1, max: 3_600 }),
+      FOOTPRINT_RATE: num(50, { min: 1, max: 10_000 }),
+      FOOTPRINT_TELEMETRY: oneOf(["on", "off"], "on"),
+      FOOTPRINT_OUT: str(join(ROOT, "bench", "results", "footprint.json")),
+      FOOTPRINT_GC: oneOf(["on", "off"], "on"),
+    },
+    process.env,
+  ),
+);
+const SECONDS = ENV.FOOTPRINT_SECONDS;
+const RATE = ENV.FOOTPRINT_RATE;
+const TELEMETRY = ENV.FOOTPRINT_TELEMETRY === "on";
+const OUT = ENV.FOOTPRINT_OUT;
+const GC_WATCH = ENV.FOOTPRINT_GC === "on";
 /** How often the sums are sampled while the load runs, ms (for their peak). */
 const SAMPLE_MS = 1_000;
 

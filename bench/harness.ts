@@ -34,24 +34,44 @@ import { cpus } from "node:os";
 import { join } from "node:path";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
-import { ROOT } from "../scripts/layout.js";
+import { configOrExit, int, num, oneOf, parseEnv, str } from "../platform/config.js";
+import { ROOT, SYSTEM } from "../scripts/layout.js";
 import type { LoadResult, LoadSpec } from "./load.js";
 import { cpuSeconds, load, restock, type System, type SystemMemory, startSystem, writeResults } from "./system.js";
 import { formatTargets, targets } from "./targets.js";
 
 const SMOKE = process.env.BENCH_SMOKE === "1";
-const SECONDS = Number(process.env.BENCH_SECONDS ?? (SMOKE ? 0.5 : 8));
+/**
+ * The run's settings, read as the services read theirs: a value they cannot take ends the run at once
+ * in a line naming it (exit 78). Read with Number() and casts, BENCH_SECONDS=abc made every round
+ * empty and BENCH_TELEMETRY=yes ran telemetry off, each without a word.
+ */
+const ENV = configOrExit(() =>
+  parseEnv(
+    {
+      BENCH_SECONDS: num(SMOKE ? 0.5 : 8, { min: 0.1, max: 3_600 }),
+      BENCH_TELEMETRY: oneOf(["on", "off", "both"], SMOKE ? "on" : "both"),
+      BENCH_PROFILE: oneOf(["", ...SYSTEM.map((p) => p.name)], ""),
+      BENCH_FAST_PATHS: oneOf(["on", "off"], "on"),
+      BENCH_REPEAT: int(1, { min: 1, max: 20 }),
+      BENCH_ONLY: str(""),
+      BENCH_OUT: str(join(ROOT, "bench", "results", "bench.json")),
+    },
+    process.env,
+  ),
+);
+const SECONDS = ENV.BENCH_SECONDS;
 const WARMUP = SMOKE ? 0.2 : Math.min(2, SECONDS / 4);
-const TELEMETRY = (process.env.BENCH_TELEMETRY ?? (SMOKE ? "on" : "both")) as "on" | "off" | "both";
-const OUT = process.env.BENCH_OUT ?? join(ROOT, "bench", "results", "bench.json");
+const TELEMETRY = ENV.BENCH_TELEMETRY;
+const OUT = ENV.BENCH_OUT;
 const STARTED = Date.now();
-const PROFILE = process.env.BENCH_PROFILE ?? "";
-const ONLY = process.env.BENCH_ONLY ?? "";
+const PROFILE = ENV.BENCH_PROFILE;
+const ONLY = ENV.BENCH_ONLY;
 const PROFILE_DIR = join(ROOT, "bench", "results", "profiles");
-const FAST_PATHS = process.env.BENCH_FAST_PATHS !== "off";
+const FAST_PATHS = ENV.BENCH_FAST_PATHS === "on";
 /** The open-loop rounds' rate, calls/s. */
 const RATE = SMOKE ? 200 : 1000;
-const REPEAT = Math.max(1, Math.trunc(Number(process.env.BENCH_REPEAT ?? 1)) || 1);
+const REPEAT = ENV.BENCH_REPEAT;
 
 interface Row extends LoadResult {
   readonly path: string;
@@ -235,12 +255,15 @@ const settings = TELEMETRY === "both" ? [true, false] : [TELEMETRY === "on"];
 const systems: Measured[] = [];
 const runs: Row[][] = [];
 const starts: Start[] = [];
+/** The rounds there are, when BENCH_ONLY picked none of them. */
+let unmatched: string[] = [];
 try {
   // Both systems run from the start, and each round is measured on one and then at once on the other
   // (the order alternating), so telemetry's cost is read from adjacent rounds, not from rounds minutes
   // apart on a machine whose speed drifts. The idle one costs the measured one ~3% of the machine.
   for (const on of settings) systems.push(await start(on, token));
   const count = systems[0]?.rounds.length ?? 0;
+  if (count === 0 && systems[0]) unmatched = roundsOf(systems[0].sys, token).map(([path, load]) => `${path} ${load}`);
   for (let rep = 0; rep < REPEAT; rep++) {
     if (REPEAT > 1) process.stdout.write(`  run ${rep + 1} of ${REPEAT}\n`);
     const run: Row[] = [];
@@ -262,6 +285,12 @@ try {
   }
 } finally {
   for (const m of systems) await m.sys.stop();
+}
+if (unmatched.length > 0) {
+  process.stderr.write(
+    `BENCH_ONLY=${JSON.stringify(ONLY)} is in no round's name; the rounds:\n  ${unmatched.join("\n  ")}\n`,
+  );
+  process.exit(2);
 }
 // The table again, telemetry on first (its rounds ran interleaved), or each round's median over the runs.
 const rows = (REPEAT > 1 ? medians(runs) : (runs[0] ?? [])).sort(
