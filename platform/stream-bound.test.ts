@@ -7,10 +7,13 @@
  * holds every stream's bound and a little more, as the deployment's does; one stream is filled past it.
  */
 import { readFileSync } from "node:fs";
+import { jetstream, jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
 import { expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
 import { startNats } from "../test/nats.js";
-import { connectBus, STREAM_MAX_BYTES } from "./bus.js";
+import { capturedLogger } from "../test/system.js";
+import { connectBus, EVENT_RETENTION_MS, STREAM_MAX_BYTES } from "./bus.js";
 import { provisionBus } from "./bus-access.js";
 import { silentLogger } from "./log.js";
 import { openRegistry } from "./registry.js";
@@ -51,3 +54,41 @@ it("the Kubernetes NATS store holds every stream at its bound, with room to spar
   // Every event stream (the DLQ among them) at its bound, and room for the registry and the filesystem.
   expect(EVENTS.streams.length * STREAM_MAX_BYTES + 64 * 2 ** 20).toBeLessThanOrEqual(store);
 });
+
+it("a stream made before the bound, already past it, is bounded when provisioned again; publishing goes on", async () => {
+  const storeMb = Math.ceil((EVENTS.streams.length * STREAM_MAX_BYTES) / 2 ** 20) + 64;
+  await using nats = await startNats(`jetstream { max_file_store: ${storeMb}MB }`);
+  const order = EVENTS.streams.find((s) => s.name === "ORDER");
+  const nc = await connect({ servers: nats.url });
+  try {
+    const jsm = await jetstreamManager(nc);
+    // As the streams were made before their size bound: by age only.
+    await jsm.streams.add({
+      name: "ORDER",
+      subjects: [...(order?.subjects ?? [])],
+      storage: StorageType.File,
+      retention: RetentionPolicy.Limits,
+      max_age: EVENT_RETENTION_MS * 1e6,
+      duplicate_window: 2 * 60 * 1e9,
+      deny_delete: true,
+      deny_purge: true,
+    });
+    const js = jetstream(nc);
+    const payload = new Uint8Array(900 * 1024).fill(7);
+    const count = Math.ceil((1.3 * STREAM_MAX_BYTES) / payload.byteLength);
+    for (let i = 0; i < count; i++) await js.publish("order.order.placed", payload);
+    const captured = capturedLogger();
+    const provisioned = provisionBus(nats.url, EVENTS, captured.log);
+    const outcome = await Promise.race([
+      provisioned.then(() => "done"),
+      new Promise((r) => setTimeout(() => r("still waiting"), 15_000)),
+    ]);
+    expect(outcome, JSON.stringify(captured.lines.slice(0, 3))).toBe("done");
+    const info = await jsm.streams.info("ORDER");
+    expect(info.config.max_bytes).toBe(STREAM_MAX_BYTES);
+    expect(info.state.bytes).toBeLessThanOrEqual(STREAM_MAX_BYTES);
+    await expect(js.publish("order.order.placed", payload)).resolves.toMatchObject({ seq: count + 1 });
+  } finally {
+    await nc.close();
+  }
+}, 120_000);
