@@ -60,6 +60,12 @@ export const STEP_LOG_KEPT = 64;
 /** The oldest entries an order's stored step log always keeps (see {@link STEP_LOG_KEPT}). */
 export const STEP_LOG_FIRST = 16;
 
+/**
+ * The entries of a step log that past {@link STEP_LOG_KEPT} may go, short of the latest: neither its
+ * first {@link STEP_LOG_FIRST} nor a step's first start (store-writes.ts trimSteps, and migration 9).
+ */
+export const TRIMMABLE = `seq > ${STEP_LOG_FIRST} AND NOT (status = 'STARTED' AND attempt = 1)`;
+
 /** `log` (oldest first) as an Order message carries it: whole up to {@link STEP_LOG_KEPT} entries, else the first and the latest. */
 export function stepWindow<S>(log: readonly S[]): readonly S[] {
   if (log.length <= STEP_LOG_KEPT) return log;
@@ -93,6 +99,11 @@ export const MIGRATIONS = migrations([
   OUTBOX_INDEXES_MIGRATION,
   // 8: the inbox forgets an event a day after the streams do (its purge reads by this index).
   INBOX_PURGE_MIGRATION,
+  // 9: a step log that grew before it was bounded is bounded now, not only when its saga writes again
+  // (a settled order's never does, and each read of it read every row).
+  `DELETE FROM saga_steps
+     WHERE seq <= (SELECT MAX(s.seq) FROM saga_steps s WHERE s.order_id = saga_steps.order_id) - ${STEP_LOG_KEPT - STEP_LOG_FIRST}
+     AND ${TRIMMABLE};`,
 ]);
 
 export interface OrderRow {

@@ -35,7 +35,7 @@ import {
   type Transition,
 } from "./domain.js";
 import type { Lease } from "./leases.js";
-import { type OrderRow, STEP_LOG_FIRST, STEP_LOG_KEPT, type StoredStep, toOrder } from "./schema.js";
+import { type OrderRow, STEP_LOG_FIRST, STEP_LOG_KEPT, type StoredStep, TRIMMABLE, toOrder } from "./schema.js";
 
 /** What the writes work with: the database, the outbox their events go into, the clock, the change feed. */
 export interface Writer {
@@ -228,8 +228,7 @@ export function applyTransition(
 async function trimSteps(w: Writer, tx: Tx, id: string, seq: number): Promise<void> {
   if (seq <= STEP_LOG_KEPT) return;
   await tx.run(sql`DELETE FROM saga_steps WHERE order_id = ${id}
-      AND seq > ${STEP_LOG_FIRST} AND seq <= ${seq - (STEP_LOG_KEPT - STEP_LOG_FIRST)}
-      AND NOT (status = 'STARTED' AND attempt = 1)`);
+      AND seq <= ${seq - (STEP_LOG_KEPT - STEP_LOG_FIRST)} AND ${sql.raw(TRIMMABLE)}`);
   if (seq === STEP_LOG_KEPT + 1) {
     tx.afterCommit(() =>
       w.log?.info(
