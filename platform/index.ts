@@ -6,7 +6,15 @@
 
 export { sql } from "kysely";
 export { backoffMs } from "./backoff.js";
-export { type Bus, type BusAuth, type BusOptions, busAuthOf, connectBus } from "./bus.js";
+export {
+  type Bus,
+  type BusAuth,
+  type BusOptions,
+  busAuthOf,
+  connectBus,
+  EVENT_RETENTION_MS,
+  STREAM_MAX_BYTES,
+} from "./bus.js";
 export { BUS_ADMIN, type BusUser, busUsers, natsAuthorization, provisionBus } from "./bus-access.js";
 export {
   DLQ_STREAM,

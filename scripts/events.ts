@@ -18,7 +18,16 @@ import { join } from "node:path";
 import { fromBinary, toJson } from "@bufbuild/protobuf";
 import { DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
 import { EVENTS } from "../contracts/events.js";
-import { BUS_ADMIN, type Bus, busAuthOf, connectBus, DLQ_STREAM, silentLogger } from "../platform/index.js";
+import {
+  BUS_ADMIN,
+  type Bus,
+  busAuthOf,
+  connectBus,
+  DLQ_STREAM,
+  EVENT_RETENTION_MS,
+  STREAM_MAX_BYTES,
+  silentLogger,
+} from "../platform/index.js";
 import { ROOT } from "./layout.js";
 import { localBusEnv } from "./nats.js";
 import { printable, quietWhenOutputCloses } from "./printable.js";
@@ -149,5 +158,14 @@ if (follow) {
 } else {
   const n = (await Promise.all(tails.map(show))).reduce((a, b) => a + b, 0);
   console.log(dim(n === 0 ? `no dead letters on ${streams.join(", ")} at ${url}` : `${n} dead letter(s)`));
+  // The DLQ is bounded like every stream (7 days, STREAM_MAX_BYTES): its oldest letters go, read or not.
+  const gone = Math.max(0, (await bus.jsm.streams.info(DLQ_STREAM.name)).state.first_seq - 1);
+  if (gone > 0) {
+    console.log(
+      dim(
+        `${gone} older dead letter(s) no longer held: the DLQ keeps ${EVENT_RETENTION_MS / 86_400_000} days and ${STREAM_MAX_BYTES / 2 ** 20} MB`,
+      ),
+    );
+  }
   await bus.close();
 }

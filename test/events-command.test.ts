@@ -171,6 +171,33 @@ describe("make dlq", () => {
     }
   }, 30_000);
 
+  it("says how many older dead letters the DLQ no longer holds (dropped past its age or size bound)", async () => {
+    // Bounded like every stream (7 days, STREAM_MAX_BYTES: platform/bus.ts), the DLQ drops its oldest
+    // letters, read or not; the listing showed what was left as if it were all. Here held to 2 letters.
+    await using nats = await startNats();
+    const admin = await connectBus(nats.url, "events-command-test", silentLogger());
+    try {
+      await admin.jsm.streams.add({
+        name: "DLQ",
+        subjects: ["dlq.>"],
+        max_msgs: 2,
+        deny_delete: true,
+        deny_purge: true,
+      });
+      for (const id of ["a", "b", "c", "d", "e"]) {
+        const h = natsHeaders();
+        h.set("x-dlq-reason", `undecodable letter ${id}`);
+        await admin.js.publish("dlq.history-order", new Uint8Array([1]), { headers: h });
+      }
+      const listed = eventsTs(["--dlq"], nats.url);
+      expect(await listed.exit(20_000), listed.err()).toBe(0);
+      expect(listed.out()).toContain("2 dead letter(s)");
+      expect(listed.out()).toContain("3 older dead letter(s) no longer held");
+    } finally {
+      await admin.close();
+    }
+  }, 30_000);
+
   it("says within seconds that NATS does not answer, instead of waiting for it", async () => {
     const run = eventsTs(["--dlq"], `nats://127.0.0.1:${await freePort()}`);
     expect(await run.exit(20_000)).toBe(1);
