@@ -92,3 +92,50 @@ it("a stream made before the bound, already past it, is bounded when provisioned
     await nc.close();
   }
 }, 120_000);
+
+it("a store already full of a stream made before the bound: provisioned again, the stream is bounded and the bus goes on", async () => {
+  // The deployment the bound was made for: unbounded, ORDER had filled the store and every publish was refused.
+  const storeMb = Math.ceil((EVENTS.streams.length * STREAM_MAX_BYTES) / 2 ** 20) + 64;
+  await using nats = await startNats(`jetstream { max_file_store: ${storeMb}MB }`);
+  const order = EVENTS.streams.find((s) => s.name === "ORDER");
+  const nc = await connect({ servers: nats.url });
+  try {
+    const jsm = await jetstreamManager(nc);
+    await jsm.streams.add({
+      name: "ORDER",
+      subjects: [...(order?.subjects ?? [])],
+      storage: StorageType.File,
+      retention: RetentionPolicy.Limits,
+      max_age: EVENT_RETENTION_MS * 1e6,
+      duplicate_window: 2 * 60 * 1e9,
+      deny_delete: true,
+      deny_purge: true,
+    });
+    const js = jetstream(nc);
+    const payload = new Uint8Array(900 * 1024).fill(7);
+    let refusal = "";
+    for (let i = 0; i < (2 * storeMb * 2 ** 20) / payload.byteLength && !refusal; i++) {
+      await js.publish("order.order.placed", payload).catch((err: unknown) => {
+        refusal = (err as Error).message;
+      });
+    }
+    expect(refusal).toMatch(/insufficient|storage|resources/i);
+    const captured = capturedLogger();
+    const provisioned = provisionBus(nats.url, EVENTS, captured.log);
+    const outcome = await Promise.race([
+      provisioned.then(() => "done"),
+      new Promise((r) => setTimeout(() => r("still waiting"), 15_000)),
+    ]);
+    expect(outcome, JSON.stringify(captured.lines.slice(0, 3))).toBe("done");
+    for (const s of EVENTS.streams) {
+      const info = await jsm.streams.info(s.name);
+      expect(info.config.max_bytes, s.name).toBe(STREAM_MAX_BYTES);
+      expect(info.state.bytes, s.name).toBeLessThanOrEqual(STREAM_MAX_BYTES);
+    }
+    await expect(js.publish("order.order.placed", payload)).resolves.toBeDefined();
+    const kv = await openRegistry(nc);
+    await expect(kv.put("order.inst_test", "127.0.0.1:1")).resolves.toBeGreaterThan(0);
+  } finally {
+    await nc.close();
+  }
+}, 120_000);
