@@ -57,7 +57,7 @@ export interface OrderApiDeps {
   readonly defaultMode: SagaMode;
 }
 
-/** The step-log entries an Order message carries: the first {@link STEP_LOG_FIRST}, then the latest. */
+/** The step-log entries an Order message carries: the first (schema.ts, STEP_LOG_FIRST), then the latest. */
 export const MAX_STEPS_SHOWN = STEP_LOG_KEPT;
 
 /**

@@ -1,8 +1,8 @@
 /**
- * What an orchestrator's loop remembers of its saga's step log: how many STARTED entries each
- * call step has so far and when its first was written — the next attempt's number, and the
- * moment the step's retry budget runs from. Read from the stored log once when a loop starts,
- * then kept in memory: only the lease holder's loop writes them.
+ * What an orchestrator's loop remembers of its saga's step log: how many attempts each call step
+ * has made so far (its latest STARTED entry's number) and when its first was written — the next
+ * attempt's number, and the moment the step's retry budget runs from. Read from the stored log
+ * once when a loop starts, then kept in memory: only the lease holder's loop writes them.
  */
 import type { CallStep, OrderRecord, Progress } from "./domain.js";
 import { PARTICIPANT } from "./participants.js";
@@ -18,7 +18,7 @@ export interface Started {
   readonly before: Progress | undefined;
 }
 
-/** The STARTED entries of one saga's call steps, per step (count, and when the first was written). */
+/** The STARTED entries of one saga's call steps, per step (attempts so far, and when the first was written). */
 export class StepStarts {
   private readonly seen = new Map<CallStep, { count: number; since: number }>();
 

@@ -1,8 +1,9 @@
 /**
  * The order store's writes. Every change is one serialised transaction that updates the order
- * and appends its step-log entry together, so the log never disagrees with the state, and a crash
- * at any point leaves a state the saga can resume from; the events a change publishes commit in
- * the same transaction (the outbox), and its announcement follows the commit (changes.ts).
+ * and appends its step-log entry together (dropping older ones from a long log: trimSteps), so the
+ * log never disagrees with the state, and a crash at any point leaves a state the saga can resume
+ * from; the events a change publishes commit in the same transaction (the outbox), and its
+ * announcement follows the commit (changes.ts).
  */
 import type { Line } from "../../contracts/lines.js";
 import { SagaMode as SagaModeEnum } from "../../gen/shopmesh/common/v1/common_pb.js";
