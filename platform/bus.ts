@@ -169,7 +169,10 @@ export async function connectBus(url: string, name: string, log: Logger, opts: B
         { err: message, attempt, retryInMs },
         /Permissions Violation/.test(message)
           ? `NATS user ${opts.auth?.user ?? "(none)"} may not create or change the streams, which are not there or not as configured yet: waiting for the bus's administrator to provision them`
-          : "JetStream not ready for the streams; waiting",
+          : /insufficient storage/.test(message)
+            ? // nats-server reserves a stream's bound when it makes the stream: no wait ends this, a larger store does.
+              `the JetStream store cannot hold ${opts.streams?.length ?? 0} streams of ${STREAM_MAX_BYTES / 2 ** 20} MB (reserved when each is made): raise max_file_store; waiting`
+            : "JetStream not ready for the streams; waiting",
       );
       await new Promise((r) => setTimeout(r, retryInMs));
     }

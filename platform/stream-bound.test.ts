@@ -6,11 +6,13 @@
  * size a stream drops its oldest events, and the bus goes on. A real nats-server whose store
  * holds every stream's bound and a little more, as the deployment's does; one stream is filled past it.
  */
+import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { jetstream, jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
+import { ROOT } from "../test/fixtures.js";
 import { startNats } from "../test/nats.js";
 import { capturedLogger } from "../test/system.js";
 import { connectBus, EVENT_RETENTION_MS, STREAM_MAX_BYTES } from "./bus.js";
@@ -139,3 +141,29 @@ it("a store already full of a stream made before the bound: provisioned again, t
     await nc.close();
   }
 }, 120_000);
+
+it("a store too small for the streams' bounds is said as such by the provisioning Job, not as JetStream not ready", async () => {
+  // nats-server reserves each stream's bound at creation: a store below the four bounds refuses the
+  // streams for good ("insufficient storage resources available"). The Job waited saying only
+  // "JetStream not ready for the streams", as for a cluster still starting, and the services with it.
+  await using nats = await startNats("jetstream { max_file_store: 500MB }");
+  const job = spawn(process.execPath, ["--import", "tsx", "contracts/provision-bus.ts"], {
+    cwd: ROOT,
+    env: { ...process.env, NATS_URL: nats.url, LOG_FORMAT: "json" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  job.stdout.on("data", (d: Buffer) => (out += d.toString()));
+  try {
+    for (const end = Date.now() + 20_000; !out.includes("insufficient storage") && Date.now() < end; ) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const line = JSON.parse(out.split("\n").find((l) => l.includes("insufficient storage")) ?? "{}") as {
+      msg?: string;
+    };
+    expect(line.msg, out).toMatch(/max_file_store/);
+    expect(line.msg).toMatch(new RegExp(`${EVENTS.streams.length} streams of ${STREAM_MAX_BYTES / 2 ** 20} MB`));
+  } finally {
+    job.kill("SIGKILL");
+  }
+}, 60_000);
