@@ -95,7 +95,10 @@ it("a refund's saga restarted on a trimmed log goes on counting its attempts, an
     sql<{ seq: number; attempt: number }>`SELECT seq, attempt FROM saga_steps WHERE order_id = ${id}
       AND name = 'refund_payment' AND status = 'STARTED' ORDER BY seq DESC LIMIT 1`,
   );
-  expect(Number(latest?.attempt)).toBe(atRestart + (Number(latest?.seq) - restartSeq + 1) / 2);
+  // Two entries a retry (STARTED, FAILED), give or take the one the stop left.
+  const since = Number(latest?.seq) - restartSeq;
+  expect(Number(latest?.attempt)).toBeGreaterThanOrEqual(atRestart + Math.floor(since / 2));
+  expect(Number(latest?.attempt)).toBeLessThanOrEqual(atRestart + Math.ceil((since + 1) / 2));
   const { handedOver } = await expectFencedStepLog(location);
   expect(handedOver).toBeGreaterThanOrEqual(1);
   await sys.paymentChaos.setFaults({ faults: {} });
