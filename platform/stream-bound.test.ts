@@ -8,7 +8,7 @@
  */
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { jetstream, jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
+import { type JetStreamManager, jetstream, jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
@@ -57,24 +57,27 @@ it("the Kubernetes NATS store holds every stream at its bound, with room to spar
   expect(EVENTS.streams.length * STREAM_MAX_BYTES + 64 * 2 ** 20).toBeLessThanOrEqual(store);
 });
 
+/** Makes stream `name` as the streams were made before their size bound: by age only. */
+async function addUnbounded(jsm: JetStreamManager, name: string): Promise<void> {
+  await jsm.streams.add({
+    name,
+    subjects: [...(EVENTS.streams.find((s) => s.name === name)?.subjects ?? [])],
+    storage: StorageType.File,
+    retention: RetentionPolicy.Limits,
+    max_age: EVENT_RETENTION_MS * 1e6,
+    duplicate_window: 2 * 60 * 1e9,
+    deny_delete: true,
+    deny_purge: true,
+  });
+}
+
 it("a stream made before the bound, already past it, is bounded when provisioned again; publishing goes on", async () => {
   const storeMb = Math.ceil((EVENTS.streams.length * STREAM_MAX_BYTES) / 2 ** 20) + 64;
   await using nats = await startNats(`jetstream { max_file_store: ${storeMb}MB }`);
-  const order = EVENTS.streams.find((s) => s.name === "ORDER");
   const nc = await connect({ servers: nats.url });
   try {
     const jsm = await jetstreamManager(nc);
-    // As the streams were made before their size bound: by age only.
-    await jsm.streams.add({
-      name: "ORDER",
-      subjects: [...(order?.subjects ?? [])],
-      storage: StorageType.File,
-      retention: RetentionPolicy.Limits,
-      max_age: EVENT_RETENTION_MS * 1e6,
-      duplicate_window: 2 * 60 * 1e9,
-      deny_delete: true,
-      deny_purge: true,
-    });
+    await addUnbounded(jsm, "ORDER");
     const js = jetstream(nc);
     const payload = new Uint8Array(900 * 1024).fill(7);
     const count = Math.ceil((1.3 * STREAM_MAX_BYTES) / payload.byteLength);
@@ -99,20 +102,10 @@ it("a store already full of a stream made before the bound: provisioned again, t
   // The deployment the bound was made for: unbounded, ORDER had filled the store and every publish was refused.
   const storeMb = Math.ceil((EVENTS.streams.length * STREAM_MAX_BYTES) / 2 ** 20) + 64;
   await using nats = await startNats(`jetstream { max_file_store: ${storeMb}MB }`);
-  const order = EVENTS.streams.find((s) => s.name === "ORDER");
   const nc = await connect({ servers: nats.url });
   try {
     const jsm = await jetstreamManager(nc);
-    await jsm.streams.add({
-      name: "ORDER",
-      subjects: [...(order?.subjects ?? [])],
-      storage: StorageType.File,
-      retention: RetentionPolicy.Limits,
-      max_age: EVENT_RETENTION_MS * 1e6,
-      duplicate_window: 2 * 60 * 1e9,
-      deny_delete: true,
-      deny_purge: true,
-    });
+    await addUnbounded(jsm, "ORDER");
     const js = jetstream(nc);
     const payload = new Uint8Array(900 * 1024).fill(7);
     let refusal = "";
