@@ -125,3 +125,11 @@ describe("hostile values", () => {
     }
   });
 });
+
+describe("hostile values (review)", () => {
+  it("NATS_URL refuses ws:// and wss://, which the Node client refuses at connect (a stack trace, exit 1, restarted for ever)", () => {
+    for (const raw of ["ws://a:443", "wss://a:443", "nats://a:4222,WSS://b:443"]) {
+      expect(read(commonEnv.NATS_URL, raw), raw).toMatch(/^X=.* must be off or NATS server URLs/);
+    }
+  });
+});

@@ -163,9 +163,9 @@ function isHostPort(s: string): boolean {
   return m !== null && HOST.test(m[1] as string) && isPort(m[2]);
 }
 
-/** One NATS server as nats.js dials it: `[nats|tls|ws|wss://][user[:pass]@]host[:port][/path]`. */
+/** One NATS server as the Node client dials it, `[nats|tls://][user[:pass]@]host[:port][/path]` (ws:// threw at connect). */
 function isNatsServer(s: string): boolean {
-  const m = /^(?:(?:nats|tls|wss?):\/\/)?(?:[^@/\s]*@)?([^/\s:]+|\[[\da-f:.]+\])(?::(\d+))?(\/\S*)?$/i.exec(s);
+  const m = /^(?:(?:nats|tls):\/\/)?(?:[^@/\s]*@)?([^/\s:]+|\[[\da-f:.]+\])(?::(\d+))?(\/\S*)?$/i.exec(s);
   return m !== null && HOST.test(m[1] as string) && (m[2] === undefined || isPort(m[2])) && s !== "off";
 }
 
@@ -182,7 +182,7 @@ function natsUrls(def: string): EnvReader<string> {
       if (servers.every(isNatsServer)) return servers.join(",");
       throw new Invalid(
         `${name}=${JSON.stringify(withoutPassword(raw))} must be off or NATS server URLs, comma separated ` +
-          "(nats://host:4222, tls://, ws://, wss://, or host[:port])",
+          "(nats://host:4222, tls://host:4222, or host[:port]; not ws:// or wss://, which this client cannot dial)",
       );
     },
   };

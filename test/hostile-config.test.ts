@@ -189,3 +189,15 @@ it("a service whose NATS_URL answers nothing says so while it waits, naming the 
   await Promise.race([said, new Promise((r) => setTimeout(r, 15_000))]);
   expect(out).toContain(`NATS at ${url} does not answer yet: waiting (NATS_URL)`);
 }, 30_000);
+
+it("NATS_URL=ws:// is refused at start in a line, exit 78 (the Node client refused it at connect: a stack trace, exit 1)", async () => {
+  using dir = tempDir();
+  const payment = ["--import", "tsx", join(ROOT, "services", "payment", "main.ts")];
+  const base = { DB_PATH: join(dir.path, "p.db"), GRPC_PORT: "0", METRICS_PORT: "", LOG_FORMAT: "json" };
+  for (const url of ["ws://127.0.0.1:1", "wss://127.0.0.1:1"]) {
+    const { code, out } = await exitOf(payment, { ...base, NATS_URL: url }, 30_000);
+    expect(code, out).toBe(78);
+    expect(out).toMatch(/^ {2}NATS_URL=.* must be off or NATS server URLs/m);
+    expect(out).not.toMatch(/\n\s+at |"stack"/);
+  }
+}, 60_000);
