@@ -1,6 +1,18 @@
 /** Env parsing: defaults, ranges, and one error naming every bad variable. */
 import { describe, expect, it } from "vitest";
-import { bool, ConfigError, commonEnv, int, num, oneOf, parseEnv, str, target } from "./config.js";
+import {
+  bool,
+  ConfigError,
+  commonEnv,
+  type EnvReader,
+  int,
+  num,
+  oneOf,
+  parseEnv,
+  str,
+  target,
+  withoutPassword,
+} from "./config.js";
 
 const spec = {
   PORT: int(50051, { min: 0, max: 65535 }),
@@ -131,5 +143,25 @@ describe("hostile values (review)", () => {
     for (const raw of ["ws://a:443", "wss://a:443", "nats://a:4222,WSS://b:443"]) {
       expect(read(commonEnv.NATS_URL, raw), raw).toMatch(/^X=.* must be off or NATS server URLs/);
     }
+  });
+
+  it("a refused URL never repeats its password, whatever the password holds (a base64 one holds '/')", () => {
+    const cases: [EnvReader<string>, string, string][] = [
+      [commonEnv.DATABASE_URL, "postgres://shop:Zm9v/YmFy+@db/shop", "Zm9v/YmFy+"],
+      [commonEnv.DATABASE_URL, "postgres://shop:a b@db:99999/shop", "a b"],
+      [commonEnv.DATABASE_URL, "postgres://shop:a,b@db:99999/shop", "a,b"],
+      [commonEnv.DATABASE_URL, "postgres://db:99999/shop?password=hunter2", "hunter2"],
+      [commonEnv.NATS_URL, "nats://pay:Zm9v/YmFy@127.0.0.1:4222", "Zm9v/YmFy"],
+      [commonEnv.NATS_URL, "nats://pay:p@ss@127.0.0.1:4222", "p@ss"],
+      [commonEnv.NATS_URL, "pay:hunter2@127.0.0.1:99999", "hunter2"],
+      [commonEnv.NATS_URL, "nats://a:4222,pay:hunter2@b:99999", "hunter2"],
+    ];
+    for (const [reader, raw, password] of cases) {
+      const said = read(reader, raw);
+      expect(said, raw).toMatch(/^X\b.* must be/);
+      expect(said, raw).not.toContain(password);
+    }
+    // The user and host of a list's other URLs stay readable.
+    expect(withoutPassword("nats://u:p@a:4222,nats://v:q@b:4222")).toBe("nats://u:***@a:4222,nats://v:***@b:4222");
   });
 });

@@ -149,9 +149,15 @@ export function oneOf<const T extends string>(values: readonly T[], def: T): Env
   };
 }
 
-/** `raw` with the password of each URL in it left out: a problem is printed, and logged. */
+/**
+ * `raw` (one variable's value) with each URL's password left out, up to the URL's last "@" (a generated
+ * one holds "/", "@", "," unencoded: each ended it early, the rest printed); `user:pass@host` and `password=` too.
+ */
 export function withoutPassword(raw: string): string {
-  return raw.replace(/\/\/([^:@/\s]*):[^@/\s]*@/g, "//$1:***@");
+  return raw
+    .replace(/\/\/([^:@/\s]*):(?:(?!\w+:\/\/)[\s\S])*@/g, "//$1:***@")
+    .replace(/(^|,)(?![^,]*:\/\/)([^:@/\s,]*):[^,]*@/g, "$1$2:***@")
+    .replace(/([?&]password=)[^&]*/gi, "$1***");
 }
 
 const HOST = /^([\w-]+(\.[\w-]+)*\.?|\[[\da-f:.]+\])$/i;

@@ -201,3 +201,20 @@ it("NATS_URL=ws:// is refused at start in a line, exit 78 (the Node client refus
     expect(out).not.toMatch(/\n\s+at |"stack"/);
   }
 }, 60_000);
+
+it("a refused URL's password is not printed even when it holds a '/', as a generated base64 one does", async () => {
+  using dir = tempDir();
+  const { code, out } = await exitOf(["--import", "tsx", join(ROOT, "services", "payment", "main.ts")], {
+    DB_PATH: join(dir.path, "p.db"),
+    GRPC_PORT: "0",
+    METRICS_PORT: "",
+    // Unencoded, so neither parses: each is refused, and its problem quotes it.
+    NATS_URL: "nats://payment:Zm9v/YmFy@127.0.0.1:4222",
+    DATABASE_URL: "postgres://payment:cXV4/eg+@db/shop",
+  });
+  expect(code, out).toBe(78);
+  expect(out).toMatch(/^ {2}NATS_URL=/m);
+  expect(out).toMatch(/^ {2}DATABASE_URL /m);
+  expect(out).not.toContain("Zm9v");
+  expect(out).not.toContain("cXV4");
+}, 60_000);
