@@ -7,7 +7,15 @@
  * NATS_USER, NATS_PASSWORD and NATS_STREAM_REPLICAS; `make run` calls
  * provisionBus itself.
  */
-import { busAuthOf, ConfigError, commonEnv, createLogger, parseEnv, provisionBus } from "../platform/index.js";
+import {
+  busAuthOf,
+  commonEnv,
+  configOrExit,
+  createLogger,
+  EXIT_REFUSED,
+  parseEnv,
+  provisionBus,
+} from "../platform/index.js";
 import { EVENTS } from "./events.js";
 
 const spec = {
@@ -19,13 +27,11 @@ const spec = {
   NATS_STREAM_REPLICAS: commonEnv.NATS_STREAM_REPLICAS,
 } as const;
 
-let config: ReturnType<typeof parseEnv<typeof spec>>;
-try {
-  config = parseEnv(spec, process.env);
-} catch (err) {
-  if (!(err instanceof ConfigError)) throw err;
-  process.stderr.write(`${err.message}\n`);
-  process.exit(78);
+const config = configOrExit(() => parseEnv(spec, process.env));
+if (config.NATS_URL === "off") {
+  // Its one work is on the bus: with "off" it dialled a host named "off", waiting for ever.
+  process.stderr.write("NATS_URL=off: provisioning the streams needs the bus; set NATS_URL\n");
+  process.exit(EXIT_REFUSED);
 }
 const log = await createLogger({ service: "provision-bus", level: config.LOG_LEVEL, format: config.LOG_FORMAT });
 try {

@@ -218,3 +218,14 @@ it("a refused URL's password is not printed even when it holds a '/', as a gener
   expect(out).not.toContain("Zm9v");
   expect(out).not.toContain("cXV4");
 }, 60_000);
+
+it("the streams' provisioner refuses NATS_URL=off in a line, exit 78: it dialled a host named 'off' for ever", async () => {
+  const { code, out } = await exitOf(
+    ["--import", "tsx", join(ROOT, "contracts", "provision-bus.ts")],
+    { NATS_URL: "off", LOG_FORMAT: "json" },
+    20_000,
+  );
+  expect(code, out).toBe(78);
+  expect(out).toMatch(/^NATS_URL=off: .*needs the bus/m);
+  expect(out).not.toContain("does not answer yet");
+}, 30_000);
