@@ -40,7 +40,15 @@ import { createServer } from "node:net";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { EVENTS } from "../contracts/events.js";
-import { BUS_ADMIN, backoffMs, EXIT_REFUSED, provisionBus, silentLogger } from "../platform/index.js";
+import {
+  BUS_ADMIN,
+  backoffMs,
+  commonEnv,
+  EXIT_REFUSED,
+  parseEnv,
+  provisionBus,
+  silentLogger,
+} from "../platform/index.js";
 import { holdDataDir, recordChild, stopLeftovers } from "./data-dir.js";
 import { dbOf, nodeCommand, portOf, ROOT, SYSTEM, SYSTEM_ENV } from "./layout.js";
 import { jsonLine, readableLines } from "./log-lines.js";
@@ -301,6 +309,19 @@ const INFRA = new Set(["nats", "postgres"]);
 /** How long past its shutdown grace a service may take to stop before it is killed. */
 const STOP_MARGIN_MS = 10_000;
 
+/**
+ * SHUTDOWN_GRACE_MS read as the services read it (platform/config.ts): Number() took only spaces, their
+ * default 10 s, for 0, and killed a service still draining within its grace. A value they refuse
+ * stopped them at start, so it never counts here.
+ */
+function graceMs(): number {
+  try {
+    return parseEnv({ SHUTDOWN_GRACE_MS: commonEnv.SHUTDOWN_GRACE_MS }, process.env).SHUTDOWN_GRACE_MS;
+  } catch {
+    return 10_000;
+  }
+}
+
 function stopAll(): void {
   if (stopping) {
     for (const { child } of children) child.kill("SIGKILL");
@@ -319,8 +340,7 @@ function stopAll(): void {
   // A service that has not stopped within its grace (SHUTDOWN_GRACE_MS, as it reads it) and a margin is
   // killed, and said so: with the data directory's disk full, five of them stayed in their stop for
   // good, and so did the runner, NATS with it, until a second Ctrl-C.
-  const grace = Number(process.env.SHUTDOWN_GRACE_MS || 10_000);
-  const deadlineMs = (Number.isFinite(grace) ? grace : 10_000) + STOP_MARGIN_MS;
+  const deadlineMs = graceMs() + STOP_MARGIN_MS;
   const deadline = setTimeout(() => {
     for (const { name, child } of services.filter((c) => alive(c.child))) {
       say(name, undefined, `${name} did not stop within ${deadlineMs / 1000} s: killed`, {}, 50);

@@ -229,3 +229,33 @@ it("the streams' provisioner refuses NATS_URL=off in a line, exit 78: it dialled
   expect(out).toMatch(/^NATS_URL=off: .*needs the bus/m);
   expect(out).not.toContain("does not answer yet");
 }, 30_000);
+
+it("make run waits for a stopping service as long as the service reads SHUTDOWN_GRACE_MS: only spaces is its default, 10 s", async () => {
+  using dir = tempDir();
+  // Spaces: each service drains up to its default 10 s; the runner read 0 and killed it at 10 s, not 20.
+  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "scripts", "run.ts")], {
+    cwd: ROOT,
+    env: { ...process.env, ...(await ports()), DATA_DIR: dir.path, SHUTDOWN_GRACE_MS: "   " },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  running.push(child);
+  let out = "";
+  const payment = new Promise<number>((resolve) => {
+    const seen = (d: Buffer) => {
+      out += d.toString();
+      const m = /payment +\| started \(pid (\d+)\)/.exec(out);
+      if (m) resolve(Number(m[1]));
+    };
+    child.stdout.on("data", seen);
+    child.stderr.on("data", seen);
+  });
+  const pid = await payment;
+  await new Promise((r) => setTimeout(r, 2_000));
+  process.kill(pid, "SIGSTOP"); // a service that does not stop: the runner's deadline is what it meets
+  child.kill("SIGINT");
+  await new Promise((r) => child.once("exit", r));
+  try {
+    process.kill(pid, "SIGKILL"); // killed by the runner already, unless it failed to
+  } catch {}
+  expect(out.split("\n").filter((l) => /stop/.test(l))).toContain("payment did not stop within 20 s: killed");
+}, 90_000);
