@@ -17,8 +17,8 @@ import {
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { backoffMs } from "./backoff.js";
 import type { StreamSpec } from "./catalogue.js";
-import { withoutPassword } from "./config.js";
 import type { Logger } from "./log.js";
+import { withoutPassword } from "./redact.js";
 
 /**
  * Stream settings: file storage (survives a server restart), limits

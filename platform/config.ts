@@ -8,6 +8,7 @@
  * with a confusing one.
  */
 
+import { withoutPassword } from "./redact.js";
 import { DEFAULT_TRACE_FILE_MAX_BYTES } from "./span-file.js";
 
 /** Thrown by {@link parseEnv}; `problems` lists one line per bad variable. */
@@ -147,17 +148,6 @@ export function oneOf<const T extends string>(values: readonly T[], def: T): Env
       throw new Invalid(`${name}=${JSON.stringify(raw)} must be one of ${values.join(", ")}`);
     },
   };
-}
-
-/**
- * `raw` (one variable's value) with each URL's password left out, up to the URL's last "@" (a generated
- * one holds "/", "@", "," unencoded: each ended it early, the rest printed); `user:pass@host` and `password=` too.
- */
-export function withoutPassword(raw: string): string {
-  return raw
-    .replace(/\/\/([^:@/\s]*):(?:(?!\w+:\/\/)[\s\S])*@/g, "//$1:***@")
-    .replace(/(^|,)(?![^,]*:\/\/)([^:@/\s,]*):[^,]*@/g, "$1$2:***@")
-    .replace(/([?&]password=)[^&]*/gi, "$1***");
 }
 
 const HOST = /^([\w-]+(\.[\w-]+)*\.?|\[[\da-f:.]+\])$/i;
