@@ -66,7 +66,7 @@ export function str(def?: string): EnvReader<string> {
 }
 
 const DECIMAL_INT = /^[+-]?(0|[1-9]\d*)$/;
-const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i;
+const DECIMAL = /^[+-]?(\d+(\.\d*)?|\.\d+)(e[+-]?\d+)?$/i;
 
 /** An integer in [min, max], in decimal digits (no 0x, exponent or leading zero); `def` when unset or empty. */
 export function int(def: number, opts: { min?: number; max?: number } = {}): EnvReader<number> {
