@@ -123,6 +123,25 @@ async function ensureStream(jsm: JetStreamManager, s: StreamSpec, replicas: numb
   await jsm.streams.update(s.name, { ...config, num_replicas: Math.max(replicas, c.num_replicas) });
 }
 
+/**
+ * `url`'s servers without the credentials written in them (`nats://user:pass@host:4222`), and those of
+ * the first that has some. The Node client never sends a URL's credentials: it connected anonymously,
+ * and a server with users refused it ("Authorization Violation": a stack trace, restarted for ever).
+ */
+export function serversOf(url: string): { servers: string[]; auth?: BusAuth } {
+  let auth: BusAuth | undefined;
+  const servers = url.split(",").map((s) => {
+    const m = /^((?:nats|tls):\/\/)?([^@/]*)@(.*)$/i.exec(s);
+    if (!m) return s;
+    const [, scheme = "", userinfo = "", rest = ""] = m;
+    const colon = userinfo.indexOf(":");
+    const [user, pass] = colon < 0 ? [userinfo, ""] : [userinfo.slice(0, colon), userinfo.slice(colon + 1)];
+    auth ??= { user: decodeURIComponent(user), pass: decodeURIComponent(pass) };
+    return scheme + rest;
+  });
+  return auth ? { servers, auth } : { servers };
+}
+
 /** How often a process waiting for its first NATS connection says so. */
 const WAITING_SAID_EVERY_MS = 5_000;
 
@@ -134,11 +153,14 @@ export async function connectBus(url: string, name: string, log: Logger, opts: B
     () => log.warn(`NATS at ${withoutPassword(url)} does not answer yet: waiting (NATS_URL)`),
     WAITING_SAID_EVERY_MS,
   );
+  const { servers, auth: inUrl } = serversOf(url);
+  // NATS_USER and NATS_PASSWORD, or the URL's own.
+  const auth = opts.auth ?? inUrl;
   const nc = await connect({
-    servers: url.split(","),
+    servers,
     name,
     // A user's answers and deliveries arrive in inboxes only it may subscribe to (bus-access.ts).
-    ...(opts.auth ? { user: opts.auth.user, pass: opts.auth.pass, inboxPrefix: inboxPrefixOf(opts.auth.user) } : {}),
+    ...(auth ? { user: auth.user, pass: auth.pass, inboxPrefix: inboxPrefixOf(auth.user) } : {}),
     maxReconnectAttempts: -1,
     reconnectTimeWait: 250,
     waitOnFirstConnect: true,
@@ -168,7 +190,7 @@ export async function connectBus(url: string, name: string, log: Logger, opts: B
       log.warn(
         { err: message, attempt, retryInMs },
         /Permissions Violation/.test(message)
-          ? `NATS user ${opts.auth?.user ?? "(none)"} may not create or change the streams, which are not there or not as configured yet: waiting for the bus's administrator to provision them`
+          ? `NATS user ${auth?.user ?? "(none)"} may not create or change the streams, which are not there or not as configured yet: waiting for the bus's administrator to provision them`
           : /insufficient storage/.test(message)
             ? // nats-server reserves a stream's bound when it makes the stream: no wait ends this, a larger store does.
               `the JetStream store cannot hold ${opts.streams?.length ?? 0} streams of ${STREAM_MAX_BYTES / 2 ** 20} MB (reserved when each is made): raise max_file_store; waiting`
@@ -177,10 +199,13 @@ export async function connectBus(url: string, name: string, log: Logger, opts: B
       await new Promise((r) => setTimeout(r, retryInMs));
     }
   }
-  log.info({ url, streams: (opts.streams ?? []).map((s) => s.name) }, "connected to NATS JetStream");
+  log.info(
+    { url: withoutPassword(url), streams: (opts.streams ?? []).map((s) => s.name) },
+    "connected to NATS JetStream",
+  );
   // Without a user, anyone may publish any letter: no key would be secret, and one known to all is as good.
-  const letterKey = createHmac("sha256", opts.auth?.pass ?? "")
-    .update(`shopmesh dead letters of ${opts.auth?.user ?? ""}`)
+  const letterKey = createHmac("sha256", auth?.pass ?? "")
+    .update(`shopmesh dead letters of ${auth?.user ?? ""}`)
     .digest();
   return { nc, js: jetstream(nc), jsm, letterKey, close: () => closeWithin(nc, log) };
 }

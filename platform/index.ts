@@ -96,6 +96,7 @@ export { OUTBOX_CLAIMS_MIGRATION, OUTBOX_INDEXES_MIGRATION, OUTBOX_MIGRATION, Ou
 export { type Cursor, type CursorShape, Pages, pageSize } from "./paging.js";
 export { DEFAULT_POLICY, type PolicyConfig, type PolicyEnv, policyEnv, policyFrom } from "./policy.js";
 export { contextOf, currentTraceparent, detached, extractContext, inSpan, logIds } from "./propagation.js";
+export { withoutPassword } from "./redact.js";
 export { REGISTRY_SCHEME } from "./registry.js";
 export { OutboxRelay } from "./relay.js";
 export { createResilientClient, type DownstreamState, type PolicyEvents, type ResilientClient } from "./resilience.js";

@@ -34,6 +34,7 @@ import {
   Inbox,
   type Logger,
   locationOf,
+  withoutPassword,
 } from "../../platform/index.js";
 import { loadConfig } from "./config.js";
 import { UnusableEventError } from "./domain.js";
@@ -225,11 +226,11 @@ async function main(): Promise<number> {
   try {
     const aside = asideOf(live);
     lock = await lockRebuild(live);
-    print(`rebuilding ${name(live)} from ${config.NATS_URL}, aside in ${name(aside)} until done`);
+    print(`rebuilding ${name(live)} from ${withoutPassword(config.NATS_URL)}, aside in ${name(aside)} until done`);
     const bus = await withTimeout(
       connectBus(config.NATS_URL, "history-rebuild", log, { streams: EVENTS.streams, ...busAuthOf(config) }),
       CONNECT_TIMEOUT_MS,
-      `cannot reach NATS at ${config.NATS_URL} within ${CONNECT_TIMEOUT_MS} ms`,
+      `cannot reach NATS at ${withoutPassword(config.NATS_URL)} within ${CONNECT_TIMEOUT_MS} ms`,
     );
     try {
       await clearAside(aside);
