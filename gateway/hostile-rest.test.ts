@@ -16,7 +16,7 @@ import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { createChannel, createClient, type Role, silentLogger } from "../platform/index.js";
-import { h1Raw, h2Request, h2Session, rawConnect } from "../test/raw.js";
+import { type H1Answer, h1Raw, h1Request, h2Request, h2Session, rawConnect } from "../test/raw.js";
 import { type System, startSystem, startTestGateway } from "../test/system.js";
 import type { GatewayApp } from "./app.js";
 import { signDevToken } from "./auth.js";
@@ -61,42 +61,14 @@ afterAll(async () => {
   await sys[Symbol.asyncDispose]();
 });
 
-interface Answer {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  text: string;
-  // biome-ignore lint/suspicious/noExplicitAny: JSON answers are checked field by field
-  json: any;
-}
+type Answer = H1Answer;
 
-/** One HTTP/1.1 request with the path sent verbatim (fetch would normalise `..`, `%2E` and friends). */
-function rest(
+/** One HTTP/1.1 request with the path sent verbatim, to the gateway unless `url` says otherwise. */
+const rest = (
   method: string,
   path: string,
   opts: { headers?: Record<string, string | string[]>; body?: string | Buffer; url?: string } = {},
-): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const length = opts.body === undefined ? {} : { "content-length": String(Buffer.byteLength(opts.body)) };
-    const headers = { ...length, ...opts.headers };
-    const req = http.request(opts.url ?? gw.url, { method, path, headers, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on("data", (c: Buffer) => chunks.push(c));
-      res.on("end", () => {
-        const text = Buffer.concat(chunks).toString("utf8");
-        let json: unknown;
-        try {
-          json = JSON.parse(text);
-        } catch {
-          json = undefined;
-        }
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, text, json });
-      });
-      res.on("error", reject);
-    });
-    req.on("error", reject);
-    req.end(opts.body);
-  });
-}
+): Promise<Answer> => h1Request(opts.url ?? gw.url, method, path, opts);
 
 let seq = 0;
 const key = () => `hr-${process.pid}-${++seq}`;

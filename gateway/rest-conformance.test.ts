@@ -7,9 +7,9 @@
  * Requests go out byte for byte as written (node:http), not normalised by a
  * URL parser.
  */
-import http from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Role, silentLogger } from "../platform/index.js";
+import { type H1Answer, h1Request } from "../test/raw.js";
 import { type System, startSystem, startTestGateway } from "../test/system.js";
 import type { GatewayApp } from "./app.js";
 import { signDevToken } from "./auth.js";
@@ -33,37 +33,14 @@ afterAll(async () => {
   await sys[Symbol.asyncDispose]();
 });
 
-interface Answer {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  text: string;
-  // biome-ignore lint/suspicious/noExplicitAny: JSON answers are checked field by field
-  json: any;
-}
+type Answer = H1Answer;
 
 /** `method target` sent as written, with alice's token unless `headers` says otherwise. */
 function send(line: string, opts: { headers?: Record<string, string>; body?: string } = {}): Promise<Answer> {
   const [method = "", path = ""] = line.split(" ");
-  // Node sends a GET's or DELETE's body without a length unless told it.
-  const length = opts.body === undefined ? {} : { "content-length": String(Buffer.byteLength(opts.body)) };
-  const headers = { ...alice, ...length, ...opts.headers };
-  return new Promise((resolve, reject) => {
-    const req = http.request(gw.url, { method, path, headers }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on("data", (c: Buffer) => chunks.push(c));
-      res.on("end", () => {
-        const text = Buffer.concat(chunks).toString("utf8");
-        let json: unknown;
-        try {
-          json = JSON.parse(text);
-        } catch {
-          json = undefined;
-        }
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, text, json });
-      });
-    });
-    req.once("error", reject);
-    req.end(opts.body);
+  return h1Request(gw.url, method, path, {
+    headers: { ...alice, ...opts.headers },
+    ...(opts.body === undefined ? {} : { body: opts.body }),
   });
 }
 

@@ -3,6 +3,7 @@
  * from node:http2, gRPC and gRPC-Web envelopes built by hand — nothing that
  * would politely refuse to send a malformed request.
  */
+import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
 
@@ -230,5 +231,45 @@ export function readFrames(
       onFrame(buf[3] ?? 0, buf[4] ?? 0, buf.readUInt32BE(5) & 0x7fffffff, buf.subarray(9, 9 + len));
       buf = buf.subarray(9 + len);
     }
+  });
+}
+
+/** What came back from an HTTP/1.1 request: its body as text, and as JSON (undefined when it is not). */
+export interface H1Answer {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  text: string;
+  // biome-ignore lint/suspicious/noExplicitAny: JSON answers are checked field by field
+  json: any;
+}
+
+/** One HTTP/1.1 request to `url` on a connection of its own, `path` sent verbatim (fetch would normalise `..`, `%2E` and friends). */
+export function h1Request(
+  url: string,
+  method: string,
+  path: string,
+  opts: { headers?: Record<string, string | string[]>; body?: string | Buffer } = {},
+): Promise<H1Answer> {
+  return new Promise((resolve, reject) => {
+    // Node sends a GET's or DELETE's body without a length unless told it.
+    const length = opts.body === undefined ? {} : { "content-length": String(Buffer.byteLength(opts.body)) };
+    const headers = { ...length, ...opts.headers };
+    const req = http.request(url, { method, path, headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (c: Buffer) => chunks.push(c));
+      res.on("end", () => {
+        const text = Buffer.concat(chunks).toString("utf8");
+        let json: unknown;
+        try {
+          json = JSON.parse(text);
+        } catch {
+          json = undefined;
+        }
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, text, json });
+      });
+      res.on("error", reject);
+    });
+    req.on("error", reject);
+    req.end(opts.body);
   });
 }
