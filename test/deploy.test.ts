@@ -1143,8 +1143,12 @@ describe("NATS JetStream cluster", () => {
   const serverEnv = sts ? envOf(objs, podSpec(sts).containers[0] as IContainer) : {};
   const credentials = named<ISecret>(objs, "Secret", "nats-credentials")?.data ?? {};
   const passwordOf = (user: string) => Buffer.from(credentials[user] ?? "", "base64").toString("utf8");
-  const dir = mkdtempSync(join(tmpdir(), "shopmesh-deploy-nats-"));
-  writeFileSync(join(dir, "users.conf"), usersConf);
+  // Made when the suite runs, not when it is collected: a run that skips it (`-t` another name) left it behind.
+  let dir = "";
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), "shopmesh-deploy-nats-"));
+    writeFileSync(join(dir, "users.conf"), usersConf);
+  });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it("its users are the code's (BUS_USERS, as scripts/nats-users.ts writes them), each password given to nats-server", () => {
@@ -1412,19 +1416,22 @@ describe("the image (Dockerfile), by construction", () => {
     .split("\n")
     .map((l) => l.trim())
     .filter((l) => l !== "" && !l.startsWith("#"));
-  const app = mkdtempSync(join(tmpdir(), "shopmesh-deploy-image-"));
+  // Made when the suite runs, as the NATS suite's directory above.
+  let app = "";
   const packageJson = JSON.parse(read("package.json")) as {
     dependencies: Record<string, string>;
     devDependencies: Record<string, string>;
   };
 
-  const context = mkdtempSync(join(tmpdir(), "shopmesh-deploy-context-"));
+  let context = "";
   const build = steps.find((s) => s.op === "RUN" && /\btsc\b/.test(s.args));
   const webBuild = steps.find((s) => s.op === "RUN" && /\bweb\/build\.ts\b/.test(s.args));
   // web/build.ts is written separately from this check; until it exists the page's layout is not built here.
   const webBuildExists = existsSync(join(ROOT, "web", "build.ts"));
 
   beforeAll(() => {
+    app = mkdtempSync(join(tmpdir(), "shopmesh-deploy-image-"));
+    context = mkdtempSync(join(tmpdir(), "shopmesh-deploy-context-"));
     // The build stage sees only what it copies: lay that out alone (tests dropped, as .dockerignore
     // drops them), so a source the build needs but does not copy fails here as it would in docker build.
     for (const s of steps.filter((x) => x.stage === build?.stage && x.op === "COPY" && !x.args.includes("--from="))) {
