@@ -20,10 +20,11 @@ import { provisionBus } from "./bus-access.js";
 import { silentLogger } from "./log.js";
 import { openRegistry } from "./registry.js";
 
+/** As the Kubernetes deployment's store: every stream's bound (which nats-server reserves at creation) and a little more. */
+const STORE_MB = Math.ceil((EVENTS.streams.length * STREAM_MAX_BYTES) / 2 ** 20) + 64;
+
 it("a stream past its size drops its oldest events; publishing and the registry go on", async () => {
-  // As the Kubernetes deployment's store: every stream's bound (which nats-server reserves at creation) and a little more.
-  const storeMb = Math.ceil((EVENTS.streams.length * STREAM_MAX_BYTES) / 2 ** 20) + 64;
-  await using nats = await startNats(`jetstream { max_file_store: ${storeMb}MB }`);
+  await using nats = await startNats(`jetstream { max_file_store: ${STORE_MB}MB }`);
   await provisionBus(nats.url, EVENTS, silentLogger());
   const bus = await connectBus(nats.url, "stream-bound-test", silentLogger());
   try {
@@ -71,9 +72,18 @@ async function addUnbounded(jsm: JetStreamManager, name: string): Promise<void> 
   });
 }
 
+/** Provisions the bus again, as the Job does at every deploy; it must finish (within 15 s), not wait. */
+async function expectProvisioned(url: string): Promise<void> {
+  const captured = capturedLogger();
+  const outcome = await Promise.race([
+    provisionBus(url, EVENTS, captured.log).then(() => "done"),
+    new Promise((r) => setTimeout(() => r("still waiting"), 15_000)),
+  ]);
+  expect(outcome, JSON.stringify(captured.lines.slice(0, 3))).toBe("done");
+}
+
 it("a stream made before the bound, already past it, is bounded when provisioned again; publishing goes on", async () => {
-  const storeMb = Math.ceil((EVENTS.streams.length * STREAM_MAX_BYTES) / 2 ** 20) + 64;
-  await using nats = await startNats(`jetstream { max_file_store: ${storeMb}MB }`);
+  await using nats = await startNats(`jetstream { max_file_store: ${STORE_MB}MB }`);
   const nc = await connect({ servers: nats.url });
   try {
     const jsm = await jetstreamManager(nc);
@@ -82,13 +92,7 @@ it("a stream made before the bound, already past it, is bounded when provisioned
     const payload = new Uint8Array(900 * 1024).fill(7);
     const count = Math.ceil((1.3 * STREAM_MAX_BYTES) / payload.byteLength);
     for (let i = 0; i < count; i++) await js.publish("order.order.placed", payload);
-    const captured = capturedLogger();
-    const provisioned = provisionBus(nats.url, EVENTS, captured.log);
-    const outcome = await Promise.race([
-      provisioned.then(() => "done"),
-      new Promise((r) => setTimeout(() => r("still waiting"), 15_000)),
-    ]);
-    expect(outcome, JSON.stringify(captured.lines.slice(0, 3))).toBe("done");
+    await expectProvisioned(nats.url);
     const info = await jsm.streams.info("ORDER");
     expect(info.config.max_bytes).toBe(STREAM_MAX_BYTES);
     expect(info.state.bytes).toBeLessThanOrEqual(STREAM_MAX_BYTES);
@@ -100,8 +104,7 @@ it("a stream made before the bound, already past it, is bounded when provisioned
 
 it("a store already full of a stream made before the bound: provisioned again, the stream is bounded and the bus goes on", async () => {
   // The deployment the bound was made for: unbounded, ORDER had filled the store and every publish was refused.
-  const storeMb = Math.ceil((EVENTS.streams.length * STREAM_MAX_BYTES) / 2 ** 20) + 64;
-  await using nats = await startNats(`jetstream { max_file_store: ${storeMb}MB }`);
+  await using nats = await startNats(`jetstream { max_file_store: ${STORE_MB}MB }`);
   const nc = await connect({ servers: nats.url });
   try {
     const jsm = await jetstreamManager(nc);
@@ -109,19 +112,13 @@ it("a store already full of a stream made before the bound: provisioned again, t
     const js = jetstream(nc);
     const payload = new Uint8Array(900 * 1024).fill(7);
     let refusal = "";
-    for (let i = 0; i < (2 * storeMb * 2 ** 20) / payload.byteLength && !refusal; i++) {
+    for (let i = 0; i < (2 * STORE_MB * 2 ** 20) / payload.byteLength && !refusal; i++) {
       await js.publish("order.order.placed", payload).catch((err: unknown) => {
         refusal = (err as Error).message;
       });
     }
     expect(refusal).toMatch(/insufficient|storage|resources/i);
-    const captured = capturedLogger();
-    const provisioned = provisionBus(nats.url, EVENTS, captured.log);
-    const outcome = await Promise.race([
-      provisioned.then(() => "done"),
-      new Promise((r) => setTimeout(() => r("still waiting"), 15_000)),
-    ]);
-    expect(outcome, JSON.stringify(captured.lines.slice(0, 3))).toBe("done");
+    await expectProvisioned(nats.url);
     for (const s of EVENTS.streams) {
       const info = await jsm.streams.info(s.name);
       expect(info.config.max_bytes, s.name).toBe(STREAM_MAX_BYTES);
