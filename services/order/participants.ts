@@ -5,7 +5,7 @@
  * participant is out of reach (`notSent`: the call never left this process).
  */
 import { refundReason, stepKey } from "../../contracts/saga.js";
-import type { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
+import { type InventoryService, ReservationStatus } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { type PaymentService, PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
 import { type Client, Code, RpcError } from "../../platform/index.js";
 import {
@@ -62,6 +62,19 @@ function describeFailure(err: RpcError, participant: string): string {
   return `${err.codeName}: ${participant} ${NO_ANSWER[err.code] ?? "gave no usable answer"}`;
 }
 
+/**
+ * A participant's answer in a state this version cannot act on: an enum value of a newer version of
+ * its contract (a rolling upgrade), or one no forward step should get back. Its outcome is unknown,
+ * as a call's that timed out: retried, and past the step budget compensated (a refund or a release
+ * by the step's key, which the participant that answered knows how to do).
+ */
+function unreadable(rpc: string, names: Readonly<Record<number, string>>, status: number): Outcome {
+  return {
+    retry: `${rpc} answered with a status this version does not act on: ${names[status] ?? status}`,
+    notSent: false,
+  };
+}
+
 /** The saga's participant calls. */
 export class Participants {
   constructor(
@@ -90,9 +103,12 @@ export class Participants {
             opts,
           );
           if (!payment) throw new Error("ChargePayment answered without a payment");
-          return payment.status === PaymentStatus.CAPTURED
-            ? onCharged(payment.id, attempt)
-            : onDeclined(payment.id, payment.declineReason || "declined", attempt);
+          if (payment.status === PaymentStatus.CAPTURED) return onCharged(payment.id, attempt);
+          if (payment.status === PaymentStatus.DECLINED) {
+            return onDeclined(payment.id, payment.declineReason || "declined", attempt);
+          }
+          // Taken for a decline, a newer payment's status (a hold, a capture pending) was never refunded.
+          return unreadable("ChargePayment", PaymentStatus, payment.status);
         }
         case "refund_payment": {
           // By charge key: refunds the payment made with it, or voids the key if no
@@ -134,6 +150,9 @@ export class Participants {
       opts,
     );
     if (!reservation?.total) throw new Error("ReserveStock answered without a reservation");
+    if (reservation.status !== ReservationStatus.RESERVED) {
+      return unreadable("ReserveStock", ReservationStatus, reservation.status);
+    }
     return onReserved(
       {
         reservationId: reservation.id,
