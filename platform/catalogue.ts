@@ -83,6 +83,35 @@ export function filterSubject(
   return mode === undefined ? undefined : `${stream.toLowerCase()}.*.*.${last}`;
 }
 
+/** Whether `filter` (NATS wildcards: `*` one token, `>` the rest; undefined: everything) selects `subject`. */
+export function selects(filter: string | undefined, subject: string): boolean {
+  if (filter === undefined) return true;
+  const f = filter.split(".");
+  const s = subject.split(".");
+  for (let i = 0; i < f.length; i++) {
+    if (f[i] === ">") return s.length > i;
+    if (i >= s.length || (f[i] !== "*" && f[i] !== s[i])) return false;
+  }
+  return f.length === s.length;
+}
+
+/** The filter subject of a consumer with `spec`'s stream, handlers and mode (see {@link filterSubject}). */
+export function consumerFilter(
+  catalogue: EventCatalogue,
+  spec: {
+    readonly stream: string;
+    readonly handlers: readonly (readonly [string, unknown])[];
+    readonly sagaMode?: SagaMode;
+  },
+): string | undefined {
+  return filterSubject(
+    catalogue,
+    spec.stream,
+    spec.handlers.map(([type]) => type),
+    spec.sagaMode,
+  );
+}
+
 /** The subject of `schema` on `stream` but for its mode (see the module comment). */
 function subjectOf(stream: string, schema: DescMessage): string {
   const subject = subjectOfName(stream, schema.name);

@@ -16,7 +16,7 @@ import { SpanKind } from "@opentelemetry/api";
 import { backoffMs } from "./backoff.js";
 import { settleInBatches } from "./batches.js";
 import type { Bus } from "./bus.js";
-import { type EventCatalogue, filterSubject } from "./catalogue.js";
+import { consumerFilter, type EventCatalogue } from "./catalogue.js";
 import type { FaultInjector } from "./chaos.js";
 import type { ConsumerSpec } from "./consumer-spec.js";
 import { isDatabaseUnavailable } from "./db-errors.js";
@@ -31,6 +31,7 @@ import {
   UnprocessableEventError,
 } from "./inbox.js";
 import { flushLogs, type Logger } from "./log.js";
+import { OtherVersions } from "./other-versions.js";
 import { detached, extractContext, inSpan } from "./propagation.js";
 import { pullForever } from "./pull.js";
 import { latestCopies, RetryTimes } from "./retry-times.js";
@@ -80,17 +81,13 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
   const { bus, durable } = opts;
   const clog = opts.log.child({ consumer: durable });
   await new Inbox(opts.db, durable).checkFailuresTable();
-  const settle = eventHandler(opts, clog);
+  const filter = consumerFilter(opts.catalogue, opts);
+  const settle = eventHandler(opts, clog, filter);
   const pull = await pullForever({
     bus,
     stream: opts.stream,
     durable,
-    filter: filterSubject(
-      opts.catalogue,
-      opts.stream,
-      opts.handlers.map(([type]) => type),
-      opts.sagaMode,
-    ),
+    filter,
     log: clog,
     handle: (messages) =>
       settleInBatches(messages, {
@@ -115,6 +112,9 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
   };
 }
 
+/** Settles a batch of delivered messages. */
+type Settle = (batch: readonly JsMsg[]) => Promise<void>;
+
 /** An event ready to be applied: decoded, its handler found, its filter passed. */
 interface Ready {
   readonly m: JsMsg;
@@ -129,7 +129,7 @@ interface Ready {
  * in one transaction, each in a savepoint of its own, so one event's failure never holds back the
  * others nor costs them their exactly-once.
  */
-function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsMsg[]) => Promise<void> {
+function eventHandler(opts: ConsumerOptions, clog: Logger, filter?: string): Settle {
   const { durable, lockKey } = opts;
   const maxDeliver = opts.maxDeliver ?? 10;
   const handlers = new Map(opts.handlers);
@@ -139,6 +139,7 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
   const metrics = tel?.metrics;
   /** The unknown types already logged (see prepare). */
   const newer = new Set<string>();
+  const otherVersions = new OtherVersions(filter, clog);
   const toDlq = async (m: JsMsg, reason: string, eventId?: string) => {
     await deadLetter(opts.bus, durable, m, reason);
     if (eventId) {
@@ -221,6 +222,7 @@ function eventHandler(opts: ConsumerOptions, clog: Logger): (batch: readonly JsM
       await toDlq(m, decoded.unusable);
       return undefined;
     }
+    if (otherVersions.givenBack(m)) return undefined;
     if ("newer" in decoded) {
       m.ack(); // a type of a newer publisher: no handler here can want it
       metrics?.eventsHandled.inc({ consumer: durable, type: "unknown", outcome: "ignored" });

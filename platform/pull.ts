@@ -58,19 +58,32 @@ export async function pullForever(o: {
   readonly handle: (messages: ConsumerMessages) => PullRun;
 }): Promise<Pull> {
   const { bus, stream, durable, filter, log } = o;
-  const start = async () => {
+  const add = (from?: number) =>
+    bus.jsm.consumers.add(stream, {
+      durable_name: durable,
+      ack_policy: AckPolicy.Explicit,
+      ...(from === undefined
+        ? { deliver_policy: DeliverPolicy.All }
+        : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from }),
+      ack_wait: ACK_WAIT_NS,
+      max_deliver: -1, // we count deliveries ourselves and dead-letter, so the server never drops silently
+      ...(filter === undefined ? {} : { filter_subject: filter }),
+    });
+  // The filter is this code's at the process's start only: a pull started again (after a reconnect,
+  // say) leaves it to the replica that set it last, maybe another version's (other-versions.ts).
+  const start = async (first: boolean) => {
     const info = await bus.jsm.consumers.info(stream, durable).catch(() => undefined);
-    if (!info) {
-      await bus.jsm.consumers.add(stream, {
-        durable_name: durable,
-        ack_policy: AckPolicy.Explicit,
-        deliver_policy: DeliverPolicy.All,
-        ack_wait: ACK_WAIT_NS,
-        max_deliver: -1, // we count deliveries ourselves and dead-letter, so the server never drops silently
-        ...(filter === undefined ? {} : { filter_subject: filter }),
+    if (!info) await add();
+    else if (first && (info.config.filter_subject ?? "") !== (filter ?? "")) {
+      await refilter({
+        bus,
+        stream,
+        durable,
+        filter,
+        log,
+        was: info.config.filter_subject,
+        add: () => add(info.ack_floor.stream_seq + 1),
       });
-    } else if ((info.config.filter_subject ?? "") !== (filter ?? "")) {
-      await refilter(bus, stream, durable, filter, log);
     }
     return (await bus.js.consumers.get(stream, durable)).consume(CONSUME);
   };
@@ -104,7 +117,7 @@ export async function pullForever(o: {
       for (;;) {
         if (stopped) return;
         try {
-          messages = await start();
+          messages = await start(false);
           // Stopped while the pull was starting: stop() closed only the run before this one.
           if (stopped) {
             // Nobody reads it: hand back at once what it already took, rather than after the ack wait.
@@ -121,7 +134,7 @@ export async function pullForever(o: {
       }
     }
   };
-  const running = loop(await start());
+  const running = loop(await start(true));
   return {
     async stop() {
       stopped = true;
@@ -133,14 +146,37 @@ export async function pullForever(o: {
   };
 }
 
+/** Whether a filter subject has a wildcard token. */
+const hasWildcard = (filter: string) => filter.split(".").some((t) => t === "*" || t === ">");
+
 /**
  * Gives an existing durable the filter this code declares (made before it declared one, or another).
  * If the server refuses, the consumer goes on as it is, which stays correct — a consumer ignores
  * what it does not handle — only not as cheap.
  */
-async function refilter(bus: Bus, stream: string, durable: string, filter: string | undefined, log: Logger) {
+async function refilter(o: {
+  readonly bus: Bus;
+  readonly stream: string;
+  readonly durable: string;
+  readonly filter: string | undefined;
+  readonly log: Logger;
+  /** The durable's filter now. */
+  readonly was: string | undefined;
+  /** Makes the durable again with this code's filter, from the event after its acknowledged ones. */
+  readonly add: () => Promise<unknown>;
+}) {
+  const { bus, stream, durable, filter, log } = o;
   try {
-    await bus.jsm.consumers.update(stream, durable, { filter_subject: filter ?? "" });
+    if (filter !== undefined && hasWildcard(filter) && !hasWildcard(o.was ?? "")) {
+      // nats-server 2.9 takes an update to a wildcard filter from a literal one, or from none, as a
+      // filter matching nothing: the durable skipped every event after it (test/hostile-skew.test.ts).
+      // Made again from its acknowledged floor it filters as told; what it had delivered and not yet
+      // acknowledged comes again, and the inbox keeps each event to its one effect.
+      await bus.jsm.consumers.delete(stream, durable);
+      await o.add();
+    } else {
+      await bus.jsm.consumers.update(stream, durable, { filter_subject: filter ?? "" });
+    }
     log.info({ filter: filter ?? "(none)" }, "consumer's filter subject changed");
   } catch (err) {
     log.warn(

@@ -6,22 +6,37 @@
  * version would (an enum number this version has no name for); the order service under test is a
  * real process. Each `describe` is one finding; each test failed on the code it was written against.
  */
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { describe, expect, it } from "vitest";
+import { EVENTS } from "../contracts/events.js";
+import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
+import { StockReleasedSchema, StockReservedSchema } from "../gen/shopmesh/inventory/v1/events_pb.js";
 import { InventoryService, ReservationStatus } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService, PaymentStatus } from "../gen/shopmesh/payment/v1/payment_pb.js";
+import { connectBus } from "../platform/bus.js";
+import { startConsumer } from "../platform/consumer.js";
 import {
   bind,
   createChannel,
   createClient,
+  INBOX_FAILURES_MIGRATION,
+  INBOX_MIGRATION,
+  INBOX_PURGE_MIGRATION,
   identityMetadata,
+  migrations,
+  on,
+  openDatabase,
   type RunningServer,
   type ServiceImpl,
   silentLogger,
   startGrpcServer,
 } from "../platform/index.js";
 import { TestDatabases } from "./db.js";
+import { event, publishEvents } from "./events.js";
 import { type ServiceProcess, spawnService, tempDir } from "./fixtures.js";
+import { startNats } from "./nats.js";
 
 /** An enum number the contract of this version has no name for: what a newer participant may answer. */
 const NEWER = 7;
@@ -158,4 +173,124 @@ describe("a reservation answered with a status this version does not know", () =
     expect(charged).toEqual([]);
     expect(released).toEqual(["res_newer"]);
   }, 90_000);
+});
+
+/** A payment database's inbox, and a bus, on `nats`: what a consumer of payment's needs. */
+async function consumerParts(natsUrl: string, dir: string) {
+  const log = silentLogger();
+  const bus = await connectBus(natsUrl, "skew", log, { streams: EVENTS.streams });
+  const db = await openDatabase(
+    { engine: "sqlite", path: join(dir, "payment.db") },
+    migrations([INBOX_MIGRATION, INBOX_FAILURES_MIGRATION, INBOX_PURGE_MIGRATION]),
+  );
+  const spec = { bus, db, log, catalogue: EVENTS, stream: "INVENTORY", durable: "payment-inventory" } as const;
+  return Object.assign(spec, {
+    async [Symbol.asyncDispose]() {
+      await db.close();
+      await bus.close();
+    },
+  });
+}
+
+/** StockReleased then StockReserved of each of `orders` (choreography), published. */
+function publishReleasedAndReserved(parts: { bus: Parameters<typeof publishEvents>[0] }, orders: readonly string[]) {
+  return publishEvents(parts.bus, [
+    ...orders.map((o) => event(StockReleasedSchema, o, { reservationId: `res-${o}` })),
+    ...orders.map((o) => event(StockReservedSchema, o, { reservationId: `res-${o}` })),
+  ]);
+}
+
+describe("a consumer's filter widened by an upgrade", () => {
+  // An upgrade that gives a consumer a handler more (payment-inventory: StockReserved, then
+  // StockReleased too) turns its filter from one type's subject into the mode's wildcard, and
+  // pull.ts updated the durable's filter in place. nats-server 2.9 (what `make nats` installs from
+  // Debian) takes an update to a wildcard filter from a literal one (or from none: "a durable made
+  // before it had a filter is given it at start") as a filter matching nothing: the durable skipped
+  // every event from then on, those of the type both versions handle too, silently, restart or not.
+  it("goes on delivering every event its new filter selects", async () => {
+    await using nats = await startNats();
+    using dir = tempDir("shopmesh-skew-");
+    await using parts = await consumerParts(nats.url, dir.path);
+    const seen = { reserved: 0, released: 0 };
+    const reserved = on(StockReservedSchema, async () => {
+      seen.reserved++;
+    });
+    const released = on(StockReleasedSchema, async () => {
+      seen.released++;
+    });
+    const choreography = { ...parts, sagaMode: SagaMode.CHOREOGRAPHY };
+    // The older version ran, and stopped; the newer starts on its durable.
+    await (await startConsumer({ ...choreography, handlers: [reserved] })).stop();
+    const newer = await startConsumer({ ...choreography, handlers: [reserved, released] });
+    try {
+      const orders = Array.from({ length: 10 }, (_, i) => `ord-widened-${i}`);
+      await publishReleasedAndReserved(parts, orders);
+      await expect.poll(() => seen, { timeout: 10_000 }).toEqual({ reserved: 10, released: 10 });
+    } finally {
+      await newer.stop();
+    }
+  }, 60_000);
+
+  it("does so when the durable had no filter before", async () => {
+    await using nats = await startNats();
+    using dir = tempDir("shopmesh-skew-");
+    await using parts = await consumerParts(nats.url, dir.path);
+    let reservedSeen = 0;
+    const reserved = on(StockReservedSchema, async () => {
+      reservedSeen++;
+    });
+    const handlers = [reserved, on(StockReleasedSchema, async () => {})];
+    // Made before consumers had filters (docs/events.md, "Upgrading from subjects without the mode"),
+    // and given the choreography's wildcard, as inventory-order, order-inventory... are.
+    await (await startConsumer({ ...parts, handlers })).stop();
+    const now = await startConsumer({ ...parts, sagaMode: SagaMode.CHOREOGRAPHY, handlers });
+    try {
+      await publishReleasedAndReserved(parts, ["ord-unfiltered-1", "ord-unfiltered-2"]);
+      await expect.poll(() => reservedSeen, { timeout: 10_000 }).toBe(2);
+    } finally {
+      await now.stop();
+    }
+  }, 60_000);
+});
+
+describe("a consumer whose newer version handles one more type", () => {
+  // A filtered consumer's replicas share its durable, whose filter is the last starter's
+  // (platform/pull.ts): a newer replica handling one more type widens it, and the older replicas are
+  // then sent that type too. They acknowledged it as a type they have no handler for, so during a
+  // rolling upgrade about half of it (one replica in two) was never handled by anyone. An event this
+  // replica's own filter would not have selected is another version's: given back for it.
+  it("leaves that type's events to the newer replicas while both versions run", async () => {
+    await using nats = await startNats();
+    using dir = tempDir("shopmesh-skew-");
+    const log = silentLogger();
+    const bus = await connectBus(nats.url, "skew", log, { streams: EVENTS.streams });
+    const db = await openDatabase(
+      { engine: "sqlite", path: join(dir.path, "payment.db") },
+      migrations([INBOX_MIGRATION, INBOX_FAILURES_MIGRATION, INBOX_PURGE_MIGRATION]),
+    );
+    const handled = new Set<string>();
+    const spec = { bus, db, log, catalogue: EVENTS, stream: "INVENTORY", durable: "payment-inventory" } as const;
+    const reserved = on(StockReservedSchema, async () => {});
+    try {
+      // As payment-inventory: one type (StockReserved) in the choreography, so filtered on its subject.
+      const older = await startConsumer({ ...spec, sagaMode: SagaMode.CHOREOGRAPHY, handlers: [reserved] });
+      const released = on(StockReleasedSchema, async (e) => {
+        handled.add(e.meta?.orderId ?? "");
+      });
+      const newer = await startConsumer({ ...spec, sagaMode: SagaMode.CHOREOGRAPHY, handlers: [reserved, released] });
+      // The older replica's pull, ended when the newer made the durable again (pull.ts), has started again.
+      await sleep(2_000);
+      const orders = Array.from({ length: 20 }, (_, i) => `ord-skew-${i}`);
+      await publishEvents(
+        bus,
+        orders.map((o) => event(StockReleasedSchema, o, { reservationId: `res-${o}` })),
+      );
+      await expect.poll(() => handled.size, { timeout: 15_000 }).toBe(orders.length);
+      await older.stop();
+      await newer.stop();
+    } finally {
+      await db.close();
+      await bus.close();
+    }
+  }, 60_000);
 });
