@@ -8,6 +8,7 @@
  */
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { status } from "@grpc/grpc-js";
 import { describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
@@ -29,6 +30,7 @@ import {
   on,
   openDatabase,
   type RunningServer,
+  ServiceError,
   type ServiceImpl,
   silentLogger,
   startGrpcServer,
@@ -128,6 +130,47 @@ describe("a charge answered with a payment status this version does not know", (
     expect(OrderStatus[settled.status]).toBe("CANCELLED");
     expect(settled.statusReason).not.toMatch(/declined/);
     expect(refunds).toEqual([`${settled.id}:charge_payment`]);
+  }, 90_000);
+});
+
+describe("a refund answered with a payment status this version does not know", () => {
+  // participants.ts took every refund answer but REFUNDED for "no charge happened (key voided)", and
+  // the refund for done. Payment answers a refund by charge key REFUNDED, or DECLINED for a key with
+  // nothing taken (voided, or declined); a newer one's status (a refund held for review, say) said
+  // neither, and the order was settled with the money maybe still taken. It stays pending, retried.
+  it("is not taken for done: the order is cancelled with its refund pending, and the refund retried", async () => {
+    using dir = tempDir("shopmesh-skew-");
+    const dbs = new TestDatabases(dir.path);
+    let refunds = 0;
+    const newerPayment: ServiceImpl<typeof PaymentService> = {
+      // The charge's outcome stays unknown (payment away) until the step budget: the saga refunds by key.
+      chargePayment: async () => {
+        throw new ServiceError(status.UNAVAILABLE, "payment is away");
+      },
+      refundPayment: async () => {
+        refunds++;
+        return { payment: { id: "pay_newer", status: NEWER as PaymentStatus } };
+      },
+      getPayment: async () => ({}),
+    };
+    await using payment = await participant(bind(PaymentService, newerPayment));
+    await using inventory = await realInventory(dbs);
+    await using order = await realOrder(dbs, inventory.address, payment.address);
+    const channel = createChannel(order.address);
+    try {
+      const orders = createClient(OrderService, channel);
+      const { order: placed } = await orders.placeOrder(
+        { idempotencyKey: "skew-refund-1", items: [{ productId: "coffee-beans", quantity: 1 }], cardToken: "tok_visa" },
+        alice,
+      );
+      const orderId = placed?.id ?? "";
+      const seen = async () => (await orders.getOrder({ orderId }, alice)).order;
+      await expect.poll(async () => OrderStatus[(await seen())?.status ?? 0], { timeout: 20_000 }).toBe("CANCELLED");
+      await expect.poll(() => refunds, { timeout: 10_000 }).toBeGreaterThan(1);
+      expect((await seen())?.refundPending).toBe(true);
+    } finally {
+      channel.close();
+    }
   }, 90_000);
 });
 

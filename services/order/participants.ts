@@ -117,11 +117,10 @@ export class Participants {
             { chargeIdempotencyKey: stepKey(o.id, "charge_payment"), reason: refundReason(o.id, o.reason) },
             opts,
           );
-          const what =
-            payment?.status === PaymentStatus.REFUNDED
-              ? `payment ${payment.id} refunded`
-              : "no charge happened (key voided)";
-          return onRefunded(what, attempt);
+          if (payment?.status === PaymentStatus.REFUNDED) return onRefunded(`payment ${payment.id} refunded`, attempt);
+          if (payment?.status === PaymentStatus.DECLINED) return onRefunded("no charge happened (key voided)", attempt);
+          // Neither: the money may still be taken (a newer payment's status), so the refund stays pending.
+          return { ...unreadable("RefundPayment", PaymentStatus, payment?.status ?? 0), refused: true };
         }
         case "release_stock":
           return await this.release(o, attempt, opts);
