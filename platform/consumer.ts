@@ -82,12 +82,14 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
   const clog = opts.log.child({ consumer: durable });
   await new Inbox(opts.db, durable).checkFailuresTable();
   const filter = consumerFilter(opts.catalogue, opts);
-  const settle = eventHandler(opts, clog, filter);
+  const otherVersions = new OtherVersions(filter, clog);
+  const settle = eventHandler(opts, clog, otherVersions);
   const pull = await pullForever({
     bus,
     stream: opts.stream,
     durable,
     filter,
+    widened: (to) => (otherVersions.widened = { filter: to }),
     log: clog,
     handle: (messages) =>
       settleInBatches(messages, {
@@ -112,9 +114,7 @@ export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsu
   };
 }
 
-/** Settles a batch of delivered messages. */
 type Settle = (batch: readonly JsMsg[]) => Promise<void>;
-
 /** An event ready to be applied: decoded, its handler found, its filter passed. */
 interface Ready {
   readonly m: JsMsg;
@@ -129,7 +129,7 @@ interface Ready {
  * in one transaction, each in a savepoint of its own, so one event's failure never holds back the
  * others nor costs them their exactly-once.
  */
-function eventHandler(opts: ConsumerOptions, clog: Logger, filter?: string): Settle {
+function eventHandler(opts: ConsumerOptions, clog: Logger, otherVersions: OtherVersions): Settle {
   const { durable, lockKey } = opts;
   const maxDeliver = opts.maxDeliver ?? 10;
   const handlers = new Map(opts.handlers);
@@ -139,7 +139,6 @@ function eventHandler(opts: ConsumerOptions, clog: Logger, filter?: string): Set
   const metrics = tel?.metrics;
   /** The unknown types already logged (see prepare). */
   const newer = new Set<string>();
-  const otherVersions = new OtherVersions(filter, clog);
   const toDlq = async (m: JsMsg, reason: string, eventId?: string) => {
     await deadLetter(opts.bus, durable, m, reason);
     if (eventId) {
@@ -222,7 +221,8 @@ function eventHandler(opts: ConsumerOptions, clog: Logger, filter?: string): Set
       await toDlq(m, decoded.unusable);
       return undefined;
     }
-    if (otherVersions.givenBack(m)) return undefined;
+    const mine = otherVersions.mine(m);
+    if (mine === "given back") return undefined;
     if ("newer" in decoded) {
       m.ack(); // a type of a newer publisher: no handler here can want it
       metrics?.eventsHandled.inc({ consumer: durable, type: "unknown", outcome: "ignored" });
@@ -239,7 +239,7 @@ function eventHandler(opts: ConsumerOptions, clog: Logger, filter?: string): Set
       metrics?.eventsHandled.inc({ consumer: durable, type: ctx.type, outcome: "ignored" });
       return undefined;
     };
-    if (!fn) return ignore();
+    if (!fn || mine === "no") return ignore();
     if (ctx.deliveryCount > 1) metrics?.redeliveries.inc({ consumer: durable });
     if (opts.faults && (await opts.faults.beforeEvent()) === "skip") {
       // An injected outage is not the event's fault: no failure of its handler.

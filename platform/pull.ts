@@ -9,7 +9,7 @@
  * process exited on the unhandled rejection, or, with the durable deleted,
  * waited silently for ever. What to do with the messages is consumer.ts's.
  */
-import { AckPolicy, type ConsumerMessages, DeliverPolicy } from "@nats-io/jetstream";
+import { AckPolicy, type ConsumerConfig, type ConsumerMessages, DeliverPolicy } from "@nats-io/jetstream";
 import { backoffMs } from "./backoff.js";
 import type { Bus } from "./bus.js";
 import type { Logger } from "./log.js";
@@ -54,36 +54,27 @@ export async function pullForever(o: {
   readonly stream: string;
   readonly durable: string;
   readonly filter?: string | undefined;
+  /** Told when this process leaves the durable wider than `filter`: with no filter (pull.ts's refilter). */
+  readonly widened?: (to: undefined) => void;
   readonly log: Logger;
   readonly handle: (messages: ConsumerMessages) => PullRun;
 }): Promise<Pull> {
   const { bus, stream, durable, filter, log } = o;
-  const add = (from?: number) =>
-    bus.jsm.consumers.add(stream, {
-      durable_name: durable,
-      ack_policy: AckPolicy.Explicit,
-      ...(from === undefined
-        ? { deliver_policy: DeliverPolicy.All }
-        : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from }),
-      ack_wait: ACK_WAIT_NS,
-      max_deliver: -1, // we count deliveries ourselves and dead-letter, so the server never drops silently
-      ...(filter === undefined ? {} : { filter_subject: filter }),
-    });
   // The filter is this code's at the process's start only: a pull started again (after a reconnect,
   // say) leaves it to the replica that set it last, maybe another version's (other-versions.ts).
   const start = async (first: boolean) => {
     const info = await bus.jsm.consumers.info(stream, durable).catch(() => undefined);
-    if (!info) await add();
-    else if (first && (info.config.filter_subject ?? "") !== (filter ?? "")) {
-      await refilter({
-        bus,
-        stream,
-        durable,
-        filter,
-        log,
-        was: info.config.filter_subject,
-        add: () => add(info.ack_floor.stream_seq + 1),
+    if (!info) {
+      await bus.jsm.consumers.add(stream, {
+        durable_name: durable,
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.All,
+        ack_wait: ACK_WAIT_NS,
+        max_deliver: -1, // we count deliveries ourselves and dead-letter, so the server never drops silently
+        ...(filter === undefined ? {} : { filter_subject: filter }),
       });
+    } else if (first && (info.config.filter_subject ?? "") !== (filter ?? "")) {
+      if (await refilter(bus, stream, info.config, filter, log)) o.widened?.(undefined);
     }
     return (await bus.js.consumers.get(stream, durable)).consume(CONSUME);
   };
@@ -149,39 +140,51 @@ export async function pullForever(o: {
 /** Whether a filter subject has a wildcard token. */
 const hasWildcard = (filter: string) => filter.split(".").some((t) => t === "*" || t === ">");
 
+/** Whether the server is nats-server 2.9 or older (`version` as its INFO says it, e.g. "2.9.10"). */
+const before210 = (version: string) => {
+  const [major = 0, minor = 0] = version.split(".").map(Number);
+  return major < 2 || (major === 2 && minor < 10);
+};
+
 /**
- * Gives an existing durable the filter this code declares (made before it declared one, or another).
+ * Gives an existing durable (`config`) the filter this code declares (made before it declared one, or
+ * another); resolves true when it gave it none instead (below). nats-server 2.9 (what `make nats`
+ * installs on Debian) takes an update to a wildcard filter from a literal one, or from none, as a filter
+ * matching nothing: the durable skipped every event after it, silently (test/hostile-skew.test.ts).
+ * There it gets no filter instead, which 2.9 applies; the consumer keeps to its own (other-versions.ts).
  * If the server refuses, the consumer goes on as it is, which stays correct — a consumer ignores
  * what it does not handle — only not as cheap.
  */
-async function refilter(o: {
-  readonly bus: Bus;
-  readonly stream: string;
-  readonly durable: string;
-  readonly filter: string | undefined;
-  readonly log: Logger;
-  /** The durable's filter now. */
-  readonly was: string | undefined;
-  /** Makes the durable again with this code's filter, from the event after its acknowledged ones. */
-  readonly add: () => Promise<unknown>;
-}) {
-  const { bus, stream, durable, filter, log } = o;
+async function refilter(
+  bus: Bus,
+  stream: string,
+  config: ConsumerConfig,
+  filter: string | undefined,
+  log: Logger,
+): Promise<boolean> {
+  const was = config.filter_subject || undefined;
+  const broken = filter !== undefined && hasWildcard(filter) && !hasWildcard(was ?? "");
+  const to = broken && before210(bus.nc.info?.version ?? "") ? undefined : filter;
+  const { durable_name: durable = "" } = config;
   try {
-    if (filter !== undefined && hasWildcard(filter) && !hasWildcard(o.was ?? "")) {
-      // nats-server 2.9 takes an update to a wildcard filter from a literal one, or from none, as a
-      // filter matching nothing: the durable skipped every event after it (test/hostile-skew.test.ts).
-      // Made again from its acknowledged floor it filters as told; what it had delivered and not yet
-      // acknowledged comes again, and the inbox keeps each event to its one effect.
-      await bus.jsm.consumers.delete(stream, durable);
-      await o.add();
+    if (to === undefined) {
+      // nats.js names a filter in the request's subject, and an empty one makes a subject no server answers.
+      const answer = await bus.nc.request(
+        `$JS.API.CONSUMER.DURABLE.CREATE.${stream}.${durable}`,
+        JSON.stringify({ stream_name: stream, config: { ...config, filter_subject: "" }, action: "update" }),
+      );
+      const err = (answer.json() as { error?: { description?: string } }).error;
+      if (err) throw new Error(err.description ?? "refused");
     } else {
-      await bus.jsm.consumers.update(stream, durable, { filter_subject: filter ?? "" });
+      await bus.jsm.consumers.update(stream, durable, { filter_subject: to });
     }
-    log.info({ filter: filter ?? "(none)" }, "consumer's filter subject changed");
+    log.info({ filter: to ?? "(none)", declared: filter ?? "(none)" }, "consumer's filter subject changed");
+    return to !== filter;
   } catch (err) {
     log.warn(
-      { filter: filter ?? "(none)", err: (err as Error).message },
+      { filter: to ?? "(none)", err: (err as Error).message },
       "consumer's filter subject could not be changed; it goes on receiving the events it ignores",
     );
+    return false;
   }
 }
