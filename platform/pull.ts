@@ -152,8 +152,8 @@ const before210 = (version: string) => {
  * installs on Debian) takes an update to a wildcard filter from a literal one, or from none, as a filter
  * matching nothing: the durable skipped every event after it, silently (test/hostile-skew.test.ts).
  * There it gets no filter instead, which 2.9 applies; the consumer keeps to its own (other-versions.ts).
- * If the server refuses, the consumer goes on as it is, which stays correct — a consumer ignores
- * what it does not handle — only not as cheap.
+ * If the server refuses, the consumer goes on with the durable's filter, logged: where that one is
+ * narrower, the events only this code's selects are skipped (docs/events.md).
  */
 async function refilter(
   bus: Bus,

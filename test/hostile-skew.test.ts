@@ -319,6 +319,32 @@ describe("a consumer's filter widened by an upgrade", () => {
   }
 });
 
+describe("a consumer's filter dropped by an upgrade", () => {
+  // A consumer that handles a type more and no longer one saga mode only declares no filter. pull.ts
+  // asked nats.js to update the durable's filter to "", which nats.js names in the request's subject:
+  // `…CONSUMER.CREATE.INVENTORY.payment-inventory.`, which no server answers. The update failed ("could
+  // not be changed"), the durable kept its one type's filter, and the other type's events were skipped.
+  it("delivers every event of the stream after it", async () => {
+    using dir = tempDir("shopmesh-skew-");
+    await using parts = await consumerParts(dir.path, true);
+    const seen = { reserved: 0, released: 0 };
+    const reserved = on(StockReservedSchema, async () => {
+      seen.reserved++;
+    });
+    const released = on(StockReleasedSchema, async () => {
+      seen.released++;
+    });
+    await (await startConsumer({ ...parts, sagaMode: SagaMode.CHOREOGRAPHY, handlers: [reserved] })).stop();
+    const newer = await startConsumer({ ...parts, handlers: [reserved, released] });
+    try {
+      await publishReleasedAndReserved(parts, ["ord-dropped-1", "ord-dropped-2"]);
+      await expect.poll(() => seen, { timeout: 10_000 }).toEqual({ reserved: 2, released: 2 });
+    } finally {
+      await newer.stop();
+    }
+  }, 60_000);
+});
+
 describe("a consumer whose newer version handles one more type", () => {
   // A filtered consumer's replicas share its durable, whose filter is the last starter's
   // (platform/pull.ts): a newer replica handling one more type widens it, and the older replicas are
