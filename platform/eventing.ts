@@ -51,6 +51,7 @@ export interface Eventing {
 /** Connects a service to the bus: creates the catalogue's streams, starts its outbox relay and its consumers. */
 export async function startEventing(opts: EventingOptions): Promise<Eventing> {
   if (opts.outbox) await checkOutboxTable(opts.db, opts.service);
+  checkConsumers(opts.service, opts.catalogue, opts.consumers ?? []);
   if (opts.url === "off") {
     opts.log.warn("NATS_URL=off: running without the event bus; events wait in the outbox");
     return { bus: undefined, relay: undefined, stop: async () => {} };
@@ -76,12 +77,6 @@ export async function startEventing(opts: EventingOptions): Promise<Eventing> {
   relay?.start();
   const consumers: RunningConsumer[] = [];
   for (const c of opts.consumers ?? []) {
-    // The bus lets a service's user consume, acknowledge and dead-letter only as these (bus-access.ts).
-    if (c.durable !== durableOf(opts.service, c.stream)) {
-      throw new Error(
-        `${opts.service}'s consumer on ${c.stream} is named ${durableOf(opts.service, c.stream)}, not ${c.durable}`,
-      );
-    }
     consumers.push(
       await startConsumer({
         ...c,
@@ -104,4 +99,28 @@ export async function startEventing(opts: EventingOptions): Promise<Eventing> {
       await bus.close();
     },
   };
+}
+
+/**
+ * Refuses, before anything starts, a consumer the bus would never feed as declared: one named otherwise
+ * than `<service>-<stream>` (the bus lets a service's user consume, acknowledge and dead-letter only as
+ * that, bus-access.ts), and a handler of a type that is not its stream's — put on another stream's
+ * consumer, or of a type missing from the catalogue, it was never called, and nothing said so.
+ */
+function checkConsumers(service: string, catalogue: EventCatalogue, consumers: readonly ConsumerSpec[]): void {
+  for (const c of consumers) {
+    if (c.durable !== durableOf(service, c.stream)) {
+      throw new Error(
+        `${service}'s consumer on ${c.stream} is named ${durableOf(service, c.stream)}, not ${c.durable}`,
+      );
+    }
+    for (const [type] of c.handlers) {
+      const stream = catalogue.kind(type)?.stream;
+      if (stream === undefined) {
+        throw new Error(`${c.durable} handles ${type}, which is no event of the catalogue (contracts/events.ts)`);
+      }
+      if (stream !== c.stream)
+        throw new Error(`${c.durable} handles ${type}, an event of ${stream}, not of ${c.stream}`);
+    }
+  }
 }

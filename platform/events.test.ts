@@ -3,13 +3,15 @@
  * outbox relay (prompt, ordered, crash-safe), JetStream dedup, idempotent
  * inbox, and dead letters.
  */
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { create, type DescMessage, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { AckPolicy } from "@nats-io/jetstream";
 import { headers as natsHeaders, TimeoutError } from "@nats-io/transport-node";
 import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
+import { StockReservedSchema } from "../gen/shopmesh/inventory/v1/events_pb.js";
+import { ProductSchema } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderConfirmedSchema, OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { TestDatabases } from "../test/db.js";
 import { event, publishEvents } from "../test/events.js";
@@ -1143,6 +1145,31 @@ describe("a publishing service's outbox", () => {
     await expect(
       startEventing({ url: "off", service: "test", catalogue: EVENTS, db, log, outbox: new Outbox("test", EVENTS) }),
     ).rejects.toThrow(/test: .*add OUTBOX_MIGRATION, then OUTBOX_CLAIMS_MIGRATION/);
+  });
+});
+
+describe("a consuming service's consumers", () => {
+  it("each handle only their stream's events: a handler put on another stream's consumer is refused at start (it was never called)", async () => {
+    const { db } = await service();
+    const start = (stream: string, durable: string, type: DescMessage) =>
+      startEventing({
+        url: "off",
+        service: "test",
+        catalogue: EVENTS,
+        db,
+        log,
+        consumers: [{ stream, durable, handlers: [on(type, async () => {})] }],
+      });
+    await expect(start("ORDER", "test-order", StockReservedSchema)).rejects.toThrow(
+      /test-order handles shopmesh\.inventory\.v1\.StockReserved, an event of INVENTORY, not of ORDER/,
+    );
+    await expect(start("ORDER", "test-order", ProductSchema)).rejects.toThrow(
+      /test-order handles shopmesh\.inventory\.v1\.Product, which is no event of the catalogue \(contracts\/events\.ts\)/,
+    );
+    await expect(start("ORDER", "test-orders", OrderPlacedSchema)).rejects.toThrow(
+      /test's consumer on ORDER is named test-order, not test-orders/,
+    );
+    await expect(start("ORDER", "test-order", OrderPlacedSchema)).resolves.toBeDefined();
   });
 });
 
