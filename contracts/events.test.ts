@@ -1,5 +1,11 @@
 /** The catalogue puts every event on the subject and stream it has always had: the wire does not move. */
+import { existsSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+import type { GenFile } from "@bufbuild/protobuf/codegenv2";
 import { describe, expect, it } from "vitest";
+import { StockReservedSchema } from "../gen/shopmesh/inventory/v1/events_pb.js";
+import { eventCatalogue } from "../platform/index.js";
+import { ROOT } from "../scripts/layout.js";
 import { EVENTS } from "./events.js";
 
 describe("EVENTS", () => {
@@ -25,6 +31,31 @@ describe("EVENTS", () => {
     expect(EVENTS.kind("shopmesh.order.v1.Order")).toBeUndefined();
     expect(EVENTS.registry.getMessage("shopmesh.payment.v1.PaymentFailed")?.typeName).toBe(
       "shopmesh.payment.v1.PaymentFailed",
+    );
+  });
+
+  it("holds every event of every events.proto, on its context's stream: one left out was refused only when published (a handler failing for ever) or never handled", async () => {
+    const gen = join(ROOT, "gen", "shopmesh");
+    const events: string[] = [];
+    for (const context of readdirSync(gen)) {
+      if (!existsSync(join(gen, context, "v1", "events_pb.ts"))) continue;
+      const module: Record<string, unknown> = await import(join(gen, context, "v1", "events_pb.js"));
+      const files = Object.values(module).filter((v): v is GenFile => (v as GenFile)?.kind === "file");
+      for (const m of files.flatMap((f) => f.messages)) {
+        if (m.fields.some((f) => f.name === "meta" && f.message?.typeName === "shopmesh.common.v1.EventMeta")) {
+          expect(EVENTS.kind(m.typeName)?.stream, `list ${m.typeName} in EVENTS (contracts/events.ts)`).toBe(
+            context.toUpperCase(),
+          );
+          events.push(m.typeName);
+        }
+      }
+    }
+    expect(events.sort()).toEqual(EVENTS.kinds.map((k) => k.typeName).sort());
+  });
+
+  it("refuses an event listed under another context's stream: its publisher's NATS user may not publish there", () => {
+    expect(() => eventCatalogue({ ORDER: [StockReservedSchema] })).toThrow(
+      "shopmesh.inventory.v1.StockReserved is an event of inventory: list it under INVENTORY, not ORDER",
     );
   });
 });

@@ -143,7 +143,17 @@ export function isNewerEvent(catalogue: EventCatalogue, typeName: string, stream
 /** A catalogue of the event schemas listed per stream name (e.g. `{ ORDER: [OrderPlacedSchema, ...] }`). */
 export function eventCatalogue(byStream: Readonly<Record<string, readonly DescMessage[]>>): EventCatalogue {
   const kinds = Object.entries(byStream).flatMap(([stream, schemas]) =>
-    schemas.map((schema) => ({ typeName: schema.typeName, schema, subject: subjectOf(stream, schema), stream })),
+    schemas.map((schema) => {
+      // Only a context's own service may publish on its stream (bus-access.ts): listed under another, its
+      // events were refused at every publish, the relay retrying them for ever.
+      const context = TYPE_NAME.exec(schema.typeName)?.[1];
+      if (context !== undefined && context !== stream.toLowerCase()) {
+        throw new Error(
+          `${schema.typeName} is an event of ${context}: list it under ${context.toUpperCase()}, not ${stream}`,
+        );
+      }
+      return { typeName: schema.typeName, schema, subject: subjectOf(stream, schema), stream };
+    }),
   );
   const byType = new Map(kinds.map((k) => [k.typeName, k]));
   if (byType.size !== kinds.length) throw new Error("an event type is listed twice in the catalogue");
