@@ -7,6 +7,7 @@ import { expect, it } from "vitest";
 import { BUS_USERS } from "../contracts/events.js";
 import type { ConsumerSpec } from "../platform/index.js";
 import { silentLogger } from "../platform/index.js";
+import { SYSTEM } from "../scripts/layout.js";
 import { historyConsumers } from "../services/history/events.js";
 import { inventoryConsumers } from "../services/inventory/events.js";
 import { notificationConsumers } from "../services/notification/events.js";
@@ -29,6 +30,12 @@ it("each service's NATS user may consume exactly the streams its consumers read"
   for (const [service, specs] of Object.entries(consumers)) {
     expect(acked(service), service).toEqual(specs.map((c) => `$JS.ACK.${c.stream}.${c.durable}.>`).sort());
   }
+  // A process missing from both lists passed, and `make run` restarted it for ever: "could not start:
+  // Authorization Violation".
+  expect(
+    Object.keys(consumers).sort(),
+    "every process of SYSTEM (scripts/layout.ts) has its consumers' specs listed above, and a user in BUS_USERS",
+  ).toEqual(SYSTEM.map((p) => p.name).sort());
   expect(
     BUS_USERS.map((u) => u.user).sort(),
     "every user in BUS_USERS but admin has its consumers listed above (a new service: add its consumers' specs)",
