@@ -1,6 +1,6 @@
 /** The routing table against the contracts: what is public, what is internal, who may call what. */
 
-import { readdirSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import type { DescService } from "@bufbuild/protobuf";
@@ -54,5 +54,33 @@ describe("ROUTES", () => {
     );
     const routed = ROUTES.flatMap((r) => r.methods.map((m) => `${r.service.typeName}/${m}`));
     expect(routed.sort()).toEqual(annotated.sort());
+  });
+});
+
+describe("docs", () => {
+  /** The method names in a cell of a docs table ("ListProducts, Restock (admin)", "a / b"), in order. */
+  const names = (cell: string) => [...cell.matchAll(/\b[A-Z]\w*/g)].map((m) => m[0]);
+
+  it("docs/contracts.md lists each routed service's public RPCs as ROUTES routes them, the rest as internal", () => {
+    const doc = readFileSync(join(ROOT, "docs", "contracts.md"), "utf8");
+    for (const r of ROUTES) {
+      const row = new RegExp(`^\\|[^|]*\\|[^|]*\\| \`${r.service.name}\` \\|([^|]*)\\|([^|]*)\\|`, "m").exec(doc);
+      expect(row, `a row for ${r.service.name} in docs/contracts.md`).not.toBeNull();
+      const internal = r.service.methods.map((m) => m.name).filter((m) => !r.methods.includes(m));
+      expect(names(row?.[1] ?? "").sort(), `${r.service.name}'s public RPCs`).toEqual([...r.methods].sort());
+      expect(names(row?.[2] ?? "").sort(), `${r.service.name}'s internal RPCs`).toEqual(internal.sort());
+      for (const m of r.adminOnly ?? []) expect(row?.[1], `${m} marked (admin)`).toContain(`${m} (admin)`);
+    }
+  });
+
+  it("docs/deploy.md's caller graph names every RPC the gateway may call on each upstream", () => {
+    const doc = readFileSync(join(ROOT, "docs", "deploy.md"), "utf8");
+    for (const r of ROUTES) {
+      const row = [...doc.matchAll(/^\| ([a-z, ]+) \| gateway: ([^;|]*)/gm)].find((m) =>
+        m[1]?.split(", ").includes(r.upstream),
+      );
+      expect(row, `a row for ${r.upstream} in docs/deploy.md's caller graph`).toBeDefined();
+      for (const m of r.methods) expect(names(row?.[2] ?? ""), `${r.upstream}: ${m}`).toContain(m);
+    }
   });
 });
