@@ -6,7 +6,7 @@ import type { Tx } from "./sql.js";
 /** What a service declares about one of its consumers. */
 export interface ConsumerSpec {
   readonly stream: string;
-  /** Durable consumer name, unique per service and stream, e.g. "notification-order". */
+  /** Durable consumer name: `<service>-<stream in lower case>` (bus-access.ts durableOf), e.g. "notification-order". */
   readonly durable: string;
   readonly handlers: ReadonlyArray<[string, EventHandler]>;
   /**
