@@ -160,7 +160,8 @@ export async function startSystem(
       for (const c of channels) c.close();
       // Every part is stopped whatever one of them throws: a nats-server left running outlives the run.
       const failures: unknown[] = [];
-      for (const app of [history, notification, order, payment, inventory]) {
+      // What started, in reverse: a list of its own here once missed a new service, which kept running.
+      for (const app of [...started].reverse()) {
         await app.stop().catch((err: unknown) => failures.push(err));
       }
       await nats[Symbol.asyncDispose]();
