@@ -285,6 +285,19 @@ async function checkPorts(ports: readonly { port: number; what: string; variable
       process.exit(2);
     }
   }
+  // Two of its own processes on one port: both were free at this check, and the second to listen crashed
+  // and was restarted for ever, told to set METRICS_PORT (a variable the runner sets, not its caller).
+  const given = new Map<number, { what: string; variable: string }>();
+  for (const p of ports) {
+    const first = given.get(p.port);
+    if (first) {
+      process.stderr.write(
+        `port ${p.port} is given to ${first.what} (${first.variable}) and to ${p.what} (${p.variable}): set one of them to another port\n`,
+      );
+      process.exit(2);
+    }
+    given.set(p.port, p);
+  }
   const taken = [];
   for (const p of ports) if (!(await free(p.port))) taken.push(p);
   if (taken.length === 0) return;

@@ -399,6 +399,21 @@ it("make run refuses replicas whose ports pass 65535, in one line (a RangeError 
   );
 });
 
+it("make run refuses two processes on one port, naming both variables (the second crashed and restarted for ever, told to set METRICS_PORT)", async () => {
+  using data = tempDir();
+  const env = { DATA_DIR: data.path, NATS_PORT: String(await freePort()), NATS_MONITOR_PORT: String(await freePort()) };
+  const port = String(await freePort());
+  const { code, out } = await script("run.ts", [], {
+    ...env,
+    NOTIFICATION_METRICS_PORT: port,
+    HISTORY_METRICS_PORT: port,
+  });
+  expect(code, out).toBe(2);
+  expect(out).toBe(
+    `port ${port} is given to notification metrics (NOTIFICATION_METRICS_PORT) and to history metrics (HISTORY_METRICS_PORT): set one of them to another port\n`,
+  );
+});
+
 it("make clean refuses to remove .data from under a running make run, or what one killed outright left running", async () => {
   // A copy of the Makefile in a directory of its own: a failing test must not remove this checkout's .data.
   using dir = tempDir();

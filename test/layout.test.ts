@@ -64,3 +64,8 @@ it("runs every service there is, and every upstream the gateway routes to (a mis
   for (const u of UPSTREAMS) expect(SERVICE_NAMES, `add ${u} to SYSTEM in scripts/layout.ts`).toContain(u);
   expect(Object.keys(DEFAULT_PORTS).sort(), "DEFAULT_PORTS in contracts/ports.ts").toEqual([...SERVICE_NAMES].sort());
 });
+
+it("gives each process ports of its own: a new service's copied metrics port crashed one of the two at every start", () => {
+  const ports = SYSTEM.flatMap((p) => [p.port, p.metrics]);
+  expect(new Set(ports).size, "SYSTEM's ports and metrics ports in scripts/layout.ts").toBe(ports.length);
+});
