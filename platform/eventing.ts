@@ -6,7 +6,7 @@ import type { FaultInjector } from "./chaos.js";
 import { type RunningConsumer, startConsumer } from "./consumer.js";
 import type { ConsumerSpec } from "./consumer-spec.js";
 import type { Logger } from "./log.js";
-import { checkOutboxTable, type Outbox } from "./outbox.js";
+import { checkNoOutboxTable, checkOutboxTable, type Outbox } from "./outbox.js";
 import { OutboxRelay } from "./relay.js";
 import type { Db } from "./sql.js";
 import type { Telemetry } from "./telemetry.js";
@@ -50,7 +50,7 @@ export interface Eventing {
 
 /** Connects a service to the bus: creates the catalogue's streams, starts its outbox relay and its consumers. */
 export async function startEventing(opts: EventingOptions): Promise<Eventing> {
-  if (opts.outbox) await checkOutboxTable(opts.db, opts.service);
+  await (opts.outbox ? checkOutboxTable : checkNoOutboxTable)(opts.db, opts.service);
   checkConsumers(opts.service, opts.catalogue, opts.consumers ?? []);
   if (opts.url === "off") {
     opts.log.warn("NATS_URL=off: running without the event bus; events wait in the outbox");

@@ -1146,11 +1146,18 @@ describe("a publishing service's outbox", () => {
       startEventing({ url: "off", service: "test", catalogue: EVENTS, db, log, outbox: new Outbox("test", EVENTS) }),
     ).rejects.toThrow(/test: .*add OUTBOX_MIGRATION, then OUTBOX_CLAIMS_MIGRATION/);
   });
+
+  it("is handed to it: a service whose database has an outbox does not start without it (it served, and its events stayed there)", async () => {
+    const { db } = await service();
+    await expect(startEventing({ url: "off", service: "test", catalogue: EVENTS, db, log })).rejects.toThrow(
+      "test: its database has an outbox, and nothing would publish it: hand startHost the store's outbox (outbox: store.outbox)",
+    );
+  });
 });
 
 describe("a consuming service's consumers", () => {
   it("each handle only their stream's events: a handler put on another stream's consumer is refused at start (it was never called)", async () => {
-    const { db } = await service();
+    const { db, outbox } = await service();
     const start = (stream: string, durable: string, type: DescMessage) =>
       startEventing({
         url: "off",
@@ -1158,6 +1165,7 @@ describe("a consuming service's consumers", () => {
         catalogue: EVENTS,
         db,
         log,
+        outbox,
         consumers: [{ stream, durable, handlers: [on(type, async () => {})] }],
       });
     await expect(start("ORDER", "test-order", StockReservedSchema)).rejects.toThrow(
