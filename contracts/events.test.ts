@@ -1,5 +1,5 @@
 /** The catalogue puts every event on the subject and stream it has always had: the wire does not move. */
-import { existsSync, readdirSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { GenFile } from "@bufbuild/protobuf/codegenv2";
 import { describe, expect, it } from "vitest";
@@ -56,6 +56,26 @@ describe("EVENTS", () => {
   it("refuses an event listed under another context's stream: its publisher's NATS user may not publish there", () => {
     expect(() => eventCatalogue({ ORDER: [StockReservedSchema] })).toThrow(
       "shopmesh.inventory.v1.StockReserved is an event of inventory: list it under INVENTORY, not ORDER",
+    );
+  });
+
+  it("docs/events.md's table of streams names each event stream's subjects and events", () => {
+    const doc = readFileSync(join(ROOT, "docs", "events.md"), "utf8");
+    const rows = [...doc.matchAll(/^\| `([A-Z]+)` \| `([^`]+)` \| [^|]+ \| ([^|]+) \|$/gm)];
+    const streams = EVENTS.streams.filter((s) => s.name !== "DLQ");
+    expect(
+      Object.fromEntries(rows.filter(([, name]) => name !== "DLQ").map(([, n, s, e]) => [n, `${s} ${e?.trim()}`])),
+      "docs/events.md's table of streams: a new event's name in its stream's row, a new stream's row",
+    ).toEqual(
+      Object.fromEntries(
+        streams.map((s) => [
+          s.name,
+          `${s.subjects.join(", ")} ${EVENTS.kinds
+            .filter((k) => k.stream === s.name)
+            .map((k) => k.schema.name)
+            .join(", ")}`,
+        ]),
+      ),
     );
   });
 });
