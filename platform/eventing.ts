@@ -1,4 +1,6 @@
 /** A service's event machinery in one piece: the bus, its outbox relay and its consumers. */
+
+import { sql } from "kysely";
 import { type Bus, type BusAuth, connectBus } from "./bus.js";
 import { durableOf } from "./bus-access.js";
 import type { EventCatalogue } from "./catalogue.js";
@@ -6,9 +8,9 @@ import type { FaultInjector } from "./chaos.js";
 import { type RunningConsumer, startConsumer } from "./consumer.js";
 import type { ConsumerSpec } from "./consumer-spec.js";
 import type { Logger } from "./log.js";
-import { checkNoOutboxTable, checkOutboxTable, type Outbox } from "./outbox.js";
+import { checkOutboxTable, type Outbox } from "./outbox.js";
 import { OutboxRelay } from "./relay.js";
-import type { Db } from "./sql.js";
+import type { Db, Query } from "./sql.js";
 import type { Telemetry } from "./telemetry.js";
 
 /** Options of {@link startEventing}. */
@@ -50,7 +52,8 @@ export interface Eventing {
 
 /** Connects a service to the bus: creates the catalogue's streams, starts its outbox relay and its consumers. */
 export async function startEventing(opts: EventingOptions): Promise<Eventing> {
-  await (opts.outbox ? checkOutboxTable : checkNoOutboxTable)(opts.db, opts.service);
+  if (opts.outbox) await checkOutboxTable(opts.db, opts.service);
+  await checkHandedOver(opts);
   checkConsumers(opts.service, opts.catalogue, opts.consumers ?? []);
   if (opts.url === "off") {
     opts.log.warn("NATS_URL=off: running without the event bus; events wait in the outbox");
@@ -122,5 +125,28 @@ function checkConsumers(service: string, catalogue: EventCatalogue, consumers: r
       if (stream !== c.stream)
         throw new Error(`${c.durable} handles ${type}, an event of ${stream}, not of ${c.stream}`);
     }
+  }
+}
+
+/**
+ * Refuses a service whose database has an outbox or an inbox that it does not hand over (its outbox, its
+ * consumers): left out of its startHost, it served, and its events stayed in the outbox, or none was
+ * consumed, and nothing said so.
+ */
+async function checkHandedOver(opts: EventingOptions): Promise<void> {
+  const answers = (query: Query<unknown>) =>
+    opts.db.one(query).then(
+      () => true,
+      () => false,
+    );
+  if (!opts.outbox && (await answers(sql`SELECT seq FROM outbox WHERE 1 = 0`))) {
+    throw new Error(
+      `${opts.service}: its database has an outbox, and nothing would publish it: hand startHost the store's outbox (outbox: store.outbox)`,
+    );
+  }
+  if (!opts.consumers?.length && (await answers(sql`SELECT event_id FROM inbox WHERE 1 = 0`))) {
+    throw new Error(
+      `${opts.service}: its database has an inbox, and no consumer would fill it: hand startHost the service's consumers`,
+    );
   }
 }

@@ -1179,6 +1179,13 @@ describe("a consuming service's consumers", () => {
     );
     await expect(start("ORDER", "test-order", OrderPlacedSchema)).resolves.toBeDefined();
   });
+
+  it("are handed to it: a service whose database has an inbox does not start without them (it served, and consumed nothing)", async () => {
+    const { db, outbox } = await service();
+    await expect(startEventing({ url: "off", service: "test", catalogue: EVENTS, db, log, outbox })).rejects.toThrow(
+      "test: its database has an inbox, and no consumer would fill it: hand startHost the service's consumers",
+    );
+  });
 });
 
 describe("consumers settling a backlog", () => {

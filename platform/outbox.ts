@@ -65,22 +65,6 @@ export async function checkOutboxTable(db: Db, service: string): Promise<void> {
   }
 }
 
-/**
- * Throws when the database of a service that hands its host no outbox has one: the service served, wrote
- * its events there, and no relay ever published them (nothing said so).
- */
-export async function checkNoOutboxTable(db: Db, service: string): Promise<void> {
-  const has = await db.one(sql`SELECT seq FROM outbox WHERE 1 = 0`).then(
-    () => true,
-    () => false,
-  );
-  if (has) {
-    throw new Error(
-      `${service}: its database has an outbox, and nothing would publish it: hand startHost the store's outbox (outbox: store.outbox)`,
-    );
-  }
-}
-
 type EventInit<D extends DescMessage> = Omit<MessageInitShape<D>, "meta" | "$typeName">;
 
 /**
