@@ -10,7 +10,7 @@ import type { ConsumerSpec } from "./consumer-spec.js";
 import type { Logger } from "./log.js";
 import { checkOutboxTable, type Outbox } from "./outbox.js";
 import { OutboxRelay } from "./relay.js";
-import type { Db, Query } from "./sql.js";
+import type { Db } from "./sql.js";
 import type { Telemetry } from "./telemetry.js";
 
 /** Options of {@link startEventing}. */
@@ -134,19 +134,30 @@ function checkConsumers(service: string, catalogue: EventCatalogue, consumers: r
  * consumed, and nothing said so.
  */
 async function checkHandedOver(opts: EventingOptions): Promise<void> {
-  const answers = (query: Query<unknown>) =>
-    opts.db.one(query).then(
-      () => true,
-      () => false,
-    );
-  if (!opts.outbox && (await answers(sql`SELECT seq FROM outbox WHERE 1 = 0`))) {
+  if (!opts.outbox && (await hasTable(opts.db, "outbox"))) {
     throw new Error(
       `${opts.service}: its database has an outbox, and nothing would publish it: hand startHost the store's outbox (outbox: store.outbox)`,
     );
   }
-  if (!opts.consumers?.length && (await answers(sql`SELECT event_id FROM inbox WHERE 1 = 0`))) {
+  if (!opts.consumers?.length && (await hasTable(opts.db, "inbox"))) {
     throw new Error(
       `${opts.service}: its database has an inbox, and no consumer would fill it: hand startHost the service's consumers`,
     );
   }
+}
+
+/**
+ * Whether `db` (its schema, on PostgreSQL) has table `name`, read from the catalogue: a statement on a
+ * missing table, though caught, is an ERROR line in PostgreSQL's log (notification's and history's, at
+ * every start). A database that cannot answer now is not refused for it: its store opened a moment ago.
+ */
+function hasTable(db: Db, name: string): Promise<boolean> {
+  const query =
+    db.engine === "postgres"
+      ? sql`SELECT 1 AS present FROM pg_tables WHERE schemaname = current_schema() AND tablename = ${name}`
+      : sql`SELECT 1 AS present FROM sqlite_master WHERE type = 'table' AND name = ${name}`;
+  return db.one(query).then(
+    (row) => row !== undefined,
+    () => false,
+  );
 }

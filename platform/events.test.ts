@@ -13,16 +13,17 @@ import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { StockReservedSchema } from "../gen/shopmesh/inventory/v1/events_pb.js";
 import { ProductSchema } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderConfirmedSchema, OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
-import { TestDatabases } from "../test/db.js";
+import { TEST_DB, TestDatabases } from "../test/db.js";
 import { event, publishEvents } from "../test/events.js";
 import { tempDir } from "../test/fixtures.js";
 import { rawPublish, startNats, type TestNats } from "../test/nats.js";
+import { startPostgres } from "../test/postgres.js";
 import { capturedLogger } from "../test/system.js";
 import { type Bus, connectBus } from "./bus.js";
 import { NO_ORDER } from "./catalogue.js";
 import type { FaultInjector } from "./chaos.js";
 import { startConsumer } from "./consumer.js";
-import { migrations, openDatabase } from "./db.js";
+import { locationOf, migrations, openDatabase } from "./db.js";
 import { deadLetter } from "./dead-letter.js";
 import { InvalidArgumentError } from "./errors.js";
 import { startEventing } from "./eventing.js";
@@ -1152,6 +1153,45 @@ describe("a publishing service's outbox", () => {
     await expect(startEventing({ url: "off", service: "test", catalogue: EVENTS, db, log })).rejects.toThrow(
       "test: its database has an outbox, and nothing would publish it: hand startHost the store's outbox (outbox: store.outbox)",
     );
+  });
+});
+
+describe.runIf(TEST_DB === "postgres")("a service's start on PostgreSQL", () => {
+  it("fails no statement: each would be an ERROR in the server's log (make run DB=postgres printed two at every start)", async () => {
+    await using server = await startPostgres();
+    const location = locationOf("notification", {
+      DB_PATH: "",
+      DATABASE_URL: await server.createDatabase(),
+      DATABASE_SCHEMA: "",
+      DATABASE_POOL_SIZE: 2,
+    });
+    // Notification's shape: an inbox and consumers, no outbox.
+    const db = await openDatabase(location, migrations([INBOX_MIGRATION, INBOX_FAILURES_MIGRATION]));
+    try {
+      const consumers = [
+        { stream: "ORDER", durable: "notification-order", handlers: [on(OrderConfirmedSchema, async () => {})] },
+      ];
+      const events = await startEventing({
+        url: "off",
+        service: "notification",
+        catalogue: EVENTS,
+        db,
+        log,
+        consumers,
+      });
+      await events.stop();
+      // A line logged after the start's: the server's log is read once it is there.
+      await db.one(sql`DO $$ BEGIN RAISE WARNING 'started'; END $$`);
+    } finally {
+      await db.close();
+    }
+    await expect.poll(() => server.output()).toContain("WARNING:  started");
+    expect(
+      server
+        .output()
+        .split("\n")
+        .filter((l) => /ERROR|STATEMENT/.test(l)),
+    ).toEqual([]);
   });
 });
 

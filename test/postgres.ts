@@ -21,6 +21,8 @@ export interface TestPostgres extends AsyncDisposable {
   stop(mode?: "fast" | "immediate"): Promise<void>;
   /** Starts it again on the same port and data. */
   start(): Promise<void>;
+  /** What the server has logged so far (its ERROR lines: a statement that failed). */
+  output(): string;
 }
 
 let databases = 0;
@@ -38,10 +40,12 @@ export async function startPostgres(): Promise<TestPostgres> {
   initCluster(data);
   const port = await freePort();
   let child: ChildProcess | undefined;
+  let output = "";
   const start = async () => {
     const [cmd, args] = serverCommand("postgres", serverArgs(data, port, dir, false));
     const c = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
     child = c;
+    for (const s of [c.stdout, c.stderr]) s?.on("data", (d: Buffer) => (output += d.toString()));
     await outputReady(c, "ready to accept connections", "postgres", 20_000);
   };
   const stop = async (mode: "fast" | "immediate" = "fast") => {
@@ -58,6 +62,7 @@ export async function startPostgres(): Promise<TestPostgres> {
     createDatabase: (prefix) => createDatabase(url, prefix),
     stop,
     start,
+    output: () => output,
     async [Symbol.asyncDispose]() {
       await stop("immediate");
       rmSync(dir, { recursive: true, force: true });
