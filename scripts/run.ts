@@ -275,7 +275,9 @@ function free(port: number): Promise<boolean> {
 }
 
 /** Refuses to start when a port is taken, one line per port: which, by what, and the variable that moves it. */
-async function checkPorts(ports: readonly { port: number; what: string; variable: string }[]): Promise<void> {
+async function checkPorts(
+  ports: readonly { port: number; what: string; variable: string; offset?: number }[],
+): Promise<void> {
   // Replicas listen 100 ports apart: past 65535 the probe below threw a RangeError stack trace.
   for (const p of ports) {
     if (p.port > 65535) {
@@ -287,12 +289,14 @@ async function checkPorts(ports: readonly { port: number; what: string; variable
   }
   // Two of its own processes on one port: both were free at this check, and the second to listen crashed
   // and was restarted for ever, told to set METRICS_PORT (a variable the runner sets, not its caller).
-  const given = new Map<number, { what: string; variable: string }>();
+  // A replica's port is its variable's + 100 each: named so, not as the variable, which holds another port.
+  const given = new Map<number, (typeof ports)[number]>();
+  const by = (p: (typeof ports)[number]) => `${p.what} (${p.variable}${p.offset ? ` + ${p.offset}` : ""})`;
   for (const p of ports) {
     const first = given.get(p.port);
     if (first) {
       process.stderr.write(
-        `port ${p.port} is given to ${first.what} (${first.variable}) and to ${p.what} (${p.variable}): set one of them to another port\n`,
+        `port ${p.port} is given to ${by(first)} and to ${by(p)}: set one of them to another port\n`,
       );
       process.exit(2);
     }
@@ -467,8 +471,13 @@ await checkPorts([
   ...(DB === "postgres" ? [{ port: PG_PORT, what: "PostgreSQL", variable: "PG_PORT" }] : []),
   ...SERVICES.flatMap((s) =>
     Array.from({ length: replicas.get(s.name) ?? 1 }, (_, r) => [
-      { port: s.port + 100 * r, what: s.name, variable: `${s.name.toUpperCase()}_PORT` },
-      { port: s.metrics + 100 * r, what: `${s.name} metrics`, variable: `${s.name.toUpperCase()}_METRICS_PORT` },
+      { port: s.port + 100 * r, what: s.name, variable: `${s.name.toUpperCase()}_PORT`, offset: 100 * r },
+      {
+        port: s.metrics + 100 * r,
+        what: `${s.name} metrics`,
+        variable: `${s.name.toUpperCase()}_METRICS_PORT`,
+        offset: 100 * r,
+      },
     ]).flat(),
   ),
 ]);

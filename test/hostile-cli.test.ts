@@ -414,6 +414,22 @@ it("make run refuses two processes on one port, naming both variables (the secon
   );
 });
 
+it("make run names a replica's port by the rule that gives it: the variable named was not the port in conflict", async () => {
+  using data = tempDir();
+  const env = { DATA_DIR: data.path, NATS_PORT: String(await freePort()), NATS_MONITOR_PORT: String(await freePort()) };
+  const port = await freePort();
+  const { code, out } = await script("run.ts", [], {
+    ...env,
+    INVENTORY_PORT: String(port - 100),
+    INVENTORY_REPLICAS: "2",
+    PAYMENT_PORT: String(port),
+  });
+  expect(code, out).toBe(2);
+  expect(out).toBe(
+    `port ${port} is given to inventory (INVENTORY_PORT + 100) and to payment (PAYMENT_PORT): set one of them to another port\n`,
+  );
+});
+
 it("make clean refuses to remove .data from under a running make run, or what one killed outright left running", async () => {
   // A copy of the Makefile in a directory of its own: a failing test must not remove this checkout's .data.
   using dir = tempDir();
