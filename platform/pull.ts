@@ -30,6 +30,15 @@ const ACK_WAIT_NS = 10 * 1e9;
  * nats.js waiting for someone to make it again.
  */
 const CONSUME = { max_messages: 64, abort_on_missing_resource: true } as const;
+/**
+ * The pull's idle heartbeat on nats-server 2.9, ms. 2.9 wakes a consumer for a new event only on the
+ * filter it had when it was made (stream.go setConsumerAsLeader, never redone by an update): after its
+ * filter changed (refilter below; one type's subject set to none), an event only the new one selects
+ * waited for the pull's next heartbeat, 15 s by default (test/hostile-skew.test.ts). A heartbeat wakes
+ * the consumer too, and no replica can tell whether its durable's filter changed since the server
+ * started, so on 2.9 every pull's heartbeat is this.
+ */
+const HEARTBEAT_BEFORE_210_MS = 1_000;
 /** A pull that ran this long before it failed starts its restarts' backoff afresh, ms. */
 const RESTART_RESET_MS = 10_000;
 
@@ -76,7 +85,10 @@ export async function pullForever(o: {
     } else if (first && (info.config.filter_subject ?? "") !== (filter ?? "")) {
       if (await refilter(bus, stream, info.config, filter, log)) o.widened?.(undefined);
     }
-    return (await bus.js.consumers.get(stream, durable)).consume(CONSUME);
+    const options = before210(bus.nc.info?.version ?? "")
+      ? { ...CONSUME, idle_heartbeat: HEARTBEAT_BEFORE_210_MS }
+      : CONSUME;
+    return (await bus.js.consumers.get(stream, durable)).consume(options);
   };
   let stopped = false;
   let current: { messages: ConsumerMessages; run: PullRun } | undefined;
