@@ -13,6 +13,7 @@ import { AckPolicy, type ConsumerConfig, type ConsumerMessages, DeliverPolicy } 
 import { backoffMs } from "./backoff.js";
 import type { Bus } from "./bus.js";
 import type { Logger } from "./log.js";
+import { filterUpdateStale } from "./nats-version.js";
 
 /**
  * How long a delivered event may stay unacknowledged before JetStream gives
@@ -31,14 +32,14 @@ const ACK_WAIT_NS = 10 * 1e9;
  */
 const CONSUME = { max_messages: 64, abort_on_missing_resource: true } as const;
 /**
- * The pull's idle heartbeat on nats-server 2.9, ms. 2.9 wakes a consumer for a new event only on the
- * filter it had when it was made (stream.go setConsumerAsLeader, never redone by an update): after its
- * filter changed (refilter below; one type's subject set to none), an event only the new one selects
- * waited for the pull's next heartbeat, 15 s by default (test/hostile-skew.test.ts). A heartbeat wakes
- * the consumer too, and no replica can tell whether its durable's filter changed since the server
- * started, so on 2.9 every pull's heartbeat is this.
+ * The pull's idle heartbeat on a nats-server before 2.9.12, ms. Such a server wakes a consumer for a new
+ * event only on the filter it was made with (nats-version.ts): after its filter changed (refilter
+ * below; one type's subject set to none by an upgrade), an event only the new one selects waited for
+ * the pull's next heartbeat, 15 s by default (test/hostile-skew.test.ts). A heartbeat wakes the
+ * consumer too, and no replica can tell whether its durable's filter changed since the server started,
+ * so there every pull's heartbeat is this.
  */
-const HEARTBEAT_BEFORE_210_MS = 1_000;
+const HEARTBEAT_STALE_FILTER_MS = 1_000;
 /** A pull that ran this long before it failed starts its restarts' backoff afresh, ms. */
 const RESTART_RESET_MS = 10_000;
 
@@ -85,8 +86,8 @@ export async function pullForever(o: {
     } else if (first && (info.config.filter_subject ?? "") !== (filter ?? "")) {
       if (await refilter(bus, stream, info.config, filter, log)) o.widened?.(undefined);
     }
-    const options = before210(bus.nc.info?.version ?? "")
-      ? { ...CONSUME, idle_heartbeat: HEARTBEAT_BEFORE_210_MS }
+    const options = filterUpdateStale(bus.nc.info?.version ?? "")
+      ? { ...CONSUME, idle_heartbeat: HEARTBEAT_STALE_FILTER_MS }
       : CONSUME;
     return (await bus.js.consumers.get(stream, durable)).consume(options);
   };
@@ -152,18 +153,13 @@ export async function pullForever(o: {
 /** Whether a filter subject has a wildcard token. */
 const hasWildcard = (filter: string) => filter.split(".").some((t) => t === "*" || t === ">");
 
-/** Whether the server is nats-server 2.9 or older (`version` as its INFO says it, e.g. "2.9.10"). */
-const before210 = (version: string) => {
-  const [major = 0, minor = 0] = version.split(".").map(Number);
-  return major < 2 || (major === 2 && minor < 10);
-};
-
 /**
  * Gives an existing durable (`config`) the filter this code declares (made before it declared one, or
- * another); resolves true when it gave it none instead (below). nats-server 2.9 (what `make nats`
- * installs on Debian) takes an update to a wildcard filter from a literal one, or from none, as a filter
- * matching nothing: the durable skipped every event after it, silently (test/hostile-skew.test.ts).
- * There it gets no filter instead, which 2.9 applies; the consumer keeps to its own (other-versions.ts).
+ * another); resolves true when it gave it none instead (below). nats-server before 2.9.12 (Debian's
+ * 2.9.10, what `make nats` installs; nats-version.ts) takes an update to a wildcard filter from a
+ * literal one, or from none, as a filter matching nothing: the durable skipped every event after it,
+ * silently (test/hostile-skew.test.ts). There it gets no filter instead, which such a server applies;
+ * the consumer keeps to its own (other-versions.ts).
  * If the server refuses, the consumer goes on with the durable's filter, logged: where that one is
  * narrower, the events only this code's selects are skipped (docs/events.md).
  */
@@ -176,7 +172,7 @@ async function refilter(
 ): Promise<boolean> {
   const was = config.filter_subject || undefined;
   const broken = filter !== undefined && hasWildcard(filter) && !hasWildcard(was ?? "");
-  const to = broken && before210(bus.nc.info?.version ?? "") ? undefined : filter;
+  const to = broken && filterUpdateStale(bus.nc.info?.version ?? "") ? undefined : filter;
   const { durable_name: durable = "" } = config;
   try {
     if (to === undefined) {
