@@ -155,7 +155,7 @@ const hasWildcard = (filter: string) => filter.split(".").some((t) => t === "*" 
 
 /**
  * Gives an existing durable (`config`) the filter this code declares (made before it declared one, or
- * another); resolves true when it gave it none instead (below). nats-server before 2.9.12 (Debian's
+ * another); resolves true when it leaves it none instead (below). nats-server before 2.9.12 (Debian's
  * 2.9.10, what `make nats` installs; nats-version.ts) takes an update to a wildcard filter from a
  * literal one, or from none, as a filter matching nothing: the durable skipped every event after it,
  * silently (test/hostile-skew.test.ts). There it gets no filter instead, which such a server applies;
@@ -174,6 +174,8 @@ async function refilter(
   const broken = filter !== undefined && hasWildcard(filter) && !hasWildcard(was ?? "");
   const to = broken && filterUpdateStale(bus.nc.info?.version ?? "") ? undefined : filter;
   const { durable_name: durable = "" } = config;
+  // Set to none by an earlier start (this version's or another's): nothing to change, only to say.
+  if (to === was) return to !== filter;
   try {
     if (to === undefined) {
       // nats.js names a filter in the request's subject, and an empty one makes a subject no server answers.

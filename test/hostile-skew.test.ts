@@ -346,6 +346,35 @@ describe("a consumer's filter widened by an upgrade, on nats-server 2.9, in stea
   }, 60_000);
 });
 
+describe("a consumer's filter widened to none by an earlier start, on nats-server 2.9.10", () => {
+  // Each start found the durable's filter (none) not the one it declares, and set none again: an
+  // update request that changed nothing, logged as "consumer's filter subject changed", every start.
+  it("is left as it is at the next start, no update sent", async () => {
+    using dir = tempDir("shopmesh-skew-");
+    await using parts = await consumerParts(dir.path, false);
+    const choreography = { ...parts, sagaMode: SagaMode.CHOREOGRAPHY };
+    const reserved = on(StockReservedSchema, async () => {});
+    const handlers = [reserved, on(StockReleasedSchema, async () => {})];
+    await (await startConsumer({ ...choreography, handlers: [reserved] })).stop();
+    await (await startConsumer({ ...choreography, handlers })).stop(); // widened to none
+    const updates = parts.publisher.nc.subscribe("$JS.API.CONSUMER.*.CREATE.INVENTORY.>");
+    let sent = 0;
+    void (async () => {
+      for await (const _ of updates) sent++;
+    })();
+    await parts.publisher.nc.flush();
+    const again = await startConsumer({ ...choreography, handlers });
+    try {
+      await parts.publisher.nc.flush();
+      expect(sent).toBe(0);
+      expect((await parts.bus.jsm.consumers.info("INVENTORY", parts.durable)).config.filter_subject ?? "").toBe("");
+    } finally {
+      updates.unsubscribe();
+      await again.stop();
+    }
+  }, 60_000);
+});
+
 describe("a consumer's filter dropped by an upgrade", () => {
   // A consumer that handles a type more and no longer one saga mode only declares no filter. pull.ts
   // asked nats.js to update the durable's filter to "", which nats.js names in the request's subject:
