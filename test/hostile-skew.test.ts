@@ -357,10 +357,11 @@ describe("a consumer's filter widened to none by an earlier start, on nats-serve
     const handlers = [reserved, on(StockReleasedSchema, async () => {})];
     await (await startConsumer({ ...choreography, handlers: [reserved] })).stop();
     await (await startConsumer({ ...choreography, handlers })).stop(); // widened to none
-    const updates = parts.publisher.nc.subscribe("$JS.API.CONSUMER.*.CREATE.INVENTORY.>");
+    // A create or an update, by either API (`…CONSUMER.CREATE.…`, `…CONSUMER.DURABLE.CREATE.…`).
+    const updates = parts.publisher.nc.subscribe("$JS.API.CONSUMER.>");
     let sent = 0;
     void (async () => {
-      for await (const _ of updates) sent++;
+      for await (const m of updates) if (m.subject.includes(".CREATE.")) sent++;
     })();
     await parts.publisher.nc.flush();
     const again = await startConsumer({ ...choreography, handlers });
