@@ -182,6 +182,9 @@ async function refilter(
       const answer = await bus.nc.request(
         `$JS.API.CONSUMER.DURABLE.CREATE.${stream}.${durable}`,
         JSON.stringify({ stream_name: stream, config: { ...config, filter_subject: "" }, action: "update" }),
+        // As long as the JetStream manager's own requests wait: at nats.js's 1 s a slow server applied
+        // the update after this gave up, and the consumer took itself for narrower than its durable.
+        { timeout: 5_000 },
       );
       const err = (answer.json() as { error?: { description?: string } }).error;
       if (err) throw new Error(err.description ?? "refused");
