@@ -72,10 +72,9 @@ function headerCarrier(m: JsMsg) {
 }
 
 /**
- * Consumes `stream` with a durable pull consumer (explicit ack), one event
- * at a time in the order this process receives them. Every replica of a
- * service pulls from the same durable consumer, so JetStream gives each
- * event to one of them; see the module comment for what happens to each.
+ * Consumes `stream` with a durable pull consumer (explicit ack), one event at a time in the order this
+ * process receives them. Every replica of a service pulls from the same durable consumer, so JetStream
+ * gives each event to one of them; see the module comment for what happens to each.
  */
 export async function startConsumer(opts: ConsumerOptions): Promise<RunningConsumer> {
   const { bus, durable } = opts;
