@@ -306,8 +306,11 @@ async function checkPorts(
   for (const p of ports) if (!(await free(p.port))) taken.push(p);
   if (taken.length === 0) return;
   for (const t of taken) {
+    // A replica's port is its variable's + 100 each: "set INVENTORY_PORT=<free port>" named a port that was free.
+    const what = t.offset ? `${t.what}, ${t.variable} + ${t.offset}` : t.what;
+    const fix = t.offset ? `${t.variable} to another port` : `${t.variable}=<free port>`;
     process.stderr.write(
-      `port ${t.port} (${t.what}) is in use by ${holderOf(t.port)}: stop it (another make run?) or set ${t.variable}=<free port>\n`,
+      `port ${t.port} (${what}) is in use by ${holderOf(t.port)}: stop it (another make run?) or set ${fix}\n`,
     );
   }
   process.exit(1);

@@ -4,6 +4,7 @@
  */
 import { execFileSync, spawn } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { targetVariable } from "../gateway/config.js";
@@ -428,6 +429,29 @@ it("make run names a replica's port by the rule that gives it: the variable name
   expect(out).toBe(
     `port ${port} is given to inventory (INVENTORY_PORT + 100) and to payment (PAYMENT_PORT): set one of them to another port\n`,
   );
+});
+
+it("make run names a taken replica port by the rule that gives it, not as its variable's port", async () => {
+  using data = tempDir();
+  const env = { DATA_DIR: data.path, NATS_PORT: String(await freePort()), NATS_MONITOR_PORT: String(await freePort()) };
+  const port = await freePort();
+  const squatter = createServer();
+  await new Promise<void>((r) => squatter.listen(port, r));
+  try {
+    const { code, out } = await script("run.ts", [], {
+      ...env,
+      INVENTORY_PORT: String(port - 100),
+      INVENTORY_REPLICAS: "2",
+    });
+    expect(code, out).toBe(1);
+    expect(out).toMatch(
+      new RegExp(
+        `^port ${port} \\(inventory, INVENTORY_PORT \\+ 100\\) is in use by node \\(pid ${process.pid}\\): stop it \\(another make run\\?\\) or set INVENTORY_PORT to another port\n$`,
+      ),
+    );
+  } finally {
+    squatter.close();
+  }
 });
 
 it("make clean refuses to remove .data from under a running make run, or what one killed outright left running", async () => {
