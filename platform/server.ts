@@ -24,6 +24,7 @@ import {
 } from "./grpc.js";
 import type { Logger } from "./log.js";
 import { serverTelemetry, type Telemetry } from "./telemetry.js";
+import { checkingTimeouts } from "./timeout-header.js";
 
 /** A service descriptor and its implementation, as registered on a server. */
 export interface ServiceBinding {
@@ -206,6 +207,7 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
   const faults = opts.faults ?? new FaultInjector();
   const server = new grpc.Server({ "grpc.max_receive_message_length": 4 * 1024 * 1024, ...NO_CHANNELZ });
   tolerateCancellations(server);
+  checkingTimeouts(server);
   // Telemetry outermost: the span is active for the log line and everything below.
   const observed: Interceptor[] = opts.telemetry
     ? [
