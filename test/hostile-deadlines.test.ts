@@ -3,15 +3,23 @@
  * a service directly, client deadlines and cancellations through the gateway on each protocol while
  * sagas run, and what each leaves behind.
  */
+
+import type { EventEmitter } from "node:events";
+import http2 from "node:http2";
 import { create, toBinary } from "@bufbuild/protobuf";
+import { SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { GatewayApp } from "../gateway/app.js";
+import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { InventoryService, ListProductsRequestSchema } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
+import { PlaceOrderRequestSchema, WatchOrderRequestSchema } from "../gen/shopmesh/order/v1/order_pb.js";
 import { IDENTITY_KEYS } from "../platform/identity.js";
 import { type Client, silentLogger } from "../platform/index.js";
 import { type InventoryApp, startInventory } from "../services/inventory/app.js";
 import { loadConfig as inventoryConfig } from "../services/inventory/config.js";
-import { envelope, h2Request, h2Session } from "./raw.js";
-import { type ServiceUnderTest, startServiceUnderTest } from "./system.js";
+import { expectCheckoutInvariants } from "./invariants.js";
+import { connectEndStream, envelope, grpcWebTrailers, h2Request, h2Session } from "./raw.js";
+import { type ServiceUnderTest, type System, startServiceUnderTest, startSystem, startTestGateway } from "./system.js";
 
 describe("a grpc-timeout sent to a service directly (not through the gateway)", () => {
   let sut: ServiceUnderTest<InventoryApp, typeof InventoryService> | undefined;
@@ -70,4 +78,283 @@ describe("a grpc-timeout sent to a service directly (not through the gateway)", 
     expect((await list("30S")).grpcStatus).toBe(0);
     expect((await list("00000030S")).grpcStatus).toBe(0);
   });
+});
+
+/** A validly signed customer token for the gateway's development key. */
+const bearer = async (sub: string) =>
+  `Bearer ${await new SignJWT({ roles: ["customer"] })
+    .setProtectedHeader({ alg: "HS256" })
+    .setSubject(sub)
+    .setIssuer("shopmesh-dev")
+    .setAudience("shopmesh")
+    .setIssuedAt()
+    .setExpirationTime("10m")
+    .sign(new TextEncoder().encode(DEV_JWT_SECRET))}`;
+
+const PLACE = "/shopmesh.order.v1.OrderService/PlaceOrder";
+const WATCH = "/shopmesh.order.v1.OrderService/WatchOrder";
+const PROTOCOLS = ["connect", "grpc", "grpc-web", "rest"] as const;
+type Protocol = (typeof PROTOCOLS)[number];
+/** How a call ended, as a gRPC code name's number (0 OK, 1 CANCELLED, 4 DEADLINE_EXCEEDED...), or "gone" if the client left. */
+type Ended = number | "gone";
+
+const HTTP_CODE: Record<number, number> = { 200: 0, 504: 4, 408: 4, 429: 8, 503: 14, 500: 13, 400: 3 };
+const CONNECT_CODE: Record<string, number> = {
+  deadline_exceeded: 4,
+  canceled: 1,
+  internal: 13,
+  unknown: 2,
+  unavailable: 14,
+};
+
+describe("client deadlines and cancellations while sagas run, on every protocol", () => {
+  let sys: System;
+  let gw: GatewayApp;
+  let auth: string;
+  beforeAll(async () => {
+    // Each charge takes 300 ms: sagas are in flight while the clients give up.
+    sys = await startSystem({ payment: { FAULT_LATENCY_MS: "300" } });
+    // One customer from one address places and retries every order: no rate limit in the way.
+    gw = await startTestGateway(sys, { RATE_LIMIT_RPS: "5000", RATE_LIMIT_BURST: "400", RATE_LIMIT_IP_RPS: "5000" });
+    auth = await bearer("dl-alice");
+  });
+  afterAll(async () => {
+    await gw?.stop();
+    await sys?.[Symbol.asyncDispose]();
+  });
+
+  let seq = 0;
+  const order = (i: number) => ({
+    idempotencyKey: `dl-${++seq}-${i}`,
+    items: [{ productId: i % 2 ? "paper-filters" : "ceramic-mug", quantity: 1 }],
+    cardToken: i % 5 === 0 ? "tok_declined" : "tok_visa",
+    sagaMode: i % 3 === 0 ? "SAGA_MODE_CHOREOGRAPHY" : "SAGA_MODE_ORCHESTRATION",
+  });
+  type Req = ReturnType<typeof order>;
+  const bin = (r: Req) =>
+    toBinary(
+      PlaceOrderRequestSchema,
+      create(PlaceOrderRequestSchema, {
+        idempotencyKey: r.idempotencyKey,
+        items: r.items,
+        cardToken: r.cardToken,
+        sagaMode: r.sagaMode === "SAGA_MODE_CHOREOGRAPHY" ? 2 : 1,
+      }),
+    );
+
+  /** One PlaceOrder on `protocol` with a deadline of `timeoutMs`, or cancelled by the client after `cancelMs`. */
+  async function place(protocol: Protocol, r: Req, t: { timeoutMs?: number; cancelMs?: number }): Promise<Ended> {
+    const ac = new AbortController();
+    const timer = t.cancelMs === undefined ? undefined : setTimeout(() => ac.abort(), t.cancelMs);
+    try {
+      if (protocol === "grpc") {
+        await using s = await h2Session(gw.url);
+        const req = s.request({
+          ":method": "POST",
+          ":path": PLACE,
+          "content-type": "application/grpc",
+          te: "trailers",
+          authorization: auth,
+          ...(t.timeoutMs === undefined ? {} : { "grpc-timeout": `${t.timeoutMs}m` }),
+        });
+        if (ac.signal.aborted) req.close(http2.constants.NGHTTP2_CANCEL);
+        ac.signal.addEventListener("abort", () => req.close(http2.constants.NGHTTP2_CANCEL));
+        req.end(envelope(bin(r)));
+        req.resume();
+        return await new Promise<Ended>((resolve) => {
+          let status: string | undefined;
+          req.on("response", (h) => (status ??= h["grpc-status"] as string | undefined));
+          req.on("trailers", (h) => (status ??= h["grpc-status"] as string | undefined));
+          req.on("close", () => resolve(ac.signal.aborted ? "gone" : Number(status ?? -1)));
+          req.on("error", () => {});
+        });
+      }
+      const timeout: Record<string, string> =
+        t.timeoutMs === undefined
+          ? {}
+          : protocol === "grpc-web"
+            ? { "grpc-timeout": `${t.timeoutMs}m` }
+            : { "connect-timeout-ms": String(t.timeoutMs) };
+      const init: RequestInit =
+        protocol === "grpc-web"
+          ? { headers: { "content-type": "application/grpc-web+proto", ...timeout }, body: envelope(bin(r)) }
+          : protocol === "rest"
+            ? {
+                headers: { "content-type": "application/json", "idempotency-key": r.idempotencyKey, ...timeout },
+                body: JSON.stringify({ items: r.items, cardToken: r.cardToken, sagaMode: r.sagaMode }),
+              }
+            : { headers: { "content-type": "application/json", ...timeout }, body: JSON.stringify(r) };
+      const res = await fetch(`${gw.url}${protocol === "rest" ? "/v1/orders" : PLACE}`, {
+        ...init,
+        method: "POST",
+        headers: { ...(init.headers as Record<string, string>), authorization: auth },
+        signal: ac.signal,
+      });
+      const body = Buffer.from(await res.arrayBuffer());
+      if (protocol === "grpc-web") {
+        return Number(res.headers.get("grpc-status") ?? grpcWebTrailers(body)["grpc-status"] ?? -1);
+      }
+      if (res.status === 200) return 0;
+      const code = (JSON.parse(body.toString()) as { code?: string }).code ?? "";
+      return CONNECT_CODE[code] ?? HTTP_CODE[res.status] ?? res.status;
+    } catch (err) {
+      if (ac.signal.aborted) return "gone";
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  it("a deadline that expires mid-call is DEADLINE_EXCEEDED; the same key then gets the real order, which settles; the books balance", async () => {
+    const calls: { protocol: Protocol; r: Req; ended: Ended }[] = [];
+    for (let round = 0; round < 3; round++) {
+      await Promise.all(
+        PROTOCOLS.flatMap((protocol) =>
+          Array.from({ length: 12 }, async (_, i) => {
+            const r = order(i);
+            const t = i % 2 === 0 ? { timeoutMs: 1 + ((i * 7) % 40) } : { cancelMs: (i * 5) % 40 };
+            calls.push({ protocol, r, ended: await place(protocol, r, t) });
+          }),
+        ),
+      );
+    }
+    const codes = new Set(calls.map((c) => `${c.protocol} ${c.ended}`));
+    // Only the order, the deadline, or the client's own leaving; never a server error or CANCELLED.
+    for (const c of codes) expect(["0", "4", "gone"], c).toContain(c.split(" ")[1]);
+
+    // The same key, without a deadline: the order the first call placed, or placed now.
+    const ids = new Set<string>();
+    for (const c of calls) {
+      const res = await fetch(`${gw.url}${PLACE}`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: auth },
+        body: JSON.stringify(c.r),
+      });
+      expect(res.status, c.r.idempotencyKey).toBe(200);
+      ids.add(((await res.json()) as { order: { id: string } }).order.id);
+    }
+    expect(ids.size).toBe(calls.length);
+    for (const id of ids) await sys.settle(id, "dl-alice", 30_000);
+    await expectCheckoutInvariants({
+      order: sys.order.store.db,
+      payment: sys.payment.store.db,
+      inventory: sys.inventory.store.db,
+    });
+  }, 120_000);
+
+  /** One WatchOrder of `orderId` on `protocol` with a deadline of `timeoutMs`, or cancelled after `cancelMs`. */
+  async function watch(
+    protocol: Protocol,
+    orderId: string,
+    t: { timeoutMs?: number; cancelMs?: number },
+  ): Promise<Ended> {
+    const ac = new AbortController();
+    const timer = t.cancelMs === undefined ? undefined : setTimeout(() => ac.abort(), t.cancelMs);
+    const msg = toBinary(WatchOrderRequestSchema, create(WatchOrderRequestSchema, { orderId }));
+    try {
+      if (protocol === "grpc") {
+        await using s = await h2Session(gw.url);
+        const req = s.request({
+          ":method": "POST",
+          ":path": WATCH,
+          "content-type": "application/grpc",
+          te: "trailers",
+          authorization: auth,
+          ...(t.timeoutMs === undefined ? {} : { "grpc-timeout": `${t.timeoutMs}m` }),
+        });
+        if (ac.signal.aborted) req.close(http2.constants.NGHTTP2_CANCEL);
+        ac.signal.addEventListener("abort", () => req.close(http2.constants.NGHTTP2_CANCEL));
+        req.end(envelope(msg));
+        req.resume();
+        return await new Promise<Ended>((resolve) => {
+          let status: string | undefined;
+          req.on("response", (h) => (status ??= h["grpc-status"] as string | undefined));
+          req.on("trailers", (h) => (status ??= h["grpc-status"] as string | undefined));
+          req.on("close", () => resolve(ac.signal.aborted ? "gone" : Number(status ?? -1)));
+          req.on("error", () => {});
+        });
+      }
+      const timeout: Record<string, string> =
+        t.timeoutMs === undefined
+          ? {}
+          : protocol === "grpc-web"
+            ? { "grpc-timeout": `${t.timeoutMs}m` }
+            : { "connect-timeout-ms": String(t.timeoutMs) };
+      const res =
+        protocol === "rest"
+          ? await fetch(`${gw.url}/v1/orders/${orderId}:watch`, {
+              headers: { authorization: auth, ...timeout },
+              signal: ac.signal,
+            })
+          : await fetch(`${gw.url}${WATCH}`, {
+              method: "POST",
+              headers: {
+                authorization: auth,
+                "content-type": protocol === "grpc-web" ? "application/grpc-web+proto" : "application/connect+json",
+                ...timeout,
+              },
+              body: protocol === "grpc-web" ? envelope(msg) : envelope(Buffer.from(JSON.stringify({ orderId }))),
+              signal: ac.signal,
+            });
+      const body = Buffer.from(await res.arrayBuffer());
+      if (protocol === "grpc-web")
+        return Number(grpcWebTrailers(body)["grpc-status"] ?? res.headers.get("grpc-status"));
+      if (protocol === "connect") return CONNECT_CODE[connectEndStream(body)?.error?.code ?? ""] ?? 0;
+      // A stream that fails after its first line ends with a google.rpc.Status line, as grpc-gateway's.
+      const last = body.toString().trim().split("\n").at(-1) ?? "";
+      const code = (JSON.parse(last) as { error?: { code?: number } }).error?.code;
+      return res.status !== 200 ? (HTTP_CODE[res.status] ?? res.status) : (code ?? 0);
+    } catch (err) {
+      if (ac.signal.aborted) return "gone";
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Subscriptions to orders' changes in the order service: each WatchOrder's, and each saga loop's. */
+  const followers = () => {
+    const { events } = (sys.order.store as unknown as { changes: { events: EventEmitter } }).changes;
+    return events
+      .eventNames()
+      .filter((e) => String(e).startsWith("change:"))
+      .reduce((n, e) => n + events.listenerCount(e), 0);
+  };
+  const timers = () => process.getActiveResourcesInfo().filter((r) => r === "Timeout").length;
+
+  it("a watch that runs out of time or whose client leaves lets go of its order at once, on every protocol", async () => {
+    await sys.paymentChaos.setFaults({ faults: { latencyMs: 8_000 } });
+    const pending: string[] = [];
+    try {
+      for (let i = 0; i < 4; i++) {
+        const res = await fetch(`${gw.url}${PLACE}`, {
+          method: "POST",
+          headers: { "content-type": "application/json", authorization: auth },
+          body: JSON.stringify({ ...order(1), cardToken: "tok_visa" }),
+        });
+        pending.push(((await res.json()) as { order: { id: string } }).order.id);
+      }
+      const before = timers();
+      const sagas = followers();
+      const ended: string[] = [];
+      for (let round = 0; round < 5; round++) {
+        await Promise.all(
+          PROTOCOLS.flatMap((protocol) =>
+            pending.flatMap((id, i) => [
+              watch(protocol, id, { timeoutMs: 50 + 40 * i }).then((e) => ended.push(`${protocol} deadline ${e}`)),
+              watch(protocol, id, { cancelMs: 30 * i }).then((e) => ended.push(`${protocol} cancel ${e}`)),
+            ]),
+          ),
+        );
+      }
+      const kinds = [...new Set(ended)].sort();
+      expect(kinds).toEqual(PROTOCOLS.flatMap((p) => [`${p} cancel gone`, `${p} deadline 4`]).sort());
+      // The orders are still pending: nothing but the gone watches could have ended their subscriptions.
+      await expect.poll(followers, { timeout: 2_000 }).toBe(sagas);
+      await expect.poll(timers, { timeout: 5_000 }).toBeLessThanOrEqual(before + 5);
+    } finally {
+      await sys.paymentChaos.setFaults({ faults: {} });
+    }
+    for (const id of pending) await sys.settle(id, "dl-alice", 30_000);
+  }, 120_000);
 });
