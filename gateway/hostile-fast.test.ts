@@ -1052,7 +1052,8 @@ describe("gRPC passthrough", () => {
       envelope(msg, 1),
     );
     expect(compressedFlag.grpcStatus).toBe(3);
-    for (const t of ["-1S", "123456789S", "1x", "S", "1.5S", "99999999H", "0m", "00000001n"]) {
+    // An empty value too: the fast path took it for none, the general path refuses it.
+    for (const t of ["-1S", "123456789S", "1x", "S", "1.5S", "99999999H", "0m", "00000001n", ""]) {
       const { fast, general } = await grpcBoth(GET_PRODUCT, envelope(msg), {
         authorization: auth,
         "grpc-timeout": t,

@@ -181,7 +181,9 @@ export async function passthrough(
     done({ code: err.code, message: err.rawMessage });
   };
   try {
-    const timeout = parseTimeout(String(req.headers["grpc-timeout"] ?? "") || null, Number.MAX_SAFE_INTEGER);
+    // An empty value is a malformed one, as connect-es reads it on the general path, not none.
+    const raw = req.headers["grpc-timeout"];
+    const timeout = parseTimeout(raw === undefined ? null : String(raw), Number.MAX_SAFE_INTEGER);
     if (timeout.error) throw invalid(timeout.error.rawMessage);
     // The client's deadline runs from now, reading its body included.
     if (timeout.timeoutMs !== undefined) {
