@@ -5,16 +5,25 @@
  */
 
 import type { EventEmitter } from "node:events";
+import http from "node:http";
 import http2 from "node:http2";
+import { gzipSync } from "node:zlib";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { GatewayApp } from "../gateway/app.js";
-import { DEV_JWT_SECRET } from "../gateway/config.js";
-import { InventoryService, ListProductsRequestSchema } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
+import { type GatewayApp, startGateway } from "../gateway/app.js";
+import { DEV_JWT_SECRET, loadConfig as gatewayConfig, targetVariable } from "../gateway/config.js";
+import { UPSTREAMS } from "../gateway/routes.js";
+import {
+  GetProductRequestSchema,
+  InventoryService,
+  ListProductsRequestSchema,
+} from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { PlaceOrderRequestSchema, WatchOrderRequestSchema } from "../gen/shopmesh/order/v1/order_pb.js";
+import type { CallContext } from "../platform/grpc.js";
 import { IDENTITY_KEYS } from "../platform/identity.js";
 import { type Client, silentLogger } from "../platform/index.js";
+import { bind, startGrpcServer } from "../platform/server.js";
 import { type InventoryApp, startInventory } from "../services/inventory/app.js";
 import { loadConfig as inventoryConfig } from "../services/inventory/config.js";
 import { expectCheckoutInvariants } from "./invariants.js";
@@ -357,4 +366,100 @@ describe("client deadlines and cancellations while sagas run, on every protocol"
     }
     for (const id of pending) await sys.settle(id, "dl-alice", 30_000);
   }, 120_000);
+});
+
+describe("the gateway's general paths (gRPC-Web, Connect GET, proto and compressed bodies) under a client that leaves", () => {
+  it("carry the client's deadline upstream and cancel the upstream call when the client goes, leaving nothing behind", async () => {
+    // An upstream whose GetProduct waits until its call is cancelled, noting each call's deadline and signal.
+    const calls: { signal: AbortSignal; deadlineIn: number | undefined }[] = [];
+    const server = await startGrpcServer({
+      host: "127.0.0.1",
+      port: 0,
+      log: silentLogger(),
+      services: [
+        bind(InventoryService, {
+          listProducts: async () => ({}),
+          getProduct: async (req, ctx: CallContext) => {
+            calls.push({ signal: ctx.signal, deadlineIn: ctx.deadline && ctx.deadline - Date.now() });
+            await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve));
+            return { product: { id: req.productId } };
+          },
+          reserveStock: async () => ({}),
+          releaseStock: async () => ({}),
+          restock: async () => ({}),
+        }),
+      ],
+    });
+    const gw = await startGateway(
+      gatewayConfig({
+        HTTP_HOST: "127.0.0.1",
+        HTTP_PORT: "0",
+        // Each attempt's own timeout longer than the client's deadline: what reaches upstream is the client's.
+        UPSTREAM_TIMEOUT_MS: "10000",
+        ...Object.fromEntries(UPSTREAMS.map((u) => [targetVariable(u), server.address])),
+      }),
+      silentLogger(),
+    );
+    try {
+      const auth = await bearer("leaver");
+      const P = "/shopmesh.inventory.v1.InventoryService/GetProduct";
+      const bin = toBinary(GetProductRequestSchema, create(GetProductRequestSchema, { productId: "x" }));
+      const json = '{"productId":"x"}';
+      const h1 = (path: string, headers: Record<string, string>, body?: Buffer | string) => {
+        const r = http.request(new URL(path, gw.url), {
+          method: body === undefined ? "GET" : "POST",
+          headers: { authorization: auth, ...headers },
+        });
+        r.on("error", () => {});
+        r.end(body);
+        return () => r.destroy();
+      };
+      await using s = await h2Session(gw.url);
+      const h2 = (headers: Record<string, string>, body: Buffer | string) => {
+        const r = s.request({ ":method": "POST", ":path": P, authorization: auth, ...headers });
+        r.on("error", () => {});
+        r.end(body);
+        return () => r.close(http2.constants.NGHTTP2_CANCEL);
+      };
+      const web = { "content-type": "application/grpc-web+proto", "grpc-timeout": "3S" };
+      const connect = { "connect-timeout-ms": "3000" };
+      const cases: [string, () => () => void][] = [
+        ["gRPC-Web, HTTP/1.1", () => h1(P, web, envelope(bin))],
+        ["gRPC-Web, h2", () => h2(web, envelope(bin))],
+        ["Connect GET", () => h1(`${P}?connect=v1&encoding=json&message=${encodeURIComponent(json)}`, connect)],
+        [
+          "Connect gzip",
+          () => h1(P, { ...connect, "content-type": "application/json", "content-encoding": "gzip" }, gzipSync(json)),
+        ],
+        ["Connect proto", () => h1(P, { ...connect, "content-type": "application/proto" }, Buffer.from(bin))],
+        [
+          "gRPC gzip",
+          () =>
+            h2(
+              { "content-type": "application/grpc", te: "trailers", "grpc-timeout": "3S", "grpc-encoding": "gzip" },
+              envelope(bin),
+            ),
+        ],
+      ];
+      const timers = () => process.getActiveResourcesInfo().filter((r) => r === "Timeout").length;
+      const before = timers();
+      for (let round = 0; round < 10; round++) {
+        for (const [name, start] of cases) {
+          const n = calls.length;
+          const leave = start();
+          await expect.poll(() => calls.length, { timeout: 3_000 }).toBe(n + 1);
+          const call = calls[n] as (typeof calls)[number];
+          expect(call.deadlineIn, name).toBeGreaterThan(2_000);
+          expect(call.deadlineIn, name).toBeLessThanOrEqual(3_000);
+          leave();
+          await expect.poll(() => call.signal.aborted, { timeout: 2_000, interval: 10 }).toBe(true);
+        }
+      }
+      // Sixty calls left mid-way: no deadline timer of theirs outlives them.
+      await expect.poll(timers, { timeout: 5_000 }).toBeLessThanOrEqual(before + 2);
+    } finally {
+      await gw.stop();
+      await server.stop(0);
+    }
+  }, 60_000);
 });
