@@ -178,13 +178,18 @@ function runInterceptors<T>(
  * every call's end as "cancelled", even one it answered, and aborting then would build a
  * DOMException (a stack trace) per call for nobody.
  */
-function callContext(m: DescMethod, call: ServerCall, log: Logger): { ctx: CallContext; settled: () => void } {
+function callContext(
+  m: DescMethod,
+  call: ServerCall,
+  log: Logger,
+): { ctx: CallContext; settled: () => void; cancel: () => void } {
   const ac = new AbortController();
   const cancel = () => ac.abort();
   call.once("cancelled", cancel);
   return {
     ctx: { method: m, metadata: call.metadata, deadline: deadlineOf(call), signal: ac.signal, log },
     settled: () => call.off("cancelled", cancel),
+    cancel,
   };
 }
 
@@ -225,10 +230,34 @@ function unaryHandler(m: DescMethod, fn: unknown, interceptors: readonly Interce
   }) as grpc.handleUnaryCall<unknown, unknown>;
 }
 
-function streamHandler(m: DescMethod, fn: unknown, interceptors: readonly Interceptor[], log: Logger) {
+/** The status a stream ends with when its server shuts down: retryable, so its client calls again (elsewhere). */
+const SHUTTING_DOWN = { code: grpc.status.UNAVAILABLE, details: "the server is shutting down: call again" };
+
+function streamHandler(
+  m: DescMethod,
+  fn: unknown,
+  interceptors: readonly Interceptor[],
+  log: Logger,
+  shutdown: AbortSignal | undefined,
+) {
   const streaming = fn as ServerStreamingImpl<DescMessage, DescMessage>;
   return ((call: grpc.ServerWritableStream<unknown, unknown>) => {
-    const { ctx, settled } = callContext(m, call, log);
+    const { ctx, settled: unwatch, cancel } = callContext(m, call, log);
+    // A stream may run for as long as what it follows (WatchOrder: a saga): on shutdown it ends at
+    // once, UNAVAILABLE, for its client to watch again on another instance. Left to the drain, it held
+    // the process to its grace (10 s a pod at every rollout), then was cut.
+    let shut = false;
+    const end = () => {
+      shut = true;
+      cancel();
+      call.emit("error", SHUTTING_DOWN);
+    };
+    const settled = () => {
+      unwatch();
+      shutdown?.removeEventListener("abort", end);
+    };
+    if (shutdown?.aborted) end();
+    else shutdown?.addEventListener("abort", end, { once: true });
     runInterceptors(interceptors, ctx, async () => {
       for await (const msg of streaming(requestOf(call, m), ctx)) {
         if (ctx.signal.aborted) break;
@@ -237,7 +266,7 @@ function streamHandler(m: DescMethod, fn: unknown, interceptors: readonly Interc
     }).then(
       () => {
         settled();
-        call.end();
+        if (!shut) call.end();
       },
       (err: unknown) => {
         settled();
@@ -251,12 +280,13 @@ function streamHandler(m: DescMethod, fn: unknown, interceptors: readonly Interc
  * The grpc-js handlers for `impl`: each call gets a {@link CallContext},
  * runs through `interceptors` (outermost first), and any thrown error becomes
  * a status via {@link toStatusObject} (unknown errors are logged and sent as
- * INTERNAL without internals).
+ * INTERNAL without internals). Once `shutdown` is aborted, server streams end
+ * UNAVAILABLE at once (unary calls are left to finish).
  */
 export function grpcHandlers<S extends DescService>(
   service: S,
   impl: ServiceImpl<S>,
-  opts: { log: Logger; interceptors?: readonly Interceptor[] },
+  opts: { log: Logger; interceptors?: readonly Interceptor[]; shutdown?: AbortSignal },
 ): grpc.UntypedServiceImplementation {
   const interceptors = opts.interceptors ?? [];
   const handlers: grpc.UntypedServiceImplementation = {};
@@ -265,7 +295,9 @@ export function grpcHandlers<S extends DescService>(
     if (typeof fn !== "function") throw new Error(`${methodPath(m)}: no handler "${m.localName}"`);
     const log = opts.log.child({ rpc: methodPath(m) });
     handlers[m.name] =
-      m.methodKind === "unary" ? unaryHandler(m, fn, interceptors, log) : streamHandler(m, fn, interceptors, log);
+      m.methodKind === "unary"
+        ? unaryHandler(m, fn, interceptors, log)
+        : streamHandler(m, fn, interceptors, log, opts.shutdown);
   }
   return handlers;
 }

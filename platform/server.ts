@@ -62,8 +62,9 @@ export interface RunningServer {
   readonly address: string;
   readonly faults: FaultInjector;
   /**
-   * Stops accepting calls, reports NOT_SERVING, waits up to `graceMs` for
-   * in-flight calls (streams included) to finish, then cuts the rest.
+   * Stops accepting calls, reports NOT_SERVING, ends server streams
+   * UNAVAILABLE (a watch may last longer than any grace), waits up to
+   * `graceMs` for unary calls in flight to finish, then cuts the rest.
    */
   stop(graceMs: number): Promise<void>;
 }
@@ -87,6 +88,26 @@ function callLogger(): Interceptor {
       }
       throw err;
     }
+  };
+}
+
+/** Counts the business calls in progress, unary and streams apart, for the drain to say what it waits for. */
+function callsInFlight(): { interceptor: Interceptor; now: () => { calls: number; streams: number } } {
+  let calls = 0;
+  let streams = 0;
+  return {
+    interceptor: async (ctx, next) => {
+      const stream = ctx.method.methodKind !== "unary";
+      if (stream) streams++;
+      else calls++;
+      try {
+        return await next();
+      } finally {
+        if (stream) streams--;
+        else calls--;
+      }
+    },
+    now: () => ({ calls, streams }),
   };
 }
 
@@ -218,11 +239,17 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
         ),
       ]
     : [];
-  const business = [...observed, callLogger(), ...(opts.interceptors ?? []), faults.interceptor];
+  const inFlight = callsInFlight();
+  const draining = new AbortController();
+  const business = [inFlight.interceptor, ...observed, callLogger(), ...(opts.interceptors ?? []), faults.interceptor];
   for (const { service, impl } of opts.services) {
     server.addService(
       grpcServiceDefinition(service),
-      grpcHandlers(service, impl as ServiceImpl<DescService>, { log: opts.log, interceptors: business }),
+      grpcHandlers(service, impl as ServiceImpl<DescService>, {
+        log: opts.log,
+        interceptors: business,
+        shutdown: draining.signal,
+      }),
     );
   }
   server.addService(
@@ -233,6 +260,7 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
       {
         log: opts.log,
         interceptors: [callLogger()],
+        shutdown: draining.signal,
       },
     ),
   );
@@ -260,13 +288,18 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
   const stop = (graceMs: number) => {
     stopping ??= new Promise<void>((resolve) => {
       for (const n of ["", ...names]) health.setStatus(n, "NOT_SERVING");
+      const started = performance.now();
+      // What the drain waits for, said while it waits: streams end now (UNAVAILABLE), unary calls may finish.
+      opts.log.info({ ...inFlight.now(), graceMs }, "draining calls in flight");
+      draining.abort();
       const timer = setTimeout(() => {
-        opts.log.warn({ graceMs }, "drain timed out; cancelling in-flight calls");
+        opts.log.warn({ ...inFlight.now(), graceMs }, "drain timed out; cancelling in-flight calls");
         server.forceShutdown();
         resolve();
       }, graceMs);
       server.tryShutdown(() => {
         clearTimeout(timer);
+        opts.log.info({ ms: Math.round(performance.now() - started) }, "calls drained");
         resolve();
       });
     });

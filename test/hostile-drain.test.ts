@@ -1,0 +1,174 @@
+/**
+ * Hostile round on shutdown, drain and restart: real processes told SIGTERM (as Kubernetes does at
+ * every rollout, after the Deployments' preStop sleep) or SIGINT (Ctrl-C under `make run`) while
+ * calls, sagas and streams are in flight. What must hold: calls in flight finish, new ones are refused
+ * with a retryable code, a stream that would outlast the drain is ended retryably rather than cut,
+ * the process says what it waits for and exits 0, and after a restart every accepted order ends
+ * with the checkout's invariants intact.
+ */
+import { describe, expect, it } from "vitest";
+import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
+import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
+import { Code, createChannel, createClient, identityMetadata, RpcError } from "../platform/index.js";
+import { TestDatabases } from "./db.js";
+import { spawnService, tempDir } from "./fixtures.js";
+import { expectCheckoutInvariants } from "./invariants.js";
+
+const who = { metadata: identityMetadata({ subject: "zoe", roles: ["customer"] }) };
+
+/** The entries a process logged as JSON lines. */
+const entries = (out: string) =>
+  out
+    .split("\n")
+    .filter((l) => l.startsWith("{"))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+
+/** How `p` settled: "OK" or the RpcError's code name, and when (ms since `since`). */
+async function outcome(p: Promise<unknown>, since: number): Promise<{ code: string; ms: number }> {
+  const code = await p.then(
+    () => "OK",
+    (e: unknown) => (e instanceof RpcError ? e.codeName : String(e)),
+  );
+  return { code, ms: Date.now() - since };
+}
+
+describe("a service told SIGTERM", () => {
+  it("finishes the call in flight, refuses new ones UNAVAILABLE, says what it waits for, exits 0", async () => {
+    using dir = tempDir();
+    const dbs = new TestDatabases(dir.path);
+    await using inventory = await spawnService("inventory", {
+      ...(await dbs.env("inventory")),
+      FAULT_LATENCY_MS: "1500",
+      SHUTDOWN_GRACE_MS: "8000",
+    });
+    const channel = createChannel(inventory.address);
+    const client = createClient(InventoryService, channel);
+    const started = Date.now();
+    const inFlight = outcome(client.getProduct({ productId: "coffee-beans" }, { timeoutMs: 10_000 }), started);
+    await new Promise((r) => setTimeout(r, 300));
+    const code = inventory.kill("SIGTERM");
+    await inventory.logLine("shutting down");
+    const fresh = createChannel(inventory.address);
+    const late = await outcome(
+      createClient(InventoryService, fresh).getProduct({ productId: "coffee-beans" }, { timeoutMs: 3_000 }),
+      Date.now(),
+    );
+    fresh.close();
+    expect(await inFlight).toMatchObject({ code: "OK" });
+    expect(late.code).toBe(Code[Code.UNAVAILABLE]);
+    expect(await code).toBe(0);
+    channel.close();
+    const draining = entries(inventory.output()).find((e) => e.msg === "draining calls in flight");
+    expect(draining, inventory.output()).toMatchObject({ calls: 1 });
+  }, 30_000);
+});
+
+describe("a WatchOrder stream open when the order service is told SIGTERM", () => {
+  it("is ended UNAVAILABLE (the watcher may resume elsewhere) at once, not held for the grace then cut", async () => {
+    using dir = tempDir();
+    const dbs = new TestDatabases(dir.path);
+    await using inventory = await spawnService("inventory", await dbs.env("inventory"));
+    // A payment that takes longer than the test: the saga stays in flight, and the watch with it.
+    await using payment = await spawnService("payment", { ...(await dbs.env("payment")), FAULT_LATENCY_MS: "60000" });
+    await using order = await spawnService("order", {
+      ...(await dbs.env("order")),
+      INVENTORY_TARGET: inventory.address,
+      PAYMENT_TARGET: payment.address,
+      SHUTDOWN_GRACE_MS: "6000",
+    });
+    const channel = createChannel(order.address);
+    const orders = createClient(OrderService, channel);
+    const { order: placed } = await orders.placeOrder(
+      { idempotencyKey: "drain-watch", items: [{ productId: "coffee-beans", quantity: 1 }], cardToken: "tok_visa" },
+      who,
+    );
+    const seen: OrderStatus[] = [];
+    const watch = (async () => {
+      for await (const m of orders.watchOrder({ orderId: placed?.id ?? "" }, { ...who, timeoutMs: 30_000 })) {
+        seen.push(m.order?.status ?? OrderStatus.UNSPECIFIED);
+      }
+    })();
+    while (seen.length === 0) await new Promise((r) => setTimeout(r, 20));
+    const signalled = Date.now();
+    const code = order.kill("SIGTERM");
+    const ended = await outcome(watch, signalled);
+    const exitedAfter = { code: await code, ms: Date.now() - signalled };
+    channel.close();
+    expect(ended.code).toBe(Code[Code.UNAVAILABLE]);
+    expect(ended.ms).toBeLessThan(2_000);
+    expect(exitedAfter.code).toBe(0);
+    expect(exitedAfter.ms).toBeLessThan(4_000);
+  }, 60_000);
+});
+
+describe("the order service told SIGTERM mid-burst", () => {
+  it("exits 0, and after a restart every accepted order ends with stock and payments adding up", async () => {
+    using dir = tempDir();
+    const dbs = new TestDatabases(dir.path);
+    await using inventory = await spawnService("inventory", await dbs.env("inventory"));
+    await using payment = await spawnService("payment", { ...(await dbs.env("payment")), FAULT_LATENCY_MS: "150" });
+    const orderEnv = {
+      ...(await dbs.env("order")),
+      SAGA_LEASE_MS: "1000",
+      INVENTORY_TARGET: inventory.address,
+      PAYMENT_TARGET: payment.address,
+      SAGA_RETRY_BASE_MS: "20",
+      SAGA_RETRY_MAX_MS: "200",
+    };
+    let order = await spawnService("order", orderEnv);
+    let channel = createChannel(order.address);
+    const products = ["coffee-beans", "ceramic-mug", "hand-grinder", "limited-print", "paper-filters"];
+    const place = (i: number) =>
+      createClient(OrderService, channel).placeOrder(
+        {
+          idempotencyKey: `drain-${i}`,
+          items: [{ productId: products[i % products.length] ?? "coffee-beans", quantity: 1 + (i % 3) }],
+          cardToken: i % 7 === 0 ? "tok_decline" : "tok_visa",
+        },
+        who,
+      );
+    // Some accepted before the signal, some racing it: each is accepted (and must end) or refused UNAVAILABLE.
+    const first = await Promise.all(Array.from({ length: 30 }, (_, i) => place(i)));
+    const racing = Array.from({ length: 30 }, (_, i) =>
+      place(30 + i).then(
+        (r) => r,
+        (e: unknown) => e,
+      ),
+    );
+    await new Promise((r) => setTimeout(r, 100));
+    const signalled = Date.now();
+    expect(await order.kill("SIGTERM"), order.output()).toBe(0);
+    expect(Date.now() - signalled).toBeLessThan(8_000);
+    const raced = await Promise.all(racing);
+    channel.close();
+    const accepted = [...first.map((r) => r.order?.id ?? "")];
+    for (const r of raced) {
+      if (r instanceof RpcError) expect(r.codeName).toBe(Code[Code.UNAVAILABLE]);
+      else accepted.push((r as (typeof first)[number]).order?.id ?? "");
+    }
+
+    order = await spawnService("order", orderEnv);
+    await using _restarted = order;
+    channel = createChannel(order.address);
+    const orders = createClient(OrderService, channel);
+    const final = await Promise.all(
+      accepted.map(async (orderId) => {
+        let last: OrderStatus = OrderStatus.UNSPECIFIED;
+        for await (const m of orders.watchOrder({ orderId }, { ...who, timeoutMs: 60_000 })) {
+          last = m.order?.status ?? last;
+        }
+        return { orderId, status: last };
+      }),
+    );
+    channel.close();
+    for (const f of final) expect([OrderStatus.CONFIRMED, OrderStatus.CANCELLED]).toContain(f.status);
+    const outcome = await expectCheckoutInvariants({
+      order: await dbs.location("order"),
+      payment: await dbs.location("payment"),
+      inventory: await dbs.location("inventory"),
+    });
+    expect(outcome.confirmed).toEqual(
+      new Set(final.filter((f) => f.status === OrderStatus.CONFIRMED).map((f) => f.orderId)),
+    );
+  }, 120_000);
+});
