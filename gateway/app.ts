@@ -1,4 +1,5 @@
 /** Wires the gateway: upstream clients (built once), routes, composition, auth, limits, HTTP front. */
+import { Code, ConnectError } from "@connectrpc/connect";
 import { GatewayService, OperatorService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
 import {
   type AppTelemetry,
@@ -55,13 +56,14 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     faultsEnabled: config.FAULT_INJECTION,
     timeoutMs: config.COMPOSITION_TIMEOUT_MS,
   });
+  const draining = new AbortController();
   const front = await startFront({
     host: config.HTTP_HOST,
     port: config.HTTP_PORT,
     log,
     telemetry,
     routes: (router) => {
-      registerRoutes(router, ROUTES, clients);
+      registerRoutes(router, ROUTES, clients, draining.signal);
       router.service(GatewayService, composition);
       router.service(OperatorService, operator.service);
       // The operator's methods are routed (for admins); SetServiceFaults only exists with FAULT_INJECTION.
@@ -104,6 +106,7 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     ...front,
     telemetry,
     async stop() {
+      draining.abort(new ConnectError("the gateway is shutting down: call again", Code.Unavailable));
       await front.stop(config.SHUTDOWN_GRACE_MS);
       for (const c of Object.values(clients)) c.close();
       operator.close();

@@ -107,11 +107,15 @@ export function toConnectError(
   return new ConnectError(err.message, code, headers, details, err);
 }
 
-/** Registers a forwarding handler for every routed method. */
+/**
+ * Registers a forwarding handler for every routed method. Once `shutdown` is aborted, a stream being
+ * forwarded ends Unavailable at once (its upstream call cancelled), for its client to call again.
+ */
 export function registerRoutes(
   router: ConnectRouter,
   routes: readonly Route[],
   clients: Record<Upstream, UpstreamClient>,
+  shutdown?: AbortSignal,
 ): void {
   for (const route of routes) {
     for (const name of route.methods) {
@@ -138,10 +142,13 @@ export function registerRoutes(
       } else if (method.methodKind === "server_streaming") {
         rpc(method, async function* (req: unknown, ctx: HandlerContext) {
           authorize(ctx);
+          // A WatchOrder lasts as long as its saga, longer than any drain: held, it kept the gateway to
+          // its grace at every rollout, then was cut without a status. Its reason is the answer.
+          const signal = shutdown ? AbortSignal.any([ctx.signal, shutdown]) : ctx.signal;
           try {
-            yield* call(req, upstreamOptions(ctx)) as AsyncIterable<never>;
+            yield* call(req, { ...upstreamOptions(ctx), signal }) as AsyncIterable<never>;
           } catch (err) {
-            throw toConnectError(err, route.upstream, ctx.signal, expiredOf(ctx));
+            throw toConnectError(err, route.upstream, signal, expiredOf(ctx));
           }
         });
       }

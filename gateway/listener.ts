@@ -53,9 +53,8 @@ export interface Listener {
   /** Open connections right now. */
   connections(): number;
   /**
-   * Stops accepting, asks HTTP/2 clients to go away and closes idle
-   * HTTP/1.1 connections, waits up to `graceMs` for calls in progress, then
-   * cuts the rest.
+   * Stops accepting, asks HTTP/2 clients to go away and closes idle HTTP/1.1 connections (and each
+   * one once its answer is sent), waits up to `graceMs` for calls in progress, then cuts the rest.
    */
   stop(graceMs: number): Promise<void>;
 }
@@ -339,7 +338,10 @@ export async function listen(o: ListenerOptions, handle: Handler): Promise<Liste
       h2.close();
       for (const s of sessions) s.close(); // GOAWAY: no new calls; calls in progress may finish
       const deadline = Date.now() + graceMs;
-      while (sockets.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
+      for (; sockets.size > 0 && Date.now() < deadline; await new Promise((r) => setTimeout(r, 25))) {
+        h1.closeIdleConnections(); // one kept alive past its answer: closed once idle, not held to the grace
+      }
+      if (sockets.size > 0) o.log.warn({ connections: sockets.size, graceMs }, "drain timed out; closing connections");
       for (const s of sockets) s.destroy();
       stalled.stop();
     },

@@ -167,6 +167,8 @@ export async function startFront(o: FrontOptions): Promise<RunningFront> {
     url: listener.url,
     async stop(graceMs) {
       draining = true;
+      // What the drain waits for, said while it waits: calls in progress hold their connections open.
+      o.log.info({ connections: listener.connections(), graceMs }, "draining connections");
       await listener.stop(graceMs);
     },
   };

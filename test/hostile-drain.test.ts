@@ -6,13 +6,18 @@
  * the process says what it waits for and exits 0, and after a restart every accepted order ends
  * with the checkout's invariants intact.
  */
+import http from "node:http";
 import { describe, expect, it } from "vitest";
+import { signDevToken } from "../gateway/auth.js";
+import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { Code, createChannel, createClient, identityMetadata, RpcError } from "../platform/index.js";
 import { TestDatabases } from "./db.js";
-import { spawnService, tempDir } from "./fixtures.js";
+import { spawnGateway, spawnService, tempDir } from "./fixtures.js";
 import { expectCheckoutInvariants } from "./invariants.js";
+import { connectEndStream, envelope } from "./raw.js";
+import { gatewayTargets, startSystem } from "./system.js";
 
 const who = { metadata: identityMetadata({ subject: "zoe", roles: ["customer"] }) };
 
@@ -171,4 +176,86 @@ describe("the order service told SIGTERM mid-burst", () => {
       new Set(final.filter((f) => f.status === OrderStatus.CONFIRMED).map((f) => f.orderId)),
     );
   }, 120_000);
+});
+
+/** A POST through `agent` (HTTP/1.1, kept alive): status, body, and when it ended (ms since it was sent). */
+function post(
+  agent: http.Agent,
+  url: string,
+  headers: http.OutgoingHttpHeaders,
+  body: Buffer | string,
+): Promise<{ status: number; body: Buffer; ms: number; error?: string }> {
+  const sent = Date.now();
+  return new Promise((resolve) => {
+    const req = http.request(url, { method: "POST", agent, headers }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (c: Buffer) => chunks.push(c));
+      const done = (error?: string) =>
+        resolve({
+          status: res.statusCode ?? 0,
+          body: Buffer.concat(chunks),
+          ms: Date.now() - sent,
+          ...(error ? { error } : {}),
+        });
+      res.once("end", () => done());
+      res.once("error", (e) => done(e.message));
+      res.once("aborted", () => done("aborted"));
+    });
+    req.once("error", (e) => resolve({ status: 0, body: Buffer.alloc(0), ms: Date.now() - sent, error: e.message }));
+    req.end(body);
+  });
+}
+
+describe("the gateway told SIGTERM", () => {
+  const token = () =>
+    signDevToken({ JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" }, "zoe", [
+      "customer",
+    ]);
+
+  it("finishes a call in flight on a kept-alive connection and exits 0 once it is answered, not at the grace", async () => {
+    await using sys = await startSystem();
+    await using gw = await spawnGateway({ HTTP_HOST: "127.0.0.1", ...gatewayTargets(sys), SHUTDOWN_GRACE_MS: "8000" });
+    await sys.inventoryChaos.setFaults({ faults: { latencyMs: 1500 } });
+    const agent = new http.Agent({ keepAlive: true });
+    const url = `http://127.0.0.1:${gw.port}/shopmesh.inventory.v1.InventoryService/GetProduct`;
+    const headers = { "content-type": "application/json", authorization: `Bearer ${await token()}` };
+    const inFlight = post(agent, url, headers, JSON.stringify({ productId: "coffee-beans" }));
+    await new Promise((r) => setTimeout(r, 300));
+    const signalled = Date.now();
+    const code = gw.kill("SIGTERM");
+    const answered = await inFlight;
+    const exit = await code;
+    const exitMs = Date.now() - signalled;
+    agent.destroy();
+    expect(answered.status, answered.body.toString()).toBe(200);
+    expect(exit, gw.output()).toBe(0);
+    expect(exitMs, gw.output()).toBeLessThan(4_000);
+    expect(entries(gw.output()).find((e) => e.msg === "draining connections")).toMatchObject({ connections: 1 });
+  }, 60_000);
+
+  it("ends a WatchOrder stream it forwards with a retryable end (unavailable) at once, not a cut at the grace", async () => {
+    await using sys = await startSystem();
+    await using gw = await spawnGateway({ HTTP_HOST: "127.0.0.1", ...gatewayTargets(sys), SHUTDOWN_GRACE_MS: "6000" });
+    await sys.paymentChaos.setFaults({ faults: { latencyMs: 60_000 } });
+    const { order } = await sys.orders.placeOrder(
+      { idempotencyKey: "drain-gw-watch", items: [{ productId: "coffee-beans", quantity: 1 }], cardToken: "tok_visa" },
+      sys.as("zoe"),
+    );
+    const agent = new http.Agent({ keepAlive: true });
+    const url = `http://127.0.0.1:${gw.port}/shopmesh.order.v1.OrderService/WatchOrder`;
+    const headers = { "content-type": "application/connect+json", authorization: `Bearer ${await token()}` };
+    const watch = post(agent, url, headers, envelope(Buffer.from(JSON.stringify({ orderId: order?.id }))));
+    await new Promise((r) => setTimeout(r, 500));
+    const signalled = Date.now();
+    const code = gw.kill("SIGTERM");
+    const ended = await watch;
+    const endedMs = Date.now() - signalled;
+    const exit = await code;
+    agent.destroy();
+    await sys.paymentChaos.setFaults({ faults: {} });
+    expect(ended.error, gw.output()).toBeUndefined();
+    expect(connectEndStream(ended.body)?.error?.code).toBe("unavailable");
+    expect(endedMs).toBeLessThan(2_000);
+    expect(exit, gw.output()).toBe(0);
+  }, 60_000);
 });
