@@ -8,14 +8,27 @@
  */
 import http from "node:http";
 import { describe, expect, it } from "vitest";
+import { EVENTS } from "../contracts/events.js";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
+import { OrderConfirmedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
-import { Code, createChannel, createClient, identityMetadata, RpcError } from "../platform/index.js";
-import { TestDatabases } from "./db.js";
+import {
+  Code,
+  connectBus,
+  createChannel,
+  createClient,
+  identityMetadata,
+  RpcError,
+  silentLogger,
+  sql,
+} from "../platform/index.js";
+import { TestDatabases, withDb } from "./db.js";
+import { consumerSettled, event, publishEvents } from "./events.js";
 import { spawnGateway, spawnService, tempDir } from "./fixtures.js";
 import { expectCheckoutInvariants } from "./invariants.js";
+import { startNats } from "./nats.js";
 import { connectEndStream, envelope } from "./raw.js";
 import { gatewayTargets, startSystem } from "./system.js";
 
@@ -65,6 +78,32 @@ describe("a service told SIGTERM", () => {
     channel.close();
     const draining = entries(inventory.output()).find((e) => e.msg === "draining calls in flight");
     expect(draining, inventory.output()).toMatchObject({ calls: 1 });
+  }, 30_000);
+});
+
+describe("a service whose drain outlasts its grace", () => {
+  it("cuts the call still in flight with a retryable UNAVAILABLE, says so, and exits 0", async () => {
+    using dir = tempDir();
+    const dbs = new TestDatabases(dir.path);
+    await using inventory = await spawnService("inventory", {
+      ...(await dbs.env("inventory")),
+      FAULT_LATENCY_MS: "20000",
+      SHUTDOWN_GRACE_MS: "1000",
+    });
+    const channel = createChannel(inventory.address);
+    const started = Date.now();
+    const inFlight = outcome(
+      createClient(InventoryService, channel).getProduct({ productId: "coffee-beans" }, { timeoutMs: 30_000 }),
+      started,
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    const signalled = Date.now();
+    expect(await inventory.kill("SIGTERM"), inventory.output()).toBe(0);
+    expect(Date.now() - signalled).toBeLessThan(4_000);
+    expect((await inFlight).code).toBe(Code[Code.UNAVAILABLE]);
+    channel.close();
+    const timedOut = entries(inventory.output()).find((e) => e.msg === "drain timed out; cancelling in-flight calls");
+    expect(timedOut, inventory.output()).toMatchObject({ calls: 1 });
   }, 30_000);
 });
 
@@ -258,4 +297,44 @@ describe("the gateway told SIGTERM", () => {
     expect(endedMs).toBeLessThan(2_000);
     expect(exit, gw.output()).toBe(0);
   }, 60_000);
+});
+
+describe("a consumer told SIGTERM mid-handler", () => {
+  it("exits 0 within its grace, and the event, redelivered after the restart, takes effect once", async () => {
+    await using nats = await startNats();
+    using dir = tempDir();
+    const dbs = new TestDatabases(dir.path);
+    const env = { ...(await dbs.env("notification")), NATS_URL: nats.url, SHUTDOWN_GRACE_MS: "3000" };
+    const bus = await connectBus(nats.url, "drain-consumer-test", silentLogger(), { streams: EVENTS.streams });
+    try {
+      // The handler waits 30 s (injected latency) before it writes: the signal finds it mid-way.
+      const slow = await spawnService("notification", { ...env, FAULT_LATENCY_MS: "30000" });
+      const [eventId = ""] = await publishEvents(bus, [
+        event(OrderConfirmedSchema, "ord-drain-1", {
+          customerId: "hana",
+          total: { currencyCode: "USD", amountMinor: 1999n },
+          paymentId: "pay_drain",
+        }),
+      ]);
+      for (let i = 0; ; i++) {
+        const info = await bus.jsm.consumers.info("ORDER", "notification-order");
+        if (info.num_ack_pending === 1) break;
+        if (i > 200) throw new Error("the event never reached the handler");
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      const signalled = Date.now();
+      expect(await slow.kill("SIGTERM"), slow.output()).toBe(0);
+      expect(Date.now() - signalled, slow.output()).toBeLessThan(8_000);
+      await bus.jsm.consumers.update("ORDER", "notification-order", { ack_wait: 1e9 });
+      await using restarted = await spawnService("notification", env);
+      await consumerSettled(bus, "ORDER", "notification-order", 20_000);
+      const rows = await withDb(await dbs.location("notification"), (db) =>
+        db.all(sql<{ id: string }>`SELECT id FROM notifications WHERE event_id = ${eventId}`),
+      );
+      expect(rows).toHaveLength(1);
+      expect(await restarted.kill("SIGTERM")).toBe(0);
+    } finally {
+      await bus.close();
+    }
+  }, 90_000);
 });
