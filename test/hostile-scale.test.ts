@@ -261,6 +261,38 @@ describe("replicas of order, payment and inventory SIGKILLed mid-burst, both sag
   }, 300_000);
 });
 
+describe("a rolling update mid-burst: a replica of payment, order and inventory SIGTERMed in turn, its successor up first", () => {
+  it("each drains and exits 0 with no error logged, no client call fails, every invariant holds, every effect once", async () => {
+    const run = burst("rollout", 240);
+    const stopped: ServiceProcess[] = [];
+    // As a Deployment with maxSurge 1 and maxUnavailable 0 rolls: the new pod is ready before the old one's SIGTERM.
+    for (const name of ["payment", "order", "inventory"] as const) {
+      await new Promise((r) => setTimeout(r, 1_000));
+      const list = replicas[name] as ServiceProcess[];
+      const old = list[0] as ServiceProcess;
+      list[0] = await startReplica(name);
+      expect(await old.kill("SIGTERM"), `${name} exit code\n${old.output()}`).toBe(0);
+      stopped.push(old);
+    }
+    const { placed, failures } = await run;
+    expect(failures).toEqual([]);
+    expect(new Set(placed).size).toBe(240);
+    await allSettled();
+    const outcome = await expectCheckoutInvariants(dbs);
+    expect(outcome.confirmed.size + outcome.cancelled.size).toBeGreaterThanOrEqual(240);
+    await expectFencedStepLog(dbs.order);
+    await expectEffectsOnce();
+    for (const p of stopped) {
+      const errors = p
+        .output()
+        .split("\n")
+        .filter((l) => /"level":(50|60)/.test(l));
+      expect(errors, p.address).toEqual([]);
+      expect(p.output(), p.address).toContain('"msg":"draining calls in flight"');
+    }
+  }, 300_000);
+});
+
 /** Ends every backend of `roles` (as an operator's pg_terminate_backend would); how many. */
 async function terminate(roles: readonly string[]): Promise<number> {
   const c = new pg.Client({ connectionString: `postgres://postgres@127.0.0.1:${server.port}/${dbName}` });
