@@ -95,6 +95,23 @@ export interface Host<P = undefined> {
   stop(): Promise<void>;
 }
 
+/**
+ * Waits for the event machinery to stop — a handler in progress finishes first — until the stop's grace
+ * (`deadline`, from performance.now()) runs out, a second at least, saying so while it waits. A handler
+ * held there (a lock, a slow disk, injected latency) kept the process past its grace without a word, to
+ * be killed (Kubernetes, `make run`). Left, its event is not acknowledged: redelivered, applied once.
+ */
+async function eventsStopped(stopping: Promise<void>, deadline: number, log: Logger): Promise<void> {
+  const done = stopping.then(() => "done" as const);
+  const after = (ms: number) => new Promise<"late">((r) => setTimeout(r, ms, "late").unref());
+  if ((await Promise.race([done, after(100)])) === "done") return;
+  const waitMs = Math.round(Math.max(1_000, deadline - performance.now()));
+  log.info({ waitMs }, "waiting for the event handlers in progress");
+  if ((await Promise.race([done, after(waitMs)])) === "done") return;
+  log.warn({ waitMs }, "event handlers still running at the end of the grace: left, their events are redelivered");
+  done.catch((err: unknown) => log.warn({ err }, "stopping the event handlers failed"));
+}
+
 /** Starts a service: telemetry, events, server, registration. A failed start releases what it started. */
 export async function startHost<P = undefined>(o: HostOptions<P>): Promise<Host<P>> {
   const { config, log } = o;
@@ -143,10 +160,11 @@ export async function startHost<P = undefined>(o: HostOptions<P>): Promise<Host<
       // Once: a second stop (a test that stopped a service, then its system) waits for the first.
       stop() {
         stopped ??= (async () => {
+          const deadline = performance.now() + config.SHUTDOWN_GRACE_MS;
           await registration?.stop();
           await server.stop(config.SHUTDOWN_GRACE_MS);
           await o.stopApp?.(parts);
-          await running.stop();
+          await eventsStopped(running.stop(), deadline, log);
           await o.close();
           await telemetry.close();
         })();

@@ -322,9 +322,11 @@ describe("a consumer told SIGTERM mid-handler", () => {
         if (i > 200) throw new Error("the event never reached the handler");
         await new Promise((r) => setTimeout(r, 25));
       }
+      await new Promise((r) => setTimeout(r, 500)); // in the handler now, in its injected latency
       const signalled = Date.now();
       expect(await slow.kill("SIGTERM"), slow.output()).toBe(0);
       expect(Date.now() - signalled, slow.output()).toBeLessThan(8_000);
+      expect(slow.output()).toContain('"msg":"waiting for the event handlers in progress"');
       await bus.jsm.consumers.update("ORDER", "notification-order", { ack_wait: 1e9 });
       await using restarted = await spawnService("notification", env);
       await consumerSettled(bus, "ORDER", "notification-order", 20_000);
