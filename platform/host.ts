@@ -96,20 +96,24 @@ export interface Host<P = undefined> {
 }
 
 /**
- * Waits for the event machinery to stop — a handler in progress finishes first — until the stop's grace
- * (`deadline`, from performance.now()) runs out, a second at least, saying so while it waits. A handler
- * held there (a lock, a slow disk, injected latency) kept the process past its grace without a word, to
- * be killed (Kubernetes, `make run`). Left, its event is not acknowledged: redelivered, applied once.
+ * Waits for a step of the stop (`what`: the event handlers in progress, the database's close) until the
+ * stop's grace (`deadline`, from performance.now()) runs out, a second at least, saying so while it
+ * waits; then leaves it (`left` says why that is safe) for the process to exit. A handler held there
+ * (a lock an operator's transaction holds, a slow disk, injected latency) and then the pool's close,
+ * which waits for that handler's connection, kept the process past its grace without a word, until
+ * killed (Kubernetes, `make run`).
  */
-async function eventsStopped(stopping: Promise<void>, deadline: number, log: Logger): Promise<void> {
-  const done = stopping.then(() => "done" as const);
+async function stepWithin(step: () => Promise<void> | void, deadline: number, log: Logger, what: string, left: string) {
+  const done = Promise.resolve()
+    .then(step)
+    .then(() => "done" as const);
   const after = (ms: number) => new Promise<"late">((r) => setTimeout(r, ms, "late").unref());
   if ((await Promise.race([done, after(100)])) === "done") return;
   const waitMs = Math.round(Math.max(1_000, deadline - performance.now()));
-  log.info({ waitMs }, "waiting for the event handlers in progress");
+  log.info({ waitMs }, `waiting for ${what}`);
   if ((await Promise.race([done, after(waitMs)])) === "done") return;
-  log.warn({ waitMs }, "event handlers still running at the end of the grace: left, their events are redelivered");
-  done.catch((err: unknown) => log.warn({ err }, "stopping the event handlers failed"));
+  log.warn({ waitMs }, `${what}: still not done at the end of the grace; ${left}`);
+  done.catch((err: unknown) => log.warn({ err }, `${what}: failed`));
 }
 
 /** Starts a service: telemetry, events, server, registration. A failed start releases what it started. */
@@ -164,8 +168,10 @@ export async function startHost<P = undefined>(o: HostOptions<P>): Promise<Host<
           await registration?.stop();
           await server.stop(config.SHUTDOWN_GRACE_MS);
           await o.stopApp?.(parts);
-          await eventsStopped(running.stop(), deadline, log);
-          await o.close();
+          const redelivered = "left: their events, never acknowledged, are redelivered";
+          await stepWithin(() => running.stop(), deadline, log, "the event handlers in progress", redelivered);
+          const rolledBack = "left: what its connections hold rolls back as the process exits";
+          await stepWithin(o.close, deadline, log, "the database to close", rolledBack);
           await telemetry.close();
         })();
         return stopped;

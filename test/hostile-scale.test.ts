@@ -570,3 +570,42 @@ describe("an order replica whose clock is two minutes ahead dies holding its out
     await expectEffectsOnce();
   }, 120_000);
 });
+
+describe("the notification replica told SIGTERM while its handler waits on a lock an operator's transaction holds", () => {
+  it("exits within its grace, saying what it left; once the lock is gone every event takes effect once", async () => {
+    const list = replicas.notification as ServiceProcess[];
+    expect(await list[0]?.kill("SIGTERM")).toBe(0);
+    const held = await spawnService("notification", { ...envOf("notification"), SHUTDOWN_GRACE_MS: "2000" }, 90_000);
+    started.push(held);
+    list[0] = held;
+    const operator = new pg.Client({ connectionString: `postgres://postgres@127.0.0.1:${server.port}/${dbName}` });
+    await operator.connect();
+    try {
+      await operator.query("BEGIN");
+      await operator.query("LOCK TABLE shopmesh_notification.notifications IN EXCLUSIVE MODE");
+      const { failures } = await burst("locked", 20);
+      expect(failures).toEqual([]);
+      const waiting = async () => {
+        const { rows } = await operator.query<{ n: string }>(
+          "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE usename = 'notification' AND wait_event_type = 'Lock'",
+        );
+        return Number(rows[0]?.n ?? 0);
+      };
+      await expect.poll(waiting, { timeout: 60_000, interval: 100 }).toBeGreaterThan(0);
+      const signalled = Date.now();
+      const code = await Promise.race([
+        held.kill("SIGTERM"),
+        new Promise((r) => setTimeout(r, 15_000, "still running 15 s after SIGTERM")),
+      ]);
+      expect(code, held.output()).toBe(0);
+      expect(Date.now() - signalled).toBeLessThan(6_000);
+      expect(held.output()).toContain('"msg":"waiting for the event handlers in progress"');
+    } finally {
+      await operator.query("COMMIT").catch(() => {});
+      await operator.end();
+    }
+    await revive();
+    await allSettled();
+    await expectEffectsOnce();
+  }, 180_000);
+});
