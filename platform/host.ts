@@ -96,22 +96,26 @@ export interface Host<P = undefined> {
 }
 
 /**
- * Waits for a step of the stop (`what`: the event handlers in progress, the database's close) until the
- * stop's grace (`deadline`, from performance.now()) runs out, a second at least, saying so while it
- * waits; then leaves it (`left` says why that is safe) for the process to exit. A handler held there
- * (a lock an operator's transaction holds, a slow disk, injected latency) and then the pool's close,
- * which waits for that handler's connection, kept the process past its grace without a word, until
- * killed (Kubernetes, `make run`).
+ * Waits for a step of the stop (`what`: the app's own work, the event handlers in progress, the
+ * database's close) until the stop's grace (`deadline`, from performance.now()) runs out, a second at
+ * least, saying so while it waits; then leaves it (`left` says why that is safe) for the process to exit. A handler held there
+ * (a lock an operator's transaction holds, a slow disk, injected latency), the saga sweep behind such a
+ * lock, and then the pool's close, which waits for their connections, kept the process past its grace
+ * without a word, until killed (Kubernetes, `make run`).
  */
 async function stepWithin(step: () => Promise<void> | void, deadline: number, log: Logger, what: string, left: string) {
   const done = Promise.resolve()
     .then(step)
     .then(() => "done" as const);
-  const after = (ms: number) => new Promise<"late">((r) => setTimeout(r, ms, "late").unref());
-  if ((await Promise.race([done, after(100)])) === "done") return;
+  let timer: NodeJS.Timeout | undefined;
+  const by = (ms: number) =>
+    Promise.race([done, new Promise<"late">((r) => (timer = setTimeout(r, ms, "late")))]).finally(() =>
+      clearTimeout(timer),
+    );
+  if ((await by(100)) === "done") return;
   const waitMs = Math.round(Math.max(1_000, deadline - performance.now()));
   log.info({ waitMs }, `waiting for ${what}`);
-  if ((await Promise.race([done, after(waitMs)])) === "done") return;
+  if ((await by(waitMs)) === "done") return;
   log.warn({ waitMs }, `${what}: still not done at the end of the grace; ${left}`);
   done.catch((err: unknown) => log.warn({ err }, `${what}: failed`));
 }
@@ -167,7 +171,8 @@ export async function startHost<P = undefined>(o: HostOptions<P>): Promise<Host<
           const deadline = performance.now() + config.SHUTDOWN_GRACE_MS;
           await registration?.stop();
           await server.stop(config.SHUTDOWN_GRACE_MS);
-          await o.stopApp?.(parts);
+          const adopted = "left: what it holds (saga leases) runs out and is taken over, as after a crash";
+          await stepWithin(() => o.stopApp?.(parts), deadline, log, "the service's own work to stop", adopted);
           const redelivered = "left: their events, never acknowledged, are redelivered";
           await stepWithin(() => running.stop(), deadline, log, "the event handlers in progress", redelivered);
           const rolledBack = "left: what its connections hold rolls back as the process exits";

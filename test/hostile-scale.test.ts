@@ -310,6 +310,8 @@ async function terminate(roles: readonly string[]): Promise<number> {
 
 describe("every backend of order, payment and inventory terminated while they relay, again and again", () => {
   it("the replicas reconnect; nothing is published twice or dropped, every invariant holds", async () => {
+    // The replicas running now (those a rollout above stopped, exiting 0, are not among them).
+    const running = started.filter((p) => p.child.exitCode === null && p.child.signalCode === null);
     const run = burst("terminated", 200);
     let ended = 0;
     for (let i = 0; i < 6; i++) {
@@ -321,7 +323,7 @@ describe("every backend of order, payment and inventory terminated while they re
     expect(failures).toEqual([]);
     expect(new Set(placed).size).toBe(200);
     expect(
-      started.filter((p) => p.child.exitCode !== null),
+      running.filter((p) => p.child.exitCode !== null),
       "no replica died of it",
     ).toEqual([]);
     await allSettled();
@@ -607,5 +609,59 @@ describe("the notification replica told SIGTERM while its handler waits on a loc
     await revive();
     await allSettled();
     await expectEffectsOnce();
+  }, 180_000);
+});
+
+describe("an order replica told SIGTERM while an operator's transaction locks the orders its calls and sagas write", () => {
+  it("exits 0 soon after its grace, saying what it left; once the lock is gone every order placed ends", async () => {
+    const extra = await spawnService("order", { ...envOf("order"), SHUTDOWN_GRACE_MS: "2000" }, 90_000);
+    started.push(extra);
+    const operator = new pg.Client({ connectionString: `postgres://postgres@127.0.0.1:${server.port}/${dbName}` });
+    await operator.connect();
+    const channel = createChannel(extra.address);
+    const req = (i: number) => ({
+      idempotencyKey: `order-locked-${i}`,
+      items: [{ productId: PRODUCTS[i % PRODUCTS.length] ?? "coffee-beans", quantity: 1 }],
+      cardToken: "tok_visa",
+    });
+    try {
+      await operator.query("BEGIN");
+      await operator.query("LOCK TABLE shopmesh_order.orders IN EXCLUSIVE MODE");
+      const placing = Array.from({ length: 5 }, (_, i) =>
+        createClient(OrderService, channel)
+          .placeOrder(req(i), { ...who("locked"), timeoutMs: 30_000 })
+          .catch((e: unknown) => e),
+      );
+      const waiting = async () => {
+        const { rows } = await operator.query<{ n: string }>(
+          "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE usename = 'order' AND wait_event_type = 'Lock'",
+        );
+        return Number(rows[0]?.n ?? 0);
+      };
+      await expect.poll(waiting, { timeout: 60_000, interval: 100 }).toBeGreaterThan(0);
+      const signalled = Date.now();
+      const code = await Promise.race([
+        extra.kill("SIGTERM"),
+        new Promise((r) => setTimeout(r, 20_000, "still running 20 s after SIGTERM")),
+      ]);
+      expect(code, extra.output()).toBe(0);
+      expect(Date.now() - signalled).toBeLessThan(8_000);
+      expect(extra.output()).toContain(`"msg":"waiting for the service's own work to stop"`);
+      // Cut at the grace: refused retryably, so a client calls again (below, on another replica).
+      for (const r of await Promise.all(placing)) expect((r as RpcError).codeName).toBe("UNAVAILABLE");
+    } finally {
+      channel.close();
+      await operator.query("COMMIT").catch(() => {});
+      await operator.end();
+    }
+    const orders = orderClient();
+    try {
+      for (let i = 0; i < 5; i++) await orders.placeOrder(req(i), { ...who("locked"), timeoutMs: 30_000 });
+    } finally {
+      orders.close();
+    }
+    await allSettled();
+    await expectCheckoutInvariants(dbs);
+    await expectFencedStepLog(dbs.order);
   }, 180_000);
 });
