@@ -7,7 +7,7 @@
  * the history role while orders keep flowing. Invariants are read from the databases afterwards, as
  * the superuser; what the services do, they do as their roles.
  */
-import { execFileSync } from "node:child_process";
+import { type ChildProcess, execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import pg from "pg";
@@ -573,6 +573,25 @@ describe("an order replica whose clock is two minutes ahead dies holding its out
   }, 120_000);
 });
 
+/**
+ * How many backends of `role` wait on a lock (of kind `event`, e.g. "advisory", when given), read on a
+ * connection of its own: a transaction sees pg_stat_activity as it was at its first read.
+ */
+async function lockWaiters(role: string, event?: string): Promise<number> {
+  const c = new pg.Client({ connectionString: `postgres://postgres@127.0.0.1:${server.port}/${dbName}` });
+  await c.connect();
+  try {
+    const { rows } = await c.query<{ n: string }>(
+      `SELECT COUNT(*) AS n FROM pg_stat_activity
+        WHERE usename = $1 AND wait_event_type = 'Lock' AND ($2::text IS NULL OR wait_event = $2)`,
+      [role, event ?? null],
+    );
+    return Number(rows[0]?.n ?? 0);
+  } finally {
+    await c.end();
+  }
+}
+
 describe("the notification replica told SIGTERM while its handler waits on a lock an operator's transaction holds", () => {
   it("exits within its grace, saying what it left; once the lock is gone every event takes effect once", async () => {
     const list = replicas.notification as ServiceProcess[];
@@ -587,12 +606,7 @@ describe("the notification replica told SIGTERM while its handler waits on a loc
       await operator.query("LOCK TABLE shopmesh_notification.notifications IN EXCLUSIVE MODE");
       const { failures } = await burst("locked", 20);
       expect(failures).toEqual([]);
-      const waiting = async () => {
-        const { rows } = await operator.query<{ n: string }>(
-          "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE usename = 'notification' AND wait_event_type = 'Lock'",
-        );
-        return Number(rows[0]?.n ?? 0);
-      };
+      const waiting = () => lockWaiters("notification");
       await expect.poll(waiting, { timeout: 60_000, interval: 100 }).toBeGreaterThan(0);
       const signalled = Date.now();
       const code = await Promise.race([
@@ -632,12 +646,7 @@ describe("an order replica told SIGTERM while an operator's transaction locks th
           .placeOrder(req(i), { ...who("locked"), timeoutMs: 30_000 })
           .catch((e: unknown) => e),
       );
-      const waiting = async () => {
-        const { rows } = await operator.query<{ n: string }>(
-          "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE usename = 'order' AND wait_event_type = 'Lock'",
-        );
-        return Number(rows[0]?.n ?? 0);
-      };
+      const waiting = () => lockWaiters("order");
       await expect.poll(waiting, { timeout: 60_000, interval: 100 }).toBeGreaterThan(0);
       const signalled = Date.now();
       const code = await Promise.race([
@@ -664,4 +673,41 @@ describe("an order replica told SIGTERM while an operator's transaction locks th
     await expectCheckoutInvariants(dbs);
     await expectFencedStepLog(dbs.order);
   }, 180_000);
+});
+
+describe("a payment replica told SIGTERM while it waits for the migration lock a sibling holds", () => {
+  it("exits 0 at once, the schema as it was; a replica started afterwards starts", async () => {
+    const operator = new pg.Client({ connectionString: `postgres://postgres@127.0.0.1:${server.port}/${dbName}` });
+    await operator.connect();
+    const version = () =>
+      withDb(admin("shopmesh_payment"), (q) => q.all(sql<{ version: number }>`SELECT version FROM schema_version`));
+    const before = await version();
+    let child: ChildProcess | undefined;
+    try {
+      await operator.query("BEGIN");
+      await operator.query("SELECT pg_advisory_xact_lock(hashtext($1))", ["shopmesh.migrate.shopmesh_payment"]);
+      const env = { ...process.env, LOG_FORMAT: "json", LOG_LEVEL: "info", GRPC_PORT: "0", ...envOf("payment") };
+      const run = runToEnd(process.execPath, ["--import", "tsx", join(ROOT, "services/payment/main.ts")], {
+        env,
+        onStart: (c) => (child = c),
+      });
+      const waiting = () => lockWaiters("payment", "advisory");
+      await expect.poll(waiting, { timeout: 60_000, interval: 100 }).toBe(1);
+      const signalled = Date.now();
+      child?.kill("SIGTERM");
+      const { code, out } = await run;
+      expect(code, out).toBe(0);
+      expect(Date.now() - signalled, out).toBeLessThan(3_000);
+    } finally {
+      if (child?.exitCode === null) child.kill("SIGKILL");
+      await operator.query("COMMIT").catch(() => {});
+      await operator.end();
+    }
+    // PostgreSQL notices the gone client only once the lock is granted (its answer then has nowhere to
+    // go): the backend waits until then, and ends, its transaction undone, having changed nothing.
+    await expect.poll(() => lockWaiters("payment", "advisory"), { timeout: 10_000, interval: 100 }).toBe(0);
+    expect(await version()).toEqual(before);
+    const after = await startReplica("payment");
+    expect(await after.kill("SIGTERM")).toBe(0);
+  }, 120_000);
 });
