@@ -108,6 +108,29 @@ export function toConnectError(
 }
 
 /**
+ * A signal aborted (with its reason) when `a` or `b` is, and `release` to call once it is no longer
+ * needed: by hand rather than AbortSignal.any, whose signals a long-lived source (the gateway's
+ * shutdown) kept alive on some Node versions, one per stream ever forwarded.
+ */
+function eitherSignal(a: AbortSignal, b: AbortSignal | undefined): { signal: AbortSignal; release: () => void } {
+  if (!b) return { signal: a, release: () => {} };
+  const ac = new AbortController();
+  const fromA = () => ac.abort(a.reason);
+  const fromB = () => ac.abort(b.reason);
+  if (a.aborted) fromA();
+  else if (b.aborted) fromB();
+  a.addEventListener("abort", fromA, { once: true });
+  b.addEventListener("abort", fromB, { once: true });
+  return {
+    signal: ac.signal,
+    release: () => {
+      a.removeEventListener("abort", fromA);
+      b.removeEventListener("abort", fromB);
+    },
+  };
+}
+
+/**
  * Registers a forwarding handler for every routed method. Once `shutdown` is aborted, a stream being
  * forwarded ends Unavailable at once (its upstream call cancelled), for its client to call again.
  */
@@ -144,11 +167,13 @@ export function registerRoutes(
           authorize(ctx);
           // A WatchOrder lasts as long as its saga, longer than any drain: held, it kept the gateway to
           // its grace at every rollout, then was cut without a status. Its reason is the answer.
-          const signal = shutdown ? AbortSignal.any([ctx.signal, shutdown]) : ctx.signal;
+          const { signal, release } = eitherSignal(ctx.signal, shutdown);
           try {
             yield* call(req, { ...upstreamOptions(ctx), signal }) as AsyncIterable<never>;
           } catch (err) {
             throw toConnectError(err, route.upstream, signal, expiredOf(ctx));
+          } finally {
+            release();
           }
         });
       }
