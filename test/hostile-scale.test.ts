@@ -698,6 +698,7 @@ describe("a payment replica told SIGTERM while it waits for the migration lock a
       const { code, out } = await run;
       expect(code, out).toBe(0);
       expect(Date.now() - signalled, out).toBeLessThan(3_000);
+      expect(out).toContain('"msg":"signal while starting: exiting"');
     } finally {
       if (child?.exitCode === null) child.kill("SIGKILL");
       await operator.query("COMMIT").catch(() => {});
