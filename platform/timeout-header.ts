@@ -47,6 +47,9 @@ function refused(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHea
     return false;
   }
   if (!timeout.error) return false;
+  // grpc-js's handler, not run here, is what hears every stream's 'error': one reset with an error
+  // code while this answer is sent would otherwise be an unhandled 'error', and end the process.
+  stream.on("error", () => {});
   if (!stream.headersSent && !stream.destroyed) {
     stream.respond(
       {

@@ -26,6 +26,8 @@ import { type Client, silentLogger } from "../platform/index.js";
 import { bind, startGrpcServer } from "../platform/server.js";
 import { type InventoryApp, startInventory } from "../services/inventory/app.js";
 import { loadConfig as inventoryConfig } from "../services/inventory/config.js";
+import { TestDatabases } from "./db.js";
+import { spawnService, tempDir } from "./fixtures.js";
 import { expectCheckoutInvariants } from "./invariants.js";
 import { connectEndStream, envelope, grpcWebTrailers, h2Request, h2Session } from "./raw.js";
 import { type ServiceUnderTest, type System, startServiceUnderTest, startSystem, startTestGateway } from "./system.js";
@@ -87,6 +89,47 @@ describe("a grpc-timeout sent to a service directly (not through the gateway)", 
     expect((await list("30S")).grpcStatus).toBe(0);
     expect((await list("00000030S")).grpcStatus).toBe(0);
   });
+
+  // The refusal answers the stream itself, before grpc-js's handler, which is what gives every
+  // stream an 'error' listener: a call reset with an error code while its refusal was being sent
+  // made the refused stream emit an 'error' nobody heard, and the service process died of it.
+  it("survives a refused call whose client resets it, with an error code, as it sends it", async () => {
+    using dir = tempDir();
+    const env = await new TestDatabases(dir.path).env("inventory");
+    await using proc = await spawnService("inventory", { GRPC_HOST: "127.0.0.1", ...env }, 60_000);
+    {
+      await using s = await h2Session(`http://${proc.address}`);
+      for (let i = 0; i < 20 && proc.child.exitCode === null; i++) {
+        const r = s.request({
+          ":method": "POST",
+          ":path": "/shopmesh.inventory.v1.InventoryService/ListProducts",
+          "content-type": "application/grpc",
+          te: "trailers",
+          "grpc-timeout": "soon",
+        });
+        r.on("error", () => {});
+        r.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+        await Promise.race([
+          new Promise((resolve) => r.on("close", resolve)),
+          new Promise((r) => setTimeout(r, 1_000)),
+        ]);
+      }
+    }
+    await new Promise((r) => setTimeout(r, 200));
+    expect(proc.child.exitCode, proc.output()).toBeNull();
+    await using s = await h2Session(`http://${proc.address}`);
+    const r = await h2Request(
+      s,
+      {
+        ":path": "/shopmesh.inventory.v1.InventoryService/ListProducts",
+        "content-type": "application/grpc",
+        te: "trailers",
+        [IDENTITY_KEYS.subject]: "alice",
+      },
+      envelope(toBinary(ListProductsRequestSchema, create(ListProductsRequestSchema))),
+    );
+    expect(r.grpcStatus, proc.output()).toBe(0);
+  }, 90_000);
 });
 
 /** A validly signed customer token for the gateway's development key. */
