@@ -26,6 +26,7 @@ import { universalResponseToNodeResponse } from "@connectrpc/connect-node";
 import { context } from "@opentelemetry/api";
 import { MAX_TIMER_MS } from "../platform/deadline.js";
 import type { Identity, Logger, Telemetry } from "../platform/index.js";
+import { clampGrpcTimeout } from "../platform/timeout-header.js";
 import { dropUnreadBody, universalRequest } from "./answer-end.js";
 import { AuthError, type Authenticator, authorizationOf } from "./auth.js";
 import { limitedBody } from "./body.js";
@@ -70,15 +71,10 @@ export interface DispatchOptions {
 /** Handles one request; `requestId` is already settled by the caller. */
 export type Dispatch = (req: NodeRequest, res: NodeResponse, requestId: string) => void;
 
-const GRPC_TIMEOUT_UNIT_MS: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1_000, m: 1, u: 1e-3, n: 1e-6 };
-
 /** Rewrites `grpc-timeout` / `connect-timeout-ms` values beyond what a Node timer holds (~24.8 days) to that maximum. */
 function clampTimeouts(headers: http.IncomingHttpHeaders): void {
   const g = headers["grpc-timeout"];
-  const m = typeof g === "string" ? /^(\d{1,8})([HMSmun])$/.exec(g) : null;
-  if (m && Number(m[1]) * (GRPC_TIMEOUT_UNIT_MS[m[2] as string] ?? 0) > MAX_TIMER_MS) {
-    headers["grpc-timeout"] = `${Math.floor(MAX_TIMER_MS / 1000)}S`; // 8 digits at most, as the spec allows
-  }
+  if (typeof g === "string") headers["grpc-timeout"] = clampGrpcTimeout(g); // as the services read it
   const c = headers["connect-timeout-ms"];
   if (typeof c === "string" && /^\d{1,10}$/.test(c) && Number(c) > MAX_TIMER_MS) {
     headers["connect-timeout-ms"] = String(MAX_TIMER_MS);

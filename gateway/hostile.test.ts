@@ -226,6 +226,13 @@ describe("5. absurd deadlines are clamped, not fatal", () => {
         envelope(productBytes()),
       );
       expect(res.grpcStatus, t).toBe(0);
+      // gRPC-Web takes the general path, which clamps the value before connect-es reads it.
+      const web = await h2Request(
+        s,
+        { ":path": GET_PRODUCT, "content-type": "application/grpc-web+proto", "grpc-timeout": t, authorization: auth },
+        envelope(productBytes()),
+      );
+      expect(grpcWebTrailers(web.body)["grpc-status"] ?? web.headers["grpc-status"], t).toBe("0");
     }
     const res = await connectJson(
       GET_PRODUCT,

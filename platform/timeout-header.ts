@@ -36,6 +36,18 @@ export function checkingTimeouts(server: grpc.Server): void {
   };
 }
 
+/** The longest `grpc-timeout` a Node timer can wait (2147483S). */
+const LONGEST = grpcTimeout(MAX_TIMER_MS);
+
+/**
+ * `value`, a `grpc-timeout`, as the longest a timer can wait ({@link MAX_TIMER_MS}) when it is a
+ * well-formed one further off than that; otherwise `value` unchanged (a malformed one included).
+ */
+export function clampGrpcTimeout(value: string): string {
+  const timeout = parseTimeout(value, MAX_TIMER_MS);
+  return timeout.error && timeout.timeoutMs !== undefined ? LONGEST : value;
+}
+
 /** Answers a gRPC call with a malformed timeout (true), or rewrites one too long for a timer. */
 function refused(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): boolean {
   const value = headers["grpc-timeout"];
@@ -43,7 +55,7 @@ function refused(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHea
   if (value === undefined || !String(headers["content-type"] ?? "").startsWith("application/grpc")) return false;
   const timeout = parseTimeout(String(value), MAX_TIMER_MS);
   if (timeout.error && timeout.timeoutMs !== undefined) {
-    headers["grpc-timeout"] = grpcTimeout(MAX_TIMER_MS);
+    headers["grpc-timeout"] = LONGEST;
     return false;
   }
   if (!timeout.error) return false;
