@@ -233,6 +233,25 @@ function unaryHandler(m: DescMethod, fn: unknown, interceptors: readonly Interce
 /** The status a stream ends with when its server shuts down: retryable, so its client calls again (elsewhere). */
 const SHUTTING_DOWN = { code: grpc.status.UNAVAILABLE, details: "the server is shutting down: call again" };
 
+/**
+ * Ends the streaming `call` UNAVAILABLE once `shutdown` is aborted (at once if it already is), after
+ * `first` (which may stop the handler). Returns what stops watching, to call once the call has ended:
+ * the signal lives as long as the server.
+ */
+export function endOnShutdown(
+  call: Pick<grpc.ServerWritableStream<unknown, unknown>, "emit">,
+  shutdown: AbortSignal | undefined,
+  first: () => void = () => {},
+): () => void {
+  const end = () => {
+    first();
+    call.emit("error", SHUTTING_DOWN);
+  };
+  if (shutdown?.aborted) end();
+  else shutdown?.addEventListener("abort", end, { once: true });
+  return () => shutdown?.removeEventListener("abort", end);
+}
+
 function streamHandler(
   m: DescMethod,
   fn: unknown,
@@ -247,17 +266,14 @@ function streamHandler(
     // once, UNAVAILABLE, for its client to watch again on another instance. Left to the drain, it held
     // the process to its grace (10 s a pod at every rollout), then was cut.
     let shut = false;
-    const end = () => {
+    const unwatchShutdown = endOnShutdown(call, shutdown, () => {
       shut = true;
       cancel();
-      call.emit("error", SHUTTING_DOWN);
-    };
+    });
     const settled = () => {
       unwatch();
-      shutdown?.removeEventListener("abort", end);
+      unwatchShutdown();
     };
-    if (shutdown?.aborted) end();
-    else shutdown?.addEventListener("abort", end, { once: true });
     runInterceptors(interceptors, ctx, async () => {
       for await (const msg of streaming(requestOf(call, m), ctx)) {
         if (ctx.signal.aborted) break;

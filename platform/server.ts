@@ -15,6 +15,7 @@ import { FaultInjector } from "./chaos.js";
 import { isStorageFailed, isStorageFull } from "./db-errors.js";
 import { toStatusObject } from "./errors.js";
 import {
+  endOnShutdown,
   grpcHandlers,
   grpcServiceDefinition,
   type Interceptor,
@@ -202,6 +203,37 @@ function refusingUndecodable(server: grpc.Server): Pick<grpc.Server, "addService
 }
 
 /**
+ * `target`, on which the libraries' streams (health's Watch, reflection's) end UNAVAILABLE once
+ * `shutdown` is aborted, as our own services' do (platform/grpc.ts): a client that checks its
+ * connections' health (grpc-go's or C-core's healthCheckConfig) keeps a Watch open on each, and
+ * every one held the drain, and the process, to its grace.
+ */
+function endingStreams(
+  target: Pick<grpc.Server, "addService">,
+  shutdown: AbortSignal,
+): Pick<grpc.Server, "addService"> {
+  return {
+    addService(service, impl) {
+      const handlers: grpc.UntypedServiceImplementation = {};
+      for (const [name, def] of Object.entries(service)) {
+        const handler = (impl[name] ?? impl[def.originalName ?? ""]) as (
+          call: grpc.ServerWritableStream<unknown, unknown>,
+        ) => void;
+        if (!def.responseStream) handlers[name] = handler as grpc.UntypedHandleCall;
+        else {
+          handlers[name] = (call: grpc.ServerWritableStream<unknown, unknown>) => {
+            // grpc-js reports every call's end as "cancelled", the answered ones too.
+            call.once("cancelled", endOnShutdown(call, shutdown));
+            handler(call);
+          };
+        }
+      }
+      target.addService(service, handlers);
+    },
+  };
+}
+
+/**
  * grpc.health.v1 for `names`, all SERVING. grpc-health-check keeps, for every service name ever
  * watched, the set of its watchers, emptied but never removed when they go: a client watching ever
  * new names (each up to the 4 MiB a message may hold) grew the heap without bound. Empty sets go now.
@@ -267,14 +299,14 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
 
   const names = opts.services.map((s) => s.service.typeName);
   const health = healthService(["", ...names]);
-  health.addToServer(refusingUndecodable(server) as grpc.Server);
+  health.addToServer(endingStreams(refusingUndecodable(server), draining.signal) as grpc.Server);
 
   const reflected = [...opts.services.map((s) => s.service), ChaosService, Health];
   const pkg = { shopmesh: { fileDescriptorProtos: fileDescriptorProtos(reflected) } };
   // The files imported for their types may declare services this server does not serve (history's
   // imports declare OrderService and PaymentService): ListServices names only the served ones.
   new ReflectionService(pkg as never, { services: reflected.map((s) => s.typeName) }).addToServer(
-    refusingUndecodable(server) as grpc.Server,
+    endingStreams(refusingUndecodable(server), draining.signal) as grpc.Server,
   );
 
   const port = await new Promise<number>((resolve, reject) => {

@@ -11,6 +11,7 @@ import { describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
+import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/health_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderConfirmedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
@@ -143,6 +144,37 @@ describe("a WatchOrder stream open when the order service is told SIGTERM", () =
     expect(exitedAfter.code).toBe(0);
     expect(exitedAfter.ms).toBeLessThan(4_000);
   }, 60_000);
+});
+
+describe("a health Watch open when a service is told SIGTERM", () => {
+  // grpc.health.v1 Watch is what a client with health checking on (grpc-go's, C-core's healthCheckConfig)
+  // keeps open on every connection: left to the drain, it held every pod to its grace.
+  it("is told NOT_SERVING, then ended UNAVAILABLE at once, and the process exits without waiting out its grace", async () => {
+    using dir = tempDir();
+    const dbs = new TestDatabases(dir.path);
+    await using inventory = await spawnService("inventory", {
+      ...(await dbs.env("inventory")),
+      SHUTDOWN_GRACE_MS: "8000",
+    });
+    const channel = createChannel(inventory.address);
+    const seen: HealthCheckResponse_ServingStatus[] = [];
+    const watch = (async () => {
+      for await (const m of createClient(Health, channel).watch({ service: "" }, { timeoutMs: 30_000 })) {
+        seen.push(m.status);
+      }
+    })();
+    while (seen.length === 0) await new Promise((r) => setTimeout(r, 20));
+    const signalled = Date.now();
+    const code = inventory.kill("SIGTERM");
+    const ended = await outcome(watch, signalled);
+    const exitedAfter = { code: await code, ms: Date.now() - signalled };
+    channel.close();
+    expect(seen).toEqual([HealthCheckResponse_ServingStatus.SERVING, HealthCheckResponse_ServingStatus.NOT_SERVING]);
+    expect(ended.code).toBe(Code[Code.UNAVAILABLE]);
+    expect(ended.ms).toBeLessThan(2_000);
+    expect(exitedAfter.code, inventory.output()).toBe(0);
+    expect(exitedAfter.ms, inventory.output()).toBeLessThan(4_000);
+  }, 30_000);
 });
 
 describe("the order service told SIGTERM mid-burst", () => {
