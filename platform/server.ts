@@ -18,6 +18,7 @@ import {
   endOnShutdown,
   grpcHandlers,
   grpcServiceDefinition,
+  type InFlight,
   type Interceptor,
   NO_CHANNELZ,
   type ServiceImpl,
@@ -89,26 +90,6 @@ function callLogger(): Interceptor {
       }
       throw err;
     }
-  };
-}
-
-/** Counts the business calls in progress, unary and streams apart, for the drain to say what it waits for. */
-function callsInFlight(): { interceptor: Interceptor; now: () => { calls: number; streams: number } } {
-  let calls = 0;
-  let streams = 0;
-  return {
-    interceptor: async (ctx, next) => {
-      const stream = ctx.method.methodKind !== "unary";
-      if (stream) streams++;
-      else calls++;
-      try {
-        return await next();
-      } finally {
-        if (stream) streams--;
-        else calls--;
-      }
-    },
-    now: () => ({ calls, streams }),
   };
 }
 
@@ -271,9 +252,10 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
         ),
       ]
     : [];
-  const inFlight = callsInFlight();
+  // The business calls in progress, for the drain to say what it waits for.
+  const inFlight: InFlight = { calls: 0, streams: 0 };
   const draining = new AbortController();
-  const business = [inFlight.interceptor, ...observed, callLogger(), ...(opts.interceptors ?? []), faults.interceptor];
+  const business = [...observed, callLogger(), ...(opts.interceptors ?? []), faults.interceptor];
   for (const { service, impl } of opts.services) {
     server.addService(
       grpcServiceDefinition(service),
@@ -281,6 +263,7 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
         log: opts.log,
         interceptors: business,
         shutdown: draining.signal,
+        inFlight,
       }),
     );
   }
@@ -322,10 +305,10 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
       for (const n of ["", ...names]) health.setStatus(n, "NOT_SERVING");
       const started = performance.now();
       // What the drain waits for, said while it waits: streams end now (UNAVAILABLE), unary calls may finish.
-      opts.log.info({ ...inFlight.now(), graceMs }, "draining calls in flight");
+      opts.log.info({ ...inFlight, graceMs }, "draining calls in flight");
       draining.abort();
       const timer = setTimeout(() => {
-        opts.log.warn({ ...inFlight.now(), graceMs }, "drain timed out; cancelling in-flight calls");
+        opts.log.warn({ ...inFlight, graceMs }, "drain timed out; cancelling in-flight calls");
         server.forceShutdown();
         resolve();
       }, graceMs);
