@@ -52,10 +52,7 @@ export interface Listener {
   readonly url: string;
   /** Open connections right now. */
   connections(): number;
-  /**
-   * Stops accepting, asks HTTP/2 clients to go away and closes idle HTTP/1.1 connections (and each
-   * one once its answer is sent), waits up to `graceMs` for calls in progress, then cuts the rest.
-   */
+  /** Stops accepting, GOAWAY to HTTP/2, HTTP/1.1 closed once idle; waits `graceMs` for calls, then cuts them. */
   stop(graceMs: number): Promise<void>;
 }
 
@@ -333,8 +330,11 @@ export async function listen(o: ListenerOptions, handle: Handler): Promise<Liste
     connections: () => sockets.size,
     async stop(graceMs) {
       front.close();
-      h1.close();
-      h1.closeIdleConnections();
+      h1.close(); // closes its idle connections too
+      // Answers still to come say Connection: close: said keep-alive, a client's next call raced the drain's close.
+      const last = (res?: http.ServerResponse) => res?.headersSent === false && res.setHeader("connection", "close");
+      for (const s of sockets) last((s as net.Socket & { _httpMessage?: http.ServerResponse })._httpMessage);
+      h1.prependListener("request", (_req, res) => last(res));
       h2.close();
       for (const s of sessions) s.close(); // GOAWAY: no new calls; calls in progress may finish
       const deadline = Date.now() + graceMs;
