@@ -194,39 +194,45 @@ describe("client deadlines and cancellations while sagas run, on every protocol"
       }),
     );
 
+  /** A gRPC call of `path` over h2c with a deadline of `timeoutMs`, reset (CANCEL) once `signal` aborts. */
+  async function grpcCall(path: string, msg: Uint8Array, timeoutMs: number | undefined, signal: AbortSignal) {
+    await using s = await h2Session(gw.url);
+    const req = s.request({
+      ":method": "POST",
+      ":path": path,
+      "content-type": "application/grpc",
+      te: "trailers",
+      authorization: auth,
+      ...(timeoutMs === undefined ? {} : { "grpc-timeout": `${timeoutMs}m` }),
+    });
+    if (signal.aborted) req.close(http2.constants.NGHTTP2_CANCEL);
+    signal.addEventListener("abort", () => req.close(http2.constants.NGHTTP2_CANCEL));
+    req.end(envelope(msg));
+    req.resume();
+    return await new Promise<Ended>((resolve) => {
+      let status: string | undefined;
+      req.on("response", (h) => (status ??= h["grpc-status"] as string | undefined));
+      req.on("trailers", (h) => (status ??= h["grpc-status"] as string | undefined));
+      req.on("close", () => resolve(signal.aborted ? "gone" : Number(status ?? -1)));
+      req.on("error", () => {});
+    });
+  }
+
+  /** The header carrying a deadline of `timeoutMs` on `protocol` (gRPC-Web's, or Connect's and REST's). */
+  const timeoutHeader = (protocol: Protocol, timeoutMs: number | undefined): Record<string, string> =>
+    timeoutMs === undefined
+      ? {}
+      : protocol === "grpc-web"
+        ? { "grpc-timeout": `${timeoutMs}m` }
+        : { "connect-timeout-ms": String(timeoutMs) };
+
   /** One PlaceOrder on `protocol` with a deadline of `timeoutMs`, or cancelled by the client after `cancelMs`. */
   async function place(protocol: Protocol, r: Req, t: { timeoutMs?: number; cancelMs?: number }): Promise<Ended> {
     const ac = new AbortController();
     const timer = t.cancelMs === undefined ? undefined : setTimeout(() => ac.abort(), t.cancelMs);
     try {
-      if (protocol === "grpc") {
-        await using s = await h2Session(gw.url);
-        const req = s.request({
-          ":method": "POST",
-          ":path": PLACE,
-          "content-type": "application/grpc",
-          te: "trailers",
-          authorization: auth,
-          ...(t.timeoutMs === undefined ? {} : { "grpc-timeout": `${t.timeoutMs}m` }),
-        });
-        if (ac.signal.aborted) req.close(http2.constants.NGHTTP2_CANCEL);
-        ac.signal.addEventListener("abort", () => req.close(http2.constants.NGHTTP2_CANCEL));
-        req.end(envelope(bin(r)));
-        req.resume();
-        return await new Promise<Ended>((resolve) => {
-          let status: string | undefined;
-          req.on("response", (h) => (status ??= h["grpc-status"] as string | undefined));
-          req.on("trailers", (h) => (status ??= h["grpc-status"] as string | undefined));
-          req.on("close", () => resolve(ac.signal.aborted ? "gone" : Number(status ?? -1)));
-          req.on("error", () => {});
-        });
-      }
-      const timeout: Record<string, string> =
-        t.timeoutMs === undefined
-          ? {}
-          : protocol === "grpc-web"
-            ? { "grpc-timeout": `${t.timeoutMs}m` }
-            : { "connect-timeout-ms": String(t.timeoutMs) };
+      if (protocol === "grpc") return await grpcCall(PLACE, bin(r), t.timeoutMs, ac.signal);
+      const timeout = timeoutHeader(protocol, t.timeoutMs);
       const init: RequestInit =
         protocol === "grpc-web"
           ? { headers: { "content-type": "application/grpc-web+proto", ...timeout }, body: envelope(bin(r)) }
@@ -312,34 +318,8 @@ describe("client deadlines and cancellations while sagas run, on every protocol"
     const timer = t.cancelMs === undefined ? undefined : setTimeout(() => ac.abort(), t.cancelMs);
     const msg = toBinary(WatchOrderRequestSchema, create(WatchOrderRequestSchema, { orderId }));
     try {
-      if (protocol === "grpc") {
-        await using s = await h2Session(gw.url);
-        const req = s.request({
-          ":method": "POST",
-          ":path": WATCH,
-          "content-type": "application/grpc",
-          te: "trailers",
-          authorization: auth,
-          ...(t.timeoutMs === undefined ? {} : { "grpc-timeout": `${t.timeoutMs}m` }),
-        });
-        if (ac.signal.aborted) req.close(http2.constants.NGHTTP2_CANCEL);
-        ac.signal.addEventListener("abort", () => req.close(http2.constants.NGHTTP2_CANCEL));
-        req.end(envelope(msg));
-        req.resume();
-        return await new Promise<Ended>((resolve) => {
-          let status: string | undefined;
-          req.on("response", (h) => (status ??= h["grpc-status"] as string | undefined));
-          req.on("trailers", (h) => (status ??= h["grpc-status"] as string | undefined));
-          req.on("close", () => resolve(ac.signal.aborted ? "gone" : Number(status ?? -1)));
-          req.on("error", () => {});
-        });
-      }
-      const timeout: Record<string, string> =
-        t.timeoutMs === undefined
-          ? {}
-          : protocol === "grpc-web"
-            ? { "grpc-timeout": `${t.timeoutMs}m` }
-            : { "connect-timeout-ms": String(t.timeoutMs) };
+      if (protocol === "grpc") return await grpcCall(WATCH, msg, t.timeoutMs, ac.signal);
+      const timeout = timeoutHeader(protocol, t.timeoutMs);
       const res =
         protocol === "rest"
           ? await fetch(`${gw.url}/v1/orders/${orderId}:watch`, {
