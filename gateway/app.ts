@@ -1,4 +1,5 @@
 /** Wires the gateway: upstream clients (built once), routes, composition, auth, limits, HTTP front. */
+import { setMaxListeners } from "node:events";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { GatewayService, OperatorService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
 import {
@@ -57,6 +58,8 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
     timeoutMs: config.COMPOSITION_TIMEOUT_MS,
   });
   const draining = new AbortController();
+  // One listener per stream forwarded, each removed at its end: as many as streams are open, not a leak.
+  setMaxListeners(0, draining.signal);
   const front = await startFront({
     host: config.HTTP_HOST,
     port: config.HTTP_PORT,

@@ -4,6 +4,7 @@
  * `buf curl` need no .proto files) and the chaos service; per-call logging
  * and fault injection; graceful shutdown with a bounded drain.
  */
+import { setMaxListeners } from "node:events";
 import { type DescService, toBinary } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
@@ -255,6 +256,8 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
   // The business calls in progress, for the drain to say what it waits for.
   const inFlight: InFlight = { calls: 0, streams: 0 };
   const draining = new AbortController();
+  // One listener per open stream, each removed at its end: as many as streams are open, not a leak.
+  setMaxListeners(0, draining.signal);
   const business = [...observed, callLogger(), ...(opts.interceptors ?? []), faults.interceptor];
   for (const { service, impl } of opts.services) {
     server.addService(

@@ -365,6 +365,10 @@ describe("client deadlines and cancellations while sagas run, on every protocol"
   it("a watch that runs out of time or whose client leaves lets go of its order at once, on every protocol", async () => {
     await sys.paymentChaos.setFaults({ faults: { latencyMs: 8_000 } });
     const pending: string[] = [];
+    // 32 watches at once: each stream listens for the gateway's and the order service's shutdown.
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(`${w.name}: ${w.message}`);
+    process.on("warning", onWarning);
     try {
       for (let i = 0; i < 4; i++) {
         const res = await fetch(`${gw.url}${PLACE}`, {
@@ -392,7 +396,10 @@ describe("client deadlines and cancellations while sagas run, on every protocol"
       // The orders are still pending: nothing but the gone watches could have ended their subscriptions.
       await expect.poll(followers, { timeout: 2_000 }).toBe(sagas);
       await expect.poll(timers, { timeout: 5_000 }).toBeLessThanOrEqual(before + 5);
+      await new Promise((r) => setImmediate(r)); // warnings are emitted on the next tick
+      expect(warnings.filter((w) => w.startsWith("MaxListenersExceededWarning"))).toEqual([]);
     } finally {
+      process.off("warning", onWarning);
       await sys.paymentChaos.setFaults({ faults: {} });
     }
     for (const id of pending) await sys.settle(id, "dl-alice", 30_000);
