@@ -2,6 +2,7 @@
  * Process lifecycle: validated config, tracing, the logger, the service, and
  * a clean shutdown on SIGTERM/SIGINT (a second signal exits at once).
  */
+import { constants } from "node:os";
 import { installLeanAsyncBind } from "./async-bind.js";
 import { configOrExit, EXIT_REFUSED, StartRefused } from "./config.js";
 import { createLogger, flushLogs, type Logger } from "./log.js";
@@ -53,7 +54,7 @@ export async function runService<C extends ProcessConfig>(
     }
     if (stopping) {
       log?.warn({ signal }, "second signal: exiting now");
-      process.exit(130);
+      process.exit(128 + constants.signals[signal]); // as a shell reports it: 143 for SIGTERM, 130 for SIGINT
     }
     stopping = true;
     log?.info({ signal }, "shutting down");

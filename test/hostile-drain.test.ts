@@ -106,6 +106,31 @@ describe("a service whose drain outlasts its grace", () => {
     const timedOut = entries(inventory.output()).find((e) => e.msg === "drain timed out; cancelling in-flight calls");
     expect(timedOut, inventory.output()).toMatchObject({ calls: 1 });
   }, 30_000);
+
+  it("exits at once on a second signal, with the code a shell gives that signal (143 for SIGTERM, not SIGINT's 130)", async () => {
+    using dir = tempDir();
+    const dbs = new TestDatabases(dir.path);
+    await using inventory = await spawnService("inventory", {
+      ...(await dbs.env("inventory")),
+      FAULT_LATENCY_MS: "20000",
+      SHUTDOWN_GRACE_MS: "20000",
+    });
+    const channel = createChannel(inventory.address);
+    const inFlight = createClient(InventoryService, channel)
+      .getProduct({ productId: "coffee-beans" }, { timeoutMs: 30_000 })
+      .catch(() => {});
+    await new Promise((r) => setTimeout(r, 300));
+    inventory.child.kill("SIGTERM");
+    await inventory.logLine("draining calls in flight");
+    const signalled = Date.now();
+    expect(await inventory.kill("SIGTERM"), inventory.output()).toBe(143);
+    expect(Date.now() - signalled).toBeLessThan(4_000);
+    expect(entries(inventory.output()).find((e) => e.msg === "second signal: exiting now")).toMatchObject({
+      signal: "SIGTERM",
+    });
+    await inFlight;
+    channel.close();
+  }, 30_000);
 });
 
 describe("a WatchOrder stream open when the order service is told SIGTERM", () => {
