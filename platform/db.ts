@@ -18,6 +18,7 @@ import { accessSync, constants, mkdirSync, statSync } from "node:fs";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
 import { StartRefused } from "./config.js";
+import type { Logger } from "./log.js";
 import { pgPool } from "./pg-pool.js";
 import { type Db, type DbLocation, type Engine, postgresDb, sqliteDb } from "./sql.js";
 
@@ -134,7 +135,13 @@ function openSqliteAs(path: string, migrations: readonly string[]): Db {
   return sqliteDb(db);
 }
 
-async function openPostgres(url: string, schema: string, poolSize: number, migrations: readonly string[]): Promise<Db> {
+async function openPostgres(
+  url: string,
+  schema: string,
+  poolSize: number,
+  migrations: readonly string[],
+  log: Logger | undefined,
+): Promise<Db> {
   if (!SCHEMA.test(schema)) throw new Error(`invalid schema name "${schema}": expected [a-z_][a-z0-9_]*`);
   const pool = pgPool(url, schema, poolSize);
   const client = await pool.connect().catch(async (err: unknown) => {
@@ -151,7 +158,16 @@ async function openPostgres(url: string, schema: string, poolSize: number, migra
     // replica that held it committed (under REPEATABLE READ the snapshot predates the lock's wait).
     await client.query("BEGIN ISOLATION LEVEL READ COMMITTED");
     try {
-      await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [`shopmesh.migrate.${schema}`]);
+      const lock = `shopmesh.migrate.${schema}`;
+      // Said when it waits: a replica behind a sibling's migration (or a frozen one's) was silent.
+      const { rows: got } = await client.query<{ ok: boolean }>(
+        "SELECT pg_try_advisory_xact_lock(hashtext($1)) AS ok",
+        [lock],
+      );
+      if (!got[0]?.ok) {
+        log?.info({ schema }, "waiting for the migration lock: another process is migrating this schema");
+        await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [lock]);
+      }
       // Made only when missing: PostgreSQL asks for CREATE on the database even for IF NOT EXISTS, and in
       // the cluster only history's role has it (roles.sh: the schemas are made before the services start).
       const made = await client.query("SELECT 1 FROM pg_namespace WHERE nspname = $1", [schema]);
@@ -182,11 +198,11 @@ async function openPostgres(url: string, schema: string, poolSize: number, migra
 }
 
 /** Opens (creating if needed) the database at `location` and applies the migrations it has not seen yet. */
-export async function openDatabase(location: DbLocation, migrations: Migrations): Promise<Db> {
+export async function openDatabase(location: DbLocation, migrations: Migrations, log?: Logger): Promise<Db> {
   checkLists(migrations);
   return location.engine === "sqlite"
     ? openSqlite(location.path, migrations.sqlite)
-    : openPostgres(location.url, location.schema, location.poolSize, migrations.postgres);
+    : openPostgres(location.url, location.schema, location.poolSize, migrations.postgres, log);
 }
 
 /** The database settings every service reads (see commonEnv). */

@@ -140,7 +140,7 @@ async function partitionAfterLock(at: "I" | "T"): Promise<{ port: number; cut: P
     let pending = Buffer.alloc(0);
     client.on("data", (b) => {
       if (frozen) return;
-      if (b.includes("pg_advisory")) asked = true;
+      if (b.includes("advisory_xact_lock")) asked = true; // pg_try_advisory_xact_lock first, then the wait
       upstream.write(b);
     });
     upstream.on("data", (b) => {

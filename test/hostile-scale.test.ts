@@ -698,6 +698,8 @@ describe("a payment replica told SIGTERM while it waits for the migration lock a
       const { code, out } = await run;
       expect(code, out).toBe(0);
       expect(Date.now() - signalled, out).toBeLessThan(3_000);
+      // What it waited for, said while it waited (it was silent until the lock came).
+      expect(out).toContain('"msg":"waiting for the migration lock: another process is migrating this schema"');
       expect(out).toContain('"msg":"signal while starting: exiting"');
     } finally {
       if (child?.exitCode === null) child.kill("SIGKILL");

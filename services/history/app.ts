@@ -24,7 +24,7 @@ export async function startHistory(config: HistoryConfig, log: Logger): Promise<
   const release = await holdAgainstRebuild(location, log);
   let store: HistoryStore;
   try {
-    store = await HistoryStore.open(location);
+    store = await HistoryStore.open(location, log);
   } catch (err) {
     await release();
     throw err;

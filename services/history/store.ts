@@ -12,6 +12,7 @@ import {
   INBOX_FAILURES_MIGRATION,
   INBOX_MIGRATION,
   INBOX_PURGE_MIGRATION,
+  type Logger,
   migrations,
   openDatabase,
   sql,
@@ -116,9 +117,9 @@ export class HistoryStore {
   ) {}
 
   /** Opens (and migrates) the store at `location`. */
-  static async open(location: DbLocation): Promise<HistoryStore> {
+  static async open(location: DbLocation, log?: Logger): Promise<HistoryStore> {
     const key = location.engine === "postgres" ? rebuildLockKey(location.schema) : undefined;
-    return new HistoryStore(await openDatabase(location, MIGRATIONS), key);
+    return new HistoryStore(await openDatabase(location, MIGRATIONS, log), key);
   }
 
   /**

@@ -16,7 +16,7 @@ export interface InventoryApp extends Host {
 
 /** Opens the store, seeds the catalogue when empty, and starts serving and consuming. */
 export async function startInventory(config: InventoryConfig, log: Logger): Promise<InventoryApp> {
-  const store = await InventoryStore.open(locationOf("inventory", config));
+  const store = await InventoryStore.open(locationOf("inventory", config), Date.now, log);
   if (config.SEED_CATALOGUE) {
     const n = await store.seedIfEmpty(DEMO_CATALOGUE);
     if (n > 0) log.info({ products: n }, "seeded demo catalogue");

@@ -16,6 +16,7 @@ import {
   type Db,
   type DbLocation,
   keyUse,
+  type Logger,
   newId,
   Outbox,
   openDatabase,
@@ -98,8 +99,8 @@ export class InventoryStore {
   }
 
   /** Opens (and migrates) the store at `location`. */
-  static async open(location: DbLocation, clock: () => number = Date.now): Promise<InventoryStore> {
-    return new InventoryStore(await openDatabase(location, MIGRATIONS), clock);
+  static async open(location: DbLocation, clock: () => number = Date.now, log?: Logger): Promise<InventoryStore> {
+    return new InventoryStore(await openDatabase(location, MIGRATIONS, log), clock);
   }
 
   /**

@@ -15,7 +15,7 @@ export interface NotificationApp extends Host {
 
 /** Opens the store, starts consuming order and payment events, and starts serving. */
 export async function startNotification(config: NotificationConfig, log: Logger): Promise<NotificationApp> {
-  const store = await NotificationStore.open(locationOf("notification", config));
+  const store = await NotificationStore.open(locationOf("notification", config), Date.now, log);
   const host = await startHost({
     name: "notification",
     config,

@@ -11,6 +11,7 @@ import {
   INBOX_FAILURES_MIGRATION,
   INBOX_MIGRATION,
   INBOX_PURGE_MIGRATION,
+  type Logger,
   migrations,
   newId,
   openDatabase,
@@ -80,8 +81,8 @@ export class NotificationStore {
   ) {}
 
   /** Opens (and migrates) the store at `location`. */
-  static async open(location: DbLocation, clock: () => number = Date.now): Promise<NotificationStore> {
-    return new NotificationStore(await openDatabase(location, MIGRATIONS), clock);
+  static async open(location: DbLocation, clock: () => number = Date.now, log?: Logger): Promise<NotificationStore> {
+    return new NotificationStore(await openDatabase(location, MIGRATIONS, log), clock);
   }
 
   /**

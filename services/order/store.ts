@@ -47,7 +47,7 @@ export class OrderStore {
    * `log`: where it says what it does on its own (a long step log trimmed).
    */
   static async open(location: DbLocation, clock: () => number = Date.now, log?: Logger): Promise<OrderStore> {
-    const store = new OrderStore(await openDatabase(location, MIGRATIONS), clock, log);
+    const store = new OrderStore(await openDatabase(location, MIGRATIONS, log), clock, log);
     await store.changes.listen(store.db, (id) => store.get(id));
     return store;
   }

@@ -15,7 +15,7 @@ export interface PaymentApp extends Host {
 
 /** Opens the store and starts serving and consuming. */
 export async function startPayment(config: PaymentConfig, log: Logger): Promise<PaymentApp> {
-  const store = await PaymentStore.open(locationOf("payment", config));
+  const store = await PaymentStore.open(locationOf("payment", config), Date.now, log);
   const host = await startHost({
     name: "payment",
     config,

@@ -19,6 +19,7 @@ import {
   INBOX_MIGRATION,
   INBOX_PURGE_MIGRATION,
   keyUse,
+  type Logger,
   migrations,
   newId,
   OUTBOX_CLAIMS_MIGRATION,
@@ -140,8 +141,8 @@ export class PaymentStore {
   }
 
   /** Opens (and migrates) the store at `location`. */
-  static async open(location: DbLocation, clock: () => number = Date.now): Promise<PaymentStore> {
-    return new PaymentStore(await openDatabase(location, MIGRATIONS), clock);
+  static async open(location: DbLocation, clock: () => number = Date.now, log?: Logger): Promise<PaymentStore> {
+    return new PaymentStore(await openDatabase(location, MIGRATIONS, log), clock);
   }
 
   private async byId(q: Db | Tx, id: string): Promise<PaymentRecord | undefined> {
