@@ -98,10 +98,10 @@ export interface Host<P = undefined> {
 /**
  * Waits for a step of the stop (`what`: the app's own work, the event handlers in progress, the
  * database's close) until the stop's grace (`deadline`, from performance.now()) runs out, a second at
- * least, saying so while it waits; then leaves it (`left` says why that is safe) for the process to exit. A handler held there
- * (a lock an operator's transaction holds, a slow disk, injected latency), the saga sweep behind such a
- * lock, and then the pool's close, which waits for their connections, kept the process past its grace
- * without a word, until killed (Kubernetes, `make run`).
+ * least, saying so while it waits; then leaves it (`left` says why that is safe) for the process to
+ * exit. A handler held there (a lock an operator's transaction holds, a slow disk, injected latency),
+ * the saga sweep behind such a lock, and then the pool's close, which waits for their connections,
+ * kept the process past its grace without a word, until killed (Kubernetes, `make run`).
  */
 async function stepWithin(step: () => Promise<void> | void, deadline: number, log: Logger, what: string, left: string) {
   const done = Promise.resolve()
