@@ -1,7 +1,7 @@
 /**
  * A payment outage as a user lives it, with real processes: `make run`'s
- * system from its build, payment hard down for 60 s while 50 orders arrive
- * through the gateway in both saga modes. Each order reaches a state the
+ * system from its build, payment hard down while 50 orders arrive over 30 s
+ * through the gateway in both saga modes, and until each has ended. Each order reaches a state the
  * customer sees as final (CANCELLED, its stock back) within the step budget
  * and a few seconds, while payment is still down; once payment is back every
  * pending refund lands, no cancelled order keeps a capture, captured
@@ -19,7 +19,7 @@ import { expectCheckoutInvariants } from "./invariants.js";
 
 const NAMES = SYSTEM.map((p) => p.name);
 const BUDGET_MS = 10_000;
-const OUTAGE_MS = 60_000;
+const ARRIVALS_MS = 30_000;
 const ORDERS = 50;
 
 let run: ChildProcess;
@@ -89,16 +89,15 @@ async function token(): Promise<string> {
   const r = await fetch(`${gateway()}/dev/token`, { method: "POST", body: '{"user":"alice"}' });
   return ((await r.json()) as { token: string }).token;
 }
-it(`payment down ${OUTAGE_MS / 1000} s while ${ORDERS} orders arrive (both modes): each CANCELLED within the budget and seconds, stock back; every refund lands after; the books balance`, async () => {
+it(`payment down while ${ORDERS} orders arrive over ${ARRIVALS_MS / 1000} s (both modes): each CANCELLED within the budget and seconds, stock back; every refund lands after; the books balance`, async () => {
   const auth = `Bearer ${await token()}`;
   const channel = createChannel(`127.0.0.1:${port.payment}`);
   const chaos = createClient(ChaosService, channel);
   await chaos.setFaults({ faults: { down: true } });
-  const outageStarted = Date.now();
   const late: string[] = [];
   try {
-    // Orders over the first half of the outage, alternating saga modes.
-    const spacing = OUTAGE_MS / 2 / ORDERS;
+    // Orders over 30 s, alternating saga modes.
+    const spacing = ARRIVALS_MS / ORDERS;
     for (let i = 0; i < ORDERS; i++) {
       const res = await fetch(`${gateway()}/v1/orders`, {
         method: "POST",
@@ -142,8 +141,6 @@ it(`payment down ${OUTAGE_MS / 1000} s while ${ORDERS} orders arrive (both modes
       );
     for (let i = 0; i < 50 && (await held()).length > 0; i++) await new Promise((r) => setTimeout(r, 100));
     expect(await held()).toEqual([]);
-    expect(Date.now() - outageStarted, "all of that while payment was down").toBeLessThan(OUTAGE_MS);
-    await new Promise((r) => setTimeout(r, Math.max(0, OUTAGE_MS - (Date.now() - outageStarted))));
   } finally {
     await chaos.setFaults({ faults: {} });
     channel.close();
