@@ -237,10 +237,22 @@ export function healthService(names: readonly string[]): HealthImplementation {
   return health;
 }
 
+/**
+ * Calls one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS). Without it Node's
+ * default (2^32 - 1) let one client open calls and never finish them: 20,000, ~17 bytes each once
+ * HPACK has the headers, held 160 MB. Above the gateway's default HTTP_MAX_CALLS (4,096), all of which
+ * may be on one instance's connection; a client's calls beyond it wait in its HTTP/2 queue, not failed.
+ */
+const MAX_CALLS_PER_CONNECTION = 10_000;
+
 /** Starts a server; resolves once it listens. */
 export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningServer> {
   const faults = opts.faults ?? new FaultInjector();
-  const server = new grpc.Server({ "grpc.max_receive_message_length": 4 * 1024 * 1024, ...NO_CHANNELZ });
+  const server = new grpc.Server({
+    "grpc.max_receive_message_length": 4 * 1024 * 1024,
+    "grpc.max_concurrent_streams": MAX_CALLS_PER_CONNECTION,
+    ...NO_CHANNELZ,
+  });
   tolerateCancellations(server);
   checkingTimeouts(server);
   // Telemetry outermost: the span is active for the log line and everything below.

@@ -1,0 +1,94 @@
+/**
+ * Resource exhaustion by a client: what one connection can make a process hold, measured on real
+ * processes (RSS and file descriptors from /proc), and whether other clients are still served.
+ */
+
+import { readFileSync } from "node:fs";
+import http2 from "node:http2";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type ServiceProcess, spawnService, tempDir } from "./fixtures.js";
+import {
+  H2_PREFACE,
+  h2Frame,
+  h2Request,
+  h2Session,
+  hpackIndexed,
+  hpackLiteral,
+  rawConnect,
+  readFrames,
+} from "./raw.js";
+
+/** Resident memory of `pid`, in MB. */
+const rssMb = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]) / 1024;
+
+const LIST = "/shopmesh.inventory.v1.InventoryService/ListProducts";
+
+/**
+ * The header block of a gRPC call to `path` as alice: the first time as literals added to the HPACK
+ * table, after that as references to them (a few bytes a call, as a real client sends them).
+ */
+function callHeaders(path: string, first: boolean): Buffer {
+  const fields: [string, string][] = [
+    [":path", path],
+    [":authority", "x"],
+    ["content-type", "application/grpc"],
+    ["te", "trailers"],
+    ["x-shopmesh-subject", "alice"],
+    ["x-shopmesh-roles", "customer"],
+  ];
+  const methodAndScheme = Buffer.from([0x83, 0x86]); // :method POST, :scheme http (static table)
+  if (first) return Buffer.concat([methodAndScheme, ...fields.map(([k, v]) => hpackLiteral(k, v, true))]);
+  return Buffer.concat([methodAndScheme, ...fields.map((_, i) => hpackIndexed(62 + fields.length - 1 - i))]);
+}
+
+describe("a service's gRPC port, against one client connection", () => {
+  using dir = tempDir();
+  let svc: ServiceProcess;
+  beforeAll(async () => {
+    svc = await spawnService("inventory", { DB_PATH: `${dir.path}/inventory.db`, NATS_URL: "off" });
+  });
+  afterAll(() => svc?.[Symbol.asyncDispose]());
+
+  const served = async () => {
+    await using s = await h2Session(`http://${svc.address}`);
+    const r = await h2Request(
+      s,
+      { ":path": LIST, "content-type": "application/grpc", te: "trailers", "x-shopmesh-subject": "bob" },
+      Buffer.from([0, 0, 0, 0, 0]),
+    );
+    return r.grpcStatus;
+  };
+
+  // 20,000 calls opened (their headers, ~17 bytes each once HPACK has them) and never finished cost
+  // the service 160 MB, 80,000 of them 600 MB (no other client served meanwhile), these 40,000 220 MB:
+  // grpc-js set no SETTINGS_MAX_CONCURRENT_STREAMS, so Node's default (2^32 - 1) let one connection
+  // hold them all. Now 60 MB: the streams past the limit are refused, and past 100 refusals Node
+  // closes the connection.
+  it("holds a bounded number of unfinished calls per connection, refusing the rest, and serves others", async () => {
+    const pid = svc.child.pid ?? 0;
+    const before = rssMb(pid);
+    const c = await rawConnect(svc.port);
+    let advertised: number | undefined;
+    let refused = 0;
+    readFrames(c.socket, (type, flags, _id, p) => {
+      if (type === 4 && !(flags & 1)) {
+        for (let i = 0; i + 6 <= p.length; i += 6) if (p.readUInt16BE(i) === 3) advertised = p.readUInt32BE(i + 2);
+      }
+      if (type === 3 && p.readUInt32BE(0) === http2.constants.NGHTTP2_REFUSED_STREAM) refused++;
+    });
+    await c.write(H2_PREFACE);
+    const calls = 40_000;
+    for (let i = 0; i < calls && !c.socket.destroyed; i++) {
+      c.socket.write(h2Frame(1, 0x4, 1 + 2 * i, callHeaders(LIST, i === 0))); // END_HEADERS, no END_STREAM
+      if (i % 1_000 === 999) await new Promise((r) => setImmediate(r));
+    }
+    await new Promise((r) => setTimeout(r, 2_000));
+    const grown = rssMb(pid) - before;
+    expect(await served()).toBe(0);
+    c.socket.destroy();
+    expect(grown, `RSS grew ${grown.toFixed(0)} MB`).toBeLessThan(120);
+    expect(advertised).toBeLessThanOrEqual(10_000);
+    // Refused, or the connection closed for refusing too many: either way not held.
+    expect(refused > 0 || c.socket.destroyed).toBe(true);
+  }, 30_000);
+});
