@@ -96,7 +96,8 @@ export function createConnectUnary(table: ReadonlyMap<string, PassthroughMethod>
   const lookups = new Map(
     [...table.values()].map((m) => [
       m,
-      createMethodSerializationLookup(m.method, opt.binaryOptions, opt.jsonOptions, opt),
+      // A binary request is decoded only to be checked (its bytes are sent on): unknown fields skipped, not kept.
+      createMethodSerializationLookup(m.method, { readUnknownFields: false }, opt.jsonOptions, opt),
     ]),
   );
 
@@ -115,7 +116,8 @@ export function createConnectUnary(table: ReadonlyMap<string, PassthroughMethod>
       }
       const body = await readBody(req, maxBodyBytes, call.signal);
       const input = parse(serialization, binary, body, method);
-      const answer = await call.upstream(method, toBinary(method.method.input, input), identity, client.requestId);
+      const message = binary ? body : toBinary(method.method.input, input);
+      const answer = await call.upstream(method, message, identity, client.requestId);
       const output = decodeAnswer(method, answer);
       let out = serialization.getO(binary).serialize(output);
       const headers: Record<string, string> = { "content-type": binary ? "application/proto" : "application/json" };
