@@ -40,7 +40,7 @@ import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
 import { Metadata } from "@grpc/grpc-js";
 import { Code as GrpcCode, type Identity, RpcError } from "../platform/index.js";
 import { dropUnreadBody } from "./answer-end.js";
-import { readBody } from "./body.js";
+import { boundedInflation, readBody } from "./body.js";
 import type { ClientInfo } from "./context.js";
 import { toConnectError } from "./forward.js";
 import { describeJsonError } from "./json-errors.js";
@@ -59,7 +59,7 @@ export function routerOptions(maxBodyBytes: number) {
   return {
     readMaxBytes: maxBodyBytes,
     jsonOptions: { ignoreUnknownFields: false },
-    acceptCompression: [compressionGzip, compressionBrotli],
+    acceptCompression: [compressionGzip, compressionBrotli].map(boundedInflation),
   };
 }
 

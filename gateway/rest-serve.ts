@@ -20,7 +20,7 @@ import type { UniversalHandler, UniversalServerRequest } from "@connectrpc/conne
 import { errorToJson, parseTimeout } from "@connectrpc/connect/protocol-connect";
 import type { Identity } from "../platform/index.js";
 import { dropUnreadBody, universalRequest } from "./answer-end.js";
-import { readBody } from "./body.js";
+import { inflationLimit, readBody } from "./body.js";
 import { decodeAnswer } from "./connect-unary.js";
 import type { ClientInfo } from "./context.js";
 import type { Req, Res } from "./endpoint.js";
@@ -63,7 +63,7 @@ async function jsonBody(
 
 /**
  * A whole request body as JSON; undefined when empty. gzip and br bodies are decompressed up to
- * `maxBytes`, as Connect's are.
+ * `maxBytes` and {@link inflationLimit}, as Connect's are.
  */
 function bodyJson(body: Buffer, encoding: string | undefined, maxBytes: number): JsonValue | undefined {
   let bytes = body;
@@ -72,7 +72,7 @@ function bodyJson(body: Buffer, encoding: string | undefined, maxBytes: number):
     const inflate = coding === "gzip" ? gunzipSync : coding === "br" ? brotliDecompressSync : undefined;
     if (!inflate) throw new ConnectError(`unknown compression "${coding}": gzip or br`, Code.Unimplemented);
     try {
-      bytes = inflate(bytes, { maxOutputLength: maxBytes });
+      bytes = inflate(bytes, { maxOutputLength: inflationLimit(bytes.length, maxBytes) });
     } catch (err) {
       if (err instanceof RangeError) {
         throw new ConnectError(`request body exceeds the limit of ${maxBytes} bytes`, Code.ResourceExhausted);
