@@ -25,6 +25,7 @@ import {
   type ServiceImpl,
   withImports,
 } from "./grpc.js";
+import { boundingHeaderLists } from "./header-limit.js";
 import type { Logger } from "./log.js";
 import { serverTelemetry, type Telemetry } from "./telemetry.js";
 import { checkingTimeouts } from "./timeout-header.js";
@@ -255,6 +256,7 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
   });
   tolerateCancellations(server);
   checkingTimeouts(server);
+  boundingHeaderLists(server);
   // Telemetry outermost: the span is active for the log line and everything below.
   const observed: Interceptor[] = opts.telemetry
     ? [

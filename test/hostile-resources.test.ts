@@ -111,6 +111,36 @@ describe("a service's gRPC port, against one client connection", () => {
     expect(refused > 0 || c.socket.destroyed).toBe(true);
   }, 30_000);
 
+  // A 3.8 KB header added to the HPACK table once, then named 60 times by each of 2,000 calls (one
+  // byte a name, 424 KB sent in all), held 338 MB of the service: Node bounds the pairs a header list
+  // may have (128), not their decoded size, and grpc-js holds each call's until it ends. The gateway
+  // refuses a list that decodes past 64 KiB (gateway/listener.ts); a service does too now.
+  it("refuses a call whose header list decodes past 64 KiB, however few bytes named it", async () => {
+    const pid = svc.child.pid ?? 0;
+    const before = rssMb(pid);
+    const c = await rawConnect(svc.port);
+    let refused = 0;
+    readFrames(c.socket, (type, flags) => {
+      if (type === 1 && flags & 0x1) refused++; // a trailers-only answer: the call ended before it began
+    });
+    await c.write(H2_PREFACE);
+    const fields = [":path", LIST, ":authority", "x", "content-type", "application/grpc", "te", "trailers"];
+    const small = Buffer.concat(fields.flatMap((f, i) => (i % 2 ? [] : [hpackLiteral(f, fields[i + 1] ?? "")])));
+    const big = hpackLiteral("x-big", "v".repeat(3_800), true); // entry 62 of the table from here on
+    for (let i = 0; i < 2_000 && !c.socket.destroyed; i++) {
+      const refs = Array.from({ length: 60 }, () => hpackIndexed(62));
+      const block = Buffer.concat([Buffer.from([0x83, 0x86]), small, ...(i === 0 ? [big] : refs)]);
+      c.socket.write(h2Frame(1, 0x4, 1 + 2 * i, block)); // END_HEADERS, no END_STREAM: held open
+      if (i % 200 === 199) await new Promise((r) => setImmediate(r));
+    }
+    await new Promise((r) => setTimeout(r, 2_000));
+    const grown = rssMb(pid) - before;
+    c.socket.destroy();
+    expect(grown, `RSS grew ${grown.toFixed(0)} MB`).toBeLessThan(100);
+    expect(refused).toBeGreaterThan(1_000);
+    expect(await served()).toBe(0);
+  }, 30_000);
+
   // A message of 2,000,000 unknown fields (two bytes each, within the 4 MiB limit) cost the service
   // 2.2 s of CPU and 290 MB, where 4 MB of a known string field costs 40 ms and 10 MB: every unknown
   // field was kept as an object of its own ($unknown), for a service that never reads them.
