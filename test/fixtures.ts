@@ -200,7 +200,12 @@ async function spawnMain(
   child.stdout?.on("data", (d: Buffer) => (out += d.toString()));
   child.stderr?.on("data", (d: Buffer) => (out += d.toString()));
   const port = await new Promise<number>((res, rej) => {
-    const timer = setTimeout(() => rej(new Error(`${name} did not start within ${timeoutMs} ms:\n${out}`)), timeoutMs);
+    // Killed as it is given up on: a test failing here never disposes it, and a worker ended by vitest
+    // runs no 'exit' handler (one inventory outlived its run by 28 minutes).
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      rej(new Error(`${name} did not start within ${timeoutMs} ms:\n${out}`));
+    }, timeoutMs);
     const onData = () => {
       for (const line of out.split("\n")) {
         if (!line.includes(ready)) continue;
