@@ -179,12 +179,18 @@ describe("factOf", () => {
     ).toBeUndefined();
   });
 
-  it("refuses what no service sends (a hostile publisher's): an order id over 128, a customer no caller can be, more lines than an order takes; takes a time past a day ahead as that; keeps 2,000 characters of a reason", () => {
+  it("refuses what no service sends (a hostile publisher's): an order id over 128, a customer no caller can be, more lines than an order takes; takes a time past a day ahead as that, and one before year 1 as year 1; keeps 2,000 characters of a reason", () => {
     const now = T0 + 60_000;
     const at = (ms: number) => create(OrderPlacedSchema, { meta: meta("e", ms), customerId: "a" });
     expect(factOf(at(now + 3_600_000), "e", now).occurredAt).toBe(now + 3_600_000); // clocks drift
     expect(factOf(at(now + 25 * 3_600_000), "e", now).occurredAt).toBe(now + 24 * 3_600_000);
     expect(factOf(at(1e16), "e", now).occurredAt).toBe(now + 24 * 3_600_000);
+    // Nor before year 1, which a Timestamp's JSON form cannot hold (the history answered 500).
+    const year1 = Date.parse("0001-01-01T00:00:00Z");
+    expect(factOf(at(year1), "e", now).occurredAt).toBe(year1);
+    expect(factOf(at(year1 - 1), "e", now).occurredAt).toBe(year1);
+    const farBack = create(OrderPlacedSchema, { meta: { ...meta("e", T0), occurredAt: { seconds: -(2n ** 63n) } } });
+    expect(factOf(farBack, "e", now).occurredAt).toBe(year1);
     const lines = (n: number, productId = "p") =>
       Array.from({ length: n }, (_, i) => ({ productId: `${productId}${i}`, quantity: 1 }));
     const placedWith = (items: { productId: string; quantity: number }[]) =>

@@ -120,13 +120,15 @@ const nonEmpty = (s: string) => (s === "" ? undefined : s);
 
 /** How far an event's time may run ahead of this process's clock (clocks drift; not by a day). */
 export const MAX_CLOCK_AHEAD_MS = 24 * 3_600_000;
+/** The earliest time a Timestamp's JSON form holds, 0001-01-01T00:00:00Z, in epoch ms. */
+export const EARLIEST_TIMESTAMP_MS = -62_135_596_800_000;
 
 /**
  * What `event` says about its order. `eventId` is the id the bus delivered
  * it under (the inbox key). Throws {@link UnusableEventError} when the event
  * names no order or no time, or something no service sends (an order id over
  * 128 characters, a customer id no caller can have, more lines than an order
- * takes); a time more than a day ahead of `now` is taken as that, and a reason
+ * takes); a time more than a day ahead of `now` is taken as that (one before year 1 as year 1), and a reason
  * is kept up to {@link MAX_EVENT_TEXT} characters.
  */
 export function factOf(event: HistoryEvent, eventId: string, now = Date.now()): Fact {
@@ -137,8 +139,12 @@ export function factOf(event: HistoryEvent, eventId: string, now = Date.now()): 
   if (!event.meta?.occurredAt) throw new UnusableEventError(`${type} ${eventId} carries no occurred_at`);
   // Listed by its last event's time, an order with an event dated in year 9999 was pinned to the top
   // of its customer's list, or, past the first page's cursor, never listed: no later than a day ahead
-  // of this clock (a fast clock's events are kept, at that time).
-  const occurredAt = Math.min(timestampMs(event.meta.occurredAt), now + MAX_CLOCK_AHEAD_MS);
+  // of this clock (a fast clock's events are kept, at that time). Nor before year 1: such a time has
+  // no JSON form, and the customer's whole history answered 500 on REST and Connect.
+  const occurredAt = Math.max(
+    EARLIEST_TIMESTAMP_MS,
+    Math.min(timestampMs(event.meta.occurredAt), now + MAX_CLOCK_AHEAD_MS),
+  );
   const customerId = "customerId" in event ? event.customerId : "";
   if (customerId !== "" && !SUBJECT.test(customerId)) {
     throw new UnusableEventError(

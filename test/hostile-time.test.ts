@@ -1,0 +1,60 @@
+/**
+ * A hostile round on time (2026-12-05): clock and duration edges on every input path and in the
+ * runtime — times events carry, tokens' time claims, clocks that step. Real servers, a real
+ * nats-server and the real gateway, as the other hostile suites. Each `describe` is one finding;
+ * each test failed on the code it was written against.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { EVENTS } from "../contracts/events.js";
+import type { GatewayApp } from "../gateway/app.js";
+import { signDevToken } from "../gateway/auth.js";
+import { DEV_JWT_SECRET } from "../gateway/config.js";
+import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
+import { type Bus, connectBus, silentLogger } from "../platform/index.js";
+import { event, publishEvents } from "./events.js";
+import { type System, startSystem, startTestGateway } from "./system.js";
+
+const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
+
+let sys: System;
+let gw: GatewayApp;
+let bus: Bus;
+
+beforeAll(async () => {
+  sys = await startSystem();
+  gw = await startTestGateway(sys);
+  bus = await connectBus(sys.nats.url, "hostile-time", silentLogger(), { streams: EVENTS.streams });
+}, 60_000);
+afterAll(async () => {
+  await bus?.close();
+  await gw?.stop();
+  await sys?.[Symbol.asyncDispose]();
+});
+
+/** A GET through the gateway's REST routes as `who`: status and parsed body. */
+async function get(who: string, path: string): Promise<{ status: number; body: Record<string, unknown> }> {
+  const token = await signDevToken(claims, who, ["customer"]);
+  const res = await fetch(`${gw.url}${path}`, { headers: { authorization: `Bearer ${token}` } });
+  return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+}
+
+describe("an event dated before year 1 (a producer's clock or code gone wrong)", () => {
+  // Timestamp's JSON form holds 0001-01-01 to 9999-12-31 only: a history entry listed by such a time
+  // could not be written as JSON, and the customer's whole history answered 500 on REST and Connect.
+  it("leaves the customer's history readable as JSON", async () => {
+    const who = "tim-bc";
+    const bc = Date.parse("-000001-06-01T00:00:00Z");
+    await publishEvents(bus, [
+      event(OrderPlacedSchema, "ord-time-ok", { customerId: who, items: [] }),
+      event(OrderPlacedSchema, "ord-time-bc", { customerId: who, items: [] }, bc),
+    ]);
+    // Both events taken (projected, or refused into the dead letters): the later one is.
+    await expect.poll(async () => (await sys.history.store.some(["ord-time-ok"])).length, { timeout: 10_000 }).toBe(1);
+    const answer = await get(who, "/v1/history");
+    expect(answer.status, JSON.stringify(answer.body)).toBe(200);
+    const entries = answer.body.entries as { orderId: string; lastEventAt: string }[];
+    expect(entries.map((e) => e.orderId)).toEqual(["ord-time-ok", "ord-time-bc"]);
+    // Kept, listed last, at the earliest time its JSON form holds.
+    expect(entries[1]?.lastEventAt).toBe("0001-01-01T00:00:00Z");
+  });
+});
