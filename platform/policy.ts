@@ -6,7 +6,14 @@
 import type { DescMethod } from "@bufbuild/protobuf";
 import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
 import { Metadata, status } from "@grpc/grpc-js";
-import { type CircuitBreakerPolicy, ConsecutiveBreaker, circuitBreaker, handleWhen, SamplingBreaker } from "cockatiel";
+import {
+  type CircuitBreakerPolicy,
+  ConsecutiveBreaker,
+  circuitBreaker,
+  handleWhen,
+  type IBackoff,
+  SamplingBreaker,
+} from "cockatiel";
 import { type EnvReader, int, num } from "./config.js";
 import { RpcError } from "./errors.js";
 
@@ -168,6 +175,23 @@ export function isRetryable(err: unknown, idempotent: boolean): boolean {
   return idempotent && (err.code === status.DEADLINE_EXCEEDED || err.code === status.RESOURCE_EXHAUSTED);
 }
 
+/**
+ * A breaker's wait before its half-open probe, `ms` on the monotonic clock. cockatiel keeps a breaker
+ * open while `Date.now() - openedAt < duration`, and reads `duration` at each check: this one cancels
+ * the wall clock out of that. On cockatiel's own wait, a wall clock stepped back an hour (an NTP
+ * correction, a restored VM) kept the breaker open for the hour, every call to a healed downstream refused.
+ */
+function monotonicHalfOpen(ms: number): IBackoff<unknown> {
+  const wallAt = Date.now();
+  const monoAt = performance.now();
+  return {
+    get duration() {
+      return Date.now() - wallAt + ms - (performance.now() - monoAt);
+    },
+    next: () => monotonicHalfOpen(ms),
+  };
+}
+
 /** A circuit breaker of this policy (one per downstream instance): consecutive failures, or a failure ratio in a window. */
 export function breakerOf(config: PolicyConfig): CircuitBreakerPolicy {
   return circuitBreaker(
@@ -178,7 +202,8 @@ export function breakerOf(config: PolicyConfig): CircuitBreakerPolicy {
         (FAILURE_CODES.has(e.code) || e.broken),
     ),
     {
-      halfOpenAfter: config.breakerHalfOpenAfterMs,
+      // A factory: each opening's wait starts when it opens.
+      halfOpenAfter: { next: () => monotonicHalfOpen(config.breakerHalfOpenAfterMs) },
       breaker:
         config.breakerFailureRatio > 0
           ? new SamplingBreaker({

@@ -169,9 +169,20 @@ export function spawnService(
   );
 }
 
-/** Spawns the gateway (`gateway/main.ts`) with `env` (HTTP_PORT defaults to 0) and waits until it listens. */
-export function spawnGateway(env: Record<string, string>, timeoutMs = 20_000): Promise<ServiceProcess> {
-  return spawnMain("gateway", join("gateway", "main.ts"), { HTTP_PORT: "0", ...env }, "gateway listening", timeoutMs);
+/** Spawns the gateway (`gateway/main.ts`) with `env` (HTTP_PORT defaults to 0) and waits until it listens; `nodeArgs` go to node. */
+export function spawnGateway(
+  env: Record<string, string>,
+  timeoutMs = 20_000,
+  nodeArgs: readonly string[] = [],
+): Promise<ServiceProcess> {
+  return spawnMain(
+    "gateway",
+    join("gateway", "main.ts"),
+    { HTTP_PORT: "0", ...env },
+    "gateway listening",
+    timeoutMs,
+    nodeArgs,
+  );
 }
 
 /** Children still running: killed if this test process exits first (a timed-out test never disposes them). */

@@ -4,6 +4,8 @@
  * nats-server and the real gateway, as the other hostile suites. Each `describe` is one finding;
  * each test failed on the code it was written against.
  */
+import { join } from "node:path";
+import { SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
 import type { GatewayApp } from "../gateway/app.js";
@@ -12,7 +14,8 @@ import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { type Bus, connectBus, silentLogger } from "../platform/index.js";
 import { event, publishEvents } from "./events.js";
-import { type System, startSystem, startTestGateway } from "./system.js";
+import { ROOT, spawnGateway } from "./fixtures.js";
+import { gatewayTargets, type System, startSystem, startTestGateway } from "./system.js";
 
 const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
 
@@ -56,5 +59,49 @@ describe("an event dated before year 1 (a producer's clock or code gone wrong)",
     expect(entries.map((e) => e.orderId)).toEqual(["ord-time-ok", "ord-time-bc"]);
     // Kept, listed last, at the earliest time its JSON form holds.
     expect(entries[1]?.lastEventAt).toBe("0001-01-01T00:00:00Z");
+  });
+});
+
+describe("a gateway whose wall clock steps back an hour while an upstream's breaker is open", () => {
+  // cockatiel times the half-open wait on Date.now: after the step the breaker stayed open for the
+  // hour, every call to the healed upstream refused, instead of probing it UPSTREAM_BREAKER_HALF_OPEN_AFTER_MS later.
+  it("probes the upstream after the half-open wait, as it would without the step", async () => {
+    await using gateway = await spawnGateway(
+      {
+        ...gatewayTargets(sys),
+        UPSTREAM_RETRY_MAX_ATTEMPTS: "1",
+        UPSTREAM_BREAKER_CONSECUTIVE_FAILURES: "2",
+        UPSTREAM_BREAKER_HALF_OPEN_AFTER_MS: "500",
+      },
+      20_000,
+      ["--import", "tsx", "--import", join(ROOT, "test/fixtures/clock-step.ts")],
+    );
+    // Valid on both sides of the step: issued an hour and a minute ago, expiring in ten minutes.
+    const s = Math.floor(Date.now() / 1000);
+    const token = await new SignJWT({ roles: ["customer"] })
+      .setProtectedHeader({ alg: "HS256" })
+      .setSubject("tim-step")
+      .setIssuer(claims.JWT_ISSUER)
+      .setAudience(claims.JWT_AUDIENCE)
+      .setIssuedAt(s - 3_660)
+      .setExpirationTime(s + 600)
+      .sign(new TextEncoder().encode(claims.JWT_SECRET));
+    const product = async () =>
+      (
+        await fetch(`http://${gateway.address}/v1/products/coffee-beans`, {
+          headers: { authorization: `Bearer ${token}` },
+        })
+      ).status;
+    expect(await product()).toBe(200);
+    await sys.inventoryChaos.setFaults({ faults: { down: true } });
+    try {
+      expect([await product(), await product()]).toEqual([503, 503]);
+    } finally {
+      await sys.inventoryChaos.setFaults({ faults: {} });
+    }
+    expect(await product()).toBe(503); // open: refused without a call
+    gateway.child.kill("SIGUSR2");
+    await gateway.logLine("clock stepped");
+    await expect.poll(product, { timeout: 5_000, interval: 200 }).toBe(200);
   });
 });
