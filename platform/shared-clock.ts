@@ -1,5 +1,6 @@
 /**
- * The clock that times shared by replicas are written and compared in: saga leases, outbox claims.
+ * The clock that times shared by replicas are written and compared in: saga leases, outbox claims,
+ * an order's last change (the choreographed step budget).
  * One replica writes `lease_until`/`claimed_until` and another compares it with its own "now", so
  * both must read one clock. On PostgreSQL that is the database's (its statement's time): replicas
  * run on different nodes, and a node whose clock was off — two minutes ahead — wrote leases that,

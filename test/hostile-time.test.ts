@@ -11,10 +11,21 @@ import { EVENTS } from "../contracts/events.js";
 import type { GatewayApp } from "../gateway/app.js";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
+import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
-import { type Bus, connectBus, silentLogger } from "../platform/index.js";
+import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
+import {
+  type Bus,
+  connectBus,
+  createChannel,
+  createClient,
+  identityMetadata,
+  silentLogger,
+} from "../platform/index.js";
 import { event, publishEvents } from "./events.js";
-import { ROOT, spawnGateway } from "./fixtures.js";
+import { ROOT, type ServiceProcess, spawnGateway, spawnService } from "./fixtures.js";
+import { startNats } from "./nats.js";
+import { startPostgres } from "./postgres.js";
 import { gatewayTargets, type System, startSystem, startTestGateway } from "./system.js";
 
 const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
@@ -104,4 +115,73 @@ describe("a gateway whose wall clock steps back an hour while an upstream's brea
     await gateway.logLine("clock stepped");
     await expect.poll(product, { timeout: 5_000, interval: 200 }).toBe(200);
   });
+});
+
+/** Node's `--import` of a module that sets this process's clock `ms` ahead (a node whose clock is off). */
+const clockAhead = (ms: number) => [
+  "--import",
+  `data:text/javascript,const now = Date.now; Date.now = () => now() + ${ms};`,
+];
+
+describe("two order replicas on PostgreSQL, one on a node whose clock is ten seconds ahead", () => {
+  // Each replica's choreography sweep compared an order's updated_at, written by the clock of
+  // whichever replica wrote it, with its own: the fast one cancelled the orders the other had
+  // placed while a participant took a few seconds, "no answer within the 6000 ms step budget".
+  it("a choreographed order waiting for a participant (less than the step budget) goes on to confirm", async () => {
+    const AHEAD_MS = 10_000;
+    await using pg = await startPostgres();
+    await using nats = await startNats();
+    const url = await pg.createDatabase("time");
+    const env = { NATS_URL: nats.url, DATABASE_URL: url, DATABASE_POOL_SIZE: "4" };
+    const orderEnv = { ...env, SAGA_STEP_BUDGET_MS: "6000", SAGA_LEASE_MS: "1500" };
+    const procs: ServiceProcess[] = [];
+    try {
+      // The fast one first, and running longer than its lead: a process counts the time before it
+      // started as standing still (platform/stall.ts), which would hide the lead.
+      procs.push(await spawnService("order", orderEnv, 60_000, clockAhead(AHEAD_MS)));
+      const fastSince = Date.now();
+      const inventory = await spawnService("inventory", env, 60_000);
+      procs.push(inventory, await spawnService("payment", env, 60_000));
+      const placing = await spawnService("order", orderEnv, 60_000);
+      procs.push(placing);
+      await new Promise((r) => setTimeout(r, Math.max(0, fastSince + AHEAD_MS + 500 - Date.now())));
+      const orders = createClient(OrderService, createChannel(placing.address));
+      const who = { metadata: identityMetadata({ subject: "tim-fast", roles: ["customer"] }) };
+      // Inventory frozen: the order waits, PENDING, with nothing written since it was placed.
+      inventory.child.kill("SIGSTOP");
+      let id = "";
+      try {
+        const placed = await orders.placeOrder(
+          {
+            idempotencyKey: "fast-clock",
+            items: [{ productId: "coffee-beans", quantity: 1 }],
+            cardToken: "tok_visa",
+            sagaMode: SagaMode.CHOREOGRAPHY,
+          },
+          { ...who, timeoutMs: 10_000 },
+        );
+        id = placed.order?.id ?? "";
+        // Two of the fast replica's sweeps (every 1.5 s at this budget), well within the budget.
+        await new Promise((r) => setTimeout(r, 3_500));
+      } finally {
+        inventory.child.kill("SIGCONT");
+      }
+      let last = "";
+      await expect
+        .poll(
+          async () => {
+            const { order } = await orders.getOrder({ orderId: id }, { ...who, timeoutMs: 5_000 });
+            last = `${OrderStatus[order?.status ?? 0]} ${order?.statusReason ?? ""}`;
+            return order?.status;
+          },
+          { timeout: 20_000, interval: 250 },
+        )
+        .toBe(OrderStatus.CONFIRMED)
+        .catch((err: unknown) => {
+          throw new Error(`order ${id}: ${last}`, { cause: err });
+        });
+    } finally {
+      for (const p of procs.reverse()) await p[Symbol.asyncDispose]();
+    }
+  }, 90_000);
 });

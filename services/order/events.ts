@@ -140,14 +140,18 @@ export class Choreography {
    * outage lasts. Its OrderCancelled makes inventory release the reservation and payment refund
    * the charge or void its key (a charge arriving later is refused). Time this process stood still
    * (`stalledSince`: frozen, stalled) is left out: the events that came meanwhile wait unread, and
-   * no participant was late. Returns how many it cancelled.
+   * no participant was late. `local`: now, in this process's clock. Returns how many it cancelled.
    */
-  async expire(budgetMs: number, now: number, stalledSince: (since: number) => number = () => 0): Promise<number> {
+  async expire(budgetMs: number, local: number, stalledSince: (since: number) => number = () => 0): Promise<number> {
     let cancelled = 0;
+    // In the clock updated_at is written in: another replica's, compared with this one's, was ahead
+    // by their difference, and a replica ten seconds fast cancelled the others' orders that long early.
+    const now = await this.store.sharedNow(local);
     for (const id of await this.store.stalledChoreography(now - budgetMs)) {
       await this.store.db.transaction(async (tx) => {
         const o = await this.order(id, tx);
-        if (o?.status !== "PENDING" || now - o.updatedAt - stalledSince(o.updatedAt) < budgetMs) return;
+        // The stall clock is this process's.
+        if (o?.status !== "PENDING" || now - o.updatedAt - stalledSince(o.updatedAt + local - now) < budgetMs) return;
         const who = o.stock === "done" ? "payment" : "inventory";
         const reason = `${who} unavailable: no answer within the ${budgetMs} ms step budget`;
         // Still stale once locked: an event that made progress since the read keeps the order going.

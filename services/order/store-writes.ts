@@ -118,14 +118,14 @@ export function placeOrder(
     }
     const now = w.clock();
     const id = newId("ord", now);
-    // The lease's end in the clock every replica compares it with (platform/shared-clock.ts).
-    const [owner, until, fence] = lease
-      ? [lease.owner, sql`${sharedNow(tx.engine, now)} + ${lease.ms}`, 1]
-      : ["", sql`${0}`, 0];
+    // Times other replicas compare with their "now" (the lease's end, the step budget's start), in
+    // the clock they all read (platform/shared-clock.ts).
+    const at = sharedNow(tx.engine, now);
+    const [owner, until, fence] = lease ? [lease.owner, sql`${at} + ${lease.ms}`, 1] : ["", sql`${0}`, 0];
     const row = await tx.one(sql<OrderRow>`INSERT INTO orders (id, customer_id, idempotency_key, fingerprint, status,
         saga_mode, items, card_token, traceparent, created_at, updated_at, owner, lease_until, fence)
       VALUES (${id}, ${p.customerId}, ${p.key}, ${p.fingerprint}, 'PENDING', ${p.sagaMode}, ${JSON.stringify(p.items)},
-        ${p.cardToken}, ${currentTraceparent()}, ${now}, ${now}, ${owner}, ${until}, ${fence})
+        ${p.cardToken}, ${currentTraceparent()}, ${at}, ${at}, ${owner}, ${until}, ${fence})
       RETURNING *`);
     await w.outbox.add(
       tx,
@@ -194,7 +194,7 @@ export function applyTransition(
         total_minor = COALESCE(${q.totalMinor}, total_minor), currency = COALESCE(${q.currency}, currency),
         stock = COALESCE(${q.stock}, stock), reservation_id = COALESCE(${q.reservationId}, reservation_id),
         payment = COALESCE(${q.payment}, payment), payment_id = COALESCE(${q.paymentId}, payment_id),
-        updated_at = ${now}, version = version + 1
+        updated_at = ${sharedNow(tx.engine, now)}, version = version + 1
       WHERE id = ${id}
       RETURNING *`);
     const { name, status, detail, attempt } = t.log;
@@ -274,7 +274,7 @@ export function requestCancel(w: Writer, id: string, reason: string, tx?: Tx): P
     if (can === "no") return { kind: "not-cancellable", order: o };
     if (can === "already-cancelling") return { kind: "already-cancelling", order: o };
     const updated = await tx.one(sql<OrderRow>`UPDATE orders SET cancel_requested = ${reason},
-      updated_at = ${w.clock()}, version = version + 1 WHERE id = ${id} RETURNING *`);
+      updated_at = ${sharedNow(tx.engine, w.clock())}, version = version + 1 WHERE id = ${id} RETURNING *`);
     const order = toOrder(updated as OrderRow);
     await w.changes.changed(tx, order, null);
     return { kind: "requested", order };

@@ -6,7 +6,16 @@
  * committed change), schema.ts (tables and rows).
  */
 import { EVENTS } from "../../contracts/events.js";
-import { type Db, type DbLocation, type Logger, Outbox, openDatabase, type Tx } from "../../platform/index.js";
+import {
+  type Db,
+  type DbLocation,
+  type Logger,
+  Outbox,
+  openDatabase,
+  sharedNow,
+  sql,
+  type Tx,
+} from "../../platform/index.js";
 import { OrderChanges } from "./changes.js";
 import type { Guard } from "./compensation.js";
 import type { OrderRecord, SagaMode, Transition } from "./domain.js";
@@ -99,6 +108,16 @@ export class OrderStore {
     limit: number,
   ): Promise<OrderRecord[]> {
     return ordersOfCustomer(this.db, customerId, after, limit);
+  }
+
+  /**
+   * Now in the clock the orders' `updated_at` is written in, which replicas compare (platform/shared-clock.ts):
+   * the database's on PostgreSQL, `local` (this process's) on SQLite.
+   */
+  async sharedNow(local: number): Promise<number> {
+    if (this.db.engine === "sqlite") return local;
+    const r = await this.db.one(sql<{ now: number }>`SELECT ${sharedNow(this.db.engine, local)} AS now`);
+    return Number(r?.now);
   }
 
   /** Choreographed orders still PENDING whose last change is older than `before` (epoch ms), oldest first. */
