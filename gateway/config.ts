@@ -13,6 +13,7 @@ import {
   oneOf,
   parseEnv,
   policyEnv,
+  policyProblems,
   registryWithoutBus,
   str,
   target,
@@ -157,8 +158,8 @@ const LOOPBACK = new Set(["127.0.0.1", "::1", "localhost"]);
 /** Parses the gateway configuration from `env`; throws ConfigError naming each bad variable. */
 export function loadConfig(env: Readonly<Record<string, string | undefined>>): GatewayConfig {
   const c = parseEnv(spec, env);
-  const noBus = registryWithoutBus(c, UPSTREAMS.map(targetVariable));
-  if (noBus.length > 0) throw new ConfigError(noBus);
+  const problems = [...registryWithoutBus(c, UPSTREAMS.map(targetVariable)), ...policyProblems("UPSTREAM", c)];
+  if (problems.length > 0) throw new ConfigError(problems);
   // One client within its rate limit must never be shed by the gateway's own bulkhead.
   if (c.UPSTREAM_BULKHEAD_LIMIT + c.UPSTREAM_BULKHEAD_QUEUE < c.RATE_LIMIT_IP_BURST) {
     throw new ConfigError([

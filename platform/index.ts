@@ -94,7 +94,15 @@ export { createLogger, type Logger, silentLogger } from "./log.js";
 export type { Metrics } from "./metrics.js";
 export { OUTBOX_CLAIMS_MIGRATION, OUTBOX_INDEXES_MIGRATION, OUTBOX_MIGRATION, Outbox } from "./outbox.js";
 export { type Cursor, type CursorShape, Pages, pageSize } from "./paging.js";
-export { DEFAULT_POLICY, type PolicyConfig, type PolicyEnv, policyEnv, policyFrom } from "./policy.js";
+export {
+  backoffProblems,
+  DEFAULT_POLICY,
+  type PolicyConfig,
+  type PolicyEnv,
+  policyEnv,
+  policyFrom,
+  policyProblems,
+} from "./policy.js";
 export { contextOf, currentTraceparent, detached, extractContext, inSpan, logIds } from "./propagation.js";
 export { withoutPassword } from "./redact.js";
 export { REGISTRY_SCHEME } from "./registry.js";

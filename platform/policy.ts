@@ -97,6 +97,27 @@ export function policyFrom<P extends string>(
   return Object.freeze(out) as unknown as PolicyConfig;
 }
 
+/**
+ * The problems of downstream `prefix`'s policy in parsed `config` beyond each variable's range: a
+ * largest retry wait below the first (a wait meant in seconds, "5") made every wait that short.
+ */
+export function policyProblems<P extends string>(
+  prefix: P,
+  config: { readonly [K in FieldName as `${P}_${K}`]: number },
+): string[] {
+  return backoffProblems(
+    config as Record<string, number>,
+    `${prefix}_RETRY_INITIAL_DELAY_MS`,
+    `${prefix}_RETRY_MAX_DELAY_MS`,
+  );
+}
+
+/** A problem when the backoff's largest wait (variable `max`) is below its first (`first`), as that one line. */
+export function backoffProblems(c: Readonly<Record<string, unknown>>, first: string, max: string): string[] {
+  const [a, b] = [Number(c[first]), Number(c[max])];
+  return b < a ? [`${max}=${b} is below ${first}=${a}: every retry would wait ${b} ms (ms, not seconds)`] : [];
+}
+
 /** Codes that count as a downstream failure for the breaker (not business outcomes). */
 export const FAILURE_CODES: ReadonlySet<status> = new Set([
   status.UNAVAILABLE,

@@ -259,3 +259,33 @@ it("make run waits for a stopping service as long as the service reads SHUTDOWN_
   } catch {}
   expect(out.split("\n").filter((l) => /stop/.test(l))).toContain("payment did not stop within 20 s: killed");
 }, 90_000);
+
+it("a retry backoff whose largest wait is below its first is refused at start, both named: exit 78 (found 2026-12-05, the time round)", async () => {
+  using dir = tempDir();
+  // SAGA_RETRY_MAX_MS=5 meant as seconds: every wait was 5 ms, a failing step retried 200 times a
+  // second against a participant that was down, each retry a write to the step log.
+  const order = await exitOf(
+    ["--import", "tsx", join(ROOT, "services", "order", "main.ts")],
+    {
+      DB_PATH: join(dir.path, "order.db"),
+      GRPC_PORT: "0",
+      METRICS_PORT: "",
+      NATS_URL: "off",
+      SAGA_RETRY_MAX_MS: "5",
+      PAYMENT_RETRY_INITIAL_DELAY_MS: "2000",
+      PAYMENT_RETRY_MAX_DELAY_MS: "2",
+    },
+    10_000,
+  );
+  expect(order.code, order.out).toBe(78);
+  expect(order.out).toMatch(/^ {2}SAGA_RETRY_MAX_MS=5 is below SAGA_RETRY_BASE_MS=200/m);
+  expect(order.out).toMatch(/^ {2}PAYMENT_RETRY_MAX_DELAY_MS=2 is below PAYMENT_RETRY_INITIAL_DELAY_MS=2000/m);
+  expect(order.out).not.toMatch(/\n\s+at /);
+  const gateway = await exitOf(
+    ["--import", "tsx", join(ROOT, "gateway", "main.ts")],
+    { HTTP_PORT: "0", METRICS_PORT: "", NATS_URL: "off", UPSTREAM_RETRY_MAX_DELAY_MS: "1" },
+    10_000,
+  );
+  expect(gateway.code, gateway.out).toBe(78);
+  expect(gateway.out).toMatch(/^ {2}UPSTREAM_RETRY_MAX_DELAY_MS=1 is below UPSTREAM_RETRY_INITIAL_DELAY_MS=50/m);
+}, 60_000);

@@ -1,6 +1,7 @@
 /** Order service configuration: every variable it reads, parsed once. */
 import { DEFAULT_PORTS, localTarget } from "../../contracts/ports.js";
 import {
+  backoffProblems,
   ConfigError,
   type ConfigOf,
   commonEnv,
@@ -9,6 +10,7 @@ import {
   oneOf,
   parseEnv,
   policyEnv,
+  policyProblems,
   registryWithoutBus,
   str,
   target,
@@ -46,7 +48,12 @@ export type OrderConfig = ConfigOf<typeof spec>;
 /** Parses the order configuration from `env`; throws ConfigError naming each bad variable. */
 export function loadConfig(env: Readonly<Record<string, string | undefined>>): OrderConfig {
   const c = parseEnv(spec, env);
-  const problems = registryWithoutBus(c, ["INVENTORY_TARGET", "PAYMENT_TARGET"]);
+  const problems = [
+    ...registryWithoutBus(c, ["INVENTORY_TARGET", "PAYMENT_TARGET"]),
+    ...backoffProblems(c, "SAGA_RETRY_BASE_MS", "SAGA_RETRY_MAX_MS"),
+    ...policyProblems("INVENTORY", c),
+    ...policyProblems("PAYMENT", c),
+  ];
   if (problems.length > 0) throw new ConfigError(problems);
   return c;
 }
