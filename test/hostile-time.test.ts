@@ -1,10 +1,14 @@
 /**
  * A hostile round on time (2026-12-05): clock and duration edges on every input path and in the
  * runtime — times events carry, tokens' time claims, clocks that step. Real servers, a real
- * nats-server and the real gateway, as the other hostile suites. Each `describe` is one finding;
- * each test failed on the code it was written against.
+ * nats-server and the real gateway, as the other hostile suites. Each `describe` is one finding,
+ * whose test failed on the code it was written against — but for the tokens' time claims, which
+ * were found decided alike on every protocol, and are kept so.
  */
+import { createHmac } from "node:crypto";
+import http2 from "node:http2";
 import { join } from "node:path";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
@@ -12,6 +16,7 @@ import type { GatewayApp } from "../gateway/app.js";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
+import { GetProductRequestSchema } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import {
@@ -51,6 +56,99 @@ async function get(who: string, path: string): Promise<{ status: number; body: R
   const res = await fetch(`${gw.url}${path}`, { headers: { authorization: `Bearer ${token}` } });
   return { status: res.status, body: (await res.json()) as Record<string, unknown> };
 }
+
+/** A token for `payload` (raw JSON, so 1e400 stays as written) signed with the development key. */
+function rawToken(payload: string): string {
+  const head = Buffer.from(JSON.stringify({ alg: "HS256", typ: "JWT" })).toString("base64url");
+  const body = Buffer.from(payload).toString("base64url");
+  const sig = createHmac("sha256", DEV_JWT_SECRET).update(`${head}.${body}`).digest("base64url");
+  return `${head}.${body}.${sig}`;
+}
+
+/** GetProduct with `token` on each protocol: the HTTP status (REST, Connect) or grpc-status (gRPC-Web, gRPC). */
+async function getProductEverywhere(token: string): Promise<Record<string, number>> {
+  const authorization = `Bearer ${token}`;
+  const path = "/shopmesh.inventory.v1.InventoryService/GetProduct";
+  const msg = toBinary(GetProductRequestSchema, create(GetProductRequestSchema, { productId: "coffee-beans" }));
+  const framed = Buffer.concat([Buffer.from([0, 0, 0, 0, msg.length]), msg]);
+  const rest = (await fetch(`${gw.url}/v1/products/coffee-beans`, { headers: { authorization } })).status;
+  const connect = (
+    await fetch(`${gw.url}${path}`, {
+      method: "POST",
+      headers: { authorization, "content-type": "application/json" },
+      body: JSON.stringify({ productId: "coffee-beans" }),
+    })
+  ).status;
+  const web = await fetch(`${gw.url}${path}`, {
+    method: "POST",
+    headers: { authorization, "content-type": "application/grpc-web+proto" },
+    body: framed,
+  });
+  const webBody = Buffer.from(await web.arrayBuffer()).toString("latin1");
+  const grpcWeb = Number(web.headers.get("grpc-status") ?? /grpc-status:\s*(\d+)/.exec(webBody)?.[1] ?? -1);
+  const session = http2.connect(gw.url);
+  try {
+    const grpc = await new Promise<number>((resolve, reject) => {
+      const req = session.request({
+        ":method": "POST",
+        ":path": path,
+        "content-type": "application/grpc",
+        te: "trailers",
+        authorization,
+      });
+      let code: string | undefined;
+      req.on("response", (h) => (code ??= h["grpc-status"] as string | undefined));
+      req.on("trailers", (h) => (code ??= h["grpc-status"] as string | undefined));
+      req.on("data", () => {});
+      req.on("close", () => resolve(Number(code ?? -1)));
+      req.on("error", reject);
+      req.end(framed);
+    });
+    return { rest, connect, grpcWeb, grpc };
+  } finally {
+    session.close();
+  }
+}
+
+describe("tokens whose time claims are missing, odd or out of range", () => {
+  it("are refused as unauthenticated on every protocol, never a server error; a good one is served on each", async () => {
+    const now = Math.floor(Date.now() / 1000);
+    const claims = (time: string) => `{"sub":"tim","iss":"shopmesh-dev","aud":"shopmesh",${time}}`;
+    expect(await getProductEverywhere(rawToken(claims(`"iat":${now},"exp":${now + 60}`)))).toEqual({
+      rest: 200,
+      connect: 200,
+      grpcWeb: 0,
+      grpc: 0,
+    });
+    const odd = [
+      `"iat":${now}`, // no exp
+      `"exp":${now + 60}`, // no iat
+      // Beyond the 30 s skew (by a few seconds: the second may turn before the gateway reads its clock).
+      `"iat":${now - 100},"exp":${now - 35}`,
+      `"iat":${now + 35},"exp":${now + 90}`,
+      `"iat":${now},"exp":${now + 60},"nbf":${now + 35}`,
+      `"iat":${now},"exp":1e20`,
+      `"iat":${now},"exp":9007199254740993`,
+      `"iat":${now},"exp":1e400`, // Infinity once parsed
+      `"iat":-1e400,"exp":${now + 60}`,
+      `"iat":-1,"exp":${now + 60}`,
+      `"iat":${now},"exp":"${now + 60}"`,
+      `"iat":${now},"exp":[${now + 60}]`,
+      `"iat":${now},"exp":null`,
+      `"iat":${now},"exp":${now + 60},"nbf":"soon"`,
+      `"iat":"${now}","exp":${now + 60}`,
+      `"iat":{},"exp":${now + 60}`,
+    ];
+    for (const time of odd) {
+      expect(await getProductEverywhere(rawToken(claims(time))), time).toEqual({
+        rest: 401,
+        connect: 401,
+        grpcWeb: 16,
+        grpc: 16,
+      });
+    }
+  });
+});
 
 describe("an event dated before year 1 (a producer's clock or code gone wrong)", () => {
   // Timestamp's JSON form holds 0001-01-01 to 9999-12-31 only: a history entry listed by such a time
