@@ -15,6 +15,7 @@ import { EVENTS } from "../contracts/events.js";
 import type { GatewayApp } from "../gateway/app.js";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
+import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { GetProductRequestSchema } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
@@ -269,6 +270,76 @@ describe("two order replicas on PostgreSQL, one on a node whose clock is ten sec
         .poll(
           async () => {
             const { order } = await orders.getOrder({ orderId: id }, { ...who, timeoutMs: 5_000 });
+            last = `${OrderStatus[order?.status ?? 0]} ${order?.statusReason ?? ""}`;
+            return order?.status;
+          },
+          { timeout: 20_000, interval: 250 },
+        )
+        .toBe(OrderStatus.CONFIRMED)
+        .catch((err: unknown) => {
+          throw new Error(`order ${id}: ${last}`, { cause: err });
+        });
+    } finally {
+      for (const p of procs.reverse()) await p[Symbol.asyncDispose]();
+    }
+  }, 90_000);
+});
+
+describe("an orchestrated saga adopted by a replica whose clock is twelve seconds ahead of the one that began its step", () => {
+  // The step's budget ran from its first start as the step log dated it, by the clock of the replica
+  // that wrote it, and the adopting replica compared that with its own: a payment outage of a few
+  // seconds, well within the budget, was taken for one past it and the order compensated.
+  it("keeps retrying the step until the budget has passed in fact, and the order confirms once payment is back", async () => {
+    const AHEAD_MS = 12_000;
+    await using pg = await startPostgres();
+    await using nats = await startNats();
+    const url = await pg.createDatabase("adopt");
+    const env = { NATS_URL: nats.url, DATABASE_URL: url, DATABASE_POOL_SIZE: "4" };
+    const orderEnv = {
+      ...env,
+      SAGA_STEP_BUDGET_MS: "8000",
+      SAGA_LEASE_MS: "1000",
+      SAGA_RETRY_BASE_MS: "100",
+      SAGA_RETRY_MAX_MS: "300",
+      INVENTORY_TARGET: "registry:///inventory",
+      PAYMENT_TARGET: "registry:///payment",
+    };
+    const procs: ServiceProcess[] = [];
+    try {
+      // The fast one first, and running longer than its lead (see the choreography test above).
+      procs.push(await spawnService("order", orderEnv, 60_000, clockAhead(AHEAD_MS)));
+      const fastSince = Date.now();
+      procs.push(await spawnService("inventory", env, 60_000));
+      const payment = await spawnService("payment", env, 60_000);
+      procs.push(payment);
+      // The fast replica drives no saga until the other dies: it starts before, and its orders are its own.
+      const first = await spawnService("order", orderEnv, 60_000);
+      await new Promise((r) => setTimeout(r, Math.max(0, fastSince + AHEAD_MS + 500 - Date.now())));
+      const chaos = createClient(ChaosService, createChannel(payment.address));
+      await chaos.setFaults({ faults: { down: true } });
+      const orders = createClient(OrderService, createChannel(first.address));
+      const who = { metadata: identityMetadata({ subject: "tim-adopt", roles: ["customer"] }) };
+      const placed = await orders.placeOrder(
+        {
+          idempotencyKey: "adopted",
+          items: [{ productId: "coffee-beans", quantity: 1 }],
+          cardToken: "tok_visa",
+          sagaMode: SagaMode.ORCHESTRATION,
+        },
+        { ...who, timeoutMs: 10_000 },
+      );
+      const id = placed.order?.id ?? "";
+      // Its charge failing, the replica that placed it dies; the fast one adopts it within the lease.
+      await new Promise((r) => setTimeout(r, 1_000));
+      await first.kill("SIGKILL");
+      await new Promise((r) => setTimeout(r, 3_000));
+      await chaos.setFaults({ faults: {} });
+      const survivor = createClient(OrderService, createChannel((procs[0] as ServiceProcess).address));
+      let last = "";
+      await expect
+        .poll(
+          async () => {
+            const { order } = await survivor.getOrder({ orderId: id }, { ...who, timeoutMs: 5_000 });
             last = `${OrderStatus[order?.status ?? 0]} ${order?.statusReason ?? ""}`;
             return order?.status;
           },

@@ -59,7 +59,10 @@ export class SagaLoop {
     const { store, log } = this.ctx.deps;
     const { orderId, lease, starts } = this;
     const signal = this.abort.signal;
-    if (!fresh) starts.load(await store.steps(orderId));
+    if (!fresh) {
+      const local = this.ctx.clock();
+      starts.load(await store.steps(orderId), (await store.sharedNow(local)) - local);
+    }
     if (fresh?.started) starts.record(fresh.started);
     // The order as the last commit left it: read again only after a wait (a cancel may have come).
     let o: OrderRecord | undefined = fresh?.order;

@@ -28,13 +28,16 @@ export class StepStarts {
    * Reads the STARTED entries of call steps in `steps` (a stored step log, oldest first): each
    * step's attempts so far are its latest start's number, not a count — a long log keeps only its
    * first and latest entries (schema.ts), and each step's first start, which its budget runs from.
+   * `aheadMs`: how far the clock the log is dated in (platform/shared-clock.ts) is ahead of this
+   * loop's; a start written by another replica's clock and read as this one's ran the budget short
+   * by their difference, and an adopted saga was compensated within a passing outage.
    */
-  load(steps: readonly StoredStep[]): void {
+  load(steps: readonly StoredStep[], aheadMs = 0): void {
     for (const s of steps) {
       const step = s.name as CallStep;
       if (s.status !== "STARTED" || !(step in PARTICIPANT)) continue;
       const seen = this.seen.get(step);
-      this.seen.set(step, { count: Math.max(seen?.count ?? 0, s.attempt), since: seen?.since ?? s.at });
+      this.seen.set(step, { count: Math.max(seen?.count ?? 0, s.attempt), since: seen?.since ?? s.at - aheadMs });
     }
   }
 

@@ -198,13 +198,15 @@ export function applyTransition(
       WHERE id = ${id}
       RETURNING *`);
     const { name, status, detail, attempt } = t.log;
+    // Dated in the shared clock too: a replica adopting the saga runs its step's budget from here.
     const logged = await tx.one(sql<{
       seq: number;
+      at: number;
     }>`INSERT INTO saga_steps (order_id, seq, name, status, detail, attempt, at, fence)
       VALUES (${id}, (SELECT COALESCE(MAX(seq), 0) + 1 FROM saga_steps WHERE order_id = ${id}),
-        ${name}, ${status}, ${detail}, ${attempt}, ${now}, ${row.fence})
-      RETURNING seq`);
-    const step: StoredStep = { seq: logged?.seq ?? 0, ...t.log, at: now, fence: row.fence };
+        ${name}, ${status}, ${detail}, ${attempt}, ${sharedNow(tx.engine, now)}, ${row.fence})
+      RETURNING seq, at`);
+    const step: StoredStep = { seq: logged?.seq ?? 0, ...t.log, at: logged?.at ?? now, fence: row.fence };
     await trimSteps(w, tx, id, step.seq);
     const o = toOrder(updated as OrderRow);
     if (t.patch.status !== undefined && t.patch.status !== row.status && (await publishTerminal(w, tx, o))) {
