@@ -25,13 +25,15 @@ export function addressChange(before: ReadonlySet<string>, after: ReadonlySet<st
   };
 }
 
-/** A warning logged at most once per `everyMs`, with how many were left unsaid since the last. */
-export function throttledWarn(log: Logger, msg: string, everyMs = 10_000) {
+/** A warning logged at most once per `everyMs` (of `clock`), with how many were left unsaid since the last. */
+export function throttledWarn(log: Logger, msg: string, everyMs = 10_000, clock: () => number = Date.now) {
   let last = Number.NEGATIVE_INFINITY;
   let unsaid = 0;
   return (fields: Record<string, unknown>) => {
-    const now = Date.now();
-    if (now - last < everyMs) {
+    const now = clock();
+    // A last time ahead of the clock is long ago: after a step back of the wall clock, every
+    // warning was held back for the step.
+    if (now - last < everyMs && now >= last) {
       unsaid++;
       return;
     }
