@@ -8,10 +8,12 @@ import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
 import { Metadata, status } from "@grpc/grpc-js";
 import {
   type CircuitBreakerPolicy,
+  type CircuitState,
   ConsecutiveBreaker,
   circuitBreaker,
   handleWhen,
   type IBackoff,
+  type IBreaker,
   SamplingBreaker,
 } from "cockatiel";
 import { type EnvReader, int, num } from "./config.js";
@@ -213,6 +215,49 @@ function monotonicHalfOpen(ms: number): IBackoff<unknown> {
   };
 }
 
+/**
+ * cockatiel's SamplingBreaker with its windows kept in step with the wall clock it reads: it moves to
+ * its next window on `Date.now`, and after a step back of an hour none moved for the hour — every call
+ * of it one sample, an outage after good traffic never reached the ratio, and the breaker stayed
+ * closed. A step either way (the wall clock against the monotonic one) moves the windows' starts with it.
+ */
+class SteadySamplingBreaker implements IBreaker {
+  private readonly inner: SamplingBreaker;
+  private offset = Date.now() - performance.now();
+
+  constructor(options: ConstructorParameters<typeof SamplingBreaker>[0]) {
+    this.inner = new SamplingBreaker(options);
+  }
+
+  get state(): unknown {
+    return this.inner.state;
+  }
+
+  set state(value: unknown) {
+    this.inner.state = value;
+  }
+
+  success(state: CircuitState): void {
+    this.follow();
+    this.inner.success(state);
+  }
+
+  failure(state: CircuitState): boolean {
+    this.follow();
+    return this.inner.failure(state);
+  }
+
+  private follow(): void {
+    const offset = Date.now() - performance.now();
+    const step = offset - this.offset;
+    if (Math.abs(step) < 1_000) return; // not a step: rounding, or a slew NTP spreads out
+    this.offset = offset;
+    for (const w of (this.inner.state as { windows: { startedAt: number }[] }).windows) {
+      if (w.startedAt !== 0) w.startedAt += step;
+    }
+  }
+}
+
 /** A circuit breaker of this policy (one per downstream instance): consecutive failures, or a failure ratio in a window. */
 export function breakerOf(config: PolicyConfig): CircuitBreakerPolicy {
   return circuitBreaker(
@@ -227,7 +272,7 @@ export function breakerOf(config: PolicyConfig): CircuitBreakerPolicy {
       halfOpenAfter: { next: () => monotonicHalfOpen(config.breakerHalfOpenAfterMs) },
       breaker:
         config.breakerFailureRatio > 0
-          ? new SamplingBreaker({
+          ? new SteadySamplingBreaker({
               threshold: config.breakerFailureRatio,
               duration: config.breakerWindowMs,
               minimumRps: 1,

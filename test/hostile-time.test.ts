@@ -216,6 +216,56 @@ describe("a gateway whose wall clock steps back an hour while an upstream's brea
   });
 });
 
+describe("a gateway whose wall clock steps back an hour, its breakers judging a failure ratio", () => {
+  // cockatiel's SamplingBreaker moves to its next window on Date.now: after the step none moved for
+  // the hour, the calls of the whole hour were one sample, and an outage after many good calls never
+  // reached the ratio: the breaker stayed closed, every call sent to the failing upstream.
+  it("opens on an outage once the good calls before it have left the window, as without the step", async () => {
+    await using gateway = await spawnGateway(
+      {
+        ...gatewayTargets(sys),
+        UPSTREAM_RETRY_MAX_ATTEMPTS: "1",
+        UPSTREAM_BREAKER_FAILURE_RATIO: "0.5",
+        UPSTREAM_BREAKER_WINDOW_MS: "1000",
+        UPSTREAM_BREAKER_HALF_OPEN_AFTER_MS: "60000",
+      },
+      20_000,
+      ["--import", "tsx", "--import", join(ROOT, "test/fixtures/clock-step.ts")],
+    );
+    const s = Math.floor(Date.now() / 1000);
+    const token = await new SignJWT({ roles: ["customer"] })
+      .setProtectedHeader({ alg: "HS256" })
+      .setSubject("tim-ratio")
+      .setIssuer(claims.JWT_ISSUER)
+      .setAudience(claims.JWT_AUDIENCE)
+      .setIssuedAt(s - 3_660)
+      .setExpirationTime(s + 600)
+      .sign(new TextEncoder().encode(claims.JWT_SECRET));
+    const product = async () =>
+      (
+        await fetch(`http://${gateway.address}/v1/products/coffee-beans`, {
+          headers: { authorization: `Bearer ${token}` },
+        })
+      ).status;
+    expect(await product()).toBe(200);
+    gateway.child.kill("SIGUSR2");
+    await gateway.logLine("clock stepped");
+    for (let i = 0; i < 60; i++) expect(await product()).toBe(200);
+    await sys.inventoryChaos.setFaults({ faults: { down: true } });
+    try {
+      // Paced past the window's fifths (it moves on at a call a fifth of it after its last start):
+      // within two seconds the good calls have left it.
+      for (let i = 0; i < 10; i++) {
+        expect(await product()).toBe(503);
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    } finally {
+      await sys.inventoryChaos.setFaults({ faults: {} });
+    }
+    expect(await product()).toBe(503); // open (for a minute): refused without a call, the upstream healed or not
+  });
+});
+
 /** Node's `--import` of a module that sets this process's clock `ms` ahead (a node whose clock is off). */
 const clockAhead = (ms: number) => [
   "--import",
