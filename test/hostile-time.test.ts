@@ -272,78 +272,30 @@ const clockAhead = (ms: number) => [
   `data:text/javascript,const now = Date.now; Date.now = () => now() + ${ms};`,
 ];
 
-describe("two order replicas on PostgreSQL, one on a node whose clock is ten seconds ahead", () => {
-  // Each replica's choreography sweep compared an order's updated_at, written by the clock of
-  // whichever replica wrote it, with its own: the fast one cancelled the orders the other had
-  // placed while a participant took a few seconds, "no answer within the 6000 ms step budget".
-  it("a choreographed order waiting for a participant (less than the step budget) goes on to confirm", async () => {
-    const AHEAD_MS = 10_000;
-    await using pg = await startPostgres();
-    await using nats = await startNats();
-    const url = await pg.createDatabase("time");
-    const env = { NATS_URL: nats.url, DATABASE_URL: url, DATABASE_POOL_SIZE: "4" };
-    const orderEnv = { ...env, SAGA_STEP_BUDGET_MS: "6000", SAGA_LEASE_MS: "1500" };
-    const procs: ServiceProcess[] = [];
-    try {
-      // The fast one first, and running longer than its lead: a process counts the time before it
-      // started as standing still (platform/stall.ts), which would hide the lead.
-      procs.push(await spawnService("order", orderEnv, 60_000, clockAhead(AHEAD_MS)));
-      const fastSince = Date.now();
-      const inventory = await spawnService("inventory", env, 60_000);
-      procs.push(inventory, await spawnService("payment", env, 60_000));
-      const placing = await spawnService("order", orderEnv, 60_000);
-      procs.push(placing);
-      await new Promise((r) => setTimeout(r, Math.max(0, fastSince + AHEAD_MS + 500 - Date.now())));
-      const orders = createClient(OrderService, createChannel(placing.address));
-      const who = { metadata: identityMetadata({ subject: "tim-fast", roles: ["customer"] }) };
-      // Inventory frozen: the order waits, PENDING, with nothing written since it was placed.
-      inventory.child.kill("SIGSTOP");
-      let id = "";
-      try {
-        const placed = await orders.placeOrder(
-          {
-            idempotencyKey: "fast-clock",
-            items: [{ productId: "coffee-beans", quantity: 1 }],
-            cardToken: "tok_visa",
-            sagaMode: SagaMode.CHOREOGRAPHY,
-          },
-          { ...who, timeoutMs: 10_000 },
-        );
-        id = placed.order?.id ?? "";
-        // Two of the fast replica's sweeps (every 1.5 s at this budget), well within the budget.
-        await new Promise((r) => setTimeout(r, 3_500));
-      } finally {
-        inventory.child.kill("SIGCONT");
-      }
-      let last = "";
-      await expect
-        .poll(
-          async () => {
-            const { order } = await orders.getOrder({ orderId: id }, { ...who, timeoutMs: 5_000 });
-            last = `${OrderStatus[order?.status ?? 0]} ${order?.statusReason ?? ""}`;
-            return order?.status;
-          },
-          { timeout: 20_000, interval: 250 },
-        )
-        .toBe(OrderStatus.CONFIRMED)
-        .catch((err: unknown) => {
-          throw new Error(`order ${id}: ${last}`, { cause: err });
-        });
-    } finally {
-      for (const p of procs.reverse()) await p[Symbol.asyncDispose]();
-    }
-  }, 90_000);
-});
+/**
+ * Order replicas on one PostgreSQL, the first started on a node whose clock is twelve seconds ahead,
+ * with inventory and payment: what the order tests below share. The fast replica runs longer than
+ * its lead before any order is placed: a process counts the time before it started as standing
+ * still (platform/stall.ts), which would hide the lead.
+ */
+describe("order replicas on PostgreSQL, one on a node whose clock is twelve seconds ahead", () => {
+  const AHEAD_MS = 12_000;
+  /** What started, stopped in reverse. */
+  const started: AsyncDisposable[] = [];
+  const keep = <T extends AsyncDisposable>(x: T): T => {
+    started.push(x);
+    return x;
+  };
+  let inventory: ServiceProcess;
+  let payment: ServiceProcess;
+  let fast: ServiceProcess;
+  let other: ServiceProcess;
+  const who = { metadata: identityMetadata({ subject: "tim-fast", roles: ["customer"] }) };
 
-describe("an orchestrated saga adopted by a replica whose clock is twelve seconds ahead of the one that began its step", () => {
-  // The step's budget ran from its first start as the step log dated it, by the clock of the replica
-  // that wrote it, and the adopting replica compared that with its own: a payment outage of a few
-  // seconds, well within the budget, was taken for one past it and the order compensated.
-  it("keeps retrying the step until the budget has passed in fact, and the order confirms once payment is back", async () => {
-    const AHEAD_MS = 12_000;
-    await using pg = await startPostgres();
-    await using nats = await startNats();
-    const url = await pg.createDatabase("adopt");
+  beforeAll(async () => {
+    const pg = keep(await startPostgres());
+    const nats = keep(await startNats());
+    const url = await pg.createDatabase("time");
     const env = { NATS_URL: nats.url, DATABASE_URL: url, DATABASE_POOL_SIZE: "4" };
     const orderEnv = {
       ...env,
@@ -354,53 +306,81 @@ describe("an orchestrated saga adopted by a replica whose clock is twelve second
       INVENTORY_TARGET: "registry:///inventory",
       PAYMENT_TARGET: "registry:///payment",
     };
-    const procs: ServiceProcess[] = [];
-    try {
-      // The fast one first, and running longer than its lead (see the choreography test above).
-      procs.push(await spawnService("order", orderEnv, 60_000, clockAhead(AHEAD_MS)));
-      const fastSince = Date.now();
-      procs.push(await spawnService("inventory", env, 60_000));
-      const payment = await spawnService("payment", env, 60_000);
-      procs.push(payment);
-      // The fast replica drives no saga until the other dies: it starts before, and its orders are its own.
-      const first = await spawnService("order", orderEnv, 60_000);
-      await new Promise((r) => setTimeout(r, Math.max(0, fastSince + AHEAD_MS + 500 - Date.now())));
-      const chaos = createClient(ChaosService, createChannel(payment.address));
-      await chaos.setFaults({ faults: { down: true } });
-      const orders = createClient(OrderService, createChannel(first.address));
-      const who = { metadata: identityMetadata({ subject: "tim-adopt", roles: ["customer"] }) };
-      const placed = await orders.placeOrder(
-        {
-          idempotencyKey: "adopted",
-          items: [{ productId: "coffee-beans", quantity: 1 }],
-          cardToken: "tok_visa",
-          sagaMode: SagaMode.ORCHESTRATION,
+    fast = keep(await spawnService("order", orderEnv, 60_000, clockAhead(AHEAD_MS)));
+    const fastSince = Date.now();
+    inventory = keep(await spawnService("inventory", env, 60_000));
+    payment = keep(await spawnService("payment", env, 60_000));
+    other = keep(await spawnService("order", orderEnv, 60_000));
+    await new Promise((r) => setTimeout(r, Math.max(0, fastSince + AHEAD_MS + 500 - Date.now())));
+  }, 120_000);
+  afterAll(async () => {
+    inventory?.child.kill("SIGCONT");
+    for (const x of started.reverse()) await x[Symbol.asyncDispose]();
+  });
+
+  /** Waits for order `id` (read from `replica`) to be CONFIRMED; fails naming its state and reason. */
+  async function confirmed(replica: ServiceProcess, id: string): Promise<void> {
+    const orders = createClient(OrderService, createChannel(replica.address));
+    let last = "";
+    await expect
+      .poll(
+        async () => {
+          const { order } = await orders.getOrder({ orderId: id }, { ...who, timeoutMs: 5_000 });
+          last = `${OrderStatus[order?.status ?? 0]} ${order?.statusReason ?? ""}`;
+          return order?.status;
         },
-        { ...who, timeoutMs: 10_000 },
-      );
-      const id = placed.order?.id ?? "";
+        { timeout: 20_000, interval: 250 },
+      )
+      .toBe(OrderStatus.CONFIRMED)
+      .catch((err: unknown) => {
+        throw new Error(`order ${id}: ${last}`, { cause: err });
+      });
+  }
+
+  /** Places an order of one coffee on `replica` in `sagaMode`; its id. */
+  async function place(replica: ServiceProcess, key: string, sagaMode: SagaMode): Promise<string> {
+    const orders = createClient(OrderService, createChannel(replica.address));
+    const placed = await orders.placeOrder(
+      { idempotencyKey: key, items: [{ productId: "coffee-beans", quantity: 1 }], cardToken: "tok_visa", sagaMode },
+      { ...who, timeoutMs: 10_000 },
+    );
+    return placed.order?.id ?? "";
+  }
+
+  // Each replica's choreography sweep compared an order's updated_at, written by the clock of
+  // whichever replica wrote it, with its own: the fast one cancelled the orders the other had
+  // placed while a participant took a few seconds, "no answer within the 8000 ms step budget".
+  it("a choreographed order waiting for a participant (less than the step budget) goes on to confirm", async () => {
+    // Inventory frozen: the order waits, PENDING, with nothing written since it was placed.
+    inventory.child.kill("SIGSTOP");
+    let id: string;
+    try {
+      id = await place(other, "fast-clock", SagaMode.CHOREOGRAPHY);
+      // Two of the fast replica's sweeps (every 2 s at this budget), well within the budget.
+      await new Promise((r) => setTimeout(r, 4_500));
+    } finally {
+      inventory.child.kill("SIGCONT");
+    }
+    await confirmed(other, id);
+  });
+
+  // The step's budget ran from its first start as the step log dated it, by the clock of the replica
+  // that wrote it, and the adopting replica compared that with its own: a payment outage of a few
+  // seconds, well within the budget, was taken for one past it and the order compensated.
+  it("a saga it adopts keeps retrying its step until the budget has passed in fact, and confirms once payment is back", async () => {
+    const chaos = createClient(ChaosService, createChannel(payment.address));
+    await chaos.setFaults({ faults: { down: true } });
+    let id: string;
+    try {
+      // The fast replica drives no saga of the other's until the other dies.
+      id = await place(other, "adopted", SagaMode.ORCHESTRATION);
       // Its charge failing, the replica that placed it dies; the fast one adopts it within the lease.
       await new Promise((r) => setTimeout(r, 1_000));
-      await first.kill("SIGKILL");
+      await other.kill("SIGKILL");
       await new Promise((r) => setTimeout(r, 3_000));
-      await chaos.setFaults({ faults: {} });
-      const survivor = createClient(OrderService, createChannel((procs[0] as ServiceProcess).address));
-      let last = "";
-      await expect
-        .poll(
-          async () => {
-            const { order } = await survivor.getOrder({ orderId: id }, { ...who, timeoutMs: 5_000 });
-            last = `${OrderStatus[order?.status ?? 0]} ${order?.statusReason ?? ""}`;
-            return order?.status;
-          },
-          { timeout: 20_000, interval: 250 },
-        )
-        .toBe(OrderStatus.CONFIRMED)
-        .catch((err: unknown) => {
-          throw new Error(`order ${id}: ${last}`, { cause: err });
-        });
     } finally {
-      for (const p of procs.reverse()) await p[Symbol.asyncDispose]();
+      await chaos.setFaults({ faults: {} });
     }
-  }, 90_000);
+    await confirmed(fast, id);
+  });
 });
