@@ -9,8 +9,7 @@ import type http2 from "node:http2";
 import { parseTimeout } from "@connectrpc/connect/protocol-grpc";
 import * as grpc from "@grpc/grpc-js";
 import { grpcTimeout, MAX_TIMER_MS } from "./deadline.js";
-
-type StreamListener = (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, ...rest: unknown[]) => void;
+import { type Refusal, screeningStreams } from "./screened-streams.js";
 
 /**
  * Makes `server`'s HTTP/2 servers answer a gRPC call whose `grpc-timeout` is malformed
@@ -19,21 +18,7 @@ type StreamListener = (stream: http2.ServerHttp2Stream, headers: http2.IncomingH
  * binding: grpc-js's handlers are wrapped as each HTTP/2 server is made.
  */
 export function checkingTimeouts(server: grpc.Server): void {
-  const s = server as unknown as { createHttp2Server?: (credentials: unknown) => http2.Http2Server };
-  const create = s.createHttp2Server;
-  if (typeof create !== "function") {
-    throw new Error("grpc-js no longer makes its HTTP/2 servers in createHttp2Server: check grpc-timeout another way");
-  }
-  s.createHttp2Server = (credentials) => {
-    const h2 = create.call(server, credentials);
-    const handlers = h2.listeners("stream") as StreamListener[];
-    h2.removeAllListeners("stream");
-    h2.on("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, ...rest: unknown[]) => {
-      if (refused(stream, headers)) return;
-      for (const handler of handlers) handler.call(h2, stream, headers, ...rest);
-    });
-    return h2;
-  };
+  screeningStreams(server, "check grpc-timeout", (_stream, headers) => refusal(headers));
 }
 
 /** The longest `grpc-timeout` a Node timer can wait (2147483S). */
@@ -48,31 +33,15 @@ export function clampGrpcTimeout(value: string): string {
   return timeout.error && timeout.timeoutMs !== undefined ? LONGEST : value;
 }
 
-/** Answers a gRPC call with a malformed timeout (true), or rewrites one too long for a timer. */
-function refused(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): boolean {
+/** The refusal of a gRPC call with a malformed timeout; one too long for a timer is rewritten. */
+function refusal(headers: http2.IncomingHttpHeaders): Refusal | undefined {
   const value = headers["grpc-timeout"];
   // Not a gRPC request: grpc-js refuses it for its content type first.
-  if (value === undefined || !String(headers["content-type"] ?? "").startsWith("application/grpc")) return false;
+  if (value === undefined || !String(headers["content-type"] ?? "").startsWith("application/grpc")) return undefined;
   const timeout = parseTimeout(String(value), MAX_TIMER_MS);
   if (timeout.error && timeout.timeoutMs !== undefined) {
     headers["grpc-timeout"] = LONGEST;
-    return false;
+    return undefined;
   }
-  if (!timeout.error) return false;
-  // grpc-js's handler, not run here, is what hears every stream's 'error': one reset with an error
-  // code while this answer is sent would otherwise be an unhandled 'error', and end the process.
-  stream.on("error", () => {});
-  if (!stream.headersSent && !stream.destroyed) {
-    stream.respond(
-      {
-        ":status": 200,
-        "content-type": "application/grpc+proto",
-        "grpc-status": String(grpc.status.INVALID_ARGUMENT),
-        "grpc-message": encodeURIComponent(timeout.error.rawMessage),
-      },
-      { endStream: true },
-    );
-  }
-  stream.resume(); // the request's body, if any, read and dropped
-  return true;
+  return timeout.error ? { code: grpc.status.INVALID_ARGUMENT, message: timeout.error.rawMessage } : undefined;
 }
