@@ -141,6 +141,36 @@ describe("a service's gRPC port, against one client connection", () => {
     expect(await served()).toBe(0);
   }, 30_000);
 
+  // The limit above is per call: 10,000 calls each naming that header 16 times (61 KB decoded, under
+  // 64 KiB; ~33 bytes a call, 330 KB sent) held 595 MB of the service on one connection. The header
+  // lists of the calls open on a connection are bounded together now, as the gateway's are by its
+  // 100 streams a connection.
+  it("bounds the header lists of the calls open on one connection together, not only each", async () => {
+    const pid = svc.child.pid ?? 0;
+    const before = rssMb(pid);
+    const c = await rawConnect(svc.port);
+    let refused = 0;
+    readFrames(c.socket, (type, flags) => {
+      if (type === 1 && flags & 0x1) refused++;
+    });
+    await c.write(H2_PREFACE);
+    const fields = [":path", LIST, ":authority", "x", "content-type", "application/grpc", "te", "trailers"];
+    const small = Buffer.concat(fields.flatMap((f, i) => (i % 2 ? [] : [hpackLiteral(f, fields[i + 1] ?? "")])));
+    const big = hpackLiteral("x-big", "v".repeat(3_800), true);
+    for (let i = 0; i < 10_000 && !c.socket.destroyed; i++) {
+      const refs = Array.from({ length: 16 }, () => hpackIndexed(62));
+      const block = Buffer.concat([Buffer.from([0x83, 0x86]), small, ...(i === 0 ? [big] : refs)]);
+      c.socket.write(h2Frame(1, 0x4, 1 + 2 * i, block)); // END_HEADERS, no END_STREAM: held open
+      if (i % 200 === 199) await new Promise((r) => setImmediate(r));
+    }
+    await new Promise((r) => setTimeout(r, 2_000));
+    const grown = rssMb(pid) - before;
+    expect(await served()).toBe(0);
+    c.socket.destroy();
+    expect(grown, `RSS grew ${grown.toFixed(0)} MB`).toBeLessThan(120);
+    expect(refused).toBeGreaterThan(5_000);
+  }, 30_000);
+
   // A message of 2,000,000 unknown fields (two bytes each, within the 4 MiB limit) cost the service
   // 2.2 s of CPU and 290 MB, where 4 MB of a known string field costs 40 ms and 10 MB: every unknown
   // field was kept as an object of its own ($unknown), for a service that never reads them.
