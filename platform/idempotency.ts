@@ -26,7 +26,20 @@ export function requireIdempotencyKey(value: string, field = "idempotency_key"):
   return value;
 }
 
-/** A stable fingerprint of a request, to tell a retry from a different request reusing a key. */
+/**
+ * Whether requests of `schema` are fingerprinted under an idempotency key (they have an
+ * `idempotency_key` field). Such a request keeps, decoded, the fields its service does not know
+ * (platform/grpc.ts skips them in any other): its fingerprint must tell two requests apart by them
+ * too, and match the one a newer replica that knows them takes of the same request in an upgrade.
+ */
+export function keepsUnknownFields(schema: DescMessage): boolean {
+  return schema.fields.some((f) => f.name === "idempotency_key");
+}
+
+/**
+ * A stable fingerprint of a request, to tell a retry from a different request reusing a key: of its
+ * binary encoding, the fields its service does not know included ({@link keepsUnknownFields}).
+ */
 export function requestFingerprint<D extends DescMessage>(schema: D, msg: MessageShape<D>): string {
   return createHash("sha256").update(toBinary(schema, msg)).digest("base64url");
 }

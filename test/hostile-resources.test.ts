@@ -6,10 +6,12 @@
 import { readFileSync } from "node:fs";
 import http2 from "node:http2";
 import { gzipSync } from "node:zlib";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET, targetVariable } from "../gateway/config.js";
 import { UPSTREAMS } from "../gateway/routes.js";
+import { ReserveStockRequestSchema } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { type ServiceProcess, spawnGateway, spawnService, tempDir } from "./fixtures.js";
 import {
   envelope,
@@ -169,6 +171,34 @@ describe("a service's gRPC port, against one client connection", () => {
     c.socket.destroy();
     expect(grown, `RSS grew ${grown.toFixed(0)} MB`).toBeLessThan(120);
     expect(refused).toBeGreaterThan(5_000);
+  }, 30_000);
+
+  // Skipping unknown fields made the fingerprint of an idempotent request cover only the fields the
+  // service knows: the same key with a field of a newer client changed was a replay (the first answer,
+  // not ALREADY_EXISTS), and a retry reaching a newer replica that knows the field, during an upgrade,
+  // no longer matched the fingerprint an older one stored.
+  it("tells two requests under one idempotency key apart by the fields it does not know too", async () => {
+    await using s = await h2Session(`http://${svc.address}`);
+    const headers = {
+      ":path": "/shopmesh.inventory.v1.InventoryService/ReserveStock",
+      "content-type": "application/grpc",
+      te: "trailers",
+      "x-shopmesh-subject": "order",
+    };
+    const known = toBinary(
+      ReserveStockRequestSchema,
+      create(ReserveStockRequestSchema, {
+        idempotencyKey: "unknown-fields-1",
+        orderId: "o-unknown-fields",
+        items: [{ productId: "ceramic-mug", quantity: 1 }],
+      }),
+    );
+    const withField = (v: number) => envelope(Buffer.concat([known, Buffer.from([15 << 3, v])]));
+    const first = await h2Request(s, headers, withField(1));
+    const retry = await h2Request(s, headers, withField(1));
+    const other = await h2Request(s, headers, withField(2));
+    expect([first.grpcStatus, retry.grpcStatus, other.grpcStatus]).toEqual([0, 0, 6]);
+    expect(retry.body.equals(first.body)).toBe(true);
   }, 30_000);
 
   // A message of 2,000,000 unknown fields (two bytes each, within the 4 MiB limit) cost the service
