@@ -140,6 +140,17 @@ describe("a service's gRPC port, against one client connection", () => {
     c.socket.destroy();
     expect(grown, `RSS grew ${grown.toFixed(0)} MB`).toBeLessThan(100);
     expect(refused).toBeGreaterThan(1_000);
+    // One such list, alone on its connection, is refused at once: not left to the connection's budget.
+    const one = await rawConnect(svc.port);
+    const answered = new Promise<boolean>((resolve) => {
+      readFrames(one.socket, (type, flags) => type === 1 && flags & 0x1 && resolve(true));
+      setTimeout(() => resolve(false), 5_000);
+    });
+    await one.write(H2_PREFACE);
+    const refs = Array.from({ length: 20 }, () => hpackIndexed(62)); // 80 KB decoded, from 4 KB
+    one.socket.write(h2Frame(1, 0x4, 1, Buffer.concat([Buffer.from([0x83, 0x86]), small, big, ...refs])));
+    expect(await answered).toBe(true);
+    one.socket.destroy();
     expect(await served()).toBe(0);
   }, 30_000);
 
