@@ -3,7 +3,8 @@
  * `application/proto`, POST, over HTTP/1.1 or HTTP/2) to routed methods:
  * the message is parsed with connect-es's own serialization — the same
  * options the router uses, so a bad request fails with the same error —
- * encoded once, and sent through the byte-forwarding upstream client the
+ * then sent (a binary one as the bytes it came as, unknown fields and all;
+ * a JSON one encoded once) through the byte-forwarding upstream client the
  * gRPC fast path uses (passthrough.ts); the answer is decoded and written
  * in the client's encoding. connect-es's router, its universal request and
  * response adapters, the per-call AbortSignals and async iterables, and

@@ -71,11 +71,13 @@ function bodyJson(body: Buffer, encoding: string | undefined, maxBytes: number):
   if (coding !== "identity" && bytes.length > 0) {
     const inflate = coding === "gzip" ? gunzipSync : coding === "br" ? brotliDecompressSync : undefined;
     if (!inflate) throw new ConnectError(`unknown compression "${coding}": gzip or br`, Code.Unimplemented);
+    const limit = inflationLimit(bytes.length, maxBytes);
     try {
-      bytes = inflate(bytes, { maxOutputLength: inflationLimit(bytes.length, maxBytes) });
+      bytes = inflate(bytes, { maxOutputLength: limit });
     } catch (err) {
       if (err instanceof RangeError) {
-        throw new ConnectError(`request body exceeds the limit of ${maxBytes} bytes`, Code.ResourceExhausted);
+        // The limit it passed: a 20 KB body may be refused at 320 KB, not at the 1 MiB the client knows of.
+        throw new ConnectError(`request body exceeds the limit of ${limit} bytes decompressed`, Code.ResourceExhausted);
       }
       throw new ConnectError(`the request body is not valid ${coding}`, Code.InvalidArgument);
     }
