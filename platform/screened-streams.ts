@@ -11,6 +11,8 @@ import type * as grpc from "@grpc/grpc-js";
 export interface Refusal {
   readonly code: grpc.status;
   readonly message: string;
+  /** Headers sent with the status (e.g. `grpc-accept-encoding`). */
+  readonly headers?: Readonly<Record<string, string>>;
 }
 
 /**
@@ -57,6 +59,7 @@ function refuse(stream: http2.ServerHttp2Stream, refusal: Refusal): void {
   if (!stream.headersSent && !stream.destroyed) {
     stream.respond(
       {
+        ...refusal.headers,
         ":status": 200,
         "content-type": "application/grpc+proto",
         "grpc-status": String(refusal.code),

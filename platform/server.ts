@@ -27,6 +27,7 @@ import {
 } from "./grpc.js";
 import { boundingHeaderLists } from "./header-limit.js";
 import type { Logger } from "./log.js";
+import { refusingCompressedRequests } from "./plain-requests.js";
 import { serverTelemetry, type Telemetry } from "./telemetry.js";
 import { checkingTimeouts } from "./timeout-header.js";
 
@@ -256,6 +257,7 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
   });
   tolerateCancellations(server);
   checkingTimeouts(server);
+  refusingCompressedRequests(server);
   boundingHeaderLists(server);
   // Telemetry outermost: the span is active for the log line and everything below.
   const observed: Interceptor[] = opts.telemetry
