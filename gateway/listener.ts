@@ -21,7 +21,7 @@
 import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
-import type { Logger } from "../platform/index.js";
+import { headerListBytes, type Logger, MAX_HEADER_LIST_BYTES } from "../platform/index.js";
 import { addressKey } from "./limits.js";
 
 /** Limits and address of the listener. Times in ms. */
@@ -114,12 +114,6 @@ function refuse(req: http2.Http2ServerRequest, res: http2.Http2ServerResponse, s
 }
 
 type CloseReason = Parameters<NonNullable<ListenerOptions["onClose"]>>[0];
-
-/** Largest header list a request may bring, decoded (as Node's HTTP/1.1 parser's default limit, times four). */
-export const MAX_HEADER_LIST_BYTES = 64 * 1024;
-
-/** Bytes of a request's header list as decoded, per RFC 9113 §6.5.2 (name + value + 32 per field). */
-const headerListBytes = (raw: readonly string[]) => raw.reduce((n, s) => n + s.length + 16, 0);
 
 /** The HTTP/1.1 and HTTP/2 servers that the front hands connections to, with their limits. */
 function protocolServers(o: ListenerOptions, handle: Handler, closed: (why: CloseReason) => void) {

@@ -12,7 +12,7 @@ import type http2 from "node:http2";
 import * as grpc from "@grpc/grpc-js";
 import { screeningStreams } from "./screened-streams.js";
 
-/** Largest header list a call may bring, decoded (as the gateway's). */
+/** Largest header list a call may bring, decoded, to a service or the gateway: Node's HTTP/1.1 parser's limit, times four. */
 export const MAX_HEADER_LIST_BYTES = 64 * 1024;
 
 /**
@@ -21,8 +21,8 @@ export const MAX_HEADER_LIST_BYTES = 64 * 1024;
  */
 export const MAX_HEADER_BYTES_PER_CONNECTION = 32 * 1024 * 1024;
 
-/** Bytes of a header list as decoded, per RFC 9113 §6.5.2 (name + value + 32 per field). */
-const headerListBytes = (raw: readonly string[]) => raw.reduce((n, s) => n + s.length + 16, 0);
+/** Bytes of a header list (names and values in turn) as decoded, per RFC 9113 §6.5.2 (name + value + 32 per field). */
+export const headerListBytes = (raw: readonly string[]) => raw.reduce((n, s) => n + s.length + 16, 0);
 
 /**
  * Makes `server`'s HTTP/2 servers answer RESOURCE_EXHAUSTED at once, before grpc-js holds it, a call

@@ -63,6 +63,7 @@ export type { Eventing } from "./eventing.js";
 export { holdExclusive } from "./file-lock.js";
 export { type CallContext, framePrefix, type Interceptor, type ServiceImpl, unframe, withImports } from "./grpc.js";
 export { type BytesClient, type CallOptions, type Client, createChannel, createClient } from "./grpc-client.js";
+export { headerListBytes, MAX_HEADER_LIST_BYTES } from "./header-limit.js";
 export { type Built, type Host, type HostConfig, type HostContext, type HostOptions, startHost } from "./host.js";
 export { type KeyUse, keyUse, requestFingerprint, requireIdempotencyKey, VOIDED } from "./idempotency.js";
 export {
