@@ -1,8 +1,10 @@
 /** Bodies gathered from pieces (body.ts): whatever the pieces, the same bytes, in whole messages. */
+import { Code } from "@connectrpc/connect";
+import { compressionGzip } from "@connectrpc/connect-node";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { envelope } from "../test/raw.js";
-import { Gathered, limitedBody } from "./body.js";
+import { boundedInflation, Gathered, inflationLimit, limitedBody } from "./body.js";
 
 /** `bytes` cut at `cuts` (offsets, any order). */
 function* pieces(bytes: Buffer, cuts: number[]): Generator<Buffer> {
@@ -69,5 +71,31 @@ describe("Gathered", () => {
     expect(all.length).toBe(1_000_000);
     expect(all.buffer.byteLength).toBeLessThanOrEqual(1_000_000 + 8192); // Node's pool slack at most
     expect(held.length).toBe(0);
+  });
+});
+
+describe("inflationLimit and boundedInflation", () => {
+  const MiB = 1024 * 1024;
+  it("lets a body grow 16 times its size, or to 16 KiB, within the body limit", () => {
+    expect(inflationLimit(100, MiB)).toBe(16 * 1024);
+    expect(inflationLimit(10_000, MiB)).toBe(160_000);
+    expect(inflationLimit(100_000, MiB)).toBe(MiB);
+    expect(inflationLimit(100, 4_096)).toBe(4_096);
+  });
+
+  // The largest order a client may place (50 lines, product ids of 128 characters, pretty-printed
+  // JSON) is ~10 KB: under the 16 KiB floor, however well it compresses (these ids: 39 times).
+  it("takes the largest honest order however well it compresses, and refuses 1 KB that expands to 1 MB", async () => {
+    const gzip = boundedInflation(compressionGzip);
+    const items = Array.from({ length: 50 }, (_, i) => ({
+      productId: `p${String(i).padStart(127, "0")}`,
+      quantity: 1,
+    }));
+    const order = Buffer.from(JSON.stringify({ idempotencyKey: "k".repeat(128), items }, null, 4));
+    const packed = await compressionGzip.compress(order);
+    expect(order.length / packed.length).toBeGreaterThan(16);
+    expect(Buffer.from(await gzip.decompress(packed, MiB)).equals(order)).toBe(true);
+    const bomb = await compressionGzip.compress(new Uint8Array(MiB));
+    await expect(gzip.decompress(bomb, MiB)).rejects.toMatchObject({ code: Code.ResourceExhausted });
   });
 });

@@ -93,3 +93,34 @@ it("cuts a client that sends scrapes and never reads the answers, once nothing h
     await slow.close();
   }
 }, 20_000);
+
+// A scrape is computed once at a time and reused for ten times as long as it took: many scrapes at
+// once of a registry that takes 5 ms to read cost a few readings, not one each, and one a little later
+// sees fresh values (stale by tens of milliseconds, not a scrape interval).
+it("shares a scrape among those asked at once, and computes a fresh one soon after", async () => {
+  const registry = new Registry();
+  let computed = 0;
+  new Gauge({
+    name: "scrapes_computed",
+    help: "how many times the registry was read",
+    registers: [registry],
+    collect() {
+      const until = performance.now() + 5;
+      while (performance.now() < until) {} // a registry that takes 5 ms to read
+      computed++;
+      this.set(computed);
+    },
+  });
+  const own = await serveMetrics(registry, 0, "127.0.0.1", silentLogger());
+  try {
+    const scrape = async () => (await fetch(`http://127.0.0.1:${own.port}/metrics`)).text();
+    const texts = await Promise.all(Array.from({ length: 20 }, scrape));
+    expect(computed).toBeLessThanOrEqual(5);
+    expect(new Set(texts).size).toBe(computed);
+    await new Promise((r) => setTimeout(r, 200));
+    const before = computed;
+    expect(await scrape()).toContain(`scrapes_computed ${before + 1}`);
+  } finally {
+    await own.close();
+  }
+});
