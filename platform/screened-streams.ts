@@ -2,7 +2,7 @@
  * grpc-js's HTTP/2 servers with every call screened before grpc-js holds it, and refused with a
  * status of its own: grpc-js offers no hook between a stream's arrival and its handler, so its
  * handlers are taken off each HTTP/2 server it makes and called only for the calls a screen lets
- * through. The one way header-limit.ts and timeout-header.ts do it.
+ * through. The one way header-limit.ts, plain-requests.ts and timeout-header.ts do it.
  */
 import type http2 from "node:http2";
 import type * as grpc from "@grpc/grpc-js";
