@@ -122,6 +122,8 @@ const nonEmpty = (s: string) => (s === "" ? undefined : s);
 export const MAX_CLOCK_AHEAD_MS = 24 * 3_600_000;
 /** The earliest time a Timestamp's JSON form holds, 0001-01-01T00:00:00Z, in epoch ms. */
 export const EARLIEST_TIMESTAMP_MS = -62_135_596_800_000;
+/** The latest time a Timestamp's JSON form holds, 9999-12-31T23:59:59.999Z, in epoch ms. */
+export const LATEST_TIMESTAMP_MS = 253_402_300_799_999;
 
 /**
  * What `event` says about its order. `eventId` is the id the bus delivered

@@ -19,7 +19,9 @@ import {
   type Tx,
 } from "../../platform/index.js";
 import {
+  EARLIEST_TIMESTAMP_MS,
   type Fact,
+  LATEST_TIMESTAMP_MS,
   type OrderStatusName,
   type OrderView,
   type PaymentStatusName,
@@ -43,7 +45,8 @@ const VIEW = `CREATE TABLE order_history (
    ) STRICT;
    CREATE INDEX order_history_customer ON order_history (customer_id, last_event_at DESC, order_id DESC);`;
 
-const MIGRATIONS = migrations([
+/** The view's and inbox's tables, in order (both engines). */
+export const MIGRATIONS = migrations([
   VIEW,
   INBOX_MIGRATION,
   // 3: where a cancelled order's refund stands (OrderCancelled's refund_pending, OrderRefundSettled).
@@ -52,6 +55,11 @@ const MIGRATIONS = migrations([
   INBOX_FAILURES_MIGRATION,
   // 5: the inbox forgets an event a day after the streams do (its purge reads by this index).
   INBOX_PURGE_MIGRATION,
+  // 6: an order listed at a time a Timestamp's JSON form cannot hold, by a version before factOf
+  // bounded event times, made its customer's whole history answer 500 on REST and Connect.
+  `UPDATE order_history
+     SET last_event_at = CASE WHEN last_event_at < ${EARLIEST_TIMESTAMP_MS} THEN ${EARLIEST_TIMESTAMP_MS} ELSE ${LATEST_TIMESTAMP_MS} END
+     WHERE last_event_at < ${EARLIEST_TIMESTAMP_MS} OR last_event_at > ${LATEST_TIMESTAMP_MS};`,
 ]);
 
 interface ViewRow {
