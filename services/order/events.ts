@@ -146,7 +146,7 @@ export class Choreography {
     let cancelled = 0;
     // In the clock updated_at is written in: another replica's, compared with this one's, was ahead
     // by their difference, and a replica ten seconds fast cancelled the others' orders that long early.
-    const now = await this.store.sharedNow(local);
+    const now = await this.store.sharedNow();
     for (const id of await this.store.stalledChoreography(now - budgetMs)) {
       await this.store.db.transaction(async (tx) => {
         const o = await this.order(id, tx);

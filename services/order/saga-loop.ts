@@ -61,7 +61,7 @@ export class SagaLoop {
     const signal = this.abort.signal;
     if (!fresh) {
       const local = this.ctx.clock();
-      starts.load(await store.steps(orderId), (await store.sharedNow(local)) - local);
+      starts.load(await store.steps(orderId), (await store.sharedNow()) - local);
     }
     if (fresh?.started) starts.record(fresh.started);
     // The order as the last commit left it: read again only after a wait (a cancel may have come).

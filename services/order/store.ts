@@ -111,10 +111,11 @@ export class OrderStore {
   }
 
   /**
-   * Now in the clock the orders' `updated_at` is written in, which replicas compare (platform/shared-clock.ts):
-   * the database's on PostgreSQL, `local` (this process's) on SQLite.
+   * Now in the clock the orders' `updated_at` and step log are written in, which replicas compare
+   * (platform/shared-clock.ts): the database's on PostgreSQL, this store's on SQLite.
    */
-  async sharedNow(local: number): Promise<number> {
+  async sharedNow(): Promise<number> {
+    const local = this.clock();
     if (this.db.engine === "sqlite") return local;
     const r = await this.db.one(sql<{ now: number }>`SELECT ${sharedNow(this.db.engine, local)} AS now`);
     return Number(r?.now);
