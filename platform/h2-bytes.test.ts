@@ -119,6 +119,22 @@ describe("HTTP/2 bytes client", () => {
     expect(err.code).toBe(Code.UNAVAILABLE);
   });
 
+  it("an instance whose connection failed is failing for a second, and no longer after a step back of the wall clock", async () => {
+    const c = createH2BytesClient(InventoryService, `127.0.0.1:${await freePort()}`);
+    cleanups.push(() => c.close());
+    await rejection((c.bytes.getProduct as (m: Uint8Array) => Promise<Uint8Array>)(request("coffee-beans")));
+    expect(c.failing()).toBe(true);
+    // An NTP correction of a fast clock, or a restored VM: the instance was picked last for the hour.
+    const wall = Date.now;
+    const step = vi.spyOn(Date, "now").mockImplementation(() => wall() - 3_600_000);
+    try {
+      await new Promise((r) => setTimeout(r, 1_100));
+      expect(c.failing()).toBe(false);
+    } finally {
+      step.mockRestore();
+    }
+  });
+
   it("the deadline ends the call and the server's work; an abort is CANCELLED", async () => {
     const server = await serve();
     const call = client(server.address);

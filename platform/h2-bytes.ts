@@ -94,8 +94,11 @@ export function createH2BytesClient(service: DescService, address: string, trace
   const port = Number(address.slice(sep + 1));
   let session: http2.ClientHttp2Session | undefined;
   let closed = false;
-  /** When the connection last failed (0: it has not, or one is up since). */
-  let failedAt = 0;
+  /**
+   * When the connection last failed, on the monotonic clock (undefined: it has not, or one is up
+   * since): on the wall clock, a step back kept the instance failing, picked last, for the step.
+   */
+  let failedAt: number | undefined;
 
   const open = (): http2.ClientHttp2Session => {
     if (session && !session.closed && !session.destroyed) return session;
@@ -104,10 +107,10 @@ export function createH2BytesClient(service: DescService, address: string, trace
     });
     // A session that fails (refused, reset) fails its streams, which report it; then it closes.
     s.on("error", () => {
-      failedAt = Date.now();
+      failedAt = performance.now();
     });
     s.on("connect", () => {
-      failedAt = 0;
+      failedAt = undefined;
     });
     const forget = () => {
       if (session === s) session = undefined;
@@ -234,7 +237,7 @@ export function createH2BytesClient(service: DescService, address: string, trace
   return {
     bytes: bytes as BytesClient,
     // For a second only: after that a call may try the instance again (it may be back).
-    failing: () => failedAt > 0 && Date.now() - failedAt < 1_000,
+    failing: () => failedAt !== undefined && performance.now() - failedAt < 1_000,
     close: () => {
       closed = true;
       session?.close();
