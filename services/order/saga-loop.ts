@@ -60,8 +60,12 @@ export class SagaLoop {
     const { orderId, lease, starts } = this;
     const signal = this.abort.signal;
     if (!fresh) {
-      const local = this.ctx.clock();
-      starts.load(await store.steps(orderId), (await store.sharedNow()) - local);
+      const steps = await store.steps(orderId);
+      // The shared clock's lead over this loop's, both read together: with this one read before the
+      // log, the lead took in the log's read (a slow database at a failover, every adopted saga
+      // reading at once), and the step's budget ran short by it.
+      const shared = await store.sharedNow();
+      starts.load(steps, shared - this.ctx.clock());
     }
     if (fresh?.started) starts.record(fresh.started);
     // The order as the last commit left it: read again only after a wait (a cancel may have come).
