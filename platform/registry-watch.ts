@@ -42,6 +42,7 @@ import {
 
 const RETRY_MIN_MS = 250;
 const RETRY_MAX_MS = 5_000;
+const now = () => performance.now(); // monotonic: after a wall clock's step back, nothing expired for the step
 
 /** Whether a connection is up, and since when. */
 type Link = { connected: boolean; since: number };
@@ -51,14 +52,14 @@ const links = new WeakMap<NatsConnection, Link>();
 export function linkOf(nc: NatsConnection): Link {
   const known = links.get(nc);
   if (known) return known;
-  const link: Link = { connected: !nc.isClosed(), since: Date.now() };
+  const link: Link = { connected: !nc.isClosed(), since: now() };
   links.set(nc, link);
   void (async () => {
     for await (const s of nc.status()) {
       if (s.type === "disconnect") link.connected = false;
       else if (s.type === "reconnect") {
         link.connected = true;
-        link.since = Date.now();
+        link.since = now();
       }
     }
     link.connected = false;
@@ -84,7 +85,7 @@ export interface InstanceWatch {
 interface Known {
   address: string | undefined;
   revision: number;
-  /** When the entry was last written (or forgotten), on this host's clock. */
+  /** When the entry was last written (or forgotten), on this host's monotonic clock. */
   seenAt: number;
 }
 
@@ -107,7 +108,7 @@ class InstanceWatcher {
   private ttlMs = DEFAULT_TTL_MS;
   private pruneEveryMs = 1_000;
   /** When prune last ran, and when it last found this process had stalled. */
-  private lastPrune = Date.now();
+  private lastPrune = now();
   private resumedAt = 0;
   /** A ping is out (entries looked expired); whether the last one went unanswered. */
   private pinging = false;
@@ -173,7 +174,7 @@ class InstanceWatcher {
       return; // unreadable headers: no service's write
     }
     const key = m.subject.slice(REGISTRY_SUBJECT_PREFIX.length);
-    this.set(key, operation, () => m.string(), this.known.get(key)?.revision ?? 0, Date.now());
+    this.set(key, operation, () => m.string(), this.known.get(key)?.revision ?? 0, now());
     // Only keys it follows: one an ignored write names costs nothing (a flood of distinct keys held ~2 KB each).
     if (!this.known.has(key)) return;
     this.live.add(key);
@@ -211,16 +212,16 @@ class InstanceWatcher {
 
   /** An entry written before we looked is as old as the server says; live writes go by this host's clock. */
   private initialSeenAt(e: KvEntry): number {
-    return Math.min(Date.now(), e.created.getTime());
+    return now() - Math.max(0, Date.now() - e.created.getTime());
   }
 
   private prune(): void {
-    const now = Date.now();
+    const at = now();
     // Ran far later than scheduled: this process stalled, and what it missed is still queued.
-    if (now - this.lastPrune > 2 * this.pruneEveryMs) this.resumedAt = now;
-    this.lastPrune = now;
+    if (at - this.lastPrune > 2 * this.pruneEveryMs) this.resumedAt = at;
+    this.lastPrune = at;
     if (!this.link.connected || this.pinging) return;
-    const cutoff = now - this.ttlMs;
+    const cutoff = at - this.ttlMs;
     const expired = (k: Known) =>
       k.address !== undefined && Math.max(k.seenAt, this.link.since, this.resumedAt) < cutoff;
     for (const [key, k] of this.known) {
@@ -243,13 +244,13 @@ class InstanceWatcher {
       if (this.unanswered) {
         // Back from a silence: the heartbeats it held are on their way; count a TTL from now.
         this.unanswered = false;
-        this.resumedAt = Date.now();
+        this.resumedAt = now();
         return;
       }
       let changed = false;
       for (const [key, k] of this.known) {
         if (!expired(k)) continue;
-        this.known.set(key, { address: undefined, revision: k.revision, seenAt: Date.now() });
+        this.known.set(key, { address: undefined, revision: k.revision, seenAt: now() });
         changed = true;
       }
       if (changed) this.report();
@@ -303,7 +304,7 @@ class InstanceWatcher {
       this.ttlMs = reg.ttlMs;
       clearInterval(this.pruneTimer);
       this.pruneEveryMs = Math.min(1_000, Math.max(100, this.ttlMs / 4));
-      this.lastPrune = Date.now();
+      this.lastPrune = now();
       this.pruneTimer = setInterval(() => this.prune(), this.pruneEveryMs);
       this.pruneTimer.unref();
       const sub = this.nc.subscribe(`${this.prefix}*`);

@@ -9,7 +9,7 @@ import v8 from "node:v8";
 import vm from "node:vm";
 import { status } from "@grpc/grpc-js";
 import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { startNats, type TestNats } from "../test/nats.js";
 import { RpcError } from "./errors.js";
@@ -268,6 +268,23 @@ describe("registry:/// resolver with round_robin", () => {
     // nats-server 2.9 sends no watch event for a TTL expiry: the watcher prunes by heartbeat age.
     await within(left(), () => watch.latest()?.join() === a.server.address);
     for (let i = 0; i < 5; i++) expect(await whoAnswers(client, 1)).toBe("A");
+  });
+
+  it("drops an instance that died without deregistering within the TTL after a step back of the wall clock", async () => {
+    const a = await startInstance("inv-step", "A");
+    const b = await startInstance("inv-step", "B");
+    const watch = watched("inv-step");
+    await within(5_000, () => watch.latest()?.length === 2);
+    await b.crash();
+    // An NTP correction of a fast clock, or a restored VM: the dead instance's last heartbeat was
+    // dated an hour ahead of the clock, and the watch kept it live for the hour.
+    const wall = Date.now;
+    const step = vi.spyOn(Date, "now").mockImplementation(() => wall() - 3_600_000);
+    try {
+      await within(TTL_MS + 2_000, () => watch.latest()?.join() === a.server.address);
+    } finally {
+      step.mockRestore();
+    }
   });
 
   it("drops a gracefully stopped instance at once", async () => {
