@@ -172,36 +172,46 @@ describe("an event dated before year 1 (a producer's clock or code gone wrong)",
   });
 });
 
-describe("a gateway whose wall clock steps back an hour while an upstream's breaker is open", () => {
-  // cockatiel times the half-open wait on Date.now: after the step the breaker stayed open for the
-  // hour, every call to the healed upstream refused, instead of probing it UPSTREAM_BREAKER_HALF_OPEN_AFTER_MS later.
-  it("probes the upstream after the half-open wait, as it would without the step", async () => {
-    await using gateway = await spawnGateway(
-      {
-        ...gatewayTargets(sys),
-        UPSTREAM_RETRY_MAX_ATTEMPTS: "1",
-        UPSTREAM_BREAKER_CONSECUTIVE_FAILURES: "2",
-        UPSTREAM_BREAKER_HALF_OPEN_AFTER_MS: "500",
-      },
-      20_000,
-      ["--import", "tsx", "--import", join(ROOT, "test/fixtures/clock-step.ts")],
-    );
-    // Valid on both sides of the step: issued an hour and a minute ago, expiring in ten minutes.
+/**
+ * A gateway to `sys` whose wall clock steps back an hour on SIGUSR2 (test/fixtures/clock-step.ts), and
+ * GetProduct through it as `subject`, with a token valid on both sides of the step (issued an hour and
+ * a minute ago, expiring in ten minutes): the answer's HTTP status.
+ */
+async function steppingGateway(env: Record<string, string>) {
+  const gateway = await spawnGateway({ ...gatewayTargets(sys), ...env }, 20_000, [
+    "--import",
+    "tsx",
+    "--import",
+    join(ROOT, "test/fixtures/clock-step.ts"),
+  ]);
+  const product = async (subject: string) => {
     const s = Math.floor(Date.now() / 1000);
     const token = await new SignJWT({ roles: ["customer"] })
       .setProtectedHeader({ alg: "HS256" })
-      .setSubject("tim-step")
+      .setSubject(subject)
       .setIssuer(claims.JWT_ISSUER)
       .setAudience(claims.JWT_AUDIENCE)
       .setIssuedAt(s - 3_660)
       .setExpirationTime(s + 600)
       .sign(new TextEncoder().encode(claims.JWT_SECRET));
-    const product = async () =>
-      (
-        await fetch(`http://${gateway.address}/v1/products/coffee-beans`, {
-          headers: { authorization: `Bearer ${token}` },
-        })
-      ).status;
+    const r = await fetch(`http://${gateway.address}/v1/products/coffee-beans`, {
+      headers: { authorization: `Bearer ${token}` },
+    });
+    return r.status;
+  };
+  return Object.assign(gateway, { product });
+}
+
+describe("a gateway whose wall clock steps back an hour while an upstream's breaker is open", () => {
+  // cockatiel times the half-open wait on Date.now: after the step the breaker stayed open for the
+  // hour, every call to the healed upstream refused, instead of probing it UPSTREAM_BREAKER_HALF_OPEN_AFTER_MS later.
+  it("probes the upstream after the half-open wait, as it would without the step", async () => {
+    await using gateway = await steppingGateway({
+      UPSTREAM_RETRY_MAX_ATTEMPTS: "1",
+      UPSTREAM_BREAKER_CONSECUTIVE_FAILURES: "2",
+      UPSTREAM_BREAKER_HALF_OPEN_AFTER_MS: "500",
+    });
+    const product = () => gateway.product("tim-step");
     expect(await product()).toBe(200);
     await sys.inventoryChaos.setFaults({ faults: { down: true } });
     try {
@@ -221,32 +231,13 @@ describe("a gateway whose wall clock steps back an hour, its breakers judging a 
   // the hour, the calls of the whole hour were one sample, and an outage after many good calls never
   // reached the ratio: the breaker stayed closed, every call sent to the failing upstream.
   it("opens on an outage once the good calls before it have left the window, as without the step", async () => {
-    await using gateway = await spawnGateway(
-      {
-        ...gatewayTargets(sys),
-        UPSTREAM_RETRY_MAX_ATTEMPTS: "1",
-        UPSTREAM_BREAKER_FAILURE_RATIO: "0.5",
-        UPSTREAM_BREAKER_WINDOW_MS: "1000",
-        UPSTREAM_BREAKER_HALF_OPEN_AFTER_MS: "60000",
-      },
-      20_000,
-      ["--import", "tsx", "--import", join(ROOT, "test/fixtures/clock-step.ts")],
-    );
-    const s = Math.floor(Date.now() / 1000);
-    const token = await new SignJWT({ roles: ["customer"] })
-      .setProtectedHeader({ alg: "HS256" })
-      .setSubject("tim-ratio")
-      .setIssuer(claims.JWT_ISSUER)
-      .setAudience(claims.JWT_AUDIENCE)
-      .setIssuedAt(s - 3_660)
-      .setExpirationTime(s + 600)
-      .sign(new TextEncoder().encode(claims.JWT_SECRET));
-    const product = async () =>
-      (
-        await fetch(`http://${gateway.address}/v1/products/coffee-beans`, {
-          headers: { authorization: `Bearer ${token}` },
-        })
-      ).status;
+    await using gateway = await steppingGateway({
+      UPSTREAM_RETRY_MAX_ATTEMPTS: "1",
+      UPSTREAM_BREAKER_FAILURE_RATIO: "0.5",
+      UPSTREAM_BREAKER_WINDOW_MS: "1000",
+      UPSTREAM_BREAKER_HALF_OPEN_AFTER_MS: "60000",
+    });
+    const product = () => gateway.product("tim-ratio");
     expect(await product()).toBe(200);
     gateway.child.kill("SIGUSR2");
     await gateway.logLine("clock stepped");
