@@ -160,10 +160,14 @@ async function startWith(
     consumers: choreography.consumers(),
     // On SQLite the order service is one process (make run refuses ORDER_REPLICAS > 1 there).
     soleWriter: store.db.engine === "sqlite",
-    build: (ctx) => {
+    build: async (ctx) => {
       const parts = buildSaga(config, log, store, stall, ctx);
       countSagas(store, ctx.telemetry.metrics);
       const { saga } = parts;
+      // Sagas left in flight are adopted before the port serves: started after, a signal while the
+      // adoption waited (on an operator's lock, a slow database) found the process "starting", serving
+      // calls already, and exited at once with them in flight, without its drain.
+      await saga.start();
       // The choreographed saga's step budget, checked a few times per budget.
       const budget = config.SAGA_STEP_BUDGET_MS;
       // One sweep at a time: with the database away each waited, and they piled up to run at once.
@@ -217,6 +221,5 @@ async function startWith(
     },
   });
   const { saga, inventory, payment } = host.parts;
-  await saga.start();
   return { ...host, store, saga, inventory, payment };
 }
