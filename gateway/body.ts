@@ -159,7 +159,7 @@ export function readBody(
 /**
  * The most a compressed request body of `compressed` bytes may expand to: 16 KiB (a 50-line order is
  * ~5 KB of JSON), or 16 times its size, within the body limit `max`. Decoding is what a body costs,
- * ~0.5 µs a byte of small fields: 1 KB of gzip expanding to the 1 MiB limit cost the gateway 0.5 s of
+ * ~0.5 µs a byte of small fields: 1 KB of gzip expanding to 1 MiB (the body limit then) cost the gateway 0.5 s of
  * CPU and 80 MB, on every protocol; now a client pays for what it makes the gateway read, as
  * uncompressed, within 16 times.
  */

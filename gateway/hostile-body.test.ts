@@ -12,23 +12,25 @@ import type { GatewayApp } from "./app.js";
 import { signDevToken } from "./auth.js";
 import { loadConfig } from "./config.js";
 
+/** The gateway's body limit here: 1 MiB, as large as a deployment might raise it (the default is 64 KiB). */
+const BODY_LIMIT = 1_048_576;
+/** Bytes of the body: a valid GetProduct request followed by whitespace, within the limit. */
+const BODY_BYTES = 1_000_000;
+const JSON_HEAD = '{"productId":"coffee-beans"}';
+
 let sys: System;
 let gw: GatewayApp;
 let token: string;
 
 beforeAll(async () => {
   sys = await startSystem();
-  gw = await startTestGateway(sys);
+  gw = await startTestGateway(sys, { MAX_BODY_BYTES: String(BODY_LIMIT) });
   token = await signDevToken(loadConfig({}), "alice", ["customer"]);
 });
 afterAll(async () => {
   await gw.stop();
   await sys[Symbol.asyncDispose]();
 });
-
-/** Bytes of the body: a valid GetProduct request followed by whitespace, within MAX_BODY_BYTES (1 MiB). */
-const BODY_BYTES = 1_000_000;
-const JSON_HEAD = '{"productId":"coffee-beans"}';
 
 /** The most this process's heap and RSS grew above where they started while `run` ran, in MB (sampled). */
 async function peakGrowth(run: () => Promise<void>): Promise<{ heapMb: number; rssMb: number }> {
@@ -187,4 +189,33 @@ describe("an enveloped message (gRPC, gRPC-Web, Connect streaming) sent in one-b
       `health probe answered after ${probeMs} ms; event loop held up to ${maxDelayMs.toFixed(0)} ms`,
     ).toBeLessThan(1_000);
   }, 120_000);
+});
+
+describe("the default body limit, 64 KiB", () => {
+  it("takes the largest valid order and a 64 KiB body, and refuses one byte more with 413", async () => {
+    const plain = await startTestGateway(sys);
+    try {
+      const line = (i: number) => ({ productId: `${"p".repeat(124)}${String(i).padStart(4, "0")}`, quantity: 10_000 });
+      const order = { items: Array.from({ length: 50 }, (_, i) => line(i)), cardToken: "c".repeat(64) };
+      const headers = { authorization: `Bearer ${token}`, "content-type": "application/json" };
+      const placed = await fetch(`${plain.url}/v1/orders`, {
+        method: "POST",
+        headers: { ...headers, "idempotency-key": "k".repeat(128) },
+        body: JSON.stringify(order),
+      });
+      expect(placed.status, await placed.clone().text()).toBe(200);
+      const padded = (bytes: number) =>
+        Buffer.concat([Buffer.from(JSON_HEAD), Buffer.alloc(bytes - JSON_HEAD.length, 0x20)]);
+      const get = (bytes: number) =>
+        fetch(`${plain.url}/shopmesh.inventory.v1.InventoryService/GetProduct`, {
+          method: "POST",
+          headers,
+          body: padded(bytes),
+        });
+      expect((await get(65_536)).status).toBe(200);
+      expect((await get(65_537)).status).toBe(413);
+    } finally {
+      await plain.stop();
+    }
+  });
 });

@@ -76,7 +76,7 @@ function bodyJson(body: Buffer, encoding: string | undefined, maxBytes: number):
       bytes = inflate(bytes, { maxOutputLength: limit });
     } catch (err) {
       if (err instanceof RangeError) {
-        // The limit it passed: a 20 KB body may be refused at 320 KB, not at the 1 MiB the client knows of.
+        // The limit it passed: a 20 KB body may be refused at 320 KB, not at the 64 KiB the client knows of.
         throw new ConnectError(`request body exceeds the limit of ${limit} bytes decompressed`, Code.ResourceExhausted);
       }
       throw new ConnectError(`the request body is not valid ${coding}`, Code.InvalidArgument);

@@ -263,7 +263,9 @@ describe("the gateway, against one client", () => {
   beforeAll(async () => {
     svc = await spawnService("inventory", { DB_PATH: `${dir.path}/inventory.db`, NATS_URL: "off" });
     const targets = Object.fromEntries(UPSTREAMS.map((u) => [targetVariable(u), svc.address]));
-    gw = await spawnGateway({ HTTP_HOST: "127.0.0.1", ...targets, NATS_URL: "off", METRICS_PORT: "0" });
+    // Bodies up to 1 MiB, as a deployment may allow (the default is 64 KiB): what a large one costs.
+    const env = { HTTP_HOST: "127.0.0.1", ...targets, NATS_URL: "off", METRICS_PORT: "0", MAX_BODY_BYTES: "1048576" };
+    gw = await spawnGateway(env);
     const auth = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
     token = await signDevToken(auth, "alice", ["customer"], 600);
   });
