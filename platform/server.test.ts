@@ -4,6 +4,7 @@
  */
 import { once } from "node:events";
 import http2 from "node:http2";
+import net from "node:net";
 import * as grpc from "@grpc/grpc-js";
 import { afterEach, describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/health_pb.js";
@@ -13,6 +14,7 @@ import { envelope, h2Request, h2Session } from "../test/raw.js";
 import { capturedLogger } from "../test/system.js";
 import type { CallContext, ServiceImpl } from "./grpc.js";
 import { createChannel, createClient } from "./grpc-client.js";
+import { CONNECTION_LIMITS } from "./grpc-port.js";
 import { silentLogger } from "./log.js";
 import { bind, healthService, type RunningServer, startGrpcServer } from "./server.js";
 
@@ -86,6 +88,74 @@ describe("a connection shared by many callers", () => {
     }
     await expect(bystander).resolves.toMatchObject({ product: { id: "3000" } });
   }, 30_000);
+});
+
+describe("a service's port, against clients that connect and hold", () => {
+  /** Opens `n` TCP connections that send nothing; resolves once each is open; counts those the server closed. */
+  async function holders(port: number, n: number) {
+    const closed = { count: 0 };
+    const sockets = await Promise.all(
+      Array.from({ length: n }, async () => {
+        const s = net.connect(port, "127.0.0.1");
+        s.on("error", () => {});
+        s.on("close", () => closed.count++);
+        s.resume(); // reads (and drops) what the server sends, so its closing is seen
+        await once(s, "connect");
+        return s;
+      }),
+    );
+    cleanups.push(() => {
+      for (const s of sockets) s.destroy();
+    });
+    return closed;
+  }
+
+  it("keeps at most maxConnections open: one more is closed as it arrives, and a caller already connected is served", async () => {
+    // grpc-js's own listener kept every one: 5,000 that never sent a byte held 5,000 descriptors, 94 MB.
+    const log = capturedLogger();
+    const server = await startGrpcServer({
+      host: "127.0.0.1",
+      port: 0,
+      services: [bind(InventoryService, waitingInventory())],
+      log: log.log,
+      limits: { ...CONNECTION_LIMITS, maxConnections: 20 },
+    });
+    cleanups.push(() => server.stop(0));
+    const channel = createChannel(server.address);
+    cleanups.push(() => channel.close());
+    const client = createClient(InventoryService, channel);
+    await expect(client.getProduct({ productId: "1" })).resolves.toMatchObject({ product: { id: "1" } });
+
+    const closed = await holders(server.port, 30);
+    await expect.poll(() => closed.count, { timeout: 2_000 }).toBe(11);
+    await expect(client.getProduct({ productId: "2" })).resolves.toMatchObject({ product: { id: "2" } });
+    expect(log.lines.filter((l) => String(l.msg).startsWith("gRPC port: a connection refused"))).toHaveLength(1);
+  });
+
+  it("closes a connection with no call for the idle time, and one that answers no ping; one with a call in progress stays", async () => {
+    const server = await startGrpcServer({
+      host: "127.0.0.1",
+      port: 0,
+      services: [bind(InventoryService, waitingInventory())],
+      log: silentLogger(),
+      limits: { ...CONNECTION_LIMITS, idleMs: 300, pingEveryMs: 200, pingTimeoutMs: 300 },
+    });
+    cleanups.push(() => server.stop(0));
+    const silent = await holders(server.port, 1);
+    const idle = await h2Session(`http://${server.address}`);
+    cleanups.push(() => idle.destroy());
+    const busy = await h2Session(`http://${server.address}`);
+    cleanups.push(() => busy.destroy());
+    const path = "/shopmesh.inventory.v1.InventoryService/GetProduct";
+    const headers = { ":method": "POST", ":path": path, "content-type": "application/grpc", te: "trailers" };
+    // A call of 2 s (product id "2000": the waiting inventory's delay), in progress past the idle time.
+    const call = h2Request(busy, headers, envelope(Buffer.from([10, 4, ...Buffer.from("2000")])), 5_000);
+
+    await expect.poll(() => silent.count, { timeout: 2_000 }).toBe(1);
+    await expect.poll(() => idle.closed || idle.destroyed, { timeout: 2_000 }).toBe(true);
+    expect(busy.closed || busy.destroyed).toBe(false);
+    expect((await call).grpcStatus).toBe(0);
+  });
 });
 
 describe("a call's signal", () => {

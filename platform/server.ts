@@ -25,6 +25,7 @@ import {
   type ServiceImpl,
   withImports,
 } from "./grpc.js";
+import { CONNECTION_LIMITS, type ConnectionLimits, connectionOptions, listenGrpc } from "./grpc-port.js";
 import { boundingHeaderLists } from "./header-limit.js";
 import type { Logger } from "./log.js";
 import { refusingCompressedRequests } from "./plain-requests.js";
@@ -57,6 +58,8 @@ export interface GrpcServerOptions {
   readonly interceptors?: readonly Interceptor[];
   /** Traces and metrics of the calls; none when omitted. */
   readonly telemetry?: Telemetry;
+  /** What a client may hold of the port: {@link CONNECTION_LIMITS} when omitted (tests set less). */
+  readonly limits?: ConnectionLimits;
 }
 
 /** A listening server. */
@@ -250,9 +253,11 @@ const MAX_CALLS_PER_CONNECTION = 10_000;
 /** Starts a server; resolves once it listens. */
 export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningServer> {
   const faults = opts.faults ?? new FaultInjector();
+  const limits = opts.limits ?? CONNECTION_LIMITS;
   const server = new grpc.Server({
     "grpc.max_receive_message_length": 4 * 1024 * 1024,
     "grpc.max_concurrent_streams": MAX_CALLS_PER_CONNECTION,
+    ...connectionOptions(limits),
     ...NO_CHANNELZ,
   });
   tolerateCancellations(server);
@@ -311,11 +316,8 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
     endingStreams(refusingUndecodable(server), draining.signal) as grpc.Server,
   );
 
-  const port = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(`${opts.host}:${opts.port}`, grpc.ServerCredentials.createInsecure(), (err, p) =>
-      err ? reject(err) : resolve(p),
-    );
-  });
+  const listening = await listenGrpc(server, opts.host, opts.port, opts.log, limits.maxConnections);
+  const { port } = listening;
   opts.log.info({ port, services: names }, "gRPC server listening");
 
   let stopping: Promise<void> | undefined;
@@ -326,6 +328,7 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
       // What the drain waits for, said while it waits: streams end now (UNAVAILABLE), unary calls may finish.
       opts.log.info({ ...inFlight, graceMs }, "draining calls in flight");
       draining.abort();
+      listening.close();
       const timer = setTimeout(() => {
         opts.log.warn({ ...inFlight, graceMs }, "drain timed out; cancelling in-flight calls");
         server.forceShutdown();
