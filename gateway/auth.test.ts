@@ -48,6 +48,7 @@ describe("identityFromClaims", () => {
       { sub: "a", exp: 2 },
       { sub: "a", iat: 1 },
       { sub: "a", iat: 1, exp: 62 },
+      { sub: "a", iat: 20, exp: 10 }, // expires before it was issued: no lifetime to read
     ];
     for (const claims of bad) expect(() => identityFromClaims(claims, 60), JSON.stringify(claims)).toThrow(AuthError);
   });
@@ -71,6 +72,10 @@ describe("createAuthenticator", () => {
       subject: "alice",
     });
     await expect(authenticate(`Bearer ${await token({}, T0 + 120, T0 + 700)}`)).rejects.toThrow(AuthError);
+    // Issued 20 s ahead and expiring 10 s ahead, both within the skew: a token that ends before it begins.
+    await expect(authenticate(`Bearer ${await token({}, T0 + 20, T0 + 10)}`)).rejects.toThrow(
+      "token expires (exp) before it was issued (iat)",
+    );
   });
 
   it("refuses a missing, malformed or non-bearer header", async () => {

@@ -117,6 +117,7 @@ export async function createAuthenticator(c: AuthConfig, clock: () => number = D
 export function identityFromClaims(claims: JWTPayload, maxLifetimeS: number): Identity {
   const { exp, iat } = claims;
   if (typeof exp !== "number" || typeof iat !== "number") throw new AuthError("token needs exp and iat");
+  if (exp < iat) throw new AuthError("token expires (exp) before it was issued (iat)");
   if (exp - iat > maxLifetimeS) throw new AuthError(`token lifetime ${exp - iat} s exceeds ${maxLifetimeS} s`);
   const raw = claims.roles === undefined ? ["customer"] : claims.roles;
   if (!Array.isArray(raw) || raw.length === 0) throw new AuthError("roles must be a non-empty array of role names");
