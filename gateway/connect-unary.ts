@@ -210,7 +210,7 @@ async function fail(
     done({ code: codeOfStatus(status), message: `HTTP ${status}` });
     return;
   }
-  const a = errorAnswer("connect", false, e);
+  const a = errorAnswer("connect", undefined, e);
   if (!res.headersSent && !res.destroyed) {
     res.writeHead(a.status, { ...a.headers, "content-length": String(a.body.byteLength) });
     res.end(a.body);

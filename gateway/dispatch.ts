@@ -210,7 +210,7 @@ export function createDispatch(o: DispatchOptions): Dispatch {
     if (wire === "grpc" && contentType?.includes(";")) req.headers["content-type"] = contentType.split(";")[0]?.trim();
     const protocol = isRest ? "rest" : wire;
     const frame = (err: ConnectError, httpStatus?: number) =>
-      isRest ? restErrorAnswer(err, httpStatus) : errorAnswer(wire, isConnectStream(contentType), err, httpStatus);
+      isRest ? restErrorAnswer(err, httpStatus) : errorAnswer(wire, contentType, err, httpStatus);
     const client: ClientInfo = { ip: clientIp(req, o.trustProxy), requestId };
     const { admitted, report, procedure } = observe(o, req, handler, protocol, client);
     let principal = "";

@@ -172,7 +172,7 @@ export async function passthrough(
   const call = callLifetime(req, res);
   const fail = (err: ConnectError) => {
     call.answering();
-    const a = errorAnswer("grpc", false, err);
+    const a = errorAnswer("grpc", undefined, err);
     if (!res.headersSent && !res.destroyed) {
       res.statusCode = a.status;
       for (const [k, v] of Object.entries(a.headers)) res.setHeader(k, v);

@@ -53,23 +53,36 @@ describe("errorAnswer", () => {
   const err = new ConnectError("slow down", Code.ResourceExhausted, { "retry-after": "2" });
   it("frames gRPC and gRPC-Web as trailers-only 200s", () => {
     for (const p of ["grpc", "grpc-web"] as const) {
-      const a = errorAnswer(p, false, err);
+      const a = errorAnswer(p, undefined, err);
       expect(a.status).toBe(200);
       expect(a.headers["grpc-status"]).toBe("8");
       expect(a.headers["retry-after"]).toBe("2");
       expect(a.body.byteLength).toBe(0);
     }
   });
+  it("names the request's codec in a streaming answer's content type, as clients require", () => {
+    const type = (p: "connect" | "grpc" | "grpc-web", t: string | undefined) =>
+      errorAnswer(p, t, err).headers["content-type"];
+    expect(type("connect", "application/connect+json")).toBe("application/connect+json");
+    expect(type("connect", "application/connect+JSON; charset=utf-8")).toBe("application/connect+json");
+    expect(type("connect", "application/connect+proto")).toBe("application/connect+proto");
+    expect(type("connect", "application/json")).toBe("application/json");
+    expect(type("grpc", "application/grpc+json")).toBe("application/grpc+json");
+    expect(type("grpc", "application/grpc")).toBe("application/grpc+proto");
+    expect(type("grpc-web", "application/grpc-web+json")).toBe("application/grpc-web+json");
+    expect(type("grpc-web", "application/grpc-web+jsonx")).toBe("application/grpc-web+proto");
+  });
   it("frames Connect unary as JSON with its HTTP status, and Connect streams as an end-stream envelope", () => {
-    const unary = errorAnswer("connect", false, err);
+    const unary = errorAnswer("connect", undefined, err);
     expect(unary.status).toBe(429);
     expect(JSON.parse(Buffer.from(unary.body).toString())).toEqual({
       code: "resource_exhausted",
       message: "slow down",
     });
-    expect(errorAnswer("connect", false, new ConnectError("no", Code.Unimplemented), 404).status).toBe(404);
-    const stream = errorAnswer("connect", true, err);
+    expect(errorAnswer("connect", undefined, new ConnectError("no", Code.Unimplemented), 404).status).toBe(404);
+    const stream = errorAnswer("connect", "application/connect+proto", err);
     expect(stream.status).toBe(200);
+    expect(stream.headers["content-type"]).toBe("application/connect+proto");
     expect(stream.body[0]).toBe(2);
     expect(JSON.parse(Buffer.from(stream.body.subarray(5)).toString()).error.code).toBe("resource_exhausted");
   });

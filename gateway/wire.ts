@@ -101,27 +101,48 @@ export interface ErrorAnswer {
 }
 
 /**
- * `err` framed for a client speaking `protocol` (`stream`: a Connect
- * streaming request). `httpStatus` overrides the status of a Connect unary
- * answer (404 for an unknown procedure, as the Connect protocol says).
+ * The codec a request's content type names: json for `application/json`, `application/connect+json`,
+ * `application/grpc+json`, `application/grpc-web+json` (parameters aside, any case); proto otherwise.
  */
-export function errorAnswer(protocol: Protocol, stream: boolean, err: ConnectError, httpStatus?: number): ErrorAnswer {
+function codecOf(contentType: string | undefined): "json" | "proto" {
+  return /^application\/(?:[a-z-]+\+)?json\s*(?:;|$)/i.test(contentType ?? "") ? "json" : "proto";
+}
+
+/**
+ * `err` framed for a client speaking `protocol` with a request of `contentType`.
+ * `httpStatus` overrides the status of a Connect unary answer (404 for an
+ * unknown procedure, as the Connect protocol says).
+ */
+export function errorAnswer(
+  protocol: Protocol,
+  contentType: string | undefined,
+  err: ConnectError,
+  httpStatus?: number,
+): ErrorAnswer {
   const meta: Record<string, string> = {};
   err.metadata.forEach((v, k) => {
     meta[k] = v;
   });
+  // A streaming answer names the request's codec: a client refuses any other as INTERNAL, whatever the
+  // status inside (connectrpc/conformance's unexpected-codec and unexpected-stream-codec cases).
+  const codec = codecOf(contentType);
   if (protocol !== "connect") {
     // Trailers-only: the status (and the error's metadata) travel in the headers of an empty 200 answer.
     const status = setTrailerStatus(new Headers(), err);
-    const headers: Record<string, string> = { "content-type": `application/${protocol}+proto` };
+    const headers: Record<string, string> = { "content-type": `application/${protocol}+${codec}` };
     status.forEach((v, k) => {
       headers[k] = v;
     });
     return { status: 200, headers, body: new Uint8Array() };
   }
-  if (stream) {
+  if (isConnectStream(contentType)) {
+    // The end-stream message is JSON whatever the codec (Connect protocol: EndStreamResponse).
     const end = new TextEncoder().encode(JSON.stringify({ error: errorToJson(err, undefined), metadata: {} }));
-    return { status: 200, headers: { ...meta, "content-type": "application/connect+json" }, body: envelope(2, end) };
+    return {
+      status: 200,
+      headers: { ...meta, "content-type": `application/connect+${codec}` },
+      body: envelope(2, end),
+    };
   }
   const status = httpStatus ?? connectHttpStatus(err.code, err.rawMessage, "retry-after" in meta);
   return { status, headers: { ...meta, "content-type": "application/json" }, body: errorToJsonBytes(err, undefined) };
