@@ -28,6 +28,17 @@ const collect = async (body: AsyncIterable<Uint8Array>) => {
 };
 
 describe("limitedBody", () => {
+  it("refuses a message flagged other than 0 or 1 (compressed) as the client's error, wherever it stands", async () => {
+    for (const flags of [0x02, 0x80, 0xff]) {
+      const body = Buffer.concat([envelope(Buffer.from("a")), envelope(Buffer.from("b"), flags)]);
+      const err = await collect(limitedBody(source([body]), 1 << 20, true)).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: Code.InvalidArgument });
+    }
+    const ok = Buffer.concat([envelope(Buffer.from("a")), envelope(Buffer.from("b"), 1)]);
+    expect(Buffer.concat(await collect(limitedBody(source([ok]), 1 << 20, true)))).toEqual(ok);
+    // A Connect unary body is no envelope: its first byte is the message's own.
+    expect(await collect(limitedBody(source([Buffer.from([0xff, 0, 0, 0, 0])]), 1 << 20, false))).toHaveLength(1);
+  });
   it("hands on whole enveloped messages, however the body was cut, and a message cut short at the end", async () => {
     await fc.assert(
       fc.asyncProperty(

@@ -84,6 +84,26 @@ const bodyBroken = (err?: Error) =>
   new ConnectError("the request body ended early or malformed", Code.Canceled, undefined, undefined, err);
 
 /**
+ * The refusal of a request message flagged `flags`, over 1: gRPC's Compressed-Flag is 0 or 1
+ * (PROTOCOL-HTTP2.md; grpc-go and grpc-java refuse the rest), and a Connect request has no other
+ * (end of stream is the server's). connect-es took any flag without bit 0 for 0.
+ */
+export const flaggedWrong = (flags: number): ConnectError =>
+  new ConnectError(
+    `protocol error: the request body holds a message flagged 0x${flags.toString(16).padStart(2, "0")}, not 0 or 1`,
+    Code.InvalidArgument,
+  );
+
+/** `envelopes`, once each of its messages is flagged 0 or 1. */
+function checkFlags(envelopes: Buffer): Buffer {
+  for (let at = 0; at < envelopes.length; at += PREFIX_BYTES + envelopes.readUInt32BE(at + 1)) {
+    const flags = envelopes[at] ?? 0;
+    if (flags > 1) throw flaggedWrong(flags);
+  }
+  return envelopes;
+}
+
+/**
  * The body as it streams in, for connect-es: whole enveloped messages as they complete
  * (`enveloped`: gRPC, gRPC-Web, Connect streaming), else the whole body once it ended; failing
  * RESOURCE_EXHAUSTED once it passes `max` bytes. A body that cannot be read is the client's doing —
@@ -104,7 +124,7 @@ export async function* limitedBody(
       if (seen > max) throw tooLarge(max);
       held.push(chunk);
       const whole = enveloped ? held.takeEnvelopes() : undefined;
-      if (whole) yield whole;
+      if (whole) yield checkFlags(whole);
     }
   } catch (err) {
     if (err instanceof ConnectError) throw err;

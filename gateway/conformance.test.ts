@@ -290,3 +290,41 @@ describe("the server suites' unexpected requests, on GetProduct (unary) and Watc
     }
   });
 });
+
+describe("a request message's flags (PROTOCOL-HTTP2.md: Compressed-Flag → 0 / 1; grpc-go and grpc-java refuse others)", () => {
+  it("a message flagged other than 0 or 1 is refused on every path and protocol, not served as if it were 0", async () => {
+    await using s = await h2Session(gw.url);
+    for (const flags of [0x02, 0x80]) {
+      const hex = `0x${flags.toString(16).padStart(2, "0")}`;
+      // The gRPC passthrough; the general path (a declared request compression takes it there); gRPC-Web.
+      const grpc = { ":path": GET_PRODUCT, "content-type": "application/grpc", te: "trailers", ...auth };
+      const fast = await h2Request(s, grpc, envelope(productBin(), flags));
+      const general = await h2Request(s, { ...grpc, "grpc-encoding": "gzip" }, envelope(productBin(), flags));
+      const web = await h1(
+        "POST",
+        GET_PRODUCT,
+        { ...auth, "content-type": "application/grpc-web+proto" },
+        envelope(productBin(), flags),
+      );
+      for (const [name, a] of [
+        ["grpc", fast],
+        ["grpc general", general],
+        ["grpc-web", web],
+      ] as const) {
+        expect(grpcOutcome(a), `${name} ${hex}`).toBe("200 grpc-status 3");
+      }
+      expect(fast.grpcMessage).toBe(`protocol error: the request body holds a message flagged ${hex}, not 0 or 1`);
+      expect(general.grpcMessage).toBe(fast.grpcMessage);
+    }
+    // A Connect stream's request: 0x02 (end of stream) is the server's flag, 0x80 no flag at all.
+    for (const flags of [0x02, 0x80]) {
+      const a = await h1(
+        "POST",
+        WATCH_ORDER,
+        { ...auth, "content-type": "application/connect+proto" },
+        envelope(watchBin(), flags),
+      );
+      expect(connectEndStream(a.body)?.error?.code, `connect ${flags}`).toBe("invalid_argument");
+    }
+  });
+});

@@ -24,7 +24,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { parseTimeout } from "@connectrpc/connect/protocol-grpc";
 import { type BytesClient, framePrefix, type Identity, unframe } from "../platform/index.js";
 import { onAnswerEnd } from "./answer-end.js";
-import { readBody } from "./body.js";
+import { flaggedWrong, readBody } from "./body.js";
 import type { ClientInfo } from "./context.js";
 import type { Req, Res } from "./endpoint.js";
 import { callOptions, toConnectError } from "./forward.js";
@@ -92,6 +92,7 @@ function unaryMessage(body: Buffer, max: number): Buffer {
       Code.ResourceExhausted,
     );
   }
+  if (body.byteLength >= 5 && (body[0] ?? 0) > 1) throw flaggedWrong(body[0] ?? 0);
   const message = unframe(body);
   if (typeof message === "string") throw invalid(`protocol error: the request body ${message}`);
   return message;
