@@ -328,3 +328,27 @@ describe("a request message's flags (PROTOCOL-HTTP2.md: Compressed-Flag → 0 / 
     }
   });
 });
+
+describe("a method an RPC does not take (connect_server_unexpected.yaml unexpected-verb; RFC 9110 §15.5.6)", () => {
+  it("is 405 with Allow naming the methods it takes, on every protocol (connect-es sent no Allow)", async () => {
+    const cases = [
+      ["connect DELETE", "DELETE", GET_PRODUCT, "application/proto", "POST, GET"],
+      ["connect PUT", "PUT", WATCH_ORDER, "application/connect+proto", "POST"],
+      ["grpc-web DELETE", "DELETE", GET_PRODUCT, "application/grpc-web", "POST, GET"],
+    ] as const;
+    for (const [name, method, path, type, allow] of cases) {
+      const a = await h1(method, path, { ...auth, "content-type": type }, envelope(productBin()));
+      expect([a.status, a.headers.allow], name).toEqual([405, allow]);
+    }
+    // Connect GET on a method with side effects (only NO_SIDE_EFFECTS methods take GET).
+    const get = await h1("GET", `${PLACE_ORDER}?encoding=json&message=%7B%7D`, auth);
+    expect([get.status, get.headers.allow]).toEqual([405, "POST"]);
+    await using s = await h2Session(gw.url);
+    const grpc = await h2Request(
+      s,
+      { ":method": "DELETE", ":path": GET_PRODUCT, "content-type": "application/grpc", ...auth },
+      envelope(productBin()),
+    );
+    expect([grpc.status, grpc.headers.allow]).toEqual([405, "POST, GET"]);
+  });
+});

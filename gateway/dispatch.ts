@@ -281,10 +281,13 @@ export function createDispatch(o: DispatchOptions): Dispatch {
       });
       dropUnreadBody(req, res); // answered before the whole body arrived (a limit): the connection ends, and says so
       const input = admission.handler.method.input;
-      await universalResponseToNodeResponse(
-        await finish(uRes, wire, done, (message) => describeJsonError(input, message)),
-        res as http.ServerResponse,
-      );
+      const answered = await finish(uRes, wire, done, (message) => describeJsonError(input, message));
+      // RFC 9110 §15.5.6: a 405 names the methods the procedure takes (connect-es names none; it lists GET
+      // for a stream too, which the Connect protocol allows for unary calls only).
+      const { allowedMethods, method } = admission.handler;
+      const allow = allowedMethods.filter((m) => m !== "GET" || method.methodKind === "unary");
+      if (answered.status === 405) res.setHeader("allow", allow.join(", "));
+      await universalResponseToNodeResponse(answered, res as http.ServerResponse);
     };
 
     run().catch((err: unknown) => {
