@@ -352,3 +352,37 @@ describe("a method an RPC does not take (connect_server_unexpected.yaml unexpect
     expect([grpc.status, grpc.headers.allow]).toEqual([405, "POST, GET"]);
   });
 });
+
+describe("a service's own gRPC port (grpc_server_unexpected.yaml, timeouts.yaml), where grpc-js answers", () => {
+  const identity = { "x-shopmesh-subject": "alice", "x-shopmesh-roles": "customer" };
+  const call = async (headers: Record<string, string>, body: Buffer) => {
+    const s = await h2Session(`http://${sys.inventory.address}`);
+    try {
+      const base = { ":path": GET_PRODUCT, "content-type": "application/grpc", te: "trailers", ...identity };
+      return await h2Request(s, { ...base, ...headers }, body);
+    } finally {
+      await s[Symbol.asyncDispose]();
+    }
+  };
+
+  it("a deadline already spent (grpc-timeout 0) is DEADLINE_EXCEEDED, as at the gateway, not served without one", async () => {
+    for (const t of ["0n", "0m", "0S"]) {
+      expect((await call({ "grpc-timeout": t }, envelope(productBin()))).grpcStatus, t).toBe(4);
+    }
+    expect((await call({ "grpc-timeout": "1S" }, envelope(productBin()))).grpcStatus).toBe(0);
+  });
+
+  it("another method than POST, or a codec other than proto, is refused, not served as a proto POST", async () => {
+    const cases = [
+      ["unexpected-verb", { ":method": "DELETE" }],
+      ["unexpected-codec", { "content-type": "application/grpc+foo" }],
+      ["unexpected-codec json", { "content-type": "application/grpc+json" }],
+    ] as const;
+    for (const [name, headers] of cases) {
+      const a = await call(headers, envelope(productBin()));
+      // Suite: UNKNOWN, INTERNAL or UNIMPLEMENTED; the method or codec is not implemented here.
+      expect([a.status, a.grpcStatus, a.body.length], name).toEqual([200, 12, 0]);
+    }
+    expect((await call({ "content-type": "application/grpc+proto" }, envelope(productBin()))).grpcStatus).toBe(0);
+  });
+});

@@ -7,6 +7,7 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import { screeningStreams } from "./screened-streams.js";
+import { clipText } from "./validate.js";
 
 /**
  * Makes `server` refuse a call that declares a request compression (`grpc-encoding` other than
@@ -21,6 +22,33 @@ export function refusingCompressedRequests(server: grpc.Server): void {
       code: grpc.status.UNIMPLEMENTED,
       message: `request compression "${encoding}" is not taken here: send messages uncompressed`,
       headers: { "grpc-accept-encoding": "identity" },
+    };
+  });
+}
+
+/** gRPC's content types in the one codec the services speak (parameters allowed, as grpc-js allows them). */
+const PROTO_GRPC = /^application\/grpc(?:\+proto)?\s*(?:;|$)/;
+
+/**
+ * Makes `server` refuse a gRPC call it would misread: a method other than POST, or a codec other than
+ * proto (`application/grpc+json`, `+foo`, `application/grpc-web`), which grpc-js served as a proto POST
+ * (connectrpc/conformance: unexpected-verb, unexpected-codec). UNIMPLEMENTED, as grpc-go refuses an
+ * unknown codec; a content type not gRPC's at all is left to grpc-js (415). Call before binding.
+ */
+export function refusingOtherThanProtoPosts(server: grpc.Server): void {
+  screeningStreams(server, "refuse what is not a proto POST", (_stream, headers) => {
+    const type = String(headers["content-type"] ?? "");
+    if (!type.startsWith("application/grpc")) return undefined;
+    if (headers[":method"] !== "POST") {
+      return {
+        code: grpc.status.UNIMPLEMENTED,
+        message: `method ${clipText(String(headers[":method"]), 20)}: gRPC is POST`,
+      };
+    }
+    if (PROTO_GRPC.test(type)) return undefined;
+    return {
+      code: grpc.status.UNIMPLEMENTED,
+      message: `content type ${clipText(type, 100)}: only proto is served here`,
     };
   });
 }

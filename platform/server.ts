@@ -28,7 +28,7 @@ import {
 import { CONNECTION_LIMITS, type ConnectionLimits, connectionOptions, listenGrpc } from "./grpc-port.js";
 import { boundingHeaderLists } from "./header-limit.js";
 import type { Logger } from "./log.js";
-import { refusingCompressedRequests } from "./plain-requests.js";
+import { refusingCompressedRequests, refusingOtherThanProtoPosts } from "./plain-requests.js";
 import { serverTelemetry, type Telemetry } from "./telemetry.js";
 import { checkingTimeouts } from "./timeout-header.js";
 
@@ -263,6 +263,7 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
   tolerateCancellations(server);
   checkingTimeouts(server);
   refusingCompressedRequests(server);
+  refusingOtherThanProtoPosts(server);
   boundingHeaderLists(server);
   // Telemetry outermost: the span is active for the log line and everything below.
   const observed: Interceptor[] = opts.telemetry

@@ -43,5 +43,9 @@ function refusal(headers: http2.IncomingHttpHeaders): Refusal | undefined {
     headers["grpc-timeout"] = LONGEST;
     return undefined;
   }
-  return timeout.error ? { code: grpc.status.INVALID_ARGUMENT, message: timeout.error.rawMessage } : undefined;
+  if (timeout.error) return { code: grpc.status.INVALID_ARGUMENT, message: timeout.error.rawMessage };
+  // A deadline already spent (`0n`): grpc-js served the call as if it had none; the gateway ends it at once.
+  return timeout.timeoutMs === 0
+    ? { code: grpc.status.DEADLINE_EXCEEDED, message: "the operation timed out" }
+    : undefined;
 }
