@@ -332,9 +332,9 @@ describe("a request message's flags (PROTOCOL-HTTP2.md: Compressed-Flag → 0 / 
 describe("a method an RPC does not take (connect_server_unexpected.yaml unexpected-verb; RFC 9110 §15.5.6)", () => {
   it("is 405 with Allow naming the methods it takes, on every protocol (connect-es sent no Allow)", async () => {
     const cases = [
-      ["connect DELETE", "DELETE", GET_PRODUCT, "application/proto", "POST, GET"],
+      ["connect DELETE", "DELETE", GET_PRODUCT, "application/proto", "POST, GET, HEAD"],
       ["connect PUT", "PUT", WATCH_ORDER, "application/connect+proto", "POST"],
-      ["grpc-web DELETE", "DELETE", GET_PRODUCT, "application/grpc-web", "POST, GET"],
+      ["grpc-web DELETE", "DELETE", GET_PRODUCT, "application/grpc-web", "POST, GET, HEAD"],
     ] as const;
     for (const [name, method, path, type, allow] of cases) {
       const a = await h1(method, path, { ...auth, "content-type": type }, envelope(productBin()));
@@ -349,7 +349,27 @@ describe("a method an RPC does not take (connect_server_unexpected.yaml unexpect
       { ":method": "DELETE", ":path": GET_PRODUCT, "content-type": "application/grpc", ...auth },
       envelope(productBin()),
     );
-    expect([grpc.status, grpc.headers.allow]).toEqual([405, "POST, GET"]);
+    expect([grpc.status, grpc.headers.allow]).toEqual([405, "POST, GET, HEAD"]);
+  });
+});
+
+describe("HEAD where a Connect GET answers (RFC 9110 §9.3.2: GET without the content)", () => {
+  it("has the GET's status and headers and no body, over HTTP/1.1 and h2c", async () => {
+    const query = `${GET_PRODUCT}?encoding=json&message=${encodeURIComponent('{"productId":"coffee-beans"}')}`;
+    const get = await h1("GET", query, auth);
+    const head = await h1("HEAD", query, auth);
+    expect([head.status, head.headers["content-type"], head.body.length]).toEqual([
+      200,
+      get.headers["content-type"],
+      0,
+    ]);
+    expect(head.headers["content-length"]).toBe(get.headers["content-length"]);
+    await using s = await h2Session(gw.url);
+    const h2 = await h2Request(s, { ":method": "HEAD", ":path": query, ...auth });
+    expect([h2.status, h2.headers["content-type"], h2.body.length]).toEqual([200, "application/json", 0]);
+    // A method with side effects takes no GET, so no HEAD either.
+    const place = await h1("HEAD", `${PLACE_ORDER}?encoding=json&message=%7B%7D`, auth);
+    expect([place.status, place.headers.allow]).toEqual([405, "POST"]);
   });
 });
 

@@ -273,20 +273,22 @@ export function createDispatch(o: DispatchOptions): Dispatch {
         await serveRest(nodeReq, restRes, restMatch, admission.handler, restOpts, done);
         return;
       }
+      const { allowedMethods, method } = admission.handler;
+      // GET is the Connect protocol's for unary calls only (connect-es lists it for streams too); HEAD
+      // is GET without the content (RFC 9110 §9.3.2), which Node leaves out of a HEAD's answer itself.
+      const getting = allowedMethods.includes("GET") && method.methodKind === "unary";
       const uReq = universalRequest(req, res, values);
       const enveloped = wire !== "connect" || isConnectStream(contentType); // else a unary Connect body
       const uRes = await admission.handler({
         ...uReq,
+        method: req.method === "HEAD" && getting ? "GET" : uReq.method,
         body: limitedBody(uReq.body as AsyncIterable<Uint8Array>, maxBodyBytes, enveloped),
       });
       dropUnreadBody(req, res); // answered before the whole body arrived (a limit): the connection ends, and says so
       const input = admission.handler.method.input;
       const answered = await finish(uRes, wire, done, (message) => describeJsonError(input, message));
-      // RFC 9110 §15.5.6: a 405 names the methods the procedure takes (connect-es names none; it lists GET
-      // for a stream too, which the Connect protocol allows for unary calls only).
-      const { allowedMethods, method } = admission.handler;
-      const allow = allowedMethods.filter((m) => m !== "GET" || method.methodKind === "unary");
-      if (answered.status === 405) res.setHeader("allow", allow.join(", "));
+      // RFC 9110 §15.5.6: a 405 names the methods the procedure takes (connect-es names none).
+      if (answered.status === 405) res.setHeader("allow", getting ? "POST, GET, HEAD" : "POST");
       await universalResponseToNodeResponse(answered, res as http.ServerResponse);
     };
 
