@@ -287,9 +287,12 @@ export function createDispatch(o: DispatchOptions): Dispatch {
       dropUnreadBody(req, res); // answered before the whole body arrived (a limit): the connection ends, and says so
       const input = admission.handler.method.input;
       const answered = await finish(uRes, wire, done, (message) => describeJsonError(input, message));
+      // A GET of a procedure that takes none is the method's fault: connect-es says 415, though a GET has no content.
+      const reading = req.method === "GET" || req.method === "HEAD";
+      const status = answered.status === 415 && reading && !getting ? 405 : answered.status;
       // RFC 9110 §15.5.6: a 405 names the methods the procedure takes (connect-es names none).
-      if (answered.status === 405) res.setHeader("allow", getting ? "POST, GET, HEAD" : "POST");
-      await universalResponseToNodeResponse(answered, res as http.ServerResponse);
+      if (status === 405) res.setHeader("allow", getting ? "POST, GET, HEAD" : "POST");
+      await universalResponseToNodeResponse({ ...answered, status }, res as http.ServerResponse);
     };
 
     run().catch((err: unknown) => {
