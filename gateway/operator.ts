@@ -20,7 +20,7 @@ import type { InstanceStatusSchema, OperatorService } from "../gen/shopmesh/gate
 import { createChannel, createClient, MAX_INSTANCES, Code as PlatformCode, RpcError } from "../platform/index.js";
 import type { DownstreamState } from "../platform/resilience.js";
 import { kIdentity } from "./context.js";
-import { UPSTREAMS, type Upstream } from "./routes.js";
+import { ROUTES, UPSTREAMS, type Upstream } from "./routes.js";
 
 /** The RPCs the operator service calls on every instance to read its status (the mesh must allow them from the gateway). */
 export const OPERATOR_READS: readonly string[] = [
@@ -86,12 +86,14 @@ export function createOperator(deps: OperatorDeps): { service: ServiceImpl<typeo
 
   const instance = async (
     address: string,
+    name: Upstream,
     ctx: HandlerContext,
   ): Promise<MessageInitShape<typeof InstanceStatusSchema>> => {
     const health = createClient(Health, channel(address));
     const chaos = createClient(ChaosService, channel(address));
     const [check, faults, resilience] = await Promise.allSettled([
-      health.check({ service: "" }, opts(ctx)),
+      // Its readiness (NOT_SERVING while its database is unreachable, platform/health.ts), not "" (it runs).
+      health.check({ service: ROUTES.find((r) => r.upstream === name)?.service.typeName ?? "" }, opts(ctx)),
       chaos.getFaults({}, opts(ctx)),
       chaos.getResilience({}, opts(ctx)),
     ]);
@@ -135,7 +137,7 @@ export function createOperator(deps: OperatorDeps): { service: ServiceImpl<typeo
       fanOut(ctx, 3 * UPSTREAMS.reduce((n, name) => n + addresses(name).length, 0));
       const services = await Promise.all(
         UPSTREAMS.map(async (name) => {
-          const instances = await Promise.all(addresses(name).map((a) => instance(a, ctx)));
+          const instances = await Promise.all(addresses(name).map((a) => instance(a, name, ctx)));
           return { service: name, serving: instances.some((i) => i.serving), instances };
         }),
       );

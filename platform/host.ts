@@ -12,6 +12,7 @@ import type { EventCatalogue } from "./catalogue.js";
 import { FaultInjector } from "./chaos.js";
 import type { ConsumerSpec } from "./consumer-spec.js";
 import { type Eventing, startEventing } from "./eventing.js";
+import { watchReadiness } from "./health.js";
 import type { Logger } from "./log.js";
 import type { Outbox } from "./outbox.js";
 import { announce } from "./registry.js";
@@ -156,6 +157,7 @@ export async function startHost<P = undefined>(o: HostOptions<P>): Promise<Host<
     const registration = config.DISCOVERY_REGISTER
       ? await announce(events.bus, o.name, config.GRPC_ADVERTISE_HOST, server.port, log, config.NATS_STREAM_REPLICAS)
       : undefined;
+    const readiness = watchReadiness(o.db, server.setReady, log);
     const running = events;
     const { parts } = built;
     let stopped: Promise<void> | undefined;
@@ -169,6 +171,7 @@ export async function startHost<P = undefined>(o: HostOptions<P>): Promise<Host<
       stop() {
         stopped ??= (async () => {
           const deadline = performance.now() + config.SHUTDOWN_GRACE_MS;
+          readiness.stop();
           await registration?.stop();
           await server.stop(config.SHUTDOWN_GRACE_MS);
           const adopted = "left: what it holds (saga leases) runs out and is taken over, as after a crash";

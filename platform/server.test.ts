@@ -15,8 +15,9 @@ import { capturedLogger } from "../test/system.js";
 import type { CallContext, ServiceImpl } from "./grpc.js";
 import { createChannel, createClient } from "./grpc-client.js";
 import { CONNECTION_LIMITS } from "./grpc-port.js";
+import { healthService } from "./health.js";
 import { silentLogger } from "./log.js";
-import { bind, healthService, type RunningServer, startGrpcServer } from "./server.js";
+import { bind, type RunningServer, startGrpcServer } from "./server.js";
 
 const cleanups: (() => unknown)[] = [];
 afterEach(async () => {

@@ -9,7 +9,6 @@ import { type DescService, toBinary } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
 import { ReflectionService } from "@grpc/reflection";
-import { HealthImplementation } from "grpc-health-check";
 import { Health } from "../gen/health/v1/health_pb.js";
 import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { FaultInjector } from "./chaos.js";
@@ -27,6 +26,7 @@ import {
 } from "./grpc.js";
 import { CONNECTION_LIMITS, type ConnectionLimits, connectionOptions, listenGrpc } from "./grpc-port.js";
 import { boundingHeaderLists } from "./header-limit.js";
+import { healthService } from "./health.js";
 import type { Logger } from "./log.js";
 import { refusingCompressedRequests, refusingOtherThanProtoPosts } from "./plain-requests.js";
 import { serverTelemetry, type Telemetry } from "./telemetry.js";
@@ -75,6 +75,8 @@ export interface RunningServer {
    * `graceMs` for unary calls in flight to finish, then cuts the rest.
    */
   stop(graceMs: number): Promise<void>;
+  /** Readiness: the business services' health, SERVING or not (their database); "" answers SERVING until the stop. */
+  setReady(ready: boolean): void;
 }
 
 /** Logs one line per finished call: debug when OK, info for expected errors. */
@@ -221,28 +223,6 @@ function endingStreams(
 }
 
 /**
- * grpc.health.v1 for `names`, all SERVING. grpc-health-check keeps, for every service name ever
- * watched, the set of its watchers, emptied but never removed when they go: a client watching ever
- * new names (each up to the 4 MiB a message may hold) grew the heap without bound. Empty sets go now.
- */
-export function healthService(names: readonly string[]): HealthImplementation {
-  const health = new HealthImplementation(Object.fromEntries(names.map((n) => [n, "SERVING" as const])));
-  const lib = health as unknown as {
-    watchers?: Map<string, Set<unknown>>;
-    removeWatcher?: (service: string, watcher: unknown) => void;
-  };
-  const { watchers, removeWatcher } = lib;
-  if (!(watchers instanceof Map) || typeof removeWatcher !== "function") {
-    throw new Error("grpc-health-check no longer keeps watchers and removeWatcher: forget ended watches another way");
-  }
-  lib.removeWatcher = (service, watcher) => {
-    removeWatcher.call(health, service, watcher);
-    if (watchers.get(service)?.size === 0) watchers.delete(service);
-  };
-  return health;
-}
-
-/**
  * Calls one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS). Without it Node's
  * default (2^32 - 1) let one client open calls and never finish them: 20,000, ~17 bytes each once
  * HPACK has the headers, held 160 MB. Above the gateway's default HTTP_MAX_CALLS (4,096), all of which
@@ -344,6 +324,9 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
     return stopping;
   };
 
+  const setReady = (ready: boolean) => {
+    for (const n of stopping ? [] : names) health.setStatus(n, ready ? "SERVING" : "NOT_SERVING");
+  };
   const dialHost = opts.host === "0.0.0.0" || opts.host === "::" ? "127.0.0.1" : opts.host;
-  return { port, address: `${dialHost}:${port}`, faults, stop };
+  return { port, address: `${dialHost}:${port}`, faults, stop, setReady };
 }

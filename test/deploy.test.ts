@@ -627,6 +627,10 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
       expect(c.ports?.find((x) => x.name === "grpc")?.containerPort).toBe(port);
       for (const probe of [c.readinessProbe, c.livenessProbe, c.startupProbe])
         expect(probe?.grpc?.port, "gRPC health probes").toBe(port);
+      // Readiness by the service's name (NOT_SERVING while its database is unreachable: platform/health.ts),
+      // liveness and startup by "" (the process runs): a database down must not restart every pod.
+      expect(c.readinessProbe?.grpc?.service).toBe(p.services[0]?.typeName);
+      for (const probe of [c.livenessProbe, c.startupProbe]) expect(probe?.grpc?.service ?? "").toBe("");
     } else {
       // The gateway: one HTTP port (HTTP/1.1 and h2c) that also answers /readyz and /healthz.
       expect(servicePort).toMatchObject({ appProtocol: "http2", port });

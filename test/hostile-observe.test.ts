@@ -1,0 +1,117 @@
+/**
+ * A hostile round on observability under failure (2026-12-05): does what a process reports — its
+ * health, its metrics, its traces and its log lines — tell the truth while its dependencies fail?
+ * Real processes, a real nats-server and a real PostgreSQL stopped under them. Each `describe` is one
+ * suspicion; a test that found a defect says so.
+ */
+
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { signDevToken } from "../gateway/auth.js";
+import { DEV_JWT_SECRET, targetVariable } from "../gateway/config.js";
+import { UPSTREAMS } from "../gateway/routes.js";
+import { Health, HealthCheckResponse_ServingStatus as Status } from "../gen/health/v1/health_pb.js";
+import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
+import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
+import { createChannel, createClient } from "../platform/index.js";
+import { freePort, type ServiceProcess, spawnGateway, spawnService, tempDir } from "./fixtures.js";
+import { startNats } from "./nats.js";
+import { startPostgres } from "./postgres.js";
+
+/** `service`'s health on `proc` as a Kubernetes gRPC probe asks it: the status, or the call's error. */
+async function probe(proc: ServiceProcess, service: string): Promise<string> {
+  const channel = createChannel(proc.address);
+  try {
+    const res = await createClient(Health, channel).check({ service }, { timeoutMs: 1_000 });
+    return Status[res.status];
+  } catch (err) {
+    return `error ${(err as Error).message}`;
+  } finally {
+    channel.close();
+  }
+}
+
+/** Polls `f` until it returns `want` (or `ms` pass); what it returned last, and after how long. */
+async function settles(f: () => Promise<string>, want: string, ms: number): Promise<{ got: string; ms: number }> {
+  const started = Date.now();
+  let got = await f();
+  while (got !== want && Date.now() - started < ms) {
+    await new Promise((r) => setTimeout(r, 100));
+    got = await f();
+  }
+  return { got, ms: Date.now() - started };
+}
+
+/** What the gateway's operator panel (GetSystemStatus, as an admin) says of `service`'s first instance. */
+async function panel(gateway: ServiceProcess, service: string): Promise<string> {
+  const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
+  const admin = await signDevToken(claims, "operator", ["admin"]);
+  const res = await fetch(`http://${gateway.address}/shopmesh.gateway.v1.OperatorService/GetSystemStatus`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${admin}` },
+    body: "{}",
+  });
+  const body = (await res.json()) as {
+    services: { service: string; instances: { serving?: boolean; detail?: string }[] }[];
+  };
+  const i = body.services.find((s) => s.service === service)?.instances[0];
+  return i?.serving ? "SERVING" : (i?.detail ?? "none");
+}
+
+describe("health under a failing dependency: readiness says whether the process can do its work, liveness whether it runs", () => {
+  // Found: health answered SERVING for every name while PostgreSQL was down and every call failed
+  // UNAVAILABLE ("database unavailable; try again"), so a replica cut off from its database kept its
+  // share of the traffic; and it was the probe Kubernetes restarts a pod on too.
+  it("its service's name turns NOT_SERVING while its database is down, and SERVING again once it is back; '' stays SERVING", {
+    timeout: 60_000,
+  }, async () => {
+    await using pg = await startPostgres();
+    await using nats = await startNats();
+    const env = { NATS_URL: nats.url, DATABASE_URL: await pg.createDatabase() };
+    await using inventory = await spawnService("inventory", env, 60_000);
+    const dead = `127.0.0.1:${await freePort()}`;
+    const targets = Object.fromEntries(
+      UPSTREAMS.map((u) => [targetVariable(u), u === "inventory" ? inventory.address : dead]),
+    );
+    await using gateway = await spawnGateway({ HTTP_HOST: "127.0.0.1", ...targets }, 60_000);
+    const name = InventoryService.typeName;
+    expect(await probe(inventory, name)).toBe("SERVING");
+    expect(await panel(gateway, "inventory")).toBe("SERVING");
+
+    await pg.stop("fast");
+    const down = await settles(() => probe(inventory, name), "NOT_SERVING", 5_000);
+    expect(down.got, "readiness while the database is down").toBe("NOT_SERVING");
+    expect(await probe(inventory, ""), "liveness: the process runs, a restart would not bring the database").toBe(
+      "SERVING",
+    );
+    expect(await inventory.logLine("database unreachable: not ready")).toMatchObject({ level: 40 });
+    expect(await panel(gateway, "inventory"), "the operator panel, as the readiness probe").toBe("NOT_SERVING");
+
+    await pg.start();
+    const back = await settles(() => probe(inventory, name), "SERVING", 5_000);
+    expect(back.got, "readiness once the database is back").toBe("SERVING");
+    expect(await inventory.logLine("database reachable again: ready")).toMatchObject({ level: 30 });
+    expect(await panel(gateway, "inventory")).toBe("SERVING");
+
+    // NATS down: the outbox holds the events, every call still works — still ready.
+    await nats.stop("SIGKILL");
+    await new Promise((r) => setTimeout(r, 3_000));
+    expect(await probe(inventory, name), "readiness with NATS down").toBe("SERVING");
+  });
+
+  it("a peer down (order's inventory and payment) leaves the caller ready: its breakers answer for it", {
+    timeout: 60_000,
+  }, async () => {
+    using dir = tempDir();
+    await using nats = await startNats();
+    const dead = `127.0.0.1:${await freePort()}`;
+    await using order = await spawnService(
+      "order",
+      { NATS_URL: nats.url, DB_PATH: join(dir.path, "order.db"), INVENTORY_TARGET: dead, PAYMENT_TARGET: dead },
+      60_000,
+    );
+    await new Promise((r) => setTimeout(r, 2_500));
+    expect(await probe(order, OrderService.typeName)).toBe("SERVING");
+    expect(await probe(order, "")).toBe("SERVING");
+  });
+});
