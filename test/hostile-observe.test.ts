@@ -5,6 +5,7 @@
  * suspicion; a test that found a defect says so.
  */
 
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { signDevToken } from "../gateway/auth.js";
@@ -12,8 +13,8 @@ import { DEV_JWT_SECRET, targetVariable } from "../gateway/config.js";
 import { UPSTREAMS } from "../gateway/routes.js";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../gen/health/v1/health_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
-import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
-import { createChannel, createClient } from "../platform/index.js";
+import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
+import { createChannel, createClient, identityMetadata } from "../platform/index.js";
 import { freePort, type ServiceProcess, spawnGateway, spawnService, tempDir } from "./fixtures.js";
 import { startNats } from "./nats.js";
 import { startPostgres } from "./postgres.js";
@@ -113,5 +114,63 @@ describe("health under a failing dependency: readiness says whether the process 
     await new Promise((r) => setTimeout(r, 2_500));
     expect(await probe(order, OrderService.typeName)).toBe("SERVING");
     expect(await probe(order, "")).toBe("SERVING");
+  });
+});
+
+describe("traces of a saga step that fails", () => {
+  // Found: a saga step whose call failed (payment down: UNAVAILABLE, then the open circuit refusing
+  // without a call) and was retried or given up drew its `saga charge_payment` span as a success: with
+  // the circuit open it had no child span at all, and the trace did not say why the saga waited.
+  it("marks each failed attempt's saga span as failed, with the reason, and the compensation's as it is", {
+    timeout: 60_000,
+  }, async () => {
+    using dir = tempDir();
+    await using nats = await startNats();
+    const traceFile = join(dir.path, "traces.jsonl");
+    const common = { NATS_URL: nats.url, TRACE_FILE: traceFile };
+    await using inventory = await spawnService(
+      "inventory",
+      { ...common, DB_PATH: join(dir.path, "inventory.db") },
+      60_000,
+    );
+    await using order = await spawnService(
+      "order",
+      {
+        ...common,
+        DB_PATH: join(dir.path, "order.db"),
+        INVENTORY_TARGET: inventory.address,
+        PAYMENT_TARGET: `127.0.0.1:${await freePort()}`,
+        SAGA_STEP_BUDGET_MS: "1500",
+        SAGA_RETRY_BASE_MS: "50",
+        SAGA_RETRY_MAX_MS: "200",
+      },
+      60_000,
+    );
+    const channel = createChannel(order.address);
+    const orders = createClient(OrderService, channel);
+    const alice = { metadata: identityMetadata({ subject: "alice", roles: ["customer"] }) };
+    const { order: placed } = await orders.placeOrder(
+      { idempotencyKey: "observe-1", items: [{ productId: "coffee-beans", quantity: 1 }], cardToken: "tok_visa" },
+      alice,
+    );
+    let last = placed;
+    for (let t = 0; t < 100 && last?.status !== OrderStatus.CANCELLED; t++) {
+      await new Promise((r) => setTimeout(r, 100));
+      last = (await orders.getOrder({ orderId: placed?.id ?? "" }, alice)).order;
+    }
+    channel.close();
+    expect(last?.status).toBe(OrderStatus.CANCELLED);
+    await new Promise((r) => setTimeout(r, 1_500)); // the span file's batch
+    type Span = { name: string; error: string; attributes: Record<string, unknown> };
+    const spans = readFileSync(traceFile, "utf8")
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Span)
+      .filter((s) => s.attributes["order.id"] === placed?.id);
+    const charges = spans.filter((s) => s.name === "saga charge_payment");
+    expect(charges.length).toBeGreaterThan(1);
+    expect(charges.filter((s) => !/UNAVAILABLE|circuit|unavailable/i.test(s.error)).map((s) => s.error)).toEqual([]);
+    expect(spans.filter((s) => s.name === "saga reserve_stock").map((s) => s.error)).toEqual([""]);
+    expect(spans.find((s) => s.name === "saga release_stock")?.error).toBe("");
   });
 });

@@ -4,6 +4,7 @@
  * failure (woken early by a change such as a cancel), and stopping when the saga is done, when
  * the loop is stopped, or when another replica took its lease.
  */
+import { SpanStatusCode } from "@opentelemetry/api";
 import { contextOf, inSpan } from "../../platform/index.js";
 import { decide, type OrderRecord } from "./domain.js";
 import type { Lease } from "./leases.js";
@@ -115,7 +116,13 @@ export class SagaLoop {
       tel.tracer,
       `saga ${name}`,
       { parent: contextOf(o.traceparent), attributes: { "order.id": o.id, "saga.step": name } },
-      fn,
+      async (span) => {
+        const acted = await fn();
+        // A call that failed, to be retried or given up, is the span's failure though the saga goes on:
+        // with the circuit open the span had no child to say why the saga waited.
+        if (acted.failed) span.setStatus({ code: SpanStatusCode.ERROR, message: acted.failed });
+        return acted;
+      },
     );
   }
 

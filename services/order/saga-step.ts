@@ -38,6 +38,8 @@ export interface Acted {
   readonly order?: OrderRecord;
   /** The next call, started in that same commit. */
   readonly started?: Started;
+  /** Why the action's call failed (to be retried, or given up): its span's error. */
+  readonly failed?: string;
 }
 
 /**
@@ -105,7 +107,7 @@ export async function act(
   const stalled = ctx.deps.stalledSince?.(since) ?? 0;
   const budget = { since: since + stalled, now: ctx.clock(), budgetMs: ctx.deps.timing.stepBudgetMs };
   const failed = givenUp(d.step, outcome.retry, budget, attempt, neverSent?.before === "none");
-  if (failed) return settle(ctx, scope, o, failed);
+  if (failed) return { ...(await settle(ctx, scope, o, failed)), failed: outcome.retry };
   if ((await apply(onRetrying(d.step, outcome.retry, attempt, neverSent))) === FENCED) return { wait: FENCED };
   if (outcome.refused) {
     // Retrying will not help unless someone changes something: say so each time (refund_pending shows it too).
@@ -117,5 +119,5 @@ export async function act(
   const pending = cancelledRefundPending(d.step, o, outcome.retry);
   if (pending && (await apply(...pending)) === FENCED) return { wait: FENCED };
   const { retryBaseMs, retryMaxMs } = ctx.deps.timing;
-  return { wait: backoffMs(attempt, retryBaseMs, retryMaxMs, ctx.random()) };
+  return { wait: backoffMs(attempt, retryBaseMs, retryMaxMs, ctx.random()), failed: outcome.retry };
 }
