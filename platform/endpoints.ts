@@ -150,7 +150,10 @@ export class Endpoints<S extends DescService> {
     breaker.onStateChange((s) => {
       const name = BREAKER_NAMES[s];
       const log = this.o.log.child({ endpoint: address });
-      (s === CircuitState.Closed ? log.info : log.warn).call(log, { breaker: name }, `endpoint circuit ${name}`);
+      // Outside the trace of the call that tipped it, as the downstream's own line (resilience.ts).
+      detached(() =>
+        (s === CircuitState.Closed ? log.info : log.warn).call(log, { breaker: name }, `endpoint circuit ${name}`),
+      );
       this.o.onBreakerChange?.(address, name);
     });
     return {

@@ -121,7 +121,7 @@ describe("traces of a saga step that fails", () => {
   // Found: a saga step whose call failed (payment down: UNAVAILABLE, then the open circuit refusing
   // without a call) and was retried or given up drew its `saga charge_payment` span as a success: with
   // the circuit open it had no child span at all, and the trace did not say why the saga waited.
-  it("marks each failed attempt's saga span as failed, with the reason, and the compensation's as it is", {
+  it("marks each failed attempt's saga span as failed, with the reason, and the compensation's as it is; breaker lines join no trace", {
     timeout: 60_000,
   }, async () => {
     using dir = tempDir();
@@ -172,5 +172,10 @@ describe("traces of a saga step that fails", () => {
     expect(charges.filter((s) => !/UNAVAILABLE|circuit|unavailable/i.test(s.error)).map((s) => s.error)).toEqual([]);
     expect(spans.filter((s) => s.name === "saga reserve_stock").map((s) => s.error)).toEqual([""]);
     expect(spans.find((s) => s.name === "saga release_stock")?.error).toBe("");
+    // Found too: a breaker's change is background news, logged outside any request's trace
+    // (platform/propagation.ts, detached), as the downstream's line was — but each instance's line
+    // carried the trace id of whichever order's call tipped it, filed under that order.
+    expect(await order.logLine("circuit breaker open")).not.toHaveProperty("trace_id");
+    expect(await order.logLine("endpoint circuit open")).not.toHaveProperty("trace_id");
   });
 });
