@@ -26,6 +26,7 @@ import {
   decodeEvent,
   type EventContext,
   type EventHandler,
+  eventFields,
   Inbox,
   purgeRegularly,
   UnprocessableEventError,
@@ -138,14 +139,14 @@ function eventHandler(opts: ConsumerOptions, clog: Logger, otherVersions: OtherV
   const metrics = tel?.metrics;
   /** The unknown types already logged (see prepare). */
   const newer = new Set<string>();
-  const toDlq = async (m: JsMsg, reason: string, eventId?: string) => {
+  const toDlq = async (m: JsMsg, reason: string, ctx?: EventContext) => {
     await deadLetter(opts.bus, durable, m, reason);
-    if (eventId) {
+    if (ctx) {
       await inbox
-        .forgetFailures(eventId)
-        .catch((err: unknown) => clog.warn({ err: (err as Error).message, eventId }, "failures not forgotten"));
+        .forgetFailures(ctx.eventId)
+        .catch((e: unknown) => clog.warn({ err: (e as Error).message, ...eventFields(ctx) }, "failures not forgotten"));
     }
-    clog.warn({ subject: m.subject, seq: m.seq, reason }, "event dead-lettered");
+    clog.warn({ subject: m.subject, seq: m.seq, reason, ...(ctx && eventFields(ctx)) }, "event dead-lettered");
     opts.onDeadLetter?.(reason);
     metrics?.deadLetters.inc({ consumer: durable });
   };
@@ -190,7 +191,7 @@ function eventHandler(opts: ConsumerOptions, clog: Logger, otherVersions: OtherV
     const message = (err as Error).message;
     // Refused as invalid, it would be refused the same way on every delivery.
     if (err instanceof UnprocessableEventError || err instanceof InvalidArgumentError) {
-      await toDlq(m, `unprocessable: ${message}`, ctx.eventId);
+      await toDlq(m, `unprocessable: ${message}`, ctx);
       return;
     }
     // Not counted (the database went away since): retried without a count, which errs towards retrying.
@@ -199,13 +200,12 @@ function eventHandler(opts: ConsumerOptions, clog: Logger, otherVersions: OtherV
       return 0;
     });
     if (times >= maxDeliver) {
-      await toDlq(m, `handler failed ${times} times: ${message}`, ctx.eventId);
+      await toDlq(m, `handler failed ${times} times: ${message}`, ctx);
     } else {
       const delay = backoffMs(times || ctx.deliveryCount, 100, 5_000);
-      const { type, eventId, deliveryCount: delivery } = ctx;
       // A failure or two is often an event ahead of the one it needs; half-way to the dead letter, it is news.
       clog[times * 2 >= maxDeliver ? "warn" : "info"](
-        { type, eventId, delivery, failures: times, retryInMs: delay, err: message },
+        { ...eventFields(ctx), delivery: ctx.deliveryCount, failures: times, retryInMs: delay, err: message },
         "handler failed; will retry",
       );
       retries.handBack(m, delay);

@@ -213,6 +213,19 @@ export interface EventContext {
   /** 1 on first delivery. */
   readonly deliveryCount: number;
   readonly traceparent: string;
+  /** The order it is about ("" when none). */
+  readonly orderId: string;
+}
+
+/** What a log line about event `ctx` names: the event, its type, its order and its trace (found by `jq` on the trace id). */
+export function eventFields(ctx: EventContext): Record<string, string> {
+  const traceId = ctx.traceparent.split("-")[1] ?? "";
+  return {
+    type: ctx.type,
+    eventId: ctx.eventId,
+    ...(ctx.orderId && { orderId: ctx.orderId }),
+    ...(traceId && { trace_id: traceId }),
+  };
 }
 
 /**
@@ -311,6 +324,7 @@ export function decodeEvent(
     subject: m.subject,
     deliveryCount: m.info.deliveryCount,
     traceparent: headers?.get("traceparent") ?? "",
+    orderId: (event as { meta?: { orderId?: string } }).meta?.orderId ?? "",
   };
   return { event, ctx };
 }

@@ -8,16 +8,27 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { EVENTS } from "../contracts/events.js";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET, targetVariable } from "../gateway/config.js";
 import { UPSTREAMS } from "../gateway/routes.js";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../gen/health/v1/health_pb.js";
+import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
+import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
-import { createChannel, createClient, identityMetadata } from "../platform/index.js";
+import { connectBus } from "../platform/bus.js";
+import { startConsumer } from "../platform/consumer.js";
+import { migrations, openDatabase } from "../platform/db.js";
+import { INBOX_FAILURES_MIGRATION, INBOX_MIGRATION, INBOX_PURGE_MIGRATION, on } from "../platform/inbox.js";
+import { createChannel, createClient, identityMetadata, silentLogger } from "../platform/index.js";
+import { OUTBOX_CLAIMS_MIGRATION, OUTBOX_INDEXES_MIGRATION, OUTBOX_MIGRATION, Outbox } from "../platform/outbox.js";
+import { OutboxRelay } from "../platform/relay.js";
+import { until } from "./events.js";
 import { freePort, type ServiceProcess, spawnGateway, spawnService, tempDir } from "./fixtures.js";
 import { startNats } from "./nats.js";
 import { startPostgres } from "./postgres.js";
+import { capturedLogger } from "./system.js";
 
 /** `service`'s health on `proc` as a Kubernetes gRPC probe asks it: the status, or the call's error. */
 async function probe(proc: ServiceProcess, service: string): Promise<string> {
@@ -177,5 +188,71 @@ describe("traces of a saga step that fails", () => {
     // carried the trace id of whichever order's call tipped it, filed under that order.
     expect(await order.logLine("circuit breaker open")).not.toHaveProperty("trace_id");
     expect(await order.logLine("endpoint circuit open")).not.toHaveProperty("trace_id");
+  });
+});
+
+describe("log lines of an event that fails", () => {
+  // Found: "handler failed; will retry" named the event and its type, "event dead-lettered" only the
+  // stream's sequence — neither the order it was about nor its trace, so an operator's jq by the
+  // order's trace id (docs/observability.md) found every line of the order but these.
+  it("name the event, its type, its order and its trace, retried and dead-lettered", { timeout: 60_000 }, async () => {
+    using dir = tempDir();
+    await using nats = await startNats();
+    const bus = await connectBus(nats.url, "observe", silentLogger(), { streams: EVENTS.streams });
+    const db = await openDatabase(
+      { engine: "sqlite", path: join(dir.path, "svc.db") },
+      migrations([
+        OUTBOX_MIGRATION,
+        OUTBOX_CLAIMS_MIGRATION,
+        OUTBOX_INDEXES_MIGRATION,
+        INBOX_MIGRATION,
+        INBOX_FAILURES_MIGRATION,
+        INBOX_PURGE_MIGRATION,
+      ]),
+    );
+    const outbox = new Outbox("test", EVENTS);
+    const relay = new OutboxRelay({ db, outbox, bus, source: "test", log: silentLogger() });
+    relay.start();
+    const traceId = "4bf92f3577b34da6a3ce929d0e0e4736";
+    await db.transaction((tx) =>
+      outbox.add(
+        tx,
+        OrderPlacedSchema,
+        { orderId: "ord_observed", sagaMode: SagaMode.ORCHESTRATION },
+        { customerId: "alice", items: [{ productId: "p", quantity: 1 }], cardToken: "tok" },
+        `00-${traceId}-00f067aa0ba902b7-01`,
+      ),
+    );
+    const { log, lines } = capturedLogger();
+    const consumer = await startConsumer({
+      catalogue: EVENTS,
+      bus,
+      db,
+      log,
+      stream: "ORDER",
+      durable: "observed",
+      maxDeliver: 2,
+      handlers: [
+        on(OrderPlacedSchema, async () => {
+          throw new Error("a rule that fails");
+        }),
+      ],
+    });
+    try {
+      const line = (msg: string) =>
+        until(
+          () => lines.find((l) => l.msg === msg),
+          (l) => l !== undefined,
+          15_000,
+        );
+      const about = { type: OrderPlacedSchema.typeName, orderId: "ord_observed", trace_id: traceId };
+      expect(await line("handler failed; will retry")).toMatchObject(about);
+      expect(await line("event dead-lettered")).toMatchObject({ ...about, eventId: expect.stringMatching(/^evt_/) });
+    } finally {
+      await consumer.stop();
+      await relay.stop();
+      await db.close();
+      await bus.close();
+    }
   });
 });
