@@ -245,7 +245,9 @@ function resilientUnary<S extends DescService>(g: Guard<S>, m: DescMethod, callO
     // The caller's budget is fixed once, for the whole call: queueing, retries and backoff included.
     const deadline = earliestDeadline(opts.deadline, opts.timeoutMs);
     if (deadline !== undefined && deadline <= Date.now()) {
-      // Never reaches a breaker: a call that cannot be sent says nothing about the downstream.
+      // Never reaches a breaker: a call that cannot be sent says nothing about the downstream. Counted
+      // all the same, as the caller's failed call: the histogram held every failure but these.
+      observe("DEADLINE_EXCEEDED", performance.now());
       return Promise.reject(CallerDeadlineError.now());
     }
     const started = performance.now();

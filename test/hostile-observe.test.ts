@@ -21,9 +21,12 @@ import { connectBus } from "../platform/bus.js";
 import { startConsumer } from "../platform/consumer.js";
 import { migrations, openDatabase } from "../platform/db.js";
 import { INBOX_FAILURES_MIGRATION, INBOX_MIGRATION, INBOX_PURGE_MIGRATION, on } from "../platform/inbox.js";
-import { createChannel, createClient, identityMetadata, silentLogger } from "../platform/index.js";
+import { createChannel, createClient, identityMetadata, type RpcError, silentLogger } from "../platform/index.js";
 import { OUTBOX_CLAIMS_MIGRATION, OUTBOX_INDEXES_MIGRATION, OUTBOX_MIGRATION, Outbox } from "../platform/outbox.js";
+import { DEFAULT_POLICY } from "../platform/policy.js";
 import { OutboxRelay } from "../platform/relay.js";
+import { createResilientClient } from "../platform/resilience.js";
+import { createTelemetry } from "../platform/telemetry.js";
 import { until } from "./events.js";
 import { freePort, type ServiceProcess, spawnGateway, spawnService, tempDir } from "./fixtures.js";
 import { startNats } from "./nats.js";
@@ -253,6 +256,33 @@ describe("log lines of an event that fails", () => {
       await relay.stop();
       await db.close();
       await bus.close();
+    }
+  });
+});
+
+describe("outbound calls' histogram", () => {
+  // Found: a call whose caller's deadline had already passed was refused DEADLINE_EXCEEDED without
+  // being counted: rpc_client_duration_seconds held every other failure but the timed-out ones that
+  // never left (a saga or a gateway call that spent its budget before its call), so the error rate read low.
+  it("counts a call refused because its deadline had already passed", async () => {
+    const tel = createTelemetry("observe");
+    const client = createResilientClient(
+      "inventory",
+      InventoryService,
+      `127.0.0.1:${await freePort()}`,
+      DEFAULT_POLICY,
+      silentLogger(),
+      { telemetry: tel },
+    );
+    try {
+      const err = await client.getProduct({ productId: "p" }, { deadline: Date.now() - 1 }).catch((e: unknown) => e);
+      expect((err as RpcError).codeName).toBe("DEADLINE_EXCEEDED");
+      const text = await tel.metrics.registry.metrics();
+      expect(text).toMatch(
+        /rpc_client_duration_seconds_count\{[^}]*downstream="inventory",method="GetProduct",code="DEADLINE_EXCEEDED"[^}]*\} 1/,
+      );
+    } finally {
+      client.close();
     }
   });
 });
