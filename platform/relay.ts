@@ -3,6 +3,7 @@ import { SpanKind } from "@opentelemetry/api";
 import { sql } from "kysely";
 import { backoffMs } from "./backoff.js";
 import type { Bus } from "./bus.js";
+import { isDatabaseUnavailable } from "./db-errors.js";
 import { newId } from "./ids.js";
 import { flushLogs, type Logger } from "./log.js";
 import type { Outbox } from "./outbox.js";
@@ -283,9 +284,12 @@ export class OutboxRelay {
       this.failures++;
       const delay = backoffMs(this.failures + 1, 100, 5_000);
       if (this.failures === 1 || this.failures % 10 === 0) {
+        // Which side failed: a database down said "publish failed", and an operator looked at NATS.
         log.warn(
           { err: (err as Error).message, failures: this.failures, retryInMs: delay },
-          "outbox publish failed; will retry",
+          isDatabaseUnavailable(err)
+            ? "outbox relay cannot reach its database; will retry"
+            : "outbox publish failed; will retry",
         );
       }
       // Let the claim go, so this relay (or another) takes the rows again at once when NATS is back.

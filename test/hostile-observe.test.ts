@@ -100,6 +100,10 @@ describe("health under a failing dependency: readiness says whether the process 
       "SERVING",
     );
     expect(await inventory.logLine("database unreachable: not ready")).toMatchObject({ level: 40 });
+    // Found too: the outbox relay, polling a database that is down, said "outbox publish failed" — an
+    // operator looked at NATS, which was fine.
+    expect(await inventory.logLine("outbox relay cannot reach its database; will retry")).toMatchObject({ level: 40 });
+    expect(inventory.output()).not.toContain("outbox publish failed");
     expect(await panel(gateway, "inventory"), "the operator panel, as the readiness probe").toBe("NOT_SERVING");
 
     await pg.start();
