@@ -13,6 +13,7 @@ const STORE_SUITES = [
 const POSTGRES_ONLY = [
   "test/scale-out.test.ts",
   "test/hostile-scale.test.ts",
+  "test/hostile-race.test.ts",
   "platform/sql.test.ts",
   "platform/lock-order.test.ts",
   "services/history/first-event.test.ts",
