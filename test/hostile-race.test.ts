@@ -12,8 +12,9 @@ import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET, targetVariable } from "../gateway/config.js";
 import { UPSTREAMS } from "../gateway/routes.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
-import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
+import { InventoryService, ReservationStatus } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
+import { PaymentService, PaymentStatus } from "../gen/shopmesh/payment/v1/payment_pb.js";
 import {
   type Bus,
   connectBus,
@@ -121,15 +122,23 @@ async function expectConserved(): Promise<void> {
       held.set(it.productId, (held.get(it.productId) ?? 0) + it.quantity);
     }
   }
-  const stock = await withDb(at("shopmesh_inventory"), (q) =>
-    q.all(sql<{ id: string; available: number; reserved: number }>`SELECT id, available, reserved FROM products`),
-  );
-  for (const p of DEMO_CATALOGUE) {
-    const s = stock.find((x) => x.id === p.id);
-    expect(s?.available, `${p.id}: available`).toBeGreaterThanOrEqual(0);
-    expect(s && s.available + s.reserved, `${p.id}: stock conserved`).toBe(p.available + (restocked.get(p.id) ?? 0));
-    expect(s?.reserved, `${p.id}: reserved = what confirmed orders hold`).toBe(held.get(p.id) ?? 0);
-  }
+  // What inventory does about a cancelled order (choreography: on its event) may come a moment after the order.
+  const wrong = async () => {
+    const stock = await withDb(at("shopmesh_inventory"), (q) =>
+      q.all(sql<{ id: string; available: number; reserved: number }>`SELECT id, available, reserved FROM products`),
+    );
+    return DEMO_CATALOGUE.flatMap((p) => {
+      const s = stock.find((x) => x.id === p.id);
+      const want = {
+        available: p.available + (restocked.get(p.id) ?? 0) - (held.get(p.id) ?? 0),
+        reserved: held.get(p.id) ?? 0,
+      };
+      return s?.available === want.available && s.reserved === want.reserved
+        ? []
+        : [`${p.id}: ${s?.available}/${s?.reserved} available/reserved, not ${want.available}/${want.reserved}`];
+    });
+  };
+  await expect.poll(wrong, { timeout: 30_000, interval: 250 }).toEqual([]);
 }
 
 /** One notification per terminal order, the history view equal to the orders, no event published twice. */
@@ -336,96 +345,104 @@ const forward = (statuses: readonly string[]) =>
   !(statuses.includes("CONFIRMED") && statuses.includes("CANCELLED"));
 
 describe("CancelOrder racing the saga at every step, both modes, watched and read all along", () => {
-  it("each order ends in one terminal state; money, stock, events, history and notifications agree", async () => {
-    const clients = orderClients();
-    const token = await tokenOf("c-race");
-    // Payment slowed on every instance, so cancels land while charging as well as while reserving.
-    await connect(
-      "shopmesh.gateway.v1.OperatorService/SetServiceFaults",
-      { service: "payment", faults: { latencyMs: 150 } },
-      await tokenOf("ops", ["admin"]),
-    );
-    const N = 80;
-    const placed = await Promise.all(
-      Array.from({ length: N }, async (_, i) => {
-        const c = clients[i % clients.length] as (typeof clients)[number];
-        const { order } = await c.placeOrder(
-          {
-            idempotencyKey: `c-race-${i}`,
-            items: [{ productId: i % 2 ? "coffee-beans" : "pour-over-kettle", quantity: 1 }],
-            cardToken: i % 11 === 0 ? "tok_decline" : "tok_visa",
-            sagaMode: i % 2 ? SagaMode.ORCHESTRATION : SagaMode.CHOREOGRAPHY,
-          },
-          who("c-race"),
-        );
-        return order?.id ?? "";
-      }),
-    );
-    const watches = placed.map((id, i) =>
-      watchStatuses(clients[(i + 1) % clients.length] as (typeof clients)[number], id, "c-race"),
-    );
-    const errors: string[] = [];
-    // Readers of every kind while the orders change: no failure, no torn composite.
-    let reading = true;
-    const readers = Array.from({ length: 6 }, async (_, r) => {
-      while (reading) {
-        const id = placed[Math.floor(Math.random() * placed.length)] ?? "";
-        try {
-          if (r % 3 === 0) {
-            const d = await connect("shopmesh.gateway.v1.GatewayService/GetOrderDetails", { orderId: id }, token);
-            const order = d.order as { id: string; status: string; paymentId?: string };
-            const payment = d.payment as { orderId?: string; status?: string } | undefined;
-            if (order.id !== id || (payment?.orderId && payment.orderId !== id)) errors.push(`torn details ${id}`);
-            if (order.status === "ORDER_STATUS_CONFIRMED" && payment && payment.status !== "PAYMENT_STATUS_CAPTURED") {
-              errors.push(`confirmed ${id} with payment ${payment.status}`);
+  it.each(["inventory", "payment"])(
+    "%s slowed: each order ends in one terminal state; money, stock, events, history and notifications agree",
+    async (slowed) => {
+      const clients = orderClients();
+      const token = await tokenOf("c-race");
+      // A participant slowed on every instance, so cancels land while it works as well as before and after.
+      await connect(
+        "shopmesh.gateway.v1.OperatorService/SetServiceFaults",
+        { service: slowed, faults: { latencyMs: 150 } },
+        await tokenOf("ops", ["admin"]),
+      );
+      const N = 80;
+      const placed = await Promise.all(
+        Array.from({ length: N }, async (_, i) => {
+          const c = clients[i % clients.length] as (typeof clients)[number];
+          const { order } = await c.placeOrder(
+            {
+              idempotencyKey: `c-race-${slowed}-${i}`,
+              items: [{ productId: i % 2 ? "coffee-beans" : "pour-over-kettle", quantity: 1 }],
+              cardToken: i % 11 === 0 ? "tok_decline" : "tok_visa",
+              sagaMode: i % 2 ? SagaMode.ORCHESTRATION : SagaMode.CHOREOGRAPHY,
+            },
+            who("c-race"),
+          );
+          return order?.id ?? "";
+        }),
+      );
+      const watches = placed.map((id, i) =>
+        watchStatuses(clients[(i + 1) % clients.length] as (typeof clients)[number], id, "c-race"),
+      );
+      const errors: string[] = [];
+      // Readers of every kind while the orders change: no failure, no torn composite.
+      let reading = true;
+      const readers = Array.from({ length: 6 }, async (_, r) => {
+        while (reading) {
+          const id = placed[Math.floor(Math.random() * placed.length)] ?? "";
+          try {
+            if (r % 3 === 0) {
+              const d = await connect("shopmesh.gateway.v1.GatewayService/GetOrderDetails", { orderId: id }, token);
+              const order = d.order as { id: string; status: string; paymentId?: string };
+              const payment = d.payment as { orderId?: string; status?: string } | undefined;
+              if (order.id !== id || (payment?.orderId && payment.orderId !== id)) errors.push(`torn details ${id}`);
+              if (
+                order.status === "ORDER_STATUS_CONFIRMED" &&
+                payment &&
+                payment.status !== "PAYMENT_STATUS_CAPTURED"
+              ) {
+                errors.push(`confirmed ${id} with payment ${payment.status}`);
+              }
+            } else if (r % 3 === 1) {
+              await connect("shopmesh.order.v1.OrderService/ListOrders", { pageSize: 100 }, token);
+            } else {
+              await (clients[r % clients.length] as (typeof clients)[number]).getOrder({ orderId: id }, who("c-race"));
             }
-          } else if (r % 3 === 1) {
-            await connect("shopmesh.order.v1.OrderService/ListOrders", { pageSize: 100 }, token);
-          } else {
-            await (clients[r % clients.length] as (typeof clients)[number]).getOrder({ orderId: id }, who("c-race"));
+          } catch (err) {
+            errors.push(err instanceof RpcError ? err.codeName : String(err));
           }
-        } catch (err) {
-          errors.push(err instanceof RpcError ? err.codeName : String(err));
         }
-      }
-    });
-    // Every order cancelled by 3 callers at a moment of its own: at once, while reserving, charging, confirming.
-    const cancels = placed.flatMap((id, i) =>
-      Array.from({ length: 3 }, (_, k) =>
-        settle(
-          new Promise((r) => setTimeout(r, (i * 7) % 450)).then(async () => {
-            const req = { orderId: id, reason: "race" };
-            if (k === 2) return (await connect("shopmesh.order.v1.OrderService/CancelOrder", req, token)).order;
-            const c = clients[(i + k) % clients.length] as (typeof clients)[number];
-            return OrderStatus[(await c.cancelOrder(req, who("c-race"))).order?.status ?? 0];
-          }),
+      });
+      // Every order cancelled by 3 callers at a moment of its own: at once, while reserving, charging, confirming.
+      const cancels = placed.flatMap((id, i) =>
+        Array.from({ length: 3 }, (_, k) =>
+          settle(
+            new Promise((r) => setTimeout(r, (i * 7) % 450)).then(async () => {
+              const req = { orderId: id, reason: "race" };
+              if (k === 2) return (await connect("shopmesh.order.v1.OrderService/CancelOrder", req, token)).order;
+              const c = clients[(i + k) % clients.length] as (typeof clients)[number];
+              return OrderStatus[(await c.cancelOrder(req, who("c-race"))).order?.status ?? 0];
+            }),
+          ),
         ),
-      ),
-    );
-    const answers = await Promise.all(cancels);
-    const seen = await Promise.all(watches);
-    reading = false;
-    await Promise.all(readers);
-    await connect(
-      "shopmesh.gateway.v1.OperatorService/SetServiceFaults",
-      { service: "payment", faults: {} },
-      await tokenOf("ops", ["admin"]),
-    );
-    expect(answers.filter((a) => !a.ok && a.code !== "FAILED_PRECONDITION" && !a.code.includes("HTTP 400"))).toEqual(
-      [],
-    );
-    expect(errors).toEqual([]);
-    expect(seen.filter((s) => !forward(s))).toEqual([]);
-    await expectConserved();
-    await expectFencedStepLog(at("shopmesh_order"));
-    await expectEffectsOnce();
-    // The watchers' last state is the order's.
-    const final = await withDb(at("shopmesh_order"), (q) =>
-      q.all(sql<{ id: string; status: string }>`SELECT id, status FROM orders WHERE customer_id = 'c-race'`),
-    );
-    const byId = new Map(final.map((o) => [o.id, o.status]));
-    expect(placed.filter((id, i) => byId.get(id) !== seen[i]?.at(-1))).toEqual([]);
-  }, 90_000);
+      );
+      const answers = await Promise.all(cancels);
+      const seen = await Promise.all(watches);
+      reading = false;
+      await Promise.all(readers);
+      await connect(
+        "shopmesh.gateway.v1.OperatorService/SetServiceFaults",
+        { service: slowed, faults: {} },
+        await tokenOf("ops", ["admin"]),
+      );
+      expect(answers.filter((a) => !a.ok && a.code !== "FAILED_PRECONDITION" && !a.code.includes("HTTP 400"))).toEqual(
+        [],
+      );
+      expect(errors).toEqual([]);
+      expect(seen.filter((s) => !forward(s))).toEqual([]);
+      await expectConserved();
+      await expectFencedStepLog(at("shopmesh_order"));
+      await expectEffectsOnce();
+      // The watchers' last state is the order's.
+      const final = await withDb(at("shopmesh_order"), (q) =>
+        q.all(sql<{ id: string; status: string }>`SELECT id, status FROM orders WHERE customer_id = 'c-race'`),
+      );
+      const byId = new Map(final.map((o) => [o.id, o.status]));
+      expect(placed.filter((id, i) => byId.get(id) !== seen[i]?.at(-1))).toEqual([]);
+    },
+    90_000,
+  );
 });
 
 describe("the last unit", () => {
@@ -523,4 +540,200 @@ describe("the last unit", () => {
     await expectConserved();
     await expectEffectsOnce();
   }, 90_000);
+});
+
+describe("a participant's key from many sagas at once (a retry on one replica while the first call runs on the other)", () => {
+  it("ChargePayment racing RefundPayment by the charge's key: the money is never left taken, one payment", async () => {
+    const clients = (replicas.payment ?? []).map((r) => createClient(PaymentService, createChannel(r.address)));
+    for (let round = 0; round < 4; round++) {
+      const key = `charge-race-${round}`;
+      const g = gate();
+      const charge = {
+        idempotencyKey: key,
+        orderId: `ord-charge-race-${round}`,
+        customerId: "payer",
+        amount: { currencyCode: "USD", amountMinor: 1234n },
+        cardToken: "tok_visa",
+      };
+      const calls = Array.from({ length: 150 }, (_, i) =>
+        settle(
+          g.wait.then(async () => {
+            // The refunds start a moment into the charges (round 0: together), later each round.
+            if (i % 3 === 2) await new Promise((r) => setTimeout(r, round * 3));
+            const c = clients[i % clients.length] as (typeof clients)[number];
+            const p =
+              i % 3 === 2
+                ? (await c.refundPayment({ chargeIdempotencyKey: key, reason: "race" })).payment
+                : (await c.chargePayment(charge)).payment;
+            return `${p?.id} ${PaymentStatus[p?.status ?? 0]}`;
+          }),
+        ),
+      );
+      g.open();
+      const answers = await Promise.all(calls);
+      expect(answers.filter((a) => !a.ok)).toEqual([]);
+      const rows = await withDb(at("shopmesh_payment"), (q) =>
+        q.all(sql<{ id: string; status: string }>`SELECT id, status FROM payments WHERE order_id = ${charge.orderId}`),
+      );
+      expect(rows.length, `${key}: payments`).toBeLessThanOrEqual(1);
+      expect(
+        rows.filter((r) => r.status === "CAPTURED"),
+        `${key}: left captured`,
+      ).toEqual([]);
+      // Every charge caller saw the one payment (a refund or void may have come after its answer).
+      const ids = new Set(answers.map((a) => (a.ok ? a.value.split(" ")[0] : "")));
+      expect(ids.size, `${key}: ${[...new Set(answers.map((a) => (a.ok ? a.value : a.code)))]}`).toBeLessThanOrEqual(1);
+    }
+  }, 60_000);
+
+  it("ReserveStock by 150 callers with one key, then ReleaseStock by 150: stock taken once and given back once", async () => {
+    const clients = inventoryClients();
+    const before = await clients[0]?.getProduct({ productId: "pour-over-kettle" }, admin);
+    const g = gate();
+    const req = {
+      idempotencyKey: "reserve-race",
+      orderId: "ord-reserve-race",
+      items: [{ productId: "pour-over-kettle", quantity: 3 }],
+    };
+    const reserves = Array.from({ length: 150 }, (_, i) =>
+      settle(
+        g.wait.then(async () => {
+          const c = clients[i % clients.length] as (typeof clients)[number];
+          return (await c.reserveStock(req)).reservation?.id;
+        }),
+      ),
+    );
+    g.open();
+    const reserved = await Promise.all(reserves);
+    expect(reserved.filter((a) => !a.ok)).toEqual([]);
+    const ids = new Set(reserved.map((a) => (a.ok ? a.value : "")));
+    expect(ids.size).toBe(1);
+    const mid = await clients[1]?.getProduct({ productId: "pour-over-kettle" }, admin);
+    expect(mid?.product?.available).toBe((before?.product?.available ?? 0) - 3);
+    const g2 = gate();
+    const releases = Array.from({ length: 150 }, (_, i) =>
+      settle(
+        g2.wait.then(async () => {
+          const c = clients[i % clients.length] as (typeof clients)[number];
+          if (i % 10 === 9) return (await c.reserveStock(req)).reservation?.id;
+          const r = (await c.releaseStock({ reservationId: [...ids][0] ?? "" })).reservation;
+          return ReservationStatus[r?.status ?? 0];
+        }),
+      ),
+    );
+    g2.open();
+    const released = await Promise.all(releases);
+    expect(released.filter((a) => !a.ok)).toEqual([]);
+    const after = await clients[0]?.getProduct({ productId: "pour-over-kettle" }, admin);
+    expect(after?.product?.available).toBe(before?.product?.available);
+    await expectConserved();
+  }, 60_000);
+});
+
+describe("operators racing each other and the traffic", () => {
+  it("SetServiceFaults from 40 operators at once: every instance of the service ends with the same faults", async () => {
+    const token = await tokenOf("ops", ["admin"]);
+    const set = (latencyMs: number) =>
+      connect(
+        "shopmesh.gateway.v1.OperatorService/SetServiceFaults",
+        { service: "inventory", faults: { latencyMs } },
+        token,
+      );
+    try {
+      for (let round = 0; round < 3; round++) {
+        const g = gate();
+        const calls = Array.from({ length: 40 }, (_, i) => settle(g.wait.then(() => set(1 + i + round * 40))));
+        g.open();
+        const answers = await Promise.all(calls);
+        expect(answers.filter((a) => !a.ok)).toEqual([]);
+        const status = await connect("shopmesh.gateway.v1.OperatorService/GetSystemStatus", {}, token);
+        const inventory = (
+          status.services as { service: string; instances: { faults?: { latencyMs?: number } }[] }[]
+        ).find((s) => s.service === "inventory");
+        const faults = new Set(inventory?.instances.map((i) => i.faults?.latencyMs ?? 0));
+        expect(inventory?.instances.length).toBe(2);
+        expect([...faults], "the faults in force on inventory's instances").toHaveLength(1);
+      }
+    } finally {
+      await set(0);
+    }
+  }, 60_000);
+});
+
+/** Follows `orderId` through the gateway's REST watch (one JSON line per state); the statuses seen, in order. */
+async function restWatch(orderId: string, token: string): Promise<string[]> {
+  const res = await fetch(`http://${gateway.address}/v1/orders/${orderId}:watch`, {
+    headers: { authorization: `Bearer ${token}` },
+  });
+  if (res.status !== 200) throw new Error(`HTTP ${res.status}`);
+  const seen: string[] = [];
+  for (const line of (await res.text()).split("\n")) {
+    if (!line.trim()) continue;
+    const m = JSON.parse(line) as { result?: { status?: string }; error?: { code?: string } };
+    if (m.error) throw new Error(`watch failed: ${m.error.code}`);
+    const s = String(m.result?.status).replace("ORDER_STATUS_", "");
+    if (seen.at(-1) !== s) seen.push(s);
+  }
+  return seen;
+}
+
+describe("one key over every protocol, and watchers through the gateway", () => {
+  it("PlaceOrder by REST's Idempotency-Key, Connect's body and gRPC at once: one order; REST watchers never see it go back", async () => {
+    const token = await tokenOf("proto-racer");
+    const clients = orderClients();
+    const body = { items: [{ productId: "ceramic-mug", quantity: 1 }], cardToken: "tok_visa" };
+    const ids: string[] = [];
+    for (let round = 0; round < 10; round++) {
+      const key = `proto-race-${round}`;
+      const g = gate();
+      const calls = Array.from({ length: 30 }, (_, i) =>
+        settle(
+          g.wait.then(async () => {
+            if (i % 3 === 0) {
+              const res = await fetch(`http://${gateway.address}/v1/orders`, {
+                method: "POST",
+                headers: {
+                  authorization: `Bearer ${token}`,
+                  "content-type": "application/json",
+                  "idempotency-key": key,
+                },
+                body: JSON.stringify(body),
+              });
+              const json = (await res.json()) as { id?: string; code?: string };
+              if (res.status !== 200) throw new Error(`HTTP ${res.status} ${json.code}`);
+              return json.id;
+            }
+            if (i % 3 === 1) {
+              const json = await connect(
+                "shopmesh.order.v1.OrderService/PlaceOrder",
+                { ...body, idempotencyKey: key },
+                token,
+              );
+              return (json.order as { id: string }).id;
+            }
+            const c = clients[i % clients.length] as (typeof clients)[number];
+            return (await c.placeOrder({ ...body, idempotencyKey: key }, who("proto-racer"))).order?.id;
+          }),
+        ),
+      );
+      g.open();
+      const answers = await Promise.all(calls);
+      expect(answers.filter((a) => !a.ok)).toEqual([]);
+      const one = new Set(answers.map((a) => (a.ok ? a.value : "")));
+      expect([...one], key).toHaveLength(1);
+      ids.push([...one][0] ?? "");
+    }
+    const watches = ids.map((id) => restWatch(id, token));
+    await Promise.all(
+      ids.map(async (id, i) => {
+        await new Promise((r) => setTimeout(r, i * 20));
+        await connect("shopmesh.order.v1.OrderService/CancelOrder", { orderId: id, reason: "race" }, token).catch(
+          () => {},
+        );
+      }),
+    );
+    const seen = await Promise.all(watches);
+    expect(seen.filter((s) => !forward(s))).toEqual([]);
+    await expectConserved();
+  }, 60_000);
 });
