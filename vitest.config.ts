@@ -8,6 +8,7 @@ const STORE_SUITES = [
   "test/discovery.test.ts",
   "test/hostile-domain.test.ts",
   "test/hostile-soak.test.ts",
+  "test/hostile-race-alone.test.ts",
 ];
 /** Suites that need several replicas on one PostgreSQL (SQLite is one process per file). */
 const POSTGRES_ONLY = [
