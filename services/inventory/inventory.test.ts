@@ -246,4 +246,17 @@ describe("reservations", () => {
       Code.ALREADY_EXISTS,
     );
   });
+
+  it("answers a repeated restock with the first answer, the product as that restock left it, whatever came since", async () => {
+    // It answered with the product as it was at the repeat: a retry after another restock read as if its own had added more.
+    const k = key();
+    const first = (await inventory.restock({ idempotencyKey: k, productId: "paper-filters", quantity: 3 }, admin))
+      .product;
+    await inventory.restock({ idempotencyKey: key(), productId: "paper-filters", quantity: 7 }, admin);
+    const again = (await inventory.restock({ idempotencyKey: k, productId: "paper-filters", quantity: 3 }, admin))
+      .product;
+    expect(again).toEqual(first);
+    const now = (await inventory.getProduct({ productId: "paper-filters" })).product;
+    expect(now?.available).toBe((first?.available ?? 0) + 7);
+  });
 });

@@ -56,6 +56,9 @@ export const MIGRATIONS = migrations([
   OUTBOX_INDEXES_MIGRATION,
   // 6: the inbox forgets an event a day after the streams do (its purge reads by this index).
   INBOX_PURGE_MIGRATION,
+  // 7: a restock keeps the stock it left, the answer a repeat gets (none for restocks made before).
+  `ALTER TABLE restocks ADD COLUMN available_after INTEGER;
+   ALTER TABLE restocks ADD COLUMN reserved_after INTEGER;`,
 ]);
 
 /** A reservation that holds (or held) stock. */

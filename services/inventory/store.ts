@@ -320,7 +320,8 @@ export class InventoryStore {
 
   /**
    * Adds `quantity` units to a product, idempotently by `key`: a repeat with
-   * the same fingerprint returns the product, another fingerprint is
+   * the same fingerprint returns the first answer (the stock that restock left; the product's name
+   * and price as they are now), another fingerprint is
    * `key-reused`. Never raises a product above MAX_STOCK (`over-capacity`,
    * nothing written).
    */
@@ -330,11 +331,20 @@ export class InventoryStore {
         sql<{
           fingerprint: string;
           product_id: string;
-        }>`SELECT fingerprint, product_id FROM restocks WHERE idempotency_key = ${key}`,
+          available_after: number | null;
+          reserved_after: number | null;
+        }>`SELECT fingerprint, product_id, available_after, reserved_after FROM restocks WHERE idempotency_key = ${key}`,
       );
       switch (keyUse(prior?.fingerprint, fingerprint)) {
-        case "replay":
-          return { kind: "restocked", product: (await productIn(tx, prior?.product_id ?? "")) as ProductRecord };
+        case "replay": {
+          // The first answer's stock (a restock made before migration 7 kept none: the stock now).
+          const p = (await productIn(tx, prior?.product_id ?? "")) as ProductRecord;
+          const { available_after: available, reserved_after: reserved } = prior ?? {};
+          return {
+            kind: "restocked",
+            product: available == null || reserved == null ? p : { ...p, available, reserved },
+          };
+        }
         case "key-reused":
         case "voided":
           return { kind: "key-reused" };
@@ -347,9 +357,11 @@ export class InventoryStore {
       const added = await tx.run(sql`UPDATE products SET available = available + ${quantity}, updated_at = ${now}
         WHERE id = ${productId} AND available + reserved + ${quantity} <= ${MAX_STOCK}`);
       if (added !== 1) return { kind: "over-capacity", product };
-      await tx.run(sql`INSERT INTO restocks (idempotency_key, fingerprint, product_id, quantity, created_at)
-        VALUES (${key}, ${fingerprint}, ${productId}, ${quantity}, ${now})`);
-      return { kind: "restocked", product: (await productIn(tx, productId)) as ProductRecord };
+      const after = (await productIn(tx, productId)) as ProductRecord;
+      await tx.run(sql`INSERT INTO restocks
+          (idempotency_key, fingerprint, product_id, quantity, created_at, available_after, reserved_after)
+        VALUES (${key}, ${fingerprint}, ${productId}, ${quantity}, ${now}, ${after.available}, ${after.reserved})`);
+      return { kind: "restocked", product: after };
     });
   }
 
