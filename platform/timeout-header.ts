@@ -44,8 +44,9 @@ function refusal(headers: http2.IncomingHttpHeaders): Refusal | undefined {
     return undefined;
   }
   if (timeout.error) return { code: grpc.status.INVALID_ARGUMENT, message: timeout.error.rawMessage };
-  // A deadline already spent (`0n`): grpc-js served the call as if it had none; the gateway ends it at once.
-  return timeout.timeoutMs === 0
+  // A deadline already spent (`0n`, or under a millisecond: grpc-js reads `999u` as 0 ms too): grpc-js
+  // served the call as if it had none; the gateway ends it at once.
+  return timeout.timeoutMs !== undefined && timeout.timeoutMs < 1
     ? { code: grpc.status.DEADLINE_EXCEEDED, message: "the operation timed out" }
     : undefined;
 }
