@@ -405,6 +405,30 @@ describe("client deadlines and cancellations while sagas run, on every protocol"
     for (const id of pending) await sys.settle(id, "dl-alice", 30_000);
   }, 120_000);
 
+  // Found (review, 2026-12-05): a watch whose client's deadline ran out before its first message
+  // failed DEADLINE_EXCEEDED against the order instance's circuit (unary calls' are the caller's own):
+  // five in a row opened it, and every customer's order calls were UNAVAILABLE for its half-open time.
+  it("watches whose deadline runs out before their first message open no circuit: another customer's order calls are served", async () => {
+    const res = await fetch(`${gw.url}${PLACE}`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: auth },
+      body: JSON.stringify({ ...order(1), cardToken: "tok_visa" }),
+    });
+    const id = ((await res.json()) as { order: { id: string } }).order.id;
+    const ended: Ended[] = [];
+    for (let i = 0; i < 12; i++)
+      ended.push(await watch(PROTOCOLS[i % PROTOCOLS.length] ?? "connect", id, { timeoutMs: 1 }));
+    expect(new Set(ended)).toEqual(new Set([4]));
+    const other = await bearer("dl-bystander-2");
+    const list = await fetch(`${gw.url}/shopmesh.order.v1.OrderService/ListOrders`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: other },
+      body: "{}",
+    });
+    expect([list.status, await list.text()]).toEqual([200, "{}"]);
+    await sys.settle(id, "dl-alice", 30_000);
+  });
+
   it("3,000 calls cancelled mid-way at over 1,000 a second fail no other client's call on the shared upstream connection", async () => {
     // Each cancel is a reset of the gateway's stream to inventory; Node's HTTP/2 server closes a
     // connection whose peer resets more than 1,000 streams beyond 33 a second (platform/server.ts).
