@@ -374,6 +374,19 @@ describe("HEAD where a Connect GET answers (RFC 9110 §9.3.2: GET without the co
     const place = await h1("HEAD", `${PLACE_ORDER}?encoding=json&message=%7B%7D`, auth);
     expect([place.status, place.headers.allow]).toEqual([405, "POST"]);
   });
+
+  it("refuses what the GET refuses with the GET's status: a message not in base64 (was 500), a field of the wrong type", async () => {
+    const cases = [
+      `${GET_PRODUCT}?encoding=proto&base64=1&message=%21%21%21`,
+      `${GET_PRODUCT}?encoding=json&message=${encodeURIComponent('{"productId":1}')}`,
+    ];
+    for (const query of cases) {
+      const get = await h1("GET", query, auth);
+      const head = await h1("HEAD", query, auth);
+      expect([head.status, head.body.length], query).toEqual([get.status, 0]);
+      expect(get.status, query).toBe(400);
+    }
+  });
 });
 
 describe("a service's own gRPC port (grpc_server_unexpected.yaml, timeouts.yaml), where grpc-js answers", () => {

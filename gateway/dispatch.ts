@@ -103,7 +103,8 @@ function refusal(req: NodeRequest, o: DispatchOptions, rest: boolean): ConnectEr
       Code.ResourceExhausted,
     );
   }
-  if (req.method === "GET" && !rest) {
+  // HEAD is served as the GET (below), so refused as it: connect-es answered its bad base64 500.
+  if ((req.method === "GET" || req.method === "HEAD") && !rest) {
     const query = new URLSearchParams(queryOf(req.url));
     if (query.get("base64") === "1") {
       try {
