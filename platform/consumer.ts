@@ -165,7 +165,7 @@ function eventHandler(opts: ConsumerOptions, clog: Logger, otherVersions: OtherV
       return duplicate;
     }
     // Events the handler writes to its own outbox carry the same trace on.
-    const orderId = (event as { meta?: { orderId?: string } }).meta?.orderId;
+    const { orderId } = ctx;
     await inSpan(
       tel.tracer,
       `process ${ctx.type}`,
