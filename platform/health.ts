@@ -57,6 +57,8 @@ export function watchReadiness(
   let ready = true;
   let stopped = false;
   let pinging = false;
+  /** The ping whose answer counts: the last one sent. */
+  let current = 0;
   const report = (now: boolean, err?: unknown) => {
     if (stopped || now === ready) return;
     ready = now;
@@ -66,18 +68,25 @@ export function watchReadiness(
   };
   const ping = () => {
     // One ping at a time: a hung one holds a connection, and a new one each second would take them all.
+    // One unanswered for `waitMs` lets the next go, though: a connection gone silent (a partition)
+    // holds its statement for as long as the OS retransmits (~15 min), while new ones answer again.
     if (pinging) return;
     pinging = true;
-    const late = setTimeout(() => report(false, new Error(`no answer in ${waitMs} ms`)), waitMs).unref();
-    db.one(sql`SELECT 1 AS one`)
-      .then(
-        () => report(true),
-        (err: unknown) => report(false, err),
-      )
-      .finally(() => {
-        clearTimeout(late);
-        pinging = false;
-      });
+    const id = ++current;
+    const late = setTimeout(() => {
+      pinging = false;
+      report(false, new Error(`no answer in ${waitMs} ms`));
+    }, waitMs).unref();
+    const answered = (now: boolean, err?: unknown) => {
+      clearTimeout(late);
+      if (id !== current) return; // overtaken: a later ping speaks
+      pinging = false;
+      report(now, err);
+    };
+    db.one(sql`SELECT 1 AS one`).then(
+      () => answered(true),
+      (err: unknown) => answered(false, err),
+    );
   };
   const timer = setInterval(ping, everyMs).unref();
   return {

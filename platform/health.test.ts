@@ -1,0 +1,75 @@
+/**
+ * Readiness (health.ts) against a real PostgreSQL behind a TCP proxy that can silently drop what its
+ * open connections carry, as a partition or a lost NAT entry does: the pooled connection's statement
+ * then gets no answer and no error for as long as the operating system keeps retransmitting (minutes).
+ */
+import net from "node:net";
+import { afterAll, beforeAll, expect, it } from "vitest";
+import { startPostgres, type TestPostgres } from "../test/postgres.js";
+import { migrations, openDatabase } from "./db.js";
+import { watchReadiness } from "./health.js";
+import { type Db, silentLogger } from "./index.js";
+
+/** A proxy to `port`; `silence()` drops, from then on, everything its connections open now carry. */
+async function silencingProxy(port: number) {
+  const open = new Set<{ silent: boolean }>();
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    const conn = { silent: false };
+    open.add(conn);
+    const up = net.connect(port, "127.0.0.1");
+    for (const s of [client, up]) {
+      sockets.add(s);
+      s.on("error", () => {});
+    }
+    client.on("data", (d) => conn.silent || up.write(d));
+    up.on("data", (d) => conn.silent || client.write(d));
+    client.on("close", () => up.destroy());
+    up.on("close", () => client.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    silence: () => {
+      for (const c of open) c.silent = true;
+    },
+    close: () => {
+      for (const s of sockets) s.destroy();
+      server.close();
+    },
+  };
+}
+
+let pg: TestPostgres;
+let proxy: Awaited<ReturnType<typeof silencingProxy>>;
+let db: Db;
+beforeAll(async () => {
+  pg = await startPostgres();
+  const direct = new URL(await pg.createDatabase("health"));
+  proxy = await silencingProxy(Number(direct.port));
+  direct.port = String(proxy.port);
+  db = await openDatabase({ engine: "postgres", url: direct.href, schema: "s", poolSize: 4 }, migrations([]));
+}, 60_000);
+afterAll(async () => {
+  proxy?.close();
+  await db?.close().catch(() => {});
+  await pg?.[Symbol.asyncDispose]();
+});
+
+// Found (review, 2026-12-05): a ping whose connection went silent held readiness NOT_SERVING until
+// the operating system gave up on that socket — ~15 minutes, on every replica cut off at once —
+// though new connections answered within a second: no other ping was sent while it hung.
+it("a ping whose connection went silent makes the replica unready, and the next ping on a new connection ready again", async () => {
+  const changes: boolean[] = [];
+  const readiness = watchReadiness(db, (ready) => changes.push(ready), silentLogger(), { everyMs: 100, waitMs: 500 });
+  try {
+    await new Promise((r) => setTimeout(r, 300));
+    expect(changes).toEqual([]);
+    proxy.silence();
+    await expect.poll(() => changes, { timeout: 3_000 }).toEqual([false]);
+    // New connections pass: the database answers again.
+    await expect.poll(() => changes, { timeout: 5_000 }).toEqual([false, true]);
+  } finally {
+    readiness.stop();
+  }
+}, 30_000);
