@@ -30,7 +30,7 @@ import { DEMO_CATALOGUE } from "../services/inventory/catalogue.js";
 import { UNFINISHED } from "../services/order/schema.js";
 import { withDb } from "./db.js";
 import { type ServiceProcess, spawnGateway, spawnService } from "./fixtures.js";
-import { expectFencedStepLog } from "./invariants.js";
+import { expectEffectsOnce, expectFencedStepLog } from "./invariants.js";
 import { startNats, type TestNats } from "./nats.js";
 import { startPostgres, type TestPostgres } from "./postgres.js";
 import { replicaEnv, customer as who } from "./replicas.js";
@@ -139,41 +139,6 @@ async function expectConserved(): Promise<void> {
     });
   };
   await expect.poll(wrong, { timeout: 30_000, interval: 250 }).toEqual([]);
-}
-
-/** One notification per terminal order, the history view equal to the orders, no event published twice. */
-async function expectEffectsOnce(): Promise<void> {
-  const terminal = await withDb(at("shopmesh_order"), (q) =>
-    q.all(sql<{ id: string; status: string }>`SELECT id, status FROM orders`),
-  );
-  const notified = () =>
-    withDb(at("shopmesh_notification"), (q) =>
-      q.all(sql<{ order_id: string; n: number }>`SELECT order_id, COUNT(*) AS n FROM notifications
-        WHERE kind IN ('ORDER_CONFIRMED', 'ORDER_CANCELLED') GROUP BY order_id`),
-    );
-  await expect.poll(async () => (await notified()).length, { timeout: 30_000, interval: 250 }).toBe(terminal.length);
-  expect((await notified()).filter((r) => r.n !== 1)).toEqual([]);
-  const behind = async () => {
-    const views = await withDb(at("shopmesh_history"), (q) =>
-      q.all(sql<{ order_id: string; status: string | null }>`SELECT order_id, status FROM order_history`),
-    );
-    const byOrder = new Map(views.map((v) => [v.order_id, v.status]));
-    return terminal.filter((o) => byOrder.get(o.id) !== o.status).map((o) => `${o.id} ${o.status}`);
-  };
-  await expect.poll(behind, { timeout: 30_000, interval: 250 }).toEqual([]);
-  for (const stream of ["ORDER", "PAYMENT", "INVENTORY"]) {
-    const { state } = await bus.jsm.streams.info(stream);
-    const seen = new Map<string, number>();
-    for (let seq = state.first_seq; seq <= state.last_seq && seq > 0; seq++) {
-      const m = await bus.jsm.streams.getMessage(stream, { seq }).catch(() => null);
-      const id = m?.header?.get("ce-id");
-      if (id) seen.set(id, (seen.get(id) ?? 0) + 1);
-    }
-    expect(
-      [...seen].filter(([, n]) => n > 1),
-      `${stream}: an event published twice`,
-    ).toEqual([]);
-  }
 }
 
 beforeAll(async () => {
@@ -316,7 +281,7 @@ describe("one idempotency key from hundreds of callers at once", () => {
       );
     }
     await expectConserved();
-    await expectEffectsOnce();
+    await expectEffectsOnce(bus, at);
   }, 60_000);
 });
 
@@ -433,7 +398,7 @@ describe("CancelOrder racing the saga at every step, both modes, watched and rea
       expect(seen.filter((s) => !forward(s))).toEqual([]);
       await expectConserved();
       await expectFencedStepLog(at("shopmesh_order"));
-      await expectEffectsOnce();
+      await expectEffectsOnce(bus, at);
       // The watchers' last state is the order's.
       const final = await withDb(at("shopmesh_order"), (q) =>
         q.all(sql<{ id: string; status: string }>`SELECT id, status FROM orders WHERE customer_id = 'c-race'`),
@@ -538,7 +503,7 @@ describe("the last unit", () => {
     await sampler;
     expect(low).toBe(0);
     await expectConserved();
-    await expectEffectsOnce();
+    await expectEffectsOnce(bus, at);
   }, 90_000);
 });
 

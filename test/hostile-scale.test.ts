@@ -29,7 +29,7 @@ import {
 } from "../platform/index.js";
 import { withDb } from "./db.js";
 import { exited, ROOT, runToEnd, type ServiceProcess, spawnGateway, spawnService } from "./fixtures.js";
-import { expectCheckoutInvariants, expectFencedStepLog } from "./invariants.js";
+import { expectCheckoutInvariants, expectEffectsOnce, expectFencedStepLog, expectOutboxDrained } from "./invariants.js";
 import { startNats, type TestNats } from "./nats.js";
 import { startPostgres, type TestPostgres } from "./postgres.js";
 import { orderReplicasClient, PRODUCTS, replicaEnv, unfinishedOrders, customer as who } from "./replicas.js";
@@ -131,57 +131,6 @@ async function allSettled(): Promise<void> {
   await expect.poll(unfinished, { timeout: 120_000, interval: 250 }).toBe(0);
 }
 
-/** Waits until the outbox of `schema` has no row left unsent. */
-async function outboxDrained(schema: string): Promise<void> {
-  const unsent = () =>
-    withDb(admin(schema), async (q) => {
-      const r = await q.one(sql<{ n: number }>`SELECT COUNT(*) AS n FROM outbox WHERE sent_at IS NULL`);
-      return r?.n ?? 0;
-    });
-  await expect.poll(unsent, { timeout: 30_000, interval: 250 }).toBe(0);
-}
-
-/**
- * Every event's effect once per service: one notification per terminal order event, the history view
- * equal to the orders, no outbox row unsent, and no event id stored twice in any stream.
- */
-async function expectEffectsOnce(): Promise<void> {
-  const terminal = await withDb(dbs.order, (q) =>
-    q.all(
-      sql<{ id: string; status: string }>`SELECT id, status FROM orders WHERE status IN ('CONFIRMED', 'CANCELLED')`,
-    ),
-  );
-  const notified = () =>
-    withDb(admin("shopmesh_notification"), (q) =>
-      q.all(sql<{ order_id: string; n: number }>`SELECT order_id, COUNT(*) AS n FROM notifications
-        WHERE kind IN ('ORDER_CONFIRMED', 'ORDER_CANCELLED') GROUP BY order_id`),
-    );
-  await expect.poll(async () => (await notified()).length, { timeout: 60_000, interval: 250 }).toBe(terminal.length);
-  expect((await notified()).filter((r) => r.n !== 1)).toEqual([]);
-  const behind = async () => {
-    const views = await withDb(admin("shopmesh_history"), (q) =>
-      q.all(sql<{ order_id: string; status: string | null }>`SELECT order_id, status FROM order_history`),
-    );
-    const byOrder = new Map(views.map((v) => [v.order_id, v.status]));
-    return terminal.filter((o) => byOrder.get(o.id) !== o.status).map((o) => o.id);
-  };
-  await expect.poll(behind, { timeout: 60_000, interval: 250 }).toEqual([]);
-  for (const schema of ["shopmesh_order", "shopmesh_payment", "shopmesh_inventory"]) await outboxDrained(schema);
-  for (const stream of ["ORDER", "PAYMENT", "INVENTORY"]) {
-    const { state } = await bus.jsm.streams.info(stream);
-    const seen = new Map<string, number>();
-    for (let seq = state.first_seq; seq <= state.last_seq && seq > 0; seq++) {
-      const m = await bus.jsm.streams.getMessage(stream, { seq }).catch(() => null);
-      const id = m?.header?.get("ce-id");
-      if (id) seen.set(id, (seen.get(id) ?? 0) + 1);
-    }
-    expect(
-      [...seen].filter(([, n]) => n > 1),
-      `${stream}: an event published twice`,
-    ).toEqual([]);
-  }
-}
-
 beforeAll(async () => {
   server = await startPostgres();
   dbName = new URL(await server.createDatabase("hostilescale")).pathname.slice(1);
@@ -257,7 +206,7 @@ describe("replicas of order, payment and inventory SIGKILLed mid-burst, both sag
     const outcome = await expectCheckoutInvariants(dbs);
     expect(outcome.confirmed.size + outcome.cancelled.size).toBeGreaterThanOrEqual(240);
     await expectFencedStepLog(dbs.order);
-    await expectEffectsOnce();
+    await expectEffectsOnce(bus, admin);
   }, 300_000);
 });
 
@@ -281,7 +230,7 @@ describe("a rolling update mid-burst: a replica of payment, order and inventory 
     const outcome = await expectCheckoutInvariants(dbs);
     expect(outcome.confirmed.size + outcome.cancelled.size).toBeGreaterThanOrEqual(240);
     await expectFencedStepLog(dbs.order);
-    await expectEffectsOnce();
+    await expectEffectsOnce(bus, admin);
     for (const p of stopped) {
       const errors = p
         .output()
@@ -329,7 +278,7 @@ describe("every backend of order, payment and inventory terminated while they re
     await allSettled();
     await expectCheckoutInvariants(dbs);
     await expectFencedStepLog(dbs.order);
-    await expectEffectsOnce();
+    await expectEffectsOnce(bus, admin);
   }, 300_000);
 });
 
@@ -361,7 +310,7 @@ describe("the history view rebuilt as the history role while orders keep flowing
     expect(new Set(placed).size).toBe(150);
     await allSettled();
     await expectCheckoutInvariants(dbs);
-    await expectEffectsOnce();
+    await expectEffectsOnce(bus, admin);
     const [orders, views] = await Promise.all([
       withDb(dbs.order, (q) => q.one(sql<{ n: number }>`SELECT COUNT(*) AS n FROM orders`)),
       withDb(admin("shopmesh_history"), (q) => q.one(sql<{ n: number }>`SELECT COUNT(*) AS n FROM order_history`)),
@@ -410,7 +359,7 @@ describe("every replica of payment and inventory SIGKILLed at once mid-burst, th
     await allSettled();
     await expectCheckoutInvariants(dbs);
     await expectFencedStepLog(dbs.order);
-    await expectEffectsOnce();
+    await expectEffectsOnce(bus, admin);
   }, 300_000);
 });
 
@@ -542,7 +491,7 @@ describe("an order replica whose clock is two minutes ahead dies holding its out
   it("another replica's relay publishes the event once the claim's 5 s are up, not two minutes later", async () => {
     // The earlier tests' last events may still be unsent: the skewed relay, claiming one of them at
     // its start, died before it listened (CI, 2026-12-05). Its own order's row must be the first it takes.
-    await outboxDrained("shopmesh_order");
+    await expectOutboxDrained(admin("shopmesh_order"));
     const skewed = await spawnService(
       "order",
       { ...envOf("order"), FAULT_CRASH_BEFORE_PUBLISH: "true" },
@@ -569,7 +518,7 @@ describe("an order replica whose clock is two minutes ahead dies holding its out
     await expect.poll(unfinished, { timeout: 30_000, interval: 250 }).toBe(0);
     console.log(`hostile-scale: choreographed order ${placed?.id} done ${Date.now() - diedAt} ms after the relay died`);
     await expectCheckoutInvariants(dbs);
-    await expectEffectsOnce();
+    await expectEffectsOnce(bus, admin);
   }, 120_000);
 });
 
@@ -622,7 +571,7 @@ describe("the notification replica told SIGTERM while its handler waits on a loc
     }
     await revive();
     await allSettled();
-    await expectEffectsOnce();
+    await expectEffectsOnce(bus, admin);
   }, 180_000);
 });
 

@@ -5,6 +5,7 @@
  * saga step written by two lease owners.
  */
 import { expect } from "vitest";
+import type { Bus } from "../platform/bus.js";
 import { type Db, type DbLocation, sql } from "../platform/index.js";
 import { DEMO_CATALOGUE } from "../services/inventory/catalogue.js";
 import { withDb } from "./db.js";
@@ -113,4 +114,58 @@ export async function expectFencedStepLog(order: DbLocation): Promise<{ handedOv
   }
   expect(problems, "no saga step written by two owners").toEqual([]);
   return { handedOver };
+}
+
+/** Waits until the outbox in `db` has no row left unsent. */
+export async function expectOutboxDrained(db: DbLocation): Promise<void> {
+  const unsent = () =>
+    withDb(db, async (q) => {
+      const r = await q.one(sql<{ n: number }>`SELECT COUNT(*) AS n FROM outbox WHERE sent_at IS NULL`);
+      return r?.n ?? 0;
+    });
+  await expect.poll(unsent, { timeout: 30_000, interval: 250 }).toBe(0);
+}
+
+/**
+ * Every event's effect once per service, for replicas sharing one PostgreSQL (`at`: a schema's
+ * location): one notification per terminal order, the history view equal to the orders, no outbox
+ * row unsent, and no event id stored twice in any stream.
+ */
+export async function expectEffectsOnce(bus: Bus, at: (schema: string) => DbLocation): Promise<void> {
+  const terminal = await withDb(at("shopmesh_order"), (q) =>
+    q.all(
+      sql<{ id: string; status: string }>`SELECT id, status FROM orders WHERE status IN ('CONFIRMED', 'CANCELLED')`,
+    ),
+  );
+  const notified = () =>
+    withDb(at("shopmesh_notification"), (q) =>
+      q.all(sql<{ order_id: string; n: number }>`SELECT order_id, COUNT(*) AS n FROM notifications
+        WHERE kind IN ('ORDER_CONFIRMED', 'ORDER_CANCELLED') GROUP BY order_id`),
+    );
+  await expect.poll(async () => (await notified()).length, { timeout: 60_000, interval: 250 }).toBe(terminal.length);
+  expect((await notified()).filter((r) => r.n !== 1)).toEqual([]);
+  const behind = async () => {
+    const views = await withDb(at("shopmesh_history"), (q) =>
+      q.all(sql<{ order_id: string; status: string | null }>`SELECT order_id, status FROM order_history`),
+    );
+    const byOrder = new Map(views.map((v) => [v.order_id, v.status]));
+    return terminal.filter((o) => byOrder.get(o.id) !== o.status).map((o) => `${o.id} ${o.status}`);
+  };
+  await expect.poll(behind, { timeout: 60_000, interval: 250 }).toEqual([]);
+  for (const schema of ["shopmesh_order", "shopmesh_payment", "shopmesh_inventory"]) {
+    await expectOutboxDrained(at(schema));
+  }
+  for (const stream of ["ORDER", "PAYMENT", "INVENTORY"]) {
+    const { state } = await bus.jsm.streams.info(stream);
+    const seen = new Map<string, number>();
+    for (let seq = state.first_seq; seq <= state.last_seq && seq > 0; seq++) {
+      const m = await bus.jsm.streams.getMessage(stream, { seq }).catch(() => null);
+      const id = m?.header?.get("ce-id");
+      if (id) seen.set(id, (seen.get(id) ?? 0) + 1);
+    }
+    expect(
+      [...seen].filter(([, n]) => n > 1),
+      `${stream}: an event published twice`,
+    ).toEqual([]);
+  }
 }
