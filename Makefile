@@ -103,7 +103,8 @@ chromium: ## Make sure Chromium is installed (the web shop's browser tests drive
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; \
 	  else echo "Chromium missing: install it (apt-get install chromium) and retry"; exit 1; fi; }
 
-test: install nats postgres python-client chromium ## Everything CI checks: lint, typecheck, all tests
+# dist/ is built once, before the suites that spawn it run side by side (each one's own `make build` is then a no-op).
+test: install nats postgres python-client chromium build ## Everything CI checks: lint, typecheck, all tests
 	npm run check
 
 # stdout is the runner's alone (LOG_FORMAT=json make run | jq): what installing and building say goes to stderr.

@@ -33,12 +33,12 @@ const SATURATING = ["test/bench.test.ts", "test/compare.test.ts", "test/footprin
  */
 const TIMED_ON_POSTGRES = ["services/order/compensation.test.ts"];
 /**
- * Suites that start `make run`'s runner on ports picked beforehand (freePort: free when asked, bound
- * seconds later): alongside other suites, whose servers take ephemeral ports, one was taken in between
- * (a service then failed to bind, and a call found another test's server). They run with the
- * saturating ones, alone.
+ * Suites that start `make run`'s runner, each a whole system on ports picked beforehand (freePort, from
+ * this worker's own slot below the ephemeral range: no other suite binds there). They run after the
+ * first group, two at a time, beside each other only: a runner's system under a first-group suite's
+ * load is one more system on two cores, and their shell and CLI checks spawn tsx for each line.
  */
-const PICKED_PORTS = [
+const MAKE_RUN = [
   "test/outage.test.ts",
   "test/docs.test.ts",
   "test/run.test.ts",
@@ -70,7 +70,7 @@ export default defineConfig({
             "gateway/**/*.test.ts",
             "test/**/*.test.ts",
           ],
-          exclude: [...POSTGRES_ONLY, ...SATURATING, ...PICKED_PORTS],
+          exclude: [...POSTGRES_ONLY, ...SATURATING, ...MAKE_RUN],
           env: { SHOPMESH_TEST_DB: "sqlite" },
           sequence: { groupOrder: 0 },
         },
@@ -95,17 +95,26 @@ export default defineConfig({
           env: { SHOPMESH_TEST_DB: "postgres" },
           globalSetup: ["./test/postgres-setup.ts"],
           fileParallelism: false,
-          sequence: { groupOrder: 2 },
+          sequence: { groupOrder: 3 },
+        },
+      },
+      {
+        extends: true,
+        test: {
+          name: "make-run",
+          include: MAKE_RUN,
+          env: { SHOPMESH_TEST_DB: "sqlite" },
+          sequence: { groupOrder: 1 },
         },
       },
       {
         extends: true,
         test: {
           name: "saturating",
-          include: [...SATURATING, ...PICKED_PORTS],
+          include: SATURATING,
           env: { SHOPMESH_TEST_DB: "sqlite" },
           fileParallelism: false,
-          sequence: { groupOrder: 1 },
+          sequence: { groupOrder: 2 },
         },
       },
     ],

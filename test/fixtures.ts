@@ -4,7 +4,7 @@
  * `await using x = await ...` tears it down even when the test fails.
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -32,20 +32,51 @@ export function refusedBut(got: readonly number[], passed: number, since: number
 /** Every port {@link freePort} has handed out in this process. */
 const handedOut = new Set<number>();
 
+/** Ports a slot of {@link freePort} hands out, from {@link SLOTS_FROM} up: one slot per test worker. */
+const SLOT_SIZE = 2_000;
+const SLOTS_FROM = 20_000;
+
 /**
  * A TCP port free on 127.0.0.1 right now, and never one this process was given before: the kernel may
  * hand a port just closed out again, and two of one system's ports picked in a row were once the same
  * (CI: make run's NATS and gateway on one port, the gateway refused "port in use").
+ *
+ * A port is picked to be bound seconds later, by a process started meanwhile (make run's services,
+ * nats-server, PostgreSQL), so nothing else may bind it in between. It comes from below the kernel's
+ * ephemeral range (where every `listen(0)` and outgoing connection takes its port), from this test
+ * worker's own slot (VITEST_POOL_ID: at most one file runs per worker; 0 for vitest's own process):
+ * no other suite, running beside this one, picks or binds there. Before, ports came from the ephemeral
+ * range, and suites picking ports had to run alone (another suite's server once took one in between).
  */
 export async function freePort(): Promise<number> {
+  const [from, to] = workerSlot();
   for (let attempt = 0; attempt < 100; attempt++) {
-    const port = await anyFreePort();
-    if (port > 0 && !handedOut.has(port)) {
+    const port = from < to ? from + Math.floor(Math.random() * (to - from)) : await anyFreePort();
+    if (port > 0 && !handedOut.has(port) && (await bindable(port))) {
       handedOut.add(port);
       return port;
     }
   }
   throw new Error("no free port this process was not given before, in 100 tries");
+}
+
+/** This worker's [from, to) ports; empty when the ephemeral range leaves no room for its slot. */
+function workerSlot(): [number, number] {
+  const worker = Number(process.env.VITEST_POOL_ID ?? 0);
+  const from = SLOTS_FROM + worker * SLOT_SIZE;
+  let ephemeralFrom = 32_768;
+  try {
+    ephemeralFrom = Number(readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").split(/\s+/)[0]);
+  } catch {} // not Linux: its usual range
+  return Number.isInteger(worker) && from + SLOT_SIZE <= ephemeralFrom ? [from, from + SLOT_SIZE] : [0, 0];
+}
+
+function bindable(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.once("error", () => resolve(false));
+    s.listen(port, "127.0.0.1", () => s.close(() => resolve(true)));
+  });
 }
 
 function anyFreePort(): Promise<number> {
