@@ -2,6 +2,7 @@
  * The gRPC server over a real connection: what a proxy's client sees when
  * the callers behind it come and go.
  */
+import { spawn } from "node:child_process";
 import { once } from "node:events";
 import http2 from "node:http2";
 import net from "node:net";
@@ -133,7 +134,7 @@ describe("a service's port, against clients that connect and hold", () => {
     expect(log.lines.filter((l) => String(l.msg).startsWith("gRPC port: a connection refused"))).toHaveLength(1);
   });
 
-  it("closes a connection with no call for the idle time, and one that answers no ping; one with a call in progress stays", async () => {
+  it("closes a connection with no call for the idle time; one with a call in progress stays", async () => {
     const server = await startGrpcServer({
       host: "127.0.0.1",
       port: 0,
@@ -156,6 +157,42 @@ describe("a service's port, against clients that connect and hold", () => {
     await expect.poll(() => idle.closed || idle.destroyed, { timeout: 2_000 }).toBe(true);
     expect(busy.closed || busy.destroyed).toBe(false);
     expect((await call).grpcStatus).toBe(0);
+  });
+
+  // Found (review, 2026-12-05): the test above passed with the pings taken out — the idle time closed its
+  // silent connection first — so nothing showed that a peer which stops answering is ever let go.
+  it("cuts a connection that answers no ping though the idle time is far off: a frozen client's call in progress, one that never sent a byte", async () => {
+    const signals: AbortSignal[] = [];
+    const waiting = waitingInventory();
+    const impl: ServiceImpl<typeof InventoryService> = {
+      ...waiting,
+      getProduct: (req, ctx) => {
+        signals.push(ctx.signal);
+        return waiting.getProduct(req, ctx);
+      },
+    };
+    const server = await startGrpcServer({
+      host: "127.0.0.1",
+      port: 0,
+      services: [bind(InventoryService, impl)],
+      log: silentLogger(),
+      limits: { ...CONNECTION_LIMITS, idleMs: 60_000, pingEveryMs: 200, pingTimeoutMs: 300 },
+    });
+    cleanups.push(() => server.stop(0));
+    const silent = await holders(server.port, 1);
+    // A client process with a call of 60 s in progress (product id "60000"), then frozen (SIGSTOP).
+    const request = envelope(Buffer.from([10, 5, ...Buffer.from("60000")])).toString("base64");
+    const script = `const s = require("node:http2").connect(process.argv[1]);
+      const r = s.request({ ":method": "POST", ":path": "/shopmesh.inventory.v1.InventoryService/GetProduct",
+        "content-type": "application/grpc", te: "trailers" });
+      r.on("error", () => {}); r.end(Buffer.from(process.argv[2], "base64"));`;
+    const client = spawn(process.execPath, ["-e", script, `http://${server.address}`, request], { stdio: "ignore" });
+    cleanups.push(() => client.kill("SIGKILL"));
+    await expect.poll(() => signals.length, { timeout: 5_000 }).toBe(1);
+    process.kill(client.pid ?? 0, "SIGSTOP");
+
+    await expect.poll(() => signals[0]?.aborted, { timeout: 3_000 }).toBe(true);
+    await expect.poll(() => silent.count, { timeout: 3_000 }).toBe(1);
   });
 });
 
