@@ -25,10 +25,10 @@ export interface ConnectionLimits {
   readonly idleMs: number;
   /**
    * Each connection is pinged this long after its last ping was answered, and cut if the next is not
-   * answered within `pingTimeoutMs`: a peer that sent nothing at all, or never acknowledged the
-   * GOAWAY the idle time sent (Node keeps such a session until it does), or froze, is let go.
+   * answered within `pingTimeoutMs`: a peer that sent nothing at all, or froze, is let go.
    */
   readonly pingEveryMs: number;
+  /** Also how long a connection the server ended (idle, or a ping unanswered) waits for its peer's end. */
   readonly pingTimeoutMs: number;
 }
 
@@ -55,16 +55,39 @@ export interface GrpcPort {
   close(): void;
 }
 
-/** Serves `server`'s calls on `host:port` (0: a free one), at most `maxConnections` connections at once. */
+/**
+ * Makes `socket` close at most `graceMs` after the server ended its side. Node ends it when the
+ * connection's HTTP/2 session closes (the idle time's GOAWAY, a ping unanswered) and then waits for the
+ * peer's end, or for what is left to send to leave: a peer that never closed its side, or never read,
+ * kept the socket — a descriptor and a place among `maxConnections` — for good, and that many such
+ * peers shut the port to every new caller. Nothing is read or written on a connection after its end.
+ */
+function lettingGo(socket: net.Socket, graceMs: number): void {
+  const end = socket.end.bind(socket) as (...args: unknown[]) => net.Socket;
+  socket.end = ((...args: unknown[]) => {
+    const timer = setTimeout(() => socket.destroy(), graceMs).unref();
+    socket.once("close", () => clearTimeout(timer));
+    return end(...args);
+  }) as net.Socket["end"];
+}
+
+/**
+ * Serves `server`'s calls on `host:port` (0: a free one), at most `limits.maxConnections` connections at
+ * once; one the server ended is let go `limits.pingTimeoutMs` later, whether or not its peer ended it too.
+ */
 export async function listenGrpc(
   server: grpc.Server,
   host: string,
   port: number,
   log: Logger,
-  maxConnections: number,
+  limits: Pick<ConnectionLimits, "maxConnections" | "pingTimeoutMs">,
 ): Promise<GrpcPort> {
+  const { maxConnections } = limits;
   const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
-  const listener = net.createServer((socket) => injector.injectConnection(socket));
+  const listener = net.createServer((socket) => {
+    lettingGo(socket, limits.pingTimeoutMs);
+    injector.injectConnection(socket);
+  });
   listener.maxConnections = maxConnections;
   const warn = throttledWarn(log, "gRPC port: a connection refused, as many open as allowed", 10_000, () =>
     performance.now(),

@@ -93,13 +93,17 @@ describe("a connection shared by many callers", () => {
 });
 
 describe("a service's port, against clients that connect and hold", () => {
-  /** Opens `n` TCP connections that send nothing; resolves once each is open; counts those the server closed. */
-  async function holders(port: number, n: number) {
-    const closed = { count: 0 };
+  /**
+   * Opens `n` TCP connections that send nothing; resolves once each is open; counts those the server closed
+   * (`ended`: those whose end the server sent, which a `halfOpen` one never answers with its own).
+   */
+  async function holders(port: number, n: number, { halfOpen = false } = {}) {
+    const closed = { count: 0, ended: 0 };
     const sockets = await Promise.all(
       Array.from({ length: n }, async () => {
-        const s = net.connect(port, "127.0.0.1");
+        const s = net.connect({ port, host: "127.0.0.1", allowHalfOpen: halfOpen });
         s.on("error", () => {});
+        s.on("end", () => closed.ended++);
         s.on("close", () => closed.count++);
         s.resume(); // reads (and drops) what the server sends, so its closing is seen
         await once(s, "connect");
@@ -159,7 +163,35 @@ describe("a service's port, against clients that connect and hold", () => {
     expect((await call).grpcStatus).toBe(0);
   });
 
-  // Found (review, 2026-12-05): the test above passed with the pings taken out — the idle time closed its
+  // Found (review, 2026-12-05): Node ends its side of a connection whose session closed (the idle time's
+  // GOAWAY, an unanswered ping) and waits for the peer's end: a peer that never sent it kept its place for
+  // good, and maxConnections such peers shut the port to every new caller.
+  it("lets go of a connection whose peer never closes its side after the server closed its own: a new caller is served", async () => {
+    const server = await startGrpcServer({
+      host: "127.0.0.1",
+      port: 0,
+      services: [bind(InventoryService, waitingInventory())],
+      log: silentLogger(),
+      limits: { ...CONNECTION_LIMITS, maxConnections: 2, idleMs: 200, pingEveryMs: 200, pingTimeoutMs: 300 },
+    });
+    cleanups.push(() => server.stop(0));
+    const held = await holders(server.port, 2, { halfOpen: true });
+    await expect.poll(() => held.ended, { timeout: 3_000 }).toBe(2);
+    const served = async () => {
+      const channel = createChannel(server.address);
+      try {
+        await createClient(InventoryService, channel).getProduct({ productId: "1" }, { timeoutMs: 1_000 });
+        return "served";
+      } catch (err) {
+        return (err as Error).message;
+      } finally {
+        channel.close();
+      }
+    };
+    await expect.poll(served, { timeout: 3_000 }).toBe("served");
+  });
+
+  // Found (review, 2026-12-05): the idle-time test passed with the pings taken out — the idle time closed its
   // silent connection first — so nothing showed that a peer which stops answering is ever let go.
   it("cuts a connection that answers no ping though the idle time is far off: a frozen client's call in progress, one that never sent a byte", async () => {
     const signals: AbortSignal[] = [];

@@ -297,7 +297,7 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
     endingStreams(refusingUndecodable(server), draining.signal) as grpc.Server,
   );
 
-  const listening = await listenGrpc(server, opts.host, opts.port, opts.log, limits.maxConnections);
+  const listening = await listenGrpc(server, opts.host, opts.port, opts.log, limits);
   const { port } = listening;
   opts.log.info({ port, services: names }, "gRPC server listening");
 
