@@ -22,6 +22,7 @@ import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
 import { headerListBytes, type Logger, MAX_HEADER_LIST_BYTES } from "../platform/index.js";
+import { endingWithin } from "../platform/socket-end.js";
 import { addressKey } from "./limits.js";
 
 /** Limits and address of the listener. Times in ms. */
@@ -70,7 +71,7 @@ function closeWhenIdle(session: http2.ServerHttp2Session, ms: number, onIdle: ()
     timer = setTimeout(() => {
       onIdle();
       session.close();
-      // A client that ignores GOAWAY and keeps the socket open is cut after one more idle period.
+      // A client that ignores GOAWAY is cut after one more idle period (and one that keeps its side of the ended socket open: endingWithin).
       setTimeout(() => session.destroy(), ms).unref();
     }, ms);
     timer.unref();
@@ -281,6 +282,7 @@ export async function listen(o: ListenerOptions, handle: Handler): Promise<Liste
       return;
     }
     sockets.add(socket);
+    endingWithin(socket, o.idleTimeoutMs); // ended by a server (an idle session's GOAWAY), gone one idle period later
     socket.once("close", () => {
       sockets.delete(socket);
       perIp.release(ip);

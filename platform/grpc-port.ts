@@ -9,6 +9,7 @@ import net from "node:net";
 import * as grpc from "@grpc/grpc-js";
 import { throttledWarn } from "./instances.js";
 import type { Logger } from "./log.js";
+import { endingWithin } from "./socket-end.js";
 
 /** What one port lets its clients hold. */
 export interface ConnectionLimits {
@@ -56,22 +57,6 @@ export interface GrpcPort {
 }
 
 /**
- * Makes `socket` close at most `graceMs` after the server ended its side. Node ends it when the
- * connection's HTTP/2 session closes (the idle time's GOAWAY, a ping unanswered) and then waits for the
- * peer's end, or for what is left to send to leave: a peer that never closed its side, or never read,
- * kept the socket — a descriptor and a place among `maxConnections` — for good, and that many such
- * peers shut the port to every new caller. Nothing is read or written on a connection after its end.
- */
-function lettingGo(socket: net.Socket, graceMs: number): void {
-  const end = socket.end.bind(socket) as (...args: unknown[]) => net.Socket;
-  socket.end = ((...args: unknown[]) => {
-    const timer = setTimeout(() => socket.destroy(), graceMs).unref();
-    socket.once("close", () => clearTimeout(timer));
-    return end(...args);
-  }) as net.Socket["end"];
-}
-
-/**
  * Serves `server`'s calls on `host:port` (0: a free one), at most `limits.maxConnections` connections at
  * once; one the server ended is let go `limits.pingTimeoutMs` later, whether or not its peer ended it too.
  */
@@ -85,7 +70,7 @@ export async function listenGrpc(
   const { maxConnections } = limits;
   const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
   const listener = net.createServer((socket) => {
-    lettingGo(socket, limits.pingTimeoutMs);
+    endingWithin(socket, limits.pingTimeoutMs);
     injector.injectConnection(socket);
   });
   listener.maxConnections = maxConnections;
