@@ -9,7 +9,7 @@ import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { RpcError, sql } from "../platform/index.js";
 import { UNFINISHED } from "../services/order/schema.js";
-import { expectCheckoutInvariants } from "./invariants.js";
+import { expectCheckoutInvariants, forward } from "./invariants.js";
 import { type System, startSystem } from "./system.js";
 
 let sys: System;
@@ -27,12 +27,6 @@ const settle = (p: Promise<unknown>) =>
     (v) => String(v),
     (err: unknown) => `failed ${err instanceof RpcError ? err.codeName : String(err)}`,
   );
-
-/** Statuses in the order a watcher may see them: a later one never comes before an earlier one. */
-const RANK: Record<string, number> = { PENDING: 0, COMPENSATING: 1, CONFIRMED: 2, CANCELLED: 2 };
-const forward = (seen: readonly string[]) =>
-  seen.every((s, i) => i === 0 || (RANK[s] ?? -1) >= (RANK[seen[i - 1] ?? ""] ?? 9)) &&
-  (seen.at(-1) === "CONFIRMED" || seen.at(-1) === "CANCELLED");
 
 describe("races on one service alone", () => {
   it("PlaceOrder: 300 callers with one key released together get one order", async () => {

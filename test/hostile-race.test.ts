@@ -30,7 +30,7 @@ import { DEMO_CATALOGUE } from "../services/inventory/catalogue.js";
 import { UNFINISHED } from "../services/order/schema.js";
 import { withDb } from "./db.js";
 import { type ServiceProcess, spawnGateway, spawnService } from "./fixtures.js";
-import { expectEffectsOnce, expectFencedStepLog } from "./invariants.js";
+import { expectEffectsOnce, expectFencedStepLog, forward } from "./invariants.js";
 import { startNats, type TestNats } from "./nats.js";
 import { startPostgres, type TestPostgres } from "./postgres.js";
 import { replicaEnv, customer as who } from "./replicas.js";
@@ -285,9 +285,6 @@ describe("one idempotency key from hundreds of callers at once", () => {
   }, 60_000);
 });
 
-/** Statuses in the order a watcher may see them: a later one never comes before an earlier one. */
-const RANK: Record<string, number> = { PENDING: 0, COMPENSATING: 1, CONFIRMED: 2, CANCELLED: 2 };
-
 /** Watches `orderId` to its end; the statuses seen, in order. */
 async function watchStatuses(
   client: ReturnType<typeof orderClients>[number],
@@ -302,12 +299,6 @@ async function watchStatuses(
   }
   return seen;
 }
-
-/** Whether `statuses` never go backwards and end terminal. */
-const forward = (statuses: readonly string[]) =>
-  statuses.every((s, i) => i === 0 || (RANK[s] ?? -1) >= (RANK[statuses[i - 1] ?? ""] ?? 9)) &&
-  (statuses.at(-1) === "CONFIRMED" || statuses.at(-1) === "CANCELLED") &&
-  !(statuses.includes("CONFIRMED") && statuses.includes("CANCELLED"));
 
 describe("CancelOrder racing the saga at every step, both modes, watched and read all along", () => {
   it.each(["inventory", "payment"])(

@@ -6,7 +6,7 @@
 import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
 import { tempDir } from "./fixtures.js";
-import { expectFencedStepLog } from "./invariants.js";
+import { expectFencedStepLog, forward } from "./invariants.js";
 
 type Entry = readonly [seq: number, name: string, status: string, fence: number];
 
@@ -44,5 +44,18 @@ describe("expectFencedStepLog", () => {
       [2, "reserve_stock", "SUCCEEDED", 2],
     ]);
     await expect(expectFencedStepLog(at)).rejects.toThrow(/two owners/);
+  });
+});
+
+describe("forward", () => {
+  it("takes statuses that never go back and end in one terminal state, and nothing else", () => {
+    expect(forward(["PENDING", "CONFIRMED"])).toBe(true);
+    expect(forward(["PENDING", "COMPENSATING", "CANCELLED"])).toBe(true);
+    expect(forward(["CANCELLED"])).toBe(true);
+    expect(forward(["COMPENSATING", "PENDING", "CANCELLED"])).toBe(false);
+    expect(forward(["PENDING", "COMPENSATING"])).toBe(false);
+    expect(forward(["PENDING", "CONFIRMED", "CANCELLED"])).toBe(false);
+    expect(forward(["PENDING", "?", "CONFIRMED"])).toBe(false);
+    expect(forward([])).toBe(false);
   });
 });

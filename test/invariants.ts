@@ -169,3 +169,12 @@ export async function expectEffectsOnce(bus: Bus, at: (schema: string) => DbLoca
     ).toEqual([]);
   }
 }
+
+/** Statuses in the order a watcher may see them: a later one never comes before an earlier one. */
+const RANK: Record<string, number> = { PENDING: 0, COMPENSATING: 1, CONFIRMED: 2, CANCELLED: 2 };
+
+/** Whether the statuses a watcher saw (names, in order) never go backwards and end in one terminal state. */
+export const forward = (statuses: readonly string[]): boolean =>
+  statuses.every((s, i) => i === 0 || (RANK[s] ?? -1) >= (RANK[statuses[i - 1] ?? ""] ?? 9)) &&
+  (statuses.at(-1) === "CONFIRMED" || statuses.at(-1) === "CANCELLED") &&
+  !(statuses.includes("CONFIRMED") && statuses.includes("CANCELLED"));
