@@ -81,6 +81,22 @@ function clampTimeouts(headers: http.IncomingHttpHeaders): void {
   }
 }
 
+/**
+ * The headers connect-es (and the fast paths, as it) quotes whole in the error when it cannot read
+ * them: a compression or a timeout. None is valid past a few characters; one past 200 is cut to its
+ * first 200 and "...", as {@link echoed} cuts a path (and as invalid: no value ends so), so that the
+ * error quoting it stays small (a 60 KB one came back as a 60 KB `grpc-message`, a header list a gRPC
+ * client or a proxy refuses). Not with echoed's "…": connect-es reads the headers into a fetch
+ * `Headers`, which throws on a character past U+00FF (a 500).
+ */
+const QUOTED = ["grpc-encoding", "grpc-timeout", "content-encoding", "connect-content-encoding", "connect-timeout-ms"];
+function clipQuoted(headers: http.IncomingHttpHeaders): void {
+  for (const name of QUOTED) {
+    const v = headers[name];
+    if (typeof v === "string" && v.length > 200) headers[name] = `${v.slice(0, 200)}...`;
+  }
+}
+
 /** The client's address: the socket peer, or the last X-Forwarded-For hop when a trusted proxy appended it. */
 export function clientIp(req: NodeRequest, trustProxy: boolean): string {
   if (trustProxy) {
@@ -243,6 +259,7 @@ export function createDispatch(o: DispatchOptions): Dispatch {
 
     const serve = async (admission: Admitted) => {
       principal = admission.identity?.subject ?? "";
+      clipQuoted(req.headers);
       clampTimeouts(req.headers);
       const done = (outcome: Outcome) => report(outcome, principal);
       const { maxBodyBytes } = o;

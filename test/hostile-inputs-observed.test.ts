@@ -5,6 +5,11 @@
  */
 import http2 from "node:http2";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type GatewayApp, startGateway } from "../gateway/app.js";
+import { signDevToken } from "../gateway/auth.js";
+import { DEV_JWT_SECRET, loadConfig as gatewayConfig, targetVariable } from "../gateway/config.js";
+import { UPSTREAMS } from "../gateway/routes.js";
+import { silentLogger } from "../platform/index.js";
 import { type ServiceProcess, spawnService, tempDir } from "./fixtures.js";
 
 /** The lines `out` holds from character `from` on that are not one JSON object each. */
@@ -95,5 +100,83 @@ describe("a header grpc-js takes for no metadata, sent to a service's port", () 
     const said = out.written.split("\n").filter((l) => l.includes("Failed to add metadata entry"));
     expect(said).toHaveLength(100);
     expect(Math.max(...said.map((l) => l.length))).toBeLessThan(1_000);
+  });
+});
+
+describe("a header the gateway cannot read, quoted back in the error", () => {
+  // connect-es quotes a compression or a timeout it cannot read whole in its error, and an unroutable
+  // path was clipped to 200 characters for the same reason (security.md, 2026-12-03) but these were
+  // not: a 60 KB `grpc-encoding` or `grpc-timeout` came back as a 60 KB `grpc-message` trailer (which a
+  // gRPC client or a proxy in front refuses as too large a header list, and reads as a broken answer:
+  // 16 KiB is grpc-go's and Envoy's default bound), and every other protocol's error body held it whole.
+  let gw: GatewayApp;
+  let auth: string;
+  beforeAll(async () => {
+    // Nothing here reaches an upstream: each request is refused while its headers are read.
+    const targets = Object.fromEntries(UPSTREAMS.map((u) => [targetVariable(u), "127.0.0.1:1"]));
+    gw = await startGateway(gatewayConfig({ HTTP_HOST: "127.0.0.1", HTTP_PORT: "0", ...targets }), silentLogger());
+    const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
+    auth = `Bearer ${await signDevToken(claims, "mallory", ["customer"])}`;
+  });
+  afterAll(async () => {
+    await gw?.stop();
+  });
+
+  /** The answer to one request over h2c: its status, grpc-status, grpc-message and body, whole. */
+  const ask = (headers: Record<string, string>, body: Uint8Array) =>
+    new Promise<{ status: number; grpcStatus: string; grpcMessage: string; body: string }>((resolve, reject) => {
+      const session = http2.connect(gw.url);
+      session.on("error", reject);
+      const s = session.request({ ":method": "POST", authorization: auth, ...headers });
+      const got = { status: 0, grpcStatus: "", grpcMessage: "", body: "" };
+      const read = (h: http2.IncomingHttpHeaders) => {
+        got.status ||= Number(h[":status"] ?? 0);
+        got.grpcStatus ||= String(h["grpc-status"] ?? "");
+        got.grpcMessage ||= String(h["grpc-message"] ?? "");
+      };
+      s.on("response", read);
+      s.on("trailers", read);
+      s.on("data", (d: Buffer) => (got.body += d.toString("latin1")));
+      s.on("error", reject);
+      s.on("close", () => {
+        session.close();
+        resolve(got);
+      });
+      s.end(body);
+    });
+
+  it("is quoted at most a few hundred characters long, in every protocol", async () => {
+    const long = "x".repeat(30_000);
+    const list = "/shopmesh.order.v1.OrderService/ListOrders";
+    const watch = "/shopmesh.order.v1.OrderService/WatchOrder";
+    const empty = new Uint8Array([0, 0, 0, 0, 0]);
+    const json = new TextEncoder().encode("{}");
+    const cases: [string, Record<string, string>, Uint8Array][] = [
+      ["grpc, grpc-encoding", { ":path": list, "content-type": "application/grpc", "grpc-encoding": long }, empty],
+      ["grpc, grpc-timeout", { ":path": list, "content-type": "application/grpc", "grpc-timeout": `1${long}` }, empty],
+      ["grpc-web", { ":path": list, "content-type": "application/grpc-web+proto", "grpc-encoding": long }, empty],
+      ["connect", { ":path": list, "content-type": "application/proto", "content-encoding": long }, new Uint8Array()],
+      [
+        "connect timeout",
+        { ":path": list, "content-type": "application/json", "connect-timeout-ms": `9${long}` },
+        json,
+      ],
+      [
+        "connect stream",
+        { ":path": watch, "content-type": "application/connect+json", "connect-content-encoding": long },
+        new Uint8Array([0, 0, 0, 0, 2, 123, 125]),
+      ],
+      ["rest", { ":path": "/v1/orders", "content-type": "application/json", "content-encoding": long }, json],
+    ];
+    const sizes: Record<string, number> = {};
+    for (const [name, headers, body] of cases) {
+      const got = await ask(headers, body);
+      // Refused as before (the client's mistake, in its protocol's terms), only quoted shorter.
+      expect(got.status, name).toBeGreaterThanOrEqual(200);
+      expect(got.status, name).toBeLessThan(500);
+      expect(`${got.grpcStatus}${got.body}`, name).not.toBe("");
+      sizes[name] = got.grpcMessage.length + got.body.length;
+    }
+    expect(Object.entries(sizes).filter(([, n]) => n > 2_000)).toEqual([]);
   });
 });
