@@ -178,7 +178,8 @@ async function connectUnary(
   }
   const json = JSON.parse(text) as { code?: string; message?: string };
   const code = reclassify(codeFromString(json.code ?? "") ?? Code.Unknown, json.message ?? "");
-  const message = code === Code.InvalidArgument ? describe(json.message ?? "") : (json.message ?? "");
+  const message =
+    code === Code.InvalidArgument ? describe(json.message ?? "") : clipText(json.message ?? "", MAX_MESSAGE);
   json.code = codeToString(code);
   if (json.message !== undefined) json.message = message;
   let fixed = new TextEncoder().encode(JSON.stringify(json));
@@ -225,10 +226,13 @@ function streamBody(
   })();
 }
 
+/** The longest message an error answer quotes: connect-es quotes a Connect GET's `compression` whole (30 KB). */
+const MAX_MESSAGE = 1_000;
+
 function corrected(err: ConnectError | undefined, describe: Describe): ConnectError | undefined {
   if (!err) return undefined;
   const code = reclassify(err.code, err.rawMessage);
-  const message = code === Code.InvalidArgument ? describe(err.rawMessage) : err.rawMessage;
+  const message = code === Code.InvalidArgument ? describe(err.rawMessage) : clipText(err.rawMessage, MAX_MESSAGE);
   return code === err.code && message === err.rawMessage ? err : new ConnectError(message, code);
 }
 
