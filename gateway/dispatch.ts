@@ -97,6 +97,13 @@ function clipQuoted(headers: http.IncomingHttpHeaders): void {
   }
 }
 
+/**
+ * gRPC-Web's trailer percent-encodes an error's message, and connect-es's encodeURIComponent throws on
+ * a lone surrogate, which a client's JSON puts there (a key or an enum value written `"\ud800"`, quoted
+ * in the INVALID_ARGUMENT): it was answered INTERNAL, counted Unknown, and logged a warning with a stack.
+ */
+const UNENCODABLE = new ConnectError("the request holds a lone surrogate (U+D800 to U+DFFF)", Code.InvalidArgument);
+
 /** The client's address: the socket peer, or the last X-Forwarded-For hop when a trusted proxy appended it. */
 export function clientIp(req: NodeRequest, trustProxy: boolean): string {
   if (trustProxy) {
@@ -297,11 +304,17 @@ export function createDispatch(o: DispatchOptions): Dispatch {
       const getting = allowedMethods.includes("GET") && method.methodKind === "unary";
       const uReq = universalRequest(req, res, values);
       const enveloped = wire !== "connect" || isConnectStream(contentType); // else a unary Connect body
-      const uRes = await admission.handler({
-        ...uReq,
-        method: req.method === "HEAD" && getting ? "GET" : uReq.method,
-        body: limitedBody(uReq.body as AsyncIterable<Uint8Array>, maxBodyBytes, enveloped),
-      });
+      const uRes = await admission
+        .handler({
+          ...uReq,
+          method: req.method === "HEAD" && getting ? "GET" : uReq.method,
+          body: limitedBody(uReq.body as AsyncIterable<Uint8Array>, maxBodyBytes, enveloped),
+        })
+        .catch((err: unknown) => {
+          if (err instanceof URIError) return undefined; // see UNENCODABLE
+          throw err;
+        });
+      if (!uRes) return refuse(UNENCODABLE);
       dropUnreadBody(req, res); // answered before the whole body arrived (a limit): the connection ends, and says so
       const input = admission.handler.method.input;
       const answered = await finish(uRes, wire, done, (message) => describeJsonError(input, message));

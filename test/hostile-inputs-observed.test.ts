@@ -11,6 +11,7 @@ import { DEV_JWT_SECRET, loadConfig as gatewayConfig, targetVariable } from "../
 import { UPSTREAMS } from "../gateway/routes.js";
 import { silentLogger } from "../platform/index.js";
 import { type ServiceProcess, spawnService, tempDir } from "./fixtures.js";
+import { capturedLogger } from "./system.js";
 
 /** The lines `out` holds from character `from` on that are not one JSON object each. */
 function notJson(out: string, from: number): string[] {
@@ -186,5 +187,61 @@ describe("a header the gateway cannot read, quoted back in the error", () => {
       sizes[name] = got.grpcMessage.length + got.body.length;
     }
     expect(Object.entries(sizes).filter(([, n]) => n > 2_000)).toEqual([]);
+  });
+});
+
+describe("a gRPC-Web JSON request whose error quotes a lone surrogate", () => {
+  // A JSON key or enum value written `"\ud800"` is quoted in the INVALID_ARGUMENT the gateway tells in
+  // the client's terms, and gRPC-Web's trailer percent-encodes it: connect-es's encodeURIComponent
+  // threw URIError on the lone surrogate, so the client's mistake was answered INTERNAL ("internal
+  // error"), the access line and the RED metrics said Unknown (a server's failure), and every such
+  // request of 30 bytes logged a warning with its stack (700 bytes).
+  let gw: GatewayApp;
+  let lines: Record<string, unknown>[];
+  let auth: string;
+  beforeAll(async () => {
+    const targets = Object.fromEntries(UPSTREAMS.map((u) => [targetVariable(u), "127.0.0.1:1"]));
+    const captured = capturedLogger();
+    lines = captured.lines;
+    gw = await startGateway(gatewayConfig({ HTTP_HOST: "127.0.0.1", HTTP_PORT: "0", ...targets }), captured.log);
+    const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
+    auth = `Bearer ${await signDevToken(claims, "mallory", ["customer"])}`;
+  });
+  afterAll(async () => {
+    await gw?.stop();
+  });
+
+  it("is answered INVALID_ARGUMENT, and logs no failure", async () => {
+    const enveloped = (json: string) => {
+      const b = Buffer.from(json);
+      const prefix = Buffer.alloc(5);
+      prefix.writeUInt32BE(b.length, 1);
+      return Buffer.concat([prefix, b]);
+    };
+    for (const [method, json] of [
+      ["ListOrders", String.raw`{"\ud800x":1}`],
+      ["PlaceOrder", String.raw`{"items":[{"\udc00":1}]}`],
+      ["PlaceOrder", String.raw`{"sagaMode":"\ud800"}`],
+      ["WatchOrder", String.raw`{"\ud800x":1}`],
+    ] as const) {
+      const res = await fetch(`${gw.url}/shopmesh.order.v1.OrderService/${method}`, {
+        method: "POST",
+        headers: { authorization: auth, "content-type": "application/grpc-web+json" },
+        body: enveloped(json),
+      });
+      // The status in a trailer, or in the headers of an answer that has only them.
+      const body = Buffer.from(await res.arrayBuffer()).toString("latin1");
+      const status = res.headers.get("grpc-status") ?? /grpc-status: (\d+)\r\n/.exec(body)?.[1];
+      expect(status, `${method} ${json}`).toBe("3");
+    }
+    await new Promise((r) => setTimeout(r, 50));
+    const access = lines.filter((l) => l.msg === "access" && l.protocol === "grpc-web");
+    expect(access.map((l) => l.code)).toEqual([
+      "InvalidArgument",
+      "InvalidArgument",
+      "InvalidArgument",
+      "InvalidArgument",
+    ]);
+    expect(lines.filter((l) => l.msg === "request failed")).toEqual([]);
   });
 });
