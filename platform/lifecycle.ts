@@ -5,6 +5,7 @@
 import { constants } from "node:os";
 import { installLeanAsyncBind } from "./async-bind.js";
 import { configOrExit, EXIT_REFUSED, StartRefused } from "./config.js";
+import { grpcLogsTo } from "./grpc-log.js";
 import { createLogger, flushLogs, type Logger } from "./log.js";
 import { SqliteConnection } from "./sqlite-driver.js";
 import { startProcessTelemetry } from "./tracing.js";
@@ -93,6 +94,7 @@ export async function runService<C extends ProcessConfig>(
   // Tracing first: everything after it may create spans.
   stopTracing = await startProcessTelemetry(name, config);
   log = await createLogger({ service: name, level: config.LOG_LEVEL, format: config.LOG_FORMAT });
+  grpcLogsTo(log); // grpc-js's own lines (a service's port, the gateway's clients): JSON, clipped, like every other
   try {
     service = await start(config, log);
   } catch (err) {

@@ -24,7 +24,6 @@ import {
   type ServiceImpl,
   withImports,
 } from "./grpc.js";
-import { grpcLogsTo } from "./grpc-log.js";
 import { CONNECTION_LIMITS, type ConnectionLimits, connectionOptions, listenGrpc } from "./grpc-port.js";
 import { boundingHeaderLists } from "./header-limit.js";
 import { healthService } from "./health.js";
@@ -235,7 +234,6 @@ const MAX_CALLS_PER_CONNECTION = 10_000;
 export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningServer> {
   const faults = opts.faults ?? new FaultInjector();
   const limits = opts.limits ?? CONNECTION_LIMITS;
-  grpcLogsTo(opts.log);
   const server = new grpc.Server({
     "grpc.max_receive_message_length": 4 * 1024 * 1024,
     "grpc.max_concurrent_streams": MAX_CALLS_PER_CONNECTION,
