@@ -15,6 +15,7 @@ const POSTGRES_ONLY = [
   "test/scale-out.test.ts",
   "test/hostile-scale.test.ts",
   "test/hostile-race.test.ts",
+  "test/hostile-operators.test.ts",
   "platform/sql.test.ts",
   "platform/lock-order.test.ts",
   "services/history/first-event.test.ts",

@@ -155,9 +155,18 @@ export function createOperator(deps: OperatorDeps): { service: ServiceImpl<typeo
       }
       const all = addresses(name);
       if (all.length === 0) throw new ConnectError(`no instance of ${name} is known`, Code.Unavailable);
-      fanOut(ctx, all.length);
+      fanOut(ctx, 2 * all.length);
+      const chaos = all.map((a) => createClient(ChaosService, channel(a)));
+      // One generation past every instance's: of two operators' settings at once, every instance keeps
+      // the same one, whichever order it is given them in (platform/chaos.ts). Without it each kept the
+      // one that came last to it, and replicas stayed on different settings, both operators told OK.
+      // The clock is a floor only: where one address stands for several pods (Kubernetes), the read
+      // and the write may reach different ones, and a later setting must still come after.
+      const read = await Promise.allSettled(chaos.map((c) => c.getFaults({}, opts(ctx))));
+      const seen = read.map((r) => (r.status === "fulfilled" ? r.value.generation : 0n));
+      const generation = seen.reduce((a, b) => (b >= a ? b + 1n : a), BigInt(Date.now()));
       const results = await Promise.allSettled(
-        all.map((a) => createClient(ChaosService, channel(a)).setFaults({ faults: req.faults ?? {} }, opts(ctx))),
+        chaos.map((c) => c.setFaults({ faults: req.faults ?? {}, generation }, opts(ctx))),
       );
       const refused = results.find(
         (r) =>
@@ -165,6 +174,15 @@ export function createOperator(deps: OperatorDeps): { service: ServiceImpl<typeo
       );
       if (refused?.status === "rejected")
         throw new ConnectError((refused.reason as RpcError).message, Code.InvalidArgument);
+      const overtaken = results.some(
+        (r) => r.status === "rejected" && r.reason instanceof RpcError && r.reason.code === PlatformCode.ABORTED,
+      );
+      if (overtaken) {
+        throw new ConnectError(
+          `another operator set the faults of ${name} at the same moment, and theirs are in force: read them, then set yours again`,
+          Code.Aborted,
+        );
+      }
       const took = results.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
       if (took.length < all.length) {
         throw new ConnectError(

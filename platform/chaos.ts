@@ -35,6 +35,8 @@ type FaultSettings = Omit<Faults, "$typeName" | "$unknown">;
 /** Holds a process's current faults; applies them as an interceptor. */
 export class FaultInjector {
   private faults: FaultSettings;
+  /** The generation of the settings in force (ChaosService.SetFaults): 0 until one with a generation is taken. */
+  private generation = 0n;
 
   constructor(
     initial: Partial<FaultSettings> = {},
@@ -79,6 +81,29 @@ export class FaultInjector {
     return this.current;
   }
 
+  /**
+   * Replaces the faults in force with `f` of `generation`, unless the settings in force come after it:
+   * a higher generation, or the same one and greater settings (so that replicas given two operators'
+   * settings in either order all keep the same one). Throws ABORTED for settings that come before;
+   * generation 0 replaces whatever is in force and keeps the generation.
+   */
+  setAt(f: Partial<FaultSettings>, generation: bigint): { faults: FaultSettings; generation: bigint } {
+    const next = FaultInjector.validate({ latencyMs: 0, errorRate: 0, errorCode: 0, down: false, ...f });
+    if (generation > 0n) {
+      const older =
+        generation === this.generation ? compareFaults(next, this.faults) < 0 : generation < this.generation;
+      if (older) {
+        throw new ServiceError(
+          status.ABORTED,
+          `faults of generation ${this.generation} are in force; generation ${generation} comes before them`,
+        );
+      }
+      this.generation = generation;
+    }
+    this.faults = next;
+    return { faults: this.current, generation: this.generation };
+  }
+
   /** Interceptor applying the faults before the handler runs. */
   readonly interceptor: Interceptor = async (ctx, next) => {
     const f = this.faults;
@@ -111,11 +136,8 @@ export class FaultInjector {
   service(downstreams: () => Record<string, DownstreamSample> = () => ({})): ServiceImpl<typeof ChaosService> {
     const toMsg = (): MessageInitShape<typeof FaultsSchema> => this.current;
     return {
-      setFaults: (req) => {
-        this.set(req.faults ?? {});
-        return { faults: toMsg() };
-      },
-      getFaults: () => ({ faults: toMsg() }),
+      setFaults: (req) => this.setAt(req.faults ?? {}, req.generation),
+      getFaults: () => ({ faults: toMsg(), generation: this.generation }),
       getResilience: () => ({
         downstreams: Object.entries(downstreams())
           .sort(([a], [b]) => a.localeCompare(b))
@@ -132,6 +154,16 @@ export class FaultInjector {
       }),
     };
   }
+}
+
+/** Orders two settings field by field (any fixed total order will do: it only breaks ties). */
+function compareFaults(a: FaultSettings, b: FaultSettings): number {
+  return (
+    a.latencyMs - b.latencyMs ||
+    a.errorRate - b.errorRate ||
+    a.errorCode - b.errorCode ||
+    Number(a.down) - Number(b.down)
+  );
 }
 
 const BREAKER: Record<string, BreakerState> = {

@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file shopmesh/chaos/v1/chaos.proto.
  */
 export const file_shopmesh_chaos_v1_chaos: GenFile = /*@__PURE__*/
-  fileDesc("Ch1zaG9wbWVzaC9jaGFvcy92MS9jaGFvcy5wcm90bxIRc2hvcG1lc2guY2hhb3MudjEiUgoGRmF1bHRzEhIKCmxhdGVuY3lfbXMYASABKAUSEgoKZXJyb3JfcmF0ZRgCIAEoARISCgplcnJvcl9jb2RlGAMgASgFEgwKBGRvd24YBCABKAgiPQoQU2V0RmF1bHRzUmVxdWVzdBIpCgZmYXVsdHMYASABKAsyGS5zaG9wbWVzaC5jaGFvcy52MS5GYXVsdHMiPgoRU2V0RmF1bHRzUmVzcG9uc2USKQoGZmF1bHRzGAEgASgLMhkuc2hvcG1lc2guY2hhb3MudjEuRmF1bHRzIhIKEEdldEZhdWx0c1JlcXVlc3QiPgoRR2V0RmF1bHRzUmVzcG9uc2USKQoGZmF1bHRzGAEgASgLMhkuc2hvcG1lc2guY2hhb3MudjEuRmF1bHRzIlcKEkRvd25zdHJlYW1FbmRwb2ludBIPCgdhZGRyZXNzGAEgASgJEjAKB2JyZWFrZXIYAiABKA4yHy5zaG9wbWVzaC5jaGFvcy52MS5CcmVha2VyU3RhdGUiqQEKCkRvd25zdHJlYW0SDAoEbmFtZRgBIAEoCRIwCgdicmVha2VyGAIgASgOMh8uc2hvcG1lc2guY2hhb3MudjEuQnJlYWtlclN0YXRlEhEKCWluX2ZsaWdodBgDIAEoBRIOCgZxdWV1ZWQYBCABKAUSOAoJZW5kcG9pbnRzGAUgAygLMiUuc2hvcG1lc2guY2hhb3MudjEuRG93bnN0cmVhbUVuZHBvaW50IhYKFEdldFJlc2lsaWVuY2VSZXF1ZXN0IksKFUdldFJlc2lsaWVuY2VSZXNwb25zZRIyCgtkb3duc3RyZWFtcxgBIAMoCzIdLnNob3BtZXNoLmNoYW9zLnYxLkRvd25zdHJlYW0qmAEKDEJyZWFrZXJTdGF0ZRIdChlCUkVBS0VSX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUQlJFQUtFUl9TVEFURV9DTE9TRUQQARIWChJCUkVBS0VSX1NUQVRFX09QRU4QAhIbChdCUkVBS0VSX1NUQVRFX0hBTEZfT1BFThADEhoKFkJSRUFLRVJfU1RBVEVfSVNPTEFURUQQBDKxAgoMQ2hhb3NTZXJ2aWNlElsKCVNldEZhdWx0cxIjLnNob3BtZXNoLmNoYW9zLnYxLlNldEZhdWx0c1JlcXVlc3QaJC5zaG9wbWVzaC5jaGFvcy52MS5TZXRGYXVsdHNSZXNwb25zZSIDkAICElsKCUdldEZhdWx0cxIjLnNob3BtZXNoLmNoYW9zLnYxLkdldEZhdWx0c1JlcXVlc3QaJC5zaG9wbWVzaC5jaGFvcy52MS5HZXRGYXVsdHNSZXNwb25zZSIDkAIBEmcKDUdldFJlc2lsaWVuY2USJy5zaG9wbWVzaC5jaGFvcy52MS5HZXRSZXNpbGllbmNlUmVxdWVzdBooLnNob3BtZXNoLmNoYW9zLnYxLkdldFJlc2lsaWVuY2VSZXNwb25zZSIDkAIBYgZwcm90bzM");
+  fileDesc("Ch1zaG9wbWVzaC9jaGFvcy92MS9jaGFvcy5wcm90bxIRc2hvcG1lc2guY2hhb3MudjEiUgoGRmF1bHRzEhIKCmxhdGVuY3lfbXMYASABKAUSEgoKZXJyb3JfcmF0ZRgCIAEoARISCgplcnJvcl9jb2RlGAMgASgFEgwKBGRvd24YBCABKAgiUQoQU2V0RmF1bHRzUmVxdWVzdBIpCgZmYXVsdHMYASABKAsyGS5zaG9wbWVzaC5jaGFvcy52MS5GYXVsdHMSEgoKZ2VuZXJhdGlvbhgCIAEoBCJSChFTZXRGYXVsdHNSZXNwb25zZRIpCgZmYXVsdHMYASABKAsyGS5zaG9wbWVzaC5jaGFvcy52MS5GYXVsdHMSEgoKZ2VuZXJhdGlvbhgCIAEoBCISChBHZXRGYXVsdHNSZXF1ZXN0IlIKEUdldEZhdWx0c1Jlc3BvbnNlEikKBmZhdWx0cxgBIAEoCzIZLnNob3BtZXNoLmNoYW9zLnYxLkZhdWx0cxISCgpnZW5lcmF0aW9uGAIgASgEIlcKEkRvd25zdHJlYW1FbmRwb2ludBIPCgdhZGRyZXNzGAEgASgJEjAKB2JyZWFrZXIYAiABKA4yHy5zaG9wbWVzaC5jaGFvcy52MS5CcmVha2VyU3RhdGUiqQEKCkRvd25zdHJlYW0SDAoEbmFtZRgBIAEoCRIwCgdicmVha2VyGAIgASgOMh8uc2hvcG1lc2guY2hhb3MudjEuQnJlYWtlclN0YXRlEhEKCWluX2ZsaWdodBgDIAEoBRIOCgZxdWV1ZWQYBCABKAUSOAoJZW5kcG9pbnRzGAUgAygLMiUuc2hvcG1lc2guY2hhb3MudjEuRG93bnN0cmVhbUVuZHBvaW50IhYKFEdldFJlc2lsaWVuY2VSZXF1ZXN0IksKFUdldFJlc2lsaWVuY2VSZXNwb25zZRIyCgtkb3duc3RyZWFtcxgBIAMoCzIdLnNob3BtZXNoLmNoYW9zLnYxLkRvd25zdHJlYW0qmAEKDEJyZWFrZXJTdGF0ZRIdChlCUkVBS0VSX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUQlJFQUtFUl9TVEFURV9DTE9TRUQQARIWChJCUkVBS0VSX1NUQVRFX09QRU4QAhIbChdCUkVBS0VSX1NUQVRFX0hBTEZfT1BFThADEhoKFkJSRUFLRVJfU1RBVEVfSVNPTEFURUQQBDKxAgoMQ2hhb3NTZXJ2aWNlElsKCVNldEZhdWx0cxIjLnNob3BtZXNoLmNoYW9zLnYxLlNldEZhdWx0c1JlcXVlc3QaJC5zaG9wbWVzaC5jaGFvcy52MS5TZXRGYXVsdHNSZXNwb25zZSIDkAICElsKCUdldEZhdWx0cxIjLnNob3BtZXNoLmNoYW9zLnYxLkdldEZhdWx0c1JlcXVlc3QaJC5zaG9wbWVzaC5jaGFvcy52MS5HZXRGYXVsdHNSZXNwb25zZSIDkAIBEmcKDUdldFJlc2lsaWVuY2USJy5zaG9wbWVzaC5jaGFvcy52MS5HZXRSZXNpbGllbmNlUmVxdWVzdBooLnNob3BtZXNoLmNoYW9zLnYxLkdldFJlc2lsaWVuY2VSZXNwb25zZSIDkAIBYgZwcm90bzM");
 
 /**
  * What a server does to its business RPCs. All zero means no faults.
@@ -71,6 +71,21 @@ export type SetFaultsRequest = Message<"shopmesh.chaos.v1.SetFaultsRequest"> & {
    * @generated from field: shopmesh.chaos.v1.Faults faults = 1;
    */
   faults?: Faults | undefined;
+
+  /**
+   * The setting's place in the order of settings, so that two operators
+   * setting every replica at once leave them all on one: a server takes a
+   * setting whose generation is above the one in force (at an equal one, the
+   * greater of the two settings, compared field by field) and refuses an older
+   * one with ABORTED. A caller reads the generations in force (GetFaults) and
+   * sends one more than the highest, or its clock's milliseconds since the
+   * epoch where those are more (a later setting then comes after the earlier
+   * on any instance, though the read reached another). 0 replaces the
+   * settings whatever is in force and keeps the generation (a call by hand).
+   *
+   * @generated from field: uint64 generation = 2;
+   */
+  generation: bigint;
 };
 
 /**
@@ -92,6 +107,13 @@ export type SetFaultsResponse = Message<"shopmesh.chaos.v1.SetFaultsResponse"> &
    * @generated from field: shopmesh.chaos.v1.Faults faults = 1;
    */
   faults?: Faults | undefined;
+
+  /**
+   * The generation now in force.
+   *
+   * @generated from field: uint64 generation = 2;
+   */
+  generation: bigint;
 };
 
 /**
@@ -128,6 +150,14 @@ export type GetFaultsResponse = Message<"shopmesh.chaos.v1.GetFaultsResponse"> &
    * @generated from field: shopmesh.chaos.v1.Faults faults = 1;
    */
   faults?: Faults | undefined;
+
+  /**
+   * Their generation (0 until a setting with one was taken; a restarted
+   * server starts again at 0, with its settings from the environment).
+   *
+   * @generated from field: uint64 generation = 2;
+   */
+  generation: bigint;
 };
 
 /**
@@ -306,7 +336,8 @@ export const BreakerStateSchema: GenEnum<BreakerState> = /*@__PURE__*/
  */
 export const ChaosService: GenService<{
   /**
-   * Replaces the server's fault settings and returns them.
+   * Replaces the server's fault settings and returns them. A setting with a
+   * generation older than the one in force is refused with ABORTED.
    *
    * @generated from rpc shopmesh.chaos.v1.ChaosService.SetFaults
    */

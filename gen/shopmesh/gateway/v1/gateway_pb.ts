@@ -353,6 +353,9 @@ export const OperatorService: GenService<{
    * Exists only where the gateway enables fault injection
    * (FAULT_INJECTION=true: `make run`, the kind fault overlay); elsewhere it
    * is UNIMPLEMENTED and GetSystemStatus says `faults_enabled: false`.
+   * Two operators setting one service's faults at once leave every instance
+   * on the same one of their settings; the one whose setting is not in force
+   * everywhere is told ABORTED.
    *
    * @generated from rpc shopmesh.gateway.v1.OperatorService.SetServiceFaults
    */
