@@ -8,13 +8,16 @@
  */
 import { Code, ConnectError, createClient as createConnectClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
+import { headers as natsHeaders } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { EVENTS } from "../contracts/events.js";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET, targetVariable } from "../gateway/config.js";
 import { UPSTREAMS } from "../gateway/routes.js";
 import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { OperatorService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
-import { createChannel, createClient, type DbLocation, sql } from "../platform/index.js";
+import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
+import { connectBus, createChannel, createClient, type DbLocation, silentLogger, sql } from "../platform/index.js";
 import { withDb } from "./db.js";
 import { runToEnd, type ServiceProcess, spawnGateway, spawnService } from "./fixtures.js";
 import { startNats, type TestNats } from "./nats.js";
@@ -255,4 +258,36 @@ describe("two operators starting the history rebuild at once while orders flow a
       if (Date.now() > until) expect(v).toEqual(orders);
     }
   }, 60_000);
+});
+
+describe("two operators reading the dead letters at once, two history replicas on one durable", () => {
+  it("one poison event is lettered once, and both listings show it and end", async () => {
+    const bus = await connectBus(nats.url, "hostile-operators-test", silentLogger(), { streams: EVENTS.streams });
+    try {
+      const h = natsHeaders();
+      h.set("ce-type", OrderPlacedSchema.typeName);
+      h.set("ce-id", "evt_ops_poison");
+      await bus.js.publish("order.order.placed.orchestration", new Uint8Array([0xff, 0xff]), {
+        headers: h,
+        msgID: "evt_ops_poison",
+      });
+      for (let until = Date.now() + 10_000; (await bus.jsm.streams.info("DLQ")).state.messages < 1; ) {
+        if (Date.now() > until) throw new Error("never dead-lettered");
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      const list = () =>
+        runToEnd(process.execPath, ["--import", "tsx", "scripts/events.ts", "--dlq"], {
+          env: { ...process.env, NATS_URL: nats.url },
+        });
+      const listings = await Promise.all([list(), list()]);
+      for (const l of listings) {
+        expect(l.code, l.out).toBe(0);
+        expect(l.out.match(/reason: undecodable shopmesh\.order\.v1\.OrderPlaced payload/g), l.out).toHaveLength(1);
+        expect(l.out).toContain("1 dead letter(s)");
+      }
+      expect((await bus.jsm.streams.info("DLQ")).state.messages).toBe(1);
+    } finally {
+      await bus.close();
+    }
+  }, 30_000);
 });
