@@ -77,8 +77,7 @@ export class FaultInjector {
 
   /** Replaces the faults in force; throws INVALID_ARGUMENT for out-of-range values. */
   set(f: Partial<FaultSettings>): FaultSettings {
-    this.faults = FaultInjector.validate({ latencyMs: 0, errorRate: 0, errorCode: 0, down: false, ...f });
-    return this.current;
+    return this.setAt(f, 0n).faults;
   }
 
   /**
