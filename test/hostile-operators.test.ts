@@ -217,7 +217,6 @@ function rebuild(): Promise<{ code: number | string; out: string }> {
 describe("two operators starting the history rebuild at once while orders flow and an order replica drains", () => {
   it("one rebuild runs and the other is refused (or runs after it); no call fails; two replicas then serve a view equal to the orders", async () => {
     const load = traffic();
-    await new Promise((r) => setTimeout(r, 1_000));
     // Meanwhile an order replica is drained (SIGTERM: it leaves the registry, then ends its calls)
     // while both gateways route to it, and a new one takes its place.
     const order = replicas.order as ServiceProcess[];
@@ -226,6 +225,8 @@ describe("two operators starting the history rebuild at once while orders flow a
       order[0] = await startReplica("order");
     })();
     const runs = await Promise.all([rebuild(), rebuild()]);
+    // Two history replicas on the rebuilt view, started while the order replica may still drain.
+    const history = Promise.all([startReplica("history"), startReplica("history")]);
     await drained;
     await new Promise((r) => setTimeout(r, 1_000));
     const statuses = await load.stop();
@@ -240,8 +241,7 @@ describe("two operators starting the history rebuild at once while orders flow a
     for (const r of runs.filter((r) => r.code === 1)) {
       expect(r.out).toContain("is in use by a history service or another rebuild");
     }
-    const history = await Promise.all([startReplica("history"), startReplica("history")]);
-    replicas.history = history;
+    replicas.history = await history;
     for (let until = Date.now() + 30_000; (await unfinishedOrders(at("shopmesh_order"))) > 0; ) {
       if (Date.now() > until) throw new Error("orders still in flight");
       await new Promise((r) => setTimeout(r, 250));
