@@ -598,10 +598,16 @@ describe("operators racing each other and the traffic", () => {
     try {
       for (let round = 0; round < 3; round++) {
         const g = gate();
-        const calls = Array.from({ length: 40 }, (_, i) => settle(g.wait.then(() => set(1 + i + round * 40))));
+        const latency = (i: number) => 1 + i + round * 40;
+        const calls = Array.from({ length: 40 }, (_, i) =>
+          settle(g.wait.then(() => set(latency(i)).then(() => latency(i)))),
+        );
         g.open();
         const answers = await Promise.all(calls);
-        expect(answers.filter((a) => !a.ok)).toEqual([]);
+        // An operator whose setting another's overtook on an instance is told so (ABORTED, 409), and
+        // nothing else; the one in force everywhere is one whose operator was told it took.
+        expect(answers.filter((a) => !a.ok && a.code !== "Error: HTTP 409 aborted")).toEqual([]);
+        const took = answers.flatMap((a) => (a.ok ? [Number(a.value)] : []));
         const status = await connect("shopmesh.gateway.v1.OperatorService/GetSystemStatus", {}, token);
         const inventory = (
           status.services as { service: string; instances: { faults?: { latencyMs?: number } }[] }[]
@@ -609,6 +615,7 @@ describe("operators racing each other and the traffic", () => {
         const faults = new Set(inventory?.instances.map((i) => i.faults?.latencyMs ?? 0));
         expect(inventory?.instances.length).toBe(2);
         expect([...faults], "the faults in force on inventory's instances").toHaveLength(1);
+        expect(took).toContain([...faults][0]);
       }
     } finally {
       await set(0);
