@@ -4,7 +4,9 @@
  * then gets no answer and no error for as long as the operating system keeps retransmitting (minutes).
  */
 import net from "node:net";
+import { sql } from "kysely";
 import { afterAll, beforeAll, expect, it } from "vitest";
+import { tempDir } from "../test/fixtures.js";
 import { startPostgres, type TestPostgres } from "../test/postgres.js";
 import { migrations, openDatabase } from "./db.js";
 import { watchReadiness } from "./health.js";
@@ -56,6 +58,24 @@ afterAll(async () => {
   await pg?.[Symbol.asyncDispose]();
 });
 
+// Found (review, 2026-12-06): the ping took a connection of the traffic's pool, so a pool busy for
+// longer than the ping's wait (a lock convoy, a long purge, a burst of slow queries) left it in the
+// pool's queue and turned the replica NOT_SERVING while its database answered at once: under a load
+// spread over all replicas, every one of them dropped out together.
+it("a pool whose every connection stays busy leaves the replica ready while its database answers", async () => {
+  const changes: boolean[] = [];
+  const readiness = watchReadiness(db, (ready) => changes.push(ready), silentLogger(), { everyMs: 100, waitMs: 500 });
+  try {
+    // Every pooled connection (poolSize 4) busy for 2.5 s: five times the ping's wait.
+    const busy = Array.from({ length: 4 }, () => db.one(sql`SELECT pg_sleep(2.5) AS slept`));
+    await new Promise((r) => setTimeout(r, 2_000));
+    expect(changes, "readiness while the pool is busy and the database answers").toEqual([]);
+    await Promise.all(busy);
+  } finally {
+    readiness.stop();
+  }
+}, 30_000);
+
 // Found (review, 2026-12-05): a ping whose connection went silent held readiness NOT_SERVING until
 // the operating system gave up on that socket — ~15 minutes, on every replica cut off at once —
 // though new connections answered within a second: no other ping was sent while it hung.
@@ -73,3 +93,20 @@ it("a ping whose connection went silent makes the replica unready, and the next 
     readiness.stop();
   }
 }, 30_000);
+
+// SQLite has no pool, but the ping took its turn on the one connection behind every transaction
+// queued for it: a busy writer read as the database unreachable, the same misreading.
+it("on SQLite, a connection held by a long transaction leaves the replica ready", async () => {
+  using dir = tempDir();
+  const file = await openDatabase({ engine: "sqlite", path: `${dir.path}/health.db` }, migrations([]));
+  const changes: boolean[] = [];
+  const readiness = watchReadiness(file, (ready) => changes.push(ready), silentLogger(), { everyMs: 50, waitMs: 200 });
+  try {
+    await file.transaction(() => new Promise((r) => setTimeout(r, 1_000)));
+    expect(changes, "readiness while a transaction holds the connection").toEqual([]);
+    await file.close();
+    await expect.poll(() => changes, { timeout: 2_000 }).toEqual([false]);
+  } finally {
+    readiness.stop();
+  }
+});

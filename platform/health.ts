@@ -7,7 +7,6 @@
  */
 
 import { HealthImplementation } from "grpc-health-check";
-import { sql } from "kysely";
 import type { Logger } from "./log.js";
 import type { Db } from "./sql.js";
 
@@ -38,8 +37,9 @@ export const READINESS_PING_MS = 1_000;
 
 /**
  * A ping unanswered this long counts as the database unreachable, ms: a frozen server (SIGSTOP, a
- * host gone from the network) holds a pooled connection's statement without an error. Long enough
- * that a saturated pool's queue, which callers' deadlines bound well below it, is not taken for one.
+ * host gone from the network) holds a statement without an error. The ping runs outside the
+ * traffic's queue (Db.ping: on PostgreSQL a connection of its own, not the pool's), so a saturated
+ * pool — load, not an outage — does not hold it back.
  */
 export const READINESS_PING_WAIT_MS = 10_000;
 
@@ -57,9 +57,8 @@ export function watchReadiness(
   let ready = true;
   let stopped = false;
   let pinging = false;
-  /** The ping whose answer counts: the last one sent. */
-  let current = 0;
   const report = (now: boolean, err?: unknown) => {
+    pinging = false;
     if (stopped || now === ready) return;
     ready = now;
     setReady(now);
@@ -67,25 +66,14 @@ export function watchReadiness(
     else log.warn({ err: (err as Error).message }, "database unreachable: not ready");
   };
   const ping = () => {
-    // One ping at a time: a hung one holds a connection, and a new one each second would take them all.
-    // One unanswered for `waitMs` lets the next go, though: a connection gone silent (a partition)
-    // holds its statement for as long as the OS retransmits (~15 min), while new ones answer again.
+    // One ping at a time; each is answered, fails or gives up within `waitMs` (Db.ping), and one that
+    // gives up drops its connection: a connection gone silent (a partition) holds its statement for as
+    // long as the OS retransmits (~15 min), while new ones answer again.
     if (pinging) return;
     pinging = true;
-    const id = ++current;
-    const late = setTimeout(() => {
-      pinging = false;
-      report(false, new Error(`no answer in ${waitMs} ms`));
-    }, waitMs).unref();
-    const answered = (now: boolean, err?: unknown) => {
-      clearTimeout(late);
-      if (id !== current) return; // overtaken: a later ping speaks
-      pinging = false;
-      report(now, err);
-    };
-    db.one(sql`SELECT 1 AS one`).then(
-      () => answered(true),
-      (err: unknown) => answered(false, err),
+    db.ping(waitMs).then(
+      () => report(true),
+      (err: unknown) => report(false, err),
     );
   };
   const timer = setInterval(ping, everyMs).unref();

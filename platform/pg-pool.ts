@@ -1,8 +1,11 @@
 /**
  * The PostgreSQL connection pool every service's store runs on (sql.ts: postgresDb): its types, the
- * session settings of each connection, and the errors it must hear.
+ * session settings of each connection, and the errors it must hear; and the connections of its own
+ * beside it, outside the pool's queue: readiness's ping and LISTEN's.
  */
 import pg from "pg";
+import { backoffMs } from "./backoff.js";
+import type { Listening } from "./sql.js";
 
 /** The pg types parser, with BIGINT (ms timestamps, counts) as numbers: every value here is below 2^53. */
 const pgTypes = {
@@ -47,4 +50,96 @@ export function pgPool(url: string, schema: string, max: number, connectTimeoutM
   pool.on("error", () => {});
   pool.on("connect", (client) => client.on("error", () => {}));
   return pool;
+}
+
+/** A {@link pgPing}: `ping(waitMs)` resolves once the server answers, rejects when it does not in `waitMs`. */
+export interface Ping {
+  ping(waitMs: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * Asks the server of `url` whether it answers, on a connection of its own (health.ts's readiness).
+ * Through the pool the ping waited in its queue behind the traffic: every connection busy for longer
+ * than the ping's wait (a lock convoy, a long purge, a burst of slow queries) read as the database
+ * unreachable, and under a load spread over all replicas every one turned NOT_SERVING at once. A ping
+ * unanswered in `waitMs` drops its connection (a silent one holds its statement for as long as the
+ * OS retransmits), as does an error; the next ping opens a new one.
+ */
+export function pgPing(url: string, connectTimeoutMs = CONNECT_TIMEOUT_MS): Ping {
+  let open: { client: pg.Client; ready: Promise<unknown> } | undefined;
+  let closed = false;
+  const drop = (client: pg.Client) => {
+    if (open?.client === client) open = undefined;
+    // pg's end() cuts a connection whose statement or handshake hangs, and says goodbye on an idle one.
+    return client.end().catch(() => {});
+  };
+  const connect = () => {
+    const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: connectTimeoutMs });
+    client.on("error", () => void drop(client));
+    client.on("end", () => void drop(client));
+    return { client, ready: client.connect() };
+  };
+  return {
+    ping(waitMs) {
+      if (closed) return Promise.reject(new Error("the database is closed"));
+      open ??= connect();
+      const { client, ready } = open;
+      let late: NodeJS.Timeout | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        late = setTimeout(() => reject(new Error(`no answer in ${waitMs} ms`)), waitMs).unref();
+      });
+      const answer = ready.then(() => client.query("SELECT 1"));
+      return Promise.race([answer, timeout]).then(
+        () => clearTimeout(late),
+        (err: unknown) => {
+          clearTimeout(late);
+          void drop(client);
+          throw err;
+        },
+      );
+    },
+    async close() {
+      closed = true;
+      if (open) await drop(open.client);
+    },
+  };
+}
+
+/** LISTEN on `channel` over a connection of its own, reconnecting (and saying "*") when it drops. */
+export async function listenOn(url: string, channel: string, fn: (payload: string) => void): Promise<Listening> {
+  if (!/^[a-z_][a-z0-9_]*$/.test(channel)) throw new Error(`invalid channel name "${channel}"`);
+  let closed = false;
+  let client: pg.Client | undefined;
+  let failures = 0;
+  const connect = async (): Promise<void> => {
+    // Closed while a reconnect waited out its backoff: nothing to connect any more.
+    if (closed) return;
+    const c = new pg.Client({ connectionString: url });
+    c.on("notification", (n) => fn(n.payload ?? ""));
+    const reconnect = () => {
+      if (closed || client !== c) return;
+      client = undefined;
+      setTimeout(() => void connect().catch(reconnect), backoffMs(++failures, 100, 5_000)).unref();
+    };
+    c.on("error", reconnect);
+    c.on("end", reconnect);
+    client = c;
+    await c.connect();
+    // Closed while connecting: close() ended the client it saw, which may not have been this one.
+    if (closed) {
+      await c.end().catch(() => {});
+      return;
+    }
+    await c.query(`LISTEN ${channel}`);
+    if (failures > 0) fn("*");
+    failures = 0;
+  };
+  await connect();
+  return {
+    async close() {
+      closed = true;
+      await client?.end().catch(() => {});
+    },
+  };
 }

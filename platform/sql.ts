@@ -16,10 +16,11 @@
  */
 import { realpathSync } from "node:fs";
 import type Database from "better-sqlite3";
-import { type CompiledQuery, Kysely, PostgresDialect, type QueryResult, type RawBuilder, sql } from "kysely";
-import pg from "pg";
+import { CompiledQuery, Kysely, PostgresDialect, type QueryResult, type RawBuilder, sql } from "kysely";
+import type pg from "pg";
 import { backoffMs } from "./backoff.js";
 import { GroupCommit } from "./group-commit.js";
+import { listenOn, type Ping, pgPing } from "./pg-pool.js";
 import { SqliteConnection, sqliteDialect } from "./sqlite-driver.js";
 import { WalSync } from "./wal-sync.js";
 
@@ -84,6 +85,8 @@ export interface Db extends Queries {
    * may have been missed. SQLite: undefined — one process, nothing to hear from elsewhere.
    */
   readonly listen?: (channel: string, fn: (payload: string) => void) => Promise<Listening>;
+  /** Resolves once the database answers, rejects if not in `waitMs`: asked outside the traffic's queue (health.ts). */
+  ping(waitMs: number): Promise<void>;
   /** Resolves once every commit so far, by any connection, is on disk (SQLite: a wal-sync round; PostgreSQL: at once). */
   durable(): Promise<void>;
   close(): Promise<void>;
@@ -125,6 +128,7 @@ export type DbLocation =
 const FOR_UPDATE = sql`FOR UPDATE`;
 const SKIP_LOCKED = sql`FOR UPDATE SKIP LOCKED`;
 const NOTHING = sql``;
+const PING = CompiledQuery.raw("SELECT 1");
 const ASYNC_COMMIT = sql`SET LOCAL synchronous_commit TO OFF`;
 /** The savepoint of {@link Tx.savepoint}, and the one each transaction of a SQLite group commit runs in. */
 const NESTED = { begin: sql`SAVEPOINT sp`, release: sql`RELEASE SAVEPOINT sp`, undo: sql`ROLLBACK TO SAVEPOINT sp` };
@@ -202,8 +206,9 @@ class OpenDb extends Queryer implements Db {
   constructor(
     engine: Engine,
     private readonly kysely: Kysely<unknown>,
-    opts: { listen?: Db["listen"]; wal?: WalSync | undefined; sqlite?: SqliteConnection } = {},
+    opts: { listen?: Db["listen"]; wal?: WalSync | undefined; sqlite?: SqliteConnection; pinger?: Ping } = {},
     private readonly wal = opts.wal,
+    private readonly pinger = opts.pinger,
   ) {
     const { sqlite } = opts;
     super(engine, kysely, sqlite && ((q) => sqlite.inTurn(q)));
@@ -225,6 +230,12 @@ class OpenDb extends Queryer implements Db {
     const n = await super.run(q);
     await this.durable();
     return n;
+  }
+
+  /** SQLite: `SELECT 1` at once, out of turn (it reads nothing a transaction holds); fails once closed. */
+  async ping(waitMs: number): Promise<void> {
+    if (this.pinger) return this.pinger.ping(waitMs);
+    this.sqlite?.execute(PING);
   }
 
   durable(): Promise<void> {
@@ -283,6 +294,7 @@ class OpenDb extends Queryer implements Db {
   async close(): Promise<void> {
     await this.wal?.close();
     await this.sqlite?.close();
+    await this.pinger?.close();
     await this.kysely.destroy();
   }
 }
@@ -297,47 +309,10 @@ export function sqliteDb(db: Database.Database): Db {
   return new OpenDb("sqlite", new Kysely({ dialect: sqliteDialect(connection) }), { wal, sqlite: connection });
 }
 
-/** LISTEN on `channel` over a connection of its own, reconnecting (and saying "*") when it drops. */
-async function listenOn(url: string, channel: string, fn: (payload: string) => void): Promise<Listening> {
-  if (!/^[a-z_][a-z0-9_]*$/.test(channel)) throw new Error(`invalid channel name "${channel}"`);
-  let closed = false;
-  let client: pg.Client | undefined;
-  let failures = 0;
-  const connect = async (): Promise<void> => {
-    // Closed while a reconnect waited out its backoff: nothing to connect any more.
-    if (closed) return;
-    const c = new pg.Client({ connectionString: url });
-    c.on("notification", (n) => fn(n.payload ?? ""));
-    const reconnect = () => {
-      if (closed || client !== c) return;
-      client = undefined;
-      setTimeout(() => void connect().catch(reconnect), backoffMs(++failures, 100, 5_000)).unref();
-    };
-    c.on("error", reconnect);
-    c.on("end", reconnect);
-    client = c;
-    await c.connect();
-    // Closed while connecting: close() ended the client it saw, which may not have been this one.
-    if (closed) {
-      await c.end().catch(() => {});
-      return;
-    }
-    await c.query(`LISTEN ${channel}`);
-    if (failures > 0) fn("*");
-    failures = 0;
-  };
-  await connect();
-  return {
-    async close() {
-      closed = true;
-      await client?.end().catch(() => {});
-    },
-  };
-}
-
 /** A PostgreSQL pool as a {@link Db}; `url` (the pool's) serves LISTEN connections. */
 export function postgresDb(pool: pg.Pool, url: string): Db {
   return new OpenDb("postgres", new Kysely({ dialect: new PostgresDialect({ pool }) }), {
     listen: (channel, fn) => listenOn(url, channel, fn),
+    pinger: pgPing(url),
   });
 }
