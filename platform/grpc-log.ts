@@ -17,7 +17,7 @@ const CALLERS_HEADER = /^Failed to add metadata entry /;
 
 const text = (args: unknown[]) => clipText(args.map(String).join(" "), MAX_GRPC_LINE);
 
-/** Sends grpc-js's log lines to `log` (process-wide; the last call's logger wins), tagged `grpc`. */
+/** Sends grpc-js's log lines to `log` (process-wide; the last call's logger wins), tagged `component: "grpc-js"`. */
 export function grpcLogsTo(log: Logger): void {
   const glog = log.child({ component: "grpc-js" });
   grpc.setLogger({
