@@ -5,6 +5,7 @@
  */
 import net from "node:net";
 import { sql } from "kysely";
+import pgLib from "pg";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { tempDir } from "../test/fixtures.js";
 import { startPostgres, type TestPostgres } from "../test/postgres.js";
@@ -110,3 +111,42 @@ it("on SQLite, a connection held by a long transaction leaves the replica ready"
     readiness.stop();
   }
 });
+
+// Found (review hrev5, 2026-12-06): the ping's own connection, once open, answers whatever happens to
+// new ones, so a replica whose pool had no connection left (idle ones closed) and could open none
+// (max_connections reached, a role's limit, the database refusing connections) stayed SERVING while
+// every call failed; through the pool it turned NOT_SERVING. The database refuses new connections here.
+it("a pool holding no connection that cannot open one makes the replica unready", async () => {
+  const url = await pg.createDatabase("refusing");
+  const name = new URL(url).pathname.slice(1);
+  const own = await openDatabase({ engine: "postgres", url, schema: "s", poolSize: 1 }, migrations([]));
+  const admin = new pgLib.Client({ connectionString: pg.url });
+  await admin.connect();
+  const changes: boolean[] = [];
+  const readiness = watchReadiness(own, (ready) => changes.push(ready), silentLogger(), { everyMs: 100, waitMs: 500 });
+  try {
+    await expect
+      .poll(async () => {
+        const { rows } = await admin.query(
+          "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND query = 'SELECT 1'",
+          [name],
+        );
+        return rows[0].n;
+      })
+      .toBe(1);
+    await admin.query(`ALTER DATABASE ${name} ALLOW_CONNECTIONS false`);
+    // The pool's idle connection goes (as pg's idle timeout would close it); the ping's stays.
+    await admin.query(
+      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND query <> 'SELECT 1'",
+      [name],
+    );
+    await expect(own.one(sql`SELECT 1 AS one`)).rejects.toThrow();
+    await expect.poll(() => changes, { timeout: 3_000 }).toEqual([false]);
+    await admin.query(`ALTER DATABASE ${name} ALLOW_CONNECTIONS true`);
+    await expect.poll(() => changes, { timeout: 3_000 }).toEqual([false, true]);
+  } finally {
+    readiness.stop();
+    await admin.end();
+    await own.close().catch(() => {});
+  }
+}, 30_000);

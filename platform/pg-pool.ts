@@ -64,9 +64,11 @@ export interface Ping {
  * than the ping's wait (a lock convoy, a long purge, a burst of slow queries) read as the database
  * unreachable, and under a load spread over all replicas every one turned NOT_SERVING at once. A ping
  * unanswered in `waitMs` drops its connection (a silent one holds its statement for as long as the
- * OS retransmits), as does an error; the next ping opens a new one.
+ * OS retransmits), as does an error; the next ping opens a new one. A `pool` holding no connection
+ * must also open one (then kept for the traffic): the ping's own, open already, answered while the pool
+ * could open none (max_connections reached, the database refusing connections) and every call failed.
  */
-export function pgPing(url: string, connectTimeoutMs = CONNECT_TIMEOUT_MS): Ping {
+export function pgPing(url: string, pool?: pg.Pool, connectTimeoutMs = CONNECT_TIMEOUT_MS): Ping {
   let open: { client: pg.Client; ready: Promise<unknown> } | undefined;
   let closed = false;
   const drop = (client: pg.Client) => {
@@ -89,7 +91,9 @@ export function pgPing(url: string, connectTimeoutMs = CONNECT_TIMEOUT_MS): Ping
       const timeout = new Promise<never>((_, reject) => {
         late = setTimeout(() => reject(new Error(`no answer in ${waitMs} ms`)), waitMs).unref();
       });
-      const answer = ready.then(() => client.query("SELECT 1"));
+      const answer = ready
+        .then(() => client.query("SELECT 1"))
+        .then(() => (pool?.totalCount === 0 ? pool.connect().then((c) => c.release()) : undefined));
       return Promise.race([answer, timeout]).then(
         () => clearTimeout(late),
         (err: unknown) => {

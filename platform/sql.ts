@@ -313,6 +313,6 @@ export function sqliteDb(db: Database.Database): Db {
 export function postgresDb(pool: pg.Pool, url: string): Db {
   return new OpenDb("postgres", new Kysely({ dialect: new PostgresDialect({ pool }) }), {
     listen: (channel, fn) => listenOn(url, channel, fn),
-    pinger: pgPing(url),
+    pinger: pgPing(url, pool),
   });
 }
