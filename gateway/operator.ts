@@ -179,7 +179,7 @@ export function createOperator(deps: OperatorDeps): { service: ServiceImpl<typeo
       );
       if (overtaken) {
         throw new ConnectError(
-          `another operator set the faults of ${name} at the same moment, and theirs are in force: read them, then set yours again`,
+          `an instance of ${name} holds a later setting than yours, another operator's: read the faults in force (its instances may differ), then set yours again`,
           Code.Aborted,
         );
       }
