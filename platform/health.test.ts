@@ -10,6 +10,7 @@ import { afterAll, beforeAll, expect, it } from "vitest";
 import { tempDir } from "../test/fixtures.js";
 import { startPostgres, type TestPostgres } from "../test/postgres.js";
 import { migrations, openDatabase } from "./db.js";
+import { isDatabaseUnavailable } from "./db-errors.js";
 import { watchReadiness } from "./health.js";
 import { type Db, silentLogger } from "./index.js";
 
@@ -147,6 +148,80 @@ it("a pool holding no connection that cannot open one makes the replica unready"
   } finally {
     readiness.stop();
     await admin.end();
+    await own.close().catch(() => {});
+  }
+}, 30_000);
+
+/** What `p` settled to within `ms`: "hung" when it had not. */
+function settledWithin<T>(p: Promise<T>, ms: number): Promise<PromiseSettledResult<T> | "hung"> {
+  const late = new Promise<"hung">((r) => setTimeout(() => r("hung"), ms).unref());
+  return Promise.race([
+    p.then(
+      (value) => ({ status: "fulfilled" as const, value }),
+      (reason: unknown) => ({ status: "rejected" as const, reason }),
+    ),
+    late,
+  ]);
+}
+
+// Found (hostile round hpart, 2026-12-06): the pool's connections had no bound on a statement's answer,
+// so once their path went silent (a partition, a lost NAT entry: packets dropped, no reset) every call
+// on them waited for as long as the operating system retransmits (~15 min), the calls queued behind
+// them too, while new connections passed at once; and readiness said SERVING all along, its ping's new
+// connection answering. A statement the server is not running (its answer lost, or it never arrived)
+// is never answered: such a connection leaves the pool, the next call gets a new one.
+it("a pool whose connections went silent drops them and serves again on new ones", async () => {
+  const direct = new URL(await pg.createDatabase("partition"));
+  const cut = await silencingProxy(Number(direct.port));
+  direct.port = String(cut.port);
+  const own = await openDatabase({ engine: "postgres", url: direct.href, schema: "s", poolSize: 3 }, migrations([]));
+  const changes: boolean[] = [];
+  const readiness = watchReadiness(own, (ready) => changes.push(ready), silentLogger(), { everyMs: 100, waitMs: 500 });
+  try {
+    // The three pooled connections open, one of them inside a transaction; then every one goes silent
+    // while new connections through the proxy pass.
+    const one = sql<{ one: number }>`SELECT 1 AS one`;
+    await Promise.all([1, 2, 3].map(() => own.one(sql`SELECT pg_sleep(0.2)`)));
+    let began = () => {};
+    let silenced = () => {};
+    const begun = new Promise<void>((r) => (began = r));
+    const gate = new Promise<void>((r) => (silenced = r));
+    const inTransaction = own.transaction(async (tx) => {
+      await tx.one(one);
+      began();
+      await gate;
+      return tx.one(one);
+    });
+    await begun;
+    cut.silence();
+    silenced();
+    const calls = [
+      inTransaction,
+      own.one(one),
+      own.transaction((tx) => tx.one(one)),
+      // Queued behind them for a connection of the pool's.
+      own.one(one),
+    ];
+    const [inTx, first, second, third] = await Promise.all(calls.map((c) => settledWithin(c, 5_000)));
+    for (const [name, r] of [
+      ["statement inside a transaction", inTx],
+      ["statement", first],
+      ["transaction", second],
+    ] as const) {
+      expect(r, `${name} on a silent connection`).not.toBe("hung");
+      expect(r === "hung" ? r : r?.status, name).toBe("rejected");
+      if (r !== "hung" && r?.status === "rejected") {
+        expect(isDatabaseUnavailable(r.reason), `${name}: ${String(r.reason)}`).toBe(true);
+      }
+    }
+    expect(third, "call queued behind them").toEqual({ status: "fulfilled", value: { one: 1 } });
+    await expect(own.one(sql<{ one: number }>`SELECT 1 AS one`)).resolves.toEqual({ one: 1 });
+    // Said unready while the pool could not serve, ready again since.
+    expect(changes).toContain(false);
+    await expect.poll(() => changes.at(-1), { timeout: 3_000 }).toBe(true);
+  } finally {
+    readiness.stop();
+    cut.close();
     await own.close().catch(() => {});
   }
 }, 30_000);

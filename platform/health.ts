@@ -68,7 +68,8 @@ export function watchReadiness(
   const ping = () => {
     // One ping at a time; each is answered, fails or gives up within `waitMs` (Db.ping), and one that
     // gives up drops its connection: a connection gone silent (a partition) holds its statement for as
-    // long as the OS retransmits (~15 min), while new ones answer again.
+    // long as the OS retransmits (~15 min), while new ones answer again. On PostgreSQL an answered ping
+    // also cuts the pool's connections gone so (pg-pool.ts, cutSilent), failing when it cut any.
     if (pinging) return;
     pinging = true;
     db.ping(waitMs).then(
