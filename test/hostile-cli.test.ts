@@ -433,16 +433,17 @@ it("make run names a replica's port by the rule that gives it: the variable name
 
 it("make run names a taken replica port by the rule that gives it, not as its variable's port", async () => {
   using data = tempDir();
-  const env = { DATA_DIR: data.path, NATS_PORT: String(await freePort()), NATS_MONITOR_PORT: String(await freePort()) };
-  const port = await freePort();
+  // Every other port free and picked here: a default port held by anything else on the machine (once in
+  // CI) added a line of its own, and the squatted one was no longer the only one named.
+  const env = { ...(await freeRunPorts()), DATA_DIR: data.path, INVENTORY_REPLICAS: "2" };
+  const taken = (p: number) => Object.values(env).includes(String(p));
+  let port = await freePort();
+  const metrics = Number(env.INVENTORY_METRICS_PORT) + 100; // the second replica's
+  while (taken(port) || taken(port - 100) || port === metrics || port - 100 === metrics) port = await freePort();
   const squatter = createServer();
   await new Promise<void>((r) => squatter.listen(port, r));
   try {
-    const { code, out } = await script("run.ts", [], {
-      ...env,
-      INVENTORY_PORT: String(port - 100),
-      INVENTORY_REPLICAS: "2",
-    });
+    const { code, out } = await script("run.ts", [], { ...env, INVENTORY_PORT: String(port - 100) });
     expect(code, out).toBe(1);
     expect(out).toMatch(
       new RegExp(
