@@ -435,7 +435,7 @@ it("make run names a taken replica port by the rule that gives it, not as its va
   using data = tempDir();
   // Every other port free and picked here: a default port held by anything else on the machine (once in
   // CI) added a line of its own, and the squatted one was no longer the only one named.
-  const env = { ...(await freeRunPorts()), DATA_DIR: data.path, INVENTORY_REPLICAS: "2" };
+  const env: Record<string, string> = { ...(await freeRunPorts()), DATA_DIR: data.path, INVENTORY_REPLICAS: "2" };
   const taken = (p: number) => Object.values(env).includes(String(p));
   let port = await freePort();
   const metrics = Number(env.INVENTORY_METRICS_PORT) + 100; // the second replica's

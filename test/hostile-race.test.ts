@@ -30,7 +30,7 @@ import { DEMO_CATALOGUE } from "../services/inventory/catalogue.js";
 import { UNFINISHED } from "../services/order/schema.js";
 import { withDb } from "./db.js";
 import { type ServiceProcess, spawnGateway, spawnService } from "./fixtures.js";
-import { expectEffectsOnce, expectFencedStepLog, forward } from "./invariants.js";
+import { expectChargedOnce, expectEffectsOnce, expectFencedStepLog, forward } from "./invariants.js";
 import { startNats, type TestNats } from "./nats.js";
 import { startPostgres, type TestPostgres } from "./postgres.js";
 import { replicaEnv, customer as who } from "./replicas.js";
@@ -107,15 +107,7 @@ async function expectConserved(): Promise<void> {
     q.all(sql<{ id: string; items: string; status: string }>`SELECT id, items, status FROM orders`),
   );
   const confirmed = orders.filter((o) => o.status === "CONFIRMED");
-  const captured = await withDb(at("shopmesh_payment"), (q) =>
-    q.all(sql<{ order_id: string; n: number }>`SELECT order_id, COUNT(*) AS n FROM payments
-      WHERE status = 'CAPTURED' GROUP BY order_id`),
-  );
-  expect(
-    captured.filter((c) => c.n !== 1),
-    "no order charged twice",
-  ).toEqual([]);
-  expect(new Set(captured.map((c) => c.order_id))).toEqual(new Set(confirmed.map((o) => o.id)));
+  await expectChargedOnce(at("shopmesh_payment"), new Set(confirmed.map((o) => o.id)));
   const held = new Map<string, number>();
   for (const o of confirmed) {
     for (const it of JSON.parse(o.items) as { productId: string; quantity: number }[]) {

@@ -42,15 +42,7 @@ export async function expectCheckoutInvariants(dbs: CheckoutDatabases): Promise<
   const confirmed = new Set(orders.filter((o) => o.status === "CONFIRMED").map((o) => o.id));
   const cancelled = new Set(orders.filter((o) => o.status === "CANCELLED").map((o) => o.id));
 
-  const captured = await using(dbs.payment, (db) =>
-    db.all(sql<{ order_id: string; n: number }>`SELECT order_id, COUNT(*) AS n FROM payments
-      WHERE status = 'CAPTURED' GROUP BY order_id`),
-  );
-  expect(
-    captured.filter((c) => c.n !== 1),
-    "no order charged twice",
-  ).toEqual([]);
-  expect(new Set(captured.map((c) => c.order_id)), "captured payments = confirmed orders").toEqual(confirmed);
+  await expectChargedOnce(dbs.payment, confirmed);
 
   const held = new Map<string, number>();
   for (const o of orders.filter((l) => l.status === "CONFIRMED")) {
@@ -67,6 +59,19 @@ export async function expectCheckoutInvariants(dbs: CheckoutDatabases): Promise<
     expect(s?.reserved, `${p.id}: reserved = what confirmed orders hold`).toBe(held.get(p.id) ?? 0);
   }
   return { confirmed, cancelled };
+}
+
+/** One CAPTURED payment per confirmed order, and none for any other order. */
+export async function expectChargedOnce(payment: DbLocation | Db, confirmed: ReadonlySet<string>): Promise<void> {
+  const captured = await using(payment, (db) =>
+    db.all(sql<{ order_id: string; n: number }>`SELECT order_id, COUNT(*) AS n FROM payments
+      WHERE status = 'CAPTURED' GROUP BY order_id`),
+  );
+  expect(
+    captured.filter((c) => c.n !== 1),
+    "no order charged twice",
+  ).toEqual([]);
+  expect(new Set(captured.map((c) => c.order_id)), "captured payments = confirmed orders").toEqual(confirmed);
 }
 
 /**
