@@ -121,30 +121,41 @@ footprint: install nats build ## The system's memory (RSS, PSS per process) at s
 compare: install nats build ## Measure the patterns' trade-offs side by side (~6 min; QUICK=1 ~2 min): docs/compare/README.md + SVG charts
 	npx tsx bench/compare.ts
 
+# The commands run from the build, as make run does (a command under tsx took ~2 s more to start):
+# built first when a source is newer, what the build says on stderr (TOKEN=$$(make -s token) reads stdout).
+BUILT = $(MAKE) -s --no-print-directory build >&2
+
 # The commands' arguments reach them as the environment variables make puts its command-line variables
 # in, read by the shell as "$$USER", never pasted into the recipe: pasted, a quote in USER broke the
 # command line with a shell syntax error, and a backquote or $$(...) in it ran as a command (make's own
 # $(shell ...) in a value is still make's: the operator's own command line).
 load: install ## Steady mixed traffic through the gateway of `make run` until Ctrl-C: make load RATE=50 (browse, orders, declines)
-	npx tsx scripts/load.ts
+	@$(BUILT)
+	node dist/scripts/load.js
 
 demo: install ## Place three orders against `make run` and print their sagas (SAGA_MODE=choreography for events only)
-	@npm run --silent demo
+	@$(BUILT)
+	@node dist/scripts/demo.js
 
 token: install ## Print a development JWT for the gateway: make token USER=alice [ROLE=admin]
-	@npx tsx scripts/token.ts "$$USER" "$${ROLE:-customer}"
+	@$(BUILT)
+	@node dist/scripts/token.js "$$USER" "$${ROLE:-customer}"
 
 trace: install ## Print one order's trace as a waterfall: make trace ORDER=<order id> (or TRACE=<trace id>)
-	@npx tsx scripts/trace.ts
+	@$(BUILT)
+	@node dist/scripts/trace.js
 
 events: install ## Tail every event on the bus, decoded, until Ctrl-C (ARGS=--from-start: what the streams hold first)
-	npx tsx scripts/events.ts $$ARGS
+	@$(BUILT)
+	node dist/scripts/events.js $$ARGS
 
 dlq: install ## List dead-lettered events and why they failed, then exit (ARGS=--follow keeps watching)
-	npx tsx scripts/events.ts --dlq $$ARGS
+	@$(BUILT)
+	node dist/scripts/events.js --dlq $$ARGS
 
 history-rebuild: install ## Rebuild the history read model from the streams, with `make run` stopped (starts its NATS, and PostgreSQL with DB=postgres, for the rebuild)
-	@npx tsx scripts/history-rebuild.ts
+	@$(BUILT)
+	@node dist/scripts/history-rebuild.js
 
 # Not from under a running make run (its pid in .data/run.pid), nor from under what one killed outright
 # left running (.data/run.children: pid, start time, name): its services and NATS would go on writing to

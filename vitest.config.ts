@@ -1,4 +1,12 @@
+import { execFileSync } from "node:child_process";
 import { defineConfig } from "vitest/config";
+
+// The suites start the system's processes and commands from dist/, as make does (test/fixtures.ts
+// `built`): built here first when a source is newer, in vitest's own process before any worker starts
+// (make test has built it already: a no-op then). What the build says goes to stderr.
+if (process.env.VITEST_POOL_ID === undefined) {
+  execFileSync("make", ["-s", "--no-print-directory", "build"], { stdio: ["ignore", 2, 2] });
+}
 
 /** Suites whose behaviour depends on the store: they run once per database engine. */
 const STORE_SUITES = [

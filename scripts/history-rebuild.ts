@@ -22,7 +22,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { BUS_ADMIN } from "../platform/index.js";
 import { holdDataDir, recordChild, stopLeftovers } from "./data-dir.js";
-import { dbOf, portOf, ROOT } from "./layout.js";
+import { dbOf, nodeCommand, portOf, ROOT } from "./layout.js";
 import {
   answers,
   jetStreamDir,
@@ -151,7 +151,12 @@ async function main(): Promise<number> {
       if (pg.stop) stops.push(pg.stop);
       database.DATABASE_URL = pg.url;
     }
-    const rebuild = spawn(process.execPath, ["--import", "tsx", join(ROOT, "services/history/rebuild.ts")], {
+    // The rebuild from the same tree as this script: from the build under make, the source under tsx.
+    const built = import.meta.filename.endsWith(".js");
+    const [node, args] = built
+      ? nodeCommand("services/history/rebuild.ts")
+      : [process.execPath, ["--import", "tsx", join(ROOT, "services/history/rebuild.ts")]];
+    const rebuild = spawn(node, args, {
       cwd: ROOT,
       // As make run's bus administrator, like `make events` (unless NATS_USER says otherwise).
       env: { ...localBusEnv(DATA, BUS_ADMIN), ...process.env, ...database, NATS_URL },

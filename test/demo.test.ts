@@ -7,7 +7,7 @@ import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
-import { ROOT } from "./fixtures.js";
+import { built, ROOT } from "./fixtures.js";
 import { type System, startSystem } from "./system.js";
 
 let sys: System;
@@ -32,7 +32,7 @@ it("restocks what the first two scenarios need and asks the third for more than 
     { idempotencyKey: "demo-test-restock", productId: "limited-print", quantity: 9 },
     sys.as("ops", ["admin"]),
   );
-  const { stdout } = await promisify(execFile)("npx", ["tsx", "scripts/demo.ts"], {
+  const { stdout } = await promisify(execFile)(process.execPath, built("scripts/demo.ts"), {
     cwd: ROOT,
     env: { ...process.env, ORDER_TARGET: sys.order.address, INVENTORY_TARGET: sys.inventory.address },
     timeout: 60_000,

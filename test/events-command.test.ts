@@ -17,7 +17,7 @@ import { type Bus, connectBus, silentLogger } from "../platform/index.js";
 import { printable } from "../scripts/printable.js";
 import { TestDatabases } from "./db.js";
 import { event, publishEvents, until } from "./events.js";
-import { exited, freePort, ROOT, spawnService, tempDir } from "./fixtures.js";
+import { built, exited, freePort, ROOT, spawnService, tempDir } from "./fixtures.js";
 import { rawPublish, startNats, type TestNats } from "./nats.js";
 
 const groups: ChildProcess[] = [];
@@ -70,7 +70,7 @@ const make = (args: string[], env: Record<string, string>) =>
   command("make", ["-s", "-o", "node_modules/.package-lock.json", ...args], env);
 
 const eventsTs = (args: string[], natsUrl: string) =>
-  command(process.execPath, ["--import", "tsx", "scripts/events.ts", ...args], { NATS_URL: natsUrl });
+  command(process.execPath, [...built("scripts/events.ts"), ...args], { NATS_URL: natsUrl });
 
 /** Publishes an undecodable OrderPlaced (with `time` as its ce-time): the history consumer dead-letters it at once. */
 async function poison(bus: Bus, id: string, time?: string): Promise<void> {
@@ -273,7 +273,7 @@ describe("a command whose reader stops reading (make events | head -1)", () => {
   it("make demo too (its first line comes before it calls the order service)", async () => {
     const closed = `127.0.0.1:${await freePort()}`;
     const demo = unread(
-      command(process.execPath, ["--import", "tsx", "scripts/demo.ts"], {
+      command(process.execPath, built("scripts/demo.ts"), {
         ORDER_TARGET: closed,
         INVENTORY_TARGET: closed,
       }),
@@ -292,7 +292,7 @@ describe("a command whose reader stops reading (make events | head -1)", () => {
       `${JSON.stringify({ ...span, kind: "SERVER", start_ms: 1, duration_ms: 2, error: "", attributes })}\n`,
     );
     const trace = unread(
-      command(process.execPath, ["--import", "tsx", "scripts/trace.ts"], { TRACE_FILE: file, ORDER: "ord_piped" }),
+      command(process.execPath, built("scripts/trace.ts"), { TRACE_FILE: file, ORDER: "ord_piped" }),
     );
     expect(await trace.exit(20_000)).toBe(0);
     expect(trace.err()).toBe("");

@@ -12,7 +12,7 @@ import { DEV_JWT_SECRET, loadConfig as gatewayConfig, targetVariable } from "../
 import { UPSTREAMS } from "../gateway/routes.js";
 import { OperatorService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
 import { silentLogger } from "../platform/index.js";
-import { runToEnd, tempDir } from "./fixtures.js";
+import { built, runToEnd, tempDir } from "./fixtures.js";
 
 const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
 
@@ -150,7 +150,7 @@ describe("make trace with hostile span content", () => {
       }),
     ];
     writeFileSync(file, `${lines.map((l) => JSON.stringify(l)).join("\n")}\n`);
-    const run = await runToEnd(process.execPath, ["--import", "tsx", "scripts/trace.ts"], {
+    const run = await runToEnd(process.execPath, built("scripts/trace.ts"), {
       env: { ...process.env, TRACE_FILE: file, ORDER: "ord_hostile" },
     });
     const out = { stdout: run.out };

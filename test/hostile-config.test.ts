@@ -9,7 +9,7 @@ import Database from "better-sqlite3";
 import pg from "pg";
 import { afterEach, expect, it } from "vitest";
 import { SYSTEM } from "../scripts/layout.js";
-import { freePort, ROOT, tempDir } from "./fixtures.js";
+import { built, freePort, ROOT, tempDir } from "./fixtures.js";
 import { startPostgres } from "./postgres.js";
 
 const running: ChildProcess[] = [];
@@ -72,7 +72,7 @@ it("a database written by a newer build is refused in one line naming it, exit 7
   const db = new Database(file);
   db.pragma("user_version = 999");
   db.close();
-  const { code, out } = await exitOf(["--import", "tsx", join(ROOT, "services", "payment", "main.ts")], {
+  const { code, out } = await exitOf(built("services/payment/main.ts"), {
     DB_PATH: file,
     NATS_URL: "off",
     GRPC_PORT: "0",
@@ -93,7 +93,7 @@ it("so is a PostgreSQL schema a newer build migrated, naming the schema", async 
   await client.query("CREATE TABLE shopmesh_payment.schema_version (version INTEGER NOT NULL)");
   await client.query("INSERT INTO shopmesh_payment.schema_version VALUES (999)");
   await client.end();
-  const { code, out } = await exitOf(["--import", "tsx", join(ROOT, "services", "payment", "main.ts")], {
+  const { code, out } = await exitOf(built("services/payment/main.ts"), {
     DATABASE_URL: url,
     NATS_URL: "off",
     GRPC_PORT: "0",
@@ -106,7 +106,7 @@ it("so is a PostgreSQL schema a newer build migrated, naming the schema", async 
 
 it("addresses a process cannot use are refused at start, each named in a line: exit 78, no stack trace", async () => {
   using dir = tempDir();
-  const order = ["--import", "tsx", join(ROOT, "services", "order", "main.ts")];
+  const order = built("services/order/main.ts");
   const base = { DB_PATH: join(dir.path, "order.db"), GRPC_PORT: "0", METRICS_PORT: "", LOG_FORMAT: "json" };
   // Before: a NATS port past 65535 and "ipv4:" each died with a TypeError's stack and exit 1 (restarted
   // for ever), DATABASE_URL=" " opened PostgreSQL at host "base", and a target's port past 65535 ran on
@@ -143,7 +143,7 @@ it("make run's own numbers are decimal, as the services': GATEWAY_PORT=0x4A39 is
     ["PAYMENT_REPLICAS", " ", 'PAYMENT_REPLICAS must be 1..5, got " "'],
   ] as const) {
     const { code, out } = await exitOf(
-      ["--import", "tsx", join(ROOT, "scripts", "run.ts")],
+      built("scripts/run.ts"),
       {
         ...(await ports()),
         DATA_DIR: dir.path,
@@ -157,7 +157,7 @@ it("make run's own numbers are decimal, as the services': GATEWAY_PORT=0x4A39 is
 }, 120_000);
 
 it("the gateway refuses a JWKS URL or a public key it cannot use in a line, exit 78 (a stack trace, exit 1, before)", async () => {
-  const gateway = ["--import", "tsx", join(ROOT, "gateway", "main.ts")];
+  const gateway = built("gateway/main.ts");
   const base = { HTTP_HOST: "127.0.0.1", HTTP_PORT: "0", METRICS_PORT: "", NATS_URL: "off", LOG_FORMAT: "json" };
   for (const [env, line] of [
     [{ JWT_JWKS_URL: "notaurl" }, 'JWT_JWKS_URL="notaurl" must be an http:// or https:// URL'],
@@ -173,7 +173,7 @@ it("the gateway refuses a JWKS URL or a public key it cannot use in a line, exit
 it("a service whose NATS_URL answers nothing says so while it waits, naming the URL (it waited without a word)", async () => {
   using dir = tempDir();
   const url = `nats://127.0.0.1:${await freePort()}`;
-  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "services", "payment", "main.ts")], {
+  const child = spawn(process.execPath, built("services/payment/main.ts"), {
     cwd: ROOT,
     env: { ...process.env, DB_PATH: join(dir.path, "p.db"), GRPC_PORT: "0", METRICS_PORT: "", NATS_URL: url },
     stdio: ["ignore", "pipe", "pipe"],
@@ -192,7 +192,7 @@ it("a service whose NATS_URL answers nothing says so while it waits, naming the 
 
 it("NATS_URL=ws:// is refused at start in a line, exit 78 (the Node client refused it at connect: a stack trace, exit 1)", async () => {
   using dir = tempDir();
-  const payment = ["--import", "tsx", join(ROOT, "services", "payment", "main.ts")];
+  const payment = built("services/payment/main.ts");
   const base = { DB_PATH: join(dir.path, "p.db"), GRPC_PORT: "0", METRICS_PORT: "", LOG_FORMAT: "json" };
   for (const url of ["ws://127.0.0.1:1", "wss://127.0.0.1:1"]) {
     const { code, out } = await exitOf(payment, { ...base, NATS_URL: url }, 30_000);
@@ -204,7 +204,7 @@ it("NATS_URL=ws:// is refused at start in a line, exit 78 (the Node client refus
 
 it("a refused URL's password is not printed even when it holds a '/', as a generated base64 one does", async () => {
   using dir = tempDir();
-  const { code, out } = await exitOf(["--import", "tsx", join(ROOT, "services", "payment", "main.ts")], {
+  const { code, out } = await exitOf(built("services/payment/main.ts"), {
     DB_PATH: join(dir.path, "p.db"),
     GRPC_PORT: "0",
     METRICS_PORT: "",
@@ -221,7 +221,7 @@ it("a refused URL's password is not printed even when it holds a '/', as a gener
 
 it("the streams' provisioner refuses NATS_URL=off in a line, exit 78: it dialled a host named 'off' for ever", async () => {
   const { code, out } = await exitOf(
-    ["--import", "tsx", join(ROOT, "contracts", "provision-bus.ts")],
+    built("contracts/provision-bus.ts"),
     { NATS_URL: "off", LOG_FORMAT: "json" },
     20_000,
   );
@@ -233,7 +233,7 @@ it("the streams' provisioner refuses NATS_URL=off in a line, exit 78: it dialled
 it("make run waits for a stopping service as long as the service reads SHUTDOWN_GRACE_MS: only spaces is its default, 10 s", async () => {
   using dir = tempDir();
   // Spaces: each service drains up to its default 10 s; the runner read 0 and killed it at 10 s, not 20.
-  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "scripts", "run.ts")], {
+  const child = spawn(process.execPath, built("scripts/run.ts"), {
     cwd: ROOT,
     env: { ...process.env, ...(await ports()), DATA_DIR: dir.path, SHUTDOWN_GRACE_MS: "   " },
     stdio: ["ignore", "pipe", "pipe"],
@@ -265,7 +265,7 @@ it("a retry backoff whose largest wait is below its first is refused at start, b
   // SAGA_RETRY_MAX_MS=5 meant as seconds: every wait was 5 ms, a failing step retried 200 times a
   // second against a participant that was down, each retry a write to the step log.
   const order = await exitOf(
-    ["--import", "tsx", join(ROOT, "services", "order", "main.ts")],
+    built("services/order/main.ts"),
     {
       DB_PATH: join(dir.path, "order.db"),
       GRPC_PORT: "0",
@@ -282,7 +282,7 @@ it("a retry backoff whose largest wait is below its first is refused at start, b
   expect(order.out).toMatch(/^ {2}PAYMENT_RETRY_MAX_DELAY_MS=2 is below PAYMENT_RETRY_INITIAL_DELAY_MS=2000/m);
   expect(order.out).not.toMatch(/\n\s+at /);
   const gateway = await exitOf(
-    ["--import", "tsx", join(ROOT, "gateway", "main.ts")],
+    built("gateway/main.ts"),
     { HTTP_PORT: "0", METRICS_PORT: "", NATS_URL: "off", UPSTREAM_RETRY_MAX_DELAY_MS: "1" },
     10_000,
   );

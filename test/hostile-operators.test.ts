@@ -19,7 +19,7 @@ import { OperatorService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
 import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { connectBus, createChannel, createClient, type DbLocation, silentLogger, sql } from "../platform/index.js";
 import { withDb } from "./db.js";
-import { runToEnd, type ServiceProcess, spawnGateway, spawnService } from "./fixtures.js";
+import { built, runToEnd, type ServiceProcess, spawnGateway, spawnService } from "./fixtures.js";
 import { startNats, type TestNats } from "./nats.js";
 import { startPostgres, type TestPostgres } from "./postgres.js";
 import { PRODUCTS, replicaEnv, unfinishedOrders } from "./replicas.js";
@@ -209,7 +209,7 @@ describe("an operator setting faults while a replica is SIGKILLed and comes back
 function rebuild(): Promise<{ code: number | string; out: string }> {
   const env = { ...process.env };
   for (const k of ["DB", "DB_PATH", "DATABASE_SCHEMA", "PG_PORT", "NATS_PORT"]) delete env[k];
-  return runToEnd(process.execPath, ["--import", "tsx", "services/history/rebuild.ts"], {
+  return runToEnd(process.execPath, built("services/history/rebuild.ts"), {
     env: { ...env, NATS_URL: nats.url, DATABASE_URL: databaseUrl, DATABASE_POOL_SIZE: "3" },
   });
 }
@@ -276,7 +276,7 @@ describe("two operators reading the dead letters at once, two history replicas o
         await new Promise((r) => setTimeout(r, 100));
       }
       const list = () =>
-        runToEnd(process.execPath, ["--import", "tsx", "scripts/events.ts", "--dlq"], {
+        runToEnd(process.execPath, [...built("scripts/events.ts"), "--dlq"], {
           env: { ...process.env, NATS_URL: nats.url },
         });
       const listings = await Promise.all([list(), list()]);

@@ -28,7 +28,7 @@ import {
   sql,
 } from "../platform/index.js";
 import { withDb } from "./db.js";
-import { exited, ROOT, runToEnd, type ServiceProcess, spawnGateway, spawnService } from "./fixtures.js";
+import { built, exited, ROOT, runToEnd, type ServiceProcess, spawnGateway, spawnService } from "./fixtures.js";
 import { expectCheckoutInvariants, expectEffectsOnce, expectFencedStepLog, expectOutboxDrained } from "./invariants.js";
 import { startNats, type TestNats } from "./nats.js";
 import { startPostgres, type TestPostgres } from "./postgres.js";
@@ -286,7 +286,7 @@ describe("every backend of order, payment and inventory terminated while they re
 function rebuild(): Promise<{ code: number | string; out: string }> {
   const env = { ...process.env };
   for (const k of ["DB", "DB_PATH", "DATABASE_SCHEMA", "PG_PORT", "NATS_PORT"]) delete env[k];
-  return runToEnd("npx", ["tsx", "services/history/rebuild.ts"], {
+  return runToEnd(process.execPath, built("services/history/rebuild.ts"), {
     env: { ...env, NATS_URL: nats.url, DATABASE_URL: roleUrl("history"), DATABASE_POOL_SIZE: "4" },
   });
 }
@@ -636,7 +636,7 @@ describe("a payment replica told SIGTERM while it waits for the migration lock a
       await operator.query("BEGIN");
       await operator.query("SELECT pg_advisory_xact_lock(hashtext($1))", ["shopmesh.migrate.shopmesh_payment"]);
       const env = { ...process.env, LOG_FORMAT: "json", LOG_LEVEL: "info", GRPC_PORT: "0", ...envOf("payment") };
-      const run = runToEnd(process.execPath, ["--import", "tsx", join(ROOT, "services/payment/main.ts")], {
+      const run = runToEnd(process.execPath, built("services/payment/main.ts"), {
         env,
         onStart: (c) => (child = c),
       });

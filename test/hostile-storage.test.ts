@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { Code, createChannel, createClient, identityMetadata, RpcError } from "../platform/index.js";
 import { TEST_DB } from "./db.js";
-import { exited, runToEnd, spawnService, tempDir } from "./fixtures.js";
+import { built, exited, runToEnd, spawnService, tempDir } from "./fixtures.js";
 import { expectCheckoutInvariants } from "./invariants.js";
 import { type System, startSystem } from "./system.js";
 
@@ -201,7 +201,7 @@ describe.skipIf(TEST_DB !== "sqlite")("the order service's disk full", () => {
 
 /** Starts inventory's process on `DB_PATH` and lets it run to its end: its exit code, and its fatal line. */
 async function startOn(path: string): Promise<{ code: number | string; fatal: string }> {
-  const { code, out } = await runToEnd(process.execPath, ["--import", "tsx", "services/inventory/main.ts"], {
+  const { code, out } = await runToEnd(process.execPath, built("services/inventory/main.ts"), {
     env: { ...process.env, LOG_FORMAT: "json", NATS_URL: "off", GRPC_PORT: "0", DB_PATH: path },
   });
   const fatal = out.split("\n").find((l) => l.includes('"level":60'));
@@ -316,7 +316,7 @@ describe.skipIf(TEST_DB !== "sqlite")("two order processes on one SQLite file", 
       const link = join(dir.path, "link");
       symlinkSync(dir.path, link);
       for (const p of [path, join(link, "order.db")]) {
-        const { code, out } = await runToEnd(process.execPath, ["--import", "tsx", "services/order/main.ts"], {
+        const { code, out } = await runToEnd(process.execPath, built("services/order/main.ts"), {
           env: { ...process.env, LOG_FORMAT: "json", GRPC_PORT: "0", ...env, DB_PATH: p },
         });
         expect(code, out).toBe(1);

@@ -17,7 +17,7 @@ import { DEV_JWT_SECRET, loadConfig as gatewayConfig, targetVariable } from "../
 import { UPSTREAMS } from "../gateway/routes.js";
 import { silentLogger, startTracing } from "../platform/index.js";
 import { jsonLine, readableLines } from "../scripts/log-lines.js";
-import { ROOT, runToEnd, tempDir } from "./fixtures.js";
+import { built, ROOT, runToEnd, tempDir } from "./fixtures.js";
 
 const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
 
@@ -224,7 +224,7 @@ describe("make trace ORDER=<id> of an order in several traces", () => {
       attributes: { "order.id": id },
     });
     writeFileSync(file, `${[span("t1"), span("t2")].map((s) => JSON.stringify(s)).join("\n")}\n`);
-    const run = await runToEnd(process.execPath, ["--import", "tsx", "scripts/trace.ts"], {
+    const run = await runToEnd(process.execPath, built("scripts/trace.ts"), {
       env: { ...process.env, TRACE_FILE: file, ORDER: id },
     });
     expect(run.code, run.out).toBe(0);
@@ -253,7 +253,7 @@ describe("make trace with a span that ends before it starts", () => {
     // trace's waterfall away, a stack trace in its place.
     const lines = [span("a", 0, 10), span("b", 100, -200), span("c", 5, 2)];
     writeFileSync(file, `${lines.map((s) => JSON.stringify(s)).join("\n")}\n`);
-    const run = await runToEnd(process.execPath, ["--import", "tsx", "scripts/trace.ts"], {
+    const run = await runToEnd(process.execPath, built("scripts/trace.ts"), {
       env: { ...process.env, TRACE_FILE: file, ORDER: "ord_1" },
     });
     expect(run.code, run.out).toBe(0);

@@ -5,11 +5,10 @@
  * that end cancelled — not as failed calls.
  */
 import { type AddressInfo, createServer, type Socket } from "node:net";
-import { join } from "node:path";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import type { GatewayApp } from "../gateway/app.js";
 import { OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
-import { ROOT, runToEnd } from "./fixtures.js";
+import { built, runToEnd } from "./fixtures.js";
 import { type System, startSystem, startTestGateway } from "./system.js";
 
 let sys: System;
@@ -24,7 +23,7 @@ afterAll(async () => {
 });
 
 it("make load sends the mix through the gateway at the rate asked, and reports it", async () => {
-  const { code, out } = await runToEnd(process.execPath, ["--import", "tsx", join(ROOT, "scripts", "load.ts")], {
+  const { code, out } = await runToEnd(process.execPath, built("scripts/load.ts"), {
     env: { ...process.env, RATE: "30", DURATION_S: "6", GATEWAY_URL: gw.url },
   });
   expect(code, out).toBe(0);
@@ -52,7 +51,7 @@ it("against a gateway that accepts and never answers, holds at most two seconds'
   await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));
   try {
     const { port } = silent.address() as AddressInfo;
-    const { code, out } = await runToEnd(process.execPath, ["--import", "tsx", join(ROOT, "scripts", "load.ts")], {
+    const { code, out } = await runToEnd(process.execPath, built("scripts/load.ts"), {
       env: { ...process.env, RATE: "100", DURATION_S: "4", GATEWAY_URL: `http://127.0.0.1:${port}` },
     });
     expect(code, out).toBe(0);

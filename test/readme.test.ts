@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { GatewayApp } from "../gateway/app.js";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
-import { ROOT } from "./fixtures.js";
+import { built, ROOT } from "./fixtures.js";
 import { type System, startSystem, startTestGateway } from "./system.js";
 
 const run = promisify(execFile);
@@ -108,7 +108,7 @@ describe("README", () => {
   });
 
   it("its token command prints a token the gateway accepts", async () => {
-    const { stdout } = await run("npx", ["tsx", "scripts/token.ts", "alice", "customer"], { cwd: ROOT });
+    const { stdout } = await run(process.execPath, [...built("scripts/token.ts"), "alice", "customer"], { cwd: ROOT });
     const res = await fetch(`${gw.url}/shopmesh.inventory.v1.InventoryService/GetProduct`, {
       method: "POST",
       headers: { "content-type": "application/json", authorization: `Bearer ${stdout.trim()}` },

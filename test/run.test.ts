@@ -13,7 +13,7 @@ import { afterEach, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/health_pb.js";
 import { createChannel, createClient } from "../platform/index.js";
 import { SYSTEM } from "../scripts/layout.js";
-import { freePort, ROOT, tempDir } from "./fixtures.js";
+import { built, freePort, ROOT, tempDir } from "./fixtures.js";
 
 const NAMES = SYSTEM.map((p) => p.name);
 const running: ChildProcess[] = [];
@@ -311,7 +311,7 @@ it("a service started by hand on a taken port says so in one line and exits 1, n
   await new Promise<void>((r) => squatter.listen(0, "127.0.0.1", r));
   const port = (squatter.address() as { port: number }).port;
   try {
-    const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "gateway", "main.ts")], {
+    const child = spawn(process.execPath, built("gateway/main.ts"), {
       cwd: ROOT,
       env: { ...process.env, HTTP_HOST: "127.0.0.1", HTTP_PORT: String(port), METRICS_PORT: "0", NATS_URL: "off" },
       stdio: ["ignore", "pipe", "pipe"],
