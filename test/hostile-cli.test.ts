@@ -12,7 +12,7 @@ import { UPSTREAMS } from "../gateway/routes.js";
 import { holdDataDir } from "../scripts/data-dir.js";
 import { SYSTEM } from "../scripts/layout.js";
 import { until } from "./events.js";
-import { exited, freePort, ROOT, runToEnd, spawnGateway, tempDir } from "./fixtures.js";
+import { built, exited, freePort, ROOT, runToEnd, spawnGateway, tempDir } from "./fixtures.js";
 import { startNats } from "./nats.js";
 
 /** `make -s <args>`, node_modules counted as installed (no `npm ci` under the suites beside it). */
@@ -44,8 +44,9 @@ describe("make's variables reach the commands as values, never as shell text", (
 
 /** `scripts/<name>` run as make runs it (from dist/), ended by `timeout` after `seconds` (exit 124) if it hangs. */
 const script = (name: string, args: string[], env: Record<string, string>, seconds = 30) =>
-  runToEnd("timeout", [String(seconds), process.execPath, built(name), ...args], { env: { ...process.env, ...env } });
-const built = (name: string) => join(ROOT, "dist", "scripts", name.replace(/\.ts$/, ".js"));
+  runToEnd("timeout", [String(seconds), process.execPath, ...built(`scripts/${name}`), ...args], {
+    env: { ...process.env, ...env },
+  });
 
 describe("make load refuses what it cannot use, in one line", () => {
   it("DURATION_S that is no number of seconds (it ran until stopped), and a GATEWAY_URL that is no http:// URL (a stack trace)", async () => {
@@ -194,7 +195,7 @@ describe("one make run per data directory", () => {
   it("two runners started at once over a file a killed one left: one holds the directory, the other is refused", async () => {
     // A pid file alone: each read the other's before its pid was in it, or both took over the stale one
     // (the review: both held it in 12 of 200 tries).
-    const holder = `const { holdDataDir } = await import(${JSON.stringify(built("data-dir.ts"))});
+    const holder = `const { holdDataDir } = await import(${JSON.stringify(join(ROOT, "dist", "scripts", "data-dir.js"))});
       const held = holdDataDir(process.argv[1], { runner: true });
       console.log(typeof held === "function" ? "held" : "refused");
       setTimeout(() => {}, 1500);`;
@@ -241,7 +242,7 @@ it("make token says what the gateway's configuration refuses in its words, not i
 it("make demo reads an empty ORDER_TARGET or INVENTORY_TARGET as unset (ORDER_TARGET= was a stack trace)", async () => {
   // In a network namespace of its own (unshare -rn: CI runs as root), where nothing answers: the
   // default ports are other runs' on this machine, and are not called.
-  const { code, out } = await runToEnd("unshare", ["-rn", process.execPath, built("demo.ts")], {
+  const { code, out } = await runToEnd("unshare", ["-rn", process.execPath, ...built("scripts/demo.ts")], {
     env: { ...process.env, ORDER_TARGET: "", INVENTORY_TARGET: "" },
   });
   expect(code, out).toBe(1);
@@ -251,7 +252,7 @@ it("make demo reads an empty ORDER_TARGET or INVENTORY_TARGET as unset (ORDER_TA
 it('make events reads an empty NATS_URL as unset (NATS_URL= was "NATS at  refused the connection: Invalid URL")', async () => {
   using data = tempDir();
   // In a network namespace of its own, as above: the default port is other runs' on this machine.
-  const { code, out } = await runToEnd("unshare", ["-rn", process.execPath, built("events.ts"), "--dlq"], {
+  const { code, out } = await runToEnd("unshare", ["-rn", process.execPath, ...built("scripts/events.ts"), "--dlq"], {
     env: { ...process.env, NATS_URL: "", DATA_DIR: data.path },
   });
   expect(code, out).toBe(1);
