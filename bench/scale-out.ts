@@ -2,8 +2,9 @@
  * `npm run bench:scale-out`: order throughput on SQLite and PostgreSQL, with
  * one and with three order replicas, measured in one run on this machine.
  * Each configuration gets a fresh NATS, a fresh database, one inventory,
- * one payment and N order replicas as real processes; the load generator
- * (bench/order-load.ts) runs in a process of its own. Two numbers per
+ * one payment and N order replicas as real processes, from their build in
+ * dist/ as make run starts them (the npm script builds it first); the load
+ * generator (bench/order-load.ts) runs in a process of its own. Two numbers per
  * configuration: orders accepted per second (PlaceOrder answered), and
  * orders completed per second (until every accepted order is CONFIRMED or
  * CANCELLED, read from the order database). Writes
@@ -153,4 +154,6 @@ writeFileSync(
   join(ROOT, "bench/results/scale-out.json"),
   `${JSON.stringify({ when: new Date().toISOString(), seconds: SECONDS, concurrency: CONCURRENCY, cores: (await import("node:os")).availableParallelism(), summary, results }, null, 2)}\n`,
 );
+// Stopped here: process.exit skips `await using`'s disposal, and PostgreSQL outlived every run.
+await pg.stop("immediate");
 process.exit(0);
