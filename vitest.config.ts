@@ -5,7 +5,7 @@ import { defineConfig } from "vitest/config";
 // `built`): built here first when a source is newer, in vitest's own process before any worker starts
 // (make test has built it already: a no-op then). What the build says goes to stderr.
 if (process.env.VITEST_POOL_ID === undefined) {
-  execFileSync("make", ["-s", "--no-print-directory", "build"], { stdio: ["ignore", 2, 2] });
+  execFileSync("make", ["-s", "--no-print-directory", "build"], { cwd: import.meta.dirname, stdio: ["ignore", 2, 2] });
 }
 
 /** Suites whose behaviour depends on the store: they run once per database engine. */
@@ -45,7 +45,7 @@ const TIMED_ON_POSTGRES = ["services/order/compensation.test.ts"];
  * Suites that start `make run`'s runner, each a whole system on ports picked beforehand (freePort, from
  * this worker's own slot below the ephemeral range: no other suite binds there). They run after the
  * first group, two at a time, beside each other only: a runner's system under a first-group suite's
- * load is one more system on two cores, and their shell and CLI checks spawn tsx for each line.
+ * load is one more system on two cores, and their shell and CLI checks start a command for each line.
  */
 const MAKE_RUN = [
   "test/outage.test.ts",
