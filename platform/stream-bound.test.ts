@@ -12,7 +12,7 @@ import { type JetStreamManager, jetstream, jetstreamManager, RetentionPolicy, St
 import { connect } from "@nats-io/transport-node";
 import { expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
-import { ROOT } from "../test/fixtures.js";
+import { built, ROOT } from "../test/fixtures.js";
 import { startNats } from "../test/nats.js";
 import { capturedLogger } from "../test/system.js";
 import { connectBus, EVENT_RETENTION_MS, STREAM_MAX_BYTES } from "./bus.js";
@@ -148,7 +148,7 @@ it("a store too small for the streams' bounds is said as such by the provisionin
   // streams for good ("insufficient storage resources available"). The Job waited saying only
   // "JetStream not ready for the streams", as for a cluster still starting, and the services with it.
   await using nats = await startNats("jetstream { max_file_store: 500MB }");
-  const job = spawn(process.execPath, ["--import", "tsx", "contracts/provision-bus.ts"], {
+  const job = spawn(process.execPath, built("contracts/provision-bus.ts"), {
     cwd: ROOT,
     env: { ...process.env, NATS_URL: nats.url, LOG_FORMAT: "json" },
     stdio: ["ignore", "pipe", "pipe"],

@@ -146,7 +146,7 @@ export function outputReady(child: ChildProcess, ready: string, what: string, ti
   });
 }
 
-/** A service started as its own Node process (`services/<name>/main.ts` via tsx). */
+/** A service started as its own Node process (`services/<name>/main.ts`, from its build in dist/). */
 export interface ServiceProcess extends AsyncDisposable {
   readonly child: ChildProcess;
   /** Port from the "gRPC server listening" log line. */

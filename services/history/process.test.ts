@@ -17,13 +17,13 @@ import { PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
 import { connectBus, createChannel, createClient, identityMetadata, silentLogger } from "../../platform/index.js";
 import { dropDatabase, snapshot, TestDatabases, withDb } from "../../test/db.js";
 import { consumerSettled, event, publishEvents, until } from "../../test/events.js";
-import { bufCurl, exited, ROOT, spawnService, tempDir } from "../../test/fixtures.js";
+import { bufCurl, built, exited, ROOT, spawnService, tempDir } from "../../test/fixtures.js";
 import { startNats } from "../../test/nats.js";
 import { lockRebuild } from "./rebuild-aside.js";
 
-/** Starts `services/history/<script>` as its own process with `env` (JSON logs). */
+/** Starts `services/history/<script>` from its build in dist/ (as make run and make history-rebuild do) with `env` (JSON logs). */
 const launch = (script: string, env: Record<string, string>) =>
-  spawn(process.execPath, ["--import", "tsx", join(ROOT, "services/history", script)], {
+  spawn(process.execPath, built(`services/history/${script}`), {
     cwd: ROOT,
     env: { ...process.env, LOG_FORMAT: "json", ...env },
     stdio: ["ignore", "pipe", "pipe"],

@@ -4,14 +4,13 @@
  * bad variable refused at start.
  */
 import { spawn } from "node:child_process";
-import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus } from "../../gen/health/v1/health_pb.js";
 import { ChaosService } from "../../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { createChannel, createClient } from "../../platform/index.js";
 import { TestDatabases } from "../../test/db.js";
-import { bufCurl, exited, ROOT, spawnService, tempDir } from "../../test/fixtures.js";
+import { bufCurl, built, exited, ROOT, spawnService, tempDir } from "../../test/fixtures.js";
 
 describe("inventory process", () => {
   it("lists its methods over reflection to buf curl and answers a call by name", async () => {
@@ -78,10 +77,10 @@ describe("inventory process", () => {
     ).reservation;
     expect(replay?.id).toBe(reserved?.id);
     ch2.close();
-  }, 60_000); // two services started under tsx and a drain: most of the default 30 s on a loaded machine
+  }, 60_000); // two services started and a drain: most of the default 30 s on a loaded machine
 
   it("refuses to start on a bad variable, naming it", async () => {
-    const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "services/inventory/main.ts")], {
+    const child = spawn(process.execPath, built("services/inventory/main.ts"), {
       cwd: ROOT,
       env: { ...process.env, GRPC_PORT: "not-a-port", FAULT_ERROR_RATE: "2" },
       stdio: ["ignore", "pipe", "pipe"],

@@ -81,7 +81,7 @@ describe("notification crash recovery", () => {
     } finally {
       await bus.close();
     }
-    // Two notification processes started under tsx (each bounded at 20 s), a redelivery bounded at 20 s
+    // Two notification processes started (each bounded at 20 s), a redelivery bounded at 20 s
     // and a drain: their sum passed the default 30 s on a loaded machine.
   }, 90_000);
 });

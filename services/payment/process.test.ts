@@ -11,7 +11,7 @@ import { describe, expect, it } from "vitest";
 import { PaymentService, PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
 import { createChannel, createClient } from "../../platform/index.js";
 import { TestDatabases } from "../../test/db.js";
-import { bufCurl, exited, freePort, outputReady, ROOT, spawnService, tempDir } from "../../test/fixtures.js";
+import { bufCurl, built, exited, freePort, outputReady, ROOT, spawnService, tempDir } from "../../test/fixtures.js";
 
 describe("payment process", () => {
   it("charges through buf curl, serves the payment to the typed client, and exits 0 on SIGTERM", async () => {
@@ -41,10 +41,10 @@ describe("payment process", () => {
     ch.close();
 
     expect(await svc.kill("SIGTERM")).toBe(0);
-  }, 60_000); // a service started under tsx (up to 20 s on a loaded machine), buf curl, a drain
+  }, 60_000); // a service started (up to 20 s on a loaded machine), buf curl, a drain
 
   it("refuses to start on a bad variable, naming it", async () => {
-    const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "services/payment/main.ts")], {
+    const child = spawn(process.execPath, built("services/payment/main.ts"), {
       cwd: ROOT,
       env: { ...process.env, GRPC_PORT: "not-a-port" },
       stdio: ["ignore", "pipe", "pipe"],
@@ -53,7 +53,7 @@ describe("payment process", () => {
     child.stderr.on("data", (d: Buffer) => (err += d.toString()));
     expect(await exited(child)).toBe(78);
     expect(err).toContain("GRPC_PORT");
-  }, 60_000); // a tsx start alone took 9-11 s under load
+  }, 60_000); // a start alone took 9-11 s under load (under tsx)
 
   it("waits while NATS has no JetStream, exits 0 at once on SIGTERM meanwhile, and starts once JetStream is up", async () => {
     using dir = tempDir();
@@ -68,7 +68,7 @@ describe("payment process", () => {
       return c;
     };
     const startPayment = () =>
-      spawn(process.execPath, ["--import", "tsx", join(ROOT, "services/payment/main.ts")], {
+      spawn(process.execPath, built("services/payment/main.ts"), {
         cwd: ROOT,
         env: { ...process.env, ...env, GRPC_PORT: "0", LOG_FORMAT: "json", NATS_URL: `nats://127.0.0.1:${port}` },
         stdio: ["ignore", "pipe", "pipe"],
@@ -100,7 +100,7 @@ describe("payment process", () => {
     } finally {
       for (const c of children) c.kill("SIGKILL");
     }
-    // Two payment starts under tsx and two nats-servers, each step bounded on its own (30 s, 10 s, and
+    // Two payment starts and two nats-servers, each step bounded on its own (30 s, 10 s, and
     // 3 s for the exit that must be at once): their sum passed the default 30 s on a loaded machine.
   }, 120_000);
 });
