@@ -4,7 +4,6 @@
  * the JSON come out with a row per path, each with calls and no failures.
  * No timing is asserted: numbers on a shared CI machine mean nothing.
  */
-import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { expect, it } from "vitest";
@@ -13,8 +12,6 @@ import { ROOT, runToEnd, tempDir } from "./fixtures.js";
 
 it("make bench (smoke): every path measured from a separate load generator, written as JSON", async () => {
   using dir = tempDir();
-  // The system runs from its build, as under `make run`.
-  execFileSync("make", ["-s", "build"], { cwd: ROOT, stdio: "pipe" });
   const out = join(dir.path, "bench.json");
   const { code, out: text } = await runToEnd(process.execPath, ["--import", "tsx", join(ROOT, "bench", "harness.ts")], {
     env: { ...process.env, BENCH_SMOKE: "1", BENCH_OUT: out },

@@ -88,7 +88,6 @@ const env: Record<string, string> = {};
 const mapPort: Record<number, number> = {};
 
 beforeAll(async () => {
-  execFileSync("make", ["-s", "--no-print-directory", "build"], { cwd: ROOT, stdio: "pipe" });
   dir = tempDir();
   for (const n of NAMES) {
     const port = await freePort();

@@ -5,7 +5,7 @@
  * load. No sizes are asserted beyond sanity: numbers on a shared CI machine
  * mean nothing.
  */
-import { execFileSync, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { expect, it } from "vitest";
@@ -17,7 +17,6 @@ type Snapshot = { rssMb: number; pssMb: number; byProcess: Record<string, Mem> }
 
 it("make footprint (short): memory per process at start and after make load's mix, written as JSON", async () => {
   using dir = tempDir();
-  execFileSync("make", ["-s", "build"], { cwd: ROOT, stdio: "pipe" });
   const out = join(dir.path, "footprint.json");
   const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "bench", "footprint.ts")], {
     cwd: ROOT,

@@ -2,7 +2,7 @@
  * A hostile round of the command-line tools (2026-12-04): what a careless or hostile operator types
  * into make's variables and the tools' environment. Each command runs for real, as a user runs it.
  */
-import { execFileSync, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
@@ -283,7 +283,6 @@ async function freeRunPorts(): Promise<Record<string, string>> {
 
 /** make run's runner from dist/ with `env`, its output so far in `out()`, resolved once the gateway listens. */
 async function startRunner(env: Record<string, string>) {
-  execFileSync("make", ["-s", "build"], { cwd: ROOT, stdio: "pipe" }); // the runner and services run from dist/
   const runner = spawn(process.execPath, [join(ROOT, "dist", "scripts", "run.js")], {
     cwd: ROOT,
     env: { ...process.env, LOG_FORMAT: "", ...env },

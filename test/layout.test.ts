@@ -3,18 +3,12 @@
  * the gateway with the node flags `make run` and `make bench` share, any
  * other script without them.
  */
-import { execFileSync } from "node:child_process";
 import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
-import { beforeAll, expect, it } from "vitest";
+import { expect, it } from "vitest";
 import { DEFAULT_PORTS } from "../contracts/ports.js";
 import { UPSTREAMS } from "../gateway/routes.js";
 import { nodeCommand, ROOT, SERVICE_NAMES, SYSTEM, systemNodeFlags } from "../scripts/layout.js";
-
-// nodeCommand runs the build: make it here rather than count on another suite having made it first.
-beforeAll(() => {
-  execFileSync("make", ["-s", "--no-print-directory", "build"], { cwd: ROOT, stdio: "pipe" });
-}, 120_000);
 
 /** Every process of the system, by its folder. */
 const FOLDERS = SYSTEM.map((p) => (p.name === "gateway" ? "gateway" : `services/${p.name}`));

@@ -7,7 +7,7 @@
  * pending refund lands, no cancelled order keeps a capture, captured
  * payments equal confirmed orders one to one, and stock is conserved.
  */
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { join } from "node:path";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
@@ -27,7 +27,6 @@ let dir: { path: string } & Disposable;
 const port: Record<string, number> = {};
 
 beforeAll(async () => {
-  execFileSync("make", ["-s", "--no-print-directory", "build"], { cwd: ROOT, stdio: "pipe" });
   dir = tempDir();
   const env: Record<string, string> = { DATA_DIR: dir.path, SAGA_STEP_BUDGET_MS: String(BUDGET_MS) };
   for (const n of NAMES) {

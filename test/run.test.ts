@@ -134,7 +134,6 @@ async function orderOnceServing(gateway: string): Promise<string> {
 }
 
 it("with DB=postgres and a PostgreSQL that cannot be initialised, says why, stops NATS and exits 1", async () => {
-  execFileSync("make", ["-s", "build"], { cwd: ROOT, stdio: "pipe" });
   using dir = tempDir();
   const { env } = await ports();
   writeFileSync(join(dir.path, "postgres"), "a file where the data directory goes");
@@ -149,7 +148,6 @@ it("with DB=postgres and a PostgreSQL that cannot be initialised, says why, stop
 }, 60_000);
 
 it("with DB=postgres restarts PostgreSQL killed with SIGKILL too, and the system serves orders again", async () => {
-  execFileSync("make", ["-s", "build"], { cwd: ROOT, stdio: "pipe" });
   using dir = tempDir();
   const { env, of } = await ports();
   chmodSync(dir.path, 0o755); // as root, PostgreSQL runs as its own user, who must reach its data directory
@@ -170,7 +168,6 @@ it("with DB=postgres restarts PostgreSQL killed with SIGKILL too, and the system
 }, 180_000);
 
 it("restarts every process killed with SIGKILL, says so, and the system serves orders again", async () => {
-  execFileSync("make", ["-s", "build"], { cwd: ROOT, stdio: "pipe" });
   using dir = tempDir();
   const { env, of } = await ports();
   const run = runner({ ...env, DATA_DIR: dir.path });
@@ -219,7 +216,6 @@ it("restarts every process killed with SIGKILL, says so, and the system serves o
 }, 120_000);
 
 it("LOG_FORMAT=json make run prints JSON lines only, each naming its process, for jq", async () => {
-  execFileSync("make", ["-s", "build"], { cwd: ROOT, stdio: "pipe" });
   using dir = tempDir();
   const { env, of } = await ports();
   // As a shell runs `LOG_FORMAT=json make run | jq`: make's own output included, stdout apart from stderr.
@@ -286,7 +282,6 @@ it("LOG_FORMAT=json make run prints JSON lines only, each naming its process, fo
 }, 240_000); // every step bounded on its own; under a saturated CI machine their sum passed 120 s
 
 it("refuses a taken port with one line naming the port, its holder and the variable to change", async () => {
-  execFileSync("make", ["-s", "build"], { cwd: ROOT, stdio: "pipe" });
   using dir = tempDir();
   const { env, of } = await ports();
   const squatter = createServer();
