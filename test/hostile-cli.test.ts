@@ -297,15 +297,17 @@ async function startRunner(env: Record<string, string>) {
       runner.kill("SIGINT");
     }
   };
-  try {
-    await until(
-      () => /gateway listening/.test(out),
-      (x) => x,
-      60_000,
-    );
-  } catch (err) {
+  // Ready once the gateway listens; given up at once if make run exits first (a port taken meanwhile, say).
+  const gone = () => runner.exitCode !== null || runner.signalCode !== null;
+  const ready = await until(
+    () => /gateway listening/.test(out) || gone(),
+    (x) => x,
+    60_000,
+  );
+  if (!ready || gone()) {
     stop();
-    throw new Error(`make run did not get ready: ${(err as Error).message}\n${out}`);
+    const why = gone() ? `exited (${runner.exitCode ?? runner.signalCode})` : "was not ready within 60 s";
+    throw new Error(`make run ${why}:\n${out}`);
   }
   return { runner, out: () => out, stop };
 }
