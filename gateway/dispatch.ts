@@ -32,6 +32,7 @@ import { AuthError, type Authenticator, authorizationOf } from "./auth.js";
 import { limitedBody } from "./body.js";
 import { connectFastEncoding, createConnectUnary, routerOptions } from "./connect-unary.js";
 import { type ClientInfo, hostProblem, kClient, kIdentity } from "./context.js";
+import { bodyLimit, webText } from "./grpc-web-text.js";
 import { describeJsonError } from "./json-errors.js";
 import { admitAddress, admitPrincipal, type ConcurrencyLimiter, type RateLimiter } from "./limits.js";
 import { observe } from "./observe.js";
@@ -120,11 +121,9 @@ function refusal(req: NodeRequest, o: DispatchOptions, rest: boolean): ConnectEr
   const badHost = hostProblem(req, o.loopbackHostsOnly);
   if (badHost) return new ConnectError(badHost, Code.InvalidArgument);
   const length = Number(req.headers["content-length"] ?? 0);
-  if (length > o.maxBodyBytes) {
-    return new ConnectError(
-      `request body of ${length} bytes exceeds the limit of ${o.maxBodyBytes}`,
-      Code.ResourceExhausted,
-    );
+  const limit = bodyLimit(req.headers["content-type"], o.maxBodyBytes);
+  if (length > limit) {
+    return new ConnectError(`request body of ${length} bytes exceeds the limit of ${limit}`, Code.ResourceExhausted);
   }
   // HEAD is served as the GET (below), so refused as it: connect-es answered its bad base64 500.
   if ((req.method === "GET" || req.method === "HEAD") && !rest) {
@@ -233,8 +232,9 @@ export function createDispatch(o: DispatchOptions): Dispatch {
     // connect-es would refuse it with a bare 415: served as the services would serve it.
     if (wire === "grpc" && contentType?.includes(";")) req.headers["content-type"] = contentType.split(";")[0]?.trim();
     const protocol = isRest ? "rest" : wire;
+    const web = webText(req.headers); // gRPC-Web text served as binary (grpc-web-text.ts)
     const frame = (err: ConnectError, httpStatus?: number) =>
-      isRest ? restErrorAnswer(err, httpStatus) : errorAnswer(wire, contentType, err, httpStatus);
+      isRest ? restErrorAnswer(err, httpStatus) : web.refusal(errorAnswer(wire, contentType, err, httpStatus));
     const client: ClientInfo = { ip: clientIp(req, o.trustProxy), requestId };
     const { admitted, report, procedure } = observe(o, req, handler, protocol, client);
     let principal = "";
@@ -302,7 +302,7 @@ export function createDispatch(o: DispatchOptions): Dispatch {
       // GET is the Connect protocol's for unary calls only (connect-es lists it for streams too); HEAD
       // is GET without the content (RFC 9110 §9.3.2), which Node leaves out of a HEAD's answer itself.
       const getting = allowedMethods.includes("GET") && method.methodKind === "unary";
-      const uReq = universalRequest(req, res, values);
+      const uReq = web.request(universalRequest(req, res, values));
       const enveloped = wire !== "connect" || isConnectStream(contentType); // else a unary Connect body
       const uRes = await admission
         .handler({
@@ -317,7 +317,7 @@ export function createDispatch(o: DispatchOptions): Dispatch {
       if (!uRes) return refuse(UNENCODABLE);
       dropUnreadBody(req, res); // answered before the whole body arrived (a limit): the connection ends, and says so
       const input = admission.handler.method.input;
-      const answered = await finish(uRes, wire, done, (message) => describeJsonError(input, message));
+      const answered = web.answer(await finish(uRes, wire, done, (message) => describeJsonError(input, message)));
       // A GET of a procedure that takes none is the method's fault: connect-es says 415, though a GET has no content.
       const reading = req.method === "GET" || req.method === "HEAD";
       const status = answered.status === 415 && reading && !getting ? 405 : answered.status;

@@ -23,6 +23,7 @@ import http2 from "node:http2";
 import net from "node:net";
 import { headerListBytes, type Logger, MAX_HEADER_LIST_BYTES } from "../platform/index.js";
 import { endingWithin } from "../platform/socket-end.js";
+import { bodyLimit } from "./grpc-web-text.js";
 import { addressKey } from "./limits.js";
 
 /** Limits and address of the listener. Times in ms. */
@@ -38,7 +39,7 @@ export interface ListenerOptions {
   readonly maxConnectionsPerIp: number;
   readonly maxConnections: number;
   readonly maxConcurrentStreams: number;
-  /** Request bodies declared longer are refused without "100 Continue". */
+  /** Request bodies declared longer (gRPC-Web text: its base64, grpc-web-text.ts) are refused without "100 Continue". */
   readonly maxBodyBytes: number;
   /** Called when the listener closes a connection itself, with why. */
   readonly onClose?: (
@@ -131,7 +132,7 @@ function protocolServers(o: ListenerOptions, handle: Handler, closed: (why: Clos
   // Expect: 100-continue invites the body only if it may be read: a declared length over the limit
   // is refused (413) without it — Node sends "100 Continue" to every such request unless told.
   const invited = (req: http.IncomingMessage | http2.Http2ServerRequest) =>
-    !(Number(req.headers["content-length"] ?? 0) > o.maxBodyBytes);
+    !(Number(req.headers["content-length"] ?? 0) > bodyLimit(req.headers["content-type"], o.maxBodyBytes));
   h1.on("checkContinue", (req, res) => {
     if (invited(req)) res.writeContinue();
     handle(req, res);
