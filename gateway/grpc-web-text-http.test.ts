@@ -9,7 +9,7 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GetProductRequestSchema, GetProductResponseSchema } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderStatus, WatchOrderRequestSchema, WatchOrderResponseSchema } from "../gen/shopmesh/order/v1/order_pb.js";
-import { envelope, grpcWebTrailers } from "../test/raw.js";
+import { envelope, grpcWebTrailers, h2Request, h2Session } from "../test/raw.js";
 import { capturedLogger, type System, startSystem, startTestGateway } from "../test/system.js";
 import type { GatewayApp } from "./app.js";
 import { signDevToken } from "./auth.js";
@@ -147,6 +147,11 @@ describe("gRPC-Web text: answers (Envoy grpc_web_filter_test: Unary, text reques
       (l) => l.msg === "access" && l.procedure === "shopmesh.inventory.v1.InventoryService/GetProduct",
     );
     expect(access.at(-1)).toMatchObject({ protocol: "grpc-web", code: "OK" });
+    // The same over h2c.
+    await using session = await h2Session(gw.url);
+    const h2 = await h2Request(session, { ":path": GET_PRODUCT, ...auth, ...TEXT }, Buffer.from(b64(product())));
+    expect([h2.status, h2.headers["content-type"]]).toEqual([200, "application/grpc-web-text+proto"]);
+    expect(grpcWebTrailers(unbase64(h2.body.toString("latin1")))["grpc-status"]).toBe("0");
   });
 
   it("answers in text what Accept asks for (PROTOCOL-WEB: Accept: application/grpc-web-text), binary otherwise", async () => {
