@@ -28,11 +28,10 @@ export type Screen = (
 type StreamListener = (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, ...rest: unknown[]) => void;
 
 /**
- * Makes `server`'s HTTP/2 servers show every call to `screen` first, answering a refused one with its
- * status at once. Call before binding: grpc-js's handlers are wrapped as each HTTP/2 server is made.
- * Screens added later see a call first. `purpose` names the screen when grpc-js changes under it.
+ * Calls `use` with each HTTP/2 server grpc-js makes for `server`, before it serves anything. Call
+ * before binding. `purpose` names the caller when grpc-js changes under it.
  */
-export function screeningStreams(server: grpc.Server, purpose: string, screen: Screen): void {
+export function eachHttp2Server(server: grpc.Server, purpose: string, use: (h2: http2.Http2Server) => void): void {
   const s = server as unknown as { createHttp2Server?: (credentials: unknown) => http2.Http2Server };
   const create = s.createHttp2Server;
   if (typeof create !== "function") {
@@ -40,6 +39,18 @@ export function screeningStreams(server: grpc.Server, purpose: string, screen: S
   }
   s.createHttp2Server = (credentials) => {
     const h2 = create.call(server, credentials);
+    use(h2);
+    return h2;
+  };
+}
+
+/**
+ * Makes `server`'s HTTP/2 servers show every call to `screen` first, answering a refused one with its
+ * status at once. Call before binding: grpc-js's handlers are wrapped as each HTTP/2 server is made.
+ * Screens added later see a call first. `purpose` names the screen when grpc-js changes under it.
+ */
+export function screeningStreams(server: grpc.Server, purpose: string, screen: Screen): void {
+  eachHttp2Server(server, purpose, (h2) => {
     const handlers = h2.listeners("stream") as StreamListener[];
     h2.removeAllListeners("stream");
     h2.on("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, flags, raw?: string[]) => {
@@ -47,8 +58,7 @@ export function screeningStreams(server: grpc.Server, purpose: string, screen: S
       if (refusal) return refuse(stream, refusal);
       for (const handler of handlers) handler.call(h2, stream, headers, flags, raw);
     });
-    return h2;
-  };
+  });
 }
 
 /** Answers a call `refusal`'s status (trailers only), its request body read and dropped. */
