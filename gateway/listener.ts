@@ -21,6 +21,7 @@
 import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
+import { namingPeerErrors } from "../platform/goaway-codes.js";
 import { headerListBytes, type Logger, MAX_HEADER_LIST_BYTES } from "../platform/index.js";
 import { endingWithin } from "../platform/socket-end.js";
 import { bodyLimit } from "./grpc-web-text.js";
@@ -182,6 +183,7 @@ function protocolServers(o: ListenerOptions, handle: Handler, closed: (why: Clos
   h2.on("connect", (req, res) => refuse(req, res, 405));
   const sessions = new Set<http2.ServerHttp2Session>();
   h2.on("session", (session) => {
+    namingPeerErrors(session);
     sessions.add(session);
     session.once("close", () => sessions.delete(session));
     closeWhenIdle(session, o.idleTimeoutMs, () => closed("idle"));

@@ -14,6 +14,7 @@ import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { FaultInjector } from "./chaos.js";
 import { isStorageFailed, isStorageFull } from "./db-errors.js";
 import { toStatusObject } from "./errors.js";
+import { namingPeerErrors } from "./goaway-codes.js";
 import {
   endOnShutdown,
   grpcHandlers,
@@ -29,6 +30,7 @@ import { boundingHeaderLists } from "./header-limit.js";
 import { healthService } from "./health.js";
 import type { Logger } from "./log.js";
 import { refusingCompressedRequests, refusingOtherThanProtoPosts } from "./plain-requests.js";
+import { eachHttp2Server } from "./screened-streams.js";
 import { serverTelemetry, type Telemetry } from "./telemetry.js";
 import { checkingTimeouts } from "./timeout-header.js";
 
@@ -245,6 +247,7 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
   refusingCompressedRequests(server);
   refusingOtherThanProtoPosts(server);
   boundingHeaderLists(server);
+  eachHttp2Server(server, "name peer errors in GOAWAY", (h2) => h2.on("session", namingPeerErrors));
   // Telemetry outermost: the span is active for the log line and everything below.
   const observed: Interceptor[] = opts.telemetry
     ? [
