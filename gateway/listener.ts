@@ -24,6 +24,7 @@ import net from "node:net";
 import { namingPeerErrors } from "../platform/goaway-codes.js";
 import { headerListBytes, type Logger, MAX_HEADER_LIST_BYTES } from "../platform/index.js";
 import { endingWithin } from "../platform/socket-end.js";
+import { stalledStreams } from "../platform/stalled-streams.js";
 import { bodyLimit } from "./grpc-web-text.js";
 import { addressKey } from "./limits.js";
 
@@ -206,50 +207,6 @@ function protocolServers(o: ListenerOptions, handle: Handler, closed: (why: Clos
   };
   const stalled = stalledStreams(o.streamIdleTimeoutMs, cut);
   return { h1, h2, sessions, stalled };
-}
-
-/**
- * Cuts an HTTP/2 stream whose queued answer has not shrunk for `ms`. Node's own stream timeout re-arms
- * instead of firing while the stream has data queued and its *session* has sent anything since — any
- * stream's frames, the resets that cut its stalled neighbours included — so N calls whose client
- * does not read were cut a timeout apart, a few at a time, the last after up to N timeouts. One sweep
- * for all streams, a quarter of `ms` apart: a stream is cut between `ms` and 1.25 × `ms` into its stall.
- * Progress is the queue emptying or shrinking between two sweeps, or draining (a client that reads
- * slowly behind a producer that waits for it keeps its queue near full while bytes move). Node counts
- * a write as queued until all of it is sent, so a client must take each piece written — a unary
- * answer is one — within `ms`: at 60 s, a 57 KB document needs about 1 KB/s. Nothing per stream
- * finer is observable (Node reports the bytes sent per session only).
- */
-function stalledStreams(ms: number, cut: (stream: http2.ServerHttp2Stream) => void) {
-  const watched = new Map<http2.ServerHttp2Stream, { queued: number; since: number }>();
-  const sweep = setInterval(
-    () => {
-      const now = Date.now();
-      for (const [stream, seen] of watched) {
-        const queued = stream.bufferSize;
-        // A queue that only grows is a stall too; one empty at the last sweep stalled after it.
-        if (queued === 0 || seen.queued === 0 || queued < seen.queued) seen.since = now;
-        seen.queued = queued;
-        if (queued > 0 && now - seen.since >= ms) {
-          watched.delete(stream);
-          cut(stream);
-        }
-      }
-    },
-    Math.max(25, ms / 4),
-  );
-  sweep.unref();
-  return {
-    watch(stream: http2.ServerHttp2Stream) {
-      const seen = { queued: 0, since: Date.now() };
-      watched.set(stream, seen);
-      stream.on("drain", () => {
-        seen.since = Date.now();
-      });
-      stream.once("close", () => watched.delete(stream));
-    },
-    stop: () => clearInterval(sweep),
-  };
 }
 
 /** Open connections per client (its {@link addressKey}), refusing one past the limit (0: no limit). */

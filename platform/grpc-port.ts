@@ -31,6 +31,11 @@ export interface ConnectionLimits {
   readonly pingEveryMs: number;
   /** Also how long a connection the server ended (idle, or a ping unanswered) waits for its peer's end. */
   readonly pingTimeoutMs: number;
+  /**
+   * A call whose queued answer has not shrunk for this long (its client does not read: a receive
+   * window of zero) is reset, CANCEL (platform/stalled-streams.ts). The port's callers read at once.
+   */
+  readonly stallMs: number;
 }
 
 export const CONNECTION_LIMITS: ConnectionLimits = {
@@ -38,6 +43,7 @@ export const CONNECTION_LIMITS: ConnectionLimits = {
   idleMs: 5 * 60_000,
   pingEveryMs: 60_000,
   pingTimeoutMs: 20_000,
+  stallMs: 15_000,
 };
 
 /** The grpc-js server options for `limits` (all but `maxConnections`, which {@link listenGrpc} keeps). */

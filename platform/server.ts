@@ -31,6 +31,7 @@ import { healthService } from "./health.js";
 import type { Logger } from "./log.js";
 import { refusingCompressedRequests, refusingOtherThanProtoPosts } from "./plain-requests.js";
 import { eachHttp2Server } from "./screened-streams.js";
+import { cuttingStalledAnswers } from "./stalled-streams.js";
 import { serverTelemetry, type Telemetry } from "./telemetry.js";
 import { checkingTimeouts } from "./timeout-header.js";
 
@@ -248,6 +249,7 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
   refusingOtherThanProtoPosts(server);
   boundingHeaderLists(server);
   eachHttp2Server(server, "name peer errors in GOAWAY", (h2) => h2.on("session", namingPeerErrors));
+  const stopCutting = cuttingStalledAnswers(server, limits.stallMs);
   // Telemetry outermost: the span is active for the log line and everything below.
   const observed: Interceptor[] = opts.telemetry
     ? [
@@ -323,7 +325,7 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
         opts.log.info({ ms: Math.round(performance.now() - started) }, "calls drained");
         resolve();
       });
-    });
+    }).finally(stopCutting);
     return stopping;
   };
 
