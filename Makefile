@@ -7,7 +7,7 @@ PROTOS := $(shell find proto -name '*.proto')
 # `make run PAYMENT_REPLICAS=2 DB=postgres`: make puts variables given on its command line in the
 # recipes' environment, where the runner reads them (scripts/run.ts), so no list of them is kept here.
 
-.PHONY: help install nats postgres python-client chromium generate gen-fresh build lint typecheck breaking contracts-baseline test run bench footprint compare load demo token trace events dlq history-rebuild clean
+.PHONY: help install nats postgres python-client chromium node24 generate gen-fresh build lint typecheck breaking contracts-baseline test run bench footprint compare load demo token trace events dlq history-rebuild clean
 
 help: ## List targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -103,8 +103,18 @@ chromium: ## Make sure Chromium is installed (the web shop's browser tests drive
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; \
 	  else echo "Chromium missing: install it (apt-get install chromium) and retry"; exit 1; fi; }
 
+# The image's Node (the Dockerfile's node:24): the node24 vitest project starts the services and the
+# gateway it spawns on it, where Node 24 behaves otherwise than the Node 20 the suites run on (its
+# http2 server.close() ends the sessions itself: grpc-js's drain then "finished" at once). The
+# official binary, from npm's node-<os>-<arch> package: no download from nodejs.org.
+NODE24_VERSION := 24.22.3
+NODE24 := .cache/node24/node_modules/node-$(shell node -p 'process.platform + "-" + process.arch')/bin/node
+node24: $(NODE24) ## Install the image's Node (24) under .cache/, for the node24 test project
+$(NODE24):
+	npm install --no-save --no-audit --no-fund --no-package-lock --prefix .cache/node24 node-$(shell node -p 'process.platform + "-" + process.arch')@$(NODE24_VERSION) >&2
+
 # dist/ is built once, before the suites that spawn it run side by side (each one's own `make build` is then a no-op).
-test: install nats postgres python-client chromium build ## Everything CI checks: lint, typecheck, all tests
+test: install nats postgres python-client chromium node24 build ## Everything CI checks: lint, typecheck, all tests
 	npm run check
 
 # stdout is the runner's alone (LOG_FORMAT=json make run | jq): what installing and building say goes to stderr.

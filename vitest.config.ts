@@ -1,4 +1,5 @@
 import { execFileSync } from "node:child_process";
+import { join } from "node:path";
 import { defineConfig } from "vitest/config";
 
 // The suites start the system's processes and commands from dist/, as make does (test/fixtures.ts
@@ -55,6 +56,21 @@ const MAKE_RUN = [
   "test/hostile-cli.test.ts",
 ];
 
+/**
+ * Suites whose services and gateways run again on the image's Node (the Dockerfile's node:24, `make
+ * node24`): test/fixtures.ts spawns them on it, the suites themselves run on this one. On PostgreSQL,
+ * so that no process of Node 24 loads better-sqlite3's addon, which npm built for this Node. What
+ * they watch changed between 20 and 24: a graceful drain (Node 24's http2 server.close() ends its
+ * sessions itself), resets and GOAWAYs.
+ */
+const ON_NODE24 = ["test/hostile-drain.test.ts", "services/inventory/process.test.ts", "test/hostile-h2.test.ts"];
+const NODE24 = join(
+  import.meta.dirname,
+  ".cache/node24/node_modules",
+  `node-${process.platform}-${process.arch}`,
+  "bin/node",
+);
+
 // Two cores here: two workers; integration tests start real servers on
 // ephemeral ports and real processes, so give them room.
 export default defineConfig({
@@ -92,6 +108,16 @@ export default defineConfig({
           include: [...STORE_SUITES, ...POSTGRES_ONLY],
           exclude: TIMED_ON_POSTGRES,
           env: { SHOPMESH_TEST_DB: "postgres" },
+          globalSetup: ["./test/postgres-setup.ts"],
+          sequence: { groupOrder: 0 },
+        },
+      },
+      {
+        extends: true,
+        test: {
+          name: "node24",
+          include: ON_NODE24,
+          env: { SHOPMESH_TEST_DB: "postgres", SHOPMESH_TEST_NODE: NODE24 },
           globalSetup: ["./test/postgres-setup.ts"],
           sequence: { groupOrder: 0 },
         },

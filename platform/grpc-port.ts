@@ -5,10 +5,12 @@
  * descriptors and 94 MB of a service, and 20,000 — the descriptor limit here — would leave it none
  * for its database, NATS, or a caller's next connection.
  */
+import type http2 from "node:http2";
 import net from "node:net";
 import * as grpc from "@grpc/grpc-js";
 import { throttledWarn } from "./instances.js";
 import type { Logger } from "./log.js";
+import { eachHttp2Server } from "./screened-streams.js";
 import { endingWithin } from "./socket-end.js";
 
 /** What one port lets its clients hold. */
@@ -60,6 +62,8 @@ export interface GrpcPort {
   readonly port: number;
   /** Takes no further connection (those open are `server`'s to end). */
   close(): void;
+  /** Resolves once every connection open now has closed ({@link sessionsClosed}): what a drain waits for. */
+  closed(): Promise<void>;
 }
 
 /**
@@ -74,6 +78,7 @@ export async function listenGrpc(
   limits: Pick<ConnectionLimits, "maxConnections" | "pingTimeoutMs">,
 ): Promise<GrpcPort> {
   const { maxConnections } = limits;
+  const closed = sessionsClosed(server);
   const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
   const listener = net.createServer((socket) => {
     endingWithin(socket, limits.pingTimeoutMs);
@@ -91,5 +96,26 @@ export async function listenGrpc(
       resolve();
     });
   });
-  return { port: (listener.address() as net.AddressInfo).port, close: () => listener.close() };
+  return { port: (listener.address() as net.AddressInfo).port, close: () => listener.close(), closed };
+}
+
+/**
+ * What a graceful stop of `server` waits for: a function that resolves once every HTTP/2 session open
+ * when it is called has closed. grpc-js's tryShutdown no longer does on Node 24, the image's: there
+ * Node's http2 server.close() closes each session itself, gracefully (nodejs/node#57586), and grpc-js
+ * then takes a session already marked closed as finished — the drain "completed" at once, and the
+ * calls in flight were cut as the process exited (the client: INTERNAL, RST_STREAM with code 0).
+ * Call before binding (listenGrpc does).
+ */
+export function sessionsClosed(server: grpc.Server): () => Promise<void> {
+  const open = new Set<http2.ServerHttp2Session>();
+  eachHttp2Server(server, "wait for its sessions to close", (h2) =>
+    h2.on("session", (session: http2.ServerHttp2Session) => {
+      open.add(session);
+      session.once("close", () => open.delete(session));
+    }),
+  );
+  return async () => {
+    await Promise.all([...open].map((session) => new Promise((closed) => session.once("close", closed))));
+  };
 }

@@ -115,17 +115,18 @@ function fileDescriptorProtos(services: readonly DescService[]): Buffer[] {
  * on it (grpc-node#2872). A service's callers are the gateway and other services, each carrying
  * many callers over one connection, and every caller that gives up mid-call (a closed tab, a
  * deadline) is a reset on it. Node 22.10 and later let a server allow more (`streamResetBurst`,
- * `streamResetRate`; the image runs Node 24): the internal servers allow far more than a 2-core
- * gateway can forward. The gateway's own listener keeps Node's default, so a hostile client only
- * closes its own connection. On Node 20 the options are ignored; clients there avoid resets
- * where they can (platform/grpc-client.ts). grpc-js has no option for it: its http2 server options
- * are set here.
+ * `streamResetRate`; the image runs Node 24): 5,000 beyond 1,000 a second here, more cancellations
+ * than a 2-core gateway forwards, a flood still cut within a second (100,000 beyond 10,000 let a
+ * 3 s flood grow a service by 130 MB: test/hostile-h2 on Node 24). The gateway's listener keeps
+ * Node's default, so a hostile client only closes its own connection. On Node 20 the options are
+ * ignored; clients there avoid resets where they can (platform/grpc-client.ts). grpc-js has no
+ * option for it: its http2 server options are set here.
  */
 function tolerateCancellations(server: grpc.Server): void {
   const options = (server as unknown as { commonServerOptions?: Record<string, unknown> }).commonServerOptions;
   if (!options) throw new Error("grpc-js no longer keeps commonServerOptions: allow stream resets another way");
-  options.streamResetBurst = 100_000;
-  options.streamResetRate = 10_000;
+  options.streamResetBurst = 5_000;
+  options.streamResetRate = 1_000;
 }
 
 /** A request a library's service could not decode (see {@link refusingUndecodable}). */
@@ -315,12 +316,17 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
       opts.log.info({ ...inFlight, graceMs }, "draining calls in flight");
       draining.abort();
       listening.close();
+      let timedOut = false;
       const timer = setTimeout(() => {
+        timedOut = true;
         opts.log.warn({ ...inFlight, graceMs }, "drain timed out; cancelling in-flight calls");
         server.forceShutdown();
         resolve();
       }, graceMs);
-      server.tryShutdown(() => {
+      // Drained once the connections have closed, not when grpc-js says so (sessionsClosed: Node 24).
+      server.tryShutdown(async () => {
+        await listening.closed();
+        if (timedOut) return;
         clearTimeout(timer);
         opts.log.info({ ms: Math.round(performance.now() - started) }, "calls drained");
         resolve();

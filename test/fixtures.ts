@@ -4,7 +4,7 @@
  * `await using x = await ...` tears it down even when the test fails.
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -220,6 +220,16 @@ export function spawnGateway(
   );
 }
 
+/**
+ * The Node the spawned services and gateways run on, when not this one: the node24 project's
+ * (vitest.config.ts, `make node24`), the image's Node, while the suites themselves run on this one.
+ */
+function testNode(): string | undefined {
+  const node = process.env.SHOPMESH_TEST_NODE;
+  if (node && !existsSync(node)) throw new Error(`${node} is missing: run \`make node24\` (make test does)`);
+  return node || undefined;
+}
+
 /** Children still running: killed if this test process exits first (a timed-out test never disposes them). */
 const running = new Set<ChildProcess>();
 process.once("exit", () => {
@@ -237,7 +247,7 @@ async function spawnMain(
   // From the build, as make run starts it (nodeCommand): under tsx each start took ~2.5 s more CPU,
   // and the suites start a few hundred. vitest.config.ts builds dist/ first when a source is newer.
   const [node, args] = nodeCommand(main, nodeArgs);
-  const child = spawn(node, args, {
+  const child = spawn(testNode() ?? node, args, {
     cwd: ROOT,
     // No bus unless the test starts one and passes its NATS_URL.
     env: { ...process.env, LOG_FORMAT: "json", LOG_LEVEL: "info", NATS_URL: "off", ...env },

@@ -14,6 +14,7 @@ import { UPSTREAMS } from "../gateway/routes.js";
 import { CONNECTION_LIMITS } from "../platform/grpc-port.js";
 import { silentLogger } from "../platform/index.js";
 import { startGrpcServer } from "../platform/server.js";
+import { TestDatabases } from "./db.js";
 import { type ServiceProcess, spawnGateway, spawnService, tempDir } from "./fixtures.js";
 import {
   envelope,
@@ -125,7 +126,7 @@ let gw: ServiceProcess;
 let token = "";
 
 beforeAll(async () => {
-  svc = await spawnService("inventory", { DB_PATH: `${dir.path}/inventory.db`, NATS_URL: "off" });
+  svc = await spawnService("inventory", { ...(await new TestDatabases(dir.path).env("inventory")), NATS_URL: "off" });
   const targets = Object.fromEntries(UPSTREAMS.map((u) => [targetVariable(u), svc.address]));
   gw = await spawnGateway({ HTTP_HOST: "127.0.0.1", ...targets, NATS_URL: "off", METRICS_PORT: "0" });
   const auth = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
