@@ -37,7 +37,15 @@ python-client: ## Make sure protoc, grpc_python_plugin and Python's grpcio, prot
 # in GEN_HASH (a fresh clone's file times say nothing). test/generated.test.ts keeps the record honest.
 GEN_INPUTS := $(sort $(PROTOS)) buf.yaml buf.gen.yaml package-lock.json
 GEN_HASH := proto/.generated-from
-gen_hash = $$(cat $(GEN_INPUTS) | { sha256sum 2>/dev/null || shasum -a 256; } | cut -d' ' -f1)
+gen_hash = $$(cat $(GEN_INPUTS) | { sha256sum 2>/dev/null || shasum -a 256; } | cut -c1-64)
+
+# Builds rewrite gen/ and dist/ in place, and two at once (make run in one terminal, make demo or make
+# test in another, after an edit or a git pull) raced: one deleted dist/chunks while the other wrote it,
+# and two buf generate with `clean: true` emptied gen/ under each other. So every build runs under one
+# lock (scripts/build-lock.sh: a link made atomically, naming its owner's pid, taken over when that
+# process is gone); a second build waits, saying so after a second, and its make then decides afresh
+# what is stale: nothing, when the first built what it would have.
+BUILD_LOCK := scripts/build-lock.sh
 
 gen-fresh: | install
 	@[ "$(gen_hash)" = "$$(cat $(GEN_HASH) 2>/dev/null)" ] || $(MAKE) --no-print-directory generate
@@ -54,19 +62,24 @@ SOURCES := $(shell find gen contracts platform services gateway scripts bench -n
 # the CommonJS packages bundled into ES modules the `require` they call. A non-ASCII character left
 # in a regular expression would make V8 hold a whole chunk's source at two bytes a character:
 # escaped. Source maps are written beside them (NODE_OPTIONS=--enable-source-maps).
+# All of it is written aside, in dist/.next (the mains only as bundles), and moved into dist/ a rename a
+# file, chunks first (scripts/publish-build.ts): a service make run restarts meanwhile reads whole files
+# of one build or the other, never a main.js cut short or naming a chunk not there yet or any more.
 MAINS := $(sort $(wildcard services/*/main.ts)) gateway/main.ts
 BUNDLE_EXTERNAL := better-sqlite3 pg-native pino pino-pretty @grpc/grpc-js @grpc/reflection grpc-health-check '@opentelemetry/*'
+STAGE := dist/.next
 dist/.built: $(SOURCES) | install
 	@echo "esbuild: $(words $(SOURCES)) sources -> dist/, $(words $(MAINS)) bundles"
-	@node_modules/.bin/esbuild $(SOURCES) --outdir=dist --outbase=. --format=esm --platform=node --target=node20 \
-	  --sourcemap --log-level=warning
-	@rm -rf dist/chunks
-	@node_modules/.bin/esbuild $(MAINS) --bundle --splitting --chunk-names='chunks/[name]-[hash]' --outdir=dist \
+	@rm -rf $(STAGE)
+	@node_modules/.bin/esbuild $(filter-out $(MAINS),$(SOURCES)) --outdir=$(STAGE) --outbase=. --format=esm --platform=node \
+	  --target=node20 --sourcemap --log-level=warning
+	@node_modules/.bin/esbuild $(MAINS) --bundle --splitting --chunk-names='chunks/[name]-[hash]' --outdir=$(STAGE) \
 	  --outbase=. --format=esm --platform=node --target=node20 --minify-whitespace --sourcemap --log-level=warning \
 	  $(addprefix --external:,$(BUNDLE_EXTERNAL)) \
 	  '--banner:js=import { createRequire as __createRequire } from "node:module"; const require = __createRequire(import.meta.url);'
 	@node -e 'for (const f of process.argv.slice(1)) { const s = fs.readFileSync(f, "utf8"), a = s.replace(/[^\0-\x7f]/g, (c) => `\\u$${c.charCodeAt(0).toString(16).padStart(4, "0")}`); if (a !== s) fs.writeFileSync(f, a); }' \
-	  $(patsubst %.ts,dist/%.js,$(MAINS)) dist/chunks/*.js
+	  $(patsubst %.ts,$(STAGE)/%.js,$(MAINS)) $(STAGE)/chunks/*.js
+	@node $(STAGE)/scripts/publish-build.js $(STAGE) dist
 	@touch $@
 
 # The web shop (web/), which the gateway serves at /: web/build.ts bundles it into dist/web (content-hashed
@@ -75,12 +88,11 @@ WEB_SOURCES := $(shell find web -type f) $(shell find gen -name '*.ts')
 dist/web/manifest.json: $(WEB_SOURCES) package-lock.json | install
 	@node_modules/.bin/tsx web/build.ts
 
-build: gen-fresh ## Compile the sources to JavaScript in dist/ and bundle the web shop into dist/web (esbuild, ~1 s; make run and make bench do it)
-	@$(MAKE) --no-print-directory dist/.built dist/web/manifest.json
+build: install ## Compile the sources to JavaScript in dist/ and bundle the web shop into dist/web (esbuild, ~1 s; make run and make bench do it)
+	@$(BUILD_LOCK) sh -c '$(MAKE) --no-print-directory gen-fresh && $(MAKE) --no-print-directory dist/.built dist/web/manifest.json'
 
 generate: install ## Regenerate gen/ from proto/ (buf generate)
-	npm run generate
-	@echo $(gen_hash) > $(GEN_HASH)
+	@$(BUILD_LOCK) sh -c 'npm run generate && echo $(gen_hash) > $(GEN_HASH)'
 
 lint: install ## buf lint + biome
 	npm run lint
@@ -135,8 +147,8 @@ compare: install nats build ## Measure the patterns' trade-offs side by side (~6
 # the compiled tree, built first when a source is newer (not the web shop, which none of them serves: a
 # slip in web/ stopped make token), what the build says on stderr (TOKEN=$$(make -s token) reads stdout).
 # Installing was the command's own prerequisite, so not asked again (-o): a caller's `-o` holds.
-BUILT = { $(MAKE) -s --no-print-directory -o node_modules/.package-lock.json gen-fresh && \
-  $(MAKE) -s --no-print-directory -o node_modules/.package-lock.json dist/.built; } >&2
+BUILT = $(BUILD_LOCK) sh -c '$(MAKE) -s --no-print-directory -o node_modules/.package-lock.json gen-fresh && \
+  $(MAKE) -s --no-print-directory -o node_modules/.package-lock.json dist/.built' >&2
 
 # The commands' arguments reach them as the environment variables make puts its command-line variables
 # in, read by the shell as "$$USER", never pasted into the recipe: pasted, a quote in USER broke the

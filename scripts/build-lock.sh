@@ -1,0 +1,41 @@
+#!/bin/sh
+# scripts/build-lock.sh COMMAND [ARG...]: runs COMMAND holding the repository's build lock, and exits
+# with its status. The Makefile's builds (make build, make generate, the commands' own builds) run
+# under it: two at once (make run in one terminal, make demo in another, after an edit) deleted each
+# other's dist/chunks and raced buf generate's `clean: true` on gen/.
+#
+# The lock is a symbolic link, .build-lock, to its owner's pid: `ln -s` creates it or fails, in one
+# step, on Linux and macOS alike (no flock on macOS), and the pid comes with it. A build finding it
+# waits, saying so after a second; one whose owner is gone (kill -9 leaves the link) is taken over.
+# A command run by the owner, and its children (make generate under make build), hold it already:
+# SHOPMESH_BUILD_LOCK names the holder.
+lock="$(dirname "$0")/../.build-lock"
+if [ -n "${SHOPMESH_BUILD_LOCK:-}" ] && [ "$(readlink "$lock" 2>/dev/null)" = "$SHOPMESH_BUILD_LOCK" ]; then
+  exec "$@"
+fi
+tries=0
+until ln -sn "$$" "$lock" 2>/dev/null; do
+  owner=$(readlink "$lock" 2>/dev/null) || continue # released just now: try again
+  # Gone, or a zombie no one reaps (a container's init may not): `ps -p` alone counts that alive.
+  case "$(ps -o stat= -p "$owner" 2>/dev/null)" in "" | Z*) gone=yes ;; *) gone= ;; esac
+  if [ -n "$gone" ]; then
+    # Removed under a second lock, after looking again: two waiters both finding the owner gone must
+    # not both remove a link, the second removing the one the first has just made.
+    if mkdir "$lock.break" 2>/dev/null; then
+      [ "$(readlink "$lock" 2>/dev/null)" = "$owner" ] && rm -f "$lock" &&
+        echo "took over the build lock of pid $owner, which is gone" >&2
+      rmdir "$lock.break"
+    elif [ -n "$(find "$lock.break" -prune -mmin +1 2>/dev/null)" ]; then
+      rmdir "$lock.break" # left by a waiter killed in the instant it held it
+    fi
+    continue
+  fi
+  tries=$((tries + 1))
+  [ "$tries" = 10 ] && echo "waiting for another build (pid $owner) to finish" >&2
+  sleep 0.1
+done
+trap 'rm -f "$lock"' EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
+SHOPMESH_BUILD_LOCK=$$ "$@"
