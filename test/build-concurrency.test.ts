@@ -134,6 +134,24 @@ describe("two builds started at once", () => {
   }, 120_000);
 });
 
+describe("two builds started at once after a contract changed", () => {
+  // buf generate's `clean: true` empties gen/ first: two at once emptied it under each other.
+  it("generate once, and leave gen/ whole and recorded as fresh", async () => {
+    const generated = () => readdirSync(join(repo, "gen"), { recursive: true }).sort();
+    const before = generated();
+    appendFileSync(join(repo, "proto/shopmesh/common/v1/common.proto"), "\n// changed by a test\n");
+    const both = Promise.all([make("build"), make("build")]);
+    const wrong = await readWhile(both);
+    const out = (await both).map((b) => `${b.code}\n${b.out}`).join("\n");
+    expect(out.match(/^0$/gm), out).toHaveLength(2);
+    expect(generated()).toEqual(before);
+    expect(wrong).toEqual([]);
+    expect(lines(out, "> buf generate"), out).toBe(1);
+    const again = await make("build");
+    expect(again).toEqual({ code: 0, out: "" });
+  }, 180_000);
+});
+
 describe("the build lock", () => {
   const lock = () => join(repo, ".build-lock");
 
