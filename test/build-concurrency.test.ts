@@ -21,7 +21,7 @@ import { dirname, join } from "node:path";
 import { setImmediate as tick } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SYSTEM } from "../scripts/layout.js";
-import { exited, ROOT, runToEnd, tempDir } from "./fixtures.js";
+import { exited, freePort, ROOT, runToEnd, tempDir } from "./fixtures.js";
 
 /** What `make build` reads (gen/ and proto/ for gen-fresh, web/ for the web shop). */
 const INPUTS = [
@@ -150,6 +150,46 @@ describe("two builds started at once after a contract changed", () => {
     const again = await make("build");
     expect(again).toEqual({ code: 0, out: "" });
   }, 180_000);
+});
+
+describe("make run while another terminal builds", () => {
+  it("a service killed during a rebuild is restarted from a whole dist/ and comes up", async () => {
+    using data = tempDir();
+    const env: Record<string, string> = { DATA_DIR: data.path };
+    for (const p of SYSTEM) {
+      env[`${p.name.toUpperCase()}_PORT`] = String(await freePort());
+      env[`${p.name.toUpperCase()}_METRICS_PORT`] = String(await freePort());
+    }
+    env.NATS_PORT = String(await freePort());
+    env.NATS_MONITOR_PORT = String(await freePort());
+    const run = spawn(process.execPath, [join(repo, "dist", "scripts", "run.js")], {
+      cwd: repo,
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    run.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    run.stderr.on("data", (d: Buffer) => (out += d.toString()));
+    const count = (re: RegExp) => out.split("\n").filter((l) => re.test(l)).length;
+    const listening = /^inventory .*\| .*gRPC server listening/;
+    try {
+      await expect.poll(() => count(listening), { timeout: 30_000 }).toBe(1);
+      for (let round = 1; round <= 2; round++) {
+        const pid = Number([...out.matchAll(/^inventory .*\| started \(pid (\d+)\)/gm)].at(-1)?.[1]);
+        touch(SHARED_SOURCE);
+        const build = make("build");
+        process.kill(pid, "SIGKILL"); // restarted in 1 s: while the build writes dist/
+        const { code, out: built } = await build;
+        expect(code, built).toBe(0);
+        await expect.poll(() => count(listening), { timeout: 30_000 }).toBe(round + 1);
+        expect(count(/^inventory .*\| exited unexpectedly/), out).toBe(round);
+      }
+    } finally {
+      run.kill("SIGINT");
+      await exited(run);
+    }
+    expect(out).toContain("all stopped");
+  }, 120_000);
 });
 
 describe("the build lock", () => {
