@@ -45,7 +45,7 @@ gen_hash = $$(cat $(GEN_INPUTS) | { sha256sum 2>/dev/null || shasum -a 256; } | 
 # lock (scripts/build-lock.sh: a link made atomically, naming its owner's pid, taken over when that
 # process is gone); a second build waits, saying so after a second, and its make then decides afresh
 # what is stale: nothing, when the first built what it would have.
-BUILD_LOCK := scripts/build-lock.sh
+BUILD_LOCK := sh scripts/build-lock.sh
 
 gen-fresh: | install
 	@[ "$(gen_hash)" = "$$(cat $(GEN_HASH) 2>/dev/null)" ] || $(MAKE) --no-print-directory generate

@@ -54,6 +54,7 @@ const MAKE_RUN = [
   "test/run.test.ts",
   "test/history-rebuild.test.ts",
   "test/hostile-cli.test.ts",
+  "test/build-concurrency.test.ts",
 ];
 
 /**

@@ -15,7 +15,10 @@ if [ -n "${SHOPMESH_BUILD_LOCK:-}" ] && [ "$(readlink "$lock" 2>/dev/null)" = "$
 fi
 tries=0
 until ln -sn "$$" "$lock" 2>/dev/null; do
-  owner=$(readlink "$lock" 2>/dev/null) || continue # released just now: try again
+  owner=$(readlink "$lock" 2>/dev/null) || {
+    [ -e "$lock" ] && { echo "$lock is not a lock this script made: remove it" >&2; exit 1; }
+    continue # released just now: try again
+  }
   # Gone, or a zombie no one reaps (a container's init may not): `ps -p` alone counts that alive.
   case "$(ps -o stat= -p "$owner" 2>/dev/null)" in "" | Z*) gone=yes ;; *) gone= ;; esac
   if [ -n "$gone" ]; then
