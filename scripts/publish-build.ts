@@ -10,8 +10,8 @@
  *
  *   node dist/.next/scripts/publish-build.js dist/.next dist
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { dirname, join, sep } from "node:path";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 
 /** Where the names of the chunks of the build in dist/ are kept (those of the build before are kept too). */
 const CHUNK_LIST = ".chunks";
@@ -24,16 +24,24 @@ export function publishBuild(staging: string, dist: string): void {
   const listed = join(dist, CHUNK_LIST);
   const before = existsSync(listed) ? readFileSync(listed, "utf8").split("\n") : readdirSync(chunkDir);
   for (const c of chunks) renameSync(join(staging, "chunks", c), join(chunkDir, c));
-  for (const file of readdirSync(staging, { recursive: true, encoding: "utf8" })) {
-    const from = join(staging, file);
-    if (file === "chunks" || file.startsWith(`chunks${sep}`) || !statSync(from).isFile()) continue;
-    mkdirSync(dirname(join(dist, file)), { recursive: true });
-    renameSync(from, join(dist, file));
+  const made = new Set<string>();
+  for (const file of filesUnder(staging)) {
+    const to = join(dist, file);
+    if (!made.has(dirname(to))) mkdirSync(dirname(to), { recursive: true });
+    made.add(dirname(to));
+    renameSync(join(staging, file), to);
   }
   const keep = new Set([...chunks, ...before]);
   for (const c of readdirSync(chunkDir)) if (!keep.has(c)) rmSync(join(chunkDir, c), { force: true });
   writeFileSync(listed, chunks.join("\n"));
   rmSync(staging, { recursive: true, force: true });
+}
+
+/** The files under `root`, by path from it. */
+function filesUnder(root: string, dir = ""): string[] {
+  return readdirSync(join(root, dir), { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory() ? filesUnder(root, join(dir, e.name)) : [join(dir, e.name)],
+  );
 }
 
 if (process.argv[1] === import.meta.filename) {
