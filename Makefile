@@ -120,10 +120,9 @@ chromium: ## Make sure Chromium is installed (the web shop's browser tests drive
 # http2 server.close() ends the sessions itself: grpc-js's drain then "finished" at once). The
 # official binary, from npm's node-<os>-<arch> package: no download from nodejs.org.
 NODE24_VERSION := 24.22.3
-NODE24 := .cache/node24/node_modules/node-$(shell node -p 'process.platform + "-" + process.arch')/bin/node
-node24: $(NODE24) ## Install the image's Node (24) under .cache/, for the node24 test project
-$(NODE24):
-	npm install --no-save --no-audit --no-fund --no-package-lock --prefix .cache/node24 node-$(shell node -p 'process.platform + "-" + process.arch')@$(NODE24_VERSION) >&2
+node24: ## Install the image's Node (24) under .cache/node24, for the node24 test project
+	@[ -x .cache/node24/node_modules/.bin/node ] || npm install --no-save --no-audit --no-fund --no-package-lock \
+	  --prefix .cache/node24 node-$$(node -p 'process.platform + "-" + process.arch')@$(NODE24_VERSION) >&2
 
 # dist/ is built once, before the suites that spawn it run side by side (each one's own `make build` is then a no-op).
 test: install nats postgres python-client chromium node24 build ## Everything CI checks: lint, typecheck, all tests

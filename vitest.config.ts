@@ -65,12 +65,7 @@ const MAKE_RUN = [
  * sessions itself), resets and GOAWAYs.
  */
 const ON_NODE24 = ["test/hostile-drain.test.ts", "services/inventory/process.test.ts", "test/hostile-h2.test.ts"];
-const NODE24 = join(
-  import.meta.dirname,
-  ".cache/node24/node_modules",
-  `node-${process.platform}-${process.arch}`,
-  "bin/node",
-);
+const NODE24 = join(import.meta.dirname, ".cache/node24/node_modules/.bin/node");
 
 // Two cores here: two workers; integration tests start real servers on
 // ephemeral ports and real processes, so give them room.

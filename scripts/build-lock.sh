@@ -34,7 +34,7 @@ until ln -sn "$$" "$lock" 2>/dev/null; do
     continue
   fi
   tries=$((tries + 1))
-  [ "$tries" = 10 ] && echo "waiting for another build (pid $owner) to finish" >&2
+  [ "$tries" = 10 ] && echo "waiting for another build (pid $owner) to finish (none running? remove .build-lock)" >&2
   sleep 0.1
 done
 trap 'rm -f "$lock"' EXIT
