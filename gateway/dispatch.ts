@@ -302,7 +302,7 @@ export function createDispatch(o: DispatchOptions): Dispatch {
       // GET is the Connect protocol's for unary calls only (connect-es lists it for streams too); HEAD
       // is GET without the content (RFC 9110 §9.3.2), which Node leaves out of a HEAD's answer itself.
       const getting = allowedMethods.includes("GET") && method.methodKind === "unary";
-      const uReq = web.request(universalRequest(req, res, values));
+      const uReq = web.request(universalRequest(req, res, values), maxBodyBytes);
       const enveloped = wire !== "connect" || isConnectStream(contentType); // else a unary Connect body
       const uRes = await admission
         .handler({

@@ -278,6 +278,25 @@ describe("gRPC-Web text: the limits are gRPC-Web binary's", () => {
     }
   });
 
+  it("refuses a text body over 4/3 of the limit, declared or streamed, however little it decodes to", async () => {
+    // Each byte its own padded group (base64 chunks concatenated): 4 characters a byte, the message
+    // within the limit decoded, its body 8 KB against the 5,464 characters of the limit's base64.
+    const padded = [...product("x".repeat(MAX_BODY / 2))].map((byte) => b64(Buffer.from([byte]))).join("");
+    expect(padded.length).toBeGreaterThan(Math.ceil(MAX_BODY / 3) * 4);
+    const declared = await post(GET_PRODUCT, { ...auth, ...TEXT }, Buffer.from(padded));
+    const streamed = await post(GET_PRODUCT, { ...auth, ...TEXT }, padded.match(/.{1,1000}/g) ?? []);
+    for (const [name, a] of [
+      ["declared", declared],
+      ["streamed", streamed],
+    ] as const) {
+      expect([a.status, a.headers["content-type"], grpcStatus(a)], name).toEqual([
+        declared.status,
+        "application/grpc-web-text+proto",
+        "8",
+      ]);
+    }
+  });
+
   it("invites a text body its limit takes (Expect: 100-continue), as binary's is", async () => {
     const text = Buffer.from(b64(product("x".repeat(MAX_BODY - 100))));
     expect(text.length).toBeGreaterThan(MAX_BODY);

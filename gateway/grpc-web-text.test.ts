@@ -12,9 +12,10 @@ import { bodyLimit, decodeGroups, decodeText, encodeText, webText } from "./grpc
 const MESSAGE = Buffer.from("\x00\x00\x00\x00\x12grpc-web-text-data", "latin1");
 const B64 = "AAAAABJncnBjLXdlYi10ZXh0LWRhdGE=";
 
-async function decodeAll(pieces: string[]): Promise<Buffer> {
+async function decodeAll(pieces: string[], maxChars = Number.MAX_SAFE_INTEGER): Promise<Buffer> {
   const out: Uint8Array[] = [];
-  for await (const b of decodeText(createAsyncIterable(pieces.map((p) => Buffer.from(p, "latin1"))))) out.push(b);
+  const raw = createAsyncIterable(pieces.map((p) => Buffer.from(p, "latin1")));
+  for await (const b of decodeText(raw, maxChars)) out.push(b);
   return Buffer.concat(out);
 }
 
@@ -34,7 +35,8 @@ describe("decodeText", () => {
 
   it("yields each complete 4-character group as it arrives, holding back at most 3 characters", async () => {
     const yielded: number[] = [];
-    for await (const b of decodeText(createAsyncIterable(["AAAAA", "BJn", "cnBj"].map((s) => Buffer.from(s))))) {
+    const raw = createAsyncIterable(["AAAAA", "BJn", "cnBj"].map((s) => Buffer.from(s)));
+    for await (const b of decodeText(raw, 12)) {
       yielded.push(b.byteLength);
     }
     expect(yielded).toEqual([3, 3, 3]);
@@ -56,6 +58,13 @@ describe("decodeText", () => {
     }
     // An empty body is no base64 error: connect-es refuses the missing message itself.
     expect(await decodeAll([])).toHaveLength(0);
+  });
+
+  it("refuses a body longer than its limit in characters RESOURCE_EXHAUSTED, however little it decodes to", async () => {
+    // A group padded to one byte ("AA==") is 4 characters a byte: its decoded length is no bound on the body.
+    expect(await decodeAll(["AA==".repeat(5)], 20)).toHaveLength(5);
+    expect(await refusal(decodeAll(["AA==".repeat(5), "AA=="], 20))).toBe(Code.ResourceExhausted);
+    expect(await refusal(decodeAll(["AA==".repeat(5), "A"], 20))).toBe(Code.ResourceExhausted);
   });
 });
 
@@ -95,15 +104,18 @@ describe("webText", () => {
   it("hands the handler a binary request", () => {
     const w = webText({ "content-type": "application/grpc-web-text+proto" });
     const header = new Headers({ "content-type": "application/grpc-web-text+proto", "content-length": "32" });
-    const req = w.request({
-      httpVersion: "1.1",
-      method: "POST",
-      url: "http://x/",
-      header,
-      signal: new AbortController().signal,
-      contextValues: undefined as never,
-      body: createAsyncIterable([]),
-    });
+    const req = w.request(
+      {
+        httpVersion: "1.1",
+        method: "POST",
+        url: "http://x/",
+        header,
+        signal: new AbortController().signal,
+        contextValues: undefined as never,
+        body: createAsyncIterable([]),
+      },
+      4096,
+    );
     expect(new Headers(req.header).get("content-type")).toBe("application/grpc-web+proto");
     expect(new Headers(req.header).has("content-length")).toBe(false);
   });
