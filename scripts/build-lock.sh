@@ -10,6 +10,14 @@
 # A command run by the owner, and its children (make generate under make build), hold it already:
 # SHOPMESH_BUILD_LOCK names the holder.
 lock="$(dirname "$0")/../.build-lock"
+# The state of process $1 ("" when there is none): ps's, or Linux's /proc where there is no ps (procps
+# is not in a Debian slim image: there every holder looked gone, and two builds ran at once again).
+state() {
+  if command -v ps >/dev/null 2>&1; then ps -o stat= -p "$1" 2>/dev/null
+  elif [ -d /proc/self ]; then sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1
+  else echo "?" # unknown: waited for, as for a running one (the waiting line says what to do)
+  fi
+}
 if [ -n "${SHOPMESH_BUILD_LOCK:-}" ] && [ "$(readlink "$lock" 2>/dev/null)" = "$SHOPMESH_BUILD_LOCK" ]; then
   exec "$@"
 fi
@@ -20,7 +28,7 @@ until ln -sn "$$" "$lock" 2>/dev/null; do
     continue # released just now: try again
   }
   # Gone, or a zombie no one reaps (a container's init may not): `ps -p` alone counts that alive.
-  case "$(ps -o stat= -p "$owner" 2>/dev/null)" in "" | Z*) gone=yes ;; *) gone= ;; esac
+  case "$(state "$owner")" in "" | Z*) gone=yes ;; *) gone= ;; esac
   if [ -n "$gone" ]; then
     # Removed under a second lock, after looking again: two waiters both finding the owner gone must
     # not both remove a link, the second removing the one the first has just made.
