@@ -25,6 +25,9 @@ tries=0
 until ln -sn "$$" "$lock" 2>/dev/null; do
   owner=$(readlink "$lock" 2>/dev/null) || {
     [ -e "$lock" ] && { echo "$lock is not a lock this script made: remove it" >&2; exit 1; }
+    # No lock there, and none could be made: not a race lost but a folder gone or not writable (looping
+    # on, the waiter spun at full CPU for ever).
+    [ -d "${lock%/*}" ] && [ -w "${lock%/*}" ] || { echo "cannot take the build lock: ${lock%/*} is gone or not writable" >&2; exit 1; }
     continue # released just now: try again
   }
   # Gone, or a zombie no one reaps (a container's init may not): `ps -p` alone counts that alive.
@@ -36,10 +39,10 @@ until ln -sn "$$" "$lock" 2>/dev/null; do
       [ "$(readlink "$lock" 2>/dev/null)" = "$owner" ] && rm -f "$lock" &&
         echo "took over the build lock of pid $owner, which is gone" >&2
       rmdir "$lock.break"
-    elif [ -n "$(find "$lock.break" -prune -mmin +1 2>/dev/null)" ]; then
-      rmdir "$lock.break" # left by a waiter killed in the instant it held it
+      continue
     fi
-    continue
+    # Another waiter is removing it (waited for below, not spun on), or was killed doing so.
+    [ -n "$(find "$lock.break" -prune -mmin +1 2>/dev/null)" ] && rmdir "$lock.break"
   fi
   tries=$((tries + 1))
   [ "$tries" = 10 ] && echo "waiting for another build (pid $owner) to finish (none running? remove .build-lock)" >&2
