@@ -315,8 +315,12 @@ describe("defects", () => {
       { ":authority": "u@localhost" },
       { ":authority": `localhost:${gw.port}`, host: "elsewhere" },
     ]) {
-      const r = await h2Request(session, { ":method": "GET", ":path": "/v1/products", authorization, ...extra });
-      expect({ extra, status: r.status }).toEqual({ extra, status: 400 });
+      // Node 24's nghttp2 refuses the userinfo itself, as RFC 9113 §8.1.1 has a malformed request refused:
+      // the stream reset PROTOCOL_ERROR before the gateway sees it. Either way, not served.
+      const status = await h2Request(session, { ":method": "GET", ":path": "/v1/products", authorization, ...extra })
+        .then((r) => r.status)
+        .catch((err: Error) => (/NGHTTP2_PROTOCOL_ERROR/.test(err.message) ? 400 : err.message));
+      expect({ extra, status }).toEqual({ extra, status: 400 });
     }
     const fine = await h2Request(session, { ":method": "GET", ":path": "/v1/products", authorization });
     expect(fine.status).toBe(200);
