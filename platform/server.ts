@@ -115,9 +115,10 @@ function fileDescriptorProtos(services: readonly DescService[]): Buffer[] {
  * on it (grpc-node#2872). A service's callers are the gateway and other services, each carrying
  * many callers over one connection, and every caller that gives up mid-call (a closed tab, a
  * deadline) is a reset on it. Node 22.10 and later let a server allow more (`streamResetBurst`,
- * `streamResetRate`; the image runs Node 24): 5,000 beyond 1,000 a second here, more cancellations
- * than a 2-core gateway forwards, a flood still cut within a second (100,000 beyond 10,000 let a
- * 3 s flood grow a service by 130 MB: test/hostile-h2 on Node 24). The gateway's listener keeps
+ * `streamResetRate`; the image runs Node 24): 2,000 beyond 5,000 a second here — all a gateway's
+ * calls in flight to one upstream at once (bulkhead and queue: 640), and more a second than a
+ * 2-core gateway forwards — a flood still cut within a second: on Node 24 a 3 s flood grew a service
+ * by 24-27 MB, by 130 at 100,000 beyond 10,000 (test/hostile-h2). The gateway's listener keeps
  * Node's default, so a hostile client only closes its own connection. On Node 20 the options are
  * ignored; clients there avoid resets where they can (platform/grpc-client.ts). grpc-js has no
  * option for it: its http2 server options are set here.
@@ -125,8 +126,8 @@ function fileDescriptorProtos(services: readonly DescService[]): Buffer[] {
 function tolerateCancellations(server: grpc.Server): void {
   const options = (server as unknown as { commonServerOptions?: Record<string, unknown> }).commonServerOptions;
   if (!options) throw new Error("grpc-js no longer keeps commonServerOptions: allow stream resets another way");
-  options.streamResetBurst = 5_000;
-  options.streamResetRate = 1_000;
+  options.streamResetBurst = 2_000;
+  options.streamResetRate = 5_000;
 }
 
 /** A request a library's service could not decode (see {@link refusingUndecodable}). */
