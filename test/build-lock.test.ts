@@ -69,7 +69,7 @@ it("a waiter whose checkout goes away under it says why and exits 1, instead of 
     });
     await expect.poll(() => out, { timeout: 10_000 }).toContain("waiting for another build");
     rmSync(gone.path, { recursive: true, force: true }); // the lock's folder with it: no lock can be made
-    const ended = await Promise.race([waited, new Promise<undefined>((r) => setTimeout(r, 5_000))]);
+    const ended = await Promise.race([waited, new Promise<undefined>((r) => setTimeout(() => r(undefined), 5_000))]);
     expect(ended, "the waiter must end, not spin").toBeDefined();
     expect(ended?.code).toBe(1);
     expect(ended?.out).toContain("cannot take the build lock");
