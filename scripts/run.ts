@@ -36,8 +36,9 @@
  * `make bench` starts them.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { createServer } from "node:net";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { createInterface } from "node:readline";
 import { EVENTS } from "../contracts/events.js";
 import {
@@ -262,7 +263,15 @@ function start(
 function holderOf(port: number): string {
   const out = spawnSync("ss", ["-ltnpH", `sport = :${port}`], { encoding: "utf8" }).stdout ?? "";
   const m = /users:\(\("([^"]+)",pid=(\d+)/.exec(out);
-  return m ? `${m[1]} (pid ${m[2]})` : "another process";
+  if (!m) return "another process";
+  // ss names a process by its main thread, which Node 24 calls "MainThread": its command says "node".
+  let name = m[1];
+  if (name === "MainThread") {
+    try {
+      name = basename(readFileSync(`/proc/${m[2]}/cmdline`, "utf8").split("\0")[0] || name);
+    } catch {} // gone meanwhile: the thread's name will do
+  }
+  return `${name} (pid ${m[2]})`;
 }
 
 /** Whether `port` can be listened on (all interfaces, as the services and NATS need it). */
