@@ -142,18 +142,21 @@ export class Inbox {
 
   /**
    * Counts a failure of the handler of `eventId` and returns how many there have been, in every
-   * process. Not flushed: a count lost with a power failure costs one more retry.
+   * process; 0, counting nothing, when the event has been handled meanwhile (a delivery past the ack
+   * wait failing after another replica, or a redelivery, handled it: its count would stay until a
+   * purge). Not flushed: a count lost with a power failure costs one more retry.
    */
   failed(eventId: string, error: string): Promise<number> {
     return this.db.transaction(
       async (tx) => {
         const row = await tx.one<{ failures: number }>(sql`INSERT INTO inbox_failures AS f
             (consumer, event_id, failures, last_error, failed_at)
-          VALUES (${this.consumer}, ${eventId}, 1, ${error.slice(0, MAX_ERROR_CHARS)}, ${this.clock()})
+          SELECT ${this.consumer}, ${eventId}, 1, ${error.slice(0, MAX_ERROR_CHARS)}, ${this.clock()}
+          WHERE NOT EXISTS (SELECT 1 FROM inbox WHERE consumer = ${this.consumer} AND event_id = ${eventId})
           ON CONFLICT (consumer, event_id) DO UPDATE SET failures = f.failures + 1,
             last_error = excluded.last_error, failed_at = excluded.failed_at
           RETURNING failures`);
-        return Number(row?.failures ?? 1);
+        return Number(row?.failures ?? 0);
       },
       { durable: false },
     );
