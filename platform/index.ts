@@ -26,6 +26,7 @@ export {
   modeToken,
   NO_ORDER,
   type StreamSpec,
+  selects,
 } from "./catalogue.js";
 export { faultEnv } from "./chaos.js";
 export {

@@ -2,17 +2,22 @@
  * `make events`: prints every event on the bus as it happens (with
  * `--from-start`, first everything the streams still hold), decoded from
  * protobuf into one readable line each, until Ctrl-C. `make dlq` (`--dlq`)
- * lists the dead letters the DLQ stream holds, with their reasons, and
- * exits; `--follow` keeps watching for new ones. NATS_URL overrides the
+ * lists the dead letters the DLQ stream holds, with their reasons and DLQ
+ * sequences, and exits; `--follow` keeps watching for new ones;
+ * `--redrive <seq>[,<seq>...]` or `--redrive all` publishes those letters
+ * again on their subjects (scripts/redrive.ts). NATS_URL overrides the
  * server (default nats://127.0.0.1:4222); it connects as the bus's
  * administrator of `make run` (scripts/nats.ts), or as NATS_USER with
  * NATS_PASSWORD. Exits 1 when NATS does not answer within 10 s, or refuses
- * the user, 2 on an unknown argument.
+ * the user, or when a redrive skipped a letter, 2 on an unknown argument or
+ * a letter the DLQ does not hold.
  *
  *   make events                     # live tail of ORDER, INVENTORY, PAYMENT (and DLQ)
  *   make events ARGS=--from-start   # what the streams hold, then live
  *   make dlq                        # dead letters and why, then exit
  *   make dlq ARGS=--follow          # ... and every one after, until Ctrl-C
+ *   make dlq ARGS="--redrive 3,5"   # letters 3 and 5 back on their subjects
+ *   make dlq ARGS="--redrive all"   # every letter back on its subject
  */
 import { join } from "node:path";
 import { fromBinary, toJson } from "@bufbuild/protobuf";
@@ -31,15 +36,40 @@ import {
 import { ROOT } from "./layout.js";
 import { localBusEnv } from "./nats.js";
 import { printable, quietWhenOutputCloses } from "./printable.js";
+import {
+  failure,
+  markLine,
+  markOf,
+  parseSelection,
+  redrive,
+  redrivenSeqs,
+  type Selection,
+  unknownLetters,
+} from "./redrive.js";
 
 quietWhenOutputCloses();
-const USAGE = "usage: events.ts [--from-start] | events.ts --dlq [--follow]";
+const USAGE =
+  "usage: events.ts [--from-start] | events.ts --dlq [--follow] | events.ts --dlq --redrive <seq>[,<seq>...]|all";
+const usage = (why: string): never => {
+  process.stderr.write(`${why}\n${USAGE}\n`);
+  process.exit(2);
+};
 const args = process.argv.slice(2);
-for (const a of args) {
-  if (!["--dlq", "--from-start", "--follow"].includes(a)) {
-    process.stderr.write(`unknown argument ${a}\n${USAGE}\n`);
-    process.exit(2);
+let redriving: Selection | undefined;
+for (let i = 0; i < args.length; i++) {
+  const a = args[i] ?? "";
+  if (a === "--redrive") {
+    const which = args[++i];
+    if (which === undefined) usage("--redrive needs the DLQ sequences of the letters (make dlq shows them), or all");
+    if (redriving) usage("--redrive given twice");
+    redriving =
+      parseSelection(which ?? "") ?? usage(`--redrive ${printable(which ?? "")}: not all, nor DLQ sequences like 3,5`);
+  } else if (!["--dlq", "--from-start", "--follow"].includes(a)) {
+    usage(`unknown argument ${printable(a)}`);
   }
+}
+if (redriving && (!args.includes("--dlq") || args.includes("--follow") || args.includes("--from-start"))) {
+  usage("--redrive goes with --dlq alone");
 }
 const dlqOnly = args.includes("--dlq");
 // The event tail always follows; the dead-letter list ends unless asked to follow.
@@ -70,6 +100,26 @@ const bus = await connectBus(url, "shopmesh-events-tail", silentLogger(), {
 });
 clearTimeout(timer);
 
+if (redriving) {
+  const which = redriving;
+  try {
+    const unknown = await unknownLetters(bus, which);
+    if (unknown.length > 0) {
+      await bus.close();
+      usage(unknown.join("\n"));
+    }
+    const { redriven, skipped } = await redrive(bus, EVENTS, which, NATS_USER, (line) => console.log(line));
+    console.log(`${redriven} redriven, ${skipped} skipped`);
+    await bus.close();
+    process.exit(skipped > 0 ? 1 : 0);
+  } catch (err) {
+    process.stderr.write(`redrive stopped: ${failure(err, NATS_USER)}\n`);
+    process.exit(1);
+  }
+}
+/** The DLQ letters redriven already (scripts/redrive.ts): left out of the listing. */
+const redriven = dlqOnly ? await redrivenSeqs(bus) : new Set<number>();
+
 function describe(type: string, data: Uint8Array): string {
   const schema = EVENTS.kind(type)?.schema;
   if (!schema) return `<${data.length} bytes of unknown type>`;
@@ -89,7 +139,15 @@ const cut = (h: JsMsg["headers"]) =>
     .map((x) => `; ${x}`)
     .join("");
 
-function print(stream: string, m: JsMsg): void {
+/** Prints `m` of `stream`; false when it is no line of the listing (a DLQ letter redriven, a redrive mark). */
+function print(stream: string, m: JsMsg): boolean {
+  const marked = stream === DLQ_STREAM.name ? markOf(m.subject) : undefined;
+  if (marked !== undefined) {
+    // A letter redriven since the listing began (as it follows): said, as its letter was shown.
+    if (!redriven.has(marked)) console.log(dim(markLine(m)));
+    return false;
+  }
+  if (stream === DLQ_STREAM.name && redriven.has(m.seq)) return false;
   let h: JsMsg["headers"];
   try {
     h = m.headers;
@@ -98,7 +156,7 @@ function print(stream: string, m: JsMsg): void {
     console.log(
       `${dim("?".padEnd(12))} ${printable(m.subject).padEnd(38)} <${m.data.length} bytes with unreadable headers>`,
     );
-    return;
+    return true;
   }
   const type = h?.get("ce-type") ?? "?";
   const time = printable((h?.get("ce-time") ?? "").slice(11, 23));
@@ -108,11 +166,12 @@ function print(stream: string, m: JsMsg): void {
       printable(h?.get(k) ?? ""),
     );
     console.log(
-      `${red("DLQ")} ${line}\n    ${red("reason:")} ${reason} ${dim(`(consumer ${consumer}, ${deliveries} deliveries${printable(cut(h))})`)}`,
+      `${red(`DLQ ${m.seq}`)} ${line}\n    ${red("reason:")} ${reason} ${dim(`(consumer ${consumer}, ${deliveries} deliveries${printable(cut(h))})`)}`,
     );
   } else {
     console.log(line);
   }
+  return true;
 }
 
 /**
@@ -137,13 +196,14 @@ async function open(b: Bus, stream: string) {
 /** Prints a tail's messages: those held when it opened, and with `follow`, what comes after. */
 async function show(tail: NonNullable<Awaited<ReturnType<typeof open>>>): Promise<number> {
   const { stream, held, last, messages } = tail;
+  let read = 0;
   let shown = 0;
   for await (const m of messages) {
-    print(stream, m);
-    shown++;
+    if (print(stream, m)) shown++;
+    read++;
     // A listing ends with what the stream held when it began — not at "nothing pending": nats-server
     // 2.9 counts deleted messages as pending, and a listing after a deletion never ended.
-    if (!follow && (shown >= held || m.seq >= last)) break;
+    if (!follow && (read >= held || m.seq >= last)) break;
   }
   await messages.close();
   return shown;

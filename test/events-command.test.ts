@@ -9,14 +9,33 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import { afterEach, describe, expect, it } from "vitest";
-import { EVENTS } from "../contracts/events.js";
+import { BUS_USERS, EVENTS } from "../contracts/events.js";
+import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
-import { type Bus, connectBus, silentLogger } from "../platform/index.js";
+import { startConsumer } from "../platform/consumer.js";
+import {
+  INBOX_FAILURES_MIGRATION,
+  INBOX_MIGRATION,
+  INBOX_PURGE_MIGRATION,
+  on,
+  UnprocessableEventError,
+} from "../platform/inbox.js";
+import {
+  BUS_ADMIN,
+  type Bus,
+  connectBus,
+  migrations,
+  natsAuthorization,
+  openDatabase,
+  silentLogger,
+  sql,
+} from "../platform/index.js";
 import { printable } from "../scripts/printable.js";
 import { TestDatabases } from "./db.js";
-import { event, publishEvents, until } from "./events.js";
+import { consumerSettled, event, publishEvents, until } from "./events.js";
 import { built, exited, freePort, ROOT, spawnService, tempDir } from "./fixtures.js";
 import { rawPublish, startNats, type TestNats } from "./nats.js";
 
@@ -312,4 +331,386 @@ describe("what the commands print of what others wrote (printable)", () => {
     expect(printable("x\u{E00C8}\u{E00C9}")).toBe("x\\u{e00c8}\\u{e00c9}");
     expect(printable("\u001b[2J\u202e\u2800")).toBe("\\x1b[2J\\u{202e}\\u{2800}");
   });
+});
+
+describe("make dlq --redrive", () => {
+  const password = (user: string) => `test-${user}-password`;
+  const admin = { user: BUS_ADMIN, pass: password(BUS_ADMIN) };
+  /** scripts/events.ts with `args` as `user` (the bus's administrator unless given). */
+  const asUser = (args: string[], natsUrl: string, user = BUS_ADMIN) =>
+    command(process.execPath, [...built("scripts/events.ts"), ...args], {
+      NATS_URL: natsUrl,
+      NATS_USER: user,
+      NATS_PASSWORD: password(user),
+    });
+
+  /** A database with an inbox and an effects table, and a consumer of ORDER as `durable` recording each OrderPlaced. */
+  async function recorder(bus: Bus, dir: string, durable: string, broken: Set<string>) {
+    const db = await openDatabase(
+      { engine: "sqlite", path: join(dir, `${durable}.db`) },
+      migrations([
+        INBOX_MIGRATION,
+        INBOX_FAILURES_MIGRATION,
+        INBOX_PURGE_MIGRATION,
+        "CREATE TABLE effects (event_id TEXT NOT NULL);",
+      ]),
+    );
+    const consumer = await startConsumer({
+      catalogue: EVENTS,
+      bus,
+      db,
+      log: silentLogger(),
+      stream: "ORDER",
+      durable,
+      handlers: [
+        on(OrderPlacedSchema, async (_e, ctx, tx) => {
+          if (broken.has(ctx.eventId)) throw new UnprocessableEventError(`${durable} cannot take it yet`);
+          await tx.run(sql`INSERT INTO effects (event_id) VALUES (${ctx.eventId})`);
+        }),
+      ],
+    });
+    const effects = async (eventId: string) =>
+      (await db.one(sql<{ n: number }>`SELECT COUNT(*) AS n FROM effects WHERE event_id = ${eventId}`))?.n ?? 0;
+    return {
+      effects,
+      settled: () => consumerSettled(bus, "ORDER", durable),
+      [Symbol.asyncDispose]: async () => {
+        await consumer.stop();
+        await db.close();
+      },
+    };
+  }
+
+  /** A well-formed OrderPlaced `eventId` on its subject, `pad` bytes of an unknown field added to its payload. */
+  async function placedEvent(bus: Bus, eventId: string, pad = 0): Promise<number> {
+    const meta = { eventId, orderId: `ord-${eventId}`, sagaMode: SagaMode.ORCHESTRATION };
+    const body = toBinary(OrderPlacedSchema, create(OrderPlacedSchema, { meta, customerId: "lea" }));
+    // Field 100, length-delimited: kept as unknown by the decoder.
+    const unknown = pad > 0 ? Buffer.concat([Buffer.from([0xa2, 0x06]), varint(pad), Buffer.alloc(pad, 7)]) : [];
+    const h = natsHeaders();
+    h.set("ce-type", OrderPlacedSchema.typeName);
+    h.set("ce-id", eventId);
+    const ack = await bus.js.publish("order.order.placed.orchestration", Buffer.concat([body, Buffer.from(unknown)]), {
+      headers: h,
+      msgID: eventId,
+    });
+    return ack.seq;
+  }
+  const varint = (n: number) => {
+    const out: number[] = [];
+    for (; n > 127; n = Math.floor(n / 128)) out.push((n % 128) | 128);
+    out.push(n);
+    return Buffer.from(out);
+  };
+
+  /** The DLQ's letters (not its redrive marks), by sequence. */
+  async function letters(bus: Bus) {
+    const { state } = await bus.jsm.streams.info("DLQ");
+    const out = [];
+    for (let seq = state.first_seq; seq <= state.last_seq; seq++) {
+      const m = await bus.jsm.streams.getMessage("DLQ", { seq }).catch(() => null);
+      if (m && m.subject.split(".").length === 2) out.push(m);
+    }
+    return out;
+  }
+  const letterOf = async (bus: Bus, eventId: string) => {
+    const all = await until(
+      () => letters(bus),
+      (ls) => ls.some((l) => l.header.get("ce-id") === eventId),
+    );
+    const l = all.find((x) => x.header.get("ce-id") === eventId);
+    if (!l) throw new Error(`no dead letter of ${eventId}`);
+    return l;
+  };
+  /** Publishes a letter with `headers` (and `data`) to dlq.`durable`, as a consumer would have; its DLQ sequence. */
+  async function addLetter(bus: Bus, durable: string, headers: Record<string, string>, data = new Uint8Array([1])) {
+    const h = natsHeaders();
+    for (const [k, v] of Object.entries(headers)) h.set(k, v);
+    return (await bus.js.publish(`dlq.${durable}`, data, { headers: h })).seq;
+  }
+
+  it("gives a dead letter back to the consumer that lettered it, once; one that had handled it applies nothing twice", async () => {
+    await using nats = await startNats(natsAuthorization(BUS_USERS, password));
+    const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams, auth: admin });
+    using dir = tempDir();
+    const broken = new Set(["evt_redrive_1"]);
+    try {
+      await using lettering = await recorder(bus, dir.path, "history-order", broken);
+      await using handled = await recorder(bus, dir.path, "notification-order", new Set());
+      await placedEvent(bus, "evt_redrive_1");
+      const letter = await letterOf(bus, "evt_redrive_1");
+      await handled.settled();
+      expect(await handled.effects("evt_redrive_1")).toBe(1);
+      expect(await lettering.effects("evt_redrive_1")).toBe(0);
+
+      const listed = asUser(["--dlq"], nats.url);
+      expect(await listed.exit(20_000), listed.err()).toBe(0);
+      expect(listed.out()).toContain(`DLQ ${letter.seq} `);
+
+      const following = asUser(["--dlq", "--follow"], nats.url);
+      await following.printed(`DLQ ${letter.seq} `);
+      broken.clear(); // the handler is fixed
+      const run = make(["dlq", `ARGS=--redrive ${letter.seq}`], {
+        NATS_URL: nats.url,
+        NATS_USER: BUS_ADMIN,
+        NATS_PASSWORD: password(BUS_ADMIN),
+      });
+      expect(await run.exit(20_000), `${run.out()}\n${run.err()}`).toBe(0);
+      expect(run.out()).toContain(`DLQ ${letter.seq} redriven to order.order.placed.orchestration`);
+      expect(run.out()).toContain("1 redriven, 0 skipped");
+      expect(
+        await until(
+          () => lettering.effects("evt_redrive_1"),
+          (n) => n === 1,
+        ),
+      ).toBe(1);
+      await lettering.settled();
+      await handled.settled();
+      expect(await lettering.effects("evt_redrive_1")).toBe(1);
+      expect(await handled.effects("evt_redrive_1")).toBe(1);
+
+      await following.printed(`DLQ ${letter.seq} redriven to ORDER 2`);
+      // Gone from the listing; named again, it is no letter of the DLQ any more.
+      const after = asUser(["--dlq"], nats.url);
+      expect(await after.exit(20_000), after.err()).toBe(0);
+      expect(after.out()).toContain("no dead letters on DLQ");
+      const again = asUser(["--dlq", "--redrive", String(letter.seq)], nats.url);
+      expect(await again.exit(20_000)).toBe(2);
+      expect(again.err()).toContain(`DLQ ${letter.seq} was redriven already`);
+
+      // The same letter once more (a redrive killed between its publish and its mark, or lettered twice):
+      // republished again, past the duplicate window's id, and applied by no one a second time.
+      const headers: Record<string, string> = {};
+      for (const [k, v] of letter.header) if (!/^nats-/i.test(k)) headers[k] = v[0] ?? "";
+      const copy = await addLetter(bus, "history-order", headers, new Uint8Array(letter.data));
+      const second = asUser(["--dlq", "--redrive", "all"], nats.url);
+      expect(await second.exit(20_000), `${second.out()}\n${second.err()}`).toBe(0);
+      expect(second.out()).toContain(`DLQ ${copy} redriven to order.order.placed.orchestration`);
+      expect(second.out()).toContain("1 redriven, 0 skipped");
+      const { state } = await bus.jsm.streams.info("ORDER");
+      expect(state.messages).toBe(3); // the event, and each redrive's copy
+      await until(
+        async () => (await bus.jsm.consumers.info("ORDER", "history-order")).delivered.stream_seq,
+        (s) => s === 3,
+      );
+      await lettering.settled();
+      await handled.settled();
+      expect(await lettering.effects("evt_redrive_1")).toBe(1);
+      expect(await handled.effects("evt_redrive_1")).toBe(1);
+      expect(await letters(bus)).toHaveLength(2); // the letters stay, marked redriven
+    } finally {
+      await bus.close();
+    }
+  }, 90_000);
+
+  it("run again after one killed between its publish and its mark: the stream drops the repeat, the letter is marked", async () => {
+    await using nats = await startNats();
+    const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams });
+    try {
+      const seq = await placedEvent(bus, "evt_twice");
+      const original = await bus.jsm.streams.getMessage("ORDER", { seq });
+      const headers = { "ce-type": OrderPlacedSchema.typeName, "ce-id": "evt_twice" };
+      const letter = await addLetter(
+        bus,
+        "history-order",
+        { ...headers, "x-dlq-subject": "order.order.placed.orchestration", "x-dlq-stream-seq": String(seq) },
+        new Uint8Array(original?.data ?? []),
+      );
+      // What the killed redrive had published, under its id.
+      const h = natsHeaders();
+      for (const [k, v] of Object.entries(headers)) h.set(k, v);
+      await bus.js.publish("order.order.placed.orchestration", new Uint8Array(original?.data ?? []), {
+        headers: h,
+        msgID: `redrive:${letter}`,
+      });
+      const run = asUser(["--dlq", "--redrive", String(letter)], nats.url);
+      expect(await run.exit(20_000), `${run.out()}\n${run.err()}`).toBe(0);
+      expect(run.out()).toContain(
+        `DLQ ${letter} redriven to order.order.placed.orchestration (evt_twice): ORDER 2, a repeat the stream dropped`,
+      );
+      expect((await bus.jsm.streams.info("ORDER")).state.messages).toBe(2);
+      const listed = asUser(["--dlq"], nats.url);
+      expect(await listed.exit(20_000), listed.err()).toBe(0);
+      expect(listed.out()).toContain("no dead letters on DLQ");
+    } finally {
+      await bus.close();
+    }
+  }, 60_000);
+
+  it("redrives a truncated letter from its original message in its stream", async () => {
+    await using nats = await startNats();
+    const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams });
+    using dir = tempDir();
+    const broken = new Set(["evt_big"]);
+    try {
+      await using lettering = await recorder(bus, dir.path, "history-order", broken);
+      // Near max_payload: with the dead letter's headers it no longer fits, and the letter is cut.
+      const original = await placedEvent(bus, "evt_big", (bus.nc.info?.max_payload ?? 0) - 200);
+      const letter = await letterOf(bus, "evt_big");
+      expect(letter.header.get("x-dlq-truncated")).not.toBe("");
+      expect(letter.header.get("x-dlq-stream-seq")).toBe(String(original));
+      broken.clear();
+      const run = asUser(["--dlq", "--redrive", String(letter.seq)], nats.url);
+      expect(await run.exit(20_000), `${run.out()}\n${run.err()}`).toBe(0);
+      expect(run.out()).toContain(`from ORDER ${original} (the letter was cut)`);
+      expect(
+        await until(
+          () => lettering.effects("evt_big"),
+          (n) => n === 1,
+        ),
+      ).toBe(1);
+      const copy = await bus.jsm.streams.getMessage("ORDER", { seq: original + 1 });
+      const whole = await bus.jsm.streams.getMessage("ORDER", { seq: original });
+      expect(copy?.data.byteLength).toBe(whole?.data.byteLength);
+    } finally {
+      await bus.close();
+    }
+  }, 60_000);
+
+  it("skips, and keeps, a letter it cannot redrive, says why, and exits 1", async () => {
+    await using nats = await startNats();
+    const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams });
+    try {
+      const ok = await placedEvent(bus, "evt_fine");
+      const base = { "ce-type": OrderPlacedSchema.typeName, "x-dlq-consumer": "history-order", "x-dlq-reason": "x" };
+      const subject = "order.order.placed.orchestration";
+      const gone = await addLetter(bus, "history-order", {
+        ...base,
+        "ce-id": "evt_gone",
+        "x-dlq-subject": subject,
+        "x-dlq-stream-seq": "999",
+        "x-dlq-truncated": "2000000 bytes, at most 65536 kept; other headers left out",
+      });
+      const nowhere = await addLetter(bus, "history-order", {
+        ...base,
+        "ce-id": "evt_nowhere",
+        "x-dlq-subject": "elsewhere.thing.happened.none",
+        "x-dlq-stream-seq": "1",
+      });
+      const bare = await addLetter(bus, "history-order", { ...base, "ce-id": "evt_bare" });
+      const old = await addLetter(bus, "history-order", {
+        ...base,
+        "ce-id": "evt_old",
+        "ce-time": "2026-01-01T00:00:00.000Z",
+        "x-dlq-subject": subject,
+        "x-dlq-stream-seq": String(ok),
+      });
+      const fine = await addLetter(bus, "history-order", {
+        ...base,
+        "ce-id": "evt_fine",
+        "x-dlq-subject": subject,
+        "x-dlq-stream-seq": String(ok),
+      });
+      const run = asUser(["--dlq", "--redrive", "all"], nats.url);
+      expect(await run.exit(20_000), run.err()).toBe(1);
+      const out = run.out();
+      expect(out).toContain(`DLQ ${gone} skipped: truncated, and its original (ORDER ${999}) is no longer held`);
+      expect(out).toContain(`DLQ ${nowhere} skipped: its subject elsewhere.thing.happened.none is on no event stream`);
+      expect(out).toContain(`DLQ ${bare} skipped: it has no x-dlq-subject`);
+      expect(out).toContain(
+        `DLQ ${old} skipped: its event is from 2026-01-01T00:00:00.000Z, over 7 days ago: the inboxes may have forgotten it`,
+      );
+      expect(out).toContain(`DLQ ${fine} redriven to ${subject}`);
+      expect(out).toContain("1 redriven, 4 skipped");
+      // In DLQ order.
+      expect(out.indexOf(`DLQ ${gone} `)).toBeLessThan(out.indexOf(`DLQ ${fine} `));
+      const listed = asUser(["--dlq"], nats.url);
+      expect(await listed.exit(20_000), listed.err()).toBe(0);
+      expect(listed.out()).toContain("4 dead letter(s)");
+      expect(listed.out()).not.toContain(`DLQ ${fine} `);
+    } finally {
+      await bus.close();
+    }
+  }, 60_000);
+
+  it("keeps a letter, unmarked, whose republish its stream refuses (no acknowledgement)", async () => {
+    await using nats = await startNats();
+    const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams });
+    try {
+      const seq = await placedEvent(bus, "evt_refused");
+      const letter = await addLetter(
+        bus,
+        "history-order",
+        {
+          "ce-type": OrderPlacedSchema.typeName,
+          "ce-id": "evt_refused",
+          "x-dlq-subject": "order.order.placed.orchestration",
+          "x-dlq-stream-seq": String(seq),
+        },
+        new Uint8Array(64),
+      );
+      const { config } = await bus.jsm.streams.info("ORDER");
+      await bus.jsm.streams.update("ORDER", { ...config, max_msg_size: 16 });
+      const run = asUser(["--dlq", "--redrive", "all"], nats.url);
+      expect(await run.exit(20_000), run.err()).toBe(1);
+      expect(run.out()).toMatch(new RegExp(`DLQ ${letter} skipped: not republished: .*; left in the DLQ`));
+      expect(run.out()).toContain("0 redriven, 1 skipped");
+      await bus.jsm.streams.update("ORDER", { ...config, max_msg_size: -1 });
+      const listed = asUser(["--dlq"], nats.url);
+      expect(await listed.exit(20_000), listed.err()).toBe(0);
+      expect(listed.out()).toContain(`DLQ ${letter} `);
+      const again = asUser(["--dlq", "--redrive", String(letter)], nats.url);
+      expect(await again.exit(20_000), again.err()).toBe(0);
+    } finally {
+      await bus.close();
+    }
+  }, 60_000);
+
+  it("refuses malformed arguments and letters the DLQ does not hold, changing nothing", async () => {
+    for (const args of [
+      ["--dlq", "--redrive"],
+      ["--dlq", "--redrive", "0"],
+      ["--dlq", "--redrive", "1,x"],
+      ["--dlq", "--redrive", "1,,2"],
+      ["--dlq", "--redrive", "all,1"],
+      ["--dlq", "--redrive", "99999999999999999999"],
+      ["--dlq", "--redrive", "1", "--follow"],
+      ["--dlq", "--redrive", "1", "--redrive", "2"],
+      ["--redrive", "1"],
+    ]) {
+      const run = eventsTs(args, "nats://127.0.0.1:1");
+      expect(await run.exit(15_000), args.join(" ")).toBe(2);
+      expect(run.err(), args.join(" ")).toContain("usage: events.ts");
+    }
+    await using nats = await startNats();
+    const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams });
+    try {
+      const seq = await placedEvent(bus, "evt_kept");
+      const kept = await addLetter(bus, "history-order", {
+        "ce-id": "evt_kept",
+        "x-dlq-subject": "order.order.placed.orchestration",
+        "x-dlq-stream-seq": String(seq),
+      });
+      const run = eventsTs(["--dlq", "--redrive", `${kept},${kept + 5}`], nats.url);
+      expect(await run.exit(20_000)).toBe(2);
+      expect(run.err()).toContain(`no dead letter ${kept + 5} in DLQ`);
+      expect((await bus.jsm.streams.info("ORDER")).state.messages).toBe(1);
+      expect((await bus.jsm.streams.info("DLQ")).state.messages).toBe(1);
+    } finally {
+      await bus.close();
+    }
+  }, 60_000);
+
+  it("as a service's NATS user says it may not redrive, and keeps the letter", async () => {
+    await using nats = await startNats(natsAuthorization(BUS_USERS, password));
+    const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams, auth: admin });
+    try {
+      const seq = await placedEvent(bus, "evt_perm");
+      const letter = await addLetter(bus, "history-order", {
+        "ce-type": OrderPlacedSchema.typeName,
+        "ce-id": "evt_perm",
+        "x-dlq-subject": "order.order.placed.orchestration",
+        "x-dlq-stream-seq": String(seq),
+      });
+      const run = asUser(["--dlq", "--redrive", String(letter)], nats.url, "history");
+      expect(await run.exit(30_000)).toBe(1);
+      expect(`${run.out()}${run.err()}`).toMatch(/NATS user history may not/);
+      expect((await bus.jsm.streams.info("ORDER")).state.messages).toBe(1);
+      const listed = asUser(["--dlq"], nats.url);
+      expect(await listed.exit(20_000), listed.err()).toBe(0);
+      expect(listed.out()).toContain(`DLQ ${letter} `);
+    } finally {
+      await bus.close();
+    }
+  }, 60_000);
 });

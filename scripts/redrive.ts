@@ -1,0 +1,224 @@
+/**
+ * `make dlq ARGS="--redrive <seq>[,<seq>...]"` (or `--redrive all`): sends dead letters back to their
+ * subjects. Every consumer dedupes by event id in its inbox (platform/inbox.ts), so a letter's message
+ * published again on its subject reaches every consumer of it: those that had handled it find it in
+ * their inbox and ignore it, and the one that dead-lettered it takes it afresh (its failures were
+ * forgotten at the dead letter).
+ *
+ * The DLQ denies deletes (platform/bus.ts: a publish's acknowledgement sent to `…MSG.DELETE.DLQ` deleted
+ * a letter, and nats-server never lets a stream lose `deny_delete`), so a redriven letter is not deleted
+ * but marked: a message on `dlq.redriven.<seq>` in the DLQ itself, which outlives its letter (published
+ * later, it is dropped later), and which `make dlq` reads to leave the letter out.
+ */
+import { JetStreamApiError, type JsMsg, type StoredMsg } from "@nats-io/jetstream";
+import { headers as natsHeaders } from "@nats-io/transport-node";
+import {
+  BUS_ADMIN,
+  type Bus,
+  DLQ_STREAM,
+  EVENT_RETENTION_MS,
+  type EventCatalogue,
+  selects,
+} from "../platform/index.js";
+import { printable } from "./printable.js";
+
+/**
+ * The subjects of the redrive marks. Three tokens: a letter's subject is `dlq.<durable>`, two, and a
+ * service's user may publish only its own (bus-access.ts), whose import into the services' account is
+ * `dlq.*` — no service can mark a letter redriven, and hide it.
+ */
+const MARKS = "dlq.redriven";
+
+/** Which letters to redrive: every one the DLQ holds and not redriven yet, or these sequences. */
+export type Selection = "all" | readonly number[];
+
+/** `text` as a {@link Selection} (`all`, or DLQ sequences separated by commas), or undefined when it is none. */
+export function parseSelection(text: string): Selection | undefined {
+  if (text === "all") return "all";
+  if (!/^[1-9][0-9]{0,15}(,[1-9][0-9]{0,15})*$/.test(text)) return undefined;
+  const seqs = text.split(",").map(Number);
+  return seqs.every(Number.isSafeInteger) ? [...new Set(seqs)] : undefined;
+}
+
+/** The DLQ sequence of the letter a redrive mark on `subject` marks; undefined when `subject` is no mark's (a letter's). */
+export const markOf = (subject: string): number | undefined =>
+  subject.startsWith(`${MARKS}.`) ? Number(subject.slice(MARKS.length + 1)) : undefined;
+const isMark = (subject: string) => markOf(subject) !== undefined;
+
+/** The DLQ sequences of the letters already redriven (marked so). */
+export async function redrivenSeqs(bus: Bus): Promise<Set<number>> {
+  const info = await bus.jsm.streams.info(DLQ_STREAM.name, { subjects_filter: `${MARKS}.*` });
+  return new Set(Object.keys(info.state.subjects ?? {}).map((s) => markOf(s) ?? 0));
+}
+
+/** A letter's way back: where, what, and from where its payload comes; or why it has none. */
+type Plan =
+  | { subject: string; stream: string; data: Uint8Array; headers: ReturnType<typeof natsHeaders>; from: string }
+  | { skip: string };
+
+/** What redriving `letter` (from the DLQ) would publish, per the module comment. */
+async function plan(bus: Bus, catalogue: EventCatalogue, letter: StoredMsg): Promise<Plan> {
+  let h: StoredMsg["header"];
+  try {
+    h = letter.header;
+  } catch {
+    return { skip: "its headers cannot be read" };
+  }
+  const subject = h.get("x-dlq-subject");
+  if (!subject) return { skip: "it has no x-dlq-subject" };
+  const stream = catalogue.streams.find((s) => s !== DLQ_STREAM && s.subjects.some((f) => selects(f, subject)));
+  if (!stream) return { skip: `its subject ${printable(subject)} is on no event stream` };
+  if (h.has("x-dlq-headers"))
+    return { skip: `its message's headers were not copied (${printable(h.get("x-dlq-headers"))})` };
+  let source: StoredMsg = letter;
+  let from = "";
+  if (h.has("x-dlq-truncated")) {
+    // Cut to 64 KiB (dead-letter.ts): the whole is in its stream, while the stream still holds it.
+    const seq = Number(h.get("x-dlq-stream-seq"));
+    if (!Number.isSafeInteger(seq) || seq < 1) return { skip: "truncated, and it has no x-dlq-stream-seq" };
+    const original = await held(bus, stream.name, seq);
+    if (!original) return { skip: `truncated, and its original (${stream.name} ${seq}) is no longer held` };
+    let id: string | undefined;
+    try {
+      id = original.header.get("ce-id");
+    } catch {
+      return { skip: `truncated, and its original's headers (${stream.name} ${seq}) cannot be read` };
+    }
+    if (original.subject !== subject || id !== h.get("ce-id")) {
+      return { skip: `truncated, and ${stream.name} ${seq} holds another message than its original` };
+    }
+    source = original;
+    from = ` from ${stream.name} ${seq} (the letter was cut)`;
+  }
+  // An inbox keeps an event's id a day past the streams' retention (inbox.ts INBOX_KEEP_MS): an event
+  // older than that retention may be forgotten by a consumer that handled it, which would apply it again.
+  const at = Date.parse(source.header.get("ce-time") || "") || source.time.getTime();
+  if (Date.now() - at > EVENT_RETENTION_MS) {
+    const days = EVENT_RETENTION_MS / 86_400_000;
+    return {
+      skip: `its event is from ${new Date(at).toISOString()}, over ${days} days ago: the inboxes may have forgotten it`,
+    };
+  }
+  const headers = natsHeaders();
+  // The letter's own headers go, and the server's: a Nats-Msg-Id would have the copy dropped as the
+  // original's duplicate, a Nats-Expected-* checked again.
+  for (const [k, vs] of source.header ?? []) {
+    if (/^(x-dlq-|nats-)/i.test(k)) continue;
+    for (const v of vs) headers.append(k, v);
+  }
+  if (!headers.get("ce-id") || !headers.get("ce-type")) return { skip: "it has no ce-id or ce-type to be applied by" };
+  return { subject, stream: stream.name, data: source.data, headers, from };
+}
+
+/** The letters of `which`, in DLQ order, but those redriven already. */
+async function* selected(bus: Bus, which: Selection, redriven: Set<number>): AsyncGenerator<StoredMsg> {
+  const { first_seq: first, last_seq: last } = (await bus.jsm.streams.info(DLQ_STREAM.name)).state;
+  const all = function* () {
+    for (let seq = first; seq <= last; seq++) yield seq;
+  };
+  for (const seq of which === "all" ? all() : [...which].sort((a, b) => a - b)) {
+    if (redriven.has(seq)) continue;
+    const m = await held(bus, DLQ_STREAM.name, seq);
+    if (m && !isMark(m.subject)) yield m;
+  }
+}
+
+/** Message `seq` of `stream`, or null when the stream does not hold it; throws when NATS does not answer so. */
+async function held(bus: Bus, stream: string, seq: number): Promise<StoredMsg | null> {
+  return bus.jsm.streams.getMessage(stream, { seq }).catch((err: unknown) => {
+    if (err instanceof JetStreamApiError && err.status === 404) return null;
+    throw err;
+  });
+}
+
+/**
+ * Why the letters `which` names cannot all be redriven (one a line), or nothing: a sequence that is
+ * no letter the DLQ holds, or a letter redriven already. Checked before anything is published.
+ */
+export async function unknownLetters(bus: Bus, which: Selection): Promise<string[]> {
+  if (which === "all") return [];
+  const redriven = await redrivenSeqs(bus);
+  const { first_seq: first, last_seq: last } = (await bus.jsm.streams.info(DLQ_STREAM.name)).state;
+  const out: string[] = [];
+  for (const seq of which) {
+    if (redriven.has(seq)) {
+      out.push(`DLQ ${seq} was redriven already`);
+      continue;
+    }
+    const m = await held(bus, DLQ_STREAM.name, seq);
+    if (!m || isMark(m.subject)) out.push(`no dead letter ${seq} in DLQ (it holds ${first}..${last})`);
+  }
+  return out;
+}
+
+/** What a request's failure says to an operator: a refused user by name. */
+export function failure(err: unknown, user: string): string {
+  const message = (err as Error).message;
+  return /permissions? violation/i.test(message)
+    ? `NATS user ${user || "(none)"} may not do this (${message}): redrive as the bus's administrator, ${BUS_ADMIN}`
+    : message;
+}
+
+/**
+ * Redrives the letters `which` names, in DLQ order, saying one line of each to `say`: republishes each
+ * letter's message (the original from its stream when the letter was cut) on its subject with msgID
+ * `redrive:<dlq seq>`, and once JetStream has acknowledged it, marks the letter redriven. A letter that
+ * cannot be (see plan()) or whose publish fails is left as it was. Returns the counts.
+ */
+export async function redrive(
+  bus: Bus,
+  catalogue: EventCatalogue,
+  which: Selection,
+  user: string,
+  say: (line: string) => void,
+): Promise<{ redriven: number; skipped: number }> {
+  let redriven = 0;
+  let skipped = 0;
+  const skip = (seq: number, why: string) => {
+    say(`DLQ ${seq} skipped: ${why}; left in the DLQ`);
+    skipped++;
+  };
+  for await (const letter of selected(bus, which, await redrivenSeqs(bus))) {
+    const seq = letter.seq;
+    const p = await plan(bus, catalogue, letter);
+    if ("skip" in p) {
+      skip(seq, p.skip);
+      continue;
+    }
+    let to: Awaited<ReturnType<Bus["js"]["publish"]>>;
+    try {
+      // A repeat within the duplicate window (2 min) is dropped by the server: its ack says duplicate.
+      to = await bus.js.publish(p.subject, p.data, {
+        headers: p.headers,
+        msgID: `redrive:${seq}`,
+        expect: { streamName: p.stream },
+      });
+    } catch (err) {
+      skip(seq, `not republished: ${failure(err, user)}`);
+      continue;
+    }
+    // Marked only now: a crash before leaves the letter, and a second redrive is harmless (the inboxes).
+    const mark = natsHeaders();
+    mark.set("x-dlq-redriven-to", `${to.stream} ${to.seq}`);
+    try {
+      await bus.js.publish(`${MARKS}.${seq}`, new Uint8Array(0), { headers: mark, msgID: `redriven:${seq}` });
+    } catch (err) {
+      skip(seq, `republished (${to.stream} ${to.seq}) but not marked so: ${failure(err, user)}`);
+      continue;
+    }
+    const id = printable(p.headers.get("ce-id"));
+    const dup = to.duplicate ? ", a repeat the stream dropped" : "";
+    say(`DLQ ${seq} redriven to ${printable(p.subject)} (${id})${p.from}: ${to.stream} ${to.seq}${dup}`);
+    redriven++;
+  }
+  return { redriven, skipped };
+}
+
+/** The line `make dlq --follow` prints for a redrive mark as it comes. */
+export function markLine(m: JsMsg): string {
+  let to = "";
+  try {
+    to = m.headers?.get("x-dlq-redriven-to") ?? "";
+  } catch {}
+  return `DLQ ${markOf(m.subject)} redriven${to ? ` to ${printable(to)}` : ""}`;
+}
