@@ -9,6 +9,9 @@
  * a letter, and nats-server never lets a stream lose `deny_delete`), so a redriven letter is not deleted
  * but marked: a message on `dlq.redriven.<seq>` in the DLQ itself, which outlives its letter (published
  * later, it is dropped later), and which `make dlq` reads to leave the letter out.
+ *
+ * What is published is the letter's message as its stream holds it, not what the letter says (see
+ * plan()), less the server's `Nats-*` headers, under the message id `redrive:<dlq seq>`.
  */
 import { JetStreamApiError, type JsMsg, type StoredMsg } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/transport-node";
@@ -51,12 +54,19 @@ export async function redrivenSeqs(bus: Bus): Promise<Set<number>> {
   return new Set(Object.keys(info.state.subjects ?? {}).map((s) => markOf(s) ?? 0));
 }
 
-/** A letter's way back: where, what, and from where its payload comes; or why it has none. */
+/** A letter's way back: its original message and where it goes; or why it has none. */
 type Plan =
   | { subject: string; stream: string; data: Uint8Array; headers: ReturnType<typeof natsHeaders>; from: string }
   | { skip: string };
 
-/** What redriving `letter` (from the DLQ) would publish, per the module comment. */
+/**
+ * What redriving `letter` would publish: its message as its stream holds it (at `x-dlq-stream-seq` in
+ * the stream whose subjects match `x-dlq-subject`), never the letter's own payload and headers. A
+ * service's user may write any letter on its own `dlq.<durable>` (bus-access.ts), and the redrive
+ * publishes as the bus's administrator, on any context's subjects: from the letter, a compromised
+ * service could have had another context's event published (an OrderCancelled only order may say).
+ * What a stream holds, its own context published. A truncated letter's whole is there too.
+ */
 async function plan(bus: Bus, catalogue: EventCatalogue, letter: StoredMsg): Promise<Plan> {
   let h: StoredMsg["header"];
   try {
@@ -68,31 +78,24 @@ async function plan(bus: Bus, catalogue: EventCatalogue, letter: StoredMsg): Pro
   if (!subject) return { skip: "it has no x-dlq-subject" };
   const stream = catalogue.streams.find((s) => s !== DLQ_STREAM && s.subjects.some((f) => selects(f, subject)));
   if (!stream) return { skip: `its subject ${printable(subject)} is on no event stream` };
-  if (h.has("x-dlq-headers"))
-    return { skip: `its message's headers were not copied (${printable(h.get("x-dlq-headers"))})` };
-  let source: StoredMsg = letter;
-  let from = "";
-  if (h.has("x-dlq-truncated")) {
-    // Cut to 64 KiB (dead-letter.ts): the whole is in its stream, while the stream still holds it.
-    const seq = Number(h.get("x-dlq-stream-seq"));
-    if (!Number.isSafeInteger(seq) || seq < 1) return { skip: "truncated, and it has no x-dlq-stream-seq" };
-    const original = await held(bus, stream.name, seq);
-    if (!original) return { skip: `truncated, and its original (${stream.name} ${seq}) is no longer held` };
-    let id: string | undefined;
-    try {
-      id = original.header.get("ce-id");
-    } catch {
-      return { skip: `truncated, and its original's headers (${stream.name} ${seq}) cannot be read` };
-    }
-    if (original.subject !== subject || id !== h.get("ce-id")) {
-      return { skip: `truncated, and ${stream.name} ${seq} holds another message than its original` };
-    }
-    source = original;
-    from = ` from ${stream.name} ${seq} (the letter was cut)`;
+  const seq = Number(h.get("x-dlq-stream-seq") || Number.NaN);
+  if (!Number.isSafeInteger(seq) || seq < 1) return { skip: "it has no x-dlq-stream-seq" };
+  const where = `${stream.name} ${seq}`;
+  const original = await held(bus, stream.name, seq);
+  // Gone past the stream's bound (7 days, or sooner past 200 MB: bus.ts).
+  if (!original) return { skip: `its original (${where}) is no longer held` };
+  let oh: StoredMsg["header"];
+  try {
+    oh = original.header;
+  } catch {
+    return { skip: `its original's headers (${where}) cannot be read` };
+  }
+  if (original.subject !== subject || oh.get("ce-id") !== h.get("ce-id")) {
+    return { skip: `${where} holds another message than its original` };
   }
   // An inbox keeps an event's id a day past the streams' retention (inbox.ts INBOX_KEEP_MS): an event
   // older than that retention may be forgotten by a consumer that handled it, which would apply it again.
-  const at = Date.parse(source.header.get("ce-time") || "") || source.time.getTime();
+  const at = Date.parse(oh.get("ce-time") || "") || original.time.getTime();
   if (Date.now() - at > EVENT_RETENTION_MS) {
     const days = EVENT_RETENTION_MS / 86_400_000;
     return {
@@ -100,14 +103,15 @@ async function plan(bus: Bus, catalogue: EventCatalogue, letter: StoredMsg): Pro
     };
   }
   const headers = natsHeaders();
-  // The letter's own headers go, and the server's: a Nats-Msg-Id would have the copy dropped as the
-  // original's duplicate, a Nats-Expected-* checked again.
-  for (const [k, vs] of source.header ?? []) {
+  // Not the server's: a Nats-Msg-Id would have the copy dropped as the original's duplicate, a
+  // Nats-Expected-* checked again.
+  for (const [k, vs] of oh) {
     if (/^(x-dlq-|nats-)/i.test(k)) continue;
     for (const v of vs) headers.append(k, v);
   }
   if (!headers.get("ce-id") || !headers.get("ce-type")) return { skip: "it has no ce-id or ce-type to be applied by" };
-  return { subject, stream: stream.name, data: source.data, headers, from };
+  const cut = h.has("x-dlq-truncated") ? " (the letter was cut)" : "";
+  return { subject, stream: stream.name, data: original.data, headers, from: ` from ${where}${cut}` };
 }
 
 /** The letters of `which`, in DLQ order, but those redriven already. */
@@ -161,7 +165,7 @@ export function failure(err: unknown, user: string): string {
 
 /**
  * Redrives the letters `which` names, in DLQ order, saying one line of each to `say`: republishes each
- * letter's message (the original from its stream when the letter was cut) on its subject with msgID
+ * letter's message (from its stream: plan()) on its subject with msgID
  * `redrive:<dlq seq>`, and once JetStream has acknowledged it, marks the letter redriven. A letter that
  * cannot be (see plan()) or whose publish fails is left as it was. Returns the counts.
  */

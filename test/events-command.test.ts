@@ -14,7 +14,7 @@ import { headers as natsHeaders } from "@nats-io/transport-node";
 import { afterEach, describe, expect, it } from "vitest";
 import { BUS_USERS, EVENTS } from "../contracts/events.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
-import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
+import { OrderCancelledSchema, OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { startConsumer } from "../platform/consumer.js";
 import {
   INBOX_FAILURES_MIGRATION,
@@ -381,8 +381,11 @@ describe("make dlq --redrive", () => {
     };
   }
 
-  /** A well-formed OrderPlaced `eventId` on its subject, `pad` bytes of an unknown field added to its payload. */
-  async function placedEvent(bus: Bus, eventId: string, pad = 0): Promise<number> {
+  /**
+   * Publishes a well-formed OrderPlaced `eventId` on its subject, `pad` bytes of an unknown field added to
+   * its payload, `time` its ce-time when given; its ORDER sequence.
+   */
+  async function placedEvent(bus: Bus, eventId: string, pad = 0, time?: string): Promise<number> {
     const meta = { eventId, orderId: `ord-${eventId}`, sagaMode: SagaMode.ORCHESTRATION };
     const body = toBinary(OrderPlacedSchema, create(OrderPlacedSchema, { meta, customerId: "lea" }));
     // Field 100, length-delimited: kept as unknown by the decoder.
@@ -390,6 +393,7 @@ describe("make dlq --redrive", () => {
     const h = natsHeaders();
     h.set("ce-type", OrderPlacedSchema.typeName);
     h.set("ce-id", eventId);
+    if (time) h.set("ce-time", time);
     const ack = await bus.js.publish("order.order.placed.orchestration", Buffer.concat([body, Buffer.from(unknown)]), {
       headers: h,
       msgID: eventId,
@@ -526,7 +530,7 @@ describe("make dlq --redrive", () => {
       const run = asUser(["--dlq", "--redrive", String(letter)], nats.url);
       expect(await run.exit(20_000), `${run.out()}\n${run.err()}`).toBe(0);
       expect(run.out()).toContain(
-        `DLQ ${letter} redriven to order.order.placed.orchestration (evt_twice): ORDER 2, a repeat the stream dropped`,
+        `DLQ ${letter} redriven to order.order.placed.orchestration (evt_twice) from ORDER ${seq}: ORDER 2, a repeat the stream dropped`,
       );
       expect((await bus.jsm.streams.info("ORDER")).state.messages).toBe(2);
       const listed = asUser(["--dlq"], nats.url);
@@ -572,6 +576,7 @@ describe("make dlq --redrive", () => {
     const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams });
     try {
       const ok = await placedEvent(bus, "evt_fine");
+      const older = await placedEvent(bus, "evt_old", 0, "2026-01-01T00:00:00.000Z");
       const base = { "ce-type": OrderPlacedSchema.typeName, "x-dlq-consumer": "history-order", "x-dlq-reason": "x" };
       const subject = "order.order.placed.orchestration";
       const gone = await addLetter(bus, "history-order", {
@@ -591,9 +596,8 @@ describe("make dlq --redrive", () => {
       const old = await addLetter(bus, "history-order", {
         ...base,
         "ce-id": "evt_old",
-        "ce-time": "2026-01-01T00:00:00.000Z",
         "x-dlq-subject": subject,
-        "x-dlq-stream-seq": String(ok),
+        "x-dlq-stream-seq": String(older),
       });
       const fine = await addLetter(bus, "history-order", {
         ...base,
@@ -604,13 +608,13 @@ describe("make dlq --redrive", () => {
       const run = asUser(["--dlq", "--redrive", "all"], nats.url);
       expect(await run.exit(20_000), run.err()).toBe(1);
       const out = run.out();
-      expect(out).toContain(`DLQ ${gone} skipped: truncated, and its original (ORDER ${999}) is no longer held`);
+      expect(out).toContain(`DLQ ${gone} skipped: its original (ORDER 999) is no longer held`);
       expect(out).toContain(`DLQ ${nowhere} skipped: its subject elsewhere.thing.happened.none is on no event stream`);
       expect(out).toContain(`DLQ ${bare} skipped: it has no x-dlq-subject`);
       expect(out).toContain(
         `DLQ ${old} skipped: its event is from 2026-01-01T00:00:00.000Z, over 7 days ago: the inboxes may have forgotten it`,
       );
-      expect(out).toContain(`DLQ ${fine} redriven to ${subject}`);
+      expect(out).toContain(`DLQ ${fine} redriven to ${subject} (evt_fine) from ORDER ${ok}: ORDER 3`);
       expect(out).toContain("1 redriven, 4 skipped");
       // In DLQ order.
       expect(out.indexOf(`DLQ ${gone} `)).toBeLessThan(out.indexOf(`DLQ ${fine} `));
@@ -687,6 +691,41 @@ describe("make dlq --redrive", () => {
       expect((await bus.jsm.streams.info("ORDER")).state.messages).toBe(1);
       expect((await bus.jsm.streams.info("DLQ")).state.messages).toBe(1);
     } finally {
+      await bus.close();
+    }
+  }, 60_000);
+
+  it("never publishes what a letter says: a service's forged letter of another context's event is skipped", async () => {
+    // A service's user may write any letter on its own dlq.<durable>; the redrive publishes as the bus's
+    // administrator, on any context's subjects. Sent from the letter, history could have had an
+    // OrderCancelled published, which only order may publish.
+    await using nats = await startNats(natsAuthorization(BUS_USERS, password));
+    const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams, auth: admin });
+    const history = await connectBus(nats.url, "redrive-test-history", silentLogger(), {
+      auth: { user: "history", pass: password("history") },
+    });
+    try {
+      const placed = await placedEvent(bus, "evt_genuine");
+      const meta = { eventId: "evt_forged", orderId: "ord-victim", sagaMode: SagaMode.CHOREOGRAPHY };
+      const forged = toBinary(OrderCancelledSchema, create(OrderCancelledSchema, { meta, reason: "forged" }));
+      const subject = "order.order.cancelled.choreography";
+      const letters: number[] = [];
+      for (const seq of ["999", String(placed)]) {
+        const h = natsHeaders();
+        h.set("ce-type", OrderCancelledSchema.typeName);
+        h.set("ce-id", "evt_forged");
+        h.set("x-dlq-subject", subject);
+        h.set("x-dlq-stream-seq", seq);
+        letters.push((await history.js.publish("dlq.history-order", forged, { headers: h })).seq);
+      }
+      const run = asUser(["--dlq", "--redrive", "all"], nats.url);
+      expect(await run.exit(20_000), run.err()).toBe(1);
+      expect(run.out()).toContain(`DLQ ${letters[0]} skipped: its original (ORDER 999) is no longer held`);
+      expect(run.out()).toContain(`DLQ ${letters[1]} skipped: ORDER ${placed} holds another message than its original`);
+      expect(run.out()).toContain("0 redriven, 2 skipped");
+      expect((await bus.jsm.streams.info("ORDER")).state.messages).toBe(1);
+    } finally {
+      await history.close();
       await bus.close();
     }
   }, 60_000);
