@@ -165,9 +165,9 @@ export function failure(err: unknown, user: string): string {
 
 /**
  * Redrives the letters `which` names, in DLQ order, saying one line of each to `say`: republishes each
- * letter's message (from its stream: plan()) on its subject with msgID
- * `redrive:<dlq seq>`, and once JetStream has acknowledged it, marks the letter redriven. A letter that
- * cannot be (see plan()) or whose publish fails is left as it was. Returns the counts.
+ * letter's message (from its stream: plan()) on its subject with msgID `redrive:<dlq seq>`, and once
+ * JetStream has acknowledged it, marks the letter redriven. A letter that cannot be (plan()) or whose
+ * publish fails is left as it was. `user` names the NATS user in a refusal. Returns the counts.
  */
 export async function redrive(
   bus: Bus,

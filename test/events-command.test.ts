@@ -724,6 +724,13 @@ describe("make dlq --redrive", () => {
       expect(run.out()).toContain(`DLQ ${letters[1]} skipped: ORDER ${placed} holds another message than its original`);
       expect(run.out()).toContain("0 redriven, 2 skipped");
       expect((await bus.jsm.streams.info("ORDER")).state.messages).toBe(1);
+      // Nor may a service mark a letter redriven, which would hide it from the listing.
+      await expect(history.js.publish(`dlq.redriven.${letters[0]}`, new Uint8Array(0))).rejects.toThrow(
+        /Permissions Violation/,
+      );
+      const listed = asUser(["--dlq"], nats.url);
+      expect(await listed.exit(20_000), listed.err()).toBe(0);
+      expect(listed.out()).toContain("2 dead letter(s)");
     } finally {
       await history.close();
       await bus.close();
