@@ -33,7 +33,7 @@ import { withoutPassword } from "./redact.js";
  * the gateway's user, through its own registry key). nats-server lets a
  * stream gain these two but never lose them.
  */
-/** How long a stream keeps an event, ms: no delivery of one can come later (inbox.ts keeps a day more). */
+/** How long a stream keeps an event, ms: no delivery of one can come later, but of a redriven copy (inbox.ts INBOX_KEEP_MS). */
 export const EVENT_RETENTION_MS = 7 * 24 * 60 * 60 * 1000;
 
 /**

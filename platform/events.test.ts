@@ -1110,7 +1110,7 @@ describe("an inbox", () => {
         WHERE consumer = ${consumer} AND event_id LIKE ${`${prefix}-%`}`)
     )?.n ?? 0;
 
-  it("forgets a consumer's events (and stale failure counts) a day after the streams do, from its start on, and keeps the rest and others'", async () => {
+  it("forgets a consumer's events (and stale failure counts) a day past twice the streams' retention, from its start on, and keeps the rest and others'", async () => {
     const svc = await service();
     const durable = `purging-${n}`;
     const past = Date.now() - INBOX_KEEP_MS - 60_000;

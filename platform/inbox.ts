@@ -45,11 +45,14 @@ export const INBOX_FAILURES_MIGRATION = `CREATE TABLE inbox_failures (
 export const INBOX_PURGE_MIGRATION = "CREATE INDEX inbox_handled ON inbox (consumer, handled_at);";
 
 /**
- * How long an inbox row is kept, ms: a day past the streams' retention, so no delivery of its
+ * How long an inbox row is kept, ms: a day past twice the streams' retention, so no delivery of its
  * event — not even to a consumer made again, which replays its stream from the start — comes after
- * the row is gone. Kept for ever, the inbox grew by a row per event and consumer without end.
+ * the row is gone. Twice: a dead letter's event up to the retention old may be redriven (`make dlq
+ * --redrive`, scripts/redrive.ts), and its copy is held a retention more; kept a day past one
+ * retention, a consumer made again after the purge applied the copy a second time. Kept for ever,
+ * the inbox grew by a row per event and consumer without end.
  */
-export const INBOX_KEEP_MS = EVENT_RETENTION_MS + 24 * 60 * 60 * 1000;
+export const INBOX_KEEP_MS = 2 * EVENT_RETENTION_MS + 24 * 60 * 60 * 1000;
 
 /** Rows one purge statement deletes: a large first purge never holds the database for long. */
 const PURGE_CHUNK = 5_000;

@@ -93,8 +93,9 @@ async function plan(bus: Bus, catalogue: EventCatalogue, letter: StoredMsg): Pro
   if (original.subject !== subject || oh.get("ce-id") !== h.get("ce-id")) {
     return { skip: `${where} holds another message than its original` };
   }
-  // An inbox keeps an event's id a day past the streams' retention (inbox.ts INBOX_KEEP_MS): an event
-  // older than that retention may be forgotten by a consumer that handled it, which would apply it again.
+  // An inbox keeps an event's id a day past twice the streams' retention (inbox.ts INBOX_KEEP_MS): the
+  // copy of an event older than one retention would be held (a retention more) past what a consumer
+  // that handled the event remembers of it, and a consumer made again would apply it again.
   const at = Date.parse(oh.get("ce-time") || "") || original.time.getTime();
   if (Date.now() - at > EVENT_RETENTION_MS) {
     const days = EVENT_RETENTION_MS / 86_400_000;

@@ -20,6 +20,7 @@ import {
   INBOX_FAILURES_MIGRATION,
   INBOX_MIGRATION,
   INBOX_PURGE_MIGRATION,
+  Inbox,
   on,
   UnprocessableEventError,
 } from "../platform/inbox.js";
@@ -372,6 +373,7 @@ describe("make dlq --redrive", () => {
     const effects = async (eventId: string) =>
       (await db.one(sql<{ n: number }>`SELECT COUNT(*) AS n FROM effects WHERE event_id = ${eventId}`))?.n ?? 0;
     return {
+      db,
       effects,
       settled: () => consumerSettled(bus, "ORDER", durable),
       [Symbol.asyncDispose]: async () => {
@@ -506,6 +508,57 @@ describe("make dlq --redrive", () => {
       await bus.close();
     }
   }, 90_000);
+
+  it("a copy is held a week past its redrive: a consumer made again after that applies it once, not twice", async () => {
+    // The copy stays in its stream a week from the redrive, not from its event: up to two weeks after
+    // its event was handled. An inbox that forgot the event a day past the stream's week applied the
+    // copy again when its durable was made again (which replays the stream: see docs/events.md).
+    await using nats = await startNats();
+    const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams });
+    using dir = tempDir();
+    const day = 86_400_000;
+    const broken = new Set(["evt_late"]);
+    try {
+      let handled = await recorder(bus, dir.path, "notification-order", new Set());
+      await using lettering = await recorder(bus, dir.path, "history-order", broken);
+      // Redriven 6.9 days after it happened (the redrive takes an event up to the streams' 7)...
+      await placedEvent(bus, "evt_late", 0, new Date(Date.now() - 6.9 * day).toISOString());
+      const letter = await letterOf(bus, "evt_late");
+      await handled.settled();
+      // ... and handled by notification as it happened.
+      await handled.db.run(sql`UPDATE inbox SET handled_at = handled_at - ${Math.round(6.9 * day)}`);
+      broken.clear();
+      const run = asUser(["--dlq", "--redrive", String(letter.seq)], nats.url);
+      expect(await run.exit(20_000), `${run.out()}\n${run.err()}`).toBe(0);
+      expect(
+        await until(
+          () => lettering.effects("evt_late"),
+          (n) => n === 1,
+        ),
+      ).toBe(1);
+      await handled.settled();
+      expect(await handled.effects("evt_late")).toBe(1);
+
+      // 1.2 days on: the original is past its stream's week and gone, the copy held for 5.8 days more;
+      // notification's inbox purged as it is hourly, and its durable made again.
+      const { config } = await bus.jsm.streams.info("ORDER");
+      await bus.jsm.streams.update("ORDER", { ...config, max_msgs: 1 });
+      expect((await bus.jsm.streams.info("ORDER")).state.first_seq).toBe(2);
+      await handled.db.run(sql`UPDATE inbox SET handled_at = handled_at - ${Math.round(1.2 * day)}`);
+      await new Inbox(handled.db, "notification-order").purge();
+      await handled[Symbol.asyncDispose]();
+      await bus.jsm.consumers.delete("ORDER", "notification-order");
+      handled = await recorder(bus, dir.path, "notification-order", new Set());
+      try {
+        await handled.settled();
+        expect(await handled.effects("evt_late")).toBe(1);
+      } finally {
+        await handled[Symbol.asyncDispose]();
+      }
+    } finally {
+      await bus.close();
+    }
+  }, 60_000);
 
   it("run again after one killed between its publish and its mark: the stream drops the repeat, the letter is marked", async () => {
     await using nats = await startNats();
