@@ -119,7 +119,9 @@ async function plan(bus: Bus, catalogue: EventCatalogue, letter: StoredMsg): Pro
 async function* selected(bus: Bus, which: Selection, redriven: Set<number>): AsyncGenerator<StoredMsg> {
   const { first_seq: first, last_seq: last } = (await bus.jsm.streams.info(DLQ_STREAM.name)).state;
   const all = function* () {
-    for (let seq = first; seq <= last; seq++) yield seq;
+    // A stream that never held a message says 0..0, and asked for message 0 nats-server answers
+    // "bad request": --redrive all on a DLQ never used stopped there, exit 1.
+    for (let seq = Math.max(first, 1); seq <= last; seq++) yield seq;
   };
   for (const seq of which === "all" ? all() : [...which].sort((a, b) => a - b)) {
     if (redriven.has(seq)) continue;
@@ -151,7 +153,8 @@ export async function unknownLetters(bus: Bus, which: Selection): Promise<string
       continue;
     }
     const m = await held(bus, DLQ_STREAM.name, seq);
-    if (!m || isMark(m.subject)) out.push(`no dead letter ${seq} in DLQ (it holds ${first}..${last})`);
+    const holds = last >= Math.max(first, 1) ? `${first}..${last}` : "none";
+    if (!m || isMark(m.subject)) out.push(`no dead letter ${seq} in DLQ (it holds ${holds})`);
   }
   return out;
 }

@@ -748,6 +748,16 @@ describe("make dlq --redrive", () => {
     }
   }, 60_000);
 
+  it("with a DLQ that never held a letter: --redrive all redrives nothing and exits 0; a sequence is no letter", async () => {
+    await using nats = await startNats();
+    const all = eventsTs(["--dlq", "--redrive", "all"], nats.url);
+    expect(await all.exit(20_000), all.err()).toBe(0);
+    expect(all.out()).toContain("0 redriven, 0 skipped");
+    const one = eventsTs(["--dlq", "--redrive", "1"], nats.url);
+    expect(await one.exit(20_000)).toBe(2);
+    expect(one.err()).toContain("no dead letter 1 in DLQ (it holds none)");
+  }, 60_000);
+
   it("never publishes what a letter says: a service's forged letter of another context's event is skipped", async () => {
     // A service's user may write any letter on its own dlq.<durable>; the redrive publishes as the bus's
     // administrator, on any context's subjects. Sent from the letter, history could have had an
