@@ -218,12 +218,15 @@ if (follow) {
 } else {
   const n = (await Promise.all(tails.map(show))).reduce((a, b) => a + b, 0);
   console.log(dim(n === 0 ? `no dead letters on ${streams.join(", ")} at ${url}` : `${n} dead letter(s)`));
-  // The DLQ is bounded like every stream (7 days, STREAM_MAX_BYTES): its oldest letters go, read or not.
-  const gone = Math.max(0, (await bus.jsm.streams.info(DLQ_STREAM.name)).state.first_seq - 1);
+  // The DLQ is bounded like every stream (7 days, STREAM_MAX_BYTES): its oldest letters go, read or not,
+  // and the marks of those redriven after them. A letter whose mark is still held was redriven, not
+  // lost (all were counted as lost); one whose mark went too cannot be told from one never redriven.
+  const first = (await bus.jsm.streams.info(DLQ_STREAM.name)).state.first_seq;
+  const gone = Math.max(0, first - 1) - [...redriven].filter((seq) => seq < first).length;
   if (gone > 0) {
     console.log(
       dim(
-        `${gone} older dead letter(s) no longer held: the DLQ keeps ${EVENT_RETENTION_MS / 86_400_000} days and ${STREAM_MAX_BYTES / 2 ** 20} MB`,
+        `${gone} older dead letter(s) or redrive mark(s) no longer held: the DLQ keeps ${EVENT_RETENTION_MS / 86_400_000} days and ${STREAM_MAX_BYTES / 2 ** 20} MB`,
       ),
     );
   }

@@ -212,7 +212,7 @@ describe("make dlq", () => {
       const listed = eventsTs(["--dlq"], nats.url);
       expect(await listed.exit(20_000), listed.err()).toBe(0);
       expect(listed.out()).toContain("2 dead letter(s)");
-      expect(listed.out()).toContain("3 older dead letter(s) no longer held");
+      expect(listed.out()).toContain("3 older dead letter(s) or redrive mark(s) no longer held");
     } finally {
       await admin.close();
     }
@@ -743,6 +743,41 @@ describe("make dlq --redrive", () => {
       expect(run.err()).toContain(`no dead letter ${kept + 5} in DLQ`);
       expect((await bus.jsm.streams.info("ORDER")).state.messages).toBe(1);
       expect((await bus.jsm.streams.info("DLQ")).state.messages).toBe(1);
+    } finally {
+      await bus.close();
+    }
+  }, 60_000);
+
+  it("counts no letter it redrove among the older ones the DLQ no longer holds", async () => {
+    await using nats = await startNats();
+    const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams });
+    try {
+      const letter = async (id: string) =>
+        addLetter(bus, "history-order", {
+          "ce-type": OrderPlacedSchema.typeName,
+          "ce-id": id,
+          "x-dlq-subject": "order.order.placed.orchestration",
+          "x-dlq-stream-seq": String(await placedEvent(bus, id)),
+          "x-dlq-reason": "broken",
+        });
+      await letter("evt_a");
+      await letter("evt_b");
+      const run = asUser(["--dlq", "--redrive", "all"], nats.url);
+      expect(await run.exit(20_000), run.err()).toBe(0);
+      // Held to 3: letters 1 and 2 (both redriven) go, their marks (3, 4) stay.
+      const { config } = await bus.jsm.streams.info("DLQ");
+      await bus.jsm.streams.update("DLQ", { ...config, max_msgs: 3 });
+      await letter("evt_c");
+      const listed = asUser(["--dlq"], nats.url);
+      expect(await listed.exit(20_000), listed.err()).toBe(0);
+      expect(listed.out()).toContain("1 dead letter(s)");
+      expect(listed.out()).not.toContain("no longer held");
+      // Mark 3 goes too: letter 1 (redriven, which no mark says any more) and mark 3.
+      await letter("evt_d");
+      const later = asUser(["--dlq"], nats.url);
+      expect(await later.exit(20_000), later.err()).toBe(0);
+      expect(later.out()).toContain("2 dead letter(s)");
+      expect(later.out()).toContain("2 older dead letter(s) or redrive mark(s) no longer held");
     } finally {
       await bus.close();
     }
