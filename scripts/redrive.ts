@@ -55,9 +55,8 @@ export async function redrivenSeqs(bus: Bus): Promise<Set<number>> {
 }
 
 /** A letter's way back: its original message and where it goes; or why it has none. */
-type Plan =
-  | { subject: string; stream: string; data: Uint8Array; headers: ReturnType<typeof natsHeaders>; from: string }
-  | { skip: string };
+type Headers = ReturnType<typeof natsHeaders>;
+type Plan = { subject: string; stream: string; data: Uint8Array; headers: Headers; from: string } | { skip: string };
 
 /**
  * What redriving `letter` would publish: its message as its stream holds it (at `x-dlq-stream-seq` in
@@ -127,6 +126,25 @@ async function* selected(bus: Bus, which: Selection, redriven: Set<number>): Asy
     if (redriven.has(seq)) continue;
     const m = await held(bus, DLQ_STREAM.name, seq);
     if (m && !isMark(m.subject)) yield m;
+  }
+}
+
+/** Whether message `seq` of `stream` is a copy of what `p` publishes (its subject, event id and payload). */
+async function isCopy(
+  bus: Bus,
+  stream: string,
+  seq: number,
+  p: { subject: string; headers: Headers; data: Uint8Array },
+) {
+  const m = await held(bus, stream, seq);
+  try {
+    return (
+      m?.subject === p.subject &&
+      m.header.get("ce-id") === p.headers.get("ce-id") &&
+      Buffer.from(m.data).equals(Buffer.from(p.data))
+    );
+  } catch {
+    return false;
   }
 }
 
@@ -203,6 +221,16 @@ export async function redrive(
       });
     } catch (err) {
       skip(seq, `not republished: ${failure(err, user)}`);
+      continue;
+    }
+    // A repeat is a copy an earlier redrive sent (killed before its mark) — or what a service stored
+    // first under this id, which anyone can work out (the order service may publish on order.>):
+    // marked then, the letter was hidden and its event never sent back.
+    if (to.duplicate && !(await isCopy(bus, to.stream, to.seq, p))) {
+      skip(
+        seq,
+        `not republished: ${to.stream} dropped it as a repeat of ${to.stream} ${to.seq}, which is another message`,
+      );
       continue;
     }
     // Marked only now: a crash before leaves the letter, and a second redrive is harmless (the inboxes).

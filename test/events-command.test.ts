@@ -835,6 +835,47 @@ describe("make dlq --redrive", () => {
     }
   }, 60_000);
 
+  it("marks no letter whose copy its stream dropped as a repeat of another message (a service took its id first)", async () => {
+    // A redrive's message id, redrive:<DLQ seq>, is known before it is sent (a service may read the DLQ's
+    // state): order's user, which may publish on order.>, stores a message under it first. Taken as the
+    // redrive's own repeat, the letter was marked redriven, hidden, and its event never sent back.
+    await using nats = await startNats(natsAuthorization(BUS_USERS, password));
+    const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams, auth: admin });
+    const order = await connectBus(nats.url, "redrive-test-order", silentLogger(), {
+      auth: { user: "order", pass: password("order") },
+    });
+    try {
+      const seq = await placedEvent(bus, "evt_hidden");
+      const other = await placedEvent(bus, "evt_other");
+      const letter = await addLetter(bus, "history-order", {
+        "ce-type": OrderPlacedSchema.typeName,
+        "ce-id": "evt_hidden",
+        "x-dlq-subject": "order.order.placed.orchestration",
+        "x-dlq-stream-seq": String(seq),
+      });
+      const decoy = await bus.jsm.streams.getMessage("ORDER", { seq: other });
+      const h = natsHeaders();
+      h.set("ce-type", OrderPlacedSchema.typeName);
+      h.set("ce-id", "evt_other");
+      await order.js.publish("order.order.placed.orchestration", new Uint8Array(decoy?.data ?? []), {
+        headers: h,
+        msgID: `redrive:${letter}`,
+      });
+      const run = asUser(["--dlq", "--redrive", String(letter)], nats.url);
+      expect(await run.exit(20_000), run.err()).toBe(1);
+      expect(run.out()).toContain(
+        `DLQ ${letter} skipped: not republished: ORDER dropped it as a repeat of ORDER 3, which is another message`,
+      );
+      expect(run.out()).toContain("0 redriven, 1 skipped");
+      const listed = asUser(["--dlq"], nats.url);
+      expect(await listed.exit(20_000), listed.err()).toBe(0);
+      expect(listed.out()).toContain(`DLQ ${letter} `);
+    } finally {
+      await order.close();
+      await bus.close();
+    }
+  }, 60_000);
+
   it("as a service's NATS user says it may not redrive, and keeps the letter", async () => {
     await using nats = await startNats(natsAuthorization(BUS_USERS, password));
     const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams, auth: admin });
