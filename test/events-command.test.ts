@@ -8,6 +8,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
+import net from "node:net";
 import { join } from "node:path";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { headers as natsHeaders } from "@nats-io/transport-node";
@@ -590,6 +591,67 @@ describe("make dlq --redrive", () => {
       expect(await listed.exit(20_000), listed.err()).toBe(0);
       expect(listed.out()).toContain("no dead letters on DLQ");
     } finally {
+      await bus.close();
+    }
+  }, 60_000);
+
+  it("SIGKILLed between its copy's acknowledgement and its mark, then run again: the letter marked, applied once", async () => {
+    await using nats = await startNats();
+    const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams });
+    using dir = tempDir();
+    const broken = new Set(["evt_killed"]);
+    // Between the command and NATS: the command is SIGKILLed as it sends its mark, which NATS never gets.
+    let victim: ChildProcess | undefined;
+    const sockets = new Set<net.Socket>();
+    const proxy = net.createServer((client) => {
+      const server = net.connect(nats.port, "127.0.0.1");
+      sockets.add(client).add(server);
+      server.pipe(client);
+      client.on("data", (chunk: Buffer) => {
+        if (chunk.toString("latin1").includes("PUB dlq.redriven.")) {
+          victim?.kill("SIGKILL");
+          client.destroy();
+          server.destroy();
+          return;
+        }
+        server.write(chunk);
+      });
+      for (const s of [client, server]) s.on("error", () => {});
+    });
+    const port = await freePort();
+    await new Promise<void>((r) => proxy.listen(port, "127.0.0.1", r));
+    try {
+      await using lettering = await recorder(bus, dir.path, "history-order", broken);
+      await placedEvent(bus, "evt_killed");
+      const letter = await letterOf(bus, "evt_killed");
+      broken.clear();
+      const killed = asUser(["--dlq", "--redrive", String(letter.seq)], `nats://127.0.0.1:${port}`);
+      victim = killed.child;
+      expect(await killed.exit(20_000), `${killed.out()}\n${killed.err()}`).toBe("SIGKILL");
+      expect((await bus.jsm.streams.info("ORDER")).state.messages).toBe(2); // the copy is out
+      expect(
+        await until(
+          () => lettering.effects("evt_killed"),
+          (n) => n === 1,
+        ),
+      ).toBe(1);
+      const listed = asUser(["--dlq"], nats.url);
+      expect(await listed.exit(20_000), listed.err()).toBe(0);
+      expect(listed.out(), "not marked: still listed").toContain(`DLQ ${letter.seq} `);
+
+      const again = asUser(["--dlq", "--redrive", String(letter.seq)], nats.url);
+      expect(await again.exit(20_000), `${again.out()}\n${again.err()}`).toBe(0);
+      expect(again.out()).toContain(`DLQ ${letter.seq} redriven to order.order.placed.orchestration (evt_killed)`);
+      expect(again.out()).toContain("ORDER 2, a repeat the stream dropped");
+      expect((await bus.jsm.streams.info("ORDER")).state.messages).toBe(2);
+      await lettering.settled();
+      expect(await lettering.effects("evt_killed")).toBe(1);
+      const after = asUser(["--dlq"], nats.url);
+      expect(await after.exit(20_000), after.err()).toBe(0);
+      expect(after.out()).toContain("no dead letters on DLQ");
+    } finally {
+      for (const s of sockets) s.destroy();
+      proxy.close();
       await bus.close();
     }
   }, 60_000);
