@@ -31,6 +31,8 @@ import { printable } from "./printable.js";
  * `dlq.*` — no service can mark a letter redriven, and hide it.
  */
 const MARKS = "dlq.redriven";
+/** The subjects of the letters, `dlq.<durable>`: two tokens, no mark's. */
+const LETTERS = "dlq.*";
 
 /** Which letters to redrive: every one the DLQ holds and not redriven yet, or these sequences. */
 export type Selection = "all" | readonly number[];
@@ -116,16 +118,33 @@ async function plan(bus: Bus, catalogue: EventCatalogue, letter: StoredMsg): Pro
 
 /** The letters of `which`, in DLQ order, but those redriven already. */
 async function* selected(bus: Bus, which: Selection, redriven: Set<number>): AsyncGenerator<StoredMsg> {
-  const { first_seq: first, last_seq: last } = (await bus.jsm.streams.info(DLQ_STREAM.name)).state;
-  const all = function* () {
-    // A stream that never held a message says 0..0, and asked for message 0 nats-server answers
-    // "bad request": --redrive all on a DLQ never used stopped there, exit 1.
-    for (let seq = Math.max(first, 1); seq <= last; seq++) yield seq;
-  };
-  for (const seq of which === "all" ? all() : [...which].sort((a, b) => a - b)) {
+  if (which === "all") {
+    yield* allLetters(bus, redriven);
+    return;
+  }
+  for (const seq of [...which].sort((a, b) => a - b)) {
     if (redriven.has(seq)) continue;
     const m = await held(bus, DLQ_STREAM.name, seq);
     if (m && !isMark(m.subject)) yield m;
+  }
+}
+
+/**
+ * Every letter the DLQ holds up to its last message now, but those redriven already: each asked for as
+ * the next message on `dlq.*` (a letter's two tokens; a mark has three), not every sequence in turn —
+ * a request a mark, --redrive all of 3 letters among 120,000 marks took 29 s.
+ */
+async function* allLetters(bus: Bus, redriven: Set<number>): AsyncGenerator<StoredMsg> {
+  const { first_seq: first, last_seq: last } = (await bus.jsm.streams.info(DLQ_STREAM.name)).state;
+  // A stream that never held a message says 0..0, and asked for message 0 nats-server answers
+  // "bad request": --redrive all on a DLQ never used stopped there, exit 1.
+  for (let seq = Math.max(first, 1); seq <= last; ) {
+    // nats-server (2.9 on) takes next_by_subj in this request; nats.js's type lists only seq.
+    const next = { seq, next_by_subj: LETTERS } as { seq: number };
+    const m = await bus.jsm.streams.getMessage(DLQ_STREAM.name, next);
+    if (!m || m.seq > last) return;
+    seq = m.seq + 1;
+    if (!redriven.has(m.seq)) yield m;
   }
 }
 

@@ -845,6 +845,41 @@ describe("make dlq --redrive", () => {
     }
   }, 60_000);
 
+  it("--redrive all reads the letters, not every redrive mark the DLQ holds, one request each", async () => {
+    // One request a DLQ message: with 120,000 marks held (as many letters redriven), --redrive all of 3
+    // letters took 29 s. The letters are found by their subject, dlq.<durable> (two tokens; a mark three).
+    await using nats = await startNats();
+    const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams });
+    try {
+      const marks = [];
+      for (let i = 0; i < 5_000; i++) marks.push(bus.js.publish(`dlq.redriven.${1_000_000 + i}`, new Uint8Array(0)));
+      await Promise.all(marks);
+      const seq = await placedEvent(bus, "evt_among_marks");
+      const letter = await addLetter(bus, "history-order", {
+        "ce-type": OrderPlacedSchema.typeName,
+        "ce-id": "evt_among_marks",
+        "x-dlq-subject": "order.order.placed.orchestration",
+        "x-dlq-stream-seq": String(seq),
+      });
+      // What the command asks JetStream for DLQ messages, seen as any subscriber of the subject sees it.
+      let reads = 0;
+      const sub = bus.nc.subscribe("$JS.API.STREAM.MSG.GET.DLQ", {
+        callback: () => {
+          reads++;
+        },
+      });
+      await bus.nc.flush();
+      const run = asUser(["--dlq", "--redrive", "all"], nats.url);
+      expect(await run.exit(30_000), run.err()).toBe(0);
+      sub.unsubscribe();
+      expect(run.out()).toContain(`DLQ ${letter} redriven`);
+      expect(run.out()).toContain("1 redriven, 0 skipped");
+      expect(reads).toBeLessThan(10);
+    } finally {
+      await bus.close();
+    }
+  }, 60_000);
+
   it("with a DLQ that never held a letter: --redrive all redrives nothing and exits 0; a sequence is no letter", async () => {
     await using nats = await startNats();
     const all = eventsTs(["--dlq", "--redrive", "all"], nats.url);
