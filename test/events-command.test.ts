@@ -649,6 +649,11 @@ describe("make dlq --redrive", () => {
       const after = asUser(["--dlq"], nats.url);
       expect(await after.exit(20_000), after.err()).toBe(0);
       expect(after.out()).toContain("no dead letters on DLQ");
+      // A consumer made after: the stream replays the event and its copy to it, and it applies one.
+      await using late = await recorder(bus, dir.path, "late-order", new Set());
+      await late.settled();
+      expect((await bus.jsm.consumers.info("ORDER", "late-order")).delivered.stream_seq).toBe(2);
+      expect(await late.effects("evt_killed")).toBe(1);
     } finally {
       for (const s of sockets) s.destroy();
       proxy.close();
