@@ -58,7 +58,9 @@ export async function redrivenSeqs(bus: Bus): Promise<Set<number>> {
 
 /** A letter's way back: its original message and where it goes; or why it has none. */
 type Headers = ReturnType<typeof natsHeaders>;
-type Plan = { subject: string; stream: string; data: Uint8Array; headers: Headers; from: string } | { skip: string };
+type Plan =
+  | { subject: string; stream: string; original: number; data: Uint8Array; headers: Headers; from: string }
+  | { skip: string };
 
 /**
  * What redriving `letter` would publish: its message as its stream holds it (at `x-dlq-stream-seq` in
@@ -113,7 +115,7 @@ async function plan(bus: Bus, catalogue: EventCatalogue, letter: StoredMsg): Pro
   }
   if (!headers.get("ce-id") || !headers.get("ce-type")) return { skip: "it has no ce-id or ce-type to be applied by" };
   const cut = h.has("x-dlq-truncated") ? " (the letter was cut)" : "";
-  return { subject, stream: stream.name, data: original.data, headers, from: ` from ${where}${cut}` };
+  return { subject, stream: stream.name, original: seq, data: original.data, headers, from: ` from ${where}${cut}` };
 }
 
 /** The letters of `which`, in DLQ order, but those redriven already. */
@@ -223,6 +225,12 @@ export async function redrive(
     say(`DLQ ${seq} skipped: ${why}; left in the DLQ`);
     skipped++;
   };
+  // The copy sent for each original (stream and sequence), and for which letter: one copy reaches every
+  // consumer of its subject, so a letter of the same event (two consumers lettered it, or a service
+  // wrote letters of one event by the thousand) is marked with it. A copy each was published: a
+  // service's letters, which it may write on its own dlq.<durable>, made the redrive fill another
+  // context's stream with copies, up to its size bound, past which its oldest events go.
+  const sent = new Map<string, { to: { stream: string; seq: number; duplicate: boolean }; by: number }>();
   for await (const letter of selected(bus, which, await redrivenSeqs(bus))) {
     const seq = letter.seq;
     const p = await plan(bus, catalogue, letter);
@@ -230,22 +238,25 @@ export async function redrive(
       skip(seq, p.skip);
       continue;
     }
-    let to: Awaited<ReturnType<Bus["js"]["publish"]>>;
-    try {
-      // A repeat within the duplicate window (2 min) is dropped by the server: its ack says duplicate.
-      to = await bus.js.publish(p.subject, p.data, {
-        headers: p.headers,
-        msgID: `redrive:${seq}`,
-        expect: { streamName: p.stream },
-      });
-    } catch (err) {
-      skip(seq, `not republished: ${failure(err, user)}`);
-      continue;
-    }
+    const earlier = sent.get(`${p.stream} ${p.original}`);
+    let to: { stream: string; seq: number; duplicate: boolean };
+    if (earlier) to = earlier.to;
+    else
+      try {
+        // A repeat within the duplicate window (2 min) is dropped by the server: its ack says duplicate.
+        to = await bus.js.publish(p.subject, p.data, {
+          headers: p.headers,
+          msgID: `redrive:${seq}`,
+          expect: { streamName: p.stream },
+        });
+      } catch (err) {
+        skip(seq, `not republished: ${failure(err, user)}`);
+        continue;
+      }
     // A repeat is a copy an earlier redrive sent (killed before its mark) — or what a service stored
     // first under this id, which anyone can work out (the order service may publish on order.>):
     // marked then, the letter was hidden and its event never sent back.
-    if (to.duplicate && !(await isCopy(bus, to.stream, to.seq, p))) {
+    if (!earlier && to.duplicate && !(await isCopy(bus, to.stream, to.seq, p))) {
       skip(
         seq,
         `not republished: ${to.stream} dropped it as a repeat of ${to.stream} ${to.seq}, which is another message`,
@@ -261,8 +272,9 @@ export async function redrive(
       skip(seq, `republished (${to.stream} ${to.seq}) but not marked so: ${failure(err, user)}`);
       continue;
     }
+    if (!earlier) sent.set(`${p.stream} ${p.original}`, { to, by: seq });
     const id = printable(p.headers.get("ce-id"));
-    const dup = to.duplicate ? ", a repeat the stream dropped" : "";
+    const dup = earlier ? `, the copy sent for DLQ ${earlier.by}` : to.duplicate ? ", a repeat the stream dropped" : "";
     say(`DLQ ${seq} redriven to ${printable(p.subject)} (${id})${p.from}: ${to.stream} ${to.seq}${dup}`);
     redriven++;
   }

@@ -661,6 +661,53 @@ describe("make dlq --redrive", () => {
     }
   }, 60_000);
 
+  it("sends one copy of an event however many letters name it; each consumer that lettered it applies it once", async () => {
+    // Two consumers lettering one event is two letters; one copy reaches both. A service's letters (any
+    // number, on its own dlq.<durable>) naming one event each had a copy published in its stream.
+    await using nats = await startNats();
+    const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams });
+    using dir = tempDir();
+    const broken = new Set(["evt_shared"]);
+    try {
+      await using history = await recorder(bus, dir.path, "history-order", broken);
+      await using notification = await recorder(bus, dir.path, "notification-order", broken);
+      await placedEvent(bus, "evt_shared");
+      await until(
+        async () => (await letters(bus)).length,
+        (n) => n === 2,
+      );
+      const [first, second] = await letters(bus);
+      const forged = [];
+      for (let i = 0; i < 3; i++) {
+        const headers: Record<string, string> = {};
+        for (const [k, v] of first?.header ?? []) if (!/^nats-/i.test(k)) headers[k] = v[0] ?? "";
+        forged.push(await addLetter(bus, "history-order", headers));
+      }
+      broken.clear();
+      const run = asUser(["--dlq", "--redrive", "all"], nats.url);
+      expect(await run.exit(20_000), `${run.out()}\n${run.err()}`).toBe(0);
+      expect(run.out()).toContain(
+        `DLQ ${first?.seq} redriven to order.order.placed.orchestration (evt_shared) from ORDER 1: ORDER 2\n`,
+      );
+      for (const seq of [second?.seq, ...forged]) {
+        expect(run.out()).toContain(
+          `DLQ ${seq} redriven to order.order.placed.orchestration (evt_shared) from ORDER 1: ORDER 2, the copy sent for DLQ ${first?.seq}`,
+        );
+      }
+      expect(run.out()).toContain("5 redriven, 0 skipped");
+      expect((await bus.jsm.streams.info("ORDER")).state.messages).toBe(2);
+      await history.settled();
+      await notification.settled();
+      expect(await history.effects("evt_shared")).toBe(1);
+      expect(await notification.effects("evt_shared")).toBe(1);
+      const listed = asUser(["--dlq"], nats.url);
+      expect(await listed.exit(20_000), listed.err()).toBe(0);
+      expect(listed.out()).toContain("no dead letters on DLQ");
+    } finally {
+      await bus.close();
+    }
+  }, 60_000);
+
   it("redrives a truncated letter from its original message in its stream", async () => {
     await using nats = await startNats();
     const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams });
