@@ -267,7 +267,10 @@ export async function redrive(
     const mark = natsHeaders();
     mark.set("x-dlq-redriven-to", `${to.stream} ${to.seq}`);
     try {
-      await bus.js.publish(`${MARKS}.${seq}`, new Uint8Array(0), { headers: mark, msgID: `redriven:${seq}` });
+      // No message id: ids are the DLQ's, not a subject's, and a letter a service wrote under the one a
+      // mark would have (redriven:<seq>) had the mark dropped as its duplicate, the letter left unmarked.
+      // A letter marked twice (two redrives at once) is as marked once.
+      await bus.js.publish(`${MARKS}.${seq}`, new Uint8Array(0), { headers: mark });
     } catch (err) {
       skip(seq, `republished (${to.stream} ${to.seq}) but not marked so: ${failure(err, user)}`);
       continue;

@@ -1025,6 +1025,39 @@ describe("make dlq --redrive", () => {
     }
   }, 60_000);
 
+  it("marks a letter redriven even when a service stored a letter under the mark's message id first", async () => {
+    // Message ids are the DLQ's, not a subject's: a letter history writes with the id a mark would have
+    // (redriven:<seq>, known from the DLQ's state) had that mark dropped as its duplicate. The redrive
+    // said the letter redriven, and it stayed unmarked, listed, sent again at each --redrive all.
+    await using nats = await startNats(natsAuthorization(BUS_USERS, password));
+    const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams, auth: admin });
+    const history = await connectBus(nats.url, "redrive-test-history", silentLogger(), {
+      auth: { user: "history", pass: password("history") },
+    });
+    try {
+      const seq = await placedEvent(bus, "evt_unmarked");
+      const letter = await addLetter(bus, "history-order", {
+        "ce-type": OrderPlacedSchema.typeName,
+        "ce-id": "evt_unmarked",
+        "x-dlq-subject": "order.order.placed.orchestration",
+        "x-dlq-stream-seq": String(seq),
+      });
+      await history.js.publish("dlq.history-order", new Uint8Array([1]), { msgID: `redriven:${letter}` });
+      const run = asUser(["--dlq", "--redrive", String(letter)], nats.url);
+      expect(await run.exit(20_000), `${run.out()}\n${run.err()}`).toBe(0);
+      expect(run.out()).toContain(`DLQ ${letter} redriven`);
+      const listed = asUser(["--dlq"], nats.url);
+      expect(await listed.exit(20_000), listed.err()).toBe(0);
+      expect(listed.out()).not.toContain(`DLQ ${letter} `);
+      const again = asUser(["--dlq", "--redrive", String(letter)], nats.url);
+      expect(await again.exit(20_000)).toBe(2);
+      expect(again.err()).toContain(`DLQ ${letter} was redriven already`);
+    } finally {
+      await history.close();
+      await bus.close();
+    }
+  }, 60_000);
+
   it("as a service's NATS user says it may not redrive, and keeps the letter", async () => {
     await using nats = await startNats(natsAuthorization(BUS_USERS, password));
     const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams, auth: admin });
