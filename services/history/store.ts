@@ -53,7 +53,7 @@ export const MIGRATIONS = migrations([
   "ALTER TABLE order_history ADD COLUMN refund TEXT NOT NULL DEFAULT 'none' CHECK (refund IN ('none', 'pending', 'settled'));",
   // 4: consumers count each event's failures across restarts and replicas (the dead-letter limit).
   INBOX_FAILURES_MIGRATION,
-  // 5: the inbox forgets an event a day after the streams do (its purge reads by this index).
+  // 5: the inbox forgets an event after INBOX_KEEP_MS (its purge reads by this index).
   INBOX_PURGE_MIGRATION,
   // 6: an order listed at a time a Timestamp's JSON form cannot hold, by a version before factOf
   // bounded event times, made its customer's whole history answer 500 on REST and Connect.

@@ -54,7 +54,7 @@ export const MIGRATIONS = migrations([
   INBOX_FAILURES_MIGRATION,
   // 5: the relay finds an order's earlier unsent row, and the sent rows to purge, without reading every row.
   OUTBOX_INDEXES_MIGRATION,
-  // 6: the inbox forgets an event a day after the streams do (its purge reads by this index).
+  // 6: the inbox forgets an event after INBOX_KEEP_MS (its purge reads by this index).
   INBOX_PURGE_MIGRATION,
   // 7: a restock keeps the stock it left, the answer a repeat gets (none for restocks made before).
   `ALTER TABLE restocks ADD COLUMN available_after INTEGER;

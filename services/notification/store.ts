@@ -37,7 +37,7 @@ const MIGRATIONS = migrations([
   INBOX_MIGRATION,
   // 3: consumers count each event's failures across restarts and replicas (the dead-letter limit).
   INBOX_FAILURES_MIGRATION,
-  // 4: the inbox forgets an event a day after the streams do (its purge reads by this index).
+  // 4: the inbox forgets an event after INBOX_KEEP_MS (its purge reads by this index).
   INBOX_PURGE_MIGRATION,
 ]);
 

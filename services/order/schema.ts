@@ -97,7 +97,7 @@ export const MIGRATIONS = migrations([
   INBOX_FAILURES_MIGRATION,
   // 7: the relay finds an order's earlier unsent row, and the sent rows to purge, without reading every row.
   OUTBOX_INDEXES_MIGRATION,
-  // 8: the inbox forgets an event a day after the streams do (its purge reads by this index).
+  // 8: the inbox forgets an event after INBOX_KEEP_MS (its purge reads by this index).
   INBOX_PURGE_MIGRATION,
   // 9: a step log that grew before it was bounded is bounded now, not only when its saga writes again
   // (a settled order's never does, and each read of it read every row).

@@ -79,7 +79,7 @@ const MIGRATIONS = migrations([
   INBOX_FAILURES_MIGRATION,
   // 5: the relay finds an order's earlier unsent row, and the sent rows to purge, without reading every row.
   OUTBOX_INDEXES_MIGRATION,
-  // 6: the inbox forgets an event a day after the streams do (its purge reads by this index).
+  // 6: the inbox forgets an event after INBOX_KEEP_MS (its purge reads by this index).
   INBOX_PURGE_MIGRATION,
   // 7: the payers an older version kept for ever (before forgetChoreographyOrder): every row whose
   // charge key (stepKey(order_id, "charge_payment")) is used, as rememberChoreographyOrder deletes one.
