@@ -56,8 +56,8 @@ export async function redrivenSeqs(bus: Bus): Promise<Set<number>> {
   return new Set(Object.keys(info.state.subjects ?? {}).map((s) => markOf(s) ?? 0));
 }
 
-/** A letter's way back: its original message and where it goes; or why it has none. */
 type Headers = ReturnType<typeof natsHeaders>;
+/** A letter's way back: its original message and where it goes; or why it has none. */
 type Plan =
   | { subject: string; stream: string; original: number; data: Uint8Array; headers: Headers; from: string }
   | { skip: string };
