@@ -9,7 +9,7 @@
  * refuses the one write its handler needs for one customer's order (as a broken migration or a
  * constraint would), so the handler fails on every delivery and its consumer dead-letters the event
  * after ten failures (about 20 s of backoff). The trigger is dropped (the cause fixed) before the
- * redrive. Each case is a customer and a product of its own, all three run at once.
+ * redrive. Each case is a customer and a product of its own, all five run at once.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
@@ -43,13 +43,13 @@ async function refuse(db: Db, name: string, on: string, when: string): Promise<(
   };
 }
 
-/** Places a choreographed order of one `product` as `customer`. */
-async function place(customer: string, product: string): Promise<Order> {
+/** Places a choreographed order of one `product` as `customer`, paid with `card`. */
+async function place(customer: string, product: string, card = "tok_visa"): Promise<Order> {
   const { order } = await sys.orders.placeOrder(
     {
       idempotencyKey: `redrive-${customer}`,
       items: [{ productId: product, quantity: 1 }],
-      cardToken: "tok_visa",
+      cardToken: card,
       sagaMode: SagaMode.CHOREOGRAPHY,
     },
     sys.as(customer),
@@ -61,12 +61,12 @@ async function place(customer: string, product: string): Promise<Order> {
 const get = async (id: string, customer: string) =>
   (await sys.orders.getOrder({ orderId: id }, sys.as(customer))).order as Order;
 
-/** Cancels the order as its customer, and waits until it is CANCELLED with nothing pending. */
-async function cancel(id: string, customer: string): Promise<Order> {
+/** Cancels the order as its customer, and waits until it is CANCELLED with its refund pending or not, as `pending`. */
+async function cancel(id: string, customer: string, pending = false): Promise<Order> {
   await sys.orders.cancelOrder({ orderId: id, reason: "it never came" }, sys.as(customer));
   return until(
     () => get(id, customer),
-    (x) => x.status === OrderStatus.CANCELLED && !x.refundPending,
+    (x) => x.status === OrderStatus.CANCELLED && x.refundPending === pending,
     15_000,
   );
 }
@@ -267,9 +267,79 @@ describe.concurrent("a saga event redriven after its order was cancelled and com
     expect(await versionOf(o.id)).toBe(version);
     expect(await paymentsOf(o.id)).toEqual([{ kind: "VOID", status: "DECLINED" }]);
   }, 60_000);
+
+  it("order had dead-lettered a decline: its cancel waits, refund pending, with nothing taken; the redrive settles it", async () => {
+    const customer = "late-decline";
+    const product = "ceramic-mug";
+    const fixed = await refuse(
+      sys.order.store.db,
+      "fault_late_decline",
+      "UPDATE ON orders",
+      `OLD.customer_id = '${customer}' AND NEW.payment_id IS NOT OLD.payment_id`,
+    );
+    const o = await place(customer, product, "tok_decline");
+    const letter = await letterOf("order-payment", "shopmesh.payment.v1.PaymentFailed", o.id, 40_000);
+    expect(letter.reason).toContain("injected fault: fault_late_decline");
+    // Cancelled before the order heard from payment: payment may have charged, for all it knows. Payment
+    // answers the OrderCancelled with nothing (its charge was declined, and said so already): the
+    // refund stays pending until the letter is redriven, with no money taken and the stock back.
+    const cancelled = await cancel(o.id, customer, true);
+    expect(cancelled.statusReason).toBe("cancelled by customer: it never came");
+    await settled();
+    expect(await get(o.id, customer)).toMatchObject({ status: OrderStatus.CANCELLED, refundPending: true });
+    expect(await paymentsOf(o.id)).toEqual([{ kind: "CHARGE", status: "DECLINED" }]);
+    expect(await stockOf(product)).toEqual({ available: initial(product), reserved: 0 });
+
+    await fixed();
+    expect(await redrive(letter.seq)).toContain(`DLQ ${letter.seq} redriven to payment.payment.failed`);
+    await until(
+      () => get(o.id, customer),
+      (x) => !x.refundPending,
+      15_000,
+    );
+    await settled();
+    const after = await expectSettledCancel(o, customer, product);
+    expect(after.order.steps.at(-1)?.detail).toMatch(/^no charge taken: /);
+    expect(after.view).toMatchObject({ paymentStatus: "DECLINED", refund: "settled" });
+    expect(await paymentsOf(o.id)).toEqual([{ kind: "CHARGE", status: "DECLINED" }]);
+  }, 60_000);
+
+  it("inventory had dead-lettered OrderCancelled: the stock a declined order held comes back at the redrive", async () => {
+    const customer = "late-release";
+    const product = "coffee-beans";
+    const fixed = await refuse(
+      sys.inventory.store.db,
+      "fault_late_release",
+      "UPDATE ON reservations",
+      `NEW.status = 'RELEASED' AND NEW.items LIKE '%"${product}"%'`,
+    );
+    // Declined: the order is cancelled at once, nothing pending, and its OrderCancelled asks for the stock.
+    const o = await place(customer, product, "tok_decline");
+    const letter = await letterOf("inventory-order", "shopmesh.order.v1.OrderCancelled", o.id, 40_000);
+    expect(letter.reason).toContain("injected fault: fault_late_release");
+    await settled();
+    expect(await get(o.id, customer)).toMatchObject({ status: OrderStatus.CANCELLED, refundPending: false });
+    // What the letter leaves until it is redriven: a unit held for a cancelled order.
+    expect(await stockOf(product)).toEqual({ available: (initial(product) ?? 0) - 1, reserved: 1 });
+    const version = await versionOf(o.id);
+
+    await fixed();
+    expect(await redrive(letter.seq)).toContain(`DLQ ${letter.seq} redriven to order.order.cancelled`);
+    await until(
+      () => stockOf(product),
+      (x) => x?.reserved === 0,
+      15_000,
+    );
+    await settled();
+    const after = await expectSettledCancel(o, customer, product);
+    // The order heard StockReleased: its step log says so, and it stays as it ended.
+    expect(after.order.steps.at(-1)).toMatchObject({ name: "release_stock", status: StepStatus.COMPENSATED });
+    expect(await versionOf(o.id)).toBe((version ?? 0) + 1);
+    expect(await paymentsOf(o.id)).toEqual([{ kind: "CHARGE", status: "DECLINED" }]);
+  }, 60_000);
 });
 
-it("the books balance across the three orders once every redrive is handled", async () => {
+it("the books balance across the five orders once every redrive is handled", async () => {
   await settled();
   await expectCheckoutInvariants({
     order: sys.order.store.db,
