@@ -203,9 +203,12 @@ describe("history rebuild", () => {
     const bus = await connectBus(nats.url, "history-rebuild-copy-test", log, { streams: EVENTS.streams });
     const store = await HistoryStore.open(await new TestDatabases(dir.path).location("history"));
     try {
+      // A millisecond apart: the view orders facts by time, then by event id (one CI run drew the
+      // OrderPlaced's id as the later of two in one millisecond).
+      const at = Date.now();
       const [, confirmed] = await publishEvents(bus, [
-        event(OrderPlacedSchema, "ord-c1", { customerId: "kim", items: lines }),
-        event(OrderConfirmedSchema, "ord-c1", { customerId: "kim", total: usd(1500n), paymentId: "pay_c1" }),
+        event(OrderPlacedSchema, "ord-c1", { customerId: "kim", items: lines }, at),
+        event(OrderConfirmedSchema, "ord-c1", { customerId: "kim", total: usd(1500n), paymentId: "pay_c1" }, at + 1),
       ]);
       // The OrderPlaced again after its order's confirmation, as scripts/redrive.ts publishes it.
       const placed = await bus.jsm.streams.getMessage("ORDER", { seq: 1 });

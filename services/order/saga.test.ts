@@ -286,10 +286,12 @@ describe("transient faults", () => {
         return order?.id ?? "";
       }),
     );
-    const done = await Promise.all(placed.map((id) => flaky.settle(id, "ivan")));
+    // Watched past the step budget: a watch ending with it (settle's default, 15 s) cut an order a loaded
+    // CI machine was still retrying, before the saga itself said how it ended.
+    const done = await Promise.all(placed.map((id) => flaky.settle(id, "ivan", 45_000)));
     expect(done.map((o) => OrderStatus[o.status])).toEqual(Array(10).fill("CONFIRMED"));
     for (const o of done) expect(await capturedPayments(flaky.payment.store.db, o.id)).toBe(1);
-  });
+  }, 60_000);
 
   it("a refund payment refuses outright stays pending and is retried: the money never stays taken", async () => {
     await sys.paymentChaos.setFaults({ faults: { latencyMs: 1_000 } });
