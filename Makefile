@@ -7,7 +7,7 @@ PROTOS := $(shell find proto -name '*.proto')
 # `make run PAYMENT_REPLICAS=2 DB=postgres`: make puts variables given on its command line in the
 # recipes' environment, where the runner reads them (scripts/run.ts), so no list of them is kept here.
 
-.PHONY: help install nats postgres python-client chromium node24 generate gen-fresh build lint typecheck breaking contracts-baseline test run bench footprint compare load demo token trace events dlq history-rebuild clean
+.PHONY: help install nats postgres python-client chromium node24 generate gen-fresh build lint typecheck breaking contracts-baseline prometheus test run bench footprint compare load demo token trace events dlq alerts history-rebuild clean
 
 help: ## List targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,11 @@ python-client: ## Make sure protoc, grpc_python_plugin and Python's grpcio, prot
 	@{ command -v protoc && command -v grpc_python_plugin && { python3 -c 'import grpc, google.protobuf, pytest' || /usr/bin/python3 -c 'import grpc, google.protobuf, pytest'; }; } >/dev/null 2>&1 || { \
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then apt-get install -y $(PYTHON_PACKAGES) || { apt-get update && apt-get install -y $(PYTHON_PACKAGES); }; \
 	  else echo "the Python client's toolchain is missing: install $(PYTHON_PACKAGES) (Debian/Ubuntu) and retry"; exit 1; fi; }
+
+prometheus: ## Make sure Prometheus is installed (apt-get where possible): make alerts and its test run it
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then apt-get install -y --no-install-recommends prometheus || { apt-get update && apt-get install -y --no-install-recommends prometheus; }; \
+	  else echo "Prometheus missing: install it (apt-get install prometheus, brew install prometheus) and retry"; exit 1; fi; }
 
 # gen/ is committed; it is regenerated only when what it is generated from changed — by content, recorded
 # in GEN_HASH (a fresh clone's file times say nothing). test/generated.test.ts keeps the record honest.
@@ -125,7 +130,7 @@ node24: ## Install the image's Node (24) under .cache/node24, for the node24 tes
 	  --prefix .cache/node24 node-$$(node -p 'process.platform + "-" + process.arch')@$(NODE24_VERSION) >&2
 
 # dist/ is built once, before the suites that spawn it run side by side (each one's own `make build` is then a no-op).
-test: install nats postgres python-client chromium node24 build ## Everything CI checks: lint, typecheck, all tests
+test: install nats postgres python-client chromium prometheus node24 build ## Everything CI checks: lint, typecheck, all tests
 	npm run check
 
 # stdout is the runner's alone (LOG_FORMAT=json make run | jq): what installing and building say goes to stderr.
@@ -176,6 +181,10 @@ events: install ## Tail every event on the bus, decoded, until Ctrl-C (ARGS=--fr
 dlq: install ## List dead-lettered events and why they failed, then exit (ARGS=--follow keeps watching; ARGS="--redrive <seq>,...|all" sends them back)
 	@$(BUILT)
 	node dist/scripts/events.js --dlq $$ARGS
+
+alerts: install prometheus ## Prometheus on localhost:9090 scraping `make run` with the cluster's alerting rules; prints each alert as it fires and resolves, until Ctrl-C
+	@$(BUILT)
+	@node dist/scripts/alerts.js
 
 history-rebuild: install ## Rebuild the history read model from the streams, with `make run` stopped (starts its NATS, and PostgreSQL with DB=postgres, for the rebuild)
 	@$(BUILT)

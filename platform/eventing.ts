@@ -80,6 +80,8 @@ export async function startEventing(opts: EventingOptions): Promise<Eventing> {
   relay?.start();
   const consumers: RunningConsumer[] = [];
   for (const c of opts.consumers ?? []) {
+    // Counted from 0, not from the first letter: increase() sees that one too (ShopmeshDeadLetters).
+    opts.telemetry?.metrics.deadLetters.inc({ consumer: c.durable }, 0);
     consumers.push(
       await startConsumer({
         ...c,

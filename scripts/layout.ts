@@ -51,6 +51,17 @@ export function portOf(variable: string, fallback: number): number {
   return n;
 }
 
+/** `<NAME>_REPLICAS` (default 1), or a line naming the variable and exit 2 when it is not 1..5. */
+export function replicaCount(name: string): number {
+  const raw = process.env[`${name.toUpperCase()}_REPLICAS`];
+  const n = raw === undefined || raw === "" ? 1 : /^\d+$/.test(raw) ? Number(raw) : Number.NaN;
+  if (!Number.isInteger(n) || n < 1 || n > 5) {
+    process.stderr.write(`${name.toUpperCase()}_REPLICAS must be 1..5, got ${JSON.stringify(raw)}\n`);
+    process.exit(2);
+  }
+  return n;
+}
+
 /** Where make run's services keep their data (`DB`: sqlite, the default, or postgres), or a line and exit 2. */
 export function dbOf(): "sqlite" | "postgres" {
   const db = process.env.DB || "sqlite";

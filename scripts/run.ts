@@ -51,7 +51,7 @@ import {
   silentLogger,
 } from "../platform/index.js";
 import { holdDataDir, recordChild, stopLeftovers } from "./data-dir.js";
-import { dbOf, nodeCommand, portOf, ROOT, SYSTEM, SYSTEM_ENV } from "./layout.js";
+import { dbOf, nodeCommand, portOf, ROOT, replicaCount, SYSTEM, SYSTEM_ENV } from "./layout.js";
 import { jsonLine, readableLines } from "./log-lines.js";
 import { localBusPasswords, NATS_MISSING, natsInstalled, natsServerArgs, preparedJetStreamDir } from "./nats.js";
 import {
@@ -108,14 +108,9 @@ const UPSTREAMS = Object.fromEntries(
 const DB = dbOf();
 const PG_PORT = portOf("PG_PORT", 55432);
 
-/** `<NAME>_REPLICAS` (default 1). */
+/** `<NAME>_REPLICAS` (default 1), refused where the local system cannot run more than one. */
 function replicasOf(name: string): number {
-  const raw = process.env[`${name.toUpperCase()}_REPLICAS`];
-  const n = raw === undefined || raw === "" ? 1 : /^\d+$/.test(raw) ? Number(raw) : Number.NaN;
-  if (!Number.isInteger(n) || n < 1 || n > 5) {
-    process.stderr.write(`${name.toUpperCase()}_REPLICAS must be 1..5, got ${JSON.stringify(raw)}\n`);
-    process.exit(2);
-  }
+  const n = replicaCount(name);
   if (n > 1 && name === "gateway") {
     process.stderr.write("the gateway runs one instance locally (one port: 8080)\n");
     process.exit(2);

@@ -1,0 +1,140 @@
+/**
+ * `make alerts`: a local Prometheus (Debian's `prometheus`, or any on the PATH) scraping the /metrics of
+ * every process `make run` starts, replicas included (`<NAME>_METRICS_PORT`, `<NAME>_REPLICAS`, read as
+ * make run reads them), with the cluster's alerting rules (deploy/kubernetes/components/observability/
+ * alerts.yml). Prints each alert as it becomes pending, fires and resolves, with what to do; its web UI
+ * is on http://localhost:9090/alerts (PROMETHEUS_PORT). Scrapes and evaluates every
+ * PROMETHEUS_INTERVAL seconds (5). Keeps its data in .data/prometheus (DATA_DIR). Until Ctrl-C.
+ */
+import { spawn, spawnSync } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { portOf, ROOT, replicaCount, SYSTEM } from "./layout.js";
+import { answers } from "./nats.js";
+import { printable } from "./printable.js";
+
+const RULES = join(ROOT, "deploy/kubernetes/components/observability/alerts.yml");
+
+const PROMETHEUS_MISSING =
+  "prometheus is not installed. Install it with your OS package manager, e.g.\n" +
+  "  sudo apt-get install -y --no-install-recommends prometheus   (Debian/Ubuntu)\n" +
+  "  brew install prometheus                                      (macOS)";
+
+/** The scrape targets of the local system: each process's metrics port, and port + 100 per replica. */
+function localTargets(): { app: string; target: string }[] {
+  return SYSTEM.flatMap((p) => {
+    const port = portOf(`${p.name.toUpperCase()}_METRICS_PORT`, p.metrics);
+    const n = p.name === "gateway" ? 1 : replicaCount(p.name);
+    return Array.from({ length: n }, (_, r) => ({ app: p.name, target: `localhost:${port + 100 * r}` }));
+  });
+}
+
+/**
+ * Prometheus's configuration for `targets`, every `seconds`: job `shopmesh` and an `app` label on each
+ * target, as the cluster's scrape config gives them (prometheus.yml), so the rules read both alike.
+ */
+function prometheusConfig(targets: readonly { app: string; target: string }[], seconds: number): string {
+  const config = {
+    // A scrape's timeout (10 s by default) may not be longer than its interval.
+    global: {
+      scrape_interval: `${seconds}s`,
+      scrape_timeout: `${Math.min(seconds, 10)}s`,
+      evaluation_interval: `${seconds}s`,
+    },
+    rule_files: [RULES],
+    scrape_configs: [
+      {
+        job_name: "shopmesh",
+        static_configs: targets.map((t) => ({ targets: [t.target], labels: { app: t.app } })),
+      },
+    ],
+  };
+  return JSON.stringify(config, null, 2); // JSON is YAML
+}
+
+interface Alert {
+  labels: Record<string, string>;
+  annotations: Record<string, string>;
+  state: string;
+}
+
+/** One line for an alert in `state`: its name, the labels that tell which, its summary, what to do. */
+function alertLine(state: string, a: Alert): string {
+  const which = Object.entries(a.labels)
+    .filter(([k]) => !["alertname", "severity", "job", ...(a.labels.service ? ["app"] : [])].includes(k))
+    .map(([k, v]) => `${k}=${printable(v)}`)
+    .join(" ");
+  const text =
+    state === "resolved"
+      ? ""
+      : `: ${printable(a.annotations.summary ?? "")} — ${printable(a.annotations.description ?? "")}`;
+  return `${new Date().toISOString().slice(11, 19)} ${state.toUpperCase()} ${printable(a.labels.alertname ?? "")} ${which}${text}`;
+}
+
+async function main(): Promise<void> {
+  if (spawnSync("prometheus", ["--version"]).error) {
+    process.stderr.write(`${PROMETHEUS_MISSING}\n`);
+    process.exit(1);
+  }
+  const port = portOf("PROMETHEUS_PORT", 9090);
+  const raw = process.env.PROMETHEUS_INTERVAL || "5";
+  const seconds = /^\d+$/.test(raw) ? Number(raw) : Number.NaN;
+  if (!(seconds >= 1 && seconds <= 60)) {
+    process.stderr.write(`PROMETHEUS_INTERVAL must be whole seconds, 1..60, got ${JSON.stringify(raw)}\n`);
+    process.exit(2);
+  }
+  if (await answers("127.0.0.1", port)) {
+    process.stderr.write(`port ${port} is in use (another make alerts?): stop it, or set PROMETHEUS_PORT\n`);
+    process.exit(1);
+  }
+  const targets = localTargets();
+  const dir = join(process.env.DATA_DIR || join(ROOT, ".data"), "prometheus");
+  mkdirSync(join(dir, "data"), { recursive: true });
+  writeFileSync(join(dir, "prometheus.yml"), prometheusConfig(targets, seconds));
+  const child = spawn(
+    "prometheus",
+    [
+      `--config.file=${join(dir, "prometheus.yml")}`,
+      `--storage.tsdb.path=${join(dir, "data")}`,
+      "--storage.tsdb.retention.time=1d",
+      `--web.listen-address=127.0.0.1:${port}`,
+      "--log.level=error",
+    ],
+    { stdio: ["ignore", "inherit", "inherit"] },
+  );
+  for (const signal of ["SIGINT", "SIGTERM"] as const) process.on(signal, () => child.kill(signal));
+  child.on("exit", (code, signal) => process.exit(code ?? (signal ? 0 : 1)));
+
+  const api = `http://127.0.0.1:${port}`;
+  while (
+    !(await fetch(`${api}/-/ready`).then(
+      (r) => r.ok,
+      () => false,
+    ))
+  )
+    await sleep(200);
+  process.stdout.write(
+    `Prometheus on http://localhost:${port}/alerts, scraping ${targets.length} processes every ${seconds} s ` +
+      `(${targets.map((t) => `${t.app} ${t.target}`).join(", ")}) with the rules of ${RULES.slice(ROOT.length + 1)}; ` +
+      "alerts print here as they change. Ctrl-C stops it.\n",
+  );
+  let known = new Map<string, Alert>();
+  for (;;) {
+    const body = (await fetch(`${api}/api/v1/alerts`).then(
+      (r) => r.json(),
+      () => undefined,
+    )) as { data?: { alerts?: Alert[] } } | undefined;
+    const alerts = body?.data?.alerts;
+    if (alerts) {
+      const now = new Map(alerts.map((a) => [JSON.stringify(Object.entries(a.labels).sort()), a]));
+      for (const [key, a] of now) if (known.get(key)?.state !== a.state) console.log(alertLine(a.state, a));
+      for (const [key, a] of known) if (!now.has(key)) console.log(alertLine("resolved", a));
+      known = now;
+    }
+    await sleep(1_000);
+  }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+await main();
