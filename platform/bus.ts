@@ -63,8 +63,9 @@ export interface Bus {
   readonly js: JetStreamClient;
   readonly jsm: JetStreamManager;
   /**
-   * The key of its dead letters' message ids (dead-letter.ts), the same in every process of its NATS user
-   * (derived from the password, which no other service knows); none: a key of this process.
+   * The key of its dead letters' message ids (dead-letter.ts), and of its redriven copies'
+   * (scripts/redrive.ts), the same in every process of its NATS user (derived from the password, which
+   * no other service knows); none: a key of this process.
    */
   readonly letterKey?: Buffer;
   close(): Promise<void>;

@@ -11,8 +11,9 @@
  * later, it is dropped later), and which `make dlq` reads to leave the letter out.
  *
  * What is published is the letter's message as its stream holds it, not what the letter says (see
- * plan()), less the server's `Nats-*` headers, under the message id `redrive:<dlq seq>`.
+ * plan()), less the server's `Nats-*` headers, under the message id copyId() makes.
  */
+import { createHmac } from "node:crypto";
 import { JetStreamApiError, type JsMsg, type StoredMsg } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import {
@@ -54,6 +55,20 @@ const isMark = (subject: string) => markOf(subject) !== undefined;
 export async function redrivenSeqs(bus: Bus): Promise<Set<number>> {
   const info = await bus.jsm.streams.info(DLQ_STREAM.name, { subjects_filter: `${MARKS}.*` });
   return new Set(Object.keys(info.state.subjects ?? {}).map((s) => markOf(s) ?? 0));
+}
+
+/**
+ * The message id of the copy redriving DLQ letter `seq` publishes (of `original` in `stream`), or
+ * republishes when `stream` holds message `taken` under the first: `redrive:<seq>:<MAC>`, the MAC (22
+ * base64url characters, 132 bits) of all of them under `key`, the bus's (Bus.letterKey: derived from its
+ * NATS user's password). The same in every redrive as that user, so a repeat within the stream's
+ * duplicate window (a redrive killed before its mark, run again) is dropped; and no service's user can
+ * work it out: under `redrive:<seq>`, order's user (which may publish on order.>) stored a message
+ * first, and the letter was skipped at every run.
+ */
+export function copyId(key: Buffer, seq: number, stream: string, original: number, taken?: number): string {
+  const over = `redrive ${DLQ_STREAM.name} ${seq} of ${stream} ${original}${taken ? ` past ${taken}` : ""}`;
+  return `redrive:${seq}:${createHmac("sha256", key).update(over).digest("base64url").slice(0, 22)}`;
 }
 
 type Headers = ReturnType<typeof natsHeaders>;
@@ -169,6 +184,27 @@ async function isCopy(
   }
 }
 
+/**
+ * Publishes the copy `p` of DLQ letter `seq` under copyId(); its acknowledgement. A repeat within the
+ * duplicate window (2 min) is dropped by the server, its ack saying duplicate: a copy an earlier redrive
+ * sent (killed before its mark) — or what a service stored under the id first, having read it from such
+ * a copy (a message's Nats-Msg-Id shows it) once the window was over. Then the copy is sent under an id
+ * of that message too, which the service could not know before it stored that message; without it, a
+ * letter whose redrive was once killed could be kept from every later one.
+ */
+async function sendCopy(bus: Bus, seq: number, p: Extract<Plan, { subject: string }>) {
+  // A bus without a key is none connectBus makes: as an anonymous one's, a key known to all.
+  const key = bus.letterKey ?? Buffer.alloc(0);
+  const send = (taken?: number) =>
+    bus.js.publish(p.subject, p.data, {
+      headers: p.headers,
+      msgID: copyId(key, seq, p.stream, p.original, taken),
+      expect: { streamName: p.stream },
+    });
+  const to = await send();
+  return to.duplicate && !(await isCopy(bus, to.stream, to.seq, p)) ? send(to.seq) : to;
+}
+
 /** Message `seq` of `stream`, or null when the stream does not hold it; throws when NATS does not answer so. */
 async function held(bus: Bus, stream: string, seq: number): Promise<StoredMsg | null> {
   return bus.jsm.streams.getMessage(stream, { seq }).catch((err: unknown) => {
@@ -208,7 +244,7 @@ export function failure(err: unknown, user: string): string {
 
 /**
  * Redrives the letters `which` names, in DLQ order, saying one line of each to `say`: republishes each
- * letter's message (from its stream: plan()) on its subject with msgID `redrive:<dlq seq>`, and once
+ * letter's message (from its stream: plan()) on its subject with msgID copyId(), and once
  * JetStream has acknowledged it, marks the letter redriven. A letter that cannot be (plan()) or whose
  * publish fails is left as it was. `user` names the NATS user in a refusal. Returns the counts.
  */
@@ -243,19 +279,12 @@ export async function redrive(
     if (earlier) to = earlier.to;
     else
       try {
-        // A repeat within the duplicate window (2 min) is dropped by the server: its ack says duplicate.
-        to = await bus.js.publish(p.subject, p.data, {
-          headers: p.headers,
-          msgID: `redrive:${seq}`,
-          expect: { streamName: p.stream },
-        });
+        to = await sendCopy(bus, seq, p);
       } catch (err) {
         skip(seq, `not republished: ${failure(err, user)}`);
         continue;
       }
-    // A repeat is a copy an earlier redrive sent (killed before its mark) — or what a service stored
-    // first under this id, which anyone can work out (the order service may publish on order.>):
-    // marked then, the letter was hidden and its event never sent back.
+    // Marked as redriven, the letter would be hidden and its event never sent back.
     if (!earlier && to.duplicate && !(await isCopy(bus, to.stream, to.seq, p))) {
       skip(
         seq,

@@ -7,6 +7,7 @@
  * `make trace` and `make demo`, end quietly when what reads their output stops reading.
  */
 import { type ChildProcess, spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
@@ -36,6 +37,7 @@ import {
   sql,
 } from "../platform/index.js";
 import { printable } from "../scripts/printable.js";
+import { copyId } from "../scripts/redrive.js";
 import { TestDatabases } from "./db.js";
 import { consumerSettled, event, publishEvents, until } from "./events.js";
 import { built, exited, freePort, ROOT, spawnService, tempDir } from "./fixtures.js";
@@ -563,7 +565,8 @@ describe("make dlq --redrive", () => {
 
   it("run again after one killed between its publish and its mark: the stream drops the repeat, the letter is marked", async () => {
     await using nats = await startNats();
-    const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams });
+    // As the command's user (a server without users takes any): the same key, the same message id.
+    const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams, auth: admin });
     try {
       const seq = await placedEvent(bus, "evt_twice");
       const original = await bus.jsm.streams.getMessage("ORDER", { seq });
@@ -579,7 +582,7 @@ describe("make dlq --redrive", () => {
       for (const [k, v] of Object.entries(headers)) h.set(k, v);
       await bus.js.publish("order.order.placed.orchestration", new Uint8Array(original?.data ?? []), {
         headers: h,
-        msgID: `redrive:${letter}`,
+        msgID: copyId(bus.letterKey ?? Buffer.alloc(0), letter, "ORDER", seq),
       });
       const run = asUser(["--dlq", "--redrive", String(letter)], nats.url);
       expect(await run.exit(20_000), `${run.out()}\n${run.err()}`).toBe(0);
@@ -984,41 +987,128 @@ describe("make dlq --redrive", () => {
     }
   }, 60_000);
 
-  it("marks no letter whose copy its stream dropped as a repeat of another message (a service took its id first)", async () => {
-    // A redrive's message id, redrive:<DLQ seq>, is known before it is sent (a service may read the DLQ's
-    // state): order's user, which may publish on order.>, stores a message under it first. Taken as the
-    // redrive's own repeat, the letter was marked redriven, hidden, and its event never sent back.
+  it("redrives a letter whose redrive message id a service tried to take first: no service can work it out", async () => {
+    // The id was redrive:<DLQ seq>, known before it is sent (a service may read the DLQ's state): order's
+    // user, which may publish on order.>, stored a message under it first, and the redrive skipped the
+    // letter ("a repeat of ORDER 3, which is another message"), again at every run 2 minutes apart.
     await using nats = await startNats(natsAuthorization(BUS_USERS, password));
     const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams, auth: admin });
     const order = await connectBus(nats.url, "redrive-test-order", silentLogger(), {
       auth: { user: "order", pass: password("order") },
     });
     try {
-      const seq = await placedEvent(bus, "evt_hidden");
+      const seq = await placedEvent(bus, "evt_squatted");
       const other = await placedEvent(bus, "evt_other");
       const letter = await addLetter(bus, "history-order", {
         "ce-type": OrderPlacedSchema.typeName,
-        "ce-id": "evt_hidden",
+        "ce-id": "evt_squatted",
         "x-dlq-subject": "order.order.placed.orchestration",
         "x-dlq-stream-seq": String(seq),
       });
+      // Every id order could compute: the old one, and MACs under every key it knows or can guess (none,
+      // an anonymous bus's, its own user's), over the DLQ sequence alone or with the original's place.
+      const guesses = [`redrive:${letter}`, `redriven:${letter}`];
+      const anonymous = createHmac("sha256", "").update("shopmesh dead letters of ").digest();
+      for (const key of [Buffer.alloc(0), anonymous, order.letterKey ?? Buffer.alloc(0)]) {
+        for (const over of [
+          `${letter}`,
+          `redrive:${letter}`,
+          `DLQ ${letter} ORDER ${seq}`,
+          `DLQ:${letter}:ORDER:${seq}`,
+        ]) {
+          const mac = createHmac("sha256", key).update(over).digest();
+          for (const text of [mac.toString("base64url"), mac.toString("hex")]) {
+            for (const n of [16, 22, 32, text.length]) guesses.push(`redrive:${letter}:${text.slice(0, n)}`);
+          }
+        }
+      }
       const decoy = await bus.jsm.streams.getMessage("ORDER", { seq: other });
       const h = natsHeaders();
       h.set("ce-type", OrderPlacedSchema.typeName);
       h.set("ce-id", "evt_other");
-      await order.js.publish("order.order.placed.orchestration", new Uint8Array(decoy?.data ?? []), {
-        headers: h,
-        msgID: `redrive:${letter}`,
-      });
+      for (const msgID of guesses) {
+        await order.js.publish("order.order.placed.orchestration", new Uint8Array(decoy?.data ?? []), {
+          headers: h,
+          msgID,
+        });
+      }
+      const held = (await bus.jsm.streams.info("ORDER")).state.messages;
+      expect(held).toBe(2 + new Set(guesses).size);
       const run = asUser(["--dlq", "--redrive", String(letter)], nats.url);
-      expect(await run.exit(20_000), run.err()).toBe(1);
+      expect(await run.exit(20_000), run.out()).toBe(0);
       expect(run.out()).toContain(
-        `DLQ ${letter} skipped: not republished: ORDER dropped it as a repeat of ORDER 3, which is another message`,
+        `DLQ ${letter} redriven to order.order.placed.orchestration (evt_squatted) from ORDER ${seq}: ORDER ${held + 1}\n`,
       );
-      expect(run.out()).toContain("0 redriven, 1 skipped");
+      const copy = await bus.jsm.streams.getMessage("ORDER", { seq: held + 1 });
+      expect(copy?.header.get("ce-id")).toBe("evt_squatted");
+      // Its id shows on it, as any message's does, once it is sent: a letter, seq and MAC.
+      expect(copy?.header.get("Nats-Msg-Id")).toMatch(new RegExp(`^redrive:${letter}:[\\w-]{22}$`));
       const listed = asUser(["--dlq"], nats.url);
       expect(await listed.exit(20_000), listed.err()).toBe(0);
-      expect(listed.out()).toContain(`DLQ ${letter} `);
+      expect(listed.out()).not.toContain(`DLQ ${letter} `);
+    } finally {
+      await order.close();
+      await bus.close();
+    }
+  }, 60_000);
+
+  it("redrives a letter whose id a service learnt and took first, under a second id; marks none whose copy was not sent", async () => {
+    // A copy's id shows on it (Nats-Msg-Id): a redrive killed before its mark, a service that read the id
+    // from its copy could store another message under it once the duplicate window was over, and have
+    // every later redrive of the letter skipped ("a repeat of ..., which is another message"). The test
+    // knows the administrator's key, as such a service would have learnt the id.
+    await using nats = await startNats(natsAuthorization(BUS_USERS, password));
+    const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams, auth: admin });
+    const order = await connectBus(nats.url, "redrive-test-order", silentLogger(), {
+      auth: { user: "order", pass: password("order") },
+    });
+    const key = bus.letterKey ?? Buffer.alloc(0);
+    try {
+      const taken = await placedEvent(bus, "evt_taken");
+      const hidden = await placedEvent(bus, "evt_hidden");
+      const other = await placedEvent(bus, "evt_other");
+      const letterOfEvent = (eventId: string, seq: number) =>
+        addLetter(bus, "history-order", {
+          "ce-type": OrderPlacedSchema.typeName,
+          "ce-id": eventId,
+          "x-dlq-subject": "order.order.placed.orchestration",
+          "x-dlq-stream-seq": String(seq),
+        });
+      const [first, second] = [await letterOfEvent("evt_taken", taken), await letterOfEvent("evt_hidden", hidden)];
+      const decoy = await bus.jsm.streams.getMessage("ORDER", { seq: other });
+      const h = natsHeaders();
+      h.set("ce-type", OrderPlacedSchema.typeName);
+      h.set("ce-id", "evt_other");
+      const store = async (msgID: string) =>
+        (
+          await order.js.publish("order.order.placed.orchestration", new Uint8Array(decoy?.data ?? []), {
+            headers: h,
+            msgID,
+          })
+        ).seq;
+      // The first letter's id taken: its copy goes under the second id, of the message stored there.
+      const decoyOfFirst = await store(copyId(key, first, "ORDER", taken));
+      const run = asUser(["--dlq", "--redrive", String(first)], nats.url);
+      expect(await run.exit(20_000), run.out()).toBe(0);
+      expect(run.out()).toContain(
+        `DLQ ${first} redriven to order.order.placed.orchestration (evt_taken) from ORDER ${taken}: ORDER ${decoyOfFirst + 1}\n`,
+      );
+      expect((await bus.jsm.streams.getMessage("ORDER", { seq: decoyOfFirst + 1 }))?.header.get("ce-id")).toBe(
+        "evt_taken",
+      );
+      // Both taken (which needs the key): the stream holds another message, and the letter is not marked.
+      const decoyOfSecond = await store(copyId(key, second, "ORDER", hidden));
+      const alsoTaken = await store(copyId(key, second, "ORDER", hidden, decoyOfSecond));
+      const kept = asUser(["--dlq", "--redrive", String(second)], nats.url);
+      expect(await kept.exit(20_000), kept.err()).toBe(1);
+      expect(kept.out()).toContain(
+        `DLQ ${second} skipped: not republished: ORDER dropped it as a repeat of ORDER ${alsoTaken}, which is another message`,
+      );
+      expect(kept.out()).toContain("0 redriven, 1 skipped");
+      const listed = asUser(["--dlq"], nats.url);
+      expect(await listed.exit(20_000), listed.err()).toBe(0);
+      expect(listed.out()).toContain(`DLQ ${second} `);
+      expect(listed.out()).not.toContain(`DLQ ${first} `);
     } finally {
       await order.close();
       await bus.close();
