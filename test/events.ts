@@ -19,6 +19,7 @@ import {
   OutboxRelay,
   openDatabase,
   silentLogger,
+  type Telemetry,
   type Tx,
 } from "../platform/index.js";
 
@@ -52,17 +53,30 @@ export function event<D extends DescMessage>(
 }
 
 /**
- * Publishes `events` in order through an outbox relay and resolves, with
- * their event ids, once JetStream has acknowledged every one.
+ * Publishes `events` in order through an outbox relay (reporting to `telemetry` when given) and
+ * resolves, with their event ids, once JetStream has acknowledged every one.
  */
-export async function publishEvents(bus: Bus, events: readonly PendingEvent[], source = "test"): Promise<string[]> {
+export async function publishEvents(
+  bus: Bus,
+  events: readonly PendingEvent[],
+  source = "test",
+  telemetry?: Telemetry,
+): Promise<string[]> {
   const db = await openDatabase(
     { engine: "sqlite", path: ":memory:" },
     migrations([OUTBOX_MIGRATION, OUTBOX_CLAIMS_MIGRATION, OUTBOX_INDEXES_MIGRATION]),
   );
   let now = Date.now();
   const outbox = new Outbox(source, EVENTS, () => now);
-  const relay = new OutboxRelay({ db, outbox, bus, source, log: silentLogger(), sweepMs: 50 });
+  const relay = new OutboxRelay({
+    db,
+    outbox,
+    bus,
+    source,
+    log: silentLogger(),
+    sweepMs: 50,
+    ...(telemetry && { telemetry }),
+  });
   try {
     const ids = await db.transaction(async (tx) => {
       const out: string[] = [];
