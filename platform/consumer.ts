@@ -37,7 +37,7 @@ import { detached, extractContext, inSpan } from "./propagation.js";
 import { pullForever } from "./pull.js";
 import { latestCopies, RetryTimes } from "./retry-times.js";
 import { type Db, isRerunnable, type Tx } from "./sql.js";
-import type { Telemetry } from "./telemetry.js";
+import { lagSeconds, type Telemetry } from "./telemetry.js";
 
 /** The most events settled in one transaction (batches.ts); a consumer holding this many stops lingering. */
 const MAX_BATCH = 64;
@@ -176,8 +176,8 @@ function eventHandler(opts: ConsumerOptions, clog: Logger, otherVersions: OtherV
       },
       run,
     );
-    const at = Date.parse(m.headers?.get("ce-time") ?? "");
-    if (Number.isFinite(at)) tel.metrics.eventLag.observe({ consumer: durable }, (Date.now() - at) / 1000);
+    const lag = lagSeconds(Date.parse(m.headers?.get("ce-time") ?? ""));
+    if (lag !== undefined) tel.metrics.eventLag.observe({ consumer: durable }, lag);
     return duplicate;
   };
   /** A handler failed: dead-letter it when it can never succeed or has failed `maxDeliver` times, else retry later. */

@@ -10,7 +10,7 @@ import type { Outbox } from "./outbox.js";
 import { contextOf, detached, injectContext, inSpan } from "./propagation.js";
 import { sharedNow } from "./shared-clock.js";
 import type { Db, Query } from "./sql.js";
-import type { Telemetry } from "./telemetry.js";
+import { lagSeconds, type Telemetry } from "./telemetry.js";
 
 /** Rows the relay reads per query. */
 const RELAY_BATCH = 256;
@@ -334,6 +334,6 @@ export class OutboxRelay {
       },
     );
     tel.metrics.eventsPublished.inc({ type: row.type });
-    tel.metrics.relayLag.observe((Date.now() - row.created_at) / 1000);
+    tel.metrics.relayLag.observe(lagSeconds(row.created_at) ?? 0);
   }
 }

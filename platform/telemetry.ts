@@ -30,6 +30,18 @@ export function createTelemetry(service: string): Telemetry {
   return { service, tracer: trace.getTracer(service), metrics: createMetrics(service) };
 }
 
+/**
+ * Seconds from `sinceMs` (epoch ms, stamped by another process's clock: an event's ce-time, a row's
+ * commit time) to `nowMs`, as the lag histograms take them: 0 when `sinceMs` is ahead, undefined when it
+ * is no time (NaN: a ce-time missing or unreadable). A stamp ahead of this clock (skew, or a publisher's
+ * forged ce-time) is no lag; observed negative, it lowered the histogram's `_sum`, which Prometheus takes
+ * for a counter reset: one event stamped in the year 275760 took 8.6e12 s off a consumer's, and every
+ * average lag computed from it after.
+ */
+export function lagSeconds(sinceMs: number, nowMs = Date.now()): number | undefined {
+  return Number.isFinite(sinceMs) ? Math.max(0, nowMs - sinceMs) / 1000 : undefined;
+}
+
 /** Status codes that mark a server span as failed (OpenTelemetry semantic conventions for gRPC). */
 const SERVER_ERROR_CODES: ReadonlySet<number> = new Set([
   status.UNKNOWN,
