@@ -2,7 +2,7 @@
  * Hostile clients against what docs/observability.md, "Metrics", promises: label sets are bounded
  * whatever a client sends, and /metrics tells the truth. Thousands of distinct paths, methods and
  * content types at the gateway (HTTP/1.1 and h2c), of unknown services and methods at a service's own
- * gRPC port, of statuses from a downstream, and of event types on a consumer's subjects, each followed
+ * gRPC port, of statuses from an upstream, and of event types on a consumer's subjects, each followed
  * by a scrape of the process's /metrics; and events stamped far ahead of the clock that measures their lag.
  */
 import http from "node:http";
@@ -157,27 +157,36 @@ describe("the gateway's http_server_duration_seconds", () => {
   }, 60_000);
 });
 
-describe("the gateway's rpc_client_duration_seconds", () => {
-  it("reads a downstream's statuses outside gRPC's codes as UNKNOWN: 300 distinct ones are one series", async () => {
-    // A compromised inventory: every answer a status of its own making, each one new.
-    let answered = 0;
-    const downstream = http2.createServer((req, res) => {
-      req.resume();
-      req.on("end", () => {
-        res.writeHead(200, { "content-type": "application/grpc" });
-        res.addTrailers({ "grpc-status": String(17 + answered++), "grpc-message": "hostile" });
-        res.end();
-      });
+/** A compromised upstream: every call answered with a status of its own making, each one new (from 17). */
+async function hostileUpstream(): Promise<{ address: string; answered(): number } & AsyncDisposable> {
+  let answered = 0;
+  const server = http2.createServer((req, res) => {
+    req.resume();
+    req.on("end", () => {
+      res.writeHead(200, { "content-type": "application/grpc" });
+      res.addTrailers({ "grpc-status": String(17 + answered++), "grpc-message": "hostile words" });
+      res.end();
     });
-    await new Promise<void>((resolve) => downstream.listen(0, "127.0.0.1", resolve));
-    const { port } = downstream.address() as { port: number };
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    address: `127.0.0.1:${(server.address() as { port: number }).port}`,
+    answered: () => answered,
+    [Symbol.asyncDispose]: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+const dev = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
+
+describe("statuses outside gRPC's 17 codes from an upstream", () => {
+  it("are UNKNOWN in rpc_client_duration_seconds: 300 distinct ones are one series", async () => {
+    await using upstream = await hostileUpstream();
     const gateway = await startTestGateway(sys, {
       ...UNLIMITED,
-      INVENTORY_TARGET: `127.0.0.1:${port}`,
+      INVENTORY_TARGET: upstream.address,
       UPSTREAM_BREAKER_CONSECUTIVE_FAILURES: "1000", // every call reaches it
     });
     try {
-      const dev = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
       const token = await signDevToken(dev, "mallory", ["customer"]);
       const codes = new Set<string>();
       await inParallel(300, 8, async () => {
@@ -188,7 +197,7 @@ describe("the gateway's rpc_client_duration_seconds", () => {
         });
         codes.add(((await res.json()) as { code: string }).code);
       });
-      expect(answered).toBeGreaterThanOrEqual(300);
+      expect(upstream.answered()).toBeGreaterThanOrEqual(300);
       expect([...codes]).toEqual(["unknown"]);
       const series = labelSets(await scrape(gateway.telemetry.metricsPort), "rpc_client_duration_seconds_count");
       expect(series).toEqual([
@@ -196,9 +205,33 @@ describe("the gateway's rpc_client_duration_seconds", () => {
       ]);
     } finally {
       await gateway.stop();
-      await new Promise((resolve) => downstream.close(resolve));
     }
   }, 60_000);
+
+  // Its metric and access line said Unknown; the client got `{"code":"12345","message":"hostile words"}`,
+  // a code the Connect protocol does not have, with the upstream's own words (a unary call's are replaced).
+  it("end a stream (WatchOrder, over grpc-js) as unknown, as the metric says, not with the upstream's number", async () => {
+    await using upstream = await hostileUpstream();
+    const gateway = await startTestGateway(sys, { ...UNLIMITED, ORDER_TARGET: upstream.address });
+    try {
+      const token = await signDevToken(dev, "mallory", ["customer"]);
+      const message = Buffer.from(JSON.stringify({ orderId: "ord_1" }));
+      const res = await fetch(`${gateway.url}/shopmesh.order.v1.OrderService/WatchOrder`, {
+        method: "POST",
+        headers: { "content-type": "application/connect+json", authorization: `Bearer ${token}` },
+        body: Buffer.concat([Buffer.from([0, 0, 0, 0, message.length]), message]),
+      });
+      const body = Buffer.from(await res.arrayBuffer());
+      expect(body[0]).toBe(2); // the end-stream message
+      const end = JSON.parse(body.subarray(5).toString()) as { error: { code: string; message: string } };
+      expect(end.error).toEqual({ code: "unknown", message: "order failed with an unknown error" });
+      const text = await scrape(gateway.telemetry.metricsPort);
+      const watch = { procedure: "shopmesh.order.v1.OrderService/WatchOrder", code: "Unknown" };
+      expect(sample(text, "http_server_duration_seconds_count", watch)).toBe(1);
+    } finally {
+      await gateway.stop();
+    }
+  }, 30_000);
 });
 
 describe("a service's rpc_server_duration_seconds", () => {
