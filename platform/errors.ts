@@ -35,6 +35,15 @@ import { isConflict, isDatabaseUnavailable, isStorageFailed, isStorageFull } fro
 export { status as Code } from "@grpc/grpc-js";
 
 const DETAILS_KEY = "grpc-status-details-bin";
+
+/**
+ * `code` when it is one of gRPC's 17 status codes, else UNKNOWN: how a peer's `grpc-status` outside them
+ * is read (grpc-js passes any number on, NaN too). Kept, a compromised upstream's number reached the
+ * gateway's clients as a code their protocol does not have, with the upstream's own message.
+ */
+export function knownStatus(code: number): status {
+  return Number.isInteger(code) && code >= 0 && code <= 16 ? code : status.UNKNOWN;
+}
 /** The google.rpc detail types shopmesh sends, for decoding them anywhere. */
 export const ERROR_DETAILS = createRegistry(
   BadRequestSchema,

@@ -17,7 +17,7 @@ import {
 import * as grpc from "@grpc/grpc-js";
 import { context, type Span, SpanKind, SpanStatusCode, type Tracer, trace } from "@opentelemetry/api";
 import { earliestDeadline } from "./deadline.js";
-import { RpcError } from "./errors.js";
+import { knownStatus, RpcError } from "./errors.js";
 import { deserializer, methodPath, NO_CHANNELZ, serializer } from "./grpc.js";
 import { injectContext, injectHeaders } from "./propagation.js";
 import { rpcAttributes } from "./tracing.js";
@@ -58,7 +58,7 @@ function grpcCallOptions(opts: CallOptions | undefined): grpc.CallOptions {
 
 function toRpcError(err: grpc.ServiceError): RpcError {
   const broken = NO_STATUS.test(err.details);
-  return new RpcError(err.code, err.details, err.metadata ?? new grpc.Metadata(), { cause: err, broken });
+  return new RpcError(knownStatus(err.code), err.details, err.metadata ?? new grpc.Metadata(), { cause: err, broken });
 }
 
 /** grpc-js's words for a status it made up for an answer that held none (see RpcError's `broken`). */
@@ -113,7 +113,7 @@ function unaryCall(m: DescMethod, channel: grpc.Client, tracer: Tracer | undefin
         grpcCallOptions(opts),
         (err, res) => {
           opts?.signal?.removeEventListener("abort", onAbort);
-          tracing.end(span, err ? err.code : 0);
+          tracing.end(span, err ? knownStatus(err.code) : 0);
           if (err) reject(toRpcError(err));
           else resolve(res);
         },
@@ -156,7 +156,7 @@ function streamCall(m: DescMethod, channel: grpc.Client, tracer: Tracer | undefi
       try {
         for (let next = await messages.next(); !next.done; next = await messages.next()) yield next.value;
       } catch (err) {
-        code = isServiceError(err) ? err.code : grpc.status.UNKNOWN;
+        code = isServiceError(err) ? knownStatus(err.code) : grpc.status.UNKNOWN;
         throw isServiceError(err) ? toRpcError(err) : err;
       } finally {
         opts?.signal?.removeEventListener("abort", onAbort);

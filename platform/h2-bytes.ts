@@ -19,7 +19,7 @@ import type { DescMethod, DescService } from "@bufbuild/protobuf";
 import { Metadata, status } from "@grpc/grpc-js";
 import type { Tracer } from "@opentelemetry/api";
 import { earliestDeadline, grpcTimeout, MAX_TIMER_MS } from "./deadline.js";
-import { RpcError } from "./errors.js";
+import { knownStatus, RpcError } from "./errors.js";
 import { framePrefix, methodPath, unframe } from "./grpc.js";
 import { type BytesClient, type CallOptions, callTracing } from "./grpc-client.js";
 
@@ -52,7 +52,7 @@ function statusOf(h: http2.IncomingHttpHeaders): { code: number; message: string
   try {
     message = decodeURIComponent(message);
   } catch {}
-  return { code: Number.isInteger(code) && code >= 0 && code <= 16 ? code : status.UNKNOWN, message };
+  return { code: knownStatus(code), message };
 }
 
 /** The status grpc-js reports for a non-200 HTTP answer without a gRPC status. */
