@@ -3,7 +3,7 @@
  * every process `make run` starts, replicas included (`<NAME>_METRICS_PORT`, `<NAME>_REPLICAS`, read as
  * make run reads them), with the cluster's alerting rules (deploy/kubernetes/components/observability/
  * alerts.yml). Prints each alert as it becomes pending, fires and resolves, with what to do; its web UI
- * is on http://localhost:9090/alerts (PROMETHEUS_PORT). Scrapes and evaluates every
+ * is on http://localhost:9090/ (PROMETHEUS_PORT; its Alerts page). Scrapes and evaluates every
  * PROMETHEUS_INTERVAL seconds (5). Keeps its data in .data/prometheus (DATA_DIR). Until Ctrl-C.
  */
 import { spawn, spawnSync } from "node:child_process";
@@ -114,7 +114,7 @@ async function main(): Promise<void> {
   )
     await sleep(200);
   process.stdout.write(
-    `Prometheus on http://localhost:${port}/alerts, scraping ${targets.length} processes every ${seconds} s ` +
+    `Prometheus on http://localhost:${port}/ (its Alerts page shows the rules), scraping ${targets.length} processes every ${seconds} s ` +
       `(${targets.map((t) => `${t.app} ${t.target}`).join(", ")}) with the rules of ${RULES.slice(ROOT.length + 1)}; ` +
       "alerts print here as they change. Ctrl-C stops it.\n",
   );

@@ -114,7 +114,9 @@ describe("alerting rules", () => {
       DATA_DIR: dir.path,
     };
     const run = alerts(env);
-    await run.printed(/Prometheus on http:\/\/localhost:\d+\/alerts, scraping 6 processes every 1 s/);
+    await run.printed(
+      /Prometheus on http:\/\/localhost:\d+\/ \(its Alerts page shows the rules\), scraping 6 processes every 1 s/,
+    );
     await run.printed(/PENDING ShopmeshProcessDown app=payment instance=localhost:\d+: payment at localhost/);
     expect(run.out()).not.toMatch(/ShopmeshProcessDown app=history/);
     // Before the letter: its counter is there, at 0, so the letter is an increase.
