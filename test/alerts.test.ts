@@ -68,9 +68,10 @@ describe("alerting rules", () => {
     const families = new Set((await createTelemetry("check").metrics.registry.getMetricsAsJSON()).map((m) => m.name));
     const used = new Set<string>();
     for (const { expr } of rules()) {
-      // Metric names: identifiers outside label matchers and by (...), not calls.
-      const bare = expr.replace(/\{[^}]*\}/g, "").replace(/\bby\s*\([^)]*\)/g, "");
-      for (const m of bare.matchAll(/\b([a-z_]+)\b(?!\s*\()/g)) used.add(m[1] ?? "");
+      // Metric names: identifiers outside label matchers and by/on (...), not calls nor keywords.
+      const bare = expr.replace(/\{[^}]*\}/g, "").replace(/\b(by|on)\s*\([^)]*\)/g, "");
+      for (const m of bare.matchAll(/\b([a-z_]+)\b(?!\s*\()/g))
+        if (!["or", "and", "unless", "offset"].includes(m[1] ?? "")) used.add(m[1] ?? "");
     }
     expect([...used].length).toBeGreaterThan(8);
     for (const name of used) {
