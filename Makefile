@@ -196,6 +196,8 @@ history-rebuild: install ## Rebuild the history read model from the streams, wit
 clean: ## Remove local data (.data/: databases, NATS streams)
 	@pid=$$(cat .data/run.pid 2>/dev/null); if [ -n "$$pid" ] && ps -p "$$pid" >/dev/null 2>&1; then \
 	  echo "make run (pid $$pid) is using .data: stop it first" >&2; exit 1; fi
+	@pid=$$(cat .data/prometheus/alerts.pid 2>/dev/null); if [ -n "$$pid" ] && ps -p "$$pid" >/dev/null 2>&1; then \
+	  echo "make alerts (pid $$pid) is using .data/prometheus: stop it first" >&2; exit 1; fi
 	@left=; if [ -f .data/run.children ]; then while read -r pid start name; do \
 	  if [ -n "$$pid" ] && [ "$$(awk '{print $$22}' /proc/$$pid/stat 2>/dev/null)" = "$$start" ]; then \
 	    echo "$$name (pid $$pid), left by a make run killed outright, still runs on .data" >&2; left="$$left $$pid"; fi; \

@@ -7,8 +7,9 @@
  * PROMETHEUS_INTERVAL seconds (5). Keeps its data in .data/prometheus (DATA_DIR). Until Ctrl-C.
  */
 import { spawn, spawnSync } from "node:child_process";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { holdExclusive } from "../platform/index.js";
 import { portOf, ROOT, replicaCount, SYSTEM } from "./layout.js";
 import { answers } from "./nats.js";
 import { printable } from "./printable.js";
@@ -20,12 +21,46 @@ const PROMETHEUS_MISSING =
   "  sudo apt-get install -y --no-install-recommends prometheus   (Debian/Ubuntu)\n" +
   "  brew install prometheus                                      (macOS)";
 
-/** The scrape targets of the local system: each process's metrics port, and port + 100 per replica. */
+/**
+ * The scrape targets of the local system: each process's metrics port, and port + 100 per replica; a
+ * line and exit 2 for a replica past 65535 (make run refuses to start it).
+ */
 function localTargets(): { app: string; target: string }[] {
   return SYSTEM.flatMap((p) => {
-    const port = portOf(`${p.name.toUpperCase()}_METRICS_PORT`, p.metrics);
+    const variable = `${p.name.toUpperCase()}_METRICS_PORT`;
+    const port = portOf(variable, p.metrics);
     const n = p.name === "gateway" ? 1 : replicaCount(p.name);
+    if (port + 100 * (n - 1) > 65535) {
+      process.stderr.write(
+        `${p.name}'s replica ${n} would serve its metrics on port ${port + 100 * (n - 1)}, past 65535 ` +
+          `(replicas take ${variable} + 100 each): set ${variable} lower\n`,
+      );
+      process.exit(2);
+    }
     return Array.from({ length: n }, (_, r) => ({ app: p.name, target: `localhost:${port + 100 * r}` }));
+  });
+}
+
+/**
+ * Holds `dir` for this command, with its pid in `dir`/alerts.pid (for the message and `make clean`), or
+ * a line and exit 1 when another holds it: two Prometheus servers on one store (other ports, the same
+ * DATA_DIR) both ran, each writing the other's write-ahead log.
+ */
+function holdPrometheusDir(dir: string): void {
+  const pidFile = join(dir, "alerts.pid");
+  const unlock = holdExclusive(join(dir, "alerts.lock"));
+  if (!unlock) {
+    let pid = "";
+    try {
+      pid = ` (pid ${readFileSync(pidFile, "utf8").trim()})`;
+    } catch {}
+    process.stderr.write(`another make alerts${pid} uses ${dir}: stop it, or set DATA_DIR\n`);
+    process.exit(1);
+  }
+  writeFileSync(pidFile, `${process.pid}\n`);
+  process.on("exit", () => {
+    rmSync(pidFile, { force: true });
+    unlock();
   });
 }
 
@@ -90,6 +125,7 @@ async function main(): Promise<void> {
   const targets = localTargets();
   const dir = join(process.env.DATA_DIR || join(ROOT, ".data"), "prometheus");
   mkdirSync(join(dir, "data"), { recursive: true });
+  holdPrometheusDir(dir);
   writeFileSync(join(dir, "prometheus.yml"), prometheusConfig(targets, seconds));
   const child = spawn(
     "prometheus",
@@ -102,8 +138,19 @@ async function main(): Promise<void> {
     ],
     { stdio: ["ignore", "inherit", "inherit"] },
   );
-  for (const signal of ["SIGINT", "SIGTERM"] as const) process.on(signal, () => child.kill(signal));
-  child.on("exit", (code, signal) => process.exit(code ?? (signal ? 0 : 1)));
+  let stopping = false;
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const)
+    process.on(signal, () => {
+      stopping = true;
+      child.kill(signal);
+    });
+  process.on("exit", () => child.kill("SIGTERM")); // an error of ours leaves no Prometheus behind
+  child.on("exit", (code, signal) => {
+    if (stopping) process.exit(code ?? 0);
+    // Killed (an OOM kill) or failed: said, not a silent exit 0 that reads as a Ctrl-C.
+    process.stderr.write(`prometheus ended on its own (${signal ?? `exit code ${code}`}): make alerts stops\n`);
+    process.exit(1);
+  });
 
   const api = `http://127.0.0.1:${port}`;
   while (

@@ -1,0 +1,176 @@
+/**
+ * `make alerts`' command (scripts/alerts.ts) under odd and hostile conditions, with a real Prometheus:
+ * bad settings end it with one line and exit 2; a Prometheus that dies on its own, a second command on
+ * the same data directory, or no Prometheus at all end it with a line and exit 1; a signal stops its
+ * Prometheus with it; label values a scraped process chose cannot drive the terminal.
+ */
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { existsSync, readFileSync, symlinkSync } from "node:fs";
+import http from "node:http";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { answers } from "../scripts/nats.js";
+import { until } from "./events.js";
+import { built, exited, freePort, ROOT, tempDir } from "./fixtures.js";
+
+const children: ChildProcess[] = [];
+afterEach(() => {
+  for (const c of children.splice(0)) c.kill("SIGKILL");
+});
+
+/** `make alerts`' command from the build, with `env`; its output, and when it printed something. */
+function alerts(env: Record<string, string>) {
+  const child = spawn(process.execPath, built("scripts/alerts.ts"), {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  children.push(child);
+  let out = "";
+  child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+  child.stderr.on("data", (d: Buffer) => (out += d.toString()));
+  return {
+    child,
+    out: () => out,
+    async printed(pattern: RegExp, ms = 20_000): Promise<void> {
+      if (!(await until(() => pattern.test(out), Boolean, ms))) throw new Error(`no ${pattern} in ${ms} ms:\n${out}`);
+    },
+  };
+}
+
+/** Settings for a make alerts on its own port and data directory, every process's metrics port free. */
+async function settings(dataDir: string): Promise<Record<string, string>> {
+  const env: Record<string, string> = {
+    PROMETHEUS_PORT: String(await freePort()),
+    PROMETHEUS_INTERVAL: "1",
+    DATA_DIR: dataDir,
+  };
+  for (const name of ["inventory", "payment", "order", "notification", "history", "gateway"])
+    env[`${name.toUpperCase()}_METRICS_PORT`] = String(await freePort());
+  return env;
+}
+
+/** The pids of `pid`'s children (from /proc). */
+function childrenOf(pid: number): number[] {
+  const out: number[] = [];
+  for (const task of readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/))
+    if (task) out.push(Number(task));
+  return out;
+}
+
+const BANNER = /Prometheus on http:\/\/localhost:\d+\/alerts/;
+
+describe("make alerts, odd and hostile", () => {
+  it("refuses bad settings with a line naming the variable, exit 2", async () => {
+    using dir = tempDir();
+    const env = await settings(dir.path);
+    for (const [variable, value, line] of [
+      ["PROMETHEUS_PORT", "abc", 'PROMETHEUS_PORT must be a port (1..65535), got "abc"'],
+      ["PROMETHEUS_INTERVAL", "1e1", 'PROMETHEUS_INTERVAL must be whole seconds, 1..60, got "1e1"'],
+      ["HISTORY_METRICS_PORT", "0x2391", 'HISTORY_METRICS_PORT must be a port (1..65535), got "0x2391"'],
+      ["ORDER_REPLICAS", "0", 'ORDER_REPLICAS must be 1..5, got "0"'],
+    ] as const) {
+      const run = alerts({ ...env, [variable]: value });
+      expect(await exited(run.child), variable).toBe(2);
+      expect(run.out()).toBe(`${line}\n`);
+    }
+    // Replicas listen on the metrics port + 100 each, as make run starts them: none past 65535.
+    const far = alerts({ ...env, PAYMENT_METRICS_PORT: "65500", PAYMENT_REPLICAS: "2" });
+    expect(await exited(far.child)).toBe(2);
+    expect(far.out()).toBe(
+      "payment's replica 2 would serve its metrics on port 65600, past 65535 (replicas take PAYMENT_METRICS_PORT + 100 each): set PAYMENT_METRICS_PORT lower\n",
+    );
+  });
+
+  it("says Prometheus is missing when it is not on the PATH, exit 1", async () => {
+    using dir = tempDir();
+    const run = alerts({ ...(await settings(dir.path)), PATH: dir.path });
+    expect(await exited(run.child)).toBe(1);
+    expect(run.out()).toMatch(/^prometheus is not installed\. Install it/);
+  });
+
+  it("ends with a line and exit 1 when its Prometheus dies on its own", async () => {
+    using dir = tempDir();
+    const env = await settings(dir.path);
+    const run = alerts(env);
+    await run.printed(BANNER);
+    const [prometheus] = childrenOf(run.child.pid ?? 0);
+    expect(prometheus).toBeGreaterThan(0);
+    process.kill(prometheus ?? 0, "SIGKILL");
+    expect(await exited(run.child)).toBe(1);
+    expect(run.out()).toMatch(/\nprometheus ended on its own \(SIGKILL\): make alerts stops\n$/);
+  }, 30_000);
+
+  it("refuses a second one on the same data directory (its Prometheus would share the first's store)", async () => {
+    using dir = tempDir();
+    const env = await settings(dir.path);
+    const first = alerts(env);
+    await first.printed(BANNER);
+    const secondPort = await freePort();
+    const second = alerts({ ...env, PROMETHEUS_PORT: String(secondPort) });
+    expect(await exited(second.child)).toBe(1);
+    expect(second.out()).toBe(
+      `another make alerts (pid ${first.child.pid}) uses ${dir.path}/prometheus: stop it, or set DATA_DIR\n`,
+    );
+    expect(await answers("127.0.0.1", secondPort)).toBe(false);
+    expect(first.child.exitCode).toBeNull();
+  }, 30_000);
+
+  it("keeps make clean from removing the store under it", async () => {
+    using dir = tempDir();
+    const data = join(dir.path, ".data");
+    const run = alerts(await settings(data));
+    await run.printed(BANNER);
+    // make clean removes .data of the directory it runs in: here, the temporary one (the Makefile
+    // includes deploy/deploy.mk).
+    symlinkSync(join(ROOT, "deploy"), join(dir.path, "deploy"));
+    const clean = spawnSync("make", ["-s", "-f", join(ROOT, "Makefile"), "-C", dir.path, "clean"], {
+      encoding: "utf8",
+    });
+    expect(clean.stderr).toContain(`make alerts (pid ${run.child.pid}) is using .data/prometheus: stop it first`);
+    expect(clean.status).not.toBe(0);
+    expect(existsSync(join(data, "prometheus", "data"))).toBe(true);
+    run.child.kill("SIGINT");
+    expect(await exited(run.child)).toBe(0);
+    const after = spawnSync("make", ["-s", "-f", join(ROOT, "Makefile"), "-C", dir.path, "clean"], {
+      encoding: "utf8",
+    });
+    expect(after.status, after.stderr).toBe(0);
+    expect(existsSync(data)).toBe(false);
+  }, 30_000);
+
+  it("stops its Prometheus on SIGTERM and exits 0", async () => {
+    using dir = tempDir();
+    const env = await settings(dir.path);
+    const run = alerts(env);
+    await run.printed(BANNER);
+    const [prometheus] = childrenOf(run.child.pid ?? 0);
+    run.child.kill("SIGTERM");
+    expect(await exited(run.child)).toBe(0);
+    expect(await answers("127.0.0.1", Number(env.PROMETHEUS_PORT))).toBe(false);
+    expect(() => process.kill(prometheus ?? 0, 0)).toThrow(); // gone, not orphaned
+  }, 30_000);
+
+  it("prints label values a scraped process chose without their terminal escapes", async () => {
+    using dir = tempDir();
+    const env = await settings(dir.path);
+    // A process on history's metrics port whose counter is first seen above 0 (a dead letter before
+    // its first scrape), its labels carrying a screen clear and a window-title change.
+    const server = http.createServer((_req, res) => {
+      res.writeHead(200, { "content-type": "text/plain; version=0.0.4" });
+      res.end(
+        'events_dead_lettered_total{service="history",consumer="evil\u001b[2J\u001b]0;pwned\u0007"} 1\n' +
+          'nodejs_version_info{service="history",version="v20"} 1\n',
+      );
+    });
+    await new Promise<void>((r) => server.listen(Number(env.HISTORY_METRICS_PORT), "127.0.0.1", r));
+    try {
+      const run = alerts(env);
+      await run.printed(/FIRING ShopmeshDeadLetters consumer=evil/);
+      const controls = [...run.out()].filter((c) => c !== "\n" && (c < " " || c === "\u007f"));
+      expect(controls).toEqual([]);
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
+  }, 30_000);
+});
