@@ -123,10 +123,17 @@ async function main(): Promise<void> {
     process.exit(1);
   }
   const targets = localTargets();
-  const dir = join(process.env.DATA_DIR || join(ROOT, ".data"), "prometheus");
-  mkdirSync(join(dir, "data"), { recursive: true });
-  holdPrometheusDir(dir);
-  writeFileSync(join(dir, "prometheus.yml"), prometheusConfig(targets, seconds));
+  const data = process.env.DATA_DIR || join(ROOT, ".data");
+  const dir = join(data, "prometheus");
+  try {
+    mkdirSync(join(dir, "data"), { recursive: true });
+    holdPrometheusDir(dir);
+    writeFileSync(join(dir, "prometheus.yml"), prometheusConfig(targets, seconds));
+  } catch (err) {
+    // DATA_DIR a file, or a directory this user may not write: a line, not a stack trace (as make run).
+    process.stderr.write(`cannot use the data directory ${data}: ${(err as Error).message}\n`);
+    process.exit(1);
+  }
   const child = spawn(
     "prometheus",
     [

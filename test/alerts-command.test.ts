@@ -5,7 +5,7 @@
  * Prometheus with it; label values a scraped process chose cannot drive the terminal.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { existsSync, readFileSync, symlinkSync } from "node:fs";
+import { existsSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
@@ -79,6 +79,17 @@ describe("make alerts, odd and hostile", () => {
     expect(await exited(far.child)).toBe(2);
     expect(far.out()).toBe(
       "payment's replica 2 would serve its metrics on port 65600, past 65535 (replicas take PAYMENT_METRICS_PORT + 100 each): set PAYMENT_METRICS_PORT lower\n",
+    );
+  });
+
+  it("refuses a data directory it cannot use in a line, not a stack trace, exit 1", async () => {
+    using dir = tempDir();
+    const file = join(dir.path, "a-file");
+    writeFileSync(file, "");
+    const run = alerts({ ...(await settings(dir.path)), DATA_DIR: file });
+    expect(await exited(run.child)).toBe(1);
+    expect(run.out()).toBe(
+      `cannot use the data directory ${file}: ENOTDIR: not a directory, mkdir '${file}/prometheus/data'\n`,
     );
   });
 
