@@ -198,6 +198,10 @@ clean: ## Remove local data (.data/: databases, NATS streams)
 	  echo "make run (pid $$pid) is using .data: stop it first" >&2; exit 1; fi
 	@pid=$$(cat .data/prometheus/alerts.pid 2>/dev/null); if [ -n "$$pid" ] && ps -p "$$pid" >/dev/null 2>&1; then \
 	  echo "make alerts (pid $$pid) is using .data/prometheus: stop it first" >&2; exit 1; fi
+	@if [ -f .data/prometheus/run.children ]; then while read -r pid start name; do \
+	  if [ -n "$$pid" ] && [ "$$(awk '{print $$22}' /proc/$$pid/stat 2>/dev/null)" = "$$start" ]; then \
+	    echo "$$name (pid $$pid), left by a make alerts killed outright, still runs on .data/prometheus: the next make alerts stops it, or kill $$pid" >&2; exit 1; fi; \
+	done < .data/prometheus/run.children; fi
 	@left=; if [ -f .data/run.children ]; then while read -r pid start name; do \
 	  if [ -n "$$pid" ] && [ "$$(awk '{print $$22}' /proc/$$pid/stat 2>/dev/null)" = "$$start" ]; then \
 	    echo "$$name (pid $$pid), left by a make run killed outright, still runs on .data" >&2; left="$$left $$pid"; fi; \

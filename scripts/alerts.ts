@@ -10,6 +10,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { holdExclusive } from "../platform/index.js";
+import { recordChild, stopLeftovers } from "./data-dir.js";
 import { portOf, ROOT, replicaCount, SYSTEM } from "./layout.js";
 import { answers } from "./nats.js";
 import { printable } from "./printable.js";
@@ -134,6 +135,8 @@ async function main(): Promise<void> {
     process.stderr.write(`cannot use the data directory ${data}: ${(err as Error).message}\n`);
     process.exit(1);
   }
+  // A make alerts killed outright (SIGKILL) left its Prometheus on the store and its port.
+  await stopLeftovers(dir, (line) => process.stderr.write(`${line}\n`));
   const child = spawn(
     "prometheus",
     [
@@ -145,6 +148,7 @@ async function main(): Promise<void> {
     ],
     { stdio: ["ignore", "inherit", "inherit"] },
   );
+  recordChild(dir, child.pid, "prometheus");
   let stopping = false;
   for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const)
     process.on(signal, () => {

@@ -14,8 +14,12 @@ import { until } from "./events.js";
 import { built, exited, freePort, ROOT, tempDir } from "./fixtures.js";
 
 const children: ChildProcess[] = [];
-afterEach(() => {
-  for (const c of children.splice(0)) c.kill("SIGKILL");
+// Stopped as Ctrl-C stops them, and waited for: SIGKILL left their Prometheus running.
+afterEach(async () => {
+  for (const c of children.splice(0)) {
+    c.kill("SIGTERM");
+    await exited(c);
+  }
 });
 
 /** `make alerts`' command from the build, with `env`; its output, and when it printed something. */
@@ -125,6 +129,24 @@ describe("make alerts, odd and hostile", () => {
     );
     expect(await answers("127.0.0.1", secondPort)).toBe(false);
     expect(first.child.exitCode).toBeNull();
+  }, 30_000);
+
+  it("stops the Prometheus a make alerts killed outright left running on its directory", async () => {
+    using dir = tempDir();
+    const env = await settings(dir.path);
+    const first = alerts(env);
+    await first.printed(BANNER);
+    const [left] = childrenOf(first.child.pid ?? 0);
+    first.child.kill("SIGKILL");
+    await exited(first.child);
+    expect(() => process.kill(left ?? 0, 0)).not.toThrow(); // orphaned, still on the store
+    const next = alerts({ ...env, PROMETHEUS_PORT: String(await freePort()) });
+    await next.printed(BANNER);
+    expect(next.out()).toContain(
+      `stopping prometheus (pid ${left}), left running on ${dir.path}/prometheus by a holder that was killed\n`,
+    );
+    expect(() => process.kill(left ?? 0, 0)).toThrow();
+    expect(await answers("127.0.0.1", Number(env.PROMETHEUS_PORT))).toBe(false);
   }, 30_000);
 
   it("keeps make clean from removing the store under it", async () => {

@@ -28,8 +28,12 @@ const rules = () =>
   ).groups.flatMap((g) => g.rules);
 
 const children: ChildProcess[] = [];
-afterEach(() => {
-  for (const c of children.splice(0)) c.kill("SIGKILL");
+// Stopped as Ctrl-C stops them, and waited for: SIGKILL left their Prometheus running.
+afterEach(async () => {
+  for (const c of children.splice(0)) {
+    c.kill("SIGTERM");
+    await exited(c);
+  }
 });
 
 /** `make alerts`' command from the build, with `env`; its output, and when it printed something. */
