@@ -119,10 +119,6 @@ async function main(): Promise<void> {
     process.stderr.write(`PROMETHEUS_INTERVAL must be whole seconds, 1..60, got ${JSON.stringify(raw)}\n`);
     process.exit(2);
   }
-  if (await answers("127.0.0.1", port)) {
-    process.stderr.write(`port ${port} is in use (another make alerts?): stop it, or set PROMETHEUS_PORT\n`);
-    process.exit(1);
-  }
   const targets = localTargets();
   const data = process.env.DATA_DIR || join(ROOT, ".data");
   const dir = join(data, "prometheus");
@@ -137,6 +133,11 @@ async function main(): Promise<void> {
   }
   // A make alerts killed outright (SIGKILL) left its Prometheus on the store and its port.
   await stopLeftovers(dir, (line) => process.stderr.write(`${line}\n`));
+  // After the leftovers: the port a killed make alerts' Prometheus held is free again.
+  if (await answers("127.0.0.1", port)) {
+    process.stderr.write(`port ${port} is in use (another make alerts?): stop it, or set PROMETHEUS_PORT\n`);
+    process.exit(1);
+  }
   const child = spawn(
     "prometheus",
     [

@@ -152,10 +152,15 @@ describe("alerting rules", () => {
     await history.kill("SIGKILL");
     await run.printed(/PENDING ShopmeshProcessDown app=history instance=localhost:\d+/);
 
-    // A second one on the same port says so; a bad interval is refused.
+    // A second one on the same port says so (on the same directory, that it is taken; on another, the
+    // port); a bad interval is refused.
     const second = alerts(env);
     expect(await exited(second.child)).toBe(1);
-    expect(second.out()).toContain(`port ${port} is in use (another make alerts?)`);
+    expect(second.out()).toContain(`another make alerts (pid ${run.child.pid}) uses ${dir.path}/prometheus`);
+    using other = tempDir();
+    const third = alerts({ ...env, DATA_DIR: other.path });
+    expect(await exited(third.child)).toBe(1);
+    expect(third.out()).toContain(`port ${port} is in use (another make alerts?)`);
     const bad = alerts({ ...env, PROMETHEUS_INTERVAL: "0.5" });
     expect(await exited(bad.child)).toBe(2);
     expect(bad.out()).toContain('PROMETHEUS_INTERVAL must be whole seconds, 1..60, got "0.5"');
