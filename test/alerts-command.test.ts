@@ -62,7 +62,7 @@ function childrenOf(pid: number): number[] {
   return out;
 }
 
-const BANNER = /Prometheus on http:\/\/localhost:\d+\/alerts/;
+const BANNER = /Prometheus on http:\/\/localhost:\d+\/ /;
 
 describe("make alerts, odd and hostile", () => {
   it("refuses bad settings with a line naming the variable, exit 2", async () => {
