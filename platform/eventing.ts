@@ -94,6 +94,7 @@ export async function startEventing(opts: EventingOptions): Promise<Eventing> {
         ...telemetry,
       }),
     );
+    opts.telemetry?.metrics.trackPending(c.durable, () => pendingOf(bus, c.stream, c.durable));
   }
   return {
     bus,
@@ -104,6 +105,21 @@ export async function startEventing(opts: EventingOptions): Promise<Eventing> {
       await bus.close();
     },
   };
+}
+
+/**
+ * What `durable` has yet to acknowledge (JetStream's num_pending + num_ack_pending), or undefined when
+ * NATS does not say within a second: a scrape never waits on a NATS outage (the outbox's gauges tell it).
+ */
+async function pendingOf(bus: Bus, stream: string, durable: string): Promise<number | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<undefined>((resolve) => {
+    timer = setTimeout(() => resolve(undefined), 1_000);
+  });
+  const info = await Promise.race([bus.jsm.consumers.info(stream, durable), late])
+    .catch(() => undefined)
+    .finally(() => clearTimeout(timer));
+  return info && info.num_pending + info.num_ack_pending;
 }
 
 /**

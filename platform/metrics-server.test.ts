@@ -7,7 +7,7 @@ import net from "node:net";
 import { Gauge, Registry } from "prom-client";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { silentLogger } from "./log.js";
-import { METRICS_SERVER_LIMITS, serveMetrics } from "./metrics.js";
+import { METRICS_SERVER_LIMITS, serveMetrics } from "./metrics-server.js";
 
 let server: Awaited<ReturnType<typeof serveMetrics>>;
 beforeAll(async () => {

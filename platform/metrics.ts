@@ -1,11 +1,9 @@
 /**
  * Every metric a shopmesh process exports (prom-client), each process with
- * its own registry, and the `/metrics` + `/healthz` endpoint. Label sets are
+ * its own registry (served by metrics-server.ts). Label sets are
  * bounded: no ids, nothing a client chooses.
  */
-import http from "node:http";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
-import type { Logger } from "./log.js";
 
 /** Seconds buckets for latencies from sub-millisecond RPCs to slow sagas. */
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
@@ -22,6 +20,8 @@ export interface DownstreamSample {
 interface Sources {
   downstreams: Map<string, () => DownstreamSample>;
   backlog?: () => { count: number; oldestAgeMs: number };
+  /** Per consumer, the events its stream holds for it unacknowledged; undefined when that cannot be read. */
+  pending: Map<string, () => Promise<number | undefined>>;
 }
 
 const BREAKER_VALUE: Record<string, number> = { closed: 0, open: 1, "half-open": 2, isolated: 3 };
@@ -206,6 +206,17 @@ function eventMetrics(r: Registers, sources: Sources) {
       labelNames: ["consumer"],
       ...r,
     }),
+    consumerPending: new Gauge({
+      name: "event_consumer_pending",
+      help: "Events a consumer's stream holds for it not yet acknowledged (delivered or not), per consumer; absent while NATS does not answer",
+      labelNames: ["consumer"],
+      async collect() {
+        this.reset();
+        const read = [...sources.pending].map(async ([consumer, pending]) => [consumer, await pending()] as const);
+        for (const [consumer, n] of await Promise.all(read)) if (n !== undefined) this.set({ consumer }, n);
+      },
+      ...r,
+    }),
     eventLag: new Histogram({
       name: "event_consumer_lag_seconds",
       help: "Time from an event's commit to its handling (for history: the read model's lag)",
@@ -224,7 +235,7 @@ export function createMetrics(service: string) {
   // woke each process ~100 times a second, idle or not, for a histogram read every scrape.
   collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: 100 });
   const r = { registers: [registry] };
-  const sources: Sources = { downstreams: new Map() };
+  const sources: Sources = { downstreams: new Map(), pending: new Map() };
   return {
     registry,
     /** Samples a downstream's breaker and bulkhead at every scrape. */
@@ -239,6 +250,10 @@ export function createMetrics(service: string) {
     trackBacklog(backlog: () => { count: number; oldestAgeMs: number }) {
       sources.backlog = backlog;
     },
+    /** Samples what `consumer` has yet to acknowledge at every scrape. */
+    trackPending(consumer: string, pending: () => Promise<number | undefined>) {
+      sources.pending.set(consumer, pending);
+    },
     ...callMetrics(r),
     ...resilienceMetrics(r, sources),
     ...sagaMetrics(r),
@@ -248,101 +263,3 @@ export function createMetrics(service: string) {
 
 /** A service's metrics. */
 export type Metrics = ReturnType<typeof createMetrics>;
-
-/** What the metrics port holds a client to (see {@link METRICS_SERVER_LIMITS}). */
-export interface MetricsServerLimits {
-  readonly maxConnections: number;
-  readonly headersTimeoutMs: number;
-  readonly requestTimeoutMs: number;
-  /** A connection on which nothing moves (a client that sends requests and never reads the answers). */
-  readonly idleTimeoutMs: number;
-}
-
-/**
- * What a scraper gets from the metrics port, and no more: Prometheus keeps a
- * connection or two and asks every few seconds, so a client that opens many,
- * sends its request slowly or never reads the answers is cut (Node's
- * defaults: no connection limit, 60 s for the headers, 5 min for the
- * request, no idle cut).
- */
-export const METRICS_SERVER_LIMITS: MetricsServerLimits = Object.freeze({
-  maxConnections: 64,
-  headersTimeoutMs: 5_000,
-  requestTimeoutMs: 10_000,
-  idleTimeoutMs: 30_000,
-});
-
-/**
- * `registry`'s text, computed once at a time and reused for ten times as long as it took: scrapes
- * take at most about a tenth of the process's one thread however many a client asks for, and are at
- * most that stale. Each was computed afresh (~13 ms in the gateway): 2,000 pipelined on one
- * connection held the gateway's thread 26 s, its calls waiting behind them.
- */
-function sharedScrape(registry: Registry): () => Promise<string> {
-  let last: { text: Promise<string>; until: number } | undefined;
-  return () => {
-    const started = performance.now();
-    if (last && started < last.until) return last.text;
-    const current = { text: registry.metrics(), until: Number.POSITIVE_INFINITY };
-    last = current;
-    current.text.then(
-      () => {
-        current.until = performance.now() + 10 * (performance.now() - started);
-      },
-      () => {
-        if (last === current) last = undefined;
-      },
-    );
-    return current.text;
-  };
-}
-
-/**
- * Serves `/metrics` (Prometheus text) and `/healthz` on `host:port` (port 0: any free port), within
- * `limits` (tests shorten them).
- */
-export async function serveMetrics(
-  registry: Registry,
-  port: number,
-  host: string,
-  log: Logger,
-  limits: MetricsServerLimits = METRICS_SERVER_LIMITS,
-): Promise<{ port: number; close(): Promise<void> }> {
-  const options = {
-    headersTimeout: limits.headersTimeoutMs,
-    requestTimeout: limits.requestTimeoutMs,
-    connectionsCheckingInterval: 1_000,
-  };
-  const scrape = sharedScrape(registry);
-  const server = http.createServer(options, (req, res) => {
-    const path = req.url?.split("?", 1)[0];
-    if (path === "/metrics") {
-      scrape().then(
-        (body) => {
-          res.writeHead(200, { "content-type": registry.contentType });
-          res.end(body);
-        },
-        (err: unknown) => {
-          res.writeHead(500);
-          res.end(String(err));
-        },
-      );
-    } else if (path === "/healthz") {
-      res.writeHead(200, { "content-type": "text/plain" });
-      res.end("ok\n");
-    } else {
-      res.writeHead(404);
-      res.end();
-    }
-  });
-  server.maxConnections = limits.maxConnections;
-  server.setTimeout(limits.idleTimeoutMs, (socket) => socket.destroy());
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(port, host, () => resolve());
-  });
-  const addr = server.address();
-  const bound = typeof addr === "object" && addr ? addr.port : port;
-  log.info({ port: bound }, "metrics on /metrics");
-  return { port: bound, close: () => new Promise((r) => server.close(() => r())) };
-}

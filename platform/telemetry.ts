@@ -14,7 +14,8 @@ import type { DescMethod } from "@bufbuild/protobuf";
 import { status } from "@grpc/grpc-js";
 import { context, SpanKind, SpanStatusCode, type Tracer, trace } from "@opentelemetry/api";
 import type { Logger } from "./log.js";
-import { createMetrics, type Metrics, serveMetrics } from "./metrics.js";
+import { createMetrics, type Metrics } from "./metrics.js";
+import { serveMetrics } from "./metrics-server.js";
 import { type Carrier, extractContext } from "./propagation.js";
 import { rpcAttributes } from "./tracing.js";
 
