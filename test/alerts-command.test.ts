@@ -4,43 +4,16 @@
  * the same data directory, or no Prometheus at all end it with a line and exit 1; a signal stops its
  * Prometheus with it; label values a scraped process chose cannot drive the terminal.
  */
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { answers } from "../scripts/nats.js";
-import { until } from "./events.js";
-import { built, exited, freePort, ROOT, tempDir } from "./fixtures.js";
+import { alerts, stopAlerts } from "./alerts-run.js";
+import { exited, freePort, ROOT, tempDir } from "./fixtures.js";
 
-const children: ChildProcess[] = [];
-// Stopped as Ctrl-C stops them, and waited for: SIGKILL left their Prometheus running.
-afterEach(async () => {
-  for (const c of children.splice(0)) {
-    c.kill("SIGTERM");
-    await exited(c);
-  }
-});
-
-/** `make alerts`' command from the build, with `env`; its output, and when it printed something. */
-function alerts(env: Record<string, string>) {
-  const child = spawn(process.execPath, built("scripts/alerts.ts"), {
-    cwd: ROOT,
-    env: { ...process.env, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  children.push(child);
-  let out = "";
-  child.stdout.on("data", (d: Buffer) => (out += d.toString()));
-  child.stderr.on("data", (d: Buffer) => (out += d.toString()));
-  return {
-    child,
-    out: () => out,
-    async printed(pattern: RegExp, ms = 20_000): Promise<void> {
-      if (!(await until(() => pattern.test(out), Boolean, ms))) throw new Error(`no ${pattern} in ${ms} ms:\n${out}`);
-    },
-  };
-}
+afterEach(stopAlerts);
 
 /** Settings for a make alerts on its own port and data directory, every process's metrics port free. */
 async function settings(dataDir: string): Promise<Record<string, string>> {

@@ -4,7 +4,7 @@
  * `make alerts`' command — a real Prometheus scraping a real history process — prints a dead letter's
  * alert as it fires and a killed process's as it goes pending, and stops its Prometheus with it.
  */
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { headers as natsHeaders } from "@nats-io/transport-node";
@@ -14,9 +14,10 @@ import { EVENTS } from "../contracts/events.js";
 import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { connectBus, createTelemetry, silentLogger } from "../platform/index.js";
 import { answers } from "../scripts/nats.js";
+import { alerts, stopAlerts } from "./alerts-run.js";
 import { TestDatabases } from "./db.js";
 import { until } from "./events.js";
-import { built, exited, freePort, ROOT, spawnService, tempDir } from "./fixtures.js";
+import { exited, freePort, ROOT, spawnService, tempDir } from "./fixtures.js";
 import { startNats } from "./nats.js";
 
 const DIR = join(ROOT, "deploy/kubernetes/components/observability");
@@ -27,34 +28,7 @@ const rules = () =>
     }
   ).groups.flatMap((g) => g.rules);
 
-const children: ChildProcess[] = [];
-// Stopped as Ctrl-C stops them, and waited for: SIGKILL left their Prometheus running.
-afterEach(async () => {
-  for (const c of children.splice(0)) {
-    c.kill("SIGTERM");
-    await exited(c);
-  }
-});
-
-/** `make alerts`' command from the build, with `env`; its output, and when it printed something. */
-function alerts(env: Record<string, string>) {
-  const child = spawn(process.execPath, built("scripts/alerts.ts"), {
-    cwd: ROOT,
-    env: { ...process.env, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  children.push(child);
-  let out = "";
-  child.stdout.on("data", (d: Buffer) => (out += d.toString()));
-  child.stderr.on("data", (d: Buffer) => (out += d.toString()));
-  return {
-    child,
-    out: () => out,
-    async printed(pattern: RegExp, ms = 30_000): Promise<void> {
-      if (!(await until(() => pattern.test(out), Boolean, ms))) throw new Error(`no ${pattern} in ${ms} ms:\n${out}`);
-    },
-  };
-}
+afterEach(stopAlerts);
 
 describe("alerting rules", () => {
   it("pass promtool's checks and their unit tests", () => {
