@@ -160,7 +160,7 @@ BUILT = $(BUILD_LOCK) sh -c '$(MAKE) -s --no-print-directory -o node_modules/.pa
 # $(shell ...) in a value is still make's: the operator's own command line).
 load: install ## Steady mixed traffic through the gateway of `make run` until Ctrl-C: make load RATE=50 (browse, orders, declines)
 	@$(BUILT)
-	node dist/scripts/load.js
+	@node dist/scripts/load.js
 
 demo: install ## Place three orders against `make run` and print their sagas (SAGA_MODE=choreography for events only)
 	@$(BUILT)
@@ -176,11 +176,11 @@ trace: install ## Print one order's trace as a waterfall: make trace ORDER=<orde
 
 events: install ## Tail every event on the bus, decoded, until Ctrl-C (ARGS=--from-start: what the streams hold first)
 	@$(BUILT)
-	node dist/scripts/events.js $$ARGS
+	@node dist/scripts/events.js $$ARGS
 
 dlq: install ## List dead-lettered events and why they failed, then exit (ARGS=--follow keeps watching; ARGS="--redrive <seq>,...|all" sends them back)
 	@$(BUILT)
-	node dist/scripts/events.js --dlq $$ARGS
+	@node dist/scripts/events.js --dlq $$ARGS
 
 alerts: install prometheus ## Prometheus on localhost:9090 scraping `make run` with the cluster's alerting rules; prints each alert as it fires and resolves, until Ctrl-C
 	@$(BUILT)

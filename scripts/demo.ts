@@ -132,7 +132,10 @@ try {
   }
 } catch (err) {
   if (err instanceof RpcError && err.codeName === "UNAVAILABLE") {
-    console.error(`cannot reach the order service at ${target}: is \`make run\` running?`);
+    console.error(
+      `cannot reach the order service at ${target}: is \`make run\` running? (on other ports: ` +
+        "ORDER_TARGET=127.0.0.1:<ORDER_PORT> INVENTORY_TARGET=127.0.0.1:<INVENTORY_PORT> make demo)",
+    );
   } else {
     console.error(err instanceof Error ? err.message : err);
   }

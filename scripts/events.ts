@@ -88,7 +88,10 @@ const red = (s: string) => (tty ? `\x1b[31m${s}\x1b[0m` : s);
 /** connectBus waits for NATS forever (right for a service); a command run by hand should say why it waits. */
 const CONNECT_TIMEOUT_MS = 10_000;
 const timer = setTimeout(() => {
-  process.stderr.write(`cannot reach NATS at ${url} within ${CONNECT_TIMEOUT_MS / 1000} s: is \`make run\` running?\n`);
+  process.stderr.write(
+    `cannot reach NATS at ${url} within ${CONNECT_TIMEOUT_MS / 1000} s: is \`make run\` running? ` +
+      "(on other ports: NATS_URL=nats://127.0.0.1:<NATS_PORT>)\n",
+  );
   process.exit(1);
 }, CONNECT_TIMEOUT_MS);
 const bus = await connectBus(url, "shopmesh-events-tail", silentLogger(), {

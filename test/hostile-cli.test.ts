@@ -247,6 +247,10 @@ it("make demo reads an empty ORDER_TARGET or INVENTORY_TARGET as unset (ORDER_TA
   });
   expect(code, out).toBe(1);
   expect(out).toContain("cannot reach the order service at 127.0.0.1:50053: is `make run` running?");
+  // A make run on moved ports (ORDER_PORT=...) is not found here: the line names the variables that point demo at it.
+  expect(out).toContain(
+    "on other ports: ORDER_TARGET=127.0.0.1:<ORDER_PORT> INVENTORY_TARGET=127.0.0.1:<INVENTORY_PORT> make demo",
+  );
 });
 
 it('make events reads an empty NATS_URL as unset (NATS_URL= was "NATS at  refused the connection: Invalid URL")', async () => {
@@ -257,6 +261,8 @@ it('make events reads an empty NATS_URL as unset (NATS_URL= was "NATS at  refuse
   });
   expect(code, out).toBe(1);
   expect(out).toContain("cannot reach NATS at nats://127.0.0.1:4222 within 10 s");
+  // A make run on moved ports (NATS_PORT=...) is not found here: the line names the variable that points the command at it.
+  expect(out).toContain("on other ports: NATS_URL=nats://127.0.0.1:<NATS_PORT>");
 });
 
 /** Whether process `pid` exists (a signal 0 reaches it). */
