@@ -100,10 +100,13 @@ function alertLine(state: string, a: Alert): string {
     .filter(([k]) => !["alertname", "severity", "job", ...(a.labels.service ? ["app"] : [])].includes(k))
     .map(([k, v]) => `${k}=${printable(v)}`)
     .join(" ");
+  // A pending alert's summary would say what has not lasted yet ("for a minute"): only its labels.
   const text =
-    state === "resolved"
-      ? ""
-      : `: ${printable(a.annotations.summary ?? "")} — ${printable(a.annotations.description ?? "")}`;
+    state === "firing"
+      ? `: ${printable(a.annotations.summary ?? "")} — ${printable(a.annotations.description ?? "")}`
+      : state === "pending"
+        ? " (fires if it lasts)"
+        : "";
   return `${new Date().toISOString().slice(11, 19)} ${state.toUpperCase()} ${printable(a.labels.alertname ?? "")} ${which}${text}`;
 }
 
@@ -133,6 +136,10 @@ async function main(): Promise<void> {
   }
   // A make alerts killed outright (SIGKILL) left its Prometheus on the store and its port.
   await stopLeftovers(dir, (line) => process.stderr.write(`${line}\n`));
+  // A store of its own each run: the last run's series (a system since stopped, targets since moved)
+  // raised this one's alerts, ShopmeshProcessDown for six processes it does not scrape.
+  rmSync(join(dir, "data"), { recursive: true, force: true });
+  mkdirSync(join(dir, "data"));
   // After the leftovers: the port a killed make alerts' Prometheus held is free again.
   if (await answers("127.0.0.1", port)) {
     process.stderr.write(`port ${port} is in use (another make alerts?): stop it, or set PROMETHEUS_PORT\n`);

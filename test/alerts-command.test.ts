@@ -159,6 +159,22 @@ describe("make alerts, odd and hostile", () => {
     expect(() => process.kill(prometheus ?? 0, 0)).toThrow(); // gone, not orphaned
   }, 30_000);
 
+  it("starts a store of its own each run: the last run's processes raise nothing in the next", async () => {
+    using dir = tempDir();
+    const env = await settings(dir.path);
+    const first = alerts(env);
+    const old = `localhost:${env.HISTORY_METRICS_PORT}`;
+    await first.printed(new RegExp(`PENDING ShopmeshProcessDown app=history instance=${old} `));
+    first.child.kill("SIGINT");
+    expect(await exited(first.child)).toBe(0);
+
+    // The same directory, history's metrics moved: its old port was last seen down, seconds ago.
+    const second = alerts({ ...env, HISTORY_METRICS_PORT: String(await freePort()) });
+    await second.printed(/PENDING ShopmeshProcessDown app=history instance=localhost:\d+ /);
+    await new Promise((r) => setTimeout(r, 3_000)); // three evaluations more
+    expect(second.out()).not.toContain(old);
+  }, 60_000);
+
   it("prints label values a scraped process chose without their terminal escapes", async () => {
     using dir = tempDir();
     const env = await settings(dir.path);

@@ -96,7 +96,7 @@ describe("alerting rules", () => {
     await run.printed(
       /Prometheus on http:\/\/localhost:\d+\/ \(its Alerts page shows the rules\), scraping 6 processes every 1 s/,
     );
-    await run.printed(/PENDING ShopmeshProcessDown app=payment instance=localhost:\d+: payment at localhost/);
+    await run.printed(/PENDING ShopmeshProcessDown app=payment instance=localhost:\d+ \(fires if it lasts\)/);
     expect(run.out()).not.toMatch(/ShopmeshProcessDown app=history/);
     // Before the letter: its counter is there, at 0, so the letter is an increase.
     const zero = /events_dead_lettered_total\{consumer="history-order",service="history"\} 0/;
