@@ -108,8 +108,10 @@ if (redriving) {
   try {
     const unknown = await unknownLetters(bus, which);
     if (unknown.length > 0) {
+      // Well formed, so no usage: what the DLQ holds is what is wrong (make dlq lists it).
       await bus.close();
-      usage(unknown.join("\n"));
+      process.stderr.write(`${unknown.join("\n")}\nnothing redriven: make dlq lists the letters it holds\n`);
+      process.exit(2);
     }
     const { redriven, skipped } = await redrive(bus, EVENTS, which, NATS_USER, (line) => console.log(line));
     console.log(`${redriven} redriven, ${skipped} skipped`);

@@ -858,6 +858,8 @@ describe("make dlq --redrive", () => {
       const run = eventsTs(["--dlq", "--redrive", `${kept},${kept + 5}`], nats.url);
       expect(await run.exit(20_000)).toBe(2);
       expect(run.err()).toContain(`no dead letter ${kept + 5} in DLQ`);
+      expect(run.err()).toContain("nothing redriven: make dlq lists the letters it holds");
+      expect(run.err()).not.toContain("usage:");
       expect((await bus.jsm.streams.info("ORDER")).state.messages).toBe(1);
       expect((await bus.jsm.streams.info("DLQ")).state.messages).toBe(1);
     } finally {
