@@ -199,7 +199,7 @@ describe("publishing", () => {
     tail.unsubscribe();
     await (await jetstreamManager(admin)).consumers.delete("ORDER", durable);
     expect(stored.subject).toBe(CANCELLED_SUBJECT);
-    expect(decodeEvent(stored, EVENTS)).toEqual({
+    expect(decodeEvent(stored, EVENTS)).toMatchObject({
       unusable: expect.stringContaining("is published on order.order.cancelled.<mode> (ORDER)"),
     });
   });
@@ -233,7 +233,9 @@ describe("publishing", () => {
       });
     });
     expect(stored.subject).toBe(CANCELLED_SUBJECT);
-    expect(decodeEvent(stored, EVENTS)).toEqual({ unusable: expect.stringContaining("a copy of a stored message") });
+    expect(decodeEvent(stored, EVENTS)).toMatchObject({
+      unusable: expect.stringContaining("a copy of a stored message"),
+    });
   });
 
   it("no server answer a service names the subject of reaches the streams' API: nothing is purged or deleted", async () => {

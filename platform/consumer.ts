@@ -139,14 +139,14 @@ function eventHandler(opts: ConsumerOptions, clog: Logger, otherVersions: OtherV
   const metrics = tel?.metrics;
   /** The unknown types already logged (see prepare). */
   const newer = new Set<string>();
-  const toDlq = async (m: JsMsg, reason: string, ctx?: EventContext) => {
+  const toDlq = async (m: JsMsg, reason: string, ctx?: EventContext, named?: Record<string, string>) => {
     await deadLetter(opts.bus, durable, m, reason);
     if (ctx) {
       await inbox
         .forgetFailures(ctx.eventId)
         .catch((e: unknown) => clog.warn({ err: (e as Error).message, ...eventFields(ctx) }, "failures not forgotten"));
     }
-    clog.warn({ subject: m.subject, seq: m.seq, reason, ...(ctx && eventFields(ctx)) }, "event dead-lettered");
+    clog.warn({ subject: m.subject, seq: m.seq, reason, ...(ctx ? eventFields(ctx) : named) }, "event dead-lettered");
     opts.onDeadLetter?.(reason);
     metrics?.deadLetters.inc({ consumer: durable });
   };
@@ -217,7 +217,7 @@ function eventHandler(opts: ConsumerOptions, clog: Logger, otherVersions: OtherV
     if (retries.held(m)) return undefined;
     const decoded = decodeEvent(m, opts.catalogue);
     if ("unusable" in decoded) {
-      await toDlq(m, decoded.unusable);
+      await toDlq(m, decoded.unusable, undefined, decoded.named);
       return undefined;
     }
     const mine = otherVersions.mine(m);

@@ -266,7 +266,7 @@ export function on<D extends DescMessage>(
 export function decodeEvent(
   m: JsMsg,
   catalogue: EventCatalogue,
-): { event: unknown; ctx: EventContext } | { unusable: string } | { newer: string } {
+): { event: unknown; ctx: EventContext } | { unusable: string; named?: Record<string, string> } | { newer: string } {
   let headers: JsMsg["headers"];
   try {
     headers = m.headers;
@@ -287,17 +287,21 @@ export function decodeEvent(
       unusable: `not a shopmesh event: missing, unknown or over-long ce-type/ce-id (ce-type=${JSON.stringify(type.slice(0, 200))})`,
     };
   }
+  // Which event a letter of it was, for the log line (a known type, an id of at most 128 characters).
+  const named = { type, eventId };
   // Only a type's publisher may publish on its subject (bus-access.ts), but a stream also keeps what a
   // consumer delivers into its subjects: a message whose subject is another's could be anyone's. And
   // the server's answers, sent to any reply subject a client names, carry what it stored: a copy of a
   // stored message comes with its Nats-Stream and Nats-Sequence, which no publisher can send.
   const elsewhere = () => ({
+    named,
     unusable: `${type} is published on ${kind.subject}.<mode> (${kind.stream}), not ${JSON.stringify(m.subject.slice(0, 200))} (${m.info.stream})`,
   });
   const legacy = m.subject === kind.subject; // published before subjects ended in the saga mode
   if (!(legacy || m.subject.startsWith(`${kind.subject}.`)) || m.info.stream !== kind.stream) return elsewhere();
   if (headers?.has("Nats-Stream") || headers?.has("Nats-Sequence")) {
     return {
+      named,
       unusable: `a copy of a stored message (Nats-Stream ${JSON.stringify(headers.get("Nats-Stream"))}), not an event as published`,
     };
   }
@@ -305,18 +309,24 @@ export function decodeEvent(
   try {
     event = fromBinary(kind.schema, m.data);
   } catch (err) {
-    return { unusable: `undecodable ${type} payload: ${(err as Error).message}` };
+    return { named, unusable: `undecodable ${type} payload: ${(err as Error).message}` };
   }
   // The inbox deduplicates on ce-id: one that is not the event's own would let its copy apply twice.
   const own = (event as { meta?: { eventId?: string } }).meta?.eventId ?? "";
   if (own !== eventId) {
-    return { unusable: `ce-id ${JSON.stringify(eventId)} is not the event's meta.event_id ${JSON.stringify(own)}` };
+    return {
+      named,
+      unusable: `ce-id ${JSON.stringify(eventId)} is not the event's meta.event_id ${JSON.stringify(own)}`,
+    };
   }
   // Requests holding a NUL are refused at the edge (grpc.ts); an event holding one (only a service's
   // own credentials can publish it) would fail every delivery on PostgreSQL, whose text has no NUL.
   const nul = stringWithNul(kind.schema, event as object);
   if (nul !== undefined)
-    return { unusable: `${type} holds a NUL character (U+0000) in ${nul}, which PostgreSQL's text cannot store` };
+    return {
+      named,
+      unusable: `${type} holds a NUL character (U+0000) in ${nul}, which PostgreSQL's text cannot store`,
+    };
   // The subject's last token is the saga mode the event says (consumers are filtered on it), `none` when
   // it says none. An event published before the token existed says none and has no token: what history
   // and notification still take from the stream's seven days, and a read model's rebuild replays

@@ -7,6 +7,7 @@
 
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { headers as natsHeaders } from "@nats-io/transport-node";
 import { describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
 import { signDevToken } from "../gateway/auth.js";
@@ -255,6 +256,18 @@ describe("log lines of an event that fails", () => {
       const about = { type: OrderPlacedSchema.typeName, orderId: "ord_observed", trace_id: traceId };
       expect(await line("handler failed; will retry")).toMatchObject(about);
       expect(await line("event dead-lettered")).toMatchObject({ ...about, eventId: expect.stringMatching(/^evt_/) });
+
+      // One it cannot read, dead-lettered at once: its line named neither (hwalk, 2026-12-06).
+      const h = natsHeaders();
+      h.set("ce-type", OrderPlacedSchema.typeName);
+      h.set("ce-id", "evt_unreadable");
+      await bus.js.publish("order.order.placed.orchestration", new Uint8Array([0xff, 0xff]), { headers: h });
+      const unreadable = await until(
+        () => lines.find((l) => l.msg === "event dead-lettered" && String(l.reason).startsWith("undecodable")),
+        (l) => l !== undefined,
+        15_000,
+      );
+      expect(unreadable).toMatchObject({ type: OrderPlacedSchema.typeName, eventId: "evt_unreadable" });
     } finally {
       await consumer.stop();
       await relay.stop();
