@@ -70,5 +70,5 @@ kind-down: ## Delete the kind cluster
 deploy-render: ## Print every overlay as rendered YAML (offline: kubectl kustomize)
 	@for o in deploy/kubernetes/overlays/*/; do echo "# --- $$o"; kubectl kustomize "$$o" || exit 1; done
 
-deploy-check: install ## Offline checks of Dockerfile and manifests against the code (test/deploy.test.ts, test/deploy-review.test.ts)
-	npx vitest run test/deploy.test.ts test/deploy-review.test.ts
+deploy-check: install ## Offline checks of Dockerfile and manifests against the code (test/deploy.test.ts, test/deploy-review.test.ts, test/mesh-identity.test.ts)
+	npx vitest run test/deploy.test.ts test/deploy-review.test.ts test/mesh-identity.test.ts

@@ -1,0 +1,82 @@
+/**
+ * The gateway sets a caller's identity itself and drops whatever identity headers the client wrote
+ * (docs/security.md), checked for real (2026-12-06) on the calls the unary tests
+ * (gateway/gateway.test.ts, hostile-fast, hostile-rest) do not make: a server stream, the composed
+ * read and the operator panel, over Connect, gRPC and gRPC-Web on HTTP/2, against real services. The
+ * mesh's half — that only the gateway's principal reaches a handler that believes identity metadata —
+ * is test/mesh-identity.test.ts.
+ */
+import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { GatewayApp } from "../gateway/app.js";
+import { signDevToken } from "../gateway/auth.js";
+import { DEV_JWT_SECRET } from "../gateway/config.js";
+import { GatewayService, OperatorService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
+import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
+import { type System, startSystem, startTestGateway } from "./system.js";
+
+describe("the gateway drops a client's identity headers on streams, composed reads and the operator panel", () => {
+  let sys: System;
+  let gw: GatewayApp;
+  const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
+  /** What a client may add to its request in the hope a layer behind the gateway believes it. */
+  const spoof = { "x-shopmesh-subject": "alice", "x-shopmesh-roles": "admin" };
+  let orderId = "";
+
+  beforeAll(async () => {
+    sys = await startSystem();
+    gw = await startTestGateway(sys, { RATE_LIMIT_RPS: "100", RATE_LIMIT_BURST: "100" });
+    const placed = await sys.orders.placeOrder(
+      {
+        idempotencyKey: "mesh-identity-1",
+        items: [{ productId: "paper-filters", quantity: 1 }],
+        cardToken: "tok_visa",
+      },
+      sys.as("alice"),
+    );
+    orderId = placed.order?.id ?? "";
+    await sys.settle(orderId, "alice");
+  });
+  afterAll(async () => {
+    await gw?.stop();
+    await sys?.[Symbol.asyncDispose]();
+  });
+
+  const transports: Array<[string, (url: string) => Transport]> = [
+    ["Connect", (baseUrl) => createConnectTransport({ baseUrl, httpVersion: "2" })],
+    ["gRPC", (baseUrl) => createGrpcTransport({ baseUrl })],
+    ["gRPC-Web", (baseUrl) => createGrpcWebTransport({ baseUrl, httpVersion: "2" })],
+  ];
+  const codeOf = async (p: Promise<unknown>) =>
+    p.then(
+      () => "OK",
+      (e: unknown) => Code[ConnectError.from(e).code],
+    );
+
+  it.each(transports)("%s: mallory's token with alice's subject and admin written in", async (_name, transport) => {
+    const t = transport(gw.url);
+    const mallory = { authorization: `Bearer ${await signDevToken(claims, "mallory", ["customer"])}`, ...spoof };
+    const alice = { authorization: `Bearer ${await signDevToken(claims, "alice", ["customer"])}`, ...spoof };
+    const orders = createClient(OrderService, t);
+    const watch = async (headers: Record<string, string>) => {
+      for await (const u of orders.watchOrder({ orderId }, { headers, timeoutMs: 5_000 })) if (u.order) return "OK";
+      return "EMPTY";
+    };
+    // Alice's order is not mallory's to watch, compose or see in the panel, whatever she writes in.
+    expect(await codeOf(watch(mallory))).toBe("NotFound");
+    expect(await codeOf(createClient(GatewayService, t).getOrderDetails({ orderId }, { headers: mallory }))).toBe(
+      "NotFound",
+    );
+    expect(await codeOf(createClient(OperatorService, t).getSystemStatus({}, { headers: mallory }))).toBe(
+      "PermissionDenied",
+    );
+    // No token: the headers alone are no identity.
+    expect(await codeOf(watch(spoof))).toBe("Unauthenticated");
+    // Alice herself watches it; the admin role she wrote in gives her no panel.
+    expect(await codeOf(watch(alice))).toBe("OK");
+    expect(await codeOf(createClient(OperatorService, t).getSystemStatus({}, { headers: alice }))).toBe(
+      "PermissionDenied",
+    );
+  });
+});
