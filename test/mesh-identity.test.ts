@@ -205,6 +205,37 @@ describe("ports no rule names — metrics, NATS monitoring — are reached by no
   });
 });
 
+describe("NATS: the route port is the nats servers' alone, and the mesh is all that says so", () => {
+  // nats.conf's cluster block has no authorization: nats-server 2.9.10 answered a CONNECT from a
+  // stranger on the route port (no user, no password) with PONG, and a route publishes and subscribes
+  // in every account — the per-service users of users.conf do not apply to it. Only the mesh's rule
+  // keeps it to the nats pods (docs/deploy.md, "Before anything but a laptop").
+  it.each(overlays)("%s: 6222 admits the nats principal and no other; 4222 no gateway", (overlay) => {
+    const objs = rendered.get(overlay) ?? [];
+    const byPort = new Map<string, string[]>();
+    for (const ap of objs) {
+      if (ap.kind !== "AuthorizationPolicy" || (ap.metadata.namespace ?? NS) !== NS) continue;
+      if (
+        (ap.spec?.action ?? "ALLOW") !== "ALLOW" ||
+        ap.spec?.selector?.matchLabels?.["app.kubernetes.io/name"] !== "nats"
+      )
+        continue;
+      for (const rule of ap.spec?.rules ?? []) {
+        const from = (rule.from ?? []) as Array<{ source?: Record<string, string[]> }>;
+        const who = from.flatMap((f) =>
+          Object.keys(f.source ?? {}).join() === "principals" ? (f.source?.principals ?? []) : ["*"],
+        );
+        for (const t of rule.to ?? [{}])
+          for (const port of t.operation?.ports ?? ["*"])
+            byPort.set(port, [...(byPort.get(port) ?? []), ...(from.length ? who : ["*"])]);
+      }
+    }
+    expect(byPort.get("*")).toBeUndefined();
+    expect(byPort.get("6222")).toEqual([`${TRUST_DOMAIN}/ns/${NS}/sa/nats`]);
+    expect(byPort.get("4222")).not.toContain(GATEWAY);
+  });
+});
+
 describe("no overlay starts a process with faults: they come only from the mesh and the panel", () => {
   // Every process reads faultEnv at start (platform/chaos.ts): latency, errors, hard down, and the
   // chaos tests' SIGKILLs before a publish or after a commit. None of it is the panel's or the mesh's
