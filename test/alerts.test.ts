@@ -75,7 +75,7 @@ describe("alerting rules", () => {
     await using nats = await startNats();
     using dir = tempDir();
     const metrics = await freePort();
-    const history = await spawnService("history", {
+    await using history = await spawnService("history", {
       ...(await new TestDatabases(dir.path).env("history")),
       NATS_URL: nats.url,
       METRICS_PORT: String(metrics),
