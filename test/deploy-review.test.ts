@@ -6,18 +6,15 @@
  * kustomize`, the rules taken from Istio's source. Each `describe` is one finding.
  */
 import { execFileSync } from "node:child_process";
-import { readdirSync } from "node:fs";
-import { join } from "node:path";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { parseAllDocuments } from "yaml";
 import { locationOf } from "../platform/db.js";
 import { HistoryStore } from "../services/history/store.js";
 import { InventoryStore } from "../services/inventory/store.js";
 import { NotificationStore } from "../services/notification/store.js";
 import { OrderStore } from "../services/order/store.js";
 import { PaymentStore } from "../services/payment/store.js";
-import { ROOT } from "./fixtures.js";
+import { renderOverlays } from "./overlays.js";
 import { startPostgres, type TestPostgres } from "./postgres.js";
 
 interface Obj {
@@ -28,17 +25,8 @@ interface Obj {
   [key: string]: any;
 }
 
-const OVERLAYS = join(ROOT, "deploy", "kubernetes", "overlays");
-const overlays = readdirSync(OVERLAYS);
-const rendered = new Map(
-  overlays.map((o) => {
-    const yaml = execFileSync("kubectl", ["kustomize", join(OVERLAYS, o)], { encoding: "utf8" });
-    const objs = parseAllDocuments(yaml)
-      .map((d) => d.toJS() as Obj | null)
-      .filter((x): x is Obj => x !== null);
-    return [o, objs] as const;
-  }),
-);
+const rendered = renderOverlays<Obj>();
+const overlays = [...rendered.keys()];
 
 /** Every string value under `value`, with its path. */
 function* strings(value: unknown, path: string): Generator<[string, string]> {

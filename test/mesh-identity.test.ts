@@ -8,12 +8,11 @@
  * The other half, that the gateway sets identity itself and drops a client's, runs for real in
  * test/hostile-identity.test.ts.
  */
-import { execFileSync } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { DescService } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
-import { parseAllDocuments, parse as parseYaml } from "yaml";
+import { parse as parseYaml } from "yaml";
 import { HistoryService } from "../gen/shopmesh/history/v1/history_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { NotificationService } from "../gen/shopmesh/notification/v1/notification_pb.js";
@@ -21,6 +20,7 @@ import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
 import { faultEnv } from "../platform/index.js";
 import { ROOT } from "./fixtures.js";
+import { renderOverlays } from "./overlays.js";
 
 interface Obj {
   kind: string;
@@ -30,17 +30,8 @@ interface Obj {
 }
 
 const NS = "shopmesh";
-const OVERLAYS = join(ROOT, "deploy", "kubernetes", "overlays");
-const overlays = readdirSync(OVERLAYS);
-const rendered = new Map(
-  overlays.map((o) => {
-    const yaml = execFileSync("kubectl", ["kustomize", join(OVERLAYS, o)], { encoding: "utf8" });
-    const objs = parseAllDocuments(yaml)
-      .map((d) => d.toJS() as Obj | null)
-      .filter((x): x is Obj => x !== null);
-    return [o, objs] as const;
-  }),
-);
+const rendered = renderOverlays<Obj>();
+const overlays = [...rendered.keys()];
 
 /** The trust domain istioctl installs with deploy/kind/istio.yaml (Istio's default unless it says). */
 const istio = parseYaml(readFileSync(join(ROOT, "deploy", "kind", "istio.yaml"), "utf8"));
