@@ -186,10 +186,10 @@ async function main(): Promise<void> {
   );
   let known = new Map<string, Alert>();
   for (;;) {
-    const body = (await fetch(`${api}/api/v1/alerts`).then(
-      (r) => r.json(),
-      () => undefined,
-    )) as { data?: { alerts?: Alert[] } } | undefined;
+    // Not an answer to read (a Prometheus shutting down says 503 in text): the next poll asks again.
+    const body = (await fetch(`${api}/api/v1/alerts`)
+      .then((r) => r.json())
+      .catch(() => undefined)) as { data?: { alerts?: Alert[] } } | undefined;
     const alerts = body?.data?.alerts;
     if (alerts) {
       const now = new Map(alerts.map((a) => [JSON.stringify(Object.entries(a.labels).sort()), a]));

@@ -2,10 +2,11 @@
  * `make alerts`' command (scripts/alerts.ts) under odd and hostile conditions, with a real Prometheus:
  * bad settings end it with one line and exit 2; a Prometheus that dies on its own, a second command on
  * the same data directory, or no Prometheus at all end it with a line and exit 1; a signal stops its
- * Prometheus with it; label values a scraped process chose cannot drive the terminal.
+ * Prometheus with it; label values a scraped process chose cannot drive the terminal; an answer that
+ * is not JSON (a stand-in Prometheus gives it on purpose) is asked again, not a crash.
  */
 import { spawnSync } from "node:child_process";
-import { existsSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
@@ -87,6 +88,33 @@ describe("make alerts, odd and hostile", () => {
     process.kill(prometheus ?? 0, "SIGKILL");
     expect(await exited(run.child)).toBe(1);
     expect(run.out()).toMatch(/\nprometheus ended on its own \(SIGKILL\): make alerts stops\n$/);
+  }, 30_000);
+
+  it("keeps watching through an answer that is not JSON (a Prometheus shutting down says 503 in text)", async () => {
+    using dir = tempDir();
+    // A stand-in for Prometheus, first on the PATH: ready at once, then its alerts API answers in
+    // plain text twice before it names an alert (the SIGTERM test met this once under load: exit 1).
+    const bin = join(dir.path, "bin");
+    mkdirSync(bin);
+    const fake = join(bin, "prometheus");
+    writeFileSync(
+      fake,
+      `#!${process.execPath}
+if (process.argv.includes("--version")) process.exit(0);
+const [, port] = process.argv.find((a) => a.startsWith("--web.listen-address="))?.split(":") ?? [];
+let asked = 0;
+import("node:http").then((http) => http.createServer((req, res) => {
+  if (req.url !== "/api/v1/alerts") return res.end("ready");
+  if (++asked <= 2) { res.writeHead(503); return res.end("Service Unavailable"); }
+  res.setHeader("content-type", "application/json");
+  res.end(JSON.stringify({ data: { alerts: [{ state: "firing", labels: { alertname: "ShopmeshFake" }, annotations: { summary: "seen" } }] } }));
+}).listen(Number(port), "127.0.0.1"));
+`,
+      { mode: 0o755 },
+    );
+    const run = alerts({ ...(await settings(dir.path)), PATH: `${bin}:${process.env.PATH}` });
+    await run.printed(/FIRING ShopmeshFake : seen/, 20_000);
+    expect(run.child.exitCode).toBeNull();
   }, 30_000);
 
   it("refuses a second one on the same data directory (its Prometheus would share the first's store)", async () => {
