@@ -123,20 +123,6 @@ async function checkout(frozen: Frozen, orderEnv: Record<string, string> = {}): 
 
 const PRODUCTS = ["coffee-beans", "ceramic-mug", "paper-filters"];
 
-/** The checkout's invariants, once they hold: refunds and releases after a thaw land through retries and events. */
-async function invariantsHold(dbs: Parameters<typeof expectCheckoutInvariants>[0]): Promise<void> {
-  const until = Date.now() + 30_000;
-  for (;;) {
-    try {
-      await expectCheckoutInvariants(dbs);
-      return;
-    } catch (err) {
-      if (Date.now() > until) throw err;
-      await new Promise((r) => setTimeout(r, 500));
-    }
-  }
-}
-
 for (const frozen of ["payment", "inventory"] as const) {
   describe(`${frozen} frozen mid-saga past the step budget, then resumed`, () => {
     it("every order settles, none charged twice, stock conserved; GetOrder answers meanwhile", async () => {
@@ -212,7 +198,7 @@ for (const frozen of ["payment", "inventory"] as const) {
         })
         .toEqual([]);
       console.log(JSON.stringify(await states()));
-      await invariantsHold(dbs);
+      await expectCheckoutInvariants(dbs);
     }, 120_000);
   });
 }
@@ -401,7 +387,7 @@ describe("nats-server frozen for 15 s while orders arrive, then resumed", () => 
       const all = await dbs.order.all(sql<{ id: string; status: string }>`SELECT id, status FROM orders`);
       console.log(`orders: ${all.length}, confirmed ${all.filter((o) => o.status === "CONFIRMED").length}`);
       expect(all.length).toBe(statuses.length + 1);
-      await invariantsHold(dbs);
+      await expectCheckoutInvariants(dbs);
       // Every terminal order notified once, and the history view equal to the orders.
       const notified = () =>
         sys.notification.store.db.all(sql<{
@@ -478,7 +464,7 @@ describe("the only order replica frozen past its saga lease and its step budget 
       .toEqual([]);
     expect(placed.length).toBe(10);
     expect((await statuses()).filter((o) => o.status !== "CONFIRMED")).toEqual([]);
-    await invariantsHold(dbs);
+    await expectCheckoutInvariants(dbs);
   }, 90_000);
 });
 

@@ -507,10 +507,19 @@ describe("an order replica whose clock is two minutes ahead dies holding its out
     };
     // Its relay claims the OrderPlaced row and dies right before publishing it: right after the commit,
     // so the answer may come first or never (the kill ends the call; CI met the latter under load).
-    await createClient(OrderService, createChannel(skewed.address))
-      .placeOrder(req, { ...who("skew"), timeoutMs: 30_000 })
-      .catch(() => undefined);
-    expect(await exited(skewed.child)).toBe("SIGKILL");
+    // The other order replicas are stopped meanwhile: their relays' sweep (every second) could take
+    // the row first, and the skewed one, never publishing, never died (CI, 2026-12-06: timed out).
+    const others = (replicas.order ?? []).map((r) => r.child.pid ?? 0);
+    for (const pid of others) process.kill(pid, "SIGSTOP");
+    try {
+      await createClient(OrderService, createChannel(skewed.address))
+        .placeOrder(req, { ...who("skew"), timeoutMs: 30_000 })
+        .catch(() => undefined);
+      const died = await Promise.race([exited(skewed.child), new Promise((r) => setTimeout(r, 30_000, "alive"))]);
+      expect(died, "the skewed replica's relay took its order's event and crashed before publishing").toBe("SIGKILL");
+    } finally {
+      for (const pid of others) process.kill(pid, "SIGCONT");
+    }
     const diedAt = Date.now();
     // The same key, at another replica, finds the order the dead one accepted.
     const { order: placed } = await orderClient().placeOrder(req, { ...who("skew"), timeoutMs: 30_000 });
