@@ -55,13 +55,17 @@ describe("identityFromClaims", () => {
 });
 
 describe("createAuthenticator", () => {
-  it("accepts a good token and serves it from the cache, but never past its exp", async () => {
+  it("accepts a good token and serves it from the cache, but never past its exp and the skew, when it says it expires", async () => {
     let now = T0 * 1000;
     const authenticate = await createAuthenticator(config, () => now);
     const t = await token({ roles: ["customer"] });
-    await expect(authenticate(`Bearer ${t}`)).resolves.toEqual({ subject: "alice", roles: ["customer"] });
+    // The instant the token stops being accepted, which ends a stream it opened (forward.ts).
+    const alice = { subject: "alice", roles: ["customer"], expiresAt: (T0 + 600 + 30) * 1000 };
+    await expect(authenticate(`Bearer ${t}`)).resolves.toEqual(alice);
     now += 30_000; // a cache hit
-    await expect(authenticate(`Bearer ${t}`)).resolves.toEqual({ subject: "alice", roles: ["customer"] });
+    await expect(authenticate(`Bearer ${t}`)).resolves.toEqual(alice);
+    now = (T0 + 600 + 29) * 1000; // past exp, within the skew
+    await expect(authenticate(`Bearer ${t}`)).resolves.toEqual(alice);
     now = (T0 + 600 + 31) * 1000; // past exp and the skew
     await expect(authenticate(`Bearer ${t}`)).rejects.toThrow(AuthError);
   });

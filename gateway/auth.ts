@@ -13,6 +13,7 @@
  */
 import { importSPKI, type JWTPayload, jwtVerify, SignJWT } from "jose";
 import { type Identity, parseIdentity, type Role, StartRefused } from "../platform/index.js";
+import type { Caller } from "./context.js";
 import { resilientJwks } from "./jwks.js";
 
 /** Why a token was refused, for the log (the client always gets a generic 401). */
@@ -36,8 +37,8 @@ export function authorizationOf(rawHeaders: readonly string[]): string | null {
   return found;
 }
 
-/** Verifies a bearer token and returns the caller's identity. */
-export type Authenticator = (authorization: string | null) => Promise<Identity>;
+/** Verifies a bearer token and returns the caller's identity, and until when the token is accepted. */
+export type Authenticator = (authorization: string | null) => Promise<Caller>;
 
 /** Key material and claims to check. */
 export interface AuthConfig {
@@ -89,7 +90,7 @@ export async function createAuthenticator(c: AuthConfig, clock: () => number = D
   }
   // Verified tokens, until they expire (at most a minute): the hot path skips the signature check. A
   // clock that went back since (an NTP step, a VM restored) re-verifies: the minute is the clock's.
-  const verified = new Map<string, { identity: Identity; at: number; until: number }>();
+  const verified = new Map<string, { identity: Caller; at: number; until: number }>();
   return async (authorization) => {
     const m = /^Bearer ([A-Za-z0-9_\-.]+)$/.exec(authorization ?? "");
     if (!m?.[1]) throw new AuthError(authorization ? "malformed Authorization header" : "missing bearer token");
@@ -102,9 +103,13 @@ export async function createAuthenticator(c: AuthConfig, clock: () => number = D
     } catch (err) {
       throw new AuthError((err as Error).message);
     }
-    const identity = identityFromClaims(claims, c.JWT_MAX_LIFETIME_S);
+    const exp = claims.exp as number;
+    const identity = {
+      ...identityFromClaims(claims, c.JWT_MAX_LIFETIME_S),
+      expiresAt: (exp + c.JWT_CLOCK_SKEW_S) * 1000,
+    };
     if (verified.size >= CACHE_LIMIT) verified.clear();
-    verified.set(m[1], { identity, at: now, until: Math.min((claims.exp as number) * 1000, now + CACHE_TTL_MS) });
+    verified.set(m[1], { identity, at: now, until: Math.min(exp * 1000, now + CACHE_TTL_MS) });
     return identity;
   };
 }

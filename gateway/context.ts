@@ -12,8 +12,14 @@ export interface ClientInfo {
 
 /** Context value: the client behind this request. */
 export const kClient = createContextKey<ClientInfo>({ ip: "", requestId: "" }, { description: "client" });
+/** A verified caller, and when its token stops being accepted: a stream it opened ends then (forward.ts). */
+export interface Caller extends Identity {
+  /** The token's `exp` plus the clock skew tolerated (`JWT_CLOCK_SKEW_S`), ms since the epoch. */
+  readonly expiresAt: number;
+}
+
 /** Context value: the verified caller (unset for the token-free reflection service). */
-export const kIdentity = createContextKey<Identity | undefined>(undefined, { description: "identity" });
+export const kIdentity = createContextKey<Caller | undefined>(undefined, { description: "identity" });
 
 /** A uri-host (an IP literal, or an IPv4 address or name: unreserved, sub-delims) and an optional port. */
 const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=]+)(?::\d{0,5})?$/;

@@ -25,13 +25,13 @@ import type { UniversalHandler } from "@connectrpc/connect/protocol";
 import { universalResponseToNodeResponse } from "@connectrpc/connect-node";
 import { context } from "@opentelemetry/api";
 import { MAX_TIMER_MS } from "../platform/deadline.js";
-import type { Identity, Logger, Telemetry } from "../platform/index.js";
+import type { Logger, Telemetry } from "../platform/index.js";
 import { clampGrpcTimeout } from "../platform/timeout-header.js";
 import { dropUnreadBody, universalRequest } from "./answer-end.js";
 import { AuthError, type Authenticator, authorizationOf } from "./auth.js";
 import { limitedBody } from "./body.js";
 import { connectFastEncoding, createConnectUnary, routerOptions } from "./connect-unary.js";
-import { type ClientInfo, hostProblem, kClient, kIdentity } from "./context.js";
+import { type Caller, type ClientInfo, hostProblem, kClient, kIdentity } from "./context.js";
 import { bodyLimit, webText } from "./grpc-web-text.js";
 import { describeJsonError } from "./json-errors.js";
 import { admitAddress, admitPrincipal, type ConcurrencyLimiter, type RateLimiter } from "./limits.js";
@@ -153,7 +153,7 @@ export function answer(
 
 interface Admitted {
   readonly handler: UniversalHandler;
-  readonly identity: Identity | undefined;
+  readonly identity: Caller | undefined;
 }
 type Admission =
   | Admitted
@@ -181,7 +181,7 @@ async function admit(
   // A declared length over the limit: the body is never read (the connection ends, and says so).
   if (refused) return { refused, unreadBody: refused.code === Code.ResourceExhausted };
   if (o.tokenFree.has(handler.service.typeName)) return { handler, identity: undefined };
-  let identity: Identity;
+  let identity: Caller;
   try {
     identity = await o.authenticate(authorizationOf(req.rawHeaders));
   } catch (err) {

@@ -18,7 +18,7 @@ import {
   ServiceError,
   toStatusObject,
 } from "../platform/index.js";
-import { kClient, kIdentity } from "./context.js";
+import { type Caller, kClient, kIdentity } from "./context.js";
 import type { Route, Upstream } from "./routes.js";
 
 type AnyCall = (req: unknown, opts?: CallOptions) => unknown;
@@ -107,25 +107,42 @@ export function toConnectError(
   return new ConnectError(err.message, code, headers, details, err);
 }
 
+/** Node's longest timer, ms: a longer delay fires at once (with a warning). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /**
- * A signal aborted (with its reason) when `a` or `b` is, and `release` to call once it is no longer
- * needed: by hand rather than AbortSignal.any, whose signals a long-lived source (the gateway's
- * shutdown) kept alive on some Node versions, one per stream ever forwarded.
+ * A signal aborted (with its reason) when the call's is, the gateway shuts down, or the caller's
+ * token expires (UNAUTHENTICATED: a stream lasted as long as its saga, whatever the token said), and
+ * `release` to call once it is no longer needed. By hand rather than AbortSignal.any, whose signals
+ * a long-lived source (the gateway's shutdown) kept alive on some Node versions, one per stream ever
+ * forwarded.
  */
-function eitherSignal(a: AbortSignal, b: AbortSignal | undefined): { signal: AbortSignal; release: () => void } {
-  if (!b) return { signal: a, release: () => {} };
+function streamSignal(
+  call: AbortSignal,
+  shutdown: AbortSignal | undefined,
+  caller: Caller | undefined,
+): { signal: AbortSignal; release: () => void } {
   const ac = new AbortController();
-  const fromA = () => ac.abort(a.reason);
-  const fromB = () => ac.abort(b.reason);
-  if (a.aborted) fromA();
-  else if (b.aborted) fromB();
-  a.addEventListener("abort", fromA, { once: true });
-  b.addEventListener("abort", fromB, { once: true });
+  const fromCall = () => ac.abort(call.reason);
+  const fromShutdown = () => ac.abort(shutdown?.reason);
+  let timer: NodeJS.Timeout | undefined;
+  const expire = () => {
+    const left = (caller?.expiresAt ?? Number.POSITIVE_INFINITY) - Date.now();
+    if (left <= 0)
+      ac.abort(new ConnectError("the bearer token expired: call again with a fresh one", Code.Unauthenticated));
+    else if (left !== Number.POSITIVE_INFINITY) timer = setTimeout(expire, Math.min(left, MAX_TIMER_MS)).unref();
+  };
+  if (call.aborted) fromCall();
+  else if (shutdown?.aborted) fromShutdown();
+  else expire();
+  call.addEventListener("abort", fromCall, { once: true });
+  shutdown?.addEventListener("abort", fromShutdown, { once: true });
   return {
     signal: ac.signal,
     release: () => {
-      a.removeEventListener("abort", fromA);
-      b.removeEventListener("abort", fromB);
+      clearTimeout(timer);
+      call.removeEventListener("abort", fromCall);
+      shutdown?.removeEventListener("abort", fromShutdown);
     },
   };
 }
@@ -167,7 +184,7 @@ export function registerRoutes(
           authorize(ctx);
           // A WatchOrder lasts as long as its saga, longer than any drain: held, it kept the gateway to
           // its grace at every rollout, then was cut without a status. Its reason is the answer.
-          const { signal, release } = eitherSignal(ctx.signal, shutdown);
+          const { signal, release } = streamSignal(ctx.signal, shutdown, ctx.values.get(kIdentity));
           try {
             yield* call(req, { ...upstreamOptions(ctx), signal }) as AsyncIterable<never>;
           } catch (err) {

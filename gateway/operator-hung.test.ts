@@ -54,7 +54,11 @@ function adminContext(signal?: AbortSignal) {
     requestMethod: "POST",
     url: "http://gateway/shopmesh.gateway.v1.OperatorService/GetSystemStatus",
     requestSignal: signal,
-    contextValues: createContextValues().set(kIdentity, { subject: "ops", roles: ["admin"] }),
+    contextValues: createContextValues().set(kIdentity, {
+      subject: "ops",
+      roles: ["admin"],
+      expiresAt: Date.now() + 60_000,
+    }),
   });
 }
 

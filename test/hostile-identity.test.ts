@@ -16,6 +16,12 @@ import { GatewayService, OperatorService } from "../gen/shopmesh/gateway/v1/gate
 import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import { type System, startSystem, startTestGateway } from "./system.js";
 
+const transports: Array<[string, (url: string) => Transport]> = [
+  ["Connect", (baseUrl) => createConnectTransport({ baseUrl, httpVersion: "2" })],
+  ["gRPC", (baseUrl) => createGrpcTransport({ baseUrl })],
+  ["gRPC-Web", (baseUrl) => createGrpcWebTransport({ baseUrl, httpVersion: "2" })],
+];
+
 describe("the gateway drops a client's identity headers on streams, composed reads and the operator panel", () => {
   let sys: System;
   let gw: GatewayApp;
@@ -43,11 +49,6 @@ describe("the gateway drops a client's identity headers on streams, composed rea
     await sys?.[Symbol.asyncDispose]();
   });
 
-  const transports: Array<[string, (url: string) => Transport]> = [
-    ["Connect", (baseUrl) => createConnectTransport({ baseUrl, httpVersion: "2" })],
-    ["gRPC", (baseUrl) => createGrpcTransport({ baseUrl })],
-    ["gRPC-Web", (baseUrl) => createGrpcWebTransport({ baseUrl, httpVersion: "2" })],
-  ];
   const codeOf = async (p: Promise<unknown>) =>
     p.then(
       () => "OK",
@@ -79,4 +80,90 @@ describe("the gateway drops a client's identity headers on streams, composed rea
       "PermissionDenied",
     );
   });
+});
+
+describe("a stream lasts no longer than the token that opened it", () => {
+  let sys: System;
+  let gw: GatewayApp;
+  const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
+
+  beforeAll(async () => {
+    sys = await startSystem();
+    // No skew tolerated: the token is refused, and its stream ends, the second its exp passes.
+    gw = await startTestGateway(sys, { JWT_CLOCK_SKEW_S: "0", RATE_LIMIT_RPS: "100", RATE_LIMIT_BURST: "100" });
+  });
+  afterAll(async () => {
+    await gw?.stop();
+    await sys?.[Symbol.asyncDispose]();
+  });
+
+  it("WatchOrder over Connect, gRPC, gRPC-Web and REST ends UNAUTHENTICATED when the token expires, not with the saga", async () => {
+    // Payment answers in 20 s: the order stays PENDING, and a watch would last that long.
+    await sys.paymentChaos.setFaults({ faults: { latencyMs: 20_000 } });
+    try {
+      const placed = await sys.orders.placeOrder(
+        {
+          idempotencyKey: "expiring-watch",
+          items: [{ productId: "paper-filters", quantity: 1 }],
+          cardToken: "tok_visa",
+        },
+        sys.as("erin"),
+      );
+      const orderId = placed.order?.id ?? "";
+      const watches = transports.map(async ([name, transport]) => {
+        const token = await signDevToken(claims, "erin", ["customer"], 3);
+        const started = Date.now();
+        let states = 0;
+        try {
+          const orders = createClient(OrderService, transport(gw.url));
+          for await (const u of orders.watchOrder(
+            { orderId },
+            {
+              headers: { authorization: `Bearer ${token}` },
+              timeoutMs: 12_000, // the saga's own end is 20 s away
+            },
+          ))
+            if (u.order) states++;
+          return { name, code: "OK", states, ms: Date.now() - started };
+        } catch (err) {
+          const e = ConnectError.from(err);
+          return { name, code: Code[e.code], message: e.rawMessage, states, ms: Date.now() - started };
+        }
+      });
+      const rest = (async () => {
+        const token = await signDevToken(claims, "erin", ["customer"], 3);
+        const started = Date.now();
+        const body = await fetch(`${gw.url}/v1/orders/${orderId}:watch`, {
+          headers: { authorization: `Bearer ${token}` },
+          signal: AbortSignal.timeout(12_000), // the saga's own end is 20 s away
+        })
+          .then((r) => r.text())
+          .catch(() => undefined);
+        if (body === undefined) return { name: "REST", code: "still open after 12 s", states: 0, ms: 12_000 };
+        const lines = body
+          .trim()
+          .split("\n")
+          .map((l) => JSON.parse(l) as Record<string, { code?: number; message?: string }>);
+        const last = lines.at(-1)?.error;
+        return {
+          name: "REST",
+          code: last ? Code[last.code ?? 0] : "OK",
+          message: last?.message,
+          states: lines.filter((l) => l.result).length,
+          ms: Date.now() - started,
+        };
+      })();
+      for (const w of await Promise.all([...watches, rest])) {
+        expect(w, w.name).toMatchObject({
+          code: "Unauthenticated",
+          message: "the bearer token expired: call again with a fresh one",
+        });
+        expect(w.states, w.name).toBeGreaterThanOrEqual(1); // the PENDING state, before the token ran out
+        expect(w.ms, w.name).toBeGreaterThan(1_000); // open until the token ran out (2-3 s), not refused at once
+        expect(w.ms, w.name).toBeLessThan(10_000);
+      }
+    } finally {
+      await sys.paymentChaos.setFaults({ faults: {} });
+    }
+  }, 30_000);
 });
