@@ -359,7 +359,12 @@ function envOf(objs: readonly Obj[], c: IContainer): Record<string, string> {
     }
   }
   for (const e of c.env ?? []) {
-    if (e.value !== undefined) env[e.name] = e.value;
+    // As the kubelet does: $(NAME) of a variable defined before it is expanded, $$ is a $, and a
+    // reference to nothing defined stays as written.
+    if (e.value !== undefined)
+      env[e.name] = e.value.replace(/\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (ref, name?: string) =>
+        name === undefined ? "$" : (env[name] ?? ref),
+      );
     else if (e.valueFrom?.configMapKeyRef) {
       const ref = e.valueFrom.configMapKeyRef;
       const v = named<IConfigMap>(objs, "ConfigMap", ref.name ?? "")?.data?.[ref.key];
@@ -858,7 +863,10 @@ describe.each(overlayNames)("%s matches the code", (overlay) => {
     const token = tool("bash", ["deploy/kind/token.sh", "alice", "admin,customer"], missing).trim();
     const env = envFor("gateway");
     const authenticate = await createAuthenticator(loadGatewayConfig(env));
-    await expect(authenticate(`Bearer ${token}`)).resolves.toEqual({ subject: "alice", roles: ["admin", "customer"] });
+    await expect(authenticate(`Bearer ${token}`)).resolves.toMatchObject({
+      subject: "alice",
+      roles: ["admin", "customer"],
+    });
   });
 
   it("VirtualServices: explicit timeouts and retries, none beside a fault, none shorter than the callers' deadlines", () => {
@@ -1197,11 +1205,16 @@ describe("NATS JetStream cluster", () => {
     const headless = named<IService>(objs, "Service", sts?.spec?.serviceName ?? "");
     expect(headless?.spec?.clusterIP).toBe("None");
     expect(headless?.spec?.publishNotReadyAddresses).toBe(true);
-    const routes = [...(conf ?? "").matchAll(/nats:\/\/([\w.-]+):(\d+)/g)].map((m) => `${m[1]}:${m[2]}`);
+    // Each route names the route user and its password (nats.conf's cluster authorization).
+    expect(conf).toMatch(/authorization\s*\{\s*user: route\s+password: \$ROUTE_NATS_PASSWORD\s/);
+    expect(serverEnv.ROUTE_NATS_PASSWORD).toBe(passwordOf("route"));
+    expect(passwordOf("route"), "a password a URL holds as it is").toMatch(/^[A-Za-z0-9._~-]{16,}$/);
+    const routes = [...(conf ?? "").matchAll(/^\s*\$(NATS_ROUTE_\d)$/gm)].map((m) => serverEnv[m[1] as string]);
     const clusterPort = sts?.spec?.template.spec?.containers[0]?.ports?.find((x) => x.name === "cluster");
     expect(routes).toEqual(
       [0, 1, 2].map(
-        (i) => `nats-${i}.${headless?.metadata?.name}.${NS}.svc.cluster.local:${clusterPort?.containerPort}`,
+        (i) =>
+          `nats://route:${passwordOf("route")}@nats-${i}.${headless?.metadata?.name}.${NS}.svc.cluster.local:${clusterPort?.containerPort}`,
       ),
     );
     expect(conf).toMatch(/jetstream\s*\{[^}]*store_dir:\s*\/data/);
@@ -1213,6 +1226,26 @@ describe("NATS JetStream cluster", () => {
     writeFileSync(file, conf ?? "");
     tool("nats-server", ["-t", "-c", file], NATS_MISSING, { ...process.env, ...serverEnv, SERVER_NAME: "nats-0" });
   });
+
+  /** What a NATS server answers on `port` to `lines`, sent after its INFO (until it closes, or 3 s). */
+  function routeConnect(port: number, lines: string): Promise<string> {
+    return new Promise((resolve) => {
+      let out = "";
+      const socket = netConnect(port, "127.0.0.1");
+      const done = () => {
+        clearTimeout(cap);
+        socket.destroy();
+        resolve(out);
+      };
+      const cap = setTimeout(done, 3_000);
+      socket.on("data", (b: Buffer) => {
+        if (!out) socket.write(lines);
+        out += b.toString();
+      });
+      socket.on("close", done);
+      socket.on("error", done);
+    });
+  }
 
   /** A server of the cluster exited while it formed. */
   class Exited extends Error {}
@@ -1234,16 +1267,19 @@ describe("NATS JetStream cluster", () => {
         .replace(/^http: 0\.0\.0\.0:8222$/m, `http: 127.0.0.1:${p.monitor}`)
         .replace(/^(\s*)listen: 0\.0\.0\.0:6222$/m, `$1listen: 127.0.0.1:${p.cluster}`)
         .replace(/store_dir: \/data/, `store_dir: ${join(dir, `nats-${attempt}-${i}`)}`)
-        .replace(/pid_file: \S+/, `pid_file: ${join(dir, `nats-${attempt}-${i}.pid`)}`)
-        .replace(
-          /nats:\/\/nats-(\d)\.[\w.-]+:6222/g,
-          (_m, j: string) => `nats://127.0.0.1:${ports[Number(j)]?.cluster}`,
-        );
-      expect(local).not.toMatch(/0\.0\.0\.0|svc\.cluster\.local|\/data\b/);
+        .replace(/pid_file: \S+/, `pid_file: ${join(dir, `nats-${attempt}-${i}.pid`)}`);
+      // The routes' URLs, as the StatefulSet writes them, to the local servers.
+      const routes = Object.fromEntries(
+        [0, 1, 2].map((j) => [
+          `NATS_ROUTE_${j}`,
+          (serverEnv[`NATS_ROUTE_${j}`] ?? "").replace(/@nats-\d\.[\w.-]+:6222$/, `@127.0.0.1:${ports[j]?.cluster}`),
+        ]),
+      );
+      expect(local + Object.values(routes).join()).not.toMatch(/0\.0\.0\.0|svc\.cluster\.local|\/data\b/);
       const file = join(dir, `nats-${attempt}-${i}.conf`);
       writeFileSync(file, local);
       const child = spawn("nats-server", ["-c", file], {
-        env: { ...process.env, ...serverEnv, SERVER_NAME: `nats-${i}` },
+        env: { ...process.env, ...serverEnv, ...routes, SERVER_NAME: `nats-${i}` },
         stdio: ["ignore", "pipe", "pipe"],
       });
       let out = "";
@@ -1282,7 +1318,7 @@ describe("NATS JetStream cluster", () => {
       await stop();
       throw err;
     }
-    return { url: ports.map((p) => `nats://127.0.0.1:${p.client}`).join(","), stop };
+    return { url: ports.map((p) => `nats://127.0.0.1:${p.client}`).join(","), routePort: ports[0]?.cluster ?? 0, stop };
   }
 
   it("started as three local servers, it forms a JetStream cluster; the nats-streams Job creates R3 streams there, and each service may publish its own events only", async () => {
@@ -1296,6 +1332,18 @@ describe("NATS JetStream cluster", () => {
       }
     }
     try {
+      // A connection to the route port that does not name the route user (none, or a wrong password)
+      // is refused: a bare CONNECT was answered PONG, and a route reaches every account.
+      // It names the cluster, which is no secret (a server's INFO says it).
+      const name = /cluster\s*\{\s*name:\s*(\S+)/.exec(conf ?? "")?.[1];
+      for (const who of ["", '"user":"route","pass":"guessed",']) {
+        const answer = await routeConnect(
+          cluster.routePort,
+          `CONNECT {${who}"verbose":false,"name":"rogue","cluster":"${name}"}\r\nPING\r\n`,
+        );
+        expect(answer, who || "no user").toMatch(/-ERR 'Authorization Violation'/);
+        expect(answer, who || "no user").not.toMatch(/PONG/);
+      }
       // The Job's container, as the image runs it (its script from the sources), on this cluster.
       const job = named<IJob>(objs, "Job", "nats-streams");
       const c = job ? (podSpec(job).containers[0] as IContainer) : undefined;
