@@ -9,6 +9,7 @@
 import type { DescMethod } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { Metadata, status } from "@grpc/grpc-js";
+import { MAX_TIMER_MS } from "../platform/deadline.js";
 import {
   type CallOptions,
   ERROR_DETAILS,
@@ -106,9 +107,6 @@ export function toConnectError(
   const headers = code === Code.ResourceExhausted ? { "retry-after": "1" } : undefined;
   return new ConnectError(err.message, code, headers, details, err);
 }
-
-/** Node's longest timer, ms: a longer delay fires at once (with a warning). */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**
  * A signal aborted (with its reason) when the call's is, the gateway shuts down, or the caller's
