@@ -36,7 +36,9 @@ beforeAll(async () => {
   if (webBuildIsStale()) await buildWeb();
   sys = await startSystem({
     // Payment down: the saga gives up on the charge after 1.5 s (not 15), as in test/web.test.ts.
-    order: { SAGA_STEP_BUDGET_MS: "1500", PAYMENT_BREAKER_HALF_OPEN_AFTER_MS: "2000" },
+    // A charge may take up to 20 s (not 2) before it times out, so a slow payment keeps an order PENDING
+    // for as long as a test needs it to.
+    order: { SAGA_STEP_BUDGET_MS: "1500", PAYMENT_BREAKER_HALF_OPEN_AFTER_MS: "2000", PAYMENT_TIMEOUT_MS: "20000" },
   });
   // No clock skew allowed, so a token that expires is refused at once.
   gw = await startTestGateway(sys, { FAULT_INJECTION: "true", JWT_CLOCK_SKEW_S: "0" });
@@ -191,6 +193,56 @@ describe("a token that expires while the page is open", () => {
     // The shop polls every 3 s: two periods with not one call.
     await new Promise((r) => setTimeout(r, 6_500));
     expect(calls.slice(after)).toEqual([]);
+  }, 60_000);
+});
+
+describe("a token that expires while the order page watches a PENDING order", () => {
+  // Found (2026-12-06): the gateway ends a WatchOrder UNAUTHENTICATED when its token expires, but the
+  // error surfaced while the page iterated the stream, outside the interceptor that signs the user out
+  // on a refused unary call: the timeline said "Signed out" and stopped, while the header still showed
+  // alice signed in; only a later unary call (if one was made and answered) sent her to sign-in.
+  it("sends the user to sign-in from the stream's end alone, without a 'Signed out' box in the timeline", async () => {
+    const long = await signDevToken(claims, "alice", ["customer"]);
+    const orders = createClient(
+      OrderService,
+      createConnectTransport({ baseUrl: gw.url, httpVersion: "1.1", interceptors: [bearer(long)] }),
+    );
+    const page = await openPage();
+    await page.addInitScript({
+      content: `globalThis.__signedOutBox = 0;
+        new MutationObserver(() => {
+          if (document.querySelector('[data-testid="saga-panel"]')?.textContent?.includes("Signed out"))
+            globalThis.__signedOutBox += 1;
+        }).observe(document, { subtree: true, childList: true, characterData: true });`,
+    });
+    // Payment takes 10 s: the order stays PENDING, and its page keeps watching, past the token's expiry.
+    await sys.paymentChaos.setFaults({ faults: { latencyMs: 10_000 } });
+    try {
+      const { order } = await orders.placeOrder({
+        idempotencyKey: `hostile-web-expiry-${Date.now()}`,
+        cardToken: "tok_visa",
+        sagaMode: SagaMode.ORCHESTRATION,
+        items: [{ productId: "ceramic-mug", quantity: 1 }],
+      });
+      const short = await signDevToken(claims, "alice", ["customer"], 6);
+      const expiresAt = (JSON.parse(Buffer.from(short.split(".")[1] ?? "", "base64url").toString()) as { exp: number })
+        .exp;
+      await pasteToken(page, short);
+      await page.getByTestId("whoami").waitFor();
+      await page.goto(`/#/orders/${encodeURIComponent(order?.id ?? "")}`);
+      await page.locator('[data-testid="order-status"][data-status="PENDING"]').waitFor();
+      await page.locator('[data-testid="live"][data-state="live"]').waitFor();
+      // From here the page's unary calls go unanswered (a slow composition, a slow read model): the
+      // stream is the only call that can learn the token expired.
+      await page.route(/\/(GetOrderDetails|ListOrderHistory)$/, () => {});
+      expect(Date.now(), "the page was watching before the token expired").toBeLessThan(expiresAt * 1000);
+      await page.getByText("Your sign-in expired or was refused").waitFor({ timeout: 15_000 });
+      expect(page.url()).toMatch(/#\/signin$/);
+      expect(await page.getByTestId("whoami").count()).toBe(0);
+      expect(await page.evaluate(() => (globalThis as { __signedOutBox?: number }).__signedOutBox)).toBe(0);
+    } finally {
+      await sys.paymentChaos.setFaults({ faults: {} });
+    }
   }, 60_000);
 });
 
