@@ -28,23 +28,34 @@ export interface Api {
 
 /**
  * Clients on `baseUrl` (the page's origin). `token()` is read at each call;
- * `onUnauthenticated` runs when the gateway refuses the token of a unary call
- * (expired or revoked), so the page can send the user back to sign-in.
+ * `onUnauthenticated` runs when the gateway refuses the token (expired or
+ * revoked) — a unary call refused, or a stream ended UNAUTHENTICATED, at its
+ * start or later — so the page can send the user back to sign-in. The error
+ * is still thrown to the caller.
  */
 export function createApi(opts: {
   baseUrl: string;
   token: () => string | undefined;
   onUnauthenticated: () => void;
 }): Api {
+  const refused = (err: unknown): never => {
+    if (err instanceof ConnectError && err.code === Code.Unauthenticated) opts.onUnauthenticated();
+    throw err;
+  };
+  // A stream's end comes while its messages are read, after `next` has returned: the gateway ends a
+  // WatchOrder UNAUTHENTICATED when the token that opened it expires (gateway/forward.ts).
+  async function* watched<T>(messages: AsyncIterable<T>): AsyncIterable<T> {
+    try {
+      yield* messages;
+    } catch (err) {
+      refused(err);
+    }
+  }
   const auth: Interceptor = (next) => async (req) => {
     const token = opts.token();
     if (token) req.header.set("authorization", `Bearer ${token}`);
-    try {
-      return await next(req);
-    } catch (err) {
-      if (err instanceof ConnectError && err.code === Code.Unauthenticated) opts.onUnauthenticated();
-      throw err;
-    }
+    const res = await next(req).catch(refused);
+    return res.stream ? { ...res, message: watched(res.message) } : res;
   };
   // A call the gateway never answers (a frozen process, a half-open connection) ends DEADLINE_EXCEEDED
   // instead of holding its page, and every poll behind it, for good. Long past any answer the gateway

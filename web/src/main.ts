@@ -60,6 +60,9 @@ const skip = h(
 );
 
 function signOut(note?: string): void {
+  // The page's calls end now, not at the next render (a hashchange, a task later): the call that was
+  // refused would otherwise draw its "Signed out" problem into a page still showing the user signed in.
+  page?.abort();
   if (session) sessionStorage.removeItem(`shopmesh.cart.${session.subject}`);
   clearSession();
   session = undefined;
