@@ -128,6 +128,7 @@ function streamSignal(
     const left = (caller?.expiresAt ?? Number.POSITIVE_INFINITY) - Date.now();
     if (left <= 0)
       ac.abort(new ConnectError("the bearer token expired: call again with a fresh one", Code.Unauthenticated));
+    // JWT_MAX_LIFETIME_S allows 30 days, past the longest timer (~24.8): the wait is taken in steps.
     else if (left !== Number.POSITIVE_INFINITY) timer = setTimeout(expire, Math.min(left, MAX_TIMER_MS)).unref();
   };
   if (call.aborted) fromCall();
