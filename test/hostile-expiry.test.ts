@@ -8,7 +8,7 @@ import { createHook } from "node:async_hooks";
 import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { SignJWT } from "jose";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import type { GatewayApp } from "../gateway/app.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
@@ -267,6 +267,36 @@ describe("a stream lasts no longer than its token, attacked", () => {
         expect(w.states[0], w.name).toBe("PENDING");
       }
     } finally {
+      await sys.paymentChaos.setFaults({ faults: {} });
+    }
+  }, 30_000);
+
+  it("a wall clock stepped forward past the token's exp ends its watch soon after, as it refuses the token", async () => {
+    // The gateway reads the faked wall clock from its start (its authenticator keeps Date.now); timers stay real.
+    vi.useFakeTimers({ toFake: ["Date"], shouldAdvanceTime: true });
+    const stepping = await startTestGateway(sys, { JWT_CLOCK_SKEW_S: "0" });
+    const orderId = await slowOrder("olga", "expiry-clock-step", 20_000);
+    try {
+      const bearer = await token("olga", 5 * 60);
+      const watching = watch("Connect/1.1", connect1(stepping.url), orderId, bearer, 12_000);
+      await new Promise((r) => setTimeout(r, 500));
+      // An NTP step, a VM restored: the wall clock, which judges tokens, jumps 10 minutes; timers do not.
+      vi.setSystemTime(Date.now() + 10 * 60_000);
+      const stepped = performance.now();
+      const again = await watch("Connect/1.1", connect1(stepping.url), orderId, bearer, 1_000);
+      expect(again).toMatchObject({
+        code: "Unauthenticated",
+        message: "authentication required: a valid bearer token",
+      });
+      const w = await watching;
+      expect(w).toMatchObject({
+        code: "Unauthenticated",
+        message: "the bearer token expired: call again with a fresh one",
+      });
+      expect(performance.now() - stepped).toBeLessThan(7_000);
+    } finally {
+      vi.useRealTimers();
+      await stepping.stop();
       await sys.paymentChaos.setFaults({ faults: {} });
     }
   }, 30_000);
