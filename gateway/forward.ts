@@ -9,7 +9,6 @@
 import type { DescMethod } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { Metadata, status } from "@grpc/grpc-js";
-import { MAX_TIMER_MS } from "../platform/deadline.js";
 import {
   type CallOptions,
   ERROR_DETAILS,
@@ -109,6 +108,15 @@ export function toConnectError(
 }
 
 /**
+ * Longest a stream goes without reading the wall clock its token is judged by, ms. A timer for the
+ * whole wait follows the monotonic clock, not the wall clock's steps (NTP, a VM restored): a step past
+ * `exp` refused the token to every new call and left its stream open for the rest of the wait (up to
+ * the 30 days JWT_MAX_LIFETIME_S allows — past a timer's longest, too). At most 4,096 streams
+ * (HTTP_MAX_CALLS): ~800 wake-ups a second.
+ */
+const EXPIRY_CHECK_MS = 5_000;
+
+/**
  * A signal aborted (with its reason) when the call's is, the gateway shuts down, or the caller's
  * token expires (UNAUTHENTICATED: a stream lasted as long as its saga, whatever the token said), and
  * `release` to call once it is no longer needed. By hand rather than AbortSignal.any, whose signals
@@ -128,8 +136,7 @@ function streamSignal(
     const left = (caller?.expiresAt ?? Number.POSITIVE_INFINITY) - Date.now();
     if (left <= 0)
       ac.abort(new ConnectError("the bearer token expired: call again with a fresh one", Code.Unauthenticated));
-    // JWT_MAX_LIFETIME_S allows 30 days, past the longest timer (~24.8): the wait is taken in steps.
-    else if (left !== Number.POSITIVE_INFINITY) timer = setTimeout(expire, Math.min(left, MAX_TIMER_MS)).unref();
+    else if (left !== Number.POSITIVE_INFINITY) timer = setTimeout(expire, Math.min(left, EXPIRY_CHECK_MS)).unref();
   };
   if (call.aborted) fromCall();
   else if (shutdown?.aborted) fromShutdown();

@@ -12,7 +12,6 @@ import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import type { GatewayApp } from "../gateway/app.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
-import { MAX_TIMER_MS } from "../platform/deadline.js";
 import { capturedLogger, type System, startSystem, startTestGateway } from "./system.js";
 
 const DAY_S = 86_400;
@@ -30,14 +29,16 @@ function token(subject: string, ttlS: number, extra: { nbf?: number } = {}): Pro
     .sign(new TextEncoder().encode(DEV_JWT_SECRET));
 }
 
-/** Timers alive in this process (the gateway runs in it) set for at least `minMs`. */
-function longTimers(minMs: number) {
+/**
+ * The gateway's token-expiry timers alive in this process (it runs the gateway): streamSignal's
+ * `expire` (gateway/forward.ts), each re-armed until its stream ends.
+ */
+function expiryTimers() {
   const alive = new Set<number>();
   const hook = createHook({
     init(id, type, _trigger, resource) {
-      const timer = resource as { _idleTimeout?: number; _repeat?: number | null };
-      // setTimeout's only: grpc-js keeps a setInterval of this length per channel while calls are queued.
-      if (type === "Timeout" && timer._repeat === null && (timer._idleTimeout ?? 0) >= minMs) alive.add(id);
+      if (type === "Timeout" && (resource as { _onTimeout?: { name?: string } })._onTimeout?.name === "expire")
+        alive.add(id);
     },
     destroy(id) {
       alive.delete(id);
@@ -139,7 +140,7 @@ describe("a stream lasts no longer than its token, attacked", () => {
   }
 
   it("a token of 30 days (past Node's longest timer) keeps its watch open to the saga's end, and leaves no timer", async () => {
-    using timers = longTimers(MAX_TIMER_MS);
+    using timers = expiryTimers();
     const orderId = await slowOrder("frank", "expiry-30-days", 1_500);
     try {
       const long = await token("frank", 30 * DAY_S);
@@ -148,7 +149,7 @@ describe("a stream lasts no longer than its token, attacked", () => {
         watchRest(gw.url, orderId, long),
       ]);
       await new Promise((r) => setTimeout(r, 700));
-      expect(timers.count()).toBe(4); // one per open watch, set for the longest a timer waits
+      expect(timers.count()).toBe(4); // one per open watch
       for (const w of await watching) {
         expect(w, w.name).toMatchObject({ code: "OK" });
         expect(w.states.at(-1), w.name).toBe("CONFIRMED");
@@ -162,7 +163,7 @@ describe("a stream lasts no longer than its token, attacked", () => {
   }, 30_000);
 
   it("500 watches cancelled by their clients after their first state leave no timer behind", async () => {
-    using timers = longTimers(60 * 60_000);
+    using timers = expiryTimers();
     // 500: each is a reset of the gateway's one connection to the order service, which Node 20's
     // nghttp2 closes after 1,000 beyond 33 a second (platform/server.ts; Node 22.10+ allows more).
     const subjects = ["hal", "ida", "jo", "kim", "lou"];
@@ -195,7 +196,7 @@ describe("a stream lasts no longer than its token, attacked", () => {
   }, 40_000);
 
   it("a watch its client leaves, over HTTP/1.1 and REST, leaves no timer behind", async () => {
-    using timers = longTimers(60 * 60_000);
+    using timers = expiryTimers();
     const orderId = await slowOrder("nell", "expiry-leave-h1", 20_000);
     try {
       const bearer = await token("nell", 2 * 60 * 60);
