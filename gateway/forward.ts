@@ -110,9 +110,9 @@ export function toConnectError(
 /**
  * Longest a stream goes without reading the wall clock its token is judged by, ms. A timer for the
  * whole wait follows the monotonic clock, not the wall clock's steps (NTP, a VM restored): a step past
- * `exp` refused the token to every new call and left its stream open for the rest of the wait (up to
- * the 30 days JWT_MAX_LIFETIME_S allows — past a timer's longest, too). At most 4,096 streams
- * (HTTP_MAX_CALLS): ~800 wake-ups a second.
+ * `exp` refused the token to every new call and left its stream open for the rest of the wait, up to
+ * the 30 days JWT_MAX_LIFETIME_S allows. Also well below a timer's longest (~24.8 days). At most
+ * 4,096 streams (HTTP_MAX_CALLS): ~800 wake-ups a second.
  */
 const EXPIRY_CHECK_MS = 5_000;
 

@@ -1,33 +1,25 @@
 /**
  * A stream ends when the token that opened it stops being accepted (docs/security.md, "A stream lasts
  * no longer than its token"), attacked for real (2026-12-06) where test/hostile-identity.test.ts does
- * not: a token past Node's longest timer, streams opened and cancelled by the thousand, the protocols
- * over HTTP/1.1, the access log, the per-principal stream slot, and the gateway's shutdown.
+ * not: a token past Node's longest timer, streams opened and cancelled by the hundred, the protocols
+ * over HTTP/1.1, the access log, the per-principal stream slot, a wall clock stepped past `exp`, and
+ * the gateway's shutdown.
  */
 import { createHook } from "node:async_hooks";
 import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
-import { SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import type { GatewayApp } from "../gateway/app.js";
+import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { capturedLogger, type System, startSystem, startTestGateway } from "./system.js";
 
 const DAY_S = 86_400;
 
-/** A dev-key token for `subject`, valid `ttlS` seconds from now, with more claims if given. */
-function token(subject: string, ttlS: number, extra: { nbf?: number } = {}): Promise<string> {
-  const now = Math.floor(Date.now() / 1000);
-  return new SignJWT({ roles: ["customer"], ...extra })
-    .setProtectedHeader({ alg: "HS256", typ: "JWT" })
-    .setSubject(subject)
-    .setIssuer("shopmesh-dev")
-    .setAudience("shopmesh")
-    .setIssuedAt(now)
-    .setExpirationTime(now + ttlS)
-    .sign(new TextEncoder().encode(DEV_JWT_SECRET));
-}
+const DEV = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
+/** A customer's dev-key token for `subject`, valid `ttlS` seconds from now. */
+const token = (subject: string, ttlS: number) => signDevToken(DEV, subject, ["customer"], ttlS);
 
 /**
  * The gateway's token-expiry timers alive in this process (it runs the gateway): streamSignal's
