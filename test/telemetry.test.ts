@@ -48,7 +48,9 @@ beforeAll(async () => {
         ...metrics,
         PAYMENT_BREAKER_CONSECUTIVE_FAILURES: "3",
         PAYMENT_BREAKER_HALF_OPEN_AFTER_MS: "200",
-        SAGA_STEP_BUDGET_MS: "1000",
+        // Short, for the outage test below to see its order compensate soon; long enough that a
+        // choreographed order's events, on a loaded machine, arrive before it is given up.
+        SAGA_STEP_BUDGET_MS: "3000",
       },
     },
     { log },
