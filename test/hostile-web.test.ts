@@ -616,8 +616,9 @@ describe("an order older than the newest 500 entries of its customer's history",
     await page.goto(`/#/orders/${encodeURIComponent(first)}`);
     await page.locator('[data-testid="order-status"][data-status="CANCELLED"]').waitFor();
     await page.locator('[data-testid="history-state"][data-state="beyond"]').waitFor();
-    // Settled, and past the 8 s the side panels keep refreshing after that: nothing more is read.
-    await new Promise((r) => setTimeout(r, 9_000));
+    // Settled, and past the 8 s the side panels keep refreshing after that (with 2 s for a loaded
+    // machine to report the last of those requests): nothing more is read.
+    await new Promise((r) => setTimeout(r, 10_000));
     const before = reads;
     await new Promise((r) => setTimeout(r, 4_000));
     expect(reads - before).toBe(0);
