@@ -4,12 +4,9 @@
  * was written against. No service runs: an upstream is a closed port, so an admitted call is answered
  * 503 and a refused token 401 — all that is told apart here.
  */
-import http from "node:http";
-import type net from "node:net";
-import { exportJWK, generateKeyPair, type JWK, SignJWT } from "jose";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { silentLogger } from "../platform/index.js";
-import { until } from "../test/events.js";
+import { type JwksServer, startJwks } from "../test/jwks.js";
 import { h1Raw } from "../test/raw.js";
 import { type GatewayApp, startGateway } from "./app.js";
 import { createAuthenticator } from "./auth.js";
@@ -17,59 +14,6 @@ import { loadConfig } from "./config.js";
 
 const CLOSED_UPSTREAM = "127.0.0.1:1";
 const GET_PRODUCT = "/shopmesh.inventory.v1.InventoryService/GetProduct";
-
-/** A JWKS endpoint whose answers (and their delay) the test decides, counting the gateway's fetches. */
-async function startJwks() {
-  const keys: JWK[] = [];
-  type SigningKey = Awaited<ReturnType<typeof generateKeyPair>>["privateKey"];
-  const signers = new Map<string, SigningKey>();
-  /** The issuer adds a key (a rotation): served from the next fetch on. */
-  const addKey = async (kid: string) => {
-    const { publicKey, privateKey } = await generateKeyPair("RS256");
-    keys.push({ ...(await exportJWK(publicKey)), kid, alg: "RS256", use: "sig" });
-    signers.set(kid, privateKey);
-  };
-  await addKey("k1");
-  const state = { fetches: 0, failing: false, delayMs: 0 };
-  const server = http.createServer((_req, res) => {
-    state.fetches++;
-    setTimeout(() => {
-      if (state.failing) res.writeHead(503).end();
-      else res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ keys }));
-    }, state.delayMs);
-  });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}/.well-known/jwks.json`;
-  /** A token for `sub` naming `kid`, signed with that key (k1's if the issuer has none); issued `atMs` (now). */
-  const sign = (sub: string, kid = "k1", atMs = performance.timeOrigin + performance.now()) => {
-    const now = Math.floor(atMs / 1000);
-    return new SignJWT({ roles: ["customer"] })
-      .setProtectedHeader({ alg: "RS256", kid })
-      .setSubject(sub)
-      .setIssuer("shopmesh-dev")
-      .setAudience("shopmesh")
-      .setIssuedAt(now)
-      .setExpirationTime(now + 3600)
-      .sign(signers.get(kid) ?? (signers.get("k1") as SigningKey));
-  };
-  return {
-    url,
-    state,
-    sign,
-    addKey,
-    /** How many fetches came after the `before`th, once one has (or after 5 s: none). */
-    fetchesSince: async (before: number) =>
-      (await until(
-        () => state.fetches,
-        (n) => n > before,
-        5_000,
-      )) - before,
-    close: () => {
-      server.closeAllConnections();
-      return new Promise((r) => server.close(r));
-    },
-  };
-}
 
 /** The gateway's token verifier for the key set at `url`, on `clock`. */
 const jwksVerifier = (url: string, clock: () => number) =>
@@ -99,7 +43,7 @@ async function callWith(port: number, token: string): Promise<number> {
 }
 
 describe("a JWKS endpoint that fails", () => {
-  let jwks: Awaited<ReturnType<typeof startJwks>>;
+  let jwks: JwksServer;
   let gw: GatewayApp;
   beforeAll(async () => {
     jwks = await startJwks();
@@ -158,7 +102,7 @@ describe("a JWKS endpoint that fails", () => {
 });
 
 describe("a JWKS endpoint's key set on the gateway's clock (a review of the above)", () => {
-  let jwks: Awaited<ReturnType<typeof startJwks>>;
+  let jwks: JwksServer;
   let now = Date.now();
   let auth: Awaited<ReturnType<typeof createAuthenticator>>;
   beforeAll(async () => {

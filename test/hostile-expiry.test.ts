@@ -7,13 +7,14 @@
  */
 import { createHook } from "node:async_hooks";
 import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
-import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import type { GatewayApp } from "../gateway/app.js";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
-import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
+import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import { capturedLogger, type System, startSystem, startTestGateway } from "./system.js";
+import { connect1, grpc, grpcWeb1, transports, watch, watchRest } from "./watch.js";
 
 const DAY_S = 86_400;
 
@@ -37,62 +38,6 @@ function expiryTimers() {
     },
   }).enable();
   return { count: () => alive.size, [Symbol.dispose]: () => hook.disable() };
-}
-
-const connect1 = (baseUrl: string) => createConnectTransport({ baseUrl, httpVersion: "1.1" });
-const grpc = (baseUrl: string) => createGrpcTransport({ baseUrl });
-const grpcWeb1 = (baseUrl: string) => createGrpcWebTransport({ baseUrl, httpVersion: "1.1" });
-const transports: Array<[string, (url: string) => Transport]> = [
-  ["Connect/1.1", connect1],
-  ["gRPC", grpc],
-  ["gRPC-Web/1.1", grpcWeb1],
-];
-
-interface Watched {
-  readonly name: string;
-  readonly code: string;
-  readonly message?: string | undefined;
-  readonly states: string[];
-  readonly ms: number;
-}
-
-/** Watches `orderId` with `bearer` over `transport` until the watch ends (or `timeoutMs`). */
-async function watch(name: string, transport: Transport, orderId: string, bearer: string, timeoutMs = 12_000) {
-  const started = Date.now();
-  const states: string[] = [];
-  try {
-    const orders = createClient(OrderService, transport);
-    const headers = { authorization: `Bearer ${bearer}` };
-    for await (const u of orders.watchOrder({ orderId }, { headers, timeoutMs }))
-      states.push(OrderStatus[u.order?.status ?? 0] ?? "?");
-    return { name, code: "OK", states, ms: Date.now() - started } satisfies Watched;
-  } catch (err) {
-    const e = ConnectError.from(err);
-    return { name, code: Code[e.code], message: e.rawMessage, states, ms: Date.now() - started } satisfies Watched;
-  }
-}
-
-/** Watches `orderId` over REST (newline-delimited JSON) until the watch ends (or `timeoutMs`). */
-async function watchRest(url: string, orderId: string, bearer: string, timeoutMs = 12_000): Promise<Watched> {
-  const started = Date.now();
-  const res = await fetch(`${url}/v1/orders/${orderId}:watch`, {
-    headers: { authorization: `Bearer ${bearer}` },
-    signal: AbortSignal.timeout(timeoutMs),
-  });
-  const body = await res.text().catch(() => undefined);
-  if (body === undefined) return { name: "REST", code: "still open", states: [], ms: Date.now() - started };
-  const lines = body
-    .trim()
-    .split("\n")
-    .map((l) => JSON.parse(l) as { result?: { status?: string }; error?: { code?: number; message?: string } });
-  const last = lines.at(-1)?.error;
-  return {
-    name: "REST",
-    code: res.status !== 200 ? `HTTP ${res.status}` : last ? (Code[last.code ?? 0] ?? "?") : "OK",
-    message: last?.message,
-    states: lines.flatMap((l) => (l.result ? [String(l.result.status).replace("ORDER_STATUS_", "")] : [])),
-    ms: Date.now() - started,
-  };
 }
 
 describe("a stream lasts no longer than its token, attacked", () => {
