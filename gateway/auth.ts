@@ -70,10 +70,13 @@ export async function createAuthenticator(c: AuthConfig, clock: () => number = D
     maxTokenAge: c.JWT_MAX_LIFETIME_S,
   };
   const opts = () => ({ ...options, currentDate: new Date(clock()) });
-  let verify: (token: string) => Promise<JWTPayload>;
+  let verify: (token: string) => Promise<{ payload: JWTPayload; keyHeld?: () => boolean }>;
   if (c.JWT_JWKS_URL) {
     const jwks = resilientJwks(new URL(c.JWT_JWKS_URL), clock);
-    verify = async (t) => (await jwtVerify(t, jwks, { ...opts(), algorithms: ["RS256", "ES256"] })).payload;
+    verify = async (t) => {
+      const { payload, key } = await jwtVerify(t, jwks.getKey, { ...opts(), algorithms: ["RS256", "ES256"] });
+      return { payload, keyHeld: await jwks.holder(key) };
+    };
   } else if (c.JWT_PUBLIC_KEY) {
     const alg = c.JWT_PUBLIC_KEY_ALG;
     const key = await importSPKI(c.JWT_PUBLIC_KEY.replaceAll("\\n", "\n"), alg).catch((err: unknown) => {
@@ -83,30 +86,33 @@ export async function createAuthenticator(c: AuthConfig, clock: () => number = D
           (err instanceof Error ? err.message : String(err)),
       );
     });
-    verify = async (t) => (await jwtVerify(t, key, { ...opts(), algorithms: [alg] })).payload;
+    verify = (t) => jwtVerify(t, key, { ...opts(), algorithms: [alg] });
   } else {
     const key = new TextEncoder().encode(c.JWT_SECRET);
-    verify = async (t) => (await jwtVerify(t, key, { ...opts(), algorithms: ["HS256"] })).payload;
+    verify = (t) => jwtVerify(t, key, { ...opts(), algorithms: ["HS256"] });
   }
   // Verified tokens, until they expire (at most a minute): the hot path skips the signature check. A
-  // clock that went back since (an NTP step, a VM restored) re-verifies: the minute is the clock's.
+  // clock that went back since (an NTP step, a VM restored) re-verifies: the minute is the clock's; so
+  // does a token whose key the issuer's set no longer holds (refused then, as its streams end).
   const verified = new Map<string, { identity: Caller; at: number; until: number }>();
   return async (authorization) => {
     const m = /^Bearer ([A-Za-z0-9_\-.]+)$/.exec(authorization ?? "");
     if (!m?.[1]) throw new AuthError(authorization ? "malformed Authorization header" : "missing bearer token");
     const now = clock();
     const hit = verified.get(m[1]);
-    if (hit && hit.at <= now && now < hit.until) return hit.identity;
+    if (hit && hit.at <= now && now < hit.until && hit.identity.keyHeld?.() !== false) return hit.identity;
     let claims: JWTPayload;
+    let keyHeld: (() => boolean) | undefined;
     try {
-      claims = await verify(m[1]);
+      ({ payload: claims, keyHeld } = await verify(m[1]));
     } catch (err) {
       throw new AuthError((err as Error).message);
     }
     const exp = claims.exp as number;
-    const identity = {
+    const identity: Caller = {
       ...identityFromClaims(claims, c.JWT_MAX_LIFETIME_S),
       expiresAt: (exp + c.JWT_CLOCK_SKEW_S) * 1000,
+      ...(keyHeld ? { keyHeld } : {}),
     };
     if (verified.size >= CACHE_LIMIT) verified.clear();
     verified.set(m[1], { identity, at: now, until: Math.min(exp * 1000, now + CACHE_TTL_MS) });

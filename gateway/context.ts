@@ -16,6 +16,12 @@ export const kClient = createContextKey<ClientInfo>({ ip: "", requestId: "" }, {
 export interface Caller extends Identity {
   /** The token's `exp` plus the clock skew tolerated (`JWT_CLOCK_SKEW_S`), ms since the epoch. */
   readonly expiresAt: number;
+  /**
+   * With `JWT_JWKS_URL` only: whether the issuer's key set, as last fetched, still holds the key that
+   * verified the token — false once a fetched set lacks it (a failed fetch changes nothing). Cheap;
+   * also refreshes the set beside the caller when due by age (gateway/jwks.ts).
+   */
+  readonly keyHeld?: () => boolean;
 }
 
 /** Context value: the verified caller (unset for the token-free reflection service). */

@@ -118,8 +118,10 @@ const EXPIRY_CHECK_MS = 5_000;
 
 /**
  * A signal aborted (with its reason) when the call's is, the gateway shuts down, or the caller's
- * token expires (UNAUTHENTICATED: a stream lasted as long as its saga, whatever the token said), and
- * `release` to call once it is no longer needed. By hand rather than AbortSignal.any, whose signals
+ * token expires (UNAUTHENTICATED: a stream lasted as long as its saga, whatever the token said) or its
+ * signing key leaves the issuer's key set (UNAUTHENTICATED, checked at the same ticks: a stream lasted
+ * until `exp` after the key was withdrawn, new calls refused), and `release` to call once it is no
+ * longer needed. By hand rather than AbortSignal.any, whose signals
  * a long-lived source (the gateway's shutdown) kept alive on some Node versions, one per stream ever
  * forwarded.
  */
@@ -136,6 +138,8 @@ function streamSignal(
     const left = (caller?.expiresAt ?? Number.POSITIVE_INFINITY) - Date.now();
     if (left <= 0)
       ac.abort(new ConnectError("the bearer token expired: call again with a fresh one", Code.Unauthenticated));
+    else if (caller?.keyHeld?.() === false)
+      ac.abort(new ConnectError("the bearer token's signing key was withdrawn: sign in again", Code.Unauthenticated));
     else if (left !== Number.POSITIVE_INFINITY) timer = setTimeout(expire, Math.min(left, EXPIRY_CHECK_MS)).unref();
   };
   if (call.aborted) fromCall();

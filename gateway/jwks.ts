@@ -4,11 +4,20 @@
  * refresh due by age runs beside the request instead of in front of it, and a failing endpoint is asked
  * again only after a backoff — not once per request that brings a token (jose's remote set fetched on
  * every one while the endpoint failed, and dropped the keys it had when a refresh at 10 minutes failed).
+ * A stream asks whether the key that verified its token is still in the set (withdrawn: its stream ends).
  */
-import { createLocalJWKSet, errors, type JSONWebKeySet, type JWTVerifyGetKey } from "jose";
+import {
+  calculateJwkThumbprint,
+  createLocalJWKSet,
+  errors,
+  exportJWK,
+  type JSONWebKeySet,
+  type JWTVerifyGetKey,
+  type ResolvedKey,
+} from "jose";
 import { backoffMs } from "../platform/index.js";
 
-/** A key set older than this is refreshed (beside the request that finds it so). */
+/** A key set older than this is refreshed (beside the request, or the stream's check, that finds it so). */
 const REFRESH_AFTER_MS = 10 * 60_000;
 /** The most often a token naming an unknown key (a rotation) makes the set be fetched again. */
 const UNKNOWN_KEY_COOLDOWN_MS = 30_000;
@@ -18,9 +27,46 @@ const STALE_FOR_MS = 24 * 60 * 60_000;
 const FETCH_TIMEOUT_MS = 5_000;
 const MAX_JWKS_BYTES = 1_048_576;
 
-/** A key lookup for `url`'s key set; `clock` is the gateway's. */
-export function resilientJwks(url: URL, clock: () => number = Date.now): JWTVerifyGetKey {
+/** The issuer's key set as the gateway holds it. */
+export interface IssuerKeys {
+  /** The key lookup for jose's `jwtVerify`. */
+  readonly getKey: JWTVerifyGetKey;
+  /**
+   * A check for `key`, one `getKey` gave: whether the set last fetched still holds it (its RFC 7638
+   * thumbprint), false once a fetched set lacks it. A fetch that fails changes nothing. Each call costs
+   * a set lookup, and starts the set's refresh when due by age, beside the caller: so a stream that is
+   * the only traffic still learns of a withdrawal, within the age (10 minutes) and the fetch.
+   */
+  readonly holder: (key: ResolvedKey["key"]) => Promise<() => boolean>;
+}
+
+/**
+ * The RFC 7638 thumbprints of a set's keys, as of the keys jose imports from them (one it cannot read
+ * has none: it verifies nothing). An RSA integer with leading zero bytes (RFC 7518 §6.3.1 forbids them;
+ * issuers send them, and the key imports) is thumbprinted without: as the imported key exports.
+ */
+async function thumbprints(set: JSONWebKeySet): Promise<Set<string>> {
+  const prints = await Promise.all(
+    set.keys.map((k) =>
+      calculateJwkThumbprint(k.kty === "RSA" ? { ...k, n: minimal(k.n), e: minimal(k.e) } : k).catch(() => ""),
+    ),
+  );
+  return new Set(prints.filter((p) => p !== ""));
+}
+
+/** A base64url big-endian integer without leading zero bytes. */
+function minimal(n: string | undefined): string | undefined {
+  if (n === undefined) return n;
+  const bytes = Buffer.from(n, "base64url");
+  const first = bytes.findIndex((b) => b !== 0);
+  return first <= 0 ? n : bytes.subarray(first).toString("base64url");
+}
+
+/** A key lookup for `url`'s key set, and the check streams make of it; `clock` is the gateway's. */
+export function resilientJwks(url: URL, clock: () => number = Date.now): IssuerKeys {
   let local: JWTVerifyGetKey | undefined;
+  let held = new Set<string>();
+  const printOf = new WeakMap<ResolvedKey["key"], string>();
   let fetchedAt = Number.NEGATIVE_INFINITY;
   let triedAt = Number.NEGATIVE_INFINITY;
   let failures = 0;
@@ -34,7 +80,10 @@ export function resilientJwks(url: URL, clock: () => number = Date.now): JWTVeri
       if (Number(res.headers.get("content-length") ?? 0) > MAX_JWKS_BYTES) throw new Error("the key set is too large");
       const text = await res.text();
       if (text.length > MAX_JWKS_BYTES) throw new Error("the key set is too large");
-      local = createLocalJWKSet(JSON.parse(text) as JSONWebKeySet);
+      const set = JSON.parse(text) as JSONWebKeySet;
+      const next = createLocalJWKSet(set);
+      held = await thumbprints(set);
+      local = next;
       fetchedAt = clock();
       failures = 0;
     } catch (err) {
@@ -60,16 +109,18 @@ export function resilientJwks(url: URL, clock: () => number = Date.now): JWTVeri
   /** Whether a failing endpoint may be asked again yet, and an answering one about an unknown key. */
   const mayFetch = (cooldownMs: number) =>
     past(triedAt, failures > 0 ? backoffMs(failures, 1_000, 5 * 60_000) : cooldownMs);
+  /** Refreshes a set due by age beside the caller: the keys held go on verifying meanwhile. */
+  const refreshIfDue = () => {
+    if (past(fetchedAt, REFRESH_AFTER_MS) && mayFetch(0)) refresh().catch(() => {});
+  };
 
-  return async (header, token) => {
+  const getKey: JWTVerifyGetKey = async (header, token) => {
     if (local && clock() - fetchedAt > STALE_FOR_MS) local = undefined;
     if (!local) {
       if (!inflight && !mayFetch(0))
         throw new errors.JWKSInvalid("the issuer's key set is unavailable; retrying later");
       await refresh();
-    } else if (past(fetchedAt, REFRESH_AFTER_MS) && mayFetch(0)) {
-      refresh().catch(() => {}); // the keys held go on verifying meanwhile
-    }
+    } else refreshIfDue();
     try {
       return await (local as JWTVerifyGetKey)(header, token);
     } catch (err) {
@@ -81,4 +132,17 @@ export function resilientJwks(url: URL, clock: () => number = Date.now): JWTVeri
       return (local as JWTVerifyGetKey)(header, token);
     }
   };
+  const holder = async (key: ResolvedKey["key"]) => {
+    let print = printOf.get(key);
+    if (print === undefined) {
+      print = await calculateJwkThumbprint(await exportJWK(key));
+      printOf.set(key, print); // jose gives one key object per key of a set fetched: exported once
+    }
+    const p = print;
+    return () => {
+      refreshIfDue();
+      return held.has(p);
+    };
+  };
+  return { getKey, holder };
 }
