@@ -121,9 +121,8 @@ const EXPIRY_CHECK_MS = 5_000;
  * token expires (UNAUTHENTICATED: a stream lasted as long as its saga, whatever the token said) or its
  * signing key leaves the issuer's key set (UNAUTHENTICATED, checked at the same ticks: a stream lasted
  * until `exp` after the key was withdrawn, new calls refused), and `release` to call once it is no
- * longer needed. By hand rather than AbortSignal.any, whose signals
- * a long-lived source (the gateway's shutdown) kept alive on some Node versions, one per stream ever
- * forwarded.
+ * longer needed. By hand rather than AbortSignal.any, whose signals a long-lived source (the gateway's
+ * shutdown) kept alive on some Node versions, one per stream ever forwarded.
  */
 function streamSignal(
   call: AbortSignal,
