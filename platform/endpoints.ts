@@ -19,12 +19,15 @@ import type { DescService } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Tracer } from "@opentelemetry/api";
-import { type CircuitBreakerPolicy, CircuitState } from "cockatiel";
+import { CircuitState } from "cockatiel";
+import { Health } from "../gen/health/v1/health_pb.js";
 import { RpcError } from "./errors.js";
 import { type BytesClient, type Client, createChannel, createClient } from "./grpc-client.js";
 import { createH2BytesClient } from "./h2-bytes.js";
+import { healthProbe, type WatchedBreaker, watchIdleCircuit } from "./idle-probe.js";
 import { addressChange } from "./instances.js";
 import type { Logger } from "./log.js";
+import type { Circuit } from "./policy.js";
 import { detached } from "./propagation.js";
 import { REGISTRY_SCHEME, requireServiceName } from "./registry.js";
 import { watchInstances } from "./registry-watch.js";
@@ -35,7 +38,8 @@ export const DNS_REFRESH_MS = 5_000;
 /** One instance: its address, connection, circuit and typed client. */
 export interface Endpoint<S extends DescService> {
   readonly address: string;
-  readonly breaker: CircuitBreakerPolicy;
+  /** Its circuit, probed with its health check when open and offered no call (idle-probe.ts). */
+  readonly breaker: WatchedBreaker;
   /** Unary calls over `bytes` when the instance is a host:port, streams over grpc-js. */
   readonly client: Client<S>;
   /** The same unary calls on encoded messages. */
@@ -72,7 +76,7 @@ export interface EndpointsOptions<S extends DescService> {
   readonly downstream: string;
   readonly service: S;
   readonly log: Logger;
-  readonly newBreaker: () => CircuitBreakerPolicy;
+  readonly newBreaker: () => Circuit;
   readonly tracer?: Tracer;
   /** An instance's circuit changed state. */
   readonly onBreakerChange?: (address: string, state: BreakerName) => void;
@@ -146,25 +150,41 @@ export class Endpoints<S extends DescService> {
     const h2 = /^[\w.-]+:\d+$|^\[[\da-f:]+\]:\d+$/i.test(hostPort)
       ? createH2BytesClient(this.o.service, hostPort, this.o.tracer)
       : undefined;
-    const breaker = this.o.newBreaker();
-    breaker.onStateChange((s) => {
+    const circuit = this.o.newBreaker();
+    const health = createClient(Health, channel, undefined, h2?.bytesOf(Health));
+    const watch = watchIdleCircuit(circuit.breaker, {
+      afterMs: circuit.probeAfterMs,
+      probe: healthProbe(health, this.o.service.typeName, circuit.probeTimeoutMs),
+      probation: circuit.probation,
+    });
+    let gone = false;
+    circuit.breaker.onStateChange((s) => {
+      // A departed instance's circuit (its probe cancelled) is no one's concern.
+      if (gone) return;
       const name = BREAKER_NAMES[s];
       const log = this.o.log.child({ endpoint: address });
+      const why = watch.probing() ? { probe: `${Health.typeName}/Check` } : {};
       // Outside the trace of the call that tipped it, as the downstream's own line (resilience.ts).
       detached(() =>
-        (s === CircuitState.Closed ? log.info : log.warn).call(log, { breaker: name }, `endpoint circuit ${name}`),
+        (s === CircuitState.Closed ? log.info : log.warn).call(
+          log,
+          { breaker: name, ...why },
+          `endpoint circuit ${name}`,
+        ),
       );
       this.o.onBreakerChange?.(address, name);
     });
     return {
       address,
-      breaker,
+      breaker: watch.breaker,
       client: createClient(this.o.service, channel, this.o.tracer, h2?.bytes),
       bytes: h2?.bytes ?? unsupportedBytes(this.o.service, address),
       failing: () =>
         h2?.failing() === true ||
         channel.getChannel().getConnectivityState(false) === grpc.connectivityState.TRANSIENT_FAILURE,
       close: () => {
+        gone = true;
+        watch.stop();
         h2?.close();
         if (owned) channel.close();
       },

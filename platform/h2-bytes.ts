@@ -34,6 +34,8 @@ const CALL_EVENTS = ["response", "trailers", "data", "error"] as const;
 /** A bytes client over one lazily opened HTTP/2 session to `host:port`. */
 export interface H2BytesClient {
   readonly bytes: BytesClient;
+  /** Unary calls of another service of the same instance over the same session, untraced (its health check: idle-probe.ts). */
+  bytesOf(service: DescService): BytesClient;
   /** Whether its connection failed (refused, reset) within the last second and none is up since. */
   failing(): boolean;
   close(): void;
@@ -122,9 +124,9 @@ export function createH2BytesClient(service: DescService, address: string, trace
     return s;
   };
 
-  const unary = (m: DescMethod) => {
+  const unary = (m: DescMethod, traced: Tracer | undefined) => {
     const path = methodPath(m);
-    const tracing = callTracing(m, tracer);
+    const tracing = callTracing(m, traced);
     return (message: Uint8Array, opts: CallOptions = {}) =>
       new Promise<Uint8Array>((resolve, reject) => {
         if (closed) return reject(rpcError(status.UNAVAILABLE, "client closed"));
@@ -232,10 +234,11 @@ export function createH2BytesClient(service: DescService, address: string, trace
       });
   };
 
-  const bytes: Record<string, unknown> = {};
-  for (const m of service.methods) if (m.methodKind === "unary") bytes[m.localName] = unary(m);
+  const bytesOf = (of: DescService, traced?: Tracer): BytesClient =>
+    Object.fromEntries(of.methods.filter((m) => m.methodKind === "unary").map((m) => [m.localName, unary(m, traced)]));
   return {
-    bytes: bytes as BytesClient,
+    bytes: bytesOf(service, tracer),
+    bytesOf: (of) => bytesOf(of),
     // For a second only: after that a call may try the instance again (it may be back).
     failing: () => failedAt !== undefined && performance.now() - failedAt < 1_000,
     close: () => {

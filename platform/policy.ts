@@ -18,6 +18,7 @@ import {
 } from "cockatiel";
 import { type EnvReader, int, num } from "./config.js";
 import { RpcError } from "./errors.js";
+import { Probation } from "./idle-probe.js";
 
 /** How calls to one downstream are protected. Times in ms. */
 export interface PolicyConfig {
@@ -258,26 +259,37 @@ class SteadySamplingBreaker implements IBreaker {
   }
 }
 
-/** A circuit breaker of this policy (one per downstream instance): consecutive failures, or a failure ratio in a window. */
-export function breakerOf(config: PolicyConfig): CircuitBreakerPolicy {
-  return circuitBreaker(
+/** One instance's circuit: its breaker, and what probes it when no call comes (idle-probe.ts). */
+export interface Circuit {
+  readonly breaker: CircuitBreakerPolicy;
+  /** Its failure counting, put on probation when a probe closes it. */
+  readonly probation: Probation;
+  /** Open and offered no call this long (its half-open wait), it is probed, ms. */
+  readonly probeAfterMs: number;
+  /** The probe's deadline (a call's per-attempt timeout), ms. */
+  readonly probeTimeoutMs: number;
+}
+
+/** A circuit of this policy (one per downstream instance): consecutive failures, or a failure ratio in a window. */
+export function breakerOf(config: PolicyConfig): Circuit {
+  const probation = new Probation(
+    config.breakerFailureRatio > 0
+      ? new SteadySamplingBreaker({
+          threshold: config.breakerFailureRatio,
+          duration: config.breakerWindowMs,
+          minimumRps: 1,
+        })
+      : new ConsecutiveBreaker(config.breakerConsecutiveFailures),
+  );
+  const breaker = circuitBreaker(
     handleWhen(
       (e) =>
         e instanceof RpcError &&
         !(e instanceof CallerDeadlineError || e instanceof StalledAttemptError) &&
         (FAILURE_CODES.has(e.code) || e.broken),
     ),
-    {
-      // A factory: each opening's wait starts when it opens.
-      halfOpenAfter: { next: () => monotonicHalfOpen(config.breakerHalfOpenAfterMs) },
-      breaker:
-        config.breakerFailureRatio > 0
-          ? new SteadySamplingBreaker({
-              threshold: config.breakerFailureRatio,
-              duration: config.breakerWindowMs,
-              minimumRps: 1,
-            })
-          : new ConsecutiveBreaker(config.breakerConsecutiveFailures),
-    },
+    // A factory: each opening's wait starts when it opens.
+    { halfOpenAfter: { next: () => monotonicHalfOpen(config.breakerHalfOpenAfterMs) }, breaker: probation },
   );
+  return { breaker, probation, probeAfterMs: config.breakerHalfOpenAfterMs, probeTimeoutMs: config.timeoutMs };
 }

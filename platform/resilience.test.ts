@@ -28,6 +28,7 @@ import {
 } from "./policy.js";
 import { createResilientClient, type PolicyEvents, type ResilientClient } from "./resilience.js";
 import { bind, type RunningServer, startGrpcServer } from "./server.js";
+import { createTelemetry } from "./telemetry.js";
 
 /** What the fake downstream does with one call. */
 type Behaviour = { kind: "ok" } | { kind: "fail"; code: Code } | { kind: "delay"; ms: number };
@@ -58,6 +59,23 @@ async function eventually(cond: () => boolean, ms: number): Promise<boolean> {
   const until = performance.now() + ms;
   while (!cond() && performance.now() < until) await sleep(10);
   return cond();
+}
+
+/**
+ * Calls `client` every 20 ms while `more()` and for at most `ms`, each failing UNAVAILABLE (refused by an
+ * open circuit, or its failing half-open probe): an open circuit calls come to is not probed by its
+ * instance's health check (idle-probe.ts), one of the calls is.
+ */
+async function keepCalling(
+  client: ResilientClient<typeof InventoryService>,
+  more: () => boolean,
+  ms: number,
+): Promise<void> {
+  const until = performance.now() + ms;
+  while (performance.now() < until && more()) {
+    await expectRpcError(client.getProduct(req), Code.UNAVAILABLE);
+    await sleep(20);
+  }
 }
 
 /** Counts calls and behaves as scripted: queued behaviours first, then the standing one. */
@@ -380,8 +398,9 @@ describe("circuit breaker (consecutive failures)", () => {
     for (let i = 0; i < 3; i++) await expectRpcError(client.getProduct(req), Code.UNAVAILABLE);
     expect(client.state().breaker).toBe("open");
 
-    await sleep(250);
-    await expectRpcError(client.getProduct(req), Code.UNAVAILABLE);
+    // Calls keep coming (refused while open): the first past the wait is the probe. (A circuit no call
+    // comes to is probed with the instance's health check instead: "an open circuit no call comes to".)
+    await keepCalling(client, () => fake.calls === 3, 5_000);
     expect(fake.calls).toBe(4);
     expect(client.state().breaker).toBe("open");
     expect(changes).toEqual(["open", "half-open", "open"]);
@@ -663,12 +682,15 @@ describe("regressions", () => {
     const client = resilient("inventory", InventoryService, server, {
       retryMaxAttempts: 1,
       breakerConsecutiveFailures: 1,
-      breakerHalfOpenAfterMs: 100,
+      breakerHalfOpenAfterMs: 400,
     });
     fake.always(fail(Code.UNAVAILABLE));
     await expectRpcError(client.getProduct(req), Code.UNAVAILABLE);
+    const openedAt = performance.now();
     expect(client.state().breaker).toBe("open");
-    await sleep(150);
+    // Calls refused for a while, so that past the wait the circuit is not yet probed by its health check.
+    await keepCalling(client, () => true, 250);
+    await sleep(450 - (performance.now() - openedAt));
 
     await expectRpcError(client.getProduct(req, { deadline: Date.now() - 1 }), Code.DEADLINE_EXCEEDED);
     expect(fake.calls).toBe(1);
@@ -855,5 +877,151 @@ describe("per instance", () => {
     ).toEqual([]);
     expect(b.fake.calls).toBeGreaterThanOrEqual(20);
     expect(client.state().breaker).toBe("closed");
+  });
+});
+
+describe("an open circuit no call comes to (idle-probe.ts)", () => {
+  const H = 200;
+  const policy: Partial<PolicyConfig> = {
+    retryMaxAttempts: 1,
+    breakerConsecutiveFailures: 2,
+    breakerHalfOpenAfterMs: H,
+  };
+
+  /** Inventory on a port it can be started on again after a stop (a process that died and came back). */
+  async function restartable() {
+    const fake = new FakeDownstream();
+    let server: RunningServer | undefined;
+    const start = async (port: number) => {
+      server = await startGrpcServer({
+        host: "127.0.0.1",
+        port,
+        services: [bind(InventoryService, inventoryImpl(fake))],
+        log: silentLogger(),
+      });
+      return server;
+    };
+    const { port } = await start(0);
+    cleanups.push(() => server?.stop(0));
+    return { fake, port, server: () => server as RunningServer, restart: () => start(port) };
+  }
+
+  /** A client of `port` by address (its unary calls over the plain HTTP/2 session) with its gauges in `telemetry`. */
+  function client(port: number, events?: PolicyEvents) {
+    const telemetry = createTelemetry("test");
+    const c = createResilientClient(
+      "inventory",
+      InventoryService,
+      `127.0.0.1:${port}`,
+      { ...BASE, ...policy },
+      silentLogger(),
+      { events, telemetry },
+    );
+    cleanups.push(() => c.close());
+    const gauge = async (name: string) =>
+      (await telemetry.metrics.registry.getSingleMetric(name)?.get())?.values.find(
+        (v) => v.labels.downstream === "inventory",
+      )?.value;
+    return { c, gauge };
+  }
+
+  it("closes by itself once the instance is back, with no call after the outage: state and gauges say closed", async () => {
+    const ds = await restartable();
+    const { c, gauge } = client(ds.port);
+    await ds.server().stop(0);
+    for (let i = 0; i < 2; i++) await expectRpcError(c.getProduct(req), Code.UNAVAILABLE);
+    expect(c.state().breaker).toBe("open");
+    expect(await gauge("circuit_breaker_state")).toBe(1);
+
+    await ds.restart();
+    await sleep(H * 5);
+    // No call was made since: the instance's health check was the probe.
+    expect(c.state().breaker).toBe("closed");
+    expect(await gauge("circuit_breaker_state")).toBe(0);
+    expect(await gauge("endpoint_circuit_breaker_state")).toBe(0);
+    expect(ds.fake.calls).toBe(0);
+    await expect(c.getProduct(req)).resolves.toBeDefined();
+    expect(ds.fake.calls).toBe(1);
+  });
+
+  /** A listener on `port` that counts the connections made to it and drops each at once (an instance that is not there). */
+  async function refusing(port: number) {
+    let connections = 0;
+    const listener = createServer((socket) => {
+      connections++;
+      socket.on("error", () => {});
+      socket.destroy();
+    });
+    await new Promise<void>((r) => listener.listen(port, "127.0.0.1", r));
+    const close = () => new Promise<void>((r) => listener.close(() => r()));
+    cleanups.push(close);
+    return { connections: () => connections, close };
+  }
+
+  it("stays open while the instance is unreachable, probing it at most once per half-open wait", async () => {
+    const ds = await restartable();
+    const changes: string[] = [];
+    const { c, gauge } = client(ds.port, { onBreakerStateChange: (_d, s) => changes.push(s) });
+    await ds.server().stop(0);
+    const gone = await refusing(ds.port);
+    for (let i = 0; i < 2; i++) await expectRpcError(c.getProduct(req), Code.UNAVAILABLE);
+    const opened = gone.connections();
+    const openedAt = performance.now();
+
+    await sleep(H * 6);
+    const probes = gone.connections() - opened;
+    const waits = (performance.now() - openedAt) / H;
+    // Each probe's failure opened it for another full wait: no more than one per wait, and it did probe.
+    expect(probes).toBeGreaterThanOrEqual(2);
+    expect(probes).toBeLessThanOrEqual(Math.floor(waits));
+    expect(await gauge("circuit_breaker_state")).not.toBe(0);
+    expect(changes.filter((s) => s === "closed")).toEqual([]);
+    expect(changes.filter((s) => s === "half-open").length).toBe(probes);
+
+    await gone.close();
+    await ds.restart();
+    await expect.poll(() => c.state().breaker, { timeout: H * 5, interval: 10 }).toBe("closed");
+    expect(ds.fake.calls).toBe(0);
+  });
+
+  it("stays open while the instance answers its health check NOT_SERVING, closes once it is ready", async () => {
+    const ds = await restartable();
+    const { c } = client(ds.port);
+    await ds.server().stop(0);
+    for (let i = 0; i < 2; i++) await expectRpcError(c.getProduct(req), Code.UNAVAILABLE);
+    // Back, but its database unreachable (platform/health.ts): not ready.
+    (await ds.restart()).setReady(false);
+    await sleep(H * 4);
+    expect(c.state().breaker).not.toBe("closed");
+
+    ds.server().setReady(true);
+    await expect.poll(() => c.state().breaker, { timeout: H * 5, interval: 10 }).toBe("closed");
+    expect(ds.fake.calls).toBe(0);
+  });
+
+  it("a circuit a probe closed opens again at the first call that fails, as after a half-open probe", async () => {
+    const ds = await restartable();
+    const changes: string[] = [];
+    const { c } = client(ds.port, { onBreakerStateChange: (_d, s) => changes.push(s) });
+    // Ready, yet failing its calls (as payment under a fault injected "down"): its health check passes.
+    ds.fake.always(fail(Code.UNAVAILABLE));
+    for (let i = 0; i < 2; i++) await expectRpcError(c.getProduct(req), Code.UNAVAILABLE);
+    await expect.poll(() => c.state().breaker, { timeout: H * 5, interval: 10 }).toBe("closed");
+    expect(changes).toEqual(["open", "half-open", "closed"]);
+
+    // One failure, not breakerConsecutiveFailures: the first call is the real probe.
+    await expectRpcError(c.getProduct(req), Code.UNAVAILABLE);
+    expect(c.state().breaker).toBe("open");
+    expect(ds.fake.calls).toBe(3);
+    await expectRpcError(c.getProduct(req), Code.UNAVAILABLE);
+    expect(ds.fake.calls).toBe(3);
+
+    // A call that succeeds ends the probation: it takes breakerConsecutiveFailures again to open.
+    ds.fake.always(OK);
+    await expect.poll(() => c.state().breaker, { timeout: H * 5, interval: 10 }).toBe("closed");
+    await c.getProduct(req);
+    ds.fake.always(fail(Code.UNAVAILABLE));
+    await expectRpcError(c.getProduct(req), Code.UNAVAILABLE);
+    expect(c.state().breaker).toBe("closed");
   });
 });

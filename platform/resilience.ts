@@ -20,7 +20,8 @@
  *    `breakerFailureRatio` > 0, on that failure ratio in a sliding window);
  *    while open, calls skip it for the other instances; after
  *    `breakerHalfOpenAfterMs` one probe call decides between closed and open
- *    again. Only when every instance's circuit is open do calls fail fast
+ *    again — when no call comes, the instance's health check (idle-probe.ts).
+ *    Only when every instance's circuit is open do calls fail fast
  *    with UNAVAILABLE, without touching the network;
  * 4. timeout — each attempt is a gRPC call with deadline
  *    min(now + timeoutMs, caller's deadline): the deadline travels to the
