@@ -10,6 +10,7 @@ import type { ConsumerSpec } from "./consumer-spec.js";
 import type { Logger } from "./log.js";
 import { checkOutboxTable, type Outbox } from "./outbox.js";
 import { OutboxRelay } from "./relay.js";
+import { readWithin } from "./scrape-read.js";
 import type { Db } from "./sql.js";
 import type { Telemetry } from "./telemetry.js";
 
@@ -109,16 +110,10 @@ export async function startEventing(opts: EventingOptions): Promise<Eventing> {
 
 /**
  * What `durable` has yet to acknowledge (JetStream's num_pending + num_ack_pending), or undefined when
- * NATS does not say within a second: a scrape never waits on a NATS outage (the outbox's gauges tell it).
+ * NATS does not say within a second (scrape-read.ts).
  */
 async function pendingOf(bus: Bus, stream: string, durable: string): Promise<number | undefined> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<undefined>((resolve) => {
-    timer = setTimeout(() => resolve(undefined), 1_000);
-  });
-  const info = await Promise.race([bus.jsm.consumers.info(stream, durable), late])
-    .catch(() => undefined)
-    .finally(() => clearTimeout(timer));
+  const info = await readWithin(bus.jsm.consumers.info(stream, durable));
   return info && info.num_pending + info.num_ack_pending;
 }
 
