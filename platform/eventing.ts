@@ -7,6 +7,7 @@ import type { EventCatalogue } from "./catalogue.js";
 import type { FaultInjector } from "./chaos.js";
 import { type RunningConsumer, startConsumer } from "./consumer.js";
 import type { ConsumerSpec } from "./consumer-spec.js";
+import { watchDropped } from "./dropped-unread.js";
 import type { Logger } from "./log.js";
 import { checkOutboxTable, type Outbox } from "./outbox.js";
 import { OutboxRelay } from "./relay.js";
@@ -83,6 +84,16 @@ export async function startEventing(opts: EventingOptions): Promise<Eventing> {
   for (const c of opts.consumers ?? []) {
     // Counted from 0, not from the first letter: increase() sees that one too (ShopmeshDeadLetters).
     opts.telemetry?.metrics.deadLetters.inc({ consumer: c.durable }, 0);
+    opts.telemetry?.metrics.eventsDroppedUnread.inc({ consumer: c.durable }, 0);
+    const dropped = watchDropped({
+      bus,
+      stream: c.stream,
+      durable: c.durable,
+      log: opts.log,
+      count: (n) => opts.telemetry?.metrics.eventsDroppedUnread.inc({ consumer: c.durable }, n),
+    });
+    // Before it pulls: the first pull moves the durable past what the stream dropped, out of sight.
+    await dropped();
     consumers.push(
       await startConsumer({
         ...c,
@@ -96,6 +107,7 @@ export async function startEventing(opts: EventingOptions): Promise<Eventing> {
       }),
     );
     opts.telemetry?.metrics.trackPending(c.durable, () => pendingOf(bus, c.stream, c.durable));
+    opts.telemetry?.metrics.trackDropped(c.durable, dropped);
   }
   return {
     bus,

@@ -22,6 +22,8 @@ interface Sources {
   backlog?: () => { count: number; oldestAgeMs: number };
   /** Per consumer, the events its stream holds for it unacknowledged; undefined when that cannot be read. */
   pending: Map<string, () => Promise<number | undefined>>;
+  /** Per consumer, the check that counts what its stream dropped before it read it (dropped-unread.ts). */
+  dropped: Map<string, () => Promise<void>>;
 }
 
 const BREAKER_VALUE: Record<string, number> = { closed: 0, open: 1, "half-open": 2, isolated: 3 };
@@ -217,6 +219,15 @@ function eventMetrics(r: Registers, sources: Sources) {
       },
       ...r,
     }),
+    eventsDroppedUnread: new Counter({
+      name: "events_dropped_unread_total",
+      help: "Events a consumer's stream dropped (its size or age bound) before the consumer read them, per consumer; checked at its start and at each scrape",
+      labelNames: ["consumer"],
+      async collect() {
+        await Promise.all([...sources.dropped.values()].map((check) => check()));
+      },
+      ...r,
+    }),
     eventLag: new Histogram({
       name: "event_consumer_lag_seconds",
       help: "Time from an event's commit to its handling (for history: the read model's lag)",
@@ -235,7 +246,7 @@ export function createMetrics(service: string) {
   // woke each process ~100 times a second, idle or not, for a histogram read every scrape.
   collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: 100 });
   const r = { registers: [registry] };
-  const sources: Sources = { downstreams: new Map(), pending: new Map() };
+  const sources: Sources = { downstreams: new Map(), pending: new Map(), dropped: new Map() };
   return {
     registry,
     /** Samples a downstream's breaker and bulkhead at every scrape. */
@@ -253,6 +264,10 @@ export function createMetrics(service: string) {
     /** Samples what `consumer` has yet to acknowledge at every scrape. */
     trackPending(consumer: string, pending: () => Promise<number | undefined>) {
       sources.pending.set(consumer, pending);
+    },
+    /** Runs `check` (it counts on `eventsDroppedUnread` itself) for `consumer` at every scrape. */
+    trackDropped(consumer: string, check: () => Promise<void>) {
+      sources.dropped.set(consumer, check);
     },
     ...callMetrics(r),
     ...resilienceMetrics(r, sources),
