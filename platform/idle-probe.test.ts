@@ -189,6 +189,18 @@ describe("healthProbe", () => {
     expect((err as RpcError).code).toBe(status.UNAVAILABLE);
   });
 
+  it.each([
+    ["UNIMPLEMENTED (no health service)", status.UNIMPLEMENTED],
+    ["NOT_FOUND (another service on its port)", status.NOT_FOUND],
+    ["CANCELLED", status.CANCELLED],
+  ])("fails UNAVAILABLE on an error the breaker would not count: %s", async (_name, code) => {
+    const answer = new RpcError(code, "no", new Metadata());
+    const err = await healthProbe(health(answer).client, "s", 250)(new AbortController().signal).catch((e) => e);
+    expect(err).toBeInstanceOf(RpcError);
+    expect((err as RpcError).code).toBe(status.UNAVAILABLE);
+    expect((err as RpcError).cause).toBe(answer);
+  });
+
   it("fails with the call's own error (unreachable, timed out) as it is", async () => {
     const down = new RpcError(status.DEADLINE_EXCEEDED, "slow", new Metadata());
     await expect(healthProbe(health(down).client, "s", 250)(new AbortController().signal)).rejects.toBe(down);

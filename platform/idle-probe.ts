@@ -16,6 +16,7 @@ import { BrokenCircuitError, type CircuitBreakerPolicy, CircuitState, type IBrea
 import { type Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/health_pb.js";
 import { RpcError } from "./errors.js";
 import type { CallOptions, Client } from "./grpc-client.js";
+import { FAILURE_CODES } from "./policy.js";
 import { detached } from "./propagation.js";
 
 /** A probe refused by the breaker a millisecond early (cockatiel reads whole ms of the wall clock) is tried again after this, ms. */
@@ -141,7 +142,7 @@ export function watchIdleCircuit(
 
 /**
  * A probe that asks `health` whether `service` is SERVING (its readiness), with a deadline of
- * `timeoutMs`: any other status is UNAVAILABLE, a failure to the breaker; an error is the call's own.
+ * `timeoutMs`: anything else — another status, or an error — is UNAVAILABLE, a failure to the breaker.
  */
 export function healthProbe(
   health: Client<typeof Health>,
@@ -150,7 +151,13 @@ export function healthProbe(
 ): (signal: AbortSignal) => Promise<void> {
   return async (signal) => {
     const opts: CallOptions = { timeoutMs, signal };
-    const { status: serving } = await health.check({ service }, opts);
+    // Only SERVING closes the circuit. cockatiel closes a half-open one on an error its policy does not
+    // count: UNIMPLEMENTED (no health service) or NOT_FOUND (its port taken by another service) closed it.
+    const { status: serving } = await health.check({ service }, opts).catch((err: unknown) => {
+      if (err instanceof RpcError && (FAILURE_CODES.has(err.code) || err.broken)) throw err;
+      const why = err instanceof Error ? err.message : String(err);
+      throw new RpcError(status.UNAVAILABLE, `health check of ${service}: ${why}`, new Metadata(), { cause: err });
+    });
     if (serving !== HealthCheckResponse_ServingStatus.SERVING) {
       const name = HealthCheckResponse_ServingStatus[serving];
       throw new RpcError(status.UNAVAILABLE, `health check of ${service}: ${name}`, new Metadata());

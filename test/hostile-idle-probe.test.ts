@@ -1,0 +1,174 @@
+/**
+ * The idle circuit's probe (platform/idle-probe.ts, docs/resilience.md "An open circuit no call comes
+ * to"), attacked over real gRPC: real servers on ephemeral ports, a real HTTP/2 listener that takes a
+ * stream and never answers, a plain grpc-js server with no health service. Each test opens a client's
+ * circuit on an instance, then leaves it with no call.
+ */
+import http2 from "node:http2";
+import type { AddressInfo } from "node:net";
+import * as grpc from "@grpc/grpc-js";
+import { afterEach, describe, expect, it } from "vitest";
+import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
+import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
+import { Code, ServiceError } from "../platform/errors.js";
+import { grpcHandlers, grpcServiceDefinition } from "../platform/grpc.js";
+import { silentLogger } from "../platform/log.js";
+import { DEFAULT_POLICY, type PolicyConfig } from "../platform/policy.js";
+import { createResilientClient, type PolicyEvents } from "../platform/resilience.js";
+import { bind, startGrpcServer } from "../platform/server.js";
+import { expectRpcError } from "./rpc.js";
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+const H = 200;
+const POLICY: PolicyConfig = {
+  ...DEFAULT_POLICY,
+  timeoutMs: 300,
+  retryMaxAttempts: 1,
+  breakerConsecutiveFailures: 2,
+  breakerFailureRatio: 0,
+  breakerHalfOpenAfterMs: H,
+};
+const req = { productId: "p-1" };
+
+const cleanups: (() => unknown)[] = [];
+afterEach(async () => {
+  for (const step of cleanups.splice(0).reverse()) await step();
+});
+
+function client(target: string, events?: PolicyEvents, policy: Partial<PolicyConfig> = {}) {
+  const c = createResilientClient("inventory", InventoryService, target, { ...POLICY, ...policy }, silentLogger(), {
+    events,
+  });
+  cleanups.push(() => c.close());
+  return c;
+}
+
+/** Inventory whose every call fails `code` and counts, its health as `ready` says. */
+async function failingInventory(code = Code.UNAVAILABLE) {
+  const state = { calls: 0, fail: true };
+  const unary = async () => {
+    state.calls++;
+    await sleep(20);
+    if (state.fail) throw new ServiceError(code, "scripted failure");
+    return {};
+  };
+  const server = await startGrpcServer({
+    host: "127.0.0.1",
+    port: 0,
+    services: [
+      bind(InventoryService, {
+        listProducts: unary,
+        getProduct: unary,
+        reserveStock: unary,
+        releaseStock: unary,
+        restock: unary,
+      }),
+    ],
+    log: silentLogger(),
+  });
+  cleanups.push(() => server.stop(0));
+  return { state, server, target: `127.0.0.1:${server.port}` };
+}
+
+describe("what the health check answers", () => {
+  it("an instance that does not serve the service (its health check NOT_FOUND) stays open", async () => {
+    const inv = await failingInventory();
+    const changes: string[] = [];
+    const c = client(inv.target, { onBreakerStateChange: (_d, s) => changes.push(s) });
+    for (let i = 0; i < 2; i++) await expectRpcError(c.getProduct(req), Code.UNAVAILABLE);
+    expect(c.state().breaker).toBe("open");
+    // Inventory's address taken again by a server of another service (its port reused).
+    await inv.server.stop(0);
+    const other = await startGrpcServer({
+      host: "127.0.0.1",
+      port: inv.server.port,
+      services: [
+        bind(OrderService, {
+          placeOrder: async () => ({}),
+          getOrder: async () => ({}),
+          cancelOrder: async () => ({}),
+          listOrders: async () => ({}),
+          watchOrder: async function* () {},
+        }),
+      ],
+      log: silentLogger(),
+    });
+    cleanups.push(() => other.stop(0));
+    await sleep(H * 4);
+    expect(changes).not.toContain("closed");
+    expect(c.state().breaker).not.toBe("closed");
+  });
+
+  it("an instance with no health service at all (UNIMPLEMENTED) stays open", async () => {
+    const server = new grpc.Server();
+    server.addService(
+      grpcServiceDefinition(InventoryService),
+      grpcHandlers(
+        InventoryService,
+        {
+          listProducts: async () => {
+            throw new ServiceError(Code.UNAVAILABLE, "down");
+          },
+          getProduct: async () => {
+            throw new ServiceError(Code.UNAVAILABLE, "down");
+          },
+          reserveStock: async () => ({}),
+          releaseStock: async () => ({}),
+          restock: async () => ({}),
+        },
+        { log: silentLogger() },
+      ),
+    );
+    const port = await new Promise<number>((r, j) =>
+      server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) => (e ? j(e) : r(p))),
+    );
+    cleanups.push(() => server.forceShutdown());
+    const changes: string[] = [];
+    const c = client(`127.0.0.1:${port}`, { onBreakerStateChange: (_d, s) => changes.push(s) });
+    for (let i = 0; i < 2; i++) await expectRpcError(c.getProduct(req), Code.UNAVAILABLE);
+    expect(c.state().breaker).toBe("open");
+    await sleep(H * 4);
+    expect(changes).not.toContain("closed");
+  });
+});
+
+describe("an instance that takes the connection and never answers", () => {
+  it("the probe's deadline is honoured and the circuit opens again; one probe per wait", async () => {
+    const streams: number[] = [];
+    const h2 = http2.createServer();
+    h2.on("stream", (s) => {
+      streams.push(performance.now());
+      s.on("error", () => {});
+    });
+    await new Promise<void>((r) => h2.listen(0, "127.0.0.1", r));
+    cleanups.push(
+      () =>
+        new Promise<void>((r) => {
+          for (const s of sessions) s.destroy();
+          h2.close(() => r());
+        }),
+    );
+    const sessions = new Set<http2.ServerHttp2Session>();
+    h2.on("session", (s) => sessions.add(s));
+    const changes: [string, number][] = [];
+    const c = client(`127.0.0.1:${(h2.address() as AddressInfo).port}`, {
+      onBreakerStateChange: (_d, s) => changes.push([s, performance.now()]),
+    });
+    for (let i = 0; i < 2; i++) await expectRpcError(c.getProduct(req), Code.DEADLINE_EXCEEDED);
+    expect(c.state().breaker).toBe("open");
+    const before = streams.length;
+    const t0 = performance.now();
+    await sleep(H * 8);
+    const probes = streams.length - before;
+    // Each probe waits out its 300 ms deadline, then opens it for another 200 ms wait: ~1 per 500 ms.
+    expect(probes).toBeGreaterThanOrEqual(2);
+    expect(probes).toBeLessThanOrEqual(Math.ceil((performance.now() - t0) / (H + POLICY.timeoutMs)) + 1);
+    const halfOpens = changes.filter(([s]) => s === "half-open").map(([, t]) => t);
+    const reopened = changes.filter(([s, t]) => s === "open" && t > (halfOpens[0] ?? Infinity)).map(([, t]) => t);
+    expect(reopened.length).toBeGreaterThanOrEqual(1);
+    // Reopened at the probe's deadline (300 ms), not held half-open.
+    expect((reopened[0] as number) - (halfOpens[0] as number)).toBeGreaterThanOrEqual(POLICY.timeoutMs - 20);
+    expect((reopened[0] as number) - (halfOpens[0] as number)).toBeLessThan(POLICY.timeoutMs + 200);
+    expect(changes.map(([s]) => s)).not.toContain("closed");
+  });
+});
