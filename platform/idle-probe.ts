@@ -44,6 +44,11 @@ export class Probation implements IBreaker {
     this.on = true;
   }
 
+  /** Whether no call has been counted since {@link Probation.begin}. */
+  get pending(): boolean {
+    return this.on;
+  }
+
   success(state: CircuitState): void {
     this.on = false;
     this.inner.success(state);
@@ -86,6 +91,8 @@ export function watchIdleCircuit(
   let timer: NodeJS.Timeout | undefined;
   let probing = false;
   let stopped = false;
+  /** On probation, the call in flight that others wait for (settled: cleared before they resume). */
+  let trial: Promise<void> | undefined;
   const cancel = new AbortController();
   const arm = (ms: number) => {
     clearTimeout(timer);
@@ -112,6 +119,9 @@ export function watchIdleCircuit(
         },
       );
   };
+  const settle = () => {
+    trial = undefined;
+  };
   const changes = breaker.onStateChange((s) => {
     if (stopped) return;
     if (s === CircuitState.Open) return arm(o.afterMs);
@@ -124,9 +134,15 @@ export function watchIdleCircuit(
       get state() {
         return breaker.state;
       },
-      execute: (fn) => {
+      execute: async (fn) => {
         lastCall = performance.now();
-        return breaker.execute(fn);
+        // On probation, one call at a time until one is counted, as calls wait behind a half-open probe:
+        // a burst after the quiet all reached an instance that is ready yet fails its calls (20 of 20).
+        while (trial) await trial;
+        if (!o.probation?.pending) return breaker.execute(fn);
+        const run = breaker.execute(fn);
+        trial = run.then(settle, settle);
+        return run;
       },
     },
     probing: () => probing,

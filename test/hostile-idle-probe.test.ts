@@ -70,6 +70,39 @@ async function failingInventory(code = Code.UNAVAILABLE) {
   return { state, server, target: `127.0.0.1:${server.port}` };
 }
 
+describe("a probe-closed circuit on probation, under concurrent calls", () => {
+  it("lets one call through to an instance that is ready yet fails its calls, as a half-open probe would", async () => {
+    const inv = await failingInventory();
+    const changes: string[] = [];
+    const c = client(inv.target, { onBreakerStateChange: (_d, s) => changes.push(s) });
+    for (let i = 0; i < 2; i++) await expectRpcError(c.getProduct(req), Code.UNAVAILABLE);
+    expect(c.state().breaker).toBe("open");
+    // Health SERVING: the probe closes it (probation).
+    await expect.poll(() => c.state().breaker, { timeout: H * 5, interval: 10 }).toBe("closed");
+    inv.state.calls = 0;
+
+    // A burst after the quiet: before the probe, the first call was the half-open probe and the others
+    // were refused once it failed. On probation, the same: one call reaches the failing instance.
+    const burst = await Promise.allSettled(Array.from({ length: 20 }, () => c.getProduct(req)));
+    expect(burst.every((r) => r.status === "rejected")).toBe(true);
+    expect(inv.state.calls).toBe(1);
+    expect(c.state().breaker).toBe("open");
+  });
+
+  it("a call that succeeds on probation lets the waiting ones through", async () => {
+    const inv = await failingInventory();
+    const c = client(inv.target);
+    for (let i = 0; i < 2; i++) await expectRpcError(c.getProduct(req), Code.UNAVAILABLE);
+    await expect.poll(() => c.state().breaker, { timeout: H * 5, interval: 10 }).toBe("closed");
+    inv.state.fail = false;
+    inv.state.calls = 0;
+    const burst = await Promise.allSettled(Array.from({ length: 20 }, () => c.getProduct(req)));
+    expect(burst.filter((r) => r.status === "fulfilled").length).toBe(20);
+    expect(inv.state.calls).toBe(20);
+    expect(c.state().breaker).toBe("closed");
+  });
+});
+
 describe("what the health check answers", () => {
   it("an instance that does not serve the service (its health check NOT_FOUND) stays open", async () => {
     const inv = await failingInventory();
