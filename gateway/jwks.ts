@@ -11,6 +11,7 @@ import {
   createLocalJWKSet,
   errors,
   exportJWK,
+  importJWK,
   type JSONWebKeySet,
   type JWTVerifyGetKey,
   type ResolvedKey,
@@ -41,25 +42,24 @@ export interface IssuerKeys {
 }
 
 /**
- * The RFC 7638 thumbprints of a set's keys, as of the keys jose imports from them (one it cannot read
- * has none: it verifies nothing). An RSA integer with leading zero bytes (RFC 7518 §6.3.1 forbids them;
- * issuers send them, and the key imports) is thumbprinted without: as the imported key exports.
+ * The RFC 7638 thumbprints of a set's keys, as of the keys jose imports from them for RS256 and ES256
+ * (one it cannot read has none: it verifies nothing), exported as {@link IssuerKeys.holder} exports
+ * the key that verified a token. Not as sent: an RSA integer with leading zero bytes (RFC 7518 §6.3.1
+ * forbids them) and an EC coordinate without its leading zero byte (§6.2.1.2 requires it) import all
+ * the same, and export otherwise — every stream of such a key ended as it opened.
  */
 async function thumbprints(set: JSONWebKeySet): Promise<Set<string>> {
   const prints = await Promise.all(
-    set.keys.map((k) =>
-      calculateJwkThumbprint(k.kty === "RSA" ? { ...k, n: minimal(k.n), e: minimal(k.e) } : k).catch(() => ""),
-    ),
+    set.keys.map(async (k) => {
+      try {
+        const alg = k.kty === "RSA" ? "RS256" : k.kty === "EC" ? "ES256" : undefined;
+        return alg ? await calculateJwkThumbprint(await exportJWK(await importJWK({ ...k, ext: true }, alg))) : "";
+      } catch {
+        return "";
+      }
+    }),
   );
   return new Set(prints.filter((p) => p !== ""));
-}
-
-/** A base64url big-endian integer without leading zero bytes. */
-function minimal(n: string | undefined): string | undefined {
-  if (n === undefined) return n;
-  const bytes = Buffer.from(n, "base64url");
-  const first = bytes.findIndex((b) => b !== 0);
-  return first <= 0 ? n : bytes.subarray(first).toString("base64url");
 }
 
 /** A key lookup for `url`'s key set, and the check streams make of it; `clock` is the gateway's. */

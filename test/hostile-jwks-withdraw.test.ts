@@ -73,6 +73,19 @@ describe("whether a token's signing key is still the issuer's (a stream's check,
     expect((await auth(`Bearer ${await jwks.sign("ann", "k2", now)}`)).subject).toBe("ann");
   });
 
+  it.each([
+    ["in full, as RFC 7518 requires", { leadingZero: true, stripped: false }],
+    ["stripped of its leading zero byte", { leadingZero: true, stripped: true }],
+  ])("holds an ES256 key whose coordinate starting with a zero byte the issuer sends %s", async (_how, how) => {
+    const kid = `e-${how.stripped ? "stripped" : "full"}`;
+    await jwks.addKey(kid, { alg: "ES256", ...how });
+    const auth = await createAuthenticator({ ...KEYS, JWT_JWKS_URL: jwks.url });
+    const caller = await auth(`Bearer ${await jwks.sign("eve", kid)}`);
+    expect(caller.subject).toBe("eve");
+    // Its streams would end as they open otherwise.
+    expect(caller.keyHeld?.()).toBe(true);
+  });
+
   it("holds a key whose modulus the issuer sends with a leading zero byte; static keys have no check", async () => {
     await jwks.addKey("k3", { zeroPadded: true });
     const auth = await createAuthenticator({ ...KEYS, JWT_JWKS_URL: jwks.url });

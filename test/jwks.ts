@@ -13,17 +13,33 @@ export async function startJwks() {
   const keys: JWK[] = [];
   type SigningKey = Awaited<ReturnType<typeof generateKeyPair>>["privateKey"];
   const signers = new Map<string, SigningKey>();
+  const algs = new Map<string, "RS256" | "ES256">();
   /**
    * The issuer adds a key (a rotation): served from the next fetch on; `zeroPadded`, its modulus with a
-   * leading zero byte (RFC 7518 forbids it; issuers send it).
+   * leading zero byte (RFC 7518 forbids it; issuers send it). ES256 with `leadingZero`: a key one of
+   * whose coordinates starts with a zero byte, sent in full (RFC 7518 §6.2.1.2 requires it), or
+   * `stripped` of it (as some issuers' big-integer encoders send it; the key imports all the same).
    */
-  const addKey = async (kid: string, { zeroPadded = false } = {}) => {
-    const { publicKey, privateKey } = await generateKeyPair("RS256");
-    const jwk = await exportJWK(publicKey);
-    if (zeroPadded)
-      jwk.n = Buffer.concat([Buffer.from([0]), Buffer.from(jwk.n ?? "", "base64url")]).toString("base64url");
-    keys.push({ ...jwk, kid, alg: "RS256", use: "sig" });
-    signers.set(kid, privateKey);
+  const addKey = async (
+    kid: string,
+    { zeroPadded = false, alg = "RS256" as "RS256" | "ES256", leadingZero = false, stripped = false } = {},
+  ) => {
+    let pair = await generateKeyPair(alg, { extractable: true });
+    let jwk = await exportJWK(pair.publicKey);
+    const bytes = (s = "") => Buffer.from(s, "base64url");
+    while (alg === "ES256" && leadingZero && bytes(jwk.x)[0] !== 0 && bytes(jwk.y)[0] !== 0) {
+      pair = await generateKeyPair(alg, { extractable: true });
+      jwk = await exportJWK(pair.publicKey);
+    }
+    const strip = (s = "") =>
+      bytes(s)
+        .subarray(bytes(s).findIndex((b) => b !== 0))
+        .toString("base64url");
+    if (stripped) jwk = { ...jwk, x: strip(jwk.x), y: strip(jwk.y) };
+    if (zeroPadded) jwk.n = Buffer.concat([Buffer.from([0]), bytes(jwk.n)]).toString("base64url");
+    keys.push({ ...jwk, kid, alg, use: "sig" });
+    signers.set(kid, pair.privateKey);
+    algs.set(kid, alg);
   };
   /** The issuer drops a key from its set (it can still sign with it, as a thief could): from the next fetch on. */
   const withdraw = (kid: string) => {
@@ -49,7 +65,7 @@ export async function startJwks() {
   const sign = (sub: string, kid = "k1", atMs = performance.timeOrigin + performance.now()) => {
     const now = Math.floor(atMs / 1000);
     return new SignJWT({ roles: ["customer"] })
-      .setProtectedHeader({ alg: "RS256", kid })
+      .setProtectedHeader({ alg: algs.get(kid) ?? "RS256", kid })
       .setSubject(sub)
       .setIssuer("shopmesh-dev")
       .setAudience("shopmesh")
