@@ -74,6 +74,35 @@ describe("whether a token's signing key is still the issuer's (a stream's check,
   });
 
   it.each([
+    ["not JSON", "<html>maintenance</html>", true],
+    ["JSON with no keys array", '{"error":"maintenance"}', true],
+    ["a key set holding no key", '{"keys":[]}', false],
+    ["a key set none of whose keys can be read", '{"keys":[{"kty":"RSA","n":"","e":"AQAB"},{"kty":"XYZ"}]}', false],
+  ])(
+    "an answer that is %s: held %s (a failed fetch ends nothing; a set, however empty, is the issuer's)",
+    async (_what, body, held) => {
+      let now = Date.now();
+      const auth = await createAuthenticator({ ...KEYS, JWT_JWKS_URL: jwks.url }, () => now);
+      const token = `Bearer ${await jwks.sign("dan", "k2", now)}`;
+      const caller = await auth(token);
+      jwks.state.raw = body;
+      try {
+        now += 11 * 60_000;
+        const fetched = jwks.state.fetches;
+        caller.keyHeld?.();
+        expect(await jwks.fetchesSince(fetched)).toBe(1);
+        await sleep(100); // the answer is in
+        expect(caller.keyHeld?.()).toBe(held);
+        // The same answer for a new call with the token (verified again: a minute has passed).
+        if (held) expect((await auth(token)).subject).toBe("dan");
+        else await expect(auth(token)).rejects.toThrow();
+      } finally {
+        jwks.state.raw = undefined;
+      }
+    },
+  );
+
+  it.each([
     ["in full, as RFC 7518 requires", { leadingZero: true, stripped: false }],
     ["stripped of its leading zero byte", { leadingZero: true, stripped: true }],
   ])("holds an ES256 key whose coordinate starting with a zero byte the issuer sends %s", async (_how, how) => {

@@ -47,12 +47,13 @@ export async function startJwks() {
     if (at >= 0) keys.splice(at, 1);
   };
   await addKey("k1");
-  /** `failing`: every fetch is answered `failStatus`. */
-  const state = { fetches: 0, failing: false, failStatus: 503, delayMs: 0 };
+  /** `failing`: every fetch is answered `failStatus`; `raw`: answered 200 with this body instead of the set. */
+  const state = { fetches: 0, failing: false, failStatus: 503, delayMs: 0, raw: undefined as string | undefined };
   const server = http.createServer((_req, res) => {
     state.fetches++;
     setTimeout(() => {
       if (state.failing) res.writeHead(state.failStatus).end();
+      else if (state.raw !== undefined) res.writeHead(200, { "content-type": "application/json" }).end(state.raw);
       else res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ keys }));
     }, state.delayMs);
   });
