@@ -4,18 +4,26 @@
  * stream and never answers, a plain grpc-js server with no health service. Each test opens a client's
  * circuit on an instance, then leaves it with no call.
  */
+import { createHook } from "node:async_hooks";
 import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import * as grpc from "@grpc/grpc-js";
+import { connect } from "@nats-io/transport-node";
+import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
+import pino from "pino";
 import { afterEach, describe, expect, it } from "vitest";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import { Code, ServiceError } from "../platform/errors.js";
 import { grpcHandlers, grpcServiceDefinition } from "../platform/grpc.js";
-import { silentLogger } from "../platform/log.js";
+import { type Logger, silentLogger } from "../platform/log.js";
 import { DEFAULT_POLICY, type PolicyConfig } from "../platform/policy.js";
+import { registerInstance } from "../platform/registry.js";
 import { createResilientClient, type PolicyEvents } from "../platform/resilience.js";
 import { bind, startGrpcServer } from "../platform/server.js";
+import { createTelemetry, type Telemetry } from "../platform/telemetry.js";
+import { startTracing } from "../platform/tracing.js";
+import { startNats } from "./nats.js";
 import { expectRpcError } from "./rpc.js";
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -44,7 +52,7 @@ function client(target: string, events?: PolicyEvents, policy: Partial<PolicyCon
 }
 
 /** Inventory whose every call fails `code` and counts, its health as `ready` says. */
-async function failingInventory(code = Code.UNAVAILABLE) {
+async function failingInventory(code = Code.UNAVAILABLE, observed: { log?: Logger; telemetry?: Telemetry } = {}) {
   const state = { calls: 0, fail: true };
   const unary = async () => {
     state.calls++;
@@ -64,7 +72,8 @@ async function failingInventory(code = Code.UNAVAILABLE) {
         restock: unary,
       }),
     ],
-    log: silentLogger(),
+    log: observed.log ?? silentLogger(),
+    ...(observed.telemetry ? { telemetry: observed.telemetry } : {}),
   });
   cleanups.push(() => server.stop(0));
   return { state, server, target: `127.0.0.1:${server.port}` };
@@ -203,5 +212,166 @@ describe("an instance that takes the connection and never answers", () => {
     expect((reopened[0] as number) - (halfOpens[0] as number)).toBeGreaterThanOrEqual(POLICY.timeoutMs - 20);
     expect((reopened[0] as number) - (halfOpens[0] as number)).toBeLessThan(POLICY.timeoutMs + 200);
     expect(changes.map(([s]) => s)).not.toContain("closed");
+  });
+});
+
+/** An instance answering every call UNAVAILABLE (trailers-only), counting the calls per path. */
+async function unavailableInstance() {
+  const paths = new Map<string, number>();
+  const h2 = http2.createServer();
+  const sessions = new Set<http2.ServerHttp2Session>();
+  h2.on("session", (s) => sessions.add(s));
+  h2.on("stream", (s, headers) => {
+    const path = String(headers[":path"]);
+    paths.set(path, (paths.get(path) ?? 0) + 1);
+    s.on("error", () => {});
+    s.respond({ ":status": 200, "content-type": "application/grpc", "grpc-status": "14" }, { endStream: true });
+  });
+  await new Promise<void>((r) => h2.listen(0, "127.0.0.1", r));
+  cleanups.push(
+    () =>
+      new Promise<void>((r) => {
+        for (const s of sessions) s.destroy();
+        h2.close(() => r());
+      }),
+  );
+  const checks = () => paths.get("/grpc.health.v1.Health/Check") ?? 0;
+  return { address: `127.0.0.1:${(h2.address() as AddressInfo).port}`, checks };
+}
+
+/** The idle probe's timers alive in this process (idle-probe.ts `fire`). */
+function probeTimers() {
+  const alive = new Set<number>();
+  const hook = createHook({
+    init(id, type, _trigger, resource) {
+      if (type === "Timeout" && (resource as { _onTimeout?: { name?: string } })._onTimeout?.name === "fire")
+        alive.add(id);
+    },
+    destroy(id) {
+      alive.delete(id);
+    },
+  }).enable();
+  cleanups.push(() => hook.disable());
+  return { count: () => alive.size };
+}
+
+describe("many instances, and instances that come and go", () => {
+  it("50 open circuits: each instance probed at most once per wait, and every one probed", async () => {
+    const instances = await Promise.all(Array.from({ length: 50 }, () => unavailableInstance()));
+    const c = client(`ipv4:${instances.map((i) => i.address).join(",")}`);
+    for (let i = 0; i < 100 && c.state().breaker !== "open"; i++) await c.getProduct(req).catch(() => {});
+    expect(c.state().breaker).toBe("open");
+    const before = instances.map((i) => i.checks());
+    const t0 = performance.now();
+    await sleep(H * 6);
+    const waits = (performance.now() - t0) / H;
+    const probes = instances.map((i, n) => i.checks() - (before[n] as number));
+    expect(Math.min(...probes)).toBeGreaterThanOrEqual(2);
+    expect(Math.max(...probes)).toBeLessThanOrEqual(Math.ceil(waits));
+  });
+
+  it("registry churn while circuits are open: a departed instance's probe timer goes, and it is never probed again", async () => {
+    await using nats = await startNats();
+    const nc = await connect({ servers: nats.url });
+    cleanups.push(() => nc.close());
+    const timers = probeTimers();
+    const c = createResilientClient("inventory", InventoryService, "registry:///inventory", POLICY, silentLogger(), {
+      nc,
+    });
+    cleanups.push(() => c.close());
+    for (let round = 0; round < 3; round++) {
+      const instances = await Promise.all(Array.from({ length: 5 }, () => unavailableInstance()));
+      const regs = await Promise.all(
+        instances.map((i) => registerInstance({ nc, service: "inventory", address: i.address, log: silentLogger() })),
+      );
+      await expect.poll(() => c.state().endpoints.length, { timeout: 5_000, interval: 20 }).toBe(5);
+      for (let i = 0; i < 50 && c.state().breaker !== "open"; i++) await c.getProduct(req).catch(() => {});
+      expect(c.state().breaker).toBe("open");
+      await sleep(H * 2);
+      expect(timers.count()).toBeGreaterThan(0);
+      expect(timers.count()).toBeLessThanOrEqual(5);
+      await Promise.all(regs.map((r) => r.stop()));
+      await expect.poll(() => c.state().endpoints.length, { timeout: 5_000, interval: 20 }).toBe(0);
+      const after = instances.map((i) => i.checks());
+      await sleep(H * 3);
+      expect(instances.map((i) => i.checks())).toEqual(after);
+      // Cleared timers are destroyed at the next turn of the loop.
+      await expect.poll(() => timers.count(), { timeout: 1_000, interval: 20 }).toBe(0);
+    }
+  }, 60_000);
+});
+
+describe("what a probe leaves behind", () => {
+  it("no span, no rpc_client_* or rpc_server_* sample, no access line — where a call leaves each", async () => {
+    const exporter = new InMemorySpanExporter();
+    const stopTracing = await startTracing({
+      service: "t",
+      otlpEndpoint: "",
+      traceFile: "",
+      sampleRatio: 1,
+      extra: [new SimpleSpanProcessor(exporter)],
+    });
+    cleanups.push(stopTracing);
+    const serverTelemetry = createTelemetry("inventory");
+    // Every line, the access log's debug lines of calls answered OK among them.
+    const lines: Record<string, unknown>[] = [];
+    const log = pino({ level: "debug" }, { write: (l: string) => void lines.push(JSON.parse(l)) });
+    const inv = await failingInventory(Code.UNAVAILABLE, { log, telemetry: serverTelemetry });
+    const clientTelemetry = createTelemetry("order");
+    const c = createResilientClient("inventory", InventoryService, inv.target, POLICY, silentLogger(), {
+      telemetry: clientTelemetry,
+    });
+    cleanups.push(() => c.close());
+    for (let i = 0; i < 2; i++) await expectRpcError(c.getProduct(req), Code.UNAVAILABLE);
+    inv.state.fail = false;
+    const seen = async () => ({
+      spans: exporter.getFinishedSpans().map((s) => s.name),
+      client: await clientTelemetry.metrics.registry.getMetricsAsJSON(),
+      server: await serverTelemetry.metrics.registry.getMetricsAsJSON(),
+      lines: lines.length,
+      access: lines.filter((l) => JSON.stringify(l).includes("GetProduct") || JSON.stringify(l).includes("Health")),
+    });
+    const mentions = (x: unknown, what: string) => JSON.stringify(x).includes(what);
+    const before = await seen();
+    // Probed, and closed by it (health SERVING), no call made.
+    await expect.poll(() => c.state().breaker, { timeout: H * 5, interval: 10 }).toBe("closed");
+    const after = await seen();
+    expect(inv.state.calls).toBe(2);
+    expect(after.spans).toEqual(before.spans);
+    for (const what of ["Health", "Check"]) {
+      expect(mentions(after.spans, what)).toBe(false);
+      expect(
+        mentions(
+          after.client.filter((m) => m.name.startsWith("rpc_client_")),
+          what,
+        ),
+      ).toBe(false);
+      expect(
+        mentions(
+          after.server.filter((m) => m.name.startsWith("rpc_server_")),
+          what,
+        ),
+      ).toBe(false);
+      expect(mentions(after.access, what)).toBe(false);
+    }
+    expect(after.access.length).toBe(before.access.length);
+    expect(after.lines).toBe(before.lines); // no line at all of the server's while probed
+    // Where a call leaves each (so the above could see a probe): one more call, counted everywhere.
+    await c.getProduct(req);
+    const call = await seen();
+    expect(mentions(call.spans, "GetProduct")).toBe(true);
+    expect(call.access.length).toBeGreaterThan(after.access.length);
+    expect(
+      mentions(
+        call.client.filter((m) => m.name === "rpc_client_duration_seconds"),
+        '"OK"',
+      ),
+    ).toBe(true);
+    expect(
+      mentions(
+        call.server.filter((m) => m.name === "rpc_server_duration_seconds"),
+        '"OK"',
+      ),
+    ).toBe(true);
   });
 });
