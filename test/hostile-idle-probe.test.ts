@@ -12,6 +12,10 @@ import { connect } from "@nats-io/transport-node";
 import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
 import pino from "pino";
 import { afterEach, describe, expect, it } from "vitest";
+import { startGateway } from "../gateway/app.js";
+import { signDevToken } from "../gateway/auth.js";
+import { DEV_JWT_SECRET, loadConfig as gatewayConfig, targetVariable } from "../gateway/config.js";
+import { UPSTREAMS } from "../gateway/routes.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import { Code, ServiceError } from "../platform/errors.js";
@@ -446,4 +450,45 @@ describe("a process shutting down with open circuits", () => {
     },
     30_000,
   );
+});
+
+describe("the gateway's upstream circuits", () => {
+  it("an upstream circuit no call comes to closes once the upstream is back, probed over the gateway's own session", async () => {
+    const inv = await failingInventory();
+    const gw = await startGateway(
+      gatewayConfig({
+        HTTP_HOST: "127.0.0.1",
+        HTTP_PORT: "0",
+        ...Object.fromEntries(UPSTREAMS.map((u) => [targetVariable(u), inv.target])),
+        UPSTREAM_RETRY_MAX_ATTEMPTS: "1",
+        UPSTREAM_BREAKER_CONSECUTIVE_FAILURES: "2",
+        UPSTREAM_BREAKER_HALF_OPEN_AFTER_MS: String(H),
+      }),
+      silentLogger(),
+    );
+    cleanups.push(() => gw.stop());
+    const token = await signDevToken(
+      { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" },
+      "gia",
+      ["customer"],
+    );
+    const list = () =>
+      fetch(`${gw.url}/shopmesh.inventory.v1.InventoryService/ListProducts`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+        body: "{}",
+      }).then((r) => r.status);
+    const gauge = async () =>
+      (await gw.telemetry.metrics.registry.getSingleMetric("circuit_breaker_state")?.get())?.values.find(
+        (v) => v.labels.downstream === "inventory",
+      )?.value;
+    for (let i = 0; i < 2; i++) expect(await list()).toBe(503);
+    expect(await gauge()).toBe(1);
+    const calls = inv.state.calls;
+
+    inv.state.fail = false; // back, and nothing calls it
+    await expect.poll(gauge, { timeout: H * 5, interval: 20 }).toBe(0);
+    expect(inv.state.calls).toBe(calls);
+    expect(await list()).toBe(200);
+  });
 });
