@@ -73,6 +73,34 @@ describe("whether a token's signing key is still the issuer's (a stream's check,
     expect((await auth(`Bearer ${await jwks.sign("ann", "k2", now)}`)).subject).toBe("ann");
   });
 
+  it("a flood of tokens naming unknown keys fetches the set at most once per cooldown (30 s)", async () => {
+    let now = Date.now();
+    const auth = await createAuthenticator({ ...KEYS, JWT_JWKS_URL: jwks.url }, () => now);
+    const caller = await auth(`Bearer ${await jwks.sign("fay", "k2", now)}`);
+    const flood = async (n: number) => {
+      const fetched = jwks.state.fetches;
+      const tokens = await Promise.all(Array.from({ length: n }, (_, i) => jwks.sign("x", `forged-${now}-${i}`, now)));
+      const refused = await Promise.all(
+        tokens.map((t) =>
+          auth(`Bearer ${t}`).then(
+            () => false,
+            () => true,
+          ),
+        ),
+      );
+      expect(refused.every(Boolean)).toBe(true);
+      caller.keyHeld?.(); // the streams' checks as well
+      await sleep(100);
+      return jwks.state.fetches - fetched;
+    };
+    expect(await flood(200)).toBe(0); // the set was fetched a moment ago
+    now += 31_000;
+    expect(await flood(200)).toBe(1);
+    now += 10_000;
+    expect(await flood(200)).toBe(0);
+    expect(caller.keyHeld?.()).toBe(true);
+  });
+
   it.each([
     ["not JSON", "<html>maintenance</html>", true],
     ["JSON with no keys array", '{"error":"maintenance"}', true],
