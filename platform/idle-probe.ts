@@ -122,6 +122,15 @@ export function watchIdleCircuit(
   const settle = () => {
     trial = undefined;
   };
+  // On probation, one call at a time until one is counted, as calls wait behind a half-open probe: a
+  // burst after the quiet all reached an instance that is ready yet fails its calls (20 of 20).
+  const onProbation = async <T>(fn: () => PromiseLike<T> | T): Promise<T> => {
+    while (trial) await trial;
+    if (!o.probation?.pending) return breaker.execute(fn);
+    const run = breaker.execute(fn);
+    trial = run.then(settle, settle);
+    return run;
+  };
   const changes = breaker.onStateChange((s) => {
     if (stopped) return;
     if (s === CircuitState.Open) return arm(o.afterMs);
@@ -134,15 +143,10 @@ export function watchIdleCircuit(
       get state() {
         return breaker.state;
       },
-      execute: async (fn) => {
+      execute: (fn) => {
         lastCall = performance.now();
-        // On probation, one call at a time until one is counted, as calls wait behind a half-open probe:
-        // a burst after the quiet all reached an instance that is ready yet fails its calls (20 of 20).
-        while (trial) await trial;
-        if (!o.probation?.pending) return breaker.execute(fn);
-        const run = breaker.execute(fn);
-        trial = run.then(settle, settle);
-        return run;
+        // Off probation (nearly always), straight to the breaker: no extra promise on the hot path.
+        return trial || o.probation?.pending ? onProbation(fn) : breaker.execute(fn);
       },
     },
     probing: () => probing,
