@@ -211,7 +211,7 @@ async function onSomeInstance<S extends DescService, T>(
     try {
       return await ep.breaker.execute(() => fn(ep));
     } catch (err) {
-      // Open, or another call is its half-open probe: the next instance takes this one.
+      // Open (a half-open one held the call until its probe failed): the next instance takes it.
       if (err instanceof BrokenCircuitError) continue;
       throw err;
     }
