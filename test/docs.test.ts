@@ -18,6 +18,7 @@ import { chmodSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SYSTEM } from "../scripts/layout.js";
+import { until } from "./events.js";
 import { freePort, ROOT, tempDir } from "./fixtures.js";
 
 const DOCS = [
@@ -107,27 +108,31 @@ beforeAll(async () => {
     stdio: "ignore",
   });
   const gateway = `http://127.0.0.1:${mapPort[8080]}`;
-  for (let i = 0; i < 200; i++) {
-    const ok = await fetch(`${gateway}/readyz`).then(
+  const ok = (path: string, init?: RequestInit) =>
+    fetch(`${gateway}${path}`, init).then(
       (r) => r.ok,
       () => false,
     );
-    if (ok) break;
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  // Bounded waits that fail naming what never came: they used to give up silently after 200 tries
+  // (20 s) and let the first doc line fail instead, and a first start on a saturated CI machine has
+  // taken over 20 s (run.test.ts). The hook's 120 s hold both. (expect.poll is for tests, not hooks.)
+  const waitFor = async (what: string, path: string, ms: number, init?: RequestInit) => {
+    const came = await until(
+      () => ok(path, init),
+      (x) => x,
+      ms,
+    );
+    if (!came) throw new Error(`make run: no ${what} in ${ms} ms`);
+  };
+  await waitFor("ready gateway (/readyz)", "/readyz", 60_000);
   // The gateway is ready before it has learned the services' instances from the registry: wait until
   // an order listing goes through (a loaded machine answered a first call 503 in outage.test.ts).
   const { token } = (await (
     await fetch(`${gateway}/dev/token`, { method: "POST", body: '{"user":"alice"}' })
   ).json()) as { token: string };
-  for (let i = 0; i < 200; i++) {
-    const ok = await fetch(`${gateway}/v1/orders?pageSize=1`, { headers: { authorization: `Bearer ${token}` } }).then(
-      (r) => r.ok,
-      () => false,
-    );
-    if (ok) break;
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  await waitFor("order listing through the gateway", "/v1/orders?pageSize=1", 30_000, {
+    headers: { authorization: `Bearer ${token}` },
+  });
   // grpcurl, as the docs use it, through buf curl (grpcurl is not installable here).
   writeFileSync(
     join(dir.path, "grpcurl"),
