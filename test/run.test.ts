@@ -107,13 +107,13 @@ async function order(gateway: string): Promise<string> {
     await fetch(`${gateway}/dev/token`, { method: "POST", body: '{"user":"alice"}' })
   ).json()) as { token: string };
   const h = { authorization: `Bearer ${token}`, "Idempotency-Key": `run-${Date.now()}` };
-  const placed = (await (
-    await fetch(`${gateway}/v1/orders`, {
-      method: "POST",
-      headers: h,
-      body: JSON.stringify({ items: [{ productId: "coffee-beans", quantity: 1 }], cardToken: "tok_visa" }),
-    })
-  ).json()) as { id: string };
+  const res = await fetch(`${gateway}/v1/orders`, {
+    method: "POST",
+    headers: h,
+    body: JSON.stringify({ items: [{ productId: "coffee-beans", quantity: 1 }], cardToken: "tok_visa" }),
+  });
+  if (!res.ok) return `not placed: HTTP ${res.status} ${(await res.text()).slice(0, 200)}`;
+  const placed = (await res.json()) as { id: string };
   const lines = (await (await fetch(`${gateway}/v1/orders/${placed.id}:watch`, { headers: h })).text())
     .trim()
     .split("\n");
@@ -121,13 +121,17 @@ async function order(gateway: string): Promise<string> {
 }
 
 /**
- * An order's final status, retried for a while: the gateway answers before it has learned the
- * services' instances from the registry (and, after a restart, before breakers let them in again).
+ * An order's final status, retried for up to `ms`: the gateway answers before it has learned the
+ * services' instances from the registry, and after a restart its breakers let calls in again only
+ * after their half-open delay (5 s, again after a failed probe). Counted in tries (20, 500 ms apart),
+ * an open breaker refusing each at once, it gave up after about 10 s, two of those delays: under two
+ * busy cores, one run in three, PostgreSQL's restart was not served by then (""). A failure now
+ * says what the last try got.
  */
-async function orderOnceServing(gateway: string): Promise<string> {
+async function orderOnceServing(gateway: string, ms = 30_000): Promise<string> {
   let status = "";
-  for (let i = 0; i < 20 && status !== "ORDER_STATUS_CONFIRMED"; i++) {
-    status = await order(gateway).catch(() => "");
+  for (const until = Date.now() + ms; status !== "ORDER_STATUS_CONFIRMED" && Date.now() < until; ) {
+    status = await order(gateway).catch((err: unknown) => `failed: ${String(err)}`);
     if (status !== "ORDER_STATUS_CONFIRMED") await new Promise((r) => setTimeout(r, 500));
   }
   return status;
