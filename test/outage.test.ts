@@ -14,6 +14,7 @@ import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { createChannel, createClient, sql } from "../platform/index.js";
 import { SYSTEM } from "../scripts/layout.js";
 import { withDb } from "./db.js";
+import { until } from "./events.js";
 import { freePort, ROOT, tempDir } from "./fixtures.js";
 import { expectCheckoutInvariants } from "./invariants.js";
 
@@ -41,16 +42,20 @@ beforeAll(async () => {
     env: { ...process.env, ...env },
     stdio: "ignore",
   });
-  for (let i = 0; i < 200; i++) {
-    if (
-      await fetch(`http://127.0.0.1:${port.gateway}/readyz`).then(
+  // Bounded waits that fail naming what never came (200 tries each gave up silently, and a first start
+  // on a saturated CI machine has taken over 20 s: run.test.ts).
+  const waitFor = async (what: string, f: () => Promise<boolean>, ms: number) => {
+    if (!(await until(f, (x) => x, ms))) throw new Error(`make run: ${what} not within ${ms} ms`);
+  };
+  await waitFor(
+    "the gateway ready (/readyz)",
+    () =>
+      fetch(`http://127.0.0.1:${port.gateway}/readyz`).then(
         (r) => r.ok,
         () => false,
-      )
-    )
-      break;
-    await new Promise((r) => setTimeout(r, 100));
-  }
+      ),
+    60_000,
+  );
   // The gateway answers before the services behind it may: wait until each serves gRPC and the
   // gateway reaches the order service (it learns instances from the registry). A loaded CI machine
   // once answered the first order 503.
@@ -63,17 +68,14 @@ beforeAll(async () => {
   for (const n of NAMES.filter((x) => x !== "gateway")) {
     const channel = createChannel(`127.0.0.1:${port[n]}`);
     const chaos = createClient(ChaosService, channel);
-    for (let i = 0; i < 200 && !(await answers(() => chaos.getFaults({}))); i++) {
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    channel.close();
+    await waitFor(`${n} serving gRPC`, () => answers(() => chaos.getFaults({})), 30_000).finally(() => channel.close());
   }
   const listed = () =>
     fetch(`${gateway()}/v1/orders?pageSize=1`, { headers: { authorization: auth } }).then((r) => {
       if (!r.ok) throw new Error(String(r.status));
     });
-  for (let i = 0; i < 200 && !(await answers(listed)); i++) await new Promise((r) => setTimeout(r, 100));
-}, 60_000);
+  await waitFor("an order listing through the gateway", () => answers(listed), 30_000);
+}, 150_000);
 
 afterAll(async () => {
   if (run && run.exitCode === null) {
