@@ -219,8 +219,11 @@ describe("an instance that takes the connection and never answers", () => {
   });
 });
 
-/** An instance answering every call UNAVAILABLE (trailers-only), counting the calls per path. */
-async function unavailableInstance() {
+/**
+ * An instance answering every call UNAVAILABLE (trailers-only), counting the calls per path; while
+ * `hangs()` it takes every call and never answers.
+ */
+async function unavailableInstance(hangs: () => boolean = () => false) {
   const paths = new Map<string, number>();
   const h2 = http2.createServer();
   const sessions = new Set<http2.ServerHttp2Session>();
@@ -229,7 +232,8 @@ async function unavailableInstance() {
     const path = String(headers[":path"]);
     paths.set(path, (paths.get(path) ?? 0) + 1);
     s.on("error", () => {});
-    s.respond({ ":status": 200, "content-type": "application/grpc", "grpc-status": "14" }, { endStream: true });
+    if (!hangs())
+      s.respond({ ":status": 200, "content-type": "application/grpc", "grpc-status": "14" }, { endStream: true });
   });
   await new Promise<void>((r) => h2.listen(0, "127.0.0.1", r));
   cleanups.push(
@@ -394,30 +398,13 @@ describe("a process shutting down with open circuits", () => {
     async (_how, close, ms) => {
       // Answers UNAVAILABLE until the circuit is open, then takes every stream and never answers.
       let hang = false;
-      let checks = 0;
-      const h2 = http2.createServer();
-      const sessions = new Set<http2.ServerHttp2Session>();
-      h2.on("session", (s) => sessions.add(s));
-      h2.on("stream", (s, headers) => {
-        s.on("error", () => {});
-        if (headers[":path"] === "/grpc.health.v1.Health/Check") checks++;
-        if (!hang)
-          s.respond({ ":status": 200, "content-type": "application/grpc", "grpc-status": "14" }, { endStream: true });
-      });
-      await new Promise<void>((r) => h2.listen(0, "127.0.0.1", r));
-      cleanups.push(
-        () =>
-          new Promise<void>((r) => {
-            for (const s of sessions) s.destroy();
-            h2.close(() => r());
-          }),
-      );
+      const instance = await unavailableInstance(() => hang);
       const script = `
       import { createResilientClient } from "./platform/resilience.ts";
       import { DEFAULT_POLICY } from "./platform/policy.ts";
       import { silentLogger } from "./platform/log.ts";
       import { InventoryService } from "./gen/shopmesh/inventory/v1/inventory_pb.ts";
-      const c = createResilientClient("inventory", InventoryService, "127.0.0.1:${(h2.address() as AddressInfo).port}",
+      const c = createResilientClient("inventory", InventoryService, "${instance.address}",
         { ...DEFAULT_POLICY, timeoutMs: 3000, retryMaxAttempts: 1, breakerConsecutiveFailures: 2, breakerHalfOpenAfterMs: 200 },
         silentLogger());
       for (let i = 0; i < 2; i++) await c.getProduct({ productId: "p" }).catch(() => {});
@@ -441,7 +428,7 @@ describe("a process shutting down with open circuits", () => {
       const exited = new Promise<number>((r) => child.once("exit", () => r(performance.now())));
       await expect.poll(() => out, { timeout: 15_000, interval: 20 }).toContain("open open");
       hang = true;
-      await expect.poll(() => checks, { timeout: 2_000, interval: 10 }).toBe(1);
+      await expect.poll(() => instance.checks(), { timeout: 2_000, interval: 10 }).toBe(1);
       const t0 = performance.now();
       child.stdin.write("stop\n");
       const took = (await exited) - t0;
