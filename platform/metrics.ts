@@ -24,6 +24,8 @@ interface Sources {
   pending: Map<string, () => Promise<number | undefined>>;
   /** Per consumer, the check that counts what its stream dropped before it read it (dropped-unread.ts). */
   dropped: Map<string, () => Promise<void>>;
+  /** Per consumer, its dead letters not redriven yet; undefined when that cannot be read. */
+  lettersWaiting: Map<string, () => Promise<number | undefined>>;
 }
 
 const BREAKER_VALUE: Record<string, number> = { closed: 0, open: 1, "half-open": 2, isolated: 3 };
@@ -159,6 +161,13 @@ function sagaMetrics(r: Registers) {
   };
 }
 
+/** Sets `gauge` to each consumer's reading, read all at once; a consumer whose reading failed is left out. */
+async function readEach(gauge: Gauge<"consumer">, reads: Map<string, () => Promise<number | undefined>>) {
+  gauge.reset();
+  const read = [...reads].map(async ([consumer, value]) => [consumer, await value()] as const);
+  for (const [consumer, n] of await Promise.all(read)) if (n !== undefined) gauge.set({ consumer }, n);
+}
+
 /** The outbox relay and the consumers. */
 function eventMetrics(r: Registers, sources: Sources) {
   return {
@@ -213,9 +222,16 @@ function eventMetrics(r: Registers, sources: Sources) {
       help: "Events a consumer's stream holds for it not yet acknowledged (delivered or not), per consumer; absent while NATS does not answer",
       labelNames: ["consumer"],
       async collect() {
-        this.reset();
-        const read = [...sources.pending].map(async ([consumer, pending]) => [consumer, await pending()] as const);
-        for (const [consumer, n] of await Promise.all(read)) if (n !== undefined) this.set({ consumer }, n);
+        await readEach(this, sources.pending);
+      },
+      ...r,
+    }),
+    deadLettersWaiting: new Gauge({
+      name: "dead_letters_waiting",
+      help: "Dead letters of a consumer the DLQ holds and no redrive has sent back yet, per consumer; absent while NATS does not answer",
+      labelNames: ["consumer"],
+      async collect() {
+        await readEach(this, sources.lettersWaiting);
       },
       ...r,
     }),
@@ -246,7 +262,12 @@ export function createMetrics(service: string) {
   // woke each process ~100 times a second, idle or not, for a histogram read every scrape.
   collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: 100 });
   const r = { registers: [registry] };
-  const sources: Sources = { downstreams: new Map(), pending: new Map(), dropped: new Map() };
+  const sources: Sources = {
+    downstreams: new Map(),
+    pending: new Map(),
+    dropped: new Map(),
+    lettersWaiting: new Map(),
+  };
   return {
     registry,
     /** Samples a downstream's breaker and bulkhead at every scrape. */
@@ -264,6 +285,10 @@ export function createMetrics(service: string) {
     /** Samples what `consumer` has yet to acknowledge at every scrape. */
     trackPending(consumer: string, pending: () => Promise<number | undefined>) {
       sources.pending.set(consumer, pending);
+    },
+    /** Samples `consumer`'s dead letters not redriven yet at every scrape. */
+    trackLettersWaiting(consumer: string, waiting: () => Promise<number | undefined>) {
+      sources.lettersWaiting.set(consumer, waiting);
     },
     /** Runs `check` (it counts on `eventsDroppedUnread` itself) for `consumer` at every scrape. */
     trackDropped(consumer: string, check: () => Promise<void>) {

@@ -30,22 +30,14 @@ import {
   connectBus,
   DLQ_STREAM,
   EVENT_RETENTION_MS,
+  markOf,
   STREAM_MAX_BYTES,
   silentLogger,
 } from "../platform/index.js";
 import { ROOT } from "./layout.js";
 import { localBusEnv } from "./nats.js";
 import { printable, quietWhenOutputCloses } from "./printable.js";
-import {
-  failure,
-  markLine,
-  markOf,
-  parseSelection,
-  redrive,
-  redrivenSeqs,
-  type Selection,
-  unknownLetters,
-} from "./redrive.js";
+import { failure, markLine, parseSelection, redrive, redrivenSeqs, type Selection, unknownLetters } from "./redrive.js";
 
 quietWhenOutputCloses();
 const USAGE =

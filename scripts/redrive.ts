@@ -7,8 +7,9 @@
  *
  * The DLQ denies deletes (platform/bus.ts: a publish's acknowledgement sent to `…MSG.DELETE.DLQ` deleted
  * a letter, and nats-server never lets a stream lose `deny_delete`), so a redriven letter is not deleted
- * but marked: a message on `dlq.redriven.<seq>` in the DLQ itself, which outlives its letter (published
- * later, it is dropped later), and which `make dlq` reads to leave the letter out.
+ * but marked: a message on `dlq.redriven.<durable>.<seq>` in the DLQ itself, which outlives its letter
+ * (published later, it is dropped later), which `make dlq` reads to leave the letter out, and by which the
+ * consumer's process counts its letters still waiting (platform/dead-letters-waiting.ts).
  *
  * What is published is the letter's message as its stream holds it, not what the letter says (see
  * plan()), less the server's `Nats-*` headers, under the message id copyId() makes.
@@ -22,17 +23,14 @@ import {
   DLQ_STREAM,
   EVENT_RETENTION_MS,
   type EventCatalogue,
+  markOf,
+  markSubject,
+  REDRIVE_MARKS,
   selects,
 } from "../platform/index.js";
 import { printable } from "./printable.js";
 
-/**
- * The subjects of the redrive marks. Three tokens: a letter's subject is `dlq.<durable>`, two, and a
- * service's user may publish only its own (bus-access.ts), whose import into the services' account is
- * `dlq.*` — no service can mark a letter redriven, and hide it.
- */
-const MARKS = "dlq.redriven";
-/** The subjects of the letters, `dlq.<durable>`: two tokens, no mark's. */
+/** The subjects of the letters, `dlq.<durable>`: two tokens, no mark's (three or four: REDRIVE_MARKS). */
 const LETTERS = "dlq.*";
 
 /** Which letters to redrive: every one the DLQ holds and not redriven yet, or these sequences. */
@@ -46,15 +44,60 @@ export function parseSelection(text: string): Selection | undefined {
   return seqs.every(Number.isSafeInteger) ? [...new Set(seqs)] : undefined;
 }
 
-/** The DLQ sequence of the letter a redrive mark on `subject` marks; undefined when `subject` is no mark's (a letter's). */
-export const markOf = (subject: string): number | undefined =>
-  subject.startsWith(`${MARKS}.`) ? Number(subject.slice(MARKS.length + 1)) : undefined;
-const isMark = (subject: string) => markOf(subject) !== undefined;
+/**
+ * Whether `subject` is a redrive mark's: `dlq.redriven.<durable>.<seq>`, or an earlier redrive's
+ * `dlq.redriven.<seq>`. Three tokens or more: a letter's subject is `dlq.<durable>`, two, and a service's
+ * user may publish only its own (bus-access.ts), whose import into the services' account is `dlq.*` — no
+ * service can mark a letter redriven, and hide it.
+ */
+const isMark = (subject: string) => subject.startsWith(`${REDRIVE_MARKS}.`);
+
+/** The consumer whose letter is on `subject`, `dlq.<durable>`. */
+const durableOfLetter = (subject: string) => subject.split(".")[1] ?? "";
+
+/** The DLQ's redrive marks: the sequences of the letters marked, and which of them only an earlier redrive's mark names. */
+async function marks(bus: Bus) {
+  const info = await bus.jsm.streams.info(DLQ_STREAM.name, { subjects_filter: `${REDRIVE_MARKS}.>` });
+  const marked = new Set<number>();
+  const named = new Set<number>();
+  for (const subject of Object.keys(info.state.subjects ?? {})) {
+    const seq = markOf(subject);
+    if (seq === undefined) continue;
+    marked.add(seq);
+    if (subject.split(".").length === 4) named.add(seq);
+  }
+  const unnamed = [...marked].filter((seq) => !named.has(seq)).sort((a, b) => a - b);
+  return { marked, unnamed, first: info.state.first_seq, last: info.state.last_seq };
+}
 
 /** The DLQ sequences of the letters already redriven (marked so). */
 export async function redrivenSeqs(bus: Bus): Promise<Set<number>> {
-  const info = await bus.jsm.streams.info(DLQ_STREAM.name, { subjects_filter: `${MARKS}.*` });
-  return new Set(Object.keys(info.state.subjects ?? {}).map((s) => markOf(s) ?? 0));
+  return (await marks(bus)).marked;
+}
+
+/**
+ * Gives each letter the DLQ holds that an earlier redrive marked on `dlq.redriven.<seq>` (which names no
+ * consumer) a mark of its consumer's, with what the first said: its consumer counted it as waiting
+ * (platform/dead-letters-waiting.ts), as a service may not read a letter to learn whose it is. Once: the
+ * letters so marked are then named. Returns how many it marked.
+ */
+async function nameMarks(bus: Bus): Promise<number> {
+  const { unnamed, first, last } = await marks(bus);
+  let n = 0;
+  // A mark of a sequence past the DLQ's last marks no letter it holds.
+  for (const seq of unnamed.filter((s) => s >= first && s <= last)) {
+    const letter = await held(bus, DLQ_STREAM.name, seq);
+    if (!letter || isMark(letter.subject)) continue;
+    const earlier = await bus.jsm.streams
+      .getMessage(DLQ_STREAM.name, { last_by_subj: `${REDRIVE_MARKS}.${seq}` })
+      .catch(() => null);
+    const h = natsHeaders();
+    const to = earlier?.header.get("x-dlq-redriven-to");
+    if (to) h.set("x-dlq-redriven-to", to);
+    await bus.js.publish(markSubject(durableOfLetter(letter.subject), seq), new Uint8Array(0), { headers: h });
+    n++;
+  }
+  return n;
 }
 
 /**
@@ -267,6 +310,8 @@ export async function redrive(
   // service's letters, which it may write on its own dlq.<durable>, made the redrive fill another
   // context's stream with copies, up to its size bound, past which its oldest events go.
   const sent = new Map<string, { to: { stream: string; seq: number; duplicate: boolean }; by: number }>();
+  const named = which === "all" ? await nameMarks(bus) : 0;
+  if (named > 0) say(`${named} letter(s) redriven earlier marked again, for their consumer's dead_letters_waiting`);
   for await (const letter of selected(bus, which, await redrivenSeqs(bus))) {
     const seq = letter.seq;
     const p = await plan(bus, catalogue, letter);
@@ -299,7 +344,7 @@ export async function redrive(
       // No message id: ids are the DLQ's, not a subject's, and a letter a service wrote under the one a
       // mark would have (redriven:<seq>) had the mark dropped as its duplicate, the letter left unmarked.
       // A letter marked twice (two redrives at once) is as marked once.
-      await bus.js.publish(`${MARKS}.${seq}`, new Uint8Array(0), { headers: mark });
+      await bus.js.publish(markSubject(durableOfLetter(letter.subject), seq), new Uint8Array(0), { headers: mark });
     } catch (err) {
       skip(seq, `republished (${to.stream} ${to.seq}) but not marked so: ${failure(err, user)}`);
       continue;
