@@ -2,7 +2,8 @@
  * The alerting rules (deploy/kubernetes/components/observability/alerts.yml): promtool's checks and the
  * rules' unit tests (alerts.test.yml) pass, every metric they query is one the code exports, and
  * `make alerts`' command — a real Prometheus scraping a real history process — prints a dead letter's
- * alert as it fires and a killed process's as it goes pending, and stops its Prometheus with it.
+ * alert as it fires and as it resolves once the letter is redriven, and a killed process's as it goes
+ * pending, and stops its Prometheus with it.
  */
 import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
@@ -12,7 +13,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { parse } from "yaml";
 import { EVENTS } from "../contracts/events.js";
 import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
-import { connectBus, createTelemetry, silentLogger } from "../platform/index.js";
+import { connectBus, createTelemetry, markSubject, silentLogger } from "../platform/index.js";
 import { answers } from "../scripts/nats.js";
 import { alerts, stopAlerts } from "./alerts-run.js";
 import { TestDatabases } from "./db.js";
@@ -71,7 +72,7 @@ describe("alerting rules", () => {
     expect(map?.files).toEqual(["prometheus.yml", "alerts.yml"]);
   });
 
-  it("make alerts prints a dead letter's alert as it fires, a stopped process's as it goes pending, and stops", async () => {
+  it("make alerts prints a dead letter's alert as it fires and resolves, a stopped process's as it goes pending, and stops", async () => {
     await using nats = await startNats();
     using dir = tempDir();
     const metrics = await freePort();
@@ -120,8 +121,18 @@ describe("alerting rules", () => {
       await bus.close();
     }
     await run.printed(
-      /FIRING ShopmeshDeadLetters consumer=history-order instance=localhost:\d+ service=history: history-order dead-lettered events in the last hour — make dlq lists them/,
+      /FIRING ShopmeshDeadLetters consumer=history-order service=history: history-order has dead letters waiting to be redriven — make dlq lists them/,
     );
+    // The letter marked redriven, as make dlq --redrive marks it (its event sent back would be lettered
+    // again, undecodable as it is): nothing waits, and the alert is over within the hour of the letter.
+    const admin = await connectBus(nats.url, "alerts-test", silentLogger());
+    try {
+      const letter = await admin.jsm.streams.getMessage("DLQ", { last_by_subj: "dlq.history-order" });
+      await admin.js.publish(markSubject("history-order", letter?.seq ?? 0), new Uint8Array(0));
+    } finally {
+      await admin.close();
+    }
+    await run.printed(/RESOLVED ShopmeshDeadLetters consumer=history-order service=history/);
 
     await history.kill("SIGKILL");
     await run.printed(/PENDING ShopmeshProcessDown app=history instance=localhost:\d+/);
