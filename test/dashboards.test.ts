@@ -34,6 +34,9 @@ describe("observability config", () => {
       "outbox_backlog",
       "event_consumer_lag_seconds",
       "events_dead_lettered_total",
+      "event_consumer_pending",
+      "dead_letters_waiting",
+      "events_dropped_unread_total",
     ]) {
       expect(
         exprs.some((e) => e.includes(needed)),
