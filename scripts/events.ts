@@ -5,7 +5,9 @@
  * lists the dead letters the DLQ stream holds, with their reasons and DLQ
  * sequences, and exits; `--follow` keeps watching for new ones;
  * `--redrive <seq>[,<seq>...]` or `--redrive all` publishes those letters
- * again on their subjects (scripts/redrive.ts). NATS_URL overrides the
+ * again on their subjects (scripts/redrive.ts); `--dismiss` marks them
+ * settled without sending anything (letters that can never be redriven, or
+ * whose event was dealt with by hand). NATS_URL overrides the
  * server (default nats://127.0.0.1:4222); it connects as the bus's
  * administrator of `make run` (scripts/nats.ts), or as NATS_USER with
  * NATS_PASSWORD. Exits 1 when NATS does not answer within 10 s, or refuses
@@ -18,6 +20,7 @@
  *   make dlq ARGS=--follow          # ... and every one after, until Ctrl-C
  *   make dlq ARGS="--redrive 3,5"   # letters 3 and 5 back on their subjects
  *   make dlq ARGS="--redrive all"   # every letter back on its subject
+ *   make dlq ARGS="--dismiss 7"     # letter 7 settled, its event not sent again
  */
 import { join } from "node:path";
 import { fromBinary, toJson } from "@bufbuild/protobuf";
@@ -37,31 +40,44 @@ import {
 import { ROOT } from "./layout.js";
 import { localBusEnv } from "./nats.js";
 import { printable, quietWhenOutputCloses } from "./printable.js";
-import { failure, markLine, parseSelection, redrive, redrivenSeqs, type Selection, unknownLetters } from "./redrive.js";
+import {
+  dismiss,
+  failure,
+  markLine,
+  parseSelection,
+  redrive,
+  redrivenSeqs,
+  type Selection,
+  unknownLetters,
+} from "./redrive.js";
 
 quietWhenOutputCloses();
 const USAGE =
-  "usage: events.ts [--from-start] | events.ts --dlq [--follow] | events.ts --dlq --redrive <seq>[,<seq>...]|all";
+  "usage: events.ts [--from-start] | events.ts --dlq [--follow] | events.ts --dlq --redrive|--dismiss <seq>[,<seq>...]|all";
 const usage = (why: string): never => {
   process.stderr.write(`${why}\n${USAGE}\n`);
   process.exit(2);
 };
 const args = process.argv.slice(2);
-let redriving: Selection | undefined;
+/** What to do with letters: send them back (--redrive), or settle them without (--dismiss). */
+let settling: { how: "--redrive" | "--dismiss"; which: Selection } | undefined;
 for (let i = 0; i < args.length; i++) {
   const a = args[i] ?? "";
-  if (a === "--redrive") {
+  if (a === "--redrive" || a === "--dismiss") {
     const which = args[++i];
-    if (which === undefined) usage("--redrive needs the DLQ sequences of the letters (make dlq shows them), or all");
-    if (redriving) usage("--redrive given twice");
-    redriving =
-      parseSelection(which ?? "") ?? usage(`--redrive ${printable(which ?? "")}: not all, nor DLQ sequences like 3,5`);
+    if (which === undefined) usage(`${a} needs the DLQ sequences of the letters (make dlq shows them), or all`);
+    if (settling) usage(settling.how === a ? `${a} given twice` : "--redrive and --dismiss go one at a time");
+    settling = {
+      how: a,
+      which:
+        parseSelection(which ?? "") ?? usage(`${a} ${printable(which ?? "")}: not all, nor DLQ sequences like 3,5`),
+    };
   } else if (!["--dlq", "--from-start", "--follow"].includes(a)) {
     usage(`unknown argument ${printable(a)}`);
   }
 }
-if (redriving && (!args.includes("--dlq") || args.includes("--follow") || args.includes("--from-start"))) {
-  usage("--redrive goes with --dlq alone");
+if (settling && (!args.includes("--dlq") || args.includes("--follow") || args.includes("--from-start"))) {
+  usage(`${settling.how} goes with --dlq alone`);
 }
 const dlqOnly = args.includes("--dlq");
 // The event tail always follows; the dead-letter list ends unless asked to follow.
@@ -95,22 +111,29 @@ const bus = await connectBus(url, "shopmesh-events-tail", silentLogger(), {
 });
 clearTimeout(timer);
 
-if (redriving) {
-  const which = redriving;
+if (settling) {
+  const { how, which } = settling;
+  const done = how === "--redrive" ? "redriven" : "dismissed";
   try {
     const unknown = await unknownLetters(bus, which);
     if (unknown.length > 0) {
       // Well formed, so no usage: what the DLQ holds is what is wrong (make dlq lists it).
       await bus.close();
-      process.stderr.write(`${unknown.join("\n")}\nnothing redriven: make dlq lists the letters it holds\n`);
+      process.stderr.write(`${unknown.join("\n")}\nnothing ${done}: make dlq lists the letters it holds\n`);
       process.exit(2);
     }
-    const { redriven, skipped } = await redrive(bus, EVENTS, which, NATS_USER, (line) => console.log(line));
+    const say = (line: string) => console.log(line);
+    if (how === "--dismiss") {
+      console.log(`${await dismiss(bus, which, say)} dismissed`);
+      await bus.close();
+      process.exit(0);
+    }
+    const { redriven, skipped } = await redrive(bus, EVENTS, which, NATS_USER, say);
     console.log(`${redriven} redriven, ${skipped} skipped`);
     await bus.close();
     process.exit(skipped > 0 ? 1 : 0);
   } catch (err) {
-    process.stderr.write(`redrive stopped: ${failure(err, NATS_USER)}\n`);
+    process.stderr.write(`${how.slice(2)} stopped: ${failure(err, NATS_USER)}\n`);
     process.exit(1);
   }
 }

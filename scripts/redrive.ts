@@ -257,8 +257,9 @@ async function held(bus: Bus, stream: string, seq: number): Promise<StoredMsg | 
 }
 
 /**
- * Why the letters `which` names cannot all be redriven (one a line), or nothing: a sequence that is
- * no letter the DLQ holds, or a letter redriven already. Checked before anything is published.
+ * Why the letters `which` names cannot all be redriven or dismissed (one a line), or nothing: a
+ * sequence that is no letter the DLQ holds, or a letter redriven or dismissed already. Checked before
+ * anything is published.
  */
 export async function unknownLetters(bus: Bus, which: Selection): Promise<string[]> {
   if (which === "all") return [];
@@ -267,7 +268,7 @@ export async function unknownLetters(bus: Bus, which: Selection): Promise<string
   const out: string[] = [];
   for (const seq of which) {
     if (redriven.has(seq)) {
-      out.push(`DLQ ${seq} was redriven already`);
+      out.push(`DLQ ${seq} was redriven or dismissed already`);
       continue;
     }
     const m = await held(bus, DLQ_STREAM.name, seq);
@@ -281,7 +282,7 @@ export async function unknownLetters(bus: Bus, which: Selection): Promise<string
 export function failure(err: unknown, user: string): string {
   const message = (err as Error).message;
   return /permissions? violation/i.test(message)
-    ? `NATS user ${user || "(none)"} may not do this (${message}): redrive as the bus's administrator, ${BUS_ADMIN}`
+    ? `NATS user ${user || "(none)"} may not do this (${message}): run make dlq as the bus's administrator, ${BUS_ADMIN}`
     : message;
 }
 
@@ -358,11 +359,37 @@ export async function redrive(
   return { redriven, skipped };
 }
 
-/** The line `make dlq --follow` prints for a redrive mark as it comes. */
+/**
+ * Settles the letters `which` names without sending anything back: each is marked as a redrive marks it,
+ * the mark saying `x-dlq-dismissed`, so `make dlq` leaves it out and its consumer counts it waiting no
+ * more (ShopmeshDeadLetters resolves). For a letter that can never be redriven (its original no longer
+ * held, a letter no event stream's message is behind) and one whose event was dealt with by hand.
+ * Says one line a letter to `say`; returns how many it dismissed.
+ */
+export async function dismiss(bus: Bus, which: Selection, say: (line: string) => void): Promise<number> {
+  const named = which === "all" ? await nameMarks(bus) : 0;
+  if (named > 0) say(`${named} letter(s) redriven earlier marked again, for their consumer's dead_letters_waiting`);
+  let dismissed = 0;
+  for await (const letter of selected(bus, which, await redrivenSeqs(bus))) {
+    const mark = natsHeaders();
+    mark.set("x-dlq-dismissed", new Date().toISOString());
+    await bus.js.publish(markSubject(durableOfLetter(letter.subject), letter.seq), new Uint8Array(0), {
+      headers: mark,
+    });
+    say(`DLQ ${letter.seq} dismissed: its event is not sent again`);
+    dismissed++;
+  }
+  return dismissed;
+}
+
+/** The line `make dlq --follow` prints for a redrive's (or a dismissal's) mark as it comes. */
 export function markLine(m: JsMsg): string {
   let to = "";
+  let dismissed = false;
   try {
     to = m.headers?.get("x-dlq-redriven-to") ?? "";
+    dismissed = !!m.headers?.get("x-dlq-dismissed");
   } catch {}
+  if (dismissed) return `DLQ ${markOf(m.subject)} dismissed`;
   return `DLQ ${markOf(m.subject)} redriven${to ? ` to ${printable(to)}` : ""}`;
 }

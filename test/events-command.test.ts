@@ -30,6 +30,7 @@ import {
   BUS_ADMIN,
   type Bus,
   connectBus,
+  deadLettersWaiting,
   migrations,
   natsAuthorization,
   openDatabase,
@@ -485,7 +486,7 @@ describe("make dlq --redrive", () => {
       expect(after.out()).toContain("no dead letters on DLQ");
       const again = asUser(["--dlq", "--redrive", String(letter.seq)], nats.url);
       expect(await again.exit(20_000)).toBe(2);
-      expect(again.err()).toContain(`DLQ ${letter.seq} was redriven already`);
+      expect(again.err()).toContain(`DLQ ${letter.seq} was redriven or dismissed already`);
 
       // The same letter once more (a redrive killed between its publish and its mark, or lettered twice):
       // republished again, past the duplicate window's id, and applied by no one a second time.
@@ -797,6 +798,53 @@ describe("make dlq --redrive", () => {
     }
   }, 60_000);
 
+  it("--dismiss settles a letter no redrive can send: out of the listing and the waiting count, nothing published", async () => {
+    await using nats = await startNats();
+    const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams });
+    try {
+      const ok = await placedEvent(bus, "evt_fine");
+      const base = { "ce-type": OrderPlacedSchema.typeName, "x-dlq-subject": "order.order.placed.orchestration" };
+      const gone = await addLetter(bus, "history-order", { ...base, "ce-id": "evt_gone", "x-dlq-stream-seq": "999" });
+      const fine = await addLetter(bus, "history-order", {
+        ...base,
+        "ce-id": "evt_fine",
+        "x-dlq-stream-seq": String(ok),
+      });
+      expect(await deadLettersWaiting(bus, "history-order")).toBe(2);
+      const following = asUser(["--dlq", "--follow"], nats.url);
+      await following.printed(`DLQ ${fine} `);
+
+      const run = asUser(["--dlq", "--dismiss", String(gone)], nats.url);
+      expect(await run.exit(20_000), run.err()).toBe(0);
+      expect(run.out()).toContain(`DLQ ${gone} dismissed: its event is not sent again`);
+      expect(run.out()).toContain("1 dismissed");
+      await following.printed(`DLQ ${gone} dismissed`);
+      expect(await deadLettersWaiting(bus, "history-order")).toBe(1);
+      const listed = asUser(["--dlq"], nats.url);
+      expect(await listed.exit(20_000), listed.err()).toBe(0);
+      expect(listed.out()).not.toContain(`DLQ ${gone} `);
+      expect(listed.out()).toContain(`DLQ ${fine} `);
+
+      // Settled once: named again it is refused; --redrive all no longer tries it, and sends the other.
+      const again = asUser(["--dlq", "--dismiss", String(gone)], nats.url);
+      expect(await again.exit(20_000)).toBe(2);
+      expect(again.err()).toContain(`DLQ ${gone} was redriven or dismissed already`);
+      expect(again.err()).toContain("nothing dismissed");
+      const all = asUser(["--dlq", "--redrive", "all"], nats.url);
+      expect(await all.exit(20_000), all.err()).toBe(0);
+      expect(all.out()).not.toContain(`DLQ ${gone} `);
+      expect(all.out()).toContain("1 redriven, 0 skipped");
+      expect((await bus.jsm.streams.info("ORDER")).state.messages).toBe(2); // the event and its one copy
+      expect(await deadLettersWaiting(bus, "history-order")).toBe(0);
+      // Nothing left: --dismiss all dismisses nothing.
+      const none = asUser(["--dlq", "--dismiss", "all"], nats.url);
+      expect(await none.exit(20_000), none.err()).toBe(0);
+      expect(none.out()).toContain("0 dismissed");
+    } finally {
+      await bus.close();
+    }
+  }, 60_000);
+
   it("keeps a letter, unmarked, whose republish its stream refuses (no acknowledgement)", async () => {
     await using nats = await startNats();
     const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams });
@@ -841,6 +889,11 @@ describe("make dlq --redrive", () => {
       ["--dlq", "--redrive", "1", "--follow"],
       ["--dlq", "--redrive", "1", "--redrive", "2"],
       ["--redrive", "1"],
+      ["--dlq", "--dismiss"],
+      ["--dlq", "--dismiss", "1,x"],
+      ["--dlq", "--redrive", "1", "--dismiss", "2"],
+      ["--dlq", "--dismiss", "1", "--follow"],
+      ["--dismiss", "1"],
     ]) {
       const run = eventsTs(args, "nats://127.0.0.1:1");
       expect(await run.exit(15_000), args.join(" ")).toBe(2);
@@ -1144,7 +1197,7 @@ describe("make dlq --redrive", () => {
       expect(listed.out()).not.toContain(`DLQ ${letter} `);
       const again = asUser(["--dlq", "--redrive", String(letter)], nats.url);
       expect(await again.exit(20_000)).toBe(2);
-      expect(again.err()).toContain(`DLQ ${letter} was redriven already`);
+      expect(again.err()).toContain(`DLQ ${letter} was redriven or dismissed already`);
     } finally {
       await history.close();
       await bus.close();
