@@ -178,7 +178,7 @@ events: install ## Tail every event on the bus, decoded, until Ctrl-C (ARGS=--fr
 	@$(BUILT)
 	@node dist/scripts/events.js $$ARGS
 
-dlq: install ## List dead-lettered events and why they failed, then exit (ARGS=--follow keeps watching; ARGS="--redrive <seq>,...|all" sends them back)
+dlq: install ## List dead-lettered events and why they failed, then exit (ARGS=--follow keeps watching; ARGS="--redrive <seq>,...|all" sends them back, --dismiss settles them unsent)
 	@$(BUILT)
 	@node dist/scripts/events.js --dlq $$ARGS
 
