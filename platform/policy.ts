@@ -7,6 +7,8 @@ import type { DescMethod } from "@bufbuild/protobuf";
 import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
 import { Metadata, status } from "@grpc/grpc-js";
 import {
+  BrokenCircuitError,
+  BulkheadRejectedError,
   type CircuitBreakerPolicy,
   type CircuitState,
   ConsecutiveBreaker,
@@ -15,6 +17,7 @@ import {
   type IBackoff,
   type IBreaker,
   SamplingBreaker,
+  TaskCancelledError,
 } from "cockatiel";
 import { type EnvReader, int, num } from "./config.js";
 import { RpcError } from "./errors.js";
@@ -197,6 +200,22 @@ export function isRetryable(err: unknown, idempotent: boolean): boolean {
   // An answer without a status of its own (too large, a reset) says nothing a retry would change.
   if (err.broken) return false;
   return idempotent && (err.code === status.DEADLINE_EXCEEDED || err.code === status.RESOURCE_EXHAUSTED);
+}
+
+/** Policy rejections become RpcErrors naming the downstream (UNAVAILABLE, RESOURCE_EXHAUSTED); RpcErrors pass through. */
+export function toClientError(err: unknown, downstream: string, sent = true): unknown {
+  const md = new Metadata();
+  const local = { cause: err, notSent: !sent };
+  if (err instanceof BrokenCircuitError)
+    return new RpcError(status.UNAVAILABLE, `${downstream}: ${err.message}`, md, local);
+  if (err instanceof BulkheadRejectedError) {
+    return new RpcError(status.RESOURCE_EXHAUSTED, `${downstream}: bulkhead full, call shed`, md, local);
+  }
+  // instanceof, not cockatiel's isTaskCancelledError(): in 3.2 that helper tests the wrong property.
+  if (err instanceof TaskCancelledError) {
+    return new RpcError(status.CANCELLED, `${downstream}: call cancelled by the caller`, md, { cause: err });
+  }
+  return err;
 }
 
 /**

@@ -30,18 +30,8 @@
  */
 import type { DescMessage, DescMethod, DescService, MessageShape } from "@bufbuild/protobuf";
 import type * as grpc from "@grpc/grpc-js";
-import { Metadata, status } from "@grpc/grpc-js";
 import type { NatsConnection } from "@nats-io/transport-node";
-import {
-  BrokenCircuitError,
-  BulkheadRejectedError,
-  bulkhead,
-  ExponentialBackoff,
-  handleWhen,
-  type IPolicy,
-  retry,
-  TaskCancelledError,
-} from "cockatiel";
+import { BrokenCircuitError, bulkhead, ExponentialBackoff, handleWhen, type IPolicy, retry } from "cockatiel";
 import { earliestDeadline, withDeadline } from "./deadline.js";
 import { type BreakerName, type Endpoint, Endpoints, type EndpointsOptions } from "./endpoints.js";
 import { RpcError } from "./errors.js";
@@ -55,6 +45,7 @@ import {
   isRetryable,
   type PolicyConfig,
   stalledAttempt,
+  toClientError,
 } from "./policy.js";
 import { detached } from "./propagation.js";
 import { processStalls } from "./stall.js";
@@ -303,22 +294,6 @@ function attemptOptions(
   const attemptDeadline = deadline === undefined ? now + timeoutMs : Math.min(now + timeoutMs, deadline);
   // cockatiel derives the attempt's signal from the caller's (passed to execute), so it is enough.
   return { metadata: opts.metadata, deadline: attemptDeadline, signal: policySignal };
-}
-
-/** Policy rejections become RpcErrors naming the downstream (UNAVAILABLE, RESOURCE_EXHAUSTED); RpcErrors pass through. */
-function toClientError(err: unknown, downstream: string, sent = true): unknown {
-  const md = new Metadata();
-  const local = { cause: err, notSent: !sent };
-  if (err instanceof BrokenCircuitError)
-    return new RpcError(status.UNAVAILABLE, `${downstream}: ${err.message}`, md, local);
-  if (err instanceof BulkheadRejectedError) {
-    return new RpcError(status.RESOURCE_EXHAUSTED, `${downstream}: bulkhead full, call shed`, md, local);
-  }
-  // instanceof, not cockatiel's isTaskCancelledError(): in 3.2 that helper tests the wrong property.
-  if (err instanceof TaskCancelledError) {
-    return new RpcError(status.CANCELLED, `${downstream}: call cancelled by the caller`, md, { cause: err });
-  }
-  return err;
 }
 
 /**
