@@ -44,10 +44,21 @@ export interface ListenerOptions {
   /** Request bodies declared longer (gRPC-Web text: its base64, grpc-web-text.ts) are refused without "100 Continue". */
   readonly maxBodyBytes: number;
   /** Called when the listener closes a connection itself, with why. */
-  readonly onClose?: (
-    reason: "per-ip-limit" | "headers-timeout" | "request-timeout" | "idle" | "stream-idle" | "header-list-size",
-  ) => void;
+  readonly onClose?: (reason: CloseReason) => void;
 }
+
+/** Every reason the listener closes a connection (or an HTTP/2 stream) for itself. */
+export const CLOSE_REASONS = [
+  "per-ip-limit",
+  "headers-timeout",
+  "request-timeout",
+  "idle",
+  "stream-idle",
+  "header-list-size",
+] as const;
+
+/** Why the listener closed a connection itself. */
+export type CloseReason = (typeof CLOSE_REASONS)[number];
 
 /** A listening port. */
 export interface Listener {
@@ -116,8 +127,6 @@ function refuse(req: http2.Http2ServerRequest, res: http2.Http2ServerResponse, s
   res.writeHead(status, { "content-length": "0" });
   res.end(() => req.stream.close(http2.constants.NGHTTP2_NO_ERROR));
 }
-
-type CloseReason = Parameters<NonNullable<ListenerOptions["onClose"]>>[0];
 
 /** The HTTP/1.1 and HTTP/2 servers that the front hands connections to, with their limits. */
 function protocolServers(o: ListenerOptions, handle: Handler, closed: (why: CloseReason) => void) {

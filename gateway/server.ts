@@ -15,7 +15,7 @@ import { hostProblem } from "./context.js";
 import { answer, clientIp, createDispatch, type DispatchOptions } from "./dispatch.js";
 import type { Endpoint, Req, Res } from "./endpoint.js";
 import { admitAddress } from "./limits.js";
-import { type Listener, type ListenerOptions, listen } from "./listener.js";
+import { CLOSE_REASONS, type Listener, type ListenerOptions, listen } from "./listener.js";
 import { findOpenApiDocument, openApiEndpoint } from "./openapi.js";
 import { restErrorAnswer } from "./rest-serve.js";
 
@@ -161,6 +161,8 @@ export async function startFront(o: FrontOptions): Promise<RunningFront> {
     else plain.serve(req, res);
   };
   const closes = o.telemetry.metrics.httpConnectionsClosed;
+  // Each from 0: a series first seen at 1 is invisible to rate() and increase() (see createMetrics).
+  for (const reason of CLOSE_REASONS) closes.inc({ reason }, 0);
   const listener: Listener = await listen({ ...o, log: o.log, onClose: (reason) => closes.inc({ reason }) }, handle);
   return {
     port: listener.port,

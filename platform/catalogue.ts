@@ -49,6 +49,14 @@ export interface EventCatalogue {
   kind(typeName: string): EventKind | undefined;
 }
 
+/**
+ * The kinds of the stream named after `service` (`ORDER`'s for order): the only events its NATS user
+ * may publish (bus-access.ts busUsers); none for a service without a stream of its own.
+ */
+export function ownKinds(catalogue: EventCatalogue, service: string): EventKind[] {
+  return catalogue.kinds.filter((k) => k.stream.toLowerCase() === service);
+}
+
 /** The last token of an event's subject: the saga mode of its order, or `none` (UNSPECIFIED) outside a saga. */
 export function modeToken(mode: SagaMode): "orchestration" | "choreography" | "none" {
   if (mode === SagaMode.ORCHESTRATION) return "orchestration";

@@ -3,7 +3,7 @@
 import { sql } from "kysely";
 import { type Bus, type BusAuth, connectBus } from "./bus.js";
 import { durableOf } from "./bus-access.js";
-import type { EventCatalogue } from "./catalogue.js";
+import { type EventCatalogue, ownKinds } from "./catalogue.js";
 import type { FaultInjector } from "./chaos.js";
 import { type RunningConsumer, startConsumer } from "./consumer.js";
 import type { ConsumerSpec } from "./consumer-spec.js";
@@ -80,12 +80,15 @@ export async function startEventing(opts: EventingOptions): Promise<Eventing> {
         ...telemetry,
       })
     : undefined;
+  if (relay) opts.telemetry?.metrics.trackPublished(ownKinds(opts.catalogue, opts.service).map((k) => k.typeName));
   relay?.start();
   const consumers: RunningConsumer[] = [];
   for (const c of opts.consumers ?? []) {
     // Counted from 0, not from the first letter: increase() sees that one too (ShopmeshDeadLetters).
-    opts.telemetry?.metrics.deadLetters.inc({ consumer: c.durable }, 0);
-    opts.telemetry?.metrics.eventsDroppedUnread.inc({ consumer: c.durable }, 0);
+    opts.telemetry?.metrics.trackConsumer(
+      c.durable,
+      c.handlers.map(([type]) => type),
+    );
     const dropped = watchDropped({
       bus,
       stream: c.stream,

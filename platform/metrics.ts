@@ -254,7 +254,18 @@ function eventMetrics(r: Registers, sources: Sources) {
   };
 }
 
-/** Every metric of one process, in its own registry. */
+/** What a downstream's breaker as one changes to: never isolated (endpoints.ts state()). */
+const DOWNSTREAM_BREAKERS = ["closed", "half-open", "open"] as const;
+
+/** What a consumer's events_handled_total counts an event of a type it handles as. */
+const HANDLED_OUTCOMES = ["handled", "duplicate", "failed", "ignored"] as const;
+
+/**
+ * Every metric of one process, in its own registry. A counter's series whose labels are known when
+ * what it counts is set up (a downstream, a consumer: see the track methods) is exported from then at
+ * 0: prom-client makes a series at its first increment, and one first seen at 1 is invisible to
+ * rate() and increase() (the first cancelled saga or bulkhead rejection of a process raised no alert).
+ */
 export function createMetrics(service: string) {
   const registry = new Registry();
   registry.setDefaultLabels({ service });
@@ -268,11 +279,27 @@ export function createMetrics(service: string) {
     dropped: new Map(),
     lettersWaiting: new Map(),
   };
+  const m = {
+    ...callMetrics(r),
+    ...resilienceMetrics(r, sources),
+    ...sagaMetrics(r),
+    ...eventMetrics(r, sources),
+  };
   return {
     registry,
-    /** Samples a downstream's breaker and bulkhead at every scrape. */
-    trackDownstream(name: string, state: () => DownstreamSample) {
+    /**
+     * Samples a downstream's breaker and bulkhead at every scrape; its rejections, breaker changes and
+     * the retries of `retried` (each method and a code it is retried on) are at 0 from now.
+     */
+    trackDownstream(
+      name: string,
+      state: () => DownstreamSample,
+      retried: readonly { readonly method: string; readonly code: string }[] = [],
+    ) {
       sources.downstreams.set(name, state);
+      m.bulkheadRejected.inc({ downstream: name }, 0);
+      for (const to of DOWNSTREAM_BREAKERS) m.breakerTransitions.inc({ downstream: name, to }, 0);
+      for (const { method, code } of retried) m.retries.inc({ downstream: name, method, code }, 0);
     },
     /** The downstreams' breakers and bulkheads now, by name (what the chaos service's GetResilience answers). */
     downstreams(): Record<string, DownstreamSample> {
@@ -281,6 +308,21 @@ export function createMetrics(service: string) {
     /** Samples the outbox backlog at every scrape. */
     trackBacklog(backlog: () => { count: number; oldestAgeMs: number }) {
       sources.backlog = backlog;
+    },
+    /** The relay publishes events of `types`: each is at 0 from now. */
+    trackPublished(types: readonly string[]) {
+      for (const type of types) m.eventsPublished.inc({ type }, 0);
+    },
+    /**
+     * A consumer of the event types `types` (those it has handlers for): its letters, drops,
+     * redeliveries and each outcome of each of `types` are at 0 from now.
+     */
+    trackConsumer(consumer: string, types: readonly string[]) {
+      m.deadLetters.inc({ consumer }, 0);
+      m.eventsDroppedUnread.inc({ consumer }, 0);
+      m.redeliveries.inc({ consumer }, 0);
+      for (const type of types)
+        for (const outcome of HANDLED_OUTCOMES) m.eventsHandled.inc({ consumer, type, outcome }, 0);
     },
     /** Samples what `consumer` has yet to acknowledge at every scrape. */
     trackPending(consumer: string, pending: () => Promise<number | undefined>) {
@@ -294,10 +336,7 @@ export function createMetrics(service: string) {
     trackDropped(consumer: string, check: () => Promise<void>) {
       sources.dropped.set(consumer, check);
     },
-    ...callMetrics(r),
-    ...resilienceMetrics(r, sources),
-    ...sagaMetrics(r),
-    ...eventMetrics(r, sources),
+    ...m,
   };
 }
 

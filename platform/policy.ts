@@ -3,7 +3,7 @@
  * the resilient client (resilience.ts), their defaults, their env variables,
  * and which failures count and which may be retried.
  */
-import type { DescMethod } from "@bufbuild/protobuf";
+import type { DescMethod, DescService } from "@bufbuild/protobuf";
 import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
 import { Metadata, status } from "@grpc/grpc-js";
 import {
@@ -188,6 +188,9 @@ export function stalledAttempt(
   return new StalledAttemptError(err.code, err.message, err.metadata, { cause: err });
 }
 
+/** What an attempt of an idempotent method is retried on besides UNAVAILABLE (what any method's is). */
+const RETRIED_IF_IDEMPOTENT: readonly status[] = [status.DEADLINE_EXCEEDED, status.RESOURCE_EXHAUSTED];
+
 /** True when `method` may be retried after DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED. */
 export function isIdempotent(method: DescMethod): boolean {
   return method.idempotency !== MethodOptions_IdempotencyLevel.IDEMPOTENCY_UNKNOWN;
@@ -199,7 +202,22 @@ export function isRetryable(err: unknown, idempotent: boolean): boolean {
   if (err.code === status.UNAVAILABLE) return true;
   // An answer without a status of its own (too large, a reset) says nothing a retry would change.
   if (err.broken) return false;
-  return idempotent && (err.code === status.DEADLINE_EXCEEDED || err.code === status.RESOURCE_EXHAUSTED);
+  return idempotent && RETRIED_IF_IDEMPOTENT.includes(err.code);
+}
+
+/**
+ * Each unary method of `service` (by name) with each code an attempt of it may be retried on
+ * ({@link isRetryable}): the label values of its rpc_client_retries_total. A stream is never retried.
+ */
+export function retriedCalls(service: DescService): { method: string; code: string }[] {
+  return service.methods
+    .filter((m) => m.methodKind === "unary")
+    .flatMap((m) =>
+      [status.UNAVAILABLE, ...(isIdempotent(m) ? RETRIED_IF_IDEMPOTENT : [])].map((c) => ({
+        method: m.name,
+        code: status[c],
+      })),
+    );
 }
 
 /** Policy rejections become RpcErrors naming the downstream (UNAVAILABLE, RESOURCE_EXHAUSTED); RpcErrors pass through. */

@@ -22,9 +22,11 @@ import {
   CallerDeadlineError,
   callersDeadline,
   DEFAULT_POLICY,
+  isIdempotent,
   isRetryable,
   type PolicyConfig,
   policyEnv,
+  retriedCalls,
 } from "./policy.js";
 import { createResilientClient, type PolicyEvents, type ResilientClient } from "./resilience.js";
 import { bind, type RunningServer, startGrpcServer } from "./server.js";
@@ -314,6 +316,25 @@ describe("retry by idempotency", () => {
 
     await expect(client.cancelOrder({ orderId: "o-1" })).resolves.toBeDefined();
     expect(fake.calls).toBe(3);
+  });
+
+  it("lists for rpc_client_retries_total each unary method with exactly the codes isRetryable retries it on", () => {
+    for (const service of [OrderService, InventoryService]) {
+      const listed = retriedCalls(service).map((r) => `${r.method}:${r.code}`);
+      const retried = service.methods
+        .filter((m) => m.methodKind === "unary")
+        .flatMap((m) =>
+          Object.values(Code)
+            .filter((c): c is Code => typeof c === "number")
+            .filter((c) => isRetryable(new RpcError(c, "x", new Metadata()), isIdempotent(m)))
+            .map((c) => `${m.name}:${Code[c]}`),
+        );
+      expect(listed.sort()).toEqual(retried.sort());
+    }
+    expect(retriedCalls(OrderService).filter((r) => r.method === "CancelOrder")).toEqual([
+      { method: "CancelOrder", code: "UNAVAILABLE" },
+    ]);
+    expect(retriedCalls(OrderService).some((r) => r.method === "WatchOrder")).toBe(false);
   });
 });
 

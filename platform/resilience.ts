@@ -44,6 +44,7 @@ import {
   isIdempotent,
   isRetryable,
   type PolicyConfig,
+  retriedCalls,
   stalledAttempt,
   toClientError,
 } from "./policy.js";
@@ -160,7 +161,7 @@ export function createResilientClient<S extends DescService>(
     queued: config.bulkheadQueue - bh.queueSlots,
     endpoints: endpoints.breakers(),
   });
-  metrics?.trackDownstream(downstream, state);
+  metrics?.trackDownstream(downstream, state, retriedCalls(service));
   const guard: Guard<S> = { downstream, config, bulkhead: bh, endpoints, log: plog, events, metrics };
   const bytes: Record<string, unknown> = {};
   const client: Record<string, unknown> = { state, close: () => endpoints.close(), bytes };

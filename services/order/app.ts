@@ -29,6 +29,7 @@ import {
 } from "../../platform/index.js";
 import { createOrderApi } from "./api.js";
 import type { OrderConfig } from "./config.js";
+import { SAGA_MODES, TERMINAL_STATUSES } from "./domain.js";
 import { Choreography } from "./events.js";
 import { SagaOrchestrator } from "./saga.js";
 import { OrderStore } from "./store.js";
@@ -50,8 +51,16 @@ export interface OrderApp extends Host<OrderParts> {
   readonly payment: ResilientClient<typeof PaymentService>;
 }
 
-/** Saga metrics from the store's lifecycle events. */
+/** Saga metrics from the store's lifecycle events, each mode's and outcome's from 0 (see createMetrics). */
 function countSagas(store: OrderStore, m: Metrics): void {
+  for (const mode of SAGA_MODES) {
+    m.sagasStarted.inc({ mode }, 0);
+    m.sagasCompensated.inc({ mode }, 0);
+    for (const status of TERMINAL_STATUSES) {
+      m.sagasFinished.inc({ mode, outcome: status.toLowerCase() }, 0);
+      m.sagaDuration.zero({ mode, outcome: status.toLowerCase() });
+    }
+  }
   store.onPlaced((o) => m.sagasStarted.inc({ mode: o.sagaMode }));
   store.onTerminal((o) => {
     const outcome = o.status.toLowerCase();

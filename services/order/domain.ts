@@ -96,9 +96,15 @@ export type Decision =
   | { readonly kind: "cancel" }
   | { readonly kind: "done" };
 
+/** The statuses an order ends in. */
+export const TERMINAL_STATUSES: readonly OrderStatus[] = ["CONFIRMED", "CANCELLED"];
+
+/** Every saga mode, each order's one of them. */
+export const SAGA_MODES: readonly SagaMode[] = ["ORCHESTRATION", "CHOREOGRAPHY"];
+
 /** True for CONFIRMED and CANCELLED. */
 function isTerminal(s: OrderStatus): boolean {
-  return s === "CONFIRMED" || s === "CANCELLED";
+  return TERMINAL_STATUSES.includes(s);
 }
 
 /** A cancelled order whose payment may still be taken: its refund (or void) has not landed. */
