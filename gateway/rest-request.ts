@@ -27,6 +27,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { fieldNamed, fieldPath, type RestRoute } from "../contracts/http-rules.js";
 import { BadRequestSchema } from "../gen/google/rpc/error_details_pb.js";
 import { clipText } from "../platform/index.js";
+import { headerKey } from "./idempotency-key.js";
 import { describeJsonError } from "./json-errors.js";
 import { decodeSegment, type RestMatch } from "./rest.js";
 
@@ -254,14 +255,17 @@ export function requestJson(m: RestMatch, input: RestInput): JsonObject {
   // IETF draft-ietf-httpapi-idempotency-key-header: the header is the request's idempotency key.
   const keyField = fieldNamed(message, "idempotency_key");
   if (input.idempotencyKey !== undefined && keyField?.fieldKind === "scalar" && keyField.scalar === ScalarType.STRING) {
+    const key = headerKey(input.idempotencyKey);
+    if (key === undefined)
+      throw badRequest("idempotency_key", "the Idempotency-Key header is neither a bare key nor one quoted string");
     for (const name of [keyField.jsonName, keyField.name]) {
       const inBody = obj[name];
-      if (inBody !== undefined && inBody !== "" && inBody !== input.idempotencyKey) {
+      if (inBody !== undefined && inBody !== "" && inBody !== key) {
         throw badRequest("idempotency_key", "the Idempotency-Key header and the body disagree");
       }
     }
     delete obj[keyField.name];
-    obj[keyField.jsonName] = input.idempotencyKey;
+    obj[keyField.jsonName] = key;
   }
   textValues.set(obj, texts);
   return obj;

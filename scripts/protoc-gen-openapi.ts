@@ -192,7 +192,8 @@ function idempotencyHeader(route: RestRoute): JsonObject[] {
       name: "Idempotency-Key",
       in: "header",
       description: `Sets \`${key.jsonName}\` (IETF draft-ietf-httpapi-idempotency-key-header): a retry with the same key \
-answers as the first request did; the same key with a different request answers 409.`,
+answers as the first request did; the same key with a different request answers 409. The key bare, or quoted as the \
+draft writes it (a Structured Field String: \`"k"\` is the key \`k\`).`,
       schema: { type: "string" },
     },
   ];
