@@ -18,6 +18,8 @@ const STORE_SUITES = [
   "test/hostile-domain.test.ts",
   "test/hostile-soak.test.ts",
   "test/hostile-race-alone.test.ts",
+  "test/hostile-paging.test.ts",
+  "test/hostile-idempotency.test.ts",
 ];
 /** Suites that need several replicas on one PostgreSQL (SQLite is one process per file). */
 const POSTGRES_ONLY = [
