@@ -259,4 +259,22 @@ describe("reservations", () => {
     const now = (await inventory.getProduct({ productId: "paper-filters" })).product;
     expect(now?.available).toBe((first?.available ?? 0) + 7);
   });
+
+  it("answers 20 callers of one restock near the cap alike: the units added once, nobody told it would overflow", async () => {
+    // On PostgreSQL the callers that lost the race waited on the product's row, then found it full with
+    // the winner's units and answered FAILED_PRECONDITION, though their restock had been made (hc, 2026-12-06).
+    await app.store.db.run(sql`UPDATE products SET available = ${MAX_STOCK - 15} - reserved WHERE id = 'hand-grinder'`);
+    const req = { idempotencyKey: key(), productId: "hand-grinder", quantity: 10 };
+    const answers = await Promise.all(
+      Array.from({ length: 20 }, () =>
+        inventory.restock(req, admin).then(
+          (r) => `OK ${r.product?.available}`,
+          (e: unknown) => String(e),
+        ),
+      ),
+    );
+    const product = (await inventory.getProduct({ productId: "hand-grinder" })).product;
+    expect(new Set(answers)).toEqual(new Set([`OK ${product?.available}`]));
+    expect((product?.available ?? 0) + (product?.reserved ?? 0)).toBe(MAX_STOCK - 5);
+  });
 });

@@ -327,6 +327,11 @@ export class InventoryStore {
    */
   restock(key: string, fingerprint: string, productId: string, quantity: number): Promise<RestockResult> {
     return this.db.transaction(async (tx): Promise<RestockResult> => {
+      // The product locked before the key is read: a restock under the same key that holds it has
+      // committed by then, and its key is read (READ COMMITTED). Read after, the key was not there yet,
+      // the product was full with that restock's units, and a caller of a restock that had been made
+      // was answered it would overflow (test: 20 callers near the cap, on PostgreSQL).
+      const product = (await lockedProducts(tx, [productId])).get(productId);
       const prior = await tx.one(
         sql<{
           fingerprint: string;
@@ -351,7 +356,6 @@ export class InventoryStore {
         case "new":
           break;
       }
-      const product = await productIn(tx, productId);
       if (!product) return { kind: "not-found" };
       const now = this.clock();
       const added = await tx.run(sql`UPDATE products SET available = available + ${quantity}, updated_at = ${now}
