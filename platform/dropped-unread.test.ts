@@ -53,6 +53,46 @@ function watched(bus: Bus, metrics: Metrics, durable: string, log: pino.Logger) 
   return check;
 }
 
+/**
+ * Makes TINY on `bus`: tiny.>, limits retention, file storage, the last 10 events kept (discard old).
+ * Its helpers publish `n` events (on tiny.a unless told), add a durable (explicit acks, from the
+ * stream's first event, filtered when told), and pull `n` events of a durable, acknowledging each
+ * (`ack` true), none (false), or those whose index (from 0) it names.
+ */
+async function tiny(bus: Bus) {
+  await bus.jsm.streams.add({
+    name: "TINY",
+    subjects: ["tiny.>"],
+    storage: StorageType.File,
+    retention: RetentionPolicy.Limits,
+    max_msgs: 10,
+    discard: DiscardPolicy.Old,
+  });
+  return {
+    async publish(n: number, subject = "tiny.a") {
+      for (let i = 0; i < n; i++) await bus.js.publish(subject, "x");
+    },
+    durable: (name: string, filter?: string) =>
+      bus.jsm.consumers.add("TINY", {
+        durable_name: name,
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.All,
+        ...(filter ? { filter_subject: filter } : {}),
+      }),
+    async read(name: string, n: number, ack: boolean | readonly number[] = true) {
+      const c = await bus.js.consumers.get("TINY", name);
+      const got: JsMsg[] = [];
+      for (let i = 0; i < n; i++) {
+        const m = await c.next({ expires: 2_000 });
+        if (!m) break;
+        if (ack === true || (Array.isArray(ack) && ack.includes(i))) await m.ackAck();
+        got.push(m);
+      }
+      return got;
+    },
+  };
+}
+
 describe("droppedUnread", () => {
   it("counts the stream's sequences below its first that the consumer was never given, each once", () => {
     // Read up to 3, the stream now starts at 24: 4..23 are gone.
@@ -92,6 +132,10 @@ describe("readUpTo", () => {
     expect(readUpTo(at([13, 58], [13, 33], 0, "tiny.a"))).toBe(58);
     // Unfiltered, nothing delivered past 3, yet delivered at 12: a stopped process's waiting pull.
     expect(readUpTo(at([3, 12], [3, 3]))).toBe(3);
+    // Made when the stream started at 21, given 21 and 22, acknowledging neither, or only 22: its
+    // floor says 0 until 21 is acknowledged (or dropped, which ends the delivery and moves the floor).
+    expect(readUpTo(at([2, 22], [0, 0], 2))).toBe(22);
+    expect(readUpTo(at([2, 22], [0, 0], 1))).toBe(22);
   });
 });
 
@@ -102,36 +146,7 @@ describe("events_dropped_unread_total", () => {
     const bus = await connectBus(nats.url, "dropped-test", log);
     const metrics = createMetrics("test");
     try {
-      await bus.jsm.streams.add({
-        name: "TINY",
-        subjects: ["tiny.>"],
-        storage: StorageType.File,
-        retention: RetentionPolicy.Limits,
-        max_msgs: 10,
-        discard: DiscardPolicy.Old,
-      });
-      const publish = async (n: number, subject = "tiny.a") => {
-        for (let i = 0; i < n; i++) await bus.js.publish(subject, "x");
-      };
-      const durable = (name: string, filter?: string) =>
-        bus.jsm.consumers.add("TINY", {
-          durable_name: name,
-          ack_policy: AckPolicy.Explicit,
-          deliver_policy: DeliverPolicy.All,
-          ...(filter ? { filter_subject: filter } : {}),
-        });
-      /** Pulls `n` events of `name`, acknowledging them or not. */
-      const read = async (name: string, n: number, ack = true) => {
-        const c = await bus.js.consumers.get("TINY", name);
-        const got: JsMsg[] = [];
-        for (let i = 0; i < n; i++) {
-          const m = await c.next({ expires: 2_000 });
-          if (!m) break;
-          if (ack) await m.ackAck();
-          got.push(m);
-        }
-        return got;
-      };
+      const { publish, durable, read } = await tiny(bus);
 
       await publish(3);
       await durable("stopped");
@@ -207,6 +222,40 @@ describe("events_dropped_unread_total", () => {
       } finally {
         nats.resume();
       }
+    } finally {
+      await bus.close();
+    }
+  });
+
+  it("counts nothing for a durable made after a drop that holds its first events, and what it misses later", async () => {
+    await using nats = await startNats();
+    const { log, errors } = capture();
+    const bus = await connectBus(nats.url, "dropped-test", log);
+    const metrics = createMetrics("test");
+    try {
+      const { publish, durable, read } = await tiny(bus);
+      await publish(30);
+      expect((await bus.jsm.streams.info("TINY")).state.first_seq).toBe(21);
+      // A new consumer's first pull (a service's first start on a week-old stream), its handler yet to
+      // acknowledge the first: nats-server 2.9 reports its ack floor as 0, as if it had read nothing of
+      // the 20 dropped before it existed — a crash before that first ack, and the replica restarting
+      // (or a second one starting), counted them all.
+      await durable("first-pull");
+      await durable("first-failing");
+      watched(bus, metrics, "first-pull", log);
+      watched(bus, metrics, "first-failing", log);
+      expect(await read("first-pull", 2, false)).toHaveLength(2);
+      // The first event failing (held, redelivered later), the next acknowledged: the floor stays 0.
+      expect(await read("first-failing", 3, [1, 2])).toHaveLength(3);
+      expect(await dropped(metrics, "first-pull")).toBe(0);
+      expect(await dropped(metrics, "first-failing")).toBe(0);
+      expect(errors()).toHaveLength(0);
+
+      // Dropped while held, its deliveries end (its floor moves to 22, 23): what it was never given is counted.
+      await publish(15);
+      const { state } = await bus.jsm.streams.info("TINY");
+      expect(await dropped(metrics, "first-pull")).toBe(state.first_seq - 1 - 22);
+      expect(await dropped(metrics, "first-failing")).toBe(state.first_seq - 1 - 23);
     } finally {
       await bus.close();
     }

@@ -7,8 +7,11 @@
  * How far a consumer has read, from its JetStream info, as nats-server 2.9 keeps it (dropped-unread.test.ts
  * shows each case on a real server) — `ack_floor.stream_seq` mostly, and why not always:
  * - a durable made after a drop starts at the stream's first event with ack_floor 0 and delivered
- *   first - 1: by its ack floor it had lost everything before it existed. Never given an event, it has
- *   read up to its delivered.
+ *   first - 1, and its floor stays 0 until its first delivery is acknowledged: by its ack floor it had
+ *   lost everything before it existed (a new consumer whose first handling failed, or that crashed
+ *   before it, counted a week of events). Having acknowledged none, it has read up to its delivered:
+ *   what it holds is still in the stream (a drop ends a held delivery, moving the floor past it), and
+ *   nothing before its first was ever its.
  * - a filtered consumer acknowledges its own subjects' events only; a pull that finds none moves its
  *   delivered past the others, never its ack floor. The choreography consumers in an orchestration-only
  *   shop, or notification-payment (refunds only), would by their ack floors have "lost" a week of others'
@@ -43,9 +46,10 @@ export interface ConsumerPosition {
 
 /** The last stream sequence a consumer is done with (see the module comment for why this one). */
 export function readUpTo(c: ConsumerPosition): number {
+  const ackedNone = c.ack_floor.consumer_seq === 0;
   const holdsNothing = c.num_ack_pending === 0 && c.delivered.consumer_seq === c.ack_floor.consumer_seq;
-  const passedOver = Boolean(c.config.filter_subject) || c.delivered.consumer_seq === 0;
-  return holdsNothing && passedOver ? Math.max(c.ack_floor.stream_seq, c.delivered.stream_seq) : c.ack_floor.stream_seq;
+  const passedOver = ackedNone || (Boolean(c.config.filter_subject) && holdsNothing);
+  return passedOver ? Math.max(c.ack_floor.stream_seq, c.delivered.stream_seq) : c.ack_floor.stream_seq;
 }
 
 /**
