@@ -261,6 +261,39 @@ describe("events_dropped_unread_total", () => {
     }
   });
 
+  it("counts a gap of a stream made again under the same name, whose sequences start again at 1", async () => {
+    await using nats = await startNats();
+    const { log, errors } = capture();
+    const bus = await connectBus(nats.url, "dropped-test", log);
+    const metrics = createMetrics("test");
+    try {
+      const check = watched(bus, metrics, "stopped", log);
+      /** TINY made afresh, read to 3 by "stopped", then 30 more: 4..23 dropped before it read them. */
+      const dropFrom3 = async () => {
+        const { publish, durable, read } = await tiny(bus);
+        await publish(3);
+        await durable("stopped");
+        expect(await read("stopped", 3)).toHaveLength(3);
+        await check();
+        await publish(30);
+        expect((await bus.jsm.streams.info("TINY")).state.first_seq).toBe(24);
+      };
+      await dropFrom3();
+      expect(await dropped(metrics, "stopped")).toBe(20);
+      // An operator deletes the stream and makes it again (its durables go with it; a running consumer
+      // makes its own again, pull.ts), in the same process's life: the same 4..23 are new events lost.
+      await bus.jsm.streams.delete("TINY");
+      await dropFrom3();
+      expect(await dropped(metrics, "stopped")).toBe(40);
+      expect(errors().map((l) => [l.fromSeq, l.toSeq])).toEqual([
+        [4, 23],
+        [4, 23],
+      ]);
+    } finally {
+      await bus.close();
+    }
+  });
+
   it("is checked when a service's consumer starts, before it pulls: logged and counted once", async () => {
     await using nats = await startNats();
     const db = await openDatabase(

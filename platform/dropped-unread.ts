@@ -75,17 +75,22 @@ export interface DroppedWatchOptions {
 
 /**
  * A check of `durable` on `stream` for events the stream dropped before it read them: each gap is
- * counted and logged once in this process (the highest sequence counted is remembered). It never
+ * counted and logged once in this process (the highest sequence counted is remembered, per creation of
+ * the stream). It never
  * fails and waits for NATS at most a second; a durable not there yet (made next, from the stream's
  * first event) has nothing to lose.
  */
 export function watchDropped(o: DroppedWatchOptions): () => Promise<void> {
   const { bus, stream, durable } = o;
   let countedTo = 0;
+  // The stream counted on, by its creation time: one deleted and made again under the same name
+  // numbers its events from 1 again, and the old stream's counted sequences say nothing of the new's.
+  let countedOf = "";
   return async () => {
     const read = await readWithin(Promise.all([bus.jsm.streams.info(stream), bus.jsm.consumers.info(stream, durable)]));
     if (!read) return;
-    const [{ state }, consumer] = read;
+    const [{ state, created }, consumer] = read;
+    if (created !== countedOf) [countedTo, countedOf] = [0, created];
     const gap = droppedUnread(state.first_seq, readUpTo(consumer), countedTo);
     if (!gap) return;
     countedTo = gap.to;
