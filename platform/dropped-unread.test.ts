@@ -108,34 +108,29 @@ describe("droppedUnread", () => {
 });
 
 describe("readUpTo", () => {
-  /** A consumer's position as nats-server 2.9 reported it in each case (the test below). */
-  const at = (
-    delivered: [number, number],
-    ackFloor: [number, number],
-    held = 0,
-    filter?: string,
-  ): ConsumerPosition => ({
+  /** A consumer's position as nats-server 2.9 reported it in each case (the tests below). */
+  const at = (delivered: [number, number], ackFloor: [number, number], filter?: string): ConsumerPosition => ({
     delivered: { consumer_seq: delivered[0], stream_seq: delivered[1] },
     ack_floor: { consumer_seq: ackFloor[0], stream_seq: ackFloor[1] },
-    num_ack_pending: held,
     config: filter ? { filter_subject: filter } : {},
   });
 
-  it("is the ack floor, but for a durable never given an event and a filtered one holding nothing", () => {
+  it("is the ack floor, but for a durable that acknowledged none and a filtered one", () => {
     expect(readUpTo(at([3, 3], [3, 3]))).toBe(3);
-    // Holding two: what it acknowledged, filtered or not.
-    expect(readUpTo(at([5, 5], [3, 3], 2))).toBe(3);
-    expect(readUpTo(at([5, 5], [3, 3], 2, "tiny.a"))).toBe(3);
+    // Holding two: what it acknowledged; filtered, what it passed (what it holds is still in the stream).
+    expect(readUpTo(at([5, 5], [3, 3]))).toBe(3);
+    expect(readUpTo(at([5, 5], [3, 3], "tiny.a"))).toBe(5);
+    // Filtered, its last own event acknowledged at 3, passed over others' to 28, then given 29, held.
+    expect(readUpTo(at([4, 29], [3, 3], "tiny.a"))).toBe(29);
     // Made when the stream started at 24: ack floor 0, delivered 23.
     expect(readUpTo(at([0, 23], [0, 0]))).toBe(23);
     // Filtered, all acknowledged, a pull passed over other subjects' 34..58.
-    expect(readUpTo(at([13, 58], [13, 33], 0, "tiny.a"))).toBe(58);
+    expect(readUpTo(at([13, 58], [13, 33], "tiny.a"))).toBe(58);
     // Unfiltered, nothing delivered past 3, yet delivered at 12: a stopped process's waiting pull.
     expect(readUpTo(at([3, 12], [3, 3]))).toBe(3);
     // Made when the stream started at 21, given 21 and 22, acknowledging neither, or only 22: its
     // floor says 0 until 21 is acknowledged (or dropped, which ends the delivery and moves the floor).
-    expect(readUpTo(at([2, 22], [0, 0], 2))).toBe(22);
-    expect(readUpTo(at([2, 22], [0, 0], 1))).toBe(22);
+    expect(readUpTo(at([2, 22], [0, 0]))).toBe(22);
   });
 });
 
@@ -256,6 +251,39 @@ describe("events_dropped_unread_total", () => {
       const { state } = await bus.jsm.streams.info("TINY");
       expect(await dropped(metrics, "first-pull")).toBe(state.first_seq - 1 - 22);
       expect(await dropped(metrics, "first-failing")).toBe(state.first_seq - 1 - 23);
+    } finally {
+      await bus.close();
+    }
+  });
+
+  it("counts nothing for a filtered consumer that holds its own event after others' went past the bound", async () => {
+    await using nats = await startNats();
+    const { log, errors } = capture();
+    const bus = await connectBus(nats.url, "dropped-test", log);
+    const metrics = createMetrics("test");
+    try {
+      const { publish, durable, read } = await tiny(bus);
+      // notification-payment (refunds only), or a choreography consumer in a shop running orchestration:
+      // its last event is old, its ack floor with it, and the others' events go on past the bound.
+      await durable("rare", "tiny.a");
+      await publish(3);
+      expect(await read("rare", 3)).toHaveLength(3);
+      await publish(25, "tiny.b");
+      expect(await read("rare", 1)).toHaveLength(0);
+      watched(bus, metrics, "rare", log);
+      // Its own event at last, held: its handler fails (or its database is away, retried for as long),
+      // and a scrape, or a replica's start, comes meanwhile.
+      await publish(1);
+      expect(await read("rare", 1, false)).toHaveLength(1);
+      expect((await bus.jsm.streams.info("TINY")).state.first_seq).toBe(20);
+      expect(await dropped(metrics, "rare")).toBe(0);
+      expect(errors()).toHaveLength(0);
+
+      // Down from then on while 30 of its own go by: 30..49 dropped before it was given them, counted.
+      await publish(30);
+      expect((await bus.jsm.streams.info("TINY")).state.first_seq).toBe(50);
+      expect(await dropped(metrics, "rare")).toBe(20);
+      expect(errors()).toMatchObject([{ consumer: "rare", fromSeq: 30, toSeq: 49, filter: "tiny.a" }]);
     } finally {
       await bus.close();
     }

@@ -15,7 +15,9 @@
  * - a filtered consumer acknowledges its own subjects' events only; a pull that finds none moves its
  *   delivered past the others, never its ack floor. The choreography consumers in an orchestration-only
  *   shop, or notification-payment (refunds only), would by their ack floors have "lost" a week of others'
- *   events, at every scrape. Filtered and holding nothing, it has read up to its delivered.
+ *   events at every scrape — and did while holding an event of their own (a handler failing, the
+ *   database away, or just at that moment): the floor is still their last own event's. Filtered, it has
+ *   read up to its delivered, holding or not: what it holds is still in the stream.
  * - but a pull request of a stopped process, still waiting (up to its 30 s expiry) when the stream has
  *   already dropped past the consumer, moves delivered past the gap too, with nothing delivered: where the
  *   two may differ for no other reason (an unfiltered consumer) the ack floor is what counts.
@@ -40,15 +42,12 @@ export interface SeqRange {
 export interface ConsumerPosition {
   readonly delivered: { readonly consumer_seq: number; readonly stream_seq: number };
   readonly ack_floor: { readonly consumer_seq: number; readonly stream_seq: number };
-  readonly num_ack_pending: number;
   readonly config: { readonly filter_subject?: string };
 }
 
 /** The last stream sequence a consumer is done with (see the module comment for why this one). */
 export function readUpTo(c: ConsumerPosition): number {
-  const ackedNone = c.ack_floor.consumer_seq === 0;
-  const holdsNothing = c.num_ack_pending === 0 && c.delivered.consumer_seq === c.ack_floor.consumer_seq;
-  const passedOver = ackedNone || (Boolean(c.config.filter_subject) && holdsNothing);
+  const passedOver = c.ack_floor.consumer_seq === 0 || Boolean(c.config.filter_subject);
   return passedOver ? Math.max(c.ack_floor.stream_seq, c.delivered.stream_seq) : c.ack_floor.stream_seq;
 }
 
