@@ -109,28 +109,39 @@ describe("droppedUnread", () => {
 
 describe("readUpTo", () => {
   /** A consumer's position as nats-server 2.9 reported it in each case (the tests below). */
-  const at = (delivered: [number, number], ackFloor: [number, number], filter?: string): ConsumerPosition => ({
+  const at = (
+    delivered: [number, number],
+    ackFloor: [number, number],
+    held = 0,
+    filter?: string,
+  ): ConsumerPosition => ({
     delivered: { consumer_seq: delivered[0], stream_seq: delivered[1] },
     ack_floor: { consumer_seq: ackFloor[0], stream_seq: ackFloor[1] },
+    num_ack_pending: held,
     config: filter ? { filter_subject: filter } : {},
   });
 
-  it("is the ack floor, but for a durable that acknowledged none and a filtered one", () => {
-    expect(readUpTo(at([3, 3], [3, 3]))).toBe(3);
+  it("is the ack floor, but for a durable that acknowledged none, a filtered one, and one that passed over", () => {
+    expect(readUpTo(at([3, 3], [3, 3]), 1)).toBe(3);
     // Holding two: what it acknowledged; filtered, what it passed (what it holds is still in the stream).
-    expect(readUpTo(at([5, 5], [3, 3]))).toBe(3);
-    expect(readUpTo(at([5, 5], [3, 3], "tiny.a"))).toBe(5);
+    expect(readUpTo(at([5, 5], [3, 3], 2), 1)).toBe(3);
+    expect(readUpTo(at([5, 5], [3, 3], 2, "tiny.a"), 1)).toBe(5);
     // Filtered, its last own event acknowledged at 3, passed over others' to 28, then given 29, held.
-    expect(readUpTo(at([4, 29], [3, 3], "tiny.a"))).toBe(29);
+    expect(readUpTo(at([4, 29], [3, 3], 1, "tiny.a"), 20)).toBe(29);
     // Made when the stream started at 24: ack floor 0, delivered 23.
-    expect(readUpTo(at([0, 23], [0, 0]))).toBe(23);
+    expect(readUpTo(at([0, 23], [0, 0]), 24)).toBe(23);
     // Filtered, all acknowledged, a pull passed over other subjects' 34..58.
-    expect(readUpTo(at([13, 58], [13, 33], "tiny.a"))).toBe(58);
-    // Unfiltered, nothing delivered past 3, yet delivered at 12: a stopped process's waiting pull.
-    expect(readUpTo(at([3, 12], [3, 3]))).toBe(3);
+    expect(readUpTo(at([13, 58], [13, 33], 0, "tiny.a"), 49)).toBe(58);
+    // Unfiltered, nothing delivered past 3, yet delivered at 12, below the stream's first (24): a
+    // stopped process's waiting pull.
+    expect(readUpTo(at([3, 12], [3, 3]), 24)).toBe(3);
+    // Unfiltered now, holding nothing, delivered at 28 of a stream from 19: it passed over 4..28 under
+    // a filter since widened.
+    expect(readUpTo(at([3, 28], [3, 3]), 19)).toBe(28);
     // Made when the stream started at 21, given 21 and 22, acknowledging neither, or only 22: its
     // floor says 0 until 21 is acknowledged (or dropped, which ends the delivery and moves the floor).
-    expect(readUpTo(at([2, 22], [0, 0]))).toBe(22);
+    expect(readUpTo(at([2, 22], [0, 0], 2), 21)).toBe(22);
+    expect(readUpTo(at([2, 22], [0, 0], 1), 21)).toBe(22);
   });
 });
 
@@ -284,6 +295,42 @@ describe("events_dropped_unread_total", () => {
       expect((await bus.jsm.streams.info("TINY")).state.first_seq).toBe(50);
       expect(await dropped(metrics, "rare")).toBe(20);
       expect(errors()).toMatchObject([{ consumer: "rare", fromSeq: 30, toSeq: 49, filter: "tiny.a" }]);
+    } finally {
+      await bus.close();
+    }
+  });
+
+  it("counts nothing for a durable whose filter an upgrade widened after it had passed over others' events", async () => {
+    await using nats = await startNats();
+    const { log, errors } = capture();
+    const bus = await connectBus(nats.url, "dropped-test", log);
+    const metrics = createMetrics("test");
+    try {
+      const { publish, durable, read } = await tiny(bus);
+      await durable("widened", "tiny.a");
+      await publish(3);
+      expect(await read("widened", 3)).toHaveLength(3);
+      await publish(25, "tiny.b");
+      expect(await read("widened", 1)).toHaveLength(0);
+      // This process's consumer starts, checks, and widens its durable's filter to none (pull.ts's
+      // refilter, as on nats-server before 2.9.12): unfiltered, its ack floor is still 3.
+      const check = watched(bus, metrics, "widened", log);
+      await check();
+      const { config } = await bus.jsm.consumers.info("TINY", "widened");
+      const update = { stream_name: "TINY", config: { ...config, filter_subject: "" }, action: "update" };
+      await bus.nc.request("$JS.API.CONSUMER.DURABLE.CREATE.TINY.widened", JSON.stringify(update));
+      expect((await bus.jsm.consumers.info("TINY", "widened")).config.filter_subject ?? "").toBe("");
+      expect((await bus.jsm.streams.info("TINY")).state.first_seq).toBe(19);
+      expect(await dropped(metrics, "widened")).toBe(0);
+      // Another replica starting now: its delivered is in the stream, past events it was not given.
+      const replica = createMetrics("test");
+      watched(bus, replica, "widened", log);
+      expect(await dropped(replica, "widened")).toBe(0);
+      // The first event it is given after, held (its handler failing): still nothing lost.
+      await publish(1, "tiny.b");
+      expect(await read("widened", 1, false)).toHaveLength(1);
+      expect(await dropped(metrics, "widened")).toBe(0);
+      expect(errors()).toHaveLength(0);
     } finally {
       await bus.close();
     }

@@ -19,8 +19,10 @@
  *   database away, or just at that moment): the floor is still their last own event's. Filtered, it has
  *   read up to its delivered, holding or not: what it holds is still in the stream.
  * - but a pull request of a stopped process, still waiting (up to its 30 s expiry) when the stream has
- *   already dropped past the consumer, moves delivered past the gap too, with nothing delivered: where the
- *   two may differ for no other reason (an unfiltered consumer) the ack floor is what counts.
+ *   already dropped past the consumer, moves delivered past the gap too, with nothing delivered: for an
+ *   unfiltered consumer the ack floor is what counts — unless, holding nothing, its delivered is an
+ *   event still in the stream, which such a pull would have been given: it passed over others' events
+ *   under a filter an upgrade has since widened (pull.ts's refilter), its floor still its last own's.
  * - a delivery held unacknowledged when the stream drops its message is ended by the server as if
  *   acknowledged (the ack floor moves past it; a MSG_TERMINATED advisory no service may read): no
  *   number shows those — at most what the consumer had pulled ahead — and they are not counted.
@@ -42,19 +44,26 @@ export interface SeqRange {
 export interface ConsumerPosition {
   readonly delivered: { readonly consumer_seq: number; readonly stream_seq: number };
   readonly ack_floor: { readonly consumer_seq: number; readonly stream_seq: number };
+  readonly num_ack_pending: number;
   readonly config: { readonly filter_subject?: string };
 }
 
-/** The last stream sequence a consumer is done with (see the module comment for why this one). */
-export function readUpTo(c: ConsumerPosition): number {
-  const passedOver = c.ack_floor.consumer_seq === 0 || Boolean(c.config.filter_subject);
-  return passedOver ? Math.max(c.ack_floor.stream_seq, c.delivered.stream_seq) : c.ack_floor.stream_seq;
+/**
+ * The last stream sequence a consumer is done with, its stream's first being `firstSeq` (see the
+ * module comment for why this one).
+ */
+export function readUpTo(c: ConsumerPosition, firstSeq: number): number {
+  const { delivered, ack_floor: floor } = c;
+  const holdsNothing = c.num_ack_pending === 0 && delivered.consumer_seq === floor.consumer_seq;
+  const passedOver =
+    floor.consumer_seq === 0 || Boolean(c.config.filter_subject) || (holdsNothing && delivered.stream_seq >= firstSeq);
+  return passedOver ? Math.max(floor.stream_seq, delivered.stream_seq) : floor.stream_seq;
 }
 
 /**
  * The sequences a stream whose first is now `firstSeq` dropped before a consumer that has read up to
- * `readTo` was done with them, but for those up to `countedTo` (counted before); undefined for none.
- * An empty stream's first is 0.
+ * `readTo` was done with them, but for those up to `countedTo` (counted, or seen read, before);
+ * undefined for none. An empty stream's first is 0.
  */
 export function droppedUnread(firstSeq: number, readTo: number, countedTo: number): SeqRange | undefined {
   const from = Math.max(readTo, countedTo) + 1;
@@ -74,25 +83,26 @@ export interface DroppedWatchOptions {
 
 /**
  * A check of `durable` on `stream` for events the stream dropped before it read them: each gap is
- * counted and logged once in this process (the highest sequence counted is remembered, per creation of
- * the stream). It never
- * fails and waits for NATS at most a second; a durable not there yet (made next, from the stream's
- * first event) has nothing to lose.
+ * counted and logged once in this process (the highest sequence counted or seen read is remembered,
+ * per creation of the stream). It never fails and waits for NATS at most a second; a durable not there
+ * yet (made next, from the stream's first event) has nothing to lose.
  */
 export function watchDropped(o: DroppedWatchOptions): () => Promise<void> {
   const { bus, stream, durable } = o;
-  let countedTo = 0;
-  // The stream counted on, by its creation time: one deleted and made again under the same name
-  // numbers its events from 1 again, and the old stream's counted sequences say nothing of the new's.
-  let countedOf = "";
+  // Nothing up to `to` is counted (again): counted, or seen read — a later reading may be lower for no
+  // loss (a filter an upgrade widened leaves the ack floor at the durable's last own event, below the
+  // others' it had passed over, until it acknowledges its next). `of` is the stream's creation time:
+  // one deleted and made again under its name numbers its events from 1 again.
+  let settled = { to: 0, of: "" };
   return async () => {
     const read = await readWithin(Promise.all([bus.jsm.streams.info(stream), bus.jsm.consumers.info(stream, durable)]));
     if (!read) return;
     const [{ state, created }, consumer] = read;
-    if (created !== countedOf) [countedTo, countedOf] = [0, created];
-    const gap = droppedUnread(state.first_seq, readUpTo(consumer), countedTo);
+    if (created !== settled.of) settled = { to: 0, of: created };
+    const readTo = readUpTo(consumer, state.first_seq);
+    const gap = droppedUnread(state.first_seq, readTo, settled.to);
+    settled = { to: Math.max(settled.to, readTo, gap?.to ?? 0), of: created };
     if (!gap) return;
-    countedTo = gap.to;
     o.count(gap.count);
     const filter = consumer.config.filter_subject || undefined;
     o.log.error(
