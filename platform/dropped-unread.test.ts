@@ -1,9 +1,10 @@
 /**
  * `events_dropped_unread_total`: the events a bounded stream dropped before a consumer read them, read
  * from a real nats-server (2.9) — on a stream of the test's own with a bound of 10 events (discard old),
- * and through startEventing on ORDER made as small — counted once per process, logged once, none for a
- * consumer that kept up or a durable made after the drop, and a scrape that never waits on a NATS that
- * does not answer.
+ * and through startEventing on ORDER made as small — counted once per process (and again for a stream
+ * made again), logged once, none for a consumer that kept up, a durable made after the drop (holding
+ * its first events or not), a filtered one holding its own event among others', or one whose filter was
+ * widened, and a scrape that never waits on a NATS that does not answer.
  */
 import { AckPolicy, DeliverPolicy, DiscardPolicy, type JsMsg, RetentionPolicy, StorageType } from "@nats-io/jetstream";
 import { pino } from "pino";

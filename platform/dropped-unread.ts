@@ -11,7 +11,7 @@
  *   lost everything before it existed (a new consumer whose first handling failed, or that crashed
  *   before it, counted a week of events). Having acknowledged none, it has read up to its delivered:
  *   what it holds is still in the stream (a drop ends a held delivery, moving the floor past it), and
- *   nothing before its first was ever its.
+ *   nothing before its first was ever its. (nats-server 2.11 reports such a durable's floor as first - 1.)
  * - a filtered consumer acknowledges its own subjects' events only; a pull that finds none moves its
  *   delivered past the others, never its ack floor. The choreography consumers in an orchestration-only
  *   shop, or notification-payment (refunds only), would by their ack floors have "lost" a week of others'
