@@ -44,11 +44,14 @@ export async function startGateway(config: GatewayConfig, log: Logger): Promise<
       : undefined;
   const opts = { telemetry, ...(bus ? { nc: bus.nc } : {}) };
   // One client per upstream of the routing table, typed by the service its route names (which
-  // Object.fromEntries cannot carry).
+  // Object.fromEntries cannot carry). It calls the methods routed (composition's reads among them).
   const clients = Object.fromEntries(
     ROUTES.map((r) => [
       r.upstream,
-      createResilientClient(r.upstream, r.service, config[targetVariable(r.upstream)], policy, log, opts),
+      createResilientClient(r.upstream, r.service, config[targetVariable(r.upstream)], policy, log, {
+        ...opts,
+        calls: r.methods,
+      }),
     ]),
   ) as unknown as { readonly [U in Upstream]: ResilientClient<UpstreamService<U>> };
   const composition = createComposition({ ...clients, timeoutMs: config.COMPOSITION_TIMEOUT_MS });

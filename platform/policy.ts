@@ -206,12 +206,15 @@ export function isRetryable(err: unknown, idempotent: boolean): boolean {
 }
 
 /**
- * Each unary method of `service` (by name) with each code an attempt of it may be retried on
- * ({@link isRetryable}): the label values of its rpc_client_retries_total. A stream is never retried.
+ * Each unary method of `service` the caller makes (`calls`, by name; every one when undefined) with each
+ * code an attempt of it may be retried on ({@link isRetryable}): the label values of its
+ * rpc_client_retries_total. A stream is never retried. Throws for a name `service` has no method of.
  */
-export function retriedCalls(service: DescService): { method: string; code: string }[] {
+export function retriedCalls(service: DescService, calls?: readonly string[]): { method: string; code: string }[] {
+  const unknown = calls?.filter((name) => !service.methods.some((m) => m.name === name)) ?? [];
+  if (unknown.length > 0) throw new Error(`${service.typeName} has no method ${unknown.join(", ")}`);
   return service.methods
-    .filter((m) => m.methodKind === "unary")
+    .filter((m) => m.methodKind === "unary" && (calls?.includes(m.name) ?? true))
     .flatMap((m) =>
       [status.UNAVAILABLE, ...(isIdempotent(m) ? RETRIED_IF_IDEMPOTENT : [])].map((c) => ({
         method: m.name,

@@ -336,6 +336,27 @@ describe("retry by idempotency", () => {
     ]);
     expect(retriedCalls(OrderService).some((r) => r.method === "WatchOrder")).toBe(false);
   });
+
+  it("lists only the methods a caller makes, and refuses a name the service has no method of", async () => {
+    expect(retriedCalls(OrderService, ["CancelOrder", "WatchOrder"])).toEqual([
+      { method: "CancelOrder", code: "UNAVAILABLE" },
+    ]);
+    expect(() => retriedCalls(InventoryService, ["ReserveStock", "reserveStock"])).toThrow(/reserveStock/);
+    const telemetry = createTelemetry("test");
+    const channel = createChannel("127.0.0.1:1");
+    const c = createResilientClient("inventory", InventoryService, channel, BASE, silentLogger(), {
+      telemetry,
+      calls: ["ReleaseStock"],
+    });
+    c.close();
+    channel.close();
+    const series = (await telemetry.metrics.retries.get()).values.map((v) => `${v.labels.method}:${v.labels.code}`);
+    expect(series.sort()).toEqual([
+      "ReleaseStock:DEADLINE_EXCEEDED",
+      "ReleaseStock:RESOURCE_EXHAUSTED",
+      "ReleaseStock:UNAVAILABLE",
+    ]);
+  });
 });
 
 describe("circuit breaker (consecutive failures)", () => {

@@ -115,7 +115,8 @@ interface Guard<S extends DescService> {
  * channel (`target` a grpc.Client). `downstream` names it in logs, metrics and errors. Unary calls
  * get the full policy; server streams get the bulkhead and an instance's
  * circuit for their start (a stream that already delivered messages is
- * never silently replayed).
+ * never silently replayed). `opts.calls` names the methods the caller makes (every one when left out):
+ * their retries are exported at 0 from now, no other's (a series no call can ever count is noise).
  */
 export function createResilientClient<S extends DescService>(
   downstream: string,
@@ -123,8 +124,9 @@ export function createResilientClient<S extends DescService>(
   target: string | grpc.Client,
   config: PolicyConfig,
   log: Logger,
-  opts: { events?: PolicyEvents; telemetry?: Telemetry; nc?: NatsConnection } = {},
+  opts: { events?: PolicyEvents; telemetry?: Telemetry; nc?: NatsConnection; calls?: readonly string[] } = {},
 ): ResilientClient<S> {
+  const retried = retriedCalls(service, opts.calls); // a misspelt name fails at start, telemetry or not
   processStalls(); // measuring from now on: a stall is only seen by a clock that ran before it
   const metrics = opts.telemetry?.metrics;
   const events = observedEvents(metrics, opts.events);
@@ -161,7 +163,7 @@ export function createResilientClient<S extends DescService>(
     queued: config.bulkheadQueue - bh.queueSlots,
     endpoints: endpoints.breakers(),
   });
-  metrics?.trackDownstream(downstream, state, retriedCalls(service));
+  metrics?.trackDownstream(downstream, state, retried);
   const guard: Guard<S> = { downstream, config, bulkhead: bh, endpoints, log: plog, events, metrics };
   const bytes: Record<string, unknown> = {};
   const client: Record<string, unknown> = { state, close: () => endpoints.close(), bytes };

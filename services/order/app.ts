@@ -31,6 +31,7 @@ import { createOrderApi } from "./api.js";
 import type { OrderConfig } from "./config.js";
 import { SAGA_MODES, TERMINAL_STATUSES } from "./domain.js";
 import { Choreography } from "./events.js";
+import { PARTICIPANT_CALLS } from "./participants.js";
 import { SagaOrchestrator } from "./saga.js";
 import { OrderStore } from "./store.js";
 
@@ -88,7 +89,7 @@ function buildSaga(
     config.INVENTORY_TARGET,
     policyFrom("INVENTORY", config),
     log,
-    opts,
+    { ...opts, calls: PARTICIPANT_CALLS.inventory },
   );
   const payment = createResilientClient(
     "payment",
@@ -96,7 +97,7 @@ function buildSaga(
     config.PAYMENT_TARGET,
     policyFrom("PAYMENT", config),
     log,
-    opts,
+    { ...opts, calls: PARTICIPANT_CALLS.payment },
   );
   const saga = new SagaOrchestrator({
     store,

@@ -29,6 +29,15 @@ export const PARTICIPANT: Readonly<Record<CallStep, string>> = {
   refund_payment: "payment",
 };
 
+/**
+ * The methods of each participant the saga calls (the class below): their clients' retries are
+ * exported at 0 from the start, no other method's (app.ts).
+ */
+export const PARTICIPANT_CALLS = {
+  inventory: ["ReserveStock", "ReleaseStock"],
+  payment: ["ChargePayment", "RefundPayment"],
+} as const satisfies Readonly<Record<string, readonly string[]>>;
+
 /** A step's outcome to persist, or a transient failure to retry (`notSent`: it never left this process). */
 export type Outcome =
   | Transition
