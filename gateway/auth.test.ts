@@ -1,4 +1,5 @@
 /** Token checks and the verified-token cache, with an injected clock (no network, no gateway). */
+import { createHmac } from "node:crypto";
 import { SignJWT } from "jose";
 import { describe, expect, it } from "vitest";
 import { AuthError, createAuthenticator, identityFromClaims } from "./auth.js";
@@ -86,6 +87,28 @@ describe("createAuthenticator", () => {
     const authenticate = await createAuthenticator(config, () => T0 * 1000);
     for (const h of [null, "", "Bearer", "Bearer a b", "Basic x"]) {
       await expect(authenticate(h)).rejects.toThrow(AuthError);
+    }
+  });
+
+  it("refuses a token whose header or claims name a member twice, whichever copy is the caller's", async () => {
+    const authenticate = await createAuthenticator(config, () => T0 * 1000);
+    const part = (json: string) => Buffer.from(json).toString("base64url");
+    const signed = (header: string, claims: string) => {
+      const input = `${part(header)}.${part(claims)}`;
+      return `Bearer ${input}.${createHmac("sha256", SECRET).update(input).digest("base64url")}`;
+    };
+    const std = `"iss":"iss","aud":"aud","iat":${T0},"exp":${T0 + 600}`;
+    const hs = '{"alg":"HS256"}';
+    // Each copy alone is a good token; the same bytes with both are nobody's.
+    await expect(authenticate(signed(hs, `{"sub":"alice",${std}}`))).resolves.toMatchObject({ subject: "alice" });
+    for (const [header, claims] of [
+      [hs, `{"sub":"mallory",${std},"sub":"alice"}`],
+      [hs, `{"sub":"alice",${std},"s\\u0075b":"mallory"}`],
+      [hs, `{"sub":"alice",${std},"sub":"alice"}`],
+      [hs, `{"sub":"bob",${std},"roles":["customer"],"roles":["admin"]}`],
+      ['{"alg":"HS256","alg":"HS256"}', `{"sub":"alice",${std}}`],
+    ]) {
+      await expect(authenticate(signed(header as string, claims as string)), claims).rejects.toThrow(AuthError);
     }
   });
 });

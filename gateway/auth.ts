@@ -9,12 +9,14 @@
  * Beyond the signature, a token must say when it was issued and when it
  * expires, live at most `JWT_MAX_LIFETIME_S`, not be issued in the future
  * (beyond `JWT_CLOCK_SKEW_S`), and name only known roles: a role string the
- * gateway would read one way and a service another is refused outright.
+ * gateway would read one way and a service another is refused outright. So is
+ * a token whose header or claims name a member twice (jwt-members.ts).
  */
 import { importSPKI, type JWTPayload, jwtVerify, SignJWT } from "jose";
 import { type Identity, parseIdentity, type Role, StartRefused } from "../platform/index.js";
 import type { Caller } from "./context.js";
 import { resilientJwks } from "./jwks.js";
+import { repeatedInToken } from "./jwt-members.js";
 
 /** Why a token was refused, for the log (the client always gets a generic 401). */
 export class AuthError extends Error {
@@ -108,6 +110,8 @@ export async function createAuthenticator(c: AuthConfig, clock: () => number = D
     } catch (err) {
       throw new AuthError((err as Error).message);
     }
+    const twice = repeatedInToken(m[1]);
+    if (twice !== undefined) throw new AuthError(`token names ${JSON.stringify(twice.slice(0, 64))} twice`);
     const exp = claims.exp as number;
     const identity: Caller = {
       ...identityFromClaims(claims, c.JWT_MAX_LIFETIME_S),

@@ -1,0 +1,31 @@
+/** Repeated member names in a token's JSON (jwt-members.ts): pure, no gateway. */
+import { describe, expect, it } from "vitest";
+import { repeatedInToken, repeatedMember } from "./jwt-members.js";
+
+describe("repeatedMember", () => {
+  it("finds a name an object holds twice, compared as decoded, at any depth", () => {
+    expect(repeatedMember('{"sub":"mallory","iat":1,"sub":"alice"}')).toBe("sub");
+    expect(repeatedMember('{"sub":"a","s\\u0075b":"b"}')).toBe("sub");
+    expect(repeatedMember('{"roles":["customer"],"x":{"a":1,"a":2}}')).toBe("a");
+    expect(repeatedMember('{"x":[{"a":1,"a":2}]}')).toBe("a");
+    expect(repeatedMember(' { "sub" : "a" , "sub" : "b" } ')).toBe("sub");
+  });
+
+  it("takes values, array members and the same name in another object for what they are", () => {
+    expect(repeatedMember('{"sub":"sub","aud":["sub","sub"]}')).toBeUndefined();
+    expect(repeatedMember('{"a":{"b":1},"b":{"a":2},"c":[{"a":1},{"a":1}]}')).toBeUndefined();
+    expect(repeatedMember('{"a":"x\\"","b":"\\\\","c":"\\"a\\":1"}')).toBeUndefined();
+    expect(repeatedMember('{"a":"x\\"","a":"y"}')).toBe("a");
+    expect(repeatedMember("{}")).toBeUndefined();
+    expect(repeatedMember('{"a":[],"b":{},"c":null}')).toBeUndefined();
+  });
+});
+
+describe("repeatedInToken", () => {
+  const part = (s: string) => Buffer.from(s).toString("base64url");
+  it("reads the protected header and the claims of a compact token", () => {
+    expect(repeatedInToken(`${part('{"alg":"HS256"}')}.${part('{"sub":"a"}')}.sig`)).toBeUndefined();
+    expect(repeatedInToken(`${part('{"alg":"none","alg":"HS256"}')}.${part('{"sub":"a"}')}.sig`)).toBe("alg");
+    expect(repeatedInToken(`${part('{"alg":"HS256"}')}.${part('{"sub":"a","sub":"b"}')}.sig`)).toBe("sub");
+  });
+});
