@@ -1,0 +1,254 @@
+/**
+ * One caller, one spelling (docs/security.md, "Identity is read one way"), checked for real
+ * (2026-12-06) on every protocol the gateway speaks: a token whose `sub` names alice another way —
+ * padded, another case, NFC or NFD, a homoglyph, a character Node writes into a header as another
+ * (U+0161 goes out as "a"), a control character, a list, very long, not a string, or written twice —
+ * is refused (401 / UNAUTHENTICATED) or is somebody else, who reads and changes nothing of alice's.
+ * Never a 5xx, never alice. Then a service's own port, sent the same spellings as metadata. The
+ * headers a client writes itself are test/hostile-identity.test.ts's; the unit rules gateway/auth.test.ts.
+ */
+import { createHmac } from "node:crypto";
+import type http2 from "node:http2";
+import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { GatewayApp } from "../gateway/app.js";
+import { DEV_JWT_SECRET } from "../gateway/config.js";
+import { GatewayService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
+import { HistoryService } from "../gen/shopmesh/history/v1/history_pb.js";
+import { NotificationService } from "../gen/shopmesh/notification/v1/notification_pb.js";
+import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
+import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
+import { h2Request, h2Session } from "./raw.js";
+import { type System, startSystem, startTestGateway } from "./system.js";
+
+/** A token signed with the development key over `claims` exactly as written (JSON text: repeats kept). */
+function rawToken(claims: string): string {
+  const part = (s: string) => Buffer.from(s, "utf8").toString("base64url");
+  const signed = `${part('{"alg":"HS256","typ":"JWT"}')}.${part(claims)}`;
+  return `${signed}.${createHmac("sha256", DEV_JWT_SECRET).update(signed).digest("base64url")}`;
+}
+const now = () => Math.floor(Date.now() / 1000);
+const std = () => `"iss":"shopmesh-dev","aud":"shopmesh","iat":${now()},"exp":${now() + 600}`;
+/** A token whose `sub` is `sub` (any JSON value), with `extra` members after the standard ones. */
+const withSub = (sub: unknown, extra = "") => rawToken(`{"sub":${JSON.stringify(sub)},${std()}${extra}}`);
+
+/** `sub` spellings of alice (or of a user) that no layer may read as anyone: each is refused. */
+const REFUSED: Array<[string, string]> = [
+  ["leading space", withSub(" alice")],
+  ["trailing space", withSub("alice ")],
+  ["NUL", withSub("alice\u0000")],
+  ["line feed", withSub("alice\n")],
+  ["tab", withSub("alice\t")],
+  ["zero-width space", withSub("al\u200bice")],
+  ["Cyrillic a", withSub("\u0430lice")],
+  ["s caron, which Node writes into a header as 'a'", withSub("\u0161lice")],
+  ["fullwidth", withSub("\uff41lice")],
+  ["NFC", withSub("jos\u00e9")],
+  ["NFD", withSub("jose\u0301")],
+  ["comma", withSub("alice,bob")],
+  ["semicolon", withSub("alice;bob")],
+  ["129 characters", withSub("a".repeat(129))],
+  ["8,000 characters", withSub("a".repeat(8000))],
+  ["empty", withSub("")],
+  ["number", withSub(42)],
+  ["array", withSub(["alice"])],
+  ["object", withSub({ id: "alice" })],
+  ["null", withSub(null)],
+  ["true", withSub(true)],
+  // RFC 7519 §4: a parser MUST reject repeated claim names or take the last. jose (the gateway)
+  // takes the last; a JSON reader that takes the first (the ingress's, a log's, an auditor's) names
+  // another caller — the same split as two Authorization headers, refused the same way.
+  ["sub twice, alice last", rawToken(`{"sub":"mallory",${std()},"sub":"alice"}`)],
+  ["sub twice, alice first", rawToken(`{"sub":"alice",${std()},"sub":"mallory"}`)],
+  ["sub twice, the same", rawToken(`{"sub":"alice",${std()},"sub":"alice"}`)],
+  ["sub twice, once escaped", rawToken(`{"sub":"mallory",${std()},"s\\u0075b":"alice"}`)],
+  ["roles twice, admin last", rawToken(`{"sub":"bob",${std()},"roles":["customer"],"roles":["admin"]}`)],
+  ["roles not strings", withSub("bob", ',"roles":[["admin"]]')],
+  ["roles an object", withSub("bob", ',"roles":{"0":"admin","length":1}')],
+  ["roles null", withSub("bob", ',"roles":null')],
+];
+
+/** Valid subjects that are not alice's: somebody else, who sees nothing of hers. */
+const OTHERS: Array<[string, string]> = [
+  ["Alice", withSub("Alice")],
+  ["ALICE", withSub("ALICE")],
+  ["alice.", withSub("alice.")],
+  [".alice", withSub(".alice")],
+  ["alice@", withSub("alice@")],
+  ["alice:", withSub("alice:")],
+  ["alic", withSub("alic")],
+];
+
+const transports: Array<[string, (url: string) => Transport]> = [
+  ["Connect HTTP/1.1", (baseUrl) => createConnectTransport({ baseUrl, httpVersion: "1.1" })],
+  ["Connect HTTP/2", (baseUrl) => createConnectTransport({ baseUrl, httpVersion: "2" })],
+  ["gRPC", (baseUrl) => createGrpcTransport({ baseUrl })],
+  ["gRPC-Web HTTP/1.1", (baseUrl) => createGrpcWebTransport({ baseUrl, httpVersion: "1.1" })],
+  ["gRPC-Web HTTP/2", (baseUrl) => createGrpcWebTransport({ baseUrl, httpVersion: "2" })],
+];
+
+let sys: System;
+let gw: GatewayApp;
+let orderId = "";
+
+beforeAll(async () => {
+  sys = await startSystem();
+  gw = await startTestGateway(sys, { RATE_LIMIT_RPS: "100000", RATE_LIMIT_BURST: "400", RATE_LIMIT_IP_RPS: "100000" });
+  const placed = await sys.orders.placeOrder(
+    { idempotencyKey: "spelling-1", items: [{ productId: "paper-filters", quantity: 1 }], cardToken: "tok_visa" },
+    sys.as("alice"),
+  );
+  orderId = placed.order?.id ?? "";
+  await sys.settle(orderId, "alice");
+  // History and notifications follow the order's events: wait until alice reads hers, so that
+  // another spelling reading none is the rule's doing, not a projection's lag.
+  const t = createConnectTransport({ baseUrl: gw.url, httpVersion: "2" });
+  for (let i = 0; i < 100; i++) {
+    const seen = await asCaller(t, withSub("alice"));
+    if (seen.history === "1" && seen.notifications !== "0") return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error("alice's history and notifications did not arrive");
+});
+afterAll(async () => {
+  await gw?.stop();
+  await sys?.[Symbol.asyncDispose]();
+});
+
+/** Every call that reads or changes something of alice's, as `token`: each one's code, or what it saw. */
+async function asCaller(t: Transport, token: string): Promise<Record<string, string>> {
+  const headers = { authorization: `Bearer ${token}` };
+  const code = (p: Promise<unknown>) =>
+    p.then(
+      () => "OK",
+      (e: unknown) => Code[ConnectError.from(e).code] ?? "?",
+    );
+  const count = (p: Promise<{ orders?: unknown[]; notifications?: unknown[]; entries?: unknown[] }>) =>
+    p.then(
+      (r) => (r.orders ?? r.notifications ?? r.entries ?? []).length.toString(),
+      (e: unknown) => Code[ConnectError.from(e).code] ?? "?",
+    );
+  const orders = createClient(OrderService, t);
+  const watch = async () => {
+    for await (const u of orders.watchOrder({ orderId }, { headers, timeoutMs: 5_000 })) if (u.order) return;
+  };
+  return {
+    getOrder: await code(orders.getOrder({ orderId }, { headers })),
+    watchOrder: await code(watch()),
+    cancelOrder: await code(orders.cancelOrder({ orderId, reason: "not mine" }, { headers })),
+    getPayment: await code(createClient(PaymentService, t).getPayment({ orderId }, { headers })),
+    details: await code(createClient(GatewayService, t).getOrderDetails({ orderId }, { headers })),
+    listOrders: await count(orders.listOrders({}, { headers })),
+    notifications: await count(createClient(NotificationService, t).listNotifications({ orderId }, { headers })),
+    history: await count(createClient(HistoryService, t).listOrderHistory({}, { headers })),
+  };
+}
+
+/** The same calls over REST (HTTP/1.1): each one's HTTP status. */
+async function overRest(token: string): Promise<Record<string, number>> {
+  const call = async (method: string, path: string, body?: string) =>
+    (
+      await fetch(`${gw.url}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${token}`, ...(body ? { "content-type": "application/json" } : {}) },
+        ...(body ? { body } : {}),
+      })
+    ).status;
+  return {
+    getOrder: await call("GET", `/v1/orders/${orderId}`),
+    cancelOrder: await call("POST", `/v1/orders/${orderId}:cancel`, "{}"),
+    details: await call("GET", `/v1/orders/${orderId}/details`),
+    listOrders: await call("GET", "/v1/orders"),
+    notifications: await call("GET", `/v1/notifications?orderId=${orderId}`),
+    history: await call("GET", "/v1/history"),
+  };
+}
+
+const every = <T>(keys: readonly string[], value: T) => Object.fromEntries(keys.map((k) => [k, value]));
+const CALLS = [
+  "getOrder",
+  "watchOrder",
+  "cancelOrder",
+  "getPayment",
+  "details",
+  "listOrders",
+  "notifications",
+  "history",
+];
+const REST_CALLS = ["getOrder", "cancelOrder", "details", "listOrders", "notifications", "history"];
+
+describe("a token's sub, spelt another way, is nobody or somebody else: never alice, never a 5xx", () => {
+  it.each(transports)("%s", async (_name, transport) => {
+    const t = transport(gw.url);
+    // The harness can tell: alice herself reads all of it (she cancels nothing: it is settled).
+    expect(await asCaller(t, withSub("alice"))).toMatchObject({
+      getOrder: "OK",
+      watchOrder: "OK",
+      getPayment: "OK",
+      details: "OK",
+      listOrders: "1",
+      history: "1",
+    });
+    expect(Number((await asCaller(t, withSub("alice"))).notifications)).toBeGreaterThan(0);
+    for (const [name, token] of REFUSED) {
+      expect(await asCaller(t, token), name).toEqual(every(CALLS, "Unauthenticated"));
+    }
+    for (const [name, token] of OTHERS) {
+      expect(await asCaller(t, token), name).toEqual({
+        ...every(["getOrder", "watchOrder", "cancelOrder", "getPayment", "details"], "NotFound"),
+        ...every(["listOrders", "notifications", "history"], "0"),
+      });
+    }
+  });
+
+  it("REST", async () => {
+    expect(await overRest(withSub("alice"))).toMatchObject({ getOrder: 200, details: 200, listOrders: 200 });
+    for (const [name, token] of REFUSED) expect(await overRest(token), name).toEqual(every(REST_CALLS, 401));
+    for (const [name, token] of OTHERS) {
+      expect(await overRest(token), name).toEqual({
+        ...every(["getOrder", "cancelOrder", "details"], 404),
+        ...every(["listOrders", "notifications", "history"], 200),
+      });
+    }
+  });
+});
+
+describe("a service's own port reads its identity metadata one way too", () => {
+  it("refuses a subject or roles spelt another way (UNAUTHENTICATED), and Alice is not alice", async () => {
+    await using s = await h2Session(`http://${sys.order.address}`);
+    // GetOrder {order_id}: field 1, length-delimited.
+    const id = Buffer.from(orderId);
+    const message = Buffer.concat([Buffer.from([0x0a, id.length]), id]);
+    const body = Buffer.concat([Buffer.from([0, 0, 0, 0, message.length]), message]);
+    const getOrder = async (identity: http2.OutgoingHttpHeaders) =>
+      (
+        await h2Request(
+          s,
+          {
+            ":path": "/shopmesh.order.v1.OrderService/GetOrder",
+            "content-type": "application/grpc",
+            te: "trailers",
+            ...identity,
+          },
+          body,
+        )
+      ).grpcStatus;
+    expect(await getOrder({ "x-shopmesh-subject": "alice", "x-shopmesh-roles": "customer" })).toBe(0);
+    expect(await getOrder({ "x-shopmesh-subject": "Alice", "x-shopmesh-roles": "customer" })).toBe(5);
+    const refused: http2.OutgoingHttpHeaders[] = [
+      { "x-shopmesh-subject": "jos\u00e9" }, // latin1 on the wire
+      { "x-shopmesh-subject": "alice,bob" },
+      { "x-shopmesh-subject": "alice;bob" },
+      { "x-shopmesh-subject": ["alice", "alice"] },
+      { "x-shopmesh-subject": ["alice", "bob"] },
+      { "x-shopmesh-subject": "a".repeat(129) },
+      { "x-shopmesh-subject": "alice", "x-shopmesh-roles": "Customer" },
+      { "x-shopmesh-subject": "alice", "x-shopmesh-roles": ["customer", "admin"] },
+      { "x-shopmesh-roles": "admin" },
+      // A -bin key is another key: no subject at all, not alice's in base64.
+      { "x-shopmesh-subject-bin": Buffer.from("alice").toString("base64") },
+    ];
+    for (const identity of refused) expect(await getOrder(identity), JSON.stringify(identity)).toBe(16);
+  });
+});
