@@ -78,6 +78,10 @@ const OTHERS: Array<[string, string]> = [
   ["alice@", withSub("alice@")],
   ["alice:", withSub("alice:")],
   ["alic", withSub("alic")],
+  // Admin only as `roles` spells it: another claim's admin is a customer's token.
+  ["bob, role: admin", withSub("bob", ',"role":"admin"')],
+  ["bob, Roles: [admin]", withSub("bob", ',"Roles":["admin"]')],
+  ["bob, scope: admin", withSub("bob", ',"scope":"admin"')],
 ];
 
 const transports: Array<[string, (url: string) => Transport]> = [
@@ -157,6 +161,7 @@ async function overRest(token: string): Promise<Record<string, number>> {
     ).status;
   return {
     getOrder: await call("GET", `/v1/orders/${orderId}`),
+    watchOrder: await call("GET", `/v1/orders/${orderId}:watch`),
     cancelOrder: await call("POST", `/v1/orders/${orderId}:cancel`, "{}"),
     details: await call("GET", `/v1/orders/${orderId}/details`),
     listOrders: await call("GET", "/v1/orders"),
@@ -176,7 +181,7 @@ const CALLS = [
   "notifications",
   "history",
 ];
-const REST_CALLS = ["getOrder", "cancelOrder", "details", "listOrders", "notifications", "history"];
+const REST_CALLS = ["getOrder", "watchOrder", "cancelOrder", "details", "listOrders", "notifications", "history"];
 
 describe("a token's sub, spelt another way, is nobody or somebody else: never alice, never a 5xx", () => {
   it.each(transports)("%s", async (_name, transport) => {
@@ -203,11 +208,16 @@ describe("a token's sub, spelt another way, is nobody or somebody else: never al
   });
 
   it("REST", async () => {
-    expect(await overRest(withSub("alice"))).toMatchObject({ getOrder: 200, details: 200, listOrders: 200 });
+    expect(await overRest(withSub("alice"))).toMatchObject({
+      getOrder: 200,
+      watchOrder: 200,
+      details: 200,
+      listOrders: 200,
+    });
     for (const [name, token] of REFUSED) expect(await overRest(token), name).toEqual(every(REST_CALLS, 401));
     for (const [name, token] of OTHERS) {
       expect(await overRest(token), name).toEqual({
-        ...every(["getOrder", "cancelOrder", "details"], 404),
+        ...every(["getOrder", "watchOrder", "cancelOrder", "details"], 404),
         ...every(["listOrders", "notifications", "history"], 200),
       });
     }
