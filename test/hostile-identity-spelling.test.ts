@@ -262,3 +262,55 @@ describe("a service's own port reads its identity metadata one way too", () => {
     for (const identity of refused) expect(await getOrder(identity), JSON.stringify(identity)).toBe(16);
   });
 });
+
+describe("identity headers a client writes itself, however spelt, are dropped", () => {
+  /** What a client may add in the hope a layer behind the gateway believes it: names in any case, -bin, twice. */
+  const forged: Array<[string, string]> = [
+    ["X-Shopmesh-Subject", "alice"],
+    ["X-SHOPMESH-ROLES", "admin"],
+    ["x-shopmesh-subject", "alice"],
+    ["x-shopmesh-subject", "alice"],
+    ["x-shopmesh-subject-bin", Buffer.from("alice").toString("base64")],
+    ["x-shopmesh-roles-bin", Buffer.from("admin").toString("base64")],
+    ["x-user-id", "alice"],
+  ];
+  const mallory = () => withSub("mallory");
+
+  it("over HTTP/1.1 (Connect, REST) and HTTP/2 (gRPC): mallory is mallory, a call without a token nobody", async () => {
+    const h1 = async (path: string, token?: string, body: unknown = { orderId }) => {
+      const headers = new Headers(token ? { authorization: `Bearer ${token}` } : {});
+      for (const [k, v] of forged) headers.append(k, v);
+      headers.set("content-type", "application/json");
+      return (await fetch(`${gw.url}${path}`, { method: "POST", headers, body: JSON.stringify(body) })).status;
+    };
+    expect(await h1("/shopmesh.order.v1.OrderService/GetOrder", mallory())).toBe(404);
+    expect(await h1("/shopmesh.order.v1.OrderService/GetOrder")).toBe(401);
+    expect(await h1(`/v1/orders/${orderId}:cancel`, mallory())).toBe(404);
+    expect(await h1(`/v1/products/paper-filters:restock`, mallory(), { idempotencyKey: "forged-1", quantity: 1 })).toBe(
+      403,
+    );
+
+    await using s = await h2Session(gw.url);
+    const id = Buffer.from(orderId);
+    const message = Buffer.concat([Buffer.from([0x0a, id.length]), id]);
+    const grpc = async (token?: string) =>
+      (
+        await h2Request(
+          s,
+          {
+            ":path": "/shopmesh.order.v1.OrderService/GetOrder",
+            "content-type": "application/grpc",
+            te: "trailers",
+            ...(token ? { authorization: `Bearer ${token}` } : {}),
+            "x-shopmesh-subject": ["alice", "alice"],
+            "x-shopmesh-roles": "admin",
+            "x-shopmesh-subject-bin": Buffer.from("alice").toString("base64"),
+            "x-user-id": "alice",
+          },
+          Buffer.concat([Buffer.from([0, 0, 0, 0, message.length]), message]),
+        )
+      ).grpcStatus;
+    expect(await grpc(mallory())).toBe(5);
+    expect(await grpc()).toBe(16);
+  });
+});
