@@ -28,6 +28,7 @@ import {
 import { CONNECTION_LIMITS, type ConnectionLimits, connectionOptions, listenGrpc } from "./grpc-port.js";
 import { boundingHeaderLists } from "./header-limit.js";
 import { healthService } from "./health.js";
+import { refusingUnreadableIdentity } from "./identity-headers.js";
 import type { Logger } from "./log.js";
 import { refusingCompressedRequests, refusingOtherThanProtoPosts } from "./plain-requests.js";
 import { eachHttp2Server } from "./screened-streams.js";
@@ -250,6 +251,7 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
   refusingCompressedRequests(server);
   refusingOtherThanProtoPosts(server);
   boundingHeaderLists(server);
+  refusingUnreadableIdentity(server);
   eachHttp2Server(server, "name peer errors in GOAWAY", (h2) => h2.on("session", namingPeerErrors));
   const stopCutting = cuttingStalledAnswers(server, limits.stallMs);
   // Telemetry outermost: the span is active for the log line and everything below.

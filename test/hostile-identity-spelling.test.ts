@@ -4,8 +4,9 @@
  * padded, another case, NFC or NFD, a homoglyph, a character Node writes into a header as another
  * (U+0161 goes out as "a"), a control character, a list, very long, not a string, or written twice —
  * is refused (401 / UNAUTHENTICATED) or is somebody else, who reads and changes nothing of alice's.
- * Never a 5xx, never alice. Then a service's own port, sent the same spellings as metadata. The
- * headers a client writes itself are test/hostile-identity.test.ts's; the unit rules gateway/auth.test.ts.
+ * Never a 5xx, never alice. Then a service's own port, sent the same spellings as metadata, and the
+ * identity headers a client writes itself in any spelling (test/hostile-identity.test.ts has the plain
+ * ones on streams and composed reads); the unit rules are gateway/auth.test.ts's.
  */
 import { createHmac } from "node:crypto";
 import type http2 from "node:http2";
@@ -225,41 +226,50 @@ describe("a token's sub, spelt another way, is nobody or somebody else: never al
 });
 
 describe("a service's own port reads its identity metadata one way too", () => {
-  it("refuses a subject or roles spelt another way (UNAUTHENTICATED), and Alice is not alice", async () => {
-    await using s = await h2Session(`http://${sys.order.address}`);
-    // GetOrder {order_id}: field 1, length-delimited.
+  /** A unary gRPC call to `address` whose message is `field` = orderId; its grpc-status. */
+  const caller = async (address: string, path: string, field: number) => {
+    const s = await h2Session(`http://${address}`);
     const id = Buffer.from(orderId);
-    const message = Buffer.concat([Buffer.from([0x0a, id.length]), id]);
+    const message = Buffer.concat([Buffer.from([(field << 3) | 2, id.length]), id]);
     const body = Buffer.concat([Buffer.from([0, 0, 0, 0, message.length]), message]);
-    const getOrder = async (identity: http2.OutgoingHttpHeaders) =>
-      (
-        await h2Request(
-          s,
-          {
-            ":path": "/shopmesh.order.v1.OrderService/GetOrder",
-            "content-type": "application/grpc",
-            te: "trailers",
-            ...identity,
-          },
-          body,
-        )
-      ).grpcStatus;
+    const call = async (identity: http2.OutgoingHttpHeaders) =>
+      (await h2Request(s, { ":path": path, "content-type": "application/grpc", te: "trailers", ...identity }, body))
+        .grpcStatus;
+    return Object.assign(call, { [Symbol.asyncDispose]: () => s[Symbol.asyncDispose]() });
+  };
+  const refused: http2.OutgoingHttpHeaders[] = [
+    { "x-shopmesh-subject": "jos\u00e9" }, // latin1 on the wire
+    { "x-shopmesh-subject": "alice,bob" },
+    { "x-shopmesh-subject": "alice;bob" },
+    { "x-shopmesh-subject": ["alice", "alice"] },
+    { "x-shopmesh-subject": ["alice", "bob"] },
+    { "x-shopmesh-subject": "a".repeat(129) },
+    { "x-shopmesh-subject": "alice", "x-shopmesh-roles": "Customer" },
+    { "x-shopmesh-subject": "alice", "x-shopmesh-roles": ["customer", "admin"] },
+    { "x-shopmesh-roles": "admin" },
+    // Values grpc-js will not keep (it logs them and drops the entry): the call had an identity,
+    // malformed, not none — which payment took for a trusted service's call and showed alice's payment.
+    { "x-shopmesh-subject": "jos\u00e9", "x-shopmesh-roles": "customer" },
+    { "x-shopmesh-subject": ["alice", "jos\u00e9"] },
+    { "x-shopmesh-subject": "alice\u00a0" },
+    { "x-shopmesh-subject": "alice", "x-shopmesh-roles": "admin\u00e9" },
+    // A -bin key is another key, never how identity is written: not alice's in base64, not none.
+    { "x-shopmesh-subject-bin": Buffer.from("alice").toString("base64") },
+    { "x-shopmesh-roles-bin": Buffer.from("admin").toString("base64") },
+  ];
+
+  it("order: refuses a subject or roles spelt another way (UNAUTHENTICATED), and Alice is not alice", async () => {
+    await using getOrder = await caller(sys.order.address, "/shopmesh.order.v1.OrderService/GetOrder", 1);
     expect(await getOrder({ "x-shopmesh-subject": "alice", "x-shopmesh-roles": "customer" })).toBe(0);
     expect(await getOrder({ "x-shopmesh-subject": "Alice", "x-shopmesh-roles": "customer" })).toBe(5);
-    const refused: http2.OutgoingHttpHeaders[] = [
-      { "x-shopmesh-subject": "jos\u00e9" }, // latin1 on the wire
-      { "x-shopmesh-subject": "alice,bob" },
-      { "x-shopmesh-subject": "alice;bob" },
-      { "x-shopmesh-subject": ["alice", "alice"] },
-      { "x-shopmesh-subject": ["alice", "bob"] },
-      { "x-shopmesh-subject": "a".repeat(129) },
-      { "x-shopmesh-subject": "alice", "x-shopmesh-roles": "Customer" },
-      { "x-shopmesh-subject": "alice", "x-shopmesh-roles": ["customer", "admin"] },
-      { "x-shopmesh-roles": "admin" },
-      // A -bin key is another key: no subject at all, not alice's in base64.
-      { "x-shopmesh-subject-bin": Buffer.from("alice").toString("base64") },
-    ];
     for (const identity of refused) expect(await getOrder(identity), JSON.stringify(identity)).toBe(16);
+  });
+
+  it("payment, which takes a call with no identity for a trusted service's: a malformed one is no such call", async () => {
+    await using getPayment = await caller(sys.payment.address, "/shopmesh.payment.v1.PaymentService/GetPayment", 2);
+    expect(await getPayment({ "x-shopmesh-subject": "alice", "x-shopmesh-roles": "customer" })).toBe(0);
+    expect(await getPayment({ "x-shopmesh-subject": "Alice", "x-shopmesh-roles": "customer" })).toBe(5);
+    for (const identity of refused) expect(await getPayment(identity), JSON.stringify(identity)).toBe(16);
   });
 });
 
