@@ -88,6 +88,8 @@ const OTHERS: Array<[string, string]> = [
 const transports: Array<[string, (url: string) => Transport]> = [
   ["Connect HTTP/1.1", (baseUrl) => createConnectTransport({ baseUrl, httpVersion: "1.1" })],
   ["Connect HTTP/2", (baseUrl) => createConnectTransport({ baseUrl, httpVersion: "2" })],
+  // Reads without side effects as GET (the query carries the message), through connect-unary.ts.
+  ["Connect GET", (baseUrl) => createConnectTransport({ baseUrl, httpVersion: "1.1", useHttpGet: true })],
   ["gRPC", (baseUrl) => createGrpcTransport({ baseUrl })],
   ["gRPC-Web HTTP/1.1", (baseUrl) => createGrpcWebTransport({ baseUrl, httpVersion: "1.1" })],
   ["gRPC-Web HTTP/2", (baseUrl) => createGrpcWebTransport({ baseUrl, httpVersion: "2" })],
