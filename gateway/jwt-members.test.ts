@@ -18,6 +18,10 @@ describe("repeatedMember", () => {
     expect(repeatedMember('{"a":"x\\"","a":"y"}')).toBe("a");
     expect(repeatedMember("{}")).toBeUndefined();
     expect(repeatedMember('{"a":[],"b":{},"c":null}')).toBeUndefined();
+    // Not JSON (never reached: jose parses first), read to its end and no further.
+    expect(repeatedMember('{"a":1,"b')).toBeUndefined();
+    expect(repeatedMember('{"a":"\\')).toBeUndefined();
+    expect(repeatedMember('{"\\x":1}')).toBeUndefined();
   });
 });
 

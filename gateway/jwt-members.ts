@@ -17,10 +17,12 @@ export function repeatedMember(json: string): string | undefined {
     const c = json[i];
     if (c === '"') {
       let end = i + 1;
-      while (json[end] !== '"') end += json[end] === "\\" ? 2 : 1;
+      while (end < json.length && json[end] !== '"') end += json[end] === "\\" ? 2 : 1;
+      if (end >= json.length) return undefined; // not JSON: jose, which parsed it, has already said so
       const names = open.at(-1);
       if (names && nameNext) {
-        const name = JSON.parse(json.slice(i, end + 1)) as string;
+        const name = nameAt(json.slice(i, end + 1));
+        if (name === undefined) return undefined;
         if (names.has(name)) return name;
         names.add(name);
         nameNext = false;
@@ -40,9 +42,21 @@ export function repeatedMember(json: string): string | undefined {
   return undefined;
 }
 
+const decoder = new TextDecoder();
+
+/** The string JSON literal `literal` (quotes included) spells, or undefined when it is none. */
+function nameAt(literal: string): string | undefined {
+  try {
+    return JSON.parse(literal) as string;
+  } catch {
+    return undefined;
+  }
+}
+
 /** The first member name the protected header or the claims of compact JWS `token` repeat, or undefined. */
 export function repeatedInToken(token: string): string | undefined {
   const [header = "", claims = ""] = token.split(".");
-  const text = (segment: string) => Buffer.from(segment, "base64url").toString("utf8");
+  // Decoded as jose decodes it (TextDecoder, U+FFFD for bytes that are not UTF-8), so both read one text.
+  const text = (segment: string) => decoder.decode(Buffer.from(segment, "base64url"));
   return repeatedMember(text(header)) ?? repeatedMember(text(claims));
 }
