@@ -248,6 +248,16 @@ async function sendCopy(bus: Bus, seq: number, p: Extract<Plan, { subject: strin
   return to.duplicate && !(await isCopy(bus, to.stream, to.seq, p)) ? send(to.seq) : to;
 }
 
+/** Whether `letter` has a mark of its consumer's now (the last message on its mark's subject). */
+async function markedSince(bus: Bus, letter: StoredMsg): Promise<boolean> {
+  const subject = markSubject(durableOfLetter(letter.subject), letter.seq);
+  const mark = await bus.jsm.streams.getMessage(DLQ_STREAM.name, { last_by_subj: subject }).catch((err: unknown) => {
+    if (err instanceof JetStreamApiError && err.status === 404) return null;
+    throw err;
+  });
+  return mark !== null;
+}
+
 /** Message `seq` of `stream`, or null when the stream does not hold it; throws when NATS does not answer so. */
 async function held(bus: Bus, stream: string, seq: number): Promise<StoredMsg | null> {
   return bus.jsm.streams.getMessage(stream, { seq }).catch((err: unknown) => {
@@ -315,6 +325,12 @@ export async function redrive(
   if (named > 0) say(`${named} letter(s) redriven earlier marked again, for their consumer's dead_letters_waiting`);
   for await (const letter of selected(bus, which, await redrivenSeqs(bus))) {
     const seq = letter.seq;
+    // The marks were read once, at the start: a --dismiss run beside this one (an event dealt with by
+    // hand) settled the letter since, and its event would have been sent all the same.
+    if (await markedSince(bus, letter)) {
+      say(`DLQ ${seq} settled since this redrive began: not sent`);
+      continue;
+    }
     const p = await plan(bus, catalogue, letter);
     if ("skip" in p) {
       skip(seq, p.skip);

@@ -31,6 +31,7 @@ import {
   type Bus,
   connectBus,
   deadLettersWaiting,
+  markSubject,
   migrations,
   natsAuthorization,
   openDatabase,
@@ -38,7 +39,7 @@ import {
   sql,
 } from "../platform/index.js";
 import { printable } from "../scripts/printable.js";
-import { copyId } from "../scripts/redrive.js";
+import { copyId, redrive } from "../scripts/redrive.js";
 import { TestDatabases } from "./db.js";
 import { consumerSettled, event, publishEvents, until } from "./events.js";
 import { built, exited, freePort, ROOT, spawnService, tempDir } from "./fixtures.js";
@@ -793,6 +794,36 @@ describe("make dlq --redrive", () => {
       expect(await listed.exit(20_000), listed.err()).toBe(0);
       expect(listed.out()).toContain("4 dead letter(s)");
       expect(listed.out()).not.toContain(`DLQ ${fine} `);
+    } finally {
+      await bus.close();
+    }
+  }, 60_000);
+
+  it("--redrive does not send a letter --dismiss settled while it ran", async () => {
+    await using nats = await startNats();
+    const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams });
+    try {
+      const base = { "ce-type": OrderPlacedSchema.typeName, "x-dlq-subject": "order.order.placed.orchestration" };
+      const letters: number[] = [];
+      for (const id of ["evt_race_1", "evt_race_2"]) {
+        const seq = await placedEvent(bus, id);
+        letters.push(await addLetter(bus, "history-order", { ...base, "ce-id": id, "x-dlq-stream-seq": String(seq) }));
+      }
+      const [first = 0, second = 0] = letters;
+      const said: string[] = [];
+      const run = await redrive(bus, EVENTS, "all", BUS_ADMIN, (line) => {
+        said.push(line);
+        // The operator's --dismiss of the second letter, its mark stored as the redrive sent the first
+        // (one connection: stored before the redrive's next request).
+        if (!line.startsWith(`DLQ ${first} redriven`)) return;
+        const h = natsHeaders();
+        h.set("x-dlq-dismissed", new Date().toISOString());
+        bus.nc.publish(markSubject("history-order", second), new Uint8Array(0), { headers: h });
+      });
+      expect(said.join("\n")).toContain(`DLQ ${second} settled since this redrive began: not sent`);
+      expect(run).toEqual({ redriven: 1, skipped: 0 });
+      expect((await bus.jsm.streams.info("ORDER")).state.messages).toBe(3); // the two events, the first's copy
+      expect(await deadLettersWaiting(bus, "history-order")).toBe(0);
     } finally {
       await bus.close();
     }
