@@ -31,4 +31,9 @@ describe("waitingOf", () => {
     expect(waitingOf(2, marks(1, 2, 3), 3)).toBe(1);
     expect(waitingOf(1, marks(3, 4, 5), 3)).toBe(0);
   });
+  it("settles no letter by the mark of one stored after the letters were counted", () => {
+    // Letters 3 and 4 counted at last sequence 4; marks read later hold those of 5 and 6 too.
+    expect(waitingOf(2, marks(3, 5, 6), 3, 4)).toBe(1);
+    expect(waitingOf(2, marks(3, 4, 5), 3, 4)).toBe(0);
+  });
 });

@@ -32,36 +32,59 @@ export function markOf(subject: string): number | undefined {
 }
 
 /**
- * How many of `letters` letters wait, when the DLQ's first sequence is `firstSeq` and the consumer's
- * marks are on `marks` (subjects). A mark outlives its letter (published later, the DLQ drops it later):
- * one of a letter the DLQ no longer holds (below `firstSeq`) settles none of `letters`. Each letter is
- * settled once, however many marks it has (two redrives at once mark it twice, on one subject).
+ * How many of `letters` letters wait, when the DLQ holds sequences `firstSeq` to `lastSeq` and the
+ * consumer's marks are on `marks` (subjects). A mark outlives its letter (published later, the DLQ drops
+ * it later): one of a letter the DLQ no longer holds (below `firstSeq`) settles none of `letters`, nor
+ * does one of a letter stored after they were counted (past `lastSeq`: the marks may be read later).
+ * Each letter is settled once, however many marks it has (two redrives at once mark it twice, on one
+ * subject).
  */
-export function waitingOf(letters: number, marks: Iterable<string>, firstSeq: number): number {
+export function waitingOf(letters: number, marks: Iterable<string>, firstSeq: number, lastSeq = Infinity): number {
   const settled = new Set<number>();
   for (const subject of marks) {
     const seq = markOf(subject);
-    if (seq !== undefined && seq >= firstSeq) settled.add(seq);
+    if (seq !== undefined && seq >= firstSeq && seq <= lastSeq) settled.add(seq);
   }
   return Math.max(0, letters - settled.size);
 }
 
 /**
- * The dead letters of `durable` that wait to be redriven, or undefined when NATS does not say within a
- * second (scrape-read.ts). Two stream infos: one subject's count, and the subjects of the consumer's
- * marks still held (one entry each: the size of the answer grows with the letters redriven this week,
- * never with the events, nor with another consumer's letters).
+ * A reading of the dead letters of `durable` that wait to be redriven, for each scrape: the number, or
+ * undefined when NATS does not say within a second (scrape-read.ts). The count of its letters is one
+ * subject's (cheap); its marks are the subjects of every one still held, one entry each — some 4 MB for
+ * 100,000 letters redriven this week, over a second to read. So they are read again only once the DLQ
+ * holds a message it did not when they were last read (a mark is a message: none can be new without
+ * one), and a read of them not done within the scrape's second goes on, for the next scrape. Marks the
+ * DLQ dropped since stay in what was read, and settle nothing: their letters went first.
  */
-export async function deadLettersWaiting(bus: Bus, durable: string): Promise<number | undefined> {
+export function lettersWaiting(bus: Bus, durable: string): () => Promise<number | undefined> {
   const letters = `dlq.${durable}`;
-  const read = await readWithin(
-    Promise.all([
-      bus.jsm.streams.info(DLQ_STREAM.name, { subjects_filter: letters }),
-      bus.jsm.streams.info(DLQ_STREAM.name, { subjects_filter: `${REDRIVE_MARKS}.${durable}.*` }),
-    ]),
-  );
-  if (!read) return undefined;
-  const [held, marked] = read;
-  // The letters counted are those held at the first answer: the marks of any of them settle it.
-  return waitingOf(held.state.subjects?.[letters] ?? 0, Object.keys(marked.state.subjects ?? {}), held.state.first_seq);
+  let read: { upTo: number; marks: string[] } | undefined;
+  let reading: Promise<void> | undefined;
+  /** The marks as held now, a read at a time; `upTo`, the DLQ's last sequence before it began. */
+  const readMarks = (upTo: number) => {
+    reading ??= bus.jsm.streams
+      .info(DLQ_STREAM.name, { subjects_filter: `${REDRIVE_MARKS}.${durable}.*` })
+      .then((info) => {
+        read = { upTo, marks: Object.keys(info.state.subjects ?? {}) };
+      })
+      .finally(() => {
+        reading = undefined;
+      });
+    return reading;
+  };
+  return () =>
+    readWithin(
+      (async () => {
+        const { state } = await bus.jsm.streams.info(DLQ_STREAM.name, { subjects_filter: letters });
+        while (!read || read.upTo < state.last_seq) await readMarks(state.last_seq);
+        // The letters counted are those held at that answer: the marks of any of them settle it.
+        return waitingOf(state.subjects?.[letters] ?? 0, read.marks, state.first_seq, state.last_seq);
+      })(),
+    );
+}
+
+/** The dead letters of `durable` that wait to be redriven, read once: see {@link lettersWaiting}. */
+export async function deadLettersWaiting(bus: Bus, durable: string): Promise<number | undefined> {
+  return lettersWaiting(bus, durable)();
 }

@@ -7,7 +7,7 @@ import { type EventCatalogue, ownKinds } from "./catalogue.js";
 import type { FaultInjector } from "./chaos.js";
 import { type RunningConsumer, startConsumer } from "./consumer.js";
 import type { ConsumerSpec } from "./consumer-spec.js";
-import { deadLettersWaiting } from "./dead-letters-waiting.js";
+import { lettersWaiting } from "./dead-letters-waiting.js";
 import { watchDropped } from "./dropped-unread.js";
 import type { Logger } from "./log.js";
 import { checkOutboxTable, type Outbox } from "./outbox.js";
@@ -112,7 +112,7 @@ export async function startEventing(opts: EventingOptions): Promise<Eventing> {
     );
     opts.telemetry?.metrics.trackPending(c.durable, () => pendingOf(bus, c.stream, c.durable));
     opts.telemetry?.metrics.trackDropped(c.durable, dropped);
-    opts.telemetry?.metrics.trackLettersWaiting(c.durable, () => deadLettersWaiting(bus, c.durable));
+    opts.telemetry?.metrics.trackLettersWaiting(c.durable, lettersWaiting(bus, c.durable));
   }
   return {
     bus,

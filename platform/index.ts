@@ -48,7 +48,7 @@ export {
 } from "./config.js";
 export type { ConsumerSpec } from "./consumer-spec.js";
 export { type DbConfig, locationOf, type Migrations, migrations, openDatabase } from "./db.js";
-export { deadLettersWaiting, markOf, markSubject, REDRIVE_MARKS } from "./dead-letters-waiting.js";
+export { deadLettersWaiting, lettersWaiting, markOf, markSubject, REDRIVE_MARKS } from "./dead-letters-waiting.js";
 export { earliestDeadline } from "./deadline.js";
 export {
   Code,
