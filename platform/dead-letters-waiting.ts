@@ -55,18 +55,19 @@ export function waitingOf(letters: number, marks: Iterable<string>, firstSeq: nu
  * 100,000 letters redriven this week, over a second to read. So they are read again only once the DLQ
  * holds a message it did not when they were last read (a mark is a message: none can be new without
  * one), and a read of them not done within the scrape's second goes on, for the next scrape. Marks the
- * DLQ dropped since stay in what was read, and settle nothing: their letters went first.
+ * DLQ dropped since stay in what was read, and settle nothing: their letters went first. A DLQ made again
+ * (its store lost) is another: its sequences start at 1 again, and the marks read of the first mark none.
  */
 export function lettersWaiting(bus: Bus, durable: string): () => Promise<number | undefined> {
   const letters = `dlq.${durable}`;
-  let read: { upTo: number; marks: string[] } | undefined;
+  let read: { dlq: string; upTo: number; marks: string[] } | undefined;
   let reading: Promise<void> | undefined;
-  /** The marks as held now, a read at a time; `upTo`, the DLQ's last sequence before it began. */
-  const readMarks = (upTo: number) => {
+  /** The marks as held now, a read at a time; `dlq` and `upTo`, the DLQ's creation and last sequence before it began. */
+  const readMarks = (dlq: string, upTo: number) => {
     reading ??= bus.jsm.streams
       .info(DLQ_STREAM.name, { subjects_filter: `${REDRIVE_MARKS}.${durable}.*` })
       .then((info) => {
-        read = { upTo, marks: Object.keys(info.state.subjects ?? {}) };
+        read = { dlq, upTo, marks: Object.keys(info.state.subjects ?? {}) };
       })
       .finally(() => {
         reading = undefined;
@@ -76,8 +77,8 @@ export function lettersWaiting(bus: Bus, durable: string): () => Promise<number 
   return () =>
     readWithin(
       (async () => {
-        const { state } = await bus.jsm.streams.info(DLQ_STREAM.name, { subjects_filter: letters });
-        while (!read || read.upTo < state.last_seq) await readMarks(state.last_seq);
+        const { state, created } = await bus.jsm.streams.info(DLQ_STREAM.name, { subjects_filter: letters });
+        while (read?.dlq !== created || read.upTo < state.last_seq) await readMarks(created, state.last_seq);
         // The letters counted are those held at that answer: the marks of any of them settle it.
         return waitingOf(state.subjects?.[letters] ?? 0, read.marks, state.first_seq, state.last_seq);
       })(),

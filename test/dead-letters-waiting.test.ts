@@ -22,6 +22,7 @@ import {
   connectBus,
   createTelemetry,
   deadLettersWaiting,
+  lettersWaiting,
   migrations,
   natsAuthorization,
   openDatabase,
@@ -174,6 +175,34 @@ describe("dead_letters_waiting", () => {
       await db.close();
     }
   }, 180_000);
+
+  it("counts the letters of a DLQ made again (its sequences from 1) by none of the marks read before", async () => {
+    await using nats = await startNats(natsAuthorization(BUS_USERS, password));
+    const connect = () =>
+      connectBus(nats.url, "waiting-test", log, {
+        streams: EVENTS.streams,
+        auth: { user: BUS_ADMIN, pass: password(BUS_ADMIN) },
+      });
+    const admin = await connect();
+    const service = await connectBus(nats.url, "history", log, {
+      streams: EVENTS.streams,
+      auth: { user: "history", pass: password("history") },
+    });
+    try {
+      const scrape = lettersWaiting(service, "history-order");
+      for (let i = 0; i < 3; i++) await admin.js.publish("dlq.history-order", new Uint8Array([i]));
+      for (const seq of [1, 2, 3]) await admin.js.publish(`dlq.redriven.history-order.${seq}`, new Uint8Array(0));
+      expect(await scrape()).toBe(0);
+      // Its store lost (a new volume), or removed by hand: made again at the next start, from sequence 1.
+      await admin.jsm.streams.delete("DLQ");
+      await (await connect()).close();
+      for (let i = 0; i < 3; i++) await admin.js.publish("dlq.history-order", new Uint8Array([i]));
+      expect(await scrape()).toBe(3);
+    } finally {
+      await service.close().catch(() => {});
+      await admin.close().catch(() => {});
+    }
+  }, 60_000);
 
   it("counts a letter an earlier redrive marked on dlq.redriven.<seq> until --redrive all names its consumer, which sends nothing again", async () => {
     await using nats = await startNats(natsAuthorization(BUS_USERS, password));
