@@ -387,6 +387,11 @@ export async function dismiss(bus: Bus, which: Selection, say: (line: string) =>
   if (named > 0) say(`${named} letter(s) redriven earlier marked again, for their consumer's dead_letters_waiting`);
   let dismissed = 0;
   for await (const letter of selected(bus, which, await redrivenSeqs(bus))) {
+    // A redrive run beside this one may have sent it since the marks were read: not to be said unsent.
+    if (await markedSince(bus, letter)) {
+      say(`DLQ ${letter.seq} settled since this dismissal began: not marked dismissed`);
+      continue;
+    }
     const mark = natsHeaders();
     mark.set("x-dlq-dismissed", new Date().toISOString());
     await bus.js.publish(markSubject(durableOfLetter(letter.subject), letter.seq), new Uint8Array(0), {

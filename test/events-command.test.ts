@@ -39,7 +39,7 @@ import {
   sql,
 } from "../platform/index.js";
 import { printable } from "../scripts/printable.js";
-import { copyId, redrive } from "../scripts/redrive.js";
+import { copyId, dismiss, redrive } from "../scripts/redrive.js";
 import { TestDatabases } from "./db.js";
 import { consumerSettled, event, publishEvents, until } from "./events.js";
 import { built, exited, freePort, ROOT, spawnService, tempDir } from "./fixtures.js";
@@ -824,6 +824,33 @@ describe("make dlq --redrive", () => {
       expect(run).toEqual({ redriven: 1, skipped: 0 });
       expect((await bus.jsm.streams.info("ORDER")).state.messages).toBe(3); // the two events, the first's copy
       expect(await deadLettersWaiting(bus, "history-order")).toBe(0);
+    } finally {
+      await bus.close();
+    }
+  }, 60_000);
+
+  it("--dismiss does not say a letter a redrive sent while it ran was not sent", async () => {
+    await using nats = await startNats();
+    const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams });
+    try {
+      const first = await addLetter(bus, "history-order", { "ce-id": "evt_a" });
+      const second = await addLetter(bus, "history-order", { "ce-id": "evt_b" });
+      const said: string[] = [];
+      const n = await dismiss(bus, "all", (line) => {
+        said.push(line);
+        // A redrive run beside it sends the second letter and marks it, as the first is dismissed.
+        if (!line.startsWith(`DLQ ${first} dismissed`)) return;
+        const h = natsHeaders();
+        h.set("x-dlq-redriven-to", "ORDER 9");
+        bus.nc.publish(markSubject("history-order", second), new Uint8Array(0), { headers: h });
+      });
+      expect(said).toEqual([
+        `DLQ ${first} dismissed: its event is not sent again`,
+        `DLQ ${second} settled since this dismissal began: not marked dismissed`,
+      ]);
+      expect(n).toBe(1);
+      const marks = await bus.jsm.streams.info("DLQ", { subjects_filter: `dlq.redriven.history-order.${second}` });
+      expect(marks.state.subjects).toEqual({ [`dlq.redriven.history-order.${second}`]: 1 });
     } finally {
       await bus.close();
     }
