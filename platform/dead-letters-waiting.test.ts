@@ -19,7 +19,8 @@ describe("markOf", () => {
 });
 
 describe("waitingOf", () => {
-  const marks = (...seqs: number[]) => seqs.map((s) => markSubject("history-order", s));
+  // As read: the marks' subjects, each read back to its letter's sequence.
+  const marks = (...seqs: number[]) => seqs.map((s) => markOf(markSubject("history-order", s)) ?? 0);
   it("is the letters less those marked", () => {
     expect(waitingOf(0, [], 0)).toBe(0);
     expect(waitingOf(5, [], 1)).toBe(5);

@@ -33,19 +33,16 @@ export function markOf(subject: string): number | undefined {
 
 /**
  * How many of `letters` letters wait, when the DLQ holds sequences `firstSeq` to `lastSeq` and the
- * consumer's marks are on `marks` (subjects). A mark outlives its letter (published later, the DLQ drops
- * it later): one of a letter the DLQ no longer holds (below `firstSeq`) settles none of `letters`, nor
- * does one of a letter stored after they were counted (past `lastSeq`: the marks may be read later).
- * Each letter is settled once, however many marks it has (two redrives at once mark it twice, on one
- * subject).
+ * consumer's marks mark the letters `marked` (their DLQ sequences: markOf()). A mark outlives its letter
+ * (published later, the DLQ drops it later): one of a letter the DLQ no longer holds (below `firstSeq`)
+ * settles none of `letters`, nor does one of a letter stored after they were counted (past `lastSeq`:
+ * the marks may be read later). Each letter is settled once, however many marks it has (two redrives at
+ * once mark it twice, on one subject).
  */
-export function waitingOf(letters: number, marks: Iterable<string>, firstSeq: number, lastSeq = Infinity): number {
-  const settled = new Set<number>();
-  for (const subject of marks) {
-    const seq = markOf(subject);
-    if (seq !== undefined && seq >= firstSeq && seq <= lastSeq) settled.add(seq);
-  }
-  return Math.max(0, letters - settled.size);
+export function waitingOf(letters: number, marked: Iterable<number>, firstSeq: number, lastSeq = Infinity): number {
+  let settled = 0;
+  for (const seq of new Set(marked)) if (seq >= firstSeq && seq <= lastSeq) settled++;
+  return Math.max(0, letters - settled);
 }
 
 /**
@@ -55,19 +52,26 @@ export function waitingOf(letters: number, marks: Iterable<string>, firstSeq: nu
  * 100,000 letters redriven this week, over a second to read. So they are read again only once the DLQ
  * holds a message it did not when they were last read (a mark is a message: none can be new without
  * one), and a read of them not done within the scrape's second goes on, for the next scrape. Marks the
- * DLQ dropped since stay in what was read, and settle nothing: their letters went first. A DLQ made again
- * (its store lost) is another: its sequences start at 1 again, and the marks read of the first mark none.
+ * DLQ dropped since stay in what was read, and settle nothing: their letters went first; what is kept
+ * of a read is the sequences of the letters still held then it marks (not 4 MB of subjects, for as long
+ * as the process runs). A DLQ made again (its store lost) is another: its sequences start at 1 again,
+ * and the marks read of the first mark none.
  */
 export function lettersWaiting(bus: Bus, durable: string): () => Promise<number | undefined> {
   const letters = `dlq.${durable}`;
-  let read: { dlq: string; upTo: number; marks: string[] } | undefined;
+  let read: { dlq: string; upTo: number; marked: number[] } | undefined;
   let reading: Promise<void> | undefined;
   /** The marks as held now, a read at a time; `dlq` and `upTo`, the DLQ's creation and last sequence before it began. */
   const readMarks = (dlq: string, upTo: number) => {
     reading ??= bus.jsm.streams
       .info(DLQ_STREAM.name, { subjects_filter: `${REDRIVE_MARKS}.${durable}.*` })
       .then((info) => {
-        read = { dlq, upTo, marks: Object.keys(info.state.subjects ?? {}) };
+        const marked = Object.keys(info.state.subjects ?? {}).map(markOf);
+        read = {
+          dlq,
+          upTo,
+          marked: marked.filter((seq): seq is number => seq !== undefined && seq >= info.state.first_seq),
+        };
       })
       .finally(() => {
         reading = undefined;
@@ -80,7 +84,7 @@ export function lettersWaiting(bus: Bus, durable: string): () => Promise<number 
         const { state, created } = await bus.jsm.streams.info(DLQ_STREAM.name, { subjects_filter: letters });
         while (read?.dlq !== created || read.upTo < state.last_seq) await readMarks(created, state.last_seq);
         // The letters counted are those held at that answer: the marks of any of them settle it.
-        return waitingOf(state.subjects?.[letters] ?? 0, read.marks, state.first_seq, state.last_seq);
+        return waitingOf(state.subjects?.[letters] ?? 0, read.marked, state.first_seq, state.last_seq);
       })(),
     );
 }
