@@ -434,6 +434,20 @@ describe("make dlq --redrive", () => {
     return l;
   };
   /** Publishes a letter with `headers` (and `data`) to dlq.`durable`, as a consumer would have; its DLQ sequence. */
+  /**
+   * `bus`, but each message it gets from a stream first waits for what `pending()` gives: a publish of
+   * another command's, acknowledged before the command under test looks again (a race, made certain).
+   */
+  function awaitingFirst(bus: Bus, pending: () => Promise<unknown>): Bus {
+    const streams = bus.jsm.streams;
+    const getMessage: typeof streams.getMessage = async (stream, query) => {
+      await pending();
+      return streams.getMessage(stream, query);
+    };
+    const racing = new Proxy(streams, { get: (s, k) => (k === "getMessage" ? getMessage : Reflect.get(s, k)) });
+    return { ...bus, jsm: new Proxy(bus.jsm, { get: (j, k) => (k === "streams" ? racing : Reflect.get(j, k)) }) };
+  }
+
   async function addLetter(bus: Bus, durable: string, headers: Record<string, string>, data = new Uint8Array([1])) {
     const h = natsHeaders();
     for (const [k, v] of Object.entries(headers)) h.set(k, v);
@@ -811,15 +825,21 @@ describe("make dlq --redrive", () => {
       }
       const [first = 0, second = 0] = letters;
       const said: string[] = [];
-      const run = await redrive(bus, EVENTS, "all", BUS_ADMIN, (line) => {
-        said.push(line);
-        // The operator's --dismiss of the second letter, its mark stored as the redrive sent the first
-        // (one connection: stored before the redrive's next request).
-        if (!line.startsWith(`DLQ ${first} redriven`)) return;
-        const h = natsHeaders();
-        h.set("x-dlq-dismissed", new Date().toISOString());
-        bus.nc.publish(markSubject("history-order", second), new Uint8Array(0), { headers: h });
-      });
+      let dismissal: Promise<unknown> = Promise.resolve();
+      const run = await redrive(
+        awaitingFirst(bus, () => dismissal),
+        EVENTS,
+        "all",
+        BUS_ADMIN,
+        (line) => {
+          said.push(line);
+          // The operator's --dismiss of the second letter, its mark stored as the redrive sent the first.
+          if (!line.startsWith(`DLQ ${first} redriven`)) return;
+          const h = natsHeaders();
+          h.set("x-dlq-dismissed", new Date().toISOString());
+          dismissal = bus.js.publish(markSubject("history-order", second), new Uint8Array(0), { headers: h });
+        },
+      );
       expect(said.join("\n")).toContain(`DLQ ${second} settled since this redrive began: not sent`);
       expect(run).toEqual({ redriven: 1, skipped: 0 });
       expect((await bus.jsm.streams.info("ORDER")).state.messages).toBe(3); // the two events, the first's copy
@@ -836,14 +856,19 @@ describe("make dlq --redrive", () => {
       const first = await addLetter(bus, "history-order", { "ce-id": "evt_a" });
       const second = await addLetter(bus, "history-order", { "ce-id": "evt_b" });
       const said: string[] = [];
-      const n = await dismiss(bus, "all", (line) => {
-        said.push(line);
-        // A redrive run beside it sends the second letter and marks it, as the first is dismissed.
-        if (!line.startsWith(`DLQ ${first} dismissed`)) return;
-        const h = natsHeaders();
-        h.set("x-dlq-redriven-to", "ORDER 9");
-        bus.nc.publish(markSubject("history-order", second), new Uint8Array(0), { headers: h });
-      });
+      let redriving: Promise<unknown> = Promise.resolve();
+      const n = await dismiss(
+        awaitingFirst(bus, () => redriving),
+        "all",
+        (line) => {
+          said.push(line);
+          // A redrive run beside it sends the second letter and marks it, as the first is dismissed.
+          if (!line.startsWith(`DLQ ${first} dismissed`)) return;
+          const h = natsHeaders();
+          h.set("x-dlq-redriven-to", "ORDER 9");
+          redriving = bus.js.publish(markSubject("history-order", second), new Uint8Array(0), { headers: h });
+        },
+      );
       expect(said).toEqual([
         `DLQ ${first} dismissed: its event is not sent again`,
         `DLQ ${second} settled since this dismissal began: not marked dismissed`,
