@@ -45,6 +45,9 @@ export function waitingOf(letters: number, marked: Iterable<number>, firstSeq: n
   return Math.max(0, letters - settled);
 }
 
+/** How long a read of a consumer's marks is used while the DLQ holds nothing new, ms. */
+export const MARKS_KEPT_MS = 5 * 60_000;
+
 /**
  * A reading of the dead letters of `durable` that wait to be redriven, for each scrape: the number, or
  * undefined when NATS does not say within a second (scrape-read.ts). The count of its letters is one
@@ -55,11 +58,17 @@ export function waitingOf(letters: number, marked: Iterable<number>, firstSeq: n
  * DLQ dropped since stay in what was read, and settle nothing: their letters went first; what is kept
  * of a read is the sequences of the letters still held then it marks (not 4 MB of subjects, for as long
  * as the process runs). A DLQ made again (its store lost) is another: its sequences start at 1 again,
- * and the marks read of the first mark none.
+ * and the marks read of the first mark none. And a read is kept {@link MARKS_KEPT_MS} at most (`now`, ms):
+ * past 100,000 marks nats.js reads them page after page, and a mark the DLQ drops between two pages
+ * shifts the rest of the list: the next page begins a mark late, and that mark is missed.
  */
-export function lettersWaiting(bus: Bus, durable: string): () => Promise<number | undefined> {
+export function lettersWaiting(
+  bus: Bus,
+  durable: string,
+  { now = Date.now }: { now?: () => number } = {},
+): () => Promise<number | undefined> {
   const letters = `dlq.${durable}`;
-  let read: { dlq: string; upTo: number; marked: number[] } | undefined;
+  let read: { dlq: string; upTo: number; at: number; marked: number[] } | undefined;
   let reading: Promise<void> | undefined;
   /** The marks as held now, a read at a time; `dlq` and `upTo`, the DLQ's creation and last sequence before it began. */
   const readMarks = (dlq: string, upTo: number) => {
@@ -70,6 +79,7 @@ export function lettersWaiting(bus: Bus, durable: string): () => Promise<number 
         read = {
           dlq,
           upTo,
+          at: now(),
           marked: marked.filter((seq): seq is number => seq !== undefined && seq >= info.state.first_seq),
         };
       })
@@ -82,7 +92,8 @@ export function lettersWaiting(bus: Bus, durable: string): () => Promise<number 
     readWithin(
       (async () => {
         const { state, created } = await bus.jsm.streams.info(DLQ_STREAM.name, { subjects_filter: letters });
-        while (read?.dlq !== created || read.upTo < state.last_seq) await readMarks(created, state.last_seq);
+        while (read?.dlq !== created || read.upTo < state.last_seq || now() - read.at >= MARKS_KEPT_MS)
+          await readMarks(created, state.last_seq);
         // The letters counted are those held at that answer: the marks of any of them settle it.
         return waitingOf(state.subjects?.[letters] ?? 0, read.marked, state.first_seq, state.last_seq);
       })(),
