@@ -4,7 +4,7 @@
  * tests), torn down on dispose.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -82,7 +82,9 @@ export async function startNats(config?: string): Promise<TestNats> {
     dir,
     stop,
     start,
-    pause: () => child?.kill("SIGSTOP"),
+    pause: () => {
+      if (child) freeze(child);
+    },
     resume: () => child?.kill("SIGCONT"),
     async [Symbol.asyncDispose]() {
       await stop("SIGKILL");
@@ -120,5 +122,27 @@ export async function rawPublish(port: number, subject: string, header: string, 
     });
   } finally {
     s.destroy();
+  }
+}
+
+/**
+ * Sends `c` SIGSTOP and returns once every thread of it has stopped (at most 2 s). A thread takes the
+ * signal when it next runs: on a loaded machine a request sent right after kill() was, once in a while,
+ * still answered (a scrape that was to find NATS frozen read a number).
+ */
+function freeze(c: ChildProcess): void {
+  c.kill("SIGSTOP");
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  for (const deadline = Date.now() + 2_000; Date.now() < deadline && !stopped(c.pid); ) Atomics.wait(pause, 0, 0, 1);
+}
+
+/** Whether every thread of process `pid` is stopped (or it is gone). */
+function stopped(pid: number | undefined): boolean {
+  try {
+    return readdirSync(`/proc/${pid}/task`).every((t) =>
+      /\) [tT] /.test(readFileSync(`/proc/${pid}/task/${t}/stat`, "utf8")),
+    );
+  } catch {
+    return true;
   }
 }
