@@ -6,13 +6,14 @@
  * deregistering vanishes within the TTL. A graceful stop deletes the key at
  * once. registry-watch.ts follows the bucket; resolver.ts feeds grpc-js.
  */
-import { randomBytes } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
 import { type JetStreamManager, jetstreamManager, StorageType } from "@nats-io/jetstream";
 import { type KV, type KvEntry, Kvm } from "@nats-io/kv";
-import { headers, type NatsConnection } from "@nats-io/transport-node";
+import type { NatsConnection } from "@nats-io/transport-node";
 import { newId } from "./ids.js";
 import type { Logger } from "./log.js";
+import { heartbeat, writeEntry } from "./registry-write.js";
+import { isStoreFull } from "./store-full.js";
 
 /** The NATS KV bucket of the service registry. */
 export const REGISTRY_BUCKET = "shopmesh_registry";
@@ -113,77 +114,6 @@ export async function openRegistry(nc: NatsConnection, opts: { ttlMs?: number; r
 }
 
 /**
- * Writes (or, with `deleted`, deletes) the registry entry `key` and resolves once the bucket has stored
- * it — as kv.put and kv.delete do, but with an answer subject of its own, random, rather than one of
- * the connection's sequential inbox ids: every service may watch the registry's subjects and so sees
- * a write's reply subject, and the connection's other inboxes (its consumers' pulls, whose inbox a
- * status sent by the server there ends) follow from one of them.
- */
-async function writeEntry(nc: NatsConnection, key: string, value: string, timeoutMs: number, deleted = false) {
-  const prefix = (nc as { options?: { inboxPrefix?: string } }).options?.inboxPrefix || "_INBOX";
-  const h = headers();
-  if (deleted) h.set("KV-Operation", "DEL");
-  const answer = await nc.request(`${REGISTRY_SUBJECT_PREFIX}${key}`, deleted ? "" : value, {
-    timeout: timeoutMs,
-    noMux: true,
-    reply: `${prefix}.registry.${randomBytes(12).toString("hex")}`,
-    ...(deleted ? { headers: h } : {}),
-  });
-  const ack = (() => {
-    try {
-      return JSON.parse(answer.string()) as { stream?: unknown; error?: { description?: unknown } };
-    } catch {
-      return {};
-    }
-  })();
-  if (ack.stream !== `KV_${REGISTRY_BUCKET}`) {
-    throw new Error(`registry write of ${key} not stored: ${String(ack.error?.description ?? "no acknowledgement")}`);
-  }
-}
-
-/** Refreshes `key` every `heartbeatMs` until stopped; the last refresh in flight is awaited by `stop`. */
-function heartbeat(nc: NatsConnection, key: string, value: string, heartbeatMs: number, log: Logger) {
-  let stopped = false;
-  let failures = 0;
-  let timer: NodeJS.Timeout | undefined;
-  let inflight: Promise<void> = Promise.resolve();
-  const beat = async () => {
-    try {
-      await writeEntry(nc, key, value, heartbeatMs);
-      if (failures > 0) log.info({ afterFailures: failures }, "registry heartbeat succeeding again");
-      failures = 0;
-    } catch (err) {
-      failures++;
-      if (failures === 1 || failures % 10 === 0) {
-        log.warn({ err: (err as Error).message, failures }, "registry heartbeat failed; will retry");
-      }
-    }
-  };
-  const schedule = () => {
-    if (stopped) return;
-    timer = setTimeout(() => {
-      if (stopped) return;
-      if (nc.isClosed()) {
-        log.warn("NATS connection closed: registry heartbeat stopped; the entry expires by TTL");
-        return;
-      }
-      inflight = beat();
-      void inflight.then(schedule);
-    }, heartbeatMs);
-    timer.unref();
-  };
-  schedule();
-  return {
-    /** Stops refreshing; resolves once no refresh is in flight. */
-    stop: async () => {
-      stopped = true;
-      clearTimeout(timer);
-      await inflight;
-    },
-  };
-}
-
-/**
  * Registers a running instance of `service` at `address`, refreshes the
  * entry every `heartbeatMs`, and returns a handle whose `stop()` deregisters.
  * Resolves once the entry is visible to clients. Rejects on an invalid
@@ -208,15 +138,25 @@ export async function registerInstance(opts: RegisterOptions): Promise<Registrat
   }
   const instanceId = newId("inst");
   const key = `${service}.${instanceId}`;
+  const at = { key, subject: `${REGISTRY_SUBJECT_PREFIX}${key}`, stream: `KV_${REGISTRY_BUCKET}` };
   const log = opts.log.child({ registryKey: key });
   if (bucketTtlMs !== ttlMs) {
     log.warn({ requestedTtlMs: ttlMs, bucketTtlMs }, "registry bucket exists with another TTL; using the bucket's");
   }
   const entry: RegistryEntry = { service, address: opts.address, instanceId, startedAt: new Date().toISOString() };
   const value = JSON.stringify(entry);
-  await writeEntry(nc, key, value, 5_000);
-  log.info({ address: opts.address, heartbeatMs, ttlMs: bucketTtlMs }, "registered in the service registry");
-  const beating = heartbeat(nc, key, value, heartbeatMs, log);
+  try {
+    await writeEntry(nc, at, value, 5_000);
+    log.info({ address: opts.address, heartbeatMs, ttlMs: bucketTtlMs }, "registered in the service registry");
+  } catch (err) {
+    // Callers' watches see each heartbeat as it is written, stored or not: a full store is no reason not to start.
+    if (!isStoreFull(err)) throw err;
+    log.warn(
+      { err: (err as Error).message, address: opts.address },
+      "registry entry not stored (JetStream store full): callers see it by its heartbeats",
+    );
+  }
+  const beating = heartbeat(nc, at, value, heartbeatMs, log);
 
   const stop = async () => {
     // A heartbeat landing after the delete would resurrect the entry for a whole TTL.
@@ -226,7 +166,7 @@ export async function registerInstance(opts: RegisterOptions): Promise<Registrat
       return;
     }
     try {
-      await writeEntry(nc, key, "", 5_000, true);
+      await writeEntry(nc, at, "", 5_000, true);
       log.info("deregistered from the service registry");
     } catch (err) {
       log.warn({ err: (err as Error).message }, "deregistration failed; the entry expires by TTL");
