@@ -10,6 +10,7 @@ import type { Outbox } from "./outbox.js";
 import { contextOf, detached, injectContext, inSpan } from "./propagation.js";
 import { sharedNow } from "./shared-clock.js";
 import type { Db, Query } from "./sql.js";
+import { isStoreFull } from "./store-full.js";
 import { lagSeconds, type Telemetry } from "./telemetry.js";
 
 /** Rows the relay reads per query. */
@@ -91,6 +92,8 @@ export class OutboxRelay {
   private stopped = false;
   private timer: NodeJS.Timeout | undefined;
   private failures = 0;
+  /** The retry after a failure, while its backoff runs: a commit's kick waits for it. */
+  private retry: NodeJS.Timeout | undefined;
   /** The housekeeping under way, if any. */
   private housekeeping: Promise<void> | undefined;
   private idle: Promise<void> = Promise.resolve();
@@ -132,7 +135,7 @@ export class OutboxRelay {
 
   /** Publishes now (or again right after the publish in progress). */
   kick(): void {
-    if (this.stopped) return;
+    if (this.stopped || this.retry) return;
     if (this.running) {
       this.again = true;
       return;
@@ -149,6 +152,7 @@ export class OutboxRelay {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.timer);
+    clearTimeout(this.retry);
     await this.idle;
     await this.release();
   }
@@ -289,12 +293,18 @@ export class OutboxRelay {
           { err: (err as Error).message, failures: this.failures, retryInMs: delay },
           isDatabaseUnavailable(err)
             ? "outbox relay cannot reach its database; will retry"
-            : "outbox publish failed; will retry",
+            : isStoreFull(err)
+              ? "outbox publish refused: the JetStream store is full (max_file_store); events wait in the outbox until it has room"
+              : "outbox publish failed; will retry",
         );
       }
       // Let the claim go, so this relay (or another) takes the rows again at once when NATS is back.
       await this.release();
-      this.schedule(delay);
+      // Publishing waits, not the sweep: put off by each commit's kick, it no longer sampled the backlog's age.
+      this.retry = setTimeout(() => {
+        this.retry = undefined;
+        this.kick();
+      }, delay).unref();
     }
   }
   /** Publishes one row with its CloudEvents headers, in a span continuing the trace that wrote it. */

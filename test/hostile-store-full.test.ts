@@ -6,13 +6,22 @@
  * refused, `insufficient resources` (err_code 10023), until room is made. Each `describe` is one
  * finding; each test failed on the code it was written against, or shows what held.
  */
+import { writeFileSync } from "node:fs";
 import { type JetStreamClient, jetstream, jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { describe, expect, it } from "vitest";
+import { EVENTS } from "../contracts/events.js";
+import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
+import { OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
+import { STREAM_MAX_BYTES } from "../platform/bus.js";
 import { registerInstance } from "../platform/registry.js";
 import { watchInstances } from "../platform/registry-watch.js";
+import { expectCheckoutInvariants } from "./invariants.js";
 import { startNats } from "./nats.js";
-import { capturedLogger } from "./system.js";
+import { capturedLogger, startSystem } from "./system.js";
+
+/** As the Kubernetes deployment's store: every event stream's bound (reserved when it is made) and 64 MB more. */
+const STORE_MB = Math.ceil((EVENTS.streams.length * STREAM_MAX_BYTES) / 2 ** 20) + 64;
 
 /** A stream of the test's own with no size bound, filled until the store refuses; `free` deletes it. */
 async function fillStore(nc: NatsConnection): Promise<{ free(): Promise<void> }> {
@@ -81,4 +90,85 @@ describe("the service registry, in the same store", () => {
       await nc.close();
     }
   }, 60_000);
+});
+
+describe("orders placed while the store is full", () => {
+  it("are accepted, their events wait in the outbox, said once, and go out once each, in order, when there is room", async () => {
+    const captured = capturedLogger();
+    await using sys = await startSystem(
+      {},
+      { log: captured.log, natsConfig: `jetstream { max_file_store: ${STORE_MB}MB }` },
+    );
+    const nc = await connect({ servers: sys.nats.url });
+    await fillStore(nc);
+    await nc.close();
+    const who = sys.as("lee");
+    const placed: { id: string; mode: SagaMode; card: string }[] = [];
+    const place = async (i: number) => {
+      const sagaMode = i % 2 === 0 ? SagaMode.ORCHESTRATION : SagaMode.CHOREOGRAPHY;
+      const cardToken = i < 2 ? "tok_decline" : "tok_visa";
+      const { order } = await sys.orders.placeOrder(
+        { idempotencyKey: `full-${i}`, items: [{ productId: "ceramic-mug", quantity: 1 }], cardToken, sagaMode },
+        who,
+      );
+      placed.push({ id: order?.id ?? "", mode: sagaMode, card: cardToken });
+    };
+    const age = async () => {
+      const text = await sys.order.telemetry.metrics.registry.metrics();
+      return Number(/^outbox_oldest_unsent_age_seconds\{[^}]*\} (\S+)$/m.exec(text)?.[1]);
+    };
+    // Orders keep coming, one every 300 ms for 9 s, each a commit that wakes the relay: its backoff holds
+    // all the same, and the oldest event's age goes on rising on the metric (ShopmeshOutboxStuck).
+    let highest = 0;
+    for (let i = 0; i < 30; i++) {
+      await place(i);
+      highest = Math.max(highest, await age());
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    expect(highest).toBeGreaterThan(5);
+    // A line a relay for the refusals so far, saying what is full, not one a try: under backoff (capped at
+    // 5 s) fewer than ten tries in these 9 s.
+    const refused = lines(captured, /outbox publish/);
+    expect(refused.map((l) => l.service).sort()).toEqual(["inventory", "order", "payment"]);
+    for (const l of refused) expect(l.msg).toMatch(/JetStream store is full/);
+
+    // Room made as an operator would: the server restarted with a larger store.
+    await sys.nats.stop();
+    writeFileSync(`${sys.nats.dir}/server.conf`, `jetstream { max_file_store: ${2 * STORE_MB}MB }`);
+    await sys.nats.start();
+    const ends = await Promise.all(placed.map((p) => sys.settle(p.id, "lee", 30_000)));
+    expect(ends.map((o) => OrderStatus[o.status])).toEqual(
+      placed.map((p) => (p.card === "tok_decline" ? "CANCELLED" : "CONFIRMED")),
+    );
+    await expectCheckoutInvariants({
+      order: sys.order.store.db,
+      payment: sys.payment.store.db,
+      inventory: sys.inventory.store.db,
+    });
+    for (const app of [sys.order, sys.inventory, sys.payment]) {
+      await expect.poll(async () => (await app.events.relay?.backlog())?.count, { timeout: 15_000 }).toBe(0);
+    }
+    // Each order's events on ORDER once each, in the order they happened.
+    const bus = await connect({ servers: sys.nats.url });
+    try {
+      const jsm = await jetstreamManager(bus);
+      const { state } = await jsm.streams.info("ORDER");
+      const byOrder = new Map<string, string[]>();
+      const ids = new Set<string>();
+      for (let seq = state.first_seq; seq <= state.last_seq; seq++) {
+        const m = await jsm.streams.getMessage("ORDER", { seq });
+        if (!m) throw new Error(`ORDER ${seq} missing`);
+        const id = m.header?.get("ce-id") ?? "";
+        expect(ids.has(id), `${id} stored twice`).toBe(false);
+        ids.add(id);
+        const order = placed.find((p) => Buffer.from(m.data).includes(p.id))?.id ?? "";
+        byOrder.set(order, [...(byOrder.get(order) ?? []), m.subject.split(".")[2] ?? ""]);
+      }
+      for (const p of placed) {
+        expect(byOrder.get(p.id), p.id).toEqual(["placed", p.card === "tok_decline" ? "cancelled" : "confirmed"]);
+      }
+    } finally {
+      await bus.close();
+    }
+  }, 120_000);
 });

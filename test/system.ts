@@ -70,11 +70,11 @@ export interface System extends AsyncDisposable {
  */
 export async function startSystem(
   env: { inventory?: Env; payment?: Env; order?: Env; notification?: Env; history?: Env } = {},
-  opts: { log?: Logger } = {},
+  opts: { log?: Logger; natsConfig?: string } = {},
 ): Promise<System> {
   installLeanAsyncBind();
   const dir = tempDir();
-  const nats = await startNats();
+  const nats = await startNats(opts.natsConfig);
   // What started, stopped again (in reverse) if a later part fails to start: else its nats-server and
   // services would outlive the run, and the failure would be hidden by the test's teardown.
   const started: { stop(): Promise<void> }[] = [];
