@@ -68,9 +68,7 @@ export interface RunningConsumer {
 }
 
 /** A message's headers as a trace-context carrier. */
-function headerCarrier(m: JsMsg) {
-  return { get: (k: string) => m.headers?.get(k), set: () => {} };
-}
+const headerCarrier = (m: JsMsg) => ({ get: (k: string) => m.headers?.get(k), set: () => {} });
 
 /**
  * Consumes `stream` with a durable pull consumer (explicit ack), one event at a time in the order this
@@ -323,13 +321,14 @@ function eventHandler(opts: ConsumerOptions, clog: Logger, otherVersions: OtherV
     for (const x of results) if ("err" in x) await guarded(x.r.m, () => failed(x.r.m, x.r.ctx, x.err));
   };
 
-  /** Runs `f` for `m`; if it throws (e.g. the DLQ publish failed because NATS is down), leaves `m` for redelivery. */
+  /** Runs `f` for `m`; if it throws (the DLQ publish failed: NATS away, its store full), redelivers `m`, later each time. */
   const guarded = async (m: JsMsg, f: () => Promise<void>) => {
     try {
       await f();
     } catch (err) {
-      clog.warn({ err: (err as Error).message, seq: m.seq }, "event not settled; it will be redelivered");
-      m.nak(1_000);
+      const retryInMs = backoffMs(m.info.deliveryCount, 1_000, 30_000);
+      clog.warn({ err: (err as Error).message, seq: m.seq, retryInMs }, "event not settled; it will be redelivered");
+      m.nak(retryInMs);
     }
   };
 

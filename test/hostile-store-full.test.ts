@@ -8,14 +8,19 @@
  */
 import { writeFileSync } from "node:fs";
 import { type JetStreamClient, jetstream, jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
-import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { connect, type NatsConnection, headers as natsHeaders } from "@nats-io/transport-node";
 import { describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
-import { STREAM_MAX_BYTES } from "../platform/bus.js";
+import { connectBus, STREAM_MAX_BYTES } from "../platform/bus.js";
+import { startConsumer } from "../platform/consumer.js";
+import { migrations, openDatabase } from "../platform/db.js";
+import { INBOX_FAILURES_MIGRATION, INBOX_MIGRATION, INBOX_PURGE_MIGRATION } from "../platform/inbox.js";
 import { registerInstance } from "../platform/registry.js";
 import { watchInstances } from "../platform/registry-watch.js";
+import { TestDatabases } from "./db.js";
+import { tempDir } from "./fixtures.js";
 import { expectCheckoutInvariants } from "./invariants.js";
 import { startNats } from "./nats.js";
 import { capturedLogger, startSystem } from "./system.js";
@@ -171,4 +176,66 @@ describe("orders placed while the store is full", () => {
       await bus.close();
     }
   }, 120_000);
+});
+
+describe("a dead letter the full store refuses", () => {
+  it("leaves its event held and redelivered, not lost; once there is room it is lettered whole", async () => {
+    await using nats = await startNats(`jetstream { max_file_store: ${STORE_MB}MB }`);
+    const captured = capturedLogger();
+    const bus = await connectBus(nats.url, "store-full-test", captured.log, { streams: EVENTS.streams });
+    using dir = tempDir();
+    const db = await openDatabase(
+      await new TestDatabases(dir.path).location("letters"),
+      migrations([INBOX_MIGRATION, INBOX_FAILURES_MIGRATION, INBOX_PURGE_MIGRATION]),
+    );
+    try {
+      // An event no consumer can decode, published while there was room.
+      const h = natsHeaders();
+      h.set("ce-type", "shopmesh.order.v1.OrderPlaced");
+      h.set("ce-id", "evt_poison_full");
+      await bus.js.publish("order.order.placed.orchestration", new Uint8Array([0xff, 0xff]), { headers: h });
+      const store = await fillStore(bus.nc);
+      const durable = "letters-order";
+      const consumer = await startConsumer({
+        catalogue: EVENTS,
+        bus,
+        db,
+        log: captured.log,
+        stream: "ORDER",
+        durable,
+        handlers: [],
+      });
+      try {
+        await expect.poll(() => lines(captured, /not settled/).length).toBeGreaterThan(0);
+        await new Promise((r) => setTimeout(r, 6_000));
+        const held = await bus.jsm.consumers.info("ORDER", durable);
+        expect(held.num_ack_pending + held.num_pending, "the event is still the consumer's").toBe(1);
+        expect((await bus.jsm.streams.info("DLQ")).state.messages).toBe(0);
+        // Said, not one line a second for as long as the store stays full.
+        const said = lines(captured, /not settled/);
+        expect(said[0]?.err).toMatch(/insufficient resources/);
+        expect(said.length).toBeLessThanOrEqual(3);
+        await store.free();
+        await expect
+          .poll(() => bus.jsm.streams.getMessage("DLQ", { last_by_subj: `dlq.${durable}` }).catch(() => null), {
+            timeout: 40_000,
+          })
+          .not.toBeNull();
+        const letter = await bus.jsm.streams.getMessage("DLQ", { last_by_subj: `dlq.${durable}` });
+        expect(letter?.header.get("ce-id")).toBe("evt_poison_full");
+        expect(letter?.header.has("x-dlq-truncated")).toBe(false);
+        await expect
+          .poll(async () => {
+            const i = await bus.jsm.consumers.info("ORDER", durable);
+            return i.num_ack_pending + i.num_pending;
+          })
+          .toBe(0);
+      } finally {
+        await consumer.stop();
+      }
+    } finally {
+      await db.close();
+      await bus.close();
+    }
+  }, 90_000);
 });
