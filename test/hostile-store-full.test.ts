@@ -100,8 +100,10 @@ describe("the service registry, in the same store", () => {
 describe("orders placed while the store is full", () => {
   it("are accepted, their events wait in the outbox, said once, and go out once each, in order, when there is room", async () => {
     const captured = capturedLogger();
+    // A step budget longer than the store stays full: past the default 15 s a choreographed order waiting
+    // for its events is cancelled (its OrderCancelled behind its OrderPlaced), which would be an outcome too.
     await using sys = await startSystem(
-      {},
+      { order: { SAGA_STEP_BUDGET_MS: "60000" } },
       { log: captured.log, natsConfig: `jetstream { max_file_store: ${STORE_MB}MB }` },
     );
     const nc = await connect({ servers: sys.nats.url });
@@ -175,6 +177,53 @@ describe("orders placed while the store is full", () => {
     } finally {
       await bus.close();
     }
+  }, 120_000);
+
+  it("a choreographed order its step budget cancels meanwhile ends cancelled, with nothing held or charged, once there is room", async () => {
+    await using sys = await startSystem(
+      { order: { SAGA_STEP_BUDGET_MS: "2000" } },
+      { natsConfig: `jetstream { max_file_store: ${STORE_MB}MB }` },
+    );
+    const nc = await connect({ servers: sys.nats.url });
+    await fillStore(nc);
+    await nc.close();
+    const who = sys.as("kim");
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const { order } = await sys.orders.placeOrder(
+        {
+          idempotencyKey: `budget-${i}`,
+          items: [{ productId: "hand-grinder", quantity: 2 }],
+          cardToken: "tok_visa",
+          sagaMode: SagaMode.CHOREOGRAPHY,
+        },
+        who,
+      );
+      ids.push(order?.id ?? "");
+    }
+    // Given up at the budget: cancelled, its refund pending (payment never heard of it), and its OrderCancelled,
+    // which makes inventory and payment undo or void, waiting behind its OrderPlaced.
+    const status = async () =>
+      Promise.all(
+        ids.map(async (orderId) => OrderStatus[(await sys.orders.getOrder({ orderId }, who)).order?.status ?? 0]),
+      );
+    await expect.poll(status, { timeout: 10_000 }).toEqual(["CANCELLED", "CANCELLED", "CANCELLED"]);
+    await sys.nats.stop();
+    writeFileSync(`${sys.nats.dir}/server.conf`, `jetstream { max_file_store: ${2 * STORE_MB}MB }`);
+    await sys.nats.start();
+    // A watch ends once the refund is settled (payment's void, by event): only with room.
+    const ends = await Promise.all(ids.map((id) => sys.settle(id, "kim", 30_000)));
+    expect(ends.map((o) => OrderStatus[o.status])).toEqual(["CANCELLED", "CANCELLED", "CANCELLED"]);
+    for (const app of [sys.order, sys.inventory, sys.payment]) {
+      await expect.poll(async () => (await app.events.relay?.backlog())?.count, { timeout: 15_000 }).toBe(0);
+    }
+    // OrderPlaced then OrderCancelled reach inventory and payment in that order: nothing stays reserved or charged.
+    const outcome = await expectCheckoutInvariants({
+      order: sys.order.store.db,
+      payment: sys.payment.store.db,
+      inventory: sys.inventory.store.db,
+    });
+    expect([...outcome.cancelled].sort()).toEqual([...ids].sort());
   }, 120_000);
 });
 
