@@ -19,6 +19,7 @@ import { migrations, openDatabase } from "../platform/db.js";
 import { INBOX_FAILURES_MIGRATION, INBOX_MIGRATION, INBOX_PURGE_MIGRATION } from "../platform/inbox.js";
 import { registerInstance } from "../platform/registry.js";
 import { watchInstances } from "../platform/registry-watch.js";
+import { redrive, redrivenSeqs } from "../scripts/redrive.js";
 import { TestDatabases } from "./db.js";
 import { tempDir } from "./fixtures.js";
 import { expectCheckoutInvariants } from "./invariants.js";
@@ -228,7 +229,7 @@ describe("orders placed while the store is full", () => {
 });
 
 describe("a dead letter the full store refuses", () => {
-  it("leaves its event held and redelivered, not lost; once there is room it is lettered whole", async () => {
+  it("leaves its event held and redelivered, not lost; once there is room it is lettered whole; a refused redrive marks nothing", async () => {
     await using nats = await startNats(`jetstream { max_file_store: ${STORE_MB}MB }`);
     const captured = capturedLogger();
     const bus = await connectBus(nats.url, "store-full-test", captured.log, { streams: EVENTS.streams });
@@ -279,6 +280,15 @@ describe("a dead letter the full store refuses", () => {
             return i.num_ack_pending + i.num_pending;
           })
           .toBe(0);
+        // Its redrive while the store is full again: the copy refused, the letter skipped and left unmarked.
+        const again = await fillStore(bus.nc);
+        const printed: string[] = [];
+        expect(await redrive(bus, EVENTS, "all", "", (l) => printed.push(l))).toEqual({ redriven: 0, skipped: 1 });
+        expect(printed).toEqual([
+          expect.stringMatching(/skipped: not republished: insufficient resources; left in the DLQ$/),
+        ]);
+        expect(await redrivenSeqs(bus)).toEqual(new Set());
+        await again.free();
       } finally {
         await consumer.stop();
       }
