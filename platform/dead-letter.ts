@@ -3,6 +3,7 @@ import { createHmac, randomBytes } from "node:crypto";
 import { JetStreamApiError, type JsMsg } from "@nats-io/jetstream";
 import { InvalidArgumentError, headers as natsHeaders } from "@nats-io/transport-node";
 import type { Bus } from "./bus.js";
+import { isStoreFull } from "./store-full.js";
 
 /**
  * The key of a dead letter's message id when its bus has none. The DLQ drops a second letter for one
@@ -33,8 +34,8 @@ export const DLQ_KEPT_BYTES = 64 * 1024;
  * large a payload or header block, a header nats.js cannot read), the dead letter keeps only its own
  * `x-dlq-*` headers, the first `ce-type` and `ce-id` (cut to 256 characters) and the payload's first
  * {@link DLQ_KEPT_BYTES}, and says so in `x-dlq-truncated`; the whole message stays in its stream at
- * `x-dlq-stream-seq`. Throws when NATS is away (a failure that is no refusal, or the cut copy's): the
- * message is then redelivered.
+ * `x-dlq-stream-seq`. Throws when NATS is away or its store full (a failure that is no refusal of the
+ * message, or the cut copy's): the message is then redelivered.
  */
 export async function deadLetter(bus: Bus, durable: string, m: JsMsg, reason: string): Promise<void> {
   const msgID = letterId(durable, m.seq, bus.letterKey);
@@ -43,8 +44,9 @@ export async function deadLetter(bus: Bus, durable: string, m: JsMsg, reason: st
   } catch (err) {
     // Refused: by the client (over max_payload) or by the server (a header block over 64 KiB). Any
     // other failure (a timeout, a reconnect) is NATS away: the message is redelivered and lettered
-    // whole then — cut here, its letter lost its trace and source for a moment's outage.
-    if (!(err instanceof InvalidArgumentError || err instanceof JetStreamApiError)) throw err;
+    // whole then — cut here, its letter lost its trace and source for a moment's outage. So is a store
+    // full: the cut copy, taken once it had room, said the message was cut to fit, which it was not.
+    if (isStoreFull(err) || !(err instanceof InvalidArgumentError || err instanceof JetStreamApiError)) throw err;
     const h = letter(m, durable, reason, false);
     h.set("x-dlq-truncated", `${m.data.byteLength} bytes, at most ${DLQ_KEPT_BYTES} kept; other headers left out`);
     await bus.js.publish(`dlq.${durable}`, m.data.subarray(0, DLQ_KEPT_BYTES), { headers: h, msgID });

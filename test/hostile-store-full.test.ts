@@ -7,7 +7,14 @@
  * finding; each test failed on the code it was written against, or shows what held.
  */
 import { writeFileSync } from "node:fs";
-import { type JetStreamClient, jetstream, jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
+import {
+  JetStreamApiError,
+  type JetStreamClient,
+  jetstream,
+  jetstreamManager,
+  RetentionPolicy,
+  StorageType,
+} from "@nats-io/jetstream";
 import { connect, type NatsConnection, headers as natsHeaders } from "@nats-io/transport-node";
 import { describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
@@ -17,8 +24,10 @@ import { connectBus, STREAM_MAX_BYTES } from "../platform/bus.js";
 import { startConsumer } from "../platform/consumer.js";
 import { migrations, openDatabase } from "../platform/db.js";
 import { INBOX_FAILURES_MIGRATION, INBOX_MIGRATION, INBOX_PURGE_MIGRATION } from "../platform/inbox.js";
+import { silentLogger } from "../platform/log.js";
 import { registerInstance } from "../platform/registry.js";
 import { watchInstances } from "../platform/registry-watch.js";
+import { INSUFFICIENT_RESOURCES } from "../platform/store-full.js";
 import { redrive, redrivenSeqs } from "../scripts/redrive.js";
 import { TestDatabases } from "./db.js";
 import { tempDir } from "./fixtures.js";
@@ -297,4 +306,57 @@ describe("a dead letter the full store refuses", () => {
       await bus.close();
     }
   }, 90_000);
+
+  it("refused for want of room, then taken: the letter is the whole message, not one cut as if too large", async () => {
+    // The whole copy refused for space and the cut one sent right after, once the store had room (a
+    // stream of someone else's bounded, another message dropped by age): the letter lost its headers
+    // and said it was cut to fit, as for a message too large, which it was not. Here the room comes
+    // between the two publishes every time: the DLQ refuses the first dead letter only.
+    await using nats = await startNats();
+    const bus = await connectBus(nats.url, "store-full-race", silentLogger(), { streams: EVENTS.streams });
+    let dlqPublishes = 0;
+    const js = new Proxy(bus.js, {
+      get(target, prop, receiver) {
+        if (prop !== "publish") return Reflect.get(target, prop, receiver);
+        return (...args: Parameters<JetStreamClient["publish"]>) => {
+          if (args[0].startsWith("dlq.") && dlqPublishes++ === 0) {
+            const refusal = { code: 503, err_code: INSUFFICIENT_RESOURCES, description: "insufficient resources" };
+            return Promise.reject(new JetStreamApiError(refusal));
+          }
+          return target.publish(...args);
+        };
+      },
+    });
+    using dir = tempDir();
+    const db = await openDatabase(
+      await new TestDatabases(dir.path).location("race"),
+      migrations([INBOX_MIGRATION, INBOX_FAILURES_MIGRATION, INBOX_PURGE_MIGRATION]),
+    );
+    const h = natsHeaders();
+    h.set("ce-type", "shopmesh.order.v1.OrderPlaced");
+    h.set("ce-id", "evt_poison_race");
+    h.set("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+    await bus.js.publish("order.order.placed.orchestration", new Uint8Array([0xff, 0xff]), { headers: h });
+    const durable = "race-order";
+    const consumer = await startConsumer({
+      catalogue: EVENTS,
+      bus: { ...bus, js },
+      db,
+      log: silentLogger(),
+      stream: "ORDER",
+      durable,
+      handlers: [],
+    });
+    try {
+      const letter = () => bus.jsm.streams.getMessage("DLQ", { last_by_subj: `dlq.${durable}` }).catch(() => null);
+      await expect.poll(letter, { timeout: 15_000 }).not.toBeNull();
+      expect((await letter())?.header.has("x-dlq-truncated")).toBe(false);
+      expect((await letter())?.header.get("traceparent")).toBe(h.get("traceparent"));
+      expect(dlqPublishes, "the refused one, then the whole one, redelivered").toBe(2);
+    } finally {
+      await consumer.stop();
+      await db.close();
+      await bus.close();
+    }
+  });
 });
