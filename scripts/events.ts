@@ -185,8 +185,10 @@ function print(stream: string, m: JsMsg): boolean {
     const [reason, consumer, deliveries] = ["x-dlq-reason", "x-dlq-consumer", "x-dlq-deliveries"].map((k) =>
       printable(h?.get(k) ?? ""),
     );
+    // A letter no consumer wrote (forged, or by hand) may lack any of them: said so, not left blank.
+    const about = [`consumer ${consumer || "?"}`, ...(deliveries ? [`${deliveries} deliveries`] : [])].join(", ");
     console.log(
-      `${red(`DLQ ${m.seq}`)} ${line}\n    ${red("reason:")} ${reason} ${dim(`(consumer ${consumer}, ${deliveries} deliveries${printable(cut(h))})`)}`,
+      `${red(`DLQ ${m.seq}`)} ${line}\n    ${red("reason:")} ${reason || "?"} ${dim(`(${about}${printable(cut(h))})`)}`,
     );
   } else {
     console.log(line);

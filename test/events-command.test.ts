@@ -808,6 +808,9 @@ describe("make dlq --redrive", () => {
       expect(await listed.exit(20_000), listed.err()).toBe(0);
       expect(listed.out()).toContain("4 dead letter(s)");
       expect(listed.out()).not.toContain(`DLQ ${fine} `);
+      // Letters written by hand say no delivery count: none is shown, rather than ",  deliveries".
+      expect(listed.out()).toContain("reason: x (consumer history-order)");
+      expect(listed.out()).not.toContain(",  deliveries");
     } finally {
       await bus.close();
     }
