@@ -230,35 +230,72 @@ describe("REST errors", () => {
     expect(wrong.headers.get("allow")).toBe("POST, GET, HEAD");
   });
 
+  // The field is named in the message and, as in every other INVALID_ARGUMENT, in a BadRequest detail;
+  // a body that is no JSON (or no object) has no field to name, and its message says so.
   it.each([
-    ["malformed JSON", "{bad", "the request body is not valid JSON"],
-    ["a field that does not exist", '{"itemz":[]}', '"itemz" is unknown'],
+    ["malformed JSON", "{bad", "the request body is not valid JSON", undefined],
+    ["a field that does not exist", '{"itemz":[]}', '"itemz" is unknown', "itemz"],
     [
       "a field that does not exist in a line",
       '{"items":[{"productId":"coffee-beans","quantity":1,"unitPrice":1}]}',
       'items: key "unitPrice" is unknown',
+      "items",
     ],
-    ["a field of the wrong type", '{"items":"many"}', "items"],
-    ["an array body", "[1,2]", "must be a JSON object"],
-    ["no items", '{"cardToken":"tok_visa"}', "items"],
+    ["a field of the wrong type", '{"items":"many"}', "items", "items"],
+    ["a line's field of the wrong type", '{"items":[{"productId":"a","quantity":"x"}]}', "quantity", "items.quantity"],
+    [
+      "a value out of its type's range",
+      '{"items":[{"productId":"a","quantity":99999999999}]}',
+      "out of range",
+      "items.quantity",
+    ],
+    ["an enum value that is not one", '{"sagaMode":"NOPE"}', "is not a SagaMode value", "saga_mode"],
+    ["an array body", "[1,2]", "must be a JSON object", undefined],
+    ["no items", '{"cardToken":"tok_visa"}', "items", "items"],
     // JSON.parse keeps the last; a proxy in front may have read the first (here: which card is charged).
     [
       "a key given twice",
       '{"items":[{"productId":"coffee-beans","quantity":1}],"cardToken":"tok_visa","cardToken":"tok_decline"}',
       'the object key "cardToken" twice',
+      "cardToken",
     ],
     [
       "a nested key given twice",
       '{"items":[{"productId":"coffee-beans","productId":"mug","quantity":1}]}',
       '"productId" twice',
+      "productId",
     ],
-  ])("%s is 400 naming what is wrong", async (_what, body, message) => {
+    [
+      "a field given twice in its two spellings",
+      '{"items":[{"productId":"coffee-beans","quantity":1}],"card_token":"tok_visa","cardToken":"tok_decline"}',
+      "card_token: set multiple times",
+      "card_token",
+    ],
+  ])("%s is 400 naming what is wrong", async (_what, body, message, field) => {
     const r = await rest("POST", "/v1/orders", {
       headers: { ...(await auth("alice")), "Idempotency-Key": key() },
       body,
     });
     expect(r.status).toBe(400);
     expect(r.json).toMatchObject({ code: 3, message: expect.stringContaining(message) });
+    if (field === undefined) {
+      expect(r.json.details).toEqual([]);
+      expect(r.json.message).toContain("no field can be named");
+    } else {
+      expect(r.json.details).toEqual([
+        {
+          "@type": "type.googleapis.com/google.rpc.BadRequest",
+          fieldViolations: [{ field, description: expect.stringContaining(message) }],
+        },
+      ]);
+    }
+  });
+
+  it("the idempotency key given in both spellings without the header is 400 naming it in a BadRequest detail", async () => {
+    const body = JSON.stringify({ ...JSON.parse(order()), idempotency_key: key(), idempotencyKey: key() });
+    const r = await rest("POST", "/v1/orders", { headers: await auth("alice"), body });
+    expect(r.status).toBe(400);
+    expect(r.json.details?.[0]?.fieldViolations?.[0]?.field).toBe("idempotency_key");
   });
 
   it("field violations travel as google.rpc.BadRequest details", async () => {
