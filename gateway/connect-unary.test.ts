@@ -8,8 +8,10 @@
  */
 import http from "node:http";
 import { gzipSync } from "node:zlib";
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { base64Decode } from "@bufbuild/protobuf/wire";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { BadRequestSchema } from "../gen/google/rpc/error_details_pb.js";
 import { GetProductRequestSchema } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { h2Request, h2Session } from "../test/raw.js";
 import { capturedLogger, type System, startSystem, startTestGateway } from "../test/system.js";
@@ -128,6 +130,44 @@ describe("Connect unary fast path", () => {
       auth,
     );
     expect(strictEnum.status).toBe(400);
+  });
+
+  it("names the field of a JSON body that does not decode in a BadRequest detail, on both paths; bad JSON names none", async () => {
+    const auth = { authorization: await bearer("alice") };
+    const fields = async (path: string, body: string) => {
+      const res = await bothPaths(path, body, auth);
+      expect(res.status, body).toBe(400);
+      const details = (json(res).details ?? []) as { type: string; value: string }[];
+      expect(details.map((d) => d.type)).toEqual(details.length ? ["google.rpc.BadRequest"] : []);
+      return {
+        message: String(json(res).message),
+        fields: details.flatMap((d) =>
+          fromBinary(BadRequestSchema, base64Decode(d.value)).fieldViolations.map((v) => v.field),
+        ),
+      };
+    };
+    const place = "/shopmesh.order.v1.OrderService/PlaceOrder";
+    for (const [body, field] of [
+      ['{"productIdx":"a"}', "productIdx"],
+      ['{"productId":7}', "product_id"],
+      ['{"productId":"a","productId":"b"}', "productId"],
+      ['{"product_id":"a","productId":"b"}', "product_id"],
+    ]) {
+      expect(await fields(GET_PRODUCT, body ?? ""), body).toMatchObject({ fields: [field] });
+    }
+    for (const [body, field] of [
+      ['{"items":[{"productId":"a","quantity":99999999999}]}', "items.quantity"],
+      ['{"items":[{"productId":"a","unitPrice":1}]}', "items"],
+      ['{"sagaMode":"NOPE"}', "saga_mode"],
+      ['{"idempotency_key":"a","idempotencyKey":"b"}', "idempotency_key"],
+    ]) {
+      expect(await fields(place, body ?? ""), body).toMatchObject({ fields: [field] });
+    }
+    for (const body of ['{"productId": 1', ""]) {
+      const bad = await fields(GET_PRODUCT, body);
+      expect(bad.fields, body).toEqual([]);
+      expect(bad.message, body).toMatch(/^the request body is not valid JSON .*; no field can be named$/);
+    }
   });
 
   it("passes business errors on with their details, and refuses admin-only methods to customers", async () => {
