@@ -44,7 +44,7 @@ import { dropUnreadBody } from "./answer-end.js";
 import { boundedInflation, readBody } from "./body.js";
 import type { ClientInfo } from "./context.js";
 import { toConnectError } from "./forward.js";
-import { describeJsonError } from "./json-errors.js";
+import { jsonError } from "./json-errors.js";
 import { callLifetime, type PassthroughMethod } from "./passthrough.js";
 import { codeOfStatus, errorAnswer, type Outcome, reclassify } from "./wire.js";
 
@@ -146,7 +146,7 @@ export function createConnectUnary(table: ReadonlyMap<string, PassthroughMethod>
   };
 }
 
-/** The request's message; a JSON one that does not decode is named by its field, as REST names it. */
+/** The request's message; a JSON one that does not decode is named by its field (message and BadRequest detail), as REST names it. */
 function parse(
   serialization: MethodSerializationLookup<DescMessage, DescMessage>,
   binary: boolean,
@@ -158,7 +158,7 @@ function parse(
   } catch (err) {
     const e = ConnectError.from(err);
     if (binary || e.code !== Code.InvalidArgument) throw e;
-    throw new ConnectError(describeJsonError(method.method.input, e.rawMessage), Code.InvalidArgument);
+    throw jsonError(method.method.input, e.rawMessage);
   }
 }
 

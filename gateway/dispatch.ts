@@ -33,7 +33,7 @@ import { limitedBody } from "./body.js";
 import { connectFastEncoding, createConnectUnary, routerOptions } from "./connect-unary.js";
 import { type Caller, type ClientInfo, hostProblem, kClient, kIdentity } from "./context.js";
 import { bodyLimit, webText } from "./grpc-web-text.js";
-import { describeJsonError } from "./json-errors.js";
+import { jsonError } from "./json-errors.js";
 import { admitAddress, admitPrincipal, type ConcurrencyLimiter, type RateLimiter } from "./limits.js";
 import { observe } from "./observe.js";
 import { type PassthroughMethod, passthrough, takesPassthrough } from "./passthrough.js";
@@ -317,7 +317,7 @@ export function createDispatch(o: DispatchOptions): Dispatch {
       if (!uRes) return refuse(UNENCODABLE);
       dropUnreadBody(req, res); // answered before the whole body arrived (a limit): the connection ends, and says so
       const input = admission.handler.method.input;
-      const answered = web.answer(await finish(uRes, wire, done, (message) => describeJsonError(input, message)));
+      const answered = web.answer(await finish(uRes, wire, done, (message) => jsonError(input, message)));
       // A GET of a procedure that takes none is the method's fault: connect-es says 415, though a GET has no content.
       const reading = req.method === "GET" || req.method === "HEAD";
       const status = answered.status === 415 && reading && !getting ? 405 : answered.status;

@@ -489,13 +489,14 @@ describe("behaviour that is right", () => {
   it("Connect JSON names the field as REST does, on the fast path and the general one (it said `cannot decode message shopmesh.common.v1.LineItem from JSON: 1`)", async () => {
     const h = await auth("alice");
     const url = `${gw.url}/shopmesh.order.v1.OrderService/PlaceOrder`;
-    for (const [body, says] of [
-      ['{"items":[1],"cardToken":"tok_visa"}', "items: each element must be a LineItem object, got 1"],
+    for (const [body, field, says] of [
+      ['{"items":[1],"cardToken":"tok_visa"}', "items", "items: each element must be a LineItem object, got 1"],
       [
         '{"items":[{"productId":"coffee-beans","quantity":"a"}],"cardToken":"tok_visa"}',
-        'quantity: expected number (int32), got "a"',
+        "items.quantity",
+        'items.quantity: expected number (int32), got "a"',
       ],
-      ['{"cardToken":5}', "card_token: expected string, got 5"],
+      ['{"cardToken":5}', "card_token", "card_token: expected string, got 5"],
     ] as const) {
       for (const gzip of [false, true]) {
         const r = await fetch(url, {
@@ -507,7 +508,16 @@ describe("behaviour that is right", () => {
           body,
           gzip,
           status: 400,
-          json: { code: "invalid_argument", message: says },
+          json: {
+            code: "invalid_argument",
+            message: says,
+            details: [
+              expect.objectContaining({
+                type: "google.rpc.BadRequest",
+                debug: { fieldViolations: [{ field, description: says.slice(field.length + 2) }] },
+              }),
+            ],
+          },
         });
       }
     }

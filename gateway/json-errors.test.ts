@@ -3,10 +3,12 @@
  * for it: a type held by several fields, one of them through a type that two
  * fields share, and a list of it.
  */
-import { create, createFileRegistry, fromJson } from "@bufbuild/protobuf";
+import { create, createFileRegistry, fromJson, fromJsonString } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import { Code } from "@connectrpc/connect";
 import { expect, it } from "vitest";
-import { describeJsonError } from "./json-errors.js";
+import { BadRequestSchema } from "../gen/google/rpc/error_details_pb.js";
+import { describeJsonError, jsonError } from "./json-errors.js";
 
 // message A { google.protobuf.Timestamp t = 1; }
 // message R { A a = 1; A b = 2; repeated google.protobuf.Timestamp ts = 3; R next = 4; }
@@ -59,4 +61,35 @@ it("names an unknown key inside a nested message by the fields that hold it; one
   expect(told({ a: { t: "2026-01-01T00:00:00Z", u: 1 } })).toBe('a or b: key "u" is unknown');
   expect(told({ next: { zz: 1 } })).toBe('R: key "zz" is unknown');
   expect(told({ zz: 1 })).toBe('R: key "zz" is unknown');
+});
+
+/** The fields a refusal names in its google.rpc.BadRequest detail, and its message. */
+const named = (text: string) => {
+  if (!R) throw new Error("no probe.R");
+  try {
+    fromJsonString(R, text);
+    return "accepted";
+  } catch (err) {
+    const e = jsonError(R, (err as Error).message);
+    expect(e.code).toBe(Code.InvalidArgument);
+    const fields = e.findDetails(BadRequestSchema).flatMap((d) => d.fieldViolations.map((v) => v.field));
+    return { fields, message: e.rawMessage };
+  }
+};
+
+it("names in a BadRequest detail the fields the message names; a body that is no JSON names none, and says so", () => {
+  expect(named('{"b":{"t":"nope"}}')).toMatchObject({ fields: ["ts", "a.t", "b.t"] });
+  expect(named('{"a":{"u":1}}')).toEqual({ fields: ["a", "b"], message: 'a or b: key "u" is unknown' });
+  expect(named('{"zz":1}')).toEqual({ fields: ["zz"], message: 'R: key "zz" is unknown' });
+  // A Timestamp that is no string is named by each field of its type, as one that is no time.
+  expect(named('{"a":{"t":5}}')).toMatchObject({ fields: ["ts", "a.t", "b.t"] });
+  expect(named('{"ts":[],"ts":[]}')).toEqual({
+    fields: ["ts"],
+    message: 'the request body has the object key "ts" twice',
+  });
+  expect(named("{bad")).toEqual({
+    fields: [],
+    message: expect.stringMatching(/^the request body is not valid JSON \(.*\); no field can be named$/),
+  });
+  expect(named("")).toMatchObject({ fields: [] });
 });

@@ -7,8 +7,8 @@
  * "abc", a Timestamp that is not one — names it as the client wrote it (a
  * path variable by its dotted field path), in the message and in a
  * google.rpc.BadRequest detail, quoting at most the first 100 characters of
- * what the client sent; one caused by the body is told in the message as
- * json-errors.ts words protobuf-es's error. Numbers in the path or the
+ * what the client sent; one caused by the body is told as json-errors.ts
+ * words protobuf-es's error, its field named in a BadRequest detail too. Numbers in the path or the
  * query are decimal, as grpc-gateway reads them: integers with an optional
  * sign (not 0x10 or 1e3), floating-point numbers with an optional exponent
  * (not 0x10, nor with spaces around).
@@ -28,7 +28,7 @@ import { fieldNamed, fieldPath, type RestRoute } from "../contracts/http-rules.j
 import { BadRequestSchema } from "../gen/google/rpc/error_details_pb.js";
 import { clipText } from "../platform/index.js";
 import { headerKey } from "./idempotency-key.js";
-import { describeJsonError } from "./json-errors.js";
+import { jsonError } from "./json-errors.js";
 import { decodeSegment, type RestMatch } from "./rest.js";
 
 /** A value the client wrote as text — a path variable or a query parameter — as it went into the JSON. */
@@ -197,7 +197,7 @@ export function requestJson(m: RestMatch, input: RestInput): JsonObject {
   if (route.body === "*") {
     if (input.body !== undefined) {
       if (input.body === null || typeof input.body !== "object" || Array.isArray(input.body)) {
-        throw new ConnectError("the request body must be a JSON object", Code.InvalidArgument);
+        throw new ConnectError("the request body must be a JSON object; no field can be named", Code.InvalidArgument);
       }
       obj = { ...input.body };
     }
@@ -276,10 +276,7 @@ export function checkRequest(route: RestRoute, json: JsonObject): Message {
   try {
     return fromJson(route.method.input, json, { ignoreUnknownFields: false });
   } catch (err) {
-    throw (
-      refusedText(route, json) ??
-      new ConnectError(describeJsonError(route.method.input, (err as Error).message), Code.InvalidArgument)
-    );
+    throw refusedText(route, json) ?? jsonError(route.method.input, (err as Error).message);
   }
 }
 

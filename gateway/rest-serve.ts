@@ -24,6 +24,7 @@ import { inflationLimit, readBody } from "./body.js";
 import { decodeAnswer } from "./connect-unary.js";
 import type { ClientInfo } from "./context.js";
 import type { Req, Res } from "./endpoint.js";
+import { invalidFields, notJson } from "./json-errors.js";
 import { callLifetime, type PassthroughMethod } from "./passthrough.js";
 import { type RestMatch, responseJson, statusJson } from "./rest.js";
 import { checkRequest, requestJson } from "./rest-request.js";
@@ -93,9 +94,9 @@ function bodyJson(body: Buffer, encoding: string | undefined, maxBytes: number):
   let json: JsonValue;
   try {
     json = JSON.parse(text) as JsonValue;
-  } catch {
+  } catch (err) {
     // Any content type is read as JSON (curl -d sends form-urlencoded), as grpc-gateway does.
-    throw new ConnectError("the request body is not valid JSON", Code.InvalidArgument);
+    throw new ConnectError(notJson((err as Error).message), Code.InvalidArgument);
   }
   // JSON.parse keeps the last of two equal keys, where a proxy in front may have read the first; the
   // Connect path refuses them (protobuf-es checks), and so does this one, with protobuf-es's check.
@@ -106,7 +107,8 @@ function bodyJson(body: Buffer, encoding: string | undefined, maxBytes: number):
     // Anything else it finds in JSON that JSON.parse accepted is for the message's own decoding to judge.
     const duplicate = /duplicate object key "([\s\S]*)"$/.exec(String((err as Error).message))?.[1];
     if (duplicate !== undefined) {
-      throw new ConnectError(`the request body has the object key "${duplicate}" twice`, Code.InvalidArgument);
+      const why = `the request body has the object key "${duplicate}" twice`;
+      throw invalidFields([duplicate], why, why);
     }
   }
   return json;

@@ -176,12 +176,15 @@ async function connectUnary(
     report({ code: codeOfStatus(uRes.status), message: `HTTP ${uRes.status}` });
     return { ...uRes, body: createAsyncIterable(chunks) };
   }
-  const json = JSON.parse(text) as { code?: string; message?: string };
+  const json = JSON.parse(text) as { code?: string; message?: string; details?: unknown };
   const code = reclassify(codeFromString(json.code ?? "") ?? Code.Unknown, json.message ?? "");
-  const message =
-    code === Code.InvalidArgument ? describe(json.message ?? "") : clipText(json.message ?? "", MAX_MESSAGE);
+  const told = code === Code.InvalidArgument ? describe(json.message ?? "") : undefined;
+  const message = told?.rawMessage ?? clipText(json.message ?? "", MAX_MESSAGE);
   json.code = codeToString(code);
   if (json.message !== undefined) json.message = message;
+  // The field it names, in a BadRequest detail as the fast path (connect-unary.ts) writes it.
+  if (told && told.details.length > 0 && json.details === undefined)
+    json.details = errorToJson(told, undefined).details;
   let fixed = new TextEncoder().encode(JSON.stringify(json));
   if (compression && fixed.byteLength >= COMPRESS_MIN_BYTES) fixed = await compression.compress(fixed);
   else header.delete("content-encoding");
@@ -232,12 +235,16 @@ const MAX_MESSAGE = 1_000;
 function corrected(err: ConnectError | undefined, describe: Describe): ConnectError | undefined {
   if (!err) return undefined;
   const code = reclassify(err.code, err.rawMessage);
-  const message = code === Code.InvalidArgument ? describe(err.rawMessage) : clipText(err.rawMessage, MAX_MESSAGE);
+  if (code === Code.InvalidArgument) {
+    const told = describe(err.rawMessage);
+    return code === err.code && told.rawMessage === err.rawMessage && told.details.length === 0 ? err : told;
+  }
+  const message = clipText(err.rawMessage, MAX_MESSAGE);
   return code === err.code && message === err.rawMessage ? err : new ConnectError(message, code);
 }
 
-/** Tells an INVALID_ARGUMENT's message in the client's terms (json-errors.ts), or leaves it. */
-export type Describe = (message: string) => string;
+/** An INVALID_ARGUMENT told in the client's terms, its field in a BadRequest detail (json-errors.ts), or as it was. */
+export type Describe = (message: string) => ConnectError;
 
 /** The code a bare HTTP refusal stands for: the client's mistake unless the status says otherwise. */
 export function codeOfStatus(status: number): Code {
@@ -259,7 +266,7 @@ export async function finish(
   uRes: UniversalServerResponse,
   protocol: Protocol,
   report: (o: Outcome) => void,
-  describe: Describe = (message) => message,
+  describe: Describe = (message) => new ConnectError(message, Code.InvalidArgument),
 ): Promise<UniversalServerResponse> {
   const header = new Headers(uRes.header);
   if (uRes.status !== 200 && !header.has("content-type")) {
