@@ -322,19 +322,34 @@ describe("Connect JSON errors on every method", () => {
         headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
         body,
       });
-      return { status: r.status, json: (await r.json()) as { code: string; message: string } };
+      const {
+        code,
+        message,
+        details = [],
+      } = (await r.json()) as {
+        code: string;
+        message: string;
+        details?: { debug?: { fieldViolations?: { field: string }[] } }[];
+      };
+      // The field named in the message is named in a google.rpc.BadRequest detail too.
+      const fields = details.flatMap((d) => (d.debug?.fieldViolations ?? []).map((v) => v.field));
+      return { status: r.status, json: { code, message }, fields };
     };
     // A method the gateway answers itself (it said `cannot decode field shopmesh.gateway.v1…`).
     expect(await call("/shopmesh.gateway.v1.GatewayService/GetOrderDetails", '{"orderId":5}')).toEqual({
       status: 400,
       json: { code: "invalid_argument", message: "order_id: expected string, got 5" },
+      fields: ["order_id"],
     });
     expect(await call("/shopmesh.order.v1.OrderService/PlaceOrder", '{"sagaMode":"NOPE"}')).toEqual({
       status: 400,
       json: { code: "invalid_argument", message: 'saga_mode: "NOPE" is not a SagaMode value' },
+      fields: ["saga_mode"],
     });
     const long = await call("/shopmesh.order.v1.OrderService/PlaceOrder", `{"${"k".repeat(60_000)}":1}`);
     expect(long.status).toBe(400);
     expect(long.json.message.length).toBeLessThanOrEqual(1_000);
+    expect(long.fields.map((f) => f.length)).toEqual([expect.any(Number)]);
+    expect(long.fields[0]?.length).toBeLessThanOrEqual(1_000);
   });
 });
