@@ -16,22 +16,14 @@
  * 1 when what it needs cannot be started, or a signal ended the rebuild
  * (130 for SIGINT).
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { createInterface } from "node:readline";
 import { BUS_ADMIN } from "../platform/index.js";
 import { holdDataDir, recordChild, stopLeftovers } from "./data-dir.js";
 import { dbOf, nodeCommand, portOf, ROOT } from "./layout.js";
-import {
-  answers,
-  jetStreamDir,
-  localBusEnv,
-  NATS_MISSING,
-  natsInstalled,
-  natsServerArgs,
-  preparedJetStreamDir,
-} from "./nats.js";
+import { CannotStart, endOf, ensureLocalNats } from "./local-nats.js";
+import { answers, localBusEnv } from "./nats.js";
 import {
   ensureDatabase,
   initCluster,
@@ -49,57 +41,8 @@ const DATA = process.env.DATA_DIR || join(ROOT, ".data");
 const DB = dbOf();
 const PG_PORT = portOf("PG_PORT", 55432);
 const NATS_URL = process.env.NATS_URL || `nats://127.0.0.1:${portOf("NATS_PORT", 4222)}`;
-const LOCAL_HOSTS = new Set(["127.0.0.1", "localhost", "[::1]"]);
 
 const say = (line: string) => process.stdout.write(`${line}\n`);
-class CannotStart extends Error {}
-
-/** Resolves when `child` exits: its code, or the signal that ended it. */
-const endOf = (child: ChildProcess) =>
-  new Promise<number | NodeJS.Signals>((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) resolve(child.exitCode ?? child.signalCode ?? 1);
-    else child.once("exit", (code, signal) => resolve(code ?? signal ?? 1));
-  });
-
-/** Starts make run's NATS on its store unless something answers at NATS_URL; how to stop what was started. */
-async function ensureNats(): Promise<(() => Promise<void>) | undefined> {
-  const first = NATS_URL.split(",")[0] ?? NATS_URL;
-  if (!URL.canParse(first))
-    throw new CannotStart(`NATS_URL must be a URL such as nats://127.0.0.1:4222, got ${JSON.stringify(NATS_URL)}`);
-  const url = new URL(first);
-  const port = Number(url.port || 4222);
-  if (await answers(url.hostname, port)) return undefined;
-  if (NATS_URL.includes(",") || !LOCAL_HOSTS.has(url.hostname)) {
-    throw new CannotStart(`nothing answers at NATS_URL=${NATS_URL}, and it is not this machine's NATS to start`);
-  }
-  if (!natsInstalled()) throw new CannotStart(NATS_MISSING);
-  preparedJetStreamDir(DATA, DB);
-  const nats = spawn("nats-server", natsServerArgs(DATA, port, undefined, DB), { stdio: ["ignore", "pipe", "pipe"] });
-  recordChild(DATA, nats.pid, "nats");
-  const lines: string[] = [];
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new CannotStart(`NATS did not start:\n${lines.join("\n")}`)), 15_000);
-    for (const stream of [nats.stdout, nats.stderr]) {
-      createInterface({ input: stream }).on("line", (line) => {
-        lines.push(line);
-        if (line.includes("Server is ready")) {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-    }
-    nats.once("exit", (code) => {
-      clearTimeout(timer);
-      reject(new CannotStart(`NATS exited ${code}:\n${lines.join("\n")}`));
-    });
-  });
-  say(`started NATS on port ${port} with make run's streams (${jetStreamDir(DATA, DB)}); it stops after the rebuild`);
-  return async () => {
-    const done = endOf(nats);
-    nats.kill("SIGTERM");
-    await done;
-  };
-}
 
 /** Starts make run's PostgreSQL unless it answers on PG_PORT; the history database URL and how to stop it. */
 async function ensurePostgres(): Promise<{ url: string; stop?: () => Promise<void> }> {
@@ -143,7 +86,7 @@ async function main(): Promise<number> {
     if (typeof held !== "function") throw new CannotStart(`${held.heldBy} is using ${DATA}: stop it first`);
     stops.push(async () => held());
     await stopLeftovers(DATA, say);
-    const nats = await ensureNats();
+    const nats = await ensureLocalNats(DATA, DB, NATS_URL, say, "the rebuild");
     if (nats) stops.push(nats);
     const database: Record<string, string> = { DB_PATH: join(DATA, "history.db") };
     if (DB === "postgres") {

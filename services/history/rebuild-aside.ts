@@ -9,31 +9,16 @@
  * their payment state, which the service then served as complete for good: its durable consumers
  * were past those events. Two rebuilds at once emptied each other's work.
  */
-import {
-  chmodSync,
-  closeSync,
-  existsSync,
-  fsyncSync,
-  lstatSync,
-  mkdirSync,
-  openSync,
-  realpathSync,
-  renameSync,
-  rmSync,
-  statSync,
-} from "node:fs";
+import { existsSync, lstatSync, mkdirSync, rmSync } from "node:fs";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
 import pg from "pg";
-import type { DbLocation, Logger } from "../../platform/index.js";
+import { type DbLocation, type Logger, sqliteFileOf, sqliteFilesOf, swapSqliteFile } from "../../platform/index.js";
 import { CONNECT_TIMEOUT_MS } from "../../platform/pg-pool.js";
 import { type HistoryStore, rebuildLockKey } from "./store.js";
 
 /** Why a rebuild will not start (the command says it and exits 1, nothing changed). */
 export class RebuildRefused extends Error {}
-
-/** The file a path names, links followed (the path itself while there is none). */
-const fileOf = (path: string) => (existsSync(path) ? realpathSync(path) : path);
 
 /** Whether `path` is a link to nothing (which the rebuild would fill beside the link, and swap beside the target). */
 const dangling = (path: string) =>
@@ -44,7 +29,7 @@ export function asideOf(live: DbLocation): DbLocation {
   if (live.engine === "sqlite") {
     if (dangling(live.path))
       throw new RebuildRefused(`DB_PATH ${live.path} is a link to nothing: point it at a file, or remove it`);
-    return { ...live, path: `${fileOf(live.path)}.rebuilding` };
+    return { ...live, path: `${sqliteFileOf(live.path)}.rebuilding` };
   }
   const schema = `${live.schema}_rebuilding`;
   // PostgreSQL cuts a longer name to 63 characters: it would name the live schema, dropped below.
@@ -53,9 +38,6 @@ export function asideOf(live: DbLocation): DbLocation {
   }
   return { ...live, schema };
 }
-
-/** SQLite's files of the database at `path`. */
-const filesOf = (path: string) => [path, `${path}-wal`, `${path}-shm`];
 
 /** A connection of its own to `url`, for DDL and locks outside any pool (as the pool's: a handshake bounded, kept alive). */
 const lockClient = (url: string) =>
@@ -81,46 +63,9 @@ async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Pro
 
 /** Removes whatever a stopped rebuild left aside, so this one starts from nothing. */
 export async function clearAside(aside: DbLocation): Promise<void> {
-  if (aside.engine === "sqlite") for (const f of filesOf(aside.path)) rmSync(f, { force: true });
+  if (aside.engine === "sqlite") for (const f of sqliteFilesOf(aside.path)) rmSync(f, { force: true });
   else await withClient(aside.url, (c) => c.query(`DROP SCHEMA IF EXISTS ${aside.schema} CASCADE`));
 }
-
-/**
- * Makes the view built aside at `aside` (its store closed) the one at `livePath`, in one step: the file
- * renamed over the live one (its log checkpointed into it first, the live one's log removed so it
- * cannot be replayed onto the new file, its mode taken), then the directory flushed. A `livePath` that is
- * a link stays one: the file it names is replaced (SQLite keeps its log beside that file too).
- */
-function swapFiles(aside: string, livePath: string): void {
-  const live = fileOf(livePath);
-  for (const path of [aside, live]) {
-    if (!existsSync(path)) continue;
-    try {
-      const db = new Database(path);
-      try {
-        db.pragma("wal_checkpoint(TRUNCATE)");
-      } finally {
-        db.close();
-      }
-    } catch (err) {
-      // A live view that is no database any more is what a rebuild is for: replaced, not read.
-      if (path === aside || !UNREADABLE.has(String(codeOf(err)))) throw err;
-    }
-  }
-  for (const f of filesOf(live).slice(1)) rmSync(f, { force: true });
-  if (existsSync(live)) chmodSync(aside, statSync(live).mode & 0o7777);
-  renameSync(aside, live);
-  // The rename itself on disk: a power cut must not bring back the old name's file.
-  const dir = openSync(dirname(live), "r");
-  try {
-    fsyncSync(dir);
-  } finally {
-    closeSync(dir);
-  }
-}
-
-/** SQLite's codes of a file that is no readable database. */
-export const UNREADABLE = new Set(["SQLITE_NOTADB", "SQLITE_CORRUPT"]);
 
 /** A database error's code, if it has one. */
 const codeOf = (err: unknown) => (err as { code?: unknown } | null)?.code;
@@ -174,7 +119,7 @@ export async function lockRebuild(live: DbLocation): Promise<RebuildLock> {
     }
     const held = db;
     return {
-      swapIn: async (aside) => swapFiles((aside as { path: string }).path, live.path),
+      swapIn: async (aside) => swapSqliteFile((aside as { path: string }).path, live.path),
       release: async () => {
         held.close();
       },

@@ -34,20 +34,13 @@ import {
   Inbox,
   type Logger,
   locationOf,
+  UNREADABLE,
   withoutPassword,
 } from "../../platform/index.js";
 import { loadConfig } from "./config.js";
 import { UnusableEventError } from "./domain.js";
 import { type HistoryConsumer, historyConsumers } from "./events.js";
-import {
-  asideOf,
-  clearAside,
-  lockRebuild,
-  losses,
-  type RebuildLock,
-  RebuildRefused,
-  UNREADABLE,
-} from "./rebuild-aside.js";
+import { asideOf, clearAside, lockRebuild, losses, type RebuildLock, RebuildRefused } from "./rebuild-aside.js";
 import { HistoryStore } from "./store.js";
 
 /** How one stream's replay went. */

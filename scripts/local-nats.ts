@@ -1,0 +1,75 @@
+/**
+ * make run's NATS for a command that needs the streams while `make run` is stopped (`make
+ * history-rebuild`, `make restore`): when nothing answers at the command's NATS_URL, it is started on
+ * make run's store for the command and stopped after. Whatever answers (make run's own) is used as it
+ * is and left running.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { createInterface } from "node:readline";
+import { recordChild } from "./data-dir.js";
+import { answers, jetStreamDir, NATS_MISSING, natsInstalled, natsServerArgs, preparedJetStreamDir } from "./nats.js";
+
+const LOCAL_HOSTS = new Set(["127.0.0.1", "localhost", "[::1]"]);
+
+/** Something the command needs could not be started: its message is the command's last line. */
+export class CannotStart extends Error {}
+
+/** Resolves when `child` exits: its code, or the signal that ended it. */
+export const endOf = (child: ChildProcess) =>
+  new Promise<number | NodeJS.Signals>((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) resolve(child.exitCode ?? child.signalCode ?? 1);
+    else child.once("exit", (code, signal) => resolve(code ?? signal ?? 1));
+  });
+
+/**
+ * Starts make run's NATS on its store in `dataDir` (for `db`) unless something answers at `natsUrl`;
+ * how to stop what was started, or undefined when nothing was. `what` ends the line saying so (", it
+ * stops after the rebuild"). Throws {@link CannotStart} when it cannot (not this machine's, not installed,
+ * not ready within 15 s).
+ */
+export async function ensureLocalNats(
+  dataDir: string,
+  db: string,
+  natsUrl: string,
+  say: (line: string) => void,
+  what: string,
+): Promise<(() => Promise<void>) | undefined> {
+  const first = natsUrl.split(",")[0] ?? natsUrl;
+  if (!URL.canParse(first))
+    throw new CannotStart(`NATS_URL must be a URL such as nats://127.0.0.1:4222, got ${JSON.stringify(natsUrl)}`);
+  const url = new URL(first);
+  const port = Number(url.port || 4222);
+  if (await answers(url.hostname, port)) return undefined;
+  if (natsUrl.includes(",") || !LOCAL_HOSTS.has(url.hostname)) {
+    throw new CannotStart(`nothing answers at NATS_URL=${natsUrl}, and it is not this machine's NATS to start`);
+  }
+  if (!natsInstalled()) throw new CannotStart(NATS_MISSING);
+  preparedJetStreamDir(dataDir, db);
+  const nats = spawn("nats-server", natsServerArgs(dataDir, port, undefined, db), {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  recordChild(dataDir, nats.pid, "nats");
+  const lines: string[] = [];
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new CannotStart(`NATS did not start:\n${lines.join("\n")}`)), 15_000);
+    for (const stream of [nats.stdout, nats.stderr]) {
+      createInterface({ input: stream }).on("line", (line) => {
+        lines.push(line);
+        if (line.includes("Server is ready")) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+    }
+    nats.once("exit", (code) => {
+      clearTimeout(timer);
+      reject(new CannotStart(`NATS exited ${code}:\n${lines.join("\n")}`));
+    });
+  });
+  say(`started NATS on port ${port} with make run's streams (${jetStreamDir(dataDir, db)}); it stops after ${what}`);
+  return async () => {
+    const done = endOf(nats);
+    nats.kill("SIGTERM");
+    await done;
+  };
+}
