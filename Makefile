@@ -7,7 +7,7 @@ PROTOS := $(shell find proto -name '*.proto')
 # `make run PAYMENT_REPLICAS=2 DB=postgres`: make puts variables given on its command line in the
 # recipes' environment, where the runner reads them (scripts/run.ts), so no list of them is kept here.
 
-.PHONY: help install nats postgres python-client chromium node24 generate gen-fresh build lint typecheck breaking contracts-baseline prometheus test run bench footprint compare load demo token trace events dlq alerts history-rebuild clean
+.PHONY: help install nats postgres python-client chromium node24 generate gen-fresh build lint typecheck breaking contracts-baseline prometheus test run bench footprint compare load demo token trace events dlq alerts history-rebuild backup restore clean
 
 help: ## List targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -189,6 +189,14 @@ alerts: install prometheus ## Prometheus on localhost:9090 scraping `make run` w
 history-rebuild: install ## Rebuild the history read model from the streams, with `make run` stopped (starts its NATS, and PostgreSQL with DB=postgres, for the rebuild)
 	@$(BUILT)
 	@node dist/scripts/history-rebuild.js
+
+backup: install ## Copy every service's SQLite store consistently, while make run runs, into backups/<UTC time> (BACKUP_DIR moves it; docs/operations.md)
+	@$(BUILT)
+	@node dist/scripts/backup.js
+
+restore: install ## Put history's or notification's store back to a backup, with make run stopped; it then replays what came since: make restore SERVICE=history FROM=backups/<time>
+	@$(BUILT)
+	@node dist/scripts/restore.js
 
 # Not from under a running make run (its pid in .data/run.pid), nor from under what one killed outright
 # left running (.data/run.children: pid, start time, name): its services and NATS would go on writing to

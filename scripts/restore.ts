@@ -1,0 +1,140 @@
+/**
+ * `make restore SERVICE=history|notification FROM=<backup dir>`: puts one event consumer's SQLite
+ * store back to its copy in a backup (`make backup`), with `make run` stopped, so that it catches up
+ * on every event published since.
+ *
+ * A store put back alone does not: its durable consumers are in NATS, past the events the copy lacks
+ * (test/backup.test.ts shows the view then missing them for good). So this deletes the service's
+ * durables (`<service>-<stream>`); the service makes them again at its start, from each stream's first
+ * event, and its inbox — restored with the store — skips those the copy had applied and applies the
+ * rest once. Events the streams dropped since the backup (7 days, 200 MB a stream) are gone: said.
+ *
+ * Only history and notification, the consumers that call no one: the saga's services' stores hold
+ * money, stock and idempotency keys other services act on (docs/operations.md says what a restore of
+ * one of them loses). With DB=postgres it says what to run instead. Exits 0 done; 1 refused (make run
+ * running, a history service running, the copy missing or damaged) or failed; 2 for bad arguments.
+ */
+import { existsSync, readFileSync, rmSync } from "node:fs";
+import { join, relative } from "node:path";
+import Database from "better-sqlite3";
+import { EVENTS } from "../contracts/events.js";
+import { BUS_ADMIN, busAuthOf, connectBus, silentLogger, swapSqliteFile } from "../platform/index.js";
+import { lockRebuild, RebuildRefused } from "../services/history/rebuild-aside.js";
+import { holdDataDir, stopLeftovers } from "./data-dir.js";
+import { dbOf, portOf, ROOT } from "./layout.js";
+import { CannotStart, ensureLocalNats } from "./local-nats.js";
+import { localBusEnv } from "./nats.js";
+
+const DATA = process.env.DATA_DIR || join(ROOT, ".data");
+const NATS_URL = process.env.NATS_URL || `nats://127.0.0.1:${portOf("NATS_PORT", 4222)}`;
+const CONSUMERS_ONLY = ["history", "notification"];
+const say = (line: string) => process.stdout.write(`${line}\n`);
+const shown = (path: string) => (path.startsWith(ROOT) ? relative(ROOT, path) : path);
+
+/** The copy of `service` in backup `from`, checked whole; when the backup was taken (backup.json), if it says. */
+function copyIn(from: string, service: string): { file: string; at: Date | undefined } {
+  const file = join(from, `${service}.db`);
+  if (!existsSync(file))
+    throw new CannotStart(`${shown(file)} does not exist: FROM must be a directory make backup wrote`);
+  const db = new Database(file, { readonly: true, fileMustExist: true });
+  try {
+    const check = db.pragma("integrity_check", { simple: true });
+    if (check !== "ok") throw new CannotStart(`${shown(file)} failed its integrity check: ${String(check)}`);
+  } finally {
+    db.close();
+  }
+  const manifest = join(from, "backup.json");
+  const at = existsSync(manifest) ? (JSON.parse(readFileSync(manifest, "utf8")) as { at?: string }).at : undefined;
+  return { file, at: at === undefined ? undefined : new Date(at) };
+}
+
+/** Deletes `service`'s durable consumers, saying from where each stream will be replayed. */
+async function rewind(service: string, backupAt: Date | undefined): Promise<void> {
+  const { NATS_USER = "", NATS_PASSWORD = "" } = localBusEnv(DATA, BUS_ADMIN);
+  const bus = await connectBus(NATS_URL, "restore", silentLogger(), {
+    ...busAuthOf({
+      NATS_USER: process.env.NATS_USER || NATS_USER,
+      NATS_PASSWORD: process.env.NATS_PASSWORD || NATS_PASSWORD,
+    }),
+  });
+  try {
+    for (const { name: stream } of EVENTS.streams) {
+      const info = await bus.jsm.streams.info(stream).catch(() => undefined);
+      if (!info) continue;
+      for await (const c of bus.jsm.consumers.list(stream)) {
+        if (!c.name.startsWith(`${service}-`)) continue;
+        await bus.jsm.consumers.delete(stream, c.name);
+        const { first_seq: first, last_seq: last, first_ts: firstTs } = info.state;
+        say(`  deleted durable ${c.name}: made again at ${service}'s start, it replays ${stream} ${first}..${last}`);
+        if (backupAt !== undefined && info.state.messages > 0 && new Date(firstTs) > backupAt) {
+          say(
+            `  WARNING: ${stream} holds no events before ${firstTs}; those published between the backup ` +
+              `(${backupAt.toISOString()}) and then are gone, and ${service} will never apply them`,
+          );
+        }
+      }
+    }
+  } finally {
+    await bus.close();
+  }
+}
+
+async function main(): Promise<number> {
+  const service = process.env.SERVICE ?? "";
+  const from = process.env.FROM ?? "";
+  if (!CONSUMERS_ONLY.includes(service)) {
+    process.stderr.write(
+      `restore: SERVICE must be ${CONSUMERS_ONLY.join(" or ")}, got ${JSON.stringify(service)}` +
+        (service ? ": order, inventory and payment are restored by hand (docs/operations.md)\n" : "\n"),
+    );
+    return 2;
+  }
+  if (!from) {
+    process.stderr.write("restore: FROM must name a backup directory (make backup prints it)\n");
+    return 2;
+  }
+  if (dbOf() === "postgres") {
+    say(
+      `DB=postgres: restore schema shopmesh_${service} with pg_restore, then delete its durables (docs/operations.md)`,
+    );
+    return 2;
+  }
+  const stops: (() => Promise<void> | void)[] = [];
+  try {
+    const copy = copyIn(from, service);
+    const held = holdDataDir(DATA);
+    if (typeof held !== "function") throw new CannotStart(`${held.heldBy} is using ${DATA}: stop it first`);
+    stops.push(held);
+    await stopLeftovers(DATA, say);
+    const live = join(DATA, `${service}.db`);
+    // History holds its view's lock while it runs (a history started by hand included): taken alone here.
+    if (service === "history") {
+      const lock = await lockRebuild({ engine: "sqlite", path: live });
+      stops.push(() => lock.release());
+    }
+    say(`restoring ${service} from ${shown(copy.file)}${copy.at ? ` (taken ${copy.at.toISOString()})` : ""}`);
+    const nats = await ensureLocalNats(DATA, dbOf(), NATS_URL, say, "the restore");
+    if (nats) stops.push(nats);
+    // The durables first: if the swap then fails, the old store replays what it has already applied.
+    await rewind(service, copy.at);
+    const aside = `${live}.restoring`;
+    rmSync(aside, { force: true });
+    const source = new Database(copy.file, { readonly: true, fileMustExist: true });
+    try {
+      source.prepare("VACUUM INTO ?").run(aside);
+    } finally {
+      source.close();
+    }
+    swapSqliteFile(aside, live);
+    say(`  ${shown(live)} is the backup's copy now; start ${service} (make run) and it catches up`);
+    return 0;
+  } catch (err) {
+    if (!(err instanceof CannotStart || err instanceof RebuildRefused)) throw err;
+    process.stderr.write(`restore: ${err.message}\n`);
+    return 1;
+  } finally {
+    for (const stop of stops.reverse()) await stop();
+  }
+}
+
+process.exitCode = await main();

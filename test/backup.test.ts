@@ -1,0 +1,292 @@
+/**
+ * `make backup` (scripts/backup.ts) on a running system: copies taken while orders flow are each one
+ * commit's state — every order with the step log and the outbox rows its state says it wrote, stock
+ * conserved, no order charged twice — and a store missing is named, not copied as an empty one.
+ */
+import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import Database from "better-sqlite3";
+import { describe, expect, it } from "vitest";
+import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
+import { silentLogger } from "../platform/index.js";
+import { startHistory } from "../services/history/app.js";
+import { loadConfig as historyConfig } from "../services/history/config.js";
+import { DEMO_CATALOGUE } from "../services/inventory/catalogue.js";
+import { startNotification } from "../services/notification/app.js";
+import { loadConfig as notificationConfig } from "../services/notification/config.js";
+import { built, runToEnd, tempDir } from "./fixtures.js";
+import { type System, startSystem } from "./system.js";
+
+const CATALOGUE_IDS = DEMO_CATALOGUE.map((p) => p.id);
+
+/** `scripts/backup.ts` run on the stores in `dataDir`, into `backupDir`. */
+function backup(dataDir: string, backupDir: string) {
+  return runToEnd(process.execPath, built("scripts/backup.ts"), {
+    env: { ...process.env, DATA_DIR: dataDir, BACKUP_DIR: backupDir, DB: "" },
+  });
+}
+
+/** `scripts/restore.ts` of `service` from backup `from`, on the stores in `sys`'s directory and its NATS. */
+function restore(sys: System, service: string, from: string) {
+  return runToEnd(process.execPath, built("scripts/restore.ts"), {
+    env: { ...process.env, DATA_DIR: sys.dir, NATS_URL: sys.nats.url, SERVICE: service, FROM: from, DB: "" },
+  });
+}
+
+/** Places `n` orders of both modes, some declined, as `customer`, and waits for each to end. */
+async function ordersSettled(sys: System, customer: string, n: number): Promise<void> {
+  await Promise.all(
+    Array.from({ length: n }, async (_, i) => {
+      const { order } = await sys.orders.placeOrder(
+        {
+          idempotencyKey: `${customer}-${i}`,
+          items: [{ productId: CATALOGUE_IDS[i % CATALOGUE_IDS.length] as string, quantity: 1 }],
+          cardToken: i % 4 === 3 ? "tok_decline" : "tok_visa",
+          sagaMode: i % 2 === 0 ? SagaMode.ORCHESTRATION : SagaMode.CHOREOGRAPHY,
+        },
+        sys.as(customer),
+      );
+      await sys.settle(order?.id ?? "", customer);
+    }),
+  );
+}
+
+/** Rows of `table` in the store of `service` in `sys`, less the columns that say when it was applied. */
+function rows(sys: System, service: string, sqlText: string): string[] {
+  const db = new Database(join(sys.dir, `${service}.db`), { readonly: true });
+  try {
+    return (db.prepare(sqlText).all() as unknown[]).map((r) => JSON.stringify(r)).sort();
+  } finally {
+    db.close();
+  }
+}
+const VIEW = "SELECT * FROM order_history";
+const NOTIFIED = "SELECT event_id, customer_id, order_id, kind, message FROM notifications";
+
+/** The ids of the orders that ended, from the order service's store. */
+const ended = (sys: System) =>
+  rows(sys, "order", "SELECT id FROM orders WHERE status IN ('CONFIRMED', 'CANCELLED')").map(
+    (r) => (JSON.parse(r) as { id: string }).id,
+  );
+
+/** Waits until history's view and notification hold every ended order of `sys`. */
+async function caughtUp(sys: System): Promise<void> {
+  const all = () => {
+    const want = ended(sys);
+    const viewed = new Set(
+      rows(sys, "history", "SELECT order_id FROM order_history WHERE status IN ('CONFIRMED', 'CANCELLED')").map(
+        (r) => (JSON.parse(r) as { order_id: string }).order_id,
+      ),
+    );
+    const told = new Set(
+      rows(
+        sys,
+        "notification",
+        "SELECT order_id FROM notifications WHERE kind IN ('ORDER_CONFIRMED', 'ORDER_CANCELLED')",
+      ).map((r) => (JSON.parse(r) as { order_id: string }).order_id),
+    );
+    return want.filter((id) => !viewed.has(id) || !told.has(id));
+  };
+  await expect.poll(all, { timeout: 30_000, interval: 200 }).toEqual([]);
+}
+
+/** What must hold in any one commit's state of the three saga stores copied to `dir`; the orders it holds. */
+function expectConsistentCopy(dir: string): number {
+  const open = (name: string) => new Database(join(dir, `${name}.db`), { readonly: true });
+  const order = open("order");
+  try {
+    expect(order.pragma("integrity_check", { simple: true })).toBe("ok");
+    expect(order.pragma("foreign_key_check")).toEqual([]);
+    // Every change of an order (version + 1) writes its step-log entry in the same transaction, and
+    // placing it, becoming CONFIRMED or CANCELLED write their events in it too (the outbox).
+    const torn = order
+      .prepare(`SELECT o.id, o.status, o.version,
+          (SELECT COUNT(*) FROM saga_steps s WHERE s.order_id = o.id) AS steps,
+          (SELECT COUNT(*) FROM outbox x WHERE x.order_id = o.id AND x.type LIKE '%OrderPlaced') AS placed,
+          (SELECT COUNT(*) FROM outbox x WHERE x.order_id = o.id
+             AND x.type LIKE '%Order' || CASE o.status WHEN 'CONFIRMED' THEN 'Confirmed' ELSE 'Cancelled' END) AS ended
+        FROM orders o`)
+      .all() as { id: string; status: string; version: number; steps: number; placed: number; ended: number }[];
+    const wrong = torn.filter(
+      (o) =>
+        o.steps !== o.version ||
+        o.placed !== 1 ||
+        o.ended !== (o.status === "CONFIRMED" || o.status === "CANCELLED" ? 1 : 0),
+    );
+    expect(wrong, "an order without the step log or events its state says it wrote").toEqual([]);
+    const inventory = open("inventory");
+    try {
+      const stock = inventory.prepare("SELECT id, available + reserved AS total FROM products").all() as {
+        id: string;
+        total: number;
+      }[];
+      for (const p of DEMO_CATALOGUE) {
+        expect(stock.find((s) => s.id === p.id)?.total, `${p.id} conserved`).toBe(p.available);
+      }
+    } finally {
+      inventory.close();
+    }
+    const payment = open("payment");
+    try {
+      const twice = payment
+        .prepare("SELECT order_id FROM payments WHERE status = 'CAPTURED' GROUP BY order_id HAVING COUNT(*) > 1")
+        .all();
+      expect(twice, "no order charged twice").toEqual([]);
+    } finally {
+      payment.close();
+    }
+    for (const name of ["notification", "history"]) {
+      const db = open(name);
+      try {
+        expect(db.pragma("integrity_check", { simple: true })).toBe("ok");
+      } finally {
+        db.close();
+      }
+    }
+    return torn.length;
+  } finally {
+    order.close();
+  }
+}
+
+describe("make backup", () => {
+  it("copies every store consistently while orders flow", async () => {
+    await using sys = await startSystem();
+    using out = tempDir();
+    let placing = true;
+    let placed = 0;
+    const load = Promise.all(
+      Array.from({ length: 4 }, async (_, w) => {
+        for (let i = 0; placing; i++) {
+          await sys.orders.placeOrder(
+            {
+              idempotencyKey: `load-${w}-${i}`,
+              items: [{ productId: CATALOGUE_IDS[i % CATALOGUE_IDS.length] as string, quantity: 1 }],
+              cardToken: i % 5 === 0 ? "tok_decline" : "tok_visa",
+              sagaMode: i % 2 === 0 ? SagaMode.ORCHESTRATION : SagaMode.CHOREOGRAPHY,
+            },
+            sys.as(`buyer-${w}`),
+          );
+          placed++;
+        }
+      }),
+    );
+    try {
+      await new Promise((r) => setTimeout(r, 1_000));
+      const runs = [];
+      for (let n = 0; n < 3; n++) runs.push(await backup(sys.dir, out.path));
+      for (const run of runs) {
+        expect(run.code, run.out).toBe(0);
+        expect(run.out).toMatch(/order: \d+ KiB, schema \d+, integrity ok/);
+      }
+    } finally {
+      placing = false;
+      await load;
+    }
+    const dirs = readdirSync(out.path).sort();
+    expect(dirs).toHaveLength(3);
+    const held = dirs.map((d) => expectConsistentCopy(join(out.path, d)));
+    // Taken while orders were placed: each holds some, the later ones more, and none all of them.
+    expect(held[0]).toBeGreaterThan(0);
+    expect(held[2]).toBeGreaterThanOrEqual(held[0] ?? 0);
+    expect(held[2]).toBeLessThan(placed);
+    const manifest = JSON.parse(readFileSync(join(out.path, dirs[0] as string, "backup.json"), "utf8"));
+    expect(Object.keys(manifest.stores).sort()).toEqual(["history", "inventory", "notification", "order", "payment"]);
+  }, 60_000);
+
+  it("names a store that is missing, keeps no partial backup as a whole one, and exits 1", async () => {
+    using data = tempDir();
+    using out = tempDir();
+    const run = await backup(data.path, out.path);
+    expect(run.code).toBe(1);
+    expect(run.out).toMatch(/order: FAILED: no store at .*order\.db/);
+    expect(run.out).toMatch(/backup incomplete/);
+    expect(readdirSync(out.path)).toEqual([]);
+    expect(existsSync(join(data.path, "order.db")), "no empty store made in its place").toBe(false);
+  });
+});
+
+describe("make restore", () => {
+  it("puts history and notification back to a backup and has them catch up on every event since, once", async () => {
+    await using sys = await startSystem();
+    using out = tempDir();
+    const env = { GRPC_HOST: "127.0.0.1", GRPC_PORT: "0", SHUTDOWN_GRACE_MS: "2000", NATS_URL: sys.nats.url };
+    const consumers = () =>
+      Promise.all([
+        startHistory(historyConfig({ ...env, DB_PATH: join(sys.dir, "history.db") }), silentLogger()),
+        startNotification(notificationConfig({ ...env, DB_PATH: join(sys.dir, "notification.db") }), silentLogger()),
+      ]);
+    const stopAll = (apps: readonly { stop(): Promise<void> }[]) => Promise.all(apps.map((a) => a.stop()));
+
+    await ordersSettled(sys, "before", 6);
+    await caughtUp(sys);
+    expect((await backup(sys.dir, out.path)).code).toBe(0);
+    const [taken] = readdirSync(out.path);
+    const from = join(out.path, taken as string);
+    await ordersSettled(sys, "after", 6);
+    await caughtUp(sys);
+    // What consumers that never lost anything hold.
+    const view = rows(sys, "history", VIEW);
+    const notified = rows(sys, "notification", NOTIFIED);
+    expect(view.length).toBe(12);
+
+    // The stores put back by hand, the others going on: their durables are past the 6 orders after the
+    // backup, which they never apply.
+    await stopAll([sys.history, sys.notification]);
+    for (const name of ["history", "notification"]) {
+      for (const f of ["", "-wal", "-shm"]) rmSync(join(sys.dir, `${name}.db${f}`), { force: true });
+      copyFileSync(join(from, `${name}.db`), join(sys.dir, `${name}.db`));
+    }
+    let apps = await consumers();
+    await ordersSettled(sys, "during", 2);
+    await expect.poll(() => rows(sys, "history", VIEW).length, { timeout: 30_000 }).toBe(8);
+    await new Promise((r) => setTimeout(r, 1_000));
+    expect(rows(sys, "history", VIEW).length, "the orders after the backup never come back").toBe(8);
+    await stopAll(apps);
+
+    // make restore: the same copies, and the durables made again.
+    await ordersSettled(sys, "down", 2);
+    for (const name of ["history", "notification"]) {
+      const run = await restore(sys, name, from);
+      expect(run.code, run.out).toBe(0);
+      expect(run.out).toMatch(new RegExp(`deleted durable ${name}-order: made again at ${name}'s start`));
+    }
+    apps = await consumers();
+    try {
+      await caughtUp(sys);
+      const all = rows(sys, "history", VIEW);
+      expect(all.length).toBe(16);
+      // Equal to what the never-restored consumers held, for every order they had seen...
+      expect(all.filter((r) => view.some((v) => v.includes(JSON.parse(r).order_id)))).toEqual(view);
+      // ... and each event notified once: the replay skipped what the copy had applied.
+      const now = rows(sys, "notification", NOTIFIED);
+      expect(now.filter((n) => notified.includes(n))).toEqual(notified);
+      const counts = new Map<string, number>();
+      for (const n of now) {
+        const { order_id, kind } = JSON.parse(n) as { order_id: string; kind: string };
+        counts.set(`${order_id} ${kind}`, (counts.get(`${order_id} ${kind}`) ?? 0) + 1);
+      }
+      expect([...counts].filter(([, c]) => c !== 1)).toEqual([]);
+      expect(new Set(now.map((n) => JSON.parse(n).order_id)).size).toBe(16);
+    } finally {
+      await stopAll(apps);
+    }
+  }, 120_000);
+
+  it("refuses the saga's services, a backup that is not one, and a history service running", async () => {
+    await using sys = await startSystem();
+    using empty = tempDir();
+    const saga = await restore(sys, "payment", empty.path);
+    expect(saga.code).toBe(2);
+    expect(saga.out).toMatch(/order, inventory and payment are restored by hand/);
+    const none = await restore(sys, "notification", empty.path);
+    expect(none.code).toBe(1);
+    expect(none.out).toMatch(/notification\.db does not exist/);
+    using out = tempDir();
+    expect((await backup(sys.dir, out.path)).code).toBe(0);
+    const from = join(out.path, readdirSync(out.path)[0] as string);
+    const running = await restore(sys, "history", from);
+    expect(running.code).toBe(1);
+    expect(running.out).toMatch(/in use by a history service/);
+  }, 60_000);
+});
