@@ -9,13 +9,15 @@
  *
  * The copies are written under `<name>.partial`, renamed into place once all are whole: a directory
  * without the suffix is a complete backup. With DB=postgres, the stores are schemas of make run's
- * PostgreSQL: it prints the pg_dump command to run instead. Exits 0 when every store was copied;
+ * PostgreSQL: one `pg_dump` of its database, shopmesh.dump. Exits 0 when every store was copied;
  * 1 when one is missing, cannot be read or stayed locked (named, with why); 2 for bad arguments.
  */
+import { spawnSync } from "node:child_process";
 import { mkdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join, relative } from "node:path";
 import Database from "better-sqlite3";
 import { dbOf, portOf, ROOT, SERVICE_NAMES } from "./layout.js";
+import { postgresBinDir } from "./postgres.js";
 
 const DATA = process.env.DATA_DIR || join(ROOT, ".data");
 const say = (line: string) => process.stdout.write(`${line}\n`);
@@ -60,20 +62,46 @@ function copyStore(from: string, to: string): BackedUp {
   }
 }
 
-function main(): number {
-  if (dbOf() === "postgres") {
-    const port = portOf("PG_PORT", 55432);
-    say("DB=postgres: the stores are schemas of make run's PostgreSQL; back them up with pg_dump, e.g.");
-    say(`  pg_dump -h 127.0.0.1 -p ${port} -U postgres -Fc -f shopmesh.dump shopmesh`);
-    say("(one snapshot of every schema; pg_restore -n shopmesh_<service> restores one)");
-    return 0;
+/**
+ * DB=postgres: every store is a schema of make run's `shopmesh` database, and one pg_dump is one
+ * snapshot of them all, at one instant (custom format: `pg_restore -n shopmesh_<service>` takes one back).
+ */
+function pgDump(partial: string, dir: string, at: Date): number {
+  const port = portOf("PG_PORT", 55432);
+  let bin = "pg_dump";
+  try {
+    bin = join(postgresBinDir(), "pg_dump");
+  } catch {} // not installed where we look: PATH's, if any
+  const file = join(partial, "shopmesh.dump");
+  say(`backing up make run's PostgreSQL (127.0.0.1:${port}, database shopmesh, every schema) to ${shown(dir)}`);
+  const run = spawnSync(bin, ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "-Fc", "-f", file, "shopmesh"], {
+    encoding: "utf8",
+  });
+  if (run.status !== 0) {
+    rmSync(partial, { recursive: true, force: true });
+    const why = run.error ? run.error.message : run.stderr.trim();
+    process.stderr.write(`backup failed: pg_dump: ${why} (is make run DB=postgres up?)\n`);
+    return 1;
   }
+  const bytes = statSync(file).size;
+  say(`  shopmesh.dump: ${Math.ceil(bytes / 1024)} KiB, one snapshot of every service's schema`);
+  writeFileSync(
+    join(partial, "backup.json"),
+    `${JSON.stringify({ at: at.toISOString(), pgDump: "shopmesh.dump" }, null, 2)}\n`,
+  );
+  renameSync(partial, dir);
+  say(`done: ${shown(dir)}`);
+  return 0;
+}
+
+function main(): number {
   // Before any copy: every event a consumer had applied by then is in its copy (what a restore replays from).
   const at = new Date();
   const stamp = at.toISOString().replace(/[:.]/g, "-");
   const dir = join(process.env.BACKUP_DIR || join(ROOT, "backups"), stamp);
   const partial = `${dir}.partial`;
   mkdirSync(partial, { recursive: true });
+  if (dbOf() === "postgres") return pgDump(partial, dir, at);
   say(`backing up ${SERVICE_NAMES.length} stores from ${shown(DATA)} to ${shown(dir)}`);
   const stores: Record<string, BackedUp> = {};
   const failed: string[] = [];

@@ -3,26 +3,30 @@
  * commit's state — every order with the step log and the outbox rows its state says it wrote, stock
  * conserved, no order charged twice — and a store missing is named, not copied as an empty one.
  */
+import { execFileSync } from "node:child_process";
 import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
+import pg from "pg";
 import { describe, expect, it } from "vitest";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { silentLogger } from "../platform/index.js";
+import { ensureDatabase, postgresBinDir } from "../scripts/postgres.js";
 import { startHistory } from "../services/history/app.js";
 import { loadConfig as historyConfig } from "../services/history/config.js";
 import { DEMO_CATALOGUE } from "../services/inventory/catalogue.js";
 import { startNotification } from "../services/notification/app.js";
 import { loadConfig as notificationConfig } from "../services/notification/config.js";
-import { built, runToEnd, tempDir } from "./fixtures.js";
+import { built, freePort, runToEnd, tempDir } from "./fixtures.js";
+import { startPostgres } from "./postgres.js";
 import { type System, startSystem } from "./system.js";
 
 const CATALOGUE_IDS = DEMO_CATALOGUE.map((p) => p.id);
 
 /** `scripts/backup.ts` run on the stores in `dataDir`, into `backupDir`. */
-function backup(dataDir: string, backupDir: string) {
+function backup(dataDir: string, backupDir: string, env: Record<string, string> = { DB: "" }) {
   return runToEnd(process.execPath, built("scripts/backup.ts"), {
-    env: { ...process.env, DATA_DIR: dataDir, BACKUP_DIR: backupDir, DB: "" },
+    env: { ...process.env, DATA_DIR: dataDir, BACKUP_DIR: backupDir, ...env },
   });
 }
 
@@ -204,6 +208,39 @@ describe("make backup", () => {
     expect(readdirSync(out.path)).toEqual([]);
     expect(existsSync(join(data.path, "order.db")), "no empty store made in its place").toBe(false);
   });
+});
+
+describe("make backup DB=postgres", () => {
+  it("dumps make run's database, every schema in one snapshot, and says so when it is down", async () => {
+    await using server = await startPostgres();
+    const url = await ensureDatabase(server.url, "shopmesh");
+    const client = new pg.Client({ connectionString: url });
+    await client.connect();
+    try {
+      await client.query(`CREATE SCHEMA shopmesh_order; CREATE TABLE shopmesh_order.orders (id TEXT);
+        CREATE SCHEMA shopmesh_payment; CREATE TABLE shopmesh_payment.payments (id TEXT)`);
+    } finally {
+      await client.end();
+    }
+    using data = tempDir();
+    using out = tempDir();
+    const run = await backup(data.path, out.path, { DB: "postgres", PG_PORT: String(server.port) });
+    expect(run.code, run.out).toBe(0);
+    const [taken] = readdirSync(out.path);
+    const listed = execFileSync(
+      join(postgresBinDir(), "pg_restore"),
+      ["-l", join(out.path, taken as string, "shopmesh.dump")],
+      {
+        encoding: "utf8",
+      },
+    );
+    expect(listed).toMatch(/TABLE shopmesh_order orders/);
+    expect(listed).toMatch(/TABLE shopmesh_payment payments/);
+    const down = await backup(data.path, out.path, { DB: "postgres", PG_PORT: String(await freePort()) });
+    expect(down.code).toBe(1);
+    expect(down.out).toMatch(/backup failed: pg_dump: .*(refused|could not connect)/);
+    expect(readdirSync(out.path)).toEqual([taken]);
+  }, 60_000);
 });
 
 describe("make restore", () => {
