@@ -3,21 +3,25 @@
  * commit's state — every order with the step log and the outbox rows its state says it wrote, stock
  * conserved, no order charged twice — and a store missing is named, not copied as an empty one.
  */
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
+import { AckPolicy } from "@nats-io/jetstream";
 import Database from "better-sqlite3";
 import pg from "pg";
 import { describe, expect, it } from "vitest";
+import { EVENTS } from "../contracts/events.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
-import { silentLogger } from "../platform/index.js";
+import { BUS_ADMIN, busAuthOf, connectBus, silentLogger } from "../platform/index.js";
+import { holdDataDir } from "../scripts/data-dir.js";
+import { answers, localBusEnv, natsServerArgs } from "../scripts/nats.js";
 import { ensureDatabase, postgresBinDir } from "../scripts/postgres.js";
 import { startHistory } from "../services/history/app.js";
 import { loadConfig as historyConfig } from "../services/history/config.js";
 import { DEMO_CATALOGUE } from "../services/inventory/catalogue.js";
 import { startNotification } from "../services/notification/app.js";
 import { loadConfig as notificationConfig } from "../services/notification/config.js";
-import { built, freePort, runToEnd, tempDir } from "./fixtures.js";
+import { built, exited, freePort, outputReady, runToEnd, tempDir } from "./fixtures.js";
 import { startPostgres } from "./postgres.js";
 import { type System, startSystem } from "./system.js";
 
@@ -325,5 +329,57 @@ describe("make restore", () => {
     const running = await restore(sys, "history", from);
     expect(running.code).toBe(1);
     expect(running.out).toMatch(/in use by a history service/);
+  }, 60_000);
+
+  it("with make run stopped, starts its NATS for the restore and deletes the durables as the bus's administrator", async () => {
+    using data = tempDir();
+    using copy = tempDir();
+    new Database(join(copy.path, "history.db")).close();
+    const port = await freePort();
+    const madeRunNats = async () => {
+      const child = spawn("nats-server", natsServerArgs(data.path, port), { stdio: ["ignore", "pipe", "pipe"] });
+      await outputReady(child, "Server is ready", "nats-server", 10_000);
+      const { NATS_USER = "", NATS_PASSWORD = "" } = localBusEnv(data.path, BUS_ADMIN);
+      const bus = await connectBus(`nats://127.0.0.1:${port}`, "restore-test", silentLogger(), {
+        streams: EVENTS.streams,
+        ...busAuthOf({ NATS_USER, NATS_PASSWORD }),
+      });
+      return {
+        bus,
+        async [Symbol.asyncDispose]() {
+          await bus.close();
+          const done = exited(child);
+          child.kill("SIGTERM");
+          await done;
+        },
+      };
+    };
+    {
+      await using nats = await madeRunNats();
+      for (const durable of ["history-order", "notification-order"]) {
+        await nats.bus.jsm.consumers.add("ORDER", { durable_name: durable, ack_policy: AckPolicy.Explicit });
+      }
+    }
+    const env = { ...process.env, DATA_DIR: data.path, NATS_PORT: String(port), SERVICE: "history", FROM: copy.path };
+    const restored = await runToEnd(process.execPath, built("scripts/restore.ts"), { env });
+    expect(restored.code, restored.out).toBe(0);
+    expect(restored.out).toContain(`started NATS on port ${port} with make run's streams`);
+    expect(restored.out).toContain("deleted durable history-order");
+    expect(await answers("127.0.0.1", port), "the NATS it started is stopped").toBe(false);
+    expect(existsSync(join(data.path, "history.db")), "the copy put in place").toBe(true);
+    await using nats = await madeRunNats();
+    const left = [];
+    for await (const c of nats.bus.jsm.consumers.list("ORDER")) left.push(c.name);
+    expect(left, "another service's durable is left as it was").toEqual(["notification-order"]);
+
+    // While a make run holds the data directory: refused, nothing changed.
+    const release = holdDataDir(data.path);
+    try {
+      const refused = await runToEnd(process.execPath, built("scripts/restore.ts"), { env });
+      expect(refused.code).toBe(1);
+      expect(refused.out).toMatch(/is using .*: stop it first/);
+    } finally {
+      if (typeof release === "function") release();
+    }
   }, 60_000);
 });
