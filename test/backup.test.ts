@@ -21,6 +21,7 @@ import { loadConfig as historyConfig } from "../services/history/config.js";
 import { DEMO_CATALOGUE } from "../services/inventory/catalogue.js";
 import { startNotification } from "../services/notification/app.js";
 import { loadConfig as notificationConfig } from "../services/notification/config.js";
+import { consumerSettled } from "./events.js";
 import { built, exited, freePort, outputReady, runToEnd, tempDir } from "./fixtures.js";
 import { startPostgres } from "./postgres.js";
 import { type System, startSystem } from "./system.js";
@@ -96,6 +97,21 @@ async function caughtUp(sys: System): Promise<void> {
     return want.filter((id) => !viewed.has(id) || !told.has(id));
   };
   await expect.poll(all, { timeout: 30_000, interval: 200 }).toEqual([]);
+  // The ended orders seen are not all their events: a payment's or a stock release's may still wait in
+  // its service's outbox, or in history's or notification's other durables.
+  const unsent = () =>
+    ["order", "inventory", "payment"].flatMap((s) => rows(sys, s, "SELECT seq FROM outbox WHERE sent_at IS NULL"));
+  await expect.poll(unsent, { timeout: 30_000, interval: 200 }).toEqual([]);
+  const bus = await connectBus(sys.nats.url, "backup-test", silentLogger(), { streams: EVENTS.streams });
+  try {
+    for (const { name: stream } of EVENTS.streams) {
+      for await (const c of bus.jsm.consumers.list(stream)) {
+        if (/^(history|notification)-/.test(c.name)) await consumerSettled(bus, stream, c.name, 30_000);
+      }
+    }
+  } finally {
+    await bus.close();
+  }
 }
 
 /** What must hold in any one commit's state of the three saga stores copied to `dir`; the orders it holds. */
