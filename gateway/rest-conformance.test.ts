@@ -161,10 +161,17 @@ describe("query parameters", () => {
       const r = await send(`GET /v1/notifications?${q}`);
       expect(r.status, q).toBe(400);
       expect(r.json.message, q).toBe(`${field}: is not valid percent-encoded UTF-8 in the query`);
-      expect(r.json.details?.[0]?.fieldViolations?.[0]?.field, q).toBe(field);
+      // Shaped as the service's own refusal below: the field, and a description that is why alone.
+      expect(r.json.details?.[0]?.fieldViolations, q).toEqual([
+        { field, description: "is not valid percent-encoded UTF-8 in the query" },
+      ]);
     }
     // An escaped '%' is one: the service, not the transcoder, refuses an id with it.
-    expect((await send("GET /v1/notifications?order_id=ord_1%25")).json.message).toMatch(/^order_id: must/);
+    const service = (await send("GET /v1/notifications?order_id=ord_1%25")).json;
+    expect(service.message).toMatch(/^order_id: must/);
+    expect(service.details?.[0]?.fieldViolations).toEqual([
+      { field: "order_id", description: service.message.slice("order_id: ".length) },
+    ]);
   });
 
   it('body "*" leaves nothing to the query (http.proto); a route without a body takes none', async () => {

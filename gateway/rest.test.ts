@@ -14,6 +14,7 @@ import { errorToJson } from "@connectrpc/connect/protocol-connect";
 import { beforeAll, describe, expect, it } from "vitest";
 import { compileTemplate } from "../contracts/http-rules.js";
 import { BadRequestSchema } from "../gen/google/rpc/error_details_pb.js";
+import { InvalidArgumentError } from "../platform/index.js";
 import { ROOT, tempDir } from "../test/fixtures.js";
 import { type RestMatch, RestRouter, responseJson, statusJson } from "./rest.js";
 import { checkRequest, requestJson } from "./rest-request.js";
@@ -239,6 +240,22 @@ it("a value proto3 JSON refuses names its field in a BadRequest detail, as the c
   expect(r).toBeInstanceOf(ConnectError);
   const [detail] = (r as ConnectError).findDetails(BadRequestSchema);
   expect(detail?.fieldViolations.map((v) => v.field)).toEqual(["pageSize"]);
+});
+
+it("a query or path refusal's violation is shaped as a service's InvalidArgumentError: the field, and why alone", () => {
+  for (const [line, body, field, why] of [
+    ["GET /v1/books?page_size=abc", undefined, "page_size", '"abc" is not a valid int32'],
+    ["GET /v1/books?nope=1", undefined, "nope", "is not a field of transcode.v1.SearchRequest"],
+    ["PATCH /v1/shelves/s1/books/b2", { id: "b3" }, "book.id", 'the body says "b3" and the path "b2"'],
+  ] as const) {
+    const r = build(line, body) as ConnectError;
+    const service = new InvalidArgumentError(field, why);
+    expect({ line, message: r.rawMessage, details: r.findDetails(BadRequestSchema) }).toEqual({
+      line,
+      message: service.message,
+      details: service.details,
+    });
+  }
 });
 
 it("quotes at most 100 characters of what the client sent, and names a path variable by its field path", () => {
