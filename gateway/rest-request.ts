@@ -49,12 +49,14 @@ const MAX_QUOTED = 100;
 /** `text` as an error quotes it: in JSON quotes, cut to MAX_QUOTED characters. */
 const quoted = (text: string) => JSON.stringify(clipText(text, MAX_QUOTED));
 
-/** INVALID_ARGUMENT naming `field` (cut to MAX_QUOTED), in the message and in a google.rpc.BadRequest detail. */
+/**
+ * INVALID_ARGUMENT naming `field` (cut to MAX_QUOTED) in the message (`field: why`) and in a
+ * google.rpc.BadRequest detail whose description is `why` alone, as services' InvalidArgumentError does.
+ */
 function badRequest(name: string, why: string): ConnectError {
   const field = clipText(name, MAX_QUOTED);
-  const description = `${field}: ${why}`;
-  const violation = { desc: BadRequestSchema, value: { fieldViolations: [{ field, description }] } };
-  return new ConnectError(description, Code.InvalidArgument, undefined, [violation]);
+  const violation = { desc: BadRequestSchema, value: { fieldViolations: [{ field, description: why }] } };
+  return new ConnectError(`${field}: ${why}`, Code.InvalidArgument, undefined, [violation]);
 }
 
 /** An integer as the path or the query may write it. */
