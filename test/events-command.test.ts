@@ -223,6 +223,44 @@ describe("make dlq", () => {
     }
   }, 30_000);
 
+  it("keeps its columns aligned whatever the widths of the letters' sequences and times", async () => {
+    // Letters 1, 10 and 100 (the rest deleted: a stream made before deletes were denied), 10 with no ce-time:
+    // each letter's subject began one column further right per digit of its sequence.
+    await using nats = await startNats();
+    const admin = await connectBus(nats.url, "events-command-test", silentLogger());
+    try {
+      await admin.jsm.streams.add({ name: "DLQ", subjects: ["dlq.>"] });
+      for (let seq = 1; seq <= 100; seq++) {
+        const h = natsHeaders();
+        h.set("x-dlq-reason", `undecodable letter ${seq}`);
+        if (seq !== 10) h.set("ce-time", "2026-01-01T12:34:56.789Z");
+        await admin.js.publish("dlq.history-order", new Uint8Array([1]), { headers: h });
+      }
+      for (let seq = 2; seq < 100; seq++) if (seq !== 10) await admin.jsm.streams.deleteMessage("DLQ", seq);
+      const listed = make(["dlq"], { NATS_URL: nats.url });
+      expect(await listed.exit(20_000), listed.err()).toBe(0);
+      const letters = listed
+        .out()
+        .split("\n")
+        .filter((l) => l.startsWith("DLQ "));
+      expect(
+        letters.map((l) => l.slice(0, 8)),
+        listed.out(),
+      ).toEqual(["DLQ 1   ", "DLQ 10  ", "DLQ 100 "]);
+      // Every column where the widest letter's is: its time's, its subject's, what it holds.
+      const at = (l: string) => [l.indexOf("12:34:56.789"), l.indexOf("dlq.history-order"), l.indexOf("<1 bytes")];
+      const widest = at(letters[2] ?? "");
+      expect(
+        letters.map((l) => at(l).slice(1)),
+        listed.out(),
+      ).toEqual(letters.map(() => widest.slice(1)));
+      expect(at(letters[0] ?? "")[0]).toBe(widest[0]);
+      expect(listed.out()).toContain("3 dead letter(s)");
+    } finally {
+      await admin.close();
+    }
+  }, 30_000);
+
   it("says within seconds that NATS does not answer, instead of waiting for it", async () => {
     const run = eventsTs(["--dlq"], `nats://127.0.0.1:${await freePort()}`);
     expect(await run.exit(20_000)).toBe(1);
@@ -278,6 +316,9 @@ describe("make events", () => {
     const run = eventsTs(["--form-start"], "nats://127.0.0.1:1");
     expect(await run.exit(15_000)).toBe(2);
     expect(run.err()).toContain("unknown argument --form-start");
+    // What the user types, not the script make runs.
+    expect(run.err()).toContain('usage: make events [ARGS=--from-start] | make dlq [ARGS=--follow] | make dlq ARGS="');
+    expect(run.err()).not.toContain("events.ts");
   });
 });
 
@@ -983,7 +1024,7 @@ describe("make dlq --redrive", () => {
     ]) {
       const run = eventsTs(args, "nats://127.0.0.1:1");
       expect(await run.exit(15_000), args.join(" ")).toBe(2);
-      expect(run.err(), args.join(" ")).toContain("usage: events.ts");
+      expect(run.err(), args.join(" ")).toContain("usage: make events");
     }
     await using nats = await startNats();
     const bus = await connectBus(nats.url, "redrive-test", silentLogger(), { streams: EVENTS.streams });
