@@ -52,8 +52,9 @@ import {
 } from "./redrive.js";
 
 quietWhenOutputCloses();
+/** As the user types it: make passes ARGS on (the Makefile's events and dlq). */
 const USAGE =
-  "usage: events.ts [--from-start] | events.ts --dlq [--follow] | events.ts --dlq --redrive|--dismiss <seq>[,<seq>...]|all";
+  'usage: make events [ARGS=--from-start] | make dlq [ARGS=--follow] | make dlq ARGS="--redrive|--dismiss <seq>[,<seq>...]|all"';
 const usage = (why: string): never => {
   process.stderr.write(`${why}\n${USAGE}\n`);
   process.exit(2);
@@ -159,41 +160,48 @@ const cut = (h: JsMsg["headers"]) =>
     .map((x) => `; ${x}`)
     .join("");
 
-/** Prints `m` of `stream`; false when it is no line of the listing (a DLQ letter redriven, a redrive mark). */
-function print(stream: string, m: JsMsg): boolean {
-  const marked = stream === DLQ_STREAM.name ? markOf(m.subject) : undefined;
+/** A line to print: a DLQ letter's begins with its sequence, padded to `width` digits so its columns line up. */
+interface Line {
+  readonly text: (width: number) => string;
+  /** The letter's DLQ sequence, for a letter. */
+  readonly seq?: number;
+  /** Whether it is a line of the listing (a letter, an event), not a redrive's mark. */
+  readonly listed: boolean;
+}
+
+/** The line `m` of `stream` prints, if any (none for a DLQ letter redriven already, nor for its mark). */
+function lineOf(stream: string, m: JsMsg): Line | undefined {
+  const dlq = stream === DLQ_STREAM.name;
+  const marked = dlq ? markOf(m.subject) : undefined;
   if (marked !== undefined) {
     // A letter redriven since the listing began (as it follows): said, as its letter was shown.
-    if (!redriven.has(marked)) console.log(dim(markLine(m)));
-    return false;
+    return redriven.has(marked) ? undefined : { text: () => dim(markLine(m)), listed: false };
   }
-  if (stream === DLQ_STREAM.name && redriven.has(m.seq)) return false;
+  if (dlq && redriven.has(m.seq)) return undefined;
+  const seq = dlq ? m.seq : undefined;
+  const numbered = (width: number, rest: string) =>
+    dlq ? `${red(`DLQ ${String(m.seq).padEnd(width)}`)} ${rest}` : rest;
+  const subject = printable(m.subject).padEnd(38);
   let h: JsMsg["headers"];
   try {
     h = m.headers;
   } catch {
     // A header block nats.js cannot read (stored as a client other than nats.js sent it).
-    console.log(
-      `${dim("?".padEnd(12))} ${printable(m.subject).padEnd(38)} <${m.data.length} bytes with unreadable headers>`,
-    );
-    return true;
+    const rest = `${dim("?".padEnd(12))} ${subject} <${m.data.length} bytes with unreadable headers>`;
+    return { text: (width) => numbered(width, rest), seq, listed: true };
   }
   const type = h?.get("ce-type") ?? "?";
-  const time = printable((h?.get("ce-time") ?? "").slice(11, 23));
-  const line = `${dim(time)} ${printable(m.subject).padEnd(38)} ${printable(describe(type, m.data))}`;
-  if (stream === DLQ_STREAM.name) {
-    const [reason, consumer, deliveries] = ["x-dlq-reason", "x-dlq-consumer", "x-dlq-deliveries"].map((k) =>
-      printable(h?.get(k) ?? ""),
-    );
-    // A letter no consumer wrote (forged, or by hand) may lack any of them: said so, not left blank.
-    const about = [`consumer ${consumer || "?"}`, ...(deliveries ? [`${deliveries} deliveries`] : [])].join(", ");
-    console.log(
-      `${red(`DLQ ${m.seq}`)} ${line}\n    ${red("reason:")} ${reason || "?"} ${dim(`(${about}${printable(cut(h))})`)}`,
-    );
-  } else {
-    console.log(line);
-  }
-  return true;
+  // An event with no ce-time (forged, or by hand) keeps the column: blank, not the subject moved left.
+  const time = printable((h?.get("ce-time") ?? "").slice(11, 23)).padEnd(12);
+  const line = `${dim(time)} ${subject} ${printable(describe(type, m.data))}`;
+  if (!dlq) return { text: () => line, listed: true };
+  const [reason, consumer, deliveries] = ["x-dlq-reason", "x-dlq-consumer", "x-dlq-deliveries"].map((k) =>
+    printable(h?.get(k) ?? ""),
+  );
+  // A letter no consumer wrote (forged, or by hand) may lack any of them: said so, not left blank.
+  const about = [`consumer ${consumer || "?"}`, ...(deliveries ? [`${deliveries} deliveries`] : [])].join(", ");
+  const why = `\n    ${red("reason:")} ${reason || "?"} ${dim(`(${about}${printable(cut(h))})`)}`;
+  return { text: (width) => `${numbered(width, line)}${why}`, seq, listed: true };
 }
 
 /**
@@ -220,13 +228,31 @@ async function show(tail: NonNullable<Awaited<ReturnType<typeof open>>>): Promis
   const { stream, held, last, messages } = tail;
   let read = 0;
   let shown = 0;
+  // What the stream held is printed once read, its sequences padded to the widest of them (DLQ 9 and
+  // DLQ 10 began their columns one apart); what comes after, to the widest so far.
+  let width = 0;
+  const holding: Line[] = [];
+  let readingHeld = held > 0;
+  const say = (line: Line) => console.log(line.text(width));
   for await (const m of messages) {
-    if (print(stream, m)) shown++;
+    const line = lineOf(stream, m);
     read++;
     // A listing ends with what the stream held when it began — not at "nothing pending": nats-server
     // 2.9 counts deleted messages as pending, and a listing after a deletion never ended.
-    if (!follow && (read >= held || m.seq >= last)) break;
+    const heldAll = read >= held || m.seq >= last;
+    if (line) {
+      if (line.listed) shown++;
+      if (line.seq !== undefined) width = Math.max(width, String(line.seq).length);
+      if (readingHeld) holding.push(line);
+      else say(line);
+    }
+    if (readingHeld && heldAll) {
+      readingHeld = false;
+      holding.splice(0).forEach(say);
+    }
+    if (!follow && heldAll) break;
   }
+  holding.splice(0).forEach(say);
   await messages.close();
   return shown;
 }
