@@ -13,15 +13,13 @@
  * a token whose header or claims name a member twice (jwt-members.ts).
  */
 import { importSPKI, type JWTPayload, jwtVerify, SignJWT } from "jose";
-import { type Identity, parseIdentity, type Role, StartRefused } from "../platform/index.js";
+import { type Role, StartRefused } from "../platform/index.js";
+import { AuthError, identityFromClaims } from "./claims.js";
 import type { Caller } from "./context.js";
 import { resilientJwks } from "./jwks.js";
 import { repeatedInToken } from "./jwt-members.js";
 
-/** Why a token was refused, for the log (the client always gets a generic 401). */
-export class AuthError extends Error {
-  override name = "AuthError";
-}
+export { AuthError, identityFromClaims } from "./claims.js";
 
 /**
  * A request's one Authorization header (`rawHeaders`: names and values, alternating, as Node gives
@@ -122,23 +120,6 @@ export async function createAuthenticator(c: AuthConfig, clock: () => number = D
     verified.set(m[1], { identity, at: now, until: Math.min(exp * 1000, now + CACHE_TTL_MS) });
     return identity;
   };
-}
-
-/**
- * The identity a verified token's claims name: `sub` as the subject, `roles`
- * (absent: customer) each an exact known role. Refuses a lifetime above
- * `maxLifetimeS` and anything it would have to guess about.
- */
-export function identityFromClaims(claims: JWTPayload, maxLifetimeS: number): Identity {
-  const { exp, iat } = claims;
-  if (typeof exp !== "number" || typeof iat !== "number") throw new AuthError("token needs exp and iat");
-  if (exp < iat) throw new AuthError("token expires (exp) before it was issued (iat)");
-  if (exp - iat > maxLifetimeS) throw new AuthError(`token lifetime ${exp - iat} s exceeds ${maxLifetimeS} s`);
-  const raw = claims.roles === undefined ? ["customer"] : claims.roles;
-  if (!Array.isArray(raw) || raw.length === 0) throw new AuthError("roles must be a non-empty array of role names");
-  const identity = parseIdentity(claims.sub, raw);
-  if (!identity) throw new AuthError("token has no usable sub claim or names an unknown role");
-  return identity;
 }
 
 /** Signs a development token (HS256) for `subject` with `roles`, valid for `ttlSeconds`. */

@@ -1,6 +1,6 @@
 /** Repeated member names in a token's JSON (jwt-members.ts): pure, no gateway. */
 import { describe, expect, it } from "vitest";
-import { repeatedInToken, repeatedMember } from "./jwt-members.js";
+import { base64urlBytes, repeatedInToken, repeatedMember } from "./jwt-members.js";
 
 describe("repeatedMember", () => {
   it("finds a name an object holds twice, compared as decoded, at any depth", () => {
@@ -31,5 +31,21 @@ describe("repeatedInToken", () => {
     expect(repeatedInToken(`${part('{"alg":"HS256"}')}.${part('{"sub":"a"}')}.sig`)).toBeUndefined();
     expect(repeatedInToken(`${part('{"alg":"none","alg":"HS256"}')}.${part('{"sub":"a"}')}.sig`)).toBe("alg");
     expect(repeatedInToken(`${part('{"alg":"HS256"}')}.${part('{"sub":"a","sub":"b"}')}.sig`)).toBe("sub");
+  });
+});
+
+describe("base64urlBytes", () => {
+  it("reads every text as Node's Buffer reads base64url, without Buffer (the web shop runs it in a browser)", () => {
+    // Every length mod 4, both alphabets, padding, and characters no base64 has.
+    const chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/=. \n";
+    let seed = 1;
+    const next = () => (seed = (seed * 48271) % 2147483647);
+    for (let n = 0; n < 20_000; n++) {
+      const alphabet = n % 2 === 0 ? 64 : chars.length;
+      const text = Array.from({ length: next() % 30 }, () => chars[next() % alphabet]).join("");
+      expect(Buffer.from(base64urlBytes(text)).toString("hex"), JSON.stringify(text)).toBe(
+        Buffer.from(text, "base64url").toString("hex"),
+      );
+    }
   });
 });

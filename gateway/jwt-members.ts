@@ -43,6 +43,30 @@ export function repeatedMember(json: string): string | undefined {
 }
 
 const decoder = new TextDecoder();
+const BASE64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/**
+ * The bytes base64url `segment` spells, read as Node's `Buffer.from(segment, "base64url")` reads one
+ * (no padding needed, bits short of a byte at the end dropped, other characters skipped), without
+ * Buffer: the web shop reads a pasted token with it too (web/src/session.ts), in a browser.
+ */
+export function base64urlBytes(segment: string): Uint8Array {
+  const out: number[] = [];
+  let bits = 0;
+  let acc = 0;
+  for (const c of segment) {
+    if (c === "=") break;
+    const v = BASE64URL.indexOf(c === "+" ? "-" : c === "/" ? "_" : c);
+    if (v < 0) continue;
+    acc = ((acc << 6) | v) & 0xfff;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push((acc >> bits) & 0xff);
+    }
+  }
+  return Uint8Array.from(out);
+}
 
 /** The string JSON literal `literal` (quotes included) spells, or undefined when it is none. */
 function nameAt(literal: string): string | undefined {
@@ -57,6 +81,6 @@ function nameAt(literal: string): string | undefined {
 export function repeatedInToken(token: string): string | undefined {
   const [header = "", claims = ""] = token.split(".");
   // Decoded as jose decodes it (TextDecoder, U+FFFD for bytes that are not UTF-8), so both read one text.
-  const text = (segment: string) => decoder.decode(Buffer.from(segment, "base64url"));
+  const text = (segment: string) => decoder.decode(base64urlBytes(segment));
   return repeatedMember(text(header)) ?? repeatedMember(text(claims));
 }

@@ -5,7 +5,7 @@
  * trusted tools on loopback) can reach them — in Kubernetes an Istio
  * AuthorizationPolicy enforces that.
  *
- * Both sides read identity with the one rule below: a subject of
+ * Both sides read identity with the one rule of identity-rule.ts: a subject of
  * {@link SUBJECT} characters, and roles that are exactly names from
  * {@link ROLES}, comma-joined without spaces, each once, and no roles header
  * at all for none. Anything else — a repeated key, a padded, unknown or
@@ -14,38 +14,10 @@
  */
 import { Metadata, status } from "@grpc/grpc-js";
 import { ServiceError } from "./errors.js";
+import { type Identity, parseIdentity } from "./identity-rule.js";
 
 /** Metadata keys carrying the verified identity. */
 export const IDENTITY_KEYS = { subject: "x-shopmesh-subject", roles: "x-shopmesh-roles" } as const;
-
-/** Every role shopmesh knows. A token naming any other is refused at the gateway. */
-export const ROLES = ["customer", "admin"] as const;
-
-/** A known role. */
-export type Role = (typeof ROLES)[number];
-
-/** A subject (JWT `sub`, customer id): 1-128 of [A-Za-z0-9._:@-]. */
-export const SUBJECT = /^[A-Za-z0-9._:@-]{1,128}$/;
-
-/** A verified caller. */
-export interface Identity {
-  /** Stable subject id (the JWT `sub`), used as the customer id. */
-  readonly subject: string;
-  /** Roles, e.g. ["customer"] or ["admin"]. */
-  readonly roles: readonly Role[];
-}
-
-/** True when `value` is the exact name of a known role. */
-export function isRole(value: unknown): value is Role {
-  return typeof value === "string" && (ROLES as readonly string[]).includes(value);
-}
-
-/** The identity for `subject` with `roles`, or undefined when either breaks the rule above. */
-export function parseIdentity(subject: unknown, roles: readonly unknown[]): Identity | undefined {
-  if (typeof subject !== "string" || !SUBJECT.test(subject)) return undefined;
-  if (!roles.every(isRole)) return undefined;
-  return { subject, roles: [...new Set(roles)] };
-}
 
 function malformed(what: string): ServiceError {
   return new ServiceError(status.UNAUTHENTICATED, `malformed caller identity: ${what}`);

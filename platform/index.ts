@@ -68,17 +68,8 @@ export { type BytesClient, type CallOptions, type Client, createChannel, createC
 export { headerListBytes, MAX_HEADER_LIST_BYTES } from "./header-limit.js";
 export { type Built, type Host, type HostConfig, type HostContext, type HostOptions, startHost } from "./host.js";
 export { type KeyUse, keyUse, requestFingerprint, requireIdempotencyKey, VOIDED } from "./idempotency.js";
-export {
-  type Identity,
-  identityMetadata,
-  identityOf,
-  isRole,
-  parseIdentity,
-  ROLES,
-  type Role,
-  requireIdentity,
-  SUBJECT,
-} from "./identity.js";
+export { identityMetadata, identityOf, requireIdentity } from "./identity.js";
+export { type Identity, isRole, parseIdentity, ROLES, type Role, SUBJECT } from "./identity-rule.js";
 export { newId } from "./ids.js";
 export {
   decodeEvent,

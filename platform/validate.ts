@@ -5,7 +5,7 @@
  */
 import { type DescMessage, ScalarType } from "@bufbuild/protobuf";
 import { InvalidArgumentError } from "./errors.js";
-import { SUBJECT } from "./identity.js";
+import { SUBJECT } from "./identity-rule.js";
 
 const ID = /^[A-Za-z0-9][A-Za-z0-9._:-]*$/;
 

@@ -69,6 +69,26 @@ describe("module boundaries", () => {
     expect(offending).toEqual([]);
   });
 
+  it("the web shop, a browser bundle, reaches outside web/ only for gen/ and the pure rules it shares with the gateway", () => {
+    // What it shares imports only what it shares: no Node module, no runtime, nothing that needs a server.
+    const shared = ["gateway/claims.ts", "gateway/jwt-members.ts", "platform/identity-rule.ts"];
+    const sharedJs = shared.map((f) => f.replace(/\.ts$/, ".js"));
+    const repo = /^(web|gen|gateway|platform|services|contracts|scripts|test|bench)\//;
+    const offending = [
+      ...sources("web/src").flatMap((f) =>
+        importsOf(f)
+          .filter((i) => repo.test(i) && !i.startsWith("web/") && !i.startsWith("gen/") && !sharedJs.includes(i))
+          .map((i) => `${f} -> ${i}`),
+      ),
+      ...shared.flatMap((f) =>
+        importsOf(f)
+          .filter((i) => !sharedJs.includes(i))
+          .map((i) => `${f} -> ${i}`),
+      ),
+    ];
+    expect(offending).toEqual([]);
+  });
+
   it("nothing re-exports wholesale, and the runtime and the gateway keep one idea per file (≤ 350 lines)", () => {
     const all = ["platform", "contracts", "services", "gateway", "scripts"].flatMap(sources);
     expect(all.filter((f) => /^export \* from/m.test(readFileSync(join(ROOT, f), "utf8")))).toEqual([]);

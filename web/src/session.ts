@@ -5,6 +5,8 @@
  * the token only decides what it shows.
  */
 import { Code, ConnectError } from "@connectrpc/connect";
+import { type Claims, identityFromClaims } from "../../gateway/claims.js";
+import { base64urlBytes, repeatedInToken } from "../../gateway/jwt-members.js";
 import { CALL_TIMEOUT_MS } from "./api.js";
 
 /** A signed-in user. */
@@ -55,26 +57,41 @@ export function clearSession(): void {
 /** A compact JWT: base64url header, payload and signature. */
 const JWT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
 
-/** Reads subject, roles and expiry from a JWT's payload (not verified: the gateway does that). */
-export function sessionFromToken(pasted: string): Session {
+/**
+ * Reads subject, roles and expiry from a JWT's payload. Not verified (the gateway does that), but
+ * refused as the gateway refuses it for its shape, by the gateway's own rules (gateway/claims.ts,
+ * gateway/jwt-members.ts): a member named twice, no usable `sub`, an unknown role, no `exp` or `iat`,
+ * and, by this browser's clock, expired — a page signed in with one was a shop every call refused.
+ */
+export function sessionFromToken(pasted: string, now = Date.now()): Session {
   // A token copied from a wrapped terminal has line breaks in it: they are no part of it (and no
   // header may carry them, so every call would fail in fetch itself, as if the shop were unreachable).
   // Nor is an "authorization" header's scheme, copied along with it.
   const token = pasted.replace(/^\s*bearer\s+/i, "").replace(/\s+/g, "");
   if (!JWT.test(token)) throw new Error("that is not a JWT (three base64url parts separated by dots)");
-  const part = token.split(".")[1] ?? "";
-  let claims: { sub?: unknown; roles?: unknown; exp?: unknown };
+  let claims: unknown;
   try {
-    const b64 = part.replace(/-/g, "+").replace(/_/g, "/");
-    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-    claims = JSON.parse(new TextDecoder().decode(bytes));
+    claims = JSON.parse(new TextDecoder().decode(base64urlBytes(token.split(".")[1] ?? "")));
   } catch {
     throw new Error("the token's payload is not readable JSON");
   }
-  if (typeof claims.sub !== "string" || claims.sub === "") throw new Error("the token names no subject (sub)");
-  const roles = Array.isArray(claims.roles) ? claims.roles.map(String) : ["customer"];
-  const expiresAt = typeof claims.exp === "number" ? claims.exp * 1000 : Date.now() + 3_600_000;
-  return { token, subject: claims.sub, roles, expiresAt };
+  if (typeof claims !== "object" || claims === null || Array.isArray(claims)) {
+    throw new Error("the token's payload is not a JSON object");
+  }
+  const twice = repeatedInToken(token);
+  if (twice !== undefined) {
+    throw new Error(`the token names ${JSON.stringify(twice.slice(0, 64))} twice: the gateway refuses it`);
+  }
+  let identity: ReturnType<typeof identityFromClaims>;
+  try {
+    // Its longest lifetime is the gateway's setting, which the page does not know: the gateway judges it.
+    identity = identityFromClaims(claims as Claims, Number.POSITIVE_INFINITY);
+  } catch (err) {
+    throw new Error(`the gateway refuses it: ${(err as Error).message}`);
+  }
+  const expiresAt = ((claims as Claims).exp as number) * 1000;
+  if (expiresAt <= now) throw new Error(`the token expired at ${new Date(expiresAt).toISOString()}`);
+  return { token, subject: identity.subject, roles: identity.roles, expiresAt };
 }
 
 /**
