@@ -1,0 +1,374 @@
+/**
+ * The web shop as a keyboard-only and screen-reader user meets it: Debian's Chromium driven by
+ * playwright-core against the real system and gateway in this process, as test/web.test.ts does.
+ * What a screen reader is given is read from the accessibility tree (`locator.ariaSnapshot()`), what
+ * it announces from the live regions' DOM changes (a node replaced by an identical one is announced
+ * again), and every key is pressed with `page.keyboard`.
+ */
+import { existsSync } from "node:fs";
+import { type Browser, type BrowserContext, chromium, type Page } from "playwright-core";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import type { GatewayApp } from "../gateway/app.js";
+import { signDevToken } from "../gateway/auth.js";
+import { buildWeb, webBuildIsStale } from "../web/build.js";
+import { type System, startSystem, startTestGateway } from "./system.js";
+
+const CHROMIUM = "/usr/bin/chromium";
+
+let sys: System;
+let gw: GatewayApp;
+let browser: Browser;
+/** Problems any page reported: uncaught errors and Content-Security-Policy violations. */
+const pageProblems: string[] = [];
+const contexts: BrowserContext[] = [];
+
+beforeAll(async () => {
+  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium (.ci/run does)`);
+  if (webBuildIsStale()) await buildWeb();
+  sys = await startSystem({ order: { SAGA_STEP_BUDGET_MS: "3000", PAYMENT_BREAKER_HALF_OPEN_AFTER_MS: "2000" } });
+  gw = await startTestGateway(sys, { FAULT_INJECTION: "true" });
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
+}, 60_000);
+
+afterEach(async () => {
+  for (const c of contexts.splice(0)) await c.close();
+  expect(pageProblems.splice(0)).toEqual([]);
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await gw?.stop();
+  await sys?.[Symbol.asyncDispose]();
+});
+
+/** A fresh browser profile with one page on the gateway. */
+async function openPage(): Promise<Page> {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, baseURL: gw.url });
+  contexts.push(context);
+  const page = await context.newPage();
+  page.on("pageerror", (e) => pageProblems.push(`page error: ${e.message}`));
+  page.on("console", (m) => {
+    if (m.type() === "error" && /Content Security Policy/i.test(m.text())) pageProblems.push(`CSP: ${m.text()}`);
+  });
+  return page;
+}
+
+/** Signs in as `user` through the page's development sign-in. */
+async function signIn(user: "alice" | "bob" | "operator"): Promise<Page> {
+  const page = await openPage();
+  await page.goto("/");
+  await page.getByTestId(`signin-${user}`).click();
+  await page.getByTestId("whoami").filter({ hasText: user }).waitFor();
+  return page;
+}
+
+/** The focused element: its role and name as the accessibility tree has them, and whether a focus ring shows. */
+async function focused(page: Page): Promise<{ aria: string; ring: boolean; inMain: boolean }> {
+  const info = await page.evaluate<{ summary: string; ring: boolean; inMain: boolean }>(`(() => {
+    const e = document.activeElement;
+    if (!e || e === document.body) return { summary: "-", ring: false, inMain: false };
+    const cs = getComputedStyle(e);
+    const ring = (cs.outlineStyle !== "none" && parseFloat(cs.outlineWidth) > 0) || cs.boxShadow !== "none";
+    const summary = e.tagName === "SUMMARY" ? "summary " + JSON.stringify(e.textContent.trim()) : "";
+    document.querySelector("[data-probe-focus]")?.removeAttribute("data-probe-focus");
+    e.setAttribute("data-probe-focus", "");
+    return { summary, ring, inMain: !!e.closest("main") };
+  })()`);
+  const snapshot = info.summary || (await page.locator("[data-probe-focus]").ariaSnapshot());
+  const aria = snapshot.split("\n")[0]?.replace(/^- /, "") ?? "";
+  return { aria, ring: info.ring, inMain: info.inMain };
+}
+
+/** Every Tab stop of the page, from the skip link on, until the focus comes round again. */
+async function tabStops(page: Page): Promise<{ aria: string; ring: boolean }[]> {
+  await page.evaluate("document.querySelector('.skip-link').focus()");
+  const stops = [await focused(page)];
+  for (let i = 0; i < 80; i++) {
+    await page.keyboard.press("Tab");
+    const f = await focused(page);
+    if (f.aria === "-" || f.aria === stops[0]?.aria) break;
+    stops.push(f);
+  }
+  return stops;
+}
+
+/** What every page must have: lang, one h1, headings in order, main (and nav when signed in), its own title. */
+async function structure(
+  page: Page,
+): Promise<{ lang: string; h1: number; levels: number[]; main: number; nav: number; title: string }> {
+  return page.evaluate(`({
+    lang: document.documentElement.lang,
+    h1: document.querySelectorAll("h1").length,
+    levels: [...document.querySelectorAll("main h1, main h2, main h3, main h4, main h5, main h6")].map((h) => Number(h.tagName[1])),
+    main: document.querySelectorAll("main").length,
+    nav: document.querySelectorAll('nav[aria-label="Main"]').length,
+    title: document.title,
+  })`);
+}
+
+/** Places an order through the page (products from the shop, the given card) and returns its id. */
+async function checkout(page: Page, productId: string, card = "tok_visa"): Promise<string> {
+  await page.goto("/#/");
+  await page.getByTestId(`product-${productId}`).getByTestId("add-to-cart").click();
+  await page.getByTestId(`card-${card}`).check();
+  await page.getByTestId("place-order").click();
+  await page.waitForURL(/#\/orders\/.+/);
+  return decodeURIComponent(new URL(page.url()).hash.replace("#/orders/", ""));
+}
+
+/**
+ * Records, in the page, each live-region unit (a timeline row, the live badge, the order status) that was
+ * rewritten with the text it already had: a screen reader announces it again, though nothing changed.
+ */
+const RECORD_REANNOUNCED = `
+  window.__reannounced = [];
+  const last = new WeakMap();
+  new MutationObserver((records) => {
+    const units = new Set();
+    for (const r of records) {
+      const el = r.target.nodeType === 1 ? r.target : r.target.parentElement;
+      const unit = el && el.closest('[data-testid="timeline"] > li, [data-testid="live"], [data-testid="order-status-box"]');
+      if (unit) units.add(unit);
+    }
+    for (const u of units) {
+      if (last.get(u) === u.textContent) window.__reannounced.push((u.dataset.testid || "") + ": " + u.textContent.slice(0, 60));
+      last.set(u, u.textContent);
+    }
+  }).observe(document, { subtree: true, childList: true, characterData: true });
+`;
+
+describe("the web shop with a keyboard and a screen reader", () => {
+  it("every page has lang, one h1, headings in order, landmarks and its own title; every Tab stop is named and shows a focus ring", async () => {
+    const anon = await openPage();
+    await anon.goto("/");
+    await anon.getByTestId("signin-alice").waitFor();
+    const pages: [string, Page][] = [["signin", anon]];
+    const alice = await signIn("alice");
+    await alice.getByTestId("product-ceramic-mug").getByTestId("available").filter({ hasText: /\d/ }).waitFor();
+    await alice.getByTestId("product-ceramic-mug").getByTestId("add-to-cart").click();
+    pages.push(["shop", alice]);
+    const titles = new Set<string>();
+    const check = async (name: string, page: Page, signedIn: boolean) => {
+      await page.bringToFront(); // focus rings show in the page that has the focus
+      const s = await structure(page);
+      expect(s, name).toMatchObject({ lang: "en", h1: 1, main: 1, nav: signedIn ? 1 : 0 });
+      expect(s.levels[0], name).toBe(1);
+      for (const [i, l] of s.levels.entries()) {
+        expect(l, `${name}: heading ${i}`).toBeLessThanOrEqual((s.levels[i - 1] ?? 0) + 1);
+      }
+      expect(s.title, name).toMatch(/^\S.* · shopmesh$/);
+      titles.add(s.title);
+      const stops = await tabStops(page);
+      expect(stops.length, name).toBeGreaterThan(2);
+      for (const stop of stops) {
+        expect(stop.aria, `${name}: a Tab stop with no name`).toMatch(/^'?(\w+ "[^"]+"|summary "[^"]+")/);
+        expect(stop.ring, `${name}: ${stop.aria} shows no focus ring`).toBe(true);
+      }
+      // The skip link, taken with Enter, lands in main on something that shows where the focus is.
+      await page.evaluate("document.querySelector('.skip-link').focus()");
+      await page.keyboard.press("Enter");
+      const after = await focused(page);
+      expect(after.inMain, `${name}: skip link`).toBe(true);
+      expect(after.ring, `${name}: skip link lands on ${after.aria} with no focus ring`).toBe(true);
+    };
+    await check("signin", anon, false);
+    await check("shop", alice, true);
+    const id = await checkout(alice, "ceramic-mug", "tok_decline");
+    await alice.locator('[data-testid="order-status"][data-status="CANCELLED"]').waitFor({ timeout: 20_000 });
+    await check("order", alice, true);
+    // Colour is not the only carrier of a state: the status and each step's state are words.
+    expect(await alice.getByTestId("order-status").textContent()).toBe("Cancelled");
+    expect(await alice.getByTestId("step-charge_payment").textContent()).toContain("Failed");
+    expect(await alice.getByTestId("step-release_stock").textContent()).toContain("Compensated");
+    for (const [hash, testid] of [
+      ["#/orders", "order-row"],
+      ["#/notifications", "notification"],
+    ] as const) {
+      await alice.goto(`/${hash}`);
+      await alice.getByTestId(testid).first().waitFor({ timeout: 10_000 });
+      await check(hash, alice, true);
+    }
+    const ops = await signIn("operator");
+    await ops.goto("/#/operator");
+    await ops.getByTestId("service-payment").waitFor();
+    await ops.getByTestId("faults-form").waitFor();
+    await check("operator", ops, true);
+    expect(titles.size, [...titles].join(", ")).toBe(6);
+    expect(id).not.toBe("");
+  }, 90_000);
+
+  it("the order page announces the saga's progress politely, each change once, not every row again on every update", async () => {
+    // Payment answers after 0.8 s: the order is watched through several updates before it is confirmed.
+    await sys.paymentChaos.setFaults({ faults: { latencyMs: 800 } });
+    try {
+      const page = await signIn("alice");
+      await page.addInitScript(RECORD_REANNOUNCED);
+      await page.reload();
+      await page.getByTestId("whoami").waitFor();
+      await checkout(page, "paper-filters");
+      await page.locator('[data-testid="order-status"][data-status="CONFIRMED"]').waitFor({ timeout: 20_000 });
+      // The details poll (every 1.5 s) delivers the same order again: nothing new to say.
+      await page.getByTestId("payment").filter({ hasText: "Captured" }).waitFor();
+      await page.waitForFunction(
+        "document.querySelectorAll('[data-testid=history-state][data-state=in-step]').length === 1",
+      );
+      expect(await page.evaluate("window.__reannounced")).toEqual([]);
+      // The timeline and the order's status are polite live regions.
+      expect(await page.getByTestId("timeline").getAttribute("aria-live")).toBe("polite");
+      expect(await page.getByTestId("order-status-box").getAttribute("aria-live")).toBe("polite");
+    } finally {
+      await sys.paymentChaos.setFaults({ faults: {} });
+    }
+  }, 60_000);
+
+  it("a quantity typed into the cart survives the stock refresh, and focus is not moved (announced again) by it", async () => {
+    const page = await signIn("alice");
+    await page.getByTestId("product-coffee-beans").getByTestId("add-to-cart").click();
+    const qty = page.getByRole("spinbutton", { name: /^Quantity of Single-origin coffee beans/ });
+    await qty.focus();
+    await page.keyboard.press("Control+A");
+    await page.keyboard.type("3");
+    await qty.evaluate((e) => e.setAttribute("data-probe", "typed"));
+    const stamp = await page.getByTestId("stock-updated").textContent();
+    await page
+      .getByTestId("stock-updated")
+      .filter({ hasNotText: stamp ?? "" })
+      .waitFor(); // a refresh (every 3 s)
+    expect(await page.evaluate("document.activeElement.getAttribute('data-probe')")).toBe("typed");
+    await page.keyboard.press("Tab");
+    expect(await page.getByTestId("cart-total").textContent()).toBe("$72.00");
+  });
+
+  it("removing a cart line with the keyboard leaves the focus in the cart, not at the top of the page", async () => {
+    const page = await signIn("alice");
+    await page.getByTestId("product-coffee-beans").getByTestId("add-to-cart").click();
+    await page.getByTestId("product-ceramic-mug").getByTestId("add-to-cart").click();
+    await page.getByRole("spinbutton", { name: /^Quantity of Single-origin coffee beans/ }).focus();
+    await page.keyboard.press("Tab");
+    expect((await focused(page)).aria).toMatch(/^button "Remove Single-origin coffee beans, 1 kg"/);
+    await page.keyboard.press("Enter");
+    await page.getByTestId("cart-line-coffee-beans").waitFor({ state: "detached" });
+    expect(await page.evaluate("!!document.activeElement.closest('[data-testid=cart-panel]')")).toBe(true);
+    await page.keyboard.press("Tab");
+    expect((await focused(page)).aria).toMatch(/^button "Remove Ceramic mug/);
+    await page.keyboard.press("Enter");
+    await page.getByTestId("cart-empty").waitFor();
+    expect(await page.evaluate("!!document.activeElement.closest('[data-testid=cart-panel]')")).toBe(true);
+  });
+
+  it("cancelling an order with the keyboard leaves the focus on the summary that says so", async () => {
+    await sys.paymentChaos.setFaults({ faults: { latencyMs: 1_200 } });
+    try {
+      const page = await signIn("alice");
+      await checkout(page, "pour-over-kettle");
+      await page.getByTestId("step-charge_payment").and(page.locator('[data-status="running"]')).waitFor();
+      await page.getByTestId("cancel-order").focus();
+      await page.keyboard.press("Enter");
+      await page.getByTestId("cancel-requested").waitFor();
+      expect(await page.evaluate("!!document.activeElement.closest('[data-testid=summary-panel]')")).toBe(true);
+      await page.locator('[data-testid="order-status"][data-status="CANCELLED"]').waitFor({ timeout: 30_000 });
+    } finally {
+      await sys.paymentChaos.setFaults({ faults: {} });
+    }
+  }, 60_000);
+
+  it("a token the gateway refuses (401) sends the user to sign-in with the reason in an alert", async () => {
+    const page = await openPage();
+    const token = await signDevToken(
+      { JWT_SECRET: "not-the-secret-this-gateway-verifies-with", JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" },
+      "alice",
+      ["customer"],
+    );
+    await page.goto("/");
+    await page.locator("summary", { hasText: "I have a token" }).click();
+    await page.getByTestId("token-input").fill(token);
+    await page.getByTestId("token-form").getByRole("button").click();
+    await page.getByRole("alert").filter({ hasText: "Your sign-in expired or was refused" }).waitFor();
+  });
+
+  it("a pasted token that cannot be used marks the field invalid and names why, in its description", async () => {
+    const page = await openPage();
+    await page.goto("/");
+    await page.locator("summary", { hasText: "I have a token" }).click();
+    const field = page.getByRole("textbox", { name: "Or paste a token" });
+    await field.fill("not a token");
+    await page.getByTestId("token-form").getByRole("button").click();
+    await page.getByRole("alert").filter({ hasText: "not a JWT" }).waitFor();
+    expect(await field.getAttribute("aria-invalid")).toBe("true");
+    expect(await field.evaluate((e) => e.getAttribute("aria-describedby"))).not.toBeNull();
+    expect(
+      await page.evaluate(
+        "document.getElementById(document.querySelector('[data-testid=token-input]').getAttribute('aria-describedby')).textContent",
+      ),
+    ).toContain("not a JWT");
+  });
+
+  it("a 400 naming a field (restock quantity) marks that field invalid and describes it with the gateway's reason", async () => {
+    const ops = await signIn("operator");
+    await ops.goto("/#/operator");
+    await ops.locator('[data-testid="restock-product"] option[value="ceramic-mug"]').waitFor({ state: "attached" });
+    await ops.getByTestId("restock-product").selectOption("ceramic-mug");
+    // A gateway whose rule is stricter than the page's: the request goes through with quantity 0, and
+    // the real inventory refuses it INVALID_ARGUMENT naming the field "quantity".
+    const restock = "**/shopmesh.inventory.v1.InventoryService/Restock";
+    await ops.route(restock, (route) =>
+      route.continue({ postData: JSON.stringify({ ...route.request().postDataJSON(), quantity: 0 }) }),
+    );
+    const field = ops.getByRole("spinbutton", { name: "Units to add" });
+    await field.fill("5");
+    await ops.getByTestId("restock-submit").click();
+    const alert = ops.getByTestId("restock-message").getByRole("alert");
+    await alert.waitFor();
+    expect(await alert.textContent()).toContain("quantity");
+    expect(await field.getAttribute("aria-invalid")).toBe("true");
+    const described = await field.evaluate((e) => e.getAttribute("aria-describedby") ?? "");
+    expect(await ops.locator(`[id="${described}"]`).textContent()).toContain("quantity");
+    await ops.unroute(restock);
+    await ops.getByTestId("restock-submit").click();
+    await ops.getByTestId("restock-message").filter({ hasText: "Restocked" }).waitFor();
+    expect(await field.getAttribute("aria-invalid")).toBeNull();
+  });
+
+  it("each control's name says what it does and to which item: out of stock, log entries, a notification's order", async () => {
+    const { product } = await sys.products.getProduct({ productId: "limited-print" });
+    await sys.orders.placeOrder(
+      {
+        idempotencyKey: `a11y-sold-out-${process.pid}`,
+        items: [{ productId: "limited-print", quantity: product?.available ?? 1 }],
+        cardToken: "tok_visa",
+      },
+      sys.as("bob"),
+    );
+    const page = await signIn("alice");
+    const soldOut = page.getByTestId("product-limited-print").getByTestId("add-to-cart");
+    await soldOut.filter({ hasText: "Out of stock" }).waitFor();
+    // The visible words are part of the name (a voice-control user says what they see).
+    expect(await soldOut.ariaSnapshot()).toBe('- button "Out of stock: Limited edition print" [disabled]');
+    expect(await page.getByTestId("product-ceramic-mug").getByTestId("add-to-cart").ariaSnapshot()).toBe(
+      '- button "Add to cart: Ceramic mug"',
+    );
+
+    await checkout(page, "ceramic-mug", "tok_decline");
+    await page.locator('[data-testid="order-status"][data-status="CANCELLED"]').waitFor({ timeout: 20_000 });
+    const summaries = await page.locator('[data-testid="timeline"] summary').allTextContents();
+    expect(summaries.length).toBeGreaterThan(2);
+    expect(new Set(summaries).size).toBe(summaries.length);
+    expect(summaries[0]).toMatch(/^Reserve stock: \d+ log entr/);
+
+    await sys.orders.placeOrder(
+      {
+        idempotencyKey: `a11y-second-${process.pid}`,
+        items: [{ productId: "paper-filters", quantity: 1 }],
+        cardToken: "tok_visa",
+      },
+      sys.as("alice"),
+    );
+    await page.goto("/#/notifications");
+    await expect.poll(async () => page.getByTestId("notification").count(), { timeout: 10_000 }).toBeGreaterThan(1);
+    const names = await page
+      .getByTestId("notification")
+      .getByRole("link")
+      .evaluateAll((els) => els.map((e) => e.textContent));
+    expect(new Set(names).size).toBe(names.length);
+  }, 60_000);
+});
