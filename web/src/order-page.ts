@@ -99,7 +99,8 @@ export function orderPage(ctx: PageContext, id: string): void {
   let history: HistoryView = { entry: undefined, problem: undefined, checked: false, beyond: false };
   let gone = false;
 
-  const statusBox = h("div", { class: "order-status" });
+  // The order's status, said politely when it changes (the timeline says each step).
+  const statusBox = h("div", { class: "order-status", "aria-live": "polite", "data-testid": "order-status-box" });
   const live = h("span", { class: "live", "data-testid": "live", role: "status" });
   const summary = h("div", { "data-testid": "order-summary" }, loading("Loading the order…"));
   const timeline = createTimeline();
@@ -162,6 +163,8 @@ export function orderPage(ctx: PageContext, id: string): void {
   );
 
   function setLive(state: "connecting" | "live" | "reconnecting" | "final") {
+    // Set again on every message: a status region rewritten is announced again, so only a change is.
+    if (live.dataset.state === state) return;
     live.dataset.state = state;
     const text = { connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…", final: "Final" }[state];
     replace(live, badge(text, state === "live" ? "ok" : state === "final" ? "muted" : "warn"));
@@ -177,10 +180,11 @@ export function orderPage(ctx: PageContext, id: string): void {
   function drawOrder() {
     if (!order) return;
     const s = orderStatus(order.status);
-    replace(
-      statusBox,
-      badge(s.label, s.tone, { "data-testid": "order-status", "data-status": OrderStatus[order.status] }),
-    );
+    if (statusBox.firstElementChild?.getAttribute("data-status") !== OrderStatus[order.status])
+      replace(
+        statusBox,
+        badge(s.label, s.tone, { "data-testid": "order-status", "data-status": OrderStatus[order.status] }),
+      );
     document.title = `Order ${s.label.toLowerCase()} · shopmesh`;
     replace(
       summary,

@@ -5,7 +5,7 @@
  */
 import { StepStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
 import { h, replace } from "./dom.js";
-import { clock } from "./format.js";
+import { clock, epochMs } from "./format.js";
 import type { StepRow, StepState } from "./saga-view.js";
 import { badge, type Tone } from "./ui.js";
 
@@ -57,9 +57,23 @@ function rowView(name: string): RowView {
       entries,
     ),
   );
+  let shown = "";
   return {
     li,
     update(row) {
+      // Inside a live region every rewritten node is announced again, unchanged or not: a row is
+      // redrawn only when something in it changed (the details poll delivers the same order again).
+      const key = [
+        row.state,
+        row.label,
+        row.compensation,
+        row.attempts,
+        row.detail,
+        row.undoneBy,
+        ...row.entries.map((e) => `${e.status} ${e.attempt} ${epochMs(e.at)} ${e.detail}`),
+      ].join("\n");
+      if (key === shown) return;
+      shown = key;
       const s = STATE[row.state];
       li.className = `step step--${row.state}${row.compensation ? " step--compensation" : ""}${row.undoneBy ? " step--undone" : ""}`;
       li.dataset.status = row.state;
@@ -76,7 +90,12 @@ function rowView(name: string): RowView {
       undone.textContent = row.undoneBy ? `Undone by ${row.undoneBy.toLowerCase()}` : "";
       undone.hidden = !row.undoneBy;
       entries.hidden = row.entries.length === 0;
-      summary.textContent = `${row.entries.length} log ${row.entries.length === 1 ? "entry" : "entries"}`;
+      // Each row's disclosure says whose log it opens, not only how long it is.
+      replace(
+        summary,
+        h("span", { class: "visually-hidden" }, `${row.label}: `),
+        `${row.entries.length} log ${row.entries.length === 1 ? "entry" : "entries"}`,
+      );
       replace(
         log,
         row.entries.map((e) =>
