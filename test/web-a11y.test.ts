@@ -237,6 +237,14 @@ describe("the web shop with a keyboard and a screen reader", () => {
     expect(await page.evaluate("document.activeElement.getAttribute('data-probe')")).toBe("typed");
     await page.keyboard.press("Tab");
     expect(await page.getByTestId("cart-total").textContent()).toBe("$72.00");
+    // More than there is: the warning is the field's description, not a line beside it.
+    await qty.fill("150");
+    await qty.press("Tab");
+    const warning = page.getByTestId("cart-line-coffee-beans").getByText(/^Only \d+ available/);
+    await warning.waitFor();
+    const described = await qty.getAttribute("aria-describedby");
+    expect(described).not.toBeNull();
+    expect(await page.locator(`[id="${described}"]`).textContent()).toBe(await warning.textContent());
   });
 
   it("removing a cart line with the keyboard leaves the focus in the cart, not at the top of the page", async () => {
@@ -249,6 +257,8 @@ describe("the web shop with a keyboard and a screen reader", () => {
     await page.keyboard.press("Enter");
     await page.getByTestId("cart-line-coffee-beans").waitFor({ state: "detached" });
     expect(await page.evaluate("!!document.activeElement.closest('[data-testid=cart-panel]')")).toBe(true);
+    await page.keyboard.press("Tab");
+    expect((await focused(page)).aria).toMatch(/^spinbutton "Quantity of Ceramic mug"/);
     await page.keyboard.press("Tab");
     expect((await focused(page)).aria).toMatch(/^button "Remove Ceramic mug/);
     await page.keyboard.press("Enter");
