@@ -57,7 +57,9 @@ export function uid(prefix: string): string {
 /**
  * Runs `redraw` (which replaces elements inside `container`) and puts focus
  * back on the element with the same `data-focus` key, so a live refresh
- * never throws a keyboard user out of what they were on.
+ * never throws a keyboard user out of what they were on; when that element
+ * is gone (its line was removed), on `container` itself if it is focusable
+ * (`tabindex="-1"`), rather than leaving it to fall to the top of the page.
  */
 export function keepFocus(container: Element, redraw: () => void): void {
   const active = document.activeElement;
@@ -65,5 +67,6 @@ export function keepFocus(container: Element, redraw: () => void): void {
   redraw();
   if (key === undefined) return;
   const again = container.querySelector<HTMLElement>(`[data-focus="${CSS.escape(key)}"]`);
-  again?.focus();
+  if (again) again.focus();
+  else if (container instanceof HTMLElement && container.hasAttribute("tabindex")) container.focus();
 }

@@ -118,7 +118,8 @@ export function shopPage(ctx: PageContext): void {
 
   const grid = h("div", { class: "products", "data-testid": "catalogue" }, loading("Loading the catalogue…"));
   const stockNote = h("p", { class: "muted small", "data-testid": "stock-updated" });
-  const cartBox = h("div", { "data-testid": "cart" });
+  // Focusable by script: it keeps the focus when the line that had it is removed.
+  const cartBox = h("div", { "data-testid": "cart", tabindex: "-1" });
   const checkoutMessage = h("div", { "aria-live": "polite", "data-testid": "checkout-message" });
   let inFlight = false;
 
@@ -234,14 +235,25 @@ export function shopPage(ctx: PageContext): void {
     );
   }
 
+  let cartShown: string | undefined;
   function drawCart() {
+    const byId = new Map(products.map((p) => [p.id, p]));
+    // Redrawn only when what it shows changed: the stock poll calls this every few seconds, and a redraw
+    // drops a quantity being typed and moves the focus (which a screen reader announces again).
+    const shown = JSON.stringify(
+      cart.items().map((l) => {
+        const p = byId.get(l.productId);
+        return [l.productId, l.quantity, p?.name, money(p?.unitPrice), p && l.quantity > p.available && p.available];
+      }),
+    );
+    if (shown === cartShown) return;
+    cartShown = shown;
     keepFocus(cartBox, () => {
       const lines = cart.items();
       if (lines.length === 0) {
         replace(cartBox, h("p", { class: "muted", "data-testid": "cart-empty" }, "Your cart is empty."));
         return;
       }
-      const byId = new Map(products.map((p) => [p.id, p]));
       let total: bigint | undefined = 0n;
       let currency = "";
       const rows = lines.map((l) => {
