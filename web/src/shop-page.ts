@@ -264,6 +264,7 @@ export function shopPage(ctx: PageContext): void {
           currency = lineTotal.currencyCode;
         } else total = undefined;
         const qtyId = uid("qty");
+        const warnId = uid("short");
         const name = p?.name ?? l.productId;
         const short = p && l.quantity > p.available;
         return h(
@@ -282,6 +283,7 @@ export function shopPage(ctx: PageContext): void {
               max: 999,
               inputmode: "numeric",
               value: String(l.quantity),
+              "aria-describedby": short ? warnId : null,
               "data-focus": `qty-${l.productId}`,
               onchange: (e: Event) => cart.set(l.productId, Number((e.target as HTMLInputElement).value) || 0),
             }),
@@ -301,7 +303,7 @@ export function shopPage(ctx: PageContext): void {
           short
             ? h(
                 "span",
-                { class: "cart-line__warn" },
+                { class: "cart-line__warn", id: warnId },
                 `Only ${p.available} available: this order would be cancelled for insufficient stock.`,
               )
             : null,
