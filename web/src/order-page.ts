@@ -102,7 +102,7 @@ export function orderPage(ctx: PageContext, id: string): void {
   // The order's status, said politely when it changes (the timeline says each step).
   const statusBox = h("div", { class: "order-status", "aria-live": "polite", "data-testid": "order-status-box" });
   const live = h("span", { class: "live", "data-testid": "live", role: "status" });
-  const summary = h("div", { "data-testid": "order-summary" }, loading("Loading the order…"));
+  const summary = h("div", { "data-testid": "order-summary", tabindex: "-1" }, loading("Loading the order…"));
   const timeline = createTimeline();
   const detailsBox = h("div", { "data-testid": "details" });
   const historyBox = h("div", { "data-testid": "history" });
@@ -239,7 +239,10 @@ export function orderPage(ctx: PageContext, id: string): void {
         ),
       ),
     );
-    cancelButton.hidden = order.status !== OrderStatus.PENDING || cancelRequested(order);
+    const hideCancel = order.status !== OrderStatus.PENDING || cancelRequested(order);
+    // A hidden button drops the focus to the top of the page: it goes to the summary that says what happened.
+    if (hideCancel && document.activeElement === cancelButton) summary.focus();
+    cancelButton.hidden = hideCancel;
     omitted.textContent = omittedNote(order);
     omitted.hidden = omitted.textContent === "";
     timeline.update(sagaRows(order));
@@ -265,6 +268,8 @@ export function orderPage(ctx: PageContext, id: string): void {
   }
 
   async function cancel() {
+    // Disabled, the button loses the focus: it comes back to it, or to the summary once it is hidden.
+    const hadFocus = document.activeElement === cancelButton;
     cancelButton.disabled = true;
     try {
       const res = await api.orders.cancelOrder({ orderId: id, reason: "cancelled in the web shop" }, { signal });
@@ -274,6 +279,7 @@ export function orderPage(ctx: PageContext, id: string): void {
       if (!signal.aborted) replace(cancelMessage, problemBox(describeError(err)));
     } finally {
       cancelButton.disabled = false;
+      if (hadFocus && document.activeElement === document.body) (cancelButton.hidden ? summary : cancelButton).focus();
     }
   }
 
