@@ -356,9 +356,9 @@ describe("the web shop with a keyboard and a screen reader", () => {
     const soldOut = page.getByTestId("product-limited-print").getByTestId("add-to-cart");
     await soldOut.filter({ hasText: "Out of stock" }).waitFor();
     // The visible words are part of the name (a voice-control user says what they see).
-    expect(await soldOut.ariaSnapshot()).toBe('- button "Out of stock: Limited edition print" [disabled]');
-    expect(await page.getByTestId("product-ceramic-mug").getByTestId("add-to-cart").ariaSnapshot()).toBe(
-      '- button "Add to cart: Ceramic mug"',
+    expect(await soldOut.ariaSnapshot()).toMatch(/^- '?button "Out of stock: Limited edition print" \[disabled\]/);
+    expect(await page.getByTestId("product-ceramic-mug").getByTestId("add-to-cart").ariaSnapshot()).toMatch(
+      /^- '?button "Add to cart: Ceramic mug"/,
     );
 
     await checkout(page, "ceramic-mug", "tok_decline");
@@ -377,7 +377,16 @@ describe("the web shop with a keyboard and a screen reader", () => {
       sys.as("alice"),
     );
     await page.goto("/#/notifications");
-    await expect.poll(async () => page.getByTestId("notification").count(), { timeout: 10_000 }).toBeGreaterThan(1);
+    await expect
+      .poll(
+        async () => {
+          await page.reload(); // the list is read once per visit
+          await page.getByTestId("notification").first().waitFor();
+          return page.getByTestId("notification").count();
+        },
+        { timeout: 10_000 },
+      )
+      .toBeGreaterThan(1);
     const names = await page
       .getByTestId("notification")
       .getByRole("link")
