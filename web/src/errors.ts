@@ -4,6 +4,7 @@
  * help. Decided by the status code (and Retry-After), never by message text.
  */
 import { Code, ConnectError } from "@connectrpc/connect";
+import { BadRequestSchema } from "../../gen/google/rpc/error_details_pb.js";
 
 /** A failure as the page shows it. */
 export interface Problem {
@@ -15,6 +16,8 @@ export interface Problem {
   readonly retryAfterS: number | undefined;
   /** Whether trying the same thing again later may succeed. */
   readonly retryable: boolean;
+  /** The request fields a refusal names (google.rpc.BadRequest), e.g. "quantity": the page marks their controls. */
+  readonly fields?: readonly string[];
 }
 
 function retryAfter(err: ConnectError): number | undefined {
@@ -74,6 +77,12 @@ export function describeError(err: unknown): Problem {
     case Code.NotFound:
       return { ...base, title: "Not found", detail: e.rawMessage };
     case Code.InvalidArgument:
+      return {
+        ...base,
+        title: "Not possible",
+        detail: e.rawMessage,
+        fields: e.findDetails(BadRequestSchema).flatMap((d) => d.fieldViolations.map((v) => v.field)),
+      };
     case Code.FailedPrecondition:
     case Code.AlreadyExists:
     case Code.OutOfRange:

@@ -15,7 +15,7 @@ import { breaker, clock, duration } from "./format.js";
 import type { PageContext } from "./page.js";
 import { poll } from "./poll.js";
 import { isOperator } from "./session.js";
-import { badge, callout, loading, pageTitle, panel, problemBox, type Tone } from "./ui.js";
+import { badge, callout, loading, markFields, pageTitle, panel, problemBox, type Tone, whileBusy } from "./ui.js";
 
 /** How often the system status is read, in ms. */
 const STATUS_POLL_MS = 1000;
@@ -213,9 +213,15 @@ export function operatorPage(ctx: PageContext): void {
     down.checked = f?.down ?? false;
   }
 
+  /** The faults form's controls by the request field each sends (a refusal names the field). */
+  const faultFields = {
+    service: serviceSelect,
+    "faults.latency_ms": latency,
+    "faults.error_rate": rate,
+    "faults.error_code": codeSelect,
+  };
+
   async function setFaults(clear: boolean) {
-    applyButton.disabled = true;
-    clearButton.disabled = true;
     const service = serviceSelect.value;
     const faults = clear
       ? {}
@@ -225,28 +231,32 @@ export function operatorPage(ctx: PageContext): void {
           errorCode: Number(codeSelect.value),
           down: down.checked,
         };
-    try {
-      const res = await api.operator.setServiceFaults({ service, faults }, { signal });
-      replace(
-        faultsMessage,
-        callout(
-          "ok",
-          `${service}: ${faultsText(res.faults)}`,
-          h("p", { class: "small" }, `Set on ${res.instances} ${res.instances === 1 ? "instance" : "instances"}.`),
-        ),
-      );
-      if (clear) {
-        latency.value = "0";
-        rate.value = "0";
-        down.checked = false;
+    await whileBusy([applyButton, clearButton], async () => {
+      try {
+        const res = await api.operator.setServiceFaults({ service, faults }, { signal });
+        markFields(faultFields, [], undefined);
+        replace(
+          faultsMessage,
+          callout(
+            "ok",
+            `${service}: ${faultsText(res.faults)}`,
+            h("p", { class: "small" }, `Set on ${res.instances} ${res.instances === 1 ? "instance" : "instances"}.`),
+          ),
+        );
+        if (clear) {
+          latency.value = "0";
+          rate.value = "0";
+          down.checked = false;
+        }
+        await refresh();
+      } catch (err) {
+        if (signal.aborted) return;
+        const p = describeError(err);
+        const box = problemBox(p);
+        replace(faultsMessage, box);
+        markFields(faultFields, p.fields, box);
       }
-      await refresh();
-    } catch (err) {
-      if (!signal.aborted) replace(faultsMessage, problemBox(describeError(err)));
-    } finally {
-      applyButton.disabled = false;
-      clearButton.disabled = false;
-    }
+    });
   }
 
   // Restock form.
@@ -311,29 +321,37 @@ export function operatorPage(ctx: PageContext): void {
   async function restock() {
     const quantity = Math.round(Number(restockQty.value));
     if (!productSelect.value || !(quantity >= 1)) return;
-    restockButton.disabled = true;
     const what = `${productSelect.value} ${quantity}`;
     const idempotencyKey = unanswered?.what === what ? unanswered.key : newKey();
     unanswered = { what, key: idempotencyKey };
-    try {
-      const res = await api.inventory.restock({ idempotencyKey, productId: productSelect.value, quantity }, { signal });
-      unanswered = undefined;
-      const p = res.product;
-      replace(
-        restockMessage,
-        callout(
-          "ok",
-          `Restocked ${p?.name ?? productSelect.value}`,
-          h("p", {}, `${p?.available ?? "?"} now available.`),
-        ),
-      );
-      await loadProducts();
-      if (p) productSelect.value = p.id;
-    } catch (err) {
-      if (!signal.aborted) replace(restockMessage, problemBox(describeError(err)));
-    } finally {
-      restockButton.disabled = false;
-    }
+    const fields = { product_id: productSelect, quantity: restockQty };
+    await whileBusy([restockButton], async () => {
+      try {
+        const res = await api.inventory.restock(
+          { idempotencyKey, productId: productSelect.value, quantity },
+          { signal },
+        );
+        unanswered = undefined;
+        markFields(fields, [], undefined);
+        const p = res.product;
+        replace(
+          restockMessage,
+          callout(
+            "ok",
+            `Restocked ${p?.name ?? productSelect.value}`,
+            h("p", {}, `${p?.available ?? "?"} now available.`),
+          ),
+        );
+        await loadProducts();
+        if (p) productSelect.value = p.id;
+      } catch (err) {
+        if (signal.aborted) return;
+        const p = describeError(err);
+        const box = problemBox(p);
+        replace(restockMessage, box);
+        markFields(fields, p.fields, box);
+      }
+    });
   }
 
   function drawStatus() {

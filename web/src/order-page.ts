@@ -17,7 +17,7 @@ import type { PageContext } from "./page.js";
 import { poll, sleep } from "./poll.js";
 import { cancelRequested, omittedNote, refundPending, sagaRows } from "./saga-view.js";
 import { createTimeline } from "./timeline.js";
-import { badge, loading, pageTitle, panel, problemBox } from "./ui.js";
+import { badge, loading, pageTitle, panel, problemBox, whileBusy } from "./ui.js";
 
 /** How often the details and the read model are read again while something may still change, in ms. */
 const SIDE_POLL_MS = 1500;
@@ -268,19 +268,19 @@ export function orderPage(ctx: PageContext, id: string): void {
   }
 
   async function cancel() {
-    // Disabled, the button loses the focus: it comes back to it, or to the summary once it is hidden.
-    const hadFocus = document.activeElement === cancelButton;
-    cancelButton.disabled = true;
-    try {
-      const res = await api.orders.cancelOrder({ orderId: id, reason: "cancelled in the web shop" }, { signal });
-      if (res.order) accept(res.order);
-      replace(cancelMessage);
-    } catch (err) {
-      if (!signal.aborted) replace(cancelMessage, problemBox(describeError(err)));
-    } finally {
-      cancelButton.disabled = false;
-      if (hadFocus && document.activeElement === document.body) (cancelButton.hidden ? summary : cancelButton).focus();
-    }
+    await whileBusy(
+      [cancelButton],
+      async () => {
+        try {
+          const res = await api.orders.cancelOrder({ orderId: id, reason: "cancelled in the web shop" }, { signal });
+          if (res.order) accept(res.order);
+          replace(cancelMessage);
+        } catch (err) {
+          if (!signal.aborted) replace(cancelMessage, problemBox(describeError(err)));
+        }
+      },
+      summary,
+    );
   }
 
   async function watch() {

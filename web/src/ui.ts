@@ -3,7 +3,7 @@
  * empty states and panels, each with an accessible name and a stable
  * data-testid.
  */
-import { type Child, h } from "./dom.js";
+import { type Child, h, uid } from "./dom.js";
 import type { Problem } from "./errors.js";
 
 /** A tone every badge and callout uses. */
@@ -51,4 +51,48 @@ export function panel(title: string, attrs: Record<string, string>, ...children:
 /** The page heading, focusable so a route change can move focus to it. */
 export function pageTitle(text: string, ...extra: Child[]): HTMLElement {
   return h("div", { class: "page-head" }, h("h1", { tabindex: "-1", class: "page-head__title" }, text), ...extra);
+}
+
+/**
+ * Marks `field` invalid and described by `why` (the alert saying what is wrong with it), so a screen
+ * reader says both on the field itself; `undefined` marks it valid again.
+ */
+export function markInvalid(field: HTMLElement, why: HTMLElement | undefined): void {
+  if (!why) {
+    field.removeAttribute("aria-invalid");
+    field.removeAttribute("aria-describedby");
+    return;
+  }
+  why.id ||= uid("why");
+  field.setAttribute("aria-invalid", "true");
+  field.setAttribute("aria-describedby", why.id);
+}
+
+/** Marks each of `controls` (by the request field it sends) invalid when `named` has its field, the others valid. */
+export function markFields(
+  controls: Readonly<Record<string, HTMLElement>>,
+  named: readonly string[] | undefined,
+  why: HTMLElement | undefined,
+): void {
+  for (const [field, el] of Object.entries(controls)) markInvalid(el, named?.includes(field) ? why : undefined);
+}
+
+/**
+ * Runs `work` with `buttons` disabled. A disabled button loses the focus: the one that had it gets it
+ * back afterwards, or `fallback` does when that button is hidden by then (so the focus never falls to
+ * the top of the page).
+ */
+export async function whileBusy(
+  buttons: readonly HTMLButtonElement[],
+  work: () => Promise<void>,
+  fallback?: HTMLElement,
+): Promise<void> {
+  const had = buttons.find((b) => b === document.activeElement);
+  for (const b of buttons) b.disabled = true;
+  try {
+    await work();
+  } finally {
+    for (const b of buttons) b.disabled = false;
+    if (had && document.activeElement === document.body) (had.hidden ? fallback : had)?.focus();
+  }
 }
