@@ -13,7 +13,13 @@ import {
   saveSession,
   sessionFromToken,
 } from "./session.js";
-import { callout, pageTitle, problemBox } from "./ui.js";
+import { callout, markInvalid, pageTitle, problemBox } from "./ui.js";
+
+/** `el` as an alert: a screen reader says it when it appears. */
+function alerted(el: HTMLElement): HTMLElement {
+  el.setAttribute("role", "alert");
+  return el;
+}
 
 /** Draws the sign-in into `root`; `done` runs with the new session. */
 export function signInPage(root: HTMLElement, done: (s: Session) => void, note?: string): void {
@@ -53,7 +59,9 @@ export function signInPage(root: HTMLElement, done: (s: Session) => void, note?:
         try {
           finish(sessionFromToken(tokenInput.value));
         } catch (err) {
-          replace(message, callout("bad", "That token cannot be used", h("p", {}, (err as Error).message)));
+          const why = alerted(callout("bad", "That token cannot be used", h("p", {}, (err as Error).message)));
+          replace(message, why);
+          markInvalid(tokenInput, why);
         }
       },
     },
@@ -113,7 +121,8 @@ export function signInPage(root: HTMLElement, done: (s: Session) => void, note?:
         { class: "lead" },
         "A development shop: choose who you are. Customers shop and follow their orders; the operator sees every service, restocks and injects faults.",
       ),
-      note ? callout("info", note) : null,
+      // Why the user is here (signed out by a refused token) is said, not only shown.
+      note ? alerted(callout("info", note)) : null,
       h("div", { class: "user-cards", role: "group", "aria-label": "Users" }, buttons),
       message,
       h("details", { class: "signin__paste" }, h("summary", {}, "I have a token"), pasted),
