@@ -34,7 +34,13 @@ function item(n: Notification): HTMLElement {
       h("time", { class: "muted small" }, dateTime(n.sentAt)),
     ),
     h("p", { class: "note__message" }, n.message),
-    h("a", { href: orderHref(n.orderId), class: "small" }, "Open the order"),
+    h(
+      "a",
+      { href: orderHref(n.orderId), class: "small" },
+      "Open the order",
+      // Every notification has this link: its name says which order it opens.
+      h("span", { class: "visually-hidden" }, ` ${n.orderId}`),
+    ),
   );
 }
 

@@ -73,7 +73,6 @@ function productCard(ctx: PageContext, p0: Product): ProductCard {
       class: "button",
       "data-testid": "add-to-cart",
       "data-focus": `add-${p0.id}`,
-      "aria-label": `Add ${p0.name} to cart`,
       onclick: () => ctx.cart.add(p0.id),
     },
     "Add to cart",
@@ -102,6 +101,8 @@ function productCard(ctx: PageContext, p0: Product): ProductCard {
       el.classList.toggle("product--out", p.available === 0);
       add.disabled = p.available === 0;
       add.textContent = p.available === 0 ? "Out of stock" : "Add to cart";
+      // The visible words first (a voice-control user says what they see), then which product.
+      add.setAttribute("aria-label", `${add.textContent}: ${p.name}`);
       inCartNote.textContent = inCart > 0 ? `${inCart} in cart` : "";
     },
   };
