@@ -137,6 +137,17 @@ const RECORD_REANNOUNCED = `
   }).observe(document, { subtree: true, childList: true, characterData: true });
 `;
 
+/** Counts, in the page, the alerts put into it: each one is announced at once. */
+const COUNT_ALERTS = `
+  window.__alerts = [];
+  new MutationObserver((records) => {
+    for (const r of records)
+      for (const n of r.addedNodes)
+        if (n.nodeType === 1 && (n.matches('[role="alert"]') || n.querySelector('[role="alert"]')))
+          window.__alerts.push(n.textContent.slice(0, 60));
+  }).observe(document, { subtree: true, childList: true });
+`;
+
 describe("the web shop with a keyboard and a screen reader", () => {
   it("every page has lang, one h1, headings in order, landmarks and its own title; every Tab stop is named and shows a focus ring", async () => {
     const anon = await openPage();
@@ -279,6 +290,28 @@ describe("the web shop with a keyboard and a screen reader", () => {
       await page.locator('[data-testid="order-status"][data-status="CANCELLED"]').waitFor({ timeout: 30_000 });
     } finally {
       await sys.paymentChaos.setFaults({ faults: {} });
+    }
+  }, 60_000);
+
+  it("a 503 while the shop polls is announced once, not again at every poll; stock going stale, and live again, is said politely", async () => {
+    const listProducts = "**/shopmesh.inventory.v1.InventoryService/ListProducts";
+    await sys.inventoryChaos.setFaults({ faults: { down: true } });
+    try {
+      const page = await openPage();
+      await page.addInitScript(COUNT_ALERTS);
+      await page.goto("/");
+      await page.getByTestId("signin-alice").click();
+      await page.getByTestId("catalogue").getByRole("alert").filter({ hasText: "Service unavailable (503)" }).waitFor();
+      // Two more polls (every 3 s) that fail the same way: nothing new to say.
+      for (let i = 0; i < 3; i++) await page.waitForRequest(listProducts, { timeout: 10_000 });
+      expect(await page.evaluate("window.__alerts.filter((t) => t.includes('503')).length")).toBe(1);
+      await sys.inventoryChaos.setFaults({ faults: {} });
+      await page.getByTestId("product-coffee-beans").waitFor({ timeout: 20_000 });
+      await page.getByRole("status").filter({ hasText: "Live stock" }).waitFor();
+      await sys.inventoryChaos.setFaults({ faults: { down: true } });
+      await page.getByRole("status").filter({ hasText: "Stock may be stale: Service unavailable (503)" }).waitFor();
+    } finally {
+      await sys.inventoryChaos.setFaults({ faults: {} });
     }
   }, 60_000);
 
