@@ -47,6 +47,17 @@ export function replace(parent: Element, ...children: Child[]): void {
   append(parent, ...children);
 }
 
+/**
+ * Like {@link replace}, but leaves `parent` alone when `children` draw the markup it holds already: an
+ * alert or a live region's content put in again is announced again, so a poll that keeps getting the
+ * same answer (or failing the same way) would say it at every turn.
+ */
+export function replaceIfChanged(parent: Element, ...children: Child[]): void {
+  const next = document.createElement("div");
+  append(next, ...children);
+  if (next.innerHTML !== parent.innerHTML) parent.replaceChildren(...next.childNodes);
+}
+
 /** A unique element id for pairing a `<label for>` with its control. */
 let ids = 0;
 export function uid(prefix: string): string {

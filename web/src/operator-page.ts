@@ -9,13 +9,24 @@ import type { Downstream, Faults } from "../../gen/shopmesh/chaos/v1/chaos_pb.js
 import type { GetSystemStatusResponse, InstanceStatus } from "../../gen/shopmesh/gateway/v1/gateway_pb.js";
 import type { Product } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { newKey } from "./cart.js";
-import { h, replace, uid } from "./dom.js";
+import { h, replace, replaceIfChanged, uid } from "./dom.js";
 import { describeError, hasCode, type Problem } from "./errors.js";
 import { breaker, clock, duration } from "./format.js";
 import type { PageContext } from "./page.js";
 import { poll } from "./poll.js";
 import { isOperator } from "./session.js";
-import { badge, callout, loading, markFields, pageTitle, panel, problemBox, type Tone, whileBusy } from "./ui.js";
+import {
+  badge,
+  callout,
+  freshnessNote,
+  loading,
+  markFields,
+  pageTitle,
+  panel,
+  problemBox,
+  type Tone,
+  whileBusy,
+} from "./ui.js";
 
 /** How often the system status is read, in ms. */
 const STATUS_POLL_MS = 1000;
@@ -124,7 +135,7 @@ export function operatorPage(ctx: PageContext): void {
 
   const breakerBox = h("div", { class: "breaker", "data-testid": "breaker-panel" }, loading("Reading the breaker…"));
   const servicesBox = h("div", { class: "services", "data-testid": "services" }, loading("Asking every service…"));
-  const updated = h("p", { class: "muted small", "data-testid": "status-updated" });
+  const updated = freshnessNote({ class: "muted small", "data-testid": "status-updated" });
   const faultsBox = h(
     "div",
     { "data-testid": "faults-panel-body" },
@@ -355,12 +366,12 @@ export function operatorPage(ctx: PageContext): void {
   }
 
   function drawStatus() {
-    updated.replaceChildren(
+    updated.show(
       statusProblem ? badge(`Not refreshed: ${statusProblem.title}`, "warn") : badge("Live", "ok"),
       updatedAt ? ` updated ${clock(updatedAt)}, every ${STATUS_POLL_MS / 1000} s` : "",
     );
     if (!status) {
-      if (statusProblem) replace(servicesBox, problemBox(statusProblem));
+      if (statusProblem) replaceIfChanged(servicesBox, problemBox(statusProblem));
       return;
     }
     // The order service's breaker for payment, per order instance and at a glance.
@@ -475,7 +486,7 @@ export function operatorPage(ctx: PageContext): void {
 
   replace(
     ctx.root,
-    pageTitle("Operator", updated),
+    pageTitle("Operator", updated.el),
     h(
       "div",
       { class: "operator" },

@@ -9,7 +9,7 @@ import { Code } from "@connectrpc/connect";
 import type { GetOrderDetailsResponse } from "../../gen/shopmesh/gateway/v1/gateway_pb.js";
 import type { OrderHistoryEntry } from "../../gen/shopmesh/history/v1/history_pb.js";
 import { type Order, OrderStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
-import { h, replace } from "./dom.js";
+import { h, replace, replaceIfChanged } from "./dom.js";
 import { describeError, hasCode, type Problem } from "./errors.js";
 import { dateTime, epochMs, isFinal, money, orderStatus, sagaMode } from "./format.js";
 import { detailsContent, type HistoryView, historyContent } from "./order-panels.js";
@@ -186,7 +186,7 @@ export function orderPage(ctx: PageContext, id: string): void {
         badge(s.label, s.tone, { "data-testid": "order-status", "data-status": OrderStatus[order.status] }),
       );
     document.title = `Order ${s.label.toLowerCase()} · shopmesh`;
-    replace(
+    replaceIfChanged(
       summary,
       refundPending(order)
         ? h(
@@ -250,11 +250,11 @@ export function orderPage(ctx: PageContext, id: string): void {
   }
 
   function drawDetails() {
-    replace(detailsBox, ...detailsContent(details, detailsProblem));
+    replaceIfChanged(detailsBox, ...detailsContent(details, detailsProblem));
   }
 
   function drawHistory() {
-    replace(historyBox, ...historyContent(order, history));
+    replaceIfChanged(historyBox, ...historyContent(order, history));
   }
 
   /** Whether `err` ends the page: no such order (or an id the services refuse, so none), said once. */
@@ -311,7 +311,10 @@ export function orderPage(ctx: PageContext, id: string): void {
         // A stream that was live and dropped (the gateway ends one quiet for HTTP_STREAM_IDLE_TIMEOUT_MS, as
         // may a proxy) is reopened before anything is said: the problem shows when reopening fails.
         if (!received)
-          replace(streamProblem, problemBox({ ...p, detail: `${p.detail} The timeline reconnects by itself.` }));
+          replaceIfChanged(
+            streamProblem,
+            problemBox({ ...p, detail: `${p.detail} The timeline reconnects by itself.` }),
+          );
       }
       setLive("reconnecting");
       await sleep(backoff, signal);

@@ -5,13 +5,13 @@
  */
 import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import type { Product } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
-import { h, keepFocus, replace, uid } from "./dom.js";
+import { h, keepFocus, replace, replaceIfChanged, uid } from "./dom.js";
 import { describeError, type Problem } from "./errors.js";
 import { clock, money, times } from "./format.js";
 import type { PageContext } from "./page.js";
 import { poll } from "./poll.js";
 import { orderHref } from "./router.js";
-import { badge, callout, loading, pageTitle, panel, problemBox } from "./ui.js";
+import { badge, callout, freshnessNote, loading, pageTitle, panel, problemBox } from "./ui.js";
 
 /** How often the catalogue's stock is read again, in ms. */
 const STOCK_POLL_MS = 3000;
@@ -118,7 +118,7 @@ export function shopPage(ctx: PageContext): void {
   const cards = new Map<string, ProductCard>();
 
   const grid = h("div", { class: "products", "data-testid": "catalogue" }, loading("Loading the catalogue…"));
-  const stockNote = h("p", { class: "muted small", "data-testid": "stock-updated" });
+  const stockNote = freshnessNote({ class: "muted small", "data-testid": "stock-updated" });
   // Focusable by script: it keeps the focus when the line that had it is removed.
   const cartBox = h("div", { "data-testid": "cart", tabindex: "-1" });
   const checkoutMessage = h("div", { "aria-live": "polite", "data-testid": "checkout-message" });
@@ -210,7 +210,7 @@ export function shopPage(ctx: PageContext): void {
   function drawCatalogue() {
     if (!loaded) {
       if (stockProblem)
-        replace(
+        replaceIfChanged(
           grid,
           problemBox(stockProblem, () => void refresh()),
         );
@@ -230,7 +230,7 @@ export function shopPage(ctx: PageContext): void {
       }
       card.update(p, cart.quantity(p.id));
     }
-    stockNote.replaceChildren(
+    stockNote.show(
       stockProblem ? badge(`Stock may be stale: ${stockProblem.title}`, "warn") : badge("Live stock", "ok"),
       ` updated ${clock(updatedAt)}, every ${STOCK_POLL_MS / 1000} s`,
     );
@@ -343,7 +343,7 @@ export function shopPage(ctx: PageContext): void {
 
   replace(
     ctx.root,
-    pageTitle("Shop", stockNote),
+    pageTitle("Shop", stockNote.el),
     h(
       "div",
       { class: "shop" },

@@ -3,7 +3,7 @@
  * empty states and panels, each with an accessible name and a stable
  * data-testid.
  */
-import { type Child, h, uid } from "./dom.js";
+import { type Child, h, replace, uid } from "./dom.js";
 import type { Problem } from "./errors.js";
 
 /** A tone every badge and callout uses. */
@@ -95,4 +95,23 @@ export async function whileBusy(
     for (const b of buttons) b.disabled = false;
     if (had && document.activeElement === document.body) (had.hidden ? fallback : had)?.focus();
   }
+}
+
+/**
+ * A "live / not refreshed" note: its state (a badge) is a polite status, said when it changes; the time
+ * of the last refresh beside it changes at every poll and is not.
+ */
+export function freshnessNote(attrs: Record<string, string>): {
+  el: HTMLElement;
+  show(state: HTMLElement, rest: string): void;
+} {
+  const state = h("span", { role: "status" });
+  const rest = document.createTextNode("");
+  return {
+    el: h("p", attrs, state, rest),
+    show(s, text) {
+      if (state.textContent !== s.textContent) replace(state, s);
+      rest.data = text;
+    },
+  };
 }
