@@ -313,6 +313,34 @@ describe("the web shop with a keyboard and a screen reader", () => {
     }
   }, 60_000);
 
+  it("paging from the keyboard keeps the focus on the pager when the button pressed is disabled on the last page; an unknown order's title says so", async () => {
+    for (let i = 0; i < 11; i++) {
+      await sys.orders.placeOrder(
+        {
+          idempotencyKey: `a11y-page-${process.pid}-${i}`,
+          items: [{ productId: "paper-filters", quantity: 1 }],
+          cardToken: "tok_visa",
+        },
+        sys.as("bob"),
+      );
+    }
+    const page = await signIn("bob");
+    await page.goto("/#/orders");
+    await page.getByTestId("order-row").first().waitFor();
+    let pages = 1;
+    await page.getByTestId("page-next").focus();
+    while (await page.getByTestId("page-next").isEnabled()) {
+      await page.keyboard.press("Enter");
+      pages += 1;
+      await page.locator(".pager__label", { hasText: `Page ${pages}` }).waitFor();
+    }
+    expect(pages).toBeGreaterThan(1);
+    expect((await focused(page)).aria).toMatch(/^button "← Newer"/);
+    await page.goto("/#/orders/ord_nobody_has_this");
+    await page.getByTestId("order-not-found").waitFor();
+    expect(await page.title()).toBe("Order not found · shopmesh");
+  });
+
   it("a token the gateway refuses (401) sends the user to sign-in with the reason in an alert", async () => {
     const page = await openPage();
     const token = await signDevToken(
