@@ -66,6 +66,7 @@ async function findHistory(
 
 /** The "order not found" page. */
 function notFound(ctx: PageContext, id: string): void {
+  document.title = "Order not found · shopmesh";
   replace(
     ctx.root,
     h(

@@ -51,8 +51,12 @@ export function createPager(load: (pageToken: string) => void): {
     el,
     loaded(nextPageToken) {
       next = nextPageToken;
+      const had = document.activeElement;
       prev.disabled = index === 0;
       nextButton.disabled = !next;
+      // A disabled button loses the focus (to the top of the page): the other one takes it.
+      if (had === nextButton && nextButton.disabled) prev.focus();
+      else if (had === prev && prev.disabled) nextButton.focus();
       label.textContent = `Page ${index + 1}`;
     },
     current: () => tokens[index] ?? "",
