@@ -341,6 +341,30 @@ describe("the web shop with a keyboard and a screen reader", () => {
     expect(await page.title()).toBe("Order not found · shopmesh");
   });
 
+  it("a 429 on checkout is an alert, and the focus is back on Place order to try again", async () => {
+    const page = await signIn("alice");
+    await page.getByTestId("product-ceramic-mug").getByTestId("add-to-cart").click();
+    const placeOrder = "**/shopmesh.order.v1.OrderService/PlaceOrder";
+    await page.route(placeOrder, (route) =>
+      route.fulfill({
+        status: 429,
+        headers: { "content-type": "application/json", "retry-after": "2" },
+        body: JSON.stringify({ code: "resource_exhausted", message: "rate limit exceeded" }),
+      }),
+    );
+    await page.getByTestId("place-order").focus();
+    await page.keyboard.press("Enter");
+    await page
+      .getByTestId("checkout-message")
+      .getByRole("alert")
+      .filter({ hasText: "Too many requests (429)" })
+      .waitFor();
+    expect((await focused(page)).aria).toMatch(/^button "Place order"/);
+    await page.unroute(placeOrder);
+    await page.keyboard.press("Enter");
+    await page.waitForURL(/#\/orders\/.+/);
+  });
+
   it("a token the gateway refuses (401) sends the user to sign-in with the reason in an alert", async () => {
     const page = await openPage();
     const token = await signDevToken(
