@@ -11,7 +11,7 @@ import { clock, money, times } from "./format.js";
 import type { PageContext } from "./page.js";
 import { poll } from "./poll.js";
 import { orderHref } from "./router.js";
-import { badge, callout, freshnessNote, loading, pageTitle, panel, problemBox } from "./ui.js";
+import { badge, callout, freshnessNote, loading, pageTitle, panel, problemBox, whileBusy } from "./ui.js";
 
 /** How often the catalogue's stock is read again, in ms. */
 const STOCK_POLL_MS = 3000;
@@ -179,32 +179,35 @@ export function shopPage(ctx: PageContext): void {
     // The same checkout keeps its key: a second click or a retry after an error is the same order.
     const idempotencyKey = cart.keyFor(request);
     inFlight = true;
-    placeButton.disabled = true;
     placeButton.textContent = "Placing order…";
     replace(checkoutMessage, loading("Placing your order…"));
-    try {
-      const { order } = await ctx.api.orders.placeOrder({ ...request, items: [...items], idempotencyKey }, { signal });
-      cart.clear();
-      if (order) ctx.go(orderHref(order.id));
-    } catch (err) {
-      if (signal.aborted) return;
-      const p = describeError(err);
-      replace(
-        checkoutMessage,
-        problemBox(p),
-        p.retryable
-          ? h(
-              "p",
-              { class: "muted small" },
-              "Placing it again sends the same checkout: it can never become two orders.",
-            )
-          : null,
-      );
-    } finally {
-      inFlight = false;
-      placeButton.disabled = false;
-      placeButton.textContent = "Place order";
-    }
+    await whileBusy([placeButton], async () => {
+      try {
+        const { order } = await ctx.api.orders.placeOrder(
+          { ...request, items: [...items], idempotencyKey },
+          { signal },
+        );
+        cart.clear();
+        if (order) ctx.go(orderHref(order.id));
+      } catch (err) {
+        if (signal.aborted) return;
+        const p = describeError(err);
+        replace(
+          checkoutMessage,
+          problemBox(p),
+          p.retryable
+            ? h(
+                "p",
+                { class: "muted small" },
+                "Placing it again sends the same checkout: it can never become two orders.",
+              )
+            : null,
+        );
+      } finally {
+        inFlight = false;
+        placeButton.textContent = "Place order";
+      }
+    });
   }
 
   function drawCatalogue() {
