@@ -365,6 +365,22 @@ describe("the web shop with a keyboard and a screen reader", () => {
     await page.waitForURL(/#\/orders\/.+/);
   });
 
+  it("where sign-in is unavailable, the alert says so and the focus is back on the user chosen", async () => {
+    const strict = await startTestGateway(sys, { JWT_SECRET: "a-real-secret-that-is-not-the-public-development-one" });
+    try {
+      const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, baseURL: strict.url });
+      contexts.push(context);
+      const page = await context.newPage();
+      await page.goto("/");
+      await page.getByTestId("signin-bob").focus();
+      await page.keyboard.press("Enter");
+      await page.getByRole("alert").filter({ hasText: "Sign-in is unavailable here" }).waitFor();
+      expect((await focused(page)).aria).toMatch(/^button "Sign in as Bob/);
+    } finally {
+      await strict.stop();
+    }
+  });
+
   it("a token the gateway refuses (401) sends the user to sign-in with the reason in an alert", async () => {
     const page = await openPage();
     const token = await signDevToken(
