@@ -13,7 +13,7 @@ import {
   saveSession,
   sessionFromToken,
 } from "./session.js";
-import { callout, markInvalid, pageTitle, problemBox } from "./ui.js";
+import { callout, markInvalid, pageTitle, problemBox, whileBusy } from "./ui.js";
 
 /** `el` as an alert: a screen reader says it when it appears. */
 function alerted(el: HTMLElement): HTMLElement {
@@ -76,38 +76,38 @@ export function signInPage(root: HTMLElement, done: (s: Session) => void, note?:
   }
 
   async function signIn(user: string) {
-    for (const b of buttons) b.disabled = true;
     replace(
       message,
       h("p", { class: "loading", role: "status" }, h("span", { class: "spinner" }), `Signing in as ${user}…`),
     );
-    try {
-      finish(await devSignIn(user));
-    } catch (err) {
-      if (err instanceof SignInUnavailableError) {
-        replace(
-          message,
-          h(
-            "div",
-            { class: "callout callout--warn", role: "alert", "data-testid": "signin-unavailable" },
-            h("strong", { class: "callout__title" }, "Sign-in is unavailable here"),
+    await whileBusy(buttons, async () => {
+      try {
+        finish(await devSignIn(user));
+      } catch (err) {
+        if (err instanceof SignInUnavailableError) {
+          replace(
+            message,
             h(
-              "p",
-              {},
-              "This gateway checks tokens signed with a real key, so it hands out no development tokens. " +
-                "Ask whoever runs it for a token, or on a development checkout print one with ",
-              h("code", {}, "make token USER=alice"),
-              " (",
-              h("code", {}, "ROLE=admin"),
-              " for the operator), and paste it below.",
+              "div",
+              { class: "callout callout--warn", role: "alert", "data-testid": "signin-unavailable" },
+              h("strong", { class: "callout__title" }, "Sign-in is unavailable here"),
+              h(
+                "p",
+                {},
+                "This gateway checks tokens signed with a real key, so it hands out no development tokens. " +
+                  "Ask whoever runs it for a token, or on a development checkout print one with ",
+                h("code", {}, "make token USER=alice"),
+                " (",
+                h("code", {}, "ROLE=admin"),
+                " for the operator), and paste it below.",
+              ),
             ),
-          ),
-        );
-      } else {
-        replace(message, problemBox(describeError(err)));
+          );
+        } else {
+          replace(message, problemBox(describeError(err)));
+        }
       }
-      for (const b of buttons) b.disabled = false;
-    }
+    });
   }
 
   replace(
