@@ -111,6 +111,14 @@ async function poison(bus: Bus, id: string, time?: string): Promise<void> {
 
 const dlqCount = async (bus: Bus) => (await bus.jsm.streams.info("DLQ")).state.messages;
 
+/** The names of the consumers on the event streams (a tail's: one ordered consumer a stream). */
+async function tailConsumers(bus: Bus): Promise<Set<string>> {
+  const names = new Set<string>();
+  for (const { name } of EVENTS.streams)
+    for await (const c of bus.jsm.consumers.list(name)) names.add(`${name}/${c.name}`);
+  return names;
+}
+
 describe("make dlq", () => {
   it("says there are none and exits; lists what there is and exits; follows with --follow", async () => {
     await using nats: TestNats = await startNats();
@@ -298,12 +306,23 @@ describe("make events", () => {
       await publishEvents(bus, [event(OrderPlacedSchema, "ord-before-tail", { customerId: "lea", items: [] })]);
       const tail = eventsTs([], nats.url);
       await tail.printed("new events on");
+      const before = await tailConsumers(bus);
+      expect(before.size).toBe(EVENTS.streams.length);
       await bus.close();
       await nats.stop("SIGKILL");
       await nats.start();
       bus = await connectBus(nats.url, "events-command-test", silentLogger(), { streams: EVENTS.streams });
-      // The tail's consumer, remade after the reconnect, had seen nothing: it began again at the stream's start.
-      await new Promise((r) => setTimeout(r, 3_000));
+      // The tail's consumer, remade after the reconnect, had seen nothing: it began again at the stream's
+      // start. The event goes out once every stream's consumer is remade, the case described, waited
+      // for as such rather than for a fixed 3 s.
+      const remade = async (b: Bus) => [...(await tailConsumers(b))].filter((name) => !before.has(name)).length;
+      expect(
+        await until(
+          () => remade(bus),
+          (n) => n === EVENTS.streams.length,
+          20_000,
+        ),
+      ).toBe(EVENTS.streams.length);
       await publishEvents(bus, [event(OrderPlacedSchema, "ord-after-restart", { customerId: "lea", items: [] })]);
       await tail.printed("ord-after-restart", 20_000);
       expect(tail.out()).not.toContain("ord-before-tail");
