@@ -14,12 +14,15 @@
  * one of them loses). With DB=postgres it says what to run instead. Exits 0 done; 1 refused (make run
  * running, a history service running, the copy missing or damaged) or failed; 2 for bad arguments.
  */
-import { existsSync, readFileSync, rmSync } from "node:fs";
+import { rmSync } from "node:fs";
 import { join, relative } from "node:path";
 import Database from "better-sqlite3";
 import { EVENTS } from "../contracts/events.js";
 import { BUS_ADMIN, busAuthOf, connectBus, silentLogger, swapSqliteFile } from "../platform/index.js";
 import { lockRebuild, RebuildRefused } from "../services/history/rebuild-aside.js";
+import { MIGRATIONS as HISTORY } from "../services/history/store.js";
+import { MIGRATIONS as NOTIFICATION } from "../services/notification/store.js";
+import { checkedCopy } from "./backup-copy.js";
 import { holdDataDir, stopLeftovers } from "./data-dir.js";
 import { dbOf, portOf, ROOT } from "./layout.js";
 import { CannotStart, ensureLocalNats } from "./local-nats.js";
@@ -27,29 +30,17 @@ import { localBusEnv } from "./nats.js";
 
 const DATA = process.env.DATA_DIR || join(ROOT, ".data");
 const NATS_URL = process.env.NATS_URL || `nats://127.0.0.1:${portOf("NATS_PORT", 4222)}`;
-const CONSUMERS_ONLY = ["history", "notification"];
+/** The services restored by this command, and the migrations that make their stores. */
+const SCHEMAS: Readonly<Record<string, readonly string[]>> = {
+  history: HISTORY.sqlite,
+  notification: NOTIFICATION.sqlite,
+};
+const CONSUMERS_ONLY = Object.keys(SCHEMAS);
 const say = (line: string) => process.stdout.write(`${line}\n`);
 const shown = (path: string) => (path.startsWith(ROOT) ? relative(ROOT, path) : path);
 
-/** The copy of `service` in backup `from`, checked whole; when the backup was taken (backup.json), if it says. */
-function copyIn(from: string, service: string): { file: string; at: Date | undefined } {
-  const file = join(from, `${service}.db`);
-  if (!existsSync(file))
-    throw new CannotStart(`${shown(file)} does not exist: FROM must be a directory make backup wrote`);
-  const db = new Database(file, { readonly: true, fileMustExist: true });
-  try {
-    const check = db.pragma("integrity_check", { simple: true });
-    if (check !== "ok") throw new CannotStart(`${shown(file)} failed its integrity check: ${String(check)}`);
-  } finally {
-    db.close();
-  }
-  const manifest = join(from, "backup.json");
-  const at = existsSync(manifest) ? (JSON.parse(readFileSync(manifest, "utf8")) as { at?: string }).at : undefined;
-  return { file, at: at === undefined ? undefined : new Date(at) };
-}
-
 /** Deletes `service`'s durable consumers, saying from where each stream will be replayed. */
-async function rewind(service: string, backupAt: Date | undefined): Promise<void> {
+async function rewind(service: string, backupAt: Date): Promise<void> {
   const { NATS_USER = "", NATS_PASSWORD = "" } = localBusEnv(DATA, BUS_ADMIN);
   const bus = await connectBus(NATS_URL, "restore", silentLogger(), {
     ...busAuthOf({
@@ -66,7 +57,7 @@ async function rewind(service: string, backupAt: Date | undefined): Promise<void
         await bus.jsm.consumers.delete(stream, c.name);
         const { first_seq: first, last_seq: last, first_ts: firstTs } = info.state;
         say(`  deleted durable ${c.name}: made again at ${service}'s start, it replays ${stream} ${first}..${last}`);
-        if (backupAt !== undefined && info.state.messages > 0 && new Date(firstTs) > backupAt) {
+        if (info.state.messages > 0 && new Date(firstTs) > backupAt) {
           say(
             `  WARNING: ${stream} holds no events before ${firstTs}; those published between the backup ` +
               `(${backupAt.toISOString()}) and then are gone, and ${service} will never apply them`,
@@ -101,7 +92,7 @@ async function main(): Promise<number> {
   }
   const stops: (() => Promise<void> | void)[] = [];
   try {
-    const copy = copyIn(from, service);
+    const copy = checkedCopy(from, service, SCHEMAS[service] ?? [], shown);
     const held = holdDataDir(DATA);
     if (typeof held !== "function") throw new CannotStart(`${held.heldBy} is using ${DATA}: stop it first`);
     stops.push(held);
@@ -112,7 +103,7 @@ async function main(): Promise<number> {
       const lock = await lockRebuild({ engine: "sqlite", path: live });
       stops.push(() => lock.release());
     }
-    say(`restoring ${service} from ${shown(copy.file)}${copy.at ? ` (taken ${copy.at.toISOString()})` : ""}`);
+    say(`restoring ${service} from ${shown(copy.file)} (taken ${copy.at.toISOString()})`);
     const nats = await ensureLocalNats(DATA, dbOf(), NATS_URL, say, "the restore");
     if (nats) stops.push(nats);
     // The durables first: if the swap then fails, the old store replays what it has already applied.

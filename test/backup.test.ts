@@ -4,7 +4,7 @@
  * conserved, no order charged twice — and a store missing is named, not copied as an empty one.
  */
 import { execFileSync, spawn } from "node:child_process";
-import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { AckPolicy } from "@nats-io/jetstream";
 import Database from "better-sqlite3";
@@ -351,6 +351,7 @@ describe("make restore", () => {
     using data = tempDir();
     using copy = tempDir();
     new Database(join(copy.path, "history.db")).close();
+    writeFileSync(join(copy.path, "backup.json"), JSON.stringify({ at: new Date().toISOString() }));
     const port = await freePort();
     const madeRunNats = async () => {
       const child = spawn("nats-server", natsServerArgs(data.path, port), { stdio: ["ignore", "pipe", "pipe"] });

@@ -32,7 +32,8 @@ const NOTIFICATIONS = `CREATE TABLE notifications (
    CREATE INDEX notifications_customer ON notifications (customer_id, sent_at DESC, id DESC);
    CREATE INDEX notifications_customer_order ON notifications (customer_id, order_id, sent_at DESC, id DESC);`;
 
-const MIGRATIONS = migrations([
+/** The notifications' and inbox's tables, in order (both engines). */
+export const MIGRATIONS = migrations([
   NOTIFICATIONS,
   INBOX_MIGRATION,
   // 3: consumers count each event's failures across restarts and replicas (the dead-letter limit).

@@ -1,0 +1,82 @@
+/**
+ * `make backup` and `make restore` (scripts/backup.ts, scripts/restore.ts) given what an operator may
+ * get wrong: a FROM that is no finished backup, or holds a store the service cannot run on, and a
+ * BACKUP_DIR that cannot be written. Each is refused before anything changes, with a line saying what
+ * is wrong — never a stack trace, never a store put in place that the service then refuses or misreads.
+ */
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import Database from "better-sqlite3";
+import { describe, expect, it } from "vitest";
+import { HistoryStore } from "../services/history/store.js";
+import { NotificationStore } from "../services/notification/store.js";
+import { built, freePort, runToEnd, tempDir } from "./fixtures.js";
+
+/** A data directory with every service's store (history's and notification's as their services make them). */
+async function storesIn(dir: string): Promise<void> {
+  await (await HistoryStore.open({ engine: "sqlite", path: join(dir, "history.db") })).close();
+  await (await NotificationStore.open({ engine: "sqlite", path: join(dir, "notification.db") })).close();
+  for (const name of ["order", "inventory", "payment"]) copyFileSync(join(dir, "history.db"), join(dir, `${name}.db`));
+}
+
+const run = (script: string, env: Record<string, string>) =>
+  runToEnd(process.execPath, built(script), { env: { ...process.env, DB: "", ...env } });
+
+describe("make restore, given a FROM that will not do", () => {
+  it("refuses each before it deletes a durable or touches the store, saying what is wrong", async () => {
+    using data = tempDir();
+    using out = tempDir();
+    await storesIn(data.path);
+    expect((await run("scripts/backup.ts", { DATA_DIR: data.path, BACKUP_DIR: out.path })).code).toBe(0);
+    const good = join(out.path, readdirSync(out.path)[0] as string);
+    const live = readFileSync(join(data.path, "history.db"));
+    /** A copy of the good backup, then changed by `spoil`. */
+    const spoilt = (name: string, spoil: (dir: string) => void) => {
+      const dir = join(out.path, name);
+      mkdirSync(dir);
+      for (const f of readdirSync(good)) copyFileSync(join(good, f), join(dir, f));
+      spoil(dir);
+      return dir;
+    };
+    const cases: [string, string, RegExp][] = [
+      [
+        "newer schema",
+        spoilt("newer", (d) => new Database(join(d, "history.db")).pragma("user_version = 99")),
+        /schema version 99 is newer than this build knows \(\d+\)/,
+      ],
+      [
+        "another service's store",
+        spoilt("renamed", (d) => copyFileSync(join(d, "notification.db"), join(d, "history.db"))),
+        /is not history's store/,
+      ],
+      ["no database", spoilt("text", (d) => writeFileSync(join(d, "history.db"), "hello")), /is not a SQLite database/],
+      [
+        "unreadable backup.json",
+        spoilt("json", (d) => writeFileSync(join(d, "backup.json"), "{oops")),
+        /backup\.json .*is not make backup's/,
+      ],
+      [
+        "a date that is none",
+        spoilt("date", (d) => writeFileSync(join(d, "backup.json"), '{"at":"yesterday"}')),
+        /backup\.json .*is not make backup's/,
+      ],
+      ["an unfinished backup", spoilt("x.partial", (d) => rmSync(join(d, "backup.json"))), /unfinished backup/],
+      ["no backup.json", spoilt("bare", (d) => rmSync(join(d, "backup.json"))), /no backup\.json/],
+    ];
+    // No NATS on this port: a restore that got as far as the durables would fail on it, not refuse.
+    const port = String(await freePort());
+    for (const [what, from, says] of cases) {
+      const got = await run("scripts/restore.ts", {
+        DATA_DIR: data.path,
+        NATS_PORT: port,
+        SERVICE: "history",
+        FROM: from,
+      });
+      expect(got.out, what).toMatch(says);
+      expect(got.out, what).not.toMatch(/\n\s+at /);
+      expect(got.code, what).toBe(1);
+      expect(readFileSync(join(data.path, "history.db")).equals(live), `${what}: the store untouched`).toBe(true);
+      expect(existsSync(join(data.path, "nats")), `${what}: no NATS started`).toBe(false);
+    }
+  }, 60_000);
+});
