@@ -13,7 +13,7 @@
  * 1 when one is missing, cannot be read or stayed locked (named, with why); 2 for bad arguments.
  */
 import { spawnSync } from "node:child_process";
-import { mkdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join, relative } from "node:path";
 import Database from "better-sqlite3";
 import { dbOf, portOf, ROOT, SERVICE_NAMES } from "./layout.js";
@@ -94,13 +94,41 @@ function pgDump(partial: string, dir: string, at: Date): number {
   return 0;
 }
 
+/**
+ * A name of its own in `parent` for a backup taken `at`: its time, or with `-1`, `-2`... when a backup
+ * there has it (one started the same millisecond, or a clock set back). Renamed onto a backup of the same
+ * name, the copies failed (ENOTEMPTY, the .partial left); two in one `.partial` wrote over each other's.
+ * The `.partial` is made here, exclusively: the claim.
+ */
+function claim(parent: string, at: Date): { dir: string; partial: string } {
+  mkdirSync(parent, { recursive: true });
+  const stamp = at.toISOString().replace(/[:.]/g, "-");
+  for (let n = 0; ; n++) {
+    const dir = join(parent, n === 0 ? stamp : `${stamp}-${n}`);
+    if (existsSync(dir)) continue;
+    try {
+      mkdirSync(`${dir}.partial`);
+      return { dir, partial: `${dir}.partial` };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+    }
+  }
+}
+
 function main(): number {
   // Before any copy: every event a consumer had applied by then is in its copy (what a restore replays from).
   const at = new Date();
-  const stamp = at.toISOString().replace(/[:.]/g, "-");
-  const dir = join(process.env.BACKUP_DIR || join(ROOT, "backups"), stamp);
-  const partial = `${dir}.partial`;
-  mkdirSync(partial, { recursive: true });
+  const parent = process.env.BACKUP_DIR || join(ROOT, "backups");
+  let claimed: { dir: string; partial: string };
+  try {
+    claimed = claim(parent, at);
+  } catch (err) {
+    process.stderr.write(
+      `backup failed: cannot make a directory in ${shown(parent)} (BACKUP_DIR): ${(err as Error).message}\n`,
+    );
+    return 1;
+  }
+  const { dir, partial } = claimed;
   if (dbOf() === "postgres") return pgDump(partial, dir, at);
   say(`backing up ${SERVICE_NAMES.length} stores from ${shown(DATA)} to ${shown(dir)}`);
   const stores: Record<string, BackedUp> = {};

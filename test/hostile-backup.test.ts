@@ -80,3 +80,34 @@ describe("make restore, given a FROM that will not do", () => {
     }
   }, 60_000);
 });
+
+describe("make backup, where it cannot simply write", () => {
+  it("says so, exit 1, when BACKUP_DIR cannot be made", async () => {
+    using data = tempDir();
+    await storesIn(data.path);
+    writeFileSync(join(data.path, "a-file"), "");
+    const got = await run("scripts/backup.ts", { DATA_DIR: data.path, BACKUP_DIR: join(data.path, "a-file", "b") });
+    expect(got.out).toMatch(/backup failed: cannot make a directory in .*a-file\/b \(BACKUP_DIR\): ENOTDIR/);
+    expect(got.out).not.toMatch(/\n\s+at /);
+    expect(got.code).toBe(1);
+  });
+
+  it("takes another name than a backup already there (a clock set back, two at once), leaving it as it was", async () => {
+    using data = tempDir();
+    using out = tempDir();
+    await storesIn(data.path);
+    // Every name it could take in the next seconds, taken by a backup already there.
+    const now = Date.now();
+    const taken = Array.from({ length: 4_000 }, (_, ms) => new Date(now + ms).toISOString().replace(/[:.]/g, "-"));
+    for (const name of taken) {
+      mkdirSync(join(out.path, name));
+      writeFileSync(join(out.path, name, "backup.json"), "{}");
+    }
+    const got = await run("scripts/backup.ts", { DATA_DIR: data.path, BACKUP_DIR: out.path });
+    expect(got.code, got.out).toBe(0);
+    const made = readdirSync(out.path).filter((d) => !taken.includes(d));
+    expect(made).toHaveLength(1);
+    expect(readdirSync(join(out.path, made[0] as string)).sort()).toContain("history.db");
+    for (const name of taken) expect(readdirSync(join(out.path, name))).toEqual(["backup.json"]);
+  }, 30_000);
+});
