@@ -105,7 +105,7 @@ export { createResilientClient, type DownstreamState, type PolicyEvents, type Re
 export { bind, type GrpcServerOptions, type RunningServer, type ServiceBinding, startGrpcServer } from "./server.js";
 export { sharedNow } from "./shared-clock.js";
 export type { Db, DbLocation, Engine, Listening, Queries, Query, Tx } from "./sql.js";
-export { sqliteFileOf, sqliteFilesOf, swapSqliteFile, UNREADABLE } from "./sqlite-swap.js";
+export { openElsewhere, sqliteFileOf, sqliteFilesOf, swapSqliteFile, UNREADABLE } from "./sqlite-swap.js";
 export { processStalls, type StallClock } from "./stall.js";
 export { type AppTelemetry, createTelemetry, startAppTelemetry, type Telemetry } from "./telemetry.js";
 export { READ_ONLY, rpcAttributes, startTracing } from "./tracing.js";

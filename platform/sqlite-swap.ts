@@ -31,6 +31,28 @@ export const UNREADABLE = new Set(["SQLITE_NOTADB", "SQLITE_CORRUPT"]);
 const codeOf = (err: unknown) => (err as { code?: unknown } | null)?.code;
 
 /**
+ * Whether another connection has the database at `path` open (a running service keeps its store open
+ * for as long as it runs, in WAL mode, holding a shared lock on the file): taking the file's lock
+ * exclusively, at once, and letting it go. False when there is no file.
+ */
+export function openElsewhere(path: string): boolean {
+  if (!existsSync(path)) return false;
+  const db = new Database(path, { timeout: 0 });
+  try {
+    // Taken at the first access in this mode, and kept until the connection closes (so no WAL index).
+    db.pragma("locking_mode = EXCLUSIVE");
+    db.exec("BEGIN EXCLUSIVE; COMMIT");
+    return false;
+  } catch (err) {
+    if (String(codeOf(err)).startsWith("SQLITE_BUSY")) return true;
+    if (UNREADABLE.has(String(codeOf(err)))) return false; // no database: replaced unread
+    throw err;
+  } finally {
+    db.close();
+  }
+}
+
+/**
  * Makes the SQLite file at `from` (closed by whoever wrote it) the one at `livePath`, in one step: both
  * logs checkpointed into their files first, the live one's log removed so it cannot be replayed onto
  * the new file (its pages would land on another database's), the live file's mode taken, `from`

@@ -18,7 +18,7 @@ import { rmSync } from "node:fs";
 import { join, relative } from "node:path";
 import Database from "better-sqlite3";
 import { EVENTS } from "../contracts/events.js";
-import { BUS_ADMIN, busAuthOf, connectBus, silentLogger, swapSqliteFile } from "../platform/index.js";
+import { BUS_ADMIN, busAuthOf, connectBus, openElsewhere, silentLogger, swapSqliteFile } from "../platform/index.js";
 import { lockRebuild, RebuildRefused } from "../services/history/rebuild-aside.js";
 import { MIGRATIONS as HISTORY } from "../services/history/store.js";
 import { MIGRATIONS as NOTIFICATION } from "../services/notification/store.js";
@@ -103,6 +103,11 @@ async function main(): Promise<number> {
       const lock = await lockRebuild({ engine: "sqlite", path: live });
       stops.push(() => lock.release());
     }
+    // A service running outside make run (notification has no lock of its own), or a make backup copying.
+    if (openElsewhere(live))
+      throw new CannotStart(
+        `${shown(live)} is open in another process (a ${service} service, a make backup): stop it first`,
+      );
     say(`restoring ${service} from ${shown(copy.file)} (taken ${copy.at.toISOString()})`);
     const nats = await ensureLocalNats(DATA, dbOf(), NATS_URL, say, "the restore");
     if (nats) stops.push(nats);

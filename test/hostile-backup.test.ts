@@ -111,3 +111,24 @@ describe("make backup, where it cannot simply write", () => {
     for (const name of taken) expect(readdirSync(join(out.path, name))).toEqual(["backup.json"]);
   }, 30_000);
 });
+
+describe("make restore, while the store is in use", () => {
+  it("refuses while a process has the store open (a notification service started by hand, a backup)", async () => {
+    using data = tempDir();
+    using out = tempDir();
+    await storesIn(data.path);
+    expect((await run("scripts/backup.ts", { DATA_DIR: data.path, BACKUP_DIR: out.path })).code).toBe(0);
+    const from = join(out.path, readdirSync(out.path)[0] as string);
+    // Open as the service holds it, for as long as it runs: swapped under it, what it wrote next was in no file.
+    const store = await NotificationStore.open({ engine: "sqlite", path: join(data.path, "notification.db") });
+    try {
+      const env = { DATA_DIR: data.path, NATS_PORT: String(await freePort()), SERVICE: "notification", FROM: from };
+      const got = await run("scripts/restore.ts", env);
+      expect(got.out).toMatch(/notification\.db is open in another process .*: stop it first/);
+      expect(got.code).toBe(1);
+      expect(existsSync(join(data.path, "nats")), "no NATS started, no durable deleted").toBe(false);
+    } finally {
+      await store.close();
+    }
+  }, 30_000);
+});
