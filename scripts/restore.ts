@@ -55,11 +55,14 @@ async function rewind(service: string, backupAt: Date): Promise<void> {
       for await (const c of bus.jsm.consumers.list(stream)) {
         if (!c.name.startsWith(`${service}-`)) continue;
         await bus.jsm.consumers.delete(stream, c.name);
-        const { first_seq: first, last_seq: last, first_ts: firstTs } = info.state;
+        const { first_seq: first, last_seq: last, first_ts: firstTs, last_ts: lastTs, messages } = info.state;
         say(`  deleted durable ${c.name}: made again at ${service}'s start, it replays ${stream} ${first}..${last}`);
-        if (info.state.messages > 0 && new Date(firstTs) > backupAt) {
+        // Events dropped (its age, its size: the first kept past 1) up to the first one kept or, none kept,
+        // the last one: lost when younger than the backup. A stream begun after the backup lost none.
+        const keptFrom = messages > 0 ? firstTs : lastTs;
+        if (first > 1 && new Date(keptFrom) > backupAt) {
           say(
-            `  WARNING: ${stream} holds no events before ${firstTs}; those published between the backup ` +
+            `  WARNING: ${stream} holds no events before ${keptFrom}; those published between the backup ` +
               `(${backupAt.toISOString()}) and then are gone, and ${service} will never apply them`,
           );
         }

@@ -4,13 +4,19 @@
  * BACKUP_DIR that cannot be written. Each is refused before anything changes, with a line saying what
  * is wrong — never a stack trace, never a store put in place that the service then refuses or misreads.
  */
+
+import { spawn } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { AckPolicy } from "@nats-io/jetstream";
 import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
+import { EVENTS } from "../contracts/events.js";
+import { BUS_ADMIN, busAuthOf, connectBus, silentLogger } from "../platform/index.js";
+import { localBusEnv, natsServerArgs } from "../scripts/nats.js";
 import { HistoryStore } from "../services/history/store.js";
 import { NotificationStore } from "../services/notification/store.js";
-import { built, freePort, runToEnd, tempDir } from "./fixtures.js";
+import { built, exited, freePort, outputReady, runToEnd, tempDir } from "./fixtures.js";
 
 /** A data directory with every service's store (history's and notification's as their services make them). */
 async function storesIn(dir: string): Promise<void> {
@@ -131,4 +137,61 @@ describe("make restore, while the store is in use", () => {
       await store.close();
     }
   }, 30_000);
+});
+
+describe("make restore, on what the streams still hold", () => {
+  /**
+   * make run's NATS on `dir` at `port`, connected as the bus's administrator, with history's durable on
+   * ORDER; that stream as make run makes it, or keeping each event for `keepMs` only.
+   */
+  async function runNats(dir: string, port: number, keepMs?: number) {
+    const child = spawn("nats-server", natsServerArgs(dir, port), { stdio: ["ignore", "pipe", "pipe"] });
+    await outputReady(child, "Server is ready", "nats-server", 10_000);
+    const { NATS_USER = "", NATS_PASSWORD = "" } = localBusEnv(dir, BUS_ADMIN);
+    const bus = await connectBus(`nats://127.0.0.1:${port}`, "hostile-test", silentLogger(), {
+      ...(keepMs === undefined ? { streams: EVENTS.streams } : {}),
+      ...busAuthOf({ NATS_USER, NATS_PASSWORD }),
+    });
+    if (keepMs !== undefined)
+      await bus.jsm.streams.add({ name: "ORDER", subjects: ["order.>"], max_age: keepMs * 1e6 });
+    await bus.jsm.consumers.add("ORDER", { durable_name: "history-order", ack_policy: AckPolicy.Explicit });
+    return {
+      bus,
+      async [Symbol.asyncDispose]() {
+        await bus.close();
+        const done = exited(child);
+        child.kill("SIGTERM");
+        await done;
+      },
+    };
+  }
+
+  it("warns when the events since the backup are gone, the stream emptied included, and not when none were", async () => {
+    using data = tempDir();
+    using out = tempDir();
+    await storesIn(data.path);
+    expect((await run("scripts/backup.ts", { DATA_DIR: data.path, BACKUP_DIR: out.path })).code).toBe(0);
+    const from = join(out.path, readdirSync(out.path)[0] as string);
+    const port = await freePort();
+    const env = { DATA_DIR: data.path, NATS_URL: `nats://127.0.0.1:${port}`, SERVICE: "history", FROM: from };
+    {
+      // A stream begun after the backup: every event since is there.
+      await using nats = await runNats(data.path, port);
+      await nats.bus.js.publish("order.placed", "{}");
+      const got = await run("scripts/restore.ts", env);
+      expect(got.code, got.out).toBe(0);
+      expect(got.out).not.toMatch(/WARNING/);
+    }
+    {
+      // Every event since the backup dropped (its age, its size): the stream empty, its sequence on.
+      using other = tempDir();
+      await storesIn(other.path);
+      await using nats = await runNats(other.path, port, 500);
+      await nats.bus.js.publish("order.placed", "{}");
+      await expect.poll(async () => (await nats.bus.jsm.streams.info("ORDER")).state.messages).toBe(0);
+      const got = await run("scripts/restore.ts", { ...env, DATA_DIR: other.path });
+      expect(got.code, got.out).toBe(0);
+      expect(got.out).toMatch(/WARNING: ORDER holds no events before/);
+    }
+  }, 60_000);
 });
