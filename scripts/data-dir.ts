@@ -1,5 +1,5 @@
 /**
- * One user of a data directory at a time: `make run`, or `make history-rebuild` (which starts make
+ * One user of a data directory at a time: `make run`, or `make history-rebuild` or `make restore` (which start make
  * run's NATS on its store). A second make run on other ports but the same DATA_DIR started a second
  * nats-server on the first one's JetStream store, its registry bucket included (its gateway routed to
  * the first run's services), and services on the first one's databases.
@@ -47,7 +47,10 @@ export function holdDataDir(dataDir: string, opts: { runner?: boolean } = {}): (
   const unlock = holdExclusive(join(dataDir, "run.lock"));
   if (!unlock) {
     const pid = liveRunner(dataDir);
-    return { heldBy: pid === undefined ? "a make history-rebuild, or a make run starting" : `make run (pid ${pid})` };
+    return {
+      heldBy:
+        pid === undefined ? "a make restore or make history-rebuild, or a make run starting," : `make run (pid ${pid})`,
+    };
   }
   const file = runPidFile(dataDir);
   const release = () => {

@@ -13,6 +13,7 @@ import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
 import { BUS_ADMIN, busAuthOf, connectBus, silentLogger } from "../platform/index.js";
+import { holdDataDir } from "../scripts/data-dir.js";
 import { localBusEnv, natsServerArgs } from "../scripts/nats.js";
 import { HistoryStore } from "../services/history/store.js";
 import { NotificationStore } from "../services/notification/store.js";
@@ -135,6 +136,25 @@ describe("make restore, while the store is in use", () => {
       expect(existsSync(join(data.path, "nats")), "no NATS started, no durable deleted").toBe(false);
     } finally {
       await store.close();
+    }
+  }, 30_000);
+
+  it("refuses a second restore while one runs, naming what may hold the directory", async () => {
+    using data = tempDir();
+    using out = tempDir();
+    await storesIn(data.path);
+    expect((await run("scripts/backup.ts", { DATA_DIR: data.path, BACKUP_DIR: out.path })).code).toBe(0);
+    const from = join(out.path, readdirSync(out.path)[0] as string);
+    const release = holdDataDir(data.path); // as the first restore holds it
+    try {
+      const env = { DATA_DIR: data.path, NATS_PORT: String(await freePort()), SERVICE: "history", FROM: from };
+      const got = await run("scripts/restore.ts", env);
+      expect(got.out).toMatch(
+        /a make restore or make history-rebuild, or a make run starting, is using .*: stop it first/,
+      );
+      expect(got.code).toBe(1);
+    } finally {
+      if (typeof release === "function") release();
     }
   }, 30_000);
 });
