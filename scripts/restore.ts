@@ -14,7 +14,7 @@
  * one of them loses). With DB=postgres it says what to run instead. Exits 0 done; 1 refused (make run
  * running, a history service running, the copy missing or damaged) or failed; 2 for bad arguments.
  */
-import { rmSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
 import { join, relative } from "node:path";
 import Database from "better-sqlite3";
 import { EVENTS } from "../contracts/events.js";
@@ -48,6 +48,7 @@ async function rewind(service: string, backupAt: Date): Promise<void> {
       NATS_PASSWORD: process.env.NATS_PASSWORD || NATS_PASSWORD,
     }),
   });
+  let deleted = 0;
   try {
     for (const { name: stream } of EVENTS.streams) {
       const info = await bus.jsm.streams.info(stream).catch(() => undefined);
@@ -55,6 +56,7 @@ async function rewind(service: string, backupAt: Date): Promise<void> {
       for await (const c of bus.jsm.consumers.list(stream)) {
         if (!c.name.startsWith(`${service}-`)) continue;
         await bus.jsm.consumers.delete(stream, c.name);
+        deleted++;
         const { first_seq: first, last_seq: last, first_ts: firstTs, last_ts: lastTs, messages } = info.state;
         say(`  deleted durable ${c.name}: made again at ${service}'s start, it replays ${stream} ${first}..${last}`);
         // Events dropped (its age, its size: the first kept past 1) up to the first one kept or, none kept,
@@ -68,6 +70,9 @@ async function rewind(service: string, backupAt: Date): Promise<void> {
         }
       }
     }
+    // Not an error (a service never started), but a NATS other than make run's looks the same.
+    if (deleted === 0)
+      say(`  no durable of ${service} in NATS at ${NATS_URL}: it replays nothing (is that make run's?)`);
   } finally {
     await bus.close();
   }
@@ -96,6 +101,8 @@ async function main(): Promise<number> {
   const stops: (() => Promise<void> | void)[] = [];
   try {
     const copy = checkedCopy(from, service, SCHEMAS[service] ?? [], shown);
+    // Made by holding it below: a DATA_DIR misspelt took the copy, and a NATS store of its own, exit 0.
+    if (!existsSync(DATA)) throw new CannotStart(`DATA_DIR=${DATA} does not exist: is it right? (make run makes it)`);
     const held = holdDataDir(DATA);
     if (typeof held !== "function") throw new CannotStart(`${held.heldBy} is using ${DATA}: stop it first`);
     stops.push(held);

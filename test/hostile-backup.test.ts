@@ -119,6 +119,36 @@ describe("make backup, where it cannot simply write", () => {
   }, 30_000);
 });
 
+describe("make restore, given a DATA_DIR that is wrong", () => {
+  it("refuses a DATA_DIR that does not exist, and says when NATS held no durable of the service", async () => {
+    using data = tempDir();
+    using out = tempDir();
+    await storesIn(data.path);
+    expect((await run("scripts/backup.ts", { DATA_DIR: data.path, BACKUP_DIR: out.path })).code).toBe(0);
+    const from = join(out.path, readdirSync(out.path)[0] as string);
+    const port = String(await freePort());
+    const typo = join(data.path, "no-such-dir");
+    const missing = await run("scripts/restore.ts", {
+      DATA_DIR: typo,
+      NATS_PORT: port,
+      SERVICE: "history",
+      FROM: from,
+    });
+    expect(missing.out).toMatch(/DATA_DIR=.*no-such-dir does not exist: is it right\?/);
+    expect(missing.code).toBe(1);
+    expect(existsSync(typo), "not made").toBe(false);
+    // A data directory make run never used: its NATS has no streams, so no durable, so nothing to replay.
+    const fresh = await run("scripts/restore.ts", {
+      DATA_DIR: data.path,
+      NATS_PORT: port,
+      SERVICE: "history",
+      FROM: from,
+    });
+    expect(fresh.code, fresh.out).toBe(0);
+    expect(fresh.out).toMatch(/no durable of history in NATS at .*: it replays nothing/);
+  }, 30_000);
+});
+
 describe("make restore, while the store is in use", () => {
   it("refuses while a process has the store open (a notification service started by hand, a backup)", async () => {
     using data = tempDir();
