@@ -18,7 +18,15 @@ import { existsSync, rmSync } from "node:fs";
 import { join, relative } from "node:path";
 import Database from "better-sqlite3";
 import { EVENTS } from "../contracts/events.js";
-import { BUS_ADMIN, busAuthOf, connectBus, openElsewhere, silentLogger, swapSqliteFile } from "../platform/index.js";
+import {
+  BUS_ADMIN,
+  type Bus,
+  busAuthOf,
+  connectBus,
+  openElsewhere,
+  silentLogger,
+  swapSqliteFile,
+} from "../platform/index.js";
 import { lockRebuild, RebuildRefused } from "../services/history/rebuild-aside.js";
 import { MIGRATIONS as HISTORY } from "../services/history/store.js";
 import { MIGRATIONS as NOTIFICATION } from "../services/notification/store.js";
@@ -39,43 +47,52 @@ const CONSUMERS_ONLY = Object.keys(SCHEMAS);
 const say = (line: string) => process.stdout.write(`${line}\n`);
 const shown = (path: string) => (path.startsWith(ROOT) ? relative(ROOT, path) : path);
 
-/** Deletes `service`'s durable consumers, saying from where each stream will be replayed. */
-async function rewind(service: string, backupAt: Date): Promise<void> {
+/**
+ * make run's NATS as its administrator (its users are in DATA_DIR; NATS_USER and NATS_PASSWORD set
+ * override them). Refused, it was an Authorization Violation's stack trace.
+ */
+async function adminBus(): Promise<Bus> {
   const { NATS_USER = "", NATS_PASSWORD = "" } = localBusEnv(DATA, BUS_ADMIN);
-  const bus = await connectBus(NATS_URL, "restore", silentLogger(), {
-    ...busAuthOf({
-      NATS_USER: process.env.NATS_USER || NATS_USER,
-      NATS_PASSWORD: process.env.NATS_PASSWORD || NATS_PASSWORD,
-    }),
-  });
-  let deleted = 0;
   try {
-    for (const { name: stream } of EVENTS.streams) {
-      const info = await bus.jsm.streams.info(stream).catch(() => undefined);
-      if (!info) continue;
-      for await (const c of bus.jsm.consumers.list(stream)) {
-        if (!c.name.startsWith(`${service}-`)) continue;
-        await bus.jsm.consumers.delete(stream, c.name);
-        deleted++;
-        const { first_seq: first, last_seq: last, first_ts: firstTs, last_ts: lastTs, messages } = info.state;
-        say(`  deleted durable ${c.name}: made again at ${service}'s start, it replays ${stream} ${first}..${last}`);
-        // Events dropped (its age, its size: the first kept past 1) up to the first one kept or, none kept,
-        // the last one: lost when younger than the backup. A stream begun after the backup lost none.
-        const keptFrom = messages > 0 ? firstTs : lastTs;
-        if (first > 1 && new Date(keptFrom) > backupAt) {
-          say(
-            `  WARNING: ${stream} holds no events before ${keptFrom}; those published between the backup ` +
-              `(${backupAt.toISOString()}) and then are gone, and ${service} will never apply them`,
-          );
-        }
+    return await connectBus(NATS_URL, "restore", silentLogger(), {
+      ...busAuthOf({
+        NATS_USER: process.env.NATS_USER || NATS_USER,
+        NATS_PASSWORD: process.env.NATS_PASSWORD || NATS_PASSWORD,
+      }),
+    });
+  } catch (err) {
+    throw new CannotStart(
+      `cannot reach NATS at ${NATS_URL} as its administrator: ${(err as Error).message}; nothing changed ` +
+        "(is it make run's? NATS_USER and NATS_PASSWORD, when set, are used instead of its users)",
+    );
+  }
+}
+
+/** Deletes `service`'s durable consumers on `bus`, saying from where each stream will be replayed. */
+async function rewind(bus: Bus, service: string, backupAt: Date): Promise<void> {
+  let deleted = 0;
+  for (const { name: stream } of EVENTS.streams) {
+    const info = await bus.jsm.streams.info(stream).catch(() => undefined);
+    if (!info) continue;
+    for await (const c of bus.jsm.consumers.list(stream)) {
+      if (!c.name.startsWith(`${service}-`)) continue;
+      await bus.jsm.consumers.delete(stream, c.name);
+      deleted++;
+      const { first_seq: first, last_seq: last, first_ts: firstTs, last_ts: lastTs, messages } = info.state;
+      say(`  deleted durable ${c.name}: made again at ${service}'s start, it replays ${stream} ${first}..${last}`);
+      // Events dropped (its age, its size: the first kept past 1) up to the first one kept or, none kept,
+      // the last one: lost when younger than the backup. A stream begun after the backup lost none.
+      const keptFrom = messages > 0 ? firstTs : lastTs;
+      if (first > 1 && new Date(keptFrom) > backupAt) {
+        say(
+          `  WARNING: ${stream} holds no events before ${keptFrom}; those published between the backup ` +
+            `(${backupAt.toISOString()}) and then are gone, and ${service} will never apply them`,
+        );
       }
     }
-    // Not an error (a service never started), but a NATS other than make run's looks the same.
-    if (deleted === 0)
-      say(`  no durable of ${service} in NATS at ${NATS_URL}: it replays nothing (is that make run's?)`);
-  } finally {
-    await bus.close();
   }
+  // Not an error (a service never started), but a NATS other than make run's looks the same.
+  if (deleted === 0) say(`  no durable of ${service} in NATS at ${NATS_URL}: it replays nothing (is that make run's?)`);
 }
 
 async function main(): Promise<number> {
@@ -99,6 +116,7 @@ async function main(): Promise<number> {
     return 2;
   }
   const stops: (() => Promise<void> | void)[] = [];
+  let rewinding = false;
   try {
     const copy = checkedCopy(from, service, SCHEMAS[service] ?? [], shown);
     // Made by holding it below: a DATA_DIR misspelt took the copy, and a NATS store of its own, exit 0.
@@ -121,8 +139,11 @@ async function main(): Promise<number> {
     say(`restoring ${service} from ${shown(copy.file)} (taken ${copy.at.toISOString()})`);
     const nats = await ensureLocalNats(DATA, dbOf(), NATS_URL, say, "the restore");
     if (nats) stops.push(nats);
+    const bus = await adminBus();
+    stops.push(() => bus.close());
     // The durables first: if the swap then fails, the old store replays what it has already applied.
-    await rewind(service, copy.at);
+    rewinding = true;
+    await rewind(bus, service, copy.at);
     const aside = `${live}.restoring`;
     rmSync(aside, { force: true });
     const source = new Database(copy.file, { readonly: true, fileMustExist: true });
@@ -135,8 +156,16 @@ async function main(): Promise<number> {
     say(`  ${shown(live)} is the backup's copy now; start ${service} (make run) and it catches up`);
     return 0;
   } catch (err) {
-    if (!(err instanceof CannotStart || err instanceof RebuildRefused)) throw err;
-    process.stderr.write(`restore: ${err.message}\n`);
+    if (err instanceof CannotStart || err instanceof RebuildRefused) {
+      process.stderr.write(`restore: ${err.message}\n`);
+      return 1;
+    }
+    if (!rewinding) throw err;
+    // Past this point an operator must know what is left (docs/operations.md: killed part-way).
+    process.stderr.write(
+      `restore failed: ${(err as Error).message}; ${service}'s store is still the old one, whole, and its ` +
+        `durables may be deleted: run it again once that is fixed, or start ${service} as it is (it replays each stream)\n`,
+    );
     return 1;
   } finally {
     for (const stop of stops.reverse()) await stop();

@@ -14,7 +14,7 @@ import { describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
 import { BUS_ADMIN, busAuthOf, connectBus, silentLogger } from "../platform/index.js";
 import { holdDataDir } from "../scripts/data-dir.js";
-import { localBusEnv, natsServerArgs } from "../scripts/nats.js";
+import { answers, localBusEnv, natsServerArgs } from "../scripts/nats.js";
 import { HistoryStore } from "../services/history/store.js";
 import { NotificationStore } from "../services/notification/store.js";
 import { built, exited, freePort, outputReady, runToEnd, tempDir } from "./fixtures.js";
@@ -146,6 +146,41 @@ describe("make restore, given a DATA_DIR that is wrong", () => {
     });
     expect(fresh.code, fresh.out).toBe(0);
     expect(fresh.out).toMatch(/no durable of history in NATS at .*: it replays nothing/);
+  }, 30_000);
+});
+
+describe("make restore, when NATS will not have it", () => {
+  it("says it cannot reach NATS as its administrator, that nothing changed, and stops the NATS it started", async () => {
+    using data = tempDir();
+    using out = tempDir();
+    await storesIn(data.path);
+    expect((await run("scripts/backup.ts", { DATA_DIR: data.path, BACKUP_DIR: out.path })).code).toBe(0);
+    const from = join(out.path, readdirSync(out.path)[0] as string);
+    const port = await freePort();
+    // A NATS_USER/NATS_PASSWORD of another system's NATS left in the shell.
+    const env = { DATA_DIR: data.path, NATS_PORT: String(port), SERVICE: "history", FROM: from };
+    const got = await run("scripts/restore.ts", { ...env, NATS_USER: "admin", NATS_PASSWORD: "not-this-one" });
+    expect(got.out).toMatch(/cannot reach NATS at .* as its administrator: .*Authorization Violation.*nothing changed/);
+    expect(got.out).not.toMatch(/\n\s+at /);
+    expect(got.code).toBe(1);
+    expect(await answers("127.0.0.1", port), "the NATS it started is stopped").toBe(false);
+  }, 30_000);
+
+  it("failing once the durables are deleted, says the store is still the old one and what to do", async () => {
+    using data = tempDir();
+    using out = tempDir();
+    await storesIn(data.path);
+    expect((await run("scripts/backup.ts", { DATA_DIR: data.path, BACKUP_DIR: out.path })).code).toBe(0);
+    const from = join(out.path, readdirSync(out.path)[0] as string);
+    const live = readFileSync(join(data.path, "history.db"));
+    // Where it builds the copy aside, something it cannot replace (as a full disk would fail it).
+    mkdirSync(join(data.path, "history.db.restoring", "x"), { recursive: true });
+    const env = { DATA_DIR: data.path, NATS_PORT: String(await freePort()), SERVICE: "history", FROM: from };
+    const got = await run("scripts/restore.ts", env);
+    expect(got.out).toMatch(/restore failed: .*history's store is still the old one, whole, .*run it again/);
+    expect(got.out).not.toMatch(/\n\s+at /);
+    expect(got.code).toBe(1);
+    expect(readFileSync(join(data.path, "history.db")).equals(live)).toBe(true);
   }, 30_000);
 });
 
