@@ -23,6 +23,9 @@ const DATA = process.env.DATA_DIR || join(ROOT, ".data");
 const say = (line: string) => process.stdout.write(`${line}\n`);
 const shown = (path: string) => (path.startsWith(ROOT) ? relative(ROOT, path) : path);
 
+/** `path` as one shell word: quoted when it holds more than letters, digits and `/._-:+` (a space split it into make targets). */
+const pastable = (path: string) => (/^[\w/.:+-]+$/.test(path) ? path : `'${path.replaceAll("'", "'\\''")}'`);
+
 /** What `backup.json` says of one store. */
 interface BackedUp {
   readonly file: string;
@@ -154,7 +157,7 @@ function main(): number {
   }
   writeFileSync(join(partial, "backup.json"), `${JSON.stringify({ at: at.toISOString(), stores }, null, 2)}\n`);
   renameSync(partial, dir);
-  say(`done: ${shown(dir)} (restore one consumer's store: make restore SERVICE=history FROM=${shown(dir)})`);
+  say(`done: ${shown(dir)} (restore one consumer's store: make restore SERVICE=history FROM=${pastable(shown(dir))})`);
   return 0;
 }
 

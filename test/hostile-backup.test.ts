@@ -119,6 +119,23 @@ describe("make backup, where it cannot simply write", () => {
   }, 30_000);
 });
 
+describe("make backup and make restore, in a path with a space", () => {
+  it("prints a restore command that pastes whole, and restores from it", async () => {
+    using data = tempDir();
+    using out = tempDir();
+    await storesIn(data.path);
+    const backups = join(out.path, "my backups");
+    const made = await run("scripts/backup.ts", { DATA_DIR: data.path, BACKUP_DIR: backups });
+    expect(made.code, made.out).toBe(0);
+    const from = join(backups, readdirSync(backups)[0] as string);
+    // Unquoted, make took the words after the space for targets: "No rule to make target".
+    expect(made.out).toContain(`make restore SERVICE=history FROM='${from}'`);
+    const env = { DATA_DIR: data.path, NATS_PORT: String(await freePort()), SERVICE: "history", FROM: from };
+    const got = await run("scripts/restore.ts", env);
+    expect(got.code, got.out).toBe(0);
+  }, 30_000);
+});
+
 describe("make restore, given a DATA_DIR that is wrong", () => {
   it("refuses a DATA_DIR that does not exist, and says when NATS held no durable of the service", async () => {
     using data = tempDir();
