@@ -11,8 +11,10 @@
  *
  * Only history and notification, the consumers that call no one: the saga's services' stores hold
  * money, stock and idempotency keys other services act on (docs/operations.md says what a restore of
- * one of them loses). With DB=postgres it says what to run instead. Exits 0 done; 1 refused (make run
- * running, a history service running, the copy missing or damaged) or failed; 2 for bad arguments.
+ * one of them loses). With DB=postgres it says what to run instead. Exits 0 done; 1 refused, before
+ * anything changed (the data directory held or missing, the store open, a FROM that is no finished
+ * backup or whose copy the service cannot run on, NATS refusing), or failed (saying what is left); 2 for
+ * bad arguments. test/hostile-backup.test.ts tries each.
  */
 import { existsSync, rmSync } from "node:fs";
 import { join, relative } from "node:path";
