@@ -14,7 +14,7 @@
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { join, relative } from "node:path";
+import { dirname, join, relative } from "node:path";
 import Database from "better-sqlite3";
 import { dbOf, portOf, ROOT, SERVICE_NAMES } from "./layout.js";
 import { postgresBinDir } from "./postgres.js";
@@ -33,8 +33,12 @@ interface BackedUp {
   readonly schemaVersion: number;
 }
 
+/** The copy could not be written where the backup goes (the store itself read fine). */
+class CopyUnwritten extends Error {}
+
 /** Why a store could not be copied, in words for the operator. */
 function why(path: string, err: unknown): string {
+  if (err instanceof CopyUnwritten) return `${err.message} (is the disk of BACKUP_DIR full?)`;
   const code = String((err as { code?: unknown }).code ?? "");
   if (code === "SQLITE_CANTOPEN") return `no store at ${shown(path)} (is DATA_DIR right? has the service run once?)`;
   if (code.startsWith("SQLITE_BUSY") || code.startsWith("SQLITE_LOCKED")) {
@@ -51,6 +55,13 @@ function copyStore(from: string, to: string): BackedUp {
   const source = new Database(from, { fileMustExist: true, timeout: 5_000 });
   try {
     source.prepare("VACUUM INTO ?").run(to);
+  } catch (err) {
+    // The copy's side (its disk full, or refusing): said of the store, it read as the data disk failing.
+    const code = String((err as { code?: unknown }).code ?? "");
+    if (/^SQLITE_(FULL|CANTOPEN|READONLY|IOERR_(WRITE|FSYNC|TRUNCATE))/.test(code)) {
+      throw new CopyUnwritten(`cannot write its copy in ${shown(dirname(to))}: ${(err as Error).message}`);
+    }
+    throw err;
   } finally {
     source.close();
   }

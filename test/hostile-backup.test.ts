@@ -99,6 +99,26 @@ describe("make backup, where it cannot simply write", () => {
     expect(got.code).toBe(1);
   });
 
+  it("blames the backup's disk, not the store, when its copy cannot be written", async () => {
+    using data = tempDir();
+    using out = tempDir();
+    await storesIn(data.path);
+    // Files past 34 KiB (68 blocks of 512 bytes) refused to it (EFBIG), as a full disk refuses them, no
+    // root or mount needed: a store's WAL index (32 KiB) fits, its copy (36 KiB and more) does not.
+    const got = await runToEnd(
+      "sh",
+      ["-c", `trap '' XFSZ; ulimit -f 68; exec "${process.execPath}" "$@"`, "sh", ...built("scripts/backup.ts")],
+      {
+        env: { ...process.env, DB: "", DATA_DIR: data.path, BACKUP_DIR: out.path },
+      },
+    );
+    expect(got.code).toBe(1);
+    expect(got.out).toMatch(
+      /history: FAILED: cannot write its copy in .*\.partial: disk I\/O error \(is the disk of BACKUP_DIR full\?\)/,
+    );
+    expect(got.out).not.toMatch(new RegExp(`FAILED: ${data.path}`));
+  });
+
   it("takes another name than a backup already there (a clock set back, two at once), leaving it as it was", async () => {
     using data = tempDir();
     using out = tempDir();
