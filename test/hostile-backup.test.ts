@@ -29,13 +29,19 @@ async function storesIn(dir: string): Promise<void> {
 const run = (script: string, env: Record<string, string>) =>
   runToEnd(process.execPath, built(script), { env: { ...process.env, DB: "", ...env } });
 
+/** Fills `data` with stores, backs them up into `out` with make backup, and returns that backup's directory. */
+async function backedUp(data: string, out: string): Promise<string> {
+  await storesIn(data);
+  const made = await run("scripts/backup.ts", { DATA_DIR: data, BACKUP_DIR: out });
+  expect(made.code, made.out).toBe(0);
+  return join(out, readdirSync(out)[0] as string);
+}
+
 describe("make restore, given a FROM that will not do", () => {
   it("refuses each before it deletes a durable or touches the store, saying what is wrong", async () => {
     using data = tempDir();
     using out = tempDir();
-    await storesIn(data.path);
-    expect((await run("scripts/backup.ts", { DATA_DIR: data.path, BACKUP_DIR: out.path })).code).toBe(0);
-    const good = join(out.path, readdirSync(out.path)[0] as string);
+    const good = await backedUp(data.path, out.path);
     const live = readFileSync(join(data.path, "history.db"));
     /** A copy of the good backup, then changed by `spoil`. */
     const spoilt = (name: string, spoil: (dir: string) => void) => {
@@ -160,9 +166,7 @@ describe("make restore, given a DATA_DIR that is wrong", () => {
   it("refuses a DATA_DIR that does not exist, and says when NATS held no durable of the service", async () => {
     using data = tempDir();
     using out = tempDir();
-    await storesIn(data.path);
-    expect((await run("scripts/backup.ts", { DATA_DIR: data.path, BACKUP_DIR: out.path })).code).toBe(0);
-    const from = join(out.path, readdirSync(out.path)[0] as string);
+    const from = await backedUp(data.path, out.path);
     const port = String(await freePort());
     const typo = join(data.path, "no-such-dir");
     const missing = await run("scripts/restore.ts", {
@@ -190,9 +194,7 @@ describe("make restore, when NATS will not have it", () => {
   it("says it cannot reach NATS as its administrator, that nothing changed, and stops the NATS it started", async () => {
     using data = tempDir();
     using out = tempDir();
-    await storesIn(data.path);
-    expect((await run("scripts/backup.ts", { DATA_DIR: data.path, BACKUP_DIR: out.path })).code).toBe(0);
-    const from = join(out.path, readdirSync(out.path)[0] as string);
+    const from = await backedUp(data.path, out.path);
     const port = await freePort();
     // A NATS_USER/NATS_PASSWORD of another system's NATS left in the shell.
     const env = { DATA_DIR: data.path, NATS_PORT: String(port), SERVICE: "history", FROM: from };
@@ -206,9 +208,7 @@ describe("make restore, when NATS will not have it", () => {
   it("failing once the durables are deleted, says the store is still the old one and what to do", async () => {
     using data = tempDir();
     using out = tempDir();
-    await storesIn(data.path);
-    expect((await run("scripts/backup.ts", { DATA_DIR: data.path, BACKUP_DIR: out.path })).code).toBe(0);
-    const from = join(out.path, readdirSync(out.path)[0] as string);
+    const from = await backedUp(data.path, out.path);
     const live = readFileSync(join(data.path, "history.db"));
     // Where it builds the copy aside, something it cannot replace (as a full disk would fail it).
     mkdirSync(join(data.path, "history.db.restoring", "x"), { recursive: true });
@@ -225,9 +225,7 @@ describe("make restore, while the store is in use", () => {
   it("refuses while a process has the store open (a notification service started by hand, a backup)", async () => {
     using data = tempDir();
     using out = tempDir();
-    await storesIn(data.path);
-    expect((await run("scripts/backup.ts", { DATA_DIR: data.path, BACKUP_DIR: out.path })).code).toBe(0);
-    const from = join(out.path, readdirSync(out.path)[0] as string);
+    const from = await backedUp(data.path, out.path);
     // Open as the service holds it, for as long as it runs: swapped under it, what it wrote next was in no file.
     const store = await NotificationStore.open({ engine: "sqlite", path: join(data.path, "notification.db") });
     try {
@@ -244,9 +242,7 @@ describe("make restore, while the store is in use", () => {
   it("refuses a second restore while one runs, naming what may hold the directory", async () => {
     using data = tempDir();
     using out = tempDir();
-    await storesIn(data.path);
-    expect((await run("scripts/backup.ts", { DATA_DIR: data.path, BACKUP_DIR: out.path })).code).toBe(0);
-    const from = join(out.path, readdirSync(out.path)[0] as string);
+    const from = await backedUp(data.path, out.path);
     const release = holdDataDir(data.path); // as the first restore holds it
     try {
       const env = { DATA_DIR: data.path, NATS_PORT: String(await freePort()), SERVICE: "history", FROM: from };
@@ -291,9 +287,7 @@ describe("make restore, on what the streams still hold", () => {
   it("warns when the events since the backup are gone, the stream emptied included, and not when none were", async () => {
     using data = tempDir();
     using out = tempDir();
-    await storesIn(data.path);
-    expect((await run("scripts/backup.ts", { DATA_DIR: data.path, BACKUP_DIR: out.path })).code).toBe(0);
-    const from = join(out.path, readdirSync(out.path)[0] as string);
+    const from = await backedUp(data.path, out.path);
     const port = await freePort();
     const env = { DATA_DIR: data.path, NATS_URL: `nats://127.0.0.1:${port}`, SERVICE: "history", FROM: from };
     {
