@@ -438,6 +438,8 @@ describe("the web shop in Chromium", () => {
     expect(await page.getByTestId("nav-operator").count()).toBe(0);
     await page.goto("/#/operator");
     await page.getByTestId("operators-only").waitFor();
+    // The tab (and a screen reader's page list) says what the page is, not the panel it withholds.
+    expect(await page.title()).toBe("Operators only · shopmesh");
   });
 
   it("at 375 px wide no page scrolls sideways", async () => {

@@ -65,6 +65,7 @@ export function faultsText(f: Faults | undefined): string {
 
 /** The "operators only" page. */
 function operatorsOnly(ctx: PageContext): void {
+  document.title = "Operators only · shopmesh";
   replace(
     ctx.root,
     h(
