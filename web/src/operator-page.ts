@@ -63,6 +63,14 @@ export function faultsText(f: Faults | undefined): string {
   return parts.length ? parts.join(" · ") : "none";
 }
 
+/** Shows why a form's call was refused in `message`, and marks the controls among `fields` it names invalid. */
+function showRefusal(err: unknown, message: HTMLElement, fields: Readonly<Record<string, HTMLElement>>): void {
+  const p = describeError(err);
+  const box = problemBox(p);
+  replace(message, box);
+  markFields(fields, p.fields, box);
+}
+
 /** The "operators only" page. */
 function operatorsOnly(ctx: PageContext): void {
   document.title = "Operators only · shopmesh";
@@ -263,10 +271,7 @@ export function operatorPage(ctx: PageContext): void {
         await refresh();
       } catch (err) {
         if (signal.aborted) return;
-        const p = describeError(err);
-        const box = problemBox(p);
-        replace(faultsMessage, box);
-        markFields(faultFields, p.fields, box);
+        showRefusal(err, faultsMessage, faultFields);
       }
     });
   }
@@ -358,10 +363,7 @@ export function operatorPage(ctx: PageContext): void {
         if (p) productSelect.value = p.id;
       } catch (err) {
         if (signal.aborted) return;
-        const p = describeError(err);
-        const box = problemBox(p);
-        replace(restockMessage, box);
-        markFields(fields, p.fields, box);
+        showRefusal(err, restockMessage, fields);
       }
     });
   }
