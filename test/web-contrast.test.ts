@@ -287,4 +287,30 @@ describe("the web shop's colours", () => {
 
     expect(short, `exempt, not measured:\n${exempt.join("\n")}`).toEqual([]);
   }, 120_000);
+
+  it("the current page's nav link differs from the others by more than colour (an underline, a weight), on each route", async () => {
+    const ops = await signIn("operator");
+    // What tells one link from another besides their colours: text decoration, weight, style, borders, shadow.
+    const shape = (testid: string) =>
+      ops.evaluate<string>(`(() => {
+        const cs = getComputedStyle(document.querySelector('[data-testid="${testid}"]'));
+        return [cs.textDecorationLine, cs.textDecorationThickness, cs.fontWeight, cs.fontStyle,
+          cs.borderBottomStyle, cs.borderBottomWidth, cs.boxShadow].join(" ");
+      })()`);
+    const links = ["nav-shop", "nav-orders", "nav-notifications", "nav-operator"];
+    for (const [hash, current] of [
+      ["#/", "nav-shop"],
+      ["#/orders", "nav-orders"],
+      ["#/notifications", "nav-notifications"],
+      ["#/operator", "nav-operator"],
+    ] as const) {
+      await ops.goto(`/${hash}`);
+      await ops.locator(`[data-testid="${current}"][aria-current="page"]`).waitFor();
+      const mine = await shape(current);
+      for (const other of links.filter((l) => l !== current)) {
+        expect(await ops.getByTestId(other).getAttribute("aria-current"), `${hash}: ${other}`).toBeNull();
+        expect(await shape(other), `${hash}: ${current} against ${other}`).not.toBe(mine);
+      }
+    }
+  });
 });
