@@ -441,6 +441,37 @@ describe("the web shop with a keyboard and a screen reader", () => {
     expect((await focused(ops)).aria).toBe('button "Restock"');
   });
 
+  it("a 400 naming a faults field (latency that is no number) marks that field invalid and describes it with the gateway's reason", async () => {
+    const ops = await signIn("operator");
+    await ops.goto("/#/operator");
+    await ops.getByTestId("faults-form").waitFor();
+    await ops.getByTestId("faults-service").selectOption("payment");
+    // The page sends numbers in range; a client that sends a latency that is no number is refused by
+    // the real gateway's decoder, INVALID_ARGUMENT naming faults.latency_ms in a BadRequest detail.
+    const setFaults = "**/shopmesh.gateway.v1.OperatorService/SetServiceFaults";
+    await ops.route(setFaults, (route) => {
+      const body = route.request().postDataJSON();
+      return route.continue({ postData: JSON.stringify({ ...body, faults: { ...body.faults, latencyMs: "fast" } }) });
+    });
+    const latency = ops.getByRole("spinbutton", { name: "Latency (ms)" });
+    await latency.fill("200");
+    await ops.getByTestId("faults-apply").click();
+    const alert = ops.getByTestId("faults-message").getByRole("alert");
+    await alert.waitFor();
+    expect(await alert.textContent()).toContain("latency_ms");
+    expect(await latency.getAttribute("aria-invalid")).toBe("true");
+    const described = await latency.evaluate((e) => e.getAttribute("aria-describedby") ?? "");
+    expect(await ops.locator(`[id="${described}"]`).textContent()).toContain("latency_ms");
+    for (const other of ["faults-service", "faults-rate", "faults-code"]) {
+      expect(await ops.getByTestId(other).getAttribute("aria-invalid"), other).toBeNull();
+    }
+    // Sent as the page means it, the faults are set and the mark is gone.
+    await ops.unroute(setFaults);
+    await ops.getByTestId("faults-clear").click();
+    await ops.getByTestId("faults-message").filter({ hasText: "payment: none" }).waitFor();
+    expect(await latency.getAttribute("aria-invalid")).toBeNull();
+  });
+
   it("each control's name says what it does and to which item: out of stock, log entries, a notification's order", async () => {
     const { product } = await sys.products.getProduct({ productId: "limited-print" });
     await sys.orders.placeOrder(
