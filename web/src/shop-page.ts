@@ -5,6 +5,7 @@
  */
 import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import type { Product } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
+import type { CartLine } from "./cart.js";
 import { h, keepFocus, replace, replaceIfChanged, uid } from "./dom.js";
 import { describeError, type Problem } from "./errors.js";
 import { clock, money, times } from "./format.js";
@@ -192,9 +193,10 @@ export function shopPage(ctx: PageContext): void {
       } catch (err) {
         if (signal.aborted) return;
         const p = describeError(err);
+        const box = problemBox(p);
         replace(
           checkoutMessage,
-          problemBox(p),
+          box,
           p.retryable
             ? h(
                 "p",
@@ -203,11 +205,30 @@ export function shopPage(ctx: PageContext): void {
               )
             : null,
         );
+        markLines(items, p.fields, box);
       } finally {
         inFlight = false;
         placeButton.textContent = "Place order";
       }
     });
+  }
+
+  /**
+   * Marks the quantity field of each line of `sent` that a refusal names (`items[1].quantity`) invalid,
+   * described by `why` as well as by its stock warning; the cart is redrawn first, so a line marked by
+   * an earlier refusal is not any more.
+   */
+  function markLines(sent: readonly CartLine[], named: readonly string[] | undefined, why: HTMLElement) {
+    cartShown = undefined;
+    drawCart();
+    for (const [i, l] of sent.entries()) {
+      if (!named?.includes(`items[${i}].quantity`)) continue;
+      const qty = cartBox.querySelector(`[data-focus="qty-${CSS.escape(l.productId)}"]`);
+      if (!qty) continue;
+      why.id ||= uid("why");
+      qty.setAttribute("aria-invalid", "true");
+      qty.setAttribute("aria-describedby", [why.id, qty.getAttribute("aria-describedby")].filter(Boolean).join(" "));
+    }
   }
 
   function drawCatalogue() {
