@@ -256,6 +256,28 @@ describe("the web shop's colours", () => {
       .first()
       .evaluate((d) => d.setAttribute("open", ""));
     await audit("order cancelled", alice);
+    // A saga still running (payment answers after 2 s): the Pending status and a Running step.
+    await sys.paymentChaos.setFaults({ faults: { latencyMs: 2_000 } });
+    try {
+      await alice.goto("/#/");
+      await alice.getByTestId("product-paper-filters").getByTestId("add-to-cart").click();
+      await alice.getByTestId("place-order").click();
+      await alice.waitForURL(/#\/orders\/.+/);
+      await alice.getByTestId("step-charge_payment").and(alice.locator('[data-status="running"]')).waitFor();
+      await audit("order running", alice);
+    } finally {
+      await sys.paymentChaos.setFaults({ faults: {} });
+    }
+    // The shop's stock gone stale (the inventory down): a warning badge.
+    await alice.goto("/#/");
+    await alice.getByRole("status").filter({ hasText: "Live stock" }).waitFor();
+    await sys.inventoryChaos.setFaults({ faults: { down: true } });
+    try {
+      await alice.getByRole("status").filter({ hasText: "Stock may be stale" }).waitFor({ timeout: 15_000 });
+      await audit("shop stale", alice);
+    } finally {
+      await sys.inventoryChaos.setFaults({ faults: {} });
+    }
     for (const [hash, testid] of [
       ["#/orders", "order-row"],
       ["#/notifications", "notification"],
