@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { BadRequestSchema } from "../gen/google/rpc/error_details_pb.js";
 import { BreakerState } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { OperatorService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
 import { OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
@@ -96,6 +97,11 @@ describe("OperatorService", () => {
       .setServiceFaults({ service: "payment", faults: { errorRate: 2 } }, { headers: other })
       .catch((e: unknown) => e);
     expect(ConnectError.from(bad).code).toBe(Code.InvalidArgument);
+    // The services' own BadRequest passes through, naming the field, as on every other route.
+    const violations = ConnectError.from(bad)
+      .findDetails(BadRequestSchema)
+      .flatMap((d) => d.fieldViolations.map((v) => v.field));
+    expect(violations).toEqual(["faults.error_rate"]);
   });
 
   it("payment down: every payment instance takes it, the order's breaker for payment opens, and closes once restored", async () => {

@@ -20,6 +20,7 @@ import type { InstanceStatusSchema, OperatorService } from "../gen/shopmesh/gate
 import { createChannel, createClient, MAX_INSTANCES, Code as PlatformCode, RpcError } from "../platform/index.js";
 import type { DownstreamState } from "../platform/resilience.js";
 import { kIdentity } from "./context.js";
+import { toConnectError } from "./forward.js";
 import { ROUTES, UPSTREAMS, type Upstream } from "./routes.js";
 
 /** The RPCs the operator service calls on every instance to read its status (the mesh must allow them from the gateway). */
@@ -172,8 +173,8 @@ export function createOperator(deps: OperatorDeps): { service: ServiceImpl<typeo
         (r) =>
           r.status === "rejected" && r.reason instanceof RpcError && r.reason.code === PlatformCode.INVALID_ARGUMENT,
       );
-      if (refused?.status === "rejected")
-        throw new ConnectError((refused.reason as RpcError).message, Code.InvalidArgument);
+      // The service's refusal as it is, BadRequest detail and all: the field it names marks the form's control.
+      if (refused?.status === "rejected") throw toConnectError(refused.reason, name);
       const overtaken = results.some(
         (r) => r.status === "rejected" && r.reason instanceof RpcError && r.reason.code === PlatformCode.ABORTED,
       );

@@ -441,7 +441,7 @@ describe("the web shop with a keyboard and a screen reader", () => {
     expect((await focused(ops)).aria).toBe('button "Restock"');
   });
 
-  it("a 400 naming a faults field (latency that is no number) marks that field invalid and describes it with the gateway's reason", async () => {
+  it("a 400 naming a faults field (a latency that is no number, an error code out of range) marks that field invalid and describes it with the gateway's reason", async () => {
     const ops = await signIn("operator");
     await ops.goto("/#/operator");
     await ops.getByTestId("faults-form").waitFor();
@@ -465,11 +465,23 @@ describe("the web shop with a keyboard and a screen reader", () => {
     for (const other of ["faults-service", "faults-rate", "faults-code"]) {
       expect(await ops.getByTestId(other).getAttribute("aria-invalid"), other).toBeNull();
     }
+    // A value the services refuse as out of range (an error code 99: an edited option) is named by the
+    // service's own BadRequest detail, which the gateway passes on: the code's select is marked.
+    await ops.unroute(setFaults);
+    await ops.route(setFaults, (route) => {
+      const body = route.request().postDataJSON();
+      return route.continue({ postData: JSON.stringify({ ...body, faults: { ...body.faults, errorCode: 99 } }) });
+    });
+    await ops.getByTestId("faults-apply").click();
+    await ops.getByTestId("faults-message").getByRole("alert").filter({ hasText: "error_code" }).waitFor();
+    expect(await ops.getByTestId("faults-code").getAttribute("aria-invalid")).toBe("true");
+    expect(await latency.getAttribute("aria-invalid")).toBeNull();
     // Sent as the page means it, the faults are set and the mark is gone.
     await ops.unroute(setFaults);
     await ops.getByTestId("faults-clear").click();
     await ops.getByTestId("faults-message").filter({ hasText: "payment: none" }).waitFor();
     expect(await latency.getAttribute("aria-invalid")).toBeNull();
+    expect(await ops.getByTestId("faults-code").getAttribute("aria-invalid")).toBeNull();
   });
 
   it("a checkout refused for one line's quantity (items[1].quantity) marks that line's quantity field, described by the alert as well as its stock warning", async () => {
