@@ -58,7 +58,7 @@ export function ownKinds(catalogue: EventCatalogue, service: string): EventKind[
 }
 
 /** The last token of an event's subject: the saga mode of its order, or `none` (UNSPECIFIED) outside a saga. */
-export function modeToken(mode: SagaMode): "orchestration" | "choreography" | "none" {
+function modeToken(mode: SagaMode): "orchestration" | "choreography" | "none" {
   if (mode === SagaMode.ORCHESTRATION) return "orchestration";
   if (mode === SagaMode.CHOREOGRAPHY) return "choreography";
   if (mode === SagaMode.UNSPECIFIED) return "none";
@@ -78,7 +78,7 @@ export function eventSubject(kind: EventKind, mode: SagaMode): string {
  * in `mode` only when given: one type's subject when it handles one, else the stream's events of
  * that mode; undefined for every event on the stream.
  */
-export function filterSubject(
+function filterSubject(
   catalogue: EventCatalogue,
   stream: string,
   typeNames: readonly string[],

@@ -22,8 +22,6 @@ export {
   type EventKind,
   eventCatalogue,
   eventSubject,
-  filterSubject,
-  modeToken,
   NO_ORDER,
   type StreamSpec,
   selects,
