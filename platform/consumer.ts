@@ -58,8 +58,6 @@ export interface ConsumerOptions extends ConsumerSpec {
   readonly telemetry?: Telemetry;
   /** Called after each event is handled (or skipped as a duplicate). */
   readonly onHandled?: (type: string, duplicate: boolean) => void;
-  /** Called when an event is dead-lettered. */
-  readonly onDeadLetter?: (reason: string) => void;
 }
 
 /** A running consumer. */
@@ -145,7 +143,6 @@ function eventHandler(opts: ConsumerOptions, clog: Logger, otherVersions: OtherV
         .catch((e: unknown) => clog.warn({ err: (e as Error).message, ...eventFields(ctx) }, "failures not forgotten"));
     }
     clog.warn({ subject: m.subject, seq: m.seq, reason, ...(ctx ? eventFields(ctx) : named) }, "event dead-lettered");
-    opts.onDeadLetter?.(reason);
     metrics?.deadLetters.inc({ consumer: durable });
   };
 
