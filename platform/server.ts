@@ -58,8 +58,6 @@ export interface GrpcServerOptions {
   readonly log: Logger;
   /** Fault injection for the business services; a no-fault injector when omitted. */
   readonly faults?: FaultInjector;
-  /** Extra interceptors, outermost first, after logging and before fault injection. */
-  readonly interceptors?: readonly Interceptor[];
   /** Traces and metrics of the calls; none when omitted. */
   readonly telemetry?: Telemetry;
   /** What a client may hold of the port: {@link CONNECTION_LIMITS} when omitted (tests set less). */
@@ -269,7 +267,7 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningS
   const draining = new AbortController();
   // One listener per open stream, each removed at its end: as many as streams are open, not a leak.
   setMaxListeners(0, draining.signal);
-  const business = [...observed, callLogger(), ...(opts.interceptors ?? []), faults.interceptor];
+  const business = [...observed, callLogger(), faults.interceptor];
   for (const { service, impl } of opts.services) {
     server.addService(
       grpcServiceDefinition(service),
