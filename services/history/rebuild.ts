@@ -77,9 +77,10 @@ export interface ReplayOptions {
   /** Called every `progressEvery` messages and at the end of each stream. */
   readonly onProgress?: (p: StreamReplay, done: boolean) => void;
   readonly progressEvery?: number;
-  /** Longest wait for the next message before giving up on a stream, in ms. */
-  readonly idleTimeoutMs?: number;
 }
+
+/** Longest wait for the next message before giving up on a stream, in ms. */
+const IDLE_TIMEOUT_MS = 30_000;
 
 /**
  * Empties the view and the inbox of `store`, then replays the ORDER,
@@ -118,9 +119,8 @@ async function replayStream(consumer: HistoryConsumer, opts: ReplayOptions): Pro
   let lastSeq = 0;
   let complete = false;
   let lastAt = Date.now();
-  const idleMs = opts.idleTimeoutMs ?? 30_000;
   const watchdog = setInterval(() => {
-    if (Date.now() - lastAt > idleMs) void messages.close();
+    if (Date.now() - lastAt > IDLE_TIMEOUT_MS) void messages.close();
   }, 250);
   try {
     for await (const m of messages) {
@@ -144,7 +144,9 @@ async function replayStream(consumer: HistoryConsumer, opts: ReplayOptions): Pro
     await messages.close();
   }
   if (!complete) {
-    throw new Error(`replay of ${stream} stopped at sequence ${lastSeq} of ${end} (no message for ${idleMs} ms)`);
+    throw new Error(
+      `replay of ${stream} stopped at sequence ${lastSeq} of ${end} (no message for ${IDLE_TIMEOUT_MS} ms)`,
+    );
   }
   opts.onProgress?.(report(), true);
   return report();
