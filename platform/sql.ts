@@ -202,16 +202,20 @@ class OpenDb extends Queryer implements Db {
   private readonly group: GroupCommit<Kysely<unknown>> | undefined;
   /** SQLite: the connection (Kysely only compiles queries for it: its driver never opens, so destroy() closes nothing). */
   private readonly sqlite: SqliteConnection | undefined;
+  /** SQLite in WAL mode: what makes a commit durable (wal-sync.ts). */
+  private readonly wal: WalSync | undefined;
+  /** PostgreSQL: pings on a connection of their own (pgPing). */
+  private readonly pinger: Ping | undefined;
 
   constructor(
     engine: Engine,
     private readonly kysely: Kysely<unknown>,
-    opts: { listen?: Db["listen"]; wal?: WalSync | undefined; sqlite?: SqliteConnection; pinger?: Ping } = {},
-    private readonly wal = opts.wal,
-    private readonly pinger = opts.pinger,
+    opts: { listen?: Db["listen"]; wal?: WalSync | undefined; sqlite?: SqliteConnection; pinger?: Ping },
   ) {
     const { sqlite } = opts;
     super(engine, kysely, sqlite && ((q) => sqlite.inTurn(q)));
+    this.wal = opts.wal;
+    this.pinger = opts.pinger;
     this.inTx = sqlite && ((q) => sqlite.execute(q));
     this.sqlite = sqlite;
     if (opts.listen) this.listen = opts.listen;
