@@ -83,8 +83,8 @@ export class Choreography {
     return mode === "CHOREOGRAPHY";
   }
 
-  /** The order if it is ours and choreographed. */
-  private async order(orderId: string | undefined, tx?: Tx): Promise<OrderRecord | undefined> {
+  /** The order if it is ours and choreographed, read in `tx`. */
+  private async order(orderId: string | undefined, tx: Tx): Promise<OrderRecord | undefined> {
     const o = orderId ? await this.store.get(orderId, tx) : undefined;
     return o?.sagaMode === "CHOREOGRAPHY" ? o : undefined;
   }
