@@ -105,13 +105,14 @@ export class UnusableEventError extends UnprocessableEventError {
   override readonly name = "UnusableEventError";
 }
 
-function moneyOf(m: { amountMinor: bigint; currencyCode: string } | undefined, what: string): Money | undefined {
+/** An event's `total`: undefined without a currency; refused out of range or with no currency code. */
+function totalOf(m: { amountMinor: bigint; currencyCode: string } | undefined): Money | undefined {
   if (!m || m.currencyCode === "") return undefined;
   if (m.amountMinor < 0n || m.amountMinor > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw new UnusableEventError(`${what} ${m.amountMinor} is out of range`);
+    throw new UnusableEventError(`total ${m.amountMinor} is out of range`);
   }
   if (!CURRENCY_CODE.test(m.currencyCode)) {
-    throw new UnusableEventError(`${what}'s currency ${JSON.stringify(m.currencyCode.slice(0, 20))} is not one`);
+    throw new UnusableEventError(`total's currency ${JSON.stringify(m.currencyCode.slice(0, 20))} is not one`);
   }
   return { amountMinor: Number(m.amountMinor), currency: m.currencyCode };
 }
@@ -170,7 +171,7 @@ export function factOf(event: HistoryEvent, eventId: string, now = Date.now()): 
         ...base,
         customerId: nonEmpty(event.customerId),
         status: "CONFIRMED",
-        chargedTotal: moneyOf(event.total, "total"),
+        chargedTotal: totalOf(event.total),
       };
     case "shopmesh.order.v1.OrderCancelled":
       return {
@@ -183,7 +184,7 @@ export function factOf(event: HistoryEvent, eventId: string, now = Date.now()): 
     case "shopmesh.order.v1.OrderRefundSettled":
       return { ...base, customerId: nonEmpty(event.customerId), refund: "settled" };
     case "shopmesh.inventory.v1.StockReserved":
-      return { ...base, reservedTotal: moneyOf(event.total, "total") };
+      return { ...base, reservedTotal: totalOf(event.total) };
     case "shopmesh.inventory.v1.StockRejected":
     case "shopmesh.inventory.v1.StockReleased":
       return base;
