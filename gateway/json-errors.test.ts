@@ -8,7 +8,7 @@ import { FileDescriptorProtoSchema, file_google_protobuf_timestamp } from "@bufb
 import { Code } from "@connectrpc/connect";
 import { expect, it } from "vitest";
 import { BadRequestSchema } from "../gen/google/rpc/error_details_pb.js";
-import { describeJsonError, jsonError } from "./json-errors.js";
+import { jsonError } from "./json-errors.js";
 
 // message A { google.protobuf.Timestamp t = 1; }
 // message R { A a = 1; A b = 2; repeated google.protobuf.Timestamp ts = 3; R next = 4; }
@@ -43,7 +43,7 @@ const told = (json: unknown) => {
     fromJson(R, json as never);
     return "accepted";
   } catch (err) {
-    return describeJsonError(R, (err as Error).message);
+    return jsonError(R, (err as Error).message).rawMessage;
   }
 };
 

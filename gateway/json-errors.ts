@@ -66,11 +66,6 @@ export function invalidFields(fields: readonly string[], why: string, told?: str
   ]);
 }
 
-/** What was wrong with a request's JSON, naming the field (see above). */
-export function describeJsonError(input: DescMessage, message: string): string {
-  return jsonError(input, message).rawMessage;
-}
-
 /** protobuf-es's error `message` decoding `input` as INVALID_ARGUMENT naming the field (see above). */
 export function jsonError(input: DescMessage, message: string): ConnectError {
   const told = described(input, message);
