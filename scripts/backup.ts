@@ -17,7 +17,7 @@ import { existsSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } fr
 import { dirname, join, relative } from "node:path";
 import Database from "better-sqlite3";
 import { dbOf, portOf, ROOT, SERVICE_NAMES } from "./layout.js";
-import { postgresBinDir } from "./postgres.js";
+import { clientTool } from "./postgres.js";
 
 const DATA = process.env.DATA_DIR || join(ROOT, ".data");
 const say = (line: string) => process.stdout.write(`${line}\n`);
@@ -82,15 +82,15 @@ function copyStore(from: string, to: string): BackedUp {
  */
 function pgDump(partial: string, dir: string, at: Date): number {
   const port = portOf("PG_PORT", 55432);
-  let bin = "pg_dump";
-  try {
-    bin = join(postgresBinDir(), "pg_dump");
-  } catch {} // not installed where we look: PATH's, if any
   const file = join(partial, "shopmesh.dump");
   say(`backing up make run's PostgreSQL (127.0.0.1:${port}, database shopmesh, every schema) to ${shown(dir)}`);
-  const run = spawnSync(bin, ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "-Fc", "-f", file, "shopmesh"], {
-    encoding: "utf8",
-  });
+  const run = spawnSync(
+    clientTool("pg_dump"),
+    ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "-Fc", "-f", file, "shopmesh"],
+    {
+      encoding: "utf8",
+    },
+  );
   if (run.status !== 0) {
     rmSync(partial, { recursive: true, force: true });
     const why = run.error ? run.error.message : run.stderr.trim();

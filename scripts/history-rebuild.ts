@@ -17,23 +17,13 @@
  * (130 for SIGINT).
  */
 import { spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { BUS_ADMIN } from "../platform/index.js";
-import { holdDataDir, recordChild, stopLeftovers } from "./data-dir.js";
+import { holdDataDir, stopLeftovers } from "./data-dir.js";
 import { dbOf, nodeCommand, portOf, ROOT } from "./layout.js";
 import { CannotStart, endOf, ensureLocalNats } from "./local-nats.js";
-import { answers, localBusEnv } from "./nats.js";
-import {
-  ensureDatabase,
-  initCluster,
-  POSTGRES_MISSING,
-  postgresBinDir,
-  serverArgs,
-  serverCommand,
-  stopCluster,
-  waitForPostgres,
-} from "./postgres.js";
+import { ensurePostgres } from "./local-postgres.js";
+import { localBusEnv } from "./nats.js";
 
 const DATA = process.env.DATA_DIR || join(ROOT, ".data");
 // Refused as make run refuses them: a DB=postgress rebuilt the SQLite view, and a PG_PORT or NATS_PORT
@@ -43,39 +33,6 @@ const PG_PORT = portOf("PG_PORT", 55432);
 const NATS_URL = process.env.NATS_URL || `nats://127.0.0.1:${portOf("NATS_PORT", 4222)}`;
 
 const say = (line: string) => process.stdout.write(`${line}\n`);
-
-/** Starts make run's PostgreSQL unless it answers on PG_PORT; the history database URL and how to stop it. */
-async function ensurePostgres(): Promise<{ url: string; stop?: () => Promise<void> }> {
-  const admin = `postgres://postgres@127.0.0.1:${PG_PORT}/postgres`;
-  if (await answers("127.0.0.1", PG_PORT)) return { url: await ensureDatabase(admin, "shopmesh") };
-  try {
-    postgresBinDir();
-  } catch {
-    throw new CannotStart(POSTGRES_MISSING);
-  }
-  const data = join(DATA, "postgres");
-  initCluster(data);
-  const [cmd, args] = serverCommand("postgres", serverArgs(data, PG_PORT, data, true));
-  const server = spawn(cmd, args, { stdio: "ignore" });
-  try {
-    await waitForPostgres(admin);
-    // The postmaster, not its `runuser` (as root), which passes no SIGINT on to it.
-    recordChild(DATA, Number.parseInt(readFileSync(join(data, "postmaster.pid"), "utf8"), 10), "postgres");
-  } catch (err) {
-    server.kill("SIGKILL");
-    throw new CannotStart(`PostgreSQL did not come up on port ${PG_PORT}: ${(err as Error).message}`);
-  }
-  say(`started PostgreSQL on port ${PG_PORT} (${data}); it stops after the rebuild`);
-  return {
-    url: await ensureDatabase(admin, "shopmesh"),
-    stop: async () => {
-      if (server.exitCode !== null || server.signalCode !== null) return; // it died: nothing to stop
-      const done = endOf(server);
-      stopCluster(data);
-      await done;
-    },
-  };
-}
 
 async function main(): Promise<number> {
   const stops: (() => Promise<void>)[] = [];
@@ -90,7 +47,7 @@ async function main(): Promise<number> {
     if (nats) stops.push(nats);
     const database: Record<string, string> = { DB_PATH: join(DATA, "history.db") };
     if (DB === "postgres") {
-      const pg = await ensurePostgres();
+      const pg = await ensurePostgres(DATA, PG_PORT, say, "the rebuild");
       if (pg.stop) stops.push(pg.stop);
       database.DATABASE_URL = pg.url;
     }

@@ -36,6 +36,18 @@ export function postgresBinDir(): string {
   throw new Error(POSTGRES_MISSING);
 }
 
+/**
+ * The path of PostgreSQL client tool `name` (pg_dump, pg_restore, psql): the server binaries' own
+ * (the same version), else `name` alone, for PATH to find.
+ */
+export function clientTool(name: "pg_dump" | "pg_restore" | "psql"): string {
+  try {
+    const bin = join(postgresBinDir(), name);
+    if (existsSync(bin)) return bin;
+  } catch {} // no server binaries where we look: PATH's tool, if any
+  return name;
+}
+
 const asRoot = () => process.getuid?.() === 0;
 
 /** argv that runs server binary `name` as the postgres user when we are root. */

@@ -1,0 +1,74 @@
+/**
+ * make run's PostgreSQL for a command that needs it while `make run DB=postgres` is stopped (`make
+ * history-rebuild`, `make restore`): make run starts it as its child (data in <DATA_DIR>/postgres) and
+ * stops it with everything else, so with make run stopped nothing answers. Then it is started on that
+ * data for the command and stopped after; whatever answers on the port is used as it is and left running.
+ */
+import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { recordChild } from "./data-dir.js";
+import { CannotStart, endOf } from "./local-nats.js";
+import { answers } from "./nats.js";
+import {
+  ensureDatabase,
+  initCluster,
+  POSTGRES_MISSING,
+  postgresBinDir,
+  serverArgs,
+  serverCommand,
+  stopCluster,
+  waitForPostgres,
+} from "./postgres.js";
+
+/**
+ * Starts make run's PostgreSQL (cluster in `dataDir`/postgres, on 127.0.0.1:`port`) unless something
+ * answers there; the URL of its `shopmesh` database (made when missing) and, when it was started here,
+ * how to stop it. `what` ends the line saying so (", it stops after the rebuild"). Throws
+ * {@link CannotStart} when it cannot (no server binaries, not up within 30 s).
+ */
+export async function ensurePostgres(
+  dataDir: string,
+  port: number,
+  say: (line: string) => void,
+  what: string,
+): Promise<{ url: string; stop?: () => Promise<void> }> {
+  const admin = `postgres://postgres@127.0.0.1:${port}/postgres`;
+  if (await answers("127.0.0.1", port)) {
+    try {
+      return { url: await ensureDatabase(admin, "shopmesh") };
+    } catch (err) {
+      // Something else on the port, or a server that refuses make run's user: it was a stack trace.
+      throw new CannotStart(
+        `what answers on 127.0.0.1:${port} (PG_PORT) is no PostgreSQL of make run's: ${(err as Error).message}`,
+      );
+    }
+  }
+  try {
+    postgresBinDir();
+  } catch {
+    throw new CannotStart(POSTGRES_MISSING);
+  }
+  const data = join(dataDir, "postgres");
+  initCluster(data);
+  const [cmd, args] = serverCommand("postgres", serverArgs(data, port, data, true));
+  const server = spawn(cmd, args, { stdio: "ignore" });
+  try {
+    await waitForPostgres(admin);
+    // The postmaster, not its `runuser` (as root), which passes no SIGINT on to it.
+    recordChild(dataDir, Number.parseInt(readFileSync(join(data, "postmaster.pid"), "utf8"), 10), "postgres");
+  } catch (err) {
+    server.kill("SIGKILL");
+    throw new CannotStart(`PostgreSQL did not come up on port ${port}: ${(err as Error).message}`);
+  }
+  say(`started PostgreSQL on port ${port} (${data}); it stops after ${what}`);
+  return {
+    url: await ensureDatabase(admin, "shopmesh"),
+    stop: async () => {
+      if (server.exitCode !== null || server.signalCode !== null) return; // it died: nothing to stop
+      const done = endOf(server);
+      stopCluster(data);
+      await done;
+    },
+  };
+}
