@@ -66,7 +66,9 @@ export function pgPool(url: string, schema: string, max: number, connectTimeoutM
     }
   }
   Client.prototype.query = noting(pg.Client.prototype.query);
-  const pool = new pg.Pool({ connectionString: url, max, types: pgTypes, options, Client });
+  // Named after the schema (unless the URL names it): pg_stat_activity then says which service a
+  // connection is, what `make restore` asks before it replaces one's schema (scripts/restore-postgres.ts).
+  const pool = new pg.Pool({ connectionString: url, max, types: pgTypes, options, application_name: schema, Client });
   pool.on("error", () => {});
   pool.on("connect", (client) => client.on("error", () => {}));
   pooledOf.set(pool, pooled);
