@@ -11,7 +11,7 @@ import { join } from "node:path";
 import Database from "better-sqlite3";
 import { CannotStart } from "./local-nats.js";
 
-/** The tables the first `version` of `migrations` make (SQLite's dialect), in order of name. */
+/** The tables the first `version` of `migrations` make (SQLite's dialect, the same names on PostgreSQL), in order of name. */
 function tablesAt(migrations: readonly string[], version: number): string[] {
   const db = new Database(":memory:");
   try {
@@ -29,7 +29,7 @@ const tablesOf = (db: Database.Database) =>
     .all() as string[];
 
 /** When the backup in `from` was taken, from its backup.json. */
-function takenAt(from: string, shown: (path: string) => string): Date {
+export function takenAt(from: string, shown: (path: string) => string): Date {
   const manifest = join(from, "backup.json");
   if (!existsSync(manifest)) {
     throw new CannotStart(
@@ -48,6 +48,44 @@ function takenAt(from: string, shown: (path: string) => string): Date {
   return new Date(at);
 }
 
+/** The file `name` of backup directory `from`, refused when either is missing. */
+export function fileOf(from: string, name: string, shown: (path: string) => string, hint = ""): string {
+  if (!statSync(from, { throwIfNoEntry: false })?.isDirectory())
+    throw new CannotStart(`FROM=${from} is no directory: name one make backup wrote (it prints it)`);
+  const file = join(from, name);
+  if (!existsSync(file))
+    throw new CannotStart(`${shown(file)} does not exist: FROM must be a directory make backup wrote${hint}`);
+  return file;
+}
+
+/**
+ * Refuses a copy at schema `version` holding `tables` that is not `service`'s store as `migrations` make it
+ * (`extra`: the tables the engine adds), or that this build cannot run on. `what` names the copy.
+ */
+export function expectStore(
+  what: string,
+  service: string,
+  migrations: readonly string[],
+  version: number,
+  tables: readonly string[],
+  extra: readonly string[] = [],
+): void {
+  if (version > migrations.length) {
+    throw new CannotStart(
+      `${what}: its schema version ${version} is newer than this build knows (${migrations.length}): ` +
+        "restore it with the build that wrote it",
+    );
+  }
+  const want = [...tablesAt(migrations, version), ...extra].sort();
+  const held = [...tables].sort();
+  if (held.join() !== want.join()) {
+    throw new CannotStart(
+      `${what} is not ${service}'s store: it holds tables ${held.join(", ") || "none"}, ` +
+        `where ${service}'s schema ${version} has ${want.join(", ") || "none"}`,
+    );
+  }
+}
+
 /**
  * The copy of `service` (whose store `migrations` make) in backup `from`, checked; when the backup was
  * taken. Throws {@link CannotStart} saying what is wrong. `shown` shortens a path for the message.
@@ -58,11 +96,13 @@ export function checkedCopy(
   migrations: readonly string[],
   shown: (path: string) => string,
 ): { file: string; at: Date } {
-  if (!statSync(from, { throwIfNoEntry: false })?.isDirectory())
-    throw new CannotStart(`FROM=${from} is no directory: name one make backup wrote (it prints it)`);
-  const file = join(from, `${service}.db`);
-  if (!existsSync(file))
-    throw new CannotStart(`${shown(file)} does not exist: FROM must be a directory make backup wrote`);
+  const dumped = existsSync(join(from, "shopmesh.dump"));
+  const file = fileOf(
+    from,
+    `${service}.db`,
+    shown,
+    dumped ? " (this one is DB=postgres's: restore it with DB=postgres)" : "",
+  );
   const at = takenAt(from, shown);
   let version: number;
   let tables: string[];
@@ -82,18 +122,6 @@ export function checkedCopy(
     if (code.startsWith("SQLITE_CORRUPT")) throw new CannotStart(`${shown(file)} is damaged: use another backup`);
     throw err;
   }
-  if (version > migrations.length) {
-    throw new CannotStart(
-      `${shown(file)}: its schema version ${version} is newer than this build knows (${migrations.length}): ` +
-        "restore it with the build that wrote it",
-    );
-  }
-  const want = tablesAt(migrations, version);
-  if (tables.join() !== want.join()) {
-    throw new CannotStart(
-      `${shown(file)} is not ${service}'s store: it holds tables ${tables.join(", ") || "none"}, ` +
-        `where ${service}'s schema ${version} has ${want.join(", ") || "none"}`,
-    );
-  }
+  expectStore(shown(file), service, migrations, version, tables);
   return { file, at };
 }

@@ -1,7 +1,8 @@
 /**
- * `make restore SERVICE=history|notification FROM=<backup dir>`: puts one event consumer's SQLite
- * store back to its copy in a backup (`make backup`), with `make run` stopped, so that it catches up
- * on every event published since.
+ * `make restore SERVICE=history|notification FROM=<backup dir>`: puts one event consumer's store back
+ * to its copy in a backup (`make backup`), with `make run` stopped, so that it catches up on every
+ * event published since: its SQLite file (scripts/restore-sqlite.ts), or with DB=postgres its schema
+ * of make run's PostgreSQL, from the backup's pg_dump (scripts/restore-postgres.ts).
  *
  * A store put back alone does not: its durable consumers are in NATS, past the events the copy lacks
  * (test/backup.test.ts shows the view then missing them for good). So this deletes the service's
@@ -11,36 +12,29 @@
  *
  * Only history and notification, the consumers that call no one: the saga's services' stores hold
  * money, stock and idempotency keys other services act on (docs/operations.md says what a restore of
- * one of them loses). With DB=postgres it says what to run instead. Exits 0 done; 1 refused, before
- * anything changed (the data directory held or missing, the store open, a FROM that is no finished
- * backup or whose copy the service cannot run on, NATS refusing), or failed (saying what is left); 2 for
- * bad arguments. test/hostile-backup.test.ts tries each.
+ * one of them loses). Exits 0 done; 1 refused, before anything changed (the data directory held or
+ * missing, the store open, a FROM that is no finished backup or whose copy the service cannot run on,
+ * PostgreSQL or NATS refusing), or failed (saying what is left); 2 for bad arguments.
+ * test/hostile-backup.test.ts and test/restore-postgres.test.ts try each.
  */
-import { existsSync, rmSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { join, relative } from "node:path";
-import Database from "better-sqlite3";
 import { EVENTS } from "../contracts/events.js";
-import {
-  BUS_ADMIN,
-  type Bus,
-  busAuthOf,
-  connectBus,
-  openElsewhere,
-  silentLogger,
-  swapSqliteFile,
-} from "../platform/index.js";
-import { lockRebuild, RebuildRefused } from "../services/history/rebuild-aside.js";
+import { BUS_ADMIN, type Bus, busAuthOf, connectBus, silentLogger } from "../platform/index.js";
+import { RebuildRefused } from "../services/history/rebuild-aside.js";
 import { MIGRATIONS as HISTORY } from "../services/history/store.js";
 import { MIGRATIONS as NOTIFICATION } from "../services/notification/store.js";
-import { checkedCopy } from "./backup-copy.js";
 import { holdDataDir, stopLeftovers } from "./data-dir.js";
 import { dbOf, portOf, ROOT } from "./layout.js";
 import { CannotStart, ensureLocalNats } from "./local-nats.js";
 import { localBusEnv } from "./nats.js";
+import { postgresTarget } from "./restore-postgres.js";
+import { sqliteTarget } from "./restore-sqlite.js";
+import type { RestoreTarget } from "./restore-target.js";
 
 const DATA = process.env.DATA_DIR || join(ROOT, ".data");
 const NATS_URL = process.env.NATS_URL || `nats://127.0.0.1:${portOf("NATS_PORT", 4222)}`;
-/** The services restored by this command, and the migrations that make their stores. */
+/** The services restored by this command, and the migrations that make their stores (SQLite's dialect). */
 const SCHEMAS: Readonly<Record<string, readonly string[]>> = {
   history: HISTORY.sqlite,
   notification: NOTIFICATION.sqlite,
@@ -97,6 +91,14 @@ async function rewind(bus: Bus, service: string, backupAt: Date): Promise<void> 
   if (deleted === 0) say(`  no durable of ${service} in NATS at ${NATS_URL}: it replays nothing (is that make run's?)`);
 }
 
+/** The store of `service` and its copy in backup `from`, the copy checked (throws CannotStart, nothing changed). */
+function targetOf(service: string, from: string): RestoreTarget {
+  const migrations = SCHEMAS[service] ?? [];
+  return dbOf() === "postgres"
+    ? postgresTarget(DATA, portOf("PG_PORT", 55432), service, migrations, from, shown, say)
+    : sqliteTarget(DATA, service, migrations, from, shown);
+}
+
 async function main(): Promise<number> {
   const service = process.env.SERVICE ?? "";
   const from = process.env.FROM ?? "";
@@ -111,51 +113,27 @@ async function main(): Promise<number> {
     process.stderr.write("restore: FROM must name a backup directory (make backup prints it)\n");
     return 2;
   }
-  if (dbOf() === "postgres") {
-    say(
-      `DB=postgres: restore schema shopmesh_${service} with pg_restore, then delete its durables (docs/operations.md)`,
-    );
-    return 2;
-  }
   const stops: (() => Promise<void> | void)[] = [];
   let rewinding = false;
   try {
-    const copy = checkedCopy(from, service, SCHEMAS[service] ?? [], shown);
+    const target = targetOf(service, from);
     // Made by holding it below: a DATA_DIR misspelt took the copy, and a NATS store of its own, exit 0.
     if (!existsSync(DATA)) throw new CannotStart(`DATA_DIR=${DATA} does not exist: is it right? (make run makes it)`);
     const held = holdDataDir(DATA);
     if (typeof held !== "function") throw new CannotStart(`${held.heldBy} is using ${DATA}: stop it first`);
     stops.push(held);
     await stopLeftovers(DATA, say);
-    const live = join(DATA, `${service}.db`);
-    // History holds its view's lock while it runs (a history started by hand included): taken alone here.
-    if (service === "history") {
-      const lock = await lockRebuild({ engine: "sqlite", path: live });
-      stops.push(() => lock.release());
-    }
-    // A service running outside make run (notification has no lock of its own), or a make backup copying.
-    if (openElsewhere(live))
-      throw new CannotStart(
-        `${shown(live)} is open in another process (a ${service} service, a make backup): stop it first`,
-      );
-    say(`restoring ${service} from ${shown(copy.file)} (taken ${copy.at.toISOString()})`);
+    await target.claim(stops);
+    say(`restoring ${service} from ${target.copy} (taken ${target.at.toISOString()})`);
     const nats = await ensureLocalNats(DATA, dbOf(), NATS_URL, say, "the restore");
     if (nats) stops.push(nats);
     const bus = await adminBus();
     stops.push(() => bus.close());
     // The durables first: if the swap then fails, the old store replays what it has already applied.
     rewinding = true;
-    await rewind(bus, service, copy.at);
-    const aside = `${live}.restoring`;
-    rmSync(aside, { force: true });
-    const source = new Database(copy.file, { readonly: true, fileMustExist: true });
-    try {
-      source.prepare("VACUUM INTO ?").run(aside);
-    } finally {
-      source.close();
-    }
-    swapSqliteFile(aside, live);
-    say(`  ${shown(live)} is the backup's copy now; start ${service} (make run) and it catches up`);
+    await rewind(bus, service, target.at);
+    await target.put();
+    say(`  ${target.live} is the backup's copy now; start ${service} (${target.start}) and it catches up`);
     return 0;
   } catch (err) {
     if (err instanceof CannotStart || err instanceof RebuildRefused) {
@@ -170,7 +148,12 @@ async function main(): Promise<number> {
     );
     return 1;
   } finally {
-    for (const stop of stops.reverse()) await stop();
+    // Each undone whatever the others do: a PostgreSQL that would not stop must not leave NATS running.
+    for (const stop of stops.reverse()) {
+      await Promise.resolve()
+        .then(stop)
+        .catch((err: unknown) => process.stderr.write(`restore: stopping: ${(err as Error).message}\n`));
+    }
   }
 }
 
