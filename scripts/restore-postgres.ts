@@ -28,17 +28,28 @@ const APP = "shopmesh-restore";
 /** How long the restore waits for a lock on the live schema before it fails, ms. */
 const LOCK_TIMEOUT_MS = 10_000;
 
+const INSTALL =
+  "install PostgreSQL's client tools (apt-get install postgresql-client, brew install postgresql@16) or put them on PATH";
+
 /** Runs PostgreSQL client tool `name`; refused as CannotStart when it is not installed. */
 function tool(name: "pg_restore" | "psql", args: readonly string[]) {
   const run = spawnSync(clientTool(name), args, { encoding: "utf8", maxBuffer: 64 * 1024 * 1024 });
   if ((run.error as NodeJS.ErrnoException | undefined)?.code === "ENOENT") {
-    throw new CannotStart(
-      `${name} not found: install PostgreSQL's client tools (apt-get install postgresql-client, brew install ` +
-        "postgresql@16) or put them on PATH; nothing changed",
-    );
+    throw new CannotStart(`${name} not found: ${INSTALL}; nothing changed`);
   }
   if (run.error) throw run.error;
   return run;
+}
+
+/** Refuses, before anything changes, when a tool the restore needs is missing or does not run (Debian's wrapper without a version). */
+function expectTools(): void {
+  for (const name of ["pg_restore", "psql"] as const) {
+    const run = tool(name, ["--version"]);
+    if (run.status !== 0) {
+      const why = `${run.stderr}${run.stdout}`.trim().split("\n")[0];
+      throw new CannotStart(`${name} does not run (${why}): ${INSTALL}; nothing changed`);
+    }
+  }
 }
 
 /**
@@ -60,7 +71,7 @@ function checkedDump(
     sqlite ? " (this one holds SQLite's: restore it without DB=postgres)" : "",
   );
   const at = takenAt(from, shown);
-  tool("psql", ["--version"]); // needed to restore: missing, refused before anything changes
+  expectTools();
   /** pg_restore's output of `args` on the dump; refused, saying `refusal` and pg_restore's first complaint. */
   const read = (args: readonly string[], refusal: (why: string) => string) => {
     const run = tool("pg_restore", [...args, file]);

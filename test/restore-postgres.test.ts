@@ -295,6 +295,9 @@ describe("make restore DB=postgres, given what will not do", () => {
       expect(run.out, what).toMatch(said);
       expect(run.out, what).not.toMatch(/\n\s+at /); // no stack trace
     }
+    const sqlite = await command("scripts/restore.ts", server.port, { ...env, DB: "", SERVICE: "history", FROM: good });
+    expect(sqlite.out).toMatch(/history\.db does not exist: .*restore it with DB=postgres/);
+    expect(sqlite.code).toBe(1);
     const saga = await command("scripts/restore.ts", server.port, { ...env, SERVICE: "payment", FROM: good });
     expect(saga.code).toBe(2);
     expect(saga.out).toMatch(/order, inventory and payment are restored by hand/);
