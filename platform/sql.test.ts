@@ -7,6 +7,7 @@
  */
 import net from "node:net";
 import { status } from "@grpc/grpc-js";
+import { Client as PgClient } from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startPostgres, type TestPostgres } from "../test/postgres.js";
 import { migrations, openDatabase } from "./db.js";
@@ -43,6 +44,24 @@ const increment = () =>
   });
 
 describe("PostgreSQL", () => {
+  it("closed before any statement of its own, leaves no connection open (its migrations' was left idle for good)", async () => {
+    const url = await pg.createDatabase("unused");
+    const unused = await openDatabase(
+      { engine: "postgres", url, schema: "unused", poolSize: 2 },
+      migrations(["SELECT 1"]),
+    );
+    await unused.close();
+    const client = new PgClient({ connectionString: pg.url });
+    await client.connect();
+    try {
+      const named = async () =>
+        (await client.query("SELECT pid FROM pg_stat_activity WHERE application_name = 'unused'")).rowCount;
+      await expect.poll(named).toBe(0);
+    } finally {
+      await client.end();
+    }
+  });
+
   it("loses no read-decide-write update among 8 concurrent writers", async () => {
     await Promise.all(
       Array.from({ length: 8 }, async () => {

@@ -206,16 +206,25 @@ class OpenDb extends Queryer implements Db {
   private readonly wal: WalSync | undefined;
   /** PostgreSQL: pings on a connection of their own (pgPing). */
   private readonly pinger: Ping | undefined;
+  /** PostgreSQL: the pool, ended at close even when Kysely never took it. */
+  private readonly pool: pg.Pool | undefined;
 
   constructor(
     engine: Engine,
     private readonly kysely: Kysely<unknown>,
-    opts: { listen?: Db["listen"]; wal?: WalSync | undefined; sqlite?: SqliteConnection; pinger?: Ping },
+    opts: {
+      listen?: Db["listen"];
+      wal?: WalSync | undefined;
+      sqlite?: SqliteConnection;
+      pinger?: Ping;
+      pool?: pg.Pool;
+    },
   ) {
     const { sqlite } = opts;
     super(engine, kysely, sqlite && ((q) => sqlite.inTurn(q)));
     this.wal = opts.wal;
     this.pinger = opts.pinger;
+    this.pool = opts.pool;
     this.inTx = sqlite && ((q) => sqlite.execute(q));
     this.sqlite = sqlite;
     if (opts.listen) this.listen = opts.listen;
@@ -300,6 +309,9 @@ class OpenDb extends Queryer implements Db {
     await this.sqlite?.close();
     await this.pinger?.close();
     await this.kysely.destroy();
+    // Kysely ends the pool only once a statement of its own has run (it takes the pool then): one closed
+    // before that left the connection its migrations used idle, and open, for as long as the process lived.
+    if (this.pool && !this.pool.ended) await this.pool.end();
   }
 }
 
@@ -318,5 +330,6 @@ export function postgresDb(pool: pg.Pool, url: string): Db {
   return new OpenDb("postgres", new Kysely({ dialect: new PostgresDialect({ pool }) }), {
     listen: (channel, fn) => listenOn(url, channel, fn),
     pinger: pgPing(url, pool),
+    pool,
   });
 }
