@@ -166,7 +166,7 @@ export function postgresTarget(
   let url = "";
   return {
     at: dump.at,
-    copy: `${shown(dump.file)} (schema ${schema})`,
+    copy: `${shown(dump.file)}, schema ${schema}`,
     live: `schema ${schema} of make run's PostgreSQL (port ${port})`,
     start: "make run DB=postgres",
     async claim(stops) {

@@ -314,6 +314,9 @@ describe("make restore DB=postgres, given what will not do", () => {
       } finally {
         await history.stop();
       }
+      // Nothing else connected as notification: the refusal below is the service's.
+      const named = "SELECT pid FROM pg_stat_activity WHERE application_name = 'shopmesh_notification'";
+      expect(await rows(url, named)).toEqual([]);
       const notification = await startNotification(
         notificationConfig({ ...appEnv, NATS_URL: nats.url }),
         silentLogger(),
