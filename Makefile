@@ -194,7 +194,7 @@ backup: install ## Copy every service's SQLite store consistently, while make ru
 	@$(BUILT)
 	@node dist/scripts/backup.js
 
-restore: install ## Put history's or notification's store back to a backup, with make run stopped; it then replays what came since: make restore SERVICE=history FROM=backups/<time>
+restore: install ## Put history's or notification's store (DB=postgres: its schema) back to a backup, with make run stopped; it then replays what came since: make restore SERVICE=history FROM=backups/<time>
 	@$(BUILT)
 	@node dist/scripts/restore.js
 

@@ -5,7 +5,7 @@
  * stopped the restore starts it on make run's data (scripts/local-postgres.ts) and stops it after.
  *
  * The dump is checked first, with pg_restore alone (nothing is read from the server): it must hold the
- * service's schema, with its tables at a version this build runs. Then the schema is dropped and
+ * service's schema, with its tables at a version this build runs, and read whole. Then the schema is dropped and
  * restored from the dump in one transaction (`psql`, fed `pg_restore -n <schema>`'s script between a
  * BEGIN and a COMMIT written only once pg_restore has ended well): a restore that fails part-way, or
  * is killed, leaves the old schema whole. Dropped first, so no table of the live schema the copy lacks
@@ -23,7 +23,7 @@ import { ensurePostgres } from "./local-postgres.js";
 import { clientTool } from "./postgres.js";
 import type { RestoreTarget } from "./restore-target.js";
 
-/** The application name of the restore's own connections: any other connection is a process in the way. */
+/** The application name of the restore's own connections, as pg_stat_activity shows them. */
 const APP = "shopmesh-restore";
 /** How long the restore waits for a lock on the live schema before it fails, ms. */
 const LOCK_TIMEOUT_MS = 10_000;
