@@ -16,6 +16,7 @@ import { parseRoute, type Route } from "./router.js";
 import { clearSession, isOperator, loadSession, type Session } from "./session.js";
 import { shopPage } from "./shop-page.js";
 import { signInPage } from "./signin-page.js";
+import { forget } from "./stored.js";
 import { badge, pageTitle } from "./ui.js";
 
 const TITLES: Readonly<Record<Route["page"], string>> = {
@@ -64,7 +65,7 @@ function signOut(note?: string): void {
   // The page's calls end now, not at the next render (a hashchange, a task later): the call that was
   // refused would otherwise draw its "Signed out" problem into a page still showing the user signed in.
   page?.abort();
-  if (session) sessionStorage.removeItem(`shopmesh.cart.${session.subject}`);
+  if (session) forget(`shopmesh.cart.${session.subject}`);
   clearSession();
   session = undefined;
   cart = undefined;

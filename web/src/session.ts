@@ -8,6 +8,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { type Claims, identityFromClaims } from "../../gateway/claims.js";
 import { base64urlBytes, repeatedInToken } from "../../gateway/jwt-members.js";
 import { CALL_TIMEOUT_MS } from "./api.js";
+import { forget, readStored, store } from "./stored.js";
 
 /** A signed-in user. */
 export interface Session {
@@ -32,26 +33,35 @@ export class SignInUnavailableError extends Error {
 
 const KEY = "shopmesh.session";
 
-/** The stored session, if there is one and it has not expired. */
+/**
+ * The stored session, if there is one, its token is still usable by its shape and it has not expired.
+ * Who is signed in is read from the token, as the gateway reads it, never from what was stored beside
+ * it: an edited entry holding bob's token under alice's name and roles would show alice, her cart and
+ * the operator panel while every call was bob's.
+ */
 export function loadSession(now = Date.now()): Session | undefined {
+  const s = readStored(KEY) as { token?: unknown; expiresAt?: unknown } | undefined;
   try {
-    const s = JSON.parse(sessionStorage.getItem(KEY) ?? "null") as Session | null;
-    if (s && typeof s.token === "string" && s.expiresAt > now) return s;
+    if (typeof s === "object" && s !== null && typeof s.token === "string") {
+      const read = sessionFromToken(s.token, now);
+      const expiresAt = typeof s.expiresAt === "number" ? s.expiresAt : read.expiresAt;
+      if (expiresAt > now) return { ...read, expiresAt };
+    }
   } catch {
-    // A damaged entry is the same as none.
+    // A token the gateway would refuse is the same as none.
   }
-  sessionStorage.removeItem(KEY);
+  forget(KEY);
   return undefined;
 }
 
-/** Keeps `s` for this tab. */
+/** Keeps `s` for this tab, where the browser lets the page: otherwise it lasts while the page is open. */
 export function saveSession(s: Session): void {
-  sessionStorage.setItem(KEY, JSON.stringify(s));
+  store(KEY, s);
 }
 
 /** Signs out in this tab. */
 export function clearSession(): void {
-  sessionStorage.removeItem(KEY);
+  forget(KEY);
 }
 
 /** A compact JWT: base64url header, payload and signature. */
