@@ -5,6 +5,7 @@
  * checkout sends the same key and can never place a second order. Changing
  * the checkout, or a placed order, starts a new key.
  */
+import { readStored, store } from "./stored.js";
 
 /** One cart line. */
 export interface CartLine {
@@ -26,23 +27,53 @@ export function newKey(): string {
   return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 }
 
+/** The largest quantity the API can carry (int32); past 999 the order service judges it. */
+const MAX_SENDABLE = 2 ** 31 - 1;
+
+type Key = { fingerprint: string; key: string };
+
+/**
+ * The usable part of a stored cart: lines of a string product id and an integer quantity the API can
+ * carry (one out of 0..999, from an older page or an edited entry, is sent as it is and refused by the
+ * order service, naming it). `dropped` counts the lines left out, or is "all" for a cart not readable at all.
+ */
+function restoreCart(saved: unknown): { lines: Map<string, number>; key?: Key; dropped: number | "all" } {
+  const lines = new Map<string, number>();
+  if (saved === undefined || saved === null) return { lines, dropped: 0 };
+  const s = saved as { lines?: unknown; key?: Partial<Key> };
+  if (typeof saved !== "object" || Array.isArray(saved) || (s.lines !== undefined && !Array.isArray(s.lines))) {
+    return { lines, dropped: "all" };
+  }
+  let dropped = 0;
+  for (const l of (s.lines ?? []) as unknown[]) {
+    const [id, q] = Array.isArray(l) ? l : [];
+    if (typeof id === "string" && Number.isInteger(q) && Math.abs(q) <= MAX_SENDABLE) lines.set(id, q);
+    else dropped += 1;
+  }
+  const key =
+    s.key && typeof s.key.fingerprint === "string" && typeof s.key.key === "string" ? (s.key as Key) : undefined;
+  return { lines, key, dropped };
+}
+
 /** A user's cart. */
 export class Cart {
-  private lines = new Map<string, number>();
-  private key: { fingerprint: string; key: string } | undefined;
+  private lines: Map<string, number>;
+  private key: Key | undefined;
+  private readonly dropped: number | "all";
+  private kept = true;
   private readonly listeners = new Set<() => void>();
 
   constructor(private readonly storageKey: string) {
-    try {
-      const saved = JSON.parse(sessionStorage.getItem(storageKey) ?? "null") as {
-        lines?: [string, number][];
-        key?: { fingerprint: string; key: string };
-      } | null;
-      this.lines = new Map(saved?.lines ?? []);
-      this.key = saved?.key;
-    } catch {
-      this.lines = new Map();
-    }
+    ({ lines: this.lines, key: this.key, dropped: this.dropped } = restoreCart(readStored(storageKey)));
+  }
+
+  /** What the user should know about the cart's storage: lines of the saved cart lost, or none kept. */
+  note(): string | undefined {
+    if (!this.kept) return "This browser cannot keep your cart: it lasts while this page is open.";
+    if (this.dropped === "all") return "Your saved cart could not be read: it was emptied.";
+    if (this.dropped === 1) return "1 line of your saved cart could not be read and was left out.";
+    if (this.dropped > 1) return `${this.dropped} lines of your saved cart could not be read and were left out.`;
+    return undefined;
   }
 
   /** The lines, in the order they were added. */
@@ -104,6 +135,6 @@ export class Cart {
   }
 
   private save(): void {
-    sessionStorage.setItem(this.storageKey, JSON.stringify({ lines: [...this.lines], key: this.key }));
+    this.kept = store(this.storageKey, { lines: [...this.lines], key: this.key });
   }
 }

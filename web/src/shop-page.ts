@@ -122,6 +122,8 @@ export function shopPage(ctx: PageContext): void {
   const stockNote = freshnessNote({ class: "muted small", "data-testid": "stock-updated" });
   // Focusable by script: it keeps the focus when the line that had it is removed.
   const cartBox = h("div", { "data-testid": "cart", tabindex: "-1" });
+  // Lines of the saved cart that could not be used, or a cart the browser will not keep: said, not lost silently.
+  const cartNote = h("div", { "aria-live": "polite", "data-testid": "cart-note" });
   const checkoutMessage = h("div", { "aria-live": "polite", "data-testid": "checkout-message" });
   let inFlight = false;
 
@@ -262,6 +264,8 @@ export function shopPage(ctx: PageContext): void {
 
   let cartShown: string | undefined;
   function drawCart() {
+    const note = cart.note();
+    replaceIfChanged(cartNote, note ? callout("warn", note) : null);
     const byId = new Map(products.map((p) => [p.id, p]));
     // Redrawn only when what it shows changed: the stock poll calls this every few seconds, and a redraw
     // drops a quantity being typed and moves the focus (which a screen reader announces again).
@@ -375,7 +379,7 @@ export function shopPage(ctx: PageContext): void {
       h(
         "aside",
         { class: "shop__side", "aria-label": "Cart and checkout" },
-        panel("Cart", { "data-testid": "cart-panel" }, cartBox),
+        panel("Cart", { "data-testid": "cart-panel" }, cartNote, cartBox),
         panel("Checkout", { "data-testid": "checkout-panel" }, form),
       ),
     ),
