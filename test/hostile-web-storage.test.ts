@@ -172,6 +172,32 @@ describe("a stored cart the page cannot use", () => {
   });
 });
 
+describe("a stored checkout key the page did not make", () => {
+  // Found: a key stored for the very checkout in the cart was sent as its Idempotency-Key however it
+  // looked; one the order service cannot take (empty, with a space, longer than it allows) was refused
+  // INVALID_ARGUMENT for idempotency_key, and every retry sent it again: that checkout could never be
+  // placed until the user changed the cart, card or saga mode.
+  it.each([
+    ["10 000 characters", "x".repeat(10_000)],
+    ["markup", MARKUP],
+    ["empty", ""],
+    ["a space", " "],
+  ])("one of %s is not used: the checkout is placed under a key of the page's own", async (_, key) => {
+    const page = await openTab(await openContext());
+    await signIn(page, "alice");
+    const fingerprint = JSON.stringify([[{ productId: "ceramic-mug", quantity: 1 }], "tok_visa", 1]);
+    await storeAndReload(
+      page,
+      "shopmesh.cart.alice",
+      JSON.stringify({ lines: [["ceramic-mug", 1]], key: { fingerprint, key } }),
+    );
+    await shopWorks(page);
+    await page.getByTestId("cart-line-ceramic-mug").waitFor();
+    await page.getByTestId("place-order").click();
+    await page.waitForURL(/#\/orders\/.+/);
+  });
+});
+
 describe("a stored session the page cannot use", () => {
   const later = () => Date.now() + 3_600_000;
   it.each([

@@ -27,6 +27,9 @@ export function newKey(): string {
   return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 }
 
+/** What {@link newKey} makes: a UUID, or 32 hex digits. */
+const KEY_SHAPE = /^(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32})$/;
+
 /** The largest quantity the API can carry (int32); past 999 the order service judges it. */
 const MAX_SENDABLE = 2 ** 31 - 1;
 
@@ -50,9 +53,11 @@ function restoreCart(saved: unknown): { lines: Map<string, number>; key?: Key; d
     if (typeof id === "string" && Number.isInteger(q) && Math.abs(q) <= MAX_SENDABLE) lines.set(id, q);
     else dropped += 1;
   }
-  const key =
-    s.key && typeof s.key.fingerprint === "string" && typeof s.key.key === "string" ? (s.key as Key) : undefined;
-  return { lines, key, dropped };
+  // A key the page did not make may be one the order service refuses (empty, spaced, too long): sent again
+  // at every retry, that checkout could never be placed. A new one is made for it.
+  const { fingerprint, key } = s.key ?? {};
+  const kept = typeof fingerprint === "string" && typeof key === "string" && KEY_SHAPE.test(key);
+  return { lines, key: kept ? { fingerprint, key } : undefined, dropped };
 }
 
 /** A user's cart. */
