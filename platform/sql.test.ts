@@ -62,6 +62,19 @@ describe("PostgreSQL", () => {
     }
   });
 
+  it("closed twice at once, by shutdown paths racing, ends its pool once ('Called end on pool more than once' was a rejection)", async () => {
+    const url = await pg.createDatabase("twice");
+    for (const used of [false, true]) {
+      const twice = await openDatabase(
+        { engine: "postgres", url, schema: "twice", poolSize: 2 },
+        migrations(["SELECT 1"]),
+      );
+      if (used) await twice.run(sql`SELECT 1`);
+      await expect(Promise.all([twice.close(), twice.close()]), used ? "used" : "unused").resolves.toBeDefined();
+      await twice.close();
+    }
+  });
+
   it("loses no read-decide-write update among 8 concurrent writers", async () => {
     await Promise.all(
       Array.from({ length: 8 }, async () => {
