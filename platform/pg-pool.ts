@@ -161,7 +161,13 @@ export function pgPing(url: string, pool?: pg.Pool, connectTimeoutMs = CONNECT_T
     return client.end().catch(() => {});
   };
   const connect = () => {
-    const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: connectTimeoutMs, ...KEEPALIVE });
+    // Named as its pool's: pg_stat_activity tells whose it is (scripts/restore-postgres.ts asks).
+    const client = new pg.Client({
+      connectionString: url,
+      connectionTimeoutMillis: connectTimeoutMs,
+      application_name: pool?.options.application_name,
+      ...KEEPALIVE,
+    });
     client.on("error", () => void drop(client));
     client.on("end", () => void drop(client));
     return { client, ready: client.connect() };
@@ -195,8 +201,16 @@ export function pgPing(url: string, pool?: pg.Pool, connectTimeoutMs = CONNECT_T
   };
 }
 
-/** LISTEN on `channel` over a connection of its own, reconnecting (and saying "*") when it drops. */
-export async function listenOn(url: string, channel: string, fn: (payload: string) => void): Promise<Listening> {
+/**
+ * LISTEN on `channel` over a connection of its own, named `name` (as its service's pool, unless the URL
+ * names it), reconnecting (and saying "*") when it drops.
+ */
+export async function listenOn(
+  url: string,
+  channel: string,
+  fn: (payload: string) => void,
+  name?: string,
+): Promise<Listening> {
   if (!/^[a-z_][a-z0-9_]*$/.test(channel)) throw new Error(`invalid channel name "${channel}"`);
   let closed = false;
   let client: pg.Client | undefined;
@@ -204,7 +218,7 @@ export async function listenOn(url: string, channel: string, fn: (payload: strin
   const connect = async (): Promise<void> => {
     // Closed while a reconnect waited out its backoff: nothing to connect any more.
     if (closed) return;
-    const c = new pg.Client({ connectionString: url, ...KEEPALIVE });
+    const c = new pg.Client({ connectionString: url, application_name: name, ...KEEPALIVE });
     c.on("notification", (n) => fn(n.payload ?? ""));
     const reconnect = () => {
       if (closed || client !== c) return;

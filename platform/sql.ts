@@ -328,7 +328,7 @@ export function sqliteDb(db: Database.Database): Db {
 /** A PostgreSQL pool as a {@link Db}; `url` (the pool's) serves LISTEN connections. */
 export function postgresDb(pool: pg.Pool, url: string): Db {
   return new OpenDb("postgres", new Kysely({ dialect: new PostgresDialect({ pool }) }), {
-    listen: (channel, fn) => listenOn(url, channel, fn),
+    listen: (channel, fn) => listenOn(url, channel, fn, pool.options.application_name),
     pinger: pgPing(url, pool),
     pool,
   });

@@ -18,6 +18,7 @@ import { join } from "node:path";
 import pg from "pg";
 import { lockRebuild } from "../services/history/rebuild-aside.js";
 import { expectStore, fileOf, takenAt } from "./backup-copy.js";
+import { SERVICE_NAMES } from "./layout.js";
 import { CannotStart, endOf } from "./local-nats.js";
 import { ensurePostgres } from "./local-postgres.js";
 import { clientTool } from "./postgres.js";
@@ -100,17 +101,21 @@ function checkedDump(
 }
 
 /**
- * The connections to `url`'s database that use `schema` (a service's pool is named after its schema,
- * platform/pg-pool.ts) or dump it (`make backup`'s pg_dump): how many, and whose.
+ * The connections to `url`'s database that may use `schema`: how many, and whose. A session's search_path
+ * is not shown, so every client's may, but the restore's own and those named after another service's
+ * schema (a service's pool, ping and LISTEN connections are, platform/pg-pool.ts): a service whose URL
+ * names its connections (the URL's name wins), a psql, a pooler, `make backup`'s pg_dump.
  */
 async function usersOf(url: string, schema: string): Promise<{ n: number; who: string }> {
+  const others = SERVICE_NAMES.map((s) => `shopmesh_${s}`).filter((s) => s !== schema);
   const client = new pg.Client({ connectionString: url, application_name: APP });
   await client.connect();
   try {
     const { rows } = await client.query<{ n: number; who: string | null }>(
-      `SELECT count(*)::int AS n, string_agg(DISTINCT application_name, ', ') AS who FROM pg_stat_activity
-        WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name IN ($1, 'pg_dump')`,
-      [schema],
+      `SELECT count(*)::int AS n, string_agg(DISTINCT coalesce(nullif(application_name, ''), '(unnamed)'), ', ') AS who
+        FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
+        AND backend_type = 'client backend' AND application_name <> $1 AND NOT application_name = ANY($2)`,
+      [APP, others],
     );
     return { n: rows[0]?.n ?? 0, who: rows[0]?.who ?? "" };
   } finally {
@@ -180,11 +185,12 @@ export function postgresTarget(
         const lock = await lockRebuild({ engine: "postgres", url, schema, poolSize: 1 });
         stops.push(() => lock.release());
       }
-      // A service running outside make run (notification has no lock of its own), or a make backup dumping.
+      // A service running outside make run (notification has no lock of its own), a make backup dumping, a psql.
       const users = await usersOf(url, schema);
       if (users.n > 0)
         throw new CannotStart(
-          `schema ${schema} is in use by ${users.n} connection(s) of ${users.who} (a ${service} service, a make backup): stop it first`,
+          `schema ${schema} may be in use: ${users.n} connection(s) of ${users.who} (a ${service} service, a make backup, ` +
+            "a psql: any connection to its database not named after another service's schema may use it): stop or close it first",
         );
     },
     put: () => replaceSchema(url, schema, dump.file),
