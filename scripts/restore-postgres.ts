@@ -5,11 +5,11 @@
  * stopped the restore starts it on make run's data (scripts/local-postgres.ts) and stops it after.
  *
  * The dump is checked first, with pg_restore alone (nothing is read from the server): it must hold the
- * service's schema, with its tables at a version this build runs, and read whole. Then the schema is dropped and
- * restored from the dump in one transaction (`psql`, fed `pg_restore -n <schema>`'s script between a
- * BEGIN and a COMMIT written only once pg_restore has ended well): a restore that fails part-way, or
- * is killed, leaves the old schema whole. Dropped first, so no table of the live schema the copy lacks
- * survives (`pg_restore --clean` drops only what the dump holds).
+ * service's schema, with its tables at a version this build runs, and read whole. Then the schema is
+ * dropped and restored from the dump, as the role that owned it, in one transaction (`psql`, fed
+ * `pg_restore -n <schema>`'s script between a BEGIN and a COMMIT written only once pg_restore has ended
+ * well): a restore that fails part-way, or is killed, leaves the old schema whole. Dropped first, so no
+ * table of the live schema the copy lacks survives (`pg_restore --clean` drops only what the dump holds).
  */
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -138,7 +138,14 @@ async function replaceSchema(url: string, schema: string, file: string): Promise
   psql.stdin.on("error", () => {}); // psql stopped on an error: said on its stderr
   const psqlEnd = endOf(psql);
   const dumpEnd = new Promise<number | null>((resolve) => dump.once("close", resolve));
-  psql.stdin.write(`BEGIN;\nDROP SCHEMA IF EXISTS ${schema} CASCADE;\nCREATE SCHEMA ${schema};\n`);
+  // Made again as its owner's, and filled as that role: on the deployment's roles (roles.sh) the service's
+  // role owns its schema and is no superuser, and a schema and tables of the restore's user were
+  // "permission denied" to it. A schema lost whole is the restore's user's, as a service's first start makes it.
+  psql.stdin.write(
+    `BEGIN;\nSELECT coalesce((SELECT r.rolname FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner
+      WHERE n.nspname = '${schema}'), current_user) AS owner \\gset\n` +
+      `DROP SCHEMA IF EXISTS ${schema} CASCADE;\nCREATE SCHEMA ${schema} AUTHORIZATION :"owner";\nSET ROLE :"owner";\n`,
+  );
   dump.stdout.pipe(psql.stdin, { end: false });
   // psql gone (an error), pg_restore would wait on a full pipe for good.
   void psqlEnd.then(() => dump.kill());

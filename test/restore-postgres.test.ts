@@ -6,7 +6,7 @@
  * operator may get wrong, each refused before anything changes.
  */
 import { execFileSync, spawn } from "node:child_process";
-import { copyFileSync, mkdirSync, readdirSync, statSync, truncateSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import pg from "pg";
@@ -33,7 +33,7 @@ import { startNotification } from "../services/notification/app.js";
 import { loadConfig as notificationConfig } from "../services/notification/config.js";
 import { NotificationStore } from "../services/notification/store.js";
 import { consumerSettled } from "./events.js";
-import { built, exited, freePort, runToEnd, tempDir } from "./fixtures.js";
+import { built, exited, freePort, ROOT, runToEnd, tempDir } from "./fixtures.js";
 import { startNats } from "./nats.js";
 import { startPostgres } from "./postgres.js";
 import { type System, startSystem } from "./system.js";
@@ -451,4 +451,63 @@ describe("make restore DB=postgres with make run stopped", () => {
       await new Promise((resolve) => squatter.close(resolve));
     }
   }, 90_000);
+});
+
+describe("make restore DB=postgres on the deployment's roles", () => {
+  it("leaves the schema and its tables owned by the service's role, which runs on them as before", async () => {
+    await using server = await startPostgres();
+    const url = await ensureDatabase(server.url, "shopmesh");
+    // The deployment's roles.sh: notification's role owns its schema, and is no superuser.
+    execFileSync(
+      "bash",
+      ["-c", `set -Eeo pipefail\n${readFileSync(join(ROOT, "deploy/kubernetes/base/postgres/roles.sh"), "utf8")}`],
+      {
+        env: {
+          ...process.env,
+          ...Object.fromEntries(
+            ["inventory", "payment", "order", "notification", "history"].map((s) => [
+              `${s.toUpperCase()}_DB_PASSWORD`,
+              "pw",
+            ]),
+          ),
+          POSTGRES_USER: "postgres",
+          POSTGRES_DB: "shopmesh",
+          PGHOST: "127.0.0.1",
+          PGPORT: String(server.port),
+        },
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
+    const asRole = new URL(url);
+    asRole.username = "notification";
+    asRole.password = "pw";
+    const at = { engine: "postgres", url: asRole.toString(), schema: "shopmesh_notification", poolSize: 1 } as const;
+    await (await NotificationStore.open(at)).close();
+    const owners = () =>
+      rows(
+        url,
+        `SELECT nspowner::regrole::text AS owner FROM pg_namespace WHERE nspname = 'shopmesh_notification'
+          UNION ALL SELECT tableowner FROM pg_tables WHERE schemaname = 'shopmesh_notification'`,
+      );
+    const before = await owners();
+    expect(new Set(before)).toEqual(new Set([JSON.stringify({ owner: "notification" })]));
+    using out = tempDir();
+    using data = tempDir();
+    const from = dumpInto(url, join(out.path, "roles"));
+    await using nats = await startNats();
+    const run = await command("scripts/restore.ts", server.port, {
+      DATA_DIR: data.path,
+      NATS_URL: nats.url,
+      SERVICE: "notification",
+      FROM: from,
+    });
+    expect(run.code, run.out).toBe(0);
+    expect(await owners()).toEqual(before);
+    // The service, as its role, on the restored schema: it was "permission denied for schema".
+    const store = await NotificationStore.open(at);
+    await store.close();
+    expect(await rows(asRole.toString(), "SELECT count(*)::int AS n FROM shopmesh_notification.notifications")).toEqual(
+      [JSON.stringify({ n: 0 })],
+    );
+  }, 60_000);
 });
