@@ -450,7 +450,25 @@ describe("make restore DB=postgres with make run stopped", () => {
     } finally {
       await new Promise((resolve) => squatter.close(resolve));
     }
-  }, 90_000);
+
+    // Killed (SIGKILL: no finally) once it has started PostgreSQL: the next restore stops that server
+    // (it was left running on the data directory) and restores, then stops what it started.
+    const killed = spawn(process.execPath, built("scripts/restore.ts"), {
+      env: { ...process.env, DB: "postgres", PG_PORT: String(port), ...restore },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const ended = exited(killed);
+    let said = "";
+    killed.stdout.on("data", (d: Buffer) => (said += d.toString()));
+    await expect.poll(() => said, { timeout: 30_000 }).toMatch(/started PostgreSQL on port/);
+    killed.kill("SIGKILL");
+    await ended;
+    expect(await answers("127.0.0.1", port), "the killed restore's PostgreSQL, left running").toBe(true);
+    const again = await command("scripts/restore.ts", port, restore);
+    expect(again.out).toMatch(/stopping postgres \(pid \d+\), left running on .* by a holder that was killed/);
+    expect(again.code, again.out).toBe(0);
+    await bothStopped();
+  }, 120_000);
 });
 
 describe("make restore DB=postgres on the deployment's roles", () => {
