@@ -2,11 +2,13 @@
  * make run's PostgreSQL for a command that needs it while `make run DB=postgres` is stopped (`make
  * history-rebuild`, `make restore`): make run starts it as its child (data in <DATA_DIR>/postgres) and
  * stops it with everything else, so with make run stopped nothing answers. Then it is started on that
- * data for the command and stopped after; whatever answers on the port is used as it is and left running.
+ * data for the command and stopped after; a PostgreSQL answering on the port is used as it is and left
+ * running, unless make run's cluster is here and that server serves another data directory (refused).
  */
 import { spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync, realpathSync } from "node:fs";
 import { join } from "node:path";
+import pg from "pg";
 import { recordChild } from "./data-dir.js";
 import { CannotStart, endOf } from "./local-nats.js";
 import { answers } from "./nats.js";
@@ -34,22 +36,32 @@ export async function ensurePostgres(
   what: string,
 ): Promise<{ url: string; stop?: () => Promise<void> }> {
   const admin = `postgres://postgres@127.0.0.1:${port}/postgres`;
+  const data = join(dataDir, "postgres");
   if (await answers("127.0.0.1", port)) {
+    let served: string | undefined;
     try {
-      return { url: await ensureDatabase(admin, "shopmesh") };
+      served = await dataDirectoryOf(admin);
     } catch (err) {
       // Something else on the port, or a server that refuses make run's user: it was a stack trace.
       throw new CannotStart(
         `what answers on 127.0.0.1:${port} (PG_PORT) is no PostgreSQL of make run's: ${(err as Error).message}`,
       );
     }
+    // make run's own cluster is here, and that server serves another (another checkout's make run, one
+    // started by hand): the command went on in that server's database, and a restore replaced its schema.
+    if (served !== undefined && existsSync(join(data, "PG_VERSION")) && !sameDir(served, data)) {
+      throw new CannotStart(
+        `what answers on 127.0.0.1:${port} (PG_PORT) is another PostgreSQL (data ${served}), not make run's (${data}): ` +
+          "stop it, or set PG_PORT to make run's",
+      );
+    }
+    return { url: await ensureDatabase(admin, "shopmesh") };
   }
   try {
     postgresBinDir();
   } catch {
     throw new CannotStart(POSTGRES_MISSING);
   }
-  const data = join(dataDir, "postgres");
   initCluster(data);
   const [cmd, args] = serverCommand("postgres", serverArgs(data, port, data, true));
   const server = spawn(cmd, args, { stdio: "ignore" });
@@ -72,3 +84,27 @@ export async function ensurePostgres(
     },
   };
 }
+
+/** The data directory of the server of `adminUrl`; undefined when its user may not read it (no superuser). */
+async function dataDirectoryOf(adminUrl: string): Promise<string | undefined> {
+  const client = new pg.Client({ connectionString: adminUrl });
+  await client.connect();
+  try {
+    return (await client.query<{ dir: string }>("SELECT current_setting('data_directory') AS dir")).rows[0]?.dir;
+  } catch {
+    return undefined;
+  } finally {
+    await client.end();
+  }
+}
+
+const sameDir = (a: string, b: string) => {
+  const real = (p: string) => {
+    try {
+      return realpathSync(p);
+    } catch {
+      return p;
+    }
+  };
+  return real(a) === real(b);
+};

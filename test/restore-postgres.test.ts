@@ -451,6 +451,30 @@ describe("make restore DB=postgres with make run stopped", () => {
       await new Promise((resolve) => squatter.close(resolve));
     }
 
+    // Another cluster on PG_PORT (another checkout's make run, one started by hand): not make run's database,
+    // which was restored as it was, exit 0.
+    using elsewhere = tempDir();
+    ownDir(elsewhere.path);
+    const otherData = join(elsewhere.path, "postgres");
+    initCluster(otherData);
+    const [oCmd, oArgs] = serverCommand("postgres", serverArgs(otherData, port, otherData, false));
+    const other = spawn(oCmd, oArgs, { stdio: "ignore" });
+    try {
+      await waitForPostgres(admin);
+      const theirs = await storesIn(admin, "shopmesh");
+      await rows(theirs, MARK);
+      const wrong = await command("scripts/restore.ts", port, restore);
+      expect(wrong.out).toMatch(
+        /what answers on 127\.0\.0\.1:\d+ \(PG_PORT\) is another PostgreSQL \(data .*\), not make run's \(.*postgres\)/,
+      );
+      expect(wrong.code).toBe(1);
+      expect(await rows(theirs, MARKED), "the other's schema as it was").toHaveLength(1);
+    } finally {
+      const done = exited(other);
+      stopCluster(otherData);
+      await done;
+    }
+
     // Killed (SIGKILL: no finally) once it has started PostgreSQL: the next restore stops that server
     // (it was left running on the data directory) and restores, then stops what it started.
     const killed = spawn(process.execPath, built("scripts/restore.ts"), {
