@@ -592,3 +592,44 @@ describe("make restore DB=postgres while a make backup dumps", () => {
     expect(readdirSync(during).filter((d) => !d.startsWith("."))).toEqual([]);
   }, 60_000);
 });
+
+describe("make restore DB=postgres with its pg_restore killed mid-script", () => {
+  it("sends no COMMIT: the old schema stays whole and the restore fails, saying so", async () => {
+    await using server = await startPostgres();
+    const url = await storesIn(server.url, "shopmesh");
+    // A view big enough that pg_restore is still writing, held back by psql, when it is killed.
+    await rows(
+      url,
+      `INSERT INTO shopmesh_history.order_history (order_id, items, reason, last_event_at, last_event_type, last_event_id)
+        SELECT md5(g::text), repeat('x', 200), '', 0, 'x', 'x' FROM generate_series(1, 300000) g`,
+    );
+    using out = tempDir();
+    using data = tempDir();
+    const good = dumpInto(url, join(out.path, "big"));
+    await rows(url, MARK);
+    await using nats = await startNats();
+    const restore = command("scripts/restore.ts", server.port, {
+      DATA_DIR: data.path,
+      NATS_URL: nats.url,
+      SERVICE: "history",
+      FROM: good,
+    });
+    // The restore's pg_restore writing the script (`-f -`), not its checks (`-f /dev/null`, `-l`).
+    const writing = () =>
+      execFileSync("ps", ["-eo", "pid=,args="], { encoding: "utf8" })
+        .split("\n")
+        .filter((l) => l.includes("pg_restore --no-owner") && l.includes(good))
+        .map((l) => Number.parseInt(l.trim(), 10));
+    await expect.poll(writing, { timeout: 30_000, interval: 20 }).toHaveLength(1);
+    process.kill(writing()[0] as number, "SIGKILL");
+    const run = await restore;
+    expect(run.out).toMatch(
+      /restore failed: restoring schema shopmesh_history .*; history's store is still the old one, whole/,
+    );
+    expect(run.code).toBe(1);
+    expect(await rows(url, MARKED), "the live schema as it was").toHaveLength(1);
+    expect(await rows(url, "SELECT count(*)::int AS n FROM shopmesh_history.order_history")).toEqual([
+      JSON.stringify({ n: 300001 }),
+    ]);
+  }, 120_000);
+});
