@@ -107,20 +107,24 @@ function checkedDump(
  * names its connections (the URL's name wins), a psql, a pooler, `make backup`'s pg_dump.
  */
 async function usersOf(url: string, schema: string): Promise<{ n: number; who: string }> {
-  const others = SERVICE_NAMES.map((s) => `shopmesh_${s}`).filter((s) => s !== schema);
   const client = new pg.Client({ connectionString: url, application_name: APP });
   await client.connect();
   try {
     const { rows } = await client.query<{ n: number; who: string | null }>(
       `SELECT count(*)::int AS n, string_agg(DISTINCT coalesce(nullif(application_name, ''), '(unnamed)'), ', ') AS who
-        FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
-        AND backend_type = 'client backend' AND application_name <> $1 AND NOT application_name = ANY($2)`,
-      [APP, others],
+        FROM pg_stat_activity WHERE ${mayUse(schema)}`,
     );
     return { n: rows[0]?.n ?? 0, who: rows[0]?.who ?? "" };
   } finally {
     await client.end();
   }
+}
+
+/** The condition on pg_stat_activity of {@link usersOf}'s connections (`schema` and the names: [a-z_] only). */
+function mayUse(schema: string): string {
+  const others = SERVICE_NAMES.map((s) => `'shopmesh_${s}'`).filter((s) => s !== `'${schema}'`);
+  return `datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+    AND application_name NOT IN ('${APP}', ${others.join(", ")})`;
 }
 
 /** Replaces `schema` of `url`'s database by the one in dump `file`, in one transaction. */
@@ -150,8 +154,12 @@ async function replaceSchema(url: string, schema: string, file: string): Promise
   // psql gone (an error), pg_restore would wait on a full pipe for good.
   void psqlEnd.then(() => dump.kill());
   const dumped = await dumpEnd;
-  // Without the COMMIT, psql's end ends the transaction undone: the old schema stays, whole.
-  psql.stdin.end(dumped === 0 ? "COMMIT;\n" : "");
+  // Without the COMMIT, psql's end ends the transaction undone: the old schema stays, whole. Checked again
+  // first: a service started since the check (its NATS, its durables, a lock waited for took seconds)
+  // had its schema replaced under it.
+  const recheck = `DO $$BEGIN IF EXISTS (SELECT FROM pg_stat_activity WHERE ${mayUse(schema)}) THEN
+    RAISE EXCEPTION 'schema ${schema} came into use during the restore: undone, stop what uses it'; END IF; END$$;\n`;
+  psql.stdin.end(dumped === 0 ? `${recheck}COMMIT;\n` : "");
   const restored = await psqlEnd;
   if (dumped !== 0 || restored !== 0) {
     const why = said.trim().split("\n").slice(-3).join("; ") || `pg_restore ${dumped}, psql ${restored}`;
