@@ -4,52 +4,19 @@
  * shared between two tabs, or not storable at all. Real system and gateway in this process, real
  * Chromium driven by playwright-core, as test/hostile-web.test.ts does. A test that found a defect says so.
  */
-import { existsSync } from "node:fs";
-import { type Browser, type BrowserContext, chromium, type Page } from "playwright-core";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import type { GatewayApp } from "../gateway/app.js";
+import type { BrowserContext, Page } from "playwright-core";
+import { describe, expect, it } from "vitest";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
-import { buildWeb, webBuildIsStale } from "../web/build.js";
-import { type System, startSystem, startTestGateway } from "./system.js";
+import { signInAs as signIn, webShop } from "./web-shop.js";
 
-const CHROMIUM = "/usr/bin/chromium";
 const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
 const MARKUP = '<b data-injected="1">bold</b><img data-injected="1" src="/x">';
 
-let sys: System;
-let gw: GatewayApp;
-let browser: Browser;
+const shop = webShop();
 /** Problems any page reported: uncaught errors, console errors, answers of 5xx. */
-const pageProblems: string[] = [];
-const contexts: BrowserContext[] = [];
-
-beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium (.ci/run does)`);
-  if (webBuildIsStale()) await buildWeb();
-  sys = await startSystem();
-  gw = await startTestGateway(sys, {});
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
-}, 60_000);
-
-afterEach(async () => {
-  for (const c of contexts.splice(0)) await c.close();
-  expect(pageProblems.splice(0)).toEqual([]);
-});
-
-afterAll(async () => {
-  await browser?.close();
-  await gw?.stop();
-  await sys?.[Symbol.asyncDispose]();
-});
-
-/** A fresh browser profile; `init` runs in each of its pages before the page's own script. */
-async function openContext(init?: string): Promise<BrowserContext> {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, baseURL: gw.url });
-  contexts.push(context);
-  if (init) await context.addInitScript({ content: init });
-  return context;
-}
+const pageProblems = shop.problems;
+const openContext = (init?: string) => shop.context(init);
 
 /** A new tab in `context`, its problems collected. */
 async function openTab(context: BrowserContext): Promise<Page> {
@@ -63,13 +30,6 @@ async function openTab(context: BrowserContext): Promise<Page> {
     if (r.status() >= 500) pageProblems.push(`HTTP ${r.status()} ${r.url()}`);
   });
   return page;
-}
-
-/** Signs in as `user` through the page's development sign-in. */
-async function signIn(page: Page, user: "alice" | "bob" | "operator"): Promise<void> {
-  await page.goto("/");
-  await page.getByTestId(`signin-${user}`).click();
-  await page.getByTestId("whoami").filter({ hasText: user }).waitFor();
 }
 
 /** Stores `value` under `key` in the tab's sessionStorage and reloads the page. */

@@ -5,50 +5,23 @@
  * it announces from the live regions' DOM changes (a node replaced by an identical one is announced
  * again), and every key is pressed with `page.keyboard`.
  */
-import { existsSync } from "node:fs";
-import { type Browser, type BrowserContext, chromium, type Page } from "playwright-core";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import type { GatewayApp } from "../gateway/app.js";
+import type { Page } from "playwright-core";
+import { describe, expect, it } from "vitest";
 import { signDevToken } from "../gateway/auth.js";
-import { buildWeb, webBuildIsStale } from "../web/build.js";
-import { type System, startSystem, startTestGateway } from "./system.js";
+import { startTestGateway } from "./system.js";
+import { signInAs, webShop } from "./web-shop.js";
 
-const CHROMIUM = "/usr/bin/chromium";
+const shop = webShop(
+  { order: { SAGA_STEP_BUDGET_MS: "3000", PAYMENT_BREAKER_HALF_OPEN_AFTER_MS: "2000" } },
+  { FAULT_INJECTION: "true" },
+);
 
-let sys: System;
-let gw: GatewayApp;
-let browser: Browser;
-/** Problems any page reported: uncaught errors and Content-Security-Policy violations. */
-const pageProblems: string[] = [];
-const contexts: BrowserContext[] = [];
-
-beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium (.ci/run does)`);
-  if (webBuildIsStale()) await buildWeb();
-  sys = await startSystem({ order: { SAGA_STEP_BUDGET_MS: "3000", PAYMENT_BREAKER_HALF_OPEN_AFTER_MS: "2000" } });
-  gw = await startTestGateway(sys, { FAULT_INJECTION: "true" });
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
-}, 60_000);
-
-afterEach(async () => {
-  for (const c of contexts.splice(0)) await c.close();
-  expect(pageProblems.splice(0)).toEqual([]);
-});
-
-afterAll(async () => {
-  await browser?.close();
-  await gw?.stop();
-  await sys?.[Symbol.asyncDispose]();
-});
-
-/** A fresh browser profile with one page on the gateway. */
-async function openPage(): Promise<Page> {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, baseURL: gw.url });
-  contexts.push(context);
-  const page = await context.newPage();
-  page.on("pageerror", (e) => pageProblems.push(`page error: ${e.message}`));
+/** A fresh browser profile with one page on the gateway, its uncaught errors and CSP violations problems. */
+async function openPage(baseURL?: string): Promise<Page> {
+  const page = await (await shop.context(undefined, baseURL)).newPage();
+  page.on("pageerror", (e) => shop.problems.push(`page error: ${e.message}`));
   page.on("console", (m) => {
-    if (m.type() === "error" && /Content Security Policy/i.test(m.text())) pageProblems.push(`CSP: ${m.text()}`);
+    if (m.type() === "error" && /Content Security Policy/i.test(m.text())) shop.problems.push(`CSP: ${m.text()}`);
   });
   return page;
 }
@@ -56,9 +29,7 @@ async function openPage(): Promise<Page> {
 /** Signs in as `user` through the page's development sign-in. */
 async function signIn(user: "alice" | "bob" | "operator"): Promise<Page> {
   const page = await openPage();
-  await page.goto("/");
-  await page.getByTestId(`signin-${user}`).click();
-  await page.getByTestId("whoami").filter({ hasText: user }).waitFor();
+  await signInAs(page, user);
   return page;
 }
 
@@ -210,7 +181,7 @@ describe("the web shop with a keyboard and a screen reader", () => {
 
   it("the order page announces the saga's progress politely, each change once, not every row again on every update", async () => {
     // Payment answers after 0.8 s: the order is watched through several updates before it is confirmed.
-    await sys.paymentChaos.setFaults({ faults: { latencyMs: 800 } });
+    await shop.sys.paymentChaos.setFaults({ faults: { latencyMs: 800 } });
     try {
       const page = await signIn("alice");
       await page.addInitScript(RECORD_REANNOUNCED);
@@ -226,7 +197,7 @@ describe("the web shop with a keyboard and a screen reader", () => {
       expect(await page.getByTestId("timeline").getAttribute("aria-live")).toBe("polite");
       expect(await page.getByTestId("order-status-box").getAttribute("aria-live")).toBe("polite");
     } finally {
-      await sys.paymentChaos.setFaults({ faults: {} });
+      await shop.sys.paymentChaos.setFaults({ faults: {} });
     }
   }, 60_000);
 
@@ -276,7 +247,7 @@ describe("the web shop with a keyboard and a screen reader", () => {
   });
 
   it("cancelling an order with the keyboard leaves the focus on the summary that says so", async () => {
-    await sys.paymentChaos.setFaults({ faults: { latencyMs: 1_200 } });
+    await shop.sys.paymentChaos.setFaults({ faults: { latencyMs: 1_200 } });
     try {
       const page = await signIn("alice");
       await checkout(page, "pour-over-kettle");
@@ -287,13 +258,13 @@ describe("the web shop with a keyboard and a screen reader", () => {
       expect(await page.evaluate("!!document.activeElement.closest('[data-testid=summary-panel]')")).toBe(true);
       await page.locator('[data-testid="order-status"][data-status="CANCELLED"]').waitFor({ timeout: 30_000 });
     } finally {
-      await sys.paymentChaos.setFaults({ faults: {} });
+      await shop.sys.paymentChaos.setFaults({ faults: {} });
     }
   }, 60_000);
 
   it("a 503 while the shop polls is announced once, not again at every poll; stock going stale, and live again, is said politely", async () => {
     const listProducts = "**/shopmesh.inventory.v1.InventoryService/ListProducts";
-    await sys.inventoryChaos.setFaults({ faults: { down: true } });
+    await shop.sys.inventoryChaos.setFaults({ faults: { down: true } });
     try {
       const page = await openPage();
       await page.addInitScript(COUNT_ALERTS);
@@ -303,25 +274,25 @@ describe("the web shop with a keyboard and a screen reader", () => {
       // Two more polls (every 3 s) that fail the same way: nothing new to say.
       for (let i = 0; i < 3; i++) await page.waitForRequest(listProducts, { timeout: 10_000 });
       expect(await page.evaluate("window.__alerts.filter((t) => t.includes('503')).length")).toBe(1);
-      await sys.inventoryChaos.setFaults({ faults: {} });
+      await shop.sys.inventoryChaos.setFaults({ faults: {} });
       await page.getByTestId("product-coffee-beans").waitFor({ timeout: 20_000 });
       await page.getByRole("status").filter({ hasText: "Live stock" }).waitFor();
-      await sys.inventoryChaos.setFaults({ faults: { down: true } });
+      await shop.sys.inventoryChaos.setFaults({ faults: { down: true } });
       await page.getByRole("status").filter({ hasText: "Stock may be stale: Service unavailable (503)" }).waitFor();
     } finally {
-      await sys.inventoryChaos.setFaults({ faults: {} });
+      await shop.sys.inventoryChaos.setFaults({ faults: {} });
     }
   }, 60_000);
 
   it("paging from the keyboard keeps the focus on the pager when the button pressed is disabled on the last page; an unknown order's title says so", async () => {
     for (let i = 0; i < 11; i++) {
-      await sys.orders.placeOrder(
+      await shop.sys.orders.placeOrder(
         {
           idempotencyKey: `a11y-page-${process.pid}-${i}`,
           items: [{ productId: "paper-filters", quantity: 1 }],
           cardToken: "tok_visa",
         },
-        sys.as("bob"),
+        shop.sys.as("bob"),
       );
     }
     const page = await signIn("bob");
@@ -366,11 +337,11 @@ describe("the web shop with a keyboard and a screen reader", () => {
   });
 
   it("where sign-in is unavailable, the alert says so and the focus is back on the user chosen", async () => {
-    const strict = await startTestGateway(sys, { JWT_SECRET: "a-real-secret-that-is-not-the-public-development-one" });
+    const strict = await startTestGateway(shop.sys, {
+      JWT_SECRET: "a-real-secret-that-is-not-the-public-development-one",
+    });
     try {
-      const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, baseURL: strict.url });
-      contexts.push(context);
-      const page = await context.newPage();
+      const page = await openPage(strict.url);
       await page.goto("/");
       await page.getByTestId("signin-bob").focus();
       await page.keyboard.press("Enter");
@@ -518,14 +489,14 @@ describe("the web shop with a keyboard and a screen reader", () => {
   });
 
   it("each control's name says what it does and to which item: out of stock, log entries, a notification's order", async () => {
-    const { product } = await sys.products.getProduct({ productId: "limited-print" });
-    await sys.orders.placeOrder(
+    const { product } = await shop.sys.products.getProduct({ productId: "limited-print" });
+    await shop.sys.orders.placeOrder(
       {
         idempotencyKey: `a11y-sold-out-${process.pid}`,
         items: [{ productId: "limited-print", quantity: product?.available ?? 1 }],
         cardToken: "tok_visa",
       },
-      sys.as("bob"),
+      shop.sys.as("bob"),
     );
     const page = await signIn("alice");
     const soldOut = page.getByTestId("product-limited-print").getByTestId("add-to-cart");
@@ -543,13 +514,13 @@ describe("the web shop with a keyboard and a screen reader", () => {
     expect(new Set(summaries).size).toBe(summaries.length);
     expect(summaries[0]).toMatch(/^Reserve stock: \d+ log entr/);
 
-    await sys.orders.placeOrder(
+    await shop.sys.orders.placeOrder(
       {
         idempotencyKey: `a11y-second-${process.pid}`,
         items: [{ productId: "paper-filters", quantity: 1 }],
         cardToken: "tok_visa",
       },
-      sys.as("alice"),
+      shop.sys.as("alice"),
     );
     await page.goto("/#/notifications");
     await expect

@@ -10,51 +10,21 @@
  * hidden from assistive technology as decoration (the product art's initials): both are listed, not
  * measured.
  */
-import { existsSync } from "node:fs";
-import { type Browser, type BrowserContext, chromium, type Page } from "playwright-core";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import type { GatewayApp } from "../gateway/app.js";
-import { buildWeb, webBuildIsStale } from "../web/build.js";
-import { type System, startSystem, startTestGateway } from "./system.js";
+import type { Page } from "playwright-core";
+import { describe, expect, it } from "vitest";
+import { signInAs, webShop } from "./web-shop.js";
 
-const CHROMIUM = "/usr/bin/chromium";
-
-let sys: System;
-let gw: GatewayApp;
-let browser: Browser;
-const contexts: BrowserContext[] = [];
-
-beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium (.ci/run does)`);
-  if (webBuildIsStale()) await buildWeb();
-  sys = await startSystem({ order: { SAGA_STEP_BUDGET_MS: "3000" } });
-  gw = await startTestGateway(sys, { FAULT_INJECTION: "true" });
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
-}, 60_000);
-
-afterEach(async () => {
-  for (const c of contexts.splice(0)) await c.close();
-});
-
-afterAll(async () => {
-  await browser?.close();
-  await gw?.stop();
-  await sys?.[Symbol.asyncDispose]();
-});
+const shop = webShop({ order: { SAGA_STEP_BUDGET_MS: "3000" } }, { FAULT_INJECTION: "true" });
 
 /** A fresh browser profile with one page on the gateway. */
 async function openPage(): Promise<Page> {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, baseURL: gw.url });
-  contexts.push(context);
-  return context.newPage();
+  return (await shop.context()).newPage();
 }
 
 /** Signs in as `user` through the page's development sign-in. */
 async function signIn(user: "alice" | "bob" | "operator"): Promise<Page> {
   const page = await openPage();
-  await page.goto("/");
-  await page.getByTestId(`signin-${user}`).click();
-  await page.getByTestId("whoami").filter({ hasText: user }).waitFor();
+  await signInAs(page, user);
   return page;
 }
 
@@ -257,7 +227,7 @@ describe("the web shop's colours", () => {
       .evaluate((d) => d.setAttribute("open", ""));
     await audit("order cancelled", alice);
     // A saga still running (payment answers after 2 s): the Pending status and a Running step.
-    await sys.paymentChaos.setFaults({ faults: { latencyMs: 2_000 } });
+    await shop.sys.paymentChaos.setFaults({ faults: { latencyMs: 2_000 } });
     try {
       await alice.goto("/#/");
       await alice.getByTestId("product-paper-filters").getByTestId("add-to-cart").click();
@@ -266,17 +236,17 @@ describe("the web shop's colours", () => {
       await alice.getByTestId("step-charge_payment").and(alice.locator('[data-status="running"]')).waitFor();
       await audit("order running", alice);
     } finally {
-      await sys.paymentChaos.setFaults({ faults: {} });
+      await shop.sys.paymentChaos.setFaults({ faults: {} });
     }
     // The shop's stock gone stale (the inventory down): a warning badge.
     await alice.goto("/#/");
     await alice.getByRole("status").filter({ hasText: "Live stock" }).waitFor();
-    await sys.inventoryChaos.setFaults({ faults: { down: true } });
+    await shop.sys.inventoryChaos.setFaults({ faults: { down: true } });
     try {
       await alice.getByRole("status").filter({ hasText: "Stock may be stale" }).waitFor({ timeout: 15_000 });
       await audit("shop stale", alice);
     } finally {
-      await sys.inventoryChaos.setFaults({ faults: {} });
+      await shop.sys.inventoryChaos.setFaults({ faults: {} });
     }
     for (const [hash, testid] of [
       ["#/orders", "order-row"],
