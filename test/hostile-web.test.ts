@@ -9,60 +9,33 @@ import { cpSync, existsSync, mkdirSync, symlinkSync } from "node:fs";
 import { join } from "node:path";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { type Browser, type BrowserContext, chromium, type Page } from "playwright-core";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import type { GatewayApp } from "../gateway/app.js";
+import type { Page } from "playwright-core";
+import { afterAll, describe, expect, it } from "vitest";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { HistoryService } from "../gen/shopmesh/history/v1/history_pb.js";
 import { OrderService, type PlaceOrderResponse } from "../gen/shopmesh/order/v1/order_pb.js";
-import { buildWeb, webBuildIsStale } from "../web/build.js";
 import { ROOT, runToEnd, tempDir } from "./fixtures.js";
-import { type System, startSystem, startTestGateway } from "./system.js";
+import { startTestGateway } from "./system.js";
+import { webShop } from "./web-shop.js";
 
-const CHROMIUM = "/usr/bin/chromium";
 const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
 
-let sys: System;
-let gw: GatewayApp;
-let browser: Browser;
-/** Problems any page reported: uncaught errors and Content-Security-Policy violations. */
-const pageProblems: string[] = [];
-const contexts: BrowserContext[] = [];
 const dir = tempDir("shopmesh-hostile-web-");
-
-beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium (.ci/run does)`);
-  if (webBuildIsStale()) await buildWeb();
-  sys = await startSystem({
-    // Payment down: the saga gives up on the charge after 1.5 s (not 15), as in test/web.test.ts.
-    // A charge may take up to 20 s (not 2) before it times out, so a slow payment keeps an order PENDING
-    // for as long as a test needs it to.
-    order: { SAGA_STEP_BUDGET_MS: "1500", PAYMENT_BREAKER_HALF_OPEN_AFTER_MS: "2000", PAYMENT_TIMEOUT_MS: "20000" },
-  });
+const shop = webShop(
+  // Payment down: the saga gives up on the charge after 1.5 s (not 15), as in test/web.test.ts.
+  // A charge may take up to 20 s (not 2) before it times out, so a slow payment keeps an order PENDING
+  // for as long as a test needs it to.
+  { order: { SAGA_STEP_BUDGET_MS: "1500", PAYMENT_BREAKER_HALF_OPEN_AFTER_MS: "2000", PAYMENT_TIMEOUT_MS: "20000" } },
   // No clock skew allowed, so a token that expires is refused at once.
-  gw = await startTestGateway(sys, { FAULT_INJECTION: "true", JWT_CLOCK_SKEW_S: "0" });
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
-}, 60_000);
+  { FAULT_INJECTION: "true", JWT_CLOCK_SKEW_S: "0" },
+);
+const pageProblems = shop.problems;
+afterAll(() => dir[Symbol.dispose]());
 
-afterEach(async () => {
-  for (const c of contexts.splice(0)) await c.close();
-  expect(pageProblems.splice(0)).toEqual([]);
-});
-
-afterAll(async () => {
-  await browser?.close();
-  await gw?.stop();
-  await sys?.[Symbol.asyncDispose]();
-  dir[Symbol.dispose]();
-});
-
-/** A fresh browser profile with one page on the gateway. */
 async function openPage(): Promise<Page> {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, baseURL: gw.url });
-  contexts.push(context);
-  const page = await context.newPage();
+  const page = await (await shop.context()).newPage();
   page.on("pageerror", (e) => pageProblems.push(`page error: ${e.message}`));
   page.on("console", (m) => {
     if (m.type() === "error" && /Content Security Policy/i.test(m.text())) pageProblems.push(`CSP: ${m.text()}`);
@@ -113,10 +86,10 @@ describe("strings a customer controls, shown by the page", () => {
     const token = await signDevToken(claims, "alice", ["customer"]);
     const orders = createClient(
       OrderService,
-      createConnectTransport({ baseUrl: gw.url, httpVersion: "1.1", interceptors: [bearer(token)] }),
+      createConnectTransport({ baseUrl: shop.gw.url, httpVersion: "1.1", interceptors: [bearer(token)] }),
     );
     // Payment slow, so the order is still PENDING when the cancel arrives.
-    await sys.paymentChaos.setFaults({ faults: { latencyMs: 1_200 } });
+    await shop.sys.paymentChaos.setFaults({ faults: { latencyMs: 1_200 } });
     let id: string;
     try {
       const placed = await orders.placeOrder({
@@ -128,7 +101,7 @@ describe("strings a customer controls, shown by the page", () => {
       id = placed.order?.id ?? "";
       await orders.cancelOrder({ orderId: id, reason: MARKUP });
     } finally {
-      await sys.paymentChaos.setFaults({ faults: {} });
+      await shop.sys.paymentChaos.setFaults({ faults: {} });
     }
     const page = await openPage();
     await pasteToken(page, token);
@@ -203,7 +176,7 @@ describe("a pasted token the gateway refuses for its shape", () => {
     const token = signed(payload());
     const orders = createClient(
       OrderService,
-      createConnectTransport({ baseUrl: gw.url, httpVersion: "1.1", interceptors: [bearer(token)] }),
+      createConnectTransport({ baseUrl: shop.gw.url, httpVersion: "1.1", interceptors: [bearer(token)] }),
     );
     const refused = await orders.listOrders({}).then(
       () => undefined,
@@ -225,7 +198,7 @@ describe("a pasted token the gateway refuses for its shape", () => {
     const token = signed(JSON.stringify(good()));
     const orders = createClient(
       OrderService,
-      createConnectTransport({ baseUrl: gw.url, httpVersion: "1.1", interceptors: [bearer(token)] }),
+      createConnectTransport({ baseUrl: shop.gw.url, httpVersion: "1.1", interceptors: [bearer(token)] }),
     );
     await orders.listOrders({});
     const page = await openPage();
@@ -270,7 +243,7 @@ describe("a token that expires while the order page watches a PENDING order", ()
     const long = await signDevToken(claims, "alice", ["customer"]);
     const orders = createClient(
       OrderService,
-      createConnectTransport({ baseUrl: gw.url, httpVersion: "1.1", interceptors: [bearer(long)] }),
+      createConnectTransport({ baseUrl: shop.gw.url, httpVersion: "1.1", interceptors: [bearer(long)] }),
     );
     const page = await openPage();
     await page.addInitScript({
@@ -281,7 +254,7 @@ describe("a token that expires while the order page watches a PENDING order", ()
         }).observe(document, { subtree: true, childList: true, characterData: true });`,
     });
     // Payment takes 10 s: the order stays PENDING, and its page keeps watching, past the token's expiry.
-    await sys.paymentChaos.setFaults({ faults: { latencyMs: 10_000 } });
+    await shop.sys.paymentChaos.setFaults({ faults: { latencyMs: 10_000 } });
     try {
       const { order } = await orders.placeOrder({
         idempotencyKey: `hostile-web-expiry-${Date.now()}`,
@@ -306,7 +279,7 @@ describe("a token that expires while the order page watches a PENDING order", ()
       expect(await page.getByTestId("whoami").count()).toBe(0);
       expect(await page.evaluate(() => (globalThis as { __signedOutBox?: number }).__signedOutBox)).toBe(0);
     } finally {
-      await sys.paymentChaos.setFaults({ faults: {} });
+      await shop.sys.paymentChaos.setFaults({ faults: {} });
     }
   }, 60_000);
 });
@@ -341,14 +314,14 @@ describe("the gateway serving the page's files", () => {
   });
 
   it("every file says what it is, forbids sniffing and framing, and is cached as its name allows", async () => {
-    const index = await fetch(`${gw.url}/`);
+    const index = await fetch(`${shop.gw.url}/`);
     const html = await index.text();
     expect(index.headers.get("content-type")).toBe("text/html; charset=utf-8");
     expect(index.headers.get("cache-control")).toBe("no-cache");
     const assets = [...html.matchAll(/(?:src|href)="(\/assets\/[^"]+)"/g)].map((m) => m[1] as string);
     expect(assets).toHaveLength(2);
     for (const path of ["/", "/index.html", ...assets]) {
-      const res = await fetch(`${gw.url}${path}`);
+      const res = await fetch(`${shop.gw.url}${path}`);
       await res.arrayBuffer();
       expect(res.headers.get("x-content-type-options"), path).toBe("nosniff");
       expect(res.headers.get("content-security-policy"), path).toContain("frame-ancestors 'none'");
@@ -361,12 +334,12 @@ describe("the gateway serving the page's files", () => {
     }
     // Revalidation, HEAD, and methods that are not a read.
     const etag = index.headers.get("etag") ?? "";
-    expect((await fetch(`${gw.url}/`, { headers: { "if-none-match": etag } })).status).toBe(304);
-    const head = await fetch(`${gw.url}/`, { method: "HEAD" });
+    expect((await fetch(`${shop.gw.url}/`, { headers: { "if-none-match": etag } })).status).toBe(304);
+    const head = await fetch(`${shop.gw.url}/`, { method: "HEAD" });
     expect(head.status).toBe(200);
     expect(await head.text()).toBe("");
     for (const method of ["POST", "PUT", "DELETE", "PATCH"]) {
-      const res = await fetch(`${gw.url}/index.html`, { method });
+      const res = await fetch(`${shop.gw.url}/index.html`, { method });
       expect(await res.text(), method).not.toContain("<!doctype html>");
     }
   });
@@ -378,12 +351,12 @@ describe("answers a shared cache may keep, with CORS configured", () => {
   // cross-origin caller without the CORS header; the OpenAPI document's own `Vary: Accept-Encoding`
   // replaced the Origin one even on a CORS answer.
   it("every one says it varies by Origin, whether the request had one or not", async () => {
-    const html = await (await fetch(`${gw.url}/`)).text();
+    const html = await (await fetch(`${shop.gw.url}/`)).text();
     const asset = [...html.matchAll(/src="(\/assets\/[^"]+)"/g)].map((m) => m[1] as string)[0] ?? "";
     const origin = "http://localhost:3000"; // CORS_ORIGINS' default
     for (const path of ["/", asset, "/openapi.json"])
       for (const headers of [{}, { origin }] as Record<string, string>[]) {
-        const res = await fetch(`${gw.url}${path}`, { headers });
+        const res = await fetch(`${shop.gw.url}${path}`, { headers });
         await res.arrayBuffer();
         const vary = (res.headers.get("vary") ?? "").split(",").map((v) => v.trim().toLowerCase());
         expect(vary, `${path} ${JSON.stringify(headers)}`).toContain("origin");
@@ -397,7 +370,7 @@ describe("the operator's restock whose answer was lost, sent again", () => {
   // never came back (a dropped connection, a timeout) was applied twice when the operator tried again.
   it("is applied once: the retry of the same restock carries the same key", async () => {
     const product = "paper-filters";
-    const available = async () => (await sys.products.getProduct({ productId: product })).product?.available ?? 0;
+    const available = async () => (await shop.sys.products.getProduct({ productId: product })).product?.available ?? 0;
     const before = await available();
     const page = await openPage();
     await pasteToken(page, await signDevToken(claims, "ops-hostile", ["admin"]));
@@ -440,14 +413,13 @@ describe("an order's live timeline whose stream the gateway ends for being quiet
   // by the gateway, and the page said "The shop cannot be reached" until it had reconnected — a false
   // outage, with the shop up all along. A stream that was live is now reopened before anything is said.
   it("reopens it without saying the shop cannot be reached", async () => {
-    const quiet = await startTestGateway(sys, { HTTP_STREAM_IDLE_TIMEOUT_MS: "1000" });
+    const quiet = await startTestGateway(shop.sys, { HTTP_STREAM_IDLE_TIMEOUT_MS: "1000" });
     const token = await signDevToken(claims, "alice", ["customer"]);
     const orders = createClient(
       OrderService,
       createConnectTransport({ baseUrl: quiet.url, httpVersion: "1.1", interceptors: [bearer(token)] }),
     );
-    const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, baseURL: quiet.url });
-    contexts.push(context);
+    const context = await shop.context(undefined, quiet.url);
     const page = await context.newPage();
     // Every moment the page says the shop cannot be reached, however briefly.
     await page.addInitScript({
@@ -464,7 +436,7 @@ describe("an order's live timeline whose stream the gateway ends for being quiet
       await pasteToken(page, token);
       await page.getByTestId("whoami").waitFor();
       // The payment takes 1.5 s: the stream is quiet past the gateway's 1 s.
-      await sys.paymentChaos.setFaults({ faults: { latencyMs: 1_500 } });
+      await shop.sys.paymentChaos.setFaults({ faults: { latencyMs: 1_500 } });
       const placed = await orders.placeOrder({
         idempotencyKey: `hostile-web-quiet-${Date.now()}`,
         cardToken: "tok_visa",
@@ -477,7 +449,7 @@ describe("an order's live timeline whose stream the gateway ends for being quiet
       expect(cuts.length, "the gateway cut the quiet stream").toBeGreaterThan(0);
       expect(await page.evaluate(() => (globalThis as { __unreachable?: string[] }).__unreachable)).toEqual([]);
     } finally {
-      await sys.paymentChaos.setFaults({ faults: {} });
+      await shop.sys.paymentChaos.setFaults({ faults: {} });
       await quiet.stop();
     }
   }, 60_000);
@@ -486,7 +458,7 @@ describe("an order's live timeline whose stream the gateway ends for being quiet
 /** A GET of `path` exactly as written (fetch would normalise dots and backslashes). */
 async function rawGet(path: string): Promise<{ status: number; body: string }> {
   const { request } = await import("node:http");
-  const url = new URL(gw.url);
+  const url = new URL(shop.gw.url);
   return new Promise((resolve, reject) => {
     const req = request({ host: url.hostname, port: url.port, path, method: "GET" }, (res) => {
       let body = "";
@@ -517,7 +489,7 @@ async function runPython(
     expect(gen.code, gen.out).toBe(0);
   }
   return runToEnd(PYTHON, ["-c", code], {
-    env: { ...process.env, ...env, PYTHONPATH: client, PYTHONDONTWRITEBYTECODE: "1", SHOPMESH_GATEWAY: gw.url },
+    env: { ...process.env, ...env, PYTHONPATH: client, PYTHONDONTWRITEBYTECODE: "1", SHOPMESH_GATEWAY: shop.gw.url },
   });
 }
 /** Debian's interpreter, which has python3-grpcio (python.test.ts finds the same one). */
@@ -565,7 +537,7 @@ describe("the Python client's watch() of an order cancelled with its refund stil
   // order that had been CANCELLED for seconds, and every state it had read was lost.
   it("returns the CANCELLED order, refund_pending set, instead of waiting out its deadline", async () => {
     const token = await signDevToken(claims, "alice", ["customer"]);
-    await sys.paymentChaos.setFaults({ faults: { down: true } });
+    await shop.sys.paymentChaos.setFaults({ faults: { down: true } });
     try {
       const { code, out } = await runPython(
         `
@@ -583,7 +555,7 @@ print("last", sm.order.OrderStatus.Name(states[-1].status), states[-1].refund_pe
       expect(code, out).toBe(0);
       expect(out).toContain("last ORDER_STATUS_CANCELLED True");
     } finally {
-      await sys.paymentChaos.setFaults({ faults: {} });
+      await shop.sys.paymentChaos.setFaults({ faults: {} });
     }
   }, 90_000);
 });
@@ -592,7 +564,7 @@ describe("the gateway gone while the page is open", () => {
   // Sound: the page says the shop cannot be reached and its polls keep their pace (WatchOrder reconnects
   // with a backoff growing to 5 s): no uncaught error, no loop hammering a gateway that is not there.
   it("the shop says it cannot be reached and reads again at its own pace", async () => {
-    const doomed = await startTestGateway(sys);
+    const doomed = await startTestGateway(shop.sys);
     const token = await signDevToken(claims, "alice", ["customer"]);
     const orders = createClient(
       OrderService,
@@ -604,8 +576,7 @@ describe("the gateway gone while the page is open", () => {
       sagaMode: SagaMode.ORCHESTRATION,
       items: [{ productId: "ceramic-mug", quantity: 1 }],
     });
-    const context = await browser.newContext({ baseURL: doomed.url });
-    contexts.push(context);
+    const context = await shop.context(undefined, doomed.url);
     const page = await context.newPage();
     page.on("pageerror", (e) => pageProblems.push(`page error: ${e.message}`));
     let calls = 0;
@@ -636,7 +607,7 @@ describe("an order older than the newest 500 entries of its customer's history",
   it("says the entry is beyond what the page reads, and stops asking once the order is settled", async () => {
     const subject = `many-${Date.now()}`;
     const token = await signDevToken(claims, subject, ["customer"]);
-    const transport = createConnectTransport({ baseUrl: gw.url, httpVersion: "2", interceptors: [bearer(token)] });
+    const transport = createConnectTransport({ baseUrl: shop.gw.url, httpVersion: "2", interceptors: [bearer(token)] });
     const orders = createClient(OrderService, transport);
     const history = createClient(HistoryService, transport);
     // Within the customer's rate limit: a refused call waits and is sent again (same key, one order).
@@ -730,7 +701,7 @@ describe("a gateway that never answers", () => {
   it("ends a development sign-in whose answer stops mid-body 'Timed out' too, not 'sign-in failed (HTTP 200)'", async () => {
     // Found in review: the deadline firing while the body arrived was read as an empty body.
     const { createServer, request } = await import("node:http");
-    const upstream = new URL(gw.url);
+    const upstream = new URL(shop.gw.url);
     const proxy = createServer((req, res) => {
       if (req.url === "/dev/token") {
         req.resume();
@@ -750,8 +721,7 @@ describe("a gateway that never answers", () => {
     await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r));
     try {
       const { port } = proxy.address() as { port: number };
-      const context = await browser.newContext({ baseURL: `http://127.0.0.1:${port}` });
-      contexts.push(context);
+      const context = await shop.context(undefined, `http://127.0.0.1:${port}`);
       const page = await context.newPage();
       await page.clock.install();
       await page.goto("/");
@@ -770,7 +740,7 @@ describe("a gateway that never answers", () => {
     const token = await signDevToken(claims, "alice", ["customer"]);
     const orders = createClient(
       OrderService,
-      createConnectTransport({ baseUrl: gw.url, httpVersion: "1.1", interceptors: [bearer(token)] }),
+      createConnectTransport({ baseUrl: shop.gw.url, httpVersion: "1.1", interceptors: [bearer(token)] }),
     );
     const { order } = await orders.placeOrder({
       idempotencyKey: `hostile-web-watch-${Date.now()}`,
