@@ -488,6 +488,57 @@ describe("the web shop with a keyboard and a screen reader", () => {
     await page.waitForURL(/#\/orders\/.+/);
   });
 
+  it("a cart line marked by a checkout refusal keeps its mark while the stock poll redraws it, until the user changes the cart", async () => {
+    const page = await signIn("alice");
+    await page.evaluate(
+      `sessionStorage.setItem("shopmesh.cart.alice", JSON.stringify({ lines: [["paper-filters", 1], ["ceramic-mug", 20000]] }))`,
+    );
+    await page.reload();
+    const line = page.getByTestId("cart-line-ceramic-mug");
+    const mug = page.getByRole("spinbutton", { name: /^Quantity of Ceramic mug/ });
+    const filters = page.getByRole("spinbutton", { name: /^Quantity of Paper filters/ });
+    const warning = line.getByText(/^Only \d+ available/);
+    await warning.waitFor();
+    await page.getByTestId("place-order").click();
+    const alert = page.getByTestId("checkout-message").getByRole("alert");
+    await alert.filter({ hasText: "items[1].quantity" }).waitFor();
+    /** What marks a field: to a screen reader, and to the eye (its border, against an unmarked field's). */
+    const mark = async () => ({
+      invalid: await mug.getAttribute("aria-invalid"),
+      describedByAlert: await page.evaluate(
+        `(document.querySelector('[data-focus="qty-ceramic-mug"]').getAttribute("aria-describedby") ?? "").split(" ").some((id) => document.getElementById(id)?.closest('[data-testid="checkout-message"]'))`,
+      ),
+      looksMarked: await page.evaluate(
+        `getComputedStyle(document.querySelector('[data-focus="qty-ceramic-mug"]')).borderTopColor !== getComputedStyle(document.querySelector('[data-focus="qty-paper-filters"]')).borderTopColor`,
+      ),
+    });
+    const marked = { invalid: "true", describedByAlert: true, looksMarked: true };
+    expect(await mark()).toEqual(marked);
+    // Another customer buys a mug: the next stock poll (every 3 s) redraws the line's warning.
+    const before = await warning.textContent();
+    await line.evaluate((e) => e.setAttribute("data-probe", "before-redraw"));
+    await shop.sys.orders.placeOrder(
+      {
+        idempotencyKey: `a11y-redraw-${process.pid}`,
+        items: [{ productId: "ceramic-mug", quantity: 1 }],
+        cardToken: "tok_visa",
+      },
+      shop.sys.as("bob"),
+    );
+    await line
+      .getByText(/^Only \d+ available/)
+      .filter({ hasNotText: before ?? "" })
+      .waitFor({ timeout: 15_000 });
+    expect(await page.locator('[data-probe="before-redraw"]').count()).toBe(0); // the line was drawn anew
+    expect(await alert.count()).toBe(1);
+    expect(await mark()).toEqual(marked);
+    expect(await filters.getAttribute("aria-invalid")).toBeNull();
+    // The user changes the cart: the checkout the refusal named is not the one in the cart any more.
+    await page.getByTestId("product-coffee-beans").getByTestId("add-to-cart").click();
+    await page.getByTestId("cart-line-coffee-beans").waitFor();
+    expect(await mark()).toEqual({ invalid: null, describedByAlert: false, looksMarked: false });
+  }, 60_000);
+
   it("each control's name says what it does and to which item: out of stock, log entries, a notification's order", async () => {
     const { product } = await shop.sys.products.getProduct({ productId: "limited-print" });
     await shop.sys.orders.placeOrder(

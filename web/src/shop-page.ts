@@ -126,6 +126,12 @@ export function shopPage(ctx: PageContext): void {
   const cartNote = h("div", { "aria-live": "polite", "data-testid": "cart-note" });
   const checkoutMessage = h("div", { "aria-live": "polite", "data-testid": "checkout-message" });
   let inFlight = false;
+  /**
+   * The lines the last checkout refusal named (`items[1].quantity`), by product id, and the id of the
+   * alert that says why. Kept across the stock poll's redraws; gone when the cart changes (the refusal's
+   * indices named the checkout as sent, not the cart now) or the order is placed again.
+   */
+  let refused: { readonly ids: ReadonlySet<string>; readonly why: string } | undefined;
 
   // Checkout choices.
   const modeName = uid("mode");
@@ -182,6 +188,8 @@ export function shopPage(ctx: PageContext): void {
     // The same checkout keeps its key: a second click or a retry after an error is the same order.
     const idempotencyKey = cart.keyFor(request);
     inFlight = true;
+    refused = undefined;
+    drawCart();
     placeButton.textContent = "Placing order…";
     replace(checkoutMessage, loading("Placing your order…"));
     await whileBusy([placeButton], async () => {
@@ -217,20 +225,14 @@ export function shopPage(ctx: PageContext): void {
 
   /**
    * Marks the quantity field of each line of `sent` that a refusal names (`items[1].quantity`) invalid,
-   * described by `why` as well as by its stock warning; the cart is redrawn first, so a line marked by
-   * an earlier refusal is not any more.
+   * described by `why` as well as by its stock warning, for as long as {@link refused} holds.
    */
   function markLines(sent: readonly CartLine[], named: readonly string[] | undefined, why: HTMLElement) {
-    cartShown = undefined;
+    const ids = new Set(sent.filter((_, i) => named?.includes(`items[${i}].quantity`)).map((l) => l.productId));
+    if (ids.size === 0) return;
+    why.id ||= uid("why");
+    refused = { ids, why: why.id };
     drawCart();
-    for (const [i, l] of sent.entries()) {
-      if (!named?.includes(`items[${i}].quantity`)) continue;
-      const qty = cartBox.querySelector(`[data-focus="qty-${CSS.escape(l.productId)}"]`);
-      if (!qty) continue;
-      why.id ||= uid("why");
-      qty.setAttribute("aria-invalid", "true");
-      qty.setAttribute("aria-describedby", [why.id, qty.getAttribute("aria-describedby")].filter(Boolean).join(" "));
-    }
   }
 
   function drawCatalogue() {
@@ -272,7 +274,15 @@ export function shopPage(ctx: PageContext): void {
     const shown = JSON.stringify(
       cart.items().map((l) => {
         const p = byId.get(l.productId);
-        return [l.productId, l.quantity, p?.name, money(p?.unitPrice), p && l.quantity > p.available && p.available];
+        const marked = refused?.ids.has(l.productId) && refused.why;
+        return [
+          l.productId,
+          l.quantity,
+          p?.name,
+          money(p?.unitPrice),
+          p && l.quantity > p.available && p.available,
+          marked,
+        ];
       }),
     );
     if (shown === cartShown) return;
@@ -296,6 +306,7 @@ export function shopPage(ctx: PageContext): void {
         const warnId = uid("short");
         const name = p?.name ?? l.productId;
         const short = p && l.quantity > p.available;
+        const why = refused?.ids.has(l.productId) ? refused.why : undefined;
         return h(
           "li",
           { class: "cart-line", "data-testid": `cart-line-${l.productId}` },
@@ -312,7 +323,9 @@ export function shopPage(ctx: PageContext): void {
               max: 999,
               inputmode: "numeric",
               value: String(l.quantity),
-              "aria-describedby": short ? warnId : null,
+              "aria-invalid": why ? "true" : null,
+              // The refusal first: it is why the field is marked.
+              "aria-describedby": [why, short ? warnId : null].filter(Boolean).join(" ") || null,
               "data-focus": `qty-${l.productId}`,
               onchange: (e: Event) => cart.set(l.productId, Number((e.target as HTMLInputElement).value) || 0),
             }),
@@ -385,6 +398,7 @@ export function shopPage(ctx: PageContext): void {
     ),
   );
   const unsubscribe = cart.subscribe(() => {
+    refused = undefined;
     drawCatalogue();
     drawCart();
   });
