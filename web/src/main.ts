@@ -29,11 +29,14 @@ const TITLES: Readonly<Record<Route["page"], string>> = {
   missing: "Not found",
 };
 
-let session: Session | undefined = loadSession();
+const stored = loadSession();
+let session: Session | undefined = stored.session;
 let cart: Cart | undefined;
 let page: AbortController | undefined;
 /** Shown once on the sign-in page, e.g. why the user was signed out. */
-let signInNote: string | undefined;
+let signInNote: string | undefined = stored.dropped
+  ? "Your saved sign-in could not be used: sign in again."
+  : undefined;
 
 const api = createApi({
   baseUrl: location.origin,

@@ -33,25 +33,34 @@ export class SignInUnavailableError extends Error {
 
 const KEY = "shopmesh.session";
 
+/** What {@link loadSession} found in the tab's storage. */
+export interface StoredSession {
+  /** The stored session, when there is one its token is still usable by its shape and not expired. */
+  readonly session?: Session;
+  /** Whether a session was stored that could not be used (and is forgotten now): the user should be told. */
+  readonly dropped: boolean;
+}
+
 /**
  * The stored session, if there is one, its token is still usable by its shape and it has not expired.
  * Who is signed in is read from the token, as the gateway reads it, never from what was stored beside
  * it: an edited entry holding bob's token under alice's name and roles would show alice, her cart and
- * the operator panel while every call was bob's.
+ * the operator panel while every call was bob's. An entry that cannot be used is forgotten.
  */
-export function loadSession(now = Date.now()): Session | undefined {
+export function loadSession(now = Date.now()): StoredSession {
   const s = readStored(KEY) as { token?: unknown; expiresAt?: unknown } | undefined;
+  if (s === undefined) return { dropped: false };
   try {
     if (typeof s === "object" && s !== null && typeof s.token === "string") {
       const read = sessionFromToken(s.token, now);
       const expiresAt = typeof s.expiresAt === "number" ? s.expiresAt : read.expiresAt;
-      if (expiresAt > now) return { ...read, expiresAt };
+      if (expiresAt > now) return { session: { ...read, expiresAt }, dropped: false };
     }
   } catch {
     // A token the gateway would refuse is the same as none.
   }
   forget(KEY);
-  return undefined;
+  return { dropped: true };
 }
 
 /** Keeps `s` for this tab, where the browser lets the page: otherwise it lasts while the page is open. */
