@@ -2,7 +2,9 @@
  * The web shop's colours as a low-vision user meets them (WCAG 2.1 AA): Debian's Chromium driven by
  * playwright-core against the real system and gateway in this process, as test/web-a11y.test.ts does.
  * On every route and in the states that bring their own colours (errors, badges, a cancelled and
- * compensated saga, the operator's refusals), every element that shows text is measured in the page:
+ * compensated saga, steps retrying and the breaker for payment open with payment down, the operator's
+ * refusals), every element that shows text is measured in the page, and again each kind of link and
+ * button as it shows when hovered with the real pointer:
  * its computed colour against the background behind it (its own and its ancestors' backgrounds,
  * composited over the white canvas; a gradient counts as each of its stops). Text needs 4.5:1, large
  * text (24px, or bold from 18.66px) 3:1; a text field's border and the focus ring need 3:1 against
@@ -82,13 +84,16 @@ const CONTRAST = `window.__contrast = (() => {
   return { parse, measure, name };
 })();`;
 
-/** Every text (and placeholder, and text field border) on the page measured; and what was exempt. */
-const AUDIT_TEXT = `(() => {
+/**
+ * Every text (and placeholder, and text field border) in `root` (an expression; the page's body unless
+ * told) measured, `root` itself included; and what was exempt.
+ */
+const AUDIT_TEXT = (root = "document.body") => `((root) => {
   const { parse, measure, name } = window.__contrast;
   const found = [];
   const exempt = [];
   const fields = "input:not([type=checkbox]):not([type=radio]), select, textarea";
-  for (const el of document.body.querySelectorAll("*")) {
+  for (const el of [root, ...root.querySelectorAll("*")]) {
     const cs = getComputedStyle(el);
     const rect = el.getBoundingClientRect();
     if (cs.visibility !== "visible" || rect.width <= 1 || rect.height <= 1) continue;
@@ -110,6 +115,28 @@ const AUDIT_TEXT = `(() => {
       found.push(measure(el.parentElement, "border of " + name(el), parse(cs.borderTopColor), 3));
   }
   return { measured: found, exempt };
+})(${root})`;
+
+/**
+ * Marks one element of each kind the pointer can hover (a link, each button and card variant, a summary:
+ * kinds told apart by tag, class and aria-current) with data-hover-probe="<n>"; returns how many.
+ */
+const HOVER_TARGETS = `(() => {
+  for (const e of document.querySelectorAll("[data-hover-probe]")) e.removeAttribute("data-hover-probe");
+  const kinds = new Set();
+  let n = 0;
+  for (const el of document.querySelectorAll("a[href], button, summary, [role=button]")) {
+    const rect = el.getBoundingClientRect();
+    if (el.matches(":disabled") || el.closest("[aria-hidden=true]") || rect.width <= 1 || rect.height <= 1) continue;
+    if (getComputedStyle(el).visibility !== "visible") continue;
+    // Placed off the page until focused (the skip link): no pointer reaches it.
+    if (rect.right + scrollX <= 0 || rect.bottom + scrollY <= 0) continue;
+    const kind = el.tagName + "." + el.className + "|" + el.getAttribute("aria-current");
+    if (kinds.has(kind)) continue;
+    kinds.add(kind);
+    el.setAttribute("data-hover-probe", String(n++));
+  }
+  return n;
 })()`;
 
 /** The focused element's focus ring against what is around it (its outline sits outside it, on its parent). */
@@ -135,7 +162,23 @@ interface Measured {
 /** What on `page` falls short, as lines naming the element and its colours; the exempt text too. */
 async function shortfalls(page: Page, where: string): Promise<{ short: string[]; exempt: string[]; count: number }> {
   await page.evaluate(CONTRAST);
-  const { measured, exempt } = await page.evaluate<{ measured: Measured[]; exempt: string[] }>(AUDIT_TEXT);
+  const { measured, exempt } = await page.evaluate<{ measured: Measured[]; exempt: string[] }>(AUDIT_TEXT());
+  // Hover colours: each kind of link and button hovered with the real pointer, its text measured as it
+  // then shows (after any transition), then the pointer moved off.
+  const kinds = await page.evaluate<number>(HOVER_TARGETS);
+  for (let i = 0; i < kinds; i++) {
+    const probe = `[data-hover-probe="${i}"]`;
+    await page.locator(probe).hover();
+    await page.evaluate(
+      "Promise.all(document.getAnimations().filter((a) => a instanceof CSSTransition).map((a) => a.finished))",
+    );
+    const hovered = await page.evaluate<{ measured: Measured[]; hovered: boolean }>(
+      `({ ...${AUDIT_TEXT(`document.querySelector('${probe}')`)}, hovered: document.querySelector('${probe}').matches(":hover") })`,
+    );
+    if (!hovered.hovered) throw new Error(`${where}: ${probe} was not hovered (covered by another element?)`);
+    measured.push(...hovered.measured.map((m) => ({ ...m, what: `hovered ${m.what}` })));
+  }
+  await page.mouse.move(0, 0);
   const stops: Measured[] = [];
   await page.bringToFront(); // focus rings show in the page that has the focus
   await page.evaluate(
@@ -238,6 +281,29 @@ describe("the web shop's colours", () => {
     } finally {
       await shop.sys.paymentChaos.setFaults({ faults: {} });
     }
+    // Payment down, as the operator's fault sets it: the saga retries the charge, then its refund (a
+    // Retrying step, and the refund pending), and the order service's breaker for payment opens.
+    const ops = await signIn("operator");
+    await shop.sys.paymentChaos.setFaults({ faults: { down: true } });
+    try {
+      await alice.goto("/#/");
+      await alice.getByTestId("product-paper-filters").getByTestId("add-to-cart").click();
+      await alice.getByTestId("place-order").click();
+      await alice.waitForURL(/#\/orders\/.+/);
+      const retrying = alice.locator('[data-testid="timeline"] > li[data-status="retrying"]');
+      await retrying.first().waitFor({ timeout: 15_000 });
+      await audit("order retrying", alice);
+      // Still retrying when measured: payment is down, so nothing ends the retries but the step budget
+      // (the charge's) or payment coming back (the refund's).
+      expect(await retrying.count()).toBeGreaterThan(0);
+      await ops.goto("/#/operator");
+      const open = ops.locator('[data-testid="breaker-payment"][data-state="open"]');
+      await open.waitFor({ timeout: 20_000 });
+      await audit("operator breaker open", ops);
+      expect(await open.count()).toBe(1);
+    } finally {
+      await shop.sys.paymentChaos.setFaults({ faults: {} });
+    }
     // The shop's stock gone stale (the inventory down): a warning badge.
     await alice.goto("/#/");
     await alice.getByRole("status").filter({ hasText: "Live stock" }).waitFor();
@@ -259,7 +325,6 @@ describe("the web shop's colours", () => {
     }
 
     // The operator page, with each form refused (a restock the inventory refuses, faults out of range).
-    const ops = await signIn("operator");
     await ops.goto("/#/operator");
     await ops.getByTestId("service-payment").waitFor();
     await ops.getByTestId("faults-form").waitFor();
