@@ -12,6 +12,8 @@ import { buildWeb, webBuildIsStale } from "../web/build.js";
 import { type System, startSystem, startTestGateway } from "./system.js";
 
 export const CHROMIUM = "/usr/bin/chromium";
+/** The viewport a context has unless told: a desktop window. */
+export const DESKTOP = { width: 1280, height: 900 } as const;
 
 export interface WebShop {
   readonly sys: System;
@@ -19,10 +21,10 @@ export interface WebShop {
   /** Problems the suite's pages reported during the current test: must be none when it ends. */
   readonly problems: string[];
   /**
-   * A fresh browser profile on the gateway (or on `baseURL`, another gateway of the test's); `init` runs
-   * in each of its pages before the page's own script.
+   * A fresh browser profile on the gateway (or on `baseURL`, another gateway of the test's) at `viewport`
+   * ({@link DESKTOP} unless told); `init` runs in each of its pages before the page's own script.
    */
-  context(init?: string, baseURL?: string): Promise<BrowserContext>;
+  context(init?: string, baseURL?: string, viewport?: { width: number; height: number }): Promise<BrowserContext>;
 }
 
 /** Registers the file's hooks: the system started with `system`'s services' settings, the gateway with `gateway`'s. */
@@ -64,8 +66,8 @@ export function webShop(system: Parameters<typeof startSystem>[0] = {}, gateway:
       return started(gw);
     },
     problems,
-    async context(init, baseURL = started(gw).url) {
-      const context = await started(browser).newContext({ viewport: { width: 1280, height: 900 }, baseURL });
+    async context(init, baseURL = started(gw).url, viewport = DESKTOP) {
+      const context = await started(browser).newContext({ viewport, baseURL });
       contexts.push(context);
       if (init) await context.addInitScript({ content: init });
       return context;

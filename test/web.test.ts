@@ -18,66 +18,40 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { type Browser, type BrowserContext, chromium, type Page } from "playwright-core";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import type { GatewayApp } from "../gateway/app.js";
+import type { Page } from "playwright-core";
+import { afterAll, describe, expect, it } from "vitest";
 import { signDevToken } from "../gateway/auth.js";
 import { OrderHistoryEntrySchema } from "../gen/shopmesh/history/v1/history_pb.js";
 import { OrderSchema, OrderStatus, StepStatus } from "../gen/shopmesh/order/v1/order_pb.js";
-import { buildWeb, webBuildIsStale } from "../web/build.js";
 import { readModelState } from "../web/src/read-model.js";
 import { parseRoute } from "../web/src/router.js";
 import { cancelRequested, omittedNote, refundPending, sagaRows } from "../web/src/saga-view.js";
 import { ROOT, tempDir } from "./fixtures.js";
-import { type System, startSystem, startTestGateway } from "./system.js";
+import { startTestGateway } from "./system.js";
+import { DESKTOP, signInAs, webShop } from "./web-shop.js";
 
-const CHROMIUM = "/usr/bin/chromium";
-const DESKTOP = { width: 1280, height: 900 };
 const PHONE = { width: 375, height: 812 };
 const SHOTS = join(ROOT, "docs", "screenshots");
 
-let sys: System;
-let gw: GatewayApp;
-let browser: Browser;
-const shotsDir = tempDir("shopmesh-web-");
-/** Problems any page reported: uncaught errors and Content-Security-Policy violations. */
-const pageProblems: string[] = [];
-const contexts: BrowserContext[] = [];
-
-beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) {
-    throw new Error(`${CHROMIUM} is missing: apt-get install chromium (.ci/run does)`);
-  }
-  if (webBuildIsStale()) await buildWeb();
-  sys = await startSystem({
+const shop = webShop(
+  {
     // Payment down: the saga gives up on the charge after 3 s (not 15), and the order service's
     // breaker for payment probes again 2 s after it opened, so the outage test takes seconds. Not
     // 1.5 s: in CI (2026-12-06) a choreographed order beside another suite never showed CONFIRMED,
     // most likely cancelled at a pause that long on two busy cores (statusShown now says what it shows).
     order: { SAGA_STEP_BUDGET_MS: "3000", PAYMENT_BREAKER_HALF_OPEN_AFTER_MS: "2000" },
-  });
+  },
   // The gateway's own breaker for a dead upstream probes again after 1 s, so the 503 case recovers quickly.
-  gw = await startTestGateway(sys, { FAULT_INJECTION: "true", UPSTREAM_BREAKER_HALF_OPEN_AFTER_MS: "1000" });
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
-}, 60_000);
-
-afterEach(async () => {
-  for (const c of contexts.splice(0)) await c.close();
-  expect(pageProblems.splice(0)).toEqual([]);
-});
-
-afterAll(async () => {
-  await browser?.close();
-  await gw?.stop();
-  await sys?.[Symbol.asyncDispose]();
-  shotsDir[Symbol.dispose]();
-});
+  { FAULT_INJECTION: "true", UPSTREAM_BREAKER_HALF_OPEN_AFTER_MS: "1000" },
+);
+/** Problems any page reported: uncaught errors and Content-Security-Policy violations. */
+const pageProblems = shop.problems;
+const shotsDir = tempDir("shopmesh-web-");
+afterAll(() => shotsDir[Symbol.dispose]());
 
 /** A fresh browser profile (its own sessionStorage) with one page at `viewport`. */
-async function openPage(viewport = DESKTOP, baseURL = gw.url): Promise<Page> {
-  const context = await browser.newContext({ viewport, baseURL });
-  contexts.push(context);
-  const page = await context.newPage();
+async function openPage(viewport: { width: number; height: number } = DESKTOP, baseURL?: string): Promise<Page> {
+  const page = await (await shop.context(undefined, baseURL, viewport)).newPage();
   page.on("pageerror", (e) => pageProblems.push(`page error: ${e.message}`));
   page.on("console", (m) => {
     if (m.type() === "error" && /Content Security Policy/i.test(m.text())) pageProblems.push(`CSP: ${m.text()}`);
@@ -86,11 +60,12 @@ async function openPage(viewport = DESKTOP, baseURL = gw.url): Promise<Page> {
 }
 
 /** Signs in as `user` through the page's development sign-in. */
-async function signIn(user: "alice" | "bob" | "operator", viewport = DESKTOP): Promise<Page> {
+async function signIn(
+  user: "alice" | "bob" | "operator",
+  viewport: { width: number; height: number } = DESKTOP,
+): Promise<Page> {
   const page = await openPage(viewport);
-  await page.goto("/");
-  await page.getByTestId(`signin-${user}`).click();
-  await page.getByTestId("whoami").filter({ hasText: user }).waitFor();
+  await signInAs(page, user);
   return page;
 }
 
@@ -156,7 +131,7 @@ async function orderCount(subject: string): Promise<number> {
   let n = 0;
   let pageToken = "";
   do {
-    const res = await sys.orders.listOrders({ pageSize: 100, pageToken }, sys.as(subject));
+    const res = await shop.sys.orders.listOrders({ pageSize: 100, pageToken }, shop.sys.as(subject));
     n += res.orders.length;
     pageToken = res.nextPageToken;
   } while (pageToken);
@@ -250,13 +225,13 @@ describe("the web shop in Chromium", () => {
   });
 
   it("bob cannot open alice's order: the page says not found", async () => {
-    const { order } = await sys.orders.placeOrder(
+    const { order } = await shop.sys.orders.placeOrder(
       {
         idempotencyKey: `web-bob-${process.pid}`,
         items: [{ productId: "ceramic-mug", quantity: 1 }],
         cardToken: "tok_visa",
       },
-      sys.as("alice"),
+      shop.sys.as("alice"),
     );
     const page = await signIn("bob");
     await page.goto(`/#/orders/${order?.id}`);
@@ -311,7 +286,7 @@ describe("the web shop in Chromium", () => {
       expect(Number(await alice.getByTestId("step-charge_payment").getAttribute("data-attempts"))).toBeGreaterThan(1);
       await ops.locator('[data-testid="breaker-payment"][data-state="closed"]').waitFor({ timeout: 20_000 });
     } finally {
-      await sys.paymentChaos.setFaults({ faults: {} });
+      await shop.sys.paymentChaos.setFaults({ faults: {} });
     }
   }, 90_000);
 
@@ -338,7 +313,7 @@ describe("the web shop in Chromium", () => {
     expect(await orderCount("alice")).toBe(before + 1);
 
     // A real 503: inventory down, so the catalogue cannot be read; it comes back by itself.
-    await sys.inventoryChaos.setFaults({ faults: { down: true } });
+    await shop.sys.inventoryChaos.setFaults({ faults: { down: true } });
     try {
       await page.getByTestId("nav-shop").click();
       await page
@@ -347,7 +322,7 @@ describe("the web shop in Chromium", () => {
         .filter({ hasText: "Service unavailable (503)" })
         .waitFor();
     } finally {
-      await sys.inventoryChaos.setFaults({ faults: {} });
+      await shop.sys.inventoryChaos.setFaults({ faults: {} });
     }
     await page.getByTestId("product-coffee-beans").waitFor({ timeout: 20_000 });
   });
@@ -356,7 +331,7 @@ describe("the web shop in Chromium", () => {
     // Payment answers after 1.2 s (inside its 2 s deadline and the 3 s step budget): the order is
     // PENDING with its charge in flight when the customer cancels, and the saga takes the request at its
     // next step.
-    await sys.paymentChaos.setFaults({ faults: { latencyMs: 1_200 } });
+    await shop.sys.paymentChaos.setFaults({ faults: { latencyMs: 1_200 } });
     try {
       const alice = await signIn("alice");
       await checkout(alice, { products: ["pour-over-kettle"] });
@@ -371,7 +346,7 @@ describe("the web shop in Chromium", () => {
       );
       expect(await alice.getByTestId("steps-omitted").isHidden()).toBe(true);
     } finally {
-      await sys.paymentChaos.setFaults({ faults: {} });
+      await shop.sys.paymentChaos.setFaults({ faults: {} });
     }
   }, 60_000);
 
@@ -390,13 +365,13 @@ describe("the web shop in Chromium", () => {
   it("my orders page by page, and notifications", async () => {
     // Enough orders for a second page (the page shows 10).
     for (let i = 0; i < 11; i++) {
-      await sys.orders.placeOrder(
+      await shop.sys.orders.placeOrder(
         {
           idempotencyKey: `web-page-${process.pid}-${i}`,
           items: [{ productId: "paper-filters", quantity: 1 }],
           cardToken: "tok_visa",
         },
-        sys.as("alice"),
+        shop.sys.as("alice"),
       );
     }
     const page = await signIn("alice");
@@ -419,7 +394,7 @@ describe("the web shop in Chromium", () => {
   });
 
   it("the operator restocks a product", async () => {
-    const before = (await sys.products.getProduct({ productId: "limited-print" })).product?.available ?? 0;
+    const before = (await shop.sys.products.getProduct({ productId: "limited-print" })).product?.available ?? 0;
     const ops = await signIn("operator");
     await ops.goto("/#/operator");
     await ops.locator('[data-testid="restock-product"] option[value="limited-print"]').waitFor({ state: "attached" });
@@ -430,7 +405,7 @@ describe("the web shop in Chromium", () => {
       .getByTestId("restock-message")
       .filter({ hasText: `${before + 5} now available` })
       .waitFor();
-    expect((await sys.products.getProduct({ productId: "limited-print" })).product?.available).toBe(before + 5);
+    expect((await shop.sys.products.getProduct({ productId: "limited-print" })).product?.available).toBe(before + 5);
   });
 
   it("a customer sees 'operators only' on the operator panel, and no link to it", async () => {
@@ -463,7 +438,7 @@ describe("the web shop in Chromium", () => {
 
   it("where the gateway verifies real tokens, sign-in says it is unavailable and takes a pasted token", async () => {
     const secret = "a-real-secret-that-is-not-the-public-development-one";
-    const strict = await startTestGateway(sys, { JWT_SECRET: secret });
+    const strict = await startTestGateway(shop.sys, { JWT_SECRET: secret });
     try {
       const page = await openPage(DESKTOP, strict.url);
       await page.goto("/");
