@@ -17,6 +17,7 @@ import { existsSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } fr
 import { dirname, join, relative } from "node:path";
 import Database from "better-sqlite3";
 import { dbOf, portOf, ROOT, SERVICE_NAMES } from "./layout.js";
+import { makeDirs } from "./make-dirs.js";
 import { clientTool } from "./postgres.js";
 
 const DATA = process.env.DATA_DIR || join(ROOT, ".data");
@@ -115,7 +116,7 @@ function pgDump(partial: string, dir: string, at: Date): number {
  * The `.partial` is made here, exclusively: the claim.
  */
 function claim(parent: string, at: Date): { dir: string; partial: string } {
-  mkdirSync(parent, { recursive: true });
+  makeDirs(parent);
   const stamp = at.toISOString().replace(/[:.]/g, "-");
   for (let n = 0; ; n++) {
     const dir = join(parent, n === 0 ? stamp : `${stamp}-${n}`);

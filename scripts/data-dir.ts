@@ -14,9 +14,10 @@
  * the databases and the ports (the next make run refused: "port 4222 is in use"). The next holder
  * stops what is left.
  */
-import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { holdExclusive } from "../platform/index.js";
+import { makeDirs } from "./make-dirs.js";
 
 /** Where make run keeps its pid while it uses data directory `dataDir`. */
 const runPidFile = (dataDir: string) => join(dataDir, "run.pid");
@@ -43,7 +44,7 @@ function liveRunner(dataDir: string): number | undefined {
  * why not — who holds it. Throws when the directory cannot be made or written.
  */
 export function holdDataDir(dataDir: string, opts: { runner?: boolean } = {}): (() => void) | { heldBy: string } {
-  mkdirSync(dataDir, { recursive: true });
+  makeDirs(dataDir);
   const unlock = holdExclusive(join(dataDir, "run.lock"));
   if (!unlock) {
     const pid = liveRunner(dataDir);

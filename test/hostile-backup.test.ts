@@ -5,7 +5,7 @@
  * is wrong — never a stack trace, never a store put in place that the service then refuses or misreads.
  */
 
-import { spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { AckPolicy } from "@nats-io/jetstream";
@@ -102,6 +102,22 @@ describe("make backup, where it cannot simply write", () => {
     const got = await run("scripts/backup.ts", { DATA_DIR: data.path, BACKUP_DIR: join(data.path, "a-file", "b") });
     expect(got.out).toMatch(/backup failed: cannot make a directory in .*a-file\/b \(BACKUP_DIR\): ENOTDIR/);
     expect(got.out).not.toMatch(/\n\s+at /);
+    expect(got.code).toBe(1);
+  });
+
+  it("says so, exit 1, when the system answers ENOENT for a BACKUP_DIR whose parent exists (/proc)", async () => {
+    using data = tempDir();
+    await storesIn(data.path);
+    // Node 20's recursive mkdir retries such a directory for ever, at a core's full use: make backup hung.
+    let child: ChildProcess | undefined;
+    const stop = setTimeout(() => child?.kill("SIGKILL"), 10_000);
+    const got = await runToEnd(process.execPath, built("scripts/backup.ts"), {
+      env: { ...process.env, DB: "", DATA_DIR: data.path, BACKUP_DIR: "/proc/shopmesh-backups" },
+      onStart: (c) => (child = c),
+    }).finally(() => clearTimeout(stop));
+    expect(got.out).toMatch(
+      /backup failed: cannot make a directory in \/proc\/shopmesh-backups \(BACKUP_DIR\): ENOENT/,
+    );
     expect(got.code).toBe(1);
   });
 

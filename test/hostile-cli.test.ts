@@ -190,6 +190,11 @@ describe("one make run per data directory", () => {
     const notDir = await script("run.ts", [], { ...ports, DATA_DIR: file }, 20);
     expect(notDir.code, notDir.out).toBe(1);
     expect(notDir.out).toMatch(new RegExp(`^cannot use the data directory ${file}: E[A-Z]+: [^\n]*\n$`));
+    // One the system answers ENOENT for under a parent that exists (/proc): Node 20's recursive mkdir
+    // retried it for ever, at a core's full use, and make run (and history-rebuild, restore) hung.
+    const proc = await script("run.ts", [], { ...ports, DATA_DIR: "/proc/shopmesh-data" }, 10);
+    expect(proc.code, proc.out).toBe(1);
+    expect(proc.out).toMatch(/^cannot use the data directory \/proc\/shopmesh-data: ENOENT: [^\n]*\n$/);
   });
 
   it("two runners started at once over a file a killed one left: one holds the directory, the other is refused", async () => {
