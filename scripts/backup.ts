@@ -105,7 +105,9 @@ function pgDump(partial: string, dir: string, at: Date): number {
     `${JSON.stringify({ at: at.toISOString(), pgDump: "shopmesh.dump" }, null, 2)}\n`,
   );
   renameSync(partial, dir);
-  say(`done: ${shown(dir)}`);
+  say(
+    `done: ${shown(dir)} (restore one consumer's schema: make restore DB=postgres SERVICE=history FROM=${pastable(shown(dir))})`,
+  );
   return 0;
 }
 

@@ -247,6 +247,10 @@ describe("make backup DB=postgres", () => {
     const run = await backup(data.path, out.path, { DB: "postgres", PG_PORT: String(server.port) });
     expect(run.code, run.out).toBe(0);
     const [taken] = readdirSync(out.path);
+    // Its last line says how to take a schema back, as SQLite's does (it named no restore, which had none then).
+    expect(run.out).toContain(
+      `done: ${join(out.path, taken as string)} (restore one consumer's schema: make restore DB=postgres SERVICE=history FROM=${join(out.path, taken as string)})\n`,
+    );
     const listed = execFileSync(
       join(postgresBinDir(), "pg_restore"),
       ["-l", join(out.path, taken as string, "shopmesh.dump")],
