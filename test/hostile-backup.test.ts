@@ -62,6 +62,16 @@ describe("make restore, given a FROM that will not do", () => {
         spoilt("renamed", (d) => copyFileSync(join(d, "notification.db"), join(d, "history.db"))),
         /is not history's store/,
       ],
+      [
+        // Another service's store at a version past this one's (history's, 6, given as notification's, 4)
+        // was said to be of a newer build, "restore it with the build that wrote it": no build would do.
+        "another service's store of a higher version",
+        spoilt("renamed-newer", (d) => {
+          copyFileSync(join(d, "notification.db"), join(d, "history.db"));
+          new Database(join(d, "history.db")).pragma("user_version = 99");
+        }),
+        /is not history's store: it holds tables inbox, inbox_failures, notifications, where history's schema \d+ has /,
+      ],
       ["no database", spoilt("text", (d) => writeFileSync(join(d, "history.db"), "hello")), /is not a SQLite database/],
       [
         "unreadable backup.json",
