@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { holdExclusive } from "../platform/index.js";
 import { recordChild, stopLeftovers } from "./data-dir.js";
 import { portOf, ROOT, replicaCount, SYSTEM } from "./layout.js";
+import { makeDirs } from "./make-dirs.js";
 import { answers } from "./nats.js";
 import { printable } from "./printable.js";
 
@@ -126,7 +127,7 @@ async function main(): Promise<void> {
   const data = process.env.DATA_DIR || join(ROOT, ".data");
   const dir = join(data, "prometheus");
   try {
-    mkdirSync(join(dir, "data"), { recursive: true });
+    makeDirs(join(dir, "data"));
     holdPrometheusDir(dir);
     writeFileSync(join(dir, "prometheus.yml"), prometheusConfig(targets, seconds));
   } catch (err) {

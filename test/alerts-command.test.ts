@@ -67,8 +67,18 @@ describe("make alerts, odd and hostile", () => {
     const run = alerts({ ...(await settings(dir.path)), DATA_DIR: file });
     expect(await exited(run.child)).toBe(1);
     expect(run.out()).toBe(
-      `cannot use the data directory ${file}: ENOTDIR: not a directory, mkdir '${file}/prometheus/data'\n`,
+      `cannot use the data directory ${file}: ENOTDIR: not a directory, mkdir '${file}/prometheus'\n`,
     );
+  });
+
+  it("refuses a data directory the system answers ENOENT for under a parent that exists (/proc), exit 1", async () => {
+    using dir = tempDir();
+    // Node 20's recursive mkdir retried it for ever, at a core's full use: make alerts hung.
+    const run = alerts({ ...(await settings(dir.path)), DATA_DIR: "/proc/shopmesh-alerts" });
+    const stop = setTimeout(() => run.child.kill("SIGKILL"), 10_000);
+    const code = await exited(run.child).finally(() => clearTimeout(stop));
+    expect(run.out()).toMatch(/^cannot use the data directory \/proc\/shopmesh-alerts: ENOENT: [^\n]*\n$/);
+    expect(code).toBe(1);
   });
 
   it("says Prometheus is missing when it is not on the PATH, exit 1", async () => {
