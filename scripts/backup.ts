@@ -94,7 +94,8 @@ function pgDump(partial: string, dir: string, at: Date): number {
   );
   if (run.status !== 0) {
     rmSync(partial, { recursive: true, force: true });
-    const why = run.error ? run.error.message : run.stderr.trim();
+    // Its first line, without its own "pg_dump: " (the line names it): the second is libpq's hint, ours follows.
+    const why = run.error ? run.error.message : (run.stderr.trim().split("\n")[0] ?? "").replace(/^pg_dump: /, "");
     process.stderr.write(`backup failed: pg_dump: ${why} (is make run DB=postgres up?)\n`);
     return 1;
   }

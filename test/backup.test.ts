@@ -263,6 +263,10 @@ describe("make backup DB=postgres", () => {
     const down = await backup(data.path, out.path, { DB: "postgres", PG_PORT: String(await freePort()) });
     expect(down.code).toBe(1);
     expect(down.out).toMatch(/backup failed: pg_dump: .*(refused|could not connect)/);
+    // One line, said once: pg_dump's own "pg_dump: error:" prefix and its second, tab-indented line
+    // made it "pg_dump: pg_dump: error: …" over two.
+    expect(down.out).toMatch(/^backup failed: pg_dump: [^\n]*\(is make run DB=postgres up\?\)\n$/m);
+    expect(down.out).not.toContain("pg_dump: pg_dump:");
     expect(readdirSync(out.path)).toEqual([taken]);
   }, 60_000);
 });
