@@ -58,8 +58,9 @@ async function main(): Promise<number> {
       : [process.execPath, ["--import", "tsx", join(ROOT, "services/history/rebuild.ts")]];
     const rebuild = spawn(node, args, {
       cwd: ROOT,
-      // As make run's bus administrator, like `make events` (unless NATS_USER says otherwise).
-      env: { ...localBusEnv(DATA, BUS_ADMIN), ...process.env, ...database, NATS_URL },
+      // As make run's bus administrator, like `make events` (unless NATS_USER says otherwise). Its log
+      // lines (an event skipped) readable, as make run's are, among this command's own (LOG_FORMAT=json: JSON).
+      env: { ...localBusEnv(DATA, BUS_ADMIN), LOG_FORMAT: "pretty", ...process.env, ...database, NATS_URL },
       stdio: "inherit",
     });
     // Ctrl-C reaches the rebuild from the terminal; a signal sent to this process alone is passed on.

@@ -9,6 +9,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { chmodSync, existsSync, lstatSync, mkdirSync, realpathSync, statSync, symlinkSync } from "node:fs";
 import { dirname, join } from "node:path";
+import { headers as natsHeaders } from "@nats-io/transport-node";
 import { afterEach, describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
 import { OrderConfirmedSchema, OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
@@ -77,6 +78,23 @@ async function storeOrder(url: string, dataDir: string, orderId: string): Promis
   }
 }
 
+/** Stores on ORDER an OrderPlaced whose payload no decoder reads, as make run's bus administrator. */
+async function storePoison(url: string, dataDir: string): Promise<void> {
+  const { NATS_USER = "", NATS_PASSWORD = "" } = localBusEnv(dataDir, BUS_ADMIN);
+  const bus = await connectBus(url, "history-rebuild-test", silentLogger(), {
+    streams: EVENTS.streams,
+    ...busAuthOf({ NATS_USER, NATS_PASSWORD }),
+  });
+  try {
+    const h = natsHeaders();
+    h.set("ce-type", "shopmesh.order.v1.OrderPlaced");
+    h.set("ce-id", "evt_poison");
+    await bus.js.publish("order.order.placed.orchestration", new Uint8Array([0xff]), { headers: h });
+  } finally {
+    await bus.close();
+  }
+}
+
 describe("make history-rebuild", () => {
   it("with make run stopped, starts make run's NATS on its streams for the rebuild and stops it after", async () => {
     using dir = tempDir();
@@ -101,10 +119,15 @@ describe("make history-rebuild", () => {
     // With make run's NATS up, the rebuild uses it and leaves it running.
     await using nats = await runNats(dir.path, port);
     await storeOrder(nats.url, dir.path, "ord-r2");
+    await storePoison(nats.url, dir.path);
     const again = await makeRebuild({ DATA_DIR: dir.path, NATS_PORT: String(port) });
     expect(again.code, again.out).toBe(0);
     expect(again.out).not.toContain("started NATS");
     expect(again.out).toMatch(/; 2 orders in the view/);
+    // The event it skips is said in a line for people, as its own lines are: it was a pino JSON object.
+    expect(again.out).toContain("1 skipped");
+    expect(again.out).toMatch(/^\[[\d:.]+\] WARN: event skipped \{"stream":"ORDER","seq":5,"reason":"undecodable /m);
+    expect(again.out).not.toMatch(/^\{"level"/m);
     expect(await answers("127.0.0.1", port)).toBe(true);
   }, 90_000);
 
