@@ -90,7 +90,10 @@ if (!traceId) {
 }
 const mine = spans.filter((s) => s.trace_id === traceId).sort((a, b) => a.start_ms - b.start_ms);
 if (mine.length === 0) {
-  console.error(`no spans for trace ${printable(traceId)}`);
+  // An order id given as TRACE is an easy slip: said so, since the file knows it as one.
+  const isOrder = spans.some((s) => s.attributes["order.id"] === traceId);
+  const slip = isOrder ? `: ${printable(traceId)} is an order id — make trace ORDER=${printable(traceId)}` : "";
+  console.error(`no spans for trace ${printable(traceId)} in ${file}${slip}`);
   process.exit(1);
 }
 const t0 = mine[0]?.start_ms ?? 0;

@@ -144,6 +144,12 @@ describe("make trace reads what make run wrote, and only spans", () => {
     expect(unknown.code, unknown.out).toBe(1);
     expect(unknown.out).toContain("no spans for order ord_\\x1b[2J in ");
     expect(unknown.out).not.toContain("\u001b");
+    // An order id given as TRACE (an operator's slip) is said to be one: it was "no spans for trace ord_1".
+    const slip = await script("trace.ts", [], { DATA_DIR: data.path, TRACE: "ord_1", TRACE_FILE: "" });
+    expect(slip.code, slip.out).toBe(1);
+    expect(slip.out).toBe(
+      `no spans for trace ord_1 in ${join(data.path, "traces.jsonl")}: ord_1 is an order id — make trace ORDER=ord_1\n`,
+    );
   });
 });
 
