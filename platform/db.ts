@@ -14,11 +14,12 @@
  * rewrites them for PostgreSQL; migration N is `list[N - 1]`. Never edit one
  * that has shipped; append instead.
  */
-import { accessSync, constants, mkdirSync, statSync } from "node:fs";
+import { accessSync, constants, statSync } from "node:fs";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
 import { StartRefused } from "./config.js";
 import type { Logger } from "./log.js";
+import { makeDirs } from "./make-dirs.js";
 import { pgPool } from "./pg-pool.js";
 import { type Db, type DbLocation, type Engine, postgresDb, sqliteDb } from "./sql.js";
 
@@ -102,7 +103,7 @@ function openSqlite(path: string, migrations: readonly string[]): Db {
 }
 
 function openSqliteAs(path: string, migrations: readonly string[]): Db {
-  if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
+  if (path !== ":memory:") makeDirs(dirname(path));
   const db = new Database(path);
   try {
     db.pragma("journal_mode = WAL");

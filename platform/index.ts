@@ -83,6 +83,7 @@ export {
 export { MAX_INSTANCES } from "./instances.js";
 export { runService, type Stoppable } from "./lifecycle.js";
 export { createLogger, type Logger, silentLogger } from "./log.js";
+export { makeDirs } from "./make-dirs.js";
 export type { Metrics } from "./metrics.js";
 export { OUTBOX_CLAIMS_MIGRATION, OUTBOX_INDEXES_MIGRATION, OUTBOX_MIGRATION, Outbox } from "./outbox.js";
 export { type Cursor, type CursorShape, Pages, pageSize } from "./paging.js";

@@ -92,9 +92,21 @@ export async function runService<C extends ProcessConfig>(
   // Before any HTTP/2 request: each would otherwise leave a bound function's hidden classes in the old generation.
   installLeanAsyncBind();
   // Tracing first: everything after it may create spans.
-  stopTracing = await startProcessTelemetry(name, config);
+  const tracing = await startProcessTelemetry(name, config).then(
+    (stop) => ({ stop }),
+    (err: unknown) => ({ err }),
+  );
   log = await createLogger({ service: name, level: config.LOG_LEVEL, format: config.LOG_FORMAT });
   grpcLogsTo(log); // grpc-js's own lines (a service's port, the gateway's clients): JSON, clipped, like every other
+  if ("err" in tracing) {
+    // A TRACE_FILE whose directory cannot be made (or written) was a stack trace before any log line.
+    const why = tracing.err instanceof Error ? tracing.err.message : String(tracing.err);
+    const fix = config.TRACE_FILE ? ": set TRACE_FILE to a file this process can write" : "";
+    log.fatal({ err: tracing.err }, `tracing could not start: ${why}${fix}`);
+    flushLogs();
+    process.exit(EXIT_REFUSED);
+  }
+  stopTracing = tracing.stop;
   try {
     service = await start(config, log);
   } catch (err) {

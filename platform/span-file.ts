@@ -2,11 +2,12 @@
  * The span file: finished spans as JSON lines, bounded by rotation. What
  * `make trace` reads.
  */
-import { appendFileSync, mkdirSync, renameSync, statSync } from "node:fs";
+import { appendFileSync, renameSync, statSync } from "node:fs";
 import { dirname } from "node:path";
 import { SpanKind, SpanStatusCode } from "@opentelemetry/api";
 import { type ExportResult, ExportResultCode } from "@opentelemetry/core";
 import type { ReadableSpan, SpanExporter } from "@opentelemetry/sdk-trace-base";
+import { makeDirs } from "./make-dirs.js";
 
 /** Default size at which the span file is rotated, bytes. */
 export const DEFAULT_TRACE_FILE_MAX_BYTES = 50 * 1024 * 1024;
@@ -26,7 +27,7 @@ export class FileSpanExporter implements SpanExporter {
     private readonly path: string,
     private readonly maxBytes: number,
   ) {
-    mkdirSync(dirname(path), { recursive: true });
+    makeDirs(dirname(path));
   }
 
   export(spans: ReadableSpan[], done: (r: ExportResult) => void): void {

@@ -10,9 +10,9 @@ import { spawn, spawnSync } from "node:child_process";
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { holdExclusive } from "../platform/index.js";
+import { makeDirs } from "../platform/make-dirs.js";
 import { recordChild, stopLeftovers } from "./data-dir.js";
 import { portOf, ROOT, replicaCount, SYSTEM } from "./layout.js";
-import { makeDirs } from "./make-dirs.js";
 import { answers } from "./nats.js";
 import { printable } from "./printable.js";
 

@@ -16,8 +16,8 @@ import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join, relative } from "node:path";
 import Database from "better-sqlite3";
+import { makeDirs } from "../platform/make-dirs.js";
 import { dbOf, portOf, ROOT, SERVICE_NAMES } from "./layout.js";
-import { makeDirs } from "./make-dirs.js";
 import { clientTool } from "./postgres.js";
 
 const DATA = process.env.DATA_DIR || join(ROOT, ".data");

@@ -17,7 +17,7 @@
 import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { holdExclusive } from "../platform/index.js";
-import { makeDirs } from "./make-dirs.js";
+import { makeDirs } from "../platform/make-dirs.js";
 
 /** Where make run keeps its pid while it uses data directory `dataDir`. */
 const runPidFile = (dataDir: string) => join(dataDir, "run.pid");

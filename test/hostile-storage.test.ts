@@ -200,9 +200,9 @@ describe.skipIf(TEST_DB !== "sqlite")("the order service's disk full", () => {
 });
 
 /** Starts inventory's process on `DB_PATH` and lets it run to its end: its exit code, and its fatal line. */
-async function startOn(path: string): Promise<{ code: number | string; fatal: string }> {
+async function startOn(path: string, env: NodeJS.ProcessEnv = {}): Promise<{ code: number | string; fatal: string }> {
   const { code, out } = await runToEnd(process.execPath, built("services/inventory/main.ts"), {
-    env: { ...process.env, LOG_FORMAT: "json", NATS_URL: "off", GRPC_PORT: "0", DB_PATH: path },
+    env: { ...process.env, LOG_FORMAT: "json", NATS_URL: "off", GRPC_PORT: "0", DB_PATH: path, ...env },
   });
   const fatal = out.split("\n").find((l) => l.includes('"level":60'));
   // Not started: it must not be left running (the ones that did start are killed by runToEnd's caller's timeout).
@@ -222,6 +222,27 @@ describe.skipIf(TEST_DB !== "sqlite")("a database file that cannot be opened at 
     expect(code).toBe(1);
     expect(fatal).toContain(path);
     expect(fatal).toMatch(/is a directory/);
+  }, 30_000);
+
+  it("names the file and says why its directory cannot be made, at once", async () => {
+    // Node 20's recursive mkdir tried again for as long as the parent existed: under /proc, which
+    // answers ENOENT for any new name, the start never ended, at a core's full use.
+    const path = "/proc/shopmesh-no-such-dir/inventory.db";
+    const { code, fatal } = await startOn(path);
+    expect(code).toBe(1);
+    expect(fatal).toContain(path);
+    expect(fatal).toMatch(/ENOENT.*mkdir '\/proc\/shopmesh-no-such-dir'/);
+  }, 30_000);
+
+  it("refuses a TRACE_FILE whose directory cannot be made in a line, exit 78 (a restart cannot change it)", async () => {
+    // It hung like the database's; then, made at once, it was a stack trace before any log line.
+    for (const file of ["/proc/shopmesh-no-such-dir/spans.jsonl", `${process.execPath}/spans.jsonl`]) {
+      const { code, fatal } = await startOn(join(dir.path, "traced.db"), { TRACE_FILE: file });
+      expect(code).toBe(78);
+      expect(fatal).toMatch(
+        /^tracing could not start: (ENOENT|ENOTDIR).*: set TRACE_FILE to a file this process can write$/,
+      );
+    }
   }, 30_000);
 
   it("names the file and says it is no SQLite database", async () => {

@@ -9,11 +9,18 @@
  * their payment state, which the service then served as complete for good: its durable consumers
  * were past those events. Two rebuilds at once emptied each other's work.
  */
-import { existsSync, lstatSync, mkdirSync, rmSync } from "node:fs";
+import { existsSync, lstatSync, rmSync } from "node:fs";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
 import pg from "pg";
-import { type DbLocation, type Logger, sqliteFileOf, sqliteFilesOf, swapSqliteFile } from "../../platform/index.js";
+import {
+  type DbLocation,
+  type Logger,
+  makeDirs,
+  sqliteFileOf,
+  sqliteFilesOf,
+  swapSqliteFile,
+} from "../../platform/index.js";
 import { CONNECT_TIMEOUT_MS } from "../../platform/pg-pool.js";
 import { type HistoryStore, rebuildLockKey } from "./store.js";
 
@@ -75,7 +82,7 @@ const codeOf = (err: unknown) => (err as { code?: unknown } | null)?.code;
  * its readers take a shared lock a writer's EXCLUSIVE waits for). The kernel frees it with its process.
  */
 function lockFile(path: string): Database.Database {
-  mkdirSync(dirname(path), { recursive: true });
+  makeDirs(dirname(path));
   const db = new Database(`${path}.lock`, { timeout: 0 });
   try {
     db.pragma("journal_mode = DELETE");

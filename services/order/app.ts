@@ -3,7 +3,7 @@
  * payment, the saga orchestrator, choreography consumers, API; resumes sagas
  * left in flight.
  */
-import { mkdirSync, realpathSync } from "node:fs";
+import { realpathSync } from "node:fs";
 import { hostname } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { EVENTS } from "../../contracts/events.js";
@@ -20,6 +20,7 @@ import {
   type Logger,
   locationOf,
   type Metrics,
+  makeDirs,
   newId,
   policyFrom,
   processStalls,
@@ -128,7 +129,7 @@ function buildSaga(
  */
 function holdSoleWriter(path: string): () => void {
   if (path === ":memory:") return () => {};
-  mkdirSync(dirname(path), { recursive: true });
+  makeDirs(dirname(path));
   // The file's real place: two paths (a link) to one file are one writer.
   const release = holdExclusive(join(realpathSync(dirname(path)), `${basename(path)}.writer`));
   if (release) return release;
