@@ -14,6 +14,7 @@ import { describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { connectBus, silentLogger } from "../platform/index.js";
+import { holdDataDir, stopLeftovers } from "../scripts/data-dir.js";
 import { answers } from "../scripts/nats.js";
 import {
   clientTool,
@@ -366,6 +367,20 @@ describe("make restore DB=postgres with make run stopped", () => {
   it("starts make run's PostgreSQL and NATS for the restore and stops them after, refused or failed leaving the schema whole", async () => {
     using data = tempDir();
     using out = tempDir();
+    // What a restore killed below started and left running on the data directory (its PostgreSQL, its
+    // NATS) is stopped before the directory is removed, as the next restore would: also when the test
+    // fails before that restore ran. Else both outlive the run, on a data directory deleted under them.
+    await using _leftovers = {
+      async [Symbol.asyncDispose]() {
+        const release = holdDataDir(data.path);
+        if (typeof release !== "function") return;
+        try {
+          await stopLeftovers(data.path, () => {});
+        } finally {
+          release();
+        }
+      },
+    };
     ownDir(data.path);
     const pgData = join(data.path, "postgres");
     initCluster(pgData);
