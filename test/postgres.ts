@@ -34,11 +34,9 @@ export function createDatabase(adminUrl: string, prefix = "shopmesh"): Promise<s
 
 /** Starts a fresh PostgreSQL on a free port. */
 export async function startPostgres(): Promise<TestPostgres> {
+  const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), "shopmesh-pg-"));
   const data = join(dir, "data");
-  ownDir(dir);
-  initCluster(data);
-  const port = await freePort();
   let child: ChildProcess | undefined;
   let output = "";
   const start = async () => {
@@ -54,7 +52,17 @@ export async function startPostgres(): Promise<TestPostgres> {
     stopCluster(data, mode);
     await done;
   };
-  await start();
+  try {
+    ownDir(dir);
+    initCluster(data);
+    await start();
+  } catch (err) {
+    // A server that did not start (its port taken since freePort, or slower than the timeout on a loaded
+    // machine) is stopped if it runs, and its cluster removed: no caller holds it to dispose of.
+    await stop("immediate").catch(() => {});
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
   const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
   return {
     url,
