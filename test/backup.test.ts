@@ -196,13 +196,19 @@ describe("make backup", () => {
       }),
     );
     try {
-      await new Promise((r) => setTimeout(r, 1_000));
+      // Orders placed before the first copy, so it holds some: waited for, not slept for (a second of a
+      // loaded machine may see none placed).
+      await expect.poll(() => placed, { timeout: 30_000 }).toBeGreaterThanOrEqual(8);
       const runs = [];
       for (let n = 0; n < 3; n++) runs.push(await backup(sys.dir, out.path));
       for (const run of runs) {
         expect(run.code, run.out).toBe(0);
         expect(run.out).toMatch(/order: \d+ KiB, schema \d+, integrity ok/);
       }
+      // And one placed after the last copy: of the 4 writers, at most 4 were placing when it ended, so
+      // the 5th order answered since was begun after it. Else the last copy may hold every order placed.
+      const atLast = placed;
+      await expect.poll(() => placed, { timeout: 30_000 }).toBeGreaterThan(atLast + 4);
     } finally {
       placing = false;
       await load;
