@@ -1681,7 +1681,9 @@ describe("the image (Dockerfile), by construction", () => {
     // Ports handed out here: freePort() closes the port it found, so two calls made at the same time
     // can find the same one (a process was once given one port for gRPC and metrics, and failed).
     const handedOut = new Set<number>();
-    await Promise.all(
+    // Settled, not Promise.all: that ended the test at the first process to fail, the others still being
+    // probed; the worker then exited before their finally stopped them, and they outlived the run.
+    const started = await Promise.allSettled(
       processes.map(async (p) => {
         const d = deploymentOf(main, p);
         const c = serverOf(d);
@@ -1759,6 +1761,7 @@ describe("the image (Dockerfile), by construction", () => {
         }
       }),
     );
+    for (const s of started) if (s.status === "rejected") throw s.reason;
   }, 60_000);
 });
 
