@@ -63,12 +63,16 @@ function callHeaders(path: string, first: boolean): Buffer {
 }
 
 describe("a service's gRPC port, against one client connection", () => {
-  using dir = tempDir();
+  // Not `using`: a describe's body ends before its tests run, and the service made the directory again.
+  const dir = tempDir();
   let svc: ServiceProcess;
   beforeAll(async () => {
     svc = await spawnService("inventory", { DB_PATH: `${dir.path}/inventory.db`, NATS_URL: "off" });
   });
-  afterAll(() => svc?.[Symbol.asyncDispose]());
+  afterAll(async () => {
+    await svc?.[Symbol.asyncDispose]();
+    dir[Symbol.dispose]();
+  });
 
   const served = async () => {
     await using s = await h2Session(`http://${svc.address}`);
@@ -256,7 +260,7 @@ describe("a service's gRPC port, against one client connection", () => {
 });
 
 describe("the gateway, against one client", () => {
-  using dir = tempDir();
+  const dir = tempDir();
   let svc: ServiceProcess;
   let gw: ServiceProcess;
   let token: string;
@@ -272,6 +276,7 @@ describe("the gateway, against one client", () => {
   afterAll(async () => {
     await gw?.[Symbol.asyncDispose]();
     await svc?.[Symbol.asyncDispose]();
+    dir[Symbol.dispose]();
   });
 
   // A 1 MB Connect binary body of 500,000 unknown fields cost the gateway 720 ms of CPU and 85 MB: its
