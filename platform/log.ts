@@ -25,7 +25,13 @@ const destinations = new Set<{ flushSync(): void }>();
  * about to kill itself (fault injection). On a normal exit pino does it.
  */
 export function flushLogs(): void {
-  for (const d of destinations) d.flushSync();
+  for (const d of destinations) {
+    try {
+      d.flushSync();
+    } catch {
+      // Its reader is gone (EPIPE): nothing more can be said, and the exit that follows must not wait.
+    }
+  }
 }
 
 /**

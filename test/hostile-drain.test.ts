@@ -82,6 +82,22 @@ describe("a service told SIGTERM", () => {
   }, 30_000);
 });
 
+describe("a service whose log reader is gone, told SIGTERM", () => {
+  // Its stdout a pipe nobody reads any more (make run's terminal closed, a test runner's worker gone):
+  // its last lines, flushed at exit, met EPIPE, and the logger's flush retried every 100 ms for ever —
+  // the process never ended, and only SIGKILL stopped it.
+  it("exits all the same", async () => {
+    using dir = tempDir();
+    const dbs = new TestDatabases(dir.path);
+    await using inventory = await spawnService("inventory", { ...(await dbs.env("inventory")) });
+    inventory.child.stdout?.destroy();
+    inventory.child.stderr?.destroy();
+    const code = inventory.kill("SIGTERM");
+    const late = new Promise((r) => setTimeout(() => r("still running 5 s after SIGTERM"), 5_000).unref());
+    expect(await Promise.race([code, late])).not.toBe("still running 5 s after SIGTERM");
+  }, 30_000);
+});
+
 describe("a service whose drain outlasts its grace", () => {
   it("cuts the call still in flight with a retryable UNAVAILABLE, says so, and exits 0", async () => {
     using dir = tempDir();
