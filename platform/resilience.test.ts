@@ -695,6 +695,26 @@ describe("regressions", () => {
     expect(elapsed).toBeLessThan(1_000); // the defect took ~2,000
   });
 
+  // cockatiel 3's bulkhead, taking a queued call whose caller gave up, rejects it and takes no next one:
+  // a call queued behind it waited for a slot though none was in use, until its own deadline (3,000 ms
+  // here) or, without one, until some later call finished.
+  it("a call queued behind one whose deadline passed runs when the slot frees", async () => {
+    const { fake, server } = await startInventory();
+    const client = resilient("inventory", InventoryService, server, { bulkheadLimit: 1, bulkheadQueue: 2 });
+    await client.getProduct(req);
+    fake.next(delay(500));
+    const busy = client.getProduct(req);
+    const gaveUp = expectRpcError(client.getProduct(req, { deadline: Date.now() + 100 }), Code.DEADLINE_EXCEEDED);
+    const t0 = performance.now();
+    const behind = client.getProduct(req, { deadline: Date.now() + 3_000 });
+    await gaveUp;
+
+    await busy;
+    await behind;
+    expect(performance.now() - t0).toBeLessThan(1_500); // the defect took ~3,000 (DEADLINE_EXCEEDED)
+    expect(client.state()).toMatchObject({ inFlight: 0, queued: 0 });
+  });
+
   // While a half-open probe runs, cockatiel makes every other call wait for the probe's outcome (up to the
   // probe's timeoutMs) instead of failing fast, past the waiting caller's own deadline (~2,000 ms here for 200).
   it("a call arriving during a half-open probe does not wait past its deadline", async () => {

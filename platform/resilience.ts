@@ -31,7 +31,15 @@
 import type { DescMessage, DescMethod, DescService, MessageShape } from "@bufbuild/protobuf";
 import type * as grpc from "@grpc/grpc-js";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { BrokenCircuitError, bulkhead, ExponentialBackoff, handleWhen, type IPolicy, retry } from "cockatiel";
+import {
+  BrokenCircuitError,
+  bulkhead,
+  ExponentialBackoff,
+  handleWhen,
+  type IPolicy,
+  retry,
+  TaskCancelledError,
+} from "cockatiel";
 import { earliestDeadline, withDeadline } from "./deadline.js";
 import { type BreakerName, type Endpoint, Endpoints, type EndpointsOptions } from "./endpoints.js";
 import { RpcError } from "./errors.js";
@@ -254,22 +262,18 @@ function resilientUnary<S extends DescService>(g: Guard<S>, m: DescMethod, callO
     // Whether any attempt reached the network: a call none of whose attempts did cannot have taken effect.
     let sent = false;
     return withDeadline(deadline, opts.signal, CallerDeadlineError.now, (signal) =>
-      g.bulkhead.execute(
-        () =>
-          retryPolicy.execute(
-            ({ signal: s }) =>
-              onSomeInstance(g, tried, (ep) => {
-                sent = true;
-                const sentAt = processStalls().time();
-                return (
-                  callOn(ep)(req, attemptOptions(opts, deadline, g.config.timeoutMs, s)) as Promise<unknown>
-                ).catch((err: unknown) =>
-                  Promise.reject(stalledAttempt(callersDeadline(err, deadline), sentAt, stalls)),
-                );
-              }),
-            signal,
-          ),
-        signal,
+      inBulkhead(g.bulkhead, signal, () =>
+        retryPolicy.execute(
+          ({ signal: s }) =>
+            onSomeInstance(g, tried, (ep) => {
+              sent = true;
+              const sentAt = processStalls().time();
+              return (callOn(ep)(req, attemptOptions(opts, deadline, g.config.timeoutMs, s)) as Promise<unknown>).catch(
+                (err: unknown) => Promise.reject(stalledAttempt(callersDeadline(err, deadline), sentAt, stalls)),
+              );
+            }),
+          signal,
+        ),
       ),
     ).then(
       (res) => {
@@ -283,6 +287,16 @@ function resilientUnary<S extends DescService>(g: Guard<S>, m: DescMethod, callO
       },
     );
   };
+}
+
+/**
+ * Runs `fn` in `bulkhead` for a caller whose `signal` may abort while the call waits in its queue. The signal
+ * is not given to cockatiel: its 3.x bulkhead, taking a queued call whose signal aborted, rejects it and takes
+ * no next one, which then waited for a slot none was using (until its deadline; without one, until a later
+ * call finished). Fixed in cockatiel 4, which needs Node 22. Here the given-up call takes its slot and frees it.
+ */
+function inBulkhead<T>(bulkhead: IPolicy, signal: AbortSignal, fn: () => Promise<T>): Promise<T> {
+  return bulkhead.execute(() => (signal.aborted ? Promise.reject(new TaskCancelledError()) : fn()));
 }
 
 /** Options of one attempt: the per-attempt timeout capped by the caller's deadline. */
