@@ -4,12 +4,16 @@
  * and a call inside a trace follows its root's decision, so a trace is
  * whole or absent, never half.
  */
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createServer, type Server, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { context, propagation, ROOT_CONTEXT, trace } from "@opentelemetry/api";
 import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
 import { afterEach, describe, expect, it } from "vitest";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
-import { READ_ONLY, rpcAttributes, startTracing } from "./tracing.js";
+import { READ_ONLY, rpcAttributes, startTracing, TRACE_FLUSH_MS } from "./tracing.js";
 
 let stop: (() => Promise<void>) | undefined;
 afterEach(async () => {
@@ -96,4 +100,45 @@ describe("trace sampling", () => {
     for (let i = 0; i < 50; i++) unset.tracer.startSpan("GetProduct", { attributes: { [READ_ONLY]: true } }).end();
     expect(unset.exporter.getFinishedSpans()).toHaveLength(0);
   });
+});
+
+/** A TCP port that takes connections and never answers (`silent`), or, closed again, one that refuses them. */
+async function collector(silent: boolean): Promise<{ url: string; close: () => void }> {
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((s) => sockets.add(s));
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  const close = () => {
+    for (const s of sockets) s.destroy();
+    server.close();
+  };
+  if (!silent) close();
+  return { url, close };
+}
+
+// An unreachable OTLP collector made the stop wait for the exporter (~9 s of retries when refused, its
+// 10 s timeout when silent) and then reject: every SIGTERM took that long and exited 1, "shutdown failed".
+describe("stopping with the OTLP collector unreachable", () => {
+  it.each([
+    ["refuses connections", false],
+    ["never answers", true],
+  ])(
+    "the collector %s: the stop ends in about TRACE_FLUSH_MS, without an error, and the trace file has its spans",
+    async (_, silent) => {
+      const c = await collector(silent);
+      const dir = mkdtempSync(join(tmpdir(), "shopmesh-trace-"));
+      try {
+        const traceFile = join(dir, "spans.jsonl");
+        const stopTracing = await startTracing({ service: "t", otlpEndpoint: c.url, traceFile });
+        trace.getTracer("t").startSpan("last-span").end();
+        const t0 = performance.now();
+        await expect(stopTracing()).resolves.toBeUndefined();
+        expect(performance.now() - t0).toBeLessThan(TRACE_FLUSH_MS + 1_000);
+        expect(readFileSync(traceFile, "utf8")).toContain("last-span");
+      } finally {
+        c.close();
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
 });

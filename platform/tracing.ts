@@ -19,6 +19,15 @@ import {
 import type { Sampler, SamplingResult, SpanProcessor } from "@opentelemetry/sdk-trace-base";
 import { DEFAULT_TRACE_FILE_MAX_BYTES, FileSpanExporter } from "./span-file.js";
 
+/**
+ * How long a stop waits for the last spans to reach the OTLP collector, ms; those it has not taken by
+ * then are dropped, as a crash would drop them. The exporter's own bound is its 10 s timeout (~9 s of
+ * retries when the collector refuses), after which the SDK's shutdown rejects: with the collector
+ * unreachable, every SIGTERM waited that long and exited 1, "shutdown failed". The trace file's
+ * processor is flushed beside it, not after it.
+ */
+export const TRACE_FLUSH_MS = 2_000;
+
 /** Process-wide tracing: starts the OpenTelemetry SDK once; returns its shutdown. */
 export async function startTracing(opts: {
   service: string;
@@ -66,7 +75,12 @@ export async function startTracing(opts: {
   // Global tracer provider, AsyncLocalStorage context manager and the W3C propagator.
   provider.register();
   return async () => {
-    await provider.shutdown();
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, TRACE_FLUSH_MS);
+    });
+    await Promise.race([provider.shutdown().catch(() => {}), late]);
+    clearTimeout(timer);
     // Let go of the globals too, so tracing can be started again in this process.
     trace.disable();
     context.disable();
