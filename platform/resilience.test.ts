@@ -715,6 +715,22 @@ describe("regressions", () => {
     expect(client.state()).toMatchObject({ inFlight: 0, queued: 0 });
   });
 
+  // cockatiel's bulkhead (3.2 and 4.0 alike) keeps a queued call whose caller gave up in its queue until its
+  // turn: a live call behind it was shed RESOURCE_EXHAUSTED, "bulkhead full", for a caller long gone.
+  it("a queued call whose caller gave up leaves the queue at once: it sheds no live call", async () => {
+    const { fake, server } = await startInventory();
+    const client = resilient("inventory", InventoryService, server, { bulkheadLimit: 1, bulkheadQueue: 1 });
+    await client.getProduct(req);
+    fake.next(delay(500));
+    const busy = client.getProduct(req);
+    await expectRpcError(client.getProduct(req, { deadline: Date.now() + 100 }), Code.DEADLINE_EXCEEDED);
+    expect(client.state()).toMatchObject({ inFlight: 1, queued: 0 });
+
+    await expect(client.getProduct(req, { deadline: Date.now() + 3_000 })).resolves.toBeDefined();
+    await busy;
+    expect(client.state()).toMatchObject({ inFlight: 0, queued: 0 });
+  });
+
   // While a half-open probe runs, cockatiel makes every other call wait for the probe's outcome (up to the
   // probe's timeoutMs) instead of failing fast, past the waiting caller's own deadline (~2,000 ms here for 200).
   it("a call arriving during a half-open probe does not wait past its deadline", async () => {

@@ -3,7 +3,7 @@
  * policy per downstream, configured in one place (the caller's config.ts,
  * via {@link policyEnv}). Layers, outermost first:
  *
- * 1. bulkhead — at most `bulkheadLimit` calls in flight to this downstream
+ * 1. bulkhead (bulkhead.ts) — at most `bulkheadLimit` calls in flight to this downstream
  *    plus `bulkheadQueue` waiting; the rest are shed at once with
  *    RESOURCE_EXHAUSTED (the caller's own capacity is used up: retry later),
  *    so a slow downstream cannot take the caller's capacity for the others;
@@ -31,15 +31,8 @@
 import type { DescMessage, DescMethod, DescService, MessageShape } from "@bufbuild/protobuf";
 import type * as grpc from "@grpc/grpc-js";
 import type { NatsConnection } from "@nats-io/transport-node";
-import {
-  BrokenCircuitError,
-  bulkhead,
-  ExponentialBackoff,
-  handleWhen,
-  type IPolicy,
-  retry,
-  TaskCancelledError,
-} from "cockatiel";
+import { BrokenCircuitError, ExponentialBackoff, handleWhen, retry } from "cockatiel";
+import { Bulkhead } from "./bulkhead.js";
 import { earliestDeadline, withDeadline } from "./deadline.js";
 import { type BreakerName, type Endpoint, Endpoints, type EndpointsOptions } from "./endpoints.js";
 import { RpcError } from "./errors.js";
@@ -109,7 +102,7 @@ function observedEvents(metrics: Telemetry["metrics"] | undefined, hooks: Policy
 interface Guard<S extends DescService> {
   readonly downstream: string;
   readonly config: PolicyConfig;
-  readonly bulkhead: IPolicy;
+  readonly bulkhead: Bulkhead;
   readonly endpoints: Endpoints<S>;
   readonly log: Logger;
   readonly events: Required<PolicyEvents>;
@@ -139,8 +132,7 @@ export function createResilientClient<S extends DescService>(
   const metrics = opts.telemetry?.metrics;
   const events = observedEvents(metrics, opts.events);
   const plog = log.child({ downstream });
-  const bh = bulkhead(config.bulkheadLimit, config.bulkheadQueue);
-  bh.onReject(() => {
+  const bh = new Bulkhead(config.bulkheadLimit, config.bulkheadQueue, () => {
     plog.warn({ limit: config.bulkheadLimit, queue: config.bulkheadQueue }, "bulkhead full: call rejected");
     events.onBulkheadRejected(downstream);
   });
@@ -167,8 +159,8 @@ export function createResilientClient<S extends DescService>(
       : Endpoints.fixed(target, endpointOptions);
   const state = (): DownstreamState => ({
     breaker: endpoints.state(),
-    inFlight: config.bulkheadLimit - bh.executionSlots,
-    queued: config.bulkheadQueue - bh.queueSlots,
+    inFlight: bh.inFlight,
+    queued: bh.queued,
     endpoints: endpoints.breakers(),
   });
   metrics?.trackDownstream(downstream, state, retried);
@@ -262,18 +254,22 @@ function resilientUnary<S extends DescService>(g: Guard<S>, m: DescMethod, callO
     // Whether any attempt reached the network: a call none of whose attempts did cannot have taken effect.
     let sent = false;
     return withDeadline(deadline, opts.signal, CallerDeadlineError.now, (signal) =>
-      inBulkhead(g.bulkhead, signal, () =>
-        retryPolicy.execute(
-          ({ signal: s }) =>
-            onSomeInstance(g, tried, (ep) => {
-              sent = true;
-              const sentAt = processStalls().time();
-              return (callOn(ep)(req, attemptOptions(opts, deadline, g.config.timeoutMs, s)) as Promise<unknown>).catch(
-                (err: unknown) => Promise.reject(stalledAttempt(callersDeadline(err, deadline), sentAt, stalls)),
-              );
-            }),
-          signal,
-        ),
+      g.bulkhead.execute(
+        () =>
+          retryPolicy.execute(
+            ({ signal: s }) =>
+              onSomeInstance(g, tried, (ep) => {
+                sent = true;
+                const sentAt = processStalls().time();
+                return (
+                  callOn(ep)(req, attemptOptions(opts, deadline, g.config.timeoutMs, s)) as Promise<unknown>
+                ).catch((err: unknown) =>
+                  Promise.reject(stalledAttempt(callersDeadline(err, deadline), sentAt, stalls)),
+                );
+              }),
+            signal,
+          ),
+        signal,
       ),
     ).then(
       (res) => {
@@ -287,16 +283,6 @@ function resilientUnary<S extends DescService>(g: Guard<S>, m: DescMethod, callO
       },
     );
   };
-}
-
-/**
- * Runs `fn` in `bulkhead` for a caller whose `signal` may abort while the call waits in its queue. The signal
- * is not given to cockatiel: its 3.x bulkhead, taking a queued call whose signal aborted, rejects it and takes
- * no next one, which then waited for a slot none was using (until its deadline; without one, until a later
- * call finished). Fixed in cockatiel 4, which needs Node 22. Here the given-up call takes its slot and frees it.
- */
-function inBulkhead<T>(bulkhead: IPolicy, signal: AbortSignal, fn: () => Promise<T>): Promise<T> {
-  return bulkhead.execute(() => (signal.aborted ? Promise.reject(new TaskCancelledError()) : fn()));
 }
 
 /** Options of one attempt: the per-attempt timeout capped by the caller's deadline. */
