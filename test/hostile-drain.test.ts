@@ -98,6 +98,35 @@ describe("a service whose log reader is gone, told SIGTERM", () => {
   }, 30_000);
 });
 
+describe("a service told a signal other than SIGTERM", () => {
+  // SIGHUP (a terminal closed over a service started by hand; a supervisor's hang-up): Node's default
+  // ended it at once, undrained, by the signal. It stops as on SIGTERM now.
+  it("SIGHUP: drains and exits 0, as on SIGTERM", async () => {
+    using dir = tempDir();
+    const dbs = new TestDatabases(dir.path);
+    await using inventory = await spawnService("inventory", { ...(await dbs.env("inventory")) });
+    const code = inventory.kill("SIGHUP");
+    expect(await code, inventory.output()).toBe(0);
+    expect(entries(inventory.output()).find((e) => e.msg === "shutting down")).toMatchObject({ signal: "SIGHUP" });
+  }, 30_000);
+
+  // SIGUSR1: Node's default opened its inspector on 127.0.0.1:9229 — whoever can send a signal to it,
+  // or reach that port from inside the pod (a sidecar), could then run any code in the service.
+  it("SIGUSR1: opens no inspector, says so and keeps serving", async () => {
+    using dir = tempDir();
+    const dbs = new TestDatabases(dir.path);
+    await using inventory = await spawnService("inventory", { ...(await dbs.env("inventory")) });
+    inventory.child.kill("SIGUSR1");
+    await inventory.logLine("SIGUSR1 ignored: the inspector opens only with --inspect");
+    const channel = createChannel(inventory.address);
+    const product = await createClient(InventoryService, channel).getProduct({ productId: "coffee-beans" });
+    channel.close();
+    expect(product.product?.id).toBe("coffee-beans");
+    expect(inventory.output()).not.toMatch(/Debugger listening|Starting inspector/);
+    expect(await inventory.kill("SIGTERM")).toBe(0);
+  }, 30_000);
+});
+
 describe("a service whose drain outlasts its grace", () => {
   it("cuts the call still in flight with a retryable UNAVAILABLE, says so, and exits 0", async () => {
     using dir = tempDir();
