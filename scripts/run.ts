@@ -3,7 +3,7 @@
  * DB=postgres under .data/nats/postgres, each database its own streams) and
  * every service on its fixed port, each with its own SQLite file under .data/,
  * and prints their logs as readable lines prefixed by service name. Ctrl-C
- * (or SIGTERM) stops everything cleanly; a second Ctrl-C kills at once, and a
+ * (or SIGTERM, or SIGHUP: its terminal closed) stops everything cleanly; a second Ctrl-C kills at once, and a
  * service still stopping 10 s past its SHUTDOWN_GRACE_MS is killed (exit 1).
  * LOG_FORMAT=json prints JSON lines instead, one object per line on stdout
  * (`make run | jq`): the process in `proc`, the services' own JSON as it is,
@@ -141,14 +141,37 @@ const JSON_LINES = choice("LOG_FORMAT", ["json"], ["", "pretty"]);
 const readable = JSON_LINES ? (line: string) => line : await readableLines(tty);
 
 /**
+ * Whether stdout still has a reader. Gone (`make run | head`, a terminal closed), the next write failed
+ * with EPIPE (EIO on a terminal): an uncaught error, a stack trace, and every process SIGKILLed on the
+ * way out. Now the runner stops everything cleanly instead, says so on stderr and exits 141, as a
+ * process SIGPIPE ended.
+ */
+let outputGone = false;
+/** Stopped because stdout lost its reader: the exit code is then 141. */
+let lostOutput = false;
+function print(text: string): void {
+  if (!outputGone) process.stdout.write(text);
+}
+process.stdout.on("error", (err: NodeJS.ErrnoException) => {
+  if (outputGone) return;
+  outputGone = true;
+  if (stopping) return; // already stopping (a terminal closed sends SIGHUP too): that stop goes on
+  lostOutput = true;
+  process.stderr.write(`make run: its output's reader is gone: stopping everything (${err.code ?? err.message})\n`);
+  stopAll();
+});
+// stderr gone as well (a terminal closed): what is left to say cannot be said, and must not throw.
+process.stderr.on("error", () => {});
+
+/**
  * The runner's own message about `proc` ("run" for the whole system): a
  * prefixed line, or with LOG_FORMAT=json an object with `fields`.
  */
 function say(proc: string, label: string | undefined, msg: string, fields: Record<string, unknown> = {}, level = 30) {
   if (JSON_LINES) {
-    process.stdout.write(`${JSON.stringify({ level, time: new Date().toISOString(), proc, msg, ...fields })}\n`);
+    print(`${JSON.stringify({ level, time: new Date().toISOString(), proc, msg, ...fields })}\n`);
   } else {
-    process.stdout.write(label ? `${label} ${msg}\n` : `${msg}\n`);
+    print(label ? `${label} ${msg}\n` : `${msg}\n`);
   }
 }
 
@@ -205,7 +228,7 @@ function start(
     ] as const) {
       createInterface({ input: stream }).on("line", (line) => {
         if (!show(line)) return;
-        process.stdout.write(JSON_LINES ? `${jsonLine(name, line, fromStderr)}\n` : `${p} ${readable(line)}\n`);
+        print(JSON_LINES ? `${jsonLine(name, line, fromStderr)}\n` : `${p} ${readable(line)}\n`);
       });
     }
     say(name, p, `started (pid ${child.pid})`, { pid: child.pid });
@@ -352,7 +375,7 @@ function stopAll(): void {
     process.exit(130);
   }
   stopping = true;
-  if (!JSON_LINES) process.stdout.write("\n");
+  if (!JSON_LINES) print("\n");
   say("run", undefined, "stopping (Ctrl-C again to kill)...");
   // Services first (they drain calls and give their leases back), NATS and PostgreSQL last.
   const services = children.filter((c) => !INFRA.has(c.name));
@@ -400,7 +423,7 @@ function stopAll(): void {
     return waitAll(infra.map((c) => c.child)).then(() => {
       clearTimeout(infraDeadline);
       say("run", undefined, "all stopped");
-      process.exit(refused ? EXIT_REFUSED : failed ? 1 : 0);
+      process.exit(refused ? EXIT_REFUSED : failed ? 1 : lostOutput ? 141 : 0);
     });
   });
 }
@@ -501,6 +524,9 @@ start(
 );
 process.on("SIGINT", stopAll);
 process.on("SIGTERM", stopAll);
+// Its terminal closed: Node's default ended the runner alone, and every process it started, each in a
+// process group of its own, ran on with nobody to stop it.
+process.on("SIGHUP", stopAll);
 const NATS_URL = `nats://127.0.0.1:${NATS_PORT}`;
 const busPasswords = localBusPasswords(DATA);
 const provisioned = provisionStreams();

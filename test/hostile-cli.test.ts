@@ -406,6 +406,52 @@ it("make run after one killed outright (SIGKILL) stops what that one left on the
   }
 }, 120_000);
 
+/** The pids make run recorded for what it started (DATA_DIR/run.children). */
+const childrenOf = (dataDir: string) =>
+  readFileSync(join(dataDir, "run.children"), "utf8")
+    .split("\n")
+    .map((line) => Number(line.split(" ")[0]))
+    .filter((pid) => pid > 0);
+
+it("make run told SIGHUP (its terminal closed) stops everything it started and exits 0 (it died, leaving all of it running)", async () => {
+  using data = tempDir();
+  const env = { ...(await freeRunPorts()), DATA_DIR: data.path };
+  const { runner, out, stop } = await startRunner(env);
+  const started = childrenOf(data.path);
+  try {
+    expect(started.length, out()).toBe(1 + SYSTEM.length);
+    runner.kill("SIGHUP");
+    expect(await exited(runner), out()).toBe(0);
+    expect(out()).toContain("all stopped");
+    expect(started.filter(alive), "left running").toEqual([]);
+  } finally {
+    stop();
+    for (const pid of started.filter(alive)) process.kill(-pid, "SIGKILL");
+  }
+}, 120_000);
+
+it("make run whose output's reader is gone (make run | head) stops everything, says so on stderr and exits 141 (a stack trace, everything SIGKILLed)", async () => {
+  using data = tempDir();
+  const env = { ...(await freeRunPorts()), DATA_DIR: data.path };
+  const { runner, out, stop } = await startRunner(env);
+  const started = childrenOf(data.path);
+  let err = "";
+  runner.stderr.on("data", (d: Buffer) => (err += d.toString()));
+  try {
+    runner.stdout.destroy();
+    // Something for the runner to say: a service gone, which it reports (and would restart).
+    const history = Number(/history +\| started \(pid (\d+)\)/.exec(out())?.[1]);
+    process.kill(history, "SIGKILL");
+    expect(await exited(runner), err).toBe(141);
+    expect(err).toContain("make run: its output's reader is gone: stopping everything");
+    expect(err).not.toMatch(/Error: write|node:events/);
+    expect(started.filter(alive), "left running").toEqual([]);
+  } finally {
+    stop();
+    for (const pid of started.filter(alive)) process.kill(-pid, "SIGKILL");
+  }
+}, 120_000);
+
 it("make run refuses replicas whose ports pass 65535, in one line (a RangeError stack trace)", async () => {
   using data = tempDir();
   const env = { DATA_DIR: data.path, NATS_PORT: String(await freePort()), NATS_MONITOR_PORT: String(await freePort()) };
