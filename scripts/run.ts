@@ -256,9 +256,7 @@ function start(
       }
       // What it started and left behind (a postmaster whose `runuser` was killed) would hold the
       // port and the data directory the restart needs.
-      try {
-        process.kill(-(child.pid as number), "SIGKILL");
-      } catch {}
+      kill(child);
       if (Date.now() - started > HEALTHY_MS) restarts = 0;
       restarts++;
       const delay = backoffMs(restarts, BACKOFF_MS, MAX_BACKOFF_MS);
@@ -369,9 +367,22 @@ function graceMs(): number {
   }
 }
 
+/**
+ * SIGKILLs `child` with its process group (each child leads one): what it started goes too. As root,
+ * PostgreSQL is `runuser` over the postmaster, and a second Ctrl-C killed `runuser` alone: the
+ * postmaster ran on, holding PG_PORT, and the next make run was refused (port in use).
+ */
+function kill(child: ChildProcess): void {
+  try {
+    process.kill(-(child.pid as number), "SIGKILL");
+  } catch {
+    child.kill("SIGKILL");
+  }
+}
+
 function stopAll(): void {
   if (stopping) {
-    for (const { child } of children) child.kill("SIGKILL");
+    for (const { child } of children) kill(child);
     process.exit(130);
   }
   stopping = true;
@@ -392,7 +403,7 @@ function stopAll(): void {
     for (const { name, child } of services.filter((c) => alive(c.child))) {
       say(name, undefined, `${name} did not stop within ${deadlineMs / 1000} s: killed`, {}, 50);
       failed = true;
-      child.kill("SIGKILL");
+      kill(child);
     }
   }, deadlineMs);
   void waitAll(services.map((s) => s.child)).then(() => {
@@ -404,7 +415,7 @@ function stopAll(): void {
         try {
           stopCluster(PG_DATA);
         } catch {
-          child.kill("SIGKILL");
+          kill(child);
         }
       }
     }
@@ -413,11 +424,7 @@ function stopAll(): void {
       for (const { name, child } of infra.filter((c) => alive(c.child))) {
         say(name, undefined, `${name} did not stop within ${STOP_MARGIN_MS / 1000} s: killed`, {}, 50);
         failed = true;
-        try {
-          process.kill(-(child.pid as number), "SIGKILL"); // its process group: PostgreSQL's runuser and postmaster
-        } catch {
-          child.kill("SIGKILL");
-        }
+        kill(child);
       }
     }, STOP_MARGIN_MS);
     return waitAll(infra.map((c) => c.child)).then(() => {
@@ -559,5 +566,5 @@ SERVICES.forEach((s, i) => {
   }
 });
 process.on("exit", () => {
-  for (const { child } of children) if (child.exitCode === null) child.kill("SIGKILL");
+  for (const { child } of children) if (child.exitCode === null) kill(child);
 });

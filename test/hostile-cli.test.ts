@@ -3,7 +3,7 @@
  * into make's variables and the tools' environment. Each command runs for real, as a user runs it.
  */
 import { spawn } from "node:child_process";
-import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -451,6 +451,37 @@ it("make run whose output's reader is gone (make run | head) stops everything, s
     for (const pid of started.filter(alive)) process.kill(-pid, "SIGKILL");
   }
 }, 120_000);
+
+it("make run with DB=postgres, Ctrl-C twice, kills PostgreSQL's postmaster too (left running under its killed runuser, the next make run refused: port in use)", async () => {
+  using data = tempDir();
+  chmodSync(data.path, 0o755); // as root, PostgreSQL runs as its own user, who must reach its data directory
+  const env = { ...(await freeRunPorts()), DATA_DIR: data.path, DB: "postgres", PG_PORT: String(await freePort()) };
+  const { runner, out, stop } = await startRunner(env);
+  const started = childrenOf(data.path);
+  const postmaster = Number(readFileSync(join(data.path, "postgres", "postmaster.pid"), "utf8").split("\n")[0]);
+  try {
+    // A service frozen in its stop keeps the first Ctrl-C's stop waiting: the second one kills.
+    const history = Number(/history +\| started \(pid (\d+)\)/.exec(out())?.[1]);
+    process.kill(history, "SIGSTOP");
+    runner.kill("SIGINT");
+    await until(
+      () => out().includes("stopping (Ctrl-C again to kill)"),
+      (x) => x,
+      10_000,
+    );
+    runner.kill("SIGINT");
+    expect(await exited(runner), out()).toBe(130);
+    const gone = await until(
+      () => [postmaster, ...started].filter(alive),
+      (left) => left.length === 0,
+      5_000,
+    );
+    expect(gone, "left running").toEqual([]);
+  } finally {
+    stop();
+    for (const pid of [postmaster, ...started].filter(alive)) process.kill(pid, "SIGKILL");
+  }
+}, 180_000);
 
 it("make run refuses replicas whose ports pass 65535, in one line (a RangeError stack trace)", async () => {
   using data = tempDir();
