@@ -21,7 +21,15 @@ import { dbOf, portOf, ROOT, SERVICE_NAMES } from "./layout.js";
 import { clientTool } from "./postgres.js";
 
 const DATA = process.env.DATA_DIR || join(ROOT, ".data");
-const say = (line: string) => process.stdout.write(`${line}\n`);
+/** Whether stdout still has a reader: gone (`make backup | head -1`), the backup is taken all the same, unsaid. */
+let heard = true;
+// The next line met EPIPE: an uncaught error, a stack trace and exit 1, with the backup taken regardless.
+process.stdout.on("error", () => {
+  heard = false;
+});
+const say = (line: string) => {
+  if (heard) process.stdout.write(`${line}\n`);
+};
 const shown = (path: string) => (path.startsWith(ROOT) ? relative(ROOT, path) : path);
 
 /** `path` as one shell word: quoted when it holds more than letters, digits and `/._-:+` (a space split it into make targets). */
