@@ -14,9 +14,10 @@
  * or schema shopmesh_history of database shopmesh with DB=postgres. Exits
  * with the rebuild's code (0 done, 1 failed or refused, 78 bad configuration);
  * 1 when what it needs cannot be started, or a signal ended the rebuild
- * (130 for SIGINT).
+ * (130 for SIGINT, 129 for SIGHUP: its terminal closed). A signal stops what it started first.
  */
-import { spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
+import { constants } from "node:os";
 import { join } from "node:path";
 import { BUS_ADMIN } from "../platform/index.js";
 import { holdDataDir, stopLeftovers } from "./data-dir.js";
@@ -34,8 +35,26 @@ const NATS_URL = process.env.NATS_URL || `nats://127.0.0.1:${portOf("NATS_PORT",
 
 const say = (line: string) => process.stdout.write(`${line}\n`);
 
+/** A signal's exit code as a shell reports it, for the signals of a person at a terminal; 1 for any other. */
+const codeOf = (signal: NodeJS.Signals) =>
+  signal === "SIGINT" || signal === "SIGHUP" ? 128 + constants.signals[signal] : 1;
+
 async function main(): Promise<number> {
   const stops: (() => Promise<void>)[] = [];
+  // A signal is passed on to the rebuild, and ends this command only once what it started is stopped:
+  // its terminal closed (SIGHUP to the whole job), the command died at once, and its NATS, which takes
+  // SIGHUP for "reload the configuration", ran on, on make run's store.
+  let rebuild: ChildProcess | undefined;
+  let signalled: NodeJS.Signals | undefined;
+  const forward = (signal: NodeJS.Signals) => {
+    signalled ??= signal;
+    rebuild?.kill(signal);
+  };
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, forward);
+  const before = (signal: NodeJS.Signals) => {
+    process.stderr.write(`history rebuild: ended by ${signal} before it began; the view is as it was\n`);
+    return codeOf(signal);
+  };
   try {
     // Before anything is started: a NATS of its own on the store of a make run on other ports was a
     // second server on live JetStream files (the rebuild then refused, the history service being up).
@@ -45,34 +64,32 @@ async function main(): Promise<number> {
     await stopLeftovers(DATA, say);
     const nats = await ensureLocalNats(DATA, DB, NATS_URL, say, "the rebuild");
     if (nats) stops.push(nats);
+    if (signalled) return before(signalled);
     const database: Record<string, string> = { DB_PATH: join(DATA, "history.db") };
     if (DB === "postgres") {
       const pg = await ensurePostgres(DATA, PG_PORT, say, "the rebuild");
       if (pg.stop) stops.push(pg.stop);
       database.DATABASE_URL = pg.url;
+      if (signalled) return before(signalled);
     }
     // The rebuild from the same tree as this script: from the build under make, the source under tsx.
     const built = import.meta.filename.endsWith(".js");
     const [node, args] = built
       ? nodeCommand("services/history/rebuild.ts")
       : [process.execPath, ["--import", "tsx", join(ROOT, "services/history/rebuild.ts")]];
-    const rebuild = spawn(node, args, {
+    rebuild = spawn(node, args, {
       cwd: ROOT,
       // As make run's bus administrator, like `make events` (unless NATS_USER says otherwise). Its log
       // lines (an event skipped) readable, as make run's are, among this command's own (LOG_FORMAT=json: JSON).
       env: { ...localBusEnv(DATA, BUS_ADMIN), LOG_FORMAT: "pretty", ...process.env, ...database, NATS_URL },
       stdio: "inherit",
     });
-    // Ctrl-C reaches the rebuild from the terminal; a signal sent to this process alone is passed on.
-    const forward = (signal: NodeJS.Signals) => rebuild.kill(signal);
-    process.on("SIGINT", forward);
-    process.on("SIGTERM", forward);
     const end = await endOf(rebuild);
     if (typeof end === "number") return end;
     process.stderr.write(
       `history rebuild: ended by ${end} part-way; the view is the old one, or the new one whole if it ended after its swap (never one part-built)\n`,
     );
-    return end === "SIGINT" ? 130 : 1;
+    return codeOf(end);
   } catch (err) {
     if (!(err instanceof CannotStart)) throw err;
     process.stderr.write(`history rebuild: ${err.message}\n`);

@@ -20,7 +20,7 @@ import { asideOf, lockRebuild } from "../services/history/rebuild-aside.js";
 import { HistoryStore } from "../services/history/store.js";
 import { snapshot, withDb } from "./db.js";
 import { event, publishEvents, until } from "./events.js";
-import { exited, freePort, outputReady, runToEnd, tempDir } from "./fixtures.js";
+import { built, exited, freePort, outputReady, runToEnd, tempDir } from "./fixtures.js";
 
 const groups: ChildProcess[] = [];
 afterEach(() => {
@@ -130,6 +130,40 @@ describe("make history-rebuild", () => {
     expect(again.out).not.toMatch(/^\{"level"/m);
     expect(await answers("127.0.0.1", port)).toBe(true);
   }, 90_000);
+
+  it("its terminal closed (SIGHUP to its process group) mid-rebuild: stops the NATS it started, says so and exits 129 (it died, NATS left running on make run's store)", async () => {
+    using dir = tempDir();
+    const port = await freePort();
+    {
+      await using nats = await runNats(dir.path, port);
+      await storeOrder(nats.url, dir.path, "ord-h1");
+    }
+    // As a terminal's foreground job: a process group of its own, which the hang-up reaches whole.
+    const base = { ...process.env };
+    for (const k of ["NATS_URL", "DB", "DB_PATH", "DATABASE_URL", "PG_PORT"]) delete base[k];
+    const child = spawn(process.execPath, built("scripts/history-rebuild.ts"), {
+      env: { ...base, DATA_DIR: dir.path, NATS_PORT: String(port) },
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true,
+    });
+    groups.push(child);
+    const code = exited(child);
+    await outputReady(child, "started NATS", "make history-rebuild", 20_000);
+    let out = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (out += d.toString()));
+    process.kill(-(child.pid ?? 0), "SIGHUP");
+    expect(await code, out).toBe(129);
+    expect(out).toMatch(/history rebuild: ended by SIGHUP/);
+    expect(
+      await until(
+        () => answers("127.0.0.1", port),
+        (up) => !up,
+        5_000,
+      ),
+      "its NATS stopped",
+    ).toBe(false);
+  }, 60_000);
 
   it("never leaves a part-built view: one killed part-way leaves the view as it was; one at a time; none that lost orders unless told", async () => {
     using dir = tempDir();
