@@ -17,12 +17,11 @@
  * (130 for SIGINT, 129 for SIGHUP: its terminal closed). A signal stops what it started first.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { constants } from "node:os";
 import { join } from "node:path";
 import { BUS_ADMIN } from "../platform/index.js";
 import { holdDataDir, stopLeftovers } from "./data-dir.js";
 import { dbOf, nodeCommand, portOf, ROOT } from "./layout.js";
-import { CannotStart, endOf, ensureLocalNats } from "./local-nats.js";
+import { CannotStart, catchSignals, endOf, ensureLocalNats, exitCodeOf } from "./local-nats.js";
 import { ensurePostgres } from "./local-postgres.js";
 import { localBusEnv } from "./nats.js";
 
@@ -35,25 +34,16 @@ const NATS_URL = process.env.NATS_URL || `nats://127.0.0.1:${portOf("NATS_PORT",
 
 const say = (line: string) => process.stdout.write(`${line}\n`);
 
-/** A signal's exit code as a shell reports it, for the signals of a person at a terminal; 1 for any other. */
-const codeOf = (signal: NodeJS.Signals) =>
-  signal === "SIGINT" || signal === "SIGHUP" ? 128 + constants.signals[signal] : 1;
-
 async function main(): Promise<number> {
   const stops: (() => Promise<void>)[] = [];
-  // A signal is passed on to the rebuild, and ends this command only once what it started is stopped:
-  // its terminal closed (SIGHUP to the whole job), the command died at once, and its NATS, which takes
-  // SIGHUP for "reload the configuration", ran on, on make run's store.
+  // A signal is passed on to the rebuild, and ends this command once what it started is stopped.
   let rebuild: ChildProcess | undefined;
-  let signalled: NodeJS.Signals | undefined;
-  const forward = (signal: NodeJS.Signals) => {
-    signalled ??= signal;
-    rebuild?.kill(signal);
-  };
-  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, forward);
-  const before = (signal: NodeJS.Signals) => {
-    process.stderr.write(`history rebuild: ended by ${signal} before it began; the view is as it was\n`);
-    return codeOf(signal);
+  const signalled = catchSignals((signal) => rebuild?.kill(signal));
+  /** A signal that came before the rebuild began, said: its exit code. */
+  const endedEarly = (): number | undefined => {
+    const signal = signalled();
+    if (signal) process.stderr.write(`history rebuild: ended by ${signal} before it began; the view is as it was\n`);
+    return signal && exitCodeOf(signal);
   };
   try {
     // Before anything is started: a NATS of its own on the store of a make run on other ports was a
@@ -64,13 +54,15 @@ async function main(): Promise<number> {
     await stopLeftovers(DATA, say);
     const nats = await ensureLocalNats(DATA, DB, NATS_URL, say, "the rebuild");
     if (nats) stops.push(nats);
-    if (signalled) return before(signalled);
+    const early = endedEarly();
+    if (early) return early;
     const database: Record<string, string> = { DB_PATH: join(DATA, "history.db") };
     if (DB === "postgres") {
       const pg = await ensurePostgres(DATA, PG_PORT, say, "the rebuild");
       if (pg.stop) stops.push(pg.stop);
       database.DATABASE_URL = pg.url;
-      if (signalled) return before(signalled);
+      const late = endedEarly();
+      if (late) return late;
     }
     // The rebuild from the same tree as this script: from the build under make, the source under tsx.
     const built = import.meta.filename.endsWith(".js");
@@ -89,7 +81,7 @@ async function main(): Promise<number> {
     process.stderr.write(
       `history rebuild: ended by ${end} part-way; the view is the old one, or the new one whole if it ended after its swap (never one part-built)\n`,
     );
-    return codeOf(end);
+    return exitCodeOf(end);
   } catch (err) {
     if (!(err instanceof CannotStart)) throw err;
     process.stderr.write(`history rebuild: ${err.message}\n`);

@@ -5,6 +5,7 @@
  * is and left running.
  */
 import { type ChildProcess, spawn } from "node:child_process";
+import { constants } from "node:os";
 import { createInterface } from "node:readline";
 import { recordChild } from "./data-dir.js";
 import { answers, jetStreamDir, NATS_MISSING, natsInstalled, natsServerArgs, preparedJetStreamDir } from "./nats.js";
@@ -13,6 +14,27 @@ const LOCAL_HOSTS = new Set(["127.0.0.1", "localhost", "[::1]"]);
 
 /** Something the command needs could not be started: its message is the command's last line. */
 export class CannotStart extends Error {}
+
+/**
+ * Catches the signals that end a command (Ctrl-C, a kill, its terminal closed), so that it stops what it
+ * started before it ends; each is passed to `onSignal`. The command checks `signalled()` between its
+ * steps. Ended at once, a command left its NATS running on make run's store: nats-server reads
+ * SIGHUP as "reload the configuration", so a terminal closed over both did not stop it.
+ */
+export function catchSignals(onSignal: (signal: NodeJS.Signals) => void = () => {}): () => NodeJS.Signals | undefined {
+  let first: NodeJS.Signals | undefined;
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+    process.on(signal, () => {
+      first ??= signal;
+      onSignal(signal);
+    });
+  }
+  return () => first;
+}
+
+/** A signal's exit code as a shell reports it, for the signals of a person at a terminal (Ctrl-C 130, the terminal closed 129); 1 for any other. */
+export const exitCodeOf = (signal: NodeJS.Signals): number =>
+  signal === "SIGINT" || signal === "SIGHUP" ? 128 + constants.signals[signal] : 1;
 
 /** Resolves when `child` exits: its code, or the signal that ended it. */
 export const endOf = (child: ChildProcess) =>

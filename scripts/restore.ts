@@ -26,7 +26,7 @@ import { MIGRATIONS as HISTORY } from "../services/history/store.js";
 import { MIGRATIONS as NOTIFICATION } from "../services/notification/store.js";
 import { holdDataDir, stopLeftovers } from "./data-dir.js";
 import { dbOf, portOf, ROOT } from "./layout.js";
-import { CannotStart, ensureLocalNats } from "./local-nats.js";
+import { CannotStart, catchSignals, ensureLocalNats, exitCodeOf } from "./local-nats.js";
 import { localBusEnv } from "./nats.js";
 import { postgresTarget } from "./restore-postgres.js";
 import { sqliteTarget } from "./restore-sqlite.js";
@@ -115,6 +115,13 @@ async function main(): Promise<number> {
   }
   const stops: (() => Promise<void> | void)[] = [];
   let rewinding = false;
+  // A signal ends it between its steps, once what it started is stopped: ended at once (its terminal
+  // closed), the NATS it started ran on, on make run's store.
+  const signalled = catchSignals();
+  const interrupted = () => {
+    const signal = signalled();
+    if (signal) throw new Interrupted(signal);
+  };
   try {
     const target = targetOf(service, from);
     // Made by holding it below: a DATA_DIR misspelt took the copy, and a NATS store of its own, exit 0.
@@ -129,18 +136,31 @@ async function main(): Promise<number> {
     if (nats) stops.push(nats);
     const bus = await adminBus();
     stops.push(() => bus.close());
+    interrupted();
     // The durables first: if the swap then fails, the old store replays what it has already applied.
     rewinding = true;
     await rewind(bus, service, target.at);
+    interrupted();
     await target.put();
     say(`  ${target.live} is the backup's copy now; start ${service} (${target.start}) and it catches up`);
     return 0;
   } catch (err) {
+    if (err instanceof Interrupted && !rewinding) {
+      process.stderr.write(`restore: ended by ${err.signal}; nothing changed\n`);
+      return exitCodeOf(err.signal);
+    }
     if (err instanceof CannotStart || err instanceof RebuildRefused) {
       process.stderr.write(`restore: ${err.message}\n`);
       return 1;
     }
     if (!rewinding) throw err;
+    if (err instanceof Interrupted) {
+      process.stderr.write(
+        `restore: ended by ${err.signal} part-way; ${service}'s store is still the old one, whole, and its durables ` +
+          `are deleted: run it again, or start ${service} as it is (it replays each stream)\n`,
+      );
+      return exitCodeOf(err.signal);
+    }
     // Past this point an operator must know what is left (docs/operations.md: killed part-way).
     process.stderr.write(
       `restore failed: ${(err as Error).message}; ${service}'s store is still the old one, whole, and its ` +
@@ -154,6 +174,13 @@ async function main(): Promise<number> {
         .then(stop)
         .catch((err: unknown) => process.stderr.write(`restore: stopping: ${(err as Error).message}\n`));
     }
+  }
+}
+
+/** A signal came: the restore ends before its next step. */
+class Interrupted extends Error {
+  constructor(readonly signal: NodeJS.Signals) {
+    super(`ended by ${signal}`);
   }
 }
 

@@ -390,6 +390,53 @@ describe("make restore", () => {
     expect(running.out).toMatch(/in use by a history service/);
   }, 60_000);
 
+  it("its terminal closed (SIGHUP to its process group) mid-restore: stops the NATS it started, changes nothing, says so and exits 129 (it died, NATS left running on make run's store)", async () => {
+    using data = tempDir();
+    using copy = tempDir();
+    new Database(join(copy.path, "history.db")).close();
+    writeFileSync(join(copy.path, "backup.json"), JSON.stringify({ at: new Date().toISOString() }));
+    const port = await freePort();
+    const child = spawn(process.execPath, built("scripts/restore.ts"), {
+      env: {
+        ...process.env,
+        DATA_DIR: data.path,
+        NATS_PORT: String(port),
+        SERVICE: "history",
+        FROM: copy.path,
+        DB: "",
+      },
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true, // as a terminal's job: a process group of its own, which the hang-up reaches whole
+    });
+    const code = exited(child);
+    let nats = 0;
+    try {
+      await outputReady(child, "started NATS", "make restore", 20_000);
+      let out = "";
+      child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+      child.stderr.on("data", (d: Buffer) => (out += d.toString()));
+      // Its NATS frozen, the restore waits on it: the hang-up comes before any durable is deleted.
+      nats = Number(
+        readFileSync(join(data.path, "run.children"), "utf8")
+          .split("\n")
+          .find((l) => l.endsWith(" nats"))
+          ?.split(" ")[0],
+      );
+      process.kill(nats, "SIGSTOP");
+      process.kill(-(child.pid ?? 0), "SIGHUP");
+      await new Promise((r) => setTimeout(r, 300));
+      process.kill(nats, "SIGCONT");
+      expect(await code, out).toBe(129);
+      expect(out).toContain("restore: ended by SIGHUP; nothing changed");
+      expect(existsSync(join(data.path, "history.db")), "the live store untouched").toBe(false);
+      expect(await answers("127.0.0.1", port), "the NATS it started is stopped").toBe(false);
+    } finally {
+      try {
+        process.kill(-(child.pid ?? 0), "SIGKILL");
+      } catch {}
+    }
+  }, 60_000);
+
   it("with make run stopped, starts its NATS for the restore and deletes the durables as the bus's administrator", async () => {
     using data = tempDir();
     using copy = tempDir();
