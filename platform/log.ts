@@ -18,11 +18,13 @@ export interface LoggerOptions {
 }
 
 /** The asynchronous destinations of this process's loggers, for {@link flushLogs}. */
-const destinations = new Set<{ flushSync(): void }>();
+const destinations = new Set<{ flushSync(): void; destroy(): void }>();
 
 /**
  * Writes out every log line still buffered, synchronously: for a process
- * about to kill itself (fault injection). On a normal exit pino does it.
+ * about to exit or kill itself (a fatal error, fault injection). On a normal
+ * exit pino does it. A destination that cannot be written is dropped: log
+ * nothing more after this.
  */
 export function flushLogs(): void {
   for (const d of destinations) {
@@ -30,6 +32,9 @@ export function flushLogs(): void {
       d.flushSync();
     } catch {
       // Its reader is gone (EPIPE): nothing more can be said, and the exit that follows must not wait.
+      // Dropped with what it holds: pino's own flush at exit met the same EPIPE and threw it, a stack
+      // trace on stderr after the process's last words.
+      d.destroy();
     }
   }
 }

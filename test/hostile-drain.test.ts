@@ -6,7 +6,10 @@
  * the process says what it waits for and exits 0, and after a restart every accepted order ends
  * with the checkout's invariants intact.
  */
+import { spawn } from "node:child_process";
+import { once } from "node:events";
 import http from "node:http";
+import net from "node:net";
 import { describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
 import { signDevToken } from "../gateway/auth.js";
@@ -25,9 +28,10 @@ import {
   silentLogger,
   sql,
 } from "../platform/index.js";
+import { nodeCommand } from "../scripts/layout.js";
 import { TestDatabases, withDb } from "./db.js";
 import { consumerSettled, event, publishEvents } from "./events.js";
-import { spawnGateway, spawnService, tempDir } from "./fixtures.js";
+import { exited, spawnGateway, spawnService, tempDir } from "./fixtures.js";
 import { expectCheckoutInvariants } from "./invariants.js";
 import { startNats } from "./nats.js";
 import { connectEndStream, envelope } from "./raw.js";
@@ -95,6 +99,37 @@ describe("a service whose log reader is gone, told SIGTERM", () => {
     const code = inventory.kill("SIGTERM");
     const late = new Promise((r) => setTimeout(() => r("still running 5 s after SIGTERM"), 5_000).unref());
     expect(await Promise.race([code, late])).not.toBe("still running 5 s after SIGTERM");
+  }, 30_000);
+
+  // A fatal start (its port taken) flushes its last line and exits 1. With its log reader gone, that
+  // flush met EPIPE and so did pino's own at exit, which threw: a sonic-boom stack trace on stderr.
+  it("a fatal exit keeps its code and says nothing but its own words on stderr", async () => {
+    using dir = tempDir();
+    const dbs = new TestDatabases(dir.path);
+    const taken = net.createServer().listen(0, "127.0.0.1");
+    await once(taken, "listening");
+    try {
+      const port = (taken.address() as net.AddressInfo).port;
+      const [node, args] = nodeCommand("services/inventory/main.ts");
+      // On the node24 project's Node, as spawnService starts them.
+      const child = spawn(process.env.SHOPMESH_TEST_NODE || node, args, {
+        env: {
+          ...process.env,
+          ...(await dbs.env("inventory")),
+          LOG_FORMAT: "json",
+          NATS_URL: "off",
+          GRPC_PORT: String(port),
+        },
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      child.stdout.destroy();
+      let err = "";
+      child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+      expect(await exited(child), err).toBe(1);
+      expect(err).toBe("");
+    } finally {
+      taken.close();
+    }
   }, 30_000);
 });
 
