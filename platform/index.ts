@@ -96,6 +96,7 @@ export {
   policyFrom,
   policyProblems,
 } from "./policy.js";
+export { sayWhileRead } from "./printable.js";
 export { contextOf, currentTraceparent, detached, extractContext, inSpan, logIds } from "./propagation.js";
 export { withoutPassword } from "./redact.js";
 export { REGISTRY_SCHEME } from "./registry.js";

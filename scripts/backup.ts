@@ -19,17 +19,10 @@ import Database from "better-sqlite3";
 import { makeDirs } from "../platform/make-dirs.js";
 import { dbOf, portOf, ROOT, SERVICE_NAMES } from "./layout.js";
 import { clientTool } from "./postgres.js";
+import { sayWhileRead } from "./printable.js";
 
 const DATA = process.env.DATA_DIR || join(ROOT, ".data");
-/** Whether stdout still has a reader: gone (`make backup | head -1`), the backup is taken all the same, unsaid. */
-let heard = true;
-// The next line met EPIPE: an uncaught error, a stack trace and exit 1, with the backup taken regardless.
-process.stdout.on("error", () => {
-  heard = false;
-});
-const say = (line: string) => {
-  if (heard) process.stdout.write(`${line}\n`);
-};
+const say = sayWhileRead();
 const shown = (path: string) => (path.startsWith(ROOT) ? relative(ROOT, path) : path);
 
 /** `path` as one shell word: quoted when it holds more than letters, digits and `/._-:+` (a space split it into make targets). */

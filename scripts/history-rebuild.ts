@@ -24,6 +24,7 @@ import { dbOf, nodeCommand, portOf, ROOT } from "./layout.js";
 import { CannotStart, catchSignals, endOf, ensureLocalNats, exitCodeOf } from "./local-nats.js";
 import { ensurePostgres } from "./local-postgres.js";
 import { localBusEnv } from "./nats.js";
+import { sayWhileRead } from "./printable.js";
 
 const DATA = process.env.DATA_DIR || join(ROOT, ".data");
 // Refused as make run refuses them: a DB=postgress rebuilt the SQLite view, and a PG_PORT or NATS_PORT
@@ -32,7 +33,7 @@ const DB = dbOf();
 const PG_PORT = portOf("PG_PORT", 55432);
 const NATS_URL = process.env.NATS_URL || `nats://127.0.0.1:${portOf("NATS_PORT", 4222)}`;
 
-const say = (line: string) => process.stdout.write(`${line}\n`);
+const say = sayWhileRead();
 
 async function main(): Promise<number> {
   const stops: (() => Promise<void>)[] = [];

@@ -1,5 +1,5 @@
 /** What a command prints: others' text made harmless to a terminal (platform/printable.ts), and its end when its reader goes. */
-export { printable } from "../platform/printable.js";
+export { printable, sayWhileRead } from "../platform/printable.js";
 
 /**
  * Ends the command quietly once whatever reads its output stops reading (`make trace | head -1`), as

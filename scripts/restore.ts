@@ -28,6 +28,7 @@ import { holdDataDir, stopLeftovers } from "./data-dir.js";
 import { dbOf, portOf, ROOT } from "./layout.js";
 import { CannotStart, catchSignals, ensureLocalNats, exitCodeOf } from "./local-nats.js";
 import { localBusEnv } from "./nats.js";
+import { sayWhileRead } from "./printable.js";
 import { postgresTarget } from "./restore-postgres.js";
 import { sqliteTarget } from "./restore-sqlite.js";
 import type { RestoreTarget } from "./restore-target.js";
@@ -40,7 +41,7 @@ const SCHEMAS: Readonly<Record<string, readonly string[]>> = {
   notification: NOTIFICATION.sqlite,
 };
 const CONSUMERS_ONLY = Object.keys(SCHEMAS);
-const say = (line: string) => process.stdout.write(`${line}\n`);
+const say = sayWhileRead();
 const shown = (path: string) => (path.startsWith(ROOT) ? relative(ROOT, path) : path);
 
 /**

@@ -390,6 +390,40 @@ describe("make restore", () => {
     expect(running.out).toMatch(/in use by a history service/);
   }, 60_000);
 
+  it("its output's reader gone (make restore | head -1): restores all the same, stops its NATS and exits 0 (died of EPIPE part-way, a stack trace, NATS left running)", async () => {
+    using data = tempDir();
+    using copy = tempDir();
+    new Database(join(copy.path, "history.db")).close();
+    writeFileSync(join(copy.path, "backup.json"), JSON.stringify({ at: new Date().toISOString() }));
+    const port = await freePort();
+    const child = spawn(process.execPath, built("scripts/restore.ts"), {
+      env: {
+        ...process.env,
+        DATA_DIR: data.path,
+        NATS_PORT: String(port),
+        SERVICE: "history",
+        FROM: copy.path,
+        DB: "",
+      },
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true,
+    });
+    try {
+      const code = exited(child);
+      child.stdout.destroy();
+      let err = "";
+      child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+      expect(await code, err).toBe(0);
+      expect(err).toBe("");
+      expect(existsSync(join(data.path, "history.db")), "the copy put in place").toBe(true);
+      expect(await answers("127.0.0.1", port), "the NATS it started is stopped").toBe(false);
+    } finally {
+      try {
+        process.kill(-(child.pid ?? 0), "SIGKILL");
+      } catch {}
+    }
+  }, 60_000);
+
   it("its terminal closed (SIGHUP to its process group) mid-restore: stops the NATS it started, changes nothing, says so and exits 129 (it died, NATS left running on make run's store)", async () => {
     using data = tempDir();
     using copy = tempDir();

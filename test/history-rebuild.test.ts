@@ -131,6 +131,34 @@ describe("make history-rebuild", () => {
     expect(await answers("127.0.0.1", port)).toBe(true);
   }, 90_000);
 
+  it("its output's reader gone (make history-rebuild | head -1): rebuilds all the same, stops its NATS and exits 0 (died of EPIPE, a stack trace, NATS left running)", async () => {
+    using dir = tempDir();
+    const port = await freePort();
+    {
+      await using nats = await runNats(dir.path, port);
+      await storeOrder(nats.url, dir.path, "ord-p1");
+    }
+    const base = { ...process.env };
+    for (const k of ["NATS_URL", "DB", "DB_PATH", "DATABASE_URL", "PG_PORT"]) delete base[k];
+    const child = spawn(process.execPath, built("scripts/history-rebuild.ts"), {
+      env: { ...base, DATA_DIR: dir.path, NATS_PORT: String(port) },
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true,
+    });
+    groups.push(child);
+    const code = exited(child);
+    child.stdout.destroy();
+    let err = "";
+    child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+    expect(await code, err).toBe(0);
+    expect(err).toBe("");
+    expect(await answers("127.0.0.1", port), "its NATS stopped").toBe(false);
+    const view = await withDb({ engine: "sqlite", path: join(dir.path, "history.db") }, (db) =>
+      snapshot(db, ["order_history"]),
+    );
+    expect(view).toContain("ord-p1");
+  }, 60_000);
+
   it("its terminal closed (SIGHUP to its process group) mid-rebuild: stops the NATS it started, says so and exits 129 (it died, NATS left running on make run's store)", async () => {
     using dir = tempDir();
     const port = await freePort();

@@ -34,6 +34,7 @@ import {
   Inbox,
   type Logger,
   locationOf,
+  sayWhileRead,
   UNREADABLE,
   withoutPassword,
 } from "../../platform/index.js";
@@ -213,7 +214,8 @@ async function main(): Promise<number> {
     level: process.env.LOG_LEVEL ? config.LOG_LEVEL : "warn",
     format: config.LOG_FORMAT,
   });
-  const print = (line: string) => process.stdout.write(`${line}\n`);
+  // Its reader gone (make history-rebuild | head -1), the rebuild goes on unsaid: it died of EPIPE part-way.
+  const print = sayWhileRead();
   const live = locationOf("history", config);
   const name = (l: DbLocation) => (l.engine === "sqlite" ? l.path : `schema ${l.schema}`);
   let lock: RebuildLock | undefined;
