@@ -14,7 +14,10 @@ import { makeDirs } from "../platform/make-dirs.js";
 import { recordChild, stopLeftovers } from "./data-dir.js";
 import { portOf, ROOT, replicaCount, SYSTEM } from "./layout.js";
 import { answers } from "./nats.js";
-import { printable } from "./printable.js";
+import { printable, quietWhenOutputCloses } from "./printable.js";
+
+// Its reader gone (`make alerts | head -1`): ends, its Prometheus stopped on the way out (the exit handler).
+quietWhenOutputCloses();
 
 const RULES = join(ROOT, "deploy/kubernetes/components/observability/alerts.yml");
 

@@ -6,6 +6,9 @@
 import { signDevToken } from "../gateway/auth.js";
 import { loadConfig } from "../gateway/config.js";
 import { configOrExit, isRole, ROLES } from "../platform/index.js";
+import { quietWhenOutputCloses } from "./printable.js";
+
+quietWhenOutputCloses();
 
 const [user = "alice", role = "customer"] = process.argv.slice(2);
 if (!/^[A-Za-z0-9._:@-]{1,128}$/.test(user)) {

@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { answers } from "../scripts/nats.js";
 import { alerts, stopAlerts } from "./alerts-run.js";
+import { until } from "./events.js";
 import { exited, freePort, ROOT, tempDir } from "./fixtures.js";
 
 afterEach(stopAlerts);
@@ -98,6 +99,27 @@ describe("make alerts, odd and hostile", () => {
     process.kill(prometheus ?? 0, "SIGKILL");
     expect(await exited(run.child)).toBe(1);
     expect(run.out()).toMatch(/\nprometheus ended on its own \(SIGKILL\): make alerts stops\n$/);
+  }, 30_000);
+
+  it("its output's reader gone (make alerts | head -1): stops its Prometheus and exits 0 (died of EPIPE, a stack trace)", async () => {
+    using dir = tempDir();
+    const env = await settings(dir.path);
+    const run = alerts(env);
+    run.child.stdout.destroy();
+    let err = "";
+    run.child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+    expect(await exited(run.child), err).toBe(0);
+    expect(err).not.toMatch(/Error: write|node:events/);
+    const prometheus = Number(readFileSync(join(dir.path, "prometheus", "run.children"), "utf8").split(" ")[0]);
+    expect(prometheus).toBeGreaterThan(0);
+    expect(
+      await until(
+        () => existsSync(`/proc/${prometheus}`),
+        (alive) => !alive,
+        10_000,
+      ),
+      "its Prometheus stopped",
+    ).toBe(false);
   }, 30_000);
 
   it("keeps watching through an answer that is not JSON (a Prometheus shutting down says 503 in text)", async () => {

@@ -241,6 +241,18 @@ it("make history-rebuild refuses a data directory a make run is using, before it
   }
 });
 
+it("make token whose output's reader is gone (TOKEN=$(make token) in a shell that closed it) exits 0, no stack trace", async () => {
+  const child = spawn(process.execPath, [...built("scripts/token.ts"), "alice", "customer"], {
+    env: process.env,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  child.stdout.destroy();
+  let err = "";
+  child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+  expect(await exited(child), err).toBe(0);
+  expect(err).toBe("");
+});
+
 it("make token says what the gateway's configuration refuses in its words, not in a stack trace", async () => {
   const { code, out } = await script("token.ts", ["alice"], { JWT_SECRET: "abc" });
   expect(code, out).toBe(78);
