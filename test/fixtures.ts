@@ -14,10 +14,19 @@ import { nodeCommand } from "../scripts/layout.js";
 /** Repository root. */
 export const ROOT = resolve(import.meta.dirname, "..");
 
-/** A temporary directory removed on dispose. */
+/**
+ * A temporary directory removed on dispose, named after the test file that made it (shopmesh-saga-XXXXXX)
+ * so that one left behind says where it came from.
+ */
 export function tempDir(prefix = "shopmesh-"): { path: string } & Disposable {
-  const path = mkdtempSync(join(tmpdir(), prefix));
+  const path = mkdtempSync(join(tmpdir(), `${prefix}${madeBy()}`));
   return { path, [Symbol.dispose]: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+/** The test file on the stack ("saga-" for services/order/saga.test.ts), or nothing. */
+function madeBy(): string {
+  const file = new Error().stack?.match(/([\w.-]+)\.test\.ts/)?.[1];
+  return file ? `${file}-` : "";
 }
 
 /**
