@@ -306,6 +306,28 @@ describe("make backup DB=postgres", () => {
   }, 60_000);
 });
 
+/**
+ * A data directory, a backup of history's store (an empty one) and a port for the NATS a
+ * `make restore SERVICE=history` of it starts: `env` runs that restore.
+ */
+async function historyRestore() {
+  const data = tempDir();
+  const copy = tempDir();
+  new Database(join(copy.path, "history.db")).close();
+  writeFileSync(join(copy.path, "backup.json"), JSON.stringify({ at: new Date().toISOString() }));
+  const port = await freePort();
+  const env = { ...process.env, DATA_DIR: data.path, NATS_PORT: String(port), SERVICE: "history", FROM: copy.path };
+  return {
+    data: data.path,
+    port,
+    env,
+    [Symbol.dispose]() {
+      copy[Symbol.dispose]();
+      data[Symbol.dispose]();
+    },
+  };
+}
+
 describe("make restore", () => {
   it("puts history and notification back to a backup and has them catch up on every event since, once", async () => {
     await using sys = await startSystem();
@@ -391,20 +413,10 @@ describe("make restore", () => {
   }, 60_000);
 
   it("its output's reader gone (make restore | head -1): restores all the same, stops its NATS and exits 0 (died of EPIPE part-way, a stack trace, NATS left running)", async () => {
-    using data = tempDir();
-    using copy = tempDir();
-    new Database(join(copy.path, "history.db")).close();
-    writeFileSync(join(copy.path, "backup.json"), JSON.stringify({ at: new Date().toISOString() }));
-    const port = await freePort();
+    using r = await historyRestore();
+    const { data, port } = r;
     const child = spawn(process.execPath, built("scripts/restore.ts"), {
-      env: {
-        ...process.env,
-        DATA_DIR: data.path,
-        NATS_PORT: String(port),
-        SERVICE: "history",
-        FROM: copy.path,
-        DB: "",
-      },
+      env: { ...r.env, DB: "" },
       stdio: ["ignore", "pipe", "pipe"],
       detached: true,
     });
@@ -415,7 +427,7 @@ describe("make restore", () => {
       child.stderr.on("data", (d: Buffer) => (err += d.toString()));
       expect(await code, err).toBe(0);
       expect(err).toBe("");
-      expect(existsSync(join(data.path, "history.db")), "the copy put in place").toBe(true);
+      expect(existsSync(join(data, "history.db")), "the copy put in place").toBe(true);
       expect(await answers("127.0.0.1", port), "the NATS it started is stopped").toBe(false);
     } finally {
       try {
@@ -425,20 +437,10 @@ describe("make restore", () => {
   }, 60_000);
 
   it("its terminal closed (SIGHUP to its process group) mid-restore: stops the NATS it started, changes nothing, says so and exits 129 (it died, NATS left running on make run's store)", async () => {
-    using data = tempDir();
-    using copy = tempDir();
-    new Database(join(copy.path, "history.db")).close();
-    writeFileSync(join(copy.path, "backup.json"), JSON.stringify({ at: new Date().toISOString() }));
-    const port = await freePort();
+    using r = await historyRestore();
+    const { data, port } = r;
     const child = spawn(process.execPath, built("scripts/restore.ts"), {
-      env: {
-        ...process.env,
-        DATA_DIR: data.path,
-        NATS_PORT: String(port),
-        SERVICE: "history",
-        FROM: copy.path,
-        DB: "",
-      },
+      env: { ...r.env, DB: "" },
       stdio: ["ignore", "pipe", "pipe"],
       detached: true, // as a terminal's job: a process group of its own, which the hang-up reaches whole
     });
@@ -451,7 +453,7 @@ describe("make restore", () => {
       child.stderr.on("data", (d: Buffer) => (out += d.toString()));
       // Its NATS frozen, the restore waits on it: the hang-up comes before any durable is deleted.
       nats = Number(
-        readFileSync(join(data.path, "run.children"), "utf8")
+        readFileSync(join(data, "run.children"), "utf8")
           .split("\n")
           .find((l) => l.endsWith(" nats"))
           ?.split(" ")[0],
@@ -462,7 +464,7 @@ describe("make restore", () => {
       process.kill(nats, "SIGCONT");
       expect(await code, out).toBe(129);
       expect(out).toContain("restore: ended by SIGHUP; nothing changed");
-      expect(existsSync(join(data.path, "history.db")), "the live store untouched").toBe(false);
+      expect(existsSync(join(data, "history.db")), "the live store untouched").toBe(false);
       expect(await answers("127.0.0.1", port), "the NATS it started is stopped").toBe(false);
     } finally {
       try {
@@ -472,15 +474,12 @@ describe("make restore", () => {
   }, 60_000);
 
   it("with make run stopped, starts its NATS for the restore and deletes the durables as the bus's administrator", async () => {
-    using data = tempDir();
-    using copy = tempDir();
-    new Database(join(copy.path, "history.db")).close();
-    writeFileSync(join(copy.path, "backup.json"), JSON.stringify({ at: new Date().toISOString() }));
-    const port = await freePort();
+    using r = await historyRestore();
+    const { data, port } = r;
     const madeRunNats = async () => {
-      const child = spawn("nats-server", natsServerArgs(data.path, port), { stdio: ["ignore", "pipe", "pipe"] });
+      const child = spawn("nats-server", natsServerArgs(data, port), { stdio: ["ignore", "pipe", "pipe"] });
       await outputReady(child, "Server is ready", "nats-server", 10_000);
-      const { NATS_USER = "", NATS_PASSWORD = "" } = localBusEnv(data.path, BUS_ADMIN);
+      const { NATS_USER = "", NATS_PASSWORD = "" } = localBusEnv(data, BUS_ADMIN);
       const bus = await connectBus(`nats://127.0.0.1:${port}`, "restore-test", silentLogger(), {
         streams: EVENTS.streams,
         ...busAuthOf({ NATS_USER, NATS_PASSWORD }),
@@ -501,20 +500,20 @@ describe("make restore", () => {
         await nats.bus.jsm.consumers.add("ORDER", { durable_name: durable, ack_policy: AckPolicy.Explicit });
       }
     }
-    const env = { ...process.env, DATA_DIR: data.path, NATS_PORT: String(port), SERVICE: "history", FROM: copy.path };
+    const { env } = r;
     const restored = await runToEnd(process.execPath, built("scripts/restore.ts"), { env });
     expect(restored.code, restored.out).toBe(0);
     expect(restored.out).toContain(`started NATS on port ${port} with make run's streams`);
     expect(restored.out).toContain("deleted durable history-order");
     expect(await answers("127.0.0.1", port), "the NATS it started is stopped").toBe(false);
-    expect(existsSync(join(data.path, "history.db")), "the copy put in place").toBe(true);
+    expect(existsSync(join(data, "history.db")), "the copy put in place").toBe(true);
     await using nats = await madeRunNats();
     const left = [];
     for await (const c of nats.bus.jsm.consumers.list("ORDER")) left.push(c.name);
     expect(left, "another service's durable is left as it was").toEqual(["notification-order"]);
 
     // While a make run holds the data directory: refused, nothing changed.
-    const release = holdDataDir(data.path);
+    const release = holdDataDir(data);
     try {
       const refused = await runToEnd(process.execPath, built("scripts/restore.ts"), { env });
       expect(refused.code).toBe(1);

@@ -51,14 +51,30 @@ async function runNats(dataDir: string, port: number, db = "sqlite") {
  * `make -s history-rebuild` with `env` and no inherited database or bus variables; node_modules counts
  * as installed (a make here must not start `npm ci` under the suites running beside it).
  */
-async function makeRebuild(env: Record<string, string>): Promise<{ code: number | string; out: string }> {
+/** This process's environment without what chooses a bus or a database, so that `env` alone does. */
+function cleanEnv(env: Record<string, string>): NodeJS.ProcessEnv {
   const base = { ...process.env };
   for (const k of ["NATS_URL", "NATS_PORT", "DB", "DB_PATH", "DATABASE_URL", "PG_PORT"]) delete base[k];
+  return { ...base, ...env };
+}
+
+async function makeRebuild(env: Record<string, string>): Promise<{ code: number | string; out: string }> {
   return runToEnd("make", ["-s", "-o", "node_modules/.package-lock.json", "history-rebuild"], {
-    env: { ...base, ...env },
+    env: cleanEnv(env),
     detached: true,
     onStart: (child) => groups.push(child),
   });
+}
+
+/** The rebuild's script started as a terminal's job would be: a process group of its own, output piped. */
+function spawnRebuild(env: Record<string, string>) {
+  const child = spawn(process.execPath, built("scripts/history-rebuild.ts"), {
+    env: cleanEnv(env),
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
+  });
+  groups.push(child);
+  return child;
 }
 
 /** Stores one confirmed order on the streams of make run's NATS on `dataDir` at `url`, as its administrator. */
@@ -138,14 +154,7 @@ describe("make history-rebuild", () => {
       await using nats = await runNats(dir.path, port);
       await storeOrder(nats.url, dir.path, "ord-p1");
     }
-    const base = { ...process.env };
-    for (const k of ["NATS_URL", "DB", "DB_PATH", "DATABASE_URL", "PG_PORT"]) delete base[k];
-    const child = spawn(process.execPath, built("scripts/history-rebuild.ts"), {
-      env: { ...base, DATA_DIR: dir.path, NATS_PORT: String(port) },
-      stdio: ["ignore", "pipe", "pipe"],
-      detached: true,
-    });
-    groups.push(child);
+    const child = spawnRebuild({ DATA_DIR: dir.path, NATS_PORT: String(port) });
     const code = exited(child);
     child.stdout.destroy();
     let err = "";
@@ -167,14 +176,7 @@ describe("make history-rebuild", () => {
       await storeOrder(nats.url, dir.path, "ord-h1");
     }
     // As a terminal's foreground job: a process group of its own, which the hang-up reaches whole.
-    const base = { ...process.env };
-    for (const k of ["NATS_URL", "DB", "DB_PATH", "DATABASE_URL", "PG_PORT"]) delete base[k];
-    const child = spawn(process.execPath, built("scripts/history-rebuild.ts"), {
-      env: { ...base, DATA_DIR: dir.path, NATS_PORT: String(port) },
-      stdio: ["ignore", "pipe", "pipe"],
-      detached: true,
-    });
-    groups.push(child);
+    const child = spawnRebuild({ DATA_DIR: dir.path, NATS_PORT: String(port) });
     const code = exited(child);
     await outputReady(child, "started NATS", "make history-rebuild", 20_000);
     let out = "";
