@@ -18,6 +18,7 @@ import { EVENTS } from "../contracts/events.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { connectBus } from "../platform/bus.js";
+import { configOrExit, int, parseEnv } from "../platform/config.js";
 import { migrations, openDatabase } from "../platform/db.js";
 import { silentLogger } from "../platform/log.js";
 import { OUTBOX_CLAIMS_MIGRATION, OUTBOX_INDEXES_MIGRATION, OUTBOX_MIGRATION, Outbox } from "../platform/outbox.js";
@@ -26,7 +27,9 @@ import { tempDir } from "../test/fixtures.js";
 import { startNats } from "../test/nats.js";
 import { writeResults } from "./system.js";
 
-const EVENTS_PER_ROUND = Number(process.env.OUTBOX_EVENTS ?? 2_000);
+const { OUTBOX_EVENTS: EVENTS_PER_ROUND } = configOrExit(() =>
+  parseEnv({ OUTBOX_EVENTS: int(2_000, { min: 1, max: 1_000_000 }) }, process.env),
+);
 const log = silentLogger();
 const dir = tempDir("shopmesh-outbox-bench-");
 const nats = await startNats();

@@ -26,6 +26,7 @@ import { createInterface } from "node:readline";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { installLeanAsyncBind } from "../platform/async-bind.js";
+import { configOrExit, EXIT_REFUSED, num, parseEnv, str } from "../platform/config.js";
 import { nodeCommand, SYSTEM_ENV, systemNodeFlags } from "../scripts/layout.js";
 import type { LoadSpec } from "./load.js";
 import { cpuSeconds, load, restock, startSystem } from "./system.js";
@@ -125,8 +126,14 @@ function startProxy(kind: "core" | "compat", target: string): Promise<{ port: nu
 }
 
 async function measure(): Promise<void> {
-  const seconds = Number(process.env.FLOOR_SECONDS ?? 6);
-  const rates = (process.env.FLOOR_RATES ?? "200,1000").split(",").map(Number);
+  const { FLOOR_SECONDS: seconds, FLOOR_RATES } = configOrExit(() =>
+    parseEnv({ FLOOR_SECONDS: num(6, { min: 0.1, max: 3_600 }), FLOOR_RATES: str("200,1000") }, process.env),
+  );
+  const rates = FLOOR_RATES.split(",").map(Number);
+  if (rates.some((r) => !Number.isFinite(r) || r <= 0)) {
+    process.stderr.write(`FLOOR_RATES: "${FLOOR_RATES}" is not a list of calls per second (e.g. 200,1000)\n`);
+    process.exit(EXIT_REFUSED);
+  }
   const token = await signDevToken(
     { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" },
     "bench",

@@ -19,6 +19,7 @@ import { spawn } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
+import { configOrExit, int, num, parseEnv, str } from "../platform/config.js";
 import { type Db, sql } from "../platform/index.js";
 import { pgPool } from "../platform/pg-pool.js";
 import { postgresDb, sqliteDb } from "../platform/sql.js";
@@ -26,8 +27,19 @@ import { ROOT, type ServiceProcess, spawnService, tempDir } from "../test/fixtur
 import { startNats } from "../test/nats.js";
 import { startPostgres } from "../test/postgres.js";
 
-const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
-const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 16);
+const ENV = configOrExit(() =>
+  parseEnv(
+    {
+      BENCH_SECONDS: num(10, { min: 0.1, max: 3_600 }),
+      BENCH_CONCURRENCY: int(16, { min: 1, max: 10_000 }),
+      BENCH_ONLY: str(""),
+      BENCH_PROFILE_DIR: str(""),
+    },
+    process.env,
+  ),
+);
+const SECONDS = ENV.BENCH_SECONDS;
+const CONCURRENCY = ENV.BENCH_CONCURRENCY;
 
 interface Setup {
   readonly name: string;
@@ -40,8 +52,8 @@ const SETUPS = (
     { name: "postgres, 1 order replica", engine: "postgres", orderReplicas: 1 },
     { name: "postgres, 3 order replicas", engine: "postgres", orderReplicas: 3 },
   ] satisfies Setup[]
-).filter((s) => s.name.includes(process.env.BENCH_ONLY ?? ""));
-const PROFILE_DIR = process.env.BENCH_PROFILE_DIR;
+).filter((s) => s.name.includes(ENV.BENCH_ONLY));
+const PROFILE_DIR = ENV.BENCH_PROFILE_DIR || undefined;
 
 /** Runs the load generator; its JSON result. */
 function load(addresses: string[], run: string) {

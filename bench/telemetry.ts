@@ -15,6 +15,7 @@ import { join } from "node:path";
 import { ExportResultCode } from "@opentelemetry/core";
 import { BatchSpanProcessor, type ReadableSpan, type SpanExporter } from "@opentelemetry/sdk-trace-base";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
+import { configOrExit, int, num, parseEnv } from "../platform/config.js";
 import {
   bind,
   createChannel,
@@ -28,9 +29,20 @@ import { createInventoryApi } from "../services/inventory/api.js";
 import { DEMO_CATALOGUE } from "../services/inventory/catalogue.js";
 import { InventoryStore } from "../services/inventory/store.js";
 
-const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
-const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 32);
+const {
+  BENCH_SECONDS: SECONDS,
+  BENCH_ROUNDS: ROUNDS,
+  BENCH_CONCURRENCY: CONCURRENCY,
+} = configOrExit(() =>
+  parseEnv(
+    {
+      BENCH_SECONDS: num(5, { min: 0.1, max: 3_600 }),
+      BENCH_ROUNDS: int(3, { min: 1, max: 100 }),
+      BENCH_CONCURRENCY: int(32, { min: 1, max: 10_000 }),
+    },
+    process.env,
+  ),
+);
 
 /** Counts spans and drops them: the cost measured is creating and batching spans, not disk or network. */
 class CountingExporter implements SpanExporter {

@@ -13,11 +13,14 @@
 import { openSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
+import { configOrExit, int, parseEnv } from "../platform/config.js";
 import { WalSync } from "../platform/wal-sync.js";
 import { tempDir } from "../test/fixtures.js";
 import { writeResults } from "./system.js";
 
-const FLUSHES = Number(process.env.WAL_FLUSHES ?? 3_000);
+const { WAL_FLUSHES: FLUSHES } = configOrExit(() =>
+  parseEnv({ WAL_FLUSHES: int(3_000, { min: 1, max: 10_000_000 }) }, process.env),
+);
 using dir = tempDir("shopmesh-wal-bench-");
 const db = join(dir.path, "bench.db");
 writeFileSync(db, "");
