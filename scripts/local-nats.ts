@@ -69,6 +69,11 @@ export async function ensureLocalNats(
   preparedJetStreamDir(dataDir, db);
   const nats = spawn("nats-server", natsServerArgs(dataDir, port, undefined, db), {
     stdio: ["ignore", "pipe", "pipe"],
+    // A process group of its own, as make run's processes: a Ctrl-C at the terminal reached it with the
+    // command, and it was gone before the command's next step, which then waited for it without end
+    // (its NATS connection waits for a first server), every later Ctrl-C caught and kept for that step.
+    // The command stops it; one killed leaves it to the next's stopLeftovers (run.children).
+    detached: true,
   });
   recordChild(dataDir, nats.pid, "nats");
   const lines: string[] = [];

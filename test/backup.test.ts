@@ -13,7 +13,7 @@ import { describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { BUS_ADMIN, busAuthOf, connectBus, silentLogger } from "../platform/index.js";
-import { holdDataDir } from "../scripts/data-dir.js";
+import { holdDataDir, stopLeftovers } from "../scripts/data-dir.js";
 import { SERVICE_NAMES } from "../scripts/layout.js";
 import { answers, localBusEnv, natsServerArgs } from "../scripts/nats.js";
 import { ensureDatabase, postgresBinDir } from "../scripts/postgres.js";
@@ -470,6 +470,57 @@ describe("make restore", () => {
       try {
         process.kill(-(child.pid ?? 0), "SIGKILL");
       } catch {}
+      await stopLeftovers(data.path, () => {}); // its NATS, in a process group of its own
+    }
+  }, 60_000);
+
+  it("Ctrl-C at its terminal (SIGINT to its process group) mid-restore: changes nothing, stops its NATS, says so and exits 130 (the NATS it started, in its group, died of the Ctrl-C and the restore waited for it for ever)", async () => {
+    using data = tempDir();
+    using copy = tempDir();
+    new Database(join(copy.path, "history.db")).close();
+    writeFileSync(join(copy.path, "backup.json"), JSON.stringify({ at: new Date().toISOString() }));
+    const port = await freePort();
+    const child = spawn(process.execPath, built("scripts/restore.ts"), {
+      env: {
+        ...process.env,
+        DATA_DIR: data.path,
+        NATS_PORT: String(port),
+        SERVICE: "history",
+        FROM: copy.path,
+        DB: "",
+      },
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true, // as a terminal's job: a process group of its own, which a Ctrl-C reaches whole
+    });
+    const code = exited(child);
+    let nats = 0;
+    try {
+      await outputReady(child, "started NATS", "make restore", 20_000);
+      let out = "";
+      child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+      child.stderr.on("data", (d: Buffer) => (out += d.toString()));
+      // Its NATS frozen, the restore waits on it: the Ctrl-C comes before any durable is deleted, and
+      // reaches NATS too if it is in the restore's process group (it stops at once on SIGINT).
+      nats = Number(
+        readFileSync(join(data.path, "run.children"), "utf8")
+          .split("\n")
+          .find((l) => l.endsWith(" nats"))
+          ?.split(" ")[0],
+      );
+      process.kill(nats, "SIGSTOP");
+      process.kill(-(child.pid ?? 0), "SIGINT");
+      await new Promise((r) => setTimeout(r, 300));
+      process.kill(nats, "SIGCONT");
+      const still = new Promise((r) => setTimeout(r, 20_000, "still running"));
+      expect(await Promise.race([code, still]), out).toBe(130);
+      expect(out).toContain("restore: ended by SIGINT; nothing changed");
+      expect(existsSync(join(data.path, "history.db")), "the live store untouched").toBe(false);
+      expect(await answers("127.0.0.1", port), "the NATS it started is stopped").toBe(false);
+    } finally {
+      try {
+        process.kill(-(child.pid ?? 0), "SIGKILL");
+      } catch {}
+      await stopLeftovers(data.path, () => {}); // its NATS, in a process group of its own
     }
   }, 60_000);
 
