@@ -17,11 +17,14 @@ export class CannotStart extends Error {}
 
 /**
  * Catches the signals that end a command (Ctrl-C, a kill, its terminal closed), so that it stops what it
- * started before it ends; each is passed to `onSignal`. The command checks `signalled()` between its
+ * started before it ends, also with its stderr gone; each is passed to `onSignal`. The command checks `signalled()` between its
  * steps. Ended at once, a command left its NATS running on make run's store: nats-server reads
  * SIGHUP as "reload the configuration", so a terminal closed over both did not stop it.
  */
 export function catchSignals(onSignal: (signal: NodeJS.Signals) => void = () => {}): () => NodeJS.Signals | undefined {
+  // A terminal closed takes stderr with it: the command's last line ("ended by SIGHUP") met EIO (EPIPE in
+  // a pipe), an uncaught error that ended it before it stopped its NATS. What cannot be said is not.
+  process.stderr.on("error", () => {});
   let first: NodeJS.Signals | undefined;
   for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
     process.on(signal, () => {
