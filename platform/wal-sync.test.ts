@@ -5,7 +5,7 @@
  * failed flush is the caller's error, not a silent success.
  */
 import { spawn } from "node:child_process";
-import { mkdirSync, symlinkSync } from "node:fs";
+import { mkdirSync, rmSync, symlinkSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { sql } from "kysely";
@@ -91,6 +91,21 @@ describe("WalSync", () => {
     } finally {
       await wal.close();
       raw.close();
+    }
+  });
+
+  it("a log removed while in use (rm *.db-wal) fails the next commit, as a removed database file does", async () => {
+    using dir = tempDir();
+    const path = join(dir.path, "t.db");
+    const db = await openDatabase({ engine: "sqlite", path }, { sqlite: SCHEMA, postgres: SCHEMA });
+    try {
+      const insert = () => db.transaction((tx) => tx.run(sql`INSERT INTO t (v) VALUES ('x')`));
+      await insert();
+      // SQLite writes on to the nameless log: a crash, or another process opening the file, loses the commit.
+      rmSync(`${path}-wal`);
+      await expect(insert()).rejects.toThrow(/removed or replaced/);
+    } finally {
+      await db.close().catch(() => {});
     }
   });
 

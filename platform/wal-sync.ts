@@ -18,7 +18,7 @@
  * each checkpoint (NORMAL's rule), so one fdatasync of the file makes
  * every frame written before it durable, whichever connection wrote it.
  */
-import { statSync } from "node:fs";
+import { fstatSync, statSync } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
 
 export class WalSync {
@@ -47,6 +47,8 @@ export class WalSync {
 
   /** The database file's identity when opened (see {@link WalSync.flush}'s check). */
   private readonly identity: { dev: number; ino: number } | undefined;
+  /** The log's, once opened. */
+  private logIdentity: { dev: number; ino: number } | undefined;
 
   /**
    * `dbPath`: the database file, checked at each flush to be still the file this process writes (an
@@ -92,6 +94,11 @@ export class WalSync {
           `the database file ${this.dbPath} was removed or replaced while in use: what was written since is in no file a restart would open`,
         );
       }
+      if (this.logReplaced(file)) {
+        throw new Error(
+          `the database log ${this.walPath} was removed or replaced while in use: what was committed since the last checkpoint is in no file a restart would open`,
+        );
+      }
     } catch (err) {
       this.broken = new Error(
         `the database log ${this.walPath} could not be flushed (${(err as Error).message}): ` +
@@ -113,6 +120,19 @@ export class WalSync {
     if (!this.identity || this.dbPath === undefined) return false;
     const now = statSync(this.dbPath, { throwIfNoEntry: false });
     return now?.ino !== this.identity.ino || now.dev !== this.identity.dev;
+  }
+
+  /**
+   * Whether the log's path no longer names the log this process writes (`rm *.db-wal`, taken for a
+   * temporary file): SQLite wrote on to the nameless one, and a crash, or another process opening the
+   * database, lost every commit since the last checkpoint. Only when a database file is checked too.
+   */
+  private logReplaced(file: FileHandle): boolean {
+    if (!this.identity) return false;
+    // The log is opened once, so its identity is read once: a stat per flush, as for the file.
+    this.logIdentity ??= fstatSync(file.fd);
+    const now = statSync(this.walPath, { throwIfNoEntry: false });
+    return now?.ino !== this.logIdentity.ino || now.dev !== this.logIdentity.dev;
   }
 
   async close(): Promise<void> {
