@@ -731,6 +731,30 @@ describe("regressions", () => {
     expect(client.state()).toMatchObject({ inFlight: 0, queued: 0 });
   });
 
+  // The same for a server stream: it waited in the queue without its caller's signal or deadline.
+  it("a queued stream whose caller gave up (cancel, deadline) leaves the queue at once: it sheds no live call", async () => {
+    const { fake, server } = await startOrder();
+    const client = resilient("order", OrderService, server, { bulkheadLimit: 1, bulkheadQueue: 1 });
+    await client.getOrder({ orderId: "o-1" });
+    fake.next(delay(1_000));
+    const busy = client.getOrder({ orderId: "o-1" });
+    const first = async (stream: AsyncIterable<unknown>) => {
+      for await (const _ of stream) return;
+    };
+    const ac = new AbortController();
+    const cancelled = first(client.watchOrder({ orderId: "o-1" }, { signal: ac.signal }));
+    expect(client.state()).toMatchObject({ inFlight: 1, queued: 1 });
+    ac.abort();
+    await expectRpcError(cancelled, Code.CANCELLED);
+    expect(client.state()).toMatchObject({ inFlight: 1, queued: 0 });
+    await expectRpcError(first(client.watchOrder({ orderId: "o-1" }, { timeoutMs: 100 })), Code.DEADLINE_EXCEEDED);
+    expect(client.state()).toMatchObject({ inFlight: 1, queued: 0 });
+
+    await expect(client.getOrder({ orderId: "o-1" }, { deadline: Date.now() + 3_000 })).resolves.toBeDefined();
+    await busy;
+    expect(client.state()).toMatchObject({ inFlight: 0, queued: 0 });
+  });
+
   // While a half-open probe runs, cockatiel makes every other call wait for the probe's outcome (up to the
   // probe's timeoutMs) instead of failing fast, past the waiting caller's own deadline (~2,000 ms here for 200).
   it("a call arriving during a half-open probe does not wait past its deadline", async () => {

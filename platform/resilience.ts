@@ -176,6 +176,7 @@ export function createResilientClient<S extends DescService>(
         streamThrough(
           guard,
           earliestDeadline(o.deadline, o.timeoutMs),
+          o.signal,
           (ep) => call(ep, m)(req, { ...o }) as AsyncIterable<MessageShape<DescMessage>>,
         );
     }
@@ -307,16 +308,23 @@ function attemptOptions(
 async function* streamThrough<S extends DescService, T>(
   g: Guard<S>,
   deadline: number | undefined,
+  signal: AbortSignal | undefined,
   open: (ep: Endpoint<S>) => AsyncIterable<T>,
 ): AsyncIterable<T> {
   let it: AsyncIterator<T> | undefined;
   let first: IteratorResult<T>;
   try {
-    first = await g.bulkhead.execute(() =>
-      onSomeInstance(g, new Set(), (ep) => {
-        it = open(ep)[Symbol.asyncIterator]();
-        return it.next().catch((err: unknown) => Promise.reject(callersDeadline(err, deadline)));
-      }),
+    // Queued under its caller's signal and deadline, as a unary call: without them, a stream whose caller
+    // gave up kept its place until its turn, and live calls behind it were shed "bulkhead full".
+    first = await withDeadline(deadline, signal, CallerDeadlineError.now, (s) =>
+      g.bulkhead.execute(
+        () =>
+          onSomeInstance(g, new Set(), (ep) => {
+            it = open(ep)[Symbol.asyncIterator]();
+            return it.next().catch((err: unknown) => Promise.reject(callersDeadline(err, deadline)));
+          }),
+        s,
+      ),
     );
   } catch (err) {
     throw toClientError(err, g.downstream);
