@@ -39,6 +39,19 @@ export function catchSignals(onSignal: (signal: NodeJS.Signals) => void = () => 
 export const exitCodeOf = (signal: NodeJS.Signals): number =>
   signal === "SIGINT" || signal === "SIGHUP" ? 128 + constants.signals[signal] : 1;
 
+/**
+ * SIGKILLs `child` with its process group (a child started `detached` leads one): what it started goes
+ * too. As root, PostgreSQL is `runuser` over the postmaster, and killing `runuser` alone left the
+ * postmaster running, holding PG_PORT: the next make run was refused (port in use).
+ */
+export function killGroup(child: ChildProcess): void {
+  try {
+    process.kill(-(child.pid as number), "SIGKILL");
+  } catch {
+    child.kill("SIGKILL");
+  }
+}
+
 /** Resolves when `child` exits: its code, or the signal that ended it. */
 export const endOf = (child: ChildProcess) =>
   new Promise<number | NodeJS.Signals>((resolve) => {
@@ -81,7 +94,10 @@ export async function ensureLocalNats(
   recordChild(dataDir, nats.pid, "nats");
   const lines: string[] = [];
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new CannotStart(`NATS did not start:\n${lines.join("\n")}`)), 15_000);
+    const timer = setTimeout(() => {
+      nats.kill("SIGKILL"); // not ready: stopped, not left to the next command's stopLeftovers
+      reject(new CannotStart(`NATS did not start:\n${lines.join("\n")}`));
+    }, 15_000);
     for (const stream of [nats.stdout, nats.stderr]) {
       createInterface({ input: stream }).on("line", (line) => {
         lines.push(line);

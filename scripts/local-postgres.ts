@@ -10,7 +10,7 @@ import { existsSync, readFileSync, realpathSync } from "node:fs";
 import { join } from "node:path";
 import pg from "pg";
 import { recordChild } from "./data-dir.js";
-import { CannotStart, endOf } from "./local-nats.js";
+import { CannotStart, endOf, killGroup } from "./local-nats.js";
 import { answers } from "./nats.js";
 import {
   ensureDatabase,
@@ -64,13 +64,16 @@ export async function ensurePostgres(
   }
   initCluster(data);
   const [cmd, args] = serverCommand("postgres", serverArgs(data, port, data, true));
-  const server = spawn(cmd, args, { stdio: "ignore" });
+  // A process group of its own, as the NATS beside it (local-nats.ts): a Ctrl-C at the terminal stopped it
+  // under the command's step. The command stops it; one killed leaves it to the next's stopLeftovers.
+  const server = spawn(cmd, args, { stdio: "ignore", detached: true });
   try {
     await waitForPostgres(admin);
     // The postmaster, not its `runuser` (as root), which passes no SIGINT on to it.
     recordChild(dataDir, Number.parseInt(readFileSync(join(data, "postmaster.pid"), "utf8"), 10), "postgres");
   } catch (err) {
-    server.kill("SIGKILL");
+    // The whole group: as root `server` is `runuser`, and the postmaster under it ran on, holding PG_PORT.
+    killGroup(server);
     throw new CannotStart(`PostgreSQL did not come up on port ${port}: ${(err as Error).message}`);
   }
   say(`started PostgreSQL on port ${port} (${data}); it stops after ${what}`);

@@ -131,11 +131,16 @@ function mayUse(schema: string): string {
 async function replaceSchema(url: string, schema: string, file: string): Promise<void> {
   const psql = spawn(clientTool("psql"), ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url], {
     stdio: ["pipe", "ignore", "pipe"],
+    // Process groups of their own, as the NATS the restore starts: a Ctrl-C at the terminal reached them
+    // with the restore and cancelled the replace it means to let finish. Killed, the restore closes
+    // psql's input: it ends, the transaction undone.
+    detached: true,
     // A lock waited for in vain (a session left in a transaction on the schema) fails the restore, not hangs it.
     env: { ...process.env, PGAPPNAME: APP, PGOPTIONS: `-c lock_timeout=${LOCK_TIMEOUT_MS}` },
   });
   const dump = spawn(clientTool("pg_restore"), ["--no-owner", "-n", schema, "-f", "-", file], {
     stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
   });
   let said = "";
   for (const out of [psql.stderr, dump.stderr]) out.on("data", (d: Buffer) => (said += d.toString()));

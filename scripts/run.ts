@@ -52,6 +52,7 @@ import {
 } from "../platform/index.js";
 import { holdDataDir, recordChild, stopLeftovers } from "./data-dir.js";
 import { dbOf, nodeCommand, portOf, ROOT, replicaCount, SYSTEM, SYSTEM_ENV } from "./layout.js";
+import { killGroup } from "./local-nats.js";
 import { jsonLine, readableLines } from "./log-lines.js";
 import { localBusPasswords, NATS_MISSING, natsInstalled, natsServerArgs, preparedJetStreamDir } from "./nats.js";
 import {
@@ -256,7 +257,7 @@ function start(
       }
       // What it started and left behind (a postmaster whose `runuser` was killed) would hold the
       // port and the data directory the restart needs.
-      kill(child);
+      killGroup(child);
       if (Date.now() - started > HEALTHY_MS) restarts = 0;
       restarts++;
       const delay = backoffMs(restarts, BACKOFF_MS, MAX_BACKOFF_MS);
@@ -367,22 +368,9 @@ function graceMs(): number {
   }
 }
 
-/**
- * SIGKILLs `child` with its process group (each child leads one): what it started goes too. As root,
- * PostgreSQL is `runuser` over the postmaster, and a second Ctrl-C killed `runuser` alone: the
- * postmaster ran on, holding PG_PORT, and the next make run was refused (port in use).
- */
-function kill(child: ChildProcess): void {
-  try {
-    process.kill(-(child.pid as number), "SIGKILL");
-  } catch {
-    child.kill("SIGKILL");
-  }
-}
-
 function stopAll(): void {
   if (stopping) {
-    for (const { child } of children) kill(child);
+    for (const { child } of children) killGroup(child);
     process.exit(130);
   }
   stopping = true;
@@ -403,7 +391,7 @@ function stopAll(): void {
     for (const { name, child } of services.filter((c) => alive(c.child))) {
       say(name, undefined, `${name} did not stop within ${deadlineMs / 1000} s: killed`, {}, 50);
       failed = true;
-      kill(child);
+      killGroup(child);
     }
   }, deadlineMs);
   void waitAll(services.map((s) => s.child)).then(() => {
@@ -415,7 +403,7 @@ function stopAll(): void {
         try {
           stopCluster(PG_DATA);
         } catch {
-          kill(child);
+          killGroup(child);
         }
       }
     }
@@ -424,7 +412,7 @@ function stopAll(): void {
       for (const { name, child } of infra.filter((c) => alive(c.child))) {
         say(name, undefined, `${name} did not stop within ${STOP_MARGIN_MS / 1000} s: killed`, {}, 50);
         failed = true;
-        kill(child);
+        killGroup(child);
       }
     }, STOP_MARGIN_MS);
     return waitAll(infra.map((c) => c.child)).then(() => {
@@ -566,5 +554,5 @@ SERVICES.forEach((s, i) => {
   }
 });
 process.on("exit", () => {
-  for (const { child } of children) if (child.exitCode === null) kill(child);
+  for (const { child } of children) if (child.exitCode === null) killGroup(child);
 });

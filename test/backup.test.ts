@@ -470,25 +470,15 @@ describe("make restore", () => {
       try {
         process.kill(-(child.pid ?? 0), "SIGKILL");
       } catch {}
-      await stopLeftovers(data.path, () => {}); // its NATS, in a process group of its own
+      await stopLeftovers(data, () => {}); // its NATS, in a process group of its own
     }
   }, 60_000);
 
   it("its terminal closed and gone (SIGHUP, its output unwritable) mid-restore: stops the NATS it started and exits 129 (its last line's EPIPE ended it before that, exit 1, NATS left running)", async () => {
-    using data = tempDir();
-    using copy = tempDir();
-    new Database(join(copy.path, "history.db")).close();
-    writeFileSync(join(copy.path, "backup.json"), JSON.stringify({ at: new Date().toISOString() }));
-    const port = await freePort();
+    using r = await historyRestore();
+    const { data, port } = r;
     const child = spawn(process.execPath, built("scripts/restore.ts"), {
-      env: {
-        ...process.env,
-        DATA_DIR: data.path,
-        NATS_PORT: String(port),
-        SERVICE: "history",
-        FROM: copy.path,
-        DB: "",
-      },
+      env: { ...r.env, DB: "" },
       stdio: ["ignore", "pipe", "pipe"],
       detached: true, // as a terminal's job: a process group of its own, which the hang-up reaches whole
     });
@@ -498,7 +488,7 @@ describe("make restore", () => {
       await outputReady(child, "started NATS", "make restore", 20_000);
       // Its NATS frozen, the restore waits on it: the hang-up comes before any durable is deleted.
       nats = Number(
-        readFileSync(join(data.path, "run.children"), "utf8")
+        readFileSync(join(data, "run.children"), "utf8")
           .split("\n")
           .find((l) => l.endsWith(" nats"))
           ?.split(" ")[0],
@@ -511,31 +501,21 @@ describe("make restore", () => {
       await new Promise((r) => setTimeout(r, 300));
       process.kill(nats, "SIGCONT");
       expect(await code).toBe(129);
-      expect(existsSync(join(data.path, "history.db")), "the live store untouched").toBe(false);
+      expect(existsSync(join(data, "history.db")), "the live store untouched").toBe(false);
       expect(await answers("127.0.0.1", port), "the NATS it started is stopped").toBe(false);
     } finally {
       try {
         process.kill(-(child.pid ?? 0), "SIGKILL");
       } catch {}
-      await stopLeftovers(data.path, () => {}); // its NATS, in a process group of its own
+      await stopLeftovers(data, () => {}); // its NATS, in a process group of its own
     }
   }, 60_000);
 
   it("Ctrl-C at its terminal (SIGINT to its process group) mid-restore: changes nothing, stops its NATS, says so and exits 130 (the NATS it started, in its group, died of the Ctrl-C and the restore waited for it for ever)", async () => {
-    using data = tempDir();
-    using copy = tempDir();
-    new Database(join(copy.path, "history.db")).close();
-    writeFileSync(join(copy.path, "backup.json"), JSON.stringify({ at: new Date().toISOString() }));
-    const port = await freePort();
+    using r = await historyRestore();
+    const { data, port } = r;
     const child = spawn(process.execPath, built("scripts/restore.ts"), {
-      env: {
-        ...process.env,
-        DATA_DIR: data.path,
-        NATS_PORT: String(port),
-        SERVICE: "history",
-        FROM: copy.path,
-        DB: "",
-      },
+      env: { ...r.env, DB: "" },
       stdio: ["ignore", "pipe", "pipe"],
       detached: true, // as a terminal's job: a process group of its own, which a Ctrl-C reaches whole
     });
@@ -549,7 +529,7 @@ describe("make restore", () => {
       // Its NATS frozen, the restore waits on it: the Ctrl-C comes before any durable is deleted, and
       // reaches NATS too if it is in the restore's process group (it stops at once on SIGINT).
       nats = Number(
-        readFileSync(join(data.path, "run.children"), "utf8")
+        readFileSync(join(data, "run.children"), "utf8")
           .split("\n")
           .find((l) => l.endsWith(" nats"))
           ?.split(" ")[0],
@@ -561,13 +541,13 @@ describe("make restore", () => {
       const still = new Promise((r) => setTimeout(r, 20_000, "still running"));
       expect(await Promise.race([code, still]), out).toBe(130);
       expect(out).toContain("restore: ended by SIGINT; nothing changed");
-      expect(existsSync(join(data.path, "history.db")), "the live store untouched").toBe(false);
+      expect(existsSync(join(data, "history.db")), "the live store untouched").toBe(false);
       expect(await answers("127.0.0.1", port), "the NATS it started is stopped").toBe(false);
     } finally {
       try {
         process.kill(-(child.pid ?? 0), "SIGKILL");
       } catch {}
-      await stopLeftovers(data.path, () => {}); // its NATS, in a process group of its own
+      await stopLeftovers(data, () => {}); // its NATS, in a process group of its own
     }
   }, 60_000);
 

@@ -704,3 +704,51 @@ describe("make restore DB=postgres with a service started while it replaces the 
     );
   }, 60_000);
 });
+
+describe("make restore DB=postgres, Ctrl-C at its terminal during the replace", () => {
+  it("lets the replace finish, as on SQLite: the schema is the backup's and the restore exits 0 (psql, in the restore's process group, died of the Ctrl-C and the restore failed)", async () => {
+    await using server = await startPostgres();
+    const url = await storesIn(server.url, "shopmesh");
+    using out = tempDir();
+    using data = tempDir();
+    const good = dumpInto(url, join(out.path, "good"));
+    await rows(url, MARK);
+    await using nats = await startNats();
+    // A session the check takes for order's holds a lock on the view: the restore's DROP waits for it,
+    // so the Ctrl-C comes while the replace is under way.
+    const holder = new pg.Client({ connectionString: url, application_name: "shopmesh_order" });
+    holder.on("error", () => {}); // the server stopped under it when the test fails
+    await holder.connect();
+    await holder.query("BEGIN; LOCK TABLE shopmesh_history.order_history IN ACCESS SHARE MODE");
+    let group = 0;
+    const restore = runToEnd(process.execPath, built("scripts/restore.ts"), {
+      env: {
+        ...process.env,
+        DB: "postgres",
+        PG_PORT: String(server.port),
+        DATA_DIR: data.path,
+        NATS_URL: nats.url,
+        SERVICE: "history",
+        FROM: good,
+      },
+      detached: true, // as a terminal's job: a process group of its own, which a Ctrl-C reaches whole
+      onStart: (child) => (group = child.pid ?? 0),
+    });
+    try {
+      const waiting =
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'shopmesh-restore' AND wait_event_type = 'Lock'";
+      await expect.poll(async () => (await settled(restore)) ?? (await rows(url, waiting)).length, WAIT).toBe(1);
+      process.kill(-group, "SIGINT");
+      await new Promise((r) => setTimeout(r, 300));
+      await holder.end();
+      const run = await restore;
+      expect(run.out).toContain("is the backup's copy now");
+      expect(run.code, run.out).toBe(0);
+      expect(await rows(url, MARKED), "the backup's schema").toHaveLength(0);
+    } finally {
+      try {
+        process.kill(-group, "SIGKILL");
+      } catch {}
+    }
+  }, 60_000);
+});
