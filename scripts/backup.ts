@@ -18,11 +18,25 @@ import { dirname, join, relative } from "node:path";
 import Database from "better-sqlite3";
 import { makeDirs } from "../platform/make-dirs.js";
 import { dbOf, portOf, ROOT, SERVICE_NAMES } from "./layout.js";
+import { catchSignals, exitCodeOf } from "./local-nats.js";
 import { clientTool } from "./postgres.js";
 import { sayWhileRead } from "./printable.js";
 
 const DATA = process.env.DATA_DIR || join(ROOT, ".data");
 const say = sayWhileRead();
+// A signal (Ctrl-C, its terminal closed, a kill) ends it after the store being copied, what it copied
+// removed: killed at once, it left a `.partial` directory for someone to find and delete.
+const signalled = catchSignals();
+
+/** When a signal has come (its handler runs once the event loop turns): `partial` removed, said, and the exit code. */
+async function endedBySignal(partial: string): Promise<number | undefined> {
+  await new Promise((resolve) => setImmediate(resolve));
+  const signal = signalled();
+  if (!signal) return undefined;
+  rmSync(partial, { recursive: true, force: true });
+  process.stderr.write(`backup: ended by ${signal}; nothing kept\n`);
+  return exitCodeOf(signal);
+}
 const shown = (path: string) => (path.startsWith(ROOT) ? relative(ROOT, path) : path);
 
 /** `path` as one shell word: quoted when it holds more than letters, digits and `/._-:+` (a space split it into make targets). */
@@ -82,7 +96,7 @@ function copyStore(from: string, to: string): BackedUp {
  * DB=postgres: every store is a schema of make run's `shopmesh` database, and one pg_dump is one
  * snapshot of them all, at one instant (custom format: `pg_restore -n shopmesh_<service>` takes one back).
  */
-function pgDump(partial: string, dir: string, at: Date): number {
+async function pgDump(partial: string, dir: string, at: Date): Promise<number> {
   const port = portOf("PG_PORT", 55432);
   const file = join(partial, "shopmesh.dump");
   say(`backing up make run's PostgreSQL (127.0.0.1:${port}, database shopmesh, every schema) to ${shown(dir)}`);
@@ -94,6 +108,8 @@ function pgDump(partial: string, dir: string, at: Date): number {
     },
   );
   if (run.status !== 0) {
+    const ended = await endedBySignal(partial); // a Ctrl-C reaches pg_dump too
+    if (ended !== undefined) return ended;
     rmSync(partial, { recursive: true, force: true });
     // Its first line, without its own "pg_dump: " (the line names it): the second is libpq's hint, ours follows.
     const why = run.error ? run.error.message : (run.stderr.trim().split("\n")[0] ?? "").replace(/^pg_dump: /, "");
@@ -134,7 +150,7 @@ function claim(parent: string, at: Date): { dir: string; partial: string } {
   }
 }
 
-function main(): number {
+async function main(): Promise<number> {
   // Before any copy: every event a consumer had applied by then is in its copy (what a restore replays from).
   const at = new Date();
   const parent = process.env.BACKUP_DIR || join(ROOT, "backups");
@@ -153,6 +169,8 @@ function main(): number {
   const stores: Record<string, BackedUp> = {};
   const failed: string[] = [];
   for (const name of SERVICE_NAMES) {
+    const ended = await endedBySignal(partial);
+    if (ended !== undefined) return ended;
     const from = join(DATA, `${name}.db`);
     const started = Date.now();
     try {
@@ -171,10 +189,12 @@ function main(): number {
     process.stderr.write(`backup incomplete: ${failed.join(", ")} not copied; ${kept}\n`);
     return 1;
   }
+  const ended = await endedBySignal(partial);
+  if (ended !== undefined) return ended;
   writeFileSync(join(partial, "backup.json"), `${JSON.stringify({ at: at.toISOString(), stores }, null, 2)}\n`);
   renameSync(partial, dir);
   say(`done: ${shown(dir)} (restore one consumer's store: make restore SERVICE=history FROM=${pastable(shown(dir))})`);
   return 0;
 }
 
-process.exitCode = main();
+process.exitCode = await main();

@@ -265,6 +265,42 @@ describe("make backup whose output's reader is gone (make backup | head -1)", ()
   });
 });
 
+describe("make backup ended by a Ctrl-C (SIGINT to its process group)", () => {
+  // Killed at once, it left `<time>.partial` behind, for someone to find and delete.
+  it("stops after the store it is copying, keeps nothing, says so and exits 130", async () => {
+    using data = tempDir();
+    using out = tempDir();
+    for (const name of SERVICE_NAMES) {
+      // Large enough that each copy takes a while: the Ctrl-C lands with stores left to copy.
+      const db = new Database(join(data.path, `${name}.db`));
+      db.exec(`CREATE TABLE t (x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+        INSERT INTO t SELECT randomblob(4096) FROM n`);
+      db.close();
+    }
+    const child = spawn(process.execPath, built("scripts/backup.ts"), {
+      env: { ...process.env, DATA_DIR: data.path, BACKUP_DIR: out.path, DB: "" },
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true, // as a terminal's job: a process group of its own, which a Ctrl-C reaches whole
+    });
+    try {
+      const code = exited(child);
+      let said = "";
+      child.stdout.on("data", (d: Buffer) => (said += d.toString()));
+      child.stderr.on("data", (d: Buffer) => (said += d.toString()));
+      await expect.poll(() => said, { timeout: 20_000, interval: 5 }).toMatch(/integrity ok/);
+      process.kill(-(child.pid ?? 0), "SIGINT");
+      expect(await code, said).toBe(130);
+      expect(said).toContain("backup: ended by SIGINT; nothing kept");
+      expect(said.match(/integrity ok/g)?.length ?? 0, "stores copied").toBeLessThan(SERVICE_NAMES.length);
+      expect(readdirSync(out.path), "no backup, whole or partial").toEqual([]);
+    } finally {
+      try {
+        process.kill(-(child.pid ?? 0), "SIGKILL");
+      } catch {}
+    }
+  }, 60_000);
+});
+
 describe("make backup DB=postgres", () => {
   it("dumps make run's database, every schema in one snapshot, and says so when it is down", async () => {
     await using server = await startPostgres();
