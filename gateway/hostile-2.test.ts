@@ -268,7 +268,9 @@ describe("1. a client that does not read its answers cannot hold them", () => {
     const session = http2.connect(own.url, { settings: { initialWindowSize: 0 } });
     session.on("error", () => {});
     const held = Array.from({ length: 10 }, () => heldReflection(session));
-    await new Promise((r) => setTimeout(r, 500));
+    // Each holds its slot once answered (headers pass a zero window): waited for, not slept on, as a
+    // loaded machine took longer than the 500 ms once slept here.
+    await Promise.all(held.map((s) => new Promise((r) => s.once("response", r))));
     const refused = await fetch(`${own.url}/shopmesh.inventory.v1.InventoryService/ListProducts`, {
       method: "POST",
       headers: { "content-type": "application/json" },
@@ -279,14 +281,15 @@ describe("1. a client that does not read its answers cannot hold them", () => {
     expect(refused.headers.get("retry-after")).toBe("1");
     for (const s of held) s.close(http2.constants.NGHTTP2_CANCEL);
     session.destroy();
-    await new Promise((r) => setTimeout(r, 200));
-    const again = await fetch(`${own.url}/shopmesh.inventory.v1.InventoryService/ListProducts`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: "{}",
-    });
-    // Past the limits: now it is the missing token that refuses it.
-    expect(again.status).toBe(401);
+    // Past the limits once the gateway has seen them end (not after a fixed 200 ms): now it is the
+    // missing token that refuses it.
+    const again = () =>
+      fetch(`${own.url}/shopmesh.inventory.v1.InventoryService/ListProducts`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: "{}",
+      }).then((r) => r.status);
+    await expect.poll(again, { timeout: 10_000, interval: 50 }).toBe(401);
     await own.stop();
   });
 });
