@@ -87,6 +87,8 @@ it("waits out its backoff between tries: its own writes, each a change of the or
   const before = reserveCalls;
   try {
     await placeUnder(saga, "k0");
+    // Its first try, waited for (a loaded machine may start it late), then 1.5 s of its own writes.
+    await expect.poll(() => reserveCalls - before, { timeout: 10_000 }).toBeGreaterThan(0);
     await new Promise((r) => setTimeout(r, 1_500));
     expect(reserveCalls - before).toBe(1);
   } finally {
@@ -157,16 +159,15 @@ it("a sweep whose adoption fails still renews the leases of the sagas it drives"
     throw new Error("injected: the claim failed");
   };
   try {
-    // Three leases' length of sweeps, every claim failing.
+    // Sweeps every third of the lease, every claim failing: one of them renews it, however late a
+    // loaded machine runs them (it was read once, after three leases' length).
     const failingFrom = Date.now();
-    await new Promise((r) => setTimeout(r, 900));
-    const lease = await store.db.one(
-      sql<{ owner: string; lease_until: number }>`SELECT owner, lease_until FROM orders WHERE id = ${id}`,
-    );
-    expect(lease?.owner).toBe("r3");
+    const lease = () =>
+      store.db.one(sql<{ owner: string; lease_until: number }>`SELECT owner, lease_until FROM orders WHERE id = ${id}`);
     // Renewed since the claims began failing: a lease left alone ended by failingFrom + 300. (Not
     // "after now": a renewal in flight on a paused machine would read as none.)
-    expect(lease?.lease_until).toBeGreaterThan(failingFrom + 300);
+    await expect.poll(async () => (await lease())?.lease_until, { timeout: 10_000 }).toBeGreaterThan(failingFrom + 300);
+    expect((await lease())?.owner).toBe("r3");
   } finally {
     store.claimSagas = claim;
     await saga.stop();
