@@ -10,6 +10,7 @@ import { spawn } from "node:child_process";
 import { once } from "node:events";
 import http from "node:http";
 import net from "node:net";
+import type * as grpc from "@grpc/grpc-js";
 import { describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
 import { signDevToken } from "../gateway/auth.js";
@@ -55,6 +56,16 @@ async function outcome(p: Promise<unknown>, since: number): Promise<{ code: stri
   return { code, ms: Date.now() - since };
 }
 
+/**
+ * `channel` once connected: a call made on it then reaches the service within the tests' 300 ms, where
+ * a first call also had to connect, and a SIGTERM before it arrived was a refusal, not a call drained.
+ */
+function connected(channel: grpc.Client): Promise<grpc.Client> {
+  return new Promise((resolve, reject) =>
+    channel.waitForReady(Date.now() + 10_000, (err) => (err ? reject(err) : resolve(channel))),
+  );
+}
+
 describe("a service told SIGTERM", () => {
   it("finishes the call in flight, refuses new ones UNAVAILABLE, says what it waits for, exits 0", async () => {
     using dir = tempDir();
@@ -64,7 +75,7 @@ describe("a service told SIGTERM", () => {
       FAULT_LATENCY_MS: "1500",
       SHUTDOWN_GRACE_MS: "8000",
     });
-    const channel = createChannel(inventory.address);
+    const channel = await connected(createChannel(inventory.address));
     const client = createClient(InventoryService, channel);
     const started = Date.now();
     const inFlight = outcome(client.getProduct({ productId: "coffee-beans" }, { timeoutMs: 10_000 }), started);
@@ -153,7 +164,7 @@ describe("a service told a signal other than SIGTERM", () => {
     await using inventory = await spawnService("inventory", { ...(await dbs.env("inventory")) });
     inventory.child.kill("SIGUSR1");
     await inventory.logLine("SIGUSR1 ignored: the inspector opens only with --inspect");
-    const channel = createChannel(inventory.address);
+    const channel = await connected(createChannel(inventory.address));
     const product = await createClient(InventoryService, channel).getProduct({ productId: "coffee-beans" });
     channel.close();
     expect(product.product?.id).toBe("coffee-beans");
@@ -171,7 +182,7 @@ describe("a service whose drain outlasts its grace", () => {
       FAULT_LATENCY_MS: "20000",
       SHUTDOWN_GRACE_MS: "1000",
     });
-    const channel = createChannel(inventory.address);
+    const channel = await connected(createChannel(inventory.address));
     const started = Date.now();
     const inFlight = outcome(
       createClient(InventoryService, channel).getProduct({ productId: "coffee-beans" }, { timeoutMs: 30_000 }),
@@ -195,7 +206,7 @@ describe("a service whose drain outlasts its grace", () => {
       FAULT_LATENCY_MS: "20000",
       SHUTDOWN_GRACE_MS: "20000",
     });
-    const channel = createChannel(inventory.address);
+    const channel = await connected(createChannel(inventory.address));
     const inFlight = createClient(InventoryService, channel)
       .getProduct({ productId: "coffee-beans" }, { timeoutMs: 30_000 })
       .catch(() => {});
@@ -261,7 +272,7 @@ describe("a health Watch open when a service is told SIGTERM", () => {
       ...(await dbs.env("inventory")),
       SHUTDOWN_GRACE_MS: "8000",
     });
-    const channel = createChannel(inventory.address);
+    const channel = await connected(createChannel(inventory.address));
     const seen: HealthCheckResponse_ServingStatus[] = [];
     const watch = (async () => {
       for await (const m of createClient(Health, channel).watch({ service: "" }, { timeoutMs: 30_000 })) {
