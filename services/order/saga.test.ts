@@ -208,15 +208,18 @@ describe("ownership", () => {
 describe("cancellation and watching", () => {
   it("a customer cancel during a slow charge compensates: stock back, money back, CANCELLED", async () => {
     const before = await stock("pour-over-kettle");
-    await sys.paymentChaos.setFaults({ faults: { latencyMs: 600 } });
+    // The cancel must land while the charge is in flight: 1.2 s of it (under payment calls' 2 s timeout),
+    // where 600 ms left a loaded machine little room between seeing the step and the cancel's arrival
+    // (else CONFIRMED, and FAILED_PRECONDITION).
+    await sys.paymentChaos.setFaults({ faults: { latencyMs: 1_200 } });
     try {
       const placed = await place("gina", [{ productId: "pour-over-kettle", quantity: 1 }]);
       // Wait until the saga is charging, then cancel.
-      for (let i = 0; i < 100; i++) {
-        const { order } = await sys.orders.getOrder({ orderId: placed.id }, sys.as("gina"));
-        if (order?.steps.some((s) => s.name === "charge_payment")) break;
-        await new Promise((r) => setTimeout(r, 20));
-      }
+      const charging = async () =>
+        (await sys.orders.getOrder({ orderId: placed.id }, sys.as("gina"))).order?.steps.some(
+          (s) => s.name === "charge_payment",
+        );
+      await expect.poll(charging, { timeout: 5_000, interval: 20 }).toBe(true);
       const { order: cancelling } = await sys.orders.cancelOrder(
         { orderId: placed.id, reason: "changed my mind" },
         sys.as("gina"),
@@ -294,7 +297,8 @@ describe("transient faults", () => {
   }, 60_000);
 
   it("a refund payment refuses outright stays pending and is retried: the money never stays taken", async () => {
-    await sys.paymentChaos.setFaults({ faults: { latencyMs: 1_000 } });
+    // Room for the cancel while it charges, under payment calls' 2 s timeout.
+    await sys.paymentChaos.setFaults({ faults: { latencyMs: 1_200 } });
     try {
       const placed = await place("ivan", [{ productId: "ceramic-mug", quantity: 1 }]);
       const get = async () => (await sys.orders.getOrder({ orderId: placed.id }, sys.as("ivan"))).order as Order;
