@@ -364,6 +364,54 @@ async function historyRestore() {
   };
 }
 
+/**
+ * `make restore SERVICE=history` of `r`, sent `signal` to its process group (a terminal's job) while the
+ * NATS it started is frozen, so before any durable is deleted; `outputGone`: its stdout and stderr closed
+ * first (the terminal gone: what it says next fails, EIO on a terminal, EPIPE here). Its exit (or "still
+ * running" after 20 s), what it said, and whether its NATS still answered once it ended.
+ */
+async function signalledMidRestore(
+  r: Awaited<ReturnType<typeof historyRestore>>,
+  signal: NodeJS.Signals,
+  { outputGone = false } = {},
+) {
+  const child = spawn(process.execPath, built("scripts/restore.ts"), {
+    env: { ...r.env, DB: "" },
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
+  });
+  const code = exited(child);
+  try {
+    await outputReady(child, "started NATS", "make restore", 20_000);
+    let out = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (out += d.toString()));
+    // The signal reaches NATS too if it is in the restore's process group (it stopped at once on SIGINT).
+    const nats = Number(
+      readFileSync(join(r.data, "run.children"), "utf8")
+        .split("\n")
+        .find((l) => l.endsWith(" nats"))
+        ?.split(" ")[0],
+    );
+    process.kill(nats, "SIGSTOP");
+    if (outputGone) {
+      child.stdout.destroy();
+      child.stderr.destroy();
+    }
+    process.kill(-(child.pid ?? 0), signal);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    process.kill(nats, "SIGCONT");
+    const still = new Promise((resolve) => setTimeout(resolve, 20_000, "still running"));
+    const ended = await Promise.race([code, still]);
+    return { code: ended, out, natsLeft: await answers("127.0.0.1", r.port) };
+  } finally {
+    try {
+      process.kill(-(child.pid ?? 0), "SIGKILL");
+    } catch {}
+    await stopLeftovers(r.data, () => {}); // its NATS, in a process group of its own
+  }
+}
+
 describe("make restore", () => {
   it("puts history and notification back to a backup and has them catch up on every event since, once", async () => {
     await using sys = await startSystem();
@@ -474,117 +522,28 @@ describe("make restore", () => {
 
   it("its terminal closed (SIGHUP to its process group) mid-restore: stops the NATS it started, changes nothing, says so and exits 129 (it died, NATS left running on make run's store)", async () => {
     using r = await historyRestore();
-    const { data, port } = r;
-    const child = spawn(process.execPath, built("scripts/restore.ts"), {
-      env: { ...r.env, DB: "" },
-      stdio: ["ignore", "pipe", "pipe"],
-      detached: true, // as a terminal's job: a process group of its own, which the hang-up reaches whole
-    });
-    const code = exited(child);
-    let nats = 0;
-    try {
-      await outputReady(child, "started NATS", "make restore", 20_000);
-      let out = "";
-      child.stdout.on("data", (d: Buffer) => (out += d.toString()));
-      child.stderr.on("data", (d: Buffer) => (out += d.toString()));
-      // Its NATS frozen, the restore waits on it: the hang-up comes before any durable is deleted.
-      nats = Number(
-        readFileSync(join(data, "run.children"), "utf8")
-          .split("\n")
-          .find((l) => l.endsWith(" nats"))
-          ?.split(" ")[0],
-      );
-      process.kill(nats, "SIGSTOP");
-      process.kill(-(child.pid ?? 0), "SIGHUP");
-      await new Promise((r) => setTimeout(r, 300));
-      process.kill(nats, "SIGCONT");
-      expect(await code, out).toBe(129);
-      expect(out).toContain("restore: ended by SIGHUP; nothing changed");
-      expect(existsSync(join(data, "history.db")), "the live store untouched").toBe(false);
-      expect(await answers("127.0.0.1", port), "the NATS it started is stopped").toBe(false);
-    } finally {
-      try {
-        process.kill(-(child.pid ?? 0), "SIGKILL");
-      } catch {}
-      await stopLeftovers(data, () => {}); // its NATS, in a process group of its own
-    }
+    const { code, out, natsLeft } = await signalledMidRestore(r, "SIGHUP");
+    expect(code, out).toBe(129);
+    expect(out).toContain("restore: ended by SIGHUP; nothing changed");
+    expect(existsSync(join(r.data, "history.db")), "the live store untouched").toBe(false);
+    expect(natsLeft, "the NATS it started is stopped").toBe(false);
   }, 60_000);
 
   it("its terminal closed and gone (SIGHUP, its output unwritable) mid-restore: stops the NATS it started and exits 129 (its last line's EPIPE ended it before that, exit 1, NATS left running)", async () => {
     using r = await historyRestore();
-    const { data, port } = r;
-    const child = spawn(process.execPath, built("scripts/restore.ts"), {
-      env: { ...r.env, DB: "" },
-      stdio: ["ignore", "pipe", "pipe"],
-      detached: true, // as a terminal's job: a process group of its own, which the hang-up reaches whole
-    });
-    const code = exited(child);
-    let nats = 0;
-    try {
-      await outputReady(child, "started NATS", "make restore", 20_000);
-      // Its NATS frozen, the restore waits on it: the hang-up comes before any durable is deleted.
-      nats = Number(
-        readFileSync(join(data, "run.children"), "utf8")
-          .split("\n")
-          .find((l) => l.endsWith(" nats"))
-          ?.split(" ")[0],
-      );
-      process.kill(nats, "SIGSTOP");
-      // The terminal gone, what the restore says next fails (EIO on a terminal, EPIPE here).
-      child.stdout.destroy();
-      child.stderr.destroy();
-      process.kill(-(child.pid ?? 0), "SIGHUP");
-      await new Promise((r) => setTimeout(r, 300));
-      process.kill(nats, "SIGCONT");
-      expect(await code).toBe(129);
-      expect(existsSync(join(data, "history.db")), "the live store untouched").toBe(false);
-      expect(await answers("127.0.0.1", port), "the NATS it started is stopped").toBe(false);
-    } finally {
-      try {
-        process.kill(-(child.pid ?? 0), "SIGKILL");
-      } catch {}
-      await stopLeftovers(data, () => {}); // its NATS, in a process group of its own
-    }
+    const { code, natsLeft } = await signalledMidRestore(r, "SIGHUP", { outputGone: true });
+    expect(code).toBe(129);
+    expect(existsSync(join(r.data, "history.db")), "the live store untouched").toBe(false);
+    expect(natsLeft, "the NATS it started is stopped").toBe(false);
   }, 60_000);
 
   it("Ctrl-C at its terminal (SIGINT to its process group) mid-restore: changes nothing, stops its NATS, says so and exits 130 (the NATS it started, in its group, died of the Ctrl-C and the restore waited for it for ever)", async () => {
     using r = await historyRestore();
-    const { data, port } = r;
-    const child = spawn(process.execPath, built("scripts/restore.ts"), {
-      env: { ...r.env, DB: "" },
-      stdio: ["ignore", "pipe", "pipe"],
-      detached: true, // as a terminal's job: a process group of its own, which a Ctrl-C reaches whole
-    });
-    const code = exited(child);
-    let nats = 0;
-    try {
-      await outputReady(child, "started NATS", "make restore", 20_000);
-      let out = "";
-      child.stdout.on("data", (d: Buffer) => (out += d.toString()));
-      child.stderr.on("data", (d: Buffer) => (out += d.toString()));
-      // Its NATS frozen, the restore waits on it: the Ctrl-C comes before any durable is deleted, and
-      // reaches NATS too if it is in the restore's process group (it stops at once on SIGINT).
-      nats = Number(
-        readFileSync(join(data, "run.children"), "utf8")
-          .split("\n")
-          .find((l) => l.endsWith(" nats"))
-          ?.split(" ")[0],
-      );
-      process.kill(nats, "SIGSTOP");
-      process.kill(-(child.pid ?? 0), "SIGINT");
-      await new Promise((r) => setTimeout(r, 300));
-      process.kill(nats, "SIGCONT");
-      const still = new Promise((r) => setTimeout(r, 20_000, "still running"));
-      expect(await Promise.race([code, still]), out).toBe(130);
-      expect(out).toContain("restore: ended by SIGINT; nothing changed");
-      expect(existsSync(join(data, "history.db")), "the live store untouched").toBe(false);
-      expect(await answers("127.0.0.1", port), "the NATS it started is stopped").toBe(false);
-    } finally {
-      try {
-        process.kill(-(child.pid ?? 0), "SIGKILL");
-      } catch {}
-      await stopLeftovers(data, () => {}); // its NATS, in a process group of its own
-    }
+    const { code, out, natsLeft } = await signalledMidRestore(r, "SIGINT");
+    expect(code, out).toBe(130);
+    expect(out).toContain("restore: ended by SIGINT; nothing changed");
+    expect(existsSync(join(r.data, "history.db")), "the live store untouched").toBe(false);
+    expect(natsLeft, "the NATS it started is stopped").toBe(false);
   }, 60_000);
 
   it("with make run stopped, starts its NATS for the restore and deletes the durables as the bus's administrator", async () => {
