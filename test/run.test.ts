@@ -219,6 +219,34 @@ it("restarts every process killed with SIGKILL, says so, and the system serves o
   expect(run.lines.some((l) => l.includes("all stopped"))).toBe(true);
 }, 120_000);
 
+it("whose output is not read keeps at most RUN_UNREAD_BYTES of it, and once read again says how many lines it dropped", async () => {
+  // It kept every line its reader had not taken (`make run | less` not scrolled), ~35 MB a minute at
+  // 300 calls/s, without end.
+  using dir = tempDir();
+  const { env, of } = await ports();
+  const run = runner({ ...env, DATA_DIR: dir.path, RUN_UNREAD_BYTES: "65536" });
+  const gateway = `http://127.0.0.1:${of("gateway")}`;
+  await run.waitFor(/gateway .*\| started \(pid \d+\)/);
+  for (let i = 0; i < 300 && (await fetch(`${gateway}/readyz`).catch(() => undefined))?.status !== 200; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  run.child.stdout.pause(); // the reader stops reading: the pipe fills, then the runner's own buffer
+  // Calls the gateway logs, a line each: well past the pipe's 64 KiB and the runner's 64 KiB.
+  for (let round = 0; round < 40; round++) {
+    await Promise.all(
+      Array.from({ length: 25 }, () => fetch(`${gateway}/v1/products/coffee-beans`).then((r) => r.arrayBuffer())),
+    );
+  }
+  run.child.stdout.resume();
+  const note = await run.waitFor(/\d+ lines dropped: make run's output was not read/);
+  expect(Number(/(\d+) lines dropped/.exec(note)?.[1])).toBeGreaterThan(0);
+  // And lines flow again after it.
+  await fetch(`${gateway}/v1/products/coffee-beans`);
+  run.child.kill("SIGINT");
+  expect(await new Promise((r) => run.child.once("exit", r))).toBe(0);
+  expect(run.lines.at(-1)).toMatch(/all stopped/);
+}, 120_000);
+
 it("LOG_FORMAT=json make run prints JSON lines only, each naming its process, for jq", async () => {
   using dir = tempDir();
   const { env, of } = await ports();
