@@ -28,9 +28,11 @@ const say = sayWhileRead();
 // removed: killed at once, it left a `.partial` directory for someone to find and delete.
 const signalled = catchSignals();
 
-/** When a signal has come (its handler runs once the event loop turns): `partial` removed, said, and the exit code. */
+/** When a signal has come (its handler runs once the event loop polls): `partial` removed, said, and the exit code. */
 async function endedBySignal(partial: string): Promise<number | undefined> {
-  await new Promise((resolve) => setImmediate(resolve));
+  // Two turns: called from a callback of the loop's poll phase (as the module's top level is), a single
+  // setImmediate ran before the next poll read the signal, and a signal during pg_dump went unseen.
+  for (let turn = 0; turn < 2; turn++) await new Promise((resolve) => setImmediate(resolve));
   const signal = signalled();
   if (!signal) return undefined;
   rmSync(partial, { recursive: true, force: true });
@@ -107,9 +109,10 @@ async function pgDump(partial: string, dir: string, at: Date): Promise<number> {
       encoding: "utf8",
     },
   );
+  // A Ctrl-C reaches pg_dump too; a SIGTERM to the backup alone waits for it (spawnSync), then ends it as well.
+  const ended = await endedBySignal(partial);
+  if (ended !== undefined) return ended;
   if (run.status !== 0) {
-    const ended = await endedBySignal(partial); // a Ctrl-C reaches pg_dump too
-    if (ended !== undefined) return ended;
     rmSync(partial, { recursive: true, force: true });
     // Its first line, without its own "pg_dump: " (the line names it): the second is libpq's hint, ours follows.
     const why = run.error ? run.error.message : (run.stderr.trim().split("\n")[0] ?? "").replace(/^pg_dump: /, "");

@@ -342,6 +342,65 @@ describe("make backup DB=postgres", () => {
   }, 60_000);
 });
 
+describe("make backup DB=postgres ended by a signal during pg_dump", () => {
+  // A SIGTERM to the backup alone (pg_dump ran on): it kept its dump, said done and exited 0. A Ctrl-C (pg_dump
+  // killed too): "backup failed: pg_dump: terminated by user (is make run DB=postgres up?)", exit 1.
+  it.each([
+    { signal: "SIGTERM", to: "the backup alone", group: false, code: 1 },
+    { signal: "SIGINT", to: "its process group (a Ctrl-C)", group: true, code: 130 },
+  ] as const)(
+    "$signal to $to: keeps nothing, says so and exits $code",
+    async ({ signal, group, code: expected }) => {
+      await using server = await startPostgres();
+      const locker = new pg.Client({ connectionString: await ensureDatabase(server.url, "shopmesh") });
+      await locker.connect();
+      using data = tempDir();
+      using out = tempDir();
+      let child: ReturnType<typeof spawn> | undefined;
+      try {
+        // Held until the SIGTERM is sent: pg_dump waits for the table's lock, the dump under way.
+        await locker.query("CREATE SCHEMA shopmesh_order; CREATE TABLE shopmesh_order.orders (id TEXT)");
+        await locker.query("BEGIN; LOCK TABLE shopmesh_order.orders IN ACCESS EXCLUSIVE MODE");
+        child = spawn(process.execPath, built("scripts/backup.ts"), {
+          env: {
+            ...process.env,
+            DATA_DIR: data.path,
+            BACKUP_DIR: out.path,
+            DB: "postgres",
+            PG_PORT: String(server.port),
+          },
+          stdio: ["ignore", "pipe", "pipe"],
+          detached: true,
+        });
+        const code = exited(child);
+        let said = "";
+        child.stdout?.on("data", (d: Buffer) => (said += d.toString()));
+        child.stderr?.on("data", (d: Buffer) => (said += d.toString()));
+        const waiting = async () => {
+          // Read in a transaction, pg_stat_activity stays its first reading: cleared each time.
+          await locker.query("SELECT pg_stat_clear_snapshot()");
+          const sql = "SELECT 1 FROM pg_stat_activity WHERE application_name = 'pg_dump' AND wait_event_type = 'Lock'";
+          return (await locker.query(sql)).rowCount;
+        };
+        await expect.poll(waiting, { timeout: 20_000, interval: 20 }).toBe(1);
+        process.kill(group ? -(child.pid ?? 0) : (child.pid ?? 0), signal);
+        await new Promise((r) => setTimeout(r, 200));
+        await locker.query("ROLLBACK");
+        expect(await code, said).toBe(expected);
+        expect(said).toContain(`backup: ended by ${signal}; nothing kept`);
+        expect(said).not.toContain("done:");
+        expect(readdirSync(out.path), "no backup, whole or partial").toEqual([]);
+      } finally {
+        await locker.end().catch(() => {});
+        try {
+          process.kill(-(child?.pid ?? 0), "SIGKILL");
+        } catch {}
+      }
+    },
+    60_000,
+  );
+});
+
 /**
  * A data directory, a backup of history's store (an empty one) and a port for the NATS a
  * `make restore SERVICE=history` of it starts: `env` runs that restore.
