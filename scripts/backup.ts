@@ -186,14 +186,15 @@ async function main(): Promise<number> {
       say(`  ${name}: FAILED: ${why(from, err)}`);
     }
   }
+  // Before a store's failure is said: a Ctrl-C during the last copy kept the others in `.partial`.
+  const ended = await endedBySignal(partial);
+  if (ended !== undefined) return ended;
   if (failed.length > 0) {
     if (Object.keys(stores).length === 0) rmSync(partial, { recursive: true, force: true });
     const kept = Object.keys(stores).length === 0 ? "nothing was" : `what was is in ${shown(partial)}`;
     process.stderr.write(`backup incomplete: ${failed.join(", ")} not copied; ${kept}\n`);
     return 1;
   }
-  const ended = await endedBySignal(partial);
-  if (ended !== undefined) return ended;
   writeFileSync(join(partial, "backup.json"), `${JSON.stringify({ at: at.toISOString(), stores }, null, 2)}\n`);
   renameSync(partial, dir);
   say(`done: ${shown(dir)} (restore one consumer's store: make restore SERVICE=history FROM=${pastable(shown(dir))})`);

@@ -301,6 +301,47 @@ describe("make backup ended by a Ctrl-C (SIGINT to its process group)", () => {
   }, 60_000);
 });
 
+describe("make backup ended by a Ctrl-C during its last store, one store missing", () => {
+  // The missing store's "backup incomplete" won over the Ctrl-C: the copies were kept in <time>.partial,
+  // for someone to find and delete, which a Ctrl-C never leaves.
+  it("keeps nothing, says so and exits 130", async () => {
+    using data = tempDir();
+    using out = tempDir();
+    const [last] = SERVICE_NAMES.slice(-1);
+    for (const name of SERVICE_NAMES.slice(1)) {
+      // Each small but the last, whose copy the Ctrl-C lands in. The first is missing.
+      const rows = name === last ? 20_000 : 10;
+      const db = new Database(join(data.path, `${name}.db`));
+      db.exec(`CREATE TABLE t (x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ${rows})
+        INSERT INTO t SELECT randomblob(4096) FROM n`);
+      db.close();
+    }
+    const child = spawn(process.execPath, built("scripts/backup.ts"), {
+      env: { ...process.env, DATA_DIR: data.path, BACKUP_DIR: out.path, DB: "" },
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true,
+    });
+    try {
+      const code = exited(child);
+      let said = "";
+      child.stdout.on("data", (d: Buffer) => (said += d.toString()));
+      child.stderr.on("data", (d: Buffer) => (said += d.toString()));
+      const before = SERVICE_NAMES.at(-2) as string;
+      await expect
+        .poll(() => said, { timeout: 20_000, interval: 1 })
+        .toMatch(new RegExp(`  ${before}: .*integrity ok`));
+      process.kill(-(child.pid ?? 0), "SIGINT");
+      expect(await code, said).toBe(130);
+      expect(said).toContain("backup: ended by SIGINT; nothing kept");
+      expect(readdirSync(out.path), "no backup, whole or partial").toEqual([]);
+    } finally {
+      try {
+        process.kill(-(child.pid ?? 0), "SIGKILL");
+      } catch {}
+    }
+  }, 60_000);
+});
+
 describe("make backup DB=postgres", () => {
   it("dumps make run's database, every schema in one snapshot, and says so when it is down", async () => {
     await using server = await startPostgres();
