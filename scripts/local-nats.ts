@@ -95,7 +95,7 @@ export async function ensureLocalNats(
   const lines: string[] = [];
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => {
-      nats.kill("SIGKILL"); // not ready: stopped, not left to the next command's stopLeftovers
+      killGroup(nats); // not ready: stopped, not left to the next command's stopLeftovers
       reject(new CannotStart(`NATS did not start:\n${lines.join("\n")}`));
     }, 15_000);
     for (const stream of [nats.stdout, nats.stderr]) {
