@@ -265,80 +265,68 @@ describe("make backup whose output's reader is gone (make backup | head -1)", ()
   });
 });
 
+/** A store `name` in `dir` of `rows` random 4 KiB rows (5,000: a copy that takes a while). */
+function storeOf(dir: string, name: string, rows: number): void {
+  const db = new Database(join(dir, `${name}.db`));
+  db.exec(`CREATE TABLE t (x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ${rows})
+    INSERT INTO t SELECT randomblob(4096) FROM n`);
+  db.close();
+}
+
+/**
+ * `make backup` of `data` into `out`, started as a terminal's job (a process group of its own, which a
+ * Ctrl-C reaches whole) and sent SIGINT once it has said a line like `after`: its exit and what it said.
+ */
+async function backupCtrlC(data: string, out: string, after: RegExp) {
+  const child = spawn(process.execPath, built("scripts/backup.ts"), {
+    env: { ...process.env, DATA_DIR: data, BACKUP_DIR: out, DB: "" },
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
+  });
+  try {
+    const code = exited(child);
+    let said = "";
+    child.stdout.on("data", (d: Buffer) => (said += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (said += d.toString()));
+    await expect.poll(() => said, { timeout: 20_000, interval: 1 }).toMatch(after);
+    process.kill(-(child.pid ?? 0), "SIGINT");
+    return { code: await code, said };
+  } finally {
+    try {
+      process.kill(-(child.pid ?? 0), "SIGKILL");
+    } catch {}
+  }
+}
+
 describe("make backup ended by a Ctrl-C (SIGINT to its process group)", () => {
   // Killed at once, it left `<time>.partial` behind, for someone to find and delete.
   it("stops after the store it is copying, keeps nothing, says so and exits 130", async () => {
     using data = tempDir();
     using out = tempDir();
-    for (const name of SERVICE_NAMES) {
-      // Large enough that each copy takes a while: the Ctrl-C lands with stores left to copy.
-      const db = new Database(join(data.path, `${name}.db`));
-      db.exec(`CREATE TABLE t (x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
-        INSERT INTO t SELECT randomblob(4096) FROM n`);
-      db.close();
-    }
-    const child = spawn(process.execPath, built("scripts/backup.ts"), {
-      env: { ...process.env, DATA_DIR: data.path, BACKUP_DIR: out.path, DB: "" },
-      stdio: ["ignore", "pipe", "pipe"],
-      detached: true, // as a terminal's job: a process group of its own, which a Ctrl-C reaches whole
-    });
-    try {
-      const code = exited(child);
-      let said = "";
-      child.stdout.on("data", (d: Buffer) => (said += d.toString()));
-      child.stderr.on("data", (d: Buffer) => (said += d.toString()));
-      await expect.poll(() => said, { timeout: 20_000, interval: 5 }).toMatch(/integrity ok/);
-      process.kill(-(child.pid ?? 0), "SIGINT");
-      expect(await code, said).toBe(130);
-      expect(said).toContain("backup: ended by SIGINT; nothing kept");
-      expect(said.match(/integrity ok/g)?.length ?? 0, "stores copied").toBeLessThan(SERVICE_NAMES.length);
-      expect(readdirSync(out.path), "no backup, whole or partial").toEqual([]);
-    } finally {
-      try {
-        process.kill(-(child.pid ?? 0), "SIGKILL");
-      } catch {}
-    }
+    // Large enough that each copy takes a while: the Ctrl-C lands with stores left to copy.
+    for (const name of SERVICE_NAMES) storeOf(data.path, name, 5_000);
+    const { code, said } = await backupCtrlC(data.path, out.path, /integrity ok/);
+    expect(code, said).toBe(130);
+    expect(said).toContain("backup: ended by SIGINT; nothing kept");
+    expect(said.match(/integrity ok/g)?.length ?? 0, "stores copied").toBeLessThan(SERVICE_NAMES.length);
+    expect(readdirSync(out.path), "no backup, whole or partial").toEqual([]);
   }, 60_000);
-});
 
-describe("make backup ended by a Ctrl-C during its last store, one store missing", () => {
-  // The missing store's "backup incomplete" won over the Ctrl-C: the copies were kept in <time>.partial,
-  // for someone to find and delete, which a Ctrl-C never leaves.
-  it("keeps nothing, says so and exits 130", async () => {
+  // The missing store's "backup incomplete" won over the Ctrl-C: the copies were kept in <time>.partial.
+  it("during its last store, one store missing: keeps nothing, says so and exits 130", async () => {
     using data = tempDir();
     using out = tempDir();
-    const [last] = SERVICE_NAMES.slice(-1);
-    for (const name of SERVICE_NAMES.slice(1)) {
-      // Each small but the last, whose copy the Ctrl-C lands in. The first is missing.
-      const rows = name === last ? 20_000 : 10;
-      const db = new Database(join(data.path, `${name}.db`));
-      db.exec(`CREATE TABLE t (x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ${rows})
-        INSERT INTO t SELECT randomblob(4096) FROM n`);
-      db.close();
-    }
-    const child = spawn(process.execPath, built("scripts/backup.ts"), {
-      env: { ...process.env, DATA_DIR: data.path, BACKUP_DIR: out.path, DB: "" },
-      stdio: ["ignore", "pipe", "pipe"],
-      detached: true,
-    });
-    try {
-      const code = exited(child);
-      let said = "";
-      child.stdout.on("data", (d: Buffer) => (said += d.toString()));
-      child.stderr.on("data", (d: Buffer) => (said += d.toString()));
-      const before = SERVICE_NAMES.at(-2) as string;
-      await expect
-        .poll(() => said, { timeout: 20_000, interval: 1 })
-        .toMatch(new RegExp(`  ${before}: .*integrity ok`));
-      process.kill(-(child.pid ?? 0), "SIGINT");
-      expect(await code, said).toBe(130);
-      expect(said).toContain("backup: ended by SIGINT; nothing kept");
-      expect(readdirSync(out.path), "no backup, whole or partial").toEqual([]);
-    } finally {
-      try {
-        process.kill(-(child.pid ?? 0), "SIGKILL");
-      } catch {}
-    }
+    // Each small but the last, whose copy the Ctrl-C lands in. The first is missing.
+    const last = SERVICE_NAMES.at(-1);
+    for (const name of SERVICE_NAMES.slice(1)) storeOf(data.path, name, name === last ? 20_000 : 10);
+    const { code, said } = await backupCtrlC(
+      data.path,
+      out.path,
+      new RegExp(`  ${SERVICE_NAMES.at(-2)}: .*integrity ok`),
+    );
+    expect(code, said).toBe(130);
+    expect(said).toContain("backup: ended by SIGINT; nothing kept");
+    expect(readdirSync(out.path), "no backup, whole or partial").toEqual([]);
   }, 60_000);
 });
 
