@@ -120,7 +120,9 @@ interface Target {
   call(session: http2.ClientHttp2Session): Promise<boolean>;
 }
 
-using dir = tempDir();
+// Not `using`: disposed as the module's body ends, before any test, and the service made it again (left
+// behind after every run).
+const dir = tempDir();
 let svc: ServiceProcess;
 let gw: ServiceProcess;
 let token = "";
@@ -135,6 +137,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await gw?.[Symbol.asyncDispose]();
   await svc?.[Symbol.asyncDispose]();
+  dir[Symbol.dispose]();
 });
 
 const TARGETS: Target[] = [
