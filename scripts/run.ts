@@ -130,6 +130,14 @@ function replicasOf(name: string): number {
 
 const COLORS = [36, 33, 35, 32, 34, 31, 96, 93];
 const tty = process.stdout.isTTY;
+/**
+ * A terminal's writes made non-blocking, as a pipe's are. Node writes to a terminal in blocking calls, so a
+ * paused one (Ctrl-S, a pty nobody reads) held the runner in its next line: it restarted nothing and did
+ * not stop on Ctrl-C or SIGTERM until the terminal went on. Unwritten lines now wait in the stream, bounded
+ * by RUN_UNREAD_BYTES below. Safe for the shell: libuv reopens a terminal for its own use, so the flag is
+ * this process's alone (Node has no public call for it; a terminal libuv could not reopen keeps blocking).
+ */
+if (tty) (process.stdout as unknown as { _handle?: { setBlocking?(on: boolean): void } })._handle?.setBlocking?.(false);
 const width = Math.max(...SERVICES.map((s) => s.name.length), "nats".length) + 2;
 
 function prefix(name: string, i: number): string {
@@ -168,6 +176,12 @@ function print(text: string): void {
     return;
   }
   process.stdout.write(text);
+}
+/** Exits once stdout has taken what is left (its last lines), or after 2 s of a reader that takes nothing. */
+function exitOnceWritten(code: number): void {
+  if (outputGone || process.stdout.writableLength === 0) process.exit(code);
+  process.stdout.once("drain", () => process.exit(code));
+  setTimeout(() => process.exit(code), 2_000);
 }
 function saidDropped(): void {
   const n = dropped;
@@ -439,7 +453,7 @@ function stopAll(): void {
     return waitAll(infra.map((c) => c.child)).then(() => {
       clearTimeout(infraDeadline);
       say("run", undefined, "all stopped");
-      process.exit(refused ? EXIT_REFUSED : failed ? 1 : lostOutput ? 141 : 0);
+      exitOnceWritten(refused ? EXIT_REFUSED : failed ? 1 : lostOutput ? 141 : 0);
     });
   });
 }

@@ -9,6 +9,7 @@ import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_pr
 import { chmodSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
+import { stripVTControlCharacters } from "node:util";
 import { afterEach, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/health_pb.js";
 import { createChannel, createClient } from "../platform/index.js";
@@ -37,18 +38,26 @@ async function ports(): Promise<{ env: Record<string, string>; of: (name: string
   return { env, of: (name) => Number(env[`${name.toUpperCase()}_PORT`]) };
 }
 
-/** Starts the runner; `lines` collects its output, `waitFor` resolves on the first line matching. */
-function runner(env: Record<string, string>) {
-  const child = spawn(process.execPath, [join(ROOT, "dist", "scripts", "run.js")], {
-    cwd: ROOT,
-    env: { ...process.env, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+/**
+ * Starts the runner; `lines` collects its output, `waitFor` resolves on the first line matching. With
+ * `terminal`, its output is a pseudo-terminal (test/fixtures/pty-run.py, which `child` then is: "pause"
+ * and "resume" on its stdin type Ctrl-S and Ctrl-Q), its colours taken out of `lines`.
+ */
+function runner(env: Record<string, string>, { terminal = false } = {}) {
+  const run = [join(ROOT, "dist", "scripts", "run.js")];
+  const child = terminal
+    ? spawn("python3", [join(ROOT, "test", "fixtures", "pty-run.py"), process.execPath, ...run], {
+        cwd: ROOT,
+        env: { ...process.env, ...env },
+        stdio: ["pipe", "pipe", "pipe"],
+      })
+    : spawn(process.execPath, run, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
   running.push(child);
   const lines: string[] = [];
   const waiters: { re: RegExp; resolve: (l: string) => void }[] = [];
   const take = (d: Buffer) => {
-    for (const line of d.toString().split("\n")) {
+    for (const raw of d.toString().split("\n")) {
+      const line = stripVTControlCharacters(raw).replace(/\r$/, "");
       if (!line) continue;
       lines.push(line);
       for (const w of waiters.filter((x) => x.re.test(line))) {
@@ -245,6 +254,41 @@ it("whose output is not read keeps at most RUN_UNREAD_BYTES of it, and once read
   run.child.kill("SIGINT");
   expect(await new Promise((r) => run.child.once("exit", r))).toBe(0);
   expect(run.lines.at(-1)).toMatch(/all stopped/);
+}, 120_000);
+
+it("in a paused terminal (Ctrl-S) still restarts a killed service, and stops on SIGTERM", async () => {
+  // Node writes to a terminal in blocking calls: paused, it held the runner in its next line, which
+  // restarted nothing and did not stop until the terminal went on (Ctrl-Q).
+  using dir = tempDir();
+  const { env, of } = await ports();
+  const run = runner({ ...env, DATA_DIR: dir.path }, { terminal: true });
+  const printed = () => run.lines.slice(-40).join("\n");
+  const runnerPid = Number(/pid (\d+)/.exec(await run.waitFor(/^pty-run: pid \d+/))?.[1]);
+  const started = await run.waitFor(/^inventory .*\| started \(pid \d+\)/);
+  await serving(of("inventory"), printed);
+  await run.waitFor(/^gateway .*\| started \(pid \d+\)/);
+  run.child.stdin?.write("pause\n");
+  try {
+    await new Promise((r) => setTimeout(r, 500)); // the runner writes into the paused terminal meanwhile
+    process.kill(Number(/pid (\d+)/.exec(started)?.[1]), "SIGKILL");
+    const inventory = createChannel(`127.0.0.1:${of("inventory")}`);
+    const health = createClient(Health, inventory);
+    for (let gone = false; !gone; await new Promise((r) => setTimeout(r, 100))) {
+      gone = await health.check({ service: "" }, { signal: AbortSignal.timeout(500) }).then(
+        () => false,
+        () => true,
+      );
+    }
+    inventory.close();
+    await serving(of("inventory"), printed, 30_000); // restarted, the terminal still paused
+
+    const exited = new Promise((r) => run.child.once("exit", r));
+    process.kill(runnerPid, "SIGTERM");
+    expect(await exited).toBe(0);
+  } finally {
+    // Failed, it goes on, so that the runner can be stopped (afterEach).
+    if (run.child.exitCode === null) run.child.stdin?.write("resume\n");
+  }
 }, 120_000);
 
 it("LOG_FORMAT=json make run prints JSON lines only, each naming its process, for jq", async () => {
