@@ -557,6 +557,9 @@ process.on("SIGTERM", stopAll);
 // Its terminal closed: Node's default ended the runner alone, and every process it started, each in a
 // process group of its own, ran on with nobody to stop it.
 process.on("SIGHUP", stopAll);
+// Node's default for SIGUSR1 opens an inspector on 127.0.0.1:9229, through which whatever reaches that port
+// runs code in the runner, as the services no longer allow (platform/lifecycle.ts); --inspect still opens it.
+process.on("SIGUSR1", () => say("run", undefined, "SIGUSR1 ignored: the inspector opens only with --inspect"));
 const NATS_URL = `nats://127.0.0.1:${NATS_PORT}`;
 const busPasswords = localBusPasswords(DATA);
 const provisioned = provisionStreams();

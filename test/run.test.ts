@@ -256,7 +256,7 @@ it("whose output is not read keeps at most RUN_UNREAD_BYTES of it, and once read
   expect(run.lines.at(-1)).toMatch(/all stopped/);
 }, 120_000);
 
-it("in a paused terminal (Ctrl-S) still restarts a killed service, and stops on SIGTERM", async () => {
+it("in a paused terminal (Ctrl-S) still restarts a killed service, and stops on SIGTERM; SIGUSR1 opens no inspector", async () => {
   // Node writes to a terminal in blocking calls: paused, it held the runner in its next line, which
   // restarted nothing and did not stop until the terminal went on (Ctrl-Q).
   using dir = tempDir();
@@ -267,6 +267,10 @@ it("in a paused terminal (Ctrl-S) still restarts a killed service, and stops on 
   const started = await run.waitFor(/^inventory .*\| started \(pid \d+\)/);
   await serving(of("inventory"), printed);
   await run.waitFor(/^gateway .*\| started \(pid \d+\)/);
+  // Node's default opened an inspector: "Debugger listening on ws://127.0.0.1:9229/…".
+  process.kill(runnerPid, "SIGUSR1");
+  await run.waitFor(/SIGUSR1 ignored/);
+  expect(run.lines.filter((l) => /Debugger listening/.test(l))).toEqual([]);
   run.child.stdin?.write("pause\n");
   try {
     await new Promise((r) => setTimeout(r, 500)); // the runner writes into the paused terminal meanwhile
