@@ -2,8 +2,8 @@
  * The web shop's colours as a low-vision user meets them (WCAG 2.1 AA): Debian's Chromium driven by
  * playwright-core against the real system and gateway in this process, as test/web-a11y.test.ts does.
  * On every route and in the states that bring their own colours (errors, badges, a cancelled and
- * compensated saga, steps retrying and the breaker for payment open with payment down, the operator's
- * refusals), every element that shows text is measured in the page, and again each kind of link and
+ * compensated saga, steps retrying and the breaker for payment open with payment down (and its half-open
+ * colours), the operator's refusals), every element that shows text is measured in the page, and again each kind of link and
  * button as it shows when hovered with the real pointer:
  * its computed colour against the background behind it (its own and its ancestors' backgrounds,
  * composited over the white canvas; a gradient counts as each of its stops). Text needs 4.5:1, large
@@ -301,6 +301,20 @@ describe("the web shop's colours", () => {
       await open.waitFor({ timeout: 20_000 });
       await audit("operator breaker open", ops);
       expect(await open.count()).toBe(1);
+      // Half-open lasts one probe call, too short to catch: its colours are measured on a copy of the open
+      // breaker's box given half-open's class, beside it in the same panel (the page redraws the box itself).
+      await open.evaluate((box) => {
+        const copy = box.cloneNode(true) as typeof box;
+        copy.className = "breaker__state breaker__state--half-open";
+        copy.dataset.testid = "breaker-half-open-copy";
+        const value = copy.querySelector(".breaker__value");
+        if (value) value.textContent = "Half-open";
+        box.parentElement?.after(copy);
+      });
+      await audit("operator breaker half-open", ops);
+      const copy = ops.getByTestId("breaker-half-open-copy");
+      expect(await copy.count()).toBe(1);
+      await copy.evaluate((el) => el.remove());
     } finally {
       await shop.sys.paymentChaos.setFaults({ faults: {} });
     }
