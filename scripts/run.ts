@@ -45,9 +45,7 @@ import {
   BUS_ADMIN,
   backoffMs,
   commonEnv,
-  configOrExit,
   EXIT_REFUSED,
-  int,
   parseEnv,
   provisionBus,
   silentLogger,
@@ -55,7 +53,6 @@ import {
 import { holdDataDir, recordChild, stopLeftovers } from "./data-dir.js";
 import { dbOf, nodeCommand, portOf, ROOT, replicaCount, SYSTEM, SYSTEM_ENV } from "./layout.js";
 import { killGroup } from "./local-nats.js";
-import { jsonLine, readableLines } from "./log-lines.js";
 import { localBusPasswords, NATS_MISSING, natsInstalled, natsServerArgs, preparedJetStreamDir } from "./nats.js";
 import {
   ensureDatabase,
@@ -67,6 +64,7 @@ import {
   stopCluster,
   waitForPostgres,
 } from "./postgres.js";
+import { runOutput } from "./run-output.js";
 
 const DATA = process.env.DATA_DIR || join(ROOT, ".data");
 /** A variable of the runner's that takes a value of `on` (true) or of `off` (false), or a line and exit 2. */
@@ -128,88 +126,20 @@ function replicasOf(name: string): number {
   return n;
 }
 
-const COLORS = [36, 33, 35, 32, 34, 31, 96, 93];
-const tty = process.stdout.isTTY;
-/**
- * A terminal's writes made non-blocking, as a pipe's are. Node writes to a terminal in blocking calls, so a
- * paused one (Ctrl-S, a pty nobody reads) held the runner in its next line: it restarted nothing and did
- * not stop on Ctrl-C or SIGTERM until the terminal went on. Unwritten lines now wait in the stream, bounded
- * by RUN_UNREAD_BYTES below. Safe for the shell: libuv reopens a terminal for its own use, so the flag is
- * this process's alone (Node has no public call for it; a terminal libuv could not reopen keeps blocking).
- */
-if (tty) (process.stdout as unknown as { _handle?: { setBlocking?(on: boolean): void } })._handle?.setBlocking?.(false);
-const width = Math.max(...SERVICES.map((s) => s.name.length), "nats".length) + 2;
-
-function prefix(name: string, i: number): string {
-  const label = `${name.padEnd(width)} |`;
-  return tty ? `\x1b[${COLORS[i % COLORS.length]}m${label}\x1b[0m` : label;
-}
-
 /** LOG_FORMAT=json: stdout is JSON lines only, for jq and log shippers. */
 const JSON_LINES = choice("LOG_FORMAT", ["json"], ["", "pretty"]);
-
-/** A line as one readable line (pino-pretty, as LOG_FORMAT=pretty would print it, escaped: log-lines.ts). */
-const readable = JSON_LINES ? (line: string) => line : await readableLines(tty);
-
-/**
- * Whether stdout still has a reader. Gone (`make run | head`, a terminal closed), the next write failed
- * with EPIPE (EIO on a terminal): an uncaught error, a stack trace, and every process SIGKILLed on the
- * way out. Now the runner stops everything cleanly instead, says so on stderr and exits 141, as a
- * process SIGPIPE ended.
- */
-let outputGone = false;
 /** Stopped because stdout lost its reader: the exit code is then 141. */
 let lostOutput = false;
-/**
- * How much output not yet taken by its reader the runner keeps (`make run | less` scrolled no further, a
- * stalled pipe). It kept all of it, ~35 MB a minute at 300 calls/s, without end; lines beyond it are now
- * dropped, and counted in one line once the reader has caught up.
- */
-const { RUN_UNREAD_BYTES: UNREAD_BYTES } = configOrExit(() =>
-  parseEnv({ RUN_UNREAD_BYTES: int(8 * 1024 * 1024, { min: 4_096, max: 1024 ** 3 }) }, process.env),
+const { prefix, relay, say, pause, exitOnceWritten } = await runOutput(
+  [...SERVICES.map((s) => s.name), "nats"],
+  JSON_LINES,
+  (err) => {
+    if (stopping) return; // already stopping (a terminal closed sends SIGHUP too): that stop goes on
+    lostOutput = true;
+    process.stderr.write(`make run: its output's reader is gone: stopping everything (${err.code ?? err.message})\n`);
+    stopAll();
+  },
 );
-let dropped = 0;
-function print(text: string): void {
-  if (outputGone) return;
-  if (process.stdout.writableLength > UNREAD_BYTES) {
-    if (dropped++ === 0) process.stdout.once("drain", saidDropped);
-    return;
-  }
-  process.stdout.write(text);
-}
-/** Exits once stdout has taken what is left (its last lines), or after 2 s of a reader that takes nothing. */
-function exitOnceWritten(code: number): void {
-  if (outputGone || process.stdout.writableLength === 0) process.exit(code);
-  process.stdout.once("drain", () => process.exit(code));
-  setTimeout(() => process.exit(code), 2_000);
-}
-function saidDropped(): void {
-  const n = dropped;
-  dropped = 0;
-  say("run", undefined, `${n} lines dropped: make run's output was not read`, { dropped: n }, 40);
-}
-process.stdout.on("error", (err: NodeJS.ErrnoException) => {
-  if (outputGone) return;
-  outputGone = true;
-  if (stopping) return; // already stopping (a terminal closed sends SIGHUP too): that stop goes on
-  lostOutput = true;
-  process.stderr.write(`make run: its output's reader is gone: stopping everything (${err.code ?? err.message})\n`);
-  stopAll();
-});
-// stderr gone as well (a terminal closed): what is left to say cannot be said, and must not throw.
-process.stderr.on("error", () => {});
-
-/**
- * The runner's own message about `proc` ("run" for the whole system): a
- * prefixed line, or with LOG_FORMAT=json an object with `fields`.
- */
-function say(proc: string, label: string | undefined, msg: string, fields: Record<string, unknown> = {}, level = 30) {
-  if (JSON_LINES) {
-    print(`${JSON.stringify({ level, time: new Date().toISOString(), proc, msg, ...fields })}\n`);
-  } else {
-    print(label ? `${label} ${msg}\n` : `${msg}\n`);
-  }
-}
 
 const children: { name: string; child: ChildProcess }[] = [];
 let stopping = false;
@@ -263,8 +193,7 @@ function start(
       [child.stderr, true],
     ] as const) {
       createInterface({ input: stream }).on("line", (line) => {
-        if (!show(line)) return;
-        print(JSON_LINES ? `${jsonLine(name, line, fromStderr)}\n` : `${p} ${readable(line)}\n`);
+        if (show(line)) relay(name, p, line, fromStderr);
       });
     }
     say(name, p, `started (pid ${child.pid})`, { pid: child.pid });
@@ -409,7 +338,7 @@ function stopAll(): void {
     process.exit(130);
   }
   stopping = true;
-  if (!JSON_LINES) print("\n");
+  pause();
   say("run", undefined, "stopping (Ctrl-C again to kill)...");
   // Services first (they drain calls and give their leases back), NATS and PostgreSQL last.
   const services = children.filter((c) => !INFRA.has(c.name));
