@@ -19,7 +19,7 @@ export interface RunOutput {
    */
   say(proc: string, label: string | undefined, msg: string, fields?: Record<string, unknown>, level?: number): void;
   /** A blank line before the stop's messages (none in JSON lines). */
-  pause(): void;
+  blankLine(): void;
   /** Exits once stdout has taken what is left (its last lines), or after 2 s of a reader that takes nothing. */
   exitOnceWritten(code: number): void;
 }
@@ -88,7 +88,7 @@ export async function runOutput(
       print(jsonLines ? `${jsonLine(name, line, fromStderr)}\n` : `${prefix} ${readable(line)}\n`);
     },
     say,
-    pause() {
+    blankLine() {
       if (!jsonLines) print("\n");
     },
     exitOnceWritten(code) {

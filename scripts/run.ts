@@ -130,7 +130,7 @@ function replicasOf(name: string): number {
 const JSON_LINES = choice("LOG_FORMAT", ["json"], ["", "pretty"]);
 /** Stopped because stdout lost its reader: the exit code is then 141. */
 let lostOutput = false;
-const { prefix, relay, say, pause, exitOnceWritten } = await runOutput(
+const { prefix, relay, say, blankLine, exitOnceWritten } = await runOutput(
   [...SERVICES.map((s) => s.name), "nats"],
   JSON_LINES,
   (err) => {
@@ -338,7 +338,7 @@ function stopAll(): void {
     process.exit(130);
   }
   stopping = true;
-  pause();
+  blankLine();
   say("run", undefined, "stopping (Ctrl-C again to kill)...");
   // Services first (they drain calls and give their leases back), NATS and PostgreSQL last.
   const services = children.filter((c) => !INFRA.has(c.name));
