@@ -21,6 +21,7 @@ import { type AuthConfig, signDevToken } from "./auth.js";
 import { readBody } from "./body.js";
 import { DEV_JWT_SECRET } from "./config.js";
 import { type Endpoint, NO_ENDPOINT, pathOf, type Res } from "./endpoint.js";
+import { echoed } from "./wire.js";
 
 const TYPES: Record<string, string> = {
   ".html": "text/html; charset=utf-8",
@@ -173,7 +174,7 @@ export function devSignInEndpoint(c: AuthConfig, log: Logger): Endpoint {
     serve: (req, res) => {
       if (req.method !== "POST") {
         res.setHeader("allow", "POST");
-        answer(res, 405, { code: 12, message: `${req.method} is not allowed on ${DEV_TOKEN_PATH}` });
+        answer(res, 405, { code: 12, message: `${echoed(req.method ?? "")} is not allowed on ${DEV_TOKEN_PATH}` });
         return;
       }
       // Refused as soon as it is known to be too big, by its declared length or by what has arrived.

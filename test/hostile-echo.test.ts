@@ -93,3 +93,27 @@ describe.each(["true", "false"])("a JSON error quoting a lone surrogate a client
     expect(JSON.parse(end).error.message).toBe('WatchOrderRequest: key "\ufffd" is unknown');
   });
 });
+
+describe("the development sign-in refusing a method", () => {
+  // `POST /dev/token` answered any other method with `<method> is not allowed on /dev/token`, the
+  // method whole: an HTTP/2 `:method` is any token, so 5,000 characters of it came back, where every
+  // other refusal quotes a method or path cut to 200 (gateway/wire.ts `echoed`).
+  let gw: GatewayApp;
+  beforeAll(async () => {
+    const targets = Object.fromEntries(UPSTREAMS.map((u) => [targetVariable(u), "127.0.0.1:1"]));
+    gw = await startGateway(gatewayConfig({ HTTP_HOST: "127.0.0.1", HTTP_PORT: "0", ...targets }), silentLogger());
+  });
+  afterAll(async () => {
+    await gw?.stop();
+  });
+
+  it("quotes at most 200 characters of it", async () => {
+    await using session = await h2Session(gw.url);
+    const method = "X".repeat(5_000);
+    const got = await h2Request(session, { ":method": method, ":path": "/dev/token" });
+    expect(got.status).toBe(405);
+    const { message } = JSON.parse(got.body.toString("utf8")) as { message: string };
+    expect(message.length).toBeLessThan(300);
+    expect(message).toMatch(/^X{199}… is not allowed on \/dev\/token$/);
+  });
+});
