@@ -182,13 +182,21 @@ async function admit(
   if (refused) return { refused, unreadBody: refused.code === Code.ResourceExhausted };
   if (o.tokenFree.has(handler.service.typeName)) return { handler, identity: undefined };
   let identity: Caller;
+  let authorization: string | null = null;
   try {
-    identity = await o.authenticate(authorizationOf(req.rawHeaders));
+    authorization = authorizationOf(req.rawHeaders);
+    identity = await o.authenticate(authorization);
   } catch (err) {
     if (!(err instanceof AuthError)) throw err;
     o.log.debug({ reason: err.message, ip: client.ip, request_id: client.requestId }, "authentication failed");
-    // One generic answer for every failure: no hint which check failed.
-    return { refused: new ConnectError("authentication required: a valid bearer token", Code.Unauthenticated) };
+    // One generic answer for every failure: no hint which check failed. The challenge a 401 must carry
+    // (RFC 9110 §11.6.1), with RFC 6750's error code only when a bearer token was sent.
+    const challenge = `Bearer realm="shopmesh"${authorization?.startsWith("Bearer ") ? ', error="invalid_token"' : ""}`;
+    return {
+      refused: new ConnectError("authentication required: a valid bearer token", Code.Unauthenticated, {
+        "www-authenticate": challenge,
+      }),
+    };
   }
   const byPrincipal = admitPrincipal(o, identity.subject, handler.method.methodKind !== "unary", req, res);
   return byPrincipal ? { refused: byPrincipal } : { handler, identity };

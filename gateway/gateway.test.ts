@@ -238,7 +238,17 @@ describe("authentication", () => {
         code: "unauthenticated",
         message: "authentication required: a valid bearer token",
       });
+      // RFC 9110 §11.6.1: a 401 names the scheme to answer with; RFC 6750 §3.1: an error code only when a
+      // bearer token was sent.
+      expect(res.headers.get("www-authenticate"), name).toBe(
+        authorization.startsWith("Bearer ")
+          ? 'Bearer realm="shopmesh", error="invalid_token"'
+          : 'Bearer realm="shopmesh"',
+      );
     }
+    // The REST paths answer the same 401.
+    const rest = await fetch(`${gw.url}/v1/orders`);
+    expect([rest.status, rest.headers.get("www-authenticate")]).toEqual([401, 'Bearer realm="shopmesh"']);
     // None of them reached the order service: the key is still unused for alice.
     const { json } = await call("shopmesh.order.v1.OrderService/ListOrders", { pageSize: 100 }, await auth("alice"));
     expect(JSON.stringify(json)).not.toContain(k);
