@@ -14,7 +14,7 @@ import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import { capturedLogger, type System, startSystem, startTestGateway } from "./system.js";
-import { connect1, grpc, grpcWeb1, transports, watch, watchRest } from "./watch.js";
+import { connect1, grpc, grpcWeb1, seen, transports, watch, watchRest } from "./watch.js";
 
 const DAY_S = 86_400;
 
@@ -81,11 +81,12 @@ describe("a stream lasts no longer than its token, attacked", () => {
     const orderId = await slowOrder("frank", "expiry-30-days", 1_500);
     try {
       const long = await token("frank", 30 * DAY_S);
+      const { states, open } = seen(4);
       const watching = Promise.all([
-        ...transports.map(([name, t]) => watch(name, t(gw.url), orderId, long)),
-        watchRest(gw.url, orderId, long),
+        ...transports.map(([name, t], i) => watch(name, t(gw.url), orderId, long, 12_000, undefined, states[i])),
+        watchRest(gw.url, orderId, long, 12_000, states[3]),
       ]);
-      await new Promise((r) => setTimeout(r, 700));
+      await open();
       expect(timers.count()).toBe(4); // one per open watch
       for (const w of await watching) {
         expect(w, w.name).toMatchObject({ code: "OK" });
@@ -95,8 +96,8 @@ describe("a stream lasts no longer than its token, attacked", () => {
     } finally {
       await sys.paymentChaos.setFaults({ faults: {} });
     }
-    await new Promise((r) => setTimeout(r, 50)); // destroy hooks run after the tick that cleared them
-    expect(timers.count()).toBe(0);
+    // Destroy hooks run after the tick that cleared them.
+    await expect.poll(() => timers.count()).toBe(0);
   }, 30_000);
 
   it("500 watches cancelled by their clients after their first state leave no timer behind", async () => {
@@ -128,8 +129,7 @@ describe("a stream lasts no longer than its token, attacked", () => {
       await sys.paymentChaos.setFaults({ faults: {} });
     }
     expect(cancelled).toBe(500);
-    await new Promise((r) => setTimeout(r, 200)); // the gateway sees the last cancels
-    expect(timers.count()).toBe(0);
+    await expect.poll(() => timers.count()).toBe(0); // once the gateway has seen the last cancels
   }, 40_000);
 
   it("a watch its client leaves, over HTTP/1.1 and REST, leaves no timer behind", async () => {
@@ -165,8 +165,7 @@ describe("a stream lasts no longer than its token, attacked", () => {
     } finally {
       await sys.paymentChaos.setFaults({ faults: {} });
     }
-    await new Promise((r) => setTimeout(r, 300));
-    expect(timers.count()).toBe(0);
+    await expect.poll(() => timers.count()).toBe(0); // once the gateway has seen the last leave
   }, 30_000);
 
   it("an expired watch ends UNAUTHENTICATED over HTTP/1.1 and REST, is logged so, and gives back its stream slot", async () => {
@@ -187,21 +186,29 @@ describe("a stream lasts no longer than its token, attacked", () => {
         expect(new Set(w.states), w.name).toEqual(new Set(["PENDING"])); // the state (repeated), before the token ran out
         expect(w.ms, w.name).toBeLessThan(4_000);
       }
-      await new Promise((r) => setTimeout(r, 50));
-      const access = lines.slice(from).filter((l) => l.msg === "access" && l.principal === "gina");
-      expect(access.map((l) => [l.procedure, l.code])).toEqual(
+      const access = () => lines.slice(from).filter((l) => l.msg === "access" && l.principal === "gina");
+      await expect.poll(() => access().length).toBe(5); // each is logged as it ends, on the gateway's side
+      expect(access().map((l) => [l.procedure, l.code])).toEqual(
         Array(5).fill(["shopmesh.order.v1.OrderService/WatchOrder", "Unauthenticated"]),
       );
       expect(lines.slice(from).filter((l) => l.msg === "request failed")).toEqual([]);
       // All five slots (HTTP_MAX_STREAMS_PER_PRINCIPAL) are free again: five fresh watches open at once.
       const fresh = await token("gina", 60);
-      const again = await Promise.all([
-        ...transports.map(([name, t]) => watch(name, t(gw.url), orderId, fresh, 1_000)),
-        watch("Connect/1.1", connect1(gw.url), orderId, fresh, 1_000),
-        watch("gRPC", grpc(gw.url), orderId, fresh, 1_000),
-      ]);
-      for (const w of again) {
-        expect(w, w.name).toMatchObject({ code: "DeadlineExceeded" });
+      const opened = seen(5);
+      const leave = new AbortController();
+      const fiveMore: Array<[string, Transport]> = [
+        ...transports.map(([name, t]): [string, Transport] => [name, t(gw.url)]),
+        ["Connect/1.1", connect1(gw.url)],
+        ["gRPC", grpc(gw.url)],
+      ];
+      const again = Promise.all(
+        fiveMore.map(([name, t], i) => watch(name, t, orderId, fresh, 12_000, leave.signal, opened.states[i])),
+      );
+      // All five open at once (a watch refused its slot ends at once, without a state), then left.
+      await opened.open().catch(() => {});
+      leave.abort();
+      for (const w of await again) {
+        expect(w, w.name).toMatchObject({ code: "Canceled" });
         expect(w.states[0], w.name).toBe("PENDING");
       }
     } finally {
@@ -216,8 +223,9 @@ describe("a stream lasts no longer than its token, attacked", () => {
     const orderId = await slowOrder("olga", "expiry-clock-step", 20_000);
     try {
       const bearer = await token("olga", 5 * 60);
-      const watching = watch("Connect/1.1", connect1(stepping.url), orderId, bearer, 12_000);
-      await new Promise((r) => setTimeout(r, 500));
+      const { states, open } = seen(1);
+      const watching = watch("Connect/1.1", connect1(stepping.url), orderId, bearer, 12_000, undefined, states[0]);
+      await open(); // accepted before the step
       // An NTP step, a VM restored: the wall clock, which judges tokens, jumps 10 minutes; timers do not.
       vi.setSystemTime(Date.now() + 10 * 60_000);
       const stepped = performance.now();
@@ -244,11 +252,12 @@ describe("a stream lasts no longer than its token, attacked", () => {
     const orderId = await slowOrder("max", "expiry-shutdown", 20_000);
     try {
       const short = await token("max", 3);
+      const { states, open } = seen(4);
       const watching = Promise.all([
-        ...transports.map(([name, t]) => watch(name, t(other.url), orderId, short)),
-        watchRest(other.url, orderId, short),
+        ...transports.map(([name, t], i) => watch(name, t(other.url), orderId, short, 12_000, undefined, states[i])),
+        watchRest(other.url, orderId, short, 12_000, states[3]),
       ]);
-      await new Promise((r) => setTimeout(r, 700));
+      await open();
       const stopping = Date.now();
       await other.stop();
       expect(Date.now() - stopping).toBeLessThan(2_000);

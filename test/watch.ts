@@ -4,6 +4,7 @@
  */
 import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { expect } from "vitest";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 
 export const connect1 = (baseUrl: string) => createConnectTransport({ baseUrl, httpVersion: "1.1" });
@@ -25,7 +26,11 @@ export interface Watched {
   readonly ms: number;
 }
 
-/** Watches `orderId` with `bearer` over `transport` until the watch ends (or `timeoutMs`, or `signal`). */
+/**
+ * Watches `orderId` with `bearer` over `transport` until the watch ends (or `timeoutMs`, or `signal`).
+ * Each state is pushed onto `states` as it arrives: a test waits for it to have one (the watch open)
+ * before acting on the open watch, instead of a fixed sleep a loaded machine outlasts.
+ */
 export async function watch(
   name: string,
   transport: Transport,
@@ -33,9 +38,9 @@ export async function watch(
   bearer: string,
   timeoutMs = 12_000,
   signal?: AbortSignal,
+  states: string[] = [],
 ): Promise<Watched> {
   const started = Date.now();
-  const states: string[] = [];
   try {
     const orders = createClient(OrderService, transport);
     const headers = { authorization: `Bearer ${bearer}` };
@@ -48,25 +53,57 @@ export async function watch(
   }
 }
 
-/** Watches `orderId` over REST (newline-delimited JSON) at `url` until the watch ends (or `timeoutMs`). */
-export async function watchRest(url: string, orderId: string, bearer: string, timeoutMs = 12_000): Promise<Watched> {
+/**
+ * Watches `orderId` over REST (newline-delimited JSON) at `url` until the watch ends (or `timeoutMs`),
+ * pushing each state onto `states` as its line arrives (as {@link watch} does).
+ */
+export async function watchRest(
+  url: string,
+  orderId: string,
+  bearer: string,
+  timeoutMs = 12_000,
+  states: string[] = [],
+): Promise<Watched> {
   const started = Date.now();
   const res = await fetch(`${url}/v1/orders/${orderId}:watch`, {
     headers: { authorization: `Bearer ${bearer}` },
     signal: AbortSignal.timeout(timeoutMs),
   });
-  const body = await res.text().catch(() => undefined);
-  if (body === undefined) return { name: "REST", code: "still open", states: [], ms: Date.now() - started };
-  const lines = body
-    .trim()
-    .split("\n")
-    .map((l) => JSON.parse(l) as { result?: { status?: string }; error?: { code?: number; message?: string } });
-  const last = lines.at(-1)?.error;
+  type Line = { result?: { status?: string }; error?: { code?: number; message?: string } };
+  let last: Line["error"];
+  const take = (line: string) => {
+    const parsed = JSON.parse(line) as Line;
+    if (parsed.result) states.push(String(parsed.result.status).replace("ORDER_STATUS_", ""));
+    last = parsed.error;
+  };
+  const text = new TextDecoder();
+  let partial = "";
+  try {
+    for await (const chunk of res.body ?? []) {
+      const lines = (partial + text.decode(chunk, { stream: true })).split("\n");
+      partial = lines.pop() ?? "";
+      for (const line of lines) if (line.trim()) take(line);
+    }
+  } catch (err) {
+    if (err instanceof SyntaxError) throw err; // a line that is not JSON: the answer is wrong, not late
+    return { name: "REST", code: "still open", states, ms: Date.now() - started };
+  }
+  if (partial.trim()) take(partial);
   return {
     name: "REST",
     code: res.status !== 200 ? `HTTP ${res.status}` : last ? (Code[last.code ?? 0] ?? "?") : "OK",
     message: last?.message,
-    states: lines.flatMap((l) => (l.result ? [String(l.result.status).replace("ORDER_STATUS_", "")] : [])),
+    states,
     ms: Date.now() - started,
   };
+}
+
+/**
+ * A `states` array for each of `n` watches (passed to {@link watch} or {@link watchRest}), and `open`,
+ * which waits until every one has seen a state: each watch is then open, accepted and forwarded.
+ */
+export function seen(n: number) {
+  const states = Array.from({ length: n }, (): string[] => []);
+  const open = () => expect.poll(() => states.filter((s) => s.length > 0).length, { timeout: 10_000 }).toBe(n);
+  return { states, open };
 }
