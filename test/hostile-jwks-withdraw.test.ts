@@ -6,15 +6,24 @@
  * check a stream makes, on the gateway's clock; then the watches themselves.
  */
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { type AuthConfig, createAuthenticator, signDevToken } from "../gateway/auth.js";
+import { type AuthConfig, type Authenticator, createAuthenticator, signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { until } from "./events.js";
 import { type JwksServer, startJwks } from "./jwks.js";
 import { type System, startSystem, startTestGateway } from "./system.js";
-import { connect1, transports, type Watched, watch, watchRest } from "./watch.js";
+import { connect1, seen, transports, type Watched, watch, watchRest } from "./watch.js";
 
 const WITHDRAWN = "the bearer token's signing key was withdrawn: sign in again";
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Resolves once the authenticator's fetch under way has ended, failed or not: a token naming a key no
+ * set holds waits for the fetch in flight and starts none within the backoff or the cooldown
+ * (gateway/jwks.ts getKey). A fixed sleep for the answer was outlasted on a loaded machine.
+ */
+async function settled(auth: Authenticator, jwks: JwksServer, now: number) {
+  await auth(`Bearer ${await jwks.sign("nobody", "no-such-key", now)}`).catch(() => {});
+}
 
 const KEYS: AuthConfig = {
   JWT_SECRET: "",
@@ -48,7 +57,7 @@ describe("whether a token's signing key is still the issuer's (a stream's check,
     let fetched = jwks.state.fetches;
     expect(byK1.keyHeld?.()).toBe(true);
     expect(await jwks.fetchesSince(fetched)).toBe(1);
-    await sleep(100); // the failure is in
+    await settled(auth, jwks, now); // the failure is in
     expect(byK1.keyHeld?.()).toBe(true);
 
     // The issuer answers again, without k1. A new k1 token verifies with the set held (and is cached)
@@ -119,7 +128,7 @@ describe("whether a token's signing key is still the issuer's (a stream's check,
         const fetched = jwks.state.fetches;
         caller.keyHeld?.();
         expect(await jwks.fetchesSince(fetched)).toBe(1);
-        await sleep(100); // the answer is in
+        await settled(auth, jwks, now); // the answer is in
         expect(caller.keyHeld?.()).toBe(held);
         // The same answer for a new call with the token (verified again: a minute has passed).
         if (held) expect((await auth(token)).subject).toBe("dan");
@@ -185,17 +194,26 @@ describe("a stream lasts no longer than its token's signing key", () => {
       const byK1 = await jwks.sign("wanda", "k1", Date.now());
       const byK2 = await jwks.sign("wanda", "k2", Date.now());
       const ended = { k1: false, k2: false };
+      const { states, open } = seen(5);
       const signedByK1 = Promise.all([
-        ...transports.map(([name, t]) => watch(name, t(gw.url), orderId, byK1, 40_000)),
-        watchRest(gw.url, orderId, byK1, 40_000),
+        ...transports.map(([name, t], i) => watch(name, t(gw.url), orderId, byK1, 40_000, undefined, states[i])),
+        watchRest(gw.url, orderId, byK1, 40_000, states[3]),
       ]).finally(() => {
         ended.k1 = true;
       });
       const keep = new AbortController();
-      const signedByK2 = watch("Connect/1.1 (k2)", connect1(gw.url), orderId, byK2, 40_000, keep.signal).finally(() => {
+      const signedByK2 = watch(
+        "Connect/1.1 (k2)",
+        connect1(gw.url),
+        orderId,
+        byK2,
+        40_000,
+        keep.signal,
+        states[4],
+      ).finally(() => {
         ended.k2 = true;
       });
-      await sleep(700);
+      await open(); // every watch accepted before the set comes due and its issuer fails
 
       // The issuer fails (HTTP 500) as the set comes due; no request arrives, the watches' own checks ask.
       jwks.state.failStatus = 500;
