@@ -270,12 +270,15 @@ describe("many instances, and instances that come and go", () => {
     for (let i = 0; i < 100 && c.state().breaker !== "open"; i++) await c.getProduct(req).catch(() => {});
     expect(c.state().breaker).toBe("open");
     const before = instances.map((i) => i.checks());
+    const probes = () => instances.map((i, n) => i.checks() - (before[n] as number));
     const t0 = performance.now();
     await sleep(H * 6);
+    // Every one probed twice: within six waits on a quiet machine; on a loaded one (two workers on two
+    // cores) one of the fifty was still at one after them, so it is waited for, and the bound below is
+    // the waits that passed in fact.
+    await expect.poll(() => Math.min(...probes()), { timeout: 10_000, interval: 20 }).toBeGreaterThanOrEqual(2);
     const waits = (performance.now() - t0) / H;
-    const probes = instances.map((i, n) => i.checks() - (before[n] as number));
-    expect(Math.min(...probes)).toBeGreaterThanOrEqual(2);
-    expect(Math.max(...probes)).toBeLessThanOrEqual(Math.ceil(waits));
+    expect(Math.max(...probes())).toBeLessThanOrEqual(Math.ceil(waits));
   });
 
   it("registry churn while circuits are open: a departed instance's probe timer goes, and it is never probed again", async () => {
