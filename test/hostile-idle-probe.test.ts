@@ -302,7 +302,9 @@ describe("many instances, and instances that come and go", () => {
       expect(c.state().breaker).toBe("open");
       await sleep(H * 2);
       expect(timers.count()).toBeGreaterThan(0);
-      expect(timers.count()).toBeLessThanOrEqual(5);
+      // At most one per instance once the loop has turned: a probe timer that fired in the same turn as
+      // this test's own sleep is counted until its destroy hook runs (queued, after the next one was set).
+      await expect.poll(() => timers.count(), { timeout: 2_000, interval: 20 }).toBeLessThanOrEqual(5);
       await Promise.all(regs.map((r) => r.stop()));
       await expect.poll(() => c.state().endpoints.length, { timeout: 5_000, interval: 20 }).toBe(0);
       // A probe under way as its instance left is cancelled, yet its headers may still be on the wire.
