@@ -1,12 +1,14 @@
 /**
  * Saga leases (real store, SQLite or PostgreSQL per the run): a replica's graceful stop gives its
  * leases back, including those a lease sweep running at that moment claims; a renewal never
- * shortens a lease.
+ * shortens a lease; a sweep takes no live lease and a replica renews only its own; and a write
+ * under a replica's own earlier lease is fenced by the token.
  */
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { type Client, silentLogger, sql } from "../../platform/index.js";
 import { TestDatabases } from "../../test/db.js";
 import { tempDir } from "../../test/fixtures.js";
+import { onCompensate } from "./domain.js";
 import { SagaOrchestrator } from "./saga.js";
 import { OrderStore } from "./store.js";
 
@@ -78,4 +80,31 @@ it("a renewal never shortens a lease: a slow sweep's renewal committing after a 
   // The older sweep's renewal, computed earlier, lands last.
   await store.renewLeases("renewing-replica", [order.id], 1_000);
   expect(await leaseUntil()).toBe(renewed);
+});
+
+it("a sweep claims no saga a live replica holds, and a replica renews only the leases it holds", async () => {
+  const held = await leased("held-by-another", "live-replica", 30_000);
+  const before = await held.lease();
+  const claimed = await store.claimSagas("sweeping-replica", 60_000, "expired");
+  expect(claimed.map((c) => c.id)).not.toContain(held.id);
+  expect(await store.renewLeases("sweeping-replica", [held.id], 120_000)).toBe(0);
+  expect(await held.lease()).toEqual(before);
+});
+
+it("a write under an older lease of the same replica is fenced: the token, not the owner's name, decides", async () => {
+  // The replica's lease ran out (a long pause), and it claimed the saga again: a new fencing token.
+  const order = await leased("reclaimed", "pausing-replica", 1);
+  await new Promise((r) => setTimeout(r, 20));
+  const claimed = (await store.claimSagas("pausing-replica", 60_000, "expired")).find((c) => c.id === order.id);
+  expect(claimed?.fence).toBe(2);
+  // A call begun under the first lease comes back now: its outcome is not written.
+  const stale = await store.apply(order.id, onCompensate("late outcome"), {
+    lease: { owner: "pausing-replica", fence: 1 },
+  });
+  expect(stale.kind).toBe("fenced");
+  expect((await store.get(order.id))?.status).toBe("PENDING");
+  const current = await store.apply(order.id, onCompensate("current outcome"), {
+    lease: { owner: "pausing-replica", fence: 2 },
+  });
+  expect(current.kind).toBe("applied");
 });
