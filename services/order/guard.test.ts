@@ -1,12 +1,13 @@
 /**
  * Transition guards, checked on the locked order row (real store, SQLite or PostgreSQL per the run):
  * the choreographed step budget cancels an order only if it is still stale once locked, so an event
- * that made progress between the budget's read and its write keeps the order going; and a step once
- * compensated stays so, whatever is heard of it later.
+ * that made progress between the budget's read and its write keeps the order going; a step once
+ * compensated stays so, whatever is heard of it later; and a confirmation does not overtake a cancel.
  */
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { TestDatabases } from "../../test/db.js";
 import { tempDir } from "../../test/fixtures.js";
+import { transitionOf } from "./compensation.js";
 import { onCancelled, onCharged, onCompensate, onRefunded, onReleased, onReserved, refundPending } from "./domain.js";
 import { OrderStore } from "./store.js";
 
@@ -67,4 +68,14 @@ it("a step's success heard after its compensation leaves it compensated, and the
     "payment pay_1 captured (heard after its compensation)",
     "reservation res_1 (heard after its compensation)",
   ]);
+});
+
+it("a confirmation never overtakes a cancel committed first: skipped, and the order left to compensate", async () => {
+  const id = await choreographed("guard-confirm");
+  expect((await store.requestCancel(id, "changed my mind")).kind).toBe("requested");
+  const o = await store.get(id);
+  if (!o) throw new Error("order vanished");
+  const [confirm, guard] = transitionOf(o, { kind: "confirm" });
+  expect((await store.apply(id, confirm, { guard })).kind).toBe("skipped");
+  expect((await store.get(id))?.status).toBe("PENDING");
 });
