@@ -2,10 +2,10 @@
  * Group commit (wal-sync.ts) on a real SQLite file: concurrent commits share
  * flushes, a commit made while a flush runs waits for the next one, every
  * committed row is there after the process that wrote it is killed, and a
- * failed flush is the caller's error, not a silent success.
+ * failed flush is the caller's error, not a silent success (nor is any flush after it).
  */
 import { spawn } from "node:child_process";
-import { mkdirSync, rmSync, symlinkSync } from "node:fs";
+import { copyFileSync, mkdirSync, renameSync, rmSync, symlinkSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { sql } from "kysely";
@@ -107,6 +107,39 @@ describe("WalSync", () => {
     } finally {
       await db.close().catch(() => {});
     }
+  });
+
+  it("a database file replaced while in use (a copy renamed over it) fails the next commit, as a removed one does", async () => {
+    using dir = tempDir();
+    const path = join(dir.path, "r.db");
+    const db = await openDatabase({ engine: "sqlite", path }, { sqlite: SCHEMA, postgres: SCHEMA });
+    try {
+      const insert = () => db.transaction((tx) => tx.run(sql`INSERT INTO t (v) VALUES ('x')`));
+      await insert();
+      // The name now points at another file: what is written next goes to one a restart never opens.
+      copyFileSync(path, `${path}.copy`);
+      renameSync(`${path}.copy`, path);
+      await expect(insert()).rejects.toThrow(/removed or replaced/);
+    } finally {
+      await db.close().catch(() => {});
+    }
+  });
+
+  it("once a flush has failed, every later sync is refused, even when a flush would succeed again", async () => {
+    using dir = tempDir();
+    const wal = new WalSync(join(dir.path, "eio.db-wal"));
+    // A failed fdatasync may have dropped the pages it could not write (PostgreSQL's "fsyncgate"): a
+    // second one that succeeds says nothing of them, so the process must not report them durable.
+    let failNext = true;
+    const datasync = () => {
+      const fail = failNext;
+      failNext = false;
+      return fail ? Promise.reject(new Error("EIO: i/o error, fdatasync")) : Promise.resolve();
+    };
+    (wal as unknown as { file: Promise<unknown> }).file = Promise.resolve({ datasync, close: async () => {} });
+    await expect(wal.sync()).rejects.toThrow(/could not be flushed/);
+    await expect(wal.sync()).rejects.toThrow(/could not be flushed/);
+    expect(wal.flushes).toBe(1);
   });
 
   it("after close, a sync is refused instead of reopening the file", async () => {
