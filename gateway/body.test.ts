@@ -1,10 +1,12 @@
 /** Bodies gathered from pieces (body.ts): whatever the pieces, the same bytes, in whole messages. */
-import { Code } from "@connectrpc/connect";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { compressionGzip } from "@connectrpc/connect-node";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { envelope } from "../test/raw.js";
-import { boundedInflation, Gathered, inflationLimit, limitedBody } from "./body.js";
+import { boundedInflation, Gathered, inflationLimit, limitedBody, readBody } from "./body.js";
 
 /** `bytes` cut at `cuts` (offsets, any order). */
 function* pieces(bytes: Buffer, cuts: number[]): Generator<Buffer> {
@@ -108,5 +110,27 @@ describe("inflationLimit and boundedInflation", () => {
     expect(Buffer.from(await gzip.decompress(packed, MiB)).equals(order)).toBe(true);
     const bomb = await compressionGzip.compress(new Uint8Array(MiB));
     await expect(gzip.decompress(bomb, MiB)).rejects.toMatchObject({ code: Code.ResourceExhausted });
+  });
+});
+
+describe("readBody", () => {
+  it("reads a body of exactly the limit, and refuses one byte more as RESOURCE_EXHAUSTED", async () => {
+    const server = createServer((req, res) => {
+      readBody(req, 100, new AbortController().signal).then(
+        (body) => res.end(`read ${body.length}`),
+        (err: unknown) => res.end(`refused ${ConnectError.from(err).code}`),
+      );
+    });
+    await new Promise<void>((listening) => server.listen(0, "127.0.0.1", listening));
+    try {
+      const { port } = server.address() as AddressInfo;
+      const post = async (bytes: number) =>
+        (await fetch(`http://127.0.0.1:${port}/`, { method: "POST", body: "x".repeat(bytes) })).text();
+      expect(await post(100)).toBe("read 100");
+      expect(await post(101)).toBe(`refused ${Code.ResourceExhausted}`);
+    } finally {
+      server.closeAllConnections();
+      server.close();
+    }
   });
 });
