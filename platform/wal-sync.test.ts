@@ -94,31 +94,28 @@ describe("WalSync", () => {
     }
   });
 
-  it("a log removed while in use (rm *.db-wal) fails the next commit, as a removed database file does", async () => {
+  it.each([
+    {
+      // SQLite writes on to the nameless log: a crash, or another process opening the file, loses the commit.
+      what: "a log removed while in use (rm *.db-wal) fails the next commit, as a removed database file does",
+      undo: (path: string) => rmSync(`${path}-wal`),
+    },
+    {
+      // The name now points at another file: what is written next goes to one a restart never opens.
+      what: "a database file replaced while in use (a copy renamed over it) fails the next commit, as a removed one does",
+      undo: (path: string) => {
+        copyFileSync(path, `${path}.copy`);
+        renameSync(`${path}.copy`, path);
+      },
+    },
+  ])("$what", async ({ undo }) => {
     using dir = tempDir();
     const path = join(dir.path, "t.db");
     const db = await openDatabase({ engine: "sqlite", path }, { sqlite: SCHEMA, postgres: SCHEMA });
     try {
       const insert = () => db.transaction((tx) => tx.run(sql`INSERT INTO t (v) VALUES ('x')`));
       await insert();
-      // SQLite writes on to the nameless log: a crash, or another process opening the file, loses the commit.
-      rmSync(`${path}-wal`);
-      await expect(insert()).rejects.toThrow(/removed or replaced/);
-    } finally {
-      await db.close().catch(() => {});
-    }
-  });
-
-  it("a database file replaced while in use (a copy renamed over it) fails the next commit, as a removed one does", async () => {
-    using dir = tempDir();
-    const path = join(dir.path, "r.db");
-    const db = await openDatabase({ engine: "sqlite", path }, { sqlite: SCHEMA, postgres: SCHEMA });
-    try {
-      const insert = () => db.transaction((tx) => tx.run(sql`INSERT INTO t (v) VALUES ('x')`));
-      await insert();
-      // The name now points at another file: what is written next goes to one a restart never opens.
-      copyFileSync(path, `${path}.copy`);
-      renameSync(`${path}.copy`, path);
+      undo(path);
       await expect(insert()).rejects.toThrow(/removed or replaced/);
     } finally {
       await db.close().catch(() => {});
