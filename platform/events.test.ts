@@ -92,8 +92,9 @@ function addPlaced(s: { db: Db; outbox: Outbox }, orderId: string): Promise<stri
 
 /** Effects recorded for `eventId` (or for order `orderId`). */
 async function effectsOf(db: Db, where: { eventId?: string; orderId?: string }): Promise<number> {
+  // A field not given matches no row (NULL): '' would match every event about no order (NO_ORDER).
   const r = await db.one(sql<{ n: number }>`SELECT COUNT(*) AS n FROM effects
-    WHERE event_id = ${where.eventId ?? ""} OR order_id = ${where.orderId ?? ""}`);
+    WHERE event_id = ${where.eventId ?? null} OR order_id = ${where.orderId ?? null}`);
   return r?.n ?? 0;
 }
 
@@ -484,8 +485,8 @@ describe("consumers", () => {
       sagaMode: SagaMode.ORCHESTRATION,
       handlers: [recordEffect],
     });
-    await applied(whole.db, first);
-    await applied(whole.db, second);
+    expect(await applied(whole.db, first)).toBe(1);
+    expect(await applied(whole.db, second)).toBe(1);
     const info = await other.jsm.consumers.info("ORDER", "moded");
     expect(info.config.filter_subject).toBe("order.order.placed.orchestration");
     expect(info.num_pending + info.num_ack_pending + info.delivered.consumer_seq).toBe(0);
