@@ -1098,13 +1098,15 @@ describe("a handler's failures", () => {
 });
 
 describe("an inbox", () => {
-  /** Inbox rows of `consumer` handled at `at`, `count` of them, in one statement. */
+  /**
+   * Inbox rows of `consumer` handled at `at`, `count` of them (`prefix`-0 on), in one statement: a
+   * statement a row was 12,000 round trips to PostgreSQL, 6 s of the suite's time.
+   */
   const handled = (db: Db, consumer: string, at: number, count: number, prefix: string) =>
-    db.transaction(async (tx) => {
-      for (let i = 0; i < count; i++)
-        await tx.run(sql`INSERT INTO inbox (consumer, event_id, type, handled_at)
-          VALUES (${consumer}, ${`${prefix}-${i}`}, 'shopmesh.order.v1.OrderPlaced', ${at})`);
-    });
+    db.run(sql`WITH RECURSIVE n (i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ${count})
+      INSERT INTO inbox (consumer, event_id, type, handled_at)
+      SELECT ${consumer}, CAST(${prefix} AS TEXT) || '-' || CAST(i AS TEXT), 'shopmesh.order.v1.OrderPlaced',
+        CAST(${at} AS BIGINT) FROM n`);
   const rows = async (db: Db, consumer: string, prefix: string) =>
     (
       await db.one(sql<{ n: number }>`SELECT COUNT(*) AS n FROM inbox
