@@ -137,8 +137,16 @@ async function asCaller(t: Transport, token: string): Promise<Record<string, str
       (e: unknown) => Code[ConnectError.from(e).code] ?? "?",
     );
   const orders = createClient(OrderService, t);
+  // Ended once read: a Connect or gRPC-Web stream left by a return from its loop stays open on the
+  // gateway, whose stop then waited out its grace (10 s) for it.
   const watch = async () => {
-    for await (const u of orders.watchOrder({ orderId }, { headers, timeoutMs: 5_000 })) if (u.order) return;
+    const done = new AbortController();
+    try {
+      for await (const u of orders.watchOrder({ orderId }, { headers, timeoutMs: 5_000, signal: done.signal }))
+        if (u.order) return;
+    } finally {
+      done.abort();
+    }
   };
   return {
     getOrder: await code(orders.getOrder({ orderId }, { headers })),
