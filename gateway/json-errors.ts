@@ -44,16 +44,6 @@ const MAX_MESSAGE = 1_000;
 /** Longest field a violation names: an unknown key is the client's text. */
 const MAX_FIELD = 100;
 
-/**
- * `text` with each lone surrogate (U+D800–U+DFFF unpaired, which a client's JSON writes as `"\ud800"`)
- * replaced by U+FFFD, as UTF-8 encoding replaces it: quoted back raw it became a `\ud800` escape in a
- * JSON error, which names no character (RFC 8259 §8.2; serde_json refuses the whole body), and could
- * not be percent-encoded into a gRPC-Web trailer at all.
- */
-function wellFormed(text: string): string {
-  return text.replace(/[\ud800-\udfff]/gu, "\ufffd");
-}
-
 /** What was wrong: the fields it names (none when none can be), why, and the message when not `fields: why`. */
 interface Told {
   readonly fields: readonly string[];
@@ -66,11 +56,11 @@ interface Told {
  * google.rpc.BadRequest detail, as services' InvalidArgumentError does; with no field, `why` alone.
  */
 export function invalidFields(fields: readonly string[], why: string, told?: string): ConnectError {
-  const named = fields.map((f) => clipText(wellFormed(f), MAX_FIELD));
+  const named = fields.map((f) => clipText(f.toWellFormed(), MAX_FIELD));
   const said = told ?? (named.length > 0 ? `${named.join(" or ")}: ${why}` : why);
-  const message = clipText(wellFormed(said), MAX_MESSAGE);
+  const message = clipText(said.toWellFormed(), MAX_MESSAGE);
   if (named.length === 0) return new ConnectError(message, Code.InvalidArgument);
-  const description = clipText(wellFormed(why), MAX_MESSAGE);
+  const description = clipText(why.toWellFormed(), MAX_MESSAGE);
   const fieldViolations = named.map((field) => ({ field, description }));
   return new ConnectError(message, Code.InvalidArgument, undefined, [
     { desc: BadRequestSchema, value: { fieldViolations } },
@@ -79,7 +69,9 @@ export function invalidFields(fields: readonly string[], why: string, told?: str
 
 /** protobuf-es's error `protobufMessage` decoding `input` as INVALID_ARGUMENT naming the field (see above). */
 export function jsonError(input: DescMessage, protobufMessage: string): ConnectError {
-  const message = wellFormed(protobufMessage);
+  // A client's lone surrogate (`"\ud800"`) quoted raw became a `\ud800` escape in the JSON error, which
+  // names no character (RFC 8259 §8.2; serde_json refuses the whole body): quoted as U+FFFD, as UTF-8 has it.
+  const message = protobufMessage.toWellFormed();
   const told = described(input, message);
   if (told) return invalidFields(told.fields, told.why, told.message);
   // Anything else protobuf-es says of the message as a whole (`[]`, too deep): told by its type.
