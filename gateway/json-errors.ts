@@ -39,8 +39,14 @@ function fieldsOfType(input: DescMessage, typeName: string): { path: string; fie
   return found;
 }
 
-/** Longest message told: an unknown key is quoted in it, and a client may send a 900 KB one. */
-const MAX_MESSAGE = 1_000;
+/**
+ * Longest message told: an unknown key is quoted in it, and a client may send a 900 KB one. Over gRPC
+ * the message is a trailer twice (`grpc-message` percent-encoded, up to 9 bytes a character, and
+ * inside `grpc-status-details-bin` in base64 with the detail's description), and grpc-java and
+ * grpc-go refuse a header block over 8 KiB: at 200, a message of three-byte characters with its
+ * detail stays under 4 KiB.
+ */
+const MAX_MESSAGE = 200;
 /** Longest field a violation names: an unknown key is the client's text. */
 const MAX_FIELD = 100;
 

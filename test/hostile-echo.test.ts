@@ -9,7 +9,7 @@ import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET, loadConfig as gatewayConfig, targetVariable } from "../gateway/config.js";
 import { UPSTREAMS } from "../gateway/routes.js";
 import { silentLogger } from "../platform/index.js";
-import { envelope, h1Request, h2Request, h2Session } from "./raw.js";
+import { envelope, grpcWebTrailers, h1Request, h2Request, h2Session } from "./raw.js";
 
 /** A `\uXXXX` escape of a surrogate with no partner, or such a surrogate itself, in JSON text `text`. */
 function loneSurrogate(text: string): string | undefined {
@@ -116,4 +116,52 @@ describe("the development sign-in refusing a method", () => {
     expect(message.length).toBeLessThan(300);
     expect(message).toMatch(/^X{199}… is not allowed on \/dev\/token$/);
   });
+});
+
+describe.each(["true", "false"])("a gRPC status quoting a client's long key (FAST_PATHS=%s)", (fast) => {
+  // An unknown key of 1,000 three-byte characters in a gRPC request with JSON bodies came back quoted
+  // whole: a 9 KB percent-encoded `grpc-message` and the same text again in `grpc-status-details-bin`,
+  // past grpc-java's and grpc-go's default 8 KiB limit on a response's header block (the client then
+  // sees RESOURCE_EXHAUSTED or INTERNAL of its own, not the field that was wrong).
+  let gw: GatewayApp;
+  let auth: string;
+  beforeAll(async () => {
+    const targets = Object.fromEntries(UPSTREAMS.map((u) => [targetVariable(u), "127.0.0.1:1"]));
+    gw = await startGateway(
+      gatewayConfig({ HTTP_HOST: "127.0.0.1", HTTP_PORT: "0", FAST_PATHS: fast, ...targets }),
+      silentLogger(),
+    );
+    const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };
+    auth = `Bearer ${await signDevToken(claims, "mallory", ["customer"])}`;
+  });
+  afterAll(async () => {
+    await gw?.stop();
+  });
+
+  it.each(["application/grpc+json", "application/grpc-web+json"])(
+    "fits a client's 8 KiB header limit over %s",
+    async (type) => {
+      await using session = await h2Session(gw.url);
+      const key = "€".repeat(1_000);
+      const got = await h2Request(
+        session,
+        {
+          ":path": "/shopmesh.inventory.v1.InventoryService/ListProducts",
+          "content-type": type,
+          te: "trailers",
+          authorization: auth,
+        },
+        envelope(Buffer.from(JSON.stringify({ [key]: 1 }))),
+      );
+      const trailers = type.includes("web") ? grpcWebTrailers(got.body) : { ...got.headers, ...got.trailers };
+      expect(trailers["grpc-status"]).toBe("3");
+      const message = decodeURIComponent(String(trailers["grpc-message"]));
+      expect(message).toMatch(/^ListProductsRequest: key "€+…/);
+      // The status as HPACK's size counts it (RFC 7541 §4.1: name, value and 32 octets an entry): at most
+      // half the block a client takes, the rest left to the response's other headers and proxies' own.
+      const status = Object.entries(trailers).filter(([k]) => k.startsWith("grpc-"));
+      const size = status.reduce((sum, [k, v]) => sum + k.length + Buffer.byteLength(String(v)) + 32, 0);
+      expect(size).toBeLessThan(4_096);
+    },
+  );
 });
