@@ -7,6 +7,8 @@ import { type DescMessage, ScalarType } from "@bufbuild/protobuf";
 import { InvalidArgumentError } from "./errors.js";
 import { SUBJECT } from "./identity-rule.js";
 
+export { clipText } from "./clip.js";
+
 const ID = /^[A-Za-z0-9][A-Za-z0-9._:-]*$/;
 
 /** A required identifier: 1..`max` characters of [A-Za-z0-9._:-], not starting with punctuation. */
@@ -40,15 +42,6 @@ export const CURRENCY_CODE = /^[A-Z]{3}$/;
 
 /** The most of a text (a reason) a read model keeps from an event: the rest is cut ({@link clipText}). */
 export const MAX_EVENT_TEXT = 2_000;
-
-/** `text` cut to at most `max` UTF-16 units, ending in "…" when cut, never through a surrogate pair. */
-export function clipText(text: string, max: number): string {
-  if (text.length <= max) return text;
-  let end = max - 1;
-  const last = text.charCodeAt(end - 1);
-  if (last >= 0xd800 && last <= 0xdbff) end--;
-  return `${text.slice(0, end)}…`;
-}
 
 // Control and format characters (Unicode Cc and Cf): C0, DEL and C1; every bidirectional control
 // (the overrides, embeddings, isolates and marks, which make a text display as another: "Trojan

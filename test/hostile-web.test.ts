@@ -129,6 +129,17 @@ describe("strings a customer controls, shown by the page", () => {
     expect(await page.locator("[data-injected]").count()).toBe(0);
   });
 
+  it("a link whose route is 20,000 characters long shows its first 200", async () => {
+    // The page quoted the path whole: a link is anyone's to send, and it was all shown.
+    const page = await openPage();
+    await pasteToken(page, await signDevToken(claims, "alice", ["customer"]));
+    await page.getByTestId("whoami").waitFor();
+    await page.goto(`/#/${"x".repeat(20_000)}`);
+    await page.getByText("Page not found").waitFor();
+    const shown = (await page.locator("main code").textContent()) ?? "";
+    expect([shown.length, shown.slice(0, 3), shown.slice(-2)]).toEqual([200, "/xx", "x…"]);
+  });
+
   it("a pasted token whose subject is markup is refused, as the gateway refuses it, the subject shown as text", async () => {
     const page = await openPage();
     await page.route("**/shopmesh.**", (route) => route.abort());

@@ -4,6 +4,7 @@
  * session. Leaving a page aborts its signal, which stops its polls and
  * streams.
  */
+import { clipText } from "../../platform/clip.js";
 import { createApi } from "./api.js";
 import { Cart } from "./cart.js";
 import { h, replace } from "./dom.js";
@@ -193,7 +194,8 @@ function render(): void {
             "p",
             {},
             "There is nothing at ",
-            h("code", {}, route.path),
+            // Its first 200 characters: a link is anyone's, and one may be 60 KB long.
+            h("code", {}, clipText(route.path, 200)),
             ". ",
             h("a", { href: "#/" }, "Go to the shop"),
             ".",
