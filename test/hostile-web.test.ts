@@ -655,19 +655,23 @@ describe("an order older than the newest 500 entries of its customer's history",
 
     const page = await openPage();
     let reads = 0;
+    let lastReadAt = performance.now();
     page.on("request", (r) => {
-      if (r.url().includes("/shopmesh.")) reads += 1;
+      if (!r.url().includes("/shopmesh.")) return;
+      reads += 1;
+      lastReadAt = performance.now();
     });
     await pasteToken(page, token);
     await page.getByTestId("whoami").waitFor();
     await page.goto(`/#/orders/${encodeURIComponent(first)}`);
     await page.locator('[data-testid="order-status"][data-status="CANCELLED"]').waitFor();
     await page.locator('[data-testid="history-state"][data-state="beyond"]').waitFor();
-    // Settled, and past the 8 s the side panels keep refreshing after that (with 2 s for a loaded
-    // machine to report the last of those requests): nothing more is read.
-    await new Promise((r) => setTimeout(r, 10_000));
+    // Settled, and past the 8 s the side panels keep refreshing after that: nothing more is read. The
+    // panels read every 1.5 s while they refresh, so 3 s with no read is their end (however late a
+    // loaded machine runs the page's timers); 3 s more show it stays so.
+    await expect.poll(() => performance.now() - lastReadAt, { timeout: 40_000, interval: 250 }).toBeGreaterThan(3_000);
     const before = reads;
-    await new Promise((r) => setTimeout(r, 4_000));
+    await new Promise((r) => setTimeout(r, 3_000));
     expect(reads - before).toBe(0);
   }, 120_000);
 });
