@@ -14,7 +14,7 @@
  * lines against ports `make run` does not open (a second replica's).
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { chmodSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SYSTEM } from "../scripts/layout.js";
@@ -30,6 +30,10 @@ const DOCS = [
 const NAMES = SYSTEM.map((p) => p.name);
 const DOC_PORTS: Record<string, number> = Object.fromEntries(SYSTEM.map((p) => [p.name, p.port]));
 const DOC_METRICS: Record<string, number> = Object.fromEntries(SYSTEM.map((p) => [p.name, p.metrics]));
+/** buf's binary for this platform (what node_modules/.bin/buf, a Node launcher, runs), or that launcher. */
+const BUF =
+  [join(ROOT, "node_modules", "@bufbuild", `buf-${process.platform}-${process.arch}`, "bin", "buf")].find(existsSync) ??
+  join(ROOT, "node_modules", ".bin", "buf");
 
 /** One runnable line of a doc, with what the text says about it. */
 interface DocLine {
@@ -87,6 +91,8 @@ let run: ChildProcess;
 let dir: { path: string } & Disposable;
 const env: Record<string, string> = {};
 const mapPort: Record<number, number> = {};
+/** A development token for alice, from the gateway, for the orders the test places itself. */
+let aliceToken = "";
 
 beforeAll(async () => {
   dir = tempDir();
@@ -127,29 +133,31 @@ beforeAll(async () => {
   await waitFor("ready gateway (/readyz)", "/readyz", 60_000);
   // The gateway is ready before it has learned the services' instances from the registry: wait until
   // an order listing goes through (a loaded machine answered a first call 503 in outage.test.ts).
-  const { token } = (await (
-    await fetch(`${gateway}/dev/token`, { method: "POST", body: '{"user":"alice"}' })
-  ).json()) as { token: string };
+  aliceToken = (
+    (await (await fetch(`${gateway}/dev/token`, { method: "POST", body: '{"user":"alice"}' })).json()) as {
+      token: string;
+    }
+  ).token;
   await waitFor("order listing through the gateway", "/v1/orders?pageSize=1", 30_000, {
-    headers: { authorization: `Bearer ${token}` },
+    headers: { authorization: `Bearer ${aliceToken}` },
   });
-  // grpcurl, as the docs use it, through buf curl (grpcurl is not installable here).
+  // grpcurl, as the docs use it, through buf curl (grpcurl is not installable here). A bash script
+  // running buf's own binary, not a Node script running buf's Node launcher: two Node processes per
+  // grpcurl line cost ~0.5 s of CPU each, 20 lines a run.
   writeFileSync(
     join(dir.path, "grpcurl"),
-    `#!/usr/bin/env node
-const args = process.argv.slice(2); const out = ["curl", "--protocol", "grpc", "--http2-prior-knowledge"];
-let target = ""; const rest = [];
-for (let i = 0; i < args.length; i++) {
-  const a = args[i];
-  if (a === "-plaintext") continue;
-  if (a === "-H" || a === "-d") { out.push(a, args[++i]); continue; }
-  if (!target && /:\\d+$/.test(a)) { target = a; continue; }
-  rest.push(a);
-}
-if (rest[0] === "list") out.push("--list-services", "http://" + target);
-else out.push("http://" + target + "/" + rest[0]);
-const r = require("node:child_process").spawnSync(${JSON.stringify(join(ROOT, "node_modules", ".bin", "buf"))}, out, { stdio: "inherit" });
-process.exit(r.status ?? 1);
+    `#!/usr/bin/env bash
+out=(curl --protocol grpc --http2-prior-knowledge); target=""; rest=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -plaintext) ;;
+    -H | -d) out+=("$1" "$2"); shift ;;
+    *) if [ -z "$target" ] && [[ "$1" =~ :[0-9]+$ ]]; then target="$1"; else rest+=("$1"); fi ;;
+  esac
+  shift
+done
+if [ "\${rest[0]}" = list ]; then out+=(--list-services "http://$target"); else out+=("http://$target/\${rest[0]}"); fi
+exec ${JSON.stringify(BUF)} "\${out[@]}"
 `,
   );
   chmodSync(join(dir.path, "grpcurl"), 0o755);
@@ -210,12 +218,18 @@ describe.each(DOCS.filter((d) => runnable(d).length > 0))("%s", (doc) => {
         continue;
       }
       if (/<id>|\$ORDER/.test(line) && order === "") {
-        const placed = shell(
-          `curl -s -X POST localhost:8080/v1/orders -H "authorization: Bearer $(make -s token USER=alice)" ` +
-            `-H 'Idempotency-Key: docs-${doc}' -d '{"items":[{"productId":"coffee-beans","quantity":1}],"cardToken":"tok_visa"}'`,
-          [],
+        // Placed by the test, not by a doc line: with the token beforeAll got (a `make -s token` in a
+        // shell cost seconds a doc on a loaded machine). By curl, a connection of its own: a fetch here
+        // reused beforeAll's, which the gateway had just closed as idle ("other side closed").
+        const body = '{"items":[{"productId":"coffee-beans","quantity":1}],"cardToken":"tok_visa"}';
+        const auth = `authorization: Bearer ${aliceToken}`;
+        const url = `localhost:${mapPort[8080]}/v1/orders`;
+        const placed = execFileSync(
+          "curl",
+          ["-s", "-X", "POST", url, "-H", auth, "-H", `Idempotency-Key: docs-${doc}`, "-d", body],
+          { encoding: "utf8", timeout: 90_000 },
         );
-        order = (JSON.parse(placed.out) as { id: string }).id;
+        order = (JSON.parse(placed) as { id: string }).id;
         state.push(`ORDER=${order}`);
       }
       const r = shell(line.replaceAll("<id>", order), state);
