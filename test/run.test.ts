@@ -10,7 +10,7 @@ import { chmodSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { stripVTControlCharacters } from "node:util";
-import { afterEach, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/health_pb.js";
 import { createChannel, createClient } from "../platform/index.js";
 import { SYSTEM } from "../scripts/layout.js";
@@ -41,9 +41,10 @@ async function ports(): Promise<{ env: Record<string, string>; of: (name: string
 /**
  * Starts the runner; `lines` collects its output, `waitFor` resolves on the first line matching. With
  * `terminal`, its output is a pseudo-terminal (test/fixtures/pty-run.py, which `child` then is: "pause"
- * and "resume" on its stdin type Ctrl-S and Ctrl-Q), its colours taken out of `lines`.
+ * and "resume" on its stdin type Ctrl-S and Ctrl-Q), its colours taken out of `lines`. A `shared` one is
+ * not stopped after each test: the describe that starts it stops it.
  */
-function runner(env: Record<string, string>, { terminal = false } = {}) {
+function runner(env: Record<string, string>, { terminal = false, shared = false } = {}) {
   const run = [join(ROOT, "dist", "scripts", "run.js")];
   const child = terminal
     ? spawn("python3", [join(ROOT, "test", "fixtures", "pty-run.py"), process.execPath, ...run], {
@@ -52,7 +53,7 @@ function runner(env: Record<string, string>, { terminal = false } = {}) {
         stdio: ["pipe", "pipe", "pipe"],
       })
     : spawn(process.execPath, run, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
-  running.push(child);
+  if (!shared) running.push(child);
   const lines: string[] = [];
   const waiters: { re: RegExp; resolve: (l: string) => void }[] = [];
   const take = (d: Buffer) => {
@@ -180,81 +181,107 @@ it("with DB=postgres restarts PostgreSQL killed with SIGKILL too, and the system
   expect(await new Promise((r) => run.child.once("exit", r))).toBe(0);
 }, 180_000);
 
-it("restarts every process killed with SIGKILL, says so, and the system serves orders again", async () => {
-  using dir = tempDir();
-  const { env, of } = await ports();
-  const run = runner({ ...env, DATA_DIR: dir.path });
-  const printed = () => run.lines.slice(-40).join("\n");
-  await serving(of("payment"), printed);
-  await serving(of("order"), printed);
-  const gateway = `http://127.0.0.1:${of("gateway")}`;
-  await run.waitFor(/gateway .*\| started \(pid \d+\)/);
-  for (let i = 0; i < 100 && (await fetch(`${gateway}/readyz`).catch(() => undefined))?.status !== 200; i++) {
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  expect(await orderOnceServing(gateway)).toBe("ORDER_STATUS_CONFIRMED");
-
-  // Every process in turn, each back by itself and serving.
-  for (const name of NAMES) {
-    const started = new RegExp(`^${name} .*\\| started \\(pid (\\d+)\\)`);
-    const pid = Number(started.exec(run.lines.filter((l) => started.test(l)).at(-1) ?? "")?.[1]);
-    expect(pid, name).toBeGreaterThan(0);
-    try {
-      process.kill(pid, "SIGKILL");
-    } catch (err) {
-      // Gone before the kill: it exited by itself; the runner's lines say why.
-      throw new Error(`${name} (pid ${pid}): ${(err as Error).message}\n${run.lines.slice(-40).join("\n")}`);
-    }
-    await run.waitFor(new RegExp(`^${name} .*\\| exited unexpectedly \\(SIGKILL\\); restarting in 1 s \\(restart 1;`));
-    await run.waitFor(new RegExp(`^${name} .*\\| started \\(pid (?!${pid}\\))\\d+\\)`));
-    if (name === "gateway") {
-      for (let i = 0; i < 100 && (await fetch(`${gateway}/readyz`).catch(() => undefined))?.status !== 200; i++) {
-        await new Promise((r) => setTimeout(r, 100));
-      }
-    } else await serving(of(name), () => run.lines.slice(-40).join("\n"));
-  }
-  // Breakers and discovery find the new instances; the next order goes through.
-  expect(await orderOnceServing(gateway)).toBe("ORDER_STATUS_CONFIRMED");
-  // And `make demo`, as a user would run it next, succeeds with nothing restarted by hand.
-  const demo = execFileSync("make", ["--no-print-directory", "-o", "node_modules/.package-lock.json", "demo"], {
-    cwd: ROOT,
-    env: { ...process.env, ORDER_TARGET: `127.0.0.1:${of("order")}`, INVENTORY_TARGET: `127.0.0.1:${of("inventory")}` },
-    encoding: "utf8",
+/**
+ * One runner for the two tests below, which leave its system as they found it: a system started for
+ * each cost ~12 s of start and stop on a loaded machine. Its output has RUN_UNREAD_BYTES of its own; the
+ * first test reads all of it, as the runner without it would be read.
+ */
+describe("one make run", () => {
+  const shared = { of: (_name: string) => 0, run: undefined as unknown as ReturnType<typeof runner> };
+  let dir: { path: string } & Disposable;
+  beforeAll(async () => {
+    dir = tempDir();
+    const { env, of } = await ports();
+    shared.of = of;
+    shared.run = runner({ ...env, DATA_DIR: dir.path, RUN_UNREAD_BYTES: "65536" }, { shared: true });
   });
-  expect(demo).toMatch(/1\. succeeds\n\s+order ord_\w+\s+CONFIRMED/);
+  afterAll(async () => {
+    const child = shared.run?.child;
+    if (child && child.exitCode === null && child.signalCode === null) {
+      child.stdout?.resume();
+      child.kill("SIGINT");
+      await new Promise((r) => child.once("exit", r));
+    }
+    dir?.[Symbol.dispose]();
+  });
 
-  run.child.kill("SIGINT");
-  expect(await new Promise((r) => run.child.once("exit", r))).toBe(0);
-  expect(run.lines.some((l) => l.includes("all stopped"))).toBe(true);
-}, 120_000);
+  it("restarts every process killed with SIGKILL, says so, and the system serves orders again", async () => {
+    const { run, of } = shared;
+    const printed = () => run.lines.slice(-40).join("\n");
+    await serving(of("payment"), printed);
+    await serving(of("order"), printed);
+    const gateway = `http://127.0.0.1:${of("gateway")}`;
+    await run.waitFor(/gateway .*\| started \(pid \d+\)/);
+    for (let i = 0; i < 100 && (await fetch(`${gateway}/readyz`).catch(() => undefined))?.status !== 200; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(await orderOnceServing(gateway)).toBe("ORDER_STATUS_CONFIRMED");
 
-it("whose output is not read keeps at most RUN_UNREAD_BYTES of it, and once read again says how many lines it dropped", async () => {
-  // It kept every line its reader had not taken (`make run | less` not scrolled), ~35 MB a minute at
-  // 300 calls/s, without end.
-  using dir = tempDir();
-  const { env, of } = await ports();
-  const run = runner({ ...env, DATA_DIR: dir.path, RUN_UNREAD_BYTES: "65536" });
-  const gateway = `http://127.0.0.1:${of("gateway")}`;
-  await run.waitFor(/gateway .*\| started \(pid \d+\)/);
-  for (let i = 0; i < 300 && (await fetch(`${gateway}/readyz`).catch(() => undefined))?.status !== 200; i++) {
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  run.child.stdout.pause(); // the reader stops reading: the pipe fills, then the runner's own buffer
-  // Calls the gateway logs, a line each: well past the pipe's 64 KiB and the runner's 64 KiB.
-  for (let round = 0; round < 40; round++) {
-    await Promise.all(
-      Array.from({ length: 25 }, () => fetch(`${gateway}/v1/products/coffee-beans`).then((r) => r.arrayBuffer())),
-    );
-  }
-  run.child.stdout.resume();
-  const note = await run.waitFor(/\d+ lines dropped: make run's output was not read/);
-  expect(Number(/(\d+) lines dropped/.exec(note)?.[1])).toBeGreaterThan(0);
-  // And lines flow again after it.
-  await fetch(`${gateway}/v1/products/coffee-beans`);
-  run.child.kill("SIGINT");
-  expect(await new Promise((r) => run.child.once("exit", r))).toBe(0);
-  expect(run.lines.at(-1)).toMatch(/all stopped/);
-}, 120_000);
+    // Every process in turn, each back by itself and serving.
+    for (const name of NAMES) {
+      const started = new RegExp(`^${name} .*\\| started \\(pid (\\d+)\\)`);
+      const pid = Number(started.exec(run.lines.filter((l) => started.test(l)).at(-1) ?? "")?.[1]);
+      expect(pid, name).toBeGreaterThan(0);
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch (err) {
+        // Gone before the kill: it exited by itself; the runner's lines say why.
+        throw new Error(`${name} (pid ${pid}): ${(err as Error).message}\n${run.lines.slice(-40).join("\n")}`);
+      }
+      await run.waitFor(
+        new RegExp(`^${name} .*\\| exited unexpectedly \\(SIGKILL\\); restarting in 1 s \\(restart 1;`),
+      );
+      await run.waitFor(new RegExp(`^${name} .*\\| started \\(pid (?!${pid}\\))\\d+\\)`));
+      if (name === "gateway") {
+        for (let i = 0; i < 100 && (await fetch(`${gateway}/readyz`).catch(() => undefined))?.status !== 200; i++) {
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      } else await serving(of(name), () => run.lines.slice(-40).join("\n"));
+    }
+    // Breakers and discovery find the new instances; the next order goes through.
+    expect(await orderOnceServing(gateway)).toBe("ORDER_STATUS_CONFIRMED");
+    // And `make demo`, as a user would run it next, succeeds with nothing restarted by hand.
+    const demo = execFileSync("make", ["--no-print-directory", "-o", "node_modules/.package-lock.json", "demo"], {
+      cwd: ROOT,
+      env: {
+        ...process.env,
+        ORDER_TARGET: `127.0.0.1:${of("order")}`,
+        INVENTORY_TARGET: `127.0.0.1:${of("inventory")}`,
+      },
+      encoding: "utf8",
+    });
+    expect(demo).toMatch(/1\. succeeds\n\s+order ord_\w+\s+CONFIRMED/);
+    // It stops with exit 0 and "all stopped" at the end of the next test, which uses it too.
+  }, 120_000);
+
+  it("whose output is not read keeps at most RUN_UNREAD_BYTES of it, and once read again says how many lines it dropped", async () => {
+    // It kept every line its reader had not taken (`make run | less` not scrolled), ~35 MB a minute at
+    // 300 calls/s, without end.
+    const { run, of } = shared;
+    const gateway = `http://127.0.0.1:${of("gateway")}`;
+    await run.waitFor(/gateway .*\| started \(pid \d+\)/);
+    for (let i = 0; i < 300 && (await fetch(`${gateway}/readyz`).catch(() => undefined))?.status !== 200; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    run.child.stdout.pause(); // the reader stops reading: the pipe fills, then the runner's own buffer
+    // Calls the gateway logs, a line each: well past the pipe's 64 KiB and the runner's 64 KiB.
+    for (let round = 0; round < 40; round++) {
+      await Promise.all(
+        Array.from({ length: 25 }, () => fetch(`${gateway}/v1/products/coffee-beans`).then((r) => r.arrayBuffer())),
+      );
+    }
+    run.child.stdout.resume();
+    const note = await run.waitFor(/\d+ lines dropped: make run's output was not read/);
+    expect(Number(/(\d+) lines dropped/.exec(note)?.[1])).toBeGreaterThan(0);
+    // And lines flow again after it.
+    await fetch(`${gateway}/v1/products/coffee-beans`);
+    // Both tests' runner stops with exit 0, "all stopped" its last line.
+    const exit = new Promise((r) => run.child.once("exit", r));
+    run.child.kill("SIGINT");
+    expect(await exit).toBe(0);
+    expect(run.lines.at(-1)).toMatch(/all stopped/);
+  }, 120_000);
+});
 
 it("in a paused terminal (Ctrl-S) still restarts a killed service, and stops on SIGTERM; SIGUSR1 opens no inspector", async () => {
   // Node writes to a terminal in blocking calls: paused, it held the runner in its next line, which
