@@ -1025,7 +1025,9 @@ describe("make dlq --redrive", () => {
   }, 60_000);
 
   it("refuses malformed arguments and letters the DLQ does not hold, changing nothing", async () => {
-    for (const args of [
+    // Each refusal is its own process and none touches NATS: started at once, not one after another
+    // (~1 s of node start each, 14 of them in a row).
+    const malformed = [
       ["--dlq", "--redrive"],
       ["--dlq", "--redrive", "0"],
       ["--dlq", "--redrive", "1,x"],
@@ -1040,9 +1042,12 @@ describe("make dlq --redrive", () => {
       ["--dlq", "--redrive", "1", "--dismiss", "2"],
       ["--dlq", "--dismiss", "1", "--follow"],
       ["--dismiss", "1"],
-    ]) {
-      const run = eventsTs(args, "nats://127.0.0.1:1");
-      expect(await run.exit(15_000), args.join(" ")).toBe(2);
+    ];
+    const runs = malformed.map((args) => ({ args, run: eventsTs(args, "nats://127.0.0.1:1") }));
+    // 30 s, not 15: fourteen starting at once share the cores.
+    const codes = await Promise.all(runs.map(({ run }) => run.exit(30_000)));
+    for (const [i, { args, run }] of runs.entries()) {
+      expect(codes[i], args.join(" ")).toBe(2);
       expect(run.err(), args.join(" ")).toContain("usage: make events");
     }
     await using nats = await startNats();
