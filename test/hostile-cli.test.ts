@@ -206,16 +206,22 @@ describe("one make run per data directory", () => {
   it("two runners started at once over a file a killed one left: one holds the directory, the other is refused", async () => {
     // A pid file alone: each read the other's before its pid was in it, or both took over the stale one
     // (the review: both held it in 12 of 200 tries).
+    // Each holds on until both have decided (a file each in argv[2]), not for a fixed 1.5 s: the one that
+    // decides first cannot have let go before the other tried, however slowly that one starts.
     const holder = `const { holdDataDir } = await import(${JSON.stringify(join(ROOT, "dist", "scripts", "data-dir.js"))});
+      const { readdirSync, writeFileSync } = await import("node:fs");
       const held = holdDataDir(process.argv[1], { runner: true });
       console.log(typeof held === "function" ? "held" : "refused");
-      setTimeout(() => {}, 1500);`;
+      writeFileSync(process.argv[2] + "/" + process.pid, "");
+      const until = Date.now() + 30_000; // the other crashed: the comparison below says so
+      while (readdirSync(process.argv[2]).length < 2 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));`;
     for (let trial = 0; trial < 4; trial++) {
       using data = tempDir();
+      using decided = tempDir();
       writeFileSync(join(data.path, "run.pid"), "999999999\n"); // no such process
       const both = await Promise.all(
         [0, 1].map(() =>
-          runToEnd(process.execPath, ["--input-type=module", "-e", holder, data.path], {
+          runToEnd(process.execPath, ["--input-type=module", "-e", holder, data.path, decided.path], {
             env: process.env,
           }),
         ),
