@@ -55,7 +55,7 @@ const SECURITY = "bearer";
 
 /**
  * google.rpc.Status as proto3 JSON, the way gateway/rest.ts writes it. Written out rather than
- * derived: buf runs a plugin once per input, and the shopmesh input does not import status.proto.
+ * derived: the shopmesh contracts do not import status.proto (a request of theirs alone lacks it).
  */
 const STATUS_SCHEMA: JsonObject = {
   type: "object",
@@ -285,8 +285,8 @@ function operationOf(route: RestRoute, binding: number, schemas: SchemaSet): Jso
 
 /**
  * The OpenAPI document of every annotated method of the files to generate;
- * undefined when there is none. buf runs a plugin once per input of
- * buf.gen.yaml: only the one with the shopmesh services writes the document.
+ * undefined when there is none. Of the files buf.gen.yaml generates, only
+ * the shopmesh services have annotated methods.
  */
 function openApiDocument(request: CodeGeneratorRequest, version: string): JsonObject | undefined {
   const registry = createFileRegistry(create(FileDescriptorSetSchema, { file: request.protoFile }));
