@@ -89,6 +89,26 @@ describe("module boundaries", () => {
     expect(offending).toEqual([]);
   });
 
+  it("the load generator, started for every round of make bench and make compare, loads no bus, database or runtime entry", () => {
+    // platform/index.ts loads all of the runtime: ~0.4 s of CPU at each round's start, which make compare has dozens of.
+    const loaded = new Set<string>();
+    const visit = (file: string) => {
+      if (loaded.has(file)) return;
+      loaded.add(file);
+      const text = readFileSync(join(ROOT, file), "utf8").replace(/^(?:import|export) type [^;]*;/gms, "");
+      for (const [, spec = ""] of text.matchAll(/^(?:import|export)[^;]*?from "([^"]+)";/gms)) {
+        if (spec.startsWith(".")) visit(relative(ROOT, join(ROOT, file, "..", spec)).replace(/\.js$/, ".ts"));
+        else loaded.add(spec);
+      }
+    };
+    visit("bench/load.ts");
+    expect(loaded).toContain("platform/grpc-client.ts");
+    const heavy = [...loaded].filter((m) =>
+      /^(platform\/(index|bus|db|host)\.ts|@nats-io\/|kysely|better-sqlite3|pg$|@connectrpc\/)/.test(m),
+    );
+    expect(heavy).toEqual([]);
+  });
+
   it("nothing re-exports wholesale, and the runtime and the gateway keep one idea per file (≤ 350 lines)", () => {
     const all = ["platform", "contracts", "services", "gateway", "scripts"].flatMap(sources);
     expect(all.filter((f) => /^export \* from/m.test(readFileSync(join(ROOT, f), "utf8")))).toEqual([]);
