@@ -64,17 +64,20 @@ it("make bench (smoke): every path measured from a separate load generator, writ
 }, 120_000);
 
 it("a setting make bench or make footprint cannot take ends it at once, in a line naming it", async () => {
-  const bench = await runToEnd(process.execPath, ["--import", "tsx", join(ROOT, "bench", "harness.ts")], {
-    env: { ...process.env, BENCH_SECONDS: "abc", BENCH_TELEMETRY: "yes", BENCH_PROFILE: "gatewya" },
-  });
+  // Two separate commands, nothing shared: run side by side (each spends seconds loading under tsx).
+  const [bench, footprint] = await Promise.all([
+    runToEnd(process.execPath, ["--import", "tsx", join(ROOT, "bench", "harness.ts")], {
+      env: { ...process.env, BENCH_SECONDS: "abc", BENCH_TELEMETRY: "yes", BENCH_PROFILE: "gatewya" },
+    }),
+    runToEnd(process.execPath, ["--import", "tsx", join(ROOT, "bench", "footprint.ts")], {
+      env: { ...process.env, FOOTPRINT_SECONDS: "0x10" },
+    }),
+  ]);
   expect(bench.code, bench.out).toBe(78);
   expect(bench.out).toContain('BENCH_SECONDS="abc" is not a decimal number');
   expect(bench.out).toContain('BENCH_TELEMETRY="yes" must be one of on, off, both');
   expect(bench.out).toContain('BENCH_PROFILE="gatewya" must be one of');
   expect(bench.out).not.toContain("make bench:");
-  const footprint = await runToEnd(process.execPath, ["--import", "tsx", join(ROOT, "bench", "footprint.ts")], {
-    env: { ...process.env, FOOTPRINT_SECONDS: "0x10" },
-  });
   expect(footprint.code, footprint.out).toBe(78);
   expect(footprint.out).toContain('FOOTPRINT_SECONDS="0x10" is not a decimal number');
 });
