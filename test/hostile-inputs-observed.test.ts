@@ -61,10 +61,12 @@ describe("a header grpc-js takes for no metadata, sent to a service's port", () 
   // and whole. 100 headers of 600 bytes (60 KB, one call, answered OK) wrote 100 such lines, 137 KB;
   // a call costs a client a few bytes once HPACK has the header. At the default level nothing of it
   // is the operator's business: a malformed header is the caller's fault, as a bad token is.
-  const dir = tempDir();
+  // Made in beforeAll, not as the file is collected: a run of other tests (-t) runs no afterAll here.
+  let dir: ReturnType<typeof tempDir>;
   let svc: ServiceProcess;
   let debug: ServiceProcess;
   beforeAll(async () => {
+    dir = tempDir();
     const env = { NATS_URL: "off" };
     [svc, debug] = await Promise.all([
       spawnService("inventory", { ...env, DB_PATH: `${dir.path}/inventory.db` }, 60_000),
@@ -74,7 +76,7 @@ describe("a header grpc-js takes for no metadata, sent to a service's port", () 
   afterAll(async () => {
     await svc?.[Symbol.asyncDispose]();
     await debug?.[Symbol.asyncDispose]();
-    dir[Symbol.dispose]();
+    dir?.[Symbol.dispose]();
   });
 
   /** What `proc` writes for a call with 100 headers of 600 bytes that are no metadata. */

@@ -73,14 +73,16 @@ function callHeaders(path: string, first: boolean): Buffer {
 
 describe("a service's gRPC port, against one client connection", () => {
   // Not `using`: a describe's body ends before its tests run, and the service made the directory again.
-  const dir = tempDir();
+  // Made in beforeAll: a run of other tests (-t) runs no afterAll here.
+  let dir: ReturnType<typeof tempDir>;
   let svc: ServiceProcess;
   beforeAll(async () => {
+    dir = tempDir();
     svc = await spawnService("inventory", { DB_PATH: `${dir.path}/inventory.db`, NATS_URL: "off" });
   });
   afterAll(async () => {
     await svc?.[Symbol.asyncDispose]();
-    dir[Symbol.dispose]();
+    dir?.[Symbol.dispose]();
   });
 
   const served = async () => {
@@ -269,11 +271,12 @@ describe("a service's gRPC port, against one client connection", () => {
 });
 
 describe("the gateway, against one client", () => {
-  const dir = tempDir();
+  let dir: ReturnType<typeof tempDir>;
   let svc: ServiceProcess;
   let gw: ServiceProcess;
   let token: string;
   beforeAll(async () => {
+    dir = tempDir();
     svc = await spawnService("inventory", { DB_PATH: `${dir.path}/inventory.db`, NATS_URL: "off" });
     const targets = Object.fromEntries(UPSTREAMS.map((u) => [targetVariable(u), svc.address]));
     // Bodies up to 1 MiB, as a deployment may allow (the default is 64 KiB): what a large one costs.
@@ -285,7 +288,7 @@ describe("the gateway, against one client", () => {
   afterAll(async () => {
     await gw?.[Symbol.asyncDispose]();
     await svc?.[Symbol.asyncDispose]();
-    dir[Symbol.dispose]();
+    dir?.[Symbol.dispose]();
   });
 
   // A 1 MB Connect binary body of 500,000 unknown fields cost the gateway 720 ms of CPU and 85 MB: its

@@ -212,8 +212,12 @@ async function startOn(path: string, env: NodeJS.ProcessEnv = {}): Promise<{ cod
 describe.skipIf(TEST_DB !== "sqlite")("a database file that cannot be opened at start", () => {
   // Each refused the start (exit 1) with "could not start" and SQLite's bare words — "unable to open
   // database file", "database or disk is full" — naming neither the file nor what to do.
-  const dir = tempDir();
-  afterAll(() => dir[Symbol.dispose]());
+  // Made in beforeAll, as the next describe's: a run of other tests (-t) runs no afterAll here.
+  let dir: ReturnType<typeof tempDir>;
+  beforeAll(() => {
+    dir = tempDir();
+  });
+  afterAll(() => dir?.[Symbol.dispose]());
 
   it("names the file and says it is a directory", async () => {
     const path = join(dir.path, "inventory.db");
@@ -293,16 +297,18 @@ describe.skipIf(TEST_DB !== "sqlite")("the data directory deleted under a runnin
   // as the service could tell — into a database no restart would find. Restarted, the service made a
   // new, empty one: every order since the deletion (and before) was gone, with nothing said.
   let sys: System;
-  const data = tempDir();
-  const path = join(data.path, "order", "order.db");
+  let data: ReturnType<typeof tempDir>;
+  let path: string;
   beforeAll(async () => {
+    data = tempDir();
+    path = join(data.path, "order", "order.db");
     sys = await startSystem({ order: { DB_PATH: path } });
   }, 60_000);
   afterAll(async () => {
     try {
       await sys?.[Symbol.asyncDispose]();
     } finally {
-      data[Symbol.dispose]();
+      data?.[Symbol.dispose]();
     }
   });
 
