@@ -13,7 +13,8 @@
  * a token whose header or claims name a member twice (jwt-members.ts).
  */
 import { importSPKI, type JWTPayload, jwtVerify, SignJWT } from "jose";
-import { type Role, StartRefused } from "../platform/index.js";
+import { StartRefused } from "../platform/config.js";
+import type { Role } from "../platform/identity-rule.js";
 import { AuthError, identityFromClaims } from "./claims.js";
 import type { Caller } from "./context.js";
 import { resilientJwks } from "./jwks.js";

@@ -1,23 +1,23 @@
 /** Gateway configuration: every variable it reads, parsed once. */
 
 import { localTarget } from "../contracts/ports.js";
+// The runtime's modules by name, not its entry file: make token and make load read this configuration
+// and would otherwise load the whole runtime (bus, databases, telemetry) to print a line.
 import {
   bool,
   ConfigError,
   type ConfigOf,
   commonEnv,
-  DEFAULT_POLICY,
   type EnvReader,
   httpUrl,
   int,
   oneOf,
   parseEnv,
-  policyEnv,
-  policyProblems,
   registryWithoutBus,
   str,
   target,
-} from "../platform/index.js";
+} from "../platform/config.js";
+import { DEFAULT_POLICY, policyEnv, policyProblems } from "../platform/policy-config.js";
 import { UPSTREAMS, type Upstream } from "./routes.js";
 
 /**

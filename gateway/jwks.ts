@@ -16,7 +16,7 @@ import {
   type JWTVerifyGetKey,
   type ResolvedKey,
 } from "jose";
-import { backoffMs } from "../platform/index.js";
+import { backoffMs } from "../platform/backoff.js";
 
 /** A key set older than this is refreshed (beside the request, or the stream's check, that finds it so). */
 const REFRESH_AFTER_MS = 10 * 60_000;

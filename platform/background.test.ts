@@ -12,7 +12,7 @@ import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { startNats, type TestNats } from "../test/nats.js";
 import { connectBus } from "./bus.js";
 import { silentLogger } from "./log.js";
-import { DEFAULT_POLICY } from "./policy.js";
+import { DEFAULT_POLICY } from "./policy-config.js";
 import { logIds } from "./propagation.js";
 import { announce } from "./registry.js";
 import { watchInstances } from "./registry-watch.js";

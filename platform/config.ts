@@ -9,7 +9,9 @@
  */
 
 import { withoutPassword } from "./redact.js";
-import { DEFAULT_TRACE_FILE_MAX_BYTES } from "./span-file.js";
+
+/** Default size at which the span file (span-file.ts) is rotated, bytes. */
+export const DEFAULT_TRACE_FILE_MAX_BYTES = 50 * 1024 * 1024;
 
 /** Thrown by {@link parseEnv}; `problems` lists one line per bad variable. */
 export class ConfigError extends Error {

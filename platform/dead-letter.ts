@@ -3,6 +3,7 @@ import { createHmac, randomBytes } from "node:crypto";
 import { JetStreamApiError, type JsMsg } from "@nats-io/jetstream";
 import { InvalidArgumentError, headers as natsHeaders } from "@nats-io/transport-node";
 import type { Bus } from "./bus.js";
+import { oneLine } from "./hidden.js";
 import { isStoreFull } from "./store-full.js";
 
 /**
@@ -74,10 +75,4 @@ function letter(m: JsMsg, durable: string, reason: string, whole: boolean) {
   h.set("x-dlq-stream-seq", String(m.seq));
   h.set("x-dlq-deliveries", String(m.info.deliveryCount));
   return h;
-}
-
-/** `text` with its control characters escaped (`\n` as `\x0a`): a header value cannot hold them. */
-export function oneLine(text: string): string {
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: they are what is escaped
-  return text.replace(/[\x00-\x1f\x7f-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
 }

@@ -10,7 +10,8 @@ import { HealthCheckResponse_ServingStatus } from "../gen/health/v1/health_pb.js
 import { RpcError } from "./errors.js";
 import type { CallOptions } from "./grpc-client.js";
 import { healthProbe, watchIdleCircuit } from "./idle-probe.js";
-import { breakerOf, DEFAULT_POLICY } from "./policy.js";
+import { breakerOf } from "./policy.js";
+import { DEFAULT_POLICY } from "./policy-config.js";
 
 const WAIT = 1_000;
 const unavailable = () => new RpcError(status.UNAVAILABLE, "down", new Metadata());

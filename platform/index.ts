@@ -64,6 +64,7 @@ export { holdExclusive } from "./file-lock.js";
 export { type CallContext, framePrefix, type Interceptor, type ServiceImpl, unframe, withImports } from "./grpc.js";
 export { type BytesClient, type CallOptions, type Client, createChannel, createClient } from "./grpc-client.js";
 export { headerListBytes, MAX_HEADER_LIST_BYTES } from "./header-limit.js";
+export { replaceHidden } from "./hidden.js";
 export { type Built, type Host, type HostConfig, type HostContext, type HostOptions, startHost } from "./host.js";
 export { type KeyUse, keyUse, requestFingerprint, requireIdempotencyKey, VOIDED } from "./idempotency.js";
 export { identityMetadata, identityOf, requireIdentity } from "./identity.js";
@@ -95,7 +96,7 @@ export {
   policyEnv,
   policyFrom,
   policyProblems,
-} from "./policy.js";
+} from "./policy-config.js";
 export { sayWhileRead } from "./printable.js";
 export { contextOf, currentTraceparent, detached, extractContext, inSpan, logIds } from "./propagation.js";
 export { withoutPassword } from "./redact.js";
@@ -113,7 +114,6 @@ export {
   CURRENCY_CODE,
   clipText,
   MAX_EVENT_TEXT,
-  replaceHidden,
   requireId,
   requireQuantity,
   requireSubject,

@@ -6,8 +6,7 @@
  * the services refuse in a text): they could show it as another text, or carry one unseen. The
  * joiners of emoji sequences stay.
  */
-import { oneLine } from "./dead-letter.js";
-import { replaceHidden } from "./validate.js";
+import { oneLine, replaceHidden } from "./hidden.js";
 
 export const printable = (text: string): string =>
   replaceHidden(oneLine(text), (c) => `\\u{${(c.codePointAt(0) ?? 0).toString(16)}}`);

@@ -3,8 +3,9 @@
  * made harmless to a terminal: `make run`'s output (scripts/log-lines.ts) and a process's own
  * `LOG_FORMAT=pretty` (log.ts). pino-pretty, a development dependency, is loaded only then (the image has none).
  */
+
+import { replaceHidden } from "./hidden.js";
 import { printable } from "./printable.js";
-import { replaceHidden } from "./validate.js";
 
 /** `text` with the hidden characters JSON leaves as they are (DEL, C1, direction and invisible ones) escaped. */
 const unhidden = (text: string): string =>

@@ -18,16 +18,8 @@ import { Code, RpcError, ServiceError } from "./errors.js";
 import type { CallContext, ServiceImpl } from "./grpc.js";
 import { createChannel, createClient } from "./grpc-client.js";
 import { silentLogger } from "./log.js";
-import {
-  CallerDeadlineError,
-  callersDeadline,
-  DEFAULT_POLICY,
-  isIdempotent,
-  isRetryable,
-  type PolicyConfig,
-  policyEnv,
-  retriedCalls,
-} from "./policy.js";
+import { CallerDeadlineError, callersDeadline, isIdempotent, isRetryable, retriedCalls } from "./policy.js";
+import { DEFAULT_POLICY, type PolicyConfig, policyEnv } from "./policy-config.js";
 import { createResilientClient, type PolicyEvents, type ResilientClient } from "./resilience.js";
 import { bind, type RunningServer, startGrpcServer } from "./server.js";
 import { createTelemetry } from "./telemetry.js";

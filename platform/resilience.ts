@@ -44,11 +44,11 @@ import {
   callersDeadline,
   isIdempotent,
   isRetryable,
-  type PolicyConfig,
   retriedCalls,
   stalledAttempt,
   toClientError,
 } from "./policy.js";
+import type { PolicyConfig } from "./policy-config.js";
 import { detached } from "./propagation.js";
 import { processStalls } from "./stall.js";
 import type { Telemetry } from "./telemetry.js";

@@ -9,9 +9,6 @@ import { type ExportResult, ExportResultCode } from "@opentelemetry/core";
 import type { ReadableSpan, SpanExporter } from "@opentelemetry/sdk-trace-base";
 import { makeDirs } from "./make-dirs.js";
 
-/** Default size at which the span file is rotated, bytes. */
-export const DEFAULT_TRACE_FILE_MAX_BYTES = 50 * 1024 * 1024;
-
 /**
  * Appends finished spans to a file as JSON lines — enough for `make trace`
  * to draw a waterfall without installing Jaeger. Several processes may share

@@ -17,7 +17,8 @@ import {
   trace,
 } from "@opentelemetry/api";
 import type { Sampler, SamplingResult, SpanProcessor } from "@opentelemetry/sdk-trace-base";
-import { DEFAULT_TRACE_FILE_MAX_BYTES, FileSpanExporter } from "./span-file.js";
+import { DEFAULT_TRACE_FILE_MAX_BYTES } from "./config.js";
+import { FileSpanExporter } from "./span-file.js";
 
 /**
  * How long a stop waits for the last spans to reach the OTLP collector, ms; those it has not taken by

@@ -15,7 +15,9 @@ import { localTarget } from "../contracts/ports.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { type Order, OrderService, OrderStatus, StepStatus } from "../gen/shopmesh/order/v1/order_pb.js";
-import { createChannel, createClient, identityMetadata, RpcError } from "../platform/index.js";
+import { RpcError } from "../platform/errors.js";
+import { createChannel, createClient } from "../platform/grpc-client.js";
+import { identityMetadata } from "../platform/identity.js";
 import { quietWhenOutputCloses } from "./printable.js";
 
 quietWhenOutputCloses();

@@ -19,7 +19,7 @@
 import http from "node:http";
 import { signDevToken } from "../gateway/auth.js";
 import { loadConfig } from "../gateway/config.js";
-import { configOrExit } from "../platform/index.js";
+import { configOrExit } from "../platform/config.js";
 import { quietWhenOutputCloses } from "./printable.js";
 
 quietWhenOutputCloses();

@@ -5,7 +5,8 @@
  */
 import { signDevToken } from "../gateway/auth.js";
 import { loadConfig } from "../gateway/config.js";
-import { configOrExit, isRole, ROLES } from "../platform/index.js";
+import { configOrExit } from "../platform/config.js";
+import { isRole, ROLES } from "../platform/identity-rule.js";
 import { quietWhenOutputCloses } from "./printable.js";
 
 quietWhenOutputCloses();

@@ -21,7 +21,7 @@ import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import { Code, ServiceError } from "../platform/errors.js";
 import { grpcHandlers, grpcServiceDefinition } from "../platform/grpc.js";
 import { type Logger, silentLogger } from "../platform/log.js";
-import { DEFAULT_POLICY, type PolicyConfig } from "../platform/policy.js";
+import { DEFAULT_POLICY, type PolicyConfig } from "../platform/policy-config.js";
 import { registerInstance } from "../platform/registry.js";
 import { createResilientClient, type PolicyEvents } from "../platform/resilience.js";
 import { bind, startGrpcServer } from "../platform/server.js";
@@ -409,7 +409,7 @@ describe("a process shutting down with open circuits", () => {
       const instance = await unavailableInstance(() => hang);
       const script = `
       import { createResilientClient } from "./platform/resilience.ts";
-      import { DEFAULT_POLICY } from "./platform/policy.ts";
+      import { DEFAULT_POLICY } from "./platform/policy-config.ts";
       import { silentLogger } from "./platform/log.ts";
       import { InventoryService } from "./gen/shopmesh/inventory/v1/inventory_pb.ts";
       const c = createResilientClient("inventory", InventoryService, "${instance.address}",

@@ -24,7 +24,7 @@ import { migrations, openDatabase } from "../platform/db.js";
 import { INBOX_FAILURES_MIGRATION, INBOX_MIGRATION, INBOX_PURGE_MIGRATION, on } from "../platform/inbox.js";
 import { createChannel, createClient, identityMetadata, type RpcError, silentLogger } from "../platform/index.js";
 import { OUTBOX_CLAIMS_MIGRATION, OUTBOX_INDEXES_MIGRATION, OUTBOX_MIGRATION, Outbox } from "../platform/outbox.js";
-import { DEFAULT_POLICY } from "../platform/policy.js";
+import { DEFAULT_POLICY } from "../platform/policy-config.js";
 import { OutboxRelay } from "../platform/relay.js";
 import { createResilientClient } from "../platform/resilience.js";
 import { createTelemetry } from "../platform/telemetry.js";
