@@ -19,7 +19,8 @@ import {
   PaymentRefundedSchema,
   PaymentSucceededSchema,
 } from "../gen/shopmesh/payment/v1/events_pb.js";
-import { busUsers, eventCatalogue } from "../platform/index.js";
+import { busUsers } from "../platform/bus-access.js";
+import { eventCatalogue } from "../platform/catalogue.js";
 
 /** Streams ORDER, INVENTORY and PAYMENT (plus the runtime's DLQ), and the events each keeps. */
 export const EVENTS = eventCatalogue({

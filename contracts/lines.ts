@@ -3,7 +3,8 @@
  * valid list of lines is. Field names in errors follow the proto
  * (`items[2].quantity`).
  */
-import { InvalidArgumentError, requireId, requireQuantity } from "../platform/index.js";
+import { InvalidArgumentError } from "../platform/errors.js";
+import { requireId, requireQuantity } from "../platform/validate.js";
 
 /** A requested line: a product and a number of units. */
 export interface Line {

@@ -7,15 +7,10 @@
  * NATS_USER, NATS_PASSWORD and NATS_STREAM_REPLICAS; `make run` calls
  * provisionBus itself.
  */
-import {
-  busAuthOf,
-  commonEnv,
-  configOrExit,
-  createLogger,
-  EXIT_REFUSED,
-  parseEnv,
-  provisionBus,
-} from "../platform/index.js";
+import { busAuthOf } from "../platform/bus.js";
+import { provisionBus } from "../platform/bus-access.js";
+import { commonEnv, configOrExit, EXIT_REFUSED, parseEnv } from "../platform/config.js";
+import { createLogger } from "../platform/log.js";
 import { EVENTS } from "./events.js";
 
 const spec = {

@@ -8,7 +8,7 @@
  */
 
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
-import { clipText, withoutControls } from "../platform/index.js";
+import { clipText, withoutControls } from "../platform/validate.js";
 
 /** The saga steps that take effect at a participant. */
 export type KeyedStep = "reserve_stock" | "charge_payment";

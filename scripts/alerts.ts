@@ -9,7 +9,7 @@
 import { spawn, spawnSync } from "node:child_process";
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { holdExclusive } from "../platform/index.js";
+import { holdExclusive } from "../platform/file-lock.js";
 import { makeDirs } from "../platform/make-dirs.js";
 import { recordChild, stopLeftovers } from "./data-dir.js";
 import { portOf, ROOT, replicaCount, SYSTEM } from "./layout.js";

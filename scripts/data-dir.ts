@@ -16,7 +16,7 @@
  */
 import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { holdExclusive } from "../platform/index.js";
+import { holdExclusive } from "../platform/file-lock.js";
 import { makeDirs } from "../platform/make-dirs.js";
 
 /** Where make run keeps its pid while it uses data directory `dataDir`. */

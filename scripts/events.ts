@@ -26,17 +26,11 @@ import { join } from "node:path";
 import { fromBinary, toJson } from "@bufbuild/protobuf";
 import { DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
 import { EVENTS } from "../contracts/events.js";
-import {
-  BUS_ADMIN,
-  type Bus,
-  busAuthOf,
-  connectBus,
-  DLQ_STREAM,
-  EVENT_RETENTION_MS,
-  markOf,
-  STREAM_MAX_BYTES,
-  silentLogger,
-} from "../platform/index.js";
+import { type Bus, busAuthOf, connectBus, EVENT_RETENTION_MS, STREAM_MAX_BYTES } from "../platform/bus.js";
+import { BUS_ADMIN } from "../platform/bus-access.js";
+import { DLQ_STREAM } from "../platform/catalogue.js";
+import { markOf } from "../platform/dead-letters-waiting.js";
+import { silentLogger } from "../platform/log.js";
 import { ROOT } from "./layout.js";
 import { localBusEnv } from "./nats.js";
 import { printable, quietWhenOutputCloses } from "./printable.js";

@@ -18,7 +18,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { join } from "node:path";
-import { BUS_ADMIN } from "../platform/index.js";
+import { BUS_ADMIN } from "../platform/bus-access.js";
 import { holdDataDir, stopLeftovers } from "./data-dir.js";
 import { dbOf, nodeCommand, portOf, ROOT } from "./layout.js";
 import { CannotStart, catchSignals, endOf, ensureLocalNats, exitCodeOf } from "./local-nats.js";

@@ -14,7 +14,7 @@ import { cpSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeF
 import { connect } from "node:net";
 import { join } from "node:path";
 import { BUS_USERS } from "../contracts/events.js";
-import { natsAuthorization } from "../platform/index.js";
+import { natsAuthorization } from "../platform/bus-access.js";
 
 /** What to do when nats-server is missing. */
 export const NATS_MISSING =

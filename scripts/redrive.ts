@@ -17,17 +17,10 @@
 import { createHmac } from "node:crypto";
 import { JetStreamApiError, type JsMsg, type StoredMsg } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/transport-node";
-import {
-  BUS_ADMIN,
-  type Bus,
-  DLQ_STREAM,
-  EVENT_RETENTION_MS,
-  type EventCatalogue,
-  markOf,
-  markSubject,
-  REDRIVE_MARKS,
-  selects,
-} from "../platform/index.js";
+import { type Bus, EVENT_RETENTION_MS } from "../platform/bus.js";
+import { BUS_ADMIN } from "../platform/bus-access.js";
+import { DLQ_STREAM, type EventCatalogue, selects } from "../platform/catalogue.js";
+import { markOf, markSubject, REDRIVE_MARKS } from "../platform/dead-letters-waiting.js";
 import { printable } from "./printable.js";
 
 /** The subjects of the letters, `dlq.<durable>`: two tokens, no mark's (three or four: REDRIVE_MARKS). */

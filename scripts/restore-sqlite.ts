@@ -5,7 +5,7 @@
 import { rmSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
-import { openElsewhere, swapSqliteFile } from "../platform/index.js";
+import { openElsewhere, swapSqliteFile } from "../platform/sqlite-swap.js";
 import { lockRebuild } from "../services/history/rebuild-aside.js";
 import { checkedCopy } from "./backup-copy.js";
 import { CannotStart } from "./local-nats.js";

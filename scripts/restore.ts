@@ -20,7 +20,9 @@
 import { existsSync } from "node:fs";
 import { join, relative } from "node:path";
 import { EVENTS } from "../contracts/events.js";
-import { BUS_ADMIN, type Bus, busAuthOf, connectBus, silentLogger } from "../platform/index.js";
+import { type Bus, busAuthOf, connectBus } from "../platform/bus.js";
+import { BUS_ADMIN } from "../platform/bus-access.js";
+import { silentLogger } from "../platform/log.js";
 import { RebuildRefused } from "../services/history/rebuild-aside.js";
 import { MIGRATIONS as HISTORY } from "../services/history/store.js";
 import { MIGRATIONS as NOTIFICATION } from "../services/notification/store.js";

@@ -3,7 +3,7 @@
  * readable, or with LOG_FORMAT=json as JSON lines; the runner's own messages the same way; and what it does
  * when its reader is slow, paused or gone.
  */
-import { configOrExit, int, parseEnv } from "../platform/index.js";
+import { configOrExit, int, parseEnv } from "../platform/config.js";
 import { jsonLine, readableLines } from "./log-lines.js";
 
 const COLORS = [36, 33, 35, 32, 34, 31, 96, 93];

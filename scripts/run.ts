@@ -41,15 +41,10 @@ import { createServer } from "node:net";
 import { basename, join } from "node:path";
 import { createInterface } from "node:readline";
 import { EVENTS } from "../contracts/events.js";
-import {
-  BUS_ADMIN,
-  backoffMs,
-  commonEnv,
-  EXIT_REFUSED,
-  parseEnv,
-  provisionBus,
-  silentLogger,
-} from "../platform/index.js";
+import { backoffMs } from "../platform/backoff.js";
+import { BUS_ADMIN, provisionBus } from "../platform/bus-access.js";
+import { commonEnv, EXIT_REFUSED, parseEnv } from "../platform/config.js";
+import { silentLogger } from "../platform/log.js";
 import { holdDataDir, recordChild, stopLeftovers } from "./data-dir.js";
 import { dbOf, nodeCommand, portOf, ROOT, replicaCount, SYSTEM, SYSTEM_ENV } from "./layout.js";
 import { killGroup } from "./local-nats.js";
