@@ -3,7 +3,7 @@
  * DB=postgres under .data/nats/postgres, each database its own streams) and
  * every service on its fixed port, each with its own SQLite file under .data/,
  * and prints their logs as readable lines prefixed by service name. Ctrl-C
- * (or SIGTERM, or SIGHUP: its terminal closed) stops everything cleanly; a second Ctrl-C kills at once, and a
+ * (or SIGTERM, SIGHUP: its terminal closed, or SIGUSR2) stops everything cleanly; a second Ctrl-C kills at once, and a
  * service still stopping 10 s past its SHUTDOWN_GRACE_MS is killed (exit 1).
  * LOG_FORMAT=json prints JSON lines instead, one object per line on stdout
  * (`make run | jq`): the process in `proc`, the services' own JSON as it is,
@@ -478,9 +478,10 @@ start(
 );
 process.on("SIGINT", stopAll);
 process.on("SIGTERM", stopAll);
-// Its terminal closed: Node's default ended the runner alone, and every process it started, each in a
-// process group of its own, ran on with nobody to stop it.
+// Its terminal closed, or a restarter (nodemon sends SIGUSR2): Node's default ended the runner alone, and
+// every process it started, each in a process group of its own, ran on with nobody to stop it.
 process.on("SIGHUP", stopAll);
+process.on("SIGUSR2", stopAll);
 // Node's default for SIGUSR1 opens an inspector on 127.0.0.1:9229, through which whatever reaches that port
 // runs code in the runner, as the services no longer allow (platform/lifecycle.ts); --inspect still opens it.
 process.on("SIGUSR1", () => say("run", undefined, "SIGUSR1 ignored: the inspector opens only with --inspect"));

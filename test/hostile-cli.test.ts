@@ -431,22 +431,27 @@ const childrenOf = (dataDir: string) =>
     .map((line) => Number(line.split(" ")[0]))
     .filter((pid) => pid > 0);
 
-it("make run told SIGHUP (its terminal closed) stops everything it started and exits 0 (it died, leaving all of it running)", async () => {
-  using data = tempDir();
-  const env = { ...(await freeRunPorts()), DATA_DIR: data.path };
-  const { runner, out, stop } = await startRunner(env);
-  const started = childrenOf(data.path);
-  try {
-    expect(started.length, out()).toBe(1 + SYSTEM.length);
-    runner.kill("SIGHUP");
-    expect(await exited(runner), out()).toBe(0);
-    expect(out()).toContain("all stopped");
-    expect(started.filter(alive), "left running").toEqual([]);
-  } finally {
-    stop();
-    for (const pid of started.filter(alive)) process.kill(-pid, "SIGKILL");
-  }
-}, 120_000);
+// SIGHUP: its terminal closed; SIGUSR2: what nodemon and other restarters send.
+it.each(["SIGHUP", "SIGUSR2"] as const)(
+  "make run told %s stops everything it started and exits 0 (it died, leaving all of it running)",
+  async (signal) => {
+    using data = tempDir();
+    const env = { ...(await freeRunPorts()), DATA_DIR: data.path };
+    const { runner, out, stop } = await startRunner(env);
+    const started = childrenOf(data.path);
+    try {
+      expect(started.length, out()).toBe(1 + SYSTEM.length);
+      runner.kill(signal);
+      expect(await exited(runner), out()).toBe(0);
+      expect(out()).toContain("all stopped");
+      expect(started.filter(alive), "left running").toEqual([]);
+    } finally {
+      stop();
+      for (const pid of started.filter(alive)) process.kill(-pid, "SIGKILL");
+    }
+  },
+  120_000,
+);
 
 it("make run whose output's reader is gone (make run | head) stops everything, says so on stderr and exits 141 (a stack trace, everything SIGKILLed)", async () => {
   using data = tempDir();
