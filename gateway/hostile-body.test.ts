@@ -173,21 +173,27 @@ describe("an enveloped message (gRPC, gRPC-Web, Connect streaming) sent in one-b
     await c.write(h2Frame(0, 0, 1, Buffer.from([0, 0x00, 0x0f, 0x42, 0x40])));
     const delay = monitorEventLoopDelay({ resolution: 10 });
     delay.enable();
+    const cpuBefore = process.cpuUsage();
     await call.send(Buffer.alloc(50_000, 0x20), false);
     const asked = Date.now();
     const probe = await fetch(`${gw.url}/healthz`);
     const probeMs = Date.now() - asked;
+    const cpu = process.cpuUsage(cpuBefore);
+    const cpuMs = (cpu.user + cpu.system) / 1000;
     delay.disable();
     expect(probe.status).toBe(200);
     // connect-es's envelope decoder (EnvelopeDecoderImpl in @connectrpc/connect protocol/envelope.js)
     // keeps every piece in an array and sums the array's lengths on every piece that arrives: O(n²)
     // in the number of pieces. Measured here: 50,000 pieces held the probe ~5 s; 80,000 pieces held the
     // event loop 10 s at a stretch and the probe 22 s. No token, ~0.5 MB on the wire, any number of streams.
+    // Bounded in CPU time (this process's, the gateway's and the client's), not the probe's wall time:
+    // ~0.4 s gathered, ~4 s handed to connect-es piece by piece; with the machine busy (load 19 on
+    // two cores) the probe took 1.6 s for the same 0.4 s of work.
     const maxDelayMs = delay.max / 1e6;
     expect(
-      probeMs,
-      `health probe answered after ${probeMs} ms; event loop held up to ${maxDelayMs.toFixed(0)} ms`,
-    ).toBeLessThan(1_000);
+      cpuMs,
+      `${cpuMs.toFixed(0)} ms of CPU; health probe answered after ${probeMs} ms; event loop held up to ${maxDelayMs.toFixed(0)} ms`,
+    ).toBeLessThan(1_500);
   }, 120_000);
 });
 
