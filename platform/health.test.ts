@@ -60,15 +60,23 @@ afterAll(async () => {
   await pg?.[Symbol.asyncDispose]();
 });
 
+// The ping's wait on PostgreSQL: 1 s, not less. A ping answered while this process stood still for
+// longer than its wait (a busy machine, a collection) reads as unanswered once it runs again: a
+// readiness change no database caused (shown with an injected stall at 500 ms).
+const WAIT_MS = 1_000;
+
 // Found (review, 2026-12-06): the ping took a connection of the traffic's pool, so a pool busy for
 // longer than the ping's wait (a lock convoy, a long purge, a burst of slow queries) left it in the
 // pool's queue and turned the replica NOT_SERVING while its database answered at once: under a load
 // spread over all replicas, every one of them dropped out together.
 it("a pool whose every connection stays busy leaves the replica ready while its database answers", async () => {
   const changes: boolean[] = [];
-  const readiness = watchReadiness(db, (ready) => changes.push(ready), silentLogger(), { everyMs: 100, waitMs: 500 });
+  const readiness = watchReadiness(db, (ready) => changes.push(ready), silentLogger(), {
+    everyMs: 100,
+    waitMs: WAIT_MS,
+  });
   try {
-    // Every pooled connection (poolSize 4) busy for 2.5 s: five times the ping's wait.
+    // Every pooled connection (poolSize 4) busy for 2.5 s: over twice the ping's wait.
     const busy = Array.from({ length: 4 }, () => db.one(sql`SELECT pg_sleep(2.5) AS slept`));
     await new Promise((r) => setTimeout(r, 2_000));
     expect(changes, "readiness while the pool is busy and the database answers").toEqual([]);
@@ -83,14 +91,17 @@ it("a pool whose every connection stays busy leaves the replica ready while its 
 // though new connections answered within a second: no other ping was sent while it hung.
 it("a ping whose connection went silent makes the replica unready, and the next ping on a new connection ready again", async () => {
   const changes: boolean[] = [];
-  const readiness = watchReadiness(db, (ready) => changes.push(ready), silentLogger(), { everyMs: 100, waitMs: 500 });
+  const readiness = watchReadiness(db, (ready) => changes.push(ready), silentLogger(), {
+    everyMs: 100,
+    waitMs: WAIT_MS,
+  });
   try {
     await new Promise((r) => setTimeout(r, 300));
     expect(changes).toEqual([]);
     proxy.silence();
     // The next ping (on a new connection) may already have answered by the time this looks: the
     // first change is what the silent ping decided, whatever followed it.
-    await expect.poll(() => changes[0], { timeout: 3_000 }).toBe(false);
+    await expect.poll(() => changes[0], { timeout: 5_000 }).toBe(false);
     // New connections pass: the database answers again.
     await expect.poll(() => changes, { timeout: 5_000 }).toEqual([false, true]);
   } finally {
@@ -126,7 +137,10 @@ it("a pool holding no connection that cannot open one makes the replica unready"
   const admin = new pgLib.Client({ connectionString: pg.url });
   await admin.connect();
   const changes: boolean[] = [];
-  const readiness = watchReadiness(own, (ready) => changes.push(ready), silentLogger(), { everyMs: 100, waitMs: 500 });
+  const readiness = watchReadiness(own, (ready) => changes.push(ready), silentLogger(), {
+    everyMs: 100,
+    waitMs: WAIT_MS,
+  });
   try {
     await expect
       .poll(async () => {
@@ -144,9 +158,9 @@ it("a pool holding no connection that cannot open one makes the replica unready"
       [name],
     );
     await expect(own.one(sql`SELECT 1 AS one`)).rejects.toThrow();
-    await expect.poll(() => changes, { timeout: 3_000 }).toEqual([false]);
+    await expect.poll(() => changes, { timeout: 5_000 }).toEqual([false]);
     await admin.query(`ALTER DATABASE ${name} ALLOW_CONNECTIONS true`);
-    await expect.poll(() => changes, { timeout: 3_000 }).toEqual([false, true]);
+    await expect.poll(() => changes, { timeout: 5_000 }).toEqual([false, true]);
   } finally {
     readiness.stop();
     await admin.end();
@@ -178,7 +192,10 @@ it("a pool whose connections went silent drops them and serves again on new ones
   direct.port = String(cut.port);
   const own = await openDatabase({ engine: "postgres", url: direct.href, schema: "s", poolSize: 3 }, migrations([]));
   const changes: boolean[] = [];
-  const readiness = watchReadiness(own, (ready) => changes.push(ready), silentLogger(), { everyMs: 100, waitMs: 500 });
+  const readiness = watchReadiness(own, (ready) => changes.push(ready), silentLogger(), {
+    everyMs: 100,
+    waitMs: WAIT_MS,
+  });
   try {
     // The three pooled connections open, one of them inside a transaction; then every one goes silent
     // while new connections through the proxy pass.
@@ -220,7 +237,7 @@ it("a pool whose connections went silent drops them and serves again on new ones
     await expect(own.one(sql<{ one: number }>`SELECT 1 AS one`)).resolves.toEqual({ one: 1 });
     // Said unready while the pool could not serve, ready again since.
     expect(changes).toContain(false);
-    await expect.poll(() => changes.at(-1), { timeout: 3_000 }).toBe(true);
+    await expect.poll(() => changes.at(-1), { timeout: 5_000 }).toBe(true);
   } finally {
     readiness.stop();
     cut.close();
