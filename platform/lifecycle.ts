@@ -1,6 +1,6 @@
 /**
  * Process lifecycle: validated config, tracing, the logger, the service, and
- * a clean shutdown on SIGTERM/SIGINT/SIGHUP/SIGUSR2 (a second signal exits at once).
+ * a clean shutdown on SIGTERM/SIGINT/SIGHUP (a second signal exits at once).
  */
 import { constants } from "node:os";
 import { installLeanAsyncBind } from "./async-bind.js";
@@ -31,7 +31,7 @@ export interface ProcessConfig {
  * Runs the process of service `name`: `loadConfig` (a ConfigError exits 78
  * with a message naming each bad variable, as does a StartRefused from `start`), the lean `AsyncResource.bind`
  * (async-bind.ts), tracing, the logger, then
- * `start`; on SIGTERM, SIGINT, SIGHUP or SIGUSR2 stops the service, flushes traces and exits
+ * `start`; on SIGTERM, SIGINT or SIGHUP stops the service, flushes traces and exits
  * 0 (or 1 if stopping failed); SIGUSR1 opens no inspector. The signal handlers come first: a process
  * still starting (waiting for NATS or its database) exits at once on a
  * signal — not yet ready nor announced, it has taken no traffic, and an
@@ -75,10 +75,12 @@ export async function runService<C extends ProcessConfig>(
   };
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
-  // A terminal closed over a process started by hand, a supervisor hanging up, a restarter (nodemon
-  // sends SIGUSR2): Node's default for SIGHUP and SIGUSR2 ended it at once, its calls cut, nothing drained.
+  // A terminal closed over a process started by hand, a supervisor hanging up: Node's default for
+  // SIGHUP ended it at once, its calls cut and nothing drained.
   process.on("SIGHUP", onSignal);
-  process.on("SIGUSR2", onSignal);
+  // SIGUSR2 keeps Node's default (ends the process): the test and bench preloads take it as their own
+  // control signal (test/fixtures/clock-step.ts steps the wall clock, bench/gc-watch.ts profiles GC).
+
   // Node's default for SIGUSR1 opens its inspector on 127.0.0.1:9229, and whatever reaches that port
   // (another process in the pod: a sidecar) may then run any code in this one. A listener replaces
   // that default (Node 20 has no --disable-sigusr1); --inspect still opens it on purpose.
