@@ -8,7 +8,10 @@
  */
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
-import { createResilientClient, DEFAULT_POLICY, identityMetadata, silentLogger } from "../platform/index.js";
+import { identityMetadata } from "../platform/identity.js";
+import { silentLogger } from "../platform/log.js";
+import { DEFAULT_POLICY } from "../platform/policy-config.js";
+import { createResilientClient } from "../platform/resilience.js";
 
 const addresses = (process.env.ORDER_ADDRESSES ?? "").split(",").filter(Boolean);
 const seconds = Number(process.env.BENCH_SECONDS ?? 10);

@@ -15,14 +15,10 @@ import { createInterface } from "node:readline";
 import { Metadata } from "@grpc/grpc-js";
 import { EVENTS } from "../contracts/events.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
-import {
-  BUS_ADMIN,
-  createChannel,
-  createClient,
-  identityMetadata,
-  provisionBus,
-  silentLogger,
-} from "../platform/index.js";
+import { BUS_ADMIN, provisionBus } from "../platform/bus-access.js";
+import { createChannel, createClient } from "../platform/grpc-client.js";
+import { identityMetadata } from "../platform/identity.js";
+import { silentLogger } from "../platform/log.js";
 import { nodeCommand, ROOT, SERVICE_NAMES, SYSTEM_ENV } from "../scripts/layout.js";
 import { localBusPasswords, natsServerArgs } from "../scripts/nats.js";
 import type { LoadResult, LoadSpec } from "./load.js";

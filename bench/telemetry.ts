@@ -16,15 +16,11 @@ import { ExportResultCode } from "@opentelemetry/core";
 import { BatchSpanProcessor, type ReadableSpan, type SpanExporter } from "@opentelemetry/sdk-trace-base";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { configOrExit, int, num, parseEnv } from "../platform/config.js";
-import {
-  bind,
-  createChannel,
-  createClient,
-  createTelemetry,
-  silentLogger,
-  startGrpcServer,
-  startTracing,
-} from "../platform/index.js";
+import { createChannel, createClient } from "../platform/grpc-client.js";
+import { silentLogger } from "../platform/log.js";
+import { bind, startGrpcServer } from "../platform/server.js";
+import { createTelemetry } from "../platform/telemetry.js";
+import { startTracing } from "../platform/tracing.js";
 import { createInventoryApi } from "../services/inventory/api.js";
 import { DEMO_CATALOGUE } from "../services/inventory/catalogue.js";
 import { InventoryStore } from "../services/inventory/store.js";

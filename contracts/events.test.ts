@@ -4,7 +4,7 @@ import { join } from "node:path";
 import type { GenFile } from "@bufbuild/protobuf/codegenv2";
 import { describe, expect, it } from "vitest";
 import { StockReservedSchema } from "../gen/shopmesh/inventory/v1/events_pb.js";
-import { eventCatalogue } from "../platform/index.js";
+import { eventCatalogue } from "../platform/catalogue.js";
 import { ROOT } from "../scripts/layout.js";
 import { EVENTS } from "./events.js";
 

@@ -1,6 +1,6 @@
 /** The saga's participant keys. */
 import { describe, expect, it } from "vitest";
-import { requireText } from "../platform/index.js";
+import { requireText } from "../platform/validate.js";
 import { MAX_REFUND_REASON, refundReason, stepKey } from "./saga.js";
 
 describe("stepKey", () => {

@@ -2,17 +2,12 @@
 import { setMaxListeners } from "node:events";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { GatewayService, OperatorService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
-import {
-  type AppTelemetry,
-  busAuthOf,
-  connectBus,
-  createResilientClient,
-  type Logger,
-  policyFrom,
-  REGISTRY_SCHEME,
-  type ResilientClient,
-  startAppTelemetry,
-} from "../platform/index.js";
+import { busAuthOf, connectBus } from "../platform/bus.js";
+import type { Logger } from "../platform/log.js";
+import { policyFrom } from "../platform/policy-config.js";
+import { REGISTRY_SCHEME } from "../platform/registry.js";
+import { createResilientClient, type ResilientClient } from "../platform/resilience.js";
+import { type AppTelemetry, startAppTelemetry } from "../platform/telemetry.js";
 import { createAuthenticator } from "./auth.js";
 import { createComposition } from "./compose.js";
 import { type GatewayConfig, targetVariable } from "./config.js";

@@ -16,7 +16,10 @@ import type { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb
 import type { NotificationService } from "../gen/shopmesh/notification/v1/notification_pb.js";
 import type { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import type { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
-import { type Client, Code, earliestDeadline, RpcError, requireId } from "../platform/index.js";
+import { earliestDeadline } from "../platform/deadline.js";
+import { Code, RpcError } from "../platform/errors.js";
+import type { Client } from "../platform/grpc-client.js";
+import { requireId } from "../platform/validate.js";
 import { toConnectError, upstreamOptions } from "./forward.js";
 
 /** The upstream clients composition uses. */

@@ -39,7 +39,8 @@ import {
 import { codeToHttpStatus, errorToJsonBytes, parseTimeout } from "@connectrpc/connect/protocol-connect";
 import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
 import { Metadata } from "@grpc/grpc-js";
-import { Code as GrpcCode, type Identity, RpcError } from "../platform/index.js";
+import { Code as GrpcCode, RpcError } from "../platform/errors.js";
+import type { Identity } from "../platform/identity-rule.js";
 import { dropUnreadBody } from "./answer-end.js";
 import { boundedInflation, readBody } from "./body.js";
 import type { ClientInfo } from "./context.js";

@@ -1,6 +1,6 @@
 /** What the gateway learns about a request before any handler runs, as Connect context values. */
 import { createContextKey } from "@connectrpc/connect";
-import type { Identity } from "../platform/index.js";
+import type { Identity } from "../platform/identity-rule.js";
 
 /** Per-request facts from the connection and headers. */
 export interface ClientInfo {

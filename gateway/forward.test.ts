@@ -3,7 +3,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { Metadata } from "@grpc/grpc-js";
 import { describe, expect, it } from "vitest";
 import { BadRequestSchema } from "../gen/google/rpc/error_details_pb.js";
-import { Code as GrpcCode, InvalidArgumentError, RpcError, toStatusObject } from "../platform/index.js";
+import { Code as GrpcCode, InvalidArgumentError, RpcError, toStatusObject } from "../platform/errors.js";
 import { toConnectError } from "./forward.js";
 
 const rpc = (code: GrpcCode, message: string, metadata = new Metadata()) => new RpcError(code, message, metadata);

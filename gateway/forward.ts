@@ -9,15 +9,10 @@
 import type { DescMethod } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { Metadata, status } from "@grpc/grpc-js";
-import {
-  type CallOptions,
-  ERROR_DETAILS,
-  type Identity,
-  identityMetadata,
-  RpcError,
-  ServiceError,
-  toStatusObject,
-} from "../platform/index.js";
+import { ERROR_DETAILS, RpcError, ServiceError, toStatusObject } from "../platform/errors.js";
+import type { CallOptions } from "../platform/grpc-client.js";
+import { identityMetadata } from "../platform/identity.js";
+import type { Identity } from "../platform/identity-rule.js";
 import { type Caller, kClient, kIdentity } from "./context.js";
 import type { Route, Upstream } from "./routes.js";
 

@@ -18,7 +18,7 @@ import {
   ServerReflectionResponseSchema,
 } from "../gen/grpc/reflection/v1/reflection_pb.js";
 import { GetProductRequestSchema } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
-import { ConfigError } from "../platform/index.js";
+import { ConfigError } from "../platform/config.js";
 import { refusedBut } from "../test/fixtures.js";
 import {
   envelope,

@@ -5,7 +5,7 @@
  * 503 and a refused token 401 — all that is told apart here.
  */
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { silentLogger } from "../platform/index.js";
+import { silentLogger } from "../platform/log.js";
 import { type JwksServer, startJwks } from "../test/jwks.js";
 import { h1Raw } from "../test/raw.js";
 import { type GatewayApp, startGateway } from "./app.js";

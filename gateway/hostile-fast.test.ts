@@ -15,7 +15,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StatusSchema } from "../gen/google/rpc/status_pb.js";
 import { GetProductRequestSchema } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { PlaceOrderRequestSchema, PlaceOrderResponseSchema } from "../gen/shopmesh/order/v1/order_pb.js";
-import { ConfigError, identityMetadata } from "../platform/index.js";
+import { ConfigError } from "../platform/config.js";
+import { identityMetadata } from "../platform/identity.js";
 import {
   envelope,
   H2_PREFACE,

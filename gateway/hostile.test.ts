@@ -10,7 +10,7 @@ import { SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GetProductRequestSchema } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
-import { ConfigError } from "../platform/index.js";
+import { ConfigError } from "../platform/config.js";
 import { connectEndStream, envelope, grpcWebTrailers, h1Raw, h2Request, h2Session } from "../test/raw.js";
 import { capturedLogger, type System, startSystem, startTestGateway } from "../test/system.js";
 import type { GatewayApp } from "./app.js";
@@ -91,7 +91,7 @@ describe("1. one reading of the caller's roles", () => {
   it("a service refuses identity metadata it cannot read one way (spaces, unknown roles, repeated keys)", async () => {
     const { Metadata } = await import("@grpc/grpc-js");
     const { expectRpcError } = await import("../test/rpc.js");
-    const { Code } = await import("../platform/index.js");
+    const { Code } = await import("../platform/errors.js");
     const cases: [string, (md: InstanceType<typeof Metadata>) => void][] = [
       // (Leading and trailing spaces never arrive: HTTP/2 trims field values.)
       ["spaced role", (md) => md.set("x-shopmesh-roles", "customer, admin")],

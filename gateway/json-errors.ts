@@ -16,7 +16,7 @@
 import type { DescField, DescMessage } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { BadRequestSchema } from "../gen/google/rpc/error_details_pb.js";
-import { clipText } from "../platform/index.js";
+import { clipText } from "../platform/validate.js";
 
 /** How deep {@link fieldsOfType} looks: request messages nest a few levels, recursive ones for ever. */
 const MAX_DEPTH = 8;

@@ -5,7 +5,7 @@
 import { once } from "node:events";
 import net from "node:net";
 import { expect, it } from "vitest";
-import { silentLogger } from "../platform/index.js";
+import { silentLogger } from "../platform/log.js";
 import { listen } from "./listener.js";
 
 const IDLE_MS = 300;

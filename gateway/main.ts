@@ -1,5 +1,5 @@
 /** Gateway process: config from env, start, stop on SIGTERM/SIGINT. */
-import { runService } from "../platform/index.js";
+import { runService } from "../platform/lifecycle.js";
 import { startGateway } from "./app.js";
 import { loadConfig } from "./config.js";
 

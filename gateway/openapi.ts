@@ -9,7 +9,7 @@ import { createHash } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { gzipSync } from "node:zlib";
-import type { Logger } from "../platform/index.js";
+import type { Logger } from "../platform/log.js";
 import { type Endpoint, pathOf, type Req } from "./endpoint.js";
 
 /** Where the gateway answers with the document. */

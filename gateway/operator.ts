@@ -17,14 +17,10 @@ import type { Client as GrpcClient } from "@grpc/grpc-js";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/health_pb.js";
 import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import type { InstanceStatusSchema, OperatorService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
-import {
-  createChannel,
-  createClient,
-  type DownstreamState,
-  MAX_INSTANCES,
-  Code as PlatformCode,
-  RpcError,
-} from "../platform/index.js";
+import { Code as PlatformCode, RpcError } from "../platform/errors.js";
+import { createChannel, createClient } from "../platform/grpc-client.js";
+import { MAX_INSTANCES } from "../platform/instances.js";
+import type { DownstreamState } from "../platform/resilience.js";
 import { kIdentity } from "./context.js";
 import { toConnectError } from "./forward.js";
 import { ROUTES, UPSTREAMS, type Upstream } from "./routes.js";

@@ -31,7 +31,7 @@ import {
   type ServerReflectionRequest,
   type ServerReflectionResponseSchema,
 } from "../gen/grpc/reflection/v1/reflection_pb.js";
-import { withImports } from "../platform/index.js";
+import { withImports } from "../platform/grpc.js";
 
 type Answer = MessageInitShape<typeof ServerReflectionResponseSchema>["messageResponse"];
 

@@ -8,7 +8,8 @@
  * URL parser.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Role, silentLogger } from "../platform/index.js";
+import type { Role } from "../platform/identity-rule.js";
+import { silentLogger } from "../platform/log.js";
 import { type H1Answer, h1Request } from "../test/raw.js";
 import { type System, startSystem, startTestGateway } from "../test/system.js";
 import type { GatewayApp } from "./app.js";

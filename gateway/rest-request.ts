@@ -26,7 +26,7 @@ import {
 import { Code, ConnectError } from "@connectrpc/connect";
 import { fieldNamed, fieldPath, type RestRoute } from "../contracts/http-rules.js";
 import { BadRequestSchema } from "../gen/google/rpc/error_details_pb.js";
-import { clipText } from "../platform/index.js";
+import { clipText } from "../platform/validate.js";
 import { headerKey } from "./idempotency-key.js";
 import { jsonError } from "./json-errors.js";
 import { decodeSegment, type RestMatch } from "./rest.js";

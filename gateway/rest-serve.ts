@@ -18,7 +18,7 @@ import { EmptySchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ContextValues } from "@connectrpc/connect";
 import type { UniversalHandler, UniversalServerRequest } from "@connectrpc/connect/protocol";
 import { errorToJson, parseTimeout } from "@connectrpc/connect/protocol-connect";
-import type { Identity } from "../platform/index.js";
+import type { Identity } from "../platform/identity-rule.js";
 import { dropUnreadBody, universalRequest } from "./answer-end.js";
 import { inflationLimit, readBody } from "./body.js";
 import { decodeAnswer } from "./connect-unary.js";

@@ -14,7 +14,7 @@ import { errorToJson } from "@connectrpc/connect/protocol-connect";
 import { beforeAll, describe, expect, it } from "vitest";
 import { compileTemplate } from "../contracts/http-rules.js";
 import { BadRequestSchema } from "../gen/google/rpc/error_details_pb.js";
-import { InvalidArgumentError } from "../platform/index.js";
+import { InvalidArgumentError } from "../platform/errors.js";
 import { ROOT, tempDir } from "../test/fixtures.js";
 import { type RestMatch, RestRouter, responseJson, statusJson } from "./rest.js";
 import { checkRequest, requestJson } from "./rest-request.js";

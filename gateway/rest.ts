@@ -20,7 +20,7 @@ import { Code } from "@connectrpc/connect";
 import { codeFromString } from "@connectrpc/connect/protocol-connect";
 import { type RestRoute, routesOf, type Segment, type Variable } from "../contracts/http-rules.js";
 import { http as httpRule } from "../gen/google/api/annotations_pb.js";
-import { ERROR_DETAILS } from "../platform/index.js";
+import { ERROR_DETAILS } from "../platform/errors.js";
 
 export type { RestRoute } from "../contracts/http-rules.js";
 

@@ -26,7 +26,7 @@ import {
 import { findTrailerError, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { trailerParse, trailerSerialize } from "@connectrpc/connect/protocol-grpc-web";
 import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
-import { clipText } from "../platform/index.js";
+import { clipText } from "../platform/validate.js";
 
 /** Everything after the first "?" of a request target. */
 export function queryOf(url: string | undefined): string {

@@ -12,7 +12,8 @@ import { startPostgres, type TestPostgres } from "../test/postgres.js";
 import { migrations, openDatabase } from "./db.js";
 import { isDatabaseUnavailable } from "./db-errors.js";
 import { watchReadiness } from "./health.js";
-import { type Db, silentLogger } from "./index.js";
+import { silentLogger } from "./log.js";
+import type { Db } from "./sql.js";
 
 /** A proxy to `port`; `silence()` drops, from then on, everything its connections open now carry. */
 async function silencingProxy(port: number) {

@@ -7,14 +7,15 @@
  */
 import net from "node:net";
 import { status } from "@grpc/grpc-js";
+import { sql } from "kysely";
 import { Client as PgClient } from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startPostgres, type TestPostgres } from "../test/postgres.js";
 import { migrations, openDatabase } from "./db.js";
 import { isDatabaseUnavailable } from "./db-errors.js";
 import { toStatusObject } from "./errors.js";
-import { type Db, sql } from "./index.js";
 import { IDLE_IN_TRANSACTION_MS, pgPool } from "./pg-pool.js";
+import type { Db } from "./sql.js";
 import { postgresDb } from "./sql.js";
 
 let pg: TestPostgres;

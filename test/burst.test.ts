@@ -9,7 +9,7 @@ import { HistoryService, type OrderHistoryEntry } from "../gen/shopmesh/history/
 import { NotificationKind, NotificationService } from "../gen/shopmesh/notification/v1/notification_pb.js";
 import { type Order, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentStatus } from "../gen/shopmesh/payment/v1/payment_pb.js";
-import { createChannel, createClient } from "../platform/index.js";
+import { createChannel, createClient } from "../platform/grpc-client.js";
 import { type System, startSystem } from "./system.js";
 
 const ORDERS = 200;

@@ -5,8 +5,8 @@
  */
 import { expect, it } from "vitest";
 import { BUS_USERS } from "../contracts/events.js";
-import type { ConsumerSpec } from "../platform/index.js";
-import { silentLogger } from "../platform/index.js";
+import type { ConsumerSpec } from "../platform/consumer-spec.js";
+import { silentLogger } from "../platform/log.js";
 import { SYSTEM } from "../scripts/layout.js";
 import { historyConsumers } from "../services/history/events.js";
 import { inventoryConsumers } from "../services/inventory/events.js";

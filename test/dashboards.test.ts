@@ -8,7 +8,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parse } from "yaml";
-import { createTelemetry } from "../platform/index.js";
+import { createTelemetry } from "../platform/telemetry.js";
 import { ROOT } from "./fixtures.js";
 
 const DIR = join(ROOT, "deploy/kubernetes/components/observability");

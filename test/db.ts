@@ -8,9 +8,11 @@
 import { rmSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
+import { sql } from "kysely";
 import { inject } from "vitest";
-import { type Db, type DbLocation, type Engine, locationOf, sql } from "../platform/index.js";
+import { locationOf } from "../platform/db.js";
 import { pgPool } from "../platform/pg-pool.js";
+import type { Db, DbLocation, Engine } from "../platform/sql.js";
 import { postgresDb, sqliteDb } from "../platform/sql.js";
 import { createDatabase } from "./postgres.js";
 

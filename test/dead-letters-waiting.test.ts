@@ -9,6 +9,10 @@ import { headers as natsHeaders } from "@nats-io/transport-node";
 import { afterAll, describe, expect, it } from "vitest";
 import { BUS_USERS, EVENTS } from "../contracts/events.js";
 import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
+import { connectBus } from "../platform/bus.js";
+import { BUS_ADMIN, natsAuthorization } from "../platform/bus-access.js";
+import { migrations, openDatabase } from "../platform/db.js";
+import { deadLettersWaiting, lettersWaiting } from "../platform/dead-letters-waiting.js";
 import { startEventing } from "../platform/eventing.js";
 import {
   INBOX_FAILURES_MIGRATION,
@@ -17,17 +21,8 @@ import {
   on,
   UnprocessableEventError,
 } from "../platform/inbox.js";
-import {
-  BUS_ADMIN,
-  connectBus,
-  createTelemetry,
-  deadLettersWaiting,
-  lettersWaiting,
-  migrations,
-  natsAuthorization,
-  openDatabase,
-  silentLogger,
-} from "../platform/index.js";
+import { silentLogger } from "../platform/log.js";
+import { createTelemetry } from "../platform/telemetry.js";
 import { redrive } from "../scripts/redrive.js";
 import { TestDatabases } from "./db.js";
 import { event, publishEvents } from "./events.js";

@@ -86,7 +86,10 @@ import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/heal
 import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
-import { ConfigError, connectBus, createChannel, createClient, silentLogger } from "../platform/index.js";
+import { connectBus } from "../platform/bus.js";
+import { ConfigError } from "../platform/config.js";
+import { createChannel, createClient } from "../platform/grpc-client.js";
+import { silentLogger } from "../platform/log.js";
 import { openRegistry } from "../platform/registry.js";
 import { DEPLOY_USERS_CONF, deployUsersConf, passwordVariable } from "../scripts/nats.js";
 import { exited, freePort, ROOT, runToEnd } from "./fixtures.js";

@@ -7,15 +7,12 @@
 import { describe, expect, it } from "vitest";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
-import {
-  connectBus,
-  createChannel,
-  createClient,
-  createResilientClient,
-  DEFAULT_POLICY,
-  identityMetadata,
-  silentLogger,
-} from "../platform/index.js";
+import { connectBus } from "../platform/bus.js";
+import { createChannel, createClient } from "../platform/grpc-client.js";
+import { identityMetadata } from "../platform/identity.js";
+import { silentLogger } from "../platform/log.js";
+import { DEFAULT_POLICY } from "../platform/policy-config.js";
+import { createResilientClient } from "../platform/resilience.js";
 import { TestDatabases } from "./db.js";
 import { type ServiceProcess, spawnService, tempDir } from "./fixtures.js";
 import { startNats } from "./nats.js";

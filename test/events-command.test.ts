@@ -13,11 +13,16 @@ import net from "node:net";
 import { join } from "node:path";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { headers as natsHeaders } from "@nats-io/transport-node";
+import { sql } from "kysely";
 import { afterEach, describe, expect, it } from "vitest";
 import { BUS_USERS, EVENTS } from "../contracts/events.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { OrderCancelledSchema, OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
+import { type Bus, connectBus } from "../platform/bus.js";
+import { BUS_ADMIN, natsAuthorization } from "../platform/bus-access.js";
 import { startConsumer } from "../platform/consumer.js";
+import { migrations, openDatabase } from "../platform/db.js";
+import { deadLettersWaiting, markSubject } from "../platform/dead-letters-waiting.js";
 import {
   INBOX_FAILURES_MIGRATION,
   INBOX_MIGRATION,
@@ -26,18 +31,7 @@ import {
   on,
   UnprocessableEventError,
 } from "../platform/inbox.js";
-import {
-  BUS_ADMIN,
-  type Bus,
-  connectBus,
-  deadLettersWaiting,
-  markSubject,
-  migrations,
-  natsAuthorization,
-  openDatabase,
-  silentLogger,
-  sql,
-} from "../platform/index.js";
+import { silentLogger } from "../platform/log.js";
 import { printable } from "../scripts/printable.js";
 import { copyId, dismiss, redrive } from "../scripts/redrive.js";
 import { TestDatabases } from "./db.js";

@@ -9,19 +9,13 @@ import type { DescMessage, MessageInitShape } from "@bufbuild/protobuf";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import { EVENTS } from "../contracts/events.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
-import {
-  type Bus,
-  migrations,
-  OUTBOX_CLAIMS_MIGRATION,
-  OUTBOX_INDEXES_MIGRATION,
-  OUTBOX_MIGRATION,
-  Outbox,
-  OutboxRelay,
-  openDatabase,
-  silentLogger,
-  type Telemetry,
-  type Tx,
-} from "../platform/index.js";
+import type { Bus } from "../platform/bus.js";
+import { migrations, openDatabase } from "../platform/db.js";
+import { silentLogger } from "../platform/log.js";
+import { OUTBOX_CLAIMS_MIGRATION, OUTBOX_INDEXES_MIGRATION, OUTBOX_MIGRATION, Outbox } from "../platform/outbox.js";
+import { OutboxRelay } from "../platform/relay.js";
+import type { Tx } from "../platform/sql.js";
+import type { Telemetry } from "../platform/telemetry.js";
 
 /** One event to publish; make it with {@link event}. */
 export interface PendingEvent {

@@ -17,6 +17,7 @@
 import { gzipSync } from "node:zlib";
 import { type DescMethod, fromJson, type JsonValue, toBinary } from "@bufbuild/protobuf";
 import fc from "fast-check";
+import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
@@ -24,7 +25,6 @@ import { ROUTES } from "../gateway/routes.js";
 import { GatewayService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
 import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
-import { sql } from "../platform/index.js";
 import { type ServiceProcess, spawnGateway } from "./fixtures.js";
 import { connectEndStream, envelope, grpcWebTrailers, type H2Response, h2Request, h2Session } from "./raw.js";
 import { gatewayTargets, type System, startSystem } from "./system.js";

@@ -11,7 +11,7 @@ import { createAuthenticator, signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET, loadConfig as gatewayConfig, targetVariable } from "../gateway/config.js";
 import { UPSTREAMS } from "../gateway/routes.js";
 import { OperatorService } from "../gen/shopmesh/gateway/v1/gateway_pb.js";
-import { silentLogger } from "../platform/index.js";
+import { silentLogger } from "../platform/log.js";
 import { built, runToEnd, tempDir } from "./fixtures.js";
 
 const claims = { JWT_SECRET: DEV_JWT_SECRET, JWT_ISSUER: "shopmesh-dev", JWT_AUDIENCE: "shopmesh" };

@@ -21,8 +21,9 @@ import {
 } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { PlaceOrderRequestSchema, WatchOrderRequestSchema } from "../gen/shopmesh/order/v1/order_pb.js";
 import type { CallContext } from "../platform/grpc.js";
+import type { Client } from "../platform/grpc-client.js";
 import { IDENTITY_KEYS } from "../platform/identity.js";
-import { type Client, silentLogger } from "../platform/index.js";
+import { silentLogger } from "../platform/log.js";
 import { bind, startGrpcServer } from "../platform/server.js";
 import { type InventoryApp, startInventory } from "../services/inventory/app.js";
 import { loadConfig as inventoryConfig } from "../services/inventory/config.js";

@@ -6,6 +6,7 @@
  */
 
 import { create } from "@bufbuild/protobuf";
+import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { VOIDED_REASON } from "../contracts/saga.js";
 import type { GatewayApp } from "../gateway/app.js";
@@ -19,16 +20,10 @@ import {
   PaymentRefundedSchema,
   PaymentSucceededSchema,
 } from "../gen/shopmesh/payment/v1/events_pb.js";
-import {
-  type Client,
-  createChannel,
-  createClient,
-  type Db,
-  type EventContext,
-  silentLogger,
-  sql,
-  type Tx,
-} from "../platform/index.js";
+import { type Client, createChannel, createClient } from "../platform/grpc-client.js";
+import type { EventContext } from "../platform/inbox.js";
+import { silentLogger } from "../platform/log.js";
+import type { Db, Tx } from "../platform/sql.js";
 import { type OrderApp, startOrder } from "../services/order/app.js";
 import { loadConfig as orderConfig } from "../services/order/config.js";
 import { Choreography } from "../services/order/events.js";

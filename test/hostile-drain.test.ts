@@ -11,6 +11,7 @@ import { once } from "node:events";
 import http from "node:http";
 import net from "node:net";
 import type * as grpc from "@grpc/grpc-js";
+import { sql } from "kysely";
 import { describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
 import { signDevToken } from "../gateway/auth.js";
@@ -19,16 +20,11 @@ import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/heal
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderConfirmedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
-import {
-  Code,
-  connectBus,
-  createChannel,
-  createClient,
-  identityMetadata,
-  RpcError,
-  silentLogger,
-  sql,
-} from "../platform/index.js";
+import { connectBus } from "../platform/bus.js";
+import { Code, RpcError } from "../platform/errors.js";
+import { createChannel, createClient } from "../platform/grpc-client.js";
+import { identityMetadata } from "../platform/identity.js";
+import { silentLogger } from "../platform/log.js";
 import { nodeCommand } from "../scripts/layout.js";
 import { TestDatabases, withDb } from "./db.js";
 import { consumerSettled, event, publishEvents } from "./events.js";

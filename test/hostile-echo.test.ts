@@ -8,7 +8,7 @@ import { type GatewayApp, startGateway } from "../gateway/app.js";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET, loadConfig as gatewayConfig, targetVariable } from "../gateway/config.js";
 import { UPSTREAMS } from "../gateway/routes.js";
-import { silentLogger } from "../platform/index.js";
+import { silentLogger } from "../platform/log.js";
 import { envelope, grpcWebTrailers, h1Request, h2Request, h2Session } from "./raw.js";
 
 /** A `\uXXXX` escape of a surrogate with no partner, or such a surrogate itself, in JSON text `text`. */

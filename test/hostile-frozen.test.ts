@@ -7,6 +7,7 @@
  */
 import { Code, ConnectError, createClient as createConnectClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { sql } from "kysely";
 import { describe, expect, it } from "vitest";
 import { startGateway } from "../gateway/app.js";
 import { signDevToken } from "../gateway/auth.js";
@@ -16,7 +17,10 @@ import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import { installLeanAsyncBind } from "../platform/async-bind.js";
-import { createChannel, createClient, identityMetadata, RpcError, silentLogger, sql } from "../platform/index.js";
+import { RpcError } from "../platform/errors.js";
+import { createChannel, createClient } from "../platform/grpc-client.js";
+import { identityMetadata } from "../platform/identity.js";
+import { silentLogger } from "../platform/log.js";
 import { StallClock } from "../platform/stall.js";
 import { startHistory } from "../services/history/app.js";
 import { loadConfig as historyConfig } from "../services/history/config.js";

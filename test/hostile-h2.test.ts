@@ -12,7 +12,7 @@ import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET, targetVariable } from "../gateway/config.js";
 import { UPSTREAMS } from "../gateway/routes.js";
 import { CONNECTION_LIMITS } from "../platform/grpc-port.js";
-import { silentLogger } from "../platform/index.js";
+import { silentLogger } from "../platform/log.js";
 import { startGrpcServer } from "../platform/server.js";
 import { TestDatabases } from "./db.js";
 import { type ServiceProcess, spawnGateway, spawnService, tempDir } from "./fixtures.js";

@@ -9,7 +9,7 @@ import { type GatewayApp, startGateway } from "../gateway/app.js";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET, loadConfig as gatewayConfig, targetVariable } from "../gateway/config.js";
 import { UPSTREAMS } from "../gateway/routes.js";
-import { silentLogger } from "../platform/index.js";
+import { silentLogger } from "../platform/log.js";
 import { type ServiceProcess, spawnService, tempDir } from "./fixtures.js";
 import { capturedLogger } from "./system.js";
 

@@ -16,7 +16,9 @@ import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { ROUTES } from "../gateway/routes.js";
 import { OrderCancelledSchema } from "../gen/shopmesh/order/v1/events_pb.js";
-import { type Bus, connectBus, createTelemetry, silentLogger } from "../platform/index.js";
+import { type Bus, connectBus } from "../platform/bus.js";
+import { silentLogger } from "../platform/log.js";
+import { createTelemetry } from "../platform/telemetry.js";
 import { consumerSettled, event, publishEvents } from "./events.js";
 import { type System, startSystem, startTestGateway } from "./system.js";
 

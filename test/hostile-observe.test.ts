@@ -21,8 +21,11 @@ import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js"
 import { connectBus } from "../platform/bus.js";
 import { startConsumer } from "../platform/consumer.js";
 import { migrations, openDatabase } from "../platform/db.js";
+import type { RpcError } from "../platform/errors.js";
+import { createChannel, createClient } from "../platform/grpc-client.js";
+import { identityMetadata } from "../platform/identity.js";
 import { INBOX_FAILURES_MIGRATION, INBOX_MIGRATION, INBOX_PURGE_MIGRATION, on } from "../platform/inbox.js";
-import { createChannel, createClient, identityMetadata, type RpcError, silentLogger } from "../platform/index.js";
+import { silentLogger } from "../platform/log.js";
 import { OUTBOX_CLAIMS_MIGRATION, OUTBOX_INDEXES_MIGRATION, OUTBOX_MIGRATION, Outbox } from "../platform/outbox.js";
 import { DEFAULT_POLICY } from "../platform/policy-config.js";
 import { OutboxRelay } from "../platform/relay.js";

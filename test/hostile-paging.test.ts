@@ -13,7 +13,8 @@ import { DEV_JWT_SECRET } from "../gateway/config.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { HistoryService } from "../gen/shopmesh/history/v1/history_pb.js";
 import { NotificationService } from "../gen/shopmesh/notification/v1/notification_pb.js";
-import { createChannel, createClient, RpcError } from "../platform/index.js";
+import { RpcError } from "../platform/errors.js";
+import { createChannel, createClient } from "../platform/grpc-client.js";
 import { encodePageToken } from "../platform/paging.js";
 import { type System, startSystem, startTestGateway } from "./system.js";
 

@@ -4,10 +4,12 @@
  * CancelOrder racing the saga in both modes while payment is slowed, every order watched — one
  * order, one terminal state each, watchers never going back, money and stock conserved.
  */
+
+import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
-import { RpcError, sql } from "../platform/index.js";
+import { RpcError } from "../platform/errors.js";
 import { UNFINISHED } from "../services/order/schema.js";
 import { expectCheckoutInvariants, forward } from "./invariants.js";
 import { type System, startSystem } from "./system.js";

@@ -7,6 +7,8 @@
  * together; every answer is checked (one effect, one answer, never INTERNAL/UNKNOWN or a 5xx), then
  * the invariants from the databases.
  */
+
+import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET, targetVariable } from "../gateway/config.js";
@@ -15,17 +17,12 @@ import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { InventoryService, ReservationStatus } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService, PaymentStatus } from "../gen/shopmesh/payment/v1/payment_pb.js";
-import {
-  type Bus,
-  connectBus,
-  createChannel,
-  createClient,
-  type DbLocation,
-  identityMetadata,
-  RpcError,
-  silentLogger,
-  sql,
-} from "../platform/index.js";
+import { type Bus, connectBus } from "../platform/bus.js";
+import { RpcError } from "../platform/errors.js";
+import { createChannel, createClient } from "../platform/grpc-client.js";
+import { identityMetadata } from "../platform/identity.js";
+import { silentLogger } from "../platform/log.js";
+import type { DbLocation } from "../platform/sql.js";
 import { DEMO_CATALOGUE } from "../services/inventory/catalogue.js";
 import { UNFINISHED } from "../services/order/schema.js";
 import { withDb } from "./db.js";

@@ -5,10 +5,15 @@
  * defect says so. (The migrations' finding is in platform/sql.test.ts, beside the others.)
  */
 import net from "node:net";
+import { sql } from "kysely";
 import { describe, expect, it } from "vitest";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
-import { Code, createChannel, createResilientClient, DEFAULT_POLICY, silentLogger, sql } from "../platform/index.js";
+import { Code } from "../platform/errors.js";
+import { createChannel } from "../platform/grpc-client.js";
+import { silentLogger } from "../platform/log.js";
+import { DEFAULT_POLICY } from "../platform/policy-config.js";
+import { createResilientClient } from "../platform/resilience.js";
 import { PaymentStore } from "../services/payment/store.js";
 import { startPostgres } from "./postgres.js";
 

@@ -17,7 +17,8 @@ import { DEV_JWT_SECRET, loadConfig as gatewayConfig, targetVariable } from "../
 import { UPSTREAMS } from "../gateway/routes.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { HistoryService } from "../gen/shopmesh/history/v1/history_pb.js";
-import { silentLogger, startTracing } from "../platform/index.js";
+import { silentLogger } from "../platform/log.js";
+import { startTracing } from "../platform/tracing.js";
 import { buildWeb, webBuildIsStale } from "../web/build.js";
 import { startSystem, startTestGateway } from "./system.js";
 

@@ -10,6 +10,7 @@
 import { type ChildProcess, execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { sql } from "kysely";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { signDevToken } from "../gateway/auth.js";
@@ -17,16 +18,11 @@ import { DEV_JWT_SECRET, targetVariable } from "../gateway/config.js";
 import { UPSTREAMS } from "../gateway/routes.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
-import {
-  type Bus,
-  connectBus,
-  createChannel,
-  createClient,
-  type DbLocation,
-  RpcError,
-  silentLogger,
-  sql,
-} from "../platform/index.js";
+import { type Bus, connectBus } from "../platform/bus.js";
+import { RpcError } from "../platform/errors.js";
+import { createChannel, createClient } from "../platform/grpc-client.js";
+import { silentLogger } from "../platform/log.js";
+import type { DbLocation } from "../platform/sql.js";
 import { withDb } from "./db.js";
 import { built, exited, ROOT, runToEnd, type ServiceProcess, spawnGateway, spawnService } from "./fixtures.js";
 import { expectCheckoutInvariants, expectEffectsOnce, expectFencedStepLog, expectOutboxDrained } from "./invariants.js";

@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StepStatus } from "../gen/shopmesh/order/v1/order_pb.js";
-import { Code } from "../platform/index.js";
+import { Code } from "../platform/errors.js";
 import { expectRpcError } from "./rpc.js";
 import { type System, startSystem } from "./system.js";
 

@@ -16,27 +16,16 @@ import { InventoryService, ReservationStatus } from "../gen/shopmesh/inventory/v
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService, PaymentStatus } from "../gen/shopmesh/payment/v1/payment_pb.js";
 import { connectBus } from "../platform/bus.js";
+import { BUS_ADMIN, natsAuthorization, provisionBus } from "../platform/bus-access.js";
 import { startConsumer } from "../platform/consumer.js";
-import {
-  BUS_ADMIN,
-  bind,
-  createChannel,
-  createClient,
-  INBOX_FAILURES_MIGRATION,
-  INBOX_MIGRATION,
-  INBOX_PURGE_MIGRATION,
-  identityMetadata,
-  migrations,
-  natsAuthorization,
-  on,
-  openDatabase,
-  provisionBus,
-  type RunningServer,
-  ServiceError,
-  type ServiceImpl,
-  silentLogger,
-  startGrpcServer,
-} from "../platform/index.js";
+import { migrations, openDatabase } from "../platform/db.js";
+import { ServiceError } from "../platform/errors.js";
+import type { ServiceImpl } from "../platform/grpc.js";
+import { createChannel, createClient } from "../platform/grpc-client.js";
+import { identityMetadata } from "../platform/identity.js";
+import { INBOX_FAILURES_MIGRATION, INBOX_MIGRATION, INBOX_PURGE_MIGRATION, on } from "../platform/inbox.js";
+import { silentLogger } from "../platform/log.js";
+import { bind, type RunningServer, startGrpcServer } from "../platform/server.js";
 import { TestDatabases } from "./db.js";
 import { event, publishEvents } from "./events.js";
 import { type ServiceProcess, spawnService, tempDir } from "./fixtures.js";

@@ -10,10 +10,12 @@
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
-import { connectBus, silentLogger, sql } from "../platform/index.js";
+import { connectBus } from "../platform/bus.js";
+import { silentLogger } from "../platform/log.js";
 import { recordChild } from "../scripts/data-dir.js";
 import { consumerSettled } from "./events.js";
 import { exited, tempDir } from "./fixtures.js";

@@ -15,7 +15,8 @@ import { type GatewayApp, startGateway } from "../gateway/app.js";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET, loadConfig as gatewayConfig, targetVariable } from "../gateway/config.js";
 import { UPSTREAMS } from "../gateway/routes.js";
-import { silentLogger, startTracing } from "../platform/index.js";
+import { silentLogger } from "../platform/log.js";
+import { startTracing } from "../platform/tracing.js";
 import { jsonLine, readableLines } from "../scripts/log-lines.js";
 import { built, ROOT, runToEnd, tempDir } from "./fixtures.js";
 

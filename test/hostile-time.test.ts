@@ -20,14 +20,10 @@ import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { GetProductRequestSchema } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
-import {
-  type Bus,
-  connectBus,
-  createChannel,
-  createClient,
-  identityMetadata,
-  silentLogger,
-} from "../platform/index.js";
+import { type Bus, connectBus } from "../platform/bus.js";
+import { createChannel, createClient } from "../platform/grpc-client.js";
+import { identityMetadata } from "../platform/identity.js";
+import { silentLogger } from "../platform/log.js";
 import { event, publishEvents } from "./events.js";
 import { ROOT, type ServiceProcess, spawnGateway, spawnService } from "./fixtures.js";
 import { startNats } from "./nats.js";

@@ -4,9 +4,11 @@
  * exactly once per confirmed order, stock conserved per product, and no
  * saga step written by two lease owners.
  */
+
+import { sql } from "kysely";
 import { expect } from "vitest";
 import type { Bus } from "../platform/bus.js";
-import { type Db, type DbLocation, sql } from "../platform/index.js";
+import type { Db, DbLocation } from "../platform/sql.js";
 import { DEMO_CATALOGUE } from "../services/inventory/catalogue.js";
 import { withDb } from "./db.js";
 

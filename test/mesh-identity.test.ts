@@ -18,7 +18,7 @@ import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { NotificationService } from "../gen/shopmesh/notification/v1/notification_pb.js";
 import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
-import { faultEnv } from "../platform/index.js";
+import { faultEnv } from "../platform/chaos.js";
 import { ROOT } from "./fixtures.js";
 import { renderOverlays } from "./overlays.js";
 

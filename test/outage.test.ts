@@ -9,9 +9,10 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { join } from "node:path";
+import { sql } from "kysely";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
-import { createChannel, createClient, sql } from "../platform/index.js";
+import { createChannel, createClient } from "../platform/grpc-client.js";
 import { SYSTEM } from "../scripts/layout.js";
 import { withDb } from "./db.js";
 import { until } from "./events.js";

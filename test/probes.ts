@@ -3,7 +3,9 @@
  * notifications): SQL against its store, on either engine, so the stores
  * carry no methods only tests would call.
  */
-import { type Db, sql } from "../platform/index.js";
+
+import { sql } from "kysely";
+import type { Db } from "../platform/sql.js";
 
 /** CAPTURED payments of `orderId`: at most 1 once its saga has settled. */
 export async function capturedPayments(payments: Db, orderId: string): Promise<number> {

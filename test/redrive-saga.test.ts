@@ -11,10 +11,14 @@
  * after ten failures (about 20 s of backoff). The trigger is dropped (the cause fixed) before the
  * redrive. Each case is a customer and a product of its own, all six run at once.
  */
+
+import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { type Order, OrderStatus, StepStatus } from "../gen/shopmesh/order/v1/order_pb.js";
-import { connectBus, type Db, silentLogger, sql } from "../platform/index.js";
+import { connectBus } from "../platform/bus.js";
+import { silentLogger } from "../platform/log.js";
+import type { Db } from "../platform/sql.js";
 import { DEMO_CATALOGUE } from "../services/inventory/catalogue.js";
 import { consumerSettled, until } from "./events.js";
 import { built, runToEnd } from "./fixtures.js";

@@ -3,16 +3,14 @@
  * a client of the order replicas running, as a customer's app would hold one, and the count of orders
  * still in flight.
  */
+
+import { sql } from "kysely";
 import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
-import {
-  createResilientClient,
-  type DbLocation,
-  DEFAULT_POLICY,
-  identityMetadata,
-  type Logger,
-  type ResilientClient,
-  sql,
-} from "../platform/index.js";
+import { identityMetadata } from "../platform/identity.js";
+import type { Logger } from "../platform/log.js";
+import { DEFAULT_POLICY } from "../platform/policy-config.js";
+import { createResilientClient, type ResilientClient } from "../platform/resilience.js";
+import type { DbLocation } from "../platform/sql.js";
 import { withDb } from "./db.js";
 
 /** How long a saga lease lasts in the scale-out suites, ms: short, so a dead replica's sagas are adopted within the test. */

@@ -13,7 +13,8 @@ import pg from "pg";
 import { describe, expect, it } from "vitest";
 import { EVENTS } from "../contracts/events.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
-import { connectBus, silentLogger } from "../platform/index.js";
+import { connectBus } from "../platform/bus.js";
+import { silentLogger } from "../platform/log.js";
 import { holdDataDir, stopLeftovers } from "../scripts/data-dir.js";
 import { answers } from "../scripts/nats.js";
 import {

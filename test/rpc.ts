@@ -1,6 +1,6 @@
 /** Assertions for gRPC outcomes: on codes and field names, never message text. */
 import { expect } from "vitest";
-import { Code, InvalidArgumentError, RpcError } from "../platform/index.js";
+import { Code, InvalidArgumentError, RpcError } from "../platform/errors.js";
 
 /**
  * Awaits `p`, expects it to fail with `code`, and (when given) a

@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { stripVTControlCharacters } from "node:util";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/health_pb.js";
-import { createChannel, createClient } from "../platform/index.js";
+import { createChannel, createClient } from "../platform/grpc-client.js";
 import { SYSTEM } from "../scripts/layout.js";
 import { built, freePort, ROOT, tempDir } from "./fixtures.js";
 

@@ -6,27 +6,20 @@
  * invariants checked from the databases afterwards. Timings the issue asks
  * for (saga adoption after a kill, payment calls around a kill) are printed.
  */
+
+import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
-import {
-  type Bus,
-  type Client,
-  Code,
-  connectBus,
-  createChannel,
-  createClient,
-  createResilientClient,
-  type Db,
-  type DbLocation,
-  DEFAULT_POLICY,
-  type ResilientClient,
-  RpcError,
-  silentLogger,
-  sql,
-} from "../platform/index.js";
+import { type Bus, connectBus } from "../platform/bus.js";
+import { Code, RpcError } from "../platform/errors.js";
+import { type Client, createChannel, createClient } from "../platform/grpc-client.js";
+import { silentLogger } from "../platform/log.js";
+import { DEFAULT_POLICY } from "../platform/policy-config.js";
+import { createResilientClient, type ResilientClient } from "../platform/resilience.js";
+import type { Db, DbLocation } from "../platform/sql.js";
 import { withDb } from "./db.js";
 import { type ServiceProcess, spawnService, tempDir } from "./fixtures.js";
 import { expectCheckoutInvariants, expectFencedStepLog } from "./invariants.js";

@@ -16,15 +16,10 @@ import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
 import { type Order, OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentService } from "../gen/shopmesh/payment/v1/payment_pb.js";
 import { installLeanAsyncBind } from "../platform/async-bind.js";
-import {
-  type Client,
-  createChannel,
-  createClient,
-  identityMetadata,
-  type Logger,
-  type Role,
-  silentLogger,
-} from "../platform/index.js";
+import { type Client, createChannel, createClient } from "../platform/grpc-client.js";
+import { identityMetadata } from "../platform/identity.js";
+import type { Role } from "../platform/identity-rule.js";
+import { type Logger, silentLogger } from "../platform/log.js";
 import { type HistoryApp, startHistory } from "../services/history/app.js";
 import { loadConfig as historyConfig } from "../services/history/config.js";
 import { type InventoryApp, startInventory } from "../services/inventory/app.js";

@@ -13,8 +13,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { GatewayApp } from "../gateway/app.js";
 import { signDevToken } from "../gateway/auth.js";
 import { DEV_JWT_SECRET } from "../gateway/config.js";
-import { READ_ONLY, startTracing } from "../platform/index.js";
 import { logIds } from "../platform/propagation.js";
+import { READ_ONLY, startTracing } from "../platform/tracing.js";
 import { type System, startSystem, startTestGateway } from "./system.js";
 
 const spans = new InMemorySpanExporter();

@@ -24,15 +24,12 @@ import {
   PaymentSucceededSchema,
 } from "../../gen/shopmesh/payment/v1/events_pb.js";
 import { PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
-import {
-  type Bus,
-  type Client,
-  Code,
-  connectBus,
-  identityMetadata,
-  type Role,
-  silentLogger,
-} from "../../platform/index.js";
+import { type Bus, connectBus } from "../../platform/bus.js";
+import { Code } from "../../platform/errors.js";
+import type { Client } from "../../platform/grpc-client.js";
+import { identityMetadata } from "../../platform/identity.js";
+import type { Role } from "../../platform/identity-rule.js";
+import { silentLogger } from "../../platform/log.js";
 import { consumerSettled, event, publishEvents } from "../../test/events.js";
 import { startNats, type TestNats } from "../../test/nats.js";
 import { expectRpcError } from "../../test/rpc.js";

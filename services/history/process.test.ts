@@ -14,7 +14,10 @@ import { OrderConfirmedSchema, OrderPlacedSchema } from "../../gen/shopmesh/orde
 import { OrderStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
 import { PaymentSucceededSchema } from "../../gen/shopmesh/payment/v1/events_pb.js";
 import { PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
-import { connectBus, createChannel, createClient, identityMetadata, silentLogger } from "../../platform/index.js";
+import { connectBus } from "../../platform/bus.js";
+import { createChannel, createClient } from "../../platform/grpc-client.js";
+import { identityMetadata } from "../../platform/identity.js";
+import { silentLogger } from "../../platform/log.js";
 import { dropDatabase, snapshot, TestDatabases, withDb } from "../../test/db.js";
 import { consumerSettled, event, publishEvents, until } from "../../test/events.js";
 import { bufCurl, built, exited, ROOT, spawnService, tempDir } from "../../test/fixtures.js";

@@ -5,6 +5,7 @@
  * the live consumers would dead-letter.
  */
 import { headers as natsHeaders } from "@nats-io/transport-node";
+import { sql } from "kysely";
 import pg from "pg";
 import { describe, expect, it } from "vitest";
 import { EVENTS } from "../../contracts/events.js";
@@ -19,8 +20,11 @@ import {
   PaymentRefundedSchema,
   PaymentSucceededSchema,
 } from "../../gen/shopmesh/payment/v1/events_pb.js";
+import { type Bus, connectBus } from "../../platform/bus.js";
 import { Code, toStatusObject } from "../../platform/errors.js";
-import { type Bus, connectBus, type DbLocation, Inbox, silentLogger, sql } from "../../platform/index.js";
+import { Inbox } from "../../platform/inbox.js";
+import { silentLogger } from "../../platform/log.js";
+import type { DbLocation } from "../../platform/sql.js";
 import { dropDatabase, snapshot, TestDatabases, withDb } from "../../test/db.js";
 import { consumerSettled, event, publishEvents } from "../../test/events.js";
 import { tempDir } from "../../test/fixtures.js";

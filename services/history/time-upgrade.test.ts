@@ -5,12 +5,15 @@
  * stored as they were. The upgrade brings them in. Real store, SQLite or PostgreSQL per the run.
  */
 import { create, toJson } from "@bufbuild/protobuf";
+import { sql } from "kysely";
 import { afterAll, expect, it } from "vitest";
 import {
   ListOrderHistoryRequestSchema,
   ListOrderHistoryResponseSchema,
 } from "../../gen/shopmesh/history/v1/history_pb.js";
-import { type CallContext, identityMetadata, openDatabase, sql } from "../../platform/index.js";
+import { openDatabase } from "../../platform/db.js";
+import type { CallContext } from "../../platform/grpc.js";
+import { identityMetadata } from "../../platform/identity.js";
 import { TestDatabases } from "../../test/db.js";
 import { tempDir } from "../../test/fixtures.js";
 import { createHistoryApi } from "./api.js";

@@ -1,6 +1,6 @@
 /** Pure inventory rules. */
 import { describe, expect, it } from "vitest";
-import { NotFoundError } from "../../platform/index.js";
+import { NotFoundError } from "../../platform/errors.js";
 import { OutOfStockError, type ProductRecord, planReservation } from "./domain.js";
 
 const product = (id: string, available: number, currency = "USD"): ProductRecord => ({

@@ -4,10 +4,14 @@
  * typed client.
  */
 import { isMessage } from "@bufbuild/protobuf";
+import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PreconditionFailureSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { InventoryService, ReservationStatus } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
-import { type Client, Code, identityMetadata, silentLogger, sql } from "../../platform/index.js";
+import { Code } from "../../platform/errors.js";
+import type { Client } from "../../platform/grpc-client.js";
+import { identityMetadata } from "../../platform/identity.js";
+import { silentLogger } from "../../platform/log.js";
 import { snapshot as dbSnapshot } from "../../test/db.js";
 import { expectRpcError } from "../../test/rpc.js";
 import { type ServiceUnderTest, startServiceUnderTest } from "../../test/system.js";

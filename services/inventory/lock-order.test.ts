@@ -6,6 +6,8 @@
  * PostgreSQL breaks only after a second. The batch locks all its products first, by id, as each
  * call does, so the two wait for each other in one direction only.
  */
+
+import { sql } from "kysely";
 import { pino } from "pino";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { EVENTS } from "../../contracts/events.js";
@@ -13,7 +15,7 @@ import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import { OrderPlacedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
 import { connectBus } from "../../platform/bus.js";
 import { startConsumer } from "../../platform/consumer.js";
-import { silentLogger, sql } from "../../platform/index.js";
+import { silentLogger } from "../../platform/log.js";
 import { lockWaits, TestDatabases } from "../../test/db.js";
 import { event, publishEvents, until } from "../../test/events.js";
 import { tempDir } from "../../test/fixtures.js";

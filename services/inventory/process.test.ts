@@ -8,7 +8,7 @@ import { describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus } from "../../gen/health/v1/health_pb.js";
 import { ChaosService } from "../../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { InventoryService } from "../../gen/shopmesh/inventory/v1/inventory_pb.js";
-import { createChannel, createClient } from "../../platform/index.js";
+import { createChannel, createClient } from "../../platform/grpc-client.js";
 import { TestDatabases } from "../../test/db.js";
 import { bufCurl, built, exited, ROOT, spawnService, tempDir } from "../../test/fixtures.js";
 

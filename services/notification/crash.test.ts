@@ -4,19 +4,17 @@
  * redelivered to the restarted process, whose inbox recognises it: the
  * customer is notified exactly once.
  */
+
+import { sql } from "kysely";
 import { describe, expect, it } from "vitest";
 import { EVENTS } from "../../contracts/events.js";
 import { NotificationKind, NotificationService } from "../../gen/shopmesh/notification/v1/notification_pb.js";
 import { OrderConfirmedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
-import {
-  connectBus,
-  createChannel,
-  createClient,
-  type DbLocation,
-  identityMetadata,
-  silentLogger,
-  sql,
-} from "../../platform/index.js";
+import { connectBus } from "../../platform/bus.js";
+import { createChannel, createClient } from "../../platform/grpc-client.js";
+import { identityMetadata } from "../../platform/identity.js";
+import { silentLogger } from "../../platform/log.js";
+import type { DbLocation } from "../../platform/sql.js";
 import { TestDatabases, withDb } from "../../test/db.js";
 import { consumerSettled, event, publishEvents } from "../../test/events.js";
 import { exited, spawnService, tempDir } from "../../test/fixtures.js";

@@ -3,7 +3,7 @@ import { create } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
 import { OrderCancelledSchema, OrderConfirmedSchema } from "../../gen/shopmesh/order/v1/events_pb.js";
 import { PaymentRefundedSchema } from "../../gen/shopmesh/payment/v1/events_pb.js";
-import { InvalidArgumentError } from "../../platform/index.js";
+import { InvalidArgumentError } from "../../platform/errors.js";
 import { formatMoney, notificationFor, UnusableEventError, validateListFilter } from "./domain.js";
 
 const meta = { eventId: "evt_1", orderId: "ord-1", source: "test" };

@@ -3,6 +3,8 @@
  * database: events published through an outbox relay, as services publish
  * them, come back as notifications over real gRPC.
  */
+
+import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EVENTS } from "../../contracts/events.js";
 import { StockReservedSchema } from "../../gen/shopmesh/inventory/v1/events_pb.js";
@@ -17,16 +19,12 @@ import {
   OrderPlacedSchema,
 } from "../../gen/shopmesh/order/v1/events_pb.js";
 import { PaymentRefundedSchema, PaymentSucceededSchema } from "../../gen/shopmesh/payment/v1/events_pb.js";
-import {
-  type Bus,
-  type Client,
-  Code,
-  connectBus,
-  identityMetadata,
-  type Role,
-  silentLogger,
-  sql,
-} from "../../platform/index.js";
+import { type Bus, connectBus } from "../../platform/bus.js";
+import { Code } from "../../platform/errors.js";
+import type { Client } from "../../platform/grpc-client.js";
+import { identityMetadata } from "../../platform/identity.js";
+import type { Role } from "../../platform/identity-rule.js";
+import { silentLogger } from "../../platform/log.js";
 import { consumerSettled, event, publishEvents, republish, until } from "../../test/events.js";
 import { startNats, type TestNats } from "../../test/nats.js";
 import { notifiedFor } from "../../test/probes.js";

@@ -8,7 +8,9 @@
  */
 import { Metadata } from "@grpc/grpc-js";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { type Client, Code, RpcError, silentLogger } from "../../platform/index.js";
+import { Code, RpcError } from "../../platform/errors.js";
+import type { Client } from "../../platform/grpc-client.js";
+import { silentLogger } from "../../platform/log.js";
 import { TestDatabases } from "../../test/db.js";
 import { tempDir } from "../../test/fixtures.js";
 import { SagaOrchestrator } from "./saga.js";

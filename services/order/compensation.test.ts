@@ -7,11 +7,13 @@
  * announced by OrderRefundSettled.
  */
 import { fromBinary } from "@bufbuild/protobuf";
+import { sql } from "kysely";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { EVENTS } from "../../contracts/events.js";
 import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import { type Order, OrderStatus, StepStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
-import { connectBus, silentLogger, sql } from "../../platform/index.js";
+import { connectBus } from "../../platform/bus.js";
+import { silentLogger } from "../../platform/log.js";
 import { consumerSettled } from "../../test/events.js";
 import { capturedPayments } from "../../test/probes.js";
 import { type System, startSystem } from "../../test/system.js";

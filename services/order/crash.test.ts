@@ -6,7 +6,8 @@
  */
 import { describe, expect, it } from "vitest";
 import { OrderService, OrderStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
-import { createChannel, createClient, identityMetadata } from "../../platform/index.js";
+import { createChannel, createClient } from "../../platform/grpc-client.js";
+import { identityMetadata } from "../../platform/identity.js";
 import { TestDatabases } from "../../test/db.js";
 import { spawnService, tempDir } from "../../test/fixtures.js";
 import { expectCheckoutInvariants } from "../../test/invariants.js";

@@ -4,8 +4,11 @@
  * shortens a lease; a sweep takes no live lease and a replica renews only its own; and a write
  * under a replica's own earlier lease is fenced by the token.
  */
+
+import { sql } from "kysely";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { type Client, silentLogger, sql } from "../../platform/index.js";
+import type { Client } from "../../platform/grpc-client.js";
+import { silentLogger } from "../../platform/log.js";
 import { TestDatabases } from "../../test/db.js";
 import { tempDir } from "../../test/fixtures.js";
 import { onCompensate } from "./domain.js";

@@ -6,8 +6,11 @@
  * whose adoption fails still renews the leases of the sagas it drives. Its own writes wake nothing.
  */
 import { Metadata } from "@grpc/grpc-js";
+import { sql } from "kysely";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { type Client, Code, RpcError, silentLogger, sql } from "../../platform/index.js";
+import { Code, RpcError } from "../../platform/errors.js";
+import type { Client } from "../../platform/grpc-client.js";
+import { silentLogger } from "../../platform/log.js";
 import { TestDatabases } from "../../test/db.js";
 import { tempDir } from "../../test/fixtures.js";
 import { SagaOrchestrator } from "./saga.js";

@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import { type Order, OrderStatus, StepStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
-import { Code } from "../../platform/index.js";
+import { Code } from "../../platform/errors.js";
 import { encodePageToken } from "../../platform/paging.js";
 import { capturedPayments } from "../../test/probes.js";
 import { expectRpcError } from "../../test/rpc.js";

@@ -6,9 +6,10 @@
  * Real inventory, payment and order servers; the retries made fast (a few ms) so the test's seconds
  * stand for hours.
  */
+
+import { sql } from "kysely";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { type Order, OrderStatus, StepStatus } from "../../gen/shopmesh/order/v1/order_pb.js";
-import { sql } from "../../platform/index.js";
 import { capturedLogger, type System, startSystem } from "../../test/system.js";
 import { MAX_STEPS_SHOWN } from "./api.js";
 import { STEP_LOG_KEPT } from "./schema.js";

@@ -6,8 +6,9 @@
  * whenever it is read — mid-retry too. Real inventory, payment and order servers; retries of a few ms.
  */
 import { join } from "node:path";
+import { sql } from "kysely";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { type Db, type DbLocation, sql } from "../../platform/index.js";
+import type { Db, DbLocation } from "../../platform/sql.js";
 import { postgresUrl, TEST_DB, withDb } from "../../test/db.js";
 import { expectFencedStepLog } from "../../test/invariants.js";
 import { capturedLogger, type System, startSystem } from "../../test/system.js";

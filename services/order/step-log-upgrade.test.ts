@@ -5,8 +5,10 @@
  * WatchOrder and ListOrders page read all its rows for good. Its answer and its saga's attempt
  * numbers stay as they were. Real store, SQLite or PostgreSQL per the run.
  */
+
+import { sql } from "kysely";
 import { afterAll, expect, it } from "vitest";
-import { openDatabase, sql } from "../../platform/index.js";
+import { openDatabase } from "../../platform/db.js";
 import { TestDatabases } from "../../test/db.js";
 import { tempDir } from "../../test/fixtures.js";
 import { orderMessage } from "./api.js";

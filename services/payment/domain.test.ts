@@ -1,6 +1,6 @@
 /** Pure payment rules. */
 import { describe, expect, it } from "vitest";
-import { FailedPreconditionError } from "../../platform/index.js";
+import { FailedPreconditionError } from "../../platform/errors.js";
 import { violatedField } from "../../test/rpc.js";
 import {
   authorize,

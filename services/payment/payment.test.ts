@@ -4,10 +4,15 @@
  * typed client.
  */
 import { timestampMs } from "@bufbuild/protobuf/wkt";
+import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SagaMode } from "../../gen/shopmesh/common/v1/common_pb.js";
 import { PaymentService, PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
-import { type Client, Code, identityMetadata, type Role, silentLogger, sql } from "../../platform/index.js";
+import { Code } from "../../platform/errors.js";
+import type { Client } from "../../platform/grpc-client.js";
+import { identityMetadata } from "../../platform/identity.js";
+import type { Role } from "../../platform/identity-rule.js";
+import { silentLogger } from "../../platform/log.js";
 import { snapshot as dbSnapshot } from "../../test/db.js";
 import { capturedPayments, paymentsByStatus } from "../../test/probes.js";
 import { expectRpcError } from "../../test/rpc.js";

@@ -9,7 +9,7 @@ import { spawn } from "node:child_process";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { PaymentService, PaymentStatus } from "../../gen/shopmesh/payment/v1/payment_pb.js";
-import { createChannel, createClient } from "../../platform/index.js";
+import { createChannel, createClient } from "../../platform/grpc-client.js";
 import { TestDatabases } from "../../test/db.js";
 import { bufCurl, built, exited, freePort, outputReady, ROOT, spawnService, tempDir } from "../../test/fixtures.js";
 
