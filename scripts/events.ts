@@ -10,7 +10,8 @@
  * whose event was dealt with by hand). NATS_URL overrides the
  * server (default nats://127.0.0.1:4222); it connects as the bus's
  * administrator of `make run` (scripts/nats.ts), or as NATS_USER with
- * NATS_PASSWORD. Exits 1 when NATS does not answer within 10 s, or refuses
+ * NATS_PASSWORD. Exits 1 when NATS does not answer within 10 s
+ * (EVENTS_CONNECT_TIMEOUT_MS), or refuses
  * the user, or when a redrive skipped a letter, 2 on an unknown argument or
  * a letter the DLQ does not hold.
  *
@@ -29,6 +30,7 @@ import { EVENTS } from "../contracts/events.js";
 import { type Bus, busAuthOf, connectBus, EVENT_RETENTION_MS, STREAM_MAX_BYTES } from "../platform/bus.js";
 import { BUS_ADMIN } from "../platform/bus-access.js";
 import { DLQ_STREAM } from "../platform/catalogue.js";
+import { configOrExit, int, parseEnv } from "../platform/config.js";
 import { markOf } from "../platform/dead-letters-waiting.js";
 import { silentLogger } from "../platform/log.js";
 import { ROOT } from "./layout.js";
@@ -89,7 +91,9 @@ const dim = (s: string) => (tty ? `\x1b[90m${s}\x1b[0m` : s);
 const red = (s: string) => (tty ? `\x1b[31m${s}\x1b[0m` : s);
 
 /** connectBus waits for NATS forever (right for a service); a command run by hand should say why it waits. */
-const CONNECT_TIMEOUT_MS = 10_000;
+const { EVENTS_CONNECT_TIMEOUT_MS: CONNECT_TIMEOUT_MS } = configOrExit(() =>
+  parseEnv({ EVENTS_CONNECT_TIMEOUT_MS: int(10_000, { min: 100, max: 600_000 }) }, process.env),
+);
 const timer = setTimeout(() => {
   process.stderr.write(
     `cannot reach NATS at ${url} within ${CONNECT_TIMEOUT_MS / 1000} s: is \`make run\` running? ` +

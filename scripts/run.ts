@@ -4,7 +4,8 @@
  * every service on its fixed port, each with its own SQLite file under .data/,
  * and prints their logs as readable lines prefixed by service name. Ctrl-C
  * (or SIGTERM, SIGHUP: its terminal closed, or SIGUSR2) stops everything cleanly; a second Ctrl-C kills at once, and a
- * service still stopping 10 s past its SHUTDOWN_GRACE_MS is killed (exit 1).
+ * service still stopping 10 s (RUN_STOP_MARGIN_MS) past its SHUTDOWN_GRACE_MS is
+ * killed (exit 1).
  * LOG_FORMAT=json prints JSON lines instead, one object per line on stdout
  * (`make run | jq`): the process in `proc`, the services' own JSON as it is,
  * anything else (NATS, PostgreSQL, a crash trace) and the runner's messages
@@ -43,7 +44,7 @@ import { createInterface } from "node:readline";
 import { EVENTS } from "../contracts/events.js";
 import { backoffMs } from "../platform/backoff.js";
 import { BUS_ADMIN, provisionBus } from "../platform/bus-access.js";
-import { commonEnv, EXIT_REFUSED, parseEnv } from "../platform/config.js";
+import { commonEnv, configOrExit, EXIT_REFUSED, int, parseEnv } from "../platform/config.js";
 import { silentLogger } from "../platform/log.js";
 import { holdDataDir, recordChild, stopLeftovers } from "./data-dir.js";
 import { dbOf, nodeCommand, portOf, ROOT, replicaCount, SYSTEM, SYSTEM_ENV } from "./layout.js";
@@ -311,8 +312,13 @@ function requireNats(): void {
 const PG_DATA = join(DATA, "postgres");
 const INFRA = new Set(["nats", "postgres"]);
 
-/** How long past its shutdown grace a service may take to stop before it is killed. */
-const STOP_MARGIN_MS = 10_000;
+/**
+ * How long past its shutdown grace a service may take to stop before it is killed, and how long NATS and
+ * PostgreSQL may take to stop after the services (RUN_STOP_MARGIN_MS, 10 s).
+ */
+const { RUN_STOP_MARGIN_MS: STOP_MARGIN_MS } = configOrExit(() =>
+  parseEnv({ RUN_STOP_MARGIN_MS: int(10_000, { min: 100, max: 600_000 }) }, process.env),
+);
 
 /**
  * SHUTDOWN_GRACE_MS read as the services read it (platform/config.ts): Number() took only spaces, their

@@ -20,6 +20,7 @@ import { SagaMode } from "../gen/shopmesh/common/v1/common_pb.js";
 import { OrderCancelledSchema, OrderPlacedSchema } from "../gen/shopmesh/order/v1/events_pb.js";
 import { type Bus, connectBus } from "../platform/bus.js";
 import { BUS_ADMIN, natsAuthorization } from "../platform/bus-access.js";
+import { EXIT_REFUSED } from "../platform/config.js";
 import { startConsumer } from "../platform/consumer.js";
 import { migrations, openDatabase } from "../platform/db.js";
 import { deadLettersWaiting, markSubject } from "../platform/dead-letters-waiting.js";
@@ -264,9 +265,25 @@ describe("make dlq", () => {
   }, 30_000);
 
   it("says within seconds that NATS does not answer, instead of waiting for it", async () => {
-    const run = eventsTs(["--dlq"], `nats://127.0.0.1:${await freePort()}`);
+    const url = `nats://127.0.0.1:${await freePort()}`;
+    const run = command(process.execPath, [...built("scripts/events.ts"), "--dlq"], {
+      NATS_URL: url,
+      EVENTS_CONNECT_TIMEOUT_MS: "1500",
+    });
     expect(await run.exit(20_000)).toBe(1);
-    expect(run.err()).toContain("cannot reach NATS at nats://127.0.0.1:");
+    expect(run.err()).toContain(`cannot reach NATS at ${url} within 1.5 s`);
+  }, 30_000);
+
+  it("refuses an EVENTS_CONNECT_TIMEOUT_MS that is no number of milliseconds, naming it", async () => {
+    for (const bad of ["abc", "0"]) {
+      const run = command(process.execPath, [...built("scripts/events.ts"), "--dlq"], {
+        NATS_URL: `nats://127.0.0.1:${await freePort()}`,
+        EVENTS_CONNECT_TIMEOUT_MS: bad,
+      });
+      expect(await run.exit(20_000), bad).toBe(EXIT_REFUSED);
+      expect(run.err(), bad).toContain("EVENTS_CONNECT_TIMEOUT_MS");
+      expect(run.err(), bad).not.toContain("    at ");
+    }
   }, 30_000);
 });
 

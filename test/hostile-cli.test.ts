@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { targetVariable } from "../gateway/config.js";
 import { UPSTREAMS } from "../gateway/routes.js";
+import { EXIT_REFUSED } from "../platform/config.js";
 import { holdDataDir } from "../scripts/data-dir.js";
 import { SYSTEM } from "../scripts/layout.js";
 import { until } from "./events.js";
@@ -94,6 +95,11 @@ describe("make run and make history-rebuild refuse a PG_PORT, NATS_PORT or DB th
       expect(refused.code, refused.out).toBe(2);
       expect(refused.out).toBe(`${line}\n`);
     }
+    // Its margin past the services' grace, read as they read their variables: refused like theirs (78).
+    const margin = await script("run.ts", [], { ...env, RUN_STOP_MARGIN_MS: "10s" });
+    expect(margin.code, margin.out).toBe(EXIT_REFUSED);
+    expect(margin.out).toContain('RUN_STOP_MARGIN_MS="10s" is not a decimal integer');
+    expect(margin.out).not.toContain("    at ");
   });
 });
 
@@ -286,10 +292,10 @@ it('make events reads an empty NATS_URL as unset (NATS_URL= was "NATS at  refuse
   using data = tempDir();
   // In a network namespace of its own, as above: the default port is other runs' on this machine.
   const { code, out } = await runToEnd("unshare", ["-rn", process.execPath, ...built("scripts/events.ts"), "--dlq"], {
-    env: { ...process.env, NATS_URL: "", DATA_DIR: data.path },
+    env: { ...process.env, NATS_URL: "", DATA_DIR: data.path, EVENTS_CONNECT_TIMEOUT_MS: "1000" },
   });
   expect(code, out).toBe(1);
-  expect(out).toContain("cannot reach NATS at nats://127.0.0.1:4222 within 10 s");
+  expect(out).toContain("cannot reach NATS at nats://127.0.0.1:4222 within 1 s");
   // A make run on moved ports (NATS_PORT=...) is not found here: the line names the variable that points the command at it.
   expect(out).toContain("on other ports: NATS_URL=nats://127.0.0.1:<NATS_PORT>");
 });
@@ -349,7 +355,8 @@ async function startRunner(env: Record<string, string>) {
 
 it("make run, stopped, kills a service that does not stop within its grace, says so and exits 1 (it waited for ever)", async () => {
   using data = tempDir();
-  const env = { ...(await freeRunPorts()), DATA_DIR: data.path, SHUTDOWN_GRACE_MS: "1000" };
+  // A margin of 2 s past the grace, not the default 10 s: what is killed, and said, is the same.
+  const env = { ...(await freeRunPorts()), DATA_DIR: data.path, SHUTDOWN_GRACE_MS: "1000", RUN_STOP_MARGIN_MS: "2000" };
   const { runner, out: output, stop } = await startRunner(env);
   let out = output();
   const frozen: number[] = [];
@@ -362,7 +369,7 @@ it("make run, stopped, kills a service that does not stop within its grace, says
     const code = await Promise.race([exited(runner), new Promise((r) => setTimeout(() => r("still running"), 30_000))]);
     out = output();
     expect(code, out).toBe(1);
-    expect(out).toContain("history did not stop within 11 s: killed");
+    expect(out).toContain("history did not stop within 3 s: killed");
     expect(out).toContain("all stopped");
   } finally {
     for (const pid of frozen) {
@@ -376,7 +383,8 @@ it("make run, stopped, kills a service that does not stop within its grace, says
 
 it("make run, stopped, kills a NATS that does not stop (frozen; its store on a full disk), says so and exits 1 (it waited for ever)", async () => {
   using data = tempDir();
-  const env = { ...(await freeRunPorts()), DATA_DIR: data.path, SHUTDOWN_GRACE_MS: "1000" };
+  // A margin of 2 s past the grace, not the default 10 s: what is killed, and said, is the same.
+  const env = { ...(await freeRunPorts()), DATA_DIR: data.path, SHUTDOWN_GRACE_MS: "1000", RUN_STOP_MARGIN_MS: "2000" };
   const { runner, out, stop } = await startRunner(env);
   const nats = Number(/nats +\| started \(pid (\d+)\)/.exec(out())?.[1]);
   try {
@@ -384,7 +392,7 @@ it("make run, stopped, kills a NATS that does not stop (frozen; its store on a f
     runner.kill("SIGINT");
     const code = await Promise.race([exited(runner), new Promise((r) => setTimeout(() => r("still running"), 60_000))]);
     expect(code, out()).toBe(1);
-    expect(out()).toContain("nats did not stop within 10 s: killed");
+    expect(out()).toContain("nats did not stop within 2 s: killed");
     expect(out()).toContain("all stopped");
     expect(alive(nats)).toBe(false);
   } finally {
