@@ -157,17 +157,22 @@ describe("make backup, where it cannot simply write", () => {
     using data = tempDir();
     using out = tempDir();
     await storesIn(data.path);
-    // Every name it could take in the next seconds, taken by a backup already there.
+    // Every name it could take in the next 10 s, taken by a backup already there (~0.6 s to make them).
     const now = Date.now();
-    const taken = Array.from({ length: 4_000 }, (_, ms) => new Date(now + ms).toISOString().replace(/[:.]/g, "-"));
+    const taken = Array.from({ length: 10_000 }, (_, ms) => new Date(now + ms).toISOString().replace(/[:.]/g, "-"));
     for (const name of taken) {
       mkdirSync(join(out.path, name));
       writeFileSync(join(out.path, name, "backup.json"), "{}");
     }
     const got = await run("scripts/backup.ts", { DATA_DIR: data.path, BACKUP_DIR: out.path });
     expect(got.code, got.out).toBe(0);
-    const made = readdirSync(out.path).filter((d) => !taken.includes(d));
+    const there = new Set(taken);
+    const made = readdirSync(out.path).filter((d) => !there.has(d));
     expect(made).toHaveLength(1);
+    // Its own time was taken: it named its copy after it, with -1 (a backup started past the window
+    // would have taken a free name and shown nothing).
+    expect(taken).toContain(made[0]?.replace(/-1$/, ""));
+    expect(made[0]).toMatch(/-1$/);
     expect(readdirSync(join(out.path, made[0] as string)).sort()).toContain("history.db");
     for (const name of taken) expect(readdirSync(join(out.path, name))).toEqual(["backup.json"]);
   }, 30_000);
