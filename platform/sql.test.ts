@@ -15,8 +15,7 @@ import { migrations, openDatabase } from "./db.js";
 import { isDatabaseUnavailable } from "./db-errors.js";
 import { toStatusObject } from "./errors.js";
 import { IDLE_IN_TRANSACTION_MS, pgPool } from "./pg-pool.js";
-import type { Db } from "./sql.js";
-import { postgresDb } from "./sql.js";
+import { type Db, postgresDb } from "./sql.js";
 
 let pg: TestPostgres;
 let db: Db;

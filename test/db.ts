@@ -12,8 +12,7 @@ import { sql } from "kysely";
 import { inject } from "vitest";
 import { locationOf } from "../platform/db.js";
 import { pgPool } from "../platform/pg-pool.js";
-import type { Db, DbLocation, Engine } from "../platform/sql.js";
-import { postgresDb, sqliteDb } from "../platform/sql.js";
+import { type Db, type DbLocation, type Engine, postgresDb, sqliteDb } from "../platform/sql.js";
 import { createDatabase } from "./postgres.js";
 
 declare module "vitest" {

@@ -89,8 +89,8 @@ function command(cmd: string, args: readonly string[], env: Record<string, strin
 const make = (args: string[], env: Record<string, string>) =>
   command("make", ["-s", "-o", "node_modules/.package-lock.json", ...args], env);
 
-const eventsTs = (args: string[], natsUrl: string) =>
-  command(process.execPath, [...built("scripts/events.ts"), ...args], { NATS_URL: natsUrl });
+const eventsTs = (args: string[], natsUrl: string, env: Record<string, string> = {}) =>
+  command(process.execPath, [...built("scripts/events.ts"), ...args], { NATS_URL: natsUrl, ...env });
 
 /** Publishes an undecodable OrderPlaced (with `time` as its ce-time): the history consumer dead-letters it at once. */
 async function poison(bus: Bus, id: string, time?: string): Promise<void> {
@@ -266,20 +266,14 @@ describe("make dlq", () => {
 
   it("says within seconds that NATS does not answer, instead of waiting for it", async () => {
     const url = `nats://127.0.0.1:${await freePort()}`;
-    const run = command(process.execPath, [...built("scripts/events.ts"), "--dlq"], {
-      NATS_URL: url,
-      EVENTS_CONNECT_TIMEOUT_MS: "1500",
-    });
+    const run = eventsTs(["--dlq"], url, { EVENTS_CONNECT_TIMEOUT_MS: "1500" });
     expect(await run.exit(20_000)).toBe(1);
     expect(run.err()).toContain(`cannot reach NATS at ${url} within 1.5 s`);
   }, 30_000);
 
   it("refuses an EVENTS_CONNECT_TIMEOUT_MS that is no number of milliseconds, naming it", async () => {
     for (const bad of ["abc", "0"]) {
-      const run = command(process.execPath, [...built("scripts/events.ts"), "--dlq"], {
-        NATS_URL: `nats://127.0.0.1:${await freePort()}`,
-        EVENTS_CONNECT_TIMEOUT_MS: bad,
-      });
+      const run = eventsTs(["--dlq"], `nats://127.0.0.1:${await freePort()}`, { EVENTS_CONNECT_TIMEOUT_MS: bad });
       expect(await run.exit(20_000), bad).toBe(EXIT_REFUSED);
       expect(run.err(), bad).toContain("EVENTS_CONNECT_TIMEOUT_MS");
       expect(run.err(), bad).not.toContain("    at ");
