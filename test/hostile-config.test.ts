@@ -231,10 +231,17 @@ it("the streams' provisioner refuses NATS_URL=off in a line, exit 78: it dialled
 
 it("make run waits for a stopping service as long as the service reads SHUTDOWN_GRACE_MS: only spaces is its default, 10 s", async () => {
   using dir = tempDir();
-  // Spaces: each service drains up to its default 10 s; the runner read 0 and killed it at 10 s, not 20.
+  // Spaces: each service drains up to its default 10 s; the runner read 0 and killed it at 1 s (its
+  // margin past the grace, RUN_STOP_MARGIN_MS, set short here), not 11.
   const child = spawn(process.execPath, built("scripts/run.ts"), {
     cwd: ROOT,
-    env: { ...process.env, ...(await ports()), DATA_DIR: dir.path, SHUTDOWN_GRACE_MS: "   " },
+    env: {
+      ...process.env,
+      ...(await ports()),
+      DATA_DIR: dir.path,
+      SHUTDOWN_GRACE_MS: "   ",
+      RUN_STOP_MARGIN_MS: "1000",
+    },
     stdio: ["ignore", "pipe", "pipe"],
   });
   running.push(child);
@@ -256,7 +263,7 @@ it("make run waits for a stopping service as long as the service reads SHUTDOWN_
   try {
     process.kill(pid, "SIGKILL"); // killed by the runner already, unless it failed to
   } catch {}
-  expect(out.split("\n").filter((l) => /stop/.test(l))).toContain("payment did not stop within 20 s: killed");
+  expect(out.split("\n").filter((l) => /stop/.test(l))).toContain("payment did not stop within 11 s: killed");
 }, 90_000);
 
 it("a retry backoff whose largest wait is below its first is refused at start, both named: exit 78 (found 2026-12-05, the time round)", async () => {
