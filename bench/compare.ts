@@ -151,13 +151,13 @@ async function sagaModes(sys: System) {
   const rows = [];
   for (const mode of MODES) {
     say(`1. ${mode}: 1 in flight`);
-    const one = await load(sagaSpec(sys, mode, { concurrency: 1, seconds: q(10, 1.5), warmupSeconds: q(1, 0.3) }));
+    const one = await load(sagaSpec(sys, mode, { concurrency: 1, seconds: q(10, 1), warmupSeconds: q(1, 0.3) }));
     say(`1. ${mode}: ${rate} orders/s`);
-    const fixed = await load(sagaSpec(sys, mode, { rate, seconds: q(10, 1.5) }));
+    const fixed = await load(sagaSpec(sys, mode, { rate, seconds: q(10, 1) }));
     // Costs over the saturated round, where the system's idle work (pollers, heartbeats) weighs least.
     say(`1. ${mode}: saturated (32 in flight)`);
     const a = await snapshot(sys);
-    const saturated = await load(sagaSpec(sys, mode, { concurrency: 32, seconds: q(10, 1.5) }));
+    const saturated = await load(sagaSpec(sys, mode, { concurrency: 32, seconds: q(10, 1) }));
     await sleep(1_000); // the events of the round's last orders are consumed (history, notification)
     const costs = perOrder(a, await snapshot(sys), saturated.calls + saturated.failures);
     say(`1. ${mode}: declined card, 1 in flight`);
@@ -173,9 +173,9 @@ async function sagaModes(sys: System) {
 
 async function outage(sys: System) {
   const rate = q(20, 10);
-  const seconds = q(36, 7);
-  const downAt = q(8, 1.5) * 1000;
-  const upAt = downAt + q(10, 2.5) * 1000;
+  const seconds = q(36, 5);
+  const downAt = q(8, 1) * 1000;
+  const upAt = downAt + q(10, 1.5) * 1000;
   const payment = chaos(sys, "payment");
   const rows = [];
   try {
@@ -341,7 +341,7 @@ async function resilience(policies: "on" | "off") {
     ...(policies === "off" ? { env: { order: RESILIENCE_OFF } } : {}),
   });
   const rate = q(40, 30);
-  const seconds = q(10, 1.5);
+  const seconds = q(10, 1);
   const rows = [];
   try {
     await restock(sys);
