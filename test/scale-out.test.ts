@@ -425,16 +425,25 @@ describe("fencing", () => {
       while (Date.now() < end && (await unfinishedOf(ids)) > 0) await new Promise((r) => setTimeout(r, 200));
       expect(await unfinishedOf(ids)).toBe(0);
       const finished = await stepCount(ids);
+      const said = (paused as ServiceProcess).output().length;
       (paused as ServiceProcess).child.kill("SIGCONT");
-      // Resumed, its calls in flight complete and it tries to write their outcomes: fenced, every one.
-      await new Promise((r) => setTimeout(r, 3_000));
+      // Resumed, its calls in flight complete (their answers came while it was stopped) and it tries to
+      // write their outcomes: fenced, every one. Checked once it has tried: once it says, after the
+      // resume, that a write for one of these orders was fenced, or once a step more is written (a write
+      // the fence let through), whichever comes first.
+      const fenced = () =>
+        (paused as ServiceProcess)
+          .output()
+          .slice(said)
+          .split("\n")
+          .some((l) => l.includes(`"msg":"${FENCED_LINE}"`) && ids.some((id) => l.includes(id)));
+      await expect
+        .poll(async () => fenced() || (await stepCount(ids)) !== finished, { timeout: 15_000, interval: 50 })
+        .toBe(true);
       expect(await stepCount(ids), "no step written after the resume").toBe(finished);
       const fencesAfter = await fencesOf(ids);
       for (const id of ids) expect(fencesAfter.get(id), id).toBeGreaterThan(fencesBefore.get(id) ?? 0);
-      await (paused as ServiceProcess).logLine(
-        "saga lease taken over since this run began (by another replica, or by this one after a pause); stopping here",
-        15_000,
-      );
+      expect(fenced(), "the resumed replica said its write was fenced").toBe(true);
       await expectFencedStepLog(db.order);
       expect(others.length).toBe(2);
     } finally {
@@ -443,6 +452,10 @@ describe("fencing", () => {
     }
   }, 90_000);
 });
+
+/** What an order replica logs when a saga write of its own is fenced (services/order/saga-loop.ts). */
+const FENCED_LINE =
+  "saga lease taken over since this run began (by another replica, or by this one after a pause); stopping here";
 
 /** Makes every payment replica answer after `ms` (fault injection), until restored. */
 async function slowPayments(ms: number): Promise<{ restore(): Promise<void> }> {
