@@ -8,8 +8,8 @@
 import type { DescService } from "@bufbuild/protobuf";
 import type { Metadata } from "@grpc/grpc-js";
 import { pino } from "pino";
-import { type GatewayApp, startGateway } from "../gateway/app.js";
-import { loadConfig as gatewayConfig, targetVariable } from "../gateway/config.js";
+import type { GatewayApp } from "../gateway/app.js";
+import { targetVariable } from "../gateway/config.js";
 import { UPSTREAMS } from "../gateway/routes.js";
 import { ChaosService } from "../gen/shopmesh/chaos/v1/chaos_pb.js";
 import { InventoryService } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
@@ -181,8 +181,15 @@ export function gatewayTargets(sys: System): Env {
   return Object.fromEntries(UPSTREAMS.map((u) => [targetVariable(u), sys[u].address]));
 }
 
-/** Starts a gateway on an ephemeral port in front of `sys`; `env` overrides its config. */
+/**
+ * Starts a gateway on an ephemeral port in front of `sys`; `env` overrides its config. The gateway's
+ * modules are loaded here, not with this file: half the suites that start a system start no gateway.
+ */
 export async function startTestGateway(sys: System, env: Env = {}, log: Logger = silentLogger()): Promise<GatewayApp> {
+  const [{ startGateway }, { loadConfig: gatewayConfig }] = await Promise.all([
+    import("../gateway/app.js"),
+    import("../gateway/config.js"),
+  ]);
   return startGateway(
     gatewayConfig({
       HTTP_HOST: "127.0.0.1",
