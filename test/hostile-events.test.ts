@@ -314,12 +314,16 @@ describe.skipIf(TEST_DB !== "sqlite")("a consumer killed between its dead letter
 });
 
 describe.skipIf(TEST_DB !== "sqlite")("an event that waited in the consumer past its ack wait", () => {
-  /** A consumer of ORDER whose handler takes 11 s over `slow` (past the ack wait, 10 s) and always fails `failing`. */
+  /**
+   * A consumer of ORDER whose handler holds `slow` until JetStream has sent every event the consumer
+   * holds again (past the ack wait, 10 s), and always fails `failing`.
+   */
   const consuming = async (
     events: { slow?: string; failing?: string },
     attempts: { at: number; delivery: number }[],
   ) => {
     const consumer = await sqliteService();
+    const durable = `stale-${++n}`;
     let slowBegun = () => {};
     const begun = new Promise<void>((r) => {
       slowBegun = r;
@@ -330,12 +334,17 @@ describe.skipIf(TEST_DB !== "sqlite")("an event that waited in the consumer past
       db: consumer.db,
       log,
       stream: "ORDER",
-      durable: `stale-${++n}`,
+      durable,
       handlers: [
         on(OrderPlacedSchema, async (_e, ctx) => {
           if (ctx.eventId === events.slow) {
             slowBegun();
-            await new Promise((r) => setTimeout(r, 11_000));
+            // Past the ack wait (10 s): until JetStream has sent each event this consumer holds again.
+            await until(
+              () => bus.jsm.consumers.info("ORDER", durable),
+              (i) => i.num_pending === 0 && i.num_ack_pending > 0 && i.num_redelivered === i.num_ack_pending,
+              25_000,
+            );
           }
           if (ctx.eventId !== events.failing) return;
           attempts.push({ at: Date.now(), delivery: ctx.deliveryCount });
