@@ -53,6 +53,28 @@ async function rows(url: string, sqlText: string): Promise<string[]> {
     await client.end();
   }
 }
+/**
+ * The processes of process group `group` that a SIGINT sent to it has not reached yet: pending in
+ * /proc/<pid>/status (SIGINT is signal 2, bit 1 of the masks). A process leaves the list once the signal
+ * is delivered: ended by it, or in its handler.
+ */
+function sigintPending(group: number): number[] {
+  const pending: number[] = [];
+  for (const pid of readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      // After the command's name in parentheses: state, parent, process group.
+      if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2]) !== group) continue;
+      const status = readFileSync(`/proc/${pid}/status`, "utf8");
+      const masks = [...status.matchAll(/^(?:SigPnd|ShdPnd):\s*([0-9a-f]+)$/gm)].map((m) => BigInt(`0x${m[1]}`));
+      if (masks.some((mask) => (mask & 2n) !== 0n)) pending.push(Number(pid));
+    } catch {
+      // Ended between the listing and the read.
+    }
+  }
+  return pending;
+}
+
 const VIEW = "SELECT * FROM shopmesh_history.order_history";
 const NOTIFIED = "SELECT event_id, customer_id, order_id, kind, message FROM shopmesh_notification.notifications";
 
@@ -743,7 +765,9 @@ describe("make restore DB=postgres, Ctrl-C at its terminal during the replace", 
         "SELECT pid FROM pg_stat_activity WHERE application_name = 'shopmesh-restore' AND wait_event_type = 'Lock'";
       await expect.poll(async () => (await settled(restore)) ?? (await rows(url, waiting)).length, WAIT).toBe(1);
       process.kill(-group, "SIGINT");
-      await new Promise((r) => setTimeout(r, 300));
+      // The lock let go only once the Ctrl-C has reached each process of the restore's group: before,
+      // the replace could end before a process it would kill (a psql in the group) had it.
+      await expect.poll(() => sigintPending(group), WAIT).toEqual([]);
       await holder.end();
       const run = await restore;
       expect(run.out).toContain("is the backup's copy now");
