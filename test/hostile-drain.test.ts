@@ -52,14 +52,21 @@ async function outcome(p: Promise<unknown>, since: number): Promise<{ code: stri
   return { code, ms: Date.now() - since };
 }
 
-/**
- * `channel` once connected: a call made on it then reaches the service within the tests' 300 ms, where
- * a first call also had to connect, and a SIGTERM before it arrived was a refusal, not a call drained.
- */
+/** `channel` once connected: a call and the health check after it (takenUp) then share one connection. */
 function connected(channel: grpc.Client): Promise<grpc.Client> {
   return new Promise((resolve, reject) =>
     channel.waitForReady(Date.now() + 10_000, (err) => (err ? reject(err) : resolve(channel))),
   );
+}
+
+/**
+ * Resolves once the server on `channel` has taken up every call sent on it before: a health check sent
+ * after them on the same connection is answered, and the server reads a connection's streams in the
+ * order they came. A fixed wait was a guess: on a slow machine the call had not arrived, and a
+ * SIGTERM before it was a refusal, not a call drained.
+ */
+async function takenUp(channel: grpc.Client): Promise<void> {
+  await createClient(Health, channel).check({ service: "" }, { timeoutMs: 10_000 });
 }
 
 describe("a service told SIGTERM", () => {
@@ -75,7 +82,7 @@ describe("a service told SIGTERM", () => {
     const client = createClient(InventoryService, channel);
     const started = Date.now();
     const inFlight = outcome(client.getProduct({ productId: "coffee-beans" }, { timeoutMs: 10_000 }), started);
-    await new Promise((r) => setTimeout(r, 300));
+    await takenUp(channel);
     const code = inventory.kill("SIGTERM");
     await inventory.logLine("shutting down");
     const fresh = createChannel(inventory.address);
@@ -184,7 +191,7 @@ describe("a service whose drain outlasts its grace", () => {
       createClient(InventoryService, channel).getProduct({ productId: "coffee-beans" }, { timeoutMs: 30_000 }),
       started,
     );
-    await new Promise((r) => setTimeout(r, 300));
+    await takenUp(channel);
     const signalled = Date.now();
     expect(await inventory.kill("SIGTERM"), inventory.output()).toBe(0);
     expect(Date.now() - signalled).toBeLessThan(4_000);
@@ -206,7 +213,7 @@ describe("a service whose drain outlasts its grace", () => {
     const inFlight = createClient(InventoryService, channel)
       .getProduct({ productId: "coffee-beans" }, { timeoutMs: 30_000 })
       .catch(() => {});
-    await new Promise((r) => setTimeout(r, 300));
+    await takenUp(channel);
     inventory.child.kill("SIGTERM");
     await inventory.logLine("draining calls in flight");
     const signalled = Date.now();
