@@ -144,7 +144,7 @@ bench: install nats build ## Measure every path side by side from a separate loa
 footprint: install nats build ## The system's memory (RSS, PSS per process) at start and after FOOTPRINT_SECONDS (60) of make load, and what its scavenges promoted: bench/results/footprint.json
 	npx tsx bench/footprint.ts
 
-compare: install nats build ## Measure the patterns' trade-offs side by side (~6 min; QUICK=1 ~1.5–3 min): docs/compare/README.md + SVG charts
+compare: install nats build ## Measure the patterns' trade-offs side by side (~6 min; QUICK=1 ~1.5 min): docs/compare/README.md + SVG charts
 	npx tsx bench/compare.ts
 
 # The commands run from the build, as make run does (a command under tsx took ~2 s more to start):

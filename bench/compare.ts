@@ -12,7 +12,7 @@
  * (bench/load.ts), and writes its table into README.md and its chart as
  * SVG under the output directory, plus every number in results.json.
  *
- *   QUICK=1        short rounds (~1.5–3 min: 152 s on a busy 2-core machine; what CI runs)
+ *   QUICK=1        short rounds (~1.5 min: 78 s in CI on 2 cores, alone; what CI runs)
  *   COMPARE_OUT    output directory (default docs/compare; with QUICK=1,
  *                  bench/results/compare-quick, so a quick run never
  *                  replaces the committed full one)
