@@ -28,14 +28,17 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-const seen = { requestIds: [] as string[], cancelled: 0 };
+const seen = { requestIds: [] as string[], cancelled: 0, slowAnswered: 0 };
 const impl = {
   async getProduct(req: { productId: string }, ctx: CallContext) {
     seen.requestIds.push(String(ctx.metadata.get("x-request-id")[0] ?? ""));
     if (req.productId === "missing") throw new NotFoundError("product", req.productId);
     if (req.productId === "slow") {
       await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, 1_000);
+        const t = setTimeout(() => {
+          seen.slowAnswered++;
+          resolve();
+        }, 1_000);
         ctx.signal.addEventListener("abort", () => {
           seen.cancelled++;
           clearTimeout(t);
@@ -261,5 +264,74 @@ describe("HTTP/2 bytes client", () => {
     const bad = await rejection(lied.getProduct({ productId: "x" }));
     expect(bad.code).toBe(Code.INTERNAL);
     expect(bad.message).toContain("Response message parsing error");
+  });
+  // Node's HTTP/2 server (nghttp2's rapid-reset defence) closes a connection whose peer resets more than
+  // 1,000 streams beyond 33 a second, failing every call in flight on it; Node 20 allows no more.
+  describe("cancels at over 1,000 a second, as a gateway carries many clients' over one connection", () => {
+    /** `call`s of a slow product in a loop until `until` resolves: what each ended with. */
+    async function bystander(call: ReturnType<typeof client>, until: Promise<unknown>) {
+      const outcomes: string[] = [];
+      let going = true;
+      void until.finally(() => {
+        going = false;
+      });
+      while (going)
+        outcomes.push(
+          await call(request("slow")).then(
+            () => "OK",
+            (e: RpcError) => `${Code[e.code]} ${e.message}`,
+          ),
+        );
+      return outcomes;
+    }
+    const cancelled = (call: ReturnType<typeof client>, afterMs: number) => {
+      const ac = new AbortController();
+      setTimeout(() => ac.abort(), afterMs);
+      return call(request("slow"), { signal: ac.signal }).then(
+        () => "OK",
+        (e: RpcError) => Code[e.code],
+      );
+    };
+
+    it("3,000 calls reset one after another fail no other call, and each reaches the server", async () => {
+      const server = await serve();
+      const call = client(server.address);
+      seen.slowAnswered = 0;
+      const storm = (async () => {
+        const ends: string[] = [];
+        for (let batch = 0; batch < 15; batch++)
+          ends.push(...(await Promise.all(Array.from({ length: 200 }, () => cancelled(call, 20)))));
+        return ends;
+      })();
+      const [others, ends] = await Promise.all([bystander(call, storm), storm]);
+      expect(new Set(ends)).toEqual(new Set(["CANCELLED"]));
+      expect(others.length).toBeGreaterThan(0);
+      expect(new Set(others)).toEqual(new Set(["OK"]));
+      // Every cancel was a reset the server acted on: the only calls that ran their second are the others.
+      await new Promise((resolve) => setTimeout(resolve, 1_200));
+      expect(seen.slowAnswered).toBe(others.length);
+    }, 60_000);
+
+    it("1,500 calls cancelled at once on one connection: those past its budget are dropped unreset, and nothing else fails", async () => {
+      const server = await serve();
+      const call = client(server.address);
+      seen.cancelled = 0;
+      seen.slowAnswered = 0;
+      const first = call(request("slow"));
+      const all = Array.from({ length: 1_500 }, () => cancelled(call, 100));
+      const others = bystander(call, Promise.all(all));
+      expect(new Set(await Promise.all(all))).toEqual(new Set(["CANCELLED"]));
+      expect(
+        await first.then(
+          () => "OK",
+          (e: RpcError) => Code[e.code],
+        ),
+      ).toBe("OK");
+      expect(new Set(await others)).toEqual(new Set(["OK"]));
+      // The server saw no more resets than it takes on one connection; the rest ran to their end.
+      expect(seen.cancelled).toBeGreaterThan(400);
+      expect(seen.cancelled).toBeLessThanOrEqual(1_000);
+      expect(seen.slowAnswered).toBe(1_500 - seen.cancelled + 1 + (await others).length);
+    }, 60_000);
   });
 });

@@ -31,6 +31,41 @@ const ignore = () => {};
 /** The events a call listens to on its stream until 'close'. */
 const CALL_EVENTS = ["response", "trailers", "data", "error"] as const;
 
+/**
+ * Resets (RST_STREAM) one connection may send: Node's HTTP/2 server (nghttp2's rapid-reset defence)
+ * closes a connection whose peer resets more than 1,000 streams beyond 33 a second, failing every
+ * call in flight on it — other callers' calls, when a gateway carries many clients' cancels over one.
+ * Node 22.10+ lets our servers allow more (platform/server.ts); Node 20's cannot, nor can another
+ * team's server. So the client keeps the server's count, 100 short of its limit: once half of that is
+ * spent, new calls open another connection (the old one closes after its last call: a grpc-js server
+ * refuses the calls in flight on a connection its client closes), and a call abandoned when none is
+ * left is not reset — its answer is read and dropped, and the server's work ends with its deadline.
+ */
+const RESET_BURST = 900;
+const RESET_RATE_PER_S = 33;
+
+/** One HTTP/2 connection's calls open and the resets it has left, as its server counts them. */
+class Connection {
+  calls = 0;
+  /** No longer taking calls: closed after its last. */
+  retired = false;
+  #left = RESET_BURST;
+  #at = performance.now();
+  /** A bucket of {@link RESET_BURST}, refilled at {@link RESET_RATE_PER_S}. */
+  resetsLeft(): number {
+    const now = performance.now();
+    this.#left = Math.min(RESET_BURST, this.#left + ((now - this.#at) / 1_000) * RESET_RATE_PER_S);
+    this.#at = now;
+    return this.#left;
+  }
+  /** Takes one reset, if one is left. */
+  takeReset(): boolean {
+    if (this.resetsLeft() < 1) return false;
+    this.#left -= 1;
+    return true;
+  }
+}
+
 /** A bytes client over one lazily opened HTTP/2 session to `host:port`. */
 export interface H2BytesClient {
   readonly bytes: BytesClient;
@@ -95,6 +130,7 @@ export function createH2BytesClient(service: DescService, address: string, trace
   const host = address.slice(0, sep).replace(/^\[|\]$/g, "");
   const port = Number(address.slice(sep + 1));
   let session: http2.ClientHttp2Session | undefined;
+  const connections = new WeakMap<http2.ClientHttp2Session, Connection>();
   let closed = false;
   /**
    * When the connection last failed, on the monotonic clock (undefined: it has not, or one is up
@@ -120,8 +156,20 @@ export function createH2BytesClient(service: DescService, address: string, trace
     s.on("close", forget);
     s.on("goaway", forget);
     s.unref();
+    connections.set(s, new Connection());
     session = s;
     return s;
+  };
+
+  /** Ends `stream` of `sess` with a reset if the connection has one left ({@link RESET_BURST}). */
+  const reset = (sess: http2.ClientHttp2Session, stream: http2.ClientHttp2Stream) => {
+    const conn = connections.get(sess) as Connection;
+    if (conn.takeReset()) stream.close(c.NGHTTP2_CANCEL);
+    if (!conn.retired && conn.resetsLeft() < RESET_BURST / 2) {
+      // Its calls in flight end on it; new calls take a fresh connection with a full budget.
+      conn.retired = true;
+      if (session === sess) session = undefined;
+    }
   };
 
   const unary = (m: DescMethod, traced: Tracer | undefined) => {
@@ -154,7 +202,7 @@ export function createH2BytesClient(service: DescService, address: string, trace
           else resolve(answer as Uint8Array);
         };
         const onAbort = () => {
-          stream?.close(c.NGHTTP2_CANCEL);
+          if (stream) reset(sess, stream);
           finish(rpcError(status.CANCELLED, "Cancelled on client"));
         };
         let sess: http2.ClientHttp2Session;
@@ -169,10 +217,12 @@ export function createH2BytesClient(service: DescService, address: string, trace
           return;
         }
         const s = stream;
+        const conn = connections.get(sess) as Connection;
+        conn.calls++;
         opts.signal?.addEventListener("abort", onAbort, { once: true });
         if (deadline !== undefined && deadline - Date.now() <= MAX_TIMER_MS) {
           timer = setTimeout(() => {
-            s.close(c.NGHTTP2_CANCEL);
+            reset(sess, s);
             finish(rpcError(status.DEADLINE_EXCEEDED, "Deadline exceeded"));
           }, deadline - Date.now());
         }
@@ -189,12 +239,13 @@ export function createH2BytesClient(service: DescService, address: string, trace
             trailers = t;
           },
           data: (d: Buffer) => {
+            if (settled) return; // abandoned unreset: read and dropped
             received += d.byteLength;
             if (received <= MAX_ANSWER_BYTES) {
               chunks.push(d);
               return;
             }
-            s.close(c.NGHTTP2_CANCEL);
+            reset(sess, s);
             // grpc-js's code and words.
             const why = `Received message larger than max (${received} vs. ${MAX_ANSWER_BYTES})`;
             finish(new RpcError(status.RESOURCE_EXHAUSTED, why, new Metadata(), { broken: true }));
@@ -211,6 +262,7 @@ export function createH2BytesClient(service: DescService, address: string, trace
           // scavenge before keeps alive — then promotes — whatever its listeners reach (here the whole
           // call, up to the caller's request): ~1.8 KB a call per 2 KB reachable, measured.
           for (const event of CALL_EVENTS) s.off(event, listeners[event]);
+          if (--conn.calls === 0 && conn.retired) sess.close();
           if (settled) return;
           const st = statusOf(trailers ?? {}) ?? statusOf(responseHeaders);
           if (!st) {

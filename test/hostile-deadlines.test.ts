@@ -431,8 +431,9 @@ describe("client deadlines and cancellations while sagas run, on every protocol"
   });
 
   it("3,000 calls cancelled mid-way at over 1,000 a second fail no other client's call on the shared upstream connection", async () => {
-    // Each cancel is a reset of the gateway's stream to inventory; Node's HTTP/2 server closes a
-    // connection whose peer resets more than 1,000 streams beyond 33 a second (platform/server.ts).
+    // Each cancel is a reset of the gateway's stream to inventory; Node 20's HTTP/2 server closes a
+    // connection whose peer resets more than 1,000 streams beyond 33 a second, failing the bystander's
+    // call in flight on it: the gateway's upstream client keeps under that (platform/h2-bytes.ts).
     const other = await bearer("dl-bystander");
     await sys.inventoryChaos.setFaults({ faults: { latencyMs: 400 } });
     const P = "/shopmesh.inventory.v1.InventoryService/GetProduct";
@@ -469,7 +470,9 @@ describe("client deadlines and cancellations while sagas run, on every protocol"
       storming = false;
       await calls;
       expect(seen.length).toBeGreaterThan(2);
-      expect(new Set(seen)).toEqual(new Set(["0 "]));
+      // Every answer's status and message, counted, so a failure says which and how many.
+      const tally = Object.fromEntries([...new Set(seen)].map((k) => [k, seen.filter((s) => s === k).length]));
+      expect(tally).toEqual({ "0 ": seen.length });
     } finally {
       await sys.inventoryChaos.setFaults({ faults: {} });
     }
