@@ -31,6 +31,7 @@ import type { Circuit } from "./policy.js";
 import { detached } from "./propagation.js";
 import { REGISTRY_SCHEME, requireServiceName } from "./registry.js";
 import { watchInstances } from "./registry-watch.js";
+import { StreamChannels } from "./stream-channels.js";
 
 /** How often `dns:///` targets are resolved again, ms. */
 export const DNS_REFRESH_MS = 5_000;
@@ -147,9 +148,10 @@ export class Endpoints<S extends DescService> {
   private endpoint(address: string, channel: grpc.Client, owned: boolean): Endpoint<S> & { close(): void } {
     // Unary calls, typed or on encoded messages (the gateway's fast path), over a plain HTTP/2 session to host:port.
     const hostPort = address.replace(/^dns:(\/\/\/)?/, "");
-    const h2 = /^[\w.-]+:\d+$|^\[[\da-f:]+\]:\d+$/i.test(hostPort)
-      ? createH2BytesClient(this.o.service, hostPort, this.o.tracer)
-      : undefined;
+    const plain = /^[\w.-]+:\d+$|^\[[\da-f:]+\]:\d+$/i.test(hostPort);
+    const h2 = plain ? createH2BytesClient(this.o.service, hostPort, this.o.tracer) : undefined;
+    // Server streams on channels of their own, each connection kept under its server's reset limit.
+    const streams = plain ? new StreamChannels(hostPort) : undefined;
     const circuit = this.o.newBreaker();
     const health = createClient(Health, channel, undefined, h2?.bytesOf(Health));
     const watch = watchIdleCircuit(circuit.breaker, {
@@ -177,7 +179,7 @@ export class Endpoints<S extends DescService> {
     return {
       address,
       breaker: watch.breaker,
-      client: createClient(this.o.service, channel, this.o.tracer, h2?.bytes),
+      client: createClient(this.o.service, channel, this.o.tracer, h2?.bytes, streams?.open),
       bytes: h2?.bytes ?? unsupportedBytes(this.o.service, address),
       failing: () =>
         h2?.failing() === true ||
@@ -186,6 +188,7 @@ export class Endpoints<S extends DescService> {
         gone = true;
         watch.stop();
         h2?.close();
+        streams?.close();
         if (owned) channel.close();
       },
     };

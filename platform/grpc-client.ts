@@ -129,7 +129,14 @@ export type BytesClient = Readonly<Record<string, (request: Uint8Array, options?
 /** How long a stream its caller stopped reading may stay quiet before it is cancelled. */
 const ABANDONED_IDLE_MS = 2_000;
 
-function streamCall(m: DescMethod, channel: grpc.Client, tracer: Tracer | undefined) {
+/** Where one server stream runs: its channel, and what its cancel and its end tell their owner (stream-channels.ts). */
+export interface StreamRoute {
+  readonly channel: grpc.Client;
+  cancel(call: grpc.ClientReadableStream<unknown>): void;
+  ended(): void;
+}
+
+function streamCall(m: DescMethod, route: () => StreamRoute, tracer: Tracer | undefined) {
   const path = methodPath(m);
   const tracing = callTracing(m, tracer);
   const serialize = serializer(m.input);
@@ -138,6 +145,7 @@ function streamCall(m: DescMethod, channel: grpc.Client, tracer: Tracer | undefi
     (async function* () {
       const span = tracing.start();
       let code = 0;
+      const { channel, cancel, ended: done } = route();
       const call = channel.makeServerStreamRequest(
         path,
         serialize,
@@ -146,10 +154,13 @@ function streamCall(m: DescMethod, channel: grpc.Client, tracer: Tracer | undefi
         tracing.metadata(opts, span),
         grpcCallOptions(opts),
       );
-      const onAbort = () => call.cancel();
+      const onAbort = () => cancel(call);
       opts?.signal?.addEventListener("abort", onAbort, { once: true });
       let ended = false;
-      call.once("status", () => (ended = true));
+      call.once("status", () => {
+        ended = true;
+        done();
+      });
       // Read by hand: `for await` would destroy the stream when the caller stops reading, and a
       // destroyed stream never reports the status that may already be on its way.
       const messages = call[Symbol.asyncIterator]();
@@ -167,12 +178,12 @@ function streamCall(m: DescMethod, channel: grpc.Client, tracer: Tracer | undefi
         // So read on: the end means there is nothing to cancel; another message, or quiet for a
         // while, means the stream is live and the caller is done with it.
         if (!ended && !opts?.signal?.aborted) {
-          const idle = setTimeout(() => call.cancel(), ABANDONED_IDLE_MS);
+          const idle = setTimeout(() => cancel(call), ABANDONED_IDLE_MS);
           idle.unref();
           messages.next().then(
             (next) => {
               clearTimeout(idle);
-              if (!next.done) call.cancel();
+              if (!next.done) cancel(call);
             },
             () => clearTimeout(idle),
           );
@@ -203,20 +214,22 @@ function unaryOverBytes(m: DescMethod, call: BytesClient[string]) {
  * with {@link RpcError}; server streams throw it from the iterator. With
  * `bytes` (a plain HTTP/2 client of the same instance), unary calls go through
  * it instead of grpc-js: the same statuses, deadlines and cancellation for a
- * fraction of grpc-js's per-call work.
+ * fraction of grpc-js's per-call work. With `streams`, server streams run on
+ * the channels it gives (stream-channels.ts) instead of `channel`.
  */
 export function createClient<S extends DescService>(
   service: S,
   channel: grpc.Client,
   tracer?: Tracer,
   bytes?: BytesClient,
+  streams: () => StreamRoute = () => ({ channel, cancel: (call) => call.cancel(), ended: () => {} }),
 ): Client<S> {
   const client: Record<string, unknown> = {};
   for (const m of service.methods) {
     const overBytes = bytes?.[m.localName];
     if (m.methodKind === "unary")
       client[m.localName] = overBytes ? unaryOverBytes(m, overBytes) : unaryCall(m, channel, tracer);
-    else if (m.methodKind === "server_streaming") client[m.localName] = streamCall(m, channel, tracer);
+    else if (m.methodKind === "server_streaming") client[m.localName] = streamCall(m, streams, tracer);
   }
   return client as Client<S>;
 }

@@ -22,6 +22,7 @@ import { earliestDeadline, grpcTimeout, MAX_TIMER_MS } from "./deadline.js";
 import { knownStatus, RpcError } from "./errors.js";
 import { framePrefix, methodPath, unframe } from "./grpc.js";
 import { type BytesClient, type CallOptions, callTracing } from "./grpc-client.js";
+import { Connection } from "./reset-budget.js";
 
 const c = http2.constants;
 
@@ -30,41 +31,6 @@ const MAX_ANSWER_BYTES = 4 * 1024 * 1024;
 const ignore = () => {};
 /** The events a call listens to on its stream until 'close'. */
 const CALL_EVENTS = ["response", "trailers", "data", "error"] as const;
-
-/**
- * Resets (RST_STREAM) one connection may send: Node's HTTP/2 server (nghttp2's rapid-reset defence)
- * closes a connection whose peer resets more than 1,000 streams beyond 33 a second, failing every
- * call in flight on it — other callers' calls, when a gateway carries many clients' cancels over one.
- * Node 22.10+ lets our servers allow more (platform/server.ts); Node 20's cannot, nor can another
- * team's server. So the client keeps the server's count, 100 short of its limit: once half of that is
- * spent, new calls open another connection (the old one closes after its last call: a grpc-js server
- * refuses the calls in flight on a connection its client closes), and a call abandoned when none is
- * left is not reset — its answer is read and dropped, and the server's work ends with its deadline.
- */
-const RESET_BURST = 900;
-const RESET_RATE_PER_S = 33;
-
-/** One HTTP/2 connection's calls open and the resets it has left, as its server counts them. */
-class Connection {
-  calls = 0;
-  /** No longer taking calls: closed after its last. */
-  retired = false;
-  #left = RESET_BURST;
-  #at = performance.now();
-  /** A bucket of {@link RESET_BURST}, refilled at {@link RESET_RATE_PER_S}. */
-  resetsLeft(): number {
-    const now = performance.now();
-    this.#left = Math.min(RESET_BURST, this.#left + ((now - this.#at) / 1_000) * RESET_RATE_PER_S);
-    this.#at = now;
-    return this.#left;
-  }
-  /** Takes one reset, if one is left. */
-  takeReset(): boolean {
-    if (this.resetsLeft() < 1) return false;
-    this.#left -= 1;
-    return true;
-  }
-}
 
 /** A bytes client over one lazily opened HTTP/2 session to `host:port`. */
 export interface H2BytesClient {
@@ -130,6 +96,7 @@ export function createH2BytesClient(service: DescService, address: string, trace
   const host = address.slice(0, sep).replace(/^\[|\]$/g, "");
   const port = Number(address.slice(sep + 1));
   let session: http2.ClientHttp2Session | undefined;
+  /** Each session's calls and resets (reset-budget.ts). */
   const connections = new WeakMap<http2.ClientHttp2Session, Connection>();
   let closed = false;
   /**
@@ -161,12 +128,17 @@ export function createH2BytesClient(service: DescService, address: string, trace
     return s;
   };
 
-  /** Ends `stream` of `sess` with a reset if the connection has one left ({@link RESET_BURST}). */
+  /**
+   * Ends `stream` of `sess` with a reset if the connection has one left (reset-budget.ts): one that has
+   * none left is abandoned unreset — its answer read and dropped, its server's work ended by its
+   * deadline. Past half the allowance the session is retired: its calls in flight end on it, new
+   * calls take a fresh one, and it closes after its last (a grpc-js server refuses the calls in flight
+   * on a connection its client closes).
+   */
   const reset = (sess: http2.ClientHttp2Session, stream: http2.ClientHttp2Stream) => {
     const conn = connections.get(sess) as Connection;
     if (conn.takeReset()) stream.close(c.NGHTTP2_CANCEL);
-    if (!conn.retired && conn.resetsLeft() < RESET_BURST / 2) {
-      // Its calls in flight end on it; new calls take a fresh connection with a full budget.
+    if (conn.spent()) {
       conn.retired = true;
       if (session === sess) session = undefined;
     }

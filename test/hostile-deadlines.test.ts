@@ -19,7 +19,7 @@ import {
   InventoryService,
   ListProductsRequestSchema,
 } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
-import { PlaceOrderRequestSchema, WatchOrderRequestSchema } from "../gen/shopmesh/order/v1/order_pb.js";
+import { OrderService, PlaceOrderRequestSchema, WatchOrderRequestSchema } from "../gen/shopmesh/order/v1/order_pb.js";
 import type { CallContext } from "../platform/grpc.js";
 import type { Client } from "../platform/grpc-client.js";
 import { IDENTITY_KEYS } from "../platform/identity.js";
@@ -568,6 +568,90 @@ describe("the gateway's general paths (gRPC-Web, Connect GET, proto and compress
       }
       // Sixty calls left mid-way: no deadline timer of theirs outlives them.
       await expect.poll(timers, { timeout: 5_000 }).toBeLessThanOrEqual(before + 2);
+    } finally {
+      await gw.stop();
+      await server.stop(0);
+    }
+  }, 60_000);
+});
+
+describe("watches cancelled by the thousand through the gateway", () => {
+  // Each cancel is a reset of the gateway's stream to the order service, all on the connection that
+  // carries every customer's watch; Node 20's HTTP/2 server closes a connection whose peer resets more
+  // than 1,000 streams beyond 33 a second. One customer cancelling 50 watches a second (their rate
+  // limit) got there in about a minute; here many customers' cancels, at once.
+  it("1,500 watches cancelled at once end no other customer's watch", async () => {
+    let cancelled = 0;
+    const server = await startGrpcServer({
+      host: "127.0.0.1",
+      port: 0,
+      log: silentLogger(),
+      services: [
+        bind(OrderService, {
+          placeOrder: async () => ({}),
+          getOrder: async () => ({}),
+          cancelOrder: async () => ({}),
+          listOrders: async () => ({}),
+          // The order's state at once, then again every 100 ms until its watcher leaves.
+          async *watchOrder(req, ctx: CallContext) {
+            ctx.signal.addEventListener("abort", () => cancelled++);
+            while (!ctx.signal.aborted) {
+              yield { order: { id: req.orderId } };
+              await new Promise((resolve) => setTimeout(resolve, 100));
+            }
+          },
+        }),
+      ],
+    });
+    const gw = await startGateway(
+      gatewayConfig({
+        HTTP_HOST: "127.0.0.1",
+        HTTP_PORT: "0",
+        ...Object.fromEntries(UPSTREAMS.map((u) => [targetVariable(u), server.address])),
+        RATE_LIMIT_RPS: "5000",
+        RATE_LIMIT_BURST: "2000",
+        RATE_LIMIT_IP_RPS: "5000",
+        RATE_LIMIT_IP_BURST: "2000",
+        HTTP_MAX_CALLS_PER_IP: "4000",
+        HTTP_MAX_STREAMS_PER_PRINCIPAL: "4000",
+        UPSTREAM_BULKHEAD_QUEUE: "2000",
+      }),
+      silentLogger(),
+    );
+    try {
+      const watch = (s: http2.ClientHttp2Session, auth: string, orderId: string) => {
+        const r = s.request({
+          ":method": "POST",
+          ":path": "/shopmesh.order.v1.OrderService/WatchOrder",
+          "content-type": "application/grpc",
+          te: "trailers",
+          authorization: auth,
+        });
+        r.end(envelope(toBinary(WatchOrderRequestSchema, create(WatchOrderRequestSchema, { orderId }))));
+        const seen = { messages: 0, ended: "" };
+        r.on("data", () => seen.messages++);
+        r.on("trailers", (t) => (seen.ended = `${t["grpc-status"]} ${t["grpc-message"] ?? ""}`));
+        r.on("close", () => (seen.ended ||= `closed ${r.rstCode}`));
+        r.on("error", () => {});
+        return { r, seen };
+      };
+      await using bystanderSession = await h2Session(gw.url);
+      const bystander = watch(bystanderSession, await bearer("watch-bystander"), "bystanders-order");
+      const auth = await bearer("watch-leaver");
+      const sessions = await Promise.all(Array.from({ length: 15 }, () => h2Session(gw.url)));
+      try {
+        const leavers = sessions.flatMap((s) => Array.from({ length: 100 }, (_, i) => watch(s, auth, `o-${i}`)));
+        await expect.poll(() => leavers.filter((l) => l.seen.messages > 0).length, { timeout: 20_000 }).toBe(1_500);
+        for (const l of leavers) l.r.close(http2.constants.NGHTTP2_CANCEL);
+        await expect.poll(() => cancelled, { timeout: 20_000 }).toBe(1_500);
+        // The bystander's watch goes on: open, and its order's state still arriving.
+        const before = bystander.seen.messages;
+        const going = () => ({ ended: bystander.seen.ended, more: bystander.seen.messages > before + 3 });
+        await expect.poll(going, { timeout: 5_000 }).toEqual({ ended: "", more: true });
+      } finally {
+        bystander.r.close(http2.constants.NGHTTP2_CANCEL);
+        for (const s of sessions) await s[Symbol.asyncDispose]();
+      }
     } finally {
       await gw.stop();
       await server.stop(0);
