@@ -11,7 +11,8 @@
  * when the instance cannot be reached or refuses the stream, CANCELLED when
  * the caller's signal aborts, DEADLINE_EXCEEDED at the deadline (sent along
  * as grpc-timeout, so the server stops too). The session is opened on first
- * use, with Nagle off, and opened again after it closes or fails.
+ * use, with Nagle off, and opened again after it closes or fails, or has spent
+ * half the resets its server allows (reset-budget.ts).
  */
 import http2 from "node:http2";
 import net from "node:net";

@@ -119,9 +119,9 @@ function fileDescriptorProtos(services: readonly DescService[]): Buffer[] {
  * 2-core gateway forwards — a flood still cut within a second: on Node 24 a 3 s flood grew a service
  * by 24-27 MB, by 130 at 100,000 beyond 10,000 (test/hostile-h2). The gateway's listener keeps
  * Node's default, so a hostile client only closes its own connection. On Node 20 the options are
- * ignored; clients there avoid resets where they can (platform/grpc-client.ts), and the unary client
- * keeps each connection's count under the default, moving new calls to a fresh connection before it
- * (platform/h2-bytes.ts). grpc-js has no option for it: its http2 server options are set here.
+ * ignored; clients there avoid resets where they can (platform/grpc-client.ts), and keep each
+ * connection's count under the default, moving new calls to another connection before it
+ * (platform/reset-budget.ts). grpc-js has no option for it: its http2 server options are set here.
  */
 function tolerateCancellations(server: grpc.Server): void {
   const options = (server as unknown as { commonServerOptions?: Record<string, unknown> }).commonServerOptions;

@@ -27,13 +27,8 @@ export class StreamChannels {
 
   /** Where one new stream runs, and what its cancel and its end tell the pool. */
   readonly open = (): StreamRoute => {
-    let p = [...this.#pool].find((x) => x.conn.calls < MAX_STREAMS && !x.conn.spent());
-    if (!p) {
-      p = { channel: createChannel(this.target, { "grpc.use_local_subchannel_pool": 1 }), conn: new Connection() };
-      this.#pool.add(p);
-    }
-    const { channel, conn } = p;
-    const pooled = p;
+    const pooled = [...this.#pool].find((p) => p.conn.calls < MAX_STREAMS && !p.conn.spent()) ?? this.#add();
+    const { channel, conn } = pooled;
     conn.calls++;
     let cancelled = false;
     let ended = false;
@@ -54,6 +49,15 @@ export class StreamChannels {
       },
     };
   };
+
+  #add(): Pooled {
+    const pooled = {
+      channel: createChannel(this.target, { "grpc.use_local_subchannel_pool": 1 }),
+      conn: new Connection(),
+    };
+    this.#pool.add(pooled);
+    return pooled;
+  }
 
   /** Channels (connections) open now. */
   get size(): number {
