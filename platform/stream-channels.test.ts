@@ -5,10 +5,8 @@
  */
 import { afterEach, describe, expect, it } from "vitest";
 import { OrderService } from "../gen/shopmesh/order/v1/order_pb.js";
-import type { CallContext } from "./grpc.js";
+import { tickingOrders } from "../test/watch.js";
 import { createChannel, createClient } from "./grpc-client.js";
-import { silentLogger } from "./log.js";
-import { bind, startGrpcServer } from "./server.js";
 import { StreamChannels } from "./stream-channels.js";
 
 const cleanups: (() => unknown)[] = [];
@@ -18,28 +16,7 @@ afterEach(async () => {
 
 describe("server streams on reset-bounded channels", () => {
   it("1,500 watches left at once end no other watch; the channels they needed close once they are gone", async () => {
-    let cancelled = 0;
-    const server = await startGrpcServer({
-      host: "127.0.0.1",
-      port: 0,
-      log: silentLogger(),
-      services: [
-        bind(OrderService, {
-          placeOrder: async () => ({}),
-          getOrder: async () => ({}),
-          cancelOrder: async () => ({}),
-          listOrders: async () => ({}),
-          // The order's state at once, then again every 50 ms until its watcher leaves.
-          async *watchOrder(req, ctx: CallContext) {
-            ctx.signal.addEventListener("abort", () => cancelled++);
-            while (!ctx.signal.aborted) {
-              yield { order: { id: req.orderId } };
-              await new Promise((resolve) => setTimeout(resolve, 50));
-            }
-          },
-        }),
-      ],
-    });
+    const { server, left } = await tickingOrders(50);
     cleanups.push(() => server.stop(0));
     const channel = createChannel(server.address);
     const streams = new StreamChannels(server.address);
@@ -64,7 +41,7 @@ describe("server streams on reset-bounded channels", () => {
     // Their caller leaves them all at once.
     expect(streams.size).toBeGreaterThanOrEqual(4);
     leave.abort();
-    await expect.poll(() => cancelled, { timeout: 20_000 }).toBe(1_500);
+    await expect.poll(left, { timeout: 20_000 }).toBe(1_500);
     await Promise.all(watches.map((w) => w.next().catch(() => {})));
 
     const before = seen.messages;

@@ -19,7 +19,7 @@ import {
   InventoryService,
   ListProductsRequestSchema,
 } from "../gen/shopmesh/inventory/v1/inventory_pb.js";
-import { OrderService, PlaceOrderRequestSchema, WatchOrderRequestSchema } from "../gen/shopmesh/order/v1/order_pb.js";
+import { PlaceOrderRequestSchema, WatchOrderRequestSchema } from "../gen/shopmesh/order/v1/order_pb.js";
 import type { CallContext } from "../platform/grpc.js";
 import type { Client } from "../platform/grpc-client.js";
 import { IDENTITY_KEYS } from "../platform/identity.js";
@@ -32,6 +32,7 @@ import { spawnService, tempDir } from "./fixtures.js";
 import { expectCheckoutInvariants } from "./invariants.js";
 import { connectEndStream, envelope, grpcWebTrailers, h2Request, h2Session } from "./raw.js";
 import { type ServiceUnderTest, type System, startServiceUnderTest, startSystem, startTestGateway } from "./system.js";
+import { tickingOrders } from "./watch.js";
 
 describe("a grpc-timeout sent to a service directly (not through the gateway)", () => {
   let sut: ServiceUnderTest<InventoryApp, typeof InventoryService> | undefined;
@@ -581,28 +582,7 @@ describe("watches cancelled by the thousand through the gateway", () => {
   // than 1,000 streams beyond 33 a second. One customer cancelling 50 watches a second (their rate
   // limit, against 33 refilled) gets there in under a minute; here many customers' cancels, at once.
   it("1,500 watches cancelled at once end no other customer's watch", async () => {
-    let cancelled = 0;
-    const server = await startGrpcServer({
-      host: "127.0.0.1",
-      port: 0,
-      log: silentLogger(),
-      services: [
-        bind(OrderService, {
-          placeOrder: async () => ({}),
-          getOrder: async () => ({}),
-          cancelOrder: async () => ({}),
-          listOrders: async () => ({}),
-          // The order's state at once, then again every 100 ms until its watcher leaves.
-          async *watchOrder(req, ctx: CallContext) {
-            ctx.signal.addEventListener("abort", () => cancelled++);
-            while (!ctx.signal.aborted) {
-              yield { order: { id: req.orderId } };
-              await new Promise((resolve) => setTimeout(resolve, 100));
-            }
-          },
-        }),
-      ],
-    });
+    const { server, left } = await tickingOrders(100);
     const gw = await startGateway(
       gatewayConfig({
         HTTP_HOST: "127.0.0.1",
@@ -643,7 +623,7 @@ describe("watches cancelled by the thousand through the gateway", () => {
         const leavers = sessions.flatMap((s) => Array.from({ length: 100 }, (_, i) => watch(s, auth, `o-${i}`)));
         await expect.poll(() => leavers.filter((l) => l.seen.messages > 0).length, { timeout: 20_000 }).toBe(1_500);
         for (const l of leavers) l.r.close(http2.constants.NGHTTP2_CANCEL);
-        await expect.poll(() => cancelled, { timeout: 20_000 }).toBe(1_500);
+        await expect.poll(left, { timeout: 20_000 }).toBe(1_500);
         // The bystander's watch goes on: open, and its order's state still arriving.
         const before = bystander.seen.messages;
         const going = () => ({ ended: bystander.seen.ended, more: bystander.seen.messages > before + 3 });

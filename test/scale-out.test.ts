@@ -332,11 +332,11 @@ describe("a burst while order replicas die", () => {
       `scale-out: adoption after SIGKILL ${adoption.map((ms) => `${ms} ms`).join(", ")} (lease ${LEASE_MS} ms); ` +
         `${placed.length} orders placed, ${failures.length} client failures`,
     );
-    expect(adoption.length, "a kill caught sagas in flight").toBeGreaterThan(0);
-    for (const ms of adoption) expect(ms).toBeLessThan(LEASE_MS + 2_000);
     expect(failures).toEqual([]);
     expect(new Set(placed).size).toBe(300);
 
+    // Settled before anything is asserted of the adoption's timing: the suite's next test counts the
+    // effects of these orders, and must not find them half done.
     await allSettled(90_000);
     const outcome = await expectCheckoutInvariants(db);
     expect(outcome.confirmed.size + outcome.cancelled.size).toBeGreaterThanOrEqual(300);
@@ -345,6 +345,10 @@ describe("a burst while order replicas die", () => {
       `scale-out: ${outcome.confirmed.size} confirmed, ${outcome.cancelled.size} cancelled; ${handedOver} sagas changed owner`,
     );
     expect(handedOver, "the kills caught sagas in flight").toBeGreaterThan(0);
+    expect(adoption.length, "a kill caught sagas in flight").toBeGreaterThan(0);
+    // Adopted once the lease runs out, not at some later sweep: seconds, where a missed expiry would be
+    // the 20 s above, or minutes. A CI run with three test workers measured 1,428 and 3,909 ms.
+    for (const ms of adoption) expect(ms).toBeLessThan(LEASE_MS + 5_000);
   }, 240_000);
 
   it("each event was handled once per service, by both replicas between them", async () => {

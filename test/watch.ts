@@ -6,6 +6,9 @@ import { Code, ConnectError, createClient, type Transport } from "@connectrpc/co
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { expect } from "vitest";
 import { OrderService, OrderStatus } from "../gen/shopmesh/order/v1/order_pb.js";
+import type { CallContext } from "../platform/grpc.js";
+import { silentLogger } from "../platform/log.js";
+import { bind, type RunningServer, startGrpcServer } from "../platform/server.js";
 
 export const connect1 = (baseUrl: string) => createConnectTransport({ baseUrl, httpVersion: "1.1" });
 export const grpc = (baseUrl: string) => createGrpcTransport({ baseUrl });
@@ -106,4 +109,33 @@ export function seen(n: number) {
   const states = Array.from({ length: n }, (): string[] => []);
   const open = () => expect.poll(() => states.filter((s) => s.length > 0).length, { timeout: 10_000 }).toBe(n);
   return { states, open };
+}
+
+/**
+ * An order service whose every watch sends its order at once, then again every `everyMs` until its
+ * watcher leaves; `left()` counts the watches left so far.
+ */
+export async function tickingOrders(everyMs: number): Promise<{ server: RunningServer; left(): number }> {
+  let left = 0;
+  const server = await startGrpcServer({
+    host: "127.0.0.1",
+    port: 0,
+    log: silentLogger(),
+    services: [
+      bind(OrderService, {
+        placeOrder: async () => ({}),
+        getOrder: async () => ({}),
+        cancelOrder: async () => ({}),
+        listOrders: async () => ({}),
+        async *watchOrder(req, ctx: CallContext) {
+          ctx.signal.addEventListener("abort", () => left++);
+          while (!ctx.signal.aborted) {
+            yield { order: { id: req.orderId } };
+            await new Promise((resolve) => setTimeout(resolve, everyMs));
+          }
+        },
+      }),
+    ],
+  });
+  return { server, left: () => left };
 }
